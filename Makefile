@@ -1,0 +1,31 @@
+# Two commands do everything: `make quickstart` and `make test`.
+# Each creates (once) and uses a local virtual environment in .venv.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test test-fast demo bench-prepare bench-generate bench-gpu clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test,data]"
+	touch $@
+
+quickstart: $(STAMP)
+	$(BIN)/kgpt2 quickstart
+
+# The whole suite on TensorFlow, then the fast core again on JAX.
+test: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+demo: $(STAMP)
+	$(BIN)/kgpt2 demo
+
+clean:
+	rm -rf $(VENV) checkpoints/quickstart

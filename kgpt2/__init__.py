@@ -1,0 +1,54 @@
+"""kgpt2: fine-tune GPT-2 on your own corpora with Keras 3 and KerasHub.
+
+Data flows one way: source -> shards -> stage plan -> trainer -> checkpoints
+-> evaluation / generation / demo (docs/architecture.md has the module map).
+
+    >>> import kgpt2
+    >>> # kgpt2.prepare("pydoc", "shards", tokenizer)   # corpus -> token shards
+    >>> # kgpt2.train(kgpt2.load_config("configs/pubmed_lora.toml"))
+    >>> # kgpt2.evaluate_run("checkpoints/pubmed", checkpoints="all", compare_base=True)
+    >>> # kgpt2.generate_from_run("checkpoints/pubmed", "Parkinson's disease is")
+"""
+
+from kgpt2.backend import choose_backend
+
+choose_backend()  # before anything imports keras
+
+__version__ = "0.1.0"
+
+_API = {
+    "load_config": "kgpt2.config",
+    "prepare": "kgpt2.data.shards",
+    "ShardSet": "kgpt2.data.shards",
+    "Tokenizer": "kgpt2.tokenizer",
+    "train": "kgpt2.train",
+    "evaluate_run": "kgpt2.evaluate",
+    "Generator": "kgpt2.generate",
+    "generate_from_run": "kgpt2.generate",
+    "load_model": "kgpt2.runs",
+    "quickstart": "kgpt2.quickstart",
+    "UserError": "kgpt2.errors",
+}
+
+
+def __getattr__(name):
+    # Lazy: `import kgpt2` stays cheap (no keras/TensorFlow import) until used.
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'kgpt2' has no attribute {name!r}")
+
+
+def evaluate(*args, **kwargs):
+    """Alias of `kgpt2.evaluate_run`."""
+    from kgpt2.evaluate import evaluate_run
+
+    return evaluate_run(*args, **kwargs)
+
+
+def generate(*args, **kwargs):
+    """Alias of `kgpt2.generate_from_run`."""
+    from kgpt2.generate import generate_from_run
+
+    return generate_from_run(*args, **kwargs)

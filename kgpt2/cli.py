@@ -1,0 +1,216 @@
+"""The `kgpt2` command line: one verb per module, so this file is the table of contents.
+
+    kgpt2 prepare    -> kgpt2.data.shards.prepare     corpus -> token shards
+    kgpt2 train      -> kgpt2.train.train             staged fit, checkpoints, resume
+    kgpt2 evaluate   -> kgpt2.evaluate.evaluate_run   accuracy / perplexity table
+    kgpt2 generate   -> kgpt2.generate                text from a checkpoint
+    kgpt2 demo       -> kgpt2.demo                    Gradio side-by-side app
+    kgpt2 quickstart -> kgpt2.quickstart              the whole pipeline, offline
+
+A user's mistake (missing file, unknown key, bad preset) prints one line
+`kgpt2: error: ...` and exits with status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from kgpt2 import backend
+
+backend.choose_backend()
+
+from kgpt2.errors import UserError  # noqa: E402
+
+VERBS = {}
+
+
+def verb(name, help):
+    def register(fn):
+        VERBS[name] = (fn, help)
+        return fn
+
+    return register
+
+
+def _add_config(p):
+    p.add_argument("--config", help="TOML run config (defaults apply to anything it leaves out)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=4")
+
+
+@verb("prepare", "turn a corpus into token shards")
+def _prepare(p: argparse.ArgumentParser):
+    p.add_argument("--source", required=True, help="file, folder, 'pydoc', or hf:<datasets id>")
+    p.add_argument("--out", required=True, help="output shard directory")
+    p.add_argument("--format", dest="fmt", help="override format detection")
+    p.add_argument("--contents", default="both", choices=["body", "abstract", "both"])
+    p.add_argument("--splits", default="auto", choices=["auto", "hash", "train"])
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--separator", default=None, help="split plain text files into documents at this string")
+    p.add_argument("--preset", default="gpt2_base_en", help="tokenise with this preset's tokenizer")
+    p.add_argument("--tokenizer", default="", help="directory with vocabulary.json + merges.txt (overrides --preset)")
+    p.add_argument("--seed", type=int, default=1337)
+
+    def run(a):
+        from kgpt2.config import ModelConfig
+        from kgpt2.data.shards import prepare
+        from kgpt2.models import load_tokenizer
+
+        tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer))
+        m = prepare(a.source, a.out, tok, fmt=a.fmt, contents=a.contents, splits=a.splits,
+                    seed=a.seed, text_column=a.text_column, separator=a.separator)
+        for name, s in m["splits"].items():
+            print(f"{name:>10}: {s['num_articles']:>8,} articles {s['num_tokens']:>13,} tokens")
+        if m["skipped"]["total"]:
+            print(f"skipped {m['skipped']['total']} records: {m['skipped']['by_reason']}")
+        print(f"shards in {a.out} (content hash {m['content_hash']})")
+
+    return run
+
+
+@verb("train", "staged fine-tuning with checkpoints and resume")
+def _train(p):
+    _add_config(p)
+    p.add_argument("--resume", action="store_true", help="resume from the newest checkpoint (the default when one exists)")
+    p.add_argument("--device", help="auto, cpu, gpu, gpu:N")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved stage plan and stop")
+
+    def run(a):
+        from kgpt2.config import load_config
+        from kgpt2.train import describe_plan, train
+
+        overrides = list(a.overrides) + ([f"train.device={a.device}"] if a.device else [])
+        cfg = load_config(a.config, overrides)
+        if a.dry_run:
+            import pandas as pd
+
+            print(pd.DataFrame(describe_plan(cfg)).to_string(index=False))
+            return
+        result = train(cfg)
+        print(f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})")
+
+    return run
+
+
+@verb("evaluate", "accuracy, loss and perplexity of checkpoints on a split")
+def _evaluate(p):
+    p.add_argument("--run", required=True, help="run directory, e.g. checkpoints/quickstart")
+    p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, all, or base")
+    p.add_argument("--split", default="test")
+    p.add_argument("--compare", choices=["base"], help="also evaluate the untrained base model")
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print machine-readable results")
+
+    def run(a):
+        from kgpt2.evaluate import evaluate_run, format_table
+
+        rows = evaluate_run(a.run, a.checkpoint, a.split, compare_base=a.compare == "base",
+                            max_batches=a.max_batches)
+        print(json.dumps(rows, indent=2) if a.json else format_table(rows))
+
+    return run
+
+
+@verb("generate", "generate text from a run's checkpoint")
+def _generate(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--checkpoint", default="latest")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--sampler", choices=["greedy", "top_k", "top_p", "random", "beam"])
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--template", choices=["plain", "instruction"])
+    p.add_argument("--stream", action="store_true", help="print tokens as they come")
+
+    def run(a):
+        from kgpt2.generate import Generator, Settings
+        from kgpt2.runs import load_model
+
+        model, tokenizer, cfg = load_model(a.run, a.checkpoint)
+        s = Settings.from_config(cfg.generate, sampler=a.sampler, temperature=a.temperature, top_k=a.top_k,
+                                 top_p=a.top_p, max_length=a.max_length, max_new_tokens=a.max_new_tokens,
+                                 seed=a.seed, template=a.template)
+        gen = Generator(model, tokenizer)
+        if a.stream:
+            print(a.prompt, end="", flush=True)
+            for piece in gen.stream(a.prompt, s):
+                print(piece, end="", flush=True)
+            print()
+        else:
+            print(a.prompt + gen.generate(a.prompt, s))
+
+    return run
+
+
+@verb("demo", "Gradio app comparing base and fine-tuned answers side by side")
+def _demo(p):
+    p.add_argument("--run", default=None, help="run to open first (default: the quickstart run)")
+    p.add_argument("--checkpoints-root", default="checkpoints")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+
+    def run(a):
+        from kgpt2.demo import launch
+
+        launch(run=a.run, checkpoints_root=a.checkpoints_root, host=a.host, port=a.port, share=a.share)
+
+    return run
+
+
+@verb("quickstart", "the whole pipeline offline on CPU: tokenizer, tiny GPT-2, stages, evaluation")
+def _quickstart(p):
+    p.add_argument("--checkpoints-root", default="checkpoints")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    def run(a):
+        from kgpt2.evaluate import format_table
+        from kgpt2.quickstart import quickstart
+
+        r = quickstart(a.checkpoints_root, a.overrides)
+        print("\n== evaluation on held-out articles (test split)")
+        print(format_table(r["evaluation"]))
+        print("\n== greedy sample from the final checkpoint")
+        print("The assert statement" + r["sample"])
+        print(f"\nmade: {r['run_dir']}/ (preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)")
+        print(f"next: kgpt2 demo --run {r['run_dir']}")
+        print(f"      kgpt2 generate --run {r['run_dir']} --prompt 'The with statement'")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kgpt2", description="Fine-tune GPT-2 in stages with Keras 3 / KerasHub.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for name, (factory, help) in VERBS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(run=factory(p))
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="kgpt2: %(message)s")
+    try:
+        args.run(args)
+    except UserError as e:
+        print(f"kgpt2: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kgpt2: interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

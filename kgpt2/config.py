@@ -1,0 +1,226 @@
+"""Run configuration: plain dataclasses, read from TOML, overridable as `key=value`.
+
+A run config names the model, the prepared shards, the stage plan and the
+optimiser. Every field has a default that works, so a config file only says
+what differs. Sections map to the dataclasses below; overrides use dotted
+keys (`train.batch_size=4`, `lora.rank=16`, `run=my-run`).
+
+    >>> from kgpt2.config import load_config
+    >>> cfg = load_config(None, ["run=demo", "train.batch_size=4"])
+    >>> cfg.train.batch_size, cfg.run_dir.name
+    (4, 'demo')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kgpt2.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    # A KerasHub preset name (gpt2_base_en ...), a local preset directory, a
+    # local Hugging Face GPT-2 directory, or "scratch" for the shape below.
+    preset: str = "gpt2_base_en"
+    # From-scratch shape (used when preset == "scratch").
+    num_layers: int = 12
+    num_heads: int = 12
+    hidden_dim: int = 768
+    intermediate_dim: int = 3072
+    max_sequence_length: int = 1024
+    vocabulary_size: int = 50257
+    # Directory with vocabulary.json + merges.txt; empty = the preset's own.
+    tokenizer: str = ""
+    # Dropout for training. keras-hub's presets use 0.1, which also makes
+    # Keras skip its fused attention kernel (docs/benchmarks.md); fine-tuning
+    # GPT-2 does well without it, so kgpt2 defaults to 0.0.
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # directory written by `kgpt2 prepare`
+    sequence_length: int = 1024
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    rank: int = 8
+    alpha: float = 32.0
+    # EinsumDense layers of each attention block: query, key, value and
+    # attention_output.
+    targets: list = field(default_factory=lambda: ["query", "value"])
+
+
+@dataclass
+class TrainConfig:
+    # Article counts per stage (ints), fractions of the train split (floats
+    # in (0, 1]), or "rest". The seed project's plan is the default.
+    stages: list = field(default_factory=lambda: [10, 10000, 80000, "rest"])
+    # What to do when the plan asks for more articles than the split holds:
+    # "reject" (a clear error) or "scale" (shrink every stage in proportion).
+    oversize: str = "reject"
+    epochs: int = 1
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    min_learning_rate: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    beta_2: float = 0.999
+    clipnorm: float = 1.0
+    # "auto": bf16 on GPUs that have it, fp16 (loss scaled) on older GPUs,
+    # fp32 on CPU. Or a Keras policy name: float32, mixed_bfloat16, mixed_float16.
+    precision: str = "auto"
+    device: str = "auto"  # "auto", "cpu", "gpu", "gpu:0", ...
+    checkpoint_every: int = 0  # steps between mid-stage checkpoints (0 = stage ends only)
+    keep_last: int = 3  # mid-stage checkpoints kept (stage-end ones are always kept)
+    eval_batches: int = 50  # validation batches after each stage (0 = none)
+    # Resume from the newest checkpoint in the run dir when there is one.
+    resume: bool = True
+
+
+@dataclass
+class GenerateConfig:
+    sampler: str = "top_p"  # greedy, top_k, top_p, beam, random
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 0.95
+    max_length: int = 100  # prompt + new tokens, as in the seed's demo
+    max_new_tokens: int = 0  # 0 = up to max_length
+    seed: int = 0
+    template: str = "plain"  # plain or instruction
+
+
+@dataclass
+class Config:
+    run: str = "run"
+    checkpoints_root: str = "checkpoints"
+    seed: int = 1337
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoints_root) / self.run
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def model_signature(self) -> dict:
+        """The fields a checkpoint depends on: changing them breaks resume."""
+        m, lora = self.model, self.lora
+        sig = {
+            "preset": m.preset,
+            "sequence_length": self.data.sequence_length,
+            "lora": lora.enabled,
+        }
+        if m.preset == "scratch":
+            sig.update(
+                num_layers=m.num_layers,
+                num_heads=m.num_heads,
+                hidden_dim=m.hidden_dim,
+                vocabulary_size=m.vocabulary_size,
+            )
+        if lora.enabled:
+            sig.update(lora_rank=lora.rank, lora_targets=sorted(lora.targets))
+        return sig
+
+    def hash(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _build(cls, values: dict, where: str):
+    """Make dataclass `cls` from a TOML table, refusing unknown keys."""
+    if not isinstance(values, dict):
+        raise UserError(f"'{where}' must be a table of settings, not {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise UserError(f"unknown config key '{name}' (known here: {known})")
+        default = fields[key].default_factory() if fields[key].default is dataclasses.MISSING else fields[key].default
+        if dataclasses.is_dataclass(default):
+            value = _build(type(default), value, name)
+        else:
+            value = _coerce(value, default, name)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _coerce(value, default, name):
+    """Check a value against its default's type; ints may stand for floats."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise UserError(
+            f"config key '{name}' should be {type(default).__name__}, got {value!r}"
+        )
+    return value
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:  # TOML syntax for the value (numbers, booleans, lists, quoted strings)
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML run config (or the defaults), then apply `key=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"config file '{path}' is not valid TOML: {e}") from None
+    for text in overrides:
+        keys, value = _parse_override(text)
+        table = data
+        for k in keys[:-1]:
+            table = table.setdefault(k, {})
+            if not isinstance(table, dict):
+                raise UserError(f"override '{text}': '{k}' is not a section")
+        table[keys[-1]] = value
+    return _build(Config, data, "")
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as JSON (what the run actually used)."""
+    from kgpt2.checkpoints import atomic_write_text
+
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))

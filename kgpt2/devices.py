@@ -1,0 +1,91 @@
+"""Which device training runs on, and the precision that suits it.
+
+`--device auto` takes the first GPU if there is one, else the CPU, and says
+which. Asking for a GPU that is not there is an error, never a silent CPU run.
+
+    >>> from kgpt2.devices import resolve_device
+    >>> d = resolve_device("cpu")
+    >>> d.keras_name, d.policy("auto")
+    ('cpu:0', 'float32')
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import keras
+
+from kgpt2.errors import UserError
+
+
+@dataclass(frozen=True)
+class Device:
+    keras_name: str  # what keras.device() takes, e.g. "gpu:0"
+    description: str  # e.g. "NVIDIA H100 80GB HBM3"
+    bf16: bool  # the GPU computes bfloat16 natively (Ampere and newer)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.keras_name.startswith("gpu")
+
+    def policy(self, precision: str) -> str:
+        """The Keras dtype policy for a `train.precision` setting."""
+        if precision != "auto":
+            return precision
+        if not self.is_gpu:
+            return "float32"
+        # Pre-Ampere GPUs (Colab's T4, V100) have fast fp16 but no bf16; Keras
+        # wraps the optimizer in a LossScaleOptimizer under mixed_float16.
+        return "mixed_bfloat16" if self.bf16 else "mixed_float16"
+
+    def scope(self):
+        return keras.device(self.keras_name)
+
+
+def list_gpus() -> list[tuple[str, bool]]:
+    """(name, has_bf16) for each GPU the active backend can see."""
+    backend = keras.backend.backend()
+    gpus = []
+    if backend == "jax":
+        import jax
+
+        try:
+            for d in jax.devices("gpu"):
+                cc = getattr(d, "compute_capability", "0")
+                gpus.append((d.device_kind, float(cc or 0) >= 8.0))
+        except RuntimeError:  # no GPU platform
+            pass
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        for g in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(g)
+            cc = details.get("compute_capability", (0, 0))
+            gpus.append((details.get("device_name", g.name), tuple(cc) >= (8, 0)))
+    elif backend == "torch":
+        import torch
+
+        for i in range(torch.cuda.device_count()):
+            gpus.append((torch.cuda.get_device_name(i), torch.cuda.is_bf16_supported()))
+    return gpus
+
+
+def resolve_device(spec: str = "auto") -> Device:
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        gpus = list_gpus()
+        if gpus:
+            return Device("gpu:0", gpus[0][0], gpus[0][1])
+        return Device("cpu:0", "CPU", False)
+    match = re.fullmatch(r"(cpu|gpu)(?::(\d+))?", spec)
+    if not match:
+        raise UserError(f"device '{spec}' is not one of auto, cpu, gpu, gpu:N")
+    kind, index = match.group(1), int(match.group(2) or 0)
+    if kind == "cpu":
+        return Device("cpu:0", "CPU", False)
+    gpus = list_gpus()
+    if index >= len(gpus):
+        found = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
+        raise UserError(f"device '{spec}' was asked for, but the {keras.backend.backend()} backend sees {found}")
+    return Device(f"gpu:{index}", gpus[index][0], gpus[index][1])

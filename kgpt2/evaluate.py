@@ -1,0 +1,106 @@
+"""`kgpt2 evaluate`: next-token accuracy, loss and perplexity with Keras `.evaluate`.
+
+One table compares any set of models on the same split: the untrained base
+(`base`), each stage's checkpoint, the latest. Padding is excluded through
+sample weights; perplexity = exp(mean token loss). The same checkpoint and
+split always give the same numbers (windows in order, no sampling).
+
+    >>> from kgpt2.evaluate import evaluate_run
+    >>> # evaluate_run("checkpoints/quickstart", checkpoints="all", compare_base=True)
+    >>> # [{'model': 'base', 'loss': 6.93, 'accuracy': 0.002, 'perplexity': 1023.}, ...]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kgpt2.checkpoints import CheckpointManager, atomic_write_text
+from kgpt2.data.batches import WindowBatches, to_dataset
+from kgpt2.data.shards import ShardSet
+from kgpt2.errors import UserError
+from kgpt2.metrics import compile_lm, summarise
+from kgpt2.runs import BASE, build_run_model, load_run_config, restore, snapshot
+
+
+def select_checkpoints(run_dir, which) -> list[str]:
+    """`latest`, `all` (every stage end plus the latest), an id, or a list of ids."""
+    mgr = CheckpointManager(run_dir)
+    if isinstance(which, (list, tuple)):
+        return [w if w == BASE else mgr.get(w).id for w in which]
+    if which == "all":
+        ckpts = mgr.list()
+        ids = [c.id for c in ckpts if c.state.get("stage_end")]
+        if ckpts and ckpts[-1].id not in ids:
+            ids.append(ckpts[-1].id)
+        if not ids:
+            raise UserError(f"run '{run_dir}' has no checkpoints yet")
+        return ids
+    return [which if which == BASE else mgr.get(which).id]
+
+
+def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_base: bool = False,
+                 max_batches: int | None = None, batch_size: int | None = None, save: bool = True) -> list[dict]:
+    """Evaluate checkpoints of a run on one split; return one row per model."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    ids = select_checkpoints(run_dir, checkpoints)
+    if compare_base and BASE not in ids:
+        ids = [BASE] + ids
+    shards = ShardSet(cfg.data.shards)
+    data = shards.split(split)
+    if data.num_articles == 0:
+        raise UserError(f"split '{split}' of '{cfg.data.shards}' holds no articles")
+    model, tokenizer = build_run_model(cfg)
+    shards.check_tokenizer(tokenizer)
+    compile_lm(model)
+    base = snapshot(model)
+    source = WindowBatches(data.tokens, 0, data.num_tokens, sequence_length=cfg.data.sequence_length,
+                           batch_size=batch_size or cfg.train.batch_size, seed=cfg.seed, shuffle=False,
+                           max_batches=max_batches)
+    rows = []
+    for ckpt_id in ids:
+        restore(model, run_dir, ckpt_id, base=base)
+        logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
+        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": source.real_tokens()}
+        if ckpt_id != BASE:
+            state = CheckpointManager(run_dir).get(ckpt_id).state
+            row.update(step=state["step"], stage=state["stage"] + (0 if state.get("stage_end") else 1))
+        rows.append(row)
+    if save:
+        save_table(run_dir, rows, split)
+    return rows
+
+
+def save_table(run_dir: Path, rows: list[dict], split: str) -> None:
+    """evaluation-<split>.json/.csv and a PNG of accuracy and perplexity per model."""
+    import pandas as pd
+
+    atomic_write_text(run_dir / f"evaluation-{split}.json", json.dumps(rows, indent=2))
+    atomic_write_text(run_dir / f"evaluation-{split}.csv", pd.DataFrame(rows).to_csv(index=False))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["model"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a1.bar(names, [r["accuracy"] for r in rows], color="C0")
+    a1.set_title(f"next-token accuracy ({split})")
+    a2.bar(names, [r["perplexity"] for r in rows], color="C1")
+    a2.set_yscale("log")
+    a2.set_title(f"perplexity ({split}, log scale)")
+    for ax in (a1, a2):
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    tmp = run_dir / f".tmp-evaluation-{split}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(run_dir / f"evaluation-{split}.png")
+
+
+def format_table(rows: list[dict]) -> str:
+    import pandas as pd
+
+    cols = [c for c in ("model", "stage", "step", "loss", "accuracy", "perplexity", "tokens") if any(c in r for r in rows)]
+    return pd.DataFrame(rows)[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")

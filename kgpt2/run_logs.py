@@ -1,0 +1,124 @@
+"""What a run records for people: the step CSV, the stage table and the plots.
+
+    checkpoints/<run>/logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s
+    checkpoints/<run>/stages.csv|json    validation metrics after each stage
+    checkpoints/<run>/loss.png           training loss per step, stage boundaries marked,
+                                         and validation metrics per stage
+
+    >>> from kgpt2.run_logs import read_steps
+    >>> # read_steps("checkpoints/quickstart").tail()
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import keras
+
+from kgpt2.checkpoints import atomic_write_text
+
+STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time"]
+
+
+class StepLog:
+    """Append-only per-step CSV; a resume first drops rows past the checkpoint."""
+
+    def __init__(self, path: Path, truncate_after: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= truncate_after]
+            body = ",".join(STEP_FIELDS) + "\n" + "".join(",".join(r[k] for k in STEP_FIELDS) + "\n" for r in rows)
+            atomic_write_text(self.path, body)
+        else:
+            atomic_write_text(self.path, ",".join(STEP_FIELDS) + "\n")
+
+    def callback(self, cursor: dict, schedule, stage: int, tokens_per_batch: int):
+        return _StepLogger(self.path, cursor, schedule, stage, tokens_per_batch)
+
+
+class _StepLogger(keras.callbacks.Callback):
+    # Reads only `logs` (never `self.model`), so on JAX it forces no state sync.
+    def __init__(self, path, cursor, schedule, stage, tokens_per_batch):
+        super().__init__()
+        self.path, self.cursor, self.schedule = path, cursor, schedule
+        self.stage, self.tokens_per_batch = stage, tokens_per_batch
+        self._t = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._t is None:
+            self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        dt, self._t = now - self._t, now
+        step = self.cursor["step"]  # already advanced by the checkpointer
+        lr = float(keras.ops.convert_to_numpy(self.schedule(step - 1)))
+        logs = logs or {}
+        row = [step, self.stage + 1, f"{float(logs.get('loss', float('nan'))):.6f}",
+               f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
+               f"{self.tokens_per_batch / dt:.1f}" if dt > 0 else "", f"{time.time():.3f}"]
+        with open(self.path, "a", newline="") as f:
+            f.write(",".join(str(v) for v in row) + "\n")
+
+
+def read_steps(run_dir):
+    import pandas as pd
+
+    path = Path(run_dir) / "logs" / "steps.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=STEP_FIELDS)
+
+
+def write_stage_table(run_dir, stage_metrics: list) -> None:
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "stages.json", json.dumps(stage_metrics, indent=2))
+    atomic_write_text(run_dir / "stages.csv", pd.DataFrame(stage_metrics).to_csv(index=False))
+
+
+def plot_run(run_dir) -> Path | None:
+    """loss.png: training loss per step with stage boundaries, and per-stage validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    steps = read_steps(run_dir)
+    stages_path = run_dir / "stages.json"
+    stage_metrics = json.loads(stages_path.read_text()) if stages_path.is_file() else []
+    if steps.empty and not stage_metrics:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if not steps.empty:
+        ax1.plot(steps["step"], steps["loss"], lw=1, label="train loss (epoch running mean)")
+        for s, group in steps.groupby("stage"):
+            ax1.axvline(group["step"].min(), color="grey", ls=":", lw=0.8)
+        ax1.set_xlabel("global step")
+        ax1.set_ylabel("loss")
+        ax1.legend(loc="upper right", fontsize=8)
+    ax1.set_title(f"{run_dir.name}: training")
+    if stage_metrics:
+        xs = [m["stage"] for m in stage_metrics if "loss" in m]
+        ax2.plot(xs, [m["loss"] for m in stage_metrics if "loss" in m], "o-", label="val loss")
+        ax2b = ax2.twinx()
+        ax2b.plot(xs, [m["accuracy"] for m in stage_metrics if "loss" in m], "s--", color="C1", label="val accuracy")
+        ax2.set_xlabel("stage")
+        ax2.set_ylabel("loss")
+        ax2b.set_ylabel("next-token accuracy")
+        ax2.set_xticks(xs)
+        ax2.legend(loc="upper left", fontsize=8)
+        ax2b.legend(loc="upper right", fontsize=8)
+    ax2.set_title("validation after each stage")
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    tmp = run_dir / ".tmp-loss.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

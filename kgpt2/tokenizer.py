@@ -1,0 +1,130 @@
+"""GPT-2 byte-level BPE that encodes exactly like OpenAI's GPT-2.
+
+kgpt2 tokenises everything (shards, evaluation, prompts, the demo) with the
+Hugging Face `tokenizers` package built from the model's own vocabulary and
+merges. keras-hub 0.32's `GPT2Tokenizer` does not reproduce OpenAI's encoding
+(" 's" -> [220, 338] on its eager path, "\\n\\n" -> [628] on its tf.data path;
+see docs/tokenization.md), and `tokenizers` is also ~3x faster. The files are
+still saved in the form `keras_hub.models.GPT2Tokenizer` loads
+(`vocabulary.json` + `merges.txt`), so presets stay valid KerasHub presets.
+
+    >>> from kgpt2.tokenizer import Tokenizer
+    >>> tok = Tokenizer.from_files("../shared/data/gpt2-tokenizer/encoder.json",
+    ...                            "../shared/data/gpt2-tokenizer/vocab.bpe")
+    >>> tok.encode("parkinson 's disease")
+    [20928, 7899, 705, 82, 4369]
+    >>> tok.decode(tok.encode("Hello\\n\\nworld"))
+    'Hello\\n\\nworld'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from kgpt2.errors import UserError
+
+EOS = "<|endoftext|>"
+VOCAB_FILE = "vocabulary.json"  # keras-hub's asset names
+MERGES_FILE = "merges.txt"
+
+
+class Tokenizer:
+    """Byte-level BPE with GPT-2's pre-tokenisation regex and no prefix space."""
+
+    def __init__(self, vocabulary: dict, merges: list):
+        if EOS not in vocabulary:
+            raise UserError(f"the tokenizer vocabulary has no '{EOS}' token")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+        merges = [m for m in merges if m and not m[0].startswith("#version")]
+        self.vocabulary = dict(vocabulary)
+        self.merges = merges
+        hf = HFTokenizer(models.BPE(vocab=self.vocabulary, merges=merges))
+        # GPT-2's regex split (use_regex), and no space added in front.
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        self._hf = hf
+        self.eos_id = self.vocabulary[EOS]
+        self.vocab_size = max(self.vocabulary.values()) + 1
+        self._inverse = None
+
+    # Construction -----------------------------------------------------------
+    @classmethod
+    def from_files(cls, vocab_path, merges_path) -> "Tokenizer":
+        vocab_path, merges_path = Path(vocab_path), Path(merges_path)
+        for p in (vocab_path, merges_path):
+            if not p.is_file():
+                raise UserError(f"tokenizer file '{p}' does not exist")
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+        merges = merges_path.read_text(encoding="utf-8").splitlines()
+        return cls(vocab, [m for m in merges if m.strip()])
+
+    @classmethod
+    def from_dir(cls, directory) -> "Tokenizer":
+        """A directory holding vocabulary.json/merges.txt (or vocab.json/merges.txt,
+        or OpenAI's encoder.json/vocab.bpe)."""
+        d = Path(directory)
+        for vocab, merges in (
+            (VOCAB_FILE, MERGES_FILE),
+            ("vocab.json", "merges.txt"),
+            ("encoder.json", "vocab.bpe"),
+        ):
+            if (d / vocab).is_file() and (d / merges).is_file():
+                return cls.from_files(d / vocab, d / merges)
+        raise UserError(
+            f"'{d}' holds no GPT-2 tokenizer files (vocabulary.json + merges.txt)"
+        )
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "Tokenizer":
+        """Train a byte-level BPE on `texts` (GPT-2 style: 256 byte tokens + merges)."""
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        spec = json.loads(hf.to_str())["model"]
+        return cls(spec["vocab"], spec["merges"])
+
+    def save(self, directory) -> Path:
+        """Write vocabulary.json + merges.txt (the files GPT2Tokenizer reads)."""
+        from kgpt2.checkpoints import atomic_write_text
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(d / VOCAB_FILE, json.dumps(self.vocabulary, ensure_ascii=False))
+        lines = ["#version: 0.2"] + [" ".join(m) for m in self.merges]
+        atomic_write_text(d / MERGES_FILE, "\n".join(lines) + "\n")
+        return d
+
+    # Use --------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many texts; `tokenizers` spreads the batch over all cores."""
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids if int(i) != self.eos_id and int(i) < self.vocab_size]
+        return self._hf.decode(ids, skip_special_tokens=False)
+
+    def token_text(self, token_id: int) -> str:
+        """The bytes of one token as text (may be a partial UTF-8 character)."""
+        return self.decode([token_id])
+
+    @property
+    def hash(self) -> str:
+        h = hashlib.sha256(json.dumps(self.vocabulary, sort_keys=True).encode())
+        h.update("\n".join(" ".join(m) for m in self.merges).encode())
+        return h.hexdigest()[:16]

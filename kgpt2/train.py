@@ -1,0 +1,226 @@
+"""Staged training: `fit` a KerasHub GPT2CausalLM stage by stage, resumably.
+
+Read top to bottom, `train(cfg)`:
+1. picks the device (`keras.device` scope) and its precision policy,
+2. opens the shards and resolves the stage plan against the train split,
+3. builds the model (preset + LoRA) and AdamW with warmup + cosine over the
+   global step count of *all* stages,
+4. restores the newest checkpoint when there is one (weights, optimizer,
+   RNG states, data cursor) after checking it fits the config,
+5. for each remaining stage and epoch, `model.fit`s the batches from the
+   cursor on, checkpointing every `checkpoint_every` steps,
+6. at each stage end: validation metrics, a checkpoint, a merged
+   `.weights.h5` export, the stage table and the loss plot.
+
+An interrupted run restarted with the same config continues at the exact next
+batch and ends with the same weights as an uninterrupted one.
+
+    >>> from kgpt2.config import load_config
+    >>> from kgpt2.train import train
+    >>> # train(load_config("configs/pubmed_lora.toml", ["train.batch_size=4"]))
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from kgpt2.checkpoints import CheckpointManager, atomic_write_text
+from kgpt2.config import Config, save_config
+from kgpt2.data.batches import WindowBatches, to_dataset
+from kgpt2.data.shards import ShardSet
+from kgpt2.devices import resolve_device
+from kgpt2.errors import UserError
+from kgpt2.metrics import compile_lm, summarise
+from kgpt2.models import build_causal_lm, count_params, load_tokenizer
+from kgpt2.run_logs import StepLog, plot_run, write_stage_table
+from kgpt2.stage_plan import plan_stages
+
+log = logging.getLogger("kgpt2")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    global_step: int
+    stages: list = field(default_factory=list)  # per-stage validation metrics
+    checkpoint: str = ""
+
+
+def make_optimizer(cfg: Config, total_steps: int):
+    t = cfg.train
+    warmup = min(t.warmup_steps, max(0, total_steps - 1))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else t.learning_rate,
+        decay_steps=max(1, total_steps - warmup),
+        alpha=t.min_learning_rate / t.learning_rate if t.learning_rate else 0.0,
+        warmup_target=t.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=t.weight_decay,
+        beta_2=t.beta_2,
+        clipnorm=t.clipnorm or None,
+        gradient_accumulation_steps=t.gradient_accumulation_steps if t.gradient_accumulation_steps > 1 else None,
+    ), schedule
+
+
+def stage_batches(cfg: Config, split, stage, epoch: int, start_batch: int = 0) -> WindowBatches:
+    lo, hi = split.token_range(stage.first, stage.end)
+    return WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
+                         batch_size=cfg.train.batch_size, seed=cfg.seed, stage=stage.index,
+                         epoch=epoch, shuffle=True, start_batch=start_batch)
+
+
+def _versions() -> dict:
+    import keras_hub
+
+    return {"keras": keras.__version__, "keras_hub": keras_hub.__version__,
+            "backend": keras.backend.backend(), "python": platform.python_version()}
+
+
+def _check_resumable(state: dict, cfg: Config, shards: ShardSet) -> None:
+    old, new = state.get("signature", {}), cfg.model_signature()
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diffs:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({'; '.join(diffs)}); use a new run name")
+    if state.get("shards") != shards.manifest["content_hash"]:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': its shards changed since the checkpoint; use a new run name")
+    if state.get("stages") != cfg.train.stages or state.get("epochs") != cfg.train.epochs or state.get("batch_size") != cfg.train.batch_size:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the stage plan, epochs or batch size changed; use a new run name")
+
+
+class _Checkpointer(keras.callbacks.Callback):
+    """Saves a checkpoint every `every` steps with the exact data cursor."""
+
+    def __init__(self, save, every: int, cursor: dict):
+        super().__init__()
+        self.save, self.every, self.cursor = save, every, cursor
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.cursor["step"] += 1
+        self.cursor["batch"] += 1
+        if self.every and self.cursor["step"] % self.every == 0:
+            self.save(self.model, stage_end=False)  # self.model syncs JAX state
+
+
+def train(cfg: Config, verbose="auto") -> TrainResult:
+    run_dir = cfg.run_dir
+    device = resolve_device(cfg.train.device)
+    policy = device.policy(cfg.train.precision)
+    log.info("device: %s (%s), precision %s, backend %s", device.keras_name, device.description, policy, keras.backend.backend())
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(cfg.seed)
+
+    if not cfg.data.shards:
+        raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
+    shards = ShardSet(cfg.data.shards)
+    tokenizer = load_tokenizer(cfg.model)
+    shards.check_tokenizer(tokenizer)
+    split = shards.split("train")
+    stages = plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize)
+    epochs = cfg.train.epochs
+    batches = {(s.index, e): len(stage_batches(cfg, split, s, e)) for s in stages for e in range(epochs)}
+    total_steps = sum(batches.values())
+
+    ckpts = CheckpointManager(run_dir, cfg.train.keep_last)
+    latest = ckpts.latest() if cfg.train.resume else None
+    if latest is None and ckpts.latest() is not None:
+        raise UserError(f"run '{run_dir}' already has checkpoints; resume it, or choose a new run name")
+    if latest is not None:
+        _check_resumable(latest.state, cfg, shards)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.json")
+
+    with device.scope():
+        model = build_causal_lm(cfg)
+        optimizer, schedule = make_optimizer(cfg, total_steps)
+        compile_lm(model, optimizer)
+        params = count_params(model)
+        log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
+                 f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
+        stage_metrics: list = []
+        cursor = {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
+        if latest is not None:
+            state = CheckpointManager.restore(model, latest, optimizer)
+            cursor = {k: state[k] for k in cursor}
+            stage_metrics = state.get("stage_metrics", [])
+            log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", latest.id,
+                     cursor["stage"] + 1, cursor["epoch"] + 1, cursor["batch"], cursor["step"])
+        steps_log = StepLog(run_dir / "logs" / "steps.csv", truncate_after=cursor["step"])
+
+        def save(m, stage_end: bool):
+            state = dict(cursor, stage_end=stage_end, stage_metrics=stage_metrics,
+                         total_steps=total_steps, signature=cfg.model_signature(),
+                         config_hash=cfg.hash(), shards=shards.manifest["content_hash"],
+                         stages=cfg.train.stages, epochs=epochs, batch_size=cfg.train.batch_size,
+                         versions=_versions())
+            return ckpts.save(m, optimizer, state)
+
+        checkpointer = _Checkpointer(save, cfg.train.checkpoint_every, cursor)
+        for stage in stages[cursor["stage"]:]:
+            log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, len(stages),
+                     stage.first, stage.end - 1, stage.num_articles,
+                     f"{split.token_range(stage.first, stage.end)[1] - split.token_range(stage.first, stage.end)[0]:,}")
+            for epoch in range(cursor["epoch"], epochs):
+                source = stage_batches(cfg, split, stage, epoch, start_batch=cursor["batch"])
+                if len(source):
+                    if epochs > 1:
+                        log.info("%s epoch %d/%d", stage.name, epoch + 1, epochs)
+                    tokens_per_batch = int(source.batch_size * source.sequence_length)
+                    model.fit(to_dataset(source), epochs=1, verbose=verbose, shuffle=False,
+                              callbacks=[checkpointer, steps_log.callback(cursor, schedule, stage.index, tokens_per_batch)])
+                cursor.update(epoch=epoch + 1, batch=0)
+            metrics = evaluate_split(model, cfg, shards, "validation", cfg.train.eval_batches)
+            metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor["step"])
+            stage_metrics.append(metrics)
+            cursor.update(stage=stage.index + 1, epoch=0, batch=0)
+            ckpt = save(model, stage_end=True)
+            export_weights(model, run_dir / f"{stage.name}.weights.h5")
+            write_stage_table(run_dir, stage_metrics)
+            plot_run(run_dir)
+            log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
+    return TrainResult(run_dir, cursor["step"], stage_metrics, ckpts.latest().id if ckpts.latest() else "")
+
+
+def evaluate_split(model, cfg: Config, shards: ShardSet, split_name: str, max_batches: int) -> dict:
+    """Validation metrics over the first `max_batches` batches of a split (in order)."""
+    if max_batches == 0 or split_name not in shards.manifest["splits"]:
+        return {}
+    split = shards.split(split_name)
+    if split.num_articles == 0:
+        return {}
+    source = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=cfg.data.sequence_length,
+                           batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=False,
+                           max_batches=max_batches if max_batches > 0 else None)
+    logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
+    return summarise(logs)
+
+
+def export_weights(model, path: Path) -> None:
+    """The full model as a plain `.weights.h5` (LoRA merged by Keras on save)."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    model.backbone.save_weights(str(tmp))
+    tmp.replace(path)
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def describe_plan(cfg: Config) -> list[dict]:
+    """The resolved stage plan as rows, for `kgpt2 train --dry-run`."""
+    shards = ShardSet(cfg.data.shards)
+    split = shards.split("train")
+    rows = []
+    for s in plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize):
+        lo, hi = split.token_range(s.first, s.end)
+        n = len(stage_batches(cfg, split, s, 0))
+        rows.append({"stage": s.index + 1, "articles": s.num_articles, "first": s.first,
+                     "tokens": hi - lo, "steps_per_epoch": n, "epochs": cfg.train.epochs})
+    return rows

@@ -26,3 +26,28 @@ def choose_backend():
     # thread count; harmless for kgpt2's pre-batched sources.
     logging.getLogger("absl").setLevel(logging.ERROR)
     return os.environ["KERAS_BACKEND"]
+
+
+def import_keras_quietly() -> None:
+    """Import keras and keras_hub with the C++ start-up lines of TensorFlow hidden.
+
+    keras-hub imports TensorFlow, whose C++ runtime prints CUDA probing lines
+    ("Could not find cuda drivers ...") straight to file descriptor 2 before
+    any logging is set up, so no environment variable silences them. The CLI
+    keeps its stderr for one-line errors, so it imports these with fd 2
+    pointed at /dev/null; Python exceptions still surface afterwards.
+    """
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import keras_hub  # noqa: F401
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

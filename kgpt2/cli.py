@@ -199,8 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="kgpt2: %(message)s")
+    backend.import_keras_quietly()
+    # kgpt2's own progress lines only; other libraries' INFO logs stay off.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("kgpt2: %(message)s"))
+    logger = logging.getLogger("kgpt2")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.propagate = False
     try:
         args.run(args)
     except UserError as e:

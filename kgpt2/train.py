@@ -111,17 +111,14 @@ class _Checkpointer(keras.callbacks.Callback):
 
 def train(cfg: Config, verbose="auto") -> TrainResult:
     run_dir = cfg.run_dir
-    device = resolve_device(cfg.train.device)
-    policy = device.policy(cfg.train.precision)
-    log.info("device: %s (%s), precision %s, backend %s", device.keras_name, device.description, policy, keras.backend.backend())
-    keras.config.set_dtype_policy(policy)
-    keras.utils.set_random_seed(cfg.seed)
-
+    # Everything a user can get wrong is checked before any work starts.
     if not cfg.data.shards:
         raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
-    shards = ShardSet(cfg.data.shards)
     tokenizer = load_tokenizer(cfg.model)
+    shards = ShardSet(cfg.data.shards)
     shards.check_tokenizer(tokenizer)
+    device = resolve_device(cfg.train.device)
+    policy = device.policy(cfg.train.precision)
     split = shards.split("train")
     stages = plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize)
     epochs = cfg.train.epochs
@@ -136,6 +133,9 @@ def train(cfg: Config, verbose="auto") -> TrainResult:
         _check_resumable(latest.state, cfg, shards)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
+    log.info("device: %s (%s), precision %s, backend %s", device.keras_name, device.description, policy, keras.backend.backend())
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(cfg.seed)
 
     with device.scope():
         model = build_causal_lm(cfg)

@@ -1,0 +1,98 @@
+"""Shared fixtures: real data from ../shared/data and a tiny offline GPT-2.
+
+Everything is built once per session in a temporary directory: a byte-level
+BPE trained on CPython's pydoc topics, a 2-layer GPT-2 saved as a KerasHub
+preset, pydoc shards, and a short 2-stage training run (`tiny_run`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import kgpt2  # noqa: F401  (chooses the Keras backend first)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY_OVERRIDES = [
+    "model.num_layers=2", "model.num_heads=2", "model.hidden_dim=32", "model.intermediate_dim=64",
+    "model.max_sequence_length=64", "data.sequence_length=32",
+    "train.batch_size=8", "train.epochs=1", "train.learning_rate=0.003", "train.warmup_steps=2",
+    "train.eval_batches=2", "train.precision=float32", "train.device=cpu", "lora.enabled=false",
+]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(shared_data):
+    from kgpt2.tokenizer import Tokenizer
+
+    d = shared_data / "gpt2-tokenizer"
+    return Tokenizer.from_files(d / "encoder.json", d / "vocab.bpe")
+
+
+@pytest.fixture(scope="session")
+def pydoc_tokenizer():
+    from kgpt2.data.sources import open_source
+    from kgpt2.tokenizer import Tokenizer
+
+    return Tokenizer.train([d.text for d in open_source("pydoc")], vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory, pydoc_tokenizer) -> Path:
+    """A 2-layer, 32-wide GPT-2 with the pydoc BPE, saved as a KerasHub preset."""
+    import keras
+
+    from kgpt2.config import load_config
+    from kgpt2.models import build_backbone, save_preset
+
+    cfg = load_config(None, TINY_OVERRIDES + ["model.preset=scratch", f"model.vocabulary_size={pydoc_tokenizer.vocab_size}"])
+    keras.utils.set_random_seed(0)
+    return save_preset(build_backbone(cfg.model), pydoc_tokenizer, tmp_path_factory.mktemp("preset") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def pydoc_shards(tmp_path_factory, pydoc_tokenizer) -> Path:
+    from kgpt2.data.shards import prepare
+
+    out = tmp_path_factory.mktemp("shards") / "pydoc"
+    prepare("pydoc", out, pydoc_tokenizer, fractions=(0.8, 0.1, 0.1), progress=False)
+    return out
+
+
+def tiny_config(root, preset, shards, *extra):
+    from kgpt2.config import load_config
+
+    return load_config(None, TINY_OVERRIDES + [f"checkpoints_root={root}", f"model.preset={preset}",
+                                               f"data.shards={shards}", *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_preset, pydoc_shards) -> Path:
+    """A finished 2-stage run (a few steps per stage) to evaluate, generate and demo."""
+    from kgpt2.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(root, tiny_preset, pydoc_shards, "run=tiny", 'train.stages=[5, 10]')
+    train(cfg, verbose=0)
+    return cfg.run_dir
+
+
+@pytest.fixture
+def backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def pytest_report_header(config):
+    return f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}"

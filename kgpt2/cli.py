@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, (factory, help) in VERBS.items():
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(run=factory(p))
+        p.set_defaults(handler=factory(p))
     return parser
 
 
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
     try:
-        args.run(args)
+        args.handler(args)
     except UserError as e:
         print(f"kgpt2: error: {e}", file=sys.stderr)
         return 2

@@ -37,17 +37,37 @@ class StepLog:
         else:
             atomic_write_text(self.path, ",".join(STEP_FIELDS) + "\n")
 
+        self._tensorboard = None
+
+    def tensorboard(self):
+        """A TensorBoard writer for logs/tensorboard, or None without TensorFlow.
+
+        Keras' TensorBoard callback restarts its step count at every `fit`
+        call and kgpt2 calls `fit` once per stage epoch, so the step CSV's
+        rows are written to TensorBoard here with the run's global step.
+        """
+        if self._tensorboard is None:
+            try:
+                import tensorflow as tf
+            except ImportError:
+                self._tensorboard = False
+            else:
+                self._tensorboard = tf.summary.create_file_writer(str(self.path.parent / "tensorboard"))
+        return self._tensorboard or None
+
     def callback(self, cursor: dict, schedule, stage: int, tokens_per_batch: int):
-        return _StepLogger(self.path, cursor, schedule, stage, tokens_per_batch)
+        return _StepLogger(self.path, cursor, schedule, stage, tokens_per_batch, self.tensorboard())
 
 
 class _StepLogger(keras.callbacks.Callback):
     # Reads only `logs` (never `self.model`), so on JAX it forces no state sync.
-    def __init__(self, path, cursor, schedule, stage, tokens_per_batch):
+    def __init__(self, path, cursor, schedule, stage, tokens_per_batch, tensorboard=None):
         super().__init__()
         self.path, self.cursor, self.schedule = path, cursor, schedule
+        self.tensorboard = tensorboard
         self.stage, self.tokens_per_batch = stage, tokens_per_batch
         self._t = None
+        self._done = 0  # batches of this `fit` logged so far (steps_per_execution may be > 1)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._t is None:
@@ -57,13 +77,24 @@ class _StepLogger(keras.callbacks.Callback):
         now = time.perf_counter()
         dt, self._t = now - self._t, now
         step = self.cursor["step"]  # already advanced by the checkpointer
+        ran, self._done = batch + 1 - self._done, batch + 1
         lr = float(keras.ops.convert_to_numpy(self.schedule(step - 1)))
         logs = logs or {}
         row = [step, self.stage + 1, f"{float(logs.get('loss', float('nan'))):.6f}",
                f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
-               f"{self.tokens_per_batch / dt:.1f}" if dt > 0 else "", f"{time.time():.3f}"]
+               f"{self.tokens_per_batch * ran / dt:.1f}" if dt > 0 else "", f"{time.time():.3f}"]
         with open(self.path, "a", newline="") as f:
             f.write(",".join(str(v) for v in row) + "\n")
+        if self.tensorboard is not None:
+            import tensorflow as tf
+
+            with self.tensorboard.as_default(step=step):
+                for name, value in (("loss", row[2]), ("accuracy", row[3]), ("learning_rate", lr)):
+                    tf.summary.scalar(name, float(value))
+
+    def on_train_end(self, logs=None):
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
 
 def read_steps(run_dir):

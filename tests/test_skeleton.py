@@ -102,3 +102,15 @@ def test_generate_and_evaluate_from_run_cli(tiny_run):
     assert rows[0]["model"] == "base" and len(rows) == 3
     # the trained stages beat the untrained base on held-out text
     assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_asking_for_a_missing_gpu_is_an_error_not_a_cpu_run():
+    from kgpt2.devices import list_gpus, resolve_device
+
+    if list_gpus():
+        pytest.skip("this machine has a GPU")
+    assert resolve_device("auto").keras_name == "cpu:0"
+    with pytest.raises(UserError, match="sees no GPU"):
+        resolve_device("gpu:0")
+    with pytest.raises(UserError, match="not one of"):
+        resolve_device("tpu")

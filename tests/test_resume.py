@@ -1,0 +1,151 @@
+"""Staged training survives anything: SIGKILL mid-step or mid-save, a full disk.
+
+The kill-and-resume test trains a 4-stage plan on real PubMed abstracts,
+kills the trainer with SIGKILL three times (once the moment a checkpoint
+save starts), checks after each kill that every checkpoint on disk is
+complete, resumes, and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_OVERRIDES, tiny_config
+from kgpt2.checkpoints import CheckpointManager
+from kgpt2.errors import UserError
+
+PLAN = 'train.stages=[4, 6, 8, "rest"]'
+
+
+@pytest.fixture(scope="module")
+def pubmed_shards(tmp_path_factory, shared_data, pydoc_tokenizer):
+    from kgpt2.data.shards import prepare
+
+    out = tmp_path_factory.mktemp("pubmed") / "shards"
+    # memsum keeps its own train/val/test files; abstracts keep the run short.
+    prepare(shared_data / "pubmed" / "memsum_pubmed_300", out, pydoc_tokenizer, contents="abstract", progress=False)
+    return out
+
+
+def _args(root, preset, shards, run):
+    return TINY_OVERRIDES + [f"checkpoints_root={root}", f"model.preset={preset}", f"data.shards={shards}",
+                             f"run={run}", PLAN, "train.checkpoint_every=7", "train.keep_last=2", "train.epochs=1"]
+
+
+def _start(args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "-q", "train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _assert_checkpoints_complete(run_dir: Path):
+    for d in run_dir.glob("ckpt-*"):
+        state = json.loads((d / "state.json").read_text())  # parses: the dir is complete
+        assert state["step"] == int(d.name[5:])
+        with np.load(d / "weights.npz") as w, np.load(d / "optimizer.npz") as o:
+            assert len(w.files) > 0 and len(o.files) > 0
+
+
+def _final_weights(run_dir: Path) -> dict:
+    ckpt = CheckpointManager(run_dir).latest()
+    with np.load(ckpt.path / "weights.npz") as w:
+        return ckpt.step, {k: w[k] for k in w.files}
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_resume_matches_uninterrupted(tmp_path, tiny_preset, pubmed_shards):
+    ref = _start(_args(tmp_path, tiny_preset, pubmed_shards, "reference"))
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+
+    run_dir = tmp_path / "killed"
+    args = _args(tmp_path, tiny_preset, pubmed_shards, "killed")
+    rng = random.Random(0)
+    kills = 0
+    for attempt in ("random", "during-save", "random"):
+        proc = _start(args)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if attempt == "during-save":
+                if any(run_dir.glob(".ckpt-*.tmp-*")):  # a save has begun
+                    break
+                time.sleep(0.0005)
+            else:
+                if any(run_dir.glob("ckpt-*")):
+                    time.sleep(rng.uniform(0.0, 3.0))
+                    break
+                time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        _assert_checkpoints_complete(run_dir)
+    assert kills >= 2, "the run finished before it could be interrupted; make it longer"
+
+    final = _start(args)
+    assert final.wait(timeout=600) == 0, final.stderr.read()
+    _assert_checkpoints_complete(run_dir)
+
+    ref_step, ref_w = _final_weights(tmp_path / "reference")
+    step, w = _final_weights(run_dir)
+    assert step == ref_step
+    for k in ref_w:
+        np.testing.assert_allclose(w[k], ref_w[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    ref_stages = json.loads((tmp_path / "reference" / "stages.json").read_text())
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert [s["stage"] for s in stages] == [1, 2, 3, 4]
+    for a, b in zip(stages, ref_stages):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # the per-step log has each step exactly once after the resumes
+    steps = [int(line.split(",")[0]) for line in (run_dir / "logs" / "steps.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, step + 1))
+
+
+def test_resume_refuses_incompatible_config(tmp_path, tiny_preset, pydoc_shards):
+    from kgpt2.train import train
+
+    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]")
+    train(cfg, verbose=0)
+    for override, named in [("lora.enabled=true", "lora"), ("data.sequence_length=16", "sequence_length")]:
+        changed = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]", override)
+        with pytest.raises(UserError, match=f"config changed.*{named}"):
+            train(changed, verbose=0)
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        train(tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=fresh", "train.stages=[3]"),
+              verbose=0, require_checkpoint=True)
+
+
+@pytest.mark.parametrize("err, words", [(errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file system")])
+def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pydoc_shards, monkeypatch, err, words):
+    import kgpt2.checkpoints as ck
+    from kgpt2.train import train
+
+    real_save = ck._save_arrays
+    calls = {"n": 0}
+
+    def failing_save(path, variables):
+        calls["n"] += 1
+        if calls["n"] > 2:  # the first checkpoint (weights + optimizer) succeeds
+            raise OSError(err, os.strerror(err), str(path))
+        real_save(path, variables)
+
+    monkeypatch.setattr(ck, "_save_arrays", failing_save)
+    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=full", "train.stages=[3, 3]")
+    with pytest.raises(UserError, match=f"{words}.*last good checkpoint ckpt-\\d+ is intact"):
+        train(cfg, verbose=0)
+    ckpts = CheckpointManager(cfg.run_dir).list()
+    assert len(ckpts) == 1 and not list(cfg.run_dir.glob(".ckpt-*"))
+    _assert_checkpoints_complete(cfg.run_dir)
+    monkeypatch.setattr(ck, "_save_arrays", real_save)
+    result = train(cfg, verbose=0)  # the disk has room again: it resumes and finishes
+    assert len(result.stages) == 2

@@ -134,12 +134,17 @@ class CheckpointManager:
         return ckpts[-1] if ckpts else None
 
     def get(self, checkpoint_id: str) -> Checkpoint:
-        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest`)."""
+        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest`, `best`)."""
         ckpts = self.list()
         if not ckpts:
             raise UserError(f"run '{self.run_dir}' has no checkpoints yet")
         if checkpoint_id in ("latest", "", None):
             return ckpts[-1]
+        if checkpoint_id == "best":  # lowest validation loss (kgpt2.periodic_eval, train.keep_best)
+            best = self._best_id()
+            if best is None or best not in {c.id for c in ckpts}:
+                raise UserError(f"run '{self.run_dir}' has no best checkpoint; train it with train.keep_best = true and train.eval_every > 0")
+            checkpoint_id = best
         for c in ckpts:
             if checkpoint_id in (c.id, str(c.step)):
                 return c
@@ -183,11 +188,19 @@ class CheckpointManager:
     def _retain(self) -> None:
         """Keep the last `keep_last` checkpoints and every stage end."""
         ckpts = self.list()
+        best = self._best_id()
         for c in ckpts[:-self.keep_last] if self.keep_last > 0 else []:
-            if not c.state.get("stage_end"):
+            if not c.state.get("stage_end") and c.id != best:
                 shutil.rmtree(c.path, ignore_errors=True)
         for stale in self.run_dir.glob(".ckpt-*.tmp-*"):  # left by a crash mid-save
             shutil.rmtree(stale, ignore_errors=True)
+
+    def _best_id(self) -> str | None:
+        """The checkpoint `best.json` names (written by kgpt2.periodic_eval), if any."""
+        try:
+            return json.loads((self.run_dir / "best.json").read_text()).get("id") or None
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
 
     @staticmethod
     def restore(model, checkpoint: Checkpoint, optimizer=None) -> dict:

@@ -6,6 +6,10 @@
     kgpt2 generate   -> kgpt2.generate                text from a checkpoint
     kgpt2 demo       -> kgpt2.demo                    Gradio side-by-side app
     kgpt2 quickstart -> kgpt2.quickstart              the whole pipeline, offline
+    kgpt2 align      -> kgpt2.align.align             DPO on preference pairs
+    kgpt2 tokenizer  -> kgpt2.pretrain.train_tokenizer your own BPE or character tokenizer
+    kgpt2 pretrain   -> kgpt2.pretrain                from-scratch presets, run summary
+    kgpt2 export     -> kgpt2.export.export_run       Hugging Face / KerasHub preset directory
 
 A user's mistake (missing file, unknown key, bad preset) prints one line
 `kgpt2: error: ...` and exits with status 2; never a traceback.
@@ -46,25 +50,34 @@ def _prepare(p: argparse.ArgumentParser):
     p.add_argument("--out", required=True, help="output shard directory")
     p.add_argument("--format", dest="fmt", help="override format detection")
     p.add_argument("--contents", default="both", choices=["body", "abstract", "both"])
-    p.add_argument("--splits", default="auto", choices=["auto", "hash", "train"])
+    p.add_argument("--splits", default="auto", metavar="{auto,hash,train,tail:F}",
+                   help="auto/hash split by article; tail:0.1 = the last 10%% of the text is validation (nanoGPT)")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--separator", default=None, help="split plain text files into documents at this string")
+    p.add_argument("--separator", default=None,
+                   help="split plain text files into documents at this string (backslash escapes: '\\n\\n')")
     p.add_argument("--preset", default="gpt2_base_en", help="tokenise with this preset's tokenizer")
     p.add_argument("--tokenizer", default="", help="directory with vocabulary.json + merges.txt (overrides --preset)")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--threads", type=int, default=None, help="encoding threads (default: all usable cores)")
 
     def run(a):
+        import codecs
+
         from kgpt2.config import ModelConfig
         from kgpt2.data.shards import prepare
         from kgpt2.models import load_tokenizer
 
         tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer))
         m = prepare(a.source, a.out, tok, fmt=a.fmt, contents=a.contents, splits=a.splits,
-                    seed=a.seed, text_column=a.text_column, separator=a.separator)
+                    seed=a.seed, text_column=a.text_column, threads=a.threads,
+                    separator=codecs.decode(a.separator, "unicode_escape") if a.separator and "\\" in a.separator
+                    else a.separator)
         for name, s in m["splits"].items():
             print(f"{name:>10}: {s['num_articles']:>8,} articles {s['num_tokens']:>13,} tokens")
         if m["skipped"]["total"]:
             print(f"skipped {m['skipped']['total']} records: {m['skipped']['by_reason']}")
+            for example in m["skipped"]["examples"]:
+                print(f"  e.g. {example}")
         print(f"shards in {a.out} (content hash {m['content_hash']})")
 
     return run
@@ -75,6 +88,7 @@ def _train(p):
     _add_config(p)
     p.add_argument("--resume", action="store_true", help="resume from the newest checkpoint (the default when one exists)")
     p.add_argument("--device", help="auto, cpu, gpu, gpu:N")
+    p.add_argument("--devices", help="data-parallel over this many devices, or 'all' (JAX; batch_size is the global batch)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved stage plan and stop")
 
     def run(a):
@@ -82,13 +96,14 @@ def _train(p):
         from kgpt2.train import describe_plan, train
 
         overrides = list(a.overrides) + ([f"train.device={a.device}"] if a.device else [])
+        overrides += [f'train.devices="{a.devices}"'] if a.devices else []
         cfg = load_config(a.config, overrides)
         if a.dry_run:
             import pandas as pd
 
             print(pd.DataFrame(describe_plan(cfg)).to_string(index=False))
             return
-        result = train(cfg)
+        result = train(cfg, require_checkpoint=a.resume)
         print(f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})")
 
     return run
@@ -97,7 +112,7 @@ def _train(p):
 @verb("evaluate", "accuracy, loss and perplexity of checkpoints on a split")
 def _evaluate(p):
     p.add_argument("--run", required=True, help="run directory, e.g. checkpoints/quickstart")
-    p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, all, or base")
+    p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, all, base, or a comma list")
     p.add_argument("--split", default="test")
     p.add_argument("--compare", choices=["base"], help="also evaluate the untrained base model")
     p.add_argument("--max-batches", type=int, default=None)
@@ -109,6 +124,8 @@ def _evaluate(p):
         rows = evaluate_run(a.run, a.checkpoint, a.split, compare_base=a.compare == "base",
                             max_batches=a.max_batches)
         print(json.dumps(rows, indent=2) if a.json else format_table(rows))
+        if not a.json:
+            print(f"saved: {a.run}/evaluation-{a.split}.json, .csv and .png")
 
     return run
 
@@ -164,6 +181,29 @@ def _demo(p):
     return run
 
 
+@verb("align", "DPO: align a model to preference pairs (prompt, chosen, rejected)")
+def _align(p):
+    _add_config(p)
+    p.add_argument("--device", help="auto, cpu, gpu, gpu:N")
+
+    def run(a):
+        from kgpt2.align import align
+        from kgpt2.config import load_config
+
+        cfg = load_config(a.config, list(a.overrides) + ([f"train.device={a.device}"] if a.device else []))
+        r = align(cfg)
+        p = r["pairs"]
+        print(f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
+              f"chosen == rejected dropped, {p['too_long_dropped']} too long; {p['train']} train, {p['heldout']} held out")
+        for when in ("before", "after"):
+            m = r[f"heldout_{when}"]
+            print(f"held-out {when:>6}: loss {m['loss']:.4f}, reward accuracy {m['reward_accuracy']:.3f}, "
+                  f"margin {m['reward_margin']:.4f}")
+        print(f"run in {cfg.run_dir} ({r['checkpoint']}, align.json)")
+
+    return run
+
+
 @verb("quickstart", "the whole pipeline offline on CPU: tokenizer, tiny GPT-2, stages, evaluation")
 def _quickstart(p):
     p.add_argument("--checkpoints-root", default="checkpoints")
@@ -181,6 +221,71 @@ def _quickstart(p):
         print(f"\nmade: {r['run_dir']}/ (preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)")
         print(f"next: kgpt2 demo --run {r['run_dir']}")
         print(f"      kgpt2 generate --run {r['run_dir']} --prompt 'The with statement'")
+
+    return run
+
+
+@verb("export", "write a run's model (LoRA merged) as a Hugging Face GPT-2 or a KerasHub preset")
+def _export(p):
+    p.add_argument("--run", required=True, help="run directory, e.g. checkpoints/quickstart")
+    p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, or base")
+    p.add_argument("--to", required=True, choices=["hf", "preset"], help="hf: transformers format; preset: KerasHub preset")
+    p.add_argument("out", help="new output directory")
+
+    def run(a):
+        from kgpt2.export import export_run
+
+        out = export_run(a.run, a.to, a.out, checkpoint=a.checkpoint)
+        print(f"exported {a.run} ({a.checkpoint}) as {'Hugging Face GPT-2' if a.to == 'hf' else 'KerasHub preset'} to {out}")
+
+    return run
+
+
+@verb("tokenizer", "train your own tokenizer: byte-level BPE (GPT-2 style) or characters")
+def _tokenizer(p):
+    p.add_argument("action", choices=["train"])
+    p.add_argument("--source", required=True, help="file or folder of text (any `prepare` source)")
+    p.add_argument("--out", required=True, help="output directory (use it as --tokenizer / model.tokenizer)")
+    p.add_argument("--vocab-size", type=int, default=0, help="BPE vocabulary size, end-of-text included")
+    p.add_argument("--char", action="store_true", help="one token per distinct character (nanoGPT shakespeare_char)")
+    p.add_argument("--format", dest="fmt", help="override format detection")
+    p.add_argument("--min-frequency", type=int, default=2, help="BPE: merges seen fewer times are not made")
+
+    def run(a):
+        from kgpt2.pretrain import train_tokenizer
+
+        if not a.char and not a.vocab_size:
+            raise UserError("give --vocab-size N for a BPE tokenizer, or --char for a character-level one")
+        tok = train_tokenizer(a.source, a.out, a.vocab_size, char=a.char, fmt=a.fmt, min_frequency=a.min_frequency)
+        kind = "character" if a.char else "byte-level BPE"
+        print(f"{kind} tokenizer, {tok.vocab_size} tokens (end-of-text id {tok.eos_id}), saved in {a.out}")
+
+    return run
+
+
+@verb("pretrain", "from-scratch models: `init` saves a fresh GPT-2 preset, `summary` reads a run's speed and best loss")
+def _pretrain(p):
+    p.add_argument("action", choices=["init", "summary"])
+    p.add_argument("--config", help="TOML run config ([model] shape and model.tokenizer); for init")
+    p.add_argument("--out", help="init: preset directory (default: <run>/preset, what `train` uses for preset = \"scratch\")")
+    p.add_argument("--run", help="summary: run directory")
+    p.add_argument("--json", action="store_true", help="summary: machine-readable")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    def run(a):
+        from kgpt2 import pretrain
+
+        if a.action == "summary":
+            if not a.run:
+                raise UserError("pretrain summary needs --run DIR")
+            summary = pretrain.run_summary(a.run)
+            print(json.dumps(summary, indent=2) if a.json else pretrain.format_summary(summary))
+            return
+        from kgpt2.config import load_config
+
+        cfg = load_config(a.config, a.overrides)
+        out = pretrain.init_preset(cfg, a.out or cfg.run_dir / pretrain.PRESET_DIR)
+        print(f"preset saved in {out}")
 
     return run
 

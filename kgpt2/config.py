@@ -35,19 +35,38 @@ class ModelConfig:
     hidden_dim: int = 768
     intermediate_dim: int = 3072
     max_sequence_length: int = 1024
-    vocabulary_size: int = 50257
-    # Directory with vocabulary.json + merges.txt; empty = the preset's own.
+    vocabulary_size: int = 50257  # 0 = the tokenizer's size (docs/pretraining.md)
+    # Directory with vocabulary.json + merges.txt (or a character vocabulary
+    # from `kgpt2 tokenizer train --char`); empty = the preset's own.
     tokenizer: str = ""
     # Dropout for training. keras-hub's presets use 0.1, which also makes
     # Keras skip its fused attention kernel (docs/benchmarks.md); fine-tuning
     # GPT-2 does well without it, so kgpt2 defaults to 0.0.
     dropout: float = 0.0
+    # Pad the vocabulary (50,257 for GPT-2) up to a multiple of this for
+    # faster GPU matrix shapes; the pad logits are masked, so loss, sampling
+    # and exported weights are unchanged (docs/performance.md). 0 = off.
+    pad_vocabulary_to: int = 64
+    # Dropout on the attention probabilities only; -1 = the same as `dropout`.
+    # 0 lets Keras use its fused attention kernel while the residual and MLP
+    # dropout stay at `dropout` (docs/pretraining.md).
+    attention_dropout: float = -1.0
+    # Quantise the frozen base after loading ("QLoRA" the Keras way): "" (off),
+    # "int8" or "int4"; LoRA adapters on top stay in float (kgpt2.quantize).
+    quantize: str = ""
 
 
 @dataclass
 class DataConfig:
     shards: str = ""  # directory written by `kgpt2 prepare`
     sequence_length: int = 1024
+    # Instruction shards carry a loss mask: "response" trains on the response
+    # tokens (+ end-of-text) only, "all" on every token. Articles have no mask.
+    loss_on: str = "response"
+    # "packed": fixed windows over the token stream (articles); "example": one
+    # example per window, padded, so examples never attend to each other
+    # (kgpt2.instructions explains why packing cannot isolate them).
+    windows: str = "packed"
 
 
 @dataclass
@@ -81,11 +100,51 @@ class TrainConfig:
     # fp32 on CPU. Or a Keras policy name: float32, mixed_bfloat16, mixed_float16.
     precision: str = "auto"
     device: str = "auto"  # "auto", "cpu", "gpu", "gpu:0", ...
+    # Data parallel (JAX): "1", a device count, or "all" of train.device's
+    # kind; batch_size is then the global batch (kgpt2.distribution).
+    devices: str = "1"
     checkpoint_every: int = 0  # steps between mid-stage checkpoints (0 = stage ends only)
     keep_last: int = 3  # mid-stage checkpoints kept (stage-end ones are always kept)
     eval_batches: int = 50  # validation batches after each stage (0 = none)
+    # Stop after this many optimizer steps in all (0 = when the plan ends).
+    # With epochs = 0, the epochs are as many as max_steps needs.
+    max_steps: int = 0
+    # Every `eval_every` steps (0 = never): loss on `eval_batches` batches of
+    # the train and validation splits, logged to logs/evals.csv; with
+    # `keep_best`, a checkpoint whenever validation loss improves (id "best").
+    eval_every: int = 0
+    keep_best: bool = False
+    # Clip the norm of all gradients together (torch's clip_grad_norm_,
+    # nanoGPT) instead of each variable's gradient on its own.
+    global_clipnorm: bool = False
+    # Steps per call of the compiled train function (Keras `steps_per_execution`):
+    # callbacks, logging and the host/GPU sync they force happen once per K
+    # steps. checkpoint_every and eval_every should be multiples of it.
+    steps_per_execution: int = 1
+    # Variables whose name contains one of these get no weight decay
+    # (nanoGPT: ["bias", "gamma", "beta"], i.e. biases and layer norms).
+    no_decay: list = field(default_factory=list)
     # Resume from the newest checkpoint in the run dir when there is one.
     resume: bool = True
+
+
+@dataclass
+class AlignConfig:
+    """`kgpt2 align`: DPO on preference pairs (kgpt2.align)."""
+
+    # JSON/JSONL files of prompt (or instruction/input) + chosen + rejected,
+    # or a demo run's votes.jsonl.
+    data: list = field(default_factory=list)
+    beta: float = 0.1
+    heldout_fraction: float = 0.1  # pairs held out for reward accuracy / margins
+    steps: int = 100  # optimizer steps (batches of train.batch_size pairs)
+    # Start the policy (and the frozen reference) from this run's checkpoint,
+    # e.g. an Alpaca SFT run; empty = the preset itself.
+    init_run: str = ""
+    init_checkpoint: str = "latest"
+    # Template for records that give a raw `prompt` ("plain" or "instruction");
+    # instruction/input records always use the Alpaca template.
+    template: str = "plain"
 
 
 @dataclass
@@ -110,6 +169,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -126,6 +186,8 @@ class Config:
             "sequence_length": self.data.sequence_length,
             "lora": lora.enabled,
         }
+        if m.pad_vocabulary_to > 1:  # checkpoints hold the padded embedding
+            sig["pad_vocabulary_to"] = m.pad_vocabulary_to
         if m.preset == "scratch":
             sig.update(
                 num_layers=m.num_layers,
@@ -135,6 +197,8 @@ class Config:
             )
         if lora.enabled:
             sig.update(lora_rank=lora.rank, lora_targets=sorted(lora.targets))
+        if m.quantize:  # adapters are trained against the quantised base
+            sig["quantize"] = m.quantize
         return sig
 
     def hash(self) -> str:
@@ -174,6 +238,8 @@ def _coerce(value, default, name):
     elif isinstance(default, list):
         ok = isinstance(value, list)
     else:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # a count may stand for a string (train.devices = 2)
         ok = isinstance(value, str)
     if not ok:
         raise UserError(

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from kgpt2.checkpoints import CheckpointManager, atomic_write_text
 from kgpt2.data.batches import WindowBatches, to_dataset
 from kgpt2.data.shards import ShardSet
@@ -24,8 +26,10 @@ from kgpt2.runs import BASE, build_run_model, load_run_config, restore, snapshot
 
 
 def select_checkpoints(run_dir, which) -> list[str]:
-    """`latest`, `all` (every stage end plus the latest), an id, or a list of ids."""
+    """`latest`, `all` (every stage end plus the latest), an id, or a list (or comma list) of ids."""
     mgr = CheckpointManager(run_dir)
+    if isinstance(which, str) and "," in which:
+        which = [w.strip() for w in which.split(",") if w.strip()]
     if isinstance(which, (list, tuple)):
         return [w if w == BASE else mgr.get(w).id for w in which]
     if which == "all":
@@ -37,6 +41,12 @@ def select_checkpoints(run_dir, which) -> list[str]:
             raise UserError(f"run '{run_dir}' has no checkpoints yet")
         return ids
     return [which if which == BASE else mgr.get(which).id]
+
+
+def predicted_tokens(source: WindowBatches) -> int:
+    """Targets with weight 1 in the batches `evaluate` sees (`max_batches` included)."""
+    starts = source.starts[:len(source) * source.batch_size]
+    return int(np.minimum(source.sequence_length, source.hi - starts - 1).clip(0).sum())
 
 
 def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_base: bool = False,
@@ -62,7 +72,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     for ckpt_id in ids:
         restore(model, run_dir, ckpt_id, base=base)
         logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
-        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": source.real_tokens()}
+        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": predicted_tokens(source)}
         if ckpt_id != BASE:
             state = CheckpointManager(run_dir).get(ckpt_id).state
             row.update(step=state["step"], stage=state["stage"] + (0 if state.get("stage_end") else 1))

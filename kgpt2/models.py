@@ -21,10 +21,12 @@ GPT-2 tokenizer (kgpt2.tokenizer) and feeds token ids.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
 import keras_hub
+import numpy as np
 
 from kgpt2.config import Config, LoraConfig, ModelConfig
 from kgpt2.errors import UserError
@@ -54,6 +56,41 @@ def _check_preset(preset: str) -> None:
         )
 
 
+def hf_gpt2_overrides(root: Path) -> dict:
+    """Check a Hugging Face GPT-2 directory for what keras-hub's converter cannot carry.
+
+    keras-hub's converter (keras_hub/src/utils/transformers/convert_gpt2.py)
+    assumes `n_inner = 4 * n_embd` and the stock GPT-2 block, and silently
+    ignores config fields that change the maths; kgpt2 passes `n_inner` on and
+    refuses the rest, so a loaded model computes what transformers computes.
+    Returns GPT2Backbone keyword overrides ({} for a KerasHub preset directory).
+    """
+    path = root / "config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # not an HF config: keras-hub reports what is wrong
+    if "model_type" not in config:
+        return {}  # a KerasHub preset (its config.json has class_name/module)
+    if config["model_type"] != "gpt2":
+        raise UserError(f"'{root}' holds a Hugging Face '{config['model_type']}' model; kgpt2 loads GPT-2 only")
+    if not ((root / "model.safetensors").is_file() or (root / "model.safetensors.index.json").is_file()):
+        raise UserError(f"'{root}' has no model.safetensors; re-save it with transformers' "
+                        "save_pretrained(dir, safe_serialization=True)")
+    unsupported = []
+    if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        unsupported.append(f"activation_function={config['activation_function']!r}")
+    if abs(float(config.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
+        unsupported.append(f"layer_norm_epsilon={config['layer_norm_epsilon']}")
+    if config.get("scale_attn_by_inverse_layer_idx", False) or not config.get("scale_attn_weights", True):
+        unsupported.append("non-standard attention scaling")
+    if not config.get("tie_word_embeddings", True):
+        unsupported.append("tie_word_embeddings=false")
+    if unsupported:
+        raise UserError(f"'{root}' is a GPT-2 variant KerasHub's GPT2Backbone cannot express ({', '.join(unsupported)})")
+    return {"intermediate_dim": int(config["n_inner"])} if config.get("n_inner") else {}
+
+
 def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.models.GPT2Backbone:
     """The GPT2Backbone for `cfg`, with kgpt2's dropout setting."""
     _check_preset(cfg.preset)
@@ -68,9 +105,10 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
             max_sequence_length=cfg.max_sequence_length,
         )
     preset = str(Path(cfg.preset).expanduser()) if _is_local(cfg.preset) else cfg.preset
+    overrides = hf_gpt2_overrides(Path(preset)) if _is_local(cfg.preset) else {}
     try:
         return keras_hub.models.GPT2Backbone.from_preset(
-            preset, load_weights=load_weights, dropout=cfg.dropout
+            preset, load_weights=load_weights, dropout=cfg.dropout, **overrides
         )
     except UserError:
         raise
@@ -93,6 +131,8 @@ def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
                 return Tokenizer.from_dir(d)
             except UserError:
                 continue
+        if (root / "tokenizer.json").is_file():  # transformers >= 5 saves only this file
+            return tokenizer_from_hf_json(root / "tokenizer.json")
         raise UserError(f"preset directory '{root}' holds no GPT-2 tokenizer files")
     try:
         kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
@@ -100,6 +140,18 @@ def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load the tokenizer of preset '{cfg.preset}' ({reason}); {OFFLINE_HINT}") from None
     return Tokenizer(kh.vocabulary, kh.merges)
+
+
+def tokenizer_from_hf_json(path: Path) -> Tokenizer:
+    """kgpt2's tokenizer from a Hugging Face `tokenizer.json` holding a byte-level BPE."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        model = spec["model"]
+        if model.get("type") != "BPE":
+            raise KeyError("type")
+        return Tokenizer(model["vocab"], model["merges"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"'{path}' is not a byte-level BPE tokenizer.json (GPT-2 style)") from None
 
 
 def enable_lora(backbone, lora: LoraConfig) -> None:
@@ -125,9 +177,132 @@ def enable_lora(backbone, lora: LoraConfig) -> None:
     backbone._lora_rank = lora.rank
 
 
+class PaddedReversibleEmbedding(keras_hub.layers.ReversibleEmbedding):
+    """A token embedding with extra, never-predicted rows at the end.
+
+    GPT-2's 50,257-token vocabulary makes the output projection an awkward
+    matrix shape for GPU matrix units; 50,304 (a multiple of 64) runs faster
+    (docs/benchmarks.md). The pad rows start at zero, no input ever looks
+    them up, and their logits are pushed to a large negative number, so
+    softmax, loss, sampling and (through `save_unpadded_weights`) exported
+    weights are those of the unpadded model. keras-hub has no such option, so
+    kgpt2 adds this one mask on top of its layer.
+    """
+
+    real_vocabulary_size: int = 0
+
+    def _mask(self, logits):
+        ids = keras.ops.arange(keras.ops.shape(logits)[-1])
+        # Finite (not -inf): Keras's cross-entropy multiplies one-hot targets
+        # by log-probabilities, and 0 * -inf would be NaN. float16 caps at 65504.
+        low = -6.0e4 if keras.backend.standardize_dtype(logits.dtype) == "float16" else -1.0e9
+        return keras.ops.where(ids < self.real_vocabulary_size, logits, keras.ops.cast(low, logits.dtype))
+
+    def call(self, inputs, reverse=False):
+        out = super().call(inputs, reverse=reverse)
+        return self._mask(out) if reverse else out
+
+    def quantized_call(self, inputs, reverse=False):
+        out = super().quantized_call(inputs, reverse=reverse)
+        return self._mask(out) if reverse else out
+
+
+def padded_size(vocabulary_size: int, multiple: int) -> int:
+    """`vocabulary_size` rounded up to `multiple` (0 or 1 = unchanged)."""
+    if multiple < 0:
+        raise UserError(f"model.pad_vocabulary_to must be 0 (off) or a positive multiple, got {multiple}")
+    if multiple <= 1:
+        return vocabulary_size
+    return -(-vocabulary_size // multiple) * multiple
+
+
+def pad_vocabulary(backbone, multiple: int):
+    """A copy of `backbone` whose vocabulary is padded to `multiple`, pad logits masked.
+
+    Returns `backbone` itself when its vocabulary is already a multiple.
+    """
+    real = backbone.vocabulary_size
+    size = padded_size(real, multiple)
+    if size == real:
+        return backbone
+    config = dict(backbone.get_config(), vocabulary_size=size)
+    padded = type(backbone).from_config(config)
+    weights = []
+    for w, target in zip(backbone.get_weights(), padded.weights):
+        if w.shape != tuple(target.shape):  # the token embedding: zero pad rows
+            w = np.concatenate([w, np.zeros((size - real,) + w.shape[1:], w.dtype)], axis=0)
+        weights.append(w)
+    padded.set_weights(weights)
+    padded.token_embedding.__class__ = PaddedReversibleEmbedding
+    padded.token_embedding.real_vocabulary_size = real
+    padded.real_vocabulary_size = real
+    return padded
+
+
+def real_vocabulary_size(backbone) -> int:
+    return getattr(backbone, "real_vocabulary_size", backbone.vocabulary_size)
+
+
+def save_unpadded_weights(backbone, path) -> None:
+    """`backbone.save_weights(path)` with the token embedding cut back to the real vocabulary.
+
+    The file then loads into a plain keras-hub GPT2Backbone of the original
+    vocabulary size (LoRA is merged by Keras on save).
+    """
+    import h5py
+
+    backbone.save_weights(str(path))
+    real, size = real_vocabulary_size(backbone), backbone.vocabulary_size
+    if real == size:
+        return
+    with h5py.File(str(path), "r+") as f:
+        cut = []
+        f.visititems(lambda name, obj: cut.append(name)
+                     if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.shape[0] == size else None)
+        for name in cut:
+            data = f[name][:real]
+            del f[name]
+            f.create_dataset(name, data=data)
+        # Keras files a layer's variables under its class name: give the
+        # plain keras-hub layer's name back.
+        groups = []
+        f.visititems(lambda name, obj: groups.append(name)
+                     if isinstance(obj, h5py.Group) and name.endswith("padded_reversible_embedding") else None)
+        for name in groups:
+            f.move(name, name[: -len("padded_reversible_embedding")] + "reversible_embedding")
+
+
+def set_attention_dropout(backbone, rate: float) -> None:
+    """Dropout on the attention probabilities only (-1 = leave it at `model.dropout`).
+
+    keras-hub's GPT-2 uses one rate for the residual, MLP and attention
+    dropout; Keras' MultiHeadAttention takes its fused `dot_product_attention`
+    path only when its own dropout is 0. keras-hub has no separate setting, so
+    this sets the attention layers' rate (read at call time) directly.
+    """
+    if rate < 0:
+        return
+    if rate >= 1:
+        raise UserError(f"model.attention_dropout must be below 1, got {rate}")
+    for layer in backbone.transformer_layers:
+        attention = layer._self_attention_layer
+        attention._dropout = rate
+        attention._dropout_layer.rate = rate
+
+
 def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.GPT2CausalLM:
-    """The task model for `cfg`: backbone (+ LoRA when enabled), no preprocessor."""
+    """The task model for `cfg`: backbone (+ LoRA when enabled), no preprocessor.
+
+    The vocabulary is padded to `model.pad_vocabulary_to` (see
+    `PaddedReversibleEmbedding`); outputs are unchanged.
+    """
     backbone = build_backbone(cfg.model, load_weights=load_weights)
+    backbone = pad_vocabulary(backbone, cfg.model.pad_vocabulary_to)
+    set_attention_dropout(backbone, cfg.model.attention_dropout)
+    if cfg.model.quantize:  # frozen int8/int4 base under float LoRA (kgpt2.quantize)
+        from kgpt2.quantize import quantize_backbone
+
+        quantize_backbone(backbone, cfg.model.quantize)
     if cfg.lora.enabled:
         enable_lora(backbone, cfg.lora)
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
@@ -138,6 +313,11 @@ def save_preset(backbone, tokenizer: Tokenizer, directory) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     backbone.save_to_preset(str(directory))
+    if getattr(tokenizer, "kind", "") == "char":
+        # KerasHub has no character-level GPT-2 tokenizer: the vocabulary goes
+        # where its tokenizer assets would, and Tokenizer.from_dir finds it there.
+        tokenizer.save(directory / "assets" / "tokenizer")
+        return directory
     kh_tokenizer = keras_hub.models.GPT2Tokenizer(
         vocabulary=tokenizer.vocabulary, merges=[" ".join(m) for m in tokenizer.merges]
     )

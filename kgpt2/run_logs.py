@@ -63,7 +63,7 @@ class _StepLogger(keras.callbacks.Callback):
     # Reads only `logs` (never `self.model`), so on JAX it forces no state sync.
     def __init__(self, path, cursor, schedule, stage, tokens_per_batch, tensorboard=None):
         super().__init__()
-        self.path, self.cursor, self.schedule = path, cursor, schedule
+        self.path, self.cursor, self.schedule = path, cursor, host_schedule(schedule)
         self.tensorboard = tensorboard
         self.stage, self.tokens_per_batch = stage, tokens_per_batch
         self._t = None
@@ -78,7 +78,7 @@ class _StepLogger(keras.callbacks.Callback):
         dt, self._t = now - self._t, now
         step = self.cursor["step"]  # already advanced by the checkpointer
         ran, self._done = batch + 1 - self._done, batch + 1
-        lr = float(keras.ops.convert_to_numpy(self.schedule(step - 1)))
+        lr = self.schedule(step - 1)
         logs = logs or {}
         row = [step, self.stage + 1, f"{float(logs.get('loss', float('nan'))):.6f}",
                f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
@@ -95,6 +95,27 @@ class _StepLogger(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.tensorboard is not None:
             self.tensorboard.flush()
+
+
+def host_schedule(schedule):
+    """`step -> float` for a Keras learning-rate schedule, cheap enough for every step.
+
+    Called eagerly on JAX, CosineDecay's `ops.cond` closes over fresh arrays
+    each call, so JAX compiled a new XLA program per step (~0.3 s on CPU,
+    most of a small model's step time; measured in docs/pretraining.md). One
+    `jax.jit`, run on the host CPU, compiles it once and never waits on a GPU.
+    """
+    if keras.backend.backend() != "jax":
+        return lambda step: float(keras.ops.convert_to_numpy(schedule(step)))
+    import jax
+
+    compiled, cpu = jax.jit(schedule), jax.devices("cpu")[0]
+
+    def learning_rate(step):
+        with jax.default_device(cpu):
+            return float(compiled(step))
+
+    return learning_rate
 
 
 def read_steps(run_dir):

@@ -1,10 +1,14 @@
 """GPT-2 byte-level BPE that encodes exactly like OpenAI's GPT-2.
 
 kgpt2 tokenises everything (shards, evaluation, prompts, the demo) with the
-Hugging Face `tokenizers` package built from the model's own vocabulary and
-merges. keras-hub 0.32's `GPT2Tokenizer` does not reproduce OpenAI's encoding
+model's own vocabulary and merges. When they are GPT-2-shaped (token id ==
+merge rank, as in OpenAI's files) the engine is `tiktoken`, OpenAI's own BPE,
+which is the reference and several times faster; otherwise (a BPE trained
+here, whose ids are not merge ranks) the Hugging Face `tokenizers` package,
+which applies the merge list like OpenAI's `encoder.py`. keras-hub 0.32's
+`GPT2Tokenizer` does not reproduce OpenAI's encoding
 (" 's" -> [220, 338] on its eager path, "\\n\\n" -> [628] on its tf.data path;
-see docs/tokenization.md), and `tokenizers` is also ~3x faster. The files are
+see docs/tokenization.md), and both engines here are also faster. The files are
 still saved in the form `keras_hub.models.GPT2Tokenizer` loads
 (`vocabulary.json` + `merges.txt`), so presets stay valid KerasHub presets.
 
@@ -19,8 +23,10 @@ still saved in the form `keras_hub.models.GPT2Tokenizer` loads
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -52,6 +58,12 @@ class Tokenizer:
         self.eos_id = self.vocabulary[EOS]
         self.vocab_size = max(self.vocabulary.values()) + 1
         self._inverse = None
+        self._tiktoken = _tiktoken_encoding(self.vocabulary, merges, self.eos_id)
+
+    @property
+    def engine(self) -> str:
+        """'tiktoken' for GPT-2-shaped vocabularies, else 'tokenizers'."""
+        return "tiktoken" if self._tiktoken is not None else "tokenizers"
 
     # Construction -----------------------------------------------------------
     @classmethod
@@ -67,17 +79,24 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, directory) -> "Tokenizer":
         """A directory holding vocabulary.json/merges.txt (or vocab.json/merges.txt,
-        or OpenAI's encoder.json/vocab.bpe)."""
-        d = Path(directory)
-        for vocab, merges in (
-            (VOCAB_FILE, MERGES_FILE),
-            ("vocab.json", "merges.txt"),
-            ("encoder.json", "vocab.bpe"),
-        ):
-            if (d / vocab).is_file() and (d / merges).is_file():
-                return cls.from_files(d / vocab, d / merges)
+        or OpenAI's encoder.json/vocab.bpe), directly or in a KerasHub preset's
+        assets/tokenizer/. A `char_vocabulary.json` there gives a
+        `kgpt2.char_tokenizer.CharTokenizer` (same interface) instead."""
+        from kgpt2.char_tokenizer import CHAR_VOCAB_FILE, CharTokenizer
+
+        root = Path(directory)
+        for d in (root, root / "assets" / "tokenizer"):
+            if (d / CHAR_VOCAB_FILE).is_file():
+                return CharTokenizer.from_dir(d)
+            for vocab, merges in (
+                (VOCAB_FILE, MERGES_FILE),
+                ("vocab.json", "merges.txt"),
+                ("encoder.json", "vocab.bpe"),
+            ):
+                if (d / vocab).is_file() and (d / merges).is_file():
+                    return cls.from_files(d / vocab, d / merges)
         raise UserError(
-            f"'{d}' holds no GPT-2 tokenizer files (vocabulary.json + merges.txt)"
+            f"'{root}' holds no GPT-2 tokenizer files (vocabulary.json + merges.txt) nor a char_vocabulary.json"
         )
 
     @classmethod
@@ -109,11 +128,29 @@ class Tokenizer:
 
     # Use --------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        # "<|endoftext|>" inside a text is ordinary text on both engines.
+        if self._tiktoken is not None:
+            return self._tiktoken.encode_ordinary(text)
         return self._hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts; `tokenizers` spreads the batch over all cores."""
+        """Encode many texts; both engines spread the batch over the cores."""
+        if self._tiktoken is not None:
+            return self._tiktoken.encode_ordinary_batch(texts, num_threads=_threads())
         return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_arrays(self, texts: list[str], executor=None) -> list:
+        """Encode many texts to numpy int arrays (no Python int lists: fast for shards).
+
+        `executor`: a `concurrent.futures` executor to spread the texts over
+        (tiktoken releases the GIL); None encodes in this thread.
+        """
+        import numpy as np
+
+        if self._tiktoken is None:
+            return [np.asarray(ids, dtype=np.uint32) for ids in self.encode_batch(texts)]
+        encode = functools.partial(self._tiktoken.encode_to_numpy, disallowed_special=())
+        return list(executor.map(encode, texts)) if executor is not None else [encode(t) for t in texts]
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids if int(i) != self.eos_id and int(i) < self.vocab_size]
@@ -128,3 +165,40 @@ class Tokenizer:
         h = hashlib.sha256(json.dumps(self.vocabulary, sort_keys=True).encode())
         h.update("\n".join(" ".join(m) for m in self.merges).encode())
         return h.hexdigest()[:16]
+
+
+def _threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _tiktoken_encoding(vocabulary: dict, merges: list, eos_id: int):
+    """A tiktoken Encoding for GPT-2-shaped BPE files, or None for other vocabularies.
+
+    tiktoken ranks byte strings, so it is exact only when every token's id is
+    its merge rank (256 byte tokens in GPT-2's byte order, then the merges in
+    order): the check `tiktoken.load.data_gym_to_mergeable_bpe_ranks` makes on
+    OpenAI's files, redone here in memory because the vocabulary may not be a file.
+    """
+    try:
+        import tiktoken
+    except ImportError:  # pragma: no cover - tiktoken is a dependency
+        return None
+    # GPT-2's byte <-> character map: printable bytes stand for themselves, the
+    # others are chr(256), chr(257), ... in byte order.
+    byte_order = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    extra = [b for b in range(256) if b not in byte_order]
+    char_to_byte = {chr(b): b for b in byte_order} | {chr(256 + n): b for n, b in enumerate(extra)}
+    byte_order += extra
+    try:
+        ranks = {bytes([b]): i for i, b in enumerate(byte_order)}
+        for a, b in merges:
+            ranks[bytes(char_to_byte[c] for c in a + b)] = len(ranks)
+        ids = {bytes(char_to_byte[c] for c in token): i
+               for token, i in vocabulary.items() if token != EOS}
+    except KeyError:  # a character outside the byte alphabet: not GPT-2-shaped
+        return None
+    if ranks != ids or eos_id != len(ranks):
+        return None
+    pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's
+    return tiktoken.Encoding("kgpt2-gpt2", pat_str=pattern, mergeable_ranks=ranks,
+                             special_tokens={EOS: eos_id})

@@ -1,7 +1,8 @@
 """Staged training: `fit` a KerasHub GPT2CausalLM stage by stage, resumably.
 
 Read top to bottom, `train(cfg)`:
-1. picks the device (`keras.device` scope) and its precision policy,
+1. picks the device (`keras.device` scope, or `keras.distribution.DataParallel`
+   over `train.devices`: kgpt2.distribution) and its precision policy,
 2. opens the shards and resolves the stage plan against the train split,
 3. builds the model (preset + LoRA) and AdamW with warmup + cosine over the
    global step count of *all* stages,
@@ -31,9 +32,10 @@ import keras
 
 from kgpt2.checkpoints import CheckpointManager, atomic_write_text
 from kgpt2.config import Config, save_config
-from kgpt2.data.batches import WindowBatches, to_dataset
+from kgpt2.data.batches import WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import resolve_device
+from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, summarise
 from kgpt2.models import build_causal_lm, count_params, load_tokenizer
@@ -61,20 +63,46 @@ def make_optimizer(cfg: Config, total_steps: int):
         warmup_target=t.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
-    return keras.optimizers.AdamW(
+    optimizer = keras.optimizers.AdamW(
         learning_rate=schedule,
         weight_decay=t.weight_decay,
         beta_2=t.beta_2,
-        clipnorm=t.clipnorm or None,
+        clipnorm=None if t.global_clipnorm else t.clipnorm or None,
+        global_clipnorm=t.clipnorm or None if t.global_clipnorm else None,
         gradient_accumulation_steps=t.gradient_accumulation_steps if t.gradient_accumulation_steps > 1 else None,
-    ), schedule
+    )
+    if t.no_decay:  # e.g. biases and layer norms, as nanoGPT and HF's Trainer do
+        optimizer.exclude_from_weight_decay(var_names=list(t.no_decay))
+    return optimizer, schedule
 
 
-def stage_batches(cfg: Config, split, stage, epoch: int, start_batch: int = 0) -> WindowBatches:
+def stage_batches(cfg: Config, split, stage, epoch: int, start_batch: int = 0,
+                  max_batches: int | None = None) -> WindowBatches:
     lo, hi = split.token_range(stage.first, stage.end)
     return WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
                          batch_size=cfg.train.batch_size, seed=cfg.seed, stage=stage.index,
-                         epoch=epoch, shuffle=True, start_batch=start_batch)
+                         epoch=epoch, shuffle=True, start_batch=start_batch, max_batches=max_batches,
+                         **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows))
+
+
+def plan_steps(cfg: Config, split, stages) -> tuple[int, int]:
+    """(epochs per stage, total steps): the plan, cut at `train.max_steps`.
+
+    `train.epochs = 0` with `max_steps` = as many epochs as the steps need
+    (nanoGPT counts iterations, kgpt2 counts passes over permuted windows).
+    """
+    epochs, max_steps = cfg.train.epochs, cfg.train.max_steps
+    if epochs < 0 or max_steps < 0:
+        raise UserError("train.epochs and train.max_steps must not be negative")
+    if cfg.train.steps_per_execution < 1:
+        raise UserError(f"train.steps_per_execution must be at least 1, got {cfg.train.steps_per_execution}")
+    per_epoch = sum(len(stage_batches(cfg, split, s, 0)) for s in stages)
+    if epochs == 0:
+        if not max_steps:
+            raise UserError("train.epochs = 0 means \"as many as train.max_steps needs\"; set train.max_steps too")
+        epochs = max(1, -(-max_steps // max(1, per_epoch)))
+    total = per_epoch * epochs
+    return epochs, min(total, max_steps) if max_steps else total
 
 
 def _versions() -> dict:
@@ -91,8 +119,9 @@ def _check_resumable(state: dict, cfg: Config, shards: ShardSet) -> None:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({'; '.join(diffs)}); use a new run name")
     if state.get("shards") != shards.manifest["content_hash"]:
         raise UserError(f"cannot resume run '{cfg.run_dir}': its shards changed since the checkpoint; use a new run name")
-    if state.get("stages") != cfg.train.stages or state.get("epochs") != cfg.train.epochs or state.get("batch_size") != cfg.train.batch_size:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': the stage plan, epochs or batch size changed; use a new run name")
+    if state.get("stages") != cfg.train.stages or state.get("epochs") != cfg.train.epochs or state.get("batch_size") != cfg.train.batch_size \
+            or state.get("max_steps", 0) != cfg.train.max_steps:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the stage plan, epochs, max_steps or batch size changed; use a new run name")
 
 
 class _Checkpointer(keras.callbacks.Callback):
@@ -101,31 +130,47 @@ class _Checkpointer(keras.callbacks.Callback):
     def __init__(self, save, every: int, cursor: dict):
         super().__init__()
         self.save, self.every, self.cursor = save, every, cursor
+        self._done = 0  # batches of the current `fit` counted so far
+
+    def on_train_begin(self, logs=None):
+        self._done = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self.cursor["step"] += 1
-        self.cursor["batch"] += 1
-        if self.every and self.cursor["step"] % self.every == 0:
+        # `batch` is the last batch index of the execution: with
+        # train.steps_per_execution = K, callbacks run once per K steps.
+        ran, self._done = batch + 1 - self._done, batch + 1
+        before = self.cursor["step"]
+        self.cursor["step"] += ran
+        self.cursor["batch"] += ran
+        if self.every and self.cursor["step"] // self.every > before // self.every:
             self.save(self.model, stage_end=False)  # self.model syncs JAX state
 
 
-def train(cfg: Config, verbose="auto") -> TrainResult:
+def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
     run_dir = cfg.run_dir
     # Everything a user can get wrong is checked before any work starts.
     if not cfg.data.shards:
         raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
+    if cfg.model.quantize and not cfg.lora.enabled:
+        raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
     tokenizer = load_tokenizer(cfg.model)
     shards = ShardSet(cfg.data.shards)
     shards.check_tokenizer(tokenizer)
+    if cfg.model.preset == "scratch":  # a fresh GPT-2, saved once as <run>/preset (kgpt2.pretrain)
+        from kgpt2.pretrain import resolve_scratch
+
+        cfg = resolve_scratch(cfg)
+        run_dir = cfg.run_dir
     device = resolve_device(cfg.train.device)
     policy = device.policy(cfg.train.precision)
+    parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
     split = shards.split("train")
     stages = plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize)
-    epochs = cfg.train.epochs
-    batches = {(s.index, e): len(stage_batches(cfg, split, s, e)) for s in stages for e in range(epochs)}
-    total_steps = sum(batches.values())
+    epochs, total_steps = plan_steps(cfg, split, stages)
 
     ckpts = CheckpointManager(run_dir, cfg.train.keep_last)
+    if require_checkpoint and ckpts.latest() is None:
+        raise UserError(f"--resume was asked for, but run '{run_dir}' has no checkpoint to resume from")
     latest = ckpts.latest() if cfg.train.resume else None
     if latest is None and ckpts.latest() is not None:
         raise UserError(f"run '{run_dir}' already has checkpoints; resume it, or choose a new run name")
@@ -134,13 +179,15 @@ def train(cfg: Config, verbose="auto") -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     log.info("device: %s (%s), precision %s, backend %s", device.keras_name, device.description, policy, keras.backend.backend())
+    if parallel:
+        log.info(parallel.describe())
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(cfg.seed)
 
-    with device.scope():
+    with parallel.scope() if parallel else device.scope():
         model = build_causal_lm(cfg)
         optimizer, schedule = make_optimizer(cfg, total_steps)
-        compile_lm(model, optimizer)
+        compile_lm(model, optimizer, steps_per_execution=cfg.train.steps_per_execution)
         params = count_params(model)
         log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
                  f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
@@ -158,32 +205,55 @@ def train(cfg: Config, verbose="auto") -> TrainResult:
             state = dict(cursor, stage_end=stage_end, stage_metrics=stage_metrics,
                          total_steps=total_steps, signature=cfg.model_signature(),
                          config_hash=cfg.hash(), shards=shards.manifest["content_hash"],
-                         stages=cfg.train.stages, epochs=epochs, batch_size=cfg.train.batch_size,
-                         versions=_versions())
+                         stages=cfg.train.stages, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                         max_steps=cfg.train.max_steps, versions=_versions())
             return ckpts.save(m, optimizer, state)
 
         checkpointer = _Checkpointer(save, cfg.train.checkpoint_every, cursor)
+        callbacks = [checkpointer]
+        if cfg.train.eval_every > 0:  # nanoGPT-style evaluation and best checkpoint
+            from kgpt2.periodic_eval import PeriodicEval
+
+            callbacks.append(PeriodicEval(
+                run_dir, cfg.train.eval_every, cursor, keep_best=cfg.train.keep_best,
+                evaluate=lambda m, name: evaluate_split(m, cfg, shards, name, cfg.train.eval_batches),
+                save=lambda m: ckpts.get(str(cursor["step"])) if (run_dir / f"ckpt-{cursor['step']}").is_dir()
+                else save(m, stage_end=False)))
         for stage in stages[cursor["stage"]:]:
+            if cursor["step"] >= total_steps:  # train.max_steps reached in an earlier stage
+                break
             log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, len(stages),
                      stage.first, stage.end - 1, stage.num_articles,
                      f"{split.token_range(stage.first, stage.end)[1] - split.token_range(stage.first, stage.end)[0]:,}")
+            padding: dict = {}
             for epoch in range(cursor["epoch"], epochs):
-                source = stage_batches(cfg, split, stage, epoch, start_batch=cursor["batch"])
+                source = stage_batches(cfg, split, stage, epoch, start_batch=cursor["batch"],
+                                       max_batches=cursor["batch"] + max(0, total_steps - cursor["step"]))
+                if cfg.data.windows == "example":  # padded examples: say what the padding costs
+                    padding = {"padding": source.padding_fraction(), "truncated": source.truncated}
+                    log.info("%s: one example per window; %.1f%% of the target positions are padding, "
+                             "%d examples truncated", stage.name, 100 * padding["padding"], padding["truncated"])
                 if len(source):
                     if epochs > 1:
                         log.info("%s epoch %d/%d", stage.name, epoch + 1, epochs)
                     tokens_per_batch = int(source.batch_size * source.sequence_length)
                     model.fit(to_dataset(source), epochs=1, verbose=verbose, shuffle=False,
-                              callbacks=[checkpointer, steps_log.callback(cursor, schedule, stage.index, tokens_per_batch)])
+                              callbacks=callbacks + [steps_log.callback(cursor, schedule, stage.index, tokens_per_batch)])
                 cursor.update(epoch=epoch + 1, batch=0)
             metrics = evaluate_split(model, cfg, shards, "validation", cfg.train.eval_batches)
             metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor["step"])
+            if cfg.data.windows == "example":
+                metrics.update(padding)
             stage_metrics.append(metrics)
             cursor.update(stage=stage.index + 1, epoch=0, batch=0)
             ckpt = save(model, stage_end=True)
             export_weights(model, run_dir / f"{stage.name}.weights.h5")
             write_stage_table(run_dir, stage_metrics)
             plot_run(run_dir)
+            if cfg.train.eval_every > 0:
+                from kgpt2.periodic_eval import plot_evals
+
+                plot_evals(run_dir)
             log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
     return TrainResult(run_dir, cursor["step"], stage_metrics, ckpts.latest().id if ckpts.latest() else "")
 
@@ -197,15 +267,18 @@ def evaluate_split(model, cfg: Config, shards: ShardSet, split_name: str, max_ba
         return {}
     source = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=cfg.data.sequence_length,
                            batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=False,
-                           max_batches=max_batches if max_batches > 0 else None)
+                           max_batches=max_batches if max_batches > 0 else None,
+                           **split_options(split, 0, split.num_articles, cfg.data.loss_on, cfg.data.windows))
     logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
     return summarise(logs)
 
 
 def export_weights(model, path: Path) -> None:
     """The full model as a plain `.weights.h5` (LoRA merged by Keras on save)."""
+    from kgpt2.models import save_unpadded_weights
+
     tmp = path.with_name(f".tmp-{path.name}")
-    model.backbone.save_weights(str(tmp))
+    save_unpadded_weights(model.backbone, tmp)  # original vocabulary size
     tmp.replace(path)
 
 
@@ -218,9 +291,14 @@ def describe_plan(cfg: Config) -> list[dict]:
     shards = ShardSet(cfg.data.shards)
     split = shards.split("train")
     rows = []
-    for s in plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize):
+    stages = plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize)
+    epochs, total_steps = plan_steps(cfg, split, stages)
+    done = 0
+    for s in stages:
         lo, hi = split.token_range(s.first, s.end)
         n = len(stage_batches(cfg, split, s, 0))
+        steps = max(0, min(n * epochs, total_steps - done))  # train.max_steps may cut it
+        done += steps
         rows.append({"stage": s.index + 1, "articles": s.num_articles, "first": s.first,
-                     "tokens": hi - lo, "steps_per_epoch": n, "epochs": cfg.train.epochs})
+                     "tokens": hi - lo, "steps_per_epoch": n, "epochs": epochs, "steps": steps})
     return rows

@@ -114,3 +114,31 @@ def test_asking_for_a_missing_gpu_is_an_error_not_a_cpu_run():
         resolve_device("gpu:0")
     with pytest.raises(UserError, match="not one of"):
         resolve_device("tpu")
+
+
+def test_precision_policy_by_device():
+    from kgpt2.devices import Device
+
+    assert Device("cpu:0", "CPU", False).policy("auto") == "float32"
+    assert Device("gpu:0", "Tesla T4", False).policy("auto") == "mixed_float16"  # loss scaled by Keras
+    assert Device("gpu:0", "NVIDIA H100", True).policy("auto") == "mixed_bfloat16"
+    assert Device("gpu:0", "NVIDIA H100", True).policy("float32") == "float32"
+
+
+def test_schedule_warms_up_then_decays_across_stages(tiny_run):
+    from kgpt2.run_logs import read_steps
+
+    steps = read_steps(tiny_run)
+    lr = steps["learning_rate"].tolist()
+    peak = lr.index(max(lr))
+    assert 0 < peak < len(lr) - 1  # warmup, then cosine decay
+    assert all(a <= b for a, b in zip(lr[:peak], lr[1:peak + 1]))
+    assert all(a >= b for a, b in zip(lr[peak:], lr[peak + 1:]))
+    assert steps["stage"].nunique() == 2  # one curve over both stages
+    assert steps["step"].tolist() == list(range(1, len(steps) + 1))
+
+
+def test_tensorboard_events_written_with_tensorflow(tiny_run):
+    pytest.importorskip("tensorflow")
+    events = list((tiny_run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0

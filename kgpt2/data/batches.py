@@ -11,6 +11,12 @@ Batches come out as `(x, y, sample_weight)` with
 last window, and rows that fill the last batch) get weight 0. Every batch has
 the same shape, so nothing recompiles.
 
+Instruction shards add two options: `mask` (uint8 per token, 1 = a training
+target) multiplies the weights of the target tokens, so the loss is on the
+responses only; `offsets` (the example boundaries) makes one window per
+example, padded, instead of packed windows. `padding_fraction()` is the share
+of the batches' target positions that carry no token.
+
 `to_dataset` wraps a batch source for `fit`/`evaluate`: a `grain.MapDataset`
 (no TensorFlow needed, so it also runs on the GPU machine) or, without grain,
 a `tf.data.Dataset`.
@@ -41,14 +47,22 @@ class WindowBatches:
 
     def __init__(self, tokens, lo: int, hi: int, *, sequence_length: int, batch_size: int,
                  seed: int, stage: int = 0, epoch: int = 0, shuffle: bool = True,
-                 start_batch: int = 0, max_batches: int | None = None):
-        self.tokens, self.lo, self.hi = tokens, lo, hi
+                 start_batch: int = 0, max_batches: int | None = None, mask=None, offsets=None):
+        self.tokens, self.lo, self.hi, self.mask = tokens, lo, hi, mask
         self.sequence_length, self.batch_size = sequence_length, batch_size
-        starts = window_starts(lo, hi, sequence_length)
+        if offsets is None:
+            starts = window_starts(lo, hi, sequence_length)
+            ends = np.minimum(starts + sequence_length + 1, hi)
+            self.truncated = 0
+        else:  # one window per example, cut at sequence_length + 1 tokens
+            offsets = np.asarray(offsets, dtype=np.int64)
+            starts = offsets[:-1]
+            ends = np.minimum(offsets[1:], starts + sequence_length + 1)
+            self.truncated = int(np.sum(offsets[1:] - starts > sequence_length + 1))
         if shuffle:
-            rng = np.random.default_rng([seed, stage, epoch])
-            starts = starts[rng.permutation(len(starts))]
-        self.starts = starts
+            order = np.random.default_rng([seed, stage, epoch]).permutation(len(starts))
+            starts, ends = starts[order], ends[order]
+        self.starts, self.ends = starts, ends
         total = math.ceil(len(starts) / batch_size)
         if max_batches is not None:
             total = min(total, max_batches)
@@ -70,18 +84,50 @@ class WindowBatches:
         T = self.sequence_length
         window = np.zeros((self.batch_size, T + 1), dtype=np.int32)
         valid = np.zeros((self.batch_size, T + 1), dtype=bool)
-        for row, s in enumerate(starts):
-            chunk = self.tokens[s:min(s + T + 1, self.hi)]
+        ends = self.ends[b * self.batch_size:(b + 1) * self.batch_size]
+        target = np.ones((self.batch_size, T + 1), dtype=np.float32)
+        for row, (s, e) in enumerate(zip(starts, ends)):
+            chunk = self.tokens[s:e]
             window[row, :len(chunk)] = chunk
             valid[row, :len(chunk)] = True
+            if self.mask is not None:
+                target[row, :len(chunk)] = self.mask[s:e]
         x = {"token_ids": window[:, :-1], "padding_mask": valid[:, :-1]}
-        # A target counts when both it and its input are real tokens.
-        weight = (valid[:, 1:] & valid[:, :-1]).astype(np.float32)
+        # A target counts when both it and its input are real tokens (and,
+        # with a mask, when the mask marks it as a training target).
+        weight = (valid[:, 1:] & valid[:, :-1]).astype(np.float32) * target[:, 1:]
         return x, window[:, 1:], weight
 
     def real_tokens(self) -> int:
         """Predicted tokens in this source (padding excluded)."""
         return max(0, self.hi - self.lo - 1) if len(self.starts) else 0
+
+    def padding_fraction(self) -> float:
+        """Share of the target positions in this epoch's batches that hold no token."""
+        used = self.starts[:self.total_batches * self.batch_size]
+        real = int(np.sum(np.maximum(self.ends[:len(used)] - used - 1, 0)))
+        slots = self.total_batches * self.batch_size * self.sequence_length
+        return 1.0 - real / slots if slots else 0.0
+
+
+def split_options(split, first: int, end: int, loss_on: str = "response", windows: str = "packed") -> dict:
+    """WindowBatches keyword arguments for articles [first, end) of a shard split.
+
+    `loss_on`: "response" uses the split's loss mask when it has one, "all"
+    ignores it. `windows`: "packed" or "example" (one padded window per article).
+    """
+    from kgpt2.errors import UserError
+
+    if loss_on not in ("response", "all"):
+        raise UserError(f"data.loss_on must be \"response\" or \"all\", got {loss_on!r}")
+    if windows not in ("packed", "example"):
+        raise UserError(f"data.windows must be \"packed\" or \"example\", got {windows!r}")
+    options = {}
+    if loss_on == "response" and getattr(split, "mask", None) is not None:
+        options["mask"] = split.mask
+    if windows == "example":
+        options["offsets"] = split.offsets[first:end + 1]
+    return options
 
 
 def to_dataset(source):

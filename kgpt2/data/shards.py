@@ -9,13 +9,20 @@ A shard set is a directory:
     <split>.ids.txt          one article id per line, in order
 
 so a stage can take "the next N articles" and a resume can restart at an exact
-token. `prepare` streams the source in batches (bounded memory), writes into a
+token. `prepare` streams the source in batches (bounded memory: the text of two
+batches plus 8 bytes per article), encodes them on all cores, writes into a
 temporary directory and renames it into place at the end: a failed prepare
-never leaves a shard set that looks complete.
+never leaves a shard set that looks complete. Re-running it on unchanged
+inputs (same files, sizes, mtimes, options, tokenizer) returns the existing
+manifest without touching anything; `content_hash` is a hash of the tokens.
 
     >>> from kgpt2.data.shards import prepare, ShardSet
-    >>> # prepare("pydoc", "data/pydoc-shards", tokenizer)
-    >>> # ShardSet("data/pydoc-shards").split("train").num_articles
+    >>> from kgpt2.tokenizer import Tokenizer
+    >>> tok = Tokenizer.from_dir("../shared/data/gpt2-tokenizer")
+    >>> manifest = prepare("pydoc", "/tmp/kgpt2-pydoc-shards", tok, progress=False)
+    >>> train = ShardSet("/tmp/kgpt2-pydoc-shards").split("train")
+    >>> tok.decode(train.article_tokens(0)).startswith("The assert statement")
+    True
 """
 
 from __future__ import annotations
@@ -26,12 +33,16 @@ import os
 import shutil
 import tempfile
 import zlib
+from array import array
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from kgpt2.data.sources import Source, open_source
+from kgpt2.data.sources import Document, Source, open_source
 from kgpt2.errors import UserError
+from kgpt2.instructions import InstructionDocument, encode_example  # also registers its readers
 from kgpt2.tokenizer import Tokenizer
 
 FORMAT = "kgpt2-shards/1"
@@ -61,28 +72,51 @@ def _input_signature(source: Source, tokenizer: Tokenizer, options: dict) -> str
 
 
 class _SplitWriter:
-    def __init__(self, directory: Path, name: str, dtype):
-        self.name, self.dtype = name, dtype
-        self.tokens = open(directory / f"{name}.bin", "wb")
-        self.ids = open(directory / f"{name}.ids.txt", "w", encoding="utf-8")
-        self.offsets = [0]
-        self.hash = hashlib.sha256()
+    """Appends articles to one split's files as they come (nothing held but offsets).
 
-    def add(self, doc_id: str, ids: list[int], eos_id: int) -> None:
-        arr = np.asarray(ids + [eos_id], dtype=self.dtype)
-        data = arr.tobytes()
+    Instruction data may add a parallel per-token loss-mask file here
+    (`<split>.mask.bin`, same offsets) and its name to the split's manifest entry.
+    """
+
+    def __init__(self, directory: Path, name: str, dtype, eos_id: int):
+        self.name, self.dtype = name, dtype
+        self.tokens = open(directory / f"{name}.bin", "wb", buffering=1 << 22)
+        self.ids = open(directory / f"{name}.ids.txt", "w", encoding="utf-8")
+        self.offsets = array("q", [0])  # 8 bytes per article
+        self.hash = hashlib.sha256()
+        self.eos = np.asarray([eos_id], dtype=dtype).tobytes()
+        self.directory, self.mask = directory, None
+
+    def add(self, doc_id: str, ids, mask=None) -> None:
+        """Write one article's token ids (a list or an int array) and an end-of-text.
+
+        `mask` (instruction data): uint8 per token incl. the end-of-text, 1 = a
+        training target. The mask file starts at the first masked article;
+        tokens before it (and unmasked articles) count as targets.
+        """
+        data = np.asarray(ids).astype(self.dtype, copy=False).tobytes() + self.eos
         self.tokens.write(data)
         self.hash.update(data)
+        if mask is not None and self.mask is None:
+            self.mask = open(self.directory / f"{self.name}.mask.bin", "wb")
+            self.mask.write(np.ones(self.offsets[-1], dtype=np.uint8).tobytes())
+        if self.mask is not None:
+            n = len(data) // len(self.eos)
+            bits = np.ones(n, dtype=np.uint8) if mask is None else np.asarray(mask, dtype=np.uint8)
+            if len(bits) != n:
+                raise ValueError(f"mask of {doc_id} has {len(bits)} entries for {n} tokens")
+            self.mask.write(bits.tobytes())
+            self.hash.update(bits.tobytes())  # a changed mask is changed training data
         self.ids.write(doc_id.replace("\n", " ") + "\n")
-        self.offsets.append(self.offsets[-1] + len(arr))
+        self.offsets.append(self.offsets[-1] + len(data) // len(self.eos))
 
     def close(self, directory: Path) -> dict:
-        for f in (self.tokens, self.ids):
+        for f in (self.tokens, self.ids) + ((self.mask,) if self.mask else ()):
             f.flush()
             os.fsync(f.fileno())
             f.close()
-        np.save(directory / f"{self.name}.offsets.npy", np.asarray(self.offsets, dtype=np.int64))
-        return {
+        np.save(directory / f"{self.name}.offsets.npy", np.frombuffer(self.offsets, dtype=np.int64))
+        info = {
             "tokens": f"{self.name}.bin",
             "offsets": f"{self.name}.offsets.npy",
             "ids": f"{self.name}.ids.txt",
@@ -90,24 +124,38 @@ class _SplitWriter:
             "num_tokens": self.offsets[-1],
             "sha256": self.hash.hexdigest(),
         }
+        if self.mask is not None:
+            mask = np.fromfile(directory / f"{self.name}.mask.bin", dtype=np.uint8)
+            lengths = np.diff(np.frombuffer(self.offsets, dtype=np.int64))
+            info.update(mask=f"{self.name}.mask.bin", target_tokens=int(mask.sum()),
+                        max_example_tokens=int(lengths.max(initial=0)),
+                        mean_example_tokens=round(float(lengths.mean()), 1) if len(lengths) else 0.0)
+        return info
 
 
 def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | None = None,
             contents: str = "both", splits: str = "auto", fractions=(0.9, 0.05, 0.05),
             seed: int = 1337, batch_docs: int = 256, max_doc_chars: int = 50_000_000,
-            progress: bool = True, **source_options) -> dict:
+            progress: bool = True, threads: int | None = None, **source_options) -> dict:
     """Tokenise `source` into a shard set at `out_dir`; return its manifest.
 
     `splits`: "auto" keeps the source's own splits when it has them and
     splits the rest by article with `fractions`; "hash" always splits by
-    `fractions`; "train" puts everything in train.
+    `fractions`; "train" puts everything in train; "tail:F" gives the last F
+    of each document's characters to validation (nanoGPT). `threads`: encoding
+    threads (default: the usable cores).
     """
+    tail_fraction(splits)  # "tail:F" is checked here, before any work
+    if splits not in ("auto", "hash", "train") and not splits.startswith("tail:"):
+        raise UserError(f"unknown splits '{splits}' (one of: auto, hash, train, tail:F)")
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise UserError(f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1")
     src = source if isinstance(source, Source) else open_source(
         source, fmt, contents=contents, **source_options)
     out_dir = Path(out_dir)
     options = {"format": src.format, "contents": src.contents, "splits": splits,
                "fractions": list(fractions), "seed": seed, "text_column": src.text_column,
-               "separator": src.separator}
+               "separator": src.separator, "max_doc_chars": max_doc_chars}
     signature = _input_signature(src, tokenizer, options)
     existing = out_dir / "manifest.json"
     if existing.is_file():
@@ -121,7 +169,7 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         manifest = _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs,
-                                 max_doc_chars, progress)
+                                 max_doc_chars, progress, threads or _usable_cores())
         manifest.update(input_signature=signature, options=options, source=str(src.path))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if out_dir.exists():
@@ -137,41 +185,100 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     return manifest
 
 
-def _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs, max_doc_chars, progress):
+def tail_fraction(splits: str) -> float | None:
+    """F of `splits = "tail:F"` (the validation share), else None."""
+    if not splits.startswith("tail:"):
+        return None
+    try:
+        fraction = float(splits[5:])
+    except ValueError:
+        fraction = -1.0
+    if not 0 < fraction < 1:
+        raise UserError(f"splits '{splits}' needs a validation fraction between 0 and 1, e.g. tail:0.1")
+    return fraction
+
+
+def split_tail(docs, fraction: float):
+    """nanoGPT's split of a plain text: the last `fraction` of each document's
+    characters is validation, the rest train (`data[:int(n*0.9)]`, `data[int(n*0.9):]`)."""
+    for doc in docs:
+        cut = int(len(doc.text) * (1 - fraction))
+        for part in (Document(doc.id, doc.text[:cut], "train"),
+                     Document(f"{doc.id}:tail", doc.text[cut:], "validation")):
+            if part.text:
+                yield part
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_BATCH_CHARS = 8_000_000  # a batch holds at most ~8 MB of text (plus one long document)
+
+
+def _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs, max_doc_chars, progress,
+                  threads):
     from tqdm.auto import tqdm
 
     dtype = _dtype_for(tokenizer.vocab_size)
-    writers = {name: _SplitWriter(tmp, name, dtype) for name in SPLITS}
+    writers = {name: _SplitWriter(tmp, name, dtype, tokenizer.eos_id) for name in SPLITS}
     bar = tqdm(desc=f"prepare {src.path}", unit=" docs", disable=not progress, mininterval=0.5)
-    tokens_bar = 0
-    batch: list = []
+    tokens_done = 0
+    # Reading (Python, holds the GIL) overlaps with encoding (tiktoken's Rust
+    # releases it): batch k is encoded in the pool while batch k+1 is read, so
+    # at most two batches are in memory.
+    pool = ThreadPoolExecutor(max_workers=threads)
+    pending: deque = deque()
 
-    def flush():
-        nonlocal tokens_bar
-        for doc, ids in zip(batch, tokenizer.encode_batch([d.text for d in batch])):
-            writers[doc.split].add(doc.id, ids, tokenizer.eos_id)
-            tokens_bar += len(ids) + 1
+    def submit(batch):
+        step = max(1, -(-len(batch) // threads))
+        texts = [d.text for d in batch]
+        futures = [pool.submit(tokenizer.encode_arrays, texts[i:i + step]) for i in range(0, len(texts), step)]
+        pending.append((batch, futures))
+
+    def write_oldest():
+        nonlocal tokens_done
+        batch, futures = pending.popleft()
+        arrays = [a for f in futures for a in f.result()]
+        for doc, ids in zip(batch, arrays):
+            mask = None
+            if isinstance(doc, InstructionDocument):  # prompt and response encoded apart
+                ids, mask = encode_example(tokenizer, doc.text[:doc.prompt_chars], doc.text[doc.prompt_chars:])
+                ids = ids[:-1]  # the writer adds the end-of-text
+            writers[doc.split].add(doc.id, ids, mask)
+            tokens_done += len(ids) + 1
         bar.update(len(batch))
-        bar.set_postfix(tokens=f"{tokens_bar:,}", refresh=False)
-        batch.clear()
+        bar.set_postfix(tokens=f"{tokens_done:,}", refresh=False)
 
-    for doc in src:
-        if len(doc.text) > max_doc_chars:
-            src.stats.skip(f"document over {max_doc_chars:,} characters", doc.id)
-            continue
-        if splits == "train":
-            doc.split = "train"
-        elif splits == "hash" or doc.split is None:
-            doc.split = assign_split(doc.id, seed, fractions)
-        batch.append(doc)
-        if len(batch) >= batch_docs:
-            flush()
-    if batch:
-        flush()
-    bar.close()
+    try:
+        batch, chars = [], 0
+        tail = tail_fraction(splits)
+        for doc in split_tail(src, tail) if tail else src:
+            if len(doc.text) > max_doc_chars:
+                src.stats.skip(f"document over {max_doc_chars:,} characters", doc.id)
+                continue
+            if splits == "train":
+                doc.split = "train"
+            elif splits == "hash" or doc.split is None:
+                doc.split = assign_split(doc.id, seed, fractions)
+            batch.append(doc)
+            chars += len(doc.text)
+            if len(batch) >= batch_docs or chars >= _BATCH_CHARS:
+                submit(batch)
+                batch, chars = [], 0
+                while len(pending) > 1:
+                    write_oldest()
+        if batch:
+            submit(batch)
+        while pending:
+            write_oldest()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     split_info = {name: w.close(tmp) for name, w in writers.items()}
     if sum(s["num_articles"] for s in split_info.values()) == 0:
-        detail = f" ({src.stats.total_skipped} records skipped: {src.stats.examples[:3]})" if src.stats.total_skipped else ""
+        detail = f" ({src.stats.total_skipped} records skipped, e.g. {'; '.join(src.stats.examples[:3])})" \
+            if src.stats.total_skipped else ""
         raise UserError(f"source '{src.path}' holds no documents{detail}")
     content = hashlib.sha256("".join(split_info[n]["sha256"] for n in SPLITS).encode())
     return {
@@ -198,6 +305,9 @@ class Split:
         self.tokens = (np.memmap(path, dtype=dtype, mode="r") if self.num_tokens
                        else np.zeros((0,), dtype=dtype))
         self._ids_path = directory / info["ids"]
+        # Instruction shards: uint8 per token, 1 = a training target.
+        self.mask = (np.memmap(directory / info["mask"], dtype=np.uint8, mode="r")
+                     if info.get("mask") and self.num_tokens else None)
 
     def article_tokens(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]

@@ -1,0 +1,317 @@
+"""Training throughput and peak memory on one GPU: kgpt2's real training path vs Hugging Face.
+
+Each variant runs in its own subprocess (a clean GPU, JAX and PyTorch never
+share one process) and prints one JSON line; the parent prints them all and
+the ratios against the Hugging Face peers measured in the same run.
+
+- kgpt2 variants go through kgpt2's own path: shards written by
+  `kgpt2 prepare`, `WindowBatches` fed to `fit` by grain, `build_causal_lm`
+  (vocabulary padding, LoRA), `make_optimizer` (AdamW, warmup + cosine,
+  clipnorm 1.0), `compile_lm` (masked loss + weighted metrics) and the
+  device's precision policy (mixed_bfloat16 on an H100).
+- HF variants: transformers GPT2LMHeadModel (sdpa attention, dropout 0 like
+  kgpt2), bf16 autocast, fused torch AdamW, grad-norm clipping 1.0, eager or
+  torch.compile; + PEFT LoRA (c_attn, r 8, alpha 32, dropout 0.1).
+
+GPT-2 124M shape, random weights, batch 16 x 1,024, 5 warm-up + 30 timed
+steps. Tokens/s counts real (non-padding) target tokens. MFU = tokens/s x
+800.6 MFLOP/token (6N + attention for GPT-2 124M at T=1,024) / 989 TFLOP/s
+(H100 dense bf16).
+
+    # on the GPU machine (see docs/benchmarks.md for the exact command):
+    # python benchmarks/train_throughput.py --shards .bench/shards --tokenizer .bench/tokenizer
+    # python benchmarks/train_throughput.py --memory --shards ... --tokenizer ...
+    # python benchmarks/train_throughput.py --stage --shards ... --tokenizer ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+FLOPS_PER_TOKEN_124M = 800.6e6
+PEAK_FLOPS = 989e12
+SIZES = {  # GPT-2 shapes: layers, heads, hidden
+    "124M": (12, 12, 768),
+    "355M": (24, 16, 1024),
+    "774M": (36, 20, 1280),
+    "1.5B": (48, 25, 1600),
+}
+THROUGHPUT_VARIANTS = [
+    "kgpt2:full:pad64", "kgpt2:lora:pad64", "kgpt2:full:pad0", "kgpt2:lora:pad0",
+    "hf:full:eager", "hf:full:compile", "hf:lora:eager",
+]
+
+
+def _gpu_peak_bytes() -> int:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("peak_bytes_in_use", 0))
+
+
+class Cycle:
+    """`n` batches of a batch source, wrapping around (for a fixed step count)."""
+
+    def __init__(self, source, n: int, offset: int = 0):
+        self.source, self.n, self.offset = source, n, offset
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.source[(i + self.offset) % len(self.source)]
+
+
+def kgpt2_config(args, mode: str, pad: int, size: str = "124M"):
+    from kgpt2.config import load_config
+
+    layers, heads, hidden = SIZES[size]
+    return load_config(None, [
+        "model.preset=scratch", f"model.tokenizer={args.tokenizer}", f"data.shards={args.shards}",
+        f"model.num_layers={layers}", f"model.num_heads={heads}", f"model.hidden_dim={hidden}",
+        f"model.intermediate_dim={4 * hidden}", f"model.pad_vocabulary_to={pad}",
+        f"lora.enabled={'false' if mode == 'full' else 'true'}",
+        f"train.batch_size={args.batch}", f"data.sequence_length={args.seq}",
+    ])
+
+
+def build_kgpt2(cfg, mode: str, total_steps: int):
+    """kgpt2's model + optimizer for `cfg` (int8-lora: int8 base, then LoRA)."""
+    import keras
+    import keras_hub
+
+    from kgpt2.metrics import compile_lm
+    from kgpt2.models import build_backbone, build_causal_lm, enable_lora, pad_vocabulary
+    from kgpt2.train import make_optimizer
+
+    if mode == "int8-lora":
+        backbone = pad_vocabulary(build_backbone(cfg.model), cfg.model.pad_vocabulary_to)
+        backbone.quantize("int8")
+        enable_lora(backbone, cfg.lora)
+        model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    else:
+        model = build_causal_lm(cfg)
+    optimizer, _ = make_optimizer(cfg, total_steps)
+    compile_lm(model, optimizer)
+    del keras
+    return model
+
+
+def run_kgpt2(args, mode: str, pad: int, size: str = "124M") -> dict:
+    import keras
+
+    from kgpt2.data.batches import WindowBatches, to_dataset
+    from kgpt2.data.shards import ShardSet
+    from kgpt2.devices import resolve_device
+
+    cfg = kgpt2_config(args, mode, pad, size)
+    device = resolve_device("auto")
+    policy = device.policy(cfg.train.precision)
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(0)
+    split = ShardSet(cfg.data.shards).split("train")
+    base = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=args.seq,
+                         batch_size=args.batch, seed=0, shuffle=True)
+    warm, timed = Cycle(base, args.warmup), Cycle(base, args.steps, offset=args.warmup)
+    real_tokens = sum(float(timed[i][2].sum()) for i in range(len(timed)))
+    with device.scope():
+        model = build_kgpt2(cfg, mode, args.warmup + args.steps)
+        t0 = time.perf_counter()
+        model.fit(to_dataset(warm), epochs=1, verbose=0, shuffle=False)
+        warm_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.fit(to_dataset(timed), epochs=1, verbose=0, shuffle=False)
+        timed_s = time.perf_counter() - t0
+    step_s = timed_s / args.steps
+    trainable = sum(int(keras.ops.size(v)) for v in model.trainable_weights)
+    return _result(f"kgpt2 {mode} pad{pad} {size}", real_tokens / timed_s, step_s,
+                   compile_s=warm_s - args.warmup * step_s, peak=_gpu_peak_bytes(),
+                   device=device.description, policy=policy, trainable=trainable, size=size, batch=args.batch)
+
+
+def run_hf(args, mode: str, how: str) -> dict:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    layers, heads, hidden = SIZES["124M"]
+    config = transformers.GPT2Config(n_positions=1024, n_embd=hidden, n_layer=layers, n_head=heads,
+                                     vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config._attn_implementation = "sdpa"  # torch's fused attention (flash with dropout 0)
+    model = transformers.GPT2LMHeadModel(config).cuda()
+    if mode == "lora":
+        import peft
+
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["c_attn"], fan_in_fan_out=True))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01, fused=True)
+    forward = torch.compile(model) if how == "compile" else model
+    x = torch.randint(0, 50257, (args.batch, args.seq + 1), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = forward(input_ids=x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    t0 = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - t0
+    for _ in range(args.warmup - 1):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    float(loss)
+    torch.cuda.synchronize()
+    timed_s = time.perf_counter() - t0
+    step_s = timed_s / args.steps
+    return _result(f"hf {mode} {how}", args.batch * args.seq / step_s, step_s, compile_s=first_s - step_s,
+                   peak=int(torch.cuda.max_memory_allocated()), device=torch.cuda.get_device_name(0),
+                   policy="bf16 autocast", trainable=sum(p.numel() for p in params), size="124M",
+                   batch=args.batch, versions={"torch": torch.__version__, "transformers": transformers.__version__})
+
+
+def _result(name, tokens_s, step_s, *, compile_s, peak, device, policy, trainable, size, batch, **extra):
+    out = {"variant": name, "tokens_per_s": round(tokens_s), "step_ms": round(step_s * 1e3, 2),
+           "compile_s": round(compile_s, 1), "peak_gpu_gb": round(peak / 1e9, 2), "device": device,
+           "precision": policy, "trainable_params": trainable, "size": size, "batch": batch}
+    if size == "124M":
+        out["mfu"] = round(tokens_s * FLOPS_PER_TOKEN_124M / PEAK_FLOPS, 3)
+    out.update(extra)
+    return out
+
+
+def run_stage(args, async_callbacks: bool = False) -> dict:
+    """kgpt2's staged trainer on one real stage: fit + validation + checkpoint + export.
+
+    `async_callbacks`: mark the step logger and checkpointer `async_safe`, so
+    Keras runs them on a thread instead of waiting for each step (an experiment).
+    """
+    import csv
+    import tempfile
+
+    if async_callbacks:
+        import kgpt2.run_logs
+        import kgpt2.train
+
+        kgpt2.run_logs._StepLogger.async_safe = True
+        kgpt2.train._Checkpointer.async_safe = True
+
+    from kgpt2.config import load_config
+    from kgpt2.train import train
+
+    root = tempfile.mkdtemp()
+    cfg = load_config(None, [
+        "model.preset=scratch", f"model.tokenizer={args.tokenizer}", f"data.shards={args.shards}",
+        "lora.enabled=false", f"train.batch_size={args.batch}", f"data.sequence_length={args.seq}",
+        "train.stages=[\"rest\"]", "train.eval_batches=4", f"checkpoints_root={root}", "run=stage"])
+    t0 = time.perf_counter()
+    result = train(cfg, verbose=0)
+    wall_s = time.perf_counter() - t0
+    with open(f"{root}/stage/logs/steps.csv") as f:
+        rows = list(csv.DictReader(f))
+    times = [float(r["time"]) for r in rows]
+    skip = args.warmup  # steady state: after compile and warm-up
+    steady = len(rows) - 1 - skip
+    tokens_s = steady * args.batch * args.seq / (times[-1] - times[skip])
+    return {"variant": f"kgpt2 staged trainer, full, one stage{' async' if async_callbacks else ''}", "steps": len(rows),
+            "steady_tokens_per_s": round(tokens_s), "stage_wall_s": round(wall_s, 1),
+            "global_step": result.global_step}
+
+
+def run_variant(args, name: str) -> dict:
+    parts = name.split(":")
+    if parts[0] == "kgpt2":
+        return run_kgpt2(args, parts[1], int(parts[2][3:]), parts[3] if len(parts) > 3 else "124M")
+    if parts[0] == "hf":
+        return run_hf(args, parts[1], parts[2])
+    if parts[0] == "stage":
+        return run_stage(args, async_callbacks=name == "stage:async")
+    raise SystemExit(f"unknown variant {name}")
+
+
+def spawn(args, name: str, batch: int | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--variant", name, "--shards", args.shards, "--tokenizer", args.tokenizer,
+           "--batch", str(batch or args.batch), "--seq", str(args.seq), "--warmup", str(args.warmup),
+           "--steps", str(args.steps)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"variant": name, "batch": batch or args.batch, "error": " | ".join(tail)[-600:]}
+    out = json.loads(lines[-1])
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shards", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--variant", help="run one variant in this process (used by the parent)")
+    p.add_argument("--variants", default=",".join(THROUGHPUT_VARIANTS))
+    p.add_argument("--memory", action="store_true", help="peak memory per size x mode at batch 1 and 2")
+    p.add_argument("--memory-sizes", default=",".join(SIZES))
+    p.add_argument("--stage", action="store_true", help="also time one real stage of the staged trainer")
+    p.add_argument("--out", help="write all results here as JSON")
+    args = p.parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    if args.variant:
+        print(json.dumps(run_variant(args, args.variant)), flush=True)
+        return
+    results = []
+    names = [] if args.memory else [v for v in args.variants.split(",") if v]
+    for name in names:
+        results.append(spawn(args, name))
+        print(json.dumps(results[-1]), flush=True)
+    if args.stage:
+        for name in ("stage", "stage:async"):
+            results.append(spawn(args, name))
+            print(json.dumps(results[-1]), flush=True)
+    if args.memory:
+        args.warmup, args.steps = 1, 1
+        for size in args.memory_sizes.split(","):
+            for mode in ("full", "lora", "int8-lora"):
+                for batch in (1, 2):
+                    results.append(spawn(args, f"kgpt2:{mode}:pad64:{size}", batch))
+                    print(json.dumps(results[-1]), flush=True)
+    by_name = {r["variant"]: r for r in results if "tokens_per_s" in r}
+    peers = {"full": by_name.get("hf full compile") or by_name.get("hf full eager"),
+             "lora": by_name.get("hf lora eager")}
+    print("\nvariant | tokens/s | step ms | MFU | peak GB | compile s | vs HF")
+    for r in results:
+        if "tokens_per_s" not in r:
+            print(f"{r['variant']} | {r.get('error') or r}")
+            continue
+        peer = peers["lora" if " lora" in r["variant"] else "full"]
+        ratio = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x {peer['variant']}" if peer else "-"
+        print(f"{r['variant']} b{r['batch']} | {r['tokens_per_s']:,} | {r['step_ms']} | {r.get('mfu', '-')} | "
+              f"{r['peak_gpu_gb']} | {r['compile_s']} | {ratio}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

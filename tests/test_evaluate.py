@@ -1,0 +1,109 @@
+"""Evaluation: metrics against hand-computed and numpy references, determinism, the saved table."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from kgpt2.errors import UserError
+
+
+def test_metrics_on_a_model_with_known_logits():
+    """A model whose logits are a fixed table row per input token; padding weighted 0."""
+    import keras
+
+    from kgpt2.metrics import compile_lm, summarise
+
+    # Row t = log-probabilities of the next token after t: 1/2, 1/4, 1/8, 1/8.
+    table = np.log(np.array([[0.5, 0.25, 0.125, 0.125],
+                             [0.125, 0.5, 0.25, 0.125],
+                             [0.125, 0.125, 0.5, 0.25],
+                             [0.25, 0.125, 0.125, 0.5]], dtype="float32"))
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(4, 4, trainable=False)])
+    model.layers[0].set_weights([table])
+    compile_lm(model)
+    x = np.array([[0, 1, 2], [3, 0, 1]], dtype="int32")
+    y = np.array([[0, 2, 3], [0, 3, 3]], dtype="int32")
+    w = np.array([[1, 1, 1], [1, 0, 0]], dtype="float32")  # the second row is mostly padding
+    # Counted targets: p(0|0)=1/2 (argmax, right), p(2|1)=1/4, p(3|2)=1/4, p(0|3)=1/4.
+    # Losses ln2, 2ln2, 2ln2, 2ln2 -> mean 1.75 ln2; accuracy 1/4. The padded
+    # targets (3 after 0: 1/8; 3 after 1: 1/8) would change both if counted.
+    logs = model.evaluate(x, y, sample_weight=w, batch_size=2, verbose=0, return_dict=True)
+    got = summarise(logs)
+    assert got["loss"] == pytest.approx(1.75 * math.log(2), rel=1e-6)
+    assert got["accuracy"] == pytest.approx(0.25)
+    assert got["perplexity"] == pytest.approx(2 ** 1.75, rel=1e-6)
+
+
+def _numpy_reference(run_dir, split, checkpoint, max_batches=None):
+    """Mean token loss and accuracy from the model's own logits, computed in numpy."""
+    from keras import ops
+
+    from kgpt2.data.batches import WindowBatches
+    from kgpt2.data.shards import ShardSet
+    from kgpt2.runs import load_model
+
+    model, _, cfg = load_model(run_dir, checkpoint)
+    data = ShardSet(cfg.data.shards).split(split)
+    source = WindowBatches(data.tokens, 0, data.num_tokens, sequence_length=cfg.data.sequence_length,
+                           batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=False, max_batches=max_batches)
+    loss_sum = right = count = 0.0
+    padded = 0
+    for i in range(len(source)):
+        x, y, w = source[i]
+        logits = ops.convert_to_numpy(model(x)).astype("float64")
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        token_loss = -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+        loss_sum += (token_loss * w).sum()
+        right += ((logits.argmax(-1) == y) * w).sum()
+        count += w.sum()
+        padded += (w == 0).sum()
+    return loss_sum / count, right / count, int(count), int(padded)
+
+
+def test_evaluate_matches_numpy_on_the_models_logits(tiny_run):
+    from kgpt2.evaluate import evaluate_run
+
+    (row,) = evaluate_run(tiny_run, "latest", split="test", save=False)
+    loss, accuracy, tokens, padded = _numpy_reference(tiny_run, "test", "latest")
+    assert padded > 0  # the last window and the last batch are partly padding
+    assert row["tokens"] == tokens
+    assert row["loss"] == pytest.approx(loss, rel=1e-5)
+    assert row["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert row["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_evaluate_is_deterministic_and_saves_the_table(tiny_run):
+    from kgpt2.evaluate import evaluate_run, format_table
+
+    first = evaluate_run(tiny_run, "all", split="validation", compare_base=True, max_batches=2)
+    again = evaluate_run(tiny_run, "all", split="validation", compare_base=True, max_batches=2)
+    assert first == again  # same checkpoints, same split: identical numbers
+    assert [r["model"] for r in first][0] == "base" and len(first) == 3
+    assert [r.get("stage") for r in first[1:]] == [1, 2]
+    assert first[-1]["loss"] < first[0]["loss"]  # training helped on held-out text
+    assert all(r["tokens"] == first[0]["tokens"] > 0 for r in first)
+    saved = json.loads((tiny_run / "evaluation-validation.json").read_text())
+    assert saved == first
+    assert (tiny_run / "evaluation-validation.png").stat().st_size > 1000
+    assert (tiny_run / "evaluation-validation.csv").read_text().startswith("model,")
+    table = format_table(first)
+    assert "perplexity" in table and "base" in table
+
+
+def test_evaluate_picks_checkpoints_by_list(tiny_run):
+    from kgpt2.evaluate import select_checkpoints
+
+    ids = select_checkpoints(tiny_run, "all")
+    assert select_checkpoints(tiny_run, f"{ids[0]}, base") == [ids[0], "base"]
+    with pytest.raises(UserError, match="has no checkpoint 'ckpt-999'"):
+        select_checkpoints(tiny_run, "ckpt-999")
+
+
+def test_evaluate_unknown_split_is_a_user_error(tiny_run):
+    from kgpt2.evaluate import evaluate_run
+
+    with pytest.raises(UserError, match="no split 'dev'"):
+        evaluate_run(tiny_run, "latest", split="dev", save=False)

@@ -1,0 +1,205 @@
+"""Generation: samplers, limits, end-of-text, seeds, streaming, templates, restore, no recompiles."""
+
+import numpy as np
+import pytest
+
+from kgpt2.errors import UserError
+from kgpt2.generate import Generator, Settings, filter_logits, render_prompt, sample_next
+
+PROMPT = "The assert statement"
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run):
+    from kgpt2.runs import load_model
+
+    return load_model(tiny_run, "latest")
+
+
+@pytest.fixture(scope="module")
+def gen(loaded):
+    model, tokenizer, _ = loaded
+    return Generator(model, tokenizer)  # one per module: its programs compile once
+
+
+def greedy(**kw):
+    return Settings(sampler="greedy", **kw)
+
+
+def test_greedy_is_deterministic_and_matches_kerashub(gen, loaded):
+    import keras_hub
+
+    model, tokenizer, _ = loaded
+    ids = tokenizer.encode(PROMPT)
+    ours = gen.generate_ids(ids, greedy(max_new_tokens=12))
+    assert ours == gen.generate_ids(ids, greedy(max_new_tokens=12))
+    # KerasHub's own greedy generation on the same model, no early stop.
+    model.compile(sampler=keras_hub.samplers.GreedySampler())
+    total = len(ids) + 12
+    x = {"token_ids": np.zeros((1, total), "int32"), "padding_mask": np.zeros((1, total), bool)}
+    x["token_ids"][0, :len(ids)], x["padding_mask"][0, :len(ids)] = ids, True
+    theirs = [int(t) for t in np.asarray(model.generate(x, stop_token_ids=None)["token_ids"])[0, len(ids):]]
+    assert ours == theirs[:len(ours)]
+    if len(ours) < 12:  # stopped early: the next token was end-of-text
+        assert theirs[len(ours)] == tokenizer.eos_id
+    assert gen.generate(PROMPT, greedy(max_new_tokens=12)) == tokenizer.decode(ours)
+
+
+def _reference_support(logits, temperature, k, p):
+    """Top-k then nucleus by sorting, in numpy (KerasHub TopPSampler(p, k) semantics)."""
+    z = logits.astype("float64") / temperature
+    probs = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    order = np.argsort(-probs, kind="stable")
+    cum = np.cumsum(probs[order])
+    nucleus = len(z) if p >= 1 else int(np.searchsorted(cum, p)) + 1  # smallest prefix reaching p
+    return set(order[:min(k, nucleus)].tolist())
+
+
+@pytest.mark.parametrize("temperature, k, p", [(1.0, 5, 1.0), (0.7, 50, 0.9), (1.5, 1000, 0.5), (1.0, 1000, 1.0), (2.0, 1, 0.9)])
+def test_top_k_top_p_support_sets(temperature, k, p):
+    import keras
+
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(3, 1000)) * 3).astype("float32")
+    kept = keras.ops.convert_to_numpy(filter_logits(logits, temperature, k, p)) > -1e8
+    for row in range(3):
+        assert set(np.flatnonzero(kept[row]).tolist()) == _reference_support(logits[row], temperature, k, p)
+    # Many draws (one per row of a tiled batch) land only in the support, and cover it when small.
+    row = np.repeat(logits[:1], 400, axis=0)
+    support = _reference_support(logits[0], temperature, k, p)
+    draws = keras.ops.convert_to_numpy(sample_next(row, np.bool_(False), np.float32(temperature), np.int32(k),
+                                                   np.float32(p), keras.random.SeedGenerator(1)))
+    assert set(draws.tolist()) <= support
+    if len(support) <= 5:
+        assert set(draws.tolist()) == support
+
+
+def test_kerashub_top_p_draws_fall_in_our_support():
+    import keras
+    import keras_hub
+
+    rng = np.random.default_rng(1)
+    logits = (rng.normal(size=(1, 300)) * 2).astype("float32")
+    sampler = keras_hub.samplers.TopPSampler(p=0.8, k=20, temperature=0.9, seed=3)
+    probs = sampler.compute_probabilities(np.repeat(logits, 300, axis=0))
+    theirs = set(keras.ops.convert_to_numpy(sampler.get_next_token(probs)).tolist())
+    ours = set(np.flatnonzero(keras.ops.convert_to_numpy(filter_logits(logits, 0.9, 20, 0.8))[0] > -1e8).tolist())
+    assert theirs <= ours and len(theirs) >= len(ours) - 1
+
+
+def test_seeds(gen, loaded):
+    _, tokenizer, _ = loaded
+    ids = tokenizer.encode(PROMPT)
+    s = Settings(sampler="top_p", temperature=1.0, top_p=0.95, top_k=100, max_new_tokens=16, seed=7)
+    assert gen.generate_ids(ids, s) == gen.generate_ids(ids, s)
+    outs = {tuple(gen.generate_ids(ids, Settings(sampler="random", temperature=1.5, max_new_tokens=16, seed=seed)))
+            for seed in range(4)}
+    assert len(outs) >= 3  # different seeds sample differently
+
+
+@pytest.mark.parametrize("settings", [greedy(max_new_tokens=20),
+                                      Settings(sampler="top_k", top_k=20, temperature=1.2, max_new_tokens=20, seed=5)])
+def test_stream_equals_generate(gen, loaded, settings):
+    _, tokenizer, _ = loaded
+    ids = tokenizer.encode(PROMPT)
+    assert list(gen.stream_ids(ids, settings)) == gen.generate_ids(ids, settings)  # token for token
+    assert "".join(gen.stream(PROMPT, settings)) == gen.generate(PROMPT, settings)
+
+
+def test_limits(gen, loaded):
+    _, tokenizer, cfg = loaded
+    ids = tokenizer.encode(PROMPT)
+
+    class NeverEnds:  # end-of-text never matches, so lengths are exact
+        eos_id = -1
+        decode = tokenizer.decode
+
+    g = Generator(gen.model, NeverEnds())
+    g._prefill_fn, g._decode_fn = gen._prefill_fn, gen._decode_fn  # share the compiled programs
+    assert len(g.generate_ids(ids, greedy(max_new_tokens=7))) == 7
+    assert len(g.generate_ids(ids, greedy(max_length=len(ids) + 5))) == 5
+    assert len(g.generate_ids(ids, greedy(max_length=len(ids) + 5, max_new_tokens=9))) == 9  # new tokens win
+    context = cfg.model.max_sequence_length
+    assert len(g.generate_ids(ids, greedy(max_new_tokens=10_000))) == context - len(ids)
+    with pytest.raises(UserError, match="must be shorter than"):
+        g.generate_ids(list(range(1, context + 1)), greedy(max_new_tokens=1))
+
+
+def test_stops_at_end_of_text(gen, loaded):
+    _, tokenizer, _ = loaded
+    ids = tokenizer.encode(PROMPT)
+    free = gen.generate_ids(ids, greedy(max_new_tokens=8))
+    stop = free[3]
+
+    class StopsAt:  # pretend the 4th greedy token is end-of-text
+        eos_id = stop
+        decode = tokenizer.decode
+
+    g = Generator(gen.model, StopsAt())
+    g._prefill_fn, g._decode_fn = gen._prefill_fn, gen._decode_fn
+    assert g.generate_ids(ids, greedy(max_new_tokens=8)) == free[:free.index(stop)]
+    assert list(g.stream_ids(ids, greedy(max_new_tokens=8))) == free[:free.index(stop)]
+
+
+def test_no_recompilation_across_prompts_and_settings(gen):
+    gen.generate("x", greedy(max_new_tokens=3))
+    before = gen.compiles
+    for prompt, s in [("The with statement", greedy(max_new_tokens=9)),
+                      ("A", Settings(sampler="top_p", temperature=0.7, top_p=0.9, top_k=40, seed=1, max_new_tokens=5)),
+                      ("if x:", Settings(sampler="top_k", temperature=1.3, top_k=7, seed=2, max_length=20)),
+                      ("Lambda forms", Settings(sampler="random", temperature=0.9, seed=3, max_new_tokens=4))]:
+        gen.generate(prompt, s)
+        "".join(gen.stream(prompt, s))
+    assert gen.compiles == before
+
+
+def test_templates_and_bad_settings(gen):
+    from kgpt2.instructions import format_prompt
+
+    text = render_prompt("Name a colour.", "instruction")
+    assert text == format_prompt("Name a colour.") and text.startswith("### Instruction:\n")
+    assert text.endswith("### Response:\n") and render_prompt("abc") == "abc"
+    assert isinstance(gen.generate("Name a colour.", greedy(max_new_tokens=4, template="instruction")), str)
+    for bad, message in [(dict(sampler="nucleus"), "unknown sampler"), (dict(template="chat"), "unknown prompt template"),
+                         (dict(temperature=0), "temperature"), (dict(top_p=1.5), "top_p"), (dict(top_k=0), "top_k")]:
+        with pytest.raises(UserError, match=message):
+            gen.generate("x", Settings(**bad))
+
+
+def test_settings_from_config_defaults_are_the_seed_demo():
+    from kgpt2.config import load_config
+
+    s = Settings.from_config(load_config(None).generate, seed=4, top_k=None)
+    assert (s.sampler, s.temperature, s.top_p, s.top_k, s.max_length, s.seed) == ("top_p", 0.8, 0.95, 50, 100, 4)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_restore_from_checkpoint_equals_the_in_memory_model(tmp_path, tiny_preset, pydoc_shards, lora):
+    """A trained model's logits == those of the model rebuilt from its run and checkpoint."""
+    import keras
+
+    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.config import save_config
+    from kgpt2.data.batches import WindowBatches
+    from kgpt2.data.shards import ShardSet
+    from kgpt2.metrics import compile_lm
+    from kgpt2.models import build_causal_lm
+    from kgpt2.runs import load_model
+    from conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", f"lora.enabled={str(lora).lower()}", "lora.rank=2")
+    keras.config.set_dtype_policy("float32")
+    model = build_causal_lm(cfg)
+    data = ShardSet(cfg.data.shards).split("train")
+    batches = WindowBatches(data.tokens, 0, data.num_tokens, sequence_length=32, batch_size=8, seed=0, max_batches=3)
+    x, _, _ = batches[0]
+    before = keras.ops.convert_to_numpy(model(x))
+    compile_lm(model, keras.optimizers.Adam(1e-2))
+    for i in range(len(batches)):
+        model.train_on_batch(*batches[i])
+    trained = keras.ops.convert_to_numpy(model(x))
+    save_config(cfg, cfg.run_dir / "config.json")
+    CheckpointManager(cfg.run_dir).save(model, None, {"step": 3, "stage": 0, "stage_end": False})
+    restored, _, _ = load_model(cfg.run_dir, "latest")
+    assert np.abs(trained - before).max() > 1e-3  # training moved the logits
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(x)), trained, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,188 @@
+"""Every source kind reads real files from ../shared/data; bad input is named or counted."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from kgpt2.data.sources import detect_format, open_source
+from kgpt2.errors import UserError
+from kgpt2.instructions import format_prompt
+
+
+def memsum_records(shared_data, split="val", n=3):
+    with open(shared_data / "pubmed" / "memsum_pubmed_300" / f"{split}.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in itertools.islice(f, n)]
+
+
+@pytest.fixture
+def cohan_file(tmp_path, shared_data):
+    """The scientific_papers (Cohan et al.) schema, filled with real MemSum PubMed text."""
+    path = tmp_path / "test.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i, r in enumerate(memsum_records(shared_data)):
+            half = len(r["text"]) // 2
+            f.write(json.dumps({
+                "article_id": f"PMC{1000 + i}",
+                "article_text": r["text"],
+                "abstract_text": [f"<S> {s} </S>" for s in r["summary"]],
+                "section_names": ["introduction", "methods"],
+                "sections": [r["text"][:half], r["text"][half:]],
+            }) + "\n")
+    return path
+
+
+def test_scientific_papers_schema_and_contents(cohan_file, shared_data):
+    records = memsum_records(shared_data)
+    assert detect_format(str(cohan_file)) == "papers"
+    docs = list(open_source(cohan_file))
+    assert [d.id for d in docs] == ["PMC1000", "PMC1001", "PMC1002"]
+    assert {d.split for d in docs} == {"test"}  # the file's own split, from its name
+    abstract = "\n".join(s.strip() for s in records[0]["summary"])
+    body = "\n".join(s.strip() for s in records[0]["text"])
+    assert docs[0].text == abstract + "\n\n" + body
+    assert "<S>" not in docs[0].text and "</S>" not in docs[0].text
+    assert next(iter(open_source(cohan_file, contents="abstract"))).text == abstract
+    assert next(iter(open_source(cohan_file, contents="body"))).text == body
+
+
+def test_memsum_folder_keeps_its_splits(shared_data):
+    src = open_source(shared_data / "pubmed" / "memsum_pubmed_300")
+    assert src.format == "papers"
+    splits = [d.split for d in src]
+    assert {s: splits.count(s) for s in set(splits)} == {"train": 100, "validation": 100, "test": 100}
+    assert src.stats.total_skipped == 0
+
+
+@pytest.mark.slow  # importing `datasets` alone takes ~10 s here
+def test_parquet_with_article_and_abstract_goes_through_datasets(tmp_path, shared_data, monkeypatch):
+    pd = pytest.importorskip("pandas")
+    datasets = pytest.importorskip("datasets")
+    # A streaming IterableDataset imports torch when it is installed (20 s here) only
+    # to share a counter with torch workers; nothing here uses torch.
+    monkeypatch.setattr(datasets.config, "TORCH_AVAILABLE", False)
+    records = memsum_records(shared_data, "train", 4)
+    path = tmp_path / "pubmed.parquet"
+    pd.DataFrame({"article": [" ".join(r["text"]) for r in records],
+                  "abstract": [" ".join(f"<S> {s} </S>" for s in r["summary"]) for r in records]}).to_parquet(path)
+    assert detect_format(str(path)) == "hf"
+    docs = list(open_source(path, contents="both"))
+    assert len(docs) == 4 and "<S>" not in docs[0].text
+    assert docs[0].text.endswith(" ".join(records[0]["text"]))
+    assert [d.text for d in open_source(path, contents="body")] == [" ".join(r["text"]) for r in records]
+
+
+def test_sumpubmed_layout(shared_data):
+    src = open_source(shared_data / "pubmed" / "sumpubmed_1000")
+    assert src.format == "sumpubmed"
+    first = list(itertools.islice(iter(src), 3))
+    assert [d.id for d in first] == ["sumpubmed_1", "sumpubmed_2", "sumpubmed_3"]  # numeric order
+    for d in first:
+        assert not any(line in ("BACKGROUND", "RESULTS", "CONCLUSIONS") for line in d.text.splitlines())
+    abstract = next(iter(open_source(shared_data / "pubmed" / "sumpubmed_1000", contents="abstract"))).text
+    assert abstract.startswith("the phytohormone indole-3-acetic acid")
+    assert first[0].text.startswith(abstract + "\n\n")
+
+
+def test_plain_text_file_separator_and_folder(tmp_path, shared_data):
+    shakespeare = shared_data / "shakespeare" / "input.txt"
+    whole = list(open_source(shakespeare))
+    assert len(whole) == 1 and whole[0].text == shakespeare.read_text(encoding="utf-8")
+    scenes = list(open_source(shakespeare, separator="\n\n"))
+    assert len(scenes) > 7000 and scenes[0].text == "First Citizen:\nBefore we proceed any further, hear me speak."
+    folder = tmp_path / "plays"
+    folder.mkdir()
+    for i, d in enumerate(scenes[:3]):
+        (folder / f"scene_{i}.txt").write_text(d.text, encoding="utf-8")
+    assert detect_format(str(folder)) == "folder"
+    assert [d.text for d in open_source(folder)] == [d.text for d in scenes[:3]]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl"])
+def test_tables_with_a_named_column_stream_in_chunks(tmp_path, shared_data, suffix, monkeypatch):
+    import pandas as pd
+
+    import kgpt2.data.sources as sources
+
+    monkeypatch.setattr(sources, "_TABLE_CHUNK_ROWS", 2)  # 5 rows -> 3 chunks
+    abstracts = [" ".join(r["summary"]) for r in memsum_records(shared_data, "test", 5)]
+    frame = pd.DataFrame({"id": [f"a{i}" for i in range(5)], "abstract": abstracts, "n": range(5)})
+    path = tmp_path / f"table.{suffix}"
+    {"csv": lambda: frame.to_csv(path, index=False), "parquet": lambda: frame.to_parquet(path),
+     "jsonl": lambda: frame.to_json(path, orient="records", lines=True)}[suffix]()
+    src = open_source(path, fmt="table", text_column="abstract")
+    docs = list(src)
+    assert [d.text for d in docs] == abstracts and [d.id for d in docs] == ["a0", "a1", "a2", "a3", "a4"]
+    with pytest.raises(UserError, match=f"table.{suffix}: no column 'body'"):
+        list(open_source(path, fmt="table", text_column="body"))
+
+
+def test_alpaca_and_preferences_render_as_lm_text(shared_data):
+    alpaca = shared_data / "alpaca" / "alpaca_5000.json"
+    records = json.loads(alpaca.read_text(encoding="utf-8"))
+    src = open_source(alpaca)
+    docs = list(src)
+    assert detect_format(str(alpaca)) == "alpaca" and len(docs) + src.stats.total_skipped == 5000
+    assert docs[0].text == format_prompt(records[0]["instruction"], records[0]["input"]) + records[0]["output"]
+    prefs = shared_data / "preferences" / "llms-from-scratch-instruction-data-with-preference.json"
+    precords = json.loads(prefs.read_text(encoding="utf-8"))
+    psrc = open_source(prefs)
+    pdocs = list(psrc)
+    assert detect_format(str(prefs)) == "preferences" and len(pdocs) + psrc.stats.total_skipped == 1100
+    assert pdocs[1].text == format_prompt(precords[1]["instruction"], precords[1]["input"]) + precords[1]["chosen"]
+
+
+def test_format_override(cohan_file):
+    docs = list(open_source(cohan_file, fmt="table", text_column="article_id"))
+    assert [d.text for d in docs] == ["PMC1000", "PMC1001", "PMC1002"]
+    with pytest.raises(UserError, match="unknown format 'xml'"):
+        open_source(cohan_file, fmt="xml")
+
+
+# Bad input ---------------------------------------------------------------
+def test_missing_file():
+    with pytest.raises(UserError, match="'/no/such/corpus.jsonl' does not exist"):
+        open_source("/no/such/corpus.jsonl")
+
+
+def test_bad_json_lines_non_utf8_and_empty_documents_are_skipped_and_counted(cohan_file):
+    good = cohan_file.read_bytes().splitlines(keepends=True)
+    bad = cohan_file.with_name("train.jsonl")
+    bad.write_bytes(good[0] + b'{"article_id": "x", "article_text": ["truncat\n'  # line 2: truncated
+                    + b"not json at all\n"  # line 3
+                    + b'{"article_id": "y", "article_text": ["caf\xe9"], "abstract_text": []}\n'  # line 4: latin-1
+                    + b'{"article_id": "z", "article_text": [], "abstract_text": ["<S> </S>"]}\n'  # 5: empty
+                    + good[1])
+    src = open_source(bad)
+    docs = list(src)
+    assert [d.id for d in docs] == ["PMC1000", "PMC1001"]
+    assert src.stats.skipped == {"invalid or truncated JSON": 2, "not UTF-8": 1, "empty document": 1}
+    assert src.stats.examples[:3] == [f"{bad}:2: invalid or truncated JSON", f"{bad}:3: invalid or truncated JSON",
+                                      f"{bad}:4: not UTF-8"]
+
+
+def test_wrong_schema_is_a_hard_error_naming_file_and_line(tmp_path, cohan_file, shared_data):
+    path = tmp_path / "val.jsonl"
+    path.write_text(cohan_file.read_text(encoding="utf-8") + json.dumps({"title": "x", "body": "y"}) + "\n")
+    with pytest.raises(UserError, match=f"{path}:4: not a scientific_papers record"):
+        list(open_source(path, fmt="papers"))
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"question": "c"}]))
+    with pytest.raises(UserError, match=r"alpaca.json \[record 1\]: expected"):
+        list(open_source(alpaca, fmt="alpaca"))
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n{"instruction": "a",\n "output": "b"},\n{"instruction": \n')
+    with pytest.raises(UserError, match=r"broken.json:5: invalid JSON"):
+        list(open_source(broken, fmt="alpaca"))
+
+
+def test_non_utf8_text_file_in_a_folder_is_skipped(tmp_path):
+    (tmp_path / "a.txt").write_text("a good document", encoding="utf-8")
+    (tmp_path / "b.txt").write_bytes("caf\u00e9 in latin-1".encode("latin-1"))
+    (tmp_path / "c.txt").write_text("   \n", encoding="utf-8")
+    src = open_source(tmp_path)
+    assert [d.text for d in src] == ["a good document"]
+    assert src.stats.skipped == {"not UTF-8": 1, "empty document": 1}
+    assert src.stats.examples[0] == f"{tmp_path / 'b.txt'}:1: not UTF-8"

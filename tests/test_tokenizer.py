@@ -1,0 +1,159 @@
+"""kgpt2 tokenises exactly like OpenAI's GPT-2; keras-hub 0.32's GPT2Tokenizer does not.
+
+The reference is tiktoken built from ../shared/data/gpt2-tokenizer with GPT-2's
+regex (an encoding independent of kgpt2's own construction). Both kgpt2
+engines (tiktoken for GPT-2-shaped files, `tokenizers` for BPEs trained here)
+are checked on real PubMed, Shakespeare and Alpaca text plus the hard cases.
+
+The full keras-hub disagreement count of docs/tokenization.md:
+
+    KERAS_BACKEND=tensorflow .venv/bin/python tests/test_tokenizer.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+HARD_CASES = [
+    "research on anxiety in parkinson 's disease ( pd ) has been neglected",  # " 's" -> [705, 82]
+    "the patient 's chart and the doctors ' notes ; we 'll see , they 've , i 'm , it 'd",
+    "BACKGROUND\n\nthe phytohormone is widely distributed",  # "\n\n" before a word -> [198, 198]
+    "end.\n\n\nThree newlines, then\n\n\n\n four and a space",
+    "non\u00a0breaking\u00a0space, thin\u2009space, ideographic\u3000space",
+    "\u00a0\u00a0 mixed \u2009 unicode\u3000\u3000spaces \u00a0",
+    "runs:  two   three    four\t\ttabs \t mixed \r\n crlf   ",
+    "   leading and trailing whitespace   ",
+    "3-indole-acetyl-ε-l-lysine, β-catenin, 37 °C, μm, naïve café, Ærøskøbing",
+    "中文文本，日本語のテキスト, 한국어, العربية, emoji 🙂🧬 and ZWJ 👩‍🔬",
+    "<|endoftext|> in a text is ordinary text",
+    "digits 1234567890 123,456.78 <dig> <cit> 3.14e-10",
+    "",
+]
+
+
+def _reference(shared):
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    d = Path(shared) / "gpt2-tokenizer"
+    ranks = data_gym_to_mergeable_bpe_ranks(str(d / "vocab.bpe"), str(d / "encoder.json"))
+    return tiktoken.Encoding("gpt2-reference", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256})
+
+
+def real_texts(shared, pubmed_bodies: int = 300, sumpubmed: int = 100, alpaca: int = 1000,
+               shakespeare: bool = True) -> list[str]:
+    """Real texts from ../shared/data, as kgpt2's sources render them."""
+    from kgpt2.data.sources import open_source
+
+    shared = Path(shared)
+    texts = []
+    for split in ("train", "val", "test"):
+        with open(shared / "pubmed" / "memsum_pubmed_300" / f"{split}.jsonl", encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                texts += [" ".join(record["summary"]), "\n".join(record["text"])]
+    texts = texts[:2 * pubmed_bodies]
+    texts += [d.text for _, d in zip(range(sumpubmed), open_source(shared / "pubmed" / "sumpubmed_1000",
+                                                                  contents="body"))]
+    texts += [d.text for _, d in zip(range(alpaca), open_source(shared / "alpaca" / "alpaca_5000.json"))]
+    if shakespeare:
+        texts += [d.text for d in open_source(shared / "shakespeare" / "input.txt", separator="\n\n")]
+    return texts
+
+
+@pytest.fixture(scope="module")
+def reference(shared_data):
+    return _reference(shared_data)
+
+
+@pytest.fixture(scope="module")
+def texts(shared_data):
+    return real_texts(shared_data, pubmed_bodies=50, sumpubmed=10) + HARD_CASES
+
+
+def test_gpt2_files_use_the_tiktoken_engine(gpt2_tokenizer, pydoc_tokenizer):
+    assert gpt2_tokenizer.engine == "tiktoken"
+    assert pydoc_tokenizer.engine == "tokenizers"  # ids of a trained BPE are not merge ranks
+
+
+def test_hard_cases_match_openai(gpt2_tokenizer, reference):
+    assert gpt2_tokenizer.encode("parkinson 's disease")[-3:] == [705, 82, 4369]
+    assert gpt2_tokenizer.encode("a\n\nword") == [64, 198, 198, 4775]
+    for text in HARD_CASES:
+        assert gpt2_tokenizer.encode(text) == reference.encode_ordinary(text), repr(text)
+        assert gpt2_tokenizer.decode(gpt2_tokenizer.encode(text)) == text
+
+
+def test_every_kgpt2_path_matches_openai_on_real_text(gpt2_tokenizer, reference, texts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kgpt2.tokenizer import Tokenizer
+
+    assert len(texts) > 8000  # mostly short: Shakespeare paragraphs and Alpaca records
+    expected = reference.encode_ordinary_batch(texts)
+    assert gpt2_tokenizer.encode_batch(texts) == expected
+    assert [gpt2_tokenizer.encode(t) for t in texts[:1000]] == expected[:1000]
+    with ThreadPoolExecutor(2) as pool:
+        arrays = gpt2_tokenizer.encode_arrays(texts, pool)
+    assert all(a.tolist() == e for a, e in zip(arrays, expected))
+    # The `tokenizers` engine (what BPEs trained here use) on the same files.
+    hf_engine = Tokenizer(gpt2_tokenizer.vocabulary, gpt2_tokenizer.merges)
+    hf_engine._tiktoken = None
+    assert hf_engine.engine == "tokenizers"
+    assert hf_engine.encode_batch(texts) == expected
+    assert all(gpt2_tokenizer.decode(ids) == t for t, ids in zip(texts, expected))
+
+
+def keras_hub_counts(shared, texts) -> dict:
+    """How many texts each keras-hub GPT2Tokenizer path encodes differently from the reference."""
+    import keras_hub
+    import tensorflow as tf
+
+    d = Path(shared) / "gpt2-tokenizer"
+    vocab = json.loads((d / "encoder.json").read_text(encoding="utf-8"))
+    merges = [m for m in (d / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if m]
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
+    probes = ["parkinson 's disease", "a\n\nword"]  # the cases the issue cites
+    texts = probes + list(texts)
+    expected = _reference(shared).encode_ordinary_batch(texts)
+    eager = [[int(i) for i in tokenizer(t)] for t in texts]  # the `tokenizers`-based path
+    graph = [[int(i) for i in ids] for ids in  # the tf.text path, as in a tf.data pipeline
+             tf.data.Dataset.from_tensor_slices(texts).map(tokenizer).as_numpy_iterator()]
+    rest = slice(len(probes), None)
+    return {"texts": len(texts) - len(probes),
+            "eager_vs_reference": sum(a != b for a, b in zip(eager[rest], expected[rest])),
+            "tf_data_vs_reference": sum(a != b for a, b in zip(graph[rest], expected[rest])),
+            "eager_vs_tf_data": sum(a != b for a, b in zip(eager[rest], graph[rest])),
+            "eager_apostrophe_s": eager[0], "tf_data_newlines": graph[1],
+            "reference_apostrophe_s": expected[0], "reference_newlines": expected[1]}
+
+
+@pytest.mark.slow  # imports TensorFlow and builds keras-hub's tf.text graph
+def test_keras_hub_gpt2_tokenizer_disagrees_where_kgpt2_does_not(shared_data, gpt2_tokenizer, reference):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("keras_hub")
+    texts = real_texts(shared_data, pubmed_bodies=10, sumpubmed=0, alpaca=100, shakespeare=False)
+    counts = keras_hub_counts(shared_data, texts)
+    print(counts)
+    # kgpt2: exact on every text; keras-hub: the cited disagreements.
+    assert gpt2_tokenizer.encode_batch(texts) == reference.encode_ordinary_batch(texts)
+    assert counts["reference_apostrophe_s"][-3:] == [705, 82, 4369]
+    assert counts["eager_apostrophe_s"][-3:] == [220, 338, 4369]
+    assert counts["reference_newlines"] == [64, 198, 198, 4775]
+    assert counts["tf_data_newlines"] == [64, 628, 4775]
+    assert counts["eager_vs_reference"] > 0 and counts["tf_data_vs_reference"] > 0
+
+
+if __name__ == "__main__":  # the full count for docs/tokenization.md
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import SHARED
+
+    all_texts = real_texts(SHARED, pubmed_bodies=300, sumpubmed=1000, alpaca=1000, shakespeare=False)
+    print(json.dumps(keras_hub_counts(SHARED, all_texts)))

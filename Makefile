@@ -27,5 +27,9 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/kgpt2 demo
 
+# On the GPU machine (device tool), after `. benchmarks/device_setup.sh`: kgpt2 vs HF (+PEFT) training throughput.
+bench-gpu:
+	python3 benchmarks/train_throughput.py --shards .bench/shards --tokenizer .bench/tokenizer --stage
+
 clean:
 	rm -rf $(VENV) checkpoints/quickstart

@@ -54,7 +54,7 @@ def run_one(args) -> dict:
     result = train(cfg, verbose=0)
     wall_s = time.perf_counter() - t0
     with open(f"{root}/dp/logs/steps.csv") as f:
-        rows = list(csv.DictReader(f))
+        rows = sorted(csv.DictReader(f), key=lambda r: int(r["step"]))  # flushed from a worker thread
     times = [float(r["time"]) for r in rows]
     steady = len(rows) - 1 - args.warmup
     if steady < 1:

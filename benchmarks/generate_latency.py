@@ -181,7 +181,7 @@ def machine(a) -> dict:
     info["keras_backend"] = keras.backend.backend()
     info["devices"] = [str(d) for d in _devices()]
     for mod in ("jax", "keras", "keras_hub", "tensorflow", "torch", "transformers"):
-        if mod in sys.modules:
+        if sys.modules.get(mod) is not None:
             info[mod] = getattr(sys.modules[mod], "__version__", "?")
     return info
 

@@ -197,21 +197,14 @@ def _result(name, tokens_s, step_s, *, compile_s, peak, device, policy, trainabl
     return out
 
 
-def run_stage(args, async_callbacks: bool = False) -> dict:
+def run_stage(args) -> dict:
     """kgpt2's staged trainer on one real stage: fit + validation + checkpoint + export.
 
-    `async_callbacks`: mark the step logger and checkpointer `async_safe`, so
-    Keras runs them on a thread instead of waiting for each step (an experiment).
+    The trainer's step logger is async-safe and checkpoints happen between
+    `fit` calls, so Keras does not wait for every step (kgpt2/run_logs.py).
     """
     import csv
     import tempfile
-
-    if async_callbacks:
-        import kgpt2.run_logs
-        import kgpt2.train
-
-        kgpt2.run_logs._StepLogger.async_safe = True
-        kgpt2.train._Checkpointer.async_safe = True
 
     from kgpt2.config import load_config
     from kgpt2.train import train
@@ -226,11 +219,12 @@ def run_stage(args, async_callbacks: bool = False) -> dict:
     wall_s = time.perf_counter() - t0
     with open(f"{root}/stage/logs/steps.csv") as f:
         rows = list(csv.DictReader(f))
+    rows.sort(key=lambda r: int(r["step"]))  # written in flushes from a worker thread
     times = [float(r["time"]) for r in rows]
     skip = args.warmup  # steady state: after compile and warm-up
     steady = len(rows) - 1 - skip
     tokens_s = steady * args.batch * args.seq / (times[-1] - times[skip])
-    return {"variant": f"kgpt2 staged trainer, full, one stage{' async' if async_callbacks else ''}", "steps": len(rows),
+    return {"variant": "kgpt2 staged trainer, full, one stage", "steps": len(rows),
             "steady_tokens_per_s": round(tokens_s), "stage_wall_s": round(wall_s, 1),
             "global_step": result.global_step}
 
@@ -242,7 +236,7 @@ def run_variant(args, name: str) -> dict:
     if parts[0] == "hf":
         return run_hf(args, parts[1], parts[2])
     if parts[0] == "stage":
-        return run_stage(args, async_callbacks=name == "stage:async")
+        return run_stage(args)
     raise SystemExit(f"unknown variant {name}")
 
 
@@ -286,7 +280,7 @@ def main(argv=None):
         results.append(spawn(args, name))
         print(json.dumps(results[-1]), flush=True)
     if args.stage:
-        for name in ("stage", "stage:async"):
+        for name in ("stage",):
             results.append(spawn(args, name))
             print(json.dumps(results[-1]), flush=True)
     if args.memory:

@@ -235,9 +235,9 @@ def align(cfg, verbose="auto") -> dict:
     ckpts = CheckpointManager(cfg.run_dir)
     if ckpts.latest() is not None:
         raise UserError(f"run '{cfg.run_dir}' already has checkpoints; choose a new run name")
-    tokenizer = load_tokenizer(cfg.model)
     stats = PairStats()
-    pairs = read_pairs(a.data, a.template, stats)
+    pairs = read_pairs(a.data, a.template, stats)  # the data is checked before any model loads
+    tokenizer = load_tokenizer(cfg.model)
     inputs, kept = encode_pairs(tokenizer, pairs, cfg.data.sequence_length, stats)
     held = heldout_mask(pairs, a.heldout_fraction, cfg.seed)[kept]
     train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)

@@ -150,7 +150,8 @@ class CheckpointManager:
                 return c
         stage_ends = [c for c in ckpts if c.state.get("stage_end")]
         for c in stage_ends:
-            if checkpoint_id == f"stage-{c.state['stage'] + 1}":
+            # a stage-end state counts the stages finished, so stage N's end has stage == N
+            if checkpoint_id == f"stage-{c.state['stage']}":
                 return c
         known = ", ".join(c.id for c in ckpts)
         raise UserError(f"run '{self.run_dir}' has no checkpoint '{checkpoint_id}' (it has: {known})")

@@ -67,6 +67,10 @@ class DataConfig:
     # example per window, padded, so examples never attend to each other
     # (kgpt2.instructions explains why packing cannot isolate them).
     windows: str = "packed"
+    # Shift every window start by a seeded random offset each epoch, so
+    # repeated epochs see different windows (nanoGPT samples random offsets;
+    # it matters when a small corpus is seen for many epochs).
+    shift_windows: bool = False
 
 
 @dataclass

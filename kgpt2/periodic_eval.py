@@ -1,6 +1,6 @@
 """Evaluate every N steps during `fit`, and keep the best-validation checkpoint.
 
-nanoGPT's loop, as a Keras callback: every `train.eval_every` steps (and
+nanoGPT's loop: every `train.eval_every` steps (and
 once before the first step) the loss on `train.eval_batches` batches of the
 train and the validation split is measured with the model in inference mode
 (no dropout) and appended to `logs/evals.csv`; `plot_evals` draws
@@ -11,8 +11,8 @@ full, resumable checkpoint and points `best.json` at it, so `best` is a
 checkpoint id for evaluate, generate and the demo. Checkpoint retention never
 deletes the one `best.json` names.
 
-Reading `self.model` on JAX copies the training state back into the model
-(a sync): fine every few hundred steps, which is why this is not done per step.
+The trainer ends a `fit` call at every multiple of `eval_every` and calls
+`after_steps` between calls, so no per-step hook holds up the training loop.
 The running training metrics are saved and put back around the evaluation, so
 the step log's epoch means are not reset by it.
 
@@ -54,7 +54,7 @@ def read_evals(run_dir):
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=EVAL_FIELDS)
 
 
-class PeriodicEval(keras.callbacks.Callback):
+class PeriodicEval:
     """Every `every` global steps: train/validation loss, and the best checkpoint.
 
     `evaluate(model, split_name) -> {"loss", "accuracy", ...}` measures one
@@ -65,7 +65,6 @@ class PeriodicEval(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, every: int, cursor: dict, evaluate, save=None, keep_best: bool = False):
-        super().__init__()
         self.run_dir, self.every, self.cursor = Path(run_dir), every, cursor
         self.evaluate, self.save, self.keep_best = evaluate, save, keep_best
         self.path = self.run_dir / "logs" / "evals.csv"
@@ -84,20 +83,18 @@ class PeriodicEval(keras.callbacks.Callback):
         atomic_write_text(self.path, body)
         self._logged = {int(r["step"]) for r in rows}
 
-    def on_train_begin(self, logs=None):
+    def before_training(self, model) -> None:
         if self.cursor["step"] == 0 and 0 not in self._logged:
-            self._run(0)  # the untrained model, as nanoGPT's iteration 0
+            self._run(model, 0)  # the untrained model, as nanoGPT's iteration 0
 
-    def on_train_batch_end(self, batch, logs=None):
-        # With train.steps_per_execution = K this runs once per K steps: the
-        # evaluation happens at the first call at or past each multiple.
+    def after_steps(self, model) -> None:
+        """Called between fit segments: evaluate when a multiple of `every` was reached."""
         step, before = self.cursor["step"], self._seen
         self._seen = step
         if step // self.every > before // self.every and step not in self._logged:
-            self._run(step)
+            self._run(model, step)
 
-    def _run(self, step: int) -> None:
-        model = self.model  # on JAX: syncs the training state into the model
+    def _run(self, model, step: int) -> None:
         kept = [keras.ops.convert_to_numpy(v.value) for v in model.metrics_variables]
         t0 = time.perf_counter()
         train = self.evaluate(model, "train")
@@ -144,7 +141,8 @@ def plot_evals(run_dir) -> Path | None:
                 textcoords="offset points", xytext=(0, -18), ha="center", fontsize=8)
     ax.set_xlabel("iteration (global step)")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"{run_dir.name}: loss every {int(evals['step'].diff().median() or 0)} steps")
+    gap = evals["step"].diff().median()  # NaN with a single evaluation
+    ax.set_title(f"{run_dir.name}: loss every {int(gap)} steps" if gap == gap else f"{run_dir.name}: loss")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -55,45 +56,68 @@ class StepLog:
                 self._tensorboard = tf.summary.create_file_writer(str(self.path.parent / "tensorboard"))
         return self._tensorboard or None
 
-    def callback(self, cursor: dict, schedule, stage: int, tokens_per_batch: int):
-        return _StepLogger(self.path, cursor, schedule, stage, tokens_per_batch, self.tensorboard())
+    def callback(self, first_step: int, schedule, stage: int, tokens_per_batch: int):
+        """The logger for one `fit` call whose first batch is global step `first_step + 1`."""
+        return _StepLogger(self.path, first_step, schedule, stage, tokens_per_batch, self.tensorboard())
 
 
 class _StepLogger(keras.callbacks.Callback):
-    # Reads only `logs` (never `self.model`), so on JAX it forces no state sync.
-    def __init__(self, path, cursor, schedule, stage, tokens_per_batch, tensorboard=None):
+    """Per-step rows of loss, accuracy, learning rate and tokens/s.
+
+    `async_safe`: Keras then runs it on a worker thread and does not wait for
+    each step to finish before starting the next (a per-step sync cost 3.5x
+    of the throughput on an H100: docs/benchmarks.md). Rows are therefore
+    keyed by the step they describe, not by arrival order, buffered under a
+    lock, and written sorted.
+    """
+
+    async_safe = True
+
+    def __init__(self, path, first_step, schedule, stage, tokens_per_batch, tensorboard=None):
         super().__init__()
-        self.path, self.cursor, self.schedule = path, cursor, host_schedule(schedule)
+        self.path, self.first_step, self.schedule = path, first_step, host_schedule(schedule)
         self.tensorboard = tensorboard
         self.stage, self.tokens_per_batch = stage, tokens_per_batch
-        self._t = None
-        self._done = 0  # batches of this `fit` logged so far (steps_per_execution may be > 1)
+        self._lock = threading.Lock()
+        self._rows: list = []
+        self._t0 = None
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._t is None:
-            self._t = time.perf_counter()
+    def on_train_begin(self, logs=None):
+        self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        dt, self._t = now - self._t, now
-        step = self.cursor["step"]  # already advanced by the checkpointer
-        ran, self._done = batch + 1 - self._done, batch + 1
-        lr = self.schedule(step - 1)
+        # `batch` is the last batch of the execution (steps_per_execution may be > 1).
+        done = batch + 1
+        step = self.first_step + done
+        elapsed = time.perf_counter() - self._t0
         logs = logs or {}
+        lr = self.schedule(step - 1)
         row = [step, self.stage + 1, f"{float(logs.get('loss', float('nan'))):.6f}",
                f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
-               f"{self.tokens_per_batch * ran / dt:.1f}" if dt > 0 else "", f"{time.time():.3f}"]
+               # mean over this fit call so far (the first call includes compiling)
+               f"{self.tokens_per_batch * done / elapsed:.1f}" if elapsed > 0 else "", f"{time.time():.3f}"]
+        with self._lock:
+            self._rows.append(row)
+            if len(self._rows) >= 64:
+                self._flush()
+
+    def on_train_end(self, logs=None):
+        with self._lock:
+            self._flush()
+
+    def _flush(self):
+        rows, self._rows = sorted(self._rows, key=lambda r: r[0]), []
+        if not rows:
+            return
         with open(self.path, "a", newline="") as f:
-            f.write(",".join(str(v) for v in row) + "\n")
+            f.write("".join(",".join(str(v) for v in row) + "\n" for row in rows))
         if self.tensorboard is not None:
             import tensorflow as tf
 
-            with self.tensorboard.as_default(step=step):
-                for name, value in (("loss", row[2]), ("accuracy", row[3]), ("learning_rate", lr)):
-                    tf.summary.scalar(name, float(value))
-
-    def on_train_end(self, logs=None):
-        if self.tensorboard is not None:
+            with self.tensorboard.as_default():
+                for row in rows:
+                    for name, value in (("loss", row[2]), ("accuracy", row[3]), ("learning_rate", row[4])):
+                        tf.summary.scalar(name, float(value), step=row[0])
             self.tensorboard.flush()
 
 
@@ -122,7 +146,10 @@ def read_steps(run_dir):
     import pandas as pd
 
     path = Path(run_dir) / "logs" / "steps.csv"
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=STEP_FIELDS)
+    if not path.is_file():
+        return pd.DataFrame(columns=STEP_FIELDS)
+    # rows come in flushes from a worker thread: order by step
+    return pd.read_csv(path).sort_values("step", kind="stable").reset_index(drop=True)
 
 
 def write_stage_table(run_dir, stage_metrics: list) -> None:

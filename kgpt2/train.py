@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import keras
 
 from kgpt2.checkpoints import CheckpointManager, atomic_write_text
 from kgpt2.config import Config, save_config
-from kgpt2.data.batches import WindowBatches, split_options, to_dataset
+from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import resolve_device
 from kgpt2.distribution import plan_data_parallel
@@ -82,6 +83,7 @@ def stage_batches(cfg: Config, split, stage, epoch: int, start_batch: int = 0,
     return WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
                          batch_size=cfg.train.batch_size, seed=cfg.seed, stage=stage.index,
                          epoch=epoch, shuffle=True, start_batch=start_batch, max_batches=max_batches,
+                         shift=cfg.data.shift_windows,
                          **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows))
 
 
@@ -124,30 +126,10 @@ def _check_resumable(state: dict, cfg: Config, shards: ShardSet) -> None:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the stage plan, epochs, max_steps or batch size changed; use a new run name")
 
 
-class _Checkpointer(keras.callbacks.Callback):
-    """Saves a checkpoint every `every` steps with the exact data cursor."""
-
-    def __init__(self, save, every: int, cursor: dict):
-        super().__init__()
-        self.save, self.every, self.cursor = save, every, cursor
-        self._done = 0  # batches of the current `fit` counted so far
-
-    def on_train_begin(self, logs=None):
-        self._done = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        # `batch` is the last batch index of the execution: with
-        # train.steps_per_execution = K, callbacks run once per K steps.
-        ran, self._done = batch + 1 - self._done, batch + 1
-        before = self.cursor["step"]
-        self.cursor["step"] += ran
-        self.cursor["batch"] += ran
-        if self.every and self.cursor["step"] // self.every > before // self.every:
-            self.save(self.model, stage_end=False)  # self.model syncs JAX state
-
-
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
     run_dir = cfg.run_dir
+    if verbose == "auto":  # a live progress bar on a terminal or in a notebook, one line per fit in logs
+        verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
     # Everything a user can get wrong is checked before any work starts.
     if not cfg.data.shards:
         raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
@@ -191,6 +173,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
         params = count_params(model)
         log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
                  f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
+        _warn_if_too_big(cfg, model, params["total"])  # before the first step compiles
         stage_metrics: list = []
         cursor = {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
         if latest is not None:
@@ -209,37 +192,56 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
                          max_steps=cfg.train.max_steps, versions=_versions())
             return ckpts.save(m, optimizer, state)
 
-        checkpointer = _Checkpointer(save, cfg.train.checkpoint_every, cursor)
-        callbacks = [checkpointer]
+        periodic = None
         if cfg.train.eval_every > 0:  # nanoGPT-style evaluation and best checkpoint
             from kgpt2.periodic_eval import PeriodicEval
 
-            callbacks.append(PeriodicEval(
+            periodic = PeriodicEval(
                 run_dir, cfg.train.eval_every, cursor, keep_best=cfg.train.keep_best,
                 evaluate=lambda m, name: evaluate_split(m, cfg, shards, name, cfg.train.eval_batches),
                 save=lambda m: ckpts.get(str(cursor["step"])) if (run_dir / f"ckpt-{cursor['step']}").is_dir()
-                else save(m, stage_end=False)))
+                else save(m, stage_end=False))
+            periodic.before_training(model)
+        # One `fit` call runs from one checkpoint/evaluation point (or stage
+        # end) to the next, across epochs; checkpoints and evaluations happen
+        # between calls, so no per-step hook makes Keras wait for every step
+        # (the step logger is async-safe).
+        every = [n for n in (cfg.train.checkpoint_every, cfg.train.eval_every) if n > 0]
+
+        def segment(batches_left: int) -> int:
+            n = min(batches_left, total_steps - cursor["step"])
+            return min([n] + [e - cursor["step"] % e for e in every])
+
         for stage in stages[cursor["stage"]:]:
             if cursor["step"] >= total_steps:  # train.max_steps reached in an earlier stage
                 break
             log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, len(stages),
                      stage.first, stage.end - 1, stage.num_articles,
                      f"{split.token_range(stage.first, stage.end)[1] - split.token_range(stage.first, stage.end)[0]:,}")
+            first = stage_batches(cfg, split, stage, 0)
+            per_epoch = len(first)  # every epoch permutes the same windows
             padding: dict = {}
-            for epoch in range(cursor["epoch"], epochs):
-                source = stage_batches(cfg, split, stage, epoch, start_batch=cursor["batch"],
-                                       max_batches=cursor["batch"] + max(0, total_steps - cursor["step"]))
-                if cfg.data.windows == "example":  # padded examples: say what the padding costs
-                    padding = {"padding": source.padding_fraction(), "truncated": source.truncated}
-                    log.info("%s: one example per window; %.1f%% of the target positions are padding, "
-                             "%d examples truncated", stage.name, 100 * padding["padding"], padding["truncated"])
-                if len(source):
-                    if epochs > 1:
-                        log.info("%s epoch %d/%d", stage.name, epoch + 1, epochs)
-                    tokens_per_batch = int(source.batch_size * source.sequence_length)
-                    model.fit(to_dataset(source), epochs=1, verbose=verbose, shuffle=False,
-                              callbacks=callbacks + [steps_log.callback(cursor, schedule, stage.index, tokens_per_batch)])
-                cursor.update(epoch=epoch + 1, batch=0)
+            if cfg.data.windows == "example":  # padded examples: say what the padding costs
+                padding = {"padding": first.padding_fraction(), "truncated": first.truncated}
+                log.info("%s: one example per window; %.1f%% of the target positions are padding, "
+                         "%d examples truncated", stage.name, 100 * padding["padding"], padding["truncated"])
+            position = cursor["epoch"] * per_epoch + cursor["batch"]  # batches of this stage done
+            stage_end = per_epoch * epochs
+            if epochs > 1 and position < stage_end:
+                log.info("%s: %d epochs of %d batches", stage.name, epochs, per_epoch)
+            while position < stage_end and cursor["step"] < total_steps:
+                n = segment(stage_end - position)
+                source = EpochBatches(lambda e, s=stage: stage_batches(cfg, split, s, e), per_epoch, position, position + n)
+                tokens_per_batch = int(cfg.train.batch_size * cfg.data.sequence_length)
+                model.fit(to_dataset(source), epochs=1, verbose=verbose, shuffle=False,
+                          callbacks=[steps_log.callback(cursor["step"], schedule, stage.index, tokens_per_batch)])
+                position += n
+                cursor["step"] += n
+                cursor["epoch"], cursor["batch"] = divmod(position, per_epoch)
+                if cfg.train.checkpoint_every and cursor["step"] % cfg.train.checkpoint_every == 0:
+                    save(model, stage_end=False)
+                if periodic is not None:
+                    periodic.after_steps(model)
             metrics = evaluate_split(model, cfg, shards, "validation", cfg.train.eval_batches)
             metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor["step"])
             if cfg.data.windows == "example":
@@ -256,6 +258,17 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
                 plot_evals(run_dir)
             log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
     return TrainResult(run_dir, cursor["step"], stage_metrics, ckpts.latest().id if ckpts.latest() else "")
+
+
+def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:
+    from kgpt2.memory import check_fits, device_memory_bytes
+
+    b = model.backbone
+    mode = ("int8-lora" if getattr(cfg.model, "quantize", "") == "int8" else "lora") if cfg.lora.enabled else "full"
+    warning = check_fits(total_params, mode, cfg.train.batch_size, cfg.data.sequence_length, b.num_layers,
+                         b.hidden_dim, b.vocabulary_size, device_memory_bytes())
+    if warning:
+        log.warning("%s", warning)
 
 
 def evaluate_split(model, cfg: Config, shards: ShardSet, split_name: str, max_batches: int) -> dict:

@@ -92,6 +92,7 @@ TINY = ["model.num_layers=1", "model.num_heads=2", "model.hidden_dim=32", "model
         "train.precision=float32", "train.device=cpu", "model.pad_vocabulary_to=0"]
 
 
+@pytest.mark.slow
 def test_scratch_presets_build_save_and_load(tmp_path, char_tokenizer_dir, pydoc_tokenizer):
     import keras_hub
 
@@ -121,6 +122,7 @@ def test_scratch_presets_build_save_and_load(tmp_path, char_tokenizer_dir, pydoc
         init_preset(load_config(None, TINY + ["model.vocabulary_size=10", f"model.tokenizer={bpe_dir}"]), tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_from_scratch_run_keeps_best_checkpoint_and_learns(tmp_path, char_tokenizer_dir, shakespeare):
     """A 20-step run over 2+ epochs: evaluations every 5 steps, the best kept, every verb works."""
     from kgpt2.checkpoints import CheckpointManager

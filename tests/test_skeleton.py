@@ -142,3 +142,13 @@ def test_tensorboard_events_written_with_tensorflow(tiny_run):
     pytest.importorskip("tensorflow")
     events = list((tiny_run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_stage_ids_name_stage_end_checkpoints(tiny_run):
+    from kgpt2.checkpoints import CheckpointManager
+
+    mgr = CheckpointManager(tiny_run)
+    ends = [c for c in mgr.list() if c.state.get("stage_end")]
+    assert [mgr.get(f"stage-{i + 1}").id for i in range(len(ends))] == [c.id for c in ends]
+    with pytest.raises(UserError, match="no checkpoint 'stage-9'"):
+        mgr.get("stage-9")

@@ -47,12 +47,15 @@ class WindowBatches:
 
     def __init__(self, tokens, lo: int, hi: int, *, sequence_length: int, batch_size: int,
                  seed: int, stage: int = 0, epoch: int = 0, shuffle: bool = True,
-                 start_batch: int = 0, max_batches: int | None = None, mask=None, offsets=None):
+                 start_batch: int = 0, max_batches: int | None = None, mask=None, offsets=None,
+                 shift: bool = False):
         self.tokens, self.lo, self.hi, self.mask = tokens, lo, hi, mask
         self.sequence_length, self.batch_size = sequence_length, batch_size
         if offsets is None:
             starts = window_starts(lo, hi, sequence_length)
-            ends = np.minimum(starts + sequence_length + 1, hi)
+            if shift:  # a seeded offset per (stage, epoch): each epoch sees other windows
+                starts = starts + np.random.default_rng([seed, stage, epoch, 1]).integers(sequence_length)
+            ends = np.maximum(np.minimum(starts + sequence_length + 1, hi), np.minimum(starts, hi))
             self.truncated = 0
         else:  # one window per example, cut at sequence_length + 1 tokens
             offsets = np.asarray(offsets, dtype=np.int64)
@@ -92,7 +95,12 @@ class WindowBatches:
             valid[row, :len(chunk)] = True
             if self.mask is not None:
                 target[row, :len(chunk)] = self.mask[s:e]
-        x = {"token_ids": window[:, :-1], "padding_mask": valid[:, :-1]}
+        padding_mask = valid[:, :-1].copy()
+        # Rows that only fill the batch have no real token; let them attend to
+        # their first position so no attention row is fully masked (a fused
+        # GPU kernel may return NaN there, and 0 * NaN would reach the loss).
+        padding_mask[:, 0] = True
+        x = {"token_ids": window[:, :-1], "padding_mask": padding_mask}
         # A target counts when both it and its input are real tokens (and,
         # with a mask, when the mask marks it as a training target).
         weight = (valid[:, 1:] & valid[:, :-1]).astype(np.float32) * target[:, 1:]
@@ -108,6 +116,31 @@ class WindowBatches:
         real = int(np.sum(np.maximum(self.ends[:len(used)] - used - 1, 0)))
         slots = self.total_batches * self.batch_size * self.sequence_length
         return 1.0 - real / slots if slots else 0.0
+
+
+class EpochBatches:
+    """Several epochs of one stage as one batch source, from global batch `start` on.
+
+    Batch `i` is batch `i % per_epoch` of epoch `i // per_epoch`, each epoch
+    with its own permutation, so one `fit` call can cross epoch boundaries
+    (a `fit` call costs a fresh iterator and, on JAX, a host sync).
+    `make_epoch(e)` returns epoch e's `WindowBatches`.
+    """
+
+    def __init__(self, make_epoch, per_epoch: int, start: int, end: int):
+        self.make_epoch, self.per_epoch, self.start, self.end = make_epoch, per_epoch, start, end
+        self._epoch, self._source = None, None
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        epoch, batch = divmod(self.start + index, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._source = epoch, self.make_epoch(epoch)
+        return self._source[batch]
 
 
 def split_options(split, first: int, end: int, loss_on: str = "response", windows: str = "packed") -> dict:

@@ -1,0 +1,76 @@
+"""Peak GPU memory of a training config, estimated before anything compiles.
+
+The trainer warns when the estimate exceeds what the device offers, so a
+user learns "this will not fit" in a second instead of after a long XLA
+compile and an out-of-memory error. The formula is fitted to peak memory
+measured on an H100 (docs/benchmarks.md, "Memory by model size": GPT-2
+124M and 355M at sequence 1,024, batch 1 and 2, JAX, mixed_bfloat16):
+
+    bytes = params x per_param + batch x T x (per_layer x layers x hidden + per_vocab x vocab)
+
+per_param: fp32 weights + AdamW moments + gradients (full), fp32 frozen
+weights (LoRA); activations: what the backward pass keeps per token.
+
+    >>> from kgpt2.memory import estimate_training_bytes
+    >>> round(estimate_training_bytes(124_475_904, "full", 16, 1024, 12, 768, 50304) / 1e9, 1)
+    11.7
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("kgpt2")
+
+# (bytes per parameter, bytes per layer x token x hidden, bytes per token x vocab entry)
+COEFFICIENTS = {
+    "full": (14.4, 38.1, 5.05),
+    "lora": (6.3, 30.5, 3.9),
+    # int8 base + LoRA: only 124M was measured (0.96 GB at batch 0, 0.2 GB a
+    # sample); the LoRA activation terms are used as an upper bound.
+    "int8-lora": (7.7, 30.5, 3.9),
+}
+
+
+def estimate_training_bytes(params: int, mode: str, batch: int, sequence: int,
+                            layers: int, hidden: int, vocabulary: int) -> float:
+    per_param, per_layer, per_vocab = COEFFICIENTS[mode]
+    return params * per_param + batch * sequence * (per_layer * layers * hidden + per_vocab * vocabulary)
+
+
+def device_memory_bytes() -> int | None:
+    """Memory the backend may use on its first GPU, or None (CPU, or unknown)."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            gpus = jax.devices("gpu")
+            stats = gpus[0].memory_stats() or {} if gpus else {}
+            return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
+        if backend == "torch":
+            import torch
+
+            return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+    except (RuntimeError, KeyError, IndexError):
+        return None
+    return None  # TensorFlow does not report a device total before allocating
+
+
+def check_fits(params: int, mode: str, batch: int, sequence: int, layers: int, hidden: int,
+               vocabulary: int, available: int | None) -> str | None:
+    """A warning sentence when the estimate exceeds `available` bytes, else None."""
+    if not available:
+        return None
+    need = estimate_training_bytes(params, mode, batch, sequence, layers, hidden, vocabulary)
+    if need <= available:
+        return None
+    per_sample = estimate_training_bytes(0, mode, 1, sequence, layers, hidden, vocabulary)
+    fixed = estimate_training_bytes(params, mode, 0, sequence, layers, hidden, vocabulary)
+    fits = max(0, int((available - fixed) // per_sample))
+    hint = (f"train.batch_size={fits} with train.gradient_accumulation_steps={-(-batch // fits)} should fit"
+            if fits else "use LoRA, a smaller model or a shorter data.sequence_length")
+    return (f"this config needs about {need / 1e9:.1f} GB of GPU memory for training "
+            f"(batch {batch} x {sequence} tokens, {mode}), but the device offers {available / 1e9:.1f} GB; {hint}")

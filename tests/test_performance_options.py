@@ -1,0 +1,111 @@
+"""Performance options change speed, never results: vocabulary padding and the memory warning."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import kgpt2  # noqa: F401  (picks the Keras backend)
+import keras
+
+from kgpt2.config import load_config
+from kgpt2.errors import UserError
+from kgpt2.memory import check_fits, estimate_training_bytes
+from kgpt2.metrics import lm_loss
+from kgpt2.models import build_backbone, build_causal_lm, padded_size, save_unpadded_weights
+
+SHAPE = ["model.preset=scratch", "model.num_layers=2", "model.num_heads=2", "model.hidden_dim=32",
+         "model.intermediate_dim=64", "model.max_sequence_length=32", "model.vocabulary_size=301",
+         "lora.enabled=false"]
+
+
+def _models():
+    keras.utils.set_random_seed(0)
+    plain = build_causal_lm(load_config(None, SHAPE + ["model.pad_vocabulary_to=0"]))
+    keras.utils.set_random_seed(0)
+    padded = build_causal_lm(load_config(None, SHAPE))  # default: pad to a multiple of 64
+    return plain, padded
+
+
+def _batch(seed=1):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 301, (2, 17)).astype("int32")
+    return {"token_ids": ids[:, :-1], "padding_mask": np.ones((2, 16), bool)}, ids[:, 1:]
+
+
+def test_padded_vocabulary_gives_the_same_logits_and_loss():
+    plain, padded = _models()
+    assert plain.backbone.vocabulary_size == 301 and padded.backbone.vocabulary_size == 320
+    x, y = _batch()
+    a, b = np.asarray(plain(x)), np.asarray(padded(x))
+    np.testing.assert_allclose(b[..., :301], a, atol=1e-6)
+    assert b[..., 301:].max() <= -1e8  # pad ids can never be predicted
+    loss = lm_loss()
+    assert float(loss(y, b)) == pytest.approx(float(loss(y, a)), abs=1e-6)
+
+
+@pytest.mark.slow  # about 20 s: two generate() compiles
+def test_padded_vocabulary_gives_the_same_greedy_generation():
+    plain, padded = _models()
+    prompt = np.zeros((1, 16), "int32")
+    prompt[0, :4] = [5, 17, 42, 7]
+    mask = np.zeros((1, 16), bool)
+    mask[0, :4] = True
+    outs = []
+    for model in (plain, padded):
+        model.compile(sampler="greedy")
+        outs.append(np.asarray(model.generate({"token_ids": prompt, "padding_mask": mask}, max_length=16,
+                                                  stop_token_ids=None)["token_ids"]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert outs[1].max() < 301
+
+
+def test_exported_weights_have_the_original_vocabulary(tmp_path):
+    import h5py
+
+    plain, padded = _models()
+    path = tmp_path / "stage.weights.h5"
+    save_unpadded_weights(padded.backbone, path)
+    shapes = []
+    with h5py.File(path) as f:
+        f.visititems(lambda n, o: shapes.append(o.shape) if isinstance(o, h5py.Dataset) else None)
+    assert (301, 32) in shapes and not any(s and s[0] == 320 for s in shapes)
+    fresh = build_backbone(load_config(None, SHAPE).model)  # a plain keras-hub GPT2Backbone
+    fresh.load_weights(str(path))
+    x, _ = _batch(2)
+    np.testing.assert_allclose(np.asarray(fresh(x)), np.asarray(plain.backbone(x)), atol=1e-6)
+
+
+def test_padding_option_values():
+    assert padded_size(50257, 64) == 50304
+    assert padded_size(50257, 0) == 50257 and padded_size(50304, 64) == 50304
+    with pytest.raises(UserError, match="pad_vocabulary_to"):
+        padded_size(50257, -8)
+
+
+def test_memory_estimate_matches_the_h100_measurement():
+    # docs/benchmarks.md: GPT-2 124M full fine-tune, batch 16 x 1,024, peak 11.22 GB on an H100.
+    est = estimate_training_bytes(124_475_904, "full", 16, 1024, 12, 768, 50304)
+    assert 11.22e9 * 0.95 < est < 11.22e9 * 1.15
+    assert estimate_training_bytes(124_475_904, "lora", 16, 1024, 12, 768, 50304) < est
+
+
+def test_memory_warning_says_what_fits():
+    args = (124_475_904, "full", 64, 1024, 12, 768, 50304)
+    assert check_fits(*args, available=None) is None  # CPU / unknown: no warning
+    assert check_fits(*args, available=80e9) is None
+    warning = check_fits(*args, available=16e9)
+    assert "16.0 GB" in warning and "train.batch_size=" in warning and "gradient_accumulation_steps" in warning
+    assert "use LoRA" in check_fits(1_500_000_000, "full", 8, 1024, 48, 1600, 50304, available=16e9)
+
+
+def test_trainer_warns_before_compiling(monkeypatch, caplog):
+    import kgpt2.memory
+    from kgpt2.train import _warn_if_too_big
+
+    cfg = load_config(None, SHAPE + ["train.batch_size=4096", "data.sequence_length=32"])
+    model = build_causal_lm(cfg)
+    monkeypatch.setattr(kgpt2.memory, "device_memory_bytes", lambda: 1e6)
+    with caplog.at_level(logging.WARNING, logger="kgpt2"):
+        _warn_if_too_big(cfg, model, model.count_params())
+    assert "needs about" in caplog.text and "device offers 0.0 GB" in caplog.text

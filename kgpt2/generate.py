@@ -371,7 +371,9 @@ class Generator:
         if self._beam_key != s.num_beams:
             self.model.compile(sampler=keras_hub.samplers.BeamSampler(num_beams=s.num_beams))
             self._beam_key = s.num_beams
-        token_ids = np.zeros((1, total), dtype="int32")
+        # KerasHub stops when a stop token appears anywhere past the prompt, so
+        # the padding must not be end-of-text (id 0 in small trained vocabularies).
+        token_ids = np.full((1, total), 1 if self.tokenizer.eos_id == 0 else 0, dtype="int32")
         token_ids[0, :len(ids)] = ids
         mask = np.zeros((1, total), dtype=bool)
         mask[0, :len(ids)] = True

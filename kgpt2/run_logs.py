@@ -44,15 +44,18 @@ class StepLog:
         """A TensorBoard writer for logs/tensorboard, or None without TensorFlow.
 
         Keras' TensorBoard callback restarts its step count at every `fit`
-        call and kgpt2 calls `fit` once per stage epoch, so the step CSV's
+        call and kgpt2 calls `fit` once per checkpoint interval, so the step CSV's
         rows are written to TensorBoard here with the run's global step.
         """
         if self._tensorboard is None:
-            try:
-                import tensorflow as tf
-            except ImportError:
+            import importlib.util
+
+            # tf.summary needs the tensorboard package too (TensorFlow 2.21 no longer pulls it in)
+            if not (importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard")):
                 self._tensorboard = False
             else:
+                import tensorflow as tf
+
                 self._tensorboard = tf.summary.create_file_writer(str(self.path.parent / "tensorboard"))
         return self._tensorboard or None
 

@@ -45,6 +45,17 @@ def test_greedy_is_deterministic_and_matches_kerashub(gen, loaded):
     assert gen.generate(PROMPT, greedy(max_new_tokens=12)) == tokenizer.decode(ours)
 
 
+def test_beam_search(gen, loaded):
+    _, tokenizer, _ = loaded
+    ids = tokenizer.encode(PROMPT)
+    # KerasHub's BeamSampler with one beam is greedy search.
+    assert gen.generate_ids(ids, Settings(sampler="beam", num_beams=1, max_new_tokens=6)) == \
+        gen.generate_ids(ids, greedy(max_new_tokens=6))
+    beams = gen.generate_ids(ids, Settings(sampler="beam", num_beams=3, max_new_tokens=6))
+    assert len(beams) <= 6 and beams == gen.generate_ids(ids, Settings(sampler="beam", num_beams=3, max_new_tokens=6))
+    assert "".join(gen.stream(PROMPT, Settings(sampler="beam", num_beams=3, max_new_tokens=6))) == tokenizer.decode(beams)
+
+
 def _reference_support(logits, temperature, k, p):
     """Top-k then nucleus by sorting, in numpy (KerasHub TopPSampler(p, k) semantics)."""
     z = logits.astype("float64") / temperature

@@ -140,6 +140,7 @@ def test_schedule_warms_up_then_decays_across_stages(tiny_run):
 
 def test_tensorboard_events_written_with_tensorflow(tiny_run):
     pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorboard")
     events = list((tiny_run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
 

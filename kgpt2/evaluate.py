@@ -113,4 +113,8 @@ def format_table(rows: list[dict]) -> str:
     import pandas as pd
 
     cols = [c for c in ("model", "stage", "step", "loss", "accuracy", "perplexity", "tokens") if any(c in r for r in rows)]
-    return pd.DataFrame(rows)[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    table = pd.DataFrame(rows)[cols]
+    for c in ("stage", "step"):  # the base row has none: keep them integers, blank there
+        if c in table:
+            table[c] = table[c].astype("Int64").astype(str).replace("<NA>", "-")
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")

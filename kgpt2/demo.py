@@ -114,8 +114,6 @@ class ModelStore:
         cfg = load_run_config(run_dir)
         key = model_key(cfg)
         if self._loaded is None or self._loaded.key != key:
-            import keras
-
             self._loaded = None
             gc.collect()
             model, tokenizer = build_run_model(cfg)

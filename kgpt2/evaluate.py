@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from kgpt2.checkpoints import CheckpointManager, atomic_write_text
-from kgpt2.data.batches import WindowBatches, to_dataset
+from kgpt2.data.batches import to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, summarise
 from kgpt2.runs import BASE, build_run_model, load_run_config, restore, snapshot
+from kgpt2.train import split_batches
 
 
 def select_checkpoints(run_dir, which) -> list[str]:
@@ -43,12 +42,6 @@ def select_checkpoints(run_dir, which) -> list[str]:
     return [which if which == BASE else mgr.get(which).id]
 
 
-def predicted_tokens(source: WindowBatches) -> int:
-    """Targets with weight 1 in the batches `evaluate` sees (`max_batches` included)."""
-    starts = source.starts[:len(source) * source.batch_size]
-    return int(np.minimum(source.sequence_length, source.hi - starts - 1).clip(0).sum())
-
-
 def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_base: bool = False,
                  max_batches: int | None = None, batch_size: int | None = None, save: bool = True) -> list[dict]:
     """Evaluate checkpoints of a run on one split; return one row per model."""
@@ -65,14 +58,14 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     shards.check_tokenizer(tokenizer)
     compile_lm(model)
     base = snapshot(model)
-    source = WindowBatches(data.tokens, 0, data.num_tokens, sequence_length=cfg.data.sequence_length,
-                           batch_size=batch_size or cfg.train.batch_size, seed=cfg.seed, shuffle=False,
-                           max_batches=max_batches)
+    # The same batches as training's own validation: instruction shards keep
+    # their response-only loss mask here too.
+    source = split_batches(cfg, data, max_batches, batch_size)
     rows = []
     for ckpt_id in ids:
         restore(model, run_dir, ckpt_id, base=base)
         logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
-        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": predicted_tokens(source)}
+        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": source.target_tokens()}
         if ckpt_id != BASE:
             state = CheckpointManager(run_dir).get(ckpt_id).state
             row.update(step=state["step"], stage=state["stage"] + (0 if state.get("stage_end") else 1))

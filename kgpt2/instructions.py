@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kgpt2.data.sources import Document, Source, register_reader
+from kgpt2.data.sources import Document, Source
 from kgpt2.errors import UserError
 
 INSTRUCTION = "### Instruction:\n"
@@ -87,7 +87,7 @@ def record_prompt(record: dict, where: str, template: str = "plain") -> str:
     raise UserError(f"{where}: expected an instruction (or prompt) field, found {', '.join(sorted(record)) or 'none'}")
 
 
-# Readers (registered for the "alpaca" and "preferences" formats) ------------
+# Readers (kgpt2.data.sources calls them for the "alpaca" and "preferences" formats)
 def _hf_records(src: Source):
     try:
         import datasets
@@ -138,6 +138,3 @@ def read_preferences(src: Source):
     """Preference records as supervised data on their chosen responses (SFT before DPO)."""
     yield from _read(src, "chosen")
 
-
-register_reader("alpaca", read_alpaca)
-register_reader("preferences", read_preferences)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import keras
 
-from kgpt2.checkpoints import CheckpointManager, atomic_write_text
+from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config, save_config
 from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
@@ -271,6 +271,14 @@ def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:
         log.warning("%s", warning)
 
 
+def split_batches(cfg: Config, split, max_batches: int | None, batch_size: int | None = None) -> WindowBatches:
+    """A whole split in order (no shuffle), with the run's loss mask and windows: what evaluation sees."""
+    return WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=cfg.data.sequence_length,
+                         batch_size=batch_size or cfg.train.batch_size, seed=cfg.seed, shuffle=False,
+                         max_batches=max_batches,
+                         **split_options(split, 0, split.num_articles, cfg.data.loss_on, cfg.data.windows))
+
+
 def evaluate_split(model, cfg: Config, shards: ShardSet, split_name: str, max_batches: int) -> dict:
     """Validation metrics over the first `max_batches` batches of a split (in order)."""
     if max_batches == 0 or split_name not in shards.manifest["splits"]:
@@ -278,10 +286,7 @@ def evaluate_split(model, cfg: Config, shards: ShardSet, split_name: str, max_ba
     split = shards.split(split_name)
     if split.num_articles == 0:
         return {}
-    source = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=cfg.data.sequence_length,
-                           batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=False,
-                           max_batches=max_batches if max_batches > 0 else None,
-                           **split_options(split, 0, split.num_articles, cfg.data.loss_on, cfg.data.windows))
+    source = split_batches(cfg, split, max_batches if max_batches > 0 else None)
     logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
     return summarise(logs)
 

@@ -119,19 +119,18 @@ def test_tables_with_a_named_column_stream_in_chunks(tmp_path, shared_data, suff
         list(open_source(path, fmt="table", text_column="body"))
 
 
-def test_alpaca_and_preferences_render_as_lm_text(shared_data):
-    alpaca = shared_data / "alpaca" / "alpaca_5000.json"
-    records = json.loads(alpaca.read_text(encoding="utf-8"))
-    src = open_source(alpaca)
+@pytest.mark.parametrize("path, fmt, response, total", [
+    ("alpaca/alpaca_5000.json", "alpaca", "output", 5000),
+    ("preferences/llms-from-scratch-instruction-data-with-preference.json", "preferences", "chosen", 1100),
+])
+def test_instruction_records_render_as_lm_text(shared_data, path, fmt, response, total):
+    path = shared_data / path
+    records = json.loads(path.read_text(encoding="utf-8"))
+    src = open_source(path)
     docs = list(src)
-    assert detect_format(str(alpaca)) == "alpaca" and len(docs) + src.stats.total_skipped == 5000
-    assert docs[0].text == format_prompt(records[0]["instruction"], records[0]["input"]) + records[0]["output"]
-    prefs = shared_data / "preferences" / "llms-from-scratch-instruction-data-with-preference.json"
-    precords = json.loads(prefs.read_text(encoding="utf-8"))
-    psrc = open_source(prefs)
-    pdocs = list(psrc)
-    assert detect_format(str(prefs)) == "preferences" and len(pdocs) + psrc.stats.total_skipped == 1100
-    assert pdocs[1].text == format_prompt(precords[1]["instruction"], precords[1]["input"]) + precords[1]["chosen"]
+    assert detect_format(str(path)) == fmt and len(docs) + src.stats.total_skipped == total
+    first = records[0]
+    assert docs[0].text == format_prompt(first["instruction"], first["input"]) + first[response].strip()
 
 
 def test_format_override(cohan_file):

@@ -106,15 +106,15 @@ class WindowBatches:
         weight = (valid[:, 1:] & valid[:, :-1]).astype(np.float32) * target[:, 1:]
         return x, window[:, 1:], weight
 
-    def real_tokens(self) -> int:
-        """Predicted tokens in this source (padding excluded)."""
-        return max(0, self.hi - self.lo - 1) if len(self.starts) else 0
+    def target_tokens(self) -> int:
+        """Target positions holding a real token in the batches this source yields."""
+        used = slice(self.start_batch * self.batch_size, self.total_batches * self.batch_size)
+        return int(np.sum(np.maximum(self.ends[used] - self.starts[used] - 1, 0)))
 
     def padding_fraction(self) -> float:
         """Share of the target positions in this epoch's batches that hold no token."""
-        used = self.starts[:self.total_batches * self.batch_size]
-        real = int(np.sum(np.maximum(self.ends[:len(used)] - used - 1, 0)))
-        slots = self.total_batches * self.batch_size * self.sequence_length
+        real = self.target_tokens()
+        slots = len(self) * self.batch_size * self.sequence_length
         return 1.0 - real / slots if slots else 0.0
 
 

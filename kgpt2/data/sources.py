@@ -391,26 +391,17 @@ def _records(src: Source):
         yield f"{path} [record {i}]", record
 
 
-def _read_instructions(src: Source, response_key: str):
-    from kgpt2.instructions import format_prompt
-
-    for n, (where, record) in enumerate(_records(src)):
-        if "instruction" in record and response_key in record:
-            prompt = format_prompt(str(record["instruction"]), str(record.get("input") or ""))
-        elif "prompt" in record and response_key in record:
-            prompt = str(record["prompt"])
-        else:
-            raise UserError(f"{where}: expected instruction (or prompt) and {response_key} fields, "
-                            f"found {', '.join(sorted(record)) or 'none'}")
-        yield Document(str(record.get("id", f"{Path(src.path).stem}:{n}")), prompt + str(record[response_key] or ""))
-
-
 def _read_alpaca(src: Source):
-    yield from _read_instructions(src, "output")
+    # One reader for instruction data: kgpt2.instructions (template, response mask, hf: ids).
+    from kgpt2.instructions import read_alpaca
+
+    yield from read_alpaca(src)
 
 
 def _read_preferences(src: Source):
-    yield from _read_instructions(src, "chosen")
+    from kgpt2.instructions import read_preferences
+
+    yield from read_preferences(src)
 
 
 def _read_pydoc(src: Source):
@@ -433,8 +424,3 @@ _READERS = {
     "alpaca": _read_alpaca,
     "preferences": _read_preferences,
 }
-
-
-def register_reader(fmt: str, reader) -> None:
-    """Add or replace a reader for a format (a function Source -> Iterator[Document])."""
-    _READERS[fmt] = reader

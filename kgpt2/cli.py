@@ -218,7 +218,7 @@ def _quickstart(p):
         print(format_table(r["evaluation"]))
         print("\n== greedy sample from the final checkpoint")
         print(("The assert statement" + r["sample"]).rstrip())
-        print(f"\nmade: {r['run_dir']}/ (preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)")
+        print(f"\nmade: {r['run_dir']}/ (tokenizer/, preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)")
         print(f"next: kgpt2 demo --run {r['run_dir']}")
         print(f"      kgpt2 generate --run {r['run_dir']} --prompt 'The with statement'")
 

@@ -36,29 +36,16 @@ def quickstart_config(checkpoints_root: str = "checkpoints", overrides=()) -> Co
 
 def build_preset(cfg: Config) -> Path:
     """Tokenizer + tiny random GPT-2 saved as a KerasHub preset (once)."""
-    import keras
+    from dataclasses import replace
 
-    from kgpt2.data.sources import open_source
-    from kgpt2.models import build_backbone, save_preset
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.pretrain import init_preset, train_tokenizer
 
     preset_dir = Path(cfg.model.preset)
     if (preset_dir / "config.json").is_file():
         return preset_dir
-    texts = [d.text for d in open_source("pydoc")]
-    tokenizer = Tokenizer.train(texts, vocab_size=TOKENIZER_VOCAB)
-    keras.utils.set_random_seed(cfg.seed)
-    shape = _scratch_shape(cfg, tokenizer.vocab_size)
-    save_preset(build_backbone(shape), tokenizer, preset_dir)
-    log.info("saved a %d-layer, %d-wide GPT-2 with a %d-token BPE as preset %s",
-             shape.num_layers, shape.hidden_dim, tokenizer.vocab_size, preset_dir)
-    return preset_dir
-
-
-def _scratch_shape(cfg: Config, vocab_size: int):
-    from dataclasses import replace
-
-    return replace(cfg.model, preset="scratch", vocabulary_size=vocab_size)
+    tokenizer_dir = preset_dir.parent / "tokenizer"
+    train_tokenizer("pydoc", tokenizer_dir, TOKENIZER_VOCAB)
+    return init_preset(replace(cfg, model=replace(cfg.model, tokenizer=str(tokenizer_dir))), preset_dir)
 
 
 def quickstart(checkpoints_root: str = "checkpoints", overrides=(), verbose="auto") -> dict:

@@ -132,7 +132,7 @@ def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
             except UserError:
                 continue
         if (root / "tokenizer.json").is_file():  # transformers >= 5 saves only this file
-            return tokenizer_from_hf_json(root / "tokenizer.json")
+            return Tokenizer.from_hf_json(root / "tokenizer.json")
         raise UserError(f"preset directory '{root}' holds no GPT-2 tokenizer files")
     try:
         kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
@@ -140,18 +140,6 @@ def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load the tokenizer of preset '{cfg.preset}' ({reason}); {OFFLINE_HINT}") from None
     return Tokenizer(kh.vocabulary, kh.merges)
-
-
-def tokenizer_from_hf_json(path: Path) -> Tokenizer:
-    """kgpt2's tokenizer from a Hugging Face `tokenizer.json` holding a byte-level BPE."""
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-        model = spec["model"]
-        if model.get("type") != "BPE":
-            raise KeyError("type")
-        return Tokenizer(model["vocab"], model["merges"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"'{path}' is not a byte-level BPE tokenizer.json (GPT-2 style)") from None
 
 
 def enable_lora(backbone, lora: LoraConfig) -> None:

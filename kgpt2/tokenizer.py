@@ -100,6 +100,18 @@ class Tokenizer:
         )
 
     @classmethod
+    def from_hf_json(cls, path) -> "Tokenizer":
+        """A Hugging Face `tokenizer.json` holding a byte-level BPE (transformers 5 saves only this)."""
+        try:
+            spec = json.loads(Path(path).read_text(encoding="utf-8"))
+            model = spec["model"]
+            if model.get("type") != "BPE":
+                raise KeyError("type")
+            return cls(model["vocab"], model["merges"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"'{path}' is not a byte-level BPE tokenizer.json (GPT-2 style)") from None
+
+    @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "Tokenizer":
         """Train a byte-level BPE on `texts` (GPT-2 style: 256 byte tokens + merges)."""
         hf = HFTokenizer(models.BPE())

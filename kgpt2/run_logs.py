@@ -68,7 +68,7 @@ class _StepLogger(keras.callbacks.Callback):
     """Per-step rows of loss, accuracy, learning rate and tokens/s.
 
     `async_safe`: Keras then runs it on a worker thread and does not wait for
-    each step to finish before starting the next (a per-step sync cost 3.5x
+    each step to finish before starting the next (a per-step sync cost 3.6x
     of the throughput on an H100: docs/benchmarks.md). Rows are therefore
     keyed by the step they describe, not by arrival order, buffered under a
     lock, and written sorted.

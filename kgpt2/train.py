@@ -207,6 +207,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
         # between calls, so no per-step hook makes Keras wait for every step
         # (the step logger is async-safe).
         every = [n for n in (cfg.train.checkpoint_every, cfg.train.eval_every) if n > 0]
+        tokens_per_batch = cfg.train.batch_size * cfg.data.sequence_length
 
         def segment(batches_left: int) -> int:
             n = min(batches_left, total_steps - cursor["step"])
@@ -215,9 +216,9 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
         for stage in stages[cursor["stage"]:]:
             if cursor["step"] >= total_steps:  # train.max_steps reached in an earlier stage
                 break
+            lo, hi = split.token_range(stage.first, stage.end)
             log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, len(stages),
-                     stage.first, stage.end - 1, stage.num_articles,
-                     f"{split.token_range(stage.first, stage.end)[1] - split.token_range(stage.first, stage.end)[0]:,}")
+                     stage.first, stage.end - 1, stage.num_articles, f"{hi - lo:,}")
             first = stage_batches(cfg, split, stage, 0)
             per_epoch = len(first)  # every epoch permutes the same windows
             padding: dict = {}
@@ -232,7 +233,6 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
             while position < stage_end and cursor["step"] < total_steps:
                 n = segment(stage_end - position)
                 source = EpochBatches(lambda e, s=stage: stage_batches(cfg, split, s, e), per_epoch, position, position + n)
-                tokens_per_batch = int(cfg.train.batch_size * cfg.data.sequence_length)
                 model.fit(to_dataset(source), epochs=1, verbose=verbose, shuffle=False,
                           callbacks=[steps_log.callback(cursor["step"], schedule, stage.index, tokens_per_batch)])
                 position += n
@@ -244,8 +244,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
                     periodic.after_steps(model)
             metrics = evaluate_split(model, cfg, shards, "validation", cfg.train.eval_batches)
             metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor["step"])
-            if cfg.data.windows == "example":
-                metrics.update(padding)
+            metrics.update(padding)  # empty unless one example per window
             stage_metrics.append(metrics)
             cursor.update(stage=stage.index + 1, epoch=0, batch=0)
             ckpt = save(model, stage_end=True)
@@ -257,7 +256,8 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
 
                 plot_evals(run_dir)
             log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
-    return TrainResult(run_dir, cursor["step"], stage_metrics, ckpts.latest().id if ckpts.latest() else "")
+    latest = ckpts.latest()
+    return TrainResult(run_dir, cursor["step"], stage_metrics, latest.id if latest else "")
 
 
 def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:

@@ -65,7 +65,7 @@ def tiny_preset(checkpoints_root) -> str:
     from kgpt2.quickstart import build_preset, quickstart_config
 
     preset = Path(checkpoints_root) / "smoke-preset"
-    return str(build_preset(quickstart_config(str(checkpoints_root), TINY_MODEL + [f"model.preset={preset}"])))
+    return str(build_preset(quickstart_config(str(checkpoints_root), overrides(f"model.preset={preset}"))))
 
 
 def sample(kind: str, out) -> str:

@@ -69,7 +69,7 @@ class Cycle:
         return self.source[(i + self.offset) % len(self.source)]
 
 
-def kgpt2_config(args, mode: str, pad: int, size: str = "124M"):
+def kgpt2_config(args, mode: str, pad: int, size: str = "124M", overrides=()):
     from kgpt2.config import load_config
 
     layers, heads, hidden = SIZES[size]
@@ -79,10 +79,10 @@ def kgpt2_config(args, mode: str, pad: int, size: str = "124M"):
         f"model.intermediate_dim={4 * hidden}", f"model.pad_vocabulary_to={pad}",
         f"lora.enabled={'false' if mode == 'full' else 'true'}",
         f"train.batch_size={args.batch}", f"data.sequence_length={args.seq}",
-    ])
+    ] + list(overrides))
 
 
-def build_kgpt2(cfg, mode: str, total_steps: int):
+def build_kgpt2(cfg, mode: str, total_steps: int, extra=()):
     """kgpt2's model + optimizer for `cfg` (int8-lora: int8 base, then LoRA)."""
     import keras
     import keras_hub
@@ -99,19 +99,21 @@ def build_kgpt2(cfg, mode: str, total_steps: int):
     else:
         model = build_causal_lm(cfg)
     optimizer, _ = make_optimizer(cfg, total_steps)
-    compile_lm(model, optimizer)
+    token_loss = "token-loss" in extra  # ablation: the training step with validation's extra metric
+    compile_lm(model, optimizer, token_loss=token_loss, steps_per_execution=cfg.train.steps_per_execution)
     del keras
     return model
 
 
-def run_kgpt2(args, mode: str, pad: int, size: str = "124M") -> dict:
+def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     import keras
 
     from kgpt2.data.batches import WindowBatches, to_dataset
     from kgpt2.data.shards import ShardSet
     from kgpt2.devices import resolve_device
 
-    cfg = kgpt2_config(args, mode, pad, size)
+    overrides = [e for e in extra if "=" in e]
+    cfg = kgpt2_config(args, mode, pad, size, overrides)
     device = resolve_device("auto")
     policy = device.policy(cfg.train.precision)
     keras.config.set_dtype_policy(policy)
@@ -122,7 +124,7 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M") -> dict:
     warm, timed = Cycle(base, args.warmup), Cycle(base, args.steps, offset=args.warmup)
     real_tokens = sum(float(timed[i][2].sum()) for i in range(len(timed)))
     with device.scope():
-        model = build_kgpt2(cfg, mode, args.warmup + args.steps)
+        model = build_kgpt2(cfg, mode, args.warmup + args.steps, extra)
         t0 = time.perf_counter()
         model.fit(to_dataset(warm), epochs=1, verbose=0, shuffle=False)
         warm_s = time.perf_counter() - t0
@@ -131,7 +133,8 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M") -> dict:
         timed_s = time.perf_counter() - t0
     step_s = timed_s / args.steps
     trainable = sum(int(keras.ops.size(v)) for v in model.trainable_weights)
-    return _result(f"kgpt2 {mode} pad{pad} {size}", real_tokens / timed_s, step_s,
+    name = " ".join([f"kgpt2 {mode} pad{pad} {size}", *extra])
+    return _result(name, real_tokens / timed_s, step_s,
                    compile_s=warm_s - args.warmup * step_s, peak=_gpu_peak_bytes(),
                    device=device.description, policy=policy, trainable=trainable, size=size, batch=args.batch)
 
@@ -229,10 +232,34 @@ def run_stage(args) -> dict:
             "global_step": result.global_step}
 
 
+def split_variant(name: str) -> tuple[str, list[str], dict]:
+    """"kgpt2:full:pad64;train.train_accuracy=true;env:XLA_FLAGS=..." -> (base, extras, env).
+
+    Extras after the base name are kgpt2 config overrides (key=value), the
+    flag `token-loss` (compile the training step with the token-loss metric
+    too, as kgpt2 did before), or `env:NAME=VALUE` for the subprocess.
+    """
+    base, *rest = name.split(";")
+    env = dict(e[4:].split("=", 1) for e in rest if e.startswith("env:"))
+    return base, [e for e in rest if not e.startswith("env:")], env
+
+
+def parse_variants(text: str) -> list[str]:
+    """Comma-separated variants; a comma inside one (an XLA flag's value) stays in it."""
+    names = []
+    for piece in text.split(","):
+        if names and not piece.startswith(("kgpt2:", "hf:", "stage")):
+            names[-1] += "," + piece
+        elif piece:
+            names.append(piece)
+    return names
+
+
 def run_variant(args, name: str) -> dict:
+    name, extra, _ = split_variant(name)
     parts = name.split(":")
     if parts[0] == "kgpt2":
-        return run_kgpt2(args, parts[1], int(parts[2][3:]), parts[3] if len(parts) > 3 else "124M")
+        return run_kgpt2(args, parts[1], int(parts[2][3:]), parts[3] if len(parts) > 3 else "124M", extra)
     if parts[0] == "hf":
         return run_hf(args, parts[1], parts[2])
     if parts[0] == "stage":
@@ -244,13 +271,16 @@ def spawn(args, name: str, batch: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--variant", name, "--shards", args.shards, "--tokenizer", args.tokenizer,
            "--batch", str(batch or args.batch), "--seq", str(args.seq), "--warmup", str(args.warmup),
            "--steps", str(args.steps)]
+    env = dict(os.environ, **split_variant(name)[2])
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"variant": name, "batch": batch or args.batch, "error": " | ".join(tail)[-600:]}
     out = json.loads(lines[-1])
+    if split_variant(name)[2]:
+        out["variant"] += " " + " ".join(f"{k}={v}" for k, v in split_variant(name)[2].items())
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -275,7 +305,7 @@ def main(argv=None):
         print(json.dumps(run_variant(args, args.variant)), flush=True)
         return
     results = []
-    names = [] if args.memory else [v for v in args.variants.split(",") if v]
+    names = [] if args.memory else parse_variants(args.variants)
     for name in names:
         results.append(spawn(args, name))
         print(json.dumps(results[-1]), flush=True)

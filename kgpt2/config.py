@@ -51,6 +51,11 @@ class ModelConfig:
     # 0 lets Keras use its fused attention kernel while the residual and MLP
     # dropout stay at `dropout` (docs/pretraining.md).
     attention_dropout: float = -1.0
+    # Full-length self-attention through the backend's causal kernel
+    # (`is_causal`) instead of keras-hub's explicit causal+padding mask, which
+    # makes cuDNN compute every query/key tile. Same outputs for real tokens:
+    # kgpt2 pads on the right only (kgpt2.models.use_causal_attention).
+    causal_attention: bool = True
     # Quantise the frozen base after loading ("QLoRA" the Keras way): "" (off),
     # "int8" or "int4"; LoRA adapters on top stay in float (kgpt2.quantize).
     quantize: str = ""

@@ -21,18 +21,35 @@ def lm_loss():
     )
 
 
-def lm_metrics():
+def lm_metrics(token_loss: bool = True):
     # Weighted metrics accumulate sum(value * weight) / sum(weight) over the
     # whole pass, so `token_loss` is the exact mean over real tokens.
-    return [
-        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-        keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="token_loss"),
-    ]
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if token_loss:
+        metrics.append(keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="token_loss"))
+    return metrics
 
 
-def compile_lm(model, optimizer="adam", **kwargs):
-    model.compile(optimizer=optimizer, loss=lm_loss(), weighted_metrics=lm_metrics(), **kwargs)
+def compile_lm(model, optimizer="adam", token_loss: bool = True, **kwargs):
+    """Compile with the masked loss and the accuracy (+ exact token loss) metrics.
+
+    Train with `token_loss=False`: a batch's loss already is its mean token
+    loss, and the metric's second cross-entropy over the whole logits tensor
+    cost 2-3% of an H100 training step (docs/benchmarks.md).
+    """
+    model.compile(optimizer=optimizer, loss=lm_loss(), weighted_metrics=lm_metrics(token_loss), **kwargs)
     return model
+
+
+def evaluation_model(model):
+    """A model on `model`'s backbone (the same variables) compiled with all metrics, for `evaluate`.
+
+    Keras compiles a model's train and test steps with one metric list; this
+    twin gives validation the exact token loss without adding it to every
+    training step of `model`.
+    """
+    twin = type(model)(backbone=model.backbone, preprocessor=None)
+    return compile_lm(twin)
 
 
 def perplexity(token_loss: float) -> float:

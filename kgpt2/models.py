@@ -278,6 +278,40 @@ def set_attention_dropout(backbone, rate: float) -> None:
         attention._dropout_layer.rate = rate
 
 
+def use_causal_attention(backbone) -> None:
+    """Route full-length self-attention through the backend's causal kernel.
+
+    keras-hub's GPT-2 decoder passes a [batch, T, T] causal-and-padding mask
+    to its attention layers, so cuDNN's fused attention runs unmasked over
+    every query/key tile with the mask as a bias: in an H100 profile of a
+    124M training step, 23% of the GPU time (docs/benchmarks.md, "Where the
+    time goes"). Keras takes the native causal kernel, which skips the tiles
+    above the diagonal, when `_compute_attention` gets `use_causal_mask=True`
+    and no mask; keras-hub has no switch for it, so this wraps each layer's
+    `_compute_attention` to make that call when queries are as long as keys
+    (training, evaluation, a prefill). That drops the padding part of the
+    mask, which is exact for every real token as long as padding is on the
+    right, as everywhere in kgpt2 (a real token never looks right of itself);
+    tests/test_performance_options.py checks logits and generation. Calls
+    with a cache offset (one-token decode steps), attention scores or
+    attention dropout keep keras-hub's mask.
+    """
+    for layer in backbone.transformer_layers:
+        attention = layer._self_attention_layer
+        compute = attention._compute_attention
+
+        def causal(query, key, value, attention_mask=None, training=None, return_attention_scores=False,
+                   use_causal_mask=False, _compute=compute, _layer=attention):
+            t, s = query.shape[1], key.shape[1]
+            if (attention_mask is not None and t is not None and t == s and not return_attention_scores
+                    and _layer._dropout == 0):
+                attention_mask, use_causal_mask = None, True
+            return _compute(query, key, value, attention_mask=attention_mask, training=training,
+                            return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
+
+        attention._compute_attention = causal
+
+
 def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.GPT2CausalLM:
     """The task model for `cfg`: backbone (+ LoRA when enabled), no preprocessor.
 
@@ -287,6 +321,8 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
     backbone = build_backbone(cfg.model, load_weights=load_weights)
     backbone = pad_vocabulary(backbone, cfg.model.pad_vocabulary_to)
     set_attention_dropout(backbone, cfg.model.attention_dropout)
+    if cfg.model.causal_attention:
+        use_causal_attention(backbone)
     if cfg.model.quantize:  # frozen int8/int4 base under float LoRA (kgpt2.quantize)
         from kgpt2.quantize import quantize_backbone
 

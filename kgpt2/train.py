@@ -38,7 +38,7 @@ from kgpt2.data.shards import ShardSet
 from kgpt2.devices import resolve_device
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
-from kgpt2.metrics import compile_lm, summarise
+from kgpt2.metrics import compile_lm, evaluation_model, summarise
 from kgpt2.models import build_causal_lm, count_params, load_tokenizer
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
 from kgpt2.stage_plan import plan_stages
@@ -169,7 +169,8 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
     with parallel.scope() if parallel else device.scope():
         model = build_causal_lm(cfg)
         optimizer, schedule = make_optimizer(cfg, total_steps)
-        compile_lm(model, optimizer, steps_per_execution=cfg.train.steps_per_execution)
+        compile_lm(model, optimizer, token_loss=False, steps_per_execution=cfg.train.steps_per_execution)
+        evaluator = evaluation_model(model)  # validation's exact token loss, off the training step
         params = count_params(model)
         log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
                  f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
@@ -198,7 +199,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
 
             periodic = PeriodicEval(
                 run_dir, cfg.train.eval_every, cursor, keep_best=cfg.train.keep_best,
-                evaluate=lambda m, name: evaluate_split(m, cfg, shards, name, cfg.train.eval_batches),
+                evaluate=lambda _model, name: evaluate_split(evaluator, cfg, shards, name, cfg.train.eval_batches),
                 save=lambda m: ckpts.get(str(cursor["step"])) if (run_dir / f"ckpt-{cursor['step']}").is_dir()
                 else save(m, stage_end=False))
             periodic.before_training(model)
@@ -242,7 +243,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
                     save(model, stage_end=False)
                 if periodic is not None:
                     periodic.after_steps(model)
-            metrics = evaluate_split(model, cfg, shards, "validation", cfg.train.eval_batches)
+            metrics = evaluate_split(evaluator, cfg, shards, "validation", cfg.train.eval_batches)
             metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor["step"])
             metrics.update(padding)  # empty unless one example per window
             stage_metrics.append(metrics)

@@ -60,6 +60,55 @@ def test_padded_vocabulary_gives_the_same_greedy_generation():
     assert outs[1].max() < 301
 
 
+def _causal_pair():
+    models = []
+    for causal in ("false", "true"):
+        keras.utils.set_random_seed(0)
+        models.append(build_causal_lm(load_config(None, SHAPE + [f"model.causal_attention={causal}"])))
+    return models
+
+
+def test_causal_attention_kernel_gives_the_same_logits_for_real_tokens():
+    masked, causal = _causal_pair()
+    x, _ = _batch(3)
+    x["padding_mask"][1, 10:] = False  # right padding, as kgpt2's batches have
+    a, b = np.asarray(masked(x)), np.asarray(causal(x))
+    np.testing.assert_allclose(b[0], a[0], atol=1e-5)
+    np.testing.assert_allclose(b[1, :10], a[1, :10], atol=1e-5)
+    # The padded positions did change: the causal kernel ran without keras-hub's mask.
+    assert np.abs(b[1, 10:] - a[1, 10:]).max() > 1e-4
+
+
+@pytest.mark.slow  # about 20 s: two generate() compiles
+def test_causal_attention_kernel_gives_the_same_greedy_generation():
+    outs = []
+    prompt = np.zeros((1, 16), "int32")
+    prompt[0, :4] = [5, 17, 42, 7]
+    mask = np.zeros((1, 16), bool)
+    mask[0, :4] = True
+    for model in _causal_pair():
+        model.compile(sampler="greedy")
+        outs.append(np.asarray(model.generate({"token_ids": prompt, "padding_mask": mask}, max_length=16,
+                                              stop_token_ids=None)["token_ids"]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_training_without_token_loss_still_validates_with_it():
+    from kgpt2.metrics import compile_lm, evaluation_model
+
+    keras.utils.set_random_seed(0)
+    model = compile_lm(build_causal_lm(load_config(None, SHAPE)), "adam", token_loss=False)
+    x, y = _batch(4)
+    history = model.fit(x, y, sample_weight=np.ones(y.shape, "float32"), epochs=2, verbose=0)
+    assert set(history.history) == {"loss", "accuracy"}  # no second cross-entropy while training
+    twin = evaluation_model(model)
+    assert twin.backbone is model.backbone
+    logs = twin.evaluate(x, y, sample_weight=np.ones(y.shape, "float32"), verbose=0, return_dict=True)
+    assert 0 <= logs["accuracy"] <= 1
+    trained = model.evaluate(x, y, sample_weight=np.ones(y.shape, "float32"), verbose=0, return_dict=True)
+    assert logs["token_loss"] == pytest.approx(trained["loss"], rel=1e-5)  # the trained weights, shared
+
+
 def test_exported_weights_have_the_original_vocabulary(tmp_path):
     import h5py
 

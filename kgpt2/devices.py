@@ -11,6 +11,7 @@ which. Asking for a GPU that is not there is an error, never a silent CPU run.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -89,3 +90,18 @@ def resolve_device(spec: str = "auto") -> Device:
         found = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
         raise UserError(f"device '{spec}' was asked for, but the {keras.backend.backend()} backend sees {found}")
     return Device(f"gpu:{index}", gpus[index][0], gpus[index][1])
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str):
+    """Build layers under Keras dtype policy `policy`, then put the global policy back.
+
+    A Keras layer keeps the policy it was built with, so a model built here
+    computes in `policy` and the caller's global setting is left as it was.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -24,7 +24,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import keras
 import keras_hub
 
 from kgpt2.checkpoints import atomic_write_text
@@ -101,6 +100,7 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     The directory appears whole or not at all: it is written beside `out`
     under a temporary name and renamed when complete.
     """
+    from kgpt2.devices import dtype_policy
     from kgpt2.models import build_causal_lm, load_tokenizer
     from kgpt2.runs import load_run_config, restore
 
@@ -109,15 +109,11 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     out = Path(out)
     _check_out(out)
     cfg = load_run_config(run_dir)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")  # merge and write full-precision weights
-    try:
+    with dtype_policy("float32"):  # merge and write full-precision weights
         model = build_causal_lm(cfg)
         tokenizer = load_tokenizer(cfg.model)
         checkpoint_id = restore(model, run_dir, checkpoint)
         backbone = merged_backbone(model)
-    finally:
-        keras.config.set_dtype_policy(previous)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -86,6 +86,7 @@ def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
     """Save a seeded, randomly initialised GPT-2 of `cfg.model`'s shape as a KerasHub preset."""
     import keras
 
+    from kgpt2.devices import dtype_policy
     from kgpt2.models import build_backbone, load_tokenizer, save_preset
 
     if not cfg.model.tokenizer:
@@ -95,14 +96,10 @@ def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
     if cfg.data.sequence_length > shape.max_sequence_length:
         raise UserError(f"data.sequence_length {cfg.data.sequence_length} exceeds model.max_sequence_length {shape.max_sequence_length}")
     # float32 weights on disk; keras-hub converts them to the training policy on load.
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
+    with dtype_policy("float32"):
         keras.utils.set_random_seed(cfg.seed if seed is None else seed)
         backbone = build_backbone(shape)
         out = save_preset(backbone, tokenizer, out_dir)
-    finally:
-        keras.config.set_dtype_policy(previous)
     log.info("saved a %d-layer, %d-head, %d-wide GPT-2 (%s parameters, vocabulary %d, context %d) as preset %s",
              shape.num_layers, shape.num_heads, shape.hidden_dim, f"{backbone.count_params():,}",
              shape.vocabulary_size, shape.max_sequence_length, out)

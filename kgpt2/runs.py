@@ -46,14 +46,12 @@ def list_checkpoints(run_dir) -> list[str]:
 
 def build_run_model(cfg: Config):
     """The run's base model (preset + LoRA layers, untrained) and tokenizer."""
-    import keras
-
-    from kgpt2.devices import resolve_device
+    from kgpt2.devices import dtype_policy, resolve_device
     from kgpt2.models import build_causal_lm, load_tokenizer
 
     # Inference runs in the policy training used on this device, or fp32 on CPU.
-    keras.config.set_dtype_policy(resolve_device("auto").policy(cfg.train.precision))
-    return build_causal_lm(cfg), load_tokenizer(cfg.model)
+    with dtype_policy(resolve_device("auto").policy(cfg.train.precision)):
+        return build_causal_lm(cfg), load_tokenizer(cfg.model)
 
 
 def snapshot(model) -> list:

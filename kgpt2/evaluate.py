@@ -65,7 +65,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     for ckpt_id in ids:
         restore(model, run_dir, ckpt_id, base=base)
         logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
-        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": source.target_tokens()}
+        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": source.scored_tokens()}
         if ckpt_id != BASE:
             state = CheckpointManager(run_dir).get(ckpt_id).state
             row.update(step=state["step"], stage=state["stage"] + (0 if state.get("stage_end") else 1))

@@ -1,6 +1,7 @@
 """Windows and batches: every token predicted once, seeded order, shifted epochs."""
 
 import numpy as np
+import pytest
 
 from kgpt2.data.batches import EpochBatches, WindowBatches
 
@@ -53,3 +54,15 @@ def test_filler_rows_are_weightless_and_never_fully_masked():
     tokens = np.arange(20, dtype=np.uint16)
     x, _, w = WindowBatches(tokens, 0, 20, sequence_length=8, batch_size=8, seed=0, shuffle=False)[0]
     assert w[3:].sum() == 0 and x["padding_mask"][:, 0].all()
+
+
+@pytest.mark.parametrize("offsets", [None, [0, 7, 30, 31, 58, 90]])
+def test_scored_tokens_is_the_sum_of_the_sample_weights(offsets):
+    tokens = np.arange(90, dtype=np.uint16)
+    mask = (np.arange(90) % 3 != 0).astype(np.uint8)  # a response-only style loss mask
+    for m in (None, mask):
+        src = WindowBatches(tokens, 0, 90, sequence_length=8, batch_size=4, seed=0, mask=m, offsets=offsets,
+                            start_batch=1)
+        weights = sum(float(src[i][2].sum()) for i in range(len(src)))
+        assert src.scored_tokens() == weights
+        assert (src.scored_tokens() < src.target_tokens()) == (m is not None)

@@ -111,6 +111,17 @@ class WindowBatches:
         used = slice(self.start_batch * self.batch_size, self.total_batches * self.batch_size)
         return int(np.sum(np.maximum(self.ends[used] - self.starts[used] - 1, 0)))
 
+    def scored_tokens(self) -> int:
+        """Target tokens the loss counts: `target_tokens()`, or with a mask, the masked-in ones.
+
+        The sum of the sample weights of every batch, without building them.
+        """
+        if self.mask is None:
+            return self.target_tokens()
+        used = slice(self.start_batch * self.batch_size, self.total_batches * self.batch_size)
+        # Weights sit on targets s+1 .. e-1 of each window [s, e).
+        return int(sum(int(self.mask[s + 1:e].sum()) for s, e in zip(self.starts[used], self.ends[used]) if e > s + 1))
+
     def padding_fraction(self) -> float:
         """Share of the target positions in this epoch's batches that hold no token."""
         real = self.target_tokens()

@@ -163,7 +163,7 @@ def collect(args) -> dict:
                          batch_size=args.batch, seed=0, shuffle=True)
     trace_dir = tempfile.mkdtemp(prefix="trace-")
     with device.scope():
-        model = build_kgpt2(cfg, args.mode, args.warmup + args.steps)
+        model = build_kgpt2(cfg, args.warmup + args.steps)
         model.fit(to_dataset(Cycle(base, args.warmup)), epochs=1, verbose=0, shuffle=False)
         with jax.profiler.trace(trace_dir):
             model.fit(to_dataset(Cycle(base, args.steps, offset=args.warmup)), epochs=1, verbose=0, shuffle=False)

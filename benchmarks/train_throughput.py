@@ -78,30 +78,22 @@ def kgpt2_config(args, mode: str, pad: int, size: str = "124M", overrides=()):
         f"model.num_layers={layers}", f"model.num_heads={heads}", f"model.hidden_dim={hidden}",
         f"model.intermediate_dim={4 * hidden}", f"model.pad_vocabulary_to={pad}",
         f"lora.enabled={'false' if mode == 'full' else 'true'}",
+        # int8-lora: kgpt2's frozen int8 base under LoRA (kgpt2.quantize)
+        f'model.quantize="{"int8" if mode == "int8-lora" else ""}"',
         f"train.batch_size={args.batch}", f"data.sequence_length={args.seq}",
     ] + list(overrides))
 
 
-def build_kgpt2(cfg, mode: str, total_steps: int, extra=()):
-    """kgpt2's model + optimizer for `cfg` (int8-lora: int8 base, then LoRA)."""
-    import keras
-    import keras_hub
-
+def build_kgpt2(cfg, total_steps: int, extra=()):
+    """kgpt2's model + optimizer for `cfg`, compiled as the trainer compiles it."""
     from kgpt2.metrics import compile_lm
-    from kgpt2.models import build_backbone, build_causal_lm, enable_lora, pad_vocabulary
+    from kgpt2.models import build_causal_lm
     from kgpt2.train import make_optimizer
 
-    if mode == "int8-lora":
-        backbone = pad_vocabulary(build_backbone(cfg.model), cfg.model.pad_vocabulary_to)
-        backbone.quantize("int8")
-        enable_lora(backbone, cfg.lora)
-        model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-    else:
-        model = build_causal_lm(cfg)
+    model = build_causal_lm(cfg)
     optimizer, _ = make_optimizer(cfg, total_steps)
     token_loss = "token-loss" in extra  # ablation: the training step with validation's extra metric
     compile_lm(model, optimizer, token_loss=token_loss, steps_per_execution=cfg.train.steps_per_execution)
-    del keras
     return model
 
 
@@ -124,7 +116,7 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     warm, timed = Cycle(base, args.warmup), Cycle(base, args.steps, offset=args.warmup)
     real_tokens = sum(float(timed[i][2].sum()) for i in range(len(timed)))
     with device.scope():
-        model = build_kgpt2(cfg, mode, args.warmup + args.steps, extra)
+        model = build_kgpt2(cfg, args.warmup + args.steps, extra)
         t0 = time.perf_counter()
         model.fit(to_dataset(warm), epochs=1, verbose=0, shuffle=False)
         warm_s = time.perf_counter() - t0

@@ -42,14 +42,14 @@ import tempfile
 HLO_LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([a-z][\w\-]*)\((.*)$")
 
 
-def _open(path):
-    return gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)
+def _open(path, mode="rt"):
+    return gzip.open(path, mode) if str(path).endswith(".gz") else open(path, mode)
 
 
 def read_hlo(path) -> tuple[dict, dict]:
     """(instructions, computations) of an optimised HLO text dump.
 
-    instructions: name -> {opcode, shape, calls, op_name, line}
+    instructions: name -> {shape, calls, op_name, line}
     computations: name -> the text of its body
     """
     instructions, computations, current = {}, {}, None
@@ -65,10 +65,10 @@ def read_hlo(path) -> tuple[dict, dict]:
             computations[current].append(line)
             m = HLO_LINE.match(line)
             if m:
-                name, shape, opcode, rest = m.groups()
+                name, shape, _opcode, rest = m.groups()
                 calls = re.search(r"calls=%?([\w.\-]+)", rest)
                 op_name = re.search(r'op_name="([^"]+)"', rest)
-                instructions[name] = {"opcode": opcode, "shape": shape, "calls": calls.group(1) if calls else "",
+                instructions[name] = {"shape": shape, "calls": calls.group(1) if calls else "",
                                       "op_name": op_name.group(1) if op_name else "", "line": line.strip()}
     return instructions, {k: "".join(v) for k, v in computations.items()}
 
@@ -95,8 +95,7 @@ def kernel_bucket(kernel: str, instructions: dict, computations: dict, vocab: in
 def analyze(trace_path, hlo_path, steps: int, vocab: int = 50304, module: str = "jit_train_step") -> dict:
     import jax
 
-    opener = gzip.open if str(trace_path).endswith(".gz") else open
-    with opener(trace_path, "rb") as f:
+    with _open(trace_path, "rb") as f:
         data = jax.profiler.ProfileData.from_serialized_xspace(f.read())
     kernels = []  # (name, start_ns, duration_ns) of the train step's kernels
     for plane in data.planes:

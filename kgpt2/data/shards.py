@@ -230,21 +230,28 @@ def _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs, max_
     pool = ThreadPoolExecutor(max_workers=threads)
     pending: deque = deque()
 
+    def encode(docs):
+        """(ids, loss mask or None) per document; runs in the pool."""
+        plain = iter(tokenizer.encode_arrays([d.text for d in docs if not isinstance(d, InstructionDocument)]))
+        out = []
+        for d in docs:
+            if isinstance(d, InstructionDocument):  # prompt and response encoded apart
+                ids, mask = encode_example(tokenizer, d.text[:d.prompt_chars], d.text[d.prompt_chars:])
+                out.append((ids[:-1], mask))  # the writer adds the end-of-text
+            else:
+                out.append((next(plain), None))
+        return out
+
     def submit(batch):
         step = max(1, -(-len(batch) // threads))
-        texts = [d.text for d in batch]
-        futures = [pool.submit(tokenizer.encode_arrays, texts[i:i + step]) for i in range(0, len(texts), step)]
+        futures = [pool.submit(encode, batch[i:i + step]) for i in range(0, len(batch), step)]
         pending.append((batch, futures))
 
     def write_oldest():
         nonlocal tokens_done
         batch, futures = pending.popleft()
-        arrays = [a for f in futures for a in f.result()]
-        for doc, ids in zip(batch, arrays):
-            mask = None
-            if isinstance(doc, InstructionDocument):  # prompt and response encoded apart
-                ids, mask = encode_example(tokenizer, doc.text[:doc.prompt_chars], doc.text[doc.prompt_chars:])
-                ids = ids[:-1]  # the writer adds the end-of-text
+        encoded = [e for f in futures for e in f.result()]
+        for doc, (ids, mask) in zip(batch, encoded):
             writers[doc.split].add(doc.id, ids, mask)
             tokens_done += len(ids) + 1
         bar.update(len(batch))

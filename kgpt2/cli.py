@@ -31,6 +31,14 @@ from kgpt2.errors import UserError  # noqa: E402
 VERBS = {}
 
 
+
+def unescape(text: str | None) -> str | None:
+    """Backslash escapes typed on a command line (`\\n\\n`) -> the characters, other text kept."""
+    if not text or "\\" not in text:
+        return text
+    # unicode_escape reads bytes as latin-1: keep non-ASCII text intact through it.
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
 def verb(name, help):
     def register(fn):
         VERBS[name] = (fn, help)
@@ -61,8 +69,6 @@ def _prepare(p: argparse.ArgumentParser):
     p.add_argument("--threads", type=int, default=None, help="encoding threads (default: all usable cores)")
 
     def run(a):
-        import codecs
-
         from kgpt2.config import ModelConfig
         from kgpt2.data.shards import prepare
         from kgpt2.models import load_tokenizer
@@ -70,8 +76,7 @@ def _prepare(p: argparse.ArgumentParser):
         tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer))
         m = prepare(a.source, a.out, tok, fmt=a.fmt, contents=a.contents, splits=a.splits,
                     seed=a.seed, text_column=a.text_column, threads=a.threads,
-                    separator=codecs.decode(a.separator, "unicode_escape") if a.separator and "\\" in a.separator
-                    else a.separator)
+                    separator=unescape(a.separator))
         for name, s in m["splits"].items():
             print(f"{name:>10}: {s['num_articles']:>8,} articles {s['num_tokens']:>13,} tokens")
         if m["skipped"]["total"]:

@@ -185,3 +185,14 @@ def test_non_utf8_text_file_in_a_folder_is_skipped(tmp_path):
     assert [d.text for d in src] == ["a good document"]
     assert src.stats.skipped == {"not UTF-8": 1, "empty document": 1}
     assert src.stats.examples[0] == f"{tmp_path / 'b.txt'}:1: not UTF-8"
+
+
+def test_arrow_files_go_to_datasets_and_cli_separators_unescape(tmp_path):
+    from kgpt2.cli import unescape
+
+    path = tmp_path / "pubmed.arrow"
+    path.write_bytes(b"")
+    assert detect_format(str(path)) == "hf"  # never read as a CSV table
+    assert unescape("\\n\\n") == "\n\n"
+    assert unescape("—\\n") == "—\n"  # non-ASCII text survives the escape decoding
+    assert unescape("===") == "==="

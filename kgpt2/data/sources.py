@@ -116,11 +116,12 @@ def detect_format(path: str) -> str:
             return "papers"
         return "folder"
     suffix = p.suffix.lower()
-    if suffix in (".parquet", ".arrow"):
+    if suffix == ".arrow":  # only `datasets` reads Arrow files here
+        return "hf"
+    if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        names = set(pq.read_schema(p).names) if suffix == ".parquet" else set()
-        return "hf" if names & {"article", "abstract"} else "table"
+        return "hf" if set(pq.read_schema(p).names) & {"article", "abstract"} else "table"
     if suffix in (".csv", ".tsv"):
         return "table"
     if suffix in (".json", ".jsonl"):
@@ -285,7 +286,8 @@ def _read_text_file(path: Path, stats: SourceStats, separator: str | None):
     """One document per file, or per `separator`-delimited part, read in 1 MB
     chunks so a large file with a separator never sits in memory whole."""
     sep = separator.encode("utf-8") if separator else None
-    part_index, lineno, pending = 0, 1, b""
+    # A bytearray grows in place: `bytes +=` would copy everything read so far per chunk.
+    part_index, lineno, pending = 0, 1, bytearray()
 
     def emit(raw: bytes):
         nonlocal part_index, lineno

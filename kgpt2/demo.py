@@ -64,6 +64,11 @@ class _Loaded:
     weights: str  # what the variables hold now: "base" or a checkpoint directory
 
 
+def _weights_id(run_dir: Path, checkpoint: str) -> str:
+    """What `_Loaded.weights` holds once `checkpoint` of `run_dir` is in the model."""
+    return BASE if checkpoint == BASE else str(run_dir / checkpoint)
+
+
 class ModelStore:
     """The runs under one checkpoints root and the one model they are shown on."""
 
@@ -121,7 +126,7 @@ class ModelStore:
             log.info("demo: built the base model of run %s (preset %s)", run_dir.name, cfg.model.preset)
             self._loaded = _Loaded(key, model, Generator(model, tokenizer), snapshot(model), BASE)
         loaded = self._loaded
-        wanted = BASE if checkpoint == BASE else str(run_dir / checkpoint)
+        wanted = _weights_id(run_dir, checkpoint)
         if loaded.weights != wanted:
             loaded.weights = ""  # half-restored if this raises
             restore(loaded.model, run_dir, checkpoint, base=loaded.base)
@@ -136,13 +141,16 @@ class ModelStore:
         mid-answer. Instead each token step re-checks the weights, so even two
         interleaved answers would each run on their own checkpoint.
         """
+        wanted = _weights_id(run_dir, checkpoint)
         with self.lock:
             loaded = self.use(run_dir, checkpoint)
             pieces = loaded.generator.stream(prompt, settings)
         while True:
             with self.lock:
-                if self.use(run_dir, checkpoint) is not loaded:
+                if self._loaded is not loaded:
                     raise UserError("the model was rebuilt for another run during this answer; generate again")
+                if loaded.weights != wanted:  # another answer swapped checkpoints: swap back (no config read per token)
+                    self.use(run_dir, checkpoint)
                 piece = next(pieces, None)
             if piece is None:
                 return

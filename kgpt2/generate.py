@@ -188,7 +188,6 @@ class Generator:
         self.max_sequence_length = max_sequence_length or model.backbone.max_sequence_length
         self.compiles = 0  # programs traced so far (a new prompt or setting must not add any)
         self._seeds = keras.random.SeedGenerator(0)  # its state is set per token: [seed, position]
-        self._beam_key = None
         self._prefill_fn = _compiled(self._prefill, static=(4,))
         self._decode_fn = _compiled(self._decode, donate=(1, 2))
 
@@ -368,9 +367,12 @@ class Generator:
         """Beam search with KerasHub's BeamSampler (one compile per beam count and length)."""
         import keras_hub
 
-        if self._beam_key != s.num_beams:
-            self.model.compile(sampler=keras_hub.samplers.BeamSampler(num_beams=s.num_beams))
-            self._beam_key = s.num_beams
+        sampler = self.model.sampler
+        if not (isinstance(sampler, keras_hub.samplers.BeamSampler) and sampler.num_beams == s.num_beams):
+            # What keras-hub's compile(sampler=...) does for the sampler, without
+            # also replacing the model's optimizer, loss and metrics.
+            self.model.sampler = keras_hub.samplers.BeamSampler(num_beams=s.num_beams)
+            self.model.generate_function = None
         # KerasHub stops when a stop token appears anywhere past the prompt, so
         # the padding must not be end-of-text (id 0 in small trained vocabularies).
         token_ids = np.full((1, total), 1 if self.tokenizer.eos_id == 0 else 0, dtype="int32")

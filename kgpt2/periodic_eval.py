@@ -4,8 +4,7 @@ nanoGPT's loop: every `train.eval_every` steps (and
 once before the first step) the loss on `train.eval_batches` batches of the
 train and the validation split is measured with the model in inference mode
 (no dropout) and appended to `logs/evals.csv`; `plot_evals` draws
-`eval_loss.png` from it (the trainer calls it at each stage end, not per
-`fit`, since kgpt2 calls `fit` once per epoch).
+`eval_loss.png` from it (the trainer calls it at each stage end).
 With `train.keep_best`, each improvement of the validation loss saves a
 full, resumable checkpoint and points `best.json` at it, so `best` is a
 checkpoint id for evaluate, generate and the demo. Checkpoint retention never
@@ -13,8 +12,8 @@ deletes the one `best.json` names.
 
 The trainer ends a `fit` call at every multiple of `eval_every` and calls
 `after_steps` between calls, so no per-step hook holds up the training loop.
-The running training metrics are saved and put back around the evaluation, so
-the step log's epoch means are not reset by it.
+Evaluation runs on the trainer's evaluation twin (`metrics.evaluation_model`),
+so the training model's own metrics are not touched.
 
     >>> from kgpt2.periodic_eval import read_evals, read_best
     >>> # read_evals("checkpoints/shakespeare-char").tail()   # step, train_loss, val_loss, ...
@@ -29,7 +28,6 @@ import logging
 import time
 from pathlib import Path
 
-import keras
 
 from kgpt2.checkpoints import atomic_write_text
 
@@ -57,11 +55,10 @@ def read_evals(run_dir):
 class PeriodicEval:
     """Every `every` global steps: train/validation loss, and the best checkpoint.
 
-    `evaluate(model, split_name) -> {"loss", "accuracy", ...}` measures one
-    split; `save(model) -> Checkpoint` writes a checkpoint at the current
-    cursor (the trainer's own save, so a best checkpoint is also a resume
-    point). `cursor["step"]` must already count the step that just ended, so
-    this callback goes after the one that advances it.
+    `evaluate(split_name) -> {"loss", "accuracy", ...}` measures one split;
+    `save(model) -> Checkpoint` writes a checkpoint at the current cursor (the
+    trainer's own save, so a best checkpoint is also a resume point).
+    `cursor["step"]` must already count the steps that just ended.
     """
 
     def __init__(self, run_dir, every: int, cursor: dict, evaluate, save=None, keep_best: bool = False):
@@ -95,13 +92,10 @@ class PeriodicEval:
             self._run(model, step)
 
     def _run(self, model, step: int) -> None:
-        kept = [keras.ops.convert_to_numpy(v.value) for v in model.metrics_variables]
         t0 = time.perf_counter()
-        train = self.evaluate(model, "train")
-        val = self.evaluate(model, "validation")
+        train = self.evaluate("train")
+        val = self.evaluate("validation")
         seconds = time.perf_counter() - t0
-        for var, value in zip(model.metrics_variables, kept):
-            var.assign(value)
         improved = bool(val) and (self.best is None or val["loss"] < self.best["val_loss"])
         if improved and self.keep_best and self.save is not None and step > 0:
             ckpt = self.save(model)

@@ -199,7 +199,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
 
             periodic = PeriodicEval(
                 run_dir, cfg.train.eval_every, cursor, keep_best=cfg.train.keep_best,
-                evaluate=lambda _model, name: evaluate_split(evaluator, cfg, shards, name, cfg.train.eval_batches),
+                evaluate=lambda name: evaluate_split(evaluator, cfg, shards, name, cfg.train.eval_batches),
                 save=lambda m: ckpts.get(str(cursor["step"])) if (run_dir / f"ckpt-{cursor['step']}").is_dir()
                 else save(m, stage_end=False))
             periodic.before_training(model)

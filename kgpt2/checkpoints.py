@@ -167,7 +167,7 @@ class CheckpointManager:
             if optimizer is not None:
                 _save_arrays(tmp / "optimizer.npz", optimizer.variables)
             state = dict(state, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))  # fsynced, like the arrays
             _fsync_dir(tmp)
             if final.exists():  # the same step saved again (e.g. a stage end)
                 trash = self.run_dir / f".trash-{final.name}-{os.getpid()}"

@@ -178,7 +178,7 @@ def plot_run(run_dir) -> Path | None:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     if not steps.empty:
-        ax1.plot(steps["step"], steps["loss"], lw=1, label="train loss (epoch running mean)")
+        ax1.plot(steps["step"], steps["loss"], lw=1, label="train loss (running mean since the last checkpoint/eval point)")
         for s, group in steps.groupby("stage"):
             ax1.axvline(group["step"].min(), color="grey", ls=":", lw=0.8)
         ax1.set_xlabel("global step")

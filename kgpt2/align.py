@@ -56,7 +56,10 @@ class PairStats:
 
 
 def _records(path: Path):
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
     if text.lstrip().startswith("["):
         try:
             yield from ((f"{path} [record {i}]", r) for i, r in enumerate(json.loads(text)))

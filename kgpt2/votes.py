@@ -15,14 +15,16 @@ instruction template the record also carries `instruction` and `input` (the
 Alpaca fields of ../shared/data/preferences), so a reader that applies the
 template itself finds them. A tie keeps `choice: "tie"` with `chosen` and
 `rejected` both null: it is recorded (how often two checkpoints tie is worth
-knowing) but is no preference pair; `read_pairs` skips it.
+knowing) but is no preference pair; `kgpt2.align.read_pairs` (what `kgpt2 align`
+reads, given the run directory) skips and counts it.
 
     >>> import tempfile
-    >>> from kgpt2.votes import make_record, append_vote, read_pairs
+    >>> from kgpt2.align import read_pairs
+    >>> from kgpt2.votes import make_record, append_vote
     >>> run = tempfile.mkdtemp()
     >>> rec = make_record("Say hi.", "hi", "go away", "left", "r/base", "r/ckpt-9", {"seed": 0})
     >>> _ = append_vote(run, rec)
-    >>> [(p["prompt"], p["chosen"], p["rejected"]) for p in read_pairs(f"{run}/votes.jsonl")]
+    >>> [(p["prompt"], p["chosen"], p["rejected"]) for p in read_pairs(run)]
     [('Say hi.', 'hi', 'go away')]
 """
 
@@ -81,10 +83,3 @@ def read_votes(path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def read_pairs(path) -> list[dict]:
-    """The votes that are preference pairs: a winner, and two different answers."""
-    return [v for v in read_votes(path)
-            if v.get("choice") in ("left", "right") and isinstance(v.get("chosen"), str)
-            and v["chosen"] != v["rejected"]]

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -139,7 +138,8 @@ def test_a_different_base_rebuilds_the_model(demo_root, tmp_path):
 def test_vote_writes_a_dpo_record_and_takes_one_vote_per_generation(server, demo_root):
     from gradio_client import Client
 
-    from kgpt2.votes import read_pairs, read_votes
+    from kgpt2.align import PairStats, read_pairs
+    from kgpt2.votes import read_votes
 
     _, demo, _ = server
     votes = demo_root / "tiny" / "votes.jsonl"
@@ -167,8 +167,12 @@ def test_vote_writes_a_dpo_record_and_takes_one_vote_per_generation(server, demo
     assert (tie["choice"], tie["chosen"], tie["rejected"]) == ("tie", None, None)
     for line in votes.read_text().splitlines():
         json.loads(line)  # every line is valid JSON
-    pairs = read_pairs(votes)
-    assert all(p["choice"] != "tie" for p in pairs) and any(p["chosen"] == right for p in pairs)
+    # What `kgpt2 align` reads from the run: the tie skipped and counted, the
+    # instruction vote as the prompt the model saw.
+    stats = PairStats()
+    pairs = read_pairs(votes.parent, stats=stats)
+    assert stats.ties >= 1 and len(pairs) == stats.read - stats.ties - stats.identical
+    assert {"prompt": rec["model_input"], "chosen": right.strip(), "rejected": left.strip()} in pairs
 
 
 @pytest.mark.parametrize("run,ckpt,message", [

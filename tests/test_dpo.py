@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from kgpt2.errors import UserError
+
 PREFS = "preferences/llms-from-scratch-instruction-data-with-preference.json"
 
 
@@ -147,3 +149,12 @@ def test_align_rejects_bad_input(tmp_path):
         read_pairs([bad])
     with pytest.raises(UserError, match="align.beta"):
         align(load_config(None, ["align.beta=0", f"checkpoints_root={tmp_path}"]))
+
+
+def test_preference_file_that_is_not_utf8_is_one_clear_error(tmp_path):
+    from kgpt2.align import read_pairs
+
+    path = tmp_path / "prefs.jsonl"
+    path.write_bytes(b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_pairs(path)

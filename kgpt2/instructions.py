@@ -40,7 +40,6 @@ from kgpt2.errors import UserError
 INSTRUCTION = "### Instruction:\n"
 INPUT = "### Input:\n"
 RESPONSE = "### Response:\n"
-ALPACA_HF = "hf:tatsu-lab/alpaca"  # the online recipe: 52,002 records via `datasets`
 
 
 def format_prompt(instruction: str, input_text: str = "") -> str:
@@ -49,11 +48,6 @@ def format_prompt(instruction: str, input_text: str = "") -> str:
     if input_text and input_text.strip():
         text += INPUT + input_text.strip() + "\n\n"
     return text + RESPONSE
-
-
-def training_text(instruction: str, input_text: str, output: str) -> str:
-    """The text an Alpaca record trains on (end-of-text is added by the shards)."""
-    return format_prompt(instruction, input_text) + output.strip()
 
 
 @dataclass

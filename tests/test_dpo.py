@@ -113,6 +113,7 @@ def test_dpo_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shared
     from kgpt2.align import align
     from kgpt2.config import load_config
     from kgpt2.generate import Generator, Settings
+    from kgpt2.instructions import format_prompt
     from kgpt2.runs import load_model
 
     cfg = load_config("configs/dpo.toml", [
@@ -131,9 +132,9 @@ def test_dpo_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shared
     saved = json.loads((cfg.run_dir / "align.json").read_text())
     assert saved["heldout_after"]["reward_accuracy"] == pytest.approx(after["reward_accuracy"])
     model, tok, run_cfg = load_model(cfg.run_dir)
-    text = Generator(model, tok).generate("Say hello.", Settings(sampler="greedy", max_new_tokens=4,
-                                                                 template="instruction"))
-    assert isinstance(text, str)
+    gen = Generator(model, tok)
+    text = gen.generate("Say hello.", Settings(sampler="greedy", max_new_tokens=4, template="instruction"))
+    assert text == gen.generate(format_prompt("Say hello."), Settings(sampler="greedy", max_new_tokens=4))
 
 
 def test_align_rejects_bad_input(tmp_path):

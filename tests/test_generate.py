@@ -170,7 +170,8 @@ def test_templates_and_bad_settings(gen):
     text = render_prompt("Name a colour.", "instruction")
     assert text == format_prompt("Name a colour.") and text.startswith("### Instruction:\n")
     assert text.endswith("### Response:\n") and render_prompt("abc") == "abc"
-    assert isinstance(gen.generate("Name a colour.", greedy(max_new_tokens=4, template="instruction")), str)
+    assert (gen.generate("Name a colour.", greedy(max_new_tokens=4, template="instruction"))
+            == gen.generate(text, greedy(max_new_tokens=4)))  # the template is applied, nothing else
     for bad, message in [(dict(sampler="nucleus"), "unknown sampler"), (dict(template="chat"), "unknown prompt template"),
                          (dict(temperature=0), "temperature"), (dict(top_p=1.5), "top_p"), (dict(top_k=0), "top_k")]:
         with pytest.raises(UserError, match=message):

@@ -109,9 +109,6 @@ class CharTokenizer:
         ids = ids[(ids >= 0) & (ids < self.eos_id)]  # end-of-text and pad ids print nothing
         return "".join(self._chars[ids])
 
-    def token_text(self, token_id: int) -> str:
-        return self.decode([token_id])
-
     @property
     def hash(self) -> str:
         return hashlib.sha256(json.dumps({"char": self.chars}).encode()).hexdigest()[:16]

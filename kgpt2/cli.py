@@ -26,6 +26,7 @@ from kgpt2 import backend
 
 backend.choose_backend()
 
+from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
 from kgpt2.errors import UserError  # noqa: E402
 
 VERBS = {}
@@ -56,8 +57,8 @@ def _add_config(p):
 def _prepare(p: argparse.ArgumentParser):
     p.add_argument("--source", required=True, help="file, folder, 'pydoc', or hf:<datasets id>")
     p.add_argument("--out", required=True, help="output shard directory")
-    p.add_argument("--format", dest="fmt", help="override format detection")
-    p.add_argument("--contents", default="both", choices=["body", "abstract", "both"])
+    p.add_argument("--format", dest="fmt", choices=FORMATS, help="override format detection")
+    p.add_argument("--contents", default="both", choices=CONTENTS)
     p.add_argument("--splits", default="auto", metavar="{auto,hash,train,tail:F}",
                    help="auto/hash split by article; tail:0.1 = the last 10%% of the text is validation (nanoGPT)")
     p.add_argument("--text-column", default="text")
@@ -253,7 +254,7 @@ def _tokenizer(p):
     p.add_argument("--out", required=True, help="output directory (use it as --tokenizer / model.tokenizer)")
     p.add_argument("--vocab-size", type=int, default=0, help="BPE vocabulary size, end-of-text included")
     p.add_argument("--char", action="store_true", help="one token per distinct character (nanoGPT shakespeare_char)")
-    p.add_argument("--format", dest="fmt", help="override format detection")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, help="override format detection")
     p.add_argument("--min-frequency", type=int, default=2, help="BPE: merges seen fewer times are not made")
 
     def run(a):

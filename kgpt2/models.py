@@ -161,8 +161,6 @@ def enable_lora(backbone, lora: LoraConfig) -> None:
         if layer.name in lora.targets and hasattr(layer, "enable_lora") and layer.weights:
             layer.trainable = True
             layer.enable_lora(lora.rank, lora_alpha=lora.alpha)
-    # Let keras-hub's own save_lora_weights/load_lora_weights work too.
-    backbone._lora_rank = lora.rank
 
 
 class PaddedReversibleEmbedding(keras_hub.layers.ReversibleEmbedding):

@@ -57,7 +57,6 @@ class Tokenizer:
         self._hf = hf
         self.eos_id = self.vocabulary[EOS]
         self.vocab_size = max(self.vocabulary.values()) + 1
-        self._inverse = None
         self._tiktoken = _tiktoken_encoding(self.vocabulary, merges, self.eos_id)
 
     @property
@@ -148,7 +147,7 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts; both engines spread the batch over the cores."""
         if self._tiktoken is not None:
-            return self._tiktoken.encode_ordinary_batch(texts, num_threads=_threads())
+            return self._tiktoken.encode_ordinary_batch(texts, num_threads=usable_cores())
         return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
 
     def encode_arrays(self, texts: list[str], executor=None) -> list:
@@ -168,10 +167,6 @@ class Tokenizer:
         ids = [int(i) for i in ids if int(i) != self.eos_id and int(i) < self.vocab_size]
         return self._hf.decode(ids, skip_special_tokens=False)
 
-    def token_text(self, token_id: int) -> str:
-        """The bytes of one token as text (may be a partial UTF-8 character)."""
-        return self.decode([token_id])
-
     @property
     def hash(self) -> str:
         h = hashlib.sha256(json.dumps(self.vocabulary, sort_keys=True).encode())
@@ -179,7 +174,8 @@ class Tokenizer:
         return h.hexdigest()[:16]
 
 
-def _threads() -> int:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under a container limit)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 

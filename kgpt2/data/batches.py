@@ -72,10 +72,6 @@ class WindowBatches:
         self.total_batches = total
         self.start_batch = start_batch
 
-    @property
-    def num_windows(self) -> int:
-        return len(self.starts)
-
     def __len__(self) -> int:
         return max(0, self.total_batches - self.start_batch)
 

@@ -42,8 +42,8 @@ import numpy as np
 
 from kgpt2.data.sources import Document, Source, open_source
 from kgpt2.errors import UserError
-from kgpt2.instructions import InstructionDocument, encode_example  # also registers its readers
-from kgpt2.tokenizer import Tokenizer
+from kgpt2.instructions import InstructionDocument, encode_example
+from kgpt2.tokenizer import Tokenizer, usable_cores
 
 FORMAT = "kgpt2-shards/1"
 SPLITS = ("train", "validation", "test")
@@ -169,7 +169,7 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         manifest = _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs,
-                                 max_doc_chars, progress, threads or _usable_cores())
+                                 max_doc_chars, progress, threads or usable_cores())
         manifest.update(input_signature=signature, options=options, source=str(src.path))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if out_dir.exists():
@@ -208,9 +208,6 @@ def split_tail(docs, fraction: float):
             if part.text:
                 yield part
 
-
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 _BATCH_CHARS = 8_000_000  # a batch holds at most ~8 MB of text (plus one long document)

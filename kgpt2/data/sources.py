@@ -37,7 +37,6 @@ from typing import Iterator
 
 from kgpt2.errors import UserError
 
-FORMATS = ("pydoc", "papers", "text", "folder", "sumpubmed", "table", "alpaca", "preferences", "hf")
 CONTENTS = ("body", "abstract", "both")
 SPLIT_NAMES = {"train": "train", "val": "validation", "valid": "validation",
                "validation": "validation", "test": "test"}
@@ -426,3 +425,4 @@ _READERS = {
     "alpaca": _read_alpaca,
     "preferences": _read_preferences,
 }
+FORMATS = tuple(_READERS)

@@ -114,16 +114,21 @@ def _versions() -> dict:
             "backend": keras.backend.backend(), "python": platform.python_version()}
 
 
+def _differences(old: dict, new: dict) -> str:
+    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
 def _check_resumable(state: dict, cfg: Config, shards: ShardSet) -> None:
-    old, new = state.get("signature", {}), cfg.model_signature()
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    diffs = _differences(state.get("signature", {}), cfg.model_signature())
     if diffs:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({'; '.join(diffs)}); use a new run name")
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({diffs}); use a new run name")
     if state.get("shards") != shards.manifest["content_hash"]:
         raise UserError(f"cannot resume run '{cfg.run_dir}': its shards changed since the checkpoint; use a new run name")
-    if state.get("stages") != cfg.train.stages or state.get("epochs") != cfg.train.epochs or state.get("batch_size") != cfg.train.batch_size \
-            or state.get("max_steps", 0) != cfg.train.max_steps:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': the stage plan, epochs, max_steps or batch size changed; use a new run name")
+    t = cfg.train
+    old_plan = {k: state.get(k) for k in ("stages", "epochs", "batch_size")} | {"max_steps": state.get("max_steps", 0)}
+    diffs = _differences(old_plan, {"stages": t.stages, "epochs": t.epochs, "batch_size": t.batch_size, "max_steps": t.max_steps})
+    if diffs:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed ({diffs}); use a new run name")
 
 
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:

@@ -120,6 +120,9 @@ def test_resume_refuses_incompatible_config(tmp_path, tiny_preset, pydoc_shards)
         changed = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]", override)
         with pytest.raises(UserError, match=f"config changed.*{named}"):
             train(changed, verbose=0)
+    changed = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]", "train.batch_size=3")
+    with pytest.raises(UserError, match=r"training plan changed \(batch_size: \d+ -> 3\)"):
+        train(changed, verbose=0)
     with pytest.raises(UserError, match="no checkpoint to resume"):
         train(tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=fresh", "train.stages=[3]"),
               verbose=0, require_checkpoint=True)

@@ -77,12 +77,11 @@ def make_optimizer(cfg: Config, total_steps: int):
     return optimizer, schedule
 
 
-def stage_batches(cfg: Config, split, stage, epoch: int, start_batch: int = 0,
-                  max_batches: int | None = None) -> WindowBatches:
+def stage_batches(cfg: Config, split, stage, epoch: int) -> WindowBatches:
     lo, hi = split.token_range(stage.first, stage.end)
     return WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
                          batch_size=cfg.train.batch_size, seed=cfg.seed, stage=stage.index,
-                         epoch=epoch, shuffle=True, start_batch=start_batch, max_batches=max_batches,
+                         epoch=epoch, shuffle=True,
                          shift=cfg.data.shift_windows,
                          **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows))
 
@@ -156,10 +155,11 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
     epochs, total_steps = plan_steps(cfg, split, stages)
 
     ckpts = CheckpointManager(run_dir, cfg.train.keep_last)
-    if require_checkpoint and ckpts.latest() is None:
+    newest = ckpts.latest()  # one listing of the run directory
+    if require_checkpoint and newest is None:
         raise UserError(f"--resume was asked for, but run '{run_dir}' has no checkpoint to resume from")
-    latest = ckpts.latest() if cfg.train.resume else None
-    if latest is None and ckpts.latest() is not None:
+    latest = newest if cfg.train.resume else None
+    if latest is None and newest is not None:
         raise UserError(f"run '{run_dir}' already has checkpoints; resume it, or choose a new run name")
     if latest is not None:
         _check_resumable(latest.state, cfg, shards)
@@ -244,7 +244,8 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
                 position += n
                 cursor["step"] += n
                 cursor["epoch"], cursor["batch"] = divmod(position, per_epoch)
-                if cfg.train.checkpoint_every and cursor["step"] % cfg.train.checkpoint_every == 0:
+                ends_stage = position >= stage_end or cursor["step"] >= total_steps  # saved just below
+                if cfg.train.checkpoint_every and cursor["step"] % cfg.train.checkpoint_every == 0 and not ends_stage:
                     save(model, stage_end=False)
                 if periodic is not None:
                     periodic.after_steps(model)

@@ -35,7 +35,7 @@ from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config, save_config
 from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
-from kgpt2.devices import resolve_device
+from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, evaluation_model, summarise
@@ -168,10 +168,10 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
     log.info("device: %s (%s), precision %s, backend %s", device.keras_name, device.description, policy, keras.backend.backend())
     if parallel:
         log.info(parallel.describe())
-    keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(cfg.seed)
 
-    with parallel.scope() if parallel else device.scope():
+    # The run's precision for every model built below, without changing the caller's global policy.
+    with dtype_policy(policy), parallel.scope() if parallel else device.scope():
         model = build_causal_lm(cfg)
         optimizer, schedule = make_optimizer(cfg, total_steps)
         compile_lm(model, optimizer, token_loss=False, steps_per_execution=cfg.train.steps_per_execution)

@@ -152,3 +152,19 @@ def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pyd
     monkeypatch.setattr(ck, "_save_arrays", real_save)
     result = train(cfg, verbose=0)  # the disk has room again: it resumes and finishes
     assert len(result.stages) == 2
+
+
+def test_training_in_mixed_precision_leaves_the_global_policy(tmp_path, tiny_preset, pydoc_shards):
+    import keras
+
+    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.train import train
+
+    keras.config.set_dtype_policy("float32")
+    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=bf16", "train.stages=[3]",
+                      "train.precision=mixed_bfloat16", "train.eval_batches=1")
+    result = train(cfg, verbose=0)
+    assert result.global_step > 0 and np.isfinite(result.stages[-1]["loss"])
+    assert keras.config.dtype_policy().name == "float32"  # the caller's policy, untouched
+    weights = np.load(CheckpointManager(cfg.run_dir).latest().path / "weights.npz")
+    assert all(weights[k].dtype == np.float32 for k in weights.files)  # mixed precision keeps fp32 variables

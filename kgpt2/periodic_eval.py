@@ -22,14 +22,13 @@ so the training model's own metrics are not touched.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
 from pathlib import Path
 
-
 from kgpt2.checkpoints import atomic_write_text
+from kgpt2.run_logs import truncate_csv
 
 log = logging.getLogger("kgpt2")
 
@@ -72,13 +71,7 @@ class PeriodicEval:
         self._seen = cursor["step"]
 
     def _truncate_after(self, step: int) -> None:
-        rows = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
-        body = ",".join(EVAL_FIELDS) + "\n" + "".join(",".join(r.get(k, "") for k in EVAL_FIELDS) + "\n" for r in rows)
-        atomic_write_text(self.path, body)
-        self._logged = {int(r["step"]) for r in rows}
+        self._logged = {int(r["step"]) for r in truncate_csv(self.path, EVAL_FIELDS, step)}
 
     def before_training(self, model) -> None:
         if self.cursor["step"] == 0 and 0 not in self._logged:

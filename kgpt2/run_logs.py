@@ -24,19 +24,26 @@ from kgpt2.checkpoints import atomic_write_text
 STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time"]
 
 
+def truncate_csv(path: Path, fields: list, after_step: int) -> list[dict]:
+    """Rewrite a step-keyed CSV (atomically) without its rows past `after_step`; return the kept rows.
+
+    A resume starts from a checkpoint: rows logged after it are replayed, so they go.
+    """
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= after_step]
+    body = ",".join(fields) + "\n" + "".join(",".join(r.get(k) or "" for k in fields) + "\n" for r in rows)
+    atomic_write_text(path, body)
+    return rows
+
+
 class StepLog:
     """Append-only per-step CSV; a resume first drops rows past the checkpoint."""
 
     def __init__(self, path: Path, truncate_after: int = 0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= truncate_after]
-            body = ",".join(STEP_FIELDS) + "\n" + "".join(",".join(r[k] for k in STEP_FIELDS) + "\n" for r in rows)
-            atomic_write_text(self.path, body)
-        else:
-            atomic_write_text(self.path, ",".join(STEP_FIELDS) + "\n")
+        truncate_csv(self.path, STEP_FIELDS, truncate_after)
 
         self._tensorboard = None
 

@@ -98,6 +98,22 @@ def test_rerun_is_a_no_op_and_a_changed_input_rebuilds(tmp_path, shared_data, gp
     assert rebuilt["content_hash"] == first["content_hash"]  # identical shards
 
 
+def test_folder_signature_counts_only_read_files_and_out_cannot_be_inside(tmp_path, gpt2_tokenizer):
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("The first document. " * 20)
+    (folder / "sub" / "b.txt").write_text("The second document. " * 20)
+    out = tmp_path / "shards"
+    first = prepare(folder, out, gpt2_tokenizer, fmt="folder", splits="train", progress=False)
+    (folder / "notes.md").write_text("not an input")  # a file the folder reader does not read
+    assert prepare(folder, out, gpt2_tokenizer, fmt="folder", splits="train", progress=False) == first
+    (folder / "sub" / "b.txt").write_text("Changed. " * 20)
+    assert prepare(folder, out, gpt2_tokenizer, fmt="folder", splits="train",
+                   progress=False)["input_signature"] != first["input_signature"]
+    with pytest.raises(UserError, match="inside the source folder"):
+        prepare(folder, folder / "shards", gpt2_tokenizer, fmt="folder", progress=False)
+
+
 def test_empty_corpus_is_an_error_and_leaves_nothing(tmp_path, gpt2_tokenizer):
     corpus = tmp_path / "train.jsonl"
     corpus.write_text('{"article_id": "a", "article_text": [], "abstract_text": []}\n{"truncat\n')

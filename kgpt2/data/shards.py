@@ -153,6 +153,9 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     src = source if isinstance(source, Source) else open_source(
         source, fmt, contents=contents, **source_options)
     out_dir = Path(out_dir)
+    if Path(src.path).is_dir() and out_dir.resolve().is_relative_to(Path(src.path).resolve()):
+        # the shard set's own files (article ids are .txt) would become input on the next run
+        raise UserError(f"--out '{out_dir}' is inside the source folder '{src.path}'; write the shards elsewhere")
     options = {"format": src.format, "contents": src.contents, "splits": splits,
                "fractions": list(fractions), "seed": seed, "text_column": src.text_column,
                "separator": src.separator, "max_doc_chars": max_doc_chars}

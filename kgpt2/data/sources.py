@@ -92,11 +92,15 @@ class Source:
             yield doc
 
     def files(self) -> list[Path]:
-        """The input files, for the manifest's input signature."""
+        """The files the reader reads, for the manifest's input signature."""
         if self.format == "pydoc" or str(self.path).startswith("hf:"):
             return []
         p = Path(self.path)
-        return sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        if not p.is_dir():
+            return [p]
+        if self.format == "sumpubmed":
+            return sorted((p / "line_text").glob("text_*.txt")) + sorted((p / "abstract").glob("abstract_*.txt"))
+        return _folder_files(p, "*.txt" if self.format == "folder" else "*.jsonl")
 
 
 def detect_format(path: str) -> str:
@@ -209,10 +213,13 @@ def _jsonl_records(path: Path, stats: SourceStats):
             yield lineno, record
 
 
+def _folder_files(folder: Path, pattern: str) -> list[Path]:
+    """Text folders are read recursively (`**/*.txt`), paper folders at the top level (`*.jsonl`)."""
+    return sorted(folder.rglob(pattern) if pattern == "*.txt" else folder.glob(pattern))
+
+
 def _read_papers(src: Source):
-    p = Path(src.path)
-    files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
-    for path in files:
+    for path in src.files():
         split = SPLIT_NAMES.get(path.stem.lower())
         for lineno, record in _jsonl_records(path, src.stats):
             where = f"{path}:{lineno}"
@@ -317,7 +324,7 @@ def _read_text(src: Source):
 
 
 def _read_folder(src: Source):
-    files = sorted(Path(src.path).rglob("*.txt"))
+    files = src.files()
     if not files:
         raise UserError(f"folder '{src.path}' holds no .txt files")
     for path in files:

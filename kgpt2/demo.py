@@ -193,8 +193,6 @@ class Demo:
     def settings(self, sampler, temperature, top_k, top_p, max_new_tokens, seed, template) -> Settings:
         if max_new_tokens is None or not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
             raise UserError(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_new_tokens}")
-        if template not in TEMPLATES:
-            raise UserError(f"unknown prompt template '{template}' (one of: {', '.join(TEMPLATES)})")
         s = Settings(sampler=sampler, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                      max_new_tokens=int(max_new_tokens), seed=int(seed or 0), template=template)
         s.check()

@@ -181,20 +181,20 @@ class Generator:
     checkpoint into the same model (the demo does) takes effect at once.
     """
 
-    def __init__(self, model, tokenizer, max_sequence_length: int | None = None):
+    def __init__(self, model, tokenizer):
         import keras
 
         self.model, self.tokenizer = model, tokenizer
-        self.max_sequence_length = max_sequence_length or model.backbone.max_sequence_length
+        self.max_sequence_length = model.backbone.max_sequence_length
         self.compiles = 0  # programs traced so far (a new prompt or setting must not add any)
         self._seeds = keras.random.SeedGenerator(0)  # its state is set per token: [seed, position]
         self._prefill_fn = _compiled(self._prefill, static=(4,))
         self._decode_fn = _compiled(self._decode, donate=(1, 2))
 
     # Planning -----------------------------------------------------------------
-    def _prepare(self, prompt: str, s: Settings) -> tuple[list[int], int]:
-        s.check()
-        return self._plan(self.tokenizer.encode(render_prompt(prompt, s.template)), s)
+    def _encode(self, prompt: str, s: Settings) -> list[int]:
+        """The prompt's ids under the settings' template (generate_ids/stream_ids check and plan)."""
+        return self.tokenizer.encode(render_prompt(prompt, s.template))
 
     def _plan(self, ids: list[int], s: Settings) -> tuple[list[int], int]:
         ids = list(ids) or [self.tokenizer.eos_id]  # an empty prompt starts a new document
@@ -340,15 +340,14 @@ class Generator:
     def generate(self, prompt: str, settings: Settings | None = None, **kw) -> str:
         """The continuation of `prompt` (the new text only)."""
         s = settings or Settings(**kw)
-        ids, _ = self._prepare(prompt, s)
-        return self.tokenizer.decode(self.generate_ids(ids, s))
+        return self.tokenizer.decode(self.generate_ids(self._encode(prompt, s), s))
 
     def stream(self, prompt: str, settings: Settings | None = None, **kw) -> Iterator[str]:
         """Yield pieces of the continuation as tokens are produced."""
         s = settings or Settings(**kw)
-        ids, _ = self._prepare(prompt, s)
+        ids = self._encode(prompt, s)
         if s.sampler == "beam":
-            yield self.generate(prompt, s)  # beams are only final at the end
+            yield self.tokenizer.decode(self.generate_ids(ids, s))  # beams are only final at the end
             return
         new: list[int] = []
         emitted = ""

@@ -10,7 +10,7 @@ from here:
 - `overrides()`: config overrides that shrink the model's context, the
   batches and every loop (and train on the CPU in float32),
 - `sample(kind, out)`: a few short documents of the real data in
-  ../shared/data (PubMed, Alpaca, preferences, Shakespeare) when it lies
+  ../shared/data (PubMed, Alpaca, Shakespeare) when it lies
   beside the checkout, else of the pydoc topics, written in the same format
   as the real data so the notebook's `prepare` call is the same.
 
@@ -69,7 +69,7 @@ def tiny_preset(checkpoints_root) -> str:
 
 
 def sample(kind: str, out) -> str:
-    """Write a small sample of `kind` (pubmed, alpaca, preferences, shakespeare) to `out`; return its path.
+    """Write a small sample of `kind` (pubmed, alpaca, shakespeare) to `out`; return its path.
 
     Real data from ../shared/data when it is present, else pydoc topics in the
     same format. Short documents keep every stage to a few steps.
@@ -93,18 +93,13 @@ def sample(kind: str, out) -> str:
                 rows = [{"article": t[:chars], "abstract": t[:200]} for t in _pydoc(n, offset=len(file))]
             (out / f"{file}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         return str(out)
-    if kind in ("alpaca", "preferences"):
-        name = {"alpaca": "alpaca/alpaca_5000.json",
-                "preferences": "preferences/llms-from-scratch-instruction-data-with-preference.json"}[kind]
+    if kind == "alpaca":
+        name = "alpaca/alpaca_5000.json"
         if shared and (shared / name).is_file():
-            records = json.loads((shared / name).read_text(encoding="utf-8"))
-            if kind == "preferences":  # six records have chosen == rejected: no preference
-                records = [r for r in records if r["chosen"] != r["rejected"]]
-            records = records[:n_train * 2]
+            records = json.loads((shared / name).read_text(encoding="utf-8"))[:n_train * 2]
         else:
             texts = _pydoc(n_train * 2)
-            records = [{"instruction": f"Explain {t.split()[0]}.", "input": "", "output": t[:300],
-                        "chosen": t[:300], "rejected": t[300:600] or "No."} for t in texts]
+            records = [{"instruction": f"Explain {t.split()[0]}.", "input": "", "output": t[:300]} for t in texts]
         out = out.with_suffix(".json")
         out.write_text(json.dumps(records), encoding="utf-8")
         return str(out)
@@ -114,7 +109,7 @@ def sample(kind: str, out) -> str:
         out = out.with_suffix(".txt")
         out.write_text(text, encoding="utf-8")
         return str(out)
-    raise ValueError(f"unknown smoke sample '{kind}' (pubmed, alpaca, preferences, shakespeare)")
+    raise ValueError(f"unknown smoke sample '{kind}' (pubmed, alpaca, shakespeare)")
 
 
 def _pydoc(n: int, offset: int = 0) -> list[str]:

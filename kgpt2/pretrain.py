@@ -145,22 +145,18 @@ def run_summary(run_dir) -> dict:
       (fit restarts at epoch ends included, evaluation time excluded) per step;
     - best and final validation loss and their steps, from logs/evals.csv.
     """
-    import json
-
     import numpy as np
 
     from kgpt2.periodic_eval import read_best, read_evals
     from kgpt2.run_logs import read_steps
+    from kgpt2.runs import load_run_config
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise UserError(f"'{run_dir}' is not a kgpt2 run directory (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = load_run_config(run_dir)
     steps, evals = read_steps(run_dir), read_evals(run_dir)
     if steps.empty:
         raise UserError(f"run '{run_dir}' has no logged steps yet")
-    tokens_per_step = cfg["train"]["batch_size"] * cfg["data"]["sequence_length"]
+    tokens_per_step = cfg.train.batch_size * cfg.data.sequence_length
     step_ids = steps["step"].to_numpy(dtype=np.int64)
     ran = np.diff(step_ids, prepend=step_ids[0] - (step_ids[0] if len(step_ids) == 1 else step_ids[1] - step_ids[0]))
     ran[0] = max(1, min(ran[0], step_ids[0]))  # the first row: steps since the run (re)started
@@ -175,7 +171,7 @@ def run_summary(run_dir) -> dict:
     wall = times[-1] - times[0] - (eval_seconds - before_first)
     summary = {
         "run": str(run_dir), "steps": int(step_ids[-1]), "tokens_per_step": tokens_per_step,
-        "steps_per_execution": int(cfg["train"].get("steps_per_execution", 1)),
+        "steps_per_execution": cfg.train.steps_per_execution,
         "first_execution_s": round(float(per_step[0] * ran[0]), 3),
         "ms_per_step_median": round(1000 * float(np.median(steady)), 3) if len(steady) else None,
         "ms_per_step_p90": round(1000 * float(np.percentile(steady, 90)), 3) if len(steady) else None,

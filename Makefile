@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast demo bench-prepare bench-generate bench-gpu clean
+.PHONY: quickstart test test-fast demo bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 # On the GPU machine (device tool), after `. benchmarks/device_setup.sh`: kgpt2 vs HF (+PEFT) training throughput.
 bench-gpu:
-	python3 benchmarks/train_throughput.py --shards .bench/shards --tokenizer .bench/tokenizer --stage
+	python3 benchmarks/train_throughput.py --shards .bench/shards --tokenizer .bench/tokenizer --stage --out $(OUT)/train.json
 
 clean:
 	rm -rf $(VENV) checkpoints/quickstart

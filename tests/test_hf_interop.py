@@ -156,7 +156,7 @@ def gpt2_shards(tmp_path_factory, shared_data, hf_dir):
 
 
 @pytest.mark.slow
-def test_train_from_hf_then_export_both_formats(hf_dir, gpt2_shards, tmp_path, text, lora=True):
+def test_train_from_hf_then_export_both_formats(hf_dir, gpt2_shards, tmp_path, text):
     """HF dir -> staged LoRA run -> `kgpt2 export` hf and preset -> same logits everywhere.
 
     (Full fine-tuning export is covered by test_export_merges_lora_and_transformers_agrees.)
@@ -168,7 +168,7 @@ def test_train_from_hf_then_export_both_formats(hf_dir, gpt2_shards, tmp_path, t
     from kgpt2.train import train
 
     cfg = tiny_config(tmp_path, hf_dir, gpt2_shards, "run=from-hf", "train.stages=[1, 2]",
-                      f"lora.enabled={str(lora).lower()}", "lora.rank=4")
+                      "lora.enabled=true", "lora.rank=4")
     result = train(cfg, verbose=0)
     assert len(result.stages) == 2
     model, tokenizer, _ = load_model(cfg.run_dir, "latest")
@@ -179,7 +179,7 @@ def test_train_from_hf_then_export_both_formats(hf_dir, gpt2_shards, tmp_path, t
     assert main(["export", "--run", str(cfg.run_dir), "--to", "hf", str(tmp_path / "hf")]) == 0
     np.testing.assert_allclose(hf_logits(tmp_path / "hf", ids), ours, atol=ATOL, rtol=0)
     provenance = json.loads((tmp_path / "hf" / "kgpt2_export.json").read_text())
-    assert provenance["checkpoint"] == result.checkpoint and provenance["lora_merged"] == lora
+    assert provenance["checkpoint"] == result.checkpoint and provenance["lora_merged"] is True
 
     assert main(["export", "--run", str(cfg.run_dir), "--to", "preset", str(tmp_path / "preset")]) == 0
     for exported in (tmp_path / "preset", tmp_path / "hf"):  # both reload into kgpt2 as a preset

@@ -107,6 +107,14 @@ class Checkpoint:
     def id(self) -> str:
         return self.path.name
 
+    @property
+    def stage_number(self) -> int | None:
+        """The stage it belongs to, from 1: a stage end's state counts the stages
+        finished, a mid-stage one's the stage running (from 0)."""
+        if "stage" not in self.state:
+            return None
+        return self.state["stage"] + (0 if self.state.get("stage_end") else 1)
+
 
 class CheckpointManager:
     def __init__(self, run_dir, keep_last: int = 3):

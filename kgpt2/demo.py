@@ -97,11 +97,8 @@ class ModelStore:
         choices = [("base (the untrained preset)", BASE)]
         for i, c in enumerate(ckpts):
             label = c.id
-            # A stage end's state counts the stages finished; a mid-stage one the stage running (from 0).
-            if c.state.get("stage_end"):
-                label += f" · end of stage {c.state['stage']}"
-            elif "stage" in c.state:
-                label += f" · in stage {c.state['stage'] + 1}"
+            if c.stage_number is not None:
+                label += f" · {'end of' if c.state.get('stage_end') else 'in'} stage {c.stage_number}"
             if i == len(ckpts) - 1:
                 label += " · latest"
             choices.append((label, c.id))

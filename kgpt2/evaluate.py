@@ -62,13 +62,17 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     # their response-only loss mask here too.
     source = split_batches(cfg, data, max_batches, batch_size)
     rows = []
+    ckpts = {c.id: c for c in CheckpointManager(run_dir).list()}  # one listing for all rows
+    tokens = source.scored_tokens()
     for ckpt_id in ids:
-        restore(model, run_dir, ckpt_id, base=base)
+        if ckpt_id == BASE:
+            restore(model, run_dir, BASE, base=base)
+        else:
+            CheckpointManager.restore(model, ckpts[ckpt_id])
         logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
-        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": source.scored_tokens()}
+        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": tokens}
         if ckpt_id != BASE:
-            state = CheckpointManager(run_dir).get(ckpt_id).state
-            row.update(step=state["step"], stage=state["stage"] + (0 if state.get("stage_end") else 1))
+            row.update(step=ckpts[ckpt_id].state["step"], stage=ckpts[ckpt_id].stage_number)
         rows.append(row)
     if save:
         save_table(run_dir, rows, split)

@@ -56,6 +56,7 @@ def test_prepare_masks_exactly_the_response_tokens(alpaca_file, alpaca_records, 
         assert list(tokens[mask == 0]) == expected_prompt
         assert list(tokens[mask == 1]) == expected_response
         assert list(mask) == [0] * len(expected_prompt) + [1] * len(expected_response)
+    assert info["target_tokens"] == int(np.asarray(split.mask).sum())  # counted while writing
 
     # One example per window: target t (token t+1) weighs 1 iff it is a response token or the EOT.
     T = 512

@@ -86,6 +86,7 @@ class _SplitWriter:
         self.hash = hashlib.sha256()
         self.eos = np.asarray([eos_id], dtype=dtype).tobytes()
         self.directory, self.mask = directory, None
+        self.target_tokens = 0  # ones in the mask file, counted as it is written
 
     def add(self, doc_id: str, ids, mask=None) -> None:
         """Write one article's token ids (a list or an int array) and an end-of-text.
@@ -95,22 +96,25 @@ class _SplitWriter:
         tokens before it (and unmasked articles) count as targets.
         """
         data = np.asarray(ids).astype(self.dtype, copy=False).tobytes() + self.eos
+        n = len(data) // len(self.eos)  # tokens of this article, end-of-text included
         self.tokens.write(data)
         self.hash.update(data)
         if mask is not None and self.mask is None:
             self.mask = open(self.directory / f"{self.name}.mask.bin", "wb")
             self.mask.write(np.ones(self.offsets[-1], dtype=np.uint8).tobytes())
+            self.target_tokens = self.offsets[-1]
         if self.mask is not None:
-            n = len(data) // len(self.eos)
             bits = np.ones(n, dtype=np.uint8) if mask is None else np.asarray(mask, dtype=np.uint8)
             if len(bits) != n:
                 raise ValueError(f"mask of {doc_id} has {len(bits)} entries for {n} tokens")
             self.mask.write(bits.tobytes())
             self.hash.update(bits.tobytes())  # a changed mask is changed training data
+            self.target_tokens += int(bits.sum())
         self.ids.write(doc_id.replace("\n", " ") + "\n")
-        self.offsets.append(self.offsets[-1] + len(data) // len(self.eos))
+        self.offsets.append(self.offsets[-1] + n)
 
-    def close(self, directory: Path) -> dict:
+    def close(self) -> dict:
+        directory = self.directory
         for f in (self.tokens, self.ids) + ((self.mask,) if self.mask else ()):
             f.flush()
             os.fsync(f.fileno())
@@ -125,9 +129,8 @@ class _SplitWriter:
             "sha256": self.hash.hexdigest(),
         }
         if self.mask is not None:
-            mask = np.fromfile(directory / f"{self.name}.mask.bin", dtype=np.uint8)
             lengths = np.diff(np.frombuffer(self.offsets, dtype=np.int64))
-            info.update(mask=f"{self.name}.mask.bin", target_tokens=int(mask.sum()),
+            info.update(mask=f"{self.name}.mask.bin", target_tokens=self.target_tokens,
                         max_example_tokens=int(lengths.max(initial=0)),
                         mean_example_tokens=round(float(lengths.mean()), 1) if len(lengths) else 0.0)
         return info
@@ -282,7 +285,7 @@ def _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs, max_
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    split_info = {name: w.close(tmp) for name, w in writers.items()}
+    split_info = {name: w.close() for name, w in writers.items()}
     if sum(s["num_articles"] for s in split_info.values()) == 0:
         detail = f" ({src.stats.total_skipped} records skipped, e.g. {'; '.join(src.stats.examples[:3])})" \
             if src.stats.total_skipped else ""

@@ -18,10 +18,6 @@ weights (LoRA); activations: what the backward pass keeps per token.
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger("kgpt2")
-
 # (bytes per parameter, bytes per layer x token x hidden, bytes per token x vocab entry)
 COEFFICIENTS = {
     "full": (14.4, 38.1, 5.05),

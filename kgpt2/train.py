@@ -271,7 +271,7 @@ def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:
     from kgpt2.memory import check_fits, device_memory_bytes
 
     b = model.backbone
-    mode = ("int8-lora" if getattr(cfg.model, "quantize", "") == "int8" else "lora") if cfg.lora.enabled else "full"
+    mode = ("int8-lora" if cfg.model.quantize == "int8" else "lora") if cfg.lora.enabled else "full"
     warning = check_fits(total_params, mode, cfg.train.batch_size, cfg.data.sequence_length, b.num_layers,
                          b.hidden_dim, b.vocabulary_size, device_memory_bytes())
     if warning:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kgpt2.data.sources import Document, Source
+from kgpt2.data.sources import Document, Source, json_records, load_hf
 from kgpt2.errors import UserError
 
 INSTRUCTION = "### Instruction:\n"
@@ -82,28 +82,14 @@ def record_prompt(record: dict, where: str, template: str = "plain") -> str:
 
 
 # Readers (kgpt2.data.sources calls them for the "alpaca" and "preferences" formats)
-def _hf_records(src: Source):
-    try:
-        import datasets
-    except ImportError:
-        raise UserError("reading hf: sources needs the `datasets` package (pip install 'kgpt2[data]')") from None
-    name, _, config = str(src.path)[3:].partition(":")
-    try:
-        splits = datasets.load_dataset(name, config or None)
-    except Exception as e:  # network, unknown dataset: one clear line
-        raise UserError(f"cannot open '{src.path}' with datasets: {str(e).splitlines()[0][:300]}") from None
-    for split_name, rows in splits.items():
+def _records(src: Source):
+    """(where, record) of a JSON/JSON Lines file, or of every split of an `hf:` dataset."""
+    if not str(src.path).startswith("hf:"):
+        yield from json_records(src)
+        return
+    for split_name, rows in load_hf(str(src.path)).items():
         for i, row in enumerate(rows):
             yield f"{src.path} [{split_name} row {i}]", dict(row, id=row.get("id", f"{split_name}:{i}"))
-
-
-def _records(src: Source):
-    if str(src.path).startswith("hf:"):
-        yield from _hf_records(src)
-    else:
-        from kgpt2.data.sources import _records as file_records  # JSON array or JSON Lines
-
-        yield from file_records(src)
 
 
 def _read(src: Source, response_key: str):

@@ -230,23 +230,27 @@ def _read_papers(src: Source):
             yield Document(doc_id, paper_text(record, src.contents, where), split)
 
 
-def _read_hf(src: Source):
-    """`hf:<id>[:<config>]` or a local parquet/arrow file, streamed by `datasets`."""
+def load_hf(path: str, streaming: bool = True):
+    """The splits of `hf:<id>[:<config>]` or of a local parquet/arrow file, through `datasets`."""
     try:
         import datasets
     except ImportError:
         raise UserError("reading hf: sources needs the `datasets` package (pip install 'kgpt2[data]')") from None
-    path = str(src.path)
     if path.startswith("hf:"):
         name, _, config = path[3:].partition(":")
-        args, where = (name, config or None), path
+        args, kwargs = (name, config or None), {}
     else:
-        args, where = ("parquet" if path.endswith(".parquet") else "arrow",), path
+        args, kwargs = ("parquet" if path.endswith(".parquet") else "arrow",), {"data_files": {"train": path}}
     try:
-        kwargs = {} if path.startswith("hf:") else {"data_files": {"train": path}}
-        splits = datasets.load_dataset(*args, streaming=True, **kwargs)
+        return datasets.load_dataset(*args, streaming=streaming, **kwargs)
     except Exception as e:  # network, unknown dataset, bad file: one clear line
-        raise UserError(f"cannot open '{where}' with datasets: {str(e).splitlines()[0][:300]}") from None
+        raise UserError(f"cannot open '{path}' with datasets: {str(e).splitlines()[0][:300]}") from None
+
+
+def _read_hf(src: Source):
+    """`hf:<id>[:<config>]` or a local parquet/arrow file, streamed by `datasets`."""
+    path = where = str(src.path)
+    splits = load_hf(path)
     for split_name, rows in splits.items():
         split = SPLIT_NAMES.get(split_name.lower()) if path.startswith("hf:") else None
         for i, row in enumerate(rows):
@@ -384,7 +388,7 @@ def _json_array(path: Path):
     return None
 
 
-def _records(src: Source):
+def json_records(src: Source):
     """(where, record) of a JSON array or JSON Lines file of objects."""
     path = Path(src.path)
     records = _json_array(path)

@@ -88,7 +88,7 @@ def build_kgpt2(cfg, total_steps: int, extra=()):
     """kgpt2's model + optimizer for `cfg`, compiled as the trainer compiles it."""
     from kgpt2.metrics import compile_lm
     from kgpt2.models import build_causal_lm
-    from kgpt2.train import make_optimizer
+    from kgpt2.optimizer import make_optimizer
 
     model = build_causal_lm(cfg)
     optimizer, _ = make_optimizer(cfg, total_steps)

@@ -220,12 +220,12 @@ def _take(inputs: dict, index) -> dict:
 # The verb -------------------------------------------------------------------
 def align(cfg, verbose="auto") -> dict:
     """DPO-train the model of `cfg` on `cfg.align.data`; return the results (also in <run>/align.json)."""
-    from kgpt2.checkpoints import CheckpointManager, atomic_write_text
-    from kgpt2.config import save_config
     from kgpt2.devices import resolve_device
     from kgpt2.generate import TEMPLATES
+    from kgpt2.io import atomic_write_text
     from kgpt2.models import build_causal_lm, load_tokenizer
-    from kgpt2.train import make_optimizer
+    from kgpt2.optimizer import make_optimizer
+    from kgpt2.run import Run
 
     a = cfg.align
     if a.beta <= 0:
@@ -236,7 +236,8 @@ def align(cfg, verbose="auto") -> dict:
         raise UserError(f"align.template must be one of {', '.join(TEMPLATES)}, got {a.template!r}")
     if cfg.model.quantize and not cfg.lora.enabled:
         raise UserError("a quantised base (model.quantize) is frozen: enable LoRA to train adapters on it")
-    ckpts = CheckpointManager(cfg.run_dir)
+    run = Run.of(cfg)
+    ckpts = run.checkpoints()
     if ckpts.latest() is not None:
         raise UserError(f"run '{cfg.run_dir}' already has checkpoints; choose a new run name")
     stats = PairStats()
@@ -270,8 +271,7 @@ def align(cfg, verbose="auto") -> dict:
         history = model.fit(_take(inputs, order), reference[order], batch_size=bs, epochs=1,
                             shuffle=False, verbose=verbose)
         after = model.evaluate(held_x, held_y, batch_size=bs, verbose=0, return_dict=True)
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, cfg.run_dir / "config.json")
+        run.save_config(cfg)
         ckpt = ckpts.save(policy, None, {"stage": 0, "epoch": 1, "batch": 0, "step": a.steps,
                                          "stage_end": True, "signature": cfg.model_signature(),
                                          "config_hash": cfg.hash(), "kind": "dpo"})
@@ -282,7 +282,7 @@ def align(cfg, verbose="auto") -> dict:
               "heldout_before": _floats(before), "heldout_after": _floats(after),
               "train_last": {k: float(v[-1]) for k, v in history.history.items()},
               "checkpoint": ckpt.id}
-    atomic_write_text(cfg.run_dir / "align.json", json.dumps(result, indent=2))
+    atomic_write_text(run.align_result, json.dumps(result, indent=2))
     return result
 
 
@@ -293,10 +293,10 @@ def _floats(d: dict) -> dict:
 def _load_init(policy, cfg, run_dir, checkpoint: str) -> None:
     """Start from another run's checkpoint (e.g. Alpaca SFT) with the same model signature."""
     from kgpt2.checkpoints import CheckpointManager
-    from kgpt2.runs import load_run_config
+    from kgpt2.run import Run
 
-    other = load_run_config(run_dir)
+    other = Run(run_dir).config()
     if other.model_signature() != cfg.model_signature():
         raise UserError(f"align.init_run '{run_dir}' was trained with another model, LoRA or sequence "
                         "setting than this config; use the same [model], [lora] and data.sequence_length")
-    CheckpointManager.restore(policy, CheckpointManager(run_dir).get(checkpoint))
+    CheckpointManager.restore(policy, Run(run_dir).checkpoint(checkpoint))

@@ -75,7 +75,7 @@ class CharTokenizer:
             raise UserError(f"'{path}' is not a kgpt2 character vocabulary") from None
 
     def save(self, directory) -> Path:
-        from kgpt2.checkpoints import atomic_write_text
+        from kgpt2.io import atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

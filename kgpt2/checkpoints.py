@@ -14,10 +14,16 @@ A checkpoint is written into a temporary directory, fsynced, then renamed:
 a directory named `ckpt-N` is always complete, and listing ignores anything
 else. Saving fails with a `UserError` that names the problem (disk full,
 read-only directory) and leaves the previous checkpoints as they were.
+The store knows nothing else of the run: which checkpoint retention must
+spare besides stage ends (the best one) is the caller's `protected()`, and
+ids such as `best` are resolved by `kgpt2.run.Run`. `export_weights` writes
+a stage's merged `.weights.h5` beside them.
 
+    >>> import tempfile
     >>> from kgpt2.checkpoints import CheckpointManager
-    >>> # mgr = CheckpointManager("checkpoints/quickstart")
-    >>> # mgr.latest().step, mgr.latest().state["stage"]
+    >>> mgr = CheckpointManager(tempfile.mkdtemp())
+    >>> mgr.list(), mgr.latest()
+    ([], None)
 """
 
 from __future__ import annotations
@@ -33,35 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from kgpt2.errors import UserError
+from kgpt2.io import atomic_write_text, publish_folder
+from kgpt2.models import save_unpadded_weights
 
 STATE_FILE = "state.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write `text` to `path` so readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_variables(model) -> list:
@@ -117,9 +98,19 @@ class Checkpoint:
 
 
 class CheckpointManager:
-    def __init__(self, run_dir, keep_last: int = 3):
+    """The `ckpt-<step>/` folders of one run: list, save, retain, restore.
+
+    `protected() -> ids` names checkpoints retention must keep besides stage
+    ends (the run's best one: `kgpt2.run.Run.checkpoints` passes it).
+    """
+
+    def __init__(self, run_dir, keep_last: int = 3, protected=lambda: ()):
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
+        self.protected = protected
+
+    def path_for(self, step: int) -> Path:
+        return self.run_dir / f"ckpt-{step}"
 
     def list(self) -> list[Checkpoint]:
         """Complete checkpoints, oldest first."""
@@ -142,17 +133,12 @@ class CheckpointManager:
         return ckpts[-1] if ckpts else None
 
     def get(self, checkpoint_id: str) -> Checkpoint:
-        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest`, `best`)."""
+        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest`)."""
         ckpts = self.list()
         if not ckpts:
             raise UserError(f"run '{self.run_dir}' has no checkpoints yet")
         if checkpoint_id in ("latest", "", None):
             return ckpts[-1]
-        if checkpoint_id == "best":  # lowest validation loss (kgpt2.periodic_eval, train.keep_best)
-            best = self._best_id()
-            if best is None or best not in {c.id for c in ckpts}:
-                raise UserError(f"run '{self.run_dir}' has no best checkpoint; train it with train.keep_best = true and train.eval_every > 0")
-            checkpoint_id = best
         for c in ckpts:
             if checkpoint_id in (c.id, str(c.step)):
                 return c
@@ -166,7 +152,7 @@ class CheckpointManager:
 
     def save(self, model, optimizer, state: dict) -> Checkpoint:
         step = int(state["step"])
-        final = self.run_dir / f"ckpt-{step}"
+        final = self.path_for(step)
         tmp = None
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,15 +162,7 @@ class CheckpointManager:
                 _save_arrays(tmp / "optimizer.npz", optimizer.variables)
             state = dict(state, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))  # fsynced, like the arrays
-            _fsync_dir(tmp)
-            if final.exists():  # the same step saved again (e.g. a stage end)
-                trash = self.run_dir / f".trash-{final.name}-{os.getpid()}"
-                os.rename(final, trash)
-                os.rename(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
-            _fsync_dir(self.run_dir)
+            publish_folder(tmp, final)  # the same step saved again (a stage end) replaces it whole
         except OSError as e:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -197,19 +175,12 @@ class CheckpointManager:
     def _retain(self) -> None:
         """Keep the last `keep_last` checkpoints and every stage end."""
         ckpts = self.list()
-        best = self._best_id()
+        keep = set(self.protected())
         for c in ckpts[:-self.keep_last] if self.keep_last > 0 else []:
-            if not c.state.get("stage_end") and c.id != best:
+            if not c.state.get("stage_end") and c.id not in keep:
                 shutil.rmtree(c.path, ignore_errors=True)
         for stale in self.run_dir.glob(".ckpt-*.tmp-*"):  # left by a crash mid-save
             shutil.rmtree(stale, ignore_errors=True)
-
-    def _best_id(self) -> str | None:
-        """The checkpoint `best.json` names (written by kgpt2.periodic_eval), if any."""
-        try:
-            return json.loads((self.run_dir / "best.json").read_text()).get("id") or None
-        except (OSError, json.JSONDecodeError, AttributeError):
-            return None
 
     @staticmethod
     def restore(model, checkpoint: Checkpoint, optimizer=None) -> dict:
@@ -220,3 +191,15 @@ class CheckpointManager:
                 optimizer.build(model.trainable_variables)
             _load_arrays(checkpoint.path / "optimizer.npz", optimizer.variables, "optimizer")
         return checkpoint.state
+
+
+def export_weights(model, path) -> Path:
+    """The full model as a plain `.weights.h5` (LoRA merged by Keras on save), written atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        save_unpadded_weights(model.backbone, tmp)  # original vocabulary size
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

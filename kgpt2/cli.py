@@ -153,7 +153,7 @@ def _generate(p):
 
     def run(a):
         from kgpt2.generate import Generator, Settings
-        from kgpt2.runs import load_model
+        from kgpt2.run import load_model
 
         model, tokenizer, cfg = load_model(a.run, a.checkpoint)
         s = Settings.from_config(cfg.generate, sampler=a.sampler, temperature=a.temperature, top_k=a.top_k,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kgpt2.errors import UserError
+from kgpt2.io import atomic_write_text
 
 
 @dataclass
@@ -296,6 +297,4 @@ def config_from_dict(data: dict) -> Config:
 
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as JSON (what the run actually used)."""
-    from kgpt2.checkpoints import atomic_write_text
-
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))

@@ -15,38 +15,39 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kgpt2.checkpoints import CheckpointManager, atomic_write_text
+from kgpt2.checkpoints import CheckpointManager
 from kgpt2.data.batches import to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
+from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.metrics import compile_lm, summarise
-from kgpt2.runs import BASE, build_run_model, load_run_config, restore, snapshot
-from kgpt2.train import split_batches
+from kgpt2.run import BASE, Run, build_run_model, snapshot
+from kgpt2.validation import split_batches
 
 
 def select_checkpoints(run_dir, which) -> list[str]:
     """`latest`, `all` (every stage end plus the latest), an id, or a list (or comma list) of ids."""
-    mgr = CheckpointManager(run_dir)
+    run = Run(run_dir)
     if isinstance(which, str) and "," in which:
         which = [w.strip() for w in which.split(",") if w.strip()]
     if isinstance(which, (list, tuple)):
-        return [w if w == BASE else mgr.get(w).id for w in which]
+        return [w if w == BASE else run.checkpoint(w).id for w in which]
     if which == "all":
-        ckpts = mgr.list()
+        ckpts = run.checkpoints().list()
         ids = [c.id for c in ckpts if c.state.get("stage_end")]
         if ckpts and ckpts[-1].id not in ids:
             ids.append(ckpts[-1].id)
         if not ids:
             raise UserError(f"run '{run_dir}' has no checkpoints yet")
         return ids
-    return [which if which == BASE else mgr.get(which).id]
+    return [which if which == BASE else run.checkpoint(which).id]
 
 
 def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_base: bool = False,
                  max_batches: int | None = None, batch_size: int | None = None, save: bool = True) -> list[dict]:
     """Evaluate checkpoints of a run on one split; return one row per model."""
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    run_dir, run = Path(run_dir), Run(run_dir)
+    cfg = run.config()
     ids = select_checkpoints(run_dir, checkpoints)
     if compare_base and BASE not in ids:
         ids = [BASE] + ids
@@ -62,11 +63,11 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     # their response-only loss mask here too.
     source = split_batches(cfg, data, max_batches, batch_size)
     rows = []
-    ckpts = {c.id: c for c in CheckpointManager(run_dir).list()}  # one listing for all rows
+    ckpts = {c.id: c for c in run.checkpoints().list()}  # one listing for all rows
     tokens = source.scored_tokens()
     for ckpt_id in ids:
         if ckpt_id == BASE:
-            restore(model, run_dir, BASE, base=base)
+            run.restore(model, BASE, base=base)
         else:
             CheckpointManager.restore(model, ckpts[ckpt_id])
         logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
@@ -83,8 +84,9 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> None:
     """evaluation-<split>.json/.csv and a PNG of accuracy and perplexity per model."""
     import pandas as pd
 
-    atomic_write_text(run_dir / f"evaluation-{split}.json", json.dumps(rows, indent=2))
-    atomic_write_text(run_dir / f"evaluation-{split}.csv", pd.DataFrame(rows).to_csv(index=False))
+    run = Run(run_dir)
+    atomic_write_text(run.evaluation_table(split, "json"), json.dumps(rows, indent=2))
+    atomic_write_text(run.evaluation_table(split, "csv"), pd.DataFrame(rows).to_csv(index=False))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,10 +102,7 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> None:
     for ax in (a1, a2):
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    tmp = run_dir / f".tmp-evaluation-{split}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(run_dir / f"evaluation-{split}.png")
+    save_figure(fig, run.evaluation_table(split, "png"))
 
 
 def format_table(rows: list[dict]) -> str:

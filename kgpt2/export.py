@@ -26,8 +26,8 @@ from pathlib import Path
 
 import keras_hub
 
-from kgpt2.checkpoints import atomic_write_text
 from kgpt2.errors import UserError
+from kgpt2.io import atomic_write_text
 
 FORMATS = ("hf", "preset")
 PROVENANCE_FILE = "kgpt2_export.json"
@@ -102,7 +102,7 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     """
     from kgpt2.devices import dtype_policy
     from kgpt2.models import build_causal_lm, load_tokenizer
-    from kgpt2.runs import load_run_config, restore
+    from kgpt2.run import load_run_config, restore
 
     if to not in FORMATS:
         raise UserError(f"export format '{to}' is not one of {', '.join(FORMATS)}")

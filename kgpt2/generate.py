@@ -386,7 +386,7 @@ class Generator:
 
 
 def generate_from_run(run_dir, prompt: str, checkpoint: str = "latest", **settings) -> str:
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
 
     model, tokenizer, cfg = load_model(run_dir, checkpoint)
     s = Settings.from_config(cfg.generate, **settings)

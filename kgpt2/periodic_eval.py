@@ -13,41 +13,45 @@ deletes the one `best.json` names.
 The trainer ends a `fit` call at every multiple of `eval_every` and calls
 `after_steps` between calls, so no per-step hook holds up the training loop.
 Evaluation runs on the trainer's evaluation twin (`metrics.evaluation_model`),
-so the training model's own metrics are not touched.
+so the training model's own metrics are not touched. The global step is
+passed to each call; nothing is shared with the trainer by reference.
 
-    >>> from kgpt2.periodic_eval import read_evals, read_best
-    >>> # read_evals("checkpoints/shakespeare-char").tail()   # step, train_loss, val_loss, ...
-    >>> # read_best("checkpoints/shakespeare-char")           # {'id': 'ckpt-1750', 'val_loss': 1.46, ...}
+    >>> import tempfile
+    >>> from kgpt2.periodic_eval import PeriodicEval, read_best, read_evals
+    >>> run_dir = tempfile.mkdtemp()
+    >>> scores = {"train": {"loss": 2.0}, "validation": {"loss": 1.5}}
+    >>> pe = PeriodicEval(run_dir, every=10, step=0, evaluate=scores.get)
+    >>> pe.after_steps(step=10)     # a multiple of 10 was reached: one row
+    >>> pe.after_steps(step=15)     # not yet the next one
+    >>> read_evals(run_dir)[["step", "val_loss", "best"]].values.tolist()
+    [[10.0, 1.5, 1.0]]
+    >>> read_best(run_dir) is None        # keep_best is off: no best checkpoint saved
+    True
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-from kgpt2.checkpoints import atomic_write_text
+from kgpt2.io import save_figure
+from kgpt2.run import Run
 from kgpt2.run_logs import truncate_csv
 
 log = logging.getLogger("kgpt2")
 
-BEST_FILE = "best.json"
 EVAL_FIELDS = ["step", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "eval_seconds", "best"]
 
 
 def read_best(run_dir) -> dict | None:
-    path = Path(run_dir) / BEST_FILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None
+    return Run(run_dir).best()
 
 
 def read_evals(run_dir):
     import pandas as pd
 
-    path = Path(run_dir) / "logs" / "evals.csv"
+    path = Run(run_dir).evals_log
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=EVAL_FIELDS)
 
 
@@ -55,54 +59,50 @@ class PeriodicEval:
     """Every `every` global steps: train/validation loss, and the best checkpoint.
 
     `evaluate(split_name) -> {"loss", "accuracy", ...}` measures one split;
-    `save(model) -> Checkpoint` writes a checkpoint at the current cursor (the
-    trainer's own save, so a best checkpoint is also a resume point).
-    `cursor["step"]` must already count the steps that just ended.
+    `step` is the global step training starts or resumes at. The trainer
+    passes `after_steps` a `save() -> Checkpoint` bound to where it stands
+    (its own save, so a best checkpoint is also a resume point).
     """
 
-    def __init__(self, run_dir, every: int, cursor: dict, evaluate, save=None, keep_best: bool = False):
-        self.run_dir, self.every, self.cursor = Path(run_dir), every, cursor
-        self.evaluate, self.save, self.keep_best = evaluate, save, keep_best
-        self.path = self.run_dir / "logs" / "evals.csv"
-        best = read_best(self.run_dir)
+    def __init__(self, run_dir, every: int, step: int, evaluate, keep_best: bool = False):
+        self.run, self.every = Run(run_dir), every
+        self.evaluate, self.keep_best = evaluate, keep_best
+        self.path = self.run.evals_log
+        best = self.run.best()
         # A resumed run keeps the best so far, unless it is past the resume point.
-        self.best = best if best and best.get("step", 0) <= cursor["step"] else None
-        self._truncate_after(cursor["step"])
-        self._seen = cursor["step"]
-
-    def _truncate_after(self, step: int) -> None:
+        self.best = best if best and best.get("step", 0) <= step else None
         self._logged = {int(r["step"]) for r in truncate_csv(self.path, EVAL_FIELDS, step)}
-
-    def before_training(self, model) -> None:
-        if self.cursor["step"] == 0 and 0 not in self._logged:
-            self._run(model, 0)  # the untrained model, as nanoGPT's iteration 0
-
-    def after_steps(self, model) -> None:
-        """Called between fit segments: evaluate when a multiple of `every` was reached."""
-        step, before = self.cursor["step"], self._seen
         self._seen = step
-        if step // self.every > before // self.every and step not in self._logged:
-            self._run(model, step)
 
-    def _run(self, model, step: int) -> None:
+    def before_training(self, step: int) -> None:
+        if step == 0 and 0 not in self._logged:
+            self._run(0)  # the untrained model, as nanoGPT's iteration 0
+
+    def after_steps(self, step: int, save=None) -> None:
+        """Called between fit segments with the global step reached: evaluate at each multiple of `every`."""
+        before, self._seen = self._seen, step
+        if step // self.every > before // self.every and step not in self._logged:
+            self._run(step, save)
+
+    def _run(self, step: int, save=None) -> None:
         t0 = time.perf_counter()
         train = self.evaluate("train")
         val = self.evaluate("validation")
         seconds = time.perf_counter() - t0
-        improved = bool(val) and (self.best is None or val["loss"] < self.best["val_loss"])
-        if improved and self.keep_best and self.save is not None and step > 0:
-            ckpt = self.save(model)
-            self.best = {"id": ckpt.id, "step": step, "val_loss": val["loss"], "train_loss": train.get("loss")}
-            atomic_write_text(self.run_dir / BEST_FILE, json.dumps(self.best, indent=2))
-        elif improved and step > 0:
-            self.best = {"id": "", "step": step, "val_loss": val["loss"], "train_loss": train.get("loss")}
+        improved = bool(val) and step > 0 and (self.best is None or val["loss"] < self.best["val_loss"])
+        if improved:
+            saved = self.keep_best and save is not None
+            ckpt_id = save().id if saved else ""
+            self.best = {"id": ckpt_id, "step": step, "val_loss": val["loss"], "train_loss": train.get("loss")}
+            if saved:
+                self.run.write_best(self.best)
         row = [step, _num(train.get("loss")), _num(val.get("loss")), _num(train.get("accuracy")),
-               _num(val.get("accuracy")), f"{seconds:.3f}", int(improved and step > 0)]
+               _num(val.get("accuracy")), f"{seconds:.3f}", int(improved)]
         with open(self.path, "a", newline="") as f:
             f.write(",".join(str(v) for v in row) + "\n")
         self._logged.add(step)
         log.info("step %d: train loss %s, val loss %s%s (eval %.1f s)", step, _num(train.get("loss")),
-                 _num(val.get("loss")), " (best)" if improved and step > 0 else "", seconds)
+                 _num(val.get("loss")), " (best)" if improved else "", seconds)
 
 
 def _num(value) -> str:
@@ -133,9 +133,4 @@ def plot_evals(run_dir) -> Path | None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = run_dir / ".tmp-eval_loss.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    out = run_dir / "eval_loss.png"
-    tmp.replace(out)
-    return out
+    return save_figure(fig, Run(run_dir).eval_plot)

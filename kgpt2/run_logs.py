@@ -1,12 +1,20 @@
 """What a run records for people: the step CSV, the stage table and the plots.
 
-    checkpoints/<run>/logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s
-    checkpoints/<run>/stages.csv|json    validation metrics after each stage
-    checkpoints/<run>/loss.png           training loss per step, stage boundaries marked,
-                                         and validation metrics per stage
+    logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s
+    stages.csv|json    validation metrics after each stage
+    loss.png           training loss per step, stage boundaries marked,
+                       and validation metrics per stage
 
-    >>> from kgpt2.run_logs import read_steps
-    >>> # read_steps("checkpoints/quickstart").tail()
+(file names from `kgpt2.run.Run`).
+
+    >>> import tempfile
+    >>> from kgpt2.run_logs import read_steps, write_stage_table
+    >>> run_dir = tempfile.mkdtemp()
+    >>> write_stage_table(run_dir, [{"stage": 1, "loss": 3.5, "accuracy": 0.3}])
+    >>> open(f"{run_dir}/stages.csv").read().splitlines()
+    ['stage,loss,accuracy', '1,3.5,0.3']
+    >>> len(read_steps(run_dir))
+    0
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from pathlib import Path
 
 import keras
 
-from kgpt2.checkpoints import atomic_write_text
+from kgpt2.io import atomic_write_text, save_figure
+from kgpt2.run import Run
 
 STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time"]
 
@@ -41,10 +50,10 @@ def truncate_csv(path: Path, fields: list, after_step: int) -> list[dict]:
 class StepLog:
     """Append-only per-step CSV; a resume first drops rows past the checkpoint."""
 
-    def __init__(self, path: Path, truncate_after: int = 0):
+    def __init__(self, path: Path, truncate_after: int = 0, tensorboard_dir: Path | None = None):
         self.path = Path(path)
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.path.parent / "tensorboard"
         truncate_csv(self.path, STEP_FIELDS, truncate_after)
-
         self._tensorboard = None
 
     def tensorboard(self):
@@ -63,7 +72,7 @@ class StepLog:
             else:
                 import tensorflow as tf
 
-                self._tensorboard = tf.summary.create_file_writer(str(self.path.parent / "tensorboard"))
+                self._tensorboard = tf.summary.create_file_writer(str(self.tensorboard_dir))
         return self._tensorboard or None
 
     def callback(self, first_step: int, schedule, stage: int, tokens_per_batch: int):
@@ -155,7 +164,7 @@ def host_schedule(schedule):
 def read_steps(run_dir):
     import pandas as pd
 
-    path = Path(run_dir) / "logs" / "steps.csv"
+    path = Run(run_dir).steps_log
     if not path.is_file():
         return pd.DataFrame(columns=STEP_FIELDS)
     # rows come in flushes from a worker thread: order by step
@@ -165,9 +174,9 @@ def read_steps(run_dir):
 def write_stage_table(run_dir, stage_metrics: list) -> None:
     import pandas as pd
 
-    run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "stages.json", json.dumps(stage_metrics, indent=2))
-    atomic_write_text(run_dir / "stages.csv", pd.DataFrame(stage_metrics).to_csv(index=False))
+    run = Run(run_dir)
+    atomic_write_text(run.stages_json, json.dumps(stage_metrics, indent=2))
+    atomic_write_text(run.stages_csv, pd.DataFrame(stage_metrics).to_csv(index=False))
 
 
 def plot_run(run_dir) -> Path | None:
@@ -177,9 +186,9 @@ def plot_run(run_dir) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     steps = read_steps(run_dir)
-    stages_path = run_dir / "stages.json"
+    stages_path = run.stages_json
     stage_metrics = json.loads(stages_path.read_text()) if stages_path.is_file() else []
     if steps.empty and not stage_metrics:
         return None
@@ -191,7 +200,7 @@ def plot_run(run_dir) -> Path | None:
         ax1.set_xlabel("global step")
         ax1.set_ylabel("loss")
         ax1.legend(loc="upper right", fontsize=8)
-    ax1.set_title(f"{run_dir.name}: training")
+    ax1.set_title(f"{run.path.name}: training")
     if stage_metrics:
         xs = [m["stage"] for m in stage_metrics if "loss" in m]
         ax2.plot(xs, [m["loss"] for m in stage_metrics if "loss" in m], "o-", label="val loss")
@@ -205,9 +214,4 @@ def plot_run(run_dir) -> Path | None:
         ax2b.legend(loc="upper right", fontsize=8)
     ax2.set_title("validation after each stage")
     fig.tight_layout()
-    out = run_dir / "loss.png"
-    tmp = run_dir / ".tmp-loss.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, run.loss_plot)

@@ -128,7 +128,7 @@ class Tokenizer:
 
     def save(self, directory) -> Path:
         """Write vocabulary.json + merges.txt (the files GPT2Tokenizer reads)."""
-        from kgpt2.checkpoints import atomic_write_text
+        from kgpt2.io import atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

@@ -1,28 +1,34 @@
 """Staged training: `fit` a KerasHub GPT2CausalLM stage by stage, resumably.
 
-Read top to bottom, `train(cfg)`:
-1. picks the device (`keras.device` scope, or `keras.distribution.DataParallel`
-   over `train.devices`: kgpt2.distribution) and its precision policy,
-2. opens the shards and resolves the stage plan against the train split,
-3. builds the model (preset + LoRA) and AdamW with warmup + cosine over the
-   global step count of *all* stages,
-4. restores the newest checkpoint when there is one (weights, optimizer,
-   RNG states, data cursor) after checking it fits the config,
-5. for each remaining stage and epoch, `model.fit`s the batches from the
-   cursor on, checkpointing every `checkpoint_every` steps,
-6. at each stage end: validation metrics, a checkpoint, a merged
-   `.weights.h5` export, the stage table and the loss plot.
+`train(cfg)` reads as the recipe it runs (names as in torchtune's recipes):
 
-An interrupted run restarted with the same config continues at the exact next
-batch and ends with the same weights as an uninterrupted one.
+1. `Trainer.setup`: check the config, open the shards, resolve the stage plan
+   against the train split, pick the device (`keras.device` scope, or
+   `keras.distribution.DataParallel` over `train.devices`) and its precision,
+   find the newest checkpoint and check the run may resume from it;
+2. `Trainer.build`: the model (preset + LoRA) and AdamW with warmup + cosine
+   over the global step count of *all* stages (kgpt2.optimizer);
+3. `Trainer.resume`: restore the newest checkpoint (weights, optimizer, RNG
+   states) and return the `Cursor` (stage, epoch, batch, global step) it saved;
+4. `Trainer.run_stage`: `model.fit` the stage's batches from the cursor on,
+   one `fit` call per checkpoint / evaluation interval;
+5. `Trainer.end_stage`: validation metrics, a checkpoint, the merged
+   `.weights.h5` export, the stage table and the plots.
 
-    >>> from kgpt2.config import load_config
-    >>> from kgpt2.train import train
-    >>> # train(load_config("configs/pubmed_lora.toml", ["train.batch_size=4"]))
+The cursor is a value passed from step to step and returned; every
+checkpoint records it. An interrupted run restarted with the same config
+continues at the exact next batch and ends with the same weights as an
+uninterrupted one. File names come from `kgpt2.run.Run`.
+
+    >>> from kgpt2.train import Cursor
+    >>> Cursor(stage=1, epoch=0, batch=4, step=12).advanced(8, per_epoch=10, first=4)
+    Cursor(stage=1, epoch=1, batch=2, step=20)
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import platform
 import sys
@@ -30,18 +36,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import keras_hub
 
-from kgpt2.checkpoints import CheckpointManager
-from kgpt2.config import Config, save_config
+from kgpt2 import memory  # read at call time: a test stands in for the device's memory
+from kgpt2.checkpoints import Checkpoint, CheckpointManager, export_weights
+from kgpt2.config import Config
 from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
-from kgpt2.metrics import compile_lm, evaluation_model, summarise
+from kgpt2.metrics import compile_lm, evaluation_model
 from kgpt2.models import build_causal_lm, count_params, load_tokenizer
+from kgpt2.optimizer import make_optimizer
+from kgpt2.periodic_eval import PeriodicEval, plot_evals
+from kgpt2.run import Run
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
+from kgpt2.scratch import resolve_scratch
 from kgpt2.stage_plan import plan_stages
+from kgpt2.validation import evaluate_split
 
 log = logging.getLogger("kgpt2")
 
@@ -54,27 +67,224 @@ class TrainResult:
     checkpoint: str = ""
 
 
-def make_optimizer(cfg: Config, total_steps: int):
-    t = cfg.train
-    warmup = min(t.warmup_steps, max(0, total_steps - 1))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else t.learning_rate,
-        decay_steps=max(1, total_steps - warmup),
-        alpha=t.min_learning_rate / t.learning_rate if t.learning_rate else 0.0,
-        warmup_target=t.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule,
-        weight_decay=t.weight_decay,
-        beta_2=t.beta_2,
-        clipnorm=None if t.global_clipnorm else t.clipnorm or None,
-        global_clipnorm=t.clipnorm or None if t.global_clipnorm else None,
-        gradient_accumulation_steps=t.gradient_accumulation_steps if t.gradient_accumulation_steps > 1 else None,
-    )
-    if t.no_decay:  # e.g. biases and layer norms, as nanoGPT and HF's Trainer do
-        optimizer.exclude_from_weight_decay(var_names=list(t.no_decay))
-    return optimizer, schedule
+@dataclass(frozen=True)
+class Cursor:
+    """Where training stands: the next batch to train and the steps done.
+
+    `stage` is the index of the stage running; after a stage ends it counts
+    the stages finished. `epoch` and `batch` locate the next batch in it.
+    """
+
+    stage: int = 0
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+    @classmethod
+    def from_state(cls, state: dict) -> Cursor:
+        return cls(**{f.name: int(state[f.name]) for f in dataclasses.fields(cls)})
+
+    def position(self, per_epoch: int) -> int:
+        """Batches of the current stage done, over all its epochs."""
+        return self.epoch * per_epoch + self.batch
+
+    def advanced(self, n: int, per_epoch: int, first: int) -> Cursor:
+        """After `n` more steps that started at stage position `first`."""
+        epoch, batch = divmod(first + n, per_epoch)
+        return dataclasses.replace(self, epoch=epoch, batch=batch, step=self.step + n)
+
+    def next_stage(self) -> Cursor:
+        return Cursor(stage=self.stage + 1, epoch=0, batch=0, step=self.step)
+
+
+def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
+    """Train `cfg`'s run stage by stage, resuming from its newest checkpoint."""
+    trainer = Trainer(cfg, verbose)
+    trainer.setup(require_checkpoint)
+    with trainer.scope():
+        trainer.build()
+        cursor = trainer.resume()
+        for stage in trainer.stages[cursor.stage:]:
+            if cursor.step >= trainer.total_steps:  # train.max_steps reached in an earlier stage
+                break
+            cursor = trainer.run_stage(stage, cursor)
+            cursor = trainer.end_stage(stage, cursor)
+    return trainer.result(cursor)
+
+
+class Trainer:
+    """One training run's parts, built in `setup` and `build`, used by the steps of `train`."""
+
+    def __init__(self, cfg: Config, verbose="auto"):
+        if verbose == "auto":  # a live progress bar on a terminal or in a notebook, one line per fit in logs
+            verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
+        self.cfg, self.verbose = cfg, verbose
+        self.stage_metrics: list = []
+        self.periodic: PeriodicEval | None = None
+
+    # -- 1. setup: everything a user can get wrong is checked before any work starts
+    def setup(self, require_checkpoint: bool = False) -> None:
+        cfg = self.cfg
+        if not cfg.data.shards:
+            raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
+        if cfg.model.quantize and not cfg.lora.enabled:
+            raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
+        tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
+        self.shards = ShardSet(cfg.data.shards)
+        self.shards.check_tokenizer(tokenizer)
+        self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
+        self.run = Run.of(cfg)
+        self.device = resolve_device(cfg.train.device)
+        self.policy = self.device.policy(cfg.train.precision)
+        self.parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
+        self.split = self.shards.split("train")
+        self.stages = plan_stages(cfg.train.stages, self.split.num_articles, cfg.train.oversize)
+        self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages)
+        self.store = self.run.checkpoints(cfg.train.keep_last)
+        self.latest = self._checkpoint_to_resume(require_checkpoint)
+        self.run.save_config(cfg)
+        log.info("device: %s (%s), precision %s, backend %s", self.device.keras_name, self.device.description,
+                 self.policy, keras.backend.backend())
+        if self.parallel:
+            log.info(self.parallel.describe())
+        keras.utils.set_random_seed(cfg.seed)
+
+    def _checkpoint_to_resume(self, require_checkpoint: bool) -> Checkpoint | None:
+        newest = self.store.latest()  # one listing of the run directory
+        if require_checkpoint and newest is None:
+            raise UserError(f"--resume was asked for, but run '{self.run.path}' has no checkpoint to resume from")
+        if newest is not None and not self.cfg.train.resume:
+            raise UserError(f"run '{self.run.path}' already has checkpoints; resume it, or choose a new run name")
+        if newest is not None:
+            _check_resumable(newest.state, self.cfg, self.shards)
+        return newest
+
+    def scope(self) -> contextlib.ExitStack:
+        """The run's precision for every model built inside, on its device(s); the caller's global policy is kept."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(dtype_policy(self.policy))
+        stack.enter_context(self.parallel.scope() if self.parallel else self.device.scope())
+        return stack
+
+    # -- 2. build: model and optimizer
+    def build(self) -> None:
+        cfg = self.cfg
+        self.model = build_causal_lm(cfg)
+        self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
+        compile_lm(self.model, self.optimizer, token_loss=False, steps_per_execution=cfg.train.steps_per_execution)
+        self.evaluator = evaluation_model(self.model)  # validation's exact token loss, off the training step
+        params = count_params(self.model)
+        log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
+                 f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
+        _warn_if_too_big(cfg, self.model, params["total"])  # before the first step compiles
+
+    # -- 3. resume: the newest checkpoint's weights, optimizer and cursor
+    def resume(self) -> Cursor:
+        cursor = Cursor()
+        if self.latest is not None:
+            state = CheckpointManager.restore(self.model, self.latest, self.optimizer)
+            cursor = Cursor.from_state(state)
+            self.stage_metrics = state.get("stage_metrics", [])
+            log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", self.latest.id,
+                     cursor.stage + 1, cursor.epoch + 1, cursor.batch, cursor.step)
+        self.steps_log = StepLog(self.run.steps_log, truncate_after=cursor.step, tensorboard_dir=self.run.tensorboard_dir)
+        if self.cfg.train.eval_every > 0:  # nanoGPT-style evaluation and best checkpoint
+            self.periodic = PeriodicEval(self.run.path, self.cfg.train.eval_every, cursor.step,
+                                         evaluate=self._evaluate, keep_best=self.cfg.train.keep_best)
+            self.periodic.before_training(cursor.step)
+        return cursor
+
+    def _evaluate(self, split_name: str) -> dict:
+        return evaluate_split(self.evaluator, self.cfg, self.shards, split_name, self.cfg.train.eval_batches)
+
+    # -- 4. run_stage: fit from the cursor to the stage end, one `fit` per interval
+    def run_stage(self, stage, cursor: Cursor) -> Cursor:
+        """Train `stage` from `cursor` on; return the cursor at its end (or at train.max_steps).
+
+        One `fit` call runs from one checkpoint/evaluation point to the next,
+        across epochs; checkpoints and evaluations happen between calls, so no
+        per-step hook makes Keras wait for every step (the step logger is async-safe).
+        """
+        lo, hi = self.split.token_range(stage.first, stage.end)
+        log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, len(self.stages),
+                 stage.first, stage.end - 1, stage.num_articles, f"{hi - lo:,}")
+        first = stage_batches(self.cfg, self.split, stage, 0)
+        per_epoch = len(first)  # every epoch permutes the same windows
+        self.padding = self._describe_padding(stage, first)
+        stage_end = per_epoch * self.epochs
+        if self.epochs > 1 and cursor.position(per_epoch) < stage_end:
+            log.info("%s: %d epochs of %d batches", stage.name, self.epochs, per_epoch)
+        while cursor.position(per_epoch) < stage_end and cursor.step < self.total_steps:
+            position = cursor.position(per_epoch)
+            n = self._segment_length(cursor, stage_end - position)
+            self._fit(stage, cursor, per_epoch, position, n)
+            cursor = cursor.advanced(n, per_epoch, position)
+            ends_stage = position + n >= stage_end or cursor.step >= self.total_steps  # end_stage saves it
+            every = self.cfg.train.checkpoint_every
+            if every and cursor.step % every == 0 and not ends_stage:
+                self.save_checkpoint(cursor, stage_end=False)
+            if self.periodic is not None:
+                self.periodic.after_steps(cursor.step, save=lambda: self._checkpoint_at(cursor))
+        return cursor
+
+    def _segment_length(self, cursor: Cursor, batches_left: int) -> int:
+        """Steps to the next checkpoint or evaluation point, the stage end or train.max_steps."""
+        n = min(batches_left, self.total_steps - cursor.step)
+        every = [e for e in (self.cfg.train.checkpoint_every, self.cfg.train.eval_every) if e > 0]
+        return min([n] + [e - cursor.step % e for e in every])
+
+    def _fit(self, stage, cursor: Cursor, per_epoch: int, position: int, n: int) -> None:
+        """One `model.fit` over stage positions [position, position + n), epochs crossed as needed."""
+        cfg, split = self.cfg, self.split
+        source = EpochBatches(lambda e: stage_batches(cfg, split, stage, e), per_epoch, position, position + n)
+        tokens_per_batch = cfg.train.batch_size * cfg.data.sequence_length
+        logger = self.steps_log.callback(cursor.step, self.schedule, stage.index, tokens_per_batch)
+        self.model.fit(to_dataset(source), epochs=1, verbose=self.verbose, shuffle=False, callbacks=[logger])
+
+    def _describe_padding(self, stage, batches: WindowBatches) -> dict:
+        """With one example per window: what the padding costs (logged, and kept in the stage table)."""
+        if self.cfg.data.windows != "example":
+            return {}
+        padding = {"padding": batches.padding_fraction(), "truncated": batches.truncated}
+        log.info("%s: one example per window; %.1f%% of the target positions are padding, "
+                 "%d examples truncated", stage.name, 100 * padding["padding"], padding["truncated"])
+        return padding
+
+    # -- 5. end_stage: validation, checkpoint, export, tables, plots
+    def end_stage(self, stage, cursor: Cursor) -> Cursor:
+        metrics = self._evaluate("validation")
+        metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor.step)
+        metrics.update(self.padding)  # empty unless one example per window
+        self.stage_metrics.append(metrics)
+        cursor = dataclasses.replace(cursor, stage=stage.index + 1, epoch=0, batch=0)
+        ckpt = self.save_checkpoint(cursor, stage_end=True)
+        export_weights(self.model, self.run.stage_export(stage.name))
+        write_stage_table(self.run.path, self.stage_metrics)
+        plot_run(self.run.path)
+        if self.periodic is not None:
+            plot_evals(self.run.path)
+        log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
+        return cursor
+
+    # -- save_checkpoint: the cursor and everything a resume checks
+    def save_checkpoint(self, cursor: Cursor, stage_end: bool) -> Checkpoint:
+        cfg = self.cfg
+        state = dict(dataclasses.asdict(cursor), stage_end=stage_end, stage_metrics=self.stage_metrics,
+                     total_steps=self.total_steps, signature=cfg.model_signature(),
+                     config_hash=cfg.hash(), shards=self.shards.manifest["content_hash"],
+                     stages=cfg.train.stages, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                     max_steps=cfg.train.max_steps, versions=_versions())
+        return self.store.save(self.model, self.optimizer, state)
+
+    def _checkpoint_at(self, cursor: Cursor) -> Checkpoint:
+        """The checkpoint at the cursor's step: the one just saved there, or a new one (the best, kept)."""
+        if self.store.path_for(cursor.step).is_dir():
+            return self.store.get(str(cursor.step))
+        return self.save_checkpoint(cursor, stage_end=False)
+
+    def result(self, cursor: Cursor) -> TrainResult:
+        latest = self.store.latest()
+        return TrainResult(self.run.path, cursor.step, self.stage_metrics, latest.id if latest else "")
 
 
 def stage_batches(cfg: Config, split, stage, epoch: int) -> WindowBatches:
@@ -107,8 +317,6 @@ def plan_steps(cfg: Config, split, stages) -> tuple[int, int]:
 
 
 def _versions() -> dict:
-    import keras_hub
-
     return {"keras": keras.__version__, "keras_hub": keras_hub.__version__,
             "backend": keras.backend.backend(), "python": platform.python_version()}
 
@@ -130,181 +338,13 @@ def _check_resumable(state: dict, cfg: Config, shards: ShardSet) -> None:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed ({diffs}); use a new run name")
 
 
-def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
-    run_dir = cfg.run_dir
-    if verbose == "auto":  # a live progress bar on a terminal or in a notebook, one line per fit in logs
-        verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
-    # Everything a user can get wrong is checked before any work starts.
-    if not cfg.data.shards:
-        raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
-    if cfg.model.quantize and not cfg.lora.enabled:
-        raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
-    tokenizer = load_tokenizer(cfg.model)
-    shards = ShardSet(cfg.data.shards)
-    shards.check_tokenizer(tokenizer)
-    if cfg.model.preset == "scratch":  # a fresh GPT-2, saved once as <run>/preset (kgpt2.pretrain)
-        from kgpt2.pretrain import resolve_scratch
-
-        cfg = resolve_scratch(cfg)
-        run_dir = cfg.run_dir
-    device = resolve_device(cfg.train.device)
-    policy = device.policy(cfg.train.precision)
-    parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
-    split = shards.split("train")
-    stages = plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize)
-    epochs, total_steps = plan_steps(cfg, split, stages)
-
-    ckpts = CheckpointManager(run_dir, cfg.train.keep_last)
-    newest = ckpts.latest()  # one listing of the run directory
-    if require_checkpoint and newest is None:
-        raise UserError(f"--resume was asked for, but run '{run_dir}' has no checkpoint to resume from")
-    latest = newest if cfg.train.resume else None
-    if latest is None and newest is not None:
-        raise UserError(f"run '{run_dir}' already has checkpoints; resume it, or choose a new run name")
-    if latest is not None:
-        _check_resumable(latest.state, cfg, shards)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
-    log.info("device: %s (%s), precision %s, backend %s", device.keras_name, device.description, policy, keras.backend.backend())
-    if parallel:
-        log.info(parallel.describe())
-    keras.utils.set_random_seed(cfg.seed)
-
-    # The run's precision for every model built below, without changing the caller's global policy.
-    with dtype_policy(policy), parallel.scope() if parallel else device.scope():
-        model = build_causal_lm(cfg)
-        optimizer, schedule = make_optimizer(cfg, total_steps)
-        compile_lm(model, optimizer, token_loss=False, steps_per_execution=cfg.train.steps_per_execution)
-        evaluator = evaluation_model(model)  # validation's exact token loss, off the training step
-        params = count_params(model)
-        log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
-                 f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
-        _warn_if_too_big(cfg, model, params["total"])  # before the first step compiles
-        stage_metrics: list = []
-        cursor = {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
-        if latest is not None:
-            state = CheckpointManager.restore(model, latest, optimizer)
-            cursor = {k: state[k] for k in cursor}
-            stage_metrics = state.get("stage_metrics", [])
-            log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", latest.id,
-                     cursor["stage"] + 1, cursor["epoch"] + 1, cursor["batch"], cursor["step"])
-        steps_log = StepLog(run_dir / "logs" / "steps.csv", truncate_after=cursor["step"])
-
-        def save(m, stage_end: bool):
-            state = dict(cursor, stage_end=stage_end, stage_metrics=stage_metrics,
-                         total_steps=total_steps, signature=cfg.model_signature(),
-                         config_hash=cfg.hash(), shards=shards.manifest["content_hash"],
-                         stages=cfg.train.stages, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                         max_steps=cfg.train.max_steps, versions=_versions())
-            return ckpts.save(m, optimizer, state)
-
-        periodic = None
-        if cfg.train.eval_every > 0:  # nanoGPT-style evaluation and best checkpoint
-            from kgpt2.periodic_eval import PeriodicEval
-
-            periodic = PeriodicEval(
-                run_dir, cfg.train.eval_every, cursor, keep_best=cfg.train.keep_best,
-                evaluate=lambda name: evaluate_split(evaluator, cfg, shards, name, cfg.train.eval_batches),
-                save=lambda m: ckpts.get(str(cursor["step"])) if (run_dir / f"ckpt-{cursor['step']}").is_dir()
-                else save(m, stage_end=False))
-            periodic.before_training(model)
-        # One `fit` call runs from one checkpoint/evaluation point (or stage
-        # end) to the next, across epochs; checkpoints and evaluations happen
-        # between calls, so no per-step hook makes Keras wait for every step
-        # (the step logger is async-safe).
-        every = [n for n in (cfg.train.checkpoint_every, cfg.train.eval_every) if n > 0]
-        tokens_per_batch = cfg.train.batch_size * cfg.data.sequence_length
-
-        def segment(batches_left: int) -> int:
-            n = min(batches_left, total_steps - cursor["step"])
-            return min([n] + [e - cursor["step"] % e for e in every])
-
-        for stage in stages[cursor["stage"]:]:
-            if cursor["step"] >= total_steps:  # train.max_steps reached in an earlier stage
-                break
-            lo, hi = split.token_range(stage.first, stage.end)
-            log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, len(stages),
-                     stage.first, stage.end - 1, stage.num_articles, f"{hi - lo:,}")
-            first = stage_batches(cfg, split, stage, 0)
-            per_epoch = len(first)  # every epoch permutes the same windows
-            padding: dict = {}
-            if cfg.data.windows == "example":  # padded examples: say what the padding costs
-                padding = {"padding": first.padding_fraction(), "truncated": first.truncated}
-                log.info("%s: one example per window; %.1f%% of the target positions are padding, "
-                         "%d examples truncated", stage.name, 100 * padding["padding"], padding["truncated"])
-            position = cursor["epoch"] * per_epoch + cursor["batch"]  # batches of this stage done
-            stage_end = per_epoch * epochs
-            if epochs > 1 and position < stage_end:
-                log.info("%s: %d epochs of %d batches", stage.name, epochs, per_epoch)
-            while position < stage_end and cursor["step"] < total_steps:
-                n = segment(stage_end - position)
-                source = EpochBatches(lambda e, s=stage: stage_batches(cfg, split, s, e), per_epoch, position, position + n)
-                model.fit(to_dataset(source), epochs=1, verbose=verbose, shuffle=False,
-                          callbacks=[steps_log.callback(cursor["step"], schedule, stage.index, tokens_per_batch)])
-                position += n
-                cursor["step"] += n
-                cursor["epoch"], cursor["batch"] = divmod(position, per_epoch)
-                ends_stage = position >= stage_end or cursor["step"] >= total_steps  # saved just below
-                if cfg.train.checkpoint_every and cursor["step"] % cfg.train.checkpoint_every == 0 and not ends_stage:
-                    save(model, stage_end=False)
-                if periodic is not None:
-                    periodic.after_steps(model)
-            metrics = evaluate_split(evaluator, cfg, shards, "validation", cfg.train.eval_batches)
-            metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor["step"])
-            metrics.update(padding)  # empty unless one example per window
-            stage_metrics.append(metrics)
-            cursor.update(stage=stage.index + 1, epoch=0, batch=0)
-            ckpt = save(model, stage_end=True)
-            export_weights(model, run_dir / f"{stage.name}.weights.h5")
-            write_stage_table(run_dir, stage_metrics)
-            plot_run(run_dir)
-            if cfg.train.eval_every > 0:
-                from kgpt2.periodic_eval import plot_evals
-
-                plot_evals(run_dir)
-            log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
-    latest = ckpts.latest()
-    return TrainResult(run_dir, cursor["step"], stage_metrics, latest.id if latest else "")
-
-
 def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:
-    from kgpt2.memory import check_fits, device_memory_bytes
-
     b = model.backbone
     mode = ("int8-lora" if cfg.model.quantize == "int8" else "lora") if cfg.lora.enabled else "full"
-    warning = check_fits(total_params, mode, cfg.train.batch_size, cfg.data.sequence_length, b.num_layers,
-                         b.hidden_dim, b.vocabulary_size, device_memory_bytes())
+    warning = memory.check_fits(total_params, mode, cfg.train.batch_size, cfg.data.sequence_length, b.num_layers,
+                         b.hidden_dim, b.vocabulary_size, memory.device_memory_bytes())
     if warning:
         log.warning("%s", warning)
-
-
-def split_batches(cfg: Config, split, max_batches: int | None, batch_size: int | None = None) -> WindowBatches:
-    """A whole split in order (no shuffle), with the run's loss mask and windows: what evaluation sees."""
-    return WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=cfg.data.sequence_length,
-                         batch_size=batch_size or cfg.train.batch_size, seed=cfg.seed, shuffle=False,
-                         max_batches=max_batches,
-                         **split_options(split, 0, split.num_articles, cfg.data.loss_on, cfg.data.windows))
-
-
-def evaluate_split(model, cfg: Config, shards: ShardSet, split_name: str, max_batches: int) -> dict:
-    """Validation metrics over the first `max_batches` batches of a split (in order)."""
-    if max_batches == 0 or split_name not in shards.manifest["splits"]:
-        return {}
-    split = shards.split(split_name)
-    if split.num_articles == 0:
-        return {}
-    source = split_batches(cfg, split, max_batches if max_batches > 0 else None)
-    logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
-    return summarise(logs)
-
-
-def export_weights(model, path: Path) -> None:
-    """The full model as a plain `.weights.h5` (LoRA merged by Keras on save)."""
-    from kgpt2.models import save_unpadded_weights
-
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_unpadded_weights(model.backbone, tmp)  # original vocabulary size
-    tmp.replace(path)
 
 
 def _fmt(metrics: dict) -> str:

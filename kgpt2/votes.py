@@ -35,8 +35,8 @@ import threading
 import time
 from pathlib import Path
 
-from kgpt2.checkpoints import atomic_write_text
 from kgpt2.errors import UserError
+from kgpt2.io import atomic_write_text
 
 VOTES_FILE = "votes.jsonl"
 CHOICES = ("left", "right", "tie")

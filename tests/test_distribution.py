@@ -25,7 +25,7 @@ import kgpt2, keras, numpy as np
 from conftest import tiny_config
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.run_logs import read_steps
-from kgpt2.runs import load_model
+from kgpt2.run import load_model
 from kgpt2.train import train
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")

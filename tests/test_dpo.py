@@ -114,7 +114,7 @@ def test_dpo_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shared
     from kgpt2.config import load_config
     from kgpt2.generate import Generator, Settings
     from kgpt2.instructions import format_prompt
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
 
     cfg = load_config("configs/dpo.toml", [
         f"model.preset={preference_preset}", f"checkpoints_root={tmp_path}", "run=dpo", "align.init_run=",

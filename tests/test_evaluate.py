@@ -42,7 +42,7 @@ def _numpy_reference(run_dir, split, checkpoint, max_batches=None):
 
     from kgpt2.data.batches import WindowBatches
     from kgpt2.data.shards import ShardSet
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
 
     model, _, cfg = load_model(run_dir, checkpoint)
     data = ShardSet(cfg.data.shards).split(split)
@@ -113,7 +113,7 @@ def test_building_a_run_model_leaves_the_global_dtype_policy(tmp_path, tiny_pres
     import keras
     from conftest import tiny_config
 
-    from kgpt2.runs import build_run_model
+    from kgpt2.run import build_run_model
 
     cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "train.precision=mixed_bfloat16")
     keras.config.set_dtype_policy("float32")

@@ -11,7 +11,7 @@ PROMPT = "The assert statement"
 
 @pytest.fixture(scope="module")
 def loaded(tiny_run):
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
 
     return load_model(tiny_run, "latest")
 
@@ -196,7 +196,7 @@ def test_restore_from_checkpoint_equals_the_in_memory_model(tmp_path, tiny_prese
     from kgpt2.data.shards import ShardSet
     from kgpt2.metrics import compile_lm
     from kgpt2.models import build_causal_lm
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
     from conftest import tiny_config
 
     cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", f"lora.enabled={str(lora).lower()}", "lora.rank=2")

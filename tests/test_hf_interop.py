@@ -164,7 +164,7 @@ def test_train_from_hf_then_export_both_formats(hf_dir, gpt2_shards, tmp_path, t
     from conftest import tiny_config
 
     from kgpt2.cli import main
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
     from kgpt2.train import train
 
     cfg = tiny_config(tmp_path, hf_dir, gpt2_shards, "run=from-hf", "train.stages=[1, 2]",

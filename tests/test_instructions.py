@@ -120,7 +120,7 @@ def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_to
     from kgpt2.data.shards import prepare
     from kgpt2.generate import Generator, Settings
     from kgpt2.instructions import format_prompt
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
     from kgpt2.train import train
 
     prepare(str(alpaca_file), tmp_path / "shards", pydoc_tokenizer, fractions=(0.75, 0.25, 0.0), progress=False)

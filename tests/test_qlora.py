@@ -34,7 +34,7 @@ def test_int8_lora_trains_checkpoints_adapter_only_and_restores(tmp_path, tiny_p
     from kgpt2.errors import UserError
     from kgpt2.generate import Generator, Settings
     from kgpt2.models import build_causal_lm
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
     from kgpt2.train import train
 
     cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=q8", "lora.enabled=true", "model.quantize=int8",

@@ -1,0 +1,193 @@
+"""A run folder: every file name in it, and reading a run back.
+
+`train` writes a run, evaluation, generation, export and the demo read it;
+all of them ask a `Run` for paths instead of spelling file names:
+
+    config.json                the resolved config the run trained with
+    ckpt-<step>/               checkpoints (kgpt2.checkpoints)
+    <stage>.weights.h5         each stage's merged weights
+    logs/steps.csv             one row per step (kgpt2.run_logs)
+    logs/evals.csv, best.json  periodic evaluation and the best checkpoint (kgpt2.periodic_eval)
+    logs/tensorboard/          the step rows for TensorBoard
+    stages.csv, stages.json    validation after each stage
+    loss.png, eval_loss.png    plots
+    evaluation-<split>.*       `kgpt2 evaluate` tables and plot
+    votes.jsonl, align.json    demo votes (kgpt2.votes) and the DPO result (kgpt2.align)
+    preset/                    a from-scratch run's own base model (kgpt2.pretrain)
+
+Seams for what comes next: a run lock held for a training process belongs in
+`Run` (acquired where `train` opens its run); paths stored inside the run
+relative to it are resolved in `Run.config`; `--run DIR` resume starts from
+`Run(DIR).config()`.
+
+    >>> import tempfile
+    >>> from kgpt2.run import Run, list_runs
+    >>> run = Run(tempfile.mkdtemp())
+    >>> run.steps_log.relative_to(run.path).as_posix(), run.stage_export("stage-2").name
+    ('logs/steps.csv', 'stage-2.weights.h5')
+    >>> run.exists(), list_runs(run.path), run.best()
+    (False, [], None)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kgpt2.checkpoints import Checkpoint, CheckpointManager, checkpoint_variables
+from kgpt2.config import Config, config_from_dict, save_config
+from kgpt2.devices import dtype_policy, resolve_device
+from kgpt2.errors import UserError
+from kgpt2.io import atomic_write_text
+from kgpt2.models import build_causal_lm, load_tokenizer
+
+BASE = "base"  # checkpoint id meaning "the preset, untrained"
+BEST = "best"  # checkpoint id meaning "lowest validation loss" (train.keep_best)
+
+
+class Run:
+    """One run folder (`cfg.run_dir`): its file names, checkpoints and config."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, cfg: Config) -> Run:
+        return cls(cfg.run_dir)
+
+    # -- file names -------------------------------------------------------
+    config_path = property(lambda self: self.path / "config.json")
+    logs_dir = property(lambda self: self.path / "logs")
+    steps_log = property(lambda self: self.logs_dir / "steps.csv")
+    evals_log = property(lambda self: self.logs_dir / "evals.csv")
+    tensorboard_dir = property(lambda self: self.logs_dir / "tensorboard")
+    best_path = property(lambda self: self.path / "best.json")
+    stages_csv = property(lambda self: self.path / "stages.csv")
+    stages_json = property(lambda self: self.path / "stages.json")
+    loss_plot = property(lambda self: self.path / "loss.png")
+    eval_plot = property(lambda self: self.path / "eval_loss.png")
+    votes_path = property(lambda self: self.path / "votes.jsonl")
+    align_result = property(lambda self: self.path / "align.json")
+    preset_dir = property(lambda self: self.path / "preset")
+
+    def stage_export(self, stage_name: str) -> Path:
+        return self.path / f"{stage_name}.weights.h5"
+
+    def evaluation_table(self, split: str, suffix: str) -> Path:
+        """evaluation-<split>.json / .csv / .png."""
+        return self.path / f"evaluation-{split}.{suffix}"
+
+    def evaluation_tables(self, suffix: str) -> list[Path]:
+        return sorted(self.path.glob(f"evaluation-*.{suffix}"))
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    # -- config -----------------------------------------------------------
+    def config(self) -> Config:
+        """The config the run trained with, pointed at where the run is now."""
+        if not self.exists():
+            raise UserError(f"'{self.path}' is not a kgpt2 run directory (no config.json); train one first")
+        cfg = config_from_dict(json.loads(self.config_path.read_text()))
+        # The run may have been moved or reached through another root.
+        cfg.checkpoints_root, cfg.run = str(self.path.parent), self.path.name
+        return cfg
+
+    def save_config(self, cfg: Config) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config_path)
+
+    # -- checkpoints ------------------------------------------------------
+    def checkpoints(self, keep_last: int = 3) -> CheckpointManager:
+        """The checkpoint store; retention spares the best checkpoint."""
+        return CheckpointManager(self.path, keep_last, protected=lambda: [self.best_id()] if self.best_id() else [])
+
+    def best(self) -> dict | None:
+        """best.json: {"id", "step", "val_loss", "train_loss"}, or None."""
+        try:
+            best = json.loads(self.best_path.read_text()) if self.best_path.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+        return best if isinstance(best, dict) else None
+
+    def best_id(self) -> str | None:
+        return (self.best() or {}).get("id") or None
+
+    def write_best(self, record: dict) -> None:
+        atomic_write_text(self.best_path, json.dumps(record, indent=2))
+
+    def checkpoint(self, checkpoint_id: str = "latest") -> Checkpoint:
+        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest`, `best`)."""
+        store = self.checkpoints()
+        if checkpoint_id == BEST:
+            best = self.best_id()
+            if best is None or best not in {c.id for c in store.list()}:
+                raise UserError(f"run '{self.path}' has no best checkpoint; train it with "
+                                "train.keep_best = true and train.eval_every > 0")
+            checkpoint_id = best
+        return store.get(checkpoint_id)
+
+    def checkpoint_ids(self) -> list[str]:
+        """Checkpoint ids, oldest first, after `base`."""
+        return [BASE] + [c.id for c in self.checkpoints().list()]
+
+    # -- the model --------------------------------------------------------
+    def restore(self, model, checkpoint: str = "latest", base: list | None = None) -> str:
+        """Put checkpoint `checkpoint` into `model`; return its id.
+
+        `base` (a `snapshot` of the freshly built model) lets `checkpoint="base"`
+        undo an earlier restore on the same model.
+        """
+        if checkpoint == BASE:
+            for var, value in zip(checkpoint_variables(model), base or []):
+                var.assign(value)
+            return BASE
+        ckpt = self.checkpoint(checkpoint)
+        CheckpointManager.restore(model, ckpt)
+        return ckpt.id
+
+    def load_model(self, checkpoint: str = "latest"):
+        """(model, tokenizer, cfg) at a checkpoint (`base` = untrained)."""
+        cfg = self.config()
+        model, tokenizer = build_run_model(cfg)
+        self.restore(model, checkpoint)
+        return model, tokenizer, cfg
+
+
+def build_run_model(cfg: Config):
+    """The run's base model (preset + LoRA layers, untrained) and tokenizer."""
+    # Inference runs in the policy training used on this device, or fp32 on CPU.
+    with dtype_policy(resolve_device("auto").policy(cfg.train.precision)):
+        return build_causal_lm(cfg), load_tokenizer(cfg.model)
+
+
+def snapshot(model) -> list:
+    """The values a checkpoint would overwrite, to go back to `base` later."""
+    return [np.array(v) for v in checkpoint_variables(model)]
+
+
+def list_runs(checkpoints_root) -> list[str]:
+    """Names of the runs under a checkpoints root."""
+    root = Path(checkpoints_root)
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if Run(d).exists())
+
+
+# The functions callers used before `Run`: each is one call on it.
+def load_run_config(run_dir) -> Config:
+    return Run(run_dir).config()
+
+
+def list_checkpoints(run_dir) -> list[str]:
+    return Run(run_dir).checkpoint_ids()
+
+
+def restore(model, run_dir, checkpoint: str = "latest", base: list | None = None) -> str:
+    return Run(run_dir).restore(model, checkpoint, base)
+
+
+def load_model(run_dir, checkpoint: str = "latest"):
+    return Run(run_dir).load_model(checkpoint)

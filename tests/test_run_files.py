@@ -1,0 +1,108 @@
+"""The run folder's parts without a model: atomic I/O, Run's names and checkpoint ids, the cursor."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+
+from kgpt2.errors import UserError
+from kgpt2.io import atomic_write_text, publish_folder, save_figure
+from kgpt2.periodic_eval import PeriodicEval, read_evals
+from kgpt2.run import Run
+from kgpt2.train import Cursor
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    atomic_write_text(path, "old")
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["config.json"]
+
+
+def test_publish_folder_replaces_the_old_one_whole(tmp_path):
+    final = tmp_path / "ckpt-5"
+    final.mkdir()
+    (final / "stale.npz").write_text("old")
+    tmp = tmp_path / ".ckpt-5.tmp-x"
+    tmp.mkdir()
+    (tmp / "weights.npz").write_text("new")
+    publish_folder(tmp, final)
+    assert sorted(os.listdir(final)) == ["weights.npz"] and sorted(os.listdir(tmp_path)) == ["ckpt-5"]
+
+
+def test_save_figure_writes_a_png_and_no_temp(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = save_figure(fig, tmp_path / "loss.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(tmp_path) == ["loss.png"]
+
+
+def _toy_model():
+    """What the checkpoint store reads of a model: trainable variables and seed states."""
+    return SimpleNamespace(trainable_variables=[keras.Variable(np.arange(4.0), name="w")],
+                           non_trainable_variables=[])
+
+
+def test_retention_spares_the_best_checkpoint_the_run_names(tmp_path):
+    run = Run(tmp_path / "run")
+    store = run.checkpoints(keep_last=1)
+    model = _toy_model()
+    store.save(model, None, {"step": 1, "stage": 0})
+    run.write_best({"id": "ckpt-1", "step": 1, "val_loss": 1.0})
+    for step in (2, 3):
+        store.save(model, None, {"step": step, "stage": 0})
+    assert [c.id for c in store.list()] == ["ckpt-1", "ckpt-3"]  # ckpt-2 went, the best stayed
+    assert run.checkpoint("best").id == "ckpt-1" and run.checkpoint("latest").id == "ckpt-3"
+    assert run.checkpoint_ids() == ["base", "ckpt-1", "ckpt-3"]
+
+
+def test_best_without_one_is_one_sentence(tmp_path):
+    run = Run(tmp_path)
+    run.checkpoints().save(_toy_model(), None, {"step": 1, "stage": 0})
+    with pytest.raises(UserError, match="has no best checkpoint; train it with train.keep_best = true"):
+        run.checkpoint("best")
+    with pytest.raises(UserError, match="is not a kgpt2 run directory"):
+        run.config()
+
+
+def test_periodic_eval_saves_on_improvement_only_with_the_step_it_is_given(tmp_path):
+    losses = iter([3.0, 2.0, 2.5, 1.0])  # validation at steps 0, 5, 10, 15
+    saved = []
+
+    def evaluate(split):
+        return {"loss": next(losses) if split == "validation" else 9.0}
+
+    def save_at(step):
+        saved.append(step)
+        return SimpleNamespace(id=f"ckpt-{step}")
+
+    pe = PeriodicEval(tmp_path, every=5, step=0, evaluate=evaluate, keep_best=True)
+    pe.before_training(0)
+    for step in (3, 5, 8, 10, 15):
+        pe.after_steps(step, save=lambda s=step: save_at(s))
+    assert saved == [5, 15]
+    assert json.loads(Run(tmp_path).best_path.read_text())["id"] == "ckpt-15"
+    assert read_evals(tmp_path)["best"].tolist() == [0, 1, 0, 1]
+
+
+def test_cursor_crosses_epochs_and_stages():
+    c = Cursor(stage=2, epoch=1, batch=3, step=40)
+    assert c.position(per_epoch=10) == 13
+    assert c.advanced(9, per_epoch=10, first=13) == Cursor(stage=2, epoch=2, batch=2, step=49)
+    assert Cursor.from_state({"stage": 1, "epoch": 0, "batch": 0, "step": 7, "stage_end": True}) == Cursor(1, 0, 0, 7)

@@ -18,7 +18,7 @@ batch and ends with the same weights as an uninterrupted one.
 
     >>> from kgpt2.config import load_config
     >>> from kgpt2.train import train
-    >>> # train(load_config("configs/pubmed_lora.toml", ["train.batch_size=4"]))
+    >>> # train(load_config("pubmed_lora", ["train.batch_size=4"]))
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, evaluation_model, summarise
 from kgpt2.models import build_causal_lm, count_params, load_tokenizer
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
-from kgpt2.stage_plan import plan_stages
+from kgpt2.stage_plan import StagePlan, plan_stages
 
 log = logging.getLogger("kgpt2")
 
@@ -152,6 +152,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
     parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
     split = shards.split("train")
     stages = plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize)
+    log.info("stage plan %s: %s articles (%s)", cfg.train.stages, [s.num_articles for s in stages], stages.why)
     epochs, total_steps = plan_steps(cfg, split, stages)
 
     ckpts = CheckpointManager(run_dir, cfg.train.keep_last)
@@ -311,8 +312,8 @@ def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
-def describe_plan(cfg: Config) -> list[dict]:
-    """The resolved stage plan as rows, for `kgpt2 train --dry-run`."""
+def describe_plan(cfg: Config) -> StagePlan:
+    """The resolved stage plan as rows (and `.why`), for `kgpt2 train --dry-run`."""
     shards = ShardSet(cfg.data.shards)
     split = shards.split("train")
     rows = []
@@ -326,4 +327,4 @@ def describe_plan(cfg: Config) -> list[dict]:
         done += steps
         rows.append({"stage": s.index + 1, "articles": s.num_articles, "first": s.first,
                      "tokens": hi - lo, "steps_per_epoch": n, "epochs": epochs, "steps": steps})
-    return rows
+    return StagePlan(rows, stages.why)

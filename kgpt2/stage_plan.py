@@ -126,9 +126,11 @@ def _scaled(kinds: list, values: list, total: int) -> tuple[list[int], str]:
     written_counts = [values[i] for i in flexible if kinds[i] == "count"]
     room = total - sum(c for c in counts if c is not None)
     if room < len(flexible) * floor:
-        floor = 1  # a very small corpus: each stage still gets an article
-    if room < len(flexible):
-        raise UserError(f"{total:,} training articles are too few for a plan of {len(kinds)} stages")
+        if floor == 1:
+            raise UserError(f"{total:,} training articles are too few for a plan of {len(kinds)} stages")
+        raise UserError(f"the fractions and first stage of train.stages leave {_articles(room)} of {total:,} "
+                        f"for {len(flexible)} more stage{'s' if len(flexible) > 1 else ''}, under {MIN_SHARE:.0%} "
+                        "of the corpus a stage; lower them")
     rest_weight = REST_SHARE / (1 - REST_SHARE) * sum(written_counts) if written_counts else 1.0
     weights = [rest_weight if kinds[i] == "rest" else values[i] for i in flexible]
     for i, n in zip(flexible, _allocate(weights, room, floor)):
@@ -140,7 +142,7 @@ def _scaled(kinds: list, values: list, total: int) -> tuple[list[int], str]:
         parts = [f"{c:,}" for c in written_counts] + (["rest"] if kinds[-1] == "rest" else [])
         shares = f" as {1 - REST_SHARE:.0%} : {REST_SHARE:.0%}" if kinds[-1] == "rest" else ""
         how.append(f"{' : '.join(parts)} in proportion{shares} of the {room:,} articles left to scale")
-    how.append(f"no other stage under {MIN_SHARE:.0%} ({_articles(floor)})")
+    how.append(f"{'no other stage' if tiny_first else 'no stage'} under {MIN_SHARE:.0%} ({_articles(floor)})")
     return counts, "stages scaled to the plan's shape: " + "; ".join(how)
 
 

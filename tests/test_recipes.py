@@ -91,14 +91,6 @@ def test_unknown_names_are_one_sentence_and_exit_2(tmp_path, monkeypatch, capsys
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_subprocess_lists_recipes_from_another_folder(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "kgpt2.cli", "recipes"], capture_output=True, text=True,
-                       cwd=tmp_path, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].split()[0] == "alpaca" and "pubmed_lora" in r.stdout
-
-
 @pytest.mark.slow
 def test_recipes_work_from_the_installed_wheel(tmp_path, pydoc_shards):
     """Build the wheel, install it into a fresh venv, and use recipes from a folder outside the checkout."""

@@ -2,7 +2,6 @@
 
 import json
 import math
-import re
 import subprocess
 import sys
 
@@ -116,6 +115,7 @@ def test_scaled_plan_keeps_fractions_and_floors_small_counts():
     ([1.5, "rest"], "must be in \\(0, 1\\]"),
     (["half", "rest"], "must be an article count"),
     (["98%", "rest"], 'leaves "rest" 6 of the 300'),
+    ([2, "96%", "rest"], "leave 10 articles of 300 for 1 more stage, under 5% of the corpus a stage"),
 ])
 def test_bad_plans_are_one_clear_sentence(plan, message):
     with pytest.raises(UserError, match=message):

@@ -164,6 +164,10 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
         raise UserError(f"run '{run_dir}' already has checkpoints; resume it, or choose a new run name")
     if latest is not None:
         _check_resumable(latest.state, cfg, shards)
+        old_ends = latest.state.get("stage_ends")  # as resolved by the kgpt2 that started the run
+        if old_ends is not None and old_ends != [s.end for s in stages]:
+            raise UserError(f"cannot resume run '{run_dir}': its stages ended at articles {old_ends}, this plan "
+                            f"at {[s.end for s in stages]}; use a new run name")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     log.info("device: %s (%s), precision %s, backend %s", device.keras_name, device.description, policy, keras.backend.backend())
@@ -195,7 +199,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
             state = dict(cursor, stage_end=stage_end, stage_metrics=stage_metrics,
                          total_steps=total_steps, signature=cfg.model_signature(),
                          config_hash=cfg.hash(), shards=shards.manifest["content_hash"],
-                         stages=cfg.train.stages, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                         stages=cfg.train.stages, stage_ends=[s.end for s in stages], epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                          max_steps=cfg.train.max_steps, versions=_versions())
             return ckpts.save(m, optimizer, state)
 

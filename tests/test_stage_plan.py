@@ -180,3 +180,10 @@ def test_default_plan_trains_on_300_articles(tmp_path, pubmed_300, tiny_preset):
     stage_ends = [c for c in CheckpointManager(cfg.run_dir).list() if c.state.get("stage_end")]
     assert len(stage_ends) == 4
     assert sorted((cfg.run_dir).glob("stage-*.weights.h5"))[-1].name == "stage-4.weights.h5"
+    # A run whose plan resolved otherwise (an older kgpt2 scaled it differently) is not resumed on other articles.
+    state_file = CheckpointManager(cfg.run_dir).latest().path / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["stage_ends"] == [10, 34, 227, 300]
+    state_file.write_text(json.dumps(state | {"stage_ends": [1, 103, 926, 927]}))
+    with pytest.raises(UserError, match=r"its stages ended at articles \[1, 103, 926, 927\], this plan at \[10, 34, 227, 300\]"):
+        train(cfg, verbose=0)

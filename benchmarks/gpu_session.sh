@@ -22,7 +22,7 @@ if [ "$what" = causal ]; then  # the causal-attention kernel against keras-hub's
 fi
 shakespeare() {  # $1: run name, then config overrides
   local run=$1; shift
-  timeout 240 python -m kgpt2.cli -q train --config configs/shakespeare_char.toml --device gpu run=$run "$@" 2>&1 | tail -3
+  timeout 240 python -m kgpt2.cli -q train --config shakespeare_char --device gpu run=$run "$@" 2>&1 | tail -3
   python -m kgpt2.cli pretrain summary --run checkpoints/$run | tee "$OUT/$run-summary.txt"
   cp checkpoints/$run/eval_loss.png "$OUT/$run-eval_loss.png"
   cp checkpoints/$run/logs/evals.csv "$OUT/$run-evals.csv"

@@ -18,7 +18,7 @@ from kgpt2.pretrain import run_summary
 from kgpt2.train import train
 
 spe, steps = int(sys.argv[1]), int(sys.argv[2])
-cfg = load_config("configs/shakespeare_char.toml", [
+cfg = load_config("shakespeare_char", [
     "model.num_layers=1", "model.hidden_dim=32", "model.num_heads=2", "model.intermediate_dim=64",
     "model.max_sequence_length=64", "data.sequence_length=64", "train.batch_size=8", f"train.max_steps={steps}",
     "train.eval_every=0", f"train.steps_per_execution={spe}", f"run=overhead-spe{spe}-{int(time.time())}",

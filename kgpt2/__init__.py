@@ -5,7 +5,7 @@ Data flows one way: source -> shards -> stage plan -> trainer -> checkpoints
 
     >>> import kgpt2
     >>> # kgpt2.prepare("pydoc", "shards", tokenizer)   # corpus -> token shards
-    >>> # kgpt2.train(kgpt2.load_config("configs/pubmed_lora.toml"))
+    >>> # kgpt2.train(kgpt2.load_config("pubmed_lora"))
     >>> # kgpt2.evaluate_run("checkpoints/pubmed", checkpoints="all", compare_base=True)
     >>> # kgpt2.generate_from_run("checkpoints/pubmed", "Parkinson's disease is")
 """

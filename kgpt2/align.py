@@ -23,7 +23,7 @@ TRL's DPOTrainer is torch-only; this is the same loss in ~50 lines of Keras.
     >>> round(float(DPOLoss(beta=0.1)(ref, pol)), 4)  # -log sigmoid(0.1 * 2)
     0.5981
 
-Run it: `kgpt2 align --config configs/dpo.toml` (see docs/instruction_dpo_qlora.md).
+Run it: `kgpt2 align --config dpo` (see docs/instruction_dpo_qlora.md).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     kgpt2 prepare    -> kgpt2.data.shards.prepare     corpus -> token shards
     kgpt2 train      -> kgpt2.train.train             staged fit, checkpoints, resume
+    kgpt2 recipes    -> kgpt2.recipes                 the configs that ship with kgpt2: list, copy out
     kgpt2 evaluate   -> kgpt2.evaluate.evaluate_run   accuracy / perplexity table
     kgpt2 generate   -> kgpt2.generate                text from a checkpoint
     kgpt2 demo       -> kgpt2.demo                    Gradio side-by-side app
@@ -49,7 +50,7 @@ def verb(name, help):
 
 
 def _add_config(p):
-    p.add_argument("--config", help="TOML run config (defaults apply to anything it leaves out)")
+    p.add_argument("--config", help="TOML run config, or a recipe's name (`kgpt2 recipes`); defaults fill the rest")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=4")
 
 
@@ -105,14 +106,52 @@ def _train(p):
         overrides += [f'train.devices="{a.devices}"'] if a.devices else []
         cfg = load_config(a.config, overrides)
         if a.dry_run:
-            import pandas as pd
-
-            print(pd.DataFrame(describe_plan(cfg)).to_string(index=False))
+            rows = describe_plan(cfg)
+            print(format_stage_plan(cfg.train.stages, rows, rows.why))
             return
         result = train(cfg, require_checkpoint=a.resume)
         print(f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})")
 
     return run
+
+
+def format_stage_plan(plan: list, rows: list[dict], why: str) -> str:
+    """`train --dry-run`: the plan as written, why it resolved as it did, and a table of its stages."""
+    import pandas as pd
+
+    table = pd.DataFrame([{"stage": r["stage"], "articles": f"{r['articles']:,}",
+                           "range": f"{r['first']:,}-{r['first'] + r['articles']:,}",
+                           "tokens": f"{r['tokens']:,}", "steps": f"{r['steps']:,}",
+                           "epochs": r["epochs"]} for r in rows])
+    total = sum(r["steps"] for r in rows)
+    return f"stage plan {plan}\nwhy: {why}\n{table.to_string(index=False)}\n{total:,} optimizer steps in all"
+
+
+@verb("recipes", "list the run configs that ship with kgpt2, or copy one out to edit")
+def _recipes(p):
+    p.add_argument("--copy", metavar="NAME", help="copy recipe NAME to DEST (default ./NAME.toml); never overwrites")
+    p.add_argument("dest", nargs="?", metavar="DEST", help="file or folder for --copy")
+
+    def run(a):
+        from kgpt2 import recipes
+
+        if a.copy is None:
+            if a.dest:
+                raise UserError(f"DEST '{a.dest}' goes with --copy NAME")
+            print(format_recipes(recipes.listing()))
+            return
+        out = recipes.copy(a.copy, a.dest)
+        print(f"copied recipe {a.copy} to {out}; use it with: kgpt2 train --config {out}")
+
+    return run
+
+
+def format_recipes(listing: list[tuple[str, str]]) -> str:
+    """`kgpt2 recipes`: one line per recipe, then how to use one."""
+    width = max(len(name) for name, _ in listing)
+    lines = [f"{name:<{width}}  {text}" for name, text in listing]
+    lines += ["", "use one: kgpt2 train --config NAME [key=value ...]; edit a copy: kgpt2 recipes --copy NAME [DEST]"]
+    return "\n".join(lines)
 
 
 @verb("evaluate", "accuracy, loss and perplexity of checkpoints on a split")

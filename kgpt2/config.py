@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kgpt2 import recipes
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text
 
@@ -92,11 +93,12 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     # Article counts per stage (ints), fractions of the train split (floats
-    # in (0, 1]), or "rest". The seed project's plan is the default.
+    # in (0, 1] or "8%"), or "rest". The seed project's plan is the default.
     stages: list = field(default_factory=lambda: [10, 10000, 80000, "rest"])
-    # What to do when the plan asks for more articles than the split holds:
-    # "reject" (a clear error) or "scale" (shrink every stage in proportion).
-    oversize: str = "reject"
+    # A plan the split cannot hold (or one leaving "rest" under 5%): "scale"
+    # makes it a proportional plan of the same shape, "reject" refuses it
+    # (kgpt2.stage_plan; `kgpt2 train --dry-run` shows the plan and why).
+    oversize: str = "scale"
     epochs: int = 1
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -270,12 +272,14 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a TOML run config (or the defaults), then apply `key=value` overrides."""
+    """Read a TOML run config, a recipe by name (`pubmed_lora`) or the defaults, then apply `key=value` overrides."""
     data: dict = {}
     if path is not None:
         path = Path(path)
+        if not path.is_file() and recipes.is_name(str(path)):
+            path = recipes.find(str(path))  # a bare name that is no file here: kgpt2/recipes/NAME.toml
         if not path.is_file():
-            raise UserError(f"config file '{path}' does not exist")
+            raise UserError(f"config file '{path}' does not exist" + _recipe_hint(path))
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -289,6 +293,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
                 raise UserError(f"override '{text}': '{k}' is not a section")
         table[keys[-1]] = value
     return _build(Config, data, "")
+
+
+def _recipe_hint(path: Path) -> str:
+    """For a path such as configs/pubmed_lora.toml (recipes used to live there)."""
+    name = path.name.removesuffix(".toml")
+    return f"; kgpt2 ships a recipe '{name}': --config {name}" if name in recipes.names() else ""
 
 
 def config_from_dict(data: dict) -> Config:

@@ -2,21 +2,38 @@
 
 The seed project trained on 10 articles, then the next 10,000, then the next
 80,000, then the rest. A plan is a list of article counts (ints), fractions
-of the train split (floats in (0, 1]) or "rest"; stage k takes the next
-articles after stage k-1's.
+of the train split (floats in (0, 1] or percentages such as "8%") or "rest"
+(last only); stage k takes the next articles after stage k-1's.
+
+A plan that fits the corpus, with a real remainder for "rest" (at least 5%
+of the articles), is used as written. One that does not fit, such as the
+seed's plan on a 927-article corpus, is refused with `train.oversize =
+"reject"`; with "scale" (the default) it becomes a proportional plan of the
+same shape: a first stage written as a count under 5% of the corpus is kept
+as written (the seed's 10-article smoke stage), "rest" gets a quarter of the
+remaining articles (what it got in the seed: 29,914 of 119,924), the other
+count stages share the rest in the proportions written, fractions keep
+their share, and no stage but that tiny first one gets under 5%.
+`plan.why` says which happened, in one sentence.
 
     >>> from kgpt2.stage_plan import plan_stages
-    >>> [(s.first, s.end) for s in plan_stages([10, 0.5, "rest"], 100)]
+    >>> [(s.first, s.end) for s in plan_stages([10, "50%", "rest"], 100)]
     [(0, 10), (10, 60), (60, 100)]
-    >>> [(s.first, s.end) for s in plan_stages([10, 10000, "rest"], 100, oversize="scale")]
-    [(0, 1), (1, 99), (99, 100)]
+    >>> plan = plan_stages([10, 10000, 80000, "rest"], 927)
+    >>> [s.num_articles for s in plan]
+    [10, 77, 611, 229]
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kgpt2.errors import UserError
+
+MIN_SHARE = 0.05  # no stage kgpt2 sizes (scaled, or "rest") gets less of the corpus
+REST_SHARE = 0.25  # "rest" in a scaled plan: the seed's 29,914 of 119,924 articles
+OVERSIZE = ("scale", "reject")
 
 
 @dataclass(frozen=True)
@@ -34,50 +51,149 @@ class Stage:
         return f"stage-{self.index + 1}"
 
 
-def _count(item, total: int, where: str) -> int | None:
+class StagePlan(list):
+    """The resolved stages (a list of Stage, or of rows describing them) and
+    `why`: one sentence on how the plan was read."""
+
+    def __init__(self, stages, why: str):
+        super().__init__(stages)
+        self.why = why
+
+
+def _parse(item, where: str) -> tuple[str, float | int | None]:
+    """One plan item -> ("count", n), ("fraction", f) or ("rest", None)."""
     if item == "rest":
-        return None
+        return "rest", None
+    if isinstance(item, str) and item.strip().endswith("%"):
+        try:
+            item = float(item.strip()[:-1]) / 100
+        except ValueError:
+            raise UserError(f"{where} = {item!r} is not a percentage such as \"8%\"") from None
+        where = f"{where} (a percentage)"
     if isinstance(item, bool) or not isinstance(item, (int, float)):
-        raise UserError(f"{where} must be an article count, a fraction in (0, 1] or \"rest\", got {item!r}")
+        raise UserError(f"{where} must be an article count, a fraction in (0, 1], a percentage "
+                        f"such as \"8%\" or \"rest\", got {item!r}")
     if isinstance(item, float):
         if not 0 < item <= 1:
-            raise UserError(f"{where} is a fraction {item}, which must be in (0, 1]")
-        return max(1, round(item * total))
+            raise UserError(f"{where} is a fraction {item:g} of the corpus, which must be in (0, 1]")
+        return "fraction", item
     if item < 1:
         raise UserError(f"{where} must take at least one article, got {item}")
-    return item
+    return "count", item
 
 
-def plan_stages(plan: list, total_articles: int, oversize: str = "reject") -> list[Stage]:
+def _allocate(weights: list[float], room: int, floor: int) -> list[int]:
+    """Split `room` articles in proportion to `weights`, each at least `floor`.
+
+    Stages whose share would fall under the floor get the floor and leave the
+    pool; the others share what is left, rounded by largest remainder so the
+    counts add up to `room` exactly.
+    """
+    counts = [0] * len(weights)
+    pool = list(range(len(weights)))
+    left = room
+    while True:
+        total = sum(weights[i] for i in pool)
+        small = [i for i in pool if weights[i] / total * left < floor]
+        if not small:
+            break
+        for i in small:
+            counts[i] = floor
+            pool.remove(i)
+            left -= floor
+    if pool:
+        total = sum(weights[i] for i in pool)
+        shares = {i: weights[i] / total * left for i in pool}
+        for i in pool:
+            counts[i] = int(shares[i])
+        by_remainder = sorted(pool, key=lambda i: shares[i] - counts[i], reverse=True)
+        for i in by_remainder[: left - sum(counts[i] for i in pool)]:
+            counts[i] += 1
+    return counts
+
+
+def _scaled(kinds: list, values: list, total: int) -> tuple[list[int], str]:
+    """The proportional plan of the same shape, and a phrase saying how it was made."""
+    floor = max(1, math.ceil(MIN_SHARE * total))
+    tiny_first = kinds[0] == "count" and len(kinds) > 1 and values[0] < MIN_SHARE * total
+    counts: list = [None] * len(kinds)
+    if tiny_first:
+        counts[0] = values[0]
+    for i, kind in enumerate(kinds):
+        if kind == "fraction":
+            counts[i] = max(1, round(values[i] * total))
+    flexible = [i for i, c in enumerate(counts) if c is None]
+    written_counts = [values[i] for i in flexible if kinds[i] == "count"]
+    room = total - sum(c for c in counts if c is not None)
+    if room < len(flexible) * floor:
+        if floor == 1:
+            raise UserError(f"{total:,} training articles are too few for a plan of {len(kinds)} stages")
+        raise UserError(f"the fractions and first stage of train.stages leave {_articles(room)} of {total:,} "
+                        f"for {len(flexible)} more stage{'s' if len(flexible) > 1 else ''}, under {MIN_SHARE:.0%} "
+                        "of the corpus a stage; lower them")
+    rest_weight = REST_SHARE / (1 - REST_SHARE) * sum(written_counts) if written_counts else 1.0
+    weights = [rest_weight if kinds[i] == "rest" else values[i] for i in flexible]
+    for i, n in zip(flexible, _allocate(weights, room, floor)):
+        counts[i] = n
+    how = []
+    if tiny_first:
+        how.append(f"the first stage kept at its {values[0]:,} articles")
+    if written_counts:
+        parts = [f"{c:,}" for c in written_counts] + (["rest"] if kinds[-1] == "rest" else [])
+        shares = f" as {1 - REST_SHARE:.0%} : {REST_SHARE:.0%}" if kinds[-1] == "rest" else ""
+        how.append(f"{' : '.join(parts)} in proportion{shares} of the {room:,} articles left to scale")
+    how.append(f"{'no other stage' if tiny_first else 'no stage'} under {MIN_SHARE:.0%} ({_articles(floor)})")
+    return counts, "stages scaled to the plan's shape: " + "; ".join(how)
+
+
+def plan_stages(plan: list, total_articles: int, oversize: str = "scale") -> StagePlan:
     """Resolve a plan against a train split of `total_articles` articles."""
     if not plan:
         raise UserError("train.stages is empty; give at least one stage, e.g. [\"rest\"]")
     if total_articles < 1:
         raise UserError("the train split holds no articles")
-    if "rest" in plan[:-1]:
+    if oversize not in OVERSIZE:
+        raise UserError(f"train.oversize must be one of {', '.join(OVERSIZE)}, got {oversize!r}")
+    parsed = [_parse(item, f"train.stages[{i}]") for i, item in enumerate(plan)]
+    kinds, values = [k for k, _ in parsed], [v for _, v in parsed]
+    if "rest" in kinds[:-1]:
         raise UserError("\"rest\" may only be the last stage of train.stages")
-    counts = [_count(item, total_articles, f"train.stages[{i}]") for i, item in enumerate(plan)]
-    fixed = sum(c for c in counts if c is not None)
-    needed = fixed + (1 if counts[-1] is None else 0)
-    if needed > total_articles:
-        if oversize != "scale":
-            raise UserError(
-                f"the stage plan {plan} needs {needed} training articles but the shards hold "
-                f"{total_articles}; shrink it, or set train.oversize = \"scale\""
-            )
-        # Shrink every fixed stage in proportion, keeping >= 1 article each
-        # and one article for a trailing "rest".
-        room = total_articles - (1 if counts[-1] is None else 0)
-        if room < sum(c is not None for c in counts):
-            raise UserError(f"{total_articles} training articles are too few for {len(plan)} stages")
-        scaled = [None if c is None else max(1, int(c * room / fixed)) for c in counts]
-        while sum(c for c in scaled if c is not None) > room:  # rounding overshoot
-            i = max((i for i, c in enumerate(scaled) if c is not None), key=lambda i: scaled[i])
-            scaled[i] -= 1
-        counts = scaled
+    fractions = sum(v for k, v in parsed if k == "fraction")
+    if fractions > 1 + 1e-9:
+        raise UserError(f"the fractions in train.stages add up to {fractions:.0%} of the corpus, more than all of it")
+    n = total_articles
+    written = [max(1, round(v * n)) if k == "fraction" else v for k, v in parsed if k != "rest"]
+    has_rest = kinds[-1] == "rest"
+    needed = sum(written) + (1 if has_rest else 0)
+    rest = n - sum(written) if has_rest else None
+    small_rest = has_rest and needed <= n and rest < MIN_SHARE * n
+    if needed <= n and not small_rest:
+        counts = written + ([rest] if has_rest else [])
+        why = f"the plan fits the {n:,} train articles as written"
+        if not has_rest and needed < n:
+            why += f"; the last {n - needed:,} articles are not used (end the plan with \"rest\" to use them)"
+        return _stages(counts, n, why)
+    if needed > n:
+        problem = f"the corpus has {n:,} train articles, fewer than the plan's {needed:,}"
+    else:
+        problem = (f"the plan as written leaves \"rest\" {rest:,} of the {n:,} train articles, "
+                   f"under {MIN_SHARE:.0%}")
+    if oversize == "reject":
+        raise UserError(f"{problem} ({plan}); shrink the plan, or set train.oversize = \"scale\"")
+    if "count" not in kinds:
+        raise UserError(f"{problem}: give \"rest\" a larger share (train.stages = {plan})")
+    counts, how = _scaled(kinds, values, n)
+    return _stages(counts, n, f"{problem}: {how}")
+
+
+def _articles(n: int) -> str:
+    return f"{n:,} article" + ("" if n == 1 else "s")
+
+
+def _stages(counts: list[int], total: int, why: str) -> StagePlan:
     stages, first = [], 0
     for i, c in enumerate(counts):
-        end = total_articles if c is None else first + c
-        stages.append(Stage(i, first, end))
-        first = end
-    return stages
+        stages.append(Stage(i, first, first + c))
+        first += c
+    assert first <= total, (counts, total)
+    return StagePlan(stages, why)

@@ -53,7 +53,7 @@ from kgpt2.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.run import Run
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
 from kgpt2.scratch import resolve_scratch
-from kgpt2.stage_plan import plan_stages
+from kgpt2.stage_plan import StagePlan, plan_stages
 from kgpt2.validation import evaluate_split
 
 log = logging.getLogger("kgpt2")
@@ -139,6 +139,8 @@ class Trainer:
         self.parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
         self.split = self.shards.split("train")
         self.stages = plan_stages(cfg.train.stages, self.split.num_articles, cfg.train.oversize)
+        log.info("stage plan %s: %s articles (%s)", cfg.train.stages, [s.num_articles for s in self.stages],
+                 self.stages.why)
         self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages)
         self.store = self.run.checkpoints(cfg.train.keep_last)
         self.latest = self._checkpoint_to_resume(require_checkpoint)
@@ -157,6 +159,10 @@ class Trainer:
             raise UserError(f"run '{self.run.path}' already has checkpoints; resume it, or choose a new run name")
         if newest is not None:
             _check_resumable(newest.state, self.cfg, self.shards)
+            old_ends = newest.state.get("stage_ends")  # as resolved by the kgpt2 that started the run
+            if old_ends is not None and old_ends != [s.end for s in self.stages]:
+                raise UserError(f"cannot resume run '{self.run.path}': its stages ended at articles {old_ends}, "
+                                f"this plan at {[s.end for s in self.stages]}; use a new run name")
         return newest
 
     def scope(self) -> contextlib.ExitStack:
@@ -272,7 +278,7 @@ class Trainer:
         state = dict(dataclasses.asdict(cursor), stage_end=stage_end, stage_metrics=self.stage_metrics,
                      total_steps=self.total_steps, signature=cfg.model_signature(),
                      config_hash=cfg.hash(), shards=self.shards.manifest["content_hash"],
-                     stages=cfg.train.stages, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                     stages=cfg.train.stages, stage_ends=[s.end for s in self.stages], epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                      max_steps=cfg.train.max_steps, versions=_versions())
         return self.store.save(self.model, self.optimizer, state)
 
@@ -351,8 +357,8 @@ def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
-def describe_plan(cfg: Config) -> list[dict]:
-    """The resolved stage plan as rows, for `kgpt2 train --dry-run`."""
+def describe_plan(cfg: Config) -> StagePlan:
+    """The resolved stage plan as rows (and `.why`), for `kgpt2 train --dry-run`."""
     shards = ShardSet(cfg.data.shards)
     split = shards.split("train")
     rows = []
@@ -366,4 +372,4 @@ def describe_plan(cfg: Config) -> list[dict]:
         done += steps
         rows.append({"stage": s.index + 1, "articles": s.num_articles, "first": s.first,
                      "tokens": hi - lo, "steps_per_epoch": n, "epochs": epochs, "steps": steps})
-    return rows
+    return StagePlan(rows, stages.why)

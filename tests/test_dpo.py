@@ -116,7 +116,7 @@ def test_dpo_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shared
     from kgpt2.instructions import format_prompt
     from kgpt2.run import load_model
 
-    cfg = load_config("configs/dpo.toml", [
+    cfg = load_config("dpo", [
         f"model.preset={preference_preset}", f"checkpoints_root={tmp_path}", "run=dpo", "align.init_run=",
         f'align.data=["{shared_data / PREFS}"]', "align.steps=40", "align.heldout_fraction=0.2",
         "data.sequence_length=96", "lora.enabled=false", "train.batch_size=8", "train.learning_rate=0.003",

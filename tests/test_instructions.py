@@ -124,7 +124,7 @@ def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_to
     from kgpt2.train import train
 
     prepare(str(alpaca_file), tmp_path / "shards", pydoc_tokenizer, fractions=(0.75, 0.25, 0.0), progress=False)
-    base = load_config("configs/alpaca.toml")
+    base = load_config("alpaca")
     assert (base.data.loss_on, base.data.windows, base.generate.template) == ("response", "example", "instruction")
     cfg = tiny_config(tmp_path / "runs", tiny_preset, tmp_path / "shards", "run=alpaca", "data.windows=example",
                       "data.sequence_length=64", 'train.stages=["rest"]', "train.batch_size=4", "train.eval_batches=1",

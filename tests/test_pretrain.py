@@ -101,7 +101,7 @@ def test_scratch_presets_build_save_and_load(tmp_path, char_tokenizer_dir, pydoc
     from kgpt2.models import load_tokenizer
     from kgpt2.pretrain import init_preset
 
-    cfg = load_config("configs/shakespeare_char.toml", TINY + [f"model.tokenizer={char_tokenizer_dir}"])
+    cfg = load_config("shakespeare_char", TINY + [f"model.tokenizer={char_tokenizer_dir}"])
     preset = init_preset(cfg, tmp_path / "char-preset")
     backbone = keras_hub.models.GPT2Backbone.from_preset(str(preset))
     assert (backbone.vocabulary_size, backbone.num_layers, backbone.hidden_dim) == (66, 1, 32)
@@ -140,7 +140,7 @@ def test_from_scratch_run_keeps_best_checkpoint_and_learns(tmp_path, char_tokeni
     source = tmp_path / "shakespeare-5k.txt"  # ~18 batches per epoch: 20 steps span 2 epochs
     source.write_text(shakespeare.read_text(encoding="utf-8")[:5_000], encoding="utf-8")
     prepare(str(source), tmp_path / "shards", Tokenizer.from_dir(char_tokenizer_dir), splits="tail:0.1", progress=False)
-    cfg = load_config("configs/shakespeare_char.toml", TINY + [
+    cfg = load_config("shakespeare_char", TINY + [
         f"model.tokenizer={char_tokenizer_dir}", f"data.shards={tmp_path / 'shards'}",
         f"checkpoints_root={tmp_path / 'runs'}", "run=tiny-char", "train.max_steps=20",
         "train.eval_every=5", "train.eval_batches=2", "train.steps_per_execution=5",
@@ -178,10 +178,10 @@ def test_pretrain_config_errors(tmp_path, char_tokenizer_dir):
     from kgpt2.pretrain import resolve_scratch
 
     assert main(["tokenizer", "train", "--source", "pydoc", "--out", str(tmp_path / "t")]) == 2  # neither --char nor size
-    cfg = load_config("configs/shakespeare_char.toml", TINY + [
+    cfg = load_config("shakespeare_char", TINY + [
         f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}", "run=r"])
     resolve_scratch(cfg)
-    changed = load_config("configs/shakespeare_char.toml", TINY + [
+    changed = load_config("shakespeare_char", TINY + [
         f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}", "run=r", "model.num_layers=2"])
     with pytest.raises(UserError, match="another shape"):
         resolve_scratch(changed)

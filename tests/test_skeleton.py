@@ -9,7 +9,6 @@ import pytest
 from kgpt2.config import load_config
 from kgpt2.errors import UserError
 from kgpt2.run_logs import read_steps
-from kgpt2.stage_plan import plan_stages
 
 
 def run_cli(*args, cwd=None):
@@ -33,18 +32,6 @@ def test_config_defaults_and_overrides(tmp_path):
 def test_config_errors(override, message):
     with pytest.raises(UserError, match=message):
         load_config(None, [override])
-
-
-def test_stage_plan_seed_default_rejects_or_scales():
-    stages = plan_stages([10, 10000, 80000, "rest"], 119924)
-    assert [(s.first, s.end) for s in stages] == [(0, 10), (10, 10010), (10010, 90010), (90010, 119924)]
-    with pytest.raises(UserError, match="needs 90011 training articles"):
-        plan_stages([10, 10000, 80000, "rest"], 300)
-    scaled = plan_stages([10, 10000, 80000, "rest"], 300, oversize="scale")
-    assert scaled[-1].end == 300 and all(s.num_articles >= 1 for s in scaled)
-    assert [s.first for s in scaled[1:]] == [s.end for s in scaled[:-1]]
-    with pytest.raises(UserError, match="only be the last"):
-        plan_stages(["rest", 5], 100)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,88 @@
+"""Recipes: run configs that ship inside the package, found by name.
+
+`kgpt2 train --config pubmed_lora` reads kgpt2/recipes/pubmed_lora.toml
+wherever kgpt2 is installed, from any folder; `kgpt2 recipes` lists them
+(the first comment line of each file is its description) and `kgpt2 recipes
+--copy NAME [DEST]` copies one out to edit.
+
+    >>> from kgpt2 import recipes
+    >>> "pubmed_lora" in recipes.names()
+    True
+    >>> recipes.find("pubmed_lora").name
+    'pubmed_lora.toml'
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from kgpt2.errors import UserError
+
+HERE = Path(__file__).parent
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.toml"))
+
+
+def is_name(text: str) -> bool:
+    """A bare word such as "pubmed_lora": no folder, no file extension."""
+    return bool(text) and "/" not in text and os.sep not in text and not Path(text).suffix
+
+
+def find(name: str) -> Path:
+    """The recipe file called `name`; unknown names are refused with close matches."""
+    path = HERE / f"{name.removesuffix('.toml')}.toml"
+    if path.is_file():
+        return path
+    close = difflib.get_close_matches(name.removesuffix(".toml"), names(), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; recipes: {', '.join(names())}"
+    raise UserError(f"'{name}' is neither a config file nor a kgpt2 recipe{hint} (`kgpt2 recipes` lists them)")
+
+
+def description(path: Path) -> str:
+    """The recipe's first comment line."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and line.strip("# "):
+            return line.lstrip("#").strip()
+    return ""
+
+
+def listing() -> list[tuple[str, str]]:
+    """(name, one-line description) for every recipe."""
+    return [(name, description(find(name))) for name in names()]
+
+
+def copy(name: str, dest: str | Path | None = None) -> Path:
+    """Copy recipe `name` to `dest` (a file, or a folder to put NAME.toml in; default ./NAME.toml).
+
+    Never overwrites: an existing file is refused. The copy is written under
+    a temporary name and hard-linked into place, so `dest` appears whole or
+    not at all, even with two copies racing.
+    """
+    source = find(name)
+    dest = Path(dest) if dest is not None else Path(source.name)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists():
+        raise UserError(f"'{dest}' already exists; give another destination (nothing was changed)")
+    if not dest.parent.is_dir():
+        raise UserError(f"folder '{dest.parent}' does not exist")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+        try:
+            os.link(tmp, dest)  # fails if dest appeared meanwhile: never overwrites
+        except FileExistsError:
+            raise UserError(f"'{dest}' already exists; give another destination (nothing was changed)") from None
+        except OSError:  # no hard links on this file system (some FUSE mounts)
+            if dest.exists():
+                raise UserError(f"'{dest}' already exists; give another destination (nothing was changed)") from None
+            os.replace(tmp, dest)
+    except OSError as e:  # read-only folder, full disk
+        raise UserError(f"cannot write '{dest}': {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

@@ -143,16 +143,28 @@ def detect_format(path: str) -> str:
 
 
 def _first_record(p: Path):
+    """The first JSON object of a JSON array or JSON Lines file, for format detection.
+
+    Lines that are not UTF-8 JSON are passed over here (the reader skips and
+    counts them); a file with no such line at all is refused.
+    """
     with open(p, "rb") as f:
         line = f.readline()
         while line and not line.strip():
             line = f.readline()
-    if line.lstrip().startswith(b"["):  # a JSON array: look at its first object
-        return next(iter(_json_array(p)), {})
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        raise UserError(f"{p}:1: not valid JSON, so the format cannot be detected; pass --format") from None
+        if line.lstrip().startswith(b"["):  # a JSON array: look at its first object
+            return next(iter(_json_array(p)), {})
+        bad = 0
+        while line:
+            try:
+                return json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                bad += bool(line.strip())
+                line = f.readline()
+    if bad:
+        raise UserError(f"none of the {bad} lines of '{p}' is UTF-8 JSON; if it is in another encoding, "
+                        "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    return {}
 
 
 def open_source(path: str, fmt: str | None = None, contents: str = "both",

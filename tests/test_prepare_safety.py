@@ -204,3 +204,155 @@ def test_full_disk_is_one_sentence_and_leaves_no_half_written_set(cli, tmp_path,
         2, f"kgpt2: error: cannot write the shards to '{disk / 'shards'}': the disk is full; "
            "free some space or choose another --out\n")
     assert tree(disk) == before  # the previous set intact, no temp folder left
+
+
+# Kills: a prepare in a subprocess pauses at a named point and is SIGKILLed there.
+KILLED_PREPARE = r"""
+import pathlib, sys, time
+import kgpt2.data.shard_folder as folder
+import kgpt2.data.shards as shards
+from kgpt2.tokenizer import Tokenizer
+
+source, out, tokenizer, ready, point = sys.argv[1:6]
+
+def pause():
+    pathlib.Path(ready).write_text("paused")
+    time.sleep(600)
+
+if point == "writing":  # after a few articles are in the temp folder
+    add, added = shards._SplitWriter.add, []
+    def add_then_pause(self, *args, **kwargs):
+        add(self, *args, **kwargs)
+        added.append(1)
+        if len(added) == 3:
+            self.tokens.flush()
+            pause()
+    shards._SplitWriter.add = add_then_pause
+else:  # "publishing": the old set moved aside, the new one not yet renamed in
+    rename = folder.os.rename
+    def rename_then_pause(a, b):
+        rename(a, b)
+        pause()
+    folder.os.rename = rename_then_pause
+shards.prepare(source, out, Tokenizer.from_dir(tokenizer), progress=False)
+"""
+
+
+def _kill_prepare_at(point, source, out, shared_data, tmp_path) -> int:
+    ready = tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PREPARE, str(source), str(out),
+                             str(shared_data / "gpt2-tokenizer"), str(ready), point],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the prepare never reached the kill point"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ready.unlink()
+    return proc.pid
+
+
+def test_sigkill_while_writing_keeps_the_old_set_and_the_next_prepare_cleans_up(tmp_path, corpus, shared_data,
+                                                                                gpt2_tokenizer):
+    out = tmp_path / "shards"
+    prepare("pydoc", out, gpt2_tokenizer, progress=False)
+    before = tree(out)
+    pid = _kill_prepare_at("writing", corpus, out, shared_data, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".shards.kgpt2-tmp-{pid}", "proj", "shards"]
+    assert tree(out) == before  # the old set, untouched and usable
+    assert ShardSet(out).split("train").num_articles > 0
+    prepare(corpus, out, gpt2_tokenizer, progress=False)  # the re-run succeeds and cleans up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
+    assert ShardSet(out).manifest["source"] == str(corpus)
+
+
+def test_sigkill_between_the_two_renames_puts_the_old_set_back(tmp_path, corpus, shared_data, gpt2_tokenizer):
+    out = tmp_path / "shards"
+    first = prepare("pydoc", out, gpt2_tokenizer, progress=False)
+    before = tree(out)
+    pid = _kill_prepare_at("publishing", corpus, out, shared_data, tmp_path)
+    old = f".shards.kgpt2-old-{pid}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old, f".shards.kgpt2-tmp-{pid}", "proj"]
+    assert tree(tmp_path / old) == before  # aside, not lost
+    # The next prepare (same inputs as the old set) puts it back: nothing to rebuild.
+    assert prepare("pydoc", out, gpt2_tokenizer, progress=False) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
+    assert tree(out) == before
+
+
+def test_cleanup_removes_only_its_own_folders_of_dead_processes(tmp_path):
+    from kgpt2.data.shard_folder import clean_leftovers
+
+    live = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        kept = [f".shards.kgpt2-tmp-{live.pid}", f".other.kgpt2-tmp-{dead.pid}", ".shards.tmp-abc",
+                f"shards.kgpt2-tmp-{dead.pid}", "shards"]
+        for name in kept + [f".shards.kgpt2-tmp-{dead.pid}"]:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "f").write_text(name)
+        clean_leftovers(tmp_path / "shards")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _tricky_text(shared_data, chars: int) -> str:
+    """Real PubMed sentences with the whitespace GPT-2's regex treats specially mixed in."""
+    sentences = []
+    for line in open(shared_data / "pubmed" / "memsum_pubmed_300" / "val.jsonl", encoding="utf-8"):
+        sentences += json.loads(line)["text"]
+    odd = ["  ", "\t", "\r\n", "\n\n\n", " \u00a0", "\u3000", "\x1c", " " * 1000, "<|endoftext|>", " 's", "\n "]
+    parts, size, i = [], 0, 0
+    while size < chars:
+        piece = sentences[i % len(sentences)] + odd[i % len(odd)]
+        parts.append(piece)
+        size += len(piece)
+        i += 1
+    return "".join(parts)
+
+
+def test_a_huge_document_is_encoded_in_pieces_exactly_like_tiktoken_encodes_it_whole(tmp_path, shared_data,
+                                                                                     gpt2_tokenizer):
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    from kgpt2.data.shards import encoding_pieces
+
+    d = shared_data / "gpt2-tokenizer"
+    oracle = tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, special_tokens={"<|endoftext|>": 50256},
+                               mergeable_ranks=data_gym_to_mergeable_bpe_ranks(str(d / "vocab.bpe"),
+                                                                               str(d / "encoder.json")))
+    text = _tricky_text(shared_data, 3_000_000)
+    assert len(encoding_pieces(text)) > 40
+    (tmp_path / "huge.txt").write_text(text, encoding="utf-8")
+    prepare(tmp_path / "huge.txt", tmp_path / "out", gpt2_tokenizer, splits="train", progress=False)
+    ids = ShardSet(tmp_path / "out").split("train").article_tokens(0)[:-1]
+    assert ids.tolist() == oracle.encode_ordinary(text)
+
+
+def test_pieces_match_whole_text_encoding_with_a_tokenizers_bpe(tmp_path, shared_data, pydoc_tokenizer):
+    assert pydoc_tokenizer.engine == "tokenizers"
+    text = _tricky_text(shared_data, 300_000)
+    (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
+    prepare(tmp_path / "doc.txt", tmp_path / "out", pydoc_tokenizer, splits="train", progress=False)
+    ids = ShardSet(tmp_path / "out").split("train").article_tokens(0)[:-1]
+    assert ids.tolist() == pydoc_tokenizer._hf.encode(text, add_special_tokens=False).ids
+
+
+@pytest.mark.slow  # a real `kgpt2` process: ~10 s to import Keras
+def test_the_real_cli_exits_2_with_one_line(corpus):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    before = tree(corpus.parent)
+    r = subprocess.run([sys.executable, "-m", "kgpt2.cli", "prepare", "--source", "corpus.jsonl", "--out", "."],
+                       cwd=corpus.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"kgpt2: error: --out '{corpus.parent}' holds the source '{corpus}'; write the shards to a "
+                        f"new folder, e.g. --out {corpus.parent}/shards\n")
+    assert tree(corpus.parent) == before

@@ -73,6 +73,12 @@ def clean_leftovers(out: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def local_source(source) -> Path | None:
+    """The file or folder a source reads, or None (`pydoc`, `hf:` ids)."""
+    text = str(getattr(source, "path", source))
+    return None if text == "pydoc" or text.startswith("hf:") else Path(text)
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or path.is_relative_to(folder)
 

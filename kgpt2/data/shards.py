@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kgpt2.data.shard_folder import FORMAT, check_out_folder, clean_leftovers, os_error_sentence, publish, temp_folder
+from kgpt2.data.shard_folder import (FORMAT, check_out_folder, clean_leftovers, local_source, os_error_sentence,
+                                     publish, temp_folder)
 from kgpt2.data.sources import Document, Source, open_source
 from kgpt2.errors import UserError
 from kgpt2.instructions import InstructionDocument, encode_example
@@ -159,7 +160,7 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
         raise UserError(f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1")
     src = source if isinstance(source, Source) else open_source(
         source, fmt, contents=contents, **source_options)
-    local = None if src.format == "pydoc" or str(src.path).startswith("hf:") else Path(src.path)
+    local = local_source(src)
     # Resolved: `--out .` gets a real name, and a symlinked --out is replaced where it points.
     out_dir = Path(out_dir).resolve()
     check_out_folder(out_dir, local)

@@ -126,6 +126,22 @@ def unknown_files(folder: Path) -> list[str]:
     return [n for n in names if n not in known or not (folder / n).is_file()]
 
 
+def read_manifest(folder: Path) -> dict:
+    """The manifest of the shard set in `folder`, or {} when there is none to read."""
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Write and fsync the manifest, the last file of a set before it is published."""
+    with open(folder / MANIFEST, "w", encoding="utf-8") as f:
+        f.write(json.dumps(manifest, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def publish(tmp: Path, out: Path) -> None:
     """Rename the finished `tmp` to `out`, moving a previous shard set aside first.
 

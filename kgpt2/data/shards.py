@@ -10,9 +10,11 @@ A shard set is a directory:
 
 so a stage can take "the next N articles" and a resume can restart at an exact
 token. `prepare` streams the source in batches (bounded memory: the text of two
-batches plus 8 bytes per article), encodes them on all cores, writes into a
-temporary directory and renames it into place at the end: a failed prepare
-never leaves a shard set that looks complete. Re-running it on unchanged
+batches plus 8 bytes per article; a long article is encoded in pieces that give
+the same ids), encodes them on all cores, writes into a temporary folder and
+renames it into place at the end: a failed prepare never leaves a shard set
+that looks complete, and only a shard set is ever replaced
+(`kgpt2.data.shard_folder` says which `--out` is refused). Re-running it on unchanged
 inputs (same files, sizes, mtimes, options, tokenizer) returns the existing
 manifest without touching anything; `content_hash` is a hash of the tokens.
 
@@ -41,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from kgpt2.data.shard_folder import (FORMAT, check_out_folder, clean_leftovers, local_source, os_error_sentence,
-                                     publish, temp_folder)
+                                     publish, read_manifest, temp_folder, write_manifest)
 from kgpt2.data.sources import Document, Source, open_source
 from kgpt2.errors import UserError
 from kgpt2.instructions import InstructionDocument, encode_example
@@ -171,7 +173,7 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     try:
         clean_leftovers(out_dir)  # first: it may put back the previous set a kill left aside
         signature = _input_signature(src, tokenizer, options)
-        old = _manifest_if_readable(out_dir / "manifest.json")
+        old = read_manifest(out_dir)
         if old.get("input_signature") == signature:
             return old  # same inputs, same options, same tokenizer: nothing to do
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +182,7 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
             manifest = _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs,
                                      max_doc_chars, progress, threads or usable_cores())
             manifest.update(input_signature=signature, options=options, source=str(src.path))
-            _write_manifest(tmp / "manifest.json", manifest)
+            write_manifest(tmp, manifest)
             publish(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # ours alone: nothing half-written stays
@@ -188,20 +190,6 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     except OSError as e:
         raise UserError(os_error_sentence(e, out_dir, tmp, local)) from None
     return manifest
-
-
-def _manifest_if_readable(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_manifest(path: Path, manifest: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(manifest, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def tail_fraction(splits: str) -> float | None:

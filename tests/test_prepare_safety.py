@@ -356,3 +356,52 @@ def test_the_real_cli_exits_2_with_one_line(corpus):
     assert r.stderr == (f"kgpt2: error: --out '{corpus.parent}' holds the source '{corpus}'; write the shards to a "
                         f"new folder, e.g. --out {corpus.parent}/shards\n")
     assert tree(corpus.parent) == before
+
+
+AS_NOBODY = r"""
+import sys
+from kgpt2.data.shards import prepare
+from kgpt2.errors import UserError
+from kgpt2.tokenizer import Tokenizer
+
+source, out, tokenizer = sys.argv[1:4]
+try:
+    prepare(source, out, Tokenizer.from_dir(tokenizer), progress=False)
+except UserError as e:
+    print(e)
+    sys.exit(2)
+"""
+
+
+def test_permission_denied_is_one_sentence_for_a_user_who_may_not_write(tmp_path, corpus, shared_data,
+                                                                        gpt2_tokenizer):
+    import shutil
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run the prepare as `nobody` (root ignores file modes)")
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    root = Path(tempfile.mkdtemp(prefix="kgpt2-perm-"))  # pytest's tmp_path is private to root
+    try:
+        root.chmod(0o755)
+        shutil.copy(corpus, root / "corpus.jsonl")
+        (root / "corpus.jsonl").chmod(0o644)
+        locked = root / "locked"
+        prepare("pydoc", locked / "shards", gpt2_tokenizer, progress=False)
+        (locked / "keep.txt").write_text("the user's file")
+        for p in [locked, *locked.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)  # readable by all, writable by root only
+        probe = subprocess.run(nobody + ["touch", str(locked / "probe")], capture_output=True)
+        assert probe.returncode != 0, "nobody could write: the test would prove nothing"
+        before = tree(root)
+        out = locked / "shards"
+        r = subprocess.run(nobody + [sys.executable, "-c", AS_NOBODY, str(root / "corpus.jsonl"), str(out),
+                                     str(shared_data / "gpt2-tokenizer")],
+                           env=dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(root)), capture_output=True,
+                           text=True, timeout=300)
+        assert (r.returncode, r.stdout) == (2, f"cannot write the shards to '{out}': permission denied; choose a "
+                                               "folder you may write to, or fix its permissions\n"), r.stderr[-2000:]
+        assert tree(root) == before
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -23,7 +23,7 @@ manifest without touching anything; `content_hash` is a hash of the tokens.
     >>> tok = Tokenizer.from_dir("../shared/data/gpt2-tokenizer")
     >>> manifest = prepare("pydoc", "/tmp/kgpt2-pydoc-shards", tok, progress=False)
     >>> train = ShardSet("/tmp/kgpt2-pydoc-shards").split("train")
-    >>> tok.decode(train.article_tokens(0)).startswith("The assert statement")
+    >>> tok.decode(train.article_tokens(0)).startswith('The "assert" statement')
     True
 """
 

@@ -405,3 +405,17 @@ def test_permission_denied_is_one_sentence_for_a_user_who_may_not_write(tmp_path
         assert tree(root) == before
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_latin1_lines_of_instruction_jsonl_are_skipped_not_the_whole_file(tmp_path, gpt2_tokenizer):
+    from kgpt2.data.sources import detect_format
+
+    good = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+    corpus = tmp_path / "alpaca.jsonl"
+    corpus.write_bytes(json.dumps(good).encode() + b"\n"
+                       + '{"instruction": "Traduis", "input": "café", "output": "coffee"}\n'.encode("latin-1")
+                       + json.dumps(good).encode() + b"\n")
+    assert detect_format(str(corpus)) == "alpaca"
+    m = prepare(corpus, tmp_path / "out", gpt2_tokenizer, splits="train", progress=False)
+    assert m["splits"]["train"]["num_articles"] == 2
+    assert m["skipped"]["by_reason"] == {"not UTF-8": 1} and m["skipped"]["examples"] == [f"{corpus}:2: not UTF-8"]

@@ -385,7 +385,13 @@ def _read_table(src: Source):
 
 # Instruction and preference data --------------------------------------------
 def _json_array(path: Path):
-    """Records of a JSON array file, or of a JSON Lines file."""
+    """Records of a JSON array file; None for JSON Lines, which are streamed line by
+    line (a non-UTF-8 line skipped and counted there, not the whole file refused)."""
+    with open(path, "rb") as f:
+        while (first := f.read(1)).isspace():
+            pass
+    if first != b"[":
+        return None
     text = path.read_bytes()
     try:
         text = text.decode("utf-8")

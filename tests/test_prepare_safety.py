@@ -358,7 +358,7 @@ def test_the_real_cli_exits_2_with_one_line(corpus):
     assert tree(corpus.parent) == before
 
 
-AS_NOBODY = r"""
+PREPARE_SCRIPT = r"""
 import sys
 from kgpt2.data.shards import prepare
 from kgpt2.errors import UserError
@@ -396,7 +396,7 @@ def test_permission_denied_is_one_sentence_for_a_user_who_may_not_write(tmp_path
         assert probe.returncode != 0, "nobody could write: the test would prove nothing"
         before = tree(root)
         out = locked / "shards"
-        r = subprocess.run(nobody + [sys.executable, "-c", AS_NOBODY, str(root / "corpus.jsonl"), str(out),
+        r = subprocess.run(nobody + [sys.executable, "-c", PREPARE_SCRIPT, str(root / "corpus.jsonl"), str(out),
                                      str(shared_data / "gpt2-tokenizer")],
                            env=dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(root)), capture_output=True,
                            text=True, timeout=300)
@@ -419,3 +419,25 @@ def test_latin1_lines_of_instruction_jsonl_are_skipped_not_the_whole_file(tmp_pa
     m = prepare(corpus, tmp_path / "out", gpt2_tokenizer, splits="train", progress=False)
     assert m["splits"]["train"]["num_articles"] == 2
     assert m["skipped"]["by_reason"] == {"not UTF-8": 1} and m["skipped"]["examples"] == [f"{corpus}:2: not UTF-8"]
+
+
+def test_two_prepares_of_one_out_at_once_leave_one_whole_set(tmp_path, corpus, shared_data, gpt2_tokenizer):
+    out = tmp_path / "shards"
+    prepare("pydoc", out, gpt2_tokenizer, progress=False)
+    sources = [corpus, shared_data / "pubmed" / "memsum_pubmed_300" / "val.jsonl"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", PREPARE_SCRIPT, str(s), str(out), str(shared_data / "gpt2-tokenizer")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in sources]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert all(rc in (0, 2) and "Traceback" not in err for rc, _, err in results), results
+    assert any(rc == 0 for rc, _, _ in results)
+    winner = ShardSet(out).manifest["source"]  # one whole set, from one of the two
+    assert winner in {str(s) for s in sources}
+    shards = ShardSet(out)
+    for name in ("train", "validation", "test"):  # whole: every file complete and consistent
+        split = shards.split(name)
+        assert len(split.offsets) == split.num_articles + 1 and split.offsets[-1] == split.num_tokens
+        assert (out / f"{name}.bin").stat().st_size == 2 * split.num_tokens
+    assert sum(s["num_articles"] for s in shards.manifest["splits"].values()) > 0
+    prepare(winner, out, gpt2_tokenizer, progress=False)  # the next prepare leaves nothing else behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]

@@ -394,14 +394,17 @@ def test_permission_denied_is_one_sentence_for_a_user_who_may_not_write(tmp_path
             p.chmod(0o755 if p.is_dir() else 0o644)  # readable by all, writable by root only
         probe = subprocess.run(nobody + ["touch", str(locked / "probe")], capture_output=True)
         assert probe.returncode != 0, "nobody could write: the test would prove nothing"
+        secret = root / "secret"  # a folder nobody may not even list
+        secret.mkdir(mode=0o700)
+        (secret / "mine.txt").write_text("private")
         before = tree(root)
-        out = locked / "shards"
-        r = subprocess.run(nobody + [sys.executable, "-c", PREPARE_SCRIPT, str(root / "corpus.jsonl"), str(out),
-                                     str(shared_data / "gpt2-tokenizer")],
-                           env=dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(root)), capture_output=True,
-                           text=True, timeout=300)
-        assert (r.returncode, r.stdout) == (2, f"cannot write the shards to '{out}': permission denied; choose a "
-                                               "folder you may write to, or fix its permissions\n"), r.stderr[-2000:]
+        for out in (locked / "shards", secret):
+            r = subprocess.run(nobody + [sys.executable, "-c", PREPARE_SCRIPT, str(root / "corpus.jsonl"), str(out),
+                                         str(shared_data / "gpt2-tokenizer")],
+                               env=dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(root)), capture_output=True,
+                               text=True, timeout=300)
+            assert (r.returncode, r.stdout) == (2, f"cannot write the shards to '{out}': permission denied; choose a "
+                                                   "folder you may write to, or fix its permissions\n"), r.stderr[-2000:]
         assert tree(root) == before
     finally:
         shutil.rmtree(root, ignore_errors=True)

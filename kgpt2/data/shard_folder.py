@@ -104,7 +104,10 @@ def check_out_folder(out: Path, source: Path | None) -> None:
         return
     if not out.is_dir():
         raise UserError(f"--out '{out}' is a file, not a folder; name a new folder for the shards")
-    unknown = unknown_files(out)
+    try:
+        unknown = unknown_files(out)
+    except OSError as e:  # e.g. a folder this user may not list
+        raise UserError(os_error_sentence(e, out)) from None
     if unknown:
         raise UserError(f"--out '{out}' holds files that are not a kgpt2 shard set (e.g. {unknown[0]}); "
                         "kgpt2 replaces only its own shard sets, so name a new or empty folder")

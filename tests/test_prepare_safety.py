@@ -147,10 +147,14 @@ def test_latin1_jsonl_lines_are_skipped_and_counted(cli, tmp_path):
 
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(('{"article": "Café", "abstract": "Thé"}\n' * 2).encode("latin-1"))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"article": "cut\n')
     before = tree(tmp_path)
     assert cli("--source", str(latin), "--out", str(tmp_path / "o2")) == (
-        2, f"kgpt2: error: none of the 2 lines of '{latin}' is UTF-8 JSON; if it is in another encoding, "
+        2, f"kgpt2: error: none of the 2 lines of '{latin}' is UTF-8 JSON; it is in another encoding: "
            "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)\n")
+    assert cli("--source", str(broken), "--out", str(tmp_path / "o3")) == (
+        2, f"kgpt2: error: none of the 1 lines of '{broken}' is UTF-8 JSON; it is not JSON Lines: pass --format\n")
     assert tree(tmp_path) == before
 
 

@@ -154,16 +154,18 @@ def _first_record(p: Path):
             line = f.readline()
         if line.lstrip().startswith(b"["):  # a JSON array: look at its first object
             return next(iter(_json_array(p)), {})
-        bad = 0
+        bad, first_bad = 0, None
         while line:
             try:
                 return json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 bad += bool(line.strip())
+                first_bad = first_bad or isinstance(e, UnicodeDecodeError)
                 line = f.readline()
     if bad:
-        raise UserError(f"none of the {bad} lines of '{p}' is UTF-8 JSON; if it is in another encoding, "
-                        "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+        advice = ("it is in another encoding: re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)" if first_bad
+                  else "it is not JSON Lines: pass --format")
+        raise UserError(f"none of the {bad} lines of '{p}' is UTF-8 JSON; {advice}")
     return {}
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from kgpt2 import backend
 
@@ -72,9 +73,11 @@ def _prepare(p: argparse.ArgumentParser):
 
     def run(a):
         from kgpt2.config import ModelConfig
+        from kgpt2.data.shard_folder import check_out_folder, local_source
         from kgpt2.data.shards import prepare
         from kgpt2.models import load_tokenizer
 
+        check_out_folder(Path(a.out), local_source(a.source))  # before a tokenizer download, not after
         tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer))
         m = prepare(a.source, a.out, tok, fmt=a.fmt, contents=a.contents, splits=a.splits,
                     seed=a.seed, text_column=a.text_column, threads=a.threads,

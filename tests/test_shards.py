@@ -150,11 +150,11 @@ def test_failed_prepare_leaves_the_old_shard_set_and_no_half_written_one(tmp_pat
             yield doc
 
     monkeypatch.setitem(sources._READERS, "pydoc", failing_reader)
-    with pytest.raises(OSError, match="disk went away"):
+    with pytest.raises(UserError, match="disk went away"):  # an OS error: one sentence
         prepare("pydoc", out, gpt2_tokenizer, splits="hash", seed=7, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # no temp dir left behind
     assert json.loads((out / "manifest.json").read_text())["content_hash"] == good["content_hash"]
-    with pytest.raises(OSError):
+    with pytest.raises(UserError):
         prepare("pydoc", tmp_path / "fresh", gpt2_tokenizer, progress=False)
     assert not (tmp_path / "fresh").exists()
 

@@ -10,9 +10,11 @@ A shard set is a directory:
 
 so a stage can take "the next N articles" and a resume can restart at an exact
 token. `prepare` streams the source in batches (bounded memory: the text of two
-batches plus 8 bytes per article), encodes them on all cores, writes into a
-temporary directory and renames it into place at the end: a failed prepare
-never leaves a shard set that looks complete. Re-running it on unchanged
+batches plus 8 bytes per article; a long article is encoded in pieces that give
+the same ids), encodes them on all cores, writes into a temporary folder and
+renames it into place at the end: a failed prepare never leaves a shard set
+that looks complete, and only a shard set is ever replaced
+(`kgpt2.data.shard_folder` says which `--out` is refused). Re-running it on unchanged
 inputs (same files, sizes, mtimes, options, tokenizer) returns the existing
 manifest without touching anything; `content_hash` is a hash of the tokens.
 
@@ -21,7 +23,7 @@ manifest without touching anything; `content_hash` is a hash of the tokens.
     >>> tok = Tokenizer.from_dir("../shared/data/gpt2-tokenizer")
     >>> manifest = prepare("pydoc", "/tmp/kgpt2-pydoc-shards", tok, progress=False)
     >>> train = ShardSet("/tmp/kgpt2-pydoc-shards").split("train")
-    >>> tok.decode(train.article_tokens(0)).startswith("The assert statement")
+    >>> tok.decode(train.article_tokens(0)).startswith('The "assert" statement')
     True
 """
 
@@ -30,8 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
 import zlib
 from array import array
 from collections import deque
@@ -40,12 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
+from kgpt2.data.shard_folder import (FORMAT, check_out_folder, clean_leftovers, local_source, os_error_sentence,
+                                     publish, read_manifest, temp_folder, write_manifest)
 from kgpt2.data.sources import Document, Source, open_source
 from kgpt2.errors import UserError
 from kgpt2.instructions import InstructionDocument, encode_example
 from kgpt2.tokenizer import Tokenizer, usable_cores
 
-FORMAT = "kgpt2-shards/1"
 SPLITS = ("train", "validation", "test")
 
 
@@ -88,17 +91,21 @@ class _SplitWriter:
         self.directory, self.mask = directory, None
         self.target_tokens = 0  # ones in the mask file, counted as it is written
 
-    def add(self, doc_id: str, ids, mask=None) -> None:
-        """Write one article's token ids (a list or an int array) and an end-of-text.
+    def add(self, doc_id: str, pieces, mask=None) -> None:
+        """Write one article's token ids (arrays or lists, back to back) and an end-of-text.
 
         `mask` (instruction data): uint8 per token incl. the end-of-text, 1 = a
         training target. The mask file starts at the first masked article;
         tokens before it (and unmasked articles) count as targets.
         """
-        data = np.asarray(ids).astype(self.dtype, copy=False).tobytes() + self.eos
-        n = len(data) // len(self.eos)  # tokens of this article, end-of-text included
-        self.tokens.write(data)
-        self.hash.update(data)
+        n = 1  # tokens of this article, end-of-text included
+        for ids in pieces:  # one piece at a time: a huge article is never copied whole
+            data = np.asarray(ids).astype(self.dtype, copy=False).tobytes()
+            self.tokens.write(data)
+            self.hash.update(data)
+            n += len(data) // len(self.eos)
+        self.tokens.write(self.eos)
+        self.hash.update(self.eos)
         if mask is not None and self.mask is None:
             self.mask = open(self.directory / f"{self.name}.mask.bin", "wb")
             self.mask.write(np.ones(self.offsets[-1], dtype=np.uint8).tobytes())
@@ -155,39 +162,33 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
         raise UserError(f"split fractions {tuple(fractions)} must be three non-negative numbers summing to 1")
     src = source if isinstance(source, Source) else open_source(
         source, fmt, contents=contents, **source_options)
-    out_dir = Path(out_dir)
-    if Path(src.path).is_dir() and out_dir.resolve().is_relative_to(Path(src.path).resolve()):
-        # the shard set's own files (article ids are .txt) would become input on the next run
-        raise UserError(f"--out '{out_dir}' is inside the source folder '{src.path}'; write the shards elsewhere")
+    local = local_source(src)
+    # Resolved: `--out .` gets a real name, and a symlinked --out is replaced where it points.
+    out_dir = Path(out_dir).resolve()
+    check_out_folder(out_dir, local)
     options = {"format": src.format, "contents": src.contents, "splits": splits,
                "fractions": list(fractions), "seed": seed, "text_column": src.text_column,
                "separator": src.separator, "max_doc_chars": max_doc_chars}
-    signature = _input_signature(src, tokenizer, options)
-    existing = out_dir / "manifest.json"
-    if existing.is_file():
-        try:
-            old = json.loads(existing.read_text())
-            if old.get("input_signature") == signature:
-                return old  # same inputs, same options, same tokenizer: nothing to do
-        except json.JSONDecodeError:
-            pass
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_folder(out_dir)
     try:
-        manifest = _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs,
-                                 max_doc_chars, progress, threads or usable_cores())
-        manifest.update(input_signature=signature, options=options, source=str(src.path))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            old_dir = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.rename(out_dir, old_dir)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        clean_leftovers(out_dir)  # first: it may put back the previous set a kill left aside
+        signature = _input_signature(src, tokenizer, options)
+        old = read_manifest(out_dir)
+        if old.get("input_signature") == signature:
+            return old  # same inputs, same options, same tokenizer: nothing to do
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        try:
+            manifest = _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs,
+                                     max_doc_chars, progress, threads or usable_cores())
+            manifest.update(input_signature=signature, options=options, source=str(src.path))
+            write_manifest(tmp, manifest)
+            publish(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # ours alone: nothing half-written stays
+            raise
+    except OSError as e:
+        raise UserError(os_error_sentence(e, out_dir, tmp, local)) from None
     return manifest
 
 
@@ -216,6 +217,36 @@ def split_tail(docs, fraction: float):
 
 
 
+_PIECE_CHARS = 1 << 16  # encoded at once: the tokenizer's memory stays small whatever the article size
+_PIECE_SEARCH = 1 << 18  # how far past that a safe cut is looked for before cutting anyway
+_SAFE_CUT = re.compile(r"\S[ \t\n\r]")
+
+
+def encoding_pieces(text: str, size: int = _PIECE_CHARS) -> list[tuple[int, int]]:
+    """(start, end) of pieces of `text` whose ids, concatenated, are the ids of the whole.
+
+    Cuts fall between a non-space character and the ASCII whitespace after
+    it: GPT-2's pre-tokenizer regex (tiktoken's and `tokenizers`' ByteLevel)
+    never puts those two in one pre-token, and BPE merges only within one, so
+    such a cut changes no id (tests check this against tiktoken). Python's
+    `\S` excludes more characters than the Unicode White_Space class the regex
+    uses, so the rule errs safe. A stretch of `size` + 256 K characters with
+    no such point is cut there anyway, which may change the ids next to that cut.
+
+        >>> encoding_pieces("one two three", size=4)
+        [(0, 7), (7, 13)]
+    """
+    bounds, start, n = [], 0, len(text)
+    while start < n:
+        end = start + size
+        if end < n:
+            m = _SAFE_CUT.search(text, end - 1, min(n, end + _PIECE_SEARCH))
+            end = m.start() + 1 if m else end + _PIECE_SEARCH
+        bounds.append((start, min(end, n)))
+        start = end
+    return bounds
+
+
 _BATCH_CHARS = 8_000_000  # a batch holds at most ~8 MB of text (plus one long document)
 
 
@@ -233,30 +264,38 @@ def _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs, max_
     pool = ThreadPoolExecutor(max_workers=threads)
     pending: deque = deque()
 
-    def encode(docs):
-        """(ids, loss mask or None) per document; runs in the pool."""
-        plain = iter(tokenizer.encode_arrays([d.text for d in docs if not isinstance(d, InstructionDocument)]))
+    def encode(batch, items):
+        """[(document index, ids, loss mask or None)] of `items`; runs in the pool."""
         out = []
-        for d in docs:
+        for i, start, end in items:
+            d = batch[i]
             if isinstance(d, InstructionDocument):  # prompt and response encoded apart
                 ids, mask = encode_example(tokenizer, d.text[:d.prompt_chars], d.text[d.prompt_chars:])
-                out.append((ids[:-1], mask))  # the writer adds the end-of-text
-            else:
-                out.append((next(plain), None))
+                out.append((i, ids[:-1], mask))  # the writer adds the end-of-text
+            else:  # the writer's dtype here: a piece's ids are held in it until written
+                ids = tokenizer.encode_arrays([d.text[start:end]])[0]
+                out.append((i, np.asarray(ids).astype(dtype, copy=False), None))
         return out
 
     def submit(batch):
-        step = max(1, -(-len(batch) // threads))
-        futures = [pool.submit(encode, batch[i:i + step]) for i in range(0, len(batch), step)]
+        items = [(i, start, end) for i, d in enumerate(batch)
+                 for start, end in ([(0, len(d.text))] if isinstance(d, InstructionDocument)
+                                    else encoding_pieces(d.text))]
+        step = max(1, -(-len(items) // threads))  # a huge article's pieces spread over the threads too
+        futures = [pool.submit(encode, batch, items[k:k + step]) for k in range(0, len(items), step)]
         pending.append((batch, futures))
 
     def write_oldest():
         nonlocal tokens_done
         batch, futures = pending.popleft()
-        encoded = [e for f in futures for e in f.result()]
-        for doc, (ids, mask) in zip(batch, encoded):
-            writers[doc.split].add(doc.id, ids, mask)
-            tokens_done += len(ids) + 1
+        encoded: dict = {}  # document index -> ([ids of each piece], mask)
+        for future in futures:
+            for i, ids, mask in future.result():
+                encoded.setdefault(i, ([], mask))[0].append(ids)
+        for i, doc in enumerate(batch):
+            pieces, mask = encoded.pop(i, ([], None))
+            writers[doc.split].add(doc.id, pieces, mask)
+            tokens_done += sum(len(ids) for ids in pieces) + 1
         bar.update(len(batch))
         bar.set_postfix(tokens=f"{tokens_done:,}", refresh=False)
 

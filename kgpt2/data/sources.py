@@ -143,16 +143,30 @@ def detect_format(path: str) -> str:
 
 
 def _first_record(p: Path):
+    """The first JSON object of a JSON array or JSON Lines file, for format detection.
+
+    Lines that are not UTF-8 JSON are passed over here (the reader skips and
+    counts them); a file with no such line at all is refused.
+    """
     with open(p, "rb") as f:
         line = f.readline()
         while line and not line.strip():
             line = f.readline()
-    if line.lstrip().startswith(b"["):  # a JSON array: look at its first object
-        return next(iter(_json_array(p)), {})
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        raise UserError(f"{p}:1: not valid JSON, so the format cannot be detected; pass --format") from None
+        if line.lstrip().startswith(b"["):  # a JSON array: look at its first object
+            return next(iter(_json_array(p)), {})
+        bad, first_bad = 0, None
+        while line:
+            try:
+                return json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                bad += bool(line.strip())
+                first_bad = first_bad or isinstance(e, UnicodeDecodeError)
+                line = f.readline()
+    if bad:
+        advice = ("it is in another encoding: re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)" if first_bad
+                  else "it is not JSON Lines: pass --format")
+        raise UserError(f"none of the {bad} lines of '{p}' is UTF-8 JSON; {advice}")
+    return {}
 
 
 def open_source(path: str, fmt: str | None = None, contents: str = "both",
@@ -373,7 +387,13 @@ def _read_table(src: Source):
 
 # Instruction and preference data --------------------------------------------
 def _json_array(path: Path):
-    """Records of a JSON array file, or of a JSON Lines file."""
+    """Records of a JSON array file; None for JSON Lines, which are streamed line by
+    line (a non-UTF-8 line skipped and counted there, not the whole file refused)."""
+    with open(path, "rb") as f:
+        while (first := f.read(1)).isspace():
+            pass
+    if first != b"[":
+        return None
     text = path.read_bytes()
     try:
         text = text.decode("utf-8")

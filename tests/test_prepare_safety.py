@@ -1,0 +1,450 @@
+"""`kgpt2 prepare` never loses a user's file: refused --out folders, kills, read-only and full disks.
+
+Each case asserts the exact one-line message, the exit status and that every
+file that was there before is still there with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kgpt2.data.shards import ShardSet, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree(root: Path) -> dict:
+    """Every file and folder under `root`: path -> sha256 of its bytes (folders: 'dir')."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def cli(shared_data, capsys, monkeypatch):
+    """`kgpt2 prepare ARGS` through the CLI's main(): (exit status, stderr without the progress bar)."""
+    from kgpt2.cli import main
+
+    def run(*argv, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        rc = main(["prepare", *argv, "--tokenizer", str(shared_data / "gpt2-tokenizer")])
+        lines = capsys.readouterr().err.splitlines(keepends=True)
+        return rc, "".join(line for line in lines if not line.startswith(("\r", "prepare ")))
+
+    return run
+
+
+@pytest.fixture
+def corpus(tmp_path, shared_data) -> Path:
+    """proj/corpus.jsonl: five real MemSum records."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    lines = open(shared_data / "pubmed" / "memsum_pubmed_300" / "val.jsonl", "rb").readlines()[:5]
+    (proj / "corpus.jsonl").write_bytes(b"".join(lines))
+    return proj / "corpus.jsonl"
+
+
+def test_new_and_empty_out_folders_are_written(cli, corpus, tmp_path):
+    assert cli("--source", str(corpus), "--out", str(tmp_path / "new" / "shards"))[0] == 0
+    (tmp_path / "empty").mkdir()
+    assert cli("--source", str(corpus), "--out", str(tmp_path / "empty"))[0] == 0
+    assert sum(s["num_articles"] for s in ShardSet(tmp_path / "empty").manifest["splits"].values()) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "new", "proj"]  # no temp folder left
+
+
+def test_a_previous_shard_set_is_replaced_and_nothing_else_is_left(cli, corpus, tmp_path):
+    out = tmp_path / "shards"
+    assert cli("--source", "pydoc", "--out", str(out))[0] == 0
+    assert cli("--source", str(corpus), "--out", str(out))[0] == 0
+    assert ShardSet(out).manifest["source"] == str(corpus)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
+
+
+@pytest.mark.parametrize("extra", ["notes.txt", "sub/data.bin", ".hidden"])
+def test_a_folder_holding_anything_else_is_refused_untouched(cli, corpus, tmp_path, extra):
+    out = tmp_path / "shards"
+    assert cli("--source", "pydoc", "--out", str(out))[0] == 0  # a shard set ...
+    (out / extra).parent.mkdir(parents=True, exist_ok=True)
+    (out / extra).write_text("the user's own work")  # ... plus one file of the user's
+    before = tree(tmp_path)
+    rc, err = cli("--source", str(corpus), "--out", str(out))
+    first = extra.split("/")[0]
+    assert (rc, err) == (2, f"kgpt2: error: --out '{out}' holds files that are not a kgpt2 shard set "
+                            f"(e.g. {first}); kgpt2 replaces only its own shard sets, so name a new or empty folder\n")
+    assert tree(tmp_path) == before
+
+
+def test_a_folder_of_user_files_without_a_manifest_is_refused(cli, corpus, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "a.csv").write_text("x,y\n1,2\n")
+    (out / "manifest.json").write_text('{"mine": true}')  # a manifest, but not kgpt2's
+    before = tree(tmp_path)
+    rc, err = cli("--source", str(corpus), "--out", str(out))
+    assert rc == 2 and err == (f"kgpt2: error: --out '{out}' holds files that are not a kgpt2 shard set "
+                               "(e.g. a.csv); kgpt2 replaces only its own shard sets, so name a new or empty folder\n")
+    assert tree(tmp_path) == before
+
+
+def test_the_source_or_a_folder_holding_it_is_refused(cli, corpus, tmp_path):
+    proj = corpus.parent
+    (proj / "data").mkdir()
+    nested = proj / "data" / "more.jsonl"
+    nested.write_bytes(corpus.read_bytes())
+    before = tree(tmp_path)
+    holds = "kgpt2: error: --out '{out}' holds the source '{src}'; write the shards to a new folder, e.g. --out {out}/shards\n"
+    cases = [(corpus, proj), (nested, proj), (proj / "data", proj / "data"), (corpus, corpus)]
+    for source, out in cases:
+        assert cli("--source", str(source), "--out", str(out)) == (2, holds.format(out=out, src=source))
+    # `--out .` from the source's folder
+    assert cli("--source", "corpus.jsonl", "--out", ".", cwd=proj) == (2, holds.format(out=proj, src=corpus))
+    inside = ("kgpt2: error: --out '{out}' is inside the source folder '{src}'; write the shards elsewhere\n")
+    out = proj / "data" / "shards"
+    assert cli("--source", str(proj / "data"), "--out", str(out)) == (2, inside.format(out=out, src=proj / "data"))
+    assert tree(tmp_path) == before
+
+
+def test_the_working_folder_and_a_file_are_refused(cli, corpus, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "notes.txt").write_text("keep me")
+    before = tree(tmp_path)
+    assert cli("--source", str(corpus), "--out", ".", cwd=work) == (
+        2, f"kgpt2: error: --out '{work}' is the folder you are working in; name a new folder for the shards, "
+           "e.g. --out shards\n")
+    assert cli("--source", str(corpus), "--out", str(tmp_path / "notes.txt")) == (
+        2, f"kgpt2: error: --out '{tmp_path / 'notes.txt'}' is a file, not a folder; name a new folder for the shards\n")
+    out = tmp_path / "notes.txt" / "shards"
+    assert cli("--source", str(corpus), "--out", str(out)) == (
+        2, f"kgpt2: error: cannot write the shards to '{out}' ('{tmp_path / 'notes.txt'}'): a file is in the way; "
+           "choose another path\n")
+    assert cli("--source", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")) == (
+        2, f"kgpt2: error: source '{tmp_path / 'nope.jsonl'}' does not exist\n")
+    assert tree(tmp_path) == before
+
+
+def test_latin1_jsonl_lines_are_skipped_and_counted(cli, tmp_path):
+    good = json.dumps({"article": "The patient recovered fully.", "abstract": "Recovery."})
+    corpus = tmp_path / "mixed.jsonl"
+    corpus.write_bytes('{"article": "Le café était fermé.", "abstract": "Fermé."}\n'.encode("latin-1")
+                       + (good + "\n").encode())
+    assert cli("--source", str(corpus), "--out", str(tmp_path / "shards"), "--splits", "train")[0] == 0
+    manifest = ShardSet(tmp_path / "shards").manifest
+    assert manifest["splits"]["train"]["num_articles"] == 1
+    assert manifest["skipped"] == {"total": 1, "by_reason": {"not UTF-8": 1}, "examples": [f"{corpus}:1: not UTF-8"]}
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(('{"article": "Café", "abstract": "Thé"}\n' * 2).encode("latin-1"))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"article": "cut\n')
+    before = tree(tmp_path)
+    assert cli("--source", str(latin), "--out", str(tmp_path / "o2")) == (
+        2, f"kgpt2: error: none of the 2 lines of '{latin}' is UTF-8 JSON; it is in another encoding: "
+           "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)\n")
+    assert cli("--source", str(broken), "--out", str(tmp_path / "o3")) == (
+        2, f"kgpt2: error: none of the 1 lines of '{broken}' is UTF-8 JSON; it is not JSON Lines: pass --format\n")
+    assert tree(tmp_path) == before
+
+
+# Read-only and full disks: small tmpfs mounts (root only); chmod would not stop root.
+@pytest.fixture
+def tmpfs(tmp_path):
+    mounts = []
+
+    def mount(name: str, size: str = "1m") -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip() or 'not root'})")
+        mounts.append(d)
+        return d
+
+    yield mount
+    for d in mounts:
+        subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def _read_only(d: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
+    with pytest.raises(OSError):  # really read-only, even for root
+        (d / "probe").write_text("x")
+
+
+def test_read_only_folder_is_one_sentence_and_the_old_set_stays(cli, corpus, tmp_path, tmpfs):
+    disk = tmpfs("ro")
+    (disk / "keep.txt").write_text("the user's file")
+    assert cli("--source", "pydoc", "--out", str(disk / "shards"))[0] == 0
+    _read_only(disk)
+    before = tree(disk)
+    for out in (disk / "shards", disk / "new"):
+        assert cli("--source", str(corpus), "--out", str(out)) == (
+            2, f"kgpt2: error: cannot write the shards to '{out}': it is on a read-only file system; "
+               "choose a writable folder for --out\n")
+    assert tree(disk) == before
+
+
+def test_full_disk_is_one_sentence_and_leaves_no_half_written_set(cli, tmp_path, tmpfs, shared_data):
+    disk = tmpfs("full", size="512k")
+    (disk / "keep.txt").write_text("the user's file")
+    small = tmp_path / "small.jsonl"
+    small.write_bytes(b"".join(open(shared_data / "pubmed" / "memsum_pubmed_300" / "val.jsonl", "rb").readlines()[:3]))
+    assert cli("--source", str(small), "--out", str(disk / "shards"))[0] == 0
+    before = tree(disk)
+    big = shared_data / "pubmed" / "memsum_pubmed_300" / "val.jsonl"  # ~1.8 MB of text: > 1 MB of tokens
+    assert cli("--source", str(big), "--out", str(disk / "shards")) == (
+        2, f"kgpt2: error: cannot write the shards to '{disk / 'shards'}': the disk is full; "
+           "free some space or choose another --out\n")
+    assert tree(disk) == before  # the previous set intact, no temp folder left
+
+
+# Kills: a prepare in a subprocess pauses at a named point and is SIGKILLed there.
+KILLED_PREPARE = r"""
+import pathlib, sys, time
+import kgpt2.data.shard_folder as folder
+import kgpt2.data.shards as shards
+from kgpt2.tokenizer import Tokenizer
+
+source, out, tokenizer, ready, point = sys.argv[1:6]
+
+def pause():
+    pathlib.Path(ready).write_text("paused")
+    time.sleep(600)
+
+if point == "writing":  # after a few articles are in the temp folder
+    add, added = shards._SplitWriter.add, []
+    def add_then_pause(self, *args, **kwargs):
+        add(self, *args, **kwargs)
+        added.append(1)
+        if len(added) == 3:
+            self.tokens.flush()
+            pause()
+    shards._SplitWriter.add = add_then_pause
+else:  # "publishing": the old set moved aside, the new one not yet renamed in
+    rename = folder.os.rename
+    def rename_then_pause(a, b):
+        rename(a, b)
+        pause()
+    folder.os.rename = rename_then_pause
+shards.prepare(source, out, Tokenizer.from_dir(tokenizer), progress=False)
+"""
+
+
+def _kill_prepare_at(point, source, out, shared_data, tmp_path) -> int:
+    ready = tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PREPARE, str(source), str(out),
+                             str(shared_data / "gpt2-tokenizer"), str(ready), point],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the prepare never reached the kill point"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ready.unlink()
+    return proc.pid
+
+
+def test_sigkill_while_writing_keeps_the_old_set_and_the_next_prepare_cleans_up(tmp_path, corpus, shared_data,
+                                                                                gpt2_tokenizer):
+    out = tmp_path / "shards"
+    prepare("pydoc", out, gpt2_tokenizer, progress=False)
+    before = tree(out)
+    pid = _kill_prepare_at("writing", corpus, out, shared_data, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".shards.kgpt2-tmp-{pid}", "proj", "shards"]
+    assert tree(out) == before  # the old set, untouched and usable
+    assert ShardSet(out).split("train").num_articles > 0
+    prepare(corpus, out, gpt2_tokenizer, progress=False)  # the re-run succeeds and cleans up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
+    assert ShardSet(out).manifest["source"] == str(corpus)
+
+
+def test_sigkill_between_the_two_renames_puts_the_old_set_back(tmp_path, corpus, shared_data, gpt2_tokenizer):
+    out = tmp_path / "shards"
+    first = prepare("pydoc", out, gpt2_tokenizer, progress=False)
+    before = tree(out)
+    pid = _kill_prepare_at("publishing", corpus, out, shared_data, tmp_path)
+    old = f".shards.kgpt2-old-{pid}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old, f".shards.kgpt2-tmp-{pid}", "proj"]
+    assert tree(tmp_path / old) == before  # aside, not lost
+    # The next prepare (same inputs as the old set) puts it back: nothing to rebuild.
+    assert prepare("pydoc", out, gpt2_tokenizer, progress=False) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
+    assert tree(out) == before
+
+
+def test_cleanup_removes_only_its_own_folders_of_dead_processes(tmp_path):
+    from kgpt2.data.shard_folder import clean_leftovers
+
+    live = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        kept = [f".shards.kgpt2-tmp-{live.pid}", f".other.kgpt2-tmp-{dead.pid}", ".shards.tmp-abc",
+                f"shards.kgpt2-tmp-{dead.pid}", "shards"]
+        for name in kept + [f".shards.kgpt2-tmp-{dead.pid}"]:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "f").write_text(name)
+        clean_leftovers(tmp_path / "shards")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _tricky_text(shared_data, chars: int) -> str:
+    """Real PubMed sentences with the whitespace GPT-2's regex treats specially mixed in."""
+    sentences = []
+    for line in open(shared_data / "pubmed" / "memsum_pubmed_300" / "val.jsonl", encoding="utf-8"):
+        sentences += json.loads(line)["text"]
+    odd = ["  ", "\t", "\r\n", "\n\n\n", " \u00a0", "\u3000", "\x1c", " " * 1000, "<|endoftext|>", " 's", "\n "]
+    parts, size, i = [], 0, 0
+    while size < chars:
+        piece = sentences[i % len(sentences)] + odd[i % len(odd)]
+        parts.append(piece)
+        size += len(piece)
+        i += 1
+    return "".join(parts)
+
+
+def test_a_huge_document_is_encoded_in_pieces_exactly_like_tiktoken_encodes_it_whole(tmp_path, shared_data,
+                                                                                     gpt2_tokenizer):
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    from kgpt2.data.shards import encoding_pieces
+
+    d = shared_data / "gpt2-tokenizer"
+    oracle = tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, special_tokens={"<|endoftext|>": 50256},
+                               mergeable_ranks=data_gym_to_mergeable_bpe_ranks(str(d / "vocab.bpe"),
+                                                                               str(d / "encoder.json")))
+    text = _tricky_text(shared_data, 3_000_000)
+    assert len(encoding_pieces(text)) > 40
+    (tmp_path / "huge.txt").write_text(text, encoding="utf-8")
+    prepare(tmp_path / "huge.txt", tmp_path / "out", gpt2_tokenizer, splits="train", progress=False)
+    ids = ShardSet(tmp_path / "out").split("train").article_tokens(0)[:-1]
+    assert ids.tolist() == oracle.encode_ordinary(text)
+
+
+def test_pieces_match_whole_text_encoding_with_a_tokenizers_bpe(tmp_path, shared_data, pydoc_tokenizer):
+    assert pydoc_tokenizer.engine == "tokenizers"
+    text = _tricky_text(shared_data, 300_000)
+    (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
+    prepare(tmp_path / "doc.txt", tmp_path / "out", pydoc_tokenizer, splits="train", progress=False)
+    ids = ShardSet(tmp_path / "out").split("train").article_tokens(0)[:-1]
+    assert ids.tolist() == pydoc_tokenizer._hf.encode(text, add_special_tokens=False).ids
+
+
+@pytest.mark.slow  # a real `kgpt2` process: ~10 s to import Keras
+def test_the_real_cli_exits_2_with_one_line(corpus):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    before = tree(corpus.parent)
+    r = subprocess.run([sys.executable, "-m", "kgpt2.cli", "prepare", "--source", "corpus.jsonl", "--out", "."],
+                       cwd=corpus.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"kgpt2: error: --out '{corpus.parent}' holds the source '{corpus}'; write the shards to a "
+                        f"new folder, e.g. --out {corpus.parent}/shards\n")
+    assert tree(corpus.parent) == before
+
+
+PREPARE_SCRIPT = r"""
+import sys
+from kgpt2.data.shards import prepare
+from kgpt2.errors import UserError
+from kgpt2.tokenizer import Tokenizer
+
+source, out, tokenizer = sys.argv[1:4]
+try:
+    prepare(source, out, Tokenizer.from_dir(tokenizer), progress=False)
+except UserError as e:
+    print(e)
+    sys.exit(2)
+"""
+
+
+def test_permission_denied_is_one_sentence_for_a_user_who_may_not_write(tmp_path, corpus, shared_data,
+                                                                        gpt2_tokenizer):
+    import shutil
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run the prepare as `nobody` (root ignores file modes)")
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    root = Path(tempfile.mkdtemp(prefix="kgpt2-perm-"))  # pytest's tmp_path is private to root
+    try:
+        root.chmod(0o755)
+        shutil.copy(corpus, root / "corpus.jsonl")
+        (root / "corpus.jsonl").chmod(0o644)
+        locked = root / "locked"
+        prepare("pydoc", locked / "shards", gpt2_tokenizer, progress=False)
+        (locked / "keep.txt").write_text("the user's file")
+        for p in [locked, *locked.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)  # readable by all, writable by root only
+        probe = subprocess.run(nobody + ["touch", str(locked / "probe")], capture_output=True)
+        assert probe.returncode != 0, "nobody could write: the test would prove nothing"
+        secret = root / "secret"  # a folder nobody may not even list
+        secret.mkdir(mode=0o700)
+        (secret / "mine.txt").write_text("private")
+        before = tree(root)
+        for out in (locked / "shards", secret):
+            r = subprocess.run(nobody + [sys.executable, "-c", PREPARE_SCRIPT, str(root / "corpus.jsonl"), str(out),
+                                         str(shared_data / "gpt2-tokenizer")],
+                               env=dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(root)), capture_output=True,
+                               text=True, timeout=300)
+            assert (r.returncode, r.stdout) == (2, f"cannot write the shards to '{out}': permission denied; choose a "
+                                                   "folder you may write to, or fix its permissions\n"), r.stderr[-2000:]
+        assert tree(root) == before
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_latin1_lines_of_instruction_jsonl_are_skipped_not_the_whole_file(tmp_path, gpt2_tokenizer):
+    from kgpt2.data.sources import detect_format
+
+    good = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+    corpus = tmp_path / "alpaca.jsonl"
+    corpus.write_bytes(json.dumps(good).encode() + b"\n"
+                       + '{"instruction": "Traduis", "input": "café", "output": "coffee"}\n'.encode("latin-1")
+                       + json.dumps(good).encode() + b"\n")
+    assert detect_format(str(corpus)) == "alpaca"
+    m = prepare(corpus, tmp_path / "out", gpt2_tokenizer, splits="train", progress=False)
+    assert m["splits"]["train"]["num_articles"] == 2
+    assert m["skipped"]["by_reason"] == {"not UTF-8": 1} and m["skipped"]["examples"] == [f"{corpus}:2: not UTF-8"]
+
+
+def test_two_prepares_of_one_out_at_once_leave_one_whole_set(tmp_path, corpus, shared_data, gpt2_tokenizer):
+    out = tmp_path / "shards"
+    prepare("pydoc", out, gpt2_tokenizer, progress=False)
+    sources = [corpus, shared_data / "pubmed" / "memsum_pubmed_300" / "val.jsonl"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", PREPARE_SCRIPT, str(s), str(out), str(shared_data / "gpt2-tokenizer")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in sources]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert all(rc in (0, 2) and "Traceback" not in err for rc, _, err in results), results
+    assert any(rc == 0 for rc, _, _ in results)
+    winner = ShardSet(out).manifest["source"]  # one whole set, from one of the two
+    assert winner in {str(s) for s in sources}
+    shards = ShardSet(out)
+    for name in ("train", "validation", "test"):  # whole: every file complete and consistent
+        split = shards.split(name)
+        assert len(split.offsets) == split.num_articles + 1 and split.offsets[-1] == split.num_tokens
+        assert (out / f"{name}.bin").stat().st_size == 2 * split.num_tokens
+    assert sum(s["num_articles"] for s in shards.manifest["splits"].values()) > 0
+    prepare(winner, out, gpt2_tokenizer, progress=False)  # the next prepare leaves nothing else behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]

@@ -41,6 +41,7 @@ from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, evaluation_model, summarise
 from kgpt2.models import build_causal_lm, count_params, load_tokenizer
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
+from kgpt2.scratch import resolve_scratch
 from kgpt2.stage_plan import plan_stages
 
 log = logging.getLogger("kgpt2")
@@ -142,9 +143,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
     tokenizer = load_tokenizer(cfg.model)
     shards = ShardSet(cfg.data.shards)
     shards.check_tokenizer(tokenizer)
-    if cfg.model.preset == "scratch":  # a fresh GPT-2, saved once as <run>/preset (kgpt2.pretrain)
-        from kgpt2.pretrain import resolve_scratch
-
+    if cfg.model.preset == "scratch":  # a fresh GPT-2, saved once as <run>/preset (kgpt2.scratch)
         cfg = resolve_scratch(cfg)
         run_dir = cfg.run_dir
     device = resolve_device(cfg.train.device)

@@ -40,10 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kgpt2.data.examples import encode_example
+from kgpt2.data.instructions import InstructionDocument
 from kgpt2.data.sources import Document, Source, open_source
 from kgpt2.errors import UserError
-from kgpt2.instructions import InstructionDocument, encode_example
-from kgpt2.tokenizer import Tokenizer, usable_cores
+from kgpt2.tokenizer import usable_cores
+from kgpt2.tokenizer_protocol import Tokenizer
 
 FORMAT = "kgpt2-shards/1"
 SPLITS = ("train", "validation", "test")

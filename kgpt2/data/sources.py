@@ -1,4 +1,9 @@
-"""Corpus readers: every source becomes a stream of `Document`s.
+"""Opening a corpus: every source becomes a stream of `Document`s, through its format's reader.
+
+This module detects the format and holds the table of readers, one per
+format (`_READERS`); the readers live beside it in kgpt2/data/: papers.py
+(papers, hf, sumpubmed), records.py (table), instructions.py (alpaca,
+preferences), and here (text, folder, pydoc).
 
 Formats (auto-detected, or `--format`):
   papers       JSON Lines of scientific_papers records (Cohan et al.: article_id,
@@ -132,7 +137,6 @@ def _folder_files(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.rglob(pattern) if pattern == "*.txt" else folder.glob(pattern))
 
 
-
 # Plain text ----------------------------------------------------------------
 def _read_text_file(path: Path, stats: SourceStats, separator: str | None):
     """One document per file, or per `separator`-delimited part, read in 1 MB
@@ -179,7 +183,8 @@ def _read_folder(src: Source):
 
 def _read_pydoc(src: Source):
     # The Python Language Reference articles that ship inside every CPython:
-    # ~80 documents, ~465 KB, no download, same on every machine.
+    # ~80 documents, ~465 KB, no download, same on every machine (imported
+    # only when read, so `kgpt2 --help` does not parse it).
     from pydoc_data.topics import topics
 
     for name in sorted(topics):

@@ -38,8 +38,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from kgpt2.checkpoints import CheckpointManager
+from kgpt2.data.examples import encode_example
+from kgpt2.data.instructions import record_prompt
+from kgpt2.devices import resolve_device
 from kgpt2.errors import UserError
-from kgpt2.instructions import encode_example, record_prompt
+from kgpt2.models import build_causal_lm, load_tokenizer
+from kgpt2.io import atomic_write_text
+from kgpt2.optimizer import make_optimizer
+from kgpt2.run import Run
+from kgpt2.templates import TEMPLATES
 
 log = logging.getLogger("kgpt2")
 
@@ -220,22 +228,8 @@ def _take(inputs: dict, index) -> dict:
 # The verb -------------------------------------------------------------------
 def align(cfg, verbose="auto") -> dict:
     """DPO-train the model of `cfg` on `cfg.align.data`; return the results (also in <run>/align.json)."""
-    from kgpt2.devices import resolve_device
-    from kgpt2.generate import TEMPLATES
-    from kgpt2.io import atomic_write_text
-    from kgpt2.models import build_causal_lm, load_tokenizer
-    from kgpt2.optimizer import make_optimizer
-    from kgpt2.run import Run
-
     a = cfg.align
-    if a.beta <= 0:
-        raise UserError(f"align.beta must be > 0, got {a.beta}")
-    if not 0 < a.heldout_fraction < 1:
-        raise UserError(f"align.heldout_fraction must be in (0, 1), got {a.heldout_fraction}")
-    if a.template not in TEMPLATES:
-        raise UserError(f"align.template must be one of {', '.join(TEMPLATES)}, got {a.template!r}")
-    if cfg.model.quantize and not cfg.lora.enabled:
-        raise UserError("a quantised base (model.quantize) is frozen: enable LoRA to train adapters on it")
+    _check_settings(cfg)
     run = Run.of(cfg)
     ckpts = run.checkpoints()
     if ckpts.latest() is not None:
@@ -286,15 +280,24 @@ def align(cfg, verbose="auto") -> dict:
     return result
 
 
+def _check_settings(cfg) -> None:
+    a = cfg.align
+    if a.beta <= 0:
+        raise UserError(f"align.beta must be > 0, got {a.beta}")
+    if not 0 < a.heldout_fraction < 1:
+        raise UserError(f"align.heldout_fraction must be in (0, 1), got {a.heldout_fraction}")
+    if a.template not in TEMPLATES:
+        raise UserError(f"align.template must be one of {', '.join(TEMPLATES)}, got {a.template!r}")
+    if cfg.model.quantize and not cfg.lora.enabled:
+        raise UserError("a quantised base (model.quantize) is frozen: enable LoRA to train adapters on it")
+
+
 def _floats(d: dict) -> dict:
     return {k: float(v) for k, v in d.items()}
 
 
 def _load_init(policy, cfg, run_dir, checkpoint: str) -> None:
     """Start from another run's checkpoint (e.g. Alpaca SFT) with the same model signature."""
-    from kgpt2.checkpoints import CheckpointManager
-    from kgpt2.run import Run
-
     other = Run(run_dir).config()
     if other.model_signature() != cfg.model_signature():
         raise UserError(f"align.init_run '{run_dir}' was trained with another model, LoRA or sequence "

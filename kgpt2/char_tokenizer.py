@@ -28,6 +28,7 @@ from typing import Iterable
 
 import numpy as np
 
+from kgpt2.io import atomic_write_text
 from kgpt2.errors import UserError
 
 EOS = "<|endoftext|>"
@@ -35,7 +36,8 @@ CHAR_VOCAB_FILE = "char_vocabulary.json"
 
 
 class CharTokenizer:
-    """Token id i is the i-th of the sorted characters; the last id is end-of-text."""
+    """Token id i is the i-th of the sorted characters; the last id is end-of-text
+    (a `kgpt2.tokenizer_protocol.Tokenizer` of kind "char")."""
 
     kind = "char"
     engine = "char"
@@ -75,8 +77,6 @@ class CharTokenizer:
             raise UserError(f"'{path}' is not a kgpt2 character vocabulary") from None
 
     def save(self, directory) -> Path:
-        from kgpt2.io import atomic_write_text
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         spec = {"type": "char", "chars": self.chars, "eos": EOS, "eos_id": self.eos_id}

@@ -8,9 +8,12 @@
     kgpt2 demo       -> kgpt2.demo                    Gradio side-by-side app
     kgpt2 quickstart -> kgpt2.quickstart              the whole pipeline, offline
     kgpt2 align      -> kgpt2.align.align             DPO on preference pairs
-    kgpt2 tokenizer  -> kgpt2.pretrain.train_tokenizer your own BPE or character tokenizer
-    kgpt2 pretrain   -> kgpt2.pretrain                from-scratch presets, run summary
+    kgpt2 tokenizer  -> kgpt2.tokenizer_training      your own BPE or character tokenizer
+    kgpt2 pretrain   -> kgpt2.scratch, kgpt2.pretrain from-scratch presets, run summary
     kgpt2 export     -> kgpt2.export.export_run       Hugging Face / KerasHub preset directory
+
+What each verb prints is worded in `kgpt2.reports`. The verbs' modules are
+imported inside each verb: `kgpt2 --help` then never imports keras.
 
 A user's mistake (missing file, unknown key, bad preset) prints one line
 `kgpt2: error: ...` and exits with status 2; never a traceback.
@@ -30,6 +33,7 @@ backend.choose_backend()
 
 from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
 from kgpt2.errors import UserError  # noqa: E402
+from kgpt2 import reports  # noqa: E402  (stdlib only)
 
 VERBS = {}
 
@@ -82,13 +86,7 @@ def _prepare(p: argparse.ArgumentParser):
         m = prepare(a.source, a.out, tok, fmt=a.fmt, contents=a.contents, splits=a.splits,
                     seed=a.seed, text_column=a.text_column, threads=a.threads,
                     separator=unescape(a.separator))
-        for name, s in m["splits"].items():
-            print(f"{name:>10}: {s['num_articles']:>8,} articles {s['num_tokens']:>13,} tokens")
-        if m["skipped"]["total"]:
-            print(f"skipped {m['skipped']['total']} records: {m['skipped']['by_reason']}")
-            for example in m["skipped"]["examples"]:
-                print(f"  e.g. {example}")
-        print(f"shards in {a.out} (content hash {m['content_hash']})")
+        print(reports.prepare_report(m, a.out))
 
     return run
 
@@ -109,25 +107,11 @@ def _train(p):
         overrides += [f'train.devices="{a.devices}"'] if a.devices else []
         cfg = load_config(a.config, overrides)
         if a.dry_run:
-            rows = describe_plan(cfg)
-            print(format_stage_plan(cfg.train.stages, rows, rows.why))
+            print(reports.plan_table(cfg.train.stages, describe_plan(cfg)))
             return
-        result = train(cfg, require_checkpoint=a.resume)
-        print(f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})")
+        print(reports.train_report(train(cfg, require_checkpoint=a.resume)))
 
     return run
-
-
-def format_stage_plan(plan: list, rows: list[dict], why: str) -> str:
-    """`train --dry-run`: the plan as written, why it resolved as it did, and a table of its stages."""
-    import pandas as pd
-
-    table = pd.DataFrame([{"stage": r["stage"], "articles": f"{r['articles']:,}",
-                           "range": f"{r['first']:,}-{r['first'] + r['articles']:,}",
-                           "tokens": f"{r['tokens']:,}", "steps": f"{r['steps']:,}",
-                           "epochs": r["epochs"]} for r in rows])
-    total = sum(r["steps"] for r in rows)
-    return f"stage plan {plan}\nwhy: {why}\n{table.to_string(index=False)}\n{total:,} optimizer steps in all"
 
 
 @verb("recipes", "list the run configs that ship with kgpt2, or copy one out to edit")
@@ -141,20 +125,12 @@ def _recipes(p):
         if a.copy is None:
             if a.dest:
                 raise UserError(f"DEST '{a.dest}' goes with --copy NAME")
-            print(format_recipes(recipes.listing()))
+            print(reports.recipe_list(recipes.listing()))
             return
         out = recipes.copy(a.copy, a.dest)
         print(f"copied recipe {a.copy} to {out}; use it with: kgpt2 train --config {out}")
 
     return run
-
-
-def format_recipes(listing: list[tuple[str, str]]) -> str:
-    """`kgpt2 recipes`: one line per recipe, then how to use one."""
-    width = max(len(name) for name, _ in listing)
-    lines = [f"{name:<{width}}  {text}" for name, text in listing]
-    lines += ["", "use one: kgpt2 train --config NAME [key=value ...]; edit a copy: kgpt2 recipes --copy NAME [DEST]"]
-    return "\n".join(lines)
 
 
 @verb("evaluate", "accuracy, loss and perplexity of checkpoints on a split")
@@ -239,15 +215,7 @@ def _align(p):
         from kgpt2.config import load_config
 
         cfg = load_config(a.config, list(a.overrides) + ([f"train.device={a.device}"] if a.device else []))
-        r = align(cfg)
-        p = r["pairs"]
-        print(f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
-              f"chosen == rejected dropped, {p['too_long_dropped']} too long; {p['train']} train, {p['heldout']} held out")
-        for when in ("before", "after"):
-            m = r[f"heldout_{when}"]
-            print(f"held-out {when:>6}: loss {m['loss']:.4f}, reward accuracy {m['reward_accuracy']:.3f}, "
-                  f"margin {m['reward_margin']:.4f}")
-        print(f"run in {cfg.run_dir} ({r['checkpoint']}, align.json)")
+        print(reports.align_report(align(cfg), cfg.run_dir))
 
     return run
 
@@ -262,13 +230,7 @@ def _quickstart(p):
         from kgpt2.quickstart import quickstart
 
         r = quickstart(a.checkpoints_root, a.overrides)
-        print("\n== evaluation on held-out articles (test split)")
-        print(format_table(r["evaluation"]))
-        print("\n== greedy sample from the final checkpoint")
-        print(("The assert statement" + r["sample"]).rstrip())
-        print(f"\nmade: {r['run_dir']}/ (tokenizer/, preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)")
-        print(f"next: kgpt2 demo --run {r['run_dir']}")
-        print(f"      kgpt2 generate --run {r['run_dir']} --prompt 'The with statement'")
+        print(reports.quickstart_report(r, format_table(r["evaluation"])))
 
     return run
 
@@ -284,7 +246,7 @@ def _export(p):
         from kgpt2.export import export_run
 
         out = export_run(a.run, a.to, a.out, checkpoint=a.checkpoint)
-        print(f"exported {a.run} ({a.checkpoint}) as {'Hugging Face GPT-2' if a.to == 'hf' else 'KerasHub preset'} to {out}")
+        print(reports.export_report(a.run, a.checkpoint, a.to, out))
 
     return run
 
@@ -300,13 +262,12 @@ def _tokenizer(p):
     p.add_argument("--min-frequency", type=int, default=2, help="BPE: merges seen fewer times are not made")
 
     def run(a):
-        from kgpt2.pretrain import train_tokenizer
+        from kgpt2.tokenizer_training import train_tokenizer
 
         if not a.char and not a.vocab_size:
             raise UserError("give --vocab-size N for a BPE tokenizer, or --char for a character-level one")
         tok = train_tokenizer(a.source, a.out, a.vocab_size, char=a.char, fmt=a.fmt, min_frequency=a.min_frequency)
-        kind = "character" if a.char else "byte-level BPE"
-        print(f"{kind} tokenizer, {tok.vocab_size} tokens (end-of-text id {tok.eos_id}), saved in {a.out}")
+        print(reports.tokenizer_report(tok, a.out))
 
     return run
 
@@ -321,19 +282,19 @@ def _pretrain(p):
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
     def run(a):
-        from kgpt2 import pretrain
-
         if a.action == "summary":
+            from kgpt2.pretrain import format_summary, run_summary
+
             if not a.run:
                 raise UserError("pretrain summary needs --run DIR")
-            summary = pretrain.run_summary(a.run)
-            print(json.dumps(summary, indent=2) if a.json else pretrain.format_summary(summary))
+            summary = run_summary(a.run)
+            print(json.dumps(summary, indent=2) if a.json else format_summary(summary))
             return
         from kgpt2.config import load_config
+        from kgpt2.scratch import PRESET_DIR, init_preset
 
         cfg = load_config(a.config, a.overrides)
-        out = pretrain.init_preset(cfg, a.out or cfg.run_dir / pretrain.PRESET_DIR)
-        print(f"preset saved in {out}")
+        print(f"preset saved in {init_preset(cfg, a.out or cfg.run_dir / PRESET_DIR)}")
 
     return run
 

@@ -72,7 +72,7 @@ class DataConfig:
     loss_on: str = "response"
     # "packed": fixed windows over the token stream (articles); "example": one
     # example per window, padded, so examples never attend to each other
-    # (kgpt2.instructions explains why packing cannot isolate them).
+    # (kgpt2.data.instructions explains why packing cannot isolate them).
     windows: str = "packed"
     # Shift every window start by a seeded random offset each epoch, so
     # repeated epochs see different windows (nanoGPT samples random offsets;

@@ -34,8 +34,9 @@ from pathlib import Path
 
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.errors import UserError
-from kgpt2.generate import SAMPLERS, TEMPLATES, Generator, Settings, render_prompt
+from kgpt2.generate import SAMPLERS, Generator, Settings
 from kgpt2.run import BASE, build_run_model, list_checkpoints, list_runs, load_run_config, restore, snapshot
+from kgpt2.templates import TEMPLATES, render_prompt
 from kgpt2.votes import VOTES_FILE, append_vote, make_record, read_votes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo

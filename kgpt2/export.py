@@ -26,8 +26,12 @@ from pathlib import Path
 
 import keras_hub
 
+from kgpt2.devices import dtype_policy
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text
+from kgpt2.models import build_causal_lm, load_tokenizer, real_vocabulary_size, save_preset, save_unpadded_weights
+from kgpt2.run import load_run_config, restore
+from kgpt2.tokenizer_protocol import Tokenizer
 
 FORMATS = ("hf", "preset")
 PROVENANCE_FILE = "kgpt2_export.json"
@@ -42,8 +46,6 @@ def merged_backbone(model) -> keras_hub.models.GPT2Backbone:
     configuration without LoRA. Call under a float32 dtype policy: the merge
     happens in the layer's compute dtype.
     """
-    from kgpt2.models import real_vocabulary_size, save_unpadded_weights
-
     config = dict(model.backbone.get_config(), vocabulary_size=real_vocabulary_size(model.backbone))
     plain = keras_hub.models.GPT2Backbone.from_config(config)
     with tempfile.TemporaryDirectory(prefix="kgpt2-merge-") as tmp:
@@ -53,9 +55,9 @@ def merged_backbone(model) -> keras_hub.models.GPT2Backbone:
     return plain
 
 
-def write_hf(backbone, tokenizer, out: Path) -> Path:
+def write_hf(backbone, tokenizer: Tokenizer, out: Path) -> Path:
     """Write `backbone` + `tokenizer` as a Hugging Face GPT-2 directory."""
-    if getattr(tokenizer, "kind", "") == "char":
+    if tokenizer.kind == "char":
         raise UserError("a character-level tokenizer has no Hugging Face GPT-2 form; export with --to preset")
     # keras-hub's exporter writes config.json + model.safetensors (embedding
     # tied, as in transformers' own GPT-2 checkpoints).
@@ -82,10 +84,8 @@ def write_hf(backbone, tokenizer, out: Path) -> Path:
     return out
 
 
-def write_preset(backbone, tokenizer, out: Path) -> Path:
+def write_preset(backbone, tokenizer: Tokenizer, out: Path) -> Path:
     """Write `backbone` + `tokenizer` as a KerasHub preset directory."""
-    from kgpt2.models import save_preset
-
     return save_preset(backbone, tokenizer, out)
 
 
@@ -100,10 +100,6 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     The directory appears whole or not at all: it is written beside `out`
     under a temporary name and renamed when complete.
     """
-    from kgpt2.devices import dtype_policy
-    from kgpt2.models import build_causal_lm, load_tokenizer
-    from kgpt2.run import load_run_config, restore
-
     if to not in FORMATS:
         raise UserError(f"export format '{to}' is not one of {', '.join(FORMATS)}")
     out = Path(out)

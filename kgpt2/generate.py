@@ -35,23 +35,13 @@ from typing import Iterator
 import numpy as np
 
 from kgpt2.errors import UserError
+from kgpt2.run import load_model
+from kgpt2.templates import TEMPLATES, render_prompt
 
 SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")
-TEMPLATES = ("plain", "instruction")
 MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
 MIN_CACHE_BUCKET = 128  # and the key/value cache to a power of two of at least this
 NEG = -1.0e9  # logit of an excluded token: exp() underflows to exactly 0
-
-
-def render_prompt(prompt: str, template: str = "plain", input_text: str = "") -> str:
-    """Apply a prompt template; `instruction` is the Alpaca template training uses."""
-    if template == "plain":
-        return prompt
-    if template == "instruction":
-        from kgpt2.instructions import format_prompt
-
-        return format_prompt(prompt, input_text)
-    raise UserError(f"unknown prompt template '{template}' (one of: {', '.join(TEMPLATES)})")
 
 
 @dataclass
@@ -386,8 +376,6 @@ class Generator:
 
 
 def generate_from_run(run_dir, prompt: str, checkpoint: str = "latest", **settings) -> str:
-    from kgpt2.run import load_model
-
     model, tokenizer, cfg = load_model(run_dir, checkpoint)
     s = Settings.from_config(cfg.generate, **settings)
     return Generator(model, tokenizer).generate(prompt, s)

@@ -30,7 +30,9 @@ import numpy as np
 
 from kgpt2.config import Config, LoraConfig, ModelConfig
 from kgpt2.errors import UserError
-from kgpt2.tokenizer import Tokenizer
+from kgpt2.quantize import quantize_backbone
+from kgpt2.tokenizer import Tokenizer as BPETokenizer
+from kgpt2.tokenizer_protocol import Tokenizer
 
 GPT2_PRESETS = ("gpt2_base_en", "gpt2_medium_en", "gpt2_large_en", "gpt2_extra_large_en")
 OFFLINE_HINT = (
@@ -120,7 +122,7 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
 def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
     """The run's exact GPT-2 tokenizer: `model.tokenizer` if set, else the preset's."""
     if cfg.tokenizer:
-        return Tokenizer.from_dir(cfg.tokenizer)
+        return BPETokenizer.from_dir(cfg.tokenizer)
     if cfg.preset == "scratch":
         raise UserError("a from-scratch model needs model.tokenizer (a directory with vocabulary.json + merges.txt)")
     _check_preset(cfg.preset)
@@ -128,18 +130,18 @@ def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
         root = Path(cfg.preset).expanduser()
         for d in (root / "assets" / "tokenizer", root):  # KerasHub preset, HF dir
             try:
-                return Tokenizer.from_dir(d)
+                return BPETokenizer.from_dir(d)
             except UserError:
                 continue
         if (root / "tokenizer.json").is_file():  # transformers >= 5 saves only this file
-            return Tokenizer.from_hf_json(root / "tokenizer.json")
+            return BPETokenizer.from_hf_json(root / "tokenizer.json")
         raise UserError(f"preset directory '{root}' holds no GPT-2 tokenizer files")
     try:
         kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load the tokenizer of preset '{cfg.preset}' ({reason}); {OFFLINE_HINT}") from None
-    return Tokenizer(kh.vocabulary, kh.merges)
+    return BPETokenizer(kh.vocabulary, kh.merges)
 
 
 def enable_lora(backbone, lora: LoraConfig) -> None:
@@ -322,8 +324,6 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
     if cfg.model.causal_attention:
         use_causal_attention(backbone)
     if cfg.model.quantize:  # frozen int8/int4 base under float LoRA (kgpt2.quantize)
-        from kgpt2.quantize import quantize_backbone
-
         quantize_backbone(backbone, cfg.model.quantize)
     if cfg.lora.enabled:
         enable_lora(backbone, cfg.lora)
@@ -335,7 +335,7 @@ def save_preset(backbone, tokenizer: Tokenizer, directory) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     backbone.save_to_preset(str(directory))
-    if getattr(tokenizer, "kind", "") == "char":
+    if tokenizer.kind == "char":
         # KerasHub has no character-level GPT-2 tokenizer: the vocabulary goes
         # where its tokenizer assets would, and Tokenizer.from_dir finds it there.
         tokenizer.save(directory / "assets" / "tokenizer")

@@ -17,14 +17,23 @@ Corpus: the Python Language Reference articles that ship inside every CPython
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from kgpt2.config import Config, load_config
+from kgpt2.data.shards import prepare
+from kgpt2.evaluate import evaluate_run
+from kgpt2.generate import generate_from_run
+from kgpt2.models import load_tokenizer
+from kgpt2.scratch import init_preset
+from kgpt2.tokenizer_training import train_tokenizer
+from kgpt2.train import train
 
 log = logging.getLogger("kgpt2")
 
 QUICKSTART_CONFIG = Path(__file__).parent / "configs" / "quickstart.toml"
 TOKENIZER_VOCAB = 1024
+SAMPLE_PROMPT = "The assert statement"  # the greedy sample quickstart prints
 
 
 def quickstart_config(checkpoints_root: str = "checkpoints", overrides=()) -> Config:
@@ -36,10 +45,6 @@ def quickstart_config(checkpoints_root: str = "checkpoints", overrides=()) -> Co
 
 def build_preset(cfg: Config) -> Path:
     """Tokenizer + tiny random GPT-2 saved as a KerasHub preset (once)."""
-    from dataclasses import replace
-
-    from kgpt2.pretrain import init_preset, train_tokenizer
-
     preset_dir = Path(cfg.model.preset)
     if (preset_dir / "config.json").is_file():
         return preset_dir
@@ -49,17 +54,11 @@ def build_preset(cfg: Config) -> Path:
 
 
 def quickstart(checkpoints_root: str = "checkpoints", overrides=(), verbose="auto") -> dict:
-    from kgpt2.data.shards import prepare
-    from kgpt2.evaluate import evaluate_run
-    from kgpt2.generate import generate_from_run
-    from kgpt2.models import load_tokenizer
-    from kgpt2.train import train
-
     cfg = quickstart_config(checkpoints_root, overrides)
     build_preset(cfg)
     prepare("pydoc", cfg.data.shards, load_tokenizer(cfg.model), fractions=(0.8, 0.1, 0.1), seed=cfg.seed)
     result = train(cfg, verbose=verbose)
     table = evaluate_run(cfg.run_dir, checkpoints="all", split="test", compare_base=True)
-    sample = generate_from_run(cfg.run_dir, "The assert statement", sampler="greedy", max_new_tokens=40)
+    sample = generate_from_run(cfg.run_dir, SAMPLE_PROMPT, sampler="greedy", max_new_tokens=40)
     return {"run_dir": str(cfg.run_dir), "steps": result.global_step, "stages": result.stages,
-            "evaluation": table, "sample": sample}
+            "evaluation": table, "prompt": SAMPLE_PROMPT, "sample": sample}

@@ -1,6 +1,91 @@
-"""A from-scratch GPT-2 for `model.preset = "scratch"`: `resolve_scratch(cfg)`.
+"""From-scratch models: a fresh, seeded GPT-2 of any shape saved as a KerasHub preset.
 
-    >>> from kgpt2.scratch import resolve_scratch
+`init_preset` (`kgpt2 pretrain init`) builds a randomly initialised
+GPT2Backbone of the shape in `[model]` (layers, heads, width, context,
+vocabulary, dropout) and saves it with its tokenizer as a KerasHub preset.
+
+`kgpt2 train` with `model.preset = "scratch"` calls `resolve_scratch`: the
+first time, it saves that preset as `<run>/preset` and records the run as
+using it, so train stages, resume, evaluate (`base` = the exact initial
+weights), generate and the demo all see an ordinary local preset.
+
+    >>> from kgpt2.char_tokenizer import CharTokenizer
+    >>> from kgpt2.config import ModelConfig
+    >>> from kgpt2.scratch import scratch_shape
+    >>> model = ModelConfig(preset="scratch", vocabulary_size=0, hidden_dim=64, num_heads=2)
+    >>> shape = scratch_shape(model, CharTokenizer("abc"))
+    >>> shape.preset, shape.vocabulary_size  # 0 = the tokenizer's: 3 characters + end-of-text
+    ('scratch', 4)
 """
 
-from kgpt2.pretrain import resolve_scratch  # noqa: F401  # moved here by the pretrain split
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+
+from kgpt2.config import Config, ModelConfig
+from kgpt2.devices import dtype_policy
+from kgpt2.errors import UserError
+from kgpt2.models import build_backbone, load_tokenizer, save_preset
+from kgpt2.tokenizer_protocol import Tokenizer
+
+log = logging.getLogger("kgpt2")
+
+PRESET_DIR = "preset"  # <run>/preset: the from-scratch base of a run
+
+
+def scratch_shape(model: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
+    """`model` with `vocabulary_size = 0` resolved to the tokenizer's size, checked."""
+    size = model.vocabulary_size or tokenizer.vocab_size
+    if size < tokenizer.vocab_size:
+        raise UserError(f"model.vocabulary_size {size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens")
+    if model.hidden_dim % model.num_heads:
+        raise UserError(f"model.hidden_dim {model.hidden_dim} must be a multiple of model.num_heads {model.num_heads}")
+    return replace(model, preset="scratch", vocabulary_size=size)
+
+
+def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
+    """Save a seeded, randomly initialised GPT-2 of `cfg.model`'s shape as a KerasHub preset."""
+    if not cfg.model.tokenizer:
+        raise UserError("a from-scratch model needs model.tokenizer (a directory written by `kgpt2 tokenizer train`)")
+    tokenizer = load_tokenizer(replace(cfg.model, preset="scratch"))
+    shape = scratch_shape(cfg.model, tokenizer)
+    if cfg.data.sequence_length > shape.max_sequence_length:
+        raise UserError(f"data.sequence_length {cfg.data.sequence_length} exceeds model.max_sequence_length {shape.max_sequence_length}")
+    # float32 weights on disk; keras-hub converts them to the training policy on load.
+    with dtype_policy("float32"):
+        keras.utils.set_random_seed(cfg.seed if seed is None else seed)
+        backbone = build_backbone(shape)
+        out = save_preset(backbone, tokenizer, out_dir)
+    log.info("saved a %d-layer, %d-head, %d-wide GPT-2 (%s parameters, vocabulary %d, context %d) as preset %s",
+             shape.num_layers, shape.num_heads, shape.hidden_dim, f"{backbone.count_params():,}",
+             shape.vocabulary_size, shape.max_sequence_length, out)
+    return out
+
+
+def resolve_scratch(cfg: Config) -> Config:
+    """For `model.preset = "scratch"`: the same config using `<run>/preset`, made once."""
+    if cfg.model.preset != "scratch":
+        return cfg
+    preset_dir = cfg.run_dir / PRESET_DIR
+    if not (preset_dir / "config.json").is_file():
+        init_preset(cfg, preset_dir)
+    else:
+        _check_same_shape(cfg.model, preset_dir)
+    return replace(cfg, model=replace(cfg.model, preset=str(preset_dir)))
+
+
+def _check_same_shape(model: ModelConfig, preset_dir: Path) -> None:
+    """A run's saved preset must still be the shape its config asks for."""
+    saved = json.loads((preset_dir / "config.json").read_text())["config"]
+    asked = {"num_layers": model.num_layers, "num_heads": model.num_heads, "hidden_dim": model.hidden_dim,
+             "intermediate_dim": model.intermediate_dim, "max_sequence_length": model.max_sequence_length}
+    if model.vocabulary_size:
+        asked["vocabulary_size"] = model.vocabulary_size
+    diffs = [f"{k} {saved.get(k)} -> {v}" for k, v in asked.items() if saved.get(k) != v]
+    if diffs:
+        raise UserError(f"run preset '{preset_dir}' has another shape than model.* asks for ({', '.join(diffs)}); use a new run name")

@@ -27,6 +27,9 @@ import json
 import os
 from pathlib import Path
 
+from kgpt2.data.sources import open_source
+from kgpt2.quickstart import build_preset, quickstart_config
+
 ENV = "KGPT2_SMOKE"
 
 # The tiny model: the quickstart's shape, shrunk until a stage compiles and
@@ -62,8 +65,6 @@ def overrides(*extra: str) -> list[str]:
 
 def tiny_preset(checkpoints_root) -> str:
     """A tiny random GPT-2 with the pydoc BPE as a KerasHub preset under the root (built once)."""
-    from kgpt2.quickstart import build_preset, quickstart_config
-
     preset = Path(checkpoints_root) / "smoke-preset"
     return str(build_preset(quickstart_config(str(checkpoints_root), overrides(f"model.preset={preset}"))))
 
@@ -113,7 +114,5 @@ def sample(kind: str, out) -> str:
 
 
 def _pydoc(n: int, offset: int = 0) -> list[str]:
-    from kgpt2.data.sources import open_source
-
     docs = [d.text for d in open_source("pydoc")]
     return [docs[(offset + i) % len(docs)] for i in range(n)]

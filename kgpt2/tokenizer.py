@@ -30,9 +30,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from kgpt2 import tokenizer_protocol
+from kgpt2.char_tokenizer import CHAR_VOCAB_FILE, CharTokenizer
+from kgpt2.io import atomic_write_text
 from kgpt2.errors import UserError
 
 EOS = "<|endoftext|>"
@@ -41,7 +45,10 @@ MERGES_FILE = "merges.txt"
 
 
 class Tokenizer:
-    """Byte-level BPE with GPT-2's pre-tokenisation regex and no prefix space."""
+    """Byte-level BPE with GPT-2's pre-tokenisation regex and no prefix space
+    (a `kgpt2.tokenizer_protocol.Tokenizer` of kind "bpe")."""
+
+    kind = "bpe"
 
     def __init__(self, vocabulary: dict, merges: list):
         if EOS not in vocabulary:
@@ -76,13 +83,11 @@ class Tokenizer:
         return cls(vocab, [m for m in merges if m.strip()])
 
     @classmethod
-    def from_dir(cls, directory) -> "Tokenizer":
+    def from_dir(cls, directory) -> tokenizer_protocol.Tokenizer:
         """A directory holding vocabulary.json/merges.txt (or vocab.json/merges.txt,
         or OpenAI's encoder.json/vocab.bpe), directly or in a KerasHub preset's
         assets/tokenizer/. A `char_vocabulary.json` there gives a
         `kgpt2.char_tokenizer.CharTokenizer` (same interface) instead."""
-        from kgpt2.char_tokenizer import CHAR_VOCAB_FILE, CharTokenizer
-
         root = Path(directory)
         for d in (root, root / "assets" / "tokenizer"):
             if (d / CHAR_VOCAB_FILE).is_file():
@@ -128,8 +133,6 @@ class Tokenizer:
 
     def save(self, directory) -> Path:
         """Write vocabulary.json + merges.txt (the files GPT2Tokenizer reads)."""
-        from kgpt2.io import atomic_write_text
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(d / VOCAB_FILE, json.dumps(self.vocabulary, ensure_ascii=False))
@@ -156,8 +159,6 @@ class Tokenizer:
         `executor`: a `concurrent.futures` executor to spread the texts over
         (tiktoken releases the GIL); None encodes in this thread.
         """
-        import numpy as np
-
         if self._tiktoken is None:
             return [np.asarray(ids, dtype=np.uint32) for ids in self.encode_batch(texts)]
         encode = functools.partial(self._tiktoken.encode_to_numpy, disallowed_special=())

@@ -67,7 +67,7 @@ def test_policy_logprobs_sum_the_response_tokens(tiny_preset, pydoc_tokenizer):
 
 def test_read_pairs_skips_ties_and_identical(tmp_path, shared_data):
     from kgpt2.align import PairStats, read_pairs
-    from kgpt2.instructions import format_prompt
+    from kgpt2.templates import format_prompt
     from kgpt2.votes import append_vote, make_record
 
     run = tmp_path / "run"
@@ -113,7 +113,7 @@ def test_dpo_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shared
     from kgpt2.align import align
     from kgpt2.config import load_config
     from kgpt2.generate import Generator, Settings
-    from kgpt2.instructions import format_prompt
+    from kgpt2.templates import format_prompt
     from kgpt2.run import load_model
 
     cfg = load_config("dpo", [

@@ -165,7 +165,7 @@ def test_no_recompilation_across_prompts_and_settings(gen):
 
 
 def test_templates_and_bad_settings(gen):
-    from kgpt2.instructions import format_prompt
+    from kgpt2.templates import format_prompt
 
     text = render_prompt("Name a colour.", "instruction")
     assert text == format_prompt("Name a colour.") and text.startswith("### Instruction:\n")

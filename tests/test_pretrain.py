@@ -49,7 +49,7 @@ def test_char_tokenizer_round_trips_shakespeare_exactly(char_tokenizer_dir, shak
 def test_bpe_tokenizer_trains_and_loads_in_keras_hub(tmp_path, shakespeare):
     import keras_hub
 
-    from kgpt2.pretrain import train_tokenizer
+    from kgpt2.tokenizer_training import train_tokenizer
     from kgpt2.tokenizer import Tokenizer
 
     source = tmp_path / "slice.txt"
@@ -99,7 +99,7 @@ def test_scratch_presets_build_save_and_load(tmp_path, char_tokenizer_dir, pydoc
     from kgpt2.char_tokenizer import CharTokenizer
     from kgpt2.config import ModelConfig, load_config
     from kgpt2.models import load_tokenizer
-    from kgpt2.pretrain import init_preset
+    from kgpt2.scratch import init_preset
 
     cfg = load_config("shakespeare_char", TINY + [f"model.tokenizer={char_tokenizer_dir}"])
     preset = init_preset(cfg, tmp_path / "char-preset")
@@ -175,7 +175,7 @@ def test_from_scratch_run_keeps_best_checkpoint_and_learns(tmp_path, char_tokeni
 def test_pretrain_config_errors(tmp_path, char_tokenizer_dir):
     from kgpt2.cli import main
     from kgpt2.config import load_config
-    from kgpt2.pretrain import resolve_scratch
+    from kgpt2.scratch import resolve_scratch
 
     assert main(["tokenizer", "train", "--source", "pydoc", "--out", str(tmp_path / "t")]) == 2  # neither --char nor size
     cfg = load_config("shakespeare_char", TINY + [

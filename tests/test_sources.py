@@ -9,7 +9,7 @@ import pytest
 
 from kgpt2.data.sources import detect_format, open_source
 from kgpt2.errors import UserError
-from kgpt2.instructions import format_prompt
+from kgpt2.templates import format_prompt
 
 
 def memsum_records(shared_data, split="val", n=3):
@@ -104,9 +104,9 @@ def test_plain_text_file_separator_and_folder(tmp_path, shared_data):
 def test_tables_with_a_named_column_stream_in_chunks(tmp_path, shared_data, suffix, monkeypatch):
     import pandas as pd
 
-    import kgpt2.data.sources as sources
+    import kgpt2.data.records as records
 
-    monkeypatch.setattr(sources, "_TABLE_CHUNK_ROWS", 2)  # 5 rows -> 3 chunks
+    monkeypatch.setattr(records, "_TABLE_CHUNK_ROWS", 2)  # 5 rows -> 3 chunks
     abstracts = [" ".join(r["summary"]) for r in memsum_records(shared_data, "test", 5)]
     frame = pd.DataFrame({"id": [f"a{i}" for i in range(5)], "abstract": abstracts, "n": range(5)})
     path = tmp_path / f"table.{suffix}"

@@ -159,3 +159,23 @@ if __name__ == "__main__":  # the full count for docs/tokenization.md
 
     all_texts = real_texts(SHARED, pubmed_bodies=300, sumpubmed=1000, alpaca=1000, shakespeare=False)
     print(json.dumps(keras_hub_counts(SHARED, all_texts)))
+
+
+def test_both_tokenizers_satisfy_the_tokenizer_protocol(tmp_path):
+    """Every member of the protocol is on both classes, and `kind` tells them apart."""
+    import typing
+
+    from kgpt2.char_tokenizer import CharTokenizer
+    from kgpt2.tokenizer import Tokenizer as BPETokenizer
+    from kgpt2.tokenizer_protocol import KINDS, Tokenizer
+
+    texts = ["the cat sat on the mat", "the dog sat on the log"] * 20
+    bpe, chars = BPETokenizer.train(texts, vocab_size=280), CharTokenizer.train(texts)
+    members = set(typing.get_type_hints(Tokenizer)) | {n for n in vars(Tokenizer) if not n.startswith("_")}
+    for tok, kind in ((bpe, "bpe"), (chars, "char")):
+        assert isinstance(tok, Tokenizer) and tok.kind == kind and kind in KINDS
+        assert all(hasattr(tok, m) for m in members), members - {m for m in members if hasattr(tok, m)}
+        ids = tok.encode("the cat")
+        assert tok.decode(ids + [tok.eos_id]) == "the cat" and tok.vocab_size > max(ids)
+        assert type(tok).from_dir(tok.save(tmp_path / kind)).hash == tok.hash
+    assert not isinstance(object(), Tokenizer)

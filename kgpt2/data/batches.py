@@ -35,6 +35,8 @@ import math
 
 import numpy as np
 
+from kgpt2.errors import UserError
+
 
 def window_starts(lo: int, hi: int, sequence_length: int) -> np.ndarray:
     """Start offsets of the windows that cover tokens [lo, hi)."""
@@ -156,8 +158,6 @@ def split_options(split, first: int, end: int, loss_on: str = "response", window
     `loss_on`: "response" uses the split's loss mask when it has one, "all"
     ignores it. `windows`: "packed" or "example" (one padded window per article).
     """
-    from kgpt2.errors import UserError
-
     if loss_on not in ("response", "all"):
         raise UserError(f"data.loss_on must be \"response\" or \"all\", got {loss_on!r}")
     if windows not in ("packed", "example"):

@@ -44,10 +44,12 @@ import numpy as np
 
 from kgpt2.data.shard_folder import (FORMAT, check_out_folder, clean_leftovers, local_source, os_error_sentence,
                                      publish, read_manifest, temp_folder, write_manifest)
+from kgpt2.data.examples import encode_example
+from kgpt2.data.instructions import InstructionDocument
 from kgpt2.data.sources import Document, Source, open_source
 from kgpt2.errors import UserError
-from kgpt2.instructions import InstructionDocument, encode_example
-from kgpt2.tokenizer import Tokenizer, usable_cores
+from kgpt2.tokenizer import usable_cores
+from kgpt2.tokenizer_protocol import Tokenizer
 
 SPLITS = ("train", "validation", "test")
 

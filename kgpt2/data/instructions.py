@@ -1,11 +1,13 @@
-"""The Alpaca instruction template and instruction data, shared by training, generation and the demo.
+"""Instruction and preference data: the `alpaca` and `preferences` source formats, and their token masks.
 
 An Alpaca record (instruction, optional input, output) is trained on as
-`format_prompt(instruction, input) + output` followed by end-of-text. The
-prompt and the response are tokenised separately and concatenated, so the
-prompt's tokens are exactly the tokens `kgpt2 generate --template instruction`
-feeds the model, and the loss mask (1 = a training target) is 0 on the prompt
-and 1 on the response and the end-of-text.
+`format_prompt(instruction, input) + output` followed by end-of-text
+(`kgpt2.templates`). The readers yield `InstructionDocument`s that remember where
+the prompt ends; `kgpt2.data.examples.encode_example` tokenises the prompt
+and the response apart, so the prompt's tokens are exactly the tokens
+`kgpt2 generate --template instruction` feeds the model, and the loss mask
+(1 = a training target) is 0 on the prompt and 1 on the response and the
+end-of-text.
 
 Examples are one per window, padded (`data.windows = "example"`): keras-hub's
 GPT2Backbone takes only a padding mask (its functional inputs are token_ids
@@ -13,18 +15,16 @@ and padding_mask; the causal mask is built inside each TransformerDecoder), so
 examples packed into one window would attend to each other. The padding share
 of the compute is logged by `kgpt2 train` and kept in the stage table.
 
-    >>> from kgpt2.instructions import format_prompt
-    >>> print(format_prompt("Name a colour.", ""))
+    >>> from kgpt2.data.instructions import record_prompt
+    >>> print(record_prompt({"instruction": "Add.", "input": "1+1"}, "example"))
     ### Instruction:
-    Name a colour.
+    Add.
+    <BLANKLINE>
+    ### Input:
+    1+1
     <BLANKLINE>
     ### Response:
     <BLANKLINE>
-    >>> from kgpt2.tokenizer import Tokenizer
-    >>> tok = Tokenizer.from_dir("../shared/data/gpt2-tokenizer")
-    >>> ids, mask = encode_example(tok, format_prompt("Name a colour."), "Blue.")
-    >>> tok.decode([t for t, m in zip(ids, mask) if m]), int(mask[-1])
-    ('Blue.', 1)
 """
 
 from __future__ import annotations
@@ -32,22 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from kgpt2.data.sources import Document, Source, json_records, load_hf
+from kgpt2.data.documents import Document
+from kgpt2.data.records import json_records, load_hf
 from kgpt2.errors import UserError
-
-INSTRUCTION = "### Instruction:\n"
-INPUT = "### Input:\n"
-RESPONSE = "### Response:\n"
-
-
-def format_prompt(instruction: str, input_text: str = "") -> str:
-    """Everything before the response; the Input block is omitted when empty."""
-    text = INSTRUCTION + instruction.strip() + "\n\n"
-    if input_text and input_text.strip():
-        text += INPUT + input_text.strip() + "\n\n"
-    return text + RESPONSE
+from kgpt2.templates import format_prompt
 
 
 @dataclass
@@ -55,20 +43,6 @@ class InstructionDocument(Document):
     """A Document whose first `prompt_chars` characters are the prompt (no loss)."""
 
     prompt_chars: int = 0
-
-
-def encode_example(tokenizer, prompt: str, response: str):
-    """(token ids, loss mask) of prompt + response + end-of-text.
-
-    The two parts are encoded separately so the prompt's ids never depend on
-    the response (BPE could merge across the boundary otherwise).
-    """
-    prompt_ids = tokenizer.encode(prompt)
-    response_ids = tokenizer.encode(response)
-    ids = np.asarray(prompt_ids + response_ids + [tokenizer.eos_id], dtype=np.int64)
-    mask = np.zeros(len(ids), dtype=np.uint8)
-    mask[len(prompt_ids):] = 1
-    return ids, mask
 
 
 def record_prompt(record: dict, where: str, template: str = "plain") -> str:
@@ -81,8 +55,7 @@ def record_prompt(record: dict, where: str, template: str = "plain") -> str:
     raise UserError(f"{where}: expected an instruction (or prompt) field, found {', '.join(sorted(record)) or 'none'}")
 
 
-# Readers (kgpt2.data.sources calls them for the "alpaca" and "preferences" formats)
-def _records(src: Source):
+def _records(src):
     """(where, record) of a JSON/JSON Lines file, or of every split of an `hf:` dataset."""
     if not str(src.path).startswith("hf:"):
         yield from json_records(src)
@@ -92,7 +65,7 @@ def _records(src: Source):
             yield f"{src.path} [{split_name} row {i}]", dict(row, id=row.get("id", f"{split_name}:{i}"))
 
 
-def _read(src: Source, response_key: str):
+def _read(src, response_key: str):
     stem = Path(str(src.path)).stem
     for n, (where, record) in enumerate(_records(src)):
         if response_key not in record:
@@ -109,12 +82,12 @@ def _read(src: Source, response_key: str):
                                   prompt_chars=len(prompt))
 
 
-def read_alpaca(src: Source):
+def read_alpaca(src):
     """Alpaca records: instruction, input, output (a file, or hf:tatsu-lab/alpaca)."""
     yield from _read(src, "output")
 
 
-def read_preferences(src: Source):
+def read_preferences(src):
     """Preference records as supervised data on their chosen responses (SFT before DPO)."""
     yield from _read(src, "chosen")
 

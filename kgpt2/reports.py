@@ -1,0 +1,86 @@
+"""What the CLI verbs print: each verb's result (a dict or rows) as the text a person reads.
+
+Kept apart from `kgpt2.cli` (argparse only) so the wording of results is in
+one place and testable without running a command; the verbs' own tables
+(`kgpt2.evaluate.format_table`, `kgpt2.pretrain.format_summary`) stay with
+the verbs whose results they show.
+
+    >>> from kgpt2.reports import plan_table
+    >>> print(plan_table([{"stage": 1, "articles": 10, "steps": 3}, {"stage": 2, "articles": 90, "steps": 25}]))
+     stage  articles  steps
+         1        10      3
+         2        90     25
+"""
+
+from __future__ import annotations
+
+
+def prepare_report(manifest: dict, out) -> str:
+    """`kgpt2 prepare`: articles and tokens per split, what was skipped, where the shards are."""
+    lines = [f"{name:>10}: {s['num_articles']:>8,} articles {s['num_tokens']:>13,} tokens"
+             for name, s in manifest["splits"].items()]
+    skipped = manifest["skipped"]
+    if skipped["total"]:
+        lines.append(f"skipped {skipped['total']} records: {skipped['by_reason']}")
+        lines += [f"  e.g. {example}" for example in skipped["examples"]]
+    lines.append(f"shards in {out} (content hash {manifest['content_hash']})")
+    return "\n".join(lines)
+
+
+def plan_table(plan: list, rows) -> str:
+    """`kgpt2 train --dry-run`: the plan as written, why it resolved as it did, and a table of its stages."""
+    import pandas as pd  # deferred: pandas adds ~0.5 s to every `kgpt2` start
+
+    table = pd.DataFrame([{"stage": r["stage"], "articles": f"{r['articles']:,}",
+                           "range": f"{r['first']:,}-{r['first'] + r['articles']:,}",
+                           "tokens": f"{r['tokens']:,}", "steps": f"{r['steps']:,}",
+                           "epochs": r["epochs"]} for r in rows])
+    total = sum(r["steps"] for r in rows)
+    return f"stage plan {plan}\nwhy: {rows.why}\n{table.to_string(index=False)}\n{total:,} optimizer steps in all"
+
+
+def recipe_list(listing: list[tuple[str, str]]) -> str:
+    """`kgpt2 recipes`: one line per recipe, then how to use one."""
+    width = max(len(name) for name, _ in listing)
+    lines = [f"{name:<{width}}  {text}" for name, text in listing]
+    lines += ["", "use one: kgpt2 train --config NAME [key=value ...]; edit a copy: kgpt2 recipes --copy NAME [DEST]"]
+    return "\n".join(lines)
+
+
+def train_report(result) -> str:
+    return f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})"
+
+
+def align_report(result: dict, run_dir) -> str:
+    """`kgpt2 align`: what happened to the pairs, and the held-out DPO metrics before and after."""
+    p = result["pairs"]
+    lines = [f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
+             f"chosen == rejected dropped, {p['too_long_dropped']} too long; {p['train']} train, {p['heldout']} held out"]
+    for when in ("before", "after"):
+        m = result[f"heldout_{when}"]
+        lines.append(f"held-out {when:>6}: loss {m['loss']:.4f}, reward accuracy {m['reward_accuracy']:.3f}, "
+                     f"margin {m['reward_margin']:.4f}")
+    lines.append(f"run in {run_dir} ({result['checkpoint']}, align.json)")
+    return "\n".join(lines)
+
+
+def quickstart_report(result: dict, evaluation_table: str) -> str:
+    """`kgpt2 quickstart`: the evaluation table, a sample, what was made and what to try next."""
+    run_dir = result["run_dir"]
+    return "\n".join([
+        "\n== evaluation on held-out articles (test split)", evaluation_table,
+        "\n== greedy sample from the final checkpoint", (result["prompt"] + result["sample"]).rstrip(),
+        f"\nmade: {run_dir}/ (tokenizer/, preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)",
+        f"next: kgpt2 demo --run {run_dir}",
+        f"      kgpt2 generate --run {run_dir} --prompt 'The with statement'",
+    ])
+
+
+def tokenizer_report(tokenizer, out) -> str:
+    kind = "character" if tokenizer.kind == "char" else "byte-level BPE"
+    return f"{kind} tokenizer, {tokenizer.vocab_size} tokens (end-of-text id {tokenizer.eos_id}), saved in {out}"
+
+
+def export_report(run, checkpoint: str, to: str, out) -> str:
+    form = "Hugging Face GPT-2" if to == "hf" else "KerasHub preset"
+    return f"exported {run} ({checkpoint}) as {form} to {out}"

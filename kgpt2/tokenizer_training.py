@@ -1,0 +1,53 @@
+"""Train your own tokenizer on a corpus (`kgpt2 tokenizer train`).
+
+A byte-level BPE trained GPT-2 style (HF `tokenizers`), saved as
+`vocabulary.json` + `merges.txt` (`keras_hub.models.GPT2Tokenizer(vocabulary=...,
+merges=...)` loads them; a preset made from it loads with
+`GPT2Tokenizer.from_preset`), or with `char=True` a nanoGPT-style character
+vocabulary (`kgpt2.char_tokenizer`). `model.tokenizer = DIR` and
+`kgpt2 prepare --tokenizer DIR` take either.
+
+    >>> import tempfile
+    >>> from kgpt2.tokenizer_training import train_tokenizer
+    >>> tok = train_tokenizer("pydoc", tempfile.mkdtemp(), char=True)
+    >>> tok.decode(tok.encode("assert x")), tok.eos_id == tok.vocab_size - 1
+    ('assert x', True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kgpt2.char_tokenizer import CharTokenizer
+from kgpt2.data.sources import open_source
+from kgpt2.errors import UserError
+from kgpt2.tokenizer import Tokenizer as BPETokenizer
+from kgpt2.tokenizer_protocol import Tokenizer
+
+
+def _texts(source: str, fmt: str | None = None):
+    texts = [doc.text for doc in open_source(source, fmt)]
+    if not texts:
+        raise UserError(f"source '{source}' holds no text to train a tokenizer on")
+    return texts
+
+
+def train_tokenizer(source: str, out_dir, vocab_size: int = 0, *, char: bool = False,
+                    fmt: str | None = None, min_frequency: int = 2) -> Tokenizer:
+    """Train a tokenizer on `source` and save it to `out_dir`; return it.
+
+    BPE: `vocab_size` tokens in all (256 bytes + end-of-text + merges), saved
+    as the vocabulary.json + merges.txt that KerasHub's GPT2Tokenizer reads.
+    Char: every distinct character plus end-of-text; `vocab_size` is ignored.
+    """
+    texts = _texts(source, fmt)
+    out_dir = Path(out_dir)
+    if char:
+        tokenizer = CharTokenizer.train(texts)
+        tokenizer.save(out_dir)
+        return tokenizer
+    if vocab_size < 258:
+        raise UserError(f"a byte-level BPE needs --vocab-size of at least 258 (256 bytes, end-of-text, a merge), got {vocab_size}")
+    tokenizer = BPETokenizer.train(texts, vocab_size=vocab_size, min_frequency=min_frequency)
+    tokenizer.save(out_dir)
+    return tokenizer

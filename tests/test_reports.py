@@ -1,0 +1,41 @@
+"""What the verbs print (kgpt2.reports) agrees with what they wrote."""
+
+from __future__ import annotations
+
+import json
+
+from kgpt2 import reports
+from kgpt2.char_tokenizer import CharTokenizer
+from kgpt2.cli import main
+
+
+def test_prepare_prints_the_manifest_counts(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"doc{i}.txt").write_text(f"document {i} " * 20, encoding="utf-8")
+    (corpus / "bad.txt").write_bytes(b"\xff\xfe not utf-8")
+    tok_dir = tmp_path / "tok"
+    CharTokenizer.train(["document 0123456789 "]).save(tok_dir)
+    out = tmp_path / "shards"
+    assert main(["-q", "prepare", "--source", str(corpus), "--out", str(out), "--tokenizer", str(tok_dir)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, split in manifest["splits"].items():
+        line = next(x for x in printed if x.strip().startswith(f"{name}:"))
+        assert f"{split['num_articles']:,} articles" in line and f"{split['num_tokens']:,} tokens" in line
+    assert printed[-1] == f"shards in {out} (content hash {manifest['content_hash']})"
+    assert any(x.startswith("skipped 1 records") for x in printed) and any("bad.txt" in x for x in printed)
+
+
+def test_align_and_tokenizer_reports():
+    metrics = {"loss": 0.5, "reward_accuracy": 0.75, "reward_margin": 0.125}
+    result = {"pairs": {"read": 10, "ties_skipped": 1, "identical_dropped": 0, "too_long_dropped": 2,
+                        "train": 6, "heldout": 1},
+              "heldout_before": metrics, "heldout_after": dict(metrics, loss=0.25), "checkpoint": "ckpt-8"}
+    text = reports.align_report(result, "runs/dpo").splitlines()
+    assert text[0].startswith("pairs: 10 read, 1 ties skipped") and "6 train, 1 held out" in text[0]
+    assert text[2] == "held-out  after: loss 0.2500, reward accuracy 0.750, margin 0.1250"
+    assert text[-1] == "run in runs/dpo (ckpt-8, align.json)"
+    tok = CharTokenizer("ab")
+    assert reports.tokenizer_report(tok, "t") == "character tokenizer, 3 tokens (end-of-text id 2), saved in t"

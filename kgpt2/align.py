@@ -223,19 +223,10 @@ def align(cfg, verbose="auto") -> dict:
     from kgpt2.checkpoints import CheckpointManager, atomic_write_text
     from kgpt2.config import save_config
     from kgpt2.devices import resolve_device
-    from kgpt2.generate import TEMPLATES
     from kgpt2.models import build_causal_lm, load_tokenizer
     from kgpt2.train import make_optimizer
 
     a = cfg.align
-    if a.beta <= 0:
-        raise UserError(f"align.beta must be > 0, got {a.beta}")
-    if not 0 < a.heldout_fraction < 1:
-        raise UserError(f"align.heldout_fraction must be in (0, 1), got {a.heldout_fraction}")
-    if a.template not in TEMPLATES:
-        raise UserError(f"align.template must be one of {', '.join(TEMPLATES)}, got {a.template!r}")
-    if cfg.model.quantize and not cfg.lora.enabled:
-        raise UserError("a quantised base (model.quantize) is frozen: enable LoRA to train adapters on it")
     ckpts = CheckpointManager(cfg.run_dir)
     if ckpts.latest() is not None:
         raise UserError(f"run '{cfg.run_dir}' already has checkpoints; choose a new run name")

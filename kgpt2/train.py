@@ -39,7 +39,7 @@ from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, evaluation_model, summarise
-from kgpt2.models import build_causal_lm, count_params, load_tokenizer
+from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
 from kgpt2.stage_plan import plan_stages
 
@@ -139,6 +139,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
         raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
     if cfg.model.quantize and not cfg.lora.enabled:
         raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
+    check_sequence_length(cfg)
     tokenizer = load_tokenizer(cfg.model)
     shards = ShardSet(cfg.data.shards)
     shards.check_tokenizer(tokenizer)

@@ -97,16 +97,14 @@ def test_articles_without_mask_are_unchanged(pydoc_shards):
     assert w.min() == 1.0 and list(y[0]) == list(split.tokens[1:33])
 
 
-def test_bad_options_are_user_errors(pydoc_shards):
-    from kgpt2.data.batches import split_options
-    from kgpt2.data.shards import ShardSet
+def test_bad_options_are_user_errors():
+    from kgpt2.config import load_config
     from kgpt2.errors import UserError
 
-    split = ShardSet(pydoc_shards).split("train")
-    with pytest.raises(UserError, match="data.loss_on"):
-        split_options(split, 0, 1, "prompt", "packed")
-    with pytest.raises(UserError, match="data.windows"):
-        split_options(split, 0, 1, "response", "stacked")
+    with pytest.raises(UserError, match='data.loss_on must be one of "response", "all"; got "prompt"'):
+        load_config(None, ["data.loss_on=prompt"])
+    with pytest.raises(UserError, match='data.windows must be one of "packed", "example"; got "stacked"'):
+        load_config(None, ["data.windows=stacked"])
 
 
 @pytest.mark.slow

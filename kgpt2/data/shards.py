@@ -343,7 +343,25 @@ class ShardSet:
             raise UserError(f"'{path}' is corrupt; run `kgpt2 prepare` again") from None
         if self.manifest.get("format") != FORMAT:
             raise UserError(f"'{self.directory}' was written by another kgpt2 shard format")
+        self._check_files()
         self._splits: dict = {}
+
+    def _check_files(self) -> None:
+        """One sentence, at open, for a split file that is missing or cut short (not a traceback later)."""
+        itemsize = np.dtype(self.manifest["dtype"]).itemsize
+        for info in self.manifest["splits"].values():
+            expected = {info["offsets"]: None, info["ids"]: None}
+            if info["num_tokens"]:
+                expected[info["tokens"]] = info["num_tokens"] * itemsize
+                if info.get("mask"):
+                    expected[info["mask"]] = info["num_tokens"]
+            for name, size in expected.items():
+                path = self.directory / name
+                if not path.is_file():
+                    raise UserError(f"shard set '{self.directory}' is missing {name}; run `kgpt2 prepare` again")
+                if size is not None and path.stat().st_size != size:
+                    raise UserError(f"shard set '{self.directory}' has a damaged {name} ({path.stat().st_size} "
+                                    f"bytes, expected {size}); run `kgpt2 prepare` again")
 
     @property
     def tokenizer_hash(self) -> str:

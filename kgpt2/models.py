@@ -28,6 +28,7 @@ import keras
 import keras_hub
 import numpy as np
 
+from kgpt2 import compat
 from kgpt2.config import Config, LoraConfig, ModelConfig
 from kgpt2.errors import UserError
 from kgpt2.tokenizer import Tokenizer
@@ -120,6 +121,7 @@ def check_sequence_length(cfg: Config) -> None:
 
 def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.models.GPT2Backbone:
     """The GPT2Backbone for `cfg`, with kgpt2's dropout setting."""
+    compat.check_versions()  # the internals kgpt2.compat touches are those of the tested releases
     _check_preset(cfg.preset)
     if cfg.preset == "scratch":
         return keras_hub.models.GPT2Backbone(
@@ -177,9 +179,10 @@ def enable_lora(backbone, lora: LoraConfig) -> None:
     `enable_lora(rank, lora_alpha=...)`.
     """
     backbone.trainable = True
-    for layer in backbone._flatten_layers(include_self=False):
+    layers = compat.sublayers(backbone)
+    for layer in layers:
         layer.trainable = False
-    for layer in backbone._flatten_layers(include_self=False):
+    for layer in layers:
         if layer.name in lora.targets and hasattr(layer, "enable_lora") and layer.weights:
             layer.trainable = True
             layer.enable_lora(lora.rank, lora_alpha=lora.alpha)
@@ -241,7 +244,7 @@ def pad_vocabulary(backbone, multiple: int):
             w = np.concatenate([w, np.zeros((size - real,) + w.shape[1:], w.dtype)], axis=0)
         weights.append(w)
     padded.set_weights(weights)
-    padded.token_embedding.__class__ = PaddedReversibleEmbedding
+    compat.retype_layer(padded.token_embedding, PaddedReversibleEmbedding)
     padded.token_embedding.real_vocabulary_size = real
     padded.real_vocabulary_size = real
     return padded
@@ -290,10 +293,8 @@ def set_attention_dropout(backbone, rate: float) -> None:
     """
     if rate < 0:
         return
-    for layer in backbone.transformer_layers:
-        attention = layer._self_attention_layer
-        attention._dropout = rate
-        attention._dropout_layer.rate = rate
+    for attention in compat.self_attention_layers(backbone):
+        compat.set_attention_dropout(attention, rate)
 
 
 def use_causal_attention(backbone) -> None:
@@ -314,20 +315,20 @@ def use_causal_attention(backbone) -> None:
     with a cache offset (one-token decode steps), attention scores or
     attention dropout keep keras-hub's mask.
     """
-    for layer in backbone.transformer_layers:
-        attention = layer._self_attention_layer
-        compute = attention._compute_attention
+    for attention in compat.self_attention_layers(backbone):
 
-        def causal(query, key, value, attention_mask=None, training=None, return_attention_scores=False,
-                   use_causal_mask=False, _compute=compute, _layer=attention):
-            t, s = query.shape[1], key.shape[1]
-            if (attention_mask is not None and t is not None and t == s and not return_attention_scores
-                    and _layer._dropout == 0):
-                attention_mask, use_causal_mask = None, True
-            return _compute(query, key, value, attention_mask=attention_mask, training=training,
-                            return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
+        def causal_for(compute, _layer=attention):
+            def causal(query, key, value, attention_mask=None, training=None, return_attention_scores=False,
+                       use_causal_mask=False):
+                t, s = query.shape[1], key.shape[1]
+                if (attention_mask is not None and t is not None and t == s and not return_attention_scores
+                        and compat.attention_dropout(_layer) == 0):
+                    attention_mask, use_causal_mask = None, True
+                return compute(query, key, value, attention_mask=attention_mask, training=training,
+                               return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
+            return causal
 
-        attention._compute_attention = causal
+        compat.wrap_compute_attention(attention, causal_for)
 
 
 def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.GPT2CausalLM:

@@ -5,8 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
-
 
 @pytest.fixture(scope="module")
 def alpaca_records(shared_data):
@@ -108,7 +106,7 @@ def test_bad_options_are_user_errors():
 
 
 @pytest.mark.slow
-def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_tokenizer):
+def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_tokenizer, make_tiny_config):
     """prepare -> train (response-only loss, padded examples) -> generate with the same template."""
     import pandas as pd
 
@@ -124,7 +122,7 @@ def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_to
     prepare(str(alpaca_file), tmp_path / "shards", pydoc_tokenizer, fractions=(0.75, 0.25, 0.0), progress=False)
     base = load_config("configs/alpaca.toml")
     assert (base.data.loss_on, base.data.windows, base.generate.template) == ("response", "example", "instruction")
-    cfg = tiny_config(tmp_path / "runs", tiny_preset, tmp_path / "shards", "run=alpaca", "data.windows=example",
+    cfg = make_tiny_config(tmp_path / "runs", tiny_preset, tmp_path / "shards", "run=alpaca", "data.windows=example",
                       "data.sequence_length=64", 'train.stages=["rest"]', "train.batch_size=4", "train.eval_batches=1",
                       "lora.enabled=true", "generate.template=instruction")
     result = train(cfg, verbose=0)

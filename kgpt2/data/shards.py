@@ -16,12 +16,19 @@ never leaves a shard set that looks complete. Re-running it on unchanged
 inputs (same files, sizes, mtimes, options, tokenizer) returns the existing
 manifest without touching anything; `content_hash` is a hash of the tokens.
 
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from kgpt2.data.shards import prepare, ShardSet
     >>> from kgpt2.tokenizer import Tokenizer
-    >>> tok = Tokenizer.from_dir("../shared/data/gpt2-tokenizer")
-    >>> manifest = prepare("pydoc", "/tmp/kgpt2-pydoc-shards", tok, progress=False)
-    >>> train = ShardSet("/tmp/kgpt2-pydoc-shards").split("train")
-    >>> tok.decode(train.article_tokens(0)).startswith("The assert statement")
+    >>> root = Path(tempfile.mkdtemp())
+    >>> articles = [f"Article {i}: the assert statement is a debugging aid." for i in range(40)]
+    >>> _ = (root / "corpus.txt").write_text("\\n\\n".join(articles))
+    >>> tok = Tokenizer.train(articles, vocab_size=300)
+    >>> manifest = prepare(root / "corpus.txt", root / "shards", tok, separator="\\n\\n", progress=False)
+    >>> train = ShardSet(root / "shards").split("train")
+    >>> train.num_articles + manifest["splits"]["validation"]["num_articles"] + manifest["splits"]["test"]["num_articles"]
+    40
+    >>> tok.decode(train.article_tokens(0)[:-1]).startswith("Article ")
     True
 """
 

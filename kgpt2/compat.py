@@ -74,8 +74,8 @@ def retype_layer(layer, cls) -> None:
     Rebuilding keras-hub's token embedding would mean rebuilding the backbone
     around it; a subclass that only changes `call` can take its place.
     """
-    if not isinstance(layer, cls.__mro__[1]):
-        raise TypeError(f"{cls.__name__} does not extend {type(layer).__name__}")
+    if not issubclass(cls, type(layer)):
+        raise TypeError(f"{cls.__name__} does not extend {type(layer).__module__}.{type(layer).__name__}")
     layer.__class__ = cls
 
 

@@ -40,9 +40,9 @@ Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 Template = Literal["plain", "instruction"]
 
 
-def at_least(low, *, default=dataclasses.MISSING, default_factory=dataclasses.MISSING, below=None):
+def at_least(low, *, default, below=None):
     """A dataclass field whose value must be >= `low` (and < `below` when given)."""
-    return field(default=default, default_factory=default_factory, metadata={"min": low, "below": below})
+    return field(default=default, metadata={"min": low, "below": below})
 
 
 def _show(value) -> str:
@@ -50,11 +50,8 @@ def _show(value) -> str:
 
 
 def check_fields(section) -> None:
-    """Check a config dataclass's values against its `Literal` annotations and field bounds.
-
-    The allowed values are written once, in the annotations and `at_least(...)`
-    fields below; the message names the key, the bad value and what is allowed.
-    """
+    """Check a section's values against its `Literal` annotations and `at_least` bounds (written once, below);
+    the message names the key, the bad value and what is allowed."""
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
         key, value, hint = f"{section.SECTION}.{f.name}", getattr(section, f.name), hints[f.name]

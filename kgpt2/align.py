@@ -223,10 +223,11 @@ def align(cfg, verbose="auto") -> dict:
     from kgpt2.checkpoints import CheckpointManager, atomic_write_text
     from kgpt2.config import save_config
     from kgpt2.devices import resolve_device
-    from kgpt2.models import build_causal_lm, load_tokenizer
+    from kgpt2.models import build_causal_lm, check_sequence_length, load_tokenizer
     from kgpt2.train import make_optimizer
 
     a = cfg.align
+    check_sequence_length(cfg)
     ckpts = CheckpointManager(cfg.run_dir)
     if ckpts.latest() is not None:
         raise UserError(f"run '{cfg.run_dir}' already has checkpoints; choose a new run name")

@@ -54,6 +54,7 @@ def test_cli_refuses_bad_values_before_making_a_run(tmp_path, bad):
 
 
 def test_sequence_length_beyond_the_models_context(tmp_path, tiny_preset, pydoc_shards):
+    from kgpt2.align import align
     from kgpt2.models import check_sequence_length, context_length
     from kgpt2.train import train
 
@@ -62,6 +63,8 @@ def test_sequence_length_beyond_the_models_context(tmp_path, tiny_preset, pydoc_
     assert context_length(cfg.model) == 64  # read from the preset's config.json, as the backbone gets it
     with pytest.raises(UserError, match=r"^data.sequence_length is 65, but model '.*' attends to at most 64 tokens"):
         train(cfg)
+    with pytest.raises(UserError, match="attends to at most 64 tokens"):
+        align(cfg)
     assert list(tmp_path.iterdir()) == []
     check_sequence_length(load_config(None, ["model.preset=gpt2_base_en", "data.sequence_length=1024"]))
     with pytest.raises(UserError, match="at most 1024 tokens"):

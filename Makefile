@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast demo bench-gpu clean
+.PHONY: quickstart test test-fast doctest demo bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,13 +16,25 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/kgpt2 quickstart
 
-# The whole suite on TensorFlow, then the fast core again on JAX.
+# Modules whose docstring examples do not run yet (still comments, or they need
+# ../shared or a trained run); their owners make them run and shrink this list.
+DOCTESTS_PENDING := align checkpoints cli demo distribution evaluate export generate \
+	periodic_eval pretrain quantize quickstart run_logs smoke train votes data/sources
+DOCTESTS := --doctest-modules $(foreach m,$(DOCTESTS_PENDING),--ignore=kgpt2/$(m).py) kgpt2
+# -rs: a summary of every skipped test and why.
+PYTEST := -m pytest -q -rs -p no:cacheprovider
+
+# The whole suite and the docstring examples on TensorFlow, then the fast core again on JAX.
 test: $(STAMP)
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q -p no:cacheprovider tests
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) tests $(DOCTESTS)
+	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) -m "not slow" tests $(DOCTESTS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python $(PYTEST) -m "not slow" tests $(DOCTESTS)
+
+# Only the docstring examples (seconds).
+doctest: $(STAMP)
+	$(BIN)/python $(PYTEST) $(DOCTESTS)
 
 demo: $(STAMP)
 	$(BIN)/kgpt2 demo

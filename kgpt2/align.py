@@ -43,11 +43,10 @@ from kgpt2.data.examples import encode_example
 from kgpt2.data.instructions import record_prompt
 from kgpt2.devices import resolve_device
 from kgpt2.errors import UserError
-from kgpt2.models import build_causal_lm, load_tokenizer
+from kgpt2.models import build_causal_lm, check_sequence_length, load_tokenizer
 from kgpt2.io import atomic_write_text
 from kgpt2.optimizer import make_optimizer
 from kgpt2.run import Run
-from kgpt2.templates import TEMPLATES
 
 log = logging.getLogger("kgpt2")
 
@@ -229,7 +228,7 @@ def _take(inputs: dict, index) -> dict:
 def align(cfg, verbose="auto") -> dict:
     """DPO-train the model of `cfg` on `cfg.align.data`; return the results (also in <run>/align.json)."""
     a = cfg.align
-    _check_settings(cfg)
+    check_sequence_length(cfg)
     run = Run.of(cfg)
     ckpts = run.checkpoints()
     if ckpts.latest() is not None:
@@ -278,18 +277,6 @@ def align(cfg, verbose="auto") -> dict:
               "checkpoint": ckpt.id}
     atomic_write_text(run.align_result, json.dumps(result, indent=2))
     return result
-
-
-def _check_settings(cfg) -> None:
-    a = cfg.align
-    if a.beta <= 0:
-        raise UserError(f"align.beta must be > 0, got {a.beta}")
-    if not 0 < a.heldout_fraction < 1:
-        raise UserError(f"align.heldout_fraction must be in (0, 1), got {a.heldout_fraction}")
-    if a.template not in TEMPLATES:
-        raise UserError(f"align.template must be one of {', '.join(TEMPLATES)}, got {a.template!r}")
-    if cfg.model.quantize and not cfg.lora.enabled:
-        raise UserError("a quantised base (model.quantize) is frozen: enable LoRA to train adapters on it")
 
 
 def _floats(d: dict) -> dict:

@@ -28,6 +28,7 @@ import keras
 import keras_hub
 import numpy as np
 
+from kgpt2 import compat
 from kgpt2.config import Config, LoraConfig, ModelConfig
 from kgpt2.errors import UserError
 from kgpt2.quantize import quantize_backbone
@@ -39,7 +40,6 @@ OFFLINE_HINT = (
     "to work offline, use a local preset directory (save_to_preset output), "
     "a local Hugging Face GPT-2 directory, or model.preset = \"scratch\""
 )
-LORA_TARGETS = ("query", "key", "value", "attention_output")
 
 
 def _is_local(preset: str) -> bool:
@@ -93,8 +93,37 @@ def hf_gpt2_overrides(root: Path) -> dict:
     return {"intermediate_dim": int(config["n_inner"])} if config.get("n_inner") else {}
 
 
+def context_length(cfg: ModelConfig) -> int | None:
+    """The longest sequence `cfg`'s model attends to, read without building it (None = unknown).
+
+    Scratch: `model.max_sequence_length`; a local directory: its config.json
+    (KerasHub `max_sequence_length`, Hugging Face `n_positions`); the named
+    GPT-2 presets: 1024, as every one of them was trained.
+    """
+    if cfg.preset == "scratch":
+        return cfg.max_sequence_length
+    if cfg.preset in GPT2_PRESETS:
+        return 1024
+    path = Path(cfg.preset).expanduser() / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # loading the model reports what is wrong with it
+    n = config.get("config", {}).get("max_sequence_length") if "model_type" not in config else config.get("n_positions")
+    return int(n) if isinstance(n, int) else None
+
+
+def check_sequence_length(cfg: Config) -> None:
+    """Refuse a `data.sequence_length` beyond the model's context before any work starts."""
+    limit = context_length(cfg.model)
+    if limit is not None and cfg.data.sequence_length > limit:
+        raise UserError(f"data.sequence_length is {cfg.data.sequence_length}, but model '{cfg.model.preset}' "
+                        f"attends to at most {limit} tokens; set data.sequence_length <= {limit}")
+
+
 def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.models.GPT2Backbone:
     """The GPT2Backbone for `cfg`, with kgpt2's dropout setting."""
+    compat.check_versions()  # the internals kgpt2.compat touches are those of the tested releases
     _check_preset(cfg.preset)
     if cfg.preset == "scratch":
         return keras_hub.models.GPT2Backbone(
@@ -151,15 +180,11 @@ def enable_lora(backbone, lora: LoraConfig) -> None:
     every layer, then LoRA the targets) calling each layer's own
     `enable_lora(rank, lora_alpha=...)`.
     """
-    unknown = set(lora.targets) - set(LORA_TARGETS)
-    if unknown or not lora.targets:
-        raise UserError(f"lora.targets must be some of {', '.join(LORA_TARGETS)}; got {lora.targets}")
-    if lora.rank < 1:
-        raise UserError(f"lora.rank must be at least 1, got {lora.rank}")
     backbone.trainable = True
-    for layer in backbone._flatten_layers(include_self=False):
+    layers = compat.sublayers(backbone)
+    for layer in layers:
         layer.trainable = False
-    for layer in backbone._flatten_layers(include_self=False):
+    for layer in layers:
         if layer.name in lora.targets and hasattr(layer, "enable_lora") and layer.weights:
             layer.trainable = True
             layer.enable_lora(lora.rank, lora_alpha=lora.alpha)
@@ -221,7 +246,7 @@ def pad_vocabulary(backbone, multiple: int):
             w = np.concatenate([w, np.zeros((size - real,) + w.shape[1:], w.dtype)], axis=0)
         weights.append(w)
     padded.set_weights(weights)
-    padded.token_embedding.__class__ = PaddedReversibleEmbedding
+    compat.retype_layer(padded.token_embedding, PaddedReversibleEmbedding)
     padded.token_embedding.real_vocabulary_size = real
     padded.real_vocabulary_size = real
     return padded
@@ -270,12 +295,8 @@ def set_attention_dropout(backbone, rate: float) -> None:
     """
     if rate < 0:
         return
-    if rate >= 1:
-        raise UserError(f"model.attention_dropout must be below 1, got {rate}")
-    for layer in backbone.transformer_layers:
-        attention = layer._self_attention_layer
-        attention._dropout = rate
-        attention._dropout_layer.rate = rate
+    for attention in compat.self_attention_layers(backbone):
+        compat.set_attention_dropout(attention, rate)
 
 
 def use_causal_attention(backbone) -> None:
@@ -296,20 +317,20 @@ def use_causal_attention(backbone) -> None:
     with a cache offset (one-token decode steps), attention scores or
     attention dropout keep keras-hub's mask.
     """
-    for layer in backbone.transformer_layers:
-        attention = layer._self_attention_layer
-        compute = attention._compute_attention
+    for attention in compat.self_attention_layers(backbone):
 
-        def causal(query, key, value, attention_mask=None, training=None, return_attention_scores=False,
-                   use_causal_mask=False, _compute=compute, _layer=attention):
-            t, s = query.shape[1], key.shape[1]
-            if (attention_mask is not None and t is not None and t == s and not return_attention_scores
-                    and _layer._dropout == 0):
-                attention_mask, use_causal_mask = None, True
-            return _compute(query, key, value, attention_mask=attention_mask, training=training,
-                            return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
+        def causal_for(compute, _layer=attention):
+            def causal(query, key, value, attention_mask=None, training=None, return_attention_scores=False,
+                       use_causal_mask=False):
+                t, s = query.shape[1], key.shape[1]
+                if (attention_mask is not None and t is not None and t == s and not return_attention_scores
+                        and compat.attention_dropout(_layer) == 0):
+                    attention_mask, use_causal_mask = None, True
+                return compute(query, key, value, attention_mask=attention_mask, training=training,
+                               return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
+            return causal
 
-        attention._compute_attention = causal
+        compat.wrap_compute_attention(attention, causal_for)
 
 
 def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.GPT2CausalLM:

@@ -33,15 +33,12 @@ import warnings
 
 import numpy as np
 
-from kgpt2.errors import UserError
-
-MODES = ("int8", "int4")
-
 
 def quantize_backbone(backbone, mode: str) -> None:
-    """Quantise every quantisable layer of a built backbone in place (Keras `quantize`)."""
-    if mode not in MODES:
-        raise UserError(f"model.quantize must be one of {', '.join(MODES)} (or empty for none), got {mode!r}")
+    """Quantise every quantisable layer of a built backbone in place (Keras `quantize`).
+
+    `mode` is "int8" or "int4"; kgpt2.config checks `model.quantize` when it is read.
+    """
     with warnings.catch_warnings():
         # Layers Keras cannot quantise (layer norms, position embedding) warn
         # one by one; they simply stay float.

@@ -12,13 +12,17 @@ see docs/tokenization.md), and both engines here are also faster. The files are
 still saved in the form `keras_hub.models.GPT2Tokenizer` loads
 (`vocabulary.json` + `merges.txt`), so presets stay valid KerasHub presets.
 
+With OpenAI's files, `Tokenizer.from_files("encoder.json", "vocab.bpe")`
+encodes "parkinson 's disease" as [20928, 7899, 705, 82, 4369], as tiktoken
+does (tests/test_tokenizer.py). A small BPE trained here works the same way:
+
     >>> from kgpt2.tokenizer import Tokenizer
-    >>> tok = Tokenizer.from_files("../shared/data/gpt2-tokenizer/encoder.json",
-    ...                            "../shared/data/gpt2-tokenizer/vocab.bpe")
-    >>> tok.encode("parkinson 's disease")
-    [20928, 7899, 705, 82, 4369]
-    >>> tok.decode(tok.encode("Hello\\n\\nworld"))
-    'Hello\\n\\nworld'
+    >>> tok = Tokenizer.train(["Hello world, hello GPT-2. " * 20], vocab_size=300)
+    >>> ids = tok.encode("Hello world")
+    >>> len(ids) < len("Hello world"), ids[-1] == tok.encode(" world")[-1], tok.engine
+    (True, True, 'tokenizers')
+    >>> tok.decode(tok.encode("Hello\\n\\nworld")) == "Hello\\n\\nworld", tok.vocabulary["<|endoftext|>"] == tok.eos_id
+    (True, True)
 """
 
 from __future__ import annotations

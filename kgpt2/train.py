@@ -47,7 +47,7 @@ from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, evaluation_model
-from kgpt2.models import build_causal_lm, count_params, load_tokenizer
+from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
 from kgpt2.optimizer import make_optimizer
 from kgpt2.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.run import Run
@@ -129,6 +129,7 @@ class Trainer:
             raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
         if cfg.model.quantize and not cfg.lora.enabled:
             raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
+        check_sequence_length(cfg)
         tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
         self.shards = ShardSet(cfg.data.shards)
         self.shards.check_tokenizer(tokenizer)

@@ -3,6 +3,8 @@
 Everything is built once per session in a temporary directory: a byte-level
 BPE trained on CPython's pydoc topics, a 2-layer GPT-2 saved as a KerasHub
 preset, pydoc shards, and a short 2-stage training run (`tiny_run`).
+Tests take these as fixtures (`make_tiny_config`, `tiny_overrides`), never by
+importing this file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ TINY_OVERRIDES = [
     "train.batch_size=8", "train.epochs=1", "train.learning_rate=0.003", "train.warmup_steps=2",
     "train.eval_batches=2", "train.precision=float32", "train.device=cpu", "lora.enabled=false",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _keep_keras_global_state():
+    """Put back the global Keras state a test may change (dtype policy, floatx)."""
+    import keras
+
+    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+    yield
+    keras.config.set_dtype_policy(policy)
+    keras.config.set_floatx(floatx)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +61,12 @@ def pydoc_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def pydoc_tokenizer_dir(tmp_path_factory, pydoc_tokenizer) -> Path:
+    """`pydoc_tokenizer` saved as vocabulary.json + merges.txt, for `--tokenizer DIR`."""
+    return pydoc_tokenizer.save(tmp_path_factory.mktemp("tokenizer") / "pydoc")
+
+
+@pytest.fixture(scope="session")
 def tiny_preset(tmp_path_factory, pydoc_tokenizer) -> Path:
     """A 2-layer, 32-wide GPT-2 with the pydoc BPE, saved as a KerasHub preset."""
     import keras
@@ -69,11 +88,23 @@ def pydoc_shards(tmp_path_factory, pydoc_tokenizer) -> Path:
     return out
 
 
-def tiny_config(root, preset, shards, *extra):
+def _tiny_config(root, preset, shards, *extra):
     from kgpt2.config import load_config
 
     return load_config(None, TINY_OVERRIDES + [f"checkpoints_root={root}", f"model.preset={preset}",
                                                f"data.shards={shards}", *extra])
+
+
+@pytest.fixture(scope="session")
+def make_tiny_config():
+    """`make_tiny_config(root, preset, shards, *overrides)`: a Config for the tiny model."""
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """The tiny model's `key=value` overrides (a copy: tests may extend it)."""
+    return list(TINY_OVERRIDES)
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +113,7 @@ def tiny_run(tmp_path_factory, tiny_preset, pydoc_shards) -> Path:
     from kgpt2.train import train
 
     root = tmp_path_factory.mktemp("runs")
-    cfg = tiny_config(root, tiny_preset, pydoc_shards, "run=tiny", 'train.stages=[5, 10]')
+    cfg = _tiny_config(root, tiny_preset, pydoc_shards, "run=tiny", 'train.stages=[5, 10]')
     train(cfg, verbose=0)
     return cfg.run_dir
 

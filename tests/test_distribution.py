@@ -20,21 +20,21 @@ from kgpt2.errors import UserError
 CHILD = r"""
 import json, logging, shutil, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[4])
 import kgpt2, keras, numpy as np
-from conftest import tiny_config
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.run_logs import read_steps
+from kgpt2.config import load_config
 from kgpt2.run import load_model
 from kgpt2.train import train
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 preset, shards, root = sys.argv[1:4]
+tiny = json.loads(sys.argv[4]) + [f"checkpoints_root={root}", f"model.preset={preset}", f"data.shards={shards}"]
 assert len(keras.distribution.list_devices("cpu")) == 2
 stages = "train.stages=[5, 10]"
 
 def run(name, devices, *extra):
-    cfg = tiny_config(root, preset, shards, f"run={name}", stages, f'train.devices="{devices}"', *extra)
+    cfg = load_config(None, tiny + [f"run={name}", stages, f'train.devices="{devices}"', *extra])
     result = train(cfg, verbose=0)
     model, _, _ = load_model(cfg.run_dir)
     return cfg, result, [np.asarray(w) for w in model.weights], read_steps(cfg.run_dir)["loss"].tolist()
@@ -100,9 +100,9 @@ def _child_env(devices: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_virtual_devices_train_like_one(tiny_preset, pydoc_shards, tmp_path):
+def test_two_virtual_devices_train_like_one(tiny_preset, pydoc_shards, tmp_path, tiny_overrides):
     out = subprocess.run([sys.executable, "-c", CHILD, str(tiny_preset), str(pydoc_shards), str(tmp_path),
-                          os.path.dirname(__file__)], env=_child_env(2), capture_output=True, text=True, timeout=600)
+                          json.dumps(tiny_overrides)], env=_child_env(2), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "data parallel on 2 devices (cpu:0, cpu:1): global batch 8 = 4 per device" in out.stderr
     assert "USERERROR train.batch_size 7 (the global batch) must divide by the 2 devices" in out.stdout

@@ -109,13 +109,12 @@ def test_evaluate_unknown_split_is_a_user_error(tiny_run):
         evaluate_run(tiny_run, "latest", split="dev", save=False)
 
 
-def test_building_a_run_model_leaves_the_global_dtype_policy(tmp_path, tiny_preset, pydoc_shards):
+def test_building_a_run_model_leaves_the_global_dtype_policy(tmp_path, tiny_preset, pydoc_shards, make_tiny_config):
     import keras
-    from conftest import tiny_config
 
     from kgpt2.run import build_run_model
 
-    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "train.precision=mixed_bfloat16")
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "train.precision=mixed_bfloat16")
     keras.config.set_dtype_policy("float32")
     model, _ = build_run_model(cfg)
     assert model.dtype_policy.name == "mixed_bfloat16"  # the run's precision...

@@ -186,7 +186,7 @@ def test_settings_from_config_defaults_are_the_seed_demo():
 
 
 @pytest.mark.parametrize("lora", [True, False])
-def test_restore_from_checkpoint_equals_the_in_memory_model(tmp_path, tiny_preset, pydoc_shards, lora):
+def test_restore_from_checkpoint_equals_the_in_memory_model(tmp_path, tiny_preset, pydoc_shards, lora, make_tiny_config):
     """A trained model's logits == those of the model rebuilt from its run and checkpoint."""
     import keras
 
@@ -197,9 +197,8 @@ def test_restore_from_checkpoint_equals_the_in_memory_model(tmp_path, tiny_prese
     from kgpt2.metrics import compile_lm
     from kgpt2.models import build_causal_lm
     from kgpt2.run import load_model
-    from conftest import tiny_config
 
-    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", f"lora.enabled={str(lora).lower()}", "lora.rank=2")
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", f"lora.enabled={str(lora).lower()}", "lora.rank=2")
     keras.config.set_dtype_policy("float32")
     model = build_causal_lm(cfg)
     data = ShardSet(cfg.data.shards).split("train")

@@ -156,18 +156,17 @@ def gpt2_shards(tmp_path_factory, shared_data, hf_dir):
 
 
 @pytest.mark.slow
-def test_train_from_hf_then_export_both_formats(hf_dir, gpt2_shards, tmp_path, text):
+def test_train_from_hf_then_export_both_formats(hf_dir, gpt2_shards, tmp_path, text, make_tiny_config):
     """HF dir -> staged LoRA run -> `kgpt2 export` hf and preset -> same logits everywhere.
 
     (Full fine-tuning export is covered by test_export_merges_lora_and_transformers_agrees.)
     """
-    from conftest import tiny_config
 
     from kgpt2.cli import main
     from kgpt2.run import load_model
     from kgpt2.train import train
 
-    cfg = tiny_config(tmp_path, hf_dir, gpt2_shards, "run=from-hf", "train.stages=[1, 2]",
+    cfg = make_tiny_config(tmp_path, hf_dir, gpt2_shards, "run=from-hf", "train.stages=[1, 2]",
                       "lora.enabled=true", "lora.rank=4")
     result = train(cfg, verbose=0)
     assert len(result.stages) == 2

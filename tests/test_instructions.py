@@ -5,8 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
-
 
 @pytest.fixture(scope="module")
 def alpaca_records(shared_data):
@@ -98,20 +96,18 @@ def test_articles_without_mask_are_unchanged(pydoc_shards):
     assert w.min() == 1.0 and list(y[0]) == list(split.tokens[1:33])
 
 
-def test_bad_options_are_user_errors(pydoc_shards):
-    from kgpt2.data.batches import split_options
-    from kgpt2.data.shards import ShardSet
+def test_bad_options_are_user_errors():
+    from kgpt2.config import load_config
     from kgpt2.errors import UserError
 
-    split = ShardSet(pydoc_shards).split("train")
-    with pytest.raises(UserError, match="data.loss_on"):
-        split_options(split, 0, 1, "prompt", "packed")
-    with pytest.raises(UserError, match="data.windows"):
-        split_options(split, 0, 1, "response", "stacked")
+    with pytest.raises(UserError, match='data.loss_on must be one of "response", "all"; got "prompt"'):
+        load_config(None, ["data.loss_on=prompt"])
+    with pytest.raises(UserError, match='data.windows must be one of "packed", "example"; got "stacked"'):
+        load_config(None, ["data.windows=stacked"])
 
 
 @pytest.mark.slow
-def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_tokenizer):
+def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_tokenizer, make_tiny_config):
     """prepare -> train (response-only loss, padded examples) -> generate with the same template."""
     import pandas as pd
 
@@ -127,7 +123,7 @@ def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_to
     prepare(str(alpaca_file), tmp_path / "shards", pydoc_tokenizer, fractions=(0.75, 0.25, 0.0), progress=False)
     base = load_config("alpaca")
     assert (base.data.loss_on, base.data.windows, base.generate.template) == ("response", "example", "instruction")
-    cfg = tiny_config(tmp_path / "runs", tiny_preset, tmp_path / "shards", "run=alpaca", "data.windows=example",
+    cfg = make_tiny_config(tmp_path / "runs", tiny_preset, tmp_path / "shards", "run=alpaca", "data.windows=example",
                       "data.sequence_length=64", 'train.stages=["rest"]', "train.batch_size=4", "train.eval_batches=1",
                       "lora.enabled=true", "generate.template=instruction")
     result = train(cfg, verbose=0)

@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
-
 
 def _lm_logits(model, ids):
     x = {"token_ids": np.asarray([ids], "int32"), "padding_mask": np.ones((1, len(ids)), bool)}
@@ -28,7 +26,7 @@ def test_quantize_shrinks_the_base_and_keeps_lora_float(mode, tiny_preset):
 
 
 @pytest.mark.slow
-def test_int8_lora_trains_checkpoints_adapter_only_and_restores(tmp_path, tiny_preset, pydoc_shards):
+def test_int8_lora_trains_checkpoints_adapter_only_and_restores(tmp_path, tiny_preset, pydoc_shards, make_tiny_config):
     from kgpt2.checkpoints import CheckpointManager
     from kgpt2.config import load_config
     from kgpt2.errors import UserError
@@ -37,7 +35,7 @@ def test_int8_lora_trains_checkpoints_adapter_only_and_restores(tmp_path, tiny_p
     from kgpt2.run import load_model
     from kgpt2.train import train
 
-    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=q8", "lora.enabled=true", "model.quantize=int8",
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=q8", "lora.enabled=true", "model.quantize=int8",
                       'train.stages=[4]', "train.max_steps=3", "train.eval_batches=1", "lora.targets=[\"query\", \"value\"]")
     result = train(cfg, verbose=0)
     assert result.global_step == 3 and np.isfinite(result.stages[-1]["loss"])

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_OVERRIDES, tiny_config
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.errors import UserError
 
@@ -38,8 +37,8 @@ def pubmed_shards(tmp_path_factory, shared_data, pydoc_tokenizer):
     return out
 
 
-def _args(root, preset, shards, run):
-    return TINY_OVERRIDES + [f"checkpoints_root={root}", f"model.preset={preset}", f"data.shards={shards}",
+def _args(overrides, root, preset, shards, run):
+    return overrides + [f"checkpoints_root={root}", f"model.preset={preset}", f"data.shards={shards}",
                              f"run={run}", PLAN, "train.checkpoint_every=7", "train.keep_last=2", "train.epochs=1"]
 
 
@@ -64,12 +63,12 @@ def _final_weights(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_anywhere_then_resume_matches_uninterrupted(tmp_path, tiny_preset, pubmed_shards):
-    ref = _start(_args(tmp_path, tiny_preset, pubmed_shards, "reference"))
+def test_sigkill_anywhere_then_resume_matches_uninterrupted(tmp_path, tiny_preset, pubmed_shards, tiny_overrides):
+    ref = _start(_args(tiny_overrides, tmp_path, tiny_preset, pubmed_shards, "reference"))
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
 
     run_dir = tmp_path / "killed"
-    args = _args(tmp_path, tiny_preset, pubmed_shards, "killed")
+    args = _args(tiny_overrides, tmp_path, tiny_preset, pubmed_shards, "killed")
     rng = random.Random(0)
     kills = 0
     for attempt in ("random", "during-save", "random"):
@@ -111,25 +110,25 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted(tmp_path, tiny_prese
     assert steps == list(range(1, step + 1))
 
 
-def test_resume_refuses_incompatible_config(tmp_path, tiny_preset, pydoc_shards):
+def test_resume_refuses_incompatible_config(tmp_path, tiny_preset, pydoc_shards, make_tiny_config):
     from kgpt2.train import train
 
-    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]")
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]")
     train(cfg, verbose=0)
     for override, named in [("lora.enabled=true", "lora"), ("data.sequence_length=16", "sequence_length")]:
-        changed = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]", override)
+        changed = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]", override)
         with pytest.raises(UserError, match=f"config changed.*{named}"):
             train(changed, verbose=0)
-    changed = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]", "train.batch_size=3")
+    changed = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", "train.stages=[3]", "train.batch_size=3")
     with pytest.raises(UserError, match=r"training plan changed \(batch_size: \d+ -> 3\)"):
         train(changed, verbose=0)
     with pytest.raises(UserError, match="no checkpoint to resume"):
-        train(tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=fresh", "train.stages=[3]"),
+        train(make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=fresh", "train.stages=[3]"),
               verbose=0, require_checkpoint=True)
 
 
 @pytest.mark.parametrize("err, words", [(errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file system")])
-def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pydoc_shards, monkeypatch, err, words):
+def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pydoc_shards, monkeypatch, err, words, make_tiny_config):
     import kgpt2.checkpoints as ck
     from kgpt2.train import train
 
@@ -143,7 +142,7 @@ def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pyd
         real_save(path, variables)
 
     monkeypatch.setattr(ck, "_save_arrays", failing_save)
-    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=full", "train.stages=[3, 3]")
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=full", "train.stages=[3, 3]")
     with pytest.raises(UserError, match=f"{words}.*last good checkpoint ckpt-\\d+ is intact"):
         train(cfg, verbose=0)
     ckpts = CheckpointManager(cfg.run_dir).list()
@@ -154,14 +153,14 @@ def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pyd
     assert len(result.stages) == 2
 
 
-def test_training_in_mixed_precision_leaves_the_global_policy(tmp_path, tiny_preset, pydoc_shards):
+def test_training_in_mixed_precision_leaves_the_global_policy(tmp_path, tiny_preset, pydoc_shards, make_tiny_config):
     import keras
 
     from kgpt2.checkpoints import CheckpointManager
     from kgpt2.train import train
 
     keras.config.set_dtype_policy("float32")
-    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=bf16", "train.stages=[3]",
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=bf16", "train.stages=[3]",
                       "train.precision=mixed_bfloat16", "train.eval_batches=1")
     result = train(cfg, verbose=0)
     assert result.global_step > 0 and np.isfinite(result.stages[-1]["loss"])

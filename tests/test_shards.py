@@ -98,27 +98,27 @@ def test_rerun_is_a_no_op_and_a_changed_input_rebuilds(tmp_path, shared_data, gp
     assert rebuilt["content_hash"] == first["content_hash"]  # identical shards
 
 
-def test_folder_signature_counts_only_read_files_and_out_cannot_be_inside(tmp_path, gpt2_tokenizer):
+def test_folder_signature_counts_only_read_files_and_out_cannot_be_inside(tmp_path, pydoc_tokenizer):
     folder = tmp_path / "texts"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("The first document. " * 20)
     (folder / "sub" / "b.txt").write_text("The second document. " * 20)
     out = tmp_path / "shards"
-    first = prepare(folder, out, gpt2_tokenizer, fmt="folder", splits="train", progress=False)
+    first = prepare(folder, out, pydoc_tokenizer, fmt="folder", splits="train", progress=False)
     (folder / "notes.md").write_text("not an input")  # a file the folder reader does not read
-    assert prepare(folder, out, gpt2_tokenizer, fmt="folder", splits="train", progress=False) == first
+    assert prepare(folder, out, pydoc_tokenizer, fmt="folder", splits="train", progress=False) == first
     (folder / "sub" / "b.txt").write_text("Changed. " * 20)
-    assert prepare(folder, out, gpt2_tokenizer, fmt="folder", splits="train",
+    assert prepare(folder, out, pydoc_tokenizer, fmt="folder", splits="train",
                    progress=False)["input_signature"] != first["input_signature"]
     with pytest.raises(UserError, match="inside the source folder"):
-        prepare(folder, folder / "shards", gpt2_tokenizer, fmt="folder", progress=False)
+        prepare(folder, folder / "shards", pydoc_tokenizer, fmt="folder", progress=False)
 
 
-def test_empty_corpus_is_an_error_and_leaves_nothing(tmp_path, gpt2_tokenizer):
+def test_empty_corpus_is_an_error_and_leaves_nothing(tmp_path, pydoc_tokenizer):
     corpus = tmp_path / "train.jsonl"
     corpus.write_text('{"article_id": "a", "article_text": [], "abstract_text": []}\n{"truncat\n')
     with pytest.raises(UserError, match=r"holds no documents \(2 records skipped, e.g. .*train.jsonl:2: invalid"):
-        prepare(corpus, tmp_path / "out", gpt2_tokenizer, fmt="papers", progress=False)
+        prepare(corpus, tmp_path / "out", pydoc_tokenizer, fmt="papers", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
 
 
@@ -139,9 +139,9 @@ def test_one_enormous_document(tmp_path, shared_data, gpt2_tokenizer):
     assert gpt2_tokenizer.decode(shards.article_tokens(0)[:-1]) == "\n".join(s.strip() for s in body)
 
 
-def test_failed_prepare_leaves_the_old_shard_set_and_no_half_written_one(tmp_path, gpt2_tokenizer, monkeypatch):
+def test_failed_prepare_leaves_the_old_shard_set_and_no_half_written_one(tmp_path, pydoc_tokenizer, monkeypatch):
     out = tmp_path / "shards"
-    good = prepare("pydoc", out, gpt2_tokenizer, progress=False)
+    good = prepare("pydoc", out, pydoc_tokenizer, progress=False)
 
     def failing_reader(src):
         for i, doc in enumerate(sources._read_pydoc(src)):
@@ -151,11 +151,11 @@ def test_failed_prepare_leaves_the_old_shard_set_and_no_half_written_one(tmp_pat
 
     monkeypatch.setitem(sources._READERS, "pydoc", failing_reader)
     with pytest.raises(UserError, match="disk went away"):  # an OS error: one sentence
-        prepare("pydoc", out, gpt2_tokenizer, splits="hash", seed=7, progress=False)
+        prepare("pydoc", out, pydoc_tokenizer, splits="hash", seed=7, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # no temp dir left behind
     assert json.loads((out / "manifest.json").read_text())["content_hash"] == good["content_hash"]
     with pytest.raises(UserError):
-        prepare("pydoc", tmp_path / "fresh", gpt2_tokenizer, progress=False)
+        prepare("pydoc", tmp_path / "fresh", pydoc_tokenizer, progress=False)
     assert not (tmp_path / "fresh").exists()
 
 

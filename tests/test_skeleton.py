@@ -47,16 +47,16 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_cli_missing_source(tmp_path, shared_data):
-    tok = shared_data / "gpt2-tokenizer"
+def test_cli_missing_source(tmp_path, pydoc_tokenizer_dir):
+    tok = pydoc_tokenizer_dir
     r = run_cli("prepare", "--source", "missing.jsonl", "--out", "o", "--tokenizer", str(tok), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "kgpt2: error: source 'missing.jsonl' does not exist"
 
 
-def test_cli_empty_corpus(tmp_path, shared_data):
+def test_cli_empty_corpus(tmp_path, pydoc_tokenizer_dir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("   \n")
-    tok = shared_data / "gpt2-tokenizer"
+    tok = pydoc_tokenizer_dir
     r = run_cli("prepare", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--tokenizer", str(tok), cwd=tmp_path)
     assert r.returncode == 2 and "holds no documents" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
@@ -94,11 +94,11 @@ def test_generate_and_evaluate_from_run_cli(tiny_run):
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 
-def test_asking_for_a_missing_gpu_is_an_error_not_a_cpu_run():
-    from kgpt2.devices import list_gpus, resolve_device
+def test_asking_for_a_missing_gpu_is_an_error_not_a_cpu_run(monkeypatch):
+    import kgpt2.devices
+    from kgpt2.devices import resolve_device
 
-    if list_gpus():
-        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(kgpt2.devices, "list_gpus", lambda: [])  # a host without a GPU, also on GPU hosts
     assert resolve_device("auto").keras_name == "cpu:0"
     with pytest.raises(UserError, match="sees no GPU"):
         resolve_device("gpu:0")

@@ -9,7 +9,6 @@ import pytest
 
 from kgpt2.errors import UserError
 from kgpt2.stage_plan import plan_stages
-from tests.conftest import tiny_config
 
 SEED_PLAN = [10, 10000, 80000, "rest"]
 
@@ -167,12 +166,12 @@ def test_dry_run_prints_a_sensible_default_plan_for_300_articles(tmp_path, pubme
 
 
 @pytest.mark.slow
-def test_default_plan_trains_on_300_articles(tmp_path, pubmed_300, tiny_preset):
+def test_default_plan_trains_on_300_articles(tmp_path, pubmed_300, tiny_preset, make_tiny_config):
     from kgpt2.checkpoints import CheckpointManager
     from kgpt2.train import describe_plan, train
 
-    cfg = tiny_config(tmp_path, tiny_preset, pubmed_300, "run=p300", "train.eval_batches=0",
-                      "train.batch_size=32", "data.sequence_length=64")
+    cfg = make_tiny_config(tmp_path, tiny_preset, pubmed_300, "run=p300", "train.eval_batches=0",
+                           "train.batch_size=32", "data.sequence_length=64")
     assert cfg.train.stages == SEED_PLAN and cfg.train.oversize == "scale"  # the defaults
     planned = describe_plan(cfg)
     result = train(cfg, verbose=0)

@@ -154,9 +154,7 @@ def test_keras_hub_gpt2_tokenizer_disagrees_where_kgpt2_does_not(shared_data, gp
 
 
 if __name__ == "__main__":  # the full count for docs/tokenization.md
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import SHARED
-
+    SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # as conftest's shared_data
     all_texts = real_texts(SHARED, pubmed_bodies=300, sumpubmed=1000, alpaca=1000, shakespeare=False)
     print(json.dumps(keras_hub_counts(SHARED, all_texts)))
 

@@ -18,12 +18,19 @@ that looks complete, and only a shard set is ever replaced
 inputs (same files, sizes, mtimes, options, tokenizer) returns the existing
 manifest without touching anything; `content_hash` is a hash of the tokens.
 
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from kgpt2.data.shards import prepare, ShardSet
     >>> from kgpt2.tokenizer import Tokenizer
-    >>> tok = Tokenizer.from_dir("../shared/data/gpt2-tokenizer")
-    >>> manifest = prepare("pydoc", "/tmp/kgpt2-pydoc-shards", tok, progress=False)
-    >>> train = ShardSet("/tmp/kgpt2-pydoc-shards").split("train")
-    >>> tok.decode(train.article_tokens(0)).startswith('The "assert" statement')
+    >>> root = Path(tempfile.mkdtemp())
+    >>> articles = [f"Article {i}: the assert statement is a debugging aid." for i in range(40)]
+    >>> _ = (root / "corpus.txt").write_text("\\n\\n".join(articles))
+    >>> tok = Tokenizer.train(articles, vocab_size=300)
+    >>> manifest = prepare(root / "corpus.txt", root / "shards", tok, separator="\\n\\n", progress=False)
+    >>> train = ShardSet(root / "shards").split("train")
+    >>> train.num_articles + manifest["splits"]["validation"]["num_articles"] + manifest["splits"]["test"]["num_articles"]
+    40
+    >>> tok.decode(train.article_tokens(0)[:-1]).startswith("Article ")
     True
 """
 
@@ -384,7 +391,25 @@ class ShardSet:
             raise UserError(f"'{path}' is corrupt; run `kgpt2 prepare` again") from None
         if self.manifest.get("format") != FORMAT:
             raise UserError(f"'{self.directory}' was written by another kgpt2 shard format")
+        self._check_files()
         self._splits: dict = {}
+
+    def _check_files(self) -> None:
+        """One sentence, at open, for a split file that is missing or cut short (not a traceback later)."""
+        itemsize = np.dtype(self.manifest["dtype"]).itemsize
+        for info in self.manifest["splits"].values():
+            expected = {info["offsets"]: None, info["ids"]: None}
+            if info["num_tokens"]:
+                expected[info["tokens"]] = info["num_tokens"] * itemsize
+                if info.get("mask"):
+                    expected[info["mask"]] = info["num_tokens"]
+            for name, size in expected.items():
+                path = self.directory / name
+                if not path.is_file():
+                    raise UserError(f"shard set '{self.directory}' is missing {name}; run `kgpt2 prepare` again")
+                if size is not None and path.stat().st_size != size:
+                    raise UserError(f"shard set '{self.directory}' has a damaged {name} ({path.stat().st_size} "
+                                    f"bytes, expected {size}); run `kgpt2 prepare` again")
 
     @property
     def tokenizer_hash(self) -> str:

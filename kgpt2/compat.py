@@ -1,0 +1,105 @@
+"""The one place kgpt2 touches Keras / KerasHub internals, and the versions it was tested on.
+
+KerasHub's GPT-2 has no public switch for three things kgpt2 does
+(kgpt2.models): attention dropout apart from the residual dropout, the
+backend's causal attention kernel, and a padded vocabulary whose pad logits
+are masked; Keras' `Backbone.enable_lora` takes no alpha. Those need private
+attributes (`_flatten_layers`, `_self_attention_layer`, `_dropout`,
+`_dropout_layer`, `_compute_attention`) and a class swap on a built layer.
+They are fenced in here so that a Keras or KerasHub release that renames one
+breaks in one file, and `check_versions` refuses untested releases with one
+sentence instead of a wrong model (pyproject.toml carries the same bounds).
+
+    >>> from kgpt2.compat import TESTED, check_versions
+    >>> check_versions()  # keras 3.15.x and keras-hub 0.32.x: nothing to say
+    >>> sorted(TESTED)
+    ['keras', 'keras_hub']
+    >>> check_versions({"keras": "3.16.0", "keras_hub": "0.32.0"})
+    Traceback (most recent call last):
+    kgpt2.errors.UserError: kgpt2 is tested with keras 3.15.x and keras-hub 0.32.x, but keras 3.16.0 is installed; install a tested version (pip install "keras>=3.15,<3.16"), or set KGPT2_UNTESTED_VERSIONS=1 to try anyway
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from kgpt2.errors import UserError
+
+# Package -> the major.minor series kgpt2's tests run on (pyproject.toml bounds).
+TESTED = {"keras": "3.15", "keras_hub": "0.32"}
+_PIP_NAME = {"keras": "keras", "keras_hub": "keras-hub"}
+
+
+def _installed() -> dict:
+    import keras
+    import keras_hub
+
+    return {"keras": keras.__version__, "keras_hub": keras_hub.__version__}
+
+
+def check_versions(installed: dict | None = None) -> None:
+    """Refuse (one sentence) a keras / keras-hub outside the tested series.
+
+    `KGPT2_UNTESTED_VERSIONS=1` lets a user try a newer release at their own risk.
+    """
+    if installed is None:
+        if os.environ.get("KGPT2_UNTESTED_VERSIONS") == "1":
+            return
+        return _check_installed_once()
+    tested = " and ".join(f"{_PIP_NAME[k]} {v}.x" for k, v in TESTED.items())
+    for name, series in TESTED.items():
+        version = installed[name]
+        if version != series and not version.startswith(series + "."):
+            major, minor = series.split(".")
+            bound = f'"{_PIP_NAME[name]}>={series},<{major}.{int(minor) + 1}"'
+            raise UserError(f"kgpt2 is tested with {tested}, but {_PIP_NAME[name]} {version} is installed; "
+                            f"install a tested version (pip install {bound}), or set KGPT2_UNTESTED_VERSIONS=1 "
+                            "to try anyway")
+
+
+@functools.cache
+def _check_installed_once() -> None:
+    check_versions(_installed())
+
+
+def sublayers(layer) -> list:
+    """Every layer inside `layer`, nested ones too (Keras' private `_flatten_layers`)."""
+    return list(layer._flatten_layers(include_self=False))
+
+
+def retype_layer(layer, cls) -> None:
+    """Make a built layer an instance of `cls`, a subclass of its class, keeping its weights.
+
+    Rebuilding keras-hub's token embedding would mean rebuilding the backbone
+    around it; a subclass that only changes `call` can take its place.
+    """
+    if not issubclass(cls, type(layer)):
+        raise TypeError(f"{cls.__name__} does not extend {type(layer).__module__}.{type(layer).__name__}")
+    layer.__class__ = cls
+
+
+def self_attention_layers(backbone) -> list:
+    """The MultiHeadAttention layer of each keras-hub transformer decoder block."""
+    return [block._self_attention_layer for block in backbone.transformer_layers]
+
+
+def attention_dropout(attention) -> float:
+    """The dropout rate a Keras MultiHeadAttention applies to its attention probabilities."""
+    return attention._dropout
+
+
+def set_attention_dropout(attention, rate: float) -> None:
+    """Set that rate on a built layer (Keras reads it at call time)."""
+    attention._dropout = rate
+    attention._dropout_layer.rate = rate
+
+
+def wrap_compute_attention(attention, wrap) -> None:
+    """Replace a MultiHeadAttention's `_compute_attention` by `wrap(original)`.
+
+    The wrapper is called as Keras calls `_compute_attention`: (query, key,
+    value, attention_mask=None, training=None, return_attention_scores=False,
+    use_causal_mask=False).
+    """
+    attention._compute_attention = wrap(attention._compute_attention)

@@ -1,0 +1,95 @@
+"""Config values are checked when read: one sentence naming the key, the value and what is allowed."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from kgpt2.config import load_config
+from kgpt2.errors import UserError
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.oversize=scal"], 'train.oversize must be one of "reject", "scale"; got "scal"'),
+    (["train.precision=fp16"], 'train.precision must be one of "auto", "float32", "mixed_bfloat16", "mixed_float16"; got "fp16"'),
+    (["train.batch_size=0"], "train.batch_size must be at least 1; got 0"),
+    (["train.batch_size=-4"], "train.batch_size must be at least 1; got -4"),
+    (["data.sequence_length=0"], "data.sequence_length must be at least 1; got 0"),
+    (["train.epochs=-1"], "train.epochs must be at least 0; got -1"),
+    (["lora.rank=0"], "lora.rank must be at least 1; got 0"),
+    (["model.dropout=1.0"], "model.dropout must be below 1.0; got 1.0"),
+    (["model.quantize=nf4"], 'model.quantize must be one of "", "int8", "int4"; got "nf4"'),
+    (["generate.sampler=nucleus"], 'generate.sampler must be one of "greedy", "top_k", "top_p", "beam", "random"; got "nucleus"'),
+    (["align.template=chat"], 'align.template must be one of "plain", "instruction"; got "chat"'),
+    (['lora.targets=["qkv"]'], "lora.targets must be a list of distinct names from"),
+    (["train.device=gpu1"], 'train.device must be one of "auto", "cpu", "gpu", "gpu:N"; got "gpu1"'),
+    (["train.epochs=0"], "train.epochs = 0 means \"as many as train.max_steps needs\"; set train.max_steps too"),
+    (["model.quantize=int8", "lora.enabled=false"], 'model.quantize = "int8" freezes the base model; set lora.enabled = true'),
+    (["train.batchsize=4"], "unknown config key 'train.batchsize'; did you mean 'train.batch_size'?"),
+    (["trian.batch_size=4"], "unknown config key 'trian'; did you mean 'train'?"),
+])
+def test_bad_values_are_one_sentence(overrides, message):
+    with pytest.raises(UserError) as e:
+        load_config(None, overrides)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_good_values_pass_and_a_toml_file_is_checked_too(tmp_path):
+    cfg = load_config(None, ["train.epochs=0", "train.max_steps=5", "train.precision=mixed_float16", "train.devices=all"])
+    assert (cfg.train.epochs, cfg.train.precision, cfg.train.devices) == (0, "mixed_float16", "all")
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\nwindows = "stacked"\n')
+    with pytest.raises(UserError, match='data.windows must be one of "packed", "example"; got "stacked"'):
+        load_config(path)
+
+
+@pytest.mark.parametrize("bad", ["train.batch_size=0", "train.batch_size=-4", "data.sequence_length=0",
+                                 "train.oversize=scal"])
+def test_cli_refuses_bad_values_before_making_a_run(tmp_path, bad):
+    from kgpt2.cli import main
+
+    assert main(["train", f"checkpoints_root={tmp_path}", "data.shards=nowhere", bad]) == 2
+    assert list(tmp_path.iterdir()) == []  # no junk run folder
+
+
+def test_sequence_length_beyond_the_models_context(tmp_path, tiny_preset, pydoc_shards):
+    from kgpt2.align import align
+    from kgpt2.models import check_sequence_length, context_length
+    from kgpt2.train import train
+
+    cfg = load_config(None, [f"model.preset={tiny_preset}", "data.sequence_length=65", f"data.shards={pydoc_shards}",
+                             f"checkpoints_root={tmp_path}", "lora.enabled=false"])
+    assert context_length(cfg.model) == 64  # read from the preset's config.json, as the backbone gets it
+    with pytest.raises(UserError, match=r"^data.sequence_length is 65, but model '.*' attends to at most 64 tokens"):
+        train(cfg)
+    with pytest.raises(UserError, match="attends to at most 64 tokens"):
+        align(cfg)
+    assert list(tmp_path.iterdir()) == []
+    check_sequence_length(load_config(None, ["model.preset=gpt2_base_en", "data.sequence_length=1024"]))
+    with pytest.raises(UserError, match="at most 1024 tokens"):
+        check_sequence_length(load_config(None, ["model.preset=gpt2_base_en", "data.sequence_length=2048"]))
+    with pytest.raises(UserError, match="at most 32 tokens"):
+        check_sequence_length(load_config(None, ["model.preset=scratch", "model.max_sequence_length=32"]))
+
+
+@pytest.mark.parametrize("victim, message", [
+    ("train.bin", "is missing train.bin"),
+    ("validation.offsets.npy", "is missing validation.offsets.npy"),
+    ("truncate:train.bin", "has a damaged train.bin"),
+])
+def test_shards_with_a_missing_or_cut_file_are_one_sentence(tmp_path, pydoc_shards, victim, message):
+    from kgpt2.data.shards import ShardSet
+
+    shards = tmp_path / "shards"
+    shutil.copytree(pydoc_shards, shards)
+    name = victim.split(":")[-1]
+    if victim.startswith("truncate:"):
+        data = (shards / name).read_bytes()
+        (shards / name).write_bytes(data[: len(data) // 2])
+    else:
+        (shards / name).unlink()
+    with pytest.raises(UserError, match=f"^shard set '{shards}' {message}"):
+        ShardSet(shards)
+    assert json.loads((shards / "manifest.json").read_text())["format"]  # nothing else touched
+    assert np.asarray(ShardSet(pydoc_shards).split("train").tokens).size > 0

@@ -5,11 +5,12 @@ one place and testable without running a command; the verbs' own tables
 (`kgpt2.evaluate.format_table`, `kgpt2.pretrain.format_summary`) stay with
 the verbs whose results they show.
 
-    >>> from kgpt2.reports import plan_table
-    >>> print(plan_table([{"stage": 1, "articles": 10, "steps": 3}, {"stage": 2, "articles": 90, "steps": 25}]))
-     stage  articles  steps
-         1        10      3
-         2        90     25
+    >>> from kgpt2.reports import recipe_list
+    >>> print(recipe_list([("alpaca", "instruction tuning"), ("dpo", "preference pairs")]))
+    alpaca  instruction tuning
+    dpo     preference pairs
+    <BLANKLINE>
+    use one: kgpt2 train --config NAME [key=value ...]; edit a copy: kgpt2 recipes --copy NAME [DEST]
 """
 
 from __future__ import annotations

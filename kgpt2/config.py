@@ -166,6 +166,7 @@ class GenerateConfig:
     max_new_tokens: int = 0  # 0 = up to max_length
     seed: int = 0
     template: str = "plain"  # plain or instruction
+    num_beams: int = 5  # for sampler = "beam"
 
 
 @dataclass

@@ -114,8 +114,14 @@ class Request:
 
     def _finish(self, reason: str) -> None:
         self.finish_reason = reason
-        if self.listener:
-            self.listener()
+        self._notify()
+
+    def _notify(self) -> None:
+        try:
+            if self.listener:
+                self.listener()
+        except Exception:  # e.g. the listener's event loop has closed: that must not stop the engine
+            pass
 
 
 class Engine:
@@ -177,8 +183,8 @@ class Engine:
                 if request is not None:
                     self._admit(slot, request)
         active = np.array([r is not None for r in self.rows])
-        if not active.any():
-            return bool(self.waiting)
+        if not active.any() or steps == 0:  # steps=0: admissions (prefills) only
+            return bool(self.waiting) or bool(active.any())
         steps = min(steps or self.steps_per_launch, self.steps_per_launch)
         values = [v.value for v in self.model.variables]
         self._caches, out, n = self._decode_fn(
@@ -242,8 +248,8 @@ class Engine:
         if reason:
             self.rows[slot] = None
             request._finish(reason)
-        elif request.listener:
-            request.listener()
+        else:
+            request._notify()
 
     def _empty_caches(self, batch: int) -> list:
         from keras import ops

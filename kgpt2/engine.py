@@ -98,16 +98,17 @@ class Request:
 
     def take_text(self) -> str:
         """The text produced since the last call that can no longer change."""
-        ready = len(self.text) if self.finished else self._stable_length()
-        piece, self._sent = self.text[self._sent:ready], max(self._sent, ready)
+        finished, text = self.finished, self.text  # one snapshot: the engine's thread may update both
+        ready = len(text) if finished else self._stable_length(text)
+        piece, self._sent = text[self._sent:ready], max(self._sent, ready)
         return piece
 
-    def _stable_length(self) -> int:
+    def _stable_length(self, text: str) -> int:
         """Hold back a partial UTF-8 character and any tail that may begin a stop string."""
-        end = len(self.text) - (1 if self.text.endswith("\ufffd") else 0)
+        end = len(text) - (1 if text.endswith("\ufffd") else 0)
         for s in self.stop:
             for k in range(min(len(s) - 1, end), 0, -1):
-                if self.text[:end].endswith(s[:k]):
+                if text[:end].endswith(s[:k]):
                     end -= k
                     break
         return max(end, self._sent)
@@ -241,10 +242,11 @@ class Engine:
             if len(request.ids) + len(request.tokens) >= request.total:
                 reason = "length"
                 break
-        request.text = self.tokenizer.decode(request.tokens)
-        cut = min((i for i in (request.text.find(s) for s in request.stop) if i >= 0), default=-1)
+        text = self.tokenizer.decode(request.tokens)
+        cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
         if cut >= 0:
-            request.text, reason = request.text[:cut], "stop"
+            text, reason = text[:cut], "stop"
+        request.text = text  # one assignment, before finish_reason: readers on other threads see final text
         if reason:
             self.rows[slot] = None
             request._finish(reason)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 import uuid
@@ -169,13 +170,16 @@ async def _answer(service: Service, http: Request, body: _Sampled, prompt: str, 
             yield _event(shape("", None, None, True))
             while True:
                 await woken.get()
+                # The engine's thread may finish the request meanwhile: decide on `done` read
+                # before the text (its text is final before it is marked finished).
+                done = request.finished
                 piece = request.take_text()
-                if request.finish_reason in ("error", "cancelled"):
+                if request.finish_reason in ("error", "cancelled") and done:
                     yield _event(failed().body)
                     break
-                if piece or request.finished:
-                    yield _event(shape(piece, request.finish_reason, usage() if request.finished else None, False))
-                if request.finished:
+                if piece or done:
+                    yield _event(shape(piece, request.finish_reason if done else None, usage() if done else None, False))
+                if done:
                     yield _event("[DONE]")
                     break
         finally:
@@ -253,7 +257,8 @@ def _check_port(host: str, port: int) -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise UserError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
 
 
 def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,

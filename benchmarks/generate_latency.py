@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="weights and compute (default: float32 on cpu, bfloat16 on gpu)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8 weights (Keras's Model.quantize) for the Keras peers")
     p.add_argument("--prompt-tokens", type=int, default=28)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up calls")
@@ -207,12 +209,15 @@ def main(argv=None) -> dict:
     import keras_hub
 
     keras.config.set_dtype_policy(a.dtype)
+    keras.utils.set_random_seed(0)  # the same random weights in every run: greedy tokens can be compared
     impls = []
     if {"kgpt2", "keras-hub"} & set(a.peers):
         backbone = keras_hub.models.GPT2Backbone(vocabulary_size=VOCAB, num_layers=LAYERS, num_heads=HEADS,
                                                  hidden_dim=WIDTH, intermediate_dim=4 * WIDTH,
                                                  max_sequence_length=CONTEXT, dropout=0.0)
         model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+        if a.quantize != "none":
+            model.quantize(a.quantize)
         impls += [Kgpt2(model, a)] if "kgpt2" in a.peers else []
         impls += [KerasHub(model, a)] if "keras-hub" in a.peers else []
     if "hf" in a.peers:
@@ -237,6 +242,7 @@ def main(argv=None) -> dict:
         res["ttft_median_ms"] = round(1000 * statistics.median(res["ttft_runs_s"]), 1)
         if isinstance(impl, Kgpt2):
             res["compiles_after_warmup"] = impl.gen.compiles
+            res["greedy_tokens"] = impl.gen.generate_ids(timed_prompts[0], impl.greedy)  # to compare dtypes
             res["sweep"] = impl.sweep(a.prompt_tokens)
         if isinstance(impl, KerasHub):
             res["call_after_new_sampler_s"] = round(impl.new_sampler_call(timed_prompts[0]), 4)

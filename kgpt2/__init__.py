@@ -25,6 +25,7 @@ _API = {
     "evaluate_run": "kgpt2.evaluate",
     "Generator": "kgpt2.generate",
     "generate_from_run": "kgpt2.generate",
+    "Engine": "kgpt2.engine",
     "load_model": "kgpt2.run",
     "quickstart": "kgpt2.quickstart",
     "UserError": "kgpt2.errors",

@@ -5,6 +5,7 @@
     kgpt2 recipes    -> kgpt2.recipes                 the configs that ship with kgpt2: list, copy out
     kgpt2 evaluate   -> kgpt2.evaluate.evaluate_run   accuracy / perplexity table
     kgpt2 generate   -> kgpt2.generate                text from a checkpoint
+    kgpt2 serve      -> kgpt2.serve                   OpenAI-compatible HTTP API
     kgpt2 demo       -> kgpt2.demo                    Gradio side-by-side app
     kgpt2 quickstart -> kgpt2.quickstart              the whole pipeline, offline
     kgpt2 align      -> kgpt2.align.align             DPO on preference pairs
@@ -167,6 +168,7 @@ def _generate(p):
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--template", choices=["plain", "instruction"])
+    p.add_argument("--num-beams", type=int, help="beams for --sampler beam")
     p.add_argument("--stream", action="store_true", help="print tokens as they come")
 
     def run(a):
@@ -176,7 +178,7 @@ def _generate(p):
         model, tokenizer, cfg = load_model(a.run, a.checkpoint)
         s = Settings.from_config(cfg.generate, sampler=a.sampler, temperature=a.temperature, top_k=a.top_k,
                                  top_p=a.top_p, max_length=a.max_length, max_new_tokens=a.max_new_tokens,
-                                 seed=a.seed, template=a.template)
+                                 seed=a.seed, template=a.template, num_beams=a.num_beams)
         gen = Generator(model, tokenizer)
         if a.stream:
             print(a.prompt, end="", flush=True)
@@ -185,6 +187,26 @@ def _generate(p):
             print()
         else:
             print(a.prompt + gen.generate(a.prompt, s))
+
+    return run
+
+
+@verb("serve", "an OpenAI-compatible HTTP API (completions, chat, streaming) on a run's checkpoint")
+def _serve(p):
+    p.add_argument("--run", required=True)
+    p.add_argument("--checkpoint", default="latest")
+    p.add_argument("--host", default="127.0.0.1", help="loopback by default; 0.0.0.0 to listen on every interface")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--slots", type=int, default=8, help="requests decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the slots before 429")
+
+    def run(a):
+        from kgpt2.serve import serve
+
+        if a.slots < 1 or a.max_queue < 0:
+            raise UserError(f"--slots must be >= 1 and --max-queue >= 0, got {a.slots} and {a.max_queue}")
+        serve(a.run, a.checkpoint, a.host, a.port, a.api_key, a.slots, a.max_queue)
 
     return run
 

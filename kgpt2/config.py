@@ -250,6 +250,7 @@ class GenerateConfig:
     max_new_tokens: int = at_least(0, default=0)  # 0 = up to max_length
     seed: int = 0
     template: Template = "plain"
+    num_beams: int = at_least(1, default=5)  # for sampler = "beam"
 
     def __post_init__(self):
         check_fields(self)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from kgpt2.errors import UserError
-from kgpt2.generate import Generator, Settings, filter_logits, render_prompt, sample_next
+from kgpt2.generate import Generator, Settings, filter_logits, render_prompt
+from kgpt2.sampling import sample
 
 PROMPT = "The assert statement"
 
@@ -78,8 +79,10 @@ def test_top_k_top_p_support_sets(temperature, k, p):
     # Many draws (one per row of a tiled batch) land only in the support, and cover it when small.
     row = np.repeat(logits[:1], 400, axis=0)
     support = _reference_support(logits[0], temperature, k, p)
-    draws = keras.ops.convert_to_numpy(sample_next(row, np.bool_(False), np.float32(temperature), np.int32(k),
-                                                   np.float32(p), keras.random.SeedGenerator(1)))
+    n = len(row)  # one seed per row: independent draws
+    draws = keras.ops.convert_to_numpy(sample(row, np.zeros(n, bool), np.full(n, temperature, "float32"),
+                                              np.full(n, k, "int32"), np.full(n, p, "float32"),
+                                              np.arange(n, dtype="int32"), np.zeros(n, "int32")))
     assert set(draws.tolist()) <= support
     if len(support) <= 5:
         assert set(draws.tolist()) == support
@@ -126,7 +129,6 @@ def test_limits(gen, loaded):
         decode = tokenizer.decode
 
     g = Generator(gen.model, NeverEnds())
-    g._prefill_fn, g._decode_fn = gen._prefill_fn, gen._decode_fn  # share the compiled programs
     assert len(g.generate_ids(ids, greedy(max_new_tokens=7))) == 7
     assert len(g.generate_ids(ids, greedy(max_length=len(ids) + 5))) == 5
     assert len(g.generate_ids(ids, greedy(max_length=len(ids) + 5, max_new_tokens=9))) == 9  # new tokens win
@@ -147,7 +149,6 @@ def test_stops_at_end_of_text(gen, loaded):
         decode = tokenizer.decode
 
     g = Generator(gen.model, StopsAt())
-    g._prefill_fn, g._decode_fn = gen._prefill_fn, gen._decode_fn
     assert g.generate_ids(ids, greedy(max_new_tokens=8)) == free[:free.index(stop)]
     assert list(g.stream_ids(ids, greedy(max_new_tokens=8))) == free[:free.index(stop)]
 
@@ -172,7 +173,7 @@ def test_templates_and_bad_settings(gen):
     assert text.endswith("### Response:\n") and render_prompt("abc") == "abc"
     assert (gen.generate("Name a colour.", greedy(max_new_tokens=4, template="instruction"))
             == gen.generate(text, greedy(max_new_tokens=4)))  # the template is applied, nothing else
-    for bad, message in [(dict(sampler="nucleus"), "unknown sampler"), (dict(template="chat"), "unknown prompt template"),
+    for bad, message in [(dict(sampler="nucleus"), "sampler must be one of"), (dict(template="chat"), "template must be one of"),
                          (dict(temperature=0), "temperature"), (dict(top_p=1.5), "top_p"), (dict(top_k=0), "top_k")]:
         with pytest.raises(UserError, match=message):
             gen.generate("x", Settings(**bad))

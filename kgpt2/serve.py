@@ -1,0 +1,292 @@
+"""`kgpt2 serve`: a run's model behind an OpenAI-compatible HTTP API, on the batched engine.
+
+Routes: `POST /v1/completions`, `POST /v1/chat/completions` (messages
+rendered with the run's prompt template), `GET /v1/models`, `GET /health`.
+`"stream": true` answers with server-sent events as OpenAI does. Requests
+from all clients decode together in the engine's slots; when the slots and
+the waiting queue are full the answer is 429. Errors use OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, so the official `openai`
+client raises its usual exceptions. FastAPI validates the bodies and
+uvicorn serves them (it also turns SIGTERM into a clean shutdown).
+
+Sampling: a field the request leaves out takes the run's `[generate]`
+setting; `temperature: 0` is greedy; `top_k` and `seed` are accepted as
+extensions (`extra_body` in the `openai` client).
+
+    >>> from kgpt2.serve import chat_prompt
+    >>> chat_prompt([{"role": "user", "content": "Name a colour."}], "instruction").splitlines()[0]
+    '### Instruction:'
+    >>> # serve("checkpoints/alpaca", port=8000)  then  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from kgpt2.engine import Engine, Sampling
+from kgpt2.errors import UserError
+from kgpt2.generate import Settings
+from kgpt2.run import load_model
+from kgpt2.templates import render_prompt
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class OpenAIError(Exception):
+    """An error answered as `{"error": {...}}` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _Sampled(BaseModel):
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, ge=1)  # an extension, as in vLLM
+    seed: Optional[int] = None
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)  # one choice per request
+
+
+class CompletionRequest(_Sampled):
+    prompt: Union[str, list[str]]
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+
+
+class ChatRequest(_Sampled):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+
+def chat_prompt(messages: list[dict], template: str) -> str:
+    """Messages as one prompt: the last user message is the instruction, what precedes it its input.
+
+    With the `plain` template the contents are joined by blank lines: a plain
+    language model continues the conversation as text.
+    """
+    if template != "instruction":
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user") if any(
+        m["role"] == "user" for m in messages) else len(messages) - 1
+    context = "\n".join(m["content"] for m in messages[:last])
+    return render_prompt(messages[last]["content"], "instruction", context)
+
+
+class Service:
+    """The engine, the run's defaults and the queue limit, shared by all routes."""
+
+    def __init__(self, engine: Engine, model_id: str, defaults, max_queue: int = 64):
+        self.engine, self.model_id, self.defaults, self.max_queue = engine, model_id, defaults, max_queue
+        self.created = int(time.time())
+
+    def sampling(self, body: _Sampled) -> Sampling:
+        s = self.defaults.sampling()
+        if body.temperature is not None:
+            s = replace(s, greedy=body.temperature == 0, temperature=body.temperature or 1.0)
+        for name in ("top_p", "top_k", "seed"):
+            if getattr(body, name) is not None:
+                s = replace(s, **{name: getattr(body, name)})
+        return s
+
+    def submit(self, body: _Sampled, prompt: str, max_tokens: Optional[int], listener):
+        """Queue one generation, or raise the OpenAI error a client should see."""
+        if body.model != self.model_id:
+            raise OpenAIError(404, f"The model '{body.model}' does not exist; this server has '{self.model_id}'",
+                              param="model", code="model_not_found")
+        engine = self.engine
+        if engine.busy >= engine.slots + self.max_queue:
+            raise OpenAIError(429, "the server's queue is full; retry later", type="rate_limit_exceeded",
+                              code="rate_limit_exceeded")
+        ids = engine.tokenizer.encode(prompt) or [engine.tokenizer.eos_id]  # empty: a new document
+        room = engine.cache_length - len(ids)
+        if room < 1 or (max_tokens is not None and max_tokens > room):
+            raise OpenAIError(400, f"the prompt is {len(ids)} tokens and {max_tokens or 1} more were asked for; "
+                              f"the model's context is {engine.cache_length} tokens", param="max_tokens",
+                              code="context_length_exceeded")
+        stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+        if len(stop) > 4:
+            raise OpenAIError(400, "at most 4 stop sequences", param="stop")
+        total = len(ids) + (max_tokens or room)
+        return engine.submit(ids, self.sampling(body), total, stop, listener), len(ids)
+
+
+def _id(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:24]}"
+
+
+def _event(data) -> str:
+    return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
+
+
+async def _answer(service: Service, http: Request, body: _Sampled, prompt: str, max_tokens, shape):
+    """Run one request; `shape(piece, finish_reason, usage, first)` makes its JSON object(s)."""
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Queue()
+    request, prompt_tokens = service.submit(body, prompt, max_tokens,
+                                            lambda: loop.call_soon_threadsafe(woken.put_nowait, None))
+
+    def usage():
+        n = len(request.tokens)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+
+    def failed():
+        return OpenAIError(500 if request.finish_reason == "error" else 503,
+                           request.error or "the server is shutting down", type="server_error")
+
+    if not body.stream:
+        try:
+            while not request.finished:
+                try:
+                    await asyncio.wait_for(woken.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():
+                        return JSONResponse({})
+        finally:
+            request.cancel()  # a no-op once finished; frees the slot of a client that left
+        if request.finish_reason not in ("stop", "length"):
+            raise failed()
+        return JSONResponse(shape(request.text, request.finish_reason, usage(), None))
+
+    async def events():
+        try:
+            yield _event(shape("", None, None, True))
+            while True:
+                await woken.get()
+                # The engine's thread may finish the request meanwhile: decide on `done` read
+                # before the text (its text is final before it is marked finished).
+                done = request.finished
+                piece = request.take_text()
+                if request.finish_reason in ("error", "cancelled") and done:
+                    yield _event(failed().body)
+                    break
+                if piece or done:
+                    yield _event(shape(piece, request.finish_reason if done else None, usage() if done else None, False))
+                if done:
+                    yield _event("[DONE]")
+                    break
+        finally:
+            request.cancel()  # the client left mid-stream: free the slot
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def build_app(service: Service, api_key: str | None = None) -> FastAPI:
+    """The FastAPI application: routes, API-key check, errors in OpenAI's shape."""
+    app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
+
+    async def authorized(http: Request):
+        if api_key and http.headers.get("authorization", "") != f"Bearer {api_key}":
+            raise OpenAIError(401, "Incorrect API key provided", code="invalid_api_key")
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_, e: OpenAIError):
+        return JSONResponse(e.body, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, e: RequestValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:])
+        return JSONResponse(OpenAIError(400, f"{where}: {first['msg']}", param=where or None).body, status_code=400)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": service.model_id, "busy": service.engine.busy, "slots": service.engine.slots}
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models():
+        return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": service.created,
+                                            "owned_by": "kgpt2"}]}
+
+    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    async def completions(body: CompletionRequest, http: Request):
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise OpenAIError(400, "send one prompt per request", param="prompt")
+        rid, created = _id("cmpl"), int(time.time())
+
+        def shape(text, finish, usage, first):
+            out = {"id": rid, "object": "text_completion", "created": created, "model": service.model_id,
+                   "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            return out | ({"usage": usage} if usage else {})
+
+        return await _answer(service, http, body, prompts[0], body.max_tokens or 16, shape)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat(body: ChatRequest, http: Request):
+        prompt = chat_prompt([m.model_dump() for m in body.messages], service.defaults.template)
+        rid, created = _id("chatcmpl"), int(time.time())
+
+        def shape(text, finish, usage, first):
+            if body.stream:
+                delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
+                kind = "chat.completion.chunk"
+            else:
+                choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                kind = "chat.completion"
+            out = {"id": rid, "object": kind, "created": created, "model": service.model_id, "choices": [choice]}
+            return out | ({"usage": usage} if usage else {})
+
+        return await _answer(service, http, body, prompt, body.max_completion_tokens or body.max_tokens, shape)
+
+    return app
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise UserError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
+
+
+def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          slots: int = 8, max_queue: int = 64, steps_per_launch: int = 8) -> None:
+    """Load the run, warm the engine up, serve until SIGTERM / Ctrl-C."""
+    import uvicorn  # deferred: only `serve` itself needs the server
+
+    _check_port(host, port)  # before the slow part: loading and compiling
+    model, tokenizer, cfg = load_model(run_dir, checkpoint)
+    engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch)
+    warm = engine.submit([tokenizer.eos_id], Sampling(), 3)  # compiles before the first client waits
+    while not warm.finished:
+        engine.step()
+    service = Service(engine.start(), Path(run_dir).resolve().name, Settings.from_config(cfg.generate), max_queue)
+    if host not in LOOPBACK and not api_key:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")
+    print(f"serving {service.model_id} ({checkpoint}) at http://{host}:{port}/v1 with {slots} slots", flush=True)
+    # uvicorn shuts down gracefully on SIGTERM / Ctrl-C, then raises the signal
+    # again for the handler it found: a quiet one lets kgpt2 close the engine and exit 0.
+    quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.run(build_app(service, api_key), host=host, port=port, log_level="warning",
+                    timeout_graceful_shutdown=10)
+    finally:
+        engine.close()
+        for sig, handler in quiet.items():
+            signal.signal(sig, handler)
+    print("kgpt2 serve: stopped", flush=True)

@@ -1,0 +1,203 @@
+"""`kgpt2 serve` end to end: a server subprocess on 127.0.0.1, the official `openai` package as the client."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow  # each server loads and compiles the tiny model (seconds)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["The assert statement", "if x:", "Lambda forms", "The with statement is used", "A class", "import",
+           "The for statement", "Raise an exception"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def start_server(tiny_run, tmp_path_factory):
+    """Start `kgpt2 serve` from another folder; stop every started server at the end."""
+    started = []
+
+    def start(*args):
+        port = free_port()
+        log = tmp_path_factory.mktemp("serve") / "log.txt"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "serve", "--run", str(tiny_run), "--port",
+                                     str(port), *args], cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):  # bounded: 120 s to load and compile
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        pytest.fail("the server did not answer /health within 120 s")
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    return start_server("--slots", "4", "--max-queue", "40")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_run):
+    """The reference: kgpt2's single-request Generator on the same checkpoint (checked against KerasHub)."""
+    from kgpt2.generate import Generator
+    from kgpt2.run import load_model
+
+    model, tokenizer, cfg = load_model(tiny_run, "latest")
+    return Generator(model, tokenizer), tokenizer, cfg
+
+
+def greedy_text(generator, prompt, n):
+    from kgpt2.generate import Settings
+
+    gen, _, _ = generator
+    return gen.generate(prompt, Settings(sampler="greedy", max_new_tokens=n))
+
+
+def complete(client, prompt, n, **kw):
+    return client.completions.create(model="tiny", prompt=prompt, max_tokens=n, temperature=0, **kw)
+
+
+def test_models_health_and_completions(client, server, generator):
+    _, tokenizer, _ = generator
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert httpx.get(server[1] + "/health").json()["status"] == "ok"
+    out = complete(client, PROMPTS[0], 12)
+    assert out.choices[0].text == greedy_text(generator, PROMPTS[0], 12)
+    assert out.usage.prompt_tokens == len(tokenizer.encode(PROMPTS[0]))
+    assert out.usage.completion_tokens <= 12
+    assert out.choices[0].finish_reason == ("length" if out.usage.completion_tokens == 12 else "stop")
+    streamed = list(complete(client, PROMPTS[0], 12, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == out.choices[0].text
+    assert streamed[-1].choices[0].finish_reason == out.choices[0].finish_reason
+    assert all(c.choices[0].finish_reason is None for c in streamed[:-1])
+
+
+def test_max_tokens_and_stop_strings(client, generator):
+    assert complete(client, PROMPTS[1], 3).usage.completion_tokens <= 3
+    free = greedy_text(generator, PROMPTS[1], 20)
+    assert len(free) > 8
+    stop = free[4:7]
+    out = complete(client, PROMPTS[1], 20, stop=[stop, "never seen"])
+    assert out.choices[0].text == free[:free.find(stop)] and out.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].text for c in complete(client, PROMPTS[1], 20, stop=stop, stream=True))
+    assert streamed == out.choices[0].text
+
+
+def test_chat_completions_use_the_run_template(client, generator):
+    from kgpt2.serve import chat_prompt
+
+    _, _, cfg = generator
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is assert?"}]
+    expected = greedy_text(generator, chat_prompt(messages, cfg.generate.template), 10)
+    out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
+    assert out.choices[0].message.content == expected and out.choices[0].message.role == "assistant"
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+
+
+def test_bad_requests_are_4xx_in_openai_shape(client, server):
+    with pytest.raises(openai.BadRequestError):
+        complete(client, "x", 5, extra_body={"temperature": 7})
+    with pytest.raises(openai.BadRequestError, match="context"):
+        complete(client, "x", 10_000)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny", messages=[], max_tokens=3)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+    assert e.value.body["code"] == "model_not_found"
+    r = httpx.post(server[1] + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_32_concurrent_clients_equal_alone(client):
+    cases = [(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)), 6 + i % 9, i % 3 == 0) for i in range(32)]
+
+    def send(case):
+        prompt, n, stream = case
+        if stream:
+            return "".join(c.choices[0].text for c in complete(client, prompt, n, stream=True))
+        return complete(client, prompt, n).choices[0].text
+
+    alone = [send(case) for case in cases]
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(send, cases))  # an exception here is an error: none allowed
+    assert together == alone
+
+
+def test_client_leaving_mid_stream_frees_its_slot(client, server):
+    stream = complete(client, PROMPTS[2], 40, stream=True)
+    next(iter(stream))
+    stream.close()
+    for _ in range(100):  # bounded: 20 s
+        if httpx.get(server[1] + "/health").json()["busy"] == 0:
+            break
+        time.sleep(0.2)
+    assert httpx.get(server[1] + "/health").json()["busy"] == 0
+
+
+def test_api_key_full_queue_and_sigterm(start_server):
+    proc, url = start_server("--slots", "1", "--max-queue", "0", "--api-key", "secret")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(url + "/v1/models").status_code == 401
+    good = openai.OpenAI(base_url=url + "/v1", api_key="secret", max_retries=0, timeout=120)
+
+    def send(i):
+        try:
+            return complete(good, PROMPTS[i % len(PROMPTS)], 40).choices[0].text
+        except openai.RateLimitError:
+            return 429
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, range(16)))
+    assert 429 in results and any(r != 429 for r in results)  # a full queue answers 429, the rest succeed
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0  # a clean shutdown: uvicorn drained, the engine closed
+
+
+def test_busy_port_and_wrong_folder_are_one_line_and_status_2(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for run, message in [(tmp_path, f"cannot listen on 127.0.0.1:{port}"), (tmp_path / "missing", None)]:
+            args = [sys.executable, "-m", "kgpt2.cli", "serve", "--run", str(run), "--port", str(port)]
+            done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 2 and "Traceback" not in done.stderr
+            assert done.stderr.strip().splitlines()[-1].startswith("kgpt2: error:")
+            assert message is None or message in done.stderr

@@ -83,9 +83,19 @@ class LoraConfig:
     enabled: bool = True
     rank: int = 8
     alpha: float = 32.0
-    # EinsumDense layers of each attention block: query, key, value and
-    # attention_output.
+    # Layers of each block: query, key, value, attention_output,
+    # feedforward_intermediate_dense, feedforward_output_dense, or
+    # "all-linear" (all of them, as PEFT's shorthand) (kgpt2.adapters).
     targets: list = field(default_factory=lambda: ["query", "value"])
+    # Dropout on the adapter's input only, in training (PEFT's lora_dropout).
+    dropout: float = 0.0
+    # Scale alpha / sqrt(rank) instead of alpha / rank (rsLoRA).
+    use_rslora: bool = False
+    # DoRA: a trained magnitude per output times the normalised W + BA.
+    use_dora: bool = False
+    # A PEFT adapter directory (adapter_config.json + adapter_model.safetensors)
+    # to start from; rank, alpha, targets and variant must match it.
+    init_from: str = ""
 
 
 @dataclass
@@ -206,6 +216,7 @@ class Config:
             )
         if lora.enabled:
             sig.update(lora_rank=lora.rank, lora_targets=sorted(lora.targets))
+            sig.update({k: True for k in ("use_rslora", "use_dora") if getattr(lora, k)})
         if m.quantize:  # adapters are trained against the quantised base
             sig["quantize"] = m.quantize
         return sig

@@ -28,7 +28,8 @@ import keras
 import keras_hub
 import numpy as np
 
-from kgpt2.config import Config, LoraConfig, ModelConfig
+from kgpt2.adapters import enable_lora
+from kgpt2.config import Config, ModelConfig
 from kgpt2.errors import UserError
 from kgpt2.tokenizer import Tokenizer
 
@@ -37,7 +38,6 @@ OFFLINE_HINT = (
     "to work offline, use a local preset directory (save_to_preset output), "
     "a local Hugging Face GPT-2 directory, or model.preset = \"scratch\""
 )
-LORA_TARGETS = ("query", "key", "value", "attention_output")
 
 
 def _is_local(preset: str) -> bool:
@@ -140,27 +140,6 @@ def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load the tokenizer of preset '{cfg.preset}' ({reason}); {OFFLINE_HINT}") from None
     return Tokenizer(kh.vocabulary, kh.merges)
-
-
-def enable_lora(backbone, lora: LoraConfig) -> None:
-    """Keras LoRA with alpha on the attention projections named in `lora.targets`.
-
-    `Backbone.enable_lora` takes no alpha, so this does what it does (freeze
-    every layer, then LoRA the targets) calling each layer's own
-    `enable_lora(rank, lora_alpha=...)`.
-    """
-    unknown = set(lora.targets) - set(LORA_TARGETS)
-    if unknown or not lora.targets:
-        raise UserError(f"lora.targets must be some of {', '.join(LORA_TARGETS)}; got {lora.targets}")
-    if lora.rank < 1:
-        raise UserError(f"lora.rank must be at least 1, got {lora.rank}")
-    backbone.trainable = True
-    for layer in backbone._flatten_layers(include_self=False):
-        layer.trainable = False
-    for layer in backbone._flatten_layers(include_self=False):
-        if layer.name in lora.targets and hasattr(layer, "enable_lora") and layer.weights:
-            layer.trainable = True
-            layer.enable_lora(lora.rank, lora_alpha=lora.alpha)
 
 
 class PaddedReversibleEmbedding(keras_hub.layers.ReversibleEmbedding):
@@ -327,6 +306,10 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
         quantize_backbone(backbone, cfg.model.quantize)
     if cfg.lora.enabled:
         enable_lora(backbone, cfg.lora)
+        if cfg.lora.init_from:
+            from kgpt2.peft_adapters import load_peft_adapter
+
+            load_peft_adapter(backbone, cfg.lora.init_from, cfg.lora)
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
 
 

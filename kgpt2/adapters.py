@@ -87,6 +87,14 @@ class _Adapted:
     def quantized_call(self, inputs, training=None):
         return self._with_adapter(inputs, super().quantized_call(inputs, training=training), training)
 
+    def save_own_variables(self, store):
+        """Keras's own saving (save_weights, save_to_preset) gets the merged kernel, as with Keras LoRA."""
+        if self.quantization_mode:
+            raise UserError("Keras cannot save a quantised layer with its adapter merged; "
+                            "use kgpt2.adapters.merged_backbone (what `kgpt2 export` does)")
+        super().save_own_variables(store)
+        store["0"] = effective_kernel(self)  # Dense/EinsumDense store the kernel first
+
     def _adapter_delta(self, inputs, training):
         x = inputs
         if self.lora_dropout > 0 and training:

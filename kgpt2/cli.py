@@ -231,18 +231,20 @@ def _quickstart(p):
     return run
 
 
-@verb("export", "write a run's model (LoRA merged) as a Hugging Face GPT-2 or a KerasHub preset")
+@verb("export", "write a run's model (LoRA merged) as a Hugging Face GPT-2 or a KerasHub preset, or its PEFT adapter")
 def _export(p):
     p.add_argument("--run", required=True, help="run directory, e.g. checkpoints/quickstart")
     p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, or base")
-    p.add_argument("--to", required=True, choices=["hf", "preset"], help="hf: transformers format; preset: KerasHub preset")
+    p.add_argument("--to", required=True, choices=["hf", "preset", "peft"],
+                   help="hf: transformers format; preset: KerasHub preset; peft: PEFT adapter + its HF base in base/")
     p.add_argument("out", help="new output directory")
 
     def run(a):
         from kgpt2.export import export_run
 
         out = export_run(a.run, a.to, a.out, checkpoint=a.checkpoint)
-        print(f"exported {a.run} ({a.checkpoint}) as {'Hugging Face GPT-2' if a.to == 'hf' else 'KerasHub preset'} to {out}")
+        kind = {"hf": "Hugging Face GPT-2", "preset": "KerasHub preset", "peft": "PEFT adapter"}[a.to]
+        print(f"exported {a.run} ({a.checkpoint}) as {kind} to {out}")
 
     return run
 

@@ -299,11 +299,12 @@ def evaluate_split(model, cfg: Config, shards: ShardSet, split_name: str, max_ba
 
 
 def export_weights(model, path: Path) -> None:
-    """The full model as a plain `.weights.h5` (LoRA merged by Keras on save)."""
-    from kgpt2.models import save_unpadded_weights
+    """The full model as a plain `.weights.h5`: adapters merged, a quantised base
+    dequantised, the original vocabulary size (kgpt2.adapters.merged_backbone)."""
+    from kgpt2.adapters import merged_backbone
 
     tmp = path.with_name(f".tmp-{path.name}")
-    save_unpadded_weights(model.backbone, tmp)  # original vocabulary size
+    merged_backbone(model.backbone).save_weights(str(tmp))
     tmp.replace(path)
 
 

@@ -249,6 +249,22 @@ def _export(p):
     return run
 
 
+@verb("import", "read a KerasNLP GPT-2 saved under TF/Keras 2 (.ckpt or .weights.h5) into a KerasHub preset")
+def _import(p):
+    p.add_argument("legacy", help="NAME.ckpt (beside NAME.ckpt.index + .data-*) or NAME.weights.h5")
+    p.add_argument("out", help="new preset directory (use it as model.preset)")
+    p.add_argument("--tokenizer", required=True,
+                   help="its tokenizer: a preset name (gpt2_base_en), a preset or HF directory, or vocabulary.json + merges.txt")
+
+    def run(a):
+        from kgpt2.legacy_import import import_legacy
+
+        out = import_legacy(a.legacy, a.out, a.tokenizer)
+        print(f"imported {a.legacy} as a KerasHub preset in {out}; train on it with model.preset = \"{out}\"")
+
+    return run
+
+
 @verb("tokenizer", "train your own tokenizer: byte-level BPE (GPT-2 style) or characters")
 def _tokenizer(p):
     p.add_argument("action", choices=["train"])

@@ -212,3 +212,64 @@ def test_quantised_lora_export_matches_transformers(mode, hf_base, tiny_preset, 
     reloaded = keras_hub.models.GPT2Backbone.from_config(plain.get_config())
     plain.save_weights(str(tmp_path / "stage.weights.h5"))  # what the trainer's stage export writes
     reloaded.load_weights(str(tmp_path / "stage.weights.h5"))
+
+
+def _cli(*args, cwd):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "kgpt2.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env)
+
+
+@pytest.mark.slow
+def test_trained_dora_run_exports_to_peft_with_its_logits(tmp_path, tiny_preset, pydoc_shards, tiny_run):
+    """Train a DoRA run (dropout on), `kgpt2 export --to peft`, PEFT on the exported base computes the run."""
+    from kgpt2.runs import load_model
+    from kgpt2.train import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=dora", "lora.enabled=true", "lora.use_dora=true",
+                      "lora.dropout=0.1", "lora.targets=['query', 'value', 'feedforward_output_dense']",
+                      "train.stages=[4]", "train.max_steps=2", "train.eval_batches=1")
+    train(cfg, verbose=0)
+    done = _cli("export", "--run", cfg.run_dir, "--to", "peft", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    model, _, _ = load_model(cfg.run_dir)
+    theirs = peft_logits(tmp_path / "out" / "base", tmp_path / "out")
+    np.testing.assert_allclose(kgpt2_logits(model), theirs, atol=ATOL, rtol=0)
+    refused = _cli("export", "--run", tiny_run, "--to", "peft", "out2", cwd=tmp_path)  # a full fine-tune
+    assert refused.returncode == 2 and "not a LoRA adapter" in refused.stderr and not (tmp_path / "out2").exists()
+
+
+@pytest.mark.slow
+def test_int8_run_exports_and_stage_weights_load_into_a_plain_backbone(tmp_path, tiny_preset, pydoc_shards):
+    import keras_hub
+
+    from kgpt2.models import build_causal_lm
+    from kgpt2.config import load_config
+    from kgpt2.runs import load_model
+    from kgpt2.train import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=q8", "lora.enabled=true", "model.quantize=int8",
+                      "lora.targets=['all-linear']", "train.stages=[4]", "train.max_steps=2", "train.eval_batches=1")
+    train(cfg, verbose=0)
+    model, _, _ = load_model(cfg.run_dir)
+    ours = kgpt2_logits(model)
+    for fmt in ("hf", "preset"):
+        done = _cli("export", "--run", cfg.run_dir, "--to", fmt, fmt, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor([IDS])).logits[0].numpy()
+    np.testing.assert_allclose(theirs, ours, atol=0.01 * np.abs(ours).max(), rtol=0)  # int8 input quantisation
+    preset = build_causal_lm(load_config(None, [f"model.preset={tmp_path / 'preset'}", "lora.enabled=false"]))
+    np.testing.assert_allclose(kgpt2_logits(preset), theirs, atol=ATOL, rtol=0)
+    plain = keras_hub.models.GPT2Backbone.from_preset(str(tiny_preset), load_weights=False)
+    plain.load_weights(str(cfg.run_dir / "stage-1.weights.h5"))
+    lm = keras_hub.models.GPT2CausalLM(backbone=plain, preprocessor=None)
+    np.testing.assert_allclose(kgpt2_logits(lm), theirs, atol=ATOL, rtol=0)

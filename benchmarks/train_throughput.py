@@ -11,7 +11,13 @@ the ratios against the Hugging Face peers measured in the same run.
   device's precision policy (mixed_bfloat16 on an H100).
 - HF variants: transformers GPT2LMHeadModel (sdpa attention, dropout 0 like
   kgpt2), bf16 autocast, fused torch AdamW, grad-norm clipping 1.0, eager or
-  torch.compile; + PEFT LoRA (c_attn, r 8, alpha 32, dropout 0.1).
+  torch.compile; + PEFT LoRA (c_attn, r 8, alpha 32, dropout 0.1), and for
+  the adapter comparison (`--adapters`) PEFT's LoRA / rsLoRA / DoRA /
+  all-linear on c_attn (all-linear: c_attn, c_proj, c_fc) with the same r,
+  alpha and dropout as the kgpt2 variants beside them, eager and compiled.
+  kgpt2's adapters are PEFT's maths (kgpt2.adapters); on query+key+value they
+  equal PEFT's c_attn adapter, so those are the like-for-like pairs. Every
+  line carries its trainable-parameter count.
 
 GPT-2 124M shape, random weights, batch 16 x 1,024, 5 warm-up + 30 timed
 steps. Tokens/s counts real (non-padding) target tokens. MFU = tokens/s x
@@ -22,6 +28,9 @@ steps. Tokens/s counts real (non-padding) target tokens. MFU = tokens/s x
     # python benchmarks/train_throughput.py --shards .bench/shards --tokenizer .bench/tokenizer
     # python benchmarks/train_throughput.py --memory --shards ... --tokenizer ...
     # python benchmarks/train_throughput.py --stage --shards ... --tokenizer ...
+    # python benchmarks/train_throughput.py --adapters --shards ... --tokenizer ...
+    # on a CPU, end to end at a tiny shape (a check that every variant runs, not a measurement):
+    # python benchmarks/train_throughput.py --adapters --tiny --shards ... --tokenizer ...
 """
 
 from __future__ import annotations
@@ -40,11 +49,32 @@ SIZES = {  # GPT-2 shapes: layers, heads, hidden
     "355M": (24, 16, 1024),
     "774M": (36, 20, 1280),
     "1.5B": (48, 25, 1600),
+    "tiny": (2, 2, 64),  # --tiny: a CPU check that the script runs end to end
 }
 THROUGHPUT_VARIANTS = [
     "kgpt2:full:pad64", "kgpt2:lora:pad64", "kgpt2:full:pad0", "kgpt2:lora:pad0",
     "hf:full:eager", "hf:full:compile", "hf:lora:eager",
 ]
+# kgpt2 adapter settings (r 8, alpha 32, dropout 0.1, as PEFT's peers below).
+QKV = "lora.targets=['query','key','value']"
+ADAPTER_SETTINGS = "lora.rank=8;lora.alpha=32;lora.dropout=0.1"
+ADAPTER_VARIANTS = [
+    "kgpt2:full:pad64",
+    f"kgpt2:lora:pad64;{ADAPTER_SETTINGS};{QKV}",
+    f"kgpt2:lora:pad64;{ADAPTER_SETTINGS};{QKV};lora.use_rslora=true",
+    f"kgpt2:lora:pad64;{ADAPTER_SETTINGS};{QKV};lora.use_dora=true",
+    f"kgpt2:lora:pad64;{ADAPTER_SETTINGS};lora.targets=['all-linear']",
+    "hf:full:eager", "hf:full:compile",
+    "hf:lora:eager", "hf:lora:compile", "hf:rslora:eager", "hf:rslora:compile",
+    "hf:dora:eager", "hf:dora:compile", "hf:lora-all:eager", "hf:lora-all:compile",
+]
+# PEFT's settings for each hf adapter mode.
+PEFT_MODES = {
+    "lora": {"target_modules": ["c_attn"]},
+    "rslora": {"target_modules": ["c_attn"], "use_rslora": True},
+    "dora": {"target_modules": ["c_attn"], "use_dora": True},
+    "lora-all": {"target_modules": ["c_attn", "c_proj", "c_fc"]},
+}
 
 
 def _gpu_peak_bytes() -> int:
@@ -105,6 +135,7 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     from kgpt2.devices import resolve_device
 
     overrides = [e for e in extra if "=" in e]
+    size = args.size if args.size != "124M" else size
     cfg = kgpt2_config(args, mode, pad, size, overrides)
     device = resolve_device("auto")
     policy = device.policy(cfg.train.precision)
@@ -136,24 +167,26 @@ def run_hf(args, mode: str, how: str) -> dict:
     import transformers
 
     torch.manual_seed(0)
-    layers, heads, hidden = SIZES["124M"]
+    layers, heads, hidden = SIZES[args.size]
+    cuda = torch.cuda.is_available()
     config = transformers.GPT2Config(n_positions=1024, n_embd=hidden, n_layer=layers, n_head=heads,
                                      vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     config._attn_implementation = "sdpa"  # torch's fused attention (flash with dropout 0)
-    model = transformers.GPT2LMHeadModel(config).cuda()
-    if mode == "lora":
+    model = transformers.GPT2LMHeadModel(config).to("cuda" if cuda else "cpu")
+    if mode in PEFT_MODES:
         import peft
 
         model = peft.get_peft_model(model, peft.LoraConfig(
-            r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["c_attn"], fan_in_fan_out=True))
+            r=8, lora_alpha=32, lora_dropout=0.1, fan_in_fan_out=True, **PEFT_MODES[mode]))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01, fused=True)
+    opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01, fused=cuda)
     forward = torch.compile(model) if how == "compile" else model
-    x = torch.randint(0, 50257, (args.batch, args.seq + 1), device="cuda")
+    x = torch.randint(0, 50257, (args.batch, args.seq + 1), device="cuda" if cuda else "cpu")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
             logits = forward(input_ids=x[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         loss.backward()
@@ -164,21 +197,22 @@ def run_hf(args, mode: str, how: str) -> dict:
 
     t0 = time.perf_counter()
     step()
-    torch.cuda.synchronize()
+    sync()
     first_s = time.perf_counter() - t0
     for _ in range(args.warmup - 1):
         step()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
     float(loss)
-    torch.cuda.synchronize()
+    sync()
     timed_s = time.perf_counter() - t0
     step_s = timed_s / args.steps
     return _result(f"hf {mode} {how}", args.batch * args.seq / step_s, step_s, compile_s=first_s - step_s,
-                   peak=int(torch.cuda.max_memory_allocated()), device=torch.cuda.get_device_name(0),
-                   policy="bf16 autocast", trainable=sum(p.numel() for p in params), size="124M",
+                   peak=int(torch.cuda.max_memory_allocated()) if cuda else 0,
+                   device=torch.cuda.get_device_name(0) if cuda else "cpu", policy="bf16 autocast" if cuda else "float32",
+                   trainable=sum(p.numel() for p in params), size=args.size,
                    batch=args.batch, versions={"torch": torch.__version__, "transformers": transformers.__version__})
 
 
@@ -262,7 +296,7 @@ def run_variant(args, name: str) -> dict:
 def spawn(args, name: str, batch: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--variant", name, "--shards", args.shards, "--tokenizer", args.tokenizer,
            "--batch", str(batch or args.batch), "--seq", str(args.seq), "--warmup", str(args.warmup),
-           "--steps", str(args.steps)]
+           "--steps", str(args.steps), "--size", args.size]
     env = dict(os.environ, **split_variant(name)[2])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -275,6 +309,15 @@ def spawn(args, name: str, batch: int | None = None) -> dict:
         out["variant"] += " " + " ".join(f"{k}={v}" for k, v in split_variant(name)[2].items())
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _peer(variant: str, by_name: dict):
+    """PEFT's like-for-like line for a kgpt2 adapter variant (compiled if measured)."""
+    if not variant.startswith("kgpt2 lora"):
+        return None
+    mode = ("dora" if "use_dora=true" in variant else "rslora" if "use_rslora=true" in variant
+            else "lora-all" if "all-linear" in variant else "lora")
+    return by_name.get(f"hf {mode} compile") or by_name.get(f"hf {mode} eager")
 
 
 def main(argv=None):
@@ -290,9 +333,16 @@ def main(argv=None):
     p.add_argument("--memory", action="store_true", help="peak memory per size x mode at batch 1 and 2")
     p.add_argument("--memory-sizes", default=",".join(SIZES))
     p.add_argument("--stage", action="store_true", help="also time one real stage of the staged trainer")
+    p.add_argument("--adapters", action="store_true", help="LoRA / rsLoRA / DoRA / all-linear / full vs PEFT")
+    p.add_argument("--size", default="124M", choices=list(SIZES), help="model shape for every variant")
+    p.add_argument("--tiny", action="store_true", help="tiny shape, batch 2 x 32, 1 + 2 steps: runs on a CPU")
     p.add_argument("--out", help="write all results here as JSON")
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "jax")
+    if args.tiny:
+        args.size, args.batch, args.seq, args.warmup, args.steps = "tiny", 2, 32, 1, 2
+    if args.adapters and args.variants == ",".join(THROUGHPUT_VARIANTS):
+        args.variants = ",".join(ADAPTER_VARIANTS)
     if args.variant:
         print(json.dumps(run_variant(args, args.variant)), flush=True)
         return
@@ -314,16 +364,16 @@ def main(argv=None):
                     print(json.dumps(results[-1]), flush=True)
     by_name = {r["variant"]: r for r in results if "tokens_per_s" in r}
     peers = {"full": by_name.get("hf full compile") or by_name.get("hf full eager"),
-             "lora": by_name.get("hf lora eager")}
-    print("\nvariant | tokens/s | step ms | MFU | peak GB | compile s | vs HF")
+             "lora": by_name.get("hf lora compile") or by_name.get("hf lora eager")}
+    print("\nvariant | tokens/s | step ms | MFU | peak GB | compile s | trainable | vs HF")
     for r in results:
         if "tokens_per_s" not in r:
             print(f"{r['variant']} | {r.get('error') or r}")
             continue
-        peer = peers["lora" if " lora" in r["variant"] else "full"]
+        peer = _peer(r["variant"], by_name) or peers["lora" if " lora" in r["variant"] else "full"]
         ratio = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x {peer['variant']}" if peer else "-"
         print(f"{r['variant']} b{r['batch']} | {r['tokens_per_s']:,} | {r['step_ms']} | {r.get('mfu', '-')} | "
-              f"{r['peak_gpu_gb']} | {r['compile_s']} | {ratio}")
+              f"{r['peak_gpu_gb']} | {r['compile_s']} | {r['trainable_params']:,} | {ratio}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -40,7 +40,7 @@ import numpy as np
 
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, publish_folder
-from kgpt2.models import save_unpadded_weights
+from kgpt2.adapters import merged_backbone
 
 STATE_FILE = "state.json"
 
@@ -194,11 +194,12 @@ class CheckpointManager:
 
 
 def export_weights(model, path) -> Path:
-    """The full model as a plain `.weights.h5` (LoRA merged by Keras on save), written atomically."""
+    """The full model as a plain `.weights.h5`, written atomically: adapters merged, a
+    quantised base dequantised, the original vocabulary size (kgpt2.adapters.merged_backbone)."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     try:
-        save_unpadded_weights(model.backbone, tmp)  # original vocabulary size
+        merged_backbone(model.backbone).save_weights(str(tmp))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -257,11 +257,12 @@ def _quickstart(p):
     return run
 
 
-@verb("export", "write a run's model (LoRA merged) as a Hugging Face GPT-2 or a KerasHub preset")
+@verb("export", "write a run's model (LoRA merged) as a Hugging Face GPT-2 or a KerasHub preset, or its PEFT adapter")
 def _export(p):
     p.add_argument("--run", required=True, help="run directory, e.g. checkpoints/quickstart")
     p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, or base")
-    p.add_argument("--to", required=True, choices=["hf", "preset"], help="hf: transformers format; preset: KerasHub preset")
+    p.add_argument("--to", required=True, choices=["hf", "preset", "peft"],
+                   help="hf: transformers format; preset: KerasHub preset; peft: PEFT adapter + its HF base in base/")
     p.add_argument("out", help="new output directory")
 
     def run(a):
@@ -269,6 +270,22 @@ def _export(p):
 
         out = export_run(a.run, a.to, a.out, checkpoint=a.checkpoint)
         print(reports.export_report(a.run, a.checkpoint, a.to, out))
+
+    return run
+
+
+@verb("import", "read a KerasNLP GPT-2 saved under TF/Keras 2 (.ckpt or .weights.h5) into a KerasHub preset")
+def _import(p):
+    p.add_argument("legacy", help="NAME.ckpt (beside NAME.ckpt.index + .data-*) or NAME.weights.h5")
+    p.add_argument("out", help="new preset directory (use it as model.preset)")
+    p.add_argument("--tokenizer", required=True,
+                   help="its tokenizer: a preset name (gpt2_base_en), a preset or HF directory, or vocabulary.json + merges.txt")
+
+    def run(a):
+        from kgpt2.legacy_import import import_legacy
+
+        out = import_legacy(a.legacy, a.out, a.tokenizer)
+        print(reports.import_report(a.legacy, out))
 
     return run
 

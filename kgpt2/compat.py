@@ -21,6 +21,8 @@ sentence instead of a wrong model (pyproject.toml carries the same bounds).
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import os
 
@@ -77,6 +79,26 @@ def retype_layer(layer, cls) -> None:
     if not issubclass(cls, type(layer)):
         raise TypeError(f"{cls.__name__} does not extend {type(layer).__module__}.{type(layer).__name__}")
     layer.__class__ = cls
+
+
+@contextlib.contextmanager
+def unlocked_tracker(layer):
+    """Add variables to a built layer (Keras' own `enable_lora` unlocks its `_tracker` so)."""
+    layer._tracker.unlock()
+    try:
+        yield
+    finally:
+        layer._tracker.lock()
+
+
+def own_variables(layer) -> list:
+    """A layer's own variables, without its sublayers' (Keras' `_trainable_variables` + `_non_trainable_variables`)."""
+    return layer._trainable_variables + layer._non_trainable_variables
+
+
+def set_lora_bookkeeping(backbone, layer_indices: list, rank: int) -> None:
+    """What keras-hub's `Backbone.save_lora_weights` / `load_lora_weights` read."""
+    backbone._lora_enabled_layers, backbone._lora_rank = layer_indices, rank
 
 
 def self_attention_layers(backbone) -> list:

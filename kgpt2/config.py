@@ -37,7 +37,11 @@ from kgpt2 import recipes
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text
 
-LORA_TARGETS = ("query", "key", "value", "attention_output")
+# The linear layers of a keras-hub GPT-2 block (PEFT's names in GPT-2: c_attn
+# holds query/key/value, attn.c_proj, mlp.c_fc, mlp.c_proj).
+LORA_TARGETS = ("query", "key", "value", "attention_output",
+                "feedforward_intermediate_dense", "feedforward_output_dense")
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output head
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 Template = Literal["plain", "instruction"]
 
@@ -138,13 +142,25 @@ class LoraConfig:
     enabled: bool = True
     rank: int = at_least(1, default=8)
     alpha: float = at_least(0.0, default=32.0)
-    # EinsumDense layers of each attention block: some of LORA_TARGETS.
+    # Layers of each block: query, key, value, attention_output,
+    # feedforward_intermediate_dense, feedforward_output_dense, or
+    # "all-linear" (all of them, as PEFT's shorthand) (kgpt2.adapters).
     targets: list = field(default_factory=lambda: ["query", "value"])
+    # Dropout on the adapter's input only, in training (PEFT's lora_dropout).
+    dropout: float = at_least(0.0, default=0.0, below=1.0)
+    # Scale alpha / sqrt(rank) instead of alpha / rank (rsLoRA).
+    use_rslora: bool = False
+    # DoRA: a trained magnitude per output times the normalised W + BA.
+    use_dora: bool = False
+    # A PEFT adapter directory (adapter_config.json + adapter_model.safetensors)
+    # to start from; rank, alpha, targets and variant must match it.
+    init_from: str = ""
 
     def __post_init__(self):
         check_fields(self)
-        if not self.targets or set(self.targets) - set(LORA_TARGETS) or len(set(self.targets)) < len(self.targets):
-            allowed = ", ".join(_show(t) for t in LORA_TARGETS)
+        allowed_targets = (*LORA_TARGETS, ALL_LINEAR)
+        if not self.targets or set(self.targets) - set(allowed_targets) or len(set(self.targets)) < len(self.targets):
+            allowed = ", ".join(_show(t) for t in allowed_targets)
             raise UserError(f"lora.targets must be a list of distinct names from {allowed}; got {self.targets!r}")
 
 
@@ -306,6 +322,7 @@ class Config:
             )
         if lora.enabled:
             sig.update(lora_rank=lora.rank, lora_targets=sorted(lora.targets))
+            sig.update({k: True for k in ("use_rslora", "use_dora") if getattr(lora, k)})
         if m.quantize:  # adapters are trained against the quantised base
             sig["quantize"] = m.quantize
         return sig

@@ -3,9 +3,13 @@
     kgpt2 export --run checkpoints/pubmed --to hf exported/pubmed-hf
     kgpt2 export --run checkpoints/pubmed --checkpoint stage-2 --to preset exported/pubmed-preset
 
-Both formats hold one plain GPT-2: LoRA folded into the kernels, the
-vocabulary padding (model.pad_vocabulary_to) cut off, float32 weights, and
-kgpt2's own tokenizer files. The `hf` directory (config.json,
+Both formats hold one plain GPT-2: LoRA/rsLoRA/DoRA folded into the kernels,
+an int8/int4 base dequantised, the vocabulary padding (model.pad_vocabulary_to)
+cut off, float32 weights, and kgpt2's own tokenizer files. `--to peft` writes
+the run's adapter as PEFT's adapter_config.json + adapter_model.safetensors
+(kgpt2.peft_adapters) and the run's base model, unadapted, as a Hugging Face
+GPT-2 in `base/`: `PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(
+out / "base"), out)` computes what the run computes. The `hf` directory (config.json,
 model.safetensors, vocab.json, merges.txt, tokenizer_config.json) loads with
 `transformers.GPT2LMHeadModel.from_pretrained` and `AutoTokenizer`; either
 directory also works as kgpt2's `model.preset` to train further.
@@ -18,6 +22,7 @@ directory also works as kgpt2's `model.preset` to train further.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,33 +31,23 @@ from pathlib import Path
 
 import keras_hub
 
+from kgpt2.adapters import merged_backbone as merge
 from kgpt2.devices import dtype_policy
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text
 from kgpt2.models import build_causal_lm, load_tokenizer, real_vocabulary_size, save_preset, save_unpadded_weights
+from kgpt2.peft_adapters import write_peft_adapter
 from kgpt2.run import load_run_config, restore
 from kgpt2.tokenizer_protocol import Tokenizer
 
-FORMATS = ("hf", "preset")
+FORMATS = ("hf", "preset", "peft")
 PROVENANCE_FILE = "kgpt2_export.json"
 
 
 def merged_backbone(model) -> keras_hub.models.GPT2Backbone:
-    """A plain GPT2Backbone holding `model`'s weights with LoRA merged in.
-
-    Keras merges each LoRA pair into its kernel (kernel + alpha/rank * A @ B)
-    when it saves weights, and `save_unpadded_weights` cuts the padded
-    vocabulary back, so the file loads into a backbone of the run's own
-    configuration without LoRA. Call under a float32 dtype policy: the merge
-    happens in the layer's compute dtype.
-    """
-    config = dict(model.backbone.get_config(), vocabulary_size=real_vocabulary_size(model.backbone))
-    plain = keras_hub.models.GPT2Backbone.from_config(config)
-    with tempfile.TemporaryDirectory(prefix="kgpt2-merge-") as tmp:
-        path = Path(tmp) / "merged.weights.h5"
-        save_unpadded_weights(model.backbone, path)
-        plain.load_weights(str(path))
-    return plain
+    """A plain float32 GPT2Backbone of `model` (a GPT2CausalLM): adapters merged,
+    int8/int4 kernels dequantised, vocabulary padding cut (kgpt2.adapters)."""
+    return merge(model.backbone)
 
 
 def write_hf(backbone, tokenizer: Tokenizer, out: Path) -> Path:
@@ -105,19 +100,27 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     out = Path(out)
     _check_out(out)
     cfg = load_run_config(run_dir)
+    if to == "peft" and not cfg.lora.enabled:
+        raise UserError(f"run '{run_dir}' trained all weights, not a LoRA adapter; export it with --to hf")
     with dtype_policy("float32"):  # merge and write full-precision weights
         model = build_causal_lm(cfg)
         tokenizer = load_tokenizer(cfg.model)
         checkpoint_id = restore(model, run_dir, checkpoint)
-        backbone = merged_backbone(model)
+        if to == "peft":  # the base the adapter goes on: the run's preset, no adapter
+            base = build_causal_lm(dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, enabled=False)))
+        backbone = merged_backbone(base if to == "peft" else model)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        (write_hf if to == "hf" else write_preset)(backbone, tokenizer, tmp)
+        if to == "peft":
+            write_hf(backbone, tokenizer, tmp / "base")
+            write_peft_adapter(model.backbone, cfg.lora, tmp, base=str(out.resolve() / "base"))
+        else:
+            (write_hf if to == "hf" else write_preset)(backbone, tokenizer, tmp)
         atomic_write_text(tmp / PROVENANCE_FILE, json.dumps({
             "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_id, "format": to,
-            "lora_merged": cfg.lora.enabled, "config_hash": cfg.hash(),
+            "lora_merged": cfg.lora.enabled and to != "peft", "config_hash": cfg.hash(),
         }, indent=2))
         _check_out(out)
         if out.exists():

@@ -29,8 +29,10 @@ import keras_hub
 import numpy as np
 
 from kgpt2 import compat
-from kgpt2.config import Config, LoraConfig, ModelConfig
+from kgpt2.adapters import enable_lora
+from kgpt2.config import Config, ModelConfig
 from kgpt2.errors import UserError
+from kgpt2.peft_adapters import load_peft_adapter
 from kgpt2.quantize import quantize_backbone
 from kgpt2.tokenizer import Tokenizer as BPETokenizer
 from kgpt2.tokenizer_protocol import Tokenizer
@@ -171,23 +173,6 @@ def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load the tokenizer of preset '{cfg.preset}' ({reason}); {OFFLINE_HINT}") from None
     return BPETokenizer(kh.vocabulary, kh.merges)
-
-
-def enable_lora(backbone, lora: LoraConfig) -> None:
-    """Keras LoRA with alpha on the attention projections named in `lora.targets`.
-
-    `Backbone.enable_lora` takes no alpha, so this does what it does (freeze
-    every layer, then LoRA the targets) calling each layer's own
-    `enable_lora(rank, lora_alpha=...)`.
-    """
-    backbone.trainable = True
-    layers = compat.sublayers(backbone)
-    for layer in layers:
-        layer.trainable = False
-    for layer in layers:
-        if layer.name in lora.targets and hasattr(layer, "enable_lora") and layer.weights:
-            layer.trainable = True
-            layer.enable_lora(lora.rank, lora_alpha=lora.alpha)
 
 
 class PaddedReversibleEmbedding(keras_hub.layers.ReversibleEmbedding):
@@ -348,6 +333,8 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
         quantize_backbone(backbone, cfg.model.quantize)
     if cfg.lora.enabled:
         enable_lora(backbone, cfg.lora)
+        if cfg.lora.init_from:
+            load_peft_adapter(backbone, cfg.lora.init_from, cfg.lora)
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
 
 

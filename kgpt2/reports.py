@@ -83,5 +83,9 @@ def tokenizer_report(tokenizer, out) -> str:
 
 
 def export_report(run, checkpoint: str, to: str, out) -> str:
-    form = "Hugging Face GPT-2" if to == "hf" else "KerasHub preset"
+    form = {"hf": "Hugging Face GPT-2", "preset": "KerasHub preset", "peft": "PEFT adapter"}[to]
     return f"exported {run} ({checkpoint}) as {form} to {out}"
+
+
+def import_report(legacy, out) -> str:
+    return f"imported {legacy} as a KerasHub preset in {out}; train on it with model.preset = \"{out}\""

@@ -1,0 +1,205 @@
+"""`kgpt2 import`: weights of a KerasNLP GPT-2 saved under TensorFlow / Keras 2, as a KerasHub preset.
+
+The project kgpt2 grew from saved `GPT2CausalLM.save_weights(...)` under
+KerasNLP 0.6 on tf.keras (Keras 2). That stack wrote two formats a GPT-2
+fits in (its older plain `.h5` cannot hold one: tf-keras raises "name
+already exists"):
+
+- a TF checkpoint, `NAME.ckpt` = `NAME.ckpt.index` + `NAME.ckpt.data-*`,
+  keyed by the object graph (`layer_with_weights-0/layer_with_weights-2/
+  _self_attention_layer/_query_dense/kernel/.ATTRIBUTES/VARIABLE_VALUE`);
+- `NAME.weights.h5` (tf-keras's Keras-3-style file), keyed by layer names
+  (`layers/gpt2_backbone/layers/transformer_decoder_1/.../vars/0`).
+
+Neither loads into keras-hub's GPT2Backbone by itself: the layer names and
+attribute names differ. This maps each variable to its keras-hub path, infers
+the shape (layers, width, heads, vocabulary, context), checks that every
+variable is found exactly once, and writes a KerasHub preset (usable as
+`model.preset`) with the tokenizer you name.
+
+    kgpt2 import old/gpt2_pubmed.ckpt exported/pubmed-preset --tokenizer gpt2_base_en
+
+    >>> from kgpt2.legacy_import import keras_hub_path
+    >>> keras_hub_path(["transformer_decoder_1", "_self_attention_layer", "_query_dense", "kernel"], {"transformer_decoder_1": 1})
+    'transformer_layer_1/self_attention/query/kernel'
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from kgpt2.config import ModelConfig
+from kgpt2.errors import UserError
+from kgpt2.models import load_tokenizer, save_preset
+
+# KerasNLP 0.6 attribute names -> keras-hub layer names in a variable path.
+SUBLAYERS = {
+    "_self_attention_layer": "self_attention", "_query_dense": "query", "_key_dense": "key",
+    "_value_dense": "value", "_output_dense": "attention_output",
+    "_self_attention_layer_norm": "self_attention_layer_norm", "_feedforward_layer_norm": "feedforward_layer_norm",
+    "_feedforward_intermediate_dense": "feedforward_intermediate_dense",
+    "_feedforward_output_dense": "feedforward_output_dense",
+}
+# The order of a layer's variables in a .weights.h5 file (`vars/0`, `vars/1`).
+VARIABLE_ORDER = {"norm": ("gamma", "beta"), "embedding": ("embeddings",), "dense": ("kernel", "bias")}
+NOT_LEGACY = ("is not a TensorFlow checkpoint (NAME.ckpt with .index + .data-*) or a .weights.h5 "
+              "of a KerasNLP GPT-2 model")
+
+
+def keras_hub_path(parts: list, blocks: dict) -> str:
+    """A keras-hub variable path from a legacy layer/attribute path; `blocks` numbers the decoder layers."""
+    head, *rest = parts
+    if head in blocks:
+        head = f"transformer_layer_{blocks[head]}"
+    elif head.startswith("layer_normalization") or head == "layer_norm":
+        head = "layer_norm"
+    return "/".join([head] + [SUBLAYERS.get(p, p) for p in rest])
+
+
+def _read_checkpoint(prefix: str) -> dict:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    keys = [k for k in reader.get_variable_to_shape_map() if k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+            and not k.startswith(("optimizer", "save_counter"))]
+    model_level = all(k.startswith("layer_with_weights-0/layer_with_weights-") or not
+                      k.startswith("layer_with_weights-0/") for k in keys)
+    objects = {}
+    for key in keys:
+        parts = key[: -len("/.ATTRIBUTES/VARIABLE_VALUE")].split("/")
+        if model_level and parts[0] != "layer_with_weights-0":
+            parts = ["token_embedding"] + parts[1:]  # the CausalLM's own (tied) token embedding
+        elif model_level:
+            parts = parts[1:]
+        objects["/".join(parts)] = reader.get_tensor(key)
+    # In the backbone, layers with weights come as token embedding, position
+    # embedding, the decoder blocks, the final layer norm.
+    index = {int(m.group(1)) for k in objects if (m := re.match(r"layer_with_weights-(\d+)/", k))}
+    blocks = sorted(i for i in index if any(k.startswith(f"layer_with_weights-{i}/_self_attention_layer")
+                                             for k in objects))
+    names = {0: "token_embedding", 1: "position_embedding", **{b: f"block{j}" for j, b in enumerate(blocks)}}
+    if blocks:
+        names[max(blocks) + 1] = "layer_norm"
+    out = {}
+    for key, value in objects.items():
+        head, *rest = key.split("/")
+        m = re.fullmatch(r"layer_with_weights-(\d+)", head)
+        head = names.get(int(m.group(1)), head) if m else head
+        out[keras_hub_path([head] + rest, {f"block{j}": j for j in range(len(blocks))})] = value
+    return out
+
+
+def _read_weights_h5(path: Path) -> dict:
+    import h5py
+
+    datasets = {}
+    with h5py.File(path, "r") as f:
+        if "layer_names" in f.attrs:
+            raise UserError(f"'{path}' is a Keras 2 .h5 weights file of another model "
+                            "(a KerasNLP GPT-2 cannot be saved in that format); save it as .ckpt or .weights.h5")
+        f.visititems(lambda name, obj: datasets.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
+    out, parsed = {}, []
+    for name, value in datasets.items():
+        parts = [p for p in name.split("/") if p != "layers"]
+        if "gpt2_backbone" in parts:
+            parts = parts[parts.index("gpt2_backbone") + 1:]
+        if len(parts) < 3 or parts[-2] != "vars" or parts[0].startswith(("optimizer", "input")):
+            continue
+        parsed.append((parts[:-2], int(parts[-1]), value))
+    # tf-keras numbers unnamed layers per session: transformer_decoder, _1, _2 ...
+    decoders = sorted({p[0] for p, _, _ in parsed if re.fullmatch(r"transformer_decoder(_\d+)?", p[0])},
+                      key=lambda n: int(n.rsplit("_", 1)[1]) if n[-1].isdigit() else -1)
+    blocks = {name: i for i, name in enumerate(decoders)}
+    for layer, i, value in parsed:
+        last = layer[-1]
+        kind = "norm" if "norm" in last else "embedding" if last.endswith("embedding") else "dense"
+        out[keras_hub_path(layer + [VARIABLE_ORDER[kind][i]], blocks)] = value
+    return out
+
+
+def read_legacy_weights(path) -> dict:
+    """keras-hub variable path -> array, from a legacy TF checkpoint or .weights.h5."""
+    path = Path(path).expanduser()
+    prefix = str(path)[: -len(".index")] if str(path).endswith(".index") else str(path)
+    if Path(prefix + ".index").is_file():
+        try:
+            return _read_checkpoint(prefix)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"could not read the TF checkpoint '{prefix}': {str(e).splitlines()[0][:200]}") from None
+    if path.is_file() and path.suffix == ".h5":
+        try:
+            return _read_weights_h5(path)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"could not read '{path}' as a .weights.h5 file: {str(e).splitlines()[0][:200]}") from None
+    raise UserError(f"'{path}' {NOT_LEGACY}")
+
+
+def legacy_backbone(path):
+    """A keras-hub GPT2Backbone holding the legacy weights in `path`."""
+    import keras_hub
+
+    weights = read_legacy_weights(path)
+    try:
+        vocab, hidden = weights["token_embedding/embeddings"].shape
+        layers = len({k.split("/")[0] for k in weights if k.startswith("transformer_layer_")})
+        _, heads, _ = weights["transformer_layer_0/self_attention/query/kernel"].shape
+        intermediate = weights["transformer_layer_0/feedforward_intermediate_dense/kernel"].shape[1]
+        context = weights["position_embedding/embeddings"].shape[0]
+    except (KeyError, ValueError):
+        raise UserError(f"'{path}' {NOT_LEGACY} (no GPT-2 token embedding, attention and MLP found)") from None
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=vocab, num_layers=layers, num_heads=heads,
+                                             hidden_dim=hidden, intermediate_dim=intermediate,
+                                             max_sequence_length=context, dropout=0.0)
+    expected = {v.path: v for v in backbone.weights}
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise UserError(f"'{path}' does not map onto a GPT-2 of its shape: "
+                        f"{'missing ' + ', '.join(missing[:3]) if missing else 'unexpected ' + ', '.join(extra[:3])}")
+    for name, var in expected.items():
+        if tuple(weights[name].shape) != tuple(var.shape):
+            raise UserError(f"'{path}': {name} has shape {tuple(weights[name].shape)}, expected {tuple(var.shape)}")
+        var.assign(np.asarray(weights[name], "float32"))
+    return backbone
+
+
+def import_legacy(path, out, tokenizer: str) -> Path:
+    """Write the legacy model in `path` as a KerasHub preset in `out` with `tokenizer`'s files.
+
+    `tokenizer`: a KerasHub preset name (gpt2_base_en), a preset or Hugging
+    Face directory, or a directory with vocabulary.json + merges.txt.
+    """
+    import os
+    import shutil
+    import tempfile
+
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"import target '{out}' already exists and is not empty; choose a new directory")
+    backbone = legacy_backbone(path)
+    root = Path(tokenizer).expanduser()
+    is_vocab_dir = (root / "vocabulary.json").is_file()
+    tok = load_tokenizer(ModelConfig(preset="scratch", tokenizer=str(root)) if is_vocab_dir
+                         else ModelConfig(preset=tokenizer))
+    if tok.vocab_size != backbone.vocabulary_size:
+        raise UserError(f"tokenizer '{tokenizer}' has {tok.vocab_size} tokens but the model "
+                        f"{backbone.vocabulary_size}; name the tokenizer it was trained with")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_preset(backbone, tok, tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except OSError as e:
+        raise UserError(f"could not write the preset to '{out}': {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

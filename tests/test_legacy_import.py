@@ -1,0 +1,86 @@
+"""`kgpt2 import`: a KerasNLP GPT-2 saved under TF / Keras 2 gives the same logits in kgpt2.
+
+The fixture in tests/data/legacy_gpt2 was written with the real legacy stack
+(KerasNLP 0.6.4 on tf-keras 2.21, Keras 2), by make_fixture.py there: a
+`GPT2CausalLM.save_weights("legacy.ckpt")` TF checkpoint, the same model as
+`legacy.weights.h5`, and its own logits on a fixed input (the oracle).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kgpt2.errors import UserError
+
+FIXTURE = Path(__file__).parent / "data" / "legacy_gpt2"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_logits(preset) -> np.ndarray:
+    from kgpt2.config import load_config
+    from kgpt2.models import build_causal_lm
+
+    data = np.load(FIXTURE / "logits.npz")
+    model = build_causal_lm(load_config(None, [f"model.preset={preset}", "lora.enabled=false",
+                                               "model.pad_vocabulary_to=0"]))
+    ids = data["token_ids"]
+    return np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids, bool)})), data["logits"]
+
+
+@pytest.mark.parametrize("name", ["legacy.ckpt", "legacy.weights.h5"])
+def test_import_gives_the_legacy_models_logits(name, tmp_path, tiny_preset):
+    from kgpt2.legacy_import import import_legacy
+
+    # A copy elsewhere, as a user would bring it: the checkpoint is its .index + .data-* files.
+    for f in FIXTURE.glob(name + "*"):
+        shutil.copy(f, tmp_path / f.name)
+    out = import_legacy(tmp_path / name, tmp_path / "preset", str(tiny_preset))
+    ours, theirs = imported_logits(out)
+    assert np.abs(theirs).max() > 0.5
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_import_cli_and_its_refusals(tmp_path, tiny_preset):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "kgpt2.cli", "import", *map(str, args)],
+                              capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    done = cli(FIXTURE / "legacy.ckpt", "p", "--tokenizer", tiny_preset)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "p" / "config.json").is_file()
+    again = cli(FIXTURE / "legacy.ckpt", "p", "--tokenizer", tiny_preset)  # never over a user's folder
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    (tmp_path / "notes.txt").write_text("hello")
+    wrong = cli(tmp_path / "notes.txt", "q", "--tokenizer", tiny_preset)
+    assert wrong.returncode == 2 and "is not a TensorFlow checkpoint" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+
+
+def test_other_files_are_refused_in_one_sentence(tmp_path, tiny_preset):
+    import h5py
+
+    from kgpt2.legacy_import import import_legacy
+    from kgpt2.tokenizer import Tokenizer
+
+    with h5py.File(tmp_path / "keras2.h5", "w") as f:  # Keras 2's layer-name format
+        f.attrs["layer_names"] = [b"dense"]
+    with pytest.raises(UserError, match="Keras 2 .h5 weights file"):
+        import_legacy(tmp_path / "keras2.h5", tmp_path / "a", str(tiny_preset))
+    with pytest.raises(UserError, match="is not a TensorFlow checkpoint"):
+        import_legacy(tmp_path / "missing.ckpt", tmp_path / "b", str(tiny_preset))
+    shutil.copy(FIXTURE / "legacy.ckpt.index", tmp_path / "broken.ckpt.index")  # no .data-* beside it
+    with pytest.raises(UserError, match="could not read the TF checkpoint"):
+        import_legacy(tmp_path / "broken.ckpt", tmp_path / "c", str(tiny_preset))
+    tok = Tokenizer.train(["a small text to train a tiny tokenizer on"] * 20, vocab_size=300)
+    tok.save(tmp_path / "tok")
+    with pytest.raises(UserError, match=r"has \d+ tokens but the model 512"):
+        import_legacy(FIXTURE / "legacy.ckpt", tmp_path / "d", str(tmp_path / "tok"))
+    assert not any((tmp_path / n).exists() for n in "abcd")

@@ -113,8 +113,10 @@ class _Batch:
 
 
 class Answerer:
-    def __init__(self, window_s: float = 0.02, max_batch: int = 8, batching: bool = True, lock=None):
+    def __init__(self, window_s: float = 0.02, max_batch: int = 8, batching: bool = True, lock=None,
+                 min_step_s: float = 0.0):
         self.window_s, self.batching = window_s, batching
+        self.min_step_s = min_step_s  # a floor on each token turn: lets tests press Stop mid-answer
         self.max_batch = max_batch if batching else 1
         self.lock = lock or threading.RLock()  # the model pool's: beams assign a model's variables
         self.batches = 0  # batches started (tests: concurrent users share batches)
@@ -134,15 +136,16 @@ class Answerer:
         self._ensure_worker()
         for r in requests:
             self._inbox.put(r)
-        open_jobs = len(requests)
+        open_jobs = set(range(len(requests)))
         try:
             while open_jobs:
                 event = events.get()
-                open_jobs -= event[1] in ("done", "error")
+                if event[1] in ("done", "error"):
+                    open_jobs.discard(event[0])
                 yield event
         finally:
-            for r in requests:
-                r.cancelled.set()
+            for i in open_jobs:  # abandoned: stop decoding them
+                requests[i].cancelled.set()
 
     # --- the worker ---
     def _ensure_worker(self) -> None:
@@ -190,6 +193,7 @@ class Answerer:
                     log.exception("demo: generation failed")
                     for r in rows:
                         r.put("error", _message(e))
+            turn = time.perf_counter()
             for batch in list(active):
                 try:
                     if batch.running():
@@ -202,6 +206,8 @@ class Answerer:
                     batch.done = [True] * len(batch.rows)
                 if not batch.running():
                     active.remove(batch)
+            if active and self.min_step_s:
+                time.sleep(max(0.0, self.min_step_s - (time.perf_counter() - turn)))
 
 
 def _message(e: Exception) -> str:

@@ -132,6 +132,10 @@ class ModelPool:
         return Weights(f"{run}/{checkpoint}", base.decoder, values, base.decoder.max_sequence_length,
                        describe(cfg, base.model, run_dir, checkpoint))
 
+    def info(self, run, checkpoint) -> str:
+        """The model information line of a pick (loads it: a pick is usually generated with next)."""
+        return self.get(run, checkpoint).info
+
     def _base(self, key, cfg, run_dir) -> _Base:
         if key in self._bases:
             self._bases.move_to_end(key)

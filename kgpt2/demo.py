@@ -198,19 +198,22 @@ class Demo:
 
     # --- votes ---
     def vote(self, match, choice):
-        """Record the vote on the shown match; reveal the identities; update the counts."""
+        """Record the vote on the shown match, reveal the identities, update the counts.
+
+        A refused vote (nothing shown, a failed or stopped generation, a second
+        vote) says why in the status, in place, and records nothing.
+        """
         if not isinstance(match, Match):
-            raise gr.Error(no_match_refusal(), print_exception=False)
+            return f"**Vote not recorded:** {no_match_refusal()}", "", "", gr.skip(), match
         try:
             record = match.record(choice)
-            run = match.home
-            path = append_vote(self.pool.run_dir(run), record)
+            path = append_vote(self.pool.run_dir(match.home), record)
         except UserError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            return f"**Vote not recorded:** {e}", match.label("a"), match.label("b"), gr.skip(), match
         revealed = f"Model A was `{match.models['a']}`, model B `{match.models['b']}`."
-        status = (f"Recorded {VOTE_LABELS[choice].lower()} in `{run}/{VOTES_FILE}` "
+        status = (f"Recorded {VOTE_LABELS[choice].lower()} in `{match.home}/{VOTES_FILE}` "
                   f"({len(read_votes(path))} votes). {revealed}")
-        return status, match.label("a"), match.label("b"), self.summary(run), match
+        return status, match.label("a"), match.label("b"), self.summary(match.home), match
 
     # --- pickers and metrics ---
     def picker_changed(self, run, checkpoint, side):
@@ -232,14 +235,15 @@ class Demo:
     def refresh(self, run_a, ckpt_a, run_b, ckpt_b):
         """Runs and checkpoints as they are on disk now; vanished picks fall back to the latest."""
         runs = self.pool.runs()
-        out = []
+        out, first = [], None
         for run, ckpt in ((run_a, ckpt_a), (run_b, ckpt_b)):
             run = run if run in runs else (self.run if self.run in runs else (runs[0] if runs else None))
-            choices = self.pool.checkpoints(run) if run else []
-            ids = [c for _, c in choices]
+            first = first or run
+            ids = [c for _, c in self.pool.checkpoints(run)] if run else []
             out += [gr.Dropdown(choices=runs, value=run),
-                    gr.Dropdown(choices=choices, value=ckpt if ckpt in ids else (ids[-1] if ids else None))]
-        return (*out, self.summary(out[0].value) if out[0].value else "")
+                    gr.Dropdown(choices=self.pool.checkpoints(run) if run else [],
+                                value=ckpt if ckpt in ids else (ids[-1] if ids else None))]
+        return (*out, self.summary(first) if first else "")
 
     def summary(self, run) -> str:
         run_dir = self.pool.run_dir(run)

@@ -31,16 +31,17 @@ def _controls(busy: bool):
 
 
 def build(demo) -> gr.Blocks:
+    # allow_custom_value: runs trained after start-up must be accepted (kgpt2 checks every name itself).
     d, ckpts, runs = demo.defaults, demo.pool.checkpoints(demo.run), demo.pool.runs()
     with gr.Blocks(title="kgpt2 demo") as app:
         gr.Markdown("## kgpt2 arena: two models, one prompt\nSame seed and settings for both. In arena mode the "
                     "models stay anonymous until you vote; votes become DPO pairs and KTO labels.")
         arena = gr.Checkbox(False, label="Arena mode: hide which model is which until the vote", elem_id="arena")
         with gr.Row():
-            run_a = gr.Dropdown(runs, value=demo.run, label="Left run", elem_id="run-a", min_width=160)
-            ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", min_width=160)
-            run_b = gr.Dropdown(runs, value=demo.run, label="Right run", elem_id="run-b", min_width=160)
-            ckpt_b = gr.Dropdown(ckpts, value=demo.latest, label="Right model", elem_id="ckpt-b", min_width=160)
+            run_a = gr.Dropdown(runs, value=demo.run, label="Left run", elem_id="run-a", allow_custom_value=True, min_width=160)
+            ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", allow_custom_value=True, min_width=160)
+            run_b = gr.Dropdown(runs, value=demo.run, label="Right run", elem_id="run-b", allow_custom_value=True, min_width=160)
+            ckpt_b = gr.Dropdown(ckpts, value=demo.latest, label="Right model", elem_id="ckpt-b", allow_custom_value=True, min_width=160)
             refresh = gr.Button("Refresh runs", elem_id="refresh", min_width=120, scale=0)
         prompt = gr.Textbox(label=f"Prompt (at most {demo.context()}-token context, {2000} characters)", lines=3,
                             placeholder="The assert statement", elem_id="prompt")

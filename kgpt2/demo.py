@@ -225,12 +225,12 @@ class Demo:
         return "", "", f"{line}. Generate to compare.", "", "", None
 
     def run_changed(self, run):
-        """New run on a side: its checkpoints (latest picked)."""
+        """New run on a side: its checkpoints (latest picked) and its model's new-token limit."""
         try:
             choices = self.pool.checkpoints(run)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
-        return gr.Dropdown(choices=choices, value=choices[-1][1])
+        return gr.Dropdown(choices=choices, value=choices[-1][1]), gr.Slider(maximum=self.max_new_tokens(run))
 
     def refresh(self, run_a, ckpt_a, run_b, ckpt_b):
         """Runs and checkpoints as they are on disk now; vanished picks fall back to the latest."""

@@ -105,7 +105,7 @@ def build(demo) -> gr.Blocks:
         for side, run, ckpt in (("a", run_a, ckpt_a), ("b", run_b, ckpt_b)):
             picked = [outs["a"], outs["b"], status, outs["info_a"], outs["info_b"], match]
             ckpt.input(partial(demo.picker_changed, side=side), [run, ckpt], picked, api_name=f"pick_{side}")
-            run.input(demo.run_changed, [run], [ckpt], api_name=f"run_{side}").then(
+            run.input(demo.run_changed, [run], [ckpt, max_new], api_name=f"run_{side}").then(
                 partial(demo.picker_changed, side=side), [run, ckpt], picked, api_name=f"run_{side}_picked", **private)
         run_a.input(demo.metrics, [run_a], metric_outputs, api_name="metrics_of_picked_run", api_visibility="private")
         arena.input(partial(demo.picker_changed, side="a"), [run_a, ckpt_a],

@@ -233,8 +233,8 @@ def test_refresh_sees_new_runs_and_drops_deleted_checkpoints(server, client, dem
         run_a, ckpt_a, run_b, ckpt_b, summary = client.predict("tiny-later", first, "tiny", "base", api_name="/refresh")
         assert "tiny-later" in [c[0] for c in run_a["choices"]]
         assert first not in [c[1] for c in ckpt_a["choices"]] and ckpt_a["value"] != first
-        left = client.predict("tiny-later", api_name="/run_a")
-        assert first not in [c[1] for c in left["choices"]]
+        left, max_new = client.predict("tiny-later", api_name="/run_a")
+        assert first not in [c[1] for c in left["choices"]] and max_new["maximum"] == 63
     finally:
         shutil.rmtree(demo_root / "tiny-later")
 

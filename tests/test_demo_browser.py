@@ -79,7 +79,8 @@ def test_generate_streams_with_buttons_disabled_then_votes_in_the_arena(served, 
         page.wait_for_function("document.querySelector('#answer-a textarea').value.length > 0", timeout=30_000)
         partial = page.locator("#answer-a textarea").input_value()
         _wait_status(page, "Which answer is better")
-        assert page.locator("#generate").is_enabled() and page.locator("#stop").is_disabled()
+        page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
+        assert page.locator("#stop").is_disabled() and page.locator("#vote-a").is_enabled()
         final = page.locator("#answer-a textarea").input_value()
         assert final.startswith(partial.rstrip()[:3]) and len(final) >= len(partial), "streamed, then grew"
         assert "hidden until you vote" in page.locator("#info-a").inner_text()

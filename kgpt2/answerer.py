@@ -50,6 +50,7 @@ class _Request:
     index: int
     events: queue.Queue
     cancelled: threading.Event = field(default_factory=threading.Event)
+    arrived: float = field(default_factory=time.perf_counter)
 
     def put(self, kind, payload) -> None:
         self.events.put((self.index, kind, payload))
@@ -117,6 +118,7 @@ class Answerer:
                  min_step_s: float = 0.0):
         self.window_s, self.batching = window_s, batching
         self.min_step_s = min_step_s  # a floor on each token turn: lets tests press Stop mid-answer
+        self.max_wait_s = 0.5  # the longest a request waits for a fuller batch while others decode
         self.max_batch = max_batch if batching else 1
         self.lock = lock or threading.RLock()  # the model pool's: beams assign a model's variables
         self.batches = 0  # batches started (tests: concurrent users share batches)
@@ -181,10 +183,21 @@ class Answerer:
             rows[-1].append(r)
         return [g for v in groups.values() for g in (v if isinstance(v[0], list) else [v])]
 
+    def _admit(self, pending: list[_Request], busy: bool) -> list[list[_Request]]:
+        """Groups to start now. While batches run, a group waits until it is full or its oldest
+        request has waited `max_wait_s`: many small batches would cost nearly one step each."""
+        groups, now = self._groups(pending), time.perf_counter()
+        ready = [g for g in groups if not busy or len(g) >= self.max_batch or now - g[0].arrived >= self.max_wait_s]
+        started = {id(r) for g in ready for r in g}
+        pending[:] = [r for r in pending if id(r) not in started and not r.cancelled.is_set()]
+        return ready
+
     def _loop(self) -> None:
         active: list[_Batch] = []
+        pending: list[_Request] = []
         while True:
-            for rows in self._groups(self._collect(idle=not active)):
+            pending += self._collect(idle=not active and not pending)
+            for rows in self._admit(pending, busy=bool(active)):
                 try:
                     active.append(_Batch(rows, self.lock))
                     self.batches += 1

@@ -56,7 +56,8 @@ class Match:
         name = f"Model {side.upper()}"
         if self.arena and not self.voted:
             return f"**{name}**: hidden until you vote"
-        return f"**{name}**: `{self.models[side]}` · {self.infos.get(side, '')}"
+        info = self.infos.get(side)
+        return f"**{name}**: `{self.models[side]}`" + (f" · {info}" if info else "")
 
     def vote_refusal(self) -> str | None:
         """Why this match cannot take a vote now, or None."""

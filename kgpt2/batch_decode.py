@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from kgpt2.generate import MIN_CACHE_BUCKET, MIN_PROMPT_BUCKET, Generator, Settings, bucket, sample_next
+from kgpt2.generate import MIN_CACHE_BUCKET, MIN_PROMPT_BUCKET, Generator, Settings, bucket, filter_logits
 
 
 class IncrementalText:
@@ -86,18 +86,26 @@ class BatchDecoder(Generator):
     """`Generator`'s compiled prefill / decode programs for a batch of equal-length prompts."""
 
     def _next_token(self, values, hidden, position, sampling):
+        """Each row's token: the top-k / top-p cut for the whole batch at once, then one draw
+        per row seeded `[seed, position]`, exactly as `Generator` draws for that row alone."""
+        import keras
         from keras import ops
 
         b = self.model.backbone
         with self._scope(values):
             logits = b.token_embedding(b.layer_norm(hidden), reverse=True)[:, 0, :]
         greedy, temperature, top_k, top_p, seeds = sampling
-        tokens = []
-        for row in range(logits.shape[0]):  # static: one draw per row, seeded as Generator seeds it
-            seed_state = ops.cast(ops.stack([seeds[row], ops.cast(position, "int32")]), self._seeds.state.dtype)
-            with self._scope([], seed_state):
-                tokens.append(sample_next(logits[row:row + 1], greedy, temperature, top_k, top_p, self._seeds))
-        return ops.concatenate(tokens, axis=0)
+
+        def draw():
+            kept = filter_logits(logits, temperature, top_k, top_p)
+            tokens = []
+            for row in range(logits.shape[0]):  # static: the batch width
+                seed_state = ops.cast(ops.stack([seeds[row], ops.cast(position, "int32")]), self._seeds.state.dtype)
+                with self._scope([], seed_state):
+                    tokens.append(keras.random.categorical(kept[row:row + 1], 1, seed=self._seeds, dtype="int32")[:, 0])
+            return ops.cast(ops.concatenate(tokens, axis=0), "int32")
+
+        return ops.cond(greedy, lambda: ops.cast(ops.argmax(logits, axis=-1), "int32"), draw)
 
     def _prefill(self, values, prompt_ids, length, sampling, cache_length):
         from keras import ops

@@ -27,4 +27,3 @@ def test_twenty_users_three_requests_each_batched_beats_one_at_a_time(tmp_path, 
     assert serial["requests"] == batched["requests"] == 60
     assert serial["errors"] == 0 and batched["errors"] == 0, (serial["error_examples"], batched["error_examples"])
     assert batched["tokens_per_s"] > serial["tokens_per_s"], report
-    assert batched["p50_s"] < serial["p50_s"], report

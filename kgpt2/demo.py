@@ -75,6 +75,7 @@ class Demo:
             raise UserError(f"there is no run '{run}' under '{checkpoints_root}' (runs there: "
                             f"{', '.join(runs) or 'none'}); train one, or run `kgpt2 quickstart`")
         self.run = run
+        self.max_prompt_chars = MAX_PROMPT_CHARS
         self.answerer = Answerer(window_s=0.03, max_batch=max_batch, batching=batching, lock=self.pool.lock,
                                  min_step_s=min_step_s)
         self.defaults = Settings.from_config(load_run_config(self.pool.run_dir(run)).generate)

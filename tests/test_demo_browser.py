@@ -100,11 +100,13 @@ def test_generate_streams_with_buttons_disabled_then_votes_in_the_arena(served, 
 def test_stop_and_an_error_in_place_refuse_the_vote(served, browser, tmp_path):
     url, demo, _ = served
     page = _open(browser, url)
+    demo.answerer.min_step_s = 0.3  # ~20 s answers: Stop lands mid-answer even on a loaded machine
     try:
         _generate(page)
         page.wait_for_function("document.querySelector('#answer-a textarea').value.length > 0", timeout=30_000)
         page.locator("#stop").click()
         _wait_status(page, "Stopped")
+        demo.answerer.min_step_s = 0.03
         page.locator("#vote-a").click()
         _wait_status(page, "Vote not recorded")
         page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)
@@ -119,6 +121,7 @@ def test_stop_and_an_error_in_place_refuse_the_vote(served, browser, tmp_path):
         assert "did not finish" in _status(page)
         page.screenshot(path=str(tmp_path / "error-in-place.png"), full_page=True)
     finally:
+        demo.answerer.min_step_s = 0.03
         page.close()
 
 

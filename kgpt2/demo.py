@@ -1,43 +1,46 @@
-"""`kgpt2 demo`: a Gradio app that asks two checkpoints the same thing, side by side.
+"""`kgpt2 demo`: a Gradio arena for any two checkpoints of any runs (and their bases).
 
-The run's base model is built once from its preset; each checkpoint (LoRA
-adapter or full weights) is restored onto that one model, so switching
-between `base`, stage ends and the latest checkpoint swaps weights without
-reloading. A new model is built only when a run with a different base
-(preset, shape, LoRA setting) is picked.
+Two models answer one prompt side by side, streamed token by token with the
+same seed and sampling settings. In arena mode they are anonymous ("Model A"
+/ "Model B", sides drawn at random) until the vote; four votes (A better, B
+better, tie, both bad) append a record to the left run's `votes.jsonl`
+(kgpt2.votes: DPO pairs and KTO labels). A panel shows that run's metrics.
 
-One prompt, two answers streamed token by token with the same seed and
-sampling settings; "left is better / right is better / tie" append a
-DPO-ready record to `<run>/votes.jsonl` (kgpt2.votes). A panel shows the
-run's per-stage validation table, its evaluation table and their plots.
+Roles: kgpt2.model_pool loads checkpoints (one model per base, LRU within a
+memory budget), kgpt2.answerer decodes (concurrent users' requests batched),
+kgpt2.arena holds a match and its voting rules, kgpt2.demo_layout lays the
+page out; this module holds the handlers the page and the API call.
 
 Safety: binds 127.0.0.1 unless told otherwise, no share link unless asked;
-run and checkpoint names from the browser are looked up in the listing of
-the checkpoints root, never opened as paths; prompt length and new tokens
-are capped; the queue runs one generation at a time on the model.
+run and checkpoint names from the browser are looked up in listings, never
+opened as paths; prompt length and new tokens are capped by the model.
 
     >>> from kgpt2.demo import Demo
     >>> # app = Demo("checkpoints", "quickstart").build()   # a gr.Blocks
-    >>> # app.queue(default_concurrency_limit=1).launch()   # or: kgpt2 demo
+    >>> # serve(Demo("checkpoints", "quickstart"))           # or: kgpt2 demo
 """
 
 from __future__ import annotations
 
-import gc
-import json
+import errno
 import logging
 import os
+import socket
 import threading
-from functools import partial
-from dataclasses import asdict, dataclass, replace
+import time
+from dataclasses import asdict
 from pathlib import Path
 
-from kgpt2.checkpoints import CheckpointManager
+import gradio as gr
+
+from kgpt2.answerer import Answerer, Job
+from kgpt2.arena import SIDES, VOTE_LABELS, Match, no_match_refusal
 from kgpt2.errors import UserError
-from kgpt2.generate import SAMPLERS, Generator, Settings
-from kgpt2.run import BASE, build_run_model, list_checkpoints, list_runs, load_run_config, restore, snapshot
-from kgpt2.templates import TEMPLATES, render_prompt
-from kgpt2.votes import VOTES_FILE, append_vote, make_record, read_votes
+from kgpt2.generate import Settings
+from kgpt2.model_pool import ModelPool
+from kgpt2.run import BASE, load_run_config
+from kgpt2.templates import render_prompt
+from kgpt2.votes import VOTES_FILE, append_vote, counts, read_votes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
 
@@ -48,120 +51,22 @@ MAX_NEW_TOKENS = 256
 DEFAULT_RUN = "quickstart"
 
 
-def model_key(cfg) -> str:
-    """What decides the loaded base: runs with equal keys share one model."""
-    key = {"model": asdict(cfg.model), "lora": asdict(cfg.lora), "precision": cfg.train.precision}
-    if cfg.model.preset == "scratch":  # random weights: each run has its own base
-        key["run"] = str(Path(cfg.checkpoints_root) / cfg.run)
-    return json.dumps(key, sort_keys=True)
-
-
-@dataclass
-class _Loaded:
-    key: str
-    model: object
-    generator: Generator
-    base: list  # snapshot of the freshly built model, to go back to `base`
-    weights: str  # what the variables hold now: "base" or a checkpoint directory
-
-
-def _weights_id(run_dir: Path, checkpoint: str) -> str:
-    """What `_Loaded.weights` holds once `checkpoint` of `run_dir` is in the model."""
-    return BASE if checkpoint == BASE else str(run_dir / checkpoint)
-
-
-class ModelStore:
-    """The runs under one checkpoints root and the one model they are shown on."""
-
-    def __init__(self, checkpoints_root):
-        self.root = Path(checkpoints_root)
-        self.lock = threading.Lock()  # the model's variables are shared state
-        self.builds = 0  # models built (the tests check swaps do not rebuild)
-        self.swaps = 0  # checkpoint restores
-        self._loaded: _Loaded | None = None
-
-    def runs(self) -> list[str]:
-        return list_runs(self.root)
-
-    def run_dir(self, name) -> Path:
-        # Names are looked up in the listing, never joined blindly: "../x" or
-        # an absolute path cannot name anything outside the root.
-        runs = self.runs()
-        if not isinstance(name, str) or name not in runs:
-            raise UserError(f"there is no run '{name}' under the checkpoints root (runs: {', '.join(runs) or 'none'})")
-        return self.root / name
-
-    def checkpoints(self, run) -> list[tuple[str, str]]:
-        """(label, id) pairs for a picker: base, then each checkpoint, stage ends named."""
-        run_dir = self.run_dir(run)
-        ckpts = CheckpointManager(run_dir).list()
-        choices = [("base (the untrained preset)", BASE)]
-        for i, c in enumerate(ckpts):
-            label = c.id
-            if c.stage_number is not None:
-                label += f" · {'end of' if c.state.get('stage_end') else 'in'} stage {c.stage_number}"
-            if i == len(ckpts) - 1:
-                label += " · latest"
-            choices.append((label, c.id))
-        return choices
-
-    def resolve(self, run, checkpoint) -> tuple[Path, str]:
-        run_dir = self.run_dir(run)
-        ids = list_checkpoints(run_dir)
-        if not isinstance(checkpoint, str) or checkpoint not in ids:
-            raise UserError(f"run '{run}' has no checkpoint '{checkpoint}' (it has: {', '.join(ids)})")
-        return run_dir, checkpoint
-
-    def use(self, run_dir: Path, checkpoint: str) -> _Loaded:
-        """The model holding `checkpoint` of `run_dir`; call with `lock` held."""
-        cfg = load_run_config(run_dir)
-        key = model_key(cfg)
-        if self._loaded is None or self._loaded.key != key:
-            self._loaded = None
-            gc.collect()
-            model, tokenizer = build_run_model(cfg)
-            self.builds += 1
-            log.info("demo: built the base model of run %s (preset %s)", run_dir.name, cfg.model.preset)
-            self._loaded = _Loaded(key, model, Generator(model, tokenizer), snapshot(model), BASE)
-        loaded = self._loaded
-        wanted = _weights_id(run_dir, checkpoint)
-        if loaded.weights != wanted:
-            loaded.weights = ""  # half-restored if this raises
-            restore(loaded.model, run_dir, checkpoint, base=loaded.base)
-            loaded.weights = wanted
-            self.swaps += 1
-        return loaded
-
-    def stream(self, run_dir: Path, checkpoint: str, prompt: str, settings: Settings):
-        """Text pieces of one answer; the lock is held per token, not across yields.
-
-        Holding it across a `yield` would leave it locked if a client goes away
-        mid-answer. Instead each token step re-checks the weights, so even two
-        interleaved answers would each run on their own checkpoint.
-        """
-        wanted = _weights_id(run_dir, checkpoint)
-        with self.lock:
-            loaded = self.use(run_dir, checkpoint)
-            pieces = loaded.generator.stream(prompt, settings)
-        while True:
-            with self.lock:
-                if self._loaded is not loaded:
-                    raise UserError("the model was rebuilt for another run during this answer; generate again")
-                if loaded.weights != wanted:  # another answer swapped checkpoints: swap back (no config read per token)
-                    self.use(run_dir, checkpoint)
-                piece = next(pieces, None)
-            if piece is None:
-                return
-            yield piece
+def shown(answer: str) -> str:
+    """An answer as displayed: an empty or whitespace-only answer says so instead of looking blank."""
+    if answer.strip():
+        return answer
+    if not answer:
+        return "[empty answer: the model ended the text at once]"
+    return f"[an answer of whitespace only: {answer!r}]"
 
 
 class Demo:
-    """The app's handlers over a `ModelStore`; `build()` lays them out in gr.Blocks."""
+    """The app's handlers over a `ModelPool` and an `Answerer`; `build()` lays them out."""
 
-    def __init__(self, checkpoints_root="checkpoints", run: str | None = None):
-        self.store = ModelStore(checkpoints_root)
-        runs = self.store.runs()
-        hint = "train one, or run `kgpt2 quickstart` to make the offline demo run"
+    def __init__(self, checkpoints_root="checkpoints", run: str | None = None, batching: bool = True,
+                 budget_bytes: int | None = None, max_batch: int = 8, min_step_s: float = 0.0):
+        self.pool = ModelPool(checkpoints_root, **({"budget_bytes": budget_bytes} if budget_bytes else {}))
+        runs = self.pool.runs()
         if run is None:
             run = runs[0] if runs and DEFAULT_RUN not in runs else DEFAULT_RUN
         if run == DEFAULT_RUN and run not in runs:
@@ -169,84 +74,194 @@ class Demo:
                             "first (a few minutes on CPU, offline)")
         if run not in runs:
             raise UserError(f"there is no run '{run}' under '{checkpoints_root}' (runs there: "
-                            f"{', '.join(runs) or 'none'}); {hint}")
+                            f"{', '.join(runs) or 'none'}); train one, or run `kgpt2 quickstart`")
         self.run = run
-        run_dir = self.store.run_dir(run)
-        self.defaults = Settings.from_config(load_run_config(run_dir).generate)
-        self.latest = self.store.checkpoints(run)[-1][1]
-        self.default_new_tokens = min(self.defaults.max_new_tokens or self.defaults.max_length, MAX_NEW_TOKENS)
+        self.max_prompt_chars = MAX_PROMPT_CHARS
+        self.answerer = Answerer(window_s=0.03, max_batch=max_batch, batching=batching, lock=self.pool.lock,
+                                 min_step_s=min_step_s)
+        self.defaults = Settings.from_config(load_run_config(self.pool.run_dir(run)).generate)
+        self.latest = self.pool.checkpoints(run)[-1][1]
+        self._stops: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
+
+    def context(self, run=None) -> int:
+        cfg = load_run_config(self.pool.run_dir(run or self.run))
+        return int(cfg.model.max_sequence_length)
+
+    def max_new_tokens(self, run=None) -> int:
+        """The slider's end: what the model's context leaves after a one-token prompt, at most 256."""
+        return max(1, min(MAX_NEW_TOKENS, self.context(run) - 1))
 
     def warm_up(self) -> None:
-        """Build the base model, restore the latest checkpoint and generate once before the first visitor.
+        """Load the latest checkpoint and compile the decoding programs for every batch width
+        before the first visitor (a width's first batch would otherwise wait for its compile)."""
+        weights = self.pool.get(self.run, self.latest)
+        ids = weights.decoder.tokenizer.encode("The")
+        s = Settings.from_config(self.defaults, max_new_tokens=min(4, self.max_new_tokens()))
+        width = 1
+        while width <= self.answerer.max_batch:
+            jobs = [Job(weights, ids, min(len(ids) + 4, weights.context), s) for _ in range(width)]
+            for _ in self.answerer.answer_many(jobs):
+                pass
+            width *= 2
 
-        The generation compiles the decoding programs for the default settings,
-        so the first answer in the browser does not wait for it.
-        """
-        with self.store.lock:
-            loaded = self.store.use(*self.store.resolve(self.run, self.latest))
-            loaded.generator.generate("The", replace(self.defaults, max_new_tokens=self.default_new_tokens))
-
-    # --- handlers (names and messages are what the browser and API see) ---
-
-    def settings(self, sampler, temperature, top_k, top_p, max_new_tokens, seed, template) -> Settings:
+    # --- generation ---
+    def settings(self, sampler, temperature, top_k, top_p, num_beams, max_new_tokens, seed, template) -> Settings:
         if max_new_tokens is None or not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
             raise UserError(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_new_tokens}")
         s = Settings(sampler=sampler, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                     max_new_tokens=int(max_new_tokens), seed=int(seed or 0), template=template)
+                     num_beams=int(num_beams or 1), max_new_tokens=int(max_new_tokens), seed=int(seed or 0),
+                     template=template)
         s.check()
         return s
 
-    def compare(self, run, left, right, prompt, sampler, temperature, top_k, top_p, max_new_tokens, seed, template):
-        """Yield (left answer, right answer, status, last generation) as tokens arrive."""
-        import gradio as gr
+    def _plan(self, match: Match, prompt, input_text, s: Settings) -> tuple[list, str]:
+        """Jobs for both sides, and a note when the model's context caps the answer length."""
+        prompt = prompt or ""
+        if not prompt.strip():
+            raise UserError("type a prompt first")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise UserError(f"the prompt is {len(prompt)} characters; the demo takes at most {MAX_PROMPT_CHARS}")
+        weights = {side: self.pool.get(*match.picks[side]) for side in SIDES}
+        model_input = render_prompt(prompt, s.template, input_text or "")
+        tokenizer = weights["a"].decoder.tokenizer
+        ids = tokenizer.encode(model_input) or [tokenizer.eos_id]
+        context = min(w.context for w in weights.values())
+        room = context - len(ids)
+        if room < 1:
+            raise UserError(f"the prompt is {len(ids)} tokens; it must be shorter than the model's "
+                            f"{context}-token context to leave room to answer")
+        new = min(s.max_new_tokens, room)
+        note = (f" · answers capped at {new} new tokens: the prompt takes {len(ids)} of the model's "
+                f"{context}-token context" if new < s.max_new_tokens else "")
+        match.prompt, match.input_text, match.template, match.model_input = prompt, input_text or "", s.template, model_input
+        match.settings = asdict(s) | {"max_new_tokens": new}
+        match.infos = {side: w.info for side, w in weights.items()}
+        jobs = [Job(weights[side], ids, len(ids) + new, s) for side in SIDES]
+        return jobs, note
 
+    def compare(self, run_a, ckpt_a, run_b, ckpt_b, arena, prompt, input_text, template, sampler, temperature,
+                top_k, top_p, num_beams, max_new_tokens, seed, request: gr.Request = None):
+        """Yield (answer A, answer B, status, model A line, model B line, match) as tokens arrive.
+
+        Errors are shown in place (status and both boxes) until the next action,
+        and the match they leave refuses votes.
+        """
+        match = Match.draw((run_a, ckpt_a), (run_b, ckpt_b), bool(arena))
+        match.home = run_a  # votes go to the left run's votes.jsonl
+        stop = self._stop_flag(request)
         try:
-            s = self.settings(sampler, temperature, top_k, top_p, max_new_tokens, seed, template)
-            prompt = prompt or ""
-            if not prompt.strip():
-                raise UserError("type a prompt first")
-            if len(prompt) > MAX_PROMPT_CHARS:
-                raise UserError(f"the prompt is {len(prompt)} characters; the demo takes at most {MAX_PROMPT_CHARS}")
-            sides = {"left": self.store.resolve(run, left), "right": self.store.resolve(run, right)}
-            text = {"left": "", "right": ""}
-            for side, (run_dir, ckpt) in sides.items():
-                status = f"Generating the {side} answer ({run}/{ckpt}) …"
-                yield text["left"], text["right"], status, None
-                for piece in self.store.stream(run_dir, ckpt, prompt, s):
-                    text[side] += piece
-                    yield text["left"], text["right"], status, None
+            s = self.settings(sampler, temperature, top_k, top_p, num_beams, max_new_tokens, seed, template)
+            jobs, note = self._plan(match, prompt, input_text, s)
+        except UserError as e:
+            match.failure = str(e)
+            yield "", "", f"**Error:** {e}", match.label("a"), match.label("b"), match
+            return
+        yield "", "", "Generating both answers …", match.label("a"), match.label("b"), match
+        done, started, last = {}, time.perf_counter(), 0.0
+        for i, kind, payload in self.answerer.answer_many(jobs, cancel=stop):
+            side = SIDES[i]
+            if kind == "text":
+                match.answers[side] += payload
+            elif kind == "done":
+                done[side] = payload
+            else:
+                match.failure = payload
+            if kind != "text" or time.perf_counter() - last > 0.05:  # at most ~20 updates a second
+                last = time.perf_counter()
+                yield (match.answers["a"], match.answers["b"], "Generating both answers …", match.label("a"),
+                       match.label("b"), match)
+        if stop.is_set() and not match.failure:
+            match.failure = "stopped"
+        match.finished = not match.failure
+        yield (*[shown(match.answers[s]) for s in SIDES], self._status(match, done, started, note),
+               match.label("a"), match.label("b"), match)
+
+    @staticmethod
+    def _status(match: Match, done: dict, started: float, note: str) -> str:
+        if match.failure == "stopped":
+            return "Stopped: the answers are incomplete, so this pair takes no vote; generate again."
+        if match.failure:
+            return f"**Error:** {match.failure}"
+        speed = " · ".join(f"{s.upper()}: {d['tokens']} tokens, {d['tokens'] / max(d['seconds'], 1e-9):.0f} tokens/s"
+                           for s, d in done.items())
+        return f"Done in {time.perf_counter() - started:.1f} s ({speed}){note}. Which answer is better?"
+
+    def _stop_flag(self, request) -> threading.Event:
+        flag = threading.Event()
+        self._stops[getattr(request, "session_hash", None) or "api"] = flag
+        return flag
+
+    def stop(self, request: gr.Request = None):
+        """Stop this session's running generation (the Stop button)."""
+        flag = self._stops.get(getattr(request, "session_hash", None) or "api")
+        if flag is not None:
+            flag.set()
+        return "Stopping …"
+
+    # --- votes ---
+    def vote(self, match, choice):
+        """Record the vote on the shown match, reveal the identities, update the counts.
+
+        A refused vote (nothing shown, a failed or stopped generation, a second
+        vote) says why in the status, in place, and records nothing.
+        """
+        if not isinstance(match, Match):
+            return f"**Vote not recorded:** {no_match_refusal()}", "", "", gr.skip(), match
+        try:
+            record = match.record(choice)
+            path = append_vote(self.pool.run_dir(match.home), record)
+        except UserError as e:
+            return f"**Vote not recorded:** {e}", match.label("a"), match.label("b"), gr.skip(), match
+        revealed = f"Model A was `{match.models['a']}`, model B `{match.models['b']}`."
+        status = (f"Recorded {VOTE_LABELS[choice].lower()} in `{match.home}/{VOTES_FILE}` "
+                  f"({len(read_votes(path))} votes). {revealed}")
+        return status, match.label("a"), match.label("b"), self.summary(match.home), match
+
+    # --- pickers and metrics ---
+    def picker_changed(self, run, checkpoint, side):
+        """A picker (or the mode) changed: the old answers no longer belong to what is picked, so they go."""
+        try:
+            line = f"{'Left' if side == 'a' else 'Right'} model: `{run}/{checkpoint}` · {self.pool.info(run, checkpoint)}"
+        except UserError as e:
+            line = f"**Error:** {e}"
+        return "", "", f"{line}. Generate to compare.", "", "", None
+
+    def run_changed(self, run):
+        """New run on a side: its checkpoints (latest picked) and its model's new-token limit."""
+        try:
+            choices = self.pool.checkpoints(run)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
-        last = {"run": run, "prompt": prompt, "template": template, "model_input": render_prompt(prompt, template),
-                "left_model": f"{run}/{left}", "right_model": f"{run}/{right}",
-                "left_answer": text["left"], "right_answer": text["right"],
-                "settings": {k: v for k, v in asdict(s).items() if k not in ("max_length", "num_beams")}}
-        yield text["left"], text["right"], "Done: which answer is better?", last
+        return gr.Dropdown(choices=choices, value=choices[-1][1]), gr.Slider(maximum=self.max_new_tokens(run))
 
-    def vote(self, last, choice):
-        """Append the vote on the last generation to the run's votes.jsonl; one vote per generation."""
-        import gradio as gr
+    def refresh(self, run_a, ckpt_a, run_b, ckpt_b):
+        """Runs and checkpoints as they are on disk now; vanished picks fall back to the latest."""
+        runs = self.pool.runs()
+        out, first = [], None
+        for run, ckpt in ((run_a, ckpt_a), (run_b, ckpt_b)):
+            run = run if run in runs else (self.run if self.run in runs else (runs[0] if runs else None))
+            first = first or run
+            ids = [c for _, c in self.pool.checkpoints(run)] if run else []
+            out += [gr.Dropdown(choices=runs, value=run),
+                    gr.Dropdown(choices=self.pool.checkpoints(run) if run else [],
+                                value=ckpt if ckpt in ids else (ids[-1] if ids else None))]
+        return (*out, self.summary(first) if first else "")
 
-        if not last:
-            raise gr.Error("generate two answers first; each generation takes one vote", print_exception=False)
-        try:
-            run_dir = self.store.run_dir(last["run"])
-            record = make_record(last["prompt"], last["left_answer"], last["right_answer"], choice,
-                                 last["left_model"], last["right_model"], last["settings"],
-                                 template=last["template"], model_input=last["model_input"])
-        except UserError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        path = append_vote(run_dir, record)
-        said = {"left": "left is better", "right": "right is better", "tie": "a tie"}[choice]
-        return f"Recorded {said} in `{last['run']}/{VOTES_FILE}` ({len(read_votes(path))} votes).", None
+    def summary(self, run) -> str:
+        run_dir = self.pool.run_dir(run)
+        stages = (run_dir / "stages.csv").is_file() and len((run_dir / "stages.csv").read_text().splitlines()) - 1
+        evals = sorted(p.stem.split("-", 1)[1] for p in run_dir.glob("evaluation-*.csv"))
+        c = counts(read_votes(run_dir / VOTES_FILE))
+        return (f"**{run}**: {stages or 0} stage(s) finished · evaluation: "
+                f"{', '.join(evals) if evals else f'none yet (`kgpt2 evaluate --run {run_dir}`)'} · "
+                f"votes: {sum(c.values())} (A {c['a']}, B {c['b']}, tie {c['tie']}, both bad {c['both_bad']})")
 
     def metrics(self, run):
         """(summary, per-stage table, evaluation table, training plot, evaluation plot) of a run."""
-        import gradio as gr
         import pandas as pd
 
         try:
-            run_dir = self.store.run_dir(run)
+            run_dir = self.pool.run_dir(run)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
         stages = (pd.read_csv(run_dir / "stages.csv") if (run_dir / "stages.csv").is_file()
@@ -254,85 +269,18 @@ class Demo:
         evals = [pd.read_csv(p) for p in sorted(run_dir.glob("evaluation-*.csv"))]
         evaluation = pd.concat(evals, ignore_index=True) if evals else pd.DataFrame(columns=["model", "loss", "accuracy", "perplexity"])
         plots = [run_dir / "evaluation-test.png", run_dir / "evaluation-validation.png", *sorted(run_dir.glob("evaluation-*.png"))]
-        votes = read_votes(run_dir / VOTES_FILE)
-        counts = {c: sum(v.get("choice") == c for v in votes) for c in ("left", "right", "tie")}
-        notes = [f"**{run}**: {len(stages)} stage(s) finished"]
-        notes.append("evaluation: " + (", ".join(sorted(set(evaluation["split"]))) if "split" in evaluation
-                                      else f"none yet (`kgpt2 evaluate --run {run_dir}`)"))
-        notes.append(f"votes: {len(votes)} (left {counts['left']}, right {counts['right']}, tie {counts['tie']})")
-        return (" · ".join(notes), stages.round(4), evaluation.round(4), _image(run_dir / "loss.png"),
+        return (self.summary(run), stages.round(4), evaluation.round(4), _image(run_dir / "loss.png"),
                 _image(next((p for p in plots if p.is_file()), None)))
 
-    def select_run(self, run):
-        """New run picked: its checkpoints in both pickers (base vs latest), and its metrics."""
-        import gradio as gr
+    def examples(self, run=None, n: int = 4) -> list[str]:
+        from kgpt2.demo_examples import examples_from_run
 
-        try:
-            choices = self.store.checkpoints(run)
-        except UserError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        return (gr.Dropdown(choices=choices, value=BASE), gr.Dropdown(choices=choices, value=choices[-1][1]),
-                *self.metrics(run))
-
-    def refresh_runs(self, run):
-        import gradio as gr
-
-        runs = self.store.runs()
-        return gr.Dropdown(choices=runs, value=run if run in runs else (runs[0] if runs else None))
-
-    # --- layout ---
+        return examples_from_run(self.pool.run_dir(run or self.run), n)
 
     def build(self):
-        import gradio as gr
+        from kgpt2.demo_layout import build
 
-        d, ckpts = self.defaults, self.store.checkpoints(self.run)
-        with gr.Blocks(title="kgpt2 demo") as app:
-            gr.Markdown("## kgpt2: two checkpoints, one prompt, side by side\nSame seed and sampling settings "
-                        "for both answers. Vote to collect preference pairs for DPO.")
-            with gr.Row():
-                run = gr.Dropdown(self.store.runs(), value=self.run, label="Run", allow_custom_value=True, scale=4)
-                refresh = gr.Button("Refresh runs", scale=1)
-                left = gr.Dropdown(ckpts, value=BASE, label="Left model", allow_custom_value=True, scale=4)
-                right = gr.Dropdown(ckpts, value=self.latest, label="Right model", allow_custom_value=True, scale=4)
-            prompt = gr.Textbox(label=f"Prompt (at most {MAX_PROMPT_CHARS} characters)", lines=3,
-                                placeholder="The assert statement", elem_id="prompt")
-            with gr.Row():
-                sampler = gr.Dropdown(list(SAMPLERS), value=d.sampler, label="Sampler", min_width=110)
-                template = gr.Radio(list(TEMPLATES), value=d.template, label="Template", min_width=180)
-                temperature = gr.Slider(0.05, 2.0, value=d.temperature, step=0.05, label="Temperature")
-                top_k = gr.Slider(1, 200, value=d.top_k, step=1, label="Top-k")
-                top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.01, label="Top-p")
-                max_new = gr.Slider(1, MAX_NEW_TOKENS, value=self.default_new_tokens,
-                                    step=1, label="Max new tokens")
-                seed = gr.Number(d.seed, precision=0, minimum=0, maximum=2**31 - 1, label="Seed", min_width=90)
-            generate = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Row():
-                left_out = gr.Textbox(label="Left answer", lines=8, interactive=False, elem_id="left-answer")
-                right_out = gr.Textbox(label="Right answer", lines=8, interactive=False, elem_id="right-answer")
-            with gr.Row():
-                vote_buttons = {c: gr.Button(label) for c, label in
-                                (("left", "Left is better"), ("tie", "Tie"), ("right", "Right is better"))}
-            status = gr.Markdown(elem_id="status")
-            last = gr.State(None)  # the last finished generation, what a vote records
-            with gr.Accordion("Run metrics", open=True):
-                summary = gr.Markdown()
-                stages = gr.Dataframe(label="Validation after each stage (stages.csv)", interactive=False)
-                evaluation = gr.Dataframe(label="Evaluation (evaluation-<split>.csv)", interactive=False)
-                with gr.Row():
-                    loss_png = gr.Image(label="Training (loss.png)", type="pil", interactive=False)
-                    eval_png = gr.Image(label="Evaluation plot", type="pil", interactive=False)
-
-            metric_outputs = [summary, stages, evaluation, loss_png, eval_png]
-            inputs = [run, left, right, prompt, sampler, temperature, top_k, top_p, max_new, seed, template]
-            # One generation at a time on the one model: the queue holds the rest.
-            gr.on([generate.click, prompt.submit], self.compare, inputs, [left_out, right_out, status, last],
-                  api_name="compare", concurrency_limit=1, concurrency_id="model")
-            for choice, button in vote_buttons.items():
-                button.click(partial(self.vote, choice=choice), [last], [status, last], api_name=f"vote_{choice}")
-            run.input(self.select_run, [run], [left, right, *metric_outputs], api_name="select_run")
-            refresh.click(self.refresh_runs, [run], [run], api_name="refresh_runs")
-            app.load(self.metrics, [run], metric_outputs, api_name="metrics")
-        return app
+        return build(self)
 
 
 def _image(path):
@@ -345,6 +293,21 @@ def _image(path):
         return im.copy()
 
 
+def check_port(host: str, port: int | None) -> None:
+    """Refuse a busy port in one sentence, before any model is built."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it: a closed port's TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is already in use (another demo?); "
+                                f"stop it or pick another with --port") from None
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+
+
 def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860, share=False, **launch_kwargs):
     """Build the app for `checkpoints_root` and serve it (blocks until stopped unless told otherwise).
 
@@ -352,6 +315,7 @@ def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860
     elsewhere makes its parent the checkpoints root (the operator's choice;
     browser clients still only pick among the runs listed there).
     """
+    check_port(host, port)
     if run is not None and (Path(run).parent != Path(".") or Path(run).is_absolute()):
         if Path(run).resolve().parent != Path(checkpoints_root).resolve():
             checkpoints_root = str(Path(run).parent)
@@ -360,10 +324,12 @@ def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860
 
 
 def serve(demo: Demo, host="127.0.0.1", port=7860, share=False, **launch_kwargs):
-    """Warm the model up, build the app, queue it (one generation at a time) and launch it."""
+    """Check the port, warm the model up, build the app and launch it."""
+    check_port(host, port)
     demo.warm_up()
     app = demo.build()
-    app.queue(default_concurrency_limit=1, max_size=256)
+    # Generations are not serialised by Gradio: they meet in the Answerer, which batches them.
+    app.queue(default_concurrency_limit=None, max_size=256)
     if host not in ("127.0.0.1", "localhost", "::1") or share:
         log.warning("demo: reachable beyond this machine (host %s, share %s); anyone who can reach it can "
                     "generate and vote", host, share)

@@ -1,64 +1,79 @@
-"""Preference votes from the demo, kept as DPO-ready JSONL in the run directory.
+"""Votes from the demo, kept as JSONL in the run directory: DPO pairs and KTO labels in one record.
 
-Each vote on two answers to the same prompt appends one line to
-`<run>/votes.jsonl`:
+Each vote on two answers to one prompt appends one line to `<run>/votes.jsonl`:
 
-    {"prompt": "...", "chosen": "...", "rejected": "...", "choice": "left",
-     "template": "plain", "model_input": "...",
-     "left_model": "quickstart/base", "right_model": "quickstart/ckpt-225",
-     "left_answer": "...", "right_answer": "...",
-     "settings": {"sampler": "top_p", "temperature": 0.8, ...},
-     "time": "2026-11-23T10:00:00+0000"}
+    {"prompt": "...", "chosen": "...", "rejected": "...", "choice": "a",
+     "mode": "arena", "model_a": "sft/ckpt-40", "model_b": "dpo/ckpt-12",
+     "answer_a": "...", "answer_b": "...", "labels": {"a": true, "b": false},
+     "template": "instruction", "instruction": "...", "input": "", "model_input": "...",
+     "settings": {"sampler": "top_p", "temperature": 0.8, "num_beams": 5, ...},
+     "time": "2026-11-30T10:00:00+00:00"}
 
-`prompt`/`chosen`/`rejected` is the form a DPO trainer reads. With the
-instruction template the record also carries `instruction` and `input` (the
-Alpaca fields of ../shared/data/preferences), so a reader that applies the
-template itself finds them. A tie keeps `choice: "tie"` with `chosen` and
-`rejected` both null: it is recorded (how often two checkpoints tie is worth
-knowing) but is no preference pair; `kgpt2.align.read_pairs` (what `kgpt2 align`
-reads, given the run directory) skips and counts it.
+Choices, as in Chatbot Arena: `a` or `b` (that answer is better), `tie`,
+`both_bad`. `prompt`/`chosen`/`rejected` is what a DPO trainer reads; a tie
+and "both are bad" keep `chosen` and `rejected` null, so `kgpt2.align.read_pairs`
+(what `kgpt2 align` reads given the run directory) makes no pair of them.
+`labels` is the unpaired (KTO-style) view: the better answer is desirable
+(true), the worse one and both "bad" answers undesirable (false), a tie says
+nothing (null); `unpaired()` turns records into TRL's KTO rows
+(`prompt`, `completion`, `label`).
 
     >>> import tempfile
     >>> from kgpt2.align import read_pairs
-    >>> from kgpt2.votes import make_record, append_vote
     >>> run = tempfile.mkdtemp()
-    >>> rec = make_record("Say hi.", "hi", "go away", "left", "r/base", "r/ckpt-9", {"seed": 0})
-    >>> _ = append_vote(run, rec)
+    >>> _ = append_vote(run, make_record("Say hi.", "hi", "go away", "a", "r/base", "r/ckpt-9", {"seed": 0}))
+    >>> _ = append_vote(run, make_record("Say hi.", "no", "go away", "both_bad", "r/base", "r/ckpt-9", {}))
     >>> [(p["prompt"], p["chosen"], p["rejected"]) for p in read_pairs(run)]
     [('Say hi.', 'hi', 'go away')]
+    >>> [(r["completion"], r["label"]) for r in unpaired(read_votes(f"{run}/votes.jsonl"))]
+    [('hi', True), ('go away', False), ('no', False), ('go away', False)]
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text
 
 VOTES_FILE = "votes.jsonl"
-CHOICES = ("left", "right", "tie")
+CHOICES = ("a", "b", "tie", "both_bad")
+_LABELS = {"a": (True, False), "b": (False, True), "tie": (None, None), "both_bad": (False, False)}
 
 _lock = threading.Lock()  # one writer at a time per process (the demo's votes)
 
 
-def make_record(prompt: str, left_answer: str, right_answer: str, choice: str, left_model: str,
-                right_model: str, settings: dict, template: str = "plain", model_input: str | None = None) -> dict:
-    """A vote as a DPO record: the preferred answer is `chosen`, the other `rejected`."""
+def make_record(prompt: str, answer_a: str, answer_b: str, choice: str, model_a: str, model_b: str,
+                settings: dict, template: str = "plain", model_input: str | None = None, input_text: str = "",
+                mode: str = "named") -> dict:
+    """A vote as one record: DPO's prompt/chosen/rejected, KTO labels, and everything that made the answers."""
     if choice not in CHOICES:
         raise UserError(f"unknown vote '{choice}' (one of: {', '.join(CHOICES)})")
-    chosen, rejected = {"left": (left_answer, right_answer), "right": (right_answer, left_answer),
-                        "tie": (None, None)}[choice]
-    record = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "choice": choice,
-              "template": template, "model_input": prompt if model_input is None else model_input}
+    chosen, rejected = {"a": (answer_a, answer_b), "b": (answer_b, answer_a)}.get(choice, (None, None))
+    label_a, label_b = _LABELS[choice]
+    record = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "choice": choice, "mode": mode,
+              "model_a": model_a, "model_b": model_b, "answer_a": answer_a, "answer_b": answer_b,
+              "labels": {"a": label_a, "b": label_b}, "template": template,
+              "model_input": prompt if model_input is None else model_input}
     if template == "instruction":
-        record.update(instruction=prompt, input="")
-    record.update(left_model=left_model, right_model=right_model, left_answer=left_answer,
-                  right_answer=right_answer, settings=dict(settings),
-                  time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        record.update(instruction=prompt, input=input_text)
+    record.update(settings=dict(settings), time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return record
+
+
+def unpaired(records: list[dict]) -> list[dict]:
+    """KTO rows (prompt as the model saw it, completion, label) of the answers a vote judged."""
+    rows = []
+    for rec in records:
+        for side in ("a", "b"):
+            label = (rec.get("labels") or {}).get(side)
+            if label is not None:
+                rows.append({"prompt": rec.get("model_input") or rec["prompt"], "completion": rec[f"answer_{side}"],
+                             "label": bool(label)})
+    return rows
 
 
 def append_vote(run_dir, record: dict) -> Path:
@@ -83,3 +98,9 @@ def read_votes(path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def counts(votes: list[dict]) -> dict:
+    """How many votes of each choice (older files' left/right count as a/b)."""
+    alias = {"left": "a", "right": "b"}
+    return {c: sum(alias.get(v.get("choice"), v.get("choice")) == c for v in votes) for c in CHOICES}

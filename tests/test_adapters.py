@@ -228,7 +228,7 @@ def _cli(*args, cwd):
 @pytest.mark.slow
 def test_trained_dora_run_exports_to_peft_with_its_logits(tmp_path, tiny_preset, pydoc_shards, tiny_run):
     """Train a DoRA run (dropout on), `kgpt2 export --to peft`, PEFT on the exported base computes the run."""
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
     from kgpt2.train import train
     from tests.conftest import tiny_config
 
@@ -251,7 +251,7 @@ def test_int8_run_exports_and_stage_weights_load_into_a_plain_backbone(tmp_path,
 
     from kgpt2.models import build_causal_lm
     from kgpt2.config import load_config
-    from kgpt2.runs import load_model
+    from kgpt2.run import load_model
     from kgpt2.train import train
     from tests.conftest import tiny_config
 

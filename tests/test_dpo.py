@@ -71,9 +71,9 @@ def test_read_pairs_skips_ties_and_identical(tmp_path, shared_data):
     from kgpt2.votes import append_vote, make_record
 
     run = tmp_path / "run"
-    append_vote(run, make_record("Say hi.", "hi", "go away", "left", "r/base", "r/ckpt-9", {"seed": 0}))
+    append_vote(run, make_record("Say hi.", "hi", "go away", "a", "r/base", "r/ckpt-9", {"seed": 0}))
     append_vote(run, make_record("Say hi.", "hello", "hey", "tie", "r/base", "r/ckpt-9", {"seed": 0}))
-    append_vote(run, make_record("Name a colour.", "Blue.", "No.", "right", "r/base", "r/ckpt-9", {},
+    append_vote(run, make_record("Name a colour.", "Blue.", "No.", "b", "r/base", "r/ckpt-9", {},
                                  template="instruction", model_input=format_prompt("Name a colour.")))
     extra = tmp_path / "pairs.jsonl"
     extra.write_text(json.dumps({"prompt": "Q", "chosen": "a", "rejected": "a"}) + "\n"

@@ -1,0 +1,157 @@
+"""The demo in a real browser: Playwright driving Debian's Chromium (no browser download).
+
+Flows: generate and stream (buttons disabled meanwhile), stop, an arena vote
+that reveals the models, an error shown in place and the vote refused after
+it, switching runs, and the page at phone width (390 px). Each flow saves a
+screenshot under the test's temporary folder; `KGPT2_UPDATE_SCREENSHOT=1`
+also writes the arena one to docs/demo.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_demo import PROMPT, free_port, make_demo_root
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed")]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_run):
+    from kgpt2.demo import Demo, serve
+
+    root = make_demo_root(tmp_path_factory.mktemp("browser-root"), tiny_run, evaluate=True)
+    demo = Demo(root, "tiny", max_batch=2, min_step_s=0.03)  # ~2 s answers: time to see and press buttons
+    app = serve(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield app.local_url, demo, root
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, url, width=1280, height=1000):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url)  # not "networkidle": Gradio keeps a heartbeat stream open
+    page.locator("#prompt textarea").wait_for(timeout=60_000)
+    page.wait_for_function("document.querySelector('#summary') && document.querySelector('#summary').innerText.includes('stage')",
+                           timeout=60_000)
+    return page
+
+
+def _status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def _wait_status(page, text, timeout=60_000):
+    page.wait_for_function(f"document.querySelector('#status').innerText.includes({text!r})", timeout=timeout)
+
+
+def _generate(page, prompt=PROMPT):
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#generate").click()
+
+
+def test_generate_streams_with_buttons_disabled_then_votes_in_the_arena(served, browser, tmp_path):
+    url, demo, root = served
+    page = _open(browser, url)
+    try:
+        page.locator("#arena input[type=checkbox]").check()
+        _generate(page)
+        page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)
+        assert page.locator("#vote-a").is_disabled() and page.locator("#stop").is_enabled()
+        page.wait_for_function("document.querySelector('#answer-a textarea').value.length > 0", timeout=30_000)
+        partial = page.locator("#answer-a textarea").input_value()
+        _wait_status(page, "Which answer is better")
+        page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
+        assert page.locator("#stop").is_disabled() and page.locator("#vote-a").is_enabled()
+        final = page.locator("#answer-a textarea").input_value()
+        assert final.startswith(partial.rstrip()[:3]) and len(final) >= len(partial), "streamed, then grew"
+        assert "hidden until you vote" in page.locator("#info-a").inner_text()
+        page.screenshot(path=str(tmp_path / "arena-before-vote.png"), full_page=True)
+        page.locator("#vote-b").click()
+        _wait_status(page, "Recorded")
+        info = page.locator("#info-a").inner_text() + page.locator("#info-b").inner_text()
+        assert "tiny/base" in info and f"tiny/{demo.latest}" in info and "parameters" in info
+        assert "votes: 1" in page.locator("#summary").inner_text(), "counts current without a reload"
+        page.screenshot(path=str(tmp_path / "arena-after-vote.png"), full_page=True)
+        if os.environ.get("KGPT2_UPDATE_SCREENSHOT") == "1":
+            shutil.copy(tmp_path / "arena-after-vote.png", REPO / "docs" / "demo.png")
+    finally:
+        page.close()
+
+
+def test_stop_and_an_error_in_place_refuse_the_vote(served, browser, tmp_path):
+    url, demo, _ = served
+    page = _open(browser, url)
+    demo.answerer.min_step_s = 0.3  # ~20 s answers: Stop lands mid-answer even on a loaded machine
+    try:
+        _generate(page)
+        page.wait_for_function("document.querySelector('#answer-a textarea').value.length > 0", timeout=30_000)
+        page.locator("#stop").click()
+        _wait_status(page, "Stopped")
+        demo.answerer.min_step_s = 0.03
+        page.locator("#vote-a").click()
+        _wait_status(page, "Vote not recorded")
+        page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)
+
+        _generate(page, "The assert statement " * 30)
+        _wait_status(page, "Error")
+        assert "64-token context" in _status(page)
+        page.wait_for_timeout(12_000)  # longer than a toast lives: the reason stays in place
+        assert "64-token context" in _status(page)
+        page.locator("#vote-tie").click()
+        _wait_status(page, "Vote not recorded")
+        assert "did not finish" in _status(page)
+        page.screenshot(path=str(tmp_path / "error-in-place.png"), full_page=True)
+    finally:
+        demo.answerer.min_step_s = 0.03
+        page.close()
+
+
+def test_switching_the_right_run_to_another_base(served, browser, tmp_path):
+    url, demo, _ = served
+    page = _open(browser, url)
+    try:
+        page.locator("#run-b input").click()
+        page.get_by_role("option", name="tiny-lora").click()
+        _wait_status(page, "tiny-lora/base")  # the picker named the model and cleared the answers
+        assert page.locator("#answer-a textarea").input_value() == ""
+        _generate(page)
+        _wait_status(page, "Which answer is better")
+        assert "tiny-lora/base" in page.locator("#info-b").inner_text()
+        assert "LoRA" in page.locator("#info-b").inner_text()
+        page.screenshot(path=str(tmp_path / "two-runs.png"), full_page=True)
+    finally:
+        page.close()
+
+
+def test_phone_width(served, browser, tmp_path):
+    url, _, _ = served
+    page = _open(browser, url, width=390, height=844)
+    try:
+        assert page.evaluate("document.documentElement.scrollWidth") <= 392, "no sideways scrolling"
+        _generate(page)
+        _wait_status(page, "Which answer is better")
+        for box in ("#answer-a", "#answer-b", "#generate", "#vote-both-bad"):
+            r = page.locator(box).bounding_box()
+            assert r["x"] >= 0 and r["x"] + r["width"] <= 391, box
+        page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    finally:
+        page.close()

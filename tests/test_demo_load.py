@@ -1,0 +1,29 @@
+"""20 gradio_client users x 3 requests against the demo: no errors, and batching beats one-at-a-time.
+
+Both modes run on the same tiny run in this process (benchmarks/demo_concurrency.py,
+whose numbers for the quickstart model are in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from test_demo import make_demo_root
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_concurrency.py"
+
+
+@pytest.mark.slow
+def test_twenty_users_three_requests_each_batched_beats_one_at_a_time(tmp_path, tiny_run):
+    spec = importlib.util.spec_from_file_location("demo_concurrency", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = make_demo_root(tmp_path, tiny_run, evaluate=False)
+    report = bench.measure(root, "tiny", clients=20, requests=3, new_tokens=24)
+    serial, batched = report["one_at_a_time"], report["batched"]
+    assert serial["requests"] == batched["requests"] == 60
+    assert serial["errors"] == 0 and batched["errors"] == 0, (serial["error_examples"], batched["error_examples"])
+    assert batched["tokens_per_s"] > serial["tokens_per_s"], report

@@ -16,6 +16,10 @@ import pytest
 
 import kgpt2  # noqa: F401  (chooses the Keras backend first)
 
+# tests/data holds fixtures and the scripts that made them, not tests (and
+# --doctest-modules would import those scripts).
+collect_ignore = ["data"]
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY_OVERRIDES = [

@@ -310,6 +310,19 @@ def use_causal_attention(backbone) -> None:
         attention._compute_attention = causal
 
 
+def use_remat(backbone) -> None:
+    """Rematerialise each transformer block (`train.remat`): its activations are recomputed in the backward pass.
+
+    Keras' `RematScope` marks layers at construction; keras-hub builds its
+    blocks inside `GPT2Backbone`, so kgpt2 gives each built block the mode
+    a `RematScope(mode="full")` would have given it (Keras then wraps the
+    block's call in `keras.remat`, jax.checkpoint on JAX). Outputs are unchanged;
+    training keeps one block's activations instead of all of them.
+    """
+    for layer in backbone.transformer_layers:
+        layer._remat_mode = keras.RematScope(mode="full")
+
+
 def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.GPT2CausalLM:
     """The task model for `cfg`: backbone (+ LoRA when enabled), no preprocessor.
 
@@ -321,6 +334,8 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
     set_attention_dropout(backbone, cfg.model.attention_dropout)
     if cfg.model.causal_attention:
         use_causal_attention(backbone)
+    if cfg.train.remat:
+        use_remat(backbone)
     if cfg.model.quantize:  # frozen int8/int4 base under float LoRA (kgpt2.quantize)
         from kgpt2.quantize import quantize_backbone
 

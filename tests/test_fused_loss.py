@@ -1,0 +1,129 @@
+"""The chunked cross-entropy (train.loss_chunk) and train.remat against the plain path.
+
+Oracles: the plain Keras loss/metric on full logits (what kgpt2 trains with
+otherwise) and a NumPy cross-entropy written here; gradients through Keras'
+own JAX train step (`compute_loss_and_updates`, the function it differentiates).
+"""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _tiny_lm(vocabulary=301, pad_to=64, seed=0, remat=False):
+    import keras
+    import keras_hub
+
+    from kgpt2.models import pad_vocabulary, use_remat
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=vocabulary, num_layers=2, num_heads=2, hidden_dim=32,
+                                             intermediate_dim=64, max_sequence_length=32, dropout=0.0)
+    backbone = pad_vocabulary(backbone, pad_to)
+    if remat:
+        use_remat(backbone)
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+
+def _batch(vocabulary=301, batch=3, length=16, seed=1):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocabulary, (batch, length + 1)).astype("int32")
+    weights = (rng.random((batch, length)) > 0.3).astype("float32")  # a loss mask with holes
+    weights[0, -5:] = 0.0  # right padding
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((batch, length), bool)}
+    return x, ids[:, 1:], weights
+
+
+def _loss_and_grads(model, x, y, w):
+    import jax
+
+    def f(trainable):
+        loss, aux = model.compute_loss_and_updates(
+            trainable, [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.metrics_variables], x, y, w, training=True,
+            optimizer_variables=[v.value for v in model.optimizer.variables])
+        return loss, aux
+
+    (loss, _), grads = jax.value_and_grad(f, has_aux=True)([v.value for v in model.trainable_variables])
+    return float(loss), [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 16])  # 5: not a divisor of 16, falls back to 4
+def test_chunked_loss_equals_plain_loss_and_gradients(chunk):
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip("the chunked loss is a JAX training step")
+    from kgpt2.metrics import compile_lm
+
+    x, y, w = _batch()
+    plain, chunked = _tiny_lm(), _tiny_lm()
+    chunked.set_weights(plain.get_weights())
+    compile_lm(plain, keras.optimizers.SGD(0.1), token_loss=False)
+    compile_lm(chunked, keras.optimizers.SGD(0.1), token_loss=False, loss_chunk=chunk)
+    for m in (plain, chunked):
+        m.optimizer.build(m.trainable_variables)
+    assert chunked.compute_loss_and_updates.__func__ is not plain.compute_loss_and_updates.__func__
+
+    loss_p, grads_p = _loss_and_grads(plain, x, y, w)
+    loss_c, grads_c = _loss_and_grads(chunked, x, y, w)
+    # Independent oracle: NumPy cross-entropy over the real vocabulary on the model's logits.
+    logits = np.asarray(plain.predict(x, verbose=0), "float64")[..., :301]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    nll = -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+    assert loss_c == pytest.approx((nll * w).sum() / w.sum(), rel=1e-5)
+    assert loss_c == pytest.approx(loss_p, rel=1e-6)
+    assert len(grads_c) == len(grads_p)
+    for gc, gp in zip(grads_c, grads_p):
+        np.testing.assert_allclose(gc, gp, rtol=1e-4, atol=1e-6)
+    # The padded vocabulary's rows never get a gradient.
+    emb = [i for i, v in enumerate(plain.trainable_variables) if v.shape[0] == 320][0]
+    assert np.all(grads_c[emb][301:] == 0)
+
+
+def test_chunked_training_step_matches_plain_fit():
+    """One `fit` step: same weights after, same loss and accuracy logs (accuracy checked by NumPy too)."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip("the chunked loss is a JAX training step")
+    from kgpt2.metrics import compile_lm
+
+    x, y, w = _batch(batch=4)
+    plain, chunked = _tiny_lm(seed=3), _tiny_lm(seed=4)
+    chunked.set_weights(plain.get_weights())
+    logits = np.asarray(plain.predict(x, verbose=0))
+    accuracy = ((logits.argmax(-1) == y) * w).sum() / w.sum()
+    compile_lm(plain, keras.optimizers.SGD(0.1), token_loss=False)
+    compile_lm(chunked, keras.optimizers.SGD(0.1), token_loss=False, loss_chunk=8)
+    logs_p = plain.train_on_batch(x, y, w, return_dict=True)
+    logs_c = chunked.train_on_batch(x, y, w, return_dict=True)
+    assert logs_c["loss"] == pytest.approx(logs_p["loss"], rel=1e-6)
+    assert logs_c["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert logs_p["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    for a, b in zip(plain.get_weights(), chunked.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # Evaluation keeps the plain path (and the same numbers).
+    ev_p = plain.evaluate(x, y, sample_weight=w, verbose=0, return_dict=True)
+    ev_c = chunked.evaluate(x, y, sample_weight=w, verbose=0, return_dict=True)
+    assert ev_c["loss"] == pytest.approx(ev_p["loss"], rel=1e-6)
+
+
+def test_remat_blocks_give_identical_logits_and_gradients():
+    keras = pytest.importorskip("keras")
+    from kgpt2.metrics import compile_lm
+
+    x, y, w = _batch()
+    plain, remat = _tiny_lm(seed=5), _tiny_lm(seed=6, remat=True)
+    remat.set_weights(plain.get_weights())
+    assert all(layer._remat_mode is not None for layer in remat.backbone.transformer_layers)
+    np.testing.assert_array_equal(np.asarray(plain.predict(x, verbose=0)), np.asarray(remat.predict(x, verbose=0)))
+    if keras.backend.backend() != "jax":
+        return
+    for m in (plain, remat):
+        compile_lm(m, keras.optimizers.SGD(0.1), token_loss=False)
+        m.optimizer.build(m.trainable_variables)
+    loss_p, grads_p = _loss_and_grads(plain, x, y, w)
+    loss_r, grads_r = _loss_and_grads(remat, x, y, w)
+    assert loss_r == loss_p
+    for gr, gp in zip(grads_r, grads_p):
+        np.testing.assert_allclose(gr, gp, rtol=1e-5, atol=1e-7)

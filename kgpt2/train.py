@@ -345,7 +345,8 @@ def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:
     b = model.backbone
     mode = ("int8-lora" if cfg.model.quantize == "int8" else "lora") if cfg.lora.enabled else "full"
     warning = memory.check_fits(total_params, mode, cfg.train.batch_size, cfg.data.sequence_length, b.num_layers,
-                         b.hidden_dim, b.vocabulary_size, memory.device_memory_bytes())
+                         b.hidden_dim, b.vocabulary_size, memory.device_memory_bytes(),
+                         accumulation=cfg.train.gradient_accumulation_steps)
     if warning:
         log.warning("%s", warning)
 

@@ -127,3 +127,34 @@ def test_remat_blocks_give_identical_logits_and_gradients():
     assert loss_r == loss_p
     for gr, gp in zip(grads_r, grads_p):
         np.testing.assert_allclose(gr, gp, rtol=1e-5, atol=1e-7)
+
+
+def test_memory_proposal_keeps_the_optimizer_batch(monkeypatch):
+    """The warning's batch x accumulation is the batch asked for, and fits by the same estimate."""
+    from kgpt2 import memory
+
+    args = (124_475_904, "full", 64, 1024, 12, 768, 50304)
+    warning = memory.check_fits(*args, available=16e9, accumulation=2)
+    per_step, steps = memory.propose_batch(64, 2, 64)
+    import re
+
+    b, a = map(int, re.search(r"batch_size=(\d+) with train.gradient_accumulation_steps=(\d+)", warning).groups())
+    assert b * a == 64 * 2 and 64 % b == 0
+    assert memory.estimate_training_bytes(124_475_904, "full", b, 1024, 12, 768, 50304) <= 16e9
+    assert memory.estimate_training_bytes(124_475_904, "full", 2 * b, 1024, 12, 768, 50304) > 16e9 or 64 % (2 * b)
+    assert (per_step, steps) == (64, 2)
+    assert memory.propose_batch(12, 1, 5) == (4, 3)  # 5 does not divide 12: the largest divisor below
+
+
+def test_tensorflow_reads_the_gpu_total_from_nvidia_smi(monkeypatch, tmp_path):
+    """TensorFlow has no device total; kgpt2 asks nvidia-smi for the first visible GPU (a fake one here)."""
+    from kgpt2 import memory
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\n[ "$3" = "-i" ] && [ "$4" = "3" ] && echo 15360 && exit 0\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert memory._nvidia_smi_total_bytes() == 15360 * 2**20
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert memory._nvidia_smi_total_bytes() is None  # the tool fails: no number, no warning

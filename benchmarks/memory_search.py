@@ -143,6 +143,9 @@ def run_all(args, specs: list[str]) -> list[dict]:
         for result in pool.map(one, specs):
             print(json.dumps(result), flush=True)
             results.append(result)
+            if args.out:  # after every search: a call cut short by `timeout` keeps what it found
+                with open(args.out, "w") as f:
+                    json.dump(results, f, indent=1)
     print("\nsize | mode | remat | largest batch that fits | smallest that fails")
     for r in results:
         if "error" in r:

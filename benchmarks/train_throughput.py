@@ -371,20 +371,16 @@ def main(argv=None):
 
         specs = [f"{size}:{mode}:{remat}" for remat in ("plain", "remat") for size in args.memory_sizes.split(",")
                  for mode in args.search_modes.split(",")]
-        results = memory_search.run_all(args, specs)
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(results, f, indent=1)
+        memory_search.run_all(args, specs)
         return
     results = []
     names = [] if args.memory else parse_variants(args.variants)
-    for name in names:
+    for name in names + (["stage"] if args.stage else []):
         results.append(spawn(args, name))
         print(json.dumps(results[-1]), flush=True)
-    if args.stage:
-        for name in ("stage",):
-            results.append(spawn(args, name))
-            print(json.dumps(results[-1]), flush=True)
+        if args.out:  # after every variant: a call cut short by `timeout` keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
     if args.memory:
         args.warmup, args.steps = 1, 1
         for size in args.memory_sizes.split(","):

@@ -313,14 +313,22 @@ def use_causal_attention(backbone) -> None:
 def use_remat(backbone) -> None:
     """Rematerialise each transformer block (`train.remat`): its activations are recomputed in the backward pass.
 
-    Keras' `RematScope` marks layers at construction; keras-hub builds its
-    blocks inside `GPT2Backbone`, so kgpt2 gives each built block the mode
-    a `RematScope(mode="full")` would have given it (Keras then wraps the
-    block's call in `keras.remat`, jax.checkpoint on JAX). Outputs are unchanged;
-    training keeps one block's activations instead of all of them.
+    Keras' `RematScope` marks layers when they are built (inside keras-hub's
+    `GPT2Backbone`), and its "full" mode passes every call argument through
+    `keras.remat` (jax.checkpoint on JAX) as a traced value, including the
+    block's Python `training` flag, which keras-hub's decoder then branches
+    on. So kgpt2 wraps each built block's `call` in `keras.remat` itself,
+    keyword flags kept static. Outputs are unchanged; training keeps one
+    block's activations at a time instead of all of them.
     """
     for layer in backbone.transformer_layers:
-        layer._remat_mode = keras.RematScope(mode="full")
+        def remat_call(*args, _call=layer.call, **kwargs):
+            tensors = {k: v for k, v in kwargs.items() if keras.ops.is_tensor(v)}
+            flags = {k: v for k, v in kwargs.items() if k not in tensors}
+            return keras.remat(lambda *a, **t: _call(*a, **t, **flags))(*args, **tensors)
+
+        layer.call = remat_call
+        layer.kgpt2_remat = True
 
 
 def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.GPT2CausalLM:

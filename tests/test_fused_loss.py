@@ -115,7 +115,7 @@ def test_remat_blocks_give_identical_logits_and_gradients():
     x, y, w = _batch()
     plain, remat = _tiny_lm(seed=5), _tiny_lm(seed=6, remat=True)
     remat.set_weights(plain.get_weights())
-    assert all(layer._remat_mode is not None for layer in remat.backbone.transformer_layers)
+    assert all(getattr(layer, "kgpt2_remat", False) for layer in remat.backbone.transformer_layers)
     np.testing.assert_array_equal(np.asarray(plain.predict(x, verbose=0)), np.asarray(remat.predict(x, verbose=0)))
     if keras.backend.backend() != "jax":
         return
@@ -158,3 +158,48 @@ def test_tensorflow_reads_the_gpu_total_from_nvidia_smi(monkeypatch, tmp_path):
     assert memory._nvidia_smi_total_bytes() == 15360 * 2**20
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert memory._nvidia_smi_total_bytes() is None  # the tool fails: no number, no warning
+
+
+DATA_PARALLEL_CHILD = r"""
+import contextlib, json, sys
+sys.path.insert(0, sys.argv[1])
+import keras, numpy as np
+from test_fused_loss import _batch, _tiny_lm
+from kgpt2.distribution import plan_data_parallel
+from kgpt2.metrics import compile_lm
+
+x, y, w = _batch(batch=12)
+start, out = None, {}
+for n in (1, 3, 4):  # 3: a device count that is not a power of two
+    plan = plan_data_parallel(str(n), 12, "cpu")
+    with plan.scope() if plan else contextlib.nullcontext():
+        model = _tiny_lm(seed=7, remat=True)
+        start = start or model.get_weights()
+        model.set_weights(start)
+        compile_lm(model, keras.optimizers.SGD(0.1), token_loss=False, loss_chunk=8)
+        logs = model.train_on_batch(x, y, w, return_dict=True)
+    out[n] = {"plan": plan.describe() if plan else "", "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
+              "weights": [float(np.asarray(v).sum()) for v in model.get_weights()]}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_any_device_count_with_chunked_loss_and_remat():
+    """1, 3 and 4 virtual CPU devices (a JAX subprocess): the same step, loss and weights."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    out = subprocess.run([sys.executable, "-c", DATA_PARALLEL_CHILD, os.path.dirname(__file__)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = {int(k): v for k, v in __import__("json").loads(out.stdout.split("RESULT ", 1)[1]).items()}
+    assert r[3]["plan"] == "data parallel on 3 devices (cpu:0, cpu:1, cpu:2): global batch 12 = 4 per device"
+    assert r[4]["plan"].startswith("data parallel on 4 devices")
+    for n in (3, 4):
+        assert r[n]["loss"] == pytest.approx(r[1]["loss"], rel=1e-5)
+        assert r[n]["accuracy"] == pytest.approx(r[1]["accuracy"], abs=1e-6)
+        np.testing.assert_allclose(r[n]["weights"], r[1]["weights"], rtol=1e-4, atol=1e-4)

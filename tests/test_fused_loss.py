@@ -203,3 +203,17 @@ def test_data_parallel_any_device_count_with_chunked_loss_and_remat():
         assert r[n]["loss"] == pytest.approx(r[1]["loss"], rel=1e-5)
         assert r[n]["accuracy"] == pytest.approx(r[1]["accuracy"], abs=1e-6)
         np.testing.assert_allclose(r[n]["weights"], r[1]["weights"], rtol=1e-4, atol=1e-4)
+
+
+def test_config_keys_are_checked():
+    from kgpt2.config import load_config
+    from kgpt2.errors import UserError
+    from kgpt2.train import plan_steps
+
+    cfg = load_config(None, ["train.loss_chunk=128", "train.remat=true"])
+    assert (cfg.train.loss_chunk, cfg.train.remat) == (128, True)
+    assert (load_config(None).train.loss_chunk, load_config(None).train.remat) == (0, False)  # opt-in
+    with pytest.raises(UserError, match="train.remat"):
+        load_config(None, ['train.remat="yes"'])
+    with pytest.raises(UserError, match="train.loss_chunk must be 0"):
+        plan_steps(load_config(None, ["train.loss_chunk=-4"]), None, [])

@@ -5,7 +5,7 @@ caps JAX's allocator (XLA_PYTHON_CLIENT_MEM_FRACTION = cap / the card's
 total, so an H200 behaves like a 16 GB card), builds kgpt2's model as the
 trainer does (kgpt2's path: build_causal_lm, make_optimizer, compile_lm,
 the device's precision) and trains two real steps at batch after batch:
-doubling up from kgpt2.memory's estimate, then bisecting, until the
+25% steps from kgpt2.memory's estimate, then bisecting, until the
 bracket [fits, fails] is within `--resolution`. An out-of-memory error is a
 "fails"; the model is rebuilt after one. The caps let several searches
 share one big card at once (`--jobs`).
@@ -41,14 +41,22 @@ def is_out_of_memory(error: BaseException) -> bool:
     return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM"))
 
 
-def next_batch(fits: int, fails: int | None, resolution: float, max_batch: int) -> int | None:
+def next_batch(fits: int, fails: int | None, resolution: float, max_batch: int, factor: float = 1.25) -> int | None:
     """The next batch to try, or None when [fits, fails] is narrow enough.
 
-        >>> next_batch(8, None, 0.1, 256), next_batch(8, 16, 0.1, 256), next_batch(12, 13, 0.1, 256)
-        (16, 12, None)
+    Steps of `factor` up (or down) from the estimate until one fits and one
+    fails, then bisection: kgpt2.memory's estimate is usually within 25%, so
+    most searches take three probes (each is a compile, the cost here).
+
+        >>> next_batch(8, None, 0.15, 256), next_batch(0, 8, 0.15, 256), next_batch(8, 10, 0.15, 256)
+        (10, 6, 9)
+        >>> next_batch(16, 18, 0.15, 256) is None, next_batch(256, None, 0.15, 256) is None
+        (True, True)
     """
     if fails is None:
-        return min(2 * max(fits, 1), max_batch) if fits < max_batch else None
+        return min(max(fits + 1, int(fits * factor)), max_batch) if fits < max_batch else None
+    if fits == 0:
+        return max(1, min(fails - 1, int(fails / factor))) if fails > 1 else None
     if fails - fits <= max(1, int(fits * resolution)):
         return None
     return (fits + fails) // 2

@@ -183,9 +183,9 @@ def steady_tokens_per_s(rows: list[dict], tokens_per_step: int, skip: int) -> fl
         2000.0
     """
     rows = sorted(rows, key=lambda r: int(r["step"]))
-    if len(rows) <= skip + 1:
-        raise ValueError(f"{len(rows)} logged steps leave none to time after {skip} warm-up steps")
-    first, last = rows[skip], rows[-1]
+    if skip < 1 or len(rows) <= skip:
+        raise ValueError(f"{len(rows)} logged steps leave none to time after {skip} warm-up steps (at least 1)")
+    first, last = rows[skip - 1], rows[-1]  # the clock starts when the last warm-up step finished
     steps = int(last["step"]) - int(first["step"])
     return steps * tokens_per_step / (float(last["time"]) - float(first["time"]))
 

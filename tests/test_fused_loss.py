@@ -217,3 +217,15 @@ def test_config_keys_are_checked():
         load_config(None, ['train.remat="yes"'])
     with pytest.raises(UserError, match="train.loss_chunk must be 0"):
         plan_steps(load_config(None, ["train.loss_chunk=-4"]), None, [])
+
+
+def test_one_timing_method_reads_the_step_log(tmp_path):
+    """steady_tokens_per_s times exactly the steps after the warm-up, from the step log's stamps."""
+    from kgpt2.run_logs import steady_tokens_per_s
+
+    times = {1: 105.0, 2: 106.0, 3: 106.5, 4: 107.0, 5: 107.5}  # step 1 compiled
+    rows = [{"step": str(s), "time": str(times[s])} for s in (5, 3, 1, 2, 4)]  # flushed in any order
+    # Steps 3..5 after 2 warm-up steps: 3 steps in the 1.5 s after step 2 finished.
+    assert steady_tokens_per_s(rows, tokens_per_step=100, skip=2) == pytest.approx(200.0)
+    with pytest.raises(ValueError):
+        steady_tokens_per_s(rows, tokens_per_step=100, skip=5)

@@ -22,6 +22,7 @@ GPT-2 tokenizer (kgpt2.tokenizer) and feeds token ids.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import keras
@@ -319,13 +320,20 @@ def use_remat(backbone) -> None:
     block's Python `training` flag, which keras-hub's decoder then branches
     on. So kgpt2 wraps each built block's `call` in `keras.remat` itself,
     keyword flags kept static. Outputs are unchanged; training keeps one
-    block's activations at a time instead of all of them.
+    block's activations at a time instead of all of them. JAX only.
     """
+    if keras.backend.backend() != "jax":  # tf.recompute_grad takes no keyword tensors in graph mode
+        logging.getLogger("kgpt2").warning("train.remat applies on the JAX backend only; training without it")
+        return
     for layer in backbone.transformer_layers:
         def remat_call(*args, _call=layer.call, **kwargs):
-            tensors = {k: v for k, v in kwargs.items() if keras.ops.is_tensor(v)}
-            flags = {k: v for k, v in kwargs.items() if k not in tensors}
-            return keras.remat(lambda *a, **t: _call(*a, **t, **flags))(*args, **tensors)
+            names = [k for k, v in kwargs.items() if keras.ops.is_tensor(v)]
+            flags = {k: v for k, v in kwargs.items() if k not in names}
+
+            def block(*values):  # tensors positional, flags closed over (static)
+                return _call(*values[:len(args)], **dict(zip(names, values[len(args):])), **flags)
+
+            return keras.remat(block)(*args, *(kwargs[k] for k in names))
 
         layer.call = remat_call
         layer.kgpt2_remat = True

@@ -115,7 +115,8 @@ def test_remat_blocks_give_identical_logits_and_gradients():
     x, y, w = _batch()
     plain, remat = _tiny_lm(seed=5), _tiny_lm(seed=6, remat=True)
     remat.set_weights(plain.get_weights())
-    assert all(getattr(layer, "kgpt2_remat", False) for layer in remat.backbone.transformer_layers)
+    on_jax = keras.backend.backend() == "jax"  # elsewhere train.remat is a logged no-op
+    assert all(getattr(layer, "kgpt2_remat", False) == on_jax for layer in remat.backbone.transformer_layers)
     np.testing.assert_array_equal(np.asarray(plain.predict(x, verbose=0)), np.asarray(remat.predict(x, verbose=0)))
     if keras.backend.backend() != "jax":
         return

@@ -37,6 +37,7 @@ SIZES = {"124M": (12, 12, 768), "tiny": (2, 2, 64)}  # layers, heads, hidden
 def run_one(args) -> dict:
     """Train `--warmup + --steps` steps on `--devices` devices in this process; one JSON result."""
     from kgpt2.config import load_config
+    from kgpt2.run_logs import steady_tokens_per_s
     from kgpt2.train import train
 
     layers, heads, hidden = SIZES[args.size]
@@ -55,11 +56,11 @@ def run_one(args) -> dict:
     wall_s = time.perf_counter() - t0
     with open(f"{root}/dp/logs/steps.csv") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: int(r["step"]))  # flushed from a worker thread
-    times = [float(r["time"]) for r in rows]
-    steady = len(rows) - 1 - args.warmup
+    steady = len(rows) - args.warmup
     if steady < 1:
         raise SystemExit(f"only {len(rows)} steps ran; the shards are too small for --warmup + --steps")
-    tokens_s = steady * cfg.train.batch_size * args.seq / (times[-1] - times[args.warmup])
+    # the staged trainer's and train_throughput.py's one timing method
+    tokens_s = steady_tokens_per_s(rows, cfg.train.batch_size * args.seq, args.warmup)
     return {"devices": n, "global_batch": cfg.train.batch_size, "per_device_batch": args.per_device_batch,
             "seq": args.seq, "size": args.size, "steps": len(rows), "timed_steps": steady,
             "tokens_per_s": round(tokens_s), "wall_s": round(wall_s, 1), "global_step": result.global_step}

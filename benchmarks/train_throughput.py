@@ -49,7 +49,9 @@ SIZES = {  # GPT-2 shapes: layers, heads, hidden
     "355M": (24, 16, 1024),
     "774M": (36, 20, 1280),
     "1.5B": (48, 25, 1600),
-    "tiny": (2, 2, 64),  # --tiny: a CPU check that the script runs end to end
+}
+TINY_SIZES = {  # --tiny: a CPU dry run of every code path, same names
+    "124M": (2, 2, 64), "355M": (2, 2, 96), "774M": (3, 2, 128), "1.5B": (3, 2, 160),
 }
 THROUGHPUT_VARIANTS = [
     "kgpt2:full:pad64", "kgpt2:lora:pad64", "kgpt2:full:pad0", "kgpt2:lora:pad0",
@@ -75,6 +77,10 @@ PEFT_MODES = {
     "dora": {"target_modules": ["c_attn"], "use_dora": True},
     "lora-all": {"target_modules": ["c_attn", "c_proj", "c_fc"]},
 }
+
+
+def use_tiny_shapes() -> None:
+    SIZES.update(TINY_SIZES)
 
 
 def _gpu_peak_bytes() -> int:
@@ -107,6 +113,7 @@ def kgpt2_config(args, mode: str, pad: int, size: str = "124M", overrides=()):
         "model.preset=scratch", f"model.tokenizer={args.tokenizer}", f"data.shards={args.shards}",
         f"model.num_layers={layers}", f"model.num_heads={heads}", f"model.hidden_dim={hidden}",
         f"model.intermediate_dim={4 * hidden}", f"model.pad_vocabulary_to={pad}",
+        f"model.max_sequence_length={max(args.seq, 64)}",
         f"lora.enabled={'false' if mode == 'full' else 'true'}",
         # int8-lora: kgpt2's frozen int8 base under LoRA (kgpt2.quantize)
         f'model.quantize="{"int8" if mode == "int8-lora" else ""}"',
@@ -121,10 +128,39 @@ def build_kgpt2(cfg, total_steps: int, extra=()):
     from kgpt2.optimizer import make_optimizer
 
     model = build_causal_lm(cfg)
-    optimizer, _ = make_optimizer(cfg, total_steps)
+    optimizer, model.kgpt2_schedule = make_optimizer(cfg, total_steps)  # the step log reads the schedule
     token_loss = "token-loss" in extra  # ablation: the training step with validation's extra metric
-    compile_lm(model, optimizer, token_loss=token_loss, steps_per_execution=cfg.train.steps_per_execution)
+    compile_lm(model, optimizer, token_loss=token_loss, loss_chunk=cfg.train.loss_chunk,
+               steps_per_execution=cfg.train.steps_per_execution)
     return model
+
+
+def timed_fit(model, batches, tokens_per_step: int, warmup: int) -> dict:
+    """`fit` once over `batches` with the staged trainer's own step log; time it as the trainer is timed.
+
+    tokens/s: `kgpt2.run_logs.steady_tokens_per_s` over the steps after
+    `warmup`, on the step log's device-synchronised clock, exactly what
+    `run_stage` reads from a real run's steps.csv.
+    """
+    import csv
+    import tempfile
+
+    from kgpt2.data.batches import to_dataset
+    from kgpt2.run_logs import StepLog, steady_tokens_per_s
+
+    folder = tempfile.mkdtemp(prefix="kgpt2-bench-")
+    log = StepLog(f"{folder}/steps.csv", tensorboard_dir=f"{folder}/tb")
+    log._tensorboard = False  # the benchmark times training, not TensorBoard writes
+    schedule = model.kgpt2_schedule
+    t0 = time.time()
+    model.fit(to_dataset(batches), epochs=1, verbose=0, shuffle=False,
+              callbacks=[log.callback(0, schedule, 0, tokens_per_step)])
+    wall = time.time() - t0
+    with open(f"{folder}/steps.csv") as f:
+        rows = list(csv.DictReader(f))
+    first = min(float(r["time"]) for r in rows)
+    return {"tokens_per_s": steady_tokens_per_s(rows, tokens_per_step, warmup), "first_step_s": first - t0,
+            "fit_wall_s": wall, "steps": len(rows)}
 
 
 def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
@@ -135,7 +171,6 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     from kgpt2.devices import resolve_device
 
     overrides = [e for e in extra if "=" in e]
-    size = args.size if args.size != "124M" else size
     cfg = kgpt2_config(args, mode, pad, size, overrides)
     device = resolve_device("auto")
     policy = device.policy(cfg.train.precision)
@@ -144,22 +179,26 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     split = ShardSet(cfg.data.shards).split("train")
     base = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=args.seq,
                          batch_size=args.batch, seed=0, shuffle=True)
-    warm, timed = Cycle(base, args.warmup), Cycle(base, args.steps, offset=args.warmup)
-    real_tokens = sum(float(timed[i][2].sum()) for i in range(len(timed)))
+    timed = Cycle(base, args.steps, offset=args.warmup)
+    real = sum(float(timed[i][2].sum()) for i in range(len(timed))) / (args.steps * args.batch * args.seq)
+    tokens_per_step = args.batch * args.seq
     with device.scope():
-        model = build_kgpt2(cfg, args.warmup + args.steps, extra)
-        t0 = time.perf_counter()
-        model.fit(to_dataset(warm), epochs=1, verbose=0, shuffle=False)
-        warm_s = time.perf_counter() - t0
+        model = build_kgpt2(cfg, 2 * args.warmup + 2 * args.steps, extra)
+        # One fit over warm-up + timed steps, timed by the step log (the trainer's method) ...
+        clock = timed_fit(model, Cycle(base, args.warmup + args.steps), tokens_per_step, args.warmup)
+        # ... and the old method on the same model: a second fit of the timed steps, timed around the call
+        # (includes fit's start-up and end: data pipeline, callbacks, state sync; the 9% of issue 21).
         t0 = time.perf_counter()
         model.fit(to_dataset(timed), epochs=1, verbose=0, shuffle=False)
-        timed_s = time.perf_counter() - t0
-    step_s = timed_s / args.steps
+        fit_call_s = time.perf_counter() - t0
+    tokens_s = clock["tokens_per_s"]
     trainable = sum(int(keras.ops.size(v)) for v in model.trainable_weights)
     name = " ".join([f"kgpt2 {mode} pad{pad} {size}", *extra])
-    return _result(name, real_tokens / timed_s, step_s,
-                   compile_s=warm_s - args.warmup * step_s, peak=_gpu_peak_bytes(),
-                   device=device.description, policy=policy, trainable=trainable, size=size, batch=args.batch)
+    return _result(name, tokens_s, tokens_per_step / tokens_s,
+                   compile_s=clock["first_step_s"], peak=_gpu_peak_bytes(),
+                   device=device.description, policy=policy, trainable=trainable, size=size, batch=args.batch,
+                   fit_call_tokens_per_s=round(args.steps * tokens_per_step / fit_call_s),
+                   real_target_fraction=round(real, 4))
 
 
 def run_hf(args, mode: str, how: str) -> dict:
@@ -167,12 +206,12 @@ def run_hf(args, mode: str, how: str) -> dict:
     import transformers
 
     torch.manual_seed(0)
-    layers, heads, hidden = SIZES[args.size]
-    cuda = torch.cuda.is_available()
-    config = transformers.GPT2Config(n_positions=1024, n_embd=hidden, n_layer=layers, n_head=heads,
+    layers, heads, hidden = SIZES["124M"]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the --tiny dry run
+    config = transformers.GPT2Config(n_positions=max(args.seq, 64), n_embd=hidden, n_layer=layers, n_head=heads,
                                      vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     config._attn_implementation = "sdpa"  # torch's fused attention (flash with dropout 0)
-    model = transformers.GPT2LMHeadModel(config).to("cuda" if cuda else "cpu")
+    model = transformers.GPT2LMHeadModel(config).to(dev)
     if mode in PEFT_MODES:
         import peft
 
@@ -180,13 +219,13 @@ def run_hf(args, mode: str, how: str) -> dict:
             r=8, lora_alpha=32, lora_dropout=0.1, fan_in_fan_out=True, **PEFT_MODES[mode]))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01, fused=cuda)
+    opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01, fused=dev == "cuda")
     forward = torch.compile(model) if how == "compile" else model
-    x = torch.randint(0, 50257, (args.batch, args.seq + 1), device="cuda" if cuda else "cpu")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    x = torch.randint(0, 50257, (args.batch, args.seq + 1), device=dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def step():
-        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(dev, dtype=torch.bfloat16):
             logits = forward(input_ids=x[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         loss.backward()
@@ -210,9 +249,9 @@ def run_hf(args, mode: str, how: str) -> dict:
     timed_s = time.perf_counter() - t0
     step_s = timed_s / args.steps
     return _result(f"hf {mode} {how}", args.batch * args.seq / step_s, step_s, compile_s=first_s - step_s,
-                   peak=int(torch.cuda.max_memory_allocated()) if cuda else 0,
-                   device=torch.cuda.get_device_name(0) if cuda else "cpu", policy="bf16 autocast" if cuda else "float32",
-                   trainable=sum(p.numel() for p in params), size=args.size,
+                   peak=int(torch.cuda.max_memory_allocated()) if dev == "cuda" else 0,
+                   device=torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
+                   policy="bf16 autocast", trainable=sum(p.numel() for p in params), size="124M",
                    batch=args.batch, versions={"torch": torch.__version__, "transformers": transformers.__version__})
 
 
@@ -236,24 +275,26 @@ def run_stage(args) -> dict:
     import tempfile
 
     from kgpt2.config import load_config
+    from kgpt2.run_logs import steady_tokens_per_s
     from kgpt2.train import train
 
     root = tempfile.mkdtemp()
-    cfg = load_config(None, [
+    layers, heads, hidden = SIZES["124M"]
+    cfg = load_config(None, list(args.stage_set) + [
         "model.preset=scratch", f"model.tokenizer={args.tokenizer}", f"data.shards={args.shards}",
+        f"model.num_layers={layers}", f"model.num_heads={heads}", f"model.hidden_dim={hidden}",
+        f"model.intermediate_dim={4 * hidden}", f"model.max_sequence_length={max(args.seq, 64)}",
         "lora.enabled=false", f"train.batch_size={args.batch}", f"data.sequence_length={args.seq}",
-        "train.stages=[\"rest\"]", "train.eval_batches=4", f"checkpoints_root={root}", "run=stage"])
+        # the benchmark's steps: warm-up + timed, in one fit call (then validation, checkpoint, export)
+        "train.stages=[\"rest\"]", f"train.max_steps={args.warmup + args.steps}",
+        "train.eval_batches=4", f"checkpoints_root={root}", "run=stage"])
     t0 = time.perf_counter()
     result = train(cfg, verbose=0)
     wall_s = time.perf_counter() - t0
     with open(f"{root}/stage/logs/steps.csv") as f:
         rows = list(csv.DictReader(f))
-    rows.sort(key=lambda r: int(r["step"]))  # written in flushes from a worker thread
-    times = [float(r["time"]) for r in rows]
-    skip = args.warmup  # steady state: after compile and warm-up
-    steady = len(rows) - 1 - skip
-    tokens_s = steady * args.batch * args.seq / (times[-1] - times[skip])
-    return {"variant": "kgpt2 staged trainer, full, one stage", "steps": len(rows),
+    tokens_s = steady_tokens_per_s(rows, args.batch * args.seq, args.warmup)  # the benchmark's method
+    return {"variant": " ".join(["kgpt2 staged trainer, full, one stage", *args.stage_set]), "steps": len(rows),
             "steady_tokens_per_s": round(tokens_s), "stage_wall_s": round(wall_s, 1),
             "global_step": result.global_step}
 
@@ -296,10 +337,14 @@ def run_variant(args, name: str) -> dict:
 def spawn(args, name: str, batch: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--variant", name, "--shards", args.shards, "--tokenizer", args.tokenizer,
            "--batch", str(batch or args.batch), "--seq", str(args.seq), "--warmup", str(args.warmup),
-           "--steps", str(args.steps), "--size", args.size]
+           "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
+    cmd += [f"--stage-set={s}" for s in args.stage_set]
     env = dict(os.environ, **split_variant(name)[2])
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.variant_timeout)
+    except subprocess.TimeoutExpired:
+        return {"variant": name, "batch": batch or args.batch, "error": f"timed out after {args.variant_timeout} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -331,30 +376,55 @@ def main(argv=None):
     p.add_argument("--variant", help="run one variant in this process (used by the parent)")
     p.add_argument("--variants", default=",".join(THROUGHPUT_VARIANTS))
     p.add_argument("--memory", action="store_true", help="peak memory per size x mode at batch 1 and 2")
-    p.add_argument("--memory-sizes", default=",".join(SIZES))
+    p.add_argument("--memory-sizes", default="124M,355M,774M")
     p.add_argument("--stage", action="store_true", help="also time one real stage of the staged trainer")
+    p.add_argument("--adapters", action="store_true", help="LoRA / rsLoRA / DoRA / all-linear / full vs PEFT")
     p.add_argument("--adapters", action="store_true", help="LoRA / rsLoRA / DoRA / all-linear / full vs PEFT")
     p.add_argument("--size", default="124M", choices=list(SIZES), help="model shape for every variant")
     p.add_argument("--tiny", action="store_true", help="tiny shape, batch 2 x 32, 1 + 2 steps: runs on a CPU")
     p.add_argument("--out", help="write all results here as JSON")
+    p.add_argument("--stage-set", action="append", default=[], help="a config override for the --stage run")
+    p.add_argument("--variant-timeout", type=int, default=240, help="seconds per variant subprocess")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes: a CPU dry run of every code path")
+    s = p.add_argument_group("--memory-search: the largest batch under a capped allocator (benchmarks/memory_search.py)")
+    s.add_argument("--memory-search", action="store_true")
+    s.add_argument("--search-one", help="size:mode:remat|plain, in this process (used by the parent)")
+    s.add_argument("--cap-gb", type=float, default=15.0, help="allocator cap in GiB (a T4's 15,360 MiB, less CUDA's context)")
+    s.add_argument("--max-batch", type=int, default=512)
+    s.add_argument("--max-probes", type=int, default=6)
+    s.add_argument("--resolution", type=float, default=0.1, help="stop when fails - fits <= this x fits")
+    s.add_argument("--jobs", type=int, default=6, help="searches at once (each capped at --cap-gb)")
+    s.add_argument("--search-timeout", type=int, default=300, help="seconds per search")
+    s.add_argument("--search-modes", default="full,lora")
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "jax")
     if args.tiny:
-        args.size, args.batch, args.seq, args.warmup, args.steps = "tiny", 2, 32, 1, 2
+        use_tiny_shapes()
+    if args.search_one:
+        import memory_search
+
+        memory_search.search_one(args, args.search_one)
+        return
     if args.adapters and args.variants == ",".join(THROUGHPUT_VARIANTS):
         args.variants = ",".join(ADAPTER_VARIANTS)
     if args.variant:
         print(json.dumps(run_variant(args, args.variant)), flush=True)
         return
+    if args.memory_search:
+        import memory_search
+
+        specs = [f"{size}:{mode}:{remat}" for remat in ("plain", "remat") for size in args.memory_sizes.split(",")
+                 for mode in args.search_modes.split(",")]
+        memory_search.run_all(args, specs)
+        return
     results = []
     names = [] if args.memory else parse_variants(args.variants)
-    for name in names:
+    for name in names + (["stage"] if args.stage else []):
         results.append(spawn(args, name))
         print(json.dumps(results[-1]), flush=True)
-    if args.stage:
-        for name in ("stage",):
-            results.append(spawn(args, name))
-            print(json.dumps(results[-1]), flush=True)
+        if args.out:  # after every variant: a call cut short by `timeout` keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
     if args.memory:
         args.warmup, args.steps = 1, 1
         for size in args.memory_sizes.split(","):
@@ -364,16 +434,23 @@ def main(argv=None):
                     print(json.dumps(results[-1]), flush=True)
     by_name = {r["variant"]: r for r in results if "tokens_per_s" in r}
     peers = {"full": by_name.get("hf full compile") or by_name.get("hf full eager"),
-             "lora": by_name.get("hf lora compile") or by_name.get("hf lora eager")}
+             "lora": by_name.get("hf lora compile") or by_name.get("hf lora eager")}  # the fair LoRA peer: compiled
     print("\nvariant | tokens/s | step ms | MFU | peak GB | compile s | trainable | vs HF")
     for r in results:
         if "tokens_per_s" not in r:
-            print(f"{r['variant']} | {r.get('error') or r}")
+            if "error" in r:
+                print(f"{r['variant']} | {r['error']}")
             continue
         peer = _peer(r["variant"], by_name) or peers["lora" if " lora" in r["variant"] else "full"]
         ratio = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x {peer['variant']}" if peer else "-"
         print(f"{r['variant']} b{r['batch']} | {r['tokens_per_s']:,} | {r['step_ms']} | {r.get('mfu', '-')} | "
               f"{r['peak_gpu_gb']} | {r['compile_s']} | {r['trainable_params']:,} | {ratio}")
+    loop = by_name.get("kgpt2 full pad64 124M")
+    for r in results:
+        if "steady_tokens_per_s" in r and loop:
+            r["vs_benchmark_loop"] = round(r["steady_tokens_per_s"] / loop["tokens_per_s"], 3)
+            print(f"{r['variant']}: {r['steady_tokens_per_s']:,} tokens/s = {r['vs_benchmark_loop']}x the loop "
+                  f"(same method: kgpt2.run_logs.steady_tokens_per_s over steps {args.warmup + 1}..{args.warmup + args.steps})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

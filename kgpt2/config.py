@@ -208,6 +208,13 @@ class TrainConfig:
     # callbacks, logging and the host/GPU sync they force happen once per K
     # steps. checkpoint_every and eval_every should be multiples of it.
     steps_per_execution: int = at_least(1, default=1)
+    # JAX: the training loss over this many sequence positions at a time, so
+    # the full float32 logits and their gradient never exist at once (0 = the
+    # plain loss; kgpt2.metrics.chunked_token_losses). Same results.
+    loss_chunk: int = at_least(0, default=0)
+    # Recompute each transformer block's activations in the backward pass:
+    # a bigger batch fits, each step costs more (docs/benchmarks.md).
+    remat: bool = False
     # Variables whose name contains one of these get no weight decay
     # (nanoGPT: ["bias", "gamma", "beta"], i.e. biases and layer norms).
     no_decay: list = field(default_factory=list)

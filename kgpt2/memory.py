@@ -50,14 +50,54 @@ def device_memory_bytes() -> int | None:
             import torch
 
             return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return _nvidia_smi_total_bytes() if tf.config.list_physical_devices("GPU") else None
     except (RuntimeError, KeyError, IndexError):
         return None
-    return None  # TensorFlow does not report a device total before allocating
+    return None
+
+
+def _nvidia_smi_total_bytes() -> int | None:
+    """The first visible GPU's total memory from nvidia-smi (TensorFlow reports none before allocating).
+
+    TensorFlow takes (nearly) all of a GPU's memory by default, so the total
+    is what a training step may use.
+    """
+    import os
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
+                              "-i", visible], capture_output=True, text=True, timeout=20)
+        return int(float(out.stdout.split()[0]) * 2**20) if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def propose_batch(batch: int, accumulation: int, fits: int) -> tuple[int, int]:
+    """(batch_size, gradient_accumulation_steps) that fit and keep the optimizer's batch.
+
+    The per-step batch is the largest divisor of `batch` that is at most
+    `fits`, so batch_size x accumulation stays what the config asked for.
+
+        >>> propose_batch(64, 1, 20)
+        (16, 4)
+    """
+    per_step = max(d for d in range(1, max(1, min(batch, fits)) + 1) if batch % d == 0)
+    return per_step, accumulation * batch // per_step
 
 
 def check_fits(params: int, mode: str, batch: int, sequence: int, layers: int, hidden: int,
-               vocabulary: int, available: int | None) -> str | None:
-    """A warning sentence when the estimate exceeds `available` bytes, else None."""
+               vocabulary: int, available: int | None, accumulation: int = 1) -> str | None:
+    """A warning sentence when the estimate exceeds `available` bytes, else None.
+
+    The sentence proposes a batch size and gradient accumulation that fit
+    with the same optimizer batch (`accumulation`: the config's current
+    train.gradient_accumulation_steps).
+    """
     if not available:
         return None
     need = estimate_training_bytes(params, mode, batch, sequence, layers, hidden, vocabulary)
@@ -66,7 +106,11 @@ def check_fits(params: int, mode: str, batch: int, sequence: int, layers: int, h
     per_sample = estimate_training_bytes(0, mode, 1, sequence, layers, hidden, vocabulary)
     fixed = estimate_training_bytes(params, mode, 0, sequence, layers, hidden, vocabulary)
     fits = max(0, int((available - fixed) // per_sample))
-    hint = (f"train.batch_size={fits} with train.gradient_accumulation_steps={-(-batch // fits)} should fit"
-            if fits else "use LoRA, a smaller model or a shorter data.sequence_length")
+    if fits:
+        per_step, steps = propose_batch(batch, accumulation, fits)
+        hint = (f"train.batch_size={per_step} with train.gradient_accumulation_steps={steps} should fit "
+                f"(the same {batch * accumulation} sequences per optimizer step)")
+    else:
+        hint = "use LoRA, a smaller model or a shorter data.sequence_length"
     return (f"this config needs about {need / 1e9:.1f} GB of GPU memory for training "
             f"(batch {batch} x {sequence} tokens, {mode}), but the device offers {available / 1e9:.1f} GB; {hint}")

@@ -30,14 +30,19 @@ def lm_metrics(token_loss: bool = True):
     return metrics
 
 
-def compile_lm(model, optimizer="adam", token_loss: bool = True, **kwargs):
+def compile_lm(model, optimizer="adam", token_loss: bool = True, loss_chunk: int = 0, **kwargs):
     """Compile with the masked loss and the accuracy (+ exact token loss) metrics.
 
     Train with `token_loss=False`: a batch's loss already is its mean token
     loss, and the metric's second cross-entropy over the whole logits tensor
     cost 2-3% of an H100 training step (docs/benchmarks.md).
+    `loss_chunk` > 0 (train.loss_chunk, JAX, training only): the chunked
+    cross-entropy below, `loss_chunk` positions at a time; it needs
+    `token_loss=False` (the token-loss metric would want the full logits).
     """
     model.compile(optimizer=optimizer, loss=lm_loss(), weighted_metrics=lm_metrics(token_loss), **kwargs)
+    if loss_chunk > 0 and not token_loss:
+        use_chunked_loss(model, loss_chunk)
     return model
 
 
@@ -64,3 +69,120 @@ def summarise(logs: dict) -> dict:
         "accuracy": float(logs["accuracy"]),
         "perplexity": perplexity(token_loss),
     }
+
+
+# -- Chunked cross-entropy (JAX training step) -------------------------------
+#
+# The plain loss materialises float32 logits of batch x T x vocabulary (16 x
+# 1,024 x 50,304 = 3.3 GB) and their gradient. Keras and keras-hub have no
+# fused or chunked LM loss, so kgpt2 computes it here: the sequence is cut
+# into chunks, each chunk's logits come from the tied embedding inside a
+# `jax.checkpoint`ed `lax.scan` body, and the backward pass recomputes them
+# chunk by chunk. Each chunk does exactly what the plain path does (matmul
+# in the compute dtype, pad rows masked, float32 cross-entropy), so the
+# loss and gradients equal the plain ones up to float summation order.
+
+
+def chunk_length(sequence_length: int, chunk: int) -> int:
+    """The largest divisor of `sequence_length` that is at most `chunk` (the scan needs equal chunks)."""
+    chunk = max(1, min(int(chunk), sequence_length))
+    while sequence_length % chunk:
+        chunk -= 1
+    return chunk
+
+
+def chunked_token_losses(hidden, embeddings, labels, real_vocabulary: int, chunk: int):
+    """Per-token (loss, correct) of next-token prediction, logits never all at once.
+
+    hidden: (batch, T, H) in the compute dtype; embeddings: (V, H) tied
+    embedding (any float dtype; cast per chunk so its gradient sums in its
+    own dtype); labels: (batch, T) ints. Rows >= `real_vocabulary` are the
+    padded vocabulary's never-predicted rows (kgpt2.models.PaddedReversibleEmbedding).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    batch, length, width = hidden.shape
+    c = chunk_length(length, chunk)
+    n = length // c
+    xs = (hidden.reshape(batch, n, c, width).swapaxes(0, 1), labels.reshape(batch, n, c).swapaxes(0, 1))
+    vocabulary = embeddings.shape[0]
+
+    @jax.checkpoint  # the backward recomputes this chunk's logits instead of storing them
+    def one_chunk(h, y):
+        logits = jnp.einsum("bch,vh->bcv", h, embeddings.astype(h.dtype)).astype("float32")
+        if real_vocabulary < vocabulary:
+            logits = jnp.where(jnp.arange(vocabulary) < real_vocabulary, logits, -1.0e9)
+        target = jnp.take_along_axis(logits, y[..., None].astype("int32"), axis=-1)[..., 0]
+        loss = jax.nn.logsumexp(logits, axis=-1) - target
+        correct = (jnp.argmax(logits, axis=-1) == y).astype("float32")
+        return loss, correct
+
+    _, (loss, correct) = jax.lax.scan(lambda carry, x: (carry, one_chunk(*x)), None, xs)
+    return loss.swapaxes(0, 1).reshape(batch, length), correct.swapaxes(0, 1).reshape(batch, length)
+
+
+def use_chunked_loss(model, chunk: int) -> None:
+    """Train `model` (compiled by `compile_lm` with accuracy only) with the chunked loss on JAX.
+
+    Replaces the model's `compute_loss_and_updates` (the function Keras' JAX
+    trainer differentiates) and its metric update for training steps;
+    evaluation and prediction keep the plain path. No-op on other backends
+    (TensorFlow keeps the plain loss) and for a quantised embedding.
+    """
+    import types
+
+    embedding = model.backbone.token_embedding
+    if keras.backend.backend() != "jax" or chunk <= 0 or getattr(embedding, "quantization_mode", None):
+        return
+    model.compute_loss_and_updates = types.MethodType(_chunked_loss_and_updates, model)
+    model._update_metrics_variables = types.MethodType(_chunked_metrics_update, model)
+    model._kgpt2_loss_chunk = int(chunk)
+
+
+def _chunked_loss_and_updates(self, trainable_variables, non_trainable_variables, metrics_variables,
+                              x, y, sample_weight, training=False, optimizer_variables=None):
+    """keras JAXTrainer.compute_loss_and_updates with the backbone + chunked loss for training."""
+    from keras.src import backend  # StatelessScope: how Keras binds traced values to variables
+
+    if not training:
+        return type(self).compute_loss_and_updates(self, trainable_variables, non_trainable_variables,
+                                                   metrics_variables, x, y, sample_weight, training, optimizer_variables)
+    import jax.numpy as jnp
+
+    from kgpt2.models import real_vocabulary_size
+
+    mapping = list(zip(self.trainable_variables, trainable_variables))
+    mapping += list(zip(self.non_trainable_variables, non_trainable_variables))
+    with backend.StatelessScope(state_mapping=mapping) as scope:
+        hidden = self.backbone(x, training=True)
+        embeddings = self.backbone.token_embedding.embeddings.value
+        losses, correct = chunked_token_losses(hidden, embeddings, y, real_vocabulary_size(self.backbone),
+                                               self._kgpt2_loss_chunk)
+    updated = []  # RNG seed states (dropout) advanced by the forward pass
+    for ref, value in zip(self.non_trainable_variables, non_trainable_variables):
+        new = scope.get_current_value(ref)
+        updated.append(value if new is None else new)
+    weights = jnp.ones_like(losses) if sample_weight is None else sample_weight.astype("float32")
+    total = jnp.sum(weights)  # mean_with_sample_weight, with Keras' divide_no_nan
+    loss = jnp.where(total > 0, jnp.sum(losses * weights) / jnp.where(total > 0, total, 1.0), 0.0)
+    unscaled = loss
+    if self.optimizer is not None:
+        with backend.StatelessScope(state_mapping=list(zip(self.optimizer.variables, optimizer_variables))):
+            loss = self.optimizer.scale_loss(loss)
+    return loss, (unscaled, {"chunked_correct": correct}, updated, metrics_variables)
+
+
+def _chunked_metrics_update(self, metrics_variables, unscaled_loss, x, y, y_pred, sample_weight):
+    """The accuracy metric from the chunked pass's per-token correctness.
+
+    SparseCategoricalAccuracy is argmax(y_pred) == y_true; a two-column
+    y_pred (wrong, right) with y_true = 1 gives it exactly that, weighted
+    the same, without the full logits.
+    """
+    if isinstance(y_pred, dict) and "chunked_correct" in y_pred:
+        import jax.numpy as jnp
+
+        correct = y_pred["chunked_correct"]
+        y, y_pred = jnp.ones_like(y), jnp.stack([1.0 - correct, correct], axis=-1)
+    return type(self)._update_metrics_variables(self, metrics_variables, unscaled_loss, x, y, y_pred, sample_weight)

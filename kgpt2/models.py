@@ -22,6 +22,7 @@ GPT-2 tokenizer (kgpt2.tokenizer) and feeds token ids.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import keras
@@ -318,6 +319,34 @@ def use_causal_attention(backbone) -> None:
         compat.wrap_compute_attention(attention, causal_for)
 
 
+def use_remat(backbone) -> None:
+    """Rematerialise each transformer block (`train.remat`): its activations are recomputed in the backward pass.
+
+    Keras' `RematScope` marks layers when they are built (inside keras-hub's
+    `GPT2Backbone`), and its "full" mode passes every call argument through
+    `keras.remat` (jax.checkpoint on JAX) as a traced value, including the
+    block's Python `training` flag, which keras-hub's decoder then branches
+    on. So kgpt2 wraps each built block's `call` in `keras.remat` itself,
+    keyword flags kept static. Outputs are unchanged; training keeps one
+    block's activations at a time instead of all of them. JAX only.
+    """
+    if keras.backend.backend() != "jax":  # tf.recompute_grad takes no keyword tensors in graph mode
+        logging.getLogger("kgpt2").warning("train.remat applies on the JAX backend only; training without it")
+        return
+    for layer in backbone.transformer_layers:
+        def remat_call(*args, _call=layer.call, **kwargs):
+            names = [k for k, v in kwargs.items() if keras.ops.is_tensor(v)]
+            flags = {k: v for k, v in kwargs.items() if k not in names}
+
+            def block(*values):  # tensors positional, flags closed over (static)
+                return _call(*values[:len(args)], **dict(zip(names, values[len(args):])), **flags)
+
+            return keras.remat(block)(*args, *(kwargs[k] for k in names))
+
+        layer.call = remat_call
+        layer.kgpt2_remat = True
+
+
 def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.GPT2CausalLM:
     """The task model for `cfg`: backbone (+ LoRA when enabled), no preprocessor.
 
@@ -329,6 +358,8 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
     set_attention_dropout(backbone, cfg.model.attention_dropout)
     if cfg.model.causal_attention:
         use_causal_attention(backbone)
+    if cfg.train.remat:
+        use_remat(backbone)
     if cfg.model.quantize:  # frozen int8/int4 base under float LoRA (kgpt2.quantize)
         quantize_backbone(backbone, cfg.model.quantize)
     if cfg.lora.enabled:

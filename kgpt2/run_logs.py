@@ -1,6 +1,6 @@
 """What a run records for people: the step CSV, the stage table and the plots.
 
-    logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s
+    logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s, time
     stages.csv|json    validation metrics after each stage
     loss.png           training loss per step, stage boundaries marked,
                        and validation metrics per stage
@@ -102,20 +102,28 @@ class _StepLogger(keras.callbacks.Callback):
         self._t0 = None
 
     def on_train_begin(self, logs=None):
-        self._t0 = time.perf_counter()
+        self._t0, self._first = time.time(), None
 
     def on_train_batch_end(self, batch, logs=None):
         # `batch` is the last batch of the execution (steps_per_execution may be > 1).
+        # Keras has already turned `logs` into Python floats on this worker
+        # thread, which waits for the step's loss: `now` is when the step
+        # finished on the device (device-synchronised wall time).
+        now = time.time()
         done = batch + 1
         step = self.first_step + done
-        elapsed = time.perf_counter() - self._t0
         logs = logs or {}
         lr = self.schedule(step - 1)
-        row = [step, self.stage + 1, f"{float(logs.get('loss', float('nan'))):.6f}",
-               f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
-               # mean over this fit call so far (the first call includes compiling)
-               f"{self.tokens_per_batch * done / elapsed:.1f}" if elapsed > 0 else "", f"{time.time():.3f}"]
         with self._lock:
+            if self._first is None:
+                self._first = (done, now)
+            # The fit call's first row: since the call began (compile and data start included);
+            # later rows: steady tokens/s since that first step finished (`steady_tokens_per_s`).
+            since_done, since = (0, self._t0) if self._first[0] >= done else self._first
+            elapsed = now - since
+            row = [step, self.stage + 1, f"{float(logs.get('loss', float('nan'))):.6f}",
+                   f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
+                   f"{self.tokens_per_batch * (done - since_done) / elapsed:.1f}" if elapsed > 0 else "", f"{now:.4f}"]
             self._rows.append(row)
             if len(self._rows) >= 64:
                 self._flush()
@@ -159,6 +167,27 @@ def host_schedule(schedule):
             return float(compiled(step))
 
     return learning_rate
+
+
+def steady_tokens_per_s(rows: list[dict], tokens_per_step: int, skip: int) -> float:
+    """Tokens/s over the steps after the first `skip` logged ones: the one timing method.
+
+    `rows`: steps.csv rows of one `fit` call (dicts with "step" and "time",
+    any order). The clock is the step log's device-synchronised time, so the
+    staged trainer (its steps.csv) and benchmarks/train_throughput.py (a
+    step log of its own `fit`) are timed the same way over the same steps;
+    compile, data start-up and the end of `fit` are outside the interval.
+
+        >>> rows = [{"step": s, "time": 10 + 0.5 * s} for s in range(1, 11)]
+        >>> steady_tokens_per_s(rows, tokens_per_step=1000, skip=4)
+        2000.0
+    """
+    rows = sorted(rows, key=lambda r: int(r["step"]))
+    if skip < 1 or len(rows) <= skip:
+        raise ValueError(f"{len(rows)} logged steps leave none to time after {skip} warm-up steps (at least 1)")
+    first, last = rows[skip - 1], rows[-1]  # the clock starts when the last warm-up step finished
+    steps = int(last["step"]) - int(first["step"])
+    return steps * tokens_per_step / (float(last["time"]) - float(first["time"]))
 
 
 def read_steps(run_dir):

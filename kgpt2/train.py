@@ -178,7 +178,8 @@ class Trainer:
         cfg = self.cfg
         self.model = build_causal_lm(cfg)
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
-        compile_lm(self.model, self.optimizer, token_loss=False, steps_per_execution=cfg.train.steps_per_execution)
+        compile_lm(self.model, self.optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
+                   steps_per_execution=cfg.train.steps_per_execution)
         self.evaluator = evaluation_model(self.model)  # validation's exact token loss, off the training step
         params = count_params(self.model)
         log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
@@ -314,6 +315,8 @@ def plan_steps(cfg: Config, split, stages) -> tuple[int, int]:
         raise UserError("train.epochs and train.max_steps must not be negative")
     if cfg.train.steps_per_execution < 1:
         raise UserError(f"train.steps_per_execution must be at least 1, got {cfg.train.steps_per_execution}")
+    if cfg.train.loss_chunk < 0:
+        raise UserError(f"train.loss_chunk must be 0 (the plain loss) or a number of positions, got {cfg.train.loss_chunk}")
     per_epoch = sum(len(stage_batches(cfg, split, s, 0)) for s in stages)
     if epochs == 0:
         if not max_steps:
@@ -349,7 +352,8 @@ def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:
     b = model.backbone
     mode = ("int8-lora" if cfg.model.quantize == "int8" else "lora") if cfg.lora.enabled else "full"
     warning = memory.check_fits(total_params, mode, cfg.train.batch_size, cfg.data.sequence_length, b.num_layers,
-                         b.hidden_dim, b.vocabulary_size, memory.device_memory_bytes())
+                         b.hidden_dim, b.vocabulary_size, memory.device_memory_bytes(),
+                         accumulation=cfg.train.gradient_accumulation_steps)
     if warning:
         log.warning("%s", warning)
 

@@ -35,6 +35,8 @@ import gradio as gr
 
 from kgpt2.answerer import Answerer, Job
 from kgpt2.arena import SIDES, VOTE_LABELS, Match, no_match_refusal
+from kgpt2.demo_examples import examples_from_run
+from kgpt2.demo_layout import build as build_layout
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 from kgpt2.model_pool import ModelPool
@@ -269,14 +271,10 @@ class Demo:
                 _image(next((p for p in plots if p.is_file()), None)))
 
     def examples(self, run=None, n: int = 4) -> list[str]:
-        from kgpt2.demo_examples import examples_from_run
-
         return examples_from_run(self.pool.run_dir(run or self.run), n)
 
     def build(self):
-        from kgpt2.demo_layout import build
-
-        return build(self)
+        return build_layout(self)
 
 
 def _image(path):

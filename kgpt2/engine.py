@@ -183,6 +183,12 @@ class Engine:
         return request
 
     @property
+    def cache_bytes(self) -> int:
+        """Bytes of the key/value cache (allocated at the first request, kept while the engine lives)."""
+        itemsize = 2 if self.model.compute_dtype in ("bfloat16", "float16") else 4  # the caches' dtype
+        return 0 if self._caches is None else sum(int(np.prod(c.shape)) * itemsize for c in self._caches)
+
+    @property
     def busy(self) -> int:
         """Requests waiting or running."""
         return len(self.waiting) + sum(r is not None for r in self.rows)

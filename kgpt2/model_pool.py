@@ -180,12 +180,13 @@ class ModelPool:
         return [ops.copy(v.value) for v in base.model.variables]
 
     def nbytes(self) -> int:
-        """Estimated bytes held: each model's variables and each distinct array of its weight lists."""
+        """Estimated bytes held: each model's variables, each distinct array of its weight lists and
+        each checkpoint engine's key/value cache."""
         total = 0
         for b in self._bases.values():
             held = {id(v.value) for v in b.model.variables}
             extra = {id(x): x for values in b.weights.values() for x in values if id(x) not in held}
-            total += b.nbytes + _nbytes(extra.values())
+            total += b.nbytes + _nbytes(extra.values()) + sum(e.cache_bytes for e in b.engines.values())
         return total
 
     def _evict(self, keep: tuple[str, str]) -> None:

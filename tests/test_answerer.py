@@ -85,6 +85,7 @@ def test_two_checkpoints_of_one_base_answer_at_once_each_as_alone(pool):
             var.assign(value)
         expected.append(alone.tokenizer.decode(alone.generate_ids(ids, s)))
     assert texts == expected and texts[0] != texts[1], "each checkpoint answers with its own weights"
+    assert trained.engine.cache_bytes > 0 and pool.nbytes() >= sum(w.engine.cache_bytes for w in (base, trained))
     assert all(len([k for k, _ in seen[i] if k == "text"]) > 1 for i in (0, 1)), "both streamed, not one after the other"
 
 

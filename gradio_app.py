@@ -18,6 +18,9 @@ ROOT = os.environ.get("KGPT2_CHECKPOINTS_ROOT", str(Path(__file__).resolve().par
 
 
 def main() -> int:
+    from kgpt2.backend import import_keras_quietly
+
+    import_keras_quietly()  # TensorFlow's C++ start-up lines would bury a one-line error
     from kgpt2.demo import launch
 
     try:

@@ -6,9 +6,10 @@ per side, end-of-text may stop an answer early). Each request is one
 `/compare` call: two answers, one per picked checkpoint. Reported per mode:
 p50 / p95 latency of a request (submit to last update), generated tokens
 per second over the whole load (both sides counted, from the status line),
-wall time, and errors. The batched mode groups requests that arrive within
-30 ms and share a checkpoint and settings (kgpt2.answerer); one-at-a-time
-decodes each answer start to end before the next.
+wall time, and errors. The batched mode decodes every request of a
+checkpoint together in that checkpoint's engine (kgpt2.answerer on
+kgpt2.engine: continuous batching, a request joins between launches);
+one-at-a-time decodes each answer start to end before the next.
 
     python benchmarks/demo_concurrency.py --root checkpoints --run quickstart --out demo-cpu.json
 """

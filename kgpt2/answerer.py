@@ -3,21 +3,22 @@
 `Answerer.answer_many(jobs)` queues each job (the weights of one checkpoint,
 prompt ids, settings) and yields `(job index, kind, payload)` events as the
 answers grow: `("text", piece)`, then `("done", {"tokens", "seconds"})` or
-`("error", message)`. One worker thread owns decoding. Jobs that arrive
-within `window_s` of each other and share weights, sampler settings and
-prompt length decode as one batch (up to `max_batch` rows, each with its own
-seed); every running batch advances one token per turn, so two models' answers
-(or two users') stream side by side instead of queueing. `batching=False`
-serves one job at a time, start to end: the baseline the benchmark and the
-concurrency test compare against.
+`("error", message)`. One worker thread drives the checkpoints' engines
+(kgpt2.engine, one per checkpoint in kgpt2.model_pool): a job joins its
+checkpoint's engine between launches (continuous batching: no waiting for a
+batch to fill), each with its own settings and seed, and every engine with
+work advances each turn, so two models' answers (or two users') stream side
+by side instead of queueing. Closing the stream or setting `cancel` cancels
+the request, which frees its slot at the next launch. Beam search runs one
+request at a time (kgpt2.generate.Generator) under the pool's lock.
+`batching=False` serves one job at a time, start to end: the baseline the
+benchmark and the concurrency test compare against.
 
 Why by hand: Gradio's own `batch=True` events wait for a whole batch and
-return whole answers (no streaming, no per-user seeds), and the continuous-
-batching engine for `kgpt2 serve` is being built separately; it can replace
-this class behind the same `answer_many`.
+return whole answers (no streaming, no per-user seeds).
 
     >>> from kgpt2.answerer import Answerer
-    >>> answerer = Answerer(window_s=0.02, max_batch=8)
+    >>> answerer = Answerer()
     >>> # for index, kind, payload in answerer.answer_many([Job(weights, ids, total, settings), ...]): ...
 """
 
@@ -30,10 +31,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from kgpt2.batch_decode import IncrementalText, token_bytes_of
+from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 
 log = logging.getLogger("kgpt2")
+
+STEPS_PER_TURN = 4  # tokens per engine launch: few launches, and text still arrives a few tokens at a time
 
 
 @dataclass
@@ -50,94 +53,42 @@ class _Request:
     index: int
     events: queue.Queue
     cancelled: threading.Event = field(default_factory=threading.Event)
-    arrived: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    request: object = None  # the engine's kgpt2.engine.Request once submitted
 
     def put(self, kind, payload) -> None:
         self.events.put((self.index, kind, payload))
 
-    def key(self) -> tuple:
-        s, j = self.job.settings, self.job
-        return (id(j.weights.values), s.sampler, s.temperature, s.top_k, s.top_p, s.num_beams, j.total, len(j.ids))
-
-
-class _Batch:
-    """Rows decoding together; `step()` adds one token to each and reports it."""
-
-    def __init__(self, rows: list[_Request], lock):
-        self.rows, job = rows, rows[0].job
-        self.decoder = job.weights.decoder
-        bytes_of = token_bytes_of(self.decoder.tokenizer)
-        self.texts = [IncrementalText(bytes_of) for _ in rows]
-        self.counts, self.done = [0] * len(rows), [False] * len(rows)
-        self.total, self.t0 = job.total, time.perf_counter()
-        if job.settings.sampler == "beam":  # KerasHub's beam search reads the model's own variables
-            with lock:
-                for var, value in zip(self.decoder.model.variables, job.weights.values):
-                    var.assign(value)
-                new = self.decoder.generate_ids(job.ids, replace(job.settings, max_new_tokens=job.total - len(job.ids)))
-            self.state, self.index = None, len(job.ids)
-            for token in new:
-                self._emit([token], eos=False)
-            self._finish(0)
-            return
-        self.state, self.index = self.decoder.start(job.weights.values, [r.job.ids for r in rows], job.total,
-                                                    job.settings, [r.job.settings.seed for r in rows])
-        self._emit(self.decoder.tokens_at(self.state, self.index))
-
-    def _finish(self, i) -> None:
-        if not self.done[i]:
-            self.done[i] = True
-            self.texts[i].finish()
-            self.rows[i].put("done", {"tokens": self.counts[i], "seconds": time.perf_counter() - self.t0})
-
-    def _emit(self, tokens, eos=True) -> None:
-        for i, row in enumerate(self.rows):
-            if self.done[i]:
-                continue
-            if row.cancelled.is_set() or (eos and int(tokens[i]) == self.decoder.tokenizer.eos_id):
-                self._finish(i)
-                continue
-            self.counts[i] += 1
-            piece = self.texts[i].push(int(tokens[i]))
-            if piece:
-                row.put("text", piece)
-        if self.state is not None and self.index + 1 >= self.total:
-            for i in range(len(self.rows)):
-                self._finish(i)
-
-    def running(self) -> bool:
-        return not all(self.done)
-
-    def step(self) -> None:
-        self.index += 1
-        self._emit(self.decoder.advance(self.state, self.index - 1))
+    def done(self, tokens: int) -> None:
+        self.put("done", {"tokens": tokens, "seconds": time.perf_counter() - self.started})
 
 
 class Answerer:
-    def __init__(self, window_s: float = 0.02, max_batch: int = 8, batching: bool = True, lock=None,
-                 min_step_s: float = 0.0):
-        self.window_s, self.batching = window_s, batching
-        self.min_step_s = min_step_s  # a floor on each token turn: lets tests press Stop mid-answer
-        self.max_wait_s = 0.5  # the longest a request waits for a fuller batch while others decode
-        self.max_batch = max_batch if batching else 1
+    def __init__(self, batching: bool = True, lock=None, min_step_s: float = 0.0, steps_per_turn: int = STEPS_PER_TURN):
+        self.batching = batching
+        self.min_step_s = min_step_s  # a floor on each one-token turn: lets tests press Stop mid-answer
+        self.steps_per_turn = steps_per_turn
         self.lock = lock or threading.RLock()  # the model pool's: beams assign a model's variables
-        self.batches = 0  # batches started (tests: concurrent users share batches)
-        self.rows = 0
-        self._inbox: queue.Queue = queue.Queue()
+        self.launches = 0  # engine launches (tests: batching needs fewer)
+        self.most_together = 0  # the most requests one engine decoded in one launch
+        self._inbox: queue.Queue = queue.Queue()  # lists of requests, one per answer_many call
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
     def answer_many(self, jobs: list[Job], cancel: threading.Event | None = None) -> Iterator[tuple[int, str, object]]:
         """Queue `jobs`; yield their events until each is done or failed. Closing the iterator
-        (or setting `cancel`) stops the unfinished ones at their next token."""
+        (or setting `cancel`) stops the unfinished ones at their engine's next launch."""
         events: queue.Queue = queue.Queue()
         requests = [_Request(job, i, events) for i, job in enumerate(jobs)]
         if cancel is not None:
             for r in requests:
                 r.cancelled = cancel
         self._ensure_worker()
-        for r in requests:
-            self._inbox.put(r)
+        if self.batching:
+            self._inbox.put(requests)  # together: they join their engines in the same turn
+        else:
+            for r in requests:
+                self._inbox.put([r])
         open_jobs = set(range(len(requests)))
         try:
             while open_jobs:
@@ -157,73 +108,89 @@ class Answerer:
                 self._worker.start()
 
     def _collect(self, idle: bool) -> list[_Request]:
-        """New requests: when idle, wait for one and gather what arrives within the window;
-        while decoding, take what is already waiting (no pause between tokens)."""
+        """New requests: when idle, wait for some; while decoding, take what is already waiting
+        (one at a time: nothing new until the running job ends)."""
         if not self.batching:
-            return [self._inbox.get()] if idle else []  # one at a time: nothing new until the job ends
-        new = [self._inbox.get()] if idle else []
-        deadline = time.perf_counter() + (self.window_s if idle else 0.0)
+            return self._inbox.get() if idle else []
+        new = self._inbox.get() if idle else []
         while True:
             try:
-                new.append(self._inbox.get(timeout=max(0.0, deadline - time.perf_counter())) if idle
-                           else self._inbox.get_nowait())
+                new = new + self._inbox.get_nowait()
             except queue.Empty:
                 break
-        return [r for r in new if not r.cancelled.is_set()]
-
-    def _groups(self, requests: list[_Request]) -> list[list[_Request]]:
-        groups: dict = {}
-        for r in requests:
-            if r.job.settings.sampler == "beam":
-                groups[("beam", id(r))] = [r]
-                continue
-            rows = groups.setdefault(r.key(), [[]])
-            if len(rows[-1]) == self.max_batch:
-                rows.append([])
-            rows[-1].append(r)
-        return [g for v in groups.values() for g in (v if isinstance(v[0], list) else [v])]
-
-    def _admit(self, pending: list[_Request], busy: bool) -> list[list[_Request]]:
-        """Groups to start now. While batches run, a group waits until it is full or its oldest
-        request has waited `max_wait_s`: many small batches would cost nearly one step each."""
-        groups, now = self._groups(pending), time.perf_counter()
-        ready = [g for g in groups if not busy or len(g) >= self.max_batch or now - g[0].arrived >= self.max_wait_s]
-        started = {id(r) for g in ready for r in g}
-        pending[:] = [r for r in pending if id(r) not in started and not r.cancelled.is_set()]
-        return ready
+        return new
 
     def _loop(self) -> None:
-        active: list[_Batch] = []
-        pending: list[_Request] = []
+        running: list[_Request] = []
         while True:
-            pending += self._collect(idle=not active and not pending)
-            for rows in self._admit(pending, busy=bool(active)):
-                try:
-                    active.append(_Batch(rows, self.lock))
-                    self.batches += 1
-                    self.rows += len(rows)
-                except Exception as e:  # noqa: BLE001 - reported to the waiting users, the worker lives on
-                    log.exception("demo: generation failed")
-                    for r in rows:
-                        r.put("error", _message(e))
+            for r in self._collect(idle=not running):
+                self._start(r, running)
             turn = time.perf_counter()
-            for batch in list(active):
-                try:
-                    if batch.running():
-                        batch.step()
-                except Exception as e:  # noqa: BLE001
-                    log.exception("demo: generation failed")
-                    for i, r in enumerate(batch.rows):
-                        if not batch.done[i]:
-                            r.put("error", _message(e))
-                    batch.done = [True] * len(batch.rows)
-                if not batch.running():
-                    active.remove(batch)
-            if active and self.min_step_s:
+            for r in running:
+                if r.cancelled.is_set():
+                    r.request.cancel()  # its slot is freed at the engine's next launch
+            for engine in {id(r.job.weights.engine): r.job.weights.engine for r in running}.values():
+                self._launch(engine, running)
+            for r in list(running):
+                if self._report(r):
+                    running.remove(r)
+            if running and self.min_step_s:
                 time.sleep(max(0.0, self.min_step_s - (time.perf_counter() - turn)))
+
+    def _start(self, r: _Request, running: list[_Request]) -> None:
+        """Submit `r` to its checkpoint's engine (beams: answer it now, alone)."""
+        r.started = time.perf_counter()
+        job, engine = r.job, r.job.weights.engine
+        try:
+            if r.cancelled.is_set():
+                r.done(0)
+            elif job.settings.sampler == "beam":
+                self._beam(r)
+            else:
+                r.request = engine.submit(job.ids, job.settings.sampling(), job.total)
+                running.append(r)
+        except Exception as e:  # noqa: BLE001 - reported to the waiting user, the worker lives on
+            log.exception("demo: generation failed")
+            r.put("error", _message(e))
+
+    def _beam(self, r: _Request) -> None:
+        """KerasHub's beam search reads the model's own variables: load this checkpoint's values."""
+        job = r.job
+        generator = job.weights.generator
+        with self.lock:
+            for var, value in zip(generator.model.variables, job.weights.values):
+                var.assign(value)
+            new = generator.generate_ids(job.ids, replace(job.settings, max_new_tokens=job.total - len(job.ids)))
+        text = generator.tokenizer.decode(new)
+        if text:
+            r.put("text", text)
+        r.done(len(new))
+
+    def _launch(self, engine, running: list[_Request]) -> None:
+        """One launch of `engine`: admissions, then up to `steps_per_turn` tokens for every slot."""
+        rows = sum(r is not None for r in engine.rows) + len(engine.waiting)
+        self.most_together = max(self.most_together, min(rows, engine.slots))
+        try:
+            engine.step(1 if self.min_step_s else self.steps_per_turn)
+            self.launches += 1
+        except Exception as e:  # noqa: BLE001 - a failed launch fails its requests, not the demo
+            log.exception("demo: generation failed")
+            engine.fail_all(_message(e))
+
+    @staticmethod
+    def _report(r: _Request) -> bool:
+        """Send `r`'s new text (and its end); True when it has ended."""
+        request = r.request
+        finished = request.finished  # read before the text: a finished request's text is final
+        piece = request.take_text()
+        if piece:
+            r.put("text", piece)
+        if finished and request.finish_reason == "error":
+            r.put("error", request.error)
+        elif finished:
+            r.done(len(request.tokens))
+        return finished
 
 
 def _message(e: Exception) -> str:
-    from kgpt2.errors import UserError
-
     return str(e) if isinstance(e, UserError) else f"generation failed ({type(e).__name__}: {e})"

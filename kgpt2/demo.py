@@ -35,6 +35,8 @@ import gradio as gr
 
 from kgpt2.answerer import Answerer, Job
 from kgpt2.arena import SIDES, VOTE_LABELS, Match, no_match_refusal
+from kgpt2.demo_examples import examples_from_run
+from kgpt2.demo_layout import build as build_layout
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 from kgpt2.model_pool import ModelPool
@@ -65,7 +67,8 @@ class Demo:
 
     def __init__(self, checkpoints_root="checkpoints", run: str | None = None, batching: bool = True,
                  budget_bytes: int | None = None, max_batch: int = 8, min_step_s: float = 0.0):
-        self.pool = ModelPool(checkpoints_root, **({"budget_bytes": budget_bytes} if budget_bytes else {}))
+        self.pool = ModelPool(checkpoints_root, slots=max_batch,
+                              **({"budget_bytes": budget_bytes} if budget_bytes else {}))
         runs = self.pool.runs()
         if run is None:
             run = runs[0] if runs and DEFAULT_RUN not in runs else DEFAULT_RUN
@@ -77,8 +80,7 @@ class Demo:
                             f"{', '.join(runs) or 'none'}); train one, or run `kgpt2 quickstart`")
         self.run = run
         self.max_prompt_chars = MAX_PROMPT_CHARS
-        self.answerer = Answerer(window_s=0.03, max_batch=max_batch, batching=batching, lock=self.pool.lock,
-                                 min_step_s=min_step_s)
+        self.answerer = Answerer(batching=batching, lock=self.pool.lock, min_step_s=min_step_s)
         self.defaults = Settings.from_config(load_run_config(self.pool.run_dir(run)).generate)
         self.latest = self.pool.checkpoints(run)[-1][1]
         self._stops: dict[str, threading.Event] = {}  # session -> its running generation's stop flag
@@ -92,17 +94,13 @@ class Demo:
         return max(1, min(MAX_NEW_TOKENS, self.context(run) - 1))
 
     def warm_up(self) -> None:
-        """Load the latest checkpoint and compile the decoding programs for every batch width
-        before the first visitor (a width's first batch would otherwise wait for its compile)."""
+        """Load the latest checkpoint and compile its engine's programs (prefill of a short prompt,
+        the decode loop for every slot) before the first visitor would wait for them."""
         weights = self.pool.get(self.run, self.latest)
-        ids = weights.decoder.tokenizer.encode("The")
+        ids = weights.engine.tokenizer.encode("The")
         s = Settings.from_config(self.defaults, max_new_tokens=min(4, self.max_new_tokens()))
-        width = 1
-        while width <= self.answerer.max_batch:
-            jobs = [Job(weights, ids, min(len(ids) + 4, weights.context), s) for _ in range(width)]
-            for _ in self.answerer.answer_many(jobs):
-                pass
-            width *= 2
+        for _ in self.answerer.answer_many([Job(weights, ids, min(len(ids) + 4, weights.context), s)]):
+            pass
 
     # --- generation ---
     def settings(self, sampler, temperature, top_k, top_p, num_beams, max_new_tokens, seed, template) -> Settings:
@@ -123,7 +121,7 @@ class Demo:
             raise UserError(f"the prompt is {len(prompt)} characters; the demo takes at most {MAX_PROMPT_CHARS}")
         weights = {side: self.pool.get(*match.picks[side]) for side in SIDES}
         model_input = render_prompt(prompt, s.template, input_text or "")
-        tokenizer = weights["a"].decoder.tokenizer
+        tokenizer = weights["a"].engine.tokenizer
         ids = tokenizer.encode(model_input) or [tokenizer.eos_id]
         context = min(w.context for w in weights.values())
         room = context - len(ids)
@@ -273,14 +271,10 @@ class Demo:
                 _image(next((p for p in plots if p.is_file()), None)))
 
     def examples(self, run=None, n: int = 4) -> list[str]:
-        from kgpt2.demo_examples import examples_from_run
-
         return examples_from_run(self.pool.run_dir(run or self.run), n)
 
     def build(self):
-        from kgpt2.demo_layout import build
-
-        return build(self)
+        return build_layout(self)
 
 
 def _image(path):

@@ -17,7 +17,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
+from kgpt2.models import load_tokenizer
+from kgpt2.run import load_run_config
 from kgpt2.templates import INPUT, INSTRUCTION, RESPONSE
 
 log = logging.getLogger("kgpt2")
@@ -30,10 +33,6 @@ def example_from_text(text: str, words: int = 6) -> str:
 
 
 def examples_from_run(run_dir, n: int = 4) -> list[str]:
-    from kgpt2.data.shards import ShardSet
-    from kgpt2.models import load_tokenizer
-    from kgpt2.run import load_run_config
-
     try:
         cfg = load_run_config(run_dir)
         shards = ShardSet(Path(cfg.data.shards))

@@ -132,7 +132,10 @@ class Engine:
     thread calls `step` (see `start` for a background loop).
     """
 
-    def __init__(self, model, tokenizer, slots: int = 8, cache_length: int | None = None, steps_per_launch: int = 16):
+    def __init__(self, model, tokenizer, slots: int = 8, cache_length: int | None = None, steps_per_launch: int = 16,
+                 weights: Callable[[], list] | None = None):
+        """`weights`, when given, returns one array per `model.variables` at each launch, used instead
+        of the variables: engines of several checkpoints share one built model without swapping."""
         b = model.backbone
         self.model, self.tokenizer, self.slots = model, tokenizer, slots
         self.max_sequence_length = int(b.max_sequence_length)
@@ -150,8 +153,19 @@ class Engine:
                           np.zeros(n, "int32")]
         self._t = 0
         self._caches = None
+        self._weights = weights
         self._prefill_fn = _compiled(self._prefill, donate=(1,))
         self._decode_fn = _compiled(self._decode, donate=(1,))
+
+    def sibling(self, weights: Callable[[], list]) -> "Engine":
+        """An engine on the same model and shapes with its own slots and `weights`, reusing this
+        engine's compiled programs (they read the model only through the values passed in)."""
+        other = Engine(self.model, self.tokenizer, self.slots, self.cache_length, self.steps_per_launch, weights)
+        other._prefill_fn, other._decode_fn = self._prefill_fn, self._decode_fn
+        return other
+
+    def _values(self) -> list:
+        return self._weights() if self._weights is not None else [v.value for v in self.model.variables]
 
     # Requests -----------------------------------------------------------------------
     def submit(self, ids: list[int], sampling: Sampling, total: int, stop=(), listener=None) -> Request:
@@ -167,6 +181,12 @@ class Engine:
         with self._wake:
             self._wake.notify()
         return request
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the key/value cache (allocated at the first request, kept while the engine lives)."""
+        itemsize = 2 if self.model.compute_dtype in ("bfloat16", "float16") else 4  # the caches' dtype
+        return 0 if self._caches is None else sum(int(np.prod(c.shape)) * itemsize for c in self._caches)
 
     @property
     def busy(self) -> int:
@@ -187,7 +207,7 @@ class Engine:
         if not active.any() or steps == 0:  # steps=0: admissions (prefills) only
             return bool(self.waiting) or bool(active.any())
         steps = min(steps or self.steps_per_launch, self.steps_per_launch)
-        values = [v.value for v in self.model.variables]
+        values = self._values()
         self._caches, out, n = self._decode_fn(
             values, self._caches, self._last, self._pos, self._start, active, self._limit, tuple(self._settings),
             np.int32(self._t), np.int32(steps), np.int32(self.tokenizer.eos_id))
@@ -222,7 +242,7 @@ class Engine:
                np.array([s.seed & 0x7FFFFFFF], "int32")]
         for column, value in zip(self._settings, row):
             column[slot] = value[0]
-        values = [v.value for v in self.model.variables]
+        values = self._values()
         self._caches, first = self._prefill_fn(values, self._caches, prompt, np.int32(n), np.int32(slot),
                                                np.int32(start), tuple(row))
         first = int(np.asarray(first)[0])
@@ -272,13 +292,14 @@ class Engine:
             try:
                 busy = self.step()
             except Exception as e:  # a failed launch fails its requests, not the server
-                self._fail_all(f"{type(e).__name__}: {e}")
+                self.fail_all(f"{type(e).__name__}: {e}")
                 busy = False
             if not busy:
                 with self._wake:
                     self._wake.wait_for(lambda: self._closing or self.waiting, timeout=1.0)
 
-    def _fail_all(self, message: str) -> None:
+    def fail_all(self, message: str) -> None:
+        """End every request with `message` and start over with empty caches (after a failed launch)."""
         with self._lock:
             failed = list(self.waiting) + [r for r in self.rows if r is not None]
             self.waiting.clear()

@@ -8,12 +8,18 @@ the first use. Different bases stay built side by side. When the estimated
 bytes (models plus kept weight lists) pass the budget, the least recently
 used weight lists go first, then the least recently used models.
 
+Each checkpoint in use gets its own `kgpt2.engine.Engine` (made on first
+use, dropped with its weights) whose slots decode that checkpoint's requests
+together; the engines of one base share the built model and its compiled
+programs (`Engine.sibling`), and read their checkpoint's values, not the
+model's variables, so nothing is swapped between launches.
+
 Names come from the browser: a run or checkpoint is used only if it appears
 in the listing of the root or of that run, never joined as a path.
 
     >>> from kgpt2.model_pool import ModelPool
     >>> pool = ModelPool("checkpoints")
-    >>> # weights = pool.get("quickstart", "base"); weights.decoder, weights.values, weights.info
+    >>> # weights = pool.get("quickstart", "base"); weights.engine, weights.values, weights.info
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kgpt2.batch_decode import BatchDecoder
 from kgpt2.checkpoints import CheckpointManager
+from kgpt2.engine import Engine
 from kgpt2.errors import UserError
+from kgpt2.generate import Generator
 from kgpt2.run import BASE, build_run_model, list_checkpoints, list_runs, load_run_config, restore, snapshot
 
 log = logging.getLogger("kgpt2")
@@ -58,10 +65,11 @@ def _nbytes(values) -> int:
 
 @dataclass
 class Weights:
-    """One checkpoint, ready to decode: the shared decoder and this checkpoint's values."""
+    """One checkpoint, ready to decode: its engine (its values on the shared model) and its values."""
 
     key: str  # "<run>/<checkpoint>", what a vote records
-    decoder: BatchDecoder
+    engine: Engine
+    generator: Generator  # the shared model's one-request front, for beam search (reads the variables)
     values: list
     context: int  # the model's context in tokens
     info: str  # one line: preset, parameters, LoRA or full, precision, backend, stage and step
@@ -70,16 +78,19 @@ class Weights:
 @dataclass
 class _Base:
     model: object
-    decoder: BatchDecoder
+    generator: Generator
+    programs: Engine  # compiles the programs the checkpoints' engines share; decodes nothing itself
     snapshot: list  # checkpoint variables as built, to restore `base`
     nbytes: int
     weights: OrderedDict  # weights id -> values, least recently used first
+    engines: dict  # weights id -> its Engine, made on first use, dropped with the weights
 
 
 class ModelPool:
-    def __init__(self, checkpoints_root, budget_bytes: int = DEFAULT_BUDGET):
+    def __init__(self, checkpoints_root, budget_bytes: int = DEFAULT_BUDGET, slots: int = 8):
         self.root = Path(checkpoints_root)
         self.budget = budget_bytes
+        self.slots = slots  # requests one checkpoint's engine decodes together
         self.lock = threading.RLock()  # builds and restores touch a model's variables
         self.builds = 0  # models built (tests check that switching does not rebuild)
         self.loads = 0  # checkpoints restored into a value list
@@ -128,8 +139,11 @@ class ModelPool:
                 self.loads += 1
             base.weights.move_to_end(wid)
             values = base.weights[wid]
+            if wid not in base.engines:
+                base.engines[wid] = base.programs.sibling(lambda values=values: values)
+            engine = base.engines[wid]
             self._evict(keep=(key, wid))
-        return Weights(f"{run}/{checkpoint}", base.decoder, values, base.decoder.max_sequence_length,
+        return Weights(f"{run}/{checkpoint}", engine, base.generator, values, engine.max_sequence_length,
                        describe(cfg, base.model, run_dir, checkpoint))
 
     def info(self, run, checkpoint) -> str:
@@ -143,7 +157,8 @@ class ModelPool:
         model, tokenizer = build_run_model(cfg)
         self.builds += 1
         log.info("demo: built the base model of run %s (preset %s)", run_dir.name, cfg.model.preset)
-        base = _Base(model, BatchDecoder(model, tokenizer), snapshot(model), 0, OrderedDict())
+        programs = Engine(model, tokenizer, slots=self.slots)
+        base = _Base(model, Generator(model, tokenizer), programs, snapshot(model), 0, OrderedDict(), {})
         base.nbytes = _nbytes(model.variables)
         self._bases[key] = base
         return base
@@ -165,20 +180,22 @@ class ModelPool:
         return [ops.copy(v.value) for v in base.model.variables]
 
     def nbytes(self) -> int:
-        """Estimated bytes held: each model's variables and each distinct array of its weight lists."""
+        """Estimated bytes held: each model's variables, each distinct array of its weight lists and
+        each checkpoint engine's key/value cache."""
         total = 0
         for b in self._bases.values():
             held = {id(v.value) for v in b.model.variables}
             extra = {id(x): x for values in b.weights.values() for x in values if id(x) not in held}
-            total += b.nbytes + _nbytes(extra.values())
+            total += b.nbytes + _nbytes(extra.values()) + sum(e.cache_bytes for e in b.engines.values())
         return total
 
     def _evict(self, keep: tuple[str, str]) -> None:
         """Drop least recently used weight lists, then models, until within budget (never `keep`)."""
         while self.nbytes() > self.budget:
             victim = next(((k, w) for k, b in self._bases.items() for w in b.weights if (k, w) != keep), None)
-            if victim is not None:
+            if victim is not None:  # a request still running on its engine keeps its values until it ends
                 del self._bases[victim[0]].weights[victim[1]]
+                self._bases[victim[0]].engines.pop(victim[1], None)
             else:
                 old = next((k for k in self._bases if k != keep[0]), None)
                 if old is None:

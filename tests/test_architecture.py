@@ -23,7 +23,10 @@ VERBS = {"kgpt2.train", "kgpt2.evaluate", "kgpt2.align", "kgpt2.export", "kgpt2.
 # one call), and smoke (what the notebooks swap in; it runs quickstart).
 ENTRY_POINTS = {"kgpt2", "kgpt2.cli", "kgpt2.quickstart", "kgpt2.smoke"}
 # generate is the generation library of the apps that serve text.
-ALLOWED_VERB_IMPORTS = {("kgpt2.demo", "kgpt2.generate"), ("kgpt2.serve", "kgpt2.generate")}
+ALLOWED_VERB_IMPORTS = {("kgpt2.demo", "kgpt2.generate"), ("kgpt2.serve", "kgpt2.generate"),
+                        # the demo's own parts: its generation seam, model pool and layout
+                        ("kgpt2.answerer", "kgpt2.generate"), ("kgpt2.model_pool", "kgpt2.generate"),
+                        ("kgpt2.demo_layout", "kgpt2.generate")}
 
 KNOWN_VERB_IMPORTS: set = set()
 KNOWN_DEFERRED_IMPORTS: set = set()

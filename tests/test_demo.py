@@ -210,7 +210,7 @@ def test_the_models_context_caps_new_tokens_and_says_so(server, client):
     prompt = PROMPT * 3
     a, b, status, *_ = client.predict(**compare_args(ckpt_a=demo.latest, ckpt_b=demo.latest, sampler="greedy",
                                                      prompt=prompt, max_new=63), api_name="/compare")
-    prompt_tokens = len(demo.pool.get("tiny", "base").decoder.tokenizer.encode(prompt))
+    prompt_tokens = len(demo.pool.get("tiny", "base").engine.tokenizer.encode(prompt))
     assert f"capped at {64 - prompt_tokens} new tokens" in status
     assert status.startswith("Done")
 
@@ -247,7 +247,7 @@ def test_stop_ends_the_answers_and_the_pair_takes_no_vote(server, client, monkey
         pass
     client.predict(api_name="/stop")
     a, b, status, *_ = job.result(timeout=60)
-    assert status.startswith("Stopped") and len(demo.pool.get("tiny", "base").decoder.tokenizer.encode(a)) < 50
+    assert status.startswith("Stopped") and len(demo.pool.get("tiny", "base").engine.tokenizer.encode(a)) < 50
     status, *_ = client.predict(api_name="/vote_a")
     assert "Vote not recorded" in status and "stopped" in status
 

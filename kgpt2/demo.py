@@ -94,7 +94,7 @@ class ModelStore:
     def checkpoints(self, run) -> list[tuple[str, str]]:
         """(label, id) pairs for a picker: base, then each checkpoint, stage ends named."""
         run_dir = self.run_dir(run)
-        ckpts = CheckpointManager(run_dir).list()
+        ckpts = CheckpointManager(run_dir).intact()  # a damaged checkpoint is not offered
         choices = [("base (the untrained preset)", BASE)]
         for i, c in enumerate(ckpts):
             label = c.id

@@ -79,9 +79,13 @@ FORMAT = 2  # 1: arrays by position, no manifest (read, unchecked); 2: by name, 
 
 
 def fault_point(name: str) -> None:
-    """Test hook: SIGKILL this process here when KGPT2_FAULT_POINT names this point."""
+    """Test hook: SIGKILL this process here when KGPT2_FAULT_POINT names this point
+    (`mid-checkpoint`, `after-checkpoint`, `mid-cleanup`); pause here for ever
+    when KGPT2_FAULT_PAUSE does (a test then acts while the process holds its lock)."""
     if os.environ.get("KGPT2_FAULT_POINT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    while os.environ.get("KGPT2_FAULT_PAUSE") == name:
+        time.sleep(1)
 
 
 def checkpoint_variables(model) -> list:
@@ -359,7 +363,7 @@ class CheckpointManager:
 
     def _set_damaged_aside(self, final: Path) -> None:
         """A damaged checkpoint at the step about to be saved again is renamed, not replaced."""
-        if final.is_dir() and damage(final, checksums=False) is not None:
+        if final.is_dir() and damage(final) is not None:
             os.rename(final, final.with_name(f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
 
     def publish_exports(self) -> list[Path]:
@@ -380,6 +384,10 @@ class CheckpointManager:
             if not c.state.get("stage_end") and c.id not in keep:
                 _remove_folder(c.path)
                 fault_point("mid-cleanup")
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> None:
+        """Remove temporary folders a dead process (or this one) left; never a live one's."""
         for stale in [*self.run_dir.glob(".ckpt-*.tmp-*"), *self.run_dir.glob(".trash-*")]:
             if _owner_gone(stale.name):
                 shutil.rmtree(stale, ignore_errors=True)

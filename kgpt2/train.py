@@ -196,6 +196,7 @@ class Trainer:
     # -- 3. resume: the newest checkpoint's weights, optimizer and cursor
     def resume(self) -> Cursor:
         cursor = Cursor()
+        self.store.remove_leftovers()  # of a killed earlier process; the lock says none is live
         if self.latest is not None:
             # model.optimizer: under mixed_float16 Keras wraps ours in a LossScaleOptimizer, whose scale is saved too
             state = CheckpointManager.restore(self.model, self.latest, self.model.optimizer)

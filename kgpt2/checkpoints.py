@@ -383,7 +383,6 @@ class CheckpointManager:
         for c in ckpts[:-self.keep_last] if self.keep_last > 0 else []:
             if not c.state.get("stage_end") and c.id not in keep:
                 _remove_folder(c.path)
-                fault_point("mid-cleanup")
         self.remove_leftovers()
 
     def remove_leftovers(self) -> None:
@@ -417,6 +416,7 @@ def _remove_folder(path: Path) -> None:
     """Remove a checkpoint: renamed aside first, so a kill mid-removal leaves no half checkpoint."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
     os.rename(path, trash)
+    fault_point("mid-cleanup")
     shutil.rmtree(trash, ignore_errors=True)
 
 

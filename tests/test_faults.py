@@ -269,6 +269,7 @@ def test_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(copied_run, tmp
         assert "disk is full" in out.stderr or "No space left" in out.stderr
         assert "the last good checkpoint ckpt-" in out.stderr
         after = tree_hashes(mnt / "r", skip=("logs", ".lock"))
+        before.pop("config.json"), after.pop("config.json")  # it records where the run is now: it was moved
         assert {k: after.get(k) for k in before} == before
         assert not list((mnt / "r").glob(".ckpt-*"))
     finally:
@@ -305,3 +306,36 @@ def test_a_file_where_the_logs_folder_should_be(copied_run, tiny_preset, pydoc_s
     with pytest.raises(UserError, match=r"failed at '.*logs.*': a file is in the way; move that file away"):
         train(cfg, verbose=0)
     assert tree_hashes(copied_run) == before
+
+
+# -- fp16 loss scale -------------------------------------------------------------------------
+def test_mixed_float16_resume_is_exact_with_its_loss_scale(tmp_path, tiny_preset, pydoc_shards, make_tiny_config,
+                                                          backend, monkeypatch):
+    import keras
+
+    import kgpt2.train
+    from kgpt2.train import train
+
+    fp16 = [*PLAN, "train.precision=mixed_float16"]  # Keras wraps the optimizer in a LossScaleOptimizer
+    if backend == "jax":  # XLA on CPU has no fp16 matmul: float32 maths, the optimizer wrapped as compile does
+        fp16[-1] = "train.precision=float32"
+        real_compile = kgpt2.train.compile_lm
+        monkeypatch.setattr(kgpt2.train, "compile_lm", lambda model, optimizer, **kw: real_compile(
+            model, keras.optimizers.LossScaleOptimizer(optimizer), **kw))
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=a", *fp16)
+    train(cfg, verbose=0)
+    stage_end = [c for c in CheckpointManager(cfg.run_dir).list() if c.state.get("stage_end")][0]
+    with np.load(stage_end.path / "optimizer.npz") as o:
+        assert {"step_counter", "dynamic_scale"} <= set(o.files)
+        scale = float(o["dynamic_scale"])
+    shutil.copytree(cfg.run_dir, tmp_path / "b")
+    _rolled_back(tmp_path / "b")  # back to the stage-1 end: stage 2 again from there
+    resumed = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=b", *fp16)
+    train(resumed, verbose=0)
+    assert_same_weights(final_weights(tmp_path / "b"), final_weights(cfg.run_dir))
+    with np.load(CheckpointManager(tmp_path / "b").newest_intact().path / "optimizer.npz") as b, \
+            np.load(CheckpointManager(cfg.run_dir).newest_intact().path / "optimizer.npz") as a:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert scale > 0

@@ -137,7 +137,11 @@ def main() -> int:
         max_diff = max([max_diff] + [float(np.max(np.abs(w[k] - ref_w[k]))) for k in ref_w])
         lost += [f"{run}: {x}" for x in lost_files(run_dir, reference)]
         print(json.dumps({"round": rounds, "kills": kills}), flush=True)
-    print(json.dumps({"kills": kills, "resumes": resumes, "rounds": rounds, "seconds_per_run": round(span, 1),
+    from kgpt2.checkpoints import CheckpointManager
+
+    steps = CheckpointManager(reference).newest_intact().step
+    print(json.dumps({"kills": kills, "resumes": resumes, "rounds": rounds, "steps_per_run": steps,
+                      "seconds_per_run": round(span, 1),
                       "max_abs_weight_difference": max_diff, "files_lost": lost}, indent=2))
     return 0 if max_diff == 0.0 and not lost else 1
 

@@ -66,8 +66,8 @@ import keras_hub
 import numpy as np
 
 from kgpt2.errors import UserError
-from kgpt2.io import atomic_write_text, fsync_dir, publish_folder
-from kgpt2.lock import pid_alive
+from kgpt2.io import atomic_write_text, link_or_copy, publish_folder
+from kgpt2.lock import owner_gone
 from kgpt2.models import save_unpadded_weights
 
 log = logging.getLogger("kgpt2")
@@ -373,7 +373,7 @@ class CheckpointManager:
             name = c.state.get("export")
             if not name or (self.run_dir / name).exists() or not (c.path / name).is_file():
                 continue
-            published.append(_link_or_copy(c.path / name, self.run_dir / name))
+            published.append(link_or_copy(c.path / name, self.run_dir / name))
         return published
 
     def _retain(self) -> None:
@@ -388,7 +388,7 @@ class CheckpointManager:
     def remove_leftovers(self) -> None:
         """Remove temporary folders a dead process (or this one) left; never a live one's."""
         for stale in [*self.run_dir.glob(".ckpt-*.tmp-*"), *self.run_dir.glob(".trash-*")]:
-            if _owner_gone(stale.name):
+            if owner_gone(stale.name):
                 shutil.rmtree(stale, ignore_errors=True)
 
     restore = staticmethod(restore_checkpoint)
@@ -402,38 +402,12 @@ def _warn_versions(checkpoint: Checkpoint) -> None:
                     checkpoint.id, ", ".join(changed))
 
 
-def _owner_gone(name: str) -> bool:
-    """Whether the temp folder `name` (`.ckpt-N.tmp-<pid>-*`, `.trash-*-<pid>`) belongs to no live process but us."""
-    parts = name.replace(".tmp-", "-").split("-")
-    pids = [int(p) for p in parts[2:] if p.isdigit()] if name.startswith(".ckpt-") else [int(parts[-1])] if parts[-1].isdigit() else []
-    if not pids:
-        return False  # not named by kgpt2 with an owner: not ours to remove
-    pid = pids[0]
-    return pid == os.getpid() or not pid_alive(pid)
-
-
 def _remove_folder(path: Path) -> None:
     """Remove a checkpoint: renamed aside first, so a kill mid-removal leaves no half checkpoint."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
     os.rename(path, trash)
     fault_point("mid-cleanup")
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _link_or_copy(src: Path, dest: Path) -> Path:
-    """`dest` as a hard link to `src` (no extra space), or a copy where links are not allowed; atomic."""
-    tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:  # Google Drive and some mounts have no hard links
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
 
 
 def export_weights(model, path) -> Path:

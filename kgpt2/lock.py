@@ -47,6 +47,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def owner_gone(name: str) -> bool:
+    """Whether the temp folder `name` (`.ckpt-N.tmp-<pid>-*`, `.trash-*-<pid>`) belongs to no live process but us."""
+    parts = name.replace(".tmp-", "-").split("-")
+    pids = [int(p) for p in parts[2:] if p.isdigit()] if name.startswith(".ckpt-") else [int(parts[-1])] if parts[-1].isdigit() else []
+    if not pids:
+        return False  # not named by kgpt2 with an owner: not ours to remove
+    pid = pids[0]
+    return pid == os.getpid() or not pid_alive(pid)
+
+
 class RunLock:
     """The lock of one run folder; `with RunLock(run_dir):` or `acquire()` / `release()`."""
 

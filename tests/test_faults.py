@@ -194,16 +194,16 @@ def test_a_second_trainer_on_the_same_run_exits_2_naming_the_first(tmp_path, tin
 
 
 def test_cleanup_leaves_temp_folders_of_live_processes(tmp_path):
-    from kgpt2.checkpoints import _owner_gone
+    from kgpt2.lock import owner_gone
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
-        assert not _owner_gone(f".ckpt-7.tmp-{live.pid}-abc")
-        assert _owner_gone(f".ckpt-7.tmp-{dead.pid}-abc") and _owner_gone(f".ckpt-7.tmp-{os.getpid()}-abc")
-        assert not _owner_gone(f".trash-ckpt-4-{live.pid}") and _owner_gone(f".trash-ckpt-4-{dead.pid}")
-        assert not _owner_gone(".ckpt-7.tmp-abc")  # no owner in the name: not ours to remove
+        assert not owner_gone(f".ckpt-7.tmp-{live.pid}-abc")
+        assert owner_gone(f".ckpt-7.tmp-{dead.pid}-abc") and owner_gone(f".ckpt-7.tmp-{os.getpid()}-abc")
+        assert not owner_gone(f".trash-ckpt-4-{live.pid}") and owner_gone(f".trash-ckpt-4-{dead.pid}")
+        assert not owner_gone(".ckpt-7.tmp-abc")  # no owner in the name: not ours to remove
     finally:
         live.kill()
         live.wait()

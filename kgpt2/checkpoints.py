@@ -98,8 +98,9 @@ def checkpoint_variables(model) -> list:
 def array_names(variables, optimizer: bool = False) -> list[str]:
     """Stable names for `variables`: their paths.
 
-    Optimizer paths lose their first part (the optimizer's own name, `adam_w_1`
-    in a second build); RNG states are numbered in order (their generators'
+    Optimizer variables keep only their last part: the parts before are the
+    optimizers' own names (`adam_w_1` in a second build; TensorFlow nests a
+    wrapped optimizer's as `loss_scale_optimizer/adam_w_3/`); RNG states are numbered in order (their generators'
     names carry a per-process counter). A repeated name gets `#n`.
     """
     names, seen, seeds = [], {}, 0
@@ -108,7 +109,7 @@ def array_names(variables, optimizer: bool = False) -> list[str]:
         if "seed_generator" in path:
             name, seeds = f"seed_generator/{seeds}", seeds + 1
         elif optimizer:
-            name = path.split("/", 1)[-1]
+            name = path.rsplit("/", 1)[-1]
         else:
             name = path
         count = seen.get(name, 0)

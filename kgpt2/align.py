@@ -227,6 +227,12 @@ def _take(inputs: dict, index) -> dict:
 # The verb -------------------------------------------------------------------
 def align(cfg, verbose="auto") -> dict:
     """DPO-train the model of `cfg` on `cfg.align.data`; return the results (also in <run>/align.json)."""
+    check_sequence_length(cfg)  # before the lock makes the run folder
+    with Run.of(cfg).lock():  # one writing process per run (kgpt2.lock)
+        return _align(cfg, verbose)
+
+
+def _align(cfg, verbose) -> dict:
     a = cfg.align
     check_sequence_length(cfg)
     run = Run.of(cfg)

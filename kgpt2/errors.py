@@ -8,6 +8,32 @@ The CLI prints its message as one line and exits with status 2; nothing else
     "config file 'x.toml' does not exist"
 """
 
+import errno
+
 
 class UserError(Exception):
     """Bad input from the user: a one-sentence message says what and where."""
+
+
+_ADVICE = {  # errno name -> (what happened, what to do)
+    "ENOSPC": ("the disk is full", "free some space or use a bigger disk"),
+    "EDQUOT": ("the disk quota is used up", "free some space or use a bigger disk"),
+    "EROFS": ("the file system is read-only", "use a writable folder"),
+    "EACCES": ("permission denied", "make it writable for you or use another folder"),
+    "EPERM": ("operation not permitted", "make it writable for you or use another folder"),
+    "ENOTDIR": ("a file stands where a folder is needed", "move that file away"),
+    "EEXIST": ("a file is in the way", "move that file away"),
+    "EISDIR": ("a folder stands where a file is needed", "move that folder away"),
+}
+
+
+def os_error_sentence(e: OSError, doing: str) -> str:
+    """One sentence for an OS error met while `doing` something: path, what, what to do.
+
+    >>> import errno, os
+    >>> os_error_sentence(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/a/logs/steps.csv"), "training")
+    "training failed at 'runs/a/logs/steps.csv': the disk is full; free some space or use a bigger disk, then run the same command again"
+    """
+    what, advice = _ADVICE.get(errno.errorcode.get(e.errno, ""), (e.strerror or str(e) or type(e).__name__, "check that path"))
+    where = f" at '{e.filename}'" if e.filename else ""
+    return f"{doing} failed{where}: {what}; {advice}, then run the same command again"

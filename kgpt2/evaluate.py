@@ -33,7 +33,7 @@ def select_checkpoints(run_dir, which) -> list[str]:
     if isinstance(which, (list, tuple)):
         return [w if w == BASE else run.checkpoint(w).id for w in which]
     if which == "all":
-        ckpts = run.checkpoints().list()
+        ckpts = run.checkpoints().intact()  # a damaged one is named in one line and skipped
         ids = [c.id for c in ckpts if c.state.get("stage_end")]
         if ckpts and ckpts[-1].id not in ids:
             ids.append(ckpts[-1].id)

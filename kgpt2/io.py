@@ -77,6 +77,22 @@ def publish_folder(tmp, final) -> Path:
     return final
 
 
+def link_or_copy(src: Path, dest: Path) -> Path:
+    """`dest` as a hard link to `src` (no extra space), or a copy where links are not allowed; atomic."""
+    tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # Google Drive and some mounts have no hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
 def save_figure(fig, path, dpi: int = 100) -> Path:
     """Save a matplotlib figure atomically (the format from the name) and close it."""
     import matplotlib.pyplot as plt

@@ -109,7 +109,7 @@ class ModelPool:
 
     def checkpoints(self, run) -> list[tuple[str, str]]:
         """(label, id) pairs for a picker: base, then each checkpoint, stage ends named."""
-        ckpts = CheckpointManager(self.run_dir(run)).list()
+        ckpts = CheckpointManager(self.run_dir(run)).intact()
         choices = [("base (the untrained preset)", BASE)]
         for i, c in enumerate(ckpts):
             label = c.id

@@ -15,8 +15,10 @@ all of them ask a `Run` for paths instead of spelling file names:
     votes.jsonl, align.json    demo votes (kgpt2.votes) and the DPO result (kgpt2.align)
     preset/                    a from-scratch run's own base model (kgpt2.pretrain)
 
-Seams for what comes next: a run lock held for a training process belongs in
-`Run` (acquired where `train` opens its run); paths stored inside the run
+    .lock                      held by the one `train` / `align` process writing the run (kgpt2.lock)
+
+`latest` is the newest intact checkpoint: a damaged one is skipped with one
+warning line (kgpt2.checkpoints). Seams for what comes next: paths stored inside the run
 relative to it are resolved in `Run.config`; `--run DIR` resume starts from
 `Run(DIR).config()`.
 
@@ -41,6 +43,7 @@ from kgpt2.config import Config, config_from_dict, save_config
 from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text
+from kgpt2.lock import RunLock
 from kgpt2.models import build_causal_lm, load_tokenizer
 
 BASE = "base"  # checkpoint id meaning "the preset, untrained"
@@ -84,6 +87,11 @@ class Run:
 
     def exists(self) -> bool:
         return self.config_path.is_file()
+
+    # -- the lock: one writing process per run ------------------------------
+    def lock(self) -> RunLock:
+        """The run's lock (`with run.lock():`); a second holder gets a UserError naming the first."""
+        return RunLock(self.path)
 
     # -- config -----------------------------------------------------------
     def config(self) -> Config:
@@ -130,8 +138,8 @@ class Run:
         return store.get(checkpoint_id)
 
     def checkpoint_ids(self) -> list[str]:
-        """Checkpoint ids, oldest first, after `base`."""
-        return [BASE] + [c.id for c in self.checkpoints().list()]
+        """Intact checkpoint ids, oldest first, after `base`."""
+        return [BASE] + [c.id for c in self.checkpoints().intact()]
 
     # -- the model --------------------------------------------------------
     def restore(self, model, checkpoint: str = "latest", base: list | None = None) -> str:

@@ -39,13 +39,14 @@ import keras
 import keras_hub
 
 from kgpt2 import memory  # read at call time: a test stands in for the device's memory
-from kgpt2.checkpoints import Checkpoint, CheckpointManager, export_weights
+from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
 from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import plan_data_parallel
-from kgpt2.errors import UserError
+from kgpt2.errors import UserError, os_error_sentence
+from kgpt2.lock import RunLock
 from kgpt2.metrics import compile_lm, evaluation_model
 from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
 from kgpt2.optimizer import make_optimizer
@@ -100,16 +101,21 @@ class Cursor:
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
     """Train `cfg`'s run stage by stage, resuming from its newest checkpoint."""
     trainer = Trainer(cfg, verbose)
-    trainer.setup(require_checkpoint)
-    with trainer.scope():
-        trainer.build()
-        cursor = trainer.resume()
-        for stage in trainer.stages[cursor.stage:]:
-            if cursor.step >= trainer.total_steps:  # train.max_steps reached in an earlier stage
-                break
-            cursor = trainer.run_stage(stage, cursor)
-            cursor = trainer.end_stage(stage, cursor)
-    return trainer.result(cursor)
+    try:
+        trainer.setup(require_checkpoint)  # takes the run's lock
+        with trainer.scope():
+            trainer.build()
+            cursor = trainer.resume()
+            for stage in trainer.stages[cursor.stage:]:
+                if cursor.step >= trainer.total_steps:  # train.max_steps reached in an earlier stage
+                    break
+                cursor = trainer.run_stage(stage, cursor)
+                cursor = trainer.end_stage(stage, cursor)
+        return trainer.result(cursor)
+    except OSError as e:  # a read-only run folder, a full disk, a file where a folder should be
+        raise UserError(os_error_sentence(e, f"training run '{cfg.run_dir}'") + trainer.last_good()) from None
+    finally:
+        trainer.lock.release()
 
 
 class Trainer:
@@ -121,6 +127,7 @@ class Trainer:
         self.cfg, self.verbose = cfg, verbose
         self.stage_metrics: list = []
         self.periodic: PeriodicEval | None = None
+        self.lock = RunLock(cfg.run_dir)  # held from setup to the end of `train`
 
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
@@ -135,6 +142,7 @@ class Trainer:
         self.shards.check_tokenizer(tokenizer)
         self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         self.run = Run.of(cfg)
+        self.lock = self.run.lock().acquire()  # before anything is read or written in the run
         self.device = resolve_device(cfg.train.device)
         self.policy = self.device.policy(cfg.train.precision)
         self.parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
@@ -189,12 +197,16 @@ class Trainer:
     # -- 3. resume: the newest checkpoint's weights, optimizer and cursor
     def resume(self) -> Cursor:
         cursor = Cursor()
+        self.store.remove_leftovers()  # of a killed earlier process; the lock says none is live
         if self.latest is not None:
-            state = CheckpointManager.restore(self.model, self.latest, self.optimizer)
+            # model.optimizer: under mixed_float16 Keras wraps ours in a LossScaleOptimizer, whose scale is saved too
+            state = CheckpointManager.restore(self.model, self.latest, self.model.optimizer)
             cursor = Cursor.from_state(state)
             self.stage_metrics = state.get("stage_metrics", [])
             log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", self.latest.id,
                      cursor.stage + 1, cursor.epoch + 1, cursor.batch, cursor.step)
+            for path in self.store.publish_exports():  # a kill between a stage end and its export
+                log.info("wrote %s again from its stage-end checkpoint", path.name)
         self.steps_log = StepLog(self.run.steps_log, truncate_after=cursor.step, tensorboard_dir=self.run.tensorboard_dir)
         if self.cfg.train.eval_every > 0:  # nanoGPT-style evaluation and best checkpoint
             self.periodic = PeriodicEval(self.run.path, self.cfg.train.eval_every, cursor.step,
@@ -265,8 +277,10 @@ class Trainer:
         metrics.update(self.padding)  # empty unless one example per window
         self.stage_metrics.append(metrics)
         cursor = dataclasses.replace(cursor, stage=stage.index + 1, epoch=0, batch=0)
-        ckpt = self.save_checkpoint(cursor, stage_end=True)
-        export_weights(self.model, self.run.stage_export(stage.name))
+        # The export is written inside the stage-end checkpoint, then linked into the run folder.
+        ckpt = self.save_checkpoint(cursor, stage_end=True, export=self.run.stage_export(stage.name).name)
+        fault_point("after-checkpoint")
+        self.store.publish_exports()
         write_stage_table(self.run.path, self.stage_metrics)
         plot_run(self.run.path)
         if self.periodic is not None:
@@ -275,20 +289,26 @@ class Trainer:
         return cursor
 
     # -- save_checkpoint: the cursor and everything a resume checks
-    def save_checkpoint(self, cursor: Cursor, stage_end: bool) -> Checkpoint:
+    def save_checkpoint(self, cursor: Cursor, stage_end: bool, export: str | None = None) -> Checkpoint:
         cfg = self.cfg
         state = dict(dataclasses.asdict(cursor), stage_end=stage_end, stage_metrics=self.stage_metrics,
                      total_steps=self.total_steps, signature=cfg.model_signature(),
                      config_hash=cfg.hash(), shards=self.shards.manifest["content_hash"],
                      stages=cfg.train.stages, stage_ends=[s.end for s in self.stages], epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                      max_steps=cfg.train.max_steps, versions=_versions())
-        return self.store.save(self.model, self.optimizer, state)
+        return self.store.save(self.model, self.model.optimizer, state, export=export)
 
     def _checkpoint_at(self, cursor: Cursor) -> Checkpoint:
         """The checkpoint at the cursor's step: the one just saved there, or a new one (the best, kept)."""
         if self.store.path_for(cursor.step).is_dir():
             return self.store.get(str(cursor.step))
         return self.save_checkpoint(cursor, stage_end=False)
+
+    def last_good(self) -> str:
+        """"; the last good checkpoint ckpt-N is intact", for an error message."""
+        store = getattr(self, "store", None)
+        last = store.newest_intact() if store is not None else None
+        return f" (the last good checkpoint {last.id} is intact)" if last else ""
 
     def result(self, cursor: Cursor) -> TrainResult:
         latest = self.store.latest()

@@ -1,0 +1,104 @@
+"""One training process per run: an OS file lock on `<run>/.lock`.
+
+`train` and `align` hold the lock for their whole life. It is an
+`fcntl.flock` on an open file, so the OS frees it when the process ends in
+any way (SIGKILL, a Colab disconnect, a crash): no stale lock to delete by
+hand. The file records who holds it (pid, host, since when) so a second
+process can say so in one sentence. Written by hand: the standard library's
+`fcntl.flock` is the whole mechanism, and the lock libraries on PyPI
+(filelock, portalocker) add nothing kgpt2 needs but the holder's name,
+which they do not record. Where `fcntl` does not exist (Windows) the lock
+is a no-op.
+
+    >>> import tempfile
+    >>> from kgpt2.lock import RunLock
+    >>> d = tempfile.mkdtemp()
+    >>> with RunLock(d) as lock:
+    ...     lock.holder()["pid"] == __import__("os").getpid()
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from kgpt2.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks here; training still works
+    fcntl = None
+
+LOCK_FILE = ".lock"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def owner_gone(name: str) -> bool:
+    """Whether the temp folder `name` (`.ckpt-N.tmp-<pid>-*`, `.trash-*-<pid>`) belongs to no live process but us."""
+    parts = name.replace(".tmp-", "-").split("-")
+    pids = [int(p) for p in parts[2:] if p.isdigit()] if name.startswith(".ckpt-") else [int(parts[-1])] if parts[-1].isdigit() else []
+    if not pids:
+        return False  # not named by kgpt2 with an owner: not ours to remove
+    pid = pids[0]
+    return pid == os.getpid() or not pid_alive(pid)
+
+
+class RunLock:
+    """The lock of one run folder; `with RunLock(run_dir):` or `acquire()` / `release()`."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd = None
+
+    def holder(self) -> dict:
+        """Who holds (or last held) the lock: {"pid", "host", "since"}, or {}."""
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> RunLock:
+        if fcntl is None or self._fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            h = self.holder()
+            who = f"process {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('since', '?')}"
+            raise UserError(f"run '{self.path.parent}' is in use by another kgpt2 process ({who}); "
+                            "wait for it to finish or stop it, or choose another run name") from None
+        # The holder's name, written in place: the file is ours while locked.
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor frees the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

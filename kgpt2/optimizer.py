@@ -30,35 +30,10 @@ def make_schedule(cfg: Config, total_steps: int):
     )
 
 
-class ContinuedSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Cosine from `learning_rate` at step `start` down to `min_learning_rate` at `total`.
-
-    A run trained further (more stages, a longer plan) keeps its step count;
-    its curve carries on from the rate it had instead of restarting warmup.
-    Keras' CosineDecay always starts at step 0, hence this offset.
-    """
-
-    def __init__(self, start: int, learning_rate: float, total: int, min_learning_rate: float = 0.0):
-        self.start, self.learning_rate, self.total, self.min_learning_rate = start, learning_rate, total, min_learning_rate
-        self.cosine = keras.optimizers.schedules.CosineDecay(
-            learning_rate, max(1, total - start), alpha=min_learning_rate / learning_rate if learning_rate else 0.0)
-
-    def __call__(self, step):
-        return self.cosine(keras.ops.maximum(keras.ops.cast(step, "float32") - self.start, 0.0))
-
-    def get_config(self):
-        return {"start": self.start, "learning_rate": self.learning_rate, "total": self.total,
-                "min_learning_rate": self.min_learning_rate}
-
-
-def make_optimizer(cfg: Config, total_steps: int, continued: dict | None = None):
-    """(AdamW, its schedule) from `cfg.train`: clipping, accumulation, decay exclusions.
-
-    `continued` ({"start", "learning_rate", "total"}): a continued run's schedule (`ContinuedSchedule`).
-    """
+def make_optimizer(cfg: Config, total_steps: int):
+    """(AdamW, its schedule) from `cfg.train`: clipping, accumulation, decay exclusions."""
     t = cfg.train
-    schedule = (ContinuedSchedule(continued["start"], continued["learning_rate"], continued["total"], t.min_learning_rate)
-                if continued else make_schedule(cfg, total_steps))
+    schedule = make_schedule(cfg, total_steps)
     optimizer = keras.optimizers.AdamW(
         learning_rate=schedule,
         weight_decay=t.weight_decay,

@@ -22,8 +22,9 @@ uninterrupted one. File names come from `kgpt2.run.Run`.
 
 A finished (or stopped) run can be trained further with another plan: more
 stages, more epochs, new shards made with the same tokenizer, a longer
-`max_steps`. The step count and optimizer state carry on, the learning rate
-goes on from where it was (kgpt2.optimizer.ContinuedSchedule), and the
+`max_steps`. The step count and optimizer state carry on; the learning rate
+follows warmup + cosine over the new total step count, the curve the run
+would have had with the longer plan from the start (no second warmup); the
 change is recorded in config.json's `continuations`. On new shards, or a
 plan that differs in stages already trained, the new plan's stages run
 after the finished ones (numbered on from them). What the checkpoints
@@ -134,7 +135,7 @@ class Trainer:
         self.periodic: PeriodicEval | None = None
         # A continuation on new shards or another plan runs its stages after
         # the ones finished: the stage and step counts where it began.
-        self.stage_offset, self.step_offset, self.continued_schedule = 0, 0, None
+        self.stage_offset, self.step_offset = 0, 0
 
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
@@ -165,7 +166,6 @@ class Trainer:
         continuation = None
         if self.latest is not None and old_config is not None:
             continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
-            self._continue_schedule(self.latest.state)
         self.run.save_config(cfg, continuation)
         if continuation:
             log.info("continuing run %s at step %d: %s", self.run.path, self.latest.step,
@@ -190,7 +190,6 @@ class Trainer:
     def _place_plan(self, state: dict) -> None:
         """Where this config's plan goes on a run that has checkpoints: in place, or after its finished stages."""
         self.stage_offset, self.step_offset = state.get("stage_offset", 0), state.get("step_offset", 0)
-        self.continued_schedule = state.get("schedule")
         old_ends, ends = state.get("stage_ends"), [s.end for s in self.stages]
         same_shards = state.get("shards") == self.shards.manifest["content_hash"]
         done = state["stage"] - self.stage_offset + (0 if state.get("stage_end") else 1)  # plan stages begun
@@ -210,14 +209,6 @@ class Trainer:
             self.stages = StagePlan([dataclasses.replace(s, index=s.index + self.stage_offset) for s in self.stages],
                                     self.stages.why)
 
-    def _continue_schedule(self, state: dict) -> None:
-        """A plan of another length: the learning rate carries on from the step reached, down to the new end."""
-        if state.get("total_steps") == self.total_steps:
-            return
-        rate, peak = state.get("learning_rate"), state.get("peak_learning_rate")
-        if rate is None or peak != self.cfg.train.learning_rate:
-            rate = self.cfg.train.learning_rate  # a new peak asked for (or a checkpoint that did not record it)
-        self.continued_schedule = {"start": state["step"], "learning_rate": float(rate), "total": self.total_steps}
 
     def scope(self) -> contextlib.ExitStack:
         """The run's precision for every model built inside, on its device(s); the caller's global policy is kept."""
@@ -230,7 +221,7 @@ class Trainer:
     def build(self) -> None:
         cfg = self.cfg
         self.model = build_causal_lm(cfg)
-        self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps, self.continued_schedule)
+        self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
         compile_lm(self.model, self.optimizer, token_loss=False, steps_per_execution=cfg.train.steps_per_execution)
         self.evaluator = evaluation_model(self.model)  # validation's exact token loss, off the training step
         params = count_params(self.model)
@@ -269,7 +260,7 @@ class Trainer:
         per-step hook makes Keras wait for every step (the step logger is async-safe).
         """
         lo, hi = self.split.token_range(stage.first, stage.end)
-        log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, len(self.stages),
+        log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, self.stage_offset + len(self.stages),
                  stage.first, stage.end - 1, stage.num_articles, f"{hi - lo:,}")
         first = stage_batches(self.cfg, self.split, stage, 0)
         per_epoch = len(first)  # every epoch permutes the same windows
@@ -337,8 +328,8 @@ class Trainer:
                      config_hash=cfg.hash(), shards=self.shards.manifest["content_hash"],
                      stages=cfg.train.stages, stage_ends=[s.end for s in self.stages], epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                      max_steps=cfg.train.max_steps, versions=_versions(), tokenizer=self.tokenizer.hash,
-                     stage_offset=self.stage_offset, step_offset=self.step_offset, schedule=self.continued_schedule,
-                     learning_rate=float(self.schedule(cursor.step)), peak_learning_rate=cfg.train.learning_rate)
+                     stage_offset=self.stage_offset, step_offset=self.step_offset,
+                     learning_rate=float(self.schedule(cursor.step)))
         return self.store.save(self.model, self.optimizer, state)
 
     def _checkpoint_at(self, cursor: Cursor) -> Checkpoint:

@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,29 +237,10 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_run
 # -- the wheel, installed into a fresh venv, used from a folder outside the checkout ----------------
 
 
-def _venv_with_wheel(tmp: Path) -> Path:
-    """A venv holding the built wheel; the heavy dependencies come from this interpreter's site-packages (a .pth)."""
-    import site
-    import sysconfig
-
-    wheels = tmp / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, REPO],
-                   check=True, timeout=300, cwd=tmp)
-    (wheel,) = wheels.glob("kgpt2-*.whl")
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
-    py = venv / "bin" / "python"
-    own = Path(subprocess.check_output([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True).strip())
-    # Listed in a .pth, the other site-packages is on the path but its .pth files (the editable kgpt2) do not run.
-    (own / "deps.pth").write_text("\n".join(site.getsitepackages() or [sysconfig.get_path("purelib")]) + "\n")
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel],
-                   check=True, timeout=300)
-    return venv
-
-
 @pytest.mark.slow
-def test_wheel_in_a_fresh_venv_trains_moves_and_continues_a_run(tmp_path, tiny_preset, pydoc_tokenizer_dir, tiny_overrides):
-    venv = _venv_with_wheel(tmp_path)
+def test_wheel_in_a_fresh_venv_trains_moves_and_continues_a_run(tmp_path, wheel_venv, tiny_preset, pydoc_tokenizer_dir,
+                                                                tiny_overrides):
+    venv = wheel_venv
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"KERAS_BACKEND": "jax"}

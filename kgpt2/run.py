@@ -128,7 +128,7 @@ class Run:
         if source.resolve() == target.resolve() or self.path.resolve() in source.resolve().parents:
             return str(source)
         if target.exists():
-            return str(target) if _same_files(source, target) else str(source)
+            return str(target) if same_files(source, target) else str(source)
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=self.path)) / "copy"
         try:
@@ -197,8 +197,9 @@ class Run:
         return model, tokenizer, cfg
 
 
-def _same_files(a: Path, b: Path) -> bool:
+def same_files(a, b) -> bool:
     """Two folders with the same file names and sizes (a copy made earlier by `Run.adopt`)."""
+    a, b = Path(a), Path(b)
     def sizes(d):
         return {p.relative_to(d).as_posix(): p.stat().st_size for p in d.rglob("*") if p.is_file()}
     return sizes(a) == sizes(b)

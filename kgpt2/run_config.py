@@ -38,7 +38,7 @@ from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text
 
 # The config keys that may name a local file or folder.
-PATH_KEYS = ("model.preset", "model.tokenizer", "data.shards", "train.init_from")
+PATH_KEYS = ("model.preset", "model.tokenizer", "data.shards", "train.init_from", "align.init_run")
 EXTRA_KEYS = ("relative_paths", "absolute_paths", "continuations")  # in config.json, not in Config
 
 

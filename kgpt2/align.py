@@ -46,7 +46,7 @@ from kgpt2.errors import UserError
 from kgpt2.models import build_causal_lm, check_sequence_length, load_tokenizer
 from kgpt2.io import atomic_write_text
 from kgpt2.optimizer import make_optimizer
-from kgpt2.run import Run
+from kgpt2.run import Run, same_files
 
 log = logging.getLogger("kgpt2")
 
@@ -292,7 +292,10 @@ def _floats(d: dict) -> dict:
 def _load_init(policy, cfg, run_dir, checkpoint: str) -> None:
     """Start from another run's checkpoint (e.g. Alpaca SFT) with the same model signature."""
     other = Run(run_dir).config()
-    if other.model_signature() != cfg.model_signature():
+    theirs, ours = other.model_signature(), cfg.model_signature()
+    if Path(other.model.preset).is_dir() and Path(cfg.model.preset).is_dir() and same_files(other.model.preset, cfg.model.preset):
+        theirs["preset"] = ours["preset"]  # the run holds its own copy of this preset (kgpt2.run.Run.adopt)
+    if theirs != ours:
         raise UserError(f"align.init_run '{run_dir}' was trained with another model, LoRA or sequence "
                         "setting than this config; use the same [model], [lora] and data.sequence_length")
     CheckpointManager.restore(policy, Run(run_dir).checkpoint(checkpoint))

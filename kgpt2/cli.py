@@ -56,7 +56,8 @@ def verb(name, help):
 
 
 def _add_config(p):
-    p.add_argument("--config", help="TOML run config, or a recipe's name (`kgpt2 recipes`); defaults fill the rest")
+    p.add_argument("--config", help="TOML run config, a run's config.json, or a recipe's name (`kgpt2 recipes`); "
+                   "defaults fill the rest")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=4")
 
 
@@ -95,6 +96,8 @@ def _prepare(p: argparse.ArgumentParser):
 @verb("train", "staged fine-tuning with checkpoints and resume")
 def _train(p):
     _add_config(p)
+    p.add_argument("--run", metavar="DIR", help="resume or continue the run in DIR with its own config.json "
+                   "(key=value changes it: more stages, epochs, new shards; recorded in the run)")
     p.add_argument("--resume", action="store_true", help="resume from the newest checkpoint (the default when one exists)")
     p.add_argument("--device", help="auto, cpu, gpu, gpu:N")
     p.add_argument("--devices", help="data-parallel over this many devices, or 'all' (JAX; batch_size is the global batch)")
@@ -106,7 +109,12 @@ def _train(p):
 
         overrides = list(a.overrides) + ([f"train.device={a.device}"] if a.device else [])
         overrides += [f'train.devices="{a.devices}"'] if a.devices else []
-        cfg = load_config(a.config, overrides)
+        if a.run is not None:
+            if a.config is not None:
+                raise UserError("give either --run DIR (a run's own config) or --config, not both")
+            if not (Path(a.run) / "config.json").is_file():
+                raise UserError(f"'{a.run}' is not a kgpt2 run directory (no config.json); train one with --config first")
+        cfg = load_config(Path(a.run) / "config.json" if a.run is not None else a.config, overrides)
         if a.dry_run:
             print(reports.plan_table(cfg.train.stages, describe_plan(cfg)))
             return
@@ -142,12 +150,13 @@ def _evaluate(p):
     p.add_argument("--compare", choices=["base"], help="also evaluate the untrained base model")
     p.add_argument("--max-batches", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print machine-readable results")
+    p.add_argument("--shards", help="the run's shard directory, where a moved run no longer finds it")
 
     def run(a):
         from kgpt2.evaluate import evaluate_run, format_table
 
         rows = evaluate_run(a.run, a.checkpoint, a.split, compare_base=a.compare == "base",
-                            max_batches=a.max_batches)
+                            max_batches=a.max_batches, shards=a.shards)
         print(json.dumps(rows, indent=2) if a.json else format_table(rows))
         if not a.json:
             print(f"saved: {a.run}/evaluation-{a.split}.json, .csv and .png")

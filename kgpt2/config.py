@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 
 from kgpt2 import recipes
 from kgpt2.errors import UserError
-from kgpt2.io import atomic_write_text
+from kgpt2.run_config import read_run_config, write_run_config
 
 # The linear layers of a keras-hub GPT-2 block (PEFT's names in GPT-2: c_attn
 # holds query/key/value, attn.c_proj, mlp.c_fc, mlp.c_proj).
@@ -220,6 +220,9 @@ class TrainConfig:
     no_decay: list = field(default_factory=list)
     # Resume from the newest checkpoint in the run dir when there is one.
     resume: bool = True
+    # "RUN_DIR[:CHECKPOINT]": a new run starts from another run's weights
+    # (adapter included; latest checkpoint by default) with a fresh optimizer.
+    init_from: str = ""
 
     def __post_init__(self):
         check_fields(self)
@@ -314,7 +317,7 @@ class Config:
         """The fields a checkpoint depends on: changing them breaks resume."""
         m, lora = self.model, self.lora
         sig = {
-            "preset": m.preset,
+            "preset": self._preset_in_run(),
             "sequence_length": self.data.sequence_length,
             "lora": lora.enabled,
         }
@@ -333,6 +336,13 @@ class Config:
         if m.quantize:  # adapters are trained against the quantised base
             sig["quantize"] = m.quantize
         return sig
+
+    def _preset_in_run(self) -> str:
+        """The preset as the run names it: relative to the run folder when inside it, so a moved run resumes."""
+        try:
+            return Path(self.model.preset).resolve().relative_to(self.run_dir.resolve()).as_posix()
+        except (ValueError, OSError):
+            return self.model.preset
 
     def hash(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True)
@@ -395,9 +405,12 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a TOML run config, a recipe by name (`pubmed_lora`) or the defaults, then apply `key=value` overrides."""
+    """Read a TOML run config, a run's config.json, a recipe by name (`pubmed_lora`) or the defaults,
+    then apply `key=value` overrides."""
     data: dict = {}
-    if path is not None:
+    if path is not None and Path(path).suffix == ".json" and Path(path).is_file():
+        data = read_run_config(path)[0]  # a run's own config: paths resolved against where it is now
+    elif path is not None:
         path = Path(path)
         if not path.is_file() and recipes.is_name(str(path)):
             path = recipes.find(str(path))  # a bare name that is no file here: kgpt2/recipes/NAME.toml
@@ -428,6 +441,7 @@ def config_from_dict(data: dict) -> Config:
     return _build(Config, data, "")
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config as JSON (what the run actually used)."""
-    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+def save_config(cfg: Config, path: Path, continuation: dict | None = None) -> None:
+    """Write the resolved config as JSON (what the run actually used), paths relative to the run
+    (kgpt2.run_config); `continuation` is added to the run's list of changes."""
+    write_run_config(path, cfg.to_dict(), continuation)

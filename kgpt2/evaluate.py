@@ -44,10 +44,16 @@ def select_checkpoints(run_dir, which) -> list[str]:
 
 
 def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_base: bool = False,
-                 max_batches: int | None = None, batch_size: int | None = None, save: bool = True) -> list[dict]:
-    """Evaluate checkpoints of a run on one split; return one row per model."""
+                 max_batches: int | None = None, batch_size: int | None = None, save: bool = True,
+                 shards: str | None = None) -> list[dict]:
+    """Evaluate checkpoints of a run on one split; return one row per model (`shards`: where they are now)."""
     run_dir, run = Path(run_dir), Run(run_dir)
     cfg = run.config()
+    if shards:
+        cfg.data.shards = str(shards)
+    elif not Path(cfg.data.shards).is_dir():  # shards live outside runs: a moved run may not find them
+        raise UserError(f"run '{run_dir}' cannot find its shards at '{cfg.data.shards}'; "
+                        "pass --shards DIR (the folder `kgpt2 prepare` wrote)")
     ids = select_checkpoints(run_dir, checkpoints)
     if compare_base and BASE not in ids:
         ids = [BASE] + ids

@@ -14,13 +14,18 @@ all of them ask a `Run` for paths instead of spelling file names:
     evaluation-<split>.*       `kgpt2 evaluate` tables and plot
     votes.jsonl, align.json    demo votes (kgpt2.votes) and the DPO result (kgpt2.align)
     preset/                    a from-scratch run's own base model (kgpt2.pretrain)
-
+    preset/, tokenizer/        a local base model / tokenizer from outside the run, copied in (`Run.adopt`)
     .lock                      held by the one `train` / `align` process writing the run (kgpt2.lock)
 
 `latest` is the newest intact checkpoint: a damaged one is skipped with one
-warning line (kgpt2.checkpoints). Seams for what comes next: paths stored inside the run
-relative to it are resolved in `Run.config`; `--run DIR` resume starts from
-`Run(DIR).config()`.
+warning line (kgpt2.checkpoints).
+
+A run is self-contained and relocatable: config.json names paths relative
+to the run folder (kgpt2.run_config), and a local preset or tokenizer that
+lives outside the run is copied in when training starts, so a run copied or
+moved anywhere opens from any working directory. Named hub presets
+(`gpt2_base_en`) stay names. Shards stay outside: they are found relative
+to the run, or where they were, or given with `--shards`.
 
     >>> import tempfile
     >>> from kgpt2.run import Run, list_runs
@@ -34,6 +39,9 @@ relative to it are resolved in `Run.config`; `--run DIR` resume starts from
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +50,10 @@ from kgpt2.checkpoints import Checkpoint, CheckpointManager, checkpoint_variable
 from kgpt2.config import Config, config_from_dict, save_config
 from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.errors import UserError
-from kgpt2.io import atomic_write_text
+from kgpt2.io import atomic_write_text, publish_folder
 from kgpt2.lock import RunLock
 from kgpt2.models import build_causal_lm, load_tokenizer
+from kgpt2.run_config import read_continuations, read_run_config
 
 BASE = "base"  # checkpoint id meaning "the preset, untrained"
 BEST = "best"  # checkpoint id meaning "lowest validation loss" (train.keep_best)
@@ -74,6 +83,7 @@ class Run:
     votes_path = property(lambda self: self.path / "votes.jsonl")
     align_result = property(lambda self: self.path / "align.json")
     preset_dir = property(lambda self: self.path / "preset")
+    tokenizer_dir = property(lambda self: self.path / "tokenizer")
 
     def stage_export(self, stage_name: str) -> Path:
         return self.path / f"{stage_name}.weights.h5"
@@ -98,14 +108,46 @@ class Run:
         """The config the run trained with, pointed at where the run is now."""
         if not self.exists():
             raise UserError(f"'{self.path}' is not a kgpt2 run directory (no config.json); train one first")
-        cfg = config_from_dict(json.loads(self.config_path.read_text()))
-        # The run may have been moved or reached through another root.
-        cfg.checkpoints_root, cfg.run = str(self.path.parent), self.path.name
-        return cfg
+        return config_from_dict(read_run_config(self.config_path)[0])
 
-    def save_config(self, cfg: Config) -> None:
+    def continuations(self) -> list:
+        """The changes made each time the run was trained further (config.json `continuations`)."""
+        return read_continuations(self.config_path)
+
+    def save_config(self, cfg: Config, continuation: dict | None = None) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.config_path)
+        save_config(cfg, self.config_path, continuation)
+
+    def adopt(self, cfg: Config) -> Config:
+        """`cfg` with a local preset and tokenizer from outside the run copied into it.
+
+        The whole preset is copied, weights included: a LoRA run's checkpoints
+        hold only the adapters, so the base weights are part of the run. A
+        copy (not a link) so that rewriting the original never changes the run.
+        """
+        model = cfg.model
+        if model.preset != "scratch" and Path(model.preset).expanduser().is_dir():
+            model = replace(model, preset=self._copy_in(Path(model.preset).expanduser(), self.preset_dir))
+        if model.tokenizer and Path(model.tokenizer).expanduser().is_dir():
+            model = replace(model, tokenizer=self._copy_in(Path(model.tokenizer).expanduser(), self.tokenizer_dir))
+        return replace(cfg, model=model)
+
+    def _copy_in(self, source: Path, target: Path) -> str:
+        """`target` once it holds a copy of `source` (made now if absent); `source` where another copy is there."""
+        if source.resolve() == target.resolve() or self.path.resolve() in source.resolve().parents:
+            return str(source)
+        if target.exists():
+            return str(target) if same_files(source, target) else str(source)
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=self.path)) / "copy"
+        try:
+            shutil.copytree(source, tmp)
+            publish_folder(tmp, target)
+        except OSError as e:
+            raise UserError(f"could not copy '{source}' into run '{self.path}': {e.strerror or e}") from None
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+        return str(target)
 
     # -- checkpoints ------------------------------------------------------
     def checkpoints(self, keep_last: int = 3) -> CheckpointManager:
@@ -162,6 +204,14 @@ class Run:
         model, tokenizer = build_run_model(cfg)
         self.restore(model, checkpoint)
         return model, tokenizer, cfg
+
+
+def same_files(a, b) -> bool:
+    """Two folders with the same file names and sizes (a copy made earlier by `Run.adopt`)."""
+    a, b = Path(a), Path(b)
+    def sizes(d):
+        return {p.relative_to(d).as_posix(): p.stat().st_size for p in d.rglob("*") if p.is_file()}
+    return sizes(a) == sizes(b)
 
 
 def build_run_model(cfg: Config):

@@ -20,6 +20,17 @@ checkpoint records it. An interrupted run restarted with the same config
 continues at the exact next batch and ends with the same weights as an
 uninterrupted one. File names come from `kgpt2.run.Run`.
 
+A finished (or stopped) run can be trained further with another plan: more
+stages, more epochs, new shards made with the same tokenizer, a longer
+`max_steps`. The step count and optimizer state carry on; the learning rate
+follows warmup + cosine over the new total step count, the curve the run
+would have had with the longer plan from the start (no second warmup); the
+change is recorded in config.json's `continuations`. On new shards, or a
+plan that differs in stages already trained, the new plan's stages run
+after the finished ones (numbered on from them). What the checkpoints
+depend on (model shape, tokenizer, LoRA, batch size) cannot change.
+`train.init_from` starts a new run from another run's weights instead.
+
     >>> from kgpt2.train import Cursor
     >>> Cursor(stage=1, epoch=0, batch=4, step=12).advanced(8, per_epoch=10, first=4)
     Cursor(stage=1, epoch=1, batch=2, step=20)
@@ -52,6 +63,7 @@ from kgpt2.models import build_causal_lm, check_sequence_length, count_params, l
 from kgpt2.optimizer import make_optimizer
 from kgpt2.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.run import Run
+from kgpt2.run_config import continuation_record, split_checkpoint
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
 from kgpt2.scratch import resolve_scratch
 from kgpt2.stage_plan import StagePlan, plan_stages
@@ -106,7 +118,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
         with trainer.scope():
             trainer.build()
             cursor = trainer.resume()
-            for stage in trainer.stages[cursor.stage:]:
+            for stage in trainer.stages[cursor.stage - trainer.stage_offset:]:
                 if cursor.step >= trainer.total_steps:  # train.max_steps reached in an earlier stage
                     break
                 cursor = trainer.run_stage(stage, cursor)
@@ -128,6 +140,9 @@ class Trainer:
         self.stage_metrics: list = []
         self.periodic: PeriodicEval | None = None
         self.lock = RunLock(cfg.run_dir)  # held from setup to the end of `train`
+        # A continuation on new shards or another plan runs its stages after
+        # the ones finished: the stage and step counts where it began.
+        self.stage_offset, self.step_offset = 0, 0
 
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
@@ -137,12 +152,14 @@ class Trainer:
         if cfg.model.quantize and not cfg.lora.enabled:
             raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
         check_sequence_length(cfg)
-        tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
+        self.tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
         self.shards = ShardSet(cfg.data.shards)
-        self.shards.check_tokenizer(tokenizer)
+        self.shards.check_tokenizer(self.tokenizer)
+        self.init_from = _init_checkpoint(cfg)
         self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         self.run = Run.of(cfg)
         self.lock = self.run.lock().acquire()  # before anything is read or written in the run
+        self.cfg = cfg = self.run.adopt(cfg)  # a local preset / tokenizer outside the run is copied in: the run travels
         self.device = resolve_device(cfg.train.device)
         self.policy = self.device.policy(cfg.train.precision)
         self.parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
@@ -150,10 +167,17 @@ class Trainer:
         self.stages = plan_stages(cfg.train.stages, self.split.num_articles, cfg.train.oversize)
         log.info("stage plan %s: %s articles (%s)", cfg.train.stages, [s.num_articles for s in self.stages],
                  self.stages.why)
-        self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages)
         self.store = self.run.checkpoints(cfg.train.keep_last)
+        old_config = self.run.config().to_dict() if self.run.exists() else None
         self.latest = self._checkpoint_to_resume(require_checkpoint)
-        self.run.save_config(cfg)
+        self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages, done=self.step_offset)
+        continuation = None
+        if self.latest is not None and old_config is not None:
+            continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
+        self.run.save_config(cfg, continuation)
+        if continuation:
+            log.info("continuing run %s at step %d: %s", self.run.path, self.latest.step,
+                     "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in continuation["changed"].items()))
         log.info("device: %s (%s), precision %s, backend %s", self.device.keras_name, self.device.description,
                  self.policy, keras.backend.backend())
         if self.parallel:
@@ -167,12 +191,32 @@ class Trainer:
         if newest is not None and not self.cfg.train.resume:
             raise UserError(f"run '{self.run.path}' already has checkpoints; resume it, or choose a new run name")
         if newest is not None:
-            _check_resumable(newest.state, self.cfg, self.shards)
-            old_ends = newest.state.get("stage_ends")  # as resolved by the kgpt2 that started the run
-            if old_ends is not None and old_ends != [s.end for s in self.stages]:
-                raise UserError(f"cannot resume run '{self.run.path}': its stages ended at articles {old_ends}, "
-                                f"this plan at {[s.end for s in self.stages]}; use a new run name")
+            _check_resumable(newest.state, self.cfg, self.tokenizer)
+            self._place_plan(newest.state)
         return newest
+
+    def _place_plan(self, state: dict) -> None:
+        """Where this config's plan goes on a run that has checkpoints: in place, or after its finished stages."""
+        self.stage_offset, self.step_offset = state.get("stage_offset", 0), state.get("step_offset", 0)
+        old_ends, ends = state.get("stage_ends"), [s.end for s in self.stages]
+        same_shards = state.get("shards") == self.shards.manifest["content_hash"]
+        done = state["stage"] - self.stage_offset + (0 if state.get("stage_end") else 1)  # plan stages begun
+        if same_shards and (old_ends is None or old_ends[:done] == ends[:done]):
+            pass  # the same stages so far: epochs, max_steps or stages after them may change
+        elif same_shards and state.get("stages") == self.cfg.train.stages:
+            # the config is unchanged, yet the plan resolves otherwise (an older kgpt2 scaled it differently)
+            raise UserError(f"cannot resume run '{self.run.path}': its stages ended at articles {old_ends}, "
+                            f"this plan at {ends}; use a new run name")
+        elif not state.get("stage_end"):
+            raise UserError(f"cannot change the shards or stages of run '{self.run.path}' in the middle of stage "
+                            f"{state['stage'] + 1}: resume it unchanged to the stage end first (kgpt2 train --run "
+                            f"{self.run.path}), then continue")
+        else:  # new shards, or another plan: its stages run after the finished ones
+            self.stage_offset, self.step_offset = state["stage"], state["step"]
+        if self.stage_offset:
+            self.stages = StagePlan([dataclasses.replace(s, index=s.index + self.stage_offset) for s in self.stages],
+                                    self.stages.why)
+
 
     def scope(self) -> contextlib.ExitStack:
         """The run's precision for every model built inside, on its device(s); the caller's global policy is kept."""
@@ -207,6 +251,9 @@ class Trainer:
                      cursor.stage + 1, cursor.epoch + 1, cursor.batch, cursor.step)
             for path in self.store.publish_exports():  # a kill between a stage end and its export
                 log.info("wrote %s again from its stage-end checkpoint", path.name)
+        elif self.init_from is not None:  # another run's weights (adapter included), a fresh optimizer
+            CheckpointManager.restore(self.model, self.init_from)
+            log.info("starting from %s of run %s", self.init_from.id, self.init_from.path.parent)
         self.steps_log = StepLog(self.run.steps_log, truncate_after=cursor.step, tensorboard_dir=self.run.tensorboard_dir)
         if self.cfg.train.eval_every > 0:  # nanoGPT-style evaluation and best checkpoint
             self.periodic = PeriodicEval(self.run.path, self.cfg.train.eval_every, cursor.step,
@@ -226,7 +273,7 @@ class Trainer:
         per-step hook makes Keras wait for every step (the step logger is async-safe).
         """
         lo, hi = self.split.token_range(stage.first, stage.end)
-        log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, len(self.stages),
+        log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, self.stage_offset + len(self.stages),
                  stage.first, stage.end - 1, stage.num_articles, f"{hi - lo:,}")
         first = stage_batches(self.cfg, self.split, stage, 0)
         per_epoch = len(first)  # every epoch permutes the same windows
@@ -295,7 +342,9 @@ class Trainer:
                      total_steps=self.total_steps, signature=cfg.model_signature(),
                      config_hash=cfg.hash(), shards=self.shards.manifest["content_hash"],
                      stages=cfg.train.stages, stage_ends=[s.end for s in self.stages], epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                     max_steps=cfg.train.max_steps, versions=_versions())
+                     max_steps=cfg.train.max_steps, versions=_versions(), tokenizer=self.tokenizer.hash,
+                     stage_offset=self.stage_offset, step_offset=self.step_offset,
+                     learning_rate=float(self.schedule(cursor.step)))
         return self.store.save(self.model, self.model.optimizer, state, export=export)
 
     def _checkpoint_at(self, cursor: Cursor) -> Checkpoint:
@@ -324,8 +373,8 @@ def stage_batches(cfg: Config, split, stage, epoch: int) -> WindowBatches:
                          **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows))
 
 
-def plan_steps(cfg: Config, split, stages) -> tuple[int, int]:
-    """(epochs per stage, total steps): the plan, cut at `train.max_steps`.
+def plan_steps(cfg: Config, split, stages, done: int = 0) -> tuple[int, int]:
+    """(epochs per stage, total steps): the plan after `done` earlier steps, cut at `train.max_steps`.
 
     `train.epochs = 0` with `max_steps` = as many epochs as the steps need
     (nanoGPT counts iterations, kgpt2 counts passes over permuted windows).
@@ -341,8 +390,8 @@ def plan_steps(cfg: Config, split, stages) -> tuple[int, int]:
     if epochs == 0:
         if not max_steps:
             raise UserError("train.epochs = 0 means \"as many as train.max_steps needs\"; set train.max_steps too")
-        epochs = max(1, -(-max_steps // max(1, per_epoch)))
-    total = per_epoch * epochs
+        epochs = max(1, -(-(max_steps - done) // max(1, per_epoch)))
+    total = done + per_epoch * epochs
     return epochs, min(total, max_steps) if max_steps else total
 
 
@@ -355,17 +404,41 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
-def _check_resumable(state: dict, cfg: Config, shards: ShardSet) -> None:
-    diffs = _differences(state.get("signature", {}), cfg.model_signature())
+def _check_resumable(state: dict, cfg: Config, tokenizer) -> None:
+    """What a run's checkpoints depend on may not change when it resumes or continues; the message names the field."""
+    old = dict(state.get("signature", {}))
+    if _same_preset_path(old.get("preset"), cfg):  # written as the working directory saw it, by an older kgpt2
+        old["preset"] = cfg.model_signature()["preset"]
+    diffs = _differences(old, cfg.model_signature())
     if diffs:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({diffs}); use a new run name")
-    if state.get("shards") != shards.manifest["content_hash"]:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': its shards changed since the checkpoint; use a new run name")
-    t = cfg.train
-    old_plan = {k: state.get(k) for k in ("stages", "epochs", "batch_size")} | {"max_steps": state.get("max_steps", 0)}
-    diffs = _differences(old_plan, {"stages": t.stages, "epochs": t.epochs, "batch_size": t.batch_size, "max_steps": t.max_steps})
+    if state.get("tokenizer", tokenizer.hash) != tokenizer.hash:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': model.tokenizer is another tokenizer than the run's; "
+                        "prepare new shards with the run's tokenizer instead")
+    if state.get("batch_size") != cfg.train.batch_size:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (batch_size: "
+                        f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); use a new run name")
+
+
+def _same_preset_path(old, cfg: Config) -> bool:
+    return bool(old) and Path(old).is_dir() and Path(old).resolve() == Path(cfg.model.preset).resolve()
+
+
+def _init_checkpoint(cfg: Config) -> Checkpoint | None:
+    """`train.init_from = "RUN_DIR[:CHECKPOINT]"`: that checkpoint, checked against this config's model."""
+    if not cfg.train.init_from:
+        return None
+    run_dir, checkpoint = split_checkpoint(cfg.train.init_from)
+    source = Run(run_dir)
+    if not source.exists():
+        raise UserError(f"train.init_from: '{run_dir}' is not a kgpt2 run directory (no config.json)")
+    ckpt = source.checkpoint(checkpoint.lstrip(":") or "latest")
+    keys = ("lora", "lora_rank", "lora_targets", "quantize", "num_layers", "num_heads", "hidden_dim", "vocabulary_size")
+    old, new = ckpt.state.get("signature", {}), cfg.model_signature()
+    diffs = _differences({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys})
     if diffs:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed ({diffs}); use a new run name")
+        raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
+    return ckpt
 
 
 def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:

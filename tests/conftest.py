@@ -131,3 +131,36 @@ def backend() -> str:
 
 def pytest_report_header(config):
     return f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}"
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory) -> Path:
+    """A fresh venv with kgpt2 installed from its built wheel (not editable), built once per session.
+
+    The heavy dependencies come from this interpreter's site-packages, listed in a .pth file: a folder
+    named in a .pth is put on the path without running its own .pth files, so the editable kgpt2 of
+    the development venv stays out (`python -m venv --system-site-packages` would not see them from a venv).
+    """
+    import site
+    import subprocess
+    import sys
+    import sysconfig
+
+    tmp = tmp_path_factory.mktemp("wheel-venv")
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp / "wheels"), str(repo)], check=True, timeout=300, cwd=tmp)
+    (wheel,) = (tmp / "wheels").glob("kgpt2-*.whl")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a checkout on the path would hide the wheel
+    own = Path(subprocess.check_output([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                       text=True, env=env).strip())
+    (own / "deps.pth").write_text("\n".join(site.getsitepackages() or [sysconfig.get_path("purelib")]) + "\n")
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+                   check=True, timeout=300, cwd=tmp, env=env)
+    where = subprocess.check_output([py, "-c", "import kgpt2; print(kgpt2.__file__)"], text=True, cwd=tmp, env=env).strip()
+    assert where.startswith(str(venv)), f"kgpt2 imported from {where}, not from the wheel in {venv}"
+    return venv
+

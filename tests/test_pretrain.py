@@ -150,7 +150,8 @@ def test_from_scratch_run_keeps_best_checkpoint_and_learns(tmp_path, char_tokeni
     result = train(cfg, verbose=0)
     run_dir = cfg.run_dir
     assert result.global_step == 20
-    assert json.loads((run_dir / "config.json").read_text())["model"]["preset"] == str(run_dir / "preset")
+    assert json.loads((run_dir / "config.json").read_text())["model"]["preset"] == "preset"  # relative to the run
+    assert Run(run_dir).config().model.preset == str(run_dir.absolute() / "preset")
 
     evals = read_evals(run_dir)
     assert list(evals["step"]) == [0, 5, 10, 15, 20]

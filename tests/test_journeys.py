@@ -1,0 +1,269 @@
+"""A user's whole path with a run: train it, move it, open it from elsewhere, keep training it.
+
+Each step goes through the `kgpt2` command line (`kgpt2.cli.main`, or the
+console script of a wheel installed into a fresh venv) from a folder outside
+the checkout, and is checked on what it wrote or printed. The 300-article
+corpus with the default plan (`--dry-run`, then training) is walked in
+tests/test_stage_plan.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "The assert statement"
+
+
+def kgpt2(capsys, *argv) -> tuple[int, str, str]:
+    """`kgpt2 ARGV` in this process: (exit status, stdout, stderr)."""
+    from kgpt2.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    finally:  # main() adds a stderr handler per call; capsys' stream is gone after this call
+        logging.getLogger("kgpt2").handlers.clear()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def journey(tmp_path_factory, tiny_preset, pydoc_tokenizer_dir, pydoc_shards, tiny_overrides):
+    """A LoRA run trained from folder `work/` on a preset and tokenizer that are then deleted, the run moved away."""
+    from kgpt2.config import load_config
+    from kgpt2.generate import generate_from_run
+    from kgpt2.train import train
+
+    top = tmp_path_factory.mktemp("journey")
+    preset, tokenizer = top / "mine" / "preset", top / "mine" / "tokenizer"
+    shutil.copytree(tiny_preset, preset)
+    shutil.copytree(pydoc_tokenizer_dir, tokenizer)
+    (top / "work").mkdir()
+    old_cwd = Path.cwd()
+    os.chdir(top / "work")
+    try:  # relative paths, as a user types them
+        cfg = load_config(None, tiny_overrides + ["run=trip", "model.preset=../mine/preset", "model.tokenizer=../mine/tokenizer",
+                                                  f"data.shards={pydoc_shards}", "train.stages=[5]", "lora.enabled=true"])
+        train(cfg, verbose=0)
+        greedy = generate_from_run(Path("checkpoints/trip"), PROMPT, sampler="greedy", max_new_tokens=8)
+    finally:
+        os.chdir(old_cwd)
+    shutil.rmtree(top / "mine")  # the base the run was made from is gone
+    moved = shutil.move(str(top / "work" / "checkpoints" / "trip"), str(top / "drive" / "trip"))
+    (top / "elsewhere").mkdir()
+    return {"top": top, "run": Path(moved), "greedy": greedy}
+
+
+def test_config_json_names_paths_relative_to_the_run(journey):
+    run = journey["run"]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["preset"] == "preset" and saved["model"]["tokenizer"] == "tokenizer"
+    assert (run / "preset" / "config.json").is_file() and (run / "tokenizer" / "vocabulary.json").is_file()
+    assert not Path(saved["data"]["shards"]).is_absolute()  # shards stay outside, named relative (and absolute beside)
+    from kgpt2.run import Run
+
+    cfg = Run(run).config()
+    assert Path(cfg.model.preset) == run / "preset" and cfg.run_dir == run
+
+
+def test_moved_run_generates_evaluates_and_exports_from_another_folder(journey, capsys, monkeypatch):
+    run = journey["run"]
+    monkeypatch.chdir(journey["top"] / "elsewhere")
+    code, out, err = kgpt2(capsys, "generate", "--run", run, "--prompt", PROMPT, "--sampler", "greedy", "--max-new-tokens", 8)
+    assert code == 0, err
+    assert out.strip() == (PROMPT + journey["greedy"]).strip()  # the same model as before the move
+
+    code, out, err = kgpt2(capsys, "evaluate", "--run", run, "--checkpoint", "latest", "--compare", "base", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["model"] for r in rows][0] == "base" and rows[1]["loss"] < rows[0]["loss"]
+
+    code, out, err = kgpt2(capsys, "export", "--run", run, "--to", "hf", "hf-out")
+    assert code == 0, err
+    from transformers import GPT2LMHeadModel  # an independent reader of the export
+
+    hf = GPT2LMHeadModel.from_pretrained(Path("hf-out"))
+    assert hf.config.n_layer == 2 and hf.config.n_embd == 32
+
+
+def test_moved_run_without_its_shards_asks_for_them(journey, capsys, monkeypatch, pydoc_shards):
+    moved_shards = journey["top"] / "shards-moved"
+    shutil.copytree(pydoc_shards, moved_shards)
+    run = journey["top"] / "drive" / "no-shards"
+    shutil.copytree(journey["run"], run)
+    saved = json.loads((run / "config.json").read_text())  # as if the shards had moved with the user
+    saved["data"]["shards"], saved["absolute_paths"]["data.shards"] = "../gone", str(journey["top"] / "gone")
+    (run / "config.json").write_text(json.dumps(saved))
+    monkeypatch.chdir(journey["top"] / "elsewhere")
+    code, out, err = kgpt2(capsys, "evaluate", "--run", run, "--max-batches", 1)
+    (error,) = [line for line in err.splitlines() if line.startswith("kgpt2: error:")]
+    assert code == 2 and "--shards" in error and "Traceback" not in err
+    code, out, err = kgpt2(capsys, "evaluate", "--run", run, "--max-batches", 1, "--shards", moved_shards, "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["tokens"] > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_moved_run_answers_in_the_demo(journey):
+    from gradio_client import Client
+
+    from kgpt2.demo import Demo, serve
+
+    demo = Demo(journey["run"].parent, journey["run"].name)
+    app = serve(demo, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.local_url, verbose=False, download_files=False)
+        args = [journey["run"].name, "base", demo.latest, PROMPT, "greedy", 0.8, 50, 0.95, 8, 0, "plain"]
+        left, right, status = client.predict(*args, api_name="/compare")
+        client.close()
+    finally:
+        app.close()
+    assert status.startswith("Done") and left and right
+    assert right.strip() in (PROMPT + journey["greedy"]).strip()  # the trained side is the run's latest checkpoint
+
+
+# -- keep training a run later: a new stage on new shards ------------------------------------------
+
+
+def _steps(run: Path) -> list[dict]:
+    import pandas as pd
+
+    return pd.read_csv(run / "logs" / "steps.csv").sort_values("step").to_dict("records")
+
+
+def test_continue_with_a_new_stage_on_new_shards(tmp_path, capsys, monkeypatch, tiny_preset, pydoc_shards,
+                                                 pydoc_tokenizer, tiny_overrides, shared_data):
+    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.data.shards import prepare
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = kgpt2(capsys, "train", *tiny_overrides, "run=long", f"model.preset={tiny_preset}",
+                           f"data.shards={pydoc_shards}", "train.stages=[5]")
+    assert code == 0, err
+    run = tmp_path / "checkpoints" / "long"
+    first = CheckpointManager(run).latest()
+    boundary = first.step
+    # "the rest, later": new articles, prepared with the same tokenizer
+    new = prepare("pydoc", tmp_path / "more-shards", pydoc_tokenizer, fractions=(0.8, 0.1, 0.1), seed=7, progress=False)
+    assert new["content_hash"] != json.loads((pydoc_shards / "manifest.json").read_text())["content_hash"]
+
+    code, out, err = kgpt2(capsys, "train", "--run", run, f"data.shards={tmp_path / 'more-shards'}", 'train.stages=[5,10]')
+    assert code == 0, err
+    ckpts = CheckpointManager(run).list()
+    last = ckpts[-1]
+    assert [c.state["stage"] for c in ckpts if c.state.get("stage_end")] == [1, 2, 3]  # stages 2 and 3 after stage 1
+    assert (run / "stage-3.weights.h5").is_file() and (run / "stage-1.weights.h5").is_file()
+    rows = _steps(run)
+    assert [r["step"] for r in rows] == list(range(1, last.step + 1)) and last.step > boundary
+    with np.load(last.path / "optimizer.npz") as opt:  # Keras' optimizer.iterations: not reset to 0
+        assert int(opt["v00000"]) == last.step
+    # The learning rate follows warmup + cosine over the new total: no second warmup at the boundary,
+    # the rows before it kept as they were logged (the first plan's curve, down to 0 at its end).
+    peak, warmup, total = 0.003, 2, last.state["total_steps"]
+    after = [r for r in rows if r["step"] > boundary]
+    expected = [peak * 0.5 * (1 + math.cos(math.pi * (r["step"] - 1 - warmup) / (total - warmup))) for r in after]
+    np.testing.assert_allclose([r["learning_rate"] for r in after], expected, rtol=2e-3)
+    assert after[0]["learning_rate"] > 0.5 * peak and rows[boundary - 1]["learning_rate"] < 0.01 * peak
+    # The change is recorded in the run.
+    (record,) = json.loads((run / "config.json").read_text())["continuations"]
+    assert record["step"] == boundary and set(record["changed"]) == {"data.shards", "train.stages"}
+
+    # resuming it again, unchanged, trains nothing more and records nothing
+    code, out, err = kgpt2(capsys, "train", "--run", run)
+    assert code == 0, err
+    assert CheckpointManager(run).latest().step == last.step
+    assert len(json.loads((run / "config.json").read_text())["continuations"]) == 1
+
+    # what the checkpoints depend on is refused, naming the field
+    for change, named in [("lora.enabled=true", "lora"), (f"model.tokenizer={shared_data / 'gpt2-tokenizer'}", "tokenizer"),
+                          ("train.batch_size=3", "batch_size")]:
+        code, out, err = kgpt2(capsys, "train", "--run", run, change, "train.stages=[5,10,10]")
+        (error,) = [line for line in err.splitlines() if line.startswith("kgpt2: error:")]
+        assert code == 2 and named in error and "Traceback" not in err, (change, err)
+
+
+def test_config_accepts_a_runs_config_json(tmp_path, capsys, monkeypatch, tiny_run):
+    run = tmp_path / "copied"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = kgpt2(capsys, "train", "--dry-run", "--config", run / "config.json")
+    assert code == 0, err
+    assert out.splitlines()[0] == "stage plan [5, 10]"
+    code, out, err = kgpt2(capsys, "train", "--run", tmp_path / "nothing-here")
+    assert code == 2 and "not a kgpt2 run directory" in err
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_run, make_tiny_config, tiny_preset,
+                                                              pydoc_shards):
+    from kgpt2.checkpoints import CheckpointManager, checkpoint_variables
+    from kgpt2.train import Trainer, train
+
+    source = CheckpointManager(tiny_run).list()[0]  # not the newest: the one named
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=second", "train.stages=[5]",
+                           f"train.init_from={tiny_run}:{source.id}")
+    trainer = Trainer(cfg, verbose=0)
+    trainer.setup()
+    with trainer.scope():
+        trainer.build()
+        cursor = trainer.resume()
+        weights = [np.array(v) for v in checkpoint_variables(trainer.model)]
+    assert cursor.step == 0 and int(trainer.optimizer.iterations) == 0  # a fresh optimizer
+    with np.load(source.path / "weights.npz") as saved:
+        assert len(saved.files) == len(weights)
+        for key, value in zip(sorted(saved.files), weights):
+            np.testing.assert_array_equal(saved[key], value)
+    result = train(cfg, verbose=0)
+    assert result.global_step == CheckpointManager(cfg.run_dir).latest().step > 0
+    bad = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=third", f"train.init_from={tiny_run}",
+                           "lora.enabled=true")
+    from kgpt2.errors import UserError
+
+    with pytest.raises(UserError, match="train.init_from.*lora"):
+        Trainer(bad, verbose=0).setup()
+
+
+# -- the wheel, installed into a fresh venv, used from a folder outside the checkout ----------------
+
+
+@pytest.mark.slow
+def test_wheel_in_a_fresh_venv_trains_moves_and_continues_a_run(tmp_path, wheel_venv, tiny_preset, pydoc_tokenizer_dir,
+                                                                tiny_overrides):
+    venv = wheel_venv
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"KERAS_BACKEND": "jax"}
+
+    def cli(*argv, cwd=work):
+        r = subprocess.run([venv / "bin" / "kgpt2", *map(str, argv)], capture_output=True, text=True, cwd=cwd,
+                           env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    where = subprocess.check_output([venv / "bin" / "python", "-c", "import kgpt2; print(kgpt2.__file__)"],
+                                    text=True, cwd=work, env=env).strip()
+    assert where.startswith(str(venv)), where  # the installed wheel, not a checkout
+    cli("prepare", "--source", "pydoc", "--out", "shards", "--tokenizer", pydoc_tokenizer_dir)
+    cli("train", *tiny_overrides, "run=q", f"model.preset={tiny_preset}", "data.shards=shards", "train.stages=[5]")
+    shutil.move(str(work / "checkpoints" / "q"), str(tmp_path / "drive-q"))
+    out = cli("generate", "--run", tmp_path / "drive-q", "--prompt", PROMPT, "--sampler", "greedy",
+              "--max-new-tokens", 5, cwd=tmp_path)
+    assert out.startswith(PROMPT) and len(out.rstrip("\n")) > len(PROMPT)  # greedy on a tiny model may add only spaces
+    cli("train", "--run", tmp_path / "drive-q", 'train.stages=[5,"rest"]', cwd=tmp_path)
+    state = json.loads(max((tmp_path / "drive-q").glob("ckpt-*/state.json"), key=lambda p: int(p.parent.name[5:])).read_text())
+    assert state["stage"] == 2 and state["stage_end"]

@@ -14,6 +14,8 @@ import math
 
 import keras
 
+from kgpt2.models import real_vocabulary_size
+
 
 def lm_loss():
     return keras.losses.SparseCategoricalCrossentropy(
@@ -150,7 +152,6 @@ def _chunked_loss_and_updates(self, trainable_variables, non_trainable_variables
                                                    metrics_variables, x, y, sample_weight, training, optimizer_variables)
     import jax.numpy as jnp
 
-    from kgpt2.models import real_vocabulary_size
 
     mapping = list(zip(self.trainable_variables, trainable_variables))
     mapping += list(zip(self.non_trainable_variables, non_trainable_variables))

@@ -7,7 +7,7 @@
     kgpt2 generate   -> kgpt2.generate                text from a checkpoint
     kgpt2 demo       -> kgpt2.demo                    Gradio side-by-side app
     kgpt2 quickstart -> kgpt2.quickstart              the whole pipeline, offline
-    kgpt2 align      -> kgpt2.align.align             DPO on preference pairs
+    kgpt2 align      -> kgpt2.align.align             DPO / IPO / hinge / SimPO / ORPO / KTO
     kgpt2 tokenizer  -> kgpt2.tokenizer_training      your own BPE or character tokenizer
     kgpt2 pretrain   -> kgpt2.scratch, kgpt2.pretrain from-scratch presets, run summary
     kgpt2 export     -> kgpt2.export.export_run       Hugging Face / KerasHub preset directory
@@ -205,7 +205,7 @@ def _demo(p):
     return run
 
 
-@verb("align", "DPO: align a model to preference pairs (prompt, chosen, rejected)")
+@verb("align", "align a model to preferences (align.loss: dpo, ipo, hinge, simpo, orpo, kto); resumable")
 def _align(p):
     _add_config(p)
     p.add_argument("--device", help="auto, cpu, gpu, gpu:N")

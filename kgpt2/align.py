@@ -40,8 +40,7 @@ import numpy as np
 
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config
-from kgpt2.data.preference_pairs import (PairStats, content_hash, encode_pairs, encode_rows, heldout_mask,
-                                         kto_rows, read_pairs, read_preferences, unpair)
+from kgpt2.data.preference_pairs import PairStats, content_hash, encode_pairs, read_pairs, read_preferences
 from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
@@ -49,7 +48,8 @@ from kgpt2.io import atomic_write_bytes, atomic_write_text
 from kgpt2.models import build_causal_lm, check_sequence_length, load_tokenizer
 from kgpt2.optimizer import make_optimizer
 from kgpt2.preference_losses import PreferenceLoss
-from kgpt2.preferences import PolicyLogProbs, predict_logprobs, score_heldout, take, targets_for
+from kgpt2.preferences import (PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout,
+                               take, targets_for)
 from kgpt2.run import Run
 
 __all__ = ["align", "read_pairs", "PairStats", "encode_pairs"]
@@ -120,20 +120,9 @@ class Aligner:
             log.info(self.parallel.describe())
 
     def _encode(self, pairs: list, unpaired: list, tokenizer) -> None:
-        """Held-out pairs (by prompt hash) and the training rows: pairs, or KTO examples with a mismatched slot 1."""
-        cfg, a, stats = self.cfg, self.cfg.align, self.stats
-        held = heldout_mask([p["prompt"] for p in pairs], a.heldout_fraction, cfg.seed)
-        T = cfg.data.sequence_length
-        self.held_x, _ = encode_pairs(tokenizer, [p for p, h in zip(pairs, held) if h], T, stats)
-        train_pairs = [p for p, h in zip(pairs, held) if not h]
-        if a.loss == "kto":
-            examples = unpair(train_pairs) + unpaired
-            self.train_x, kept = encode_rows(tokenizer, kto_rows(examples, cfg.seed), T, stats)
-            self.labels = np.array([examples[k]["label"] for k in kept], "float32")
-        else:
-            self.train_x, kept = encode_rows(tokenizer, [(p["prompt"], p["chosen"], p["rejected"]) for p in train_pairs],
-                                             T, stats)
-            self.labels = np.ones(len(kept), "float32")
+        """Held-out pairs (by prompt hash) and the training rows (pairs, or KTO examples)."""
+        a, stats = self.cfg.align, self.stats
+        self.held_x, self.train_x, self.labels = encode_preferences(self.cfg, pairs, unpaired, tokenizer, stats)
         n_train, n_held = len(self.labels), len(self.held_x["token_ids"])
         if n_train == 0 or n_held == 0:
             raise UserError(f"{n_train + n_held} usable preference rows are too few to hold out "
@@ -180,7 +169,7 @@ class Aligner:
 
     def _reference(self) -> tuple[np.ndarray, np.ndarray]:
         """Log-probs of the policy before any update: computed once, cached in the run folder."""
-        path = self.run_.path / "reference.npz"
+        path = reference_path(self.run_.path)
         if path.is_file():
             with np.load(path) as cached:
                 if str(cached["data"]) == self.data_hash:

@@ -149,7 +149,8 @@ def _evaluate(p):
                             max_batches=a.max_batches)
         print(json.dumps(rows, indent=2) if a.json else format_table(rows))
         if not a.json:
-            print(f"saved: {a.run}/evaluation-{a.split}.json, .csv and .png")
+            split = rows[0].get("split", a.split) if rows else a.split  # an align run: its held-out pairs
+            print(f"saved: {a.run}/evaluation-{split}.json, .csv and .png")
 
     return run
 

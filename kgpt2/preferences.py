@@ -16,11 +16,42 @@ report.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 from keras import ops
 
+from kgpt2.data.preference_pairs import encode_pairs, encode_rows, heldout_mask, kto_rows, unpair
 from kgpt2.preference_losses import pair_metrics, preference_loss
+
+REFERENCE_FILE = "reference.npz"  # in the run folder: log-probs before alignment (train rows, held-out pairs)
+
+
+def reference_path(run_dir) -> Path:
+    return Path(run_dir) / REFERENCE_FILE
+
+
+def encode_preferences(cfg, pairs: list, unpaired: list, tokenizer, stats=None):
+    """(held-out pair inputs, training inputs, training labels) as `kgpt2 align` trains and evaluates them.
+
+    Pairs are held out by a seeded hash of the prompt; with `align.loss = "kto"`
+    the training pairs become desirable / undesirable examples (plus the
+    unpaired ones), each with a mismatched completion in slot 1.
+    """
+    a, T = cfg.align, cfg.data.sequence_length
+    held = heldout_mask([p["prompt"] for p in pairs], a.heldout_fraction, cfg.seed)
+    held_x, _ = encode_pairs(tokenizer, [p for p, h in zip(pairs, held) if h], T, stats)
+    train_pairs = [p for p, h in zip(pairs, held) if not h]
+    if a.loss == "kto":
+        examples = unpair(train_pairs) + unpaired
+        train_x, kept = encode_rows(tokenizer, kto_rows(examples, cfg.seed), T, stats)
+        labels = np.array([examples[k]["label"] for k in kept], "float32")
+    else:
+        rows = [(p["prompt"], p["chosen"], p["rejected"]) for p in train_pairs]
+        train_x, kept = encode_rows(tokenizer, rows, T, stats)
+        labels = np.ones(len(kept), "float32")
+    return held_x, train_x, labels
 
 
 def token_logprobs(logits, targets):

@@ -242,3 +242,16 @@ def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_pat
         align(load_config(None, args + ["align.beta=0.2"]), verbose=0)
     again = align(load_config(None, args), verbose=0)  # nothing left to train: the same result
     assert again["heldout_after"] == pytest.approx(r["heldout_after"])
+
+    # `kgpt2 evaluate` on the align run: held-out reward accuracy and margins, a table and a plot.
+    out = subprocess.run([sys.executable, "-m", "kgpt2.cli", "-q", "evaluate", "--run", str(tmp_path / "run"),
+                          "--checkpoint", "all", "--compare", "base", "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [row["model"] for row in rows] == ["base", "ckpt-4"]
+    assert rows[0]["reward_accuracy"] == 0.0 and rows[0]["reward_margin"] == 0.0
+    for key in ("reward_accuracy", "reward_margin", "chosen_reward", "loss"):
+        assert rows[1][key] == pytest.approx(r["heldout_after"][key], rel=1e-4, abs=1e-6)
+    for suffix in ("json", "csv", "png"):
+        assert (tmp_path / "run" / f"evaluation-preferences.{suffix}").stat().st_size > 0

@@ -39,7 +39,7 @@ from kgpt2.io import atomic_write_text
 
 LORA_TARGETS = ("query", "key", "value", "attention_output")
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
-Template = Literal["plain", "instruction"]
+Template = Literal["plain", "instruction", "chat"]
 
 
 def at_least(low, *, default, below=None):

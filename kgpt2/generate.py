@@ -36,7 +36,7 @@ import numpy as np
 
 from kgpt2.errors import UserError
 from kgpt2.run import load_model
-from kgpt2.templates import TEMPLATES, render_prompt
+from kgpt2.templates import TEMPLATES, prompt_ids, render_prompt  # noqa: F401  (render_prompt: callers import it from here)
 
 SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")
 MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
@@ -184,7 +184,7 @@ class Generator:
     # Planning -----------------------------------------------------------------
     def _encode(self, prompt: str, s: Settings) -> list[int]:
         """The prompt's ids under the settings' template (generate_ids/stream_ids check and plan)."""
-        return self.tokenizer.encode(render_prompt(prompt, s.template))
+        return prompt_ids(self.tokenizer, prompt, s.template)  # chat: end-of-text as its token
 
     def _plan(self, ids: list[int], s: Settings) -> tuple[list[int], int]:
         ids = list(ids) or [self.tokenizer.eos_id]  # an empty prompt starts a new document

@@ -17,8 +17,9 @@ used: `backbone.token_embedding` (and its `reverse=True` for the logits),
 (it would drop the mask): XLA's masked attention runs instead.
 
     >>> import numpy as np
+    >>> from keras import ops
     >>> from kgpt2.packed_attention import segment_mask
-    >>> segment_mask(np.array([[1, 1, 2, 0]])).astype(int)[0].tolist()
+    >>> ops.convert_to_numpy(segment_mask(np.array([[1, 1, 2, 0]]))).astype(int)[0].tolist()
     [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
 """
 

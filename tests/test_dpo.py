@@ -255,3 +255,21 @@ def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_pat
         assert rows[1][key] == pytest.approx(r["heldout_after"][key], rel=1e-4, abs=1e-6)
     for suffix in ("json", "csv", "png"):
         assert (tmp_path / "run" / f"evaluation-preferences.{suffix}").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_align_on_two_virtual_devices_matches_one(tmp_path, shared_data, tiny_preset, tiny_overrides):
+    """train.devices = 2 (JAX, two virtual CPU devices): the same weights as one device, same global batch."""
+    prefs = _small_prefs(tmp_path, shared_data, n=60)
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    for run, devices in (("one", "1"), ("two", "2")):
+        args = _align_args(tiny_overrides, tiny_preset, tmp_path, run, prefs, "align.steps=4",
+                           "model.dropout=0.0", f"train.devices={devices}", "train.device=auto")
+        out = subprocess.run([sys.executable, "-m", "kgpt2.cli", "align", *args], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+    assert "data parallel on 2 devices" in out.stderr + out.stdout
+    (s1, w1), (s2, w2) = _latest_weights(tmp_path / "one"), _latest_weights(tmp_path / "two")
+    assert s1 == s2 == 4
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=1e-4, atol=1e-5, err_msg=k)

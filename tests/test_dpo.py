@@ -273,3 +273,29 @@ def test_align_on_two_virtual_devices_matches_one(tmp_path, shared_data, tiny_pr
     assert s1 == s2 == 4
     for k in w1:
         np.testing.assert_allclose(w2[k], w1[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_unpaired_records_feed_kto_only(tmp_path):
+    from kgpt2.align import read_pairs
+    from kgpt2.data.preference_pairs import PairStats, kto_rows, read_preferences, unpair
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "Q1", "chosen": "good", "rejected": "bad"},
+        {"prompt": "Q2", "completion": "fine answer", "label": True},
+        {"instruction": "Q3", "completion": "rude answer", "label": False},
+        {"prompt": "Q4", "chosen": None, "rejected": None, "choice": "both_bad",
+         "left_answer": "no", "right_answer": "never"}]) + "\n")
+    stats = PairStats()
+    pairs, singles = read_preferences(path, stats=stats)
+    assert pairs == [{"prompt": "Q1", "chosen": "good", "rejected": "bad"}]
+    assert [(s["completion"], s["label"]) for s in singles] == [("fine answer", True), ("rude answer", False),
+                                                                 ("no", False), ("never", False)]
+    assert (stats.read, stats.unpaired, stats.ties) == (4, 4, 0)
+    with pytest.raises(UserError, match="only align.loss = \"kto\""):
+        read_pairs(path)
+    examples = unpair(pairs) + singles
+    rows = kto_rows(examples, seed=0)
+    assert [r[:2] for r in rows] == [(e["prompt"], e["completion"]) for e in examples]
+    # Slot 1 is another example's completion: every row's KL partner differs from its own answer.
+    assert all(r[2] != r[1] for r in rows) and sorted(r[2] for r in rows) == sorted(e["completion"] for e in examples)

@@ -2,8 +2,9 @@
 
 Pairs are (prompt, chosen, rejected) from JSON/JSONL files or a demo run's
 votes; unpaired examples (TRL's KTO format: `prompt` or `instruction`/`input`,
-`completion`, `label` true/false) feed `align.loss = "kto"`, and a pair gives
-KTO one desirable and one undesirable example. `encode_rows` turns rows of
+`completion`, `label` true/false; or a demo vote record with `choice:
+"both_bad"`, two undesirable answers) feed `align.loss = "kto"`, and a pair
+gives KTO one desirable and one undesirable example. `encode_rows` turns rows of
 (prompt, response 0, response 1) into the [N, 2, T] arrays the policy scores.
 
     >>> from kgpt2.data.preference_pairs import unpair
@@ -80,11 +81,11 @@ def read_preferences(paths, template: str = "plain", stats: PairStats | None = N
     for path in _files(paths):
         stats.files.append(str(path))
         for where, rec in _records(path):
-            if isinstance(rec, dict) and "completion" in rec and "label" in rec:
+            singles = _unpaired(rec, where, template)
+            if singles is not None:
                 stats.read += 1
-                stats.unpaired += 1
-                unpaired.append({"prompt": record_prompt(rec, where, template),
-                                 "completion": str(rec["completion"]).strip(), "label": bool(rec["label"])})
+                stats.unpaired += len(singles)
+                unpaired += singles
                 continue
             if not isinstance(rec, dict) or "chosen" not in rec or "rejected" not in rec:
                 raise UserError(f"{where}: expected chosen and rejected fields (or completion and label for KTO)")
@@ -98,6 +99,20 @@ def read_preferences(paths, template: str = "plain", stats: PairStats | None = N
                 continue
             pairs.append({"prompt": record_prompt(rec, where, template), "chosen": chosen, "rejected": rejected})
     return pairs, unpaired
+
+
+def _unpaired(rec, where: str, template: str) -> list | None:
+    """KTO examples of a record: a completion with a label, or a demo vote "both_bad" (two undesirable answers)."""
+    if not isinstance(rec, dict):
+        return None
+    if "completion" in rec and "label" in rec:
+        return [{"prompt": record_prompt(rec, where, template), "completion": str(rec["completion"]).strip(),
+                 "label": bool(rec["label"])}]
+    if rec.get("choice") == "both_bad" and "left_answer" in rec and "right_answer" in rec:
+        prompt = record_prompt(rec, where, template)
+        return [{"prompt": prompt, "completion": str(rec[k]).strip(), "label": False}
+                for k in ("left_answer", "right_answer")]
+    return None
 
 
 def read_pairs(paths, template: str = "plain", stats: PairStats | None = None) -> list[dict]:

@@ -116,22 +116,16 @@ def test_align_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shar
     saved = json.loads((cfg.run_dir / "align.json").read_text())
     assert saved["heldout_after"]["reward_accuracy"] == pytest.approx(after["reward_accuracy"])
     assert saved["loss"] == loss
+    if loss == "dpo":  # the aligned run generates with its template, as any run
+        _generates_with_its_template(cfg.run_dir)
 
 
-@pytest.mark.slow
-def test_aligned_run_generates_with_its_template(tmp_path, shared_data, preference_preset):
-    from kgpt2.align import align
-    from kgpt2.config import load_config
+def _generates_with_its_template(run_dir):
     from kgpt2.generate import Generator, Settings
     from kgpt2.run import load_model
     from kgpt2.templates import format_prompt
 
-    cfg = load_config("dpo", [
-        f"model.preset={preference_preset}", f"checkpoints_root={tmp_path}", "run=dpo", "align.init_run=",
-        f'align.data=["{shared_data / PREFS}"]', "align.steps=4", "data.sequence_length=96", "lora.enabled=false",
-        "train.batch_size=8", "train.precision=float32", "train.device=cpu"])
-    align(cfg, verbose=0)
-    model, tok, run_cfg = load_model(cfg.run_dir)
+    model, tok, _ = load_model(run_dir)
     gen = Generator(model, tok)
     text = gen.generate("Say hello.", Settings(sampler="greedy", max_new_tokens=4, template="instruction"))
     assert text == gen.generate(format_prompt("Say hello."), Settings(sampler="greedy", max_new_tokens=4))

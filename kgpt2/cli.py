@@ -8,7 +8,7 @@
     kgpt2 serve      -> kgpt2.serve                   OpenAI-compatible HTTP API
     kgpt2 demo       -> kgpt2.demo                    Gradio side-by-side app
     kgpt2 quickstart -> kgpt2.quickstart              the whole pipeline, offline
-    kgpt2 align      -> kgpt2.align.align             DPO on preference pairs
+    kgpt2 align      -> kgpt2.align.align             DPO / IPO / hinge / SimPO / ORPO / KTO
     kgpt2 tokenizer  -> kgpt2.tokenizer_training      your own BPE or character tokenizer
     kgpt2 pretrain   -> kgpt2.scratch, kgpt2.pretrain from-scratch presets, run summary
     kgpt2 export     -> kgpt2.export.export_run       Hugging Face / KerasHub preset directory
@@ -159,7 +159,8 @@ def _evaluate(p):
                             max_batches=a.max_batches, shards=a.shards)
         print(json.dumps(rows, indent=2) if a.json else format_table(rows))
         if not a.json:
-            print(f"saved: {a.run}/evaluation-{a.split}.json, .csv and .png")
+            split = rows[0].get("split", a.split) if rows else a.split  # an align run: its held-out pairs
+            print(f"saved: {a.run}/evaluation-{split}.json, .csv and .png")
 
     return run
 
@@ -236,7 +237,7 @@ def _demo(p):
     return run
 
 
-@verb("align", "DPO: align a model to preference pairs (prompt, chosen, rejected)")
+@verb("align", "align a model to preferences (align.loss: dpo, ipo, hinge, simpo, orpo, kto); resumable")
 def _align(p):
     _add_config(p)
     p.add_argument("--device", help="auto, cpu, gpu, gpu:N")

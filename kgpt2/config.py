@@ -43,7 +43,7 @@ LORA_TARGETS = ("query", "key", "value", "attention_output",
                 "feedforward_intermediate_dense", "feedforward_output_dense")
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output head
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
-Template = Literal["plain", "instruction"]
+Template = Literal["plain", "instruction", "chat"]
 
 
 def at_least(low, *, default, below=None):
@@ -239,14 +239,19 @@ class TrainConfig:
 
 @dataclass
 class AlignConfig:
-    """`kgpt2 align`: DPO on preference pairs (kgpt2.align)."""
+    """`kgpt2 align`: preference alignment on pairs or KTO examples (kgpt2.align)."""
 
     SECTION: ClassVar[str] = "align"
 
     # JSON/JSONL files of prompt (or instruction/input) + chosen + rejected,
     # or a demo run's votes.jsonl.
     data: list = field(default_factory=list)
-    beta: float = 0.1  # > 0
+    # dpo (sigmoid), ipo, hinge, simpo and orpo (no reference model), kto
+    # (unpaired desirable / undesirable examples); kgpt2.preference_losses.
+    loss: Literal["dpo", "ipo", "hinge", "simpo", "orpo", "kto"] = "dpo"
+    beta: float = 0.1  # > 0 (ORPO: the odds-ratio weight lambda)
+    label_smoothing: float = at_least(0.0, default=0.0, below=0.5)  # dpo / simpo (cDPO)
+    simpo_gamma: float = 0.5  # SimPO's target reward margin
     heldout_fraction: float = 0.1  # pairs held out for reward accuracy / margins, in (0, 1)
     steps: int = at_least(1, default=100)  # optimizer steps (batches of train.batch_size pairs)
     # Start the policy (and the frozen reference) from this run's checkpoint,

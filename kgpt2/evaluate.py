@@ -1,5 +1,9 @@
 """`kgpt2 evaluate`: next-token accuracy, loss and perplexity with Keras `.evaluate`.
 
+On an align run (`kgpt2 align`) the table is the held-out pairs' reward
+accuracy, mean margin and rewards per checkpoint instead (`base`: the policy
+before alignment, i.e. its cached reference log-probs), with a plot of both.
+
 One table compares any set of models on the same split: the untrained base
 (`base`), each stage's checkpoint, the latest. Padding is excluded through
 sample weights; perplexity = exp(mean token loss). The same checkpoint and
@@ -17,10 +21,12 @@ from pathlib import Path
 
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.data.batches import to_dataset
+from kgpt2.data.preference_pairs import read_preferences
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.metrics import compile_lm, summarise
+from kgpt2.preferences import PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout, targets_for
 from kgpt2.run import BASE, Run, build_run_model, snapshot
 from kgpt2.validation import split_batches
 
@@ -57,6 +63,8 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     ids = select_checkpoints(run_dir, checkpoints)
     if compare_base and BASE not in ids:
         ids = [BASE] + ids
+    if is_align_run(run):
+        return evaluate_alignment(run, cfg, ids, batch_size, save)
     shards = ShardSet(cfg.data.shards)
     data = shards.split(split)
     if data.num_articles == 0:
@@ -84,6 +92,70 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if save:
         save_table(run_dir, rows, split)
     return rows
+
+
+def is_align_run(run: Run) -> bool:
+    latest = run.checkpoints().latest()
+    return latest is not None and latest.state.get("kind") == "align"
+
+
+def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = None, save: bool = True) -> list[dict]:
+    """Held-out reward accuracy and margins of an align run's checkpoints (table `evaluation-preferences.*`)."""
+    import numpy as np
+
+    path = reference_path(run.path)
+    if not path.is_file():
+        raise UserError(f"align run '{run.path}' has no {path.name} (its reference log-probs); run `kgpt2 align` on it")
+    a = cfg.align
+    pairs, unpaired = read_preferences(a.data, a.template)
+    model, tokenizer = build_run_model(cfg)
+    held_x, _, _ = encode_preferences(cfg, pairs, unpaired, tokenizer)
+    with np.load(path) as cached:
+        reference = cached["heldout"]
+    if len(reference) != len(held_x["token_ids"]):
+        raise UserError(f"the preference files of '{run.path}' changed since it was aligned ({a.data})")
+    y_true = targets_for(reference, held_x)
+    scorer, bs = PolicyLogProbs(model), batch_size or cfg.train.batch_size
+    ckpts = {c.id: c for c in run.checkpoints().list()}
+    options = {"label_smoothing": a.label_smoothing, "simpo_gamma": a.simpo_gamma}
+    rows = []
+    for ckpt_id in ids:
+        if ckpt_id == BASE:
+            y_pred = y_true[:, :2]  # the policy before alignment is the reference
+        else:
+            CheckpointManager.restore(model, ckpts[ckpt_id])
+            y_pred = predict_logprobs(scorer, held_x, bs)
+        row = {"model": ckpt_id, **score_heldout(y_true, y_pred, a.loss, a.beta, **options), "split": "preferences"}
+        if ckpt_id != BASE:
+            row["step"] = ckpts[ckpt_id].state["step"]
+        rows.append(row | {"margins": (y_pred[:, 0] - y_true[:, 0]) - (y_pred[:, 1] - y_true[:, 1])})
+    if save:
+        save_alignment_table(run, rows)
+    return [{k: v for k, v in r.items() if k != "margins"} for r in rows]
+
+
+def save_alignment_table(run: Run, rows: list[dict]) -> None:
+    """evaluation-preferences.json/.csv, and a PNG: reward accuracy per model, log-ratio margins of the last."""
+    import pandas as pd
+
+    table = [{k: v for k, v in r.items() if k != "margins"} for r in rows]
+    atomic_write_text(run.evaluation_table("preferences", "json"), json.dumps(table, indent=2))
+    atomic_write_text(run.evaluation_table("preferences", "csv"), pd.DataFrame(table).to_csv(index=False))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a1.bar([r["model"] for r in rows], [r["reward_accuracy"] for r in rows], color="C0")
+    a1.axhline(0.5, color="grey", lw=0.8, ls="--")
+    a1.set_title("held-out reward accuracy")
+    a1.tick_params(axis="x", rotation=30)
+    a2.hist(rows[-1]["margins"], bins=40, color="C2")
+    a2.axvline(0.0, color="grey", lw=0.8)
+    a2.set_title(f"{rows[-1]['model']}: chosen - rejected log-ratio per held-out pair")
+    fig.tight_layout()
+    save_figure(fig, run.evaluation_table("preferences", "png"))
 
 
 def save_table(run_dir: Path, rows: list[dict], split: str) -> None:
@@ -114,7 +186,8 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> None:
 def format_table(rows: list[dict]) -> str:
     import pandas as pd
 
-    cols = [c for c in ("model", "stage", "step", "loss", "accuracy", "perplexity", "tokens") if any(c in r for r in rows)]
+    cols = [c for c in ("model", "stage", "step", "loss", "accuracy", "perplexity", "tokens", "reward_accuracy",
+                        "reward_margin", "chosen_reward", "rejected_reward", "pairs") if any(c in r for r in rows)]
     table = pd.DataFrame(rows)[cols]
     for c in ("stage", "step"):  # the base row has none: keep them integers, blank there
         if c in table:

@@ -37,7 +37,7 @@ from kgpt2.engine import Engine, Sampling, bucket  # noqa: F401  (bucket: for ca
 from kgpt2.errors import UserError
 from kgpt2.run import load_model
 from kgpt2.sampling import filter_logits  # noqa: F401  (the old home of the sampling code)
-from kgpt2.templates import TEMPLATES, render_prompt  # noqa: F401  (generate's callers import them here)
+from kgpt2.templates import TEMPLATES, prompt_ids, render_prompt  # noqa: F401  (generate's callers import them here)
 
 SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")
 MIN_CACHE_BUCKET = 128  # the key/value cache is a power of two of at least this
@@ -92,7 +92,8 @@ class Generator:
         return self._engines[size]
 
     def _encode(self, prompt: str, s: Settings) -> list[int]:
-        return self.tokenizer.encode(render_prompt(prompt, s.template))
+        """The prompt's ids under the settings' template (generate_ids/stream_ids check and plan)."""
+        return prompt_ids(self.tokenizer, prompt, s.template)  # chat: end-of-text as its token
 
     def _plan(self, ids: list[int], s: Settings) -> tuple[list[int], int]:
         ids = list(ids) or [self.tokenizer.eos_id]  # an empty prompt starts a new document

@@ -21,6 +21,7 @@ GPT-2 tokenizer (kgpt2.tokenizer) and feeds token ids.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from pathlib import Path
@@ -285,6 +286,11 @@ def set_attention_dropout(backbone, rate: float) -> None:
         compat.set_attention_dropout(attention, rate)
 
 
+# Set while tracing a packed forward (kgpt2.packed_attention): its mask confines
+# attention to each example and must reach the kernel.
+KEEP_ATTENTION_MASK = contextvars.ContextVar("kgpt2_keep_attention_mask", default=False)
+
+
 def use_causal_attention(backbone) -> None:
     """Route full-length self-attention through the backend's causal kernel.
 
@@ -310,7 +316,7 @@ def use_causal_attention(backbone) -> None:
                        use_causal_mask=False):
                 t, s = query.shape[1], key.shape[1]
                 if (attention_mask is not None and t is not None and t == s and not return_attention_scores
-                        and compat.attention_dropout(_layer) == 0):
+                        and compat.attention_dropout(_layer) == 0 and not KEEP_ATTENTION_MASK.get()):
                     attention_mask, use_causal_mask = None, True
                 return compute(query, key, value, attention_mask=attention_mask, training=training,
                                return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)

@@ -53,10 +53,11 @@ def train_report(result) -> str:
 
 
 def align_report(result: dict, run_dir) -> str:
-    """`kgpt2 align`: what happened to the pairs, and the held-out DPO metrics before and after."""
+    """`kgpt2 align`: what happened to the pairs, and the held-out metrics before and after."""
     p = result["pairs"]
     lines = [f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
-             f"chosen == rejected dropped, {p['too_long_dropped']} too long; {p['train']} train, {p['heldout']} held out"]
+             f"chosen == rejected dropped, {p['too_long_dropped']} too long; {p['train']} train, {p['heldout']} held out"
+             + (f" ({result['loss']})" if "loss" in result else "")]
     for when in ("before", "after"):
         m = result[f"heldout_{when}"]
         lines.append(f"held-out {when:>6}: loss {m['loss']:.4f}, reward accuracy {m['reward_accuracy']:.3f}, "

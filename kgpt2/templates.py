@@ -3,7 +3,12 @@
 `plain` shows the prompt as typed; `instruction` wraps it in the Alpaca
 template that instruction tuning trains on (kgpt2.data.instructions), so
 `kgpt2 generate --template instruction`, the demo and DPO prompt a tuned
-model exactly as it was trained.
+model exactly as it was trained. `chat` is ChatML-style for `messages` data
+(system / user / assistant turns): each turn is a `<|role|>` header line and
+its content, closed by GPT-2's end-of-text token, which doubles as the turn
+separator (GPT-2 has no `<|im_start|>`/`<|im_end|>`, and end-of-text already
+means "stop" to the samplers). Turns are tokenised apart, so the end-of-text
+is always the token itself, never the text "<|endoftext|>".
 
     >>> from kgpt2.templates import format_prompt, render_prompt
     >>> print(format_prompt("Name a colour.", ""))
@@ -14,13 +19,17 @@ model exactly as it was trained.
     <BLANKLINE>
     >>> render_prompt("Add.", "instruction", "1+1") == format_prompt("Add.", "1+1")
     True
+    >>> turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    >>> [(text and text.split(), trained) for text, trained in chat_segments(turns)]
+    [(['<|user|>', 'Hi'], False), (None, False), (['<|assistant|>'], False), (['Hello!'], True), (None, True)]
 """
 
 from __future__ import annotations
 
 from kgpt2.errors import UserError
 
-TEMPLATES = ("plain", "instruction")
+TEMPLATES = ("plain", "instruction", "chat")
+ROLES = ("system", "user", "assistant")
 INSTRUCTION = "### Instruction:\n"
 INPUT = "### Input:\n"
 RESPONSE = "### Response:\n"
@@ -40,4 +49,52 @@ def render_prompt(prompt: str, template: str = "plain", input_text: str = "") ->
         return prompt
     if template == "instruction":
         return format_prompt(prompt, input_text)
+    if template == "chat":  # as text (the end-of-text shown); `prompt_ids` gives the real token
+        return "".join("<|endoftext|>" if t is None else t for t, _ in chat_segments([{"role": "user", "content": prompt}]))
     raise UserError(f"unknown prompt template '{template}' (one of: {', '.join(TEMPLATES)})")
+
+
+def chat_header(role: str) -> str:
+    return f"<|{role}|>\n"
+
+
+def chat_segments(messages: list[dict], add_generation_prompt: bool = True, where: str = "messages"):
+    """(text, trained) segments of a conversation; text None = the end-of-text token.
+
+    Assistant contents and their end-of-text are `trained` (the loss is on
+    assistant turns only). `add_generation_prompt` ends with an open
+    assistant header when the last turn is not the assistant's (for generation).
+    """
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise UserError(f"{where}: message {i + 1} needs a role ({', '.join(ROLES)}) and a text content")
+        trained = m["role"] == "assistant"
+        out += [(("\n" if i else "") + chat_header(m["role"]), False), (m["content"].strip(), trained), (None, trained)]
+    if add_generation_prompt and (not messages or messages[-1]["role"] != "assistant"):
+        out.append(("\n" + chat_header("assistant"), False))
+    # Join each header with the untrained text after it, so BPE sees them as typed.
+    merged: list = []
+    for text, trained in out:
+        if merged and text is not None and merged[-1][0] is not None and merged[-1][1] == trained:
+            merged[-1] = (merged[-1][0] + text, trained)
+        else:
+            merged.append((text, trained))
+    return merged
+
+
+def encode_segments(tokenizer, segments) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of `chat_segments`: each text encoded apart, None as the end-of-text id."""
+    ids, mask = [], []
+    for text, trained in segments:
+        piece = [tokenizer.eos_id] if text is None else tokenizer.encode(text)
+        ids += piece
+        mask += [int(trained)] * len(piece)
+    return ids, mask
+
+
+def prompt_ids(tokenizer, prompt: str, template: str = "plain") -> list[int]:
+    """The ids a model is prompted with: a rendered prompt, or a one-turn chat with its end-of-text ids."""
+    if template == "chat":
+        return encode_segments(tokenizer, chat_segments([{"role": "user", "content": prompt}]))[0]
+    return tokenizer.encode(render_prompt(prompt, template))

@@ -21,7 +21,7 @@ from kgpt2.errors import UserError
     (["model.dropout=1.0"], "model.dropout must be below 1.0; got 1.0"),
     (["model.quantize=nf4"], 'model.quantize must be one of "", "int8", "int4"; got "nf4"'),
     (["generate.sampler=nucleus"], 'generate.sampler must be one of "greedy", "top_k", "top_p", "beam", "random"; got "nucleus"'),
-    (["align.template=chat"], 'align.template must be one of "plain", "instruction"; got "chat"'),
+    (["align.template=chatml"], 'align.template must be one of "plain", "instruction", "chat"; got "chatml"'),
     (['lora.targets=["qkv"]'], "lora.targets must be a list of distinct names from"),
     (["train.device=gpu1"], 'train.device must be one of "auto", "cpu", "gpu", "gpu:N"; got "gpu1"'),
     (["train.epochs=0"], "train.epochs = 0 means \"as many as train.max_steps needs\"; set train.max_steps too"),

@@ -1,6 +1,16 @@
-"""DPO: the loss against numpy, response log-probs, preference files, and a real training run."""
+"""align: response log-probs, preference files, real training runs per loss, kill and resume.
+
+The losses themselves are checked against TRL's formulas in tests/test_align_losses.py.
+"""
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,34 +20,9 @@ from kgpt2.errors import UserError
 PREFS = "preferences/llms-from-scratch-instruction-data-with-preference.json"
 
 
-def _numpy_dpo(ref, pol, beta):
-    z = beta * ((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1]))
-    return np.logaddexp(0.0, -z), z  # -log sigmoid(z) = log(1 + e^-z)
-
-
-@pytest.mark.parametrize("beta", [0.1, 0.5])
-def test_dpo_loss_matches_numpy(beta):
-    import keras
-
-    from kgpt2.align import DPOLoss, dpo_metrics
-
-    ref = np.array([[-12.0, -15.5], [-30.25, -8.0], [-4.0, -4.0], [-50.0, -49.0]], dtype="float32")
-    pol = np.array([[-10.0, -16.0], [-31.0, -7.5], [-4.0, -4.0], [-20.0, -60.0]], dtype="float32")
-    per_pair, z = _numpy_dpo(ref.astype("float64"), pol.astype("float64"), beta)
-    loss = DPOLoss(beta=beta)
-    assert float(loss(ref, pol)) == pytest.approx(per_pair.mean(), rel=1e-5)
-    by_name = {}
-    for m in dpo_metrics(beta):
-        m.update_state(ref, pol)
-        by_name[m.name] = float(m.result())
-    assert by_name["reward_accuracy"] == pytest.approx(np.mean(z > 0))  # ties (z = 0) are not wins
-    assert by_name["reward_margin"] == pytest.approx(z.mean(), rel=1e-5)
-    assert by_name["chosen_reward"] == pytest.approx(beta * (pol[:, 0] - ref[:, 0]).mean(), rel=1e-5)
-    assert keras.ops.convert_to_numpy(loss.call(ref, pol)) == pytest.approx(per_pair, rel=1e-5)
-
-
 def test_policy_logprobs_sum_the_response_tokens(tiny_preset, pydoc_tokenizer):
-    from kgpt2.align import PolicyLogProbs, encode_pairs
+    from kgpt2.align import encode_pairs
+    from kgpt2.preferences import PolicyLogProbs
     from kgpt2.config import load_config
     from kgpt2.models import build_causal_lm
 
@@ -109,29 +94,38 @@ def preference_preset(tmp_path_factory, shared_data):
 
 
 @pytest.mark.slow
-def test_dpo_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shared_data, preference_preset):
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "hinge", "simpo", "orpo", "kto"])
+def test_align_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shared_data, preference_preset, loss):
     from kgpt2.align import align
     from kgpt2.config import load_config
-    from kgpt2.generate import Generator, Settings
-    from kgpt2.templates import format_prompt
-    from kgpt2.run import load_model
 
     cfg = load_config("dpo", [
-        f"model.preset={preference_preset}", f"checkpoints_root={tmp_path}", "run=dpo", "align.init_run=",
-        f'align.data=["{shared_data / PREFS}"]', "align.steps=40", "align.heldout_fraction=0.2",
+        f"model.preset={preference_preset}", f"checkpoints_root={tmp_path}", f"run={loss}", "align.init_run=",
+        f'align.data=["{shared_data / PREFS}"]', "align.steps=40", "align.heldout_fraction=0.2", f"align.loss={loss}",
         "data.sequence_length=96", "lora.enabled=false", "train.batch_size=8", "train.learning_rate=0.003",
         "train.warmup_steps=5", "train.precision=float32", "train.device=cpu"])
     r = align(cfg, verbose=0)
     assert r["pairs"]["identical_dropped"] == 6
-    assert r["pairs"]["train"] + r["pairs"]["heldout"] + r["pairs"]["too_long_dropped"] == 1094
     before, after = r["heldout_before"], r["heldout_after"]
-    # At step 0 the policy is the reference: every reward is 0, loss log 2.
-    assert before["reward_accuracy"] == 0.0 and before["loss"] == pytest.approx(np.log(2), abs=1e-4)
-    assert after["reward_accuracy"] > 0.65
-    assert after["reward_margin"] > 0 and after["loss"] < np.log(2)
+    assert before["pairs"] == after["pairs"] == r["pairs"]["heldout"] > 100
+    if loss not in ("simpo", "orpo"):  # at step 0 the policy is the reference: every reward is 0
+        assert before["reward_accuracy"] == 0.0 and before["reward_margin"] == 0.0
+    if loss == "dpo":
+        assert before["loss"] == pytest.approx(np.log(2), abs=1e-4) and after["loss"] < np.log(2)
+    assert after["reward_accuracy"] > 0.5 and after["reward_margin"] > before["reward_margin"]
     saved = json.loads((cfg.run_dir / "align.json").read_text())
     assert saved["heldout_after"]["reward_accuracy"] == pytest.approx(after["reward_accuracy"])
-    model, tok, run_cfg = load_model(cfg.run_dir)
+    assert saved["loss"] == loss
+    if loss == "dpo":  # the aligned run generates with its template, as any run
+        _generates_with_its_template(cfg.run_dir)
+
+
+def _generates_with_its_template(run_dir):
+    from kgpt2.generate import Generator, Settings
+    from kgpt2.run import load_model
+    from kgpt2.templates import format_prompt
+
+    model, tok, _ = load_model(run_dir)
     gen = Generator(model, tok)
     text = gen.generate("Say hello.", Settings(sampler="greedy", max_new_tokens=4, template="instruction"))
     assert text == gen.generate(format_prompt("Say hello."), Settings(sampler="greedy", max_new_tokens=4))
@@ -159,3 +153,143 @@ def test_preference_file_that_is_not_utf8_is_one_clear_error(tmp_path):
     path.write_bytes(b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
     with pytest.raises(UserError, match="not UTF-8"):
         read_pairs(path)
+
+
+def _small_prefs(tmp_path, shared_data, n=160) -> Path:
+    """Short raw prompts from the real pairs (the tiny model's window is 32 tokens)."""
+    records = json.loads((shared_data / PREFS).read_text())[:n]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": r["instruction"][:60] + "\n", "chosen": r["chosen"],
+                                        "rejected": r["rejected"]}) + "\n" for r in records))
+    return path
+
+
+def _align_args(tiny_overrides, tiny_preset, root, run, prefs, *extra):
+    return tiny_overrides + [f"model.preset={tiny_preset}", f"checkpoints_root={root}", f"run={run}",
+                             f'align.data=["{prefs}"]', "align.steps=24", "align.heldout_fraction=0.25",
+                             "train.batch_size=4", "train.checkpoint_every=4", "train.keep_last=2",
+                             "model.dropout=0.1", *extra]
+
+
+def _start_align(args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "-q", "align", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _latest_weights(run_dir):
+    from kgpt2.checkpoints import CheckpointManager
+
+    ckpt = CheckpointManager(run_dir).latest()
+    with np.load(ckpt.path / "weights.npz") as w:
+        return ckpt.step, {k: w[k] for k in w.files}
+
+
+@pytest.mark.slow
+def test_align_sigkill_then_resume_matches_uninterrupted(tmp_path, shared_data, tiny_preset, tiny_overrides):
+    prefs = _small_prefs(tmp_path, shared_data)
+    ref = _start_align(_align_args(tiny_overrides, tiny_preset, tmp_path, "reference", prefs))
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+
+    run_dir = tmp_path / "killed"
+    args = _align_args(tiny_overrides, tiny_preset, tmp_path, "killed", prefs)
+    rng, kills = random.Random(0), 0
+    for _ in range(2):
+        proc = _start_align(args)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if any(run_dir.glob("ckpt-*")):
+                time.sleep(rng.uniform(0.0, 2.0))
+                break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+    assert kills >= 1, "the run finished before it could be interrupted; make it longer"
+    final = _start_align(args)
+    assert final.wait(timeout=600) == 0, final.stderr.read()
+
+    ref_step, ref_w = _latest_weights(tmp_path / "reference")
+    step, w = _latest_weights(run_dir)
+    assert step == ref_step == 24
+    for k in ref_w:
+        np.testing.assert_allclose(w[k], ref_w[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    a, b = (json.loads((d / "align.json").read_text()) for d in (run_dir, tmp_path / "reference"))
+    assert a["heldout_after"] == pytest.approx(b["heldout_after"], rel=1e-4)
+
+
+def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_path, shared_data, tiny_preset,
+                                                                         tiny_overrides):
+    import keras
+
+    from kgpt2.align import align
+    from kgpt2.config import load_config
+
+    prefs = _small_prefs(tmp_path, shared_data, n=60)
+    args = _align_args(tiny_overrides, tiny_preset, tmp_path, "run", prefs, "align.steps=4")
+    policy = keras.config.dtype_policy().name
+    r = align(load_config(None, args), verbose=0)
+    assert r["checkpoint"] == "ckpt-4" and (tmp_path / "run" / "reference.npz").is_file()
+    assert keras.config.dtype_policy().name == policy
+    with pytest.raises(UserError, match="beta: 0.1 -> 0.2"):
+        align(load_config(None, args + ["align.beta=0.2"]), verbose=0)
+    again = align(load_config(None, args), verbose=0)  # nothing left to train: the same result
+    assert again["heldout_after"] == pytest.approx(r["heldout_after"])
+
+    # `kgpt2 evaluate` on the align run: held-out reward accuracy and margins, a table and a plot.
+    out = subprocess.run([sys.executable, "-m", "kgpt2.cli", "-q", "evaluate", "--run", str(tmp_path / "run"),
+                          "--checkpoint", "all", "--compare", "base", "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [row["model"] for row in rows] == ["base", "ckpt-4"]
+    assert rows[0]["reward_accuracy"] == 0.0 and rows[0]["reward_margin"] == 0.0
+    for key in ("reward_accuracy", "reward_margin", "chosen_reward", "loss"):
+        assert rows[1][key] == pytest.approx(r["heldout_after"][key], rel=1e-4, abs=1e-6)
+    for suffix in ("json", "csv", "png"):
+        assert (tmp_path / "run" / f"evaluation-preferences.{suffix}").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_align_on_two_virtual_devices_matches_one(tmp_path, shared_data, tiny_preset, tiny_overrides):
+    """train.devices = 2 (JAX, two virtual CPU devices): the same weights as one device, same global batch."""
+    prefs = _small_prefs(tmp_path, shared_data, n=60)
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    for run, devices in (("one", "1"), ("two", "2")):
+        args = _align_args(tiny_overrides, tiny_preset, tmp_path, run, prefs, "align.steps=4",
+                           "model.dropout=0.0", f"train.devices={devices}", "train.device=auto")
+        out = subprocess.run([sys.executable, "-m", "kgpt2.cli", "align", *args], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+    assert "data parallel on 2 devices" in out.stderr + out.stdout
+    (s1, w1), (s2, w2) = _latest_weights(tmp_path / "one"), _latest_weights(tmp_path / "two")
+    assert s1 == s2 == 4
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_unpaired_records_feed_kto_only(tmp_path):
+    from kgpt2.align import read_pairs
+    from kgpt2.data.preference_pairs import PairStats, kto_rows, read_preferences, unpair
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "Q1", "chosen": "good", "rejected": "bad"},
+        {"prompt": "Q2", "completion": "fine answer", "label": True},
+        {"instruction": "Q3", "completion": "rude answer", "label": False},
+        {"prompt": "Q4", "chosen": None, "rejected": None, "choice": "both_bad",
+         "left_answer": "no", "right_answer": "never"}]) + "\n")
+    stats = PairStats()
+    pairs, singles = read_preferences(path, stats=stats)
+    assert pairs == [{"prompt": "Q1", "chosen": "good", "rejected": "bad"}]
+    assert [(s["completion"], s["label"]) for s in singles] == [("fine answer", True), ("rude answer", False),
+                                                                 ("no", False), ("never", False)]
+    assert (stats.read, stats.unpaired, stats.ties) == (4, 4, 0)
+    with pytest.raises(UserError, match="only align.loss = \"kto\""):
+        read_pairs(path)
+    examples = unpair(pairs) + singles
+    rows = kto_rows(examples, seed=0)
+    assert [r[:2] for r in rows] == [(e["prompt"], e["completion"]) for e in examples]
+    # Slot 1 is another example's completion: every row's KL partner differs from its own answer.
+    assert all(r[2] != r[1] for r in rows) and sorted(r[2] for r in rows) == sorted(e["completion"] for e in examples)

@@ -173,7 +173,7 @@ def test_templates_and_bad_settings(gen):
     assert text.endswith("### Response:\n") and render_prompt("abc") == "abc"
     assert (gen.generate("Name a colour.", greedy(max_new_tokens=4, template="instruction"))
             == gen.generate(text, greedy(max_new_tokens=4)))  # the template is applied, nothing else
-    for bad, message in [(dict(sampler="nucleus"), "sampler must be one of"), (dict(template="chat"), "template must be one of"),
+    for bad, message in [(dict(sampler="nucleus"), "sampler must be one of"), (dict(template="chatml"), "template must be one of"),
                          (dict(temperature=0), "temperature"), (dict(top_p=1.5), "top_p"), (dict(top_k=0), "top_k")]:
         with pytest.raises(UserError, match=message):
             gen.generate("x", Settings(**bad))

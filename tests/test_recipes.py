@@ -78,7 +78,7 @@ def test_copy_out_then_refuse_to_overwrite(tmp_path, monkeypatch, capsys):
     (["train", "--config", "pubmed_lor", "--dry-run"],
      "'pubmed_lor' is neither a config file nor a kgpt2 recipe; did you mean pubmed_lora or pubmed_full?"),
     (["recipes", "--copy", "shakespeare"], "did you mean shakespeare_bpe or shakespeare_char?"),
-    (["train", "--config", "zzz"], "recipes: alpaca, dpo, pubmed_full"),
+    (["train", "--config", "zzz"], "recipes: alpaca, chat, dpo, pubmed_full"),
     (["train", "--config", "configs/pubmed_lora.toml"],  # where recipes used to be
      "config file 'configs/pubmed_lora.toml' does not exist; kgpt2 ships a recipe 'pubmed_lora': --config pubmed_lora"),
     (["recipes", "somewhere"], "DEST 'somewhere' goes with --copy NAME"),

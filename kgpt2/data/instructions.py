@@ -1,4 +1,4 @@
-"""Instruction and preference data: the `alpaca` and `preferences` source formats, and their token masks.
+"""Instruction, chat and preference data: the `alpaca`, `messages` and `preferences` source formats, and their token masks.
 
 An Alpaca record (instruction, optional input, output) is trained on as
 `format_prompt(instruction, input) + output` followed by end-of-text
@@ -29,13 +29,16 @@ of the compute is logged by `kgpt2 train` and kept in the stage table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from kgpt2.data.documents import Document
+from kgpt2.data.examples import encode_example
 from kgpt2.data.records import json_records, load_hf
 from kgpt2.errors import UserError
-from kgpt2.templates import format_prompt
+from kgpt2.templates import chat_segments, encode_segments, format_prompt
 
 
 @dataclass
@@ -43,6 +46,21 @@ class InstructionDocument(Document):
     """A Document whose first `prompt_chars` characters are the prompt (no loss)."""
 
     prompt_chars: int = 0
+
+    def encode(self, tokenizer):
+        """(ids ending in end-of-text, loss mask): prompt and response encoded apart."""
+        return encode_example(tokenizer, self.text[:self.prompt_chars], self.text[self.prompt_chars:])
+
+
+@dataclass
+class ChatDocument(InstructionDocument):
+    """A conversation in the `chat` template; the loss is on assistant turns (and their end-of-text)."""
+
+    messages: list = field(default_factory=list)
+
+    def encode(self, tokenizer):
+        ids, mask = encode_segments(tokenizer, chat_segments(self.messages, add_generation_prompt=False))
+        return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.uint8)
 
 
 def record_prompt(record: dict, where: str, template: str = "plain") -> str:
@@ -91,3 +109,22 @@ def read_preferences(src):
     """Preference records as supervised data on their chosen responses (SFT before DPO)."""
     yield from _read(src, "chosen")
 
+
+
+def read_messages(src):
+    """Chat records: {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}.
+
+    Rendered with the `chat` template (kgpt2.templates); a conversation with
+    no assistant turn has nothing to train on and is skipped and counted.
+    """
+    stem = Path(str(src.path)).stem
+    for n, (where, record) in enumerate(_records(src)):
+        messages = record.get("messages")
+        if not isinstance(messages, list):
+            raise UserError(f"{where}: expected a messages list of role/content objects")
+        segments = chat_segments(messages, add_generation_prompt=False, where=where)
+        if not any(trained for _, trained in segments):
+            src.stats.skip("no assistant turn", where)
+            continue
+        text = "".join("<|endoftext|>" if t is None else t for t, _ in segments)
+        yield ChatDocument(str(record.get("id", f"{stem}:{n}")), text, messages=messages)

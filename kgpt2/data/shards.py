@@ -51,7 +51,6 @@ import numpy as np
 
 from kgpt2.data.shard_folder import (FORMAT, check_out_folder, clean_leftovers, local_source, os_error_sentence,
                                      publish, read_manifest, temp_folder, write_manifest)
-from kgpt2.data.examples import encode_example
 from kgpt2.data.instructions import InstructionDocument
 from kgpt2.data.sources import Document, Source, open_source
 from kgpt2.errors import UserError
@@ -278,8 +277,8 @@ def _write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs, max_
         out = []
         for i, start, end in items:
             d = batch[i]
-            if isinstance(d, InstructionDocument):  # prompt and response encoded apart
-                ids, mask = encode_example(tokenizer, d.text[:d.prompt_chars], d.text[d.prompt_chars:])
+            if isinstance(d, InstructionDocument):  # prompt and response (or chat turns) encoded apart
+                ids, mask = d.encode(tokenizer)
                 out.append((i, ids[:-1], mask))  # the writer adds the end-of-text
             else:  # the writer's dtype here: a piece's ids are held in it until written
                 ids = tokenizer.encode_arrays([d.text[start:end]])[0]

@@ -3,7 +3,7 @@
 This module detects the format and holds the table of readers, one per
 format (`_READERS`); the readers live beside it in kgpt2/data/: papers.py
 (papers, hf, sumpubmed), records.py (table), instructions.py (alpaca,
-preferences), and here (text, folder, pydoc).
+messages, preferences), and here (text, folder, pydoc).
 
 Formats (auto-detected, or `--format`):
   papers       JSON Lines of scientific_papers records (Cohan et al.: article_id,
@@ -17,6 +17,8 @@ Formats (auto-detected, or `--format`):
   table        CSV / TSV / parquet / JSONL with a named text column, via pandas
   alpaca       instruction/input/output, rendered with the Alpaca template
   preferences  instruction/input + chosen (or prompt + chosen), the same way
+  messages     {"messages": [{"role", "content"}, ...]} chat JSON Lines, rendered
+               with the `chat` template; the loss is on assistant turns only
   pydoc        CPython's own Language Reference topics (offline demo corpus)
 
 Readers stream (one record or one chunk at a time), so a corpus of any size is
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kgpt2.data.documents import Document, SourceStats
-from kgpt2.data.instructions import read_alpaca, read_preferences
+from kgpt2.data.instructions import read_alpaca, read_messages, read_preferences
 from kgpt2.data.papers import ABSTRACT_KEYS, BODY_KEYS, read_hf, read_papers, read_sumpubmed
 from kgpt2.data.records import first_record, read_table
 from kgpt2.errors import UserError
@@ -108,6 +110,8 @@ def detect_format(path: str) -> str:
         keys = set(first) if isinstance(first, dict) else set()
         if {"chosen", "rejected"} <= keys:
             return "preferences"
+        if "messages" in keys:
+            return "messages"
         if {"instruction", "output"} <= keys:
             return "alpaca"
         if keys & set(BODY_KEYS) and keys & set(ABSTRACT_KEYS):
@@ -201,5 +205,6 @@ _READERS = {
     "table": read_table,
     "alpaca": read_alpaca,
     "preferences": read_preferences,
+    "messages": read_messages,
 }
 FORMATS = tuple(_READERS)

@@ -1,0 +1,200 @@
+"""Preference data for `kgpt2 align`: pairs, unpaired KTO examples, and their token arrays.
+
+Pairs are (prompt, chosen, rejected) from JSON/JSONL files or a demo run's
+votes; unpaired examples (TRL's KTO format: `prompt` or `instruction`/`input`,
+`completion`, `label` true/false; or a demo vote record with `choice:
+"both_bad"`, two undesirable answers) feed `align.loss = "kto"`, and a pair
+gives KTO one desirable and one undesirable example. `encode_rows` turns rows of
+(prompt, response 0, response 1) into the [N, 2, T] arrays the policy scores.
+
+    >>> from kgpt2.data.preference_pairs import unpair
+    >>> unpair([{"prompt": "Q", "chosen": "yes", "rejected": "no"}])
+    [{'prompt': 'Q', 'completion': 'yes', 'label': True}, {'prompt': 'Q', 'completion': 'no', 'label': False}]
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kgpt2.data.examples import encode_example
+from kgpt2.data.instructions import record_prompt
+from kgpt2.errors import UserError
+
+
+@dataclass
+class PairStats:
+    read: int = 0
+    ties: int = 0  # demo votes without a preference
+    identical: int = 0  # chosen == rejected: no preference signal
+    too_long: int = 0  # the prompt alone fills the window
+    used: int = 0
+    unpaired: int = 0  # KTO examples (completion + label)
+    files: list = field(default_factory=list)
+
+
+def _records(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
+    if text.lstrip().startswith("["):
+        try:
+            yield from ((f"{path} [record {i}]", r) for i, r in enumerate(json.loads(text)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{lineno}: invalid JSON") from None
+
+
+def _files(paths):
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise UserError("align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL)")
+    for path in map(Path, paths):
+        if path.is_dir():
+            path = path / "votes.jsonl"  # a demo run directory
+        if not path.is_file():
+            raise UserError(f"preference file '{path}' does not exist")
+        yield path
+
+
+def read_preferences(paths, template: str = "plain", stats: PairStats | None = None) -> tuple[list, list]:
+    """(pairs, unpaired): pairs {prompt, chosen, rejected}, unpaired {prompt, completion, label}.
+
+    Records give `instruction`/`input` (rendered with the Alpaca template) or
+    a raw `prompt` (votes: the `model_input` the model saw). Ties (no chosen)
+    and pairs whose chosen equals rejected are skipped and counted.
+    """
+    stats = stats if stats is not None else PairStats()
+    pairs, unpaired = [], []
+    for path in _files(paths):
+        stats.files.append(str(path))
+        for where, rec in _records(path):
+            singles = _unpaired(rec, where, template)
+            if singles is not None:
+                stats.read += 1
+                stats.unpaired += len(singles)
+                unpaired += singles
+                continue
+            if not isinstance(rec, dict) or "chosen" not in rec or "rejected" not in rec:
+                raise UserError(f"{where}: expected chosen and rejected fields (or completion and label for KTO)")
+            stats.read += 1
+            if rec["chosen"] is None or rec["rejected"] is None:
+                stats.ties += 1
+                continue
+            chosen, rejected = str(rec["chosen"]).strip(), str(rec["rejected"]).strip()
+            if chosen == rejected:
+                stats.identical += 1
+                continue
+            pairs.append({"prompt": record_prompt(rec, where, template), "chosen": chosen, "rejected": rejected})
+    return pairs, unpaired
+
+
+def _unpaired(rec, where: str, template: str) -> list | None:
+    """KTO examples of a record: a completion with a label, or a demo vote "both_bad" (two undesirable answers)."""
+    if not isinstance(rec, dict):
+        return None
+    if "completion" in rec and "label" in rec:
+        return [{"prompt": record_prompt(rec, where, template), "completion": str(rec["completion"]).strip(),
+                 "label": bool(rec["label"])}]
+    if rec.get("choice") == "both_bad" and "left_answer" in rec and "right_answer" in rec:
+        prompt = record_prompt(rec, where, template)
+        return [{"prompt": prompt, "completion": str(rec[k]).strip(), "label": False}
+                for k in ("left_answer", "right_answer")]
+    return None
+
+
+def read_pairs(paths, template: str = "plain", stats: PairStats | None = None) -> list[dict]:
+    """The pairs of `read_preferences`; unpaired examples are refused (only KTO reads them)."""
+    pairs, unpaired = read_preferences(paths, template, stats)
+    if unpaired:
+        raise UserError(f"{len(unpaired)} records are unpaired (completion + label): "
+                        "only align.loss = \"kto\" trains on them")
+    return pairs
+
+
+def unpair(pairs: list[dict]) -> list[dict]:
+    """Each pair as a desirable (chosen) and an undesirable (rejected) KTO example."""
+    out = []
+    for p in pairs:
+        out += [{"prompt": p["prompt"], "completion": p["chosen"], "label": True},
+                {"prompt": p["prompt"], "completion": p["rejected"], "label": False}]
+    return out
+
+
+def kto_rows(examples: list[dict], seed: int) -> list[tuple]:
+    """(prompt, completion, mismatched completion) per example: slot 1 answers another example's prompt.
+
+    TRL's KTO estimates the KL term from such mismatched pairs; here the
+    partner is fixed once (a seeded derangement), so a resumed run sees the same rows.
+    """
+    n = len(examples)
+    shift = np.random.default_rng(seed).permutation(n)
+    partner = np.empty(n, dtype=np.int64)
+    partner[shift] = np.roll(shift, 1)  # a cycle through a random order: nobody is their own partner
+    return [(e["prompt"], e["completion"], examples[int(partner[i])]["completion"] if n > 1 else e["completion"])
+            for i, e in enumerate(examples)]
+
+
+def encode_rows(tokenizer, rows: list[tuple], sequence_length: int, stats: PairStats | None = None):
+    """(inputs, kept) for rows of (prompt, response 0, response 1).
+
+    inputs: token_ids, padding_mask, targets, weights as [N, 2, T] arrays;
+    `weights` is 1 on the targets that are response tokens (or the final
+    end-of-text), so a sum of weighted log-probs is log p(response | prompt).
+    A row where a response gets no token in the window is dropped and counted.
+    """
+    stats = stats if stats is not None else PairStats()
+    T = sequence_length
+    encoded, kept = [], []
+    for k, (prompt, *responses) in enumerate(rows):
+        row = [tuple(a[:T + 1] for a in encode_example(tokenizer, prompt, r)) for r in responses]
+        if min(int(m[1:].sum()) for _, m in row) == 0:
+            stats.too_long += 1
+            continue
+        encoded.append(row)
+        kept.append(k)
+    n = len(encoded)
+    tokens = np.zeros((n, 2, T + 1), dtype="int32")
+    mask = np.zeros((n, 2, T + 1), dtype="float32")
+    valid = np.zeros((n, 2, T + 1), dtype=bool)
+    for i, row in enumerate(encoded):
+        for j, (ids, m) in enumerate(row):
+            tokens[i, j, :len(ids)], mask[i, j, :len(ids)], valid[i, j, :len(ids)] = ids, m, True
+    inputs = {"token_ids": tokens[..., :-1], "padding_mask": valid[..., :-1],
+              "targets": tokens[..., 1:], "weights": mask[..., 1:] * valid[..., :-1]}
+    return inputs, np.asarray(kept, dtype=np.int64)
+
+
+def encode_pairs(tokenizer, pairs: list[dict], sequence_length: int, stats: PairStats | None = None):
+    """`encode_rows` of (prompt, chosen, rejected): index 0 chosen, 1 rejected."""
+    stats = stats if stats is not None else PairStats()
+    inputs, kept = encode_rows(tokenizer, [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs],
+                               sequence_length, stats)
+    stats.used = len(kept)
+    return inputs, kept
+
+
+def heldout_mask(prompts: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Deterministic held-out split by a seeded hash of the prompt (a prompt is never on both sides)."""
+    u = np.array([zlib.crc32(f"{seed}:{p}".encode()) / 2**32 for p in prompts])
+    return u < fraction
+
+
+def content_hash(inputs: dict) -> str:
+    """A hash of the encoded rows: a cached reference or a resume must see the same data."""
+    h = 0
+    for key in sorted(inputs):
+        h = zlib.crc32(np.ascontiguousarray(inputs[key]).tobytes(), h)
+    return f"{h:08x}-{len(inputs['token_ids'])}"

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kgpt2.distribution import host_array, is_writer
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, publish_folder
 from kgpt2.models import save_unpadded_weights
@@ -53,7 +54,7 @@ def checkpoint_variables(model) -> list:
 
 
 def _save_arrays(path: Path, variables) -> None:
-    arrays = {f"v{i:05d}": np.asarray(v.numpy() if hasattr(v, "numpy") else v) for i, v in enumerate(variables)}
+    arrays = {f"v{i:05d}": v for i, v in enumerate(variables)}
     with open(path, "wb") as f:
         np.savez(f, **arrays)
         f.flush()
@@ -153,13 +154,18 @@ class CheckpointManager:
     def save(self, model, optimizer, state: dict) -> Checkpoint:
         step = int(state["step"])
         final = self.path_for(step)
+        # Every process of a multi-host run gathers sharded variables; process 0 alone writes them.
+        weights = [host_array(v) for v in checkpoint_variables(model)]
+        moments = [host_array(v) for v in optimizer.variables] if optimizer is not None else None
+        if not is_writer():
+            return Checkpoint(final, step, state)
         tmp = None
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".ckpt-{step}.tmp-", dir=self.run_dir))
-            _save_arrays(tmp / "weights.npz", checkpoint_variables(model))
-            if optimizer is not None:
-                _save_arrays(tmp / "optimizer.npz", optimizer.variables)
+            _save_arrays(tmp / "weights.npz", weights)
+            if moments is not None:
+                _save_arrays(tmp / "optimizer.npz", moments)
             state = dict(state, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))  # fsynced, like the arrays
             publish_folder(tmp, final)  # the same step saved again (a stage end) replaces it whole

@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import platform
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from kgpt2.config import Config
 from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device
-from kgpt2.distribution import plan_data_parallel
+from kgpt2.distribution import is_writer, local_rows, plan_distribution, start_processes
 from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, evaluation_model
 from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
@@ -125,6 +126,7 @@ class Trainer:
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
         cfg = self.cfg
+        start_processes()  # several hosts: join them before JAX lists devices (KERAS_DISTRIBUTION_* variables)
         if not cfg.data.shards:
             raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
         if cfg.model.quantize and not cfg.lora.enabled:
@@ -137,7 +139,7 @@ class Trainer:
         self.run = Run.of(cfg)
         self.device = resolve_device(cfg.train.device)
         self.policy = self.device.policy(cfg.train.precision)
-        self.parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
+        self.parallel = plan_distribution(cfg.train)  # train.devices (replicated) or train.mesh (sharded)
         self.split = self.shards.split("train")
         self.stages = plan_stages(cfg.train.stages, self.split.num_articles, cfg.train.oversize)
         log.info("stage plan %s: %s articles (%s)", cfg.train.stages, [s.num_articles for s in self.stages],
@@ -145,7 +147,8 @@ class Trainer:
         self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages)
         self.store = self.run.checkpoints(cfg.train.keep_last)
         self.latest = self._checkpoint_to_resume(require_checkpoint)
-        self.run.save_config(cfg)
+        if is_writer():
+            self.run.save_config(cfg)
         log.info("device: %s (%s), precision %s, backend %s", self.device.keras_name, self.device.description,
                  self.policy, keras.backend.backend())
         if self.parallel:
@@ -194,7 +197,8 @@ class Trainer:
             self.stage_metrics = state.get("stage_metrics", [])
             log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", self.latest.id,
                      cursor.stage + 1, cursor.epoch + 1, cursor.batch, cursor.step)
-        self.steps_log = StepLog(self.run.steps_log, truncate_after=cursor.step, tensorboard_dir=self.run.tensorboard_dir)
+        steps_csv = self.run.steps_log if is_writer() else Path(tempfile.mkdtemp(prefix="kgpt2-steps-")) / "steps.csv"
+        self.steps_log = StepLog(steps_csv, truncate_after=cursor.step, tensorboard_dir=self.run.tensorboard_dir)
         if self.cfg.train.eval_every > 0:  # nanoGPT-style evaluation and best checkpoint
             self.periodic = PeriodicEval(self.run.path, self.cfg.train.eval_every, cursor.step,
                                          evaluate=self._evaluate, keep_best=self.cfg.train.keep_best)
@@ -265,11 +269,12 @@ class Trainer:
         self.stage_metrics.append(metrics)
         cursor = dataclasses.replace(cursor, stage=stage.index + 1, epoch=0, batch=0)
         ckpt = self.save_checkpoint(cursor, stage_end=True)
-        export_weights(self.model, self.run.stage_export(stage.name))
-        write_stage_table(self.run.path, self.stage_metrics)
-        plot_run(self.run.path)
-        if self.periodic is not None:
-            plot_evals(self.run.path)
+        if is_writer():  # one process of a multi-host run writes the run's files
+            export_weights(self.model, self.run.stage_export(stage.name))
+            write_stage_table(self.run.path, self.stage_metrics)
+            plot_run(self.run.path)
+            if self.periodic is not None:
+                plot_evals(self.run.path)
         log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
         return cursor
 
@@ -296,11 +301,11 @@ class Trainer:
 
 def stage_batches(cfg: Config, split, stage, epoch: int) -> WindowBatches:
     lo, hi = split.token_range(stage.first, stage.end)
-    return WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
+    return local_rows(WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
                          batch_size=cfg.train.batch_size, seed=cfg.seed, stage=stage.index,
                          epoch=epoch, shuffle=True,
                          shift=cfg.data.shift_windows,
-                         **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows))
+                         **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows)))
 
 
 def plan_steps(cfg: Config, split, stages) -> tuple[int, int]:

@@ -45,7 +45,8 @@ class DataParallelPlan:
     @contextlib.contextmanager
     def scope(self):
         """Everything built and fit inside is replicated; the global setting is restored after."""
-        distribution = keras.distribution.DataParallel(devices=list(self.devices))
+        # Each process already feeds only its own rows (local_rows), so Keras must not shard the data again.
+        distribution = keras.distribution.DataParallel(devices=list(self.devices), auto_shard_dataset=False)
         with distribution.scope():
             yield distribution
 
@@ -184,7 +185,8 @@ class ShardedPlan:
     @contextlib.contextmanager
     def scope(self):
         mesh = keras.distribution.DeviceMesh((self.data, self.model), ("data", "model"), list(self.devices))
-        distribution = _DivisibleModelParallel(layout_map=gpt2_layout_map(mesh), batch_dim_name="data")
+        distribution = _DivisibleModelParallel(layout_map=gpt2_layout_map(mesh), batch_dim_name="data",
+                                               auto_shard_dataset=False)  # each process feeds its rows (local_rows)
         with distribution.scope():
             yield distribution
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -114,6 +116,30 @@ _, s4, w4, loss4, _ = resumed_from("mesh", "on1")
 diff = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 print("RESULT " + json.dumps({"steps": [s1, s2, s3, s4], "loss1": loss1, "loss2": loss2, "loss3": loss3, "loss4": loss4,
       "diff_mesh": diff(w1, w2), "diff_on2": diff(w2, w3), "diff_on1": diff(w2, w4), **info}))
+"""
+
+PROCESS_CHILD = r"""
+import json, logging, os, sys
+from pathlib import Path
+import numpy as np
+from kgpt2.config import load_config
+from kgpt2.run import load_model
+from kgpt2.run_logs import read_steps
+from kgpt2.train import train
+
+logging.basicConfig(level=logging.INFO, format=f"[process {os.environ.get('KERAS_DISTRIBUTION_PROCESS_ID', 0)}] %(message)s")
+preset, shards, root, run, extra = sys.argv[1:6]
+tiny = json.loads(sys.argv[6]) + [f"checkpoints_root={root}", f"model.preset={preset}", f"data.shards={shards}",
+                                  "train.stages=[5, 10]", "train.max_steps=12", "train.checkpoint_every=6", f"run={run}"]
+cfg = load_config(None, tiny + json.loads(extra))
+result = train(cfg, verbose=0)
+import jax
+print("PROCESSES", jax.process_count(), jax.process_index(), len(jax.devices()), len(jax.local_devices()), flush=True)
+if jax.process_index() == 0:
+    model, _, _ = load_model(cfg.run_dir)
+    np.savez(Path(root) / f"{run}-weights.npz", *[np.asarray(w) for w in model.weights])
+    print("RESULT " + json.dumps({"step": result.global_step, "loss": read_steps(cfg.run_dir)["loss"].tolist(),
+                                  "files": sorted(p.name for p in cfg.run_dir.iterdir())}), flush=True)
 """
 
 
@@ -243,3 +269,49 @@ def test_sharded_mesh_trains_like_one_device_and_resumes_on_fewer(tiny_preset, p
     for name in ("loss3", "loss4"):  # the resumed runs' step logs: the first 6 steps kept, 6 retrained
         assert r[name] == pytest.approx(r["loss2"], rel=1e-5)
     assert r["diff_on2"] < 1e-5 and r["diff_on1"] < 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_processes(count: int, devices_each: int, run: str, extra: list, fixtures) -> dict:
+    """`count` processes of one JAX job (coordinator on 127.0.0.1), each with its own virtual CPU devices."""
+    port = _free_port()
+    procs, logs = [], [fixtures[2] / f"{run}-process-{i}.log" for i in range(count)]
+    for index in range(count):
+        env = _child_env(devices_each)
+        if count > 1:
+            env.update(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}", KERAS_DISTRIBUTION_NUM_PROCESSES=str(count),
+                       KERAS_DISTRIBUTION_PROCESS_ID=str(index))
+        with open(logs[index], "w") as err:  # a file, not a pipe: a process that hangs still shows where
+            procs.append(subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", PROCESS_CHILD, *map(str, fixtures[:3]),
+                                           run, json.dumps(extra), json.dumps(fixtures[3])],
+                                          env=env, stdout=subprocess.PIPE, stderr=err, text=True))
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack to the log
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log.read_text()[-4000:]
+    assert all(f"PROCESSES {count} {i} {count * devices_each} {devices_each}" in out for i, out in enumerate(outs))
+    return json.loads(outs[0].split("RESULT ", 1)[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [['train.devices="all"'], ['train.mesh="data:2,model:2"']], ids=["replicated", "sharded"])
+def test_two_processes_train_like_one(extra, tiny_preset, pydoc_shards, tmp_path, tiny_overrides):
+    """2 processes x 2 virtual CPU devices (JAX's multi-process runtime, gloo collectives) = 1 process x 4 devices."""
+    fixtures = (tiny_preset, pydoc_shards, tmp_path, tiny_overrides)
+    one = _train_processes(1, 4, "one", extra, fixtures)
+    two = _train_processes(2, 2, "two", extra, fixtures)
+    assert one["step"] == two["step"] == 12
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    with np.load(tmp_path / "one-weights.npz") as a, np.load(tmp_path / "two-weights.npz") as b:
+        assert max(float(np.abs(a[k] - b[k]).max()) for k in a.files) < 1e-5
+    assert two["files"] == one["files"]  # one writer: no file twice, none missing

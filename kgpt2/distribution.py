@@ -279,6 +279,11 @@ def local_rows(batches):
     return local
 
 
+def spans_processes(variables) -> bool:
+    """Whether some variable is sharded over devices of other processes (so Keras cannot save it as is)."""
+    return any(not getattr(getattr(v, "value", v), "is_fully_addressable", True) for v in variables)
+
+
 def host_array(value) -> np.ndarray:
     """A variable's whole value on this host; gathered from the other processes when sharded across them."""
     value = getattr(value, "value", value)

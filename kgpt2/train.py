@@ -45,7 +45,7 @@ from kgpt2.config import Config
 from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device
-from kgpt2.distribution import is_writer, local_rows, plan_distribution, start_processes
+from kgpt2.distribution import is_writer, local_rows, plan_distribution, spans_processes, start_processes
 from kgpt2.errors import UserError
 from kgpt2.metrics import compile_lm, evaluation_model
 from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
@@ -269,8 +269,11 @@ class Trainer:
         self.stage_metrics.append(metrics)
         cursor = dataclasses.replace(cursor, stage=stage.index + 1, epoch=0, batch=0)
         ckpt = self.save_checkpoint(cursor, stage_end=True)
-        if is_writer():  # one process of a multi-host run writes the run's files
+        if spans_processes(self.model.weights):  # Keras saves only what this host holds
+            log.info("%s: weights are sharded over hosts; export them from %s on one host", stage.name, ckpt.id)
+        elif is_writer():
             export_weights(self.model, self.run.stage_export(stage.name))
+        if is_writer():  # one process of a multi-host run writes the run's files
             write_stage_table(self.run.path, self.stage_metrics)
             plot_run(self.run.path)
             if self.periodic is not None:

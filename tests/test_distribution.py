@@ -304,14 +304,16 @@ def _train_processes(count: int, devices_each: int, run: str, extra: list, fixtu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [['train.devices="all"'], ['train.mesh="data:2,model:2"']], ids=["replicated", "sharded"])
-def test_two_processes_train_like_one(extra, tiny_preset, pydoc_shards, tmp_path, tiny_overrides):
-    """2 processes x 2 virtual CPU devices (JAX's multi-process runtime, gloo collectives) = 1 process x 4 devices."""
+def test_two_processes_train_like_one(tiny_preset, pydoc_shards, tmp_path, tiny_overrides):
+    """2 processes x 2 virtual CPU devices (JAX's multi-process runtime, gloo collectives), weights
+    replicated (train.devices) or sharded over both hosts (train.mesh): the losses and weights of 1 process."""
     fixtures = (tiny_preset, pydoc_shards, tmp_path, tiny_overrides)
-    one = _train_processes(1, 4, "one", extra, fixtures)
-    two = _train_processes(2, 2, "two", extra, fixtures)
-    assert one["step"] == two["step"] == 12
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    with np.load(tmp_path / "one-weights.npz") as a, np.load(tmp_path / "two-weights.npz") as b:
-        assert max(float(np.abs(a[k] - b[k]).max()) for k in a.files) < 1e-5
-    assert two["files"] == one["files"]  # one writer: no file twice, none missing
+    one = _train_processes(1, 1, "one", [], fixtures)
+    for run, extra in (("replicated", 'train.devices="all"'), ("sharded", 'train.mesh="data:2,model:2"')):
+        two = _train_processes(2, 2, run, [extra], fixtures)
+        assert two["step"] == one["step"] == 12
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+        with np.load(tmp_path / "one-weights.npz") as a, np.load(tmp_path / f"{run}-weights.npz") as b:
+            assert max(float(np.abs(a[k] - b[k]).max()) for k in a.files) < 1e-5
+        # One writer: no file twice, none missing; but Keras cannot save weights sharded over hosts as .weights.h5
+        assert two["files"] == [f for f in one["files"] if not (run == "sharded" and f.endswith(".weights.h5"))]

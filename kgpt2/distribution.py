@@ -280,8 +280,14 @@ def local_rows(batches):
 
 
 def spans_processes(variables) -> bool:
-    """Whether some variable is sharded over devices of other processes (so Keras cannot save it as is)."""
-    return any(not getattr(getattr(v, "value", v), "is_fully_addressable", True) for v in variables)
+    """Whether some variable is split over devices of other processes (so Keras cannot save it as is).
+
+    A replicated variable is whole on every host, whichever devices hold it.
+    """
+    def split_over_hosts(value):
+        return not getattr(value, "is_fully_addressable", True) and not getattr(value, "is_fully_replicated", True)
+
+    return any(split_over_hosts(getattr(v, "value", v)) for v in variables)
 
 
 def host_array(value) -> np.ndarray:

@@ -18,7 +18,7 @@ quickstart: $(STAMP)
 
 # Modules whose docstring examples do not run yet (still comments, or they need
 # ../shared or a trained run); their owners make them run and shrink this list.
-DOCTESTS_PENDING := align checkpoints cli demo distribution evaluate export generate \
+DOCTESTS_PENDING := align checkpoints cli demo evaluate export generate \
 	periodic_eval pretrain quantize quickstart run_logs smoke train votes data/sources
 DOCTESTS := --doctest-modules $(foreach m,$(DOCTESTS_PENDING),--ignore=kgpt2/$(m).py) kgpt2
 # -rs: a summary of every skipped test and why.

@@ -1,4 +1,4 @@
-"""Data-parallel training over the devices of one host, with Keras' distribution API.
+"""Training on several devices and hosts, with Keras' distribution API (JAX).
 
 `train.devices` ("1", a count, or "all"; CLI `kgpt2 train --devices all`)
 picks the devices; `keras.distribution.DataParallel` then replicates the
@@ -8,9 +8,17 @@ axis, so the staged trainer, its checkpoints and resume are unchanged.
 so a run can be resumed on another number of devices; it must divide by the
 device count. Keras distributes on the JAX backend only.
 
-    >>> from kgpt2.distribution import plan_data_parallel
+`train.mesh` ("data:4", "data:2,model:2") shards weights and optimizer
+state instead (`keras.distribution.ModelParallel`, GPT-2 layout map below).
+Several hosts: `start_processes` joins them (Keras' KERAS_DISTRIBUTION_*
+variables), `local_rows` gives each process its rows of every batch, and
+`is_writer` says which one writes the run folder (process 0).
+
+    >>> from kgpt2.distribution import parse_mesh, plan_data_parallel
     >>> plan_data_parallel("1", batch_size=8) is None   # one device: the plain path
     True
+    >>> parse_mesh("data:2,model:2"), parse_mesh("data:4"), parse_mesh("")
+    ((2, 2), (4, 1), None)
     >>> # XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax:
     >>> # plan = plan_data_parallel("all", batch_size=8, device="cpu")
     >>> # plan.describe() -> 'data parallel on 2 devices (cpu:0, cpu:1): global batch 8 = 4 per device'

@@ -66,6 +66,7 @@ import keras_hub
 import numpy as np
 
 from kgpt2.adapters import merged_backbone
+from kgpt2.distribution import host_array, is_writer, spans_processes
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, link_or_copy, publish_folder
 from kgpt2.lock import owner_gone
@@ -120,7 +121,8 @@ def array_names(variables, optimizer: bool = False) -> list[str]:
 
 def _save_arrays(path: Path, variables) -> None:
     names = array_names(variables, optimizer=path.name == OPTIMIZER)
-    arrays = {n: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for n, v in zip(names, variables)}
+    values = [host_array(v) for v in variables]  # a multi-host run gathers sharded variables
+    arrays = {n: np.asarray(v) for n, v in zip(names, values)}
     with open(path, "wb") as f:
         np.savez(f, **arrays)
         f.flush()
@@ -324,6 +326,10 @@ class CheckpointManager:
         final = self.path_for(step)
         state = dict(state, format=FORMAT, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      versions=state.get("versions") or current_versions(), export=export)
+        if not is_writer():  # every process gathers its shards above; process 0 alone writes
+            for v in checkpoint_variables(model) + (list(optimizer.variables) if optimizer is not None else []):
+                host_array(v)
+            return Checkpoint(final, step, state)
         tmp = None
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +339,7 @@ class CheckpointManager:
             fault_point("mid-checkpoint")
             if optimizer is not None:
                 _save_arrays(tmp / OPTIMIZER, optimizer.variables)
-            if export:
+            if export and not spans_processes(model.weights):  # Keras saves only what this host holds
                 export_weights(model, tmp / export)
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))  # fsynced, like the arrays
             _write_manifest(tmp)  # last: a folder without it was never finished

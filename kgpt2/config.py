@@ -190,6 +190,9 @@ class TrainConfig:
     # Data parallel (JAX): "1", a device count, or "all" of train.device's
     # kind; batch_size is then the global batch (kgpt2.distribution).
     devices: str = "1"
+    # Sharded weights and optimizer state (JAX, kgpt2.distribution): "" = off,
+    # "data:4" = FSDP over 4 devices, "data:2,model:2" = FSDP x tensor parallel.
+    mesh: str = ""
     checkpoint_every: int = at_least(0, default=0)  # steps between mid-stage checkpoints (0 = stage ends only)
     keep_last: int = at_least(0, default=3)  # mid-stage checkpoints kept, 0 = all (stage-end ones are always kept)
     eval_batches: int = at_least(0, default=50)  # validation batches after each stage (0 = none)
@@ -230,6 +233,8 @@ class TrainConfig:
             raise UserError(f"train.device must be one of \"auto\", \"cpu\", \"gpu\", \"gpu:N\"; got {_show(self.device)}")
         if not re.fullmatch(r"all|[1-9]\d*", self.devices.lower()):
             raise UserError(f"train.devices must be a device count (1, 2, ...) or \"all\"; got {_show(self.devices)}")
+        if not re.fullmatch(r"(data:[1-9]\d*(,model:[1-9]\d*)?|model:[1-9]\d*)?", self.mesh.replace(" ", "").lower()):
+            raise UserError(f"train.mesh must be \"\", \"data:N\" or \"data:N,model:M\"; got {_show(self.mesh)}")
         if self.epochs == 0 and self.max_steps == 0:
             raise UserError("train.epochs = 0 means \"as many as train.max_steps needs\"; set train.max_steps too")
         if self.min_learning_rate > self.learning_rate:

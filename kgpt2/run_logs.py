@@ -160,7 +160,7 @@ def host_schedule(schedule):
         return lambda step: float(keras.ops.convert_to_numpy(schedule(step)))
     import jax
 
-    compiled, cpu = jax.jit(schedule), jax.devices("cpu")[0]
+    compiled, cpu = jax.jit(schedule), jax.local_devices(backend="cpu")[0]  # this process's own (several hosts)
 
     def learning_rate(step):
         with jax.default_device(cpu):

@@ -43,6 +43,7 @@ import dataclasses
 import logging
 import platform
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from kgpt2.config import Config
 from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device
-from kgpt2.distribution import plan_data_parallel
+from kgpt2.distribution import is_writer, local_rows, plan_distribution, spans_processes, start_processes
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.lock import RunLock
 from kgpt2.metrics import compile_lm, evaluation_model
@@ -147,6 +148,7 @@ class Trainer:
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
         cfg = self.cfg
+        start_processes()  # several hosts: join them before JAX lists devices (KERAS_DISTRIBUTION_* variables)
         if not cfg.data.shards:
             raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
         if cfg.model.quantize and not cfg.lora.enabled:
@@ -162,7 +164,7 @@ class Trainer:
         self.cfg = cfg = self.run.adopt(cfg)  # a local preset / tokenizer outside the run is copied in: the run travels
         self.device = resolve_device(cfg.train.device)
         self.policy = self.device.policy(cfg.train.precision)
-        self.parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
+        self.parallel = plan_distribution(cfg.train)  # train.devices (replicated) or train.mesh (sharded)
         self.split = self.shards.split("train")
         self.stages = plan_stages(cfg.train.stages, self.split.num_articles, cfg.train.oversize)
         log.info("stage plan %s: %s articles (%s)", cfg.train.stages, [s.num_articles for s in self.stages],
@@ -174,7 +176,8 @@ class Trainer:
         continuation = None
         if self.latest is not None and old_config is not None:
             continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
-        self.run.save_config(cfg, continuation)
+        if is_writer():  # one process of a multi-host run writes the run's files
+            self.run.save_config(cfg, continuation)
         if continuation:
             log.info("continuing run %s at step %d: %s", self.run.path, self.latest.step,
                      "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in continuation["changed"].items()))
@@ -254,7 +257,8 @@ class Trainer:
         elif self.init_from is not None:  # another run's weights (adapter included), a fresh optimizer
             CheckpointManager.restore(self.model, self.init_from)
             log.info("starting from %s of run %s", self.init_from.id, self.init_from.path.parent)
-        self.steps_log = StepLog(self.run.steps_log, truncate_after=cursor.step, tensorboard_dir=self.run.tensorboard_dir)
+        steps_csv = self.run.steps_log if is_writer() else Path(tempfile.mkdtemp(prefix="kgpt2-steps-")) / "steps.csv"
+        self.steps_log = StepLog(steps_csv, truncate_after=cursor.step, tensorboard_dir=self.run.tensorboard_dir)
         if self.cfg.train.eval_every > 0:  # nanoGPT-style evaluation and best checkpoint
             self.periodic = PeriodicEval(self.run.path, self.cfg.train.eval_every, cursor.step,
                                          evaluate=self._evaluate, keep_best=self.cfg.train.keep_best)
@@ -327,11 +331,14 @@ class Trainer:
         # The export is written inside the stage-end checkpoint, then linked into the run folder.
         ckpt = self.save_checkpoint(cursor, stage_end=True, export=self.run.stage_export(stage.name).name)
         fault_point("after-checkpoint")
-        self.store.publish_exports()
-        write_stage_table(self.run.path, self.stage_metrics)
-        plot_run(self.run.path)
-        if self.periodic is not None:
-            plot_evals(self.run.path)
+        if spans_processes(self.model.weights):  # Keras saves only what this host holds
+            log.info("%s: weights are sharded over hosts; export them from %s on one host", stage.name, ckpt.id)
+        if is_writer():  # one process of a multi-host run writes the run's files
+            self.store.publish_exports()
+            write_stage_table(self.run.path, self.stage_metrics)
+            plot_run(self.run.path)
+            if self.periodic is not None:
+                plot_evals(self.run.path)
         log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
         return cursor
 
@@ -366,11 +373,11 @@ class Trainer:
 
 def stage_batches(cfg: Config, split, stage, epoch: int) -> WindowBatches:
     lo, hi = split.token_range(stage.first, stage.end)
-    return WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
+    return local_rows(WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
                          batch_size=cfg.train.batch_size, seed=cfg.seed, stage=stage.index,
                          epoch=epoch, shuffle=True,
                          shift=cfg.data.shift_windows,
-                         **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows))
+                         **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows)))
 
 
 def plan_steps(cfg: Config, split, stages, done: int = 0) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from kgpt2.checkpoints import CheckpointManager
 from kgpt2.engine import Engine
 from kgpt2.errors import UserError
 from kgpt2.generate import Generator
-from kgpt2.run import BASE, build_run_model, list_checkpoints, list_runs, load_run_config, restore, snapshot
+from kgpt2.run import BASE, build_run_model, folder_fingerprint, list_checkpoints, list_runs, load_run_config, restore, snapshot
 
 log = logging.getLogger("kgpt2")
 
@@ -45,7 +45,11 @@ DEFAULT_BUDGET = 4 * 2**30  # bytes of weights kept loaded (models and checkpoin
 
 def model_key(cfg) -> str:
     """What decides the built base: runs with equal keys share one model."""
-    key = {"model": asdict(cfg.model), "lora": asdict(cfg.lora), "precision": cfg.train.precision}
+    model = asdict(cfg.model)
+    for name in ("preset", "tokenizer"):  # each run holds its own copy of a local preset: compare contents
+        if model[name] and Path(model[name]).is_dir():
+            model[name] = folder_fingerprint(model[name])
+    key = {"model": model, "lora": asdict(cfg.lora), "precision": cfg.train.precision}
     if cfg.model.preset == "scratch":  # random weights: each run has its own base
         key["run"] = str(Path(cfg.checkpoints_root) / cfg.run)
     return json.dumps(key, sort_keys=True)

@@ -38,6 +38,8 @@ to the run, or where they were, or given with `--shards`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import shutil
 import tempfile
@@ -207,11 +209,29 @@ class Run:
 
 
 def same_files(a, b) -> bool:
-    """Two folders with the same file names and sizes (a copy made earlier by `Run.adopt`)."""
-    a, b = Path(a), Path(b)
-    def sizes(d):
-        return {p.relative_to(d).as_posix(): p.stat().st_size for p in d.rglob("*") if p.is_file()}
-    return sizes(a) == sizes(b)
+    """Two folders with the same files, byte for byte (e.g. a preset and the copy `Run.adopt` made of it)."""
+    return folder_fingerprint(a) == folder_fingerprint(b)
+
+
+def folder_fingerprint(folder) -> str:
+    """SHA-256 over a folder's file names and contents; cached per (file, size, mtime), so a
+    500 MB preset is read once per process, not at every call."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        st = p.stat()
+        digest.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(_file_digest(str(p), st.st_size, st.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def build_run_model(cfg: Config):

@@ -160,8 +160,10 @@ class Trainer:
         self.init_from = _init_checkpoint(cfg)
         self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         self.run = Run.of(cfg)
-        self.lock = self.run.lock().acquire()  # before anything is read or written in the run
-        self.cfg = cfg = self.run.adopt(cfg)  # a local preset / tokenizer outside the run is copied in: the run travels
+        if is_writer():  # the one writing process of a (multi-host) run holds its lock
+            self.lock = self.run.lock().acquire()  # before anything is read or written in the run
+        if is_writer():  # a local preset / tokenizer outside the run is copied in (once): the run travels
+            self.cfg = cfg = self.run.adopt(cfg)
         self.device = resolve_device(cfg.train.device)
         self.policy = self.device.policy(cfg.train.precision)
         self.parallel = plan_distribution(cfg.train)  # train.devices (replicated) or train.mesh (sharded)

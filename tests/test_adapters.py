@@ -226,13 +226,12 @@ def _cli(*args, cwd):
 
 
 @pytest.mark.slow
-def test_trained_dora_run_exports_to_peft_with_its_logits(tmp_path, tiny_preset, pydoc_shards, tiny_run):
+def test_trained_dora_run_exports_to_peft_with_its_logits(tmp_path, tiny_preset, pydoc_shards, tiny_run, make_tiny_config):
     """Train a DoRA run (dropout on), `kgpt2 export --to peft`, PEFT on the exported base computes the run."""
     from kgpt2.run import load_model
     from kgpt2.train import train
-    from tests.conftest import tiny_config
 
-    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=dora", "lora.enabled=true", "lora.use_dora=true",
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=dora", "lora.enabled=true", "lora.use_dora=true",
                       "lora.dropout=0.1", "lora.targets=['query', 'value', 'feedforward_output_dense']",
                       "train.stages=[4]", "train.max_steps=2", "train.eval_batches=1")
     train(cfg, verbose=0)
@@ -246,16 +245,15 @@ def test_trained_dora_run_exports_to_peft_with_its_logits(tmp_path, tiny_preset,
 
 
 @pytest.mark.slow
-def test_int8_run_exports_and_stage_weights_load_into_a_plain_backbone(tmp_path, tiny_preset, pydoc_shards):
+def test_int8_run_exports_and_stage_weights_load_into_a_plain_backbone(tmp_path, tiny_preset, pydoc_shards, make_tiny_config):
     import keras_hub
 
     from kgpt2.models import build_causal_lm
     from kgpt2.config import load_config
     from kgpt2.run import load_model
     from kgpt2.train import train
-    from tests.conftest import tiny_config
 
-    cfg = tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=q8", "lora.enabled=true", "model.quantize=int8",
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=q8", "lora.enabled=true", "model.quantize=int8",
                       "lora.targets=['all-linear']", "train.stages=[4]", "train.max_steps=2", "train.eval_batches=1")
     train(cfg, verbose=0)
     model, _, _ = load_model(cfg.run_dir)

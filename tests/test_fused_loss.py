@@ -216,7 +216,7 @@ def test_config_keys_are_checked():
     assert (load_config(None).train.loss_chunk, load_config(None).train.remat) == (0, False)  # opt-in
     with pytest.raises(UserError, match="train.remat"):
         load_config(None, ['train.remat="yes"'])
-    with pytest.raises(UserError, match="train.loss_chunk must be 0"):
+    with pytest.raises(UserError, match="train.loss_chunk must be at least 0"):
         plan_steps(load_config(None, ["train.loss_chunk=-4"]), None, [])
 
 

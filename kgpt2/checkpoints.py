@@ -66,7 +66,7 @@ import keras_hub
 import numpy as np
 
 from kgpt2.adapters import merged_backbone
-from kgpt2.distribution import host_array, is_writer, spans_processes
+from kgpt2.distribution import host_array, is_writer, process_count
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, link_or_copy, publish_folder
 from kgpt2.lock import owner_gone
@@ -339,7 +339,9 @@ class CheckpointManager:
             fault_point("mid-checkpoint")
             if optimizer is not None:
                 _save_arrays(tmp / OPTIMIZER, optimizer.variables)
-            if export and not spans_processes(model.weights):  # Keras saves only what this host holds
+            # Building the merged model of an export is a collective step under several processes
+            # (process 1 would not join it): export such a run from its checkpoint on one host.
+            if export and process_count() == 1:
                 export_weights(model, tmp / export)
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))  # fsynced, like the arrays
             _write_manifest(tmp)  # last: a folder without it was never finished

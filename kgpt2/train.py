@@ -56,7 +56,7 @@ from kgpt2.config import Config
 from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device
-from kgpt2.distribution import is_writer, local_rows, plan_distribution, spans_processes, start_processes
+from kgpt2.distribution import is_writer, local_rows, plan_distribution, process_count, start_processes
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.lock import RunLock
 from kgpt2.metrics import compile_lm, evaluation_model
@@ -333,8 +333,8 @@ class Trainer:
         # The export is written inside the stage-end checkpoint, then linked into the run folder.
         ckpt = self.save_checkpoint(cursor, stage_end=True, export=self.run.stage_export(stage.name).name)
         fault_point("after-checkpoint")
-        if spans_processes(self.model.weights):  # Keras saves only what this host holds
-            log.info("%s: weights are sharded over hosts; export them from %s on one host", stage.name, ckpt.id)
+        if process_count() > 1:  # the merged export is not written by a multi-host run (kgpt2.checkpoints)
+            log.info("%s: several processes; export the stage from %s on one host (kgpt2 export)", stage.name, ckpt.id)
         if is_writer():  # one process of a multi-host run writes the run's files
             self.store.publish_exports()
             write_stage_table(self.run.path, self.stage_metrics)

@@ -315,5 +315,6 @@ def test_two_processes_train_like_one(tiny_preset, pydoc_shards, tmp_path, tiny_
         assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
         with np.load(tmp_path / "one-weights.npz") as a, np.load(tmp_path / f"{run}-weights.npz") as b:
             assert max(float(np.abs(a[k] - b[k]).max()) for k in a.files) < 1e-5
-        # One writer: no file twice, none missing; but Keras cannot save weights sharded over hosts as .weights.h5
-        assert two["files"] == [f for f in one["files"] if not (run == "sharded" and f.endswith(".weights.h5"))]
+        # One writer: no file twice, none missing; but a run of several processes writes no merged stage
+        # .weights.h5 (building the merged model is a collective step): it is exported on one host
+        assert two["files"] == [f for f in one["files"] if not f.endswith(".weights.h5")]

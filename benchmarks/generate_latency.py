@@ -198,6 +198,18 @@ def _devices():
     return []
 
 
+def write_report(name: str, a, results: dict) -> dict:
+    """Print a benchmark's JSON report (args, machine, results) and write it to `a.out` if given."""
+    report = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(a),
+              "machine": machine(a), "results": results}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+    return report
+
+
 def main(argv=None) -> dict:
     a = parse_args(argv)
     if a.device == "cpu":
@@ -246,14 +258,7 @@ def main(argv=None) -> dict:
             res["sweep"] = impl.sweep(a.prompt_tokens)
         if isinstance(impl, KerasHub):
             res["call_after_new_sampler_s"] = round(impl.new_sampler_call(timed_prompts[0]), 4)
-    report = {"benchmark": "generate_latency", "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(a),
-              "machine": machine(a), "results": results}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
-    return report
+    return write_report("generate_latency", a, results)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ time to first token at N = 1 (submit -> first token out of the prefill).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from generate_latency import CONTEXT, HEADS, HF, LAYERS, VOCAB, WIDTH, NoStop, machine, prompts, timed  # noqa: E402
+from generate_latency import CONTEXT, HEADS, HF, LAYERS, VOCAB, WIDTH, NoStop, prompts, timed, write_report  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -136,14 +135,7 @@ def main(argv=None) -> dict:
             ttft = [p.ttft(ids) for ids in prompts(a.prompt_tokens, a.repeats, seed=7)]
             results[p.name]["ttft_median_ms"] = round(1000 * statistics.median(ttft), 1)
             results[p.name]["compiles"] = {n: e.compiles for n, e in p.engines.items()}
-    report = {"benchmark": "serve_throughput", "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(a),
-              "machine": machine(a), "results": results}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
-    return report
+    return write_report("serve_throughput", a, results)
 
 
 if __name__ == "__main__":

@@ -287,6 +287,10 @@ class GenerateConfig:
     seed: int = 0
     template: Template = "plain"
     num_beams: int = at_least(1, default=5)  # for sampler = "beam"
+    # The weights `kgpt2 generate` / `kgpt2 serve` decode with: "auto" = the training
+    # policy on this device (float32 on CPU); "float32"; "bfloat16" (weights and
+    # key/value cache); "int8" (Keras `quantize("int8")` of every Dense/embedding, after the restore).
+    weights: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
 
     def __post_init__(self):
         check_fields(self)

@@ -8,8 +8,10 @@ exactly the asked number of greedy tokens (end-of-text never stops early).
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 SHAPE_124M = dict(vocabulary=50257, layers=12, heads=12, width=768, context=1024)
 SHAPE_TINY = dict(vocabulary=1000, layers=2, heads=2, width=64, context=256)
@@ -102,6 +104,31 @@ class Kgpt2:
     def stream(self, ids):
         out = list(self.gen.stream_ids(ids, self.greedy))
         assert len(out) == self.a.new_tokens
+
+
+class Previous:
+    """The decoder kgpt2 had before the engine (benchmarks/baselines): one prefill, then one decode loop whose
+    condition and greedy/sampling branch are decided on the device at every token."""
+
+    name = "kgpt2 before the engine (11686a9)"
+
+    def __init__(self, model, a):
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "baselines"))
+        import generate_before_engine as old
+
+        self.gen, self.a = old.Generator(model, NoStop()), a
+        self.greedy = old.Settings(sampler="greedy", max_new_tokens=a.new_tokens)
+
+    def generate(self, ids):
+        out = self.gen.generate_ids(ids, self.greedy)
+        assert len(out) == self.a.new_tokens, len(out)
+        return out
+
+    def ttft(self, ids):
+        stream = self.gen.stream_ids(ids, self.greedy)
+        seconds, _ = timed(lambda: next(stream))
+        stream.close()
+        return seconds
 
 
 class KerasHub:

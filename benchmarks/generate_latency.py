@@ -6,7 +6,8 @@ tokens (end-of-text never stops early). One process, in this order, each
 section written to `--out` as soon as it is done (a time-out keeps the rest):
 
 1. batch 1: kgpt2 `Generator` (one row per `--chunks` value: decode steps per
-   fixed-length device loop; the first is the default), keras-hub
+   fixed-length device loop; the first is the default), kgpt2's decoder from
+   before the engine (benchmarks/baselines, the 1,332 tok/s one), keras-hub
    `GPT2CausalLM.generate`, HF `generate` (same weights, exported with
    keras-hub's `export_to_transformers`). Calls 1-3 warm up (call 1
    compiles), then `--repeats` rounds in turns; medians. TTFT = the first
@@ -42,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gen_peers import HF, SHAPE_124M, SHAPE_TINY, EnginePeer, KerasHub, Kgpt2, build_model, prompts, timed  # noqa: E402
+from gen_peers import HF, SHAPE_124M, SHAPE_TINY, EnginePeer, KerasHub, Kgpt2, Previous, build_model, prompts, timed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,12 +52,14 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model and few tokens: a CPU dry run")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="weights, cache and compute (default: float32 on cpu, bfloat16 on gpu)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 weights for the Keras peers")
+    p.add_argument("--quantize", default="none", help="none or int8: the Keras peers' weights; a list (none,int8) "
+                   "adds a kgpt2 Generator row per further value (the same weights, quantised)")
     p.add_argument("--prompt-tokens", type=int, default=28)
     p.add_argument("--new-tokens", type=int, default=None, help="default 100 (16 with --tiny)")
     p.add_argument("--repeats", type=int, default=None, help="timed batch-1 rounds (default 5; 2 with --tiny)")
     p.add_argument("--stream-repeats", type=int, default=None, help="timed rounds per N (default 3; 1 with --tiny)")
-    p.add_argument("--peers", default="kgpt2,keras-hub,hf", help="batch-1 peers: kgpt2, keras-hub, hf (hf: also at N streams)")
+    p.add_argument("--peers", default="kgpt2,previous,keras-hub,hf",
+                   help="batch-1 peers: kgpt2, previous (the decoder before the engine), keras-hub, hf (hf: also at N streams)")
     p.add_argument("--skip-batch-1", action="store_true", help="sections 2-4 only (serve_throughput.py)")
     p.add_argument("--chunks", default=None, help="Generator chunk sizes, the default first (gpu: 8,1,32; cpu: 1)")
     p.add_argument("--streams", default=None, help="concurrent streams for the engine (gpu: 1,8,32,64; cpu: 1,4)")
@@ -71,6 +74,8 @@ def parse_args(argv=None):
     a.repeats = a.repeats or (2 if a.tiny else 5)
     a.stream_repeats = a.stream_repeats or (1 if a.tiny else 3)
     a.peers = [x.strip() for x in a.peers.split(",") if x.strip()]
+    a.quantize = [x.strip() for x in a.quantize.split(",") if x.strip()]
+    assert set(a.quantize) <= {"none", "int8"}, a.quantize
     a.chunks = [int(x) for x in (a.chunks or ("8,1,32" if gpu else "4,1" if a.tiny else "1")).split(",") if x]
     a.streams = [int(x) for x in (a.streams if a.streams is not None else ("1,8,32,64" if gpu else "1,4")).split(",") if x]
     a.launch_steps = [int(x) for x in (a.launch_steps or ("4,16" if a.tiny else "8,16,32,128")).split(",") if x]
@@ -106,7 +111,14 @@ def write_report(name: str, a, results: dict, quiet: bool = False) -> dict:
     return report
 
 
-def batch_one(impls, a, vocabulary) -> dict:
+def settle(a) -> None:
+    """On a CPU, let torch's OpenMP threads stop spinning after an HF call before the next timing (they
+    would take the cores from whatever runs right after HF: on 2 cores, 3x slower for a tiny model)."""
+    if a.device == "cpu":
+        time.sleep(0.2)
+
+
+def batch_one(impls, a, vocabulary, extras: bool = True) -> dict:
     """Section 1: warm-up calls, then timed rounds in turns (load changes hit every implementation alike)."""
     warm, runs = prompts(a.prompt_tokens, 3, vocabulary, 1), prompts(a.prompt_tokens, a.repeats, vocabulary, 2)
     out = {}
@@ -117,7 +129,9 @@ def batch_one(impls, a, vocabulary) -> dict:
         print(f"warm: {impl.name}: {calls}", flush=True)
     for r in range(a.repeats):
         for impl in impls:
+            settle(a)
             out[impl.name]["runs_s"].append(round(timed(lambda: impl.generate(runs[r]))[0], 4))
+            settle(a)
             out[impl.name]["ttft_runs_s"].append(round(impl.ttft(runs[r]), 4))
     for impl in impls:
         res = out[impl.name]
@@ -125,7 +139,7 @@ def batch_one(impls, a, vocabulary) -> dict:
         res["ttft_median_ms"] = round(1000 * statistics.median(res["ttft_runs_s"]), 2)
         print(f"batch 1: {impl.name}: {res['tok_s']} tok/s, TTFT {res['ttft_median_ms']} ms", flush=True)
     first = [i for i in impls if isinstance(i, Kgpt2)]
-    if first:
+    if first and extras:
         main = first[0]
         res = out[main.name]
         res["stream_tok_s"] = round(a.new_tokens / statistics.median(timed(lambda: main.stream(ids))[0] for ids in runs), 1)
@@ -161,6 +175,7 @@ def streams(engine, hf, a, vocabulary, steps) -> dict:
         for r in range(a.stream_repeats):
             batch = prompts(a.prompt_tokens, n, vocabulary, 1000 * n + r)
             for p in peers:
+                settle(a)
                 seconds, admitted = timed(lambda: p.run(batch, steps))
                 row[p.name]["runs_s"].append(round(seconds, 4))
                 prefill += [admitted] if p is engine else []
@@ -190,8 +205,7 @@ def command_buffers(model, a, vocabulary) -> dict:
     from kgpt2.decoding import GPU_COMMAND_BUFFERS
 
     options = {"xla_gpu_enable_command_buffer": GPU_COMMAND_BUFFERS}
-    out = batch_one([Kgpt2(model, a, a.chunks[0], options)], a, vocabulary)
-    out.pop("greedy_positions_equal_to_kgpt2", None)
+    out = batch_one([Kgpt2(model, a, a.chunks[0], options)], a, vocabulary, extras=False)
     if a.streams:
         out[f"kgpt2 Engine, {max(a.streams)} streams"] = launch_steps(EnginePeer(model, a, max(a.launch_steps), options),
                                                                      a, vocabulary)
@@ -209,12 +223,16 @@ def main(argv=None) -> dict:
 
     keras.config.set_dtype_policy(a.dtype)
     shape = SHAPE_TINY if a.tiny else SHAPE_124M
-    model, hf_dir = build_model(shape, a.quantize)
+    model, hf_dir = build_model(shape, a.quantize[0])
     vocabulary = shape["vocabulary"]
     hf = HF(a, hf_dir, shape) if "hf" in a.peers else None
     results = {"shape": shape, "hf_same_weights": bool(hf and hf.same_weights)}
     if not a.skip_batch_1:
         impls = [Kgpt2(model, a, c) for c in a.chunks] if "kgpt2" in a.peers else []
+        for mode in a.quantize[1:]:  # the same random weights, quantised
+            impls.append(Kgpt2(build_model(shape, mode)[0], a, a.chunks[0]))
+            impls[-1].name += f", {mode} weights"
+        impls += [Previous(model, a)] if "previous" in a.peers else []
         impls += [KerasHub(model, a)] if "keras-hub" in a.peers else []
         impls += [hf] if hf else []
         results["batch_1"] = batch_one(impls, a, vocabulary)

@@ -11,6 +11,9 @@
 # allocator cap, a T4, for 124M/355M/774M full and LoRA, remat off and on).
 # `round2 --tiny`: the same commands at tiny shapes on this machine's CPU, with
 # this machine's Python (a dry run before the one GPU call).
+# `gen` (issue 20, ~4 minutes on an H200): benchmarks/generate_latency.py, everything in one
+# run: Generator batch 1 (chunks 8, 1, 32), the decoder before the engine, keras-hub, HF
+# (same weights), the engine at 1/8/32/64 streams, steps per launch, command buffers. Needs only .whl/.
 # Needs .whl/ (wheels, see benchmarks/device_setup.sh) and .bench/ (shards,
 # tokenizer, shakespeare.txt: benchmarks/make_bench_data.sh) carried; writes everything under $OUT.
 what=${1:-all}
@@ -21,6 +24,7 @@ if [ "${2:-}" = --tiny ]; then
   SHAPE="--tiny --batch 2 --seq 64 --warmup 2 --steps 3"
   SEARCH="--tiny --seq 64 --max-batch 4 --max-probes 3 --jobs 2"
   T=4  # the tiny run is CPU-bound on a shared machine: longer timeouts
+  GEN="--tiny"
 else
   source benchmarks/device_setup.sh || exit 1
   nvidia-smi -L
@@ -28,6 +32,7 @@ else
   SHAPE="--batch 16 --seq 1024 --warmup 5 --steps 30"
   SEARCH="--seq 1024 --cap-gb 15 --jobs 8 --max-probes 4 --resolution 0.15"
   T=1
+  GEN="--device gpu"
 fi
 quiet() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
 B="--shards .bench/shards --tokenizer .bench/tokenizer"
@@ -55,6 +60,10 @@ if [ "$what" = causal ]; then  # the causal-attention kernel against keras-hub's
     --variants "$V" --out "$OUT/causal.json" 2>&1 | quiet | tail -9
   timeout 150 python benchmarks/profile_step.py collect $B \
     --out-dir "$OUT/profile-full" 2>&1 | quiet | tail -12
+fi
+if [ "$what" = gen ]; then
+  timeout $((420 * T)) $PY benchmarks/generate_latency.py $GEN --out "$OUT/gen.json" 2>&1 | quiet \
+    | tee "$OUT/gen.log" | grep -v '^ \|^{\|^}' | tail -40
 fi
 shakespeare() {  # $1: run name, then config overrides
   local run=$1; shift

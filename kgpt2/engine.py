@@ -197,6 +197,28 @@ class Engine:
             self._receive(slot, out[slot, :n])
         return True
 
+    def warm_up(self) -> None:
+        """Compile, on an idle engine, what serving launches: both decode loops and the prefill for every
+        bucket of admitted rows (shortest prompt bucket), so no client waits for a compile later."""
+        if self.busy:
+            raise RuntimeError("warm_up runs on an idle engine")
+        if self._caches is None:
+            self._caches = self.programs.empty_caches(self.slots, self.cache_length)
+        values, idle = self._values(), np.zeros(self.slots, "int32")  # no active row: the caches stay free
+        scalars = np.array([self._t, 1, self.tokenizer.eos_id], "int32")
+        for greedy_only in (True, False):
+            ints, floats = pack(idle, idle, idle, idle, idle, idle + greedy_only, idle + 1, idle, idle + 1.0, idle + 1.0)
+            self._caches, out = self.programs.decode(greedy_only)(values, self._caches, ints, floats, scalars)
+        rows = 1
+        while True:
+            ints = np.array([[1, slot, 0, 1, 1, 0] for slot in range(rows)], "int32")  # free slots: overwritten later
+            prompts, floats = np.zeros((rows, min(MIN_PROMPT_BUCKET, self.cache_length)), "int32"), np.ones((rows, 2), "float32")
+            self._caches, first = self.programs.prefill(values, self._caches, prompts, ints, floats)
+            if rows >= self.slots:
+                break
+            rows = min(2 * rows, self.slots)
+        np.asarray(first)
+
     def _drop_cancelled(self) -> None:
         with self._lock:
             for request in [r for r in self.waiting if r.cancelled]:

@@ -167,3 +167,18 @@ def test_chunked_decode_and_batched_prefill_equal_one_step_loops(engine, loaded)
     assert all(len(r.tokens) == 4 or r.finished for r in together)
     together += [chunked.submit(*case) for case in cases[3:]]
     assert [r.tokens for r in run(chunked, together)] == solo
+
+
+def test_warm_up_compiles_all_that_serving_launches(loaded):
+    model, tokenizer, _ = loaded
+    engine = Engine(model, tokenizer, slots=4, steps_per_launch=8)
+    engine.warm_up()
+    assert engine.compiles == 2 + 3  # two decode loops; prefills of 1, 2 and 4 rows
+    settings = [Sampling(), *SAMPLED]
+    first = [engine.submit(tokenizer.encode(p), settings[i % 3], len(tokenizer.encode(p)) + 4 + i)
+             for i, p in enumerate(PROMPTS[:5])]
+    engine.step(2)
+    later = [engine.submit(tokenizer.encode(p), settings[i % 2], len(tokenizer.encode(p)) + 5) for i, p in enumerate(PROMPTS[5:])]
+    run(engine, first + later)
+    assert engine.compiles == 5
+    assert [r.tokens for r in first[:1]] == [alone(engine, tokenizer.encode(PROMPTS[0]), Sampling(), first[0].total).tokens]

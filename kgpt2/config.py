@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -55,10 +56,17 @@ def _show(value) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    """A section's resolved annotations, once per class (resolving them costs ~0.3 ms, and generation
+    checks its settings at every request)."""
+    return typing.get_type_hints(cls)
+
+
 def check_fields(section) -> None:
     """Check a section's values against its `Literal` annotations and `at_least` bounds (written once, below);
     the message names the key, the bad value and what is allowed."""
-    hints = typing.get_type_hints(type(section))
+    hints = _type_hints(type(section))
     for f in dataclasses.fields(section):
         key, value, hint = f"{section.SECTION}.{f.name}", getattr(section, f.name), hints[f.name]
         if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):

@@ -145,7 +145,7 @@ class Engine:
                       programs=self.programs)
 
     def _values(self) -> list:
-        return self._weights() if self._weights is not None else [v.value for v in self.model.variables]
+        return self._weights() if self._weights is not None else [v.value for v in self.programs.variables]
 
     # Requests -----------------------------------------------------------------------
     def submit(self, ids: list[int], sampling: Sampling, total: int, stop=(), listener=None) -> Request:

@@ -86,6 +86,10 @@ def test_generate_and_evaluate_from_run_cli(tiny_run):
     r = run_cli("generate", "--run", str(tiny_run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "5")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("The")
+    q = run_cli("generate", "--run", str(tiny_run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "5",
+                "--weights", "int8")  # int8 weights: the same greedy text on this model (tests/test_generate.py)
+    assert q.returncode == 0, q.stderr
+    assert q.stdout == r.stdout
     r = run_cli("evaluate", "--run", str(tiny_run), "--checkpoint", "all", "--compare", "base", "--json", "--max-batches", "2")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout[r.stdout.index("["):])

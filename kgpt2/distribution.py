@@ -179,6 +179,26 @@ class _DivisibleModelParallel(keras.distribution.ModelParallel):
         return keras.distribution.TensorLayout(axes, self.device_mesh)
 
 
+def same_attention_sharding(query, key, value):
+    """Query, key and value laid out alike on a sharded mesh; unchanged elsewhere.
+
+    cuDNN's fused attention partitions only inputs that share one sharding
+    ("Query, key and value should have same sharding" otherwise, seen on
+    2 x H200 with `train.mesh="data:2"`), and XLA infers each projection's
+    output sharding from its own kernel. So under `train.mesh` the three are
+    pinned to (batch on `data`, heads on `model` where it divides them).
+    """
+    distribution = keras.distribution.distribution()
+    if not isinstance(distribution, keras.distribution.ModelParallel) or query.shape[0] is None:
+        return query, key, value
+    mesh = distribution.device_mesh
+    sizes = dict(zip(mesh.axis_names, mesh.shape))
+    heads = "model" if query.shape[2] % sizes["model"] == 0 else None
+    batch = "data" if query.shape[0] % sizes["data"] == 0 else None
+    layout = keras.distribution.TensorLayout((batch, None, heads, None), mesh)
+    return tuple(keras.distribution.distribute_tensor(x, layout) for x in (query, key, value))
+
+
 @dataclass(frozen=True)
 class ShardedPlan:
     devices: tuple

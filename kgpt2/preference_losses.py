@@ -23,6 +23,9 @@ KL estimate z (clamped at 0, no gradient), as TRL's KTOTrainer does:
 
     kto    desirable 1 - sigmoid(beta (r - z)), undesirable 1 - sigmoid(beta (z - r))
 
+Held out, paired losses are judged by `pair_metrics`, KTO on examples by
+`kto_metrics` (the share of rewards with their label's sign).
+
 TRL is torch-only; these are its formulas on any Keras backend.
 
     >>> import numpy as np
@@ -116,13 +119,27 @@ class PreferenceLoss(keras.losses.Loss):
 
 
 def pair_metrics(y_true, y_pred, kind: str, beta: float) -> dict:
-    """Held-out paired metrics (numpy): reward accuracy (ties are no win), mean margin, mean rewards.
-
-    A KTO run is judged on pairs with DPO's rewards, beta (log pi - log ref).
-    """
-    r0, r1 = rewards(np.asarray(y_true, "float32"), np.asarray(y_pred, "float32"),
-                     "dpo" if kind == "kto" else kind, beta)
+    """Held-out paired metrics (numpy): reward accuracy (ties are no win), mean margin, mean rewards."""
+    r0, r1 = rewards(np.asarray(y_true, "float32"), np.asarray(y_pred, "float32"), kind, beta)
     r0, r1 = np.asarray(r0, "float64"), np.asarray(r1, "float64")
     margin = r0 - r1
     return {"reward_accuracy": float(np.mean(margin > 0)), "reward_margin": float(margin.mean()),
             "chosen_reward": float(r0.mean()), "rejected_reward": float(r1.mean()), "pairs": int(len(margin))}
+
+
+def kto_metrics(y_true, y_pred, kind: str = "kto", beta: float = 0.1) -> dict:
+    """Held-out KTO metrics (numpy) on examples: reward r = beta (log pi - log ref) of slot 0, per label.
+
+    reward_accuracy: the share of examples whose reward has the label's sign
+    (desirable > 0, undesirable < 0; 0 is no win); reward_margin: the mean
+    reward signed by the label; chosen_reward / rejected_reward: the mean
+    reward of the desirable / undesirable examples (None without any).
+    """
+    r, _ = rewards(np.asarray(y_true, "float32"), np.asarray(y_pred, "float32"), "kto", beta)
+    r = np.asarray(r, "float64")
+    good = np.asarray(y_true, "float32")[:, 4] > 0.5
+    signed = np.where(good, r, -r)
+    mean = lambda x: float(x.mean()) if len(x) else None  # noqa: E731
+    return {"reward_accuracy": float(np.mean(signed > 0)), "reward_margin": float(signed.mean()),
+            "chosen_reward": mean(r[good]), "rejected_reward": mean(r[~good]), "pairs": int(len(r)),
+            "desirable": int(good.sum()), "undesirable": int((~good).sum())}

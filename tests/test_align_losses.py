@@ -100,3 +100,21 @@ def test_unknown_loss_is_refused():
 
     with pytest.raises(ValueError, match="unknown preference loss"):
         PreferenceLoss("ppo")
+
+
+def test_kto_metrics_on_held_out_examples():
+    """KTO is judged on examples: the share of rewards with the sign of their label, signed mean, per-label means."""
+    from kgpt2.preference_losses import kto_metrics
+
+    beta = 0.2
+    r = beta * (POL[:, 0] - REF[:, 0])  # slot 0: the example; slot 1 (mismatched) plays no part here
+    good = LABEL > 0.5
+    m = kto_metrics(y_true(), POL, "kto", beta)
+    assert m["reward_accuracy"] == pytest.approx(np.mean(np.where(good, r > 0, r < 0)))  # row 2's reward 0: no win
+    assert m["reward_margin"] == pytest.approx(np.mean(np.where(good, r, -r)), rel=1e-5)
+    assert m["chosen_reward"] == pytest.approx(r[good].mean(), rel=1e-5)
+    assert m["rejected_reward"] == pytest.approx(r[~good].mean(), rel=1e-5)
+    assert (m["pairs"], m["desirable"], m["undesirable"]) == (5, 3, 2)
+    only_bad = y_true().copy()
+    only_bad[:, 4] = 0
+    assert kto_metrics(only_bad, POL, "kto", beta)["chosen_reward"] is None

@@ -53,7 +53,7 @@ def _mode(single: bool):
 
 def build(demo) -> gr.Blocks:
     with gr.Blocks(title="kgpt2 demo") as app:
-        gr.Markdown("## kgpt2 arena: two models, one prompt\nSame seed and settings for both. In arena mode the "
+        gr.Markdown("## kgpt2 arena: compare two models, or rate one\nSame seed and settings for both. In arena mode the "
                     "models stay anonymous until you vote. Pick the better answer, or rate each one with its "
                     "thumbs: votes become DPO pairs and KTO examples (`kgpt2 align`).")
         ui = SimpleNamespace()
@@ -69,10 +69,13 @@ def _request_panel(demo, ui) -> None:
     # allow_custom_value: runs trained after start-up must be accepted (kgpt2 checks every name itself).
     d, ckpts, runs = demo.defaults, demo.pool.checkpoints(demo.run), demo.pool.runs()
     picker = dict(allow_custom_value=True, min_width=160)
-    with gr.Row():
-        ui.arena = gr.Checkbox(False, label="Arena mode: hide which model is which until the vote", elem_id="arena")
-        ui.single = gr.Checkbox(False, label="Single model: rate one answer (the left model; in arena mode one of "
-                                "the two, drawn at random)", elem_id="single")
+    with gr.Row():  # side by side on a desktop, one above the other on a phone
+        with gr.Column(min_width=300):
+            ui.arena = gr.Checkbox(False, label="Arena mode: hide which model is which until the vote",
+                                   elem_id="arena")
+        with gr.Column(min_width=300):
+            ui.single = gr.Checkbox(False, label="Single model: rate one answer, the left model's (arena mode: "
+                                    "either pick, drawn at random)", elem_id="single")
     with gr.Row():
         ui.run_a = gr.Dropdown(runs, value=demo.run, label="Left run", elem_id="run-a", **picker)
         ui.ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", **picker)

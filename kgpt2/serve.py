@@ -235,14 +235,13 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise OpenAIError(400, "send one prompt per request", param="prompt")
-        rid, created = _id("cmpl"), int(time.time())
+        ids, rid, created = service.engine.tokenizer.encode(prompts[0]), _id("cmpl"), int(time.time())
 
         def shape(text, finish, usage, first):
             out = {"id": rid, "object": "text_completion", "created": created, "model": service.model_id,
                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
             return out | ({"usage": usage} if usage else {})
 
-        ids = service.engine.tokenizer.encode(prompts[0])
         return await _answer(service, http, body, ids, body.max_tokens or 16, shape)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])

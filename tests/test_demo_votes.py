@@ -232,7 +232,10 @@ def test_kto_align_on_demo_votes_matches_a_numpy_reference(served, client, tmp_p
     assert after["loss"] == pytest.approx(loss.mean(), rel=1e-4, abs=1e-6)
     assert after["loss"] != pytest.approx(0.5, abs=1e-7), "the policy moved"
     good = rows.held_labels > 0.5
-    assert after["reward_accuracy"] == pytest.approx(np.mean(np.where(good, ratio > 0, ratio < 0)))
+    assert after["sign_accuracy"] == pytest.approx(np.mean(np.where(good, ratio > 0, ratio < 0)))
+    if good.any() and (~good).any():
+        ranked = [float(d > u) for d in ratio[good] for u in ratio[~good]]
+        assert after["reward_accuracy"] == after["ranking_accuracy"] == pytest.approx(np.mean(ranked))
 
 
 def _read(cfg):

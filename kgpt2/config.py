@@ -391,6 +391,7 @@ def _coerce(value, default, name):
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, list):
+        value = [value] if isinstance(value, str) else value  # one item may stand for a list (align.data=votes.jsonl)
         ok = isinstance(value, list)
     else:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -109,16 +109,17 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
     a = cfg.align
     pairs, unpaired = read_preferences(a.data, a.template)
     model, tokenizer = build_run_model(cfg)
-    held_x, _, _ = encode_preferences(cfg, pairs, unpaired, tokenizer)
+    rows = encode_preferences(cfg, pairs, unpaired, tokenizer)
+    held_x = rows.held_x
     with np.load(path) as cached:
         reference = cached["heldout"]
     if len(reference) != len(held_x["token_ids"]):
         raise UserError(f"the preference files of '{run.path}' changed since it was aligned ({a.data})")
-    y_true = targets_for(reference, held_x)
+    y_true = targets_for(reference, held_x, rows.held_labels)
     scorer, bs = PolicyLogProbs(model), batch_size or cfg.train.batch_size
     ckpts = {c.id: c for c in run.checkpoints().list()}
     options = {"label_smoothing": a.label_smoothing, "simpo_gamma": a.simpo_gamma}
-    rows = []
+    table = []
     for ckpt_id in ids:
         if ckpt_id == BASE:
             y_pred = y_true[:, :2]  # the policy before alignment is the reference
@@ -128,10 +129,18 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
         row = {"model": ckpt_id, **score_heldout(y_true, y_pred, a.loss, a.beta, **options), "split": "preferences"}
         if ckpt_id != BASE:
             row["step"] = ckpts[ckpt_id].state["step"]
-        rows.append(row | {"margins": (y_pred[:, 0] - y_true[:, 0]) - (y_pred[:, 1] - y_true[:, 1])})
+        table.append(row | {"margins": _margins(y_true, y_pred, a.loss)})
     if save:
-        save_alignment_table(run, rows)
-    return [{k: v for k, v in r.items() if k != "margins"} for r in rows]
+        save_alignment_table(run, table)
+    return [{k: v for k, v in r.items() if k != "margins"} for r in table]
+
+
+def _margins(y_true, y_pred, loss: str):
+    """Per held-out row: chosen - rejected log-ratio (KTO: the example's log-ratio, signed by its label)."""
+    import numpy as np
+
+    ratio = y_pred[:, :2] - y_true[:, :2]
+    return np.where(y_true[:, 4] > 0.5, ratio[:, 0], -ratio[:, 0]) if loss == "kto" else ratio[:, 0] - ratio[:, 1]
 
 
 def save_alignment_table(run: Run, rows: list[dict]) -> None:
@@ -153,7 +162,7 @@ def save_alignment_table(run: Run, rows: list[dict]) -> None:
     a1.tick_params(axis="x", rotation=30)
     a2.hist(rows[-1]["margins"], bins=40, color="C2")
     a2.axvline(0.0, color="grey", lw=0.8)
-    a2.set_title(f"{rows[-1]['model']}: chosen - rejected log-ratio per held-out pair")
+    a2.set_title(f"{rows[-1]['model']}: log-ratio margin per held-out row")
     fig.tight_layout()
     save_figure(fig, run.evaluation_table("preferences", "png"))
 

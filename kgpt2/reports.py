@@ -55,8 +55,12 @@ def train_report(result) -> str:
 def align_report(result: dict, run_dir) -> str:
     """`kgpt2 align`: what happened to the pairs, and the held-out metrics before and after."""
     p = result["pairs"]
+    kto = result.get("loss") == "kto"
+    unpaired = (f", {p['unpaired']} unpaired examples" if kto and p.get("unpaired") else
+                f", {p['unpaired_skipped']} unpaired vote answers skipped" if p.get("unpaired_skipped") else "")
     lines = [f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
-             f"chosen == rejected dropped, {p['too_long_dropped']} too long; {p['train']} train, {p['heldout']} held out"
+             f"chosen == rejected dropped{unpaired}, {p['too_long_dropped']} too long; {p['train']} train, "
+             f"{p['heldout']} held out" + (" examples" if kto else "")
              + (f" ({result['loss']})" if "loss" in result else "")]
     for when in ("before", "after"):
         m = result[f"heldout_{when}"]

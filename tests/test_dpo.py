@@ -293,3 +293,24 @@ def test_unpaired_records_feed_kto_only(tmp_path):
     assert [r[:2] for r in rows] == [(e["prompt"], e["completion"]) for e in examples]
     # Slot 1 is another example's completion: every row's KL partner differs from its own answer.
     assert all(r[2] != r[1] for r in rows) and sorted(r[2] for r in rows) == sorted(e["completion"] for e in examples)
+
+
+def test_demo_votes_give_kto_examples_and_paired_losses_skip_them(tmp_path):
+    """A/B votes are pairs; both bad, thumbs up and down are KTO examples (skipped by DPO); a tie is nothing."""
+    from kgpt2.data.preference_pairs import PairStats, read_pairs, read_preferences
+    from kgpt2.votes import append_vote, make_rating, make_record
+
+    run = tmp_path / "run"
+    for rec in [make_record("Q1", "good", "bad", "a", "r/base", "r/ckpt-9", {}),
+                make_record("Q2", "meh", "nope", "both_bad", "r/base", "r/ckpt-9", {}, mode="arena"),
+                make_record("Q3", "x", "y", "tie", "r/base", "r/ckpt-9", {}),
+                make_rating("Q4", "fine", "up", "r/ckpt-9", {"seed": 1}),
+                make_rating("Q5", "rude", "down", "r/base", {}, mode="named", side="b")]:
+        append_vote(run, rec)
+    stats = PairStats()
+    pairs, singles = read_preferences(run, stats=stats)
+    assert pairs == [{"prompt": "Q1", "chosen": "good", "rejected": "bad"}]
+    assert [(s["prompt"], s["completion"], s["label"], s["vote"]) for s in singles] == [
+        ("Q2", "meh", False, True), ("Q2", "nope", False, True), ("Q4", "fine", True, True), ("Q5", "rude", False, True)]
+    assert (stats.read, stats.ties, stats.unpaired) == (5, 1, 4)
+    assert read_pairs(run) == pairs  # DPO on the same votes: the single answers are skipped, not refused

@@ -40,7 +40,7 @@ def test_good_values_pass_and_a_toml_file_is_checked_too(tmp_path):
     assert (cfg.train.epochs, cfg.train.precision, cfg.train.devices) == (0, "mixed_float16", "all")
     path = tmp_path / "c.toml"
     path.write_text('[data]\nwindows = "stacked"\n')
-    with pytest.raises(UserError, match='data.windows must be one of "packed", "example"; got "stacked"'):
+    with pytest.raises(UserError, match='data.windows must be one of "auto", "packed", "example", "packed_examples"; got "stacked"'):
         load_config(path)
 
 

@@ -11,6 +11,8 @@
 # allocator cap, a T4, for 124M/355M/774M full and LoRA, remat off and on).
 # `round2 --tiny`: the same commands at tiny shapes on this machine's CPU, with
 # this machine's Python (a dry run before the one GPU call).
+# `packing` (issue 19): benchmarks/packing_throughput.py, Alpaca packed vs one
+# example per window, LoRA and full (needs .bench/alpaca_5000.json); `packing --tiny` on the CPU.
 # Needs .whl/ (wheels, see benchmarks/device_setup.sh) and .bench/ (shards,
 # tokenizer, shakespeare.txt: benchmarks/make_bench_data.sh) carried; writes everything under $OUT.
 what=${1:-all}
@@ -55,6 +57,12 @@ if [ "$what" = causal ]; then  # the causal-attention kernel against keras-hub's
     --variants "$V" --out "$OUT/causal.json" 2>&1 | quiet | tail -9
   timeout 150 python benchmarks/profile_step.py collect $B \
     --out-dir "$OUT/profile-full" 2>&1 | quiet | tail -12
+fi
+if [ "$what" = packing ]; then  # issue 19: packed instruction examples vs one per window (124M, bf16; about 3 minutes)
+  PK="--alpaca .bench/alpaca_5000.json --tokenizer .bench/tokenizer"
+  [ "${2:-}" = --tiny ] && PK="--tiny"
+  timeout $((420 * T)) $PY benchmarks/packing_throughput.py $PK --modes lora,full --out "$OUT/packing.json" 2>&1 \
+    | quiet | tee "$OUT/packing.log" | tail -8
 fi
 shakespeare() {  # $1: run name, then config overrides
   local run=$1; shift

@@ -123,10 +123,14 @@ class DataConfig:
     # Instruction shards carry a loss mask: "response" trains on the response
     # tokens (+ end-of-text) only, "all" on every token. Articles have no mask.
     loss_on: Literal["response", "all"] = "response"
-    # "packed": fixed windows over the token stream (articles); "example": one
-    # example per window, padded, so examples never attend to each other
-    # (kgpt2.data.instructions explains why packing cannot isolate them).
-    windows: Literal["packed", "example"] = "packed"
+    # How the shards become windows of sequence_length tokens. "packed": fixed
+    # windows over the token stream (articles; examples there see each other);
+    # "example": one example per window, padded; "packed_examples": several
+    # examples per window, each attending only to itself, positions restarting
+    # per example (kgpt2.data.packing, kgpt2.packed_attention); "auto":
+    # "packed_examples" on shards with a loss mask (instruction, chat), else
+    # "packed". A run saves the resolved choice in its config.json.
+    windows: Literal["auto", "packed", "example", "packed_examples"] = "auto"
     # Shift every window start by a seeded random offset each epoch, so
     # repeated epochs see different windows (nanoGPT samples random offsets;
     # it matters when a small corpus is seen for many epochs).

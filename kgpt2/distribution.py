@@ -27,7 +27,6 @@ variables), `local_rows` gives each process its rows of every batch, and
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from dataclasses import dataclass
 
@@ -287,7 +286,7 @@ def is_writer() -> bool:
 
 
 def local_rows(batches):
-    """This process's rows of every batch of a `WindowBatches`: the global batch split by process.
+    """This process's rows of every batch of a `WindowBatches` or `PackedBatches`: the global batch split by process.
 
     Keras (JAX) builds each global batch from every process's own rows
     (`jax.make_array_from_process_local_data`), so a process reads only the
@@ -301,10 +300,8 @@ def local_rows(batches):
     per_process = batches.batch_size // count
     rows = np.arange(batches.total_batches * batches.batch_size).reshape(-1, count, per_process)
     rows = rows[:, process_index(), :].ravel()
-    rows = rows[rows < len(batches.starts)]  # the last batch may be short
-    local = copy.copy(batches)
-    local.starts, local.ends, local.batch_size = batches.starts[rows], batches.ends[rows], per_process
-    return local
+    rows = rows[rows < batches.num_windows]  # the last batch may be short
+    return batches.take_rows(rows, per_process)
 
 
 def spans_processes(variables) -> bool:

@@ -26,8 +26,10 @@ from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.metrics import compile_lm, summarise
+from kgpt2.packed_attention import for_windows
 from kgpt2.preferences import PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout, targets_for
 from kgpt2.run import BASE, Run, build_run_model, snapshot
+from kgpt2.training_data import resolve_windows
 from kgpt2.validation import split_batches
 
 
@@ -66,12 +68,13 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if is_align_run(run):
         return evaluate_alignment(run, cfg, ids, batch_size, save)
     shards = ShardSet(cfg.data.shards)
+    cfg = resolve_windows(cfg, shards.manifest)  # a run's config.json names its windows; "auto" only from older files
     data = shards.split(split)
     if data.num_articles == 0:
         raise UserError(f"split '{split}' of '{cfg.data.shards}' holds no articles")
     model, tokenizer = build_run_model(cfg)
     shards.check_tokenizer(tokenizer)
-    compile_lm(model)
+    scorer = compile_lm(for_windows(model, cfg.data.windows))  # packed examples: scored packed, each on its own
     base = snapshot(model)
     # The same batches as training's own validation: instruction shards keep
     # their response-only loss mask here too.
@@ -84,7 +87,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
             run.restore(model, BASE, base=base)
         else:
             CheckpointManager.restore(model, ckpts[ckpt_id])
-        logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
+        logs = scorer.evaluate(to_dataset(source), verbose=0, return_dict=True)
         row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": tokens}
         if ckpt_id != BASE:
             row.update(step=ckpts[ckpt_id].state["step"], stage=ckpts[ckpt_id].stage_number)

@@ -15,6 +15,7 @@ import math
 import keras
 
 from kgpt2.models import real_vocabulary_size
+from kgpt2.packed_attention import for_windows
 
 
 def lm_loss():
@@ -48,15 +49,16 @@ def compile_lm(model, optimizer="adam", token_loss: bool = True, loss_chunk: int
     return model
 
 
-def evaluation_model(model):
+def evaluation_model(model, windows: str = "packed"):
     """A model on `model`'s backbone (the same variables) compiled with all metrics, for `evaluate`.
 
     Keras compiles a model's train and test steps with one metric list; this
     twin gives validation the exact token loss without adding it to every
-    training step of `model`.
+    training step of `model`. `windows` = "packed_examples": the twin takes
+    packed windows (kgpt2.packed_attention.for_windows).
     """
     twin = type(model)(backbone=model.backbone, preprocessor=None)
-    return compile_lm(twin)
+    return compile_lm(for_windows(twin, windows))
 
 
 def perplexity(token_loss: float) -> float:
@@ -156,7 +158,8 @@ def _chunked_loss_and_updates(self, trainable_variables, non_trainable_variables
     mapping = list(zip(self.trainable_variables, trainable_variables))
     mapping += list(zip(self.non_trainable_variables, non_trainable_variables))
     with backend.StatelessScope(state_mapping=mapping) as scope:
-        hidden = self.backbone(x, training=True)
+        # A packed model (kgpt2.packed_attention.PackedCausalLM) computes its hidden states over packed windows.
+        hidden = self.hidden_states(x, training=True) if hasattr(self, "hidden_states") else self.backbone(x, training=True)
         embeddings = self.backbone.token_embedding.embeddings.value
         losses, correct = chunked_token_losses(hidden, embeddings, y, real_vocabulary_size(self.backbone),
                                                self._kgpt2_loss_chunk)

@@ -49,7 +49,17 @@ def recipe_list(listing: list[tuple[str, str]]) -> str:
 
 
 def train_report(result) -> str:
-    return f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})"
+    """`kgpt2 train`: the steps, where the run is, and what padding cost (example windows only)."""
+    line = f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})"
+    last = next((m for m in reversed(result.stages) if "padding" in m), None)
+    if last is None:
+        return line
+    if "examples_per_window" in last:
+        return (f"{line}\npadding: {last['padding']:.1%} of the target positions ({last['examples_per_window']:.2f} "
+                f"examples packed per window; one example per window: {last['padding_one_per_window']:.1%}), "
+                f"{last['truncated']} examples truncated")
+    return f"{line}\npadding: {last['padding']:.1%} of the target positions (one example per window), " \
+           f"{last['truncated']} examples truncated"
 
 
 def align_report(result: dict, run_dir) -> str:

@@ -42,7 +42,7 @@ def test_good_values_pass_and_a_toml_file_is_checked_too(tmp_path):
     assert (one.align.data, one.lora.targets) == (["checkpoints/alpaca/votes.jsonl"], ["all-linear"])  # one item: a list
     path = tmp_path / "c.toml"
     path.write_text('[data]\nwindows = "stacked"\n')
-    with pytest.raises(UserError, match='data.windows must be one of "packed", "example"; got "stacked"'):
+    with pytest.raises(UserError, match='data.windows must be one of "auto", "packed", "example", "packed_examples"; got "stacked"'):
         load_config(path)
 
 

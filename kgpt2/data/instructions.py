@@ -9,11 +9,12 @@ and the response apart, so the prompt's tokens are exactly the tokens
 (1 = a training target) is 0 on the prompt and 1 on the response and the
 end-of-text.
 
-Examples are one per window, padded (`data.windows = "example"`): keras-hub's
-GPT2Backbone takes only a padding mask (its functional inputs are token_ids
-and padding_mask; the causal mask is built inside each TransformerDecoder), so
-examples packed into one window would attend to each other. The padding share
-of the compute is logged by `kgpt2 train` and kept in the stage table.
+Training packs several examples into each window (`data.windows =
+"packed_examples"`, what "auto" picks for these shards): kgpt2.data.packing
+places them, and kgpt2.packed_attention confines each example's attention to
+itself with positions restarting, since keras-hub's GPT2Backbone takes only a
+padding mask. `data.windows = "example"` puts one example per window, padded.
+The padding share is logged by `kgpt2 train` and kept in the stage table.
 
     >>> from kgpt2.data.instructions import record_prompt
     >>> print(record_prompt({"instruction": "Add.", "input": "1+1"}, "example"))

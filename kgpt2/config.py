@@ -184,6 +184,9 @@ class TrainConfig:
     learning_rate: float = at_least(0.0, default=5e-5)
     min_learning_rate: float = at_least(0.0, default=0.0)
     warmup_steps: int = at_least(0, default=100)
+    # Steps of warmup + cosine decay (nanoGPT's lr_decay_iters); then the rate
+    # stays at min_learning_rate. 0 = the run's total step count.
+    decay_steps: int = at_least(0, default=0)
     weight_decay: float = at_least(0.0, default=0.01)
     beta_2: float = at_least(0.0, default=0.999, below=1.0)
     clipnorm: float = at_least(0.0, default=1.0)
@@ -219,6 +222,11 @@ class TrainConfig:
     # the full float32 logits and their gradient never exist at once (0 = the
     # plain loss; kgpt2.metrics.chunked_token_losses). Same results.
     loss_chunk: int = at_least(0, default=0)
+    # JAX: the training loss from the backbone's hidden states in one piece:
+    # bf16 logits over the real vocabulary (no pad mask, no one-hot pass),
+    # float32 log-sum-exp (kgpt2.metrics.token_losses). Same results;
+    # loss_chunk > 0 takes precedence.
+    fused_loss: bool = False
     # Recompute each transformer block's activations in the backward pass:
     # a bigger batch fits, each step costs more (docs/benchmarks.md).
     remat: bool = False

@@ -243,7 +243,7 @@ class Trainer:
         self.fit_model = for_windows(self.model, cfg.data.windows)
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
         compile_lm(self.fit_model, self.optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
-                   steps_per_execution=cfg.train.steps_per_execution)
+                   fused_loss=cfg.train.fused_loss, steps_per_execution=cfg.train.steps_per_execution)
         # validation's exact token loss, off the training step, on the same kind of windows
         self.evaluator = evaluation_model(self.model, cfg.data.windows)
         params = count_params(self.model)

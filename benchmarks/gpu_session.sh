@@ -91,10 +91,10 @@ if [ "$what" = all ] || [ "$what" = shakespeare ]; then
   [ "$what" = all ] && shakespeare shakespeare-char-attn0 model.attention_dropout=0.0
 fi
 # round3 (issue 21): <= 9 minutes in all (ROUND3_S, after the wheels are installed), parts in order of importance,
-# expected ~160 + ~175 + ~90 + ~80 s. Each part gets its own budget or what is left, whichever is less, and keeps what
+# expected ~160 + ~175 + ~110 + ~80 s (peers get what is left: usually all of it, not always). Each part gets its own budget or what is left, whichever is less, and keeps what
 # it finished (JSON after every row), so an overrun early costs the last parts, never the call.
 if [ "$what" = round3 ]; then
-  LEVERS_S=${LEVERS_S:-160} MEMORY_S=${MEMORY_S:-90} PEERS_S=${PEERS_S:-80}
+  LEVERS_S=${LEVERS_S:-160} MEMORY_S=${MEMORY_S:-110} PEERS_S=${PEERS_S:-80}
   END=$((SECONDS + ${ROUND3_S:-525} * T))
 fi
 budget() { local want=$(($1 * T)) left=$(( ${END:-999999} - SECONDS )); echo $(( want < left ? want : left )); }

@@ -116,3 +116,31 @@ def test_decay_steps_makes_a_short_run_follow_the_long_runs_curve():
         assert float(long(step)) == pytest.approx(_nanogpt_lr(step), rel=1e-4)
     assert float(make_schedule(load_config(None, base + ["train.decay_steps=1000"]), 5000)(3000)) == pytest.approx(1e-4)
     assert load_config(None).train.decay_steps == 0  # default: the run's own total
+
+
+def test_run_summary_times_rows_from_their_stamps_and_skips_evaluation_windows(tmp_path):
+    """Rows of 10 steps, 5 ms a step, an evaluation after step 100 that took 2 s: the median is 5 ms a step.
+
+    The step log's tokens_per_s column is a mean since its `fit` call began (here deliberately wrong), so
+    the summary reads the stamps; the row after the evaluation (steps 101-110) holds it and is left out.
+    """
+    from kgpt2.config import load_config, save_config
+    from kgpt2.pretrain import run_summary
+
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    cfg = load_config(None, ["train.batch_size=4", "data.sequence_length=8", "train.steps_per_execution=10",
+                             f"checkpoints_root={tmp_path}", "run=run"])
+    save_config(cfg, run / "config.json")
+    t, rows = 1000.0, []
+    for step in range(10, 201, 10):
+        t += (3.0 if step == 10 else 0.05) + (2.0 if step == 110 else 0.0)  # compile; the evaluation after step 100
+        rows.append(f"{step},1,2.0,0.5,1e-3,99.0,{t:.4f}")
+    (run / "logs" / "steps.csv").write_text("step,stage,loss,accuracy,learning_rate,tokens_per_s,time\n"
+                                            + "\n".join(rows) + "\n")
+    (run / "logs" / "evals.csv").write_text("step,train_loss,val_loss,train_accuracy,val_accuracy,eval_seconds,best\n"
+                                            "0,4.0,4.1,0.1,0.1,1.0,1\n100,2.0,2.1,0.4,0.4,2.0,1\n")
+    summary = run_summary(run)
+    assert summary["ms_per_step_median"] == pytest.approx(5.0, abs=1e-3)
+    assert summary["ms_per_step_p90"] == pytest.approx(5.0, abs=1e-3)  # the evaluation's row is not among them
+    assert summary["best_val_loss"] == 2.1

@@ -17,5 +17,6 @@ else
 fi
 mkdir -p "$OUT"
 [ -f .bench/nanogpt/data/shakespeare_char/train.bin ] || { echo "no .bench/nanogpt: run benchmarks/prepare_nanogpt.sh first" >&2; exit 2; }
-$PY benchmarks/shakespeare_vs_nanogpt.py --iters "$ITERS" --decay 5000 --eval-every 250 $EXTRA \
+# SKIP_NANOGPT=1: kgpt2 only (nanoGPT's H200 figures are in ../shared/ANCHORS.md: ~10.9 ms, best val 1.4667).
+$PY benchmarks/shakespeare_vs_nanogpt.py --iters "$ITERS" --decay 5000 --eval-every 250 $EXTRA ${SKIP_NANOGPT:+--skip-nanogpt} \
   --out "$OUT/shakespeare.json" 2>&1 | grep -v "^WARNING\|^I0000\|^E0000\|^W0000" | tail -6

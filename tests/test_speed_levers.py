@@ -144,3 +144,31 @@ def test_run_summary_times_rows_from_their_stamps_and_skips_evaluation_windows(t
     assert summary["ms_per_step_median"] == pytest.approx(5.0, abs=1e-3)
     assert summary["ms_per_step_p90"] == pytest.approx(5.0, abs=1e-3)  # the evaluation's row is not among them
     assert summary["best_val_loss"] == 2.1
+
+
+def test_fused_loss_trains_packed_windows_as_the_plain_loss_does():
+    """kgpt2 train wraps the model for packed examples (data.windows = packed_examples): the fused loss
+    reads the wrapper's per-example hidden states, so the step equals the plain one on the same windows."""
+    keras = _jax_only()
+    from kgpt2.metrics import compile_lm
+    from kgpt2.packed_attention import for_windows
+
+    models = []
+    for fused in (False, True):
+        lm = _tiny_lm(seed=7)
+        if models:
+            lm.set_weights(models[0].causal_lm.get_weights())
+        packed = for_windows(lm, "packed_examples")
+        compile_lm(packed, keras.optimizers.SGD(0.1), token_loss=False, fused_loss=fused)
+        models.append(packed)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 301, (2, 17)).astype("int32")
+    segments = np.array([[1] * 6 + [2] * 7 + [0] * 3, [1] * 16], "int32")  # two examples, then padding
+    positions = np.array([list(range(6)) + list(range(7)) + [0] * 3, list(range(16))], "int32")
+    x = {"token_ids": ids[:, :-1], "segment_ids": segments, "positions": positions}
+    y, w = ids[:, 1:], (segments > 0).astype("float32")
+    logs = [m.train_on_batch(x, y, w, return_dict=True) for m in models]
+    assert logs[1]["loss"] == pytest.approx(logs[0]["loss"], rel=1e-5)
+    assert logs[1]["accuracy"] == pytest.approx(logs[0]["accuracy"], abs=1e-6)
+    for a, b in zip(models[0].causal_lm.get_weights(), models[1].causal_lm.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -17,8 +17,9 @@ A run keeps `ckpt-<global_step>/` directories, each with
 A checkpoint is written into a temporary directory `.ckpt-N.tmp-<pid>-*`,
 fsynced, then renamed: a directory named `ckpt-N` was complete when
 published. Restoring checks the manifest (sizes, checksums) and every array
-name; a checkpoint damaged later (truncated, a file deleted, bytes changed)
-is refused in one sentence, and `newest_intact()` (what `latest` means to
+name (a file's checksum is read once per process while its size, mtime and
+ctime stay the same: `file_sha256`); a checkpoint damaged later (truncated, a
+file deleted, bytes changed) is refused in one sentence, and `newest_intact()` (what `latest` means to
 train, evaluate, generate, export and the demo) skips it with one warning
 line, never deleting it. Saving fails with a `UserError` that names the
 problem (disk full, read-only directory) and leaves the previous checkpoints
@@ -167,6 +168,29 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# Checksums of files read in this process, by (path, device, inode, size, mtime, ctime): a file changed on
+# disk since has another key and is read again. A file changed less than RACY_NS before it was read is not
+# remembered (git's "racily clean" rule): a change in the same tick of a coarse file clock (FAT: 2 s) would
+# keep its key.
+_HASHED: dict = {}
+RACY_NS = 2_000_000_000
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of `path`, read once per process while the file is unchanged."""
+    st = os.stat(path)
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _HASHED:
+        return _HASHED[key]
+    started = time.time_ns()
+    digest = _sha256(path)
+    if max(st.st_mtime_ns, st.st_ctime_ns) < started - RACY_NS:
+        if len(_HASHED) >= 4096:
+            _HASHED.clear()
+        _HASHED[key] = digest
+    return digest
+
+
 def _write_manifest(folder: Path) -> None:
     files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (STATE_FILE, MANIFEST)}
@@ -193,7 +217,7 @@ def damage(folder: Path, checksums: bool = True) -> str | None:
             return f"{name} is missing"
         if size != want["size"]:
             return f"{name} is {size} bytes, its manifest says {want['size']}"
-        if checksums and _sha256(path) != want["sha256"]:
+        if checksums and file_sha256(path) != want["sha256"]:
             return f"{name} does not match its checksum"
     return None
 

@@ -111,7 +111,7 @@ def test_damaged_newest_checkpoint_falls_back_for_readers(copied_run, how, caplo
 
 
 def test_a_checkpoint_restored_twice_is_read_once_and_a_changed_file_again(copied_run, monkeypatch):
-    import kgpt2.checkpoints as verify
+    import kgpt2.checkpoint_manifest as verify
     from kgpt2.run import Run
 
     reads, real = [], verify._sha256

@@ -97,7 +97,7 @@ def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pyd
     import kgpt2.checkpoints as ck
     from kgpt2.train import train
 
-    real_save = ck._save_arrays
+    real_save = ck.save_arrays
     calls = {"n": 0}
 
     def failing_save(path, variables):
@@ -106,14 +106,14 @@ def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pyd
             raise OSError(err, os.strerror(err), str(path))
         real_save(path, variables)
 
-    monkeypatch.setattr(ck, "_save_arrays", failing_save)
+    monkeypatch.setattr(ck, "save_arrays", failing_save)
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=full", "train.stages=[3, 3]")
     with pytest.raises(UserError, match=f"{words}.*last good checkpoint ckpt-\\d+ is intact"):
         train(cfg, verbose=0)
     ckpts = CheckpointManager(cfg.run_dir).list()
     assert len(ckpts) == 1 and not list(cfg.run_dir.glob(".ckpt-*"))
     _assert_checkpoints_complete(cfg.run_dir)
-    monkeypatch.setattr(ck, "_save_arrays", real_save)
+    monkeypatch.setattr(ck, "save_arrays", real_save)
     result = train(cfg, verbose=0)  # the disk has room again: it resumes and finishes
     assert len(result.stages) == 2
 

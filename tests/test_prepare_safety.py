@@ -214,6 +214,7 @@ def test_full_disk_is_one_sentence_and_leaves_no_half_written_set(cli, tmp_path,
 KILLED_PREPARE = r"""
 import pathlib, sys, time
 import kgpt2.data.shard_folder as folder
+import kgpt2.data.shard_writer as writer
 import kgpt2.data.shards as shards
 from kgpt2.tokenizer import Tokenizer
 
@@ -224,14 +225,14 @@ def pause():
     time.sleep(600)
 
 if point == "writing":  # after a few articles are in the temp folder
-    add, added = shards._SplitWriter.add, []
+    add, added = writer.SplitWriter.add, []
     def add_then_pause(self, *args, **kwargs):
         add(self, *args, **kwargs)
         added.append(1)
         if len(added) == 3:
             self.tokens.flush()
             pause()
-    shards._SplitWriter.add = add_then_pause
+    writer.SplitWriter.add = add_then_pause
 else:  # "publishing": the old set moved aside, the new one not yet renamed in
     rename = folder.os.rename
     def rename_then_pause(a, b):

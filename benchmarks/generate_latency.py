@@ -1,21 +1,33 @@
-"""Generation latency: kgpt2's `Generator` against keras-hub `generate` and HF `generate`.
+"""Generation speed in one run: kgpt2's `Generator` at batch 1, keras-hub and HF `generate`, the engine at N streams.
 
-GPT-2 124M shape (random weights: speed does not depend on them), batch 1,
-a 28-token prompt, 64 new tokens, greedy, end-of-text never stops early.
-All implementations are built first, warmed up (calls 1-3, each with a new
-prompt: call 1 compiles), then timed in turns (`--repeats` rounds) so a
-change in machine load hits all of them alike; the medians are reported.
-Time to first token (TTFT) is a 1-new-token generation (kgpt2: the first
-piece out of `Generator.stream_ids`). Then kgpt2 runs other prompt lengths
-and sampler settings and reports how many programs it compiled: the count
-must not grow after the first call (`compiles`). keras-hub is shown paying
-a compile for a new sampler object, the pitfall kgpt2 avoids.
+GPT-2 124M shape (random weights, seeded; `--tiny`: a 2-layer, 64-wide model
+for a CPU dry run), `--prompt-tokens` prompts, exactly `--new-tokens` greedy
+tokens (end-of-text never stops early). One process, in this order, each
+section written to `--out` as soon as it is done (a time-out keeps the rest):
 
-Needs jax (or tensorflow), keras, keras-hub, numpy; torch + transformers for
-the Hugging Face peer (`pip install -e .[bench]`); not TensorFlow with JAX.
+1. batch 1: kgpt2 `Generator` (one row per `--chunks` value: decode steps per
+   fixed-length device loop; the first is the default), kgpt2's decoder from
+   before the engine (benchmarks/baselines, the 1,332 tok/s one), keras-hub
+   `GPT2CausalLM.generate`, HF `generate` (same weights, exported with
+   keras-hub's `export_to_transformers`). Calls 1-3 warm up (call 1
+   compiles), then `--repeats` rounds in turns; medians. TTFT = the first
+   token out of `Generator.stream_ids` (the prefill alone) / a 1-new-token
+   generate for the peers. Also kgpt2's streaming rate and the programs it
+   compiled (must not grow after the warm-up for new prompts and settings).
+2. N streams (`--streams`): N requests submitted together to an `Engine` with
+   N slots and stepped to the end (what `kgpt2 serve` does minus HTTP;
+   `prefill_ms` = admitting all N, one batched prefill), against one HF
+   `generate` on the same N prompts; `--stream-repeats` rounds in turns.
+3. decode steps per launch at the largest N (`--launch-steps`, a runtime
+   value: no new compile).
+4. GPU only: `Generator` and the engine at the largest N compiled with XLA's
+   WHILE and CONDITIONAL command buffers (kgpt2.decoding.GPU_COMMAND_BUFFERS).
 
-    KERAS_BACKEND=jax python benchmarks/generate_latency.py --device cpu --out gen-cpu.json
-    KERAS_BACKEND=jax python benchmarks/generate_latency.py --device gpu --dtype bfloat16 --out gen-gpu.json
+    KERAS_BACKEND=jax python benchmarks/generate_latency.py --tiny --out .tmp/gen-tiny.json   # CPU dry run
+    KERAS_BACKEND=jax python benchmarks/generate_latency.py --device cpu --streams 1 --new-tokens 32 --out gen-cpu.json
+    KERAS_BACKEND=jax python benchmarks/generate_latency.py --device gpu --out $OUT/gen-gpu.json  # H200: ~4 minutes
+
+Needs jax, keras, keras-hub, numpy; torch + transformers for the HF peer.
 """
 
 from __future__ import annotations
@@ -29,185 +41,179 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-VOCAB, LAYERS, HEADS, WIDTH, CONTEXT = 50257, 12, 12, 768, 1024
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from gen_peers import HF, SHAPE_124M, SHAPE_TINY, EnginePeer, KerasHub, Kgpt2, Previous, build_model, prompts, timed  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model and few tokens: a CPU dry run")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="weights and compute (default: float32 on cpu, bfloat16 on gpu)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8 weights (Keras's Model.quantize) for the Keras peers")
+                   help="weights, cache and compute (default: float32 on cpu, bfloat16 on gpu)")
+    p.add_argument("--quantize", default="none", help="none or int8: the Keras peers' weights; a list (none,int8) "
+                   "adds a kgpt2 Generator row per further value (the same weights, quantised)")
     p.add_argument("--prompt-tokens", type=int, default=28)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up calls")
-    p.add_argument("--peers", default="kgpt2,keras-hub,hf", help="comma list of kgpt2, keras-hub, hf")
+    p.add_argument("--new-tokens", type=int, default=None, help="default 100 (16 with --tiny)")
+    p.add_argument("--repeats", type=int, default=None, help="timed batch-1 rounds (default 5; 2 with --tiny)")
+    p.add_argument("--stream-repeats", type=int, default=None, help="timed rounds per N (default 3; 1 with --tiny)")
+    p.add_argument("--peers", default="kgpt2,previous,keras-hub,hf",
+                   help="batch-1 peers: kgpt2, previous (the decoder before the engine), keras-hub, hf (hf: also at N streams)")
+    p.add_argument("--skip-batch-1", action="store_true", help="sections 2-4 only (serve_throughput.py)")
+    p.add_argument("--chunks", default=None, help="Generator chunk sizes, the default first (gpu: 8,1,32; cpu: 1)")
+    p.add_argument("--streams", default=None, help="concurrent streams for the engine (gpu: 1,8,32,64; cpu: 1,4)")
+    p.add_argument("--launch-steps", default=None, help="decode steps per launch tried at the largest N "
+                   "(default 8,16,32,128; the engine's streams run at the first of 16 or the list's first)")
+    p.add_argument("--command-buffers", choices=["auto", "on", "off"], default="auto", help="section 4 (auto: on gpu)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
-    a.dtype = a.dtype or ("float32" if a.device == "cpu" else "bfloat16")
+    gpu = a.device == "gpu"
+    a.dtype = a.dtype or ("bfloat16" if gpu else "float32")
+    a.new_tokens = a.new_tokens or (16 if a.tiny else 100)
+    a.repeats = a.repeats or (2 if a.tiny else 5)
+    a.stream_repeats = a.stream_repeats or (1 if a.tiny else 3)
     a.peers = [x.strip() for x in a.peers.split(",") if x.strip()]
+    a.quantize = [x.strip() for x in a.quantize.split(",") if x.strip()]
+    assert set(a.quantize) <= {"none", "int8"}, a.quantize
+    a.chunks = [int(x) for x in (a.chunks or ("8,1,32" if gpu else "4,1" if a.tiny else "1")).split(",") if x]
+    a.streams = [int(x) for x in (a.streams if a.streams is not None else ("1,8,32,64" if gpu else "1,4")).split(",") if x]
+    a.launch_steps = [int(x) for x in (a.launch_steps or ("4,16" if a.tiny else "8,16,32,128")).split(",") if x]
+    a.command_buffers = a.command_buffers == "on" or (a.command_buffers == "auto" and gpu)
     return a
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def prompts(n: int, count: int, seed: int = 0) -> list[list[int]]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return [[int(t) for t in rng.integers(0, VOCAB - 1, n)] for _ in range(count)]
-
-
-class NoStop:
-    """The tokenizer slot of `Generator`: only `eos_id`, never produced (-1)."""
-
-    eos_id = -1
-
-    def decode(self, ids):
-        return " ".join(map(str, ids))
-
-
-class Kgpt2:
-    name = "kgpt2 Generator"
-
-    def __init__(self, model, a):
-        from kgpt2.generate import Generator, Settings
-
-        self.gen, self.a = Generator(model, NoStop()), a
-        self.greedy = Settings(sampler="greedy", max_new_tokens=a.new_tokens)
-        self.first = Settings(sampler="greedy", max_new_tokens=1)
-
-    def generate(self, ids):
-        out = self.gen.generate_ids(ids, self.greedy)
-        assert len(out) == self.a.new_tokens, len(out)
-
-    def ttft(self, ids):
-        stream = self.gen.stream_ids(ids, self.greedy)
-        seconds, _ = timed(lambda: next(stream))
-        stream.close()
-        return seconds
-
-    def sweep(self, n):
-        """Other prompt lengths and sampler settings: time and compiled programs after each."""
-        from kgpt2.generate import Settings
-
-        rows = []
-        cases = [("greedy", {}, n - 8), ("greedy", {}, n + 3), ("top_p", dict(temperature=0.8, top_p=0.95, top_k=50, seed=1), n),
-                 ("top_p", dict(temperature=1.1, top_p=0.5, top_k=200, seed=2), n - 3),
-                 ("top_k", dict(temperature=0.7, top_k=40, seed=3), n), ("random", dict(temperature=1.0, seed=4), n),
-                 ("greedy", {}, n)]
-        for i, (sampler, kw, length) in enumerate(cases):
-            s = Settings(sampler=sampler, max_new_tokens=self.a.new_tokens, **kw)
-            ids = prompts(length, 1, seed=100 + i)[0]
-            seconds, out = timed(lambda: self.gen.generate_ids(ids, s))
-            rows.append(dict(sampler=sampler, prompt_tokens=length, settings=kw, s=round(seconds, 4),
-                             new_tokens=len(out), compiles=self.gen.compiles))
-        return rows
-
-
-class KerasHub:
-    name = "keras-hub GPT2CausalLM.generate"
-
-    def __init__(self, model, a):
-        self.model, self.a = model, a
-        model.compile(sampler="greedy")
-
-    def _inputs(self, ids, total):
-        import numpy as np
-
-        token_ids = np.zeros((1, total), "int32")
-        token_ids[0, :len(ids)] = ids
-        mask = np.zeros((1, total), bool)
-        mask[0, :len(ids)] = True
-        return {"token_ids": token_ids, "padding_mask": mask}
-
-    def generate(self, ids):
-        out = self.model.generate(self._inputs(ids, len(ids) + self.a.new_tokens), stop_token_ids=None)
-        assert out["token_ids"].shape[1] == len(ids) + self.a.new_tokens
-
-    def ttft(self, ids):
-        return timed(lambda: self.model.generate(self._inputs(ids, len(ids) + 1), stop_token_ids=None))[0]
-
-    def new_sampler_call(self, ids):
-        """A call after `compile(sampler=TopPSampler(...))`, as the seed's demo did per request."""
-        import keras_hub
-
-        self.model.compile(sampler=keras_hub.samplers.TopPSampler(p=0.95, k=50, temperature=0.8, seed=1))
-        seconds = timed(lambda: self.generate(ids))[0]
-        self.model.compile(sampler="greedy")
-        return seconds
-
-
-class HF:
-    name = "HF transformers generate"
-
-    def __init__(self, a):
-        import torch
-        import transformers
-
-        self.torch, self.a = torch, a
-        self.device = "cuda" if a.device == "gpu" else "cpu"
-        config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=CONTEXT, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS)
-        torch.manual_seed(0)
-        model = transformers.GPT2LMHeadModel(config).eval()
-        self.model = model.to(self.device, dtype=getattr(torch, a.dtype))
-
-    def _run(self, ids, new):
-        with self.torch.inference_mode():
-            x = self.torch.tensor([ids], device=self.device)
-            out = self.model.generate(x, attention_mask=self.torch.ones_like(x), max_new_tokens=new, min_new_tokens=new,
-                                      do_sample=False, pad_token_id=0)
-            if self.device == "cuda":
-                self.torch.cuda.synchronize()
-        return out
-
-    def generate(self, ids):
-        out = self._run(ids, self.a.new_tokens)
-        assert out.shape[1] == len(ids) + self.a.new_tokens
-
-    def ttft(self, ids):
-        return timed(lambda: self._run(ids, 1))[0]
-
-
-def machine(a) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "load_average_at_start": os.getloadavg()}
+def machine() -> dict:
     import keras
 
-    info["keras_backend"] = keras.backend.backend()
-    info["devices"] = [str(d) for d in _devices()]
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "load_average_at_start": os.getloadavg(), "keras_backend": keras.backend.backend()}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        info["devices"] = [str(d) for d in jax.devices()]
     for mod in ("jax", "keras", "keras_hub", "tensorflow", "torch", "transformers"):
         if sys.modules.get(mod) is not None:
             info[mod] = getattr(sys.modules[mod], "__version__", "?")
     return info
 
 
-def _devices():
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.devices()
-    return []
-
-
-def write_report(name: str, a, results: dict) -> dict:
-    """Print a benchmark's JSON report (args, machine, results) and write it to `a.out` if given."""
+def write_report(name: str, a, results: dict, quiet: bool = False) -> dict:
+    """Print (unless `quiet`) a benchmark's JSON report (args, machine, results); write it to `a.out` if given."""
     report = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(a),
-              "machine": machine(a), "results": results}
+              "machine": machine(), "results": results}
     text = json.dumps(report, indent=2)
-    print(text)
+    if not quiet:
+        print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")
     return report
+
+
+def settle(a) -> None:
+    """On a CPU, let torch's OpenMP threads stop spinning after an HF call before the next timing (they
+    would take the cores from whatever runs right after HF: on 2 cores, 3x slower for a tiny model)."""
+    if a.device == "cpu":
+        time.sleep(0.2)
+
+
+def batch_one(impls, a, vocabulary, extras: bool = True) -> dict:
+    """Section 1: warm-up calls, then timed rounds in turns (load changes hit every implementation alike)."""
+    warm, runs = prompts(a.prompt_tokens, 3, vocabulary, 1), prompts(a.prompt_tokens, a.repeats, vocabulary, 2)
+    out = {}
+    for impl in impls:
+        calls = [round(timed(lambda: impl.generate(ids))[0], 4) for ids in warm]
+        impl.ttft(warm[0])  # compiles the 1-token shape where that is a new program
+        out[impl.name] = {"calls_1_2_3_s": calls, "runs_s": [], "cpu_runs_s": [], "ttft_runs_s": []}
+        print(f"warm: {impl.name}: {calls}", flush=True)
+    for r in range(a.repeats):
+        for impl in impls:
+            settle(a)
+            cpu = time.process_time()  # this process's CPU seconds: less bent by other processes than wall time
+            out[impl.name]["runs_s"].append(round(timed(lambda: impl.generate(runs[r]))[0], 4))
+            out[impl.name]["cpu_runs_s"].append(round(time.process_time() - cpu, 4))
+            settle(a)
+            out[impl.name]["ttft_runs_s"].append(round(impl.ttft(runs[r]), 4))
+    for impl in impls:
+        res = out[impl.name]
+        res["tok_s"] = round(a.new_tokens / statistics.median(res["runs_s"]), 1)
+        res["cpu_ms_per_token"] = round(1000 * statistics.median(res["cpu_runs_s"]) / a.new_tokens, 2)
+        res["ttft_median_ms"] = round(1000 * statistics.median(res["ttft_runs_s"]), 2)
+        print(f"batch 1: {impl.name}: {res['tok_s']} tok/s, TTFT {res['ttft_median_ms']} ms, "
+              f"{res['cpu_ms_per_token']} CPU ms a token", flush=True)
+    first = [i for i in impls if isinstance(i, Kgpt2)]
+    if first and extras:
+        main = first[0]
+        res = out[main.name]
+        res["stream_tok_s"] = round(a.new_tokens / statistics.median(timed(lambda: main.stream(ids))[0] for ids in runs), 1)
+        res["compiles_after_warmup"] = main.gen.compiles
+        res["compiles_after_new_settings"] = settings_sweep(main, a, vocabulary)
+        tokens = {i.name: i.generate(runs[0]) for i in impls}
+        ours = tokens[main.name]
+        out["greedy_positions_equal_to_kgpt2"] = {k: sum(x == y for x, y in zip(ours, v)) for k, v in tokens.items()}
+    return out
+
+
+def settings_sweep(impl, a, vocabulary) -> int:
+    """Other prompt lengths and sampler settings; the programs compiled after them (greedy ones: no new program;
+    the first sampling request: the sampling decode loop, once)."""
+    from kgpt2.generate import Settings
+
+    cases = [("greedy", {}, a.prompt_tokens - 8), ("top_p", dict(temperature=0.8, top_p=0.95, top_k=50, seed=1), a.prompt_tokens),
+             ("top_k", dict(temperature=0.7, top_k=40, seed=3), a.prompt_tokens + 3), ("random", dict(temperature=1.0, seed=4), 5)]
+    for i, (sampler, kw, length) in enumerate(cases):
+        impl.gen.generate_ids(prompts(length, 1, vocabulary, 100 + i)[0], Settings(sampler=sampler, max_new_tokens=8, **kw))
+    return impl.gen.compiles
+
+
+def streams(engine, hf, a, vocabulary, steps) -> dict:
+    """Section 2: N streams on the engine against HF's batched generate, in turns."""
+    out = {}
+    for n in a.streams:
+        peers = [p for p in (engine, hf) if p is not None]
+        row = {p.name: {"runs_s": []} for p in peers}
+        for p in peers:
+            row[p.name]["warmup_s"] = round(timed(lambda: p.run(prompts(a.prompt_tokens, n, vocabulary, n), steps))[0], 3)
+        prefill = []
+        for r in range(a.stream_repeats):
+            batch = prompts(a.prompt_tokens, n, vocabulary, 1000 * n + r)
+            for p in peers:
+                settle(a)
+                seconds, admitted = timed(lambda: p.run(batch, steps))
+                row[p.name]["runs_s"].append(round(seconds, 4))
+                prefill += [admitted] if p is engine else []
+        for p in peers:
+            row[p.name]["tok_s"] = round(n * a.new_tokens / statistics.median(row[p.name]["runs_s"]), 1)
+        row[engine.name]["prefill_ms"] = round(1000 * statistics.median(prefill), 2)
+        row[engine.name]["compiles"] = engine.engines[n].compiles
+        print(f"{n} streams: " + ", ".join(f"{k} {v['tok_s']} tok/s" for k, v in row.items()), flush=True)
+        out[n] = row
+    return out
+
+
+def launch_steps(engine, a, vocabulary) -> dict:
+    """Section 3: tokens/s at the largest N for each number of decode steps per launch."""
+    n, out = max(a.streams), {}
+    engine.run(prompts(a.prompt_tokens, n, vocabulary, 5), a.launch_steps[0])  # compiles when the engine is new
+    for steps in a.launch_steps:
+        runs = [timed(lambda: engine.run(prompts(a.prompt_tokens, n, vocabulary, 7 * r + steps), steps))[0]
+                for r in range(a.stream_repeats)]
+        out[steps] = {"runs_s": [round(x, 4) for x in runs], "tok_s": round(n * a.new_tokens / statistics.median(runs), 1)}
+        print(f"{n} streams, {steps} steps a launch: {out[steps]['tok_s']} tok/s", flush=True)
+    return out
+
+
+def command_buffers(model, a, vocabulary) -> dict:
+    """Section 4: the same programs compiled with loops and conditionals in CUDA graphs."""
+    from kgpt2.decoding import GPU_COMMAND_BUFFERS
+
+    options = {"xla_gpu_enable_command_buffer": GPU_COMMAND_BUFFERS}
+    out = batch_one([Kgpt2(model, a, a.chunks[0], options)], a, vocabulary, extras=False)
+    if a.streams:
+        out[f"kgpt2 Engine, {max(a.streams)} streams"] = launch_steps(EnginePeer(model, a, max(a.launch_steps), options),
+                                                                     a, vocabulary)
+    return out
 
 
 def main(argv=None) -> dict:
@@ -216,48 +222,38 @@ def main(argv=None) -> dict:
         os.environ["JAX_PLATFORMS"] = "cpu"
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ.setdefault("KERAS_BACKEND", "jax")
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(HERE.parent))
     import keras
-    import keras_hub
 
     keras.config.set_dtype_policy(a.dtype)
-    keras.utils.set_random_seed(0)  # the same random weights in every run: greedy tokens can be compared
-    impls = []
-    if {"kgpt2", "keras-hub"} & set(a.peers):
-        backbone = keras_hub.models.GPT2Backbone(vocabulary_size=VOCAB, num_layers=LAYERS, num_heads=HEADS,
-                                                 hidden_dim=WIDTH, intermediate_dim=4 * WIDTH,
-                                                 max_sequence_length=CONTEXT, dropout=0.0)
-        model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-        if a.quantize != "none":
-            model.quantize(a.quantize)
-        impls += [Kgpt2(model, a)] if "kgpt2" in a.peers else []
+    shape = SHAPE_TINY if a.tiny else SHAPE_124M
+    model, hf_dir = build_model(shape, a.quantize[0])
+    vocabulary = shape["vocabulary"]
+    hf = HF(a, hf_dir, shape) if "hf" in a.peers else None
+    results = {"shape": shape, "hf_same_weights": bool(hf and hf.same_weights)}
+    if not a.skip_batch_1:
+        impls = [Kgpt2(model, a, c) for c in a.chunks] if "kgpt2" in a.peers else []
+        for mode in a.quantize[1:]:  # the same random weights, quantised
+            impls.append(Kgpt2(build_model(shape, mode)[0], a, a.chunks[0]))
+            impls[-1].name += f", {mode} weights"
+        impls += [Previous(model, a)] if "previous" in a.peers else []
         impls += [KerasHub(model, a)] if "keras-hub" in a.peers else []
-    if "hf" in a.peers:
-        impls.append(HF(a))
-
-    warm_prompts = prompts(a.prompt_tokens, 3, seed=1)
-    timed_prompts = prompts(a.prompt_tokens, a.repeats, seed=2)
-    results = {}
-    for impl in impls:
-        calls = [round(timed(lambda: impl.generate(ids))[0], 4) for ids in warm_prompts]
-        impl.ttft(warm_prompts[0])  # compiles the 1-token shape where that is a new program
-        results[impl.name] = {"calls_1_2_3_s": calls, "runs_s": [], "ttft_runs_s": []}
-    for r in range(a.repeats):  # in turns, so load changes hit every implementation
-        for impl in impls:
-            seconds, _ = timed(lambda: impl.generate(timed_prompts[r]))
-            results[impl.name]["runs_s"].append(round(seconds, 4))
-            results[impl.name]["ttft_runs_s"].append(round(impl.ttft(timed_prompts[r]), 4))
-    for impl in impls:
-        res = results[impl.name]
-        res["median_s"] = statistics.median(res["runs_s"])
-        res["tok_s"] = round(a.new_tokens / res["median_s"], 1)
-        res["ttft_median_ms"] = round(1000 * statistics.median(res["ttft_runs_s"]), 1)
-        if isinstance(impl, Kgpt2):
-            res["compiles_after_warmup"] = impl.gen.compiles
-            res["greedy_tokens"] = impl.gen.generate_ids(timed_prompts[0], impl.greedy)  # to compare dtypes
-            res["sweep"] = impl.sweep(a.prompt_tokens)
-        if isinstance(impl, KerasHub):
-            res["call_after_new_sampler_s"] = round(impl.new_sampler_call(timed_prompts[0]), 4)
+        impls += [hf] if hf else []
+        results["batch_1"] = batch_one(impls, a, vocabulary)
+        write_report("generate_latency", a, results, quiet=True)
+    if a.streams:
+        default_steps = 16 if 16 in a.launch_steps else a.launch_steps[0]
+        engine = EnginePeer(model, a, max(a.launch_steps))
+        results["streams"] = {"decode_steps_per_launch": default_steps,
+                              **streams(engine, hf, a, vocabulary, default_steps)}
+        write_report("generate_latency", a, results, quiet=True)
+        results["launch_steps"] = launch_steps(engine, a, vocabulary)
+        write_report("generate_latency", a, results, quiet=True)
+    if a.command_buffers:
+        try:
+            results["command_buffers"] = command_buffers(model, a, vocabulary)
+        except Exception as e:  # noqa: BLE001  (an XLA that refuses the option: recorded, the rest kept)
+            results["command_buffers"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
     return write_report("generate_latency", a, results)
 
 

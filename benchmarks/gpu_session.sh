@@ -19,6 +19,9 @@
 # benchmarks/shakespeare_vs_nanogpt.sh), `peers` (HF + torch.compile, HF + PEFT + torch.compile, one process,
 # PEERS_S), `memory3` (the largest batch under 15 GiB from XLA's memory plan + one real check, MEMORY_S).
 # Also needs .bench/nanogpt and .bench/shakespeare_char (benchmarks/prepare_nanogpt.sh).
+# `gen` (issue 20, ~4 minutes on an H200): benchmarks/generate_latency.py, everything in one
+# run: Generator batch 1 (chunks 8, 1, 32), the decoder before the engine, keras-hub, HF
+# (same weights), the engine at 1/8/32/64 streams, steps per launch, command buffers. Needs only .whl/.
 # Needs .whl/ (wheels, see benchmarks/device_setup.sh) and .bench/ (shards,
 # tokenizer, shakespeare.txt: benchmarks/make_bench_data.sh) carried; writes everything under $OUT.
 what=${1:-all}
@@ -32,6 +35,7 @@ if [ "${2:-}" = --tiny ]; then
   SEARCH3="--tiny --seq 64 --cap-gb 0.5 --max-batch 64 --max-probes 2 --jobs 2"
   SHAKESPEARE_ITERS=120 TINY=--tiny MSIZES=124M  # one size: the same code paths as three
   T=4  # the tiny run is CPU-bound on a shared machine: longer timeouts
+  GEN="--tiny"
 else
   [ -n "${KGPT2_DEVICE_READY:-}" ] || { source benchmarks/device_setup.sh || exit 1; }  # set: the caller installed them
   nvidia-smi -L
@@ -42,6 +46,7 @@ else
   SEARCH3="--seq 1024 --cap-gb 15 --max-probes 2 --jobs 8"
   TINY= MSIZES=774M,355M,124M KGPT2_DEVICE_READY=1; export KGPT2_DEVICE_READY
   T=1
+  GEN="--device gpu"
 fi
 quiet() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
 B="--shards .bench/shards --tokenizer .bench/tokenizer"
@@ -75,6 +80,10 @@ if [ "$what" = packing ]; then  # issue 19: packed instruction examples vs one p
   [ "${2:-}" = --tiny ] && PK="--tiny"
   timeout $((420 * T)) $PY benchmarks/packing_throughput.py $PK --modes lora,full --out "$OUT/packing.json" 2>&1 \
     | quiet | tee "$OUT/packing.log" | tail -8
+fi
+if [ "$what" = gen ]; then
+  timeout $((420 * T)) $PY benchmarks/generate_latency.py $GEN --out "$OUT/gen.json" 2>&1 | quiet \
+    | tee "$OUT/gen.log" | grep -v '^ \|^{\|^}' | tail -40
 fi
 shakespeare() {  # $1: run name, then config overrides
   local run=$1; shift

@@ -187,12 +187,13 @@ def _generate(p):
     p.add_argument("--template", choices=["plain", "instruction"])
     p.add_argument("--num-beams", type=int, help="beams for --sampler beam")
     p.add_argument("--stream", action="store_true", help="print tokens as they come")
+    p.add_argument("--weights", choices=["auto", "float32", "bfloat16", "int8"],
+                   help="weights to decode with (default: the run's generate.weights)")
 
     def run(a):
-        from kgpt2.generate import Generator, Settings
-        from kgpt2.run import load_model
+        from kgpt2.generate import Generator, Settings, load_for_generation
 
-        model, tokenizer, cfg = load_model(a.run, a.checkpoint)
+        model, tokenizer, cfg = load_for_generation(a.run, a.checkpoint, a.weights)
         s = Settings.from_config(cfg.generate, sampler=a.sampler, temperature=a.temperature, top_k=a.top_k,
                                  top_p=a.top_p, max_length=a.max_length, max_new_tokens=a.max_new_tokens,
                                  seed=a.seed, template=a.template, num_beams=a.num_beams)
@@ -217,13 +218,15 @@ def _serve(p):
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
     p.add_argument("--slots", type=int, default=8, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the slots before 429")
+    p.add_argument("--weights", choices=["auto", "float32", "bfloat16", "int8"],
+                   help="weights to decode with (default: the run's generate.weights)")
 
     def run(a):
         from kgpt2.serve import serve
 
         if a.slots < 1 or a.max_queue < 0:
             raise UserError(f"--slots must be >= 1 and --max-queue >= 0, got {a.slots} and {a.max_queue}")
-        serve(a.run, a.checkpoint, a.host, a.port, a.api_key, a.slots, a.max_queue)
+        serve(a.run, a.checkpoint, a.host, a.port, a.api_key, a.slots, a.max_queue, weights=a.weights)
 
     return run
 

@@ -1,12 +1,14 @@
 """The generation engine: many requests decoded together in the fixed slots of one KV cache.
 
 Continuous (in-flight) batching: each request takes a free slot (one row of
-the cache), is prefilled on its own, then decodes beside whatever else is
-running; between launches finished or cancelled requests leave and waiting
-ones join. Two compiled programs serve every request (`Engine.compiles`
-counts their traces): `prefill` (per prompt-length bucket, a power of two)
-and `decode`, a loop of up to `steps_per_launch` one-token steps on the
-device that stops early when a row ends. Sampling settings, seeds and
+the cache); the requests admitted in one step are prefilled together in one
+launch, then decode beside whatever else is running; between launches
+finished or cancelled requests leave and waiting ones join. The compiled
+programs (kgpt2.decoding; `Engine.compiles` counts their traces) are a
+`prefill` per (admitted rows, prompt length) bucket, powers of two, and two
+`decode` loops (all rows greedy, or some sampling) of up to
+`steps_per_launch` one-token steps on the device in fixed-length chunks,
+stopping after the chunk in which a row ended. Sampling settings, seeds and
 limits are per-row tensors (kgpt2.sampling), so new settings never compile.
 
 How rows at different lengths share one cache: all rows write their next
@@ -32,33 +34,8 @@ from typing import Callable
 
 import numpy as np
 
+from kgpt2.decoding import MIN_PROMPT_BUCKET, Programs, bucket, pack
 from kgpt2.errors import UserError
-from kgpt2.sampling import sample
-
-MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
-
-
-def bucket(n: int, smallest: int, cap: int) -> int:
-    """The power of two >= max(n, smallest), capped at `cap`: few shapes, few compiles."""
-    size = smallest
-    while size < n:
-        size *= 2
-    return min(size, cap)
-
-
-def _compiled(fn, static=(), donate=()):
-    """`fn` compiled for the backend: jax.jit, tf.function (XLA), or eager on torch."""
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.jit(fn, static_argnums=static, donate_argnums=donate)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, jit_compile=True)
-    return fn
 
 
 @dataclass
@@ -133,39 +110,42 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, slots: int = 8, cache_length: int | None = None, steps_per_launch: int = 16,
-                 weights: Callable[[], list] | None = None):
+                 weights: Callable[[], list] | None = None, chunk: int | None = None, programs: Programs | None = None):
         """`weights`, when given, returns one array per `model.variables` at each launch, used instead
-        of the variables: engines of several checkpoints share one built model without swapping."""
+        of the variables: engines of several checkpoints share one built model without swapping.
+        `chunk`: decode steps per fixed-length inner loop on the device (default: 8 on an
+        accelerator, 1 on a CPU; kgpt2.decoding)."""
         b = model.backbone
         self.model, self.tokenizer, self.slots = model, tokenizer, slots
         self.max_sequence_length = int(b.max_sequence_length)
         self.cache_length = min(cache_length or self.max_sequence_length, self.max_sequence_length)
-        self.steps_per_launch = steps_per_launch
         self.vocabulary = int(b.vocabulary_size)
-        self.compiles = 0  # programs traced so far
+        self.programs = programs or Programs(model, slots, self.cache_length, steps_per_launch, chunk)
+        self.steps_per_launch = self.programs.steps_per_launch  # a whole number of chunks
         self.waiting: deque[Request] = deque()
         self.rows: list[Request | None] = [None] * slots
         self._lock, self._wake = threading.Lock(), threading.Condition()
         self._thread, self._closing = None, False
         n = slots
-        self._last, self._pos, self._start, self._limit = (np.zeros(n, "int32") for _ in range(4))
-        self._settings = [np.ones(n, bool), np.ones(n, "float32"), np.ones(n, "int32"), np.ones(n, "float32"),
-                          np.zeros(n, "int32")]
+        self._last, self._pos, self._start, self._limit, self._top_k, self._seed = (np.zeros(n, "int32") for _ in range(6))
+        self._greedy, self._temperature, self._top_p = np.ones(n, bool), np.ones(n, "float32"), np.ones(n, "float32")
         self._t = 0
         self._caches = None
         self._weights = weights
-        self._prefill_fn = _compiled(self._prefill, donate=(1,))
-        self._decode_fn = _compiled(self._decode, donate=(1,))
+
+    @property
+    def compiles(self) -> int:
+        """Programs traced so far (shared with `sibling` engines)."""
+        return self.programs.compiles
 
     def sibling(self, weights: Callable[[], list]) -> "Engine":
         """An engine on the same model and shapes with its own slots and `weights`, reusing this
         engine's compiled programs (they read the model only through the values passed in)."""
-        other = Engine(self.model, self.tokenizer, self.slots, self.cache_length, self.steps_per_launch, weights)
-        other._prefill_fn, other._decode_fn = self._prefill_fn, self._decode_fn
-        return other
+        return Engine(self.model, self.tokenizer, self.slots, self.cache_length, self.steps_per_launch, weights,
+                      programs=self.programs)
 
     def _values(self) -> list:
-        return self._weights() if self._weights is not None else [v.value for v in self.model.variables]
+        return self._weights() if self._weights is not None else [v.value for v in self.programs.variables]
 
     # Requests -----------------------------------------------------------------------
     def submit(self, ids: list[int], sampling: Sampling, total: int, stop=(), listener=None) -> Request:
@@ -195,29 +175,49 @@ class Engine:
 
     # The loop -------------------------------------------------------------------------
     def step(self, steps: int | None = None) -> bool:
-        """Admit waiting requests into free slots, then decode up to `steps` tokens; False if idle."""
+        """Admit waiting requests into free slots (one prefill launch), then decode up to `steps`
+        tokens (one launch; default `steps_per_launch`); False if idle."""
         self._drop_cancelled()
-        for slot in range(self.slots):
-            if self.rows[slot] is None:
-                with self._lock:
-                    request = self.waiting.popleft() if self.waiting else None
-                if request is not None:
-                    self._admit(slot, request)
+        self._admit()
         active = np.array([r is not None for r in self.rows])
         if not active.any() or steps == 0:  # steps=0: admissions (prefills) only
             return bool(self.waiting) or bool(active.any())
         steps = min(steps or self.steps_per_launch, self.steps_per_launch)
-        values = self._values()
-        self._caches, out, n = self._decode_fn(
-            values, self._caches, self._last, self._pos, self._start, active, self._limit, tuple(self._settings),
-            np.int32(self._t), np.int32(steps), np.int32(self.tokenizer.eos_id))
-        out, n = np.asarray(out), int(n)
+        ints, floats = pack(self._last, self._pos, self._start, self._limit, active, self._greedy, self._top_k,
+                            self._seed, self._temperature, self._top_p)
+        decode = self.programs.decode(bool(self._greedy[active].all()))
+        scalars = np.array([self._t, steps, self.tokenizer.eos_id], "int32")
+        self._caches, out = decode(self._values(), self._caches, ints, floats, scalars)
+        out = np.asarray(out)
+        n = int(out[0, -1])
         self._t = (self._t + n) % self.cache_length
         self._pos[active] += n
         self._last[active] = out[active, n - 1]
         for slot in np.flatnonzero(active):
             self._receive(slot, out[slot, :n])
         return True
+
+    def warm_up(self) -> None:
+        """Compile, on an idle engine, what serving launches: both decode loops and the prefill for every
+        bucket of admitted rows (shortest prompt bucket), so no client waits for a compile later."""
+        if self.busy:
+            raise RuntimeError("warm_up runs on an idle engine")
+        if self._caches is None:
+            self._caches = self.programs.empty_caches(self.slots, self.cache_length)
+        values, idle = self._values(), np.zeros(self.slots, "int32")  # no active row: the caches stay free
+        scalars = np.array([self._t, 1, self.tokenizer.eos_id], "int32")
+        for greedy_only in (True, False):
+            ints, floats = pack(idle, idle, idle, idle, idle, idle + greedy_only, idle + 1, idle, idle + 1.0, idle + 1.0)
+            self._caches, out = self.programs.decode(greedy_only)(values, self._caches, ints, floats, scalars)
+        rows = 1
+        while True:
+            ints = np.array([[1, slot, 0, 1, 1, 0] for slot in range(rows)], "int32")  # free slots: overwritten later
+            prompts, floats = np.zeros((rows, min(MIN_PROMPT_BUCKET, self.cache_length)), "int32"), np.ones((rows, 2), "float32")
+            self._caches, first = self.programs.prefill(values, self._caches, prompts, ints, floats)
+            if rows >= self.slots:
+                break
+            rows = min(2 * rows, self.slots)
+        np.asarray(first)
 
     def _drop_cancelled(self) -> None:
         with self._lock:
@@ -229,26 +229,34 @@ class Engine:
                 self.rows[slot] = None
                 request._finish("cancelled")
 
-    def _admit(self, slot: int, request: Request) -> None:
-        """Prefill the request's prompt into `slot`, placed to end at the shared column."""
-        n, s = len(request.ids), request.sampling
+    def _admit(self) -> None:
+        """Prefill waiting requests into free slots, all in one launch, each placed to end at the shared column."""
+        free = [slot for slot in range(self.slots) if self.rows[slot] is None]
+        with self._lock:
+            admitted = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
+        if not admitted:
+            return
         if self._caches is None:
-            self._caches = self._empty_caches(self.slots)
-        prompt = np.zeros((1, bucket(n, MIN_PROMPT_BUCKET, self.cache_length)), "int32")
-        prompt[0, :n] = request.ids
-        start = (self._t - n) % self.cache_length
-        row = [np.array([s.greedy]), np.array([s.temperature], "float32"),
-               np.array([min(s.top_k, self.vocabulary)], "int32"), np.array([s.top_p], "float32"),
-               np.array([s.seed & 0x7FFFFFFF], "int32")]
-        for column, value in zip(self._settings, row):
-            column[slot] = value[0]
-        values = self._values()
-        self._caches, first = self._prefill_fn(values, self._caches, prompt, np.int32(n), np.int32(slot),
-                                               np.int32(start), tuple(row))
-        first = int(np.asarray(first)[0])
-        self.rows[slot] = request
-        self._last[slot], self._pos[slot], self._start[slot], self._limit[slot] = first, n, start, request.total - 1
-        self._receive(slot, [first])
+            self._caches = self.programs.empty_caches(self.slots, self.cache_length)
+        rows = bucket(len(admitted), 1, self.slots)  # padding rows repeat the first request
+        width = bucket(max(len(r.ids) for r in admitted), MIN_PROMPT_BUCKET, self.cache_length)
+        prompts, ints, floats = np.zeros((rows, width), "int32"), np.zeros((rows, 6), "int32"), np.ones((rows, 2), "float32")
+        for i, (request, slot) in enumerate(zip(admitted, free)):
+            n, s = len(request.ids), request.sampling
+            start = (self._t - n) % self.cache_length
+            prompts[i, :n] = request.ids
+            ints[i] = (n, slot, start, s.greedy, min(s.top_k, self.vocabulary), s.seed & 0x7FFFFFFF)
+            floats[i] = (s.temperature, s.top_p)
+            self._greedy[slot], self._temperature[slot], self._top_p[slot] = s.greedy, s.temperature, s.top_p
+            self._top_k[slot], self._seed[slot] = ints[i, 4], ints[i, 5]
+            self._pos[slot], self._start[slot], self._limit[slot] = n, start, request.total - 1
+            self.rows[slot] = request
+        prompts[len(admitted):], ints[len(admitted):], floats[len(admitted):] = prompts[0], ints[0], floats[0]
+        self._caches, first = self.programs.prefill(self._values(), self._caches, prompts, ints, floats)
+        first = np.asarray(first)
+        for i, slot in enumerate(free[:len(admitted)]):
+            self._last[slot] = first[i]
+            self._receive(slot, [first[i]])
 
     def _receive(self, slot: int, tokens) -> None:
         """Hand new tokens to the slot's request; free the slot when it ends."""
@@ -272,13 +280,6 @@ class Engine:
             request._finish(reason)
         else:
             request._notify()
-
-    def _empty_caches(self, batch: int) -> list:
-        from keras import ops
-
-        b = self.model.backbone
-        shape = (batch, 2, self.cache_length, b.num_heads, b.hidden_dim // b.num_heads)
-        return [ops.zeros(shape, self.model.compute_dtype) for _ in b.transformer_layers]
 
     # Background thread ------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -319,69 +320,3 @@ class Engine:
         for request in list(self.waiting) + [r for r in self.rows if r is not None]:
             request.cancel()
         self._drop_cancelled()
-
-    # Traced programs ----------------------------------------------------------------------
-    def _scope(self, values):
-        """Run the model on `values` (JAX traces them as arguments, not constants)."""
-        import keras
-
-        return keras.StatelessScope(state_mapping=list(zip(self.model.variables, values)))
-
-    def _logits(self, hidden):
-        b = self.model.backbone
-        return b.token_embedding(b.layer_norm(hidden), reverse=True)[:, 0, :]
-
-    def _prefill(self, values, caches, prompt, length, slot, start, sampling):
-        """Cache a prompt in a fresh row, sample its first new token, place the row at `slot`."""
-        from keras import ops
-
-        self.compiles += 1
-        b = self.model.backbone
-        fresh = self._empty_caches(1)
-        with self._scope(values):
-            tokens = b.token_embedding(prompt)
-            x = b.embeddings_add((tokens, b.position_embedding(tokens)))
-            for i, layer in enumerate(b.transformer_layers):
-                x, fresh[i] = layer(x, self_attention_cache=fresh[i], self_attention_cache_update_index=0)
-            # A gather, not a slice: TensorFlow's XLA bridge treats slice offsets as
-            # compile-time constants and would compile once per prompt length.
-            logits = self._logits(ops.take(x, ops.reshape(length - 1, (1,)), axis=1))
-        first = sample(logits, *sampling, position=ops.reshape(length, (1,)))
-        # Rotate the row so position 0 lands at column `start` (a gather, for the same reason).
-        columns = ops.mod(ops.arange(self.cache_length, dtype="int32") - start, self.cache_length)
-        placed = [ops.slice_update(c, [slot, 0, 0, 0, 0], ops.take(f, columns, axis=2)) for c, f in zip(caches, fresh)]
-        return placed, first
-
-    def _decode(self, values, caches, last, pos, start, active, limit, sampling, t, steps, eos_id):
-        """Up to `steps` tokens for every row; stops after the step in which an active row ends."""
-        from keras import ops
-
-        self.compiles += 1
-        b, length, chunk = self.model.backbone, self.cache_length, self.steps_per_launch
-        offsets = ops.mod(ops.arange(length, dtype="int32")[None, :] - start[:, None], length)
-        slots_of_chunk = ops.arange(chunk, dtype="int32")[None, :]
-
-        def more(caches, last, pos, t, i, out, ended):
-            return ops.logical_and(i < steps, ops.logical_not(ops.any(ended)))
-
-        def one_token(caches, last, pos, t, i, out, ended):
-            mask = (offsets <= pos[:, None])[:, None, :]  # the row's own arc of the ring, up to this token
-            with self._scope(values):
-                tokens = b.token_embedding(last[:, None])
-                x = b.embeddings_add((tokens, b.position_embedding(tokens, positions=pos[:, None])))
-                new_caches = []
-                for layer, cache in zip(b.transformer_layers, caches):
-                    x, cache = layer(x, decoder_attention_mask=mask, use_causal_mask=False,
-                                     self_attention_cache=cache, self_attention_cache_update_index=t)
-                    new_caches.append(cache)
-                logits = self._logits(x)
-            token = sample(logits, *sampling, position=pos + 1)
-            out = ops.where(slots_of_chunk == i, token[:, None], out)
-            pos = ops.where(active, pos + 1, pos)
-            ended = ops.logical_and(active, ops.logical_or(ops.equal(token, eos_id), pos >= limit))
-            return new_caches, token, pos, ops.mod(t + 1, length), i + 1, out, ended
-
-        state = (caches, last, pos, t, ops.zeros((), "int32"), ops.zeros((self.slots, chunk), "int32"),
-                 ops.zeros((self.slots,), "bool"))
-        caches, _, _, _, i, out, _ = ops.while_loop(more, one_token, state)
-        return caches, out, i

@@ -3,7 +3,10 @@
 Prompts are tokenised with kgpt2's exact GPT-2 tokenizer and decoded by
 `kgpt2.engine.Engine` (KerasHub's GPT-2 layers with a key/value cache,
 compiled prefill and a multi-token decode loop on the device; the same
-engine serves many requests at once in `kgpt2 serve`). Samplers: greedy,
+engine serves many requests at once in `kgpt2 serve`). `generate` runs a
+whole request in two launches (the prefill, then one decode loop that
+stops on end-of-text by itself); `stream` yields the prefill's token at
+once, then `STREAM_STEPS` tokens per launch. Samplers: greedy,
 top_k, top_p (nucleus, with the top-k cut as well), random (temperature
 only) and beam (KerasHub's `BeamSampler`, single requests). The defaults are
 the seed project's demo settings: sampling, temperature 0.8, top-p 0.95,
@@ -33,15 +36,17 @@ from typing import Iterator
 import numpy as np
 
 from kgpt2.config import GenerateConfig
-from kgpt2.engine import Engine, Sampling, bucket  # noqa: F401  (bucket: for callers of the old module)
+from kgpt2.decoding import bucket
+from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
-from kgpt2.run import load_model
+from kgpt2.quantize import quantize_backbone
+from kgpt2.run import load_model, load_run_config
 from kgpt2.sampling import filter_logits  # noqa: F401  (the old home of the sampling code)
 from kgpt2.templates import TEMPLATES, prompt_ids, render_prompt  # noqa: F401  (generate's callers import them here)
 
 SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")
 MIN_CACHE_BUCKET = 128  # the key/value cache is a power of two of at least this
-STREAM_STEPS = 4  # tokens per device launch while streaming (generate runs the engine's full chunk)
+STREAM_STEPS = 8  # tokens per device launch while streaming (generate runs the whole request in one)
 
 
 class Settings(GenerateConfig):
@@ -70,12 +75,14 @@ class Generator:
     A thin front of `Engine` (one slot, one engine per cache-size bucket). The
     model's variables are read at every launch, so restoring another
     checkpoint into the same model (the demo does) takes effect at once.
+    `steps_per_launch` caps the decode steps of one launch (default: the
+    cache size, so a whole request decodes in one launch).
     """
 
-    def __init__(self, model, tokenizer, steps_per_launch: int = 32):
+    def __init__(self, model, tokenizer, steps_per_launch: int | None = None, chunk: int | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.max_sequence_length = model.backbone.max_sequence_length
-        self.steps_per_launch = steps_per_launch
+        self.steps_per_launch, self.chunk = steps_per_launch, chunk
         self._engines: dict[int, Engine] = {}
 
     @property
@@ -88,7 +95,7 @@ class Generator:
         size = bucket(total, MIN_CACHE_BUCKET, self.max_sequence_length)
         if size not in self._engines:
             self._engines[size] = Engine(self.model, self.tokenizer, slots=1, cache_length=size,
-                                         steps_per_launch=self.steps_per_launch)
+                                         steps_per_launch=self.steps_per_launch or size, chunk=self.chunk)
         return self._engines[size]
 
     def _encode(self, prompt: str | list, s: Settings) -> list[int]:
@@ -104,8 +111,8 @@ class Generator:
                             f"(the model's context is {self.max_sequence_length}) to leave room to generate")
         return ids, total
 
-    def _chunks(self, ids: list[int], s: Settings, steps: int) -> Iterator[list[int]]:
-        """New token ids, a launch's worth at a time (end-of-text not included)."""
+    def _chunks(self, ids: list[int], s: Settings, steps: int | None) -> Iterator[list[int]]:
+        """New token ids, a launch's worth at a time: the prefill's one, then up to `steps` (end-of-text not included)."""
         s.check()
         if s.sampler == "beam":
             raise UserError("beam search runs on whole requests: use generate_ids, not streaming of ids")
@@ -113,10 +120,15 @@ class Generator:
         engine = self.engine(total)
         request = engine.submit(ids, s.sampling(), total)
         try:
-            while not request.finished:
-                done = len(request.tokens)
+            engine.step(0)  # the prefill alone: its token is the first out (time to first token)
+            done = 0
+            while True:
+                if len(request.tokens) > done:
+                    yield request.tokens[done:]
+                    done = len(request.tokens)
+                if request.finished:
+                    return
                 engine.step(steps)
-                yield request.tokens[done:]
         finally:
             request.cancel()  # a no-op when it ended; else (the caller stopped reading) its slot is freed
 
@@ -130,7 +142,7 @@ class Generator:
         settings.check()
         if settings.sampler == "beam":
             return self._beam(*self._plan(ids, settings), settings)
-        return [t for chunk in self._chunks(ids, settings, self.steps_per_launch) for t in chunk]
+        return [t for chunk in self._chunks(ids, settings, None) for t in chunk]
 
     def generate(self, prompt: str | list, settings: Settings | None = None, **kw) -> str:
         """The continuation of `prompt` (the new text only); a list of chat messages is a chat prompt."""
@@ -180,7 +192,28 @@ class Generator:
         return new[:-1] if new and new[-1] == self.tokenizer.eos_id else new
 
 
-def generate_from_run(run_dir, prompt: str, checkpoint: str = "latest", **settings) -> str:
-    model, tokenizer, cfg = load_model(run_dir, checkpoint)
+WEIGHTS = ("auto", "float32", "bfloat16", "int8")
+
+
+def load_for_generation(run_dir, checkpoint: str = "latest", weights: str | None = None):
+    """(model, tokenizer, cfg) at a checkpoint, in the weights `weights` or the run's `generate.weights` name.
+
+    "auto": the training policy on this device (float32 on CPU); "float32" and
+    "bfloat16": the model built in that Keras policy (bfloat16 weights and
+    key/value cache); "int8": built as "auto", restored, then quantised with
+    Keras's `quantize("int8")` (per-channel int8 kernels and embedding; a run
+    whose base is already quantised, `model.quantize`, is left as it is).
+    """
+    choice = weights or load_run_config(run_dir).generate.weights
+    if choice not in WEIGHTS:
+        raise UserError(f"generate.weights must be one of {', '.join(WEIGHTS)}; got {choice!r}")
+    model, tokenizer, cfg = load_model(run_dir, checkpoint, choice if choice in ("float32", "bfloat16") else None)
+    if choice == "int8" and not cfg.model.quantize:
+        quantize_backbone(model.backbone, "int8")
+    return model, tokenizer, cfg
+
+
+def generate_from_run(run_dir, prompt: str, checkpoint: str = "latest", weights: str | None = None, **settings) -> str:
+    model, tokenizer, cfg = load_for_generation(run_dir, checkpoint, weights)
     s = Settings.from_config(cfg.generate, **settings)
     return Generator(model, tokenizer).generate(prompt, s)

@@ -200,10 +200,11 @@ class Run:
         CheckpointManager.restore(model, ckpt)
         return ckpt.id
 
-    def load_model(self, checkpoint: str = "latest"):
-        """(model, tokenizer, cfg) at a checkpoint (`base` = untrained)."""
+    def load_model(self, checkpoint: str = "latest", policy: str | None = None):
+        """(model, tokenizer, cfg) at a checkpoint (`base` = untrained); `policy`: a Keras dtype
+        policy to build it in instead of the training one (e.g. "bfloat16" for generation)."""
         cfg = self.config()
-        model, tokenizer = build_run_model(cfg)
+        model, tokenizer = build_run_model(cfg, policy)
         self.restore(model, checkpoint)
         return model, tokenizer, cfg
 
@@ -234,10 +235,10 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def build_run_model(cfg: Config):
+def build_run_model(cfg: Config, policy: str | None = None):
     """The run's base model (preset + LoRA layers, untrained) and tokenizer."""
     # Inference runs in the policy training used on this device, or fp32 on CPU.
-    with dtype_policy(resolve_device("auto").policy(cfg.train.precision)):
+    with dtype_policy(policy or resolve_device("auto").policy(cfg.train.precision)):
         return build_causal_lm(cfg), load_tokenizer(cfg.model)
 
 
@@ -267,5 +268,5 @@ def restore(model, run_dir, checkpoint: str = "latest", base: list | None = None
     return Run(run_dir).restore(model, checkpoint, base)
 
 
-def load_model(run_dir, checkpoint: str = "latest"):
-    return Run(run_dir).load_model(checkpoint)
+def load_model(run_dir, checkpoint: str = "latest", policy: str | None = None):
+    return Run(run_dir).load_model(checkpoint, policy)

@@ -103,11 +103,14 @@ def uniform_noise(seed, position, vocabulary: int):
     return (ops.cast(top24, "float32") + 0.5) / float(1 << 24)
 
 
-def sample(logits, greedy, temperature, top_k, top_p, seed, position):
+def sample(logits, greedy, temperature, top_k, top_p, seed, position, branch: str = "cond"):
     """One next token per row: argmax where `greedy`, else a draw from `filter_logits`.
 
     The draw is the Gumbel-max trick on the row's own noise: argmax(logits + G)
-    with G = -log(-log(U)) samples softmax(logits) exactly.
+    with G = -log(-log(U)) samples softmax(logits) exactly. `branch="cond"`
+    skips the top-k / top-p bisection when every row is greedy (a conditional:
+    XLA's GPU runtime waits for the device to decide it); `"both"` always
+    computes the draw and selects per row (no conditional, for loops on the device).
     """
     from keras import ops
 
@@ -120,5 +123,6 @@ def sample(logits, greedy, temperature, top_k, top_p, seed, position):
         drawn = ops.cast(ops.argmax(kept - ops.log(-ops.log(noise)), axis=-1), "int32")
         return ops.where(ops.cast(greedy, "bool"), argmax, drawn)
 
-    # The top-k / top-p bisection is skipped when every row is greedy.
+    if branch == "both":
+        return draw()
     return ops.cond(ops.all(ops.cast(greedy, "bool")), lambda: argmax, draw)

@@ -40,8 +40,7 @@ from pydantic import BaseModel, Field
 
 from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
-from kgpt2.generate import Settings
-from kgpt2.run import load_model
+from kgpt2.generate import Settings, load_for_generation
 from kgpt2.templates import chat_prompt_ids, render_prompt
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -277,16 +276,14 @@ def _check_port(host: str, port: int) -> None:
 
 
 def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          slots: int = 8, max_queue: int = 64, steps_per_launch: int = 8) -> None:
+          slots: int = 8, max_queue: int = 64, steps_per_launch: int = 8, weights: str | None = None) -> None:
     """Load the run, warm the engine up, serve until SIGTERM / Ctrl-C."""
     import uvicorn  # deferred: only `serve` itself needs the server
 
     _check_port(host, port)  # before the slow part: loading and compiling
-    model, tokenizer, cfg = load_model(run_dir, checkpoint)
+    model, tokenizer, cfg = load_for_generation(run_dir, checkpoint, weights)
     engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch)
-    warm = engine.submit([tokenizer.eos_id], Sampling(), 3)  # compiles before the first client waits
-    while not warm.finished:
-        engine.step()
+    engine.warm_up()  # compiles before the first client waits
     service = Service(engine.start(), Path(run_dir).resolve().name, Settings.from_config(cfg.generate), max_queue)
     if host not in LOOPBACK and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")

@@ -142,3 +142,36 @@ def test_background_thread_and_bad_requests(loaded):
             engine.submit([], Sampling(), 5)
     finally:
         engine.close()
+
+
+def test_chunked_decode_and_batched_prefill_equal_one_step_loops(engine, loaded):
+    """Chunks of 4 steps (the GPU's fixed-length inner loops, here on CPU) and prompts prefilled together
+    give the same tokens as one-step loops and one prompt at a time, greedy and sampled."""
+    model, tokenizer, _ = loaded
+    chunked = Engine(model, tokenizer, slots=4, steps_per_launch=8, chunk=4)
+    assert (chunked.programs.chunk, engine.programs.chunk, chunked.steps_per_launch) == (4, 1, 8)
+    cases = [(tokenizer.encode(p), SAMPLED[i % 2] if i % 2 else Sampling(), len(tokenizer.encode(p)) + 6 + 2 * i)
+             for i, p in enumerate(PROMPTS[:6])]
+    solo = [alone(engine, *case).tokens for case in cases]
+    together = [chunked.submit(*case) for case in cases[:3]]
+    chunked.step(0)  # three prompts, one prefill launch (rows padded to 4)
+    assert chunked.compiles == 1 and all(len(r.tokens) == 1 for r in together)
+    chunked.step(3)  # a launch that ends inside a chunk
+    assert all(len(r.tokens) == 4 or r.finished for r in together)
+    together += [chunked.submit(*case) for case in cases[3:]]
+    assert [r.tokens for r in run(chunked, together)] == solo
+
+
+def test_warm_up_compiles_all_that_serving_launches(loaded):
+    model, tokenizer, _ = loaded
+    engine = Engine(model, tokenizer, slots=4, steps_per_launch=8)
+    engine.warm_up()
+    assert engine.compiles == 2 + 3  # two decode loops; prefills of 1, 2 and 4 rows
+    settings = [Sampling(), *SAMPLED]
+    first = [engine.submit(tokenizer.encode(p), settings[i % 3], len(tokenizer.encode(p)) + 4 + i)
+             for i, p in enumerate(PROMPTS[:5])]
+    engine.step(2)
+    later = [engine.submit(tokenizer.encode(p), settings[i % 2], len(tokenizer.encode(p)) + 5) for i, p in enumerate(PROMPTS[5:])]
+    run(engine, first + later)
+    assert engine.compiles == 5
+    assert [r.tokens for r in first[:1]] == [alone(engine, tokenizer.encode(PROMPTS[0]), Sampling(), first[0].total).tokens]

@@ -208,3 +208,66 @@ def test_restore_from_checkpoint_equals_the_in_memory_model(tmp_path, tiny_prese
     restored, _, _ = load_model(cfg.run_dir, "latest")
     assert np.abs(trained - before).max() > 1e-3  # training moved the logits
     np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(x)), trained, rtol=1e-5, atol=1e-5)
+
+
+def test_a_request_is_two_launches_and_streaming_starts_at_the_prefill(gen, loaded):
+    """`generate_ids`: one prefill launch, then one decode loop for the whole request; `stream_ids`: the
+    prefill's token comes out before any decode launch (time to first token = the prefill)."""
+    from kgpt2.generate import STREAM_STEPS
+
+    _, tokenizer, _ = loaded
+    ids, s = tokenizer.encode(PROMPT), greedy(max_new_tokens=20)
+    programs = gen.engine(len(ids) + 20).programs
+    launches, prefill, decode = [], programs.prefill, programs.decode
+    programs.prefill = lambda *a: (launches.append("prefill"), prefill(*a))[1]
+    programs.decode = lambda greedy_only: (launches.append("decode"), decode(greedy_only))[1]
+    try:
+        out = gen.generate_ids(ids, s)
+        assert launches == ["prefill", "decode"]
+        launches.clear()
+        stream = gen.stream_ids(ids, s)
+        assert next(stream) == out[0] and launches == ["prefill"]
+        assert [out[0]] + list(stream) == out
+        assert launches.count("decode") <= -(-19 // STREAM_STEPS)
+    finally:
+        programs.prefill = prefill
+        del programs.decode  # the class's method again
+
+
+def _greedy_kerashub(model, ids, new):
+    total = len(ids) + new
+    x = {"token_ids": np.zeros((1, total), "int32"), "padding_mask": np.zeros((1, total), bool)}
+    x["token_ids"][0, :len(ids)], x["padding_mask"][0, :len(ids)] = ids, True
+    model.compile(sampler="greedy")
+    return [int(t) for t in np.asarray(model.generate(x, stop_token_ids=None)["token_ids"])[0, len(ids):]]
+
+
+@pytest.mark.parametrize("weights", ["int8", "bfloat16"])
+def test_int8_and_bfloat16_weights(tiny_run, loaded, weights):
+    """`generate.weights`: the engine's greedy tokens on int8 / bfloat16 weights equal keras-hub's greedy
+    generate on the same weights, token for token. Against float32 the tolerance is stated here: the
+    next-token argmax, teacher-forced on float32's greedy tokens, agrees at >= 90% of positions."""
+    import keras
+
+    from kgpt2.generate import load_for_generation
+
+    model, tokenizer, _ = loaded
+
+    class NeverEnds:
+        eos_id = -1
+        decode = tokenizer.decode
+
+    quantised, _, _ = load_for_generation(tiny_run, "latest", weights)
+    assert {"int8": "int8", "bfloat16": "bfloat16"}[weights] in {str(v.dtype) for v in quantised.weights}
+    ours, reference = Generator(quantised, NeverEnds()), Generator(model, NeverEnds())
+    agree = total = 0
+    for prompt in ["The assert statement", "Lambda forms are", "if x:", "class definitions"]:
+        ids = tokenizer.encode(prompt)
+        tokens = ours.generate_ids(ids, greedy(max_new_tokens=12))
+        assert tokens == _greedy_kerashub(quantised, ids, 12)
+        float32 = reference.generate_ids(ids, greedy(max_new_tokens=12))
+        x = np.array([ids + float32], "int32")
+        logits = keras.ops.convert_to_numpy(quantised({"token_ids": x, "padding_mask": np.ones_like(x, bool)}))
+        agree += int((logits[0, len(ids) - 1:-1].argmax(-1) == np.array(float32)).sum())
+        total += len(float32)
+    assert agree >= 0.9 * total, f"{agree} of {total}"

@@ -1,0 +1,230 @@
+"""The generation engine's compiled programs: a batched prefill and a chunked decode loop.
+
+`Programs` holds the two kinds of program `kgpt2.engine.Engine` launches,
+traced once per shape and shared by every engine on the same model and
+shapes (`compiles` counts the traces):
+
+- `prefill(rows, prompt_width)`: the prompts of all requests admitted in one
+  step, run together (rows padded to a power of two), each row's keys and
+  values rotated into its slot of the shared ring cache, and each row's
+  first new token sampled.
+- `decode(greedy_only)`: up to `steps_per_launch` one-token steps for every
+  slot in one launch. The steps run in chunks of `chunk` tokens: an inner
+  loop with a fixed trip count (on XLA's GPU runtime a loop of known length
+  runs without copying its condition to the host, so no device-to-host
+  synchronisation per token) inside an outer loop that stops after the
+  chunk in which a row ended (one synchronisation per chunk). All-greedy
+  launches compile without the top-k / top-p code (no conditional in the
+  loop: XLA's GPU runtime also synchronises on every conditional); launches
+  with a sampling row take the other program. Two decode programs, then.
+
+How rows at different lengths share one cache is described in
+kgpt2.engine: every row writes its next key/value at one shared column `t`
+of a ring of `cache_length` columns; a row's attention mask is its own arc.
+
+Per-row state travels in two packed arrays (one host-to-device copy each per
+launch) and the new tokens come back in one array whose last column is the
+number of steps taken (one device-to-host copy).
+
+    >>> bucket(5, 1, 64), bucket(100, 32, 64)
+    (8, 64)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from kgpt2.sampling import sample
+
+MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
+GPU_CHUNK = 8  # decode steps per inner (fixed-length) loop on an accelerator; 1 on a CPU
+# XLA's default GPU command buffer (CUDA graph) kinds plus loops and conditionals: a whole
+# decode loop as one graph (an option to measure; not the default).
+GPU_COMMAND_BUFFERS = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL"
+# The packed per-row int32 state: columns of `Programs.pack`'s `ints`.
+LAST, POS, START, LIMIT, ACTIVE, GREEDY, TOP_K, SEED = range(8)
+
+
+def bucket(n: int, smallest: int, cap: int) -> int:
+    """The power of two >= max(n, smallest), capped at `cap`: few shapes, few compiles."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return min(size, cap)
+
+
+def default_chunk() -> int:
+    """Steps per fixed-length inner loop: 8 on an accelerator, 1 on a CPU.
+
+    On a CPU a loop's condition costs nothing, so chunks would only add the
+    steps computed past a row's end; on a GPU they spare a host round trip per token.
+    """
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return 1 if jax.default_backend() == "cpu" else GPU_CHUNK
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return GPU_CHUNK if tf.config.list_logical_devices("GPU") else 1
+    return 1
+
+
+def compiled(fn, donate=(), compiler_options=None):
+    """`fn` compiled for the backend: jax.jit, tf.function (XLA), or eager on torch.
+
+    `compiler_options` (JAX only): XLA options for these programs, e.g.
+    `{"xla_gpu_enable_command_buffer": GPU_COMMAND_BUFFERS}`.
+    """
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn, donate_argnums=donate, **({"compiler_options": compiler_options} if compiler_options else {}))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    return fn
+
+
+def pack(last, pos, start, limit, active, greedy, top_k, seed, temperature, top_p):
+    """Per-row state as (int32 [rows, 8], float32 [rows, 2]): two arrays to copy, not ten."""
+    ints = np.stack([np.asarray(a).astype("int32") for a in (last, pos, start, limit, active, greedy, top_k, seed)], 1)
+    return ints, np.stack([np.asarray(temperature, "float32"), np.asarray(top_p, "float32")], 1)
+
+
+def _sampling(ints, floats) -> tuple:
+    """The `kgpt2.sampling.sample` settings out of the packed state."""
+    from keras import ops
+
+    return (ops.cast(ints[:, GREEDY], "bool"), floats[:, 0], ints[:, TOP_K], floats[:, 1], ints[:, SEED])
+
+
+class Programs:
+    """The compiled prefill and decode of one model at one slot count and cache length."""
+
+    def __init__(self, model, slots: int, cache_length: int, steps_per_launch: int, chunk: int | None = None,
+                 compiler_options: dict | None = None):
+        self.model, self.slots, self.cache_length = model, slots, cache_length
+        # The variables the programs read, in order (listing them walks every layer: ~0.2 ms). A model
+        # quantised later has new variables: build its engines after quantising it.
+        self.variables = list(model.variables)
+        self.chunk = max(1, min(chunk or default_chunk(), steps_per_launch))
+        # Whole chunks: the token buffer has a column for every step of every chunk.
+        self.steps_per_launch = -(-steps_per_launch // self.chunk) * self.chunk
+        self.compiles = 0  # programs traced so far
+        self.prefill = compiled(self._prefill, (1,), compiler_options)
+        self._decode = {g: compiled(functools.partial(self._decode_loop, greedy_only=g), (1,), compiler_options)
+                        for g in (True, False)}
+
+    def decode(self, greedy_only: bool):
+        return self._decode[bool(greedy_only)]
+
+    def empty_caches(self, rows: int, length: int) -> list:
+        from keras import ops
+
+        b = self.model.backbone
+        shape = (rows, 2, length, b.num_heads, b.hidden_dim // b.num_heads)
+        return [ops.zeros(shape, self.model.compute_dtype) for _ in b.transformer_layers]
+
+    def _scope(self, values):
+        """Run the model on `values` (JAX traces them as arguments, not constants)."""
+        import keras
+
+        return keras.StatelessScope(state_mapping=list(zip(self.variables, values)))
+
+    def _logits(self, hidden):
+        b = self.model.backbone
+        return b.token_embedding(b.layer_norm(hidden), reverse=True)[:, 0, :]
+
+    def _prefill(self, values, caches, prompts, ints, floats):
+        """Cache the prompts of newly admitted rows in their slots; sample each row's first token.
+
+        `prompts` [rows, width]; `ints` rows of (length, slot, start, greedy, top_k, seed) and
+        `floats` of (temperature, top_p). Padding rows repeat a real row (same slot, same values).
+        """
+        from keras import ops
+
+        self.compiles += 1
+        b, length = self.model.backbone, self.cache_length
+        rows, width = prompts.shape
+        lengths, slots, starts = ints[:, 0], ints[:, 1], ints[:, 2]
+        fresh = self.empty_caches(rows, width)
+        with self._scope(values):
+            tokens = b.token_embedding(prompts)
+            x = b.embeddings_add((tokens, b.position_embedding(tokens)))
+            for i, layer in enumerate(b.transformer_layers):
+                x, fresh[i] = layer(x, self_attention_cache=fresh[i], self_attention_cache_update_index=0)
+            # A gather, not a slice: TensorFlow's XLA bridge treats slice offsets as
+            # compile-time constants and would compile once per prompt length.
+            logits = self._logits(ops.take_along_axis(x, ops.reshape(lengths - 1, (rows, 1, 1)), axis=1))
+        settings = (ops.cast(ints[:, 3], "bool"), floats[:, 0], ints[:, 4], floats[:, 1], ints[:, 5])
+        first = sample(logits, *settings, position=lengths)
+        # Row r's position p goes to ring column (start_r + p) mod length: gather each row's
+        # columns from its prompt (columns past the prompt are never read before written).
+        offsets = ops.mod(ops.arange(length, dtype="int32")[None, :] - starts[:, None], length)
+        source = ops.minimum(offsets, width - 1)[:, None, :, None, None]
+        placed = [ops.scatter_update(c, ops.reshape(slots, (rows, 1)), ops.take_along_axis(f, source, axis=2))
+                  for c, f in zip(caches, fresh)]
+        return placed, first
+
+    def _step(self, values, caches, last, pos, offsets, t):
+        """One token for every row: the model on `last` at `pos`, writing ring column `t`."""
+        b = self.model.backbone
+        mask = (offsets <= pos[:, None])[:, None, :]  # the row's own arc of the ring, up to this token
+        with self._scope(values):
+            tokens = b.token_embedding(last[:, None])
+            x = b.embeddings_add((tokens, b.position_embedding(tokens, positions=pos[:, None])))
+            new_caches = []
+            for layer, cache in zip(b.transformer_layers, caches):
+                x, cache = layer(x, decoder_attention_mask=mask, use_causal_mask=False,
+                                 self_attention_cache=cache, self_attention_cache_update_index=t)
+                new_caches.append(cache)
+            return new_caches, self._logits(x)
+
+    def _decode_loop(self, values, caches, ints, floats, scalars, greedy_only: bool):
+        """Up to `scalars[1]` steps for every active row, in chunks; stops after a chunk in which a row ended.
+
+        `scalars` = (t, steps, eos_id). Returns the caches and int32 [slots, steps_per_launch + 1]:
+        each row's new tokens, and in the last column the number of steps taken.
+        """
+        from keras import ops
+
+        self.compiles += 1
+        length, width = self.cache_length, self.steps_per_launch
+        t0, steps, eos_id = scalars[0], scalars[1], scalars[2]
+        active, limit = ops.cast(ints[:, ACTIVE], "bool"), ints[:, LIMIT]
+        offsets = ops.mod(ops.arange(length, dtype="int32")[None, :] - ints[:, START][:, None], length)
+        settings = _sampling(ints, floats)
+
+        def one_token(_, state):
+            caches, last, pos, t, i, out, ended = state
+            live = i < steps  # the last chunk may run past `steps`: those steps change nothing
+            running = ops.logical_and(ops.logical_and(active, ops.logical_not(ended)), live)
+            caches, logits = self._step(values, caches, last, pos, offsets, t)
+            if greedy_only:
+                token = ops.cast(ops.argmax(ops.cast(logits, "float32"), axis=-1), "int32")
+            else:
+                token = sample(logits, *settings, position=pos + 1, branch="both")
+            out = ops.slice_update(out, [0, i], token[:, None])
+            pos = ops.where(running, pos + 1, pos)
+            ended = ops.logical_or(ended, ops.logical_and(running, ops.logical_or(token == eos_id, pos >= limit)))
+            step = ops.cast(live, "int32")
+            return (caches, ops.where(running, token, last), pos, ops.mod(t + step, length), i + step, out, ended)
+
+        def chunk(*state):
+            return ops.fori_loop(0, self.chunk, one_token, tuple(state))
+
+        def more(caches, last, pos, t, i, out, ended):
+            return ops.logical_and(i < steps, ops.logical_not(ops.any(ended)))
+
+        state = (caches, ints[:, LAST], ints[:, POS], t0, ops.zeros((), "int32"),
+                 ops.zeros((self.slots, width), "int32"), ops.zeros((self.slots,), "bool"))
+        caches, _, _, _, i, out, _ = ops.while_loop(more, chunk, state)
+        return caches, ops.concatenate([out, ops.broadcast_to(ops.reshape(i, (1, 1)), (self.slots, 1))], axis=1)

@@ -154,7 +154,7 @@ _SAFE_CUT = re.compile(r"\S[ \t\n\r]")
 
 
 def encoding_pieces(text: str, size: int = _PIECE_CHARS) -> list[tuple[int, int]]:
-    """(start, end) of pieces of `text` whose ids, concatenated, are the ids of the whole.
+    r"""(start, end) of pieces of `text` whose ids, concatenated, are the ids of the whole.
 
     Cuts fall between a non-space character and the ASCII whitespace after
     it: GPT-2's pre-tokenizer regex (tiktoken's and `tokenizers`' ByteLevel)

@@ -5,6 +5,8 @@ The model is the one tests/test_dpo.py trains (`preference_preset`): a
 texts, seed 0. Each loss aligns it for `--steps` steps (batch 8, window 96,
 lr 3e-3, 20% of the prompts held out) and the held-out reward accuracy and
 margin before and after are printed as a Markdown table (docs/instruction_dpo_qlora.md).
+KTO is held out on examples (each pair a desirable and an undesirable one):
+its accuracy ranks desirable against undesirable rewards (kgpt2.preference_losses.kto_metrics).
 
     KERAS_BACKEND=jax .venv/bin/python benchmarks/align_losses.py --steps 40
 """
@@ -44,7 +46,7 @@ def main() -> None:
     args = p.parse_args()
     root = Path(tempfile.mkdtemp())
     preset = preference_preset(root / "preset")
-    print("| align.loss | held-out pairs | reward accuracy before | after | margin after | seconds |")
+    print("| align.loss | held-out rows | reward accuracy before | after | margin after | seconds |")
     print("|---|---|---|---|---|---|")
     for loss in args.losses:
         cfg = load_config("dpo", [

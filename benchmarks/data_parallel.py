@@ -107,21 +107,30 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--one", action="store_true", help="run one device count in this process (used by the parent)")
     p.add_argument("--out", help="write the results here as JSON")
+    p.add_argument("--log-dir", help="keep each run's whole stderr here, one file per run")
     args = p.parse_args(argv)
     if args.one:
         print("RESULT " + json.dumps(run_one(args)), flush=True)
         return
     results = []
     argv = list(argv if argv is not None else sys.argv[1:])
-    fixed = [a for i, a in enumerate(argv) if a not in ("--devices", "--mesh", "--out")
-             and (i == 0 or argv[i - 1] not in ("--devices", "--mesh", "--out"))]
+    fixed = [a for i, a in enumerate(argv) if a not in ("--devices", "--mesh", "--out", "--log-dir")
+             and (i == 0 or argv[i - 1] not in ("--devices", "--mesh", "--out", "--log-dir"))]
     for run in _runs(args):
         cmd = [sys.executable, __file__, "--one", *fixed, *run]
         proc = subprocess.run(cmd, env=dict(os.environ, KERAS_BACKEND="jax"), capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{' '.join(run)} failed:\n{proc.stderr[-3000:]}")
+        if args.log_dir:  # the whole stderr of each run: XLA's log lines bury a failure's cause
+            os.makedirs(args.log_dir, exist_ok=True)
+            with open(os.path.join(args.log_dir, "_".join(run).replace("-", "").replace(":", "").replace(",", "_") + ".log"), "w") as f:
+                f.write(proc.stderr)
+        if proc.returncode:  # report it and go on: the other runs' figures still count
+            errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error" in line]
+            print(f"{' '.join(run)} failed (exit {proc.returncode}): {' | '.join(errors[-3:])[-1500:]}", flush=True)
+            continue
         results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
         print(json.dumps(results[-1]), flush=True)
+    if not results:
+        sys.exit("every run failed")
     base = results[0]["tokens_per_s"]
     for r in results:
         r["scaling_vs_first"] = round(r["tokens_per_s"] / base, 3)

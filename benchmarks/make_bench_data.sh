@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds .bench/ (what benchmarks/gpu_session.sh reads on the GPU machine) from
 # the shared data: GPT-2's tokenizer, SumPubMed shards written by `kgpt2
-# prepare`, and Shakespeare's text. Run it from the repository root before the
+# prepare`, Shakespeare's text and Alpaca's alpaca_5000.json. Run it from the repository root before the
 # device call, then carry .whl and .bench:
 #   bash benchmarks/make_bench_data.sh [DATA_DIR]     # default ../shared/data
 set -euo pipefail
@@ -14,5 +14,6 @@ rm -rf .bench.tmp && mkdir -p .bench.tmp
 "$PY" -m kgpt2.cli -q prepare --source "$DATA/pubmed/sumpubmed_1000" --format sumpubmed \
   --tokenizer .bench.tmp/tokenizer --out .bench.tmp/shards
 cp "$DATA/shakespeare/input.txt" .bench.tmp/shakespeare.txt
+cp "$DATA/alpaca/alpaca_5000.json" .bench.tmp/alpaca_5000.json  # benchmarks/packing_throughput.py
 rm -rf .bench && mv .bench.tmp .bench  # a half-built .bench never replaces a whole one
 du -sh .bench/*

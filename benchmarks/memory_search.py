@@ -2,18 +2,32 @@
 
 For each GPT-2 size x (full, LoRA) x (train.remat off, on), one subprocess
 caps JAX's allocator (XLA_PYTHON_CLIENT_MEM_FRACTION = cap / the card's
-total, so an H200 behaves like a 16 GB card), builds kgpt2's model as the
-trainer does (kgpt2's path: build_causal_lm, make_optimizer, compile_lm,
-the device's precision) and trains two real steps at batch after batch:
-25% steps from kgpt2.memory's estimate, then bisecting, until the
-bracket [fits, fails] is within `--resolution`. An out-of-memory error is a
-"fails"; the model is rebuilt after one. The caps let several searches
-share one big card at once (`--jobs`).
+total, so an H200 behaves like a 16 GB card) and builds kgpt2's model as the
+trainer does, once (build_causal_lm, make_optimizer, compile_lm, the device's
+precision). Then, instead of training at batch after batch (round 2: a
+model build, a compile and two steps per probe, ~60 s each, 2 of 12
+searches finished in 210 s), it asks XLA:
 
-    # on the GPU machine (benchmarks/gpu_session.sh round2):
+1. the train step (Keras' own `train_step`, jitted with the state donated,
+   as `fit` jits it) is compiled at two batches, without running, and XLA's
+   buffer assignment gives each one's memory (`memory_analysis()`:
+   arguments + outputs - donated + temporaries, the state included);
+   memory is linear in the batch, so the two points give the fixed part and
+   the part per sample, and the largest batch under the cap;
+2. that batch is compiled and trained for two real steps under the cap
+   (the check: an out-of-memory error there means the allocator needs more
+   than XLA's plan, and the batch steps down), and the next batch is
+   compiled to confirm XLA's plan exceeds the cap.
+
+Compiles skip XLA's autotuning (`--autotune-level 0`, an XLA option of
+these compiles only): autotuning changes which kernels run, not the
+buffers a step holds, and without it the searches running at once neither
+wait for each other's GPU benchmarks nor take minutes to compile.
+
+    # on the GPU machine (benchmarks/gpu_session.sh round3):
     # python benchmarks/train_throughput.py --memory-search --shards .bench/shards --tokenizer .bench/tokenizer
-    # CPU dry run (no out-of-memory there: the search stops at --max-batch):
-    # python benchmarks/train_throughput.py --tiny --memory-search --shards ... --tokenizer ...
+    # CPU dry run (no out-of-memory there: a small --cap-gb exercises the search):
+    # python benchmarks/train_throughput.py --tiny --memory-search --cap-gb 0.5 --shards ... --tokenizer ...
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 
 def gpu_total_bytes() -> int | None:
@@ -41,123 +55,178 @@ def is_out_of_memory(error: BaseException) -> bool:
     return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM"))
 
 
-def next_batch(fits: int, fails: int | None, resolution: float, max_batch: int, factor: float = 1.25) -> int | None:
-    """The next batch to try, or None when [fits, fails] is narrow enough.
+def largest_under(points: dict, cap: float, max_batch: int) -> tuple[int, float, float]:
+    """(largest batch whose linear need <= cap, fixed bytes, bytes per sample) from {batch: bytes} (two or more).
 
-    Steps of `factor` up (or down) from the estimate until one fits and one
-    fails, then bisection: kgpt2.memory's estimate is usually within 25%, so
-    most searches take three probes (each is a compile, the cost here).
-
-        >>> next_batch(8, None, 0.15, 256), next_batch(0, 8, 0.15, 256), next_batch(8, 10, 0.15, 256)
-        (10, 6, 9)
-        >>> next_batch(16, 18, 0.15, 256) is None, next_batch(256, None, 0.15, 256) is None
-        (True, True)
+        >>> largest_under({4: 10.0, 8: 18.0}, 30.0, 100)  # 2 + 2 per sample: 14 samples need 30
+        (14, 2.0, 2.0)
+        >>> largest_under({1: 40.0, 2: 45.0}, 30.0, 100)[0]  # not even one sample fits
+        0
     """
-    if fails is None:
-        return min(max(fits + 1, int(fits * factor)), max_batch) if fits < max_batch else None
-    if fits == 0:
-        return max(1, min(fails - 1, int(fails / factor))) if fails > 1 else None
-    if fails - fits <= max(1, int(fits * resolution)):
-        return None
-    return (fits + fails) // 2
+    (b1, n1), (b2, n2) = sorted(points.items())[:1] + sorted(points.items())[-1:]
+    per_sample = max((n2 - n1) / (b2 - b1), 1.0)
+    fixed = n1 - per_sample * b1
+    return max(0, min(max_batch, int((cap - fixed) // per_sample))), fixed, per_sample
 
 
-def probe(args, size: str, mode: str, remat: bool, batch: int) -> dict:
-    """Two training steps at `batch`; the result, or the out-of-memory error."""
-    import keras
+class Stepper:
+    """One built model and its state; Keras' train step compiled per batch size (memory plan), or run."""
 
-    from train_throughput import Cycle, _gpu_peak_bytes, build_kgpt2, kgpt2_config
+    def __init__(self, args, size: str, mode: str, remat: bool):
+        import keras
 
-    from kgpt2.data.batches import WindowBatches, to_dataset
-    from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device
+        from train_throughput import build_kgpt2, kgpt2_config
 
-    args.batch = batch
-    cfg = kgpt2_config(args, mode, 64, size, [f"train.remat={'true' if remat else 'false'}"])
-    device = resolve_device("auto")
-    keras.config.set_dtype_policy(device.policy(cfg.train.precision))
-    split = ShardSet(cfg.data.shards).split("train")
-    base = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=args.seq, batch_size=batch, seed=0)
-    t0 = time.perf_counter()
-    try:
-        with device.scope():
-            model = build_kgpt2(cfg, 2)
-            model.fit(to_dataset(Cycle(base, 2)), epochs=1, verbose=0, shuffle=False)
-    except Exception as e:  # noqa: BLE001 - only an out-of-memory error is an answer; the rest is re-raised
-        if not is_out_of_memory(e):
-            raise
-        return {"batch": batch, "fits": False, "seconds": round(time.perf_counter() - t0, 1)}
-    finally:
-        keras.backend.clear_session()
-    return {"batch": batch, "fits": True, "seconds": round(time.perf_counter() - t0, 1),
-            "peak_gb_so_far": round(_gpu_peak_bytes() / 1e9, 2)}
+        from kgpt2.data.batches import WindowBatches
+        from kgpt2.data.shards import ShardSet
+        from kgpt2.devices import resolve_device
+
+        self.cfg = kgpt2_config(args, mode, 64, size, [f"train.remat={'true' if remat else 'false'}"])
+        self.device = resolve_device("auto")
+        keras.config.set_dtype_policy(self.device.policy(self.cfg.train.precision))
+        split = ShardSet(self.cfg.data.shards).split("train")
+        self.windows = lambda b: WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=args.seq,
+                                               batch_size=b, seed=0)
+        with self.device.scope():
+            self.model = build_kgpt2(self.cfg, 2)
+            self.model._symbolic_build(data_batch=self.windows(1)[0])  # optimizer and metrics variables
+        self.state = tuple([v.value for v in vs] for vs in (
+            self.model.trainable_variables, self.model.non_trainable_variables,
+            self.model.optimizer.variables, self.model.metrics_variables))
+        self.options = {"xla_gpu_autotune_level": args.autotune_level} if args.autotune_level >= 0 else None
+        self.compiled: dict = {}
+
+    def need(self, batch: int) -> int:
+        """Peak bytes of one train step at `batch` by XLA's buffer assignment (compiles, runs nothing)."""
+        import jax
+
+        if batch not in self.compiled:
+            data = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch,) + a.shape[1:], a.dtype), self.windows(1)[0])
+            step = jax.jit(self.model.train_step, donate_argnums=0, compiler_options=self.options)
+            self.compiled[batch] = step.lower(self.state, data).compile()
+        m = self.compiled[batch].memory_analysis()
+        # XLA's GPU step holds its arguments (the state, donated into its outputs), the outputs that are new
+        # buffers, and one allocation for all temporaries (`peak_memory_in_bytes` leaves the latter out on CPU).
+        return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+
+    def fits(self, batch: int) -> bool:
+        """Two real steps at `batch` (state carried on); False on an out-of-memory error."""
+        import jax
+
+        self.need(batch)
+        data = self.windows(batch)[0]
+        try:
+            for _ in range(2):
+                logs, self.state = self.compiled[batch](self.state, data)
+            jax.block_until_ready(logs)
+        except Exception as e:  # noqa: BLE001 - only an out-of-memory error is an answer; the rest is re-raised
+            if not is_out_of_memory(e):
+                raise
+            return False
+        return True
 
 
 def search_one(args, spec: str) -> None:
     """In the capped subprocess: search one size:mode:remat, a JSON line per probe, then the answer."""
+    import train_throughput  # this process runs it as __main__: the module imported here needs --tiny too
     from kgpt2.memory import COEFFICIENTS, estimate_training_bytes
-    from train_throughput import SIZES
 
+    if args.tiny:
+        train_throughput.use_tiny_shapes()
+    SIZES = train_throughput.SIZES
     size, mode, remat = spec.split(":")
     layers, heads, hidden = SIZES[size]
+    cap = args.cap_gb * 2**30
     params = 12 * layers * hidden**2 + 50304 * hidden  # GPT-2's count, close enough for a first guess
     per_sample = estimate_training_bytes(0, mode, 1, args.seq, layers, hidden, 50304)
-    fixed = params * COEFFICIENTS[mode][0]
+    guess = max(2, min(args.max_batch, int((cap - params * COEFFICIENTS[mode][0]) // per_sample)))
+    t0 = time.perf_counter()
+    stepper = Stepper(args, size, mode, remat == "remat")
+    probes, points = [], {}
+
+    def log(batch, kind, value):
+        probes.append({"batch": batch, kind: value, "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps({"probe": spec, **probes[-1]}), flush=True)
+
+    for batch in (guess, max(1, guess // 2)):  # two compiles: the line
+        points[batch] = stepper.need(batch)
+        log(batch, "need_gb", round(points[batch] / 1e9, 3))
+    best, fixed, slope = largest_under(points, cap, args.max_batch)
+    low = min(points)
     fits, fails = 0, None
-    batch = max(1, min(args.max_batch, int((args.cap_gb * 2**30 - fixed) // per_sample)))
-    probes = []
-    while batch is not None and len(probes) < args.max_probes:
-        result = probe(args, size, mode, remat == "remat", batch)
-        probes.append(result)
-        print(json.dumps({"probe": spec, **result}), flush=True)
-        if result["fits"]:
-            fits = batch
-        else:
-            fails = batch
-        batch = next_batch(fits, fails, args.resolution, args.max_batch)
+    while best >= 1 and len(probes) < args.max_probes + 2:
+        points[best] = stepper.need(best)
+        if points[best] > cap:  # the line was a little low: refit through this point, XLA's plan decides
+            log(best, "need_gb", round(points[best] / 1e9, 3))
+            fails, best = best, min(best - 1, largest_under({low: points[low], best: points[best]}, cap, best)[0])
+            continue
+        ok = stepper.fits(best)
+        log(best, "fits", ok)
+        if ok:
+            fits = best
+            break
+        fails, best = best, best - max(1, int(0.05 * best))  # the allocator needs more than the plan
+    if fits and fails is None and fits < args.max_batch:
+        fails = fits + 1
+        log(fails, "need_gb", round(stepper.need(fails) / 1e9, 3))
     print(json.dumps({"variant": f"memory {size} {mode} {remat}", "size": size, "mode": mode, "remat": remat == "remat",
-                      "largest_batch_fitting": fits, "smallest_batch_failing": fails, "cap_gib": args.cap_gb,
-                      "seq": args.seq, "probes": probes}), flush=True)
+                      "largest_batch_fitting": fits, "smallest_batch_failing": fails,
+                      "failing_by": "XLA's plan exceeds the cap" if fails == fits + 1 else "out of memory or plan",
+                      "fixed_gb": round(fixed / 1e9, 3), "per_sample_gb": round(slope / 1e9, 4),
+                      "cap_gib": args.cap_gb, "seq": args.seq, "autotune_level": args.autotune_level,
+                      "seconds": round(time.perf_counter() - t0, 1), "probes": probes}), flush=True)
 
 
 def run_all(args, specs: list[str]) -> list[dict]:
-    """Every spec in its own capped subprocess, `args.jobs` at a time; partial output kept on a timeout."""
+    """Every spec in its own capped subprocess, `args.jobs` at a time, all within `args.search_timeout` s;
+    partial output kept on a timeout."""
     total = gpu_total_bytes()
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     if total:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{min(0.99, args.cap_gb * 2**30 / total):.4f}"
 
+    deadline = time.time() + args.search_timeout  # for all searches: one queued late gets what is left
+
     def one(spec):
+        timeout = max(5.0, deadline - time.time())
         cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "train_throughput.py"), "--search-one", spec,
                "--shards", args.shards, "--tokenizer", args.tokenizer, "--seq", str(args.seq),
                "--cap-gb", str(args.cap_gb), "--max-batch", str(args.max_batch), "--max-probes", str(args.max_probes),
-               "--resolution", str(args.resolution)] + (["--tiny"] if args.tiny else [])
+               "--resolution", str(args.resolution), "--autotune-level", str(args.autotune_level),
+               ] + (["--tiny"] if args.tiny else [])
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.search_timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
             out, err, code = proc.stdout, proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as e:
             out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            err, code = f"timed out after {args.search_timeout} s", "timeout"
+            err, code = f"timed out after {timeout:.0f} s (the searches' {args.search_timeout} s ran out)", "timeout"
         lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
         final = [ln for ln in lines if "variant" in ln]
         if final:
             return final[-1]
         tail = " | ".join((err or "").strip().splitlines()[-3:])[-600:]
-        return {"variant": f"memory {spec}", "error": f"{code}: {tail}", "probes": lines,
-                "fraction": env.get("XLA_PYTHON_CLIENT_MEM_FRACTION")}
+        cut = {"variant": f"memory {spec}", "error": f"{code}: {tail}", "probes": lines,
+               "fraction": env.get("XLA_PYTHON_CLIENT_MEM_FRACTION")}
+        planned = {p["batch"]: p["need_gb"] * 1e9 for p in lines if "need_gb" in p}
+        if len(planned) >= 2:  # cut before the check: XLA's plan still answers, unconfirmed
+            cut["planned_largest_batch"] = largest_under(planned, args.cap_gb * 2**30, args.max_batch)[0]
+        return cut
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = []
-        for result in pool.map(one, specs):
+        futures = {pool.submit(one, spec): spec for spec in specs}
+        done = {}
+        for future in as_completed(futures):  # written as each finishes: an outer timeout keeps them all
+            done[futures[future]] = result = future.result()
             print(json.dumps(result), flush=True)
-            results.append(result)
-            if args.out:  # after every search: a call cut short by `timeout` keeps what it found
+            if args.out:
                 with open(args.out, "w") as f:
-                    json.dump(results, f, indent=1)
-    print("\nsize | mode | remat | largest batch that fits | smallest that fails")
+                    json.dump([done[s] for s in specs if s in done], f, indent=1)
+    results = [done[s] for s in specs]
+    print(f"\nsize | mode | remat | largest batch that fits (run) | smallest that fails | fixed GB + GB a sample (XLA plan), cap {args.cap_gb} GiB")
     for r in results:
         if "error" in r:
-            print(f"{r['variant']} | {r['error']}")
+            print(f"{r['variant']} | {r['error'][:200]} | planned largest: {r.get('planned_largest_batch', '-')}")
         else:
-            print(f"{r['size']} | {r['mode']} | {r['remat']} | {r['largest_batch_fitting']} | {r['smallest_batch_failing']}")
+            print(f"{r['size']} | {r['mode']} | {r['remat']} | {r['largest_batch_fitting']} | {r['smallest_batch_failing']} "
+                  f"| {r['fixed_gb']} + {r['per_sample_gb']}")
     return results

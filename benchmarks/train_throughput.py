@@ -391,8 +391,9 @@ def main(argv=None):
     s.add_argument("--max-probes", type=int, default=6)
     s.add_argument("--resolution", type=float, default=0.1, help="stop when fails - fits <= this x fits")
     s.add_argument("--jobs", type=int, default=6, help="searches at once (each capped at --cap-gb)")
-    s.add_argument("--search-timeout", type=int, default=300, help="seconds per search")
+    s.add_argument("--search-timeout", type=int, default=300, help="seconds for all the searches")
     s.add_argument("--search-modes", default="full,lora")
+    s.add_argument("--autotune-level", type=int, default=0, help="XLA autotuning of the search's compiles (-1: XLA's default)")
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "jax")
     if args.tiny:

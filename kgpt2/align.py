@@ -13,7 +13,8 @@
 4. `Aligner.run`: `fit` from that step on, one call per `train.checkpoint_every`
    interval, a checkpoint after each; the pair order is fixed by the seed,
    so a killed and resumed run ends with the uninterrupted run's weights;
-5. `Aligner.finish`: held-out reward accuracy and margins before and after,
+5. `Aligner.finish`: held-out reward accuracy and margins before and after
+   (KTO: on held-out examples, kgpt2.preference_losses.kto_metrics),
    written to `<run>/align.json`.
 
 The global Keras dtype policy is left as it was (the run's precision is
@@ -40,7 +41,8 @@ import numpy as np
 
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config
-from kgpt2.data.preference_pairs import PairStats, content_hash, encode_pairs, read_pairs, read_preferences
+from kgpt2.data.preference_pairs import (PairStats, content_hash, encode_pairs, read_pairs, read_preferences,
+                                         refuse_unpaired)
 from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
@@ -107,9 +109,9 @@ class Aligner:
             raise UserError(f"run '{cfg.run_dir}' already has checkpoints; resume it, or choose a new run name")
         self.stats = PairStats()
         pairs, unpaired = read_preferences(a.data, a.template, self.stats)  # checked before any model loads
-        if unpaired and a.loss != "kto":
-            raise UserError(f"{len(unpaired)} records are unpaired (completion + label): "
-                            "only align.loss = \"kto\" trains on them")
+        if a.loss != "kto":
+            refuse_unpaired(unpaired, a.loss)  # KTO records are refused; votes' single answers skipped
+            self.stats.skipped, unpaired = len(unpaired), []
         self._encode(pairs, unpaired, load_tokenizer(cfg.model))
         self.device = resolve_device(cfg.train.device)
         self.policy_name = self.device.policy(cfg.train.precision)
@@ -122,17 +124,22 @@ class Aligner:
             log.info(self.parallel.describe())
 
     def _encode(self, pairs: list, unpaired: list, tokenizer) -> None:
-        """Held-out pairs (by prompt hash) and the training rows (pairs, or KTO examples)."""
+        """Held-out rows (by prompt hash) and the training rows (pairs, or KTO examples)."""
         a, stats = self.cfg.align, self.stats
-        self.held_x, self.train_x, self.labels = encode_preferences(self.cfg, pairs, unpaired, tokenizer, stats)
-        n_train, n_held = len(self.labels), len(self.held_x["token_ids"])
+        rows = encode_preferences(self.cfg, pairs, unpaired, tokenizer, stats)
+        self.held_x, self.held_labels, self.train_x, self.labels = \
+            rows.held_x, rows.held_labels, rows.train_x, rows.train_labels
+        n_train, n_held = len(self.labels), len(self.held_labels)
+        unit = "examples" if a.loss == "kto" else "pairs"
         if n_train == 0 or n_held == 0:
-            raise UserError(f"{n_train + n_held} usable preference rows are too few to hold out "
-                            f"{a.heldout_fraction:.0%} of the pairs; give more data or another align.heldout_fraction")
-        self.data_hash = content_hash(self.train_x) + "/" + content_hash(self.held_x)
+            raise UserError(f"{n_train + n_held} usable preference {unit} are too few to hold out "
+                            f"{a.heldout_fraction:.0%} of them; give more data or another align.heldout_fraction")
+        labelled = (lambda x, y: {**x, "labels": y}) if a.loss == "kto" else (lambda x, y: x)  # noqa: E731
+        self.data_hash = (content_hash(labelled(self.train_x, self.labels)) + "/"
+                          + content_hash(labelled(self.held_x, self.held_labels)))
         log.info("preference data: %d records read, %d ties skipped, %d with chosen == rejected dropped, "
-                 "%d too long; %d training rows (%s), %d held-out pairs", stats.read, stats.ties, stats.identical,
-                 stats.too_long, n_train, a.loss, n_held)
+                 "%d unpaired vote answers skipped (KTO reads them), %d too long; %d training rows (%s), %d held-out %s",
+                 stats.read, stats.ties, stats.identical, stats.skipped, stats.too_long, n_train, a.loss, n_held, unit)
 
     def _check_resumable(self, state: dict) -> None:
         old, new = state.get("align_plan", {}), self._plan_record()
@@ -165,7 +172,7 @@ class Aligner:
         self.model = PolicyLogProbs(self.policy)
         ref_train, ref_held = self._reference()
         self.train_y = targets_for(ref_train, self.train_x, self.labels)
-        self.held_y = targets_for(ref_held, self.held_x)
+        self.held_y = targets_for(ref_held, self.held_x, self.held_labels)
         self.optimizer, self.schedule = make_optimizer(cfg, a.steps)
         self.model.compile(optimizer=self.optimizer, loss=PreferenceLoss(a.loss, a.beta, a.label_smoothing, a.simpo_gamma))
 
@@ -218,7 +225,8 @@ class Aligner:
         after = score_heldout(self.held_y, predict_logprobs(self.model, self.held_x, cfg.train.batch_size),
                               a.loss, a.beta, **options)
         result = {"pairs": {"read": s.read, "ties_skipped": s.ties, "identical_dropped": s.identical,
-                            "too_long_dropped": s.too_long, "unpaired": s.unpaired, "train": len(self.labels),
+                            "too_long_dropped": s.too_long, "unpaired": s.unpaired, "unpaired_skipped": s.skipped,
+                            "train": len(self.labels),
                             "heldout": len(self.held_y), "files": s.files},
                   "loss": a.loss, "beta": a.beta, "steps": a.steps, "batch_size": cfg.train.batch_size,
                   "backend": keras.backend.backend(), "heldout_before": before, "heldout_after": after,

@@ -1,31 +1,22 @@
-"""Checkpoint directories that a crash can never corrupt, and that check themselves.
+"""Checkpoint directories that a crash can never corrupt, and that check themselves: the store.
 
-A run keeps `ckpt-<global_step>/` directories, each with
-
-    weights.npz     the trainable variables (only the LoRA adapter and the
-                    attention biases when LoRA is on: a few MB for GPT-2 base)
-                    and the dropout RNG states, each under its variable's path
-    optimizer.npz   every optimizer variable (moments, step counter, the fp16
-                    loss scale), under its path without the optimizer's name
-    <stage>.weights.h5  at a stage end: the stage's merged export, written with
-                    the checkpoint and linked (or copied) into the run folder
-    state.json      stage, epoch, next batch, global step, metrics, config
-                    hash and signature, library versions
-    manifest.json   size and SHA-256 of each file above but state.json;
-                    written last
+A run keeps `ckpt-<global_step>/` directories; what each holds and how it is
+verified (manifest, sizes, SHA-256) is `kgpt2.checkpoint_manifest`, how the
+variables are stored by name is `kgpt2.checkpoint_arrays`. This module saves,
+lists, retains and restores them.
 
 A checkpoint is written into a temporary directory `.ckpt-N.tmp-<pid>-*`,
 fsynced, then renamed: a directory named `ckpt-N` was complete when
-published. Restoring checks the manifest (sizes, checksums) and every array
-name; a checkpoint damaged later (truncated, a file deleted, bytes changed)
-is refused in one sentence, and `newest_intact()` (what `latest` means to
-train, evaluate, generate, export and the demo) skips it with one warning
-line, never deleting it. Saving fails with a `UserError` that names the
-problem (disk full, read-only directory) and leaves the previous checkpoints
-as they were. Cleanup removes only temporary folders whose owner (the pid in
-the name) is this process or dead, so it never pulls a folder from under
-another live writer. `KGPT2_FAULT_POINT=<name>` makes the process SIGKILL
-itself at that point (`fault_point`), for the fault-injection tests.
+published. Restoring checks the manifest and every array name; a checkpoint
+damaged later (truncated, a file deleted, bytes changed) is refused in one
+sentence, and `newest_intact()` (what `latest` means to train, evaluate,
+generate, export and the demo) skips it with one warning line, never
+deleting it. Saving fails with a `UserError` that names the problem (disk
+full, read-only directory) and leaves the previous checkpoints as they were.
+Cleanup removes only temporary folders whose owner (the pid in the name) is
+this process or dead, so it never pulls a folder from under another live
+writer. `KGPT2_FAULT_POINT=<name>` makes the process SIGKILL itself at that
+point (`fault_point`), for the fault-injection tests.
 
 Why not Orbax (orbax-checkpoint): it commits atomically and saves
 asynchronously, but it is built on JAX arrays and tensorstore, so the
@@ -50,7 +41,6 @@ ids such as `best` are resolved by `kgpt2.run.Run`.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -66,17 +56,15 @@ import keras_hub
 import numpy as np
 
 from kgpt2.adapters import merged_backbone
+# array_names and checkpoint_variables are also imported from here by callers.
+from kgpt2.checkpoint_arrays import array_names, checkpoint_variables, load_arrays, save_arrays  # noqa: F401
+from kgpt2.checkpoint_manifest import FORMAT, OPTIMIZER, STATE_FILE, WEIGHTS, damage, write_manifest
 from kgpt2.distribution import host_array, is_writer, process_count
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, link_or_copy, publish_folder
 from kgpt2.lock import owner_gone
 
 log = logging.getLogger("kgpt2")
-
-STATE_FILE = "state.json"
-WEIGHTS, OPTIMIZER = "weights.npz", "optimizer.npz"
-MANIFEST = "manifest.json"
-FORMAT = 2  # 1: arrays by position, no manifest (read, unchecked); 2: by name, with manifest
 
 
 def fault_point(name: str) -> None:
@@ -89,115 +77,6 @@ def fault_point(name: str) -> None:
         time.sleep(1)
 
 
-def checkpoint_variables(model) -> list:
-    """What a checkpoint holds of the model: trainable variables and RNG states."""
-    trainable = list(model.trainable_variables)
-    seeds = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
-    return trainable + seeds
-
-
-def array_names(variables, optimizer: bool = False) -> list[str]:
-    """Stable names for `variables`: their paths.
-
-    Optimizer variables keep only their last part: the parts before are the
-    optimizers' own names (`adam_w_1` in a second build; TensorFlow nests a
-    wrapped optimizer's as `loss_scale_optimizer/adam_w_3/`); RNG states are numbered in order (their generators'
-    names carry a per-process counter). A repeated name gets `#n`.
-    """
-    names, seen, seeds = [], {}, 0
-    for v in variables:
-        path = getattr(v, "path", "") or ""
-        if "seed_generator" in path:
-            name, seeds = f"seed_generator/{seeds}", seeds + 1
-        elif optimizer:
-            name = path.rsplit("/", 1)[-1]
-        else:
-            name = path
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        names.append(name if count == 0 else f"{name}#{count}")
-    return names
-
-
-def _save_arrays(path: Path, variables) -> None:
-    names = array_names(variables, optimizer=path.name == OPTIMIZER)
-    values = [host_array(v) for v in variables]  # a multi-host run gathers sharded variables
-    arrays = {n: np.asarray(v) for n, v in zip(names, values)}
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _load_arrays(path: Path, variables, what: str) -> None:
-    where = path.parent.name
-    with np.load(path) as data:
-        keys = list(data.files)
-        if keys and all(k.startswith("v") and k[1:].isdigit() for k in keys):  # format 1: by position
-            names, keys = array_names(variables, optimizer=path.name == OPTIMIZER), sorted(keys)
-            if len(keys) != len(variables):
-                raise UserError(f"checkpoint {where} holds {len(keys)} {what} variables but the model has "
-                                f"{len(variables)}: it was written by a different model or LoRA setting")
-            by_name = dict(zip(names, keys))
-        else:
-            names = array_names(variables, optimizer=path.name == OPTIMIZER)
-            missing, unexpected = [n for n in names if n not in keys], [k for k in keys if k not in set(names)]
-            if missing or unexpected:
-                raise UserError(f"checkpoint {where} does not match the model's {what} variables "
-                                f"(missing: {_few(missing)}; unexpected: {_few(unexpected)}): it was written by "
-                                "a different model or LoRA setting")
-            by_name = {n: n for n in names}
-        values = {}
-        for name, var in zip(names, variables):
-            value = data[by_name[name]]
-            if tuple(value.shape) != tuple(var.shape):
-                raise UserError(f"checkpoint {where}: {what} variable {name} has shape "
-                                f"{tuple(value.shape)} there but {tuple(var.shape)} in the model")
-            values[name] = value
-    for name, var in zip(names, variables):  # all checked first: never a half-restored model
-        var.assign(values[name])
-
-
-def _few(names: list[str]) -> str:
-    return (", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")) or "none"
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _write_manifest(folder: Path) -> None:
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (STATE_FILE, MANIFEST)}
-    atomic_write_text(folder / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=2))
-
-
-def damage(folder: Path, checksums: bool = True) -> str | None:
-    """Why the checkpoint in `folder` cannot be trusted, or None if it is intact."""
-    try:
-        state = json.loads((folder / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return f"{STATE_FILE} is missing or unreadable"
-    if state.get("format", 1) < FORMAT:
-        return None  # written before manifests: trusted as it is
-    try:
-        files = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{MANIFEST} is missing or unreadable"
-    for name, want in files.items():
-        path = folder / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name} is missing"
-        if size != want["size"]:
-            return f"{name} is {size} bytes, its manifest says {want['size']}"
-        if checksums and _sha256(path) != want["sha256"]:
-            return f"{name} does not match its checksum"
-    return None
-
-
 def current_versions() -> dict:
     return {"keras": keras.__version__, "keras_hub": keras_hub.__version__, "backend": keras.backend.backend()}
 
@@ -208,11 +87,11 @@ def restore_checkpoint(model, checkpoint: Checkpoint, optimizer=None) -> dict:
     if why is not None:
         raise UserError(f"checkpoint {checkpoint.path} is damaged ({why}); choose another checkpoint")
     _warn_versions(checkpoint)
-    _load_arrays(checkpoint.path / WEIGHTS, checkpoint_variables(model), "model")
+    load_arrays(checkpoint.path / WEIGHTS, checkpoint_variables(model), "model")
     if optimizer is not None:
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
-        _load_arrays(checkpoint.path / OPTIMIZER, optimizer.variables, "optimizer")
+        load_arrays(checkpoint.path / OPTIMIZER, optimizer.variables, "optimizer")
     return checkpoint.state
 
 
@@ -335,16 +214,16 @@ class CheckpointManager:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._check_room(model, optimizer, export)
             tmp = Path(tempfile.mkdtemp(prefix=f".ckpt-{step}.tmp-{os.getpid()}-", dir=self.run_dir))
-            _save_arrays(tmp / WEIGHTS, checkpoint_variables(model))
+            save_arrays(tmp / WEIGHTS, checkpoint_variables(model))
             fault_point("mid-checkpoint")
             if optimizer is not None:
-                _save_arrays(tmp / OPTIMIZER, optimizer.variables)
+                save_arrays(tmp / OPTIMIZER, optimizer.variables)
             # Building the merged model of an export is a collective step under several processes
             # (process 1 would not join it): export such a run from its checkpoint on one host.
             if export and process_count() == 1:
                 export_weights(model, tmp / export)
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))  # fsynced, like the arrays
-            _write_manifest(tmp)  # last: a folder without it was never finished
+            write_manifest(tmp)  # last: a folder without it was never finished
             self._set_damaged_aside(final)
             publish_folder(tmp, final)  # the same step saved again (a stage end) replaces it whole
         except OSError as e:

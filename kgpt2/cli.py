@@ -14,7 +14,9 @@
     kgpt2 export     -> kgpt2.export.export_run       Hugging Face / KerasHub preset directory
 
 What each verb prints is worded in `kgpt2.reports`. The verbs' modules are
-imported inside each verb: `kgpt2 --help` then never imports keras.
+imported inside each verb, and Keras only for the verbs registered as needing
+it: `kgpt2 --help`, `kgpt2 recipes` and `kgpt2 tokenizer` never import it.
+`key=value` overrides may come before or after the options.
 
 A user's mistake (missing file, unknown key, bad preset) prints one line
 `kgpt2: error: ...` and exits with status 2; never a traceback.
@@ -36,8 +38,8 @@ from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --
 from kgpt2.errors import UserError  # noqa: E402
 from kgpt2 import reports  # noqa: E402  (stdlib only)
 
-VERBS = {}
-
+VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
+CHECKPOINT_KEPT = "the last complete checkpoint is kept; run the same command to resume"
 
 
 def unescape(text: str | None) -> str | None:
@@ -47,9 +49,12 @@ def unescape(text: str | None) -> str | None:
     # unicode_escape reads bytes as latin-1: keep non-ASCII text intact through it.
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
-def verb(name, help):
+
+def verb(name, help, keras: bool = True, interrupted: str = ""):
+    """Register a verb. `keras=False`: it never imports Keras, so TensorFlow's start-up (seconds) is skipped;
+    `interrupted`: what Ctrl-C leaves behind, said after "kgpt2: interrupted; "."""
     def register(fn):
-        VERBS[name] = (fn, help)
+        VERBS[name] = (fn, help, keras, interrupted)
         return fn
 
     return register
@@ -61,7 +66,9 @@ def _add_config(p):
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=4")
 
 
-@verb("prepare", "turn a corpus into token shards")
+@verb("prepare", "turn a corpus into token shards",
+      interrupted="a shard set is moved into --out only once complete, so no half-written set is left; "
+                  "run the same command to start again")
 def _prepare(p: argparse.ArgumentParser):
     p.add_argument("--source", required=True, help="file, folder, 'pydoc', or hf:<datasets id>")
     p.add_argument("--out", required=True, help="output shard directory")
@@ -93,7 +100,7 @@ def _prepare(p: argparse.ArgumentParser):
     return run
 
 
-@verb("train", "staged fine-tuning with checkpoints and resume")
+@verb("train", "staged fine-tuning with checkpoints and resume", interrupted=CHECKPOINT_KEPT)
 def _train(p):
     _add_config(p)
     p.add_argument("--run", metavar="DIR", help="resume or continue the run in DIR with its own config.json "
@@ -123,7 +130,7 @@ def _train(p):
     return run
 
 
-@verb("recipes", "list the run configs that ship with kgpt2, or copy one out to edit")
+@verb("recipes", "list the run configs that ship with kgpt2, or copy one out to edit", keras=False)
 def _recipes(p):
     p.add_argument("--copy", metavar="NAME", help="copy recipe NAME to DEST (default ./NAME.toml); never overwrites")
     p.add_argument("dest", nargs="?", metavar="DEST", help="file or folder for --copy")
@@ -240,7 +247,8 @@ def _demo(p):
     return run
 
 
-@verb("align", "align a model to preferences (align.loss: dpo, ipo, hinge, simpo, orpo, kto); resumable")
+@verb("align", "align a model to preferences (align.loss: dpo, ipo, hinge, simpo, orpo, kto); resumable",
+      interrupted=CHECKPOINT_KEPT)
 def _align(p):
     _add_config(p)
     p.add_argument("--device", help="auto, cpu, gpu, gpu:N")
@@ -255,7 +263,8 @@ def _align(p):
     return run
 
 
-@verb("quickstart", "the whole pipeline offline on CPU: tokenizer, tiny GPT-2, stages, evaluation")
+@verb("quickstart", "the whole pipeline offline on CPU: tokenizer, tiny GPT-2, stages, evaluation",
+      interrupted="the last complete checkpoint of its run is kept")
 def _quickstart(p):
     p.add_argument("--checkpoints-root", default="checkpoints")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -270,7 +279,8 @@ def _quickstart(p):
     return run
 
 
-@verb("export", "write a run's model (LoRA merged) as a Hugging Face GPT-2 or a KerasHub preset, or its PEFT adapter")
+@verb("export", "write a run's model (LoRA merged) as a Hugging Face GPT-2 or a KerasHub preset, or its PEFT adapter",
+      interrupted="an export is moved into place only once complete, so no half-written folder is left")
 def _export(p):
     p.add_argument("--run", required=True, help="run directory, e.g. checkpoints/quickstart")
     p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, or base")
@@ -287,7 +297,8 @@ def _export(p):
     return run
 
 
-@verb("import", "read a KerasNLP GPT-2 saved under TF/Keras 2 (.ckpt or .weights.h5) into a KerasHub preset")
+@verb("import", "read a KerasNLP GPT-2 saved under TF/Keras 2 (.ckpt or .weights.h5) into a KerasHub preset",
+      interrupted="a preset is moved into place only once complete, so no half-written folder is left")
 def _import(p):
     p.add_argument("legacy", help="NAME.ckpt (beside NAME.ckpt.index + .data-*) or NAME.weights.h5")
     p.add_argument("out", help="new preset directory (use it as model.preset)")
@@ -303,7 +314,7 @@ def _import(p):
     return run
 
 
-@verb("tokenizer", "train your own tokenizer: byte-level BPE (GPT-2 style) or characters")
+@verb("tokenizer", "train your own tokenizer: byte-level BPE (GPT-2 style) or characters", keras=False)
 def _tokenizer(p):
     p.add_argument("action", choices=["train"])
     p.add_argument("--source", required=True, help="file or folder of text (any `prepare` source)")
@@ -356,16 +367,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for name, (factory, help) in VERBS.items():
+    for name, (factory, help, keras, interrupted) in VERBS.items():
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(handler=factory(p))
+        p.set_defaults(handler=factory(p), needs_keras=keras, interrupted=interrupted)
     return parser
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with `key=value` overrides taken wherever they stand: argparse fills a verb's
+    `overrides` list only up to the first option after its other positionals (`pretrain init --config C
+    key=value` left key=value unrecognized)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    backend.import_keras_quietly()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *(w for w in extra if "=" in w and not w.startswith("-"))]
+        extra = [w for w in extra if "=" not in w or w.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.needs_keras:
+        backend.import_keras_quietly()
     # kgpt2's own progress lines only; other libraries' INFO logs stay off.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("kgpt2: %(message)s"))
@@ -379,7 +404,7 @@ def main(argv=None) -> int:
         print(f"kgpt2: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kgpt2: interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        print("kgpt2: interrupted" + (f"; {args.interrupted}" if args.interrupted else ""), file=sys.stderr)
         return 130
     return 0
 

@@ -125,3 +125,21 @@ def wrap_compute_attention(attention, wrap) -> None:
     use_causal_mask=False).
     """
     attention._compute_attention = wrap(attention._compute_attention)
+
+
+
+def declare_steps(dataset, steps, passes: int = 1):
+    """(dataset, steps) as KerasHub's `PipelineModel` (GPT2CausalLM's base) hands them to Keras.
+
+    Keras' grain adapter does not know a dataset's length: it runs the
+    iterator dry and warns "Your input ran out of data". KerasHub's tasks
+    declare the length up front (and repeat the dataset for the passes); a
+    Keras model of kgpt2's own that reads the same batches
+    (kgpt2.packed_attention.PackedCausalLM) does the same through this.
+    Subclassing `PipelineModel` is no way: its `__init__` resets its base
+    class, which breaks every functional GPT2CausalLM already built.
+    """
+    from keras_hub.src.utils.pipeline_model import _declare_steps
+
+    dataset, steps, _ = _declare_steps(dataset, steps, passes)
+    return dataset, steps

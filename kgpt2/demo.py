@@ -1,10 +1,12 @@
 """`kgpt2 demo`: a Gradio arena for any two checkpoints of any runs (and their bases).
 
-Two models answer one prompt side by side, streamed token by token with the
-same seed and sampling settings. In arena mode they are anonymous ("Model A"
-/ "Model B", sides drawn at random) until the vote; four votes (A better, B
-better, tie, both bad) append a record to the left run's `votes.jsonl`
-(kgpt2.votes: DPO pairs and KTO labels). A panel shows that run's metrics.
+Two models answer one prompt side by side (or, in single mode, one),
+streamed token by token with the same seed and sampling settings. In arena
+mode they are anonymous ("Model A" / "Model B", sides drawn at random) until
+the vote. Four pair votes (A better, B better, tie, both bad) and a thumb up
+or down under each answer append a record to the left run's `votes.jsonl`
+(kgpt2.votes: DPO pairs and KTO examples; one vote per answer, kgpt2.arena).
+A panel shows that run's metrics and vote counts.
 
 Roles: kgpt2.model_pool loads checkpoints (one model per base, LRU within a
 memory budget), kgpt2.answerer decodes (concurrent users' requests batched),
@@ -34,14 +36,14 @@ from pathlib import Path
 import gradio as gr
 
 from kgpt2.answerer import Answerer, Job
-from kgpt2.arena import SIDES, VOTE_LABELS, Match, no_match_refusal
+from kgpt2.arena import RATING_LABELS, VOTE_LABELS, Match, no_match_refusal
 from kgpt2.demo_examples import examples_from_run
 from kgpt2.demo_layout import build as build_layout
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 from kgpt2.model_pool import ModelPool
 from kgpt2.run import BASE, load_run_config
-from kgpt2.templates import render_prompt
+from kgpt2.templates import prompt_ids, render_prompt
 from kgpt2.votes import VOTES_FILE, append_vote, counts, read_votes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
@@ -113,16 +115,17 @@ class Demo:
         return s
 
     def _plan(self, match: Match, prompt, input_text, s: Settings) -> tuple[list, str]:
-        """Jobs for both sides, and a note when the model's context caps the answer length."""
+        """Jobs for the match's sides, and a note when the model's context caps the answer length."""
         prompt = prompt or ""
         if not prompt.strip():
             raise UserError("type a prompt first")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise UserError(f"the prompt is {len(prompt)} characters; the demo takes at most {MAX_PROMPT_CHARS}")
-        weights = {side: self.pool.get(*match.picks[side]) for side in SIDES}
-        model_input = render_prompt(prompt, s.template, input_text or "")
+        weights = {side: self.pool.get(*match.picks[side]) for side in match.sides}
+        model_input = render_prompt(prompt, s.template, input_text or "")  # as text, for the vote record
         tokenizer = weights["a"].engine.tokenizer
-        ids = tokenizer.encode(model_input) or [tokenizer.eos_id]
+        # The ids `kgpt2 generate` prompts with (chat: end-of-text ids between the turns, never the text).
+        ids = prompt_ids(tokenizer, prompt, s.template, input_text or "") or [tokenizer.eos_id]
         context = min(w.context for w in weights.values())
         room = context - len(ids)
         if room < 1:
@@ -134,17 +137,19 @@ class Demo:
         match.prompt, match.input_text, match.template, match.model_input = prompt, input_text or "", s.template, model_input
         match.settings = asdict(s) | {"max_new_tokens": new}
         match.infos = {side: w.info for side, w in weights.items()}
-        jobs = [Job(weights[side], ids, len(ids) + new, s) for side in SIDES]
+        jobs = [Job(weights[side], ids, len(ids) + new, s) for side in match.sides]
         return jobs, note
 
     def compare(self, run_a, ckpt_a, run_b, ckpt_b, arena, prompt, input_text, template, sampler, temperature,
-                top_k, top_p, num_beams, max_new_tokens, seed, request: gr.Request = None):
+                top_k, top_p, num_beams, max_new_tokens, seed, single=False, request: gr.Request = None):
         """Yield (answer A, answer B, status, model A line, model B line, match) as tokens arrive.
 
-        Errors are shown in place (status and both boxes) until the next action,
-        and the match they leave refuses votes.
+        `single`: only the left pick answers (arena mode: one of the two picks,
+        drawn at random); answer B stays empty. Errors are shown in place
+        (status and both boxes) until the next action, and the match they
+        leave refuses votes.
         """
-        match = Match.draw((run_a, ckpt_a), (run_b, ckpt_b), bool(arena))
+        match = Match.draw((run_a, ckpt_a), (run_b, ckpt_b), bool(arena), single=bool(single))
         match.home = run_a  # votes go to the left run's votes.jsonl
         stop = self._stop_flag(request)
         try:
@@ -154,10 +159,11 @@ class Demo:
             match.failure = str(e)
             yield "", "", f"**Error:** {e}", match.label("a"), match.label("b"), match
             return
-        yield "", "", "Generating both answers …", match.label("a"), match.label("b"), match
+        busy = "Generating the answer …" if match.single else "Generating both answers …"
+        yield "", "", busy, match.label("a"), match.label("b"), match
         done, started, last = {}, time.perf_counter(), 0.0
         for i, kind, payload in self.answerer.answer_many(jobs, cancel=stop):
-            side = SIDES[i]
+            side = match.sides[i]
             if kind == "text":
                 match.answers[side] += payload
             elif kind == "done":
@@ -166,23 +172,24 @@ class Demo:
                 match.failure = payload
             if kind != "text" or time.perf_counter() - last > 0.05:  # at most ~20 updates a second
                 last = time.perf_counter()
-                yield (match.answers["a"], match.answers["b"], "Generating both answers …", match.label("a"),
-                       match.label("b"), match)
+                yield match.answers["a"], match.answers["b"], busy, match.label("a"), match.label("b"), match
         if stop.is_set() and not match.failure:
             match.failure = "stopped"
         match.finished = not match.failure
-        yield (*[shown(match.answers[s]) for s in SIDES], self._status(match, done, started, note),
-               match.label("a"), match.label("b"), match)
+        answers = [shown(match.answers[s]) if s in match.picks else "" for s in ("a", "b")]
+        yield *answers, self._status(match, done, started, note), match.label("a"), match.label("b"), match
 
     @staticmethod
     def _status(match: Match, done: dict, started: float, note: str) -> str:
         if match.failure == "stopped":
-            return "Stopped: the answers are incomplete, so this pair takes no vote; generate again."
+            return "Stopped: the answers are incomplete, so they take no vote; generate again."
         if match.failure:
             return f"**Error:** {match.failure}"
         speed = " · ".join(f"{s.upper()}: {d['tokens']} tokens, {d['tokens'] / max(d['seconds'], 1e-9):.0f} tokens/s"
                            for s, d in done.items())
-        return f"Done in {time.perf_counter() - started:.1f} s ({speed}){note}. Which answer is better?"
+        ask = ("Is it a good answer? Thumb it up or down." if match.single else
+               "Which answer is better? Or rate each answer with its thumbs.")
+        return f"Done in {time.perf_counter() - started:.1f} s ({speed}){note}. {ask}"
 
     def _stop_flag(self, request) -> threading.Event:
         flag = threading.Event()
@@ -198,22 +205,44 @@ class Demo:
 
     # --- votes ---
     def vote(self, match, choice):
-        """Record the vote on the shown match, reveal the identities, update the counts.
+        """Record the pair vote on the shown match, reveal the identities, update the counts.
 
         A refused vote (nothing shown, a failed or stopped generation, a second
-        vote) says why in the status, in place, and records nothing.
+        vote, an answer already rated) says why in the status, in place, and records nothing.
         """
+        return self._record(match, lambda m: m.record(choice), VOTE_LABELS[choice].lower())
+
+    def rate(self, match, side, rating):
+        """Record a thumb up or down on answer `side` (a KTO example), one per answer; as `vote`."""
+        return self._record(match, lambda m: m.rate(side, rating),
+                            f"{RATING_LABELS[rating].lower()} for answer {side.upper()}")
+
+    def _record(self, match, make, what: str):
+        """(status, model A line, model B line, summary, match) after a vote made by `make(match)`."""
         if not isinstance(match, Match):
             return f"**Vote not recorded:** {no_match_refusal()}", "", "", gr.skip(), match
         try:
-            record = match.record(choice)
-            path = append_vote(self.pool.run_dir(match.home), record)
+            path = append_vote(self.pool.run_dir(match.home), make(match))
         except UserError as e:
             return f"**Vote not recorded:** {e}", match.label("a"), match.label("b"), gr.skip(), match
-        revealed = f"Model A was `{match.models['a']}`, model B `{match.models['b']}`."
-        status = (f"Recorded {VOTE_LABELS[choice].lower()} in `{match.home}/{VOTES_FILE}` "
-                  f"({len(read_votes(path))} votes). {revealed}")
+        names = " and ".join(f"model {s.upper()} `{match.models[s]}`" for s in match.sides)
+        revealed = f" It was {names}." if match.arena and match.revealed() else ""
+        status = f"Recorded {what} in `{match.home}/{VOTES_FILE}` ({len(read_votes(path))} votes).{revealed}"
         return status, match.label("a"), match.label("b"), self.summary(match.home), match
+
+    @staticmethod
+    def voting(match) -> list:
+        """Which vote buttons are on: thumbs A (up, down), thumbs B, then the pair votes, in VOTE_LABELS' order.
+
+        An answer's buttons go off once it has its vote (a pair vote judges
+        both). A failed or stopped match keeps them on: a click says why it
+        takes no vote.
+        """
+        if not isinstance(match, Match):
+            return [True] * (4 + len(VOTE_LABELS))
+        thumbs = [s in match.picks and not match.voted and s not in match.rated for s in ("a", "b")]
+        pair = not match.single and not match.voted and not match.rated
+        return [thumbs[0]] * 2 + [thumbs[1]] * 2 + [pair] * len(VOTE_LABELS)
 
     # --- pickers and metrics ---
     def picker_changed(self, run, checkpoint, side):
@@ -252,7 +281,8 @@ class Demo:
         c = counts(read_votes(run_dir / VOTES_FILE))
         return (f"**{run}**: {stages or 0} stage(s) finished · evaluation: "
                 f"{', '.join(evals) if evals else f'none yet (`kgpt2 evaluate --run {run_dir}`)'} · "
-                f"votes: {sum(c.values())} (A {c['a']}, B {c['b']}, tie {c['tie']}, both bad {c['both_bad']})")
+                f"votes: {sum(c.values())} (A {c['a']}, B {c['b']}, tie {c['tie']}, both bad {c['both_bad']}, "
+                f"good answer {c['up']}, bad answer {c['down']})")
 
     def metrics(self, run):
         """(summary, per-stage table, evaluation table, training plot, evaluation plot) of a run."""

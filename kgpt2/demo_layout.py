@@ -1,10 +1,12 @@
 """The demo page: Gradio Blocks wired to kgpt2.demo's handlers, with one named API endpoint each.
 
 Endpoints (gradio_client, parameter names as in `Demo`'s methods): `/compare`
-(streams both answers), `/stop`, `/vote_a`, `/vote_b`, `/vote_tie`,
-`/vote_both_bad`, `/pick_a`, `/pick_b`, `/run_a`, `/run_b`, `/refresh`,
-`/metrics`. Generate and the votes are disabled while answers stream;
-rows wrap on a phone (390 px).
+(streams both answers, or one with `single`), `/stop`, `/vote_a`, `/vote_b`,
+`/vote_tie`, `/vote_both_bad`, `/thumb_up_a`, `/thumb_down_a`, `/thumb_up_b`,
+`/thumb_down_b`, `/pick_a`, `/pick_b`, `/run_a`, `/run_b`, `/refresh`,
+`/metrics`. Generate and the votes are disabled while answers stream, and an
+answer's vote buttons once it has its vote; single mode hides answer B and
+the pair votes; rows wrap on a phone (390 px).
 
     >>> from kgpt2.demo_layout import ELEMENT_IDS
     >>> "stop" in ELEMENT_IDS
@@ -14,28 +16,46 @@ rows wrap on a phone (390 px).
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
-from kgpt2.arena import VOTE_LABELS
+from kgpt2.arena import RATING_LABELS, VOTE_LABELS
 from kgpt2.generate import SAMPLERS
 from kgpt2.templates import TEMPLATES
 from kgpt2.run import BASE
 
-ELEMENT_IDS = ("arena", "run-a", "ckpt-a", "run-b", "ckpt-b", "refresh", "prompt", "input", "generate", "stop",
-               "answer-a", "answer-b", "info-a", "info-b", "status", "summary")
+ELEMENT_IDS = ("arena", "single", "run-a", "ckpt-a", "run-b", "ckpt-b", "refresh", "prompt", "input", "generate",
+               "stop", "answer-a", "answer-b", "column-b", "info-a", "info-b", "thumb-up-a", "thumb-down-a",
+               "thumb-up-b", "thumb-down-b", "pair-votes", "status", "summary")
+ICONS = Path(__file__).parent / "assets"  # thumb icons as SVG: no emoji font needed
 
 
-def _controls(busy: bool):
-    """Generate and the votes off (Stop on) while answers stream, and back."""
-    return [gr.Button(interactive=not busy)] * 5 + [gr.Button(interactive=busy)]
+def _busy():
+    """Generate and every vote off, Stop on, while answers stream."""
+    return [gr.Button(interactive=False)] * (5 + len(VOTE_LABELS)) + [gr.Button(interactive=True)]
+
+
+def _idle(demo, match):
+    """Generate on, Stop off, and the votes this match can still take."""
+    return [gr.Button(interactive=True), *_vote_buttons(demo, match), gr.Button(interactive=False)]
+
+
+def _vote_buttons(demo, match):
+    return [gr.Button(interactive=on) for on in demo.voting(match)]
+
+
+def _mode(single: bool):
+    """Single mode: answer B and the pair votes hidden."""
+    return gr.Column(visible=not single), gr.Row(visible=not single)
 
 
 def build(demo) -> gr.Blocks:
     with gr.Blocks(title="kgpt2 demo") as app:
-        gr.Markdown("## kgpt2 arena: two models, one prompt\nSame seed and settings for both. In arena mode the "
-                    "models stay anonymous until you vote; votes become DPO pairs and KTO labels.")
+        gr.Markdown("## kgpt2 arena: compare two models, or rate one\nSame seed and settings for both. In arena mode the "
+                    "models stay anonymous until you vote. Pick the better answer, or rate each one with its "
+                    "thumbs: votes become DPO pairs and KTO examples (`kgpt2 align`).")
         ui = SimpleNamespace()
         _request_panel(demo, ui)
         _answer_panel(ui)
@@ -49,7 +69,13 @@ def _request_panel(demo, ui) -> None:
     # allow_custom_value: runs trained after start-up must be accepted (kgpt2 checks every name itself).
     d, ckpts, runs = demo.defaults, demo.pool.checkpoints(demo.run), demo.pool.runs()
     picker = dict(allow_custom_value=True, min_width=160)
-    ui.arena = gr.Checkbox(False, label="Arena mode: hide which model is which until the vote", elem_id="arena")
+    with gr.Row():  # side by side on a desktop, one above the other on a phone
+        with gr.Column(min_width=300):
+            ui.arena = gr.Checkbox(False, label="Arena mode: hide which model is which until the vote",
+                                   elem_id="arena")
+        with gr.Column(min_width=300):
+            ui.single = gr.Checkbox(False, label="Single model: rate one answer, the left model's (arena mode: "
+                                    "either pick, drawn at random)", elem_id="single")
     with gr.Row():
         ui.run_a = gr.Dropdown(runs, value=demo.run, label="Left run", elem_id="run-a", **picker)
         ui.ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", **picker)
@@ -77,18 +103,23 @@ def _request_panel(demo, ui) -> None:
 
 
 def _answer_panel(ui) -> None:
-    """Generate / Stop, the two answers with their model lines, the votes, the status."""
+    """Generate / Stop, the answers with their model lines and thumbs, the pair votes, the status."""
     with gr.Row():
         ui.generate = gr.Button("Generate", variant="primary", elem_id="generate", min_width=120)
         ui.stop = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False, min_width=120)
-    ui.answers, ui.infos = {}, {}
+    ui.answers, ui.infos, ui.thumbs, ui.columns = {}, {}, {}, {}
     with gr.Row():
         for side in ("a", "b"):
-            with gr.Column(min_width=300):
+            with gr.Column(min_width=300, elem_id=f"column-{side}") as ui.columns[side]:
                 ui.answers[side] = gr.Textbox(label=f"Model {side.upper()}", lines=8, interactive=False,
                                               buttons=["copy"], elem_id=f"answer-{side}")
                 ui.infos[side] = gr.Markdown(label=f"Model {side.upper()} info", elem_id=f"info-{side}")
-    with gr.Row():
+                with gr.Row():
+                    for rating, label in RATING_LABELS.items():
+                        ui.thumbs[side, rating] = gr.Button(
+                            label, icon=ICONS / f"thumb-{rating}.svg", size="md", min_width=110,
+                            elem_id=f"thumb-{rating}-{side}")
+    with gr.Row(elem_id="pair-votes") as ui.pair_votes:
         ui.votes = {c: gr.Button(label, elem_id=f"vote-{c.replace('_', '-')}", min_width=120)
                     for c, label in VOTE_LABELS.items()}
     ui.status = gr.Markdown(label="Status", elem_id="status")
@@ -113,18 +144,24 @@ def _metrics_panel(ui) -> None:
 
 def _wire(demo, app, ui) -> None:
     """Events: each one a client may call is named; the page's own helpers are private."""
-    controls = [ui.generate, *ui.votes.values(), ui.stop]
+    vote_buttons = [*ui.thumbs.values(), *ui.votes.values()]  # the order of Demo.voting
+    controls = [ui.generate, *vote_buttons, ui.stop]
     shown = [ui.answers["a"], ui.answers["b"], ui.status, ui.infos["a"], ui.infos["b"], ui.match]
     inputs = [ui.run_a, ui.ckpt_a, ui.run_b, ui.ckpt_b, ui.arena, ui.prompt, ui.input_text, ui.template, ui.sampler,
-              ui.temperature, ui.top_k, ui.top_p, ui.num_beams, ui.max_new, ui.seed]
+              ui.temperature, ui.top_k, ui.top_p, ui.num_beams, ui.max_new, ui.seed, ui.single]
     private = dict(api_visibility="private", queue=False)
-    gr.on([ui.generate.click, ui.prompt.submit], partial(_controls, True), None, controls, api_name="busy",
-          **private).then(demo.compare, inputs, shown, api_name="compare", concurrency_limit=None).then(
-        partial(_controls, False), None, controls, api_name="idle", **private)
+    gr.on([ui.generate.click, ui.prompt.submit], _busy, None, controls, api_name="busy", **private).then(
+        demo.compare, inputs, shown, api_name="compare", concurrency_limit=None).then(
+        partial(_idle, demo), [ui.match], controls, api_name="idle", **private)
     ui.stop.click(demo.stop, None, [ui.status], api_name="stop", queue=False)
+    voted = [ui.status, ui.infos["a"], ui.infos["b"], ui.summary, ui.match]
     for choice, button in ui.votes.items():
-        button.click(partial(demo.vote, choice=choice), [ui.match],
-                     [ui.status, ui.infos["a"], ui.infos["b"], ui.summary, ui.match], api_name=f"vote_{choice}")
+        button.click(partial(demo.vote, choice=choice), [ui.match], voted, api_name=f"vote_{choice}").then(
+            partial(_vote_buttons, demo), [ui.match], vote_buttons, api_name=f"voted_{choice}", **private)
+    for (side, rating), button in ui.thumbs.items():
+        button.click(partial(demo.rate, side=side, rating=rating), [ui.match], voted,
+                     api_name=f"thumb_{rating}_{side}").then(
+            partial(_vote_buttons, demo), [ui.match], vote_buttons, api_name=f"rated_{rating}_{side}", **private)
     for side, run, ckpt in (("a", ui.run_a, ui.ckpt_a), ("b", ui.run_b, ui.ckpt_b)):
         ckpt.input(partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"pick_{side}")
         run.input(demo.run_changed, [run], [ckpt, ui.max_new], api_name=f"run_{side}").then(
@@ -133,6 +170,9 @@ def _wire(demo, app, ui) -> None:
                    api_visibility="private")
     ui.arena.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="mode_changed",
                    api_visibility="private")
+    ui.single.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="single_changed",
+                    api_visibility="private").then(_mode, [ui.single], [ui.columns["b"], ui.pair_votes],
+                                                   api_name="single_layout", **private)
     pickers = [ui.run_a, ui.ckpt_a, ui.run_b, ui.ckpt_b]
     ui.refresh.click(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh")
     app.load(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh_on_load", api_visibility="private").then(

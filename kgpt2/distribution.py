@@ -27,7 +27,6 @@ variables), `local_rows` gives each process its rows of every batch, and
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from dataclasses import dataclass
 
@@ -179,6 +178,26 @@ class _DivisibleModelParallel(keras.distribution.ModelParallel):
         return keras.distribution.TensorLayout(axes, self.device_mesh)
 
 
+def same_attention_sharding(query, key, value):
+    """Query, key and value laid out alike on a sharded mesh; unchanged elsewhere.
+
+    cuDNN's fused attention partitions only inputs that share one sharding
+    ("Query, key and value should have same sharding" otherwise, seen on
+    2 x H200 with `train.mesh="data:2"`), and XLA infers each projection's
+    output sharding from its own kernel. So under `train.mesh` the three are
+    pinned to (batch on `data`, heads on `model` where it divides them).
+    """
+    distribution = keras.distribution.distribution()
+    if not isinstance(distribution, keras.distribution.ModelParallel) or query.shape[0] is None:
+        return query, key, value
+    mesh = distribution.device_mesh
+    sizes = dict(zip(mesh.axis_names, mesh.shape))
+    heads = "model" if query.shape[2] % sizes["model"] == 0 else None
+    batch = "data" if query.shape[0] % sizes["data"] == 0 else None
+    layout = keras.distribution.TensorLayout((batch, None, heads, None), mesh)
+    return tuple(keras.distribution.distribute_tensor(x, layout) for x in (query, key, value))
+
+
 @dataclass(frozen=True)
 class ShardedPlan:
     devices: tuple
@@ -267,7 +286,7 @@ def is_writer() -> bool:
 
 
 def local_rows(batches):
-    """This process's rows of every batch of a `WindowBatches`: the global batch split by process.
+    """This process's rows of every batch of a `WindowBatches` or `PackedBatches`: the global batch split by process.
 
     Keras (JAX) builds each global batch from every process's own rows
     (`jax.make_array_from_process_local_data`), so a process reads only the
@@ -281,10 +300,8 @@ def local_rows(batches):
     per_process = batches.batch_size // count
     rows = np.arange(batches.total_batches * batches.batch_size).reshape(-1, count, per_process)
     rows = rows[:, process_index(), :].ravel()
-    rows = rows[rows < len(batches.starts)]  # the last batch may be short
-    local = copy.copy(batches)
-    local.starts, local.ends, local.batch_size = batches.starts[rows], batches.ends[rows], per_process
-    return local
+    rows = rows[rows < batches.num_windows]  # the last batch may be short
+    return batches.take_rows(rows, per_process)
 
 
 def spans_processes(variables) -> bool:

@@ -26,8 +26,10 @@ from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.metrics import compile_lm, summarise
+from kgpt2.packed_attention import for_windows
 from kgpt2.preferences import PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout, targets_for
 from kgpt2.run import BASE, Run, build_run_model, snapshot
+from kgpt2.training_data import resolve_windows
 from kgpt2.validation import split_batches
 
 
@@ -66,12 +68,13 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if is_align_run(run):
         return evaluate_alignment(run, cfg, ids, batch_size, save)
     shards = ShardSet(cfg.data.shards)
+    cfg = resolve_windows(cfg, shards.manifest)  # a run's config.json names its windows; "auto" only from older files
     data = shards.split(split)
     if data.num_articles == 0:
         raise UserError(f"split '{split}' of '{cfg.data.shards}' holds no articles")
     model, tokenizer = build_run_model(cfg)
     shards.check_tokenizer(tokenizer)
-    compile_lm(model)
+    scorer = compile_lm(for_windows(model, cfg.data.windows))  # packed examples: scored packed, each on its own
     base = snapshot(model)
     # The same batches as training's own validation: instruction shards keep
     # their response-only loss mask here too.
@@ -84,7 +87,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
             run.restore(model, BASE, base=base)
         else:
             CheckpointManager.restore(model, ckpts[ckpt_id])
-        logs = model.evaluate(to_dataset(source), verbose=0, return_dict=True)
+        logs = scorer.evaluate(to_dataset(source), verbose=0, return_dict=True)
         row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": tokens}
         if ckpt_id != BASE:
             row.update(step=ckpts[ckpt_id].state["step"], stage=ckpts[ckpt_id].stage_number)
@@ -109,16 +112,17 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
     a = cfg.align
     pairs, unpaired = read_preferences(a.data, a.template)
     model, tokenizer = build_run_model(cfg)
-    held_x, _, _ = encode_preferences(cfg, pairs, unpaired, tokenizer)
+    rows = encode_preferences(cfg, pairs, unpaired, tokenizer)
+    held_x = rows.held_x
     with np.load(path) as cached:
         reference = cached["heldout"]
     if len(reference) != len(held_x["token_ids"]):
         raise UserError(f"the preference files of '{run.path}' changed since it was aligned ({a.data})")
-    y_true = targets_for(reference, held_x)
+    y_true = targets_for(reference, held_x, rows.held_labels)
     scorer, bs = PolicyLogProbs(model), batch_size or cfg.train.batch_size
     ckpts = {c.id: c for c in run.checkpoints().list()}
     options = {"label_smoothing": a.label_smoothing, "simpo_gamma": a.simpo_gamma}
-    rows = []
+    table = []
     for ckpt_id in ids:
         if ckpt_id == BASE:
             y_pred = y_true[:, :2]  # the policy before alignment is the reference
@@ -128,10 +132,18 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
         row = {"model": ckpt_id, **score_heldout(y_true, y_pred, a.loss, a.beta, **options), "split": "preferences"}
         if ckpt_id != BASE:
             row["step"] = ckpts[ckpt_id].state["step"]
-        rows.append(row | {"margins": (y_pred[:, 0] - y_true[:, 0]) - (y_pred[:, 1] - y_true[:, 1])})
+        table.append(row | {"margins": _margins(y_true, y_pred, a.loss)})
     if save:
-        save_alignment_table(run, rows)
-    return [{k: v for k, v in r.items() if k != "margins"} for r in rows]
+        save_alignment_table(run, table)
+    return [{k: v for k, v in r.items() if k != "margins"} for r in table]
+
+
+def _margins(y_true, y_pred, loss: str):
+    """Per held-out row: chosen - rejected log-ratio (KTO: the example's log-ratio, signed by its label)."""
+    import numpy as np
+
+    ratio = y_pred[:, :2] - y_true[:, :2]
+    return np.where(y_true[:, 4] > 0.5, ratio[:, 0], -ratio[:, 0]) if loss == "kto" else ratio[:, 0] - ratio[:, 1]
 
 
 def save_alignment_table(run: Run, rows: list[dict]) -> None:
@@ -153,7 +165,7 @@ def save_alignment_table(run: Run, rows: list[dict]) -> None:
     a1.tick_params(axis="x", rotation=30)
     a2.hist(rows[-1]["margins"], bins=40, color="C2")
     a2.axvline(0.0, color="grey", lw=0.8)
-    a2.set_title(f"{rows[-1]['model']}: chosen - rejected log-ratio per held-out pair")
+    a2.set_title(f"{rows[-1]['model']}: log-ratio margin per held-out row")
     fig.tight_layout()
     save_figure(fig, run.evaluation_table("preferences", "png"))
 

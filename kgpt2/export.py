@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import keras_hub
@@ -34,7 +31,7 @@ import keras_hub
 from kgpt2.adapters import merged_backbone as merge
 from kgpt2.devices import dtype_policy
 from kgpt2.errors import UserError
-from kgpt2.io import atomic_write_text
+from kgpt2.io import atomic_write_text, new_folder, refuse_used_folder
 from kgpt2.models import build_causal_lm, load_tokenizer, real_vocabulary_size, save_preset, save_unpadded_weights
 from kgpt2.peft_adapters import write_peft_adapter
 from kgpt2.run import load_run_config, restore
@@ -84,11 +81,6 @@ def write_preset(backbone, tokenizer: Tokenizer, out: Path) -> Path:
     return save_preset(backbone, tokenizer, out)
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"export target '{out}' already exists and is not empty; choose a new directory")
-
-
 def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     """Export checkpoint `checkpoint` of `run_dir` in format `to` ("hf" or "preset") to `out`.
 
@@ -98,7 +90,7 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     if to not in FORMATS:
         raise UserError(f"export format '{to}' is not one of {', '.join(FORMATS)}")
     out = Path(out)
-    _check_out(out)
+    refuse_used_folder(out, "export")  # before the model is built, not after
     cfg = load_run_config(run_dir)
     if to == "peft" and not cfg.lora.enabled:
         raise UserError(f"run '{run_dir}' trained all weights, not a LoRA adapter; export it with --to hf")
@@ -110,9 +102,7 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
             base = build_causal_lm(dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, enabled=False)))
         backbone = merged_backbone(base if to == "peft" else model)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with new_folder(out, "export") as tmp:
         if to == "peft":
             write_hf(backbone, tokenizer, tmp / "base")
             write_peft_adapter(model.backbone, cfg.lora, tmp, base=str(out.resolve() / "base"))
@@ -122,12 +112,4 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
             "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_id, "format": to,
             "lora_merged": cfg.lora.enabled and to != "peft", "config_hash": cfg.hash(),
         }, indent=2))
-        _check_out(out)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except OSError as e:
-        raise UserError(f"could not write export to '{out}': {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

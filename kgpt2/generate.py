@@ -98,7 +98,7 @@ class Generator:
                                          steps_per_launch=self.steps_per_launch or size, chunk=self.chunk)
         return self._engines[size]
 
-    def _encode(self, prompt: str, s: Settings) -> list[int]:
+    def _encode(self, prompt: str | list, s: Settings) -> list[int]:
         """The prompt's ids under the settings' template (generate_ids/stream_ids check and plan)."""
         return prompt_ids(self.tokenizer, prompt, s.template)  # chat: end-of-text as its token
 
@@ -144,12 +144,12 @@ class Generator:
             return self._beam(*self._plan(ids, settings), settings)
         return [t for chunk in self._chunks(ids, settings, None) for t in chunk]
 
-    def generate(self, prompt: str, settings: Settings | None = None, **kw) -> str:
-        """The continuation of `prompt` (the new text only)."""
+    def generate(self, prompt: str | list, settings: Settings | None = None, **kw) -> str:
+        """The continuation of `prompt` (the new text only); a list of chat messages is a chat prompt."""
         s = settings or Settings(**kw)
         return self.tokenizer.decode(self.generate_ids(self._encode(prompt, s), s))
 
-    def stream(self, prompt: str, settings: Settings | None = None, **kw) -> Iterator[str]:
+    def stream(self, prompt: str | list, settings: Settings | None = None, **kw) -> Iterator[str]:
         """Yield pieces of the continuation as tokens are produced."""
         s = settings or Settings(**kw)
         ids = self._encode(prompt, s)

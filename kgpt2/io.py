@@ -15,6 +15,10 @@ rename, fsync the folder) is a dozen lines.
     >>> tmp = d / ".b.tmp"; tmp.mkdir(); _ = (tmp / "x").write_text("1")
     >>> publish_folder(tmp, d / "b").name, (d / "b" / "x").read_text()
     ('b', '1')
+    >>> with new_folder(d / "c", "export") as building:
+    ...     _ = (building / "y").write_text("2")
+    >>> (d / "c" / "y").read_text()
+    '2'
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from kgpt2.errors import UserError
 
 
 def fsync_dir(path) -> None:
@@ -75,6 +83,38 @@ def publish_folder(tmp, final) -> Path:
         os.rename(tmp, final)
     fsync_dir(final.parent)
     return final
+
+
+def refuse_used_folder(out, what: str) -> None:
+    """A UserError unless `out` is absent or an empty folder: a new folder never replaces a user's files."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{what} target '{out}' already exists and is not empty; choose a new directory")
+
+
+@contextmanager
+def new_folder(out, what: str) -> Iterator[Path]:
+    """`with new_folder(out, "export") as tmp:` build the folder in `tmp`; it becomes `out` when the block ends.
+
+    `out` must be absent or empty (checked before and again after the build);
+    `tmp` sits beside it (same file system) and is removed whatever happens,
+    so a failure mid-build leaves `out` as it was. An OSError becomes a
+    UserError naming `out`; `what` names the folder in messages.
+    """
+    out = Path(out)
+    refuse_used_folder(out, what)
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        yield tmp
+        refuse_used_folder(out, what)  # something may have appeared there during the build
+        publish_folder(tmp, out)
+    except OSError as e:
+        raise UserError(f"could not write the {what} to '{out}': {e.strerror or e}") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def link_or_copy(src: Path, dest: Path) -> Path:

@@ -33,6 +33,7 @@ import numpy as np
 
 from kgpt2.config import ModelConfig
 from kgpt2.errors import UserError
+from kgpt2.io import new_folder, refuse_used_folder
 from kgpt2.models import load_tokenizer, save_preset
 
 # KerasNLP 0.6 attribute names -> keras-hub layer names in a variable path.
@@ -175,14 +176,8 @@ def import_legacy(path, out, tokenizer: str) -> Path:
     `tokenizer`: a KerasHub preset name (gpt2_base_en), a preset or Hugging
     Face directory, or a directory with vocabulary.json + merges.txt.
     """
-    import os
-    import shutil
-    import tempfile
-
-
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"import target '{out}' already exists and is not empty; choose a new directory")
+    refuse_used_folder(out, "import")  # before the weights are read, not after
     backbone = legacy_backbone(path)
     root = Path(tokenizer).expanduser()
     is_vocab_dir = (root / "vocabulary.json").is_file()
@@ -191,15 +186,6 @@ def import_legacy(path, out, tokenizer: str) -> Path:
     if tok.vocab_size != backbone.vocabulary_size:
         raise UserError(f"tokenizer '{tokenizer}' has {tok.vocab_size} tokens but the model "
                         f"{backbone.vocabulary_size}; name the tokenizer it was trained with")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with new_folder(out, "import") as tmp:
         save_preset(backbone, tok, tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except OSError as e:
-        raise UserError(f"could not write the preset to '{out}': {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

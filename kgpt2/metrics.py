@@ -15,6 +15,7 @@ import math
 import keras
 
 from kgpt2.models import real_vocabulary_size
+from kgpt2.packed_attention import for_windows
 
 
 def lm_loss():
@@ -32,31 +33,34 @@ def lm_metrics(token_loss: bool = True):
     return metrics
 
 
-def compile_lm(model, optimizer="adam", token_loss: bool = True, loss_chunk: int = 0, **kwargs):
+def compile_lm(model, optimizer="adam", token_loss: bool = True, loss_chunk: int = 0, fused_loss: bool = False,
+               **kwargs):
     """Compile with the masked loss and the accuracy (+ exact token loss) metrics.
 
     Train with `token_loss=False`: a batch's loss already is its mean token
     loss, and the metric's second cross-entropy over the whole logits tensor
     cost 2-3% of an H100 training step (docs/benchmarks.md).
     `loss_chunk` > 0 (train.loss_chunk, JAX, training only): the chunked
-    cross-entropy below, `loss_chunk` positions at a time; it needs
-    `token_loss=False` (the token-loss metric would want the full logits).
+    cross-entropy below, `loss_chunk` positions at a time; `fused_loss`
+    (train.fused_loss): the same loss in one piece (`token_losses`). Both
+    need `token_loss=False` (the token-loss metric would want the full logits).
     """
     model.compile(optimizer=optimizer, loss=lm_loss(), weighted_metrics=lm_metrics(token_loss), **kwargs)
-    if loss_chunk > 0 and not token_loss:
-        use_chunked_loss(model, loss_chunk)
+    if not token_loss and (loss_chunk > 0 or fused_loss):
+        use_chunked_loss(model, loss_chunk)  # 0: the whole sequence at once
     return model
 
 
-def evaluation_model(model):
+def evaluation_model(model, windows: str = "packed"):
     """A model on `model`'s backbone (the same variables) compiled with all metrics, for `evaluate`.
 
     Keras compiles a model's train and test steps with one metric list; this
     twin gives validation the exact token loss without adding it to every
-    training step of `model`.
+    training step of `model`. `windows` = "packed_examples": the twin takes
+    packed windows (kgpt2.packed_attention.for_windows).
     """
     twin = type(model)(backbone=model.backbone, preprocessor=None)
-    return compile_lm(twin)
+    return compile_lm(for_windows(twin, windows))
 
 
 def perplexity(token_loss: float) -> float:
@@ -124,18 +128,42 @@ def chunked_token_losses(hidden, embeddings, labels, real_vocabulary: int, chunk
     return loss.swapaxes(0, 1).reshape(batch, length), correct.swapaxes(0, 1).reshape(batch, length)
 
 
+def token_losses(hidden, embeddings, labels, real_vocabulary: int):
+    """Per-token (loss, correct) in one piece (train.fused_loss): what `chunked_token_losses` computes per chunk.
+
+    The logits come from one matmul with the whole (padded) embedding, in
+    the compute dtype; the pad columns are sliced off instead of masked, the
+    target logit is picked by a select-and-sum (its gradient is a select
+    fused into the softmax gradient, not a scatter), and the log-sum-exp is
+    float32. No `jax.checkpoint`: the backward keeps the bf16 logits.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    logits = jnp.einsum("bth,vh->btv", hidden, embeddings.astype(hidden.dtype))[..., :real_vocabulary]
+    wide = logits.astype("float32")
+    top = jax.lax.stop_gradient(jnp.max(wide, axis=-1, keepdims=True))
+    lse = jnp.log(jnp.sum(jnp.exp(wide - top), axis=-1)) + top[..., 0]
+    picked = jnp.arange(real_vocabulary) == labels[..., None].astype("int32")
+    target = jnp.sum(jnp.where(picked, wide, 0.0), axis=-1)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype("float32")
+    return lse - target, correct
+
+
 def use_chunked_loss(model, chunk: int) -> None:
     """Train `model` (compiled by `compile_lm` with accuracy only) with the chunked loss on JAX.
 
-    Replaces the model's `compute_loss_and_updates` (the function Keras' JAX
-    trainer differentiates) and its metric update for training steps;
-    evaluation and prediction keep the plain path. No-op on other backends
+    `chunk` > 0: `chunked_token_losses`; 0: `token_losses`, the whole
+    sequence at once (train.fused_loss). Replaces the model's
+    `compute_loss_and_updates` (the function Keras' JAX trainer
+    differentiates) and its metric update for training steps; evaluation
+    and prediction keep the plain path. No-op on other backends
     (TensorFlow keeps the plain loss) and for a quantised embedding.
     """
     import types
 
     embedding = model.backbone.token_embedding
-    if keras.backend.backend() != "jax" or chunk <= 0 or getattr(embedding, "quantization_mode", None):
+    if keras.backend.backend() != "jax" or chunk < 0 or getattr(embedding, "quantization_mode", None):
         return
     model.compute_loss_and_updates = types.MethodType(_chunked_loss_and_updates, model)
     model._update_metrics_variables = types.MethodType(_chunked_metrics_update, model)
@@ -152,14 +180,15 @@ def _chunked_loss_and_updates(self, trainable_variables, non_trainable_variables
                                                    metrics_variables, x, y, sample_weight, training, optimizer_variables)
     import jax.numpy as jnp
 
-
     mapping = list(zip(self.trainable_variables, trainable_variables))
     mapping += list(zip(self.non_trainable_variables, non_trainable_variables))
     with backend.StatelessScope(state_mapping=mapping) as scope:
-        hidden = self.backbone(x, training=True)
+        # A packed model (kgpt2.packed_attention.PackedCausalLM) computes its hidden states over packed windows.
+        hidden = self.hidden_states(x, training=True) if hasattr(self, "hidden_states") else self.backbone(x, training=True)
         embeddings = self.backbone.token_embedding.embeddings.value
-        losses, correct = chunked_token_losses(hidden, embeddings, y, real_vocabulary_size(self.backbone),
-                                               self._kgpt2_loss_chunk)
+        real, chunk = real_vocabulary_size(self.backbone), self._kgpt2_loss_chunk
+        losses, correct = (chunked_token_losses(hidden, embeddings, y, real, chunk) if chunk > 0
+                           else token_losses(hidden, embeddings, y, real))
     updated = []  # RNG seed states (dropout) advanced by the forward pass
     for ref, value in zip(self.non_trainable_variables, non_trainable_variables):
         new = scope.get_current_value(ref)

@@ -36,7 +36,8 @@ from kgpt2.checkpoints import CheckpointManager
 from kgpt2.engine import Engine
 from kgpt2.errors import UserError
 from kgpt2.generate import Generator
-from kgpt2.run import BASE, build_run_model, folder_fingerprint, list_checkpoints, list_runs, load_run_config, restore, snapshot
+from kgpt2.run import (BASE, Run, build_run_model, folder_fingerprint, list_checkpoints, list_runs, load_run_config,
+                       restore, snapshot)
 
 log = logging.getLogger("kgpt2")
 
@@ -53,6 +54,24 @@ def model_key(cfg) -> str:
     if cfg.model.preset == "scratch":  # random weights: each run has its own base
         key["run"] = str(Path(cfg.checkpoints_root) / cfg.run)
     return json.dumps(key, sort_keys=True)
+
+
+def local_folders(cfg) -> list[Path]:
+    """The run's preset and tokenizer where they are folders (what `model_key` reads the files of)."""
+    return [Path(p) for p in (cfg.model.preset, cfg.model.tokenizer) if p and Path(p).is_dir()]
+
+
+def files_state(paths) -> tuple:
+    """(path, size, mtime_ns) of each file at or under `paths`: a stat of each, nothing read."""
+    state = []
+    for path in map(Path, paths):
+        for f in sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]:
+            try:
+                st = f.stat()
+                state.append((str(f), st.st_size, st.st_mtime_ns))
+            except OSError:
+                state.append((str(f), None, None))
+    return tuple(state)
 
 
 def _nbytes(values) -> int:
@@ -100,6 +119,7 @@ class ModelPool:
         self.loads = 0  # checkpoints restored into a value list
         self.evictions = 0
         self._bases: OrderedDict[str, _Base] = OrderedDict()
+        self._keys: dict = {}  # run folder -> (files_state, its config, its model_key)
 
     # --- names ---
     def runs(self) -> list[str]:
@@ -133,8 +153,7 @@ class ModelPool:
     def get(self, run, checkpoint) -> Weights:
         """The weights of `checkpoint` of `run`, built / restored on first use."""
         run_dir, checkpoint = self.resolve(run, checkpoint)
-        cfg = load_run_config(run_dir)
-        key = model_key(cfg)
+        cfg, key = self.config_and_key(run_dir)
         with self.lock:
             base = self._base(key, cfg, run_dir)
             wid = BASE if checkpoint == BASE else str(run_dir / checkpoint)
@@ -149,6 +168,20 @@ class ModelPool:
             self._evict(keep=(key, wid))
         return Weights(f"{run}/{checkpoint}", engine, base.generator, values, engine.max_sequence_length,
                        describe(cfg, base.model, run_dir, checkpoint))
+
+    def config_and_key(self, run_dir: Path):
+        """The run's config and `model_key`, read again only when its config.json or a file of its local
+        preset or tokenizer changed size or mtime (a preset is not fingerprinted at every request)."""
+        config_path = Run(run_dir).config_path
+        cached = self._keys.get(run_dir)
+        if cached is not None and cached[0] == files_state([config_path, *local_folders(cached[1])]):
+            return cached[1], cached[2]
+        state = files_state([config_path])  # taken before reading: a change after it is seen next time
+        cfg = load_run_config(run_dir)
+        state += files_state(local_folders(cfg))
+        key = model_key(cfg)
+        self._keys[run_dir] = (state, cfg, key)
+        return cfg, key
 
     def info(self, run, checkpoint) -> str:
         """The model information line of a pick (loads it: a pick is usually generated with next)."""

@@ -33,6 +33,7 @@ import numpy as np
 from kgpt2 import compat
 from kgpt2.adapters import enable_lora
 from kgpt2.config import Config, ModelConfig
+from kgpt2.distribution import same_attention_sharding
 from kgpt2.errors import UserError
 from kgpt2.peft_adapters import load_peft_adapter
 from kgpt2.quantize import quantize_backbone
@@ -318,6 +319,7 @@ def use_causal_attention(backbone) -> None:
                 if (attention_mask is not None and t is not None and t == s and not return_attention_scores
                         and compat.attention_dropout(_layer) == 0 and not KEEP_ATTENTION_MASK.get()):
                     attention_mask, use_causal_mask = None, True
+                query, key, value = same_attention_sharding(query, key, value)
                 return compute(query, key, value, attention_mask=attention_mask, training=training,
                                return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
             return causal

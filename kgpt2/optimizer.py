@@ -18,8 +18,13 @@ from kgpt2.config import Config
 
 
 def make_schedule(cfg: Config, total_steps: int):
-    """Warmup to `train.learning_rate`, then cosine down to `train.min_learning_rate`."""
+    """Warmup to `train.learning_rate`, then cosine down to `train.min_learning_rate`.
+
+    Over `train.decay_steps` when set (nanoGPT's lr_decay_iters: a run cut
+    short follows the longer run's curve), else over the run's `total_steps`.
+    """
     t = cfg.train
+    total_steps = t.decay_steps or total_steps
     warmup = min(t.warmup_steps, max(0, total_steps - 1))
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else t.learning_rate,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kgpt2 import compat
 from kgpt2.models import KEEP_ATTENTION_MASK
 
 
@@ -39,9 +40,9 @@ def segment_mask(segment_ids):
     return ops.where(pad, ops.logical_and(same, eye), same)
 
 
-def packed_logits(causal_lm, token_ids, segment_ids, positions, training=False):
-    """Logits [B, T, V] of a GPT2CausalLM over packed windows."""
-    b = causal_lm.backbone
+def packed_hidden(backbone, token_ids, segment_ids, positions, training=False):
+    """The final hidden states [B, T, H] of a GPT2Backbone over packed windows."""
+    b = backbone
     token = KEEP_ATTENTION_MASK.set(True)
     try:
         x = b.token_embedding(token_ids)
@@ -51,22 +52,50 @@ def packed_logits(causal_lm, token_ids, segment_ids, positions, training=False):
         mask = segment_mask(segment_ids)
         for layer in b.transformer_layers:
             x = layer(x, decoder_attention_mask=mask, training=training)
-        x = b.layer_norm(x)
-        return b.token_embedding(x, reverse=True)
+        return b.layer_norm(x)
     finally:
         KEEP_ATTENTION_MASK.reset(token)
+
+
+def packed_logits(causal_lm, token_ids, segment_ids, positions, training=False):
+    """Logits [B, T, V] of a GPT2CausalLM over packed windows."""
+    b = causal_lm.backbone
+    return b.token_embedding(packed_hidden(b, token_ids, segment_ids, positions, training), reverse=True)
 
 
 class PackedCausalLM(keras.Model):
     """A GPT2CausalLM that takes packed windows ({token_ids, segment_ids, positions}) for `fit`.
 
     It shares every variable with the wrapped model, so checkpoints and the
-    merged export are the plain model's.
+    merged export are the plain model's. `fit` and `evaluate` read a grain
+    dataset as GPT2CausalLM's do (kgpt2.compat.declare_steps).
     """
 
     def __init__(self, causal_lm, **kwargs):
         super().__init__(**kwargs)
         self.causal_lm = causal_lm
 
+    @property
+    def backbone(self):
+        return self.causal_lm.backbone
+
+    def hidden_states(self, inputs, training=False):
+        """What `backbone(inputs)` is to a GPT2CausalLM (the chunked loss computes the logits from it)."""
+        return packed_hidden(self.backbone, inputs["token_ids"], inputs["segment_ids"], inputs["positions"], training)
+
+    def fit(self, x=None, y=None, **kwargs):
+        x, steps = compat.declare_steps(x, kwargs.get("steps_per_epoch"), kwargs.get("epochs", 1))
+        return super().fit(x, y, **(kwargs | ({"steps_per_epoch": steps} if steps is not None else {})))
+
+    def evaluate(self, x=None, y=None, **kwargs):
+        x, steps = compat.declare_steps(x, kwargs.get("steps"))
+        return super().evaluate(x, y, **(kwargs | ({"steps": steps} if steps is not None else {})))
+
     def call(self, inputs, training=False):
         return packed_logits(self.causal_lm, inputs["token_ids"], inputs["segment_ids"], inputs["positions"], training)
+
+
+def for_windows(causal_lm, windows: str):
+    """The model that trains and scores `data.windows`' batches: a `PackedCausalLM` over
+    `causal_lm` for "packed_examples", else `causal_lm` itself (its fused causal kernel kept)."""
+    return PackedCausalLM(causal_lm) if windows == "packed_examples" else causal_lm

@@ -23,6 +23,9 @@ KL estimate z (clamped at 0, no gradient), as TRL's KTOTrainer does:
 
     kto    desirable 1 - sigmoid(beta (r - z)), undesirable 1 - sigmoid(beta (z - r))
 
+Held out, paired losses are judged by `pair_metrics`, KTO on examples by
+`kto_metrics` (how often a desirable example's reward beats an undesirable one's).
+
 TRL is torch-only; these are its formulas on any Keras backend.
 
     >>> import numpy as np
@@ -116,13 +119,35 @@ class PreferenceLoss(keras.losses.Loss):
 
 
 def pair_metrics(y_true, y_pred, kind: str, beta: float) -> dict:
-    """Held-out paired metrics (numpy): reward accuracy (ties are no win), mean margin, mean rewards.
-
-    A KTO run is judged on pairs with DPO's rewards, beta (log pi - log ref).
-    """
-    r0, r1 = rewards(np.asarray(y_true, "float32"), np.asarray(y_pred, "float32"),
-                     "dpo" if kind == "kto" else kind, beta)
+    """Held-out paired metrics (numpy): reward accuracy (ties are no win), mean margin, mean rewards."""
+    r0, r1 = rewards(np.asarray(y_true, "float32"), np.asarray(y_pred, "float32"), kind, beta)
     r0, r1 = np.asarray(r0, "float64"), np.asarray(r1, "float64")
     margin = r0 - r1
     return {"reward_accuracy": float(np.mean(margin > 0)), "reward_margin": float(margin.mean()),
             "chosen_reward": float(r0.mean()), "rejected_reward": float(r1.mean()), "pairs": int(len(margin))}
+
+
+def kto_metrics(y_true, y_pred, kind: str = "kto", beta: float = 0.1) -> dict:
+    """Held-out KTO metrics (numpy) on examples: reward r = beta (log pi - log ref) of slot 0, per label.
+
+    ranking_accuracy: the share of (desirable, undesirable) example pairs
+    whose desirable reward is higher (pair_metrics' accuracy for unpaired
+    data; ties are no win); sign_accuracy: the share with the label's sign.
+    reward_accuracy is the ranking accuracy, or the sign accuracy when the
+    held-out examples have one label only; reward_margin likewise the mean
+    desirable minus the mean undesirable reward, or the mean signed reward.
+    KTO tends to lower every log-prob, so the ranking is the fairer score.
+    """
+    r, _ = rewards(np.asarray(y_true, "float32"), np.asarray(y_pred, "float32"), "kto", beta)
+    r = np.asarray(r, "float64")
+    good = np.asarray(y_true, "float32")[:, 4] > 0.5
+    signed = np.where(good, r, -r)
+    both = bool(good.any() and (~good).any())
+    ranking = float((r[good][:, None] > r[~good][None, :]).mean()) if both else None
+    mean = lambda x: float(x.mean()) if len(x) else None  # noqa: E731
+    sign = float(np.mean(signed > 0))
+    return {"reward_accuracy": sign if ranking is None else ranking,
+            "reward_margin": mean(r[good]) - mean(r[~good]) if both else float(signed.mean()),
+            "chosen_reward": mean(r[good]), "rejected_reward": mean(r[~good]), "pairs": int(len(r)),
+            "ranking_accuracy": ranking, "sign_accuracy": sign, "desirable": int(good.sum()),
+            "undesirable": int((~good).sum())}

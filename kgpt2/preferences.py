@@ -16,6 +16,7 @@ report.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -23,35 +24,51 @@ import numpy as np
 from keras import ops
 
 from kgpt2.data.preference_pairs import encode_pairs, encode_rows, heldout_mask, kto_rows, unpair
-from kgpt2.preference_losses import pair_metrics, preference_loss
+from kgpt2.preference_losses import kto_metrics, pair_metrics, preference_loss
 
-REFERENCE_FILE = "reference.npz"  # in the run folder: log-probs before alignment (train rows, held-out pairs)
+REFERENCE_FILE = "reference.npz"  # in the run folder: log-probs before alignment (train and held-out rows)
 
 
 def reference_path(run_dir) -> Path:
     return Path(run_dir) / REFERENCE_FILE
 
 
-def encode_preferences(cfg, pairs: list, unpaired: list, tokenizer, stats=None):
-    """(held-out pair inputs, training inputs, training labels) as `kgpt2 align` trains and evaluates them.
+@dataclass
+class Encoded:
+    """The rows `kgpt2 align` trains and judges on, as `encode_rows` arrays with a label per row."""
 
-    Pairs are held out by a seeded hash of the prompt; with `align.loss = "kto"`
-    the training pairs become desirable / undesirable examples (plus the
-    unpaired ones), each with a mismatched completion in slot 1.
+    held_x: dict
+    held_labels: np.ndarray
+    train_x: dict
+    train_labels: np.ndarray
+
+
+def encode_preferences(cfg, pairs: list, unpaired: list, tokenizer, stats=None) -> Encoded:
+    """The held-out and training rows of `kgpt2 align` (and of `kgpt2 evaluate` on its run).
+
+    Prompts are held out by a seeded hash. Paired losses: held-out and
+    training pairs (slot 0 chosen, slot 1 rejected). `align.loss = "kto"`:
+    desirable / undesirable examples (the pairs unpaired, plus the unpaired
+    ones, e.g. demo thumbs), each with a mismatched completion in slot 1, on
+    both sides of the split: KTO is judged on held-out examples, as TRL does.
     """
     a, T = cfg.align, cfg.data.sequence_length
+    if a.loss == "kto":
+        examples = unpair(pairs) + unpaired
+        held = heldout_mask([e["prompt"] for e in examples], a.heldout_fraction, cfg.seed)
+        parts = [_kto_encoded([e for e, h in zip(examples, held) if h == side], tokenizer, T, cfg.seed, stats)
+                 for side in (True, False)]
+        return Encoded(*parts[0], *parts[1])
     held = heldout_mask([p["prompt"] for p in pairs], a.heldout_fraction, cfg.seed)
     held_x, _ = encode_pairs(tokenizer, [p for p, h in zip(pairs, held) if h], T, stats)
-    train_pairs = [p for p, h in zip(pairs, held) if not h]
-    if a.loss == "kto":
-        examples = unpair(train_pairs) + unpaired
-        train_x, kept = encode_rows(tokenizer, kto_rows(examples, cfg.seed), T, stats)
-        labels = np.array([examples[k]["label"] for k in kept], "float32")
-    else:
-        rows = [(p["prompt"], p["chosen"], p["rejected"]) for p in train_pairs]
-        train_x, kept = encode_rows(tokenizer, rows, T, stats)
-        labels = np.ones(len(kept), "float32")
-    return held_x, train_x, labels
+    rows = [(p["prompt"], p["chosen"], p["rejected"]) for p, h in zip(pairs, held) if not h]
+    train_x, kept = encode_rows(tokenizer, rows, T, stats)
+    return Encoded(held_x, np.ones(len(held_x["token_ids"]), "float32"), train_x, np.ones(len(kept), "float32"))
+
+
+def _kto_encoded(examples: list, tokenizer, T: int, seed: int, stats) -> tuple[dict, np.ndarray]:
+    x, kept = encode_rows(tokenizer, kto_rows(examples, seed), T, stats)
+    return x, np.array([examples[k]["label"] for k in kept], "float32")
 
 
 def token_logprobs(logits, targets):
@@ -96,9 +113,8 @@ def targets_for(reference: np.ndarray, inputs: dict, labels=None) -> np.ndarray:
 
 
 def score_heldout(y_true: np.ndarray, y_pred: np.ndarray, kind: str, beta: float, **loss_options) -> dict:
-    """Reward accuracy, margin, rewards and the loss on held-out pairs (slot 0 chosen)."""
-    metrics = pair_metrics(y_true, y_pred, kind, beta)
-    paired = "dpo" if kind == "kto" else kind  # KTO's held-out set is pairs: judged by DPO's loss
-    loss = preference_loss(y_true, y_pred, paired, beta, **loss_options)
+    """Reward accuracy, margin, rewards and the loss on the held-out rows (pairs; KTO: examples)."""
+    metrics = (kto_metrics if kind == "kto" else pair_metrics)(y_true, y_pred, kind, beta)
+    loss = preference_loss(y_true, y_pred, kind, beta, **loss_options)
     metrics["loss"] = float(np.mean(np.asarray(loss, "float64")))
     return metrics

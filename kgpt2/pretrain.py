@@ -26,10 +26,12 @@ def run_summary(run_dir) -> dict:
     """Speed and loss of a run from its logs: what docs/benchmarks.md reports.
 
     logs/steps.csv has one row per executed call of the train function (one
-    step, or `train.steps_per_execution` steps), timed between batch ends
-    within one `fit` call. From it:
-    - `ms_per_step_median` / `_p90`: per-step time of the rows after the
-      first `warm` steps, rows that ran an evaluation excluded (steady state);
+    step, or `train.steps_per_execution` steps), stamped when its loss
+    reached the host. From it:
+    - `ms_per_step_median` / `_p90`: per-step time of each row (the time
+      since the row before it, per step) after the first `warm` steps, rows
+      that ran an evaluation or a checkpoint excluded (steady state; the same
+      windows benchmarks/shakespeare_vs_nanogpt.py times nanoGPT by);
     - `first_execution_s`: the first row, XLA compilation included;
     - `ms_per_step_wall`: training wall time from the first to the last row
       (fit restarts at epoch ends included, evaluation time excluded) per step;
@@ -44,14 +46,18 @@ def run_summary(run_dir) -> dict:
     step_ids = steps["step"].to_numpy(dtype=np.int64)
     ran = np.diff(step_ids, prepend=step_ids[0] - (step_ids[0] if len(step_ids) == 1 else step_ids[1] - step_ids[0]))
     ran[0] = max(1, min(ran[0], step_ids[0]))  # the first row: steps since the run (re)started
-    per_step = tokens_per_step / steps["tokens_per_s"].to_numpy(dtype=float)  # seconds per step in each row
+    per_step = tokens_per_step / steps["tokens_per_s"].to_numpy(dtype=float)  # the first row: compile included
+    times = steps["time"].to_numpy(dtype=float)
+    row_s = np.diff(times, prepend=np.nan) / ran  # (the tokens_per_s column is a mean since the fit call began)
     eval_steps = sorted(int(s) for s in evals["step"]) if not evals.empty else []
+    every = cfg.train.checkpoint_every
+    breaks = eval_steps + (list(range(every, int(step_ids[-1]) + 1, every)) if every else [])
     warm = min(50, max(1, int(step_ids[-1]) // 10))
-    had_eval = np.array([any(lo < e <= hi for e in eval_steps) for lo, hi in zip(step_ids - ran, step_ids)])
-    steady = per_step[(step_ids - ran >= warm) & ~had_eval]
+    # an evaluation or a checkpoint after step e lies between rows lo and hi when lo <= e < hi (a new `fit` too)
+    had_break = np.array([any(lo <= e < hi for e in breaks) for lo, hi in zip(step_ids - ran, step_ids)])
+    steady = row_s[(step_ids - ran >= warm) & ~had_break & np.isfinite(row_s)]
     eval_seconds = float(evals["eval_seconds"].sum()) if not evals.empty else 0.0
     before_first = float(evals.loc[evals["step"] <= step_ids[0] - ran[0], "eval_seconds"].sum()) if eval_steps else 0.0
-    times = steps["time"].to_numpy(dtype=float)
     wall = times[-1] - times[0] - (eval_seconds - before_first)
     summary = {
         "run": str(run_dir), "steps": int(step_ids[-1]), "tokens_per_step": tokens_per_step,

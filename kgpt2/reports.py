@@ -49,14 +49,28 @@ def recipe_list(listing: list[tuple[str, str]]) -> str:
 
 
 def train_report(result) -> str:
-    return f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})"
+    """`kgpt2 train`: the steps, where the run is, and what padding cost (example windows only)."""
+    line = f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})"
+    last = next((m for m in reversed(result.stages) if "padding" in m), None)
+    if last is None:
+        return line
+    if "examples_per_window" in last:
+        return (f"{line}\npadding: {last['padding']:.1%} of the target positions ({last['examples_per_window']:.2f} "
+                f"examples packed per window; one example per window: {last['padding_one_per_window']:.1%}), "
+                f"{last['truncated']} examples truncated")
+    return f"{line}\npadding: {last['padding']:.1%} of the target positions (one example per window), " \
+           f"{last['truncated']} examples truncated"
 
 
 def align_report(result: dict, run_dir) -> str:
     """`kgpt2 align`: what happened to the pairs, and the held-out metrics before and after."""
     p = result["pairs"]
+    kto = result.get("loss") == "kto"
+    unpaired = (f", {p['unpaired']} unpaired examples" if kto and p.get("unpaired") else
+                f", {p['unpaired_skipped']} unpaired vote answers skipped" if p.get("unpaired_skipped") else "")
     lines = [f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
-             f"chosen == rejected dropped, {p['too_long_dropped']} too long; {p['train']} train, {p['heldout']} held out"
+             f"chosen == rejected dropped{unpaired}, {p['too_long_dropped']} too long; {p['train']} train, "
+             f"{p['heldout']} held out" + (" examples" if kto else "")
              + (f" ({result['loss']})" if "loss" in result else "")]
     for when in ("before", "after"):
         m = result[f"heldout_{when}"]

@@ -1,6 +1,7 @@
 """What a run records for people: the step CSV, the stage table and the plots.
 
-    logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s, time
+    logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s (window positions), time,
+                       padding (share of the step's target positions that hold no token)
     stages.csv|json    validation metrics after each stage
     loss.png           training loss per step, stage boundaries marked,
                        and validation metrics per stage
@@ -30,7 +31,7 @@ import keras
 from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.run import Run
 
-STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time"]
+STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time", "padding"]
 
 
 def truncate_csv(path: Path, fields: list, after_step: int) -> list[dict]:
@@ -75,9 +76,10 @@ class StepLog:
                 self._tensorboard = tf.summary.create_file_writer(str(self.tensorboard_dir))
         return self._tensorboard or None
 
-    def callback(self, first_step: int, schedule, stage: int, tokens_per_batch: int):
-        """The logger for one `fit` call whose first batch is global step `first_step + 1`."""
-        return _StepLogger(self.path, first_step, schedule, stage, tokens_per_batch, self.tensorboard())
+    def callback(self, first_step: int, schedule, stage: int, tokens_per_batch: int, paddings=None):
+        """The logger for one `fit` call whose first batch is global step `first_step + 1`
+        (`paddings`: the padding share of each of its batches, for the `padding` column)."""
+        return _StepLogger(self.path, first_step, schedule, stage, tokens_per_batch, self.tensorboard(), paddings)
 
 
 class _StepLogger(keras.callbacks.Callback):
@@ -92,8 +94,9 @@ class _StepLogger(keras.callbacks.Callback):
 
     async_safe = True
 
-    def __init__(self, path, first_step, schedule, stage, tokens_per_batch, tensorboard=None):
+    def __init__(self, path, first_step, schedule, stage, tokens_per_batch, tensorboard=None, paddings=None):
         super().__init__()
+        self.paddings = paddings
         self.path, self.first_step, self.schedule = path, first_step, host_schedule(schedule)
         self.tensorboard = tensorboard
         self.stage, self.tokens_per_batch = stage, tokens_per_batch
@@ -123,7 +126,8 @@ class _StepLogger(keras.callbacks.Callback):
             elapsed = now - since
             row = [step, self.stage + 1, f"{float(logs.get('loss', float('nan'))):.6f}",
                    f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
-                   f"{self.tokens_per_batch * (done - since_done) / elapsed:.1f}" if elapsed > 0 else "", f"{now:.4f}"]
+                   f"{self.tokens_per_batch * (done - since_done) / elapsed:.1f}" if elapsed > 0 else "", f"{now:.4f}",
+                   f"{self.paddings[done - 1]:.4f}" if self.paddings is not None and done <= len(self.paddings) else ""]
             self._rows.append(row)
             if len(self._rows) >= 64:
                 self._flush()

@@ -1,7 +1,9 @@
 """`kgpt2 serve`: a run's model behind an OpenAI-compatible HTTP API, on the batched engine.
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions` (messages
-rendered with the run's prompt template), `GET /v1/models`, `GET /health`.
+rendered with the run's prompt template; the `chat` template's ids are
+those `kgpt2 train` trained on, end-of-text ids between the turns),
+`GET /v1/models`, `GET /health`.
 `"stream": true` answers with server-sent events as OpenAI does. Requests
 from all clients decode together in the engine's slots; when the slots and
 the waiting queue are full the answer is 429. Errors use OpenAI's shape,
@@ -39,7 +41,7 @@ from pydantic import BaseModel, Field
 from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
-from kgpt2.templates import render_prompt
+from kgpt2.templates import chat_prompt_ids, render_prompt
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -92,6 +94,16 @@ def chat_prompt(messages: list[dict], template: str) -> str:
     return render_prompt(messages[last]["content"], "instruction", context)
 
 
+def chat_ids(tokenizer, messages: list[dict], template: str) -> list[int]:
+    """The ids a chat request prompts with: the `chat` template's (a developer turn is a system turn),
+    else the tokens of `chat_prompt`'s text."""
+    if template == "chat":
+        turns = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+                 for m in messages]
+        return chat_prompt_ids(tokenizer, turns)
+    return tokenizer.encode(chat_prompt(messages, template))
+
+
 class Service:
     """The engine, the run's defaults and the queue limit, shared by all routes."""
 
@@ -108,7 +120,7 @@ class Service:
                 s = replace(s, **{name: getattr(body, name)})
         return s
 
-    def submit(self, body: _Sampled, prompt: str, max_tokens: Optional[int], listener):
+    def submit(self, body: _Sampled, ids: list[int], max_tokens: Optional[int], listener):
         """Queue one generation, or raise the OpenAI error a client should see."""
         if body.model != self.model_id:
             raise OpenAIError(404, f"The model '{body.model}' does not exist; this server has '{self.model_id}'",
@@ -117,7 +129,7 @@ class Service:
         if engine.busy >= engine.slots + self.max_queue:
             raise OpenAIError(429, "the server's queue is full; retry later", type="rate_limit_exceeded",
                               code="rate_limit_exceeded")
-        ids = engine.tokenizer.encode(prompt) or [engine.tokenizer.eos_id]  # empty: a new document
+        ids = list(ids) or [engine.tokenizer.eos_id]  # empty: a new document
         room = engine.cache_length - len(ids)
         if room < 1 or (max_tokens is not None and max_tokens > room):
             raise OpenAIError(400, f"the prompt is {len(ids)} tokens and {max_tokens or 1} more were asked for; "
@@ -138,11 +150,11 @@ def _event(data) -> str:
     return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
 
 
-async def _answer(service: Service, http: Request, body: _Sampled, prompt: str, max_tokens, shape):
+async def _answer(service: Service, http: Request, body: _Sampled, ids: list[int], max_tokens, shape):
     """Run one request; `shape(piece, finish_reason, usage, first)` makes its JSON object(s)."""
     loop = asyncio.get_running_loop()
     woken = asyncio.Queue()
-    request, prompt_tokens = service.submit(body, prompt, max_tokens,
+    request, prompt_tokens = service.submit(body, ids, max_tokens,
                                             lambda: loop.call_soon_threadsafe(woken.put_nowait, None))
 
     def usage():
@@ -222,18 +234,18 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise OpenAIError(400, "send one prompt per request", param="prompt")
-        rid, created = _id("cmpl"), int(time.time())
+        ids, rid, created = service.engine.tokenizer.encode(prompts[0]), _id("cmpl"), int(time.time())
 
         def shape(text, finish, usage, first):
             out = {"id": rid, "object": "text_completion", "created": created, "model": service.model_id,
                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
             return out | ({"usage": usage} if usage else {})
 
-        return await _answer(service, http, body, prompts[0], body.max_tokens or 16, shape)
+        return await _answer(service, http, body, ids, body.max_tokens or 16, shape)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(body: ChatRequest, http: Request):
-        prompt = chat_prompt([m.model_dump() for m in body.messages], service.defaults.template)
+        ids = chat_ids(service.engine.tokenizer, [m.model_dump() for m in body.messages], service.defaults.template)
         rid, created = _id("chatcmpl"), int(time.time())
 
         def shape(text, finish, usage, first):
@@ -247,7 +259,7 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
             out = {"id": rid, "object": kind, "created": created, "model": service.model_id, "choices": [choice]}
             return out | ({"usage": usage} if usage else {})
 
-        return await _answer(service, http, body, prompt, body.max_completion_tokens or body.max_tokens, shape)
+        return await _answer(service, http, body, ids, body.max_completion_tokens or body.max_tokens, shape)
 
     return app
 

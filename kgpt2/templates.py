@@ -8,7 +8,14 @@ model exactly as it was trained. `chat` is ChatML-style for `messages` data
 its content, closed by GPT-2's end-of-text token, which doubles as the turn
 separator (GPT-2 has no `<|im_start|>`/`<|im_end|>`, and end-of-text already
 means "stop" to the samplers). Turns are tokenised apart, so the end-of-text
-is always the token itself, never the text "<|endoftext|>".
+is always the token itself, never the text "<|endoftext|>" (which BPE would
+cut into pieces such as `<`, `|`, `end`, `of`, `text`, `|`, `>`).
+
+One rendering path: `prompt_ids` gives the ids every consumer prompts with
+(`kgpt2 generate`, the demo, `kgpt2 serve`'s chat completions, `kgpt2 align`'s
+preference prompts, via kgpt2.data.examples), and a chat prompt's ids are
+exactly the start of the ids `kgpt2 train` trains the whole conversation on.
+A prompt is text, or (chat) a list of messages: the conversation so far.
 
     >>> from kgpt2.templates import format_prompt, render_prompt
     >>> print(format_prompt("Name a colour.", ""))
@@ -93,8 +100,19 @@ def encode_segments(tokenizer, segments) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
-def prompt_ids(tokenizer, prompt: str, template: str = "plain") -> list[int]:
-    """The ids a model is prompted with: a rendered prompt, or a one-turn chat with its end-of-text ids."""
+def chat_prompt_ids(tokenizer, messages: list[dict], where: str = "messages") -> list[int]:
+    """The ids a chat model answers: the conversation so far, then an open assistant header."""
+    return encode_segments(tokenizer, chat_segments(messages, where=where))[0]
+
+
+def prompt_ids(tokenizer, prompt, template: str = "plain", input_text: str = "") -> list[int]:
+    """The ids a model is prompted with: a rendered prompt, or a chat with its end-of-text ids.
+
+    `prompt` is text (rendered with `template`; `chat` makes it one user turn)
+    or a list of chat messages (always the chat template).
+    """
+    if isinstance(prompt, list):
+        return chat_prompt_ids(tokenizer, prompt)
     if template == "chat":
-        return encode_segments(tokenizer, chat_segments([{"role": "user", "content": prompt}]))[0]
-    return tokenizer.encode(render_prompt(prompt, template))
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
+    return tokenizer.encode(render_prompt(prompt, template, input_text))

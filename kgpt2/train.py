@@ -53,21 +53,24 @@ import keras_hub
 from kgpt2 import memory  # read at call time: a test stands in for the device's memory
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
-from kgpt2.data.batches import EpochBatches, WindowBatches, split_options, to_dataset
+from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device
-from kgpt2.distribution import is_writer, local_rows, plan_distribution, process_count, start_processes
+from kgpt2.distribution import is_writer, plan_distribution, process_count, start_processes
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.lock import RunLock
 from kgpt2.metrics import compile_lm, evaluation_model
 from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
 from kgpt2.optimizer import make_optimizer
+from kgpt2.packed_attention import for_windows
 from kgpt2.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record, split_checkpoint
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
 from kgpt2.scratch import resolve_scratch
 from kgpt2.stage_plan import StagePlan, plan_stages
+from kgpt2.training_data import describe_plan  # noqa: F401  (kgpt2.train.describe_plan: `kgpt2 train --dry-run`)
+from kgpt2.training_data import describe_padding, plan_steps, resolve_windows, stage_batches
 from kgpt2.validation import evaluate_split
 
 log = logging.getLogger("kgpt2")
@@ -157,6 +160,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
         self.shards = ShardSet(cfg.data.shards)
         self.shards.check_tokenizer(self.tokenizer)
+        cfg = resolve_windows(cfg, self.shards.manifest)  # "auto" -> the run's config.json names what it trains on
         self.init_from = _init_checkpoint(cfg)
         self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         self.run = Run.of(cfg)
@@ -234,10 +238,14 @@ class Trainer:
     def build(self) -> None:
         cfg = self.cfg
         self.model = build_causal_lm(cfg)
+        # What `fit` trains: the model itself, or (packed examples) a wrapper over the same variables
+        # that confines attention to each example; checkpoints and exports hold `self.model`.
+        self.fit_model = for_windows(self.model, cfg.data.windows)
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
-        compile_lm(self.model, self.optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
-                   steps_per_execution=cfg.train.steps_per_execution)
-        self.evaluator = evaluation_model(self.model)  # validation's exact token loss, off the training step
+        compile_lm(self.fit_model, self.optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
+                   fused_loss=cfg.train.fused_loss, steps_per_execution=cfg.train.steps_per_execution)
+        # validation's exact token loss, off the training step, on the same kind of windows
+        self.evaluator = evaluation_model(self.model, cfg.data.windows)
         params = count_params(self.model)
         log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
                  f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
@@ -248,8 +256,8 @@ class Trainer:
         cursor = Cursor()
         self.store.remove_leftovers()  # of a killed earlier process; the lock says none is live
         if self.latest is not None:
-            # model.optimizer: under mixed_float16 Keras wraps ours in a LossScaleOptimizer, whose scale is saved too
-            state = CheckpointManager.restore(self.model, self.latest, self.model.optimizer)
+            # fit_model.optimizer: under mixed_float16 Keras wraps ours in a LossScaleOptimizer, whose scale is saved too
+            state = CheckpointManager.restore(self.model, self.latest, self.fit_model.optimizer)
             cursor = Cursor.from_state(state)
             self.stage_metrics = state.get("stage_metrics", [])
             log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", self.latest.id,
@@ -283,7 +291,7 @@ class Trainer:
                  stage.first, stage.end - 1, stage.num_articles, f"{hi - lo:,}")
         first = stage_batches(self.cfg, self.split, stage, 0)
         per_epoch = len(first)  # every epoch permutes the same windows
-        self.padding = self._describe_padding(stage, first)
+        self.padding = describe_padding(self.cfg, self.split, stage, first)
         stage_end = per_epoch * self.epochs
         if self.epochs > 1 and cursor.position(per_epoch) < stage_end:
             log.info("%s: %d epochs of %d batches", stage.name, self.epochs, per_epoch)
@@ -311,23 +319,15 @@ class Trainer:
         cfg, split = self.cfg, self.split
         source = EpochBatches(lambda e: stage_batches(cfg, split, stage, e), per_epoch, position, position + n)
         tokens_per_batch = cfg.train.batch_size * cfg.data.sequence_length
-        logger = self.steps_log.callback(cursor.step, self.schedule, stage.index, tokens_per_batch)
-        self.model.fit(to_dataset(source), epochs=1, verbose=self.verbose, shuffle=False, callbacks=[logger])
-
-    def _describe_padding(self, stage, batches: WindowBatches) -> dict:
-        """With one example per window: what the padding costs (logged, and kept in the stage table)."""
-        if self.cfg.data.windows != "example":
-            return {}
-        padding = {"padding": batches.padding_fraction(), "truncated": batches.truncated}
-        log.info("%s: one example per window; %.1f%% of the target positions are padding, "
-                 "%d examples truncated", stage.name, 100 * padding["padding"], padding["truncated"])
-        return padding
+        logger = self.steps_log.callback(cursor.step, self.schedule, stage.index, tokens_per_batch,
+                                         paddings=source.batch_paddings())
+        self.fit_model.fit(to_dataset(source), epochs=1, verbose=self.verbose, shuffle=False, callbacks=[logger])
 
     # -- 5. end_stage: validation, checkpoint, export, tables, plots
     def end_stage(self, stage, cursor: Cursor) -> Cursor:
         metrics = self._evaluate("validation")
         metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor.step)
-        metrics.update(self.padding)  # empty unless one example per window
+        metrics.update(self.padding)  # empty for token-stream windows
         self.stage_metrics.append(metrics)
         cursor = dataclasses.replace(cursor, stage=stage.index + 1, epoch=0, batch=0)
         # The export is written inside the stage-end checkpoint, then linked into the run folder.
@@ -352,9 +352,9 @@ class Trainer:
                      config_hash=cfg.hash(), shards=self.shards.manifest["content_hash"],
                      stages=cfg.train.stages, stage_ends=[s.end for s in self.stages], epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                      max_steps=cfg.train.max_steps, versions=_versions(), tokenizer=self.tokenizer.hash,
-                     stage_offset=self.stage_offset, step_offset=self.step_offset,
+                     stage_offset=self.stage_offset, step_offset=self.step_offset, windows=cfg.data.windows,
                      learning_rate=float(self.schedule(cursor.step)))
-        return self.store.save(self.model, self.model.optimizer, state, export=export)
+        return self.store.save(self.model, self.fit_model.optimizer, state, export=export)
 
     def _checkpoint_at(self, cursor: Cursor) -> Checkpoint:
         """The checkpoint at the cursor's step: the one just saved there, or a new one (the best, kept)."""
@@ -371,37 +371,6 @@ class Trainer:
     def result(self, cursor: Cursor) -> TrainResult:
         latest = self.store.latest()
         return TrainResult(self.run.path, cursor.step, self.stage_metrics, latest.id if latest else "")
-
-
-def stage_batches(cfg: Config, split, stage, epoch: int) -> WindowBatches:
-    lo, hi = split.token_range(stage.first, stage.end)
-    return local_rows(WindowBatches(split.tokens, lo, hi, sequence_length=cfg.data.sequence_length,
-                         batch_size=cfg.train.batch_size, seed=cfg.seed, stage=stage.index,
-                         epoch=epoch, shuffle=True,
-                         shift=cfg.data.shift_windows,
-                         **split_options(split, stage.first, stage.end, cfg.data.loss_on, cfg.data.windows)))
-
-
-def plan_steps(cfg: Config, split, stages, done: int = 0) -> tuple[int, int]:
-    """(epochs per stage, total steps): the plan after `done` earlier steps, cut at `train.max_steps`.
-
-    `train.epochs = 0` with `max_steps` = as many epochs as the steps need
-    (nanoGPT counts iterations, kgpt2 counts passes over permuted windows).
-    """
-    epochs, max_steps = cfg.train.epochs, cfg.train.max_steps
-    if epochs < 0 or max_steps < 0:
-        raise UserError("train.epochs and train.max_steps must not be negative")
-    if cfg.train.steps_per_execution < 1:
-        raise UserError(f"train.steps_per_execution must be at least 1, got {cfg.train.steps_per_execution}")
-    if cfg.train.loss_chunk < 0:
-        raise UserError(f"train.loss_chunk must be 0 (the plain loss) or a number of positions, got {cfg.train.loss_chunk}")
-    per_epoch = sum(len(stage_batches(cfg, split, s, 0)) for s in stages)
-    if epochs == 0:
-        if not max_steps:
-            raise UserError("train.epochs = 0 means \"as many as train.max_steps needs\"; set train.max_steps too")
-        epochs = max(1, -(-(max_steps - done) // max(1, per_epoch)))
-    total = done + per_epoch * epochs
-    return epochs, min(total, max_steps) if max_steps else total
 
 
 def _versions() -> dict:
@@ -424,6 +393,11 @@ def _check_resumable(state: dict, cfg: Config, tokenizer) -> None:
     if state.get("tokenizer", tokenizer.hash) != tokenizer.hash:
         raise UserError(f"cannot resume run '{cfg.run_dir}': model.tokenizer is another tokenizer than the run's; "
                         "prepare new shards with the run's tokenizer instead")
+    windows = state.get("windows", cfg.data.windows)  # the batches a checkpoint's cursor counts
+    if windows != cfg.data.windows and not state.get("stage_end"):
+        raise UserError(f"cannot change data.windows of run '{cfg.run_dir}' in the middle of stage {state['stage'] + 1} "
+                        f"({windows!r} -> {cfg.data.windows!r}): resume it with data.windows={windows} to the stage "
+                        "end first, then continue")
     if state.get("batch_size") != cfg.train.batch_size:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (batch_size: "
                         f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); use a new run name")
@@ -462,21 +436,3 @@ def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:
 
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-
-
-def describe_plan(cfg: Config) -> StagePlan:
-    """The resolved stage plan as rows (and `.why`), for `kgpt2 train --dry-run`."""
-    shards = ShardSet(cfg.data.shards)
-    split = shards.split("train")
-    rows = []
-    stages = plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize)
-    epochs, total_steps = plan_steps(cfg, split, stages)
-    done = 0
-    for s in stages:
-        lo, hi = split.token_range(s.first, s.end)
-        n = len(stage_batches(cfg, split, s, 0))
-        steps = max(0, min(n * epochs, total_steps - done))  # train.max_steps may cut it
-        done += steps
-        rows.append({"stage": s.index + 1, "articles": s.num_articles, "first": s.first,
-                     "tokens": hi - lo, "steps_per_epoch": n, "epochs": epochs, "steps": steps})
-    return StagePlan(rows, stages.why)

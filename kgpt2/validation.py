@@ -12,19 +12,24 @@ their numbers agree.
 from __future__ import annotations
 
 from kgpt2.config import Config
-from kgpt2.data.batches import WindowBatches, split_options, to_dataset
+from kgpt2.data.batches import article_batches, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.distribution import local_rows
 from kgpt2.metrics import summarise
 
 
-def split_batches(cfg: Config, split, max_batches: int | None, batch_size: int | None = None) -> WindowBatches:
-    """A whole split in order (no shuffle), with the run's loss mask and windows: what evaluation sees."""
+def split_batches(cfg: Config, split, max_batches: int | None, batch_size: int | None = None):
+    """A whole split in order (no shuffle), with the run's loss mask and windows: what evaluation sees.
+
+    Packed examples (`data.windows = "packed_examples"`) are scored packed,
+    each attending only to itself: the same per-token losses as one example
+    per window, in fewer batches.
+    """
     # Each process of a multi-host run reads and feeds its own rows of every batch.
-    return local_rows(WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=cfg.data.sequence_length,
-                         batch_size=batch_size or cfg.train.batch_size, seed=cfg.seed, shuffle=False,
-                         max_batches=max_batches,
-                         **split_options(split, 0, split.num_articles, cfg.data.loss_on, cfg.data.windows)))
+    return local_rows(article_batches(split, 0, split.num_articles, windows=cfg.data.windows, loss_on=cfg.data.loss_on,
+                                      sequence_length=cfg.data.sequence_length,
+                                      batch_size=batch_size or cfg.train.batch_size, seed=cfg.seed, shuffle=False,
+                                      max_batches=max_batches))
 
 
 def evaluate_split(model, cfg: Config, shards: ShardSet, split_name: str, max_batches: int) -> dict:

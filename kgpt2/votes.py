@@ -1,6 +1,6 @@
-"""Votes from the demo, kept as JSONL in the run directory: DPO pairs and KTO labels in one record.
+"""Votes from the demo, kept as JSONL in the run directory: DPO pairs and KTO labels.
 
-Each vote on two answers to one prompt appends one line to `<run>/votes.jsonl`:
+A vote on two answers to one prompt appends one line to `<run>/votes.jsonl`:
 
     {"prompt": "...", "chosen": "...", "rejected": "...", "choice": "a",
      "mode": "arena", "model_a": "sft/ckpt-40", "model_b": "dpo/ckpt-12",
@@ -15,18 +15,27 @@ and "both are bad" keep `chosen` and `rejected` null, so `kgpt2.align.read_pairs
 (what `kgpt2 align` reads given the run directory) makes no pair of them.
 `labels` is the unpaired (KTO-style) view: the better answer is desirable
 (true), the worse one and both "bad" answers undesirable (false), a tie says
-nothing (null); `unpaired()` turns records into TRL's KTO rows
-(`prompt`, `completion`, `label`).
+nothing (null).
+
+A thumb up or down on one answer (`make_rating`) is one line in TRL's KTO
+format, `prompt`, `completion`, `label`, with `choice` "up" / "down", the
+`model`, the `side` it was shown on and the same settings and time. A vote
+in the chat template also keeps `messages` (the conversation the model
+answered), so `kgpt2 align` prompts with the chat template's ids.
+`unpaired()` turns records into TRL's KTO rows (`prompt`, `completion`, `label`).
 
     >>> import tempfile
     >>> from kgpt2.align import read_pairs
     >>> run = tempfile.mkdtemp()
     >>> _ = append_vote(run, make_record("Say hi.", "hi", "go away", "a", "r/base", "r/ckpt-9", {"seed": 0}))
     >>> _ = append_vote(run, make_record("Say hi.", "no", "go away", "both_bad", "r/base", "r/ckpt-9", {}))
+    >>> _ = append_vote(run, make_rating("Say hi.", "hello", "up", "r/ckpt-9", {}))
     >>> [(p["prompt"], p["chosen"], p["rejected"]) for p in read_pairs(run)]
     [('Say hi.', 'hi', 'go away')]
     >>> [(r["completion"], r["label"]) for r in unpaired(read_votes(f"{run}/votes.jsonl"))]
-    [('hi', True), ('go away', False), ('no', False), ('go away', False)]
+    [('hi', True), ('go away', False), ('no', False), ('go away', False), ('hello', True)]
+    >>> counts(read_votes(f"{run}/votes.jsonl"))["up"]
+    1
 """
 
 from __future__ import annotations
@@ -41,9 +50,24 @@ from kgpt2.io import atomic_write_text
 
 VOTES_FILE = "votes.jsonl"
 CHOICES = ("a", "b", "tie", "both_bad")
+RATINGS = ("up", "down")  # one answer: desirable / undesirable
 _LABELS = {"a": (True, False), "b": (False, True), "tie": (None, None), "both_bad": (False, False)}
 
 _lock = threading.Lock()  # one writer at a time per process (the demo's votes)
+
+
+def _context(prompt: str, template: str, model_input: str | None, input_text: str) -> dict:
+    """What the model was shown: the template, the text it saw, the instruction's fields or the chat's messages."""
+    record = {"template": template, "model_input": prompt if model_input is None else model_input}
+    if template == "instruction":
+        record.update(instruction=prompt, input=input_text)
+    if template == "chat":
+        record.update(messages=[{"role": "user", "content": prompt}])
+    return record
+
+
+def _stamped(record: dict, settings: dict) -> dict:
+    return record | {"settings": dict(settings), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def make_record(prompt: str, answer_a: str, answer_b: str, choice: str, model_a: str, model_b: str,
@@ -56,23 +80,35 @@ def make_record(prompt: str, answer_a: str, answer_b: str, choice: str, model_a:
     label_a, label_b = _LABELS[choice]
     record = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "choice": choice, "mode": mode,
               "model_a": model_a, "model_b": model_b, "answer_a": answer_a, "answer_b": answer_b,
-              "labels": {"a": label_a, "b": label_b}, "template": template,
-              "model_input": prompt if model_input is None else model_input}
-    if template == "instruction":
-        record.update(instruction=prompt, input=input_text)
-    record.update(settings=dict(settings), time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    return record
+              "labels": {"a": label_a, "b": label_b}}
+    return _stamped(record | _context(prompt, template, model_input, input_text), settings)
+
+
+def make_rating(prompt: str, answer: str, rating: str, model: str, settings: dict, template: str = "plain",
+                model_input: str | None = None, input_text: str = "", mode: str = "single", side: str = "a") -> dict:
+    """A thumb up or down on one answer: a KTO example (prompt, completion, label) and what made the answer."""
+    if rating not in RATINGS:
+        raise UserError(f"unknown rating '{rating}' (one of: {', '.join(RATINGS)})")
+    record = {"prompt": prompt, "completion": answer, "label": rating == "up", "choice": rating, "mode": mode,
+              "side": side, "model": model}
+    return _stamped(record | _context(prompt, template, model_input, input_text), settings)
 
 
 def unpaired(records: list[dict]) -> list[dict]:
-    """KTO rows (prompt as the model saw it, completion, label) of the answers a vote judged."""
+    """KTO rows (prompt as the model saw it, completion, label) of the answers a vote judged.
+
+    A chat vote's prompt is its messages (TRL's conversational format).
+    """
     rows = []
     for rec in records:
+        prompt = rec.get("messages") or rec.get("model_input") or rec["prompt"]
+        if rec.get("choice") in RATINGS:
+            rows.append({"prompt": prompt, "completion": rec["completion"], "label": bool(rec["label"])})
+            continue
         for side in ("a", "b"):
             label = (rec.get("labels") or {}).get(side)
             if label is not None:
-                rows.append({"prompt": rec.get("model_input") or rec["prompt"], "completion": rec[f"answer_{side}"],
-                             "label": bool(label)})
+                rows.append({"prompt": prompt, "completion": rec[f"answer_{side}"], "label": bool(label)})
     return rows
 
 
@@ -101,6 +137,6 @@ def read_votes(path) -> list[dict]:
 
 
 def counts(votes: list[dict]) -> dict:
-    """How many votes of each choice (older files' left/right count as a/b)."""
+    """How many votes of each choice and rating (older files' left/right count as a/b)."""
     alias = {"left": "a", "right": "b"}
-    return {c: sum(alias.get(v.get("choice"), v.get("choice")) == c for v in votes) for c in CHOICES}
+    return {c: sum(alias.get(v.get("choice"), v.get("choice")) == c for v in votes) for c in CHOICES + RATINGS}

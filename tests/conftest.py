@@ -2,14 +2,19 @@
 
 Everything is built once per session in a temporary directory: a byte-level
 BPE trained on CPython's pydoc topics, a 2-layer GPT-2 saved as a KerasHub
-preset, pydoc shards, and a short 2-stage training run (`tiny_run`).
-Tests take these as fixtures (`make_tiny_config`, `tiny_overrides`), never by
-importing this file.
+preset, pydoc shards, and a short 2-stage training run (`tiny_run`, loaded
+once per test module as `loaded`). Tests take these as fixtures
+(`make_tiny_config`, `tiny_overrides`), never by importing this file; the
+kill-and-resume tests take `start_cli`, `kill_and_resume` and `latest_weights`.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +125,85 @@ def tiny_run(tmp_path_factory, tiny_preset, pydoc_shards) -> Path:
     cfg = _tiny_config(root, tiny_preset, pydoc_shards, "run=tiny", 'train.stages=[5, 10]')
     train(cfg, verbose=0)
     return cfg.run_dir
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run):
+    """(model, tokenizer, cfg) of `tiny_run` at its latest checkpoint, loaded once per test module."""
+    from kgpt2.run import load_model
+
+    return load_model(tiny_run, "latest")
+
+
+def _start_cli(verb: str, args) -> subprocess.Popen:
+    """`kgpt2 -q VERB ARGS` in a subprocess: stdout dropped, stderr kept for a failure's message."""
+    return subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "-q", verb, *args],
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, wait_s: float | None) -> bool:
+    """SIGKILL `proc` `wait_s` seconds after a checkpoint appears in `run_dir` (None: the moment a save
+    begins); True if it was killed, False if it ended first."""
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if wait_s is None:
+            if any(run_dir.glob(".ckpt-*.tmp-*")):
+                break
+            time.sleep(0.0005)
+        elif any(run_dir.glob("ckpt-*")):
+            time.sleep(wait_s)
+            break
+        else:
+            time.sleep(0.05)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return killed
+
+
+def _kill_and_resume(verb: str, args, run_dir, waits, check=lambda: None) -> int:
+    """Run `kgpt2 VERB ARGS` once per entry of `waits`, killed that long after its first checkpoint
+    (`_kill_after_checkpoint`), calling `check()` after each; then once more to the end, which must
+    succeed. Returns how many runs were killed."""
+    kills = 0
+    for wait_s in waits:
+        kills += _kill_after_checkpoint(_start_cli(verb, args), Path(run_dir), wait_s)
+        check()
+    final = _start_cli(verb, args)
+    assert final.wait(timeout=600) == 0, final.stderr.read()
+    return kills
+
+
+def _latest_weights(run_dir) -> tuple[int, dict]:
+    """(step, {array name: array}) of the run's newest intact checkpoint."""
+    import numpy as np
+
+    from kgpt2.checkpoints import CheckpointManager
+
+    ckpt = CheckpointManager(run_dir).latest()
+    with np.load(ckpt.path / "weights.npz") as w:
+        return ckpt.step, {k: w[k] for k in w.files}
+
+
+@pytest.fixture(scope="session")
+def start_cli():
+    """`start_cli(verb, args)`: `kgpt2 -q VERB ARGS` started in a subprocess (a Popen; stderr piped)."""
+    return _start_cli
+
+
+@pytest.fixture(scope="session")
+def kill_and_resume():
+    """`kill_and_resume(verb, args, run_dir, waits, check)`: kill a run at checkpoints, then finish it;
+    returns the number of kills."""
+    return _kill_and_resume
+
+
+@pytest.fixture(scope="session")
+def latest_weights():
+    """`latest_weights(run_dir)`: (step, {name: array}) of its newest intact checkpoint."""
+    return _latest_weights
 
 
 @pytest.fixture

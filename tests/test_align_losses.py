@@ -100,3 +100,28 @@ def test_unknown_loss_is_refused():
 
     with pytest.raises(ValueError, match="unknown preference loss"):
         PreferenceLoss("ppo")
+
+
+def test_kto_metrics_on_held_out_examples():
+    """KTO is judged on examples: desirable vs undesirable rewards ranked, signs, per-label means."""
+    from kgpt2.preference_losses import kto_metrics
+
+    beta = 0.2
+    r = beta * (POL[:, 0] - REF[:, 0])  # slot 0: the example; slot 1 (mismatched) plays no part here
+    good = LABEL > 0.5
+    m = kto_metrics(y_true(), POL, "kto", beta)
+    ranked = [float(d > u) for d in r[good] for u in r[~good]]
+    assert m["reward_accuracy"] == m["ranking_accuracy"] == pytest.approx(np.mean(ranked))
+    assert m["sign_accuracy"] == pytest.approx(np.mean(np.where(good, r > 0, r < 0)))  # row 2's reward 0: no win
+    assert m["reward_margin"] == pytest.approx(r[good].mean() - r[~good].mean(), rel=1e-5)
+    assert m["chosen_reward"] == pytest.approx(r[good].mean(), rel=1e-5)
+    assert m["rejected_reward"] == pytest.approx(r[~good].mean(), rel=1e-5)
+    assert (m["pairs"], m["desirable"], m["undesirable"]) == (5, 3, 2)
+    only_bad = y_true().copy()  # one label only (e.g. thumbs down alone): signs
+    only_bad[:, 4] = 0
+    m = kto_metrics(only_bad, POL, "kto", beta)
+    assert m["chosen_reward"] is None and m["ranking_accuracy"] is None
+    assert m["reward_accuracy"] == m["sign_accuracy"] == pytest.approx(np.mean(r < 0))
+    assert m["reward_margin"] == pytest.approx(np.mean(-r), rel=1e-5)
+    before = kto_metrics(y_true(), REF.astype("float32"), "kto", beta)  # the policy is the reference
+    assert before["reward_accuracy"] == 0.0 and before["reward_margin"] == 0.0

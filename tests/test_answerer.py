@@ -10,6 +10,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +120,30 @@ def test_different_bases_are_kept_side_by_side_and_the_oldest_evicted(pool_root,
     assert pool.builds == 3 and pool.evictions >= 1
     assert pool.get("b", BASE).engine.model is b.engine.model, "b was used after a: a went first"
     assert pool.builds == 3
+
+
+def test_the_model_key_is_cached_per_run_until_its_preset_files_change(tiny_run, tmp_path, monkeypatch):
+    import kgpt2.model_pool as model_pool
+
+    shutil.copytree(tiny_run, tmp_path / "r", ignore=shutil.ignore_patterns("ckpt-*"))
+    fingerprints = []
+    real = model_pool.folder_fingerprint
+    monkeypatch.setattr(model_pool, "folder_fingerprint", lambda folder: fingerprints.append(folder) or real(folder))
+    pool = model_pool.ModelPool(tmp_path)
+    first = pool.get("r", BASE)
+    assert len(fingerprints) == 1  # the run's own copy of its preset
+    for _ in range(3):
+        assert pool.get("r", BASE).engine is first.engine
+    assert len(fingerprints) == 1, "an unchanged run is not fingerprinted again"
+    cfg, key = pool.config_and_key(tmp_path / "r")
+    metadata = Path(cfg.model.preset) / "metadata.json"
+    metadata.write_text(metadata.read_text() + "\n")  # the preset's files changed: its key is computed again
+    assert pool.config_and_key(tmp_path / "r")[1] != key and len(fingerprints) == 2
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    saved["lora"]["alpha"] = 99.0  # so did the run's config
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    cfg, _ = pool.config_and_key(tmp_path / "r")
+    assert cfg.lora.alpha == 99.0 and len(fingerprints) == 3
 
 
 def test_one_at_a_time_and_batched_answer_alike_and_batching_shares_launches(pool):

@@ -33,9 +33,7 @@ KNOWN_DEFERRED_IMPORTS: set = set()
 # Where kgpt2 modules are imported inside functions on purpose: `kgpt2 --help`
 # and `import kgpt2` stay cheap (no keras) until a verb or an API name is used.
 LAZY_ENTRY_POINTS = {"kgpt2", "kgpt2.cli"}
-KNOWN_LONG_FUNCTIONS = {
-    "kgpt2/data/shards.py:_write_shards",  # prepare's writer, being reworked to make prepare safe
-}
+KNOWN_LONG_FUNCTIONS: set = set()
 MAX_FUNCTION_LINES = 60
 
 

@@ -38,9 +38,11 @@ def test_bad_values_are_one_sentence(overrides, message):
 def test_good_values_pass_and_a_toml_file_is_checked_too(tmp_path):
     cfg = load_config(None, ["train.epochs=0", "train.max_steps=5", "train.precision=mixed_float16", "train.devices=all"])
     assert (cfg.train.epochs, cfg.train.precision, cfg.train.devices) == (0, "mixed_float16", "all")
+    one = load_config(None, ["align.data=checkpoints/alpaca/votes.jsonl", "lora.targets=all-linear"])
+    assert (one.align.data, one.lora.targets) == (["checkpoints/alpaca/votes.jsonl"], ["all-linear"])  # one item: a list
     path = tmp_path / "c.toml"
     path.write_text('[data]\nwindows = "stacked"\n')
-    with pytest.raises(UserError, match='data.windows must be one of "packed", "example"; got "stacked"'):
+    with pytest.raises(UserError, match='data.windows must be one of "auto", "packed", "example", "packed_examples"; got "stacked"'):
         load_config(path)
 
 

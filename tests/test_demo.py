@@ -31,12 +31,12 @@ def free_port() -> int:
 
 
 def compare_args(run_a="tiny", ckpt_a="base", run_b="tiny", ckpt_b="base", arena=False, prompt=PROMPT, input_text="",
-                 template="plain", sampler="top_p", max_new=8, seed=3, num_beams=2, **kw) -> dict:
+                 template="plain", sampler="top_p", max_new=8, seed=3, num_beams=2, single=False, **kw) -> dict:
     """/compare's parameters by their documented names."""
     return dict(run_a=run_a, ckpt_a=ckpt_a, run_b=run_b, ckpt_b=ckpt_b, arena=arena, prompt=prompt,
                 input_text=input_text, template=template, sampler=sampler, temperature=kw.get("temperature", 0.8),
                 top_k=kw.get("top_k", 50), top_p=kw.get("top_p", 0.95), num_beams=num_beams, max_new_tokens=max_new,
-                seed=seed)
+                seed=seed, single=single)
 
 
 def make_demo_root(root: Path, tiny_run: Path, evaluate: bool = True) -> Path:
@@ -80,8 +80,9 @@ def client(server):
 
 def test_every_endpoint_is_named_with_documented_parameters(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert set(api) == {"/compare", "/stop", "/vote_a", "/vote_b", "/vote_tie", "/vote_both_bad", "/pick_a",
-                        "/pick_b", "/run_a", "/run_b", "/refresh", "/metrics"}
+    assert set(api) == {"/compare", "/stop", "/vote_a", "/vote_b", "/vote_tie", "/vote_both_bad", "/thumb_up_a",
+                        "/thumb_down_a", "/thumb_up_b", "/thumb_down_b", "/pick_a", "/pick_b", "/run_a", "/run_b",
+                        "/refresh", "/metrics"}
     compare = api["/compare"]
     assert [p["parameter_name"] for p in compare["parameters"]] == list(compare_args())
     names = [r["label"] for e in api.values() for r in e["returns"]] + \
@@ -223,7 +224,7 @@ def test_changing_a_picker_clears_the_answers_and_names_the_model(server, client
     a, b, status, info_a, info_b = client.predict("tiny-lora", "base", api_name="/pick_a")
     assert (a, b, info_a, info_b) == ("", "", "", "") and "`tiny-lora/base`" in status and "LoRA" in status
     status, *_ = client.predict(api_name="/vote_a")
-    assert "generate two answers first" in status
+    assert "generate an answer first" in status
 
 
 def test_refresh_sees_new_runs_and_drops_deleted_checkpoints(server, client, demo_root):

@@ -1,10 +1,12 @@
 """The demo in a real browser: Playwright driving Debian's Chromium (no browser download).
 
 Flows: generate and stream (buttons disabled meanwhile), stop, an arena vote
-that reveals the models, an error shown in place and the vote refused after
-it, switching runs, and the page at phone width (390 px). Each flow saves a
-screenshot under the test's temporary folder; `KGPT2_UPDATE_SCREENSHOT=1`
-also writes the arena one to docs/demo.png.
+that reveals the models, thumbs up / down in single mode and per side (each
+answer's buttons off once it has its vote, the votes in votes.jsonl), an
+error shown in place and the vote refused after it, switching runs, and the
+page at phone width (390 px). Each flow saves a screenshot under the test's
+temporary folder; `KGPT2_UPDATE_SCREENSHOT=1` also writes the arena one to
+docs/demo.png, `KGPT2_SCREENSHOT_DIR=DIR` the thumbs ones (desktop, 390 px) to DIR.
 """
 
 from __future__ import annotations
@@ -93,6 +95,78 @@ def test_generate_streams_with_buttons_disabled_then_votes_in_the_arena(served, 
         page.screenshot(path=str(tmp_path / "arena-after-vote.png"), full_page=True)
         if os.environ.get("KGPT2_UPDATE_SCREENSHOT") == "1":
             shutil.copy(tmp_path / "arena-after-vote.png", REPO / "docs" / "demo.png")
+    finally:
+        page.close()
+
+
+def _disabled(page, *ids) -> list[bool]:
+    return [page.locator(f"#{i}").is_disabled() for i in ids]
+
+
+THUMBS = ("thumb-up-a", "thumb-down-a", "thumb-up-b", "thumb-down-b")
+
+
+def _votes(root) -> list[dict]:
+    from kgpt2.votes import read_votes
+
+    return read_votes(root / "tiny" / "votes.jsonl")
+
+
+def _keep(page, tmp_path, name):
+    page.screenshot(path=str(tmp_path / name), full_page=True)
+    if os.environ.get("KGPT2_SCREENSHOT_DIR"):
+        shutil.copy(tmp_path / name, Path(os.environ["KGPT2_SCREENSHOT_DIR"]) / name)
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_thumbs_in_single_mode_and_per_side(served, browser, tmp_path, width):
+    url, demo, root = served
+    page = _open(browser, url, width=width, height=1000 if width > 400 else 844)
+    try:
+        page.locator("#single input[type=checkbox]").check()
+        page.wait_for_function("!document.querySelector('#column-b') || document.querySelector('#column-b')"
+                               ".offsetParent === null", timeout=10_000)
+        assert not page.locator("#answer-b").is_visible() and not page.locator("#vote-a").is_visible()
+        n = len(_votes(root))
+        _generate(page)
+        page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)
+        assert all(_disabled(page, "thumb-up-a", "thumb-down-a")), "no vote while the answer streams"
+        _wait_status(page, "Thumb it up or down")
+        page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
+        assert not any(_disabled(page, "thumb-up-a", "thumb-down-a"))
+        answer = page.locator("#answer-a textarea").input_value()
+        _keep(page, tmp_path, f"thumbs-single-{width}.png")
+        page.locator("#thumb-up-a").click()
+        _wait_status(page, "Recorded good answer")
+        page.wait_for_function("document.querySelector('#thumb-up-a').disabled", timeout=10_000)
+        assert all(_disabled(page, "thumb-up-a", "thumb-down-a")), "one vote per answer"
+        assert f"good answer {sum(v['choice'] == 'up' for v in _votes(root))}" in page.locator("#summary").inner_text()
+        rec = _votes(root)[-1]
+        assert len(_votes(root)) == n + 1 and (rec["completion"], rec["label"], rec["mode"]) == (answer, True, "single")
+
+        page.locator("#single input[type=checkbox]").uncheck()  # compare: a thumb per side
+        page.locator("#answer-b").wait_for(state="visible", timeout=10_000)
+        _generate(page)
+        _wait_status(page, "Which answer is better")
+        page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
+        assert not any(_disabled(page, *THUMBS, "vote-a", "vote-both-bad"))
+        _keep(page, tmp_path, f"thumbs-compare-before-vote-{width}.png")
+        page.locator("#thumb-down-a").click()
+        _wait_status(page, "Recorded bad answer for answer A")
+        page.wait_for_function("document.querySelector('#vote-a').disabled", timeout=10_000)
+        assert _disabled(page, *THUMBS) == [True, True, False, False] and page.locator("#vote-tie").is_disabled()
+        page.locator("#thumb-up-b").click()
+        _wait_status(page, "Recorded good answer for answer B")
+        page.wait_for_function("document.querySelector('#thumb-up-b').disabled", timeout=10_000)
+        assert all(_disabled(page, *THUMBS))
+        down, up = _votes(root)[-2:]
+        assert (down["side"], down["label"], up["side"], up["label"]) == ("a", False, "b", True)
+        assert up["completion"] == page.locator("#answer-b textarea").input_value()
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 2, "no sideways scrolling"
+        for box in THUMBS:
+            r = page.locator(f"#{box}").bounding_box()
+            assert r["x"] >= 0 and r["x"] + r["width"] <= width + 1, box
+        _keep(page, tmp_path, f"thumbs-compare-{width}.png")
     finally:
         page.close()
 

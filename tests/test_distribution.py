@@ -318,3 +318,29 @@ def test_two_processes_train_like_one(tiny_preset, pydoc_shards, tmp_path, tiny_
         # One writer: no file twice, none missing; but a run of several processes writes no merged stage
         # .weights.h5 (building the merged model is a collective step): it is exported on one host
         assert two["files"] == [f for f in one["files"] if not f.endswith(".weights.h5")]
+
+
+SHARDING_CHILD = r"""
+import jax, keras, numpy as np
+from kgpt2.distribution import plan_sharded, same_attention_sharding
+q, k, v = (np.ones((4, 8, 2, 16), "float32") * i for i in range(3))
+print("PLAIN", all(a is b for a, b in zip(same_attention_sharding(q, k, v), (q, k, v))))
+for mesh in ("data:2,model:2", "data:4"):
+    with plan_sharded(mesh, batch_size=4, device="cpu").scope():
+
+        inner = jax.jit(lambda q, k, v: same_attention_sharding(q, k, v))(q, k, v)
+        print(mesh, [tuple(x.sharding.spec) for x in inner])
+"""
+
+
+def test_query_key_value_share_one_sharding_on_a_mesh():
+    """cuDNN's fused attention refuses q/k/v of different shardings (seen on 2 x H200): on a mesh all
+    three carry (batch on data, heads on model); without a mesh they pass through untouched."""
+    out = subprocess.run([sys.executable, "-c", SHARDING_CHILD], env=_child_env(4), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "PLAIN True" in out.stdout
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith("data"))
+    assert lines["data:2,model:2"] == str([("data", None, "model")] * 3)  # JAX drops trailing Nones
+    # data:4 x model:1: heads on a size-1 axis are whole either way
+    assert lines["data:4"] == str([("data",)] * 3)

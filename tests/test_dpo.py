@@ -6,10 +6,8 @@ The losses themselves are checked against TRL's formulas in tests/test_align_los
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,47 +169,21 @@ def _align_args(tiny_overrides, tiny_preset, root, run, prefs, *extra):
                              "model.dropout=0.1", *extra]
 
 
-def _start_align(args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "-q", "align", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _latest_weights(run_dir):
-    from kgpt2.checkpoints import CheckpointManager
-
-    ckpt = CheckpointManager(run_dir).latest()
-    with np.load(ckpt.path / "weights.npz") as w:
-        return ckpt.step, {k: w[k] for k in w.files}
-
-
 @pytest.mark.slow
-def test_align_sigkill_then_resume_matches_uninterrupted(tmp_path, shared_data, tiny_preset, tiny_overrides):
+def test_align_sigkill_then_resume_matches_uninterrupted(tmp_path, shared_data, tiny_preset, tiny_overrides,
+                                                         start_cli, kill_and_resume, latest_weights):
     prefs = _small_prefs(tmp_path, shared_data)
-    ref = _start_align(_align_args(tiny_overrides, tiny_preset, tmp_path, "reference", prefs))
+    ref = start_cli("align", _align_args(tiny_overrides, tiny_preset, tmp_path, "reference", prefs))
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
 
     run_dir = tmp_path / "killed"
     args = _align_args(tiny_overrides, tiny_preset, tmp_path, "killed", prefs)
-    rng, kills = random.Random(0), 0
-    for _ in range(2):
-        proc = _start_align(args)
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            if any(run_dir.glob("ckpt-*")):
-                time.sleep(rng.uniform(0.0, 2.0))
-                break
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
+    rng = random.Random(0)
+    kills = kill_and_resume("align", args, run_dir, [rng.uniform(0.0, 2.0) for _ in range(2)])
     assert kills >= 1, "the run finished before it could be interrupted; make it longer"
-    final = _start_align(args)
-    assert final.wait(timeout=600) == 0, final.stderr.read()
 
-    ref_step, ref_w = _latest_weights(tmp_path / "reference")
-    step, w = _latest_weights(run_dir)
+    ref_step, ref_w = latest_weights(tmp_path / "reference")
+    step, w = latest_weights(run_dir)
     assert step == ref_step == 24
     for k in ref_w:
         np.testing.assert_allclose(w[k], ref_w[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -252,7 +224,7 @@ def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_pat
 
 
 @pytest.mark.slow
-def test_align_on_two_virtual_devices_matches_one(tmp_path, shared_data, tiny_preset, tiny_overrides):
+def test_align_on_two_virtual_devices_matches_one(tmp_path, shared_data, tiny_preset, tiny_overrides, latest_weights):
     """train.devices = 2 (JAX, two virtual CPU devices): the same weights as one device, same global batch."""
     prefs = _small_prefs(tmp_path, shared_data, n=60)
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
@@ -263,7 +235,7 @@ def test_align_on_two_virtual_devices_matches_one(tmp_path, shared_data, tiny_pr
                              capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
     assert "data parallel on 2 devices" in out.stderr + out.stdout
-    (s1, w1), (s2, w2) = _latest_weights(tmp_path / "one"), _latest_weights(tmp_path / "two")
+    (s1, w1), (s2, w2) = latest_weights(tmp_path / "one"), latest_weights(tmp_path / "two")
     assert s1 == s2 == 4
     for k in w1:
         np.testing.assert_allclose(w2[k], w1[k], rtol=1e-4, atol=1e-5, err_msg=k)
@@ -293,3 +265,24 @@ def test_unpaired_records_feed_kto_only(tmp_path):
     assert [r[:2] for r in rows] == [(e["prompt"], e["completion"]) for e in examples]
     # Slot 1 is another example's completion: every row's KL partner differs from its own answer.
     assert all(r[2] != r[1] for r in rows) and sorted(r[2] for r in rows) == sorted(e["completion"] for e in examples)
+
+
+def test_demo_votes_give_kto_examples_and_paired_losses_skip_them(tmp_path):
+    """A/B votes are pairs; both bad, thumbs up and down are KTO examples (skipped by DPO); a tie is nothing."""
+    from kgpt2.data.preference_pairs import PairStats, read_pairs, read_preferences
+    from kgpt2.votes import append_vote, make_rating, make_record
+
+    run = tmp_path / "run"
+    for rec in [make_record("Q1", "good", "bad", "a", "r/base", "r/ckpt-9", {}),
+                make_record("Q2", "meh", "nope", "both_bad", "r/base", "r/ckpt-9", {}, mode="arena"),
+                make_record("Q3", "x", "y", "tie", "r/base", "r/ckpt-9", {}),
+                make_rating("Q4", "fine", "up", "r/ckpt-9", {"seed": 1}),
+                make_rating("Q5", "rude", "down", "r/base", {}, mode="named", side="b")]:
+        append_vote(run, rec)
+    stats = PairStats()
+    pairs, singles = read_preferences(run, stats=stats)
+    assert pairs == [{"prompt": "Q1", "chosen": "good", "rejected": "bad"}]
+    assert [(s["prompt"], s["completion"], s["label"], s["vote"]) for s in singles] == [
+        ("Q2", "meh", False, True), ("Q2", "nope", False, True), ("Q4", "fine", True, True), ("Q5", "rude", False, True)]
+    assert (stats.read, stats.ties, stats.unpaired) == (5, 1, 4)
+    assert read_pairs(run) == pairs  # DPO on the same votes: the single answers are skipped, not refused

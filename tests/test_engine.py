@@ -15,13 +15,6 @@ SAMPLED = [Sampling(greedy=False, temperature=1.3, top_k=40, top_p=0.9, seed=11)
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_run):
-    from kgpt2.run import load_model
-
-    return load_model(tiny_run, "latest")
-
-
-@pytest.fixture(scope="module")
 def engine(loaded):
     model, tokenizer, _ = loaded
     return Engine(model, tokenizer, slots=4, steps_per_launch=8)  # the tiny model's context: 64

@@ -10,6 +10,7 @@ before is still there, byte for byte (`tree_hashes`). Kills use the test hook
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -107,6 +108,30 @@ def test_damaged_newest_checkpoint_falls_back_for_readers(copied_run, how, caplo
     with pytest.raises(UserError, match=f"checkpoint .*{newest.id} is damaged"):
         Run(copied_run).load_model(newest.id)  # asked for by name: refused in one sentence
     assert tree_hashes(copied_run) == before  # nothing deleted, nothing changed
+
+
+def test_a_checkpoint_restored_twice_is_read_once_and_a_changed_file_again(copied_run, monkeypatch):
+    import kgpt2.checkpoint_manifest as verify
+    from kgpt2.run import Run
+
+    reads, real = [], verify._sha256
+    monkeypatch.setattr(verify, "_sha256", lambda path: reads.append(path.name) or real(path))
+    monkeypatch.setattr(verify, "_HASHED", {})
+    newest = CheckpointManager(copied_run).list()[-1]
+    files = sorted(json.loads((newest.path / "manifest.json").read_text())["files"])
+    model, _, _ = Run(copied_run).load_model("latest")  # picking `latest`, then restoring it: two checks
+    assert sorted(reads) == sorted(files * 2), "files copied just now are within RACY_NS: not remembered"
+    reads.clear()
+    monkeypatch.setattr(verify, "RACY_NS", 0)  # the copy counts as old now
+    time.sleep(0.05)  # past the file system's clock tick
+    for _ in range(2):
+        assert Run(copied_run).restore(model, "latest") == newest.id
+    assert sorted(reads) == files, "two restores of one checkpoint read each file once"
+    damage(newest.path, "checksum")  # same size, one byte changed: a new mtime and ctime
+    with pytest.raises(UserError, match=f"checkpoint .*{newest.id} is damaged .*does not match its checksum"):
+        Run(copied_run).restore(model, newest.id)
+    assert reads.count("weights.npz") == 2
+    assert Run(copied_run).restore(model, "latest") != newest.id  # skipped now, with its warning line
 
 
 def test_generate_and_evaluate_cli_fall_back(copied_run, tmp_path):

@@ -11,13 +11,6 @@ PROMPT = "The assert statement"
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_run):
-    from kgpt2.run import load_model
-
-    return load_model(tiny_run, "latest")
-
-
-@pytest.fixture(scope="module")
 def gen(loaded):
     model, tokenizer, _ = loaded
     return Generator(model, tokenizer)  # one per module: its programs compile once

@@ -102,7 +102,7 @@ def test_bad_options_are_user_errors():
 
     with pytest.raises(UserError, match='data.loss_on must be one of "response", "all"; got "prompt"'):
         load_config(None, ["data.loss_on=prompt"])
-    with pytest.raises(UserError, match='data.windows must be one of "packed", "example"; got "stacked"'):
+    with pytest.raises(UserError, match='data.windows must be one of "auto", "packed", "example", "packed_examples"; got "stacked"'):
         load_config(None, ["data.windows=stacked"])
 
 
@@ -122,7 +122,7 @@ def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_to
 
     prepare(str(alpaca_file), tmp_path / "shards", pydoc_tokenizer, fractions=(0.75, 0.25, 0.0), progress=False)
     base = load_config("alpaca")
-    assert (base.data.loss_on, base.data.windows, base.generate.template) == ("response", "example", "instruction")
+    assert (base.data.loss_on, base.data.windows, base.generate.template) == ("response", "packed_examples", "instruction")
     cfg = make_tiny_config(tmp_path / "runs", tiny_preset, tmp_path / "shards", "run=alpaca", "data.windows=example",
                       "data.sequence_length=64", 'train.stages=["rest"]', "train.batch_size=4", "train.eval_batches=1",
                       "lora.enabled=true", "generate.template=instruction")

@@ -30,6 +30,31 @@ def model(tmp_path_factory, tiny_preset, make_tiny_config):
     return build_causal_lm(cfg)
 
 
+def test_first_fit_is_the_plain_first_fit():
+    """The max-tree first fit places every example where the obvious quadratic loop does."""
+    import random
+
+    from kgpt2.data.packing import first_fit
+
+    def plain(lengths, capacity):
+        bins, room = [], []
+        for i, n in enumerate(lengths):
+            n = min(n, capacity)
+            b = next((b for b, free in enumerate(room) if free >= n), None)
+            if b is None:
+                bins.append([]), room.append(capacity)
+                b = len(bins) - 1
+            bins[b].append(i)
+            room[b] -= n
+        return bins
+
+    rng = random.Random(0)
+    for _ in range(200):
+        capacity = rng.choice([5, 16, 64, 256])
+        lengths = [rng.randint(0, capacity + 10) for _ in range(rng.randint(0, 150))]
+        assert first_fit(lengths, capacity) == plain(lengths, capacity), (lengths, capacity)
+
+
 def test_packed_windows_hold_each_example_once_with_its_loss_mask(examples):
     from kgpt2.data.packing import pack_examples, padding_fraction
 
@@ -101,3 +126,31 @@ def test_packed_training_loss_equals_the_unpacked_loss(examples, model):
     lm.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = lm.fit(inputs, w["targets"], sample_weight=w["weights"], batch_size=len(w["targets"]), verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_packed_training_with_the_chunked_loss_equals_the_plain_loss(examples, tiny_preset):
+    """train.loss_chunk (JAX): the packed model's hidden states go through the chunked cross-entropy."""
+    import keras
+
+    from kgpt2.config import load_config
+    from kgpt2.data.packing import pack_examples
+    from kgpt2.metrics import compile_lm
+    from kgpt2.models import build_causal_lm
+    from kgpt2.packed_attention import PackedCausalLM
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("train.loss_chunk is the JAX training step's")
+    w = pack_examples(examples, 48)
+    inputs = {k: w[k] for k in ("token_ids", "segment_ids", "positions")}
+    after = []
+    for chunk in (0, 16):
+        cfg = load_config(None, [f"model.preset={tiny_preset}", "data.sequence_length=48", "lora.enabled=false",
+                                 "train.precision=float32"])
+        lm = PackedCausalLM(build_causal_lm(cfg))
+        compile_lm(lm, keras.optimizers.SGD(0.5), token_loss=False, loss_chunk=chunk)
+        assert getattr(lm, "_kgpt2_loss_chunk", 0) == chunk
+        loss = lm.fit(inputs, w["targets"], sample_weight=w["weights"], batch_size=len(w["targets"]), verbose=0)
+        after.append((loss.history["loss"][0], [np.asarray(v) for v in lm.trainable_variables]))
+    assert after[0][0] == pytest.approx(after[1][0], rel=1e-5)
+    for a, b in zip(after[0][1], after[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -210,53 +210,73 @@ def test_full_disk_is_one_sentence_and_leaves_no_half_written_set(cli, tmp_path,
     assert tree(disk) == before  # the previous set intact, no temp folder left
 
 
-# Kills: a prepare in a subprocess pauses at a named point and is SIGKILLed there.
+# Kills: a prepare in a subprocess pauses at a named point and is SIGKILLed (or SIGINTed) there.
+# `via` "cli" runs it as `kgpt2 prepare` (kgpt2.cli.main), "library" as kgpt2.data.shards.prepare.
 KILLED_PREPARE = r"""
 import pathlib, sys, time
 import kgpt2.data.shard_folder as folder
+import kgpt2.data.shard_writer as writer
 import kgpt2.data.shards as shards
+from kgpt2.cli import main
 from kgpt2.tokenizer import Tokenizer
 
-source, out, tokenizer, ready, point = sys.argv[1:6]
+source, out, tokenizer, ready, point, via = sys.argv[1:7]
 
 def pause():
     pathlib.Path(ready).write_text("paused")
     time.sleep(600)
 
 if point == "writing":  # after a few articles are in the temp folder
-    add, added = shards._SplitWriter.add, []
+    add, added = writer.SplitWriter.add, []
     def add_then_pause(self, *args, **kwargs):
         add(self, *args, **kwargs)
         added.append(1)
         if len(added) == 3:
             self.tokens.flush()
             pause()
-    shards._SplitWriter.add = add_then_pause
+    writer.SplitWriter.add = add_then_pause
 else:  # "publishing": the old set moved aside, the new one not yet renamed in
     rename = folder.os.rename
     def rename_then_pause(a, b):
         rename(a, b)
         pause()
     folder.os.rename = rename_then_pause
+if via == "cli":
+    sys.exit(main(["-q", "prepare", "--source", source, "--out", out, "--tokenizer", tokenizer]))
 shards.prepare(source, out, Tokenizer.from_dir(tokenizer), progress=False)
 """
 
 
-def _kill_prepare_at(point, source, out, shared_data, tmp_path) -> int:
+def _stop_prepare_at(point, source, out, shared_data, tmp_path, sig=signal.SIGKILL,
+                     via="library") -> subprocess.Popen:
+    """The prepare process, sent `sig` at `point` and ended (its stderr piped)."""
     ready = tmp_path / "ready"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-c", KILLED_PREPARE, str(source), str(out),
-                             str(shared_data / "gpt2-tokenizer"), str(ready), point],
+                             str(shared_data / "gpt2-tokenizer"), str(ready), point, via],
                             env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline, "the prepare never reached the kill point"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
     ready.unlink()
-    return proc.pid
+    return proc
+
+
+def test_ctrl_c_during_prepare_says_what_is_true_for_prepare(tmp_path, corpus, shared_data, gpt2_tokenizer):
+    out = tmp_path / "shards"
+    prepare("pydoc", out, gpt2_tokenizer, progress=False)
+    before = tree(out)
+    proc = _stop_prepare_at("writing", corpus, out, shared_data, tmp_path, sig=signal.SIGINT, via="cli")
+    err = proc.stderr.read()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("kgpt2: interrupted; a shard set is moved into --out only once complete, "
+                                            "so no half-written set is left; run the same command to start again")
+    assert "checkpoint" not in err and "Traceback" not in err
+    assert tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
 
 
 def test_sigkill_while_writing_keeps_the_old_set_and_the_next_prepare_cleans_up(tmp_path, corpus, shared_data,
@@ -264,7 +284,7 @@ def test_sigkill_while_writing_keeps_the_old_set_and_the_next_prepare_cleans_up(
     out = tmp_path / "shards"
     prepare("pydoc", out, gpt2_tokenizer, progress=False)
     before = tree(out)
-    pid = _kill_prepare_at("writing", corpus, out, shared_data, tmp_path)
+    pid = _stop_prepare_at("writing", corpus, out, shared_data, tmp_path).pid
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".shards.kgpt2-tmp-{pid}", "proj", "shards"]
     assert tree(out) == before  # the old set, untouched and usable
     assert ShardSet(out).split("train").num_articles > 0
@@ -277,7 +297,7 @@ def test_sigkill_between_the_two_renames_puts_the_old_set_back(tmp_path, corpus,
     out = tmp_path / "shards"
     first = prepare("pydoc", out, gpt2_tokenizer, progress=False)
     before = tree(out)
-    pid = _kill_prepare_at("publishing", corpus, out, shared_data, tmp_path)
+    pid = _stop_prepare_at("publishing", corpus, out, shared_data, tmp_path).pid
     old = f".shards.kgpt2-old-{pid}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [old, f".shards.kgpt2-tmp-{pid}", "proj"]
     assert tree(tmp_path / old) == before  # aside, not lost

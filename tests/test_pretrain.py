@@ -173,6 +173,19 @@ def test_from_scratch_run_keeps_best_checkpoint_and_learns(tmp_path, char_tokeni
     assert summary["steps"] == 20 and summary["best_val_loss"] == pytest.approx(best["val_loss"], abs=1e-4)
 
 
+def test_pretrain_init_takes_overrides_after_its_options(tmp_path, char_tokenizer_dir):
+    import keras_hub
+
+    from kgpt2.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[model]\npreset = "scratch"\ntokenizer = "{char_tokenizer_dir}"\nnum_layers = 3\n'
+                      'num_heads = 2\nhidden_dim = 16\nintermediate_dim = 32\nmax_sequence_length = 16\n')
+    assert main(["-q", "pretrain", "init", "--config", str(config), "--out", str(tmp_path / "p"),
+                 "model.num_layers=1", "model.vocabulary_size=0", "data.sequence_length=16"]) == 0
+    assert keras_hub.models.GPT2Backbone.from_preset(str(tmp_path / "p")).num_layers == 1
+
+
 def test_pretrain_config_errors(tmp_path, char_tokenizer_dir):
     from kgpt2.cli import main
     from kgpt2.config import load_config

@@ -12,10 +12,6 @@ import errno
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +38,6 @@ def _args(overrides, root, preset, shards, run):
                              f"run={run}", PLAN, "train.checkpoint_every=7", "train.keep_last=2", "train.epochs=1"]
 
 
-def _start(args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "-q", "train", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def _assert_checkpoints_complete(run_dir: Path):
     for d in run_dir.glob("ckpt-*"):
         state = json.loads((d / "state.json").read_text())  # parses: the dir is complete
@@ -56,47 +46,22 @@ def _assert_checkpoints_complete(run_dir: Path):
             assert len(w.files) > 0 and len(o.files) > 0
 
 
-def _final_weights(run_dir: Path) -> dict:
-    ckpt = CheckpointManager(run_dir).latest()
-    with np.load(ckpt.path / "weights.npz") as w:
-        return ckpt.step, {k: w[k] for k in w.files}
-
-
 @pytest.mark.slow
-def test_sigkill_anywhere_then_resume_matches_uninterrupted(tmp_path, tiny_preset, pubmed_shards, tiny_overrides):
-    ref = _start(_args(tiny_overrides, tmp_path, tiny_preset, pubmed_shards, "reference"))
+def test_sigkill_anywhere_then_resume_matches_uninterrupted(tmp_path, tiny_preset, pubmed_shards, tiny_overrides,
+                                                            start_cli, kill_and_resume, latest_weights):
+    ref = start_cli("train", _args(tiny_overrides, tmp_path, tiny_preset, pubmed_shards, "reference"))
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
 
     run_dir = tmp_path / "killed"
     args = _args(tiny_overrides, tmp_path, tiny_preset, pubmed_shards, "killed")
     rng = random.Random(0)
-    kills = 0
-    for attempt in ("random", "during-save", "random"):
-        proc = _start(args)
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            if attempt == "during-save":
-                if any(run_dir.glob(".ckpt-*.tmp-*")):  # a save has begun
-                    break
-                time.sleep(0.0005)
-            else:
-                if any(run_dir.glob("ckpt-*")):
-                    time.sleep(rng.uniform(0.0, 3.0))
-                    break
-                time.sleep(0.05)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
-        _assert_checkpoints_complete(run_dir)
+    waits = [rng.uniform(0.0, 3.0), None, rng.uniform(0.0, 3.0)]  # None: the moment a save has begun
+    kills = kill_and_resume("train", args, run_dir, waits, check=lambda: _assert_checkpoints_complete(run_dir))
     assert kills >= 2, "the run finished before it could be interrupted; make it longer"
-
-    final = _start(args)
-    assert final.wait(timeout=600) == 0, final.stderr.read()
     _assert_checkpoints_complete(run_dir)
 
-    ref_step, ref_w = _final_weights(tmp_path / "reference")
-    step, w = _final_weights(run_dir)
+    ref_step, ref_w = latest_weights(tmp_path / "reference")
+    step, w = latest_weights(run_dir)
     assert step == ref_step
     for k in ref_w:
         np.testing.assert_allclose(w[k], ref_w[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -132,7 +97,7 @@ def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pyd
     import kgpt2.checkpoints as ck
     from kgpt2.train import train
 
-    real_save = ck._save_arrays
+    real_save = ck.save_arrays
     calls = {"n": 0}
 
     def failing_save(path, variables):
@@ -141,14 +106,14 @@ def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pyd
             raise OSError(err, os.strerror(err), str(path))
         real_save(path, variables)
 
-    monkeypatch.setattr(ck, "_save_arrays", failing_save)
+    monkeypatch.setattr(ck, "save_arrays", failing_save)
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=full", "train.stages=[3, 3]")
     with pytest.raises(UserError, match=f"{words}.*last good checkpoint ckpt-\\d+ is intact"):
         train(cfg, verbose=0)
     ckpts = CheckpointManager(cfg.run_dir).list()
     assert len(ckpts) == 1 and not list(cfg.run_dir.glob(".ckpt-*"))
     _assert_checkpoints_complete(cfg.run_dir)
-    monkeypatch.setattr(ck, "_save_arrays", real_save)
+    monkeypatch.setattr(ck, "save_arrays", real_save)
     result = train(cfg, verbose=0)  # the disk has room again: it resumes and finishes
     assert len(result.stages) == 2
 

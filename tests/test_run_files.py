@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kgpt2.errors import UserError
-from kgpt2.io import atomic_write_text, publish_folder, save_figure
+from kgpt2.io import atomic_write_text, new_folder, publish_folder, save_figure
 from kgpt2.periodic_eval import PeriodicEval, read_evals
 from kgpt2.run import Run
 from kgpt2.train import Cursor
@@ -39,6 +39,55 @@ def test_publish_folder_replaces_the_old_one_whole(tmp_path):
     (tmp / "weights.npz").write_text("new")
     publish_folder(tmp, final)
     assert sorted(os.listdir(final)) == ["weights.npz"] and sorted(os.listdir(tmp_path)) == ["ckpt-5"]
+
+
+def test_new_folder_appears_whole_on_an_absent_or_empty_out(tmp_path):
+    for out in (tmp_path / "absent" / "export", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        with new_folder(out, "export") as tmp:
+            assert tmp.parent == out.parent and not (out / "a").exists()
+            (tmp / "a").write_text("1")
+        assert (out / "a").read_text() == "1" and not [n for n in os.listdir(out.parent) if n.startswith(".")]
+
+
+@pytest.mark.parametrize("before", ["absent", "empty"])
+def test_a_failure_mid_build_leaves_out_as_it_was(tmp_path, before):
+    out = tmp_path / "export"
+    if before == "empty":
+        out.mkdir()
+    with pytest.raises(RuntimeError, match="mid-build"):
+        with new_folder(out, "export") as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("mid-build")
+    assert os.listdir(tmp_path) == ([] if before == "absent" else ["export"])  # no temp folder left
+    assert before == "absent" or os.listdir(out) == []
+    with pytest.raises(UserError, match=r"^could not write the export to '.*export': No space left on device$"):
+        with new_folder(out, "export") as tmp:
+            raise OSError(28, "No space left on device")  # what a full disk raises mid-write
+    assert os.listdir(tmp_path) == ([] if before == "absent" else ["export"])
+
+
+def test_new_folder_refuses_a_used_out_in_one_sentence(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(UserError) as refused:
+        with new_folder(out, "import"):
+            raise AssertionError("the build must not start")
+    assert str(refused.value) == f"import target '{out}' already exists and is not empty; choose a new directory"
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        with new_folder(tmp_path / "file", "import"):
+            pass
+    late = tmp_path / "late"  # filled by someone else while the folder was built
+    with pytest.raises(UserError, match=f"import target '{late}' already exists"):
+        with new_folder(late, "import") as tmp:
+            (tmp / "ours").write_text("x")
+            late.mkdir()
+            (late / "theirs").write_text("keep")
+    assert os.listdir(late) == ["theirs"] and sorted(os.listdir(tmp_path)) == ["file", "late", "mine"]
+    assert (out / "notes.txt").read_text() == "keep"
 
 
 def test_save_figure_writes_a_png_and_no_temp(tmp_path):

@@ -31,12 +31,12 @@ def start_server(tiny_run, tmp_path_factory):
     """Start `kgpt2 serve` from another folder; stop every started server at the end."""
     started = []
 
-    def start(*args):
+    def start(*args, run=tiny_run):
         port = free_port()
         log = tmp_path_factory.mktemp("serve") / "log.txt"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "serve", "--run", str(tiny_run), "--port",
+            proc = subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "serve", "--run", str(run), "--port",
                                      str(port), *args], cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
@@ -127,6 +127,35 @@ def test_chat_completions_use_the_run_template(client, generator):
                                                  stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+
+
+def test_chat_completions_of_a_chat_run_prompt_with_the_chat_templates_ids(start_server, generator, tiny_run,
+                                                                           tmp_path):
+    """A run trained on `messages` data: the conversation in the ids `kgpt2 train` trained on (end-of-text ids)."""
+    import json
+    import shutil
+
+    from kgpt2.generate import Settings
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["generate"]["template"] = "chat"
+    (run / "config.json").write_text(json.dumps(cfg))
+    proc, url = start_server(run=run)
+    chat = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    messages = [{"role": "developer", "content": "Brief."}, {"role": "user", "content": "The assert statement"}]
+    out = chat.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    gen, tokenizer, _ = generator
+    turns = [dict(m, role="system") if m["role"] == "developer" else m for m in messages]
+    want = gen.generate(turns, Settings(sampler="greedy", max_new_tokens=8, template="chat"))
+    assert out.choices[0].message.content == want
+    from kgpt2.templates import prompt_ids
+
+    ids = prompt_ids(tokenizer, turns)
+    assert out.usage.prompt_tokens == len(ids) < 56 and ids.count(tokenizer.eos_id) == 2  # one per turn
+    proc.terminate()
+    proc.wait(30)
 
 
 def test_bad_requests_are_4xx_in_openai_shape(client, server):

@@ -71,6 +71,41 @@ def test_every_verb_has_help():
         assert r.returncode == 0 and "usage: kgpt2 " + name in r.stdout
 
 
+@pytest.mark.parametrize("argv, overrides", [
+    (["pretrain", "init", "--config", "c.toml", "model.num_layers=2"], ["model.num_layers=2"]),
+    (["train", "a=1", "--config", "c.toml", "b=2", "--device", "cpu", "c=3"], ["a=1", "b=2", "c=3"]),
+    (["align", "--device", "cpu", "a=1"], ["a=1"]),
+])
+def test_overrides_may_follow_the_options(argv, overrides):
+    from kgpt2.cli import parse_args
+
+    args = parse_args(argv)
+    assert args.overrides == overrides and args.config in ("c.toml", None)
+
+
+def test_unknown_words_are_still_refused(tmp_path):
+    for argv, word in ((["train", "--config", "c.toml", "--bogus", "a=1"], "--bogus"), (["recipes", "a", "b"], "b")):
+        r = run_cli(*argv, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.strip().endswith(f"unrecognized arguments: {word}"), r.stderr
+
+
+NO_KERAS = "import sys; from kgpt2.cli import main; code = main(sys.argv[1:]); " \
+           "print(code, [m for m in ('keras', 'keras_hub', 'tensorflow', 'jax') if m in sys.modules])"
+
+
+def test_verbs_that_need_no_keras_never_import_it(tmp_path):
+    from kgpt2.cli import VERBS
+
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question.")
+    runs = {"recipes": ["recipes"],
+            "tokenizer": ["tokenizer", "train", "--char", "--source", "text.txt", "--out", "tok"]}
+    assert {name for name, (_, _, keras, _) in VERBS.items() if not keras} == set(runs)  # each one run below
+    for argv in runs.values():
+        r = subprocess.run([sys.executable, "-c", NO_KERAS, *argv], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=120)
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 []", (argv, r.stdout, r.stderr)
+
+
 def test_run_dir_holds_config_checkpoints_logs_metrics(tiny_run):
     files = {p.name for p in tiny_run.iterdir()}
     assert {"config.json", "stages.json", "stages.csv", "loss.png", "stage-1.weights.h5", "stage-2.weights.h5"} <= files

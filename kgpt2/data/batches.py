@@ -17,6 +17,11 @@ responses only; `offsets` (the example boundaries) makes one window per
 example, padded, instead of packed windows. `padding_fraction()` is the share
 of the batches' target positions that carry no token.
 
+`article_batches` picks the source for `data.windows`: `WindowBatches` for
+"packed" (the token stream) and "example", kgpt2.data.packing's
+`PackedBatches` for "packed_examples" (several examples per window, each
+attending only to itself); `resolve_windows` turns "auto" into one of them.
+
 `to_dataset` wraps a batch source for `fit`/`evaluate`: a `grain.MapDataset`
 (no TensorFlow needed, so it also runs on the GPU machine) or, without grain,
 a `tf.data.Dataset`.
@@ -31,11 +36,15 @@ a `tf.data.Dataset`.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 
+from kgpt2.data.packing import PackedBatches
 from kgpt2.errors import UserError
+
+PACKED_EXAMPLES = "packed_examples"  # data.windows: several examples per window, each attending only to itself
 
 
 def window_starts(lo: int, hi: int, sequence_length: int) -> np.ndarray:
@@ -126,6 +135,24 @@ class WindowBatches:
         slots = len(self) * self.batch_size * self.sequence_length
         return 1.0 - real / slots if slots else 0.0
 
+    def batch_paddings(self) -> np.ndarray:
+        """The padding share of each batch this source yields (what `padding_fraction` averages)."""
+        real = np.zeros(self.total_batches * self.batch_size)
+        used = min(len(self.starts), len(real))
+        real[:used] = np.maximum(self.ends[:used] - self.starts[:used] - 1, 0)
+        per_batch = real.reshape(self.total_batches, self.batch_size).sum(axis=1)
+        return (1.0 - per_batch / (self.batch_size * self.sequence_length))[self.start_batch:]
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.starts)
+
+    def take_rows(self, rows, batch_size: int) -> WindowBatches:
+        """These windows only (positions in this epoch's order), in batches of `batch_size` (one process's rows)."""
+        local = copy.copy(self)
+        local.starts, local.ends, local.batch_size = self.starts[rows], self.ends[rows], batch_size
+        return local
+
 
 class EpochBatches:
     """Several epochs of one stage as one batch source, from global batch `start` on.
@@ -150,6 +177,35 @@ class EpochBatches:
         if epoch != self._epoch:
             self._epoch, self._source = epoch, self.make_epoch(epoch)
         return self._source[batch]
+
+    def batch_paddings(self) -> np.ndarray:
+        """The padding share of each batch, in order (for the step log)."""
+        first, last = divmod(self.start, self.per_epoch)[0], divmod(max(self.start, self.end - 1), self.per_epoch)[0]
+        shares = np.concatenate([self.make_epoch(e).batch_paddings() for e in range(first, last + 1)])
+        at = self.start - first * self.per_epoch
+        return shares[at:at + len(self)]
+
+
+def article_batches(split, first: int, end: int, *, windows: str, loss_on: str, shift: bool = False, **options):
+    """The batch source of articles [first, end) of a shard split for `data.windows`.
+
+    "packed" and "example": `WindowBatches` (`split_options`); "packed_examples":
+    `PackedBatches` (kgpt2.data.packing). `options`: sequence_length,
+    batch_size, seed, stage, epoch, shuffle, start_batch, max_batches.
+    """
+    if windows == PACKED_EXAMPLES:
+        return PackedBatches(split, first, end, loss_on=loss_on, **options)
+    lo, hi = split.token_range(first, end)
+    return WindowBatches(split.tokens, lo, hi, shift=shift, **options,
+                         **split_options(split, first, end, loss_on, windows))
+
+
+def resolve_windows(windows: str, manifest: dict) -> str:
+    """`data.windows = "auto"` for a shard set: "packed_examples" for examples (shards with a loss mask:
+    instruction, chat, preference sources), "packed" (the token stream) for articles."""
+    if windows != "auto":
+        return windows
+    return PACKED_EXAMPLES if any(info.get("mask") for info in manifest["splits"].values()) else "packed"
 
 
 def split_options(split, first: int, end: int, loss_on: str = "response", windows: str = "packed") -> dict:

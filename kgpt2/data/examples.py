@@ -3,8 +3,10 @@
 Prompt and response are encoded apart and concatenated, then end-of-text:
 the prompt's ids never depend on the response, and the mask is 0 on the
 prompt and 1 on the response and the end-of-text, so the loss is on the
-response only. `prepare` writes these for instruction sources; DPO scores
-its pairs with them.
+response only. `prepare` writes these for instruction sources; `kgpt2 align`
+scores its pairs and KTO examples with them. A prompt may be a list of chat
+messages: its ids are then `kgpt2.templates.prompt_ids`' (end-of-text ids at
+the turn separators), the ids `kgpt2 generate` and `kgpt2 train` use.
 
     >>> from kgpt2.char_tokenizer import CharTokenizer
     >>> from kgpt2.data.examples import encode_example
@@ -19,16 +21,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from kgpt2.templates import prompt_ids as template_prompt_ids
 from kgpt2.tokenizer_protocol import Tokenizer
 
 
-def encode_example(tokenizer: Tokenizer, prompt: str, response: str):
+def encode_example(tokenizer: Tokenizer, prompt: str | list, response: str):
     """(token ids, loss mask) of prompt + response + end-of-text.
 
     The two parts are encoded separately so the prompt's ids never depend on
-    the response (BPE could merge across the boundary otherwise).
+    the response (BPE could merge across the boundary otherwise). A text
+    prompt is encoded as it is; a list of messages in the chat template.
     """
-    prompt_ids = tokenizer.encode(prompt)
+    prompt_ids = template_prompt_ids(tokenizer, prompt)
     response_ids = tokenizer.encode(response)
     ids = np.asarray(prompt_ids + response_ids + [tokenizer.eos_id], dtype=np.int64)
     mask = np.zeros(len(ids), dtype=np.uint8)

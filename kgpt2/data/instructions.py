@@ -9,11 +9,12 @@ and the response apart, so the prompt's tokens are exactly the tokens
 (1 = a training target) is 0 on the prompt and 1 on the response and the
 end-of-text.
 
-Examples are one per window, padded (`data.windows = "example"`): keras-hub's
-GPT2Backbone takes only a padding mask (its functional inputs are token_ids
-and padding_mask; the causal mask is built inside each TransformerDecoder), so
-examples packed into one window would attend to each other. The padding share
-of the compute is logged by `kgpt2 train` and kept in the stage table.
+Training packs several examples into each window (`data.windows =
+"packed_examples"`, what "auto" picks for these shards): kgpt2.data.packing
+places them, and kgpt2.packed_attention confines each example's attention to
+itself with positions restarting, since keras-hub's GPT2Backbone takes only a
+padding mask. `data.windows = "example"` puts one example per window, padded.
+The padding share is logged by `kgpt2 train` and kept in the stage table.
 
     >>> from kgpt2.data.instructions import record_prompt
     >>> print(record_prompt({"instruction": "Add.", "input": "1+1"}, "example"))
@@ -63,14 +64,58 @@ class ChatDocument(InstructionDocument):
         return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.uint8)
 
 
-def record_prompt(record: dict, where: str, template: str = "plain") -> str:
-    """The prompt text of an instruction/input record or a raw-`prompt` record."""
+def record_prompt(record: dict, where: str, template: str = "plain") -> str | list:
+    """The prompt of a record: text (instruction/input, or a raw `prompt`), or chat messages.
+
+    Chat prompts (a list) are a record's `messages`, a `prompt` that is a
+    list of messages (TRL's conversational format), a demo vote cast in the
+    chat template, or a raw `prompt` when `template` is "chat": they are the
+    conversation so far, tokenised by `kgpt2.templates.prompt_ids`.
+    """
+    messages = _chat_messages(record, template)
+    if messages is not None:
+        return _checked_chat(messages, where)
     if "instruction" in record:
         return format_prompt(str(record["instruction"]), str(record.get("input") or ""))
     if "prompt" in record:
         prompt = str(record.get("model_input") or record["prompt"])  # demo votes keep what the model saw
         return format_prompt(prompt) if template == "instruction" and "model_input" not in record else prompt
     raise UserError(f"{where}: expected an instruction (or prompt) field, found {', '.join(sorted(record)) or 'none'}")
+
+
+def _chat_messages(record: dict, template: str) -> list | None:
+    if "messages" in record:
+        return record["messages"]
+    prompt = record.get("prompt")
+    if isinstance(prompt, list):
+        return prompt
+    if prompt is None or "instruction" in record:
+        return None
+    if record.get("template") == "chat" or (template == "chat" and "model_input" not in record):
+        return [{"role": "user", "content": str(prompt)}]  # a demo vote in the chat template: one user turn
+    return None
+
+
+def _checked_chat(messages, where: str) -> list:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: expected the prompt's messages as a non-empty list of role/content objects")
+    chat_segments(messages, where=where)  # one clear error for a bad role or content
+    if messages[-1]["role"] == "assistant":
+        raise UserError(f"{where}: the prompt's messages end with an assistant turn; "
+                        "the answer (chosen, rejected or completion) is the assistant turn that follows them")
+    return messages
+
+
+def record_response(value, where: str, key: str):
+    """An answer field as text: a string, or (TRL's conversational format) one assistant message."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) \
+            and value[0].get("role") == "assistant" and isinstance(value[0].get("content"), str):
+        return value[0]["content"]
+    if isinstance(value, (list, dict)):
+        raise UserError(f"{where}: {key} must be text or one assistant message")
+    return str(value)
 
 
 def _records(src):
@@ -92,12 +137,16 @@ def _read(src, response_key: str):
             src.stats.skip(f"no {response_key}", where)
             continue
         prompt = record_prompt(record, where)
-        response = str(record[response_key]).strip()
+        response = record_response(record[response_key], where, response_key).strip()
         if not response:
             src.stats.skip(f"empty {response_key}", where)
             continue
-        yield InstructionDocument(str(record.get("id", f"{stem}:{n}")), prompt + response,
-                                  prompt_chars=len(prompt))
+        doc_id = str(record.get("id", f"{stem}:{n}"))
+        if isinstance(prompt, list):  # a chat prompt: the conversation with this answer, as `messages` trains
+            messages = prompt + [{"role": "assistant", "content": response}]
+            yield ChatDocument(doc_id, _chat_text(messages), messages=messages)
+        else:
+            yield InstructionDocument(doc_id, prompt + response, prompt_chars=len(prompt))
 
 
 def read_alpaca(src):
@@ -106,9 +155,8 @@ def read_alpaca(src):
 
 
 def read_preferences(src):
-    """Preference records as supervised data on their chosen responses (SFT before DPO)."""
+    """Preference records as supervised data on their chosen responses (SFT before DPO; chat prompts as chat)."""
     yield from _read(src, "chosen")
-
 
 
 def read_messages(src):
@@ -126,5 +174,9 @@ def read_messages(src):
         if not any(trained for _, trained in segments):
             src.stats.skip("no assistant turn", where)
             continue
-        text = "".join("<|endoftext|>" if t is None else t for t, _ in segments)
-        yield ChatDocument(str(record.get("id", f"{stem}:{n}")), text, messages=messages)
+        yield ChatDocument(str(record.get("id", f"{stem}:{n}")), _chat_text(messages), messages=messages)
+
+
+def _chat_text(messages: list) -> str:
+    """A conversation as text (documents keep a text; its ids come from `ChatDocument.encode`)."""
+    return "".join("<|endoftext|>" if t is None else t for t, _ in chat_segments(messages, add_generation_prompt=False))

@@ -2,10 +2,17 @@
 
 Pairs are (prompt, chosen, rejected) from JSON/JSONL files or a demo run's
 votes; unpaired examples (TRL's KTO format: `prompt` or `instruction`/`input`,
-`completion`, `label` true/false; or a demo vote record with `choice:
-"both_bad"`, two undesirable answers) feed `align.loss = "kto"`, and a pair
-gives KTO one desirable and one undesirable example. `encode_rows` turns rows of
-(prompt, response 0, response 1) into the [N, 2, T] arrays the policy scores.
+`completion`, `label` true/false) feed `align.loss = "kto"`, and a pair gives
+KTO one desirable and one undesirable example. Demo votes (kgpt2.votes) give:
+"A/B is better" a pair; "both are bad" two undesirable examples; a thumb up
+or down on one answer one example; a tie nothing. The paired losses skip a
+vote's unpaired examples (counted) but refuse a file of KTO records.
+
+A prompt is text or, for chat data (`messages`, TRL's conversational
+`prompt` list, a vote in the chat template, or `align.template = "chat"`), a
+list of messages; `encode_rows` turns rows of (prompt, response 0,
+response 1) into the [N, 2, T] arrays the policy scores, a chat prompt in the
+ids `kgpt2 train` and `kgpt2 generate` use (kgpt2.templates.prompt_ids).
 
     >>> from kgpt2.data.preference_pairs import unpair
     >>> unpair([{"prompt": "Q", "chosen": "yes", "rejected": "no"}])
@@ -22,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from kgpt2.data.examples import encode_example
-from kgpt2.data.instructions import record_prompt
+from kgpt2.data.instructions import record_prompt, record_response
 from kgpt2.errors import UserError
 
 
@@ -33,7 +40,8 @@ class PairStats:
     identical: int = 0  # chosen == rejected: no preference signal
     too_long: int = 0  # the prompt alone fills the window
     used: int = 0
-    unpaired: int = 0  # KTO examples (completion + label)
+    unpaired: int = 0  # KTO examples (completion + label, "both bad" votes)
+    skipped: int = 0  # unpaired examples of votes a paired loss does not read
     files: list = field(default_factory=list)
 
 
@@ -72,9 +80,10 @@ def _files(paths):
 def read_preferences(paths, template: str = "plain", stats: PairStats | None = None) -> tuple[list, list]:
     """(pairs, unpaired): pairs {prompt, chosen, rejected}, unpaired {prompt, completion, label}.
 
-    Records give `instruction`/`input` (rendered with the Alpaca template) or
-    a raw `prompt` (votes: the `model_input` the model saw). Ties (no chosen)
-    and pairs whose chosen equals rejected are skipped and counted.
+    Records give `instruction`/`input` (rendered with the Alpaca template),
+    a raw `prompt` (votes: the `model_input` the model saw) or chat messages.
+    Ties (no chosen) and pairs whose chosen equals rejected are skipped and
+    counted. Unpaired examples from demo votes carry `"vote": True`.
     """
     stats = stats if stats is not None else PairStats()
     pairs, unpaired = [], []
@@ -90,10 +99,11 @@ def read_preferences(paths, template: str = "plain", stats: PairStats | None = N
             if not isinstance(rec, dict) or "chosen" not in rec or "rejected" not in rec:
                 raise UserError(f"{where}: expected chosen and rejected fields (or completion and label for KTO)")
             stats.read += 1
-            if rec["chosen"] is None or rec["rejected"] is None:
+            chosen, rejected = (record_response(rec[k], where, k) for k in ("chosen", "rejected"))
+            if chosen is None or rejected is None:
                 stats.ties += 1
                 continue
-            chosen, rejected = str(rec["chosen"]).strip(), str(rec["rejected"]).strip()
+            chosen, rejected = chosen.strip(), rejected.strip()
             if chosen == rejected:
                 stats.identical += 1
                 continue
@@ -101,26 +111,42 @@ def read_preferences(paths, template: str = "plain", stats: PairStats | None = N
     return pairs, unpaired
 
 
+# A demo vote's answers under older names: "left"/"right" before the arena's A/B.
+_VOTE_ANSWERS = {"a": ("answer_a", "left_answer"), "b": ("answer_b", "right_answer")}
+
+
 def _unpaired(rec, where: str, template: str) -> list | None:
-    """KTO examples of a record: a completion with a label, or a demo vote "both_bad" (two undesirable answers)."""
+    """KTO examples of a record: a completion with a label (TRL's format, a thumb vote), or "both bad"."""
     if not isinstance(rec, dict):
         return None
+    vote = "choice" in rec  # a demo vote (kgpt2.votes)
     if "completion" in rec and "label" in rec:
-        return [{"prompt": record_prompt(rec, where, template), "completion": str(rec["completion"]).strip(),
-                 "label": bool(rec["label"])}]
-    if rec.get("choice") == "both_bad" and "left_answer" in rec and "right_answer" in rec:
+        if rec["label"] not in (True, False, 0, 1):
+            raise UserError(f"{where}: label must be true or false, got {rec['label']!r}")
+        completion = record_response(rec["completion"], where, "completion")
+        return [{"prompt": record_prompt(rec, where, template), "completion": str(completion).strip(),
+                 "label": bool(rec["label"])} | ({"vote": True} if vote else {})]
+    if rec.get("choice") == "both_bad":
+        answers = [next((rec[k] for k in _VOTE_ANSWERS[side] if k in rec), None) for side in "ab"]
+        if None in answers:
+            raise UserError(f"{where}: a \"both bad\" vote needs both answers (answer_a, answer_b)")
         prompt = record_prompt(rec, where, template)
-        return [{"prompt": prompt, "completion": str(rec[k]).strip(), "label": False}
-                for k in ("left_answer", "right_answer")]
+        return [{"prompt": prompt, "completion": str(a).strip(), "label": False, "vote": True} for a in answers]
     return None
 
 
+def refuse_unpaired(unpaired: list, loss: str = "dpo") -> None:
+    """Paired losses train on pairs only: KTO records given to them are refused (votes' are skipped)."""
+    records = [u for u in unpaired if not u.get("vote")]
+    if records:
+        raise UserError(f"{len(records)} records are unpaired (completion + label): "
+                        f"only align.loss = \"kto\" trains on them, not \"{loss}\"")
+
+
 def read_pairs(paths, template: str = "plain", stats: PairStats | None = None) -> list[dict]:
-    """The pairs of `read_preferences`; unpaired examples are refused (only KTO reads them)."""
+    """The pairs of `read_preferences`; unpaired records are refused (only KTO reads them), votes' skipped."""
     pairs, unpaired = read_preferences(paths, template, stats)
-    if unpaired:
-        raise UserError(f"{len(unpaired)} records are unpaired (completion + label): "
-                        "only align.loss = \"kto\" trains on them")
+    refuse_unpaired(unpaired)
     return pairs
 
 
@@ -186,9 +212,10 @@ def encode_pairs(tokenizer, pairs: list[dict], sequence_length: int, stats: Pair
     return inputs, kept
 
 
-def heldout_mask(prompts: list[str], fraction: float, seed: int) -> np.ndarray:
+def heldout_mask(prompts: list, fraction: float, seed: int) -> np.ndarray:
     """Deterministic held-out split by a seeded hash of the prompt (a prompt is never on both sides)."""
-    u = np.array([zlib.crc32(f"{seed}:{p}".encode()) / 2**32 for p in prompts])
+    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True, ensure_ascii=False) for p in prompts]
+    u = np.array([zlib.crc32(f"{seed}:{k}".encode()) / 2**32 for k in keys])
     return u < fraction
 
 

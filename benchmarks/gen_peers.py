@@ -61,7 +61,7 @@ def build_model(shape: dict, quantize: str = "none"):
 
 
 class Kgpt2:
-    def __init__(self, model, a, chunk=None, programs_options=None):
+    def __init__(self, model, a, chunk=None, programs_options=None, label=""):
         from kgpt2.generate import Generator, Settings
 
         self.gen, self.a = Generator(model, NoStop(), chunk=chunk), a
@@ -69,9 +69,7 @@ class Kgpt2:
             self.gen.engine = self._engine_with(programs_options)
         self.greedy = Settings(sampler="greedy", max_new_tokens=a.new_tokens)
         chunk_now = self.gen.engine(a.prompt_tokens + a.new_tokens).programs.chunk
-        self.name = f"kgpt2 Generator (chunk {chunk_now}{', ' + self.label if programs_options else ''})"
-
-    label = "WHILE+CONDITIONAL command buffers"
+        self.name = f"kgpt2 Generator (chunk {chunk_now}{', XLA ' + label if label else ''})"
 
     def _engine_with(self, options):
         from kgpt2.decoding import Programs, bucket
@@ -213,7 +211,8 @@ class EnginePeer:
         if n not in self.engines:  # one engine per slot count (its own compiled programs)
             cache = bucket(self.a.prompt_tokens + self.a.new_tokens, 128, self.model.backbone.max_sequence_length)
             programs = Programs(self.model, n, cache, self.max_steps, compiler_options=self.options)
-            self.engines[n] = Engine(self.model, NoStop(), slots=n, cache_length=cache, programs=programs)
+            self.engines[n] = Engine(self.model, NoStop(), slots=n, cache_length=cache, programs=programs,
+                                     steps_per_launch=16, full_steps_per_launch=64)
         return self.engines[n]
 
     def run(self, batch, steps=None):

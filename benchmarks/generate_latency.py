@@ -19,9 +19,13 @@ section written to `--out` as soon as it is done (a time-out keeps the rest):
    `prefill_ms` = admitting all N, one batched prefill), against one HF
    `generate` on the same N prompts; `--stream-repeats` rounds in turns.
 3. decode steps per launch at the largest N (`--launch-steps`, a runtime
-   value: no new compile).
-4. GPU only: `Generator` and the engine at the largest N compiled with XLA's
-   WHILE and CONDITIONAL command buffers (kgpt2.decoding.GPU_COMMAND_BUFFERS).
+   value: no new compile), and the engine's own choice (`steps_per_launch`,
+   `full_steps_per_launch` while every slot is taken).
+4. `--xla-variants` (GPU default: cmdbuf, cublaslt): `Generator` and the engine at
+   the largest N compiled with other XLA options (XLA_VARIANTS: loops and
+   conditionals in CUDA graphs; cuBLASLt GEMMs with fused epilogues).
+5. `--profile` (GPU default): one traced `Generator` call and one run at the
+   largest N; device time per token by kernel, kernels per token.
 
     KERAS_BACKEND=jax python benchmarks/generate_latency.py --tiny --out .tmp/gen-tiny.json   # CPU dry run
     KERAS_BACKEND=jax python benchmarks/generate_latency.py --device cpu --streams 1 --new-tokens 32 --out gen-cpu.json
@@ -46,6 +50,15 @@ sys.path.insert(0, str(HERE))
 from gen_peers import HF, SHAPE_124M, SHAPE_TINY, EnginePeer, KerasHub, Kgpt2, Previous, build_model, prompts, timed  # noqa: E402
 
 
+# Section 4's XLA option sets for the decode and prefill programs (jax.jit compiler_options).
+XLA_VARIANTS = {
+    "cmdbuf": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL"},
+    "cublaslt": {"xla_gpu_enable_cublaslt": True},  # bias / activation epilogues fused into the GEMMs
+    "cmdbuf+cublaslt": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,"
+                        "WHILE,CONDITIONAL", "xla_gpu_enable_cublaslt": True},
+}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -61,11 +74,13 @@ def parse_args(argv=None):
     p.add_argument("--peers", default="kgpt2,previous,keras-hub,hf",
                    help="batch-1 peers: kgpt2, previous (the decoder before the engine), keras-hub, hf (hf: also at N streams)")
     p.add_argument("--skip-batch-1", action="store_true", help="sections 2-4 only (serve_throughput.py)")
-    p.add_argument("--chunks", default=None, help="Generator chunk sizes, the default first (gpu: 8,1,32; cpu: 1)")
+    p.add_argument("--chunks", default=None, help="Generator chunk sizes, the default first (gpu: 8,1; cpu: 1)")
     p.add_argument("--streams", default=None, help="concurrent streams for the engine (gpu: 1,8,32,64; cpu: 1,4)")
     p.add_argument("--launch-steps", default=None, help="decode steps per launch tried at the largest N "
-                   "(default 8,16,32,128; the engine's streams run at the first of 16 or the list's first)")
-    p.add_argument("--command-buffers", choices=["auto", "on", "off"], default="auto", help="section 4 (auto: on gpu)")
+                   "(default 8,16,32,128; section 2 runs at 16 if listed, else the first)")
+    p.add_argument("--xla-variants", default=None, help="section 4: XLA option sets, of " + ", ".join(XLA_VARIANTS)
+                   + " (gpu default: cmdbuf,cublaslt; cpu: none)")
+    p.add_argument("--profile", choices=["auto", "on", "off"], default="auto", help="section 5 (auto: on gpu)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
     gpu = a.device == "gpu"
@@ -76,10 +91,12 @@ def parse_args(argv=None):
     a.peers = [x.strip() for x in a.peers.split(",") if x.strip()]
     a.quantize = [x.strip() for x in a.quantize.split(",") if x.strip()]
     assert set(a.quantize) <= {"none", "int8"}, a.quantize
-    a.chunks = [int(x) for x in (a.chunks or ("8,1,32" if gpu else "4,1" if a.tiny else "1")).split(",") if x]
+    a.chunks = [int(x) for x in (a.chunks or ("8,1" if gpu else "4,1" if a.tiny else "1")).split(",") if x]
     a.streams = [int(x) for x in (a.streams if a.streams is not None else ("1,8,32,64" if gpu else "1,4")).split(",") if x]
     a.launch_steps = [int(x) for x in (a.launch_steps or ("4,16" if a.tiny else "8,16,32,128")).split(",") if x]
-    a.command_buffers = a.command_buffers == "on" or (a.command_buffers == "auto" and gpu)
+    a.xla_variants = [x for x in (a.xla_variants if a.xla_variants is not None else "cmdbuf,cublaslt" if gpu else "").split(",") if x]
+    assert set(a.xla_variants) <= set(XLA_VARIANTS), a.xla_variants
+    a.profile = a.profile == "on" or (a.profile == "auto" and gpu)
     return a
 
 
@@ -201,18 +218,69 @@ def launch_steps(engine, a, vocabulary) -> dict:
                 for r in range(a.stream_repeats)]
         out[steps] = {"runs_s": [round(x, 4) for x in runs], "tok_s": round(n * a.new_tokens / statistics.median(runs), 1)}
         print(f"{n} streams, {steps} steps a launch: {out[steps]['tok_s']} tok/s", flush=True)
+    e = engine.engine(n)  # the engine's own choice: steps_per_launch, or full_steps_per_launch with every slot taken
+    runs = [timed(lambda: engine.run(prompts(a.prompt_tokens, n, vocabulary, 11 * r), None))[0] for r in range(a.stream_repeats)]
+    key = f"{e.steps_per_launch}, {e.full_steps_per_launch} when full"
+    out[key] = {"runs_s": [round(x, 4) for x in runs], "tok_s": round(n * a.new_tokens / statistics.median(runs), 1)}
+    print(f"{n} streams, {key}: {out[key]['tok_s']} tok/s", flush=True)
     return out
 
 
-def command_buffers(model, a, vocabulary) -> dict:
-    """Section 4: the same programs compiled with loops and conditionals in CUDA graphs."""
-    from kgpt2.decoding import GPU_COMMAND_BUFFERS
-
-    options = {"xla_gpu_enable_command_buffer": GPU_COMMAND_BUFFERS}
-    out = batch_one([Kgpt2(model, a, a.chunks[0], options)], a, vocabulary, extras=False)
+def xla_variant(model, a, vocabulary, name: str) -> dict:
+    """Section 4: `Generator` at batch 1 and the engine at the largest N with one set of XLA options."""
+    options = XLA_VARIANTS[name]
+    out = batch_one([Kgpt2(model, a, a.chunks[0], options, label=name)], a, vocabulary, extras=False)
     if a.streams:
-        out[f"kgpt2 Engine, {max(a.streams)} streams"] = launch_steps(EnginePeer(model, a, max(a.launch_steps), options),
-                                                                     a, vocabulary)
+        peer = EnginePeer(model, a, max(a.launch_steps), options)
+        out[f"kgpt2 Engine, {max(a.streams)} streams"] = launch_steps(peer, a, vocabulary)
+    return out
+
+
+def profile(fn, tokens: int, a) -> dict:
+    """Section 5: one traced call; device time per token by kernel (GPU) or by XLA operation (CPU threads)."""
+    import collections
+    import glob
+    import tempfile
+
+    import jax
+
+    folder = tempfile.mkdtemp(prefix="kgpt2-trace-")
+    fn()
+    jax.profiler.start_trace(folder)
+    seconds = timed(fn)[0]
+    jax.profiler.stop_trace()
+    path = sorted(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True))[-1]
+    data = jax.profiler.ProfileData.from_serialized_xspace(Path(path).read_bytes())
+    gpu, busy, count, lines = a.device == "gpu", collections.Counter(), collections.Counter(), collections.Counter()
+    for plane in data.planes:
+        if gpu != plane.name.startswith("/device:GPU:0") or (not gpu and not plane.name.startswith("/host:CPU")):
+            continue
+        for line in plane.lines:
+            lines[f"{plane.name[:24]} | {line.name[:40]}"] += sum(1 for _ in line.events)
+            if (gpu and not line.name.startswith("Stream")) or (not gpu and not line.name.startswith("tf_XLA")):
+                continue
+            for e in line.events:
+                if not e.name.startswith(("ThunkExecutor", "while")):  # CPU: loops hold the operations timed here
+                    busy[e.name] += e.duration_ns
+                    count[e.name] += 1
+    return {"wall_ms_per_token": round(1000 * seconds / tokens, 4),
+            "busy_ms_per_token": round(sum(busy.values()) / 1e6 / tokens, 4),
+            "kernels_per_token": round(sum(count.values()) / tokens, 1),
+            "top": [[k[:100], round(v / 1e6 / tokens, 4), round(count[k] / tokens, 2)] for k, v in busy.most_common(30)],
+            "lines": dict(lines.most_common(12))}
+
+
+def profiles(model, a, vocabulary) -> dict:
+    ids = prompts(a.prompt_tokens, 1, vocabulary, 3)[0]
+    main = Kgpt2(model, a, a.chunks[0])
+    out = {"batch_1": profile(lambda: main.generate(ids), a.new_tokens, a)}
+    if a.streams:
+        n, peer = max(a.streams), EnginePeer(model, a, max(a.launch_steps))
+        batch = prompts(a.prompt_tokens, n, vocabulary, 4)
+        out[f"engine_{n}_streams"] = profile(lambda: peer.run(batch, None), n * a.new_tokens, a)
+    for k, v in out.items():
+        print(f"profile {k}: {v['wall_ms_per_token']} ms a token wall, {v['busy_ms_per_token']} busy, "
+              f"{v['kernels_per_token']} kernels a token", flush=True)
     return out
 
 
@@ -249,11 +317,17 @@ def main(argv=None) -> dict:
         write_report("generate_latency", a, results, quiet=True)
         results["launch_steps"] = launch_steps(engine, a, vocabulary)
         write_report("generate_latency", a, results, quiet=True)
-    if a.command_buffers:
+    for name in a.xla_variants:
         try:
-            results["command_buffers"] = command_buffers(model, a, vocabulary)
+            results.setdefault("xla_variants", {})[name] = xla_variant(model, a, vocabulary, name)
         except Exception as e:  # noqa: BLE001  (an XLA that refuses the option: recorded, the rest kept)
-            results["command_buffers"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            results.setdefault("xla_variants", {})[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        write_report("generate_latency", a, results, quiet=True)
+    if a.profile:
+        try:
+            results["profile"] = profiles(model, a, vocabulary)
+        except Exception as e:  # noqa: BLE001
+            results["profile"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
     return write_report("generate_latency", a, results)
 
 

@@ -19,9 +19,10 @@
 # benchmarks/shakespeare_vs_nanogpt.sh), `peers` (HF + torch.compile, HF + PEFT + torch.compile, one process,
 # PEERS_S), `memory3` (the largest batch under 15 GiB from XLA's memory plan + one real check, MEMORY_S).
 # Also needs .bench/nanogpt and .bench/shakespeare_char (benchmarks/prepare_nanogpt.sh).
-# `gen` (issue 20, ~4 minutes on an H200): benchmarks/generate_latency.py, everything in one
-# run: Generator batch 1 (chunks 8, 1, 32), the decoder before the engine, keras-hub, HF
-# (same weights), the engine at 1/8/32/64 streams, steps per launch, command buffers. Needs only .whl/.
+# `gen` (issue 20, ~5 minutes on an H200): benchmarks/generate_latency.py, everything in one
+# run: Generator batch 1 (chunks 8, 1), the decoder before the engine, keras-hub, HF (same
+# weights), the engine at 1/8/32/64 streams, steps per launch, XLA variants (command buffers,
+# cuBLASLt), a device profile per token. Needs only .whl/.
 # Needs .whl/ (wheels, see benchmarks/device_setup.sh) and .bench/ (shards,
 # tokenizer, shakespeare.txt: benchmarks/make_bench_data.sh) carried; writes everything under $OUT.
 what=${1:-all}
@@ -35,7 +36,7 @@ if [ "${2:-}" = --tiny ]; then
   SEARCH3="--tiny --seq 64 --cap-gb 0.5 --max-batch 64 --max-probes 2 --jobs 2"
   SHAKESPEARE_ITERS=120 TINY=--tiny MSIZES=124M  # one size: the same code paths as three
   T=4  # the tiny run is CPU-bound on a shared machine: longer timeouts
-  GEN="--tiny"
+  GEN="--tiny --xla-variants cmdbuf --profile on"
 else
   [ -n "${KGPT2_DEVICE_READY:-}" ] || { source benchmarks/device_setup.sh || exit 1; }  # set: the caller installed them
   nvidia-smi -L

@@ -19,4 +19,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate_latency import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(["--skip-batch-1", "--peers", "hf", "--command-buffers", "off"] + sys.argv[1:])
+    main(["--skip-batch-1", "--peers", "hf", "--xla-variants", "", "--profile", "off"] + sys.argv[1:])

@@ -40,9 +40,6 @@ from kgpt2.sampling import sample
 
 MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
 GPU_CHUNK = 8  # decode steps per inner (fixed-length) loop on an accelerator; 1 on a CPU
-# XLA's default GPU command buffer (CUDA graph) kinds plus loops and conditionals: a whole
-# decode loop as one graph (an option to measure; not the default).
-GPU_COMMAND_BUFFERS = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL"
 # The packed per-row int32 state: columns of `Programs.pack`'s `ints`.
 LAST, POS, START, LIMIT, ACTIVE, GREEDY, TOP_K, SEED = range(8)
 
@@ -78,7 +75,7 @@ def compiled(fn, donate=(), compiler_options=None):
     """`fn` compiled for the backend: jax.jit, tf.function (XLA), or eager on torch.
 
     `compiler_options` (JAX only): XLA options for these programs, e.g.
-    `{"xla_gpu_enable_command_buffer": GPU_COMMAND_BUFFERS}`.
+    `{"xla_gpu_enable_cublaslt": True}` (benchmarks/generate_latency.py measures some).
     """
     import keras
 

@@ -110,18 +110,26 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, slots: int = 8, cache_length: int | None = None, steps_per_launch: int = 16,
-                 weights: Callable[[], list] | None = None, chunk: int | None = None, programs: Programs | None = None):
+                 weights: Callable[[], list] | None = None, chunk: int | None = None, programs: Programs | None = None,
+                 full_steps_per_launch: int | None = None):
         """`weights`, when given, returns one array per `model.variables` at each launch, used instead
         of the variables: engines of several checkpoints share one built model without swapping.
         `chunk`: decode steps per fixed-length inner loop on the device (default: 8 on an
-        accelerator, 1 on a CPU; kgpt2.decoding)."""
+        accelerator, 1 on a CPU; kgpt2.decoding). `full_steps_per_launch` (default `steps_per_launch`):
+        the launch length while every slot is taken: no request can join before a row ends, and a
+        row's end stops the launch anyway, so longer launches cost no one a wait (tokens reach a
+        stream's listener at the end of each launch, though)."""
         b = model.backbone
         self.model, self.tokenizer, self.slots = model, tokenizer, slots
         self.max_sequence_length = int(b.max_sequence_length)
         self.cache_length = min(cache_length or self.max_sequence_length, self.max_sequence_length)
         self.vocabulary = int(b.vocabulary_size)
-        self.programs = programs or Programs(model, slots, self.cache_length, steps_per_launch, chunk)
-        self.steps_per_launch = self.programs.steps_per_launch  # a whole number of chunks
+        full = max(full_steps_per_launch or steps_per_launch, steps_per_launch)
+        self.programs = programs or Programs(model, slots, self.cache_length, full, chunk)
+        # Whole chunks, at most the programs' token buffer.
+        chunk, width = self.programs.chunk, self.programs.steps_per_launch
+        self.full_steps_per_launch = min(-(-full // chunk) * chunk, width)
+        self.steps_per_launch = min(-(-steps_per_launch // chunk) * chunk, self.full_steps_per_launch)
         self.waiting: deque[Request] = deque()
         self.rows: list[Request | None] = [None] * slots
         self._lock, self._wake = threading.Lock(), threading.Condition()
@@ -142,7 +150,7 @@ class Engine:
         """An engine on the same model and shapes with its own slots and `weights`, reusing this
         engine's compiled programs (they read the model only through the values passed in)."""
         return Engine(self.model, self.tokenizer, self.slots, self.cache_length, self.steps_per_launch, weights,
-                      programs=self.programs)
+                      programs=self.programs, full_steps_per_launch=self.full_steps_per_launch)
 
     def _values(self) -> list:
         return self._weights() if self._weights is not None else [v.value for v in self.programs.variables]
@@ -176,13 +184,14 @@ class Engine:
     # The loop -------------------------------------------------------------------------
     def step(self, steps: int | None = None) -> bool:
         """Admit waiting requests into free slots (one prefill launch), then decode up to `steps`
-        tokens (one launch; default `steps_per_launch`); False if idle."""
+        tokens (one launch; default `steps_per_launch`, `full_steps_per_launch` when no slot is free); False if idle."""
         self._drop_cancelled()
         self._admit()
         active = np.array([r is not None for r in self.rows])
         if not active.any() or steps == 0:  # steps=0: admissions (prefills) only
             return bool(self.waiting) or bool(active.any())
-        steps = min(steps or self.steps_per_launch, self.steps_per_launch)
+        cap = self.full_steps_per_launch if active.all() else self.steps_per_launch
+        steps = min(steps or cap, self.full_steps_per_launch)
         ints, floats = pack(self._last, self._pos, self._start, self._limit, active, self._greedy, self._top_k,
                             self._seed, self._temperature, self._top_p)
         decode = self.programs.decode(bool(self._greedy[active].all()))

@@ -175,3 +175,27 @@ def test_warm_up_compiles_all_that_serving_launches(loaded):
     run(engine, first + later)
     assert engine.compiles == 5
     assert [r.tokens for r in first[:1]] == [alone(engine, tokenizer.encode(PROMPTS[0]), Sampling(), first[0].total).tokens]
+
+
+def test_launches_run_longer_while_every_slot_is_taken(loaded):
+    model, tokenizer, _ = loaded
+
+    class NeverEnds:
+        eos_id = -1
+        decode = tokenizer.decode
+
+    engine = Engine(model, NeverEnds(), slots=2, steps_per_launch=4, full_steps_per_launch=12)
+    ids = tokenizer.encode(PROMPTS[1])
+    first = engine.submit(ids, Sampling(), 60)
+    engine.step()  # a free slot: a short launch, so a newcomer waits at most 4 steps
+    assert len(first.tokens) == 1 + 4
+    second = engine.submit(ids, Sampling(), 60)
+    engine.step()  # every slot taken: up to 12 steps (a row's end would stop it sooner)
+    assert (len(first.tokens), len(second.tokens)) == (5 + 12, 1 + 12)
+    third = engine.submit(ids, Sampling(), len(ids) + 3)
+    run(engine, [first])  # its end stops a long launch: the next step admits the third
+    assert not second.finished and len(second.tokens) < 60 - len(ids)
+    engine.step(0)
+    assert engine.rows[0] is third
+    run(engine, [second, third])
+    assert len(third.tokens) == 3 and second.finish_reason == "length"

@@ -100,6 +100,7 @@ def measure(root, run: str, clients: int = 20, requests: int = 3, new_tokens: in
         try:
             load(app.local_url, run, "base", demo.latest, clients=2, requests=1, new_tokens=new_tokens)  # sessions
             report[mode] = load(app.local_url, run, "base", demo.latest, clients, requests, new_tokens)
+            report[mode]["most_together"] = demo.answerer.most_together  # most requests one launch decoded
         finally:
             app.close()
     report["speedup_tokens_per_s"] = round(report["batched"]["tokens_per_s"] /

@@ -99,6 +99,7 @@ class Demo:
         """Load the latest checkpoint and compile its engine's programs (prefill of a short prompt,
         the decode loop for every slot) before the first visitor would wait for them."""
         weights = self.pool.get(self.run, self.latest)
+        weights.engine.warm_up()  # every prefill row bucket and both decode loops: batched visitors compile nothing
         ids = weights.engine.tokenizer.encode("The")
         s = Settings.from_config(self.defaults, max_new_tokens=min(4, self.max_new_tokens()))
         for _ in self.answerer.answer_many([Job(weights, ids, min(len(ids) + 4, weights.context), s)]):

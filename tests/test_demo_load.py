@@ -1,7 +1,10 @@
-"""20 gradio_client users x 3 requests against the demo: no errors, and batching beats one-at-a-time.
+"""20 gradio_client users x 3 requests against the demo: no errors, and the batched demo really
+decodes several visitors' requests in one launch while the one-at-a-time demo never does.
 
-Both modes run on the same tiny run in this process (benchmarks/demo_concurrency.py,
-whose numbers for the quickstart model are in docs/benchmarks.md).
+Both modes run on the same tiny run in this process (benchmarks/demo_concurrency.py). Which mode is
+faster is a benchmark figure, not a test: its numbers are in docs/benchmarks.md (since the engine's
+decode loop became one launch per request, one-at-a-time matches batched tokens/s on this CPU's tiny
+model; batched keeps the lower median latency).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_concurrency.p
 
 
 @pytest.mark.slow
-def test_twenty_users_three_requests_each_batched_beats_one_at_a_time(tmp_path, tiny_run):
+def test_twenty_users_three_requests_each_batched_together_without_errors(tmp_path, tiny_run):
     spec = importlib.util.spec_from_file_location("demo_concurrency", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -26,4 +29,6 @@ def test_twenty_users_three_requests_each_batched_beats_one_at_a_time(tmp_path, 
     serial, batched = report["one_at_a_time"], report["batched"]
     assert serial["requests"] == batched["requests"] == 60
     assert serial["errors"] == 0 and batched["errors"] == 0, (serial["error_examples"], batched["error_examples"])
-    assert batched["tokens_per_s"] > serial["tokens_per_s"], report
+    assert batched["most_together"] >= 4, report  # 20 visitors at once: several rows per launch
+    assert serial["most_together"] <= 1, report
+    assert batched["tokens"] == serial["tokens"] > 0, report  # the same answers' lengths (same seeds)

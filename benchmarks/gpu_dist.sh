@@ -24,7 +24,8 @@ dp() {  # $1: name, $2: seconds, then data_parallel.py's arguments
   timeout "$t" $PY benchmarks/data_parallel.py $B --log-dir "$L/$name" --out "$OUT/$name.json" "$@" 2>&1 | q | tee "$OUT/$name.txt"
 }
 PARTS=${PARTS:-124 774 1558}  # a subset when one call cannot hold all three
+# T774/T1558: their timeouts; D774="" leaves out the replicated 774M row (measured in session 4).
 [[ " $PARTS " == *" 124 "* ]] && XLA_FLAGS="$XLA_FLAGS $LHS" dp dp124-lhs 130 $S124 --devices 1,2 --warmup 5 --steps 25
-[[ " $PARTS " == *" 774 "* ]] && dp dp774 250 $SBIG --devices 2 --mesh "data:2" --warmup 3 --steps 8
-[[ " $PARTS " == *" 1558 "* ]] && dp dp1558 170 $SXL --devices "" --mesh "data:2" --warmup 3 --steps 6
+[[ " $PARTS " == *" 774 "* ]] && dp dp774 ${T774:-250} $SBIG --devices "${D774-2}" --mesh "data:2" --warmup 3 --steps 8
+[[ " $PARTS " == *" 1558 "* ]] && dp dp1558 ${T1558:-170} $SXL --devices "" --mesh "data:2" --warmup 3 --steps 6
 (cd "$(dirname $L)" && tar czf "$OUT/logs.tgz" "$(basename $L)")

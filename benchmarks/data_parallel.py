@@ -54,14 +54,16 @@ def run_one(args) -> dict:
     data, model = parse_mesh(args.mesh) or (n, 1)
     placement = [f'train.mesh="{args.mesh}"'] if args.mesh else [f'train.devices="{n}"']
     root = tempfile.mkdtemp(prefix="kgpt2-dp-")
+    # --warmup/--steps count logged rows: one per execution of `train.steps_per_execution` steps
+    per_row = next((int(s.split("=", 1)[1]) for s in args.set if s.startswith("train.steps_per_execution=")), 1)
     cfg = load_config(None, [
         "model.preset=scratch", f"model.tokenizer={args.tokenizer}", f"data.shards={args.shards}",
         f"model.num_layers={layers}", f"model.num_heads={heads}", f"model.hidden_dim={hidden}",
         f"model.intermediate_dim={4 * hidden}", f"model.max_sequence_length={max(args.seq, 64)}",
         f"data.sequence_length={args.seq}", "lora.enabled=false",
         f"train.batch_size={args.per_device_batch * data}", *placement, f"train.device={args.device}",
-        'train.stages=["rest"]', "train.epochs=0", f"train.max_steps={args.warmup + args.steps}",
-        "train.eval_batches=0", f"checkpoints_root={root}", "run=dp"])
+        'train.stages=["rest"]', "train.epochs=0", f"train.max_steps={(args.warmup + args.steps) * per_row}",
+        "train.eval_batches=0", f"checkpoints_root={root}", "run=dp", *args.set])
     t0 = time.perf_counter()
     result = train(cfg, verbose=0)
     wall_s = time.perf_counter() - t0
@@ -107,6 +109,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--one", action="store_true", help="run one device count in this process (used by the parent)")
     p.add_argument("--out", help="write the results here as JSON")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a kgpt2 config override for every run (repeatable), e.g. train.steps_per_execution=4")
     p.add_argument("--log-dir", help="keep each run's whole stderr here, one file per run")
     args = p.parse_args(argv)
     if args.one:

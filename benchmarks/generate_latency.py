@@ -54,6 +54,7 @@ from gen_peers import HF, SHAPE_124M, SHAPE_TINY, EnginePeer, KerasHub, Kgpt2, P
 XLA_VARIANTS = {
     "cmdbuf": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL"},
     "cublaslt": {"xla_gpu_enable_cublaslt": True},  # bias / activation epilogues fused into the GEMMs
+    "notriton": {"xla_gpu_enable_triton_gemm": False},  # cuBLAS for every GEMM (+3.2% on the 124M training step)
     "cmdbuf+cublaslt": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,"
                         "WHILE,CONDITIONAL", "xla_gpu_enable_cublaslt": True},
 }

@@ -116,6 +116,7 @@ if [ "$what" = round3 ] || [ "$what" = levers ]; then
   V="$V,$L;train.fused_loss=true,$F;again,$S;jax:jax_threefry_gpu_kernel_lowering=true,$F;ln-bf16"
   V="$V,$F;${X}_triton_gemm=false,$F;${X}_latency_hiding_scheduler=true,$S;model.attention_dropout=0.0"
   V="$V,$S;train.fused_loss=true"
+  [ -n "${LEVER_VARIANTS:-}" ] && V=$(F=$F L=$L X=$X S=$S eval "echo \"$LEVER_VARIANTS\"")  # e.g. '$L,$L;dropout-rbg'
   b=$(budget ${LEVERS_S:-540})  # a variant started near the end may be cut by `timeout`: the rows before it stay
   timeout $b $PY benchmarks/lever_ablation.py $B --char-data .bench/shakespeare_char $LSHAPE --variants "$V" \
     --budget $((b - 15 * T)) --out "$OUT/round3-levers.json" 2>&1 | quiet | tee "$OUT/round3-levers.log" | tail -22

@@ -282,7 +282,7 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
 
     _check_port(host, port)  # before the slow part: loading and compiling
     model, tokenizer, cfg = load_for_generation(run_dir, checkpoint, weights)
-    engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch, full_steps_per_launch=64)
+    engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch)  # 64 steps a launch when full (GPU)
     engine.warm_up()  # compiles before the first client waits
     service = Service(engine.start(), Path(run_dir).resolve().name, Settings.from_config(cfg.generate), max_queue)
     if host not in LOOPBACK and not api_key:

@@ -147,6 +147,7 @@ class Trainer:
         # A continuation on new shards or another plan runs its stages after
         # the ones finished: the stage and step counts where it began.
         self.stage_offset, self.step_offset = 0, 0
+        self.reopened: Cursor | None = None  # a finished one-stage run whose plan grew (setup)
 
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
@@ -179,6 +180,7 @@ class Trainer:
         old_config = self.run.config().to_dict() if self.run.exists() else None
         self.latest = self._checkpoint_to_resume(require_checkpoint)
         self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages, done=self.step_offset)
+        self.reopened = self._reopen_finished_stage()  # before config.json records a refused continuation
         continuation = None
         if self.latest is not None and old_config is not None:
             continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
@@ -227,6 +229,27 @@ class Trainer:
                                     self.stages.why)
 
 
+    def _reopen_finished_stage(self) -> Cursor | None:
+        """Where a finished run trains on when its plan grew (train.epochs, train.max_steps); None when it did not.
+
+        Only a one-stage plan reopens: with several, the earlier stages would keep their fewer epochs.
+        """
+        state = self.latest.state if self.latest is not None else {}
+        if not state.get("stage_end") or state["stage"] - self.stage_offset < len(self.stages):
+            return None  # a new run, one in a stage, or one with stages left to train
+        if self.total_steps <= self.latest.step:
+            log.info("run %s has trained its plan to step %d: nothing more to train (more train.epochs, a longer "
+                     "train.max_steps or another stage in train.stages would train on)", self.run.path, self.latest.step)
+            return None
+        if len(self.stages) > 1:
+            raise UserError(f"run '{self.run.path}' has finished all {len(self.stages)} stages of its plan, and a "
+                            "longer plan can reopen only a one-stage run; train on with another stage in "
+                            f"train.stages, or start a new run from it with train.init_from={self.run.path}")
+        stage = self.stages[-1]
+        epoch, batch = divmod(self.latest.step - self.step_offset, len(stage_batches(self.cfg, self.split, stage, 0)))
+        log.info("%s trains on from epoch %d, batch %d to step %d", stage.name, epoch + 1, batch, self.total_steps)
+        return Cursor(stage=stage.index, epoch=epoch, batch=batch, step=self.latest.step)
+
     def scope(self) -> contextlib.ExitStack:
         """The run's precision for every model built inside, on its device(s); the caller's global policy is kept."""
         stack = contextlib.ExitStack()
@@ -260,6 +283,8 @@ class Trainer:
             state = CheckpointManager.restore(self.model, self.latest, self.fit_model.optimizer)
             cursor = Cursor.from_state(state)
             self.stage_metrics = state.get("stage_metrics", [])
+            if self.reopened is not None:  # its stage row is written again at the stage's new end
+                cursor, self.stage_metrics = self.reopened, self.stage_metrics[:-1]
             log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", self.latest.id,
                      cursor.stage + 1, cursor.epoch + 1, cursor.batch, cursor.step)
             for path in self.store.publish_exports():  # a kill between a stage end and its export

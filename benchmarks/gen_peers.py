@@ -60,7 +60,26 @@ def build_model(shape: dict, quantize: str = "none"):
     return model, hf_dir
 
 
-class Kgpt2:
+class GeneratorPeer:
+    """A kgpt2 generator (`self.gen`, `self.greedy`, `self.a` set by the subclass) timed three ways."""
+
+    def generate(self, ids):
+        out = self.gen.generate_ids(ids, self.greedy)
+        assert len(out) == self.a.new_tokens, len(out)
+        return out
+
+    def ttft(self, ids):
+        stream = self.gen.stream_ids(ids, self.greedy)
+        seconds, _ = timed(lambda: next(stream))
+        stream.close()
+        return seconds
+
+    def stream(self, ids):
+        out = list(self.gen.stream_ids(ids, self.greedy))
+        assert len(out) == self.a.new_tokens
+
+
+class Kgpt2(GeneratorPeer):
     def __init__(self, model, a, chunk=None, programs_options=None, label=""):
         from kgpt2.generate import Generator, Settings
 
@@ -88,23 +107,9 @@ class Kgpt2:
 
         return engine
 
-    def generate(self, ids):
-        out = self.gen.generate_ids(ids, self.greedy)
-        assert len(out) == self.a.new_tokens, len(out)
-        return out
-
-    def ttft(self, ids):
-        stream = self.gen.stream_ids(ids, self.greedy)
-        seconds, _ = timed(lambda: next(stream))
-        stream.close()
-        return seconds
-
-    def stream(self, ids):
-        out = list(self.gen.stream_ids(ids, self.greedy))
-        assert len(out) == self.a.new_tokens
 
 
-class Previous:
+class Previous(GeneratorPeer):
     """The decoder kgpt2 had before the engine (benchmarks/baselines): one prefill, then one decode loop whose
     condition and greedy/sampling branch are decided on the device at every token."""
 
@@ -117,16 +122,6 @@ class Previous:
         self.gen, self.a = old.Generator(model, NoStop()), a
         self.greedy = old.Settings(sampler="greedy", max_new_tokens=a.new_tokens)
 
-    def generate(self, ids):
-        out = self.gen.generate_ids(ids, self.greedy)
-        assert len(out) == self.a.new_tokens, len(out)
-        return out
-
-    def ttft(self, ids):
-        stream = self.gen.stream_ids(ids, self.greedy)
-        seconds, _ = timed(lambda: next(stream))
-        stream.close()
-        return seconds
 
 
 class KerasHub:

@@ -113,8 +113,16 @@ def attention_dropout(attention) -> float:
 
 def set_attention_dropout(attention, rate: float) -> None:
     """Set that rate on a built layer (Keras reads it at call time)."""
+    import keras
+
     attention._dropout = rate
-    attention._dropout_layer.rate = rate
+    layer = attention._dropout_layer
+    layer.rate = rate
+    if rate > 0 and getattr(layer, "seed_generator", None) is None:
+        # Keras' Dropout makes its seed generator only when created with a rate > 0, and keras-hub
+        # created it with model.dropout (0 by default): without one, training fails on its first step.
+        with unlocked_tracker(layer):
+            layer.seed_generator = keras.random.SeedGenerator()
 
 
 def wrap_compute_attention(attention, wrap) -> None:

@@ -124,21 +124,22 @@ class Demo:
             raise UserError(f"the prompt is {len(prompt)} characters; the demo takes at most {MAX_PROMPT_CHARS}")
         weights = {side: self.pool.get(*match.picks[side]) for side in match.sides}
         model_input = render_prompt(prompt, s.template, input_text or "")  # as text, for the vote record
-        tokenizer = weights["a"].engine.tokenizer
-        # The ids `kgpt2 generate` prompts with (chat: end-of-text ids between the turns, never the text).
-        ids = prompt_ids(tokenizer, prompt, s.template, input_text or "") or [tokenizer.eos_id]
-        context = min(w.context for w in weights.values())
-        room = context - len(ids)
-        if room < 1:
-            raise UserError(f"the prompt is {len(ids)} tokens; it must be shorter than the model's "
+        # The ids `kgpt2 generate` prompts with (chat: end-of-text ids between the turns, never the text),
+        # each side with its own run's tokenizer: two runs of different bases split the prompt differently.
+        ids = {side: prompt_ids(w.engine.tokenizer, prompt, s.template, input_text or "") or [w.engine.tokenizer.eos_id]
+               for side, w in weights.items()}
+        tight = min(match.sides, key=lambda side: weights[side].context - len(ids[side]))  # the least room
+        context, length = weights[tight].context, len(ids[tight])
+        if context - length < 1:
+            raise UserError(f"the prompt is {length} tokens; it must be shorter than the model's "
                             f"{context}-token context to leave room to answer")
-        new = min(s.max_new_tokens, room)
-        note = (f" · answers capped at {new} new tokens: the prompt takes {len(ids)} of the model's "
+        new = min(s.max_new_tokens, context - length)
+        note = (f" · answers capped at {new} new tokens: the prompt takes {length} of the model's "
                 f"{context}-token context" if new < s.max_new_tokens else "")
         match.prompt, match.input_text, match.template, match.model_input = prompt, input_text or "", s.template, model_input
         match.settings = asdict(s) | {"max_new_tokens": new}
         match.infos = {side: w.info for side, w in weights.items()}
-        jobs = [Job(weights[side], ids, len(ids) + new, s) for side in match.sides]
+        jobs = [Job(weights[side], ids[side], len(ids[side]) + new, s) for side in match.sides]
         return jobs, note
 
     def compare(self, run_a, ckpt_a, run_b, ckpt_b, arena, prompt, input_text, template, sampler, temperature,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from kgpt2 import compat
 from kgpt2.errors import UserError
 
 
@@ -196,6 +197,27 @@ def same_attention_sharding(query, key, value):
     batch = "data" if query.shape[0] % sizes["data"] == 0 else None
     layout = keras.distribution.TensorLayout((batch, None, heads, None), mesh)
     return tuple(keras.distribution.distribute_tensor(x, layout) for x in (query, key, value))
+
+
+def pin_attention_sharding(backbone) -> None:
+    """Lay query, key and value out alike (`same_attention_sharding`) in every self-attention layer.
+
+    Applied when the backbone is built under `train.mesh` (a ModelParallel
+    distribution is active then, and the weights take their layouts from it),
+    on every attention path alike: the causal kernel, keras-hub's masked one
+    (`model.causal_attention=false`, attention dropout, packed examples).
+    Without a mesh nothing is wrapped, so the plain path pays no extra call.
+    """
+    if not isinstance(keras.distribution.distribution(), keras.distribution.ModelParallel):
+        return
+    for attention in compat.self_attention_layers(backbone):
+
+        def pinned_for(compute):
+            def pinned(query, key, value, *args, **kwargs):  # Keras passes the rest positionally
+                return compute(*same_attention_sharding(query, key, value), *args, **kwargs)
+            return pinned
+
+        compat.wrap_compute_attention(attention, pinned_for)
 
 
 @dataclass(frozen=True)

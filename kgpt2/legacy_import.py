@@ -126,20 +126,21 @@ def read_legacy_weights(path) -> dict:
     path = Path(path).expanduser()
     prefix = str(path)[: -len(".index")] if str(path).endswith(".index") else str(path)
     if Path(prefix + ".index").is_file():
-        try:
-            return _read_checkpoint(prefix)
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"could not read the TF checkpoint '{prefix}': {str(e).splitlines()[0][:200]}") from None
+        return _read_or_refuse(_read_checkpoint, prefix, f"the TF checkpoint '{prefix}'")
     if path.is_file() and path.suffix == ".h5":
-        try:
-            return _read_weights_h5(path)
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"could not read '{path}' as a .weights.h5 file: {str(e).splitlines()[0][:200]}") from None
+        return _read_or_refuse(_read_weights_h5, path, f"'{path}' as a .weights.h5 file")
     raise UserError(f"'{path}' {NOT_LEGACY}")
+
+
+def _read_or_refuse(read, path, what: str) -> dict:
+    """`read(path)`; whatever a damaged or foreign file makes TF or h5py raise becomes one sentence naming `what`."""
+    try:
+        return read(path)
+    except UserError:
+        raise
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]  # some errors have no message
+        raise UserError(f"could not read {what}: {first[:200]}") from None
 
 
 def legacy_backbone(path):

@@ -33,7 +33,7 @@ import numpy as np
 from kgpt2 import compat
 from kgpt2.adapters import enable_lora
 from kgpt2.config import Config, ModelConfig
-from kgpt2.distribution import same_attention_sharding
+from kgpt2.distribution import pin_attention_sharding
 from kgpt2.errors import UserError
 from kgpt2.peft_adapters import load_peft_adapter
 from kgpt2.quantize import quantize_backbone
@@ -319,7 +319,6 @@ def use_causal_attention(backbone) -> None:
                 if (attention_mask is not None and t is not None and t == s and not return_attention_scores
                         and compat.attention_dropout(_layer) == 0 and not KEEP_ATTENTION_MASK.get()):
                     attention_mask, use_causal_mask = None, True
-                query, key, value = same_attention_sharding(query, key, value)
                 return compute(query, key, value, attention_mask=attention_mask, training=training,
                                return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
             return causal
@@ -366,6 +365,7 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
     set_attention_dropout(backbone, cfg.model.attention_dropout)
     if cfg.model.causal_attention:
         use_causal_attention(backbone)
+    pin_attention_sharding(backbone)  # under train.mesh only; outermost, so every attention path sees it
     if cfg.train.remat:
         use_remat(backbone)
     if cfg.model.quantize:  # frozen int8/int4 base under float LoRA (kgpt2.quantize)

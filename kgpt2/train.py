@@ -27,8 +27,9 @@ follows warmup + cosine over the new total step count, the curve the run
 would have had with the longer plan from the start (no second warmup); the
 change is recorded in config.json's `continuations`. On new shards, or a
 plan that differs in stages already trained, the new plan's stages run
-after the finished ones (numbered on from them). What the checkpoints
-depend on (model shape, tokenizer, LoRA, batch size) cannot change.
+after the finished ones (numbered on from them); more epochs on a finished
+one-stage run train its stage on. What the checkpoints depend on (model
+shape, tokenizer, LoRA, batch size) cannot change (kgpt2.continuation).
 `train.init_from` starts a new run from another run's weights instead.
 
     >>> from kgpt2.train import Cursor
@@ -53,6 +54,7 @@ import keras_hub
 from kgpt2 import memory  # read at call time: a test stands in for the device's memory
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
+from kgpt2.continuation import check_resumable, init_checkpoint, place_plan
 from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device
@@ -65,10 +67,10 @@ from kgpt2.optimizer import make_optimizer
 from kgpt2.packed_attention import for_windows
 from kgpt2.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.run import Run
-from kgpt2.run_config import continuation_record, split_checkpoint
+from kgpt2.run_config import continuation_record
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
 from kgpt2.scratch import resolve_scratch
-from kgpt2.stage_plan import StagePlan, plan_stages
+from kgpt2.stage_plan import plan_stages
 from kgpt2.training_data import describe_plan  # noqa: F401  (kgpt2.train.describe_plan: `kgpt2 train --dry-run`)
 from kgpt2.training_data import describe_padding, plan_steps, resolve_windows, stage_batches
 from kgpt2.validation import evaluate_split
@@ -147,6 +149,7 @@ class Trainer:
         # A continuation on new shards or another plan runs its stages after
         # the ones finished: the stage and step counts where it began.
         self.stage_offset, self.step_offset = 0, 0
+        self.reopened: Cursor | None = None  # a finished one-stage run whose plan grew (setup)
 
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
@@ -161,7 +164,7 @@ class Trainer:
         self.shards = ShardSet(cfg.data.shards)
         self.shards.check_tokenizer(self.tokenizer)
         cfg = resolve_windows(cfg, self.shards.manifest)  # "auto" -> the run's config.json names what it trains on
-        self.init_from = _init_checkpoint(cfg)
+        self.init_from = init_checkpoint(cfg)
         self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         self.run = Run.of(cfg)
         if is_writer():  # the one writing process of a (multi-host) run holds its lock
@@ -179,6 +182,7 @@ class Trainer:
         old_config = self.run.config().to_dict() if self.run.exists() else None
         self.latest = self._checkpoint_to_resume(require_checkpoint)
         self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages, done=self.step_offset)
+        self.reopened = self._reopen_finished_stage()  # before config.json records a refused continuation
         continuation = None
         if self.latest is not None and old_config is not None:
             continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
@@ -200,32 +204,35 @@ class Trainer:
         if newest is not None and not self.cfg.train.resume:
             raise UserError(f"run '{self.run.path}' already has checkpoints; resume it, or choose a new run name")
         if newest is not None:
-            _check_resumable(newest.state, self.cfg, self.tokenizer)
+            check_resumable(newest.state, self.cfg, self.tokenizer)
             self._place_plan(newest.state)
         return newest
 
     def _place_plan(self, state: dict) -> None:
         """Where this config's plan goes on a run that has checkpoints: in place, or after its finished stages."""
-        self.stage_offset, self.step_offset = state.get("stage_offset", 0), state.get("step_offset", 0)
-        old_ends, ends = state.get("stage_ends"), [s.end for s in self.stages]
-        same_shards = state.get("shards") == self.shards.manifest["content_hash"]
-        done = state["stage"] - self.stage_offset + (0 if state.get("stage_end") else 1)  # plan stages begun
-        if same_shards and (old_ends is None or old_ends[:done] == ends[:done]):
-            pass  # the same stages so far: epochs, max_steps or stages after them may change
-        elif same_shards and state.get("stages") == self.cfg.train.stages:
-            # the config is unchanged, yet the plan resolves otherwise (an older kgpt2 scaled it differently)
-            raise UserError(f"cannot resume run '{self.run.path}': its stages ended at articles {old_ends}, "
-                            f"this plan at {ends}; use a new run name")
-        elif not state.get("stage_end"):
-            raise UserError(f"cannot change the shards or stages of run '{self.run.path}' in the middle of stage "
-                            f"{state['stage'] + 1}: resume it unchanged to the stage end first (kgpt2 train --run "
-                            f"{self.run.path}), then continue")
-        else:  # new shards, or another plan: its stages run after the finished ones
-            self.stage_offset, self.step_offset = state["stage"], state["step"]
-        if self.stage_offset:
-            self.stages = StagePlan([dataclasses.replace(s, index=s.index + self.stage_offset) for s in self.stages],
-                                    self.stages.why)
+        self.stage_offset, self.step_offset, self.stages = place_plan(
+            state, self.stages, self.cfg.train.stages, self.shards.manifest["content_hash"], self.run.path)
 
+    def _reopen_finished_stage(self) -> Cursor | None:
+        """Where a finished run trains on when its plan grew (train.epochs, train.max_steps); None when it did not.
+
+        Only a one-stage plan reopens: with several, the earlier stages would keep their fewer epochs.
+        """
+        state = self.latest.state if self.latest is not None else {}
+        if not state.get("stage_end") or state["stage"] - self.stage_offset < len(self.stages):
+            return None  # a new run, one in a stage, or one with stages left to train
+        if self.total_steps <= self.latest.step:
+            log.info("run %s has trained its plan to step %d: nothing more to train (more train.epochs, a longer "
+                     "train.max_steps or another stage in train.stages would train on)", self.run.path, self.latest.step)
+            return None
+        if len(self.stages) > 1:
+            raise UserError(f"run '{self.run.path}' has finished all {len(self.stages)} stages of its plan, and a "
+                            "longer plan can reopen only a one-stage run; train on with another stage in "
+                            f"train.stages, or start a new run from it with train.init_from={self.run.path}")
+        stage = self.stages[-1]
+        epoch, batch = divmod(self.latest.step - self.step_offset, len(stage_batches(self.cfg, self.split, stage, 0)))
+        log.info("%s trains on from epoch %d, batch %d to step %d", stage.name, epoch + 1, batch, self.total_steps)
+        return Cursor(stage=stage.index, epoch=epoch, batch=batch, step=self.latest.step)
 
     def scope(self) -> contextlib.ExitStack:
         """The run's precision for every model built inside, on its device(s); the caller's global policy is kept."""
@@ -260,6 +267,8 @@ class Trainer:
             state = CheckpointManager.restore(self.model, self.latest, self.fit_model.optimizer)
             cursor = Cursor.from_state(state)
             self.stage_metrics = state.get("stage_metrics", [])
+            if self.reopened is not None:  # its stage row is written again at the stage's new end
+                cursor, self.stage_metrics = self.reopened, self.stage_metrics[:-1]
             log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", self.latest.id,
                      cursor.stage + 1, cursor.epoch + 1, cursor.batch, cursor.step)
             for path in self.store.publish_exports():  # a kill between a stage end and its export
@@ -376,52 +385,6 @@ class Trainer:
 def _versions() -> dict:
     return {"keras": keras.__version__, "keras_hub": keras_hub.__version__,
             "backend": keras.backend.backend(), "python": platform.python_version()}
-
-
-def _differences(old: dict, new: dict) -> str:
-    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
-
-
-def _check_resumable(state: dict, cfg: Config, tokenizer) -> None:
-    """What a run's checkpoints depend on may not change when it resumes or continues; the message names the field."""
-    old = dict(state.get("signature", {}))
-    if _same_preset_path(old.get("preset"), cfg):  # written as the working directory saw it, by an older kgpt2
-        old["preset"] = cfg.model_signature()["preset"]
-    diffs = _differences(old, cfg.model_signature())
-    if diffs:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({diffs}); use a new run name")
-    if state.get("tokenizer", tokenizer.hash) != tokenizer.hash:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': model.tokenizer is another tokenizer than the run's; "
-                        "prepare new shards with the run's tokenizer instead")
-    windows = state.get("windows", cfg.data.windows)  # the batches a checkpoint's cursor counts
-    if windows != cfg.data.windows and not state.get("stage_end"):
-        raise UserError(f"cannot change data.windows of run '{cfg.run_dir}' in the middle of stage {state['stage'] + 1} "
-                        f"({windows!r} -> {cfg.data.windows!r}): resume it with data.windows={windows} to the stage "
-                        "end first, then continue")
-    if state.get("batch_size") != cfg.train.batch_size:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (batch_size: "
-                        f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); use a new run name")
-
-
-def _same_preset_path(old, cfg: Config) -> bool:
-    return bool(old) and Path(old).is_dir() and Path(old).resolve() == Path(cfg.model.preset).resolve()
-
-
-def _init_checkpoint(cfg: Config) -> Checkpoint | None:
-    """`train.init_from = "RUN_DIR[:CHECKPOINT]"`: that checkpoint, checked against this config's model."""
-    if not cfg.train.init_from:
-        return None
-    run_dir, checkpoint = split_checkpoint(cfg.train.init_from)
-    source = Run(run_dir)
-    if not source.exists():
-        raise UserError(f"train.init_from: '{run_dir}' is not a kgpt2 run directory (no config.json)")
-    ckpt = source.checkpoint(checkpoint.lstrip(":") or "latest")
-    keys = ("lora", "lora_rank", "lora_targets", "quantize", "num_layers", "num_heads", "hidden_dim", "vocabulary_size")
-    old, new = ckpt.state.get("signature", {}), cfg.model_signature()
-    diffs = _differences({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys})
-    if diffs:
-        raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
-    return ckpt
 
 
 def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:

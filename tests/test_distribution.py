@@ -321,7 +321,7 @@ def test_two_processes_train_like_one(tiny_preset, pydoc_shards, tmp_path, tiny_
 
 
 SHARDING_CHILD = r"""
-import jax, keras, numpy as np
+import contextlib, jax, keras, numpy as np
 from kgpt2.distribution import plan_sharded, same_attention_sharding
 q, k, v = (np.ones((4, 8, 2, 16), "float32") * i for i in range(3))
 print("PLAIN", all(a is b for a, b in zip(same_attention_sharding(q, k, v), (q, k, v))))
@@ -330,17 +330,42 @@ for mesh in ("data:2,model:2", "data:4"):
 
         inner = jax.jit(lambda q, k, v: same_attention_sharding(q, k, v))(q, k, v)
         print(mesh, [tuple(x.sharding.spec) for x in inner])
+
+# The pinning in a built model, on each attention path: the sharding constraints in its traced forward
+import json, sys
+from kgpt2.config import load_config
+from kgpt2.models import build_causal_lm
+tiny = json.loads(sys.argv[1]) + ["model.preset=scratch", "model.vocabulary_size=64"]
+ids = np.ones((4, 8), "int32")
+x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+paths = {"causal": [], "masked": ["model.causal_attention=false"],
+         "dropout": ["model.attention_dropout=0.1"], "masked-dropout": ["model.causal_attention=false", "model.attention_dropout=0.1"]}
+for path, extra in paths.items():
+    for mesh in ("data:2,model:2", None):
+        with plan_sharded(mesh, batch_size=4, device="cpu").scope() if mesh else contextlib.nullcontext():
+            model = build_causal_lm(load_config(None, tiny + extra))
+            forward = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True)[0])
+            text = forward.lower([v.value for v in model.trainable_variables],
+                                 [v.value for v in model.non_trainable_variables], x).as_text()
+            print("PINNED", path, mesh, text.count("sharding_constraint"))
 """
 
 
-def test_query_key_value_share_one_sharding_on_a_mesh():
+def test_query_key_value_share_one_sharding_on_a_mesh(tiny_overrides):
     """cuDNN's fused attention refuses q/k/v of different shardings (seen on 2 x H200): on a mesh all
-    three carry (batch on data, heads on model); without a mesh they pass through untouched."""
-    out = subprocess.run([sys.executable, "-c", SHARDING_CHILD], env=_child_env(4), capture_output=True,
-                         text=True, timeout=300)
+    three carry (batch on data, heads on model) on every attention path of a built model, the causal
+    kernel's and keras-hub's masked one (causal attention off, attention dropout); without a mesh they
+    pass through untouched."""
+    out = subprocess.run([sys.executable, "-c", SHARDING_CHILD, json.dumps(tiny_overrides)], env=_child_env(4),
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "PLAIN True" in out.stdout
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith("data"))
     assert lines["data:2,model:2"] == str([("data", None, "model")] * 3)  # JAX drops trailing Nones
     # data:4 x model:1: heads on a size-1 axis are whole either way
     assert lines["data:4"] == str([("data",)] * 3)
+    pinned = {tuple(line.split()[1:3]): int(line.split()[3]) for line in out.stdout.splitlines() if line.startswith("PINNED")}
+    assert len(pinned) == 8, out.stdout
+    for (path, mesh), constraints in pinned.items():
+        # q, k and v of each of the 2 layers on a mesh; no constraint (and no wrapper) without one
+        assert constraints == (6 if mesh != "None" else 0), (path, mesh, constraints)

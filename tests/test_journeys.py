@@ -201,6 +201,37 @@ def test_continue_with_a_new_stage_on_new_shards(tmp_path, capsys, monkeypatch, 
         assert code == 2 and named in error and "Traceback" not in err, (change, err)
 
 
+def test_more_epochs_on_a_finished_run_train_them(tmp_path, capsys, monkeypatch, tiny_preset, pydoc_shards,
+                                                 tiny_overrides, tiny_run):
+    """`kgpt2 train --run RUN train.epochs=3` after a 1-epoch run trains its stage's epochs 2 and 3; on a run
+    of several finished stages, whose earlier stages could not get them, it is refused."""
+    from kgpt2.checkpoints import CheckpointManager
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = kgpt2(capsys, "train", *tiny_overrides, "run=short", f"model.preset={tiny_preset}",
+                           f"data.shards={pydoc_shards}", "train.stages=[5]")
+    assert code == 0, err
+    run = tmp_path / "checkpoints" / "short"
+    one = CheckpointManager(run).latest().step
+    code, out, err = kgpt2(capsys, "train", "--run", run, "train.epochs=3")
+    assert code == 0, err
+    last = CheckpointManager(run).latest()
+    assert last.step == 3 * one and last.state["stage_end"] and last.state["stage"] == 1
+    assert [r["step"] for r in _steps(run)] == list(range(1, 3 * one + 1))
+    assert [r["stage"] for r in last.state["stage_metrics"]] == [1]  # the stage's row, at its new end
+    assert "epochs 1 -> 3" in err or "train.epochs 1 -> 3" in err
+    code, out, err = kgpt2(capsys, "train", "--run", run)  # unchanged: nothing more, and it says so
+    assert code == 0 and CheckpointManager(run).latest().step == 3 * one
+    assert "nothing more to train" in err
+
+    two_stages = tmp_path / "two-stages"
+    shutil.copytree(tiny_run, two_stages)
+    code, out, err = kgpt2(capsys, "train", "--run", two_stages, "train.epochs=2")
+    (error,) = [line for line in err.splitlines() if line.startswith("kgpt2: error:")]
+    assert code == 2 and "train.stages" in error and "Traceback" not in err, err
+    assert CheckpointManager(two_stages).latest().step == CheckpointManager(tiny_run).latest().step
+
+
 def test_config_accepts_a_runs_config_json(tmp_path, capsys, monkeypatch, tiny_run):
     run = tmp_path / "copied"
     shutil.copytree(tiny_run, run)

@@ -79,6 +79,25 @@ def test_causal_attention_kernel_gives_the_same_logits_for_real_tokens():
     assert np.abs(b[1, 10:] - a[1, 10:]).max() > 1e-4
 
 
+def test_attention_dropout_alone_trains(tmp_path):
+    """model.attention_dropout > 0 with model.dropout = 0: keras-hub made the attention's Dropout without
+    a seed generator, which kgpt2 adds; it is saved and restored with the checkpoint's other RNG states."""
+    from kgpt2.checkpoint_arrays import checkpoint_variables, load_arrays, save_arrays
+
+    keras.utils.set_random_seed(0)
+    model = build_causal_lm(load_config(None, SHAPE + ["model.attention_dropout=0.5"]))
+    x, y = _batch()
+    a, b = np.asarray(model(x, training=True)), np.asarray(model(x, training=True))
+    assert np.abs(a - b).max() > 1e-4  # dropped differently each call
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model(x)))  # and not at inference
+    model.compile(optimizer="sgd", loss=lm_loss())
+    assert np.isfinite(model.fit(x, y, verbose=0).history["loss"][0])
+    seeds = [v for v in checkpoint_variables(model) if "seed_generator" in v.path]
+    assert len(seeds) == 2  # one per layer's attention
+    save_arrays(tmp_path / "model.npz", checkpoint_variables(model))
+    load_arrays(tmp_path / "model.npz", checkpoint_variables(model), "model")
+
+
 @pytest.mark.slow  # about 20 s: two generate() compiles
 def test_causal_attention_kernel_gives_the_same_greedy_generation():
     outs = []

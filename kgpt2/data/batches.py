@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from kgpt2.data.packing import PackedBatches
+from kgpt2.data.packing import PackedBatches, ResumableBatches
 from kgpt2.errors import UserError
 
 PACKED_EXAMPLES = "packed_examples"  # data.windows: several examples per window, each attending only to itself
@@ -53,7 +53,7 @@ def window_starts(lo: int, hi: int, sequence_length: int) -> np.ndarray:
     return lo + sequence_length * np.arange(n, dtype=np.int64)
 
 
-class WindowBatches:
+class WindowBatches(ResumableBatches):
     """Batch source over one token range for one epoch (`__len__`/`__getitem__`)."""
 
     def __init__(self, tokens, lo: int, hi: int, *, sequence_length: int, batch_size: int,
@@ -77,19 +77,9 @@ class WindowBatches:
             order = np.random.default_rng([seed, stage, epoch]).permutation(len(starts))
             starts, ends = starts[order], ends[order]
         self.starts, self.ends = starts, ends
-        total = math.ceil(len(starts) / batch_size)
-        if max_batches is not None:
-            total = min(total, max_batches)
-        self.total_batches = total
-        self.start_batch = start_batch
+        self._plan_batches(len(starts), batch_size, max_batches, start_batch)
 
-    def __len__(self) -> int:
-        return max(0, self.total_batches - self.start_batch)
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        b = index + self.start_batch
+    def _make_batch(self, b: int):
         starts = self.starts[b * self.batch_size:(b + 1) * self.batch_size]
         T = self.sequence_length
         window = np.zeros((self.batch_size, T + 1), dtype=np.int32)

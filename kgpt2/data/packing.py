@@ -143,7 +143,29 @@ def layout(offsets, sequence_length: int) -> Layout:
     return _LAYOUTS[key]
 
 
-class PackedBatches:
+class ResumableBatches:
+    """One epoch's batches from `start_batch` on, at most `max_batches` (`__len__`/`__getitem__`, as Keras reads).
+
+    Shared by token-stream windows (kgpt2.data.batches) and packed examples:
+    a subclass calls `_plan_batches` and makes the epoch's batch `b` in `_make_batch(b)`,
+    so a resumed epoch's batch i is the uninterrupted epoch's batch start_batch + i.
+    """
+
+    def _plan_batches(self, windows: int, batch_size: int, max_batches: int | None, start_batch: int) -> None:
+        total = math.ceil(windows / batch_size)
+        self.total_batches = total if max_batches is None else min(total, max_batches)
+        self.start_batch = start_batch
+
+    def __len__(self) -> int:
+        return max(0, self.total_batches - self.start_batch)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._make_batch(index + self.start_batch)
+
+
+class PackedBatches(ResumableBatches):
     """Batches of packed examples [first, end) of a shard split, for one epoch (`__len__`/`__getitem__`).
 
     `loss_on = "response"` weighs the targets by the split's loss mask (when
@@ -162,17 +184,9 @@ class PackedBatches:
             order = np.random.default_rng([seed, stage, epoch]).permutation(order)
         self.order = order
         self.truncated = int(np.sum(np.diff(self.offsets) > sequence_length + 1))
-        total = math.ceil(len(order) / batch_size)
-        self.total_batches = total if max_batches is None else min(total, max_batches)
-        self.start_batch = start_batch
+        self._plan_batches(len(order), batch_size, max_batches, start_batch)
 
-    def __len__(self) -> int:
-        return max(0, self.total_batches - self.start_batch)
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        b = index + self.start_batch
+    def _make_batch(self, b: int):
         T, lay = self.sequence_length, self.layout
         arrays = _empty(self.batch_size, T)
         for row, w in enumerate(self.order[b * self.batch_size:(b + 1) * self.batch_size]):

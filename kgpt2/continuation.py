@@ -1,0 +1,94 @@
+"""What a run may resume or continue from: its checkpoint checked against the config, and where the plan goes.
+
+`kgpt2 train` on a run that has checkpoints resumes it, or (with another
+plan: more stages, more epochs, new shards) continues it (kgpt2.train). What
+the checkpoints depend on (model shape, tokenizer, LoRA, batch size) may not
+change; `place_plan` decides whether the new plan's stages run in place (the
+same stages so far) or after the finished ones, numbered on from them.
+`train.init_from` starts a new run from another run's checkpoint instead
+(`init_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from kgpt2.checkpoints import Checkpoint
+from kgpt2.config import Config
+from kgpt2.errors import UserError
+from kgpt2.run import Run
+from kgpt2.run_config import split_checkpoint
+from kgpt2.stage_plan import StagePlan
+
+
+def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_path) -> tuple[int, int, StagePlan]:
+    """(stage_offset, step_offset, stages): this plan in place on the checkpoint `state`, or after its finished stages.
+
+    `plan_spec` is the config's train.stages, `shards_hash` its shards' content hash.
+    """
+    stage_offset, step_offset = state.get("stage_offset", 0), state.get("step_offset", 0)
+    old_ends, ends = state.get("stage_ends"), [s.end for s in stages]
+    same_shards = state.get("shards") == shards_hash
+    done = state["stage"] - stage_offset + (0 if state.get("stage_end") else 1)  # plan stages begun
+    if same_shards and (old_ends is None or old_ends[:done] == ends[:done]):
+        pass  # the same stages so far: epochs, max_steps or stages after them may change
+    elif same_shards and state.get("stages") == plan_spec:
+        # the config is unchanged, yet the plan resolves otherwise (an older kgpt2 scaled it differently)
+        raise UserError(f"cannot resume run '{run_path}': its stages ended at articles {old_ends}, "
+                        f"this plan at {ends}; use a new run name")
+    elif not state.get("stage_end"):
+        raise UserError(f"cannot change the shards or stages of run '{run_path}' in the middle of stage "
+                        f"{state['stage'] + 1}: resume it unchanged to the stage end first (kgpt2 train --run "
+                        f"{run_path}), then continue")
+    else:  # new shards, or another plan: its stages run after the finished ones
+        stage_offset, step_offset = state["stage"], state["step"]
+    if stage_offset:
+        stages = StagePlan([dataclasses.replace(s, index=s.index + stage_offset) for s in stages], stages.why)
+    return stage_offset, step_offset, stages
+
+
+def differences(old: dict, new: dict) -> str:
+    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
+    """What a run's checkpoints depend on may not change when it resumes or continues; the message names the field."""
+    old = dict(state.get("signature", {}))
+    if _same_preset_path(old.get("preset"), cfg):  # written as the working directory saw it, by an older kgpt2
+        old["preset"] = cfg.model_signature()["preset"]
+    diffs = differences(old, cfg.model_signature())
+    if diffs:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({diffs}); use a new run name")
+    if state.get("tokenizer", tokenizer.hash) != tokenizer.hash:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': model.tokenizer is another tokenizer than the run's; "
+                        "prepare new shards with the run's tokenizer instead")
+    windows = state.get("windows", cfg.data.windows)  # the batches a checkpoint's cursor counts
+    if windows != cfg.data.windows and not state.get("stage_end"):
+        raise UserError(f"cannot change data.windows of run '{cfg.run_dir}' in the middle of stage {state['stage'] + 1} "
+                        f"({windows!r} -> {cfg.data.windows!r}): resume it with data.windows={windows} to the stage "
+                        "end first, then continue")
+    if state.get("batch_size") != cfg.train.batch_size:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (batch_size: "
+                        f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); use a new run name")
+
+
+def _same_preset_path(old, cfg: Config) -> bool:
+    return bool(old) and Path(old).is_dir() and Path(old).resolve() == Path(cfg.model.preset).resolve()
+
+
+def init_checkpoint(cfg: Config) -> Checkpoint | None:
+    """`train.init_from = "RUN_DIR[:CHECKPOINT]"`: that checkpoint, checked against this config's model."""
+    if not cfg.train.init_from:
+        return None
+    run_dir, checkpoint = split_checkpoint(cfg.train.init_from)
+    source = Run(run_dir)
+    if not source.exists():
+        raise UserError(f"train.init_from: '{run_dir}' is not a kgpt2 run directory (no config.json)")
+    ckpt = source.checkpoint(checkpoint.lstrip(":") or "latest")
+    keys = ("lora", "lora_rank", "lora_targets", "quantize", "num_layers", "num_heads", "hidden_dim", "vocabulary_size")
+    old, new = ckpt.state.get("signature", {}), cfg.model_signature()
+    diffs = differences({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys})
+    if diffs:
+        raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
+    return ckpt

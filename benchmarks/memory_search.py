@@ -153,19 +153,25 @@ def search_one(args, spec: str) -> None:
         log(batch, "need_gb", round(points[batch] / 1e9, 3))
     best, fixed, slope = largest_under(points, cap, args.max_batch)
     low = min(points)
-    fits, fails = 0, None
-    while best >= 1 and len(probes) < args.max_probes + 2:
+    fits, fails = 0, None  # the largest batch seen to fit, the smallest seen to fail (by plan or by a real step)
+    while best >= 1 and len(probes) < args.max_probes + 2 and (fails is None or fails - fits > 1):
         points[best] = stepper.need(best)
         if points[best] > cap:  # the line was a little low: refit through this point, XLA's plan decides
             log(best, "need_gb", round(points[best] / 1e9, 3))
             fails, best = best, min(best - 1, largest_under({low: points[low], best: points[best]}, cap, best)[0])
+            best = max(best, fits + 1) if best > fits else (fits + fails) // 2
             continue
         ok = stepper.fits(best)
         log(best, "fits", ok)
         if ok:
             fits = best
-            break
-        fails, best = best, best - max(1, int(0.05 * best))  # the allocator needs more than the plan
+            if fails is None:
+                break
+        else:
+            fails = best
+        # The allocator needs more than the plan: bisect between what fitted and what failed (a quarter down
+        # from the first failure when nothing has fitted yet), not 5% at a time.
+        best = (fits + fails) // 2 if fits else max(1, (3 * fails) // 4)
     if fits and fails is None and fits < args.max_batch:
         fails = fits + 1
         log(fails, "need_gb", round(stepper.need(fails) / 1e9, 3))
@@ -186,6 +192,9 @@ def run_all(args, specs: list[str]) -> list[dict]:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{min(0.99, args.cap_gb * 2**30 / total):.4f}"
 
     deadline = time.time() + args.search_timeout  # for all searches: one queued late gets what is left
+    if total:  # the caps must fit the card together, with ~2 GB a process outside the pool (CUDA context,
+        # cuBLAS/cuDNN workspaces): 8 x 15 GiB on an H200 ran the card itself out and failed batches that fit
+        args.jobs = max(1, min(args.jobs, int(total // (args.cap_gb * 2**30 + 2e9))))
 
     def one(spec):
         timeout = max(5.0, deadline - time.time())

@@ -389,6 +389,7 @@ def main(argv=None):
     s.add_argument("--cap-gb", type=float, default=15.0, help="allocator cap in GiB (a T4's 15,360 MiB, less CUDA's context)")
     s.add_argument("--max-batch", type=int, default=512)
     s.add_argument("--max-probes", type=int, default=6)
+    s.add_argument("--search-specs", default="", help="SIZE:MODE:plain|remat,... instead of sizes x modes x remat")
     s.add_argument("--resolution", type=float, default=0.1, help="stop when fails - fits <= this x fits")
     s.add_argument("--jobs", type=int, default=6, help="searches at once (each capped at --cap-gb)")
     s.add_argument("--search-timeout", type=int, default=300, help="seconds for all the searches")
@@ -413,6 +414,8 @@ def main(argv=None):
 
         specs = [f"{size}:{mode}:{remat}" for remat in ("plain", "remat") for size in args.memory_sizes.split(",")
                  for mode in args.search_modes.split(",")]
+        if args.search_specs:  # e.g. "355M:full:plain,774M:lora:remat": only these
+            specs = args.search_specs.split(",")
         memory_search.run_all(args, specs)
         return
     results = []

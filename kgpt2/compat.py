@@ -65,6 +65,30 @@ def _check_installed_once() -> None:
     check_versions(_installed())
 
 
+@contextlib.contextmanager
+def train_step_compiler_options(options: dict):
+    """Keras' JAX trainer compiles its train/test steps with these XLA options while inside.
+
+    Keras has no switch for per-compile XLA options; its JAX trainer calls a module-level
+    `jit`, so this swaps that for `jax.jit(..., compiler_options=options)` (per compile, unlike
+    XLA_FLAGS, which are read once when the backend starts).
+    """
+    import keras
+
+    if not options or keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+    from keras.src.backend.jax import trainer
+
+    saved = trainer.jit
+    trainer.jit = functools.partial(jax.jit, compiler_options=dict(options))
+    try:
+        yield
+    finally:
+        trainer.jit = saved
+
+
 def sublayers(layer) -> list:
     """Every layer inside `layer`, nested ones too (Keras' private `_flatten_layers`)."""
     return list(layer._flatten_layers(include_self=False))

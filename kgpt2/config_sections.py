@@ -225,6 +225,10 @@ class TrainConfig:
     # Recompute each transformer block's activations in the backward pass:
     # a bigger batch fits, each step costs more (docs/benchmarks.md).
     remat: bool = False
+    # JAX on a GPU: XLA's Triton GEMM emitter ("on", XLA's default) or cuBLAS for every matmul ("off").
+    # "auto": off for full fine-tuning (+3.3% on an H200, 124M, batch 16 x 1,024), on with LoRA (off: -0.9%);
+    # docs/benchmarks.md, "Training speed, round 3". No effect elsewhere.
+    triton_gemm: Literal["auto", "on", "off"] = "auto"
     # Variables whose name contains one of these get no weight decay
     # (nanoGPT: ["bias", "gamma", "beta"], i.e. biases and layer norms).
     no_decay: list = field(default_factory=list)

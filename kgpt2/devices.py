@@ -44,6 +44,18 @@ class Device:
         return keras.device(self.keras_name)
 
 
+def step_compiler_options(triton_gemm: str, lora: bool, device: Device) -> dict:
+    """XLA options for compiling the training step (`train.triton_gemm`); {} off JAX or off a GPU.
+
+        >>> step_compiler_options("auto", lora=False, device=Device("cpu:0", "CPU", False))
+        {}
+    """
+    if keras.backend.backend() != "jax" or not device.is_gpu:
+        return {}
+    off = triton_gemm == "off" or (triton_gemm == "auto" and not lora)
+    return {"xla_gpu_enable_triton_gemm": False} if off else {}
+
+
 def list_gpus() -> list[tuple[str, bool]]:
     """(name, has_bf16) for each GPU the active backend can see."""
     backend = keras.backend.backend()

@@ -51,13 +51,13 @@ from pathlib import Path
 import keras
 import keras_hub
 
-from kgpt2 import memory  # read at call time: a test stands in for the device's memory
+from kgpt2 import compat, memory  # memory: read at call time, a test stands in for the device's memory
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
 from kgpt2.continuation import check_resumable, init_checkpoint, place_plan
 from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import ShardSet
-from kgpt2.devices import dtype_policy, resolve_device
+from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
 from kgpt2.distribution import is_writer, plan_distribution, process_count, start_processes
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.lock import RunLock
@@ -239,6 +239,9 @@ class Trainer:
         stack = contextlib.ExitStack()
         stack.enter_context(dtype_policy(self.policy))
         stack.enter_context(self.parallel.scope() if self.parallel else self.device.scope())
+        t = self.cfg.train
+        stack.enter_context(compat.train_step_compiler_options(
+            step_compiler_options(t.triton_gemm, self.cfg.lora.enabled, self.device)))
         return stack
 
     # -- 2. build: model and optimizer

@@ -5,7 +5,8 @@ subprocess (~50 s each on an H200: imports, model build, a full XLA compile
 with autotuning). Here the kgpt2 variants share one process, so imports are
 paid once and XLA's autotuning results (kept per process) are reused by
 every variant after the first; XLA flags are per-compile options
-(`jax.jit(..., compiler_options=...)`), not XLA_FLAGS, so they need no
+(`jax.jit(..., compiler_options=...)` through kgpt2.compat.train_step_compiler_options, on top of
+kgpt2's own `train.triton_gemm` choice), not XLA_FLAGS, so they need no
 process of their own either. The Hugging Face peers run in a second
 process (`--hf`), as train_throughput.run_hf measures them.
 
@@ -101,26 +102,6 @@ def variant_config(args, v: dict):
 
 
 @contextlib.contextmanager
-def compiler_options(options: dict):
-    """Keras' JAX trainer jits its steps with these XLA options (its module-level `jit`)."""
-    from keras.src.backend.jax import trainer
-
-    if not options:
-        yield
-        return
-    import functools
-
-    import jax
-
-    saved = trainer.jit
-    trainer.jit = functools.partial(jax.jit, compiler_options=dict(options))
-    try:
-        yield
-    finally:
-        trainer.jit = saved
-
-
-@contextlib.contextmanager
 def jax_config(options: dict):
     import jax
 
@@ -188,8 +169,9 @@ def run_variant(args, spec: str) -> dict:
     import keras
 
     from kgpt2.data.batches import WindowBatches
+    from kgpt2.compat import train_step_compiler_options
     from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device
+    from kgpt2.devices import resolve_device, step_compiler_options
 
     v = parse(spec)
     cfg, warm_rows, timed_rows = variant_config(args, v)
@@ -203,7 +185,10 @@ def run_variant(args, spec: str) -> dict:
     base = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=seq, batch_size=batch, seed=0, shuffle=True)
     steps = (warm_rows + timed_rows) * k
     t0 = time.perf_counter()
-    with device.scope(), compiler_options(v["xla"]), jax_config(v["jax"]), rbg_dropout("dropout-rbg" in v["flags"]):
+    # kgpt2's own per-compile options (train.triton_gemm), then the variant's on top
+    options = {**step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled, device), **v["xla"]}
+    with device.scope(), train_step_compiler_options(options), jax_config(v["jax"]), \
+            rbg_dropout("dropout-rbg" in v["flags"]):
         model = tt.build_kgpt2(cfg, max(steps, cfg.train.max_steps))
         if "ln-bf16" in v["flags"]:
             bf16_layer_norms(model.backbone)

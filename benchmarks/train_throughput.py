@@ -167,8 +167,9 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     import keras
 
     from kgpt2.data.batches import WindowBatches, to_dataset
+    from kgpt2.compat import train_step_compiler_options
     from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device
+    from kgpt2.devices import resolve_device, step_compiler_options
 
     overrides = [e for e in extra if "=" in e]
     cfg = kgpt2_config(args, mode, pad, size, overrides)
@@ -182,7 +183,8 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     timed = Cycle(base, args.steps, offset=args.warmup)
     real = sum(float(timed[i][2].sum()) for i in range(len(timed))) / (args.steps * args.batch * args.seq)
     tokens_per_step = args.batch * args.seq
-    with device.scope():
+    options = step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled, device)  # what `kgpt2 train` compiles with
+    with device.scope(), train_step_compiler_options(options):
         model = build_kgpt2(cfg, 2 * args.warmup + 2 * args.steps, extra)
         # One fit over warm-up + timed steps, timed by the step log (the trainer's method) ...
         clock = timed_fit(model, Cycle(base, args.warmup + args.steps), tokens_per_step, args.warmup)

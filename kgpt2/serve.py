@@ -63,7 +63,7 @@ class _Sampled(BaseModel):
     seed: Optional[int] = None
     stop: Union[str, list[str], None] = None
     stream: bool = False
-    n: int = Field(1, ge=1, le=1)  # one choice per request
+    n: int = Field(1, ge=1, le=16)  # choices per prompt (seed + i for choice i when a seed is given)
 
 
 class CompletionRequest(_Sampled):
@@ -120,15 +120,18 @@ class Service:
                 s = replace(s, **{name: getattr(body, name)})
         return s
 
-    def submit(self, body: _Sampled, ids: list[int], max_tokens: Optional[int], listener):
-        """Queue one generation, or raise the OpenAI error a client should see."""
+    def check_room(self, count: int) -> None:
+        """429 unless `count` more generations fit the slots and the waiting queue."""
+        if self.engine.busy + count > self.engine.slots + self.max_queue:
+            raise OpenAIError(429, "the server's queue is full; retry later", type="rate_limit_exceeded",
+                              code="rate_limit_exceeded")
+
+    def submit(self, body: _Sampled, ids: list[int], max_tokens: Optional[int], listener, choice: int = 0):
+        """Queue one generation (choice `choice` of its prompt), or raise the OpenAI error a client should see."""
         if body.model != self.model_id:
             raise OpenAIError(404, f"The model '{body.model}' does not exist; this server has '{self.model_id}'",
                               param="model", code="model_not_found")
         engine = self.engine
-        if engine.busy >= engine.slots + self.max_queue:
-            raise OpenAIError(429, "the server's queue is full; retry later", type="rate_limit_exceeded",
-                              code="rate_limit_exceeded")
         ids = list(ids) or [engine.tokenizer.eos_id]  # empty: a new document
         room = engine.cache_length - len(ids)
         if room < 1 or (max_tokens is not None and max_tokens > room):
@@ -139,7 +142,10 @@ class Service:
         if len(stop) > 4:
             raise OpenAIError(400, "at most 4 stop sequences", param="stop")
         total = len(ids) + (max_tokens or room)
-        return engine.submit(ids, self.sampling(body), total, stop, listener), len(ids)
+        sampling = self.sampling(body)
+        if choice and body.seed is not None:  # n choices of one seeded request: different and reproducible
+            sampling = replace(sampling, seed=body.seed + choice)
+        return engine.submit(ids, sampling, total, stop, listener), len(ids)
 
 
 def _id(kind: str) -> str:
@@ -150,56 +156,112 @@ def _event(data) -> str:
     return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
 
 
-async def _answer(service: Service, http: Request, body: _Sampled, ids: list[int], max_tokens, shape):
-    """Run one request; `shape(piece, finish_reason, usage, first)` makes its JSON object(s)."""
+async def _answer(service: Service, http: Request, body: _Sampled, prompts: list[list[int]], max_tokens, envelope,
+                  choice):
+    """Run one request: `body.n` choices for each prompt, choice `i * n + j` for prompt i's j-th.
+
+    `choice(index, text, finish_reason, first)` makes one choice object and `envelope(choices, usage)`
+    the response (or one streamed chunk) around them.
+    """
     loop = asyncio.get_running_loop()
     woken = asyncio.Queue()
-    request, prompt_tokens = service.submit(body, ids, max_tokens,
-                                            lambda: loop.call_soon_threadsafe(woken.put_nowait, None))
+    service.check_room(len(prompts) * body.n)
+    runs = []
+
+    def wake():  # called on the engine's thread
+        loop.call_soon_threadsafe(woken.put_nowait, None)
+    try:
+        for ids in prompts:
+            for j in range(body.n):
+                runs.append(service.submit(body, ids, max_tokens, wake, choice=j))
+    except OpenAIError:
+        for request, _ in runs:
+            request.cancel()
+        raise
+    requests = [request for request, _ in runs]
+    prompt_tokens = sum(n for _, n in runs[::body.n])  # each prompt once, as OpenAI counts them
 
     def usage():
-        n = len(request.tokens)
+        n = sum(len(r.tokens) for r in requests)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
-
-    def failed():
-        return OpenAIError(500 if request.finish_reason == "error" else 503,
-                           request.error or "the server is shutting down", type="server_error")
 
     if not body.stream:
         try:
-            while not request.finished:
+            while not all(r.finished for r in requests):
                 try:
                     await asyncio.wait_for(woken.get(), timeout=1.0)
                 except asyncio.TimeoutError:
                     if await http.is_disconnected():
                         return JSONResponse({})
         finally:
-            request.cancel()  # a no-op once finished; frees the slot of a client that left
-        if request.finish_reason not in ("stop", "length"):
-            raise failed()
-        return JSONResponse(shape(request.text, request.finish_reason, usage(), None))
+            for r in requests:
+                r.cancel()  # a no-op once finished; frees the slots of a client that left
+        for r in requests:
+            if r.finish_reason not in ("stop", "length"):
+                raise _failed(r)
+        return JSONResponse(envelope([choice(i, r.text, r.finish_reason, None) for i, r in enumerate(requests)],
+                                     usage()))
 
-    async def events():
-        try:
-            yield _event(shape("", None, None, True))
-            while True:
-                await woken.get()
+    return StreamingResponse(_events(requests, woken, envelope, choice, usage), media_type="text/event-stream")
+
+
+def _failed(request) -> OpenAIError:
+    return OpenAIError(500 if request.finish_reason == "error" else 503,
+                       request.error or "the server is shutting down", type="server_error")
+
+
+async def _events(requests, woken: asyncio.Queue, envelope, choice, usage):
+    """Server-sent events of `requests` as they decode: a chunk per choice per piece, then [DONE]."""
+    try:
+        for i in range(len(requests)):
+            yield _event(envelope([choice(i, "", None, True)], None))
+        pending = list(range(len(requests)))
+        while pending:
+            await woken.get()
+            for i in list(pending):
+                r = requests[i]
                 # The engine's thread may finish the request meanwhile: decide on `done` read
                 # before the text (its text is final before it is marked finished).
-                done = request.finished
-                piece = request.take_text()
-                if request.finish_reason in ("error", "cancelled") and done:
-                    yield _event(failed().body)
-                    break
-                if piece or done:
-                    yield _event(shape(piece, request.finish_reason if done else None, usage() if done else None, False))
+                done = r.finished
+                piece = r.take_text()
+                if r.finish_reason in ("error", "cancelled") and done:
+                    yield _event(_failed(r).body)
+                    return
                 if done:
-                    yield _event("[DONE]")
-                    break
-        finally:
-            request.cancel()  # the client left mid-stream: free the slot
+                    pending.remove(i)
+                if piece or done:
+                    yield _event(envelope([choice(i, piece, r.finish_reason if done else None, False)],
+                                          usage() if done and not pending else None))
+        yield _event("[DONE]")
+    finally:
+        for r in requests:
+            r.cancel()  # the client left mid-stream: free the slots
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+
+def _completion_shape(rid: str, created: int, model_id: str):
+    """(envelope, choice) of /v1/completions' answers (see `_answer`)."""
+    def choice(index, text, finish, first):
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+    def envelope(choices, usage):
+        out = {"id": rid, "object": "text_completion", "created": created, "model": model_id, "choices": choices}
+        return out | ({"usage": usage} if usage else {})
+    return envelope, choice
+
+
+def _chat_shape(rid: str, created: int, model_id: str, stream: bool):
+    """(envelope, choice) of /v1/chat/completions' answers: messages, or deltas when streamed."""
+    def choice(index, text, finish, first):
+        if stream:
+            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+            return {"index": index, "delta": delta, "finish_reason": finish}
+        return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+
+    def envelope(choices, usage):
+        kind = "chat.completion.chunk" if stream else "chat.completion"
+        out = {"id": rid, "object": kind, "created": created, "model": model_id, "choices": choices}
+        return out | ({"usage": usage} if usage else {})
+    return envelope, choice
 
 
 def build_app(service: Service, api_key: str | None = None) -> FastAPI:
@@ -232,34 +294,18 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, http: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise OpenAIError(400, "send one prompt per request", param="prompt")
-        ids, rid, created = service.engine.tokenizer.encode(prompts[0]), _id("cmpl"), int(time.time())
-
-        def shape(text, finish, usage, first):
-            out = {"id": rid, "object": "text_completion", "created": created, "model": service.model_id,
-                   "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
-            return out | ({"usage": usage} if usage else {})
-
-        return await _answer(service, http, body, ids, body.max_tokens or 16, shape)
+        if not prompts:
+            raise OpenAIError(400, "prompt: at least one prompt", param="prompt")
+        ids = [service.engine.tokenizer.encode(p) for p in prompts]
+        envelope, choice = _completion_shape(_id("cmpl"), int(time.time()), service.model_id)
+        return await _answer(service, http, body, ids, body.max_tokens or 16, envelope, choice)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(body: ChatRequest, http: Request):
         ids = chat_ids(service.engine.tokenizer, [m.model_dump() for m in body.messages], service.defaults.template)
-        rid, created = _id("chatcmpl"), int(time.time())
-
-        def shape(text, finish, usage, first):
-            if body.stream:
-                delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-                kind = "chat.completion.chunk"
-            else:
-                choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-                kind = "chat.completion"
-            out = {"id": rid, "object": kind, "created": created, "model": service.model_id, "choices": [choice]}
-            return out | ({"usage": usage} if usage else {})
-
-        return await _answer(service, http, body, ids, body.max_completion_tokens or body.max_tokens, shape)
+        envelope, choice = _chat_shape(_id("chatcmpl"), int(time.time()), service.model_id, body.stream)
+        return await _answer(service, http, body, [ids], body.max_completion_tokens or body.max_tokens, envelope,
+                             choice)
 
     return app
 

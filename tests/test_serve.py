@@ -230,3 +230,25 @@ def test_busy_port_and_wrong_folder_are_one_line_and_status_2(tmp_path):
             assert done.returncode == 2 and "Traceback" not in done.stderr
             assert done.stderr.strip().splitlines()[-1].startswith("kgpt2: error:")
             assert message is None or message in done.stderr
+
+
+def test_n_choices_and_several_prompts_equal_their_requests_alone(client, generator):
+    # Greedy: every choice is the greedy text of its prompt; choice i * n + j is prompt i's j-th.
+    out = client.completions.create(model="tiny", prompt=PROMPTS[:2], n=2, max_tokens=8, temperature=0)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    assert [c.text for c in out.choices] == [greedy_text(generator, p, 8) for p in PROMPTS[:2] for _ in range(2)]
+    # Sampled with a seed: choice j is the request alone with seed + j (different, reproducible).
+    sampled = dict(model="tiny", prompt=PROMPTS[3], max_tokens=12, temperature=1.0, top_p=1.0, seed=7)
+    together = [c.text for c in client.completions.create(n=3, **sampled).choices]
+    alone = [client.completions.create(**(sampled | {"seed": 7 + j})).choices[0].text for j in range(3)]
+    assert together == alone and len(set(together)) > 1
+    # Streamed: the chunks of each index add up to that choice; usage counts the prompt once.
+    messages = [{"role": "user", "content": "What is assert?"}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, n=2, max_tokens=6, seed=3, temperature=1.0)
+    texts = {0: "", 1: ""}
+    for chunk in client.chat.completions.create(model="tiny", messages=messages, n=2, max_tokens=6, seed=3,
+                                                temperature=1.0, stream=True):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert whole.usage.completion_tokens <= 12 and whole.usage.prompt_tokens < whole.usage.total_tokens

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast doctest demo bench-gpu clean
+.PHONY: quickstart test test-tf test-jax test-fast doctest demo bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,9 +29,21 @@ BACKEND_TESTS := $(addprefix tests/test_,$(addsuffix .py,adapters align_losses a
 	dpo engine evaluate faults fused_loss generate hf_interop legacy_import packed_training packing \
 	performance_options pretrain qlora resume skeleton speed_levers))
 
-# The whole suite and the docstring examples on TensorFlow, then the backend-dependent core on JAX.
+# The whole suite and the docstring examples on TensorFlow and, at the same time (two processes: most
+# tests use one core at a time, and the two passes share no files), the backend-dependent core on JAX,
+# whose output follows the TensorFlow pass's. Fails if either fails.
+JAX_LOG := $(VENV)/test-jax.log
 test: $(STAMP)
+	@KERAS_BACKEND=jax $(BIN)/python $(PYTEST) -m "not slow" $(BACKEND_TESTS) $(DOCTESTS) > $(JAX_LOG) 2>&1 & jax=$$!; \
+	echo "== TensorFlow: the whole suite (the JAX pass runs beside it, output below) =="; \
+	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) tests $(DOCTESTS); tf=$$?; \
+	wait $$jax; jx=$$?; echo "== JAX: the backend-dependent tests (exit $$jx) =="; cat $(JAX_LOG); \
+	test $$tf -eq 0 -a $$jx -eq 0
+
+test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) tests $(DOCTESTS)
+
+test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) -m "not slow" $(BACKEND_TESTS) $(DOCTESTS)
 
 test-fast: $(STAMP)

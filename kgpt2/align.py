@@ -41,6 +41,7 @@ import numpy as np
 
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config
+from kgpt2.continuation import differences
 from kgpt2.data.preference_pairs import (PairStats, content_hash, encode_pairs, read_pairs, read_preferences,
                                          refuse_unpaired)
 from kgpt2.devices import dtype_policy, resolve_device
@@ -247,7 +248,8 @@ def _load_init(policy, cfg: Config, run_dir, checkpoint: str) -> None:
     theirs, ours = other.model_signature(), cfg.model_signature()
     if Path(other.model.preset).is_dir() and Path(cfg.model.preset).is_dir() and same_files(other.model.preset, cfg.model.preset):
         theirs["preset"] = ours["preset"]  # the run holds its own copy of this preset (kgpt2.run.Run.adopt)
-    if theirs != ours:
+    if theirs != ours:  # each differing field named, the run's value -> this config's
         raise UserError(f"align.init_run '{run_dir}' was trained with another model, LoRA or sequence "
-                        "setting than this config; use the same [model], [lora] and data.sequence_length")
+                        f"setting than this config ({differences(theirs, ours)}); use the same [model], [lora] "
+                        "and data.sequence_length")
     CheckpointManager.restore(policy, Run(run_dir).checkpoint(checkpoint))

@@ -50,7 +50,14 @@ def recipe_list(listing: list[tuple[str, str]]) -> str:
 
 def train_report(result) -> str:
     """`kgpt2 train`: the steps, where the run is, and what padding cost (example windows only)."""
-    line = f"trained {result.global_step} steps; run in {result.run_dir} (latest {result.checkpoint})"
+    start, end = result.start_step, result.global_step
+    if start == end:
+        line = f"trained nothing: the run is at step {end}; run in {result.run_dir} (latest {result.checkpoint})"
+    elif start:  # a resumed or continued run: the steps of this call, and where the run began and is
+        line = (f"trained {end - start} steps (step {start} -> {end}); run in {result.run_dir} "
+                f"(latest {result.checkpoint})")
+    else:
+        line = f"trained {end} steps; run in {result.run_dir} (latest {result.checkpoint})"
     last = next((m for m in reversed(result.stages) if "padding" in m), None)
     if last is None:
         return line

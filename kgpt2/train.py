@@ -84,6 +84,7 @@ class TrainResult:
     global_step: int
     stages: list = field(default_factory=list)  # per-stage validation metrics
     checkpoint: str = ""
+    start_step: int = 0  # where this call began (the resumed checkpoint's step)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
     trainer = Trainer(cfg, verbose)
     try:
         trainer.setup(require_checkpoint)  # takes the run's lock
+        if trainer.finished:  # nothing more to train: no model is built and nothing claims to resume
+            return trainer.finished_result()
         with trainer.scope():
             trainer.build()
             cursor = trainer.resume()
@@ -150,6 +153,7 @@ class Trainer:
         # the ones finished: the stage and step counts where it began.
         self.stage_offset, self.step_offset = 0, 0
         self.reopened: Cursor | None = None  # a finished one-stage run whose plan grew (setup)
+        self.finished = False  # a finished run whose plan did not grow (setup): nothing to train
 
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
@@ -224,6 +228,7 @@ class Trainer:
         if self.total_steps <= self.latest.step:
             log.info("run %s has trained its plan to step %d: nothing more to train (more train.epochs, a longer "
                      "train.max_steps or another stage in train.stages would train on)", self.run.path, self.latest.step)
+            self.finished = True
             return None
         if len(self.stages) > 1:
             raise UserError(f"run '{self.run.path}' has finished all {len(self.stages)} stages of its plan, and a "
@@ -382,7 +387,18 @@ class Trainer:
 
     def result(self, cursor: Cursor) -> TrainResult:
         latest = self.store.latest()
-        return TrainResult(self.run.path, cursor.step, self.stage_metrics, latest.id if latest else "")
+        return TrainResult(self.run.path, cursor.step, self.stage_metrics, latest.id if latest else "",
+                           start_step=self.latest.step if self.latest is not None else 0)
+
+    def finished_result(self) -> TrainResult:
+        """A finished run's result without building its model (setup found nothing to train)."""
+        if is_writer():
+            self.store.remove_leftovers()  # of a killed earlier process; the lock says none is live
+            for path in self.store.publish_exports():  # a kill between the last stage end and its export
+                log.info("wrote %s again from its stage-end checkpoint", path.name)
+        state = self.latest.state
+        return TrainResult(self.run.path, self.latest.step, state.get("stage_metrics", []), self.latest.id,
+                           start_step=self.latest.step)
 
 
 def _versions() -> dict:

@@ -220,9 +220,13 @@ def test_more_epochs_on_a_finished_run_train_them(tmp_path, capsys, monkeypatch,
     assert [r["step"] for r in _steps(run)] == list(range(1, 3 * one + 1))
     assert [r["stage"] for r in last.state["stage_metrics"]] == [1]  # the stage's row, at its new end
     assert "epochs 1 -> 3" in err or "train.epochs 1 -> 3" in err
+    assert f"trained {2 * one} steps (step {one} -> {3 * one})" in out, out  # this call's steps, not the run's
     code, out, err = kgpt2(capsys, "train", "--run", run)  # unchanged: nothing more, and it says so
     assert code == 0 and CheckpointManager(run).latest().step == 3 * one
     assert "nothing more to train" in err
+    # ... and only that: no model built, no "resuming from" a stage past the plan, no steps claimed
+    assert "resuming from" not in err and "model:" not in err, err
+    assert f"trained nothing: the run is at step {3 * one}" in out, out
 
     two_stages = tmp_path / "two-stages"
     shutil.copytree(tiny_run, two_stages)

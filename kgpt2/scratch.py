@@ -45,6 +45,10 @@ def scratch_shape(model: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
         raise UserError(f"model.vocabulary_size {size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens")
     if model.hidden_dim % model.num_heads:
         raise UserError(f"model.hidden_dim {model.hidden_dim} must be a multiple of model.num_heads {model.num_heads}")
+    if size > 2 * tokenizer.vocab_size:  # e.g. the 50,257 default with a small trained tokenizer: a bigger, slower model
+        log.warning("model.vocabulary_size %d is larger than the tokenizer's %d tokens: %d embedding rows will never be "
+                    "used (model.vocabulary_size = 0 takes the tokenizer's size)", size, tokenizer.vocab_size,
+                    size - tokenizer.vocab_size)
     return replace(model, preset="scratch", vocabulary_size=size)
 
 

@@ -122,6 +122,20 @@ def test_scratch_presets_build_save_and_load(tmp_path, char_tokenizer_dir, pydoc
         init_preset(load_config(None, TINY + ["model.vocabulary_size=10", f"model.tokenizer={bpe_dir}"]), tmp_path / "x")
 
 
+def test_a_vocabulary_far_above_the_tokenizers_is_warned_about(pydoc_tokenizer, caplog):
+    from kgpt2.config import ModelConfig
+    from kgpt2.scratch import scratch_shape
+
+    tokens = pydoc_tokenizer.vocab_size
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        assert scratch_shape(ModelConfig(preset="scratch", vocabulary_size=0), pydoc_tokenizer).vocabulary_size == tokens
+        assert scratch_shape(ModelConfig(preset="scratch", vocabulary_size=tokens + 64), pydoc_tokenizer)
+    assert not caplog.records  # the tokenizer's size, or a little padding: nothing to say
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        scratch_shape(ModelConfig(preset="scratch"), pydoc_tokenizer)  # the 50,257 default, a small tokenizer
+    assert [f"{50257 - tokens} embedding rows will never be used" in r.getMessage() for r in caplog.records] == [True]
+
+
 @pytest.mark.slow
 def test_from_scratch_run_keeps_best_checkpoint_and_learns(tmp_path, char_tokenizer_dir, shakespeare):
     """A 20-step run over 2+ epochs: evaluations every 5 steps, the best kept, every verb works."""

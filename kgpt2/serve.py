@@ -126,8 +126,8 @@ class Service:
             raise OpenAIError(429, "the server's queue is full; retry later", type="rate_limit_exceeded",
                               code="rate_limit_exceeded")
 
-    def submit(self, body: _Sampled, ids: list[int], max_tokens: Optional[int], listener, choice: int = 0):
-        """Queue one generation (choice `choice` of its prompt), or raise the OpenAI error a client should see."""
+    def prepare(self, body: _Sampled, ids: list[int], max_tokens: Optional[int]):
+        """(ids, total length, stop strings) of one prompt, or raise the OpenAI error a client should see."""
         if body.model != self.model_id:
             raise OpenAIError(404, f"The model '{body.model}' does not exist; this server has '{self.model_id}'",
                               param="model", code="model_not_found")
@@ -141,11 +141,15 @@ class Service:
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
         if len(stop) > 4:
             raise OpenAIError(400, "at most 4 stop sequences", param="stop")
-        total = len(ids) + (max_tokens or room)
+        return ids, len(ids) + (max_tokens or room), stop
+
+    def submit(self, body: _Sampled, prepared, listener, choice: int = 0):
+        """Queue choice `choice` of a prepared prompt (a seeded request's choice j samples with seed + j)."""
+        ids, total, stop = prepared
         sampling = self.sampling(body)
         if choice and body.seed is not None:  # n choices of one seeded request: different and reproducible
             sampling = replace(sampling, seed=body.seed + choice)
-        return engine.submit(ids, sampling, total, stop, listener), len(ids)
+        return self.engine.submit(ids, sampling, total, stop, listener)
 
 
 def _id(kind: str) -> str:
@@ -166,20 +170,12 @@ async def _answer(service: Service, http: Request, body: _Sampled, prompts: list
     loop = asyncio.get_running_loop()
     woken = asyncio.Queue()
     service.check_room(len(prompts) * body.n)
-    runs = []
+    prepared = [service.prepare(body, ids, max_tokens) for ids in prompts]  # every check before any work
 
     def wake():  # called on the engine's thread
         loop.call_soon_threadsafe(woken.put_nowait, None)
-    try:
-        for ids in prompts:
-            for j in range(body.n):
-                runs.append(service.submit(body, ids, max_tokens, wake, choice=j))
-    except OpenAIError:
-        for request, _ in runs:
-            request.cancel()
-        raise
-    requests = [request for request, _ in runs]
-    prompt_tokens = sum(n for _, n in runs[::body.n])  # each prompt once, as OpenAI counts them
+    requests = [service.submit(body, p, wake, choice=j) for p in prepared for j in range(body.n)]
+    prompt_tokens = sum(len(ids) for ids, _, _ in prepared)  # each prompt once, as OpenAI counts them
 
     def usage():
         n = sum(len(r.tokens) for r in requests)

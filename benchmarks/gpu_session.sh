@@ -23,6 +23,11 @@
 # run: Generator batch 1 (chunks 8, 1), the decoder before the engine, keras-hub, HF (same
 # weights), the engine at 1/8/32/64 streams, steps per launch, XLA variants (command buffers,
 # cuBLASLt), a device profile per token. Needs only .whl/.
+# `shake6` (issue 21, round 6, <= 9 minutes with the wheels; SHAKE6_S): what the device's JAX offers for attention
+# dropout (facts), the Shakespeare step's levers in one process (benchmarks/lever_ablation.py: the base, dropout masks
+# from XLA's RngBitGenerator, Triton GEMMs forced on, each twice; SHAKE6_VARIANTS replaces the list), then nanoGPT vs
+# kgpt2's recipe over SHAKESPEARE_ITERS (2,500) iterations with the overrides that beat the base by >= 1% in every row
+# (lever_ablation.py --pick; SHAKE_SET="key=value ..." sets them instead, SHAKE_SET= none). Needs .bench/nanogpt too.
 # Needs .whl/ (wheels, see benchmarks/device_setup.sh) and .bench/ (shards,
 # tokenizer, shakespeare.txt: benchmarks/make_bench_data.sh) carried; writes everything under $OUT.
 what=${1:-all}
@@ -139,4 +144,17 @@ if [ "$what" = round3 ] || [ "$what" = peers ]; then  # measured in round 2's ca
   b=$(budget ${PEERS_S:-300})
   [ $b -gt $((50 * T)) ] && timeout $b $PY benchmarks/lever_ablation.py $B $LSHAPE --hf hf:full:compile,hf:lora:compile \
     --budget $((b - 15 * T)) --out "$OUT/round3-peers.json" 2>&1 | quiet | tee "$OUT/round3-peers.log" | tail -4
+fi
+if [ "$what" = shake6 ]; then
+  END=$((SECONDS + ${SHAKE6_S:-525} * T))
+  timeout $((60 * T)) $PY benchmarks/attention_dropout_facts.py 2>&1 | quiet | tee "$OUT/shake6-facts.txt"
+  V=${SHAKE6_VARIANTS:-"shakespeare,shakespeare_rbg,shakespeare_triton,shakespeare;again,shakespeare_rbg;again,shakespeare_triton;again"}
+  b=$(budget 200)
+  timeout $b $PY benchmarks/lever_ablation.py $B --char-data .bench/shakespeare_char $LSHAPE --variants "$V" \
+    --budget $((b - 15 * T)) --out "$OUT/shake6-levers.json" 2>&1 | quiet | tee "$OUT/shake6-levers.log" | tail -8
+  SET=${SHAKE_SET-$($PY benchmarks/lever_ablation.py --pick "$OUT/shake6-levers.json" 2>/dev/null)}
+  echo "kgpt2's overrides in the Shakespeare comparison: ${SET:-none}"
+  ITERS=${SHAKESPEARE_ITERS:-2500}
+  b=$(budget $((2 * (80 + ITERS / 50))))
+  KGPT2_SET="$SET" SHAKESPEARE_PROGRAM_S=$((b / 2)) bash benchmarks/shakespeare_vs_nanogpt.sh "$ITERS" $TINY
 fi

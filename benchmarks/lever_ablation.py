@@ -21,10 +21,18 @@ A variant is `BASE[;EXTRA...]`:
 - `jax:OPTION=VALUE`: a JAX config option while it builds and traces
   (`jax:jax_threefry_gpu_kernel_lowering=true`);
 - `ln-bf16`: layer norms normalise in bf16 (float32 statistics) instead of
-  Keras' float32 throughout; `dropout-rbg`: dropout masks from XLA's
-  RngBitGenerator instead of threefry (other random numbers, same rate);
+  Keras' float32 throughout; `dropout-rbg`: the same as
+  `train.dropout_rng=rbg` (dropout masks from XLA's RngBitGenerator);
 - anything else (`again`): a label only (the base measured a second time
   shows the run-to-run noise).
+
+Named variants (ALIASES, issue 21 round 6) stand for a spec:
+`shakespeare_rbg` (`train.dropout_rng=rbg`), `shakespeare_triton`
+(`train.triton_gemm=on`: Triton GEMMs forced on; the base compiles with
+cuBLAS, as `train.triton_gemm = "auto"` does for full training) and
+`shakespeare_cublas` (`train.triton_gemm=off`: the base's own choice, spelt
+out: a second base row). `--pick FILE` prints the overrides of a finished
+run's variants that beat their base by `--min-gain` (for the next command).
 
 Timing is train_throughput's: one `fit` over warm-up + timed steps with the
 trainer's own step log, tokens/s from `kgpt2.run_logs.steady_tokens_per_s`
@@ -56,8 +64,17 @@ SHAKESPEARE_TINY = ["model.num_layers=1", "model.num_heads=2", "model.hidden_dim
                     "model.max_sequence_length=64", "data.sequence_length=32", "train.batch_size=4"]
 
 
+ALIASES = {
+    "shakespeare_rbg": "shakespeare;train.dropout_rng=rbg",
+    "shakespeare_triton": "shakespeare;train.triton_gemm=on",
+    "shakespeare_cublas": "shakespeare;train.triton_gemm=off",
+}
+
+
 def parse(spec: str) -> dict:
-    """"kgpt2:full:pad64;train.x=1;xla:a=b;ln-bf16" -> its parts."""
+    """"kgpt2:full:pad64;train.x=1;xla:a=b;ln-bf16" -> its parts (a named variant first becomes its spec)."""
+    head, _, tail = spec.partition(";")
+    spec = ALIASES.get(head, head) + (";" + tail if tail else "")
     base, *rest = spec.split(";")
     out = {"base": base, "overrides": [], "xla": {}, "jax": {}, "flags": []}
     for item in rest:
@@ -66,6 +83,8 @@ def parse(spec: str) -> dict:
             out[item[:3]][key] = _value(value)
         elif "=" in item:
             out["overrides"].append(item)
+        elif item == "dropout-rbg":  # round 3's Keras patch, now the config option
+            out["overrides"].append("train.dropout_rng=rbg")
         else:
             out["flags"].append(item)
     return out
@@ -136,35 +155,6 @@ def bf16_layer_norms(backbone) -> int:
     return len(layers)
 
 
-@contextlib.contextmanager
-def rbg_dropout(on: bool):
-    """Keras' JAX dropout with masks from XLA's RngBitGenerator (a key made from Keras' seed)."""
-    from keras.src.backend.jax import random as kr
-
-    if not on:
-        yield
-        return
-    import jax
-    import jax.numpy as jnp
-
-    saved = kr.dropout
-
-    def dropout(inputs, rate, noise_shape=None, seed=None):
-        if rate in (0.0, 1.0):
-            return saved(inputs, rate, noise_shape, seed)
-        seed = kr.jax_draw_seed(seed).astype("uint32")
-        key = jax.random.wrap_key_data(jnp.concatenate([seed, seed ^ jnp.uint32(0x9E3779B9)]), impl="unsafe_rbg")
-        shape = kr._get_concrete_noise_shape(inputs, noise_shape)
-        mask = jnp.broadcast_to(jax.random.bernoulli(key, 1.0 - rate, shape), inputs.shape)
-        return jax.lax.select(mask, inputs / (1.0 - rate), jnp.zeros_like(inputs))
-
-    kr.dropout = dropout
-    try:
-        yield
-    finally:
-        kr.dropout = saved
-
-
 def run_variant(args, spec: str) -> dict:
     import keras
 
@@ -187,8 +177,7 @@ def run_variant(args, spec: str) -> dict:
     t0 = time.perf_counter()
     # kgpt2's own per-compile options (train.triton_gemm), then the variant's on top
     options = {**step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled, device), **v["xla"]}
-    with device.scope(), train_step_compiler_options(options), jax_config(v["jax"]), \
-            rbg_dropout("dropout-rbg" in v["flags"]):
+    with device.scope(), train_step_compiler_options(options), jax_config(v["jax"]):
         model = tt.build_kgpt2(cfg, max(steps, cfg.train.max_steps))
         if "ln-bf16" in v["flags"]:
             bf16_layer_norms(model.backbone)
@@ -235,11 +224,37 @@ def table(results: list[dict]) -> str:
         if "tokens_per_s" not in r:
             lines.append(f"{r['variant']} | {r.get('error') or r.get('skipped')}")
             continue
-        key = r["variant"].split(";")[0] if not r["variant"].startswith("hf:") else "hf"
+        key = parse(r["variant"])["base"] if not r["variant"].startswith("hf:") else "hf"
         ref = first.setdefault(key, r)
         lines.append(f"{r['variant']} | {r['tokens_per_s']:,} | {r['step_ms']} | "
                      f"{r['tokens_per_s'] / ref['tokens_per_s']:.3f}x | {r['compile_s']} | {r['peak_gpu_gb']}")
     return "\n".join(lines)
+
+
+def pick(results: list[dict], min_gain: float) -> list[str]:
+    """The config overrides whose every row beat its base (the base's first row) by `min_gain`; the best per key.
+
+        >>> rows = [{"variant": "shakespeare", "tokens_per_s": 100}, {"variant": "shakespeare_rbg", "tokens_per_s": 103},
+        ...         {"variant": "shakespeare_triton", "tokens_per_s": 102}, {"variant": "shakespeare;again",
+        ...         "tokens_per_s": 101}, {"variant": "shakespeare_rbg;again", "tokens_per_s": 102.5},
+        ...         {"variant": "shakespeare_triton;again", "tokens_per_s": 99}]
+        >>> pick(rows, 1.01)
+        ['train.dropout_rng=rbg']
+    """
+    first, gains = {}, {}
+    for r in results:
+        if "tokens_per_s" not in r or r["variant"].startswith("hf:"):
+            continue
+        v = parse(r["variant"])
+        gain = r["tokens_per_s"] / first.setdefault(v["base"], r)["tokens_per_s"]
+        for override in v["overrides"]:
+            gains.setdefault(override, []).append(gain)
+    best = {}
+    for override, seen in gains.items():
+        key = override.split("=")[0]
+        if min(seen) >= min_gain and min(seen) > best.get(key, (0.0, ""))[0]:
+            best[key] = (min(seen), override)
+    return [override for _, override in best.values()]
 
 
 def run_hf_variant(args, spec: str) -> dict:
@@ -271,7 +286,13 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=1e9, help="seconds for all variants")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: a CPU dry run of every code path")
     p.add_argument("--out")
+    p.add_argument("--pick", metavar="FILE", help="print the overrides that beat their base in FILE (a run's --out)")
+    p.add_argument("--min-gain", type=float, default=1.01, help="with --pick: tokens/s ratio to the base")
     args = p.parse_args(argv)
+    if args.pick:
+        with open(args.pick) as f:
+            print(" ".join(pick(json.load(f), args.min_gain)))
+        return
     os.environ.setdefault("KERAS_BACKEND", "jax")
     if args.tiny:
         tt.use_tiny_shapes()

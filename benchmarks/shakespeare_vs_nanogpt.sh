@@ -5,6 +5,8 @@
 # (benchmarks/device_setup.sh, sourced here unless the caller did). Writes $OUT/shakespeare.json, nanogpt.log, kgpt2.log.
 #   bash benchmarks/shakespeare_vs_nanogpt.sh [ITERS]        # on the GPU machine; ITERS 5000 = nanoGPT's config
 #   bash benchmarks/shakespeare_vs_nanogpt.sh 120 --tiny     # CPU dry run at a tiny shape
+#   KGPT2_SET="train.dropout_rng=rbg train.triton_gemm=on" bash benchmarks/shakespeare_vs_nanogpt.sh 2500
+#                                                            # config overrides for kgpt2's run (space-separated)
 # Full 5,000 iterations on an H200: about 150 s nanoGPT + 100 s kgpt2. 2,500 iterations on the same 5,000-iteration
 # learning-rate curve (both programs' best validation loss came before 2,500 on the H100 and H200): about 100 + 70 s.
 ITERS=${1:-5000}
@@ -18,5 +20,6 @@ fi
 mkdir -p "$OUT"
 [ -f .bench/nanogpt/data/shakespeare_char/train.bin ] || { echo "no .bench/nanogpt: run benchmarks/prepare_nanogpt.sh first" >&2; exit 2; }
 # SKIP_NANOGPT=1: kgpt2 only (nanoGPT's H200 figures are in ../shared/ANCHORS.md: ~10.9 ms, best val 1.4667).
-$PY benchmarks/shakespeare_vs_nanogpt.py --iters "$ITERS" --decay 5000 --eval-every 250 $EXTRA ${SKIP_NANOGPT:+--skip-nanogpt} \
+SET=(); for o in ${KGPT2_SET:-}; do SET+=(--kgpt2-set "$o"); done
+$PY benchmarks/shakespeare_vs_nanogpt.py --iters "$ITERS" --decay 5000 --eval-every 250 $EXTRA ${SKIP_NANOGPT:+--skip-nanogpt} "${SET[@]}" \
   --out "$OUT/shakespeare.json" 2>&1 | grep -v "^WARNING\|^I0000\|^E0000\|^W0000" | tail -6

@@ -22,8 +22,8 @@ sentence instead of a wrong model (pyproject.toml carries the same bounds).
 from __future__ import annotations
 
 import contextlib
-
 import functools
+import logging
 import os
 
 from kgpt2.errors import UserError
@@ -147,6 +147,53 @@ def set_attention_dropout(attention, rate: float) -> None:
         # created it with model.dropout (0 by default): without one, training fails on its first step.
         with unlocked_tracker(layer):
             layer.seed_generator = keras.random.SeedGenerator()
+
+
+# Spreads a uint32[2] Keras seed (seed, counter) over the rbg key's four words.
+_RBG_SPREAD = 0x9E3779B9
+
+
+def rbg_dropout(model) -> int:
+    """Every Dropout layer in `model` draws its masks with XLA's RngBitGenerator (`train.dropout_rng = "rbg"`).
+
+    Keras' JAX dropout makes its mask with threefry, which XLA computes as
+    a chain of integer kernels; the rbg key's bits come from one
+    RngBitGenerator op (Philox on a GPU): +2.4% steps/s at the Shakespeare
+    shape on an H200 (docs/benchmarks.md). Same rate and 1/(1 - rate)
+    scale, other random numbers. Each layer keeps drawing from its own
+    SeedGenerator (checkpointed with the model), so a resumed run draws the
+    masks an uninterrupted one would. Applied per layer, not by patching
+    Keras: nothing changes for other models in the process. JAX only:
+    elsewhere a warning, and training keeps the backend's own dropout.
+    Returns the number of layers changed.
+    """
+    import keras
+
+    if keras.backend.backend() != "jax":
+        logging.getLogger("kgpt2").warning(
+            "train.dropout_rng = \"rbg\" applies on the JAX backend only; training with %s's own dropout",
+            keras.backend.backend())
+        return 0
+    layers = [layer for layer in sublayers(model) if isinstance(layer, keras.layers.Dropout)]
+    for layer in layers:
+        layer.call = _rbg_call(layer)
+    return len(layers)
+
+
+def _rbg_call(layer):
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    def call(inputs, training=False):
+        if not training or layer.rate == 0:
+            return inputs
+        seed = jnp.asarray(layer.seed_generator.next(), "uint32")
+        key = jax.random.wrap_key_data(jnp.concatenate([seed, seed ^ jnp.uint32(_RBG_SPREAD)]), impl="rbg")
+        # Keras' own dropout (mask, scale, noise_shape) with this key: its JAX backend takes a key array as the seed.
+        return keras.random.dropout(inputs, layer.rate, noise_shape=layer.noise_shape, seed=key)
+
+    return call
 
 
 def wrap_compute_attention(attention, wrap) -> None:

@@ -229,6 +229,10 @@ class TrainConfig:
     # "auto": off for full fine-tuning (+3.3% on an H200, 124M, batch 16 x 1,024), on with LoRA (off: -0.9%);
     # docs/benchmarks.md, "Training speed, round 3". No effect elsewhere.
     triton_gemm: Literal["auto", "on", "off"] = "auto"
+    # JAX: the random bits of every dropout mask from threefry (Keras' default) or "rbg", XLA's
+    # RngBitGenerator (one op; +2.4% steps/s at the Shakespeare shape on an H200, docs/benchmarks.md).
+    # Other random numbers, same rate; resumes exactly either way. Elsewhere a warning, no effect.
+    dropout_rng: Literal["threefry", "rbg"] = "threefry"
     # Variables whose name contains one of these get no weight decay
     # (nanoGPT: ["bias", "gamma", "beta"], i.e. biases and layer norms).
     no_decay: list = field(default_factory=list)

@@ -366,6 +366,8 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
     if cfg.model.causal_attention:
         use_causal_attention(backbone)
     pin_attention_sharding(backbone)  # under train.mesh only; outermost, so every attention path sees it
+    if cfg.train.dropout_rng == "rbg":
+        compat.rbg_dropout(backbone)
     if cfg.train.remat:
         use_remat(backbone)
     if cfg.model.quantize:  # frozen int8/int4 base under float LoRA (kgpt2.quantize)

@@ -29,5 +29,33 @@ memdp)
       --devices $d --warmup 5 --steps 25 --log-dir /tmp/dp-logs-$cb --out "$OUT/dp124-lhs-combine$cb.json" 2>&1 | q | tail -4
   done
   ;;
-*) echo "usage: bash benchmarks/gpu_session6.sh memdp"; exit 2 ;;
+cudnn)  # one GPU: attention dropout in cuDNN's kernel (train.attention_dropout_kernel=cudnn) at the Shakespeare
+  # shape, against Triton GEMMs on (the other shake6 pick), twice each in one process; then nanoGPT vs the recipe
+  # with both over 2,500 iterations (the validation loss says whether cuDNN's dropout trains as Keras' does).
+  V="shakespeare_triton,shakespeare_triton;train.attention_dropout_kernel=cudnn"
+  V="$V,shakespeare_triton;train.attention_dropout_kernel=cudnn;train.dropout_rng=rbg"
+  V="$V,shakespeare_triton;again,shakespeare_triton;train.attention_dropout_kernel=cudnn;again"
+  timeout 175 python benchmarks/lever_ablation.py $B --char-data .bench/shakespeare_char --batch 16 --seq 1024 \
+    --warmup 5 --steps 30 --shakespeare-warmup 5 --shakespeare-steps 30 --variants "$V" --budget 160 \
+    --out "$OUT/cudnn-levers.json" 2>&1 | q | tail -7
+  KGPT2_SET="train.triton_gemm=on train.attention_dropout_kernel=cudnn" SHAKESPEARE_PROGRAM_S=150 \
+    bash benchmarks/shakespeare_vs_nanogpt.sh 2500 2>&1 | q | tail -6
+  ;;
+cudnn-nocmdbuf)  # `cudnn` crashed in XLA (cuda_dnn.cc "Check failed: local_device_ordinal.has_value()", as the
+  # facts script's CUDA-graph probe did): the same with XLA's command buffers (CUDA graphs) off for both rows.
+  export XLA_FLAGS="--xla_gpu_enable_command_buffer="
+  timeout 100 python benchmarks/lever_ablation.py $B --char-data .bench/shakespeare_char --batch 16 --seq 1024 \
+    --warmup 5 --steps 30 --shakespeare-warmup 5 --shakespeare-steps 30 --budget 90 --out "$OUT/cudnn-nocmdbuf-levers.json" \
+    --variants "shakespeare_triton,shakespeare_triton;train.attention_dropout_kernel=cudnn" 2>&1 | q | tail -3
+  SKIP_NANOGPT=1 KGPT2_SET="train.triton_gemm=on train.attention_dropout_kernel=cudnn" SHAKESPEARE_PROGRAM_S=110 \
+    bash benchmarks/shakespeare_vs_nanogpt.sh 2500 2>&1 | q | tail -4
+  ;;
+cudnn-cmdbuf)  # command buffers for everything but cuDNN's calls (what train.attention_dropout_kernel=cudnn now
+  # sets on its train step's compile): was run by hand in the session as this XLA_FLAGS line, one process
+  export XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL"
+  timeout 110 python benchmarks/lever_ablation.py $B --char-data .bench/shakespeare_char --batch 16 --seq 1024 \
+    --warmup 5 --steps 30 --shakespeare-warmup 5 --shakespeare-steps 30 --budget 95 --out "$OUT/cudnn-nocudnncmd-levers.json" \
+    --variants "shakespeare_triton,shakespeare_triton;train.attention_dropout_kernel=cudnn" 2>&1 | q | tail -3
+  ;;
+*) echo "usage: bash benchmarks/gpu_session6.sh memdp|cudnn|cudnn-nocmdbuf|cudnn-cmdbuf"; exit 2 ;;
 esac

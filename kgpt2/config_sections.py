@@ -233,6 +233,10 @@ class TrainConfig:
     # RngBitGenerator (one op; +2.4% steps/s at the Shakespeare shape on an H200, docs/benchmarks.md).
     # Other random numbers, same rate; resumes exactly either way. Elsewhere a warning, no effect.
     dropout_rng: Literal["threefry", "rbg"] = "threefry"
+    # JAX on a GPU: attention dropout inside cuDNN's fused causal kernel ("cudnn") instead of Keras' masked
+    # softmax + dropout ("xla"). Faster (docs/benchmarks.md), same rate; the masks come from cuDNN's own
+    # stream, so a resumed run draws other masks than an uninterrupted one (kgpt2.cudnn_attention).
+    attention_dropout_kernel: Literal["xla", "cudnn"] = "xla"
     # Variables whose name contains one of these get no weight decay
     # (nanoGPT: ["bias", "gamma", "beta"], i.e. biases and layer norms).
     no_decay: list = field(default_factory=list)

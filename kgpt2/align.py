@@ -39,12 +39,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kgpt2 import compat
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config
 from kgpt2.continuation import differences
 from kgpt2.data.preference_pairs import (PairStats, content_hash, encode_pairs, read_pairs, read_preferences,
                                          refuse_unpaired)
-from kgpt2.devices import dtype_policy, resolve_device
+from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_bytes, atomic_write_text
@@ -176,6 +177,8 @@ class Aligner:
         self.held_y = targets_for(ref_held, self.held_x, self.held_labels)
         self.optimizer, self.schedule = make_optimizer(cfg, a.steps)
         self.model.compile(optimizer=self.optimizer, loss=PreferenceLoss(a.loss, a.beta, a.label_smoothing, a.simpo_gamma))
+        compat.compile_train_step_with(self.model, step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled,
+                                                                         self.device))  # train.triton_gemm
 
     def _reference(self) -> tuple[np.ndarray, np.ndarray]:
         """Log-probs of the policy before any update: computed once, cached in the run folder."""

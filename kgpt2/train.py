@@ -244,9 +244,6 @@ class Trainer:
         stack = contextlib.ExitStack()
         stack.enter_context(dtype_policy(self.policy))
         stack.enter_context(self.parallel.scope() if self.parallel else self.device.scope())
-        t = self.cfg.train
-        stack.enter_context(compat.train_step_compiler_options(
-            step_compiler_options(t.triton_gemm, self.cfg.lora.enabled, self.device)))
         return stack
 
     # -- 2. build: model and optimizer
@@ -259,6 +256,8 @@ class Trainer:
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
         compile_lm(self.fit_model, self.optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
                    fused_loss=cfg.train.fused_loss, steps_per_execution=cfg.train.steps_per_execution)
+        compat.compile_train_step_with(self.fit_model, step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled,
+                                                                             self.device))  # train.triton_gemm
         # validation's exact token loss, off the training step, on the same kind of windows
         self.evaluator = evaluation_model(self.model, cfg.data.windows)
         params = count_params(self.model)

@@ -39,6 +39,10 @@ from kgpt2.config_sections import (ALL_LINEAR, LORA_TARGETS, AlignConfig, DataCo
 from kgpt2.errors import UserError
 from kgpt2.run_config import read_run_config, write_run_config
 
+# Signature fields a run's weights do not depend on: the preset's name or path (a run's own copy of a preset is
+# the same weights under another path) and the training sequence length (the positions are the preset's).
+NOT_IN_WEIGHTS = ("preset", "sequence_length")
+
 
 @dataclass
 class Config:
@@ -67,8 +71,14 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def model_signature(self) -> dict:
-        """The fields a checkpoint depends on: changing them breaks resume."""
+    def model_signature(self, weights_only: bool = False) -> dict:
+        """The fields a checkpoint depends on: changing them breaks resume.
+
+        `weights_only`: without NOT_IN_WEIGHTS, what another run's checkpoint must match to start
+        this one (`train.init_from`).
+        """
+        if weights_only:
+            return {k: v for k, v in self.model_signature().items() if k not in NOT_IN_WEIGHTS}
         m, lora = self.model, self.lora
         sig = {
             "preset": self._preset_in_run(),

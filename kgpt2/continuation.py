@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from kgpt2.checkpoints import Checkpoint
-from kgpt2.config import Config
+from kgpt2.config import NOT_IN_WEIGHTS, Config
 from kgpt2.errors import UserError
 from kgpt2.run import Run
 from kgpt2.run_config import split_checkpoint
@@ -86,9 +86,8 @@ def init_checkpoint(cfg: Config) -> Checkpoint | None:
     if not source.exists():
         raise UserError(f"train.init_from: '{run_dir}' is not a kgpt2 run directory (no config.json)")
     ckpt = source.checkpoint(checkpoint.lstrip(":") or "latest")
-    keys = ("lora", "lora_rank", "lora_targets", "quantize", "num_layers", "num_heads", "hidden_dim", "vocabulary_size")
-    old, new = ckpt.state.get("signature", {}), cfg.model_signature()
-    diffs = differences({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys})
+    old, new = ckpt.state.get("signature", {}), cfg.model_signature(weights_only=True)
+    diffs = differences({k: v for k, v in old.items() if k not in NOT_IN_WEIGHTS}, new)
     if diffs:
         raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
     return ckpt

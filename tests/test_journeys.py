@@ -278,6 +278,25 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_run
         Trainer(bad, verbose=0).setup()
 
 
+def test_init_from_checks_every_signature_field_the_weights_depend_on(tmp_path, tiny_run, make_tiny_config,
+                                                                       tiny_preset, pydoc_shards):
+    """train.init_from compares Config.model_signature(weights_only=True): all of the signature but the preset's
+    name and the sequence length, so a field added to the signature is checked here too."""
+    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.continuation import init_checkpoint
+    from kgpt2.errors import UserError
+
+    # tiny_run's embedding is padded to 64 rows (model.pad_vocabulary_to's default): an unpadded model is another shape
+    unpadded = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=x", f"train.init_from={tiny_run}",
+                                "model.pad_vocabulary_to=0")
+    with pytest.raises(UserError, match=r"train.init_from: .*\(pad_vocabulary_to: 64 -> None\)"):
+        init_checkpoint(unpadded)
+    copy = shutil.copytree(tiny_preset, tmp_path / "same-preset")  # the same weights under another path
+    other = make_tiny_config(tmp_path, copy, pydoc_shards, "run=y", f"train.init_from={tiny_run}",
+                             "data.sequence_length=16")
+    assert init_checkpoint(other).id == CheckpointManager(tiny_run).latest().id
+
+
 # -- the wheel, installed into a fresh venv, used from a folder outside the checkout ----------------
 
 

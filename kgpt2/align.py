@@ -253,6 +253,6 @@ def _load_init(policy, cfg: Config, run_dir, checkpoint: str) -> None:
         theirs["preset"] = ours["preset"]  # the run holds its own copy of this preset (kgpt2.run.Run.adopt)
     if theirs != ours:  # each differing field named, the run's value -> this config's
         raise UserError(f"align.init_run '{run_dir}' was trained with another model, LoRA or sequence "
-                        f"setting than this config ({differences(theirs, ours)}); use the same [model], [lora] "
-                        "and data.sequence_length")
+                        f"setting than this config ({differences(theirs, ours)}); leave [model], [lora] and "
+                        "data.sequence_length unset to take the run's")
     CheckpointManager.restore(policy, Run(run_dir).checkpoint(checkpoint))

@@ -193,7 +193,25 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             if not isinstance(table, dict):
                 raise UserError(f"override '{text}': '{k}' is not a section")
         table[keys[-1]] = value
-    return _build(Config, data, "")
+    return _build(Config, _under_init_run(data), "")
+
+
+def _under_init_run(data: dict) -> dict:
+    """`align.init_run = RUN`: RUN's [model], [lora] and data.sequence_length (from its config.json) under what
+    `data` sets itself, so aligning a run needs none of them repeated (a mismatch left is refused by align)."""
+    align = data.get("align")
+    run_dir = align.get("init_run") if isinstance(align, dict) else None
+    if not isinstance(run_dir, str) or not (Path(run_dir) / "config.json").is_file():
+        return data  # not set, or no run there (yet): align names it when it starts
+    theirs = read_run_config(Path(run_dir) / "config.json")[0]
+    data = dict(data)
+    for section, inherited in (("model", theirs.get("model") or {}),
+                               ("lora", {k: v for k, v in (theirs.get("lora") or {}).items() if k != "init_from"}),
+                               ("data", {"sequence_length": (theirs.get("data") or {}).get("sequence_length")})):
+        own = data.get(section, {})
+        if isinstance(own, dict):  # anything else is refused by _build in one sentence
+            data[section] = {k: v for k, v in inherited.items() if v is not None} | own
+    return data
 
 
 def _recipe_hint(path: Path) -> str:

@@ -297,6 +297,32 @@ def test_init_from_checks_every_signature_field_the_weights_depend_on(tmp_path, 
     assert init_checkpoint(other).id == CheckpointManager(tiny_run).latest().id
 
 
+def test_align_on_a_runs_demo_votes_takes_the_runs_model(tmp_path, capsys, monkeypatch, tiny_run):
+    """`kgpt2 align align.loss=kto align.data=RUN/votes.jsonl align.init_run=RUN`, as docs/demo.md has it: the
+    voted run's [model], [lora] and data.sequence_length come from its config.json, none repeated by hand."""
+    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.votes import append_vote, make_rating
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "voted"))
+    latest = CheckpointManager(run).latest().id
+    for i, word in enumerate(["assert", "with", "for", "while", "if", "try", "import", "return", "global", "pass",
+                              "raise", "del"]):
+        append_vote(run, make_rating(f"The {word} statement", " is a statement.", "up" if i % 2 else "down",
+                                     f"voted/{latest}", {"seed": i}))
+    monkeypatch.chdir(tmp_path)
+    argv = ["align", "align.loss=kto", "align.data=voted/votes.jsonl", "align.init_run=voted", "run=kto",
+            "checkpoints_root=.", "align.steps=2", "align.heldout_fraction=0.3", "train.batch_size=4",
+            "train.device=cpu", "train.precision=float32"]
+    code, out, err = kgpt2(capsys, *argv)
+    assert code == 0, err
+    from kgpt2.run import load_run_config
+
+    saved, voted = load_run_config(tmp_path / "kto"), load_run_config(run)
+    assert saved.model == voted.model and Path(saved.model.preset) == run / "preset" and saved.lora == voted.lora
+    assert saved.data.sequence_length == voted.data.sequence_length == 32
+    assert "held out examples (kto)" in out and CheckpointManager(tmp_path / "kto").latest().step == 2
+
+
 # -- the wheel, installed into a fresh venv, used from a folder outside the checkout ----------------
 
 

@@ -85,6 +85,9 @@ def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict
     with Run.of(cfg).lock():  # one writing process per run (kgpt2.lock)
         aligner = Aligner(cfg, verbose)
         aligner.setup(require_checkpoint)
+        done = aligner.finished()
+        if done is not None:  # nothing more to do: no model is built and nothing claims to resume
+            return done
         with aligner.scope():
             aligner.build()
             step = aligner.resume()
@@ -124,6 +127,20 @@ class Aligner:
         self.run_.save_config(cfg)
         if self.parallel:
             log.info(self.parallel.describe())
+
+    def finished(self) -> dict | None:
+        """The saved align.json of a run that has taken all its steps and written it; None otherwise."""
+        if self.latest is None or self.latest.step < self.plan.steps:
+            return None
+        try:
+            result = json.loads(self.run_.align_result.read_text())
+        except (OSError, ValueError):  # killed after its last checkpoint, before align.json: finish it
+            return None
+        if result.get("checkpoint") != self.latest.id:
+            return None
+        log.info("run %s has taken its %d align steps (%s): nothing more to do; align.json holds its held-out "
+                 "metrics", self.run_.path, self.plan.steps, self.latest.id)
+        return result
 
     def _encode(self, pairs: list, unpaired: list, tokenizer) -> None:
         """Held-out rows (by prompt hash) and the training rows (pairs, or KTO examples)."""
@@ -200,7 +217,10 @@ class Aligner:
         if self.latest is None:
             return 0
         state = CheckpointManager.restore(self.policy, self.latest, self.optimizer)
-        log.info("resuming align from %s (step %d of %d)", self.latest.id, state["step"], self.plan.steps)
+        if state["step"] < self.plan.steps:
+            log.info("resuming align from %s (step %d of %d)", self.latest.id, state["step"], self.plan.steps)
+        else:  # killed after its last checkpoint: only the held-out metrics are left
+            log.info("%s has taken all %d align steps: writing its held-out metrics", self.latest.id, self.plan.steps)
         return int(state["step"])
 
     # -- 4. run: fit between checkpoints, in the seeded order

@@ -299,7 +299,8 @@ def test_init_from_checks_every_signature_field_the_weights_depend_on(tmp_path, 
 
 def test_align_on_a_runs_demo_votes_takes_the_runs_model(tmp_path, capsys, monkeypatch, tiny_run):
     """`kgpt2 align align.loss=kto align.data=RUN/votes.jsonl align.init_run=RUN`, as docs/demo.md has it: the
-    voted run's [model], [lora] and data.sequence_length come from its config.json, none repeated by hand."""
+    voted run's [model], [lora] and data.sequence_length come from its config.json, none repeated by hand; the
+    same command on the finished align run says there is nothing more to do."""
     from kgpt2.checkpoints import CheckpointManager
     from kgpt2.votes import append_vote, make_rating
 
@@ -321,6 +322,13 @@ def test_align_on_a_runs_demo_votes_takes_the_runs_model(tmp_path, capsys, monke
     assert saved.model == voted.model and Path(saved.model.preset) == run / "preset" and saved.lora == voted.lora
     assert saved.data.sequence_length == voted.data.sequence_length == 32
     assert "held out examples (kto)" in out and CheckpointManager(tmp_path / "kto").latest().step == 2
+    first = json.loads((tmp_path / "kto" / "align.json").read_text())
+
+    code, out, err = kgpt2(capsys, *argv)  # again, finished: nothing more to do, and it says so
+    assert code == 0 and "nothing more to do" in err, err
+    assert "resuming" not in err and "preference data" in err, err  # the data is still read and checked
+    assert json.loads((tmp_path / "kto" / "align.json").read_text()) == first and "held-out  after" in out
+    assert [c.id for c in CheckpointManager(tmp_path / "kto").list()] == ["ckpt-2"]
 
 
 # -- the wheel, installed into a fresh venv, used from a folder outside the checkout ----------------

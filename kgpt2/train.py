@@ -43,6 +43,7 @@ import contextlib
 import dataclasses
 import logging
 import platform
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -230,10 +231,13 @@ class Trainer:
                      "train.max_steps or another stage in train.stages would train on)", self.run.path, self.latest.step)
             self.finished = True
             return None
-        if len(self.stages) > 1:
-            raise UserError(f"run '{self.run.path}' has finished all {len(self.stages)} stages of its plan, and a "
-                            "longer plan can reopen only a one-stage run; train on with another stage in "
-                            f"train.stages, or start a new run from it with train.init_from={self.run.path}")
+        if len(self.stages) > 1:  # more epochs for the last stage only would leave the earlier ones with fewer
+            path, epochs = self.run.path, self.cfg.train.epochs
+            raise UserError(f"run '{path}' has finished its {len(self.stages)} stages, and only a run of one stage "
+                            f"takes more train.epochs; to train it for {epochs} more, start a new run from its "
+                            f"weights: kgpt2 train --config {shlex.quote(str(path / 'config.json'))} "
+                            f"run={shlex.quote(path.name + '-more')} train.init_from={shlex.quote(str(path))} "
+                            f"train.epochs={epochs}")
         stage = self.stages[-1]
         epoch, batch = divmod(self.latest.step - self.step_offset, len(stage_batches(self.cfg, self.split, stage, 0)))
         log.info("%s trains on from epoch %d, batch %d to step %d", stage.name, epoch + 1, batch, self.total_steps)

@@ -43,7 +43,6 @@ import contextlib
 import dataclasses
 import logging
 import platform
-import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ import keras_hub
 from kgpt2 import compat, memory  # memory: read at call time, a test stands in for the device's memory
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
-from kgpt2.continuation import check_resumable, init_checkpoint, place_plan
+from kgpt2.continuation import check_resumable, init_checkpoint, place_plan, plan_left
 from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
@@ -219,25 +218,12 @@ class Trainer:
             state, self.stages, self.cfg.train.stages, self.shards.manifest["content_hash"], self.run.path)
 
     def _reopen_finished_stage(self) -> Cursor | None:
-        """Where a finished run trains on when its plan grew (train.epochs, train.max_steps); None when it did not.
-
-        Only a one-stage plan reopens: with several, the earlier stages would keep their fewer epochs.
-        """
+        """Where a finished one-stage run trains on when its plan grew (kgpt2.continuation.plan_left); else None."""
         state = self.latest.state if self.latest is not None else {}
-        if not state.get("stage_end") or state["stage"] - self.stage_offset < len(self.stages):
-            return None  # a new run, one in a stage, or one with stages left to train
-        if self.total_steps <= self.latest.step:
-            log.info("run %s has trained its plan to step %d: nothing more to train (more train.epochs, a longer "
-                     "train.max_steps or another stage in train.stages would train on)", self.run.path, self.latest.step)
-            self.finished = True
+        left = plan_left(state, self.stages, self.stage_offset, self.total_steps, self.cfg.train.epochs, self.run.path)
+        self.finished = left == "nothing"
+        if left != "reopen":
             return None
-        if len(self.stages) > 1:  # more epochs for the last stage only would leave the earlier ones with fewer
-            path, epochs = self.run.path, self.cfg.train.epochs
-            raise UserError(f"run '{path}' has finished its {len(self.stages)} stages, and only a run of one stage "
-                            f"takes more train.epochs; to train it for {epochs} more, start a new run from its "
-                            f"weights: kgpt2 train --config {shlex.quote(str(path / 'config.json'))} "
-                            f"run={shlex.quote(path.name + '-more')} train.init_from={shlex.quote(str(path))} "
-                            f"train.epochs={epochs}")
         stage = self.stages[-1]
         epoch, batch = divmod(self.latest.step - self.step_offset, len(stage_batches(self.cfg, self.split, stage, 0)))
         log.info("%s trains on from epoch %d, batch %d to step %d", stage.name, epoch + 1, batch, self.total_steps)

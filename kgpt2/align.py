@@ -39,12 +39,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kgpt2 import compat
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config
 from kgpt2.continuation import differences
 from kgpt2.data.preference_pairs import (PairStats, content_hash, encode_pairs, read_pairs, read_preferences,
                                          refuse_unpaired)
-from kgpt2.devices import dtype_policy, resolve_device
+from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_bytes, atomic_write_text
@@ -84,6 +85,9 @@ def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict
     with Run.of(cfg).lock():  # one writing process per run (kgpt2.lock)
         aligner = Aligner(cfg, verbose)
         aligner.setup(require_checkpoint)
+        done = aligner.finished()
+        if done is not None:  # nothing more to do: no model is built and nothing claims to resume
+            return done
         with aligner.scope():
             aligner.build()
             step = aligner.resume()
@@ -123,6 +127,20 @@ class Aligner:
         self.run_.save_config(cfg)
         if self.parallel:
             log.info(self.parallel.describe())
+
+    def finished(self) -> dict | None:
+        """The saved align.json of a run that has taken all its steps and written it; None otherwise."""
+        if self.latest is None or self.latest.step < self.plan.steps:
+            return None
+        try:
+            result = json.loads(self.run_.align_result.read_text())
+        except (OSError, ValueError):  # killed after its last checkpoint, before align.json: finish it
+            return None
+        if result.get("checkpoint") != self.latest.id:
+            return None
+        log.info("run %s has taken its %d align steps (%s): nothing more to do; align.json holds its held-out "
+                 "metrics", self.run_.path, self.plan.steps, self.latest.id)
+        return result
 
     def _encode(self, pairs: list, unpaired: list, tokenizer) -> None:
         """Held-out rows (by prompt hash) and the training rows (pairs, or KTO examples)."""
@@ -176,6 +194,8 @@ class Aligner:
         self.held_y = targets_for(ref_held, self.held_x, self.held_labels)
         self.optimizer, self.schedule = make_optimizer(cfg, a.steps)
         self.model.compile(optimizer=self.optimizer, loss=PreferenceLoss(a.loss, a.beta, a.label_smoothing, a.simpo_gamma))
+        compat.compile_train_step_with(self.model, step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled,
+                                                                         self.device))  # train.triton_gemm
 
     def _reference(self) -> tuple[np.ndarray, np.ndarray]:
         """Log-probs of the policy before any update: computed once, cached in the run folder."""
@@ -197,7 +217,10 @@ class Aligner:
         if self.latest is None:
             return 0
         state = CheckpointManager.restore(self.policy, self.latest, self.optimizer)
-        log.info("resuming align from %s (step %d of %d)", self.latest.id, state["step"], self.plan.steps)
+        if state["step"] < self.plan.steps:
+            log.info("resuming align from %s (step %d of %d)", self.latest.id, state["step"], self.plan.steps)
+        else:  # killed after its last checkpoint: only the held-out metrics are left
+            log.info("%s has taken all %d align steps: writing its held-out metrics", self.latest.id, self.plan.steps)
         return int(state["step"])
 
     # -- 4. run: fit between checkpoints, in the seeded order
@@ -250,6 +273,6 @@ def _load_init(policy, cfg: Config, run_dir, checkpoint: str) -> None:
         theirs["preset"] = ours["preset"]  # the run holds its own copy of this preset (kgpt2.run.Run.adopt)
     if theirs != ours:  # each differing field named, the run's value -> this config's
         raise UserError(f"align.init_run '{run_dir}' was trained with another model, LoRA or sequence "
-                        f"setting than this config ({differences(theirs, ours)}); use the same [model], [lora] "
-                        "and data.sequence_length")
+                        f"setting than this config ({differences(theirs, ours)}); leave [model], [lora] and "
+                        "data.sequence_length unset to take the run's")
     CheckpointManager.restore(policy, Run(run_dir).checkpoint(checkpoint))

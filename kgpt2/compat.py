@@ -89,6 +89,25 @@ def train_step_compiler_options(options: dict):
         trainer.jit = saved
 
 
+def compile_train_step_with(model, options: dict) -> None:
+    """`model`'s train step compiles with these XLA options wherever it is fit (JAX; {} or another backend: nothing).
+
+    The options go with the model, not with a scope around `fit`, so every path that trains it
+    (kgpt2 train, kgpt2 align) compiles its step alike; its test and predict steps keep XLA's defaults.
+    """
+    import keras
+
+    if not options or keras.backend.backend() != "jax":
+        return
+    make = model.make_train_function  # Keras' fit and train_on_batch call it before their first step
+
+    def make_train_function(force=False):
+        with train_step_compiler_options(options):
+            return make(force)
+
+    model.make_train_function = make_train_function
+
+
 def sublayers(layer) -> list:
     """Every layer inside `layer`, nested ones too (Keras' private `_flatten_layers`)."""
     return list(layer._flatten_layers(include_self=False))

@@ -39,6 +39,10 @@ from kgpt2.config_sections import (ALL_LINEAR, LORA_TARGETS, AlignConfig, DataCo
 from kgpt2.errors import UserError
 from kgpt2.run_config import read_run_config, write_run_config
 
+# Signature fields a run's weights do not depend on: the preset's name or path (a run's own copy of a preset is
+# the same weights under another path) and the training sequence length (the positions are the preset's).
+NOT_IN_WEIGHTS = ("preset", "sequence_length")
+
 
 @dataclass
 class Config:
@@ -67,8 +71,14 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def model_signature(self) -> dict:
-        """The fields a checkpoint depends on: changing them breaks resume."""
+    def model_signature(self, weights_only: bool = False) -> dict:
+        """The fields a checkpoint depends on: changing them breaks resume.
+
+        `weights_only`: without NOT_IN_WEIGHTS, what another run's checkpoint must match to start
+        this one (`train.init_from`).
+        """
+        if weights_only:
+            return {k: v for k, v in self.model_signature().items() if k not in NOT_IN_WEIGHTS}
         m, lora = self.model, self.lora
         sig = {
             "preset": self._preset_in_run(),
@@ -183,7 +193,25 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             if not isinstance(table, dict):
                 raise UserError(f"override '{text}': '{k}' is not a section")
         table[keys[-1]] = value
-    return _build(Config, data, "")
+    return _build(Config, _under_init_run(data), "")
+
+
+def _under_init_run(data: dict) -> dict:
+    """`align.init_run = RUN`: RUN's [model], [lora] and data.sequence_length (from its config.json) under what
+    `data` sets itself, so aligning a run needs none of them repeated (a mismatch left is refused by align)."""
+    align = data.get("align")
+    run_dir = align.get("init_run") if isinstance(align, dict) else None
+    if not isinstance(run_dir, str) or not (Path(run_dir) / "config.json").is_file():
+        return data  # not set, or no run there (yet): align names it when it starts
+    theirs = read_run_config(Path(run_dir) / "config.json")[0]
+    data = dict(data)
+    for section, inherited in (("model", theirs.get("model") or {}),
+                               ("lora", {k: v for k, v in (theirs.get("lora") or {}).items() if k != "init_from"}),
+                               ("data", {"sequence_length": (theirs.get("data") or {}).get("sequence_length")})):
+        own = data.get(section, {})
+        if isinstance(own, dict):  # anything else is refused by _build in one sentence
+            data[section] = {k: v for k, v in inherited.items() if v is not None} | own
+    return data
 
 
 def _recipe_hint(path: Path) -> str:

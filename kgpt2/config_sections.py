@@ -279,7 +279,8 @@ class AlignConfig:
     heldout_fraction: float = 0.1  # pairs held out for reward accuracy / margins, in (0, 1)
     steps: int = at_least(1, default=100)  # optimizer steps (batches of train.batch_size pairs)
     # Start the policy (and the frozen reference) from this run's checkpoint,
-    # e.g. an Alpaca SFT run; empty = the preset itself.
+    # e.g. an Alpaca SFT run; empty = the preset itself. Its [model], [lora]
+    # and data.sequence_length are this config's unless it sets them itself.
     init_run: str = ""
     init_checkpoint: str = "latest"
     # Template for records that give a raw `prompt` ("plain" or "instruction");

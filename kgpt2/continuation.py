@@ -4,7 +4,9 @@
 plan: more stages, more epochs, new shards) continues it (kgpt2.train). What
 the checkpoints depend on (model shape, tokenizer, LoRA, batch size) may not
 change; `place_plan` decides whether the new plan's stages run in place (the
-same stages so far) or after the finished ones, numbered on from them.
+same stages so far) or after the finished ones, numbered on from them, and
+`plan_left` whether a finished run has anything left to train (more epochs
+reopen a finished one-stage run).
 `train.init_from` starts a new run from another run's checkpoint instead
 (`init_checkpoint`).
 """
@@ -12,14 +14,18 @@ same stages so far) or after the finished ones, numbered on from them.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import shlex
 from pathlib import Path
 
 from kgpt2.checkpoints import Checkpoint
-from kgpt2.config import Config
+from kgpt2.config import NOT_IN_WEIGHTS, Config
 from kgpt2.errors import UserError
 from kgpt2.run import Run
 from kgpt2.run_config import split_checkpoint
 from kgpt2.stage_plan import StagePlan
+
+log = logging.getLogger("kgpt2")
 
 
 def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_path) -> tuple[int, int, StagePlan]:
@@ -46,6 +52,30 @@ def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_
     if stage_offset:
         stages = StagePlan([dataclasses.replace(s, index=s.index + stage_offset) for s in stages], stages.why)
     return stage_offset, step_offset, stages
+
+
+def plan_left(state: dict, stages: StagePlan, stage_offset: int, total_steps: int, epochs: int, run_path) -> str:
+    """What this plan leaves to train on the run at checkpoint `state` (of `total_steps`, train.epochs `epochs`).
+
+    "train": a new run, one in a stage, or one with stages left; "nothing": a finished run whose plan did not
+    grow; "reopen": a finished one-stage run whose plan grew (train.epochs, train.max_steps) trains its stage on.
+    A run of several finished stages whose plan grew is refused: more epochs for its last stage alone would
+    leave the earlier ones with fewer.
+    """
+    if not state.get("stage_end") or state["stage"] - stage_offset < len(stages):
+        return "train"
+    if total_steps <= state["step"]:
+        log.info("run %s has trained its plan to step %d: nothing more to train (more train.epochs, a longer "
+                 "train.max_steps or another stage in train.stages would train on)", run_path, state["step"])
+        return "nothing"
+    if len(stages) > 1:
+        path = Path(run_path)
+        raise UserError(f"run '{path}' has finished its {len(stages)} stages, and only a run of one stage takes "
+                        f"more train.epochs; to train it for {epochs} more, start a new run from its weights: "
+                        f"kgpt2 train --config {shlex.quote(str(path / 'config.json'))} "
+                        f"run={shlex.quote(path.name + '-more')} train.init_from={shlex.quote(str(path))} "
+                        f"train.epochs={epochs}")
+    return "reopen"
 
 
 def differences(old: dict, new: dict) -> str:
@@ -86,9 +116,8 @@ def init_checkpoint(cfg: Config) -> Checkpoint | None:
     if not source.exists():
         raise UserError(f"train.init_from: '{run_dir}' is not a kgpt2 run directory (no config.json)")
     ckpt = source.checkpoint(checkpoint.lstrip(":") or "latest")
-    keys = ("lora", "lora_rank", "lora_targets", "quantize", "num_layers", "num_heads", "hidden_dim", "vocabulary_size")
-    old, new = ckpt.state.get("signature", {}), cfg.model_signature()
-    diffs = differences({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys})
+    old, new = ckpt.state.get("signature", {}), cfg.model_signature(weights_only=True)
+    diffs = differences({k: v for k, v in old.items() if k not in NOT_IN_WEIGHTS}, new)
     if diffs:
         raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
     return ckpt

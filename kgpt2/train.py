@@ -54,7 +54,7 @@ import keras_hub
 from kgpt2 import compat, memory  # memory: read at call time, a test stands in for the device's memory
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
-from kgpt2.continuation import check_resumable, init_checkpoint, place_plan
+from kgpt2.continuation import check_resumable, init_checkpoint, place_plan, plan_left
 from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
@@ -218,22 +218,12 @@ class Trainer:
             state, self.stages, self.cfg.train.stages, self.shards.manifest["content_hash"], self.run.path)
 
     def _reopen_finished_stage(self) -> Cursor | None:
-        """Where a finished run trains on when its plan grew (train.epochs, train.max_steps); None when it did not.
-
-        Only a one-stage plan reopens: with several, the earlier stages would keep their fewer epochs.
-        """
+        """Where a finished one-stage run trains on when its plan grew (kgpt2.continuation.plan_left); else None."""
         state = self.latest.state if self.latest is not None else {}
-        if not state.get("stage_end") or state["stage"] - self.stage_offset < len(self.stages):
-            return None  # a new run, one in a stage, or one with stages left to train
-        if self.total_steps <= self.latest.step:
-            log.info("run %s has trained its plan to step %d: nothing more to train (more train.epochs, a longer "
-                     "train.max_steps or another stage in train.stages would train on)", self.run.path, self.latest.step)
-            self.finished = True
+        left = plan_left(state, self.stages, self.stage_offset, self.total_steps, self.cfg.train.epochs, self.run.path)
+        self.finished = left == "nothing"
+        if left != "reopen":
             return None
-        if len(self.stages) > 1:
-            raise UserError(f"run '{self.run.path}' has finished all {len(self.stages)} stages of its plan, and a "
-                            "longer plan can reopen only a one-stage run; train on with another stage in "
-                            f"train.stages, or start a new run from it with train.init_from={self.run.path}")
         stage = self.stages[-1]
         epoch, batch = divmod(self.latest.step - self.step_offset, len(stage_batches(self.cfg, self.split, stage, 0)))
         log.info("%s trains on from epoch %d, batch %d to step %d", stage.name, epoch + 1, batch, self.total_steps)
@@ -244,9 +234,6 @@ class Trainer:
         stack = contextlib.ExitStack()
         stack.enter_context(dtype_policy(self.policy))
         stack.enter_context(self.parallel.scope() if self.parallel else self.device.scope())
-        t = self.cfg.train
-        stack.enter_context(compat.train_step_compiler_options(
-            step_compiler_options(t.triton_gemm, self.cfg.lora.enabled, self.device)))
         return stack
 
     # -- 2. build: model and optimizer
@@ -259,6 +246,8 @@ class Trainer:
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
         compile_lm(self.fit_model, self.optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
                    fused_loss=cfg.train.fused_loss, steps_per_execution=cfg.train.steps_per_execution)
+        compat.compile_train_step_with(self.fit_model, step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled,
+                                                                             self.device))  # train.triton_gemm
         # validation's exact token loss, off the training step, on the same kind of windows
         self.evaluator = evaluation_model(self.model, cfg.data.windows)
         params = count_params(self.model)

@@ -300,3 +300,48 @@ def test_entry_point_without_the_quickstart_run_says_what_to_do(tmp_path):
         from kgpt2.demo import Demo
 
         Demo(tmp_path, None)
+
+
+def test_runs_of_different_tokenizers_each_prompt_with_their_own(tmp_path, tiny_run, tiny_overrides):
+    """Side A: tiny_run (a 512-token BPE); side B: a run of a character tokenizer and a 32-token context. Each side
+    gets the prompt's ids from its own tokenizer, the answers are capped by the side with less room (the character
+    run's), and each answer is the one `kgpt2 generate` gives on that run."""
+    from kgpt2.arena import Match
+    from kgpt2.char_tokenizer import CharTokenizer
+    from kgpt2.config import load_config, save_config
+    from kgpt2.data.sources import open_source
+    from kgpt2.demo import Demo
+    from kgpt2.generate import generate_from_run
+    from kgpt2.models import load_tokenizer
+    from kgpt2.run import load_run_config
+    from kgpt2.scratch import init_preset
+
+    shutil.copytree(tiny_run, tmp_path / "bpe")
+    chars = CharTokenizer.train(d.text for d in open_source("pydoc")).save(tmp_path / "char-tokenizer")
+    cfg = load_config(None, tiny_overrides + ["model.preset=scratch", f"model.tokenizer={chars}", "model.vocabulary_size=0",
+                                              "model.max_sequence_length=32", "data.sequence_length=16",
+                                              f"checkpoints_root={tmp_path}", "run=chars"])
+    preset = init_preset(cfg, tmp_path / "chars" / "preset")
+    save_config(load_config(None, tiny_overrides + [f"model.preset={preset}", f"model.tokenizer={chars}",
+                                                    "model.max_sequence_length=32", "data.sequence_length=16",
+                                                    f"checkpoints_root={tmp_path}", "run=chars"]),
+                tmp_path / "chars" / "config.json")
+    bpe_tok, char_tok = (load_tokenizer(load_run_config(tmp_path / r).model) for r in ("bpe", "chars"))
+    assert bpe_tok.kind != "char" and char_tok.kind == "char"
+    want = {"a": bpe_tok.encode(PROMPT), "b": char_tok.encode(PROMPT)}
+    assert len(want["b"]) == len(PROMPT) > len(want["a"])  # the two tokenizers split it differently
+
+    demo = Demo(tmp_path, "bpe", max_batch=2)
+    match = Match.draw(("bpe", demo.latest), ("chars", "base"), arena=False)
+    settings = demo.settings("greedy", 0.8, 50, 0.95, 1, 30, 0, "plain")
+    jobs, note = demo._plan(match, PROMPT, "", settings)
+    assert [job.ids for job in jobs] == [want["a"], want["b"]]
+    room = 32 - len(PROMPT)  # the character run's: 12 new tokens, on both sides
+    assert [job.total - len(job.ids) for job in jobs] == [room, room]
+    assert f"capped at {room} new tokens: the prompt takes {len(PROMPT)} of the model's 32-token context" in note
+
+    a, b, status, *_ = list(demo.compare("bpe", demo.latest, "chars", "base", False, PROMPT, "", "plain", "greedy",
+                                         0.8, 50, 0.95, 1, 30, 0))[-1]
+    assert status.startswith("Done"), status
+    assert a == generate_from_run(tmp_path / "bpe", PROMPT, demo.latest, sampler="greedy", max_new_tokens=room)
+    assert b == generate_from_run(tmp_path / "chars", PROMPT, "base", sampler="greedy", max_new_tokens=room)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -232,8 +233,15 @@ def test_more_epochs_on_a_finished_run_train_them(tmp_path, capsys, monkeypatch,
     shutil.copytree(tiny_run, two_stages)
     code, out, err = kgpt2(capsys, "train", "--run", two_stages, "train.epochs=2")
     (error,) = [line for line in err.splitlines() if line.startswith("kgpt2: error:")]
-    assert code == 2 and "train.stages" in error and "Traceback" not in err, err
+    assert code == 2 and "finished its 2 stages" in error and "Traceback" not in err, err
     assert CheckpointManager(two_stages).latest().step == CheckpointManager(tiny_run).latest().step
+    # ... in one sentence that ends in the command to run, which does what it says
+    command = error.split("start a new run from its weights: ")[1]
+    assert command.startswith("kgpt2 train --config "), error
+    code, out, err = kgpt2(capsys, *shlex.split(command)[1:])
+    assert code == 0, err
+    more = CheckpointManager(tmp_path / "two-stages-more").latest()
+    assert more.step == 2 * CheckpointManager(tiny_run).latest().step and "starting from ckpt-" in err
 
 
 def test_config_accepts_a_runs_config_json(tmp_path, capsys, monkeypatch, tiny_run):
@@ -276,6 +284,59 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_run
 
     with pytest.raises(UserError, match="train.init_from.*lora"):
         Trainer(bad, verbose=0).setup()
+
+
+def test_init_from_checks_every_signature_field_the_weights_depend_on(tmp_path, tiny_run, make_tiny_config,
+                                                                       tiny_preset, pydoc_shards):
+    """train.init_from compares Config.model_signature(weights_only=True): all of the signature but the preset's
+    name and the sequence length, so a field added to the signature is checked here too."""
+    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.continuation import init_checkpoint
+    from kgpt2.errors import UserError
+
+    # tiny_run's embedding is padded to 64 rows (model.pad_vocabulary_to's default): an unpadded model is another shape
+    unpadded = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=x", f"train.init_from={tiny_run}",
+                                "model.pad_vocabulary_to=0")
+    with pytest.raises(UserError, match=r"train.init_from: .*\(pad_vocabulary_to: 64 -> None\)"):
+        init_checkpoint(unpadded)
+    copy = shutil.copytree(tiny_preset, tmp_path / "same-preset")  # the same weights under another path
+    other = make_tiny_config(tmp_path, copy, pydoc_shards, "run=y", f"train.init_from={tiny_run}",
+                             "data.sequence_length=16")
+    assert init_checkpoint(other).id == CheckpointManager(tiny_run).latest().id
+
+
+def test_align_on_a_runs_demo_votes_takes_the_runs_model(tmp_path, capsys, monkeypatch, tiny_run):
+    """`kgpt2 align align.loss=kto align.data=RUN/votes.jsonl align.init_run=RUN`, as docs/demo.md has it: the
+    voted run's [model], [lora] and data.sequence_length come from its config.json, none repeated by hand; the
+    same command on the finished align run says there is nothing more to do."""
+    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.votes import append_vote, make_rating
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "voted"))
+    latest = CheckpointManager(run).latest().id
+    for i, word in enumerate(["assert", "with", "for", "while", "if", "try", "import", "return", "global", "pass",
+                              "raise", "del"]):
+        append_vote(run, make_rating(f"The {word} statement", " is a statement.", "up" if i % 2 else "down",
+                                     f"voted/{latest}", {"seed": i}))
+    monkeypatch.chdir(tmp_path)
+    argv = ["align", "align.loss=kto", "align.data=voted/votes.jsonl", "align.init_run=voted", "run=kto",
+            "checkpoints_root=.", "align.steps=2", "align.heldout_fraction=0.3", "train.batch_size=4",
+            "train.device=cpu", "train.precision=float32"]
+    code, out, err = kgpt2(capsys, *argv)
+    assert code == 0, err
+    from kgpt2.run import load_run_config
+
+    saved, voted = load_run_config(tmp_path / "kto"), load_run_config(run)
+    assert saved.model == voted.model and Path(saved.model.preset) == run / "preset" and saved.lora == voted.lora
+    assert saved.data.sequence_length == voted.data.sequence_length == 32
+    assert "held out examples (kto)" in out and CheckpointManager(tmp_path / "kto").latest().step == 2
+    first = json.loads((tmp_path / "kto" / "align.json").read_text())
+
+    code, out, err = kgpt2(capsys, *argv)  # again, finished: nothing more to do, and it says so
+    assert code == 0 and "nothing more to do" in err, err
+    assert "resuming" not in err and "preference data" in err, err  # the data is still read and checked
+    assert json.loads((tmp_path / "kto" / "align.json").read_text()) == first and "held-out  after" in out
+    assert [c.id for c in CheckpointManager(tmp_path / "kto").list()] == ["ckpt-2"]
 
 
 # -- the wheel, installed into a fresh venv, used from a folder outside the checkout ----------------

@@ -203,3 +203,34 @@ def test_triton_gemm_option_reaches_the_train_step_compile_and_only_on_a_gpu():
     from keras.src.backend.jax import trainer
     import jax
     assert trainer.jit is jax.jit  # put back
+
+
+@pytest.mark.parametrize("verb", ["train", "align"])
+def test_every_training_path_compiles_its_step_with_train_triton_gemm(verb, tmp_path, monkeypatch, make_tiny_config,
+                                                                       tiny_preset, pydoc_shards):
+    """kgpt2 train and kgpt2 align both compile their train step with train.triton_gemm's options (they go with
+    the compiled model, not with one verb's scope): an option XLA does not know fails the first step of each."""
+    _jax_only()
+    import json
+
+    import kgpt2.align
+    import kgpt2.train
+
+    asked = []
+
+    def unknown_option(triton_gemm, lora, device):
+        asked.append((triton_gemm, lora))
+        return {"xla_no_such_option_kgpt2": True}
+
+    module = {"train": kgpt2.train, "align": kgpt2.align}[verb]
+    monkeypatch.setattr(module, "step_compiler_options", unknown_option, raising=False)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"The {w} statement", "chosen": " is good.", "rejected": " no"}) + "\n"
+                             for w in ("assert", "with", "for", "while", "if", "try", "import", "return", "global",
+                                       "pass", "raise", "del")))
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, f"run={verb}", "train.stages=[5]",
+                           "train.triton_gemm=off", f"align.data={pairs}", "align.steps=1", "align.heldout_fraction=0.2",
+                           "train.batch_size=4")
+    with pytest.raises(Exception, match="xla_no_such_option_kgpt2"):
+        module.__dict__[verb](cfg, verbose=0)
+    assert asked == [("off", False)]

@@ -194,8 +194,8 @@ class Aligner:
         self.held_y = targets_for(ref_held, self.held_x, self.held_labels)
         self.optimizer, self.schedule = make_optimizer(cfg, a.steps)
         self.model.compile(optimizer=self.optimizer, loss=PreferenceLoss(a.loss, a.beta, a.label_smoothing, a.simpo_gamma))
-        compat.compile_train_step_with(self.model, step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled,
-                                                                         self.device))  # train.triton_gemm
+        compat.compile_train_step_with(self.model, step_compiler_options(
+            cfg.train, cfg.lora.enabled, self.device, self.policy.backbone.hidden_dim))
 
     def _reference(self) -> tuple[np.ndarray, np.ndarray]:
         """Log-probs of the policy before any update: computed once, cached in the run folder."""

@@ -226,16 +226,18 @@ class TrainConfig:
     # a bigger batch fits, each step costs more (docs/benchmarks.md).
     remat: bool = False
     # JAX on a GPU: XLA's Triton GEMM emitter ("on", XLA's default) or cuBLAS for every matmul ("off").
-    # "auto": off for full fine-tuning (+3.3% on an H200, 124M, batch 16 x 1,024), on with LoRA (off: -0.9%);
-    # docs/benchmarks.md, "Training speed, round 3". No effect elsewhere.
+    # "auto": off for full training of a model >= 768 wide (+3.3% on an H200, 124M, batch 16 x 1,024), on with
+    # LoRA (off: -0.9%) and for narrower models (Shakespeare's 384: off -4.2%); docs/benchmarks.md. No effect
+    # elsewhere.
     triton_gemm: Literal["auto", "on", "off"] = "auto"
     # JAX: the random bits of every dropout mask from threefry (Keras' default) or "rbg", XLA's
-    # RngBitGenerator (one op; +2.4% steps/s at the Shakespeare shape on an H200, docs/benchmarks.md).
+    # RngBitGenerator (one op; at the Shakespeare shape on an H200 +2.4% once, 0.94x and 1.07x in another call).
     # Other random numbers, same rate; resumes exactly either way. Elsewhere a warning, no effect.
     dropout_rng: Literal["threefry", "rbg"] = "threefry"
     # JAX on a GPU: attention dropout inside cuDNN's fused causal kernel ("cudnn") instead of Keras' masked
-    # softmax + dropout ("xla"). Faster (docs/benchmarks.md), same rate; the masks come from cuDNN's own
-    # stream, so a resumed run draws other masks than an uninterrupted one (kgpt2.cudnn_attention).
+    # softmax + dropout ("xla"): the Shakespeare step 7.67 ms instead of 8.94 on an H200 (docs/benchmarks.md);
+    # the train step's command buffers then leave cuDNN's calls out (XLA aborts otherwise). Same rate; the
+    # masks come from cuDNN's own stream, so a resumed run draws other masks than an uninterrupted one.
     attention_dropout_kernel: Literal["xla", "cudnn"] = "xla"
     # Variables whose name contains one of these get no weight decay
     # (nanoGPT: ["bias", "gamma", "beta"], i.e. biases and layer norms).

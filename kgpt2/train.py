@@ -246,8 +246,8 @@ class Trainer:
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
         compile_lm(self.fit_model, self.optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
                    fused_loss=cfg.train.fused_loss, steps_per_execution=cfg.train.steps_per_execution)
-        compat.compile_train_step_with(self.fit_model, step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled,
-                                                                             self.device))  # train.triton_gemm
+        compat.compile_train_step_with(self.fit_model, step_compiler_options(
+            cfg.train, cfg.lora.enabled, self.device, self.model.backbone.hidden_dim))
         # validation's exact token loss, off the training step, on the same kind of windows
         self.evaluator = evaluation_model(self.model, cfg.data.windows)
         params = count_params(self.model)

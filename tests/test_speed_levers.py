@@ -181,12 +181,22 @@ def test_triton_gemm_option_reaches_the_train_step_compile_and_only_on_a_gpu():
     from kgpt2.metrics import compile_lm
 
     gpu, cpu = Device("gpu:0", "NVIDIA H200", True), Device("cpu:0", "CPU", False)
+    from kgpt2.config_sections import TrainConfig
+
     off = {"xla_gpu_enable_triton_gemm": False}
-    assert step_compiler_options("auto", lora=False, device=gpu) == off  # full fine-tuning: cuBLAS (+3.3%)
-    assert step_compiler_options("auto", lora=True, device=gpu) == {}  # LoRA: XLA's default (off: -0.9%)
-    assert step_compiler_options("off", lora=True, device=gpu) == off
-    assert step_compiler_options("on", lora=False, device=gpu) == {}
-    assert step_compiler_options("off", lora=False, device=cpu) == {}
+
+    def options(triton, lora=False, device=gpu, hidden=768, kernel="xla"):
+        train = TrainConfig(triton_gemm=triton, attention_dropout_kernel=kernel)
+        return step_compiler_options(train, lora=lora, device=device, hidden_dim=hidden)
+
+    assert options("auto") == off  # full fine-tuning of GPT-2 124M and up: cuBLAS (+3.3%)
+    assert options("auto", lora=True) == {}  # LoRA: XLA's default (off: -0.9%)
+    assert options("auto", hidden=384) == {}  # the Shakespeare model: XLA's default (off: -4.2%)
+    assert options("off", lora=True) == off and options("off", hidden=384) == off
+    assert options("on") == {}
+    assert options("off", device=cpu) == {} and options("on", device=cpu, kernel="cudnn") == {}
+    # cuDNN's attention dropout aborts inside a command buffer: every other kind stays recorded
+    assert options("on", kernel="cudnn") == {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL"}
 
     x, y, w = _batch(batch=4)
     model = _tiny_lm()
@@ -218,8 +228,8 @@ def test_every_training_path_compiles_its_step_with_train_triton_gemm(verb, tmp_
 
     asked = []
 
-    def unknown_option(triton_gemm, lora, device):
-        asked.append((triton_gemm, lora))
+    def unknown_option(train, lora, device, hidden_dim):
+        asked.append((train.triton_gemm, lora))
         return {"xla_no_such_option_kgpt2": True}
 
     module = {"train": kgpt2.train, "align": kgpt2.align}[verb]

@@ -15,6 +15,10 @@ Sampling: a field the request leaves out takes the run's `[generate]`
 setting; `temperature: 0` is greedy; `top_k` and `seed` are accepted as
 extensions (`extra_body` in the `openai` client).
 
+Scoring: `logprobs` (0..5) and `echo` on completions, `logprobs` /
+`top_logprobs` on chat (kgpt2.logprobs makes the objects); the model's
+float32 log-softmax before temperature / top-k / top-p; not streamed.
+
     >>> from kgpt2.serve import chat_prompt
     >>> chat_prompt([{"role": "user", "content": "Name a colour."}], "instruction").splitlines()[0]
     '### Instruction:'

@@ -7,8 +7,11 @@ shapes (`compiles` counts the traces):
 - `prefill(rows, prompt_width)`: the prompts of all requests admitted in one
   step, run together (rows padded to a power of two), each row's keys and
   values rotated into its slot of the shared ring cache, and each row's
-  first new token sampled.
-- `decode(greedy_only)`: up to `steps_per_launch` one-token steps for every
+  first new token sampled (with its log-probability and the top ones: one
+  log-softmax of a row per launch, nothing beside the prompt's forward pass).
+  `prefill(scored=True)` also scores every prompt token (`echo` with
+  `logprobs` in serve): the logits of every position, so a program of its own.
+- `decode(greedy_only, logprobs)`: up to `steps_per_launch` one-token steps for every
   slot in one launch. The steps run in chunks of `chunk` tokens: an inner
   loop with a fixed trip count (on XLA's GPU runtime a loop of known length
   runs without copying its condition to the host, so no device-to-host
@@ -36,7 +39,7 @@ import functools
 
 import numpy as np
 
-from kgpt2.sampling import sample
+from kgpt2.sampling import MAX_LOGPROBS, sample, token_scores
 
 MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
 GPU_CHUNK = 8  # decode steps per inner (fixed-length) loop on an accelerator; 1 on a CPU
@@ -116,12 +119,19 @@ class Programs:
         # Whole chunks: the token buffer has a column for every step of every chunk.
         self.steps_per_launch = -(-steps_per_launch // self.chunk) * self.chunk
         self.compiles = 0  # programs traced so far
-        self.prefill = compiled(self._prefill, (1,), compiler_options)
-        self._decode = {g: compiled(functools.partial(self._decode_loop, greedy_only=g), (1,), compiler_options)
-                        for g in (True, False)}
+        self._prefill_programs = {s: compiled(functools.partial(self._prefill, scored=s), (1,), compiler_options)
+                                  for s in (False, True)}
+        self._decode = {(g, lp): compiled(functools.partial(self._decode_loop, greedy_only=g, logprobs=lp), (1,),
+                                          compiler_options) for g in (True, False) for lp in (False, True)}
 
-    def decode(self, greedy_only: bool):
-        return self._decode[bool(greedy_only)]
+    def prefill(self, values, caches, prompts, ints, floats, scored: bool = False):
+        """(caches, first tokens [rows], their scores) and, when `scored`, the prompt's scores:
+        position p's entry is prompt token p + 1's (`kgpt2.sampling.token_scores`)."""
+        return self._prefill_programs[bool(scored)](values, caches, prompts, ints, floats)
+
+    def decode(self, greedy_only: bool, logprobs: bool = False):
+        """The decode loop; with `logprobs` it also returns the new tokens' scores [slots, steps(, K)]."""
+        return self._decode[bool(greedy_only), bool(logprobs)]
 
     def empty_caches(self, rows: int, length: int) -> list:
         from keras import ops
@@ -140,7 +150,7 @@ class Programs:
         b = self.model.backbone
         return b.token_embedding(b.layer_norm(hidden), reverse=True)[:, 0, :]
 
-    def _prefill(self, values, caches, prompts, ints, floats):
+    def _prefill(self, values, caches, prompts, ints, floats, scored: bool):
         """Cache the prompts of newly admitted rows in their slots; sample each row's first token.
 
         `prompts` [rows, width]; `ints` rows of (length, slot, start, greedy, top_k, seed) and
@@ -161,15 +171,20 @@ class Programs:
             # A gather, not a slice: TensorFlow's XLA bridge treats slice offsets as
             # compile-time constants and would compile once per prompt length.
             logits = self._logits(ops.take_along_axis(x, ops.reshape(lengths - 1, (rows, 1, 1)), axis=1))
+            if scored:  # every position's next prompt token (the last column's target is padding)
+                every = b.token_embedding(b.layer_norm(x), reverse=True)
+                following = ops.concatenate([prompts[:, 1:], prompts[:, :1]], axis=1)
+                prompt_scores = token_scores(every, following)
         settings = (ops.cast(ints[:, 3], "bool"), floats[:, 0], ints[:, 4], floats[:, 1], ints[:, 5])
         first = sample(logits, *settings, position=lengths)
+        scores = token_scores(logits, first)
         # Row r's position p goes to ring column (start_r + p) mod length: gather each row's
         # columns from its prompt (columns past the prompt are never read before written).
         offsets = ops.mod(ops.arange(length, dtype="int32")[None, :] - starts[:, None], length)
         source = ops.minimum(offsets, width - 1)[:, None, :, None, None]
         placed = [ops.scatter_update(c, ops.reshape(slots, (rows, 1)), ops.take_along_axis(f, source, axis=2))
                   for c, f in zip(caches, fresh)]
-        return placed, first
+        return (placed, first, scores) + ((prompt_scores,) if scored else ())
 
     def _step(self, values, caches, last, pos, offsets, t):
         """One token for every row: the model on `last` at `pos`, writing ring column `t`."""
@@ -185,11 +200,12 @@ class Programs:
                 new_caches.append(cache)
             return new_caches, self._logits(x)
 
-    def _decode_loop(self, values, caches, ints, floats, scalars, greedy_only: bool):
+    def _decode_loop(self, values, caches, ints, floats, scalars, greedy_only: bool, logprobs: bool):
         """Up to `scalars[1]` steps for every active row, in chunks; stops after a chunk in which a row ended.
 
         `scalars` = (t, steps, eos_id). Returns the caches and int32 [slots, steps_per_launch + 1]:
-        each row's new tokens, and in the last column the number of steps taken.
+        each row's new tokens, and in the last column the number of steps taken; with `logprobs`
+        also the tokens' log-probabilities [slots, steps_per_launch] and the top ones (values, ids).
         """
         from keras import ops
 
@@ -201,7 +217,7 @@ class Programs:
         settings = _sampling(ints, floats)
 
         def one_token(_, state):
-            caches, last, pos, t, i, out, ended = state
+            (caches, last, pos, t, i, out, ended), scored = state[:7], state[7:]
             live = i < steps  # the last chunk may run past `steps`: those steps change nothing
             running = ops.logical_and(ops.logical_and(active, ops.logical_not(ended)), live)
             caches, logits = self._step(values, caches, last, pos, offsets, t)
@@ -210,18 +226,27 @@ class Programs:
             else:
                 token = sample(logits, *settings, position=pos + 1, branch="both")
             out = ops.slice_update(out, [0, i], token[:, None])
+            if logprobs:  # a flat state: one buffer per score, column i written like `out`
+                new = token_scores(logits, token)
+                scored = tuple(ops.slice_update(buf, [0, i] + [0] * (len(buf.shape) - 2),
+                                                ops.expand_dims(v, 1)) for buf, v in zip(scored, new))
             pos = ops.where(running, pos + 1, pos)
             ended = ops.logical_or(ended, ops.logical_and(running, ops.logical_or(token == eos_id, pos >= limit)))
             step = ops.cast(live, "int32")
-            return (caches, ops.where(running, token, last), pos, ops.mod(t + step, length), i + step, out, ended)
+            return (caches, ops.where(running, token, last), pos, ops.mod(t + step, length), i + step, out,
+                    ended) + tuple(scored)
 
         def chunk(*state):
             return ops.fori_loop(0, self.chunk, one_token, tuple(state))
 
-        def more(caches, last, pos, t, i, out, ended):
+        def more(caches, last, pos, t, i, out, ended, *scored):
             return ops.logical_and(i < steps, ops.logical_not(ops.any(ended)))
 
         state = (caches, ints[:, LAST], ints[:, POS], t0, ops.zeros((), "int32"),
                  ops.zeros((self.slots, width), "int32"), ops.zeros((self.slots,), "bool"))
-        caches, _, _, _, i, out, _ = ops.while_loop(more, chunk, state)
-        return caches, ops.concatenate([out, ops.broadcast_to(ops.reshape(i, (1, 1)), (self.slots, 1))], axis=1)
+        if logprobs:
+            state += (ops.zeros((self.slots, width), "float32"), ops.zeros((self.slots, width, MAX_LOGPROBS), "float32"),
+                      ops.zeros((self.slots, width, MAX_LOGPROBS), "int32"))
+        caches, _, _, _, i, out, _, *scored = ops.while_loop(more, chunk, state)
+        steps_taken = ops.broadcast_to(ops.reshape(i, (1, 1)), (self.slots, 1))
+        return (caches, ops.concatenate([out, steps_taken], axis=1)) + tuple(scored)

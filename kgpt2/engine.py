@@ -37,6 +37,10 @@ import numpy as np
 from kgpt2.decoding import MIN_PROMPT_BUCKET, Programs, bucket, default_chunk, pack
 from kgpt2.errors import UserError
 
+# Positions (rows x prompt width) one scored prefill may take: its logits are float32
+# [rows, width, vocabulary] (GPT-2: 4096 positions = 0.8 GB).
+SCORED_POSITIONS = 4096
+
 
 @dataclass
 class Sampling:
@@ -51,14 +55,26 @@ class Sampling:
 
 @dataclass(eq=False)
 class Request:
-    """One generation: filled in by the engine; read `tokens`, `text`, `finish_reason`."""
+    """One generation: filled in by the engine; read `tokens`, `text`, `finish_reason`.
+
+    With `logprobs` (0..MAX_LOGPROBS alternatives) each new token gets a score
+    `(log-probability, [(id, log-probability)] of the top ones)` in `scores`, the
+    end-of-text that stopped it included (`ended_on_eos`); with `echo` too, every prompt
+    token after the first gets one in `prompt_scores`. `total == len(ids)` with `echo`:
+    nothing to generate (the prompt scored, when `logprobs`).
+    """
 
     ids: list[int]
     sampling: Sampling
     total: int  # prompt + new tokens, at most
     stop: tuple = ()  # stop strings: the text ends before the first one
     listener: Callable[[], None] | None = None  # called (from the engine's thread) after each update
+    logprobs: int | None = None  # None: no scores
+    echo: bool = False
     tokens: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+    prompt_scores: list = field(default_factory=list)
+    ended_on_eos: bool = False
     text: str = ""
     finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
     error: str = ""
@@ -68,6 +84,15 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def scored(self) -> bool:
+        """Whether the prompt's tokens are scored (its prefill computes every position's logits)."""
+        return self.echo and self.logprobs is not None
+
+    def _score(self, logprob, values, ids) -> tuple:
+        k = self.logprobs or 0
+        return float(logprob), [(int(i), float(v)) for i, v in zip(ids[:k], values[:k])]
 
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the engine's next step."""
@@ -164,14 +189,16 @@ class Engine:
         return self._weights() if self._weights is not None else [v.value for v in self.programs.variables]
 
     # Requests -----------------------------------------------------------------------
-    def submit(self, ids: list[int], sampling: Sampling, total: int, stop=(), listener=None) -> Request:
-        """Queue a request; `total` (prompt + new tokens) must fit the cache."""
+    def submit(self, ids: list[int], sampling: Sampling, total: int, stop=(), listener=None,
+               logprobs: int | None = None, echo: bool = False) -> Request:
+        """Queue a request; `total` (prompt + new tokens) must fit the cache (see `Request` for
+        `logprobs` and `echo`; `total == len(ids)` with `echo` generates nothing)."""
         if not ids:
             raise UserError("the prompt is empty")
-        if total > self.cache_length or len(ids) >= total:
+        if total > self.cache_length or len(ids) > total or (len(ids) == total and not echo):
             raise UserError(f"the prompt is {len(ids)} tokens; with the new tokens it must fit in "
                             f"{self.cache_length} and leave room to generate")
-        request = Request(list(ids), sampling, int(total), tuple(s for s in stop if s), listener)
+        request = Request(list(ids), sampling, int(total), tuple(s for s in stop if s), listener, logprobs, echo)
         with self._lock:
             self.waiting.append(request)
         with self._wake:
@@ -202,35 +229,37 @@ class Engine:
         steps = min(steps or cap, self.full_steps_per_launch)
         ints, floats = pack(self._last, self._pos, self._start, self._limit, active, self._greedy, self._top_k,
                             self._seed, self._temperature, self._top_p)
-        decode = self.programs.decode(bool(self._greedy[active].all()))
+        logprobs = any(r is not None and r.logprobs is not None for r in self.rows)  # else no scores computed
+        decode = self.programs.decode(bool(self._greedy[active].all()), logprobs)
         scalars = np.array([self._t, steps, self.tokenizer.eos_id], "int32")
-        self._caches, out = decode(self._values(), self._caches, ints, floats, scalars)
-        out = np.asarray(out)
+        self._caches, out, *scores = decode(self._values(), self._caches, ints, floats, scalars)
+        out, scores = np.asarray(out), [np.asarray(a) for a in scores]
         n = int(out[0, -1])
         self._t = (self._t + n) % self.cache_length
         self._pos[active] += n
         self._last[active] = out[active, n - 1]
         for slot in np.flatnonzero(active):
-            self._receive(slot, out[slot, :n])
+            self._receive(slot, out[slot, :n], [a[slot, :n] for a in scores])
         return True
 
-    def warm_up(self) -> None:
-        """Compile, on an idle engine, what serving launches: both decode loops and the prefill for every
-        bucket of admitted rows (shortest prompt bucket), so no client waits for a compile later."""
+    def warm_up(self, logprobs: bool = False) -> None:
+        """Compile, on an idle engine, what serving launches: both decode loops (and their `logprobs`
+        variants when asked) and the prefill for every bucket of admitted rows (shortest prompt
+        bucket), so no client waits for a compile later. Scored prefills (echo) compile when used."""
         if self.busy:
             raise RuntimeError("warm_up runs on an idle engine")
         if self._caches is None:
             self._caches = self.programs.empty_caches(self.slots, self.cache_length)
         values, idle = self._values(), np.zeros(self.slots, "int32")  # no active row: the caches stay free
         scalars = np.array([self._t, 1, self.tokenizer.eos_id], "int32")
-        for greedy_only in (True, False):
+        for greedy_only, scored in [(g, s) for g in (True, False) for s in (False, True) if logprobs or not s]:
             ints, floats = pack(idle, idle, idle, idle, idle, idle + greedy_only, idle + 1, idle, idle + 1.0, idle + 1.0)
-            self._caches, out = self.programs.decode(greedy_only)(values, self._caches, ints, floats, scalars)
+            self._caches, *_ = self.programs.decode(greedy_only, scored)(values, self._caches, ints, floats, scalars)
         rows = 1
         while True:
             ints = np.array([[1, slot, 0, 1, 1, 0] for slot in range(rows)], "int32")  # free slots: overwritten later
             prompts, floats = np.zeros((rows, min(MIN_PROMPT_BUCKET, self.cache_length)), "int32"), np.ones((rows, 2), "float32")
-            self._caches, first = self.programs.prefill(values, self._caches, prompts, ints, floats)
+            self._caches, first, _ = self.programs.prefill(values, self._caches, prompts, ints, floats)
             if rows >= self.slots:
                 break
             rows = min(2 * rows, self.slots)
@@ -246,11 +275,25 @@ class Engine:
                 self.rows[slot] = None
                 request._finish("cancelled")
 
+    def _take_admissions(self, free: int) -> list[Request]:
+        """Waiting requests for one prefill, first come first served: a run of unscored ones, or of
+        scored ones (see `Request.scored`) up to `SCORED_POSITIONS` prompt positions (at least one)."""
+        admitted = []
+        with self._lock:
+            while self.waiting and len(admitted) < free:
+                head = self.waiting[0]
+                if admitted and head.scored != admitted[0].scored:
+                    break
+                if admitted and head.scored and bucket(len(admitted) + 1, 1, self.slots) * bucket(
+                        max(len(r.ids) for r in admitted + [head]), MIN_PROMPT_BUCKET, self.cache_length) > SCORED_POSITIONS:
+                    break
+                admitted.append(self.waiting.popleft())
+        return admitted
+
     def _admit(self) -> None:
         """Prefill waiting requests into free slots, all in one launch, each placed to end at the shared column."""
         free = [slot for slot in range(self.slots) if self.rows[slot] is None]
-        with self._lock:
-            admitted = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
+        admitted = self._take_admissions(len(free))
         if not admitted:
             return
         if self._caches is None:
@@ -269,19 +312,31 @@ class Engine:
             self._pos[slot], self._start[slot], self._limit[slot] = n, start, request.total - 1
             self.rows[slot] = request
         prompts[len(admitted):], ints[len(admitted):], floats[len(admitted):] = prompts[0], ints[0], floats[0]
-        self._caches, first = self.programs.prefill(self._values(), self._caches, prompts, ints, floats)
-        first = np.asarray(first)
-        for i, slot in enumerate(free[:len(admitted)]):
+        self._caches, first, scores, *prompt_scores = self.programs.prefill(
+            self._values(), self._caches, prompts, ints, floats, scored=admitted[0].scored)
+        first, scores = np.asarray(first), [np.asarray(a) for a in scores]
+        prompt_scores = [np.asarray(a) for a in prompt_scores[0]] if prompt_scores else []
+        for i, (request, slot) in enumerate(zip(admitted, free)):
+            if prompt_scores:  # position p scores prompt token p + 1
+                request.prompt_scores = [request._score(*(a[i, p] for a in prompt_scores))
+                                         for p in range(len(request.ids) - 1)]
+            if len(request.ids) >= request.total:  # echo with max_tokens 0: scored, nothing to generate
+                self.rows[slot] = None
+                request._finish("length")
+                continue
             self._last[slot] = first[i]
-            self._receive(slot, [first[i]])
+            self._receive(slot, [first[i]], [a[i:i + 1] for a in scores])
 
-    def _receive(self, slot: int, tokens) -> None:
-        """Hand new tokens to the slot's request; free the slot when it ends."""
+    def _receive(self, slot: int, tokens, scores=()) -> None:
+        """Hand new tokens (and their scores, when the request wants them) to the slot's request;
+        free the slot when it ends."""
         request = self.rows[slot]
         reason = None
-        for token in (int(t) for t in tokens):
+        for j, token in enumerate(int(t) for t in tokens):
+            if request.logprobs is not None:
+                request.scores.append(request._score(*(a[j] for a in scores)))
             if token == self.tokenizer.eos_id:
-                reason = "stop"
+                reason, request.ended_on_eos = "stop", True
                 break
             request.tokens.append(token)
             if len(request.ids) + len(request.tokens) >= request.total:

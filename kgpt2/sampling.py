@@ -126,3 +126,20 @@ def sample(logits, greedy, temperature, top_k, top_p, seed, position, branch: st
     if branch == "both":
         return draw()
     return ops.cond(ops.all(ops.cast(greedy, "bool")), lambda: argmax, draw)
+
+
+MAX_LOGPROBS = 5  # top alternatives a request may ask for (OpenAI's legacy completions cap)
+
+
+def token_scores(logits, tokens):
+    """(log-probability of `tokens` [...], top-`MAX_LOGPROBS` log-probabilities [..., K], their ids [..., K]).
+
+    The model's own distribution: float32 log-softmax of the raw logits, before
+    temperature, top-k or top-p (as OpenAI reports them). Works on `[B, V]` or `[B, T, V]`.
+    """
+    from keras import ops
+
+    logprobs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+    chosen = ops.take_along_axis(logprobs, ops.expand_dims(ops.cast(tokens, "int32"), -1), axis=-1)[..., 0]
+    values, ids = ops.top_k(logprobs, MAX_LOGPROBS)
+    return chosen, values, ops.cast(ids, "int32")

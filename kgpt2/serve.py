@@ -15,6 +15,10 @@ Sampling: a field the request leaves out takes the run's `[generate]`
 setting; `temperature: 0` is greedy; `top_k` and `seed` are accepted as
 extensions (`extra_body` in the `openai` client).
 
+Scoring: `logprobs` (0..5) and `echo` on completions, `logprobs` /
+`top_logprobs` on chat (kgpt2.logprobs makes the objects); the model's
+float32 log-softmax before temperature / top-k / top-p; not streamed.
+
     >>> from kgpt2.serve import chat_prompt
     >>> chat_prompt([{"role": "user", "content": "Name a colour."}], "instruction").splitlines()[0]
     '### Instruction:'
@@ -41,6 +45,8 @@ from pydantic import BaseModel, Field
 from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
+from kgpt2.logprobs import chat_logprobs, completion_logprobs
+from kgpt2.sampling import MAX_LOGPROBS
 from kgpt2.templates import chat_prompt_ids, render_prompt
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -67,7 +73,11 @@ class _Sampled(BaseModel):
 
 
 class CompletionRequest(_Sampled):
-    prompt: Union[str, list[str]]
+    # Text, texts, token ids or lists of token ids (lm-evaluation-harness sends ids).
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    max_tokens: Optional[int] = Field(None, ge=0)  # 0 with echo: score the prompt, generate nothing
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)  # top alternatives per token
+    echo: bool = False  # the prompt comes back before the text (with its tokens' logprobs)
 
 
 class Message(BaseModel):
@@ -78,6 +88,8 @@ class Message(BaseModel):
 class ChatRequest(_Sampled):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
 def chat_prompt(messages: list[dict], template: str) -> str:
@@ -133,15 +145,15 @@ class Service:
                               param="model", code="model_not_found")
         engine = self.engine
         ids = list(ids) or [engine.tokenizer.eos_id]  # empty: a new document
-        room = engine.cache_length - len(ids)
-        if room < 1 or (max_tokens is not None and max_tokens > room):
-            raise OpenAIError(400, f"the prompt is {len(ids)} tokens and {max_tokens or 1} more were asked for; "
+        room, wanted = engine.cache_length - len(ids), 1 if max_tokens is None else max_tokens
+        if wanted > room:
+            raise OpenAIError(400, f"the prompt is {len(ids)} tokens and {wanted} more were asked for; "
                               f"the model's context is {engine.cache_length} tokens", param="max_tokens",
                               code="context_length_exceeded")
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
         if len(stop) > 4:
             raise OpenAIError(400, "at most 4 stop sequences", param="stop")
-        return ids, len(ids) + (max_tokens or room), stop
+        return ids, len(ids) + (room if max_tokens is None else max_tokens), stop
 
     def submit(self, body: _Sampled, prepared, listener, choice: int = 0):
         """Queue choice `choice` of a prepared prompt (a seeded request's choice j samples with seed + j)."""
@@ -149,7 +161,30 @@ class Service:
         sampling = self.sampling(body)
         if choice and body.seed is not None:  # n choices of one seeded request: different and reproducible
             sampling = replace(sampling, seed=body.seed + choice)
-        return self.engine.submit(ids, sampling, total, stop, listener)
+        if isinstance(body, ChatRequest):
+            logprobs, echo = (body.top_logprobs or 0) if body.logprobs else None, False
+        else:
+            logprobs, echo = body.logprobs, body.echo
+        return self.engine.submit(ids, sampling, total, stop, listener, logprobs=logprobs, echo=echo)
+
+
+def prompt_ids(tokenizer, prompt) -> list[list[int]]:
+    """A /v1/completions `prompt` (text, texts, token ids, lists of token ids) as lists of ids."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt:
+        raise OpenAIError(400, "prompt: at least one prompt", param="prompt")
+    ids = [p if isinstance(p, list) else tokenizer.encode(p) for p in prompt]
+    bad = next((t for p in ids for t in p if not 0 <= t < tokenizer.vocab_size), None)
+    if bad is not None:
+        raise OpenAIError(400, f"prompt: token id {bad} is not in the vocabulary (0 to {tokenizer.vocab_size - 1})",
+                          param="prompt")
+    return ids
+
+
+def _check_scoring(stream: bool, logprobs: bool) -> None:
+    if stream and logprobs:
+        raise OpenAIError(400, "logprobs are not streamed: ask for them without stream", param="stream")
 
 
 def _id(kind: str) -> str:
@@ -164,8 +199,8 @@ async def _answer(service: Service, http: Request, body: _Sampled, prompts: list
                   choice):
     """Run one request: `body.n` choices for each prompt, choice `i * n + j` for prompt i's j-th.
 
-    `choice(index, text, finish_reason, first)` makes one choice object and `envelope(choices, usage)`
-    the response (or one streamed chunk) around them.
+    `choice(index, text, finish_reason, first, request)` makes one choice object and `envelope(choices,
+    usage)` the response (or one streamed chunk) around them.
     """
     loop = asyncio.get_running_loop()
     woken = asyncio.Queue()
@@ -195,7 +230,7 @@ async def _answer(service: Service, http: Request, body: _Sampled, prompts: list
         for r in requests:
             if r.finish_reason not in ("stop", "length"):
                 raise _failed(r)
-        return JSONResponse(envelope([choice(i, r.text, r.finish_reason, None) for i, r in enumerate(requests)],
+        return JSONResponse(envelope([choice(i, r.text, r.finish_reason, None, r) for i, r in enumerate(requests)],
                                      usage()))
 
     return StreamingResponse(_events(requests, woken, envelope, choice, usage), media_type="text/event-stream")
@@ -210,7 +245,7 @@ async def _events(requests, woken: asyncio.Queue, envelope, choice, usage):
     """Server-sent events of `requests` as they decode: a chunk per choice per piece, then [DONE]."""
     try:
         for i in range(len(requests)):
-            yield _event(envelope([choice(i, "", None, True)], None))
+            yield _event(envelope([choice(i, "", None, True, requests[i])], None))
         pending = list(range(len(requests)))
         while pending:
             await woken.get()
@@ -226,7 +261,7 @@ async def _events(requests, woken: asyncio.Queue, envelope, choice, usage):
                 if done:
                     pending.remove(i)
                 if piece or done:
-                    yield _event(envelope([choice(i, piece, r.finish_reason if done else None, False)],
+                    yield _event(envelope([choice(i, piece, r.finish_reason if done else None, False, r)],
                                           usage() if done and not pending else None))
         yield _event("[DONE]")
     finally:
@@ -234,10 +269,14 @@ async def _events(requests, woken: asyncio.Queue, envelope, choice, usage):
             r.cancel()  # the client left mid-stream: free the slots
 
 
-def _completion_shape(rid: str, created: int, model_id: str):
-    """(envelope, choice) of /v1/completions' answers (see `_answer`)."""
-    def choice(index, text, finish, first):
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+def _completion_shape(rid: str, created: int, model_id: str, tokenizer, body: CompletionRequest):
+    """(envelope, choice) of /v1/completions' answers (see `_answer`): the prompt first with `echo`
+    (streamed: in the first chunk), `logprobs` (not streamed: refused before)."""
+    def choice(index, text, finish, first, request):
+        if body.echo and first is not False:
+            text = tokenizer.decode(request.ids) + text
+        scores = completion_logprobs(tokenizer, request) if body.logprobs is not None and first is None else None
+        return {"index": index, "text": text, "logprobs": scores, "finish_reason": finish}
 
     def envelope(choices, usage):
         out = {"id": rid, "object": "text_completion", "created": created, "model": model_id, "choices": choices}
@@ -245,13 +284,17 @@ def _completion_shape(rid: str, created: int, model_id: str):
     return envelope, choice
 
 
-def _chat_shape(rid: str, created: int, model_id: str, stream: bool):
+def _chat_shape(rid: str, created: int, model_id: str, tokenizer, body: ChatRequest):
     """(envelope, choice) of /v1/chat/completions' answers: messages, or deltas when streamed."""
-    def choice(index, text, finish, first):
+    stream = body.stream
+
+    def choice(index, text, finish, first, request):
         if stream:
             delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
             return {"index": index, "delta": delta, "finish_reason": finish}
-        return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        scores = chat_logprobs(tokenizer, request) if body.logprobs else None
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": scores,
+                "finish_reason": finish}
 
     def envelope(choices, usage):
         kind = "chat.completion.chunk" if stream else "chat.completion"
@@ -289,17 +332,24 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, http: Request):
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise OpenAIError(400, "prompt: at least one prompt", param="prompt")
-        ids = [service.engine.tokenizer.encode(p) for p in prompts]
-        envelope, choice = _completion_shape(_id("cmpl"), int(time.time()), service.model_id)
-        return await _answer(service, http, body, ids, body.max_tokens or 16, envelope, choice)
+        tokenizer = service.engine.tokenizer
+        ids = prompt_ids(tokenizer, body.prompt)
+        _check_scoring(body.stream, body.logprobs is not None)
+        if body.max_tokens == 0 and not body.echo:
+            raise OpenAIError(400, "max_tokens: 0 generates nothing; with echo: true it scores the prompt",
+                              param="max_tokens")
+        envelope, choice = _completion_shape(_id("cmpl"), int(time.time()), service.model_id, tokenizer, body)
+        return await _answer(service, http, body, ids, 16 if body.max_tokens is None else body.max_tokens,
+                             envelope, choice)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(body: ChatRequest, http: Request):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        _check_scoring(body.stream, body.logprobs)
         ids = chat_ids(service.engine.tokenizer, [m.model_dump() for m in body.messages], service.defaults.template)
-        envelope, choice = _chat_shape(_id("chatcmpl"), int(time.time()), service.model_id, body.stream)
+        envelope, choice = _chat_shape(_id("chatcmpl"), int(time.time()), service.model_id, service.engine.tokenizer,
+                                       body)
         return await _answer(service, http, body, [ids], body.max_completion_tokens or body.max_tokens, envelope,
                              choice)
 
@@ -325,7 +375,7 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     _check_port(host, port)  # before the slow part: loading and compiling
     model, tokenizer, cfg = load_for_generation(run_dir, checkpoint, weights)
     engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch)  # 64 steps a launch when full (GPU)
-    engine.warm_up()  # compiles before the first client waits
+    engine.warm_up(logprobs=True)  # compiles before the first client waits
     service = Service(engine.start(), Path(run_dir).resolve().name, Settings.from_config(cfg.generate), max_queue)
     if host not in LOOPBACK and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")

@@ -219,8 +219,8 @@ def test_a_request_is_two_launches_and_streaming_starts_at_the_prefill(gen, load
     ids, s = tokenizer.encode(PROMPT), greedy(max_new_tokens=20)
     programs = gen.engine(len(ids) + 20).programs
     launches, prefill, decode = [], programs.prefill, programs.decode
-    programs.prefill = lambda *a: (launches.append("prefill"), prefill(*a))[1]
-    programs.decode = lambda greedy_only: (launches.append("decode"), decode(greedy_only))[1]
+    programs.prefill = lambda *a, **kw: (launches.append("prefill"), prefill(*a, **kw))[1]
+    programs.decode = lambda *a: (launches.append("decode"), decode(*a))[1]
     try:
         out = gen.generate_ids(ids, s)
         assert launches == ["prefill", "decode"]
@@ -230,8 +230,7 @@ def test_a_request_is_two_launches_and_streaming_starts_at_the_prefill(gen, load
         assert [out[0]] + list(stream) == out
         assert launches.count("decode") <= -(-19 // STREAM_STEPS)
     finally:
-        programs.prefill = prefill
-        del programs.decode  # the class's method again
+        del programs.prefill, programs.decode  # the class's methods again
 
 
 def _greedy_kerashub(model, ids, new):

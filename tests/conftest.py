@@ -213,6 +213,35 @@ def backend() -> str:
     return keras.backend.backend()
 
 
+TESTS = Path(__file__).resolve().parent
+BACKEND_MARKS = {"backend", "backend_neutral"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a file without a mark must not drop out unseen
+def pytest_collection_modifyitems(config, items):
+    """Every test file declares `pytestmark = pytest.mark.backend` or `pytest.mark.backend_neutral`.
+
+    `make test` runs every file on TensorFlow and the `backend` ones again on JAX. The rule is "every
+    file says which", not a guess from its imports: many tests train or generate through the CLI or a
+    subprocess without importing Keras, so no import rule would spot them, and a new file that forgets
+    the line would silently skip JAX. Refusing it at collection makes the author choose. The modules'
+    docstring examples (--doctest-modules kgpt2) count as `backend`: they are quick and build models.
+    """
+    undeclared = set()
+    for item in items:
+        if item.path.parent != TESTS:
+            item.add_marker(pytest.mark.backend)
+            continue
+        module = item.getparent(pytest.Module)
+        if len({m.name for m in module.own_markers} & BACKEND_MARKS) != 1:
+            undeclared.add(item.path.name)
+    if undeclared:
+        raise pytest.UsageError(
+            f"{', '.join(sorted(undeclared))}: declare exactly one of `pytestmark = pytest.mark.backend` (the "
+            "outcome depends on the Keras backend; also runs on JAX) or `pytest.mark.backend_neutral` (runs once, "
+            "on TensorFlow) at the top of the file")
+
+
 def pytest_report_header(config):
     return f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}"
 

@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backend
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

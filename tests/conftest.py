@@ -10,6 +10,7 @@ kill-and-resume tests take `start_cli`, `kill_and_resume` and `latest_weights`.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -33,6 +34,21 @@ TINY_OVERRIDES = [
     "train.batch_size=8", "train.epochs=1", "train.learning_rate=0.003", "train.warmup_steps=2",
     "train.eval_batches=2", "train.precision=float32", "train.device=cpu", "lora.enabled=false",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cheap_garbage_collection():
+    """Collect, then freeze what survives (`gc.freeze`), before each test module.
+
+    The test process holds TensorFlow, JAX, torch, transformers and gradio: millions of long-lived
+    objects that every full collection walks again (1.5 s each here). Keras runs one per variable it
+    deletes (`Layer.__delattr__`: 13 when the tiny model is quantised), and Python's own oldest-generation
+    passes walk them too. Frozen objects are skipped by both; garbage made inside the module is still
+    collected, and the collect first means nothing collectable is frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    yield
 
 
 @pytest.fixture(autouse=True)

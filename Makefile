@@ -21,20 +21,19 @@ DOCTESTS := --doctest-modules kgpt2
 # -rs: a summary of every skipped test and why.
 PYTEST := -m pytest -q -rs -p no:cacheprovider
 
-# The tests whose outcome depends on the Keras backend: model numerics, training, checkpoints,
-# generation, alignment, adapters, distribution. The rest (the demo's UI, the HTTP layer, the CLI's
-# journeys and refusals, data preparation, config) drive these same code paths and run once, on
-# TensorFlow; running them again on JAX doubled CI's time (82 minutes at session 4's end).
-BACKEND_TESTS := $(addprefix tests/test_,$(addsuffix .py,adapters align_losses architecture compat distribution \
-	dpo engine evaluate faults fused_loss generate hf_interop legacy_import packed_training packing \
-	performance_options pretrain qlora resume skeleton speed_levers))
+# The tests whose outcome depends on the Keras backend (model numerics, training, checkpoints,
+# generation, alignment, adapters, distribution) are the files marked `pytestmark = pytest.mark.backend`;
+# the rest are marked `backend_neutral` (the demo's UI, the HTTP layer, the CLI's journeys and refusals,
+# data preparation, config: they drive the same code paths and run once, on TensorFlow; running them
+# again on JAX doubled CI's time). tests/conftest.py refuses a file marked neither way.
+JAX_TESTS := -m "backend and not slow" tests
 
 # The whole suite and the docstring examples on TensorFlow and, at the same time (two processes: most
 # tests use one core at a time, and the two passes share no files), the backend-dependent core on JAX,
 # whose output follows the TensorFlow pass's. Fails if either fails.
 JAX_LOG := $(VENV)/test-jax.log
 test: $(STAMP)
-	@KERAS_BACKEND=jax $(BIN)/python $(PYTEST) -m "not slow" $(BACKEND_TESTS) $(DOCTESTS) > $(JAX_LOG) 2>&1 & jax=$$!; \
+	@KERAS_BACKEND=jax $(BIN)/python $(PYTEST) $(JAX_TESTS) $(DOCTESTS) > $(JAX_LOG) 2>&1 & jax=$$!; \
 	echo "== TensorFlow: the whole suite (the JAX pass runs beside it, output below) =="; \
 	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) tests $(DOCTESTS); tf=$$?; \
 	wait $$jax; jx=$$?; echo "== JAX: the backend-dependent tests (exit $$jx) =="; cat $(JAX_LOG); \
@@ -44,7 +43,7 @@ test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) tests $(DOCTESTS)
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) -m "not slow" $(BACKEND_TESTS) $(DOCTESTS)
+	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) $(JAX_TESTS) $(DOCTESTS)
 
 test-fast: $(STAMP)
 	$(BIN)/python $(PYTEST) -m "not slow" tests $(DOCTESTS)

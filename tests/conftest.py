@@ -10,6 +10,7 @@ kill-and-resume tests take `start_cli`, `kill_and_resume` and `latest_weights`.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -33,6 +34,21 @@ TINY_OVERRIDES = [
     "train.batch_size=8", "train.epochs=1", "train.learning_rate=0.003", "train.warmup_steps=2",
     "train.eval_batches=2", "train.precision=float32", "train.device=cpu", "lora.enabled=false",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cheap_garbage_collection():
+    """Collect, then freeze what survives (`gc.freeze`), before each test module.
+
+    The test process holds TensorFlow, JAX, torch, transformers and gradio: millions of long-lived
+    objects that every full collection walks again (1.5 s each here). Keras runs one per variable it
+    deletes (`Layer.__delattr__`: 13 when the tiny model is quantised), and Python's own oldest-generation
+    passes walk them too. Frozen objects are skipped by both; garbage made inside the module is still
+    collected, and the collect first means nothing collectable is frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    yield
 
 
 @pytest.fixture(autouse=True)
@@ -211,6 +227,35 @@ def backend() -> str:
     import keras
 
     return keras.backend.backend()
+
+
+TESTS = Path(__file__).resolve().parent
+BACKEND_MARKS = {"backend", "backend_neutral"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a file without a mark must not drop out unseen
+def pytest_collection_modifyitems(config, items):
+    """Every test file declares `pytestmark = pytest.mark.backend` or `pytest.mark.backend_neutral`.
+
+    `make test` runs every file on TensorFlow and the `backend` ones again on JAX. The rule is "every
+    file says which", not a guess from its imports: many tests train or generate through the CLI or a
+    subprocess without importing Keras, so no import rule would spot them, and a new file that forgets
+    the line would silently skip JAX. Refusing it at collection makes the author choose. The modules'
+    docstring examples (--doctest-modules kgpt2) count as `backend`: they are quick and build models.
+    """
+    undeclared = set()
+    for item in items:
+        if item.path.parent != TESTS:
+            item.add_marker(pytest.mark.backend)
+            continue
+        module = item.getparent(pytest.Module)
+        if len({m.name for m in module.own_markers} & BACKEND_MARKS) != 1:
+            undeclared.add(item.path.name)
+    if undeclared:
+        raise pytest.UsageError(
+            f"{', '.join(sorted(undeclared))}: declare exactly one of `pytestmark = pytest.mark.backend` (the "
+            "outcome depends on the Keras backend; also runs on JAX) or `pytest.mark.backend_neutral` (runs once, "
+            "on TensorFlow) at the top of the file")
 
 
 def pytest_report_header(config):

@@ -9,6 +9,8 @@ orpo as `ORPOTrainer.odds_ratio_loss` plus its chosen NLL) and
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backend
+
 POL = np.array([[-10.0, -16.0], [-31.0, -7.5], [-4.0, -4.0], [-20.0, -60.0], [-9.0, -9.5]])
 REF = np.array([[-12.0, -15.5], [-30.25, -8.0], [-4.0, -4.0], [-50.0, -49.0], [-9.5, -9.0]])
 LEN = np.array([[5, 8], [12, 3], [2, 2], [10, 30], [4, 4]], dtype=float)

@@ -16,6 +16,8 @@ import pytest
 
 from kgpt2.run import BASE, list_checkpoints
 
+pytestmark = pytest.mark.backend_neutral  # the request queue over the generator, whose numerics test_generate checks on both
+
 
 @pytest.fixture(scope="module")
 def pool_root(tmp_path_factory, tiny_run):

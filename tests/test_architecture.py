@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.backend
+
 PACKAGE = Path(__file__).resolve().parent.parent / "kgpt2"
 
 # The verbs: what cli.py calls. Nothing below them imports one of them.

@@ -5,6 +5,8 @@ import pytest
 
 from kgpt2.data.batches import EpochBatches, WindowBatches
 
+pytestmark = pytest.mark.backend_neutral  # NumPy batching of shards, no Keras
+
 
 def _targets(source):
     seen = []

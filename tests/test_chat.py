@@ -7,6 +7,8 @@ import pytest
 
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend_neutral  # chat templates and chat data (token ids), no model
+
 
 def _conversations(shared_data, n=40):
     """Two-turn conversations built from real Alpaca records: system, user, assistant, user, assistant."""

@@ -8,6 +8,8 @@ import pytest
 from kgpt2 import compat
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 PRIVATE = re.compile(r"\.(_flatten_layers|_dropout|_dropout_layer|_compute_attention|_self_attention_layer)\b|__class__\s*=")
 
 

@@ -9,6 +9,8 @@ import pytest
 from kgpt2.config import load_config
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend_neutral  # config files and their refusals
+
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.oversize=scal"], 'train.oversize must be one of "reject", "scale"; got "scal"'),

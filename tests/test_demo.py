@@ -20,6 +20,8 @@ import pytest
 
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend_neutral  # the demo's UI over generate/evaluate, which run on both backends elsewhere
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The assert statement"
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.backend_neutral, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed")]
 
 

@@ -16,6 +16,8 @@ import pytest
 
 from test_demo import make_demo_root
 
+pytestmark = pytest.mark.backend_neutral  # the demo under load (its UI and queue)
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_concurrency.py"
 
 

@@ -17,6 +17,8 @@ import pytest
 
 from test_demo import PROMPT, compare_args, free_port, make_demo_root
 
+pytestmark = pytest.mark.backend_neutral  # the demo's votes and arena (UI and files)
+
 PROMPTS = ["The assert statement", "The with statement", "The for statement", "The while statement",
            "The if statement", "The try statement", "The import statement", "The return statement",
            "The global statement", "The lambda expression", "The class definition", "The yield expression"]

@@ -21,6 +21,8 @@ from kgpt2 import distribution
 from kgpt2.distribution import parse_mesh, plan_data_parallel, plan_sharded
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 CHILD = r"""
 import json, logging, shutil, sys
 from pathlib import Path

@@ -15,6 +15,8 @@ import pytest
 
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 PREFS = "preferences/llms-from-scratch-instruction-data-with-preference.json"
 
 

@@ -8,6 +8,8 @@ import pytest
 from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 PROMPTS = ["The assert statement", "if x:", "Lambda forms are", "The with statement is used to wrap",
            "A", "class definitions", "import"]
 SAMPLED = [Sampling(greedy=False, temperature=1.3, top_k=40, top_p=0.9, seed=11),

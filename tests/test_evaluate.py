@@ -8,6 +8,8 @@ import pytest
 
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 
 def test_metrics_on_a_model_with_known_logits():
     """A model whose logits are a fixed table row per input token; padding weighted 0."""

@@ -26,6 +26,8 @@ import pytest
 from kgpt2.checkpoints import CheckpointManager, restore_checkpoint
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 # 6 + 3 steps: checkpoints at 2, 4, 6 (stage end), 8, 9 (stage end); keep_last=1 makes cleanup work
 PLAN = ["train.stages=[2, 2]", "train.batch_size=32", "train.checkpoint_every=2", "train.keep_last=1",
         "train.eval_batches=1"]

@@ -8,7 +8,7 @@ own JAX train step (`compute_loss_and_updates`, the function it differentiates).
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def _tiny_lm(vocabulary=301, pad_to=64, seed=0, remat=False):

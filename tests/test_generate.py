@@ -7,6 +7,8 @@ from kgpt2.errors import UserError
 from kgpt2.generate import Generator, Settings, filter_logits, render_prompt
 from kgpt2.sampling import sample
 
+pytestmark = pytest.mark.backend
+
 PROMPT = "The assert statement"
 
 

@@ -16,6 +16,8 @@ import shutil
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backend
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backend_neutral  # instruction data preparation and its prompt format
+
 
 @pytest.fixture(scope="module")
 def alpaca_records(shared_data):

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backend_neutral  # the CLI's journeys and refusals over train/generate, tested on both backends elsewhere
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The assert statement"
 

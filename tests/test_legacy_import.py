@@ -19,6 +19,8 @@ import pytest
 
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 FIXTURE = Path(__file__).parent / "data" / "legacy_gpt2"
 ROOT = Path(__file__).resolve().parents[1]
 

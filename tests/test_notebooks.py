@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.backend_neutral  # the notebooks, run as a user runs them
+
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED = ["01_quickstart.ipynb", "02_pubmed_staged_finetune.ipynb", "03_alpaca_lora.ipynb",
             "04_shakespeare_from_scratch.ipynb", "05_dpo_from_demo_votes.ipynb"]

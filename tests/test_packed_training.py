@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # training runs through the CLI (minutes on a shared CPU)
+pytestmark = [pytest.mark.backend, pytest.mark.slow]  # training runs through the CLI (minutes on a shared CPU)
 
 REPO = Path(__file__).resolve().parents[1]
 T, BATCH = 256, 4

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backend
+
 
 @pytest.fixture(scope="module")
 def examples(shared_data, pydoc_tokenizer):

@@ -14,6 +14,8 @@ from kgpt2.memory import check_fits, estimate_training_bytes
 from kgpt2.metrics import lm_loss
 from kgpt2.models import build_backbone, build_causal_lm, padded_size, save_unpadded_weights
 
+pytestmark = pytest.mark.backend
+
 SHAPE = ["model.preset=scratch", "model.num_layers=2", "model.num_heads=2", "model.hidden_dim=32",
          "model.intermediate_dim=64", "model.max_sequence_length=32", "model.vocabulary_size=301",
          "lora.enabled=false"]

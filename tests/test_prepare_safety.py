@@ -19,6 +19,8 @@ import pytest
 
 from kgpt2.data.shards import ShardSet, prepare
 
+pytestmark = pytest.mark.backend_neutral  # data preparation's safety (atomic folders, interrupts)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

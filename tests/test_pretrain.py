@@ -13,6 +13,8 @@ import pytest
 
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 
 @pytest.fixture(scope="session")
 def shakespeare(shared_data):

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backend
+
 
 def _lm_logits(model, ids):
     x = {"token_ids": np.asarray([ids], "int32"), "padding_mask": np.ones((1, len(ids)), bool)}

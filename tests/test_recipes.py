@@ -14,6 +14,8 @@ import kgpt2
 from kgpt2.cli import main
 from kgpt2.config import load_config
 
+pytestmark = pytest.mark.backend_neutral  # the packaged recipes (config files)
+
 PACKAGE_RECIPES = Path(kgpt2.__file__).parent / "recipes"
 REPO = Path(__file__).resolve().parents[1]
 

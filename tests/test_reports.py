@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kgpt2 import reports
 from kgpt2.char_tokenizer import CharTokenizer
 from kgpt2.cli import main
+
+pytestmark = pytest.mark.backend_neutral  # run reports from files
 
 
 def test_prepare_prints_the_manifest_counts(tmp_path, capsys):

@@ -20,6 +20,8 @@ import pytest
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend
+
 PLAN = 'train.stages=[4, 6, 8, "rest"]'
 
 

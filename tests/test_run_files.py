@@ -16,6 +16,8 @@ from kgpt2.periodic_eval import PeriodicEval, read_evals
 from kgpt2.run import Run
 from kgpt2.train import Cursor
 
+pytestmark = pytest.mark.backend_neutral  # a run folder's files (atomic writes, logs)
+
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "config.json"

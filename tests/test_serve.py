@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-pytestmark = pytest.mark.slow  # each server loads and compiles the tiny model (seconds)
+pytestmark = [pytest.mark.backend_neutral, pytest.mark.slow]  # each server loads and compiles the tiny model (seconds)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The assert statement", "if x:", "Lambda forms", "The with statement is used", "A class", "import",

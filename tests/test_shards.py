@@ -16,6 +16,8 @@ from kgpt2.data.shards import ShardSet, assign_split, prepare
 from kgpt2.data.sources import open_source
 from kgpt2.errors import UserError
 
+pytestmark = pytest.mark.backend_neutral  # data preparation (shards)
+
 
 def round_trips(out: Path, tokenizer, src) -> int:
     """Every article in the shard set decodes to its source text; returns the count."""

@@ -10,6 +10,8 @@ from kgpt2.config import load_config
 from kgpt2.errors import UserError
 from kgpt2.run_logs import read_steps
 
+pytestmark = pytest.mark.backend
+
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "kgpt2.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)

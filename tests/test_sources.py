@@ -11,6 +11,8 @@ from kgpt2.data.sources import detect_format, open_source
 from kgpt2.errors import UserError
 from kgpt2.templates import format_prompt
 
+pytestmark = pytest.mark.backend_neutral  # data sources and format detection
+
 
 def memsum_records(shared_data, split="val", n=3):
     with open(shared_data / "pubmed" / "memsum_pubmed_300" / f"{split}.jsonl", encoding="utf-8") as f:

@@ -13,7 +13,7 @@ import pytest
 
 from test_fused_loss import _batch, _loss_and_grads, _tiny_lm
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def _jax_only():

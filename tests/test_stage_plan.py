@@ -10,6 +10,8 @@ import pytest
 from kgpt2.errors import UserError
 from kgpt2.stage_plan import plan_stages
 
+pytestmark = pytest.mark.backend_neutral  # stage planning (arithmetic over shard sizes)
+
 SEED_PLAN = [10, 10000, 80000, "rest"]
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.backend_neutral  # tokenizers (no Keras model)
+
 # The reference's split regex comes from tiktoken's own GPT-2 definition, not
 # from kgpt2's copy of it, so the comparison below tests kgpt2's pattern too.
 GPT2_PATTERN = pytest.importorskip("tiktoken_ext.openai_public").r50k_pat_str

@@ -24,7 +24,7 @@ from kgpt2.models import KEEP_ATTENTION_MASK, build_causal_lm
 
 from test_performance_options import SHAPE, _batch
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def _build(kernel: str, policy="mixed_bfloat16"):

@@ -20,7 +20,7 @@ from kgpt2.models import build_causal_lm
 from test_faults import PLAN, _rolled_back, assert_same_weights, final_weights
 from test_performance_options import SHAPE, _batch
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def _model(rng: str, dropout="0.2"):

@@ -14,7 +14,7 @@ import numpy as np
 import openai
 import pytest
 
-pytestmark = pytest.mark.slow  # a server loads and compiles the tiny model; the run is exported once
+pytestmark = [pytest.mark.backend, pytest.mark.slow]  # a server loads and compiles the tiny model; the run is exported once
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-3

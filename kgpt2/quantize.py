@@ -29,6 +29,7 @@ benchmarks/quantize_memory.py.
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import numpy as np
@@ -39,13 +40,38 @@ def quantize_backbone(backbone, mode: str) -> None:
 
     `mode` is "int8" or "int4"; kgpt2.config checks `model.quantize` when it is read.
     """
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), frozen_heap():
         # Layers Keras cannot quantise (layer norms, position embedding) warn
         # one by one; they simply stay float.
         warnings.simplefilter("ignore")
         # type_check=False: kgpt2's PaddedReversibleEmbedding subclasses
         # keras-hub's ReversibleEmbedding and quantises the same way.
         backbone.quantize(mode, type_check=False)
+
+
+class frozen_heap:
+    """Objects that exist on entry are left out of garbage collections until exit; one collection on exit.
+
+    Keras runs a full `gc.collect()` for every float variable a quantised
+    layer deletes (Layer.__delattr__, to free its device buffer at once):
+    73 for GPT-2 small, each walking every object TensorFlow or JAX keeps
+    alive. Quantising GPT-2 small took 67 s on TensorFlow and 187 s on JAX
+    on a 2-core machine, 10-12 s with the heap frozen (same peak RSS: the
+    dropped kernels are freed by reference counting; the collection on exit
+    takes what cycles held). A heap frozen by the caller stays frozen.
+    """
+
+    def __enter__(self):
+        self.thawed = gc.get_freeze_count() == 0
+        gc.collect()
+        gc.freeze()
+        return self
+
+    def __exit__(self, *exc):
+        if self.thawed:
+            gc.unfreeze()
+        gc.collect()
+        return False
 
 
 def parameter_bytes(model) -> dict:

@@ -52,16 +52,18 @@ def cudnn_available() -> bool:
     return jax.default_backend() == "gpu"
 
 
-def use_cudnn_dropout_attention(backbone, seed: int) -> int:
-    """Training-time self-attention with dropout through cuDNN's causal kernel; returns the layers changed."""
+def use_cudnn_dropout_attention(backbone, seed: int, keep_mask=None) -> int:
+    """Training-time self-attention with dropout through cuDNN's causal kernel; returns the layers changed.
+
+    `keep_mask`: a context variable that is true while the attention mask must reach the kernel
+    (kgpt2.models.KEEP_ATTENTION_MASK, set for packed windows); those calls keep Keras' path.
+    """
     if not cudnn_available():
         logging.getLogger("kgpt2").warning(
             "train.attention_dropout_kernel = \"cudnn\" needs the JAX backend on a GPU; attention dropout "
             "stays on Keras' path")
         return 0
     from jax._src.cudnn.fused_attention_stablehlo import MaskType, dot_product_attention
-
-    from kgpt2.models import KEEP_ATTENTION_MASK
 
     layers = compat.self_attention_layers(backbone)
     for index, attention in enumerate(layers):
@@ -72,8 +74,9 @@ def use_cudnn_dropout_attention(backbone, seed: int) -> int:
                 rate = compat.attention_dropout(_layer)
                 # Full-length training windows only, right-padded as everywhere in kgpt2 (so the causal mask
                 # is exact for every real token, as in models.use_causal_attention); cuDNN needs 16-bit inputs.
+                packed = keep_mask is not None and keep_mask.get()
                 if (training and rate > 0 and query.shape[1] == key.shape[1] and not return_attention_scores
-                        and not KEEP_ATTENTION_MASK.get() and str(query.dtype) in ("bfloat16", "float16")):
+                        and not packed and str(query.dtype) in ("bfloat16", "float16")):
                     out = dot_product_attention(query, key, value, scale=_layer._inverse_sqrt_key_dim,
                                                 mask_type=MaskType.CAUSAL, dropout_rate=float(rate), seed=_seed,
                                                 qkv_layout="BTNH")

@@ -367,7 +367,7 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
     if cfg.model.causal_attention:
         use_causal_attention(backbone)
     if cfg.train.attention_dropout_kernel == "cudnn":
-        use_cudnn_dropout_attention(backbone, seed=0)
+        use_cudnn_dropout_attention(backbone, seed=0, keep_mask=KEEP_ATTENTION_MASK)
     pin_attention_sharding(backbone)  # under train.mesh only; outermost, so every attention path sees it
     if cfg.train.dropout_rng == "rbg":
         compat.rbg_dropout(backbone)

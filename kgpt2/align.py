@@ -187,7 +187,9 @@ class Aligner:
         keras.utils.set_random_seed(cfg.seed)
         self.policy = build_causal_lm(cfg)
         if a.init_run:
-            _load_init(self.policy, cfg, a.init_run, a.init_checkpoint)
+            start = _load_init(self.policy, cfg, a.init_run, a.init_checkpoint)
+            if self.latest is None:  # a resume says where it resumes instead
+                log.info("starting from %s of run %s", start.id, a.init_run)
         self.model = PolicyLogProbs(self.policy)
         ref_train, ref_held = self._reference()
         self.train_y = targets_for(ref_train, self.train_x, self.labels)
@@ -265,8 +267,8 @@ def _npz_bytes(**arrays) -> bytes:
     return buffer.getvalue()
 
 
-def _load_init(policy, cfg: Config, run_dir, checkpoint: str) -> None:
-    """Start from another run's checkpoint (e.g. Alpaca SFT) with the same model signature."""
+def _load_init(policy, cfg: Config, run_dir, checkpoint: str):
+    """Start from another run's checkpoint (e.g. Alpaca SFT) with the same model signature; returns that checkpoint."""
     other = Run(run_dir).config()
     theirs, ours = other.model_signature(), cfg.model_signature()
     if Path(other.model.preset).is_dir() and Path(cfg.model.preset).is_dir() and same_files(other.model.preset, cfg.model.preset):
@@ -275,4 +277,6 @@ def _load_init(policy, cfg: Config, run_dir, checkpoint: str) -> None:
         raise UserError(f"align.init_run '{run_dir}' was trained with another model, LoRA or sequence "
                         f"setting than this config ({differences(theirs, ours)}); leave [model], [lora] and "
                         "data.sequence_length unset to take the run's")
-    CheckpointManager.restore(policy, Run(run_dir).checkpoint(checkpoint))
+    start = Run(run_dir).checkpoint(checkpoint)
+    CheckpointManager.restore(policy, start)
+    return start

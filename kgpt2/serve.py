@@ -92,6 +92,36 @@ class ChatRequest(_Sampled):
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
+# What a field of several accepted shapes takes: pydantic names a failed union by its members
+# (`prompt.str`, `prompt.list[int]`), which says nothing to a client.
+SHAPES = {"prompt": "a string, a list of strings, a list of token ids or a list of such lists",
+          "stop": "a string or a list of up to 4 strings"}
+
+
+def validation_error(errors: list[dict]) -> OpenAIError:
+    """FastAPI's validation errors of a request body as one OpenAI 400: the body that is no JSON or no object,
+    a union field by the shapes it takes, else the first field and pydantic's sentence.
+
+        >>> validation_error([{"type": "json_invalid", "loc": ("body", 12), "msg": "JSON decode error",
+        ...                    "ctx": {"error": "Expecting value"}}]).body["error"]["message"]
+        'the request body is not valid JSON (Expecting value at character 12)'
+        >>> validation_error([{"type": "string_type", "loc": ("body", "prompt", "str"),
+        ...                    "msg": "Input should be a valid string"}]).body["error"]["param"]
+        'prompt'
+    """
+    first = errors[0]
+    loc = [str(p) for p in first["loc"][1:]]  # after "body"
+    if first["type"] == "json_invalid":
+        why = (first.get("ctx") or {}).get("error", first["msg"])
+        return OpenAIError(400, f"the request body is not valid JSON ({why}{f' at character {loc[0]}' if loc else ''})")
+    if not loc:
+        return OpenAIError(400, "the request body must be a JSON object")
+    if loc[0] in SHAPES and len(loc) > 1:  # a member of the union failed (a missing field has no member)
+        return OpenAIError(400, f"{loc[0]} must be {SHAPES[loc[0]]}", param=loc[0])
+    where = ".".join(loc)
+    return OpenAIError(400, f"{where}: {first['msg']}", param=where)
+
+
 def chat_prompt(messages: list[dict], template: str) -> str:
     """Messages as one prompt: the last user message is the instruction, what precedes it its input.
 
@@ -317,9 +347,7 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError):
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"][1:])
-        return JSONResponse(OpenAIError(400, f"{where}: {first['msg']}", param=where or None).body, status_code=400)
+        return JSONResponse(validation_error(e.errors()).body, status_code=400)
 
     @app.get("/health")
     async def health():

@@ -332,6 +332,7 @@ def test_align_on_a_runs_demo_votes_takes_the_runs_model(tmp_path, capsys, monke
     assert saved.model == voted.model and Path(saved.model.preset) == run / "preset" and saved.lora == voted.lora
     assert saved.data.sequence_length == voted.data.sequence_length == 32
     assert "held out examples (kto)" in out and CheckpointManager(tmp_path / "kto").latest().step == 2
+    assert f"starting from {latest} of run voted" in err, err  # the person sees which weights it aligned
     first = json.loads((tmp_path / "kto" / "align.json").read_text())
 
     code, out, err = kgpt2(capsys, *argv)  # again, finished: nothing more to do, and it says so

@@ -1,0 +1,49 @@
+"""`kgpt2 serve`'s answers to malformed request bodies, as a client sees them: one OpenAI-shaped 400 whose
+message a person can act on. No model is loaded: FastAPI validates a body before any route runs."""
+
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kgpt2.serve import build_app
+
+pytestmark = pytest.mark.backend_neutral
+
+
+@pytest.fixture(scope="module")
+def http():
+    return TestClient(build_app(SimpleNamespace(model_id="tiny")))
+
+
+def error(http, route, body: bytes) -> dict:
+    r = http.post(route, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    return r.json()["error"]
+
+
+def test_a_body_that_is_not_json_says_so_and_where(http):
+    e = error(http, "/v1/completions", b'{"model": "tiny", "prompt": ')
+    assert e["message"] == "the request body is not valid JSON (Expecting value at character 28)"
+    assert e["param"] is None and e["type"] == "invalid_request_error"
+
+
+def test_a_body_that_is_not_an_object(http):
+    e = error(http, "/v1/completions", b"[1, 2]")
+    assert e["message"] == "the request body must be a JSON object" and e["param"] is None
+
+
+@pytest.mark.parametrize("prompt", ['["a", [1, 2]]', "[1.5, 2]", "[[[1]]]", "{}"])
+def test_a_prompt_of_no_accepted_shape_names_the_shapes(http, prompt):
+    e = error(http, "/v1/completions", b'{"model": "tiny", "max_tokens": 1, "prompt": %s}' % prompt.encode())
+    assert e["param"] == "prompt"
+    assert e["message"] == "prompt must be a string, a list of strings, a list of token ids or a list of such lists"
+
+
+def test_stop_of_no_accepted_shape_and_a_plain_field_error(http):
+    e = error(http, "/v1/completions", b'{"model": "tiny", "prompt": "x", "stop": [1]}')
+    assert (e["param"], e["message"]) == ("stop", "stop must be a string or a list of up to 4 strings")
+    e = error(http, "/v1/completions", b'{"model": "tiny"}')
+    assert (e["param"], e["message"]) == ("prompt", "prompt: Field required")
+    e = error(http, "/v1/completions", b'{"model": "tiny", "prompt": "x", "logprobs": 6}')
+    assert (e["param"], e["message"]) == ("logprobs", "logprobs: Input should be less than or equal to 5")

@@ -14,6 +14,7 @@ reopen a finished one-stage run).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shlex
 from pathlib import Path
@@ -54,8 +55,12 @@ def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_
     return stage_offset, step_offset, stages
 
 
-def plan_left(state: dict, stages: StagePlan, stage_offset: int, total_steps: int, epochs: int, run_path) -> str:
+def plan_left(state: dict, stages: StagePlan, stage_offset: int, total_steps: int, epochs: int, run_path,
+              changed: dict | None = None) -> str:
     """What this plan leaves to train on the run at checkpoint `state` (of `total_steps`, train.epochs `epochs`).
+
+    `changed`: {key: [old, new]} of this call's settings against the run's (run_config.continuation_record);
+    the refusal's command repeats them, so a user who pasted it keeps every override they gave.
 
     "train": a new run, one in a stage, or one with stages left; "nothing": a finished run whose plan did not
     grow; "reopen": a finished one-stage run whose plan grew (train.epochs, train.max_steps) trains its stage on.
@@ -74,8 +79,15 @@ def plan_left(state: dict, stages: StagePlan, stage_offset: int, total_steps: in
                         f"more train.epochs; to train it for {epochs} more, start a new run from its weights: "
                         f"kgpt2 train --config {shlex.quote(str(path / 'config.json'))} "
                         f"run={shlex.quote(path.name + '-more')} train.init_from={shlex.quote(str(path))} "
-                        f"train.epochs={epochs}")
+                        f"train.epochs={epochs}{_overrides(changed or {})}")
     return "reopen"
+
+
+def _overrides(changed: dict) -> str:
+    """ key=value ... for the command line (TOML values, shell-quoted), train.epochs and init_from left to the caller."""
+    skip = {"train.epochs", "train.init_from"}
+    return "".join(" " + shlex.quote(f"{key}={json.dumps(new)}") for key, (_, new) in changed.items()
+                   if key not in skip and new is not None)
 
 
 def differences(old: dict, new: dict) -> str:

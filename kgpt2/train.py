@@ -186,10 +186,11 @@ class Trainer:
         old_config = self.run.config().to_dict() if self.run.exists() else None
         self.latest = self._checkpoint_to_resume(require_checkpoint)
         self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages, done=self.step_offset)
-        self.reopened = self._reopen_finished_stage()  # before config.json records a refused continuation
         continuation = None
         if self.latest is not None and old_config is not None:
             continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
+        # before config.json records a refused continuation
+        self.reopened = self._reopen_finished_stage((continuation or {}).get("changed"))
         if is_writer():  # one process of a multi-host run writes the run's files
             self.run.save_config(cfg, continuation)
         if continuation:
@@ -217,10 +218,11 @@ class Trainer:
         self.stage_offset, self.step_offset, self.stages = place_plan(
             state, self.stages, self.cfg.train.stages, self.shards.manifest["content_hash"], self.run.path)
 
-    def _reopen_finished_stage(self) -> Cursor | None:
+    def _reopen_finished_stage(self, changed: dict | None) -> Cursor | None:
         """Where a finished one-stage run trains on when its plan grew (kgpt2.continuation.plan_left); else None."""
         state = self.latest.state if self.latest is not None else {}
-        left = plan_left(state, self.stages, self.stage_offset, self.total_steps, self.cfg.train.epochs, self.run.path)
+        left = plan_left(state, self.stages, self.stage_offset, self.total_steps, self.cfg.train.epochs, self.run.path,
+                         changed)
         self.finished = left == "nothing"
         if left != "reopen":
             return None

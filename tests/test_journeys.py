@@ -233,17 +233,19 @@ def test_more_epochs_on_a_finished_run_train_them(tmp_path, capsys, monkeypatch,
 
     two_stages = tmp_path / "two-stages"
     shutil.copytree(tiny_run, two_stages)
-    code, out, err = kgpt2(capsys, "train", "--run", two_stages, "train.epochs=2")
+    code, out, err = kgpt2(capsys, "train", "--run", two_stages, "train.epochs=2", "train.learning_rate=0.0005")
     (error,) = [line for line in err.splitlines() if line.startswith("kgpt2: error:")]
     assert code == 2 and "finished its 2 stages" in error and "Traceback" not in err, err
     assert CheckpointManager(two_stages).latest().step == CheckpointManager(tiny_run).latest().step
     # ... in one sentence that ends in the command to run, which does what it says
     command = error.split("start a new run from its weights: ")[1]
     assert command.startswith("kgpt2 train --config "), error
+    assert command.endswith(" train.epochs=2 train.learning_rate=0.0005"), command  # the user's other overrides too
     code, out, err = kgpt2(capsys, *shlex.split(command)[1:])
     assert code == 0, err
     more = CheckpointManager(tmp_path / "two-stages-more").latest()
     assert more.step == 2 * CheckpointManager(tiny_run).latest().step and "starting from ckpt-" in err
+    assert json.loads((tmp_path / "two-stages-more" / "config.json").read_text())["train"]["learning_rate"] == 0.0005
 
 
 def test_config_accepts_a_runs_config_json(tmp_path, capsys, monkeypatch, tiny_run):

@@ -59,6 +59,23 @@ def device_memory_bytes() -> int | None:
     return None
 
 
+def host_available_bytes() -> int | None:
+    """The machine's available RAM (Linux MemAvailable: free memory plus caches it can drop), or None.
+
+    Training on a CPU holds the model, the optimizer and the activations in RAM; Colab's runs out
+    without a word from the trainer (the kernel dies). The estimate above is fitted to mixed
+    precision on a GPU and so undershoots float32 on a CPU: a warning from it is never a false alarm.
+    """
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _nvidia_smi_total_bytes() -> int | None:
     """The first visible GPU's total memory from nvidia-smi (TensorFlow reports none before allocating).
 
@@ -91,7 +108,7 @@ def propose_batch(batch: int, accumulation: int, fits: int) -> tuple[int, int]:
 
 
 def check_fits(params: int, mode: str, batch: int, sequence: int, layers: int, hidden: int,
-               vocabulary: int, available: int | None, accumulation: int = 1) -> str | None:
+               vocabulary: int, available: int | None, accumulation: int = 1, on_gpu: bool = True) -> str | None:
     """A warning sentence when the estimate exceeds `available` bytes, else None.
 
     The sentence proposes a batch size and gradient accumulation that fit
@@ -112,5 +129,6 @@ def check_fits(params: int, mode: str, batch: int, sequence: int, layers: int, h
                 f"(the same {batch * accumulation} sequences per optimizer step)")
     else:
         hint = "use LoRA, a smaller model or a shorter data.sequence_length"
-    return (f"this config needs about {need / 1e9:.1f} GB of GPU memory for training "
-            f"(batch {batch} x {sequence} tokens, {mode}), but the device offers {available / 1e9:.1f} GB; {hint}")
+    offer = f"the device offers {available / 1e9:.1f} GB" if on_gpu else f"the machine has {available / 1e9:.1f} GB free"
+    return (f"this config needs about {need / 1e9:.1f} GB of {'GPU ' if on_gpu else ''}memory for training "
+            f"(batch {batch} x {sequence} tokens, {mode}), but {offer}; {hint}")

@@ -255,7 +255,7 @@ class Trainer:
         params = count_params(self.model)
         log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
                  f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
-        _warn_if_too_big(cfg, self.model, params["total"])  # before the first step compiles
+        _warn_if_too_big(cfg, self.model, params["total"], self.device.is_gpu)  # before the first step compiles
 
     # -- 3. resume: the newest checkpoint's weights, optimizer and cursor
     def resume(self) -> Cursor:
@@ -397,12 +397,13 @@ def _versions() -> dict:
             "backend": keras.backend.backend(), "python": platform.python_version()}
 
 
-def _warn_if_too_big(cfg: Config, model, total_params: int) -> None:
+def _warn_if_too_big(cfg: Config, model, total_params: int, on_gpu: bool) -> None:
     b = model.backbone
     mode = ("int8-lora" if cfg.model.quantize == "int8" else "lora") if cfg.lora.enabled else "full"
+    available = memory.device_memory_bytes() if on_gpu else memory.host_available_bytes()
     warning = memory.check_fits(total_params, mode, cfg.train.batch_size, cfg.data.sequence_length, b.num_layers,
-                         b.hidden_dim, b.vocabulary_size, memory.device_memory_bytes(),
-                         accumulation=cfg.train.gradient_accumulation_steps)
+                                b.hidden_dim, b.vocabulary_size, available,
+                                accumulation=cfg.train.gradient_accumulation_steps, on_gpu=on_gpu)
     if warning:
         log.warning("%s", warning)
 

@@ -177,5 +177,22 @@ def test_trainer_warns_before_compiling(monkeypatch, caplog):
     model = build_causal_lm(cfg)
     monkeypatch.setattr(kgpt2.memory, "device_memory_bytes", lambda: 1e6)
     with caplog.at_level(logging.WARNING, logger="kgpt2"):
-        _warn_if_too_big(cfg, model, model.count_params())
-    assert "needs about" in caplog.text and "device offers 0.0 GB" in caplog.text
+        _warn_if_too_big(cfg, model, model.count_params(), on_gpu=True)
+    assert "GB of GPU memory" in caplog.text and "device offers 0.0 GB" in caplog.text
+    # On a CPU the RAM is what runs out (Colab's kernel dies without a word): the machine's free memory.
+    caplog.clear()
+    monkeypatch.setattr(kgpt2.memory, "host_available_bytes", lambda: 2e6)
+    with caplog.at_level(logging.WARNING, logger="kgpt2"):
+        _warn_if_too_big(cfg, model, model.count_params(), on_gpu=False)
+    assert "GB of memory for training" in caplog.text and "the machine has 0.0 GB free" in caplog.text
+    assert "train.batch_size=" in caplog.text  # ... and what would fit
+
+
+def test_host_available_bytes_reads_this_machines_free_ram():
+    import os
+
+    from kgpt2.memory import host_available_bytes
+
+    free = host_available_bytes()
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert free is not None and 0 < free <= total

@@ -209,6 +209,44 @@ def start_cli():
     return _start_cli
 
 
+@pytest.fixture
+def kgpt2_cli(capfd, monkeypatch):
+    """`kgpt2_cli(*argv, cwd=None, env=None)`: `kgpt2 ARGV` run by `kgpt2.cli.main` in this process, from
+    `cwd`, with `env` added to the environment; returns its `returncode`, `stdout` and `stderr` as a finished
+    subprocess has them (argparse's exits, --help and usage errors, give their status too).
+
+    A `python -m kgpt2.cli` subprocess spends ~15 s importing TensorFlow again before doing anything; tests
+    about the process itself (kills, signals, two processes at once, a fresh interpreter's imports, the
+    `python -m` entry point) keep one. capfd, not capsys: it also catches what native code writes to the
+    file descriptors, so "one line on stderr" is checked as strictly as a subprocess's would be.
+    """
+    import logging
+    from types import SimpleNamespace
+
+    from kgpt2.cli import main
+
+    def run(*argv, cwd=None, env=None):
+        logger = logging.getLogger("kgpt2")
+        saved = logger.handlers[:], logger.level, logger.propagate
+        with monkeypatch.context() as m:
+            if cwd is not None:
+                m.chdir(cwd)
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            capfd.readouterr()
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+                code = e.code if isinstance(e.code, int) else 1
+            finally:  # main() adds a stderr handler and sets the level per call; put the logger back
+                logger.handlers[:], logger.propagate = saved[0], saved[2]
+                logger.setLevel(saved[1])
+            out, err = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def kill_and_resume():
     """`kill_and_resume(verb, args, run_dir, waits, check)`: kill a run at checkpoints, then finish it;

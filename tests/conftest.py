@@ -22,6 +22,13 @@ import pytest
 
 import kgpt2  # noqa: F401  (chooses the Keras backend first)
 
+# gradio_client's Client.close() joins its heartbeat thread for up to 1 s, and the thread sees the close only
+# when the server's next heartbeat line arrives: 15 s apart by default, so every close waited the full second
+# (~20 in test_demo, 40 in the load test). GRADIO_HEARTBEAT_INTERVAL is gradio's documented setting for it;
+# 0.25 s is the interval gradio's own end-to-end tests use. Read by the server per heartbeat request, so it
+# holds for every demo served in this process or started from it.
+os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "0.25")
+
 # tests/data holds fixtures and the scripts that made them, not tests (and
 # --doctest-modules would import those scripts).
 collect_ignore = ["data"]

@@ -22,6 +22,13 @@ import pytest
 
 import kgpt2  # noqa: F401  (chooses the Keras backend first)
 
+# gradio_client's Client.close() joins its heartbeat thread for up to 1 s, and the thread sees the close only
+# when the server's next heartbeat line arrives: 15 s apart by default, so every close waited the full second
+# (~20 in test_demo, 40 in the load test). GRADIO_HEARTBEAT_INTERVAL is gradio's documented setting for it;
+# 0.25 s is the interval gradio's own end-to-end tests use. Read by the server per heartbeat request, so it
+# holds for every demo served in this process or started from it.
+os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "0.25")
+
 # tests/data holds fixtures and the scripts that made them, not tests (and
 # --doctest-modules would import those scripts).
 collect_ignore = ["data"]
@@ -207,6 +214,44 @@ def _latest_weights(run_dir) -> tuple[int, dict]:
 def start_cli():
     """`start_cli(verb, args)`: `kgpt2 -q VERB ARGS` started in a subprocess (a Popen; stderr piped)."""
     return _start_cli
+
+
+@pytest.fixture
+def kgpt2_cli(capfd, monkeypatch):
+    """`kgpt2_cli(*argv, cwd=None, env=None)`: `kgpt2 ARGV` run by `kgpt2.cli.main` in this process, from
+    `cwd`, with `env` added to the environment; returns its `returncode`, `stdout` and `stderr` as a finished
+    subprocess has them (argparse's exits, --help and usage errors, give their status too).
+
+    A `python -m kgpt2.cli` subprocess spends ~15 s importing TensorFlow again before doing anything; tests
+    about the process itself (kills, signals, two processes at once, a fresh interpreter's imports, the
+    `python -m` entry point) keep one. capfd, not capsys: it also catches what native code writes to the
+    file descriptors, so "one line on stderr" is checked as strictly as a subprocess's would be.
+    """
+    import logging
+    from types import SimpleNamespace
+
+    from kgpt2.cli import main
+
+    def run(*argv, cwd=None, env=None):
+        logger = logging.getLogger("kgpt2")
+        saved = logger.handlers[:], logger.level, logger.propagate
+        with monkeypatch.context() as m:
+            if cwd is not None:
+                m.chdir(cwd)
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            capfd.readouterr()
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+                code = e.code if isinstance(e.code, int) else 1
+            finally:  # main() adds a stderr handler and sets the level per call; put the logger back
+                logger.handlers[:], logger.propagate = saved[0], saved[2]
+                logger.setLevel(saved[1])
+            out, err = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

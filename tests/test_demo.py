@@ -280,14 +280,12 @@ def test_examples_come_from_the_runs_held_out_data(server):
     assert 1 <= len(examples) <= 4 and all(e.strip() for e in examples)
 
 
-def test_a_busy_port_is_refused_in_one_sentence_before_any_model_is_built(demo_root):
+def test_a_busy_port_is_refused_in_one_sentence_before_any_model_is_built(demo_root, kgpt2_cli):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        p = subprocess.run([sys.executable, "-m", "kgpt2.cli", "demo", "--checkpoints-root", str(demo_root),
-                            "--run", "tiny", "--port", str(port)], capture_output=True, text=True, timeout=120,
-                           cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        p = kgpt2_cli("demo", "--checkpoints-root", demo_root, "--run", "tiny", "--port", port, cwd=REPO)
     assert p.returncode == 2, p.stderr
     assert f"port {port}" in p.stderr and "in use" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert "built the base model" not in p.stderr

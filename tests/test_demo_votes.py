@@ -8,9 +8,6 @@ test reads only its own records. The browser flow is in test_demo_browser.py.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -188,7 +185,8 @@ def _numpy_logprobs(model, x) -> np.ndarray:
     return (picked * x["weights"].reshape(-1, t)).sum(-1).reshape(n, 2)
 
 
-def test_kto_align_on_demo_votes_matches_a_numpy_reference(served, client, tmp_path, tiny_preset, tiny_overrides):
+def test_kto_align_on_demo_votes_matches_a_numpy_reference(served, client, tmp_path, tiny_preset, tiny_overrides,
+                                                           kgpt2_cli):
     from kgpt2.models import load_tokenizer
     from kgpt2.preferences import encode_preferences, reference_path
     from kgpt2.run import load_model, load_run_config
@@ -204,8 +202,7 @@ def test_kto_align_on_demo_votes_matches_a_numpy_reference(served, client, tmp_p
     args = tiny_overrides + [f"model.preset={tiny_preset}", f"checkpoints_root={tmp_path}", "run=kto-votes",
                              f"align.data={votes}", "align.loss=kto", "align.steps=6", "align.heldout_fraction=0.3",
                              "train.batch_size=4", f"align.init_run={root / 'tiny-copy'}"]
-    out = subprocess.run([sys.executable, "-m", "kgpt2.cli", "-q", "align", *args], capture_output=True, text=True,
-                         timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    out = kgpt2_cli("-q", "align", *args)
     assert out.returncode == 0, out.stderr
     run_dir = tmp_path / "kto-votes"
     result = json.loads((run_dir / "align.json").read_text())

@@ -194,7 +194,7 @@ def test_align_sigkill_then_resume_matches_uninterrupted(tmp_path, shared_data, 
 
 
 def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_path, shared_data, tiny_preset,
-                                                                         tiny_overrides):
+                                                                         tiny_overrides, kgpt2_cli):
     import keras
 
     from kgpt2.align import align
@@ -212,9 +212,8 @@ def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_pat
     assert again["heldout_after"] == pytest.approx(r["heldout_after"])
 
     # `kgpt2 evaluate` on the align run: held-out reward accuracy and margins, a table and a plot.
-    out = subprocess.run([sys.executable, "-m", "kgpt2.cli", "-q", "evaluate", "--run", str(tmp_path / "run"),
-                          "--checkpoint", "all", "--compare", "base", "--json"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = kgpt2_cli("-q", "evaluate", "--run", tmp_path / "run", "--checkpoint", "all", "--compare", "base", "--json",
+                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert [row["model"] for row in rows] == ["base", "ckpt-4"]

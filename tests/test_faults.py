@@ -40,6 +40,8 @@ def tree_hashes(root: Path, skip=(".lock",)) -> dict:
 
 
 def cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """`kgpt2 -q ARGS` in a subprocess: for kills (the trainer SIGKILLs itself at KGPT2_FAULT_POINT); the
+    rest run in this process (`kgpt2_cli`), without ~15 s of importing TensorFlow again."""
     return subprocess.run([sys.executable, "-m", "kgpt2.cli", "-q", *args], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), timeout=timeout)
 
@@ -136,14 +138,14 @@ def test_a_checkpoint_restored_twice_is_read_once_and_a_changed_file_again(copie
     assert Run(copied_run).restore(model, "latest") != newest.id  # skipped now, with its warning line
 
 
-def test_generate_and_evaluate_cli_fall_back(copied_run, tmp_path):
+def test_generate_and_evaluate_cli_fall_back(copied_run, tmp_path, kgpt2_cli):
     newest = CheckpointManager(copied_run).list()[-1]
     damage(newest.path, "truncated")
     before = tree_hashes(copied_run)
-    out = cli("generate", "--run", str(copied_run), "--prompt", "The", "--max-new-tokens", "4")
+    out = kgpt2_cli("-q", "generate", "--run", str(copied_run), "--prompt", "The", "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
     assert f"checkpoint {newest.path} is damaged (weights.npz is 100 bytes" in out.stderr
-    out = cli("export", "--run", str(copied_run), "--to", "preset", str(tmp_path / "exported"))
+    out = kgpt2_cli("-q", "export", "--run", str(copied_run), "--to", "preset", str(tmp_path / "exported"))
     assert out.returncode == 0 and "is damaged" in out.stderr, out.stderr
     assert tree_hashes(copied_run) == before
 
@@ -199,7 +201,8 @@ def test_arrays_are_restored_by_name_and_every_name_is_checked(tmp_path, tiny_pr
 
 # -- the run lock and cleanup --------------------------------------------------------------
 @pytest.mark.slow
-def test_a_second_trainer_on_the_same_run_exits_2_naming_the_first(tmp_path, tiny_preset, pydoc_shards, tiny_overrides):
+def test_a_second_trainer_on_the_same_run_exits_2_naming_the_first(tmp_path, tiny_preset, pydoc_shards, tiny_overrides,
+                                                                   kgpt2_cli):
     args = train_args(tmp_path, tiny_preset, pydoc_shards, tiny_overrides)
     env = dict(os.environ, KGPT2_FAULT_PAUSE="after-checkpoint", PYTHONUNBUFFERED="1")
     first = subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "-q", *args], env=env,
@@ -210,7 +213,7 @@ def test_a_second_trainer_on_the_same_run_exits_2_naming_the_first(tmp_path, tin
             time.sleep(0.2)
         time.sleep(0.5)  # paused after the stage-end checkpoint, lock held
         before = tree_hashes(tmp_path / "r")
-        second = cli(*args)
+        second = kgpt2_cli("-q", *args)  # this process: another one than the first
         assert second.returncode == 2
         assert f"is in use by another kgpt2 process (process {first.pid} on " in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
@@ -238,7 +241,7 @@ def test_cleanup_leaves_temp_folders_of_live_processes(tmp_path):
 
 # -- kills at named points, then resume ----------------------------------------------------
 @pytest.mark.slow
-def test_kills_at_named_points_lose_nothing(tmp_path, reference, tiny_preset, pydoc_shards, tiny_overrides):
+def test_kills_at_named_points_lose_nothing(tmp_path, reference, tiny_preset, pydoc_shards, tiny_overrides, kgpt2_cli):
     args = train_args(tmp_path, tiny_preset, pydoc_shards, tiny_overrides)
     run = tmp_path / "r"
     for point in ("mid-checkpoint", "after-checkpoint", "mid-cleanup"):
@@ -256,7 +259,7 @@ def test_kills_at_named_points_lose_nothing(tmp_path, reference, tiny_preset, py
             assert not (run / "stage-1.weights.h5").exists()  # the kill came before it was published
         if point == "mid-cleanup":
             assert list(run.glob(".trash-ckpt-*"))
-    out = cli(*args)
+    out = kgpt2_cli("-q", *args)  # the resume: in this process
     assert out.returncode == 0, out.stderr
     assert_same_weights(final_weights(run), final_weights(reference))
     assert sorted(p.name for p in run.glob("stage-*.weights.h5")) == ["stage-1.weights.h5", "stage-2.weights.h5"]
@@ -281,7 +284,8 @@ def _rolled_back(run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(copied_run, tmp_path, tiny_preset, pydoc_shards, tiny_overrides):
+def test_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(copied_run, tmp_path, tiny_preset, pydoc_shards, tiny_overrides,
+                                                                  kgpt2_cli):
     _rolled_back(copied_run)
     mnt = tmp_path / "disk"
     mnt.mkdir()
@@ -290,7 +294,7 @@ def test_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(copied_run, tmp
     try:
         shutil.copytree(copied_run, mnt / "r")
         before = tree_hashes(mnt / "r", skip=("logs", ".lock"))
-        out = cli(*train_args(mnt, tiny_preset, pydoc_shards, tiny_overrides))
+        out = kgpt2_cli("-q", *train_args(mnt, tiny_preset, pydoc_shards, tiny_overrides))
         assert out.returncode == 2, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
         assert "disk is full" in out.stderr or "No space left" in out.stderr
@@ -304,7 +308,7 @@ def test_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(copied_run, tmp
 
 
 @pytest.mark.slow
-def test_read_only_run_folder_is_one_sentence(copied_run, tmp_path, tiny_preset, pydoc_shards, tiny_overrides):
+def test_read_only_run_folder_is_one_sentence(copied_run, tmp_path, tiny_preset, pydoc_shards, tiny_overrides, kgpt2_cli):
     _rolled_back(copied_run)
     ro = tmp_path / "ro"
     (ro / "r").mkdir(parents=True)
@@ -312,7 +316,7 @@ def test_read_only_run_folder_is_one_sentence(copied_run, tmp_path, tiny_preset,
     try:
         _mount("-o", "remount,ro,bind", str(ro / "r"))
         before = tree_hashes(copied_run)
-        out = cli(*train_args(ro, tiny_preset, pydoc_shards, tiny_overrides))
+        out = kgpt2_cli("-q", *train_args(ro, tiny_preset, pydoc_shards, tiny_overrides))
         assert out.returncode == 2, out.stderr
         assert f"training run '{ro / 'r'}' failed at '{ro / 'r'}/" in out.stderr
         assert "the file system is read-only; use a writable folder" in out.stderr

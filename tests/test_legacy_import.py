@@ -8,10 +8,7 @@ The fixture in tests/data/legacy_gpt2 was written with the real legacy stack
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,6 @@ from kgpt2.errors import UserError
 pytestmark = pytest.mark.backend
 
 FIXTURE = Path(__file__).parent / "data" / "legacy_gpt2"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def imported_logits(preset) -> np.ndarray:
@@ -49,11 +45,9 @@ def test_import_gives_the_legacy_models_logits(name, tmp_path, tiny_preset):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_import_cli_and_its_refusals(tmp_path, tiny_preset):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def test_import_cli_and_its_refusals(tmp_path, tiny_preset, kgpt2_cli):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "kgpt2.cli", "import", *map(str, args)],
-                              capture_output=True, text=True, cwd=tmp_path, env=env)
+        return kgpt2_cli("import", *args, cwd=tmp_path)
 
     done = cli(FIXTURE / "legacy.ckpt", "p", "--tokenizer", tiny_preset)
     assert done.returncode == 0, done.stderr

@@ -12,21 +12,20 @@ and a run stopped with Ctrl-C and resumed against the uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.backend, pytest.mark.slow]  # training runs through the CLI (minutes on a shared CPU)
 
-REPO = Path(__file__).resolve().parents[1]
 T, BATCH = 256, 4
 
 
@@ -43,13 +42,19 @@ def train_args(run: str) -> list[str]:
             "train.device=cpu", "lora.enabled=false", "train.checkpoint_every=4", "train.keep_last=0"]
 
 
-def cli(work: Path, *args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    done = subprocess.run([sys.executable, "-m", "kgpt2.cli", *map(str, args)], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+def cli(work: Path, *args) -> SimpleNamespace:
+    """`kgpt2 ARGS` run from `work` in this process (a subprocess spends ~15 s importing TensorFlow again), for
+    the module's fixture, where capsys is not at hand: its stdout and stderr, after it succeeded."""
+    from kgpt2.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.chdir(work), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:  # main() adds a stderr handler per call
+        logging.getLogger("kgpt2").handlers.clear()
+    assert code == 0, err.getvalue()[-3000:]
+    return SimpleNamespace(stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def kgpt2(capsys, *argv) -> tuple[int, str, str]:

@@ -218,15 +218,13 @@ def test_api_key_full_queue_and_sigterm(start_server):
     assert proc.wait(60) == 0  # a clean shutdown: uvicorn drained, the engine closed
 
 
-def test_busy_port_and_wrong_folder_are_one_line_and_status_2(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def test_busy_port_and_wrong_folder_are_one_line_and_status_2(tmp_path, kgpt2_cli):
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
         for run, message in [(tmp_path, f"cannot listen on 127.0.0.1:{port}"), (tmp_path / "missing", None)]:
-            args = [sys.executable, "-m", "kgpt2.cli", "serve", "--run", str(run), "--port", str(port)]
-            done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            done = kgpt2_cli("serve", "--run", run, "--port", port, cwd=tmp_path)
             assert done.returncode == 2 and "Traceback" not in done.stderr
             assert done.stderr.strip().splitlines()[-1].startswith("kgpt2: error:")
             assert message is None or message in done.stderr

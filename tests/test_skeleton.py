@@ -13,10 +13,6 @@ from kgpt2.run_logs import read_steps
 pytestmark = pytest.mark.backend
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kgpt2.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
 def test_config_defaults_and_overrides(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('run = "x"\n[train]\nbatch_size = 2\nstages = [1, "rest"]\n')
@@ -42,34 +38,34 @@ def test_config_errors(override, message):
     (["train", "model.preset=gpt2_nonexistent", "data.shards=x"], "unknown GPT-2 preset 'gpt2_nonexistent'"),
     (["prepare", "--source", "pydoc", "--out", "o", "--tokenizer", "."], "holds no GPT-2 tokenizer files"),
 ])
-def test_cli_bad_input_is_one_line(tmp_path, args, message):
-    r = run_cli(*args, cwd=tmp_path)
+def test_cli_bad_input_is_one_line(tmp_path, args, message, kgpt2_cli):
+    r = kgpt2_cli(*args, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_cli_missing_source(tmp_path, pydoc_tokenizer_dir):
+def test_cli_missing_source(tmp_path, pydoc_tokenizer_dir, kgpt2_cli):
     tok = pydoc_tokenizer_dir
-    r = run_cli("prepare", "--source", "missing.jsonl", "--out", "o", "--tokenizer", str(tok), cwd=tmp_path)
+    r = kgpt2_cli("prepare", "--source", "missing.jsonl", "--out", "o", "--tokenizer", str(tok), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "kgpt2: error: source 'missing.jsonl' does not exist"
 
 
-def test_cli_empty_corpus(tmp_path, pydoc_tokenizer_dir):
+def test_cli_empty_corpus(tmp_path, pydoc_tokenizer_dir, kgpt2_cli):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("   \n")
     tok = pydoc_tokenizer_dir
-    r = run_cli("prepare", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--tokenizer", str(tok), cwd=tmp_path)
+    r = kgpt2_cli("prepare", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--tokenizer", str(tok), cwd=tmp_path)
     assert r.returncode == 2 and "holds no documents" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_every_verb_has_help():
+def test_every_verb_has_help(kgpt2_cli):
     from kgpt2.cli import VERBS
 
     for name in ["prepare", "train", "evaluate", "generate", "demo", "quickstart"]:
         assert name in VERBS
-        r = run_cli(name, "--help")
+        r = kgpt2_cli(name, "--help")
         assert r.returncode == 0 and "usage: kgpt2 " + name in r.stdout
 
 
@@ -85,9 +81,9 @@ def test_overrides_may_follow_the_options(argv, overrides):
     assert args.overrides == overrides and args.config in ("c.toml", None)
 
 
-def test_unknown_words_are_still_refused(tmp_path):
+def test_unknown_words_are_still_refused(tmp_path, kgpt2_cli):
     for argv, word in ((["train", "--config", "c.toml", "--bogus", "a=1"], "--bogus"), (["recipes", "a", "b"], "b")):
-        r = run_cli(*argv, cwd=tmp_path)
+        r = kgpt2_cli(*argv, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.strip().endswith(f"unrecognized arguments: {word}"), r.stderr
 
 
@@ -119,15 +115,15 @@ def test_run_dir_holds_config_checkpoints_logs_metrics(tiny_run):
     assert len(steps) > 2 and steps["accuracy"].between(0, 1).all()
 
 
-def test_generate_and_evaluate_from_run_cli(tiny_run):
-    r = run_cli("generate", "--run", str(tiny_run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "5")
+def test_generate_and_evaluate_from_run_cli(tiny_run, kgpt2_cli):
+    r = kgpt2_cli("generate", "--run", str(tiny_run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "5")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("The")
-    q = run_cli("generate", "--run", str(tiny_run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "5",
+    q = kgpt2_cli("generate", "--run", str(tiny_run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "5",
                 "--weights", "int8")  # int8 weights: the same greedy text on this model (tests/test_generate.py)
     assert q.returncode == 0, q.stderr
     assert q.stdout == r.stdout
-    r = run_cli("evaluate", "--run", str(tiny_run), "--checkpoint", "all", "--compare", "base", "--json", "--max-batches", "2")
+    r = kgpt2_cli("evaluate", "--run", str(tiny_run), "--checkpoint", "all", "--compare", "base", "--json", "--max-batches", "2")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout[r.stdout.index("["):])
     assert rows[0]["model"] == "base" and len(rows) == 3

@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -143,10 +141,9 @@ def pubmed_300(tmp_path_factory, shared_data, pydoc_tokenizer):
     return folder / "shards"
 
 
-def test_dry_run_prints_a_sensible_default_plan_for_300_articles(tmp_path, pubmed_300, tiny_preset):
-    r = subprocess.run([sys.executable, "-m", "kgpt2.cli", "train", "--dry-run", "--config", "pubmed_lora",
-                        f"data.shards={pubmed_300}", f"model.preset={tiny_preset}", "data.sequence_length=32"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+def test_dry_run_prints_a_sensible_default_plan_for_300_articles(tmp_path, pubmed_300, tiny_preset, kgpt2_cli):
+    r = kgpt2_cli("train", "--dry-run", "--config", "pubmed_lora", f"data.shards={pubmed_300}",
+                  f"model.preset={tiny_preset}", "data.sequence_length=32", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "stage plan [10, 10000, 80000, 'rest']"

@@ -61,8 +61,8 @@ def step_compiler_options(train, lora: bool, device: Device, hidden_dim: int) ->
         >>> from kgpt2.config_sections import TrainConfig
         >>> step_compiler_options(TrainConfig(), lora=False, device=Device("cpu:0", "CPU", False), hidden_dim=768)
         {}
-        >>> step_compiler_options(TrainConfig(), lora=False, device=Device("gpu:0", "H200", True), hidden_dim=768)
-        {'xla_gpu_enable_triton_gemm': False}
+
+    (On a JAX GPU the same call gives {'xla_gpu_enable_triton_gemm': False}: tests/test_speed_levers.py.)
     """
     if keras.backend.backend() != "jax" or not device.is_gpu:
         return {}

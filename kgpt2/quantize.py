@@ -29,6 +29,7 @@ benchmarks/quantize_memory.py.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import warnings
 
@@ -49,7 +50,8 @@ def quantize_backbone(backbone, mode: str) -> None:
         backbone.quantize(mode, type_check=False)
 
 
-class frozen_heap:
+@contextlib.contextmanager
+def frozen_heap():
     """Objects that exist on entry are left out of garbage collections until exit; one collection on exit.
 
     Keras runs a full `gc.collect()` for every float variable a quantised
@@ -60,18 +62,15 @@ class frozen_heap:
     dropped kernels are freed by reference counting; the collection on exit
     takes what cycles held). A heap frozen by the caller stays frozen.
     """
-
-    def __enter__(self):
-        self.thawed = gc.get_freeze_count() == 0
-        gc.collect()
-        gc.freeze()
-        return self
-
-    def __exit__(self, *exc):
-        if self.thawed:
+    thawed = gc.get_freeze_count() == 0
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if thawed:
             gc.unfreeze()
         gc.collect()
-        return False
 
 
 def parameter_bytes(model) -> dict:

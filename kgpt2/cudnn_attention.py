@@ -52,6 +52,17 @@ def cudnn_available() -> bool:
     return jax.default_backend() == "gpu"
 
 
+def _placed_on_a_gpu() -> bool:
+    """Whether the model being traced runs on a GPU: not under a CPU device scope (`train.device = "cpu"` on a
+    GPU machine enters `keras.device("cpu:0")`, which sets JAX's default device); the backend was checked at build."""
+    import jax
+
+    device = jax.config.jax_default_device  # None, a jax.Device or a platform name
+    if device is None:
+        return True
+    return (device if isinstance(device, str) else device.platform) in ("gpu", "cuda", "rocm")
+
+
 def use_cudnn_dropout_attention(backbone, seed: int, keep_mask=None) -> int:
     """Training-time self-attention with dropout through cuDNN's causal kernel; returns the layers changed.
 
@@ -76,7 +87,7 @@ def use_cudnn_dropout_attention(backbone, seed: int, keep_mask=None) -> int:
                 # is exact for every real token, as in models.use_causal_attention); cuDNN needs 16-bit inputs.
                 packed = keep_mask is not None and keep_mask.get()
                 if (training and rate > 0 and query.shape[1] == key.shape[1] and not return_attention_scores
-                        and not packed and str(query.dtype) in ("bfloat16", "float16")):
+                        and not packed and str(query.dtype) in ("bfloat16", "float16") and _placed_on_a_gpu()):
                     out = dot_product_attention(query, key, value, scale=_layer._inverse_sqrt_key_dim,
                                                 mask_type=MaskType.CAUSAL, dropout_rate=float(rate), seed=_seed,
                                                 qkv_layout="BTNH")

@@ -83,6 +83,11 @@ def test_evaluation_packed_windows_and_float32_keep_keras_path(recorder):
     assert recorder == []
     _build("cudnn", policy="float32")(x, training=True)  # cuDNN's kernel takes 16-bit inputs only
     assert recorder == []
+    with keras.device("cpu:0"):  # train.device = "cpu" on a GPU machine: the model runs on the CPU
+        model(x, training=True)
+    assert recorder == []
+    model(x, training=True)  # ... and on the GPU again once out of that scope
+    assert len(recorder) == 2
 
 
 def test_the_kernel_output_is_the_attention_the_model_uses(recorder):

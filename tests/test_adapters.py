@@ -216,26 +216,9 @@ def test_quantised_lora_export_matches_transformers(mode, hf_base, tiny_preset, 
     reloaded.load_weights(str(tmp_path / "stage.weights.h5"))
 
 
-def _cli(capsys, monkeypatch, *args, cwd):
-    """`kgpt2 ARGS` run from `cwd` in this process (a subprocess would spend ~15 s importing TensorFlow
-    again): its exit status and stderr, as a finished subprocess has them."""
-    import logging
-    from types import SimpleNamespace
-
-    from kgpt2.cli import main
-
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    finally:  # main() adds a stderr handler per call; capsys' stream is gone after this call
-        logging.getLogger("kgpt2").handlers.clear()
-    return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
-
-
 @pytest.mark.slow
 def test_trained_dora_run_exports_to_peft_with_its_logits(tmp_path, tiny_preset, pydoc_shards, tiny_run, make_tiny_config,
-                                                         capsys, monkeypatch):
+                                                         kgpt2_cli):
     """Train a DoRA run (dropout on), `kgpt2 export --to peft`, PEFT on the exported base computes the run."""
     from kgpt2.run import load_model
     from kgpt2.train import train
@@ -244,18 +227,18 @@ def test_trained_dora_run_exports_to_peft_with_its_logits(tmp_path, tiny_preset,
                       "lora.dropout=0.1", "lora.targets=['query', 'value', 'feedforward_output_dense']",
                       "train.stages=[4]", "train.max_steps=2", "train.eval_batches=1")
     train(cfg, verbose=0)
-    done = _cli(capsys, monkeypatch, "export", "--run", cfg.run_dir, "--to", "peft", "out", cwd=tmp_path)
+    done = kgpt2_cli("export", "--run", cfg.run_dir, "--to", "peft", "out", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     model, _, _ = load_model(cfg.run_dir)
     theirs = peft_logits(tmp_path / "out" / "base", tmp_path / "out")
     np.testing.assert_allclose(kgpt2_logits(model), theirs, atol=ATOL, rtol=0)
-    refused = _cli(capsys, monkeypatch, "export", "--run", tiny_run, "--to", "peft", "out2", cwd=tmp_path)  # a full fine-tune
+    refused = kgpt2_cli("export", "--run", tiny_run, "--to", "peft", "out2", cwd=tmp_path)  # a full fine-tune
     assert refused.returncode == 2 and "not a LoRA adapter" in refused.stderr and not (tmp_path / "out2").exists()
 
 
 @pytest.mark.slow
 def test_int8_run_exports_and_stage_weights_load_into_a_plain_backbone(tmp_path, tiny_preset, pydoc_shards, make_tiny_config,
-                                                                       capsys, monkeypatch):
+                                                                       kgpt2_cli):
     import keras_hub
 
     from kgpt2.models import build_causal_lm
@@ -269,7 +252,7 @@ def test_int8_run_exports_and_stage_weights_load_into_a_plain_backbone(tmp_path,
     model, _, _ = load_model(cfg.run_dir)
     ours = kgpt2_logits(model)
     for fmt in ("hf", "preset"):
-        done = _cli(capsys, monkeypatch, "export", "--run", cfg.run_dir, "--to", fmt, fmt, cwd=tmp_path)
+        done = kgpt2_cli("export", "--run", cfg.run_dir, "--to", fmt, fmt, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():

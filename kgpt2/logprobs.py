@@ -55,14 +55,19 @@ def offsets(tokenizer, ids: list[int]) -> list[int]:
     return [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
 
 
+def text_tokens(tokenizer, request) -> int:
+    """How many of `request.tokens` made its text: a stop string cuts the text, and the tokens decoded past the
+    cut (a launch decodes several) are left out of the logprobs and of `usage.completion_tokens`."""
+    if len(tokenizer.decode(request.tokens)) == len(request.text):  # no stop string cut the text
+        return len(request.tokens)
+    return sum(start < len(request.text) for start in offsets(tokenizer, list(request.tokens)))
+
+
 def _generated(tokenizer, request) -> list[tuple[int, tuple]]:
     """(token, score) of the generated tokens that made the text (and the end-of-text that stopped it)."""
-    tokens = list(request.tokens) + ([tokenizer.eos_id] if request.ended_on_eos else [])
-    pairs = list(zip(tokens, request.scores))
-    if len(tokenizer.decode(request.tokens)) == len(request.text):  # no stop string cut the text
-        return pairs
-    starts = offsets(tokenizer, list(request.tokens))
-    return [p for p, start in zip(pairs, starts) if start < len(request.text)]
+    kept = text_tokens(tokenizer, request)
+    tokens = request.tokens[:kept] + ([tokenizer.eos_id] if request.ended_on_eos and kept == len(request.tokens) else [])
+    return list(zip(tokens, request.scores))
 
 
 def completion_logprobs(tokenizer, request) -> dict:

@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
-from kgpt2.logprobs import chat_logprobs, completion_logprobs
+from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
 from kgpt2.sampling import MAX_LOGPROBS
 from kgpt2.templates import chat_prompt_ids, render_prompt
 
@@ -243,7 +243,7 @@ async def _answer(service: Service, http: Request, body: _Sampled, prompts: list
     prompt_tokens = sum(len(ids) for ids, _, _ in prepared)  # each prompt once, as OpenAI counts them
 
     def usage():
-        n = sum(len(r.tokens) for r in requests)
+        n = sum(text_tokens(service.engine.tokenizer, r) for r in requests)  # not the ones a stop string cut
         return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
 
     if not body.stream:

@@ -113,15 +113,17 @@ def test_echo_without_generation_scores_the_prompt(client, tokenizer, oracle):
 
 
 def test_stop_strings_cut_the_lists_and_echo_streams_the_prompt_first(client):
-    def sampled(seed, **kw):  # the tiny model's greedy text is one letter repeated: sample, seeded
-        return client.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=1.0, seed=seed,
-                                         **kw).choices[0]
+    def sampled(seed, whole=False, **kw):  # the tiny model's greedy text is one letter repeated: sample, seeded
+        out = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=1.0, seed=seed, **kw)
+        return out if whole else out.choices[0]
 
     # A seed whose text has a stop string that first shows up a few characters in.
     seed, free = next((seed, free) for seed in range(50) for free in [sampled(seed).text]
                       if len(free) > 8 and free.find(free[4:7]) >= 2)
-    out = sampled(seed, logprobs=0, stop=free[4:7])
+    whole = sampled(seed, whole=True, logprobs=0, stop=free[4:7])
+    out = whole.choices[0]
     assert out.text == free[:free.find(free[4:7])] and out.finish_reason == "stop"
+    assert whole.usage.completion_tokens == len(out.logprobs.tokens)  # the tokens of the text, none past the cut
     assert all(offset < len(out.text) for offset in out.logprobs.text_offset)  # tokens past the cut left out
     assert "".join(out.logprobs.tokens).startswith(out.text)
     assert all(len(top) == 1 for top in out.logprobs.top_logprobs)  # logprobs 0: the chosen token alone

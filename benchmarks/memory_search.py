@@ -50,11 +50,6 @@ def gpu_total_bytes() -> int | None:
         return None
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    text = f"{type(error).__name__} {error}"
-    return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM"))
-
-
 def largest_under(points: dict, cap: float, max_batch: int) -> tuple[int, float, float]:
     """(largest batch whose linear need <= cap, fixed bytes, bytes per sample) from {batch: bytes} (two or more).
 
@@ -121,6 +116,8 @@ class Stepper:
     def fits(self, batch: int) -> bool:
         """Two real steps at `batch` (state carried on); False on an out-of-memory error."""
         import jax
+
+        from kgpt2.errors import is_out_of_memory
 
         self.need(batch)
         data = self.windows(batch)[0]

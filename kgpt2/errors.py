@@ -37,3 +37,34 @@ def os_error_sentence(e: OSError, doing: str) -> str:
     what, advice = _ADVICE.get(errno.errorcode.get(e.errno, ""), (e.strerror or str(e) or type(e).__name__, "check that path"))
     where = f" at '{e.filename}'" if e.filename else ""
     return f"{doing} failed{where}: {what}; {advice}, then run the same command again"
+
+
+# What JAX/XLA ("RESOURCE_EXHAUSTED: Out of memory ...", "Out of memory allocating N bytes"), TensorFlow
+# (ResourceExhaustedError "OOM when allocating tensor") and Python (MemoryError) say when memory runs out.
+_OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM when allocating", "MemoryError",
+                  "ResourceExhaustedError")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the backend (or Python) running out of device or host memory.
+
+    >>> is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.37GiB"))
+    True
+    >>> is_out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes differ"))
+    False
+    """
+    text = f"{type(error).__name__} {error}"
+    return any(s in text for s in _OUT_OF_MEMORY)
+
+
+def out_of_memory_sentence(error: BaseException, doing: str, on_gpu: bool) -> str:
+    """One sentence for a step that ran out of memory: what the backend said (its first line) and what to change.
+
+    >>> out_of_memory_sentence(RuntimeError("Out of memory allocating 100454760144 bytes.\\n(traceback)"), "training run 'r'", False)
+    "training run 'r' ran out of memory (Out of memory allocating 100454760144 bytes.); lower train.batch_size (train.gradient_accumulation_steps keeps the sequences per optimizer step), set train.remat = true, or use LoRA, then run the same command again"
+    """
+    said = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    said = said.split("Error dispatching computation: ")[-1][:200]
+    return (f"{doing} ran out of {'GPU ' if on_gpu else ''}memory ({said}); lower train.batch_size "
+            "(train.gradient_accumulation_steps keeps the sequences per optimizer step), set train.remat = true, "
+            "or use LoRA, then run the same command again")

@@ -59,7 +59,7 @@ from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import ShardSet
 from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
 from kgpt2.distribution import is_writer, plan_distribution, process_count, start_processes
-from kgpt2.errors import UserError, os_error_sentence
+from kgpt2.errors import UserError, is_out_of_memory, os_error_sentence, out_of_memory_sentence
 from kgpt2.lock import RunLock
 from kgpt2.metrics import compile_lm, evaluation_model
 from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
@@ -135,6 +135,12 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
         return trainer.result(cursor)
     except OSError as e:  # a read-only run folder, a full disk, a file where a folder should be
         raise UserError(os_error_sentence(e, f"training run '{cfg.run_dir}'") + trainer.last_good()) from None
+    except Exception as e:  # noqa: BLE001 - only running out of memory becomes a sentence; the rest is re-raised
+        if not is_out_of_memory(e):
+            raise
+        device = getattr(trainer, "device", None)
+        raise UserError(out_of_memory_sentence(e, f"training run '{cfg.run_dir}'", bool(device and device.is_gpu))
+                        + trainer.last_good()) from None
     finally:
         trainer.lock.release()
 

@@ -307,6 +307,27 @@ def test_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(copied_run, tmp
         subprocess.run(["umount", str(mnt)])
 
 
+def test_running_out_of_memory_is_one_sentence(tmp_path, tiny_preset, pydoc_shards, tiny_overrides):
+    """A batch the machine cannot hold: the step's out-of-memory error becomes one sentence (exit 2) saying what
+    to change, not a traceback. A real `kgpt2 train` in a process whose address space is capped at 10 GB, so the
+    allocation fails there instead of filling this machine."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (10 << 30, 10 << 30))
+
+    args = train_args(tmp_path, tiny_preset, pydoc_shards, tiny_overrides, run="big")
+    args += ["train.batch_size=20000", "data.sequence_length=64", "train.eval_every=0"]  # ~6 GB estimated
+    out = subprocess.run([sys.executable, "-m", "kgpt2.cli", "-q", *args], capture_output=True, text=True,
+                         preexec_fn=cap, timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    error = out.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"kgpt2: error: training run '{tmp_path / 'big'}' ran out of memory (")
+    assert "lower train.batch_size" in error and "train.remat = true" in error
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_read_only_run_folder_is_one_sentence(copied_run, tmp_path, tiny_preset, pydoc_shards, tiny_overrides, kgpt2_cli):
     _rolled_back(copied_run)

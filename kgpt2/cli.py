@@ -35,7 +35,7 @@ from kgpt2 import backend
 backend.choose_backend()
 
 from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
-from kgpt2.errors import UserError  # noqa: E402
+from kgpt2.errors import TRAINING_ADVICE, UserError, is_out_of_memory, out_of_memory_sentence  # noqa: E402
 from kgpt2 import reports  # noqa: E402  (stdlib only)
 
 VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
@@ -406,6 +406,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("kgpt2: interrupted" + (f"; {args.interrupted}" if args.interrupted else ""), file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - running out of memory is a sentence for every verb; the rest re-raised
+        if not is_out_of_memory(e):
+            raise
+        advice = TRAINING_ADVICE if args.verb in ("align", "quickstart") else (
+            "use a smaller batch or model, or --weights int8 where the verb takes it")
+        print(f"kgpt2: error: {out_of_memory_sentence(e, f'kgpt2 {args.verb}', False, advice)}", file=sys.stderr)
+        return 2
     return 0
 
 

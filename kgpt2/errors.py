@@ -57,7 +57,11 @@ def is_out_of_memory(error: BaseException) -> bool:
     return any(s in text for s in _OUT_OF_MEMORY)
 
 
-def out_of_memory_sentence(error: BaseException, doing: str, on_gpu: bool) -> str:
+TRAINING_ADVICE = ("lower train.batch_size (train.gradient_accumulation_steps keeps the sequences per optimizer step), "
+                   "set train.remat = true, or use LoRA")
+
+
+def out_of_memory_sentence(error: BaseException, doing: str, on_gpu: bool, advice: str = TRAINING_ADVICE) -> str:
     """One sentence for a step that ran out of memory: what the backend said (its first line) and what to change.
 
     >>> out_of_memory_sentence(RuntimeError("Out of memory allocating 100454760144 bytes.\\n(traceback)"), "training run 'r'", False)
@@ -65,6 +69,4 @@ def out_of_memory_sentence(error: BaseException, doing: str, on_gpu: bool) -> st
     """
     said = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
     said = said.split("Error dispatching computation: ")[-1][:200]
-    return (f"{doing} ran out of {'GPU ' if on_gpu else ''}memory ({said}); lower train.batch_size "
-            "(train.gradient_accumulation_steps keeps the sequences per optimizer step), set train.remat = true, "
-            "or use LoRA, then run the same command again")
+    return f"{doing} ran out of {'GPU ' if on_gpu else ''}memory ({said}); {advice}, then run the same command again"

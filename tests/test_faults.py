@@ -328,6 +328,26 @@ def test_running_out_of_memory_is_one_sentence(tmp_path, tiny_preset, pydoc_shar
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("verb", ["align", "evaluate"])
+def test_every_verb_says_out_of_memory_in_one_sentence(verb, tmp_path, monkeypatch, kgpt2_cli):
+    """The command line turns the backend's out-of-memory error of any verb into one sentence and exit 2 (the
+    real allocation failure is the test above, through train); other errors still raise."""
+    import kgpt2.align
+    import kgpt2.evaluate
+
+    def run_out(*_, **__):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 3.20GiB\nmore detail")
+
+    monkeypatch.setattr({"align": kgpt2.align, "evaluate": kgpt2.evaluate}[verb],
+                        {"align": "align", "evaluate": "evaluate_run"}[verb], run_out)
+    args = ["align", "align.data=p.jsonl"] if verb == "align" else ["evaluate", "--run", tmp_path]
+    out = kgpt2_cli(*args, cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(f"kgpt2: error: kgpt2 {verb} ran out of memory (RESOURCE_EXHAUSTED: Out of memory "
+                                 "while trying to allocate 3.20GiB); ")
+    assert ("train.batch_size" in out.stderr) == (verb == "align")
+
+
 @pytest.mark.slow
 def test_read_only_run_folder_is_one_sentence(copied_run, tmp_path, tiny_preset, pydoc_shards, tiny_overrides, kgpt2_cli):
     _rolled_back(copied_run)

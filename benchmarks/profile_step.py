@@ -24,6 +24,15 @@ TensorBoard or xprof is needed: `jax.profiler.ProfileData` reads the trace.
     # python benchmarks/profile_step.py collect --shards .bench/shards --tokenizer .bench/tokenizer --out-dir $OUT/full
     # anywhere, on what came back:
     # python benchmarks/profile_step.py analyze --trace DIR/trace.xplane.pb.gz --hlo DIR/train_step_hlo.txt.gz
+    # data parallel on 2 GPUs (issue 22: where the 2-GPU step loses time against 1 GPU), per device:
+    # python benchmarks/profile_step.py collect ... --devices 2 --out-dir $OUT/dp2
+
+With `--devices N` the step runs under kgpt2's data-parallel plan (the
+trainer's `keras.distribution.DataParallel`, `--batch` sequences per
+device) and every GPU is analysed: its NCCL kernels form the `collective`
+bucket, and `collective_exposed_ms_per_step` is the part of their time no
+other kernel on that GPU overlaps (the all-reduce the backward pass did not
+hide).
 """
 
 from __future__ import annotations
@@ -79,6 +88,8 @@ def kernel_bucket(kernel: str, instructions: dict, computations: dict, vocab: in
         return "attention", None
     if "nvjet" in kernel or "gemm" in kernel or "cutlass" in kernel or "cublas" in kernel:
         return "matmul", None
+    if "nccl" in kernel.lower():
+        return "collective", None
     if kernel.startswith(("Memset", "Memcpy", "memcpy")):
         return "copies", None
     m = re.match(r"^(.*)_(\d+)$", kernel)
@@ -92,21 +103,48 @@ def kernel_bucket(kernel: str, instructions: dict, computations: dict, vocab: in
     return "other", info
 
 
+def _exposed_ns(kernels) -> int:
+    """Time of the collective kernels during which no other kernel of the same GPU runs."""
+    # sweep over start/end points: count running compute kernels and running collectives
+    points = []
+    for name, start, dur in kernels:
+        kind = 1 if "nccl" in name.lower() else 0
+        points += [(start, 1, kind), (start + dur, -1, kind)]
+    points.sort(key=lambda p: (p[0], p[1]))
+    running, exposed, last = [0, 0], 0, None
+    for t, delta, kind in points:
+        if last is not None and running[1] > 0 and running[0] == 0:
+            exposed += t - last
+        running[kind] += delta
+        last = t
+    return exposed
+
+
 def analyze(trace_path, hlo_path, steps: int, vocab: int = 50304, module: str = "jit_train_step") -> dict:
     import jax
 
     with _open(trace_path, "rb") as f:
         data = jax.profiler.ProfileData.from_serialized_xspace(f.read())
-    kernels = []  # (name, start_ns, duration_ns) of the train step's kernels
+    per_device = collections.defaultdict(list)  # GPU plane -> (name, start_ns, duration_ns) of the step's kernels
     for plane in data.planes:
-        if plane.name.startswith("/device:GPU:0"):
+        if plane.name.startswith("/device:GPU:"):
             for line in plane.lines:
                 for e in line.events:
                     if dict(e.stats).get("hlo_module") == module:
-                        kernels.append((e.name, e.start_ns, e.duration_ns))
-    if not kernels:
+                        per_device[plane.name.split()[0]].append((e.name, e.start_ns, e.duration_ns))
+    if not per_device:
         raise SystemExit(f"no GPU kernels of {module} in {trace_path}")
     instructions, computations = read_hlo(hlo_path)
+    devices = sorted(per_device)
+    result = _analyze_device(per_device[devices[0]], instructions, computations, steps, vocab)
+    if len(devices) > 1:
+        result["per_device"] = {d: {k: v for k, v in _analyze_device(per_device[d], instructions, computations,
+                                                                      steps, vocab).items() if k != "top_kernels"}
+                                for d in devices}
+    return result
+
+
+def _analyze_device(kernels, instructions, computations, steps: int, vocab: int) -> dict:
     buckets, per_kernel, where = collections.Counter(), collections.Counter(), {}
     for name, _, dur in kernels:
         b, info = kernel_bucket(name, instructions, computations, vocab)
@@ -125,6 +163,7 @@ def analyze(trace_path, hlo_path, steps: int, vocab: int = 50304, module: str = 
     return {
         "steps": steps, "kernels_per_step": len(kernels) // steps,
         "gpu_busy_ms_per_step": round(busy_ms, 2), "trace_span_ms_per_step": round(span_ms, 2),
+        "collective_exposed_ms_per_step": round(_exposed_ns(kernels) / steps / 1e6, 3),
         "buckets_ms_per_step": {k: round(v / steps / 1e6, 2) for k, v in buckets.most_common()},
         "attention_mask_types": attention_masks, "top_kernels": top,
     }
@@ -132,12 +171,16 @@ def analyze(trace_path, hlo_path, steps: int, vocab: int = 50304, module: str = 
 
 def print_analysis(result: dict) -> None:
     busy = result["gpu_busy_ms_per_step"]
-    print(f"GPU busy {busy} ms per step (trace span {result['trace_span_ms_per_step']} ms), "
+    print(f"GPU busy {busy} ms per step (trace span {result['trace_span_ms_per_step']} ms, collectives exposed "
+          f"{result['collective_exposed_ms_per_step']} ms), "
           f"{result['kernels_per_step']} kernels per step; cuDNN attention mask types: {result['attention_mask_types']}")
     for k, v in result["buckets_ms_per_step"].items():
         print(f"  {k:11s} {v:7.2f} ms  {v / busy:6.1%}")
     for t in result["top_kernels"][:15]:
         print(f"  {t['ms_per_step']:7.3f} ms  {t['bucket']:10s} {t['kernel'][:60]:60s} {t['op_name'][-50:]}")
+    for device, r in result.get("per_device", {}).items():
+        print(f"{device}: busy {r['gpu_busy_ms_per_step']} ms, span {r['trace_span_ms_per_step']} ms, collectives "
+              f"exposed {r['collective_exposed_ms_per_step']} ms per step; {r['buckets_ms_per_step']}")
 
 
 def collect(args) -> dict:
@@ -152,16 +195,19 @@ def collect(args) -> dict:
     from kgpt2.data.batches import WindowBatches, to_dataset
     from kgpt2.data.shards import ShardSet
     from kgpt2.devices import resolve_device
+    from kgpt2.distribution import plan_data_parallel
 
+    args.batch *= args.devices  # --batch is per device; the plan takes the global batch
     cfg = kgpt2_config(args, args.mode, 64, "124M", args.set)
     device = resolve_device("auto")
+    parallel = plan_data_parallel(args.devices, args.batch)
     keras.config.set_dtype_policy(device.policy(cfg.train.precision))
     keras.utils.set_random_seed(0)
     split = ShardSet(cfg.data.shards).split("train")
     base = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=args.seq,
                          batch_size=args.batch, seed=0, shuffle=True)
     trace_dir = tempfile.mkdtemp(prefix="trace-")
-    with device.scope():
+    with parallel.scope() if parallel else device.scope():
         model = build_kgpt2(cfg, args.warmup + args.steps)
         model.fit(to_dataset(Cycle(base, args.warmup)), epochs=1, verbose=0, shuffle=False)
         with jax.profiler.trace(trace_dir):
@@ -183,7 +229,8 @@ def main(argv=None):
     c.add_argument("--shards", required=True)
     c.add_argument("--tokenizer", required=True)
     c.add_argument("--mode", default="full", choices=["full", "lora"])
-    c.add_argument("--batch", type=int, default=16)
+    c.add_argument("--batch", type=int, default=16, help="sequences per device")
+    c.add_argument("--devices", type=int, default=1, help="data parallel over this many GPUs (kgpt2's plan)")
     c.add_argument("--seq", type=int, default=1024)
     c.add_argument("--warmup", type=int, default=5)
     c.add_argument("--steps", type=int, default=10)
@@ -197,7 +244,7 @@ def main(argv=None):
     a.add_argument("--out")
     args = p.parse_args(argv)
     if args.verb == "collect":
-        result = dict(mode=args.mode, overrides=args.set, **collect(args))
+        result = dict(mode=args.mode, devices=args.devices, overrides=args.set, **collect(args))
         out = os.path.join(args.out_dir, "profile.json")
     else:
         result = analyze(args.trace, args.hlo, args.steps, args.vocab)

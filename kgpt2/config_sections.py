@@ -235,10 +235,12 @@ class TrainConfig:
     # Other random numbers, same rate; resumes exactly either way. Elsewhere a warning, no effect.
     dropout_rng: Literal["threefry", "rbg"] = "threefry"
     # JAX on a GPU: attention dropout inside cuDNN's fused causal kernel ("cudnn") instead of Keras' masked
-    # softmax + dropout ("xla"): the Shakespeare step 7.67 ms instead of 8.94 on an H200 (docs/benchmarks.md);
-    # the train step's command buffers then leave cuDNN's calls out (XLA aborts otherwise). Same rate; the
-    # masks come from cuDNN's own stream, so a resumed run draws other masks than an uninterrupted one.
-    attention_dropout_kernel: Literal["xla", "cudnn"] = "xla"
+    # softmax + dropout ("xla"): the Shakespeare recipe 7.19 ms an iteration instead of 8.93 on an H200
+    # (docs/benchmarks.md); the train step's command buffers then leave cuDNN's calls out (XLA aborts
+    # otherwise). Same rate; the masks come from cuDNN's own stream, so a resumed run draws other masks than an
+    # uninterrupted one. "auto": "cudnn" where it can run (JAX on a GPU), "xla" elsewhere without a warning
+    # (the shakespeare_char recipe's choice).
+    attention_dropout_kernel: Literal["xla", "cudnn", "auto"] = "xla"
     # Variables whose name contains one of these get no weight decay
     # (nanoGPT: ["bias", "gamma", "beta"], i.e. biases and layer norms).
     no_decay: list = field(default_factory=list)

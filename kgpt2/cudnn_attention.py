@@ -20,7 +20,7 @@ benchmarks/attention_dropout_facts.py), but no checkpoint holds that
 counter, so a resumed run draws other masks than an uninterrupted one
 would: same rate, same training dynamics, not the same bits. Runs with the
 default ("xla") resume bit-exactly. JAX on a GPU only; elsewhere a warning
-and Keras' path.
+and Keras' path ("auto": no warning; the shakespeare_char recipe's setting).
 
     >>> from kgpt2.cudnn_attention import use_cudnn_dropout_attention
     >>> import keras_hub
@@ -61,6 +61,17 @@ def _placed_on_a_gpu() -> bool:
     if device is None:
         return True
     return (device if isinstance(device, str) else device.platform) in ("gpu", "cuda", "rocm")
+
+
+def wants_cudnn_dropout(setting: str) -> bool:
+    """Whether `train.attention_dropout_kernel = setting` routes attention dropout to cuDNN.
+
+    "cudnn" always asks (and warns where it cannot run); "auto" asks only where cuDNN can run.
+
+        >>> wants_cudnn_dropout("xla"), wants_cudnn_dropout("cudnn")
+        (False, True)
+    """
+    return setting == "cudnn" or (setting == "auto" and cudnn_available())
 
 
 def use_cudnn_dropout_attention(backbone, seed: int, keep_mask=None) -> int:

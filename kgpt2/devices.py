@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import keras
 
+from kgpt2.cudnn_attention import wants_cudnn_dropout
 from kgpt2.errors import UserError
 
 
@@ -56,7 +57,7 @@ def step_compiler_options(train, lora: bool, device: Device, hidden_dim: int) ->
     `train.triton_gemm`: "auto" is cuBLAS (Triton GEMMs off) for full training of a GPT-2-sized model
     (hidden >= 768: +3.3% at 124M on an H200) and XLA's default elsewhere (LoRA: off is -0.9%; the
     Shakespeare model, 384 wide: off is -4.2%; docs/benchmarks.md). `train.attention_dropout_kernel =
-    "cudnn"` keeps cuDNN's calls out of command buffers.
+    "cudnn"` (or "auto", which is "cudnn" on a JAX GPU) keeps cuDNN's calls out of command buffers.
 
         >>> from kgpt2.config_sections import TrainConfig
         >>> step_compiler_options(TrainConfig(), lora=False, device=Device("cpu:0", "CPU", False), hidden_dim=768)
@@ -69,7 +70,7 @@ def step_compiler_options(train, lora: bool, device: Device, hidden_dim: int) ->
     options = {}
     if train.triton_gemm == "off" or (train.triton_gemm == "auto" and not lora and hidden_dim >= 768):
         options["xla_gpu_enable_triton_gemm"] = False
-    if train.attention_dropout_kernel == "cudnn":
+    if wants_cudnn_dropout(train.attention_dropout_kernel):
         options["xla_gpu_enable_command_buffer"] = COMMAND_BUFFERS_WITHOUT_CUDNN
     return options
 

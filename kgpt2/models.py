@@ -33,7 +33,7 @@ import numpy as np
 from kgpt2 import compat
 from kgpt2.adapters import enable_lora
 from kgpt2.config import Config, ModelConfig
-from kgpt2.cudnn_attention import use_cudnn_dropout_attention
+from kgpt2.cudnn_attention import use_cudnn_dropout_attention, wants_cudnn_dropout
 from kgpt2.distribution import pin_attention_sharding
 from kgpt2.errors import UserError
 from kgpt2.peft_adapters import load_peft_adapter
@@ -366,7 +366,7 @@ def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.
     set_attention_dropout(backbone, cfg.model.attention_dropout)
     if cfg.model.causal_attention:
         use_causal_attention(backbone)
-    if cfg.train.attention_dropout_kernel == "cudnn":
+    if wants_cudnn_dropout(cfg.train.attention_dropout_kernel):
         use_cudnn_dropout_attention(backbone, seed=0, keep_mask=KEEP_ATTENTION_MASK)
     pin_attention_sharding(backbone)  # under train.mesh only; outermost, so every attention path sees it
     if cfg.train.dropout_rng == "rbg":

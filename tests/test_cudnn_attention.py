@@ -117,6 +117,25 @@ def test_off_a_gpu_it_warns_and_keeps_keras_dropout(caplog):
     assert np.abs(a - b).max() > 1e-3  # dropout still on
 
 
+def test_auto_uses_cudnn_where_it_runs(recorder):
+    model = _build("auto")
+    x, _ = _batch()
+    model(x, training=True)
+    assert len(recorder) == 2
+
+
+def test_auto_off_a_gpu_is_keras_dropout_without_a_warning(caplog):
+    model = _build("auto")  # no GPU here: Keras' path, and the recipe's CPU users see no warning
+    assert "attention_dropout_kernel" not in caplog.text
+    x, _ = _batch()
+    a, b = np.asarray(model(x, training=True), "float32"), np.asarray(model(x, training=True), "float32")
+    assert np.abs(a - b).max() > 1e-3  # dropout still on
+
+
+def test_the_shakespeare_recipe_asks_for_cudnn_where_it_runs():
+    assert load_config("shakespeare_char", []).train.attention_dropout_kernel == "auto"
+
+
 def test_a_wrong_value_is_one_sentence():
     with pytest.raises(UserError, match="attention_dropout_kernel"):
         load_config(None, ["train.attention_dropout_kernel=flash"])

@@ -7,6 +7,7 @@ get_lr written out here for the schedule.
 """
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -197,6 +198,12 @@ def test_triton_gemm_option_reaches_the_train_step_compile_and_only_on_a_gpu():
     assert options("off", device=cpu) == {} and options("on", device=cpu, kernel="cudnn") == {}
     # cuDNN's attention dropout aborts inside a command buffer: every other kind stays recorded
     assert options("on", kernel="cudnn") == {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL"}
+    # "auto" (the Shakespeare recipe's): the same where cuDNN can run, nothing where it cannot
+    from kgpt2 import cudnn_attention
+
+    for available in (True, False):
+        with mock.patch.object(cudnn_attention, "cudnn_available", lambda: available):
+            assert options("on", kernel="auto") == (options("on", kernel="cudnn") if available else {})
 
     x, y, w = _batch(batch=4)
     model = _tiny_lm()

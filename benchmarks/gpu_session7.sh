@@ -7,6 +7,8 @@
 #   shake: issue 21: the Shakespeare recipe through `kgpt2 train` with attention dropout in cuDNN's kernel
 #          (train.attention_dropout_kernel=cudnn, which sets its own command-buffer list per compile; session 6
 #          measured it only under an XLA_FLAGS line) against nanoGPT on GPU 0, and the recipe as shipped on GPU 1.
+#   dpvar: after dp: NCCL channel counts, NCCL's Simple protocol, 4 steps a launch (each its own process).
+#   recipe (nvidia-h200): the recipe as shipped after it took the cuDNN kernel ("auto") vs nanoGPT.
 source benchmarks/device_setup.sh || exit 1
 export KGPT2_DEVICE_READY=1; nvidia-smi -L
 q() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
@@ -50,5 +52,8 @@ dpvar)  # after `dp`'s profile: the 2-GPU step's compute kernels run ~5% slower 
   one lhs-ch4 2 NCCL_MAX_NCHANNELS=4 XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true
   one gpu1-after 1
   ;;
-*) echo "usage: bash benchmarks/gpu_session7.sh dp|shake|dpvar"; exit 2 ;;
+recipe)  # one GPU (nvidia-h200): the recipe as shipped (attention_dropout_kernel = "auto": cuDNN here) vs nanoGPT
+  bash benchmarks/shakespeare_vs_nanogpt.sh "${SHAKESPEARE_ITERS:-2500}" 2>&1 | q | tail -n 6
+  ;;
+*) echo "usage: bash benchmarks/gpu_session7.sh dp|shake|dpvar|recipe"; exit 2 ;;
 esac

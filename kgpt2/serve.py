@@ -10,7 +10,8 @@ the waiting queue are full the answer is 429. Errors use OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`, so the official `openai`
 client raises its usual exceptions. FastAPI validates the bodies (their
 models, chat content parts and the 400s: kgpt2.serve_schema) and uvicorn
-serves them (it also turns SIGTERM into a clean shutdown).
+serves them (it also turns SIGTERM into a clean shutdown); kgpt2.serve_log
+writes a line per finished request.
 
 Sampling: a field the request leaves out takes the run's `[generate]`
 setting; `temperature: 0` is greedy; `top_k` and `seed` are accepted as
@@ -46,6 +47,7 @@ from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
+from kgpt2.serve_log import RequestLog
 from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, SampledRequest, message_texts,
                                 prompt_ids, validation_error)
 from kgpt2.templates import chat_prompt_ids, render_prompt
@@ -162,6 +164,7 @@ async def _answer(service: Service, http: Request, body: SampledRequest, prompts
     def usage():
         n = sum(text_tokens(service.engine.tokenizer, r) for r in requests)  # not the ones a stop string cut
         return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+    http.state.usage = usage  # for the request's log line (kgpt2.serve_log), counted once after the answer
 
     if not body.stream:
         try:
@@ -250,9 +253,11 @@ def _chat_shape(rid: str, created: int, model_id: str, tokenizer, body: ChatRequ
     return envelope, choice
 
 
-def build_app(service: Service, api_key: str | None = None) -> FastAPI:
-    """The FastAPI application: routes, API-key check, errors in OpenAI's shape."""
+def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
+    """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
     app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
+    if log_requests:
+        app.add_middleware(RequestLog)
 
     async def authorized(http: Request):
         if api_key and http.headers.get("authorization", "") != f"Bearer {api_key}":
@@ -314,8 +319,10 @@ def _check_port(host: str, port: int) -> None:
 
 
 def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          slots: int = 8, max_queue: int = 64, steps_per_launch: int = 8, weights: str | None = None) -> None:
-    """Load the run, warm the engine up, serve until SIGTERM / Ctrl-C."""
+          slots: int = 8, max_queue: int = 64, steps_per_launch: int = 8, weights: str | None = None,
+          log_requests: bool = True) -> None:
+    """Load the run, warm the engine up, serve until SIGTERM / Ctrl-C; with `log_requests` a line per request
+    to the `kgpt2.serve` logger (INFO: `kgpt2 serve` prints it on stderr)."""
     import uvicorn  # deferred: only `serve` itself needs the server
 
     _check_port(host, port)  # before the slow part: loading and compiling
@@ -331,7 +338,8 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     # again for the handler it found: a quiet one lets kgpt2 close the engine and exit 0.
     quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        uvicorn.run(build_app(service, api_key), host=host, port=port, log_level="warning",
+        # uvicorn's own access log stays off ("warning"): kgpt2.serve_log writes the request lines (why there).
+        uvicorn.run(build_app(service, api_key, log_requests), host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=10)
     finally:
         engine.close()

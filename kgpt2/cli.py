@@ -222,7 +222,8 @@ def _serve(p):
                    help="weights to decode with (default: the run's generate.weights)")
     # The same switch as `kgpt2 -q serve` (dest "quiet"); SUPPRESS: leaving it out keeps what -q set.
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                   help="no log line per request (time, method, path, status, tokens, latency) on stderr")
+                   help="only warnings and results: no log line per request (time, method, path, status, tokens, "
+                        "latency) on stderr")
 
     def run(a):
         from kgpt2.serve import serve

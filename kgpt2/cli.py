@@ -220,13 +220,18 @@ def _serve(p):
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the slots before 429")
     p.add_argument("--weights", choices=["auto", "float32", "bfloat16", "int8"],
                    help="weights to decode with (default: the run's generate.weights)")
+    # The same switch as `kgpt2 -q serve` (dest "quiet"); SUPPRESS: leaving it out keeps what -q set.
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="only warnings and results: no log line per request (time, method, path, status, tokens, "
+                        "latency) on stderr")
 
     def run(a):
         from kgpt2.serve import serve
 
         if a.slots < 1 or a.max_queue < 0:
             raise UserError(f"--slots must be >= 1 and --max-queue >= 0, got {a.slots} and {a.max_queue}")
-        serve(a.run, a.checkpoint, a.host, a.port, a.api_key, a.slots, a.max_queue, weights=a.weights)
+        serve(a.run, a.checkpoint, a.host, a.port, a.api_key, a.slots, a.max_queue, weights=a.weights,
+              log_requests=not a.quiet)
 
     return run
 

@@ -168,7 +168,8 @@ class Engine:
         self._lock, self._wake = threading.Lock(), threading.Condition()
         self._thread, self._closing = None, False
         n = slots
-        self._last, self._pos, self._start, self._limit, self._top_k, self._seed = (np.zeros(n, "int32") for _ in range(6))
+        self._last, self._pos, self._start, self._limit, self._top_k, self._seed = (
+            np.zeros(n, "int32") for _ in range(6))
         self._greedy, self._temperature, self._top_p = np.ones(n, bool), np.ones(n, "float32"), np.ones(n, "float32")
         self._t = 0
         self._caches = None
@@ -253,12 +254,14 @@ class Engine:
         values, idle = self._values(), np.zeros(self.slots, "int32")  # no active row: the caches stay free
         scalars = np.array([self._t, 1, self.tokenizer.eos_id], "int32")
         for greedy_only, scored in [(g, s) for g in (True, False) for s in (False, True) if logprobs or not s]:
-            ints, floats = pack(idle, idle, idle, idle, idle, idle + greedy_only, idle + 1, idle, idle + 1.0, idle + 1.0)
+            ints, floats = pack(idle, idle, idle, idle, idle, idle + greedy_only, idle + 1, idle, idle + 1.0,
+                                idle + 1.0)
             self._caches, *_ = self.programs.decode(greedy_only, scored)(values, self._caches, ints, floats, scalars)
         rows = 1
         while True:
             ints = np.array([[1, slot, 0, 1, 1, 0] for slot in range(rows)], "int32")  # free slots: overwritten later
-            prompts, floats = np.zeros((rows, min(MIN_PROMPT_BUCKET, self.cache_length)), "int32"), np.ones((rows, 2), "float32")
+            prompts = np.zeros((rows, min(MIN_PROMPT_BUCKET, self.cache_length)), "int32")
+            floats = np.ones((rows, 2), "float32")
             self._caches, first, _ = self.programs.prefill(values, self._caches, prompts, ints, floats)
             if rows >= self.slots:
                 break
@@ -284,9 +287,10 @@ class Engine:
                 head = self.waiting[0]
                 if admitted and head.scored != admitted[0].scored:
                     break
-                if admitted and head.scored and bucket(len(admitted) + 1, 1, self.slots) * bucket(
-                        max(len(r.ids) for r in admitted + [head]), MIN_PROMPT_BUCKET, self.cache_length) > SCORED_POSITIONS:
-                    break
+                if admitted and head.scored:  # the scored prefill's [rows, width] logits stay within the bound
+                    width = bucket(max(len(r.ids) for r in admitted + [head]), MIN_PROMPT_BUCKET, self.cache_length)
+                    if bucket(len(admitted) + 1, 1, self.slots) * width > SCORED_POSITIONS:
+                        break
                 admitted.append(self.waiting.popleft())
         return admitted
 
@@ -300,7 +304,8 @@ class Engine:
             self._caches = self.programs.empty_caches(self.slots, self.cache_length)
         rows = bucket(len(admitted), 1, self.slots)  # padding rows repeat the first request
         width = bucket(max(len(r.ids) for r in admitted), MIN_PROMPT_BUCKET, self.cache_length)
-        prompts, ints, floats = np.zeros((rows, width), "int32"), np.zeros((rows, 6), "int32"), np.ones((rows, 2), "float32")
+        prompts, ints = np.zeros((rows, width), "int32"), np.zeros((rows, 6), "int32")
+        floats = np.ones((rows, 2), "float32")
         for i, (request, slot) in enumerate(zip(admitted, free)):
             n, s = len(request.ids), request.sampling
             start = (self._t - n) % self.cache_length

@@ -8,8 +8,10 @@ those `kgpt2 train` trained on, end-of-text ids between the turns),
 from all clients decode together in the engine's slots; when the slots and
 the waiting queue are full the answer is 429. Errors use OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`, so the official `openai`
-client raises its usual exceptions. FastAPI validates the bodies and
-uvicorn serves them (it also turns SIGTERM into a clean shutdown).
+client raises its usual exceptions. FastAPI validates the bodies (their
+models, chat content parts and the 400s: kgpt2.serve_schema) and uvicorn
+serves them (it also turns SIGTERM into a clean shutdown); kgpt2.serve_log
+writes a line per finished request.
 
 Sampling: a field the request leaves out takes the run's `[generate]`
 setting; `temperature: 0` is greedy; `top_k` and `seed` are accepted as
@@ -35,91 +37,22 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 
 from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
-from kgpt2.sampling import MAX_LOGPROBS
+from kgpt2.serve_log import RequestLog
+from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, SampledRequest, message_texts,
+                                prompt_ids, validation_error)
 from kgpt2.templates import chat_prompt_ids, render_prompt
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class OpenAIError(Exception):
-    """An error answered as `{"error": {...}}` with an HTTP status."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param=None, code=None):
-        super().__init__(message)
-        self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-class _Sampled(BaseModel):
-    model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    top_k: Optional[int] = Field(None, ge=1)  # an extension, as in vLLM
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
-    stream: bool = False
-    n: int = Field(1, ge=1, le=16)  # choices per prompt (seed + i for choice i when a seed is given)
-
-
-class CompletionRequest(_Sampled):
-    # Text, texts, token ids or lists of token ids (lm-evaluation-harness sends ids).
-    prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: Optional[int] = Field(None, ge=0)  # 0 with echo: score the prompt, generate nothing
-    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)  # top alternatives per token
-    echo: bool = False  # the prompt comes back before the text (with its tokens' logprobs)
-
-
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str
-
-
-class ChatRequest(_Sampled):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
-
-
-# What a field of several accepted shapes takes: pydantic names a failed union by its members
-# (`prompt.str`, `prompt.list[int]`), which says nothing to a client.
-SHAPES = {"prompt": "a string, a list of strings, a list of token ids or a list of such lists",
-          "stop": "a string or a list of up to 4 strings"}
-
-
-def validation_error(errors: list[dict]) -> OpenAIError:
-    """FastAPI's validation errors of a request body as one OpenAI 400: the body that is no JSON or no object,
-    a union field by the shapes it takes, else the first field and pydantic's sentence.
-
-        >>> validation_error([{"type": "json_invalid", "loc": ("body", 12), "msg": "JSON decode error",
-        ...                    "ctx": {"error": "Expecting value"}}]).body["error"]["message"]
-        'the request body is not valid JSON (Expecting value at character 12)'
-        >>> validation_error([{"type": "string_type", "loc": ("body", "prompt", "str"),
-        ...                    "msg": "Input should be a valid string"}]).body["error"]["param"]
-        'prompt'
-    """
-    first = errors[0]
-    loc = [str(p) for p in first["loc"][1:]]  # after "body"
-    if first["type"] == "json_invalid":
-        why = (first.get("ctx") or {}).get("error", first["msg"])
-        return OpenAIError(400, f"the request body is not valid JSON ({why}{f' at character {loc[0]}' if loc else ''})")
-    if not loc:
-        return OpenAIError(400, "the request body must be a JSON object")
-    if loc[0] in SHAPES and len(loc) > 1:  # a member of the union failed (a missing field has no member)
-        return OpenAIError(400, f"{loc[0]} must be {SHAPES[loc[0]]}", param=loc[0])
-    where = ".".join(loc)
-    return OpenAIError(400, f"{where}: {first['msg']}", param=where)
 
 
 def chat_prompt(messages: list[dict], template: str) -> str:
@@ -153,7 +86,7 @@ class Service:
         self.engine, self.model_id, self.defaults, self.max_queue = engine, model_id, defaults, max_queue
         self.created = int(time.time())
 
-    def sampling(self, body: _Sampled) -> Sampling:
+    def sampling(self, body: SampledRequest) -> Sampling:
         s = self.defaults.sampling()
         if body.temperature is not None:
             s = replace(s, greedy=body.temperature == 0, temperature=body.temperature or 1.0)
@@ -168,7 +101,7 @@ class Service:
             raise OpenAIError(429, "the server's queue is full; retry later", type="rate_limit_exceeded",
                               code="rate_limit_exceeded")
 
-    def prepare(self, body: _Sampled, ids: list[int], max_tokens: Optional[int]):
+    def prepare(self, body: SampledRequest, ids: list[int], max_tokens: Optional[int]):
         """(ids, total length, stop strings) of one prompt, or raise the OpenAI error a client should see."""
         if body.model != self.model_id:
             raise OpenAIError(404, f"The model '{body.model}' does not exist; this server has '{self.model_id}'",
@@ -185,7 +118,7 @@ class Service:
             raise OpenAIError(400, "at most 4 stop sequences", param="stop")
         return ids, len(ids) + (room if max_tokens is None else max_tokens), stop
 
-    def submit(self, body: _Sampled, prepared, listener, choice: int = 0):
+    def submit(self, body: SampledRequest, prepared, listener, choice: int = 0):
         """Queue choice `choice` of a prepared prompt (a seeded request's choice j samples with seed + j)."""
         ids, total, stop = prepared
         sampling = self.sampling(body)
@@ -196,20 +129,6 @@ class Service:
         else:
             logprobs, echo = body.logprobs, body.echo
         return self.engine.submit(ids, sampling, total, stop, listener, logprobs=logprobs, echo=echo)
-
-
-def prompt_ids(tokenizer, prompt) -> list[list[int]]:
-    """A /v1/completions `prompt` (text, texts, token ids, lists of token ids) as lists of ids."""
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-        prompt = [prompt]
-    if not prompt:
-        raise OpenAIError(400, "prompt: at least one prompt", param="prompt")
-    ids = [p if isinstance(p, list) else tokenizer.encode(p) for p in prompt]
-    bad = next((t for p in ids for t in p if not 0 <= t < tokenizer.vocab_size), None)
-    if bad is not None:
-        raise OpenAIError(400, f"prompt: token id {bad} is not in the vocabulary (0 to {tokenizer.vocab_size - 1})",
-                          param="prompt")
-    return ids
 
 
 def _check_scoring(stream: bool, logprobs: bool) -> None:
@@ -225,8 +144,8 @@ def _event(data) -> str:
     return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
 
 
-async def _answer(service: Service, http: Request, body: _Sampled, prompts: list[list[int]], max_tokens, envelope,
-                  choice):
+async def _answer(service: Service, http: Request, body: SampledRequest, prompts: list[list[int]], max_tokens,
+                  envelope, choice):
     """Run one request: `body.n` choices for each prompt, choice `i * n + j` for prompt i's j-th.
 
     `choice(index, text, finish_reason, first, request)` makes one choice object and `envelope(choices,
@@ -245,6 +164,7 @@ async def _answer(service: Service, http: Request, body: _Sampled, prompts: list
     def usage():
         n = sum(text_tokens(service.engine.tokenizer, r) for r in requests)  # not the ones a stop string cut
         return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+    http.state.usage = usage  # for the request's log line (kgpt2.serve_log), counted once after the answer
 
     if not body.stream:
         try:
@@ -333,9 +253,11 @@ def _chat_shape(rid: str, created: int, model_id: str, tokenizer, body: ChatRequ
     return envelope, choice
 
 
-def build_app(service: Service, api_key: str | None = None) -> FastAPI:
-    """The FastAPI application: routes, API-key check, errors in OpenAI's shape."""
+def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
+    """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
     app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
+    if log_requests:
+        app.add_middleware(RequestLog)
 
     async def authorized(http: Request):
         if api_key and http.headers.get("authorization", "") != f"Bearer {api_key}":
@@ -375,7 +297,8 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
         if body.top_logprobs is not None and not body.logprobs:
             raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         _check_scoring(body.stream, body.logprobs)
-        ids = chat_ids(service.engine.tokenizer, [m.model_dump() for m in body.messages], service.defaults.template)
+        messages = message_texts(body.messages)  # content parts as text; an image part is a 400 naming it
+        ids = chat_ids(service.engine.tokenizer, messages, service.defaults.template)
         envelope, choice = _chat_shape(_id("chatcmpl"), int(time.time()), service.model_id, service.engine.tokenizer,
                                        body)
         return await _answer(service, http, body, [ids], body.max_completion_tokens or body.max_tokens, envelope,
@@ -396,13 +319,16 @@ def _check_port(host: str, port: int) -> None:
 
 
 def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          slots: int = 8, max_queue: int = 64, steps_per_launch: int = 8, weights: str | None = None) -> None:
-    """Load the run, warm the engine up, serve until SIGTERM / Ctrl-C."""
+          slots: int = 8, max_queue: int = 64, steps_per_launch: int = 8, weights: str | None = None,
+          log_requests: bool = True) -> None:
+    """Load the run, warm the engine up, serve until SIGTERM / Ctrl-C; with `log_requests` a line per request
+    to the `kgpt2.serve` logger (INFO: `kgpt2 serve` prints it on stderr)."""
     import uvicorn  # deferred: only `serve` itself needs the server
 
     _check_port(host, port)  # before the slow part: loading and compiling
     model, tokenizer, cfg = load_for_generation(run_dir, checkpoint, weights)
-    engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch)  # 64 steps a launch when full (GPU)
+    # 64 steps a launch when every slot is taken (GPU)
+    engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch)
     engine.warm_up(logprobs=True)  # compiles before the first client waits
     service = Service(engine.start(), Path(run_dir).resolve().name, Settings.from_config(cfg.generate), max_queue)
     if host not in LOOPBACK and not api_key:
@@ -412,7 +338,8 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     # again for the handler it found: a quiet one lets kgpt2 close the engine and exit 0.
     quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        uvicorn.run(build_app(service, api_key), host=host, port=port, log_level="warning",
+        # uvicorn's own access log stays off ("warning"): kgpt2.serve_log writes the request lines (why there).
+        uvicorn.run(build_app(service, api_key, log_requests), host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=10)
     finally:
         engine.close()

@@ -5,7 +5,8 @@ BPE trained on CPython's pydoc topics, a 2-layer GPT-2 saved as a KerasHub
 preset, pydoc shards, and a short 2-stage training run (`tiny_run`, loaded
 once per test module as `loaded`). Tests take these as fixtures
 (`make_tiny_config`, `tiny_overrides`), never by importing this file; the
-kill-and-resume tests take `start_cli`, `kill_and_resume` and `latest_weights`.
+kill-and-resume tests take `start_cli`, `kill_and_resume` and `latest_weights`; the serve
+tests `start_server` (a `kgpt2 serve` subprocess).
 """
 
 from __future__ import annotations
@@ -338,3 +339,45 @@ def wheel_venv(tmp_path_factory) -> Path:
     assert where.startswith(str(venv)), f"kgpt2 imported from {where}, not from the wheel in {venv}"
     return venv
 
+
+
+@pytest.fixture(scope="module")
+def start_server(tiny_run, tmp_path_factory):
+    """`start_server(*args, run=tiny_run)`: `kgpt2 serve` on a free loopback port, started from another
+    folder; returns (process, base URL) once /health answers. The process's stderr is in the file
+    `process.stderr_path` (the request log lines), its stdout beside it. Every started server is killed
+    at the end of the module."""
+    import socket
+
+    import httpx
+
+    started = []
+
+    def start(*args, run=tiny_run):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        folder = tmp_path_factory.mktemp("serve")
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "serve", "--run", str(run), "--port",
+                                     str(port), *args], cwd=folder, env=env, stdout=out, stderr=err)
+        proc.stderr_path = folder / "stderr.txt"
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):  # bounded: 120 s to load and compile
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}: {proc.stderr_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        pytest.fail("the server did not answer /health within 120 s")
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

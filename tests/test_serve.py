@@ -1,61 +1,20 @@
 """`kgpt2 serve` end to end: a server subprocess on 127.0.0.1, the official `openai` package as the client."""
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from kgpt2.serve import chat_prompt
+
 pytestmark = [pytest.mark.backend_neutral, pytest.mark.slow]  # each server loads and compiles the tiny model (seconds)
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The assert statement", "if x:", "Lambda forms", "The with statement is used", "A class", "import",
            "The for statement", "Raise an exception"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def start_server(tiny_run, tmp_path_factory):
-    """Start `kgpt2 serve` from another folder; stop every started server at the end."""
-    started = []
-
-    def start(*args, run=tiny_run):
-        port = free_port()
-        log = tmp_path_factory.mktemp("serve") / "log.txt"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "serve", "--run", str(run), "--port",
-                                     str(port), *args], cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):  # bounded: 120 s to load and compile
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        pytest.fail("the server did not answer /health within 120 s")
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +75,6 @@ def test_max_tokens_and_stop_strings(client, generator):
 
 
 def test_chat_completions_use_the_run_template(client, generator):
-    from kgpt2.serve import chat_prompt
-
     _, _, cfg = generator
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is assert?"}]
     expected = greedy_text(generator, chat_prompt(messages, cfg.generate.template), 10)
@@ -127,6 +84,36 @@ def test_chat_completions_use_the_run_template(client, generator):
                                                  stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+
+
+def test_chat_content_parts_are_the_text_they_join(client, generator):
+    """Content as a list of parts (the `openai` client's typed form, LangChain, many UIs): the text parts
+    joined by newlines, as vLLM does; a null assistant content is an empty turn (OpenAI allows it there)."""
+    _, _, cfg = generator
+    parts = [{"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+             {"role": "user", "content": "Earlier question."}, {"role": "assistant", "content": None},
+             {"role": "user", "content": [{"type": "text", "text": "What is"}, {"type": "text", "text": "assert?"}]}]
+    texts = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Earlier question."},
+             {"role": "assistant", "content": ""}, {"role": "user", "content": "What is\nassert?"}]
+    expected = greedy_text(generator, chat_prompt(texts, cfg.generate.template), 10)
+    out = client.chat.completions.create(model="tiny", messages=parts, max_tokens=10, temperature=0)
+    assert out.choices[0].message.content == expected
+    same = client.chat.completions.create(model="tiny", messages=texts, max_tokens=10, temperature=0)
+    assert same.choices[0].message.content == expected and same.usage.prompt_tokens == out.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("part, kind", [({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                                         "image_url"),
+                                        ({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+                                         "input_audio")])
+def test_a_non_text_content_part_is_a_400_naming_its_type(client, part, kind):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Describe this."}, part]}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=3)
+    error = e.value.body
+    assert error["message"] == (f"messages[0].content[1] is a part of type '{kind}'; this model reads text only "
+                                "(parts of type 'text')")
+    assert error["param"] == "messages.0.content.1" and error["type"] == "invalid_request_error"
 
 
 def test_chat_completions_of_a_chat_run_prompt_with_the_chat_templates_ids(start_server, generator, tiny_run,

@@ -1,6 +1,7 @@
 """`kgpt2 serve`'s answers to malformed request bodies, as a client sees them: one OpenAI-shaped 400 whose
 message a person can act on. No model is loaded: FastAPI validates a body before any route runs."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -47,3 +48,31 @@ def test_stop_of_no_accepted_shape_and_a_plain_field_error(http):
     assert (e["param"], e["message"]) == ("prompt", "prompt: Field required")
     e = error(http, "/v1/completions", b'{"model": "tiny", "prompt": "x", "logprobs": 6}')
     assert (e["param"], e["message"]) == ("logprobs", "logprobs: Input should be less than or equal to 5")
+
+
+def chat_error(http, content) -> dict:
+    message = {"role": "user"} if content == "left out" else {"role": "user", "content": content}
+    return error(http, "/v1/chat/completions", json.dumps({"model": "tiny", "messages": [message]}).encode())
+
+
+@pytest.mark.parametrize("content", [None, "left out"])
+def test_a_user_message_needs_a_content(http, content):
+    e = chat_error(http, content)
+    assert e["message"] == "messages[0].content is required for a user message (only an assistant message may have none)"
+    assert e["param"] == "messages.0.content"
+
+
+@pytest.mark.parametrize("content, param, message", [
+    (5, "messages.0.content",
+     'messages.0.content must be a string or a list of content parts ({"type": "text", "text": ...})'),
+    ([{"text": "x"}], "messages.0.content.0.type", "messages.0.content.0.type: Field required"),
+    (["x"], "messages.0.content.0", 'messages.0.content.0 must be a content part, such as {"type": "text", "text": ...}'),
+    ([{"type": "text"}], "messages.0.content.0", "messages[0].content[0]: a 'text' part needs a string 'text'"),
+    ([{"type": "refusal", "refusal": "no"}], "messages.0.content.0",
+     "messages[0].content[0] is a part of type 'refusal'; this model reads text only (parts of type 'text')"),
+    ([{"type": "file", "file": {"file_id": "f"}}], "messages.0.content.0",
+     "messages[0].content[0] is a part of type 'file'; this model reads text only (parts of type 'text')"),
+])
+def test_content_parts_that_are_not_text_parts_are_named(http, content, param, message):
+    e = chat_error(http, content)
+    assert (e["param"], e["message"]) == (param, message)

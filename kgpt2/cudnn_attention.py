@@ -12,7 +12,7 @@ dropout rate), so this calls that function for training steps with
 dropout and keeps Keras' own path for everything else (evaluation,
 decoding, packed windows, float32).
 
-What differs from Keras' dropout, and why it is an option, not a default:
+What differs from Keras' dropout, and why only the shakespeare_char recipe makes it its default ("auto"):
 cuDNN draws the masks from its own Philox stream, seeded by a compile-time
 constant (one per layer here) and advanced by a counter XLA keeps per
 process. The masks change every step (checked on an H200 by

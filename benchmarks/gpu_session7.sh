@@ -8,6 +8,7 @@
 #          (train.attention_dropout_kernel=cudnn, which sets its own command-buffer list per compile; session 6
 #          measured it only under an XLA_FLAGS line) against nanoGPT on GPU 0, and the recipe as shipped on GPU 1.
 #   dpvar: after dp: NCCL channel counts, NCCL's Simple protocol, 4 steps a launch (each its own process).
+#   fsdp:  124M with train.mesh="data:2" (sharded weights and optimizer state) against 1 and 2 replicated GPUs.
 #   recipe (nvidia-h200): the recipe as shipped after it took the cuDNN kernel ("auto") vs nanoGPT.
 source benchmarks/device_setup.sh || exit 1
 export KGPT2_DEVICE_READY=1; nvidia-smi -L
@@ -52,8 +53,13 @@ dpvar)  # after `dp`'s profile: the 2-GPU step's compute kernels run ~5% slower 
   one lhs-ch4 2 NCCL_MAX_NCHANNELS=4 XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true
   one gpu1-after 1
   ;;
+fsdp)  # 124M with weights and optimizer state sharded over the 2 GPUs (train.mesh="data:2", FSDP-style): the
+  # gradient all-reduce becomes a reduce-scatter + weight all-gathers and each GPU updates half the weights
+  timeout 300 python benchmarks/data_parallel.py $B --devices 1,2 --mesh "data:2" --warmup 5 --steps 25 \
+    --log-dir /tmp/fsdp-logs --out "$OUT/dp124-fsdp.json" 2>&1 | q | tail -5
+  ;;
 recipe)  # one GPU (nvidia-h200): the recipe as shipped (attention_dropout_kernel = "auto": cuDNN here) vs nanoGPT
   bash benchmarks/shakespeare_vs_nanogpt.sh "${SHAKESPEARE_ITERS:-2500}" 2>&1 | q | tail -n 6
   ;;
-*) echo "usage: bash benchmarks/gpu_session7.sh dp|shake|dpvar|recipe"; exit 2 ;;
+*) echo "usage: bash benchmarks/gpu_session7.sh dp|shake|dpvar|fsdp|recipe"; exit 2 ;;
 esac

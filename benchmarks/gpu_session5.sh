@@ -7,10 +7,7 @@
 #          then data parallel 124M 1 -> 2 GPUs with 4 steps per execution (issue 22).
 #   call3: lane 0 triton gemm off on generation and LoRA, the HF peers (torch.compile, PEFT + torch.compile); lane 1 the
 #          memory search under 15 GiB for 355M and 774M, remat off and on.
-source benchmarks/device_setup.sh || exit 1
-export KGPT2_DEVICE_READY=1; nvidia-smi -L
-q() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
-B="--shards .bench/shards --tokenizer .bench/tokenizer"
+source benchmarks/session_prelude.sh
 case "${1:-}" in
 call2)
   lane0() { CUDA_VISIBLE_DEVICES=0 timeout 330 bash benchmarks/gpu_session.sh gen > "$OUT/lane0.txt" 2>&1; }

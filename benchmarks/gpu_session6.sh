@@ -5,10 +5,7 @@
 #          searches a GPU so the card cannot run out before the cap (session 5 ran 8 on one card); then data
 #          parallel 124M 1 -> 2 GPUs with the latency-hiding scheduler and two all-reduce combine thresholds
 #          (issue 22: can the gradient all-reduce overlap the backward pass better?).
-source benchmarks/device_setup.sh || exit 1
-export KGPT2_DEVICE_READY=1; nvidia-smi -L
-q() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
-B="--shards .bench/shards --tokenizer .bench/tokenizer"
+source benchmarks/session_prelude.sh
 MS="--seq 1024 --cap-gb 15 --max-probes 4 --jobs 3"
 LHS="--xla_gpu_enable_latency_hiding_scheduler=true"
 case "${1:-}" in

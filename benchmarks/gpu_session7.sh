@@ -10,10 +10,7 @@
 #   dpvar: after dp: NCCL channel counts, NCCL's Simple protocol, 4 steps a launch (each its own process).
 #   fsdp:  124M with train.mesh="data:2" (sharded weights and optimizer state) against 1 and 2 replicated GPUs.
 #   recipe (nvidia-h200): the recipe as shipped after it took the cuDNN kernel ("auto") vs nanoGPT.
-source benchmarks/device_setup.sh || exit 1
-export KGPT2_DEVICE_READY=1; nvidia-smi -L
-q() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
-B="--shards .bench/shards --tokenizer .bench/tokenizer"
+source benchmarks/session_prelude.sh
 case "${1:-}" in
 dp)
   for d in 1 2; do

@@ -9,9 +9,7 @@
 #           memory search under a 15 GiB cap;
 #   both:   GPT-2 large (774M) and XL (1.5B) with sharded weights (data:2).
 # Needs .whl and .bench carried (benchmarks/make_bench_data.sh, prepare_nanogpt.sh).
-source benchmarks/device_setup.sh || exit 1
-export KGPT2_DEVICE_READY=1; nvidia-smi -L
-q() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
+source benchmarks/session_prelude.sh
 lane0() {
   export CUDA_VISIBLE_DEVICES=0
   SHAKESPEARE_PROGRAM_S=80 bash benchmarks/shakespeare_vs_nanogpt.sh 2500 > "$OUT/lane0.txt" 2>&1
@@ -25,7 +23,6 @@ lane1() {
 }
 lane0 & lane1 & wait
 cat "$OUT/lane0.txt" "$OUT/lane1.txt" | q | tail -40
-B="--shards .bench/shards --tokenizer .bench/tokenizer"
 timeout 140 python benchmarks/data_parallel.py $B --size 774M --per-device-batch 8 --devices "" --mesh "data:2" \
   --warmup 3 --steps 8 --out "$OUT/dp774-sharded.json" 2>&1 | q | tail -3
 timeout 160 python benchmarks/data_parallel.py $B --size 1.5B --per-device-batch 4 --devices "" --mesh "data:2" \

@@ -47,7 +47,7 @@ from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
-from kgpt2.serve_log import RequestLog
+from kgpt2.serve_log import EndAtShutdown, RequestLog
 from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, SampledRequest, message_texts,
                                 prompt_ids, validation_error)
 from kgpt2.templates import chat_prompt_ids, render_prompt
@@ -256,6 +256,7 @@ def _chat_shape(rid: str, created: int, model_id: str, tokenizer, body: ChatRequ
 def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
     """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
     app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
+    app.add_middleware(EndAtShutdown)  # inside RequestLog (added last = outermost): its line sees the 503
     if log_requests:
         app.add_middleware(RequestLog)
 

@@ -22,13 +22,23 @@ one clock read and one record per request.
     >>> log_line("POST", "/v1/completions", 200, 0.0123, {"prompt_tokens": 5, "completion_tokens": 3},
     ...          stream=False, disconnected=False, at=0)[20:]
     'POST /v1/completions 200 12 ms prompt_tokens=5 completion_tokens=3'
+
+`EndAtShutdown` (always on) ends a request that is still running when the
+server's graceful shutdown runs out: uvicorn then cancels its task, and a
+cancellation that leaves the application makes uvicorn print a traceback and
+cut the connection mid-chunk. Caught at the application's edge instead, the
+client gets OpenAI's error ("the server is shutting down": a 503, or the
+stream's last event) and the log line says `cancelled`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+
+from kgpt2.serve_schema import OpenAIError
 
 log = logging.getLogger("kgpt2.serve")
 
@@ -65,8 +75,7 @@ class RequestLog:
         async def watch_send(message):
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
-                seen["stream"] = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
-                                     for k, v in message.get("headers", ()))
+                seen["stream"] = _is_stream(message)
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 seen["sent"] = True
             await send(message)
@@ -84,4 +93,49 @@ class RequestLog:
             usage = state.get("usage")
             log.info(log_line(scope["method"], scope["path"], seen["status"], time.perf_counter() - start,
                               usage() if usage else None, seen["stream"], seen["left"], at,
-                              seen["cancelled"]))
+                              seen["cancelled"] or state.get("cancelled", False)))
+
+
+class EndAtShutdown:
+    """ASGI middleware: a request the server cancels (graceful shutdown ran out) ends with OpenAI's 503 error, as a
+    response or as the last event of a stream, instead of a traceback and a cut connection (see the module)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = {"start": None, "done": False}
+
+        async def watch_send(message):
+            if message["type"] == "http.response.start":
+                seen["start"] = message
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                seen["done"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch_send)
+        except asyncio.CancelledError:
+            # Only uvicorn's shutdown cancels a request's task; the engine's requests were cancelled on the
+            # way out (the routes' `finally`), so what is left is telling the client.
+            scope.setdefault("state", {})["cancelled"] = True
+            if not seen["done"]:
+                await _end(send, seen["start"])
+
+
+async def _end(send, start) -> None:
+    """The rest of a cancelled response: the whole 503 if none was started, a stream's error event, or its end."""
+    error = json.dumps(OpenAIError(503, "the server is shutting down", type="server_error").body).encode()
+    if start is None:
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(error)).encode())]})
+        await send({"type": "http.response.body", "body": error})
+        return
+    await send({"type": "http.response.body", "body": b"data: " + error + b"\n\n" if _is_stream(start) else b""})
+
+
+def _is_stream(start: dict) -> bool:
+    """Whether an `http.response.start` message begins server-sent events."""
+    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in start.get("headers", ()))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import time
 import uuid
@@ -122,8 +123,10 @@ class Service:
         """Queue choice `choice` of a prepared prompt (a seeded request's choice j samples with seed + j)."""
         ids, total, stop = prepared
         sampling = self.sampling(body)
-        if choice and body.seed is not None:  # n choices of one seeded request: different and reproducible
+        if body.seed is not None:  # n choices of one seeded request: different and reproducible
             sampling = replace(sampling, seed=body.seed + choice)
+        else:  # as OpenAI's API: no seed, no repeats (the run's generate.seed would make every choice the same)
+            sampling = replace(sampling, seed=secrets.randbits(31))
         if isinstance(body, ChatRequest):
             logprobs, echo = (body.top_logprobs or 0) if body.logprobs else None, False
         else:

@@ -227,6 +227,11 @@ def test_n_choices_and_several_prompts_equal_their_requests_alone(client, genera
     together = [c.text for c in client.completions.create(n=3, **sampled).choices]
     alone = [client.completions.create(**(sampled | {"seed": 7 + j})).choices[0].text for j in range(3)]
     assert together == alone and len(set(together)) > 1
+    # Without a seed (OpenAI's semantics): the choices differ, and so does the same request sent again.
+    unseeded = sampled | {"seed": None, "max_tokens": 16}
+    choices = [c.text for c in client.completions.create(n=3, **unseeded).choices]
+    again = client.completions.create(**unseeded).choices[0].text
+    assert len(set(choices)) == 3 and again not in choices
     # Streamed: the chunks of each index add up to that choice; usage counts the prompt once.
     messages = [{"role": "user", "content": "What is assert?"}]
     whole = client.chat.completions.create(model="tiny", messages=messages, n=2, max_tokens=6, seed=3, temperature=1.0)

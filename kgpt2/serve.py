@@ -43,6 +43,7 @@ from typing import Optional
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
@@ -134,6 +135,11 @@ class Service:
         return self.engine.submit(ids, sampling, total, stop, listener, logprobs=logprobs, echo=echo)
 
 
+def _check_stream_options(body: SampledRequest) -> None:
+    if body.stream_options is not None and not body.stream:
+        raise OpenAIError(400, "stream_options is only allowed with stream: true", param="stream_options")
+
+
 def _check_scoring(stream: bool, logprobs: bool) -> None:
     if stream and logprobs:
         raise OpenAIError(400, "logprobs are not streamed: ask for them without stream", param="stream")
@@ -186,7 +192,9 @@ async def _answer(service: Service, http: Request, body: SampledRequest, prompts
         return JSONResponse(envelope([choice(i, r.text, r.finish_reason, None, r) for i, r in enumerate(requests)],
                                      usage()))
 
-    return StreamingResponse(_events(requests, woken, envelope, choice, usage), media_type="text/event-stream")
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(_events(requests, woken, envelope, choice, usage, include_usage),
+                             media_type="text/event-stream")
 
 
 def _failed(request) -> OpenAIError:
@@ -194,11 +202,18 @@ def _failed(request) -> OpenAIError:
                        request.error or "the server is shutting down", type="server_error")
 
 
-async def _events(requests, woken: asyncio.Queue, envelope, choice, usage):
-    """Server-sent events of `requests` as they decode: a chunk per choice per piece, then [DONE]."""
+async def _events(requests, woken: asyncio.Queue, envelope, choice, usage, include_usage: bool = False):
+    """Server-sent events of `requests` as they decode: a chunk per choice per piece, then [DONE].
+
+    The last content chunk carries the usage; with `stream_options.include_usage` (OpenAI's form) every
+    content chunk has `usage: null` and one more chunk, `choices: []` with the usage, comes before [DONE].
+    """
+    def chunk(choices, counts):
+        return (envelope(choices, None) | {"usage": None}) if include_usage else envelope(choices, counts)
+
     try:
         for i in range(len(requests)):
-            yield _event(envelope([choice(i, "", None, True, requests[i])], None))
+            yield _event(chunk([choice(i, "", None, True, requests[i])], None))
         pending = list(range(len(requests)))
         while pending:
             await woken.get()
@@ -214,8 +229,10 @@ async def _events(requests, woken: asyncio.Queue, envelope, choice, usage):
                 if done:
                     pending.remove(i)
                 if piece or done:
-                    yield _event(envelope([choice(i, piece, r.finish_reason if done else None, False, r)],
-                                          usage() if done and not pending else None))
+                    yield _event(chunk([choice(i, piece, r.finish_reason if done else None, False, r)],
+                                       usage() if done and not pending else None))
+        if include_usage:
+            yield _event(envelope([], usage()))
         yield _event("[DONE]")
     finally:
         for r in requests:
@@ -271,6 +288,14 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
     async def openai_error(_, e: OpenAIError):
         return JSONResponse(e.body, status_code=e.status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(http: Request, e: StarletteHTTPException):  # FastAPI's {"detail": ...}, in OpenAI's shape
+        message = str(e.detail)
+        if e.status_code in (404, 405):
+            message = (f"no route {http.method} {http.url.path}; this server has POST /v1/completions, "
+                       "POST /v1/chat/completions, GET /v1/models and GET /health")
+        return JSONResponse(OpenAIError(e.status_code, message).body, status_code=e.status_code)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError):
         return JSONResponse(validation_error(e.errors()).body, status_code=400)
@@ -289,6 +314,7 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
         tokenizer = service.engine.tokenizer
         ids = prompt_ids(tokenizer, body.prompt)
         _check_scoring(body.stream, body.logprobs is not None)
+        _check_stream_options(body)
         if body.max_tokens == 0 and not body.echo:
             raise OpenAIError(400, "max_tokens: 0 generates nothing; with echo: true it scores the prompt",
                               param="max_tokens")
@@ -301,6 +327,7 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
         if body.top_logprobs is not None and not body.logprobs:
             raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         _check_scoring(body.stream, body.logprobs)
+        _check_stream_options(body)
         messages = message_texts(body.messages)  # content parts as text; an image part is a 400 naming it
         ids = chat_ids(service.engine.tokenizer, messages, service.defaults.template)
         envelope, choice = _chat_shape(_id("chatcmpl"), int(time.time()), service.model_id, service.engine.tokenizer,

@@ -40,6 +40,10 @@ class OpenAIError(Exception):
         self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False  # one more chunk before [DONE]: `choices: []` and the request's usage
+
+
 class SampledRequest(BaseModel):
     """The fields both routes share: the model, sampling, stop strings, streaming, choices."""
 
@@ -51,6 +55,7 @@ class SampledRequest(BaseModel):
     seed: Optional[int] = None
     stop: Union[str, list[str], None] = None
     stream: bool = False
+    stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1, le=16)  # choices per prompt (seed + i for choice i when a seed is given)
 
 

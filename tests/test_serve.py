@@ -157,6 +157,21 @@ def test_bad_requests_are_4xx_in_openai_shape(client, server):
     assert e.value.body["code"] == "model_not_found"
     r = httpx.post(server[1] + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    # a wrong path or method: OpenAI's shape too (FastAPI's own is {"detail": "Not Found"}), naming the routes
+    for r in (httpx.post(server[1] + "/v1/completion", json={}), httpx.get(server[1] + "/v1/chat/completions")):
+        assert r.status_code in (404, 405) and "POST /v1/chat/completions" in r.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="stream_options"):
+        complete(client, "x", 2, stream_options={"include_usage": True})
+
+
+def test_stream_options_include_usage_sends_openais_usage_chunk(client):
+    messages = [{"role": "user", "content": "What is assert?"}]
+    kw = dict(model="tiny", messages=messages, max_tokens=6, temperature=0)
+    whole = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage  # one more chunk, before [DONE]
+    assert all(c.usage is None for c in chunks[:-1])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == whole.choices[0].message.content
 
 
 def test_32_concurrent_clients_equal_alone(client):

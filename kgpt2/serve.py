@@ -273,16 +273,8 @@ def _chat_shape(rid: str, created: int, model_id: str, tokenizer, body: ChatRequ
     return envelope, choice
 
 
-def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
-    """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
-    app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
-    app.add_middleware(EndAtShutdown)  # inside RequestLog (added last = outermost): its line sees the 503
-    if log_requests:
-        app.add_middleware(RequestLog)
-
-    async def authorized(http: Request):
-        if api_key and http.headers.get("authorization", "") != f"Bearer {api_key}":
-            raise OpenAIError(401, "Incorrect API key provided", code="invalid_api_key")
+def _answer_errors_as_openai(app: FastAPI) -> None:
+    """Every error a client can get in OpenAI's shape: kgpt2's own, a bad body (400), a wrong path or method."""
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_, e: OpenAIError):
@@ -299,6 +291,20 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError):
         return JSONResponse(validation_error(e.errors()).body, status_code=400)
+
+
+def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
+    """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
+    app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
+    app.add_middleware(EndAtShutdown)  # inside RequestLog (added last = outermost): its line sees the 503
+    if log_requests:
+        app.add_middleware(RequestLog)
+
+    async def authorized(http: Request):
+        if api_key and http.headers.get("authorization", "") != f"Bearer {api_key}":
+            raise OpenAIError(401, "Incorrect API key provided", code="invalid_api_key")
+
+    _answer_errors_as_openai(app)
 
     @app.get("/health")
     async def health():

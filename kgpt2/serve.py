@@ -49,7 +49,7 @@ from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
-from kgpt2.serve_log import EndAtShutdown, RequestLog
+from kgpt2.serve_log import RequestEdge
 from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, SampledRequest, message_texts,
                                 prompt_ids, validation_error)
 from kgpt2.templates import chat_prompt_ids, render_prompt
@@ -283,9 +283,10 @@ def _answer_errors_as_openai(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def no_route(http: Request, e: StarletteHTTPException):  # FastAPI's {"detail": ...}, in OpenAI's shape
         message = str(e.detail)
-        if e.status_code in (404, 405):
-            message = (f"no route {http.method} {http.url.path}; this server has POST /v1/completions, "
-                       "POST /v1/chat/completions, GET /v1/models and GET /health")
+        if e.status_code in (404, 405):  # the routes as the app declares them
+            routes = ", ".join(f"{m} {r.path}" for r in app.routes if r.path.startswith(("/v1", "/health"))
+                               for m in sorted(getattr(r, "methods", ())))
+            message = f"no route {http.method} {http.url.path}; this server has {routes}"
         return JSONResponse(OpenAIError(e.status_code, message).body, status_code=e.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -296,9 +297,7 @@ def _answer_errors_as_openai(app: FastAPI) -> None:
 def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
     """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
     app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
-    app.add_middleware(EndAtShutdown)  # inside RequestLog (added last = outermost): its line sees the 503
-    if log_requests:
-        app.add_middleware(RequestLog)
+    app.add_middleware(RequestEdge, log_requests=log_requests)  # the 503 at shutdown; a line per request
 
     async def authorized(http: Request):
         if api_key and http.headers.get("authorization", "") != f"Bearer {api_key}":

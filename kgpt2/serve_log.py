@@ -9,12 +9,12 @@ sent (a stream: when it ended), until the client left (`disconnected`) or the
 server stopped it (`cancelled`: shutting down). Token
 counts are the answer's `usage`, on the routes that generate. The line goes to
 the `kgpt2.serve` logger at INFO (`kgpt2 serve` prints it on stderr; `--quiet`
-leaves the middleware out).
+writes none).
 
 Why not uvicorn's access log: uvicorn writes its line when a response *starts*
 (a stream's first chunk), so it has no latency of a streamed answer, cannot
 know the token counts, and cannot say that a client left mid-answer. This ASGI
-middleware writes its line after the response, with the counts the route left
+middleware (`RequestEdge`) writes its line after the response, with the counts the route left
 in the request's `state` (`state.usage`, a function: counted once, at the end).
 Its cost is one comparison per ASGI message (a streamed chunk, not a token) and
 one clock read and one record per request.
@@ -23,7 +23,7 @@ one clock read and one record per request.
     ...          stream=False, disconnected=False, at=0)[20:]
     'POST /v1/completions 200 12 ms prompt_tokens=5 completion_tokens=3'
 
-`EndAtShutdown` (always on) ends a request that is still running when the
+`RequestEdge` also (always, logging or not) ends a request still running when the
 server's graceful shutdown runs out: uvicorn then cancels its task, and a
 cancellation that leaves the application makes uvicorn print a traceback and
 cut the connection mid-chunk. Caught at the application's edge instead, the
@@ -53,18 +53,21 @@ def log_line(method: str, path: str, status: int | None, seconds: float, usage: 
     return " ".join(parts + ["stream"] * stream + ["disconnected"] * disconnected + ["cancelled"] * cancelled)
 
 
-class RequestLog:
-    """ASGI middleware: one `log_line` per HTTP request, after its response (or the client's leaving)."""
+class RequestEdge:
+    """ASGI middleware at the application's edge: a request cancelled at shutdown ends with OpenAI's 503 (see the
+    module), and with `log_requests` one `log_line` per HTTP request after its response (or the client's leaving).
 
-    def __init__(self, app):
-        self.app = app
+    One middleware for both: they watch the same messages, and the line must see the 503 it sends."""
+
+    def __init__(self, app, log_requests: bool = True):
+        self.app, self.log_requests = app, log_requests
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         at, start = time.time(), time.perf_counter()
         state = scope.setdefault("state", {})  # the route's `http.state` writes here
-        seen = {"status": None, "stream": False, "sent": False, "left": False, "cancelled": False}
+        seen = {"start": None, "status": None, "sent": False, "left": False, "cancelled": False}
 
         async def watch_receive():
             message = await receive()
@@ -74,8 +77,7 @@ class RequestLog:
 
         async def watch_send(message):
             if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
-                seen["stream"] = _is_stream(message)
+                seen["start"], seen["status"] = message, message["status"]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 seen["sent"] = True
             await send(message)
@@ -83,46 +85,21 @@ class RequestLog:
         try:
             await self.app(scope, watch_receive, watch_send)
         except asyncio.CancelledError:
-            seen["cancelled"] = True  # the server stopped it (shutting down)
-            raise
+            # Only uvicorn's shutdown cancels a request's task; the engine's requests were cancelled on the
+            # way out (the routes' `finally`), so what is left is telling the client.
+            seen["cancelled"] = True
+            if not seen["sent"]:
+                await _end(watch_send, seen["start"])
         except Exception:
             if seen["status"] is None:
                 seen["status"] = 500  # what Starlette's error middleware answers for it
             raise
         finally:
-            usage = state.get("usage")
-            log.info(log_line(scope["method"], scope["path"], seen["status"], time.perf_counter() - start,
-                              usage() if usage else None, seen["stream"], seen["left"], at,
-                              seen["cancelled"] or state.get("cancelled", False)))
-
-
-class EndAtShutdown:
-    """ASGI middleware: a request the server cancels (graceful shutdown ran out) ends with OpenAI's 503 error, as a
-    response or as the last event of a stream, instead of a traceback and a cut connection (see the module)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        seen = {"start": None, "done": False}
-
-        async def watch_send(message):
-            if message["type"] == "http.response.start":
-                seen["start"] = message
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                seen["done"] = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch_send)
-        except asyncio.CancelledError:
-            # Only uvicorn's shutdown cancels a request's task; the engine's requests were cancelled on the
-            # way out (the routes' `finally`), so what is left is telling the client.
-            scope.setdefault("state", {})["cancelled"] = True
-            if not seen["done"]:
-                await _end(send, seen["start"])
+            if self.log_requests:
+                usage = state.get("usage")
+                stream = seen["start"] is not None and _is_stream(seen["start"])
+                log.info(log_line(scope["method"], scope["path"], seen["status"], time.perf_counter() - start,
+                                  usage() if usage else None, stream, seen["left"], at, seen["cancelled"]))
 
 
 async def _end(send, start) -> None:

@@ -70,6 +70,21 @@ def _keep_keras_global_state():
     keras.config.set_floatx(floatx)
 
 
+@pytest.fixture(autouse=True)
+def _keep_kgpt2_logger_state():
+    """Put back the `kgpt2` logger as the test found it: `kgpt2.cli.main` gives it a stderr handler, a level and
+    propagate=False for its process, and tests that call it in-process (the kgpt2_cli fixture, test_journeys'
+    and test_packed_training's helpers, module-scoped journeys) would otherwise hide later tests' records from
+    caplog (a request-log test failed only in the whole suite)."""
+    import logging
+
+    logger = logging.getLogger("kgpt2")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.propagate = handlers, propagate
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.is_dir():

@@ -61,23 +61,7 @@ def server():
     thread.join(10)
 
 
-@pytest.fixture
-def serve_records(caplog):
-    """caplog, also fed by the `kgpt2.serve` logger at INFO: an in-process `kgpt2` CLI run earlier in the session
-    (conftest's kgpt2_cli) leaves the `kgpt2` logger not propagating to the root, and at WARNING after `-q`."""
-    log, propagate = logging.getLogger("kgpt2.serve"), logging.getLogger("kgpt2.serve").propagate
-    log.addHandler(caplog.handler)
-    log.propagate = False  # each record once, whatever the `kgpt2` logger's state
-    try:
-        with caplog.at_level(logging.INFO, logger="kgpt2.serve"):
-            yield caplog
-    finally:
-        log.removeHandler(caplog.handler)
-        log.propagate = propagate
-
-
-def test_cancelled_stream_and_request_end_with_an_error_not_a_traceback(server, serve_records):
-    caplog = serve_records
+def test_cancelled_stream_and_request_end_with_an_error_not_a_traceback(server, caplog):
     srv, url = server
     got = {}
 

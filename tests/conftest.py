@@ -70,19 +70,34 @@ def _keep_keras_global_state():
     keras.config.set_floatx(floatx)
 
 
-@pytest.fixture(autouse=True)
-def _keep_kgpt2_logger_state():
-    """Put back the `kgpt2` logger as the test found it: `kgpt2.cli.main` gives it a stderr handler, a level and
-    propagate=False for its process, and tests that call it in-process (the kgpt2_cli fixture, test_journeys'
-    and test_packed_training's helpers, module-scoped journeys) would otherwise hide later tests' records from
-    caplog (a request-log test failed only in the whole suite)."""
+def _pristine_kgpt2_logger():
     import logging
 
     logger = logging.getLogger("kgpt2")
-    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    return logger.handlers[:], logger.level, logger.propagate
+
+
+_KGPT2_LOGGER_AT_START = _pristine_kgpt2_logger()
+
+
+@pytest.fixture(autouse=True)
+def _reset_kgpt2_logger_state():
+    """Give every test the `kgpt2` logger as it was before any test ran: `kgpt2.cli.main` gives it a stderr
+    handler, a level and propagate=False for its process, and tests that call it in-process (the kgpt2_cli
+    fixture, test_journeys' and test_packed_training's helpers) hide later tests' records from caplog. Reset
+    before the test as well as after, because a module-scoped fixture that runs the CLI is set up before this
+    fixture and would otherwise be taken for the state to keep (CI failed that way on a request-log test)."""
+    import logging
+
+    def reset():
+        logger = logging.getLogger("kgpt2")
+        handlers, level, propagate = _KGPT2_LOGGER_AT_START
+        logger.handlers[:], logger.propagate = handlers, propagate
+        logger.setLevel(level)
+
+    reset()
     yield
-    logger.handlers[:], logger.propagate = handlers, propagate
-    logger.setLevel(level)
+    reset()
 
 
 @pytest.fixture(scope="session")

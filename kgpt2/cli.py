@@ -25,6 +25,7 @@ A user's mistake (missing file, unknown key, bad preset) prints one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -396,13 +397,30 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.needs_keras:
         backend.import_keras_quietly()
-    # kgpt2's own progress lines only; other libraries' INFO logs stay off.
+    with progress_lines_on_stderr(args.quiet):
+        return _run_verb(args)
+
+
+@contextlib.contextmanager
+def progress_lines_on_stderr(quiet: bool):
+    """kgpt2's own progress lines on stderr (other libraries' INFO logs stay off) while a verb runs; the
+    `kgpt2` logger is put back afterwards, so `main` called again in one process (a notebook, a test)
+    neither prints each line twice nor leaves the logger cut off from the caller's handlers."""
+    logger = logging.getLogger("kgpt2")
+    saved = logger.handlers[:], logger.level, logger.propagate
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("kgpt2: %(message)s"))
-    logger = logging.getLogger("kgpt2")
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
+
+
+def _run_verb(args) -> int:
     try:
         args.handler(args)
     except UserError as e:

@@ -258,14 +258,11 @@ def kgpt2_cli(capfd, monkeypatch):
     `python -m` entry point) keep one. capfd, not capsys: it also catches what native code writes to the
     file descriptors, so "one line on stderr" is checked as strictly as a subprocess's would be.
     """
-    import logging
     from types import SimpleNamespace
 
     from kgpt2.cli import main
 
     def run(*argv, cwd=None, env=None):
-        logger = logging.getLogger("kgpt2")
-        saved = logger.handlers[:], logger.level, logger.propagate
         with monkeypatch.context() as m:
             if cwd is not None:
                 m.chdir(cwd)
@@ -276,9 +273,6 @@ def kgpt2_cli(capfd, monkeypatch):
                 code = main([str(a) for a in argv])
             except SystemExit as e:  # argparse: --help (0) and usage errors (2)
                 code = e.code if isinstance(e.code, int) else 1
-            finally:  # main() adds a stderr handler and sets the level per call; put the logger back
-                logger.handlers[:], logger.propagate = saved[0], saved[2]
-                logger.setLevel(saved[1])
             out, err = capfd.readouterr()
         return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 

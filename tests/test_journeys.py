@@ -10,7 +10,6 @@ tests/test_stage_plan.py.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shlex
@@ -33,10 +32,7 @@ def kgpt2(capsys, *argv) -> tuple[int, str, str]:
     from kgpt2.cli import main
 
     capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    finally:  # main() adds a stderr handler per call; capsys' stream is gone after this call
-        logging.getLogger("kgpt2").handlers.clear()
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import math
 import re
 from pathlib import Path
@@ -48,11 +47,8 @@ def cli(work: Path, *args) -> SimpleNamespace:
     from kgpt2.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.chdir(work), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in args])
-    finally:  # main() adds a stderr handler per call
-        logging.getLogger("kgpt2").handlers.clear()
+    with contextlib.chdir(work), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
     assert code == 0, err.getvalue()[-3000:]
     return SimpleNamespace(stdout=out.getvalue(), stderr=err.getvalue())
 
@@ -62,10 +58,7 @@ def kgpt2(capsys, *argv) -> tuple[int, str, str]:
     from kgpt2.cli import main
 
     capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    finally:  # main() adds a stderr handler per call; capsys' stream is gone after this call
-        logging.getLogger("kgpt2").handlers.clear()
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

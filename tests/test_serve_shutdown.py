@@ -81,7 +81,10 @@ def test_cancelled_stream_and_request_end_with_an_error_not_a_traceback(server, 
         srv.should_exit = True
         for t in readers:
             t.join(20)
-        time.sleep(0.5)  # the server's shutdown completes
+        for _ in range(100):  # a line is written after its response's last byte: wait for both (bounded: 10 s)
+            if len([r for r in caplog.records if r.name == "kgpt2.serve"]) >= 2:
+                break
+            time.sleep(0.1)
     assert got["plain"] == (503, {"error": {"message": "the server is shutting down", "type": "server_error",
                                             "param": None, "code": None}})
     assert got["events"][0] == 'data: {"text": "first"}'

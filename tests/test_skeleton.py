@@ -183,3 +183,25 @@ def test_stage_ids_name_stage_end_checkpoints(tiny_run):
     assert [mgr.get(f"stage-{i + 1}").id for i in range(len(ends))] == [c.id for c in ends]
     with pytest.raises(UserError, match="no checkpoint 'stage-9'"):
         mgr.get("stage-9")
+
+
+def test_main_twice_in_one_process_prints_each_line_once_and_gives_the_logger_back(tmp_path, pydoc_tokenizer_dir,
+                                                                                   capfd, monkeypatch):
+    """A notebook calling `kgpt2.cli.main` again: the second call's progress line is printed once, not once per
+    earlier call, and afterwards the `kgpt2` logger reaches the caller's handlers again."""
+    import logging
+
+    from kgpt2.cli import main
+
+    logger = logging.getLogger("kgpt2")
+    before = (logger.handlers[:], logger.level, logger.propagate)
+    monkeypatch.chdir(tmp_path)
+    shape = ["model.num_layers=1", "model.num_heads=2", "model.hidden_dim=16", "model.intermediate_dim=32",
+             "model.max_sequence_length=32", "data.sequence_length=32", f"model.tokenizer={pydoc_tokenizer_dir}"]
+    lines = []
+    for out in ("first", "second"):
+        capfd.readouterr()
+        assert main(["pretrain", "--out", out, "init", *shape]) == 0
+        lines.append([line for line in capfd.readouterr().err.splitlines() if "as preset" in line])
+    assert len(lines[0]) == 1 and len(lines[1]) == 1, lines
+    assert (logger.handlers, logger.level, logger.propagate) == before

@@ -125,7 +125,9 @@ def _train(p):
             if a.config is not None:
                 raise UserError("give either --run DIR (a run's own config) or --config, not both")
             if not (Path(a.run) / "config.json").is_file():
-                raise UserError(f"'{a.run}' is not a kgpt2 run directory (no config.json); train one with --config first")
+                from kgpt2.run import not_a_run
+
+                raise not_a_run(a.run, "train one with --config first")
         cfg = load_config(Path(a.run) / "config.json" if a.run is not None else a.config, overrides)
         if a.dry_run:
             print(reports.plan_table(cfg.train.stages, describe_plan(cfg)))

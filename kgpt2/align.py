@@ -150,9 +150,6 @@ class Aligner:
             rows.held_x, rows.held_labels, rows.train_x, rows.train_labels
         n_train, n_held = len(self.labels), len(self.held_labels)
         unit = "examples" if a.loss == "kto" else "pairs"
-        if n_train == 0 or n_held == 0:
-            raise UserError(f"{n_train + n_held} usable preference {unit} are too few to hold out "
-                            f"{a.heldout_fraction:.0%} of them; give more data or another align.heldout_fraction")
         labelled = (lambda x, y: {**x, "labels": y}) if a.loss == "kto" else (lambda x, y: x)  # noqa: E731
         self.data_hash = (content_hash(labelled(self.train_x, self.labels)) + "/"
                           + content_hash(labelled(self.held_x, self.held_labels)))

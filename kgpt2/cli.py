@@ -41,6 +41,8 @@ from kgpt2 import reports  # noqa: E402  (stdlib only)
 
 VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
 CHECKPOINT_KEPT = "the last complete checkpoint is kept; run the same command to resume"
+PREPARE_OFFLINE_HINT = ("to work offline, pass --tokenizer DIR (vocabulary.json + merges.txt, or OpenAI's "
+                        "encoder.json + vocab.bpe) or --preset with a local preset directory")
 
 
 def unescape(text: str | None) -> str | None:
@@ -89,13 +91,16 @@ def _prepare(p: argparse.ArgumentParser):
         from kgpt2.config import ModelConfig
         from kgpt2.data.shard_folder import check_out_folder, local_source
         from kgpt2.data.shards import prepare
+        from kgpt2.data.sources import open_source
         from kgpt2.models import load_tokenizer
 
-        check_out_folder(Path(a.out), local_source(a.source))  # before a tokenizer download, not after
-        tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer))
-        m = prepare(a.source, a.out, tok, fmt=a.fmt, contents=a.contents, splits=a.splits,
-                    seed=a.seed, text_column=a.text_column, threads=a.threads,
-                    separator=unescape(a.separator))
+        # The source (exists, its format) and --out are checked before a tokenizer download, not after:
+        # a mistyped path offline is named as such, not as a failed download.
+        src = open_source(a.source, a.fmt, contents=a.contents, text_column=a.text_column,
+                          separator=unescape(a.separator))
+        check_out_folder(Path(a.out), local_source(src))
+        tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer), offline_hint=PREPARE_OFFLINE_HINT)
+        m = prepare(src, a.out, tok, splits=a.splits, seed=a.seed, threads=a.threads)
         print(reports.prepare_report(m, a.out))
 
     return run
@@ -121,7 +126,9 @@ def _train(p):
             if a.config is not None:
                 raise UserError("give either --run DIR (a run's own config) or --config, not both")
             if not (Path(a.run) / "config.json").is_file():
-                raise UserError(f"'{a.run}' is not a kgpt2 run directory (no config.json); train one with --config first")
+                from kgpt2.run import not_a_run
+
+                raise not_a_run(a.run, "train one with --config first")
         cfg = load_config(Path(a.run) / "config.json" if a.run is not None else a.config, overrides)
         if a.dry_run:
             print(reports.plan_table(cfg.train.stages, describe_plan(cfg)))

@@ -42,7 +42,7 @@ from kgpt2.demo_layout import build as build_layout
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 from kgpt2.model_pool import ModelPool
-from kgpt2.run import BASE, load_run_config
+from kgpt2.run import BASE, load_run_config, not_a_run
 from kgpt2.templates import prompt_ids, render_prompt
 from kgpt2.votes import VOTES_FILE, append_vote, counts, read_votes
 
@@ -342,6 +342,8 @@ def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860
     browser clients still only pick among the runs listed there).
     """
     check_port(host, port)
+    if run is not None and Path(run).is_file():  # a run's config.json, say: name the folder, not "no run"
+        raise not_a_run(run, "train one, or run `kgpt2 quickstart`")
     if run is not None and (Path(run).parent != Path(".") or Path(run).is_absolute()):
         if Path(run).resolve().parent != Path(checkpoints_root).resolve():
             checkpoints_root = str(Path(run).parent)

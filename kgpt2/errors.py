@@ -9,6 +9,8 @@ The CLI prints its message as one line and exits with status 2; nothing else
 """
 
 import errno
+import socket
+import urllib.error
 
 
 class UserError(Exception):
@@ -70,3 +72,40 @@ def out_of_memory_sentence(error: BaseException, doing: str, on_gpu: bool, advic
     said = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
     said = said.split("Error dispatching computation: ")[-1][:200]
     return f"{doing} ran out of {'GPU ' if on_gpu else ''}memory ({said}); {advice}, then run the same command again"
+
+
+# Exceptions (anywhere in the chain) that mean "the download could not reach its host". requests'
+# and urllib3's own classes are matched by name: neither is imported for this.
+_NETWORK_ERRORS = (socket.gaierror, socket.timeout, ConnectionError, TimeoutError, urllib.error.URLError)
+_NETWORK_ERROR_NAMES = {"ConnectionError", "ConnectTimeout", "MaxRetryError", "NameResolutionError",
+                        "NewConnectionError", "ReadTimeout", "Timeout"}
+
+
+def _is_network_error(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, _NETWORK_ERRORS) or type(e).__name__ in _NETWORK_ERROR_NAMES:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def load_failure(what: str, e: Exception, hint: str) -> UserError:
+    """One sentence for a preset that did not load: a network failure says so, not urllib3's 300 characters.
+
+        >>> str(load_failure("model preset 'gpt2_base_en'", OSError("Max retries exceeded"), "hint"))
+        "could not load model preset 'gpt2_base_en' (Max retries exceeded); hint"
+        >>> import socket
+        >>> try:
+        ...     raise OSError("HTTPSConnectionPool(host='api.kaggle.com') ...") from socket.gaierror(-2, "unknown")
+        ... except OSError as e:
+        ...     print(str(load_failure("model preset 'gpt2_base_en'", e, "hint")))
+        could not download model preset 'gpt2_base_en': no network connection (and it is not in the KerasHub cache); hint
+    """
+    if _is_network_error(e):
+        return UserError(f"could not download {what}: no network connection (and it is not in the KerasHub "
+                         f"cache); {hint}")
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    reason = text if len(text) <= 200 else text[:200] + "..."
+    return UserError(f"could not load {what} ({reason}); {hint}")

@@ -35,7 +35,7 @@ from kgpt2.adapters import enable_lora
 from kgpt2.config import Config, ModelConfig
 from kgpt2.cudnn_attention import use_cudnn_dropout_attention, wants_cudnn_dropout
 from kgpt2.distribution import pin_attention_sharding
-from kgpt2.errors import UserError
+from kgpt2.errors import UserError, load_failure
 from kgpt2.peft_adapters import load_peft_adapter
 from kgpt2.quantize import quantize_backbone
 from kgpt2.tokenizer import Tokenizer as BPETokenizer
@@ -46,21 +46,19 @@ OFFLINE_HINT = (
     "to work offline, use a local preset directory (save_to_preset output), "
     "a local Hugging Face GPT-2 directory, or model.preset = \"scratch\""
 )
-
-
 def _is_local(preset: str) -> bool:
     return Path(preset).expanduser().is_dir()
 
 
-def _check_preset(preset: str) -> None:
+def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
     if preset == "scratch" or _is_local(preset):
         return
     if "/" in preset or preset.startswith("."):
-        raise UserError(f"model preset directory '{preset}' does not exist; {OFFLINE_HINT}")
+        raise UserError(f"model preset directory '{preset}' does not exist; {hint}")
     known = set(keras_hub.models.GPT2Backbone.presets)
     if preset not in known and not preset.startswith(("kaggle://", "hf://")):
         raise UserError(
-            f"unknown GPT-2 preset '{preset}' (known: {', '.join(GPT2_PRESETS)}); {OFFLINE_HINT}"
+            f"unknown GPT-2 preset '{preset}' (known: {', '.join(GPT2_PRESETS)}); {hint}"
         )
 
 
@@ -150,17 +148,19 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
     except UserError:
         raise
     except Exception as e:  # network, auth, missing files: one clear sentence
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not load model preset '{cfg.preset}' ({reason}); {OFFLINE_HINT}") from None
+        raise load_failure(f"model preset '{cfg.preset}'", e, OFFLINE_HINT) from None
 
 
-def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
-    """The run's exact GPT-2 tokenizer: `model.tokenizer` if set, else the preset's."""
+def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokenizer:
+    """The run's exact GPT-2 tokenizer: `model.tokenizer` if set, else the preset's.
+
+    `offline_hint`: what a preset that cannot be downloaded is told to use instead (the options of the
+    command asking: `kgpt2 prepare` has --tokenizer, not model.preset)."""
     if cfg.tokenizer:
         return BPETokenizer.from_dir(cfg.tokenizer)
     if cfg.preset == "scratch":
         raise UserError("a from-scratch model needs model.tokenizer (a directory with vocabulary.json + merges.txt)")
-    _check_preset(cfg.preset)
+    _check_preset(cfg.preset, offline_hint)
     if _is_local(cfg.preset):
         root = Path(cfg.preset).expanduser()
         for d in (root / "assets" / "tokenizer", root):  # KerasHub preset, HF dir
@@ -174,8 +174,7 @@ def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
     try:
         kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not load the tokenizer of preset '{cfg.preset}' ({reason}); {OFFLINE_HINT}") from None
+        raise load_failure(f"the tokenizer of preset '{cfg.preset}'", e, offline_hint) from None
     return BPETokenizer(kh.vocabulary, kh.merges)
 
 

@@ -23,7 +23,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kgpt2.data.preference_pairs import encode_pairs, encode_rows, heldout_mask, kto_rows, unpair
+from kgpt2.data.preference_pairs import (check_heldout_split, encode_pairs, encode_rows, heldout_scores, kto_rows,
+                                         unpair)
 from kgpt2.preference_losses import kto_metrics, pair_metrics, preference_loss
 
 REFERENCE_FILE = "reference.npz"  # in the run folder: log-probs before alignment (train and held-out rows)
@@ -46,7 +47,7 @@ class Encoded:
 def encode_preferences(cfg, pairs: list, unpaired: list, tokenizer, stats=None) -> Encoded:
     """The held-out and training rows of `kgpt2 align` (and of `kgpt2 evaluate` on its run).
 
-    Prompts are held out by a seeded hash. Paired losses: held-out and
+    Prompts are held out by a seeded hash (a side left empty is refused: `check_heldout_split`). Paired losses: held-out and
     training pairs (slot 0 chosen, slot 1 rejected). `align.loss = "kto"`:
     desirable / undesirable examples (the pairs unpaired, plus the unpaired
     ones, e.g. demo thumbs), each with a mismatched completion in slot 1, on
@@ -55,15 +56,21 @@ def encode_preferences(cfg, pairs: list, unpaired: list, tokenizer, stats=None) 
     a, T = cfg.align, cfg.data.sequence_length
     if a.loss == "kto":
         examples = unpair(pairs) + unpaired
-        held = heldout_mask([e["prompt"] for e in examples], a.heldout_fraction, cfg.seed)
+        scores = heldout_scores([e["prompt"] for e in examples], cfg.seed)
+        held = scores < a.heldout_fraction
         parts = [_kto_encoded([e for e, h in zip(examples, held) if h == side], tokenizer, T, cfg.seed, stats)
                  for side in (True, False)]
-        return Encoded(*parts[0], *parts[1])
-    held = heldout_mask([p["prompt"] for p in pairs], a.heldout_fraction, cfg.seed)
-    held_x, _ = encode_pairs(tokenizer, [p for p, h in zip(pairs, held) if h], T, stats)
-    rows = [(p["prompt"], p["chosen"], p["rejected"]) for p, h in zip(pairs, held) if not h]
-    train_x, kept = encode_rows(tokenizer, rows, T, stats)
-    return Encoded(held_x, np.ones(len(held_x["token_ids"]), "float32"), train_x, np.ones(len(kept), "float32"))
+        out = Encoded(*parts[0], *parts[1])
+    else:
+        scores = heldout_scores([p["prompt"] for p in pairs], cfg.seed)
+        held = scores < a.heldout_fraction
+        held_x, _ = encode_pairs(tokenizer, [p for p, h in zip(pairs, held) if h], T, stats)
+        rows = [(p["prompt"], p["chosen"], p["rejected"]) for p, h in zip(pairs, held) if not h]
+        train_x, kept = encode_rows(tokenizer, rows, T, stats)
+        out = Encoded(held_x, np.ones(len(held_x["token_ids"]), "float32"), train_x, np.ones(len(kept), "float32"))
+    check_heldout_split(scores, len(out.train_labels), len(out.held_labels), a.heldout_fraction,
+                        "examples" if a.loss == "kto" else "pairs")
+    return out
 
 
 def _kto_encoded(examples: list, tokenizer, T: int, seed: int, stats) -> tuple[dict, np.ndarray]:

@@ -61,6 +61,20 @@ BASE = "base"  # checkpoint id meaning "the preset, untrained"
 BEST = "best"  # checkpoint id meaning "lowest validation loss" (train.keep_best)
 
 
+def not_a_run(path, advice: str) -> UserError:
+    """The sentence for a --run that is no run folder; a file in one (its config.json) names the folder.
+
+        >>> str(not_a_run("nowhere", "train one first"))
+        "'nowhere' is not a kgpt2 run directory (no config.json); train one first"
+    """
+    path = Path(path)
+    if path.is_file():
+        folder = path.parent if (path.parent / "config.json").is_file() else None
+        return UserError(f"'{path}' is a file; --run takes the run's folder"
+                         + (f" ('{folder}')" if folder is not None else ""))
+    return UserError(f"'{path}' is not a kgpt2 run directory (no config.json); {advice}")
+
+
 class Run:
     """One run folder (`cfg.run_dir`): its file names, checkpoints and config."""
 
@@ -109,7 +123,7 @@ class Run:
     def config(self) -> Config:
         """The config the run trained with, pointed at where the run is now."""
         if not self.exists():
-            raise UserError(f"'{self.path}' is not a kgpt2 run directory (no config.json); train one first")
+            raise not_a_run(self.path, "train one first")
         return config_from_dict(read_run_config(self.config_path)[0])
 
     def continuations(self) -> list:

@@ -103,9 +103,9 @@ class Tokenizer:
             ):
                 if (d / vocab).is_file() and (d / merges).is_file():
                     return cls.from_files(d / vocab, d / merges)
-        raise UserError(
-            f"'{root}' holds no GPT-2 tokenizer files (vocabulary.json + merges.txt) nor a char_vocabulary.json"
-        )
+        kind = "is a file, not a folder of tokenizer files" if root.is_file() else "holds no GPT-2 tokenizer files"
+        raise UserError(f"'{root}' {kind} (vocabulary.json + merges.txt, vocab.json + merges.txt or OpenAI's "
+                        "encoder.json + vocab.bpe) nor a char_vocabulary.json")
 
     @classmethod
     def from_hf_json(cls, path) -> "Tokenizer":

@@ -298,3 +298,32 @@ def test_init_run_of_another_model_names_the_fields(tmp_path, tiny_run, make_tin
     with pytest.raises(UserError) as e:
         _load_init(None, cfg, tiny_run, "latest")
     assert "lora: False -> True" in str(e.value) and "sequence_length: 32 -> 16" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("loss", ["kto", "dpo"])
+def test_a_split_with_an_empty_side_says_which_fractions_split_the_prompts(pydoc_tokenizer, loss):
+    """Two demo prompts: a fraction that holds out both (or neither) is refused with the range that works."""
+    import re
+
+    from kgpt2.config import load_config
+    from kgpt2.data.preference_pairs import heldout_scores
+    from kgpt2.preferences import encode_preferences
+
+    pairs = [{"prompt": p, "chosen": " is a statement.", "rejected": " no"} for p in ("The assert statement",
+                                                                                     "The with statement")]
+    cfg = load_config(None, [f"align.loss={loss}"])
+    low, high = sorted(heldout_scores([p["prompt"] for p in pairs], cfg.seed))
+    for fraction, side in ((low / 2, "none of the"), ((high + 1) / 2, "all ")):
+        cfg.align.heldout_fraction = fraction
+        with pytest.raises(UserError) as e:
+            encode_preferences(cfg, pairs, [], pydoc_tokenizer)
+        message = str(e.value)
+        assert message.startswith(side) and "(2 prompts)" in message and "\n" not in message
+        lo, hi = map(float, re.search(r"any align.heldout_fraction from ([\d.]+) to ([\d.]+) splits", message).groups())
+        for fraction in (lo, hi):  # both ends of the range it names work
+            cfg.align.heldout_fraction = fraction
+            rows = encode_preferences(cfg, pairs, [], pydoc_tokenizer)
+            assert len(rows.held_labels) and len(rows.train_labels)
+    cfg.align.heldout_fraction = 0.5
+    with pytest.raises(UserError, match="needs two different prompts at least"):
+        encode_preferences(cfg, pairs[:1], [], pydoc_tokenizer)

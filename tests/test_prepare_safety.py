@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -470,3 +471,44 @@ def test_two_prepares_of_one_out_at_once_leave_one_whole_set(tmp_path, corpus, s
     assert sum(s["num_articles"] for s in shards.manifest["splits"].values()) > 0
     prepare(winner, out, gpt2_tokenizer, progress=False)  # the next prepare leaves nothing else behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
+
+
+def _offline_tokenizer_download(monkeypatch) -> list:
+    """keras_hub's GPT2Tokenizer.from_preset fails as it does offline (requests' error over socket.gaierror)."""
+    import keras_hub
+
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except socket.gaierror as e:
+            raise OSError("HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded with url: "
+                          "/v1/models (Caused by NameResolutionError(\"HTTPSConnection(host='api.kaggle.com'") from e
+
+    monkeypatch.setattr(keras_hub.models.GPT2Tokenizer, "from_preset", offline)
+    return calls
+
+
+def test_a_mistyped_source_is_named_before_any_tokenizer_download(tmp_path, capsys, monkeypatch):
+    from kgpt2.cli import main
+
+    calls = _offline_tokenizer_download(monkeypatch)
+    assert main(["prepare", "--source", str(tmp_path / "corpsu.jsonl"), "--out", str(tmp_path / "shards")]) == 2
+    assert capsys.readouterr().err == f"kgpt2: error: source '{tmp_path / 'corpsu.jsonl'}' does not exist\n"
+    (tmp_path / "notes.json").write_text("[1, 2]\n")  # a file of the wrong kind, also before the download
+    assert main(["prepare", "--source", str(tmp_path / "notes.json"), "--out", str(tmp_path / "shards")]) == 2
+    assert "cannot tell the format of" in capsys.readouterr().err and calls == []
+
+
+def test_an_offline_preset_download_is_one_plain_sentence_naming_prepares_options(corpus, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from kgpt2.cli import main
+
+    _offline_tokenizer_download(monkeypatch)
+    assert main(["prepare", "--source", str(corpus), "--out", str(tmp_path / "shards")]) == 2
+    assert capsys.readouterr().err == (
+        "kgpt2: error: could not download the tokenizer of preset 'gpt2_base_en': no network connection (and it is "
+        "not in the KerasHub cache); to work offline, pass --tokenizer DIR (vocabulary.json + merges.txt, or "
+        "OpenAI's encoder.json + vocab.bpe) or --preset with a local preset directory\n")

@@ -157,3 +157,23 @@ def test_cursor_crosses_epochs_and_stages():
     assert c.position(per_epoch=10) == 13
     assert c.advanced(9, per_epoch=10, first=13) == Cursor(stage=2, epoch=2, batch=2, step=49)
     assert Cursor.from_state({"stage": 1, "epoch": 0, "batch": 0, "step": 7, "stage_end": True}) == Cursor(1, 0, 0, 7)
+
+
+def test_a_runs_config_json_given_as_run_names_the_folder(tmp_path, capsys, monkeypatch):
+    """`--run RUN/config.json` (a natural slip) is told to name the folder, not that there is no config.json."""
+    from kgpt2.cli import main
+    from kgpt2.demo import launch
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("hi")
+    monkeypatch.chdir(tmp_path)
+    want = "'run/config.json' is a file; --run takes the run's folder ('run')"
+    with pytest.raises(UserError) as e:
+        Run("run/config.json").config()
+    assert str(e.value) == want
+    for argv in (["generate", "--run", "run/config.json", "--prompt", "x"], ["train", "--run", "run/config.json"],
+                 ["evaluate", "--run", "run/config.json"]):
+        assert main(argv) == 2 and capsys.readouterr().err == f"kgpt2: error: {want}\n", argv
+    with pytest.raises(UserError, match="^'notes.txt' is a file; --run takes the run's folder$"):
+        launch("notes.txt", port=0)

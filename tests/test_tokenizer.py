@@ -179,3 +179,16 @@ def test_both_tokenizers_satisfy_the_tokenizer_protocol(tmp_path):
         assert tok.decode(ids + [tok.eos_id]) == "the cat" and tok.vocab_size > max(ids)
         assert type(tok).from_dir(tok.save(tmp_path / kind)).hash == tok.hash
     assert not isinstance(object(), Tokenizer)
+
+
+def test_a_tokenizer_path_without_its_files_lists_every_accepted_pair(tmp_path):
+    from kgpt2.errors import UserError
+    from kgpt2.tokenizer import Tokenizer
+
+    (tmp_path / "corpus.jsonl").write_text("{}\n")
+    for path, kind in ((tmp_path, "holds no GPT-2 tokenizer files"),
+                       (tmp_path / "corpus.jsonl", "is a file, not a folder of tokenizer files")):
+        with pytest.raises(UserError) as e:
+            Tokenizer.from_dir(path)
+        assert str(e.value) == (f"'{path}' {kind} (vocabulary.json + merges.txt, vocab.json + merges.txt or "
+                                "OpenAI's encoder.json + vocab.bpe) nor a char_vocabulary.json")

@@ -22,6 +22,7 @@ ids `kgpt2 train` and `kgpt2 generate` use (kgpt2.templates.prompt_ids).
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,11 +213,52 @@ def encode_pairs(tokenizer, pairs: list[dict], sequence_length: int, stats: Pair
     return inputs, kept
 
 
+def heldout_scores(prompts: list, seed: int) -> np.ndarray:
+    """Each prompt's seeded hash in [0, 1): a prompt is held out when its score is below the fraction."""
+    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True, ensure_ascii=False) for p in prompts]
+    return np.array([zlib.crc32(f"{seed}:{k}".encode()) / 2**32 for k in keys])
+
+
 def heldout_mask(prompts: list, fraction: float, seed: int) -> np.ndarray:
     """Deterministic held-out split by a seeded hash of the prompt (a prompt is never on both sides)."""
-    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True, ensure_ascii=False) for p in prompts]
-    u = np.array([zlib.crc32(f"{seed}:{k}".encode()) / 2**32 for k in keys])
-    return u < fraction
+    return heldout_scores(prompts, seed) < fraction
+
+
+def _round_inside(low: float, high: float) -> tuple[str, str]:
+    """The shortest decimals lo > low and hi <= high, lo < hi where the gap allows, for a range to type."""
+    for digits in range(1, 12):
+        scale = 10 ** digits
+        lo, hi = (math.floor(low * scale) + 1) / scale, math.floor(high * scale) / scale
+        if lo < hi or (lo == hi and digits == 11):
+            return f"{lo:.{digits}f}", f"{hi:.{digits}f}"
+    return f"{high:.12f}", f"{high:.12f}"  # scores closer than 1e-11: only the higher one itself splits them
+
+
+def check_heldout_split(scores: np.ndarray, n_train: int, n_held: int, fraction: float, unit: str) -> None:
+    """Refuse a split with nothing on one side, saying which side and which fractions would split the prompts.
+
+    `scores`: `heldout_scores` of the rows' prompts. Whole prompts are held out, so a handful of prompts
+    splits only for fractions between their scores.
+
+        >>> check_heldout_split(np.array([0.396, 0.436, 0.396]), 0, 3, 0.5, "examples")
+        Traceback (most recent call last):
+        ...
+        kgpt2.errors.UserError: all 3 usable preference examples (2 prompts) fall in the held-out share (align.heldout_fraction = 0.5; whole prompts are held out, picked by a hash), leaving none to train on; any align.heldout_fraction from 0.40 to 0.43 splits these prompts, or give more data
+    """
+    if n_train and n_held:
+        return
+    n, distinct = n_train + n_held, np.unique(scores)
+    if len(distinct) < 2:
+        advice = "a held-out share needs two different prompts at least: give more data"
+    else:
+        lo, hi = _round_inside(distinct[0], distinct[-1])  # held out: score < fraction, so (first, last]
+        advice = f"any align.heldout_fraction from {lo} to {hi} splits these prompts, or give more data"
+    where = (f"none of the {n} usable preference {unit} ({len(distinct)} prompts) falls in the held-out share"
+             if n_held == 0 else
+             f"all {n} usable preference {unit} ({len(distinct)} prompts) fall in the held-out share")
+    side = "" if n_held == 0 else ", leaving none to train on"
+    raise UserError(f"{where} (align.heldout_fraction = {fraction}; whole prompts are held out, picked by a hash)"
+                    f"{side}; {advice}")
 
 
 def content_hash(inputs: dict) -> str:

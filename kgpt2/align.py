@@ -149,7 +149,7 @@ class Aligner:
         self.held_x, self.held_labels, self.train_x, self.labels = \
             rows.held_x, rows.held_labels, rows.train_x, rows.train_labels
         n_train, n_held = len(self.labels), len(self.held_labels)
-        unit = "examples" if a.loss == "kto" else "pairs"
+        unit = ("example" if a.loss == "kto" else "pair") + ("" if n_held == 1 else "s")
         labelled = (lambda x, y: {**x, "labels": y}) if a.loss == "kto" else (lambda x, y: x)  # noqa: E731
         self.data_hash = (content_hash(labelled(self.train_x, self.labels)) + "/"
                           + content_hash(labelled(self.held_x, self.held_labels)))

@@ -361,5 +361,13 @@ def serve(demo: Demo, host="127.0.0.1", port=7860, share=False, **launch_kwargs)
     if host not in ("127.0.0.1", "localhost", "::1") or share:
         log.warning("demo: reachable beyond this machine (host %s, share %s); anyone who can reach it can "
                     "generate and vote", host, share)
-    app.launch(server_name=host, server_port=port, share=share, ssr_mode=False, **launch_kwargs)
+    # Gradio's own start lines would tell the user to edit `launch()`; kgpt2 prints the address and its flag.
+    kwargs = {"quiet": True, **launch_kwargs}
+    block = not kwargs.pop("prevent_thread_lock", False)
+    app.launch(server_name=host, server_port=port, share=share, ssr_mode=False, prevent_thread_lock=True, **kwargs)
+    if not launch_kwargs.get("quiet"):
+        print(f"demo on {app.local_url}" + ("" if share else " (kgpt2 demo --share: a public link as well)"),
+              flush=True)
+    if block:
+        app.block_thread()
     return app

@@ -88,7 +88,9 @@ def publish_folder(tmp, final) -> Path:
 def refuse_used_folder(out, what: str) -> None:
     """A UserError unless `out` is absent or an empty folder: a new folder never replaces a user's files."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} target '{out}' is a file; choose a new directory")
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"{what} target '{out}' already exists and is not empty; choose a new directory")
 
 

@@ -77,7 +77,7 @@ def align_report(result: dict, run_dir) -> str:
                 f", {p['unpaired_skipped']} unpaired vote answers skipped" if p.get("unpaired_skipped") else "")
     lines = [f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
              f"chosen == rejected dropped{unpaired}, {p['too_long_dropped']} too long; {p['train']} train, "
-             f"{p['heldout']} held out" + (" examples" if kto else "")
+             f"{p['heldout']} held out" + ((" example" if p["heldout"] == 1 else " examples") if kto else "")
              + (f" ({result['loss']})" if "loss" in result else "")]
     for when in ("before", "after"):
         m = result[f"heldout_{when}"]

@@ -280,6 +280,20 @@ def test_examples_come_from_the_runs_held_out_data(server):
     assert 1 <= len(examples) <= 4 and all(e.strip() for e in examples)
 
 
+def test_the_start_line_names_the_address_and_kgpt2s_share_flag(server, capfd):
+    from kgpt2.demo import serve
+
+    _, demo, _ = server
+    capfd.readouterr()
+    app = serve(demo, port=free_port(), prevent_thread_lock=True)
+    try:
+        out = capfd.readouterr().out
+    finally:
+        app.close()
+    assert f"demo on {app.local_url} (kgpt2 demo --share: a public link as well)" in out
+    assert "share=True" not in out and "Running on local URL" not in out
+
+
 def test_a_busy_port_is_refused_in_one_sentence_before_any_model_is_built(demo_root, kgpt2_cli):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -41,5 +41,9 @@ def test_align_and_tokenizer_reports():
     assert text[0].startswith("pairs: 10 read, 1 ties skipped") and "6 train, 1 held out" in text[0]
     assert text[2] == "held-out  after: loss 0.2500, reward accuracy 0.750, margin 0.1250"
     assert text[-1] == "run in runs/dpo (ckpt-8, align.json)"
+    kto = dict(result, loss="kto")
+    assert "6 train, 1 held out example (kto)" in reports.align_report(kto, "runs/kto").splitlines()[0]
+    kto["pairs"] = dict(result["pairs"], heldout=2)
+    assert "6 train, 2 held out examples (kto)" in reports.align_report(kto, "runs/kto").splitlines()[0]
     tok = CharTokenizer("ab")
     assert reports.tokenizer_report(tok, "t") == "character tokenizer, 3 tokens (end-of-text id 2), saved in t"

@@ -79,9 +79,10 @@ def test_new_folder_refuses_a_used_out_in_one_sentence(tmp_path):
             raise AssertionError("the build must not start")
     assert str(refused.value) == f"import target '{out}' already exists and is not empty; choose a new directory"
     (tmp_path / "file").write_text("keep")
-    with pytest.raises(UserError, match="already exists and is not empty"):
+    with pytest.raises(UserError, match=f"import target '{tmp_path / 'file'}' is a file; choose a new directory"):
         with new_folder(tmp_path / "file", "import"):
             pass
+    assert (tmp_path / "file").read_text() == "keep"
     late = tmp_path / "late"  # filled by someone else while the folder was built
     with pytest.raises(UserError, match=f"import target '{late}' already exists"):
         with new_folder(late, "import") as tmp:

@@ -208,7 +208,8 @@ def test_kto_align_on_demo_votes_matches_a_numpy_reference(served, client, tmp_p
     result = json.loads((run_dir / "align.json").read_text())
     p = result["pairs"]
     assert result["loss"] == "kto" and p["too_long_dropped"] == 0 and p["train"] + p["heldout"] == len(want)
-    assert p["unpaired"] == 8 + 4 + 2 and "held out examples (kto)" in out.stdout
+    held = f"{p['heldout']} held out example{'' if p['heldout'] == 1 else 's'} (kto)"
+    assert p["unpaired"] == 8 + 4 + 2 and held in out.stdout
     before, after = result["heldout_before"], result["heldout_after"]
     assert before["loss"] == pytest.approx(0.5, abs=1e-6) and before["reward_accuracy"] == 0.0  # policy == reference
 

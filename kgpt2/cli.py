@@ -370,7 +370,11 @@ def _pretrain(p):
         from kgpt2.scratch import PRESET_DIR, init_preset
 
         cfg = load_config(a.config, a.overrides)
-        print(f"preset saved in {init_preset(cfg, a.out or cfg.run_dir / PRESET_DIR)}")
+        out = Path(a.out or cfg.run_dir / PRESET_DIR)
+        if not a.out and out.is_dir() and any(out.iterdir()):
+            raise UserError(f"run '{cfg.run_dir}' already has its preset '{out}' (its checkpoints start from it); "
+                            "give --out DIR for a new one")
+        print(f"preset saved in {init_preset(cfg, out)}")
 
     return run
 

@@ -202,6 +202,26 @@ def test_pretrain_init_takes_overrides_after_its_options(tmp_path, char_tokenize
     assert keras_hub.models.GPT2Backbone.from_preset(str(tmp_path / "p")).num_layers == 1
 
 
+def test_pretrain_init_never_replaces_a_preset(tmp_path, char_tokenizer_dir, capsys):
+    """A run's checkpoints were trained from its preset: a second init (default --out) must not strand them."""
+    import keras_hub
+
+    from kgpt2.cli import main
+
+    shape = [f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}", "run=r", *TINY]
+    init = ["-q", "pretrain", "init", "--config", "shakespeare_char"]
+    assert main(init + shape) == 0
+    preset = tmp_path / "r" / "preset"
+    before = {f.name: f.read_bytes() for f in preset.iterdir() if f.is_file()}
+    assert main(init + shape + ["model.num_layers=2"]) == 2
+    assert "already has its preset" in capsys.readouterr().err
+    assert main(init + ["--out", str(preset)] + shape + ["model.num_layers=2"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in preset.iterdir() if f.is_file()} == before
+    assert keras_hub.models.GPT2Backbone.from_preset(str(preset)).num_layers == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # no half-built folder left beside it
+
+
 def test_pretrain_config_errors(tmp_path, char_tokenizer_dir):
     from kgpt2.cli import main
     from kgpt2.config import load_config

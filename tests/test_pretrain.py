@@ -70,6 +70,26 @@ def test_bpe_tokenizer_trains_and_loads_in_keras_hub(tmp_path, shakespeare):
         train_tokenizer(str(source), tmp_path / "tiny", vocab_size=100)
 
 
+def test_tokenizer_train_never_replaces_a_tokenizer(tmp_path, capsys):
+    """Shards were encoded with the tokenizer in --out: training again there is refused, the files kept."""
+    from kgpt2.cli import main
+
+    source = tmp_path / "abc.txt"
+    source.write_text("abc abc\n", encoding="utf-8")
+    out = tmp_path / "tok"
+    train = ["-q", "tokenizer", "train", "--source", str(source), "--out", str(out)]
+    assert main(train + ["--char"]) == 0
+    before = (out / "char_vocabulary.json").read_bytes()
+    assert main(train + ["--char"]) == 0  # the same command again: the same tokenizer, nothing to refuse
+    source.write_text("xyz\n", encoding="utf-8")
+    for kind in (["--char"], ["--vocab-size", "300"]):
+        assert main(train + kind) == 2
+        assert "already holds another tokenizer" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["char_vocabulary.json"]
+    assert (out / "char_vocabulary.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.txt", "tok"]  # nothing half-built beside it
+
+
 def test_tail_split_is_nanogpts_90_10_character_split(tmp_path, char_tokenizer_dir, shakespeare):
     from kgpt2.data.shards import ShardSet, prepare
     from kgpt2.tokenizer import Tokenizer

@@ -124,11 +124,14 @@ def _read_weights_h5(path: Path) -> dict:
 def read_legacy_weights(path) -> dict:
     """keras-hub variable path -> array, from a legacy TF checkpoint or .weights.h5."""
     path = Path(path).expanduser()
-    prefix = str(path)[: -len(".index")] if str(path).endswith(".index") else str(path)
+    prefix = re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(path))  # any of the checkpoint's files names it
     if Path(prefix + ".index").is_file():
         return _read_or_refuse(_read_checkpoint, prefix, f"the TF checkpoint '{prefix}'")
     if path.is_file() and path.suffix == ".h5":
         return _read_or_refuse(_read_weights_h5, path, f"'{path}' as a .weights.h5 file")
+    if not path.exists():  # a TF checkpoint's NAME.ckpt is no file itself: only its .index says it is there
+        raise UserError(f"'{path}' does not exist (a TF checkpoint NAME.ckpt is the files NAME.ckpt.index + "
+                        "NAME.ckpt.data-*)")
     raise UserError(f"'{path}' {NOT_LEGACY}")
 
 

@@ -58,6 +58,9 @@ def test_import_cli_and_its_refusals(tmp_path, tiny_preset, kgpt2_cli):
     wrong = cli(tmp_path / "notes.txt", "q", "--tokenizer", tiny_preset)
     assert wrong.returncode == 2 and "is not a TensorFlow checkpoint" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+    for model in (tiny_preset, tiny_preset / "model.weights.h5"):  # a model kgpt2 loads as it is
+        loaded = cli(model, "q", "--tokenizer", tiny_preset)
+        assert loaded.returncode == 2 and f"use model.preset={tiny_preset} " in loaded.stderr, loaded.stderr
 
 
 def test_any_file_of_a_checkpoint_names_it():

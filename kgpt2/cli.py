@@ -342,6 +342,9 @@ def _tokenizer(p):
 
         if not a.char and not a.vocab_size:
             raise UserError("give --vocab-size N for a BPE tokenizer, or --char for a character-level one")
+        if a.char and a.vocab_size:
+            raise UserError("--char and --vocab-size do not go together: a character tokenizer's size is the number of "
+                            "distinct characters in --source (drop --char for a BPE of that size)")
         tok = train_tokenizer(a.source, a.out, a.vocab_size, char=a.char, fmt=a.fmt, min_frequency=a.min_frequency)
         print(reports.tokenizer_report(tok, a.out))
 

@@ -248,6 +248,8 @@ def test_pretrain_config_errors(tmp_path, char_tokenizer_dir):
     from kgpt2.scratch import resolve_scratch
 
     assert main(["tokenizer", "train", "--source", "pydoc", "--out", str(tmp_path / "t")]) == 2  # neither --char nor size
+    both = ["tokenizer", "train", "--char", "--vocab-size", "512", "--source", "pydoc", "--out", str(tmp_path / "t")]
+    assert main(both) == 2 and not (tmp_path / "t").exists()  # the size was silently dropped
     cfg = load_config("shakespeare_char", TINY + [
         f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}", "run=r"])
     resolve_scratch(cfg)

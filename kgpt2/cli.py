@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -434,9 +435,21 @@ def progress_lines_on_stderr(quiet: bool):
         logger.setLevel(saved[1])
 
 
+def _stdout_to_devnull() -> None:
+    """After the reader of stdout went away: send what is left nowhere, so the exit flush raises nothing."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a notebook, a test's capture)
+        pass
+
+
 def _run_verb(args) -> int:
     try:
         args.handler(args)
+        sys.stdout.flush()  # a reader gone (`kgpt2 recipes | head -1`) shows here, not as a traceback at exit
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 141  # 128 + SIGPIPE, what a shell reports for any program cut off this way
     except UserError as e:
         print(f"kgpt2: error: {e}", file=sys.stderr)
         return 2

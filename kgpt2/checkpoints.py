@@ -46,7 +46,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,7 @@ from kgpt2.checkpoint_arrays import array_names, checkpoint_variables, load_arra
 from kgpt2.checkpoint_manifest import FORMAT, OPTIMIZER, STATE_FILE, WEIGHTS, damage, write_manifest
 from kgpt2.distribution import host_array, is_writer, process_count
 from kgpt2.errors import UserError
-from kgpt2.io import atomic_write_text, link_or_copy, publish_folder
+from kgpt2.io import atomic_write_text, link_or_copy, publish_folder, temp_dir
 from kgpt2.lock import owner_gone
 
 log = logging.getLogger("kgpt2")
@@ -213,7 +212,7 @@ class CheckpointManager:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._check_room(model, optimizer, export)
-            tmp = Path(tempfile.mkdtemp(prefix=f".ckpt-{step}.tmp-{os.getpid()}-", dir=self.run_dir))
+            tmp = temp_dir(f".ckpt-{step}.tmp-{os.getpid()}-", self.run_dir)
             save_arrays(tmp / WEIGHTS, checkpoint_variables(model))
             fault_point("mid-checkpoint")
             if optimizer is not None:

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -342,6 +343,9 @@ def _tokenizer(p):
 
         if not a.char and not a.vocab_size:
             raise UserError("give --vocab-size N for a BPE tokenizer, or --char for a character-level one")
+        if a.char and a.vocab_size:
+            raise UserError("--char and --vocab-size do not go together: a character tokenizer's size is the number of "
+                            "distinct characters in --source (drop --char for a BPE of that size)")
         tok = train_tokenizer(a.source, a.out, a.vocab_size, char=a.char, fmt=a.fmt, min_frequency=a.min_frequency)
         print(reports.tokenizer_report(tok, a.out))
 
@@ -370,7 +374,11 @@ def _pretrain(p):
         from kgpt2.scratch import PRESET_DIR, init_preset
 
         cfg = load_config(a.config, a.overrides)
-        print(f"preset saved in {init_preset(cfg, a.out or cfg.run_dir / PRESET_DIR)}")
+        out = Path(a.out or cfg.run_dir / PRESET_DIR)
+        if not a.out and out.is_dir() and any(out.iterdir()):
+            raise UserError(f"run '{cfg.run_dir}' already has its preset '{out}' (its checkpoints start from it); "
+                            "give --out DIR for a new one")
+        print(f"preset saved in {init_preset(cfg, out)}")
 
     return run
 
@@ -427,9 +435,21 @@ def progress_lines_on_stderr(quiet: bool):
         logger.setLevel(saved[1])
 
 
+def _stdout_to_devnull() -> None:
+    """After the reader of stdout went away: send what is left nowhere, so the exit flush raises nothing."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a notebook, a test's capture)
+        pass
+
+
 def _run_verb(args) -> int:
     try:
         args.handler(args)
+        sys.stdout.flush()  # a reader gone (`kgpt2 recipes | head -1`) shows here, not as a traceback at exit
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 141  # 128 + SIGPIPE, what a shell reports for any program cut off this way
     except UserError as e:
         print(f"kgpt2: error: {e}", file=sys.stderr)
         return 2

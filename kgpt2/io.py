@@ -23,6 +23,7 @@ rename, fsync the folder) is a dozen lines.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -45,12 +46,48 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask: reading it means setting it, so once, and set straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir(prefix: str, parent) -> Path:
+    """`tempfile.mkdtemp` with the mode `mkdir` would give: mkdtemp's 0700 would stay on the published folder."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def _readable_as_umask_allows(folder: Path) -> None:
+    """Add the read (and, for folders, search) bits the umask allows to everything in `folder`.
+
+    Libraries writing into a new folder may make files 0600 (safetensors' model.safetensors
+    does), which would leave an export unreadable to the people it is for. Bits are only added.
+    """
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            extra = (0o555 if path.is_dir() else 0o444) & ~_umask()
+            path.chmod(path.stat().st_mode | extra)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write `data` to `path` through a fsynced temporary file and a rename."""
+    """Write `data` to `path` through a fsynced temporary file and a rename.
+
+    The file gets the mode a plain `open(path, "w")` gives (a replaced file keeps
+    its own), not mkstemp's 0600, which would hide it from everyone else.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -108,8 +145,9 @@ def new_folder(out, what: str) -> Iterator[Path]:
     tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = temp_dir(f".{out.name}.tmp-", out.parent)
         yield tmp
+        _readable_as_umask_allows(tmp)
         refuse_used_folder(out, what)  # something may have appeared there during the build
         publish_folder(tmp, out)
     except OSError as e:

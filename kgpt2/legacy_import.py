@@ -124,12 +124,25 @@ def _read_weights_h5(path: Path) -> dict:
 def read_legacy_weights(path) -> dict:
     """keras-hub variable path -> array, from a legacy TF checkpoint or .weights.h5."""
     path = Path(path).expanduser()
-    prefix = str(path)[: -len(".index")] if str(path).endswith(".index") else str(path)
+    prefix = re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(path))  # any of the checkpoint's files names it
     if Path(prefix + ".index").is_file():
         return _read_or_refuse(_read_checkpoint, prefix, f"the TF checkpoint '{prefix}'")
     if path.is_file() and path.suffix == ".h5":
         return _read_or_refuse(_read_weights_h5, path, f"'{path}' as a .weights.h5 file")
+    _refuse_a_loadable_model(path)
+    if not path.exists():  # a TF checkpoint's NAME.ckpt is no file itself: only its .index says it is there
+        raise UserError(f"'{path}' does not exist (a TF checkpoint NAME.ckpt is the files NAME.ckpt.index + "
+                        "NAME.ckpt.data-*)")
     raise UserError(f"'{path}' {NOT_LEGACY}")
+
+
+def _refuse_a_loadable_model(path: Path) -> None:
+    """A Hugging Face or KerasHub model directory (or a file in one) is a model.preset already: say so."""
+    model_dir = path if path.is_dir() else path.parent
+    if (model_dir / "config.json").is_file():  # what save_pretrained and save_to_preset write
+        where = "is" if path.is_dir() else "is part of"
+        raise UserError(f"'{path}' {where} a Hugging Face or KerasHub model directory, which needs no import: use "
+                        f"model.preset={model_dir} (docs/interop.md)")
 
 
 def _read_or_refuse(read, path, what: str) -> dict:
@@ -155,6 +168,7 @@ def legacy_backbone(path):
         intermediate = weights["transformer_layer_0/feedforward_intermediate_dense/kernel"].shape[1]
         context = weights["position_embedding/embeddings"].shape[0]
     except (KeyError, ValueError):
+        _refuse_a_loadable_model(Path(path).expanduser())  # e.g. a KerasHub preset's model.weights.h5
         raise UserError(f"'{path}' {NOT_LEGACY} (no GPT-2 token embedding, attention and MLP found)") from None
     backbone = keras_hub.models.GPT2Backbone(vocabulary_size=vocab, num_layers=layers, num_heads=heads,
                                              hidden_dim=hidden, intermediate_dim=intermediate,

@@ -30,6 +30,7 @@ import keras
 from kgpt2.config import Config, ModelConfig
 from kgpt2.devices import dtype_policy
 from kgpt2.errors import UserError
+from kgpt2.io import new_folder
 from kgpt2.models import build_backbone, load_tokenizer, save_preset
 from kgpt2.tokenizer_protocol import Tokenizer
 
@@ -53,7 +54,11 @@ def scratch_shape(model: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
 
 
 def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
-    """Save a seeded, randomly initialised GPT-2 of `cfg.model`'s shape as a KerasHub preset."""
+    """Save a seeded, randomly initialised GPT-2 of `cfg.model`'s shape as a KerasHub preset.
+
+    `out_dir` must be new (or empty): a run's checkpoints were trained from its
+    preset, so replacing one would strand them. It appears whole or not at all.
+    """
     if not cfg.model.tokenizer:
         raise UserError("a from-scratch model needs model.tokenizer (a directory written by `kgpt2 tokenizer train`)")
     tokenizer = load_tokenizer(replace(cfg.model, preset="scratch"))
@@ -64,7 +69,9 @@ def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
     with dtype_policy("float32"):
         keras.utils.set_random_seed(cfg.seed if seed is None else seed)
         backbone = build_backbone(shape)
-        out = save_preset(backbone, tokenizer, out_dir)
+        with new_folder(out_dir, "preset") as tmp:
+            save_preset(backbone, tokenizer, tmp)
+    out = Path(out_dir)
     log.info("saved a %d-layer, %d-head, %d-wide GPT-2 (%s parameters, vocabulary %d, context %d) as preset %s",
              shape.num_layers, shape.num_heads, shape.hidden_dim, f"{backbone.count_params():,}",
              shape.vocabulary_size, shape.max_sequence_length, out)

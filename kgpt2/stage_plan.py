@@ -169,7 +169,7 @@ def plan_stages(plan: list, total_articles: int, oversize: str = "scale") -> Sta
     small_rest = has_rest and needed <= n and rest < MIN_SHARE * n
     if needed <= n and not small_rest:
         counts = written + ([rest] if has_rest else [])
-        why = f"the plan fits the {n:,} train articles as written"
+        why = f"the plan fits the {_articles(n).replace(' ', ' train ', 1)} as written"
         if not has_rest and needed < n:
             why += f"; the last {n - needed:,} articles are not used (end the plan with \"rest\" to use them)"
         return _stages(counts, n, why)

@@ -103,6 +103,9 @@ class Tokenizer:
             ):
                 if (d / vocab).is_file() and (d / merges).is_file():
                     return cls.from_files(d / vocab, d / merges)
+        if not root.exists():  # a typo, or a recipe's relative path read from another folder
+            where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+            raise UserError(f"tokenizer folder '{root}' does not exist{where}")
         kind = "is a file, not a folder of tokenizer files" if root.is_file() else "holds no GPT-2 tokenizer files"
         raise UserError(f"'{root}' {kind} (vocabulary.json + merges.txt, vocab.json + merges.txt or OpenAI's "
                         "encoder.json + vocab.bpe) nor a char_vocabulary.json")

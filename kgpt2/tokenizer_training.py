@@ -16,11 +16,13 @@ vocabulary (`kgpt2.char_tokenizer`). `model.tokenizer = DIR` and
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from kgpt2.char_tokenizer import CharTokenizer
 from kgpt2.data.sources import open_source
 from kgpt2.errors import UserError
+from kgpt2.io import new_folder, refuse_used_folder
 from kgpt2.tokenizer import Tokenizer as BPETokenizer
 from kgpt2.tokenizer_protocol import Tokenizer
 
@@ -39,15 +41,34 @@ def train_tokenizer(source: str, out_dir, vocab_size: int = 0, *, char: bool = F
     BPE: `vocab_size` tokens in all (256 bytes + end-of-text + merges), saved
     as the vocabulary.json + merges.txt that KerasHub's GPT2Tokenizer reads.
     Char: every distinct character plus end-of-text; `vocab_size` is ignored.
+    `out_dir` must be new, empty, or hold this very tokenizer already (a re-run
+    of the same command): shards and presets were made with the tokenizer there,
+    so another one never replaces it. It appears whole or not at all.
     """
-    texts = _texts(source, fmt)
     out_dir = Path(out_dir)
+    if not char and vocab_size < 258:
+        raise UserError(f"a byte-level BPE needs --vocab-size of at least 258 (256 bytes, end-of-text, a merge), got {vocab_size}")
+    if out_dir.is_file():
+        refuse_used_folder(out_dir, "tokenizer")  # before the training, which can take minutes
+    texts = _texts(source, fmt)
     if char:
         tokenizer = CharTokenizer.train(texts)
-        tokenizer.save(out_dir)
-        return tokenizer
-    if vocab_size < 258:
-        raise UserError(f"a byte-level BPE needs --vocab-size of at least 258 (256 bytes, end-of-text, a merge), got {vocab_size}")
-    tokenizer = BPETokenizer.train(texts, vocab_size=vocab_size, min_frequency=min_frequency)
-    tokenizer.save(out_dir)
+    else:
+        tokenizer = BPETokenizer.train(texts, vocab_size=vocab_size, min_frequency=min_frequency)
+    _save_new(tokenizer, out_dir)
     return tokenizer
+
+
+def _save_new(tokenizer: Tokenizer, out_dir: Path) -> None:
+    """Save into a new folder; a used one is left as it is if it holds exactly these files, else refused."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save(tmp)
+            same = sorted(p.name for p in out_dir.iterdir()) == sorted(p.name for p in Path(tmp).iterdir()) and all(
+                (out_dir / p.name).read_bytes() == p.read_bytes() for p in Path(tmp).iterdir())
+        if same:
+            return
+        raise UserError(f"tokenizer target '{out_dir}' already holds another tokenizer (shards and presets may have "
+                        "been made with it); choose a new directory")
+    with new_folder(out_dir, "tokenizer") as tmp:
+        tokenizer.save(tmp)

@@ -301,8 +301,8 @@ class Trainer:
         per-step hook makes Keras wait for every step (the step logger is async-safe).
         """
         lo, hi = self.split.token_range(stage.first, stage.end)
-        log.info("%s/%d: articles %d..%d (%d articles, %s tokens)", stage.name, self.stage_offset + len(self.stages),
-                 stage.first, stage.end - 1, stage.num_articles, f"{hi - lo:,}")
+        log.info("%s/%d: articles %d..%d (%d article%s, %s tokens)", stage.name, self.stage_offset + len(self.stages),
+                 stage.first, stage.end - 1, stage.num_articles, "" if stage.num_articles == 1 else "s", f"{hi - lo:,}")
         first = stage_batches(self.cfg, self.split, stage, 0)
         per_epoch = len(first)  # every epoch permutes the same windows
         self.padding = describe_padding(self.cfg, self.split, stage, first)

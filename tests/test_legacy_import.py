@@ -58,6 +58,19 @@ def test_import_cli_and_its_refusals(tmp_path, tiny_preset, kgpt2_cli):
     wrong = cli(tmp_path / "notes.txt", "q", "--tokenizer", tiny_preset)
     assert wrong.returncode == 2 and "is not a TensorFlow checkpoint" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+    for model in (tiny_preset, tiny_preset / "model.weights.h5"):  # a model kgpt2 loads as it is
+        loaded = cli(model, "q", "--tokenizer", tiny_preset)
+        assert loaded.returncode == 2 and f"use model.preset={tiny_preset} " in loaded.stderr, loaded.stderr
+
+
+def test_any_file_of_a_checkpoint_names_it():
+    """A user may pick NAME.ckpt, its .index or its .data-* file: all three read the same checkpoint."""
+    from kgpt2.legacy_import import read_legacy_weights
+
+    want = read_legacy_weights(FIXTURE / "legacy.ckpt")
+    for name in ("legacy.ckpt.index", "legacy.ckpt.data-00000-of-00001"):
+        got = read_legacy_weights(FIXTURE / name)
+        assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
 
 
 def test_other_files_are_refused_in_one_sentence(tmp_path, tiny_preset):
@@ -70,7 +83,7 @@ def test_other_files_are_refused_in_one_sentence(tmp_path, tiny_preset):
         f.attrs["layer_names"] = [b"dense"]
     with pytest.raises(UserError, match="Keras 2 .h5 weights file"):
         import_legacy(tmp_path / "keras2.h5", tmp_path / "a", str(tiny_preset))
-    with pytest.raises(UserError, match="is not a TensorFlow checkpoint"):
+    with pytest.raises(UserError, match=r"'.*missing.ckpt' does not exist \(a TF checkpoint"):
         import_legacy(tmp_path / "missing.ckpt", tmp_path / "b", str(tiny_preset))
     shutil.copy(FIXTURE / "legacy.ckpt.index", tmp_path / "broken.ckpt.index")  # no .data-* beside it
     with pytest.raises(UserError, match="could not read the TF checkpoint"):

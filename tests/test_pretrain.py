@@ -70,6 +70,26 @@ def test_bpe_tokenizer_trains_and_loads_in_keras_hub(tmp_path, shakespeare):
         train_tokenizer(str(source), tmp_path / "tiny", vocab_size=100)
 
 
+def test_tokenizer_train_never_replaces_a_tokenizer(tmp_path, capsys):
+    """Shards were encoded with the tokenizer in --out: training again there is refused, the files kept."""
+    from kgpt2.cli import main
+
+    source = tmp_path / "abc.txt"
+    source.write_text("abc abc\n", encoding="utf-8")
+    out = tmp_path / "tok"
+    train = ["-q", "tokenizer", "train", "--source", str(source), "--out", str(out)]
+    assert main(train + ["--char"]) == 0
+    before = (out / "char_vocabulary.json").read_bytes()
+    assert main(train + ["--char"]) == 0  # the same command again: the same tokenizer, nothing to refuse
+    source.write_text("xyz\n", encoding="utf-8")
+    for kind in (["--char"], ["--vocab-size", "300"]):
+        assert main(train + kind) == 2
+        assert "already holds another tokenizer" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["char_vocabulary.json"]
+    assert (out / "char_vocabulary.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.txt", "tok"]  # nothing half-built beside it
+
+
 def test_tail_split_is_nanogpts_90_10_character_split(tmp_path, char_tokenizer_dir, shakespeare):
     from kgpt2.data.shards import ShardSet, prepare
     from kgpt2.tokenizer import Tokenizer
@@ -202,12 +222,34 @@ def test_pretrain_init_takes_overrides_after_its_options(tmp_path, char_tokenize
     assert keras_hub.models.GPT2Backbone.from_preset(str(tmp_path / "p")).num_layers == 1
 
 
+def test_pretrain_init_never_replaces_a_preset(tmp_path, char_tokenizer_dir, capsys):
+    """A run's checkpoints were trained from its preset: a second init (default --out) must not strand them."""
+    import keras_hub
+
+    from kgpt2.cli import main
+
+    shape = [f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}", "run=r", *TINY]
+    init = ["-q", "pretrain", "init", "--config", "shakespeare_char"]
+    assert main(init + shape) == 0
+    preset = tmp_path / "r" / "preset"
+    before = {f.name: f.read_bytes() for f in preset.iterdir() if f.is_file()}
+    assert main(init + shape + ["model.num_layers=2"]) == 2
+    assert "already has its preset" in capsys.readouterr().err
+    assert main(init + ["--out", str(preset)] + shape + ["model.num_layers=2"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in preset.iterdir() if f.is_file()} == before
+    assert keras_hub.models.GPT2Backbone.from_preset(str(preset)).num_layers == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # no half-built folder left beside it
+
+
 def test_pretrain_config_errors(tmp_path, char_tokenizer_dir):
     from kgpt2.cli import main
     from kgpt2.config import load_config
     from kgpt2.scratch import resolve_scratch
 
     assert main(["tokenizer", "train", "--source", "pydoc", "--out", str(tmp_path / "t")]) == 2  # neither --char nor size
+    both = ["tokenizer", "train", "--char", "--vocab-size", "512", "--source", "pydoc", "--out", str(tmp_path / "t")]
+    assert main(both) == 2 and not (tmp_path / "t").exists()  # the size was silently dropped
     cfg = load_config("shakespeare_char", TINY + [
         f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}", "run=r"])
     resolve_scratch(cfg)

@@ -93,6 +93,26 @@ def test_new_folder_refuses_a_used_out_in_one_sentence(tmp_path):
     assert (out / "notes.txt").read_text() == "keep"
 
 
+def test_written_files_and_folders_get_the_umasks_mode_not_mkstemps(tmp_path):
+    """An export or a run shared with others must be readable by them: mkstemp/mkdtemp make 0600/0700."""
+    from kgpt2 import io
+
+    old = os.umask(0o022)
+    io._umask.cache_clear()  # read once per process: whatever an earlier test saw
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with new_folder(tmp_path / "export", "export") as building:
+            atomic_write_text(building / "config.json", "{}")
+            (building / "model.safetensors").touch(mode=0o600)  # as safetensors' save_file leaves it
+        os.chmod(tmp_path / "a.json", 0o640)  # a mode the user chose is kept when the file is replaced
+        atomic_write_text(tmp_path / "a.json", "[]")
+    finally:
+        os.umask(old)
+        io._umask.cache_clear()
+    mode = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert mode == {"a.json": 0o640, "export": 0o755, "export/config.json": 0o644, "export/model.safetensors": 0o644}
+
+
 def test_save_figure_writes_a_png_and_no_temp(tmp_path):
     import matplotlib
 

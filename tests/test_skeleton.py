@@ -104,6 +104,15 @@ def test_verbs_that_need_no_keras_never_import_it(tmp_path):
         assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 []", (argv, r.stdout, r.stderr)
 
 
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
+    """`kgpt2 recipes | head -1`, `kgpt2 pretrain summary --json | head`: the pipe closes before kgpt2 writes."""
+    p = subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "recipes"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=tmp_path)
+    p.stdout.close()  # long before the interpreter has even imported kgpt2
+    err = p.communicate(timeout=120)[1].decode()
+    assert (p.returncode, err) == (141, "")
+
+
 def test_run_dir_holds_config_checkpoints_logs_metrics(tiny_run):
     files = {p.name for p in tiny_run.iterdir()}
     assert {"config.json", "stages.json", "stages.csv", "loss.png", "stage-1.weights.h5", "stage-2.weights.h5"} <= files

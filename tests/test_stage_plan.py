@@ -41,6 +41,7 @@ def test_seed_plan_as_written_where_it_fits():
     plan = plan_stages(SEED_PLAN, 120_000)
     assert sizes(plan) == [10, 10_000, 80_000, 29_990]
     assert plan.why == "the plan fits the 120,000 train articles as written"
+    assert plan_stages(["rest"], 1).why == "the plan fits the 1 train article as written"  # one text file: Shakespeare
     assert sizes(plan_stages(SEED_PLAN, 119_924)) == [10, 10_000, 80_000, 29_914]  # the seed's corpus
 
 

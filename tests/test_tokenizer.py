@@ -192,3 +192,15 @@ def test_a_tokenizer_path_without_its_files_lists_every_accepted_pair(tmp_path):
             Tokenizer.from_dir(path)
         assert str(e.value) == (f"'{path}' {kind} (vocabulary.json + merges.txt, vocab.json + merges.txt or "
                                 "OpenAI's encoder.json + vocab.bpe) nor a char_vocabulary.json")
+
+
+def test_a_tokenizer_path_that_does_not_exist_says_so(tmp_path, monkeypatch):
+    """The recipes name their tokenizer relative to the folder kgpt2 runs in: the message names that folder."""
+    from kgpt2.errors import UserError
+    from kgpt2.tokenizer import Tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=f"^tokenizer folder 'data/tok' does not exist \\(relative to {tmp_path}\\)$"):
+        Tokenizer.from_dir("data/tok")
+    with pytest.raises(UserError, match=f"^tokenizer folder '{tmp_path}/tok' does not exist$"):
+        Tokenizer.from_dir(tmp_path / "tok")

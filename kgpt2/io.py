@@ -48,10 +48,15 @@ def fsync_dir(path) -> None:
 
 @functools.cache
 def _umask() -> int:
-    """The process's umask: reading it means setting it, so once, and set straight back."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The process's umask, read once: from /proc where Linux shows it; elsewhere reading it means setting it
+    (set straight back, though another thread creating a file in between would get 022)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def temp_dir(prefix: str, parent) -> Path:

@@ -54,6 +54,7 @@ from kgpt2.optimizer import make_optimizer
 from kgpt2.preference_losses import PreferenceLoss
 from kgpt2.preferences import (PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout,
                                take, targets_for)
+from kgpt2.reports import counted
 from kgpt2.run import Run, same_files
 
 __all__ = ["align", "read_pairs", "PairStats", "encode_pairs"]
@@ -149,13 +150,13 @@ class Aligner:
         self.held_x, self.held_labels, self.train_x, self.labels = \
             rows.held_x, rows.held_labels, rows.train_x, rows.train_labels
         n_train, n_held = len(self.labels), len(self.held_labels)
-        unit = ("example" if a.loss == "kto" else "pair") + ("" if n_held == 1 else "s")
+        held = counted(n_held, "held-out " + ("example" if a.loss == "kto" else "pair"))
         labelled = (lambda x, y: {**x, "labels": y}) if a.loss == "kto" else (lambda x, y: x)  # noqa: E731
         self.data_hash = (content_hash(labelled(self.train_x, self.labels)) + "/"
                           + content_hash(labelled(self.held_x, self.held_labels)))
         log.info("preference data: %d records read, %d ties skipped, %d with chosen == rejected dropped, "
-                 "%d unpaired vote answers skipped (KTO reads them), %d too long; %d training rows (%s), %d held-out %s",
-                 stats.read, stats.ties, stats.identical, stats.skipped, stats.too_long, n_train, a.loss, n_held, unit)
+                 "%d unpaired vote answers skipped (KTO reads them), %d too long; %d training rows (%s), %s",
+                 stats.read, stats.ties, stats.identical, stats.skipped, stats.too_long, n_train, a.loss, held)
 
     def _check_resumable(self, state: dict) -> None:
         old, new = state.get("align_plan", {}), self._plan_record()

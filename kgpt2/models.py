@@ -46,6 +46,8 @@ OFFLINE_HINT = (
     "to work offline, use a local preset directory (save_to_preset output), "
     "a local Hugging Face GPT-2 directory, or model.preset = \"scratch\""
 )
+
+
 def _is_local(preset: str) -> bool:
     return Path(preset).expanduser().is_dir()
 

@@ -47,23 +47,21 @@ class Encoded:
 def encode_preferences(cfg, pairs: list, unpaired: list, tokenizer, stats=None) -> Encoded:
     """The held-out and training rows of `kgpt2 align` (and of `kgpt2 evaluate` on its run).
 
-    Prompts are held out by a seeded hash (a side left empty is refused: `check_heldout_split`). Paired losses: held-out and
-    training pairs (slot 0 chosen, slot 1 rejected). `align.loss = "kto"`:
+    Prompts are held out by a seeded hash (a side left empty is refused:
+    `check_heldout_split`). Paired losses: held-out and training pairs (slot 0 chosen, slot 1 rejected). `align.loss = "kto"`:
     desirable / undesirable examples (the pairs unpaired, plus the unpaired
     ones, e.g. demo thumbs), each with a mismatched completion in slot 1, on
     both sides of the split: KTO is judged on held-out examples, as TRL does.
     """
     a, T = cfg.align, cfg.data.sequence_length
+    examples = unpair(pairs) + unpaired if a.loss == "kto" else pairs
+    scores = heldout_scores([e["prompt"] for e in examples], cfg.seed)
+    held = scores < a.heldout_fraction
     if a.loss == "kto":
-        examples = unpair(pairs) + unpaired
-        scores = heldout_scores([e["prompt"] for e in examples], cfg.seed)
-        held = scores < a.heldout_fraction
         parts = [_kto_encoded([e for e, h in zip(examples, held) if h == side], tokenizer, T, cfg.seed, stats)
                  for side in (True, False)]
         out = Encoded(*parts[0], *parts[1])
     else:
-        scores = heldout_scores([p["prompt"] for p in pairs], cfg.seed)
-        held = scores < a.heldout_fraction
         held_x, _ = encode_pairs(tokenizer, [p for p, h in zip(pairs, held) if h], T, stats)
         rows = [(p["prompt"], p["chosen"], p["rejected"]) for p, h in zip(pairs, held) if not h]
         train_x, kept = encode_rows(tokenizer, rows, T, stats)

@@ -16,6 +16,15 @@ the verbs whose results they show.
 from __future__ import annotations
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` and the noun, plural unless one: the phrase every count in kgpt2's output uses.
+
+        >>> counted(1, "train article"), counted(1_003, "example")
+        ('1 train article', '1,003 examples')
+    """
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def prepare_report(manifest: dict, out) -> str:
     """`kgpt2 prepare`: articles and tokens per split, what was skipped, where the shards are."""
     lines = [f"{name:>10}: {s['num_articles']:>8,} articles {s['num_tokens']:>13,} tokens"
@@ -77,7 +86,7 @@ def align_report(result: dict, run_dir) -> str:
                 f", {p['unpaired_skipped']} unpaired vote answers skipped" if p.get("unpaired_skipped") else "")
     lines = [f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
              f"chosen == rejected dropped{unpaired}, {p['too_long_dropped']} too long; {p['train']} train, "
-             f"{p['heldout']} held out" + ((" example" if p["heldout"] == 1 else " examples") if kto else "")
+             + (counted(p["heldout"], "held out example") if kto else f"{p['heldout']} held out")
              + (f" ({result['loss']})" if "loss" in result else "")]
     for when in ("before", "after"):
         m = result[f"heldout_{when}"]

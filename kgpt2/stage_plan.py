@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 from kgpt2.errors import UserError
+from kgpt2.reports import counted
 
 MIN_SHARE = 0.05  # no stage kgpt2 sizes (scaled, or "rest") gets less of the corpus
 REST_SHARE = 0.25  # "rest" in a scaled plan: the seed's 29,914 of 119,924 articles
@@ -128,7 +129,7 @@ def _scaled(kinds: list, values: list, total: int) -> tuple[list[int], str]:
     if room < len(flexible) * floor:
         if floor == 1:
             raise UserError(f"{total:,} training articles are too few for a plan of {len(kinds)} stages")
-        raise UserError(f"the fractions and first stage of train.stages leave {_articles(room)} of {total:,} "
+        raise UserError(f"the fractions and first stage of train.stages leave {counted(room, 'article')} of {total:,} "
                         f"for {len(flexible)} more stage{'s' if len(flexible) > 1 else ''}, under {MIN_SHARE:.0%} "
                         "of the corpus a stage; lower them")
     rest_weight = REST_SHARE / (1 - REST_SHARE) * sum(written_counts) if written_counts else 1.0
@@ -142,7 +143,7 @@ def _scaled(kinds: list, values: list, total: int) -> tuple[list[int], str]:
         parts = [f"{c:,}" for c in written_counts] + (["rest"] if kinds[-1] == "rest" else [])
         shares = f" as {1 - REST_SHARE:.0%} : {REST_SHARE:.0%}" if kinds[-1] == "rest" else ""
         how.append(f"{' : '.join(parts)} in proportion{shares} of the {room:,} articles left to scale")
-    how.append(f"{'no other stage' if tiny_first else 'no stage'} under {MIN_SHARE:.0%} ({_articles(floor)})")
+    how.append(f"{'no other stage' if tiny_first else 'no stage'} under {MIN_SHARE:.0%} ({counted(floor, 'article')})")
     return counts, "stages scaled to the plan's shape: " + "; ".join(how)
 
 
@@ -169,7 +170,7 @@ def plan_stages(plan: list, total_articles: int, oversize: str = "scale") -> Sta
     small_rest = has_rest and needed <= n and rest < MIN_SHARE * n
     if needed <= n and not small_rest:
         counts = written + ([rest] if has_rest else [])
-        why = f"the plan fits the {_articles(n).replace(' ', ' train ', 1)} as written"
+        why = f"the plan fits the {counted(n, 'train article')} as written"
         if not has_rest and needed < n:
             why += f"; the last {n - needed:,} articles are not used (end the plan with \"rest\" to use them)"
         return _stages(counts, n, why)
@@ -184,10 +185,6 @@ def plan_stages(plan: list, total_articles: int, oversize: str = "scale") -> Sta
         raise UserError(f"{problem}: give \"rest\" a larger share (train.stages = {plan})")
     counts, how = _scaled(kinds, values, n)
     return _stages(counts, n, f"{problem}: {how}")
-
-
-def _articles(n: int) -> str:
-    return f"{n:,} article" + ("" if n == 1 else "s")
 
 
 def _stages(counts: list[int], total: int, why: str) -> StagePlan:

@@ -66,6 +66,7 @@ from kgpt2.models import build_causal_lm, check_sequence_length, count_params, l
 from kgpt2.optimizer import make_optimizer
 from kgpt2.packed_attention import for_windows
 from kgpt2.periodic_eval import PeriodicEval, plot_evals
+from kgpt2.reports import counted
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
@@ -301,8 +302,8 @@ class Trainer:
         per-step hook makes Keras wait for every step (the step logger is async-safe).
         """
         lo, hi = self.split.token_range(stage.first, stage.end)
-        log.info("%s/%d: articles %d..%d (%d article%s, %s tokens)", stage.name, self.stage_offset + len(self.stages),
-                 stage.first, stage.end - 1, stage.num_articles, "" if stage.num_articles == 1 else "s", f"{hi - lo:,}")
+        log.info("%s/%d: articles %d..%d (%s, %s tokens)", stage.name, self.stage_offset + len(self.stages),
+                 stage.first, stage.end - 1, counted(stage.num_articles, "article"), f"{hi - lo:,}")
         first = stage_batches(self.cfg, self.split, stage, 0)
         per_epoch = len(first)  # every epoch permutes the same windows
         self.padding = describe_padding(self.cfg, self.split, stage, first)

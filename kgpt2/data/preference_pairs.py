@@ -214,14 +214,10 @@ def encode_pairs(tokenizer, pairs: list[dict], sequence_length: int, stats: Pair
 
 
 def heldout_scores(prompts: list, seed: int) -> np.ndarray:
-    """Each prompt's seeded hash in [0, 1): a prompt is held out when its score is below the fraction."""
+    """Each prompt's seeded hash in [0, 1): a prompt is held out when its score is below the fraction, so the
+    split is deterministic and a prompt is never on both sides."""
     keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True, ensure_ascii=False) for p in prompts]
     return np.array([zlib.crc32(f"{seed}:{k}".encode()) / 2**32 for k in keys])
-
-
-def heldout_mask(prompts: list, fraction: float, seed: int) -> np.ndarray:
-    """Deterministic held-out split by a seeded hash of the prompt (a prompt is never on both sides)."""
-    return heldout_scores(prompts, seed) < fraction
 
 
 def _round_inside(low: float, high: float) -> tuple[str, str]:

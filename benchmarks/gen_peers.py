@@ -80,17 +80,18 @@ class GeneratorPeer:
 
 
 class Kgpt2(GeneratorPeer):
-    def __init__(self, model, a, chunk=None, programs_options=None, label=""):
+    def __init__(self, model, a, chunk=None, programs_options=None, label="", blocks="auto"):
         from kgpt2.generate import Generator, Settings
 
         self.gen, self.a = Generator(model, NoStop(), chunk=chunk), a
-        if programs_options:  # XLA options for the decode/prefill programs (a benchmark variant)
-            self.gen.engine = self._engine_with(programs_options)
+        if programs_options or blocks != "auto":  # XLA options or decoder blocks of a benchmark variant
+            self.gen.engine = self._engine_with(programs_options, blocks)
         self.greedy = Settings(sampler="greedy", max_new_tokens=a.new_tokens)
-        chunk_now = self.gen.engine(a.prompt_tokens + a.new_tokens).programs.chunk
-        self.name = f"kgpt2 Generator (chunk {chunk_now}{', XLA ' + label if label else ''})"
+        programs = self.gen.engine(a.prompt_tokens + a.new_tokens).programs
+        kind = "fused" if programs.blocks is not None else "keras-hub"
+        self.name = f"kgpt2 Generator (chunk {programs.chunk}, {kind} blocks{', XLA ' + label if label else ''})"
 
-    def _engine_with(self, options):
+    def _engine_with(self, options, blocks="auto"):
         from kgpt2.decoding import Programs, bucket
         from kgpt2.engine import Engine
         from kgpt2.generate import MIN_CACHE_BUCKET
@@ -100,7 +101,7 @@ class Kgpt2(GeneratorPeer):
         def engine(total):
             size = bucket(total, MIN_CACHE_BUCKET, gen.max_sequence_length)
             if size not in engines:
-                programs = Programs(gen.model, 1, size, size, gen.chunk, compiler_options=options)
+                programs = Programs(gen.model, 1, size, size, gen.chunk, compiler_options=options, blocks=blocks)
                 engines[size] = gen._engines[size] = Engine(gen.model, gen.tokenizer, slots=1, cache_length=size,
                                                             programs=programs)
             return engines[size]
@@ -195,9 +196,9 @@ class EnginePeer:
 
     name = "kgpt2 Engine"
 
-    def __init__(self, model, a, max_steps: int, compiler_options=None):
+    def __init__(self, model, a, max_steps: int, compiler_options=None, blocks="auto"):
         self.model, self.a, self.max_steps, self.engines = model, a, max_steps, {}
-        self.options = compiler_options
+        self.options, self.blocks = compiler_options, blocks
 
     def engine(self, n):
         from kgpt2.decoding import Programs, bucket
@@ -205,7 +206,7 @@ class EnginePeer:
 
         if n not in self.engines:  # one engine per slot count (its own compiled programs)
             cache = bucket(self.a.prompt_tokens + self.a.new_tokens, 128, self.model.backbone.max_sequence_length)
-            programs = Programs(self.model, n, cache, self.max_steps, compiler_options=self.options)
+            programs = Programs(self.model, n, cache, self.max_steps, compiler_options=self.options, blocks=self.blocks)
             self.engines[n] = Engine(self.model, NoStop(), slots=n, cache_length=cache, programs=programs,
                                      steps_per_launch=16, full_steps_per_launch=64)
         return self.engines[n]

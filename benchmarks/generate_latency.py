@@ -53,6 +53,8 @@ from gen_peers import HF, SHAPE_124M, SHAPE_TINY, EnginePeer, KerasHub, Kgpt2, P
 # Section 4's XLA option sets for the decode and prefill programs (jax.jit compiler_options).
 XLA_VARIANTS = {
     "cmdbuf": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL"},
+    "cmdbuf1": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL",
+                "xla_gpu_graph_min_graph_size": 1},  # every fusion sequence a CUDA graph, however short
     "cublaslt": {"xla_gpu_enable_cublaslt": True},  # bias / activation epilogues fused into the GEMMs
     "notriton": {"xla_gpu_enable_triton_gemm": False},  # cuBLAS for every GEMM (+3.2% on the 124M training step)
     "cmdbuf+cublaslt": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,"
@@ -81,6 +83,9 @@ def parse_args(argv=None):
                    "(default 8,16,32,128; section 2 runs at 16 if listed, else the first)")
     p.add_argument("--xla-variants", default=None, help="section 4: XLA option sets, of " + ", ".join(XLA_VARIANTS)
                    + " (gpu default: cmdbuf,cublaslt; cpu: none)")
+    p.add_argument("--blocks", default="auto,keras-hub",
+                   help="kgpt2's decoder blocks, the default first: auto (fused where supported), keras-hub (the "
+                        "model's layers); each further value adds a Generator row and an engine run at N streams")
     p.add_argument("--profile", choices=["auto", "on", "off"], default="auto", help="section 5 (auto: on gpu)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
@@ -97,6 +102,7 @@ def parse_args(argv=None):
     a.launch_steps = [int(x) for x in (a.launch_steps or ("4,16" if a.tiny else "8,16,32,128")).split(",") if x]
     a.xla_variants = [x for x in (a.xla_variants if a.xla_variants is not None else "cmdbuf,cublaslt" if gpu else "").split(",") if x]
     assert set(a.xla_variants) <= set(XLA_VARIANTS), a.xla_variants
+    a.blocks = [x.strip() for x in a.blocks.split(",") if x.strip()]
     a.profile = a.profile == "on" or (a.profile == "auto" and gpu)
     return a
 
@@ -237,7 +243,7 @@ def xla_variant(model, a, vocabulary, name: str) -> dict:
     return out
 
 
-def profile(fn, tokens: int, a) -> dict:
+def profile(fn, tokens: int, a, top: int = 30) -> dict:
     """Section 5: one traced call; device time per token by kernel (GPU) or by XLA operation (CPU threads)."""
     import collections
     import glob
@@ -267,7 +273,7 @@ def profile(fn, tokens: int, a) -> dict:
     return {"wall_ms_per_token": round(1000 * seconds / tokens, 4),
             "busy_ms_per_token": round(sum(busy.values()) / 1e6 / tokens, 4),
             "kernels_per_token": round(sum(count.values()) / tokens, 1),
-            "top": [[k[:100], round(v / 1e6 / tokens, 4), round(count[k] / tokens, 2)] for k, v in busy.most_common(30)],
+            "top": [[k[:100], round(v / 1e6 / tokens, 4), round(count[k] / tokens, 2)] for k, v in busy.most_common(top)],
             "lines": dict(lines.most_common(12))}
 
 
@@ -302,6 +308,7 @@ def main(argv=None) -> dict:
     results = {"shape": shape, "hf_same_weights": bool(hf and hf.same_weights)}
     if not a.skip_batch_1:
         impls = [Kgpt2(model, a, c) for c in a.chunks] if "kgpt2" in a.peers else []
+        impls += [Kgpt2(model, a, a.chunks[0], blocks=b) for b in a.blocks[1:]] if "kgpt2" in a.peers else []
         for mode in a.quantize[1:]:  # the same random weights, quantised
             impls.append(Kgpt2(build_model(shape, mode)[0], a, a.chunks[0]))
             impls[-1].name += f", {mode} weights"
@@ -318,6 +325,10 @@ def main(argv=None) -> dict:
         write_report("generate_latency", a, results, quiet=True)
         results["launch_steps"] = launch_steps(engine, a, vocabulary)
         write_report("generate_latency", a, results, quiet=True)
+        for blocks in a.blocks[1:]:  # the same streams with other decoder blocks (no HF rerun)
+            other = EnginePeer(model, a, max(a.launch_steps), blocks=blocks)
+            results[f"streams, {blocks} blocks"] = streams(other, None, a, vocabulary, default_steps)
+            write_report("generate_latency", a, results, quiet=True)
     for name in a.xla_variants:
         try:
             results.setdefault("xla_variants", {})[name] = xla_variant(model, a, vocabulary, name)

@@ -39,6 +39,7 @@ import functools
 
 import numpy as np
 
+from kgpt2.fused_decode import FusedBlocks
 from kgpt2.sampling import MAX_LOGPROBS, sample, token_scores
 
 MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
@@ -72,6 +73,16 @@ def default_chunk() -> int:
 
         return GPU_CHUNK if tf.config.list_logical_devices("GPU") else 1
     return 1
+
+
+def on_jax_gpu() -> bool:
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "gpu"
 
 
 def compiled(fn, donate=(), compiler_options=None):
@@ -110,11 +121,15 @@ class Programs:
     """The compiled prefill and decode of one model at one slot count and cache length."""
 
     def __init__(self, model, slots: int, cache_length: int, steps_per_launch: int, chunk: int | None = None,
-                 compiler_options: dict | None = None):
+                 compiler_options: dict | None = None, blocks: str = "auto"):
+        """`blocks`: how a decode step runs the decoder blocks: "fused" (kgpt2.fused_decode: fewer
+        kernels a token), "keras-hub" (the model's own layers) or "auto" (fused where the model
+        allows it: plain GPT-2 weights, no int8 or unmerged LoRA layers)."""
         self.model, self.slots, self.cache_length = model, slots, cache_length
         # The variables the programs read, in order (listing them walks every layer: ~0.2 ms). A model
         # quantised later has new variables: build its engines after quantising it.
         self.variables = list(model.variables)
+        self.blocks = self._fused_blocks(blocks)
         self.chunk = max(1, min(chunk or default_chunk(), steps_per_launch))
         # Whole chunks: the token buffer has a column for every step of every chunk.
         self.steps_per_launch = -(-steps_per_launch // self.chunk) * self.chunk
@@ -123,6 +138,16 @@ class Programs:
                                   for s in (False, True)}
         self._decode = {(g, lp): compiled(functools.partial(self._decode_loop, greedy_only=g, logprobs=lp), (1,),
                                           compiler_options) for g in (True, False) for lp in (False, True)}
+
+    def _fused_blocks(self, blocks: str) -> FusedBlocks | None:
+        if blocks not in ("auto", "fused", "keras-hub"):
+            raise ValueError(f"blocks must be auto, fused or keras-hub, not {blocks!r}")
+        supported = FusedBlocks.supports(self.model.backbone)
+        if blocks == "fused" and not supported:
+            raise ValueError("fused decoder blocks need plain GPT-2 weights (no int8, no unmerged LoRA)")
+        if blocks == "keras-hub" or not supported:
+            return None
+        return FusedBlocks(self.model.backbone, self.variables, gemv=on_jax_gpu())
 
     def prefill(self, values, caches, prompts, ints, floats, scored: bool = False):
         """(caches, first tokens [rows], their scores) and, when `scored`, the prompt's scores:
@@ -186,14 +211,18 @@ class Programs:
                   for c, f in zip(caches, fresh)]
         return (placed, first, scores) + ((prompt_scores,) if scored else ())
 
-    def _step(self, values, caches, last, pos, offsets, t):
-        """One token for every row: the model on `last` at `pos`, writing ring column `t`."""
+    def _step(self, values, caches, last, pos, offsets, t, fused=()):
+        """One token for every row: the model on `last` at `pos`, writing ring column `t`.
+        `fused`: the launch's `FusedBlocks.fuse` weights when the blocks run fused."""
         b = self.model.backbone
-        mask = (offsets <= pos[:, None])[:, None, :]  # the row's own arc of the ring, up to this token
+        mask = offsets <= pos[:, None]  # the row's own arc of the ring, up to this token
         with self._scope(values):
             tokens = b.token_embedding(last[:, None])
             x = b.embeddings_add((tokens, b.position_embedding(tokens, positions=pos[:, None])))
-            new_caches = []
+            if self.blocks is not None:
+                x, new_caches = self.blocks.step(fused, x, caches, mask, t)
+                return new_caches, self._logits(x)
+            mask, new_caches = mask[:, None, :], []
             for layer, cache in zip(b.transformer_layers, caches):
                 x, cache = layer(x, decoder_attention_mask=mask, use_causal_mask=False,
                                  self_attention_cache=cache, self_attention_cache_update_index=t)
@@ -215,12 +244,14 @@ class Programs:
         active, limit = ops.cast(ints[:, ACTIVE], "bool"), ints[:, LIMIT]
         offsets = ops.mod(ops.arange(length, dtype="int32")[None, :] - ints[:, START][:, None], length)
         settings = _sampling(ints, floats)
+        # The fused blocks' weights, built once a launch outside the loop.
+        fused = self.blocks.fuse(values, self.slots) if self.blocks is not None else ()
 
         def one_token(_, state):
             (caches, last, pos, t, i, out, ended), scored = state[:7], state[7:]
             live = i < steps  # the last chunk may run past `steps`: those steps change nothing
             running = ops.logical_and(ops.logical_and(active, ops.logical_not(ended)), live)
-            caches, logits = self._step(values, caches, last, pos, offsets, t)
+            caches, logits = self._step(values, caches, last, pos, offsets, t, fused)
             if greedy_only:
                 token = ops.cast(ops.argmax(ops.cast(logits, "float32"), axis=-1), "int32")
             else:

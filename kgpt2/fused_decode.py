@@ -1,0 +1,141 @@
+"""One-token GPT-2 decoder blocks on fused weights: fewer, larger kernels per token.
+
+Why by hand: at batch 1 a decode step is bound by the number of kernels it
+runs, not by bytes (docs/benchmarks.md, issue 20: 279 kernels a token through
+keras-hub's `TransformerDecoder`, ~23 a layer). keras-hub's cached attention
+projects query, key and value with three `EinsumDense` layers, slices the
+cache into keys and values, writes each and stacks them back into a new cache
+array every step. This block computes the same thing with one query/key/value
+product on weights concatenated once per launch (`fuse`), one in-place write
+of the new key and value into the layer's cache, and attention as two small
+products over the cache (no cuDNN call, whose layout copies cost more than the
+products at one query). Layer norms, GELU and the embeddings keep Keras'
+numerics (`ops.layer_normalization` in float32, `gelu(approximate=True)`).
+
+Only plain GPT-2 weights take this path (`supports`): quantised or LoRA
+layers and other architectures keep keras-hub's layers.
+
+    >>> import keras_hub
+    >>> from kgpt2.fused_decode import FusedBlocks
+    >>> b = keras_hub.models.GPT2Backbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
+    ...                                   intermediate_dim=16, max_sequence_length=16)
+    >>> FusedBlocks.supports(b)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class FusedBlocks:
+    """The decoder blocks of a keras-hub GPT-2 backbone as one-token steps on fused weights.
+
+    `variables` is the list the caller passes its values in (`Programs.variables`);
+    `fuse(values)` builds the per-launch weights, `step(fused, x, caches, mask, t)`
+    runs every block for one token per row.
+    """
+
+    def __init__(self, backbone, variables, gemv: bool = False):
+        # gemv: one-row products as a multiply and a row sum over weights stored [out, in] (see `_project`)
+        self.gemv = gemv
+        index = {id(v): i for i, v in enumerate(variables)}
+        self.heads = backbone.num_heads
+        self.head_dim = backbone.hidden_dim // backbone.num_heads
+        self.dtype = backbone.compute_dtype
+        self.epsilon = backbone.transformer_layers[0]._self_attention_layer_norm.epsilon
+        self.layers = []
+        for layer in backbone.transformer_layers:
+            att = layer._self_attention_layer
+            parts = (layer._self_attention_layer_norm.gamma, layer._self_attention_layer_norm.beta,
+                     att._query_dense.kernel, att._key_dense.kernel, att._value_dense.kernel,
+                     att._query_dense.bias, att._key_dense.bias, att._value_dense.bias,
+                     att._output_dense.kernel, att._output_dense.bias,
+                     layer._feedforward_layer_norm.gamma, layer._feedforward_layer_norm.beta,
+                     layer._feedforward_intermediate_dense.kernel, layer._feedforward_intermediate_dense.bias,
+                     layer._feedforward_output_dense.kernel, layer._feedforward_output_dense.bias)
+            self.layers.append(tuple(index[id(v)] for v in parts))
+
+    @staticmethod
+    def supports(backbone) -> bool:
+        """Plain GPT-2 blocks: float weights, no LoRA, no dropout at inference anyway."""
+        from keras_hub.models import GPT2Backbone
+
+        if not isinstance(backbone, GPT2Backbone):
+            return False
+        for layer in backbone.transformer_layers:
+            att = layer._self_attention_layer
+            for dense in (att._query_dense, att._key_dense, att._value_dense, att._output_dense,
+                          layer._feedforward_intermediate_dense, layer._feedforward_output_dense):
+                if getattr(dense, "quantization_mode", None) or getattr(dense, "lora_enabled", False):
+                    return False
+        return True
+
+    def fuse(self, values, rows: int = 2) -> list:
+        """Per layer: the block's weights in the compute dtype, query/key/value as one [C, 3C] product
+        (transposed to [out, in] when one row's products run as row sums)."""
+        from keras import ops
+
+        flip = self.gemv and rows == 1
+
+        def w(i):
+            return ops.cast(values[i], self.dtype)
+
+        def kernel(x):
+            return ops.transpose(x) if flip else x
+
+        fused = []
+        for (g1, b1, q, k, v, qb, kb, vb, o, ob, g2, b2, fc, fcb, pr, prb) in self.layers:
+            width = values[q].shape[0]
+            qkv = ops.concatenate([ops.reshape(w(i), (width, -1)) for i in (q, k, v)], axis=1)
+            qkv_bias = ops.concatenate([ops.reshape(w(i), (-1,)) for i in (qb, kb, vb)], axis=0)
+            fused.append((values[g1], values[b1], kernel(qkv), qkv_bias, kernel(ops.reshape(w(o), (-1, width))),
+                          w(ob), values[g2], values[b2], kernel(w(fc)), w(fcb), kernel(w(pr)), w(prb)))
+        return fused
+
+    def step(self, fused, x, caches, mask, t):
+        """Every block on `x` [rows, 1, C]: (x, new caches). `mask` [rows, L] marks each row's keys;
+        the new key and value go to column `t` of each cache [rows, 2, L, heads, head_dim]."""
+        new_caches = []
+        for weights, cache in zip(fused, caches):
+            x, cache = self._block(weights, x, cache, mask, t)
+            new_caches.append(cache)
+        return x, new_caches
+
+    def _block(self, weights, x, cache, mask, t):
+        from keras import ops
+
+        g1, b1, qkv, qkv_bias, out, out_bias, g2, b2, fc, fc_bias, proj, proj_bias = weights
+        rows, heads, dim = x.shape[0], self.heads, self.head_dim
+        gemv = self.gemv and rows == 1
+        h = self._norm(x, g1, b1)
+        q_k_v = ops.reshape(self._project(h, qkv, qkv_bias, gemv), (rows, 3, 1, heads, dim))
+        cache = ops.slice_update(cache, [0, 0, t, 0, 0], q_k_v[:, 1:])
+        scores = ops.einsum("bqhd,bkhd->bhqk", ops.cast(q_k_v[:, 0], "float32"), ops.cast(cache[:, 0], "float32"))
+        # Keras' attention: float32 scores times 1/sqrt(head_dim), masked, float32 softmax.
+        scores = ops.where(mask[:, None, None, :], scores * (1.0 / math.sqrt(float(dim))), -1e30)
+        probs = ops.cast(ops.softmax(scores, axis=-1), self.dtype)
+        attended = ops.reshape(ops.einsum("bhqk,bkhd->bqhd", probs, cache[:, 1]), (rows, 1, heads * dim))
+        x = x + self._project(attended, out, out_bias, gemv)
+        h = self._norm(x, g2, b2)
+        x = x + self._project(ops.gelu(self._project(h, fc, fc_bias, gemv), approximate=True), proj, proj_bias, gemv)
+        return x, cache
+
+    def _norm(self, x, gamma, beta):
+        from keras import ops
+
+        # Keras' own layer norm (float32 inside): measured, a one-pass variance saved 2 of ~17 kernels a
+        # layer but changed bf16 greedy tokens against keras-hub's after 7 of 100.
+        return ops.cast(ops.layer_normalization(x, gamma, beta, epsilon=self.epsilon), self.dtype)
+
+    def _project(self, h, kernel, bias, gemv: bool):
+        """h [rows, 1, in] times the kernel, plus bias. One row on a GPU (`gemv`): a float32 multiply
+        and a sum over the minor axis of the [out, in] kernel, which XLA runs as one row-reduction
+        kernel reading the weights once. (As a dot, XLA strength-reduces a one-row product into a
+        multiply kernel that writes a weight-sized product and a second kernel that sums its columns.)"""
+        from keras import ops
+
+        if not gemv:
+            return ops.matmul(h, kernel) + bias
+        products = ops.cast(h, "float32")[:, :, None, :] * ops.cast(kernel, "float32")
+        return ops.cast(ops.sum(products, axis=-1) + ops.cast(bias, "float32"), self.dtype)

@@ -1,0 +1,111 @@
+"""kgpt2.fused_decode's decoder blocks against keras-hub's own layers: the same scores and tokens."""
+
+import numpy as np
+import pytest
+
+from kgpt2.decoding import Programs
+from kgpt2.engine import Engine, Sampling
+from kgpt2.fused_decode import FusedBlocks
+
+pytestmark = pytest.mark.backend
+
+PROMPTS = ["The assert statement", "if x:"]
+SAMPLED = Sampling(greedy=False, temperature=1.1, top_k=20, top_p=0.9, seed=5)
+
+
+def decoded(model, tokenizer, slots: int, blocks: str, gemv: bool = False):
+    """Each prompt greedy and sampled, 12 new tokens with their top-3 log-probabilities, on `slots` rows."""
+    programs = Programs(model, slots, 64, 8, blocks=blocks)
+    if gemv:  # the one-row form kgpt2 picks on a JAX GPU, forced here
+        programs.blocks = FusedBlocks(model.backbone, programs.variables, gemv=True)
+    engine = Engine(model, tokenizer, slots=slots, cache_length=64, steps_per_launch=8, programs=programs)
+    requests = [engine.submit(tokenizer.encode(p), s, len(tokenizer.encode(p)) + 12, logprobs=3)
+                for p in PROMPTS for s in (Sampling(), SAMPLED)]
+    for _ in range(200):
+        if all(r.finished for r in requests):
+            break
+        engine.step()
+    assert all(r.finished for r in requests)
+    return programs, requests
+
+
+@pytest.mark.parametrize("slots, gemv", [(1, False), (1, True), (2, False)])
+def test_fused_blocks_score_like_keras_hub_layers(loaded, slots, gemv):
+    model, tokenizer, _ = loaded
+    programs, fused = decoded(model, tokenizer, slots, "fused", gemv)
+    assert programs.blocks is not None and programs.blocks.gemv == gemv
+    reference_programs, reference = decoded(model, tokenizer, slots, "keras-hub")
+    assert reference_programs.blocks is None
+    for ours, theirs in zip(fused, reference):
+        assert ours.tokens == theirs.tokens and len(ours.tokens) >= 4
+        ours_lp = np.array([[s[0]] + [v for _, v in s[1]] for s in ours.scores])
+        theirs_lp = np.array([[s[0]] + [v for _, v in s[1]] for s in theirs.scores])
+        assert [[i for i, _ in s[1]] for s in ours.scores] == [[i for i, _ in s[1]] for s in theirs.scores]
+        # float32: the same products in another order (a 1% change of the attention scale moves them 1e-5)
+        np.testing.assert_allclose(ours_lp, theirs_lp, atol=2e-6)
+
+
+@pytest.mark.parametrize("rows, gemv", [(2, False), (1, True)])
+def test_one_step_matches_keras_hub_layers_on_sharp_random_weights(rows, gemv):
+    """One decode step on weights drawn wide (peaked attention and logits, unlike a fresh model's): the
+    fused blocks' logits and caches against keras-hub's layers, rows at different positions of a ring."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(1)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=97, num_layers=2, num_heads=4, hidden_dim=32,
+                                             intermediate_dim=64, max_sequence_length=32)
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    rng = np.random.default_rng(0)
+    for v in model.variables:
+        v.assign(rng.normal(1.0 if "gamma" in v.path else 0.0, 0.3, v.shape).astype("float32"))
+    reference = Programs(model, rows, 16, 4, blocks="keras-hub")
+    fused = Programs(model, rows, 16, 4, blocks="fused")
+    fused.blocks.gemv = gemv
+    values = [v.value for v in reference.variables]
+    caches = [rng.normal(0, 1, (rows, 2, 16, 4, 8)).astype("float32") for _ in range(2)]
+    last, pos = np.array([5, 60][:rows], "int32"), np.array([6, 11][:rows], "int32")
+    offsets = (np.arange(16)[None, :] - np.array([[3], [14]][:rows])) % 16  # each row's ring starts elsewhere
+    t = 9
+    theirs_caches, theirs = reference._step(values, caches, last, pos, offsets.astype("int32"), t)
+    ours_caches, ours = fused._step(values, caches, last, pos, offsets.astype("int32"), t,
+                                    fused.blocks.fuse(values, rows))
+    theirs = np.asarray(theirs)
+    assert theirs.std() > 1.0  # logits spread enough for a wrong attention or norm to show
+    np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours_caches, theirs_caches):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_uses_fused_blocks_on_plain_weights_and_keras_hub_on_int8(tiny_run, loaded):
+    from kgpt2.run import load_model
+
+    model, tokenizer, _ = loaded
+    assert Programs(model, 1, 64, 8).blocks is not None
+    assert Programs(model, 1, 64, 8, blocks="keras-hub").blocks is None
+    with pytest.raises(ValueError, match="auto, fused or keras-hub"):
+        Programs(model, 1, 64, 8, blocks="fast")
+    # An int8 copy (keras' own quantisation) keeps keras-hub's layers, and still generates.
+    quantised, _, _ = load_model(tiny_run, "latest")
+    quantised.quantize("int8")
+    assert not FusedBlocks.supports(quantised.backbone)
+    assert Programs(quantised, 1, 64, 8).blocks is None
+    with pytest.raises(ValueError, match="plain GPT-2 weights"):
+        Programs(quantised, 1, 64, 8, blocks="fused")
+    engine = Engine(quantised, tokenizer, slots=1, cache_length=64, steps_per_launch=8)
+    request = engine.submit(tokenizer.encode(PROMPTS[0]), Sampling(), 12)
+    for _ in range(50):
+        if request.finished:
+            break
+        engine.step()
+    assert request.finished and request.tokens
+
+
+def test_lora_layers_keep_keras_hub_blocks(loaded):
+    import keras_hub
+
+    b = keras_hub.models.GPT2Backbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
+                                      intermediate_dim=16, max_sequence_length=16)
+    assert FusedBlocks.supports(b)
+    b.enable_lora(2)
+    assert not FusedBlocks.supports(b)

@@ -58,7 +58,10 @@ class FusedBlocks:
 
     @staticmethod
     def supports(backbone) -> bool:
-        """Plain GPT-2 blocks: float weights, no LoRA, no dropout at inference anyway."""
+        """Plain GPT-2 blocks: Keras' own Dense/EinsumDense layers with float kernels. Anything else
+        (int8, Keras LoRA, kgpt2's adapter classes, another architecture) computes more than a
+        kernel and a bias, so it keeps keras-hub's layers."""
+        import keras
         from keras_hub.models import GPT2Backbone
 
         if not isinstance(backbone, GPT2Backbone):
@@ -67,7 +70,9 @@ class FusedBlocks:
             att = layer._self_attention_layer
             for dense in (att._query_dense, att._key_dense, att._value_dense, att._output_dense,
                           layer._feedforward_intermediate_dense, layer._feedforward_output_dense):
-                if getattr(dense, "quantization_mode", None) or getattr(dense, "lora_enabled", False):
+                if type(dense) not in (keras.layers.Dense, keras.layers.EinsumDense):
+                    return False
+                if dense.quantization_mode or getattr(dense, "lora_enabled", False):
                     return False
         return True
 

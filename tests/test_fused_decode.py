@@ -101,11 +101,18 @@ def test_auto_uses_fused_blocks_on_plain_weights_and_keras_hub_on_int8(tiny_run,
     assert request.finished and request.tokens
 
 
-def test_lora_layers_keep_keras_hub_blocks(loaded):
+@pytest.mark.parametrize("adapter", ["keras", "kgpt2 lora", "kgpt2 dora"])
+def test_adapted_layers_keep_keras_hub_blocks(adapter):
     import keras_hub
+
+    from kgpt2.adapters import enable_lora
+    from kgpt2.config_sections import LoraConfig
 
     b = keras_hub.models.GPT2Backbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
                                       intermediate_dim=16, max_sequence_length=16)
     assert FusedBlocks.supports(b)
-    b.enable_lora(2)
+    if adapter == "keras":
+        b.enable_lora(2)
+    else:  # kgpt2's own adapter classes (what a LoRA run's model holds when it generates)
+        enable_lora(b, LoraConfig(enabled=True, rank=2, use_dora=adapter.endswith("dora")))
     assert not FusedBlocks.supports(b)

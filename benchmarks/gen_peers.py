@@ -80,7 +80,7 @@ class GeneratorPeer:
 
 
 class Kgpt2(GeneratorPeer):
-    def __init__(self, model, a, chunk=None, programs_options=None, label="", blocks="auto"):
+    def __init__(self, model, a, chunk=None, programs_options=None, label="", blocks="auto", norm=None):
         from kgpt2.generate import Generator, Settings
 
         self.gen, self.a = Generator(model, NoStop(), chunk=chunk), a
@@ -88,7 +88,11 @@ class Kgpt2(GeneratorPeer):
             self.gen.engine = self._engine_with(programs_options, blocks)
         self.greedy = Settings(sampler="greedy", max_new_tokens=a.new_tokens)
         programs = self.gen.engine(a.prompt_tokens + a.new_tokens).programs
+        if norm is not None:  # before the first call: the programs compile then
+            programs.blocks.one_pass_norm = norm == "one-pass"
         kind = "fused" if programs.blocks is not None else "keras-hub"
+        if programs.blocks is not None:
+            kind += ", one-pass norm" if programs.blocks.one_pass_norm else ", two-pass norm"
         self.name = f"kgpt2 Generator (chunk {programs.chunk}, {kind} blocks{', XLA ' + label if label else ''})"
 
     def _engine_with(self, options, blocks="auto"):
@@ -196,9 +200,9 @@ class EnginePeer:
 
     name = "kgpt2 Engine"
 
-    def __init__(self, model, a, max_steps: int, compiler_options=None, blocks="auto"):
+    def __init__(self, model, a, max_steps: int, compiler_options=None, blocks="auto", chunk=None):
         self.model, self.a, self.max_steps, self.engines = model, a, max_steps, {}
-        self.options, self.blocks = compiler_options, blocks
+        self.options, self.blocks, self.chunk = compiler_options, blocks, chunk
 
     def engine(self, n):
         from kgpt2.decoding import Programs, bucket
@@ -206,7 +210,8 @@ class EnginePeer:
 
         if n not in self.engines:  # one engine per slot count (its own compiled programs)
             cache = bucket(self.a.prompt_tokens + self.a.new_tokens, 128, self.model.backbone.max_sequence_length)
-            programs = Programs(self.model, n, cache, self.max_steps, compiler_options=self.options, blocks=self.blocks)
+            programs = Programs(self.model, n, cache, self.max_steps, self.chunk, compiler_options=self.options,
+                                blocks=self.blocks)
             self.engines[n] = Engine(self.model, NoStop(), slots=n, cache_length=cache, programs=programs,
                                      steps_per_launch=16, full_steps_per_launch=64)
         return self.engines[n]

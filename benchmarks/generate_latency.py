@@ -86,6 +86,12 @@ def parse_args(argv=None):
     p.add_argument("--blocks", default="auto,keras-hub",
                    help="kgpt2's decoder blocks, the default first: auto (fused where supported), keras-hub (the "
                         "model's layers); each further value adds a Generator row and an engine run at N streams")
+    p.add_argument("--batch1-variants", default="",
+                   help="further Generator rows, each NORM or NORM+XLA: NORM two-pass|one-pass (the fused blocks' "
+                        "layer norm), XLA a name in XLA_VARIANTS")
+    p.add_argument("--engine-chunks", default=None,
+                   help="further decode chunk sizes for the engine at the largest N (gpu default: 1; the engine's "
+                        "default is 8 on a GPU): section 3 again with each")
     p.add_argument("--profile", choices=["auto", "on", "off"], default="auto", help="section 5 (auto: on gpu)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
@@ -102,6 +108,8 @@ def parse_args(argv=None):
     a.launch_steps = [int(x) for x in (a.launch_steps or ("4,16" if a.tiny else "8,16,32,128")).split(",") if x]
     a.xla_variants = [x for x in (a.xla_variants if a.xla_variants is not None else "cmdbuf,cublaslt" if gpu else "").split(",") if x]
     assert set(a.xla_variants) <= set(XLA_VARIANTS), a.xla_variants
+    a.engine_chunks = [int(x) for x in (a.engine_chunks if a.engine_chunks is not None else "1" if gpu else "").split(",") if x]
+    a.batch1_variants = [x.strip() for x in a.batch1_variants.split(",") if x.strip()]
     a.blocks = [x.strip() for x in a.blocks.split(",") if x.strip()]
     a.profile = a.profile == "on" or (a.profile == "auto" and gpu)
     return a
@@ -309,6 +317,9 @@ def main(argv=None) -> dict:
     if not a.skip_batch_1:
         impls = [Kgpt2(model, a, c) for c in a.chunks] if "kgpt2" in a.peers else []
         impls += [Kgpt2(model, a, a.chunks[0], blocks=b) for b in a.blocks[1:]] if "kgpt2" in a.peers else []
+        for variant in a.batch1_variants:
+            norm, _, xla = variant.partition("+")
+            impls.append(Kgpt2(model, a, a.chunks[0], XLA_VARIANTS.get(xla), label=xla, norm=norm))
         for mode in a.quantize[1:]:  # the same random weights, quantised
             impls.append(Kgpt2(build_model(shape, mode)[0], a, a.chunks[0]))
             impls[-1].name += f", {mode} weights"
@@ -325,6 +336,10 @@ def main(argv=None) -> dict:
         write_report("generate_latency", a, results, quiet=True)
         results["launch_steps"] = launch_steps(engine, a, vocabulary)
         write_report("generate_latency", a, results, quiet=True)
+        for chunk in a.engine_chunks:  # section 3 with other decode chunk sizes
+            other = EnginePeer(model, a, max(a.launch_steps), chunk=chunk)
+            results[f"launch_steps, chunk {chunk}"] = launch_steps(other, a, vocabulary)
+            write_report("generate_latency", a, results, quiet=True)
         for blocks in a.blocks[1:]:  # the same streams with other decoder blocks (no HF rerun)
             other = EnginePeer(model, a, max(a.launch_steps), blocks=blocks)
             results[f"streams, {blocks} blocks"] = streams(other, None, a, vocabulary, default_steps)

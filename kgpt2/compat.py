@@ -5,7 +5,9 @@ KerasHub's GPT-2 has no public switch for three things kgpt2 does
 backend's causal attention kernel, and a padded vocabulary whose pad logits
 are masked; Keras' `Backbone.enable_lora` takes no alpha. Those need private
 attributes (`_flatten_layers`, `_self_attention_layer`, `_dropout`,
-`_dropout_layer`, `_compute_attention`) and a class swap on a built layer.
+`_dropout_layer`, `_compute_attention`) and a class swap on a built layer;
+kgpt2.fused_decode reads the weights of each decoder block's sublayers
+(`_query_dense`, `_feedforward_output_dense`, ...: `decoder_block_parts`).
 They are fenced in here so that a Keras or KerasHub release that renames one
 breaks in one file, and `check_versions` refuses untested releases with one
 sentence instead of a wrong model (pyproject.toml carries the same bounds).
@@ -147,6 +149,15 @@ def set_lora_bookkeeping(backbone, layer_indices: list, rank: int) -> None:
 def self_attention_layers(backbone) -> list:
     """The MultiHeadAttention layer of each keras-hub transformer decoder block."""
     return [block._self_attention_layer for block in backbone.transformer_layers]
+
+
+def decoder_block_parts(block) -> dict:
+    """The sublayers of a keras-hub TransformerDecoder block that kgpt2.fused_decode reads weights from."""
+    attention = block._self_attention_layer
+    return {"norm1": block._self_attention_layer_norm, "query": attention._query_dense,
+            "key": attention._key_dense, "value": attention._value_dense, "out": attention._output_dense,
+            "norm2": block._feedforward_layer_norm, "fc": block._feedforward_intermediate_dense,
+            "proj": block._feedforward_output_dense}
 
 
 def attention_dropout(attention) -> float:

@@ -147,7 +147,10 @@ class Programs:
             raise ValueError("fused decoder blocks need plain GPT-2 weights (no int8, no unmerged LoRA)")
         if blocks == "keras-hub" or not supported:
             return None
-        return FusedBlocks(self.model.backbone, self.variables, gemv=on_jax_gpu())
+        # On a JAX GPU (measured there, docs/benchmarks.md): one row's products as row sums, and one-pass
+        # layer-norm moments (float32; bf16 greedy tokens may then differ from keras-hub's where logits tie).
+        gpu = on_jax_gpu()
+        return FusedBlocks(self.model.backbone, self.variables, gemv=gpu, one_pass_norm=gpu)
 
     def prefill(self, values, caches, prompts, ints, floats, scored: bool = False):
         """(caches, first tokens [rows], their scores) and, when `scored`, the prompt's scores:

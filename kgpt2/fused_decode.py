@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 
+from kgpt2.compat import decoder_block_parts
+
 
 class FusedBlocks:
     """The decoder blocks of a keras-hub GPT-2 backbone as one-token steps on fused weights.
@@ -36,24 +38,21 @@ class FusedBlocks:
     runs every block for one token per row.
     """
 
-    def __init__(self, backbone, variables, gemv: bool = False):
-        # gemv: one-row products as a multiply and a row sum over weights stored [out, in] (see `_project`)
-        self.gemv = gemv
+    def __init__(self, backbone, variables, gemv: bool = False, one_pass_norm: bool = False):
+        # gemv: one-row products as a multiply and a row sum over weights stored [out, in] (see `_project`);
+        # one_pass_norm: a layer norm's two moments in one pass (see `_norm`)
+        self.gemv, self.one_pass_norm = gemv, one_pass_norm
         index = {id(v): i for i, v in enumerate(variables)}
         self.heads = backbone.num_heads
         self.head_dim = backbone.hidden_dim // backbone.num_heads
         self.dtype = backbone.compute_dtype
-        self.epsilon = backbone.transformer_layers[0]._self_attention_layer_norm.epsilon
+        blocks = [decoder_block_parts(block) for block in backbone.transformer_layers]
+        self.epsilon = blocks[0]["norm1"].epsilon
         self.layers = []
-        for layer in backbone.transformer_layers:
-            att = layer._self_attention_layer
-            parts = (layer._self_attention_layer_norm.gamma, layer._self_attention_layer_norm.beta,
-                     att._query_dense.kernel, att._key_dense.kernel, att._value_dense.kernel,
-                     att._query_dense.bias, att._key_dense.bias, att._value_dense.bias,
-                     att._output_dense.kernel, att._output_dense.bias,
-                     layer._feedforward_layer_norm.gamma, layer._feedforward_layer_norm.beta,
-                     layer._feedforward_intermediate_dense.kernel, layer._feedforward_intermediate_dense.bias,
-                     layer._feedforward_output_dense.kernel, layer._feedforward_output_dense.bias)
+        for p in blocks:
+            parts = (p["norm1"].gamma, p["norm1"].beta, p["query"].kernel, p["key"].kernel, p["value"].kernel,
+                     p["query"].bias, p["key"].bias, p["value"].bias, p["out"].kernel, p["out"].bias,
+                     p["norm2"].gamma, p["norm2"].beta, p["fc"].kernel, p["fc"].bias, p["proj"].kernel, p["proj"].bias)
             self.layers.append(tuple(index[id(v)] for v in parts))
 
     @staticmethod
@@ -66,10 +65,9 @@ class FusedBlocks:
 
         if not isinstance(backbone, GPT2Backbone):
             return False
-        for layer in backbone.transformer_layers:
-            att = layer._self_attention_layer
-            for dense in (att._query_dense, att._key_dense, att._value_dense, att._output_dense,
-                          layer._feedforward_intermediate_dense, layer._feedforward_output_dense):
+        for block in backbone.transformer_layers:
+            parts = decoder_block_parts(block)
+            for dense in (parts[k] for k in ("query", "key", "value", "out", "fc", "proj")):
                 if type(dense) not in (keras.layers.Dense, keras.layers.EinsumDense):
                     return False
                 if dense.quantization_mode or getattr(dense, "lora_enabled", False):
@@ -127,11 +125,19 @@ class FusedBlocks:
         return x, cache
 
     def _norm(self, x, gamma, beta):
+        """Keras' layer norm (float32 inside), or with `one_pass_norm` both moments from one pass:
+        XLA runs the two sums as one kernel where Keras' mean-then-variance takes two. The values
+        are shifted by their first element first, so the variance loses no digits to a large mean."""
         from keras import ops
 
-        # Keras' own layer norm (float32 inside): measured, a one-pass variance saved 2 of ~17 kernels a
-        # layer but changed bf16 greedy tokens against keras-hub's after 7 of 100.
-        return ops.cast(ops.layer_normalization(x, gamma, beta, epsilon=self.epsilon), self.dtype)
+        if not self.one_pass_norm:
+            return ops.cast(ops.layer_normalization(x, gamma, beta, epsilon=self.epsilon), self.dtype)
+        d = ops.cast(x, "float32")
+        d = d - d[..., :1]
+        mean = ops.mean(d, axis=-1, keepdims=True)
+        variance = ops.maximum(ops.mean(d * d, axis=-1, keepdims=True) - mean * mean, 0.0)
+        y = (d - mean) * ops.rsqrt(variance + self.epsilon)
+        return ops.cast(y * ops.cast(gamma, "float32") + ops.cast(beta, "float32"), self.dtype)
 
     def _project(self, h, kernel, bias, gemv: bool):
         """h [rows, 1, in] times the kernel, plus bias. One row on a GPU (`gemv`): a float32 multiply

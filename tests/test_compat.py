@@ -10,7 +10,8 @@ from kgpt2.errors import UserError
 
 pytestmark = pytest.mark.backend
 
-PRIVATE = re.compile(r"\.(_flatten_layers|_dropout|_dropout_layer|_compute_attention|_self_attention_layer)\b|__class__\s*=")
+PRIVATE = re.compile(r"\.(_flatten_layers|_dropout|_dropout_layer|_compute_attention|_self_attention_layer|"
+                     r"_self_attention_layer_norm|_(query|key|value|output)_dense|_feedforward_\w+)\b|__class__\s*=")
 
 
 def test_keras_nlp_is_keras_hub():

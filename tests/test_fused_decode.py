@@ -13,11 +13,11 @@ PROMPTS = ["The assert statement", "if x:"]
 SAMPLED = Sampling(greedy=False, temperature=1.1, top_k=20, top_p=0.9, seed=5)
 
 
-def decoded(model, tokenizer, slots: int, blocks: str, gemv: bool = False):
+def decoded(model, tokenizer, slots: int, blocks: str, gemv: bool = False, one_pass: bool = False):
     """Each prompt greedy and sampled, 12 new tokens with their top-3 log-probabilities, on `slots` rows."""
     programs = Programs(model, slots, 64, 8, blocks=blocks)
-    if gemv:  # the one-row form kgpt2 picks on a JAX GPU, forced here
-        programs.blocks = FusedBlocks(model.backbone, programs.variables, gemv=True)
+    if blocks == "fused":  # the forms kgpt2 picks on a JAX GPU (one-row products, one-pass norm), forced here
+        programs.blocks = FusedBlocks(model.backbone, programs.variables, gemv=gemv, one_pass_norm=one_pass)
     engine = Engine(model, tokenizer, slots=slots, cache_length=64, steps_per_launch=8, programs=programs)
     requests = [engine.submit(tokenizer.encode(p), s, len(tokenizer.encode(p)) + 12, logprobs=3)
                 for p in PROMPTS for s in (Sampling(), SAMPLED)]
@@ -29,11 +29,10 @@ def decoded(model, tokenizer, slots: int, blocks: str, gemv: bool = False):
     return programs, requests
 
 
-@pytest.mark.parametrize("slots, gemv", [(1, False), (1, True), (2, False)])
-def test_fused_blocks_score_like_keras_hub_layers(loaded, slots, gemv):
+@pytest.mark.parametrize("slots, gemv, one_pass", [(1, False, False), (1, True, True), (2, False, True)])
+def test_fused_blocks_score_like_keras_hub_layers(loaded, slots, gemv, one_pass):
     model, tokenizer, _ = loaded
-    programs, fused = decoded(model, tokenizer, slots, "fused", gemv)
-    assert programs.blocks is not None and programs.blocks.gemv == gemv
+    programs, fused = decoded(model, tokenizer, slots, "fused", gemv, one_pass)
     reference_programs, reference = decoded(model, tokenizer, slots, "keras-hub")
     assert reference_programs.blocks is None
     for ours, theirs in zip(fused, reference):
@@ -45,8 +44,8 @@ def test_fused_blocks_score_like_keras_hub_layers(loaded, slots, gemv):
         np.testing.assert_allclose(ours_lp, theirs_lp, atol=2e-6)
 
 
-@pytest.mark.parametrize("rows, gemv", [(2, False), (1, True)])
-def test_one_step_matches_keras_hub_layers_on_sharp_random_weights(rows, gemv):
+@pytest.mark.parametrize("rows, gemv, one_pass", [(2, False, False), (1, True, True), (2, False, True)])
+def test_one_step_matches_keras_hub_layers_on_sharp_random_weights(rows, gemv, one_pass):
     """One decode step on weights drawn wide (peaked attention and logits, unlike a fresh model's): the
     fused blocks' logits and caches against keras-hub's layers, rows at different positions of a ring."""
     import keras
@@ -61,7 +60,7 @@ def test_one_step_matches_keras_hub_layers_on_sharp_random_weights(rows, gemv):
         v.assign(rng.normal(1.0 if "gamma" in v.path else 0.0, 0.3, v.shape).astype("float32"))
     reference = Programs(model, rows, 16, 4, blocks="keras-hub")
     fused = Programs(model, rows, 16, 4, blocks="fused")
-    fused.blocks.gemv = gemv
+    fused.blocks.gemv, fused.blocks.one_pass_norm = gemv, one_pass
     values = [v.value for v in reference.variables]
     caches = [rng.normal(0, 1, (rows, 2, 16, 4, 8)).astype("float32") for _ in range(2)]
     last, pos = np.array([5, 60][:rows], "int32"), np.array([6, 11][:rows], "int32")

@@ -77,7 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--peers", default="kgpt2,previous,keras-hub,hf",
                    help="batch-1 peers: kgpt2, previous (the decoder before the engine), keras-hub, hf (hf: also at N streams)")
     p.add_argument("--skip-batch-1", action="store_true", help="sections 2-4 only (serve_throughput.py)")
-    p.add_argument("--chunks", default=None, help="Generator chunk sizes, the default first (gpu: 8,1; cpu: 1)")
+    p.add_argument("--chunks", default=None, help="Generator chunk sizes, the default first (gpu: 1,8; cpu: 1)")
     p.add_argument("--streams", default=None, help="concurrent streams for the engine (gpu: 1,8,32,64; cpu: 1,4)")
     p.add_argument("--launch-steps", default=None, help="decode steps per launch tried at the largest N "
                    "(default 8,16,32,128; section 2 runs at 16 if listed, else the first)")
@@ -90,8 +90,8 @@ def parse_args(argv=None):
                    help="further Generator rows, each NORM or NORM+XLA: NORM two-pass|one-pass (the fused blocks' "
                         "layer norm), XLA a name in XLA_VARIANTS")
     p.add_argument("--engine-chunks", default=None,
-                   help="further decode chunk sizes for the engine at the largest N (gpu default: 1; the engine's "
-                        "default is 8 on a GPU): section 3 again with each")
+                   help="further decode chunk sizes for the engine at the largest N (gpu default: 8; the engine's "
+                        "default is 1): section 3 again with each")
     p.add_argument("--profile", choices=["auto", "on", "off"], default="auto", help="section 5 (auto: on gpu)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
@@ -103,12 +103,12 @@ def parse_args(argv=None):
     a.peers = [x.strip() for x in a.peers.split(",") if x.strip()]
     a.quantize = [x.strip() for x in a.quantize.split(",") if x.strip()]
     assert set(a.quantize) <= {"none", "int8"}, a.quantize
-    a.chunks = [int(x) for x in (a.chunks or ("8,1" if gpu else "4,1" if a.tiny else "1")).split(",") if x]
+    a.chunks = [int(x) for x in (a.chunks or ("1,8" if gpu else "4,1" if a.tiny else "1")).split(",") if x]
     a.streams = [int(x) for x in (a.streams if a.streams is not None else ("1,8,32,64" if gpu else "1,4")).split(",") if x]
     a.launch_steps = [int(x) for x in (a.launch_steps or ("4,16" if a.tiny else "8,16,32,128")).split(",") if x]
     a.xla_variants = [x for x in (a.xla_variants if a.xla_variants is not None else "cmdbuf,cublaslt" if gpu else "").split(",") if x]
     assert set(a.xla_variants) <= set(XLA_VARIANTS), a.xla_variants
-    a.engine_chunks = [int(x) for x in (a.engine_chunks if a.engine_chunks is not None else "1" if gpu else "").split(",") if x]
+    a.engine_chunks = [int(x) for x in (a.engine_chunks if a.engine_chunks is not None else "8" if gpu else "").split(",") if x]
     a.batch1_variants = [x.strip() for x in a.batch1_variants.split(",") if x.strip()]
     a.blocks = [x.strip() for x in a.blocks.split(",") if x.strip()]
     a.profile = a.profile == "on" or (a.profile == "auto" and gpu)

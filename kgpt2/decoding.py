@@ -43,7 +43,7 @@ from kgpt2.fused_decode import FusedBlocks
 from kgpt2.sampling import MAX_LOGPROBS, sample, token_scores
 
 MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
-GPU_CHUNK = 8  # decode steps per inner (fixed-length) loop on an accelerator; 1 on a CPU
+GPU_CHUNK = 1  # decode steps per inner (fixed-length) loop on an accelerator (see default_chunk)
 # The packed per-row int32 state: columns of `Programs.pack`'s `ints`.
 LAST, POS, START, LIMIT, ACTIVE, GREEDY, TOP_K, SEED = range(8)
 
@@ -56,23 +56,30 @@ def bucket(n: int, smallest: int, cap: int) -> int:
     return min(size, cap)
 
 
-def default_chunk() -> int:
-    """Steps per fixed-length inner loop: 8 on an accelerator, 1 on a CPU.
-
-    On a CPU a loop's condition costs nothing, so chunks would only add the
-    steps computed past a row's end; on a GPU they spare a host round trip per token.
-    """
+def on_accelerator() -> bool:
+    """Whether the backend computes on a GPU or TPU (not the CPU)."""
     import keras
 
     if keras.backend.backend() == "jax":
         import jax
 
-        return 1 if jax.default_backend() == "cpu" else GPU_CHUNK
+        return jax.default_backend() != "cpu"
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return GPU_CHUNK if tf.config.list_logical_devices("GPU") else 1
-    return 1
+        return bool(tf.config.list_logical_devices("GPU"))
+    return False
+
+
+def default_chunk() -> int:
+    """Steps per fixed-length inner loop: `GPU_CHUNK` on an accelerator, 1 on a CPU.
+
+    On a CPU a loop's condition costs nothing, so chunks would only add the steps
+    computed past a row's end. On an H200 chunks of 8 were meant to spare a host
+    round trip per token, but 1 measured as fast or faster in every call since
+    (batch 1 +1-3%, 64 streams +0.4-1%; docs/benchmarks.md), so `GPU_CHUNK` is 1.
+    """
+    return GPU_CHUNK if on_accelerator() else 1
 
 
 def on_jax_gpu() -> bool:

@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from kgpt2.decoding import MIN_PROMPT_BUCKET, Programs, bucket, default_chunk, pack
+from kgpt2.decoding import MIN_PROMPT_BUCKET, Programs, bucket, on_accelerator, pack
 from kgpt2.errors import UserError
 
 # Positions (rows x prompt width) one scored prefill may take: its logits are float32
@@ -143,12 +143,12 @@ class Engine:
                  full_steps_per_launch: int | None = None):
         """`weights`, when given, returns one array per `model.variables` at each launch, used instead
         of the variables: engines of several checkpoints share one built model without swapping.
-        `chunk`: decode steps per fixed-length inner loop on the device (default: 8 on an
-        accelerator, 1 on a CPU; kgpt2.decoding). `full_steps_per_launch`: the launch length while
+        `chunk`: decode steps per fixed-length inner loop on the device (default 1:
+        kgpt2.decoding.default_chunk). `full_steps_per_launch`: the launch length while
         every slot is taken: no request can join before a row ends, and a row's end stops the launch
         anyway, so longer launches cost no one a wait (tokens reach a stream's listener at the end of
         each launch, though). Default: `FULL_LAUNCH_STEPS` on an accelerator (H200, 64 streams: 43,911
-        tokens/s against 40,152 at 16 steps, docs/benchmarks.md), `steps_per_launch` on a CPU, where a
+        tokens/s against 40,152 at 16 steps in session 5, 75,293 against 67,793 in session 9; docs/benchmarks.md), `steps_per_launch` on a CPU, where a
         launch costs little and 64 steps would hold a stream's tokens back for seconds."""
         b = model.backbone
         self.model, self.tokenizer, self.slots = model, tokenizer, slots
@@ -156,7 +156,7 @@ class Engine:
         self.cache_length = min(cache_length or self.max_sequence_length, self.max_sequence_length)
         self.vocabulary = int(b.vocabulary_size)
         if full_steps_per_launch is None:
-            full_steps_per_launch = FULL_LAUNCH_STEPS if default_chunk() > 1 else steps_per_launch
+            full_steps_per_launch = FULL_LAUNCH_STEPS if on_accelerator() else steps_per_launch
         full = max(full_steps_per_launch, steps_per_launch)
         self.programs = programs or Programs(model, slots, self.cache_length, full, chunk)
         # Whole chunks, at most the programs' token buffer.

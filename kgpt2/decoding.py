@@ -21,6 +21,9 @@ shapes (`compiles` counts the traces):
   loop: XLA's GPU runtime also synchronises on every conditional); launches
   with a sampling row take the other program. Two decode programs, then.
 
+Each decode step runs the decoder blocks fused (kgpt2.fused_decode: fewer
+kernels a token) where the model's layers allow it, else keras-hub's layers.
+
 How rows at different lengths share one cache is described in
 kgpt2.engine: every row writes its next key/value at one shared column `t`
 of a ring of `cache_length` columns; a row's attention mask is its own arc.

@@ -9,8 +9,12 @@ array every step. This block computes the same thing with one query/key/value
 product on weights concatenated once per launch (`fuse`), one in-place write
 of the new key and value into the layer's cache, and attention as two small
 products over the cache (no cuDNN call, whose layout copies cost more than the
-products at one query). Layer norms, GELU and the embeddings keep Keras'
-numerics (`ops.layer_normalization` in float32, `gelu(approximate=True)`).
+products at one query). GELU and the embeddings keep Keras' numerics, and so
+do the layer norms (`ops.layer_normalization`, float32 inside) unless
+`one_pass_norm`. On a JAX GPU kgpt2.decoding also asks for `gemv` (one row's
+products as row sums, `_project`) and `one_pass_norm` (`_norm`): 204 kernels a
+token in all, 2,070 tokens/s at batch 1 on an H200 against 1,202 with
+keras-hub's layers (docs/benchmarks.md, "Generation speed, round 3").
 
 Only plain GPT-2 weights take this path (`supports`): quantised or LoRA
 layers and other architectures keep keras-hub's layers.

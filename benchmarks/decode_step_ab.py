@@ -40,35 +40,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def steps(programs):
-    """The two one-token steps: (values, fused, caches, last, pos, offsets, t) -> (caches, logits)."""
-    from kgpt2.fused_decode import FusedBlocks
+# name -> (decoder blocks, one row's products as row sums, one-pass layer-norm moments)
+VARIANTS = {"keras-hub layers": ("keras-hub", False, False), "fused blocks": ("fused", False, False),
+            "fused, gemv": ("fused", True, False), "fused, gemv, one-pass norm": ("fused", True, True)}
 
-    b = programs.model.backbone
-    variants = {"fused blocks": FusedBlocks(b, programs.variables),
-                "fused, gemv": FusedBlocks(b, programs.variables, gemv=True)}
 
-    def keras_hub_step(values, fused, caches, last, pos, offsets, t):
-        return programs._step(values, caches, last, pos, offsets, t)
+def variant_programs(model, rows: int, length: int, steps: int) -> dict:
+    """name -> kgpt2 `Programs` whose own one-token step (`_step`) the loop runs, blocks forced per variant."""
+    from kgpt2.decoding import Programs
 
-    def fused_step(blocks):
-        def step(values, fused, caches, last, pos, offsets, t):
-            mask = offsets <= pos[:, None]
-            with programs._scope(values):
-                tokens = b.token_embedding(last[:, None])
-                x = b.embeddings_add((tokens, b.position_embedding(tokens, positions=pos[:, None])))
-            x, caches = blocks.step(fused, x, caches, mask, t)
-            with programs._scope(values):
-                return caches, programs._logits(x)
-        return step
-
-    out = {"keras-hub layers": (keras_hub_step, lambda values, rows: ())}
-    out.update({name: (fused_step(blocks), blocks.fuse) for name, blocks in variants.items()})
+    out = {}
+    for name, (blocks, gemv, one_pass) in VARIANTS.items():
+        programs = out[name] = Programs(model, rows, length, steps, 1, blocks=blocks)
+        if programs.blocks is not None:
+            programs.blocks.gemv, programs.blocks.one_pass_norm = gemv, one_pass
     return out
 
 
-def loop(programs, step, fuse, n_prompt, n_new):
-    """A jitted (values, caches, prompt [rows, P]) -> (caches, greedy tokens [rows, n_new])."""
+def loop(programs, n_prompt, n_new):
+    """A jitted (values, caches, prompt [rows, P]) -> greedy tokens [rows, n_new] on `programs`' step."""
     import jax
     from keras import ops
 
@@ -76,13 +66,13 @@ def loop(programs, step, fuse, n_prompt, n_new):
 
     def run(values, caches, prompt):
         rows = prompt.shape[0]
-        fused = fuse(values, rows)
+        fused = programs.blocks.fuse(values, rows) if programs.blocks is not None else ()
         offsets = ops.broadcast_to(ops.arange(length, dtype="int32")[None, :], (rows, length))
 
         def feed(i, state):
             caches, _ = state
             pos = ops.full((rows,), i, "int32")
-            caches, logits = step(values, fused, caches, prompt[:, i], pos, offsets, i)
+            caches, logits = programs._step(values, caches, prompt[:, i], pos, offsets, i, fused)
             return caches, ops.cast(ops.argmax(ops.cast(logits, "float32"), axis=-1), "int32")
 
         caches, last = jax.lax.fori_loop(0, n_prompt, feed, (caches, ops.zeros((rows,), "int32")))
@@ -90,7 +80,7 @@ def loop(programs, step, fuse, n_prompt, n_new):
         def one(i, state):
             caches, last, out = state
             pos = ops.full((rows,), n_prompt + i, "int32")
-            caches, logits = step(values, fused, caches, last, pos, offsets, n_prompt + i)
+            caches, logits = programs._step(values, caches, last, pos, offsets, n_prompt + i, fused)
             token = ops.cast(ops.argmax(ops.cast(logits, "float32"), axis=-1), "int32")
             return caches, token, out.at[:, i].set(token)
 
@@ -104,15 +94,15 @@ def measure(a, model, rows: int) -> dict:
     import numpy as np
 
     from gen_peers import prompts
-    from kgpt2.decoding import Programs
     from generate_latency import profile
 
     length = 1 << (a.prompt_tokens + a.new_tokens - 1).bit_length()
-    programs = Programs(model, rows, length, a.new_tokens, 1, blocks="keras-hub")
-    values = [v.value for v in programs.variables]
+    variants = variant_programs(model, rows, length, a.new_tokens)
+    first = variants["keras-hub layers"]
+    values = [v.value for v in first.variables]  # every variant lists the model's variables in one order
     prompt = np.array(prompts(a.prompt_tokens, rows, model.backbone.vocabulary_size, 3), "int32")
-    runs = {name: loop(programs, step, fuse, a.prompt_tokens, a.new_tokens) for name, (step, fuse) in steps(programs).items()}
-    fresh = programs.empty_caches(rows, length)
+    runs = {name: loop(programs, a.prompt_tokens, a.new_tokens) for name, programs in variants.items()}
+    fresh = first.empty_caches(rows, length)
     out, times = {}, {name: [] for name in runs}
     for name, run in runs.items():
         if a.hlo and rows == 1:

@@ -79,13 +79,14 @@ def default_chunk() -> int:
 
     On a CPU a loop's condition costs nothing, so chunks would only add the steps
     computed past a row's end. On an H200 chunks of 8 were meant to spare a host
-    round trip per token, but 1 measured as fast or faster in every call since
-    (batch 1 +1-3%, 64 streams +0.4-1%; docs/benchmarks.md), so `GPU_CHUNK` is 1.
+    round trip per token, but 1 was faster in every call that ran both (batch 1
+    +0.6-3.3%, 64 streams +0.4% and +1.1%; docs/benchmarks.md), so `GPU_CHUNK` is 1.
     """
     return GPU_CHUNK if on_accelerator() else 1
 
 
 def on_jax_gpu() -> bool:
+    """Whether Keras runs on JAX on a GPU (where kgpt2.fused_decode's one-row forms were measured)."""
     import keras
 
     if keras.backend.backend() != "jax":

@@ -147,9 +147,9 @@ class Engine:
         kgpt2.decoding.default_chunk). `full_steps_per_launch`: the launch length while
         every slot is taken: no request can join before a row ends, and a row's end stops the launch
         anyway, so longer launches cost no one a wait (tokens reach a stream's listener at the end of
-        each launch, though). Default: `FULL_LAUNCH_STEPS` on an accelerator (H200, 64 streams: 43,911
-        tokens/s against 40,152 at 16 steps in session 5, 75,293 against 67,793 in session 9; docs/benchmarks.md), `steps_per_launch` on a CPU, where a
-        launch costs little and 64 steps would hold a stream's tokens back for seconds."""
+        each launch, though). Default: `FULL_LAUNCH_STEPS` on an accelerator (H200, 64 streams: 75,293
+        tokens/s against 67,793 at 16 steps, session 9; docs/benchmarks.md), `steps_per_launch` on a
+        CPU, where a launch costs little and 64 steps would hold a stream's tokens back for seconds."""
         b = model.backbone
         self.model, self.tokenizer, self.slots = model, tokenizer, slots
         self.max_sequence_length = int(b.max_sequence_length)

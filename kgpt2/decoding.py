@@ -96,6 +96,17 @@ def on_jax_gpu() -> bool:
     return jax.default_backend() == "gpu"
 
 
+def on_jax_cpu() -> bool:
+    """Whether Keras runs on JAX on the CPU."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
 def compiled(fn, donate=(), compiler_options=None):
     """`fn` compiled for the backend: jax.jit, tf.function (XLA), or eager on torch.
 
@@ -149,6 +160,13 @@ class Programs:
                                   for s in (False, True)}
         self._decode = {(g, lp): compiled(functools.partial(self._decode_loop, greedy_only=g, logprobs=lp), (1,),
                                           compiler_options) for g in (True, False) for lp in (False, True)}
+        # On a JAX CPU the query/key/value concatenation is built once per weight version
+        # (`concatenated_weights`), not once a launch: there it cost 29 ms a launch for 124M (float32),
+        # 3.6 ms a token when a stream takes 8 tokens a launch. On a GPU it costs ~0.1 ms a launch, and
+        # the kept copy (a quarter of the layer weights) would take memory a T4 lacks.
+        self.fuse_once = self.blocks is not None and on_jax_cpu()
+        self._concatenate = compiled(lambda values: self.blocks.concatenated(values))
+        self._fused: list[tuple[list, list]] = []  # (weak references to a version's values, its concatenation)
 
     def _fused_blocks(self, blocks: str) -> FusedBlocks | None:
         if blocks not in ("auto", "fused", "keras-hub"):
@@ -169,8 +187,30 @@ class Programs:
         return self._prefill_programs[bool(scored)](values, caches, prompts, ints, floats)
 
     def decode(self, greedy_only: bool, logprobs: bool = False):
-        """The decode loop; with `logprobs` it also returns the new tokens' scores [slots, steps(, K)]."""
-        return self._decode[bool(greedy_only), bool(logprobs)]
+        """The decode loop, called as `(values, caches, ints, floats, scalars)`; with `logprobs` it also
+        returns the new tokens' scores [slots, steps(, K)]."""
+        program = self._decode[bool(greedy_only), bool(logprobs)]
+        if not self.fuse_once:
+            return program
+        return lambda values, *state: program(values, *state, self.concatenated_weights(values))
+
+    def concatenated_weights(self, values) -> list:
+        """`FusedBlocks.concatenated` of `values`, built on the first launch of a weight version and
+        kept for the two most recent versions (the demo alternates two checkpoints on one engine's
+        programs). A version is the identity of every array: JAX arrays are immutable, and Keras
+        gives a variable a new array when it is assigned (a restore, a training step)."""
+        import weakref
+
+        self._fused = [(refs, fused) for refs, fused in self._fused if all(r() is not None for r in refs)]
+        for refs, fused in self._fused:
+            if len(refs) == len(values) and all(r() is v for r, v in zip(refs, values)):
+                return fused
+        fused = self._concatenate(values)
+        try:
+            self._fused = self._fused[-1:] + [([weakref.ref(v) for v in values], fused)]
+        except TypeError:  # a value that takes no weak reference: rebuilt every launch
+            pass
+        return fused
 
     def empty_caches(self, rows: int, length: int) -> list:
         from keras import ops
@@ -243,7 +283,8 @@ class Programs:
                 new_caches.append(cache)
             return new_caches, self._logits(x)
 
-    def _decode_loop(self, values, caches, ints, floats, scalars, greedy_only: bool, logprobs: bool):
+    def _decode_loop(self, values, caches, ints, floats, scalars, concatenated=None, greedy_only: bool = True,
+                     logprobs: bool = False):
         """Up to `scalars[1]` steps for every active row, in chunks; stops after a chunk in which a row ended.
 
         `scalars` = (t, steps, eos_id). Returns the caches and int32 [slots, steps_per_launch + 1]:
@@ -258,8 +299,8 @@ class Programs:
         active, limit = ops.cast(ints[:, ACTIVE], "bool"), ints[:, LIMIT]
         offsets = ops.mod(ops.arange(length, dtype="int32")[None, :] - ints[:, START][:, None], length)
         settings = _sampling(ints, floats)
-        # The fused blocks' weights, built once a launch outside the loop.
-        fused = self.blocks.fuse(values, self.slots) if self.blocks is not None else ()
+        # The fused blocks' weights, once a launch outside the loop (`concatenated`: kept across launches).
+        fused = self.blocks.fuse(values, self.slots, concatenated) if self.blocks is not None else ()
 
         def one_token(_, state):
             (caches, last, pos, t, i, out, ended), scored = state[:7], state[7:]

@@ -38,7 +38,8 @@ class FusedBlocks:
     """The decoder blocks of a keras-hub GPT-2 backbone as one-token steps on fused weights.
 
     `variables` is the list the caller passes its values in (`Programs.variables`);
-    `fuse(values)` builds the per-launch weights, `step(fused, x, caches, mask, t)`
+    `fuse(values)` builds the per-launch weights (from `concatenated(values)`, which a
+    caller may keep across launches), `step(fused, x, caches, mask, t)`
     runs every block for one token per row.
     """
 
@@ -78,27 +79,43 @@ class FusedBlocks:
                     return False
         return True
 
-    def fuse(self, values, rows: int = 2) -> list:
+    def concatenated(self, values) -> list:
+        """Per layer, the query, key and value kernels as one [C, 3C] array and their biases as one
+        [3C], in the compute dtype: the only new arrays `fuse` makes (the rest are the weights)."""
+        from keras import ops
+
+        out = []
+        for (_, _, q, k, v, qb, kb, vb, *_) in self.layers:
+            width = values[q].shape[0]
+            out.append((ops.concatenate([ops.reshape(self._cast(values[i]), (width, -1)) for i in (q, k, v)], axis=1),
+                        ops.concatenate([ops.reshape(self._cast(values[i]), (-1,)) for i in (qb, kb, vb)], axis=0)))
+        return out
+
+    def fuse(self, values, rows: int = 2, concatenated=None) -> list:
         """Per layer: the block's weights in the compute dtype, query/key/value as one [C, 3C] product
-        (transposed to [out, in] when one row's products run as row sums)."""
+        (transposed to [out, in] when one row's products run as row sums). `concatenated`: what
+        `concatenated(values)` gave, when the caller keeps it across launches."""
         from keras import ops
 
         flip = self.gemv and rows == 1
-
-        def w(i):
-            return ops.cast(values[i], self.dtype)
+        w = self._cast
 
         def kernel(x):
             return ops.transpose(x) if flip else x
 
         fused = []
-        for (g1, b1, q, k, v, qb, kb, vb, o, ob, g2, b2, fc, fcb, pr, prb) in self.layers:
-            width = values[q].shape[0]
-            qkv = ops.concatenate([ops.reshape(w(i), (width, -1)) for i in (q, k, v)], axis=1)
-            qkv_bias = ops.concatenate([ops.reshape(w(i), (-1,)) for i in (qb, kb, vb)], axis=0)
-            fused.append((values[g1], values[b1], kernel(qkv), qkv_bias, kernel(ops.reshape(w(o), (-1, width))),
-                          w(ob), values[g2], values[b2], kernel(w(fc)), w(fcb), kernel(w(pr)), w(prb)))
+        for layer, (qkv, qkv_bias) in zip(self.layers, concatenated or self.concatenated(values)):
+            g1, b1, _, _, _, _, _, _, o, ob, g2, b2, fc, fcb, pr, prb = layer
+            width = values[o].shape[-1]
+            fused.append((values[g1], values[b1], kernel(qkv), qkv_bias, kernel(ops.reshape(w(values[o]), (-1, width))),
+                          w(values[ob]), values[g2], values[b2], kernel(w(values[fc])), w(values[fcb]),
+                          kernel(w(values[pr])), w(values[prb])))
         return fused
+
+    def _cast(self, x):
+        from keras import ops
+
+        return ops.cast(x, self.dtype)
 
     def step(self, fused, x, caches, mask, t):
         """Every block on `x` [rows, 1, C]: (x, new caches). `mask` [rows, L] marks each row's keys;

@@ -115,3 +115,47 @@ def test_adapted_layers_keep_keras_hub_blocks(adapter):
     else:  # kgpt2's own adapter classes (what a LoRA run's model holds when it generates)
         enable_lora(b, LoraConfig(enabled=True, rank=2, use_dora=adapter.endswith("dora")))
     assert not FusedBlocks.supports(b)
+
+
+def test_kept_concatenation_follows_the_model_weights(pydoc_tokenizer):
+    """On a JAX CPU the query/key/value concatenation is kept across launches (`Programs.concatenated_weights`):
+    new weights (a restore, a training step) must never decode with the old ones, and two weight versions
+    alternating on one set of programs (the demo's base and fine-tuned engines) each keep theirs."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(2)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=pydoc_tokenizer.vocab_size, num_layers=2, num_heads=4,
+                                             hidden_dim=32, intermediate_dim=64, max_sequence_length=32)
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+    def draw(seed):  # weights drawn wide, so that greedy tokens depend on them
+        rng = np.random.default_rng(seed)
+        for v in model.variables:
+            v.assign(rng.normal(1.0 if "gamma" in v.path else 0.0, 0.3, v.shape).astype("float32"))
+
+    ids = pydoc_tokenizer.encode(PROMPTS[0])
+
+    def greedy(programs, weights=None):
+        engine = Engine(model, pydoc_tokenizer, slots=1, cache_length=32, steps_per_launch=4, weights=weights,
+                        programs=programs)
+        request = engine.submit(ids, Sampling(), len(ids) + 10)
+        while not request.finished:
+            engine.step()
+        return request.tokens
+
+    draw(0)
+    programs = Programs(model, 1, 32, 4, blocks="fused")
+    assert programs.fuse_once == (keras.backend.backend() == "jax")
+    builds = []
+    concatenate = programs._concatenate
+    programs._concatenate = lambda values: builds.append(1) or concatenate(values)
+    first, old = greedy(programs), [np.array(v.value) for v in programs.variables]
+    draw(1)  # new arrays in every variable, as a restore gives
+    second = greedy(programs)
+    assert second == greedy(Programs(model, 1, 32, 4, blocks="keras-hub")) and second != first
+    # the old weights as another engine's (a copy): a third version; then both alternate
+    assert greedy(programs, lambda: old) == first
+    assert greedy(programs) == second and greedy(programs, lambda: old) == first
+    # three launches a request (4 steps each): built once per version where kept (the last two)
+    assert len(builds) == (3 if programs.fuse_once else 0)

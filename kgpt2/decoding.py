@@ -85,26 +85,25 @@ def default_chunk() -> int:
     return GPU_CHUNK if on_accelerator() else 1
 
 
-def on_jax_gpu() -> bool:
-    """Whether Keras runs on JAX on a GPU (where kgpt2.fused_decode's one-row forms were measured)."""
+def _jax_platform() -> str | None:
+    """The platform JAX computes on ("cpu", "gpu", "tpu") when Keras runs on JAX, else None."""
     import keras
 
     if keras.backend.backend() != "jax":
-        return False
+        return None
     import jax
 
-    return jax.default_backend() == "gpu"
+    return jax.default_backend()
+
+
+def on_jax_gpu() -> bool:
+    """Whether Keras runs on JAX on a GPU (where kgpt2.fused_decode's one-row forms were measured)."""
+    return _jax_platform() == "gpu"
 
 
 def on_jax_cpu() -> bool:
     """Whether Keras runs on JAX on the CPU."""
-    import keras
-
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"
+    return _jax_platform() == "cpu"
 
 
 def compiled(fn, donate=(), compiler_options=None):
@@ -161,12 +160,12 @@ class Programs:
         self._decode = {(g, lp): compiled(functools.partial(self._decode_loop, greedy_only=g, logprobs=lp), (1,),
                                           compiler_options) for g in (True, False) for lp in (False, True)}
         # On a JAX CPU the query/key/value concatenation is built once per weight version
-        # (`concatenated_weights`), not once a launch: there it cost 29 ms a launch for 124M (float32),
-        # 3.6 ms a token when a stream takes 8 tokens a launch. On a GPU it costs ~0.1 ms a launch, and
-        # the kept copy (a quarter of the layer weights) would take memory a T4 lacks.
-        self.fuse_once = self.blocks is not None and on_jax_cpu()
+        # (`concatenated_weights`), not once a launch: built in the launch, a 124M float32 stream of 8
+        # tokens a launch took 40 ms a token against 26 kept (docs/benchmarks.md). On a GPU it costs
+        # ~0.1 ms a launch, and the kept copy (a quarter of the layer weights) would take memory a T4 lacks.
+        self.keeps_concatenation = self.blocks is not None and on_jax_cpu()
         self._concatenate = compiled(lambda values: self.blocks.concatenated(values))
-        self._fused: list[tuple[list, list]] = []  # (weak references to a version's values, its concatenation)
+        self._kept: list[tuple[list, list]] = []  # (weak references to a version's values, its concatenation)
 
     def _fused_blocks(self, blocks: str) -> FusedBlocks | None:
         if blocks not in ("auto", "fused", "keras-hub"):
@@ -190,7 +189,7 @@ class Programs:
         """The decode loop, called as `(values, caches, ints, floats, scalars)`; with `logprobs` it also
         returns the new tokens' scores [slots, steps(, K)]."""
         program = self._decode[bool(greedy_only), bool(logprobs)]
-        if not self.fuse_once:
+        if not self.keeps_concatenation:
             return program
         return lambda values, *state: program(values, *state, self.concatenated_weights(values))
 
@@ -201,16 +200,16 @@ class Programs:
         gives a variable a new array when it is assigned (a restore, a training step)."""
         import weakref
 
-        self._fused = [(refs, fused) for refs, fused in self._fused if all(r() is not None for r in refs)]
-        for refs, fused in self._fused:
+        self._kept = [(refs, kept) for refs, kept in self._kept if all(r() is not None for r in refs)]
+        for refs, kept in self._kept:
             if len(refs) == len(values) and all(r() is v for r, v in zip(refs, values)):
-                return fused
-        fused = self._concatenate(values)
+                return kept
+        built = self._concatenate(values)
         try:
-            self._fused = self._fused[-1:] + [([weakref.ref(v) for v in values], fused)]
+            self._kept = self._kept[-1:] + [([weakref.ref(v) for v in values], built)]
         except TypeError:  # a value that takes no weak reference: rebuilt every launch
             pass
-        return fused
+        return built
 
     def empty_caches(self, rows: int, length: int) -> list:
         from keras import ops

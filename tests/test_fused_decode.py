@@ -146,7 +146,7 @@ def test_kept_concatenation_follows_the_model_weights(pydoc_tokenizer):
 
     draw(0)
     programs = Programs(model, 1, 32, 4, blocks="fused")
-    assert programs.fuse_once == (keras.backend.backend() == "jax")
+    assert programs.keeps_concatenation == (keras.backend.backend() == "jax")
     builds = []
     concatenate = programs._concatenate
     programs._concatenate = lambda values: builds.append(1) or concatenate(values)
@@ -158,4 +158,4 @@ def test_kept_concatenation_follows_the_model_weights(pydoc_tokenizer):
     assert greedy(programs, lambda: old) == first
     assert greedy(programs) == second and greedy(programs, lambda: old) == first
     # three launches a request (4 steps each): built once per version where kept (the last two)
-    assert len(builds) == (3 if programs.fuse_once else 0)
+    assert len(builds) == (3 if programs.keeps_concatenation else 0)

@@ -5,7 +5,7 @@ subprocess (~50 s each on an H200: imports, model build, a full XLA compile
 with autotuning). Here the kgpt2 variants share one process, so imports are
 paid once and XLA's autotuning results (kept per process) are reused by
 every variant after the first; XLA flags are per-compile options
-(`jax.jit(..., compiler_options=...)` through kgpt2.compat.train_step_compiler_options, on top of
+(`jax.jit(..., compiler_options=...)` through kgpt2.metrics.compile_for_training, on top of
 kgpt2's own `train.triton_gemm` choice), not XLA_FLAGS, so they need no
 process of their own either. The Hugging Face peers run in a second
 process (`--hf`), as train_throughput.run_hf measures them.
@@ -23,6 +23,9 @@ A variant is `BASE[;EXTRA...]`:
 - `ln-bf16`: layer norms normalise in bf16 (float32 statistics) instead of
   Keras' float32 throughout; `dropout-rbg`: the same as
   `train.dropout_rng=rbg` (dropout masks from XLA's RngBitGenerator);
+- `float8`: Dense/EinsumDense layers train in float8 (Keras'
+  `quantize("float8")`: e4m3 forward, e5m2 gradients, delayed scaling;
+  Hopper-class GPUs have float8 matmuls, a T4 has not);
 - anything else (`again`): a label only (the base measured a second time
   shows the run-to-run noise).
 
@@ -159,9 +162,8 @@ def run_variant(args, spec: str) -> dict:
     import keras
 
     from kgpt2.data.batches import WindowBatches
-    from kgpt2.compat import train_step_compiler_options
     from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device, step_compiler_options
+    from kgpt2.devices import resolve_device
 
     v = parse(spec)
     cfg, warm_rows, timed_rows = variant_config(args, v)
@@ -175,10 +177,9 @@ def run_variant(args, spec: str) -> dict:
     base = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=seq, batch_size=batch, seed=0, shuffle=True)
     steps = (warm_rows + timed_rows) * k
     t0 = time.perf_counter()
-    # kgpt2's own per-compile options (train.triton_gemm), then the variant's on top
-    options = {**step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled, device), **v["xla"]}
-    with device.scope(), train_step_compiler_options(options), jax_config(v["jax"]):
-        model = tt.build_kgpt2(cfg, max(steps, cfg.train.max_steps))
+    # kgpt2's own per-compile options (train.triton_gemm, ...), then the variant's on top
+    with device.scope(), jax_config(v["jax"]):
+        model = tt.build_kgpt2(cfg, max(steps, cfg.train.max_steps), device, v["flags"], v["xla"])
         if "ln-bf16" in v["flags"]:
             bf16_layer_norms(model.backbone)
         clock = tt.timed_fit(model, tt.Cycle(base, steps), batch * seq, warm_rows)
@@ -186,7 +187,8 @@ def run_variant(args, spec: str) -> dict:
     out = tt._result(spec, tokens_s, batch * seq / tokens_s, compile_s=clock["first_step_s"], peak=tt._gpu_peak_bytes(),
                      device=device.description, policy=policy,
                      trainable=sum(int(keras.ops.size(w)) for w in model.trainable_weights), size=v["base"], batch=batch)
-    out.update(steps_per_execution=k, timed_steps=timed_rows * k, seq=seq, variant_s=round(time.perf_counter() - t0, 1))
+    out.update(steps_per_execution=k, timed_steps=timed_rows * k, seq=seq, variant_s=round(time.perf_counter() - t0, 1),
+               loss_first=round(clock["loss_first"], 4), loss_last=round(clock["loss_last"], 4))
     if v["base"] != "kgpt2:full:pad64":
         out.pop("mfu", None)  # the MFU constant is the 124M shape's
     del model

@@ -83,7 +83,7 @@ class Stepper:
         self.windows = lambda b: WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=args.seq,
                                                batch_size=b, seed=0)
         with self.device.scope():
-            self.model = build_kgpt2(self.cfg, 2)
+            self.model = build_kgpt2(self.cfg, 2, self.device)
             self.model._symbolic_build(data_batch=self.windows(1)[0])  # optimizer and metrics variables
         import jax
 

@@ -208,7 +208,7 @@ def collect(args) -> dict:
                          batch_size=args.batch, seed=0, shuffle=True)
     trace_dir = tempfile.mkdtemp(prefix="trace-")
     with parallel.scope() if parallel else device.scope():
-        model = build_kgpt2(cfg, args.warmup + args.steps)
+        model = build_kgpt2(cfg, args.warmup + args.steps, device)
         model.fit(to_dataset(Cycle(base, args.warmup)), epochs=1, verbose=0, shuffle=False)
         with jax.profiler.trace(trace_dir):
             model.fit(to_dataset(Cycle(base, args.steps, offset=args.warmup)), epochs=1, verbose=0, shuffle=False)

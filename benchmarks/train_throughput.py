@@ -121,17 +121,24 @@ def kgpt2_config(args, mode: str, pad: int, size: str = "124M", overrides=()):
     ] + list(overrides))
 
 
-def build_kgpt2(cfg, total_steps: int, extra=()):
-    """kgpt2's model + optimizer for `cfg`, compiled as the trainer compiles it."""
-    from kgpt2.metrics import compile_lm
+def build_kgpt2(cfg, total_steps: int, device, extra=(), xla_options=None):
+    """kgpt2's model + optimizer for `cfg`, compiled as `kgpt2 train` compiles it (kgpt2.metrics.compile_for_training).
+
+    `extra` flags (ablations): `float8` trains the Dense/EinsumDense layers in float8 (Keras'
+    `quantize("float8")`, delayed scaling; the tied embedding and logits stay in the policy's dtype);
+    `token-loss` adds validation's token-loss metric to the step. `xla_options` go on top of kgpt2's own.
+    """
+    from kgpt2.metrics import compile_for_training, compile_lm
     from kgpt2.models import build_causal_lm
     from kgpt2.optimizer import make_optimizer
 
     model = build_causal_lm(cfg)
+    if "float8" in extra:
+        model.quantize("float8")
     optimizer, model.kgpt2_schedule = make_optimizer(cfg, total_steps)  # the step log reads the schedule
-    token_loss = "token-loss" in extra  # ablation: the training step with validation's extra metric
-    compile_lm(model, optimizer, token_loss=token_loss, loss_chunk=cfg.train.loss_chunk,
-               steps_per_execution=cfg.train.steps_per_execution)
+    compile_for_training(model, cfg, optimizer, device, model.backbone.hidden_dim, xla_options)
+    if "token-loss" in extra:  # recompiled with the metric; the XLA options stay with the model
+        compile_lm(model, optimizer, token_loss=True, steps_per_execution=cfg.train.steps_per_execution)
     return model
 
 
@@ -159,17 +166,18 @@ def timed_fit(model, batches, tokens_per_step: int, warmup: int) -> dict:
     with open(f"{folder}/steps.csv") as f:
         rows = list(csv.DictReader(f))
     first = min(float(r["time"]) for r in rows)
+    losses = [float(r["loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+    # first and last step's training loss: a lever that changes the numerics (float8) must still train alike
     return {"tokens_per_s": steady_tokens_per_s(rows, tokens_per_step, warmup), "first_step_s": first - t0,
-            "fit_wall_s": wall, "steps": len(rows)}
+            "fit_wall_s": wall, "steps": len(rows), "loss_first": losses[0], "loss_last": losses[-1]}
 
 
 def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     import keras
 
     from kgpt2.data.batches import WindowBatches, to_dataset
-    from kgpt2.compat import train_step_compiler_options
     from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device, step_compiler_options
+    from kgpt2.devices import resolve_device
 
     overrides = [e for e in extra if "=" in e]
     cfg = kgpt2_config(args, mode, pad, size, overrides)
@@ -183,9 +191,8 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
     timed = Cycle(base, args.steps, offset=args.warmup)
     real = sum(float(timed[i][2].sum()) for i in range(len(timed))) / (args.steps * args.batch * args.seq)
     tokens_per_step = args.batch * args.seq
-    options = step_compiler_options(cfg.train.triton_gemm, cfg.lora.enabled, device)  # what `kgpt2 train` compiles with
-    with device.scope(), train_step_compiler_options(options):
-        model = build_kgpt2(cfg, 2 * args.warmup + 2 * args.steps, extra)
+    with device.scope():
+        model = build_kgpt2(cfg, 2 * args.warmup + 2 * args.steps, device, extra)
         # One fit over warm-up + timed steps, timed by the step log (the trainer's method) ...
         clock = timed_fit(model, Cycle(base, args.warmup + args.steps), tokens_per_step, args.warmup)
         # ... and the old method on the same model: a second fit of the timed steps, timed around the call

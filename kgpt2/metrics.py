@@ -14,6 +14,8 @@ import math
 
 import keras
 
+from kgpt2 import compat
+from kgpt2.devices import step_compiler_options
 from kgpt2.models import real_vocabulary_size
 from kgpt2.packed_attention import for_windows
 
@@ -49,6 +51,20 @@ def compile_lm(model, optimizer="adam", token_loss: bool = True, loss_chunk: int
     if not token_loss and (loss_chunk > 0 or fused_loss):
         use_chunked_loss(model, loss_chunk)  # 0: the whole sequence at once
     return model
+
+
+def compile_for_training(fit_model, cfg, optimizer, device, hidden_dim: int, xla_options: dict | None = None):
+    """Compile `fit_model` as `kgpt2 train` trains it: loss form, steps per launch and per-compile XLA options.
+
+    One place for the trainer and the speed benchmarks (benchmarks/train_throughput.py,
+    lever_ablation.py), so a benchmark times the step users run. `xla_options` go on top of
+    `devices.step_compiler_options` (a benchmark's lever; {} in kgpt2 train).
+    """
+    compile_lm(fit_model, optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
+               fused_loss=cfg.train.fused_loss, steps_per_execution=cfg.train.steps_per_execution)
+    options = {**step_compiler_options(cfg.train, cfg.lora.enabled, device, hidden_dim), **(xla_options or {})}
+    compat.compile_train_step_with(fit_model, options)
+    return fit_model
 
 
 def evaluation_model(model, windows: str = "packed"):

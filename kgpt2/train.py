@@ -51,17 +51,17 @@ from pathlib import Path
 import keras
 import keras_hub
 
-from kgpt2 import compat, memory  # memory: read at call time, a test stands in for the device's memory
+from kgpt2 import memory  # memory: read at call time, a test stands in for the device's memory
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
 from kgpt2.continuation import check_resumable, init_checkpoint, place_plan, plan_left
 from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import ShardSet
-from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
+from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import is_writer, plan_distribution, process_count, start_processes
 from kgpt2.errors import UserError, is_out_of_memory, os_error_sentence, out_of_memory_sentence
 from kgpt2.lock import RunLock
-from kgpt2.metrics import compile_lm, evaluation_model
+from kgpt2.metrics import compile_for_training, evaluation_model
 from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
 from kgpt2.optimizer import make_optimizer
 from kgpt2.packed_attention import for_windows
@@ -253,10 +253,7 @@ class Trainer:
         # that confines attention to each example; checkpoints and exports hold `self.model`.
         self.fit_model = for_windows(self.model, cfg.data.windows)
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
-        compile_lm(self.fit_model, self.optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
-                   fused_loss=cfg.train.fused_loss, steps_per_execution=cfg.train.steps_per_execution)
-        compat.compile_train_step_with(self.fit_model, step_compiler_options(
-            cfg.train, cfg.lora.enabled, self.device, self.model.backbone.hidden_dim))
+        compile_for_training(self.fit_model, cfg, self.optimizer, self.device, self.model.backbone.hidden_dim)
         # validation's exact token loss, off the training step, on the same kind of windows
         self.evaluator = evaluation_model(self.model, cfg.data.windows)
         params = count_params(self.model)

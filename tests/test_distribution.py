@@ -371,3 +371,55 @@ def test_query_key_value_share_one_sharding_on_a_mesh(tiny_overrides):
     for (path, mesh), constraints in pinned.items():
         # q, k and v of each of the 2 layers on a mesh; no constraint (and no wrapper) without one
         assert constraints == (6 if mesh != "None" else 0), (path, mesh, constraints)
+
+
+AHEAD_CHILD = r"""
+import json
+import keras, numpy as np
+from keras.src.backend.jax.trainer import JAXEpochIterator
+from kgpt2.distribution import DataParallelPlan
+
+keras_iterator = JAXEpochIterator._get_distributed_iterator  # before kgpt2 replaces it
+read = []
+
+class Rows(keras.utils.PyDataset):  # records when fit pulls each batch
+    def __len__(self):
+        return 5
+    def __getitem__(self, i):
+        read.append(i)
+        x = np.random.default_rng(i).normal(size=(4, 3)).astype("float32")
+        return x, x.sum(axis=1, keepdims=True)
+
+def fit(plan):
+    read.clear()
+    pulled = []
+    class Look(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pulled.append(list(read))
+    keras.utils.set_random_seed(0)
+    with plan.scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        model.fit(Rows(), epochs=1, verbose=0, shuffle=False, callbacks=[Look()])  # kgpt2 feeds batches in order
+    return pulled, [np.asarray(w).tolist() for w in model.weights]
+
+plan = DataParallelPlan(("cpu:0", "cpu:1"), 4)
+ahead, ahead_weights = fit(plan)  # the plan's scope installs kgpt2's look-ahead
+JAXEpochIterator._get_distributed_iterator = keras_iterator
+plain, plain_weights = fit(plan)
+print("RESULT " + json.dumps({"ahead": ahead, "plain": plain, "same": ahead_weights == plain_weights}))
+"""
+
+
+def test_data_parallel_fit_lays_out_the_next_batch_before_it_is_needed():
+    """Under a distribution, Keras' JAX fit pulls each batch only when its step starts; kgpt2's plan pulls it one
+    step ahead (its transfer overlaps the step before), with the same batches in the same order."""
+    out = subprocess.run([sys.executable, "-c", AHEAD_CHILD], env=_child_env(2), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.split("RESULT ", 1)[1])
+    # Batches read by the end of each step. Keras' first pull (its symbolic build of the model) comes first:
+    # one batch alone; two with the look-ahead, which then starts again from the first batch.
+    assert r["plain"] == [[0] + list(range(k + 1)) for k in range(5)]  # Keras alone: batch k+1 read when step k+1 starts
+    assert r["ahead"] == [[0, 1] + list(range(min(k + 2, 5))) for k in range(5)]  # kgpt2: read while step k runs
+    assert r["same"]  # the same batches in the same order: identical weights

@@ -231,6 +231,7 @@ def test_every_training_path_compiles_its_step_with_train_triton_gemm(verb, tmp_
     import json
 
     import kgpt2.align
+    import kgpt2.metrics
     import kgpt2.train
 
     asked = []
@@ -240,7 +241,8 @@ def test_every_training_path_compiles_its_step_with_train_triton_gemm(verb, tmp_
         return {"xla_no_such_option_kgpt2": True}
 
     module = {"train": kgpt2.train, "align": kgpt2.align}[verb]
-    monkeypatch.setattr(module, "step_compiler_options", unknown_option, raising=False)
+    # train compiles through kgpt2.metrics.compile_for_training (as the speed benchmarks do); align on its own
+    monkeypatch.setattr({"train": kgpt2.metrics, "align": kgpt2.align}[verb], "step_compiler_options", unknown_option)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"The {w} statement", "chosen": " is good.", "rejected": " no"}) + "\n"
                              for w in ("assert", "with", "for", "while", "if", "try", "import", "return", "global",

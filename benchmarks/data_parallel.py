@@ -64,14 +64,6 @@ def run_one(args) -> dict:
         f"train.batch_size={args.per_device_batch * data}", *placement, f"train.device={args.device}",
         'train.stages=["rest"]', "train.epochs=0", f"train.max_steps={(args.warmup + args.steps) * per_row}",
         "train.eval_batches=0", f"checkpoints_root={root}", "run=dp", *args.set])
-    if args.keras_batches:  # the A/B of kgpt2's look-ahead: Keras' own distributed batches, each laid out at its step
-        from keras.src.backend.jax.trainer import JAXEpochIterator
-
-        from kgpt2 import compat
-
-        keras_batches = JAXEpochIterator._get_distributed_iterator
-        compat.distributed_batches_one_ahead()  # installed once a process, so it stays undone below
-        JAXEpochIterator._get_distributed_iterator = keras_batches
     t0 = time.perf_counter()
     result = train(cfg, verbose=0)
     wall_s = time.perf_counter() - t0
@@ -82,7 +74,7 @@ def run_one(args) -> dict:
         raise SystemExit(f"only {len(rows)} steps ran; the shards are too small for --warmup + --steps")
     # the staged trainer's and train_throughput.py's one timing method
     tokens_s = steady_tokens_per_s(rows, cfg.train.batch_size * args.seq, args.warmup)
-    return {"devices": data * model, "mesh": args.mesh or f"replicated:{n}", "keras_batches": args.keras_batches, "peak_bytes_per_device": _peak_memory(),
+    return {"devices": data * model, "mesh": args.mesh or f"replicated:{n}", "peak_bytes_per_device": _peak_memory(),
             "global_batch": cfg.train.batch_size, "per_device_batch": args.per_device_batch,
             "seq": args.seq, "size": args.size, "steps": len(rows), "timed_steps": steady,
             "tokens_per_s": round(tokens_s), "wall_s": round(wall_s, 1), "global_step": result.global_step}
@@ -119,8 +111,6 @@ def main(argv=None):
     p.add_argument("--out", help="write the results here as JSON")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a kgpt2 config override for every run (repeatable), e.g. train.steps_per_execution=4")
-    p.add_argument("--keras-batches", action="store_true",
-                   help="Keras' own distributed batch iterator instead of kgpt2's one-ahead (an A/B of that lever)")
     p.add_argument("--log-dir", help="keep each run's whole stderr here, one file per run")
     args = p.parse_args(argv)
     if args.one:

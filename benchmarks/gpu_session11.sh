@@ -5,8 +5,9 @@
 #                   its base in one process (lever_ablation.py; earlier sessions' fused-loss rows timed the plain
 #                   loss: the benchmark's model never got the option), the full base again for noise;
 #   peers (GPU 1, at the same time): HF + torch.compile, HF + PEFT + torch.compile;
-#   dp (both GPUs, after): the staged trainer on 1 and 2 GPUs with kgpt2's one-ahead distributed batches, then 2
-#                   GPUs with Keras' own iterator (--keras-batches), then kgpt2's again.
+#   dp (both GPUs, after): the staged trainer on 1 and 2 GPUs with distributed batches laid out one step ahead,
+#                   then 2 GPUs with Keras' own iterator (--keras-batches), then the look-ahead again. That lever
+#                   did not pay and was removed after the call: the dp lines below ran at commit 9a7bbfe.
 # `bash benchmarks/gpu_session11.sh --tiny`: the same commands at tiny shapes on this machine's CPU (a dry run).
 set -u
 cd "$(dirname "$0")/.."
@@ -39,6 +40,7 @@ wait
 q < "$OUT/levers.log" | tail -n 10
 q < "$OUT/peers.log" | tail -n 4
 timeout $((130 * T)) $PY benchmarks/data_parallel.py $B $DSHAPE --devices 1,2 --out "$OUT/dp.json" 2>&1 | q | tail -n 4
+# at 9a7bbfe only (git checkout 9a7bbfe -- kgpt2 benchmarks): --keras-batches is gone with the lever
 timeout $((70 * T)) $PY benchmarks/data_parallel.py $B $DSHAPE --devices 2 --keras-batches \
   --out "$OUT/dp-keras.json" 2>&1 | q | tail -n 2
 timeout $((70 * T)) $PY benchmarks/data_parallel.py $B $DSHAPE --devices 2 --out "$OUT/dp-again.json" 2>&1 | q | tail -n 2

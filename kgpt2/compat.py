@@ -110,36 +110,6 @@ def compile_train_step_with(model, options: dict) -> None:
     model.make_train_function = make_train_function
 
 
-@functools.cache
-def distributed_batches_one_ahead() -> None:
-    """Under a Keras distribution, JAX's `fit` lays out each batch on the devices one step ahead (once per process).
-
-    Keras' JAX epoch iterator starts the next batch's transfer before the current step is taken
-    only when no distribution is set (`_one_batch_ahead_iterator`); under DataParallel or
-    ModelParallel it builds each global batch just before its step, so that work sits between
-    steps on the device's timeline (~1 ms a step on 2 x H200: docs/benchmarks.md). Batch order
-    and count are unchanged; like Keras' own look-ahead, one batch is read before it is needed.
-    """
-    import keras
-
-    if keras.backend.backend() != "jax":
-        return
-    from keras.src.backend.jax.trainer import JAXEpochIterator
-
-    keras_distributed = JAXEpochIterator._get_distributed_iterator
-
-    def one_ahead(self, distribution):
-        batches = keras_distributed(self, distribution)
-        ahead = next(batches, None)
-        for batch in batches:
-            yield ahead
-            ahead = batch
-        if ahead is not None:
-            yield ahead
-
-    JAXEpochIterator._get_distributed_iterator = one_ahead
-
-
 def sublayers(layer) -> list:
     """Every layer inside `layer`, nested ones too (Keras' private `_flatten_layers`)."""
     return list(layer._flatten_layers(include_self=False))

@@ -55,7 +55,6 @@ class DataParallelPlan:
         """Everything built and fit inside is replicated; the global setting is restored after."""
         # Each process already feeds only its own rows (local_rows), so Keras must not shard the data again.
         distribution = keras.distribution.DataParallel(devices=list(self.devices), auto_shard_dataset=False)
-        compat.distributed_batches_one_ahead()
         with distribution.scope():
             yield distribution
 
@@ -237,7 +236,6 @@ class ShardedPlan:
         mesh = keras.distribution.DeviceMesh((self.data, self.model), ("data", "model"), list(self.devices))
         distribution = _DivisibleModelParallel(layout_map=gpt2_layout_map(mesh), batch_dim_name="data",
                                                auto_shard_dataset=False)  # each process feeds its rows (local_rows)
-        compat.distributed_batches_one_ahead()
         with distribution.scope():
             yield distribution
 

@@ -7,6 +7,13 @@ as one jitted chain; weights stored [in, out] or [out, in]; float32 or bfloat16
 `fori_loop`, as a decode loop runs it (ms a token). No kgpt2 code: this isolates
 the compiler's behaviour (docs/benchmarks.md, "Generation on the CPU, round 4").
 
+Then (round 5) the form kgpt2 decodes bfloat16 weights with on a JAX CPU
+(kgpt2.fused_decode, `bfloat16_products`): float32 rows times bfloat16 [out, in]
+weights upcast inside each product, the weights in the loop's state behind an
+optimization barrier each token, with each layer's bias added plainly (XLA fuses
+the add into the product and stops fusing the upcast) or after a barrier on the
+product (as kgpt2 does).
+
     KERAS_BACKEND=jax .venv/bin/python benchmarks/cpu_bf16_products.py
 """
 
@@ -68,5 +75,34 @@ def main():
                   flush=True)
 
 
+def opaque_loop(rng, x):
+    """ms a token of the layer products with biases + logits, bfloat16 [out, in] weights, float32 rows, 16 tokens
+    in a loop whose state carries the weights through an optimization barrier; the bias added plainly or after
+    a barrier on the product."""
+    weights = [jnp.asarray(rng.standard_normal(s[::-1], dtype=np.float32) * 0.02, jnp.bfloat16)
+               for _ in range(LAYERS) for s in SHAPES]
+    biases = [jnp.asarray(rng.standard_normal(s[1], dtype=np.float32) * 0.02) for _ in range(LAYERS) for s in SHAPES]
+    embedding = jnp.asarray(rng.standard_normal((VOCABULARY, 768), dtype=np.float32) * 0.02, jnp.bfloat16)
+    forms = {"bias added plainly": lambda h, w, b: h @ w.astype(jnp.float32).T + b,
+             "bias added after a barrier (kgpt2)": lambda h, w, b: jax.lax.optimization_barrier(
+                 h @ w.astype(jnp.float32).T) + b}
+    for name, product in forms.items():
+        def loop(x, w, b, e, product=product):
+            def body(_, carry):
+                h, w, e = carry
+                w, e = jax.lax.optimization_barrier((w, e))
+                for layer in range(LAYERS):
+                    qkv, out, fc, proj = w[4 * layer:4 * layer + 4]
+                    bq, bo, bf, bp = b[4 * layer:4 * layer + 4]
+                    h = h + product(product(h, qkv, bq)[:, :768], out, bo)
+                    h = h + product(jax.nn.gelu(product(h, fc, bf)), proj, bp)
+                return h + (h @ e.astype(jnp.float32).T)[:, :768] * 1e-3, w, e
+            return jax.lax.fori_loop(0, 16, body, (x, w, e))[0]
+
+        ms = timed(jax.jit(loop), x, weights, biases, embedding, repeats=5) / 16
+        print(f"bfloat16 [out, in], weights opaque in the loop, {name}: {ms:7.2f} ms a token", flush=True)
+
+
 if __name__ == "__main__":
     main()
+    opaque_loop(np.random.default_rng(1), jnp.asarray(np.random.default_rng(2).standard_normal((1, 768), np.float32)))

@@ -8,6 +8,7 @@ profiler's op time a token, summed by op kind over XLA's CPU threads (so the
 sum exceeds the wall time on 2 cores). docs/benchmarks.md, "Generation on the CPU, round 4".
 
     KERAS_BACKEND=jax .venv/bin/python benchmarks/cpu_decode_profile.py
+    KERAS_BACKEND=jax .venv/bin/python benchmarks/cpu_decode_profile.py --bfloat16   # weights "bfloat16" on a JAX CPU
 """
 
 from __future__ import annotations
@@ -46,9 +47,18 @@ def main():
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.GPT2Backbone(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
                                              intermediate_dim=3072, max_sequence_length=1024)
-    programs = Programs(keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None), 1, 128, STEPS, 1)
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    if "--bfloat16" in sys.argv:  # as kgpt2.generate.load_for_generation loads weights "bfloat16" on a JAX CPU
+        from kgpt2.fused_decode import BFLOAT16_PRODUCTS
+        from kgpt2.generate import round_to_bfloat16
+
+        round_to_bfloat16(model)
+        setattr(model, BFLOAT16_PRODUCTS, True)
+    programs = Programs(model, 1, 128, STEPS, 1)
     values = [v.value for v in programs.variables]
-    print(f"concatenation alone: {median_ms(lambda: jax.block_until_ready(programs._concatenate(values))):.1f} ms")
+    built = median_ms(lambda: jax.block_until_ready(programs._build_kept(values)))
+    print(f"kept weights (concatenation{', bfloat16 products' if programs.blocks.bfloat16_products else ''}) alone: "
+          f"{built:.1f} ms")
     z = np.zeros(1, "int32")
     ints, floats = pack(z + 5, z + 10, z, z + 100, z + 1, z + 1, z + 1, z, z + 1.0, z + 1.0)
     scalars = np.array([10, STEPS, 50256], "int32")

@@ -55,7 +55,13 @@ def build_model(shape: dict, quantize: str = "none"):
     except Exception as e:  # noqa: BLE001  (the HF peer then gets its own random weights)
         print(f"export to transformers failed ({type(e).__name__}: {e}); HF gets random weights", flush=True)
         hf_dir = None
-    if quantize != "none":
+    if quantize == "bfloat16":  # what `--weights bfloat16` loads on a JAX CPU (kgpt2.generate.load_for_generation)
+        from kgpt2.fused_decode import BFLOAT16_PRODUCTS
+        from kgpt2.generate import round_to_bfloat16
+
+        round_to_bfloat16(model)
+        setattr(model, BFLOAT16_PRODUCTS, True)
+    elif quantize != "none":
         model.quantize(quantize)
     return model, hf_dir
 

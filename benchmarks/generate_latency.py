@@ -68,7 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model and few tokens: a CPU dry run")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="weights, cache and compute (default: float32 on cpu, bfloat16 on gpu)")
-    p.add_argument("--quantize", default="none", help="none or int8: the Keras peers' weights; a list (none,int8) "
+    p.add_argument("--quantize", default="none", help="none, int8 or bfloat16 (on a JAX CPU: the weights rounded, "
+                   "decoded from bfloat16 copies in float32): the Keras peers' weights; a list (none,int8) "
                    "adds a kgpt2 Generator row per further value (the same weights, quantised)")
     p.add_argument("--prompt-tokens", type=int, default=28)
     p.add_argument("--new-tokens", type=int, default=None, help="default 100 (16 with --tiny)")
@@ -102,7 +103,7 @@ def parse_args(argv=None):
     a.stream_repeats = a.stream_repeats or (1 if a.tiny else 3)
     a.peers = [x.strip() for x in a.peers.split(",") if x.strip()]
     a.quantize = [x.strip() for x in a.quantize.split(",") if x.strip()]
-    assert set(a.quantize) <= {"none", "int8"}, a.quantize
+    assert set(a.quantize) <= {"none", "int8", "bfloat16"}, a.quantize
     a.chunks = [int(x) for x in (a.chunks or ("1,8" if gpu else "4,1" if a.tiny else "1")).split(",") if x]
     a.streams = [int(x) for x in (a.streams if a.streams is not None else ("1,8,32,64" if gpu else "1,4")).split(",") if x]
     a.launch_steps = [int(x) for x in (a.launch_steps or ("4,16" if a.tiny else "8,16,32,128")).split(",") if x]

@@ -42,7 +42,8 @@ import functools
 
 import numpy as np
 
-from kgpt2.fused_decode import FusedBlocks
+from kgpt2.fused_decode import BFLOAT16_PRODUCTS, FusedBlocks, opaque
+from kgpt2.models import mask_padding
 from kgpt2.sampling import MAX_LOGPROBS, sample, token_scores
 
 MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
@@ -159,13 +160,14 @@ class Programs:
                                   for s in (False, True)}
         self._decode = {(g, lp): compiled(functools.partial(self._decode_loop, greedy_only=g, logprobs=lp), (1,),
                                           compiler_options) for g in (True, False) for lp in (False, True)}
-        # On a JAX CPU the query/key/value concatenation is built once per weight version
-        # (`concatenated_weights`), not once a launch: built in the launch, a 124M float32 stream of 8
-        # tokens a launch took 40 ms a token against 26 kept (docs/benchmarks.md). On a GPU it costs
-        # ~0.1 ms a launch, and the kept copy (a quarter of the layer weights) would take memory a T4 lacks.
-        self.keeps_concatenation = self.blocks is not None and on_jax_cpu()
-        self._concatenate = compiled(lambda values: self.blocks.concatenated(values))
-        self._kept: list[tuple[list, list]] = []  # (weak references to a version's values, its concatenation)
+        # On a JAX CPU the blocks' derived weights (`FusedBlocks.kept`: the query/key/value concatenation, or
+        # the bfloat16 products) are built once per weight version (`kept_weights`), not once a launch: built in
+        # the launch, a 124M float32 stream of 8 tokens a launch took 40 ms a token against 26 kept
+        # (docs/benchmarks.md). On a GPU the concatenation costs ~0.1 ms a launch, and a kept copy (a quarter
+        # of the layer weights) would take memory a T4 lacks.
+        self.keeps_weights = self.blocks is not None and on_jax_cpu()
+        self._build_kept = compiled(lambda values: self.blocks.kept(values))
+        self._kept: list[tuple[list, list]] = []  # (weak references to a version's values, what was built)
 
     def _fused_blocks(self, blocks: str) -> FusedBlocks | None:
         if blocks not in ("auto", "fused", "keras-hub"):
@@ -177,8 +179,10 @@ class Programs:
             return None
         # On a JAX GPU (measured there, docs/benchmarks.md): one row's products as row sums, and one-pass
         # layer-norm moments (float32; bf16 greedy tokens may then differ from keras-hub's where logits tie).
-        gpu = on_jax_gpu()
-        return FusedBlocks(self.model.backbone, self.variables, gemv=gpu, one_pass_norm=gpu)
+        # On a JAX CPU, a model loaded with bfloat16 weights (`BFLOAT16_PRODUCTS`) decodes from bfloat16
+        # copies of them in float32 (`FusedBlocks.kept`).
+        gpu, half = on_jax_gpu(), on_jax_cpu() and getattr(self.model, BFLOAT16_PRODUCTS, False)
+        return FusedBlocks(self.model.backbone, self.variables, gemv=gpu, one_pass_norm=gpu, bfloat16_products=half)
 
     def prefill(self, values, caches, prompts, ints, floats, scored: bool = False):
         """(caches, first tokens [rows], their scores) and, when `scored`, the prompt's scores:
@@ -189,12 +193,12 @@ class Programs:
         """The decode loop, called as `(values, caches, ints, floats, scalars)`; with `logprobs` it also
         returns the new tokens' scores [slots, steps(, K)]."""
         program = self._decode[bool(greedy_only), bool(logprobs)]
-        if not self.keeps_concatenation:
+        if not self.keeps_weights:
             return program
-        return lambda values, *state: program(values, *state, self.concatenated_weights(values))
+        return lambda values, *state: program(values, *state, self.kept_weights(values))
 
-    def concatenated_weights(self, values) -> list:
-        """`FusedBlocks.concatenated` of `values`, built on the first launch of a weight version and
+    def kept_weights(self, values) -> list:
+        """`FusedBlocks.kept` of `values`, built on the first launch of a weight version and
         kept for the two most recent versions (the demo alternates two checkpoints on one engine's
         programs). A version is the identity of every array: JAX arrays are immutable, and Keras
         gives a variable a new array when it is assigned (a restore, a training step)."""
@@ -204,7 +208,7 @@ class Programs:
         for refs, kept in self._kept:
             if len(refs) == len(values) and all(r() is v for r, v in zip(refs, values)):
                 return kept
-        built = self._concatenate(values)
+        built = self._build_kept(values)
         try:
             self._kept = self._kept[-1:] + [([weakref.ref(v) for v in values], built)]
         except TypeError:  # a value that takes no weak reference: rebuilt every launch
@@ -264,9 +268,10 @@ class Programs:
                   for c, f in zip(caches, fresh)]
         return (placed, first, scores) + ((prompt_scores,) if scored else ())
 
-    def _step(self, values, caches, last, pos, offsets, t, fused=()):
+    def _step(self, values, caches, last, pos, offsets, t, fused=(), embedding=None):
         """One token for every row: the model on `last` at `pos`, writing ring column `t`.
-        `fused`: the launch's `FusedBlocks.fuse` weights when the blocks run fused."""
+        `fused`: the launch's `FusedBlocks.fuse` weights when the blocks run fused; `embedding`: the
+        kept bfloat16 embedding the logits read with bfloat16 products."""
         b = self.model.backbone
         mask = offsets <= pos[:, None]  # the row's own arc of the ring, up to this token
         with self._scope(values):
@@ -274,6 +279,8 @@ class Programs:
             x = b.embeddings_add((tokens, b.position_embedding(tokens, positions=pos[:, None])))
             if self.blocks is not None:
                 x, new_caches = self.blocks.step(fused, x, caches, mask, t)
+                if embedding is not None:
+                    return new_caches, mask_padding(b.token_embedding, self.blocks.logits(b.layer_norm(x), embedding))
                 return new_caches, self._logits(x)
             mask, new_caches = mask[:, None, :], []
             for layer, cache in zip(b.transformer_layers, caches):
@@ -282,7 +289,7 @@ class Programs:
                 new_caches.append(cache)
             return new_caches, self._logits(x)
 
-    def _decode_loop(self, values, caches, ints, floats, scalars, concatenated=None, greedy_only: bool = True,
+    def _decode_loop(self, values, caches, ints, floats, scalars, kept=None, greedy_only: bool = True,
                      logprobs: bool = False):
         """Up to `scalars[1]` steps for every active row, in chunks; stops after a chunk in which a row ended.
 
@@ -298,14 +305,22 @@ class Programs:
         active, limit = ops.cast(ints[:, ACTIVE], "bool"), ints[:, LIMIT]
         offsets = ops.mod(ops.arange(length, dtype="int32")[None, :] - ints[:, START][:, None], length)
         settings = _sampling(ints, floats)
-        # The fused blocks' weights, once a launch outside the loop (`concatenated`: kept across launches).
-        fused = self.blocks.fuse(values, self.slots, concatenated) if self.blocks is not None else ()
+        # The fused blocks' weights, once a launch outside the loop (`kept`: kept across launches).
+        fused = self.blocks.fuse(values, self.slots, kept) if self.blocks is not None else ()
+        # bfloat16 products: their weights ride in the loop's state, made opaque each token, so that XLA
+        # upcasts them inside each product instead of hoisting one float32 copy of them out of the loop
+        # (which every token would then read: 2x slower than float32 weights; docs/benchmarks.md).
+        carried = (fused, kept[1]) if self.blocks is not None and self.blocks.bfloat16_products else ()
 
         def one_token(_, state):
-            (caches, last, pos, t, i, out, ended), scored = state[:7], state[7:]
+            (caches, last, pos, t, i, out, ended, carried), scored = state[:8], state[8:]
             live = i < steps  # the last chunk may run past `steps`: those steps change nothing
             running = ops.logical_and(ops.logical_and(active, ops.logical_not(ended)), live)
-            caches, logits = self._step(values, caches, last, pos, offsets, t, fused)
+            if carried:
+                carried = opaque(carried)
+                caches, logits = self._step(values, caches, last, pos, offsets, t, *carried)
+            else:
+                caches, logits = self._step(values, caches, last, pos, offsets, t, fused)
             if greedy_only:
                 token = ops.cast(ops.argmax(ops.cast(logits, "float32"), axis=-1), "int32")
             else:
@@ -319,19 +334,19 @@ class Programs:
             ended = ops.logical_or(ended, ops.logical_and(running, ops.logical_or(token == eos_id, pos >= limit)))
             step = ops.cast(live, "int32")
             return (caches, ops.where(running, token, last), pos, ops.mod(t + step, length), i + step, out,
-                    ended) + tuple(scored)
+                    ended, carried) + tuple(scored)
 
         def chunk(*state):
             return ops.fori_loop(0, self.chunk, one_token, tuple(state))
 
-        def more(caches, last, pos, t, i, out, ended, *scored):
+        def more(caches, last, pos, t, i, out, ended, carried, *scored):
             return ops.logical_and(i < steps, ops.logical_not(ops.any(ended)))
 
         state = (caches, ints[:, LAST], ints[:, POS], t0, ops.zeros((), "int32"),
-                 ops.zeros((self.slots, width), "int32"), ops.zeros((self.slots,), "bool"))
+                 ops.zeros((self.slots, width), "int32"), ops.zeros((self.slots,), "bool"), carried)
         if logprobs:
             state += (ops.zeros((self.slots, width), "float32"), ops.zeros((self.slots, width, MAX_LOGPROBS), "float32"),
                       ops.zeros((self.slots, width, MAX_LOGPROBS), "int32"))
-        caches, _, _, _, i, out, _, *scored = ops.while_loop(more, chunk, state)
+        caches, _, _, _, i, out, _, _, *scored = ops.while_loop(more, chunk, state)
         steps_taken = ops.broadcast_to(ops.reshape(i, (1, 1)), (self.slots, 1))
         return (caches, ops.concatenate([out, steps_taken], axis=1)) + tuple(scored)

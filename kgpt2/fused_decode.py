@@ -33,6 +33,24 @@ import math
 
 from kgpt2.compat import decoder_block_parts
 
+# Set on a model (True) whose weights hold bfloat16 values (kgpt2.generate, weights "bfloat16" on a JAX CPU):
+# its fused decode steps read bfloat16 copies of the products' weights and compute in float32.
+BFLOAT16_PRODUCTS = "kgpt2_bfloat16_products"
+
+
+def opaque(arrays):
+    """The same arrays behind an XLA optimization barrier (JAX): XLA neither moves nor fuses across it.
+
+    The bfloat16 products need it twice (a JAX CPU): on their weights inside the decode loop's body, so
+    that XLA cannot see they never change and hoist one float32 copy of every weight out of the loop
+    (which every token then reads: 2x slower than float32 weights); and on each product's result, so
+    that the bias add does not fuse into the product, which would stop the bfloat16 upcast from fusing
+    into it (a float32 copy of the weight written and read every token: 62 against 13 ms a token for the
+    124M products alone; benchmarks/cpu_bf16_products.py, docs/benchmarks.md)."""
+    import jax
+
+    return jax.lax.optimization_barrier(arrays)
+
 
 class FusedBlocks:
     """The decoder blocks of a keras-hub GPT-2 backbone as one-token steps on fused weights.
@@ -43,16 +61,20 @@ class FusedBlocks:
     runs every block for one token per row.
     """
 
-    def __init__(self, backbone, variables, gemv: bool = False, one_pass_norm: bool = False):
+    def __init__(self, backbone, variables, gemv: bool = False, one_pass_norm: bool = False,
+                 bfloat16_products: bool = False):
         # gemv: one-row products as a multiply and a row sum over weights stored [out, in] (see `_project`);
-        # one_pass_norm: a layer norm's two moments in one pass (see `_norm`)
-        self.gemv, self.one_pass_norm = gemv, one_pass_norm
+        # one_pass_norm: a layer norm's two moments in one pass (see `_norm`);
+        # bfloat16_products: every product (and the logits) reads a bfloat16 [out, in] copy of its weights and
+        # computes in float32 (a JAX CPU: see `kept` and `_project`); the weights must hold bfloat16 values
+        self.gemv, self.one_pass_norm, self.bfloat16_products = gemv, one_pass_norm, bfloat16_products
         index = {id(v): i for i, v in enumerate(variables)}
         self.heads = backbone.num_heads
         self.head_dim = backbone.hidden_dim // backbone.num_heads
         self.dtype = backbone.compute_dtype
         blocks = [decoder_block_parts(block) for block in backbone.transformer_layers]
         self.epsilon = blocks[0]["norm1"].epsilon
+        self.embedding = index[id(backbone.token_embedding.embeddings)]
         self.layers = []
         for p in blocks:
             parts = (p["norm1"].gamma, p["norm1"].beta, p["query"].kernel, p["key"].kernel, p["value"].kernel,
@@ -79,6 +101,32 @@ class FusedBlocks:
                     return False
         return True
 
+    def kept(self, values) -> list:
+        """What a caller may build once per weight version and pass to `fuse` (kgpt2.decoding keeps it on a
+        JAX CPU): `concatenated(values)`, or with `bfloat16_products` per layer the query/key/value, output,
+        MLP-in and MLP-out kernels as bfloat16 [out, in] and the query/key/value biases as one, then the
+        token embedding in bfloat16 ([vocabulary, C], the logits' [out, in]).
+
+        Why bfloat16 [out, in]: XLA's CPU dot on float32 weights is bound by their bytes (~22 GB/s
+        here); a one-row product against a bfloat16 [out, in] kernel upcast in the same expression
+        compiles to a loop that reads the bfloat16 bytes, 1.6-1.8x faster (docs/benchmarks.md). On
+        CPUs without bfloat16 arithmetic the float32 compute is what the hardware does anyway."""
+        from keras import ops
+
+        if not self.bfloat16_products:
+            return self.concatenated(values)
+
+        def half(x):  # [in, ...] -> bfloat16 [out, in]
+            return ops.cast(ops.transpose(ops.reshape(x, (x.shape[0], -1))), "bfloat16")
+
+        layers = []
+        for (qkv, qkv_bias), (_, _, _, _, _, _, _, _, o, _, _, _, fc, _, pr, _) in zip(
+                self.concatenated(values), self.layers):
+            width = values[o].shape[-1]
+            layers.append((half(qkv), qkv_bias, half(ops.reshape(values[o], (-1, width))), half(values[fc]),
+                           half(values[pr])))
+        return [layers, ops.cast(values[self.embedding], "bfloat16")]
+
     def concatenated(self, values) -> list:
         """Per layer, the query, key and value kernels as one [C, 3C] array and their biases as one
         [3C], in the compute dtype: the only new arrays `fuse` makes (the rest are the weights)."""
@@ -97,6 +145,13 @@ class FusedBlocks:
         `concatenated(values)` gave, when the caller keeps it across launches."""
         from keras import ops
 
+        if self.bfloat16_products:
+            fused = []
+            for (qkv, qkv_bias, out, fc, proj), layer in zip((concatenated or self.kept(values))[0], self.layers):
+                g1, b1, _, _, _, _, _, _, _, ob, g2, b2, _, fcb, _, prb = layer
+                fused.append((values[g1], values[b1], qkv, qkv_bias, out, values[ob], values[g2], values[b2], fc,
+                              values[fcb], proj, values[prb]))
+            return fused
         flip = self.gemv and rows == 1
         w = self._cast
 
@@ -145,6 +200,13 @@ class FusedBlocks:
         x = x + self._project(ops.gelu(self._project(h, fc, fc_bias, gemv), approximate=True), proj, proj_bias, gemv)
         return x, cache
 
+    def logits(self, x, embedding):
+        """With `bfloat16_products`: the tied logits of x [rows, 1, C] (already layer-normed) from the kept
+        bfloat16 embedding, float32 [rows, vocabulary]."""
+        from keras import ops
+
+        return ops.matmul(x[:, 0, :], ops.transpose(ops.cast(embedding, "float32")))
+
     def _norm(self, x, gamma, beta):
         """Keras' layer norm (float32 inside), or with `one_pass_norm` both moments from one pass:
         XLA runs the two sums as one kernel where Keras' mean-then-variance takes two. The values
@@ -167,6 +229,8 @@ class FusedBlocks:
         multiply kernel that writes a weight-sized product and a second kernel that sums its columns.)"""
         from keras import ops
 
+        if self.bfloat16_products:  # kernel: bfloat16 [out, in] (`kept`), upcast inside the product
+            return opaque(ops.matmul(h, ops.transpose(ops.cast(kernel, "float32")))) + bias
         if not gemv:
             return ops.matmul(h, kernel) + bias
         products = ops.cast(h, "float32")[:, :, None, :] * ops.cast(kernel, "float32")

@@ -210,6 +210,11 @@ class PaddedReversibleEmbedding(keras_hub.layers.ReversibleEmbedding):
         return self._mask(out) if reverse else out
 
 
+def mask_padding(embedding, logits):
+    """`logits` over `embedding`'s rows with a padded vocabulary's pad columns masked, as its reverse call does."""
+    return embedding._mask(logits) if isinstance(embedding, PaddedReversibleEmbedding) else logits
+
+
 def padded_size(vocabulary_size: int, multiple: int) -> int:
     """`vocabulary_size` rounded up to `multiple` (0 or 1 = unchanged)."""
     if multiple < 0:

@@ -76,6 +76,75 @@ def test_one_step_matches_keras_hub_layers_on_sharp_random_weights(rows, gemv, o
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+def _jax_only():
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("bfloat16 products are a JAX CPU form (XLA optimization barriers)")
+
+
+def _rounded_and_flagged(model):
+    """As kgpt2.generate.load_for_generation loads weights "bfloat16" on a JAX CPU."""
+    from kgpt2.fused_decode import BFLOAT16_PRODUCTS
+    from kgpt2.generate import round_to_bfloat16
+
+    round_to_bfloat16(model)
+    setattr(model, BFLOAT16_PRODUCTS, True)
+    return model
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_bfloat16_products_score_like_keras_hub_on_the_rounded_weights(tiny_run, loaded, slots):
+    """Weights "bfloat16" on a JAX CPU: the decode steps' products read bfloat16 [out, in] copies of weights
+    that hold bfloat16 values, in float32. keras-hub's float32 layers on the same weights are the oracle: the
+    same tokens (greedy and sampled) and log-probabilities to float32 rounding."""
+    _jax_only()
+    from kgpt2.run import load_model
+
+    _, tokenizer, _ = loaded
+    model = _rounded_and_flagged(load_model(tiny_run, "latest")[0])
+    programs, ours = decoded(model, tokenizer, slots, "auto")
+    assert programs.blocks.bfloat16_products and programs.keeps_weights
+    _, theirs = decoded(model, tokenizer, slots, "keras-hub")
+    for a, b in zip(ours, theirs):
+        assert a.tokens == b.tokens and len(a.tokens) >= 4
+        np.testing.assert_allclose([s[0] for s in a.scores], [s[0] for s in b.scores], atol=2e-6)
+
+
+def test_bfloat16_products_step_on_sharp_random_weights():
+    """One decode step with bfloat16 products, weights drawn wide and rounded: logits (the padded vocabulary's
+    pad columns masked, as the model's own reverse embedding does) and caches against keras-hub's layers."""
+    _jax_only()
+    import keras
+    import keras_hub
+
+    from kgpt2.models import pad_vocabulary
+
+    keras.utils.set_random_seed(1)
+    backbone = pad_vocabulary(keras_hub.models.GPT2Backbone(
+        vocabulary_size=97, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=64, max_sequence_length=32), 64)
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    rng = np.random.default_rng(0)
+    for v in model.variables:
+        v.assign(rng.normal(1.0 if "gamma" in v.path else 0.0, 0.3, v.shape).astype("float32"))
+    _rounded_and_flagged(model)
+    reference, half = Programs(model, 2, 16, 4, blocks="keras-hub"), Programs(model, 2, 16, 4)
+    assert half.blocks.bfloat16_products
+    values = [v.value for v in reference.variables]
+    caches = [rng.normal(0, 1, (2, 2, 16, 4, 8)).astype("float32") for _ in range(2)]
+    last, pos = np.array([5, 60], "int32"), np.array([6, 11], "int32")
+    offsets = ((np.arange(16)[None, :] - np.array([[3], [14]])) % 16).astype("int32")
+    theirs_caches, theirs = reference._step(values, caches, last, pos, offsets, 9)
+    kept = half.blocks.kept(values)
+    ours_caches, ours = half._step(values, caches, last, pos, offsets, 9, half.blocks.fuse(values, 2, kept), kept[1])
+    theirs, ours = np.asarray(theirs), np.asarray(ours)
+    assert theirs.shape == ours.shape == (2, 128) and (ours[:, 97:] < -1e8).all()  # pad columns masked
+    assert theirs[:, :97].std() > 1.0
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours_caches, theirs_caches):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 def test_auto_uses_fused_blocks_on_plain_weights_and_keras_hub_on_int8(tiny_run, loaded):
     from kgpt2.run import load_model
 
@@ -117,12 +186,17 @@ def test_adapted_layers_keep_keras_hub_blocks(adapter):
     assert not FusedBlocks.supports(b)
 
 
-def test_kept_concatenation_follows_the_model_weights(pydoc_tokenizer):
-    """On a JAX CPU the query/key/value concatenation is kept across launches (`Programs.concatenated_weights`):
-    new weights (a restore, a training step) must never decode with the old ones, and two weight versions
-    alternating on one set of programs (the demo's base and fine-tuned engines) each keep theirs."""
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_kept_weights_follow_the_model_weights(pydoc_tokenizer, bfloat16):
+    """On a JAX CPU the blocks' derived weights (the query/key/value concatenation; with bfloat16 weights the
+    bfloat16 products) are kept across launches (`Programs.kept_weights`): new weights (a restore, a training
+    step) must never decode with the old ones, and two weight versions alternating on one set of programs (the
+    demo's base and fine-tuned engines) each keep theirs."""
     import keras
     import keras_hub
+
+    from kgpt2.fused_decode import BFLOAT16_PRODUCTS
+    from kgpt2.generate import round_to_bfloat16
 
     keras.utils.set_random_seed(2)
     backbone = keras_hub.models.GPT2Backbone(vocabulary_size=pydoc_tokenizer.vocab_size, num_layers=2, num_heads=4,
@@ -133,7 +207,10 @@ def test_kept_concatenation_follows_the_model_weights(pydoc_tokenizer):
         rng = np.random.default_rng(seed)
         for v in model.variables:
             v.assign(rng.normal(1.0 if "gamma" in v.path else 0.0, 0.3, v.shape).astype("float32"))
+        if bfloat16:
+            round_to_bfloat16(model)
 
+    setattr(model, BFLOAT16_PRODUCTS, bfloat16)
     ids = pydoc_tokenizer.encode(PROMPTS[0])
 
     def greedy(programs, weights=None):
@@ -146,10 +223,11 @@ def test_kept_concatenation_follows_the_model_weights(pydoc_tokenizer):
 
     draw(0)
     programs = Programs(model, 1, 32, 4, blocks="fused")
-    assert programs.keeps_concatenation == (keras.backend.backend() == "jax")
+    assert programs.keeps_weights == (keras.backend.backend() == "jax")
+    assert programs.blocks.bfloat16_products == (bfloat16 and keras.backend.backend() == "jax")
     builds = []
-    concatenate = programs._concatenate
-    programs._concatenate = lambda values: builds.append(1) or concatenate(values)
+    build = programs._build_kept
+    programs._build_kept = lambda values: builds.append(1) or build(values)
     first, old = greedy(programs), [np.array(v.value) for v in programs.variables]
     draw(1)  # new arrays in every variable, as a restore gives
     second = greedy(programs)
@@ -158,4 +236,4 @@ def test_kept_concatenation_follows_the_model_weights(pydoc_tokenizer):
     assert greedy(programs, lambda: old) == first
     assert greedy(programs) == second and greedy(programs, lambda: old) == first
     # three launches a request (4 steps each): built once per version where kept (the last two)
-    assert len(builds) == (3 if programs.keeps_concatenation else 0)
+    assert len(builds) == (3 if programs.keeps_weights else 0)

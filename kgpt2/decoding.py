@@ -39,6 +39,7 @@ number of steps taken (one device-to-host copy).
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 
@@ -50,6 +51,12 @@ MIN_PROMPT_BUCKET = 32  # prompts are padded to a power of two of at least this
 GPU_CHUNK = 1  # decode steps per inner (fixed-length) loop on an accelerator (see default_chunk)
 # The packed per-row int32 state: columns of `Programs.pack`'s `ints`.
 LAST, POS, START, LIMIT, ACTIVE, GREEDY, TOP_K, SEED = range(8)
+
+
+# What `Programs.kept_weights` built, per model and form (bfloat16 products or not): the two most recent
+# weight versions, each as (weak references to its values, what was built). A Generator has programs for
+# several cache lengths; they share one copy.
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def bucket(n: int, smallest: int, cap: int) -> int:
@@ -167,7 +174,6 @@ class Programs:
         # of the layer weights) would take memory a T4 lacks.
         self.keeps_weights = self.blocks is not None and on_jax_cpu()
         self._build_kept = compiled(lambda values: self.blocks.kept(values))
-        self._kept: list[tuple[list, list]] = []  # (weak references to a version's values, what was built)
 
     def _fused_blocks(self, blocks: str) -> FusedBlocks | None:
         if blocks not in ("auto", "fused", "keras-hub"):
@@ -179,9 +185,12 @@ class Programs:
             return None
         # On a JAX GPU (measured there, docs/benchmarks.md): one row's products as row sums, and one-pass
         # layer-norm moments (float32; bf16 greedy tokens may then differ from keras-hub's where logits tie).
-        # On a JAX CPU, a model loaded with bfloat16 weights (`BFLOAT16_PRODUCTS`) decodes from bfloat16
-        # copies of them in float32 (`FusedBlocks.kept`).
-        gpu, half = on_jax_gpu(), on_jax_cpu() and getattr(self.model, BFLOAT16_PRODUCTS, False)
+        # On a JAX CPU, one row of a model loaded with bfloat16 weights (`BFLOAT16_PRODUCTS`) decodes from
+        # bfloat16 copies of them in float32 (`FusedBlocks.kept`). Several rows keep float32 products on the
+        # same (bfloat16-valued) weights: XLA makes a many-row product a matrix product on float32 operands,
+        # and 4 streams ran at 39 tokens/s that way against 61 in float32 (docs/benchmarks.md).
+        half = on_jax_cpu() and getattr(self.model, BFLOAT16_PRODUCTS, False) and self.slots == 1
+        gpu = on_jax_gpu()
         return FusedBlocks(self.model.backbone, self.variables, gemv=gpu, one_pass_norm=gpu, bfloat16_products=half)
 
     def prefill(self, values, caches, prompts, ints, floats, scored: bool = False):
@@ -200,17 +209,18 @@ class Programs:
     def kept_weights(self, values) -> list:
         """`FusedBlocks.kept` of `values`, built on the first launch of a weight version and
         kept for the two most recent versions (the demo alternates two checkpoints on one engine's
-        programs). A version is the identity of every array: JAX arrays are immutable, and Keras
-        gives a variable a new array when it is assigned (a restore, a training step)."""
-        import weakref
-
-        self._kept = [(refs, kept) for refs, kept in self._kept if all(r() is not None for r in refs)]
-        for refs, kept in self._kept:
+        programs), shared by the model's programs of every cache length. A version is the identity of
+        every array: JAX arrays are immutable, and Keras gives a variable a new array when it is
+        assigned (a restore, a training step)."""
+        shelf = _KEPT.setdefault(self.model, {})
+        form = self.blocks.bfloat16_products
+        versions = [(refs, kept) for refs, kept in shelf.get(form, []) if all(r() is not None for r in refs)]
+        for refs, kept in versions:
             if len(refs) == len(values) and all(r() is v for r, v in zip(refs, values)):
                 return kept
         built = self._build_kept(values)
         try:
-            self._kept = self._kept[-1:] + [([weakref.ref(v) for v in values], built)]
+            shelf[form] = versions[-1:] + [([weakref.ref(v) for v in values], built)]
         except TypeError:  # a value that takes no weak reference: rebuilt every launch
             pass
         return built

@@ -313,7 +313,9 @@ class GenerateConfig:
     num_beams: int = at_least(1, default=5)  # for sampler = "beam"
     # The weights `kgpt2 generate` / `kgpt2 serve` decode with: "auto" = the training
     # policy on this device (float32 on CPU); "float32"; "bfloat16" (weights and
-    # key/value cache); "int8" (Keras `quantize("int8")` of every Dense/embedding, after the restore).
+    # key/value cache; on a JAX CPU float32 arithmetic on weights rounded to bfloat16,
+    # decoded from bfloat16 copies: ~1.6x float32's tokens/s); "int8" (Keras
+    # `quantize("int8")` of every Dense/embedding, after the restore).
     weights: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
 
     def __post_init__(self):

@@ -16,6 +16,13 @@ products as row sums, `_project`) and `one_pass_norm` (`_norm`): 204 kernels a
 token in all, 2,070 tokens/s at batch 1 on an H200 against 1,202 with
 keras-hub's layers (docs/benchmarks.md, "Generation speed, round 3").
 
+On a JAX CPU, one row of a model loaded with bfloat16 weights
+(`bfloat16_products`) reads bfloat16 [out, in] copies of the products' weights
+and the tied embedding and computes in float32: XLA's CPU dots on float32
+weights are bound by their bytes, and the copies halve them (58 tokens/s at
+batch 1 for 124M on 2 cores against float32's 37; docs/benchmarks.md,
+"Generation on the CPU, round 5").
+
 Only plain GPT-2 weights take this path (`supports`): quantised or LoRA
 layers and other architectures keep keras-hub's layers.
 

@@ -206,7 +206,7 @@ def load_for_generation(run_dir, checkpoint: str = "latest", weights: str | None
     whose base is already quantised, `model.quantize`, is left as it is).
     "bfloat16" on a JAX CPU, which has no bfloat16 arithmetic: the weights
     rounded to bfloat16 in a float32 model, decoded from bfloat16 copies of
-    them in float32 (kgpt2.fused_decode; ~1.5x the tokens/s of float32, and
+    them in float32 (kgpt2.fused_decode; ~1.6x the tokens/s of float32, and
     more memory: the float32 model plus the copies).
     """
     choice = weights or load_run_config(run_dir).generate.weights

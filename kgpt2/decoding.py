@@ -317,9 +317,7 @@ class Programs:
         settings = _sampling(ints, floats)
         # The fused blocks' weights, once a launch outside the loop (`kept`: kept across launches).
         fused = self.blocks.fuse(values, self.slots, kept) if self.blocks is not None else ()
-        # bfloat16 products: their weights ride in the loop's state, made opaque each token, so that XLA
-        # upcasts them inside each product instead of hoisting one float32 copy of them out of the loop
-        # (which every token would then read: 2x slower than float32 weights; docs/benchmarks.md).
+        # bfloat16 products: their weights ride in the loop's state through a barrier each token (`opaque`: why)
         carried = (fused, kept[1]) if self.blocks is not None and self.blocks.bfloat16_products else ()
 
         def one_token(_, state):

@@ -393,9 +393,9 @@ def test_mixed_float16_resume_is_exact_with_its_loss_scale(tmp_path, tiny_preset
     fp16 = [*PLAN, "train.precision=mixed_float16"]  # Keras wraps the optimizer in a LossScaleOptimizer
     if backend == "jax":  # XLA on CPU has no fp16 matmul: float32 maths, the optimizer wrapped as compile does
         fp16[-1] = "train.precision=float32"
-        real_compile = kgpt2.train.compile_lm
-        monkeypatch.setattr(kgpt2.train, "compile_lm", lambda model, optimizer, **kw: real_compile(
-            model, keras.optimizers.LossScaleOptimizer(optimizer), **kw))
+        real_compile = kgpt2.train.compile_for_training
+        monkeypatch.setattr(kgpt2.train, "compile_for_training", lambda model, cfg, optimizer, *rest: real_compile(
+            model, cfg, keras.optimizers.LossScaleOptimizer(optimizer), *rest))
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=a", *fp16)
     train(cfg, verbose=0)
     stage_end = [c for c in CheckpointManager(cfg.run_dir).list() if c.state.get("stage_end")][0]

@@ -52,7 +52,7 @@ def opaque(arrays):
     that XLA cannot see they never change and hoist one float32 copy of every weight out of the loop
     (which every token then reads: 2x slower than float32 weights); and on each product's result, so
     that the bias add does not fuse into the product, which would stop the bfloat16 upcast from fusing
-    into it (a float32 copy of the weight written and read every token: 62 against 13 ms a token for the
+    into it (a float32 copy of the weight written and read every token: 75 against 12 ms a token for the
     124M products alone; benchmarks/cpu_bf16_products.py, docs/benchmarks.md)."""
     import jax
 

@@ -20,6 +20,8 @@ A variant is `BASE[;EXTRA...]`:
   (`xla:xla_gpu_enable_cublaslt=true`);
 - `jax:OPTION=VALUE`: a JAX config option while it builds and traces
   (`jax:jax_threefry_gpu_kernel_lowering=true`);
+- `mod:MODULE.NAME=VALUE`: a kgpt2 module constant while it builds and traces
+  (`mod:kgpt2.cross_entropy.BLOCK=4096`: a Pallas kernel's launch settings);
 - `ln-bf16`: layer norms normalise in bf16 (float32 statistics) instead of
   Keras' float32 throughout; `dropout-rbg`: the same as
   `train.dropout_rng=rbg` (dropout masks from XLA's RngBitGenerator);
@@ -79,9 +81,9 @@ def parse(spec: str) -> dict:
     head, _, tail = spec.partition(";")
     spec = ALIASES.get(head, head) + (";" + tail if tail else "")
     base, *rest = spec.split(";")
-    out = {"base": base, "overrides": [], "xla": {}, "jax": {}, "flags": []}
+    out = {"base": base, "overrides": [], "xla": {}, "jax": {}, "mod": {}, "flags": []}
     for item in rest:
-        if item.startswith(("xla:", "jax:")):
+        if item.startswith(("xla:", "jax:", "mod:")):
             key, value = item[4:].split("=", 1)
             out[item[:3]][key] = _value(value)
         elif "=" in item:
@@ -137,6 +139,24 @@ def jax_config(options: dict):
             jax.config.update(k, value)
 
 
+@contextlib.contextmanager
+def module_constants(options: dict):
+    """`{"kgpt2.cross_entropy.BLOCK": 4096}`: set while inside, restored after."""
+    import importlib
+
+    saved = []
+    for path, value in options.items():
+        module, name = path.rsplit(".", 1)
+        target = importlib.import_module(module)
+        saved.append((target, name, getattr(target, name)))
+        setattr(target, name, value)
+    try:
+        yield
+    finally:
+        for target, name, value in saved:
+            setattr(target, name, value)
+
+
 def bf16_layer_norms(backbone) -> int:
     """Every LayerNormalization of `backbone` normalises in its compute dtype, statistics in float32."""
     import jax
@@ -178,7 +198,7 @@ def run_variant(args, spec: str) -> dict:
     steps = (warm_rows + timed_rows) * k
     t0 = time.perf_counter()
     # kgpt2's own per-compile options (train.triton_gemm, ...), then the variant's on top
-    with device.scope(), jax_config(v["jax"]):
+    with device.scope(), jax_config(v["jax"]), module_constants(v["mod"]):
         model = tt.build_kgpt2(cfg, max(steps, cfg.train.max_steps), device, v["flags"], v["xla"])
         if "ln-bf16" in v["flags"]:
             bf16_layer_norms(model.backbone)

@@ -28,6 +28,7 @@ import difflib
 import hashlib
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from typing import Any
 from kgpt2 import recipes
 # The sections are re-exported: callers import them from kgpt2.config.
 from kgpt2.config_sections import (ALL_LINEAR, LORA_TARGETS, AlignConfig, DataConfig,  # noqa: F401
-                                   GenerateConfig, LoraConfig, ModelConfig, TrainConfig, show_value)
+                                   GenerateConfig, LoraConfig, ModelConfig, TrainConfig, _type_hints,
+                                   show_value)
 from kgpt2.errors import UserError
 from kgpt2.run_config import read_run_config, write_run_config
 
@@ -130,9 +132,15 @@ def _build(cls, values: dict, where: str):
         if dataclasses.is_dataclass(default):
             value = _build(type(default), value, name)
         else:
-            value = _coerce(value, default, name)
+            value = value if _literal_bool(cls, key, value) else _coerce(value, default, name)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _literal_bool(cls, key, value) -> bool:
+    """A true/false for a key whose allowed values include booleans (train.fused_loss: "auto", true, false)."""
+    hint = _type_hints(cls).get(key)
+    return isinstance(value, bool) and typing.get_origin(hint) is typing.Literal and value in typing.get_args(hint)
 
 
 def _coerce(value, default, name):

@@ -218,10 +218,16 @@ class TrainConfig:
     # plain loss; kgpt2.metrics.chunked_token_losses). Same results.
     loss_chunk: int = at_least(0, default=0)
     # JAX: the training loss from the backbone's hidden states in one piece:
-    # bf16 logits over the real vocabulary (no pad mask, no one-hot pass),
-    # float32 log-sum-exp (kgpt2.metrics.token_losses). Same results;
-    # loss_chunk > 0 takes precedence.
-    fused_loss: bool = False
+    # bf16 logits, read once forward by a Pallas kernel on a GPU, their
+    # gradient written in one pass (kgpt2.cross_entropy). Same results;
+    # loss_chunk > 0 takes precedence. "auto": on for a JAX GPU without a
+    # distribution (H200, 124M: +4.1% full, +5.8% LoRA; docs/benchmarks.md).
+    fused_loss: Literal["auto", True, False] = "auto"
+    # JAX: layer norms through kgpt2.layer_norm (a Pallas kernel forward, one
+    # backward, on a GPU) instead of XLA's five kernels. Same results. "auto":
+    # as fused_loss, for full training only (H200: +1.5-3% at 124M, the
+    # Shakespeare recipe 7.8-7.9 -> 5.9-6.5 ms a step; LoRA -1%).
+    fused_layer_norm: Literal["auto", True, False] = "auto"
     # Recompute each transformer block's activations in the backward pass:
     # a bigger batch fits, each step costs more (docs/benchmarks.md).
     remat: bool = False

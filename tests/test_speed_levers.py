@@ -88,7 +88,7 @@ def test_fused_loss_is_a_checked_config_key():
     from kgpt2.config import load_config
     from kgpt2.errors import UserError
 
-    assert load_config(None).train.fused_loss is False  # opt-in until the GPU call says it pays
+    assert load_config(None).train.fused_loss == "auto"  # on for a JAX GPU (tests/test_fused_kernels.py)
     assert load_config(None, ["train.fused_loss=true"]).train.fused_loss is True
     with pytest.raises(UserError, match="train.fused_loss"):
         load_config(None, ['train.fused_loss="yes"'])

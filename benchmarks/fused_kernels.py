@@ -1,0 +1,136 @@
+"""kgpt2's Pallas kernels alone against the XLA code they replace, at GPT-2 124M's training shapes.
+
+Issue 21, round 8. Times, on the GPU, forward + backward (`jax.value_and_grad`) of
+- the loss over 16 x 1,024 x 50,304 bf16 logits: Keras' SparseCategoricalCrossentropy
+  (from logits, mean) plus its accuracy's argmax (what the plain training step computes),
+  against kgpt2.cross_entropy at each (BLOCK, WARPS, STAGES) of a sweep;
+- one layer norm over 16,384 x 768 bf16 rows: keras.ops.layer_normalization against
+  kgpt2.layer_norm at each (ROWS, WARPS).
+Each timing is the median of `--reps` runs of a jitted call after 3 warm-ups, synchronised, divided by
+the `COPIES` independent inputs the call processes (so Python's dispatch is not what is timed).
+
+    python benchmarks/fused_kernels.py --out $OUT/kernels.json            # on the GPU machine
+    python benchmarks/fused_kernels.py --tiny                             # a CPU dry run (interpreter)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+COPIES = 4
+
+
+def _copies(fn):
+    """One jitted call of `fn` on each of a list of inputs (the first argument; no slicing copies)."""
+    import jax
+
+    return jax.jit(lambda xs, *rest: [fn(x, *rest) for x in xs])
+
+
+def _time(fn, *args, reps: int) -> float:
+    import jax
+
+    for _ in range(3):
+        jax.block_until_ready(fn(*args))
+    runs = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs) * 1e3 / len(args[0])
+
+
+def loss_rows(rows, width, real, reps, sweep):
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    from kgpt2 import cross_entropy
+
+    logits = [(jax.random.normal(jax.random.PRNGKey(i), (rows, width)) * 2).astype("bfloat16") for i in range(COPIES)]
+    labels = jax.random.randint(jax.random.PRNGKey(1), (rows,), 0, real)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def keras_loss(z):
+        z = jnp.where(jnp.arange(width) < real, z, -1e9)  # kgpt2's padded vocabulary, as the model masks it
+        correct = jnp.argmax(z, axis=-1) == labels
+        return loss_fn(labels, z), correct
+
+    def kgpt2_loss(z, kernel="auto"):
+        loss, correct = cross_entropy.token_cross_entropy(z, labels, real, kernel)
+        return jnp.mean(loss), correct
+
+    def jnp_loss(z):
+        return kgpt2_loss(z, "jnp")
+
+    out = [{"what": "loss fwd+bwd, Keras (XLA)", "ms": _time(_copies(jax.value_and_grad(keras_loss, has_aux=True)),
+                                                              logits, reps=reps)},
+           {"what": "loss kgpt2, XLA forward (kernel jnp)", "fwd_ms": _time(_copies(jnp_loss), logits, reps=reps),
+            "ms": _time(_copies(jax.value_and_grad(jnp_loss, has_aux=True)), logits, reps=reps)}]
+    for block, warps, stages in sweep:
+        cross_entropy.BLOCK, cross_entropy.WARPS, cross_entropy.STAGES = block, warps, stages
+        fwd = _time(_copies(kgpt2_loss), logits, reps=reps)
+        both = _time(_copies(jax.value_and_grad(kgpt2_loss, has_aux=True)), logits, reps=reps)
+        out.append({"what": f"loss kgpt2 block {block} warps {warps} stages {stages}", "fwd_ms": fwd, "ms": both})
+    return out
+
+
+def layer_norm_rows(rows, width, reps, sweep):
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    from kgpt2 import layer_norm as ln
+
+    x = [jax.random.normal(jax.random.PRNGKey(i), (rows, width)).astype("bfloat16") for i in range(COPIES)]
+    gamma, beta = jnp.ones(width), jnp.zeros(width)
+    cot = jax.random.normal(jax.random.PRNGKey(1), (rows, width)).astype("bfloat16")
+
+    def run(f):
+        return _copies(jax.value_and_grad(lambda x, g, b: jnp.sum((f(x, g, b) * cot).astype("float32")),
+                                          argnums=(0, 1, 2)))
+
+    keras_ln = run(lambda x, g, b: keras.ops.layer_normalization(x, g, b, -1, 1e-5).astype(x.dtype))
+    out = [{"what": "layer norm fwd+bwd, Keras (XLA)", "ms": _time(keras_ln, x, gamma, beta, reps=reps)}]
+    for rows_per, warps in sweep:
+        ln.ROWS, ln.WARPS = rows_per, warps
+        fwd = _time(_copies(lambda x, g, b: ln.layer_norm(x, g, b, 1e-5)), x, gamma, beta, reps=reps)
+        both = _time(run(lambda x, g, b: ln.layer_norm(x, g, b, 1e-5)), x, gamma, beta, reps=reps)
+        out.append({"what": f"layer norm kgpt2 rows {rows_per} warps {warps}", "fwd_ms": fwd, "ms": both})
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="small shapes, one config each (a CPU dry run)")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    if args.tiny:
+        rows, vocab, real, width, reps = 64, 5000, 4990, 48, 2
+        ce_sweep, ln_sweep = [(4096, 8, 2)], [(16, 4)]
+    else:
+        rows, vocab, real, width, reps = 16 * 1024, 50304, 50257, 768, args.reps
+        ce_sweep = list(itertools.product([1024, 2048, 4096], [4, 8], [2]))
+        ln_sweep = list(itertools.product([2, 4, 8], [4, 8]))
+    results = loss_rows(rows, vocab, real, reps, ce_sweep) + layer_norm_rows(rows, width, reps, ln_sweep)
+    for r in results:
+        extra = f"  (forward {r['fwd_ms']:.3f})" if "fwd_ms" in r else ""
+        print(f"{r['ms']:8.3f} ms  {r['what']}{extra}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

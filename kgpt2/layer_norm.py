@@ -1,0 +1,223 @@
+"""Layer normalisation in one pass forward and one pass backward (train.fused_layer_norm, JAX).
+
+Keras' LayerNormalization compiles, in a GPT-2 training step on an H200, to
+three kernels forward (two reductions for the statistics, one to normalise)
+and, backward, a kernel for the input's gradient at ~2 TB/s plus two
+reductions for gamma's and beta's: ~3 ms of a 32 ms step for the 25 layer
+norms of GPT-2 124M (docs/benchmarks.md "Training speed, round 8"). No Keras,
+keras-hub or JAX layer norm is faster there (`xla_gpu_enable_cudnn_layer_norm`
+measured +0.4%), so kgpt2 writes this one: on a GPU, Pallas (Triton) kernels
+that each take `ROWS` rows whole; the forward reads x once and writes y and
+the row statistics; the backward reads x and dy once and writes dx and each
+block's partial sums for gamma and beta (summed by XLA, a [blocks, width]
+array). Elsewhere the same math in jnp (tests; kernel="pallas" runs the
+kernels in Pallas' interpreter). Statistics and arithmetic are float32, as
+Keras' are; y and dx come out in x's dtype.
+
+    >>> import jax.numpy as jnp
+    >>> from kgpt2.layer_norm import layer_norm
+    >>> y = layer_norm(jnp.array([[1.0, 2.0, 3.0]]), jnp.ones(3), jnp.zeros(3), 1e-5)
+    >>> [round(float(v), 3) for v in y[0]]
+    [-1.225, 0.0, 1.225]
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+from kgpt2.compat import sublayers
+
+ROWS = 8  # rows a kernel program normalises at once
+WARPS = 8  # the kernels' launch (benchmarks/fused_kernels.py)
+GRAD_STEPS = 4  # groups of ROWS rows a backward program takes: 4x fewer partial sums of gamma's gradient
+
+
+def layer_norm(x, gamma, beta, epsilon: float, kernel: str = "auto"):
+    """(x - mean) / sqrt(var + epsilon) * gamma + beta over x's last axis, in x's dtype.
+
+    `kernel`: "pallas" (a GPU; Pallas' interpreter elsewhere), "jnp", or
+    "auto" (pallas on a GPU). Differentiable in x, gamma and beta.
+    """
+    import jax
+
+    if kernel == "auto":
+        kernel = "pallas" if jax.devices()[0].platform == "gpu" else "jnp"
+    return _differentiable()(x, gamma, beta, float(epsilon), kernel)
+
+
+def use_fused_layer_norm(model) -> int:
+    """Make every plain LayerNormalization under `model` call `layer_norm`; returns how many.
+
+    The layers keep their variables (gamma, beta), so checkpoints and
+    exports do not change; only how the JAX step computes them does.
+    """
+    import keras
+
+    count = 0
+    for layer in sublayers(model):
+        if (type(layer) is keras.layers.LayerNormalization and layer.center and layer.scale
+                and not layer.rms_scaling and list(layer.axis) == [-1]):
+            layer.call = types.MethodType(_fused_call, layer)
+            count += 1
+    return count
+
+
+def _fused_call(self, inputs):
+    """LayerNormalization.call through `layer_norm` (Keras also computes in float32, then casts)."""
+    import keras
+
+    gamma, beta = keras.ops.convert_to_tensor(self.gamma), keras.ops.convert_to_tensor(self.beta)
+    return keras.ops.cast(layer_norm(inputs, gamma, beta, self.epsilon), self.compute_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _differentiable():
+    """The layer norm as a `jax.custom_vjp` (built on first use, so importing kgpt2 does not import jax)."""
+    import jax
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+    def normalise(x, gamma, beta, epsilon, kernel):
+        return _forward(x, gamma, beta, epsilon, kernel)[0]
+
+    def forward(x, gamma, beta, epsilon, kernel):
+        y, mean, rstd = _forward(x, gamma, beta, epsilon, kernel)
+        return y, (x, gamma, beta, mean, rstd)
+
+    def backward(epsilon, kernel, residuals, dy):
+        x, gamma, beta, mean, rstd = residuals
+        width = x.shape[-1]
+        rows = (x.reshape(-1, width), mean.reshape(-1), rstd.reshape(-1), dy.reshape(-1, width))
+        dx, dgamma, dbeta = (_backward_jnp if kernel == "jnp" else _backward_pallas)(*rows, gamma)
+        return dx.reshape(x.shape).astype(x.dtype), dgamma.astype(gamma.dtype), dbeta.astype(beta.dtype)
+
+    normalise.defvjp(forward, backward)
+    return normalise
+
+
+def _forward(x, gamma, beta, epsilon, kernel):
+    width = x.shape[-1]
+    rows = x.reshape(-1, width)
+    if kernel == "jnp":
+        y, mean, rstd = _forward_jnp(rows, gamma, beta, epsilon)
+    else:
+        y, mean, rstd = _forward_pallas(rows, gamma, beta, epsilon)
+    return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def _forward_jnp(rows, gamma, beta, epsilon):
+    import jax
+    import jax.numpy as jnp
+
+    xf = rows.astype("float32")
+    mean = jnp.mean(xf, axis=-1)
+    centred = xf - mean[:, None]
+    rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1) + epsilon)
+    y = centred * rstd[:, None] * gamma.astype("float32") + beta.astype("float32")
+    return y.astype(rows.dtype), mean, rstd
+
+
+def _backward_jnp(rows, mean, rstd, dy, gamma):
+    import jax.numpy as jnp
+
+    xhat = (rows.astype("float32") - mean[:, None]) * rstd[:, None]
+    dy = dy.astype("float32")
+    wdy = dy * gamma.astype("float32")
+    c1 = jnp.mean(xhat * wdy, axis=-1, keepdims=True)
+    c2 = jnp.mean(wdy, axis=-1, keepdims=True)
+    dx = (wdy - xhat * c1 - c2) * rstd[:, None]
+    return dx, jnp.sum(dy * xhat, axis=0), jnp.sum(dy, axis=0)
+
+
+def _pallas():
+    """(pallas, its Triton module, jax, jax.numpy): imported where a kernel is built."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    return pl, plgpu, jax, jnp
+
+
+def _call(kernel, out_shape, programs: int, name: str):
+    pl, plgpu, jax, _ = _pallas()
+    return pl.pallas_call(kernel, out_shape=out_shape, grid=(programs,),
+                          compiler_params=plgpu.CompilerParams(num_warps=WARPS, num_stages=1),
+                          interpret=jax.devices()[0].platform != "gpu", name=name)
+
+
+def _forward_pallas(rows, gamma, beta, epsilon):
+    _, _, jax, jnp = _pallas()
+    n, width = rows.shape
+    f32 = jnp.float32
+    out_shape = [jax.ShapeDtypeStruct((n, width), rows.dtype), jax.ShapeDtypeStruct((n,), f32),
+                 jax.ShapeDtypeStruct((n,), f32)]
+    kernel = functools.partial(_forward_kernel, n_rows=n, width=width, epsilon=epsilon)
+    return _call(kernel, out_shape, -(-n // ROWS), "kgpt2_layer_norm")(rows, gamma, beta)
+
+
+def _backward_pallas(rows, mean, rstd, dy, gamma):
+    pl, _, jax, jnp = _pallas()
+    n, width = rows.shape
+    programs = pl.cdiv(n, ROWS * GRAD_STEPS)
+    out_shape = [jax.ShapeDtypeStruct((n, width), rows.dtype),
+                 jax.ShapeDtypeStruct((programs, width), jnp.float32),
+                 jax.ShapeDtypeStruct((programs, width), jnp.float32)]
+    kernel = functools.partial(_backward_kernel, n_rows=n, width=width)
+    dx, dgamma, dbeta = _call(kernel, out_shape, programs, "kgpt2_layer_norm_grad")(rows, mean, rstd, dy, gamma)
+    return dx, jnp.sum(dgamma, axis=0), jnp.sum(dbeta, axis=0)
+
+
+def _tile(n_rows: int, width: int, first_row):
+    """ROWS rows from `first_row`: indices and masks (columns padded to a power of two for Triton)."""
+    pl, _, _, jnp = _pallas()
+    rows = first_row + jnp.arange(ROWS)
+    columns = jnp.arange(pl.next_power_of_2(width))
+    row_ok, column_ok = rows < n_rows, columns < width
+    return rows, columns, row_ok, column_ok, row_ok[:, None] & column_ok[None, :]
+
+
+def _forward_kernel(x_ref, gamma_ref, beta_ref, y_ref, mean_ref, rstd_ref, *, n_rows, width, epsilon):
+    pl, plgpu, jax, jnp = _pallas()
+    rows, columns, row_ok, column_ok, ok = _tile(n_rows, width, pl.program_id(0) * ROWS)
+    at = (rows[:, None], columns[None, :])
+    x = plgpu.load(x_ref.at[at], mask=ok, other=0.0).astype(jnp.float32)
+    mean = jnp.sum(x, axis=1) / width
+    centred = jnp.where(ok, x - mean[:, None], 0.0)
+    rstd = jax.lax.rsqrt(jnp.sum(centred * centred, axis=1) / width + epsilon)
+    gamma = plgpu.load(gamma_ref.at[columns], mask=column_ok, other=0.0).astype(jnp.float32)
+    beta = plgpu.load(beta_ref.at[columns], mask=column_ok, other=0.0).astype(jnp.float32)
+    y = centred * rstd[:, None] * gamma[None, :] + beta[None, :]
+    plgpu.store(y_ref.at[at], y.astype(y_ref.dtype), mask=ok)
+    plgpu.store(mean_ref.at[rows], mean, mask=row_ok)
+    plgpu.store(rstd_ref.at[rows], rstd, mask=row_ok)
+
+
+def _backward_kernel(x_ref, mean_ref, rstd_ref, dy_ref, gamma_ref, dx_ref, dgamma_ref, dbeta_ref, *,
+                     n_rows, width):
+    """GRAD_STEPS groups of ROWS rows: each row's dx, and one partial sum of gamma's and beta's gradients."""
+    pl, plgpu, jax, jnp = _pallas()
+    columns = jnp.arange(pl.next_power_of_2(width))
+    column_ok = columns < width
+    gamma = plgpu.load(gamma_ref.at[columns], mask=column_ok, other=0.0).astype(jnp.float32)
+    program = pl.program_id(0)  # read here: Pallas' interpreter cannot lower program_id inside the loop
+
+    def group(step, sums):
+        rows, _, row_ok, _, ok = _tile(n_rows, width, (program * GRAD_STEPS + step) * ROWS)
+        at = (rows[:, None], columns[None, :])
+        mean = plgpu.load(mean_ref.at[rows], mask=row_ok, other=0.0)
+        rstd = plgpu.load(rstd_ref.at[rows], mask=row_ok, other=0.0)
+        x = plgpu.load(x_ref.at[at], mask=ok, other=0.0).astype(jnp.float32)
+        xhat = jnp.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
+        dy = plgpu.load(dy_ref.at[at], mask=ok, other=0.0).astype(jnp.float32)
+        wdy = dy * gamma[None, :]
+        c1 = jnp.sum(xhat * wdy, axis=1) / width
+        c2 = jnp.sum(wdy, axis=1) / width
+        dx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        plgpu.store(dx_ref.at[at], dx.astype(dx_ref.dtype), mask=ok)
+        return sums[0] + jnp.sum(dy * xhat, axis=0), sums[1] + jnp.sum(dy, axis=0)
+
+    zeros = jnp.zeros(columns.shape, jnp.float32)
+    dgamma, dbeta = jax.lax.fori_loop(0, GRAD_STEPS, group, (zeros, zeros))
+    plgpu.store(dgamma_ref.at[program, columns], dgamma, mask=column_ok)
+    plgpu.store(dbeta_ref.at[program, columns], dbeta, mask=column_ok)

@@ -1,0 +1,161 @@
+"""kgpt2's Pallas kernels (cross-entropy, layer norm) give what JAX and Keras give, values and gradients.
+
+The kernels run in Pallas' interpreter here (kernel="pallas" off a GPU), the
+jnp forms as they run on a CPU. Oracles: `jax.nn.log_softmax` and
+`jnp.argmax` for the loss and accuracy, `keras.ops.layer_normalization` for
+the layer norm, and Keras' own JAX train step for a whole model.
+"""
+
+import numpy as np
+import pytest
+
+from test_fused_loss import _batch, _loss_and_grads, _tiny_lm
+
+pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+def _jax():
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip("kgpt2's fused kernels are JAX's (TensorFlow trains with Keras' own ops)")
+    import jax
+
+    return jax
+
+
+def _oracle_cross_entropy(logits, labels, real):
+    import jax
+    import jax.numpy as jnp
+
+    log_p = jax.nn.log_softmax(logits[..., :real].astype("float32"), axis=-1)
+    loss = -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+    return loss, (jnp.argmax(logits[..., :real], axis=-1) == labels).astype("float32")
+
+
+@pytest.mark.parametrize("kernel", ["pallas", "jnp"])
+def test_cross_entropy_matches_log_softmax_values_accuracy_and_gradient(kernel):
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from kgpt2.cross_entropy import BLOCK, token_cross_entropy
+
+    vocabulary, real = BLOCK + 904, BLOCK + 893  # two kernel blocks, the second part padding
+    logits = (jax.random.normal(jax.random.PRNGKey(0), (3, 4, vocabulary)) * 4).astype("bfloat16")
+    logits = logits.at[0, 0, real + 2].set(60.0)  # a pad column above every real logit never counts
+    logits = logits.at[1, 1, 7].set(30.0).at[1, 1, BLOCK + 7].set(30.0)  # a tie across blocks: first wins
+    best = jnp.argmax(logits[..., :real], axis=-1)
+    labels = jnp.where(jnp.arange(4) % 2 == 0, best, (best + 11) % real).at[1, 1].set(7)
+    loss, correct = token_cross_entropy(logits, labels, real, kernel)
+    want_loss, want_correct = _oracle_cross_entropy(logits, labels, real)
+    np.testing.assert_allclose(loss, want_loss, rtol=2e-6, atol=2e-6)
+    np.testing.assert_array_equal(correct, want_correct)
+    assert float(correct[1, 1]) == 1.0 and float(correct[:, 1::2].sum()) == 1.0
+
+    weights = jax.random.uniform(jax.random.PRNGKey(1), (3, 4))
+    grad = jax.grad(lambda z: jnp.sum(token_cross_entropy(z, labels, real, kernel)[0] * weights))(logits)
+    want = jax.grad(lambda z: jnp.sum(_oracle_cross_entropy(z, labels, real)[0] * weights))(logits)
+    assert grad.dtype == logits.dtype
+    np.testing.assert_allclose(np.asarray(grad, "float32"), np.asarray(want, "float32"), atol=1e-2 / 128)
+    assert not np.asarray(grad[..., real:], "float32").any()  # the padded columns get no gradient
+
+
+@pytest.mark.parametrize("kernel", ["pallas", "jnp"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_layer_norm_matches_keras_values_and_gradients(kernel, dtype):
+    jax = _jax()
+    import jax.numpy as jnp
+    import keras
+
+    from kgpt2.layer_norm import ROWS, layer_norm
+
+    x = (jax.random.normal(jax.random.PRNGKey(0), (3, ROWS + 5, 48)) * 3 + 1.5).astype(dtype)  # rows % ROWS != 0
+    gamma, beta = jax.random.normal(jax.random.PRNGKey(1), (48,)), jax.random.normal(jax.random.PRNGKey(2), (48,))
+    cotangent = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+
+    def keras_ln(x, gamma, beta):
+        return keras.ops.layer_normalization(x, gamma, beta, -1, 1e-5).astype(x.dtype)
+
+    def kgpt2_ln(x, gamma, beta):
+        return layer_norm(x, gamma, beta, 1e-5, kernel)
+
+    def weighted(f):
+        return lambda *a: jnp.sum(f(*a).astype("float32") * cotangent)
+
+    y, want = kgpt2_ln(x, gamma, beta), keras_ln(x, gamma, beta)
+    assert y.dtype == x.dtype
+    np.testing.assert_allclose(np.asarray(y, "float32"), np.asarray(want, "float32"),
+                               atol=1e-5 if dtype == "float32" else 1e-2)
+    grads = jax.grad(weighted(kgpt2_ln), argnums=(0, 1, 2))(x, gamma, beta)
+    wants = jax.grad(weighted(keras_ln), argnums=(0, 1, 2))(x, gamma, beta)
+    for g, w in zip(grads, wants):
+        assert g.dtype == w.dtype
+        scale = float(jnp.abs(w.astype("float32")).max())
+        np.testing.assert_allclose(np.asarray(g, "float32"), np.asarray(w, "float32"),
+                                   atol=scale * (1e-5 if dtype == "float32" else 1e-2))
+
+
+def test_fused_layer_norm_in_a_model_keeps_loss_gradients_and_variables():
+    _jax()
+    import keras
+
+    from kgpt2.layer_norm import use_fused_layer_norm
+    from kgpt2.metrics import compile_lm
+
+    plain, fused = _tiny_lm(seed=0), _tiny_lm(seed=1)
+    fused.set_weights(plain.get_weights())
+    names = [v.path for v in fused.weights]
+    assert use_fused_layer_norm(fused) == 2 * 2 + 1  # two per block, two blocks, and the final one
+    assert [v.path for v in fused.weights] == names
+    for m in (plain, fused):
+        compile_lm(m, keras.optimizers.SGD(0.1), token_loss=False)
+        m.optimizer.build(m.trainable_variables)
+    x, y, w = _batch()
+    loss_p, grads_p = _loss_and_grads(plain, x, y, w)
+    loss_f, grads_f = _loss_and_grads(fused, x, y, w)
+    assert loss_f == pytest.approx(loss_p, rel=1e-6)
+    for gf, gp in zip(grads_f, grads_p):
+        np.testing.assert_allclose(gf, gp, rtol=1e-4, atol=1e-6)
+    for _ in range(2):
+        a, b = plain.train_on_batch(x, y, w, return_dict=True), fused.train_on_batch(x, y, w, return_dict=True)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    np.testing.assert_allclose(fused.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_turns_the_kernels_on_only_for_a_jax_gpu_without_a_distribution():
+    _jax()
+    import keras
+
+    from kgpt2.config import load_config
+    from kgpt2.devices import Device
+    from kgpt2.errors import UserError
+    from kgpt2.metrics import wants_fused_kernel
+
+    train = load_config(None).train
+    assert (train.fused_loss, train.fused_layer_norm) == ("auto", "auto")
+    assert load_config(None, ["train.fused_layer_norm=false"]).train.fused_layer_norm is False
+    with pytest.raises(UserError, match="train.fused_layer_norm must be one of"):
+        load_config(None, ['train.fused_layer_norm="on"'])
+    cpu, gpu = Device("cpu:0", "CPU", False), Device("gpu:0", "H200", True)
+    assert not wants_fused_kernel("auto", cpu) and wants_fused_kernel(True, cpu)
+    assert wants_fused_kernel("auto", gpu) and not wants_fused_kernel(False, gpu)
+    assert not wants_fused_kernel("auto", gpu, auto_too=False) and wants_fused_kernel(True, gpu, auto_too=False)
+    with keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu")[:1]).scope():
+        assert not wants_fused_kernel("auto", gpu) and wants_fused_kernel(True, gpu)
+
+
+def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(tmp_path):
+    _jax()
+    import keras
+
+    from kgpt2.config import load_config
+    from kgpt2.devices import Device
+    from kgpt2.metrics import compile_for_training
+
+    cfg = load_config(None, ["train.fused_loss=true", "train.fused_layer_norm=true"])
+    model = _tiny_lm()
+    compile_for_training(model, cfg, keras.optimizers.SGD(0.1), Device("cpu:0", "CPU", False), 32)
+    norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.LayerNormalization)]
+    assert norms and all("call" in vars(l) for l in norms)
+    assert getattr(model, "_kgpt2_loss_chunk", None) == 0  # the one-piece loss
+    x, y, w = _batch()
+    assert np.isfinite(model.train_on_batch(x, y, w, return_dict=True)["loss"])

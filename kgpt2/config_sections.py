@@ -40,7 +40,8 @@ def at_least(low, *, default, below=None):
 
 
 def show_value(value) -> str:
-    return json.dumps(value) if isinstance(value, str) else repr(value)
+    """A value as a config file spells it: "text", true, 3."""
+    return json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,15 +9,14 @@ the layer norm, and Keras' own JAX train step for a whole model.
 import numpy as np
 import pytest
 
-from test_fused_loss import _batch, _loss_and_grads, _tiny_lm
+from test_fused_loss import _assert_same_loss_and_grads, _batch, _tiny_lm
+from test_speed_levers import _jax_only
 
 pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def _jax():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "jax":
-        pytest.skip("kgpt2's fused kernels are JAX's (TensorFlow trains with Keras' own ops)")
+    _jax_only()  # TensorFlow trains with Keras' own ops
     import jax
 
     return jax
@@ -110,11 +109,7 @@ def test_fused_layer_norm_in_a_model_keeps_loss_gradients_and_variables():
         compile_lm(m, keras.optimizers.SGD(0.1), token_loss=False)
         m.optimizer.build(m.trainable_variables)
     x, y, w = _batch()
-    loss_p, grads_p = _loss_and_grads(plain, x, y, w)
-    loss_f, grads_f = _loss_and_grads(fused, x, y, w)
-    assert loss_f == pytest.approx(loss_p, rel=1e-6)
-    for gf, gp in zip(grads_f, grads_p):
-        np.testing.assert_allclose(gf, gp, rtol=1e-4, atol=1e-6)
+    _assert_same_loss_and_grads(plain, fused, x, y, w)
     for _ in range(2):
         a, b = plain.train_on_batch(x, y, w, return_dict=True), fused.train_on_batch(x, y, w, return_dict=True)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)

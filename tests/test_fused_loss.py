@@ -49,6 +49,16 @@ def _loss_and_grads(model, x, y, w):
     return float(loss), [np.asarray(g) for g in grads]
 
 
+def _assert_same_loss_and_grads(plain, other, x, y, w) -> list:
+    """`other` computes `plain`'s training loss and gradients on one batch; returns its gradients."""
+    loss_p, grads_p = _loss_and_grads(plain, x, y, w)
+    loss_o, grads_o = _loss_and_grads(other, x, y, w)
+    assert loss_o == pytest.approx(loss_p, rel=1e-6)
+    for go, gp in zip(grads_o, grads_p):
+        np.testing.assert_allclose(go, gp, rtol=1e-4, atol=1e-6)
+    return grads_o
+
+
 @pytest.mark.parametrize("chunk", [4, 5, 16])  # 5: not a divisor of 16, falls back to 4
 def test_chunked_loss_equals_plain_loss_and_gradients(chunk):
     keras = pytest.importorskip("keras")

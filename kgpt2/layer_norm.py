@@ -46,8 +46,8 @@ def layer_norm(x, gamma, beta, epsilon: float, kernel: str = "auto"):
     return _differentiable()(x, gamma, beta, float(epsilon), kernel)
 
 
-def use_fused_layer_norm(model) -> int:
-    """Make every plain LayerNormalization under `model` call `layer_norm`; returns how many.
+def use_fused_layer_norm(model, kernel: str = "auto") -> int:
+    """Make every plain LayerNormalization under `model` call `layer_norm` (with `kernel`); returns how many.
 
     The layers keep their variables (gamma, beta), so checkpoints and
     exports do not change; only how the JAX step computes them does.
@@ -58,17 +58,17 @@ def use_fused_layer_norm(model) -> int:
     for layer in sublayers(model):
         if (type(layer) is keras.layers.LayerNormalization and layer.center and layer.scale
                 and not layer.rms_scaling and list(layer.axis) == [-1]):
-            layer.call = types.MethodType(_fused_call, layer)
+            layer.call = types.MethodType(functools.partial(_fused_call, kernel=kernel), layer)
             count += 1
     return count
 
 
-def _fused_call(self, inputs):
+def _fused_call(self, inputs, kernel: str = "auto"):
     """LayerNormalization.call through `layer_norm` (Keras also computes in float32, then casts)."""
     import keras
 
     gamma, beta = keras.ops.convert_to_tensor(self.gamma), keras.ops.convert_to_tensor(self.beta)
-    return keras.ops.cast(layer_norm(inputs, gamma, beta, self.epsilon), self.compute_dtype)
+    return keras.ops.cast(layer_norm(inputs, gamma, beta, self.epsilon, kernel), self.compute_dtype)
 
 
 @functools.lru_cache(maxsize=None)

@@ -38,7 +38,7 @@ def lm_metrics(token_loss: bool = True):
 
 
 def compile_lm(model, optimizer="adam", token_loss: bool = True, loss_chunk: int = 0, fused_loss: bool = False,
-               **kwargs):
+               kernel: str = "auto", **kwargs):
     """Compile with the masked loss and the accuracy (+ exact token loss) metrics.
 
     Train with `token_loss=False`: a batch's loss already is its mean token
@@ -48,10 +48,11 @@ def compile_lm(model, optimizer="adam", token_loss: bool = True, loss_chunk: int
     cross-entropy below, `loss_chunk` positions at a time; `fused_loss`
     (train.fused_loss): the same loss in one piece (`token_losses`). Both
     need `token_loss=False` (the token-loss metric would want the full logits).
+    `kernel`: the fused loss's forward ("pallas", "jnp", "auto": kgpt2.cross_entropy).
     """
     model.compile(optimizer=optimizer, loss=lm_loss(), weighted_metrics=lm_metrics(token_loss), **kwargs)
     if not token_loss and (loss_chunk > 0 or fused_loss):
-        use_chunked_loss(model, loss_chunk)  # 0: the whole sequence at once
+        use_chunked_loss(model, loss_chunk, kernel)  # 0: the whole sequence at once
     return model
 
 
@@ -62,12 +63,13 @@ def compile_for_training(fit_model, cfg, optimizer, device, hidden_dim: int, xla
     lever_ablation.py), so a benchmark times the step users run. `xla_options` go on top of
     `devices.step_compiler_options` (a benchmark's lever; {} in kgpt2 train).
     """
+    kernel = "pallas" if device.is_gpu else "jnp"  # where the step runs, not the first device JAX lists
     compile_lm(fit_model, optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
-               fused_loss=wants_fused_kernel(cfg.train.fused_loss, device),
+               fused_loss=wants_fused_kernel(cfg.train.fused_loss, device), kernel=kernel,
                steps_per_execution=cfg.train.steps_per_execution)
     # LoRA's layer norms are frozen: with the kernel its step measured -0.8% and -1.2% on an H200.
     if wants_fused_kernel(cfg.train.fused_layer_norm, device, auto_too=not cfg.lora.enabled):
-        use_fused_layer_norm(fit_model)
+        use_fused_layer_norm(fit_model, kernel)
     options = {**step_compiler_options(cfg.train, cfg.lora.enabled, device, hidden_dim), **(xla_options or {})}
     compat.compile_train_step_with(fit_model, options)
     return fit_model
@@ -164,7 +166,7 @@ def chunked_token_losses(hidden, embeddings, labels, real_vocabulary: int, chunk
     return loss.swapaxes(0, 1).reshape(batch, length), correct.swapaxes(0, 1).reshape(batch, length)
 
 
-def token_losses(hidden, embeddings, labels, real_vocabulary: int):
+def token_losses(hidden, embeddings, labels, real_vocabulary: int, kernel: str = "auto"):
     """Per-token (loss, correct) in one piece (train.fused_loss): what `chunked_token_losses` computes per chunk.
 
     The logits come from one matmul with the whole (padded) embedding, in
@@ -175,10 +177,10 @@ def token_losses(hidden, embeddings, labels, real_vocabulary: int):
     import jax.numpy as jnp
 
     logits = jnp.einsum("bth,vh->btv", hidden, embeddings.astype(hidden.dtype))
-    return token_cross_entropy(logits, labels, real_vocabulary)
+    return token_cross_entropy(logits, labels, real_vocabulary, kernel)
 
 
-def use_chunked_loss(model, chunk: int) -> None:
+def use_chunked_loss(model, chunk: int, kernel: str = "auto") -> None:
     """Train `model` (compiled by `compile_lm` with accuracy only) with the chunked loss on JAX.
 
     `chunk` > 0: `chunked_token_losses`; 0: `token_losses`, the whole
@@ -195,7 +197,7 @@ def use_chunked_loss(model, chunk: int) -> None:
         return
     model.compute_loss_and_updates = types.MethodType(_chunked_loss_and_updates, model)
     model._update_metrics_variables = types.MethodType(_chunked_metrics_update, model)
-    model._kgpt2_loss_chunk = int(chunk)
+    model._kgpt2_loss_chunk, model._kgpt2_loss_kernel = int(chunk), kernel
 
 
 def _chunked_loss_and_updates(self, trainable_variables, non_trainable_variables, metrics_variables,
@@ -216,7 +218,7 @@ def _chunked_loss_and_updates(self, trainable_variables, non_trainable_variables
         embeddings = self.backbone.token_embedding.embeddings.value
         real, chunk = real_vocabulary_size(self.backbone), self._kgpt2_loss_chunk
         losses, correct = (chunked_token_losses(hidden, embeddings, y, real, chunk) if chunk > 0
-                           else token_losses(hidden, embeddings, y, real))
+                           else token_losses(hidden, embeddings, y, real, self._kgpt2_loss_kernel))
     updated = []  # RNG seed states (dropout) advanced by the forward pass
     for ref, value in zip(self.non_trainable_variables, non_trainable_variables):
         new = scope.get_current_value(ref)

@@ -152,5 +152,6 @@ def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(tmp_path):
     norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.LayerNormalization)]
     assert norms and all("call" in vars(l) for l in norms)
     assert getattr(model, "_kgpt2_loss_chunk", None) == 0  # the one-piece loss
+    assert model._kgpt2_loss_kernel == "jnp"  # the step's device decides, not the first device JAX lists
     x, y, w = _batch()
     assert np.isfinite(model.train_on_batch(x, y, w, return_dict=True)["loss"])

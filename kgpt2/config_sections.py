@@ -221,8 +221,10 @@ class TrainConfig:
     # JAX: the training loss from the backbone's hidden states in one piece:
     # bf16 logits, read once forward by a Pallas kernel on a GPU, their
     # gradient written in one pass (kgpt2.cross_entropy). Same results;
-    # loss_chunk > 0 takes precedence. "auto": on for a JAX GPU without a
-    # distribution (H200, 124M: +4.1% full, +5.8% LoRA; docs/benchmarks.md).
+    # loss_chunk > 0 takes precedence. "auto": on for a JAX GPU of Ampere or
+    # newer (XLA compiles Pallas' Triton kernels from compute capability 8.0:
+    # not a T4) without a distribution (H200, 124M: +4.1% full, +5.8% LoRA;
+    # docs/benchmarks.md); true elsewhere runs the same maths in jnp.
     fused_loss: Literal["auto", True, False] = "auto"
     # JAX: layer norms through kgpt2.layer_norm (a Pallas kernel forward, one
     # backward, on a GPU) instead of XLA's five kernels. Same results. "auto":

@@ -6,6 +6,8 @@ jnp forms as they run on a CPU. Oracles: `jax.nn.log_softmax` and
 the layer norm, and Keras' own JAX train step for a whole model.
 """
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -130,15 +132,18 @@ def test_auto_turns_the_kernels_on_only_for_a_jax_gpu_without_a_distribution():
     assert load_config(None, ["train.fused_layer_norm=false"]).train.fused_layer_norm is False
     with pytest.raises(UserError, match="train.fused_layer_norm must be one of"):
         load_config(None, ['train.fused_layer_norm="on"'])
-    cpu, gpu = Device("cpu:0", "CPU", False), Device("gpu:0", "H200", True)
+    cpu, gpu, t4 = Device("cpu:0", "CPU", False), Device("gpu:0", "H200", True), Device("gpu:0", "Tesla T4", False)
     assert not wants_fused_kernel("auto", cpu) and wants_fused_kernel(True, cpu)
+    assert not wants_fused_kernel("auto", t4)  # XLA compiles Pallas' Triton kernels for Ampere and newer only
     assert wants_fused_kernel("auto", gpu) and not wants_fused_kernel(False, gpu)
     assert not wants_fused_kernel("auto", gpu, auto_too=False) and wants_fused_kernel(True, gpu, auto_too=False)
     with keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu")[:1]).scope():
         assert not wants_fused_kernel("auto", gpu) and wants_fused_kernel(True, gpu)
 
 
-def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(tmp_path):
+@pytest.mark.parametrize("device", [("cpu:0", "CPU", False), ("gpu:0", "Tesla T4", False)])
+def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(device):
+    """Asked for (true) where Pallas' Triton kernels cannot run: the jnp forms, the same step."""
     _jax()
     import keras
 
@@ -148,7 +153,8 @@ def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(tmp_path):
 
     cfg = load_config(None, ["train.fused_loss=true", "train.fused_layer_norm=true"])
     model = _tiny_lm()
-    compile_for_training(model, cfg, keras.optimizers.SGD(0.1), Device("cpu:0", "CPU", False), 32)
+    with mock.patch("kgpt2.metrics.step_compiler_options", return_value={}):  # a T4 only in name: no XLA GPU options
+        compile_for_training(model, cfg, keras.optimizers.SGD(0.1), Device(*device), 32)
     norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.LayerNormalization)]
     assert norms and all("call" in vars(l) for l in norms)
     assert getattr(model, "_kgpt2_loss_chunk", None) == 0  # the one-piece loss

@@ -95,14 +95,15 @@ def test_layer_norm_matches_keras_values_and_gradients(kernel, dtype):
                                    atol=scale * (1e-5 if dtype == "float32" else 1e-2))
 
 
-def test_fused_layer_norm_in_a_model_keeps_loss_gradients_and_variables():
+@pytest.mark.parametrize("remat", [False, True])  # train.remat recomputes the blocks, kernels included
+def test_fused_layer_norm_in_a_model_keeps_loss_gradients_and_variables(remat):
     _jax()
     import keras
 
     from kgpt2.layer_norm import use_fused_layer_norm
     from kgpt2.metrics import compile_lm
 
-    plain, fused = _tiny_lm(seed=0), _tiny_lm(seed=1)
+    plain, fused = _tiny_lm(seed=0), _tiny_lm(seed=1, remat=remat)
     fused.set_weights(plain.get_weights())
     names = [v.path for v in fused.weights]
     assert use_fused_layer_norm(fused) == 2 * 2 + 1  # two per block, two blocks, and the final one

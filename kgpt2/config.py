@@ -36,7 +36,7 @@ from typing import Any
 from kgpt2 import recipes
 # The sections are re-exported: callers import them from kgpt2.config.
 from kgpt2.config_sections import (ALL_LINEAR, LORA_TARGETS, AlignConfig, DataConfig,  # noqa: F401
-                                   GenerateConfig, LoraConfig, ModelConfig, TrainConfig, _type_hints,
+                                   GenerateConfig, LoraConfig, ModelConfig, TrainConfig, section_type_hints,
                                    show_value)
 from kgpt2.errors import UserError
 from kgpt2.run_config import read_run_config, write_run_config
@@ -139,7 +139,7 @@ def _build(cls, values: dict, where: str):
 
 def _literal_bool(cls, key, value) -> bool:
     """A true/false for a key whose allowed values include booleans (train.fused_loss: "auto", true, false)."""
-    hint = _type_hints(cls).get(key)
+    hint = section_type_hints(cls).get(key)
     return isinstance(value, bool) and typing.get_origin(hint) is typing.Literal and value in typing.get_args(hint)
 
 

@@ -45,7 +45,7 @@ def show_value(value) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _type_hints(cls) -> dict:
+def section_type_hints(cls) -> dict:
     """A section's resolved annotations, once per class (resolving them costs ~0.3 ms, and generation
     checks its settings at every request)."""
     return typing.get_type_hints(cls)
@@ -54,7 +54,7 @@ def _type_hints(cls) -> dict:
 def check_fields(section) -> None:
     """Check a section's values against its `Literal` annotations and `at_least` bounds (written once, below);
     the message names the key, the bad value and what is allowed."""
-    hints = _type_hints(type(section))
+    hints = section_type_hints(type(section))
     for f in dataclasses.fields(section):
         key, value, hint = f"{section.SECTION}.{f.name}", getattr(section, f.name), hints[f.name]
         if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):

@@ -228,7 +228,7 @@ class TrainConfig:
     fused_loss: Literal["auto", True, False] = "auto"
     # JAX: layer norms through kgpt2.layer_norm (a Pallas kernel forward, one
     # backward, on a GPU) instead of XLA's five kernels. Same results. "auto":
-    # as fused_loss, for full training only (H200: +1.5-3% at 124M, the
+    # as fused_loss, for full training only (H200: +1.5% at 124M before a +2.3% backward, the
     # Shakespeare recipe 7.8-7.9 -> 5.9-6.5 ms a step; LoRA -1%).
     fused_layer_norm: Literal["auto", True, False] = "auto"
     # Recompute each transformer block's activations in the backward pass:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import functools
 
+from kgpt2.devices import kernel_form
+
 BLOCK = 2048  # columns a kernel step reads (bf16: 4 kB); a power of two, as Triton's blocks must be
 WARPS, STAGES = 4, 2  # the kernel's launch (benchmarks/fused_kernels.py)
 _NO_INDEX = 2**31 - 1
@@ -40,13 +42,11 @@ def token_cross_entropy(logits, labels, real_vocabulary: int, kernel: str = "aut
 
     loss = logsumexp(logits[:real]) - logits[label], float32; correct = 1.0 where
     the first maximum of logits[:real] is at `label`. `kernel`: "pallas" (a GPU,
-    or Pallas' interpreter elsewhere: tests), "jnp", or "auto" (pallas on a GPU).
+    or Pallas' interpreter elsewhere: tests), "jnp", or "auto" (`devices.kernel_form`).
     Differentiable in `logits` only.
     """
-    import jax
-
     if kernel == "auto":
-        kernel = "pallas" if jax.devices()[0].platform == "gpu" else "jnp"
+        kernel = kernel_form()
     return _differentiable()(logits, labels.astype("int32"), int(real_vocabulary), kernel)
 
 

@@ -31,6 +31,11 @@ class Device:
     def is_gpu(self) -> bool:
         return self.keras_name.startswith("gpu")
 
+    @property
+    def runs_triton(self) -> bool:
+        """XLA compiles Pallas' Triton kernels for Ampere (compute capability 8.0) and newer only: not Colab's T4."""
+        return self.is_gpu and self.bf16  # `bf16` is drawn at that same line (list_gpus)
+
     def policy(self, precision: str) -> str:
         """The Keras dtype policy for a `train.precision` setting."""
         if precision != "auto":
@@ -73,6 +78,16 @@ def step_compiler_options(train, lora: bool, device: Device, hidden_dim: int) ->
     if wants_cudnn_dropout(train.attention_dropout_kernel):
         options["xla_gpu_enable_command_buffer"] = COMMAND_BUFFERS_WITHOUT_CUDNN
     return options
+
+
+def kernel_form() -> str:
+    """"pallas" where JAX's first device runs Pallas' Triton kernels (a GPU of compute capability 8.0+), else "jnp"
+    (the same maths in jnp; on a CPU, kernel="pallas" runs Pallas' interpreter: tests). What kgpt2's kernels'
+    "auto" means; `kgpt2 train` passes the form for its own device instead (Device.runs_triton)."""
+    import jax
+
+    first = jax.devices()[0]
+    return "pallas" if first.platform == "gpu" and float(getattr(first, "compute_capability", 0) or 0) >= 8.0 else "jnp"
 
 
 def list_gpus() -> list[tuple[str, bool]]:

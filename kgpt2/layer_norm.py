@@ -27,6 +27,7 @@ import functools
 import types
 
 from kgpt2.compat import sublayers
+from kgpt2.devices import kernel_form
 
 ROWS = 8  # rows a kernel program normalises at once
 WARPS = 8  # the kernels' launch (benchmarks/fused_kernels.py)
@@ -37,12 +38,10 @@ def layer_norm(x, gamma, beta, epsilon: float, kernel: str = "auto"):
     """(x - mean) / sqrt(var + epsilon) * gamma + beta over x's last axis, in x's dtype.
 
     `kernel`: "pallas" (a GPU; Pallas' interpreter elsewhere), "jnp", or
-    "auto" (pallas on a GPU). Differentiable in x, gamma and beta.
+    "auto" (`devices.kernel_form`: pallas on an Ampere or newer GPU). Differentiable in x, gamma and beta.
     """
-    import jax
-
     if kernel == "auto":
-        kernel = "pallas" if jax.devices()[0].platform == "gpu" else "jnp"
+        kernel = kernel_form()
     return _differentiable()(x, gamma, beta, float(epsilon), kernel)
 
 

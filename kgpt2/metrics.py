@@ -63,7 +63,7 @@ def compile_for_training(fit_model, cfg, optimizer, device, hidden_dim: int, xla
     lever_ablation.py), so a benchmark times the step users run. `xla_options` go on top of
     `devices.step_compiler_options` (a benchmark's lever; {} in kgpt2 train).
     """
-    kernel = "pallas" if _has_triton(device) else "jnp"  # where the step runs, not the first device JAX lists
+    kernel = "pallas" if device.runs_triton else "jnp"  # where the step runs, not the first device JAX lists
     compile_lm(fit_model, optimizer, token_loss=False, loss_chunk=cfg.train.loss_chunk,
                fused_loss=wants_fused_kernel(cfg.train.fused_loss, device), kernel=kernel,
                steps_per_execution=cfg.train.steps_per_execution)
@@ -86,13 +86,9 @@ def wants_fused_kernel(setting, device, auto_too: bool = True) -> bool:
     if keras.backend.backend() != "jax":
         return False
     if setting == "auto":
-        return auto_too and _has_triton(device) and keras.distribution.distribution() is None
+        return auto_too and device.runs_triton and keras.distribution.distribution() is None
     return bool(setting)
 
-
-def _has_triton(device) -> bool:
-    """XLA compiles Pallas' Triton kernels for Ampere (compute capability 8.0) and newer only: not Colab's T4."""
-    return bool(device.is_gpu and device.bf16)  # Device.bf16 is that same line (kgpt2.devices.list_gpus)
 
 
 def evaluation_model(model, windows: str = "packed"):

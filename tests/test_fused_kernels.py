@@ -136,6 +136,10 @@ def test_auto_turns_the_kernels_on_only_for_a_jax_gpu_without_a_distribution():
     cpu, gpu, t4 = Device("cpu:0", "CPU", False), Device("gpu:0", "H200", True), Device("gpu:0", "Tesla T4", False)
     assert not wants_fused_kernel("auto", cpu) and wants_fused_kernel(True, cpu)
     assert not wants_fused_kernel("auto", t4)  # XLA compiles Pallas' Triton kernels for Ampere and newer only
+    assert (cpu.runs_triton, t4.runs_triton, gpu.runs_triton) == (False, False, True)
+    from kgpt2.devices import kernel_form
+
+    assert kernel_form() == "jnp"  # the kernels' own "auto" on this (CPU) machine
     assert wants_fused_kernel("auto", gpu) and not wants_fused_kernel(False, gpu)
     assert not wants_fused_kernel("auto", gpu, auto_too=False) and wants_fused_kernel(True, gpu, auto_too=False)
     with keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu")[:1]).scope():

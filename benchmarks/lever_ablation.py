@@ -28,6 +28,7 @@ A variant is `BASE[;EXTRA...]`:
 - `float8`: Dense/EinsumDense layers train in float8 (Keras'
   `quantize("float8")`: e4m3 forward, e5m2 gradients, delayed scaling;
   Hopper-class GPUs have float8 matmuls, a T4 has not);
+- `gelu-remat`: each MLP's GELU under `keras.remat` (recomputed in the backward pass);
 - anything else (`again`): a label only (the base measured a second time
   shows the run-to-run noise).
 
@@ -157,6 +158,19 @@ def module_constants(options: dict):
             setattr(target, name, value)
 
 
+def recomputed_gelu(backbone) -> int:
+    """Each block's MLP activation under `keras.remat`: the backward recomputes GELU's tanh from the
+    pre-activation instead of reading one more saved [tokens, 3072] tensor."""
+    import keras
+
+    from kgpt2 import compat
+
+    for block in backbone.transformer_layers:
+        fc = compat.decoder_block_parts(block)["fc"]
+        fc.activation = keras.remat(fc.activation)
+    return len(backbone.transformer_layers)
+
+
 def bf16_layer_norms(backbone) -> int:
     """Every LayerNormalization of `backbone` normalises in its compute dtype, statistics in float32."""
     import jax
@@ -202,6 +216,8 @@ def run_variant(args, spec: str) -> dict:
         model = tt.build_kgpt2(cfg, max(steps, cfg.train.max_steps), device, v["flags"], v["xla"])
         if "ln-bf16" in v["flags"]:
             bf16_layer_norms(model.backbone)
+        if "gelu-remat" in v["flags"]:
+            recomputed_gelu(model.backbone)
         clock = tt.timed_fit(model, tt.Cycle(base, steps), batch * seq, warm_rows)
     tokens_s = clock["tokens_per_s"]
     out = tt._result(spec, tokens_s, batch * seq / tokens_s, compile_s=clock["first_step_s"], peak=tt._gpu_peak_bytes(),

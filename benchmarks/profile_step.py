@@ -144,19 +144,24 @@ def analyze(trace_path, hlo_path, steps: int, vocab: int = 50304, module: str = 
     return result
 
 
+TOP_KERNELS = 60  # kernels (by name) kept in the result: enough to read the "other" bucket without the trace
+
+
 def _analyze_device(kernels, instructions, computations, steps: int, vocab: int) -> dict:
-    buckets, per_kernel, where = collections.Counter(), collections.Counter(), {}
+    buckets, per_kernel, calls, where = collections.Counter(), collections.Counter(), collections.Counter(), {}
     for name, _, dur in kernels:
         b, info = kernel_bucket(name, instructions, computations, vocab)
         buckets[b] += dur
         per_kernel[name] += dur
+        calls[name] += 1
         where[name] = (b, info)
     busy_ms = sum(d for _, _, d in kernels) / steps / 1e6
     span_ms = (max(s + d for _, s, d in kernels) - min(s for _, s, _ in kernels)) / steps / 1e6
     top = []
-    for name, dur in per_kernel.most_common(20):
+    for name, dur in per_kernel.most_common(TOP_KERNELS):
         b, info = where[name]
         top.append({"kernel": name[:90], "bucket": b, "ms_per_step": round(dur / steps / 1e6, 3),
+                    "calls_per_step": round(calls[name] / steps, 1),
                     "shape": info["shape"][:90] if info else "", "op_name": info["op_name"][-90:] if info else ""})
     attention_masks = sorted(set(re.findall(r'"mask_type":"([A-Z_]+)"', "".join(
         i["line"] for i in instructions.values() if "fmha" in i["line"]))))

@@ -9,7 +9,7 @@ keras-hub or JAX layer norm is faster there (`xla_gpu_enable_cudnn_layer_norm`
 measured +0.4%), so kgpt2 writes this one: on a GPU, Pallas (Triton) kernels
 that each take `ROWS` rows whole; the forward reads x once and writes y and
 the row statistics; the backward reads x and dy once and writes dx and each
-block's partial sums for gamma and beta (summed by XLA, a [blocks, width]
+block's partial sums for gamma and beta (summed by XLA, a [blocks, 2, width]
 array). Elsewhere the same math in jnp (tests; kernel="pallas" runs the
 kernels in Pallas' interpreter). Statistics and arithmetic are float32, as
 Keras' are; y and dx come out in x's dtype.
@@ -159,12 +159,12 @@ def _backward_pallas(rows, mean, rstd, dy, gamma):
     pl, _, jax, jnp = _pallas()
     n, width = rows.shape
     programs = pl.cdiv(n, ROWS * GRAD_STEPS)
-    out_shape = [jax.ShapeDtypeStruct((n, width), rows.dtype),
-                 jax.ShapeDtypeStruct((programs, width), jnp.float32),
-                 jax.ShapeDtypeStruct((programs, width), jnp.float32)]
+    # gamma's and beta's partial sums side by side: XLA sums both in one reduction (one launch, not two)
+    out_shape = [jax.ShapeDtypeStruct((n, width), rows.dtype), jax.ShapeDtypeStruct((programs, 2, width), jnp.float32)]
     kernel = functools.partial(_backward_kernel, n_rows=n, width=width)
-    dx, dgamma, dbeta = _call(kernel, out_shape, programs, "kgpt2_layer_norm_grad")(rows, mean, rstd, dy, gamma)
-    return dx, jnp.sum(dgamma, axis=0), jnp.sum(dbeta, axis=0)
+    dx, partial_sums = _call(kernel, out_shape, programs, "kgpt2_layer_norm_grad")(rows, mean, rstd, dy, gamma)
+    dgamma, dbeta = jnp.sum(partial_sums, axis=0)
+    return dx, dgamma, dbeta
 
 
 def _tile(n_rows: int, width: int, first_row):
@@ -192,8 +192,7 @@ def _forward_kernel(x_ref, gamma_ref, beta_ref, y_ref, mean_ref, rstd_ref, *, n_
     plgpu.store(rstd_ref.at[rows], rstd, mask=row_ok)
 
 
-def _backward_kernel(x_ref, mean_ref, rstd_ref, dy_ref, gamma_ref, dx_ref, dgamma_ref, dbeta_ref, *,
-                     n_rows, width):
+def _backward_kernel(x_ref, mean_ref, rstd_ref, dy_ref, gamma_ref, dx_ref, partial_ref, *, n_rows, width):
     """GRAD_STEPS groups of ROWS rows: each row's dx, and one partial sum of gamma's and beta's gradients."""
     pl, plgpu, jax, jnp = _pallas()
     columns = jnp.arange(pl.next_power_of_2(width))
@@ -218,5 +217,5 @@ def _backward_kernel(x_ref, mean_ref, rstd_ref, dy_ref, gamma_ref, dx_ref, dgamm
 
     zeros = jnp.zeros(columns.shape, jnp.float32)
     dgamma, dbeta = jax.lax.fori_loop(0, GRAD_STEPS, group, (zeros, zeros))
-    plgpu.store(dgamma_ref.at[program, columns], dgamma, mask=column_ok)
-    plgpu.store(dbeta_ref.at[program, columns], dbeta, mask=column_ok)
+    plgpu.store(partial_ref.at[program, 0, columns], dgamma, mask=column_ok)
+    plgpu.store(partial_ref.at[program, 1, columns], dbeta, mask=column_ok)

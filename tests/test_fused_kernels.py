@@ -34,16 +34,22 @@ def _oracle_cross_entropy(logits, labels, real):
 
 
 @pytest.mark.parametrize("kernel", ["pallas", "jnp"])
-def test_cross_entropy_matches_log_softmax_values_accuracy_and_gradient(kernel):
+@pytest.mark.parametrize("blocks", [(1, 893, 904), (0, 2043, 2056), (2, 0, 0)])
+def test_cross_entropy_matches_log_softmax_values_accuracy_and_gradient(kernel, blocks):
+    """`blocks`: (whole kernel blocks, real columns past them, stored columns past them) -- a tail block with
+    padding, padding past a whole block (only masked blocks), no tail at all."""
     jax = _jax()
     import jax.numpy as jnp
 
     from kgpt2.cross_entropy import BLOCK, token_cross_entropy
 
-    vocabulary, real = BLOCK + 904, BLOCK + 893  # two kernel blocks, the second part padding
+    whole, real_tail, stored_tail = blocks
+    vocabulary, real = whole * BLOCK + stored_tail, whole * BLOCK + real_tail
     logits = (jax.random.normal(jax.random.PRNGKey(0), (3, 4, vocabulary)) * 4).astype("bfloat16")
-    logits = logits.at[0, 0, real + 2].set(60.0)  # a pad column above every real logit never counts
-    logits = logits.at[1, 1, 7].set(30.0).at[1, 1, BLOCK + 7].set(30.0)  # a tie across blocks: first wins
+    if vocabulary > real:
+        logits = logits.at[0, 0, real + 2].set(60.0)  # a pad column above every real logit never counts
+    tie = min(BLOCK + 7, real - 1)
+    logits = logits.at[1, 1, 7].set(30.0).at[1, 1, tie].set(30.0)  # a tie (across blocks where two): first wins
     best = jnp.argmax(logits[..., :real], axis=-1)
     labels = jnp.where(jnp.arange(4) % 2 == 0, best, (best + 11) % real).at[1, 1].set(7)
     loss, correct = token_cross_entropy(logits, labels, real, kernel)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Session 13 (2026-12-01): calls on nvidia-h200 carrying .whl and .bench (benchmarks/make_bench_data.sh).
+# Issue 21, round 9: the loss kernel with less work per logit, its gradient as a Pallas kernel, cuBLASLt epilogues.
+#   levers:  full and LoRA steps with session 12's loss kernel (`FORWARD=round8`), the new one, the new one with
+#            the Pallas gradient, and cuBLASLt (GELU/bias epilogues), one process;
+#   profile: where the default full step's time goes now (60 kernels kept).
+# `bash benchmarks/gpu_session13.sh tune`: the code after call 1 (the Pallas gradient kept, session 12's forward
+# gone, gamma's and beta's partial sums in one array): both kernels off against the default, the layer norm's
+# backward pipelined (GRAD_STAGES), the loss kernels' launch settings, then the Hugging Face peers (own process).
+# `bash benchmarks/gpu_session13.sh memory`: XLA's dot merger off, GELU recomputed, each and both, full and LoRA.
+# `bash benchmarks/gpu_session13.sh --tiny [tune|memory]`: the same commands at tiny shapes on this machine's CPU (a dry run).
+set -u
+cd "$(dirname "$0")/.."
+TINY=""; [ "${1:-}" = --tiny ] && { TINY=1; shift; }
+if [ -n "$TINY" ]; then
+  export OUT=${OUT:-$PWD/.tmp/gpu-tiny13} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+  q() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
+  B="--shards .bench/shards --tokenizer .bench/tokenizer"
+  PY=.venv/bin/python; LSHAPE="--tiny --batch 2 --seq 64 --warmup 2 --steps 3"; T=3
+  PSHAPE="--batch 2 --seq 64 --warmup 1 --steps 2"
+else
+  [ -n "${KGPT2_DEVICE_READY:-}" ] || source benchmarks/session_prelude.sh
+  PY=python; LSHAPE="--batch 16 --seq 1024 --warmup 5 --steps 30"; T=1; PSHAPE="--steps 6"
+fi
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+F=kgpt2:full:pad64; L=kgpt2:lora:pad64; CE=mod:kgpt2.cross_entropy; LN=mod:kgpt2.layer_norm
+if [ "${1:-}" = memory ]; then
+  # call 3: fewer passes over memory -- q/k/v as three matmuls (XLA's dot merger off: bias adds in the cuBLAS
+  # epilogues, no concatenation of their gradients) and GELU recomputed in the backward pass
+  DM="xla:xla_gpu_dot_merger_threshold_mb=0"; GR=gelu-remat
+  V="$F,$F;$DM,$F;$GR,$F;$DM;$GR,$L,$L;$DM,$L;$GR,$L;$DM;$GR,$F;again"
+  timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B $LSHAPE --variants "$V" \
+    --budget $((300 * T)) --out "$OUT/memory.json" 2>&1 | q | tail -n 12
+  exit 0
+fi
+if [ "${1:-}" = tune ]; then
+  OFF="train.fused_loss=false;train.fused_layer_norm=false"
+  V="$F;$OFF,$F,$F;$LN.GRAD_STAGES=2,$F;$LN.GRAD_STAGES=3,$F;$LN.GRAD_STEPS=8;$LN.GRAD_STAGES=2,$F;$CE.WARPS=8"
+  V="$V,$F;$CE.BLOCK=4096;$CE.WARPS=8,$F;$CE.BLOCK=1024,$L;$OFF,$L,$L;$CE.WARPS=8,$F;again"
+  timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B $LSHAPE --variants "$V" \
+    --budget $((300 * T)) --out "$OUT/tune.json" 2>&1 | q | tail -n 15
+  timeout $((150 * T)) $PY benchmarks/lever_ablation.py $B $LSHAPE --hf hf:full:compile,hf:lora:compile \
+    --out "$OUT/peers.json" 2>&1 | q | tail -n 4
+  exit 0
+fi
+OLD="$CE.FORWARD=round8"; GRAD="$CE.BACKWARD=pallas"; LT="xla:xla_gpu_enable_cublaslt=true"
+V="$F;$OLD,$F,$F;$GRAD,$F;$GRAD;$LT,$L;$OLD,$L,$L;$GRAD,$L;$GRAD;$LT,$F;$OLD;again,$F;$GRAD;again"
+timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B $LSHAPE --variants "$V" \
+  --budget $((310 * T)) --out "$OUT/levers.json" 2>&1 | q | tail -n 14
+timeout $((100 * T)) $PY benchmarks/profile_step.py collect $B --mode full $PSHAPE --out-dir "$OUT/profile" 2>&1 | q | tail -n 8

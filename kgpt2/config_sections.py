@@ -223,8 +223,9 @@ class TrainConfig:
     # gradient written in one pass (kgpt2.cross_entropy). Same results;
     # loss_chunk > 0 takes precedence. "auto": on for a JAX GPU of Ampere or
     # newer (XLA compiles Pallas' Triton kernels from compute capability 8.0:
-    # not a T4) without a distribution (H200, 124M: +4.1% full, +5.8% LoRA;
-    # docs/benchmarks.md); true elsewhere runs the same maths in jnp.
+    # not a T4) without a distribution (H200, 124M: +4.1% full, +5.8% LoRA, then
+    # +1.6% / +2.2% from round 9's kernels; docs/benchmarks.md); true elsewhere
+    # runs the same maths in jnp.
     fused_loss: Literal["auto", True, False] = "auto"
     # JAX: layer norms through kgpt2.layer_norm (a Pallas kernel forward, one
     # backward, on a GPU) instead of XLA's five kernels. Same results. "auto":

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 
-from kgpt2.devices import kernel_form
+from kgpt2.devices import kernel_form, pallas_interprets
 
 BLOCK = 2048  # columns a kernel step reads (bf16: 4 kB); a power of two, as Triton's blocks must be
 WARPS, STAGES = 4, 2  # the kernel's launch (benchmarks/fused_kernels.py)
@@ -72,7 +72,7 @@ def _differentiable():
         logits, labels, lse = residuals
         g_loss, _ = cotangents  # `correct` is a count, not differentiable
         if kernel == "pallas":
-            return _backward_pallas(logits, labels, lse, g_loss, real, _interpret()), None
+            return _backward_pallas(logits, labels, lse, g_loss, real, pallas_interprets()), None
         column = jnp.arange(logits.shape[-1])
         softmax = jnp.where(column < real, jnp.exp(logits.astype("float32") - lse[..., None]), 0.0)
         one_hot = (column == labels[..., None]).astype("float32")
@@ -83,25 +83,16 @@ def _differentiable():
 
 
 def _forward(logits, labels, real: int, kernel: str):
-    import jax
     import jax.numpy as jnp
 
     if kernel == "jnp":
         return _forward_jnp(logits, labels, real)
     rows, flat = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-    interpret = _interpret()
-    lse, first = _forward_pallas(rows, real, interpret)
+    lse, first = _forward_pallas(rows, real, pallas_interprets())
     # The target's logit is one gather per row (XLA), not a compare-select-add per column in the kernel.
     target = jnp.take_along_axis(rows, flat[:, None], axis=-1)[:, 0].astype(jnp.float32)
     correct = (first == flat).astype(jnp.float32)
     return lse.reshape(labels.shape), target.reshape(labels.shape), correct.reshape(labels.shape)
-
-
-def _interpret() -> bool:
-    """Pallas' interpreter off a GPU (kernel="pallas" there is for tests)."""
-    import jax
-
-    return jax.devices()[0].platform != "gpu"
 
 
 def _forward_jnp(logits, labels, real: int):

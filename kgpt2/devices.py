@@ -90,6 +90,13 @@ def kernel_form() -> str:
     return "pallas" if first.platform == "gpu" and float(getattr(first, "compute_capability", 0) or 0) >= 8.0 else "jnp"
 
 
+def pallas_interprets() -> bool:
+    """Whether kgpt2's Pallas kernels run in Pallas' interpreter: off a GPU, where kernel="pallas" is for tests."""
+    import jax
+
+    return jax.devices()[0].platform != "gpu"
+
+
 def list_gpus() -> list[tuple[str, bool]]:
     """(name, has_bf16) for each GPU the active backend can see."""
     backend = keras.backend.backend()

@@ -27,7 +27,7 @@ import functools
 import types
 
 from kgpt2.compat import sublayers
-from kgpt2.devices import kernel_form
+from kgpt2.devices import kernel_form, pallas_interprets
 
 ROWS = 8  # rows a kernel program normalises at once
 WARPS = 8  # the kernels' launch (benchmarks/fused_kernels.py)
@@ -139,10 +139,10 @@ def _pallas():
 
 
 def _call(kernel, out_shape, programs: int, name: str):
-    pl, plgpu, jax, _ = _pallas()
+    pl, plgpu, _, _ = _pallas()
     return pl.pallas_call(kernel, out_shape=out_shape, grid=(programs,),
                           compiler_params=plgpu.CompilerParams(num_warps=WARPS, num_stages=1),
-                          interpret=jax.devices()[0].platform != "gpu", name=name)
+                          interpret=pallas_interprets(), name=name)
 
 
 def _forward_pallas(rows, gamma, beta, epsilon):

@@ -172,3 +172,32 @@ def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(device):
     assert model._kgpt2_loss_kernel == "jnp"  # the step's device decides, not the first device JAX lists
     x, y, w = _batch()
     assert np.isfinite(model.train_on_batch(x, y, w, return_dict=True)["loss"])
+
+
+def test_the_kernels_lower_to_triton_for_a_gpu_on_this_machine():
+    """The GPU path, short of a GPU: Pallas lowers every kernel (loss forward and gradient, layer norm both ways)
+    to Triton IR for CUDA here, so an operation Pallas' Triton backend cannot lower fails on the CPU, not on a
+    user's GPU (the interpreter, which the tests above use, accepts more than Triton does)."""
+    jax = _jax()
+    import re
+
+    import jax.numpy as jnp
+
+    import kgpt2.cross_entropy
+    import kgpt2.layer_norm
+    from kgpt2.cross_entropy import BLOCK, token_cross_entropy
+    from kgpt2.layer_norm import layer_norm
+
+    def step(logits, labels, x, gamma, beta):
+        loss = lambda z: jnp.sum(token_cross_entropy(z, labels, BLOCK + 5, "pallas")[0])  # noqa: E731
+        norm = lambda x, g, b: jnp.sum(layer_norm(x, g, b, 1e-5, "pallas").astype("float32"))  # noqa: E731
+        return jax.grad(loss)(logits), jax.grad(norm, argnums=(0, 1, 2))(x, gamma, beta)
+
+    shapes = [jax.ShapeDtypeStruct(s, d) for s, d in [((2, 8, BLOCK + 8), "bfloat16"), ((2, 8), "int32"),
+                                                       ((2, 8, 48), "bfloat16"), ((48,), "float32"), ((48,), "float32")]]
+    with mock.patch.object(kgpt2.cross_entropy, "pallas_interprets", lambda: False), \
+            mock.patch.object(kgpt2.layer_norm, "pallas_interprets", lambda: False):
+        text = jax.jit(step).trace(*shapes).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 4
+    assert sorted(re.findall(r'name = "(kgpt2_\w+)"', text)) == [
+        "kgpt2_cross_entropy", "kgpt2_cross_entropy_grad", "kgpt2_layer_norm", "kgpt2_layer_norm_grad"]

@@ -28,15 +28,16 @@ PYTEST := -m pytest -q -rs -p no:cacheprovider
 # again on JAX doubled CI's time). tests/conftest.py refuses a file marked neither way.
 JAX_TESTS := -m "backend and not slow" tests
 
-# The whole suite and the docstring examples on TensorFlow and, at the same time (two processes: most
-# tests use one core at a time, and the two passes share no files), the backend-dependent core on JAX,
-# whose output follows the TensorFlow pass's. Fails if either fails.
-JAX_LOG := $(VENV)/test-jax.log
+# The whole suite and the docstring examples on TensorFlow, then the backend-dependent core on JAX, each
+# spread over two worker processes (pytest-xdist; this machine and CI have 2 cores, and most tests use one
+# at a time). `--dist loadfile` keeps a file's tests on one worker, so a module's fixtures (a demo server, a
+# loaded model) are built once. Fails if either pass fails.
+XDIST := -n 2 --dist loadfile
 test: $(STAMP)
-	@KERAS_BACKEND=jax $(BIN)/python $(PYTEST) $(JAX_TESTS) $(DOCTESTS) > $(JAX_LOG) 2>&1 & jax=$$!; \
-	echo "== TensorFlow: the whole suite (the JAX pass runs beside it, output below) =="; \
-	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) tests $(DOCTESTS); tf=$$?; \
-	wait $$jax; jx=$$?; echo "== JAX: the backend-dependent tests (exit $$jx) =="; cat $(JAX_LOG); \
+	@echo "== TensorFlow: the whole suite =="; \
+	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) $(XDIST) tests $(DOCTESTS); tf=$$?; \
+	echo "== JAX: the backend-dependent tests =="; \
+	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) $(XDIST) $(JAX_TESTS) $(DOCTESTS); jx=$$?; \
 	test $$tf -eq 0 -a $$jx -eq 0
 
 test-tf: $(STAMP)

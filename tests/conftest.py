@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -347,8 +348,14 @@ def wheel_venv(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("wheel-venv")
     repo = Path(__file__).resolve().parents[1]
+    # Built from a copy of what the wheel holds: setuptools writes build/ and *.egg-info into the folder it
+    # builds, and two test workers (pytest -n 2) building in the checkout at once would share them.
+    source = tmp / "source"
+    shutil.copytree(repo / "kgpt2", source / "kgpt2", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(repo / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp / "wheels"), str(repo)], check=True, timeout=300, cwd=tmp)
+                    str(tmp / "wheels"), str(source)], check=True, timeout=300, cwd=tmp)
     (wheel,) = (tmp / "wheels").glob("kgpt2-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)

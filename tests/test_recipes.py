@@ -1,10 +1,7 @@
 """Recipes inside the package: listed, loaded by name from any folder, copied out, and shipped in the wheel."""
 
 import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -94,35 +91,16 @@ def test_unknown_names_are_one_sentence_and_exit_2(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.slow
-def test_recipes_work_from_the_installed_wheel(tmp_path, pydoc_shards):
-    """Build the wheel, install it into a fresh venv, and use recipes from a folder outside the checkout."""
-    source = tmp_path / "source"  # a copy, so the build leaves no build/ or egg-info in the checkout
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "kgpt2", source / "kgpt2", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # pip must not see the checkout's kgpt2
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels), str(source)], check=True, capture_output=True, env=env, timeout=300)
-    (wheel,) = wheels.glob("kgpt2-*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    new_site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                   capture_output=True, text=True, check=True).stdout.strip())
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                   check=True, capture_output=True, env=env, timeout=300)  # before deps.pth: pip must not see our kgpt2
-    # The dependencies (keras, jax ...) come from this venv's site-packages through a plain path line:
-    # Python does not run the .pth files inside a folder added that way, so the editable kgpt2 of the
-    # checkout (an import hook installed by a .pth) is not seen; only the wheel's kgpt2 is.
-    (new_site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+def test_recipes_work_from_the_installed_wheel(tmp_path, wheel_venv, pydoc_shards):
+    """The built wheel in a fresh venv (conftest's `wheel_venv`) lists and uses recipes from a folder outside
+    the checkout."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a checkout on the path would hide the wheel
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = subprocess.run([python, "-c", "import kgpt2; print(kgpt2.__file__)"], capture_output=True, text=True,
-                           cwd=work, env=env, check=True).stdout.strip()
-    assert Path(where).is_relative_to(new_site), where
-    kgpt2_cmd = venv / "bin" / "kgpt2"
+    where = subprocess.run([wheel_venv / "bin" / "python", "-c", "import kgpt2; print(kgpt2.__file__)"],
+                           capture_output=True, text=True, cwd=work, env=env, check=True).stdout.strip()
+    assert Path(where).is_relative_to(wheel_venv), where
+    kgpt2_cmd = wheel_venv / "bin" / "kgpt2"
     listing = subprocess.run([kgpt2_cmd, "recipes"], capture_output=True, text=True, cwd=work, env=env, timeout=300)
     assert listing.returncode == 0, listing.stderr
     assert {line.split()[0] for line in listing.stdout.splitlines() if line and not line.startswith("use")} == {

@@ -250,6 +250,12 @@ shards.prepare(source, out, Tokenizer.from_dir(tokenizer), progress=False)
 """
 
 
+def _ctrl_c_as_in_a_terminal():
+    """SIGINT at its default, as a shell starts a command: pytest-xdist's workers ignore SIGINT, and an
+    ignored signal stays ignored across exec (Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop_prepare_at(point, source, out, shared_data, tmp_path, sig=signal.SIGKILL,
                      via="library") -> subprocess.Popen:
     """The prepare process, sent `sig` at `point` and ended (its stderr piped)."""
@@ -257,7 +263,7 @@ def _stop_prepare_at(point, source, out, shared_data, tmp_path, sig=signal.SIGKI
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-c", KILLED_PREPARE, str(source), str(out),
                              str(shared_data / "gpt2-tokenizer"), str(ready), point, via],
-                            env=env, stderr=subprocess.PIPE, text=True)
+                            env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert proc.poll() is None, proc.stderr.read()[-2000:]

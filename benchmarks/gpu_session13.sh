@@ -12,6 +12,10 @@
 # `bash benchmarks/gpu_session13.sh final`: the committed code against both kernels off, LoRA with the layer-norm
 # kernel and cuBLAS, the peers, and Shakespeare vs nanoGPT (needs .bench/nanogpt: benchmarks/prepare_nanogpt.sh).
 # `bash benchmarks/gpu_session13.sh --tiny [tune|memory|lora|final]`: the same commands at tiny shapes on this machine's CPU (a dry run).
+# Calls 1 and 2 (the default mode and `tune`) ran working trees with module constants that were removed before
+# commit 6d2bf64: cross_entropy.FORWARD ("round8" kept session 12's forward kernel), cross_entropy.BACKWARD
+# ("pallas" or "xla" for the gradient) and layer_norm.GRAD_STAGES. Their variants now end as error rows
+# (lever_ablation records the AttributeError and goes on); session 12's kernels are at commit 50cfe9a.
 set -u
 cd "$(dirname "$0")/.."
 TINY=""; [ "${1:-}" = --tiny ] && { TINY=1; shift; }

@@ -160,6 +160,21 @@ def decoder_block_parts(block) -> dict:
             "proj": block._feedforward_output_dense}
 
 
+def decoder_block_call_parts(block) -> dict:
+    """What kgpt2.fused_block's training call of a keras-hub TransformerDecoder uses besides the weights."""
+    attention = block._self_attention_layer
+    return {"attention": attention, "compute_attention": attention._compute_attention,
+            "attention_dropout": block._self_attention_dropout, "feedforward_dropout": block._feedforward_dropout,
+            "pre_norm": block.normalize_first, "cross_attention": block._cross_attention_layer is not None}
+
+
+def self_attention_mask(block, x, padding_mask, attention_mask, use_causal_mask):
+    """The mask a keras-hub TransformerDecoder gives its self-attention in training (no cache)."""
+    return block._compute_self_attention_mask(
+        decoder_sequence=x, decoder_padding_mask=padding_mask, decoder_attention_mask=attention_mask,
+        use_causal_mask=use_causal_mask, self_attention_cache=None, self_attention_cache_update_index=None)
+
+
 def attention_dropout(attention) -> float:
     """The dropout rate a Keras MultiHeadAttention applies to its attention probabilities."""
     return attention._dropout

@@ -40,9 +40,7 @@ def layer_norm(x, gamma, beta, epsilon: float, kernel: str = "auto"):
     `kernel`: "pallas" (a GPU; Pallas' interpreter elsewhere), "jnp", or
     "auto" (`devices.kernel_form`: pallas on an Ampere or newer GPU). Differentiable in x, gamma and beta.
     """
-    if kernel == "auto":
-        kernel = kernel_form()
-    return _differentiable()(x, gamma, beta, float(epsilon), kernel)
+    return _differentiable()[0](x, gamma, beta, float(epsilon), _form(kernel))
 
 
 def use_fused_layer_norm(model, kernel: str = "auto") -> int:
@@ -70,53 +68,125 @@ def _fused_call(self, inputs, kernel: str = "auto"):
     return keras.ops.cast(layer_norm(inputs, gamma, beta, self.epsilon, kernel), self.compute_dtype)
 
 
+def add_layer_norm(a, residual, gamma, beta, epsilon: float, kernel: str = "auto"):
+    """(s, layer_norm(s)) for s = a + residual, in one pass forward and one backward.
+
+    A pre-norm block's `x = x + residual` followed by the next norm: the sum
+    is rounded to a's dtype first, as Keras' add is, then normalised. The
+    backward pass adds s's own gradient (from its other uses) to the norm's.
+
+        >>> import jax.numpy as jnp
+        >>> s, y = add_layer_norm(jnp.array([[1.0, 1.0, 1.0]]), jnp.array([[0.0, 1.0, 2.0]]), jnp.ones(3),
+        ...                       jnp.zeros(3), 1e-5)
+        >>> s.tolist(), [round(float(v), 3) for v in y[0]]
+        ([[1.0, 2.0, 3.0]], [-1.225, 0.0, 1.225])
+    """
+    return _differentiable()[1](a, residual.astype(a.dtype), gamma, beta, float(epsilon), _form(kernel))
+
+
+def layer_norm_passing_input(x, gamma, beta, epsilon: float, kernel: str = "auto"):
+    """(x, layer_norm(x)): x passes through, so its other uses' gradient joins the norm's in the one backward pass.
+
+    A pre-norm block reads x twice, normalised and as the residual; without
+    this, XLA adds the two gradients in a pass of its own.
+    """
+    return _differentiable()[2](x, gamma, beta, float(epsilon), _form(kernel))
+
+
+def _form(kernel: str) -> str:
+    return kernel_form() if kernel == "auto" else kernel
+
+
 @functools.lru_cache(maxsize=None)
 def _differentiable():
-    """The layer norm as a `jax.custom_vjp` (built on first use, so importing kgpt2 does not import jax)."""
+    """(layer_norm, add_layer_norm, layer_norm_passing_input) as `jax.custom_vjp`s (built on first use, so
+    importing kgpt2 does not import jax)."""
     import jax
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
     def normalise(x, gamma, beta, epsilon, kernel):
-        return _forward(x, gamma, beta, epsilon, kernel)[0]
+        return _forward(x, gamma, beta, epsilon, kernel)[1]
 
-    def forward(x, gamma, beta, epsilon, kernel):
-        y, mean, rstd = _forward(x, gamma, beta, epsilon, kernel)
+    def normalise_forward(x, gamma, beta, epsilon, kernel):
+        _, y, mean, rstd = _forward(x, gamma, beta, epsilon, kernel)
         return y, (x, gamma, beta, mean, rstd)
 
-    def backward(epsilon, kernel, residuals, dy):
-        x, gamma, beta, mean, rstd = residuals
-        width = x.shape[-1]
-        rows = (x.reshape(-1, width), mean.reshape(-1), rstd.reshape(-1), dy.reshape(-1, width))
-        dx, dgamma, dbeta = (_backward_jnp if kernel == "jnp" else _backward_pallas)(*rows, gamma)
-        return dx.reshape(x.shape).astype(x.dtype), dgamma.astype(gamma.dtype), dbeta.astype(beta.dtype)
+    def normalise_backward(epsilon, kernel, saved, dy):
+        x, gamma, beta, mean, rstd = saved
+        dx, dgamma, dbeta = _backward(x, mean, rstd, dy, gamma, kernel)
+        return dx.astype(x.dtype), dgamma.astype(gamma.dtype), dbeta.astype(beta.dtype)
 
-    normalise.defvjp(forward, backward)
-    return normalise
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+    def add_normalise(a, residual, gamma, beta, epsilon, kernel):
+        s, y, _, _ = _forward(a, gamma, beta, epsilon, kernel, residual)
+        return s, y
+
+    def add_forward(a, residual, gamma, beta, epsilon, kernel):
+        s, y, mean, rstd = _forward(a, gamma, beta, epsilon, kernel, residual)
+        return (s, y), (s, gamma, beta, mean, rstd)
+
+    def add_backward(epsilon, kernel, saved, cotangents):
+        s, gamma, beta, mean, rstd = saved
+        ds, dy = cotangents
+        d, dgamma, dbeta = _backward(s, mean, rstd, dy, gamma, kernel, ds)
+        d = d.astype(s.dtype)  # a's and the residual's (add_layer_norm casts it to a's dtype)
+        return d, d, dgamma.astype(gamma.dtype), dbeta.astype(beta.dtype)
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+    def pass_normalise(x, gamma, beta, epsilon, kernel):
+        return x, _forward(x, gamma, beta, epsilon, kernel)[1]
+
+    def pass_forward(x, gamma, beta, epsilon, kernel):
+        _, y, mean, rstd = _forward(x, gamma, beta, epsilon, kernel)
+        return (x, y), (x, gamma, beta, mean, rstd)
+
+    def pass_backward(epsilon, kernel, saved, cotangents):
+        x, gamma, beta, mean, rstd = saved
+        dx_other, dy = cotangents
+        dx, dgamma, dbeta = _backward(x, mean, rstd, dy, gamma, kernel, dx_other)
+        return dx.astype(x.dtype), dgamma.astype(gamma.dtype), dbeta.astype(beta.dtype)
+
+    normalise.defvjp(normalise_forward, normalise_backward)
+    add_normalise.defvjp(add_forward, add_backward)
+    pass_normalise.defvjp(pass_forward, pass_backward)
+    return normalise, add_normalise, pass_normalise
 
 
-def _forward(x, gamma, beta, epsilon, kernel):
+def _forward(x, gamma, beta, epsilon, kernel, residual=None):
+    """(x + residual or x, its layer norm, row means, row 1/std), the first two in x's shape and dtype."""
     width = x.shape[-1]
     rows = x.reshape(-1, width)
-    if kernel == "jnp":
-        y, mean, rstd = _forward_jnp(rows, gamma, beta, epsilon)
-    else:
-        y, mean, rstd = _forward_pallas(rows, gamma, beta, epsilon)
-    return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+    extra = () if residual is None else (residual.reshape(-1, width),)
+    form = _forward_jnp if kernel == "jnp" else _forward_pallas
+    s, y, mean, rstd = form(rows, *extra, gamma=gamma, beta=beta, epsilon=epsilon)
+    return s.reshape(x.shape), y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
-def _forward_jnp(rows, gamma, beta, epsilon):
+def _backward(x, mean, rstd, dy, gamma, kernel, dx_other=None):
+    """The norm's gradients (x's plus `dx_other` where given, gamma's, beta's); dx in x's shape."""
+    width = x.shape[-1]
+    rows = [x.reshape(-1, width), mean.reshape(-1), rstd.reshape(-1), dy.reshape(-1, width)]
+    if dx_other is not None:
+        rows.append(dx_other.reshape(-1, width))
+    dx, dgamma, dbeta = (_backward_jnp if kernel == "jnp" else _backward_pallas)(*rows, gamma=gamma)
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+def _forward_jnp(rows, residual=None, *, gamma, beta, epsilon):
     import jax
     import jax.numpy as jnp
 
+    if residual is not None:
+        rows = (rows.astype("float32") + residual.astype("float32")).astype(rows.dtype)
     xf = rows.astype("float32")
     mean = jnp.mean(xf, axis=-1)
     centred = xf - mean[:, None]
     rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1) + epsilon)
     y = centred * rstd[:, None] * gamma.astype("float32") + beta.astype("float32")
-    return y.astype(rows.dtype), mean, rstd
+    return rows, y.astype(rows.dtype), mean, rstd
 
 
-def _backward_jnp(rows, mean, rstd, dy, gamma):
+def _backward_jnp(rows, mean, rstd, dy, dx_other=None, *, gamma):
     import jax.numpy as jnp
 
     xhat = (rows.astype("float32") - mean[:, None]) * rstd[:, None]
@@ -125,7 +195,9 @@ def _backward_jnp(rows, mean, rstd, dy, gamma):
     c1 = jnp.mean(xhat * wdy, axis=-1, keepdims=True)
     c2 = jnp.mean(wdy, axis=-1, keepdims=True)
     dx = (wdy - xhat * c1 - c2) * rstd[:, None]
-    return dx, jnp.sum(dy * xhat, axis=0), jnp.sum(dy, axis=0)
+    if dx_other is not None:
+        dx = dx + dx_other.astype("float32")
+    return dx.astype(rows.dtype), jnp.sum(dy * xhat, axis=0), jnp.sum(dy, axis=0)
 
 
 def _pallas():
@@ -145,24 +217,30 @@ def _call(kernel, out_shape, programs: int, name: str):
                           interpret=pallas_interprets(), name=name)
 
 
-def _forward_pallas(rows, gamma, beta, epsilon):
+def _forward_pallas(rows, residual=None, *, gamma, beta, epsilon):
     _, _, jax, jnp = _pallas()
     n, width = rows.shape
     f32 = jnp.float32
     out_shape = [jax.ShapeDtypeStruct((n, width), rows.dtype), jax.ShapeDtypeStruct((n,), f32),
                  jax.ShapeDtypeStruct((n,), f32)]
-    kernel = functools.partial(_forward_kernel, n_rows=n, width=width, epsilon=epsilon)
-    return _call(kernel, out_shape, -(-n // ROWS), "kgpt2_layer_norm")(rows, gamma, beta)
+    inputs = (rows, gamma, beta)
+    if residual is not None:  # the kernel also writes the sum it normalised
+        out_shape.append(jax.ShapeDtypeStruct((n, width), rows.dtype))
+        inputs = (rows, residual, gamma, beta)
+    kernel = functools.partial(_forward_kernel, n_rows=n, width=width, epsilon=epsilon, add=residual is not None)
+    y, mean, rstd, *s = _call(kernel, out_shape, -(-n // ROWS), "kgpt2_layer_norm")(*inputs)
+    return (s[0] if s else rows), y, mean, rstd
 
 
-def _backward_pallas(rows, mean, rstd, dy, gamma):
+def _backward_pallas(rows, mean, rstd, dy, dx_other=None, *, gamma):
     pl, _, jax, jnp = _pallas()
     n, width = rows.shape
     programs = pl.cdiv(n, ROWS * GRAD_STEPS)
     # gamma's and beta's partial sums side by side: XLA sums both in one reduction (one launch, not two)
     out_shape = [jax.ShapeDtypeStruct((n, width), rows.dtype), jax.ShapeDtypeStruct((programs, 2, width), jnp.float32)]
-    kernel = functools.partial(_backward_kernel, n_rows=n, width=width)
-    dx, partial_sums = _call(kernel, out_shape, programs, "kgpt2_layer_norm_grad")(rows, mean, rstd, dy, gamma)
+    kernel = functools.partial(_backward_kernel, n_rows=n, width=width, add=dx_other is not None)
+    extra = () if dx_other is None else (dx_other,)
+    dx, partial_sums = _call(kernel, out_shape, programs, "kgpt2_layer_norm_grad")(rows, mean, rstd, dy, *extra, gamma)
     dgamma, dbeta = jnp.sum(partial_sums, axis=0)
     return dx, dgamma, dbeta
 
@@ -176,11 +254,21 @@ def _tile(n_rows: int, width: int, first_row):
     return rows, columns, row_ok, column_ok, row_ok[:, None] & column_ok[None, :]
 
 
-def _forward_kernel(x_ref, gamma_ref, beta_ref, y_ref, mean_ref, rstd_ref, *, n_rows, width, epsilon):
+def _forward_kernel(*refs, n_rows, width, epsilon, add):
+    """ROWS rows normalised; with `add`, of x + residual (rounded to x's dtype, as Keras adds), also written."""
     pl, plgpu, jax, jnp = _pallas()
+    if add:
+        x_ref, residual_ref, gamma_ref, beta_ref, y_ref, mean_ref, rstd_ref, s_ref = refs
+    else:
+        x_ref, gamma_ref, beta_ref, y_ref, mean_ref, rstd_ref = refs
     rows, columns, row_ok, column_ok, ok = _tile(n_rows, width, pl.program_id(0) * ROWS)
     at = (rows[:, None], columns[None, :])
-    x = plgpu.load(x_ref.at[at], mask=ok, other=0.0).astype(jnp.float32)
+    x = plgpu.load(x_ref.at[at], mask=ok, other=0.0)
+    if add:
+        residual = plgpu.load(residual_ref.at[at], mask=ok, other=0.0)
+        x = (x.astype(jnp.float32) + residual.astype(jnp.float32)).astype(s_ref.dtype)
+        plgpu.store(s_ref.at[at], x, mask=ok)
+    x = x.astype(jnp.float32)
     mean = jnp.sum(x, axis=1) / width
     centred = jnp.where(ok, x - mean[:, None], 0.0)
     rstd = jax.lax.rsqrt(jnp.sum(centred * centred, axis=1) / width + epsilon)
@@ -192,9 +280,14 @@ def _forward_kernel(x_ref, gamma_ref, beta_ref, y_ref, mean_ref, rstd_ref, *, n_
     plgpu.store(rstd_ref.at[rows], rstd, mask=row_ok)
 
 
-def _backward_kernel(x_ref, mean_ref, rstd_ref, dy_ref, gamma_ref, dx_ref, partial_ref, *, n_rows, width):
-    """GRAD_STEPS groups of ROWS rows: each row's dx, and one partial sum of gamma's and beta's gradients."""
+def _backward_kernel(*refs, n_rows, width, add):
+    """GRAD_STEPS groups of ROWS rows: each row's dx (plus x's other gradient, with `add`), and one partial sum
+    of gamma's and beta's gradients."""
     pl, plgpu, jax, jnp = _pallas()
+    if add:
+        x_ref, mean_ref, rstd_ref, dy_ref, other_ref, gamma_ref, dx_ref, partial_ref = refs
+    else:
+        x_ref, mean_ref, rstd_ref, dy_ref, gamma_ref, dx_ref, partial_ref = refs
     columns = jnp.arange(pl.next_power_of_2(width))
     column_ok = columns < width
     gamma = plgpu.load(gamma_ref.at[columns], mask=column_ok, other=0.0).astype(jnp.float32)
@@ -212,6 +305,8 @@ def _backward_kernel(x_ref, mean_ref, rstd_ref, dy_ref, gamma_ref, dx_ref, parti
         c1 = jnp.sum(xhat * wdy, axis=1) / width
         c2 = jnp.sum(wdy, axis=1) / width
         dx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        if add:
+            dx = dx + plgpu.load(other_ref.at[at], mask=ok, other=0.0).astype(jnp.float32)
         plgpu.store(dx_ref.at[at], dx.astype(dx_ref.dtype), mask=ok)
         return sums[0] + jnp.sum(dy * xhat, axis=0), sums[1] + jnp.sum(dy, axis=0)
 

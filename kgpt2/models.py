@@ -348,17 +348,22 @@ def use_remat(backbone) -> None:
         logging.getLogger("kgpt2").warning("train.remat applies on the JAX backend only; training without it")
         return
     for layer in backbone.transformer_layers:
-        def remat_call(*args, _call=layer.call, **kwargs):
-            names = [k for k, v in kwargs.items() if keras.ops.is_tensor(v)]
-            flags = {k: v for k, v in kwargs.items() if k not in names}
-
-            def block(*values):  # tensors positional, flags closed over (static)
-                return _call(*values[:len(args)], **dict(zip(names, values[len(args):])), **flags)
-
-            return keras.remat(block)(*args, *(kwargs[k] for k in names))
-
-        layer.call = remat_call
+        layer.call = remat_call(layer.call)
         layer.kgpt2_remat = True
+
+
+def remat_call(call):
+    """`call` through `keras.remat`, its tensor arguments traced and its keyword flags static."""
+    def rematerialised(*args, **kwargs):
+        names = [k for k, v in kwargs.items() if keras.ops.is_tensor(v)]
+        flags = {k: v for k, v in kwargs.items() if k not in names}
+
+        def block(*values):  # tensors positional, flags closed over (static)
+            return call(*values[:len(args)], **dict(zip(names, values[len(args):])), **flags)
+
+        return keras.remat(block)(*args, *(kwargs[k] for k in names))
+
+    return rematerialised
 
 
 def build_causal_lm(cfg: Config, load_weights: bool = True) -> keras_hub.models.GPT2CausalLM:

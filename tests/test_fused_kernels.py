@@ -6,6 +6,7 @@ jnp forms as they run on a CPU. Oracles: `jax.nn.log_softmax` and
 the layer norm, and Keras' own JAX train step for a whole model.
 """
 
+import contextlib
 from unittest import mock
 
 import numpy as np
@@ -101,24 +102,115 @@ def test_layer_norm_matches_keras_values_and_gradients(kernel, dtype):
                                    atol=scale * (1e-5 if dtype == "float32" else 1e-2))
 
 
-@pytest.mark.parametrize("remat", [False, True])  # train.remat recomputes the blocks, kernels included
-def test_fused_layer_norm_in_a_model_keeps_loss_gradients_and_variables(remat):
+@pytest.mark.parametrize("kernel", ["pallas", "jnp"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_residual_layer_norms_match_an_add_then_keras_layer_norm(kernel, dtype):
+    """add_layer_norm and layer_norm_passing_input: outputs and every gradient (through both outputs) as Keras'
+    add and layer norm give them; the sum rounded to the inputs' dtype before it is normalised, as Keras adds."""
+    jax = _jax()
+    import jax.numpy as jnp
+    import keras
+
+    from kgpt2.layer_norm import ROWS, add_layer_norm, layer_norm_passing_input
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 6)
+    a = (jax.random.normal(keys[0], (2, ROWS + 3, 48)) * 2).astype(dtype)
+    residual = (jax.random.normal(keys[1], a.shape) + 1).astype(dtype)
+    gamma, beta = jax.random.normal(keys[2], (48,)), jax.random.normal(keys[3], (48,))
+    c1, c2 = jax.random.normal(keys[4], a.shape), jax.random.normal(keys[5], a.shape)
+
+    def keras_ln(x, g):
+        return keras.ops.layer_normalization(x, g, beta, -1, 1e-5).astype(x.dtype)
+
+    def weighted(*outputs):
+        return sum(jnp.sum(o.astype("float32") * c) for o, c in zip(outputs, (c1, c2, c2, c1)))
+
+    def kgpt2_blocks(a, residual, gamma):
+        s, y = add_layer_norm(a, residual, gamma, beta, 1e-5, kernel)
+        return weighted(s, y, *layer_norm_passing_input(s, gamma * 0.5, beta, 1e-5, kernel))
+
+    def keras_blocks(a, residual, gamma):
+        s = a + residual
+        return weighted(s, keras_ln(s, gamma), s, keras_ln(s, gamma * 0.5))
+
+    s, y = add_layer_norm(a, residual, gamma, beta, 1e-5, kernel)
+    np.testing.assert_array_equal(s, a + residual)
+    np.testing.assert_allclose(np.asarray(y, "float32"), np.asarray(keras_ln(a + residual, gamma), "float32"),
+                               atol=1e-5 if dtype == "float32" else 1e-2)
+    grads = jax.grad(kgpt2_blocks, argnums=(0, 1, 2))(a, residual, gamma)
+    wants = jax.grad(keras_blocks, argnums=(0, 1, 2))(a, residual, gamma)
+    for g, w in zip(grads, wants):
+        assert g.dtype == w.dtype
+        scale = float(jnp.abs(w.astype("float32")).max())
+        np.testing.assert_allclose(np.asarray(g, "float32"), np.asarray(w, "float32"),
+                                   atol=scale * (1e-5 if dtype == "float32" else 1e-2))
+
+
+@pytest.mark.parametrize("kernel", ["pallas", "jnp"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_qkv_projection_matches_three_einsum_dense_products(kernel, dtype):
+    """Outputs exactly as Keras' EinsumDense computes them in bfloat16, gradients within rounding, bias
+    gradients summed in float32 (rows past a kernel program's tile included)."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from kgpt2.qkv_projection import ROWS, STEPS, qkv_projection
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 10)
+    x = jax.random.normal(keys[0], (2, ROWS * STEPS + 5, 24)).astype(dtype)
+    kernels = [(jax.random.normal(keys[1 + i], (24, 2, 6)) * 0.3).astype(dtype) for i in range(3)]
+    biases = [jax.random.normal(keys[4 + i], (2, 6)).astype(dtype) for i in range(3)]
+    cotangents = [jax.random.normal(keys[7 + i], x.shape[:2] + (2, 6)) for i in range(3)]
+
+    def keras_qkv(x, ws, bs):
+        return [jnp.einsum("abc,cde->abde", x, w) + b for w, b in zip(ws, bs)]
+
+    def kgpt2_qkv(x, ws, bs):
+        return qkv_projection(x, ws[0], bs[0], ws[1], bs[1], ws[2], bs[2], kernel)
+
+    def weighted(project):
+        return lambda x, ws, bs: sum(jnp.sum(o.astype("float32") * c) for o, c in zip(project(x, ws, bs), cotangents))
+
+    for mine, want in zip(kgpt2_qkv(x, kernels, biases), keras_qkv(x, kernels, biases)):
+        assert mine.shape == want.shape and mine.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(mine, "float32"), np.asarray(want, "float32"), rtol=1e-5, atol=1e-5)
+    grads = jax.tree.leaves(jax.grad(weighted(kgpt2_qkv), argnums=(0, 1, 2))(x, kernels, biases))
+    wants = jax.tree.leaves(jax.grad(weighted(keras_qkv), argnums=(0, 1, 2))(x, kernels, biases))
+    for g, w in zip(grads, wants):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        scale = float(jnp.abs(w.astype("float32")).max())
+        np.testing.assert_allclose(np.asarray(g, "float32"), np.asarray(w, "float32"),
+                                   atol=scale * (1e-5 if dtype == "float32" else 2e-2))
+
+
+# train.remat recomputes the blocks, kernels included; blocks: kgpt2.fused_block's call (residual adds inside the
+# norms, q/k/v projected together), with the jnp forms or the Pallas kernels (interpreted here)
+@pytest.mark.parametrize("remat, blocks", [(False, None), (True, None), (False, "jnp"), (True, "pallas")])
+def test_fused_layer_norm_in_a_model_keeps_loss_gradients_and_variables(remat, blocks):
     _jax()
     import keras
 
+    from kgpt2.fused_block import use_fused_blocks
     from kgpt2.layer_norm import use_fused_layer_norm
     from kgpt2.metrics import compile_lm
 
     plain, fused = _tiny_lm(seed=0), _tiny_lm(seed=1, remat=remat)
     fused.set_weights(plain.get_weights())
     names = [v.path for v in fused.weights]
-    assert use_fused_layer_norm(fused) == 2 * 2 + 1  # two per block, two blocks, and the final one
+    assert use_fused_layer_norm(fused, blocks or "auto") == 2 * 2 + 1  # two per block, two blocks, the final one
+    if blocks:
+        assert len(use_fused_blocks(fused, blocks)) == 2
     assert [v.path for v in fused.weights] == names
     for m in (plain, fused):
         compile_lm(m, keras.optimizers.SGD(0.1), token_loss=False)
         m.optimizer.build(m.trainable_variables)
     x, y, w = _batch()
-    _assert_same_loss_and_grads(plain, fused, x, y, w)
+    import kgpt2.fused_block as fused_block
+
+    with mock.patch.object(fused_block, "qkv_projection", wraps=fused_block.qkv_projection) as qkv, \
+            mock.patch.object(fused_block, "add_layer_norm", wraps=fused_block.add_layer_norm) as add_norm:
+        _assert_same_loss_and_grads(plain, fused, x, y, w)
+    assert (qkv.call_count > 0, add_norm.call_count > 0) == (bool(blocks), bool(blocks))  # the path it tests ran
     for _ in range(2):
         a, b = plain.train_on_batch(x, y, w, return_dict=True), fused.train_on_batch(x, y, w, return_dict=True)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
@@ -168,6 +260,7 @@ def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(device):
         compile_for_training(model, cfg, keras.optimizers.SGD(0.1), Device(*device), 32)
     norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.LayerNormalization)]
     assert norms and all("call" in vars(l) for l in norms)
+    assert all(getattr(block, "kgpt2_fused_block", False) for block in model.backbone.transformer_layers)
     assert getattr(model, "_kgpt2_loss_chunk", None) == 0  # the one-piece loss
     assert model._kgpt2_loss_kernel == "jnp"  # the step's device decides, not the first device JAX lists
     x, y, w = _batch()
@@ -175,9 +268,10 @@ def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(device):
 
 
 def test_the_kernels_lower_to_triton_for_a_gpu_on_this_machine():
-    """The GPU path, short of a GPU: Pallas lowers every kernel (loss forward and gradient, layer norm both ways)
-    to Triton IR for CUDA here, so an operation Pallas' Triton backend cannot lower fails on the CPU, not on a
-    user's GPU (the interpreter, which the tests above use, accepts more than Triton does)."""
+    """The GPU path, short of a GPU: Pallas lowers every kernel (loss forward and gradient, layer norm both ways
+    alone and with a residual, the q/k/v gradients) to Triton IR for CUDA here, so an operation Pallas' Triton
+    backend cannot lower fails on the CPU, not on a user's GPU (the interpreter, which the tests above use,
+    accepts more than Triton does)."""
     jax = _jax()
     import re
 
@@ -185,19 +279,33 @@ def test_the_kernels_lower_to_triton_for_a_gpu_on_this_machine():
 
     import kgpt2.cross_entropy
     import kgpt2.layer_norm
+    import kgpt2.qkv_projection
     from kgpt2.cross_entropy import BLOCK, token_cross_entropy
-    from kgpt2.layer_norm import layer_norm
+    from kgpt2.layer_norm import add_layer_norm, layer_norm, layer_norm_passing_input
+    from kgpt2.qkv_projection import qkv_projection
 
-    def step(logits, labels, x, gamma, beta):
+    def total(*arrays):
+        return sum(jnp.sum(a.astype("float32")) for a in arrays)
+
+    def norms(x, g, b):
+        s, y = add_layer_norm(x, x * 2, g, b, 1e-5, "pallas")
+        return total(layer_norm(x, g, b, 1e-5, "pallas"), s, y, *layer_norm_passing_input(y, g, b, 1e-5, "pallas"))
+
+    def step(logits, labels, x, gamma, beta, w, bias):
         loss = lambda z: jnp.sum(token_cross_entropy(z, labels, BLOCK + 5, "pallas")[0])  # noqa: E731
-        norm = lambda x, g, b: jnp.sum(layer_norm(x, g, b, 1e-5, "pallas").astype("float32"))  # noqa: E731
-        return jax.grad(loss)(logits), jax.grad(norm, argnums=(0, 1, 2))(x, gamma, beta)
+        qkv = lambda x, w, b: total(*qkv_projection(x, w, b, w, b, w, b, "pallas"))  # noqa: E731
+        return (jax.grad(loss)(logits), jax.grad(norms, argnums=(0, 1, 2))(x, gamma, beta),
+                jax.grad(qkv, argnums=(0, 1, 2))(x, w, bias))
 
-    shapes = [jax.ShapeDtypeStruct(s, d) for s, d in [((2, 8, BLOCK + 8), "bfloat16"), ((2, 8), "int32"),
-                                                       ((2, 8, 48), "bfloat16"), ((48,), "float32"), ((48,), "float32")]]
-    with mock.patch.object(kgpt2.cross_entropy, "pallas_interprets", lambda: False), \
-            mock.patch.object(kgpt2.layer_norm, "pallas_interprets", lambda: False):
+    shapes = [jax.ShapeDtypeStruct(s, d) for s, d in [
+        ((2, 8, BLOCK + 8), "bfloat16"), ((2, 8), "int32"), ((2, 8, 48), "bfloat16"), ((48,), "float32"),
+        ((48,), "float32"), ((48, 2, 24), "bfloat16"), ((2, 24), "bfloat16")]]
+    modules = (kgpt2.cross_entropy, kgpt2.layer_norm, kgpt2.qkv_projection)
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(mock.patch.object(module, "pallas_interprets", lambda: False))
         text = jax.jit(step).trace(*shapes).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("__gpu$xla.gpu.triton") == 4
-    assert sorted(re.findall(r'name = "(kgpt2_\w+)"', text)) == [
-        "kgpt2_cross_entropy", "kgpt2_cross_entropy_grad", "kgpt2_layer_norm", "kgpt2_layer_norm_grad"]
+    names = re.findall(r'name = "(kgpt2_\w+)"', text)
+    assert text.count("__gpu$xla.gpu.triton") == len(names) == 2 + 3 * 2 + 1
+    assert set(names) == {"kgpt2_cross_entropy", "kgpt2_cross_entropy_grad", "kgpt2_layer_norm",
+                          "kgpt2_layer_norm_grad", "kgpt2_qkv_grad"}

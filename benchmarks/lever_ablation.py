@@ -224,7 +224,8 @@ def run_variant(args, spec: str) -> dict:
                      device=device.description, policy=policy,
                      trainable=sum(int(keras.ops.size(w)) for w in model.trainable_weights), size=v["base"], batch=batch)
     out.update(steps_per_execution=k, timed_steps=timed_rows * k, seq=seq, variant_s=round(time.perf_counter() - t0, 1),
-               loss_first=round(clock["loss_first"], 4), loss_last=round(clock["loss_last"], 4))
+               loss_first=round(clock["loss_first"], 4), loss_last=round(clock["loss_last"], 4),
+               step_ms_p10_p50_p90=clock["step_ms_quantiles"])
     if v["base"] != "kgpt2:full:pad64":
         out.pop("mfu", None)  # the MFU constant is the 124M shape's
     del model

@@ -212,11 +212,22 @@ def collect(args) -> dict:
     base = WindowBatches(split.tokens, 0, split.num_tokens, sequence_length=args.seq,
                          batch_size=args.batch, seed=0, shuffle=True)
     trace_dir = tempfile.mkdtemp(prefix="trace-")
-    with parallel.scope() if parallel else device.scope():
+    from lever_ablation import _value, module_constants
+
+    constants = {k: _value(v) for k, v in (item.split("=", 1) for item in args.mod)}
+    with parallel.scope() if parallel else device.scope(), module_constants(constants):
         model = build_kgpt2(cfg, args.warmup + args.steps, device)
         model.fit(to_dataset(Cycle(base, args.warmup)), epochs=1, verbose=0, shuffle=False)
+        callbacks = []
+        if args.step_log:  # the benchmarks' and the trainer's per-step clock (train_throughput.timed_fit)
+            from kgpt2.run_logs import StepLog
+
+            log = StepLog(f"{tempfile.mkdtemp()}/steps.csv", tensorboard_dir=None)
+            log._tensorboard = False
+            callbacks = [log.callback(0, model.kgpt2_schedule, 0, args.batch * args.seq)]
         with jax.profiler.trace(trace_dir):
-            model.fit(to_dataset(Cycle(base, args.steps, offset=args.warmup)), epochs=1, verbose=0, shuffle=False)
+            model.fit(to_dataset(Cycle(base, args.steps, offset=args.warmup)), epochs=1, verbose=0, shuffle=False,
+                      callbacks=callbacks)
     os.makedirs(args.out_dir, exist_ok=True)
     trace = os.path.join(args.out_dir, "trace.xplane.pb.gz")
     hlo = os.path.join(args.out_dir, "train_step_hlo.txt.gz")
@@ -240,6 +251,8 @@ def main(argv=None):
     c.add_argument("--warmup", type=int, default=5)
     c.add_argument("--steps", type=int, default=10)
     c.add_argument("--set", action="append", default=[], help="kgpt2 config override (key=value)")
+    c.add_argument("--step-log", action="store_true", help="fit with the step log callback, as benchmarks time it")
+    c.add_argument("--mod", action="append", default=[], help="a kgpt2 module constant (kgpt2.fused_block.QKV=False)")
     c.add_argument("--out-dir", required=True)
     a = sub.add_parser("analyze", help="bucket the GPU time of a saved trace")
     a.add_argument("--trace", required=True)

@@ -14,6 +14,12 @@
 # `bash benchmarks/gpu_session14.sh final`: the committed code against the session-13 step (RESIDUAL off), full
 #            (100 timed steps, interleaved) and LoRA, the Hugging Face peers (own process), then the Shakespeare
 #            recipe through `kgpt2 train` against nanoGPT (needs .bench/nanogpt: benchmarks/prepare_nanogpt.sh).
+# `bash benchmarks/gpu_session14.sh split`: the layer-norm kernels with rows in power-of-two column chunks (768 =
+#            512 + 256) and gamma's/beta's gradient sums kept element by element, against one padded 1,024-wide
+#            tile (SPLIT_COLUMNS off), full and LoRA with the kernel, interleaved, 100 steps; a profile of the
+#            new full step. Call 5 ran this on a working tree whose layer_norm.py had SPLIT_COLUMNS and the
+#            chunked kernels; they measured -0.5% full and were reverted, so the mode now ends in error rows
+#            (lever_ablation records the AttributeError and goes on).
 # `bash benchmarks/gpu_session14.sh --tiny [mode]`: the same commands at tiny shapes on this machine's CPU (a dry run).
 set -u
 cd "$(dirname "$0")/.."
@@ -66,5 +72,14 @@ if [ "${1:-}" = final ]; then
     --out "$OUT/peers.json" 2>&1 | q | tail -n 4
   [ -n "$TINY" ] && exit 0
   SHAKESPEARE_PROGRAM_S=110 timeout 240 bash benchmarks/shakespeare_vs_nanogpt.sh 2500
+  exit 0
+fi
+if [ "${1:-}" = split ]; then
+  ONE="mod:kgpt2.layer_norm.SPLIT_COLUMNS=False"; LNK=train.fused_layer_norm=true
+  LONG="${LSHAPE/--warmup 5 --steps 30/--warmup 10 --steps 100}"
+  V="$F;$ONE,$F,$F;$ONE;again,$F;again,$L;$LNK;$ONE,$L;$LNK,$L,$L;$LNK;again"
+  timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B $LONG --variants "$V" \
+    --budget $((310 * T)) --out "$OUT/split.json" 2>&1 | q | tail -n 10
+  timeout $((100 * T)) $PY benchmarks/profile_step.py collect $B --mode full $PSHAPE --out-dir "$OUT/profile-full-split" 2>&1 | q | tail -n 3
   exit 0
 fi

@@ -228,9 +228,11 @@ class TrainConfig:
     # runs the same maths in jnp.
     fused_loss: Literal["auto", True, False] = "auto"
     # JAX: layer norms through kgpt2.layer_norm (a Pallas kernel forward, one
-    # backward, on a GPU) instead of XLA's five kernels. Same results. "auto":
-    # as fused_loss, for full training only (H200: +1.5% at 124M before a +2.3% backward, the
-    # Shakespeare recipe 7.8-7.9 -> 5.9-6.5 ms a step; LoRA -1%).
+    # backward, on a GPU) instead of XLA's five kernels, and keras-hub's decoder
+    # blocks through kgpt2.fused_block (residual adds inside the norms, q/k/v
+    # gradients gathered in one kernel). Same results. "auto": as fused_loss, for
+    # full training only (H200: +1.5% at 124M before a +2.3% backward, +2% more
+    # from the fused blocks; the Shakespeare recipe 7.8-7.9 -> 5.4-6.5 ms a step; LoRA -1%).
     fused_layer_norm: Literal["auto", True, False] = "auto"
     # Recompute each transformer block's activations in the backward pass:
     # a bigger batch fits, each step costs more (docs/benchmarks.md).

@@ -110,11 +110,48 @@ def layer_norm_rows(rows, width, reps, sweep):
     return out
 
 
+def residual_norm_rows(rows, width, reps, sweep):
+    """`add_layer_norm` (a fused block's second norm: the residual add inside) forward, and forward + backward
+    with gradients for both outputs, at each (ROWS, WARPS, GRAD_STEPS); the Keras add + layer norm it replaces."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    from kgpt2 import layer_norm as ln
+
+    a = [jax.random.normal(jax.random.PRNGKey(i), (rows, width)).astype("bfloat16") for i in range(COPIES)]
+    residual = jax.random.normal(jax.random.PRNGKey(9), (rows, width)).astype("bfloat16")
+    gamma, beta = jnp.ones(width), jnp.zeros(width)
+    c1, c2 = (jax.random.normal(jax.random.PRNGKey(k), (rows, width)).astype("bfloat16") for k in (1, 2))
+
+    def run(f):
+        def loss(a, r, g, b):
+            s, y = f(a, r, g, b)
+            return jnp.sum((s * c1).astype("float32")) + jnp.sum((y * c2).astype("float32"))
+        return _copies(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+
+    def keras_add_norm(a, r, g, b):
+        s = a + r
+        return s, keras.ops.layer_normalization(s, g, b, -1, 1e-5).astype(s.dtype)
+
+    out = [{"what": "add + layer norm fwd+bwd, Keras (XLA)", "ms": _time(run(keras_add_norm), a, residual, gamma,
+                                                                          beta, reps=reps)}]
+    for rows_per, warps, steps in sweep:
+        ln.ROWS, ln.WARPS, ln.GRAD_STEPS = rows_per, warps, steps
+        fused = lambda a, r, g, b: ln.add_layer_norm(a, r, g, b, 1e-5)  # noqa: E731
+        fwd = _time(_copies(fused), a, residual, gamma, beta, reps=reps)
+        both = _time(run(fused), a, residual, gamma, beta, reps=reps)
+        out.append({"what": f"add_layer_norm rows {rows_per} warps {warps} grad steps {steps}", "fwd_ms": fwd,
+                    "ms": both})
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="small shapes, one config each (a CPU dry run)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--out")
+    p.add_argument("--norms", action="store_true", help="only the residual layer norm, over a launch sweep")
     args = p.parse_args(argv)
     if args.tiny:
         rows, vocab, real, width, reps = 64, 5000, 4990, 48, 2
@@ -123,7 +160,11 @@ def main(argv=None):
         rows, vocab, real, width, reps = 16 * 1024, 50304, 50257, 768, args.reps
         ce_sweep = list(itertools.product([1024, 2048, 4096], [4, 8], [2]))
         ln_sweep = list(itertools.product([2, 4, 8], [4, 8]))
-    results = loss_rows(rows, vocab, real, reps, ce_sweep) + layer_norm_rows(rows, width, reps, ln_sweep)
+    if args.norms:
+        sweep = [(16, 4, 1)] if args.tiny else list(itertools.product([4, 8, 16], [4, 8], [1, 2, 4, 8]))
+        results = residual_norm_rows(rows, width, reps, sweep)
+    else:
+        results = loss_rows(rows, vocab, real, reps, ce_sweep) + layer_norm_rows(rows, width, reps, ln_sweep)
     for r in results:
         extra = f"  (forward {r['fwd_ms']:.3f})" if "fwd_ms" in r else ""
         print(f"{r['ms']:8.3f} ms  {r['what']}{extra}", flush=True)

@@ -20,6 +20,10 @@
 #            new full step. Call 5 ran this on a working tree whose layer_norm.py had SPLIT_COLUMNS and the
 #            chunked kernels; they measured -0.5% full and were reverted, so the mode now ends in error rows
 #            (lever_ablation records the AttributeError and goes on).
+# `bash benchmarks/gpu_session14.sh norms`: the residual layer norm's launch settings (ROWS, WARPS, GRAD_STEPS)
+#            alone at 16,384 x 768 (its backward ran at ~1.75 TB/s in call 2's profile).
+# `bash benchmarks/gpu_session14.sh launch`: the whole full step with call 6's best launch settings for the layer
+#            norms (rows, warps, grad steps: 8/4/8, 4/4/1, 16/8/8) against the default 8/8/4, interleaved, 100 steps.
 # `bash benchmarks/gpu_session14.sh --tiny [mode]`: the same commands at tiny shapes on this machine's CPU (a dry run).
 set -u
 cd "$(dirname "$0")/.."
@@ -81,5 +85,17 @@ if [ "${1:-}" = split ]; then
   timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B $LONG --variants "$V" \
     --budget $((310 * T)) --out "$OUT/split.json" 2>&1 | q | tail -n 10
   timeout $((100 * T)) $PY benchmarks/profile_step.py collect $B --mode full $PSHAPE --out-dir "$OUT/profile-full-split" 2>&1 | q | tail -n 3
+  exit 0
+fi
+if [ "${1:-}" = norms ]; then
+  timeout $((200 * T)) $PY benchmarks/fused_kernels.py --norms ${TINY:+--tiny} --out "$OUT/norms.json" 2>&1 | q | tail -n 30
+  exit 0
+fi
+if [ "${1:-}" = launch ]; then
+  LN=mod:kgpt2.layer_norm; A="$F;$LN.WARPS=4;$LN.GRAD_STEPS=8"; C="$F;$LN.ROWS=4;$LN.WARPS=4;$LN.GRAD_STEPS=1"
+  D="$F;$LN.ROWS=16;$LN.GRAD_STEPS=8"
+  LONG="${LSHAPE/--warmup 5 --steps 30/--warmup 10 --steps 100}"
+  timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B $LONG --variants "$F,$A,$C,$D,$F;again,$A;again,$C;again" \
+    --budget $((310 * T)) --out "$OUT/launch.json" 2>&1 | q | tail -n 9
   exit 0
 fi

@@ -30,8 +30,11 @@ from kgpt2.compat import sublayers
 from kgpt2.devices import kernel_form, pallas_interprets
 
 ROWS = 8  # rows a kernel program normalises at once
-WARPS = 8  # the kernels' launch (benchmarks/fused_kernels.py)
-GRAD_STEPS = 4  # groups of ROWS rows a backward program takes: 4x fewer partial sums of gamma's gradient
+# The kernels' launch: 4 warps, and 8 groups of ROWS rows per backward program (8x fewer partial sums of gamma's
+# gradient) measured +1.1% and +1.3% for the whole 124M step on an H200 against 8 warps and 4 groups (session 14,
+# `bash benchmarks/gpu_session14.sh launch`; the sweep alone: benchmarks/fused_kernels.py --norms).
+WARPS = 4
+GRAD_STEPS = 8
 
 
 def layer_norm(x, gamma, beta, epsilon: float, kernel: str = "auto"):

@@ -11,18 +11,7 @@
 # `bash benchmarks/gpu_session12.sh --tiny [tune]`: the same commands at tiny shapes on this machine's CPU (a dry run).
 set -u
 cd "$(dirname "$0")/.."
-TINY=""; [ "${1:-}" = --tiny ] && { TINY=1; shift; }
-if [ -n "$TINY" ]; then
-  export OUT=${OUT:-$PWD/.tmp/gpu-tiny12} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-  q() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
-  B="--shards .bench/shards --tokenizer .bench/tokenizer"
-  PY=.venv/bin/python; K=--tiny; LSHAPE="--tiny --batch 2 --seq 64 --warmup 2 --steps 3"; T=3
-  PSHAPE="--batch 2 --seq 64 --warmup 1 --steps 2"
-else
-  [ -n "${KGPT2_DEVICE_READY:-}" ] || source benchmarks/session_prelude.sh
-  PY=python; K=""; LSHAPE="--batch 16 --seq 1024 --warmup 5 --steps 30"; T=1; PSHAPE="--steps 6"
-fi
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+SESSION=12; source benchmarks/session_shapes.sh
 if [ "${1:-}" = tune ]; then
   F=kgpt2:full:pad64; L=kgpt2:lora:pad64; S=shakespeare; OFF="train.fused_loss=false;train.fused_layer_norm=false"
   CE=mod:kgpt2.cross_entropy; LN=mod:kgpt2.layer_norm

@@ -18,18 +18,7 @@
 # (lever_ablation records the AttributeError and goes on); session 12's kernels are at commit 50cfe9a.
 set -u
 cd "$(dirname "$0")/.."
-TINY=""; [ "${1:-}" = --tiny ] && { TINY=1; shift; }
-if [ -n "$TINY" ]; then
-  export OUT=${OUT:-$PWD/.tmp/gpu-tiny13} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-  q() { grep --line-buffered -v "^WARNING\|^I0000\|^E0000\|^W0000"; }
-  B="--shards .bench/shards --tokenizer .bench/tokenizer"
-  PY=.venv/bin/python; LSHAPE="--tiny --batch 2 --seq 64 --warmup 2 --steps 3"; T=3
-  PSHAPE="--batch 2 --seq 64 --warmup 1 --steps 2"
-else
-  [ -n "${KGPT2_DEVICE_READY:-}" ] || source benchmarks/session_prelude.sh
-  PY=python; LSHAPE="--batch 16 --seq 1024 --warmup 5 --steps 30"; T=1; PSHAPE="--steps 6"
-fi
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+SESSION=13; source benchmarks/session_shapes.sh
 F=kgpt2:full:pad64; L=kgpt2:lora:pad64; CE=mod:kgpt2.cross_entropy; LN=mod:kgpt2.layer_norm
 if [ "${1:-}" = memory ]; then
   # call 3: fewer passes over memory -- q/k/v as three matmuls (XLA's dot merger off: bias adds in the cuBLAS

@@ -34,6 +34,14 @@ def _oracle_cross_entropy(logits, labels, real):
     return loss, (jnp.argmax(logits[..., :real], axis=-1) == labels).astype("float32")
 
 
+def _assert_gradients_close(grads, wants, tolerance):
+    """Each gradient has its oracle's shape and dtype and is within `tolerance` of the oracle's largest entry."""
+    for g, w in zip(grads, wants, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        scale = float(np.abs(np.asarray(w, "float32")).max())
+        np.testing.assert_allclose(np.asarray(g, "float32"), np.asarray(w, "float32"), atol=scale * tolerance)
+
+
 @pytest.mark.parametrize("kernel", ["pallas", "jnp"])
 @pytest.mark.parametrize("blocks", [(1, 893, 904), (0, 2043, 2056), (2, 0, 0)])
 def test_cross_entropy_matches_log_softmax_values_accuracy_and_gradient(kernel, blocks):
@@ -95,11 +103,7 @@ def test_layer_norm_matches_keras_values_and_gradients(kernel, dtype):
                                atol=1e-5 if dtype == "float32" else 1e-2)
     grads = jax.grad(weighted(kgpt2_ln), argnums=(0, 1, 2))(x, gamma, beta)
     wants = jax.grad(weighted(keras_ln), argnums=(0, 1, 2))(x, gamma, beta)
-    for g, w in zip(grads, wants):
-        assert g.dtype == w.dtype
-        scale = float(jnp.abs(w.astype("float32")).max())
-        np.testing.assert_allclose(np.asarray(g, "float32"), np.asarray(w, "float32"),
-                                   atol=scale * (1e-5 if dtype == "float32" else 1e-2))
+    _assert_gradients_close(grads, wants, 1e-5 if dtype == "float32" else 1e-2)
 
 
 @pytest.mark.parametrize("kernel", ["pallas", "jnp"])
@@ -139,11 +143,7 @@ def test_residual_layer_norms_match_an_add_then_keras_layer_norm(kernel, dtype):
                                atol=1e-5 if dtype == "float32" else 1e-2)
     grads = jax.grad(kgpt2_blocks, argnums=(0, 1, 2))(a, residual, gamma)
     wants = jax.grad(keras_blocks, argnums=(0, 1, 2))(a, residual, gamma)
-    for g, w in zip(grads, wants):
-        assert g.dtype == w.dtype
-        scale = float(jnp.abs(w.astype("float32")).max())
-        np.testing.assert_allclose(np.asarray(g, "float32"), np.asarray(w, "float32"),
-                                   atol=scale * (1e-5 if dtype == "float32" else 1e-2))
+    _assert_gradients_close(grads, wants, 1e-5 if dtype == "float32" else 1e-2)
 
 
 @pytest.mark.parametrize("kernel", ["pallas", "jnp"])
@@ -176,11 +176,7 @@ def test_qkv_projection_matches_three_einsum_dense_products(kernel, dtype):
         np.testing.assert_allclose(np.asarray(mine, "float32"), np.asarray(want, "float32"), rtol=1e-5, atol=1e-5)
     grads = jax.tree.leaves(jax.grad(weighted(kgpt2_qkv), argnums=(0, 1, 2))(x, kernels, biases))
     wants = jax.tree.leaves(jax.grad(weighted(keras_qkv), argnums=(0, 1, 2))(x, kernels, biases))
-    for g, w in zip(grads, wants):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        scale = float(jnp.abs(w.astype("float32")).max())
-        np.testing.assert_allclose(np.asarray(g, "float32"), np.asarray(w, "float32"),
-                                   atol=scale * (1e-5 if dtype == "float32" else 2e-2))
+    _assert_gradients_close(grads, wants, 1e-5 if dtype == "float32" else 2e-2)
 
 
 # train.remat recomputes the blocks, kernels included; blocks: kgpt2.fused_block's call (residual adds inside the

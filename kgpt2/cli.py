@@ -54,8 +54,10 @@ def unescape(text: str | None) -> str | None:
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
-def verb(name, help, keras: bool = True, interrupted: str = ""):
+def verb(name, help, keras: bool | str = True, interrupted: str = ""):
     """Register a verb. `keras=False`: it never imports Keras, so TensorFlow's start-up (seconds) is skipped;
+    `keras="late"`: the verb imports it itself (`backend.import_keras_quietly`) after the checks that need none,
+    so a mistyped path is answered at once, not after ~10 s of TensorFlow's start-up;
     `interrupted`: what Ctrl-C leaves behind, said after "kgpt2: interrupted; "."""
     def register(fn):
         VERBS[name] = (fn, help, keras, interrupted)
@@ -70,7 +72,7 @@ def _add_config(p):
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=4")
 
 
-@verb("prepare", "turn a corpus into token shards",
+@verb("prepare", "turn a corpus into token shards", keras="late",
       interrupted="a shard set is moved into --out only once complete, so no half-written set is left; "
                   "run the same command to start again")
 def _prepare(p: argparse.ArgumentParser):
@@ -93,13 +95,15 @@ def _prepare(p: argparse.ArgumentParser):
         from kgpt2.data.shard_folder import check_out_folder, local_source
         from kgpt2.data.shards import prepare
         from kgpt2.data.sources import open_source
-        from kgpt2.models import load_tokenizer
 
         # The source (exists, its format) and --out are checked before a tokenizer download, not after:
-        # a mistyped path offline is named as such, not as a failed download.
+        # a mistyped path offline is named as such, not as a failed download. Both before Keras (keras="late").
         src = open_source(a.source, a.fmt, contents=a.contents, text_column=a.text_column,
                           separator=unescape(a.separator))
         check_out_folder(Path(a.out), local_source(src))
+        backend.import_keras_quietly()
+        from kgpt2.models import load_tokenizer
+
         tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer), offline_hint=PREPARE_OFFLINE_HINT)
         m = prepare(src, a.out, tok, splits=a.splits, seed=a.seed, threads=a.threads)
         print(reports.prepare_report(m, a.out))
@@ -410,7 +414,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.needs_keras:
+    if args.needs_keras and args.needs_keras != "late":
         backend.import_keras_quietly()
     with progress_lines_on_stderr(args.quiet):
         return _run_verb(args)

@@ -391,6 +391,17 @@ def test_the_real_cli_exits_2_with_one_line(corpus):
     assert tree(corpus.parent) == before
 
 
+def test_a_refused_out_folder_is_answered_before_keras_is_imported(corpus):
+    """prepare checks --source and --out first and imports Keras (TensorFlow's ~10 s start) only after them."""
+    script = ("import sys; from kgpt2.cli import main; code = main(sys.argv[1:]); "
+              "print(code, [m for m in ('keras', 'keras_hub', 'tensorflow', 'jax') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", script, "prepare", "--source", "corpus.jsonl", "--out", "."],
+                       cwd=corpus.parent, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                       timeout=120)
+    assert r.stdout.splitlines()[-1] == "2 []", (r.stdout, r.stderr)
+    assert r.stderr.startswith(f"kgpt2: error: --out '{corpus.parent}' holds the source")
+
+
 PREPARE_SCRIPT = r"""
 import sys
 from kgpt2.data.shards import prepare

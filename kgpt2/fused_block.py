@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from kgpt2 import compat
 from kgpt2.layer_norm import add_layer_norm, layer_norm_passing_input
+from kgpt2.models import remat_call
 from kgpt2.qkv_projection import qkv_projection
 
 RESIDUAL = True  # the residual adds inside the norms (off: keras-hub's call, plain fused norms)
@@ -56,8 +57,6 @@ def use_fused_blocks(model, kernel: str = "auto") -> list:
     for block in blocks:
         block.call = _fused_call(block, kernel, fallback=block.call)
         if getattr(block, "kgpt2_remat", False):  # models.use_remat wrapped the call it replaces
-            from kgpt2.models import remat_call
-
             block.call = remat_call(block.call)
         block.kgpt2_fused_block = True
     return blocks

@@ -52,8 +52,8 @@ def use_fused_blocks(model, kernel: str = "auto") -> list:
     if keras.backend.backend() != "jax" or not RESIDUAL:
         return []
     blocks = [layer for layer in compat.sublayers(model) if isinstance(layer, TransformerDecoder)]
-    blocks = [b for b in blocks if compat.decoder_block_call_parts(b)["pre_norm"]
-              and not compat.decoder_block_call_parts(b)["cross_attention"]]
+    parts = {id(b): compat.decoder_block_call_parts(b) for b in blocks}
+    blocks = [b for b in blocks if parts[id(b)]["pre_norm"] and not parts[id(b)]["cross_attention"]]
     for block in blocks:
         block.call = _fused_call(block, kernel, fallback=block.call)
         if getattr(block, "kgpt2_remat", False):  # models.use_remat wrapped the call it replaces

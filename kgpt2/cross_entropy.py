@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 
-from kgpt2.devices import kernel_form, pallas_interprets
+from kgpt2.devices import kernel_form, pallas_call, pallas_modules
 
 BLOCK = 2048  # columns a kernel step reads (bf16: 4 kB); a power of two, as Triton's blocks must be
 WARPS, STAGES = 4, 2  # the kernel's launch (benchmarks/fused_kernels.py)
@@ -72,7 +72,7 @@ def _differentiable():
         logits, labels, lse = residuals
         g_loss, _ = cotangents  # `correct` is a count, not differentiable
         if kernel == "pallas":
-            return _backward_pallas(logits, labels, lse, g_loss, real, pallas_interprets()), None
+            return _backward_pallas(logits, labels, lse, g_loss, real), None
         column = jnp.arange(logits.shape[-1])
         softmax = jnp.where(column < real, jnp.exp(logits.astype("float32") - lse[..., None]), 0.0)
         one_hot = (column == labels[..., None]).astype("float32")
@@ -88,7 +88,7 @@ def _forward(logits, labels, real: int, kernel: str):
     if kernel == "jnp":
         return _forward_jnp(logits, labels, real)
     rows, flat = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-    lse, first = _forward_pallas(rows, real, pallas_interprets())
+    lse, first = _forward_pallas(rows, real)
     # The target's logit is one gather per row (XLA), not a compare-select-add per column in the kernel.
     target = jnp.take_along_axis(rows, flat[:, None], axis=-1)[:, 0].astype(jnp.float32)
     correct = (first == flat).astype(jnp.float32)
@@ -106,20 +106,12 @@ def _forward_jnp(logits, labels, real: int):
     return lse, target, correct
 
 
-def _forward_pallas(rows, real: int, interpret: bool):
+def _forward_pallas(rows, real: int):
     """Per row: logsumexp over the first `real` columns, and the first column holding their maximum."""
-    import jax
-    import jax.numpy as jnp
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
-    one_row = pl.pallas_call(
-        functools.partial(_row_kernel, real=real, width=rows.shape[-1]),
-        out_shape=[jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)],
-        compiler_params=plgpu.CompilerParams(num_warps=WARPS, num_stages=STAGES),
-        interpret=interpret,
-        name="kgpt2_cross_entropy",
-    )
+    _, _, jax, jnp = pallas_modules()
+    one_row = pallas_call(functools.partial(_row_kernel, real=real, width=rows.shape[-1]),
+                          [jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)],
+                          "kgpt2_cross_entropy", WARPS, STAGES)
     return jax.vmap(one_row)(rows)  # one program per row, as jax's Pallas layer norm does
 
 
@@ -130,10 +122,7 @@ def _row_block(row_ref, i, real: int, width: int, tail: bool):
     `width` (a multiple of 8, so Triton can still vectorise it) and the padded
     columns are masked in registers.
     """
-    import jax.numpy as jnp
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
+    pl, plgpu, _, jnp = pallas_modules()
     if not tail:
         return row_ref[pl.ds(i * BLOCK, BLOCK)].astype(jnp.float32)
     column = i * BLOCK + jnp.arange(BLOCK)
@@ -170,33 +159,20 @@ def _row_kernel(row_ref, lse_ref, first_ref, *, real: int, width: int):
     first_ref[...] = jnp.min(jnp.where(best == jnp.max(best), column, _NO_INDEX))
 
 
-def _backward_pallas(logits, labels, lse, g_loss, real: int, interpret: bool):
+def _backward_pallas(logits, labels, lse, g_loss, real: int):
     """(softmax - one-hot) x g per row, written in the logits' dtype by a Pallas kernel (one program a row)."""
-    import jax
-    import jax.numpy as jnp
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
+    _, _, jax, jnp = pallas_modules()
     width = logits.shape[-1]
     rows = logits.reshape(-1, width)
-    one_row = pl.pallas_call(
-        functools.partial(_grad_kernel, real=real, width=width),
-        out_shape=jax.ShapeDtypeStruct((width,), logits.dtype),
-        compiler_params=plgpu.CompilerParams(num_warps=WARPS, num_stages=STAGES),
-        interpret=interpret,
-        name="kgpt2_cross_entropy_grad",
-    )
+    one_row = pallas_call(functools.partial(_grad_kernel, real=real, width=width),
+                          jax.ShapeDtypeStruct((width,), logits.dtype), "kgpt2_cross_entropy_grad", WARPS, STAGES)
     grads = jax.vmap(one_row)(rows, labels.reshape(-1), lse.reshape(-1), g_loss.reshape(-1).astype(jnp.float32))
     return grads.reshape(logits.shape)
 
 
 def _grad_kernel(row_ref, label_ref, lse_ref, g_ref, out_ref, *, real: int, width: int):
     """One row's gradient, block by block: exp(x - lse) x g, less g at the label; zero at columns >= `real`."""
-    import jax
-    import jax.numpy as jnp
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
+    pl, plgpu, jax, jnp = pallas_modules()
     label, g, shift = label_ref[...], g_ref[...], lse_ref[...] * _LOG2E
 
     def step(i, carry, tail=False):

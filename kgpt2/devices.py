@@ -97,6 +97,25 @@ def pallas_interprets() -> bool:
     return jax.devices()[0].platform != "gpu"
 
 
+def pallas_modules():
+    """(pallas, its Triton module, jax, jax.numpy), imported where a kernel is built: importing kgpt2 imports no jax."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    return pl, plgpu, jax, jnp
+
+
+def pallas_call(kernel, out_shape, name: str, warps: int, stages: int = 1, programs: int | None = None):
+    """kgpt2's kernels' one launch: `pl.pallas_call` with Triton's (num_warps, num_stages), over `programs`
+    programs (None: no grid, for a caller that vmaps it, a program per row), in Pallas' interpreter off a GPU."""
+    pl, plgpu, _, _ = pallas_modules()
+    grid = {} if programs is None else {"grid": (programs,)}
+    return pl.pallas_call(kernel, out_shape=out_shape, compiler_params=plgpu.CompilerParams(
+        num_warps=warps, num_stages=stages), interpret=pallas_interprets(), name=name, **grid)
+
+
 def list_gpus() -> list[tuple[str, bool]]:
     """(name, has_bf16) for each GPU the active backend can see."""
     backend = keras.backend.backend()

@@ -27,7 +27,7 @@ import functools
 import types
 
 from kgpt2.compat import sublayers
-from kgpt2.devices import kernel_form, pallas_interprets
+from kgpt2.devices import kernel_form, pallas_call, pallas_modules
 
 ROWS = 8  # rows a kernel program normalises at once
 # The kernels' launch: 4 warps, and 8 groups of ROWS rows per backward program (8x fewer partial sums of gamma's
@@ -203,25 +203,8 @@ def _backward_jnp(rows, mean, rstd, dy, dx_other=None, *, gamma):
     return dx.astype(rows.dtype), jnp.sum(dy * xhat, axis=0), jnp.sum(dy, axis=0)
 
 
-def _pallas():
-    """(pallas, its Triton module, jax, jax.numpy): imported where a kernel is built."""
-    import jax
-    import jax.numpy as jnp
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
-    return pl, plgpu, jax, jnp
-
-
-def _call(kernel, out_shape, programs: int, name: str):
-    pl, plgpu, _, _ = _pallas()
-    return pl.pallas_call(kernel, out_shape=out_shape, grid=(programs,),
-                          compiler_params=plgpu.CompilerParams(num_warps=WARPS, num_stages=1),
-                          interpret=pallas_interprets(), name=name)
-
-
 def _forward_pallas(rows, residual=None, *, gamma, beta, epsilon):
-    _, _, jax, jnp = _pallas()
+    _, _, jax, jnp = pallas_modules()
     n, width = rows.shape
     f32 = jnp.float32
     out_shape = [jax.ShapeDtypeStruct((n, width), rows.dtype), jax.ShapeDtypeStruct((n,), f32),
@@ -231,26 +214,27 @@ def _forward_pallas(rows, residual=None, *, gamma, beta, epsilon):
         out_shape.append(jax.ShapeDtypeStruct((n, width), rows.dtype))
         inputs = (rows, residual, gamma, beta)
     kernel = functools.partial(_forward_kernel, n_rows=n, width=width, epsilon=epsilon, add=residual is not None)
-    y, mean, rstd, *s = _call(kernel, out_shape, -(-n // ROWS), "kgpt2_layer_norm")(*inputs)
+    y, mean, rstd, *s = pallas_call(kernel, out_shape, "kgpt2_layer_norm", WARPS, programs=-(-n // ROWS))(*inputs)
     return (s[0] if s else rows), y, mean, rstd
 
 
 def _backward_pallas(rows, mean, rstd, dy, dx_other=None, *, gamma):
-    pl, _, jax, jnp = _pallas()
+    pl, _, jax, jnp = pallas_modules()
     n, width = rows.shape
     programs = pl.cdiv(n, ROWS * GRAD_STEPS)
     # gamma's and beta's partial sums side by side: XLA sums both in one reduction (one launch, not two)
     out_shape = [jax.ShapeDtypeStruct((n, width), rows.dtype), jax.ShapeDtypeStruct((programs, 2, width), jnp.float32)]
     kernel = functools.partial(_backward_kernel, n_rows=n, width=width, add=dx_other is not None)
     extra = () if dx_other is None else (dx_other,)
-    dx, partial_sums = _call(kernel, out_shape, programs, "kgpt2_layer_norm_grad")(rows, mean, rstd, dy, *extra, gamma)
+    dx, partial_sums = pallas_call(kernel, out_shape, "kgpt2_layer_norm_grad", WARPS, programs=programs)(
+        rows, mean, rstd, dy, *extra, gamma)
     dgamma, dbeta = jnp.sum(partial_sums, axis=0)
     return dx, dgamma, dbeta
 
 
 def _tile(n_rows: int, width: int, first_row):
     """ROWS rows from `first_row`: indices and masks (columns padded to a power of two for Triton)."""
-    pl, _, _, jnp = _pallas()
+    pl, _, _, jnp = pallas_modules()
     rows = first_row + jnp.arange(ROWS)
     columns = jnp.arange(pl.next_power_of_2(width))
     row_ok, column_ok = rows < n_rows, columns < width
@@ -259,7 +243,7 @@ def _tile(n_rows: int, width: int, first_row):
 
 def _forward_kernel(*refs, n_rows, width, epsilon, add):
     """ROWS rows normalised; with `add`, of x + residual (rounded to x's dtype, as Keras adds), also written."""
-    pl, plgpu, jax, jnp = _pallas()
+    pl, plgpu, jax, jnp = pallas_modules()
     if add:
         x_ref, residual_ref, gamma_ref, beta_ref, y_ref, mean_ref, rstd_ref, s_ref = refs
     else:
@@ -286,7 +270,7 @@ def _forward_kernel(*refs, n_rows, width, epsilon, add):
 def _backward_kernel(*refs, n_rows, width, add):
     """GRAD_STEPS groups of ROWS rows: each row's dx (plus x's other gradient, with `add`), and one partial sum
     of gamma's and beta's gradients."""
-    pl, plgpu, jax, jnp = _pallas()
+    pl, plgpu, jax, jnp = pallas_modules()
     if add:
         x_ref, mean_ref, rstd_ref, dy_ref, other_ref, gamma_ref, dx_ref, partial_ref = refs
     else:

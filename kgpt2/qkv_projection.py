@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 
-from kgpt2.devices import kernel_form, pallas_interprets
+from kgpt2.devices import kernel_form, pallas_call, pallas_modules
 
 ROWS = 16  # rows a kernel program copies at once
 STEPS = 4  # groups of ROWS rows per program: fewer partial sums of the bias gradients
@@ -62,21 +62,24 @@ def _differentiable():
 
     def forward(x, kernels, biases, kernel):
         outputs, merged = project(x, kernels, biases)
-        return outputs, (x, merged, tuple(w.shape for w in kernels), tuple(b.shape for b in biases))
+        return outputs, (x, merged, biases)  # the biases (a few kB): their shapes and dtypes for the gradients
 
     def backward(kernel, saved, cotangents):
-        x, merged, kernel_shapes, bias_shapes = saved
+        x, merged, biases = saved
         width = x.shape[-1]
-        grads = [g.reshape(-1, g.shape[-2] * g.shape[-1]) for g in cotangents]
+        # Each output is its product (in the product's dtype) plus a bias that may be wider: the product's
+        # gradient is the output's, rounded to the product's dtype.
+        product_dtype = jnp.result_type(x.dtype, merged.dtype)
+        grads = [g.reshape(-1, g.shape[-2] * g.shape[-1]).astype(product_dtype) for g in cotangents]
         gathered, bias_sums = (_gather_jnp if kernel == "jnp" else _gather_pallas)(grads)
         rows = x.reshape(-1, width)
-        dx = jnp.dot(gathered, merged.T).reshape(x.shape)
+        dx = jnp.dot(gathered, merged.T).reshape(x.shape).astype(x.dtype)
         dmerged = jnp.dot(rows.T, gathered)
         dkernels, dbiases, start = [], [], 0
-        for shape, bias_shape, grad in zip(kernel_shapes, bias_shapes, grads):
+        for bias, grad in zip(biases, grads):
             size = grad.shape[1]
-            dkernels.append(dmerged[:, start:start + size].reshape(shape).astype(merged.dtype))
-            dbiases.append(bias_sums[start:start + size].reshape(bias_shape).astype(grad.dtype))
+            dkernels.append(dmerged[:, start:start + size].reshape((width,) + bias.shape).astype(merged.dtype))
+            dbiases.append(bias_sums[start:start + size].reshape(bias.shape).astype(bias.dtype))
             start += size
         return dx, tuple(dkernels), tuple(dbiases)
 
@@ -95,28 +98,18 @@ def _gather_jnp(grads):
 def _gather_pallas(grads):
     """`_gather_jnp` in one kernel: each program copies ROWS * STEPS rows of each gradient into place and
     sums their columns (float32), XLA adds the programs' partial sums."""
-    import jax
-    import jax.numpy as jnp
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
+    pl, _, jax, jnp = pallas_modules()
     n, widths = grads[0].shape[0], tuple(g.shape[1] for g in grads)
     total, programs = sum(widths), pl.cdiv(n, ROWS * STEPS)
     out_shape = [jax.ShapeDtypeStruct((n, total), grads[0].dtype),
                  jax.ShapeDtypeStruct((programs, total), jnp.float32)]
     kernel = functools.partial(_gather_kernel, n_rows=n, widths=widths)
-    gathered, partial_sums = pl.pallas_call(
-        kernel, out_shape=out_shape, grid=(programs,),
-        compiler_params=plgpu.CompilerParams(num_warps=WARPS, num_stages=1),
-        interpret=pallas_interprets(), name="kgpt2_qkv_grad")(*grads)
+    gathered, partial_sums = pallas_call(kernel, out_shape, "kgpt2_qkv_grad", WARPS, programs=programs)(*grads)
     return gathered, jnp.sum(partial_sums, axis=0)
 
 
 def _gather_kernel(*refs, n_rows, widths):
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-    import jax
-    import jax.numpy as jnp
+    pl, plgpu, jax, jnp = pallas_modules()
 
     grad_refs, (out_ref, partial_ref) = refs[:len(widths)], refs[len(widths):]
     program = pl.program_id(0)  # read here: Pallas' interpreter cannot lower program_id inside the loop

@@ -54,11 +54,17 @@ def unescape(text: str | None) -> str | None:
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
-def verb(name, help, keras: bool | str = True, interrupted: str = ""):
-    """Register a verb. `keras=False`: it never imports Keras, so TensorFlow's start-up (seconds) is skipped;
-    `keras="late"`: the verb imports it itself (`backend.import_keras_quietly`) after the checks that need none,
-    so a mistyped path is answered at once, not after ~10 s of TensorFlow's start-up;
+KERAS_IMPORTS = ("first", "late", "never")
+
+
+def verb(name, help, keras: str = "first", interrupted: str = ""):
+    """Register a verb. `keras`: when Keras is imported -- "first" (before the verb runs), "late" (the verb
+    imports it itself, `backend.import_keras_quietly`, after the checks that need none, so a mistyped path is
+    answered at once, not after ~10 s of TensorFlow's start-up) or "never" (TensorFlow's start-up skipped);
     `interrupted`: what Ctrl-C leaves behind, said after "kgpt2: interrupted; "."""
+    if keras not in KERAS_IMPORTS:
+        raise ValueError(f"keras={keras!r}: one of {KERAS_IMPORTS}")
+
     def register(fn):
         VERBS[name] = (fn, help, keras, interrupted)
         return fn
@@ -143,7 +149,7 @@ def _train(p):
     return run
 
 
-@verb("recipes", "list the run configs that ship with kgpt2, or copy one out to edit", keras=False)
+@verb("recipes", "list the run configs that ship with kgpt2, or copy one out to edit", keras="never")
 def _recipes(p):
     p.add_argument("--copy", metavar="NAME", help="copy recipe NAME to DEST (default ./NAME.toml); never overwrites")
     p.add_argument("dest", nargs="?", metavar="DEST", help="file or folder for --copy")
@@ -332,7 +338,7 @@ def _import(p):
     return run
 
 
-@verb("tokenizer", "train your own tokenizer: byte-level BPE (GPT-2 style) or characters", keras=False)
+@verb("tokenizer", "train your own tokenizer: byte-level BPE (GPT-2 style) or characters", keras="never")
 def _tokenizer(p):
     p.add_argument("action", choices=["train"])
     p.add_argument("--source", required=True, help="file or folder of text (any `prepare` source)")
@@ -394,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, (factory, help, keras, interrupted) in VERBS.items():
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(handler=factory(p), needs_keras=keras, interrupted=interrupted)
+        p.set_defaults(handler=factory(p), keras_import=keras, interrupted=interrupted)
     return parser
 
 
@@ -414,7 +420,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.needs_keras and args.needs_keras != "late":
+    if args.keras_import == "first":
         backend.import_keras_quietly()
     with progress_lines_on_stderr(args.quiet):
         return _run_verb(args)

@@ -5,7 +5,8 @@ Issue 21, round 8. Times, on the GPU, forward + backward (`jax.value_and_grad`) 
   (from logits, mean) plus its accuracy's argmax (what the plain training step computes),
   against kgpt2.cross_entropy at each (BLOCK, WARPS, STAGES) of a sweep;
 - one layer norm over 16,384 x 768 bf16 rows: keras.ops.layer_normalization against
-  kgpt2.layer_norm at each (ROWS, WARPS).
+  kgpt2.layer_norm at each (ROWS, WARPS);
+- with `--old DIR`, the loss of an older kgpt2 checkout (`DIR/kgpt2/cross_entropy.py`, its own settings) too.
 Each timing is the median of `--reps` runs of a jitted call after 3 warm-ups, synchronised, divided by
 the `COPIES` independent inputs the call processes (so Python's dispatch is not what is timed).
 
@@ -50,7 +51,7 @@ def _time(fn, *args, reps: int) -> float:
     return statistics.median(runs) * 1e3 / len(args[0])
 
 
-def loss_rows(rows, width, real, reps, sweep):
+def loss_rows(rows, width, real, reps, sweep, old_dir=None):
     import jax
     import jax.numpy as jnp
     import keras
@@ -77,6 +78,16 @@ def loss_rows(rows, width, real, reps, sweep):
                                                               logits, reps=reps)},
            {"what": "loss kgpt2, XLA forward (kernel jnp)", "fwd_ms": _time(_copies(jnp_loss), logits, reps=reps),
             "ms": _time(_copies(jax.value_and_grad(jnp_loss, has_aux=True)), logits, reps=reps)}]
+    if old_dir:
+        old = _old_module(old_dir, "cross_entropy")
+
+        def old_loss(z):
+            loss, correct = old.token_cross_entropy(z, labels, real)
+            return jnp.mean(loss), correct
+
+        out.append({"what": f"loss of {old_dir} (block {old.BLOCK} warps {old.WARPS} stages {old.STAGES})",
+                    "fwd_ms": _time(_copies(old_loss), logits, reps=reps),
+                    "ms": _time(_copies(jax.value_and_grad(old_loss, has_aux=True)), logits, reps=reps)})
     for block, warps, stages in sweep:
         cross_entropy.BLOCK, cross_entropy.WARPS, cross_entropy.STAGES = block, warps, stages
         fwd = _time(_copies(kgpt2_loss), logits, reps=reps)
@@ -146,12 +157,24 @@ def residual_norm_rows(rows, width, reps, sweep):
     return out
 
 
+def _old_module(old_dir: str, name: str):
+    """kgpt2/`name`.py of another checkout, imported beside this one's (its kgpt2 imports resolve here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"old_{name}", os.path.join(old_dir, "kgpt2", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="small shapes, one config each (a CPU dry run)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--out")
     p.add_argument("--norms", action="store_true", help="only the residual layer norm, over a launch sweep")
+    p.add_argument("--loss", action="store_true", help="only the loss")
+    p.add_argument("--old", help="an older checkout's root: its loss timed beside this one's")
     args = p.parse_args(argv)
     if args.tiny:
         rows, vocab, real, width, reps = 64, 5000, 4990, 48, 2
@@ -164,7 +187,8 @@ def main(argv=None):
         sweep = [(16, 4, 1)] if args.tiny else list(itertools.product([4, 8, 16], [4, 8], [1, 2, 4, 8]))
         results = residual_norm_rows(rows, width, reps, sweep)
     else:
-        results = loss_rows(rows, vocab, real, reps, ce_sweep) + layer_norm_rows(rows, width, reps, ln_sweep)
+        results = loss_rows(rows, vocab, real, reps, ce_sweep, args.old)
+        results += [] if args.loss else layer_norm_rows(rows, width, reps, ln_sweep)
     for r in results:
         extra = f"  (forward {r['fwd_ms']:.3f})" if "fwd_ms" in r else ""
         print(f"{r['ms']:8.3f} ms  {r['what']}{extra}", flush=True)

@@ -5,9 +5,13 @@
 # `bash benchmarks/gpu_session15.sh kernels`: the layer norm's backward in column chunks (a row per warp) over a
 #            launch sweep, and the LM head with its loss (the logits' gradient written forward), each against the
 #            old checkout's kernels; then the whole step, full and LoRA, old checkout (own process) against the
-#            working tree, 100 timed steps each.
+#            working tree, 100 timed steps each. Call 1 ran it on 773c3e4 with
+#            benchmarks/results/round11-not-kept-session15.patch applied (the chunked backward, `head_cross_entropy`,
+#            and fused_kernels.py's --head and --norms --old); both measured slower and were reverted, so without the
+#            patch this mode stops at its first command.
 # `bash benchmarks/gpu_session15.sh loss`: the loss's forward kernel with per-lane maxima (no cross-lane max per
 #            block) against the old checkout's, alone, then the whole full step old (own process) against new, twice.
+#            Call 2 ran it with benchmarks/results/loss-perlane-not-kept-session15.patch applied (reverted: slower).
 # `bash benchmarks/gpu_session15.sh journey`: a user's runs on the GPU with the kernels on ("auto"): straight
 #            through; SIGKILLed mid-stage, its folder moved and resumed from another folder; under train.mesh.
 # `bash benchmarks/gpu_session15.sh step`: the old checkout's full step (own process), then the working tree's full

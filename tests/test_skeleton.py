@@ -97,11 +97,19 @@ def test_verbs_that_need_no_keras_never_import_it(tmp_path):
     (tmp_path / "text.txt").write_text("To be, or not to be, that is the question.")
     runs = {"recipes": ["recipes"],
             "tokenizer": ["tokenizer", "train", "--char", "--source", "text.txt", "--out", "tok"]}
-    assert {name for name, (_, _, keras, _) in VERBS.items() if not keras} == set(runs)  # each one run below
+    assert {name for name, (_, _, keras, _) in VERBS.items() if keras == "never"} == set(runs)  # each one run below
     for argv in runs.values():
         r = subprocess.run([sys.executable, "-c", NO_KERAS, *argv], capture_output=True, text=True, cwd=tmp_path,
                            timeout=120)
         assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 []", (argv, r.stdout, r.stderr)
+
+
+def test_a_verb_with_an_unknown_keras_import_is_refused_when_registered():
+    from kgpt2.cli import VERBS, verb
+
+    with pytest.raises(ValueError, match="keras=True"):  # the old bool form
+        verb("bogus", "never registered", keras=True)
+    assert "bogus" not in VERBS
 
 
 def test_a_reader_that_goes_away_is_no_traceback(tmp_path):

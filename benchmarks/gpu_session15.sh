@@ -53,8 +53,7 @@ if [ "${1:-}" = journey ]; then
   # A user's run on the GPU with the default ("auto": kernels on) fused loss, layer norms and blocks: one run
   # straight through; one SIGKILLed mid-stage, its folder moved, resumed from another folder; one under train.mesh.
   W=/tmp/gj; rm -rf $W; mkdir -p $W/a $W/b $W/elsewhere; ROOT=$PWD
-  printf 'import sys\nfrom kgpt2.cli import main\nsys.exit(main())\n' > $W/kgpt2_cli.py
-  case $PY in */*) KG="$ROOT/$PY $W/kgpt2_cli.py";; *) KG="$PY $W/kgpt2_cli.py";; esac
+  case $PY in */*) KG="$ROOT/$PY -m kgpt2.cli";; *) KG="$PY -m kgpt2.cli";; esac  # the package's own entry
   C="model.preset=scratch model.tokenizer=$ROOT/.bench/tokenizer data.shards=$ROOT/.bench/shards model.num_layers=6
      model.num_heads=8 model.hidden_dim=512 model.intermediate_dim=2048 model.max_sequence_length=512
      data.sequence_length=512 lora.enabled=false train.batch_size=8 train.checkpoint_every=25
@@ -65,7 +64,7 @@ if [ "${1:-}" = journey ]; then
   (cd $W/a && timeout $((240 * T)) $KG -q train $C $REST 2>&1 | q | tail -n 2)
   (cd $W/b && exec $KG -q train $C $REST > $W/b.log 2>&1) & PID=$!
   last=$(awk -F, 'NR==2{print $0}' $W/a/checkpoints/run/stages.csv 2>/dev/null); echo "stage 1 of run a: $last"
-  for _ in $(seq 600); do  # until a mid-stage checkpoint of stage 2 (past 40 steps) is on disk
+  for _ in $(seq 600); do  # until ckpt-50 or later is on disk: mid stage 2 (stage 1 is ~16 steps on the GPU)
     n=$(ls -d $W/b/checkpoints/run/ckpt-* 2>/dev/null | sed 's/.*ckpt-//' | sort -n | tail -n 1)
     [ -n "$n" ] && [ "$n" -ge 50 ] && break; sleep 0.2
   done

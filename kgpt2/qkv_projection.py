@@ -110,7 +110,6 @@ def _gather_pallas(grads):
 
 def _gather_kernel(*refs, n_rows, widths):
     pl, plgpu, jax, jnp = pallas_modules()
-
     grad_refs, (out_ref, partial_ref) = refs[:len(widths)], refs[len(widths):]
     program = pl.program_id(0)  # read here: Pallas' interpreter cannot lower program_id inside the loop
     columns = jnp.arange(pl.next_power_of_2(max(widths)))  # Triton tiles are powers of two: masked past width

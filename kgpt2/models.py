@@ -21,6 +21,7 @@ GPT-2 tokenizer (kgpt2.tokenizer) and feeds token ids.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -32,6 +33,7 @@ import numpy as np
 
 from kgpt2 import compat
 from kgpt2.adapters import enable_lora
+from kgpt2.backend import tensorflow_hidden
 from kgpt2.config import Config, ModelConfig
 from kgpt2.cudnn_attention import use_cudnn_dropout_attention, wants_cudnn_dropout
 from kgpt2.distribution import pin_attention_sharding
@@ -144,9 +146,11 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
     preset = str(Path(cfg.preset).expanduser()) if _is_local(cfg.preset) else cfg.preset
     overrides = hf_gpt2_overrides(Path(preset)) if _is_local(cfg.preset) else {}
     try:
-        return keras_hub.models.GPT2Backbone.from_preset(
-            preset, load_weights=load_weights, dropout=cfg.dropout, **overrides
-        )
+        # A local preset needs no TensorFlow, though keras-hub would import it to check the path's URL scheme.
+        with tensorflow_hidden() if _is_local(cfg.preset) else contextlib.nullcontext():
+            return keras_hub.models.GPT2Backbone.from_preset(
+                preset, load_weights=load_weights, dropout=cfg.dropout, **overrides
+            )
     except UserError:
         raise
     except Exception as e:  # network, auth, missing files: one clear sentence

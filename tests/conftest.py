@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import kgpt2  # noqa: F401  (chooses the Keras backend first)
+from kgpt2.backend import import_keras_quietly
 
 # gradio_client's Client.close() joins its heartbeat thread for up to 1 s, and the thread sees the close only
 # when the server's next heartbeat line arrives: 15 s apart by default, so every close waited the full second
@@ -30,6 +31,37 @@ import kgpt2  # noqa: F401  (chooses the Keras backend first)
 # 0.25 s is the interval gradio's own end-to-end tests use. Read by the server per heartbeat request, so it
 # holds for every demo served in this process or started from it.
 os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "0.25")
+
+
+def _share_xla_compiles() -> None:
+    """One TensorFlow XLA compilation cache for this test process and the processes it starts (CLI runs, servers
+    and notebook kernels inherit the environment).
+
+    Many tests compile the tiny model's same programs again in a new process: every `kgpt2 serve` on TensorFlow
+    warms up the same 8 decode/prefill programs (tests/test_serve_log.py's quiet-server test: 52 s in a clean-clone
+    run without the cache, 28 s with it, session 16). TensorFlow's documented
+    persistent cache keys an executable by its program, compile options and XLA flags and compares the stored
+    program before using it, so a hit is the executable a compile would give: no test sees other numbers, only
+    less time. Fresh for each pytest process (an xdist worker does not share its sibling's) and removed at its
+    exit. JAX's own cache is left off: its file layer imports TensorFlow, which a `kgpt2` command on JAX does not
+    (kgpt2.backend.import_keras_quietly), and the tests run what users run. Set before TensorFlow starts (this
+    file is imported first). `KGPT2_TEST_XLA_CACHE=0` turns it off.
+    """
+    import atexit
+    import tempfile
+
+    if os.environ.get("KGPT2_TEST_XLA_CACHE", "1") == "0":
+        return
+    cache = tempfile.mkdtemp(prefix="kgpt2-test-xla-cache-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    flags = [f for f in os.environ.get("TF_XLA_FLAGS", "").split() if "tf_xla_persistent_cache_directory" not in f]
+    os.environ["TF_XLA_FLAGS"] = " ".join(flags + [f"--tf_xla_persistent_cache_directory={cache}"])
+
+
+_share_xla_compiles()
+# Keras and KerasHub as a `kgpt2` command imports them (on JAX without TensorFlow), before any test module does;
+# after the cache setting above, which TensorFlow reads when it starts.
+import_keras_quietly()
 
 # tests/data holds fixtures and the scripts that made them, not tests (and
 # --doctest-modules would import those scripts).

@@ -16,6 +16,8 @@ import logging
 import os
 import sys
 
+from kgpt2 import compat
+
 
 def choose_backend():
     """Set `KERAS_BACKEND` if the user did not, and return the backend name."""
@@ -59,23 +61,27 @@ def import_keras_quietly() -> None:
     On a backend other than TensorFlow, keras-hub only needs TensorFlow for `tf.data` pipelines, which kgpt2 does not
     build there (its preprocessing layers run in Python, keras-hub's own default), yet it imports TensorFlow when
     it can: ~3.8 s and ~590 MB of a process on this project's CPU machine, paid by every `kgpt2` command. So the two
-    are imported with TensorFlow hidden (`tensorflow_hidden`), and it is unhidden at once: kgpt2's own later uses
-    (TensorBoard events while training, reading a TF `.ckpt`) and Keras' own (seeding, serialising a config)
-    import it when they need it, quietly too (`_QuietTensorFlowImport`); only keras-hub's TF paths stay off.
-    Nothing is hidden when TensorFlow is already imported or is the backend. (JAX's persistent compilation cache,
+    are imported with TensorFlow hidden (`tensorflow_hidden`), and it is unhidden at once; Keras' own checks for it
+    (before seeding, serialising a config) then ask whether it is imported instead of importing it
+    (`compat.keras_sees_tensorflow_only_once_imported`), and kgpt2 writes TensorBoard events without it, so
+    training on JAX runs without it too. What still needs it (reading a legacy TF `.ckpt`) imports it, quietly
+    (`_QuietTensorFlowImport`); only keras-hub's TF paths stay off. Nothing is hidden when TensorFlow is already
+    imported or is the backend. (JAX's persistent compilation cache,
     when a user sets one, imports TensorFlow through its file layer, etils, at the first compile: quietly too.)
 
         >>> import_keras_quietly()
         >>> "keras_hub" in sys.modules
         True
 
-    (tests/test_skeleton.py checks that `kgpt2 generate` on JAX leaves TensorFlow unimported.)
+    (tests/test_skeleton.py checks that `kgpt2 generate` and `kgpt2 train` on JAX leave TensorFlow unimported.)
     """
     with _stderr_hidden(), tensorflow_hidden() as hidden:
         import keras  # noqa: F401
         import keras_hub  # noqa: F401
-    if hidden and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
+    if hidden:
+        compat.keras_sees_tensorflow_only_once_imported()
+        if not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 @contextlib.contextmanager
@@ -100,8 +106,8 @@ def tensorflow_hidden():
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
     """Imports TensorFlow, whenever something first does, with fd 2 hidden (its C++ start-up lines, as above).
 
-    After `import_keras_quietly` left TensorFlow out, any later import of it (Keras imports it lazily to seed it,
-    to serialise a config, kgpt2 for TensorBoard events) would print those lines into a command's stderr, where
+    After `import_keras_quietly` left TensorFlow out, any later import of it (reading a legacy `.ckpt`, JAX's
+    persistent compilation cache through etils, a user's own) would print those lines into a command's stderr, where
     kgpt2 keeps one-line errors. Python's import system has no option for this, hence the finder: it wraps the
     real loader of the top module `tensorflow` only (once imported, Python asks no finder again).
     """

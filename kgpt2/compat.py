@@ -7,7 +7,9 @@ are masked; Keras' `Backbone.enable_lora` takes no alpha. Those need private
 attributes (`_flatten_layers`, `_self_attention_layer`, `_dropout`,
 `_dropout_layer`, `_compute_attention`) and a class swap on a built layer;
 kgpt2.fused_decode reads the weights of each decoder block's sublayers
-(`_query_dense`, `_feedforward_output_dense`, ...: `decoder_block_parts`).
+(`_query_dense`, `_feedforward_output_dense`, ...: `decoder_block_parts`);
+kgpt2.backend makes Keras' lazy TensorFlow module answer "imported?" instead of
+importing it (`keras_sees_tensorflow_only_once_imported`).
 They are fenced in here so that a Keras or KerasHub release that renames one
 breaks in one file, and `check_versions` refuses untested releases with one
 sentence instead of a wrong model (pyproject.toml carries the same bounds).
@@ -65,6 +67,34 @@ def check_versions(installed: dict | None = None) -> None:
 @functools.cache
 def _check_installed_once() -> None:
     check_versions(_installed())
+
+
+def keras_sees_tensorflow_only_once_imported() -> None:
+    """Keras' question "is TensorFlow available?" answers whether it is imported, instead of importing it.
+
+    Keras asks before it serialises any config (is this object a `tf.TensorShape`?) and when it seeds (it seeds
+    TensorFlow too, for `tf.data` shuffles), and asking imports TensorFlow: ~3.8 s and ~590 MB that a run on JAX
+    pays for nothing, since it builds no `tf.data` pipeline (kgpt2.backend.import_keras_quietly). An object can
+    only be a TensorFlow type, and a `tf.data` shuffle only exist, once TensorFlow is imported, so the answer
+    "imported" is the right one for both questions; whoever imports TensorFlow later finds it available. Keras'
+    lazy module has no switch for this, hence the class swap on its one instance.
+
+        >>> from keras.src.utils import module_utils
+        >>> keras_sees_tensorflow_only_once_imported()
+        >>> module_utils.tensorflow.available == ("tensorflow" in __import__("sys").modules)
+        True
+    """
+    import sys
+
+    from keras.src.utils import module_utils
+
+    class ImportedOnly(module_utils.LazyModule):
+        @property
+        def available(self):
+            return sys.modules.get(self.name) is not None
+
+    if type(module_utils.tensorflow) is module_utils.LazyModule:
+        module_utils.tensorflow.__class__ = ImportedOnly
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -105,16 +106,23 @@ def test_verbs_that_need_no_keras_never_import_it(tmp_path):
         assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 []", (argv, r.stdout, r.stderr)
 
 
-def test_a_command_on_jax_answers_without_importing_tensorflow(tiny_run, tmp_path):
-    """keras-hub imports TensorFlow when it can (~3.8 s and ~590 MB of a process), though kgpt2 on JAX needs none of
-    it to generate: `kgpt2 generate` on JAX answers with TensorFlow never imported; imported after (as Keras does
-    lazily), it comes without its C++ start-up lines."""
+def test_commands_on_jax_answer_and_train_without_importing_tensorflow(tiny_run, tmp_path):
+    """keras-hub imports TensorFlow when it can (~3.8 s and ~590 MB of a process), and Keras asks for it to seed and
+    to serialise configs, though kgpt2 on JAX needs none of it: `kgpt2 generate`, and `kgpt2 train` continuing a
+    copied run by a stage (its TensorBoard events included), finish with TensorFlow never imported; imported after
+    (as Keras may), it comes without its C++ start-up lines."""
     env = dict(os.environ, KERAS_BACKEND="jax")
-    argv = ["generate", "--run", str(tiny_run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "3"]
-    r = subprocess.run([sys.executable, "-c", NO_KERAS + "; import tensorflow", *argv], capture_output=True,
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    generate = ["generate", "--run", str(run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "3"]
+    r = subprocess.run([sys.executable, "-c", NO_KERAS + "; import tensorflow", *generate], capture_output=True,
                        text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0 and not r.stderr, r.stderr  # nothing from TensorFlow's C++ start-up either
     assert r.stdout.startswith("The") and r.stdout.splitlines()[-1] == "0 ['keras', 'keras_hub', 'jax']", r.stdout
+    r = subprocess.run([sys.executable, "-c", NO_KERAS, "-q", "train", "--run", str(run), "train.stages=[5, 10, 10]"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 ['keras', 'keras_hub', 'jax']", (r.stdout, r.stderr)
+    assert read_steps(run)["stage"].max() == 3
 
 
 def test_a_verb_with_an_unknown_keras_import_is_refused_when_registered():
@@ -193,16 +201,25 @@ def test_schedule_warms_up_then_decays_across_stages(tiny_run):
     assert steps["step"].tolist() == list(range(1, len(steps) + 1))
 
 
-def test_tensorboard_events_written_with_tensorflow(tiny_run):
-    pytest.importorskip("tensorflow")
+def test_tensorboard_events_read_by_tensorflow_and_tensorboard(tiny_run):
+    """kgpt2 writes the events without TensorFlow (kgpt2.run_logs.TensorBoardScalars); TensorFlow's own reader and
+    TensorBoard's find every step's scalars in them."""
     pytest.importorskip("tensorboard")
     tf = pytest.importorskip("tensorflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = sorted((tiny_run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert events
-    loss_steps = [e.step for path in events for e in tf.compat.v1.train.summary_iterator(str(path))
-                  for v in e.summary.value if v.tag == "loss"]
-    # One loss scalar per global step, counted across the stages' fit calls.
-    assert sorted(loss_steps) == read_steps(tiny_run)["step"].tolist()
+    loss = {e.step: v.simple_value for path in events for e in tf.compat.v1.train.summary_iterator(str(path))
+            for v in e.summary.value if v.tag == "loss"}
+    steps = read_steps(tiny_run)
+    # One loss scalar per global step, counted across the stages' fit calls, the step CSV's value.
+    assert sorted(loss) == steps["step"].tolist()
+    assert [loss[s] for s in steps["step"]] == pytest.approx(steps["loss"].tolist(), rel=1e-6)
+    board = EventAccumulator(str(tiny_run / "logs" / "tensorboard"))
+    board.Reload()
+    assert sorted(board.Tags()["scalars"]) == ["accuracy", "learning_rate", "loss"]
+    assert [e.step for e in board.Scalars("learning_rate")] == steps["step"].tolist()
 
 
 def test_stage_ids_name_stage_end_checkpoints(tiny_run):

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import socket
@@ -57,6 +58,7 @@ class StepLog:
         self.path = Path(path)
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.path.parent / "tensorboard"
         truncate_csv(self.path, STEP_FIELDS, truncate_after)
+        self.first_step = truncate_after + 1  # the first step this process logs (a resume repeats the ones after)
         self._tensorboard = None
 
     def tensorboard(self):
@@ -70,13 +72,16 @@ class StepLog:
             import importlib.util
 
             found = importlib.util.find_spec("tensorboard") is not None
-            self._tensorboard = TensorBoardScalars(self.tensorboard_dir) if found else False
+            self._tensorboard = TensorBoardScalars(self.tensorboard_dir, self.first_step) if found else False
         return self._tensorboard or None
 
     def callback(self, first_step: int, schedule, stage: int, tokens_per_batch: int, paddings=None):
         """The logger for one `fit` call whose first batch is global step `first_step + 1`
         (`paddings`: the padding share of each of its batches, for the `padding` column)."""
         return _StepLogger(self.path, first_step, schedule, stage, tokens_per_batch, self.tensorboard(), paddings)
+
+
+_EVENT_FILES = itertools.count()  # this process's event files, for unique names
 
 
 class TensorBoardScalars:
@@ -88,7 +93,9 @@ class TensorBoardScalars:
     TensorFlow whenever that is importable, so the few lines that join the parts are here (PyTorch's SummaryWriter
     joins the same ones). A scalar is an `Event` with a `simple_value`, which TensorBoard shows as a scalar. Each
     `write` appends whole records and closes the file, so a killed run leaves at most its last record cut, which
-    TensorBoard's readers skip.
+    TensorBoard's readers skip. Each writer's file opens with a session START at its first step: a resumed run
+    logs the steps after its checkpoint again, and TensorBoard then drops the earlier files' values from that step
+    on (the killed process's), as it does after a TensorFlow restart, so each step shows once.
 
         >>> import tempfile
         >>> from pathlib import Path
@@ -98,18 +105,22 @@ class TensorBoardScalars:
         True
     """
 
-    def __init__(self, logdir: Path):
-        self.logdir = Path(logdir)
-        # TensorBoard reads every file whose name holds "tfevents"; the rest keeps two writers' files apart.
-        self.path = self.logdir / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    def __init__(self, logdir: Path, first_step: int = 1):
+        self.logdir, self.first_step = Path(logdir), int(first_step)
+        # TensorBoard reads every file whose name holds "tfevents" (in name order); the rest keeps writers apart.
+        name = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_EVENT_FILES)}"
+        self.path = self.logdir / f"events.out.tfevents.{name}"
 
     def write(self, steps: list) -> None:
         """Append `(step, wall_time, {tag: value})` triples: one scalar event per tag and step."""
-        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.record_writer import RecordWriter
 
-        events = [] if self.path.exists() else [Event(wall_time=time.time(), file_version="brain.Event:2")]
+        now, events = time.time(), []
+        if not self.path.exists():
+            events = [Event(wall_time=now, file_version="brain.Event:2"),
+                      Event(wall_time=now, step=self.first_step, session_log=SessionLog(status=SessionLog.START))]
         events += [Event(wall_time=wall_time, step=int(step),
                          summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]))
                    for step, wall_time, values in steps for tag, value in values.items()]

@@ -66,14 +66,14 @@ def import_keras_quietly() -> None:
     (`compat.keras_sees_tensorflow_only_once_imported`), and kgpt2 writes TensorBoard events without it, so
     training on JAX runs without it too. What still needs it (reading a legacy TF `.ckpt`) imports it, quietly
     (`_QuietTensorFlowImport`); only keras-hub's TF paths stay off. Nothing is hidden when TensorFlow is already
-    imported or is the backend. (JAX's persistent compilation cache,
-    when a user sets one, imports TensorFlow through its file layer, etils, at the first compile: quietly too.)
+    imported or is the backend. (JAX's persistent compilation cache, when a user sets one, imports TensorFlow
+    through its file layer, etils, at the first compile: quietly too.)
 
         >>> import_keras_quietly()
         >>> "keras_hub" in sys.modules
         True
 
-    (tests/test_skeleton.py checks that `kgpt2 generate` and `kgpt2 train` on JAX leave TensorFlow unimported.)
+    (tests/test_imports.py checks that `kgpt2 generate` and `kgpt2 train` on JAX leave TensorFlow unimported.)
     """
     with _stderr_hidden(), tensorflow_hidden() as hidden:
         import keras  # noqa: F401
@@ -90,8 +90,8 @@ def tensorflow_hidden():
     TensorFlow while it is not imported yet; nothing changes otherwise.
 
     keras-hub imports TensorFlow when it can: at its own import, and in `from_preset` to ask TF's file systems
-    about the preset's URL scheme even for a local folder (preset_utils.get_file). kgpt2 loads keras-hub there only
-    with TensorFlow hidden, so a `kgpt2` command on JAX that does not train runs without it.
+    about the preset's URL scheme even for a local folder (preset_utils.get_file). kgpt2 imports keras-hub and
+    loads local presets only with TensorFlow hidden (`import_keras_quietly`, kgpt2.models.build_backbone).
     """
     hide = os.environ.get("KERAS_BACKEND") not in (None, "", "tensorflow") and "tensorflow" not in sys.modules
     if hide:

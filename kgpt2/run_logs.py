@@ -35,6 +35,7 @@ from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.run import Run
 
 STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time", "padding"]
+TENSORBOARD_TAGS = ("loss", "accuracy", "learning_rate")  # the step CSV's columns TensorBoard shows
 
 
 def truncate_csv(path: Path, fields: list, after_step: int) -> list[dict]:
@@ -52,33 +53,21 @@ def truncate_csv(path: Path, fields: list, after_step: int) -> list[dict]:
 
 
 class StepLog:
-    """Append-only per-step CSV; a resume first drops rows past the checkpoint."""
+    """Append-only per-step CSV; a resume first drops rows past the checkpoint. The same rows go to TensorBoard
+    (logs/tensorboard) with the run's global step: Keras' TensorBoard callback would restart its count at every
+    `fit` call, and kgpt2 calls `fit` once per checkpoint interval."""
 
     def __init__(self, path: Path, truncate_after: int = 0, tensorboard_dir: Path | None = None):
         self.path = Path(path)
-        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.path.parent / "tensorboard"
         truncate_csv(self.path, STEP_FIELDS, truncate_after)
-        self.first_step = truncate_after + 1  # the first step this process logs (a resume repeats the ones after)
-        self._tensorboard = None
-
-    def tensorboard(self):
-        """The run's TensorBoard scalars (logs/tensorboard), or None without the tensorboard package.
-
-        Keras' TensorBoard callback restarts its step count at every `fit`
-        call and kgpt2 calls `fit` once per checkpoint interval, so the step CSV's
-        rows are written to TensorBoard here with the run's global step.
-        """
-        if self._tensorboard is None:
-            import importlib.util
-
-            found = importlib.util.find_spec("tensorboard") is not None
-            self._tensorboard = TensorBoardScalars(self.tensorboard_dir, self.first_step) if found else False
-        return self._tensorboard or None
+        # The steps from the checkpoint on are logged again (a resume): TensorBoard's session starts there.
+        self.tensorboard = TensorBoardScalars(tensorboard_dir or self.path.parent / "tensorboard",
+                                              first_step=truncate_after + 1)
 
     def callback(self, first_step: int, schedule, stage: int, tokens_per_batch: int, paddings=None):
         """The logger for one `fit` call whose first batch is global step `first_step + 1`
         (`paddings`: the padding share of each of its batches, for the `padding` column)."""
-        return _StepLogger(self.path, first_step, schedule, stage, tokens_per_batch, self.tensorboard(), paddings)
+        return _StepLogger(self.path, first_step, schedule, stage, tokens_per_batch, self.tensorboard, paddings)
 
 
 _EVENT_FILES = itertools.count()  # this process's event files, for unique names
@@ -110,6 +99,7 @@ class TensorBoardScalars:
         # TensorBoard reads every file whose name holds "tfevents" (in name order); the rest keeps writers apart.
         name = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_EVENT_FILES)}"
         self.path = self.logdir / f"events.out.tfevents.{name}"
+        self._started = False  # the file, with its header and session start, is made by the first write
 
     def write(self, steps: list) -> None:
         """Append `(step, wall_time, {tag: value})` triples: one scalar event per tag and step."""
@@ -117,18 +107,20 @@ class TensorBoardScalars:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.record_writer import RecordWriter
 
-        now, events = time.time(), []
-        if not self.path.exists():
+        events = []
+        if not self._started:
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            now = time.time()
             events = [Event(wall_time=now, file_version="brain.Event:2"),
                       Event(wall_time=now, step=self.first_step, session_log=SessionLog(status=SessionLog.START))]
         events += [Event(wall_time=wall_time, step=int(step),
                          summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]))
                    for step, wall_time, values in steps for tag, value in values.items()]
-        self.logdir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as f:
             records = RecordWriter(f)
             for event in events:
                 records.write(event.SerializeToString())
+        self._started = True
 
 
 class _StepLogger(keras.callbacks.Callback):
@@ -192,8 +184,9 @@ class _StepLogger(keras.callbacks.Callback):
         with open(self.path, "a", newline="") as f:
             f.write("".join(",".join(str(v) for v in row) + "\n" for row in rows))
         if self.tensorboard is not None:
-            tags = ("loss", "accuracy", "learning_rate")  # the row's columns 2-4; column 6 is the step's end
-            self.tensorboard.write([(row[0], float(row[6]), dict(zip(tags, row[2:5]))) for row in rows])
+            named = [dict(zip(STEP_FIELDS, row)) for row in rows]
+            self.tensorboard.write([(r["step"], float(r["time"]), {tag: r[tag] for tag in TENSORBOARD_TAGS})
+                                    for r in named])
 
 
 def host_schedule(schedule):

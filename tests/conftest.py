@@ -214,6 +214,27 @@ def tiny_run(tmp_path_factory, tiny_preset, pydoc_shards) -> Path:
     return cfg.run_dir
 
 
+@pytest.fixture(scope="session")
+def assert_tensorboard_shows_steps():
+    """`assert_tensorboard_shows_steps(run)`: TensorBoard's own reader (EventAccumulator) shows each step of the
+    run's step CSV once, with the CSV's loss and learning rate, and nothing else."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kgpt2.run_logs import read_steps
+
+    def check(run: Path) -> None:
+        board = EventAccumulator(str(run / "logs" / "tensorboard"))
+        board.Reload()
+        steps = read_steps(run)
+        assert sorted(board.Tags()["scalars"]) == ["accuracy", "learning_rate", "loss"]
+        for tag in ("loss", "learning_rate"):
+            shown = board.Scalars(tag)
+            assert [e.step for e in shown] == steps["step"].tolist(), tag
+            assert [e.value for e in shown] == pytest.approx(steps[tag].tolist(), rel=1e-5), tag
+
+    return check
+
+
 @pytest.fixture(scope="module")
 def loaded(tiny_run):
     """(model, tokenizer, cfg) of `tiny_run` at its latest checkpoint, loaded once per test module."""

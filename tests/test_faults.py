@@ -241,7 +241,8 @@ def test_cleanup_leaves_temp_folders_of_live_processes(tmp_path):
 
 # -- kills at named points, then resume ----------------------------------------------------
 @pytest.mark.slow
-def test_kills_at_named_points_lose_nothing(tmp_path, reference, tiny_preset, pydoc_shards, tiny_overrides, kgpt2_cli):
+def test_kills_at_named_points_lose_nothing(tmp_path, reference, tiny_preset, pydoc_shards, tiny_overrides, kgpt2_cli,
+                                           assert_tensorboard_shows_steps):
     args = train_args(tmp_path, tiny_preset, pydoc_shards, tiny_overrides)
     run = tmp_path / "r"
     for point in ("mid-checkpoint", "after-checkpoint", "mid-cleanup"):
@@ -264,21 +265,7 @@ def test_kills_at_named_points_lose_nothing(tmp_path, reference, tiny_preset, py
     assert_same_weights(final_weights(run), final_weights(reference))
     assert sorted(p.name for p in run.glob("stage-*.weights.h5")) == ["stage-1.weights.h5", "stage-2.weights.h5"]
     assert not list(run.glob(".ckpt-*")) and not list(run.glob(".trash-*"))  # the dead owners' leftovers
-    assert_tensorboard_shows_the_step_log(run)
-
-
-def assert_tensorboard_shows_the_step_log(run: Path) -> None:
-    """TensorBoard (its own reader) shows each step once, with the step CSV's value: the killed processes' steps
-    past their checkpoints were logged again by the resume, and only the resume's count."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from kgpt2.run_logs import read_steps
-
-    board = EventAccumulator(str(run / "logs" / "tensorboard"))
-    board.Reload()
-    steps, shown = read_steps(run), board.Scalars("loss")
-    assert [e.step for e in shown] == steps["step"].tolist()
-    assert [e.value for e in shown] == pytest.approx(steps["loss"].tolist(), rel=1e-6)
+    assert_tensorboard_shows_steps(run)  # the killed processes' repeated steps shown once, the resume's
 
 
 # -- full disk, read-only folder, a file where a folder is ---------------------------------

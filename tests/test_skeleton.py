@@ -1,8 +1,6 @@
 """The walking skeleton: config, CLI errors, stage plan, a run dir that works."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -89,50 +87,6 @@ def test_unknown_words_are_still_refused(tmp_path, kgpt2_cli):
         assert r.returncode == 2 and r.stderr.strip().endswith(f"unrecognized arguments: {word}"), r.stderr
 
 
-NO_KERAS = "import sys; from kgpt2.cli import main; code = main(sys.argv[1:]); " \
-           "print(code, [m for m in ('keras', 'keras_hub', 'tensorflow', 'jax') if m in sys.modules])"
-
-
-def test_verbs_that_need_no_keras_never_import_it(tmp_path):
-    from kgpt2.cli import VERBS
-
-    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question.")
-    runs = {"recipes": ["recipes"],
-            "tokenizer": ["tokenizer", "train", "--char", "--source", "text.txt", "--out", "tok"]}
-    assert {name for name, (_, _, keras, _) in VERBS.items() if keras == "never"} == set(runs)  # each one run below
-    for argv in runs.values():
-        r = subprocess.run([sys.executable, "-c", NO_KERAS, *argv], capture_output=True, text=True, cwd=tmp_path,
-                           timeout=120)
-        assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 []", (argv, r.stdout, r.stderr)
-
-
-def test_commands_on_jax_answer_and_train_without_importing_tensorflow(tiny_run, tmp_path):
-    """keras-hub imports TensorFlow when it can (~3.8 s and ~590 MB of a process), and Keras asks for it to seed and
-    to serialise configs, though kgpt2 on JAX needs none of it: `kgpt2 generate`, and `kgpt2 train` continuing a
-    copied run by a stage (its TensorBoard events included), finish with TensorFlow never imported; imported after
-    (as Keras may), it comes without its C++ start-up lines."""
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    generate = ["generate", "--run", str(run), "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", "3"]
-    r = subprocess.run([sys.executable, "-c", NO_KERAS + "; import tensorflow", *generate], capture_output=True,
-                       text=True, cwd=tmp_path, env=env, timeout=300)
-    assert r.returncode == 0 and not r.stderr, r.stderr  # nothing from TensorFlow's C++ start-up either
-    assert r.stdout.startswith("The") and r.stdout.splitlines()[-1] == "0 ['keras', 'keras_hub', 'jax']", r.stdout
-    r = subprocess.run([sys.executable, "-c", NO_KERAS, "-q", "train", "--run", str(run), "train.stages=[5, 10, 10]"],
-                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 ['keras', 'keras_hub', 'jax']", (r.stdout, r.stderr)
-    assert read_steps(run)["stage"].max() == 3
-
-
-def test_a_verb_with_an_unknown_keras_import_is_refused_when_registered():
-    from kgpt2.cli import VERBS, verb
-
-    with pytest.raises(ValueError, match="keras=True"):  # the old bool form
-        verb("bogus", "never registered", keras=True)
-    assert "bogus" not in VERBS
-
-
 def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
     """`kgpt2 recipes | head -1`, `kgpt2 pretrain summary --json | head`: the pipe closes before kgpt2 writes."""
     p = subprocess.Popen([sys.executable, "-m", "kgpt2.cli", "recipes"], stdout=subprocess.PIPE,
@@ -201,25 +155,19 @@ def test_schedule_warms_up_then_decays_across_stages(tiny_run):
     assert steps["step"].tolist() == list(range(1, len(steps) + 1))
 
 
-def test_tensorboard_events_read_by_tensorflow_and_tensorboard(tiny_run):
+def test_tensorboard_events_read_by_tensorflow_and_tensorboard(tiny_run, assert_tensorboard_shows_steps):
     """kgpt2 writes the events without TensorFlow (kgpt2.run_logs.TensorBoardScalars); TensorFlow's own reader and
-    TensorBoard's find every step's scalars in them."""
-    pytest.importorskip("tensorboard")
+    TensorBoard's find each step's scalars in them once, the step CSV's values."""
     tf = pytest.importorskip("tensorflow")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     events = sorted((tiny_run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert events
-    loss = {e.step: v.simple_value for path in events for e in tf.compat.v1.train.summary_iterator(str(path))
-            for v in e.summary.value if v.tag == "loss"}
+    loss = [(e.step, v.simple_value) for path in events for e in tf.compat.v1.train.summary_iterator(str(path))
+            for v in e.summary.value if v.tag == "loss"]
     steps = read_steps(tiny_run)
     # One loss scalar per global step, counted across the stages' fit calls, the step CSV's value.
-    assert sorted(loss) == steps["step"].tolist()
-    assert [loss[s] for s in steps["step"]] == pytest.approx(steps["loss"].tolist(), rel=1e-6)
-    board = EventAccumulator(str(tiny_run / "logs" / "tensorboard"))
-    board.Reload()
-    assert sorted(board.Tags()["scalars"]) == ["accuracy", "learning_rate", "loss"]
-    assert [e.step for e in board.Scalars("learning_rate")] == steps["step"].tolist()
+    assert [s for s, _ in loss] == steps["step"].tolist()
+    assert [v for _, v in loss] == pytest.approx(steps["loss"].tolist(), rel=1e-6)
+    assert_tensorboard_shows_steps(tiny_run)
 
 
 def test_stage_ids_name_stage_end_checkpoints(tiny_run):

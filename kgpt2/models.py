@@ -21,7 +21,6 @@ GPT-2 tokenizer (kgpt2.tokenizer) and feeds token ids.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
@@ -44,6 +43,7 @@ from kgpt2.tokenizer import Tokenizer as BPETokenizer
 from kgpt2.tokenizer_protocol import Tokenizer
 
 GPT2_PRESETS = ("gpt2_base_en", "gpt2_medium_en", "gpt2_large_en", "gpt2_extra_large_en")
+HUB_SCHEMES = ("kaggle://", "hf://")  # keras-hub downloads these handles (Kaggle Models, the Hugging Face Hub)
 OFFLINE_HINT = (
     "to work offline, use a local preset directory (save_to_preset output), "
     "a local Hugging Face GPT-2 directory, or model.preset = \"scratch\""
@@ -55,14 +55,14 @@ def _is_local(preset: str) -> bool:
 
 
 def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
-    if preset == "scratch" or _is_local(preset):
+    if preset == "scratch" or _is_local(preset) or preset.startswith(HUB_SCHEMES):
         return
     if "/" in preset or preset.startswith("."):
         raise UserError(f"model preset directory '{preset}' does not exist; {hint}")
-    known = set(keras_hub.models.GPT2Backbone.presets)
-    if preset not in known and not preset.startswith(("kaggle://", "hf://")):
+    if preset not in set(keras_hub.models.GPT2Backbone.presets):
         raise UserError(
-            f"unknown GPT-2 preset '{preset}' (known: {', '.join(GPT2_PRESETS)}); {hint}"
+            f"unknown GPT-2 preset '{preset}' (known: {', '.join(GPT2_PRESETS)}, or a kaggle:// or hf:// handle); "
+            f"{hint}"
         )
 
 
@@ -146,8 +146,9 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
     preset = str(Path(cfg.preset).expanduser()) if _is_local(cfg.preset) else cfg.preset
     overrides = hf_gpt2_overrides(Path(preset)) if _is_local(cfg.preset) else {}
     try:
-        # A local preset needs no TensorFlow, though keras-hub would import it to check the path's URL scheme.
-        with tensorflow_hidden() if _is_local(cfg.preset) else contextlib.nullcontext():
+        # No preset kgpt2 accepts needs TensorFlow, though keras-hub imports it to ask whether TF's file systems
+        # serve the preset's URL scheme (all but Kaggle handles: local folders and hf:// too).
+        with tensorflow_hidden():
             return keras_hub.models.GPT2Backbone.from_preset(
                 preset, load_weights=load_weights, dropout=cfg.dropout, **overrides
             )
@@ -178,7 +179,8 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
             return BPETokenizer.from_hf_json(root / "tokenizer.json")
         raise UserError(f"preset directory '{root}' holds no GPT-2 tokenizer files")
     try:
-        kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
+        with tensorflow_hidden():  # as in build_backbone
+            kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
     except Exception as e:
         raise load_failure(f"the tokenizer of preset '{cfg.preset}'", e, offline_hint) from None
     return BPETokenizer(kh.vocabulary, kh.merges)

@@ -88,6 +88,28 @@ def test_hf_directory_loads_with_transformers_logits(hf_dir, text):
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
 
 
+def test_hf_hub_handle_loads_with_transformers_logits(hf_dir, text, monkeypatch):
+    """`model.preset = "hf://org/name"` goes to keras-hub's Hugging Face download (served here from hf_dir) and
+    its converter: same tokens and logits as transformers."""
+    import huggingface_hub
+    from huggingface_hub.utils import EntryNotFoundError
+
+    asked = []
+
+    def served(repo_id, filename, **_):
+        asked.append((repo_id, filename))
+        if not (hf_dir / filename).exists():
+            raise EntryNotFoundError(filename)
+        return str(hf_dir / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", served)
+    model, tokenizer, _ = kgpt2_model("hf://openai-community/gpt2", lora=False)
+    assert ("openai-community/gpt2", "model.safetensors") in asked
+    ids = tokenizer.encode(text)[:N_POSITIONS]
+    assert ids == transformers.AutoTokenizer.from_pretrained(hf_dir)(text)["input_ids"][:N_POSITIONS]
+    np.testing.assert_allclose(kgpt2_logits(model, ids), hf_logits(hf_dir, ids), atol=ATOL, rtol=0)
+
+
 def test_transformers_v5_tokenizer_json_only(hf_dir, tmp_path, text):
     """transformers >= 5 saves tokenizer.json alone; kgpt2 reads its BPE from there."""
     from kgpt2.config import ModelConfig

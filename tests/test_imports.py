@@ -3,6 +3,7 @@
 Each test starts `kgpt2` in a subprocess with the backend it names, so the file runs once (backend_neutral).
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -49,6 +50,44 @@ def test_commands_on_jax_answer_and_train_without_importing_tensorflow(tiny_run,
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 ['keras', 'keras_hub', 'jax']", (r.stdout, r.stderr)
     assert read_steps(run)["stage"].max() == 3
+
+
+# keras-hub's own download calls, served from a local preset folder: the rest of its loading code runs as for a user.
+SERVED_HUB = """import os, sys, kagglehub, huggingface_hub
+from huggingface_hub.utils import EntryNotFoundError
+asked = []
+def kaggle(handle, path=None):
+    asked.append(handle)
+    return os.path.join(PRESET, path or "")
+def hub(repo_id, filename, **_):
+    asked.append(repo_id)
+    if not os.path.exists(os.path.join(PRESET, filename)):
+        raise EntryNotFoundError(filename)
+    return os.path.join(PRESET, filename)
+kagglehub.model_download, huggingface_hub.hf_hub_download = kaggle, hub
+from kgpt2.cli import main
+code = main(sys.argv[1:])
+print(code, sorted(set(asked)), [m for m in ('keras', 'keras_hub', 'tensorflow', 'jax') if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("preset, handle", [("gpt2_base_en", "keras/gpt2/keras/gpt2_base_en/3"),
+                                            ("kaggle://someone/gpt2/keras/tiny/1", "someone/gpt2/keras/tiny/1"),
+                                            ("hf://someone/gpt2-tiny", "someone/gpt2-tiny")])
+def test_hub_presets_download_and_train_on_jax_without_tensorflow(preset, handle, tiny_preset, pydoc_shards,
+                                                                   tiny_overrides, tmp_path):
+    """A preset by name, a Kaggle handle and a Hugging Face handle go to keras-hub's download (here served from the
+    tiny preset's folder), train, and keep their name in the run; keras-hub would import TensorFlow for the hf://
+    handle to ask about its URL scheme (kgpt2 hides it)."""
+    script = f"PRESET = {str(tiny_preset)!r}\n" + SERVED_HUB
+    argv = ["-q", "train", *tiny_overrides, f"model.preset={preset}", f"data.shards={pydoc_shards}",
+            f"checkpoints_root={tmp_path}", "run=hub", "train.stages=[5]"]
+    r = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=tmp_path,
+                       env=dict(os.environ, KERAS_BACKEND="jax"), timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == f"0 ['{handle}'] ['keras', 'keras_hub', 'jax']", (r.stdout, r.stderr)
+    assert json.loads((tmp_path / "hub" / "config.json").read_text())["model"]["preset"] == preset
+    assert read_steps(tmp_path / "hub")["step"].max() > 0
 
 
 def test_a_verb_with_an_unknown_keras_import_is_refused_when_registered():

@@ -66,6 +66,15 @@ def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
         )
 
 
+def _fetch_hub_config(preset: str) -> None:
+    """Download an hf:// handle's config.json before keras-hub does: keras-hub's own check turns any failure,
+    no network included, into "has no config.json", while this one keeps the cause for kgpt2's sentence."""
+    if preset.startswith("hf://"):
+        import huggingface_hub  # a keras-hub (and gradio) dependency, needed only for hf:// handles
+
+        huggingface_hub.hf_hub_download(repo_id=preset.removeprefix("hf://"), filename="config.json")
+
+
 def hf_gpt2_overrides(root: Path) -> dict:
     """Check a Hugging Face GPT-2 directory for what keras-hub's converter cannot carry.
 
@@ -148,6 +157,7 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
     try:
         # No preset kgpt2 accepts needs TensorFlow, though keras-hub imports it to ask whether TF's file systems
         # serve the preset's URL scheme (all but Kaggle handles: local folders and hf:// too).
+        _fetch_hub_config(preset)
         with tensorflow_hidden():
             return keras_hub.models.GPT2Backbone.from_preset(
                 preset, load_weights=load_weights, dropout=cfg.dropout, **overrides
@@ -179,6 +189,7 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
             return BPETokenizer.from_hf_json(root / "tokenizer.json")
         raise UserError(f"preset directory '{root}' holds no GPT-2 tokenizer files")
     try:
+        _fetch_hub_config(cfg.preset)
         with tensorflow_hidden():  # as in build_backbone
             kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
     except Exception as e:

@@ -110,6 +110,28 @@ def test_hf_hub_handle_loads_with_transformers_logits(hf_dir, text, monkeypatch)
     np.testing.assert_allclose(kgpt2_logits(model, ids), hf_logits(hf_dir, ids), atol=ATOL, rtol=0)
 
 
+def test_hf_hub_handle_offline_is_one_sentence(tmp_path, monkeypatch, capsys):
+    """Offline, huggingface_hub fails with the network error as its cause, which keras-hub's own check would
+    turn into "has no config.json": kgpt2 says there is no network."""
+    import socket
+
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from kgpt2.cli import main
+
+    def offline(repo_id, filename, **_):
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except socket.gaierror as e:
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from e
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    assert main(["train", "model.preset=hf://openai-community/gpt2", f"data.shards={tmp_path}"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "kgpt2: error: could not download the tokenizer of preset 'hf://openai-community/gpt2': no network connection")
+
+
 def test_transformers_v5_tokenizer_json_only(hf_dir, tmp_path, text):
     """transformers >= 5 saves tokenizer.json alone; kgpt2 reads its BPE from there."""
     from kgpt2.config import ModelConfig

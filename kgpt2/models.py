@@ -66,13 +66,18 @@ def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
         )
 
 
-def _fetch_hub_config(preset: str) -> None:
-    """Download an hf:// handle's config.json before keras-hub does: keras-hub's own check turns any failure,
-    no network included, into "has no config.json", while this one keeps the cause for kgpt2's sentence."""
-    if preset.startswith("hf://"):
-        import huggingface_hub  # a keras-hub (and gradio) dependency, needed only for hf:// handles
+def _fetch_hub_config(preset: str) -> dict:
+    """An hf:// handle's config.json (else {}), downloaded before keras-hub does: keras-hub's own check turns any
+    failure, no network included, into "has no config.json", while this one keeps the cause for kgpt2's sentence."""
+    if not preset.startswith("hf://"):
+        return {}
+    import huggingface_hub  # a keras-hub (and gradio) dependency, needed only for hf:// handles
 
-        huggingface_hub.hf_hub_download(repo_id=preset.removeprefix("hf://"), filename="config.json")
+    path = huggingface_hub.hf_hub_download(repo_id=preset.removeprefix("hf://"), filename="config.json")
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}  # not JSON: keras-hub reports what is wrong
 
 
 def hf_gpt2_overrides(root: Path) -> dict:
@@ -89,13 +94,20 @@ def hf_gpt2_overrides(root: Path) -> dict:
         config = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         return {}  # not an HF config: keras-hub reports what is wrong
-    if "model_type" not in config:
-        return {}  # a KerasHub preset (its config.json has class_name/module)
-    if config["model_type"] != "gpt2":
-        raise UserError(f"'{root}' holds a Hugging Face '{config['model_type']}' model; kgpt2 loads GPT-2 only")
-    if not ((root / "model.safetensors").is_file() or (root / "model.safetensors.index.json").is_file()):
+    overrides = hf_config_overrides(config, root)
+    if "model_type" in config and not ((root / "model.safetensors").is_file()
+                                       or (root / "model.safetensors.index.json").is_file()):
         raise UserError(f"'{root}' has no model.safetensors; re-save it with transformers' "
                         "save_pretrained(dir, safe_serialization=True)")
+    return overrides
+
+
+def hf_config_overrides(config: dict, where) -> dict:
+    """GPT2Backbone overrides for a Hugging Face GPT-2 `config` (from `where`); {} for a KerasHub preset's."""
+    if not isinstance(config, dict) or "model_type" not in config:
+        return {}  # a KerasHub preset (its config.json has class_name/module)
+    if config["model_type"] != "gpt2":
+        raise UserError(f"'{where}' holds a Hugging Face '{config['model_type']}' model; kgpt2 loads GPT-2 only")
     unsupported = []
     if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         unsupported.append(f"activation_function={config['activation_function']!r}")
@@ -106,7 +118,7 @@ def hf_gpt2_overrides(root: Path) -> dict:
     if not config.get("tie_word_embeddings", True):
         unsupported.append("tie_word_embeddings=false")
     if unsupported:
-        raise UserError(f"'{root}' is a GPT-2 variant KerasHub's GPT2Backbone cannot express ({', '.join(unsupported)})")
+        raise UserError(f"'{where}' is a GPT-2 variant KerasHub's GPT2Backbone cannot express ({', '.join(unsupported)})")
     return {"intermediate_dim": int(config["n_inner"])} if config.get("n_inner") else {}
 
 
@@ -153,11 +165,11 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
             max_sequence_length=cfg.max_sequence_length,
         )
     preset = str(Path(cfg.preset).expanduser()) if _is_local(cfg.preset) else cfg.preset
-    overrides = hf_gpt2_overrides(Path(preset)) if _is_local(cfg.preset) else {}
     try:
+        overrides = hf_gpt2_overrides(Path(preset)) if _is_local(cfg.preset) else \
+            hf_config_overrides(_fetch_hub_config(preset), preset)
         # No preset kgpt2 accepts needs TensorFlow, though keras-hub imports it to ask whether TF's file systems
         # serve the preset's URL scheme (all but Kaggle handles: local folders and hf:// too).
-        _fetch_hub_config(preset)
         with tensorflow_hidden():
             return keras_hub.models.GPT2Backbone.from_preset(
                 preset, load_weights=load_weights, dropout=cfg.dropout, **overrides

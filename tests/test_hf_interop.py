@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,9 +89,8 @@ def test_hf_directory_loads_with_transformers_logits(hf_dir, text):
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
 
 
-def test_hf_hub_handle_loads_with_transformers_logits(hf_dir, text, monkeypatch):
-    """`model.preset = "hf://org/name"` goes to keras-hub's Hugging Face download (served here from hf_dir) and
-    its converter: same tokens and logits as transformers."""
+def _serve_hf_hub(monkeypatch, directory) -> list:
+    """huggingface_hub's download serves `directory`'s files for any repository; returns the (repo, file) asked."""
     import huggingface_hub
     from huggingface_hub.utils import EntryNotFoundError
 
@@ -98,16 +98,39 @@ def test_hf_hub_handle_loads_with_transformers_logits(hf_dir, text, monkeypatch)
 
     def served(repo_id, filename, **_):
         asked.append((repo_id, filename))
-        if not (hf_dir / filename).exists():
+        if not (Path(directory) / filename).exists():
             raise EntryNotFoundError(filename)
-        return str(hf_dir / filename)
+        return str(Path(directory) / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", served)
+    return asked
+
+
+def test_hf_hub_handle_loads_with_transformers_logits(hf_dir, text, monkeypatch):
+    """`model.preset = "hf://org/name"` goes to keras-hub's Hugging Face download (served here from hf_dir) and
+    its converter: same tokens and logits as transformers."""
+    asked = _serve_hf_hub(monkeypatch, hf_dir)
     model, tokenizer, _ = kgpt2_model("hf://openai-community/gpt2", lora=False)
     assert ("openai-community/gpt2", "model.safetensors") in asked
     ids = tokenizer.encode(text)[:N_POSITIONS]
     assert ids == transformers.AutoTokenizer.from_pretrained(hf_dir)(text)["input_ids"][:N_POSITIONS]
     np.testing.assert_allclose(kgpt2_logits(model, ids), hf_logits(hf_dir, ids), atol=ATOL, rtol=0)
+
+
+def test_hf_hub_variants_are_checked_as_local_ones(hf_dir, tmp_path, monkeypatch):
+    """A downloaded config gets the checks of a local directory: n_inner passed on, variants refused."""
+    from kgpt2.config import ModelConfig
+    from kgpt2.models import build_backbone
+
+    d = tmp_path / "variant"
+    shutil.copytree(hf_dir, d)
+    _serve_hf_hub(monkeypatch, d)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(dict(config, n_inner=96)))
+    assert build_backbone(ModelConfig(preset="hf://org/gpt2-variant"), load_weights=False).intermediate_dim == 96
+    (d / "config.json").write_text(json.dumps(dict(config, activation_function="relu")))
+    with pytest.raises(UserError, match="'hf://org/gpt2-variant' is a GPT-2 variant .*activation_function='relu'"):
+        build_backbone(ModelConfig(preset="hf://org/gpt2-variant"))
 
 
 def test_hf_hub_handle_offline_is_one_sentence(tmp_path, monkeypatch, capsys):

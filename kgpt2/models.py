@@ -4,8 +4,10 @@
 - a KerasHub preset name (`gpt2_base_en`, `gpt2_medium_en`, `gpt2_large_en`,
   `gpt2_extra_large_en`; downloaded from Kaggle, so it needs the network once),
 - a local preset directory (`save_to_preset` output, e.g. the quickstart's),
+- a Kaggle Models or Hugging Face Hub handle (`kaggle://...`, `hf://org/name`),
+  downloaded by keras-hub,
 - a local Hugging Face GPT-2 directory (config.json + safetensors + vocab/merges;
-  keras-hub converts it on load),
+  keras-hub converts it on load, kgpt2.hf_configs checks what it cannot carry),
 - `"scratch"`: a fresh GPT-2 of the shape in the config.
 
 The task is built with `preprocessor=None`: kgpt2 tokenises with its exact
@@ -37,6 +39,7 @@ from kgpt2.config import Config, ModelConfig
 from kgpt2.cudnn_attention import use_cudnn_dropout_attention, wants_cudnn_dropout
 from kgpt2.distribution import pin_attention_sharding
 from kgpt2.errors import UserError, load_failure
+from kgpt2.hf_configs import fetch_hub_config, hf_config_overrides, hf_gpt2_overrides
 from kgpt2.peft_adapters import load_peft_adapter
 from kgpt2.quantize import quantize_backbone
 from kgpt2.tokenizer import Tokenizer as BPETokenizer
@@ -64,62 +67,6 @@ def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
             f"unknown GPT-2 preset '{preset}' (known: {', '.join(GPT2_PRESETS)}, or a kaggle:// or hf:// handle); "
             f"{hint}"
         )
-
-
-def _fetch_hub_config(preset: str) -> dict:
-    """An hf:// handle's config.json (else {}), downloaded before keras-hub does: keras-hub's own check turns any
-    failure, no network included, into "has no config.json", while this one keeps the cause for kgpt2's sentence."""
-    if not preset.startswith("hf://"):
-        return {}
-    import huggingface_hub  # a keras-hub (and gradio) dependency, needed only for hf:// handles
-
-    path = huggingface_hub.hf_hub_download(repo_id=preset.removeprefix("hf://"), filename="config.json")
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}  # not JSON: keras-hub reports what is wrong
-
-
-def hf_gpt2_overrides(root: Path) -> dict:
-    """Check a Hugging Face GPT-2 directory for what keras-hub's converter cannot carry.
-
-    keras-hub's converter (keras_hub/src/utils/transformers/convert_gpt2.py)
-    assumes `n_inner = 4 * n_embd` and the stock GPT-2 block, and silently
-    ignores config fields that change the maths; kgpt2 passes `n_inner` on and
-    refuses the rest, so a loaded model computes what transformers computes.
-    Returns GPT2Backbone keyword overrides ({} for a KerasHub preset directory).
-    """
-    path = root / "config.json"
-    try:
-        config = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}  # not an HF config: keras-hub reports what is wrong
-    overrides = hf_config_overrides(config, root)
-    if "model_type" in config and not ((root / "model.safetensors").is_file()
-                                       or (root / "model.safetensors.index.json").is_file()):
-        raise UserError(f"'{root}' has no model.safetensors; re-save it with transformers' "
-                        "save_pretrained(dir, safe_serialization=True)")
-    return overrides
-
-
-def hf_config_overrides(config: dict, where) -> dict:
-    """GPT2Backbone overrides for a Hugging Face GPT-2 `config` (from `where`); {} for a KerasHub preset's."""
-    if not isinstance(config, dict) or "model_type" not in config:
-        return {}  # a KerasHub preset (its config.json has class_name/module)
-    if config["model_type"] != "gpt2":
-        raise UserError(f"'{where}' holds a Hugging Face '{config['model_type']}' model; kgpt2 loads GPT-2 only")
-    unsupported = []
-    if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        unsupported.append(f"activation_function={config['activation_function']!r}")
-    if abs(float(config.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
-        unsupported.append(f"layer_norm_epsilon={config['layer_norm_epsilon']}")
-    if config.get("scale_attn_by_inverse_layer_idx", False) or not config.get("scale_attn_weights", True):
-        unsupported.append("non-standard attention scaling")
-    if not config.get("tie_word_embeddings", True):
-        unsupported.append("tie_word_embeddings=false")
-    if unsupported:
-        raise UserError(f"'{where}' is a GPT-2 variant KerasHub's GPT2Backbone cannot express ({', '.join(unsupported)})")
-    return {"intermediate_dim": int(config["n_inner"])} if config.get("n_inner") else {}
 
 
 def context_length(cfg: ModelConfig) -> int | None:
@@ -167,7 +114,7 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
     preset = str(Path(cfg.preset).expanduser()) if _is_local(cfg.preset) else cfg.preset
     try:
         overrides = hf_gpt2_overrides(Path(preset)) if _is_local(cfg.preset) else \
-            hf_config_overrides(_fetch_hub_config(preset), preset)
+            hf_config_overrides(fetch_hub_config(preset), preset)
         # No preset kgpt2 accepts needs TensorFlow, though keras-hub imports it to ask whether TF's file systems
         # serve the preset's URL scheme (all but Kaggle handles: local folders and hf:// too).
         with tensorflow_hidden():
@@ -201,7 +148,7 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
             return BPETokenizer.from_hf_json(root / "tokenizer.json")
         raise UserError(f"preset directory '{root}' holds no GPT-2 tokenizer files")
     try:
-        _fetch_hub_config(cfg.preset)
+        fetch_hub_config(cfg.preset)
         with tensorflow_hidden():  # as in build_backbone
             kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
     except Exception as e:

@@ -198,12 +198,11 @@ class Demo:
         self._stops[getattr(request, "session_hash", None) or "api"] = flag
         return flag
 
-    def stop(self, request: gr.Request = None):
-        """Stop this session's running generation (the Stop button)."""
+    def stop(self, request: gr.Request = None) -> None:
+        """Stop this session's running generation (the Stop button); its last update says "Stopped"."""
         flag = self._stops.get(getattr(request, "session_hash", None) or "api")
         if flag is not None:
             flag.set()
-        return "Stopping …"
 
     # --- votes ---
     def vote(self, match, choice):

@@ -153,7 +153,9 @@ def _wire(demo, app, ui) -> None:
     gr.on([ui.generate.click, ui.prompt.submit], _busy, None, controls, api_name="busy", **private).then(
         demo.compare, inputs, shown, api_name="compare", concurrency_limit=None).then(
         partial(_idle, demo), [ui.match], controls, api_name="idle", **private)
-    ui.stop.click(demo.stop, None, [ui.status], api_name="stop", queue=False)
+    # No output: the answers' own last update says "Stopped"; a reply of Stop's that reached the page after it
+    # (a loaded server) would leave a stale "Stopping" there for good.
+    ui.stop.click(demo.stop, None, None, api_name="stop", queue=False)
     voted = [ui.status, ui.infos["a"], ui.infos["b"], ui.summary, ui.match]
     for choice, button in ui.votes.items():
         button.click(partial(demo.vote, choice=choice), [ui.match], voted, api_name=f"vote_{choice}").then(

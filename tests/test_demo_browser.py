@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,41 @@ def test_thumbs_in_single_mode_and_per_side(served, browser, tmp_path, width):
             assert r["x"] >= 0 and r["x"] + r["width"] <= width + 1, box
         _keep(page, tmp_path, f"thumbs-compare-{width}.png")
     finally:
+        page.close()
+
+
+class _StopRepliesLate(dict):
+    """The demo's stop flags, whose Stop reply leaves the server 2 s after the flag is set (a loaded machine):
+    the answers' last update ("Stopped") then reaches the page before the Stop click's own reply."""
+
+    def get(self, key, default=None):
+        flag = super().get(key, default)
+        return None if flag is None else _LateFlag(flag)
+
+
+class _LateFlag:
+    def __init__(self, flag):
+        self.flag = flag
+
+    def set(self):
+        self.flag.set()
+        time.sleep(2)
+
+
+def test_stop_says_stopped_even_when_its_reply_comes_last(served, browser, monkeypatch):
+    url, demo, _ = served
+    monkeypatch.setattr(demo, "_stops", _StopRepliesLate(demo._stops))
+    page = _open(browser, url)
+    demo.answerer.min_step_s = 0.3
+    try:
+        _generate(page)
+        page.wait_for_function("document.querySelector('#answer-a textarea').value.length > 0", timeout=30_000)
+        page.locator("#stop").click()
+        _wait_status(page, "Stopped")
+        page.wait_for_timeout(4_000)  # past the late reply
+        assert _status(page).startswith("Stopped"), _status(page)
+    finally:
+        demo.answerer.min_step_s = 0.03
         page.close()
 
 

@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 configs: what keras-hub's converter cannot carry, and hf:// handles' configs.
+"""Hugging Face GPT-2 configs: what keras-hub's converter cannot carry; kaggle:// and hf:// handles' configs.
 
 keras-hub converts a transformers GPT-2 (a local directory or an hf:// handle)
 on load but assumes `n_inner = 4 * n_embd` and the stock block; these checks
@@ -21,13 +21,20 @@ from kgpt2.errors import UserError
 
 
 def fetch_hub_config(preset: str) -> dict:
-    """An hf:// handle's config.json (else {}), downloaded before keras-hub does: keras-hub's own check turns any
-    failure, no network included, into "has no config.json", while this one keeps the cause for kgpt2's sentence."""
-    if not preset.startswith("hf://"):
-        return {}
-    import huggingface_hub  # a keras-hub (and gradio) dependency, needed only for hf:// handles
+    """A kaggle:// or hf:// handle's config.json (else {}), downloaded (or read from the cache) by the hub's own
+    client. kgpt2 reads it before keras-hub loads the preset: for the model's context length, and because keras-hub's
+    own check turns an hf:// download's failure, no network included, into "has no config.json", while this keeps
+    the cause for kgpt2's sentence."""
+    if preset.startswith("hf://"):
+        import huggingface_hub  # keras-hub's (and gradio's) dependencies, needed only for hub handles
 
-    path = huggingface_hub.hf_hub_download(repo_id=preset.removeprefix("hf://"), filename="config.json")
+        path = huggingface_hub.hf_hub_download(repo_id=preset.removeprefix("hf://"), filename="config.json")
+    elif preset.startswith("kaggle://"):
+        import kagglehub
+
+        path = kagglehub.model_download(preset.removeprefix("kaggle://"), "config.json")
+    else:
+        return {}
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):

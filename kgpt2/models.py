@@ -72,19 +72,27 @@ def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
 def context_length(cfg: ModelConfig) -> int | None:
     """The longest sequence `cfg`'s model attends to, read without building it (None = unknown).
 
-    Scratch: `model.max_sequence_length`; a local directory: its config.json
-    (KerasHub `max_sequence_length`, Hugging Face `n_positions`); the named
+    Scratch: `model.max_sequence_length`; a local directory or a kaggle:// or
+    hf:// handle: its config.json (KerasHub `max_sequence_length`, Hugging Face
+    `n_positions`; a handle's is downloaded, as loading it would); the named
     GPT-2 presets: 1024, as every one of them was trained.
     """
     if cfg.preset == "scratch":
         return cfg.max_sequence_length
     if cfg.preset in GPT2_PRESETS:
         return 1024
-    path = Path(cfg.preset).expanduser() / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # loading the model reports what is wrong with it
+    if cfg.preset.startswith(HUB_SCHEMES):
+        try:
+            config = fetch_hub_config(cfg.preset)
+        except Exception as e:  # network, auth, a malformed handle: one clear sentence
+            raise load_failure(f"model preset '{cfg.preset}'", e, OFFLINE_HINT) from None
+    else:
+        try:
+            config = json.loads((Path(cfg.preset).expanduser() / "config.json").read_text())
+        except (OSError, ValueError):
+            return None  # loading the model reports what is wrong with it
+    if not isinstance(config, dict):
+        return None
     n = config.get("config", {}).get("max_sequence_length") if "model_type" not in config else config.get("n_positions")
     return int(n) if isinstance(n, int) else None
 

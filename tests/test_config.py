@@ -57,6 +57,31 @@ def test_cli_refuses_bad_values_before_making_a_run(tmp_path, bad):
     assert list(tmp_path.iterdir()) == []  # no junk run folder
 
 
+@pytest.mark.parametrize("preset", ["hf://org/gpt2-tiny", "kaggle://org/gpt2/keras/tiny/1"])
+def test_sequence_length_beyond_a_hub_handles_context(preset, tmp_path, tiny_preset, monkeypatch, capsys):
+    """A handle's config.json is downloaded (here served from the tiny preset) for its context, before any run
+    folder: one sentence, not PositionEmbedding's traceback at the first step."""
+    import huggingface_hub
+    import kagglehub
+
+    from kgpt2.cli import main
+    from kgpt2.config import ModelConfig
+    from kgpt2.models import context_length
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename, **_: asked.append(repo_id) or str(tiny_preset / filename))
+    monkeypatch.setattr(kagglehub, "model_download",
+                        lambda handle, path=None: asked.append(handle) or str(tiny_preset / path))
+    assert context_length(ModelConfig(preset=preset)) == 64
+    assert asked == [preset.split("://")[1]]
+    args = ["train", f"model.preset={preset}", "data.sequence_length=65", "data.shards=x", f"checkpoints_root={tmp_path}"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (f"kgpt2: error: data.sequence_length is 65, but model '{preset}' attends to "
+                                       "at most 64 tokens; set data.sequence_length <= 64\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sequence_length_beyond_the_models_context(tmp_path, tiny_preset, pydoc_shards):
     from kgpt2.align import align
     from kgpt2.models import check_sequence_length, context_length

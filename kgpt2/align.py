@@ -104,8 +104,7 @@ class Aligner:
 
     # -- 1. setup
     def setup(self, require_checkpoint: bool = False) -> None:
-        cfg, a = self.cfg, self.cfg.align
-        check_sequence_length(cfg)
+        cfg, a = self.cfg, self.cfg.align  # align() checked the sequence length before taking the lock
         self.run_ = Run.of(cfg)
         self.store = self.run_.checkpoints(cfg.train.keep_last)
         self.latest = self.store.latest()

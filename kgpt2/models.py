@@ -62,7 +62,7 @@ def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
         return
     if "/" in preset or preset.startswith("."):
         raise UserError(f"model preset directory '{preset}' does not exist; {hint}")
-    if preset not in set(keras_hub.models.GPT2Backbone.presets):
+    if preset not in keras_hub.models.GPT2Backbone.presets:
         raise UserError(
             f"unknown GPT-2 preset '{preset}' (known: {', '.join(GPT2_PRESETS)}, or a kaggle:// or hf:// handle); "
             f"{hint}"

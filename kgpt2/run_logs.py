@@ -135,7 +135,8 @@ class _StepLogger(keras.callbacks.Callback):
 
     async_safe = True
 
-    def __init__(self, path, first_step, schedule, stage, tokens_per_batch, tensorboard=None, paddings=None):
+    def __init__(self, path, first_step, schedule, stage, tokens_per_batch, tensorboard: TensorBoardScalars,
+                 paddings=None):
         super().__init__()
         self.paddings = paddings
         self.path, self.first_step, self.schedule = path, first_step, host_schedule(schedule)
@@ -183,10 +184,9 @@ class _StepLogger(keras.callbacks.Callback):
             return
         with open(self.path, "a", newline="") as f:
             f.write("".join(",".join(str(v) for v in row) + "\n" for row in rows))
-        if self.tensorboard is not None:
-            named = [dict(zip(STEP_FIELDS, row)) for row in rows]
-            self.tensorboard.write([(r["step"], float(r["time"]), {tag: r[tag] for tag in TENSORBOARD_TAGS})
-                                    for r in named])
+        named = [dict(zip(STEP_FIELDS, row)) for row in rows]
+        self.tensorboard.write([(r["step"], float(r["time"]), {tag: r[tag] for tag in TENSORBOARD_TAGS})
+                                for r in named])
 
 
 def host_schedule(schedule):

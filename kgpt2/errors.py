@@ -91,8 +91,11 @@ def _is_network_error(e: BaseException) -> bool:
     return False
 
 
-def load_failure(what: str, e: Exception, hint: str) -> UserError:
+def load_failure(what: str, e: Exception, hint: str, cache: str = "the KerasHub cache") -> UserError:
     """One sentence for a preset that did not load: a network failure says so, not urllib3's 300 characters.
+
+    `cache` names where the download would have been found offline (an hf:// handle's files go to
+    the Hugging Face cache, the rest to KerasHub's).
 
         >>> str(load_failure("model preset 'gpt2_base_en'", OSError("Max retries exceeded"), "hint"))
         "could not load model preset 'gpt2_base_en' (Max retries exceeded); hint"
@@ -104,8 +107,7 @@ def load_failure(what: str, e: Exception, hint: str) -> UserError:
         could not download model preset 'gpt2_base_en': no network connection (and it is not in the KerasHub cache); hint
     """
     if _is_network_error(e):
-        return UserError(f"could not download {what}: no network connection (and it is not in the KerasHub "
-                         f"cache); {hint}")
+        return UserError(f"could not download {what}: no network connection (and it is not in {cache}); {hint}")
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     reason = text if len(text) <= 200 else text[:200] + "..."
     return UserError(f"could not load {what} ({reason}); {hint}")

@@ -47,6 +47,11 @@ from kgpt2.tokenizer_protocol import Tokenizer
 
 GPT2_PRESETS = ("gpt2_base_en", "gpt2_medium_en", "gpt2_large_en", "gpt2_extra_large_en")
 HUB_SCHEMES = ("kaggle://", "hf://")  # keras-hub downloads these handles (Kaggle Models, the Hugging Face Hub)
+
+
+def download_cache(preset: str) -> str:
+    """Where a downloaded preset is kept (what an offline sentence says it was not found in)."""
+    return "the Hugging Face cache" if preset.startswith("hf://") else "the KerasHub cache"
 OFFLINE_HINT = (
     "to work offline, use a local preset directory (save_to_preset output), "
     "a local Hugging Face GPT-2 directory, or model.preset = \"scratch\""
@@ -85,7 +90,7 @@ def context_length(cfg: ModelConfig) -> int | None:
         try:
             config = fetch_hub_config(cfg.preset)
         except Exception as e:  # network, auth, a malformed handle: one clear sentence
-            raise load_failure(f"model preset '{cfg.preset}'", e, OFFLINE_HINT) from None
+            raise load_failure(f"model preset '{cfg.preset}'", e, OFFLINE_HINT, download_cache(cfg.preset)) from None
     else:
         try:
             config = json.loads((Path(cfg.preset).expanduser() / "config.json").read_text())
@@ -132,7 +137,7 @@ def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> keras_hub.mod
     except UserError:
         raise
     except Exception as e:  # network, auth, missing files: one clear sentence
-        raise load_failure(f"model preset '{cfg.preset}'", e, OFFLINE_HINT) from None
+        raise load_failure(f"model preset '{cfg.preset}'", e, OFFLINE_HINT, download_cache(cfg.preset)) from None
 
 
 def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokenizer:
@@ -160,7 +165,8 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
         with tensorflow_hidden():  # as in build_backbone
             kh = keras_hub.models.GPT2Tokenizer.from_preset(cfg.preset)
     except Exception as e:
-        raise load_failure(f"the tokenizer of preset '{cfg.preset}'", e, offline_hint) from None
+        what = f"the tokenizer of preset '{cfg.preset}'"
+        raise load_failure(what, e, offline_hint, download_cache(cfg.preset)) from None
     return BPETokenizer(kh.vocabulary, kh.merges)
 
 

@@ -152,7 +152,8 @@ def test_hf_hub_handle_offline_is_one_sentence(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     assert main(["train", "model.preset=hf://openai-community/gpt2", f"data.shards={tmp_path}"]) == 2
     assert capsys.readouterr().err.startswith(
-        "kgpt2: error: could not download model preset 'hf://openai-community/gpt2': no network connection")
+        "kgpt2: error: could not download model preset 'hf://openai-community/gpt2': no network connection "
+        "(and it is not in the Hugging Face cache)")
 
 
 def test_transformers_v5_tokenizer_json_only(hf_dir, tmp_path, text):

@@ -19,12 +19,16 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from kgpt2.char_tokenizer import CharTokenizer
+from kgpt2.char_tokenizer import CHAR_VOCAB_FILE, CharTokenizer
 from kgpt2.data.sources import open_source
 from kgpt2.errors import UserError
 from kgpt2.io import new_folder, refuse_used_folder
+from kgpt2.tokenizer import MERGES_FILE, VOCAB_FILE
 from kgpt2.tokenizer import Tokenizer as BPETokenizer
 from kgpt2.tokenizer_protocol import Tokenizer
+
+
+TOKENIZER_FILES = (VOCAB_FILE, MERGES_FILE, CHAR_VOCAB_FILE)  # what a saved tokenizer of either kind holds
 
 
 def _texts(source: str, fmt: str | None = None):
@@ -48,8 +52,9 @@ def train_tokenizer(source: str, out_dir, vocab_size: int = 0, *, char: bool = F
     out_dir = Path(out_dir)
     if not char and vocab_size < 258:
         raise UserError(f"a byte-level BPE needs --vocab-size of at least 258 (256 bytes, end-of-text, a merge), got {vocab_size}")
-    if out_dir.is_file():
-        refuse_used_folder(out_dir, "tokenizer")  # before the training, which can take minutes
+    holds_a_tokenizer = out_dir.is_dir() and any(p.name in TOKENIZER_FILES for p in out_dir.iterdir())
+    if not holds_a_tokenizer:  # a file, or a folder of other files: refused before the training (minutes)
+        refuse_used_folder(out_dir, "tokenizer")
     texts = _texts(source, fmt)
     if char:
         tokenizer = CharTokenizer.train(texts)

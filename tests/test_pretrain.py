@@ -90,6 +90,24 @@ def test_tokenizer_train_never_replaces_a_tokenizer(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.txt", "tok"]  # nothing half-built beside it
 
 
+def test_tokenizer_train_refuses_a_folder_of_other_files_before_training(tmp_path, capsys, monkeypatch):
+    """--out holding the user's own files (no tokenizer) is refused as a used folder, before any training."""
+    from kgpt2 import tokenizer_training
+    from kgpt2.cli import main
+
+    source = tmp_path / "abc.txt"
+    source.write_text("abc abc\n", encoding="utf-8")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious", encoding="utf-8")
+    monkeypatch.setattr(tokenizer_training, "_texts", lambda *a: pytest.fail("trained before refusing"))
+    for kind in (["--char"], ["--vocab-size", "300"]):
+        assert main(["-q", "tokenizer", "train", "--source", str(source), "--out", str(mine)] + kind) == 2
+        assert capsys.readouterr().err == (
+            f"kgpt2: error: tokenizer target '{mine}' already exists and is not empty; choose a new directory\n")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "precious"
+
+
 def test_tail_split_is_nanogpts_90_10_character_split(tmp_path, char_tokenizer_dir, shakespeare):
     from kgpt2.data.shards import ShardSet, prepare
     from kgpt2.tokenizer import Tokenizer

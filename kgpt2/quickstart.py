@@ -37,10 +37,21 @@ SAMPLE_PROMPT = "The assert statement"  # the greedy sample quickstart prints
 
 
 def quickstart_config(checkpoints_root: str = "checkpoints", overrides=()) -> Config:
-    run_dir = Path(checkpoints_root) / "quickstart"
+    """The quickstart run's config: its preset, tokenizer and shards inside the run's folder.
+
+    The folder is the one the overrides name, if they do (`checkpoints_root=DIR`, `run=NAME`, the keys of
+    every run config), so nothing the run reads lands outside it:
+
+        >>> cfg = quickstart_config("checkpoints", ["checkpoints_root=runs", "run=first"])
+        >>> str(cfg.run_dir), cfg.model.preset, cfg.data.shards
+        ('runs/first', 'runs/first/preset', 'runs/first/shards')
+    """
+    overrides = list(overrides)
+    run_dir = load_config(QUICKSTART_CONFIG, [f"checkpoints_root={checkpoints_root}", "run=quickstart",
+                                              *overrides]).run_dir
     base = [f"checkpoints_root={checkpoints_root}", "run=quickstart",
             f"model.preset={run_dir / 'preset'}", f"data.shards={run_dir / 'shards'}"]
-    return load_config(QUICKSTART_CONFIG, base + list(overrides))
+    return load_config(QUICKSTART_CONFIG, base + overrides)
 
 
 def build_preset(cfg: Config) -> Path:

@@ -17,6 +17,7 @@ split always give the same numbers (windows in order, no sampling).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from kgpt2.checkpoints import CheckpointManager
@@ -31,6 +32,8 @@ from kgpt2.preferences import PolicyLogProbs, encode_preferences, predict_logpro
 from kgpt2.run import BASE, Run, build_run_model, snapshot
 from kgpt2.training_data import resolve_windows
 from kgpt2.validation import split_batches
+
+log = logging.getLogger("kgpt2")
 
 
 def select_checkpoints(run_dir, which) -> list[str]:
@@ -85,16 +88,37 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     for ckpt_id in ids:
         if ckpt_id == BASE:
             run.restore(model, BASE, base=base)
-        else:
-            CheckpointManager.restore(model, ckpts[ckpt_id])
+        elif not restore_if_present(model, ckpts, ckpt_id):
+            continue
         logs = scorer.evaluate(to_dataset(source), verbose=0, return_dict=True)
         row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": tokens}
         if ckpt_id != BASE:
             row.update(step=ckpts[ckpt_id].state["step"], stage=ckpts[ckpt_id].stage_number)
         rows.append(row)
+    if not rows:
+        raise UserError(f"every checkpoint of '{run_dir}' chosen to evaluate was removed meanwhile; run it again")
     if save:
         save_table(run_dir, rows, split)
     return rows
+
+
+def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:
+    """Load checkpoint `ckpt_id` of the listing `ckpts`; False (and one warning line) when it no longer exists.
+
+    A run may be evaluated while `kgpt2 train` still writes it, and its retention removes older periodic
+    checkpoints (renamed aside, then deleted): one listed a moment ago can be gone before, or while, it loads.
+    """
+    ckpt = ckpts.get(ckpt_id)
+    try:
+        if ckpt is not None:
+            CheckpointManager.restore(model, ckpt)
+            return True
+    except (UserError, OSError):
+        if ckpt.path.is_dir():
+            raise  # still there: damaged, unreadable - its own sentence
+    log.warning("%s was removed while this evaluation ran (a training run keeps only its newest checkpoints); "
+                "skipped", ckpt_id)
+    return False
 
 
 def is_align_run(run: Run) -> bool:
@@ -126,9 +150,10 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
     for ckpt_id in ids:
         if ckpt_id == BASE:
             y_pred = y_true[:, :2]  # the policy before alignment is the reference
-        else:
-            CheckpointManager.restore(model, ckpts[ckpt_id])
+        elif restore_if_present(model, ckpts, ckpt_id):
             y_pred = predict_logprobs(scorer, held_x, bs)
+        else:
+            continue
         row = {"model": ckpt_id, **score_heldout(y_true, y_pred, a.loss, a.beta, **options), "split": "preferences"}
         if ckpt_id != BASE:
             row["step"] = ckpts[ckpt_id].state["step"]

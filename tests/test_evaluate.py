@@ -104,6 +104,45 @@ def test_evaluate_picks_checkpoints_by_list(tiny_run):
         select_checkpoints(tiny_run, "ckpt-999")
 
 
+@pytest.mark.parametrize("removed", ["before its turn", "while it loads"])
+def test_a_checkpoint_removed_by_a_running_trainer_is_skipped(tiny_run, tmp_path, monkeypatch, caplog, removed):
+    """`kgpt2 evaluate --checkpoint all` beside a `kgpt2 train` that prunes old checkpoints: one listed, then
+    removed (as the trainer removes it: renamed aside, deleted) is skipped with a warning; it was a KeyError
+    traceback. All removed: one sentence."""
+    import shutil
+
+    from kgpt2 import checkpoints, evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    first, last = evaluate.select_checkpoints(run, "all")
+    if removed == "before its turn":
+        real_select = evaluate.select_checkpoints
+
+        def select_then_prune(run_dir, which):
+            ids = real_select(run_dir, which)
+            checkpoints._remove_folder(run / first)
+            return ids
+
+        monkeypatch.setattr(evaluate, "select_checkpoints", select_then_prune)
+    else:
+        real_restore = checkpoints.CheckpointManager.restore
+
+        def prune_mid_load(model, ckpt, optimizer=None):
+            if ckpt.id == first:
+                checkpoints._remove_folder(ckpt.path)
+            return real_restore(model, ckpt, optimizer)
+
+        monkeypatch.setattr(checkpoints.CheckpointManager, "restore", staticmethod(prune_mid_load))
+    rows = evaluate.evaluate_run(run, "all", split="validation", max_batches=1, save=False)
+    assert [r["model"] for r in rows] == [last]
+    assert f"{first} was removed while this evaluation ran" in caplog.text
+    checkpoints._remove_folder(run / last)
+    monkeypatch.setattr(evaluate, "select_checkpoints", lambda run_dir, which: [last])
+    with pytest.raises(UserError, match="chosen to evaluate was removed meanwhile; run it again"):
+        evaluate.evaluate_run(run, "all", split="validation", max_batches=1, save=False)
+
+
 def test_evaluate_unknown_split_is_a_user_error(tiny_run):
     from kgpt2.evaluate import evaluate_run
 

@@ -5,7 +5,7 @@ Data flows one way: source -> shards -> stage plan -> trainer -> checkpoints
 
     >>> import kgpt2
     >>> # kgpt2.prepare("pydoc", "shards", tokenizer)   # corpus -> token shards
-    >>> # kgpt2.train(kgpt2.load_config("pubmed_lora"))
+    >>> # from kgpt2.train import train; train(kgpt2.load_config("pubmed_lora"))
     >>> # kgpt2.evaluate_run("checkpoints/pubmed", checkpoints="all", compare_base=True)
     >>> # kgpt2.generate_from_run("checkpoints/pubmed", "Parkinson's disease is")
 """
@@ -21,15 +21,19 @@ _API = {
     "prepare": "kgpt2.data.shards",
     "ShardSet": "kgpt2.data.shards",
     "Tokenizer": "kgpt2.tokenizer",
-    "train": "kgpt2.train",
     "evaluate_run": "kgpt2.evaluate",
     "Generator": "kgpt2.generate",
     "generate_from_run": "kgpt2.generate",
     "Engine": "kgpt2.engine",
     "load_model": "kgpt2.run",
-    "quickstart": "kgpt2.quickstart",
     "UserError": "kgpt2.errors",
 }
+
+
+# No public name here may be a submodule's (train, quickstart, evaluate, generate...): importing the submodule
+# sets the package's attribute to it, so a function of that name worked until something imported the module
+# (a second kgpt2.train(cfg) was "'module' object is not callable"): `from kgpt2.train import train` instead.
+# tests/test_architecture.py checks.
 
 
 def __getattr__(name):
@@ -40,16 +44,3 @@ def __getattr__(name):
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'kgpt2' has no attribute {name!r}")
 
-
-def evaluate(*args, **kwargs):
-    """Alias of `kgpt2.evaluate_run`."""
-    from kgpt2.evaluate import evaluate_run
-
-    return evaluate_run(*args, **kwargs)
-
-
-def generate(*args, **kwargs):
-    """Alias of `kgpt2.generate_from_run`."""
-    from kgpt2.generate import generate_from_run
-
-    return generate_from_run(*args, **kwargs)

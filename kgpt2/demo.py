@@ -343,7 +343,12 @@ def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860
     check_port(host, port)
     if run is not None and Path(run).is_file():  # a run's config.json, say: name the folder, not "no run"
         raise not_a_run(run, "train one, or run `kgpt2 quickstart`")
-    if run is not None and (Path(run).parent != Path(".") or Path(run).is_absolute()):
+    in_root = run is not None and (Path(checkpoints_root) / run).is_dir()
+    if run is not None and (Path(run).parent != Path(".") or Path(run).is_absolute()
+                            or (Path(run).is_dir() and not in_root)):  # a folder here, not a name under the root
+        if not (Path(run) / "config.json").is_file():
+            raise not_a_run(run, "train one, or run `kgpt2 quickstart`")
+        load_run_config(run)  # a preset's or a Hugging Face model's folder: that sentence, not "no run"
         if Path(run).resolve().parent != Path(checkpoints_root).resolve():
             checkpoints_root = str(Path(run).parent)
         run = Path(run).name

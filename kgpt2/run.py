@@ -55,7 +55,7 @@ from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, publish_folder
 from kgpt2.lock import RunLock
 from kgpt2.models import build_causal_lm, load_tokenizer
-from kgpt2.run_config import read_continuations, read_run_config
+from kgpt2.run_config import model_kind, read_continuations, read_run_config
 
 BASE = "base"  # checkpoint id meaning "the preset, untrained"
 BEST = "best"  # checkpoint id meaning "lowest validation loss" (train.keep_best)
@@ -266,7 +266,15 @@ def list_runs(checkpoints_root) -> list[str]:
     root = Path(checkpoints_root)
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if Run(d).exists())
+    return sorted(d.name for d in root.iterdir() if Run(d).exists() and not _holds_a_model(d))
+
+
+def _holds_a_model(folder: Path) -> bool:
+    """A preset or Hugging Face model folder beside the runs (its config.json is a model's)."""
+    try:
+        return model_kind(json.loads((folder / "config.json").read_text(encoding="utf-8"))) is not None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False  # unreadable: listed, and opening it says what is wrong
 
 
 # The functions callers used before `Run`: each is one call on it.

@@ -90,6 +90,21 @@ def read_continuations(path) -> list:
         return []
 
 
+def model_kind(config: dict) -> str | None:
+    """What a folder's config.json describes when it is a model's, not a run's (None for a run's).
+
+        >>> model_kind({"module": "keras_hub.src.models.gpt2.gpt2_backbone", "class_name": "GPT2Backbone"})
+        'a KerasHub preset'
+        >>> model_kind({"model_type": "gpt2"}), model_kind({"model": {}, "train": {}})
+        ('a Hugging Face model', None)
+    """
+    if "model" in config:
+        return None
+    if "class_name" in config or "module" in config:
+        return "a KerasHub preset"
+    return "a Hugging Face model" if "model_type" in config else None
+
+
 def read_run_config(path) -> tuple[dict, list]:
     """(config dict with paths resolved against where the run is now, its continuations)."""
     path = Path(path)
@@ -99,6 +114,10 @@ def read_run_config(path) -> tuple[dict, list]:
         raise UserError(f"run config '{path}' cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"run config '{path}' is not a kgpt2 run config (a JSON object)")
+    kind = model_kind(data)
+    if kind:
+        raise UserError(f"'{path.parent}' holds {kind}, not a kgpt2 run; --run takes a run's folder "
+                        f"(train one on this model with model.preset = \"{path.parent}\")")
     run_dir = path.parent.absolute()
     absolute = data.pop("absolute_paths", {}) or {}
     for key in data.pop("relative_paths", []) or []:

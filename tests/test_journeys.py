@@ -256,6 +256,26 @@ def test_config_accepts_a_runs_config_json(tmp_path, capsys, monkeypatch, tiny_r
     assert code == 2 and "not a kgpt2 run directory" in err
 
 
+def test_a_model_folder_given_as_run_says_so(tmp_path, capsys, monkeypatch, tiny_preset, tiny_run):
+    """--run on a KerasHub preset or a Hugging Face model folder (config.json, but a model's): one sentence that
+    says what it is and how to train on it, from every verb that opens a run (it was "unknown config key
+    'module'; did you mean 'model'?"); a root listing runs leaves such folders out."""
+    from kgpt2.run import list_runs
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_preset, "preset")
+    Path("hf").mkdir()
+    Path("hf/config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 32}))
+    shutil.copytree(tiny_run, "run")
+    for folder, kind in (("preset", "a KerasHub preset"), ("hf", "a Hugging Face model")):
+        for verb in (["evaluate"], ["generate", "--prompt", "x"], ["serve"], ["export", "--to", "hf", "out"],
+                     ["train"], ["demo"]):
+            code, out, err = kgpt2(capsys, verb[0], "--run", folder, *verb[1:])
+            assert (code, err) == (2, f"kgpt2: error: '{folder}' holds {kind}, not a kgpt2 run; --run takes a "
+                                      f"run's folder (train one on this model with model.preset = \"{folder}\")\n")
+    assert list_runs(".") == ["run"]
+
+
 def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_run, make_tiny_config, tiny_preset,
                                                               pydoc_shards):
     from kgpt2.checkpoints import CheckpointManager, array_names, checkpoint_variables

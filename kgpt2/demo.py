@@ -336,9 +336,10 @@ def check_port(host: str, port: int | None) -> None:
 def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860, share=False, **launch_kwargs):
     """Build the app for `checkpoints_root` and serve it (blocks until stopped unless told otherwise).
 
-    `run` is a run name under the root or a run directory; a directory
-    elsewhere makes its parent the checkpoints root (the operator's choice;
-    browser clients still only pick among the runs listed there).
+    `run` is a run name under the root or a run directory (a folder in the
+    working directory counts as one when the root has no run of that name);
+    a directory elsewhere makes its parent the checkpoints root (the operator's
+    choice; browser clients still only pick among the runs listed there).
     """
     check_port(host, port)
     if run is not None and Path(run).is_file():  # a run's config.json, say: name the folder, not "no run"

@@ -109,13 +109,13 @@ def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:
     checkpoints (renamed aside, then deleted): one listed a moment ago can be gone before, or while, it loads.
     """
     ckpt = ckpts.get(ckpt_id)
-    try:
-        if ckpt is not None:
+    if ckpt is not None:
+        try:
             CheckpointManager.restore(model, ckpt)
             return True
-    except (UserError, OSError):
-        if ckpt.path.is_dir():
-            raise  # still there: damaged, unreadable - its own sentence
+        except (UserError, OSError):
+            if ckpt.path.is_dir():
+                raise  # still there: damaged, unreadable - its own sentence
     log.warning("%s was removed while this evaluation ran (a training run keeps only its newest checkpoints); "
                 "skipped", ckpt_id)
     return False

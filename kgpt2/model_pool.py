@@ -36,8 +36,8 @@ from kgpt2.checkpoints import CheckpointManager
 from kgpt2.engine import Engine
 from kgpt2.errors import UserError
 from kgpt2.generate import Generator
-from kgpt2.run import (BASE, Run, build_run_model, folder_fingerprint, list_checkpoints, list_runs, load_run_config,
-                       restore, snapshot)
+from kgpt2.run import (BASE, Run, build_run_model, folder_fingerprint, is_run, list_checkpoints, list_runs,
+                       load_run_config, restore, snapshot)
 
 log = logging.getLogger("kgpt2")
 
@@ -126,10 +126,15 @@ class ModelPool:
         return list_runs(self.root)
 
     def run_dir(self, name) -> Path:
+        """The folder of run `name`: a plain name of a run directly under the root (never '..' or a path).
+
+        Asked on every request, so it checks that one folder, not the whole root.
+        """
+        if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name \
+                and is_run(self.root / name):
+            return self.root / name
         runs = self.runs()
-        if not isinstance(name, str) or name not in runs:
-            raise UserError(f"there is no run '{name}' under the checkpoints root (runs: {', '.join(runs) or 'none'})")
-        return self.root / name
+        raise UserError(f"there is no run '{name}' under the checkpoints root (runs: {', '.join(runs) or 'none'})")
 
     def checkpoints(self, run) -> list[tuple[str, str]]:
         """(label, id) pairs for a picker: base, then each checkpoint, stage ends named."""

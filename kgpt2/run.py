@@ -266,15 +266,17 @@ def list_runs(checkpoints_root) -> list[str]:
     root = Path(checkpoints_root)
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if Run(d).exists() and not _holds_a_model(d))
+    return sorted(d.name for d in root.iterdir() if is_run(d))
 
 
-def _holds_a_model(folder: Path) -> bool:
-    """A preset or Hugging Face model folder beside the runs (its config.json is a model's)."""
+def is_run(folder: Path) -> bool:
+    """A run's folder: a config.json that is not a model's (a preset or Hugging Face folder beside the runs)."""
+    if not Run(folder).exists():
+        return False
     try:
-        return model_kind(json.loads((folder / "config.json").read_text(encoding="utf-8"))) is not None
-    except (OSError, ValueError, AttributeError, TypeError):
-        return False  # unreadable: listed, and opening it says what is wrong
+        return model_kind(json.loads((folder / "config.json").read_text(encoding="utf-8"))) is None
+    except (OSError, ValueError, TypeError):
+        return True  # unreadable: a run, and opening it says what is wrong
 
 
 # The functions callers used before `Run`: each is one call on it.

@@ -305,6 +305,24 @@ def test_a_busy_port_is_refused_in_one_sentence_before_any_model_is_built(demo_r
     assert "built the base model" not in p.stderr
 
 
+def test_run_is_a_name_under_the_root_or_a_run_folder_here(tmp_path, tiny_run, tiny_preset, monkeypatch):
+    """`kgpt2 demo --run mine` from the folder that holds `mine` opens it (it was "there is no run 'mine' under
+    'checkpoints'"); a name under the root still wins; a preset folder beside the runs is no run."""
+    from kgpt2 import demo
+
+    monkeypatch.setattr(demo, "serve", lambda d, *a, **k: (d.pool.root, d.run))
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_run, "mine")
+    shutil.copytree(tiny_preset, "preset")
+    assert demo.launch(run="mine", port=free_port()) == (Path("."), "mine")
+    shutil.copytree(tiny_run, "checkpoints/mine")
+    assert demo.launch(run="mine", port=free_port()) == (Path("checkpoints"), "mine")
+    pool = demo.Demo(".", "mine").pool
+    assert pool.runs() == ["mine"]
+    with pytest.raises(UserError, match="there is no run 'preset' under the checkpoints root"):
+        pool.run_dir("preset")
+
+
 def test_entry_point_without_the_quickstart_run_says_what_to_do(tmp_path):
     env = dict(os.environ, KGPT2_CHECKPOINTS_ROOT=str(tmp_path), GRADIO_SERVER_PORT=str(free_port()))
     p = subprocess.run([sys.executable, str(REPO / "gradio_app.py")], env=env, capture_output=True, text=True, timeout=120)

@@ -101,7 +101,11 @@ class Request:
     def take_text(self) -> str:
         """The text produced since the last call that can no longer change."""
         finished, text = self.finished, self.text  # one snapshot: the engine's thread may update both
-        ready = len(text) if finished else self._stable_length(text)
+        if finished and self.finish_reason == "cancelled":
+            # Stopped at an arbitrary token: a character it split stays out (a stop string's prefix is real text).
+            ready = max(len(text) - text.endswith("\ufffd"), self._sent)
+        else:
+            ready = len(text) if finished else self._stable_length(text)
         piece, self._sent = text[self._sent:ready], max(self._sent, ready)
         return piece
 

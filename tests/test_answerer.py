@@ -201,3 +201,16 @@ def test_a_character_split_across_tokens_never_shows_the_replacement_character(g
     assert not any("\ufffd" in p for p in pieces)
     # The per-token decode shows U+FFFD for the emoji's pieces.
     assert any("\ufffd" in gpt2_tokenizer.decode([i]) for i in ids)
+
+
+def test_an_answer_stopped_inside_a_character_does_not_end_in_the_replacement_character(gpt2_tokenizer):
+    from kgpt2.engine import Request, Sampling
+
+    ids = gpt2_tokenizer.encode("I smile 🦒 a lot")
+    split = next(n for n in range(1, len(ids)) if gpt2_tokenizer.decode(ids[:n]).endswith("\ufffd"))
+    request = Request([0], Sampling(), 100)
+    request.text = gpt2_tokenizer.decode(ids[:split])
+    shown = request.take_text()
+    request.finish_reason = "cancelled"  # the user pressed Stop between the emoji's two tokens
+    shown += request.take_text()
+    assert shown == "I smile ", repr(shown)

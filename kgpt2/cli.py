@@ -39,6 +39,7 @@ backend.choose_backend()
 from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
 from kgpt2.errors import TRAINING_ADVICE, UserError, is_out_of_memory, out_of_memory_sentence  # noqa: E402
 from kgpt2 import reports  # noqa: E402  (stdlib only)
+from kgpt2.templates import TEMPLATES  # noqa: E402  (stdlib only)
 
 VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
 CHECKPOINT_KEPT = "the last complete checkpoint is kept; run the same command to resume"
@@ -203,7 +204,7 @@ def _generate(p):
     p.add_argument("--max-length", type=int)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--template", choices=["plain", "instruction"])
+    p.add_argument("--template", choices=TEMPLATES, help="prompt template (default: the run's generate.template)")
     p.add_argument("--num-beams", type=int, help="beams for --sampler beam")
     p.add_argument("--stream", action="store_true", help="print tokens as they come")
     p.add_argument("--weights", choices=["auto", "float32", "bfloat16", "int8"],

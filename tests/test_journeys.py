@@ -97,6 +97,19 @@ def test_moved_run_generates_evaluates_and_exports_from_another_folder(journey, 
     assert hf.config.n_layer == 2 and hf.config.n_embd == 32
 
 
+def test_generate_takes_every_template_the_run_can_have(journey, capsys):
+    from kgpt2.generate import Generator, Settings, load_for_generation
+    from kgpt2.templates import TEMPLATES
+
+    model, tokenizer, cfg = load_for_generation(journey["run"], "latest")
+    for template in TEMPLATES:  # `chat` was refused by the CLI, though chat runs save it as their default
+        code, out, err = kgpt2(capsys, "generate", "--run", journey["run"], "--prompt", PROMPT, "--sampler", "greedy",
+                               "--max-new-tokens", 6, "--template", template)
+        assert code == 0, err
+        s = Settings.from_config(cfg.generate, sampler="greedy", max_new_tokens=6, template=template)
+        assert out.strip() == (PROMPT + Generator(model, tokenizer).generate(PROMPT, s)).strip(), template
+
+
 def test_moved_run_without_its_shards_asks_for_them(journey, capsys, monkeypatch, pydoc_shards):
     moved_shards = journey["top"] / "shards-moved"
     shutil.copytree(pydoc_shards, moved_shards)

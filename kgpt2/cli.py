@@ -180,10 +180,14 @@ def _evaluate(p):
     p.add_argument("--shards", help="the run's shard directory, where a moved run no longer finds it")
 
     def run(a):
-        from kgpt2.evaluate import evaluate_run, format_table
+        from kgpt2.evaluate import EvaluationNotSaved, evaluate_run, format_table
 
-        rows = evaluate_run(a.run, a.checkpoint, a.split, compare_base=a.compare == "base",
-                            max_batches=a.max_batches, shards=a.shards)
+        try:
+            rows = evaluate_run(a.run, a.checkpoint, a.split, compare_base=a.compare == "base",
+                                max_batches=a.max_batches, shards=a.shards)
+        except EvaluationNotSaved as e:  # the scores still reach the user, then the sentence (exit 2)
+            print(json.dumps(e.rows, indent=2) if a.json else format_table(e.rows))
+            raise
         print(json.dumps(rows, indent=2) if a.json else format_table(rows))
         if not a.json:
             split = rows[0].get("split", a.split) if rows else a.split  # an align run: its held-out pairs

@@ -24,7 +24,7 @@ from kgpt2.checkpoints import CheckpointManager
 from kgpt2.data.batches import to_dataset
 from kgpt2.data.preference_pairs import read_preferences
 from kgpt2.data.shards import ShardSet
-from kgpt2.errors import UserError
+from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.metrics import compile_lm, summarise
 from kgpt2.packed_attention import for_windows
@@ -34,6 +34,23 @@ from kgpt2.training_data import resolve_windows
 from kgpt2.validation import split_batches
 
 log = logging.getLogger("kgpt2")
+
+
+class EvaluationNotSaved(UserError):
+    """The checkpoints were scored but the run folder refused the table (read-only, full): `rows` holds the scores."""
+
+    def __init__(self, message: str, rows: list[dict]):
+        super().__init__(message)
+        self.rows = rows
+
+
+def _save(run_dir, rows: list[dict], write) -> None:
+    """`write()` the evaluation files; an OS error keeps the scores for the caller to show (EvaluationNotSaved)."""
+    try:
+        write()
+    except OSError as e:
+        where = OSError(e.errno, e.strerror, str(run_dir))  # the run folder, not the atomic writer's temporary name
+        raise EvaluationNotSaved(os_error_sentence(where, "saving the evaluation"), rows) from None
 
 
 def select_checkpoints(run_dir, which) -> list[str]:
@@ -98,7 +115,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if not rows:
         raise UserError(f"every checkpoint of '{run_dir}' chosen to evaluate was removed meanwhile; run it again")
     if save:
-        save_table(run_dir, rows, split)
+        _save(run_dir, rows, lambda: save_table(run_dir, rows, split))
     return rows
 
 
@@ -158,9 +175,10 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
         if ckpt_id != BASE:
             row["step"] = ckpts[ckpt_id].state["step"]
         table.append(row | {"margins": _margins(y_true, y_pred, a.loss)})
+    rows = [{k: v for k, v in r.items() if k != "margins"} for r in table]
     if save:
-        save_alignment_table(run, table)
-    return [{k: v for k, v in r.items() if k != "margins"} for r in table]
+        _save(run.path, rows, lambda: save_alignment_table(run, table))
+    return rows
 
 
 def _margins(y_true, y_pred, loss: str):

@@ -122,10 +122,14 @@ def append_vote(run_dir, record: dict) -> Path:
     path = Path(run_dir) / VOTES_FILE
     line = json.dumps(record, ensure_ascii=False) + "\n"
     with _lock:
-        old = path.read_text(encoding="utf-8") if path.is_file() else ""
-        if old and not old.endswith("\n"):
-            old += "\n"
-        atomic_write_text(path, old + line)
+        try:
+            old = path.read_text(encoding="utf-8") if path.is_file() else ""
+            if old and not old.endswith("\n"):
+                old += "\n"
+            atomic_write_text(path, old + line)
+        except OSError as e:  # a read-only copy of a run (a shared Drive folder), a full disk: the demo says so
+            raise UserError(f"cannot write '{path}' ({e.strerror or e}); make the run folder writable, "
+                            "or vote on a copy of the run") from None
     return path
 
 

@@ -66,6 +66,24 @@ def test_single_mode_answers_once_and_takes_one_thumb(served, client):
     assert "Vote not recorded" in status and "already has its vote (good answer)" in status
 
 
+def test_a_run_folder_that_refuses_the_vote_says_so_and_keeps_the_votes(served, client):
+    _, demo, root = served
+    votes = root / "tiny" / "votes.jsonl"
+    aside = votes.with_name("votes-aside.jsonl")
+    if votes.exists():
+        votes.rename(aside)
+    votes.mkdir()  # the write fails as on a read-only run, also for root (CI may run tests as root)
+    try:
+        client.predict(**compare_args(ckpt_a=demo.latest, single=True, seed=3), api_name="/compare")
+        status, *_ = client.predict(api_name="/thumb_up_a")
+    finally:
+        votes.rmdir()
+        if aside.exists():
+            aside.rename(votes)
+    assert status.startswith("**Vote not recorded:** cannot write") and "make the run folder writable" in status
+    assert not [p.name for p in votes.parent.iterdir() if p.name.startswith(".votes")], "a temporary file was left"
+
+
 def test_single_arena_mode_hides_the_drawn_model_until_its_thumb(served, client):
     _, demo, root = served
     drawn = set()

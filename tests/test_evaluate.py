@@ -143,6 +143,27 @@ def test_a_checkpoint_removed_by_a_running_trainer_is_skipped(tiny_run, tmp_path
         evaluate.evaluate_run(run, "all", split="validation", max_batches=1, save=False)
 
 
+def test_a_run_folder_that_refuses_the_table_still_shows_the_scores(tiny_run, tmp_path, kgpt2_cli):
+    """A read-only run (a shared Drive folder) was scored, then the table's write ended in a PermissionError
+    traceback and the scores were lost. Now: the table, then one sentence, exit 2, no temporary file left."""
+    import shutil
+
+    run = tmp_path / "shared run"
+    shutil.copytree(tiny_run, run)
+    (run / "evaluation-validation.csv").unlink(missing_ok=True)
+    (run / "evaluation-validation.csv").mkdir()  # the write fails as on a read-only run, also for root
+    r = kgpt2_cli("evaluate", "--run", str(run), "--split", "validation", "--max-batches", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"kgpt2: error: saving the evaluation failed at '{run}': a folder "
+                                             "stands where a file is needed; move that folder away, then run the "
+                                             "same command again"]
+    assert "perplexity" in r.stdout and "saved:" not in r.stdout
+    from kgpt2.evaluate import evaluate_run
+
+    assert f"{evaluate_run(run, 'latest', 'validation', max_batches=1, save=False)[0]['loss']:.4f}" in r.stdout
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".evaluation")], "a temporary file was left"
+
+
 def test_evaluate_unknown_split_is_a_user_error(tiny_run):
     from kgpt2.evaluate import evaluate_run
 

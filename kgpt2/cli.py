@@ -55,6 +55,30 @@ def unescape(text: str | None) -> str | None:
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
+def whole_number(low: int, high: int | None = None):
+    """An argparse `type`: an integer from `low` (to `high`); anything else is argparse's one-line usage error.
+
+    >>> whole_number(1, 65535)("8000")
+    8000
+    >>> whole_number(1)("0")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a whole number of at least 1, got '0'
+    """
+    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {span}, got {text!r}")
+        return value
+
+    return parse
+
+
+PORT = whole_number(1, 65535)
 KERAS_IMPORTS = ("first", "late", "never")
 
 
@@ -95,7 +119,7 @@ def _prepare(p: argparse.ArgumentParser):
     p.add_argument("--preset", default="gpt2_base_en", help="tokenise with this preset's tokenizer")
     p.add_argument("--tokenizer", default="", help="directory with vocabulary.json + merges.txt (overrides --preset)")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--threads", type=int, default=None, help="encoding threads (default: all usable cores)")
+    p.add_argument("--threads", type=whole_number(1), default=None, help="encoding threads (default: all usable cores)")
 
     def run(a):
         from kgpt2.config import ModelConfig
@@ -175,7 +199,7 @@ def _evaluate(p):
     p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, all, base, or a comma list")
     p.add_argument("--split", default="test")
     p.add_argument("--compare", choices=["base"], help="also evaluate the untrained base model")
-    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--max-batches", type=whole_number(1), default=None, help="the split's first N batches (default: all)")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.add_argument("--shards", help="the run's shard directory, where a moved run no longer finds it")
 
@@ -238,7 +262,7 @@ def _serve(p):
     p.add_argument("--run", required=True)
     p.add_argument("--checkpoint", default="latest")
     p.add_argument("--host", default="127.0.0.1", help="loopback by default; 0.0.0.0 to listen on every interface")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
     p.add_argument("--slots", type=int, default=8, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the slots before 429")
@@ -265,7 +289,7 @@ def _demo(p):
     p.add_argument("--run", default=None, help="run to open first (default: the quickstart run)")
     p.add_argument("--checkpoints-root", default="checkpoints")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=PORT, default=7860)
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
 
     def run(a):
@@ -351,7 +375,7 @@ def _tokenizer(p):
     p.add_argument("--vocab-size", type=int, default=0, help="BPE vocabulary size, end-of-text included")
     p.add_argument("--char", action="store_true", help="one token per distinct character (nanoGPT shakespeare_char)")
     p.add_argument("--format", dest="fmt", choices=FORMATS, help="override format detection")
-    p.add_argument("--min-frequency", type=int, default=2, help="BPE: merges seen fewer times are not made")
+    p.add_argument("--min-frequency", type=whole_number(1), default=2, help="BPE: merges seen fewer times are not made")
 
     def run(a):
         from kgpt2.tokenizer_training import train_tokenizer

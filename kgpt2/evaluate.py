@@ -59,7 +59,8 @@ def select_checkpoints(run_dir, which) -> list[str]:
     if isinstance(which, str) and "," in which:
         which = [w.strip() for w in which.split(",") if w.strip()]
     if isinstance(which, (list, tuple)):
-        return [w if w == BASE else run.checkpoint(w).id for w in which]
+        ids = [w if w == BASE else run.checkpoint(w).id for w in which]
+        return list(dict.fromkeys(ids))  # `stage-2,ckpt-234` may name one checkpoint twice: score it once
     if which == "all":
         ckpts = run.checkpoints().intact()  # a damaged one is named in one line and skipped
         ids = [c.id for c in ckpts if c.state.get("stage_end")]
@@ -75,6 +76,8 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
                  max_batches: int | None = None, batch_size: int | None = None, save: bool = True,
                  shards: str | None = None) -> list[dict]:
     """Evaluate checkpoints of a run on one split; return one row per model (`shards`: where they are now)."""
+    if max_batches is not None and max_batches < 1:
+        raise UserError(f"max_batches must be at least 1 (None: the whole split); got {max_batches}")
     run_dir, run = Path(run_dir), Run(run_dir)
     cfg = run.config()
     if shards:

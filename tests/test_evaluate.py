@@ -100,6 +100,7 @@ def test_evaluate_picks_checkpoints_by_list(tiny_run):
 
     ids = select_checkpoints(tiny_run, "all")
     assert select_checkpoints(tiny_run, f"{ids[0]}, base") == [ids[0], "base"]
+    assert select_checkpoints(tiny_run, f"{ids[0]},stage-1,{ids[0]}") == [ids[0]]  # one checkpoint, scored once
     with pytest.raises(UserError, match="has no checkpoint 'ckpt-999'"):
         select_checkpoints(tiny_run, "ckpt-999")
 
@@ -169,6 +170,8 @@ def test_evaluate_unknown_split_is_a_user_error(tiny_run):
 
     with pytest.raises(UserError, match="no split 'dev'"):
         evaluate_run(tiny_run, "latest", split="dev", save=False)
+    with pytest.raises(UserError, match="max_batches must be at least 1"):  # was Keras' "Must provide at least one structure"
+        evaluate_run(tiny_run, "latest", split="validation", max_batches=0, save=False)
 
 
 def test_building_a_run_model_leaves_the_global_dtype_policy(tmp_path, tiny_preset, pydoc_shards, make_tiny_config):

@@ -330,7 +330,7 @@ def check_port(host: str, port: int | None) -> None:
             if e.errno == errno.EADDRINUSE:
                 raise UserError(f"port {port} on {host} is already in use (another demo?); "
                                 f"stop it or pick another with --port") from None
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") from None
 
 
 def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860, share=False, **launch_kwargs):

@@ -350,7 +350,7 @@ def _check_port(host: str, port: int) -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as e:
-        reason = os.strerror(e.errno) if e.errno else str(e)
+        reason = e.strerror or (os.strerror(e.errno) if e.errno else str(e))  # a host that does not resolve: gaierror's
         raise UserError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
 
 

@@ -230,6 +230,10 @@ def test_busy_port_and_wrong_folder_are_one_line_and_status_2(tmp_path, kgpt2_cl
             assert done.returncode == 2 and "Traceback" not in done.stderr
             assert done.stderr.strip().splitlines()[-1].startswith("kgpt2: error:")
             assert message is None or message in done.stderr
+    done = kgpt2_cli("serve", "--run", tmp_path, "--host", "999.1.1.1", "--port", 8000, cwd=tmp_path)
+    line = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and line.startswith("kgpt2: error: cannot listen on 999.1.1.1:8000 (")
+    assert "Unknown error" not in line, line  # it said "(Unknown error -2)" for a name that does not resolve
 
 
 def test_n_choices_and_several_prompts_equal_their_requests_alone(client, generator):

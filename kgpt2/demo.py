@@ -25,9 +25,11 @@ opened as paths; prompt length and new tokens are capped by the model.
 from __future__ import annotations
 
 import errno
+import getpass
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import asdict
@@ -47,6 +49,19 @@ from kgpt2.templates import prompt_ids, render_prompt
 from kgpt2.votes import VOTES_FILE, append_vote, counts, read_votes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
+
+
+def gradio_cache_of_this_user() -> None:
+    """Gradio keeps the files it serves (the plots, the tables) in <tmp>/gradio; on a shared machine that folder
+    may be another user's, and every plot then shows "Error". Then use one of this user's (Gradio's own
+    GRADIO_TEMP_DIR, which a user's setting overrides); Gradio reads it when the app is built."""
+    default = Path(tempfile.gettempdir()) / "gradio"
+    if "GRADIO_TEMP_DIR" not in os.environ and default.exists() and not os.access(default, os.W_OK | os.X_OK):
+        user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()  # the uid: USER may be inherited (sudo -E)
+        os.environ["GRADIO_TEMP_DIR"] = str(default.with_name(f"gradio-{user}"))
+
+
+gradio_cache_of_this_user()
 
 log = logging.getLogger("kgpt2")
 

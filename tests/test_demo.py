@@ -377,3 +377,25 @@ def test_runs_of_different_tokenizers_each_prompt_with_their_own(tmp_path, tiny_
     assert status.startswith("Done"), status
     assert a == generate_from_run(tmp_path / "bpe", PROMPT, demo.latest, sampler="greedy", max_new_tokens=room)
     assert b == generate_from_run(tmp_path / "chars", PROMPT, "base", sampler="greedy", max_new_tokens=room)
+
+
+def test_gradio_cache_of_another_user_is_not_used(tmp_path, monkeypatch):
+    """A second user on a shared machine: <tmp>/gradio is the first user's, and every plot and table of the demo
+    showed "Error" (PermissionError in Gradio's postprocess, seen as user nobody after root had run a demo)."""
+    import kgpt2.demo as demo
+
+    theirs = tmp_path / "gradio"
+    theirs.mkdir()
+    monkeypatch.setattr(demo.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "recorded")  # so monkeypatch puts back what was there before the test
+    monkeypatch.delenv("GRADIO_TEMP_DIR")
+    demo.gradio_cache_of_this_user()
+    assert "GRADIO_TEMP_DIR" not in os.environ, "a writable default stays Gradio's"
+    real_access = os.access
+    monkeypatch.setattr(demo.os, "access", lambda p, mode: False if Path(p) == theirs else real_access(p, mode))
+    demo.gradio_cache_of_this_user()
+    ours = Path(os.environ["GRADIO_TEMP_DIR"])
+    assert ours.parent == tmp_path and ours.name == f"gradio-{os.getuid()}"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "/somewhere/mine")
+    demo.gradio_cache_of_this_user()
+    assert os.environ["GRADIO_TEMP_DIR"] == "/somewhere/mine", "the user's own setting wins"

@@ -35,6 +35,7 @@ from kgpt2.config import ModelConfig
 from kgpt2.errors import UserError
 from kgpt2.io import new_folder, refuse_used_folder
 from kgpt2.models import load_tokenizer, save_preset
+from kgpt2.run import is_run
 
 # KerasNLP 0.6 attribute names -> keras-hub layer names in a variable path.
 SUBLAYERS = {
@@ -137,12 +138,21 @@ def read_legacy_weights(path) -> dict:
 
 
 def _refuse_a_loadable_model(path: Path) -> None:
-    """A Hugging Face or KerasHub model directory (or a file in one) is a model.preset already: say so."""
+    """A Hugging Face or KerasHub model directory (or a file in one) is a model.preset already, a kgpt2 run's
+    folder or file (a stage export, a checkpoint) is a run's: say so."""
     model_dir = path if path.is_dir() else path.parent
-    if (model_dir / "config.json").is_file():  # what save_pretrained and save_to_preset write
+    if (model_dir / "config.json").is_file() and not is_run(model_dir):  # what save_pretrained and save_to_preset write
         where = "is" if path.is_dir() else "is part of"
         raise UserError(f"'{path}' {where} a Hugging Face or KerasHub model directory, which needs no import: use "
                         f"model.preset={model_dir} (docs/interop.md)")
+    for run, inside in ((model_dir, path), (model_dir.parent, model_dir)):  # the run, or one of its ckpt-N folders
+        if is_run(run):
+            named = re.fullmatch(r"(stage-\d+)\.weights\.h5|(ckpt-\d+)", inside.name)
+            ckpt = (named.group(1) or named.group(2)) if named else ""
+            where = "is" if path == run else "is part of"
+            raise UserError(f"'{path}' {where} the kgpt2 run '{run}', which needs no import: use --run {run}"
+                            + (f" --checkpoint {ckpt}" if ckpt else "")
+                            + f", or train.init_from={run}{':' + ckpt if ckpt else ''} to start a new run from it")
 
 
 def _read_or_refuse(read, path, what: str) -> dict:

@@ -63,6 +63,22 @@ def test_import_cli_and_its_refusals(tmp_path, tiny_preset, kgpt2_cli):
         assert loaded.returncode == 2 and f"use model.preset={tiny_preset} " in loaded.stderr, loaded.stderr
 
 
+def test_a_kgpt2_runs_own_files_are_sent_to_the_run(tmp_path, tiny_run, tiny_preset, kgpt2_cli):
+    """A run's stage export or checkpoint given to `import` said "a Hugging Face or KerasHub model directory ...
+    use model.preset=<the run>", which is no preset."""
+    first = sorted((c for c in tiny_run.glob("ckpt-*")), key=lambda c: int(c.name.split("-")[1]))[0]
+    cases = {tiny_run / "stage-1.weights.h5": (f"is part of the kgpt2 run '{tiny_run}'", " --checkpoint stage-1, ",
+                                                f"init_from={tiny_run}:stage-1 "),
+             first: (f"is part of the kgpt2 run '{tiny_run}'", f" --checkpoint {first.name}, ", f":{first.name} "),
+             first / "weights.npz": ("is part of the kgpt2 run", f" --checkpoint {first.name}, ", ""),
+             tiny_run: (f"'{tiny_run}' is the kgpt2 run", f"use --run {tiny_run}, or train.init_from={tiny_run} ", "")}
+    for given, parts in cases.items():
+        done = kgpt2_cli("import", given, "out", "--tokenizer", tiny_preset, cwd=tmp_path)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert all(p in done.stderr for p in parts) and "needs no import" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_any_file_of_a_checkpoint_names_it():
     """A user may pick NAME.ckpt, its .index or its .data-* file: all three read the same checkpoint."""
     from kgpt2.legacy_import import read_legacy_weights

@@ -90,8 +90,22 @@ def _overrides(changed: dict) -> str:
                    if key not in skip and new is not None)
 
 
+# A model signature's keys (Config.model_signature) as the config keys a user sets.
+SIGNATURE_KEYS = {"preset": "model.preset", "sequence_length": "data.sequence_length", "lora": "lora.enabled",
+                  "pad_vocabulary_to": "model.pad_vocabulary_to", "lora_rank": "lora.rank", "lora_targets": "lora.targets",
+                  "use_rslora": "lora.use_rslora", "use_dora": "lora.use_dora", "quantize": "model.quantize",
+                  "num_layers": "model.num_layers", "num_heads": "model.num_heads", "hidden_dim": "model.hidden_dim",
+                  "vocabulary_size": "model.vocabulary_size"}
+
+
 def differences(old: dict, new: dict) -> str:
-    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+    """What differs between two model signatures, by config key (None: not set there).
+
+    >>> differences({"lora": False, "sequence_length": 32}, {"lora": True, "lora_rank": 8, "sequence_length": 32})
+    'lora.enabled: False -> True; lora.rank: None -> 8'
+    """
+    return "; ".join(f"{SIGNATURE_KEYS.get(k, k)}: {old.get(k)!r} -> {new.get(k)!r}"
+                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
 def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
@@ -111,7 +125,7 @@ def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
                         f"({windows!r} -> {cfg.data.windows!r}): resume it with data.windows={windows} to the stage "
                         "end first, then continue")
     if state.get("batch_size") != cfg.train.batch_size:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (batch_size: "
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (train.batch_size: "
                         f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); use a new run name")
 
 

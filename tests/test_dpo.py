@@ -297,7 +297,7 @@ def test_init_run_of_another_model_names_the_fields(tmp_path, tiny_run, make_tin
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=kto", "lora.enabled=true", "data.sequence_length=16")
     with pytest.raises(UserError) as e:
         _load_init(None, cfg, tiny_run, "latest")
-    assert "lora: False -> True" in str(e.value) and "sequence_length: 32 -> 16" in str(e.value), str(e.value)
+    assert "lora.enabled: False -> True" in str(e.value) and "data.sequence_length: 32 -> 16" in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("loss", ["kto", "dpo"])

@@ -82,6 +82,9 @@ def resolve_scratch(cfg: Config) -> Config:
     """For `model.preset = "scratch"`: the same config using `<run>/preset`, made once."""
     if cfg.model.preset != "scratch":
         return cfg
+    if cfg.lora.enabled and not cfg.train.init_from:  # e.g. the chat or alpaca recipe pointed at a new model
+        log.warning("LoRA on a model from scratch trains only its adapters, the random weights under "
+                    "them stay random; set lora.enabled = false to train the whole model")
     preset_dir = cfg.run_dir / PRESET_DIR
     if not (preset_dir / "config.json").is_file():
         init_preset(cfg, preset_dir)

@@ -275,3 +275,17 @@ def test_pretrain_config_errors(tmp_path, char_tokenizer_dir):
         f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}", "run=r", "model.num_layers=2"])
     with pytest.raises(UserError, match="another shape"):
         resolve_scratch(changed)
+
+
+def test_lora_on_a_model_from_scratch_is_warned_about(tmp_path, char_tokenizer_dir, caplog):
+    """The chat recipe with model.preset = "scratch" trained only adapters over random weights: loss stayed at
+    ln(vocabulary), silently."""
+    from kgpt2.config import load_config
+    from kgpt2.scratch import resolve_scratch
+
+    common = TINY + [f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}"]
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        resolve_scratch(load_config("shakespeare_char", common + ["run=full"]))
+        assert "LoRA on a model from scratch" not in caplog.text
+        resolve_scratch(load_config("shakespeare_char", common + ["run=adapters", "lora.enabled=true"]))
+    assert "LoRA on a model from scratch trains only its adapters" in caplog.text

@@ -41,6 +41,9 @@ def run_summary(run_dir) -> dict:
     cfg = load_run_config(run_dir)
     steps, evals = read_steps(run_dir), read_evals(run_dir)
     if steps.empty:
+        if (run_dir / "align.json").is_file() or (run_dir / "reference.npz").is_file():  # kgpt2.align's files
+            raise UserError(f"run '{run_dir}' is an align run, which logs no training steps: its numbers are in "
+                            f"{run_dir / 'align.json'} (and `kgpt2 evaluate --run {run_dir} --checkpoint all`)")
         raise UserError(f"run '{run_dir}' has no logged steps yet")
     tokens_per_step = cfg.train.batch_size * cfg.data.sequence_length
     step_ids = steps["step"].to_numpy(dtype=np.int64)

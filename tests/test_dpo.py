@@ -118,6 +118,10 @@ def test_align_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shar
     assert saved["loss"] == loss
     if loss == "dpo":  # the aligned run generates with its template, as any run
         _generates_with_its_template(cfg.run_dir)
+        from kgpt2.pretrain import run_summary
+
+        with pytest.raises(UserError, match="is an align run, which logs no training steps: its numbers are in"):
+            run_summary(cfg.run_dir)  # it said "has no logged steps yet" of a finished run
 
 
 def _generates_with_its_template(run_dir):

@@ -300,7 +300,8 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
     app.add_middleware(RequestEdge, log_requests=log_requests)  # the 503 at shutdown; a line per request
 
     async def authorized(http: Request):
-        if api_key and http.headers.get("authorization", "") != f"Bearer {api_key}":
+        given = http.headers.get("authorization", "").encode()  # compared in constant time: no timing hints
+        if api_key and not secrets.compare_digest(given, f"Bearer {api_key}".encode()):
             raise OpenAIError(401, "Incorrect API key provided", code="invalid_api_key")
 
     _answer_errors_as_openai(app)

@@ -20,7 +20,9 @@ is a no-op.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -34,6 +36,8 @@ except ImportError:  # Windows: no advisory locks here; training still works
     fcntl = None
 
 LOCK_FILE = ".lock"
+NO_LOCKS_HERE = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # flock's answers where locks are not supported
+log = logging.getLogger("kgpt2")
 
 
 def pid_alive(pid: int) -> bool:
@@ -84,6 +88,13 @@ class RunLock:
             who = f"process {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('since', '?')}"
             raise UserError(f"run '{self.path.parent}' is in use by another kgpt2 process ({who}); "
                             "wait for it to finish or stop it, or choose another run name") from None
+        except OSError as e:
+            if e.errno not in NO_LOCKS_HERE:
+                os.close(fd)
+                raise
+            # An NFS mount without its lock daemon, some network file systems: training works, unguarded.
+            log.warning("the file system of '%s' does not support file locks (%s); a second kgpt2 process on this "
+                        "run will not be stopped, so start only one", self.path.parent, e.strerror or e)
         # The holder's name, written in place: the file is ours while locked.
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")})

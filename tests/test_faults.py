@@ -415,3 +415,24 @@ def test_mixed_float16_resume_is_exact_with_its_loss_scale(tmp_path, tiny_preset
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert scale > 0
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, monkeypatch, caplog):
+    """flock on an NFS mount without its lock daemon answers ENOLCK: that stopped every `kgpt2 train` there with
+    "failed at '<run>/.lock'", which the user cannot fix. Now a warning; another OS error still stops it."""
+    import errno
+
+    from kgpt2 import lock
+
+    def flock_says(code):
+        def flock(fd, op):
+            raise OSError(code, os.strerror(code))
+        return flock
+
+    monkeypatch.setattr(lock.fcntl, "flock", flock_says(errno.ENOLCK))
+    with caplog.at_level(logging.WARNING, logger="kgpt2"), lock.RunLock(tmp_path) as held:
+        assert held.holder()["pid"] == os.getpid()
+    assert "does not support file locks (No locks available)" in caplog.text
+    monkeypatch.setattr(lock.fcntl, "flock", flock_says(errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"):
+        lock.RunLock(tmp_path / "other").acquire()

@@ -67,7 +67,7 @@ class RequestEdge:
             return await self.app(scope, receive, send)
         at, start = time.time(), time.perf_counter()
         state = scope.setdefault("state", {})  # the route's `http.state` writes here
-        seen = {"start": None, "status": None, "sent": False, "left": False, "cancelled": False}
+        seen = {"start": None, "status": None, "sent": False, "left": False, "cancelled": False, "sent_at": None}
 
         async def watch_receive():
             message = await receive()
@@ -81,6 +81,8 @@ class RequestEdge:
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 seen["sent"] = True
             await send(message)
+            if seen["sent"] and seen["sent_at"] is None:
+                seen["sent_at"] = time.perf_counter()  # the latency the client sees: not the app's work after it
 
         try:
             await self.app(scope, watch_receive, watch_send)
@@ -98,7 +100,8 @@ class RequestEdge:
             if self.log_requests:
                 usage = state.get("usage")
                 stream = seen["start"] is not None and _is_stream(seen["start"])
-                log.info(log_line(scope["method"], scope["path"], seen["status"], time.perf_counter() - start,
+                log.info(log_line(scope["method"], scope["path"], seen["status"],
+                                  (seen["sent_at"] or time.perf_counter()) - start,
                                   usage() if usage else None, stream, seen["left"], at, seen["cancelled"]))
 
 

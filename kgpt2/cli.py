@@ -264,8 +264,8 @@ def _serve(p):
     p.add_argument("--host", default="127.0.0.1", help="loopback by default; 0.0.0.0 to listen on every interface")
     p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
-    p.add_argument("--slots", type=int, default=8, help="requests decoded together")
-    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the slots before 429")
+    p.add_argument("--slots", type=whole_number(1), default=8, help="requests decoded together")
+    p.add_argument("--max-queue", type=whole_number(0), default=64, help="requests waiting beyond the slots before 429")
     p.add_argument("--weights", choices=["auto", "float32", "bfloat16", "int8"],
                    help="weights to decode with (default: the run's generate.weights)")
     # The same switch as `kgpt2 -q serve` (dest "quiet"); SUPPRESS: leaving it out keeps what -q set.
@@ -276,8 +276,6 @@ def _serve(p):
     def run(a):
         from kgpt2.serve import serve
 
-        if a.slots < 1 or a.max_queue < 0:
-            raise UserError(f"--slots must be >= 1 and --max-queue >= 0, got {a.slots} and {a.max_queue}")
         serve(a.run, a.checkpoint, a.host, a.port, a.api_key, a.slots, a.max_queue, weights=a.weights,
               log_requests=not a.quiet)
 

@@ -45,6 +45,13 @@ from kgpt2.run_config import read_run_config, write_run_config
 # the same weights under another path) and the training sequence length (the positions are the preset's).
 NOT_IN_WEIGHTS = ("preset", "sequence_length")
 
+# model_signature's keys as the config keys a user sets (messages name these); add one with each new key.
+SIGNATURE_KEYS = {"preset": "model.preset", "sequence_length": "data.sequence_length", "lora": "lora.enabled",
+                  "pad_vocabulary_to": "model.pad_vocabulary_to", "lora_rank": "lora.rank", "lora_targets": "lora.targets",
+                  "use_rslora": "lora.use_rslora", "use_dora": "lora.use_dora", "quantize": "model.quantize",
+                  "num_layers": "model.num_layers", "num_heads": "model.num_heads", "hidden_dim": "model.hidden_dim",
+                  "vocabulary_size": "model.vocabulary_size"}
+
 
 @dataclass
 class Config:

@@ -20,7 +20,7 @@ import shlex
 from pathlib import Path
 
 from kgpt2.checkpoints import Checkpoint
-from kgpt2.config import NOT_IN_WEIGHTS, Config
+from kgpt2.config import NOT_IN_WEIGHTS, SIGNATURE_KEYS, Config
 from kgpt2.errors import UserError
 from kgpt2.run import Run
 from kgpt2.run_config import split_checkpoint
@@ -88,14 +88,6 @@ def _overrides(changed: dict) -> str:
     skip = {"train.epochs", "train.init_from"}
     return "".join(" " + shlex.quote(f"{key}={json.dumps(new)}") for key, (_, new) in changed.items()
                    if key not in skip and new is not None)
-
-
-# A model signature's keys (Config.model_signature) as the config keys a user sets.
-SIGNATURE_KEYS = {"preset": "model.preset", "sequence_length": "data.sequence_length", "lora": "lora.enabled",
-                  "pad_vocabulary_to": "model.pad_vocabulary_to", "lora_rank": "lora.rank", "lora_targets": "lora.targets",
-                  "use_rslora": "lora.use_rslora", "use_dora": "lora.use_dora", "quantize": "model.quantize",
-                  "num_layers": "model.num_layers", "num_heads": "model.num_heads", "hidden_dim": "model.hidden_dim",
-                  "vocabulary_size": "model.vocabulary_size"}
 
 
 def differences(old: dict, new: dict) -> str:

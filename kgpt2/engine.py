@@ -103,16 +103,16 @@ class Request:
         finished, text = self.finished, self.text  # one snapshot: the engine's thread may update both
         if finished and self.finish_reason == "cancelled":
             # Stopped at an arbitrary token: a character it split stays out (a stop string's prefix is real text).
-            ready = max(len(text) - text.endswith("\ufffd"), self._sent)
+            ready = self._stable_length(text, stops=())
         else:
-            ready = len(text) if finished else self._stable_length(text)
+            ready = len(text) if finished else self._stable_length(text, self.stop)
         piece, self._sent = text[self._sent:ready], max(self._sent, ready)
         return piece
 
-    def _stable_length(self, text: str) -> int:
-        """Hold back a partial UTF-8 character and any tail that may begin a stop string."""
+    def _stable_length(self, text: str, stops: tuple) -> int:
+        """Hold back a partial UTF-8 character and any tail that may begin one of `stops`."""
         end = len(text) - (1 if text.endswith("\ufffd") else 0)
-        for s in self.stop:
+        for s in stops:
             for k in range(min(len(s) - 1, end), 0, -1):
                 if text[:end].endswith(s[:k]):
                     end -= k

@@ -88,7 +88,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     ids = select_checkpoints(run_dir, checkpoints)
     if compare_base and BASE not in ids:
         ids = [BASE] + ids
-    if is_align_run(run):
+    if run.is_align():
         return evaluate_alignment(run, cfg, ids, batch_size, save)
     shards = ShardSet(cfg.data.shards)
     cfg = resolve_windows(cfg, shards.manifest)  # a run's config.json names its windows; "auto" only from older files
@@ -139,11 +139,6 @@ def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:
     log.warning("%s was removed while this evaluation ran (a training run keeps only its newest checkpoints); "
                 "skipped", ckpt_id)
     return False
-
-
-def is_align_run(run: Run) -> bool:
-    latest = run.checkpoints().latest()
-    return latest is not None and latest.state.get("kind") == "align"
 
 
 def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = None, save: bool = True) -> list[dict]:

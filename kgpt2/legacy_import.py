@@ -141,12 +141,13 @@ def _refuse_a_loadable_model(path: Path) -> None:
     """A Hugging Face or KerasHub model directory (or a file in one) is a model.preset already, a kgpt2 run's
     folder or file (a stage export, a checkpoint) is a run's: say so."""
     model_dir = path if path.is_dir() else path.parent
-    if (model_dir / "config.json").is_file() and not is_run(model_dir):  # what save_pretrained and save_to_preset write
+    run_here = is_run(model_dir)
+    if (model_dir / "config.json").is_file() and not run_here:  # what save_pretrained and save_to_preset write
         where = "is" if path.is_dir() else "is part of"
         raise UserError(f"'{path}' {where} a Hugging Face or KerasHub model directory, which needs no import: use "
                         f"model.preset={model_dir} (docs/interop.md)")
-    for run, inside in ((model_dir, path), (model_dir.parent, model_dir)):  # the run, or one of its ckpt-N folders
-        if is_run(run):
+    for run, inside, found in ((model_dir, path, run_here), (model_dir.parent, model_dir, None)):  # or a ckpt-N's run
+        if found or (found is None and is_run(run)):
             named = re.fullmatch(r"(stage-\d+)\.weights\.h5|(ckpt-\d+)", inside.name)
             ckpt = (named.group(1) or named.group(2)) if named else ""
             where = "is" if path == run else "is part of"

@@ -48,14 +48,15 @@ from kgpt2.tokenizer_protocol import Tokenizer
 GPT2_PRESETS = ("gpt2_base_en", "gpt2_medium_en", "gpt2_large_en", "gpt2_extra_large_en")
 HUB_SCHEMES = ("kaggle://", "hf://")  # keras-hub downloads these handles (Kaggle Models, the Hugging Face Hub)
 
-
-def download_cache(preset: str) -> str:
-    """Where a downloaded preset is kept (what an offline sentence says it was not found in)."""
-    return "the Hugging Face cache" if preset.startswith("hf://") else "the KerasHub cache"
 OFFLINE_HINT = (
     "to work offline, use a local preset directory (save_to_preset output), "
     "a local Hugging Face GPT-2 directory, or model.preset = \"scratch\""
 )
+
+
+def download_cache(preset: str) -> str:
+    """Where a downloaded preset is kept (what an offline sentence says it was not found in)."""
+    return "the Hugging Face cache" if preset.startswith("hf://") else "the KerasHub cache"
 
 
 def _is_local(preset: str) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 from kgpt2.errors import UserError
 from kgpt2.periodic_eval import read_best, read_evals
 from kgpt2.run_logs import read_steps
-from kgpt2.run import load_run_config
+from kgpt2.run import Run, load_run_config
 
 
 def run_summary(run_dir) -> dict:
@@ -41,7 +41,7 @@ def run_summary(run_dir) -> dict:
     cfg = load_run_config(run_dir)
     steps, evals = read_steps(run_dir), read_evals(run_dir)
     if steps.empty:
-        if (run_dir / "align.json").is_file() or (run_dir / "reference.npz").is_file():  # kgpt2.align's files
+        if Run(run_dir).is_align():
             raise UserError(f"run '{run_dir}' is an align run, which logs no training steps: its numbers are in "
                             f"{run_dir / 'align.json'} (and `kgpt2 evaluate --run {run_dir} --checkpoint all`)")
         raise UserError(f"run '{run_dir}' has no logged steps yet")

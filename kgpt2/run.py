@@ -170,6 +170,11 @@ class Run:
         """The checkpoint store; retention spares the best checkpoint."""
         return CheckpointManager(self.path, keep_last, protected=lambda: [self.best_id()] if self.best_id() else [])
 
+    def is_align(self) -> bool:
+        """Whether `kgpt2 align` wrote this run (its newest checkpoint says so)."""
+        latest = self.checkpoints().latest()
+        return latest is not None and latest.state.get("kind") == "align"
+
     def best(self) -> dict | None:
         """best.json: {"id", "step", "val_loss", "train_loss"}, or None."""
         try:

@@ -122,3 +122,18 @@ def test_shards_with_a_missing_or_cut_file_are_one_sentence(tmp_path, pydoc_shar
         ShardSet(shards)
     assert json.loads((shards / "manifest.json").read_text())["format"]  # nothing else touched
     assert np.asarray(ShardSet(pydoc_shards).split("train").tokens).size > 0
+
+
+def test_every_model_signature_key_names_a_config_key():
+    """Resume and init_from refusals name what differs by SIGNATURE_KEYS; a signature key missing there would
+    reach the user under its internal name."""
+    from kgpt2.config import SIGNATURE_KEYS, load_config
+
+    everything = load_config(None, ["model.preset=scratch", "lora.enabled=true", "lora.use_rslora=true",
+                                    "lora.use_dora=true", "model.quantize=int8", "model.pad_vocabulary_to=64",
+                                    "model.vocabulary_size=100"])
+    keys = set(everything.model_signature())
+    assert keys == set(SIGNATURE_KEYS), keys ^ set(SIGNATURE_KEYS)
+    for dotted in SIGNATURE_KEYS.values():
+        section, name = dotted.split(".")
+        assert hasattr(getattr(everything, section), name), dotted

@@ -91,14 +91,15 @@ def test_unknown_words_are_still_refused(tmp_path, kgpt2_cli):
     ["evaluate", "--run", "r", "--max-batches", "0"], ["serve", "--run", "r", "--port", "99999"],
     ["demo", "--port", "-1"], ["tokenizer", "train", "--source", "s", "--out", "o", "--min-frequency", "-1"],
     ["prepare", "--source", "s", "--out", "o", "--threads", "0"], ["evaluate", "--run", "r", "--max-batches", "x"],
+    ["serve", "--run", "r", "--slots", "0"], ["serve", "--run", "r", "--max-queue", "-1"],
 ])
 def test_a_number_out_of_range_is_a_usage_error(argv, tmp_path, kgpt2_cli):
     """Each was a traceback from deep inside (Keras' map_structure, socket.bind, tokenizers, a thread pool)."""
     r = kgpt2_cli(*argv, cwd=tmp_path)
     flag, value = argv[-2:]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().splitlines()[-1].endswith(f"error: argument {flag}: must be a whole number "
-                                                      f"{'from 1 to 65535' if flag == '--port' else 'of at least 1'}"
+    span = {"--port": "from 1 to 65535", "--max-queue": "of at least 0"}.get(flag, "of at least 1")
+    assert r.stderr.strip().splitlines()[-1].endswith(f"error: argument {flag}: must be a whole number {span}"
                                                       f", got '{value}'"), r.stderr
     assert not list(tmp_path.iterdir()), "nothing is made"
 

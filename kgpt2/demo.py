@@ -24,11 +24,9 @@ opened as paths; prompt length and new tokens are capped by the model.
 
 from __future__ import annotations
 
-import errno
 import getpass
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -44,6 +42,7 @@ from kgpt2.demo_layout import build as build_layout
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 from kgpt2.model_pool import ModelPool
+from kgpt2.ports import check_port
 from kgpt2.run import BASE, load_run_config, not_a_run
 from kgpt2.templates import prompt_ids, render_prompt
 from kgpt2.votes import VOTES_FILE, append_vote, counts, read_votes
@@ -333,21 +332,6 @@ def _image(path):
         return im.copy()
 
 
-def check_port(host: str, port: int | None) -> None:
-    """Refuse a busy port in one sentence, before any model is built."""
-    if not port:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it: a closed port's TIME_WAIT is free
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise UserError(f"port {port} on {host} is already in use (another demo?); "
-                                f"stop it or pick another with --port") from None
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") from None
-
-
 def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860, share=False, **launch_kwargs):
     """Build the app for `checkpoints_root` and serve it (blocks until stopped unless told otherwise).
 
@@ -356,7 +340,7 @@ def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860
     a directory elsewhere makes its parent the checkpoints root (the operator's
     choice; browser clients still only pick among the runs listed there).
     """
-    check_port(host, port)
+    check_port(host, port, "another demo?")
     if run is not None and Path(run).is_file():  # a run's config.json, say: name the folder, not "no run"
         raise not_a_run(run, "train one, or run `kgpt2 quickstart`")
     in_root = run is not None and (Path(checkpoints_root) / run).is_dir()
@@ -373,7 +357,7 @@ def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860
 
 def serve(demo: Demo, host="127.0.0.1", port=7860, share=False, **launch_kwargs):
     """Check the port, warm the model up, build the app and launch it."""
-    check_port(host, port)
+    check_port(host, port, "another demo?")
     demo.warm_up()
     app = demo.build()
     # Generations are not serialised by Gradio: they meet in the Answerer, which batches them.

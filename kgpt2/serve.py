@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import signal
 import time
@@ -49,6 +48,7 @@ from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
+from kgpt2.ports import check_port
 from kgpt2.serve_log import RequestEdge
 from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, SampledRequest, message_texts,
                                 prompt_ids, validation_error)
@@ -344,17 +344,6 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
     return app
 
 
-def _check_port(host: str, port: int) -> None:
-    import socket
-
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as e:
-        reason = e.strerror or (os.strerror(e.errno) if e.errno else str(e))  # a host that does not resolve: gaierror's
-        raise UserError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
-
-
 def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           slots: int = 8, max_queue: int = 64, steps_per_launch: int = 8, weights: str | None = None,
           log_requests: bool = True) -> None:
@@ -362,7 +351,7 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     to the `kgpt2.serve` logger (INFO: `kgpt2 serve` prints it on stderr)."""
     import uvicorn  # deferred: only `serve` itself needs the server
 
-    _check_port(host, port)  # before the slow part: loading and compiling
+    check_port(host, port)  # before the slow part: loading and compiling
     model, tokenizer, cfg = load_for_generation(run_dir, checkpoint, weights)
     # 64 steps a launch when every slot is taken (GPU)
     engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch)
@@ -370,7 +359,8 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     service = Service(engine.start(), Path(run_dir).resolve().name, Settings.from_config(cfg.generate), max_queue)
     if host not in LOOPBACK and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")
-    print(f"serving {service.model_id} ({checkpoint}) at http://{host}:{port}/v1 with {slots} slots", flush=True)
+    where = f"[{host}]" if ":" in host else host  # an IPv6 address goes in brackets in a URL
+    print(f"serving {service.model_id} ({checkpoint}) at http://{where}:{port}/v1 with {slots} slots", flush=True)
     # uvicorn shuts down gracefully on SIGTERM / Ctrl-C, then raises the signal
     # again for the handler it found: a quiet one lets kgpt2 close the engine and exit 0.
     quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}

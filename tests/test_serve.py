@@ -261,3 +261,24 @@ def test_n_choices_and_several_prompts_equal_their_requests_alone(client, genera
             texts[c.index] += c.delta.content or ""
     assert texts == {c.index: c.message.content for c in whole.choices}
     assert whole.usage.completion_tokens <= 12 and whole.usage.prompt_tokens < whole.usage.total_tokens
+
+
+def test_the_port_check_binds_in_the_hosts_address_family():
+    """`kgpt2 serve --host ::1` was refused ("Address family for hostname not supported"): its port check bound
+    IPv4 only. serve and the demo now share one check (kgpt2.ports)."""
+    from kgpt2.errors import UserError
+    from kgpt2.ports import check_port
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("::1 is not configured here")
+        port = probe.getsockname()[1]
+    check_port("::1", port)  # free: no error
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as held:
+        busy = held.getsockname()[1]
+        with pytest.raises(UserError, match=rf"cannot listen on ::1:{busy} \(port {busy} is already in use: x\)"):
+            check_port("::1", busy, "x")

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from test_demo import PROMPT, compare_args, free_port, make_demo_root
+from test_demo import PROMPT, alternate_arena_sides, compare_args, free_port, make_demo_root
 
 pytestmark = pytest.mark.backend_neutral  # the demo's votes and arena (UI and files)
 
@@ -84,7 +84,8 @@ def test_a_run_folder_that_refuses_the_vote_says_so_and_keeps_the_votes(served, 
     assert not [p.name for p in votes.parent.iterdir() if p.name.startswith(".votes")], "a temporary file was left"
 
 
-def test_single_arena_mode_hides_the_drawn_model_until_its_thumb(served, client):
+def test_single_arena_mode_hides_the_drawn_model_until_its_thumb(served, client, monkeypatch):
+    alternate_arena_sides(monkeypatch)
     _, demo, root = served
     drawn = set()
     for seed in range(6):

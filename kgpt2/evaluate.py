@@ -25,7 +25,7 @@ from kgpt2.data.batches import to_dataset
 from kgpt2.data.preference_pairs import read_preferences
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError, os_error_sentence
-from kgpt2.io import atomic_write_text, save_figure
+from kgpt2.io import atomic_write_files, save_figure
 from kgpt2.metrics import compile_lm, summarise
 from kgpt2.packed_attention import for_windows
 from kgpt2.preferences import PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout, targets_for
@@ -44,10 +44,10 @@ class EvaluationNotSaved(UserError):
         self.rows = rows
 
 
-def _save(run_dir, rows: list[dict], write) -> None:
+def _save(run_dir, rows: list[dict], write):
     """`write()` the evaluation files; an OS error keeps the scores for the caller to show (EvaluationNotSaved)."""
     try:
-        write()
+        return write()
     except OSError as e:
         where = OSError(e.errno, e.strerror, str(run_dir))  # the run folder, not the atomic writer's temporary name
         raise EvaluationNotSaved(os_error_sentence(where, "saving the evaluation"), rows) from None
@@ -118,8 +118,14 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if not rows:
         raise UserError(f"every checkpoint of '{run_dir}' chosen to evaluate was removed meanwhile; run it again")
     if save:
-        _save(run_dir, rows, lambda: save_table(run_dir, rows, split))
+        _report_kept(_save(run_dir, rows, lambda: save_table(run_dir, rows, split)), rows)
     return rows
+
+
+def _report_kept(table: list[dict], rows: list[dict]) -> None:
+    kept = [r["model"] for r in table if r not in rows]
+    if kept:
+        log.info("the saved table also keeps %s, scored earlier on the same data", ", ".join(kept))
 
 
 def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:
@@ -175,7 +181,7 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
         table.append(row | {"margins": _margins(y_true, y_pred, a.loss)})
     rows = [{k: v for k, v in r.items() if k != "margins"} for r in table]
     if save:
-        _save(run.path, rows, lambda: save_alignment_table(run, table))
+        _report_kept(_save(run.path, rows, lambda: save_alignment_table(run, table)), rows)
     return rows
 
 
@@ -187,20 +193,21 @@ def _margins(y_true, y_pred, loss: str):
     return np.where(y_true[:, 4] > 0.5, ratio[:, 0], -ratio[:, 0]) if loss == "kto" else ratio[:, 0] - ratio[:, 1]
 
 
-def save_alignment_table(run: Run, rows: list[dict]) -> None:
-    """evaluation-preferences.json/.csv, and a PNG: reward accuracy per model, log-ratio margins of the last."""
+def save_alignment_table(run: Run, rows: list[dict]) -> list[dict]:
+    """evaluation-preferences.json/.csv (merged as `save_table` does), a PNG: reward accuracy, the last's margins."""
     import pandas as pd
 
-    table = [{k: v for k, v in r.items() if k != "margins"} for r in rows]
-    atomic_write_text(run.evaluation_table("preferences", "json"), json.dumps(table, indent=2))
-    atomic_write_text(run.evaluation_table("preferences", "csv"), pd.DataFrame(table).to_csv(index=False))
+    table = merge_saved_rows(run.evaluation_table("preferences", "json"),
+                             [{k: v for k, v in r.items() if k != "margins"} for r in rows])
+    atomic_write_files({run.evaluation_table("preferences", "json"): json.dumps(table, indent=2),
+                        run.evaluation_table("preferences", "csv"): pd.DataFrame(table).to_csv(index=False)})
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.bar([r["model"] for r in rows], [r["reward_accuracy"] for r in rows], color="C0")
+    a1.bar([r["model"] for r in table], [r["reward_accuracy"] for r in table], color="C0")
     a1.axhline(0.5, color="grey", lw=0.8, ls="--")
     a1.set_title("held-out reward accuracy")
     a1.tick_params(axis="x", rotation=30)
@@ -209,15 +216,23 @@ def save_alignment_table(run: Run, rows: list[dict]) -> None:
     a2.set_title(f"{rows[-1]['model']}: log-ratio margin per held-out row")
     fig.tight_layout()
     save_figure(fig, run.evaluation_table("preferences", "png"))
+    return table
 
 
-def save_table(run_dir: Path, rows: list[dict], split: str) -> None:
-    """evaluation-<split>.json/.csv and a PNG of accuracy and perplexity per model."""
+def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
+    """evaluation-<split>.json/.csv and a PNG of accuracy and perplexity per model; returns the table saved.
+
+    The table keeps earlier rows of other models scored on the same tokens of
+    the split (`evaluate --checkpoint base` after `--checkpoint all` adds the
+    base row instead of replacing the table); rows scored on other batches
+    would not compare, so they go.
+    """
     import pandas as pd
 
     run = Run(run_dir)
-    atomic_write_text(run.evaluation_table(split, "json"), json.dumps(rows, indent=2))
-    atomic_write_text(run.evaluation_table(split, "csv"), pd.DataFrame(rows).to_csv(index=False))
+    rows = merge_saved_rows(run.evaluation_table(split, "json"), rows)
+    atomic_write_files({run.evaluation_table(split, "json"): json.dumps(rows, indent=2),
+                        run.evaluation_table(split, "csv"): pd.DataFrame(rows).to_csv(index=False)})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,6 +249,33 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> None:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     save_figure(fig, run.evaluation_table(split, "png"))
+    return rows
+
+
+def merge_saved_rows(saved_json: Path, rows: list[dict]) -> list[dict]:
+    """`rows` plus the saved rows of other models with the same split and token count; base first, then by step.
+
+    >>> old = [{"model": "base", "split": "test", "tokens": 8}, {"model": "ckpt-2", "split": "test", "tokens": 8, "step": 2}]
+    >>> import pathlib, tempfile; f = pathlib.Path(tempfile.mkdtemp()) / "e.json"; _ = f.write_text(json.dumps(old))
+    >>> [r["model"] for r in merge_saved_rows(f, [{"model": "ckpt-1", "split": "test", "tokens": 8, "step": 1}])]
+    ['base', 'ckpt-1', 'ckpt-2']
+    >>> [r["model"] for r in merge_saved_rows(f, [{"model": "ckpt-1", "split": "test", "tokens": 4, "step": 1}])]
+    ['ckpt-1']
+    """
+    try:
+        saved = json.loads(Path(saved_json).read_text())
+    except (OSError, ValueError):  # none yet, or not readable as a table: this call's rows alone
+        saved = []
+    saved = saved if isinstance(saved, list) else []
+    now = {r["model"] for r in rows}
+    scored_on = {_scored_on(r) for r in rows}
+    kept = [r for r in saved if isinstance(r, dict) and r.get("model") not in now and _scored_on(r) in scored_on]
+    return sorted(kept + rows, key=lambda r: (r["model"] != BASE, r.get("step", 0)))
+
+
+def _scored_on(row: dict) -> tuple:
+    """What a row was scored on: its split and its token count (held-out pair count on an align run)."""
+    return row.get("split"), row.get("tokens"), row.get("pairs")
 
 
 def format_table(rows: list[dict]) -> str:

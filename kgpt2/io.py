@@ -84,7 +84,35 @@ def atomic_write_bytes(path, data: bytes) -> None:
     The file gets the mode a plain `open(path, "w")` gives (a replaced file keeps
     its own), not mkstemp's 0600, which would hide it from everyone else.
     """
-    path = Path(path)
+    atomic_write_files({path: data})
+
+
+def atomic_write_text(path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_files(contents: dict) -> None:
+    """Write several files (path -> bytes or str) so that a full disk leaves all old or all new.
+
+    Every temporary file is written and fsynced before the first rename, so a
+    pair like a table's .json and .csv never disagree after a failed write (a
+    kill between two renames still can; renames in one folder do not fail for space).
+    """
+    written = []
+    try:
+        for path, data in contents.items():
+            written.append((_fsynced_temp(Path(path), data.encode("utf-8") if isinstance(data, str) else data), path))
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsynced_temp(path: Path, data: bytes) -> str:
+    """A temporary file beside `path` holding `data`, with the mode `path` has or would get."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = path.stat().st_mode & 0o7777
@@ -97,15 +125,10 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    return tmp
 
 
 def publish_folder(tmp, final) -> Path:

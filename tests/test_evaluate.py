@@ -105,6 +105,55 @@ def test_evaluate_picks_checkpoints_by_list(tiny_run):
         select_checkpoints(tiny_run, "ckpt-999")
 
 
+def test_a_second_evaluation_adds_its_rows_to_the_saved_table(tiny_run, tmp_path):
+    """`evaluate --checkpoint base` after `--checkpoint all` replaced the table with the base row alone."""
+    import shutil
+
+    from kgpt2.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for f in run.glob("evaluation-*"):
+        f.unlink()
+    stages = evaluate_run(run, "all", split="validation", max_batches=2)
+    base = evaluate_run(run, "base", split="validation", max_batches=2)
+    saved = json.loads((run / "evaluation-validation.json").read_text())
+    assert saved == base + stages  # base first, then the checkpoints by step
+    csv = (run / "evaluation-validation.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in csv] == ["model", "base"] + [r["model"] for r in stages]
+    again = evaluate_run(run, "latest", split="validation", max_batches=2)
+    assert json.loads((run / "evaluation-validation.json").read_text()) == base + stages[:-1] + again
+    # Scores over other batches do not compare: a call on one batch starts the table anew.
+    one = evaluate_run(run, "latest", split="validation", max_batches=1)
+    assert json.loads((run / "evaluation-validation.json").read_text()) == one
+
+
+def test_a_disk_full_between_the_json_and_the_csv_keeps_both_old(tiny_run, tmp_path, monkeypatch):
+    """The .json was replaced before the .csv's write failed, so the two files of one table disagreed."""
+    import errno
+    import shutil
+
+    from kgpt2 import io
+    from kgpt2.evaluate import EvaluationNotSaved, evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    evaluate_run(run, "latest", split="validation", max_batches=2)
+    before = {f.name: f.read_bytes() for f in run.glob("evaluation-validation.*")}
+    written = io._fsynced_temp
+
+    def full_on_the_csv(path, data):
+        if path.suffix == ".csv":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return written(path, data)
+
+    monkeypatch.setattr(io, "_fsynced_temp", full_on_the_csv)
+    with pytest.raises(EvaluationNotSaved, match="the disk is full"):
+        evaluate_run(run, "base", split="validation", max_batches=2)
+    assert {f.name: f.read_bytes() for f in run.glob("evaluation-validation.*")} == before
+    assert not [f.name for f in run.iterdir() if f.name.startswith(".evaluation")]
+
+
 @pytest.mark.parametrize("removed", ["before its turn", "while it loads"])
 def test_a_checkpoint_removed_by_a_running_trainer_is_skipped(tiny_run, tmp_path, monkeypatch, caplog, removed):
     """`kgpt2 evaluate --checkpoint all` beside a `kgpt2 train` that prunes old checkpoints: one listed, then

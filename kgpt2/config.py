@@ -179,7 +179,12 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     try:  # TOML syntax for the value (numbers, booleans, lists, quoted strings)
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if raw.strip()[:1] in ("[", "{", '"', "'"):  # meant as a list, table or quoted string, but broken
+            what = {"[": "list", "{": "table"}.get(raw.strip()[:1], "quoted string")
+            reason = str(e).split(" (at ")[0]
+            raise UserError(f"override '{text}': the value is not a valid TOML {what} ({reason}); "
+                            f"e.g. train.stages='[10, 1000, \"rest\"]', quoted whole for the shell") from None
         value = raw  # a bare word is a string
     return key.strip().split("."), value
 

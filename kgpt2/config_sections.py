@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from kgpt2.errors import UserError
+from kgpt2.stage_plan import check_plan
 
 # The linear layers of a keras-hub GPT-2 block (PEFT's names in GPT-2: c_attn
 # holds query/key/value, attn.c_proj, mlp.c_fc, mlp.c_proj).
@@ -264,6 +265,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
+        check_plan(self.stages)
         if not re.fullmatch(r"auto|cpu|gpu(:\d+)?", self.device.lower()):
             raise UserError(f"train.device must be one of \"auto\", \"cpu\", \"gpu\", \"gpu:N\"; got {show_value(self.device)}")
         if not re.fullmatch(r"all|[1-9]\d*", self.devices.lower()):

@@ -147,21 +147,31 @@ def _scaled(kinds: list, values: list, total: int) -> tuple[list[int], str]:
     return counts, "stages scaled to the plan's shape: " + "; ".join(how)
 
 
-def plan_stages(plan: list, total_articles: int, oversize: str = "scale") -> StagePlan:
-    """Resolve a plan against a train split of `total_articles` articles."""
-    if not plan:
-        raise UserError("train.stages is empty; give at least one stage, e.g. [\"rest\"]")
-    if total_articles < 1:
-        raise UserError("the train split holds no articles")
-    if oversize not in OVERSIZE:
-        raise UserError(f"train.oversize must be one of {', '.join(OVERSIZE)}, got {oversize!r}")
+def check_plan(plan) -> list[tuple]:
+    """The plan's items parsed, or a UserError for a plan no corpus could hold (checked when a config is built).
+
+    >>> check_plan([10, "8%", "rest"])
+    [('count', 10), ('fraction', 0.08), ('rest', None)]
+    """
+    if not isinstance(plan, list) or not plan:
+        raise UserError(f"train.stages must be a non-empty list, e.g. [10, 10000, \"rest\"]; got {plan!r}")
     parsed = [_parse(item, f"train.stages[{i}]") for i, item in enumerate(plan)]
-    kinds, values = [k for k, _ in parsed], [v for _, v in parsed]
-    if "rest" in kinds[:-1]:
+    if "rest" in [k for k, _ in parsed][:-1]:
         raise UserError("\"rest\" may only be the last stage of train.stages")
     fractions = sum(v for k, v in parsed if k == "fraction")
     if fractions > 1 + 1e-9:
         raise UserError(f"the fractions in train.stages add up to {fractions:.0%} of the corpus, more than all of it")
+    return parsed
+
+
+def plan_stages(plan: list, total_articles: int, oversize: str = "scale") -> StagePlan:
+    """Resolve a plan against a train split of `total_articles` articles."""
+    if total_articles < 1:
+        raise UserError("the train split holds no articles")
+    if oversize not in OVERSIZE:
+        raise UserError(f"train.oversize must be one of {', '.join(OVERSIZE)}, got {oversize!r}")
+    parsed = check_plan(plan)
+    kinds, values = [k for k, _ in parsed], [v for _, v in parsed]
     n = total_articles
     written = [max(1, round(v * n)) if k == "fraction" else v for k, v in parsed if k != "rest"]
     has_rest = kinds[-1] == "rest"

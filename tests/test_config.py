@@ -30,6 +30,14 @@ pytestmark = pytest.mark.backend_neutral  # config files and their refusals
     (["model.quantize=int8", "lora.enabled=false"], 'model.quantize = "int8" freezes the base model; set lora.enabled = true'),
     (["train.batchsize=4"], "unknown config key 'train.batchsize'; did you mean 'train.batch_size'?"),
     (["trian.batch_size=4"], "unknown config key 'trian'; did you mean 'train'?"),
+    # A plan no corpus could hold is refused with the config, before the shards are looked for.
+    (['train.stages=["rest", 10]'], '"rest" may only be the last stage of train.stages'),
+    (["train.stages=[0.7, 0.6]"], "the fractions in train.stages add up to 130% of the corpus"),
+    (["train.stages=[]"], "train.stages must be a non-empty list"),
+    # A list typed without its "]" was the string "[10", refused as a stage named '[10'.
+    (["train.stages=[10"], "override 'train.stages=[10': the value is not a valid TOML list (Unclosed array)"),
+    (["train.stages=[10, rest]"], "override 'train.stages=[10, rest]': the value is not a valid TOML list"),
+    (['lora.targets="query'], "override 'lora.targets=\"query': the value is not a valid TOML quoted string"),
 ])
 def test_bad_values_are_one_sentence(overrides, message):
     with pytest.raises(UserError) as e:
@@ -49,7 +57,7 @@ def test_good_values_pass_and_a_toml_file_is_checked_too(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["train.batch_size=0", "train.batch_size=-4", "data.sequence_length=0",
-                                 "train.oversize=scal"])
+                                 "train.oversize=scal", 'train.stages=["rest", 10]'])
 def test_cli_refuses_bad_values_before_making_a_run(tmp_path, bad):
     from kgpt2.cli import main
 

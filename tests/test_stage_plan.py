@@ -106,7 +106,7 @@ def test_scaled_plan_keeps_fractions_and_floors_small_counts():
 
 @pytest.mark.parametrize("plan, message", [
     (["rest", 5], "only be the last"),
-    ([], "train.stages is empty"),
+    ([], "train.stages must be a non-empty list"),
     ([10, "abc%", "rest"], r"train.stages\[1\] = 'abc%' is not a percentage"),
     ([10, "150%"], r"train.stages\[1\] \(a percentage\) is a fraction 1.5"),
     ([0.6, "50%", "rest"], "add up to 110% of the corpus"),

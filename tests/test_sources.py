@@ -198,3 +198,49 @@ def test_arrow_files_go_to_datasets_and_cli_separators_unescape(tmp_path):
     assert unescape("\\n\\n") == "\n\n"
     assert unescape("—\\n") == "—\n"  # non-ASCII text survives the escape decoding
     assert unescape("===") == "==="
+
+
+@pytest.mark.parametrize("codec", ["gz", "bz2", "xz"])
+def test_compressed_files_read_as_the_file_they_hold(tmp_path, shared_data, codec):
+    """`corpus.jsonl.gz` was read as a text file of binary bytes: 'holds no documents (... not UTF-8)'."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {"gz": gzip.open, "bz2": bz2.open, "xz": lzma.open}[codec]
+    papers = shared_data / "pubmed" / "memsum_pubmed_300"
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for split in ("train", "val"):  # a folder of compressed splits keeps its splits
+        with opener(folder / f"{split}.jsonl.{codec}", "wb") as f:
+            f.write((papers / f"{split}.jsonl").read_bytes())
+    alpaca = tmp_path / f"alpaca.json.{codec}"
+    with opener(alpaca, "wb") as f:
+        f.write((shared_data / "alpaca" / "alpaca_5000.json").read_bytes())
+    assert detect_format(str(folder)) == "papers" and detect_format(str(alpaca)) == "alpaca"
+    docs = list(open_source(str(folder)))
+    plain = list(open_source(str(papers)))
+    assert [(d.id, d.text, d.split) for d in docs] == [(d.id, d.text, d.split) for d in plain if d.split != "test"]
+    assert len(list(open_source(str(alpaca)))) == 5000 - 2  # two records with an empty output are skipped
+    table = tmp_path / f"t.csv.{codec}"
+    with opener(table, "wt", encoding="utf-8") as f:
+        f.write("text\nfirst row\nsecond row\n")
+    plain_table = tmp_path / "t.csv"
+    plain_table.write_text("text\nfirst row\nsecond row\n")
+    # Compressing a file keeps its documents' ids, so `prepare` splits them the same way.
+    assert [(d.id, d.text) for d in open_source(str(table))] == [(d.id, d.text) for d in open_source(str(plain_table))]
+
+
+def test_a_truncated_or_unsupported_archive_is_one_sentence(tmp_path, shared_data):
+    import gzip
+
+    whole = gzip.compress((shared_data / "pubmed" / "memsum_pubmed_300" / "val.jsonl").read_bytes())
+    cut = tmp_path / "val.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])  # a download that stopped half way
+    with pytest.raises(UserError, match=r"'.*val.jsonl.gz' is a damaged or truncated .gz file \(Compressed file "
+                                        r"ended before the end-of-stream marker was reached\); download"):
+        list(open_source(str(cut), "papers"))
+    zst = tmp_path / "c.jsonl.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(UserError, match=r"is a .zst archive, which kgpt2 does not read; unpack it first \(zstd -d"):
+        detect_format(str(zst))

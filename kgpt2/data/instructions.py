@@ -31,10 +31,10 @@ The padding share is logged by `kgpt2 train` and kept in the stage table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from kgpt2.data.compression import plain
 from kgpt2.data.documents import Document
 from kgpt2.data.examples import encode_example
 from kgpt2.data.records import json_records, load_hf
@@ -129,7 +129,7 @@ def _records(src):
 
 
 def _read(src, response_key: str):
-    stem = Path(str(src.path)).stem
+    stem = plain(str(src.path)).stem
     for n, (where, record) in enumerate(_records(src)):
         if response_key not in record:
             raise UserError(f"{where}: expected a {response_key} field, found {', '.join(sorted(record)) or 'none'}")
@@ -165,7 +165,7 @@ def read_messages(src):
     Rendered with the `chat` template (kgpt2.templates); a conversation with
     no assistant turn has nothing to train on and is skipped and counted.
     """
-    stem = Path(str(src.path)).stem
+    stem = plain(str(src.path)).stem
     for n, (where, record) in enumerate(_records(src)):
         messages = record.get("messages")
         if not isinstance(messages, list):

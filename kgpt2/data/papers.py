@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kgpt2.data.compression import plain
 from kgpt2.data.documents import Document
 from kgpt2.data.records import jsonl_records, load_hf
 from kgpt2.errors import UserError
@@ -52,13 +53,14 @@ def paper_text(record: dict, contents: str, where: str = "record") -> str:
 
 def read_papers(src):
     for path in src.files():
-        split = SPLIT_NAMES.get(path.stem.lower())
+        stem = plain(path).stem  # train.jsonl.gz is the train split
+        split = SPLIT_NAMES.get(stem.lower())
         for lineno, record in jsonl_records(path, src.stats):
             where = f"{path}:{lineno}"
             if not set(record) & set(BODY_KEYS + ABSTRACT_KEYS):
                 raise UserError(f"{where}: not a scientific_papers record (expected article_text/abstract_text, "
                                 f"article/abstract or text/summary; found {', '.join(sorted(record)) or 'no keys'})")
-            doc_id = str(record.get("article_id") or record.get("id") or f"{path.stem}:{lineno}")
+            doc_id = str(record.get("article_id") or record.get("id") or f"{stem}:{lineno}")
             yield Document(doc_id, paper_text(record, src.contents, where), split)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kgpt2.data.compression import open_bytes
 from kgpt2.data.examples import encode_example
 from kgpt2.data.instructions import record_prompt, record_response
 from kgpt2.errors import UserError
@@ -48,7 +49,8 @@ class PairStats:
 
 def _records(path: Path):
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_bytes(path) as f:
+            text = f.read().decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
     if text.lstrip().startswith("["):

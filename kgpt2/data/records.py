@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kgpt2.data.compression import open_bytes, plain
 from kgpt2.data.documents import Document, SourceStats
 from kgpt2.errors import UserError
 
@@ -29,7 +30,7 @@ _TABLE_CHUNK_ROWS = 2048
 
 def jsonl_records(path: Path, stats: SourceStats):
     """(line number, dict) for each valid JSON object line; bad lines are counted."""
-    with open(path, "rb") as f:
+    with open_bytes(path) as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
@@ -51,12 +52,12 @@ def jsonl_records(path: Path, stats: SourceStats):
 def json_array(path: Path):
     """Records of a JSON array file; None for JSON Lines, which are streamed line by
     line (a non-UTF-8 line skipped and counted there, not the whole file refused)."""
-    with open(path, "rb") as f:
+    with open_bytes(path) as f:
         while (first := f.read(1)).isspace():
             pass
-    if first != b"[":
-        return None
-    text = path.read_bytes()
+        if first != b"[":
+            return None
+        text = first + f.read()
     try:
         text = text.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -91,7 +92,7 @@ def first_record(p: Path):
     Lines that are not UTF-8 JSON are passed over here (the reader skips and
     counts them); a file with no such line at all is refused.
     """
-    with open(p, "rb") as f:
+    with open_bytes(p) as f:
         line = f.readline()
         while line and not line.strip():
             line = f.readline()
@@ -133,7 +134,7 @@ def _table_chunks(path: Path):
     """DataFrames of a CSV/TSV/JSONL/parquet file, a few thousand rows at a time."""
     import pandas as pd
 
-    suffix = path.suffix.lower()
+    suffix = plain(path).suffix.lower()  # pandas unpacks a .csv.gz or .jsonl.gz itself
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -155,7 +156,7 @@ def read_table(src):
                                 "pass --text-column")
             ids = chunk["id"] if "id" in chunk.columns else None
             for j, text in enumerate(chunk[column].tolist()):
-                doc_id = str(ids.iloc[j]) if ids is not None else f"{path.name}:{row + j}"
+                doc_id = str(ids.iloc[j]) if ids is not None else f"{plain(path).name}:{row + j}"
                 yield Document(doc_id, text if isinstance(text, str) else "")
             row += len(chunk)
     except UnicodeDecodeError:

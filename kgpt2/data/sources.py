@@ -21,6 +21,8 @@ Formats (auto-detected, or `--format`):
                with the `chat` template; the loss is on assistant turns only
   pydoc        CPython's own Language Reference topics (offline demo corpus)
 
+Any of these files may be gzip, bzip2 or xz compressed (`corpus.jsonl.gz`; kgpt2.data.compression).
+
 Readers stream (one record or one chunk at a time), so a corpus of any size is
 read in bounded memory (JSON-array files, i.e. instruction sets, are the only
 ones parsed whole). A recoverable bad record (invalid or truncated JSON line,
@@ -39,6 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+from kgpt2.data.compression import damaged_sentence, is_damaged, open_bytes, plain, refuse_unsupported
 from kgpt2.data.documents import Document, SourceStats
 from kgpt2.data.instructions import read_alpaca, read_messages, read_preferences
 from kgpt2.data.papers import ABSTRACT_KEYS, BODY_KEYS, read_hf, read_papers, read_sumpubmed
@@ -62,12 +65,17 @@ class Source:
 
     def __iter__(self) -> Iterator[Document]:
         self.stats = SourceStats()
-        for doc in _READERS[self.format](self):
-            if not doc.text.strip():
-                self.stats.skip("empty document", doc.id)
-                continue
-            self.stats.read += 1
-            yield doc
+        try:
+            for doc in _READERS[self.format](self):
+                if not doc.text.strip():
+                    self.stats.skip("empty document", doc.id)
+                    continue
+                self.stats.read += 1
+                yield doc
+        except (EOFError, OSError, ValueError) as e:
+            if not is_damaged(e):
+                raise
+            raise UserError(damaged_sentence(self.path, e)) from None
 
     def files(self) -> list[Path]:
         """The files the reader reads, for the manifest's input signature."""
@@ -78,7 +86,7 @@ class Source:
             return [p]
         if self.format == "sumpubmed":
             return sorted((p / "line_text").glob("text_*.txt")) + sorted((p / "abstract").glob("abstract_*.txt"))
-        return _folder_files(p, "*.txt" if self.format == "folder" else "*.jsonl")
+        return _folder_files(p, ".txt" if self.format == "folder" else ".jsonl")
 
 
 def detect_format(path: str) -> str:
@@ -93,10 +101,11 @@ def detect_format(path: str) -> str:
     if p.is_dir():
         if (p / "line_text").is_dir():
             return "sumpubmed"
-        if any(f.suffix == ".jsonl" for f in p.iterdir()):
+        if any(plain(f).suffix == ".jsonl" for f in p.iterdir()):
             return "papers"
         return "folder"
-    suffix = p.suffix.lower()
+    refuse_unsupported(p)
+    suffix = plain(p).suffix.lower()  # corpus.jsonl.gz is JSON Lines (kgpt2.data.compression)
     if suffix == ".arrow":  # only `datasets` reads Arrow files here
         return "hf"
     if suffix == ".parquet":
@@ -136,9 +145,10 @@ def open_source(path: str, fmt: str | None = None, contents: str = "both",
     return Source(path, fmt, contents, text_column, separator)
 
 
-def _folder_files(folder: Path, pattern: str) -> list[Path]:
-    """Text folders are read recursively (`**/*.txt`), paper folders at the top level (`*.jsonl`)."""
-    return sorted(folder.rglob(pattern) if pattern == "*.txt" else folder.glob(pattern))
+def _folder_files(folder: Path, suffix: str) -> list[Path]:
+    """Text folders are read recursively (`**/*.txt`), paper folders at the top level (`*.jsonl`); `.gz` etc. too."""
+    found = folder.rglob(f"*{suffix}*") if suffix == ".txt" else folder.glob(f"*{suffix}*")
+    return sorted(f for f in found if plain(f).suffix == suffix and f.is_file())
 
 
 # Plain text ----------------------------------------------------------------
@@ -146,13 +156,14 @@ def _read_text_file(path: Path, stats: SourceStats, separator: str | None):
     """One document per file, or per `separator`-delimited part, read in 1 MB
     chunks so a large file with a separator never sits in memory whole."""
     sep = separator.encode("utf-8") if separator else None
+    name = plain(path).name  # a gzipped copy of a file gives its documents the same ids, so the same splits
     # A bytearray grows in place: `bytes +=` would copy everything read so far per chunk.
     part_index, lineno, pending = 0, 1, bytearray()
 
     def emit(raw: bytes):
         nonlocal part_index, lineno
         where = f"{path}:{lineno}"
-        doc_id = f"{path.name}:{part_index}" if sep else path.name
+        doc_id = f"{name}:{part_index}" if sep else name
         part_index += 1
         lineno += raw.count(b"\n") + (sep.count(b"\n") if sep else 0)
         try:
@@ -161,7 +172,7 @@ def _read_text_file(path: Path, stats: SourceStats, separator: str | None):
             stats.skip("not UTF-8", where)
             return None
 
-    with open(path, "rb") as f:
+    with open_bytes(path) as f:
         while chunk := f.read(1 << 20):
             pending += chunk
             if sep:

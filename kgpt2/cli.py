@@ -39,6 +39,7 @@ backend.choose_backend()
 from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
 from kgpt2.errors import TRAINING_ADVICE, UserError, is_out_of_memory, out_of_memory_sentence  # noqa: E402
 from kgpt2 import reports  # noqa: E402  (stdlib only)
+from kgpt2.cli_args import PORT, output_folder, unescape, whole_number  # noqa: E402  (stdlib only)
 from kgpt2.templates import TEMPLATES  # noqa: E402  (stdlib only)
 
 VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
@@ -47,38 +48,6 @@ PREPARE_OFFLINE_HINT = ("to work offline, pass --tokenizer DIR (vocabulary.json 
                         "encoder.json + vocab.bpe) or --preset with a local preset directory")
 
 
-def unescape(text: str | None) -> str | None:
-    """Backslash escapes typed on a command line (`\\n\\n`) -> the characters, other text kept."""
-    if not text or "\\" not in text:
-        return text
-    # unicode_escape reads bytes as latin-1: keep non-ASCII text intact through it.
-    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
-
-
-def whole_number(low: int, high: int | None = None):
-    """An argparse `type`: an integer from `low` (to `high`); anything else is argparse's one-line usage error.
-
-    >>> whole_number(1, 65535)("8000")
-    8000
-    >>> whole_number(1)("0")
-    Traceback (most recent call last):
-    argparse.ArgumentTypeError: must be a whole number of at least 1, got '0'
-    """
-    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be a whole number {span}, got {text!r}")
-        return value
-
-    return parse
-
-
-PORT = whole_number(1, 65535)
 KERAS_IMPORTS = ("first", "late", "never")
 
 
@@ -337,7 +306,7 @@ def _export(p):
     p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, or base")
     p.add_argument("--to", required=True, choices=["hf", "preset", "peft"],
                    help="hf: transformers format; preset: KerasHub preset; peft: PEFT adapter + its HF base in base/")
-    p.add_argument("out", help="new output directory")
+    output_folder(p, "new output directory")
 
     def run(a):
         from kgpt2.export import export_run
@@ -352,7 +321,7 @@ def _export(p):
       interrupted="a preset is moved into place only once complete, so no half-written folder is left")
 def _import(p):
     p.add_argument("legacy", help="NAME.ckpt (beside NAME.ckpt.index + .data-*) or NAME.weights.h5")
-    p.add_argument("out", help="new preset directory (use it as model.preset)")
+    output_folder(p, "new preset directory (use it as model.preset)")
     p.add_argument("--tokenizer", required=True,
                    help="its tokenizer: a preset name (gpt2_base_en), a preset or HF directory, or vocabulary.json + merges.txt")
 

@@ -81,6 +81,26 @@ def test_overrides_may_follow_the_options(argv, overrides):
     assert args.overrides == overrides and args.config in ("c.toml", None)
 
 
+@pytest.mark.parametrize("argv", [
+    ["export", "--run", "r", "--to", "hf", "--out", "o"], ["export", "--out", "o", "--run", "r", "--to", "hf"],
+    ["export", "--run", "r", "--to", "hf", "o"], ["import", "m.weights.h5", "--out", "o", "--tokenizer", "t"],
+])
+def test_export_and_import_take_their_folder_as_out_too(argv):
+    """`prepare` and `tokenizer train` write to --out; `export ... --out o` was 'unrecognized arguments'."""
+    from kgpt2.cli import parse_args
+
+    assert parse_args(argv).out == "o"
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["export", "--run", "r", "--to", "hf"], "one of the arguments out --out is required"),
+    (["export", "--run", "r", "--to", "hf", "a", "--out", "b"], "argument --out: not allowed with argument out"),
+])
+def test_the_output_folder_is_given_once(argv, error, tmp_path, kgpt2_cli):
+    r = kgpt2_cli(*argv, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().endswith(error), r.stderr
+
+
 def test_unknown_words_are_still_refused(tmp_path, kgpt2_cli):
     for argv, word in ((["train", "--config", "c.toml", "--bogus", "a=1"], "--bogus"), (["recipes", "a", "b"], "b")):
         r = kgpt2_cli(*argv, cwd=tmp_path)

@@ -1,0 +1,55 @@
+"""The argument types and shapes the CLI's verbs share (stdlib only, so `kgpt2 --help` stays fast).
+
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> output_folder(p, "new output directory")
+    >>> p.parse_args(["exported"]).out, p.parse_args(["--out", "exported"]).out
+    ('exported', 'exported')
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def output_folder(p: argparse.ArgumentParser, help: str) -> None:
+    """The folder a verb writes, as OUT or as `--out OUT`: `prepare` and `tokenizer train` take --out, so
+    `kgpt2 export ... --out DIR` was refused ("unrecognized arguments: --out"). One of the two, once."""
+    group = p.add_mutually_exclusive_group(required=True)
+    # SUPPRESS: an absent positional would otherwise set `out` back to None after --out filled it.
+    group.add_argument("out", nargs="?", default=argparse.SUPPRESS, help=help)
+    group.add_argument("--out", dest="out", metavar="OUT", default=argparse.SUPPRESS, help="the same, as an option")
+
+
+def unescape(text: str | None) -> str | None:
+    """Backslash escapes typed on a command line (`\\n\\n`) -> the characters, other text kept."""
+    if not text or "\\" not in text:
+        return text
+    # unicode_escape reads bytes as latin-1: keep non-ASCII text intact through it.
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
+def whole_number(low: int, high: int | None = None):
+    """An argparse `type`: an integer from `low` (to `high`); anything else is argparse's one-line usage error.
+
+    >>> whole_number(1, 65535)("8000")
+    8000
+    >>> whole_number(1)("0")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a whole number of at least 1, got '0'
+    """
+    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {span}, got {text!r}")
+        return value
+
+    return parse
+
+
+PORT = whole_number(1, 65535)

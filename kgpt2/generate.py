@@ -30,6 +30,7 @@ seed and the token's position, so `Generator.stream` yields exactly what
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 from typing import Iterator
 
@@ -44,6 +45,8 @@ from kgpt2.quantize import quantize_backbone
 from kgpt2.run import load_model, load_run_config
 from kgpt2.sampling import filter_logits  # noqa: F401  (the old home of the sampling code)
 from kgpt2.templates import TEMPLATES, prompt_ids, render_prompt  # noqa: F401  (generate's callers import them here)
+
+log = logging.getLogger("kgpt2")
 
 SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")
 MIN_CACHE_BUCKET = 128  # the key/value cache is a power of two of at least this
@@ -85,6 +88,7 @@ class Generator:
         self.max_sequence_length = model.backbone.max_sequence_length
         self.steps_per_launch, self.chunk = steps_per_launch, chunk
         self._engines: dict[int, Engine] = {}
+        self._capped: set[int] = set()  # max_new_tokens settings already said to be capped by the context
 
     @property
     def compiles(self) -> int:
@@ -106,6 +110,11 @@ class Generator:
     def _plan(self, ids: list[int], s: Settings) -> tuple[list[int], int]:
         ids = list(ids) or [self.tokenizer.eos_id]  # an empty prompt starts a new document
         total = len(ids) + s.max_new_tokens if s.max_new_tokens else max(s.max_length, len(ids) + 1)
+        if s.max_new_tokens and total > self.max_sequence_length and len(ids) < self.max_sequence_length \
+                and s.max_new_tokens not in self._capped:  # said once per setting, not per demo answer
+            self._capped.add(s.max_new_tokens)
+            log.info("%d new tokens asked, %d fit: the model's context is %d tokens, the prompt %d", s.max_new_tokens,
+                     self.max_sequence_length - len(ids), self.max_sequence_length, len(ids))
         total = min(total, self.max_sequence_length)
         if len(ids) >= total:
             raise UserError(f"the prompt is {len(ids)} tokens; it must be shorter than {total} "

@@ -115,7 +115,7 @@ def test_stream_equals_generate(gen, loaded, settings):
     assert "".join(gen.stream(PROMPT, settings)) == gen.generate(PROMPT, settings)
 
 
-def test_limits(gen, loaded):
+def test_limits(gen, loaded, caplog):
     _, tokenizer, cfg = loaded
     ids = tokenizer.encode(PROMPT)
 
@@ -128,7 +128,12 @@ def test_limits(gen, loaded):
     assert len(g.generate_ids(ids, greedy(max_length=len(ids) + 5))) == 5
     assert len(g.generate_ids(ids, greedy(max_length=len(ids) + 5, max_new_tokens=9))) == 9  # new tokens win
     context = cfg.model.max_sequence_length
-    assert len(g.generate_ids(ids, greedy(max_new_tokens=10_000))) == context - len(ids)
+    with caplog.at_level("INFO", logger="kgpt2"):
+        assert len(g.generate_ids(ids, greedy(max_new_tokens=10_000))) == context - len(ids)
+        g.generate_ids(ids, greedy(max_new_tokens=10_000))
+    # Capped without a word before; now said once per setting.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"10000 new tokens asked, {context - len(ids)} fit: the model's context is {context} tokens, the prompt {len(ids)}"]
     with pytest.raises(UserError, match="must be shorter than"):
         g.generate_ids(list(range(1, context + 1)), greedy(max_new_tokens=1))
 

@@ -86,7 +86,8 @@ def _prepare(p: argparse.ArgumentParser):
     p.add_argument("--separator", default=None,
                    help="split plain text files into documents at this string (backslash escapes: '\\n\\n')")
     p.add_argument("--preset", default="gpt2_base_en", help="tokenise with this preset's tokenizer")
-    p.add_argument("--tokenizer", default="", help="directory with vocabulary.json + merges.txt (overrides --preset)")
+    p.add_argument("--tokenizer", default="", help="directory with vocabulary.json + merges.txt, vocab.json + merges.txt, encoder.json + "
+                   "vocab.bpe or tokenizer.json (overrides --preset)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--threads", type=whole_number(1), default=None, help="encoding threads (default: all usable cores)")
 

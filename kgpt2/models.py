@@ -153,14 +153,7 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
     _check_preset(cfg.preset, offline_hint)
     if _is_local(cfg.preset):
         root = Path(cfg.preset).expanduser()
-        for d in (root / "assets" / "tokenizer", root):  # KerasHub preset, HF dir
-            try:
-                return BPETokenizer.from_dir(d)
-            except UserError:
-                continue
-        if (root / "tokenizer.json").is_file():  # transformers >= 5 saves only this file
-            return BPETokenizer.from_hf_json(root / "tokenizer.json")
-        raise UserError(f"preset directory '{root}' holds no GPT-2 tokenizer files")
+        return BPETokenizer.from_dir(root)  # a KerasHub preset (assets/tokenizer/) or an HF model folder
     try:
         fetch_hub_config(cfg.preset)
         with tensorflow_hidden():  # as in build_backbone

@@ -46,6 +46,7 @@ from kgpt2.errors import UserError
 EOS = "<|endoftext|>"
 VOCAB_FILE = "vocabulary.json"  # keras-hub's asset names
 MERGES_FILE = "merges.txt"
+HF_TOKENIZER_FILE = "tokenizer.json"  # a Hugging Face fast tokenizer
 
 
 class Tokenizer:
@@ -89,7 +90,8 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, directory) -> tokenizer_protocol.Tokenizer:
         """A directory holding vocabulary.json/merges.txt (or vocab.json/merges.txt,
-        or OpenAI's encoder.json/vocab.bpe), directly or in a KerasHub preset's
+        OpenAI's encoder.json/vocab.bpe, or a Hugging Face tokenizer.json; that file
+        itself is also taken), directly or in a KerasHub preset's
         assets/tokenizer/. A `char_vocabulary.json` there gives a
         `kgpt2.char_tokenizer.CharTokenizer` (same interface) instead."""
         root = Path(directory)
@@ -103,12 +105,16 @@ class Tokenizer:
             ):
                 if (d / vocab).is_file() and (d / merges).is_file():
                     return cls.from_files(d / vocab, d / merges)
+        # transformers >= 5 saves only tokenizer.json (a KerasHub preset's tokenizer.json is its config, not this)
+        hf_json = root if root.name == HF_TOKENIZER_FILE else root / HF_TOKENIZER_FILE
+        if hf_json.is_file() and (root.is_file() or '"model"' in hf_json.read_text(encoding="utf-8", errors="replace")):
+            return cls.from_hf_json(hf_json)
         if not root.exists():  # a typo, or a recipe's relative path read from another folder
             where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
             raise UserError(f"tokenizer folder '{root}' does not exist{where}")
         kind = "is a file, not a folder of tokenizer files" if root.is_file() else "holds no GPT-2 tokenizer files"
-        raise UserError(f"'{root}' {kind} (vocabulary.json + merges.txt, vocab.json + merges.txt or OpenAI's "
-                        "encoder.json + vocab.bpe) nor a char_vocabulary.json")
+        raise UserError(f"'{root}' {kind} (vocabulary.json + merges.txt, vocab.json + merges.txt, OpenAI's "
+                        "encoder.json + vocab.bpe or a Hugging Face tokenizer.json) nor a char_vocabulary.json")
 
     @classmethod
     def from_hf_json(cls, path) -> "Tokenizer":

@@ -181,6 +181,21 @@ def test_both_tokenizers_satisfy_the_tokenizer_protocol(tmp_path):
     assert not isinstance(object(), Tokenizer)
 
 
+def test_a_hugging_face_tokenizer_json_is_a_tokenizer_folder(tmp_path, shared_data, reference, texts):
+    """`--tokenizer` refused a folder holding only tokenizer.json (what transformers 5 saves), which --preset took."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from kgpt2.tokenizer import Tokenizer
+
+    d = shared_data / "gpt2-tokenizer"
+    hf = ByteLevelBPETokenizer(str(d / "encoder.json"), str(d / "vocab.bpe"))
+    (tmp_path / "hf").mkdir()
+    hf.save(str(tmp_path / "hf" / "tokenizer.json"))
+    for path in (tmp_path / "hf", tmp_path / "hf" / "tokenizer.json"):
+        tok = Tokenizer.from_dir(path)
+        assert [tok.encode(t) for t in texts] == [reference.encode_ordinary(t) for t in texts]
+
+
 def test_a_tokenizer_path_without_its_files_lists_every_accepted_pair(tmp_path):
     from kgpt2.errors import UserError
     from kgpt2.tokenizer import Tokenizer
@@ -190,8 +205,9 @@ def test_a_tokenizer_path_without_its_files_lists_every_accepted_pair(tmp_path):
                        (tmp_path / "corpus.jsonl", "is a file, not a folder of tokenizer files")):
         with pytest.raises(UserError) as e:
             Tokenizer.from_dir(path)
-        assert str(e.value) == (f"'{path}' {kind} (vocabulary.json + merges.txt, vocab.json + merges.txt or "
-                                "OpenAI's encoder.json + vocab.bpe) nor a char_vocabulary.json")
+        assert str(e.value) == (f"'{path}' {kind} (vocabulary.json + merges.txt, vocab.json + merges.txt, "
+                                "OpenAI's encoder.json + vocab.bpe or a Hugging Face tokenizer.json) nor a "
+                                "char_vocabulary.json")
 
 
 def test_a_tokenizer_path_that_does_not_exist_says_so(tmp_path, monkeypatch):

@@ -195,12 +195,10 @@ def _margins(y_true, y_pred, loss: str):
 
 def save_alignment_table(run: Run, rows: list[dict]) -> list[dict]:
     """evaluation-preferences.json/.csv (merged as `save_table` does), a PNG: reward accuracy, the last's margins."""
-    import pandas as pd
-
     table = merge_saved_rows(run.evaluation_table("preferences", "json"),
                              [{k: v for k, v in r.items() if k != "margins"} for r in rows])
     atomic_write_files({run.evaluation_table("preferences", "json"): json.dumps(table, indent=2),
-                        run.evaluation_table("preferences", "csv"): pd.DataFrame(table).to_csv(index=False)})
+                        run.evaluation_table("preferences", "csv"): _csv(table)})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,12 +225,10 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
     base row instead of replacing the table); rows scored on other batches
     would not compare, so they go.
     """
-    import pandas as pd
-
     run = Run(run_dir)
     rows = merge_saved_rows(run.evaluation_table(split, "json"), rows)
     atomic_write_files({run.evaluation_table(split, "json"): json.dumps(rows, indent=2),
-                        run.evaluation_table(split, "csv"): pd.DataFrame(rows).to_csv(index=False)})
+                        run.evaluation_table(split, "csv"): _csv(rows)})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,6 +246,14 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
     fig.tight_layout()
     save_figure(fig, run.evaluation_table(split, "png"))
     return rows
+
+
+def _csv(rows: list[dict]) -> str:
+    """The table as CSV; step and stage stay whole numbers where the base row has none (not 7.0)."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    return table.astype({c: "Int64" for c in ("step", "stage") if c in table}).to_csv(index=False)
 
 
 def merge_saved_rows(saved_json: Path, rows: list[dict]) -> list[dict]:

@@ -119,8 +119,10 @@ def test_a_second_evaluation_adds_its_rows_to_the_saved_table(tiny_run, tmp_path
     base = evaluate_run(run, "base", split="validation", max_batches=2)
     saved = json.loads((run / "evaluation-validation.json").read_text())
     assert saved == base + stages  # base first, then the checkpoints by step
-    csv = (run / "evaluation-validation.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in csv] == ["model", "base"] + [r["model"] for r in stages]
+    csv = [line.split(",") for line in (run / "evaluation-validation.csv").read_text().splitlines()]
+    assert [line[0] for line in csv] == ["model", "base"] + [r["model"] for r in stages]
+    step = csv[0].index("step")
+    assert [line[step] for line in csv[1:]] == [""] + [str(r["step"]) for r in stages]  # not "7.0"
     again = evaluate_run(run, "latest", split="validation", max_batches=2)
     assert json.loads((run / "evaluation-validation.json").read_text()) == base + stages[:-1] + again
     # Scores over other batches do not compare: a call on one batch starts the table anew.

@@ -234,15 +234,17 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["model"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.bar(names, [r["accuracy"] for r in rows], color="C0")
-    a1.set_title(f"next-token accuracy ({split})")
-    a2.bar(names, [r["perplexity"] for r in rows], color="C1")
+    names = [f"{r['model']}\nstage {r['stage']}" if r.get("stage") is not None else r["model"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a1.bar_label(a1.bar(names, [r["accuracy"] for r in rows], color="C0"), fmt="{:.1%}", fontsize=8)
+    a1.set_title(f"next-token accuracy ({split}, {rows[0]['tokens']:,} tokens)")
+    a1.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    a2.bar_label(a2.bar(names, [r["perplexity"] for r in rows], color="C1"), fmt="{:,.1f}", fontsize=8)
     a2.set_yscale("log")
-    a2.set_title(f"perplexity ({split}, log scale)")
+    a2.set_title(f"perplexity ({split}, log scale; lower is better)")
     for ax in (a1, a2):
-        ax.tick_params(axis="x", rotation=30)
+        ax.margins(y=0.12)  # room for the value labels
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
     fig.tight_layout()
     save_figure(fig, run.evaluation_table(split, "png"))
     return rows

@@ -197,6 +197,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         data = read_run_config(path)[0]  # a run's own config: paths resolved against where it is now
     elif path is not None:
         path = Path(path)
+        if path.is_dir() and str(path) not in recipes.names():  # a run named like a recipe keeps resuming by --config
+            if (path / "config.json").is_file():
+                read_run_config(path / "config.json")  # a model's folder (Hugging Face, KerasHub) is named as one
+                raise UserError(f"--config '{path}' is a run's folder; to resume that run use --run '{path}', to "
+                                f"start a new one from its settings --config '{path / 'config.json'}'")
+            raise UserError(f"--config '{path}' is a folder; give a TOML config file, a run's config.json or a "
+                            "recipe's name (kgpt2 recipes)")
         if not path.is_file() and recipes.is_name(str(path)):
             path = recipes.find(str(path))  # a bare name that is no file here: kgpt2/recipes/NAME.toml
         if not path.is_file():

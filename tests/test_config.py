@@ -145,3 +145,25 @@ def test_every_model_signature_key_names_a_config_key():
     for dotted in SIGNATURE_KEYS.values():
         section, name = dotted.split(".")
         assert hasattr(getattr(everything, section), name), dotted
+
+
+def test_a_folder_given_as_config_says_what_to_pass(tmp_path, monkeypatch):
+    """`--config RUN` (a run's folder) was 'config file ... does not exist', of a folder that exists."""
+    from kgpt2.config import Config, save_config
+
+    run = tmp_path / "my run"
+    run.mkdir()
+    save_config(Config(), run / "config.json")
+    with pytest.raises(UserError, match=f"^--config '{run}' is a run's folder; to resume that run use --run '{run}', "
+                                        f"to start a new one from its settings --config '{run}/config.json'$"):
+        load_config(run)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    with pytest.raises(UserError, match="holds a Hugging Face model, not a kgpt2 run"):
+        load_config(hf)
+    with pytest.raises(UserError, match="is a folder; give a TOML config file, a run's config.json or a recipe"):
+        load_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pubmed_lora").mkdir()  # a run named like a recipe: the same command keeps meaning the recipe
+    assert load_config("pubmed_lora").lora.enabled

@@ -354,7 +354,7 @@ def _tokenizer(p):
             raise UserError("--char and --vocab-size do not go together: a character tokenizer's size is the number of "
                             "distinct characters in --source (drop --char for a BPE of that size)")
         tok = train_tokenizer(a.source, a.out, a.vocab_size, char=a.char, fmt=a.fmt, min_frequency=a.min_frequency)
-        print(reports.tokenizer_report(tok, a.out))
+        print(reports.tokenizer_report(tok, a.out, a.vocab_size, a.min_frequency))
 
     return run
 

@@ -108,9 +108,19 @@ def quickstart_report(result: dict, evaluation_table: str) -> str:
     ])
 
 
-def tokenizer_report(tokenizer, out) -> str:
+def tokenizer_report(tokenizer, out, asked: int = 0, min_frequency: int = 2) -> str:
+    """What `kgpt2 tokenizer train` made; `asked`: the --vocab-size, said when the corpus gave fewer.
+
+    >>> from types import SimpleNamespace as T
+    >>> tokenizer_report(T(kind="bpe", vocab_size=12949, eos_id=0), "tok", asked=50000)
+    'byte-level BPE tokenizer, 12,949 tokens (end-of-text id 0), saved in tok; fewer than the 50,000 asked: no other pair of tokens appears at least 2 times in the source'
+    """
     kind = "character" if tokenizer.kind == "char" else "byte-level BPE"
-    return f"{kind} tokenizer, {tokenizer.vocab_size} tokens (end-of-text id {tokenizer.eos_id}), saved in {out}"
+    line = f"{kind} tokenizer, {tokenizer.vocab_size:,} tokens (end-of-text id {tokenizer.eos_id}), saved in {out}"
+    if tokenizer.kind != "char" and 0 < tokenizer.vocab_size < asked:
+        line += (f"; fewer than the {asked:,} asked: no other pair of tokens appears at least {min_frequency} "
+                 f"time{'s' if min_frequency > 1 else ''} in the source")
+    return line
 
 
 def export_report(run, checkpoint: str, to: str, out) -> str:

@@ -47,3 +47,16 @@ def test_align_and_tokenizer_reports():
     assert "6 train, 2 held out examples (kto)" in reports.align_report(kto, "runs/kto").splitlines()[0]
     tok = CharTokenizer("ab")
     assert reports.tokenizer_report(tok, "t") == "character tokenizer, 3 tokens (end-of-text id 2), saved in t"
+
+
+def test_a_bpe_smaller_than_asked_says_why():
+    """--vocab-size 100000 on a small corpus gave 12,949 tokens without a word."""
+    from kgpt2.tokenizer import Tokenizer
+
+    texts = ["the cat sat on the mat", "the cat ate the rat"] * 3
+    tok = Tokenizer.train(texts, vocab_size=1000, min_frequency=2)
+    assert 258 < tok.vocab_size < 1000
+    assert reports.tokenizer_report(tok, "t", 1000, 2).endswith(
+        "; fewer than the 1,000 asked: no other pair of tokens appears at least 2 times in the source")
+    assert Tokenizer.train(texts, vocab_size=1000, min_frequency=100).vocab_size == 257  # no pair is seen 100 times
+    assert "fewer" not in reports.tokenizer_report(tok, "t", tok.vocab_size, 2)

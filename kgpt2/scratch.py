@@ -37,6 +37,9 @@ from kgpt2.tokenizer_protocol import Tokenizer
 log = logging.getLogger("kgpt2")
 
 PRESET_DIR = "preset"  # <run>/preset: the from-scratch base of a run
+# Written into every preset `init_preset` makes (keras-hub ignores it): its weights are a random
+# initialisation, which LoRA alone would leave random (`warn_lora_on_random_weights`).
+SCRATCH_MARK = "kgpt2_scratch.json"
 
 
 def scratch_shape(model: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
@@ -71,6 +74,9 @@ def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
         backbone = build_backbone(shape)
         with new_folder(out_dir, "preset") as tmp:
             save_preset(backbone, tokenizer, tmp)
+            (tmp / SCRATCH_MARK).write_text(json.dumps(
+                {"made_by": "kgpt2 pretrain init", "weights": "random initialisation",
+                 "seed": cfg.seed if seed is None else seed}, indent=2))
     out = Path(out_dir)
     log.info("saved a %d-layer, %d-head, %d-wide GPT-2 (%s parameters, vocabulary %d, context %d) as preset %s",
              shape.num_layers, shape.num_heads, shape.hidden_dim, f"{backbone.count_params():,}",
@@ -80,17 +86,25 @@ def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
 
 def resolve_scratch(cfg: Config) -> Config:
     """For `model.preset = "scratch"`: the same config using `<run>/preset`, made once."""
+    warn_lora_on_random_weights(cfg)
     if cfg.model.preset != "scratch":
         return cfg
-    if cfg.lora.enabled and not cfg.train.init_from:  # e.g. the chat or alpaca recipe pointed at a new model
-        log.warning("LoRA on a model from scratch trains only its adapters, the random weights under "
-                    "them stay random; set lora.enabled = false to train the whole model")
     preset_dir = cfg.run_dir / PRESET_DIR
     if not (preset_dir / "config.json").is_file():
         init_preset(cfg, preset_dir)
     else:
         _check_same_shape(cfg.model, preset_dir)
     return replace(cfg, model=replace(cfg.model, preset=str(preset_dir)))
+
+
+def warn_lora_on_random_weights(cfg: Config) -> None:
+    """A warning for LoRA over a from-scratch model (`scratch`, or a preset `kgpt2 pretrain init` made), e.g. the
+    chat or alpaca recipe pointed at a new model: only the adapters would train, over weights left random."""
+    preset = cfg.model.preset
+    random = preset == "scratch" or (Path(preset).expanduser() / SCRATCH_MARK).is_file()
+    if random and cfg.lora.enabled and not cfg.train.init_from:
+        log.warning("LoRA on a model from scratch trains only its adapters, the random weights under "
+                    "them stay random; set lora.enabled = false to train the whole model")
 
 
 def _check_same_shape(model: ModelConfig, preset_dir: Path) -> None:

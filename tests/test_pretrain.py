@@ -289,3 +289,11 @@ def test_lora_on_a_model_from_scratch_is_warned_about(tmp_path, char_tokenizer_d
         assert "LoRA on a model from scratch" not in caplog.text
         resolve_scratch(load_config("shakespeare_char", common + ["run=adapters", "lora.enabled=true"]))
     assert "LoRA on a model from scratch trains only its adapters" in caplog.text
+    # The same through a preset `kgpt2 pretrain init --out DIR` made, named as model.preset: it was silent.
+    caplog.clear()
+    made = tmp_path / "full" / "preset"
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        resolve_scratch(load_config("shakespeare_char", common + ["run=p", f"model.preset={made}"]))
+        assert "LoRA on a model from scratch" not in caplog.text
+        resolve_scratch(load_config("shakespeare_char", common + ["run=q", f"model.preset={made}", "lora.enabled=true"]))
+    assert "LoRA on a model from scratch trains only its adapters" in caplog.text

@@ -70,6 +70,7 @@ from kgpt2.reports import counted
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record
 from kgpt2.run_logs import StepLog, plot_run, write_stage_table
+from kgpt2.progress_lines import ProgressLines
 from kgpt2.scratch import resolve_scratch
 from kgpt2.stage_plan import plan_stages
 from kgpt2.training_data import describe_plan  # noqa: F401  (kgpt2.train.describe_plan: `kgpt2 train --dry-run`)
@@ -331,9 +332,11 @@ class Trainer:
         cfg, split = self.cfg, self.split
         source = EpochBatches(lambda e: stage_batches(cfg, split, stage, e), per_epoch, position, position + n)
         tokens_per_batch = cfg.train.batch_size * cfg.data.sequence_length
-        logger = self.steps_log.callback(cursor.step, self.schedule, stage.index, tokens_per_batch,
-                                         paddings=source.batch_paddings())
-        self.fit_model.fit(to_dataset(source), epochs=1, verbose=self.verbose, shuffle=False, callbacks=[logger])
+        callbacks = [self.steps_log.callback(cursor.step, self.schedule, stage.index, tokens_per_batch,
+                                             paddings=source.batch_paddings())]
+        if self.verbose == 2:  # a log, not a terminal: Keras would say nothing until the fit ends
+            callbacks.append(ProgressLines(stage.name, cursor.step, self.total_steps, tokens_per_batch))
+        self.fit_model.fit(to_dataset(source), epochs=1, verbose=self.verbose, shuffle=False, callbacks=callbacks)
 
     # -- 5. end_stage: validation, checkpoint, export, tables, plots
     def end_stage(self, stage, cursor: Cursor) -> Cursor:

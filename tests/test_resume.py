@@ -135,3 +135,30 @@ def test_training_in_mixed_precision_leaves_the_global_policy(tmp_path, tiny_pre
     assert keras.config.dtype_policy().name == "float32"  # the caller's policy, untouched
     weights = np.load(CheckpointManager(cfg.run_dir).latest().path / "weights.npz")
     assert all(weights[k].dtype == np.float32 for k in weights.files)  # mixed precision keeps fp32 variables
+
+
+def test_a_log_gets_a_progress_line_while_a_stage_trains(tmp_path, tiny_preset, pydoc_shards, make_tiny_config,
+                                                          monkeypatch, caplog):
+    """Under nohup or `| tee` (Keras' verbose=2) a stage said nothing until it ended: an hour for a long stage."""
+    import re
+
+    from kgpt2 import progress_lines
+    from kgpt2.train import train
+
+    monkeypatch.setattr(progress_lines, "EVERY_S", 0.0)  # a line after every step here; a minute in use
+    cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=p", "train.stages=[4, 6]", "train.eval_batches=1")
+    with caplog.at_level("INFO", logger="kgpt2"):
+        result = train(cfg, verbose=2)
+    lines = [r.getMessage() for r in caplog.records if " to the end of the plan" in r.getMessage()]
+    pattern = (r"stage-(\d): step (\d+) of (\d+) \(\d+\.\d%\), loss (\d+\.\d{4}), accuracy 0\.\d{4}, [\d,]+ tokens/s, "
+               r"about (< 1 min|\d+ min|\d+ h \d+ min) to the end of the plan")
+    parsed = [re.fullmatch(pattern, line) for line in lines]
+    assert lines and all(parsed), lines
+    steps = [int(m[2]) for m in parsed]
+    # Keras runs async-safe callbacks on worker threads: the lines may come out of step order.
+    assert len(set(steps)) == len(steps) and {int(m[3]) for m in parsed} == {result.global_step}
+    assert {m[1] for m in parsed} == {"1", "2"}  # both stages report
+    from kgpt2.run_logs import read_steps
+
+    logged = dict(zip(read_steps(cfg.run_dir)["step"], read_steps(cfg.run_dir)["loss"]))
+    assert all(abs(logged[s] - float(m[4])) < 1e-4 for s, m in zip(steps, parsed))  # the step log's own loss

@@ -54,6 +54,7 @@ from kgpt2.optimizer import make_optimizer
 from kgpt2.preference_losses import PreferenceLoss
 from kgpt2.preferences import (PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout,
                                take, targets_for)
+from kgpt2.progress_lines import ProgressLines
 from kgpt2.reports import counted
 from kgpt2.run import Run, same_files
 
@@ -229,8 +230,9 @@ class Aligner:
         order = np.random.default_rng(cfg.seed).permutation(np.resize(np.arange(n), self.plan.steps * bs))
         for lo, hi in self.plan.segments(step):
             rows = order[lo * bs:hi * bs]
+            progress = [ProgressLines("align", lo, self.plan.steps, metrics=("loss",))] if self.verbose == 2 else []
             self.model.fit(take(self.train_x, rows), self.train_y[rows], batch_size=bs, epochs=1,
-                           shuffle=False, verbose=self.verbose)
+                           shuffle=False, verbose=self.verbose, callbacks=progress)
             self._save(hi)
 
     def _save(self, step: int) -> None:

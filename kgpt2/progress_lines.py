@@ -1,4 +1,4 @@
-"""A progress line a minute while training writes to a log rather than a terminal.
+"""A progress line a minute while training (or aligning) writes to a log rather than a terminal.
 
 Keras' `verbose=2` (what `kgpt2 train` uses when its output is not a terminal
 or a notebook: `nohup`, `| tee`, a scheduler's log) prints one line when a
@@ -34,10 +34,12 @@ class ProgressLines(keras.callbacks.Callback):
 
     async_safe = True  # as the step log: Keras does not wait on it between steps
 
-    def __init__(self, stage_name: str, first_step: int, total_steps: int, tokens_per_batch: int,
-                 every_s: float | None = None, say=log.info, clock=time.monotonic):
+    def __init__(self, stage_name: str, first_step: int, total_steps: int, tokens_per_batch: int = 0,
+                 metrics=("loss", "accuracy"), every_s: float | None = None, say=log.info, clock=time.monotonic):
+        """`tokens_per_batch` 0: the rate in steps/s (preference pairs are no fixed token count)."""
         super().__init__()
         self.stage_name, self.first_step, self.total_steps = stage_name, first_step, total_steps
+        self.metrics = metrics
         self.tokens_per_batch, self.say, self.clock = tokens_per_batch, say, clock
         self.every_s = EVERY_S if every_s is None else every_s
 
@@ -58,11 +60,11 @@ class ProgressLines(keras.callbacks.Callback):
         steps_per_s = (done - first_done) / max(now - first_time, 1e-9)
         step = self.first_step + done
         logs = logs or {}
+        values = "".join(f"{m} {float(logs.get(m, float('nan'))):.4f}, " for m in self.metrics)
+        rate = (f"{steps_per_s * self.tokens_per_batch:,.0f} tokens/s" if self.tokens_per_batch
+                else f"{steps_per_s:.2f} steps/s")
         self.say(f"{self.stage_name}: step {step:,} of {self.total_steps:,} ({step / self.total_steps:.1%}), "
-                 f"loss {float(logs.get('loss', float('nan'))):.4f}, "
-                 f"accuracy {float(logs.get('accuracy', float('nan'))):.4f}, "
-                 f"{steps_per_s * self.tokens_per_batch:,.0f} tokens/s, "
-                 f"about {duration((self.total_steps - step) / steps_per_s)} to the end of the plan")
+                 f"{values}{rate}, about {duration((self.total_steps - step) / steps_per_s)} to the end of the plan")
 
 
 def duration(seconds: float) -> str:

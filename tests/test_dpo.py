@@ -198,16 +198,24 @@ def test_align_sigkill_then_resume_matches_uninterrupted(tmp_path, shared_data, 
 
 
 def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_path, shared_data, tiny_preset,
-                                                                         tiny_overrides, kgpt2_cli):
+                                                                         tiny_overrides, kgpt2_cli, monkeypatch, caplog):
+    import re
+
     import keras
 
+    from kgpt2 import progress_lines
     from kgpt2.align import align
     from kgpt2.config import load_config
 
     prefs = _small_prefs(tmp_path, shared_data, n=60)
     args = _align_args(tiny_overrides, tiny_preset, tmp_path, "run", prefs, "align.steps=4")
     policy = keras.config.dtype_policy().name
-    r = align(load_config(None, args), verbose=0)
+    monkeypatch.setattr(progress_lines, "EVERY_S", 0.0)  # a minute in use
+    with caplog.at_level("INFO", logger="kgpt2"):
+        r = align(load_config(None, args), verbose=2)  # as in a log file: progress lines, not a bar
+    lines = [m.getMessage() for m in caplog.records if m.getMessage().startswith("align: step")]
+    assert lines and all(re.fullmatch(r"align: step [2-4] of 4 \(\d+\.\d%\), loss \d+\.\d{4}, \d+\.\d\d steps/s, "
+                                      r"about .+ to the end of the plan", line) for line in lines), lines
     assert r["checkpoint"] == "ckpt-4" and (tmp_path / "run" / "reference.npz").is_file()
     assert keras.config.dtype_policy().name == policy
     with pytest.raises(UserError, match="beta: 0.1 -> 0.2"):

@@ -111,7 +111,8 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
         elif not restore_if_present(model, ckpts, ckpt_id):
             continue
         logs = scorer.evaluate(to_dataset(source), verbose=0, return_dict=True)
-        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": tokens}
+        row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": tokens,
+               "shards": shards.manifest["content_hash"]}  # which data: a continued run may have new shards
         if ckpt_id != BASE:
             row.update(step=ckpts[ckpt_id].state["step"], stage=ckpts[ckpt_id].stage_number)
         rows.append(row)
@@ -259,7 +260,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 def merge_saved_rows(saved_json: Path, rows: list[dict]) -> list[dict]:
-    """`rows` plus the saved rows of other models with the same split and token count; base first, then by step.
+    """`rows` plus the saved rows of other models scored on the same data (`_scored_on`); base first, then by step.
 
     >>> old = [{"model": "base", "split": "test", "tokens": 8}, {"model": "ckpt-2", "split": "test", "tokens": 8, "step": 2}]
     >>> import pathlib, tempfile; f = pathlib.Path(tempfile.mkdtemp()) / "e.json"; _ = f.write_text(json.dumps(old))
@@ -280,8 +281,8 @@ def merge_saved_rows(saved_json: Path, rows: list[dict]) -> list[dict]:
 
 
 def _scored_on(row: dict) -> tuple:
-    """What a row was scored on: its split and its token count (held-out pair count on an align run)."""
-    return row.get("split"), row.get("tokens"), row.get("pairs")
+    """What a row was scored on: its shards, split and token count (held-out pair count on an align run)."""
+    return row.get("shards"), row.get("split"), row.get("tokens"), row.get("pairs")
 
 
 def format_table(rows: list[dict]) -> str:

@@ -128,6 +128,12 @@ def test_a_second_evaluation_adds_its_rows_to_the_saved_table(tiny_run, tmp_path
     # Scores over other batches do not compare: a call on one batch starts the table anew.
     one = evaluate_run(run, "latest", split="validation", max_batches=1)
     assert json.loads((run / "evaluation-validation.json").read_text()) == one
+    # Nor do scores on other shards of the same size (a run continued on new data): the shards' hash tells them apart.
+    saved = json.loads((run / "evaluation-validation.json").read_text())
+    (run / "evaluation-validation.json").write_text(json.dumps([dict(r, model="base", shards="0" * 16) for r in saved]))
+    assert json.loads((run / "evaluation-validation.json").read_text())[0]["tokens"] == one[0]["tokens"]
+    assert evaluate_run(run, "latest", split="validation", max_batches=1) == \
+        json.loads((run / "evaluation-validation.json").read_text())
 
 
 def test_a_disk_full_between_the_json_and_the_csv_keeps_both_old(tiny_run, tmp_path, monkeypatch):

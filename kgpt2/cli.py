@@ -134,7 +134,8 @@ def _train(p):
             if not (Path(a.run) / "config.json").is_file():
                 from kgpt2.run import not_a_run
 
-                raise not_a_run(a.run, "train one with --config first")
+                raise not_a_run(a.run, "train one with --config first",
+                                checkpoint_hint="train.init_from={run}:{name} starts a new run from this checkpoint")
         cfg = load_config(Path(a.run) / "config.json" if a.run is not None else a.config, overrides)
         if a.dry_run:
             print(reports.plan_table(cfg.train.stages, describe_plan(cfg)))

@@ -347,7 +347,8 @@ def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860
     if run is not None and (Path(run).parent != Path(".") or Path(run).is_absolute()
                             or (Path(run).is_dir() and not in_root)):  # a folder here, not a name under the root
         if not (Path(run) / "config.json").is_file():
-            raise not_a_run(run, "train one, or run `kgpt2 quickstart`")
+            raise not_a_run(run, "train one, or run `kgpt2 quickstart`",
+                            root_hint="; or --checkpoints-root '{path}' to list them all")
         load_run_config(run)  # a preset's or a Hugging Face model's folder: that sentence, not "no run"
         if Path(run).resolve().parent != Path(checkpoints_root).resolve():
             checkpoints_root = str(Path(run).parent)

@@ -198,3 +198,32 @@ def test_a_runs_config_json_given_as_run_names_the_folder(tmp_path, capsys, monk
         assert main(argv) == 2 and capsys.readouterr().err == f"kgpt2: error: {want}\n", argv
     with pytest.raises(UserError, match="^'notes.txt' is a file; --run takes the run's folder$"):
         launch("notes.txt", port=0)
+
+
+def test_a_folder_in_a_run_a_folder_of_runs_or_shards_given_as_run_say_what_to_pass(tmp_path, capsys, monkeypatch):
+    """`--run RUN/ckpt-75`, `--run checkpoints` or `--run SHARDS` all said "is not a kgpt2 run directory"."""
+    from kgpt2.cli import main
+    from kgpt2.config import Config, save_config
+
+    for name in ("b", "a"):
+        (tmp_path / "runs" / name / "ckpt-75").mkdir(parents=True)
+        save_config(Config(), tmp_path / "runs" / name / "config.json")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        ("generate", "--run", "runs/a/ckpt-75", "--prompt", "x"):
+            "'runs/a/ckpt-75' is a folder inside run 'runs/a'; --run takes the run's folder, and --checkpoint ckpt-75 "
+            "picks this checkpoint",
+        ("train", "--run", "runs/a/ckpt-75"):
+            "'runs/a/ckpt-75' is a folder inside run 'runs/a'; --run takes the run's folder, and "
+            "train.init_from=runs/a:ckpt-75 starts a new run from this checkpoint",
+        ("evaluate", "--run", "runs"): "'runs' holds runs (a, b); --run takes one of them, e.g. --run 'runs/a'",
+        ("demo", "--run", "./runs"): "'runs' holds runs (a, b); --run takes one of them, e.g. --run 'runs/a'; or "
+                                     "--checkpoints-root 'runs' to list them all",
+        ("export", "--run", "shards", "--to", "hf", "out"):
+            "'shards' is a shard set (what `kgpt2 prepare` writes), not a run; --run takes a run's folder (train one "
+            "on these shards with data.shards = \"shards\")",
+    }
+    for argv, want in cases.items():
+        assert main(list(argv)) == 2 and capsys.readouterr().err == f"kgpt2: error: {want}\n", argv

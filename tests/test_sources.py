@@ -227,6 +227,14 @@ def test_compressed_files_read_as_the_file_they_hold(tmp_path, shared_data, code
         f.write("text\nfirst row\nsecond row\n")
     plain_table = tmp_path / "t.csv"
     plain_table.write_text("text\nfirst row\nsecond row\n")
+    # `kgpt2 align`'s preference files too.
+    from kgpt2.data.preference_pairs import read_preferences
+
+    plain_prefs = shared_data / "preferences" / "llms-from-scratch-instruction-data-with-preference.json"
+    prefs = tmp_path / f"prefs.json.{codec}"
+    with opener(prefs, "wb") as f:
+        f.write(plain_prefs.read_bytes())
+    assert read_preferences([prefs], "instruction") == read_preferences([plain_prefs], "instruction")
     # Compressing a file keeps its documents' ids, so `prepare` splits them the same way.
     assert [(d.id, d.text) for d in open_source(str(table))] == [(d.id, d.text) for d in open_source(str(plain_table))]
 

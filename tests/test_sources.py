@@ -252,3 +252,26 @@ def test_a_truncated_or_unsupported_archive_is_one_sentence(tmp_path, shared_dat
     zst.write_bytes(b"\x28\xb5\x2f\xfd")
     with pytest.raises(UserError, match=r"is a .zst archive, which kgpt2 does not read; unpack it first \(zstd -d"):
         detect_format(str(zst))
+
+
+def test_an_hf_source_without_a_network_is_refused_at_once(monkeypatch):
+    """`datasets` retried for ~25 s before "Couldn't reach ... on the Hub"; a streamed dataset has no offline copy."""
+    import socket
+
+    datasets = pytest.importorskip("datasets")
+    from kgpt2.data.records import load_hf
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    called = []
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: called.append(a) or {"train": []})
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UserError, match=r"^cannot open 'hf:ccdv/pubmed-summarization': huggingface.co cannot be "
+                                        r"reached \(no network\?\); hf: sources stream from the Hub"):
+        load_hf("hf:ccdv/pubmed-summarization")
+    assert not called
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # the proxy resolves names: datasets decides
+    assert load_hf("hf:ccdv/pubmed-summarization") == {"train": []} and called

@@ -19,6 +19,9 @@ a wrong schema is a `UserError` naming the file and row.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 from kgpt2.data.compression import open_bytes, plain
@@ -122,12 +125,27 @@ def load_hf(path: str, streaming: bool = True):
     if path.startswith("hf:"):
         name, _, config = path[3:].partition(":")
         args, kwargs = (name, config or None), {}
+        _refuse_without_the_hub(path)
     else:
         args, kwargs = ("parquet" if path.endswith(".parquet") else "arrow",), {"data_files": {"train": path}}
     try:
         return datasets.load_dataset(*args, streaming=streaming, **kwargs)
     except Exception as e:  # network, unknown dataset, bad file: one clear line
         raise UserError(f"cannot open '{path}' with datasets: {str(e).splitlines()[0][:300]}") from None
+
+
+def _refuse_without_the_hub(path: str) -> None:
+    """A UserError at once when the Hub's host name does not resolve (no network). `datasets` would retry for ~25 s
+    before saying so, and a streamed dataset has no offline copy to fall back on. A proxy (which resolves names
+    itself) or HF_HUB_OFFLINE leaves the question to `datasets`."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")):
+        return
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise UserError(f"cannot open '{path}': {host} cannot be reached (no network?); hf: sources stream from the "
+                        "Hub, so prepare where there is a network, or pass a local copy (.parquet, .jsonl)") from None
 
 
 def _table_chunks(path: Path):

@@ -221,10 +221,10 @@ def save_alignment_table(run: Run, rows: list[dict]) -> list[dict]:
 def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
     """evaluation-<split>.json/.csv and a PNG of accuracy and perplexity per model; returns the table saved.
 
-    The table keeps earlier rows of other models scored on the same tokens of
-    the split (`evaluate --checkpoint base` after `--checkpoint all` adds the
-    base row instead of replacing the table); rows scored on other batches
-    would not compare, so they go.
+    The table keeps earlier rows of other models scored on the same data (the
+    same shards, split and tokens: `evaluate --checkpoint base` after
+    `--checkpoint all` adds the base row instead of replacing the table); rows
+    scored on other batches or other shards would not compare, so they go.
     """
     run = Run(run_dir)
     rows = merge_saved_rows(run.evaluation_table(split, "json"), rows)

@@ -248,6 +248,11 @@ def test_a_truncated_or_unsupported_archive_is_one_sentence(tmp_path, shared_dat
     with pytest.raises(UserError, match=r"'.*val.jsonl.gz' is a damaged or truncated .gz file \(Compressed file "
                                         r"ended before the end-of-stream marker was reached\); download"):
         list(open_source(str(cut), "papers"))
+    (tmp_path / "both").mkdir()
+    (tmp_path / "both" / "val.jsonl").write_bytes(b"{}\n")
+    (tmp_path / "both" / "val.jsonl.gz").write_bytes(gzip.compress(b"{}\n"))
+    with pytest.raises(UserError, match="val.jsonl' and '.*val.jsonl.gz' hold the same file, plain and compressed"):
+        list(open_source(str(tmp_path / "both")))
     zst = tmp_path / "c.jsonl.zst"
     zst.write_bytes(b"\x28\xb5\x2f\xfd")
     with pytest.raises(UserError, match=r"is a .zst archive, which kgpt2 does not read; unpack it first \(zstd -d"):

@@ -72,7 +72,7 @@ class Source:
                     continue
                 self.stats.read += 1
                 yield doc
-        except (EOFError, OSError, ValueError) as e:
+        except Exception as e:  # zlib.error and lzma.LZMAError are no OSError
             if not is_damaged(e):
                 raise
             raise UserError(damaged_sentence(self.path, e)) from None
@@ -148,7 +148,13 @@ def open_source(path: str, fmt: str | None = None, contents: str = "both",
 def _folder_files(folder: Path, suffix: str) -> list[Path]:
     """Text folders are read recursively (`**/*.txt`), paper folders at the top level (`*.jsonl`); `.gz` etc. too."""
     found = folder.rglob(f"*{suffix}*") if suffix == ".txt" else folder.glob(f"*{suffix}*")
-    return sorted(f for f in found if plain(f).suffix == suffix and f.is_file())
+    files = sorted(f for f in found if plain(f).suffix == suffix and f.is_file())
+    seen = {}
+    for f in files:  # train.jsonl beside train.jsonl.gz would read every document twice
+        if plain(f) in seen:
+            raise UserError(f"'{seen[plain(f)]}' and '{f}' hold the same file, plain and compressed; keep one of them")
+        seen[plain(f)] = f
+    return files
 
 
 # Plain text ----------------------------------------------------------------

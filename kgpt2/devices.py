@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 
@@ -159,9 +161,30 @@ def resolve_device(spec: str = "auto") -> Device:
         return Device("cpu:0", "CPU", False)
     gpus = list_gpus()
     if index >= len(gpus):
-        found = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
-        raise UserError(f"device '{spec}' was asked for, but the {keras.backend.backend()} backend sees {found}")
+        raise UserError(no_such_gpu(spec, len(gpus), keras.backend.backend()))
     return Device(f"gpu:{index}", gpus[index][0], gpus[index][1])
+
+
+CUDA_BUILDS = {"jax": "pip install -U 'jax[cuda12]'", "tensorflow": "pip install -U 'tensorflow[and-cuda]'",
+               "torch": "a CUDA build of torch from pytorch.org"}
+
+
+def no_such_gpu(spec: str, seen: int, backend: str, nvidia: bool | None = None) -> str:
+    """Why `spec` cannot be had, and what to do: a machine without a GPU (a Colab CPU runtime) or a backend built
+    without CUDA on a machine that has one (`pip install jax` on a rented GPU) are the usual two.
+
+    >>> no_such_gpu("gpu", 0, "jax", nvidia=True)
+    "device 'gpu' was asked for: this machine has an NVIDIA GPU, but the jax backend sees none (a build without CUDA?); install its CUDA build: pip install -U 'jax[cuda12]'"
+    """
+    if seen:
+        return f"device '{spec}' was asked for, but the {backend} backend sees {seen} GPU(s) (gpu:0 to gpu:{seen - 1})"
+    if nvidia is None:
+        nvidia = Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+    if nvidia:
+        return (f"device '{spec}' was asked for: this machine has an NVIDIA GPU, but the {backend} backend sees none "
+                f"(a build without CUDA?); install its CUDA build: {CUDA_BUILDS.get(backend, 'its CUDA build')}")
+    return (f"device '{spec}' was asked for, but this machine has no GPU the {backend} backend can see (on Colab: "
+            "Runtime > Change runtime type > a GPU); --device cpu trains on the CPU")
 
 
 @contextlib.contextmanager

@@ -177,12 +177,8 @@ class Trainer:
         self.shards.check_tokenizer(self.tokenizer)
         cfg = resolve_windows(cfg, self.shards.manifest)  # "auto" -> the run's config.json names what it trains on
         self.init_from = init_checkpoint(cfg)
-        self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
-        self.run = Run.of(cfg)
-        if is_writer():  # the one writing process of a (multi-host) run holds its lock
-            self.lock = self.run.lock().acquire()  # before anything is read or written in the run
-        if is_writer():  # a local preset / tokenizer outside the run is copied in (once): the run travels
-            self.cfg = cfg = self.run.adopt(cfg)
+        # The device, the distribution and the plan before the run folder is made: a Colab runtime without a GPU
+        # left a run folder holding only a copy of the preset.
         self.device = resolve_device(cfg.train.device)
         self.policy = self.device.policy(cfg.train.precision)
         self.parallel = plan_distribution(cfg.train)  # train.devices (replicated) or train.mesh (sharded)
@@ -190,6 +186,12 @@ class Trainer:
         self.stages = plan_stages(cfg.train.stages, self.split.num_articles, cfg.train.oversize)
         log.info("stage plan %s: %s articles (%s)", cfg.train.stages, [s.num_articles for s in self.stages],
                  self.stages.why)
+        self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
+        self.run = Run.of(cfg)
+        if is_writer():  # the one writing process of a (multi-host) run holds its lock
+            self.lock = self.run.lock().acquire()  # before anything is read or written in the run
+        if is_writer():  # a local preset / tokenizer outside the run is copied in (once): the run travels
+            self.cfg = cfg = self.run.adopt(cfg)
         self.store = self.run.checkpoints(cfg.train.keep_last)
         old_config = self.run.config().to_dict() if self.run.exists() else None
         self.latest = self._checkpoint_to_resume(require_checkpoint)

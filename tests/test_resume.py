@@ -162,3 +162,17 @@ def test_a_log_gets_a_progress_line_while_a_stage_trains(tmp_path, tiny_preset, 
 
     logged = dict(zip(read_steps(cfg.run_dir)["step"], read_steps(cfg.run_dir)["loss"]))
     assert all(abs(logged[s] - float(m[4])) < 1e-4 for s, m in zip(steps, parsed))  # the step log's own loss
+
+
+def test_a_missing_gpu_is_refused_before_the_run_folder_is_made(tmp_path, tiny_preset, pydoc_shards, tiny_overrides,
+                                                                monkeypatch, capsys):
+    """A Colab CPU runtime and `--device gpu:0` left a run folder holding only a copy of the preset."""
+    import kgpt2.devices
+    from kgpt2.cli import main
+
+    monkeypatch.setattr(kgpt2.devices, "list_gpus", lambda: [])
+    argv = ["train", "--device", "gpu:0", f"model.preset={tiny_preset}", f"data.shards={pydoc_shards}",
+            f"checkpoints_root={tmp_path}", "run=r", *tiny_overrides]
+    assert main(argv) == 2
+    assert "device 'gpu:0' was asked for" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -280,3 +280,19 @@ def test_an_hf_source_without_a_network_is_refused_at_once(monkeypatch):
     assert not called
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # the proxy resolves names: datasets decides
     assert load_hf("hf:ccdv/pubmed-summarization") == {"train": []} and called
+
+
+def test_a_table_without_ids_is_told_what_keeps_its_split(tmp_path):
+    """Rows without an id are named file:row, and the split is a hash of that name: renaming the file moved
+    articles between train and test without a word."""
+    from kgpt2.data.records import unnamed_rows_note
+
+    (tmp_path / "a.csv").write_text("text\none\ntwo\n")
+    (tmp_path / "b.csv.gz").write_bytes(__import__("gzip").compress(b"id,text\n7,one\n"))
+    note = unnamed_rows_note(open_source(str(tmp_path / "a.csv")))
+    assert note == (f"{tmp_path / 'a.csv'} has no id column: its rows are named a.csv:<row>, and each row's split "
+                    "(train, validation, test) follows that name; keep the file's name and row order when you prepare "
+                    "it again, or add an id column")
+    assert [d.id for d in open_source(str(tmp_path / "a.csv"))] == ["a.csv:0", "a.csv:1"]
+    assert unnamed_rows_note(open_source(str(tmp_path / "b.csv.gz"))) is None
+    assert [d.id for d in open_source(str(tmp_path / "b.csv.gz"))] == ["7"]

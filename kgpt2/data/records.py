@@ -165,6 +165,23 @@ def _table_chunks(path: Path):
                                dtype=str, keep_default_na=False)
 
 
+def unnamed_rows_note(src) -> str | None:
+    """For a table without an `id` column: how its rows are named, which decides their split (said before the
+    progress bar starts); None when it has one or is no table."""
+    if src.format != "table":
+        return None
+    path = Path(src.path)
+    try:
+        columns = next(_table_chunks(path)).columns
+    except Exception:  # unreadable: the reader says why, with the row
+        return None
+    if "id" in columns:
+        return None
+    return (f"{path} has no id column: its rows are named {plain(path).name}:<row>, and each row's split (train, "
+            "validation, test) follows that name; keep the file's name and row order when you prepare it again, or "
+            "add an id column")
+
+
 def read_table(src):
     path, column, row = Path(src.path), src.text_column, 0
     try:

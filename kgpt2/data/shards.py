@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -46,10 +47,14 @@ import numpy as np
 from kgpt2.data.shard_folder import (FORMAT, check_out_folder, clean_leftovers, local_source, os_error_sentence,
                                      publish, read_manifest, temp_folder, write_manifest)
 from kgpt2.data.shard_writer import assign_split, encoding_pieces, tail_fraction, write_shards  # noqa: F401
+from kgpt2.data.records import unnamed_rows_note
 from kgpt2.data.sources import Source, open_source
 from kgpt2.errors import UserError
 from kgpt2.tokenizer import usable_cores
 from kgpt2.tokenizer_protocol import Tokenizer
+
+log = logging.getLogger("kgpt2")
+
 
 def _input_signature(source: Source, tokenizer: Tokenizer, options: dict) -> str:
     h = hashlib.sha256()
@@ -95,6 +100,8 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
         old = read_manifest(out_dir)
         if old.get("input_signature") == signature:
             return old  # same inputs, same options, same tokenizer: nothing to do
+        if note := unnamed_rows_note(src):
+            log.info(note)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         try:

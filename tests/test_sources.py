@@ -296,3 +296,8 @@ def test_a_table_without_ids_is_told_what_keeps_its_split(tmp_path):
     assert [d.id for d in open_source(str(tmp_path / "a.csv"))] == ["a.csv:0", "a.csv:1"]
     assert unnamed_rows_note(open_source(str(tmp_path / "b.csv.gz"))) is None
     assert [d.id for d in open_source(str(tmp_path / "b.csv.gz"))] == ["7"]
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text('[{"instruction": "Say hi", "input": "", "output": "hi"}]')
+    assert unnamed_rows_note(open_source(str(alpaca))).startswith(
+        f"{alpaca} has no id field: its rows are named alpaca:<record>, and each row's split")
+    assert [d.id for d in open_source(str(alpaca))] == ["alpaca:0"]

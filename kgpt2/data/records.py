@@ -166,20 +166,23 @@ def _table_chunks(path: Path):
 
 
 def unnamed_rows_note(src) -> str | None:
-    """For a table without an `id` column: how its rows are named, which decides their split (said before the
-    progress bar starts); None when it has one or is no table."""
-    if src.format != "table":
-        return None
+    """For a table or instruction file without ids: how its rows are named, which decides their split (said
+    before the progress bar starts); None when it has ids, or for other formats (papers carry theirs)."""
     path = Path(src.path)
+    if src.format not in ("table", "alpaca", "messages", "preferences") or not path.is_file():
+        return None  # a folder's files are named by their paths; hf: rows by their split and row
     try:
-        columns = next(_table_chunks(path)).columns
+        if src.format == "table":
+            names, has_id = f"{plain(path).name}:<row>", "id" in next(_table_chunks(path)).columns
+        else:
+            names, has_id = f"{plain(path).stem}:<record>", "id" in first_record(path)
     except Exception:  # unreadable: the reader says why, with the row
         return None
-    if "id" in columns:
+    if has_id:
         return None
-    return (f"{path} has no id column: its rows are named {plain(path).name}:<row>, and each row's split (train, "
-            "validation, test) follows that name; keep the file's name and row order when you prepare it again, or "
-            "add an id column")
+    return (f"{path} has no id {'column' if src.format == 'table' else 'field'}: its rows are named {names}, and each "
+            "row's split (train, validation, test) follows that name; keep the file's name and row order when you "
+            f"prepare it again, or add an id {'column' if src.format == 'table' else 'field'}")
 
 
 def read_table(src):

@@ -301,3 +301,15 @@ def test_a_table_without_ids_is_told_what_keeps_its_split(tmp_path):
     assert unnamed_rows_note(open_source(str(alpaca))).startswith(
         f"{alpaca} has no id field: its rows are named alpaca:<record>, and each row's split")
     assert [d.id for d in open_source(str(alpaca))] == ["alpaca:0"]
+
+
+@pytest.mark.parametrize("codec", ["", ".gz"])
+def test_a_broken_json_array_names_its_line_after_blank_lines(tmp_path, codec):
+    """The peek for "[" dropped the blank lines before it, so the line named was off by their number."""
+    import gzip
+
+    text = b'\n\n[{"instruction": "a", "input": "", "output": "b"},\n{"instruction": oops}]\n'
+    path = tmp_path / f"a.json{codec}"
+    path.write_bytes(gzip.compress(text) if codec else text)
+    with pytest.raises(UserError, match=rf"a.json{codec}:4: invalid JSON \(Expecting value\)$"):
+        list(open_source(str(path), "alpaca"))

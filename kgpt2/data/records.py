@@ -56,11 +56,12 @@ def json_array(path: Path):
     """Records of a JSON array file; None for JSON Lines, which are streamed line by
     line (a non-UTF-8 line skipped and counted there, not the whole file refused)."""
     with open_bytes(path) as f:
+        leading = b""  # kept, so an error's line number counts the blank lines before the "["
         while (first := f.read(1)).isspace():
-            pass
+            leading += first
         if first != b"[":
             return None
-        text = first + f.read()
+        text = leading + first + f.read()
     try:
         text = text.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -107,8 +107,10 @@ class Tokenizer:
                     return cls.from_files(d / vocab, d / merges)
         # transformers >= 5 saves only tokenizer.json (a KerasHub preset's tokenizer.json is its config, not this)
         hf_json = root if root.name == HF_TOKENIZER_FILE else root / HF_TOKENIZER_FILE
-        if hf_json.is_file() and (root.is_file() or '"model"' in hf_json.read_text(encoding="utf-8", errors="replace")):
-            return cls.from_hf_json(hf_json)
+        if hf_json.is_file():
+            spec = _read_json(hf_json)
+            if root.is_file() or (isinstance(spec, dict) and "model" in spec):
+                return cls.from_hf_spec(spec, hf_json)
         if not root.exists():  # a typo, or a recipe's relative path read from another folder
             where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
             raise UserError(f"tokenizer folder '{root}' does not exist{where}")
@@ -119,13 +121,17 @@ class Tokenizer:
     @classmethod
     def from_hf_json(cls, path) -> "Tokenizer":
         """A Hugging Face `tokenizer.json` holding a byte-level BPE (transformers 5 saves only this)."""
+        return cls.from_hf_spec(_read_json(path), path)
+
+    @classmethod
+    def from_hf_spec(cls, spec, path) -> "Tokenizer":
+        """The same from the file's parsed contents (`path` names it in the error)."""
         try:
-            spec = json.loads(Path(path).read_text(encoding="utf-8"))
             model = spec["model"]
             if model.get("type") != "BPE":
                 raise KeyError("type")
             return cls(model["vocab"], model["merges"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             raise UserError(f"'{path}' is not a byte-level BPE tokenizer.json (GPT-2 style)") from None
 
     @classmethod
@@ -224,3 +230,11 @@ def _tiktoken_encoding(vocabulary: dict, merges: list, eos_id: int):
     pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's
     return tiktoken.Encoding("kgpt2-gpt2", pat_str=pattern, mergeable_ranks=ranks,
                              special_tokens={EOS: eos_id})
+
+
+def _read_json(path):
+    """A JSON file's contents, or None when it cannot be read or parsed (the caller says what it expected)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -169,6 +169,11 @@ CUDA_BUILDS = {"jax": "pip install -U 'jax[cuda12]'", "tensorflow": "pip install
                "torch": "a CUDA build of torch from pytorch.org"}
 
 
+def has_nvidia_gpu() -> bool:
+    """Whether the machine shows an NVIDIA GPU (its device file or nvidia-smi), whatever the backend sees."""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
 def no_such_gpu(spec: str, seen: int, backend: str, nvidia: bool | None = None) -> str:
     """Why `spec` cannot be had, and what to do: a machine without a GPU (a Colab CPU runtime) or a backend built
     without CUDA on a machine that has one (`pip install jax` on a rented GPU) are the usual two.
@@ -179,7 +184,7 @@ def no_such_gpu(spec: str, seen: int, backend: str, nvidia: bool | None = None) 
     if seen:
         return f"device '{spec}' was asked for, but the {backend} backend sees {seen} GPU(s) (gpu:0 to gpu:{seen - 1})"
     if nvidia is None:
-        nvidia = Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+        nvidia = has_nvidia_gpu()
     if nvidia:
         return (f"device '{spec}' was asked for: this machine has an NVIDIA GPU, but the {backend} backend sees none "
                 f"(a build without CUDA?); install its CUDA build: {CUDA_BUILDS.get(backend, 'its CUDA build')}")

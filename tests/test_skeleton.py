@@ -167,14 +167,13 @@ def test_asking_for_a_missing_gpu_is_an_error_not_a_cpu_run(monkeypatch):
     monkeypatch.setattr(kgpt2.devices, "list_gpus", lambda: [])  # a host without a GPU, also on GPU hosts
     assert resolve_device("auto").keras_name == "cpu:0"
     backend = kgpt2.devices.keras.backend.backend()
-    monkeypatch.setattr(kgpt2.devices.shutil, "which", lambda name: None)  # no nvidia-smi
-    monkeypatch.setattr(kgpt2.devices, "Path", lambda p: type("NoDevice", (), {"exists": lambda self: False})())
+    monkeypatch.setattr(kgpt2.devices, "has_nvidia_gpu", lambda: False)  # a Colab CPU runtime
     with pytest.raises(UserError, match=f"^device 'gpu:0' was asked for, but this machine has no GPU the {backend} "
                                         r"backend can see \(on Colab: Runtime > Change runtime type > a GPU\); "
                                         "--device cpu trains on the CPU$"):
         resolve_device("gpu:0")
     # A GPU the backend cannot use (`pip install jax` without CUDA on a rented GPU): the build to install.
-    monkeypatch.setattr(kgpt2.devices.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(kgpt2.devices, "has_nvidia_gpu", lambda: True)
     with pytest.raises(UserError, match=f"this machine has an NVIDIA GPU, but the {backend} backend sees none"):
         resolve_device("gpu")
     monkeypatch.setattr(kgpt2.devices, "list_gpus", lambda: [("NVIDIA T4", False)])

@@ -183,8 +183,10 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         if raw.strip()[:1] in ("[", "{", '"', "'"):  # meant as a list, table or quoted string, but broken
             what = {"[": "list", "{": "table"}.get(raw.strip()[:1], "quoted string")
             reason = str(e).split(" (at ")[0]
-            raise UserError(f"override '{text}': the value is not a valid TOML {what} ({reason}); "
-                            f"e.g. train.stages='[10, 1000, \"rest\"]', quoted whole for the shell") from None
+            example = {"list": '[10, 1000, "rest"]' if key.strip() == "train.stages" else '["a", "b"]',
+                       "table": '{a = 1}'}.get(what, '"text"')
+            raise UserError(f"override '{text}': the value is not a valid TOML {what} ({reason}); write it whole and "
+                            f"quote it for the shell, e.g. {key.strip()}='{example}'") from None
         value = raw  # a bare word is a string
     return key.strip().split("."), value
 

@@ -37,7 +37,11 @@ pytestmark = pytest.mark.backend_neutral  # config files and their refusals
     # A list typed without its "]" was the string "[10", refused as a stage named '[10'.
     (["train.stages=[10"], "override 'train.stages=[10': the value is not a valid TOML list (Unclosed array)"),
     (["train.stages=[10, rest]"], "override 'train.stages=[10, rest]': the value is not a valid TOML list"),
-    (['lora.targets="query'], "override 'lora.targets=\"query': the value is not a valid TOML quoted string"),
+    (['lora.targets="query'], "override 'lora.targets=\"query': the value is not a valid TOML quoted string "
+                              "(Unterminated string); write it whole and quote it for the shell, e.g. "
+                              "lora.targets='\"text\"'"),
+    (['lora.targets=["query"'], "override 'lora.targets=[\"query\"': the value is not a valid TOML list (Unclosed "
+                                "array); write it whole and quote it for the shell, e.g. lora.targets='[\"a\", \"b\"]'"),
 ])
 def test_bad_values_are_one_sentence(overrides, message):
     with pytest.raises(UserError) as e:

@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def _recipes(p):
             print(reports.recipe_list(recipes.listing()))
             return
         out = recipes.copy(a.copy, a.dest)
-        print(f"copied recipe {a.copy} to {out}; use it with: kgpt2 train --config {out}")
+        print(f"copied recipe {a.copy} to {out}; use it with: kgpt2 train --config {shlex.quote(str(out))}")
 
     return run
 

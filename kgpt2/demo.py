@@ -27,6 +27,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import shlex
 import tempfile
 import threading
 import time
@@ -43,7 +44,7 @@ from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 from kgpt2.model_pool import ModelPool
 from kgpt2.ports import check_port
-from kgpt2.run import BASE, load_run_config, not_a_run
+from kgpt2.run import load_run_config, not_a_run
 from kgpt2.templates import prompt_ids, render_prompt
 from kgpt2.votes import VOTES_FILE, append_vote, counts, read_votes
 
@@ -295,7 +296,7 @@ class Demo:
         evals = sorted(p.stem.split("-", 1)[1] for p in run_dir.glob("evaluation-*.csv"))
         c = counts(read_votes(run_dir / VOTES_FILE))
         return (f"**{run}**: {stages or 0} stage(s) finished · evaluation: "
-                f"{', '.join(evals) if evals else f'none yet (`kgpt2 evaluate --run {run_dir}`)'} · "
+                f"{', '.join(evals) if evals else f'none yet (`kgpt2 evaluate --run {shlex.quote(str(run_dir))}`)'} · "
                 f"votes: {sum(c.values())} (A {c['a']}, B {c['b']}, tie {c['tie']}, both bad {c['both_bad']}, "
                 f"good answer {c['up']}, bad answer {c['down']})")
 

@@ -27,6 +27,7 @@ variable is found exactly once, and writes a KerasHub preset (usable as
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +152,9 @@ def _refuse_a_loadable_model(path: Path) -> None:
             named = re.fullmatch(r"(stage-\d+)\.weights\.h5|(ckpt-\d+)", inside.name)
             ckpt = (named.group(1) or named.group(2)) if named else ""
             where = "is" if path == run else "is part of"
-            raise UserError(f"'{path}' {where} the kgpt2 run '{run}', which needs no import: use --run {run}"
+            raise UserError(f"'{path}' {where} the kgpt2 run '{run}', which needs no import: use --run {shlex.quote(str(run))}"
                             + (f" --checkpoint {ckpt}" if ckpt else "")
-                            + f", or train.init_from={run}{':' + ckpt if ckpt else ''} to start a new run from it")
+                            + f", or {shlex.quote(f'train.init_from={run}' + (':' + ckpt if ckpt else ''))} to start a new run from it")
 
 
 def _read_or_refuse(read, path, what: str) -> dict:

@@ -15,6 +15,8 @@ the verbs whose results they show.
 
 from __future__ import annotations
 
+import shlex
+
 
 def counted(n: int, noun: str) -> str:
     """`n` and the noun, plural unless one: the phrase every count in kgpt2's output uses.
@@ -103,8 +105,8 @@ def quickstart_report(result: dict, evaluation_table: str) -> str:
         "\n== evaluation on held-out articles (test split)", evaluation_table,
         "\n== greedy sample from the final checkpoint", (result["prompt"] + result["sample"]).rstrip(),
         f"\nmade: {run_dir}/ (tokenizer/, preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)",
-        f"next: kgpt2 demo --run {run_dir}",
-        f"      kgpt2 generate --run {run_dir} --prompt 'The with statement'",
+        f"next: kgpt2 demo --run {shlex.quote(str(run_dir))}",
+        f"      kgpt2 generate --run {shlex.quote(str(run_dir))} --prompt 'The with statement'",
     ])
 
 

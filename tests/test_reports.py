@@ -60,3 +60,23 @@ def test_a_bpe_smaller_than_asked_says_why():
         "; fewer than the 1,000 asked: no other pair of tokens appears at least 2 times in the source")
     assert Tokenizer.train(texts, vocab_size=1000, min_frequency=100).vocab_size == 257  # no pair is seen 100 times
     assert "fewer" not in reports.tokenizer_report(tok, "t", tok.vocab_size, 2)
+
+
+def test_commands_to_copy_quote_a_path_with_spaces(tmp_path):
+    """A run on Google Drive ("My Drive/kgpt2 runs"): the commands kgpt2 prints to copy must paste as one path."""
+    import shlex
+
+    from kgpt2.data.shard_folder import check_out_folder
+    from kgpt2.errors import UserError
+
+    run_dir = tmp_path / "My Drive" / "kgpt2 runs" / "quickstart"
+    text = reports.quickstart_report({"run_dir": run_dir, "prompt": "The", "sample": " end"}, "table")
+    commands = [line.removeprefix("next:").strip() for line in text.splitlines()[-2:]]
+    assert [shlex.split(c)[:4] for c in commands] == [["kgpt2", "demo", "--run", str(run_dir)],
+                                                      ["kgpt2", "generate", "--run", str(run_dir)]]
+    out = tmp_path / "My Drive"
+    out.mkdir()
+    (out / "corpus.jsonl").write_text("{}\n")
+    with pytest.raises(UserError) as refused:
+        check_out_folder(out, out / "corpus.jsonl")
+    assert shlex.split(str(refused.value).split("e.g. ")[1]) == ["--out", str(out / "shards")]

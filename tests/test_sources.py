@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 
@@ -146,6 +147,16 @@ def test_format_override(cohan_file):
 def test_missing_file():
     with pytest.raises(UserError, match="'/no/such/corpus.jsonl' does not exist"):
         open_source("/no/such/corpus.jsonl")
+
+
+@pytest.mark.parametrize("name, content", [("empty.jsonl", b""), ("blank.jsonl", b"\n \n"), ("array.json", b" []\n"),
+                                           ("empty.jsonl.gz", gzip.compress(b""))],
+                         ids=["empty", "blank-lines", "empty-array", "empty-gzip"])
+def test_an_empty_file_is_called_empty_not_of_an_unknown_format(tmp_path, name, content):
+    """An empty download was refused with "cannot tell the format ...; pass --format", which no format fixes."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=f"^source '{tmp_path / name}' holds no records: it is empty$"):
+        detect_format(str(tmp_path / name))
 
 
 def test_bad_json_lines_non_utf8_and_empty_documents_are_skipped_and_counted(cohan_file):

@@ -91,7 +91,7 @@ def json_records(src):
 
 
 def first_record(p: Path):
-    """The first JSON object of a JSON array or JSON Lines file, for format detection.
+    """The first JSON object of a JSON array or JSON Lines file, for format detection; None when it holds none.
 
     Lines that are not UTF-8 JSON are passed over here (the reader skips and
     counts them); a file with no such line at all is refused.
@@ -101,7 +101,7 @@ def first_record(p: Path):
         while line and not line.strip():
             line = f.readline()
         if line.lstrip().startswith(b"["):  # a JSON array: look at its first object
-            return next(iter(json_array(p)), {})
+            return next(iter(json_array(p)), None)
         bad, first_bad = 0, None
         while line:
             try:
@@ -114,7 +114,7 @@ def first_record(p: Path):
         advice = ("it is in another encoding: re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)" if first_bad
                   else "it is not JSON Lines: pass --format")
         raise UserError(f"none of the {bad} lines of '{p}' is UTF-8 JSON; {advice}")
-    return {}
+    return None
 
 
 def load_hf(path: str, streaming: bool = True):
@@ -176,7 +176,7 @@ def unnamed_rows_note(src) -> str | None:
         if src.format == "table":
             names, has_id = f"{plain(path).name}:<row>", "id" in next(_table_chunks(path)).columns
         else:
-            names, has_id = f"{plain(path).stem}:<record>", "id" in first_record(path)
+            names, has_id = f"{plain(path).stem}:<record>", "id" in (first_record(path) or {})
     except Exception:  # unreadable: the reader says why, with the row
         return None
     if has_id:

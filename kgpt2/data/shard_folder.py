@@ -29,6 +29,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def check_out_folder(out: Path, source: Path | None) -> None:
         source = source.resolve()
         if _is_within(source, out):
             raise UserError(f"--out '{out}' holds the source '{source}'; write the shards to a new folder, "
-                            f"e.g. --out {out / 'shards'}")
+                            f"e.g. --out {shlex.quote(str(out / 'shards'))}")
         if source.is_dir() and _is_within(out, source):
             # the shard set's own files (article ids are .txt) would become input on the next run
             raise UserError(f"--out '{out}' is inside the source folder '{source}'; write the shards elsewhere")

@@ -116,6 +116,8 @@ def detect_format(path: str) -> str:
         return "table"
     if suffix in (".json", ".jsonl"):
         first = first_record(p)
+        if first is None:
+            raise UserError(f"source '{p}' holds no records: it is empty")
         keys = set(first) if isinstance(first, dict) else set()
         if {"chosen", "rejected"} <= keys:
             return "preferences"

@@ -26,6 +26,7 @@ from kgpt2.data.preference_pairs import read_preferences
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.io import atomic_write_files, save_figure
+from kgpt2.lock import tables_lock
 from kgpt2.metrics import compile_lm, summarise
 from kgpt2.packed_attention import for_windows
 from kgpt2.preferences import PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout, targets_for
@@ -45,9 +46,11 @@ class EvaluationNotSaved(UserError):
 
 
 def _save(run_dir, rows: list[dict], write):
-    """`write()` the evaluation files; an OS error keeps the scores for the caller to show (EvaluationNotSaved)."""
+    """`write()` the evaluation files under the run's table lock; an OS error keeps the scores for the caller to
+    show (EvaluationNotSaved)."""
     try:
-        return write()
+        with tables_lock(run_dir):
+            return write()
     except OSError as e:
         where = OSError(e.errno, e.strerror, str(run_dir))  # the run folder, not the atomic writer's temporary name
         raise EvaluationNotSaved(os_error_sentence(where, "saving the evaluation"), rows) from None

@@ -20,6 +20,7 @@ is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -36,6 +37,7 @@ except ImportError:  # Windows: no advisory locks here; training still works
     fcntl = None
 
 LOCK_FILE = ".lock"
+TABLES_LOCK_FILE = ".tables.lock"  # held only while a table is read, merged and written: not the training lock
 NO_LOCKS_HERE = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # flock's answers where locks are not supported
 log = logging.getLogger("kgpt2")
 
@@ -113,3 +115,26 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def tables_lock(run_dir):
+    """Hold `<run>/.tables.lock` while a run's evaluation table is read, merged and rewritten, so two `kgpt2
+    evaluate` at once (two Colab cells, a script per checkpoint) add their rows instead of one keeping only its own.
+
+    It waits for the other process (each holds it for one small write) and is not the run's training lock, so
+    evaluating a run that is training works. Where locks are not supported it guards nothing, like RunLock.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(Path(run_dir) / TABLES_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in NO_LOCKS_HERE:
+                raise
+        yield
+    finally:
+        os.close(fd)  # frees the flock

@@ -136,6 +136,43 @@ def test_a_second_evaluation_adds_its_rows_to_the_saved_table(tiny_run, tmp_path
         json.loads((run / "evaluation-validation.json").read_text())
 
 
+def test_two_evaluations_at_once_both_keep_their_rows(tiny_run, tmp_path, monkeypatch):
+    """Two `kgpt2 evaluate` on one run at once (a cell per checkpoint): each read the table before the other wrote
+    it, so the one that wrote last kept only its own rows. The run's table lock puts one after the other."""
+    import shutil
+    import threading
+    import time
+
+    from kgpt2 import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    base = evaluate.evaluate_run(run, "base", split="validation", max_batches=1, save=False)
+    latest = evaluate.evaluate_run(run, "latest", split="validation", max_batches=1, save=False)
+    for f in run.glob("evaluation-*"):
+        f.unlink()
+    merge, both_read = evaluate.merge_saved_rows, threading.Barrier(2, timeout=2)
+
+    def slow_merge(saved, rows):  # widens the window between reading the table and writing it
+        merged = merge(saved, rows)
+        try:
+            both_read.wait()  # without the lock both threads get here before either writes
+        except threading.BrokenBarrierError:
+            pass  # with it, the other thread waits for our write: nobody comes
+        time.sleep(0.1)
+        return merged
+
+    monkeypatch.setattr(evaluate, "merge_saved_rows", slow_merge)
+    threads = [threading.Thread(target=evaluate._save, args=(run, rows, lambda r=rows: evaluate.save_table(
+        run, r, "validation"))) for rows in (base, latest)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    saved = json.loads((run / "evaluation-validation.json").read_text())
+    assert sorted(r["model"] for r in saved) == sorted(r["model"] for r in base + latest)
+
+
 def test_a_disk_full_between_the_json_and_the_csv_keeps_both_old(tiny_run, tmp_path, monkeypatch):
     """The .json was replaced before the .csv's write failed, so the two files of one table disagreed."""
     import errno

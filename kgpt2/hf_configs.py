@@ -15,9 +15,31 @@ computes what transformers computes (kgpt2.models.build_backbone calls them).
 from __future__ import annotations
 
 import json
+import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 from kgpt2.errors import UserError
+
+_PROXY_OR_OFFLINE = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")
+
+
+def unreachable_hub_host() -> str | None:
+    """The Hugging Face Hub's host name when it does not resolve (no network), else None.
+
+    huggingface_hub and `datasets` retry for ~25 s before they say there is no network; kgpt2 asks the resolver
+    first, where nothing can come from the Hub's cache anyway. A proxy (which resolves names itself) or
+    HF_HUB_OFFLINE leaves the question to them (None).
+    """
+    if any(os.environ.get(v) for v in _PROXY_OR_OFFLINE):
+        return None
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return host
+    return None
 
 
 def fetch_hub_config(preset: str) -> dict:
@@ -28,7 +50,12 @@ def fetch_hub_config(preset: str) -> dict:
     if preset.startswith("hf://"):
         import huggingface_hub  # keras-hub's (and gradio's) dependencies, needed only for hub handles
 
-        path = huggingface_hub.hf_hub_download(repo_id=preset.removeprefix("hf://"), filename="config.json")
+        repo = preset.removeprefix("hf://")
+        host = None if isinstance(huggingface_hub.try_to_load_from_cache(repo, "config.json"), str) else \
+            unreachable_hub_host()
+        if host:  # not downloaded before, and no network: say so now, not after ~25 s of retries
+            raise ConnectionError(f"{host} cannot be reached")
+        path = huggingface_hub.hf_hub_download(repo_id=repo, filename="config.json")
     elif preset.startswith("kaggle://"):
         import kagglehub
 

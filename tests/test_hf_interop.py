@@ -156,6 +156,37 @@ def test_hf_hub_handle_offline_is_one_sentence(tmp_path, monkeypatch, capsys):
         "(and it is not in the Hugging Face cache)")
 
 
+def test_hf_hub_handle_not_downloaded_and_no_network_is_said_at_once(tmp_path, monkeypatch):
+    """huggingface_hub retried for ~25 s (and logged "'[Errno -2] ...' thrown while requesting HEAD") before the
+    offline sentence; a handle not in the cache now asks the resolver first. A cached one still goes to the hub's
+    client, which reads it from the cache."""
+    import socket
+
+    import huggingface_hub
+
+    from kgpt2.config import ModelConfig
+    from kgpt2.hf_configs import fetch_hub_config
+    from kgpt2.models import build_backbone
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    downloads = []
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "gpt2", "n_positions": 512}')
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: downloads.append(kw) or str(config))
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UserError, match="^could not download model preset 'hf://org/gpt2-small': no network "
+                                        r"connection \(and it is not in the Hugging Face cache\)"):
+        build_backbone(ModelConfig(preset="hf://org/gpt2-small"), load_weights=False)
+    assert downloads == []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(config))
+    assert fetch_hub_config("hf://org/gpt2-small")["n_positions"] == 512 and len(downloads) == 1
+
+
 def test_transformers_v5_tokenizer_json_only(hf_dir, tmp_path, text):
     """transformers >= 5 saves tokenizer.json alone; kgpt2 reads its BPE from there."""
     from kgpt2.config import ModelConfig

@@ -19,14 +19,12 @@ a wrong schema is a `UserError` naming the file and row.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import urllib.parse
 from pathlib import Path
 
 from kgpt2.data.compression import open_bytes, plain
 from kgpt2.data.documents import Document, SourceStats
 from kgpt2.errors import UserError
+from kgpt2.hf_configs import unreachable_hub_host
 
 _TABLE_CHUNK_ROWS = 2048
 
@@ -136,17 +134,12 @@ def load_hf(path: str, streaming: bool = True):
 
 
 def _refuse_without_the_hub(path: str) -> None:
-    """A UserError at once when the Hub's host name does not resolve (no network). `datasets` would retry for ~25 s
-    before saying so, and a streamed dataset has no offline copy to fall back on. A proxy (which resolves names
-    itself) or HF_HUB_OFFLINE leaves the question to `datasets`."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")):
-        return
-    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
+    """A UserError at once when the Hub cannot be reached: a streamed dataset has no offline copy to fall back on,
+    and `datasets` would retry for ~25 s before saying so."""
+    host = unreachable_hub_host()
+    if host:
         raise UserError(f"cannot open '{path}': {host} cannot be reached (no network?); hf: sources stream from the "
-                        "Hub, so prepare where there is a network, or pass a local copy (.parquet, .jsonl)") from None
+                        "Hub, so prepare where there is a network, or pass a local copy (.parquet, .jsonl)")
 
 
 def _table_chunks(path: Path):

@@ -97,7 +97,10 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     cfg = resolve_windows(cfg, shards.manifest)  # a run's config.json names its windows; "auto" only from older files
     data = shards.split(split)
     if data.num_articles == 0:
-        raise UserError(f"split '{split}' of '{cfg.data.shards}' holds no articles")
+        others = [n for n, info in shards.manifest["splits"].items() if n != split and info["num_articles"]
+                  and n != "train"]
+        raise UserError(f"split '{split}' of '{cfg.data.shards}' holds no articles"
+                        + (f"; --split {others[0]} scores the held-out articles it has" if others else ""))
     model, tokenizer = build_run_model(cfg)
     shards.check_tokenizer(tokenizer)
     scorer = compile_lm(for_windows(model, cfg.data.windows))  # packed examples: scored packed, each on its own

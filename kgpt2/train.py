@@ -56,7 +56,7 @@ from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
 from kgpt2.continuation import check_resumable, init_checkpoint, place_plan, plan_left
 from kgpt2.data.batches import EpochBatches, to_dataset
-from kgpt2.data.shards import ShardSet
+from kgpt2.data.shards import ShardSet, empty_splits_note
 from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import is_writer, plan_distribution, process_count, start_processes
 from kgpt2.errors import UserError, is_out_of_memory, os_error_sentence, out_of_memory_sentence
@@ -183,9 +183,13 @@ class Trainer:
         self.policy = self.device.policy(cfg.train.precision)
         self.parallel = plan_distribution(cfg.train)  # train.devices (replicated) or train.mesh (sharded)
         self.split = self.shards.split("train")
+        if self.split.num_articles == 0 and (note := empty_splits_note(self.shards.manifest)):
+            raise UserError(f"the shards in {cfg.data.shards}: {note}")
         self.stages = plan_stages(cfg.train.stages, self.split.num_articles, cfg.train.oversize)
         log.info("stage plan %s: %s articles (%s)", cfg.train.stages, [s.num_articles for s in self.stages],
                  self.stages.why)
+        if cfg.train.eval_batches and self.shards.split("validation").num_articles == 0:
+            log.warning("the shards in %s: %s", cfg.data.shards, empty_splits_note(self.shards.manifest))
         self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         self.run = Run.of(cfg)
         if is_writer():  # the one writing process of a (multi-host) run holds its lock

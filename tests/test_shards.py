@@ -124,6 +124,38 @@ def test_empty_corpus_is_an_error_and_leaves_nothing(tmp_path, pydoc_tokenizer):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
 
 
+def test_one_long_text_all_in_train_is_told_how_to_hold_some_out(tmp_path, pydoc_tokenizer, caplog):
+    """A novel in one file is one document, which "auto" put whole in one split: in test, training then said only
+    "the train split holds no articles"; in train, it reported no validation loss. Nothing was said at prepare."""
+    novel = tmp_path / "novel.txt"
+    novel.write_text("".join(d.text for d in open_source("pydoc"))[:20_000])
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        prepare(novel, tmp_path / "auto", pydoc_tokenizer, progress=False)
+    assert [r.getMessage() for r in caplog.records] == [  # the one document hashed to test
+        "train and validation hold no articles (1 document in all, each split whole): there is nothing to train on "
+        "and training would report no validation loss; prepare again with --splits tail:0.1 to hold out the last "
+        "10% of each document's text, or from more documents"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        held_out = prepare(novel, tmp_path / "tail", pydoc_tokenizer, splits="tail:0.1", progress=False)
+        prepare(novel, tmp_path / "train", pydoc_tokenizer, splits="train", progress=False)  # asked for: no note
+    assert held_out["splits"]["validation"]["num_articles"] == 1 and caplog.records == []
+
+
+def test_training_on_shards_without_a_train_split_says_why(tmp_path, pydoc_tokenizer, pydoc_tokenizer_dir, capsys):
+    """It said only "the train split holds no articles"; and nothing of a run is made."""
+    from kgpt2.cli import main
+
+    novel = tmp_path / "novel.txt"
+    novel.write_text("".join(d.text for d in open_source("pydoc"))[:20_000])  # hashes to test, as above
+    prepare(novel, tmp_path / "shards", pydoc_tokenizer, progress=False)
+    assert main(["-q", "train", "model.preset=scratch", f"model.tokenizer={pydoc_tokenizer_dir}",
+                 f"data.shards={tmp_path / 'shards'}", f"checkpoints_root={tmp_path / 'runs'}"]) == 2
+    assert capsys.readouterr().err.startswith(f"kgpt2: error: the shards in {tmp_path / 'shards'}: train and "
+                                              "validation hold no articles (1 document in all, each split whole)")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow  # 10 MB of text: ~5 s alone, 15 s on a busy machine
 def test_one_enormous_document(tmp_path, shared_data, gpt2_tokenizer):
     """A 10 MB article (real text repeated) in one JSON line tokenises whole."""

@@ -110,12 +110,38 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
             manifest.update(input_signature=signature, options=options, source=str(src.path))
             write_manifest(tmp, manifest)
             publish(tmp, out_dir)
+            if note := empty_splits_note(manifest):
+                log.warning("%s", note)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # ours alone: nothing half-written stays
             raise
     except OSError as e:
         raise UserError(os_error_sentence(e, out_dir, tmp, local)) from None
     return manifest
+
+
+def empty_splits_note(manifest: dict) -> str | None:
+    """What an empty split will mean, and how to fill it (None when all three hold articles, or the set was asked
+    to be all train). One long text (a novel, a corpus in one file) is one document, and documents are what "auto"
+    and "hash" split: it lands whole in one split.
+
+    >>> print(empty_splits_note({"options": {"splits": "auto"}, "splits": {"train": {"num_articles": 0},
+    ...       "validation": {"num_articles": 0}, "test": {"num_articles": 1}}}))
+    train and validation hold no articles (1 document in all, each split whole): there is nothing to train on and training would report no validation loss; prepare again with --splits tail:0.1 to hold out the last 10% of each document's text, or from more documents
+    """
+    splits = manifest.get("options", {}).get("splits", "auto")
+    if splits == "train" or splits.startswith("tail:"):  # asked for: all train, or train + validation (nanoGPT)
+        return None
+    counts = {name: info["num_articles"] for name, info in manifest["splits"].items()}
+    empty = [name for name in ("train", "validation", "test") if counts.get(name, 0) == 0]
+    n = sum(counts.values())
+    if not empty or not n:
+        return None
+    what = {"train": "there is nothing to train on", "validation": "training would report no validation loss",
+            "test": "`kgpt2 evaluate` has nothing to score"}
+    return (f"{' and '.join(empty)} hold{'s' if len(empty) == 1 else ''} no articles ({n:,} document"
+            f"{'' if n == 1 else 's'} in all, each split whole): {' and '.join(what[e] for e in empty)}; prepare "
+            "again with --splits tail:0.1 to hold out the last 10% of each document's text, or from more documents")
 
 
 class Split:

@@ -49,6 +49,7 @@ from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
 from kgpt2.ports import check_port
+from kgpt2.reports import counted
 from kgpt2.serve_log import RequestEdge
 from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, SampledRequest, message_texts,
                                 prompt_ids, validation_error)
@@ -112,7 +113,8 @@ class Service:
         ids = list(ids) or [engine.tokenizer.eos_id]  # empty: a new document
         room, wanted = engine.cache_length - len(ids), 1 if max_tokens is None else max_tokens
         if wanted > room:
-            raise OpenAIError(400, f"the prompt is {len(ids)} tokens and {wanted} more were asked for; "
+            raise OpenAIError(400, f"the prompt is {counted(len(ids), 'token')} and {wanted:,} more "
+                              f"{'was' if wanted == 1 else 'were'} asked for; "
                               f"the model's context is {engine.cache_length} tokens", param="max_tokens",
                               code="context_length_exceeded")
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])

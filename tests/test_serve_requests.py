@@ -76,3 +76,19 @@ def test_a_user_message_needs_a_content(http, content):
 def test_content_parts_that_are_not_text_parts_are_named(http, content, param, message):
     e = chat_error(http, content)
     assert (e["param"], e["message"]) == (param, message)
+
+
+@pytest.mark.parametrize("prompt, wanted, message", [
+    ([5], 64, "the prompt is 1 token and 64 more were asked for; the model's context is 64 tokens"),
+    ([5] * 64, 1, "the prompt is 64 tokens and 1 more was asked for; the model's context is 64 tokens"),
+    ([5] * 10, 5_000, "the prompt is 10 tokens and 5,000 more were asked for; the model's context is 64 tokens")])
+def test_a_request_past_the_context_counts_in_plain_english(prompt, wanted, message):
+    """It said "the prompt is 1 tokens"."""
+    from kgpt2.serve import Service
+    from kgpt2.serve_schema import CompletionRequest, OpenAIError
+
+    service = Service.__new__(Service)  # only what `prepare` reads: no model is loaded
+    service.model_id, service.engine = "tiny", SimpleNamespace(cache_length=64, tokenizer=SimpleNamespace(eos_id=0))
+    with pytest.raises(OpenAIError) as refused:
+        service.prepare(CompletionRequest(model="tiny", prompt=prompt), prompt, wanted)
+    assert refused.value.status == 400 and refused.value.body["error"]["message"] == message

@@ -63,7 +63,9 @@ def train_report(result) -> str:
     """`kgpt2 train`: the steps, where the run is, and what padding cost (example windows only)."""
     start, end = result.start_step, result.global_step
     if start == end:
-        line = f"trained nothing: the run is at step {end}; run in {result.run_dir} (latest {result.checkpoint})"
+        line = (f"trained nothing: the run is at step {end}, the end of its plan; run in {result.run_dir} (latest "
+                f"{result.checkpoint}). To train it further, give it more to do: a stage more (train.stages with one "
+                "more entry), a higher train.max_steps, or new shards (docs/training.md, \"Continue a run\")")
     elif start:  # a resumed or continued run: the steps of this call, and where the run began and is
         line = (f"trained {end - start} steps (step {start} -> {end}); run in {result.run_dir} "
                 f"(latest {result.checkpoint})")

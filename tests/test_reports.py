@@ -80,3 +80,15 @@ def test_commands_to_copy_quote_a_path_with_spaces(tmp_path):
     with pytest.raises(UserError) as refused:
         check_out_folder(out, out / "corpus.jsonl")
     assert shlex.split(str(refused.value).split("e.g. ")[1]) == ["--out", str(out / "shards")]
+
+
+def test_a_finished_run_that_trained_nothing_is_told_how_to_train_on():
+    """`kgpt2 train --run R train.learning_rate=...` on a finished run said only "trained nothing", as if the new
+    rate had nowhere to go."""
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(start_step=75, global_step=75, run_dir="runs/q", checkpoint="ckpt-75", stages=[])
+    assert reports.train_report(result) == (
+        "trained nothing: the run is at step 75, the end of its plan; run in runs/q (latest ckpt-75). To train it "
+        "further, give it more to do: a stage more (train.stages with one more entry), a higher train.max_steps, or "
+        'new shards (docs/training.md, "Continue a run")')

@@ -295,8 +295,9 @@ class Demo:
         stages = (run_dir / "stages.csv").is_file() and len((run_dir / "stages.csv").read_text().splitlines()) - 1
         evals = sorted(p.stem.split("-", 1)[1] for p in run_dir.glob("evaluation-*.csv"))
         c = counts(read_votes(run_dir / VOTES_FILE))
+        evaluate = f"kgpt2 evaluate --run {shlex.quote(str(run_dir))}"
         return (f"**{run}**: {stages or 0} stage(s) finished · evaluation: "
-                f"{', '.join(evals) if evals else f'none yet (`kgpt2 evaluate --run {shlex.quote(str(run_dir))}`)'} · "
+                f"{', '.join(evals) if evals else f'none yet (`{evaluate}`)'} · "
                 f"votes: {sum(c.values())} (A {c['a']}, B {c['b']}, tie {c['tie']}, both bad {c['both_bad']}, "
                 f"good answer {c['up']}, bad answer {c['down']})")
 

@@ -152,9 +152,10 @@ def _refuse_a_loadable_model(path: Path) -> None:
             named = re.fullmatch(r"(stage-\d+)\.weights\.h5|(ckpt-\d+)", inside.name)
             ckpt = (named.group(1) or named.group(2)) if named else ""
             where = "is" if path == run else "is part of"
-            raise UserError(f"'{path}' {where} the kgpt2 run '{run}', which needs no import: use --run {shlex.quote(str(run))}"
-                            + (f" --checkpoint {ckpt}" if ckpt else "")
-                            + f", or {shlex.quote(f'train.init_from={run}' + (':' + ckpt if ckpt else ''))} to start a new run from it")
+            init_from = shlex.quote(f"train.init_from={run}" + (f":{ckpt}" if ckpt else ""))
+            raise UserError(f"'{path}' {where} the kgpt2 run '{run}', which needs no import: use --run "
+                            f"{shlex.quote(str(run))}" + (f" --checkpoint {ckpt}" if ckpt else "")
+                            + f", or {init_from} to start a new run from it")
 
 
 def _read_or_refuse(read, path, what: str) -> dict:

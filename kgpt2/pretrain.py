@@ -44,7 +44,8 @@ def run_summary(run_dir) -> dict:
     if steps.empty:
         if Run(run_dir).is_align():
             raise UserError(f"run '{run_dir}' is an align run, which logs no training steps: its numbers are in "
-                            f"{run_dir / 'align.json'} (and `kgpt2 evaluate --run {shlex.quote(str(run_dir))} --checkpoint all`)")
+                            f"{run_dir / 'align.json'} (and `kgpt2 evaluate --run {shlex.quote(str(run_dir))} "
+                            "--checkpoint all`)")
         raise UserError(f"run '{run_dir}' has no logged steps yet")
     tokens_per_step = cfg.train.batch_size * cfg.data.sequence_length
     step_ids = steps["step"].to_numpy(dtype=np.int64)

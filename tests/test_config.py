@@ -76,6 +76,7 @@ def test_sequence_length_beyond_a_hub_handles_context(preset, tmp_path, tiny_pre
     import huggingface_hub
     import kagglehub
 
+    from kgpt2 import hf_configs
     from kgpt2.cli import main
     from kgpt2.config import ModelConfig
     from kgpt2.models import context_length
@@ -85,6 +86,7 @@ def test_sequence_length_beyond_a_hub_handles_context(preset, tmp_path, tiny_pre
                         lambda repo_id, filename, **_: asked.append(repo_id) or str(tiny_preset / filename))
     monkeypatch.setattr(kagglehub, "model_download",
                         lambda handle, path=None: asked.append(handle) or str(tiny_preset / path))
+    monkeypatch.setattr(hf_configs, "unreachable_hub_host", lambda: None)  # the Hub is served here: reachable
     assert context_length(ModelConfig(preset=preset)) == 64
     assert asked == [preset.split("://")[1]]
     args = ["train", f"model.preset={preset}", "data.sequence_length=65", "data.shards=x", f"checkpoints_root={tmp_path}"]

@@ -94,6 +94,8 @@ def _serve_hf_hub(monkeypatch, directory) -> list:
     import huggingface_hub
     from huggingface_hub.utils import EntryNotFoundError
 
+    from kgpt2 import hf_configs
+
     asked = []
 
     def served(repo_id, filename, **_):
@@ -103,6 +105,7 @@ def _serve_hf_hub(monkeypatch, directory) -> list:
         return str(Path(directory) / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", served)
+    monkeypatch.setattr(hf_configs, "unreachable_hub_host", lambda: None)  # the Hub is served here: reachable
     return asked
 
 

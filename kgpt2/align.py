@@ -84,6 +84,10 @@ class AlignPlan:
 def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict:
     """Align `cfg`'s model on `cfg.align.data`; resume from the newest checkpoint; return <run>/align.json."""
     check_sequence_length(cfg)  # before the lock makes the run folder
+    if not cfg.align.data:  # also before the lock: a training config given to align left an empty run folder
+        hint = (" This is a training config (it sets data.shards): run `kgpt2 train` with it." if cfg.data.shards
+                else "")
+        raise UserError(f"align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL).{hint}")
     with Run.of(cfg).lock():  # one writing process per run (kgpt2.lock)
         aligner = Aligner(cfg, verbose)
         aligner.setup(require_checkpoint)

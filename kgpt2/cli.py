@@ -160,7 +160,8 @@ def _recipes(p):
             print(reports.recipe_list(recipes.listing()))
             return
         out = recipes.copy(a.copy, a.dest)
-        print(f"copied recipe {a.copy} to {out}; use it with: kgpt2 train --config {shlex.quote(str(out))}")
+        print(f"copied recipe {a.copy} to {out}; use it with: kgpt2 {recipes.verb_for(out)} --config "
+              f"{shlex.quote(str(out))}")
 
     return run
 

@@ -6,11 +6,12 @@ one place and testable without running a command; the verbs' own tables
 the verbs whose results they show.
 
     >>> from kgpt2.reports import recipe_list
-    >>> print(recipe_list([("alpaca", "instruction tuning"), ("dpo", "preference pairs")]))
+    >>> print(recipe_list([("alpaca", "instruction tuning", "train"), ("dpo", "preference pairs", "align")]))
     alpaca  instruction tuning
     dpo     preference pairs
     <BLANKLINE>
-    use one: kgpt2 train --config NAME [key=value ...]; edit a copy: kgpt2 recipes --copy NAME [DEST]
+    use one: kgpt2 train --config NAME [key=value ...] (dpo: kgpt2 align --config NAME)
+    edit a copy: kgpt2 recipes --copy NAME [DEST]
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ def plan_table(plan: list, rows) -> str:
     return f"stage plan {plan}\nwhy: {rows.why}\n{table.to_string(index=False)}\n{total:,} optimizer steps in all"
 
 
-def recipe_list(listing: list[tuple[str, str]]) -> str:
-    """`kgpt2 recipes`: one line per recipe, then how to use one."""
-    width = max(len(name) for name, _ in listing)
-    lines = [f"{name:<{width}}  {text}" for name, text in listing]
-    lines += ["", "use one: kgpt2 train --config NAME [key=value ...]; edit a copy: kgpt2 recipes --copy NAME [DEST]"]
+def recipe_list(listing: list[tuple[str, str, str]]) -> str:
+    """`kgpt2 recipes`: one line per recipe, then how to use one (the alignment recipes run with `kgpt2 align`)."""
+    width = max(len(name) for name, _, _ in listing)
+    lines = [f"{name:<{width}}  {text}" for name, text, _ in listing]
+    aligning = ", ".join(name for name, _, verb in listing if verb == "align")
+    use = "use one: kgpt2 train --config NAME [key=value ...]"
+    use += f" ({aligning}: kgpt2 align --config NAME)" if aligning else ""
+    lines += ["", use, "edit a copy: kgpt2 recipes --copy NAME [DEST]"]
     return "\n".join(lines)
 
 

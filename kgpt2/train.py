@@ -168,6 +168,9 @@ class Trainer:
         cfg = self.cfg
         start_processes()  # several hosts: join them before JAX lists devices (KERAS_DISTRIBUTION_* variables)
         if not cfg.data.shards:
+            if cfg.align.data:  # the dpo recipe, say, given to train
+                raise UserError("this is an alignment config (it sets align.data, not data.shards): run `kgpt2 "
+                                "align` with it")
             raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
         if cfg.model.quantize and not cfg.lora.enabled:
             raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")

@@ -66,7 +66,8 @@ def test_copy_out_then_refuse_to_overwrite(tmp_path, monkeypatch, capsys):
     (tmp_path / "edits").mkdir()
     assert cli(capsys, "recipes", "--copy", "alpaca", "edits")[0] == 0  # into a folder
     assert (tmp_path / "edits" / "alpaca.toml").read_bytes() == (PACKAGE_RECIPES / "alpaca.toml").read_bytes()
-    assert cli(capsys, "recipes", "--copy", "dpo", "edits/my-dpo.toml")[0] == 0  # to a file name
+    rc, out, _ = cli(capsys, "recipes", "--copy", "dpo", "edits/my-dpo.toml")  # to a file name
+    assert rc == 0 and out.endswith("use it with: kgpt2 align --config edits/my-dpo.toml\n")  # dpo aligns
     assert load_config("edits/my-dpo.toml").to_dict() == load_config("dpo").to_dict()
     rc, _, err = cli(capsys, "recipes", "--copy", "dpo", "missing/x.toml")
     assert rc == 2 and "folder 'missing' does not exist" in err
@@ -81,6 +82,10 @@ def test_copy_out_then_refuse_to_overwrite(tmp_path, monkeypatch, capsys):
     (["train", "--config", "configs/pubmed_lora.toml"],  # where recipes used to be
      "config file 'configs/pubmed_lora.toml' does not exist; kgpt2 ships a recipe 'pubmed_lora': --config pubmed_lora"),
     (["recipes", "somewhere"], "DEST 'somewhere' goes with --copy NAME"),
+    # a recipe given to the other verb: named as such, and no run folder left behind
+    (["train", "--config", "dpo"], "this is an alignment config (it sets align.data, not data.shards): run `kgpt2 "
+                                   "align` with it"),
+    (["align", "--config", "alpaca"], "This is a training config (it sets data.shards): run `kgpt2 train` with it."),
 ])
 def test_unknown_names_are_one_sentence_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
@@ -103,7 +108,7 @@ def test_recipes_work_from_the_installed_wheel(tmp_path, wheel_venv, pydoc_shard
     kgpt2_cmd = wheel_venv / "bin" / "kgpt2"
     listing = subprocess.run([kgpt2_cmd, "recipes"], capture_output=True, text=True, cwd=work, env=env, timeout=300)
     assert listing.returncode == 0, listing.stderr
-    assert {line.split()[0] for line in listing.stdout.splitlines() if line and not line.startswith("use")} == {
+    assert {line.split()[0] for line in listing.stdout.splitlines() if line and not line.startswith(("use", "edit"))} == {
         p.stem for p in (REPO / "kgpt2" / "recipes").glob("*.toml")}
     dry = subprocess.run([kgpt2_cmd, "train", "--config", "pubmed_lora", "--dry-run", f"data.shards={pydoc_shards}",
                           "data.sequence_length=32"], capture_output=True, text=True, cwd=work, env=env, timeout=300)

@@ -10,12 +10,15 @@ wherever kgpt2 is installed, from any folder; `kgpt2 recipes` lists them
     True
     >>> recipes.find("pubmed_lora").name
     'pubmed_lora.toml'
+    >>> recipes.verb_for(recipes.find("dpo"))
+    'align'
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 from pathlib import Path
 
 from kgpt2.errors import UserError
@@ -50,9 +53,14 @@ def description(path: Path) -> str:
     return ""
 
 
-def listing() -> list[tuple[str, str]]:
-    """(name, one-line description) for every recipe."""
-    return [(name, description(find(name))) for name in names()]
+def verb_for(path: Path) -> str:
+    """The verb that runs a recipe: "align" for one with an [align] table (dpo), else "train"."""
+    return "align" if tomllib.loads(path.read_text(encoding="utf-8")).get("align") else "train"
+
+
+def listing() -> list[tuple[str, str, str]]:
+    """(name, one-line description, the verb that runs it) for every recipe."""
+    return [(name, description(find(name)), verb_for(find(name))) for name in names()]
 
 
 def copy(name: str, dest: str | Path | None = None) -> Path:

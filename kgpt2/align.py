@@ -56,7 +56,7 @@ from kgpt2.preferences import (PolicyLogProbs, encode_preferences, predict_logpr
                                take, targets_for)
 from kgpt2.progress_lines import ProgressLines
 from kgpt2.reports import counted
-from kgpt2.run import Run, same_files
+from kgpt2.run import Run, not_a_run, same_files
 
 __all__ = ["align", "read_pairs", "PairStats", "encode_pairs"]
 log = logging.getLogger("kgpt2")
@@ -88,6 +88,10 @@ def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict
         hint = (" This is a training config (it sets data.shards): run `kgpt2 train` with it." if cfg.data.shards
                 else "")
         raise UserError(f"align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL).{hint}")
+    if cfg.align.init_run and not Run(cfg.align.init_run).exists():  # else its model and LoRA are not known yet
+        advice = ("train it first (the dpo recipe starts from `kgpt2 train --config alpaca`), or set "
+                  "align.init_run= to start from model.preset")
+        raise UserError(f"align.init_run {not_a_run(cfg.align.init_run, advice)}")
     with Run.of(cfg).lock():  # one writing process per run (kgpt2.lock)
         aligner = Aligner(cfg, verbose)
         aligner.setup(require_checkpoint)

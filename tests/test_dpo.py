@@ -312,6 +312,28 @@ def test_init_run_of_another_model_names_the_fields(tmp_path, tiny_run, make_tin
     assert "lora.enabled: False -> True" in str(e.value) and "data.sequence_length: 32 -> 16" in str(e.value), str(e.value)
 
 
+def test_the_dpo_recipe_takes_its_model_from_the_run_it_starts_from(tmp_path, tiny_run, monkeypatch):
+    """`kgpt2 align --config dpo align.init_run=RUN`: RUN's preset, LoRA and sequence length, whatever RUN was
+    trained with (the recipe set GPT-2 base and LoRA itself, so a run trained from scratch or without LoRA was
+    refused, or sent to download gpt2_base_en); with no such run, one sentence and no run folder."""
+    from dataclasses import asdict
+
+    from kgpt2.align import align
+    from kgpt2.config import load_config
+    from kgpt2.run import Run
+
+    theirs = Run(tiny_run).config()
+    cfg = load_config("dpo", [f"align.init_run={tiny_run}"])
+    assert asdict(cfg.model) == asdict(theirs.model) and asdict(cfg.lora) == asdict(theirs.lora)
+    assert cfg.data.sequence_length == theirs.data.sequence_length
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        align(load_config("dpo"))  # the recipe's own init_run, checkpoints/alpaca, not trained here
+    assert str(e.value).startswith("align.init_run 'checkpoints/alpaca' is not a kgpt2 run directory (no config.json); "
+                                   "train it first (the dpo recipe starts from `kgpt2 train --config alpaca`)")
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("loss", ["kto", "dpo"])
 def test_a_split_with_an_empty_side_says_which_fractions_split_the_prompts(pydoc_tokenizer, loss):
     """Two demo prompts: a fraction that holds out both (or neither) is refused with the range that works."""

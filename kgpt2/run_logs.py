@@ -1,9 +1,10 @@
 """What a run records for people: the step CSV, the stage table and the plots.
 
     logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s (window positions), time,
-                       padding (share of the step's target positions that hold no token)
+                       padding (share of the step's target positions that hold no token),
+                       since_step (loss and accuracy are Keras' running means over the steps after it)
     stages.csv|json    validation metrics after each stage
-    loss.png           training loss per step, stage boundaries marked,
+    loss.png           training loss per step (`per_step_loss`), stage boundaries marked,
                        and validation metrics per stage
 
 (file names from `kgpt2.run.Run`).
@@ -34,7 +35,7 @@ import keras
 from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.run import Run
 
-STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time", "padding"]
+STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time", "padding", "since_step"]
 TENSORBOARD_TAGS = ("loss", "accuracy", "learning_rate")  # the step CSV's columns TensorBoard shows
 
 
@@ -169,7 +170,8 @@ class _StepLogger(keras.callbacks.Callback):
             row = [step, self.stage + 1, f"{float(logs.get('loss', float('nan'))):.6f}",
                    f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
                    f"{self.tokens_per_batch * (done - since_done) / elapsed:.1f}" if elapsed > 0 else "", f"{now:.4f}",
-                   f"{self.paddings[done - 1]:.4f}" if self.paddings is not None and done <= len(self.paddings) else ""]
+                   f"{self.paddings[done - 1]:.4f}" if self.paddings is not None and done <= len(self.paddings) else "",
+                   self.first_step]
             self._rows.append(row)
             if len(self._rows) >= 64:
                 self._flush()
@@ -241,6 +243,27 @@ def read_steps(run_dir):
     return pd.read_csv(path).sort_values("step", kind="stable").reset_index(drop=True)
 
 
+def per_step_loss(steps):
+    """The training loss of each logged step, from the step log's running means.
+
+    Keras logs, after n batches of a `fit` call, the mean loss of those n (weighted by batch size; a stage's
+    batches are one size). kgpt2 calls `fit` once per checkpoint interval, so the means restart there, and plotted
+    as logged the curve fell off a cliff at every checkpoint. Between two rows of one call (`since_step` names the
+    call) the batches' mean is (n1 m1 - n0 m0) / (n1 - n0): each step's own loss when every step is logged, the
+    mean of the steps since the row before otherwise (`train.steps_per_execution`). NaN for rows logged before
+    kgpt2 recorded `since_step`.
+
+        >>> import pandas as pd
+        >>> rows = pd.DataFrame({"step": [1, 2, 3, 4], "since_step": [0, 0, 2, 2], "loss": [4.0, 3.5, 2.5, 2.25]})
+        >>> per_step_loss(rows).tolist()
+        [4.0, 3.0, 2.5, 2.0]
+    """
+    n = steps["step"] - steps["since_step"]
+    total = n * steps["loss"]
+    call = steps["since_step"]
+    return (total - total.groupby(call).shift(fill_value=0)) / (n - n.groupby(call).shift(fill_value=0))
+
+
 def write_stage_table(run_dir, stage_metrics: list) -> None:
     import pandas as pd
 
@@ -264,7 +287,7 @@ def plot_run(run_dir) -> Path | None:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     if not steps.empty:
-        ax1.plot(steps["step"], steps["loss"], lw=1, label="train loss (running mean since the last checkpoint/eval point)")
+        _plot_training_loss(ax1, steps)
         for s, group in steps.groupby("stage"):
             ax1.axvline(group["step"].min(), color="grey", ls=":", lw=0.8)
         ax1.set_xlabel("global step")
@@ -285,3 +308,19 @@ def plot_run(run_dir) -> Path | None:
     ax2.set_title("validation after each stage")
     fig.tight_layout()
     return save_figure(fig, run.loss_plot)
+
+
+def _plot_training_loss(ax, steps) -> None:
+    """Each step's loss, faint, and its exponential moving average (TensorBoard's smoothing, debiased at the
+    start). The rows an older kgpt2 logged (no `since_step`) have only their running means, shown as they are."""
+    loss = per_step_loss(steps) if "since_step" in steps else steps["loss"] * float("nan")
+    if loss.isna().all():
+        ax.plot(steps["step"], steps["loss"], lw=1, label="train loss (running mean since the last checkpoint)")
+        return
+    loss = loss.fillna(steps["loss"])
+    smooth = len(loss) >= 20
+    ax.plot(steps["step"], loss, lw=0.8, alpha=0.35 if smooth else 1.0, color="C0", label="train loss per step")
+    if smooth:
+        span = max(5, len(loss) // 25)
+        ax.plot(steps["step"], loss.ewm(span=span).mean(), lw=1.5, color="C0",
+                label=f"moving average ({span} steps)")

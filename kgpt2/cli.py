@@ -218,6 +218,9 @@ def _generate(p):
         s = Settings.from_config(cfg.generate, sampler=a.sampler, temperature=a.temperature, top_k=a.top_k,
                                  top_p=a.top_p, max_length=a.max_length, max_new_tokens=a.max_new_tokens,
                                  seed=a.seed, template=a.template, num_beams=a.num_beams)
+        if a.template is None and s.template != "plain":  # the output shows the prompt, not the template around it
+            logging.getLogger("kgpt2").info("the prompt goes in the run's %s template (generate.template); --template "
+                                            "plain gives the model the text as it is", s.template)
         gen = Generator(model, tokenizer)
         if a.stream:
             print(a.prompt, end="", flush=True)

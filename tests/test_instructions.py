@@ -109,7 +109,7 @@ def test_bad_options_are_user_errors():
 
 
 @pytest.mark.slow
-def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_tokenizer, make_tiny_config):
+def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_tokenizer, make_tiny_config, capsys):
     """prepare -> train (response-only loss, padded examples) -> generate with the same template."""
     import pandas as pd
 
@@ -140,3 +140,13 @@ def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_to
     gen = Generator(model, tok)
     # The run's template is applied: the same as the rendered prompt given plainly.
     assert gen.generate("Name a colour.", s) == gen.generate(format_prompt("Name a colour."), replace(s, template="plain"))
+    # `kgpt2 generate` prints the prompt without the template around it: it says which template it used.
+    from kgpt2.cli import main
+
+    argv = ["generate", "--run", str(cfg.run_dir), "--prompt", "Name a colour.", "--sampler", "greedy",
+            "--max-new-tokens", "5"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out == "Name a colour." + gen.generate("Name a colour.", s) + "\n"
+    assert "the prompt goes in the run's instruction template (generate.template); --template plain gives" in err
+    assert main([*argv, "--template", "plain"]) == 0 and "template" not in capsys.readouterr().err

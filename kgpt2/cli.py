@@ -13,9 +13,10 @@
     kgpt2 pretrain   -> kgpt2.scratch, kgpt2.pretrain from-scratch presets, run summary
     kgpt2 export     -> kgpt2.export.export_run       Hugging Face / KerasHub preset directory
 
-What each verb prints is worded in `kgpt2.reports`. The verbs' modules are
-imported inside each verb, and Keras only for the verbs registered as needing
-it: `kgpt2 --help`, `kgpt2 recipes` and `kgpt2 tokenizer` never import it.
+What each verb prints is worded in `kgpt2.reports`, how its end becomes an
+exit status in `kgpt2.cli_runner`. The verbs' modules are imported inside each
+verb, and Keras only for the verbs registered as needing it: `kgpt2 --help`,
+`kgpt2 recipes` and `kgpt2 tokenizer` never import it.
 `key=value` overrides may come before or after the options.
 
 A user's mistake (missing file, unknown key, bad preset) prints one line
@@ -25,10 +26,8 @@ A user's mistake (missing file, unknown key, bad preset) prints one line
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -38,9 +37,10 @@ from kgpt2 import backend
 backend.choose_backend()
 
 from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
-from kgpt2.errors import TRAINING_ADVICE, UserError, is_out_of_memory, out_of_memory_sentence  # noqa: E402
+from kgpt2.errors import UserError  # noqa: E402
 from kgpt2 import reports  # noqa: E402  (stdlib only)
 from kgpt2.cli_args import PORT, output_folder, unescape, whole_number  # noqa: E402  (stdlib only)
+from kgpt2.cli_runner import progress_lines_on_stderr, run_verb  # noqa: E402  (stdlib only)
 from kgpt2.templates import TEMPLATES  # noqa: E402  (stdlib only)
 
 VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
@@ -426,57 +426,7 @@ def main(argv=None) -> int:
     if args.keras_import == "first":
         backend.import_keras_quietly()
     with progress_lines_on_stderr(args.quiet):
-        return _run_verb(args)
-
-
-@contextlib.contextmanager
-def progress_lines_on_stderr(quiet: bool):
-    """kgpt2's own progress lines on stderr (other libraries' INFO logs stay off) while a verb runs; the
-    `kgpt2` logger is put back afterwards, so `main` called again in one process (a notebook, a test)
-    neither prints each line twice nor leaves the logger cut off from the caller's handlers."""
-    logger = logging.getLogger("kgpt2")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("kgpt2: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.handlers[:], logger.propagate = saved[0], saved[2]
-        logger.setLevel(saved[1])
-
-
-def _stdout_to_devnull() -> None:
-    """After the reader of stdout went away: send what is left nowhere, so the exit flush raises nothing."""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # no real file descriptor (a notebook, a test's capture)
-        pass
-
-
-def _run_verb(args) -> int:
-    try:
-        args.handler(args)
-        sys.stdout.flush()  # a reader gone (`kgpt2 recipes | head -1`) shows here, not as a traceback at exit
-    except BrokenPipeError:
-        _stdout_to_devnull()
-        return 141  # 128 + SIGPIPE, what a shell reports for any program cut off this way
-    except UserError as e:
-        print(f"kgpt2: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("kgpt2: interrupted" + (f"; {args.interrupted}" if args.interrupted else ""), file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - running out of memory is a sentence for every verb; the rest re-raised
-        if not is_out_of_memory(e):
-            raise
-        advice = TRAINING_ADVICE if args.verb in ("align", "quickstart") else (
-            "use a smaller batch or model, or --weights int8 where the verb takes it")
-        print(f"kgpt2: error: {out_of_memory_sentence(e, f'kgpt2 {args.verb}', False, advice)}", file=sys.stderr)
-        return 2
-    return 0
+        return run_verb(args)
 
 
 if __name__ == "__main__":

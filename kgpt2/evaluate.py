@@ -91,7 +91,10 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     ids = select_checkpoints(run_dir, checkpoints)
     if compare_base and BASE not in ids:
         ids = [BASE] + ids
-    if run.is_align():
+    if run.is_align() and not shards:  # with shards: next-token metrics, what aligning cost the language model
+        if max_batches is not None:
+            log.warning("an align run is scored on all its held-out preference pairs: --max-batches applies to "
+                        "next-token evaluation on shards (--shards DIR)")
         return evaluate_alignment(run, cfg, ids, batch_size, save)
     shards = ShardSet(cfg.data.shards)
     cfg = resolve_windows(cfg, shards.manifest)  # a run's config.json names its windows; "auto" only from older files

@@ -198,7 +198,8 @@ def test_align_sigkill_then_resume_matches_uninterrupted(tmp_path, shared_data, 
 
 
 def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_path, shared_data, tiny_preset,
-                                                                         tiny_overrides, kgpt2_cli, monkeypatch, caplog):
+                                                                         tiny_overrides, kgpt2_cli, monkeypatch, caplog,
+                                                                         pydoc_shards):
     import re
 
     import keras
@@ -234,6 +235,16 @@ def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_pat
         assert rows[1][key] == pytest.approx(r["heldout_after"][key], rel=1e-4, abs=1e-6)
     for suffix in ("json", "csv", "png"):
         assert (tmp_path / "run" / f"evaluation-preferences.{suffix}").stat().st_size > 0
+    # With --shards: next-token metrics on them, what aligning cost the language model (--shards was ignored).
+    out = kgpt2_cli("evaluate", "--run", tmp_path / "run", "--checkpoint", "all", "--compare", "base", "--json",
+                    "--shards", pydoc_shards, "--max-batches", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lm = json.loads(out.stdout[out.stdout.index("["):])
+    assert [(row["model"], row["split"]) for row in lm] == [("base", "test"), ("ckpt-4", "test")]
+    assert lm[0]["tokens"] == lm[1]["tokens"] > 0 and lm[0]["loss"] != lm[1]["loss"]
+    assert json.loads((tmp_path / "run" / "evaluation-test.json").read_text()) == lm
+    out = kgpt2_cli("evaluate", "--run", tmp_path / "run", "--max-batches", "2", cwd=tmp_path)
+    assert out.returncode == 0 and "--max-batches applies to next-token evaluation on shards" in out.stderr
 
 
 @pytest.mark.slow

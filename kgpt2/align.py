@@ -43,8 +43,8 @@ from kgpt2 import compat
 from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config
 from kgpt2.continuation import differences
-from kgpt2.data.preference_pairs import (PairStats, content_hash, encode_pairs, read_pairs, read_preferences,
-                                         refuse_unpaired)
+from kgpt2.data.preference_pairs import (NO_PREFERENCE_FILES, PairStats, content_hash, encode_pairs, read_pairs,
+                                         read_preferences, refuse_unpaired)
 from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
 from kgpt2.distribution import plan_data_parallel
 from kgpt2.errors import UserError
@@ -87,7 +87,7 @@ def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict
     if not cfg.align.data:  # also before the lock: a training config given to align left an empty run folder
         hint = (" This is a training config (it sets data.shards): run `kgpt2 train` with it." if cfg.data.shards
                 else "")
-        raise UserError(f"align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL).{hint}")
+        raise UserError(f"{NO_PREFERENCE_FILES}.{hint}")
     if cfg.align.init_run and not Run(cfg.align.init_run).exists():  # else its model and LoRA are not known yet
         advice = ("train it first (the dpo recipe starts from `kgpt2 train --config alpaca`), or set "
                   "align.init_run= to start from model.preset")

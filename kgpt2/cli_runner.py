@@ -69,4 +69,3 @@ def run_verb(args) -> int:
         print(f"kgpt2: error: {out_of_memory_sentence(e, f'kgpt2 {args.verb}', False, advice)}", file=sys.stderr)
         return 2
     return 0
-

@@ -313,8 +313,8 @@ def plot_run(run_dir) -> Path | None:
 def _plot_training_loss(ax, steps) -> None:
     """Each step's loss, faint, and its exponential moving average (TensorBoard's smoothing, debiased at the
     start). The rows an older kgpt2 logged (no `since_step`) have only their running means, shown as they are."""
-    loss = per_step_loss(steps) if "since_step" in steps else steps["loss"] * float("nan")
-    if loss.isna().all():
+    loss = per_step_loss(steps) if "since_step" in steps else None
+    if loss is None or loss.isna().all():
         ax.plot(steps["step"], steps["loss"], lw=1, label="train loss (running mean since the last checkpoint)")
         return
     loss = loss.fillna(steps["loss"])

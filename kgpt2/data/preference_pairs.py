@@ -35,6 +35,9 @@ from kgpt2.data.instructions import record_prompt, record_response
 from kgpt2.errors import UserError
 
 
+NO_PREFERENCE_FILES = "align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL)"
+
+
 @dataclass
 class PairStats:
     read: int = 0
@@ -71,7 +74,7 @@ def _files(paths):
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
-        raise UserError("align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL)")
+        raise UserError(NO_PREFERENCE_FILES)
     for path in map(Path, paths):
         if path.is_dir():
             path = path / "votes.jsonl"  # a demo run directory

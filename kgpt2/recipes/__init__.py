@@ -54,13 +54,14 @@ def description(path: Path) -> str:
 
 
 def verb_for(path: Path) -> str:
-    """The verb that runs a recipe: "align" for one with an [align] table (dpo), else "train"."""
-    return "align" if tomllib.loads(path.read_text(encoding="utf-8")).get("align") else "train"
+    """The verb that runs a recipe: "align" for one that sets align.data (dpo), else "train" (the rule `kgpt2
+    train` refuses an alignment config by)."""
+    return "align" if tomllib.loads(path.read_text(encoding="utf-8")).get("align", {}).get("data") else "train"
 
 
 def listing() -> list[tuple[str, str, str]]:
     """(name, one-line description, the verb that runs it) for every recipe."""
-    return [(name, description(find(name)), verb_for(find(name))) for name in names()]
+    return [(name, description(path), verb_for(path)) for name, path in ((n, find(n)) for n in names())]
 
 
 def copy(name: str, dest: str | Path | None = None) -> Path:

@@ -89,8 +89,9 @@ def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict
                 else "")
         raise UserError(f"{NO_PREFERENCE_FILES}.{hint}")
     if cfg.align.init_run and not Run(cfg.align.init_run).exists():  # else its model and LoRA are not known yet
-        advice = ("train it first (the dpo recipe starts from `kgpt2 train --config alpaca`), or set "
-                  "align.init_run= to start from model.preset")
+        recipe_start = (" (the dpo recipe starts from `kgpt2 train --config alpaca`)"
+                        if Path(cfg.align.init_run).name == "alpaca" else "")  # the recipe's own init_run
+        advice = f"train it first{recipe_start}, or set align.init_run= to start from model.preset"
         raise UserError(f"align.init_run {not_a_run(cfg.align.init_run, advice)}")
     with Run.of(cfg).lock():  # one writing process per run (kgpt2.lock)
         aligner = Aligner(cfg, verbose)

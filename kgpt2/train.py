@@ -15,8 +15,8 @@
 5. `Trainer.end_stage`: validation metrics, a checkpoint, the merged
    `.weights.h5` export, the stage table and the plots.
 
-The cursor is a value passed from step to step and returned; every
-checkpoint records it. An interrupted run restarted with the same config
+The cursor (kgpt2.cursor) is a value passed from step to step and returned;
+every checkpoint records it. An interrupted run restarted with the same config
 continues at the exact next batch and ends with the same weights as an
 uninterrupted one. File names come from `kgpt2.run.Run`.
 
@@ -32,7 +32,7 @@ one-stage run train its stage on. What the checkpoints depend on (model
 shape, tokenizer, LoRA, batch size) cannot change (kgpt2.continuation).
 `train.init_from` starts a new run from another run's weights instead.
 
-    >>> from kgpt2.train import Cursor
+    >>> from kgpt2.train import Cursor  # kgpt2.cursor's
     >>> Cursor(stage=1, epoch=0, batch=4, step=12).advanced(8, per_epoch=10, first=4)
     Cursor(stage=1, epoch=1, batch=2, step=20)
 """
@@ -54,6 +54,7 @@ import keras_hub
 from kgpt2 import memory  # memory: read at call time, a test stands in for the device's memory
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
+from kgpt2.cursor import Cursor
 from kgpt2.continuation import check_resumable, init_checkpoint, place_plan, plan_left
 from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import ShardSet, empty_splits_note
@@ -87,36 +88,6 @@ class TrainResult:
     stages: list = field(default_factory=list)  # per-stage validation metrics
     checkpoint: str = ""
     start_step: int = 0  # where this call began (the resumed checkpoint's step)
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Where training stands: the next batch to train and the steps done.
-
-    `stage` is the index of the stage running; after a stage ends it counts
-    the stages finished. `epoch` and `batch` locate the next batch in it.
-    """
-
-    stage: int = 0
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-
-    @classmethod
-    def from_state(cls, state: dict) -> Cursor:
-        return cls(**{f.name: int(state[f.name]) for f in dataclasses.fields(cls)})
-
-    def position(self, per_epoch: int) -> int:
-        """Batches of the current stage done, over all its epochs."""
-        return self.epoch * per_epoch + self.batch
-
-    def advanced(self, n: int, per_epoch: int, first: int) -> Cursor:
-        """After `n` more steps that started at stage position `first`."""
-        epoch, batch = divmod(first + n, per_epoch)
-        return dataclasses.replace(self, epoch=epoch, batch=batch, step=self.step + n)
-
-    def next_stage(self) -> Cursor:
-        return Cursor(stage=self.stage + 1, epoch=0, batch=0, step=self.step)
 
 
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:

@@ -142,7 +142,10 @@ def keras_hub_counts(shared, texts) -> dict:
 @pytest.mark.slow  # imports TensorFlow and builds keras-hub's tf.text graph
 def test_keras_hub_gpt2_tokenizer_disagrees_where_kgpt2_does_not(shared_data, gpt2_tokenizer, reference):
     pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
     pytest.importorskip("keras_hub")
+    if keras.backend.backend() != "tensorflow":  # keras-hub 0.32 has its tf.text graph path only there
+        pytest.skip("keras-hub's GPT2Tokenizer takes no tf.data tensors off the TensorFlow backend")
     texts = real_texts(shared_data, pubmed_bodies=10, sumpubmed=0, alpaca=100, shakespeare=False)
     counts = keras_hub_counts(shared_data, texts)
     print(counts)

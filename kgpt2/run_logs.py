@@ -295,19 +295,34 @@ def plot_run(run_dir) -> Path | None:
         ax1.legend(loc="upper right", fontsize=8)
     ax1.set_title(f"{run.path.name}: training")
     if stage_metrics:
-        xs = [m["stage"] for m in stage_metrics if "loss" in m]
-        ax2.plot(xs, [m["loss"] for m in stage_metrics if "loss" in m], "o-", label="val loss")
-        ax2b = ax2.twinx()
-        ax2b.plot(xs, [m["accuracy"] for m in stage_metrics if "loss" in m], "s--", color="C1", label="val accuracy")
-        ax2.set_xlabel("stage")
-        ax2.set_ylabel("loss")
-        ax2b.set_ylabel("next-token accuracy")
-        ax2.set_xticks(xs)
-        ax2.legend(loc="upper left", fontsize=8)
-        ax2b.legend(loc="upper right", fontsize=8)
+        _plot_stage_validation(ax2, [m for m in stage_metrics if "loss" in m])
     ax2.set_title("validation after each stage")
     fig.tight_layout()
     return save_figure(fig, run.loss_plot)
+
+
+def _plot_stage_validation(ax, stage_metrics: list) -> None:
+    """Loss (left axis) and accuracy (right axis) after each stage, each point labelled with its value: the two
+    axes scale apart, so their points can fall on the same spot (always so with one stage); a hollow circle
+    around a small square keeps both visible there."""
+    xs = [m["stage"] for m in stage_metrics]
+    right = ax.twinx()
+    for axis, key, style, label, offset in ((ax, "loss", dict(marker="o", ms=11, mfc="none", ls="-", color="C0"),
+                                             "val loss", -14),
+                                            (right, "accuracy", dict(marker="s", ms=5, ls="--", color="C1"),
+                                             "val accuracy", 8)):
+        ys = [m[key] for m in stage_metrics]
+        axis.plot(xs, ys, label=label, **style)
+        for x, y in zip(xs, ys):
+            axis.annotate(f"{y:.3f}", (x, y), xytext=(0, offset), textcoords="offset points", ha="center",
+                          fontsize=8, color=style["color"])
+        axis.margins(x=0.1, y=0.18)  # room for the labels inside the frame
+    ax.set_xlabel("stage")
+    ax.set_ylabel("loss")
+    right.set_ylabel("next-token accuracy")
+    ax.set_xticks(xs)
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
 
 
 def _plot_training_loss(ax, steps) -> None:

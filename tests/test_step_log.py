@@ -82,3 +82,26 @@ def test_a_log_from_before_since_step_still_plots_its_running_means(tmp_path):
     _plot_training_loss(ax, steps)
     assert ax.lines[0].get_ydata().tolist() == [4.9, 4.8] and "running mean" in ax.lines[0].get_label()
     plt.close(fig)
+
+
+def test_each_stages_validation_point_is_labelled_and_visible_on_both_axes():
+    """loss.png's right panel: one stage put the accuracy's square exactly on the loss's circle (two axes, each
+    scaled to its own single point), hiding one of them; now each point carries its value and the loss's circle
+    is hollow and larger."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kgpt2.run_logs import _plot_stage_validation
+
+    for stages in ([{"stage": 1, "loss": 5.9113, "accuracy": 0.0661}],
+                   [{"stage": 1, "loss": 5.9, "accuracy": 0.07}, {"stage": 2, "loss": 4.7623, "accuracy": 0.1125}]):
+        fig, ax = plt.subplots()
+        _plot_stage_validation(ax, stages)
+        loss_axis, accuracy_axis = fig.axes
+        labels = {a.get_text() for axis in fig.axes for a in axis.texts}
+        assert labels == {f"{m[k]:.3f}" for m in stages for k in ("loss", "accuracy")}
+        (loss_line,), (accuracy_line,) = loss_axis.get_lines(), accuracy_axis.get_lines()
+        assert loss_line.get_markerfacecolor() == "none" and loss_line.get_markersize() > accuracy_line.get_markersize()
+        plt.close(fig)

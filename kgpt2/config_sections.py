@@ -16,6 +16,7 @@ bounds (`at_least`, `Literal` choices, rules of one section in
 from __future__ import annotations
 
 import dataclasses
+import math
 import functools
 import json
 import re
@@ -61,6 +62,8 @@ def check_fields(section) -> None:
         if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
             allowed = ", ".join(show_value(a) for a in typing.get_args(hint))
             raise UserError(f"{key} must be one of {allowed}; got {show_value(value)}")
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every `<` check below
+            raise UserError(f"{key} must be a finite number; got {show_value(value)}")
         low, below = f.metadata.get("min"), f.metadata.get("below")
         if low is not None and value < low:
             raise UserError(f"{key} must be at least {low}; got {show_value(value)}")

@@ -63,7 +63,10 @@ def filter_logits(logits, temperature, top_k, top_p):
     """
     from keras import ops
 
-    scaled = ops.cast(logits, "float32") / _per_row(temperature, "float32")
+    logits = ops.cast(logits, "float32")
+    # The row's largest logit taken out before dividing: a tiny temperature (1e-10) turned the top logits into
+    # ~1e11 and the compiled softmax dropped the top token; shifted, the top is exactly 0 for any temperature.
+    scaled = (logits - ops.max(logits, axis=-1, keepdims=True)) / _per_row(temperature, "float32")
     probs = ops.softmax(scaled, axis=-1)
     bits = ops.view(probs, "int32")
     top_k, top_p = _per_row(top_k, "int32")[:, 0], _per_row(top_p, "float32")[:, 0]

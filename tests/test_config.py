@@ -173,3 +173,15 @@ def test_a_folder_given_as_config_says_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pubmed_lora").mkdir()  # a run named like a recipe: the same command keeps meaning the recipe
     assert load_config("pubmed_lora").lora.enabled
+
+
+@pytest.mark.parametrize("override", ["train.learning_rate=nan", "generate.temperature=inf", "lora.alpha=-inf",
+                                      "align.beta=nan", "model.dropout=nan"])
+def test_a_value_that_is_no_finite_number_is_refused(override):
+    """NaN passed every bound (`nan <= 0` is False): `kgpt2 generate --temperature nan` printed the prompt alone
+    and exited 0, a NaN learning rate was accepted."""
+    from kgpt2.config import load_config
+
+    key, value = override.split("=")
+    with pytest.raises(UserError, match=rf"^{key} must be a finite number; got {value}$"):
+        load_config(None, [override])

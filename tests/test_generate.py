@@ -83,6 +83,36 @@ def test_top_k_top_p_support_sets(temperature, k, p):
         assert set(draws.tolist()) == support
 
 
+def _compiled(fn):
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+        return jax.jit(fn)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        return tf.function(fn, jit_compile=True)
+    return fn
+
+
+@pytest.mark.parametrize("temperature", [1e-5, 1e-10, 1e-20, 1e-30])
+def test_a_tiny_temperature_samples_the_most_likely_token(temperature):
+    """`temperature: 1e-10` (a client's way to say "greedy") drew a wrong token every time, whatever the seed:
+    the compiled softmax of logits / 1e-10 dropped the top token from the top-k / top-p support."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    for excluded in (-1e9, -np.inf, np.finfo("float32").min):  # padded vocabulary entries, as models mask them
+        logits = (rng.normal(size=(4, 512)) * 3).astype("float32")
+        logits[:, 500:] = excluded
+        for k, p in ((50, 1.0), (512, 0.9), (40, 0.95)):
+            draw = _compiled(lambda x, t: sample(x, np.zeros(4, bool), t, np.full(4, k, "int32"),
+                                                 np.full(4, p, "float32"), np.arange(4, dtype="int32"),
+                                                 np.zeros(4, "int32")))
+            drawn = keras.ops.convert_to_numpy(draw(logits, np.full(4, temperature, "float32")))
+            assert drawn.tolist() == logits.argmax(-1).tolist(), (excluded, k, p)
+
+
 def test_kerashub_top_p_draws_fall_in_our_support():
     import keras
     import keras_hub

@@ -529,3 +529,61 @@ def test_an_offline_preset_download_is_one_plain_sentence_naming_prepares_option
         "kgpt2: error: could not download the tokenizer of preset 'gpt2_base_en': no network connection (and it is "
         "not in the KerasHub cache); to work offline, pass --tokenizer DIR (vocabulary.json + merges.txt, or "
         "OpenAI's encoder.json + vocab.bpe) or --preset with a local preset directory\n")
+
+
+def test_a_table_jsonl_with_a_bad_or_cut_line_is_prepared_without_it(cli, tmp_path):
+    """One line that is not JSON (or a cut-off last line) refused the whole file with pandas' own words:
+    `badline.jsonl: cannot parse near row 0: Unexpected character found when decoding 'null' at position 28`."""
+    bad = tmp_path / "badline.jsonl"
+    bad.write_text('{"text": "hello world one"}\nnot json at all\n{"text": "hello world two"}\n{"text": "cut')
+    rc, err = cli("--source", str(bad), "--out", str(tmp_path / "shards"), "--splits", "train")
+    assert rc == 0 and err.startswith(f"kgpt2: {bad} has no id column: its rows are named badline.jsonl:<row>")
+    manifest = ShardSet(tmp_path / "shards").manifest
+    assert ShardSet(tmp_path / "shards").split("train").ids() == ["badline.jsonl:0", "badline.jsonl:2"]
+    assert manifest["skipped"] == {"total": 2, "by_reason": {"invalid or truncated JSON": 2},
+                                   "examples": [f"{bad}:2: invalid or truncated JSON",
+                                                f"{bad}:4: invalid or truncated JSON"]}
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_text("not json\n")
+    before = tree(tmp_path)
+    assert cli("--source", str(nothing), "--format", "table", "--out", str(tmp_path / "o")) == (
+        2, f"kgpt2: error: source '{nothing}' holds no documents (1 record skipped, e.g. {nothing}:1: invalid or "
+           "truncated JSON)\n")
+    assert tree(tmp_path) == before
+
+
+def test_a_shard_set_or_a_run_as_the_source_is_refused(cli, tmp_path, corpus):
+    """`--source <shard set>` tokenised its *.ids.txt as articles (format "folder"); a run's files alike."""
+    assert cli("--source", str(corpus), "--out", str(tmp_path / "shards"))[0] == 0
+    run = tmp_path / "run"
+    (run / "ckpt-10").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "notes.txt").write_text("a run's note")
+    before = tree(tmp_path)
+    shards = tmp_path / "shards"
+    assert cli("--source", str(shards), "--out", str(tmp_path / "o")) == (
+        2, f"kgpt2: error: '{shards}' is a kgpt2 shard set (what `kgpt2 prepare` writes), not a corpus; train on it "
+           f"with data.shards = \"{shards}\", or prepare the corpus it was made from\n")
+    assert cli("--source", str(run), "--format", "folder", "--out", str(tmp_path / "o")) == (
+        2, f"kgpt2: error: '{run}' is a kgpt2 run (config.json and checkpoints), not a corpus; pass --source the "
+           "corpus to prepare\n")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("encoding, named, iconv", [("utf-16", "UTF-16, not UTF-8", "utf-16"),
+                                                     ("latin-1", "not UTF-8", "latin1")])
+def test_a_text_file_in_another_encoding_is_told_how_to_re_encode_it(cli, tmp_path, encoding, named, iconv):
+    """`holds no documents (1 records skipped, e.g. in/utf16.txt:1: not UTF-8)`: no hint, "1 records"."""
+    path = tmp_path / "notes.txt"
+    path.write_text("caf\u00e9 au lait\n", encoding=encoding)
+    assert cli("--source", str(path), "--out", str(tmp_path / "o")) == (
+        2, f"kgpt2: error: source '{path}' holds no documents (1 record skipped, e.g. {path}:1: {named}); "
+           f"re-encode it as UTF-8 (e.g. iconv -f {iconv} -t utf-8)\n")
+
+
+def test_a_csv_without_the_text_column_is_refused_without_a_note_about_ids_first(cli, tmp_path):
+    """A warning "no id column ... keep the file's name and row order" came before the fatal error."""
+    path = tmp_path / "t.csv"
+    path.write_text("body\nx\n")
+    assert cli("--source", str(path), "--out", str(tmp_path / "o")) == (
+        2, f"kgpt2: error: {path}: no column 'text' (columns: body); pass --text-column\n")

@@ -206,7 +206,7 @@ def test_cli_prepare_reports_skipped_records(tmp_path, shared_data, capsys):
     prepare_verb("--source", str(corpus), "--out", str(tmp_path / "out"), "--contents", "abstract")
     out = capsys.readouterr().out
     assert "validation:        5 articles" in out
-    assert "skipped 1 records: {'invalid or truncated JSON': 1}" in out and f"{corpus}:3" in out
+    assert "skipped 1 record: {'invalid or truncated JSON': 1}" in out and f"{corpus}:3" in out
     with pytest.raises(UserError, match="nope.jsonl' does not exist"):
         prepare_verb("--source", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o2"))
 

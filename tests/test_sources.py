@@ -171,8 +171,8 @@ def test_bad_json_lines_non_utf8_and_empty_documents_are_skipped_and_counted(coh
     docs = list(src)
     assert [d.id for d in docs] == ["PMC1000", "PMC1001"]
     assert src.stats.skipped == {"invalid or truncated JSON": 2, "not UTF-8": 1, "empty document": 1}
-    assert src.stats.examples[:3] == [f"{bad}:2: invalid or truncated JSON", f"{bad}:3: invalid or truncated JSON",
-                                      f"{bad}:4: not UTF-8"]
+    assert src.stats.examples == [f"{bad}:2: invalid or truncated JSON", f"{bad}:3: invalid or truncated JSON",
+                                  f"{bad}:4: not UTF-8", f"{bad}:5: empty document"]  # its line, not its id 'z'
 
 
 def test_wrong_schema_is_a_hard_error_naming_file_and_line(tmp_path, cohan_file, shared_data):
@@ -182,7 +182,7 @@ def test_wrong_schema_is_a_hard_error_naming_file_and_line(tmp_path, cohan_file,
         list(open_source(path, fmt="papers"))
     alpaca = tmp_path / "alpaca.json"
     alpaca.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"question": "c"}]))
-    with pytest.raises(UserError, match=r"alpaca.json \[record 1\]: expected"):
+    with pytest.raises(UserError, match=r"alpaca.json \[record 2\]: expected an output field, found question$"):
         list(open_source(alpaca, fmt="alpaca"))
     broken = tmp_path / "broken.json"
     broken.write_text('[\n{"instruction": "a",\n "output": "b"},\n{"instruction": \n')
@@ -324,3 +324,104 @@ def test_a_broken_json_array_names_its_line_after_blank_lines(tmp_path, codec):
     path.write_bytes(gzip.compress(text) if codec else text)
     with pytest.raises(UserError, match=rf"a.json{codec}:4: invalid JSON \(Expecting value\)$"):
         list(open_source(str(path), "alpaca"))
+
+
+# A table's bad lines, skip reasons and places ------------------------------------------------------
+def test_bad_lines_of_a_table_jsonl_are_skipped_and_the_rest_keep_their_names(tmp_path, monkeypatch):
+    """One bad line failed the whole file with pandas' "cannot parse near row 0: Unexpected character found when
+    decoding 'null'"; a truncated last line did too. The rows' names (so their splits) are those of the good file."""
+    import kgpt2.data.records as records
+
+    monkeypatch.setattr(records, "_TABLE_CHUNK_ROWS", 3)  # the bad line in the 2nd chunk, a blank line in the 1st
+    good = [json.dumps({"text": f"hello world {i}"}) for i in range(8)]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("\n".join(good[:2] + [""] + good[2:]) + "\n")
+    bad = tmp_path / "bad.jsonl"  # the same with line 5 broken, line 7 not UTF-8 and the last line cut off
+    bad.write_bytes("\n".join(good[:2] + ["", good[2], "not json at all", good[4], '{"text": "caf\xe9"}', good[6],
+                                          good[7][:-5]]).encode("latin-1"))
+    expected = [(f"clean.jsonl:{i}", f"hello world {i}") for i in range(8)]
+    assert [(d.id, d.text) for d in open_source(clean)] == expected
+    src = open_source(bad)
+    assert src.format == "table"
+    # A bad row keeps its place, so the good ones after it are named (and split) as in the clean file.
+    assert [(d.id.replace("bad", "clean"), d.text) for d in src] == [expected[i] for i in (0, 1, 2, 4, 6)]
+    assert src.stats.skipped == {"invalid or truncated JSON": 2, "not UTF-8": 1}
+    assert src.stats.examples == [f"{bad}:5: invalid or truncated JSON", f"{bad}:7: not UTF-8",
+                                  f"{bad}:9: invalid or truncated JSON"]
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_text("not json\n{broken\n")
+    with pytest.raises(UserError, match="none of the 2 lines of .* is UTF-8 JSON; it is not JSON Lines"):
+        open_source(nothing)
+
+
+def test_a_table_row_without_text_says_what_is_wrong_and_where(tmp_path):
+    """`{"text": 5}`, `{"text": null}` and `{"other": "x"}` were all "empty document", at `file:<0-based row>`."""
+    import pandas as pd
+
+    path = tmp_path / "line5.jsonl"
+    path.write_text('{"text": "a b"}\n{"text": 5}\n{"text": null}\n{"other": "x"}\n{"text": " "}\n')
+    src = open_source(path)
+    assert [d.id for d in src] == ["line5.jsonl:0"]
+    assert src.stats.examples == [f"{path}:2: 'text' is not a string (a number)", f"{path}:3: 'text' is null",
+                                  f"{path}:4: no 'text' field", f"{path}:5: empty document"]
+    table = tmp_path / "t.parquet"
+    pd.DataFrame({"text": ["a", None, ""], "id": ["x", "y", "z"]}).to_parquet(table)
+    src = open_source(table, fmt="table")
+    assert [d.id for d in src] == ["x"]
+    assert src.stats.examples == [f"{table} [row 2]: 'text' is null", f"{table} [row 3]: empty document"]
+
+
+def test_places_are_one_based_and_alpaca_says_an_output(tmp_path):
+    """An Alpaca array's 2nd record was `[record 1]`; a text part's place was its 0-based id; "a output"."""
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "a", "output": "b"}, 3, {"instruction": "c", "output": " "}]))
+    src = open_source(alpaca)
+    assert [d.id for d in src] == ["alpaca:0"]  # ids (so splits) unchanged
+    assert src.stats.examples == [f"{alpaca} [record 2]: not a JSON object", f"{alpaca} [record 3]: empty output"]
+    text = tmp_path / "parts.txt"
+    text.write_text("one\n\n   \n\nthree\n")
+    src = open_source(text, separator="\n\n")
+    assert [d.id for d in src] == ["parts.txt:0", "parts.txt:2"]
+    assert src.stats.examples == [f"{text}:3: empty document"]
+
+
+def test_a_csv_without_the_text_column_gets_no_note_about_its_ids_first(tmp_path):
+    """The "no id column: keep the file's name and row order" note came before the fatal "no column 'text'"."""
+    from kgpt2.data.records import unnamed_rows_note
+
+    path = tmp_path / "t.csv"
+    path.write_text("body\nx\n")
+    src = open_source(path)
+    assert unnamed_rows_note(src) is None
+    with pytest.raises(UserError, match=r"t.csv: no column 'text' \(columns: body\); pass --text-column$"):
+        list(src)
+
+
+def test_kgpt2_shard_sets_and_runs_are_not_corpora(tmp_path):
+    """`--source <shard set>` tokenised its ids.txt as articles (format "folder"); a run's votes.jsonl as papers."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({"format": "kgpt2-shards/1", "splits": {}}))
+    (shards / "train.ids.txt").write_text("a\n")
+    run = tmp_path / "run"
+    (run / "ckpt-10").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "votes.jsonl").write_text('{"prompt": "p", "chosen": "c"}\n')
+    for fmt in (None, "folder"):
+        with pytest.raises(UserError, match=f"^'{shards}' is a kgpt2 shard set .*, not a corpus; train on it"):
+            open_source(shards, fmt)
+        with pytest.raises(UserError, match=f"^'{run}' is a kgpt2 run .*, not a corpus"):
+            open_source(run, fmt)
+    (run / "ckpt-10").rmdir()  # a folder with a config.json of its own is still a corpus
+    (run / "notes.txt").write_text("hello")
+    assert detect_format(str(run)) == "papers"
+
+
+def test_sumpubmed_and_folder_formats_say_they_take_a_folder(tmp_path):
+    path = tmp_path / "line5.jsonl"
+    path.write_text('{"text": "a"}\n')
+    with pytest.raises(UserError, match=rf"^--format sumpubmed reads a SumPubMed folder \(line_text/text_<i>.txt, "
+                                        rf"abstract/abstract_<i>.txt\), and '{path}' is a file$"):
+        open_source(path, "sumpubmed")
+    with pytest.raises(UserError, match="^--format folder reads a folder of .txt files"):
+        open_source(path, "folder")

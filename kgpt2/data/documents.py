@@ -17,6 +17,7 @@ class Document:
     id: str
     text: str
     split: str | None = None  # a source's own split, when it has one
+    where: str | None = None  # where a skip message puts it (file:line, [row N]); its id when None
 
 
 @dataclass
@@ -33,3 +34,23 @@ class SourceStats:
     @property
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        """What was skipped, for the error of a source left with no document; "" when nothing was.
+
+        >>> stats = SourceStats()
+        >>> stats.skip("not UTF-8", "notes.txt:1")
+        >>> stats.summary()
+        ' (1 record skipped, e.g. notes.txt:1: not UTF-8); re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)'
+        """
+        n = self.total_skipped
+        if not n:
+            return ""
+        text = f" ({n} record{'' if n == 1 else 's'} skipped, e.g. {'; '.join(self.examples[:3])})"
+        encoding = next((r for r in ENCODINGS if r in self.skipped), None)
+        return text + (f"; re-encode it as UTF-8 (e.g. iconv -f {ENCODINGS[encoding]} -t utf-8)" if encoding else "")
+
+
+# A reader's skip reason for text in another encoding -> what iconv is told it is (latin-1 is the usual guess).
+NOT_UTF8, UTF16 = "not UTF-8", "UTF-16, not UTF-8"
+ENCODINGS = {UTF16: "utf-16", NOT_UTF8: "latin1"}

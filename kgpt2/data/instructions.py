@@ -125,14 +125,16 @@ def _records(src):
         return
     for split_name, rows in load_hf(str(src.path)).items():
         for i, row in enumerate(rows):
-            yield f"{src.path} [{split_name} row {i}]", dict(row, id=row.get("id", f"{split_name}:{i}"))
+            yield f"{src.path} [{split_name} row {i + 1}]", dict(row, id=row.get("id", f"{split_name}:{i}"))
 
 
 def _read(src, response_key: str):
     stem = plain(str(src.path)).stem
     for n, (where, record) in enumerate(_records(src)):
         if response_key not in record:
-            raise UserError(f"{where}: expected a {response_key} field, found {', '.join(sorted(record)) or 'none'}")
+            article = "an" if response_key[0] in "aeiou" else "a"
+            raise UserError(f"{where}: expected {article} {response_key} field, "
+                            f"found {', '.join(sorted(record)) or 'none'}")
         if record[response_key] is None:  # a tied demo vote
             src.stats.skip(f"no {response_key}", where)
             continue
@@ -144,9 +146,9 @@ def _read(src, response_key: str):
         doc_id = str(record.get("id", f"{stem}:{n}"))
         if isinstance(prompt, list):  # a chat prompt: the conversation with this answer, as `messages` trains
             messages = prompt + [{"role": "assistant", "content": response}]
-            yield ChatDocument(doc_id, _chat_text(messages), messages=messages)
+            yield ChatDocument(doc_id, _chat_text(messages), where=where, messages=messages)
         else:
-            yield InstructionDocument(doc_id, prompt + response, prompt_chars=len(prompt))
+            yield InstructionDocument(doc_id, prompt + response, where=where, prompt_chars=len(prompt))
 
 
 def read_alpaca(src):
@@ -174,7 +176,7 @@ def read_messages(src):
         if not any(trained for _, trained in segments):
             src.stats.skip("no assistant turn", where)
             continue
-        yield ChatDocument(str(record.get("id", f"{stem}:{n}")), _chat_text(messages), messages=messages)
+        yield ChatDocument(str(record.get("id", f"{stem}:{n}")), _chat_text(messages), where=where, messages=messages)
 
 
 def _chat_text(messages: list) -> str:

@@ -61,7 +61,7 @@ def read_papers(src):
                 raise UserError(f"{where}: not a scientific_papers record (expected article_text/abstract_text, "
                                 f"article/abstract or text/summary; found {', '.join(sorted(record)) or 'no keys'})")
             doc_id = str(record.get("article_id") or record.get("id") or f"{stem}:{lineno}")
-            yield Document(doc_id, paper_text(record, src.contents, where), split)
+            yield Document(doc_id, paper_text(record, src.contents, where), split, where)
 
 
 def read_hf(src):
@@ -71,11 +71,11 @@ def read_hf(src):
     for split_name, rows in splits.items():
         split = SPLIT_NAMES.get(split_name.lower()) if path.startswith("hf:") else None
         for i, row in enumerate(rows):
-            row_where = f"{where} [{split_name} row {i}]"
+            row_where = f"{where} [{split_name} row {i + 1}]"  # 1-based, as file:line is (the id keeps i)
             if i == 0 and not set(row) & set(BODY_KEYS + ABSTRACT_KEYS):
                 raise UserError(f"{row_where}: expected article/abstract columns, found {', '.join(row)}")
             doc_id = str(row.get("article_id") or row.get("id") or f"{split_name}:{i}")
-            yield Document(doc_id, paper_text(row, src.contents, row_where), split)
+            yield Document(doc_id, paper_text(row, src.contents, row_where), split, row_where)
 
 
 def read_sumpubmed(src):
@@ -100,7 +100,7 @@ def read_sumpubmed(src):
                 src.stats.skip("not UTF-8", f"{path}:{line}")
                 break
         else:
-            yield Document(f"sumpubmed_{i}", "\n\n".join(p for p in parts if p))
+            yield Document(f"sumpubmed_{i}", "\n\n".join(p for p in parts if p), where=str(body_path))
 
 
 def _without_headers(text: str) -> str:

@@ -58,7 +58,7 @@ def _records(path: Path):
         raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
     if text.lstrip().startswith("["):
         try:
-            yield from ((f"{path} [record {i}]", r) for i, r in enumerate(json.loads(text)))
+            yield from ((f"{path} [record {i}]", r) for i, r in enumerate(json.loads(text), 1))  # 1-based, as lines
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
         return

@@ -18,7 +18,10 @@ a wrong schema is a `UserError` naming the file and row.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
+import math
 from pathlib import Path
 
 from kgpt2.data.compression import open_bytes, plain
@@ -33,21 +36,24 @@ def jsonl_records(path: Path, stats: SourceStats):
     """(line number, dict) for each valid JSON object line; bad lines are counted."""
     with open_bytes(path) as f:
         for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                stats.skip("not UTF-8", where)
-                continue
-            except json.JSONDecodeError:
-                stats.skip("invalid or truncated JSON", where)
-                continue
-            if not isinstance(record, dict):
-                stats.skip("not a JSON object", where)
-                continue
-            yield lineno, record
+            if raw.strip() and (record := json_object(raw, f"{path}:{lineno}", stats)) is not None:
+                yield lineno, record
+
+
+def json_object(raw: bytes, where: str, stats: SourceStats) -> dict | None:
+    """The JSON object of one line, or None when it is not UTF-8 JSON of an object (skipped and counted)."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        stats.skip("not UTF-8", where)
+        return None
+    except json.JSONDecodeError:
+        stats.skip("invalid or truncated JSON", where)
+        return None
+    if not isinstance(record, dict):
+        stats.skip("not a JSON object", where)
+        return None
+    return record
 
 
 def json_array(path: Path):
@@ -81,7 +87,7 @@ def json_records(src):
         for lineno, record in jsonl_records(path, src.stats):
             yield f"{path}:{lineno}", record
         return
-    for i, record in enumerate(records):
+    for i, record in enumerate(records, 1):  # [record 1] is the first, as file:1 is the first line
         if not isinstance(record, dict):
             src.stats.skip("not a JSON object", f"{path} [record {i}]")
             continue
@@ -96,6 +102,7 @@ def first_record(p: Path):
     """
     with open_bytes(p) as f:
         line = f.readline()
+        utf16 = line[:2] in (b"\xff\xfe", b"\xfe\xff")  # a byte-order mark: Windows' "Unicode" text
         while line and not line.strip():
             line = f.readline()
         if line.lstrip().startswith(b"["):  # a JSON array: look at its first object
@@ -109,7 +116,8 @@ def first_record(p: Path):
                 first_bad = first_bad or isinstance(e, UnicodeDecodeError)
                 line = f.readline()
     if bad:
-        advice = ("it is in another encoding: re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)" if first_bad
+        advice = ("it is UTF-16: re-encode it as UTF-8 (e.g. iconv -f utf-16 -t utf-8)" if utf16
+                  else "it is in another encoding: re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)" if first_bad
                   else "it is not JSON Lines: pass --format")
         raise UserError(f"none of the {bad} lines of '{p}' is UTF-8 JSON; {advice}")
     return None
@@ -142,21 +150,66 @@ def _refuse_without_the_hub(path: str) -> None:
                         "Hub, so prepare where there is a network, or pass a local copy (.parquet, .jsonl)")
 
 
-def _table_chunks(path: Path):
-    """DataFrames of a CSV/TSV/JSONL/parquet file, a few thousand rows at a time."""
+def _table_chunks(path: Path, stats: SourceStats):
+    """(DataFrame, places) of a CSV/TSV/JSONL/parquet file, a few thousand rows at a time. A place per row of
+    the frame: (its row from 0, which names it, where a message puts it, its JSON line or None)."""
     import pandas as pd
 
-    suffix = plain(path).suffix.lower()  # pandas unpacks a .csv.gz or .jsonl.gz itself
+    suffix = plain(path).suffix.lower()  # pandas unpacks a .csv.gz itself
+    if suffix in (".jsonl", ".json"):
+        yield from _jsonl_table_chunks(path, stats)
+        return
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=_TABLE_CHUNK_ROWS):
-            yield batch.to_pandas()
-    elif suffix in (".jsonl", ".json"):
-        yield from pd.read_json(path, lines=True, chunksize=_TABLE_CHUNK_ROWS, dtype=False)
+        frames = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=_TABLE_CHUNK_ROWS))
     else:
-        yield from pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", chunksize=_TABLE_CHUNK_ROWS,
-                               dtype=str, keep_default_na=False)
+        frames = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", chunksize=_TABLE_CHUNK_ROWS,
+                             dtype=str, keep_default_na=False)
+    row = 0
+    for frame in frames:  # [row 1] is the first row after the header, as file:1 is a file's first line
+        yield frame, [(row + j, f"{path} [row {row + j + 1}]", None) for j in range(len(frame))]
+        row += len(frame)
+
+
+def _jsonl_table_chunks(path: Path, stats: SourceStats):
+    """A JSON Lines table in the chunks pandas' chunked reader made (2,048 lines, blank ones dropped), so the
+    values, and the names of rows without an id, are what they were. A bad line failed the whole file there; here
+    it is skipped and counted, and still counts as a row, so the rows after it keep their names (and splits)."""
+    lineno = row = 0
+    # newline="" ends lines where pandas did; surrogateescape keeps a non-UTF-8 line for json_object to count
+    with open_bytes(path) as raw, io.TextIOWrapper(raw, "utf-8", "surrogateescape", newline="") as f:
+        while lines := list(itertools.islice(f, _TABLE_CHUNK_ROWS)):
+            places = []
+            for line in lines:
+                lineno += 1
+                if line.strip():
+                    places.append((row, f"{path}:{lineno}", line))
+                    row += 1
+            frame, places = _lines_frame(places, stats)
+            if places:
+                yield frame, places
+
+
+def _lines_frame(places: list, stats: SourceStats):
+    """(DataFrame, places) of JSON lines as pandas reads them; if pandas refuses them, of their valid lines."""
+    import pandas as pd
+
+    def parse(places):
+        frame = pd.read_json(io.StringIO("\n".join(line.strip() for *_, line in places)), lines=True, dtype=False)
+        if len(frame) != len(places):  # e.g. `{...}, {...}` on one line
+            raise ValueError("a line holds more than one JSON value")
+        return frame
+
+    try:
+        return parse(places), places
+    except ValueError:  # which line: json.loads names none, so each line is tried apart
+        places = [p for p in places if json_object(p[2].encode("utf-8", "surrogateescape"), p[1], stats) is not None]
+    try:
+        return (parse(places) if places else None), places
+    except ValueError as e:  # valid JSON to Python, not to pandas (NaN, a huge number, ...)
+        raise UserError(f"{places[0][1]}: pandas cannot read the lines from here on: "
+                        f"{str(e).splitlines()[0][:200]}; pass --format") from None
 
 
 def unnamed_rows_note(src) -> str | None:
@@ -167,7 +220,10 @@ def unnamed_rows_note(src) -> str | None:
         return None  # a folder's files are named by their paths; hf: rows by their split and row
     try:
         if src.format == "table":
-            names, has_id = f"{plain(path).name}:<row>", "id" in next(_table_chunks(path)).columns
+            columns = next(_table_chunks(path, SourceStats()))[0].columns
+            if src.text_column not in columns:
+                return None  # the reader refuses the file: no note before that error
+            names, has_id = f"{plain(path).name}:<row>", "id" in columns
         else:
             names, has_id = f"{plain(path).stem}:<record>", "id" in (first_record(path) or {})
     except Exception:  # unreadable: the reader says why, with the row
@@ -180,18 +236,40 @@ def unnamed_rows_note(src) -> str | None:
 
 
 def read_table(src):
-    path, column, row = Path(src.path), src.text_column, 0
+    path, column, rows = Path(src.path), src.text_column, 0
     try:
-        for chunk in _table_chunks(path):
-            if column not in chunk.columns:
+        for chunk, places in _table_chunks(path, src.stats):
+            if column not in chunk.columns and not rows:  # a JSON Lines chunk may lack it: its rows are skipped
                 raise UserError(f"{path}: no column '{column}' (columns: {', '.join(map(str, chunk.columns))}); "
                                 "pass --text-column")
             ids = chunk["id"] if "id" in chunk.columns else None
-            for j, text in enumerate(chunk[column].tolist()):
-                doc_id = str(ids.iloc[j]) if ids is not None else f"{plain(path).name}:{row + j}"
-                yield Document(doc_id, text if isinstance(text, str) else "")
-            row += len(chunk)
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 near row {row}; re-encode the file as UTF-8") from None
-    except ValueError as e:  # pandas' parse errors (a truncated JSON line, a ragged CSV row)
-        raise UserError(f"{path}: cannot parse near row {row}: {str(e).splitlines()[0][:200]}") from None
+            texts = chunk[column].tolist() if column in chunk.columns else [None] * len(chunk)
+            for j, (text, (row, where, line)) in enumerate(zip(texts, places)):
+                if not isinstance(text, str):
+                    src.stats.skip(_no_text(column, text, line), where)
+                    continue
+                doc_id = str(ids.iloc[j]) if ids is not None else f"{plain(path).name}:{row}"
+                yield Document(doc_id, text, where=where)
+            rows = places[-1][0] + 1
+    except UnicodeDecodeError:  # a CSV's: pandas decodes blocks of it, so only near which row is known
+        raise UserError(f"{path}: not UTF-8 near row {rows + 1}; re-encode the file as UTF-8") from None
+    except ValueError as e:  # pandas' parse errors (a ragged CSV row)
+        raise UserError(f"{path}: cannot parse near row {rows + 1}: {str(e).splitlines()[0][:200]}") from None
+
+
+_JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+def _no_text(column: str, value, line: str | None) -> str:
+    """Why a row holds no text: no such field, a null, or another type (of the JSON line, when there is one)."""
+    if line is not None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = {column: value}
+        if column not in record:
+            return f"no '{column}' field"
+        value = record[column]
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: pandas' missing value
+        return f"'{column}' is null"
+    return f"'{column}' is not a string ({_JSON_KINDS.get(type(value), type(value).__name__)})"

@@ -212,7 +212,7 @@ def _documents(src, splits, fractions, seed, max_doc_chars):
     tail = tail_fraction(splits)
     for doc in split_tail(src, tail) if tail else src:
         if len(doc.text) > max_doc_chars:
-            src.stats.skip(f"document over {max_doc_chars:,} characters", doc.id)
+            src.stats.skip(f"document over {max_doc_chars:,} characters", doc.where or doc.id)
             continue
         if splits == "train":
             doc.split = "train"
@@ -285,9 +285,7 @@ def _write_batch(writers: dict, batch, encoded: dict) -> int:
 def _manifest(src, tokenizer: Tokenizer, dtype, split_info: dict) -> dict:
     """The shard set's manifest from its splits' entries; a source that gave no document is refused."""
     if sum(s["num_articles"] for s in split_info.values()) == 0:
-        detail = f" ({src.stats.total_skipped} records skipped, e.g. {'; '.join(src.stats.examples[:3])})" \
-            if src.stats.total_skipped else ""
-        raise UserError(f"source '{src.path}' holds no documents{detail}")
+        raise UserError(f"source '{src.path}' holds no documents{src.stats.summary()}")
     content = hashlib.sha256("".join(split_info[n]["sha256"] for n in SPLITS).encode())
     return {
         "format": FORMAT,

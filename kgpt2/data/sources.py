@@ -42,13 +42,16 @@ from pathlib import Path
 from typing import Iterator
 
 from kgpt2.data.compression import damaged_sentence, is_damaged, open_bytes, plain, refuse_unsupported
-from kgpt2.data.documents import Document, SourceStats
+from kgpt2.data.documents import NOT_UTF8, UTF16, Document, SourceStats
 from kgpt2.data.instructions import read_alpaca, read_messages, read_preferences
 from kgpt2.data.papers import ABSTRACT_KEYS, BODY_KEYS, read_hf, read_papers, read_sumpubmed
 from kgpt2.data.records import first_record, read_table
+from kgpt2.data.shard_folder import FORMAT as SHARD_FORMAT, MANIFEST, read_manifest
 from kgpt2.errors import UserError
 
 CONTENTS = ("body", "abstract", "both")
+_FOLDER_FORMATS = {"sumpubmed": "a SumPubMed folder (line_text/text_<i>.txt, abstract/abstract_<i>.txt)",
+                   "folder": "a folder of .txt files (--format text reads one file)"}
 
 
 class Source:
@@ -68,7 +71,7 @@ class Source:
         try:
             for doc in _READERS[self.format](self):
                 if not doc.text.strip():
-                    self.stats.skip("empty document", doc.id)
+                    self.stats.skip("empty document", doc.where or doc.id)
                     continue
                 self.stats.read += 1
                 yield doc
@@ -99,6 +102,7 @@ def detect_format(path: str) -> str:
     if not p.exists():
         raise UserError(f"source '{path}' does not exist")
     if p.is_dir():
+        refuse_kgpt2_folder(p)
         if (p / "line_text").is_dir():
             return "sumpubmed"
         if any(plain(f).suffix == ".jsonl" for f in p.iterdir()):
@@ -144,7 +148,22 @@ def open_source(path: str, fmt: str | None = None, contents: str = "both",
         raise UserError(f"unknown contents '{contents}' (one of: {', '.join(CONTENTS)})")
     if fmt != "pydoc" and not path.startswith("hf:") and not Path(path).exists():
         raise UserError(f"source '{path}' does not exist")
+    if fmt != "pydoc" and Path(path).is_dir():
+        refuse_kgpt2_folder(Path(path))  # a --format given does not make them a corpus
+    if fmt in _FOLDER_FORMATS and Path(path).is_file():
+        raise UserError(f"--format {fmt} reads {_FOLDER_FORMATS[fmt]}, and '{path}' is a file")
     return Source(path, fmt, contents, text_column, separator)
+
+
+def refuse_kgpt2_folder(p: Path) -> None:
+    """A shard set or a run is kgpt2's output, not a corpus: read as one, its ids.txt (or a run's votes.jsonl)
+    became articles."""
+    if (p / MANIFEST).is_file() and (read_manifest(p).get("format") == SHARD_FORMAT or any(p.glob("*.ids.txt"))):
+        raise UserError(f"'{p}' is a kgpt2 shard set (what `kgpt2 prepare` writes), not a corpus; train on it with "
+                        f"data.shards = \"{p}\", or prepare the corpus it was made from")
+    if (p / "config.json").is_file() and (any(p.glob("ckpt-*")) or (p / "logs").is_dir()):
+        raise UserError(f"'{p}' is a kgpt2 run (config.json and checkpoints), not a corpus; pass --source the "
+                        "corpus to prepare")
 
 
 def _folder_files(folder: Path, suffix: str) -> list[Path]:
@@ -175,19 +194,23 @@ def _read_text_file(path: Path, stats: SourceStats, separator: str | None):
         part_index += 1
         lineno += raw.count(b"\n") + (sep.count(b"\n") if sep else 0)
         try:
-            return Document(doc_id, raw.decode("utf-8").strip() if sep else raw.decode("utf-8"))
+            return Document(doc_id, raw.decode("utf-8").strip() if sep else raw.decode("utf-8"), where=where)
         except UnicodeDecodeError:
-            stats.skip("not UTF-8", where)
+            stats.skip(reason, where)
             return None
 
     with open_bytes(path) as f:
-        while chunk := f.read(1 << 20):
+        chunk = f.read(1 << 20)
+        # A byte-order mark: Windows' "Unicode" text, which the skip message (and its iconv hint) names
+        reason = UTF16 if chunk[:2] in (b"\xff\xfe", b"\xfe\xff") else NOT_UTF8
+        while chunk:
             pending += chunk
             if sep:
                 *parts, pending = pending.split(sep)
                 for raw in parts:
                     if (doc := emit(raw)) is not None:
                         yield doc
+            chunk = f.read(1 << 20)
     if (not sep or pending.strip()) and (doc := emit(pending)) is not None:
         yield doc
 

@@ -39,13 +39,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kgpt2.engine import Engine, Sampling
-from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
 from kgpt2.ports import check_port
@@ -56,18 +55,26 @@ from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, Sam
 from kgpt2.templates import chat_prompt_ids, render_prompt
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DISCONNECT_CHECK_S = 0.2  # how often a non-streamed answer asks whether its client is still there
 
 
 def chat_prompt(messages: list[dict], template: str) -> str:
     """Messages as one prompt: the last user message is the instruction, what precedes it its input.
 
     With the `plain` template the contents are joined by blank lines: a plain
-    language model continues the conversation as text.
+    language model continues the conversation as text. The `instruction`
+    template has no place for a message after the instruction (a 400 says so
+    rather than leaving it out), nor for an assistant message to continue.
     """
     if template != "instruction":
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
-    last = max(i for i, m in enumerate(messages) if m["role"] == "user") if any(
-        m["role"] == "user" for m in messages) else len(messages) - 1
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    last = users[-1] if users else len(messages) - 1  # no user message: the last message is the instruction
+    if last < len(messages) - 1 or messages[last]["role"] == "assistant":
+        i = last + 1 if last < len(messages) - 1 else last
+        raise OpenAIError(400, f"messages[{i}] is a {messages[i]['role']} message after the last user message; the "
+                          "run's instruction template answers the last user message and cannot continue after it "
+                          "(end with a user message, or serve a run with the chat template)", param=f"messages.{i}")
     context = "\n".join(m["content"] for m in messages[:last])
     return render_prompt(messages[last]["content"], "instruction", context)
 
@@ -88,6 +95,18 @@ class Service:
     def __init__(self, engine: Engine, model_id: str, defaults, max_queue: int = 64):
         self.engine, self.model_id, self.defaults, self.max_queue = engine, model_id, defaults, max_queue
         self.created = int(time.time())
+        tokenizer = engine.tokenizer
+        # No token covers more UTF-8 bytes than the longest one (decoded, a partial character is U+FFFD: as many
+        # bytes or more), and a character is at least a byte: a text of more characters has more tokens than fit.
+        longest = max(len(tokenizer.decode([i]).encode("utf-8")) for i in range(tokenizer.vocab_size))
+        self.most_chars = engine.cache_length * longest
+
+    def check_chars(self, chars: int, param: str) -> None:
+        """400 for a text too long to fit by its characters alone: refused before tokenizing it (seconds on megabytes)."""
+        if chars > self.most_chars:
+            raise OpenAIError(400, f"{param} is {counted(chars, 'character')}, more than the model's context of "
+                              f"{self.engine.cache_length} tokens can hold (at most {self.most_chars:,} characters)",
+                              param=param, code="context_length_exceeded")
 
     def sampling(self, body: SampledRequest) -> Sampling:
         s = self.defaults.sampling()
@@ -98,9 +117,15 @@ class Service:
                 s = replace(s, **{name: getattr(body, name)})
         return s
 
-    def check_room(self, count: int) -> None:
-        """429 unless `count` more generations fit the slots and the waiting queue."""
-        if self.engine.busy + count > self.engine.slots + self.max_queue:
+    def check_room(self, body: SampledRequest, prompts: int) -> None:
+        """400 when the request's generations exceed what the server ever holds (retrying cannot help), else 429
+        unless they fit the free slots and the waiting queue now."""
+        count, most = prompts * body.n, self.engine.slots + self.max_queue
+        if count > most:
+            raise OpenAIError(400, f"the request needs {count} generations ({counted(prompts, 'prompt')} × n = "
+                              f"{body.n}) and this server holds at most {most} at once (its slots and waiting "
+                              "queue); send fewer prompts or a smaller n", param="n" if body.n > 1 else "prompt")
+        if self.engine.busy + count > most:
             raise OpenAIError(429, "the server's queue is full; retry later", type="rate_limit_exceeded",
                               code="rate_limit_exceeded")
 
@@ -112,6 +137,11 @@ class Service:
         engine = self.engine
         ids = list(ids) or [engine.tokenizer.eos_id]  # empty: a new document
         room, wanted = engine.cache_length - len(ids), 1 if max_tokens is None else max_tokens
+        if wanted > room and not max_tokens:  # no max_tokens (up to the context), or 0 (echo: score the prompt)
+            where = "messages" if isinstance(body, ChatRequest) else "prompt"
+            fills = "leaves no room for an answer in" if max_tokens is None else "is longer than"
+            raise OpenAIError(400, f"the prompt is {counted(len(ids), 'token')}: it {fills} the model's context "
+                              f"of {engine.cache_length} tokens", param=where, code="context_length_exceeded")
         if wanted > room:
             raise OpenAIError(400, f"the prompt is {counted(len(ids), 'token')} and {wanted:,} more "
                               f"{'was' if wanted == 1 else 'were'} asked for; "
@@ -164,7 +194,7 @@ async def _answer(service: Service, http: Request, body: SampledRequest, prompts
     """
     loop = asyncio.get_running_loop()
     woken = asyncio.Queue()
-    service.check_room(len(prompts) * body.n)
+    service.check_room(body, len(prompts))
     prepared = [service.prepare(body, ids, max_tokens) for ids in prompts]  # every check before any work
 
     def wake():  # called on the engine's thread
@@ -179,10 +209,15 @@ async def _answer(service: Service, http: Request, body: SampledRequest, prompts
 
     if not body.stream:
         try:
+            checked = loop.time()
             while not all(r.finished for r in requests):
                 try:
-                    await asyncio.wait_for(woken.get(), timeout=1.0)
+                    await asyncio.wait_for(woken.get(), timeout=DISCONNECT_CHECK_S)
                 except asyncio.TimeoutError:
+                    pass
+                # Checked while tokens flow too, not only when they stop: a client that left frees its slots now.
+                if loop.time() - checked >= DISCONNECT_CHECK_S:
+                    checked = loop.time()
                     if await http.is_disconnected():
                         return JSONResponse({})
         finally:
@@ -296,48 +331,68 @@ def _answer_errors_as_openai(app: FastAPI) -> None:
         return JSONResponse(validation_error(e.errors()).body, status_code=400)
 
 
+class RequireKey:
+    """ASGI middleware: with an API key, every route but /health answers 401 without `Authorization: Bearer KEY`,
+    before its body is read or validated (a client without the key learns nothing from the API's errors)."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.key = app, (api_key or "").encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.key and scope["path"] != "/health" and not self._authorized(scope):
+            error = OpenAIError(401, "Incorrect API key provided", code="invalid_api_key")
+            return await JSONResponse(error.body, status_code=401)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope) -> bool:
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, key = given.partition(b" ")
+        same = secrets.compare_digest(key.strip(), self.key)  # constant time: no timing hints about the key
+        return same and scheme.lower() == b"bearer"  # the scheme is case-insensitive (RFC 7235)
+
+
 def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
     """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
     app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
+    app.add_middleware(RequireKey, api_key=api_key)  # inside RequestEdge: a 401 is logged too
     app.add_middleware(RequestEdge, log_requests=log_requests)  # the 503 at shutdown; a line per request
-
-    async def authorized(http: Request):
-        given = http.headers.get("authorization", "").encode()  # compared in constant time: no timing hints
-        if api_key and not secrets.compare_digest(given, f"Bearer {api_key}".encode()):
-            raise OpenAIError(401, "Incorrect API key provided", code="invalid_api_key")
-
     _answer_errors_as_openai(app)
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": service.model_id, "busy": service.engine.busy, "slots": service.engine.slots}
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": service.created,
                                             "owned_by": "kgpt2"}]}
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
         tokenizer = service.engine.tokenizer
-        ids = prompt_ids(tokenizer, body.prompt)
         _check_scoring(body.stream, body.logprobs is not None)
         _check_stream_options(body)
         if body.max_tokens == 0 and not body.echo:
             raise OpenAIError(400, "max_tokens: 0 generates nothing; with echo: true it scores the prompt",
                               param="max_tokens")
+        for text in [body.prompt] if isinstance(body.prompt, str) else body.prompt:
+            if isinstance(text, str):
+                service.check_chars(len(text), "prompt")
+        # Tokenizing takes time on long texts: off the event loop, so that other clients' answers go on.
+        ids = await asyncio.to_thread(prompt_ids, tokenizer, body.prompt)
         envelope, choice = _completion_shape(_id("cmpl"), int(time.time()), service.model_id, tokenizer, body)
         return await _answer(service, http, body, ids, 16 if body.max_tokens is None else body.max_tokens,
                              envelope, choice)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, http: Request):
         if body.top_logprobs is not None and not body.logprobs:
             raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         _check_scoring(body.stream, body.logprobs)
         _check_stream_options(body)
         messages = message_texts(body.messages)  # content parts as text; an image part is a 400 naming it
-        ids = chat_ids(service.engine.tokenizer, messages, service.defaults.template)
+        service.check_chars(sum(len(m["content"]) for m in messages), "messages")
+        ids = await asyncio.to_thread(chat_ids, service.engine.tokenizer, messages, service.defaults.template)
         envelope, choice = _chat_shape(_id("chatcmpl"), int(time.time()), service.model_id, service.engine.tokenizer,
                                        body)
         return await _answer(service, http, body, [ids], body.max_completion_tokens or body.max_tokens, envelope,

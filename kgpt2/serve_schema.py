@@ -6,6 +6,12 @@ The pydantic models of `/v1/completions` and `/v1/chat/completions` bodies;
 content parts, or null on an assistant turn) the text the prompt template
 renders; `prompt_ids` checks a completions `prompt` and makes it ids.
 
+A body is also refused (400, naming the field) for text that is not valid
+Unicode (a lone surrogate such as `"\\ud83d"`, which no tokenizer can encode)
+and for OpenAI fields kgpt2 does not implement, set to anything but their
+neutral value (`presence_penalty: 0`, `logit_bias: {}`, ...; clients such as
+LangChain send those by default).
+
 Content parts, as the official `openai` client, LangChain and many UIs send
 them: text parts are joined in order with a newline between them (as vLLM
 does); any other part (an image, audio, a file) is a 400 naming its type, since
@@ -27,7 +33,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from kgpt2.sampling import MAX_LOGPROBS
 
@@ -49,14 +56,26 @@ class SampledRequest(BaseModel):
 
     model: str
     max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
     top_k: Optional[int] = Field(None, ge=1)  # an extension, as in vLLM
     seed: Optional[int] = None
     stop: Union[str, list[str], None] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1, le=16)  # choices per prompt (seed + i for choice i when a seed is given)
+    # Not implemented: accepted only at their neutral values (UNSUPPORTED), else refused by name.
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    logit_bias: Optional[dict[str, float]] = None
+
+    @model_validator(mode="after")
+    def _refuse(self):
+        """A request kgpt2 cannot answer as asked: an unsupported field, or text no tokenizer can encode."""
+        refused = _unsupported(self) or _not_unicode(self)
+        if refused:  # `validation_error` answers it as the 400 it says
+            raise PydanticCustomError("kgpt2_refused", "{message}", {"message": refused[0], "param": refused[1]})
+        return self
 
 
 class CompletionRequest(SampledRequest):
@@ -65,6 +84,8 @@ class CompletionRequest(SampledRequest):
     max_tokens: Optional[int] = Field(None, ge=0)  # 0 with echo: score the prompt, generate nothing
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)  # top alternatives per token
     echo: bool = False  # the prompt comes back before the text (with its tokens' logprobs)
+    best_of: Optional[int] = None  # accepted as 1 or n only (UNSUPPORTED)
+    suffix: Optional[str] = None
 
 
 class ContentPart(BaseModel):
@@ -91,6 +112,45 @@ class ChatRequest(SampledRequest):
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
+# OpenAI fields kgpt2 serve does not implement -> (the values that change nothing, as the error names them).
+UNSUPPORTED = {"presence_penalty": ((0,), "0"), "frequency_penalty": ((0,), "0"), "logit_bias": (({},), "{}"),
+               "suffix": (("",), '""')}
+
+
+def _unsupported(body: SampledRequest) -> Optional[tuple[str, str]]:
+    """(message, param) for the first unsupported field set to something that would matter, else None."""
+    for name, (neutral, shown) in UNSUPPORTED.items():
+        value = getattr(body, name, None)
+        if value is not None and value not in neutral:
+            return f"{name}: kgpt2 serve does not support it; leave it out or send {shown}", name
+    best_of = getattr(body, "best_of", None)
+    if best_of not in (None, 1, body.n):  # 1 or n: every choice generated is returned, as without it
+        also = f" or n ({body.n})" if body.n > 1 else ""
+        return f"best_of: kgpt2 serve does not support it; leave it out or send 1{also}", "best_of"
+    return None
+
+
+def _not_unicode(value, where: str = "") -> Optional[tuple[str, str]]:
+    """(message, param) for the first string in `value` (a request, its fields, their items) that is not valid
+    Unicode, else None. JSON's "\\ud83d" escape without its pair decodes to a lone surrogate, which UTF-8 (and so
+    the tokenizer, and the JSON of an error that quoted it) cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return (f"{where} is not valid Unicode text: it holds a lone surrogate (a \\ud800-\\udfff escape "
+                    "without its pair)", where)
+        return None
+    if isinstance(value, BaseModel):
+        value = {**value.__dict__, **(value.model_extra or {})}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _not_unicode(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
 _TEXT_PART = '{"type": "text", "text": ...}'
 # What a field of several accepted shapes takes: pydantic names a failed union by its members
 # (`prompt.str`, `prompt.list[int]`), which says nothing to a client.
@@ -114,6 +174,8 @@ def validation_error(errors: list[dict]) -> OpenAIError:
         'messages.0.content must be a string '
     """
     first = errors[0]
+    if first["type"] == "kgpt2_refused":  # SampledRequest._refuse's own sentence
+        return OpenAIError(400, first["msg"], param=first["ctx"]["param"])
     loc = [str(p) for p in first["loc"][1:]]  # after "body"
     if first["type"] == "json_invalid":
         why = (first.get("ctx") or {}).get("error", first["msg"])

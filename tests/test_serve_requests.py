@@ -92,3 +92,175 @@ def test_a_request_past_the_context_counts_in_plain_english(prompt, wanted, mess
     with pytest.raises(OpenAIError) as refused:
         service.prepare(CompletionRequest(model="tiny", prompt=prompt), prompt, wanted)
     assert refused.value.status == 400 and refused.value.body["error"]["message"] == message
+
+
+@pytest.mark.parametrize("prompt, wanted, chat, param, message", [
+    ([5] * 64, None, True, "messages",
+     "the prompt is 64 tokens: it leaves no room for an answer in the model's context of 64 tokens"),
+    ([5] * 70, 0, False, "prompt", "the prompt is 70 tokens: it is longer than the model's context of 64 tokens")])
+def test_a_prompt_that_alone_fills_the_context_is_named(prompt, wanted, chat, param, message):
+    """A chat request without max_tokens said "1 more was asked for" (param max_tokens); echo with max_tokens 0
+    said "and 0 more were asked for"."""
+    from kgpt2.serve import Service
+    from kgpt2.serve_schema import ChatRequest, CompletionRequest, OpenAIError
+
+    service = Service.__new__(Service)
+    service.model_id, service.engine = "tiny", SimpleNamespace(cache_length=64, tokenizer=SimpleNamespace(eos_id=0))
+    body = (ChatRequest(model="tiny", messages=[{"role": "user", "content": "x"}]) if chat
+            else CompletionRequest(model="tiny", prompt=prompt, echo=True, max_tokens=0))
+    with pytest.raises(OpenAIError) as refused:
+        service.prepare(body, prompt, wanted)
+    error = refused.value.body["error"]
+    assert (error["message"], error["param"], error["code"]) == (message, param, "context_length_exceeded")
+
+
+def test_nan_sampling_fields_must_be_finite(http):
+    """NaN passed `le=2` checks' wording: "Input should be less than or equal to 2"."""
+    for field in ("temperature", "top_p"):
+        e = error(http, "/v1/completions", b'{"model": "tiny", "prompt": "x", "%s": NaN}' % field.encode())
+        assert (e["param"], e["message"]) == (field, f"{field}: Input should be a finite number")
+
+
+@pytest.mark.parametrize("route, field, value, message", [
+    ("/v1/completions", "best_of", 2, "best_of: kgpt2 serve does not support it; leave it out or send 1"),
+    ("/v1/completions", "suffix", "end", 'suffix: kgpt2 serve does not support it; leave it out or send ""'),
+    ("/v1/completions", "presence_penalty", 0.5, "presence_penalty: kgpt2 serve does not support it; leave it out "
+                                                 "or send 0"),
+    ("/v1/chat/completions", "frequency_penalty", -1, "frequency_penalty: kgpt2 serve does not support it; leave it "
+                                                      "out or send 0"),
+    ("/v1/chat/completions", "logit_bias", {"50256": -100}, "logit_bias: kgpt2 serve does not support it; leave it out "
+                                                            "or send {}")])
+def test_unsupported_openai_fields_are_refused_by_name(http, route, field, value, message):
+    """They were silently ignored (200, as if not sent)."""
+    body = {"model": "tiny", "prompt": "x"} if route == "/v1/completions" else {
+        "model": "tiny", "messages": [{"role": "user", "content": "x"}]}
+    e = error(http, route, json.dumps(body | {field: value}).encode())
+    assert (e["param"], e["message"]) == (field, message)
+
+
+def test_unsupported_fields_at_their_neutral_values_are_accepted():
+    """LangChain sends presence_penalty 0, frequency_penalty 0, logit_bias {}, best_of 1 by default."""
+    from kgpt2.serve_schema import ChatRequest, CompletionRequest
+
+    neutral = dict(presence_penalty=0, frequency_penalty=0.0, logit_bias={})
+    CompletionRequest(model="tiny", prompt="x", best_of=1, suffix="", **neutral)
+    CompletionRequest(model="tiny", prompt="x", n=3, best_of=3, suffix=None)
+    ChatRequest(model="tiny", messages=[{"role": "user", "content": "x"}], **neutral)
+
+
+@pytest.mark.parametrize("route, body, param", [
+    ("/v1/completions", rb'{"model": "tiny", "prompt": "a\ud83d"}', "prompt"),
+    ("/v1/completions", rb'{"model": "tiny", "prompt": ["ok", "a\udc00b"]}', "prompt.1"),
+    ("/v1/completions", rb'{"model": "t\ud83diny", "prompt": "x"}', "model"),
+    ("/v1/completions", rb'{"model": "tiny", "prompt": "x", "stop": ["\ud83d"]}', "stop.0"),
+    ("/v1/chat/completions", rb'{"model": "tiny", "messages": [{"role": "user", "content": "a\ud83d"}]}',
+     "messages.0.content"),
+    ("/v1/chat/completions", rb'{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", '
+                             rb'"text": "\ud83d"}]}]}', "messages.0.content.0.text")])
+def test_text_that_is_not_valid_unicode_is_a_400_naming_the_field(served, route, body, param):
+    """A lone surrogate (JSON's "\\ud83d" without its pair) was a bare 500: the tokenizer cannot encode it, nor
+    the JSON of an error that quoted it."""
+    r = served.post(route, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    e = r.json()["error"]
+    assert e["param"] == param and e["message"] == (
+        f"{param} is not valid Unicode text: it holds a lone surrogate (a \\ud800-\\udfff escape without its pair)")
+
+
+# A Service on the real tokenizer code and an engine that runs nothing (slots 4, queue 8, the instruction
+# template): every refusal below comes before anything is submitted.
+@pytest.fixture(scope="module")
+def service():
+    from kgpt2.generate import Settings
+    from kgpt2.serve import Service
+    from kgpt2.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(["Hello world, hello GPT-2. " * 20], vocab_size=300)
+    engine = SimpleNamespace(tokenizer=tokenizer, cache_length=64, slots=4, busy=0)
+    return Service(engine, "tiny", Settings(template="instruction"), max_queue=8)
+
+
+@pytest.fixture(scope="module")
+def served(service):
+    return TestClient(build_app(service))
+
+
+def test_a_prompt_too_long_by_its_characters_is_refused_before_tokenizing(served, service):
+    """A 10 MB prompt was tokenized on the event loop before the length check: every client waited seconds."""
+    import time
+
+    tokenizer = service.engine.tokenizer
+    longest = max(len(tokenizer.decode([i]).encode()) for i in range(tokenizer.vocab_size))  # bytes of a token
+    assert service.most_chars == 64 * longest
+    began = time.perf_counter()
+    r = served.post("/v1/completions", json={"model": "tiny", "prompt": "Hello world " * 2_000_000, "max_tokens": 1})
+    assert time.perf_counter() - began < 2  # tokenizing its 24 M characters takes longer
+    e = r.json()["error"]
+    assert r.status_code == 400 and (e["param"], e["code"]) == ("prompt", "context_length_exceeded")
+    assert e["message"] == ("prompt is 24,000,000 characters, more than the model's context of 64 tokens can hold "
+                            f"(at most {64 * longest:,} characters)")
+    # Just over the bound, in one prompt of a list or a chat's messages together: refused by the count alone.
+    over = "Hello world, hello GPT-2. " * (64 * longest // 26) + "x" * (64 * longest % 26 + 1)
+    assert len(tokenizer.encode(over)) > 64  # what the bound promises
+    r = served.post("/v1/completions", json={"model": "tiny", "prompt": ["x", over]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    halves = [{"role": "system", "content": over[:100]}, {"role": "user", "content": over[100:]}]
+    r = served.post("/v1/chat/completions", json={"model": "tiny", "messages": halves})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+def test_a_request_that_can_never_fit_is_a_400_not_a_429(served, service):
+    """prompts x n above slots + max_queue was "the server's queue is full; retry later" (429): retrying never
+    helps. A request that fits an idle server still gets the 429 while the server is busy."""
+    r = served.post("/v1/completions", json={"model": "tiny", "prompt": ["x", "y"], "n": 7, "max_tokens": 1})
+    e = r.json()["error"]
+    assert r.status_code == 400 and e["param"] == "n"
+    assert e["message"] == ("the request needs 14 generations (2 prompts × n = 7) and this server holds at most 12 at "
+                            "once (its slots and waiting queue); send fewer prompts or a smaller n")
+    from kgpt2.serve import Service
+    from kgpt2.serve_schema import CompletionRequest, OpenAIError
+
+    busy = Service.__new__(Service)
+    busy.engine, busy.max_queue = SimpleNamespace(slots=4, busy=3), 8
+    with pytest.raises(OpenAIError) as refused:
+        busy.check_room(CompletionRequest(model="tiny", prompt="x", n=10), 1)
+    assert refused.value.status == 429
+
+
+@pytest.mark.parametrize("after", [{"role": "assistant", "content": "Once upon"},
+                                   {"role": "system", "content": "Be brief."}])
+def test_the_instruction_template_refuses_messages_after_the_last_user_message(served, after):
+    """A trailing assistant message (a continuation) was silently dropped: the same prompt tokens without it."""
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Tell a story."}, after]
+    r = served.post("/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 2})
+    e = r.json()["error"]
+    assert r.status_code == 400 and e["param"] == "messages.2"
+    assert e["message"] == (f"messages[2] is a {after['role']} message after the last user message; the run's "
+                            "instruction template answers the last user message and cannot continue after it (end "
+                            "with a user message, or serve a run with the chat template)")
+
+
+def test_the_api_key_scheme_is_case_insensitive_and_checked_before_the_body():
+    """`bearer KEY` was a 401 (RFC 7235: the scheme is case-insensitive); a request without the key and with a
+    bad body got the 400 that described the body."""
+    engine = SimpleNamespace(busy=0, slots=1)
+    app = TestClient(build_app(SimpleNamespace(model_id="tiny", created=0, engine=engine), api_key="secret"))
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        assert app.get("/v1/models", headers={"authorization": f"{scheme} secret"}).status_code == 200
+    for given in ("Bearer wrong", "Basic secret", "secret", ""):
+        assert app.get("/v1/models", headers={"authorization": given}).status_code == 401
+    for body in (b"{not json", b'{"model": "tiny"}'):
+        r = app.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert app.get("/health").status_code == 200  # health needs no key
+
+
+@pytest.mark.slow  # loads the tiny run when the prompt is good
+def test_generate_with_a_prompt_that_is_not_utf8_is_one_line_and_status_2(kgpt2_cli, tiny_run):
+    """`kgpt2 generate --prompt $'ab\\xffcd'`: Python makes the byte a lone surrogate (surrogateescape), which the
+    tokenizer cannot encode; it was a traceback and status 1."""
+    done = kgpt2_cli("generate", "--run", tiny_run, "--prompt", "ab\udcffcd", "--max-new-tokens", 2)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "kgpt2: error: --prompt is not valid UTF-8 text (character 3 is not); check the encoding of the terminal or "
+        "script that passed it")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ from kgpt2.cli_runner import progress_lines_on_stderr, run_verb  # noqa: E402  (
 from kgpt2.templates import TEMPLATES  # noqa: E402  (stdlib only)
 
 VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
-CHECKPOINT_KEPT = "the last complete checkpoint is kept; run the same command to resume"
+CHECKPOINT_KEPT = ("every checkpoint written is kept whole; run the same command to resume (or to start again, "
+                   "if none was written yet)")
 PREPARE_OFFLINE_HINT = ("to work offline, pass --tokenizer DIR (vocabulary.json + merges.txt, or OpenAI's "
                         "encoder.json + vocab.bpe) or --preset with a local preset directory")
 
@@ -125,7 +127,8 @@ def _train(p):
 
     def run(a):
         from kgpt2.config import load_config
-        from kgpt2.train import describe_plan, train
+        from kgpt2.train import train
+        from kgpt2.train_inputs import dry_run_plan
 
         overrides = list(a.overrides) + ([f"train.device={a.device}"] if a.device else [])
         overrides += [f'train.devices="{a.devices}"'] if a.devices else []
@@ -139,7 +142,7 @@ def _train(p):
                                 checkpoint_hint="train.init_from={run}:{name} starts a new run from this checkpoint")
         cfg = load_config(Path(a.run) / "config.json" if a.run is not None else a.config, overrides)
         if a.dry_run:
-            print(reports.plan_table(cfg.train.stages, describe_plan(cfg)))
+            print(reports.plan_table(cfg.train.stages, dry_run_plan(cfg)))
             return
         print(reports.train_report(train(cfg, require_checkpoint=a.resume)))
 
@@ -214,6 +217,11 @@ def _generate(p):
     def run(a):
         from kgpt2.generate import Generator, Settings, load_for_generation
 
+        try:
+            a.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates (surrogateescape)
+            raise UserError(f"--prompt is not valid UTF-8 text (character {e.start + 1} is not); check the "
+                            "encoding of the terminal or script that passed it") from None
         model, tokenizer, cfg = load_for_generation(a.run, a.checkpoint, a.weights)
         s = Settings.from_config(cfg.generate, sampler=a.sampler, temperature=a.temperature, top_k=a.top_k,
                                  top_p=a.top_p, max_length=a.max_length, max_new_tokens=a.max_new_tokens,
@@ -291,7 +299,7 @@ def _align(p):
 
 
 @verb("quickstart", "the whole pipeline offline on CPU: tokenizer, tiny GPT-2, stages, evaluation",
-      interrupted="the last complete checkpoint of its run is kept")
+      interrupted="every checkpoint its run wrote is kept whole")
 def _quickstart(p):
     p.add_argument("--checkpoints-root", default="checkpoints")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -429,5 +437,18 @@ def main(argv=None) -> int:
         return run_verb(args)
 
 
+def console() -> None:
+    """The `kgpt2` command: `main`, then its exit status. After Ctrl-C the process leaves at once: XLA's compiler
+    threads may still be at work (a Ctrl-C in the first `fit` of a training), and Python's teardown under them
+    crashed the process (SIGSEGV, status 139, after the interrupted line) in 4 of 13 tries."""
+    code = main()
+    if code == 130:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

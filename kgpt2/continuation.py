@@ -28,6 +28,9 @@ from kgpt2.stage_plan import StagePlan
 
 log = logging.getLogger("kgpt2")
 
+# What a run that cannot go on as asked can do instead (`kgpt2 train --run` takes no new name itself).
+NEW_RUN = "start a new run from its weights instead (run=NEW_NAME train.init_from='{run}')"
+
 
 def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_path) -> tuple[int, int, StagePlan]:
     """(stage_offset, step_offset, stages): this plan in place on the checkpoint `state`, or after its finished stages.
@@ -43,13 +46,20 @@ def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_
     elif same_shards and state.get("stages") == plan_spec:
         # the config is unchanged, yet the plan resolves otherwise (an older kgpt2 scaled it differently)
         raise UserError(f"cannot resume run '{run_path}': its stages ended at articles {old_ends}, "
-                        f"this plan at {ends}; use a new run name")
+                        f"this plan at {ends}; {NEW_RUN.format(run=run_path)}")
+    elif not state.get("stage_end") and not same_shards:  # re-prepared in place, or another set named
+        raise UserError(f"run '{run_path}' stopped in the middle of stage {state['stage'] + 1} on other articles than "
+                        f"data.shards holds now (the set was prepared again, or another one is named): finish the "
+                        f"stage on the shards it was trained on (data.shards=THEM), then continue on these; or "
+                        f"{NEW_RUN.format(run=run_path)}")
     elif not state.get("stage_end"):
-        raise UserError(f"cannot change the shards or stages of run '{run_path}' in the middle of stage "
-                        f"{state['stage'] + 1}: resume it unchanged to the stage end first (kgpt2 train --run "
-                        f"{run_path}), then continue")
+        raise UserError(f"cannot change the stages of run '{run_path}' in the middle of stage {state['stage'] + 1}: "
+                        f"resume it with its own train.stages to the stage end first, then continue")
     else:  # new shards, or another plan: its stages run after the finished ones
         stage_offset, step_offset = state["stage"], state["step"]
+        if not same_shards:  # also a set prepared again at the same path, which no config change shows
+            log.warning("data.shards holds other articles than run %s trained on so far: this plan's stages run "
+                        "after its %d finished ones, on them", run_path, stage_offset)
     if stage_offset:
         stages = StagePlan([dataclasses.replace(s, index=s.index + stage_offset) for s in stages], stages.why)
     return stage_offset, step_offset, stages
@@ -107,7 +117,8 @@ def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
         old["preset"] = cfg.model_signature()["preset"]
     diffs = differences(old, cfg.model_signature())
     if diffs:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({diffs}); use a new run name")
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({diffs}); "
+                        "train a new run with them instead (run=NEW_NAME)")
     if state.get("tokenizer", tokenizer.hash) != tokenizer.hash:
         raise UserError(f"cannot resume run '{cfg.run_dir}': model.tokenizer is another tokenizer than the run's; "
                         "prepare new shards with the run's tokenizer instead")
@@ -118,7 +129,7 @@ def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
                         "end first, then continue")
     if state.get("batch_size") != cfg.train.batch_size:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (train.batch_size: "
-                        f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); use a new run name")
+                        f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); {NEW_RUN.format(run=cfg.run_dir)}")
 
 
 def _same_preset_path(old, cfg: Config) -> bool:
@@ -139,3 +150,11 @@ def init_checkpoint(cfg: Config) -> Checkpoint | None:
     if diffs:
         raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
     return ckpt
+
+
+def check_max_steps(cfg: Config, step: int, run_path) -> None:
+    """A train.max_steps below the step a run has reached would train nothing, and, once in its config.json,
+    keep it from training on whatever else it is given."""
+    if 0 < cfg.train.max_steps < step:
+        raise UserError(f"train.max_steps is {cfg.train.max_steps:,}, but run '{run_path}' is at step {step:,} "
+                        f"already: nothing would train; give a train.max_steps above {step:,} (or 0: the whole plan)")

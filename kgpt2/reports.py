@@ -34,7 +34,7 @@ def prepare_report(manifest: dict, out) -> str:
              for name, s in manifest["splits"].items()]
     skipped = manifest["skipped"]
     if skipped["total"]:
-        lines.append(f"skipped {skipped['total']} records: {skipped['by_reason']}")
+        lines.append(f"skipped {counted(skipped['total'], 'record')}: {skipped['by_reason']}")
         lines += [f"  e.g. {example}" for example in skipped["examples"]]
     lines.append(f"shards in {out} (content hash {manifest['content_hash']})")
     return "\n".join(lines)
@@ -68,8 +68,9 @@ def train_report(result) -> str:
     start, end = result.start_step, result.global_step
     if start == end:
         line = (f"trained nothing: the run is at step {end}, the end of its plan; run in {result.run_dir} (latest "
-                f"{result.checkpoint}). To train it further, give it more to do: a stage more (train.stages with one "
-                "more entry), a higher train.max_steps, or new shards (docs/training.md, \"Continue a run\")")
+                f"{result.checkpoint}). To train it further, give it more to do: another pass as a new stage "
+                "('train.stages=[\"rest\"]'), a higher train.max_steps, or new shards (docs/training.md, \"Continue a "
+                "run\")")
     elif start:  # a resumed or continued run: the steps of this call, and where the run began and is
         line = (f"trained {end - start} steps (step {start} -> {end}); run in {result.run_dir} "
                 f"(latest {result.checkpoint})")

@@ -55,15 +55,15 @@ from kgpt2 import memory  # memory: read at call time, a test stands in for the 
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
 from kgpt2.cursor import Cursor
-from kgpt2.continuation import check_resumable, init_checkpoint, place_plan, plan_left
+from kgpt2.continuation import check_max_steps, check_resumable, init_checkpoint, place_plan, plan_left
 from kgpt2.data.batches import EpochBatches, to_dataset
-from kgpt2.data.shards import ShardSet, empty_splits_note
+from kgpt2.data.shards import empty_splits_note
 from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.distribution import is_writer, plan_distribution, process_count, start_processes
 from kgpt2.errors import UserError, is_out_of_memory, os_error_sentence, out_of_memory_sentence
 from kgpt2.lock import RunLock
 from kgpt2.metrics import compile_for_training, evaluation_model
-from kgpt2.models import build_causal_lm, check_sequence_length, count_params, load_tokenizer
+from kgpt2.models import build_causal_lm, count_params
 from kgpt2.optimizer import make_optimizer
 from kgpt2.packed_attention import for_windows
 from kgpt2.periodic_eval import PeriodicEval, plot_evals
@@ -74,8 +74,8 @@ from kgpt2.run_logs import StepLog, plot_run, write_stage_table
 from kgpt2.progress_lines import ProgressLines
 from kgpt2.scratch import resolve_scratch
 from kgpt2.stage_plan import plan_stages
-from kgpt2.training_data import describe_plan  # noqa: F401  (kgpt2.train.describe_plan: `kgpt2 train --dry-run`)
-from kgpt2.training_data import describe_padding, plan_steps, resolve_windows, stage_batches
+from kgpt2.training_data import describe_padding, plan_steps, stage_batches
+from kgpt2.train_inputs import check_inputs
 from kgpt2.validation import evaluate_split
 
 log = logging.getLogger("kgpt2")
@@ -138,18 +138,7 @@ class Trainer:
     def setup(self, require_checkpoint: bool = False) -> None:
         cfg = self.cfg
         start_processes()  # several hosts: join them before JAX lists devices (KERAS_DISTRIBUTION_* variables)
-        if not cfg.data.shards:
-            if cfg.align.data:  # the dpo recipe, say, given to train
-                raise UserError("this is an alignment config (it sets align.data, not data.shards): run `kgpt2 "
-                                "align` with it")
-            raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
-        if cfg.model.quantize and not cfg.lora.enabled:
-            raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
-        check_sequence_length(cfg)
-        self.tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
-        self.shards = ShardSet(cfg.data.shards)
-        self.shards.check_tokenizer(self.tokenizer)
-        cfg = resolve_windows(cfg, self.shards.manifest)  # "auto" -> the run's config.json names what it trains on
+        cfg, self.tokenizer, self.shards = check_inputs(cfg)
         self.init_from = init_checkpoint(cfg)
         # The device, the distribution and the plan before the run folder is made: a Colab runtime without a GPU
         # left a run folder holding only a copy of the preset.
@@ -163,7 +152,9 @@ class Trainer:
         log.info("stage plan %s: %s articles (%s)", cfg.train.stages, [s.num_articles for s in self.stages],
                  self.stages.why)
         if cfg.train.eval_batches and self.shards.split("validation").num_articles == 0:
-            log.warning("the shards in %s: %s", cfg.data.shards, empty_splits_note(self.shards.manifest))
+            asked = self.shards.manifest.get("options", {}).get("splits", "auto")  # --splits train: no note
+            log.warning("the shards in %s: %s", cfg.data.shards, empty_splits_note(self.shards.manifest) or
+                        f"validation holds no articles (prepared with --splits {asked}): no validation loss")
         self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         self.run = Run.of(cfg)
         if is_writer():  # the one writing process of a (multi-host) run holds its lock
@@ -198,6 +189,7 @@ class Trainer:
             raise UserError(f"run '{self.run.path}' already has checkpoints; resume it, or choose a new run name")
         if newest is not None:
             check_resumable(newest.state, self.cfg, self.tokenizer)
+            check_max_steps(self.cfg, newest.step, self.run.path)
             self._place_plan(newest.state)
         return newest
 

@@ -189,7 +189,8 @@ def test_from_scratch_run_keeps_best_checkpoint_and_learns(tmp_path, char_tokeni
     from kgpt2.pretrain import run_summary
     from kgpt2.run_logs import read_steps
     from kgpt2.tokenizer import Tokenizer
-    from kgpt2.train import describe_plan, train
+    from kgpt2.train import train
+    from kgpt2.training_data import describe_plan
 
     source = tmp_path / "shakespeare-5k.txt"  # ~18 batches per epoch: 20 steps span 2 epochs
     source.write_text(shakespeare.read_text(encoding="utf-8")[:5_000], encoding="utf-8")

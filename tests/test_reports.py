@@ -29,7 +29,7 @@ def test_prepare_prints_the_manifest_counts(tmp_path, capsys):
         line = next(x for x in printed if x.strip().startswith(f"{name}:"))
         assert f"{split['num_articles']:,} articles" in line and f"{split['num_tokens']:,} tokens" in line
     assert printed[-1] == f"shards in {out} (content hash {manifest['content_hash']})"
-    assert any(x.startswith("skipped 1 records") for x in printed) and any("bad.txt" in x for x in printed)
+    assert any(x.startswith("skipped 1 record:") for x in printed) and any("bad.txt" in x for x in printed)
 
 
 def test_align_and_tokenizer_reports():
@@ -90,5 +90,5 @@ def test_a_finished_run_that_trained_nothing_is_told_how_to_train_on():
     result = SimpleNamespace(start_step=75, global_step=75, run_dir="runs/q", checkpoint="ckpt-75", stages=[])
     assert reports.train_report(result) == (
         "trained nothing: the run is at step 75, the end of its plan; run in runs/q (latest ckpt-75). To train it "
-        "further, give it more to do: a stage more (train.stages with one more entry), a higher train.max_steps, or "
-        'new shards (docs/training.md, "Continue a run")')
+        "further, give it more to do: another pass as a new stage ('train.stages=[\"rest\"]'), a higher "
+        'train.max_steps, or new shards (docs/training.md, "Continue a run")')

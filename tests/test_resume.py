@@ -176,3 +176,38 @@ def test_a_missing_gpu_is_refused_before_the_run_folder_is_made(tmp_path, tiny_p
     assert main(argv) == 2
     assert "device 'gpu:0' was asked for" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_shards_moved_changed_or_max_steps_fell_says_what_to_do(tmp_path, tiny_preset, pydoc_shards,
+                                                                          pydoc_tokenizer, make_tiny_config, caplog):
+    """A finished run: its shards moved (the sentence said "run `kgpt2 prepare` first" about a folder that is
+    gone), prepared again in place (it trained on the new articles without a word), a train.max_steps below its
+    step (accepted, written into config.json, and from then on nothing trained); `--dry-run` approved a
+    batch size the real run refuses."""
+    import shutil
+
+    from kgpt2.data.shards import prepare
+    from kgpt2.run import Run
+    from kgpt2.train import train
+    from kgpt2.train_inputs import dry_run_plan
+
+    shards = tmp_path / "shards"
+    shutil.copytree(pydoc_shards, shards)
+    config = lambda *o: make_tiny_config(tmp_path, tiny_preset, shards, "run=r", "train.stages=[3]", *o)  # noqa: E731
+    step = train(config(), verbose=0).global_step
+    saved = (tmp_path / "r" / "config.json").read_text()
+    with pytest.raises(UserError, match=rf"^train\.max_steps is 1, but run '.*r' is at step {step} already: nothing "
+                                        rf"would train; give a train\.max_steps above {step} \(or 0: the whole plan\)$"):
+        train(config("train.max_steps=1"), verbose=0)
+    for refused in ("train.max_steps=1", "train.batch_size=3"):
+        with pytest.raises(UserError):
+            dry_run_plan(config(refused))
+    assert (tmp_path / "r" / "config.json").read_text() == saved
+    shards.rename(tmp_path / "moved")
+    with pytest.raises(UserError, match=r"the shards run '.*r' trains on, '.*shards', are not there any more \(moved "
+                                        r"or deleted\): give their new place, kgpt2 train --run .*r data\.shards=NEW_PLACE"):
+        train(config(), verbose=0)
+    prepare("pydoc", shards, pydoc_tokenizer, fractions=(0.5, 0.25, 0.25), progress=False)  # other train articles
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        assert train(config(), verbose=0).global_step > step
+    assert "data.shards holds other articles than run" in caplog.text

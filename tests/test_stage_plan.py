@@ -168,7 +168,8 @@ def test_dry_run_prints_a_sensible_default_plan_for_300_articles(tmp_path, pubme
 @pytest.mark.slow
 def test_default_plan_trains_on_300_articles(tmp_path, pubmed_300, tiny_preset, make_tiny_config):
     from kgpt2.checkpoints import CheckpointManager
-    from kgpt2.train import describe_plan, train
+    from kgpt2.train import train
+    from kgpt2.training_data import describe_plan
 
     cfg = make_tiny_config(tmp_path, tiny_preset, pubmed_300, "run=p300", "train.eval_batches=0",
                            "train.batch_size=32", "data.sequence_length=64")

@@ -145,6 +145,17 @@ class CheckpointManager:
             found.append(Checkpoint(d, int(d.name[5:]), state))
         return sorted(found, key=lambda c: c.step)
 
+    def _warn_unreadable_states(self, after_step: int) -> None:
+        """A published checkpoint newer than `after_step` whose state.json cannot be read (cut short, emptied)
+        has no step or cursor to list it by: one line for it, as for any other damage, instead of silence."""
+        for d in sorted(self.run_dir.glob("ckpt-*")) if self.run_dir.is_dir() else []:
+            if d.is_dir() and d.name[5:].isdigit() and int(d.name[5:]) > after_step:
+                try:
+                    json.loads((d / STATE_FILE).read_text())
+                except (json.JSONDecodeError, OSError):
+                    log.warning("checkpoint %s is damaged (%s is missing or unreadable); using an older one and "
+                                "leaving it as it is", d, STATE_FILE)
+
     def damage(self, checkpoint: Checkpoint) -> str | None:
         """Why `checkpoint` cannot be trusted (sizes and checksums checked), or None."""
         try:
@@ -171,8 +182,10 @@ class CheckpointManager:
         for c in reversed(self.list()):
             why = self.damage(c)
             if why is None:
+                self._warn_unreadable_states(c.step)
                 return c
             log.warning("checkpoint %s is damaged (%s); using an older one and leaving it as it is", c.path, why)
+        self._warn_unreadable_states(-1)
         return None
 
     latest = newest_intact
@@ -195,6 +208,10 @@ class CheckpointManager:
             # a stage-end state counts the stages finished, so stage N's end has stage == N
             if checkpoint_id == f"stage-{c.state['stage']}":
                 return c
+        named = self.run_dir / (checkpoint_id if checkpoint_id.startswith("ckpt-") else f"ckpt-{checkpoint_id}")
+        if (named / STATE_FILE).exists() or named.is_dir():  # there, but its state.json unreadable: not listed
+            raise UserError(f"checkpoint {named} is damaged ({STATE_FILE} is missing or unreadable); choose another "
+                            "checkpoint")
         known = ", ".join(c.id for c in ckpts)
         raise UserError(f"run '{self.run_dir}' has no checkpoint '{checkpoint_id}' (it has: {known})")
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from kgpt2.decoding import MIN_PROMPT_BUCKET, Programs, bucket, on_accelerator, pack
 from kgpt2.errors import UserError
+from kgpt2.sampling import row_seed
 
 # Positions (rows x prompt width) one scored prefill may take: its logits are float32
 # [rows, width, vocabulary] (GPT-2: 4096 positions = 0.8 GB).
@@ -314,7 +315,7 @@ class Engine:
             n, s = len(request.ids), request.sampling
             start = (self._t - n) % self.cache_length
             prompts[i, :n] = request.ids
-            ints[i] = (n, slot, start, s.greedy, min(s.top_k, self.vocabulary), s.seed & 0x7FFFFFFF)
+            ints[i] = (n, slot, start, s.greedy, min(s.top_k, self.vocabulary), row_seed(s.seed))
             floats[i] = (s.temperature, s.top_p)
             self._greedy[slot], self._temperature[slot], self._top_p[slot] = s.greedy, s.temperature, s.top_p
             self._top_k[slot], self._seed[slot] = ints[i, 4], ints[i, 5]

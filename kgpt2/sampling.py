@@ -106,6 +106,21 @@ def uniform_noise(seed, position, vocabulary: int):
     return (ops.cast(top24, "float32") + 0.5) / float(1 << 24)
 
 
+def row_seed(seed: int) -> int:
+    """A request's seed as the 31-bit value a row samples with: itself when it fits, else a hash of all its bits
+    (OpenAI's seeds are 64-bit; masking kept the low 31 bits, so 0, 2**31 and 2**32 drew the same text).
+
+        >>> row_seed(7), len({row_seed(s) for s in (0, 2**31, 2**32, -2**31, 2**40)})
+        (7, 5)
+    """
+    if 0 <= seed < 1 << 31:
+        return seed
+    import hashlib
+
+    digest = hashlib.blake2b(seed.to_bytes(16, "little", signed=True), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
 def sample(logits, greedy, temperature, top_k, top_p, seed, position, branch: str = "cond"):
     """One next token per row: argmax where `greedy`, else a draw from `filter_logits`.
 

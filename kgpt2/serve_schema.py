@@ -59,7 +59,7 @@ class SampledRequest(BaseModel):
     temperature: Optional[float] = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
     top_k: Optional[int] = Field(None, ge=1)  # an extension, as in vLLM
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=-(1 << 63), lt=1 << 63)  # 64-bit, as OpenAI's
     stop: Union[str, list[str], None] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None

@@ -134,6 +134,10 @@ def test_seeds(gen, loaded):
     outs = {tuple(gen.generate_ids(ids, Settings(sampler="random", temperature=1.5, max_new_tokens=16, seed=seed)))
             for seed in range(4)}
     assert len(outs) >= 3  # different seeds sample differently
+    # OpenAI's seeds are 64-bit: masked to 31 bits, 0, 2**31, 2**32 and -2**31 all drew seed 0's text
+    wide = {tuple(gen.generate_ids(ids, Settings(sampler="random", temperature=1.5, max_new_tokens=16, seed=seed)))
+            for seed in (0, 1 << 31, 1 << 32, -(1 << 31))}
+    assert len(wide) >= 3
 
 
 @pytest.mark.parametrize("settings", [greedy(max_new_tokens=20),

@@ -92,10 +92,11 @@ class Tokenizer:
         """A directory holding vocabulary.json/merges.txt (or vocab.json/merges.txt,
         OpenAI's encoder.json/vocab.bpe, or a Hugging Face tokenizer.json; that file
         itself is also taken), directly or in a KerasHub preset's
-        assets/tokenizer/. A `char_vocabulary.json` there gives a
+        assets/tokenizer/, or a kgpt2 run folder's (its tokenizer/, else its
+        preset/). A `char_vocabulary.json` there gives a
         `kgpt2.char_tokenizer.CharTokenizer` (same interface) instead."""
         root = Path(directory)
-        for d in (root, root / "assets" / "tokenizer"):
+        for d in (root, root / "assets" / "tokenizer", root / "tokenizer", root / "preset" / "assets" / "tokenizer"):
             if (d / CHAR_VOCAB_FILE).is_file():
                 return CharTokenizer.from_dir(d)
             for vocab, merges in (

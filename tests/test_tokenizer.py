@@ -223,3 +223,17 @@ def test_a_tokenizer_path_that_does_not_exist_says_so(tmp_path, monkeypatch):
         Tokenizer.from_dir("data/tok")
     with pytest.raises(UserError, match=f"^tokenizer folder '{tmp_path}/tok' does not exist$"):
         Tokenizer.from_dir(tmp_path / "tok")
+
+
+def test_a_run_folder_is_a_tokenizer_folder(tmp_path):
+    """`kgpt2 prepare --tokenizer checkpoints/quickstart` (the run, not its tokenizer/ inside) was refused as
+    holding no tokenizer files; a run's own tokenizer/ comes first, else its preset's."""
+    from kgpt2.char_tokenizer import CharTokenizer
+    from kgpt2.tokenizer import Tokenizer
+
+    texts = ["the cat sat on the mat", "the dog sat on the log"] * 20
+    bpe, chars = Tokenizer.train(texts, vocab_size=280), CharTokenizer.train(texts)
+    chars.save(tmp_path / "run" / "preset" / "assets" / "tokenizer")
+    assert Tokenizer.from_dir(tmp_path / "run").hash == chars.hash  # the preset's, while the run has no own
+    bpe.save(tmp_path / "run" / "tokenizer")
+    assert Tokenizer.from_dir(tmp_path / "run").hash == bpe.hash

@@ -128,7 +128,8 @@ def _scaled(kinds: list, values: list, total: int) -> tuple[list[int], str]:
     room = total - sum(c for c in counts if c is not None)
     if room < len(flexible) * floor:
         if floor == 1:
-            raise UserError(f"{total:,} training articles are too few for a plan of {len(kinds)} stages")
+            raise UserError(f"{counted(total, 'training article')} {'is' if total == 1 else 'are'} too few for "
+                            f"train.stages' {len(kinds)} stages; train on them in one: 'train.stages=[\"rest\"]'")
         raise UserError(f"the fractions and first stage of train.stages leave {counted(room, 'article')} of {total:,} "
                         f"for {len(flexible)} more stage{'s' if len(flexible) > 1 else ''}, under {MIN_SHARE:.0%} "
                         "of the corpus a stage; lower them")
@@ -140,9 +141,12 @@ def _scaled(kinds: list, values: list, total: int) -> tuple[list[int], str]:
     if tiny_first:
         how.append(f"the first stage kept at its {values[0]:,} articles")
     if written_counts:
-        parts = [f"{c:,}" for c in written_counts] + (["rest"] if kinds[-1] == "rest" else [])
-        shares = f" as {1 - REST_SHARE:.0%} : {REST_SHARE:.0%}" if kinds[-1] == "rest" else ""
-        how.append(f"{' : '.join(parts)} in proportion{shares} of the {room:,} articles left to scale")
+        ratio = " : ".join(f"{c:,}" for c in written_counts)
+        if kinds[-1] == "rest":
+            how.append(f"{ratio} kept in ratio on {1 - REST_SHARE:.0%} of the {room:,} articles left to scale, "
+                       f"\"rest\" the other {REST_SHARE:.0%}")
+        else:
+            how.append(f"{ratio} kept in ratio on the {room:,} articles left to scale")
     how.append(f"{'no other stage' if tiny_first else 'no stage'} under {MIN_SHARE:.0%} ({counted(floor, 'article')})")
     return counts, "stages scaled to the plan's shape: " + "; ".join(how)
 

@@ -64,7 +64,7 @@ def test_a_one_article_rest_is_scaled_too():
 def test_tiny_corpus_still_has_every_stage():
     plan = plan_stages(SEED_PLAN, 10)
     assert sizes(plan) == [1, 1, 6, 2]  # nothing to keep "tiny" at 10 of 10 articles
-    with pytest.raises(UserError, match="3 training articles are too few for a plan of 4 stages"):
+    with pytest.raises(UserError, match="3 training articles are too few for train.stages' 4 stages; train on them in one: 'train.stages=\\[\"rest\"\\]'"):
         plan_stages(SEED_PLAN, 3)
 
 

@@ -45,7 +45,7 @@ def plan_table(plan: list, rows) -> str:
     import pandas as pd  # deferred: pandas adds ~0.5 s to every `kgpt2` start
 
     table = pd.DataFrame([{"stage": r["stage"], "articles": f"{r['articles']:,}",
-                           "range": f"{r['first']:,}-{r['first'] + r['articles']:,}",
+                           "range": f"{r['first']:,}..{r['first'] + r['articles'] - 1:,}",  # as training logs it
                            "tokens": f"{r['tokens']:,}", "steps": f"{r['steps']:,}",
                            "epochs": r["epochs"]} for r in rows])
     total = sum(r["steps"] for r in rows)

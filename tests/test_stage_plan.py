@@ -153,7 +153,7 @@ def test_dry_run_prints_a_sensible_default_plan_for_300_articles(tmp_path, pubme
     table = [line.split() for line in lines[3:7]]
     assert [int(row[0]) for row in table] == [1, 2, 3, 4]
     assert [int(row[1]) for row in table] == [10, 24, 193, 73]
-    assert [row[2] for row in table] == ["0-10", "10-34", "34-227", "227-300"]
+    assert [row[2] for row in table] == ["0..9", "10..33", "34..226", "227..299"]  # as `kgpt2 train` logs them
     from kgpt2.data.shards import ShardSet
 
     split = ShardSet(pubmed_300).split("train")

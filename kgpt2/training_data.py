@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 from kgpt2.config import Config
 from kgpt2.data import batches
@@ -51,6 +52,7 @@ def describe_padding(cfg: Config, split, stage, source) -> dict:
     """What padding costs in a stage (logged, and kept in the stage table); {} for token-stream windows."""
     windows = cfg.data.windows
     if windows not in ("example", PACKED_EXAMPLES):
+        _warn_if_mostly_padding(cfg, stage, source)
         return {}
     padding = {"padding": round(source.padding_fraction(), 4), "truncated": source.truncated}
     if windows == "example":
@@ -67,6 +69,20 @@ def describe_padding(cfg: Config, split, stage, source) -> dict:
              padding["examples_per_window"], 100 * padding["padding"], 100 * padding["padding_one_per_window"],
              padding["truncated"])
     return padding
+
+
+def _warn_if_mostly_padding(cfg: Config, stage, source) -> None:
+    """A stage of token windows too small for one batch trains mostly on padding (train.batch_size 1,000 on 10
+    articles: 90% of the step), at the full step's cost: say so, with a batch size it fills."""
+    share = source.padding_fraction()
+    if share < 0.5:
+        return
+    windows = max(1, math.ceil(source.target_tokens() / cfg.data.sequence_length))
+    batches = len(source)
+    log.warning("%s: %.0f%% of its batches' positions are padding: %d window%s of %d tokens fill %d batch%s of "
+                "train.batch_size %d poorly; train.batch_size=%d (or fewer) wastes little", stage.name, 100 * share,
+                windows, "" if windows == 1 else "s", cfg.data.sequence_length, batches, "" if batches == 1 else "es",
+                cfg.train.batch_size, windows)
 
 
 def plan_steps(cfg: Config, split, stages, done: int = 0) -> tuple[int, int]:

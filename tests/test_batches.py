@@ -68,3 +68,26 @@ def test_scored_tokens_is_the_sum_of_the_sample_weights(offsets):
         weights = sum(float(src[i][2].sum()) for i in range(len(src)))
         assert src.scored_tokens() == weights
         assert (src.scored_tokens() < src.target_tokens()) == (m is not None)
+
+
+def test_a_stage_too_small_for_one_batch_is_told_the_batch_size_it_fills(pydoc_shards, make_tiny_config, tmp_path,
+                                                                          caplog):
+    """train.batch_size 1,000 on 10 articles trained one step of 90% padding without a word."""
+    import math
+
+    from kgpt2.data.shards import ShardSet
+    from kgpt2.stage_plan import plan_stages
+    from kgpt2.training_data import describe_padding, stage_batches
+
+    split = ShardSet(pydoc_shards).split("train")
+    stage = plan_stages([3, "rest"], split.num_articles)[0]
+    lo, hi = split.token_range(stage.first, stage.end)
+    for batch_size, warned in ((1000, True), (2, False)):
+        cfg = make_tiny_config(tmp_path, "unused", pydoc_shards, f"train.batch_size={batch_size}")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="kgpt2"):
+            describe_padding(cfg, split, stage, stage_batches(cfg, split, stage, 0))
+        assert ("of its batches' positions are padding" in caplog.text) == warned, caplog.text
+        if warned:
+            windows = math.ceil((hi - lo - 1) / cfg.data.sequence_length)  # every token but the first: a target
+            assert f"train.batch_size={windows} (or fewer)" in caplog.text, caplog.text

@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kgpt2.engine import Engine, Sampling
+from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
 from kgpt2.ports import check_port
@@ -316,6 +317,10 @@ def _answer_errors_as_openai(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
     async def openai_error(_, e: OpenAIError):
         return JSONResponse(e.body, status_code=e.status)
+
+    @app.exception_handler(UserError)  # kgpt2's own sentence about a request's input (a character tokenizer
+    async def user_error(_, e: UserError):  # meeting a character it has no id for): a 400, not a 500
+        return JSONResponse(OpenAIError(400, str(e)).body, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def no_route(http: Request, e: StarletteHTTPException):  # FastAPI's {"detail": ...}, in OpenAI's shape

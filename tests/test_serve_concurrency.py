@@ -117,3 +117,14 @@ def test_a_client_that_leaves_a_plain_request_frees_its_slot_at_once(serve_app, 
         assert engine.busy == 0
     finally:
         engine.close()
+
+
+def test_a_character_the_tokenizer_has_no_id_for_is_a_400(serve_app):
+    """A character-level run's tokenizer refuses a character it never saw (a UserError): the server answered 500."""
+    from kgpt2.char_tokenizer import CharTokenizer
+
+    chars = CharTokenizer.train(["hello world"])
+    url = serve_app(Service(SimpleNamespace(tokenizer=chars, cache_length=64, slots=1, busy=0), "tiny", Settings()))
+    answer = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "hello ✓"}, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert "✓" in answer.json()["error"]["message"] and answer.json()["error"]["type"] == "invalid_request_error"

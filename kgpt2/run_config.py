@@ -114,6 +114,9 @@ def read_run_config(path) -> tuple[dict, list]:
         raise UserError(f"run config '{path}' cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"run config '{path}' is not a kgpt2 run config (a JSON object)")
+    if {"splits", "content_hash"} <= data.keys():  # a shard set's manifest: its keys read as unknown config keys
+        raise UserError(f"'{path}' is the manifest of a shard set (what `kgpt2 prepare` writes), not a run config; "
+                        f"train on the set with data.shards = \"{path.parent}\"")
     kind = model_kind(data)
     if kind:
         raise UserError(f"'{path.parent}' holds {kind}, not a kgpt2 run; --run takes a run's folder "

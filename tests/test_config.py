@@ -168,6 +168,12 @@ def test_a_folder_given_as_config_says_what_to_pass(tmp_path, monkeypatch):
     (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     with pytest.raises(UserError, match="holds a Hugging Face model, not a kgpt2 run"):
         load_config(hf)
+    shards = tmp_path / "shards"  # a shard set's manifest.json: "unknown config key 'format'; did you mean 'lora'?"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({"format": 3, "splits": {}, "content_hash": "x"}))
+    with pytest.raises(UserError, match=f"^'{shards}/manifest.json' is the manifest of a shard set .*not a run "
+                                        f"config; train on the set with data.shards = \"{shards}\"$"):
+        load_config(shards / "manifest.json")
     with pytest.raises(UserError, match="is a folder; give a TOML config file, a run's config.json or a recipe"):
         load_config(tmp_path)
     monkeypatch.chdir(tmp_path)

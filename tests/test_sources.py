@@ -425,3 +425,20 @@ def test_sumpubmed_and_folder_formats_say_they_take_a_folder(tmp_path):
         open_source(path, "sumpubmed")
     with pytest.raises(UserError, match="^--format folder reads a folder of .txt files"):
         open_source(path, "folder")
+
+
+@pytest.mark.parametrize("indent", [None, 1])
+def test_a_json_array_of_text_objects_is_a_table(tmp_path, indent, monkeypatch):
+    """`df.to_json("x.json", orient="records")`, a common export: on one line it was read as a table with columns
+    0..N, indented every line was refused as invalid JSON."""
+    import kgpt2.data.records as records
+
+    monkeypatch.setattr(records, "_TABLE_CHUNK_ROWS", 2)  # rows numbered on across chunks
+    rows = [{"text": "first article"}, {"text": 5}, "no object", {"other": "x"}, {"text": "fifth article"}]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(rows, indent=indent))
+    src = open_source(path)
+    assert src.format == "table"
+    assert [(d.id, d.text) for d in src] == [("export.json:0", "first article"), ("export.json:4", "fifth article")]
+    assert src.stats.examples == [f"{path} [record 2]: 'text' is not a string (a number)",
+                                  f"{path} [record 3]: not a JSON object", f"{path} [record 4]: no 'text' field"]

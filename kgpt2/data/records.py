@@ -156,6 +156,9 @@ def _table_chunks(path: Path, stats: SourceStats):
     import pandas as pd
 
     suffix = plain(path).suffix.lower()  # pandas unpacks a .csv.gz itself
+    if suffix == ".json" and (records := json_array(path)) is not None:
+        yield from _array_table_chunks(path, records, stats)
+        return
     if suffix in (".jsonl", ".json"):
         yield from _jsonl_table_chunks(path, stats)
         return
@@ -170,6 +173,24 @@ def _table_chunks(path: Path, stats: SourceStats):
     for frame in frames:  # [row 1] is the first row after the header, as file:1 is a file's first line
         yield frame, [(row + j, f"{path} [row {row + j + 1}]", None) for j in range(len(frame))]
         row += len(frame)
+
+
+def _array_table_chunks(path: Path, records: list, stats: SourceStats):
+    """A JSON array of objects (pandas' `to_json(orient="records")`, many exports) as table chunks: a row per
+    object, numbered by its place in the array (it was read line by line, every line refused)."""
+    import pandas as pd
+
+    for start in range(0, len(records), _TABLE_CHUNK_ROWS):
+        rows, places = [], []
+        for row, record in enumerate(records[start:start + _TABLE_CHUNK_ROWS], start):
+            where = f"{path} [record {row + 1}]"
+            if isinstance(record, dict):
+                rows.append(record)
+                places.append((row, where, json.dumps(record)))  # the "line" `_no_text` reads a reason from
+            else:
+                stats.skip("not a JSON object", where)
+        if rows:
+            yield pd.DataFrame.from_records(rows), places
 
 
 def _jsonl_table_chunks(path: Path, stats: SourceStats):

@@ -30,7 +30,8 @@ def counted(n: int, noun: str) -> str:
 
 def prepare_report(manifest: dict, out) -> str:
     """`kgpt2 prepare`: articles and tokens per split, what was skipped, where the shards are."""
-    lines = [f"{name:>10}: {s['num_articles']:>8,} articles {s['num_tokens']:>13,} tokens"
+    lines = [f"{name:>10}: {s['num_articles']:>8,} {'article ' if s['num_articles'] == 1 else 'articles'} "
+             f"{s['num_tokens']:>13,} {'token' if s['num_tokens'] == 1 else 'tokens'}"
              for name, s in manifest["splits"].items()]
     skipped = manifest["skipped"]
     if skipped["total"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -27,7 +28,8 @@ def test_prepare_prints_the_manifest_counts(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     for name, split in manifest["splits"].items():
         line = next(x for x in printed if x.strip().startswith(f"{name}:"))
-        assert f"{split['num_articles']:,} articles" in line and f"{split['num_tokens']:,} tokens" in line
+        for n, noun in ((split["num_articles"], "article"), (split["num_tokens"], "token")):
+            assert re.search(rf"\b{n:,} {noun}{'' if n == 1 else 's'}\b", line), line  # "1 article", not "1 articles"
     assert printed[-1] == f"shards in {out} (content hash {manifest['content_hash']})"
     assert any(x.startswith("skipped 1 record:") for x in printed) and any("bad.txt" in x for x in printed)
 

@@ -74,6 +74,7 @@ from kgpt2.run_logs import StepLog, plot_run, write_stage_table
 from kgpt2.progress_lines import ProgressLines
 from kgpt2.scratch import resolve_scratch
 from kgpt2.stage_plan import plan_stages
+from kgpt2.training_data import describe_plan  # noqa: F401  (kgpt2.train.describe_plan, as notebooks import it)
 from kgpt2.training_data import describe_padding, plan_steps, stage_batches
 from kgpt2.train_inputs import check_inputs
 from kgpt2.validation import evaluate_split

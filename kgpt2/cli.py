@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
-import sys
 from pathlib import Path
 
 from kgpt2 import backend
@@ -41,7 +39,7 @@ from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --
 from kgpt2.errors import UserError  # noqa: E402
 from kgpt2 import reports  # noqa: E402  (stdlib only)
 from kgpt2.cli_args import PORT, output_folder, unescape, whole_number  # noqa: E402  (stdlib only)
-from kgpt2.cli_runner import progress_lines_on_stderr, run_verb  # noqa: E402  (stdlib only)
+from kgpt2.cli_runner import exit_process, progress_lines_on_stderr, run_verb  # noqa: E402  (stdlib only)
 from kgpt2.templates import TEMPLATES  # noqa: E402  (stdlib only)
 
 VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
@@ -438,16 +436,8 @@ def main(argv=None) -> int:
 
 
 def console() -> None:
-    """The `kgpt2` command: `main`, then its exit status. After Ctrl-C the process leaves at once: XLA's compiler
-    threads may still be at work (a Ctrl-C in the first `fit` of a training), and Python's teardown under them
-    crashed the process (SIGSEGV, status 139, after the interrupted line) in 4 of 13 tries."""
-    code = main()
-    if code == 130:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    """The `kgpt2` command (pyproject's script): `main`, then the process ends with its status."""
+    exit_process(main())
 
 
 if __name__ == "__main__":

@@ -30,11 +30,9 @@ float32 log-softmax before temperature / top-k / top-p; not streamed.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import signal
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -47,10 +45,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
-from kgpt2.logprobs import chat_logprobs, completion_logprobs, text_tokens
+from kgpt2.logprobs import text_tokens
 from kgpt2.ports import check_port
 from kgpt2.reports import counted
 from kgpt2.serve_log import RequestEdge
+from kgpt2.serve_responses import chat_shape, completion_shape, response_id, sse_event
 from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, SampledRequest, message_texts,
                                 prompt_ids, validation_error)
 from kgpt2.templates import chat_prompt_ids, render_prompt
@@ -178,14 +177,6 @@ def _check_scoring(stream: bool, logprobs: bool) -> None:
         raise OpenAIError(400, "logprobs are not streamed: ask for them without stream", param="stream")
 
 
-def _id(kind: str) -> str:
-    return f"{kind}-{uuid.uuid4().hex[:24]}"
-
-
-def _event(data) -> str:
-    return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
-
-
 async def _answer(service: Service, http: Request, body: SampledRequest, prompts: list[list[int]], max_tokens,
                   envelope, choice):
     """Run one request: `body.n` choices for each prompt, choice `i * n + j` for prompt i's j-th.
@@ -251,7 +242,7 @@ async def _events(requests, woken: asyncio.Queue, envelope, choice, usage, inclu
 
     try:
         for i in range(len(requests)):
-            yield _event(chunk([choice(i, "", None, True, requests[i])], None))
+            yield sse_event(chunk([choice(i, "", None, True, requests[i])], None))
         pending = list(range(len(requests)))
         while pending:
             await woken.get()
@@ -262,53 +253,19 @@ async def _events(requests, woken: asyncio.Queue, envelope, choice, usage, inclu
                 done = r.finished
                 piece = r.take_text()
                 if r.finish_reason in ("error", "cancelled") and done:
-                    yield _event(_failed(r).body)
+                    yield sse_event(_failed(r).body)
                     return
                 if done:
                     pending.remove(i)
                 if piece or done:
-                    yield _event(chunk([choice(i, piece, r.finish_reason if done else None, False, r)],
+                    yield sse_event(chunk([choice(i, piece, r.finish_reason if done else None, False, r)],
                                        usage() if done and not pending else None))
         if include_usage:
-            yield _event(envelope([], usage()))
-        yield _event("[DONE]")
+            yield sse_event(envelope([], usage()))
+        yield sse_event("[DONE]")
     finally:
         for r in requests:
             r.cancel()  # the client left mid-stream: free the slots
-
-
-def _completion_shape(rid: str, created: int, model_id: str, tokenizer, body: CompletionRequest):
-    """(envelope, choice) of /v1/completions' answers (see `_answer`): the prompt first with `echo`
-    (streamed: in the first chunk), `logprobs` (not streamed: refused before)."""
-    def choice(index, text, finish, first, request):
-        if body.echo and first is not False:
-            text = tokenizer.decode(request.ids) + text
-        scores = completion_logprobs(tokenizer, request) if body.logprobs is not None and first is None else None
-        return {"index": index, "text": text, "logprobs": scores, "finish_reason": finish}
-
-    def envelope(choices, usage):
-        out = {"id": rid, "object": "text_completion", "created": created, "model": model_id, "choices": choices}
-        return out | ({"usage": usage} if usage else {})
-    return envelope, choice
-
-
-def _chat_shape(rid: str, created: int, model_id: str, tokenizer, body: ChatRequest):
-    """(envelope, choice) of /v1/chat/completions' answers: messages, or deltas when streamed."""
-    stream = body.stream
-
-    def choice(index, text, finish, first, request):
-        if stream:
-            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-            return {"index": index, "delta": delta, "finish_reason": finish}
-        scores = chat_logprobs(tokenizer, request) if body.logprobs else None
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": scores,
-                "finish_reason": finish}
-
-    def envelope(choices, usage):
-        kind = "chat.completion.chunk" if stream else "chat.completion"
-        out = {"id": rid, "object": kind, "created": created, "model": model_id, "choices": choices}
-        return out | ({"usage": usage} if usage else {})
-    return envelope, choice
 
 
 def _answer_errors_as_openai(app: FastAPI) -> None:
@@ -385,7 +342,7 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
                 service.check_chars(len(text), "prompt")
         # Tokenizing takes time on long texts: off the event loop, so that other clients' answers go on.
         ids = await asyncio.to_thread(prompt_ids, tokenizer, body.prompt)
-        envelope, choice = _completion_shape(_id("cmpl"), int(time.time()), service.model_id, tokenizer, body)
+        envelope, choice = completion_shape(response_id("cmpl"), int(time.time()), service.model_id, tokenizer, body)
         return await _answer(service, http, body, ids, 16 if body.max_tokens is None else body.max_tokens,
                              envelope, choice)
 
@@ -398,7 +355,7 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
         messages = message_texts(body.messages)  # content parts as text; an image part is a 400 naming it
         service.check_chars(sum(len(m["content"]) for m in messages), "messages")
         ids = await asyncio.to_thread(chat_ids, service.engine.tokenizer, messages, service.defaults.template)
-        envelope, choice = _chat_shape(_id("chatcmpl"), int(time.time()), service.model_id, service.engine.tokenizer,
+        envelope, choice = chat_shape(response_id("chatcmpl"), int(time.time()), service.model_id, service.engine.tokenizer,
                                        body)
         return await _answer(service, http, body, [ids], body.max_completion_tokens or body.max_tokens, envelope,
                              choice)

@@ -268,7 +268,7 @@ def test_the_kgpt2_command_leaves_at_once_after_ctrl_c(monkeypatch):
             raise Left(how, code)
         return record
 
-    monkeypatch.setattr(os, "_exit", leave("os._exit"))
+    monkeypatch.setattr(os, "_exit", leave("os._exit"))  # kgpt2.cli_runner.exit_process
     monkeypatch.setattr(sys, "exit", leave("sys.exit"))
     for status, how in ((130, "os._exit"), (2, "sys.exit"), (0, "sys.exit")):
         monkeypatch.setattr(cli, "main", lambda status=status: status)

@@ -329,7 +329,8 @@ def test_running_out_of_memory_is_one_sentence(tmp_path, tiny_preset, pydoc_shar
     error = out.stderr.strip().splitlines()[-1]
     assert error.startswith(f"kgpt2: error: training run '{tmp_path / 'big'}' ran out of memory (")
     assert "lower train.batch_size" in error and "train.remat = true" in error
-    assert len(out.stderr.strip().splitlines()) == 1
+    # before it, only the warning that a batch of 20,000 windows is nearly all padding on this tiny corpus
+    assert [line for line in out.stderr.strip().splitlines()[:-1] if "positions are padding" not in line] == []
 
 
 @pytest.mark.parametrize("verb", ["align", "evaluate"])

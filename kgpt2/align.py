@@ -84,6 +84,9 @@ class AlignPlan:
 def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict:
     """Align `cfg`'s model on `cfg.align.data`; resume from the newest checkpoint; return <run>/align.json."""
     check_sequence_length(cfg)  # before the lock makes the run folder
+    if cfg.train.max_steps:  # align counts its own steps: train.max_steps ran the recipe's steps without a word
+        raise UserError(f"align counts its optimizer steps with align.steps (now {cfg.align.steps:,}); "
+                        f"train.max_steps is kgpt2 train's: set align.steps={cfg.train.max_steps} instead")
     if not cfg.align.data:  # also before the lock: a training config given to align left an empty run folder
         hint = (" This is a training config (it sets data.shards): run `kgpt2 train` with it." if cfg.data.shards
                 else "")

@@ -342,6 +342,9 @@ def test_the_dpo_recipe_takes_its_model_from_the_run_it_starts_from(tmp_path, ti
         align(load_config("dpo"))  # the recipe's own init_run, checkpoints/alpaca, not trained here
     assert str(e.value).startswith("align.init_run 'checkpoints/alpaca' is not a kgpt2 run directory (no config.json); "
                                    "train it first (the dpo recipe starts from `kgpt2 train --config alpaca`)")
+    with pytest.raises(UserError, match=r"^align counts its optimizer steps with align\.steps \(now [\d,]+\); "
+                                        r"train\.max_steps is kgpt2 train's: set align\.steps=3 instead$"):
+        align(load_config("dpo", [f"align.init_run={tiny_run}", "train.max_steps=3"]))  # ran 300 steps silently
     with pytest.raises(UserError) as e:  # a user's own run: the recipe's start is no advice for it
         align(load_config("dpo", ["align.init_run=checkpoints/mine"]))
     assert str(e.value).endswith("train it first, or set align.init_run= to start from model.preset")

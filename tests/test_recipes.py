@@ -117,3 +117,18 @@ def test_recipes_work_from_the_installed_wheel(tmp_path, wheel_venv, pydoc_shard
     assert lines[0] == "stage plan [10, 10000, 80000, 'rest']" and lines[1].startswith("why: the corpus has ")
     assert [int(line.split()[0]) for line in lines[3:7]] == [1, 2, 3, 4]
     assert not list(work.iterdir())
+
+
+def test_copy_into_a_read_only_folder_is_one_sentence(tmp_path, monkeypatch, capsys):
+    """A read-only folder refused the temporary file, then its clean-up too: the second error's traceback
+    (exit 1) replaced the sentence. (Root ignores chmod: the file system's refusals are stood in for.)"""
+    import errno
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Path, "write_text", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    rc, _, err = cli(capsys, "recipes", "--copy", "dpo", "x.toml")
+    assert (rc, err) == (2, "kgpt2: error: cannot write 'x.toml': Read-only file system\n")

@@ -16,6 +16,7 @@ wherever kgpt2 is installed, from any folder; `kgpt2 recipes` lists them
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import tomllib
@@ -93,5 +94,6 @@ def copy(name: str, dest: str | Path | None = None) -> Path:
     except OSError as e:  # read-only folder, full disk
         raise UserError(f"cannot write '{dest}': {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses this too: its sentence is said above
+            tmp.unlink(missing_ok=True)
     return dest

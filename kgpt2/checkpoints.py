@@ -125,13 +125,14 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.protected = protected
         self._verdicts: dict = {}  # (path, inode) -> damage(), so each checkpoint is hashed once
+        self._unreadable: dict = {}  # checkpoint folder -> step, of the last `list` whose state.json did not read
 
     def path_for(self, step: int) -> Path:
         return self.run_dir / f"ckpt-{step}"
 
     def list(self) -> list[Checkpoint]:
         """Published checkpoints with a readable state, oldest first (intact or not)."""
-        found = []
+        found, self._unreadable = [], {}
         if not self.run_dir.is_dir():
             return found
         for d in self.run_dir.glob("ckpt-*"):
@@ -141,20 +142,18 @@ class CheckpointManager:
             try:
                 state = json.loads(state_path.read_text())
             except (json.JSONDecodeError, OSError):
+                self._unreadable[d] = int(d.name[5:])  # no step or cursor to list it by (`_warn_unreadable_states`)
                 continue
             found.append(Checkpoint(d, int(d.name[5:]), state))
         return sorted(found, key=lambda c: c.step)
 
     def _warn_unreadable_states(self, after_step: int) -> None:
-        """A published checkpoint newer than `after_step` whose state.json cannot be read (cut short, emptied)
-        has no step or cursor to list it by: one line for it, as for any other damage, instead of silence."""
-        for d in sorted(self.run_dir.glob("ckpt-*")) if self.run_dir.is_dir() else []:
-            if d.is_dir() and d.name[5:].isdigit() and int(d.name[5:]) > after_step:
-                try:
-                    json.loads((d / STATE_FILE).read_text())
-                except (json.JSONDecodeError, OSError):
-                    log.warning("checkpoint %s is damaged (%s is missing or unreadable); using an older one and "
-                                "leaving it as it is", d, STATE_FILE)
+        """A checkpoint newer than `after_step` whose state.json the last `list` could not read (cut short,
+        emptied): one line for it, as for any other damage, instead of silence."""
+        for d, step in sorted(self._unreadable.items(), key=lambda item: item[1]):
+            if step > after_step:
+                log.warning("checkpoint %s is damaged (%s is missing or unreadable); using an older one and "
+                            "leaving it as it is", d, STATE_FILE)
 
     def damage(self, checkpoint: Checkpoint) -> str | None:
         """Why `checkpoint` cannot be trusted (sizes and checksums checked), or None."""

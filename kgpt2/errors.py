@@ -17,6 +17,11 @@ class UserError(Exception):
     """Bad input from the user: a one-sentence message says what and where."""
 
 
+class NoNetworkError(UserError):
+    """A download that the missing network stopped (`load_failure`): what a step that can go on without it
+    (`kgpt2 train --dry-run`) tells apart from every other refusal."""
+
+
 _ADVICE = {  # errno name -> (what happened, what to do)
     "ENOSPC": ("the disk is full", "free some space or use a bigger disk"),
     "EDQUOT": ("the disk quota is used up", "free some space or use a bigger disk"),
@@ -107,7 +112,7 @@ def load_failure(what: str, e: Exception, hint: str, cache: str = "the KerasHub 
         could not download model preset 'gpt2_base_en': no network connection (and it is not in the KerasHub cache); hint
     """
     if _is_network_error(e):
-        return UserError(f"could not download {what}: no network connection (and it is not in {cache}); {hint}")
+        return NoNetworkError(f"could not download {what}: no network connection (and it is not in {cache}); {hint}")
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     reason = text if len(text) <= 200 else text[:200] + "..."
     return UserError(f"could not load {what} ({reason}); {hint}")

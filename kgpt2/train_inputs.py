@@ -20,7 +20,7 @@ from pathlib import Path
 from kgpt2.config import Config
 from kgpt2.continuation import check_max_steps, check_resumable
 from kgpt2.data.shards import ShardSet
-from kgpt2.errors import UserError
+from kgpt2.errors import NoNetworkError, UserError
 from kgpt2.models import check_sequence_length, load_tokenizer
 from kgpt2.run import Run
 from kgpt2.training_data import describe_plan, resolve_windows
@@ -43,8 +43,8 @@ def check_inputs(cfg: Config, offline: bool = False) -> tuple[Config, object, Sh
     check_sequence_length(cfg)
     try:
         tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
-    except UserError as e:
-        if not offline or not e.args[0].startswith("could not download"):
+    except NoNetworkError as e:
+        if not offline:
             raise
         log.warning("the shards are not checked against the model's tokenizer: %s", e)
         tokenizer = None

@@ -95,7 +95,9 @@ def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict
         recipe_start = (" (the dpo recipe starts from `kgpt2 train --config alpaca`)"
                         if Path(cfg.align.init_run).name == "alpaca" else "")  # the recipe's own init_run
         advice = f"train it first{recipe_start}, or set align.init_run= to start from model.preset"
-        raise UserError(f"align.init_run {not_a_run(cfg.align.init_run, advice)}")
+        refusal = not_a_run(cfg.align.init_run, advice, option="align.init_run",
+                            checkpoint_hint="align.init_checkpoint={name} picks this checkpoint")
+        raise UserError(f"align.init_run {refusal}")
     with Run.of(cfg).lock():  # one writing process per run (kgpt2.lock)
         aligner = Aligner(cfg, verbose)
         aligner.setup(require_checkpoint)
@@ -130,6 +132,9 @@ class Aligner:
         if a.loss != "kto":
             refuse_unpaired(unpaired, a.loss)  # KTO records are refused; votes' single answers skipped
             self.stats.skipped, unpaired = len(unpaired), []
+        # Its own copy of a local preset / tokenizer (often align.init_run's), as `train` makes: the align run then
+        # opens wherever it is copied, without the run it started from.
+        self.cfg = cfg = self.run_.adopt(cfg)
         self._encode(pairs, unpaired, load_tokenizer(cfg.model))
         self.device = resolve_device(cfg.train.device)
         self.policy_name = self.device.policy(cfg.train.precision)

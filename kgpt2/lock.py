@@ -69,6 +69,8 @@ class RunLock:
     def __init__(self, run_dir):
         self.path = Path(run_dir) / LOCK_FILE
         self._fd = None
+        self._made: list[Path] = []  # the folders acquire() created, deepest first
+        self._made_file = False
 
     def holder(self) -> dict:
         """Who holds (or last held) the lock: {"pid", "host", "since"}, or {}."""
@@ -80,6 +82,8 @@ class RunLock:
     def acquire(self) -> RunLock:
         if fcntl is None or self._fd is not None:
             return self
+        self._made = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
+        self._made_file = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -107,8 +111,22 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            self._remove_if_unused()
             os.close(self._fd)  # closing the descriptor frees the flock
             self._fd = None
+
+    def _remove_if_unused(self) -> None:
+        """A run refused after its lock was taken (bad preference data, a missing start checkpoint) leaves no empty
+        folder holding only `.lock`: the lock file and the folders acquire() made are removed while still locked,
+        if nothing else was written there."""
+        if not self._made_file:
+            return
+        with contextlib.suppress(OSError):
+            if [p.name for p in self.path.parent.iterdir()] != [LOCK_FILE]:
+                return
+            self.path.unlink()
+            for folder in self._made:
+                folder.rmdir()  # stops at the first one holding something else
 
     def __enter__(self) -> RunLock:
         return self.acquire()

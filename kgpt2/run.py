@@ -62,10 +62,10 @@ BEST = "best"  # checkpoint id meaning "lowest validation loss" (train.keep_best
 
 
 def not_a_run(path, advice: str, checkpoint_hint: str = "--checkpoint {name} picks this checkpoint",
-              root_hint: str = "") -> UserError:
+              root_hint: str = "", option: str = "--run") -> UserError:
     """The sentence for a --run that is no run folder; a file or folder in one names the run, a folder of runs
     names them. `checkpoint_hint` (formatted with the run and the checkpoint's name) and `root_hint` (with the
-    folder) say what the verb takes instead.
+    folder) say what the verb takes instead; `option` is what was given the folder (`align.init_run`).
 
         >>> str(not_a_run("nowhere", "train one first"))
         "'nowhere' is not a kgpt2 run directory (no config.json); train one first"
@@ -73,19 +73,19 @@ def not_a_run(path, advice: str, checkpoint_hint: str = "--checkpoint {name} pic
     path = Path(path)
     if path.is_file():
         folder = path.parent if (path.parent / "config.json").is_file() else None
-        return UserError(f"'{path}' is a file; --run takes the run's folder"
+        return UserError(f"'{path}' is a file; {option} takes the run's folder"
                          + (f" ('{folder}')" if folder is not None else ""))
     if path.is_dir() and is_run(path.parent):  # a checkpoint, the shards or logs of a run
         pick = (", and " + checkpoint_hint.format(run=path.parent, name=path.name)
                 if path.name.startswith("ckpt-") else "")
-        return UserError(f"'{path}' is a folder inside run '{path.parent}'; --run takes the run's folder{pick}")
+        return UserError(f"'{path}' is a folder inside run '{path.parent}'; {option} takes the run's folder{pick}")
     runs = sorted(d for d in path.iterdir() if d.is_dir() and is_run(d)) if path.is_dir() else []
     if runs:  # a checkpoints root
         names = ", ".join(d.name for d in runs[:5]) + (", ..." if len(runs) > 5 else "")
-        return UserError(f"'{path}' holds runs ({names}); --run takes one of them, e.g. --run '{runs[0]}'"
+        return UserError(f"'{path}' holds runs ({names}); {option} takes one of them, e.g. {option}{' ' if option.startswith('-') else '='}'{runs[0]}'"
                          + root_hint.format(path=path))
     if (path / "manifest.json").is_file():
-        return UserError(f"'{path}' is a shard set (what `kgpt2 prepare` writes), not a run; --run takes a run's "
+        return UserError(f"'{path}' is a shard set (what `kgpt2 prepare` writes), not a run; {option} takes a run's "
                          f"folder (train one on these shards with data.shards = \"{path}\")")
     return UserError(f"'{path}' is not a kgpt2 run directory (no config.json); {advice}")
 

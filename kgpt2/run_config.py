@@ -39,6 +39,7 @@ from kgpt2.io import atomic_write_text
 
 # The config keys that may name a local file or folder.
 PATH_KEYS = ("model.preset", "model.tokenizer", "data.shards", "train.init_from", "align.init_run")
+LIST_PATH_KEYS = ("align.data",)  # lists of local files (preference data), each stored like a PATH_KEYS value
 EXTRA_KEYS = ("relative_paths", "absolute_paths", "continuations")  # in config.json, not in Config
 
 
@@ -77,6 +78,14 @@ def write_run_config(path, data: dict, continuation: dict | None = None) -> None
         _set(data, key, Path(os.path.relpath(full, run_dir)).as_posix() + checkpoint)
         relative.append(key)
         absolute[key] = str(full) + checkpoint
+    for key in LIST_PATH_KEYS:
+        values = _get(data, key)
+        if not isinstance(values, list) or not any(Path(str(v)).expanduser().exists() for v in values):
+            continue
+        full = [str(Path(str(v)).expanduser().resolve()) if Path(str(v)).expanduser().exists() else v for v in values]
+        _set(data, key, [Path(os.path.relpath(f, run_dir)).as_posix() if f != v else v for f, v in zip(full, values)])
+        relative.append(key)
+        absolute[key] = full
     old = read_continuations(path)
     data.update(relative_paths=relative, absolute_paths=absolute,
                 continuations=old + ([continuation] if continuation else []))
@@ -124,6 +133,9 @@ def read_run_config(path) -> tuple[dict, list]:
     run_dir = path.parent.absolute()
     absolute = data.pop("absolute_paths", {}) or {}
     for key in data.pop("relative_paths", []) or []:
+        if key in LIST_PATH_KEYS:
+            _set(data, key, _resolve_list(run_dir, _get(data, key), absolute.get(key)))
+            continue
         value, checkpoint = split_checkpoint(str(_get(data, key)))
         here = Path(os.path.normpath(run_dir / value))
         if not here.exists() and key in absolute and Path(split_checkpoint(absolute[key])[0]).exists():
@@ -134,6 +146,17 @@ def read_run_config(path) -> tuple[dict, list]:
     # The run may have been moved or reached through another root.
     data["checkpoints_root"], data["run"] = str(run_dir.parent), run_dir.name
     return data, continuations
+
+
+def _resolve_list(run_dir: Path, values, absolute) -> list:
+    """Each item of a LIST_PATH_KEYS value against the run's place now, or where it was if only that exists."""
+    values = values if isinstance(values, list) else []
+    absolute = absolute if isinstance(absolute, list) and len(absolute) == len(values) else values
+    out = []
+    for value, before in zip(values, absolute):
+        here = Path(os.path.normpath(run_dir / str(value)))
+        out.append(str(before) if not here.exists() and Path(str(before)).exists() else str(here))
+    return out
 
 
 def flat(data: dict, prefix: str = "") -> dict:

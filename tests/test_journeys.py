@@ -361,7 +361,13 @@ def test_align_on_a_runs_demo_votes_takes_the_runs_model(tmp_path, capsys, monke
     from kgpt2.run import load_run_config
 
     saved, voted = load_run_config(tmp_path / "kto"), load_run_config(run)
-    assert saved.model == voted.model and Path(saved.model.preset) == run / "preset" and saved.lora == voted.lora
+    from dataclasses import replace
+
+    from kgpt2.run import same_files
+
+    # The voted run's model, in the align run's own copy of its preset (the align run travels alone).
+    assert replace(saved.model, preset=voted.model.preset) == voted.model and saved.lora == voted.lora
+    assert Path(saved.model.preset) == tmp_path / "kto" / "preset" and same_files(run / "preset", saved.model.preset)
     assert saved.data.sequence_length == voted.data.sequence_length == 32
     assert re.search(r"\d+ held out examples? \(kto\)", out) and CheckpointManager(tmp_path / "kto").latest().step == 2
     assert f"starting from {latest} of run voted" in err, err  # the person sees which weights it aligned

@@ -54,7 +54,7 @@ class _Request:
     events: queue.Queue
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float = 0.0
-    request: object = None  # the engine's kgpt2.engine.Request once submitted
+    request: object = None  # the engine's kgpt2.engine_request.Request once submitted
 
     def put(self, kind, payload) -> None:
         self.events.put((self.index, kind, payload))

@@ -1,4 +1,4 @@
-"""OpenAI's `logprobs` objects from an engine request's scores (`kgpt2.engine.Request`).
+"""OpenAI's `logprobs` objects from an engine request's scores (`kgpt2.engine_request.Request`).
 
 Two shapes: the legacy completions one (`tokens`, `token_logprobs`,
 `top_logprobs` as `{token text: log-probability}`, `text_offset`), with the

@@ -150,7 +150,8 @@ def _train(p):
 @verb("recipes", "list the run configs that ship with kgpt2, or copy one out to edit", keras="never")
 def _recipes(p):
     p.add_argument("--copy", metavar="NAME", help="copy recipe NAME to DEST (default ./NAME.toml); never overwrites")
-    p.add_argument("dest", nargs="?", metavar="DEST", help="file or folder for --copy")
+    p.add_argument("dest", nargs="?", metavar="DEST",
+                   help="file, or existing folder to put NAME.toml in (as with cp, a DEST ending in / must be a folder)")
 
     def run(a):
         from kgpt2 import recipes

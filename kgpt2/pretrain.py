@@ -12,6 +12,7 @@ The other parts of pre-training have their own modules: `kgpt2.tokenizer_trainin
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from kgpt2.errors import UserError
 from kgpt2.periodic_eval import read_best, read_evals
-from kgpt2.run_logs import read_steps
+from kgpt2.run_logs import per_step_loss, read_steps
 from kgpt2.run import Run, load_run_config
 
 
@@ -36,21 +37,57 @@ def run_summary(run_dir) -> dict:
     - `first_execution_s`: the first row, XLA compilation included;
     - `ms_per_step_wall`: training wall time from the first to the last row
       (fit restarts at epoch ends included, evaluation time excluded) per step;
-    - best and final validation loss and their steps, from logs/evals.csv.
+    - `final_train_loss`: the training loss of the last steps (`final_train_steps`), from the same rows;
+    - best and final validation loss and their steps, from logs/evals.csv, or
+      from the validation after each stage (stages.json) in a run without `train.eval_every`.
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    steps, evals = read_steps(run_dir), read_evals(run_dir)
+    steps, evals = _read_logs(run_dir)
     if steps.empty:
         if Run(run_dir).is_align():
             raise UserError(f"run '{run_dir}' is an align run, which logs no training steps: its numbers are in "
                             f"{run_dir / 'align.json'} (and `kgpt2 evaluate --run {shlex.quote(str(run_dir))} "
                             "--checkpoint all`)")
         raise UserError(f"run '{run_dir}' has no logged steps yet")
-    tokens_per_step = cfg.train.batch_size * cfg.data.sequence_length
     step_ids = steps["step"].to_numpy(dtype=np.int64)
     ran = np.diff(step_ids, prepend=step_ids[0] - (step_ids[0] if len(step_ids) == 1 else step_ids[1] - step_ids[0]))
     ran[0] = max(1, min(ran[0], step_ids[0]))  # the first row: steps since the run (re)started
+    summary = {"run": str(run_dir), "steps": int(step_ids[-1]),
+               **_timing(cfg, steps, evals, step_ids, ran), **_train_loss(steps, step_ids, ran)}
+    summary.update(_val_losses(run_dir, evals))
+    best = read_best(run_dir)
+    if best:
+        summary["best_checkpoint"] = best.get("id")
+    return summary
+
+
+def _read_logs(run_dir: Path):
+    """logs/steps.csv and logs/evals.csv; a damaged or foreign one is one sentence, not pandas' traceback."""
+    import pandas as pd
+
+    tables = []
+    for read, name, columns in ((read_steps, "steps.csv", ("step", "time", "tokens_per_s", "loss")),
+                                (read_evals, "evals.csv", ("step",))):
+        try:
+            table = read(run_dir)
+        except pd.errors.EmptyDataError:  # created, killed before its header was written: nothing logged
+            table = pd.DataFrame(columns=columns)
+        except KeyError as e:  # read_steps sorts by step
+            raise UserError(f"run '{run_dir}': logs/{name} has no {e.args[0]} column; was it edited?") from None
+        except (ValueError, UnicodeDecodeError) as e:  # pandas' parser errors are ValueErrors
+            raise UserError(f"run '{run_dir}': logs/{name} does not read as a table ({e}); was it edited?") from None
+        missing = [c for c in columns if c not in table]
+        if missing:
+            raise UserError(f"run '{run_dir}': logs/{name} has no {', '.join(missing)} "
+                            f"column{'s' if len(missing) > 1 else ''}; was it edited?")
+        tables.append(table)
+    return tables
+
+
+def _timing(cfg, steps, evals, step_ids: np.ndarray, ran: np.ndarray) -> dict:
+    """The speed figures of `run_summary`; `ran`: the steps each row of the step log stands for."""
+    tokens_per_step = cfg.train.batch_size * cfg.data.sequence_length
     per_step = tokens_per_step / steps["tokens_per_s"].to_numpy(dtype=float)  # the first row: compile included
     times = steps["time"].to_numpy(dtype=float)
     row_s = np.diff(times, prepend=np.nan) / ran  # (the tokens_per_s column is a mean since the fit call began)
@@ -64,26 +101,65 @@ def run_summary(run_dir) -> dict:
     eval_seconds = float(evals["eval_seconds"].sum()) if not evals.empty else 0.0
     before_first = float(evals.loc[evals["step"] <= step_ids[0] - ran[0], "eval_seconds"].sum()) if eval_steps else 0.0
     wall = times[-1] - times[0] - (eval_seconds - before_first)
-    summary = {
-        "run": str(run_dir), "steps": int(step_ids[-1]), "tokens_per_step": tokens_per_step,
-        "steps_per_execution": cfg.train.steps_per_execution,
+    return {
+        "tokens_per_step": tokens_per_step, "steps_per_execution": cfg.train.steps_per_execution,
         "first_execution_s": round(float(per_step[0] * ran[0]), 3),
         "ms_per_step_median": round(1000 * float(np.median(steady)), 3) if len(steady) else None,
         "ms_per_step_p90": round(1000 * float(np.percentile(steady, 90)), 3) if len(steady) else None,
         "ms_per_step_wall": round(1000 * float(wall) / max(1, int(step_ids[-1] - step_ids[0])), 3),
         "evaluations": len(evals), "eval_seconds": round(eval_seconds, 2),
     }
-    if not evals.empty and evals["val_loss"].notna().any():
-        i = evals["val_loss"].idxmin()
-        summary.update(best_val_loss=round(float(evals.loc[i, "val_loss"]), 4), best_step=int(evals.loc[i, "step"]),
-                       final_val_loss=round(float(evals["val_loss"].iloc[-1]), 4),
-                       final_step=int(evals["step"].iloc[-1]))
-    best = read_best(run_dir)
-    if best:
-        summary["best_checkpoint"] = best.get("id")
-    return summary
+
+
+def _train_loss(steps, step_ids: np.ndarray, ran: np.ndarray) -> dict:
+    """The mean training loss of the last steps of the last stage: a tenth of the run, 1 to 50 steps (one
+    batch's loss is noisy; an earlier stage may train on other data)."""
+    loss = steps["loss"].astype(float)  # older logs (no since_step): the running mean as logged
+    if "since_step" in steps:
+        loss = per_step_loss(steps).fillna(loss)
+    loss = loss.to_numpy(dtype=float)
+    window = min(50, max(1, int(step_ids[-1]) // 10))
+    last = step_ids > step_ids[-1] - window  # the final row always, however many steps it stands for
+    if "stage" in steps:
+        last &= steps["stage"].to_numpy() == steps["stage"].iloc[-1]
+    last &= np.isfinite(loss)
+    if not last.any():
+        return {}
+    first = int((step_ids - ran)[last].min()) + 1
+    return {"final_train_loss": round(float(np.average(loss[last], weights=ran[last])), 4),
+            "final_train_steps": f"{first}-{int(step_ids[last][-1])}"}
+
+
+def _val_losses(run_dir: Path, evals) -> dict:
+    """Best and final validation loss: the periodic evaluations', else the stage ends'."""
+    source = evals if not evals.empty and evals["val_loss"].notna().any() else _stage_losses(run_dir)
+    if source is None:
+        return {}
+    i = source["val_loss"].idxmin()
+    losses = {"best_val_loss": round(float(source.loc[i, "val_loss"]), 4), "best_step": int(source.loc[i, "step"]),
+              "final_val_loss": round(float(source["val_loss"].iloc[-1]), 4),
+              "final_step": int(source["step"].iloc[-1])}
+    if source is not evals:
+        losses["val_loss_from"] = "stage ends (stages.json)"
+    return losses
+
+
+def _stage_losses(run_dir: Path):
+    """step, val_loss of the validation after each stage (stages.json); None when it holds none."""
+    import pandas as pd
+
+    try:
+        stages = json.loads(Run(run_dir).stages_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet (a run stopped inside its first stage), or damaged
+        return None
+    rows = [(m["step"], m["loss"]) for m in stages if isinstance(m, dict) and "loss" in m and "step" in m]
+    return pd.DataFrame(rows, columns=["step", "val_loss"]) if rows else None
 
 
 def format_summary(summary: dict) -> str:
     """`kgpt2 pretrain summary`: one `name: value` line per figure."""
-    return "\n".join(f"{k:>20}: {v}" for k, v in summary.items())
+    lines = [f"{k:>20}: {v}" for k, v in summary.items()]
+    if "best_val_loss" not in summary:  # said, not left out: a missing line read as a bug in the summary
+        lines.append(f"{'val_loss':>20}: none logged (no evaluation ran); `kgpt2 evaluate --run "
+                     f"{shlex.quote(summary['run'])} --split validation` measures it")
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ vocabulary (`kgpt2.char_tokenizer`). `model.tokenizer = DIR` and
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -32,10 +33,19 @@ TOKENIZER_FILES = (VOCAB_FILE, MERGES_FILE, CHAR_VOCAB_FILE)  # what a saved tok
 
 
 def _texts(source: str, fmt: str | None = None):
-    texts = [doc.text for doc in open_source(source, fmt)]
-    if not texts:
-        raise UserError(f"source '{source}' holds no text to train a tokenizer on")
-    return texts
+    src = open_source(source, fmt)
+    texts = [doc.text for doc in src]
+    if texts:
+        return texts
+    blank = src.stats.skipped.get("empty document", 0)
+    if blank and blank == src.stats.total_skipped:
+        # nanoGPT would make a vocabulary of these (sorted(set(text)): "\n" alone); here `prepare` skips blank
+        # documents too, so such a tokenizer would encode nothing it is trained or prepared on
+        raise UserError(f"source '{source}' holds no text to train a tokenizer on: its "
+                        f"{'document is' if blank == 1 else f'{blank} documents are'} empty or only whitespace "
+                        "(newlines, spaces), and `kgpt2 prepare` skips such documents, so the tokenizer would have "
+                        "nothing to encode")
+    raise UserError(f"source '{source}' holds no text to train a tokenizer on{src.stats.summary()}")
 
 
 def train_tokenizer(source: str, out_dir, vocab_size: int = 0, *, char: bool = False,
@@ -55,6 +65,7 @@ def train_tokenizer(source: str, out_dir, vocab_size: int = 0, *, char: bool = F
     holds_a_tokenizer = out_dir.is_dir() and any(p.name in TOKENIZER_FILES for p in out_dir.iterdir())
     if not holds_a_tokenizer:  # a file, or a folder of other files: refused before the training (minutes)
         refuse_used_folder(out_dir, "tokenizer")
+        _refuse_unwritable(out_dir)
     texts = _texts(source, fmt)
     if char:
         tokenizer = CharTokenizer.train(texts)
@@ -62,6 +73,17 @@ def train_tokenizer(source: str, out_dir, vocab_size: int = 0, *, char: bool = F
         tokenizer = BPETokenizer.train(texts, vocab_size=vocab_size, min_frequency=min_frequency)
     _save_new(tokenizer, out_dir)
     return tokenizer
+
+
+def _refuse_unwritable(out_dir: Path) -> None:
+    """The folder the tokenizer will be written in must take files: found out before the training, not after."""
+    folder = out_dir.absolute().parent
+    while not folder.exists():  # created by the save (parents too)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"could not write the tokenizer to '{out_dir}': '{folder}' is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):  # permissions, or a read-only file system (EROFS)
+        raise UserError(f"could not write the tokenizer to '{out_dir}': folder '{folder}' is not writable")
 
 
 def _save_new(tokenizer: Tokenizer, out_dir: Path) -> None:

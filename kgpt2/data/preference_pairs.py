@@ -33,6 +33,7 @@ from kgpt2.data.compression import open_bytes
 from kgpt2.data.examples import encode_example
 from kgpt2.data.instructions import record_prompt, record_response
 from kgpt2.errors import UserError
+from kgpt2.reports import counted
 
 
 NO_PREFERENCE_FILES = "align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL)"
@@ -77,6 +78,9 @@ def _files(paths):
         raise UserError(NO_PREFERENCE_FILES)
     for path in map(Path, paths):
         if path.is_dir():
+            if not (path / "votes.jsonl").is_file():
+                raise UserError(f"preference folder '{path}' holds no votes.jsonl (the votes a demo run records); "
+                                "give preference files (prompt/chosen/rejected JSON or JSONL) or a demo run's folder")
             path = path / "votes.jsonl"  # a demo run directory
         if not path.is_file():
             raise UserError(f"preference file '{path}' does not exist")
@@ -89,12 +93,15 @@ def read_preferences(paths, template: str = "plain", stats: PairStats | None = N
     Records give `instruction`/`input` (rendered with the Alpaca template),
     a raw `prompt` (votes: the `model_input` the model saw) or chat messages.
     Ties (no chosen) and pairs whose chosen equals rejected are skipped and
-    counted. Unpaired examples from demo votes carry `"vote": True`.
+    counted; files that leave nothing at all are refused, saying why per
+    reason. Unpaired examples from demo votes carry `"vote": True`.
     """
     stats = stats if stats is not None else PairStats()
-    pairs, unpaired = [], []
+    before = PairStats(read=stats.read, ties=stats.ties, identical=stats.identical)
+    pairs, unpaired, files = [], [], []
     for path in _files(paths):
         stats.files.append(str(path))
+        files.append(str(path))
         for where, rec in _records(path):
             singles = _unpaired(rec, where, template)
             if singles is not None:
@@ -103,7 +110,8 @@ def read_preferences(paths, template: str = "plain", stats: PairStats | None = N
                 unpaired += singles
                 continue
             if not isinstance(rec, dict) or "chosen" not in rec or "rejected" not in rec:
-                raise UserError(f"{where}: expected chosen and rejected fields (or completion and label for KTO)")
+                raise UserError(f"{where}: expected chosen and rejected fields (or completion and label for KTO)"
+                                f"{_what_it_has(rec)}")
             stats.read += 1
             chosen, rejected = (record_response(rec[k], where, k) for k in ("chosen", "rejected"))
             if chosen is None or rejected is None:
@@ -114,7 +122,34 @@ def read_preferences(paths, template: str = "plain", stats: PairStats | None = N
                 stats.identical += 1
                 continue
             pairs.append({"prompt": record_prompt(rec, where, template), "chosen": chosen, "rejected": rejected})
+    if not pairs and not unpaired:
+        _refuse_nothing_usable(files, stats.read - before.read, stats.ties - before.ties,
+                               stats.identical - before.identical)
     return pairs, unpaired
+
+
+def _refuse_nothing_usable(files: list, read: int, ties: int, identical: int) -> None:
+    """Why no record gave a pair or an example, counted per reason (the held-out split said only "0 usable")."""
+    where = f"'{files[0]}'" if len(files) == 1 else f"the {len(files)} files ({', '.join(files)})"
+    if not read:  # an empty file, blank lines, or an empty JSON list
+        raise UserError(f"{where} {'holds' if len(files) == 1 else 'hold'} no preference records (give JSON or "
+                        "JSON Lines records with prompt, chosen and rejected)")
+    reasons = []
+    if identical:
+        reasons.append(f"{identical} {'has' if identical == 1 else 'have'} chosen == rejected (nothing to prefer)")
+    if ties:
+        reasons.append(f"{ties} {'has' if ties == 1 else 'have'} a null chosen or rejected (a tie vote, no preference)")
+    raise UserError(f"no usable preference pair in {where}: of {counted(read, 'record')} read, {' and '.join(reasons)}")
+
+
+def _what_it_has(rec) -> str:
+    """What a record that is no pair holds instead: instruction data given as pairs is the usual mistake."""
+    if not isinstance(rec, dict):
+        kind = "null" if rec is None else {bool: "boolean", int: "number", float: "number", str: "string",
+                                           list: "array"}.get(type(rec), type(rec).__name__)
+        return f"; it is a JSON {kind}, not an object"
+    keys = ", ".join(list(rec)[:8]) + (", ..." if len(rec) > 8 else "")
+    return f"; it has {keys}" if rec else "; it is an empty object"
 
 
 # A demo vote's answers under older names: "left"/"right" before the arena's A/B.
@@ -145,8 +180,9 @@ def refuse_unpaired(unpaired: list, loss: str = "dpo") -> None:
     """Paired losses train on pairs only: KTO records given to them are refused (votes' are skipped)."""
     records = [u for u in unpaired if not u.get("vote")]
     if records:
-        raise UserError(f"{len(records)} records are unpaired (completion + label): "
-                        f"only align.loss = \"kto\" trains on them, not \"{loss}\"")
+        raise UserError(f"{counted(len(records), 'record')} {'is' if len(records) == 1 else 'are'} unpaired "
+                        "(completion + label): "
+                        f"only align.loss = \"kto\" trains on {'it' if len(records) == 1 else 'them'}, not \"{loss}\"")
 
 
 def read_pairs(paths, template: str = "plain", stats: PairStats | None = None) -> list[dict]:
@@ -249,17 +285,28 @@ def check_heldout_split(scores: np.ndarray, n_train: int, n_held: int, fraction:
     if n_train and n_held:
         return
     n, distinct = n_train + n_held, np.unique(scores)
+    if n == 0:  # no split can help: say what left nothing (read_preferences refused files with no records)
+        raise UserError(_nothing_encoded(len(scores), unit))
     if len(distinct) < 2:
         advice = "a held-out share needs two different prompts at least: give more data"
     else:
         lo, hi = _round_inside(distinct[0], distinct[-1])  # held out: score < fraction, so (first, last]
         advice = f"any align.heldout_fraction from {lo} to {hi} splits these prompts, or give more data"
-    where = (f"none of the {n} usable preference {unit} ({len(distinct)} prompts) falls in the held-out share"
-             if n_held == 0 else
-             f"all {n} usable preference {unit} ({len(distinct)} prompts) fall in the held-out share")
+    usable = f"{counted(n, 'usable preference ' + unit.removesuffix('s'))} ({counted(len(distinct), 'prompt')})"
+    where = f"none of the {usable} falls in the held-out share" if n_held == 0 else \
+        f"all {usable} fall in the held-out share"
     side = "" if n_held == 0 else ", leaving none to train on"
     raise UserError(f"{where} (align.heldout_fraction = {fraction}; whole prompts are held out, picked by a hash)"
                     f"{side}; {advice}")
+
+
+def _nothing_encoded(rows: int, unit: str) -> str:
+    if not rows:  # a paired loss given votes' single answers only: they were skipped
+        return (f"no preference {unit} to train on: the records are single answers (thumb votes, \"both bad\" "
+                "votes), which only align.loss = \"kto\" reads")
+    return (f"all {counted(rows, unit.removesuffix('s'))} {'was' if rows == 1 else 'were'} dropped: the prompt "
+            "alone fills data.sequence_length tokens, leaving no room for the answer; raise data.sequence_length "
+            "(up to the model's context) or shorten the prompts")
 
 
 def content_hash(inputs: dict) -> str:

@@ -3,7 +3,9 @@
 `kgpt2 train --config pubmed_lora` reads kgpt2/recipes/pubmed_lora.toml
 wherever kgpt2 is installed, from any folder; `kgpt2 recipes` lists them
 (the first comment line of each file is its description) and `kgpt2 recipes
---copy NAME [DEST]` copies one out to edit.
+--copy NAME [DEST]` copies one out to edit. DEST works as it does for `cp`: an
+existing folder gets NAME.toml inside it, any other path is the file's name,
+and a path ending in "/" must be an existing folder.
 
     >>> from kgpt2 import recipes
     >>> "pubmed_lora" in recipes.names()
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -38,9 +41,8 @@ def is_name(text: str) -> bool:
 
 def find(name: str) -> Path:
     """The recipe file called `name`; unknown names are refused with close matches."""
-    path = HERE / f"{name.removesuffix('.toml')}.toml"
-    if path.is_file():
-        return path
+    if name.removesuffix(".toml") in names():  # a name only: HERE / "/etc/x.toml" would be that very file
+        return HERE / f"{name.removesuffix('.toml')}.toml"
     close = difflib.get_close_matches(name.removesuffix(".toml"), names(), n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; recipes: {', '.join(names())}"
     raise UserError(f"'{name}' is neither a config file nor a kgpt2 recipe{hint} (`kgpt2 recipes` lists them)")
@@ -66,16 +68,16 @@ def listing() -> list[tuple[str, str, str]]:
 
 
 def copy(name: str, dest: str | Path | None = None) -> Path:
-    """Copy recipe `name` to `dest` (a file, or a folder to put NAME.toml in; default ./NAME.toml).
+    """Copy recipe `name` to `dest` (a file, or an existing folder to put NAME.toml in; default ./NAME.toml).
+
+    A `dest` ending in "/" that is no folder is refused, as `cp` refuses it.
 
     Never overwrites: an existing file is refused. The copy is written under
     a temporary name and hard-linked into place, so `dest` appears whole or
     not at all, even with two copies racing.
     """
     source = find(name)
-    dest = Path(dest) if dest is not None else Path(source.name)
-    if dest.is_dir():
-        dest = dest / source.name
+    dest = _destination(source, dest)
     if dest.exists():
         raise UserError(f"'{dest}' already exists; give another destination (nothing was changed)")
     if not dest.parent.is_dir():
@@ -97,3 +99,17 @@ def copy(name: str, dest: str | Path | None = None) -> Path:
         with contextlib.suppress(OSError):  # a read-only folder refuses this too: its sentence is said above
             tmp.unlink(missing_ok=True)
     return dest
+
+
+def _destination(source: Path, dest: str | Path | None) -> Path:
+    """The file `copy` writes, as `cp` picks it: DEST/NAME.toml for a folder, else DEST itself."""
+    if dest is None:
+        return Path(source.name)
+    path = Path(dest)  # (Path drops a trailing slash: it is looked at in the text)
+    if path.is_dir():
+        return path / source.name
+    if not path.exists() and str(dest).endswith(tuple(filter(None, ("/", os.sep, os.altsep)))):
+        # cp refuses too ("Not a directory"); writing a file called like the folder was the surprise
+        raise UserError(f"folder '{dest}' does not exist; create it first (mkdir -p {shlex.quote(str(dest))}) "
+                        "or give a file name")
+    return path

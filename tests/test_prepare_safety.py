@@ -562,11 +562,23 @@ def test_a_shard_set_or_a_run_as_the_source_is_refused(cli, tmp_path, corpus):
     before = tree(tmp_path)
     shards = tmp_path / "shards"
     assert cli("--source", str(shards), "--out", str(tmp_path / "o")) == (
-        2, f"kgpt2: error: '{shards}' is a kgpt2 shard set (what `kgpt2 prepare` writes), not a corpus; train on it "
-           f"with data.shards = \"{shards}\", or prepare the corpus it was made from\n")
+        2, f"kgpt2: error: '{shards}' is a kgpt2 shard set (what `kgpt2 prepare` writes), not a corpus; --source "
+           f"takes the text it was made from (to train a model on the set itself: data.shards = \"{shards}\")\n")
     assert cli("--source", str(run), "--format", "folder", "--out", str(tmp_path / "o")) == (
-        2, f"kgpt2: error: '{run}' is a kgpt2 run (config.json and checkpoints), not a corpus; pass --source the "
-           "corpus to prepare\n")
+        2, f"kgpt2: error: '{run}' is a kgpt2 run (config.json and checkpoints), not a corpus; --source takes the "
+           "text itself (a file or folder of it, or a dataset)\n")
+    assert tree(tmp_path) == before
+
+
+def test_a_binary_file_as_the_source_is_named_binary_not_another_encoding(cli, tmp_path):
+    """A weights file given as --source was told to re-encode itself with iconv; parts of it that happened to
+    decode (a separator splits it) would have become articles."""
+    weights = tmp_path / "model.weights.h5"
+    weights.write_bytes(b"\x89HDF\r\n\x1a\n\x00\x00" + bytes(range(256)) * 64 + b"\n\nsome ascii words\n\n")
+    before = tree(tmp_path)
+    assert cli("--source", str(weights), "--separator", "\n\n", "--out", str(tmp_path / "o")) == (
+        2, f"kgpt2: error: source '{weights}' holds no documents (1 record skipped, e.g. {weights}: a binary file (it "
+           "holds NUL bytes), not text)\n")
     assert tree(tmp_path) == before
 
 

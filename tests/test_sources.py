@@ -408,7 +408,8 @@ def test_kgpt2_shard_sets_and_runs_are_not_corpora(tmp_path):
     (run / "config.json").write_text("{}")
     (run / "votes.jsonl").write_text('{"prompt": "p", "chosen": "c"}\n')
     for fmt in (None, "folder"):
-        with pytest.raises(UserError, match=f"^'{shards}' is a kgpt2 shard set .*, not a corpus; train on it"):
+        with pytest.raises(UserError, match=f"^'{shards}' is a kgpt2 shard set .*, not a corpus; --source takes the "
+                                            "text it was made from"):
             open_source(shards, fmt)
         with pytest.raises(UserError, match=f"^'{run}' is a kgpt2 run .*, not a corpus"):
             open_source(run, fmt)

@@ -53,4 +53,5 @@ class SourceStats:
 
 # A reader's skip reason for text in another encoding -> what iconv is told it is (latin-1 is the usual guess).
 NOT_UTF8, UTF16 = "not UTF-8", "UTF-16, not UTF-8"
+BINARY = "a binary file (it holds NUL bytes), not text"  # no iconv hint: there is no encoding to fix
 ENCODINGS = {UTF16: "utf-16", NOT_UTF8: "latin1"}

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kgpt2.data.compression import damaged_sentence, is_damaged, open_bytes, plain, refuse_unsupported
-from kgpt2.data.documents import NOT_UTF8, UTF16, Document, SourceStats
+from kgpt2.data.documents import BINARY, NOT_UTF8, UTF16, Document, SourceStats
 from kgpt2.data.instructions import read_alpaca, read_messages, read_preferences
 from kgpt2.data.papers import ABSTRACT_KEYS, BODY_KEYS, read_hf, read_papers, read_sumpubmed
 from kgpt2.data.records import first_record, read_table
@@ -159,11 +159,11 @@ def refuse_kgpt2_folder(p: Path) -> None:
     """A shard set or a run is kgpt2's output, not a corpus: read as one, its ids.txt (or a run's votes.jsonl)
     became articles."""
     if (p / MANIFEST).is_file() and (read_manifest(p).get("format") == SHARD_FORMAT or any(p.glob("*.ids.txt"))):
-        raise UserError(f"'{p}' is a kgpt2 shard set (what `kgpt2 prepare` writes), not a corpus; train on it with "
-                        f"data.shards = \"{p}\", or prepare the corpus it was made from")
+        raise UserError(f"'{p}' is a kgpt2 shard set (what `kgpt2 prepare` writes), not a corpus; --source takes the "
+                        f"text it was made from (to train a model on the set itself: data.shards = \"{p}\")")
     if (p / "config.json").is_file() and (any(p.glob("ckpt-*")) or (p / "logs").is_dir()):
-        raise UserError(f"'{p}' is a kgpt2 run (config.json and checkpoints), not a corpus; pass --source the "
-                        "corpus to prepare")
+        raise UserError(f"'{p}' is a kgpt2 run (config.json and checkpoints), not a corpus; --source takes the text "
+                        "itself (a file or folder of it, or a dataset)")
 
 
 def _folder_files(folder: Path, suffix: str) -> list[Path]:
@@ -203,6 +203,9 @@ def _read_text_file(path: Path, stats: SourceStats, separator: str | None):
         chunk = f.read(1 << 20)
         # A byte-order mark: Windows' "Unicode" text, which the skip message (and its iconv hint) names
         reason = UTF16 if chunk[:2] in (b"\xff\xfe", b"\xfe\xff") else NOT_UTF8
+        if reason == NOT_UTF8 and b"\x00" in chunk[:65536]:  # weights, an archive, an image: no encoding to fix
+            stats.skip(BINARY, f"{path}")  # one skip for the file, whatever parts of it happen to decode
+            return
         while chunk:
             pending += chunk
             if sep:

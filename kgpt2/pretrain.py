@@ -35,8 +35,8 @@ def run_summary(run_dir) -> dict:
       that ran an evaluation or a checkpoint excluded (steady state; the same
       windows benchmarks/shakespeare_vs_nanogpt.py times nanoGPT by);
     - `first_execution_s`: the first row, XLA compilation included;
-    - `ms_per_step_wall`: training wall time from the first to the last row
-      (fit restarts at epoch ends included, evaluation time excluded) per step;
+    - `ms_per_step_wall`: training wall time from the first to the last row of each process
+      (fit restarts at epoch ends included, evaluation time and the time between processes excluded) per step;
     - `final_train_loss`: the training loss of the last steps (`final_train_steps`), from the same rows;
     - best and final validation loss and their steps, from logs/evals.csv, or
       from the validation after each stage (stages.json) in a run without `train.eval_every`.
@@ -99,16 +99,29 @@ def _timing(cfg, steps, evals, step_ids: np.ndarray, ran: np.ndarray) -> dict:
     had_break = np.array([any(lo <= e < hi for e in breaks) for lo, hi in zip(step_ids - ran, step_ids)])
     steady = row_s[(step_ids - ran >= warm) & ~had_break & np.isfinite(row_s)]
     eval_seconds = float(evals["eval_seconds"].sum()) if not evals.empty else 0.0
-    before_first = float(evals.loc[evals["step"] <= step_ids[0] - ran[0], "eval_seconds"].sum()) if eval_steps else 0.0
-    wall = times[-1] - times[0] - (eval_seconds - before_first)
+    wall, wall_steps = _wall_time(steps, evals, step_ids, times)
     return {
         "tokens_per_step": tokens_per_step, "steps_per_execution": cfg.train.steps_per_execution,
         "first_execution_s": round(float(per_step[0] * ran[0]), 3),
         "ms_per_step_median": round(1000 * float(np.median(steady)), 3) if len(steady) else None,
         "ms_per_step_p90": round(1000 * float(np.percentile(steady, 90)), 3) if len(steady) else None,
-        "ms_per_step_wall": round(1000 * float(wall) / max(1, int(step_ids[-1] - step_ids[0])), 3),
+        "ms_per_step_wall": round(1000 * wall / max(1, wall_steps), 3),
         "evaluations": len(evals), "eval_seconds": round(eval_seconds, 2),
     }
+
+
+def _wall_time(steps, evals, step_ids: np.ndarray, times: np.ndarray) -> tuple[float, int]:
+    """(seconds, steps) of training wall time, evaluations taken out: from the first to the last row of each
+    process that logged rows (`process`), so the hours a disconnected Colab was away, and each resume's start-up
+    and compile, are not counted. Rows of an older kgpt2 (no `process`) count as one process."""
+    process = steps["process"].astype(str).to_numpy() if "process" in steps else np.zeros(len(steps), str)
+    starts = np.flatnonzero(np.r_[True, process[1:] != process[:-1]])
+    seconds, count = 0.0, 0
+    for lo, hi in zip(starts, np.r_[starts[1:], len(steps)] - 1):
+        inside = (evals["step"] >= step_ids[lo]) & (evals["step"] < step_ids[hi]) if not evals.empty else []
+        seconds += times[hi] - times[lo] - (float(evals.loc[inside, "eval_seconds"].sum()) if len(inside) else 0.0)
+        count += int(step_ids[hi] - step_ids[lo])
+    return seconds, count
 
 
 def _train_loss(steps, step_ids: np.ndarray, ran: np.ndarray) -> dict:

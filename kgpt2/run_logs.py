@@ -2,7 +2,9 @@
 
     logs/steps.csv     step, stage, loss, accuracy, lr, tokens_per_s (window positions), time,
                        padding (share of the step's target positions that hold no token),
-                       since_step (loss and accuracy are Keras' running means over the steps after it)
+                       since_step (loss and accuracy are Keras' running means over the steps after it),
+                       process (when the training process that logged the row started: a resume's rows
+                       have their own, so the time between processes is not counted as training)
     stages.csv|json    validation metrics after each stage
     loss.png           training loss per step (`per_step_loss`), stage boundaries marked,
                        and validation metrics per stage
@@ -35,7 +37,8 @@ import keras
 from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.run import Run
 
-STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time", "padding", "since_step"]
+STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time", "padding", "since_step",
+               "process"]
 TENSORBOARD_TAGS = ("loss", "accuracy", "learning_rate")  # the step CSV's columns TensorBoard shows
 
 
@@ -60,6 +63,7 @@ class StepLog:
 
     def __init__(self, path: Path, truncate_after: int = 0, tensorboard_dir: Path | None = None):
         self.path = Path(path)
+        self.process = f"{time.time():.3f}"  # one StepLog per training process
         truncate_csv(self.path, STEP_FIELDS, truncate_after)
         # The steps from the checkpoint on are logged again (a resume): TensorBoard's session starts there.
         self.tensorboard = TensorBoardScalars(tensorboard_dir or self.path.parent / "tensorboard",
@@ -68,7 +72,8 @@ class StepLog:
     def callback(self, first_step: int, schedule, stage: int, tokens_per_batch: int, paddings=None):
         """The logger for one `fit` call whose first batch is global step `first_step + 1`
         (`paddings`: the padding share of each of its batches, for the `padding` column)."""
-        return _StepLogger(self.path, first_step, schedule, stage, tokens_per_batch, self.tensorboard, paddings)
+        return _StepLogger(self.path, first_step, schedule, stage, tokens_per_batch, self.tensorboard, paddings,
+                           self.process)
 
 
 _EVENT_FILES = itertools.count()  # this process's event files, for unique names
@@ -137,9 +142,9 @@ class _StepLogger(keras.callbacks.Callback):
     async_safe = True
 
     def __init__(self, path, first_step, schedule, stage, tokens_per_batch, tensorboard: TensorBoardScalars,
-                 paddings=None):
+                 paddings=None, process: str = ""):
         super().__init__()
-        self.paddings = paddings
+        self.paddings, self.process = paddings, process
         self.path, self.first_step, self.schedule = path, first_step, host_schedule(schedule)
         self.tensorboard = tensorboard
         self.stage, self.tokens_per_batch = stage, tokens_per_batch
@@ -171,7 +176,7 @@ class _StepLogger(keras.callbacks.Callback):
                    f"{float(logs.get('accuracy', float('nan'))):.6f}", f"{lr:.3e}",
                    f"{self.tokens_per_batch * (done - since_done) / elapsed:.1f}" if elapsed > 0 else "", f"{now:.4f}",
                    f"{self.paddings[done - 1]:.4f}" if self.paddings is not None and done <= len(self.paddings) else "",
-                   self.first_step]
+                   self.first_step, self.process]
             self._rows.append(row)
             if len(self._rows) >= 64:
                 self._flush()

@@ -66,3 +66,23 @@ def test_a_damaged_step_log_is_one_sentence(tmp_path, kgpt2_cli, text, message):
     (run / "logs" / "steps.csv").write_bytes(text)
     result = kgpt2_cli("pretrain", "summary", "--run", run)
     assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr
+
+
+def test_the_time_between_a_killed_process_and_its_resume_is_not_training_time(tmp_path):
+    """ms_per_step_wall divided the whole span of the step log by its steps: a run killed at step 50 and resumed
+    an hour later (a Colab disconnect) reported ~36,000 ms a step instead of 50."""
+    from kgpt2.pretrain import run_summary
+
+    run = _run_without_evaluations(tmp_path)
+    log = run / "logs" / "steps.csv"
+    assert run_summary(run)["ms_per_step_wall"] == pytest.approx(50.0, abs=0.01)  # an older log: one process
+    header, *rows = log.read_text().splitlines()
+    resumed = []
+    for row in rows:
+        fields = row.split(",")
+        later = int(fields[0]) > 50  # the second process: an hour later
+        fields[6] = f"{float(fields[6]) + 3600 * later:.4f}"
+        resumed.append(",".join([*fields, "4600.0" if later else "1000.0"]))
+    log.write_text(f"{header},process\n" + "\n".join(resumed) + "\n")
+    # rows 1..50 and 51..100 of each process, 0.05 s apart: 49 steps each
+    assert run_summary(run)["ms_per_step_wall"] == pytest.approx(50.0, abs=0.01)

@@ -72,7 +72,9 @@ def chat_prompt(messages: list[dict], template: str) -> str:
     last = users[-1] if users else len(messages) - 1  # no user message: the last message is the instruction
     if last < len(messages) - 1 or messages[last]["role"] == "assistant":
         i = last + 1 if last < len(messages) - 1 else last
-        raise OpenAIError(400, f"messages[{i}] is a {messages[i]['role']} message after the last user message; the "
+        role = messages[i]["role"]
+        where = "after the last user message" if users else "and no user message comes before it"
+        raise OpenAIError(400, f"messages[{i}] is {'an' if role[0] in 'aeiou' else 'a'} {role} message {where}; the "
                           "run's instruction template answers the last user message and cannot continue after it "
                           "(end with a user message, or serve a run with the chat template)", param=f"messages.{i}")
     context = "\n".join(m["content"] for m in messages[:last])

@@ -235,9 +235,13 @@ def test_the_instruction_template_refuses_messages_after_the_last_user_message(s
     r = served.post("/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 2})
     e = r.json()["error"]
     assert r.status_code == 400 and e["param"] == "messages.2"
-    assert e["message"] == (f"messages[2] is a {after['role']} message after the last user message; the run's "
+    article = "an" if after["role"] == "assistant" else "a"
+    assert e["message"] == (f"messages[2] is {article} {after['role']} message after the last user message; the run's "
                             "instruction template answers the last user message and cannot continue after it (end "
                             "with a user message, or serve a run with the chat template)")
+    alone = [{"role": "assistant", "content": "Once upon"}]  # no user message at all
+    e = served.post("/v1/chat/completions", json={"model": "tiny", "messages": alone, "max_tokens": 2}).json()["error"]
+    assert e["message"].startswith("messages[0] is an assistant message and no user message comes before it; ")
 
 
 def test_the_api_key_scheme_is_case_insensitive_and_checked_before_the_body():

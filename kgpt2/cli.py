@@ -26,6 +26,7 @@ A user's mistake (missing file, unknown key, bad preset) prints one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -142,7 +143,7 @@ def _train(p):
         if a.dry_run:
             print(reports.plan_table(cfg.train.stages, dry_run_plan(cfg)))
             return
-        print(reports.train_report(train(cfg, require_checkpoint=a.resume)))
+        print(reports.train_report(train(cfg, verbose=0 if a.quiet else "auto", require_checkpoint=a.resume)))
 
     return run
 
@@ -292,7 +293,7 @@ def _align(p):
         from kgpt2.config import load_config
 
         cfg = load_config(a.config, list(a.overrides) + ([f"train.device={a.device}"] if a.device else []))
-        print(reports.align_report(align(cfg), cfg.run_dir))
+        print(reports.align_report(align(cfg, verbose=0 if a.quiet else "auto"), cfg.run_dir))
 
     return run
 
@@ -411,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (factory, help, keras, interrupted) in VERBS.items():
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(handler=factory(p), keras_import=keras, interrupted=interrupted)
+        with contextlib.suppress(argparse.ArgumentError):  # serve has its own, with its own help
+            # `kgpt2 train ... -q` as people type it; SUPPRESS: leaving it out keeps what `kgpt2 -q` set
+            p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="only warnings and results (the same as kgpt2 -q VERB)")
     return parser
 
 

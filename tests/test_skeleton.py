@@ -278,3 +278,13 @@ def test_the_kgpt2_command_leaves_at_once_after_ctrl_c(monkeypatch):
     import tomllib
     scripts = tomllib.loads((Path(cli.__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["kgpt2"] == "kgpt2.cli:console"
+
+
+@pytest.mark.parametrize("argv, quiet", [(["train", "--config", "c.toml", "-q"], True), (["-q", "train"], True),
+                                         (["evaluate", "--run", "r", "--quiet"], True), (["train"], False),
+                                         (["serve", "--run", "r", "-q"], True), (["-q", "serve", "--run", "r"], True)])
+def test_quiet_is_taken_after_the_verb_too(argv, quiet):
+    """`kgpt2 train ... -q` was 'unrecognized arguments: -q' (only `kgpt2 -q train` worked, and serve's own -q)."""
+    from kgpt2.cli import parse_args
+
+    assert parse_args(argv).quiet is quiet

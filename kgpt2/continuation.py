@@ -152,6 +152,28 @@ def init_checkpoint(cfg: Config) -> Checkpoint | None:
     return ckpt
 
 
+def check_epochs(epochs: int, state: dict, stage_offset: int, plan_length: int, run_path) -> None:
+    """A train.epochs below what the stage in place has trained (in the middle of it, or a plan all trained) would
+    train nothing, and, once in config.json, would be the epochs of every stage the run is given later."""
+    if stage_offset != state.get("stage_offset", 0):
+        return  # this plan's stages run after the finished ones, with these epochs: nothing is cut short
+    stage = state["stage"] + (0 if state.get("stage_end") else 1)
+    if not state.get("stage_end"):
+        trained = state.get("epoch", 0) + (1 if state.get("batch") else 0)
+        where = f"is in epoch {trained} of stage {stage}"
+    elif state["stage"] - stage_offset >= plan_length:  # a plan all trained; before that, later stages may be shorter
+        trained = state.get("epochs", 0)
+        where = f"trained stage {stage} for {trained} epochs"
+    else:
+        return
+    if epochs < trained:
+        more = (f"of {trained} or more" if not state.get("stage_end")
+                else f"above {trained} (train.epochs={trained + 1}: one more pass)" if plan_length == 1
+                else f"of {trained} (fewer apply to a new stage: 'train.stages=[\"rest\"]' train.epochs={epochs})")
+        raise UserError(f"train.epochs is {epochs}, but run '{run_path}' {where} already: nothing would train; "
+                        f"give train.epochs {more}")
+
+
 def check_max_steps(cfg: Config, step: int, run_path) -> None:
     """A train.max_steps below the step a run has reached would train nothing, and, once in its config.json,
     keep it from training on whatever else it is given."""

@@ -55,7 +55,8 @@ from kgpt2 import memory  # memory: read at call time, a test stands in for the 
 from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
 from kgpt2.cursor import Cursor
-from kgpt2.continuation import check_max_steps, check_resumable, init_checkpoint, place_plan, plan_left
+from kgpt2.continuation import (check_epochs, check_max_steps, check_resumable, init_checkpoint, place_plan,
+                                plan_left)
 from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import empty_splits_note
 from kgpt2.devices import dtype_policy, resolve_device
@@ -89,6 +90,9 @@ class TrainResult:
     stages: list = field(default_factory=list)  # per-stage validation metrics
     checkpoint: str = ""
     start_step: int = 0  # where this call began (the resumed checkpoint's step)
+    # How to give a finished run more to do: another stage, or (a plan of one stage, where another
+    # `train.stages=["rest"]` is the plan it has) one more epoch of it.
+    one_more_pass: str = "'train.stages=[\"rest\"]'"
 
 
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
@@ -198,6 +202,7 @@ class Trainer:
         """Where this config's plan goes on a run that has checkpoints: in place, or after its finished stages."""
         self.stage_offset, self.step_offset, self.stages = place_plan(
             state, self.stages, self.cfg.train.stages, self.shards.manifest["content_hash"], self.run.path)
+        check_epochs(self.cfg.train.epochs, state, self.stage_offset, len(self.stages), self.run.path)
 
     def _reopen_finished_stage(self, changed: dict | None) -> Cursor | None:
         """Where a finished one-stage run trains on when its plan grew (kgpt2.continuation.plan_left); else None."""
@@ -368,8 +373,9 @@ class Trainer:
             for path in self.store.publish_exports():  # a kill between the last stage end and its export
                 log.info("wrote %s again from its stage-end checkpoint", path.name)
         state = self.latest.state
+        more = f"train.epochs={self.cfg.train.epochs + 1}" if len(self.stages) == 1 else TrainResult.one_more_pass
         return TrainResult(self.run.path, self.latest.step, state.get("stage_metrics", []), self.latest.id,
-                           start_step=self.latest.step)
+                           start_step=self.latest.step, one_more_pass=more)
 
 
 def _versions() -> dict:

@@ -240,6 +240,10 @@ def test_more_epochs_on_a_finished_run_train_them(tmp_path, capsys, monkeypatch,
     # ... and only that: no model built, no "resuming from" a stage past the plan, no steps claimed
     assert "resuming from" not in err and "model:" not in err, err
     assert f"trained nothing: the run is at step {3 * one}" in out, out
+    # the advice for a plan of one stage is one more epoch ('train.stages=["rest"]' is the plan it has), and it trains
+    assert "give it more to do: another pass (train.epochs=4)," in out, out
+    code, out, err = kgpt2(capsys, "train", "--run", run, "train.epochs=4")
+    assert code == 0 and CheckpointManager(run).latest().step == 4 * one, err
 
     two_stages = tmp_path / "two-stages"
     shutil.copytree(tiny_run, two_stages)

@@ -178,6 +178,28 @@ def test_a_missing_gpu_is_refused_before_the_run_folder_is_made(tmp_path, tiny_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_train_epochs_below_what_the_stage_in_place_trained_is_refused(tmp_path):
+    """`kgpt2 train --run R train.epochs=2` on a run whose stage trained 6 was accepted, written into config.json
+    ("trained nothing"), and became the epochs of the next stage the run was given."""
+    from kgpt2.continuation import check_epochs
+
+    finished = {"stage": 3, "epoch": 0, "batch": 0, "step": 450, "stage_end": True, "epochs": 6}
+    with pytest.raises(UserError, match=r"^train\.epochs is 2, but run 'r' trained stage 3 for 6 epochs already: "
+                                        r"nothing would train; give train\.epochs of 6 \(fewer apply to a new stage: "
+                                        r"'train\.stages=\[\"rest\"\]' train\.epochs=2\)$"):
+        check_epochs(2, finished, 0, 3, "r")
+    with pytest.raises(UserError, match=r"give train\.epochs above 6 \(train\.epochs=7: one more pass\)$"):
+        check_epochs(5, {**finished, "stage_offset": 2}, 2, 1, "r")  # a continued run: a plan of one stage
+    mid = {"stage": 2, "epoch": 5, "batch": 11, "step": 425, "stage_end": False, "epochs": 6}
+    with pytest.raises(UserError, match=r"^train\.epochs is 5, but run 'r' is in epoch 6 of stage 3 already: nothing "
+                                        r"would train; give train\.epochs of 6 or more$"):
+        check_epochs(5, mid, 0, 3, "r")
+    for epochs, state, offset, length in ((6, finished, 0, 3), (9, finished, 0, 3), (6, mid, 0, 3),
+                                          (2, finished, 3, 1),  # a new stage after the finished ones: its own epochs
+                                          (2, {**finished, "stage": 1}, 0, 3)):  # later stages may be shorter
+        check_epochs(epochs, state, offset, length, "r")
+
+
 def test_a_run_whose_shards_moved_changed_or_max_steps_fell_says_what_to_do(tmp_path, tiny_preset, pydoc_shards,
                                                                           pydoc_tokenizer, make_tiny_config, caplog):
     """A finished run: its shards moved (the sentence said "run `kgpt2 prepare` first" about a folder that is

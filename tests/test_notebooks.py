@@ -76,7 +76,8 @@ def test_runs_top_to_bottom_in_smoke_mode(path, tmp_path, wheel_venv, shared_dat
     # Colab's backend: kgpt2 picks JAX when KERAS_BACKEND is unset and JAX is installed (it is on
     # Colab). It is also the cheaper one here (01: ~68 s of kernel CPU on JAX, ~91 s on TensorFlow).
     env["KERAS_BACKEND"] = NOTEBOOK_BACKEND
-    env["PATH"] = f"{wheel_venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"  # the wheel's `kgpt2` first
+    # PATH as it is: the wheel's venv/bin is not on it, as in a kernel of a venv never activated; the notebooks run
+    # `kgpt2` with the kernel's own Python (their `subprocess.run(["kgpt2", ...])` needed it on PATH)
     # A kernel spec for the wheel's venv (ipykernel reaches it through the venv's .pth).
     spec = tmp_path / "jupyter" / "kernels" / "kgpt2-wheel"
     spec.mkdir(parents=True)

@@ -82,8 +82,9 @@ def write_manifest(folder: Path) -> None:
     atomic_write_text(folder / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=2))
 
 
-def damage(folder: Path, checksums: bool = True) -> str | None:
-    """Why the checkpoint in `folder` cannot be trusted, or None if it is intact."""
+def damage(folder: Path, checksums: bool = True, only: tuple[str, ...] | None = None) -> str | None:
+    """Why the checkpoint in `folder` cannot be trusted, or None if it is intact; `only` (file names, e.g.
+    `(WEIGHTS,)`): check just these files of its manifest, all that a reader loading only them needs."""
     try:
         state = json.loads((folder / STATE_FILE).read_text())
     except (OSError, ValueError):
@@ -94,6 +95,11 @@ def damage(folder: Path, checksums: bool = True) -> str | None:
         files = json.loads((folder / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"{MANIFEST} is missing or unreadable"
+    if only is not None:
+        unlisted = [name for name in only if name not in files]
+        if unlisted:
+            return f"{unlisted[0]} is not in its {MANIFEST}"
+        files = {name: files[name] for name in only}
     for name, want in files.items():
         path = folder / name
         try:

@@ -80,9 +80,10 @@ def current_versions() -> dict:
     return {"keras": keras.__version__, "keras_hub": keras_hub.__version__, "backend": keras.backend.backend()}
 
 
-def restore_checkpoint(model, checkpoint: Checkpoint, optimizer=None) -> dict:
-    """Load a checkpoint's weights (and optimizer state) into a built model, every file and name checked."""
-    why = damage(checkpoint.path)
+def restore_checkpoint(model, checkpoint: Checkpoint, optimizer=None, only: tuple[str, ...] | None = None) -> dict:
+    """Load a checkpoint's weights (and optimizer state) into a built model, every file and name checked
+    (`only`: just these files, e.g. `(WEIGHTS,)` where a damaged optimizer state does not matter)."""
+    why = damage(checkpoint.path, only=only)
     if why is not None:
         raise UserError(f"checkpoint {checkpoint.path} is damaged ({why}); choose another checkpoint")
     _warn_versions(checkpoint)
@@ -124,7 +125,7 @@ class CheckpointManager:
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.protected = protected
-        self._verdicts: dict = {}  # (path, inode) -> damage(), so each checkpoint is hashed once
+        self._verdicts: dict = {}  # (path, inode, files checked) -> damage(), so each is hashed once
         self._unreadable: dict = {}  # checkpoint folder -> step, of the last `list` whose state.json did not read
 
     def path_for(self, step: int) -> Path:
@@ -147,39 +148,42 @@ class CheckpointManager:
             found.append(Checkpoint(d, int(d.name[5:]), state))
         return sorted(found, key=lambda c: c.step)
 
-    def _warn_unreadable_states(self, after_step: int) -> None:
+    def _warn_unreadable_states(self, after_step: int, done: str = "using an older one and leaving it as it is"):
         """A checkpoint newer than `after_step` whose state.json the last `list` could not read (cut short,
         emptied): one line for it, as for any other damage, instead of silence."""
         for d, step in sorted(self._unreadable.items(), key=lambda item: item[1]):
             if step > after_step:
-                log.warning("checkpoint %s is damaged (%s is missing or unreadable); using an older one and "
-                            "leaving it as it is", d, STATE_FILE)
+                log.warning("checkpoint %s is damaged (%s is missing or unreadable); %s", d, STATE_FILE, done)
 
-    def damage(self, checkpoint: Checkpoint) -> str | None:
-        """Why `checkpoint` cannot be trusted (sizes and checksums checked), or None."""
+    def damage(self, checkpoint: Checkpoint, only: tuple[str, ...] | None = None) -> str | None:
+        """Why `checkpoint` cannot be trusted (sizes and checksums checked; `only`: of these files), or None."""
         try:
-            key = (str(checkpoint.path), (checkpoint.path / STATE_FILE).stat().st_ino)
+            key = (str(checkpoint.path), (checkpoint.path / STATE_FILE).stat().st_ino, only)
         except OSError:
             return f"{STATE_FILE} is missing"
         if key not in self._verdicts:
-            self._verdicts[key] = damage(checkpoint.path)
+            self._verdicts[key] = damage(checkpoint.path, only=only)
         return self._verdicts[key]
 
-    def intact(self, warn: bool = True) -> list[Checkpoint]:
-        """The checkpoints that pass `damage`, oldest first; one warning line per damaged one."""
+    def intact(self, warn: bool = True, only: tuple[str, ...] | None = None) -> list[Checkpoint]:
+        """The checkpoints that pass `damage` (`only`: in these files), oldest first; one warning line per
+        damaged one."""
         good = []
         for c in self.list():
-            why = self.damage(c)
+            why = self.damage(c, only)
             if why is None:
                 good.append(c)
             elif warn:
                 log.warning("checkpoint %s is damaged (%s); it is skipped and left as it is", c.path, why)
+        if warn:
+            self._warn_unreadable_states(-1, "it is skipped and left as it is")
         return good
 
-    def newest_intact(self) -> Checkpoint | None:
-        """The newest checkpoint that is intact, after one line for each newer damaged one."""
+    def newest_intact(self, only: tuple[str, ...] | None = None) -> Checkpoint | None:
+        """The newest checkpoint that is intact (`only`: in these files), after one line for each newer damaged
+        one."""
         for c in reversed(self.list()):
-            why = self.damage(c)
+            why = self.damage(c, only)
             if why is None:
                 self._warn_unreadable_states(c.step)
                 return c
@@ -189,13 +193,14 @@ class CheckpointManager:
 
     latest = newest_intact
 
-    def get(self, checkpoint_id: str) -> Checkpoint:
-        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest` = the newest intact one)."""
+    def get(self, checkpoint_id: str, only: tuple[str, ...] | None = None) -> Checkpoint:
+        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest` = the newest intact one; `only`: intact
+        in these files)."""
         ckpts = self.list()
         if not ckpts:
             raise UserError(f"run '{self.run_dir}' has no checkpoints yet")
         if checkpoint_id in ("latest", "", None):
-            newest = self.newest_intact()
+            newest = self.newest_intact(only)
             if newest is None:
                 raise UserError(f"every checkpoint of run '{self.run_dir}' is damaged (see the lines above)")
             return newest
@@ -211,8 +216,8 @@ class CheckpointManager:
         if (named / STATE_FILE).exists() or named.is_dir():  # there, but its state.json unreadable: not listed
             raise UserError(f"checkpoint {named} is damaged ({STATE_FILE} is missing or unreadable); choose another "
                             "checkpoint")
-        known = ", ".join(c.id for c in ckpts)
-        raise UserError(f"run '{self.run_dir}' has no checkpoint '{checkpoint_id}' (it has: {known})")
+        known = ", ".join([c.id for c in ckpts] + [f"stage-{c.state['stage']}" for c in stage_ends])
+        raise UserError(f"run '{self.run_dir}' has no checkpoint '{checkpoint_id}' (it has: {known}; and latest, base)")
 
     def save(self, model, optimizer, state: dict, export: str | None = None) -> Checkpoint:
         """Write a checkpoint; `export` names a merged `.weights.h5` written inside it too."""
@@ -249,7 +254,7 @@ class CheckpointManager:
             raise UserError(f"could not write checkpoint to '{self.run_dir}': {e.strerror or e}{kept}; "
                             "free space or make it writable, then run the same command to resume") from None
         saved = Checkpoint(final, step, state)
-        self._verdicts[(str(final), (final / STATE_FILE).stat().st_ino)] = None  # just written and fsynced
+        self._verdicts[(str(final), (final / STATE_FILE).stat().st_ino, None)] = None  # just written and fsynced
         self._retain()
         return saved
 

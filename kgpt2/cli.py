@@ -172,7 +172,9 @@ def _recipes(p):
 @verb("evaluate", "accuracy, loss and perplexity of checkpoints on a split")
 def _evaluate(p):
     p.add_argument("--run", required=True, help="run directory, e.g. checkpoints/quickstart")
-    p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, all, base, or a comma list")
+    p.add_argument("--checkpoint", default="latest",
+                   help="latest (default: the newest whose weights verify), all (every stage end, plus the newest if "
+                        "it is none), base, best, ckpt-N or N, stage-N, or a comma list of these")
     p.add_argument("--split", default="test")
     p.add_argument("--compare", choices=["base"], help="also evaluate the untrained base model")
     p.add_argument("--max-batches", type=whole_number(1), default=None, help="the split's first N batches (default: all)")

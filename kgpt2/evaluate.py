@@ -20,7 +20,8 @@ import json
 import logging
 from pathlib import Path
 
-from kgpt2.checkpoints import CheckpointManager
+from kgpt2.checkpoint_manifest import WEIGHTS
+from kgpt2.checkpoints import Checkpoint, CheckpointManager
 from kgpt2.data.batches import to_dataset
 from kgpt2.data.preference_pairs import read_preferences
 from kgpt2.data.shards import ShardSet
@@ -35,6 +36,9 @@ from kgpt2.training_data import resolve_windows
 from kgpt2.validation import split_batches
 
 log = logging.getLogger("kgpt2")
+READS = (WEIGHTS,)  # all that scoring a checkpoint loads: a damaged optimizer state does not stop it
+WHAT_CHECKPOINT_TAKES = ("a checkpoint id (ckpt-N or N), stage-N, latest, best, all (every stage end plus the "
+                         "latest), base, or a comma list of them")
 
 
 class EvaluationNotSaved(UserError):
@@ -57,22 +61,57 @@ def _save(run_dir, rows: list[dict], write):
 
 
 def select_checkpoints(run_dir, which) -> list[str]:
-    """`latest`, `all` (every stage end plus the latest), an id, or a list (or comma list) of ids."""
+    """The ids `which` names: `latest` (the newest checkpoint whose weights verify), `all` (every stage end
+    plus the latest), `base`, `best`, `ckpt-N`, `N`, `stage-N`, or a list (or comma list) of these.
+
+    Only the weights must verify (`READS`): a checkpoint whose optimizer state is damaged is scored, with a
+    note; one whose weights are damaged, asked for by name, is refused in one sentence.
+    """
     run = Run(run_dir)
-    if isinstance(which, str) and "," in which:
-        which = [w.strip() for w in which.split(",") if w.strip()]
-    if isinstance(which, (list, tuple)):
-        ids = [w if w == BASE else run.checkpoint(w).id for w in which]
-        return list(dict.fromkeys(ids))  # `stage-2,ckpt-234` may name one checkpoint twice: score it once
-    if which == "all":
-        ckpts = run.checkpoints().intact()  # a damaged one is named in one line and skipped
-        ids = [c.id for c in ckpts if c.state.get("stage_end")]
-        if ckpts and ckpts[-1].id not in ids:
-            ids.append(ckpts[-1].id)
-        if not ids:
-            raise UserError(f"run '{run_dir}' has no checkpoints yet")
-        return ids
-    return [which if which == BASE else run.checkpoint(which).id]
+    store = run.checkpoints()
+    ids: dict = {}  # `stage-2,ckpt-234` may name one checkpoint twice: score it (and note its damage) once
+    for name in _checkpoint_names(which):
+        if name == "all":
+            picked = _stage_ends_and_latest(run, store)
+        else:
+            picked = [BASE if name == BASE else store.get(name, only=READS) if name == "latest" else
+                      run.checkpoint(name)]
+        for ckpt in picked:
+            if ckpt == BASE or ckpt.id not in ids:
+                ids[BASE if ckpt == BASE else _readable(store, ckpt).id] = True
+    return list(ids)
+
+
+def _checkpoint_names(which) -> list[str]:
+    """`which` as a list of names; none at all (`--checkpoint ,`, an empty string) is the user's mistake."""
+    if which is None:
+        return ["latest"]
+    names = [str(w).strip() for w in (which if isinstance(which, (list, tuple)) else str(which).split(","))]
+    if not any(names):
+        raise UserError(f"--checkpoint {which!r} names no checkpoint; it takes {WHAT_CHECKPOINT_TAKES}")
+    return [n for n in names if n]
+
+
+def _stage_ends_and_latest(run: Run, store: CheckpointManager) -> list[Checkpoint]:
+    """What `all` means: every stage end, then the newest checkpoint if it is none (both: weights verified)."""
+    ckpts = store.intact(only=READS)  # a damaged one is named in one line and skipped
+    if not ckpts:
+        raise UserError(f"run '{run.path}' has no checkpoints yet" if not store.list() else
+                        f"every checkpoint of run '{run.path}' is damaged (see the lines above)")
+    chosen = [c for c in ckpts if c.state.get("stage_end")]
+    return chosen + ([ckpts[-1]] if ckpts[-1] not in chosen else [])
+
+
+def _readable(store: CheckpointManager, ckpt: Checkpoint) -> Checkpoint:
+    """`ckpt` when its weights verify (one note when another of its files is damaged); else one sentence."""
+    why = store.damage(ckpt, READS)
+    if why is not None:
+        raise UserError(f"checkpoint {ckpt.path} is damaged ({why}); choose another checkpoint")
+    other = store.damage(ckpt)
+    if other is not None:
+        log.warning("checkpoint %s is damaged (%s) but its weights verify, so it is evaluated (training cannot "
+                    "resume from it)", ckpt.path, other)
+    return ckpt
 
 
 def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_base: bool = False,
@@ -91,7 +130,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     ids = select_checkpoints(run_dir, checkpoints)
     if compare_base and BASE not in ids:
         ids = [BASE] + ids
-    if run.is_align() and not shards:  # with shards: next-token metrics, what aligning cost the language model
+    if _is_align(run) and not shards:  # with shards: next-token metrics, what aligning cost the language model
         if max_batches is not None:
             log.warning("an align run is scored on all its held-out preference pairs: --max-batches applies to "
                         "next-token evaluation on shards (--shards DIR)")
@@ -138,6 +177,13 @@ def _report_kept(table: list[dict], rows: list[dict]) -> None:
         log.info("the saved table also keeps %s, scored earlier on the same data", ", ".join(kept))
 
 
+def _is_align(run: Run) -> bool:
+    """Whether `kgpt2 align` wrote the run, from its newest checkpoint's state, unverified: `Run.is_align` picks
+    `latest`, which names a damaged newest checkpoint a second time ("using an older one")."""
+    ckpts = run.checkpoints().list()
+    return bool(ckpts) and ckpts[-1].state.get("kind") == "align"  # kgpt2.align.KIND, without its imports
+
+
 def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:
     """Load checkpoint `ckpt_id` of the listing `ckpts`; False (and one warning line) when it no longer exists.
 
@@ -147,7 +193,7 @@ def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:
     ckpt = ckpts.get(ckpt_id)
     if ckpt is not None:
         try:
-            CheckpointManager.restore(model, ckpt)
+            CheckpointManager.restore(model, ckpt, only=READS)
             return True
         except (UserError, OSError):
             if ckpt.path.is_dir():
@@ -205,10 +251,8 @@ def _margins(y_true, y_pred, loss: str):
 
 def save_alignment_table(run: Run, rows: list[dict]) -> list[dict]:
     """evaluation-preferences.json/.csv (merged as `save_table` does), a PNG: reward accuracy, the last's margins."""
-    table = merge_saved_rows(run.evaluation_table("preferences", "json"),
-                             [{k: v for k, v in r.items() if k != "margins"} for r in rows])
-    atomic_write_files({run.evaluation_table("preferences", "json"): json.dumps(table, indent=2),
-                        run.evaluation_table("preferences", "csv"): _csv(table)})
+    table = _write_table(run.evaluation_table("preferences", "json"),
+                         [{k: v for k, v in r.items() if k != "margins"} for r in rows])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,12 +277,12 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
     The table keeps earlier rows of other models scored on the same data (the
     same shards, split and tokens: `evaluate --checkpoint base` after
     `--checkpoint all` adds the base row instead of replacing the table); rows
-    scored on other batches or other shards would not compare, so they go.
+    scored on other batches or other shards would not compare, so they leave the
+    table for evaluation-<split>.earlier.json, with one line naming them, and
+    return when the same data is scored again (`set_aside`).
     """
     run = Run(run_dir)
-    rows = merge_saved_rows(run.evaluation_table(split, "json"), rows)
-    atomic_write_files({run.evaluation_table(split, "json"): json.dumps(rows, indent=2),
-                        run.evaluation_table(split, "csv"): _csv(rows)})
+    rows = _write_table(run.evaluation_table(split, "json"), rows)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,6 +304,16 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
     return rows
 
 
+def _write_table(saved: Path, rows: list[dict]) -> list[dict]:
+    """`rows` merged into the saved table (`merge_saved_rows`); its .json and .csv, and the rows it replaces
+    (`set_aside`), written together (a full disk leaves all old); returns the table."""
+    table = merge_saved_rows(saved, rows)
+    replaced, earlier = set_aside(saved, table)
+    atomic_write_files({saved: json.dumps(table, indent=2), saved.with_suffix(".csv"): _csv(table), **earlier})
+    report_replaced(saved, replaced, rows)
+    return table
+
+
 def _csv(rows: list[dict]) -> str:
     """The table as CSV; step and stage stay whole numbers where the base row has none (not 7.0)."""
     import pandas as pd
@@ -269,7 +323,8 @@ def _csv(rows: list[dict]) -> str:
 
 
 def merge_saved_rows(saved_json: Path, rows: list[dict]) -> list[dict]:
-    """`rows` plus the saved rows of other models scored on the same data (`_scored_on`); base first, then by step.
+    """`rows` plus the saved rows of other models scored on the same data (`_scored_on`), from the table or else
+    from the rows it set aside earlier (`set_aside`); base first, then by step.
 
     >>> old = [{"model": "base", "split": "test", "tokens": 8}, {"model": "ckpt-2", "split": "test", "tokens": 8, "step": 2}]
     >>> import pathlib, tempfile; f = pathlib.Path(tempfile.mkdtemp()) / "e.json"; _ = f.write_text(json.dumps(old))
@@ -278,15 +333,62 @@ def merge_saved_rows(saved_json: Path, rows: list[dict]) -> list[dict]:
     >>> [r["model"] for r in merge_saved_rows(f, [{"model": "ckpt-1", "split": "test", "tokens": 4, "step": 1}])]
     ['ckpt-1']
     """
-    try:
-        saved = json.loads(Path(saved_json).read_text())
-    except (OSError, ValueError):  # none yet, or not readable as a table: this call's rows alone
-        saved = []
-    saved = saved if isinstance(saved, list) else []
     now = {r["model"] for r in rows}
     scored_on = {_scored_on(r) for r in rows}
-    kept = [r for r in saved if isinstance(r, dict) and r.get("model") not in now and _scored_on(r) in scored_on]
-    return sorted(kept + rows, key=lambda r: (r["model"] != BASE, r.get("step", 0)))
+    kept = {}
+    for r in _read_rows(saved_json) + _read_rows(earlier_rows_path(saved_json)):  # the table's row first
+        if r.get("model") not in now and _scored_on(r) in scored_on:
+            kept.setdefault(r.get("model"), r)
+    return sorted([*kept.values(), *rows], key=lambda r: (r["model"] != BASE, r.get("step", 0)))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # none yet, or not readable as a table: no rows
+        return []
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def earlier_rows_path(saved_json: Path) -> Path:
+    """evaluation-<split>.earlier.json: the rows that left the table because later ones were scored on other data."""
+    return Path(saved_json).with_suffix(".earlier.json")
+
+
+def set_aside(saved_json: Path, table: list[dict]) -> tuple[list[dict], dict]:
+    """(the saved rows `table` replaces, scored on other data; {earlier_rows_path: its new text} if it changes).
+
+    The earlier file keeps one row per model and data, the newest; a row back in `table` leaves it."""
+    key = lambda r: (r.get("model"), _scored_on(r))  # noqa: E731
+    seen = {key(r) for r in table}
+    replaced = [r for r in _read_rows(saved_json) if key(r) not in seen]
+    before = _read_rows(earlier_rows_path(saved_json))
+    earlier = []
+    for r in replaced + before:  # the rows replaced now are the newer ones
+        if key(r) not in seen:
+            seen.add(key(r))
+            earlier.append(r)
+    return replaced, ({earlier_rows_path(saved_json): json.dumps(earlier, indent=2)} if earlier != before else {})
+
+
+def report_replaced(saved_json: Path, replaced: list[dict], rows: list[dict]) -> None:
+    """One line naming the saved rows this evaluation replaced (scored on other data), and where they are kept."""
+    if not replaced:
+        return
+    old, new = replaced[0], rows[0]  # a table holds rows of one data: the saved rows' differs from this call's
+    other_shards = old.get("shards") != new.get("shards")
+    on = (lambda r: f"shards {r.get('shards') or '(not recorded)'}") if other_shards else _amount
+    models = ", ".join(str(r.get("model")) for r in replaced)
+    log.warning("replaced %d saved row%s of %s (%s), scored on %s, with ones on %s: scores on other batches or "
+                "shards do not compare; the replaced rows are kept in %s and return to the table when their data is "
+                "scored again", len(replaced), "s" * (len(replaced) > 1), saved_json, models, on(old), on(new),
+                earlier_rows_path(saved_json).name)
+
+
+def _amount(row: dict) -> str:
+    """What a row was scored on, in words: `7,410 tokens`, `64 held-out pairs`."""
+    count, what = (row["tokens"], "tokens") if row.get("tokens") is not None else (row.get("pairs"), "held-out pairs")
+    return f"{count:,} {what}" if isinstance(count, int) else f"{count} {what}"
 
 
 def _scored_on(row: dict) -> tuple:

@@ -223,10 +223,10 @@ def test_a_checkpoint_removed_by_a_running_trainer_is_skipped(tiny_run, tmp_path
     else:
         real_restore = checkpoints.CheckpointManager.restore
 
-        def prune_mid_load(model, ckpt, optimizer=None):
+        def prune_mid_load(model, ckpt, optimizer=None, **checks):
             if ckpt.id == first:
                 checkpoints._remove_folder(ckpt.path)
-            return real_restore(model, ckpt, optimizer)
+            return real_restore(model, ckpt, optimizer, **checks)
 
         monkeypatch.setattr(checkpoints.CheckpointManager, "restore", staticmethod(prune_mid_load))
     rows = evaluate.evaluate_run(run, "all", split="validation", max_batches=1, save=False)

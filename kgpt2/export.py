@@ -7,10 +7,13 @@ Both formats hold one plain GPT-2: LoRA/rsLoRA/DoRA folded into the kernels,
 an int8/int4 base dequantised, the vocabulary padding (model.pad_vocabulary_to)
 cut off, float32 weights, and kgpt2's own tokenizer files. `--to peft` writes
 the run's adapter as PEFT's adapter_config.json + adapter_model.safetensors
-(kgpt2.peft_adapters) and the run's base model, unadapted, as a Hugging Face
-GPT-2 in `base/`: `PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(
-out / "base"), out)` computes what the run computes. The `hf` directory (config.json,
-model.safetensors, vocab.json, merges.txt, tokenizer_config.json) loads with
+(kgpt2.peft_adapters) and the run's base model, unadapted (dequantised if the
+run's base was quantised), as a Hugging Face GPT-2 in `base/`:
+`PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(out / "base"), out)`
+computes what the run computes, and `lora.init_from = out` with
+`model.preset = out/base` gives the run back. The `hf` directory (config.json,
+model.safetensors, vocab.json, merges.txt, tokenizer_config.json with the run's
+prompt template as its `chat_template`) loads with
 `transformers.GPT2LMHeadModel.from_pretrained` and `AutoTokenizer`; either
 directory also works as kgpt2's `model.preset` to train further.
 
@@ -34,7 +37,7 @@ from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, new_folder, refuse_used_folder
 from kgpt2.models import build_causal_lm, load_tokenizer, real_vocabulary_size, save_preset, save_unpadded_weights
 from kgpt2.peft_adapters import write_peft_adapter
-from kgpt2.run import load_run_config, restore
+from kgpt2.run import BASE, load_run_config, restore
 from kgpt2.tokenizer_protocol import Tokenizer
 
 FORMATS = ("hf", "preset", "peft")
@@ -47,8 +50,44 @@ def merged_backbone(model) -> keras_hub.models.GPT2Backbone:
     return merge(model.backbone)
 
 
-def write_hf(backbone, tokenizer: Tokenizer, out: Path) -> Path:
-    """Write `backbone` + `tokenizer` as a Hugging Face GPT-2 directory."""
+# Jinja chat templates (transformers' `apply_chat_template`) for the run's prompt template, rendering what
+# `kgpt2 serve`'s /v1/chat/completions prompts the run with (kgpt2.serve.chat_ids, kgpt2.templates). EOS is
+# the tokenizer's end-of-text token text: transformers splits it out as the special token, as kgpt2 encodes it.
+CHAT_TEMPLATES = {
+    "chat": (
+        "{%- for m in messages -%}"
+        "{%- set role = 'system' if m['role'] == 'developer' else m['role'] -%}"
+        "{%- if role not in ['system', 'user', 'assistant'] or m['content'] is not string -%}"
+        "{{- raise_exception('each message needs a role (system, user or assistant) and a text content') -}}"
+        "{%- endif -%}"
+        "{{- ('' if loop.first else '\\n') + '<|' + role + '|>\\n' + m['content'] | trim + EOS -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt and (messages | length == 0 or messages[-1]['role'] != 'assistant') -%}"
+        "{{- '\\n<|assistant|>\\n' -}}"
+        "{%- endif -%}"),
+    # The last user message is the instruction, the messages before it (joined by newlines) its input.
+    "instruction": (
+        "{%- set ns = namespace(last=messages | length - 1) -%}"
+        "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last = loop.index0 -%}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if messages | length == 0 or ns.last < messages | length - 1 or messages[-1]['role'] == 'assistant' -%}"
+        "{{- raise_exception('the instruction template answers the last user message: end with it') -}}"
+        "{%- endif -%}"
+        "{%- set context = messages[:ns.last] | map(attribute='content') | join('\\n') | trim -%}"
+        "{{- '### Instruction:\\n' + messages[ns.last]['content'] | trim + '\\n\\n' -}}"
+        "{%- if context -%}{{- '### Input:\\n' + context + '\\n\\n' -}}{%- endif -%}"
+        "{{- '### Response:\\n' -}}"),
+}
+
+
+def chat_template(template: str, eos: str) -> str | None:
+    """The Jinja chat template for prompt template `template` (None for "plain": no messages form)."""
+    jinja = CHAT_TEMPLATES.get(template)
+    return None if jinja is None else jinja.replace("EOS", json.dumps(eos))
+
+
+def write_hf(backbone, tokenizer: Tokenizer, out: Path, template: str = "plain") -> Path:
+    """Write `backbone` + `tokenizer` as a Hugging Face GPT-2 directory (with `template`'s chat template)."""
     if tokenizer.kind == "char":
         raise UserError("a character-level tokenizer has no Hugging Face GPT-2 form; export with --to preset")
     # keras-hub's exporter writes config.json + model.safetensors (embedding
@@ -63,16 +102,22 @@ def write_hf(backbone, tokenizer: Tokenizer, out: Path) -> Path:
     atomic_write_text(config_path, json.dumps(config, indent=2))
     atomic_write_text(out / "generation_config.json",
                       json.dumps({"bos_token_id": tokenizer.eos_id, "eos_token_id": tokenizer.eos_id}, indent=2))
-    # The BPE files under the names transformers' GPT2Tokenizer reads.
+    return write_hf_tokenizer(tokenizer, out, backbone.max_sequence_length, template)
+
+
+def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, model_max_length: int, template: str = "plain") -> Path:
+    """Write `tokenizer` as the BPE files transformers' GPT2Tokenizer reads, with `template`'s chat template."""
     eos = next(t for t, i in tokenizer.vocabulary.items() if i == tokenizer.eos_id)
     atomic_write_text(out / "vocab.json", json.dumps(tokenizer.vocabulary, ensure_ascii=False))
     merges = ["#version: 0.2"] + [" ".join(m) for m in tokenizer.merges]
     atomic_write_text(out / "merges.txt", "\n".join(merges) + "\n")
-    atomic_write_text(out / "tokenizer_config.json", json.dumps({
+    tokenizer_config = {
         "tokenizer_class": "GPT2Tokenizer", "model_type": "gpt2", "add_prefix_space": False,
-        "bos_token": eos, "eos_token": eos, "unk_token": eos,
-        "model_max_length": backbone.max_sequence_length,
-    }, indent=2, ensure_ascii=False))
+        "bos_token": eos, "eos_token": eos, "unk_token": eos, "model_max_length": model_max_length,
+    }
+    if chat_template(template, eos):
+        tokenizer_config["chat_template"] = chat_template(template, eos)
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
     return out
 
 
@@ -81,8 +126,19 @@ def write_preset(backbone, tokenizer: Tokenizer, out: Path) -> Path:
     return save_preset(backbone, tokenizer, out)
 
 
+def base_config(cfg):
+    """The config of the base a run's adapter goes on: its preset, no trained adapter.
+
+    A quantised base is what the adapter was trained against, so it stays quantised (and is dequantised on
+    export); Config refuses a quantised base without LoRA, so it keeps fresh adapters, whose B of zeros adds
+    exactly nothing. A float base simply has none.
+    """
+    enabled = bool(cfg.model.quantize)
+    return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, enabled=enabled, init_from=""))
+
+
 def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
-    """Export checkpoint `checkpoint` of `run_dir` in format `to` ("hf" or "preset") to `out`.
+    """Export checkpoint `checkpoint` of `run_dir` in format `to` ("hf", "preset" or "peft") to `out`.
 
     The directory appears whole or not at all: it is written beside `out`
     under a temporary name and renamed when complete.
@@ -98,18 +154,24 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
         model = build_causal_lm(cfg)
         tokenizer = load_tokenizer(cfg.model)
         checkpoint_id = restore(model, run_dir, checkpoint)
-        if to == "peft":  # the base the adapter goes on: the run's preset, no adapter
-            base = build_causal_lm(dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, enabled=False)))
-        backbone = merged_backbone(base if to == "peft" else model)
+        # the base the adapter goes on: the run's preset, no adapter
+        backbone = merged_backbone(build_causal_lm(base_config(cfg)) if to == "peft" else model)
 
+    template = cfg.generate.template
     with new_folder(out, "export") as tmp:
         if to == "peft":
-            write_hf(backbone, tokenizer, tmp / "base")
+            write_hf(backbone, tokenizer, tmp / "base", template)
             write_peft_adapter(model.backbone, cfg.lora, tmp, base=str(out.resolve() / "base"))
+        elif to == "hf":
+            write_hf(backbone, tokenizer, tmp, template)
         else:
-            (write_hf if to == "hf" else write_preset)(backbone, tokenizer, tmp)
+            write_preset(backbone, tokenizer, tmp)
+        # An adapter is merged only when one was trained (or started from lora.init_from): the base checkpoint
+        # of a LoRA run holds adapters that add nothing.
+        adapter = cfg.lora.enabled and (checkpoint_id != BASE or bool(cfg.lora.init_from))
         atomic_write_text(tmp / PROVENANCE_FILE, json.dumps({
             "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_id, "format": to,
-            "lora_merged": cfg.lora.enabled and to != "peft", "config_hash": cfg.hash(),
+            "lora_merged": adapter and to != "peft", "dequantised_from": cfg.model.quantize or None,
+            "config_hash": cfg.hash(),
         }, indent=2))
     return out

@@ -465,3 +465,16 @@ def start_server(tiny_run, tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def hf_base(tmp_path_factory, tiny_preset, pydoc_tokenizer):
+    """The tiny preset as a Hugging Face GPT-2 directory: the base PEFT adapters go on (what `export --to peft`
+    writes as base/)."""
+    from kgpt2.adapters import merged_backbone
+    from kgpt2.config import ModelConfig
+    from kgpt2.export import write_hf
+    from kgpt2.models import build_backbone
+
+    out = tmp_path_factory.mktemp("hf") / "base"
+    return write_hf(merged_backbone(build_backbone(ModelConfig(preset=str(tiny_preset)))), pydoc_tokenizer, out)

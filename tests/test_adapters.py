@@ -24,18 +24,6 @@ ATOL = 1e-4
 IDS = [5, 17, 200, 33, 9, 411, 2, 77, 150, 3, 64, 90]
 
 
-@pytest.fixture(scope="module")
-def hf_base(tmp_path_factory, tiny_preset, pydoc_tokenizer):
-    """The tiny preset as a Hugging Face GPT-2 directory (the base PEFT adapters go on)."""
-    from kgpt2.adapters import merged_backbone
-    from kgpt2.config import ModelConfig
-    from kgpt2.export import write_hf
-    from kgpt2.models import build_backbone
-
-    out = tmp_path_factory.mktemp("hf") / "base"
-    return write_hf(merged_backbone(build_backbone(ModelConfig(preset=str(tiny_preset)))), pydoc_tokenizer, out)
-
-
 def kgpt2_lm(preset, *overrides):
     from kgpt2.config import load_config
     from kgpt2.models import build_causal_lm

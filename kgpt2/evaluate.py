@@ -130,7 +130,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     ids = select_checkpoints(run_dir, checkpoints)
     if compare_base and BASE not in ids:
         ids = [BASE] + ids
-    if _is_align(run) and not shards:  # with shards: next-token metrics, what aligning cost the language model
+    if run.is_align() and not shards:  # with shards: next-token metrics, what aligning cost the language model
         if max_batches is not None:
             log.warning("an align run is scored on all its held-out preference pairs: --max-batches applies to "
                         "next-token evaluation on shards (--shards DIR)")
@@ -175,13 +175,6 @@ def _report_kept(table: list[dict], rows: list[dict]) -> None:
     kept = [r["model"] for r in table if r not in rows]
     if kept:
         log.info("the saved table also keeps %s, scored earlier on the same data", ", ".join(kept))
-
-
-def _is_align(run: Run) -> bool:
-    """Whether `kgpt2 align` wrote the run, from its newest checkpoint's state, unverified: `Run.is_align` picks
-    `latest`, which names a damaged newest checkpoint a second time ("using an older one")."""
-    ckpts = run.checkpoints().list()
-    return bool(ckpts) and ckpts[-1].state.get("kind") == "align"  # kgpt2.align.KIND, without its imports
 
 
 def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:

@@ -69,10 +69,8 @@ def train_report(result) -> str:
     start, end = result.start_step, result.global_step
     if start == end:
         line = (f"trained nothing: the run is at step {end}, the end of its plan; run in {result.run_dir} (latest "
-                f"{result.checkpoint}). To train it further, give it more to do: another pass "
-                + (f"({result.one_more_pass})" if "epochs" in result.one_more_pass
-                   else f"as a new stage ({result.one_more_pass})")
-                + ", a higher train.max_steps, or new shards (docs/training.md, \"Continue a run\")")
+                f"{result.checkpoint}). To train it further, give it more to do: another pass {result.one_more_pass}, "
+                "a higher train.max_steps, or new shards (docs/training.md, \"Continue a run\")")
     elif start:  # a resumed or continued run: the steps of this call, and where the run began and is
         line = (f"trained {end - start} steps (step {start} -> {end}); run in {result.run_dir} "
                 f"(latest {result.checkpoint})")

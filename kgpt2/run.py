@@ -186,9 +186,11 @@ class Run:
         return CheckpointManager(self.path, keep_last, protected=lambda: [self.best_id()] if self.best_id() else [])
 
     def is_align(self) -> bool:
-        """Whether `kgpt2 align` wrote this run (its newest checkpoint says so)."""
-        latest = self.checkpoints().latest()
-        return latest is not None and latest.state.get("kind") == "align"
+        """Whether `kgpt2 align` wrote this run (its newest checkpoint's state says so). Read from the listing,
+        unverified: the kind needs no checksums, and `latest()` would name a damaged newest checkpoint a second
+        time ("using an older one") before the verb names it itself."""
+        listed = self.checkpoints().list()
+        return bool(listed) and listed[-1].state.get("kind") == "align"
 
     def best(self) -> dict | None:
         """best.json: {"id", "step", "val_loss", "train_loss"}, or None."""

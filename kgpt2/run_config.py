@@ -80,10 +80,11 @@ def write_run_config(path, data: dict, continuation: dict | None = None) -> None
         absolute[key] = str(full) + checkpoint
     for key in LIST_PATH_KEYS:
         values = _get(data, key)
-        if not isinstance(values, list) or not any(Path(str(v)).expanduser().exists() for v in values):
+        local = [Path(str(v)).expanduser().exists() for v in values] if isinstance(values, list) else []
+        if not any(local):
             continue
-        full = [str(Path(str(v)).expanduser().resolve()) if Path(str(v)).expanduser().exists() else v for v in values]
-        _set(data, key, [Path(os.path.relpath(f, run_dir)).as_posix() if f != v else v for f, v in zip(full, values)])
+        full = [str(Path(str(v)).expanduser().resolve()) if here else v for v, here in zip(values, local)]
+        _set(data, key, [Path(os.path.relpath(f, run_dir)).as_posix() if here else f for f, here in zip(full, local)])
         relative.append(key)
         absolute[key] = full
     old = read_continuations(path)

@@ -90,9 +90,9 @@ class TrainResult:
     stages: list = field(default_factory=list)  # per-stage validation metrics
     checkpoint: str = ""
     start_step: int = 0  # where this call began (the resumed checkpoint's step)
-    # How to give a finished run more to do: another stage, or (a plan of one stage, where another
+    # How a finished run trains one more pass: another stage, or (a plan of one stage, where another
     # `train.stages=["rest"]` is the plan it has) one more epoch of it.
-    one_more_pass: str = "'train.stages=[\"rest\"]'"
+    one_more_pass: str = "as a new stage ('train.stages=[\"rest\"]')"
 
 
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
@@ -373,7 +373,7 @@ class Trainer:
             for path in self.store.publish_exports():  # a kill between the last stage end and its export
                 log.info("wrote %s again from its stage-end checkpoint", path.name)
         state = self.latest.state
-        more = f"train.epochs={self.cfg.train.epochs + 1}" if len(self.stages) == 1 else TrainResult.one_more_pass
+        more = f"(train.epochs={self.cfg.train.epochs + 1})" if len(self.stages) == 1 else TrainResult.one_more_pass
         return TrainResult(self.run.path, self.latest.step, state.get("stage_metrics", []), self.latest.id,
                            start_step=self.latest.step, one_more_pass=more)
 

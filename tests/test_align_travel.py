@@ -63,6 +63,13 @@ def test_an_align_run_copied_alone_or_with_its_data_opens_from_another_folder(tm
     rows = evaluate_alignment(run, cfg, ["base", run.checkpoints().latest().id], save=False)
     assert [r["model"] for r in rows] == ["base", "ckpt-4"]
 
+    again = json.loads(json.dumps(stored))  # align.data given as an absolute path is stored relative too
+    from kgpt2.run_config import write_run_config
+
+    again["align"]["data"] = [str(work / "data" / "prefs.jsonl")]
+    write_run_config(tmp_path / "abs" / "config.json", {**again, "checkpoints_root": str(tmp_path), "run": "abs"})
+    assert json.loads((tmp_path / "abs" / "config.json").read_text())["align"]["data"] == ["../work/data/prefs.jsonl"]
+
     moved = tmp_path / "moved"  # the whole work folder, then the original gone (and the run it started from)
     shutil.copytree(work, moved)
     shutil.rmtree(work)

@@ -90,11 +90,11 @@ def test_a_finished_run_that_trained_nothing_is_told_how_to_train_on():
     from types import SimpleNamespace
 
     result = SimpleNamespace(start_step=75, global_step=75, run_dir="runs/q", checkpoint="ckpt-75", stages=[],
-                             one_more_pass="'train.stages=[\"rest\"]'")
+                             one_more_pass="as a new stage ('train.stages=[\"rest\"]')")
     assert reports.train_report(result) == (
         "trained nothing: the run is at step 75, the end of its plan; run in runs/q (latest ckpt-75). To train it "
         "further, give it more to do: another pass as a new stage ('train.stages=[\"rest\"]'), a higher "
         'train.max_steps, or new shards (docs/training.md, "Continue a run")')
     # A plan of one stage (a run continued once with that very advice): another pass is another epoch of it.
-    result.one_more_pass = "train.epochs=7"
+    result.one_more_pass = "(train.epochs=7)"
     assert "give it more to do: another pass (train.epochs=7), a higher train.max_steps" in reports.train_report(result)

@@ -6,7 +6,7 @@ texts, seed 0. Each loss aligns it for `--steps` steps (batch 8, window 96,
 lr 3e-3, 20% of the prompts held out) and the held-out reward accuracy and
 margin before and after are printed as a Markdown table (docs/instruction_dpo_qlora.md).
 KTO is held out on examples (each pair a desirable and an undesirable one):
-its accuracy ranks desirable against undesirable rewards (kgpt2.preference_losses.kto_metrics).
+its accuracy ranks desirable against undesirable rewards (kgpt2.training.preference_losses.kto_metrics).
 
     KERAS_BACKEND=jax .venv/bin/python benchmarks/align_losses.py --steps 40
 """
@@ -23,8 +23,8 @@ import keras
 
 from kgpt2.align import align
 from kgpt2.config import load_config
-from kgpt2.models import build_backbone, save_preset
-from kgpt2.tokenizer import Tokenizer
+from kgpt2.model.models import build_backbone, save_preset
+from kgpt2.model.tokenizer import Tokenizer
 
 PREFS = Path(__file__).resolve().parents[2] / "shared/data/preferences/llms-from-scratch-instruction-data-with-preference.json"
 

@@ -8,7 +8,7 @@ as one jitted chain; weights stored [in, out] or [out, in]; float32 or bfloat16
 the compiler's behaviour (docs/benchmarks.md, "Generation on the CPU, round 4").
 
 Then (round 5) the form kgpt2 decodes bfloat16 weights with on a JAX CPU
-(kgpt2.fused_decode, `bfloat16_products`): float32 rows times bfloat16 [out, in]
+(kgpt2.generation.fused_decode, `bfloat16_products`): float32 rows times bfloat16 [out, in]
 weights upcast inside each product, the weights in the loop's state behind an
 optimization barrier each token, with each layer's bias added plainly (XLA fuses
 the add into the product and stops fusing the upcast) or after a barrier on the

@@ -42,15 +42,15 @@ def main():
     import keras
     import keras_hub
 
-    from kgpt2.decoding import Programs, pack
+    from kgpt2.generation.decoding import Programs, pack
 
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.GPT2Backbone(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
                                              intermediate_dim=3072, max_sequence_length=1024)
     model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     if "--bfloat16" in sys.argv:  # as kgpt2.generate.load_for_generation loads weights "bfloat16" on a JAX CPU
-        from kgpt2.fused_decode import BFLOAT16_PRODUCTS
         from kgpt2.generate import round_to_bfloat16
+        from kgpt2.generation.fused_decode import BFLOAT16_PRODUCTS
 
         round_to_bfloat16(model)
         setattr(model, BFLOAT16_PRODUCTS, True)

@@ -45,9 +45,9 @@ SIZES = {"124M": (12, 12, 768), "774M": (36, 20, 1280), "1.5B": (48, 25, 1600), 
 def run_one(args) -> dict:
     """Train `--warmup + --steps` steps on `--devices` devices in this process; one JSON result."""
     from kgpt2.config import load_config
-    from kgpt2.run_logs import steady_tokens_per_s
-    from kgpt2.distribution import parse_mesh
     from kgpt2.train import train
+    from kgpt2.training.distribution import parse_mesh
+    from kgpt2.training.run_logs import steady_tokens_per_s
 
     layers, heads, hidden = SIZES[args.size]
     n = int(args.devices)

@@ -1,4 +1,4 @@
-"""Decode step A/B: keras-hub's decoder layers against kgpt2.fused_decode's blocks, same loop, same weights.
+"""Decode step A/B: keras-hub's decoder layers against kgpt2.generation.fused_decode's blocks, same loop, same weights.
 
 Both steps run inside one jitted loop of `--new-tokens` greedy steps after the
 same prompt (teacher-forced through the same step), in one process, in turns:
@@ -47,7 +47,7 @@ VARIANTS = {"keras-hub layers": ("keras-hub", False, False), "fused blocks": ("f
 
 def variant_programs(model, rows: int, length: int, steps: int) -> dict:
     """name -> kgpt2 `Programs` whose own one-token step (`_step`) the loop runs, blocks forced per variant."""
-    from kgpt2.decoding import Programs
+    from kgpt2.generation.decoding import Programs
 
     out = {}
     for name, (blocks, gemv, one_pass) in VARIANTS.items():
@@ -92,7 +92,6 @@ def loop(programs, n_prompt, n_new):
 def measure(a, model, rows: int) -> dict:
     import jax
     import numpy as np
-
     from gen_peers import prompts
     from generate_latency import profile
 
@@ -137,7 +136,6 @@ def main(argv=None):
     a = parse_args(argv)
     import jax
     import keras
-
     from gen_peers import SHAPE_124M, SHAPE_TINY, build_model
 
     gpu = jax.default_backend() == "gpu"

@@ -7,8 +7,8 @@ per side, end-of-text may stop an answer early). Each request is one
 p50 / p95 latency of a request (submit to last update), generated tokens
 per second over the whole load (both sides counted, from the status line),
 wall time, and errors. The batched mode decodes every request of a
-checkpoint together in that checkpoint's engine (kgpt2.answerer on
-kgpt2.engine: continuous batching, a request joins between launches);
+checkpoint together in that checkpoint's engine (kgpt2.serving.answerer on
+kgpt2.generation.engine: continuous batching, a request joins between launches);
 one-at-a-time decodes each answer start to end before the next.
 
     python benchmarks/demo_concurrency.py --root checkpoints --run quickstart --out demo-cpu.json

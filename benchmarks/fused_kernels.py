@@ -3,9 +3,9 @@
 Issue 21, round 8. Times, on the GPU, forward + backward (`jax.value_and_grad`) of
 - the loss over 16 x 1,024 x 50,304 bf16 logits: Keras' SparseCategoricalCrossentropy
   (from logits, mean) plus its accuracy's argmax (what the plain training step computes),
-  against kgpt2.cross_entropy at each (BLOCK, WARPS, STAGES) of a sweep;
+  against kgpt2.kernels.cross_entropy at each (BLOCK, WARPS, STAGES) of a sweep;
 - one layer norm over 16,384 x 768 bf16 rows: keras.ops.layer_normalization against
-  kgpt2.layer_norm at each (ROWS, WARPS);
+  kgpt2.kernels.layer_norm at each (ROWS, WARPS);
 - with `--old DIR`, the loss of an older kgpt2 checkout (`DIR/kgpt2/cross_entropy.py`, its own settings) too.
 Each timing is the median of `--reps` runs of a jitted call after 3 warm-ups, synchronised, divided by
 the `COPIES` independent inputs the call processes (so Python's dispatch is not what is timed).
@@ -56,7 +56,7 @@ def loss_rows(rows, width, real, reps, sweep, old_dir=None):
     import jax.numpy as jnp
     import keras
 
-    from kgpt2 import cross_entropy
+    from kgpt2.kernels import cross_entropy
 
     logits = [(jax.random.normal(jax.random.PRNGKey(i), (rows, width)) * 2).astype("bfloat16") for i in range(COPIES)]
     labels = jax.random.randint(jax.random.PRNGKey(1), (rows,), 0, real)
@@ -101,7 +101,7 @@ def layer_norm_rows(rows, width, reps, sweep):
     import jax.numpy as jnp
     import keras
 
-    from kgpt2 import layer_norm as ln
+    from kgpt2.kernels import layer_norm as ln
 
     x = [jax.random.normal(jax.random.PRNGKey(i), (rows, width)).astype("bfloat16") for i in range(COPIES)]
     gamma, beta = jnp.ones(width), jnp.zeros(width)
@@ -128,7 +128,7 @@ def residual_norm_rows(rows, width, reps, sweep):
     import jax.numpy as jnp
     import keras
 
-    from kgpt2 import layer_norm as ln
+    from kgpt2.kernels import layer_norm as ln
 
     a = [jax.random.normal(jax.random.PRNGKey(i), (rows, width)).astype("bfloat16") for i in range(COPIES)]
     residual = jax.random.normal(jax.random.PRNGKey(9), (rows, width)).astype("bfloat16")

@@ -56,8 +56,8 @@ def build_model(shape: dict, quantize: str = "none"):
         print(f"export to transformers failed ({type(e).__name__}: {e}); HF gets random weights", flush=True)
         hf_dir = None
     if quantize == "bfloat16":  # what `--weights bfloat16` loads on a JAX CPU (kgpt2.generate.load_for_generation)
-        from kgpt2.fused_decode import BFLOAT16_PRODUCTS
         from kgpt2.generate import round_to_bfloat16
+        from kgpt2.generation.fused_decode import BFLOAT16_PRODUCTS
 
         round_to_bfloat16(model)
         setattr(model, BFLOAT16_PRODUCTS, True)
@@ -102,9 +102,9 @@ class Kgpt2(GeneratorPeer):
         self.name = f"kgpt2 Generator (chunk {programs.chunk}, {kind} blocks{', XLA ' + label if label else ''})"
 
     def _engine_with(self, options, blocks="auto"):
-        from kgpt2.decoding import Programs, bucket
-        from kgpt2.engine import Engine
         from kgpt2.generate import MIN_CACHE_BUCKET
+        from kgpt2.generation.decoding import Programs, bucket
+        from kgpt2.generation.engine import Engine
 
         gen, engines = self.gen, {}
 
@@ -211,8 +211,8 @@ class EnginePeer:
         self.options, self.blocks, self.chunk = compiler_options, blocks, chunk
 
     def engine(self, n):
-        from kgpt2.decoding import Programs, bucket
-        from kgpt2.engine import Engine
+        from kgpt2.generation.decoding import Programs, bucket
+        from kgpt2.generation.engine import Engine
 
         if n not in self.engines:  # one engine per slot count (its own compiled programs)
             cache = bucket(self.a.prompt_tokens + self.a.new_tokens, 128, self.model.backbone.max_sequence_length)
@@ -224,7 +224,7 @@ class EnginePeer:
 
     def run(self, batch, steps=None):
         """All streams to the end; returns the seconds the admission (one batched prefill) took."""
-        from kgpt2.engine import Sampling
+        from kgpt2.generation.engine import Sampling
 
         engine = self.engine(len(batch))
         requests = [engine.submit(ids, Sampling(), len(ids) + self.a.new_tokens) for ids in batch]

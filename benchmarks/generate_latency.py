@@ -49,7 +49,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from gen_peers import HF, SHAPE_124M, SHAPE_TINY, EnginePeer, KerasHub, Kgpt2, Previous, build_model, prompts, timed  # noqa: E402
 
-
 # Section 4's XLA option sets for the decode and prefill programs (jax.jit compiler_options).
 XLA_VARIANTS = {
     "cmdbuf": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL"},

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 SESSION=12; source benchmarks/session_shapes.sh
 if [ "${1:-}" = tune ]; then
   F=kgpt2:full:pad64; L=kgpt2:lora:pad64; S=shakespeare; OFF="train.fused_loss=false;train.fused_layer_norm=false"
-  CE=mod:kgpt2.cross_entropy; LN=mod:kgpt2.layer_norm
+  CE=mod:kgpt2.kernels.cross_entropy; LN=mod:kgpt2.kernels.layer_norm
   V="$F;$OFF,$F,$F;$CE.BLOCK=4096;$CE.WARPS=8,$F;$CE.BLOCK=8192;$CE.WARPS=8,$F;$CE.STAGES=3,$F;$LN.GRAD_STEPS=1"
   V="$V,$F;$LN.GRAD_STEPS=8,$F;$LN.ROWS=4,$L;$OFF,$L,$L;train.fused_layer_norm=false,$S;$OFF,$S,$F;again"
   timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B --char-data .bench/shakespeare_char $LSHAPE --variants "$V" \

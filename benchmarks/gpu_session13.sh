@@ -19,7 +19,7 @@
 set -u
 cd "$(dirname "$0")/.."
 SESSION=13; source benchmarks/session_shapes.sh
-F=kgpt2:full:pad64; L=kgpt2:lora:pad64; CE=mod:kgpt2.cross_entropy; LN=mod:kgpt2.layer_norm
+F=kgpt2:full:pad64; L=kgpt2:lora:pad64; CE=mod:kgpt2.kernels.cross_entropy; LN=mod:kgpt2.kernels.layer_norm
 if [ "${1:-}" = memory ]; then
   # call 3: fewer passes over memory -- q/k/v as three matmuls (XLA's dot merger off: bias adds in the cuBLAS
   # epilogues, no concatenation of their gradients) and GELU recomputed in the backward pass

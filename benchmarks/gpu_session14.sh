@@ -3,7 +3,7 @@
 # Issue 21, round 10.
 #   profile: where the time goes in the LoRA step with kgpt2's layer-norm kernel (measured 1% slower than XLA's
 #            norms in sessions 12 and 13) and in the default full step of the committed code.
-# `bash benchmarks/gpu_session14.sh blocks`: kgpt2.fused_block (residual adds inside the layer norms, q/k/v
+# `bash benchmarks/gpu_session14.sh blocks`: kgpt2.kernels.fused_block (residual adds inside the layer norms, q/k/v
 #            gradients gathered in one kernel) against the session-13 step (RESIDUAL off) and without the q/k/v
 #            kernel, full; LoRA with the layer-norm kernel (now with the residual adds) against its default; then
 #            a profile of the new full step.
@@ -36,7 +36,7 @@ if [ "${1:-}" = profile ]; then
   exit 0
 fi
 if [ "${1:-}" = blocks ]; then
-  FB=mod:kgpt2.fused_block; LNK=train.fused_layer_norm=true
+  FB=mod:kgpt2.kernels.fused_block; LNK=train.fused_layer_norm=true
   V="$F;$FB.RESIDUAL=False,$F,$F;$FB.QKV=False,$L,$L;$LNK,$L;$LNK;$FB.RESIDUAL=False,$F;again,$L;$LNK;again"
   timeout $((300 * T)) $PY benchmarks/lever_ablation.py $B $LSHAPE --variants "$V" \
     --budget $((280 * T)) --out "$OUT/blocks.json" 2>&1 | q | tail -n 12
@@ -44,20 +44,20 @@ if [ "${1:-}" = blocks ]; then
   exit 0
 fi
 if [ "${1:-}" = clock ]; then
-  FB=mod:kgpt2.fused_block; OLD="$F;$FB.RESIDUAL=False"
+  FB=mod:kgpt2.kernels.fused_block; OLD="$F;$FB.RESIDUAL=False"
   [ -n "$TINY" ] || { nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
     --format=csv,noheader -lms 250 > "$OUT/smi.csv" & }
   LONG="${LSHAPE/--warmup 5 --steps 30/--warmup 10 --steps 100}"
   timeout $((300 * T)) $PY benchmarks/lever_ablation.py $B $LONG --variants "$OLD,$F,$OLD;again,$F;again" \
     --budget $((280 * T)) --out "$OUT/clock.json" 2>&1 | q | tail -n 6
-  timeout $((100 * T)) $PY benchmarks/profile_step.py collect $B --mode full $PSHAPE --mod kgpt2.fused_block.RESIDUAL=False \
+  timeout $((100 * T)) $PY benchmarks/profile_step.py collect $B --mode full $PSHAPE --mod kgpt2.kernels.fused_block.RESIDUAL=False \
     --out-dir "$OUT/profile-full-old" 2>&1 | q | tail -n 3
   timeout $((100 * T)) $PY benchmarks/profile_step.py collect $B --mode full $PSHAPE --step-log \
     --out-dir "$OUT/profile-full-steplog" 2>&1 | q | tail -n 3
   kill %1 2>/dev/null; exit 0
 fi
 if [ "${1:-}" = final ]; then
-  OLD="$F;mod:kgpt2.fused_block.RESIDUAL=False"
+  OLD="$F;mod:kgpt2.kernels.fused_block.RESIDUAL=False"
   LONG="${LSHAPE/--warmup 5 --steps 30/--warmup 10 --steps 100}"
   timeout $((260 * T)) $PY benchmarks/lever_ablation.py $B $LONG --variants "$OLD,$F,$OLD;again,$F;again,$L,$L;again" \
     --budget $((240 * T)) --out "$OUT/final.json" 2>&1 | q | tail -n 8
@@ -68,7 +68,7 @@ if [ "${1:-}" = final ]; then
   exit 0
 fi
 if [ "${1:-}" = split ]; then
-  ONE="mod:kgpt2.layer_norm.SPLIT_COLUMNS=False"; LNK=train.fused_layer_norm=true
+  ONE="mod:kgpt2.kernels.layer_norm.SPLIT_COLUMNS=False"; LNK=train.fused_layer_norm=true
   LONG="${LSHAPE/--warmup 5 --steps 30/--warmup 10 --steps 100}"
   V="$F;$ONE,$F,$F;$ONE;again,$F;again,$L;$LNK;$ONE,$L;$LNK,$L,$L;$LNK;again"
   timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B $LONG --variants "$V" \
@@ -81,7 +81,7 @@ if [ "${1:-}" = norms ]; then
   exit 0
 fi
 if [ "${1:-}" = launch ]; then
-  LN=mod:kgpt2.layer_norm; A="$F;$LN.WARPS=4;$LN.GRAD_STEPS=8"; C="$F;$LN.ROWS=4;$LN.WARPS=4;$LN.GRAD_STEPS=1"
+  LN=mod:kgpt2.kernels.layer_norm; A="$F;$LN.WARPS=4;$LN.GRAD_STEPS=8"; C="$F;$LN.ROWS=4;$LN.WARPS=4;$LN.GRAD_STEPS=1"
   D="$F;$LN.ROWS=16;$LN.GRAD_STEPS=8"
   LONG="${LSHAPE/--warmup 5 --steps 30/--warmup 10 --steps 100}"
   timeout $((330 * T)) $PY benchmarks/lever_ablation.py $B $LONG --variants "$F,$A,$C,$D,$F;again,$A;again,$C;again" \

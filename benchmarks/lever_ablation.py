@@ -5,7 +5,7 @@ subprocess (~50 s each on an H200: imports, model build, a full XLA compile
 with autotuning). Here the kgpt2 variants share one process, so imports are
 paid once and XLA's autotuning results (kept per process) are reused by
 every variant after the first; XLA flags are per-compile options
-(`jax.jit(..., compiler_options=...)` through kgpt2.metrics.compile_for_training, on top of
+(`jax.jit(..., compiler_options=...)` through kgpt2.training.metrics.compile_for_training, on top of
 kgpt2's own `train.triton_gemm` choice), not XLA_FLAGS, so they need no
 process of their own either. The Hugging Face peers run in a second
 process (`--hf`), as train_throughput.run_hf measures them.
@@ -21,7 +21,7 @@ A variant is `BASE[;EXTRA...]`:
 - `jax:OPTION=VALUE`: a JAX config option while it builds and traces
   (`jax:jax_threefry_gpu_kernel_lowering=true`);
 - `mod:MODULE.NAME=VALUE`: a kgpt2 module constant while it builds and traces
-  (`mod:kgpt2.cross_entropy.BLOCK=4096`: a Pallas kernel's launch settings);
+  (`mod:kgpt2.kernels.cross_entropy.BLOCK=4096`: a Pallas kernel's launch settings);
 - `ln-bf16`: layer norms normalise in bf16 (float32 statistics) instead of
   Keras' float32 throughout; `dropout-rbg`: the same as
   `train.dropout_rng=rbg` (dropout masks from XLA's RngBitGenerator);
@@ -41,7 +41,7 @@ out: a second base row). `--pick FILE` prints the overrides of a finished
 run's variants that beat their base by `--min-gain` (for the next command).
 
 Timing is train_throughput's: one `fit` over warm-up + timed steps with the
-trainer's own step log, tokens/s from `kgpt2.run_logs.steady_tokens_per_s`
+trainer's own step log, tokens/s from `kgpt2.training.run_logs.steady_tokens_per_s`
 after the warm-up rows. `--budget` seconds: a variant starts only if the one
 before it would still fit, so a cut run keeps every finished row (JSON
 written after each). The peak GPU memory of a later variant is the
@@ -111,8 +111,8 @@ def variant_config(args, v: dict):
     from dataclasses import replace
 
     from kgpt2.config import load_config
-    from kgpt2.models import load_tokenizer
-    from kgpt2.scratch import scratch_shape
+    from kgpt2.model.models import load_tokenizer
+    from kgpt2.model.scratch import scratch_shape
 
     if v["base"] == "shakespeare":
         d = args.char_data
@@ -142,7 +142,7 @@ def jax_config(options: dict):
 
 @contextlib.contextmanager
 def module_constants(options: dict):
-    """`{"kgpt2.cross_entropy.BLOCK": 4096}`: set while inside, restored after."""
+    """`{"kgpt2.kernels.cross_entropy.BLOCK": 4096}`: set while inside, restored after."""
     import importlib
 
     saved = []
@@ -197,7 +197,7 @@ def run_variant(args, spec: str) -> dict:
 
     from kgpt2.data.batches import WindowBatches
     from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device
+    from kgpt2.training.devices import resolve_device
 
     v = parse(spec)
     cfg, warm_rows, timed_rows = variant_config(args, v)

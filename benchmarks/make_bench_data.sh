@@ -10,7 +10,7 @@ PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo /work/main/
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 [ -d "$DATA/gpt2-tokenizer" ] || { echo "no shared data at $DATA" >&2; exit 2; }
 rm -rf .bench.tmp && mkdir -p .bench.tmp
-"$PY" -c "import sys; from kgpt2.tokenizer import Tokenizer; Tokenizer.from_files(sys.argv[1] + '/encoder.json', sys.argv[1] + '/vocab.bpe').save('.bench.tmp/tokenizer')" "$DATA/gpt2-tokenizer"
+"$PY" -c "import sys; from kgpt2.model.tokenizer import Tokenizer; Tokenizer.from_files(sys.argv[1] + '/encoder.json', sys.argv[1] + '/vocab.bpe').save('.bench.tmp/tokenizer')" "$DATA/gpt2-tokenizer"
 "$PY" -m kgpt2.cli -q prepare --source "$DATA/pubmed/sumpubmed_1000" --format sumpubmed \
   --tokenizer .bench.tmp/tokenizer --out .bench.tmp/shards
 cp "$DATA/shakespeare/input.txt" .bench.tmp/shakespeare.txt

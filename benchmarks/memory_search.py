@@ -69,12 +69,11 @@ class Stepper:
 
     def __init__(self, args, size: str, mode: str, remat: bool):
         import keras
-
         from train_throughput import build_kgpt2, kgpt2_config
 
         from kgpt2.data.batches import WindowBatches
         from kgpt2.data.shards import ShardSet
-        from kgpt2.devices import resolve_device
+        from kgpt2.training.devices import resolve_device
 
         self.cfg = kgpt2_config(args, mode, 64, size, [f"train.remat={'true' if remat else 'false'}"])
         self.device = resolve_device("auto")
@@ -141,7 +140,8 @@ class Stepper:
 def search_one(args, spec: str) -> None:
     """In the capped subprocess: search one size:mode:remat, a JSON line per probe, then the answer."""
     import train_throughput  # this process runs it as __main__: the module imported here needs --tiny too
-    from kgpt2.memory import COEFFICIENTS, estimate_training_bytes
+
+    from kgpt2.model.memory import COEFFICIENTS, estimate_training_bytes
 
     if args.tiny:
         train_throughput.use_tiny_shapes()

@@ -5,13 +5,13 @@ GPT-2's tokenizer (Alpaca template, loss mask on the responses). Each variant
 is what `kgpt2 train --config alpaca` runs with `data.windows` = "example"
 (one example per window, padded; the plain GPT2CausalLM with kgpt2's causal
 attention kernel) or "packed_examples" (several examples per window, each
-attending only to itself: kgpt2.packed_attention's masked attention,
+attending only to itself: kgpt2.model.packed_attention's masked attention,
 positions restarting): the recipe's LoRA (or `full`), `article_batches` fed
 by grain, `build_causal_lm` (vocabulary padded to 64), `make_optimizer`,
 `compile_lm`, the device's precision (bf16 on a GPU, float32 on a CPU), on a
 random GPT-2 124M (`--tiny`: 2 layers x 64, for a CPU dry run). One `fit`
 over warm-up + timed steps, timed by the staged trainer's own step log
-(`kgpt2.run_logs.steady_tokens_per_s`, device-synchronised). "Response
+(`kgpt2.training.run_logs.steady_tokens_per_s`, device-synchronised). "Response
 tokens/s" counts the trained targets (weight 1), the number both variants
 are compared on: they see the same examples. `max_logit_diff`: the packed
 examples of one window against each alone, in the run's precision.
@@ -60,7 +60,7 @@ class Cycle:
 def prepare_shards(a, work: Path) -> tuple[Path, Path]:
     """GPT-2's tokenizer (a saved kgpt2 tokenizer, or encoder.json + vocab.bpe) and Alpaca shards under `work`."""
     from kgpt2.data.shards import prepare
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     src = Path(a.tokenizer)
     tok = Tokenizer.from_files(src / "encoder.json", src / "vocab.bpe") if (src / "encoder.json").is_file() \
@@ -85,7 +85,7 @@ def config(a, mode: str, windows: str, tok_dir: Path, shards: Path):
 def timed_fit(model, schedule, batches, positions_per_step: int, warmup: int) -> tuple[float, float]:
     """(positions/s after the warm-up steps, seconds to the first step) of one `fit` with the trainer's step log."""
     from kgpt2.data.batches import to_dataset
-    from kgpt2.run_logs import StepLog, steady_tokens_per_s
+    from kgpt2.training.run_logs import StepLog, steady_tokens_per_s
 
     folder = tempfile.mkdtemp(prefix="kgpt2-packing-")
     log = StepLog(f"{folder}/steps.csv", tensorboard_dir=f"{folder}/tb")
@@ -102,7 +102,7 @@ def logit_gap(causal_lm, batch) -> float:
     """Largest |logit| difference between the examples of one packed window and each of them alone."""
     from keras import ops
 
-    from kgpt2.packed_attention import packed_logits
+    from kgpt2.model.packed_attention import packed_logits
 
     x = batch[0]
     row = int(np.argmax(x["segment_ids"].max(axis=1)))
@@ -123,11 +123,11 @@ def run_variant(a, mode: str, windows: str, tok_dir: Path, shards: Path) -> dict
 
     from kgpt2.data.batches import article_batches
     from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device
-    from kgpt2.metrics import compile_lm
-    from kgpt2.models import build_causal_lm
-    from kgpt2.optimizer import make_optimizer
-    from kgpt2.packed_attention import for_windows
+    from kgpt2.model.models import build_causal_lm
+    from kgpt2.model.packed_attention import for_windows
+    from kgpt2.training.devices import resolve_device
+    from kgpt2.training.metrics import compile_lm
+    from kgpt2.training.optimizer import make_optimizer
 
     cfg = config(a, mode, windows, tok_dir, shards)
     device = resolve_device("auto")

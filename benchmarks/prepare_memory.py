@@ -54,7 +54,7 @@ def write_document(folder: Path, million_chars: float) -> dict:
 def child(source: str, fmt: str, engine: str, out: str) -> dict:
     from kgpt2.data.shards import prepare
     from kgpt2.data.sources import open_source
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     if engine == "tiktoken":
         tokenizer = Tokenizer.from_dir(SHARED / "gpt2-tokenizer")

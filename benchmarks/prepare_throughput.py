@@ -53,7 +53,7 @@ def peak_rss_mb() -> float:
 def run_kgpt2(data: Path, repeat: int, workdir: Path, threads: int | None) -> dict:
     from kgpt2.data.shards import prepare
     from kgpt2.data.sources import Document, Source, open_source
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     class Repeated(Source):
         """The same file streamed `repeat` times (never materialised)."""

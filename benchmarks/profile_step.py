@@ -199,8 +199,8 @@ def collect(args) -> dict:
 
     from kgpt2.data.batches import WindowBatches, to_dataset
     from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device
-    from kgpt2.distribution import plan_data_parallel
+    from kgpt2.training.devices import resolve_device
+    from kgpt2.training.distribution import plan_data_parallel
 
     args.batch *= args.devices  # --batch is per device; the plan takes the global batch
     cfg = kgpt2_config(args, args.mode, 64, "124M", args.set)
@@ -220,7 +220,7 @@ def collect(args) -> dict:
         model.fit(to_dataset(Cycle(base, args.warmup)), epochs=1, verbose=0, shuffle=False)
         callbacks = []
         if args.step_log:  # the benchmarks' and the trainer's per-step clock (train_throughput.timed_fit)
-            from kgpt2.run_logs import StepLog
+            from kgpt2.training.run_logs import StepLog
 
             log = StepLog(f"{tempfile.mkdtemp()}/steps.csv", tensorboard_dir=None)
             log._tensorboard = False
@@ -252,7 +252,7 @@ def main(argv=None):
     c.add_argument("--steps", type=int, default=10)
     c.add_argument("--set", action="append", default=[], help="kgpt2 config override (key=value)")
     c.add_argument("--step-log", action="store_true", help="fit with the step log callback, as benchmarks time it")
-    c.add_argument("--mod", action="append", default=[], help="a kgpt2 module constant (kgpt2.fused_block.QKV=False)")
+    c.add_argument("--mod", action="append", default=[], help="a kgpt2 module constant (kgpt2.kernels.fused_block.QKV=False)")
     c.add_argument("--out-dir", required=True)
     a = sub.add_parser("analyze", help="bucket the GPU time of a saved trace")
     a.add_argument("--trace", required=True)

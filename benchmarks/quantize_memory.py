@@ -1,4 +1,4 @@
-"""Memory and step time of LoRA on a float32 base vs an int8 / int4 base (kgpt2.quantize).
+"""Memory and step time of LoRA on a float32 base vs an int8 / int4 base (kgpt2.model.quantize).
 
 One JSON line per mode: parameter bytes by dtype, mean train-step time and
 the loss, on a random GPT-2 of the given shape (docs/benchmarks.md has the
@@ -13,15 +13,15 @@ import argparse
 import json
 import time
 
-import kgpt2  # noqa: F401  (chooses the Keras backend before keras is imported)
 import keras
 import keras_hub
 import numpy as np
 
+import kgpt2  # noqa: F401  (chooses the Keras backend before keras is imported)
 from kgpt2.config import load_config
-from kgpt2.metrics import compile_lm
-from kgpt2.models import build_causal_lm
-from kgpt2.quantize import parameter_bytes
+from kgpt2.model.models import build_causal_lm
+from kgpt2.model.quantize import parameter_bytes
+from kgpt2.training.metrics import compile_lm
 
 
 def benchmark(quantize: str = "", *, layers: int = 2, hidden: int = 64, heads: int = 2, vocab: int = 50257,

@@ -38,7 +38,7 @@ def evals_of(run: str) -> dict:
 
 
 def latest_step(run: str):
-    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.training.checkpoints import CheckpointManager
 
     ckpt = CheckpointManager(run).latest() if os.path.isdir(run) else None
     return ckpt.step if ckpt else None

@@ -43,8 +43,8 @@ def build_fixtures(work: Path) -> tuple[Path, Path]:
     from kgpt2.config import load_config
     from kgpt2.data.shards import prepare
     from kgpt2.data.sources import open_source
-    from kgpt2.models import build_backbone, save_preset
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.models import build_backbone, save_preset
+    from kgpt2.model.tokenizer import Tokenizer
 
     preset, shards = work / "preset", work / "shards"
     if not (preset.exists() and shards.exists()):
@@ -63,7 +63,7 @@ def start(work: Path, preset: Path, shards: Path, run: str) -> subprocess.Popen:
 
 
 def final_arrays(run_dir: Path) -> dict:
-    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.training.checkpoints import CheckpointManager
 
     with np.load(CheckpointManager(run_dir).newest_intact().path / "weights.npz") as w:
         return {k: w[k] for k in w.files}
@@ -78,7 +78,7 @@ def h5_arrays(path: Path) -> dict:
 
 def lost_files(run_dir: Path, reference: Path) -> list[str]:
     """What a killed-and-resumed run lacks or holds wrong, against the reference run."""
-    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.training.checkpoints import CheckpointManager
 
     lost = []
     for ref in sorted(reference.glob("stage-*.weights.h5")):
@@ -137,7 +137,7 @@ def main() -> int:
         max_diff = max([max_diff] + [float(np.max(np.abs(w[k] - ref_w[k]))) for k in ref_w])
         lost += [f"{run}: {x}" for x in lost_files(run_dir, reference)]
         print(json.dumps({"round": rounds, "kills": kills}), flush=True)
-    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.training.checkpoints import CheckpointManager
 
     steps = CheckpointManager(reference).newest_intact().step
     print(json.dumps({"kills": kills, "resumes": resumes, "rounds": rounds, "steps_per_run": steps,

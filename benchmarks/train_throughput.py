@@ -15,7 +15,7 @@ the ratios against the Hugging Face peers measured in the same run.
   the adapter comparison (`--adapters`) PEFT's LoRA / rsLoRA / DoRA /
   all-linear on c_attn (all-linear: c_attn, c_proj, c_fc) with the same r,
   alpha and dropout as the kgpt2 variants beside them, eager and compiled.
-  kgpt2's adapters are PEFT's maths (kgpt2.adapters); on query+key+value they
+  kgpt2's adapters are PEFT's maths (kgpt2.model.adapters); on query+key+value they
   equal PEFT's c_attn adapter, so those are the like-for-like pairs. Every
   line carries its trainable-parameter count.
 
@@ -115,22 +115,22 @@ def kgpt2_config(args, mode: str, pad: int, size: str = "124M", overrides=()):
         f"model.intermediate_dim={4 * hidden}", f"model.pad_vocabulary_to={pad}",
         f"model.max_sequence_length={max(args.seq, 64)}",
         f"lora.enabled={'false' if mode == 'full' else 'true'}",
-        # int8-lora: kgpt2's frozen int8 base under LoRA (kgpt2.quantize)
+        # int8-lora: kgpt2's frozen int8 base under LoRA (kgpt2.model.quantize)
         f'model.quantize="{"int8" if mode == "int8-lora" else ""}"',
         f"train.batch_size={args.batch}", f"data.sequence_length={args.seq}",
     ] + list(overrides))
 
 
 def build_kgpt2(cfg, total_steps: int, device, extra=(), xla_options=None):
-    """kgpt2's model + optimizer for `cfg`, compiled as `kgpt2 train` compiles it (kgpt2.metrics.compile_for_training).
+    """kgpt2's model + optimizer for `cfg`, compiled as `kgpt2 train` compiles it (kgpt2.training.metrics.compile_for_training).
 
     `extra` flags (ablations): `float8` trains the Dense/EinsumDense layers in float8 (Keras'
     `quantize("float8")`, delayed scaling; the tied embedding and logits stay in the policy's dtype);
     `token-loss` adds validation's token-loss metric to the step. `xla_options` go on top of kgpt2's own.
     """
-    from kgpt2.metrics import compile_for_training, compile_lm
-    from kgpt2.models import build_causal_lm
-    from kgpt2.optimizer import make_optimizer
+    from kgpt2.model.models import build_causal_lm
+    from kgpt2.training.metrics import compile_for_training, compile_lm
+    from kgpt2.training.optimizer import make_optimizer
 
     model = build_causal_lm(cfg)
     if "float8" in extra:
@@ -145,7 +145,7 @@ def build_kgpt2(cfg, total_steps: int, device, extra=(), xla_options=None):
 def timed_fit(model, batches, tokens_per_step: int, warmup: int) -> dict:
     """`fit` once over `batches` with the staged trainer's own step log; time it as the trainer is timed.
 
-    tokens/s: `kgpt2.run_logs.steady_tokens_per_s` over the steps after
+    tokens/s: `kgpt2.training.run_logs.steady_tokens_per_s` over the steps after
     `warmup`, on the step log's device-synchronised clock, exactly what
     `run_stage` reads from a real run's steps.csv.
     """
@@ -153,7 +153,7 @@ def timed_fit(model, batches, tokens_per_step: int, warmup: int) -> dict:
     import tempfile
 
     from kgpt2.data.batches import to_dataset
-    from kgpt2.run_logs import StepLog, steady_tokens_per_s
+    from kgpt2.training.run_logs import StepLog, steady_tokens_per_s
 
     folder = tempfile.mkdtemp(prefix="kgpt2-bench-")
     log = StepLog(f"{folder}/steps.csv", tensorboard_dir=f"{folder}/tb")
@@ -181,7 +181,7 @@ def run_kgpt2(args, mode: str, pad: int, size: str = "124M", extra=()) -> dict:
 
     from kgpt2.data.batches import WindowBatches, to_dataset
     from kgpt2.data.shards import ShardSet
-    from kgpt2.devices import resolve_device
+    from kgpt2.training.devices import resolve_device
 
     overrides = [e for e in extra if "=" in e]
     cfg = kgpt2_config(args, mode, pad, size, overrides)
@@ -282,14 +282,14 @@ def run_stage(args) -> dict:
     """kgpt2's staged trainer on one real stage: fit + validation + checkpoint + export.
 
     The trainer's step logger is async-safe and checkpoints happen between
-    `fit` calls, so Keras does not wait for every step (kgpt2/run_logs.py).
+    `fit` calls, so Keras does not wait for every step (kgpt2/training/run_logs.py).
     """
     import csv
     import tempfile
 
     from kgpt2.config import load_config
-    from kgpt2.run_logs import steady_tokens_per_s
     from kgpt2.train import train
+    from kgpt2.training.run_logs import steady_tokens_per_s
 
     root = tempfile.mkdtemp()
     layers, heads, hidden = SIZES["124M"]
@@ -464,7 +464,7 @@ def main(argv=None):
         if "steady_tokens_per_s" in r and loop:
             r["vs_benchmark_loop"] = round(r["steady_tokens_per_s"] / loop["tokens_per_s"], 3)
             print(f"{r['variant']}: {r['steady_tokens_per_s']:,} tokens/s = {r['vs_benchmark_loop']}x the loop "
-                  f"(same method: kgpt2.run_logs.steady_tokens_per_s over steps {args.warmup + 1}..{args.warmup + args.steps})")
+                  f"(same method: kgpt2.training.run_logs.steady_tokens_per_s over steps {args.warmup + 1}..{args.warmup + args.steps})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -20,11 +20,11 @@ _API = {
     "load_config": "kgpt2.config",
     "prepare": "kgpt2.data.shards",
     "ShardSet": "kgpt2.data.shards",
-    "Tokenizer": "kgpt2.tokenizer",
+    "Tokenizer": "kgpt2.model.tokenizer",
     "evaluate_run": "kgpt2.evaluate",
     "Generator": "kgpt2.generate",
     "generate_from_run": "kgpt2.generate",
-    "Engine": "kgpt2.engine",
+    "Engine": "kgpt2.generation.engine",
     "load_model": "kgpt2.run",
     "UserError": "kgpt2.errors",
 }

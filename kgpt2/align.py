@@ -8,13 +8,13 @@
 2. `Aligner.build`: the policy (preset + LoRA, or `align.init_run`'s
    checkpoint), its reference log-probs computed once before any update and
    cached in `<run>/reference.npz` (no second model is held in memory), and
-   the optimizer compiled with the `align.loss` of kgpt2.preference_losses;
+   the optimizer compiled with the `align.loss` of kgpt2.training.preference_losses;
 3. `Aligner.resume`: the newest checkpoint's weights, optimizer and step;
 4. `Aligner.run`: `fit` from that step on, one call per `train.checkpoint_every`
    interval, a checkpoint after each; the pair order is fixed by the seed,
    so a killed and resumed run ends with the uninterrupted run's weights;
 5. `Aligner.finish`: held-out reward accuracy and margins before and after
-   (KTO: on held-out examples, kgpt2.preference_losses.kto_metrics),
+   (KTO: on held-out examples, kgpt2.training.preference_losses.kto_metrics),
    written to `<run>/align.json`.
 
 The global Keras dtype policy is left as it was (the run's precision is
@@ -40,23 +40,37 @@ import keras
 import numpy as np
 
 from kgpt2 import compat
-from kgpt2.checkpoints import CheckpointManager
 from kgpt2.config import Config
-from kgpt2.continuation import differences
-from kgpt2.data.preference_pairs import (NO_PREFERENCE_FILES, PairStats, content_hash, encode_pairs, read_pairs,
-                                         read_preferences, refuse_unpaired)
-from kgpt2.devices import dtype_policy, resolve_device, step_compiler_options
-from kgpt2.distribution import plan_data_parallel
+from kgpt2.data.preference_pairs import (
+    NO_PREFERENCE_FILES,
+    PairStats,
+    content_hash,
+    encode_pairs,
+    read_pairs,
+    read_preferences,
+    refuse_unpaired,
+)
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_bytes, atomic_write_text
-from kgpt2.models import build_causal_lm, check_sequence_length, load_tokenizer
-from kgpt2.optimizer import make_optimizer
-from kgpt2.preference_losses import PreferenceLoss
-from kgpt2.preferences import (PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout,
-                               take, targets_for)
-from kgpt2.progress_lines import ProgressLines
+from kgpt2.model.models import build_causal_lm, check_sequence_length, load_tokenizer
 from kgpt2.reports import counted
 from kgpt2.run import Run, not_a_run, same_files
+from kgpt2.training.checkpoints import CheckpointManager
+from kgpt2.training.continuation import differences
+from kgpt2.training.devices import dtype_policy, resolve_device, step_compiler_options
+from kgpt2.training.distribution import plan_data_parallel
+from kgpt2.training.optimizer import make_optimizer
+from kgpt2.training.preference_losses import PreferenceLoss
+from kgpt2.training.preferences import (
+    PolicyLogProbs,
+    encode_preferences,
+    predict_logprobs,
+    reference_path,
+    score_heldout,
+    take,
+    targets_for,
+)
+from kgpt2.training.progress_lines import ProgressLines
 
 __all__ = ["align", "read_pairs", "PairStats", "encode_pairs"]
 log = logging.getLogger("kgpt2")

@@ -91,7 +91,7 @@ def tensorflow_hidden():
 
     keras-hub imports TensorFlow when it can: at its own import, and in `from_preset` to ask TF's file systems
     about the preset's URL scheme even for a local folder (preset_utils.get_file). kgpt2 imports keras-hub and
-    loads local presets only with TensorFlow hidden (`import_keras_quietly`, kgpt2.models.build_backbone).
+    loads local presets only with TensorFlow hidden (`import_keras_quietly`, kgpt2.model.models.build_backbone).
     """
     hide = os.environ.get("KERAS_BACKEND") not in (None, "", "tensorflow") and "tensorflow" not in sys.modules
     if hide:

@@ -10,7 +10,7 @@
     kgpt2 quickstart -> kgpt2.quickstart              the whole pipeline, offline
     kgpt2 align      -> kgpt2.align.align             DPO / IPO / hinge / SimPO / ORPO / KTO
     kgpt2 tokenizer  -> kgpt2.tokenizer_training      your own BPE or character tokenizer
-    kgpt2 pretrain   -> kgpt2.scratch, kgpt2.pretrain from-scratch presets, run summary
+    kgpt2 pretrain   -> kgpt2.model.scratch, kgpt2.pretrain from-scratch presets, run summary
     kgpt2 export     -> kgpt2.export.export_run       Hugging Face / KerasHub preset directory
 
 What each verb prints is worded in `kgpt2.reports`, how its end becomes an
@@ -36,12 +36,12 @@ from kgpt2 import backend
 
 backend.choose_backend()
 
-from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
-from kgpt2.errors import UserError  # noqa: E402
 from kgpt2 import reports  # noqa: E402  (stdlib only)
 from kgpt2.cli_args import PORT, output_folder, unescape, whole_number  # noqa: E402  (stdlib only)
 from kgpt2.cli_runner import exit_process, progress_lines_on_stderr, run_verb  # noqa: E402  (stdlib only)
-from kgpt2.templates import TEMPLATES  # noqa: E402  (stdlib only)
+from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
+from kgpt2.errors import UserError  # noqa: E402
+from kgpt2.generation.templates import TEMPLATES  # noqa: E402  (stdlib only)
 
 VERBS = {}  # name -> (factory, help, needs Keras, what Ctrl-C leaves behind)
 CHECKPOINT_KEPT = ("every checkpoint written is kept whole; run the same command to resume (or to start again, "
@@ -105,7 +105,7 @@ def _prepare(p: argparse.ArgumentParser):
                           separator=unescape(a.separator))
         check_out_folder(Path(a.out), local_source(src))
         backend.import_keras_quietly()
-        from kgpt2.models import load_tokenizer
+        from kgpt2.model.models import load_tokenizer
 
         tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer), offline_hint=PREPARE_OFFLINE_HINT)
         m = prepare(src, a.out, tok, splits=a.splits, seed=a.seed, threads=a.threads)
@@ -127,7 +127,7 @@ def _train(p):
     def run(a):
         from kgpt2.config import load_config
         from kgpt2.train import train
-        from kgpt2.train_inputs import dry_run_plan
+        from kgpt2.training.train_inputs import dry_run_plan
 
         overrides = list(a.overrides) + ([f"train.device={a.device}"] if a.device else [])
         overrides += [f'train.devices="{a.devices}"'] if a.devices else []
@@ -394,7 +394,7 @@ def _pretrain(p):
             print(json.dumps(summary, indent=2) if a.json else format_summary(summary))
             return
         from kgpt2.config import load_config
-        from kgpt2.scratch import PRESET_DIR, init_preset
+        from kgpt2.model.scratch import PRESET_DIR, init_preset
 
         cfg = load_config(a.config, a.overrides)
         out = Path(a.out or cfg.run_dir / PRESET_DIR)

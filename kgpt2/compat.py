@@ -1,12 +1,12 @@
 """The one place kgpt2 touches Keras / KerasHub internals, and the versions it was tested on.
 
 KerasHub's GPT-2 has no public switch for three things kgpt2 does
-(kgpt2.models): attention dropout apart from the residual dropout, the
+(kgpt2.model.models): attention dropout apart from the residual dropout, the
 backend's causal attention kernel, and a padded vocabulary whose pad logits
 are masked; Keras' `Backbone.enable_lora` takes no alpha. Those need private
 attributes (`_flatten_layers`, `_self_attention_layer`, `_dropout`,
 `_dropout_layer`, `_compute_attention`) and a class swap on a built layer;
-kgpt2.fused_decode reads the weights of each decoder block's sublayers
+kgpt2.generation.fused_decode reads the weights of each decoder block's sublayers
 (`_query_dense`, `_feedforward_output_dense`, ...: `decoder_block_parts`);
 kgpt2.backend makes Keras' lazy TensorFlow module answer "imported?" instead of
 importing it (`keras_sees_tensorflow_only_once_imported`).
@@ -184,7 +184,7 @@ def self_attention_layers(backbone) -> list:
 
 
 def decoder_block_parts(block) -> dict:
-    """The sublayers of a keras-hub TransformerDecoder block that kgpt2.fused_decode reads weights from."""
+    """The sublayers of a keras-hub TransformerDecoder block that kgpt2.generation.fused_decode reads weights from."""
     attention = block._self_attention_layer
     return {"norm1": block._self_attention_layer_norm, "query": attention._query_dense,
             "key": attention._key_dense, "value": attention._value_dense, "out": attention._output_dense,
@@ -193,7 +193,7 @@ def decoder_block_parts(block) -> dict:
 
 
 def decoder_block_call_parts(block) -> dict:
-    """What kgpt2.fused_block's training call of a keras-hub TransformerDecoder uses besides the weights."""
+    """What kgpt2.kernels.fused_block's training call of a keras-hub TransformerDecoder uses besides the weights."""
     attention = block._self_attention_layer
     return {"attention": attention, "compute_attention": attention._compute_attention,
             "attention_dropout": block._self_attention_dropout, "feedforward_dropout": block._feedforward_dropout,
@@ -291,7 +291,7 @@ def declare_steps(dataset, steps, passes: int = 1):
     iterator dry and warns "Your input ran out of data". KerasHub's tasks
     declare the length up front (and repeat the dataset for the passes); a
     Keras model of kgpt2's own that reads the same batches
-    (kgpt2.packed_attention.PackedCausalLM) does the same through this.
+    (kgpt2.model.packed_attention.PackedCausalLM) does the same through this.
     Subclassing `PipelineModel` is no way: its `__init__` resets its base
     class, which breaks every functional GPT2CausalLM already built.
     """

@@ -34,10 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from kgpt2 import recipes
+
 # The sections are re-exported: callers import them from kgpt2.config.
-from kgpt2.config_sections import (ALL_LINEAR, LORA_TARGETS, AlignConfig, DataConfig,  # noqa: F401
-                                   GenerateConfig, LoraConfig, ModelConfig, TrainConfig, section_type_hints,
-                                   show_value)
+from kgpt2.config_sections import (  # noqa: F401
+    ALL_LINEAR,
+    LORA_TARGETS,
+    AlignConfig,
+    DataConfig,
+    GenerateConfig,
+    LoraConfig,
+    ModelConfig,
+    TrainConfig,
+    section_type_hints,
+    show_value,
+)
 from kgpt2.errors import UserError
 from kgpt2.run_config import read_run_config, write_run_config
 

@@ -16,16 +16,16 @@ bounds (`at_least`, `Literal` choices, rules of one section in
 from __future__ import annotations
 
 import dataclasses
-import math
 import functools
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from kgpt2.data.stage_plan import check_plan
 from kgpt2.errors import UserError
-from kgpt2.stage_plan import check_plan
 
 # The linear layers of a keras-hub GPT-2 block (PEFT's names in GPT-2: c_attn
 # holds query/key/value, attn.c_proj, mlp.c_fc, mlp.c_proj).
@@ -102,10 +102,10 @@ class ModelConfig:
     # Full-length self-attention through the backend's causal kernel
     # (`is_causal`) instead of keras-hub's explicit causal+padding mask, which
     # makes cuDNN compute every query/key tile. Same outputs for real tokens:
-    # kgpt2 pads on the right only (kgpt2.models.use_causal_attention).
+    # kgpt2 pads on the right only (kgpt2.model.models.use_causal_attention).
     causal_attention: bool = True
     # Quantise the frozen base after loading ("QLoRA" the Keras way): "" (off),
-    # "int8" or "int4"; LoRA adapters on top stay in float (kgpt2.quantize).
+    # "int8" or "int4"; LoRA adapters on top stay in float (kgpt2.model.quantize).
     quantize: Literal["", "int8", "int4"] = ""
 
     def __post_init__(self):
@@ -127,7 +127,7 @@ class DataConfig:
     # windows over the token stream (articles; examples there see each other);
     # "example": one example per window, padded; "packed_examples": several
     # examples per window, each attending only to itself, positions restarting
-    # per example (kgpt2.data.packing, kgpt2.packed_attention); "auto":
+    # per example (kgpt2.data.packing, kgpt2.model.packed_attention); "auto":
     # "packed_examples" on shards with a loss mask (instruction, chat), else
     # "packed". A run saves the resolved choice in its config.json.
     windows: Literal["auto", "packed", "example", "packed_examples"] = "auto"
@@ -148,7 +148,7 @@ class LoraConfig:
     alpha: float = at_least(0.0, default=32.0)
     # Layers of each block: query, key, value, attention_output,
     # feedforward_intermediate_dense, feedforward_output_dense, or
-    # "all-linear" (all of them, as PEFT's shorthand) (kgpt2.adapters).
+    # "all-linear" (all of them, as PEFT's shorthand) (kgpt2.model.adapters).
     targets: list = field(default_factory=lambda: ["query", "value"])
     # Dropout on the adapter's input only, in training (PEFT's lora_dropout).
     dropout: float = at_least(0.0, default=0.0, below=1.0)
@@ -176,7 +176,7 @@ class TrainConfig:
     stages: list = field(default_factory=lambda: [10, 10000, 80000, "rest"])
     # A plan the split cannot hold (or one leaving "rest" under 5%): "scale"
     # makes it a proportional plan of the same shape, "reject" refuses it
-    # (kgpt2.stage_plan; `kgpt2 train --dry-run` shows the plan and why).
+    # (kgpt2.data.stage_plan; `kgpt2 train --dry-run` shows the plan and why).
     oversize: Literal["reject", "scale"] = "scale"
     epochs: int = at_least(0, default=1)
     batch_size: int = at_least(1, default=8)
@@ -195,9 +195,9 @@ class TrainConfig:
     precision: Precision = "auto"
     device: str = "auto"  # "auto", "cpu", "gpu", "gpu:0", ...
     # Data parallel (JAX): "1", a device count, or "all" of train.device's
-    # kind; batch_size is then the global batch (kgpt2.distribution).
+    # kind; batch_size is then the global batch (kgpt2.training.distribution).
     devices: str = "1"
-    # Sharded weights and optimizer state (JAX, kgpt2.distribution): "" = off,
+    # Sharded weights and optimizer state (JAX, kgpt2.training.distribution): "" = off,
     # "data:4" = FSDP over 4 devices, "data:2,model:2" = FSDP x tensor parallel.
     mesh: str = ""
     checkpoint_every: int = at_least(0, default=0)  # steps between mid-stage checkpoints (0 = stage ends only)
@@ -220,20 +220,20 @@ class TrainConfig:
     steps_per_execution: int = at_least(1, default=1)
     # JAX: the training loss over this many sequence positions at a time, so
     # the full float32 logits and their gradient never exist at once (0 = the
-    # plain loss; kgpt2.metrics.chunked_token_losses). Same results.
+    # plain loss; kgpt2.training.metrics.chunked_token_losses). Same results.
     loss_chunk: int = at_least(0, default=0)
     # JAX: the training loss from the backbone's hidden states in one piece:
     # bf16 logits, read once forward by a Pallas kernel on a GPU, their
-    # gradient written in one pass (kgpt2.cross_entropy). Same results;
+    # gradient written in one pass (kgpt2.kernels.cross_entropy). Same results;
     # loss_chunk > 0 takes precedence. "auto": on for a JAX GPU of Ampere or
     # newer (XLA compiles Pallas' Triton kernels from compute capability 8.0:
     # not a T4) without a distribution (H200, 124M: +4.1% full, +5.8% LoRA, then
     # +1.6% / +2.2% from round 9's kernels; docs/benchmarks.md); true elsewhere
     # runs the same maths in jnp.
     fused_loss: Literal["auto", True, False] = "auto"
-    # JAX: layer norms through kgpt2.layer_norm (a Pallas kernel forward, one
+    # JAX: layer norms through kgpt2.kernels.layer_norm (a Pallas kernel forward, one
     # backward, on a GPU) instead of XLA's five kernels, and keras-hub's decoder
-    # blocks through kgpt2.fused_block (residual adds inside the norms, q/k/v
+    # blocks through kgpt2.kernels.fused_block (residual adds inside the norms, q/k/v
     # gradients gathered in one kernel). Same results. "auto": as fused_loss, for
     # full training only (H200: +1.5% at 124M before a +2.3% backward, +2% more
     # from the fused blocks; the Shakespeare recipe 7.8-7.9 -> 5.4-6.5 ms a step; LoRA -1%).
@@ -292,7 +292,7 @@ class AlignConfig:
     # or a demo run's votes.jsonl.
     data: list = field(default_factory=list)
     # dpo (sigmoid), ipo, hinge, simpo and orpo (no reference model), kto
-    # (unpaired desirable / undesirable examples); kgpt2.preference_losses.
+    # (unpaired desirable / undesirable examples); kgpt2.training.preference_losses.
     loss: Literal["dpo", "ipo", "hinge", "simpo", "orpo", "kto"] = "dpo"
     beta: float = 0.1  # > 0 (ORPO: the odds-ratio weight lambda)
     label_smoothing: float = at_least(0.0, default=0.0, below=0.5)  # dpo / simpo (cDPO)

@@ -5,12 +5,12 @@ streamed token by token with the same seed and sampling settings. In arena
 mode they are anonymous ("Model A" / "Model B", sides drawn at random) until
 the vote. Four pair votes (A better, B better, tie, both bad) and a thumb up
 or down under each answer append a record to the left run's `votes.jsonl`
-(kgpt2.votes: DPO pairs and KTO examples; one vote per answer, kgpt2.arena).
+(kgpt2.serving.votes: DPO pairs and KTO examples; one vote per answer, kgpt2.serving.arena).
 A panel shows that run's metrics and vote counts.
 
-Roles: kgpt2.model_pool loads checkpoints (one model per base, LRU within a
-memory budget), kgpt2.answerer decodes (concurrent users' requests batched),
-kgpt2.arena holds a match and its voting rules, kgpt2.demo_layout lays the
+Roles: kgpt2.serving.model_pool loads checkpoints (one model per base, LRU within a
+memory budget), kgpt2.serving.answerer decodes (concurrent users' requests batched),
+kgpt2.serving.arena holds a match and its voting rules, kgpt2.serving.demo_layout lays the
 page out; this module holds the handlers the page and the API call.
 
 Safety: binds 127.0.0.1 unless told otherwise, no share link unless asked;
@@ -36,17 +36,17 @@ from pathlib import Path
 
 import gradio as gr
 
-from kgpt2.answerer import Answerer, Job
-from kgpt2.arena import RATING_LABELS, VOTE_LABELS, Match, no_match_refusal
-from kgpt2.demo_examples import examples_from_run
-from kgpt2.demo_layout import build as build_layout
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings
-from kgpt2.model_pool import ModelPool
-from kgpt2.ports import check_port
+from kgpt2.generation.templates import prompt_ids, render_prompt
 from kgpt2.run import load_run_config, not_a_run
-from kgpt2.templates import prompt_ids, render_prompt
-from kgpt2.votes import VOTES_FILE, append_vote, counts, read_votes
+from kgpt2.serving.answerer import Answerer, Job
+from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS, Match, no_match_refusal
+from kgpt2.serving.demo_examples import examples_from_run
+from kgpt2.serving.demo_layout import build as build_layout
+from kgpt2.serving.model_pool import ModelPool
+from kgpt2.serving.ports import check_port
+from kgpt2.serving.votes import VOTES_FILE, append_vote, counts, read_votes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
 

@@ -20,20 +20,27 @@ import json
 import logging
 from pathlib import Path
 
-from kgpt2.checkpoint_manifest import WEIGHTS
-from kgpt2.checkpoints import Checkpoint, CheckpointManager
 from kgpt2.data.batches import to_dataset
 from kgpt2.data.preference_pairs import read_preferences
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.io import atomic_write_files, save_figure
 from kgpt2.lock import tables_lock
-from kgpt2.metrics import compile_lm, summarise
-from kgpt2.packed_attention import for_windows
-from kgpt2.preferences import PolicyLogProbs, encode_preferences, predict_logprobs, reference_path, score_heldout, targets_for
+from kgpt2.model.packed_attention import for_windows
 from kgpt2.run import BASE, Run, build_run_model, snapshot
-from kgpt2.training_data import resolve_windows
-from kgpt2.validation import split_batches
+from kgpt2.training.checkpoint_manifest import WEIGHTS
+from kgpt2.training.checkpoints import Checkpoint, CheckpointManager
+from kgpt2.training.metrics import compile_lm, summarise
+from kgpt2.training.preferences import (
+    PolicyLogProbs,
+    encode_preferences,
+    predict_logprobs,
+    reference_path,
+    score_heldout,
+    targets_for,
+)
+from kgpt2.training.training_data import resolve_windows
+from kgpt2.training.validation import split_batches
 
 log = logging.getLogger("kgpt2")
 READS = (WEIGHTS,)  # all that scoring a checkpoint loads: a damaged optimizer state does not stop it

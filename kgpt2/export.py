@@ -7,7 +7,7 @@ Both formats hold one plain GPT-2: LoRA/rsLoRA/DoRA folded into the kernels,
 an int8/int4 base dequantised, the vocabulary padding (model.pad_vocabulary_to)
 cut off, float32 weights, and kgpt2's own tokenizer files. `--to peft` writes
 the run's adapter as PEFT's adapter_config.json + adapter_model.safetensors
-(kgpt2.peft_adapters) and the run's base model, unadapted (dequantised if the
+(kgpt2.model.peft_adapters) and the run's base model, unadapted (dequantised if the
 run's base was quantised), as a Hugging Face GPT-2 in `base/`:
 `PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(out / "base"), out)`
 computes what the run computes, and `lora.init_from = out` with
@@ -31,14 +31,14 @@ from pathlib import Path
 
 import keras_hub
 
-from kgpt2.adapters import merged_backbone as merge
-from kgpt2.devices import dtype_policy
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, new_folder, refuse_used_folder
-from kgpt2.models import build_causal_lm, load_tokenizer, real_vocabulary_size, save_preset, save_unpadded_weights
-from kgpt2.peft_adapters import write_peft_adapter
+from kgpt2.model.adapters import merged_backbone as merge
+from kgpt2.model.models import build_causal_lm, load_tokenizer, real_vocabulary_size, save_preset, save_unpadded_weights
+from kgpt2.model.peft_adapters import write_peft_adapter
+from kgpt2.model.tokenizer_protocol import Tokenizer
 from kgpt2.run import BASE, load_run_config, restore
-from kgpt2.tokenizer_protocol import Tokenizer
+from kgpt2.training.devices import dtype_policy
 
 FORMATS = ("hf", "preset", "peft")
 PROVENANCE_FILE = "kgpt2_export.json"
@@ -46,12 +46,12 @@ PROVENANCE_FILE = "kgpt2_export.json"
 
 def merged_backbone(model) -> keras_hub.models.GPT2Backbone:
     """A plain float32 GPT2Backbone of `model` (a GPT2CausalLM): adapters merged,
-    int8/int4 kernels dequantised, vocabulary padding cut (kgpt2.adapters)."""
+    int8/int4 kernels dequantised, vocabulary padding cut (kgpt2.model.adapters)."""
     return merge(model.backbone)
 
 
 # Jinja chat templates (transformers' `apply_chat_template`) for the run's prompt template, rendering what
-# `kgpt2 serve`'s /v1/chat/completions prompts the run with (kgpt2.serve.chat_ids, kgpt2.templates). EOS is
+# `kgpt2 serve`'s /v1/chat/completions prompts the run with (kgpt2.serve.chat_ids, kgpt2.generation.templates). EOS is
 # the tokenizer's end-of-text token text: transformers splits it out as the special token, as kgpt2 encodes it.
 CHAT_TEMPLATES = {
     "chat": (

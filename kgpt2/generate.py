@@ -1,7 +1,7 @@
 """`kgpt2 generate`: text from a run's checkpoint, on kgpt2's generation engine.
 
 Prompts are tokenised with kgpt2's exact GPT-2 tokenizer and decoded by
-`kgpt2.engine.Engine` (KerasHub's GPT-2 layers with a key/value cache,
+`kgpt2.generation.engine.Engine` (KerasHub's GPT-2 layers with a key/value cache,
 compiled prefill and a multi-token decode loop on the device; the same
 engine serves many requests at once in `kgpt2 serve`). `generate` runs a
 whole request in two launches (the prefill, then one decode loop that
@@ -37,14 +37,14 @@ from typing import Iterator
 import numpy as np
 
 from kgpt2.config import GenerateConfig
-from kgpt2.decoding import bucket, on_jax_cpu
-from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
-from kgpt2.fused_decode import BFLOAT16_PRODUCTS
-from kgpt2.quantize import quantize_backbone
+from kgpt2.generation.decoding import bucket, on_jax_cpu
+from kgpt2.generation.engine import Engine, Sampling
+from kgpt2.generation.fused_decode import BFLOAT16_PRODUCTS
+from kgpt2.generation.sampling import filter_logits  # noqa: F401  (the old home of the sampling code)
+from kgpt2.generation.templates import TEMPLATES, prompt_ids, render_prompt  # noqa: F401  (generate's callers import them here)
+from kgpt2.model.quantize import quantize_backbone
 from kgpt2.run import load_model, load_run_config
-from kgpt2.sampling import filter_logits  # noqa: F401  (the old home of the sampling code)
-from kgpt2.templates import TEMPLATES, prompt_ids, render_prompt  # noqa: F401  (generate's callers import them here)
 
 log = logging.getLogger("kgpt2")
 
@@ -215,7 +215,7 @@ def load_for_generation(run_dir, checkpoint: str = "latest", weights: str | None
     whose base is already quantised, `model.quantize`, is left as it is).
     "bfloat16" on a JAX CPU, which has no bfloat16 arithmetic: the weights
     rounded to bfloat16 in a float32 model, decoded from bfloat16 copies of
-    them in float32 (kgpt2.fused_decode; ~1.6x the tokens/s of float32, and
+    them in float32 (kgpt2.generation.fused_decode; ~1.6x the tokens/s of float32, and
     more memory: the float32 model plus the copies).
     """
     choice = weights or load_run_config(run_dir).generate.weights

@@ -35,7 +35,7 @@ import numpy as np
 from kgpt2.config import ModelConfig
 from kgpt2.errors import UserError
 from kgpt2.io import new_folder, refuse_used_folder
-from kgpt2.models import load_tokenizer, save_preset
+from kgpt2.model.models import load_tokenizer, save_preset
 from kgpt2.run import is_run
 
 # KerasNLP 0.6 attribute names -> keras-hub layer names in a variable path.

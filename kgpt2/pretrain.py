@@ -1,7 +1,7 @@
 """How a from-scratch run went (`kgpt2 pretrain summary`): its speed and its best loss.
 
 The other parts of pre-training have their own modules: `kgpt2.tokenizer_training`
-(`kgpt2 tokenizer train`) and `kgpt2.scratch` (`kgpt2 pretrain init`, and the
+(`kgpt2 tokenizer train`) and `kgpt2.model.scratch` (`kgpt2 pretrain init`, and the
 `model.preset = "scratch"` base the trainer makes).
 
     >>> from kgpt2.pretrain import run_summary
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from kgpt2.errors import UserError
-from kgpt2.periodic_eval import read_best, read_evals
-from kgpt2.run_logs import per_step_loss, read_steps
 from kgpt2.run import Run, load_run_config
+from kgpt2.training.periodic_eval import read_best, read_evals
+from kgpt2.training.run_logs import per_step_loss, read_steps
 
 
 def run_summary(run_dir) -> dict:

@@ -24,8 +24,8 @@ from kgpt2.config import Config, load_config
 from kgpt2.data.shards import prepare
 from kgpt2.evaluate import evaluate_run
 from kgpt2.generate import generate_from_run
-from kgpt2.models import load_tokenizer
-from kgpt2.scratch import init_preset
+from kgpt2.model.models import load_tokenizer
+from kgpt2.model.scratch import init_preset
 from kgpt2.tokenizer_training import train_tokenizer
 from kgpt2.train import train
 

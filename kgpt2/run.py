@@ -4,21 +4,21 @@
 all of them ask a `Run` for paths instead of spelling file names:
 
     config.json                the resolved config the run trained with
-    ckpt-<step>/               checkpoints (kgpt2.checkpoints)
+    ckpt-<step>/               checkpoints (kgpt2.training.checkpoints)
     <stage>.weights.h5         each stage's merged weights
-    logs/steps.csv             one row per step (kgpt2.run_logs)
-    logs/evals.csv, best.json  periodic evaluation and the best checkpoint (kgpt2.periodic_eval)
+    logs/steps.csv             one row per step (kgpt2.training.run_logs)
+    logs/evals.csv, best.json  periodic evaluation and the best checkpoint (kgpt2.training.periodic_eval)
     logs/tensorboard/          the step rows for TensorBoard
     stages.csv, stages.json    validation after each stage
     loss.png, eval_loss.png    plots
     evaluation-<split>.*       `kgpt2 evaluate` tables and plot
-    votes.jsonl, align.json    demo votes (kgpt2.votes) and the DPO result (kgpt2.align)
+    votes.jsonl, align.json    demo votes (kgpt2.serving.votes) and the DPO result (kgpt2.align)
     preset/                    a from-scratch run's own base model (kgpt2.pretrain)
     preset/, tokenizer/        a local base model / tokenizer from outside the run, copied in (`Run.adopt`)
     .lock                      held by the one `train` / `align` process writing the run (kgpt2.lock)
 
 `latest` is the newest intact checkpoint: a damaged one is skipped with one
-warning line (kgpt2.checkpoints).
+warning line (kgpt2.training.checkpoints).
 
 A run is self-contained and relocatable: config.json names paths relative
 to the run folder (kgpt2.run_config), and a local preset or tokenizer that
@@ -48,14 +48,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kgpt2.checkpoints import Checkpoint, CheckpointManager, checkpoint_variables
 from kgpt2.config import Config, config_from_dict, save_config
-from kgpt2.devices import dtype_policy, resolve_device
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, publish_folder
 from kgpt2.lock import RunLock
-from kgpt2.models import build_causal_lm, load_tokenizer
+from kgpt2.model.models import build_causal_lm, load_tokenizer
 from kgpt2.run_config import model_kind, read_continuations, read_run_config
+from kgpt2.training.checkpoints import Checkpoint, CheckpointManager, checkpoint_variables
+from kgpt2.training.devices import dtype_policy, resolve_device
 
 BASE = "base"  # checkpoint id meaning "the preset, untrained"
 BEST = "best"  # checkpoint id meaning "lowest validation loss" (train.keep_best)

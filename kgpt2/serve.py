@@ -9,8 +9,8 @@ from all clients decode together in the engine's slots; when the slots and
 the waiting queue are full the answer is 429. Errors use OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`, so the official `openai`
 client raises its usual exceptions. FastAPI validates the bodies (their
-models, chat content parts and the 400s: kgpt2.serve_schema) and uvicorn
-serves them (it also turns SIGTERM into a clean shutdown); kgpt2.serve_log
+models, chat content parts and the 400s: kgpt2.serving.serve_schema) and uvicorn
+serves them (it also turns SIGTERM into a clean shutdown); kgpt2.serving.serve_log
 writes a line per finished request.
 
 Sampling: a field the request leaves out takes the run's `[generate]`
@@ -18,7 +18,7 @@ setting; `temperature: 0` is greedy; `top_k` and `seed` are accepted as
 extensions (`extra_body` in the `openai` client).
 
 Scoring: `logprobs` (0..5) and `echo` on completions, `logprobs` /
-`top_logprobs` on chat (kgpt2.logprobs makes the objects); the model's
+`top_logprobs` on chat (kgpt2.generation.logprobs makes the objects); the model's
 float32 log-softmax before temperature / top-k / top-p; not streamed.
 
     >>> from kgpt2.serve import chat_prompt
@@ -42,17 +42,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
-from kgpt2.logprobs import text_tokens
-from kgpt2.ports import check_port
+from kgpt2.generation.engine import Engine, Sampling
+from kgpt2.generation.logprobs import text_tokens
+from kgpt2.generation.templates import chat_prompt_ids, render_prompt
 from kgpt2.reports import counted
-from kgpt2.serve_log import RequestEdge
-from kgpt2.serve_responses import chat_shape, completion_shape, response_id, sse_event
-from kgpt2.serve_schema import (ChatRequest, CompletionRequest, OpenAIError, SampledRequest, message_texts,
-                                prompt_ids, validation_error)
-from kgpt2.templates import chat_prompt_ids, render_prompt
+from kgpt2.serving.ports import check_port
+from kgpt2.serving.serve_log import RequestEdge
+from kgpt2.serving.serve_responses import chat_shape, completion_shape, response_id, sse_event
+from kgpt2.serving.serve_schema import (
+    ChatRequest,
+    CompletionRequest,
+    OpenAIError,
+    SampledRequest,
+    message_texts,
+    prompt_ids,
+    validation_error,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DISCONNECT_CHECK_S = 0.2  # how often a non-streamed answer asks whether its client is still there
@@ -199,7 +206,7 @@ async def _answer(service: Service, http: Request, body: SampledRequest, prompts
     def usage():
         n = sum(text_tokens(service.engine.tokenizer, r) for r in requests)  # not the ones a stop string cut
         return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
-    http.state.usage = usage  # for the request's log line (kgpt2.serve_log), counted once after the answer
+    http.state.usage = usage  # for the request's log line (kgpt2.serving.serve_log), counted once after the answer
 
     if not body.stream:
         try:
@@ -386,7 +393,7 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     # again for the handler it found: a quiet one lets kgpt2 close the engine and exit 0.
     quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        # uvicorn's own access log stays off ("warning"): kgpt2.serve_log writes the request lines (why there).
+        # uvicorn's own access log stays off ("warning"): kgpt2.serving.serve_log writes the request lines (why there).
         uvicorn.run(build_app(service, api_key, log_requests), host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=10)
     finally:

@@ -4,7 +4,7 @@ A byte-level BPE trained GPT-2 style (HF `tokenizers`), saved as
 `vocabulary.json` + `merges.txt` (`keras_hub.models.GPT2Tokenizer(vocabulary=...,
 merges=...)` loads them; a preset made from it loads with
 `GPT2Tokenizer.from_preset`), or with `char=True` a nanoGPT-style character
-vocabulary (`kgpt2.char_tokenizer`). `model.tokenizer = DIR` and
+vocabulary (`kgpt2.model.char_tokenizer`). `model.tokenizer = DIR` and
 `kgpt2 prepare --tokenizer DIR` take either.
 
     >>> import tempfile
@@ -20,14 +20,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from kgpt2.char_tokenizer import CHAR_VOCAB_FILE, CharTokenizer
 from kgpt2.data.sources import open_source
 from kgpt2.errors import UserError
 from kgpt2.io import new_folder, refuse_used_folder
-from kgpt2.tokenizer import MERGES_FILE, VOCAB_FILE
-from kgpt2.tokenizer import Tokenizer as BPETokenizer
-from kgpt2.tokenizer_protocol import Tokenizer
-
+from kgpt2.model.char_tokenizer import CHAR_VOCAB_FILE, CharTokenizer
+from kgpt2.model.tokenizer import MERGES_FILE, VOCAB_FILE
+from kgpt2.model.tokenizer import Tokenizer as BPETokenizer
+from kgpt2.model.tokenizer_protocol import Tokenizer
 
 TOKENIZER_FILES = (VOCAB_FILE, MERGES_FILE, CHAR_VOCAB_FILE)  # what a saved tokenizer of either kind holds
 

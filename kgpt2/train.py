@@ -7,7 +7,7 @@
    `keras.distribution.DataParallel` over `train.devices`) and its precision,
    find the newest checkpoint and check the run may resume from it;
 2. `Trainer.build`: the model (preset + LoRA) and AdamW with warmup + cosine
-   over the global step count of *all* stages (kgpt2.optimizer);
+   over the global step count of *all* stages (kgpt2.training.optimizer);
 3. `Trainer.resume`: restore the newest checkpoint (weights, optimizer, RNG
    states) and return the `Cursor` (stage, epoch, batch, global step) it saved;
 4. `Trainer.run_stage`: `model.fit` the stage's batches from the cursor on,
@@ -15,7 +15,7 @@
 5. `Trainer.end_stage`: validation metrics, a checkpoint, the merged
    `.weights.h5` export, the stage table and the plots.
 
-The cursor (kgpt2.cursor) is a value passed from step to step and returned;
+The cursor (kgpt2.training.cursor) is a value passed from step to step and returned;
 every checkpoint records it. An interrupted run restarted with the same config
 continues at the exact next batch and ends with the same weights as an
 uninterrupted one. File names come from `kgpt2.run.Run`.
@@ -29,10 +29,10 @@ change is recorded in config.json's `continuations`. On new shards, or a
 plan that differs in stages already trained, the new plan's stages run
 after the finished ones (numbered on from them); more epochs on a finished
 one-stage run train its stage on. What the checkpoints depend on (model
-shape, tokenizer, LoRA, batch size) cannot change (kgpt2.continuation).
+shape, tokenizer, LoRA, batch size) cannot change (kgpt2.training.continuation).
 `train.init_from` starts a new run from another run's weights instead.
 
-    >>> from kgpt2.train import Cursor  # kgpt2.cursor's
+    >>> from kgpt2.train import Cursor  # kgpt2.training.cursor's
     >>> Cursor(stage=1, epoch=0, batch=4, step=12).advanced(8, per_epoch=10, first=4)
     Cursor(stage=1, epoch=1, batch=2, step=20)
 """
@@ -51,34 +51,44 @@ from pathlib import Path
 import keras
 import keras_hub
 
-from kgpt2 import memory  # memory: read at call time, a test stands in for the device's memory
-from kgpt2.checkpoints import Checkpoint, CheckpointManager, fault_point
 from kgpt2.config import Config
-from kgpt2.cursor import Cursor
-from kgpt2.continuation import (check_epochs, check_max_steps, check_resumable, init_checkpoint, place_plan,
-                                plan_left)
 from kgpt2.data.batches import EpochBatches, to_dataset
 from kgpt2.data.shards import empty_splits_note
-from kgpt2.devices import dtype_policy, resolve_device
-from kgpt2.distribution import is_writer, plan_distribution, process_count, start_processes
+from kgpt2.data.stage_plan import plan_stages
 from kgpt2.errors import UserError, is_out_of_memory, os_error_sentence, out_of_memory_sentence
 from kgpt2.lock import RunLock
-from kgpt2.metrics import compile_for_training, evaluation_model
-from kgpt2.models import build_causal_lm, count_params
-from kgpt2.optimizer import make_optimizer
-from kgpt2.packed_attention import for_windows
-from kgpt2.periodic_eval import PeriodicEval, plot_evals
+from kgpt2.model import memory
+from kgpt2.model.models import build_causal_lm, count_params
+from kgpt2.model.packed_attention import for_windows
+from kgpt2.model.scratch import resolve_scratch
 from kgpt2.reports import counted
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record
-from kgpt2.run_logs import StepLog, plot_run, write_stage_table
-from kgpt2.progress_lines import ProgressLines
-from kgpt2.scratch import resolve_scratch
-from kgpt2.stage_plan import plan_stages
-from kgpt2.training_data import describe_plan  # noqa: F401  (kgpt2.train.describe_plan, as notebooks import it)
-from kgpt2.training_data import describe_padding, plan_steps, stage_batches
-from kgpt2.train_inputs import check_inputs
-from kgpt2.validation import evaluate_split
+from kgpt2.training.checkpoints import Checkpoint, CheckpointManager, fault_point
+from kgpt2.training.continuation import (
+    check_epochs,
+    check_max_steps,
+    check_resumable,
+    init_checkpoint,
+    place_plan,
+    plan_left,
+)
+from kgpt2.training.cursor import Cursor
+from kgpt2.training.devices import dtype_policy, resolve_device
+from kgpt2.training.distribution import is_writer, plan_distribution, process_count, start_processes
+from kgpt2.training.metrics import compile_for_training, evaluation_model
+from kgpt2.training.optimizer import make_optimizer
+from kgpt2.training.periodic_eval import PeriodicEval, plot_evals
+from kgpt2.training.progress_lines import ProgressLines
+from kgpt2.training.run_logs import StepLog, plot_run, write_stage_table
+from kgpt2.training.train_inputs import check_inputs
+from kgpt2.training.training_data import (
+    describe_padding,
+    describe_plan,  # noqa: F401  (kgpt2.train.describe_plan, as notebooks import it)
+    plan_steps,
+    stage_batches,
+)
+from kgpt2.training.validation import evaluate_split
 
 log = logging.getLogger("kgpt2")
 
@@ -205,7 +215,7 @@ class Trainer:
         check_epochs(self.cfg.train.epochs, state, self.stage_offset, len(self.stages), self.run.path)
 
     def _reopen_finished_stage(self, changed: dict | None) -> Cursor | None:
-        """Where a finished one-stage run trains on when its plan grew (kgpt2.continuation.plan_left); else None."""
+        """Where a finished one-stage run trains on when its plan grew (kgpt2.training.continuation.plan_left); else None."""
         state = self.latest.state if self.latest is not None else {}
         left = plan_left(state, self.stages, self.stage_offset, self.total_steps, self.cfg.train.epochs, self.run.path,
                          changed)
@@ -326,7 +336,7 @@ class Trainer:
         # The export is written inside the stage-end checkpoint, then linked into the run folder.
         ckpt = self.save_checkpoint(cursor, stage_end=True, export=self.run.stage_export(stage.name).name)
         fault_point("after-checkpoint")
-        if process_count() > 1:  # the merged export is not written by a multi-host run (kgpt2.checkpoints)
+        if process_count() > 1:  # the merged export is not written by a multi-host run (kgpt2.training.checkpoints)
             log.info("%s: several processes; export the stage from %s on one host (kgpt2 export)", stage.name, ckpt.id)
         if is_writer():  # one process of a multi-host run writes the run's files
             self.store.publish_exports()

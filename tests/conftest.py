@@ -142,7 +142,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(shared_data):
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     d = shared_data / "gpt2-tokenizer"
     return Tokenizer.from_files(d / "encoder.json", d / "vocab.bpe")
@@ -151,7 +151,7 @@ def gpt2_tokenizer(shared_data):
 @pytest.fixture(scope="session")
 def pydoc_tokenizer():
     from kgpt2.data.sources import open_source
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     return Tokenizer.train([d.text for d in open_source("pydoc")], vocab_size=512)
 
@@ -168,7 +168,7 @@ def tiny_preset(tmp_path_factory, pydoc_tokenizer) -> Path:
     import keras
 
     from kgpt2.config import load_config
-    from kgpt2.models import build_backbone, save_preset
+    from kgpt2.model.models import build_backbone, save_preset
 
     cfg = load_config(None, TINY_OVERRIDES + ["model.preset=scratch", f"model.vocabulary_size={pydoc_tokenizer.vocab_size}"])
     keras.utils.set_random_seed(0)
@@ -220,7 +220,7 @@ def assert_tensorboard_shows_steps():
     run's step CSV once, with the CSV's loss and learning rate, and nothing else."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from kgpt2.run_logs import read_steps
+    from kgpt2.training.run_logs import read_steps
 
     def check(run: Path) -> None:
         board = EventAccumulator(str(run / "logs" / "tensorboard"))
@@ -288,7 +288,7 @@ def _latest_weights(run_dir) -> tuple[int, dict]:
     """(step, {array name: array}) of the run's newest intact checkpoint."""
     import numpy as np
 
-    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.training.checkpoints import CheckpointManager
 
     ckpt = CheckpointManager(run_dir).latest()
     with np.load(ckpt.path / "weights.npz") as w:
@@ -471,10 +471,10 @@ def start_server(tiny_run, tmp_path_factory):
 def hf_base(tmp_path_factory, tiny_preset, pydoc_tokenizer):
     """The tiny preset as a Hugging Face GPT-2 directory: the base PEFT adapters go on (what `export --to peft`
     writes as base/)."""
-    from kgpt2.adapters import merged_backbone
     from kgpt2.config import ModelConfig
     from kgpt2.export import write_hf
-    from kgpt2.models import build_backbone
+    from kgpt2.model.adapters import merged_backbone
+    from kgpt2.model.models import build_backbone
 
     out = tmp_path_factory.mktemp("hf") / "base"
     return write_hf(merged_backbone(build_backbone(ModelConfig(preset=str(tiny_preset)))), pydoc_tokenizer, out)

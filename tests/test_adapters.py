@@ -26,7 +26,7 @@ IDS = [5, 17, 200, 33, 9, 411, 2, 77, 150, 3, 64, 90]
 
 def kgpt2_lm(preset, *overrides):
     from kgpt2.config import load_config
-    from kgpt2.models import build_causal_lm
+    from kgpt2.model.models import build_causal_lm
 
     cfg = load_config(None, [f"model.preset={preset}", "lora.enabled=true", "lora.rank=4", "lora.alpha=8",
                              "train.precision=float32", *overrides])
@@ -65,7 +65,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kgpt2_adapter_loads_in_peft_with_the_same_logits(variant, hf_base, tmp_path):
-    from kgpt2.peft_adapters import write_peft_adapter
+    from kgpt2.model.peft_adapters import write_peft_adapter
 
     model, cfg = kgpt2_lm(hf_base, *VARIANTS[variant])
     plain = kgpt2_logits(model)
@@ -100,7 +100,7 @@ def peft_adapter(hf_base, out, seed=0, **options):
 
 @pytest.mark.parametrize("variant", list(PEFT_VARIANTS))
 def test_peft_adapter_starts_a_kgpt2_run_with_peft_logits(variant, hf_base, tmp_path):
-    from kgpt2.peft_adapters import needed_settings, read_peft_adapter
+    from kgpt2.model.peft_adapters import needed_settings, read_peft_adapter
 
     options = PEFT_VARIANTS[variant]
     adapter = peft_adapter(hf_base, tmp_path / "adapter", **options)
@@ -131,8 +131,8 @@ def test_peft_adapter_with_other_settings_is_refused_in_one_sentence(hf_base, tm
 def test_dropout_on_the_adapter_input_only_in_training():
     import keras
 
-    from kgpt2.adapters import add_adapter
     from kgpt2.config import LoraConfig
+    from kgpt2.model.adapters import add_adapter
 
     layer = keras.layers.Dense(16)
     layer.build((None, 16))
@@ -182,8 +182,8 @@ def test_quantised_lora_export_matches_transformers(mode, hf_base, tiny_preset, 
     """A quantised base + adapter exports dequantised and merged: transformers computes what kgpt2 computes."""
     import keras_hub
 
-    from kgpt2.adapters import merged_backbone
     from kgpt2.export import write_hf
+    from kgpt2.model.adapters import merged_backbone
 
     model, _ = kgpt2_lm(tiny_preset, f"model.quantize={mode}", "lora.targets=['all-linear']")
     perturb(model)
@@ -229,8 +229,8 @@ def test_int8_run_exports_and_stage_weights_load_into_a_plain_backbone(tmp_path,
                                                                        kgpt2_cli):
     import keras_hub
 
-    from kgpt2.models import build_causal_lm
     from kgpt2.config import load_config
+    from kgpt2.model.models import build_causal_lm
     from kgpt2.run import load_model
     from kgpt2.train import train
 

@@ -60,7 +60,7 @@ def y_true():
 def test_loss_matches_trl_formula(kind, beta, eps):
     import keras
 
-    from kgpt2.preference_losses import PreferenceLoss
+    from kgpt2.training.preference_losses import PreferenceLoss
 
     if eps and kind not in ("dpo", "simpo"):
         eps = 0.0  # label smoothing belongs to the sigmoid losses
@@ -72,7 +72,7 @@ def test_loss_matches_trl_formula(kind, beta, eps):
 
 
 def test_kto_kl_estimate_is_clamped_at_zero():
-    from kgpt2.preference_losses import preference_loss
+    from kgpt2.training.preference_losses import preference_loss
 
     pol = np.array([[-5.0, -20.0], [-6.0, -20.0]], "float32")  # slot 1 far below its reference: KL < 0
     yt = np.array([[-5.0, -10.0, 3, 3, 1], [-6.0, -10.0, 3, 3, 0]], "float32")
@@ -82,7 +82,7 @@ def test_kto_kl_estimate_is_clamped_at_zero():
 
 @pytest.mark.parametrize("kind", ["dpo", "ipo", "simpo", "orpo", "kto"])
 def test_pair_metrics(kind):
-    from kgpt2.preference_losses import pair_metrics
+    from kgpt2.training.preference_losses import pair_metrics
 
     beta = 0.2
     pc, pr, rc, rr = POL[:, 0], POL[:, 1], REF[:, 0], REF[:, 1]
@@ -98,7 +98,7 @@ def test_pair_metrics(kind):
 
 
 def test_unknown_loss_is_refused():
-    from kgpt2.preference_losses import PreferenceLoss
+    from kgpt2.training.preference_losses import PreferenceLoss
 
     with pytest.raises(ValueError, match="unknown preference loss"):
         PreferenceLoss("ppo")
@@ -106,7 +106,7 @@ def test_unknown_loss_is_refused():
 
 def test_kto_metrics_on_held_out_examples():
     """KTO is judged on examples: desirable vs undesirable rewards ranked, signs, per-label means."""
-    from kgpt2.preference_losses import kto_metrics
+    from kgpt2.training.preference_losses import kto_metrics
 
     beta = 0.2
     r = beta * (POL[:, 0] - REF[:, 0])  # slot 0: the example; slot 1 (mismatched) plays no part here

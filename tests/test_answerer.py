@@ -29,7 +29,7 @@ def pool_root(tmp_path_factory, tiny_run):
 
 @pytest.fixture(scope="module")
 def pool(pool_root):
-    from kgpt2.model_pool import ModelPool
+    from kgpt2.serving.model_pool import ModelPool
 
     return ModelPool(pool_root)
 
@@ -47,8 +47,8 @@ def _collect(answerer, jobs):
 
 @pytest.mark.parametrize("sampler", ["greedy", "top_p"])
 def test_answers_decoded_together_equal_each_prompt_alone(pool, sampler):
-    from kgpt2.answerer import Answerer, Job
     from kgpt2.generate import Generator, Settings
+    from kgpt2.serving.answerer import Answerer, Job
 
     w = pool.get("tiny", list_checkpoints(pool.root / "tiny")[-1])
     prompts = ["The assert statement", "The class keyword is used", "import"]  # different lengths
@@ -68,8 +68,8 @@ def test_answers_decoded_together_equal_each_prompt_alone(pool, sampler):
 
 
 def test_two_checkpoints_of_one_base_answer_at_once_each_as_alone(pool):
-    from kgpt2.answerer import Answerer, Job
     from kgpt2.generate import Generator, Settings
+    from kgpt2.serving.answerer import Answerer, Job
 
     base, trained = pool.get("tiny", BASE), pool.get("tiny", list_checkpoints(pool.root / "tiny")[-1])
     assert base.engine.model is trained.engine.model and base.engine is not trained.engine
@@ -105,7 +105,7 @@ def test_checkpoints_of_runs_with_one_base_share_a_model(pool):
 
 
 def test_different_bases_are_kept_side_by_side_and_the_oldest_evicted(pool_root, tmp_path):
-    from kgpt2.model_pool import ModelPool
+    from kgpt2.serving.model_pool import ModelPool
 
     for name, alpha in (("a", 8.0), ("b", 16.0), ("c", 32.0)):  # three bases of one size
         shutil.copytree(pool_root / "tiny", tmp_path / name, ignore=shutil.ignore_patterns("ckpt-*"))
@@ -125,7 +125,7 @@ def test_different_bases_are_kept_side_by_side_and_the_oldest_evicted(pool_root,
 
 
 def test_the_model_key_is_cached_per_run_until_its_preset_files_change(tiny_run, tmp_path, monkeypatch):
-    import kgpt2.model_pool as model_pool
+    import kgpt2.serving.model_pool as model_pool
 
     shutil.copytree(tiny_run, tmp_path / "r", ignore=shutil.ignore_patterns("ckpt-*"))
     fingerprints = []
@@ -149,8 +149,8 @@ def test_the_model_key_is_cached_per_run_until_its_preset_files_change(tiny_run,
 
 
 def test_one_at_a_time_and_batched_answer_alike_and_batching_shares_launches(pool):
-    from kgpt2.answerer import Answerer, Job
     from kgpt2.generate import Settings
+    from kgpt2.serving.answerer import Answerer, Job
 
     w = pool.get("tiny", BASE)
     ids = w.engine.tokenizer.encode("The assert statement")
@@ -164,8 +164,8 @@ def test_one_at_a_time_and_batched_answer_alike_and_batching_shares_launches(poo
 
 
 def test_a_new_request_joins_a_running_engine_and_cancel_frees_its_slot(pool):
-    from kgpt2.answerer import Answerer, Job
     from kgpt2.generate import Settings
+    from kgpt2.serving.answerer import Answerer, Job
 
     w = pool.get("tiny", BASE)
     ids = w.engine.tokenizer.encode("The")
@@ -187,7 +187,7 @@ def test_a_new_request_joins_a_running_engine_and_cancel_frees_its_slot(pool):
 
 
 def test_a_character_split_across_tokens_never_shows_the_replacement_character(gpt2_tokenizer):
-    from kgpt2.engine import Request, Sampling
+    from kgpt2.generation.engine import Request, Sampling
 
     text = "naïve 🙂 café — 日本語\n\n"
     ids = gpt2_tokenizer.encode(text)
@@ -204,7 +204,7 @@ def test_a_character_split_across_tokens_never_shows_the_replacement_character(g
 
 
 def test_an_answer_stopped_inside_a_character_does_not_end_in_the_replacement_character(gpt2_tokenizer):
-    from kgpt2.engine import Request, Sampling
+    from kgpt2.generation.engine import Request, Sampling
 
     ids = gpt2_tokenizer.encode("I smile 🦒 a lot")
     split = next(n for n in range(1, len(ids)) if gpt2_tokenizer.decode(ids[:n]).endswith("\ufffd"))

@@ -76,8 +76,8 @@ def test_a_stage_too_small_for_one_batch_is_told_the_batch_size_it_fills(pydoc_s
     import math
 
     from kgpt2.data.shards import ShardSet
-    from kgpt2.stage_plan import plan_stages
-    from kgpt2.training_data import describe_padding, stage_batches
+    from kgpt2.data.stage_plan import plan_stages
+    from kgpt2.training.training_data import describe_padding, stage_batches
 
     split = ShardSet(pydoc_shards).split("train")
     stage = plan_stages([3, "rest"], split.num_articles)[0]

@@ -25,7 +25,7 @@ def _conversations(shared_data, n=40):
 
 
 def test_chat_segments_train_only_assistant_turns_and_use_the_end_of_text_token(pydoc_tokenizer):
-    from kgpt2.templates import chat_segments, encode_segments, prompt_ids
+    from kgpt2.generation.templates import chat_segments, encode_segments, prompt_ids
 
     tok = pydoc_tokenizer
     turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a loop."},
@@ -90,9 +90,9 @@ def test_align_renders_chat_prompts_with_the_ids_train_generate_and_serve_use(tm
     from kgpt2.data.examples import encode_example
     from kgpt2.data.instructions import ChatDocument
     from kgpt2.data.preference_pairs import encode_pairs, read_preferences
+    from kgpt2.generation.templates import prompt_ids, render_prompt
     from kgpt2.serve import chat_ids
-    from kgpt2.templates import prompt_ids, render_prompt
-    from kgpt2.votes import make_record
+    from kgpt2.serving.votes import make_record
 
     tok = request.getfixturevalue(tokenizer)
     path = tmp_path / "chat-prefs.jsonl"

@@ -45,7 +45,7 @@ def test_untested_versions_are_one_sentence(installed, named):
 
 def test_building_a_model_checks_the_versions(monkeypatch):
     from kgpt2.config import ModelConfig
-    from kgpt2.models import build_backbone
+    from kgpt2.model.models import build_backbone
 
     monkeypatch.setattr(compat, "_installed", lambda: {"keras": "3.15.1", "keras_hub": "0.40.0"})
     compat._check_installed_once.cache_clear()

@@ -76,10 +76,10 @@ def test_sequence_length_beyond_a_hub_handles_context(preset, tmp_path, tiny_pre
     import huggingface_hub
     import kagglehub
 
-    from kgpt2 import hf_configs
     from kgpt2.cli import main
     from kgpt2.config import ModelConfig
-    from kgpt2.models import context_length
+    from kgpt2.model import hf_configs
+    from kgpt2.model.models import context_length
 
     asked = []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
@@ -98,7 +98,7 @@ def test_sequence_length_beyond_a_hub_handles_context(preset, tmp_path, tiny_pre
 
 def test_sequence_length_beyond_the_models_context(tmp_path, tiny_preset, pydoc_shards):
     from kgpt2.align import align
-    from kgpt2.models import check_sequence_length, context_length
+    from kgpt2.model.models import check_sequence_length, context_length
     from kgpt2.train import train
 
     cfg = load_config(None, [f"model.preset={tiny_preset}", "data.sequence_length=65", f"data.shards={pydoc_shards}",

@@ -11,18 +11,16 @@ the kernel itself (masks change per step, the Shakespeare validation loss)
 is benchmarks/gpu_session.sh shake6 (docs/benchmarks.md).
 """
 
+import keras
 import numpy as np
 import pytest
+from test_performance_options import SHAPE, _batch
 
 import kgpt2  # noqa: F401  (picks the Keras backend)
-import keras
-
-from kgpt2 import cudnn_attention
 from kgpt2.config import load_config
 from kgpt2.errors import UserError
-from kgpt2.models import KEEP_ATTENTION_MASK, build_causal_lm
-
-from test_performance_options import SHAPE, _batch
+from kgpt2.kernels import cudnn_attention
+from kgpt2.model.models import KEEP_ATTENTION_MASK, build_causal_lm
 
 pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
 

@@ -152,14 +152,14 @@ def alternate_arena_sides(monkeypatch):
     from itertools import cycle
     from types import SimpleNamespace
 
-    from kgpt2 import arena
+    from kgpt2.serving import arena
 
     monkeypatch.setattr(arena, "random", SimpleNamespace(random=cycle([0.25, 0.75]).__next__))
 
 
 def test_arena_vote_reveals_identities_and_records_everything(server, client, demo_root, monkeypatch):
     from kgpt2.align import read_pairs
-    from kgpt2.votes import read_votes, unpaired
+    from kgpt2.serving.votes import read_votes, unpaired
 
     alternate_arena_sides(monkeypatch)
     _, demo, _ = server
@@ -350,15 +350,15 @@ def test_runs_of_different_tokenizers_each_prompt_with_their_own(tmp_path, tiny_
     """Side A: tiny_run (a 512-token BPE); side B: a run of a character tokenizer and a 32-token context. Each side
     gets the prompt's ids from its own tokenizer, the answers are capped by the side with less room (the character
     run's), and each answer is the one `kgpt2 generate` gives on that run."""
-    from kgpt2.arena import Match
-    from kgpt2.char_tokenizer import CharTokenizer
     from kgpt2.config import load_config, save_config
     from kgpt2.data.sources import open_source
     from kgpt2.demo import Demo
     from kgpt2.generate import generate_from_run
-    from kgpt2.models import load_tokenizer
+    from kgpt2.model.char_tokenizer import CharTokenizer
+    from kgpt2.model.models import load_tokenizer
+    from kgpt2.model.scratch import init_preset
     from kgpt2.run import load_run_config
-    from kgpt2.scratch import init_preset
+    from kgpt2.serving.arena import Match
 
     shutil.copytree(tiny_run, tmp_path / "bpe")
     chars = CharTokenizer.train(d.text for d in open_source("pydoc")).save(tmp_path / "char-tokenizer")

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_demo import PROMPT, free_port, make_demo_root
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -108,7 +107,7 @@ THUMBS = ("thumb-up-a", "thumb-down-a", "thumb-up-b", "thumb-down-b")
 
 
 def _votes(root) -> list[dict]:
-    from kgpt2.votes import read_votes
+    from kgpt2.serving.votes import read_votes
 
     return read_votes(root / "tiny" / "votes.jsonl")
 

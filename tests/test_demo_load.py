@@ -13,7 +13,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from test_demo import make_demo_root
 
 pytestmark = pytest.mark.backend_neutral  # the demo under load (its UI and queue)

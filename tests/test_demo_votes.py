@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_demo import PROMPT, alternate_arena_sides, compare_args, free_port, make_demo_root
 
 pytestmark = pytest.mark.backend_neutral  # the demo's votes and arena (UI and files)
@@ -42,7 +41,7 @@ def client(served):
 
 
 def _last_vote(root, run="tiny") -> dict:
-    from kgpt2.votes import read_votes
+    from kgpt2.serving.votes import read_votes
 
     return read_votes(root / run / "votes.jsonl")[-1]
 
@@ -101,7 +100,7 @@ def test_single_arena_mode_hides_the_drawn_model_until_its_thumb(served, client,
 
 
 def test_thumbs_per_side_when_comparing_one_vote_per_answer(served, client):
-    from kgpt2.votes import read_votes
+    from kgpt2.serving.votes import read_votes
 
     _, demo, root = served
     votes = root / "tiny" / "votes.jsonl"
@@ -131,7 +130,7 @@ def test_thumbs_per_side_when_comparing_one_vote_per_answer(served, client):
 
 
 def test_page_buttons_follow_the_votes(served):
-    from kgpt2.arena import Match
+    from kgpt2.serving.arena import Match
 
     _, demo, _ = served
     m = Match.draw(("tiny", "base"), ("tiny", demo.latest), arena=False)
@@ -206,10 +205,10 @@ def _numpy_logprobs(model, x) -> np.ndarray:
 
 def test_kto_align_on_demo_votes_matches_a_numpy_reference(served, client, tmp_path, tiny_preset, tiny_overrides,
                                                            kgpt2_cli):
-    from kgpt2.models import load_tokenizer
-    from kgpt2.preferences import encode_preferences, reference_path
+    from kgpt2.model.models import load_tokenizer
     from kgpt2.run import load_model, load_run_config
-    from kgpt2.votes import read_votes
+    from kgpt2.serving.votes import read_votes
+    from kgpt2.training.preferences import encode_preferences, reference_path
 
     _, demo, root = served
     _cast_votes(client, demo.latest)

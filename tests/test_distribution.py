@@ -17,9 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from kgpt2 import distribution
-from kgpt2.distribution import parse_mesh, plan_data_parallel, plan_sharded
 from kgpt2.errors import UserError
+from kgpt2.training import distribution
+from kgpt2.training.distribution import parse_mesh, plan_data_parallel, plan_sharded
 
 pytestmark = pytest.mark.backend
 
@@ -27,8 +27,8 @@ CHILD = r"""
 import json, logging, shutil, sys
 from pathlib import Path
 import kgpt2, keras, numpy as np
-from kgpt2.checkpoints import CheckpointManager
-from kgpt2.run_logs import read_steps
+from kgpt2.training.checkpoints import CheckpointManager
+from kgpt2.training.run_logs import read_steps
 from kgpt2.config import load_config
 from kgpt2.run import load_model
 from kgpt2.train import train
@@ -71,10 +71,10 @@ MESH_CHILD = r"""
 import json, logging, shutil, sys
 from pathlib import Path
 import keras, numpy as np
-from kgpt2.checkpoints import CheckpointManager
+from kgpt2.training.checkpoints import CheckpointManager
 from kgpt2.config import load_config
 from kgpt2.run import load_model
-from kgpt2.run_logs import read_steps
+from kgpt2.training.run_logs import read_steps
 from kgpt2.train import Trainer
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -126,7 +126,7 @@ from pathlib import Path
 import numpy as np
 from kgpt2.config import load_config
 from kgpt2.run import load_model
-from kgpt2.run_logs import read_steps
+from kgpt2.training.run_logs import read_steps
 from kgpt2.train import train
 
 logging.basicConfig(level=logging.INFO, format=f"[process {os.environ.get('KERAS_DISTRIBUTION_PROCESS_ID', 0)}] %(message)s")
@@ -324,7 +324,7 @@ def test_two_processes_train_like_one(tiny_preset, pydoc_shards, tmp_path, tiny_
 
 SHARDING_CHILD = r"""
 import contextlib, jax, keras, numpy as np
-from kgpt2.distribution import plan_sharded, same_attention_sharding
+from kgpt2.training.distribution import plan_sharded, same_attention_sharding
 q, k, v = (np.ones((4, 8, 2, 16), "float32") * i for i in range(3))
 print("PLAIN", all(a is b for a, b in zip(same_attention_sharding(q, k, v), (q, k, v))))
 for mesh in ("data:2,model:2", "data:4"):
@@ -336,7 +336,7 @@ for mesh in ("data:2,model:2", "data:4"):
 # The pinning in a built model, on each attention path: the sharding constraints in its traced forward
 import json, sys
 from kgpt2.config import load_config
-from kgpt2.models import build_causal_lm
+from kgpt2.model.models import build_causal_lm
 tiny = json.loads(sys.argv[1]) + ["model.preset=scratch", "model.vocabulary_size=64"]
 ids = np.ones((4, 8), "int32")
 x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}

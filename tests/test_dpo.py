@@ -22,9 +22,9 @@ PREFS = "preferences/llms-from-scratch-instruction-data-with-preference.json"
 
 def test_policy_logprobs_sum_the_response_tokens(tiny_preset, pydoc_tokenizer):
     from kgpt2.align import encode_pairs
-    from kgpt2.preferences import PolicyLogProbs
     from kgpt2.config import load_config
-    from kgpt2.models import build_causal_lm
+    from kgpt2.model.models import build_causal_lm
+    from kgpt2.training.preferences import PolicyLogProbs
 
     cfg = load_config(None, [f"model.preset={tiny_preset}", "lora.enabled=false", "train.precision=float32"])
     policy = build_causal_lm(cfg)
@@ -52,8 +52,8 @@ def test_policy_logprobs_sum_the_response_tokens(tiny_preset, pydoc_tokenizer):
 
 def test_read_pairs_skips_ties_and_identical(tmp_path, shared_data):
     from kgpt2.align import PairStats, read_pairs
-    from kgpt2.templates import format_prompt
-    from kgpt2.votes import append_vote, make_record
+    from kgpt2.generation.templates import format_prompt
+    from kgpt2.serving.votes import append_vote, make_record
 
     run = tmp_path / "run"
     append_vote(run, make_record("Say hi.", "hi", "go away", "a", "r/base", "r/ckpt-9", {"seed": 0}))
@@ -81,8 +81,8 @@ def preference_preset(tmp_path_factory, shared_data):
     import keras
 
     from kgpt2.config import load_config
-    from kgpt2.models import build_backbone, save_preset
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.models import build_backbone, save_preset
+    from kgpt2.model.tokenizer import Tokenizer
 
     records = json.loads((shared_data / PREFS).read_text())
     tok = Tokenizer.train([f"{r['instruction']}\n{r['input']}\n{r['chosen']}\n{r['rejected']}" for r in records], 1024)
@@ -126,8 +126,8 @@ def test_align_raises_heldout_reward_accuracy_on_real_preferences(tmp_path, shar
 
 def _generates_with_its_template(run_dir):
     from kgpt2.generate import Generator, Settings
+    from kgpt2.generation.templates import format_prompt
     from kgpt2.run import load_model
-    from kgpt2.templates import format_prompt
 
     model, tok, _ = load_model(run_dir)
     gen = Generator(model, tok)
@@ -204,9 +204,9 @@ def test_align_resume_refuses_a_changed_plan_and_leaves_the_dtype_policy(tmp_pat
 
     import keras
 
-    from kgpt2 import progress_lines
     from kgpt2.align import align
     from kgpt2.config import load_config
+    from kgpt2.training import progress_lines
 
     prefs = _small_prefs(tmp_path, shared_data, n=60)
     args = _align_args(tiny_overrides, tiny_preset, tmp_path, "run", prefs, "align.steps=4")
@@ -294,7 +294,7 @@ def test_unpaired_records_feed_kto_only(tmp_path):
 def test_demo_votes_give_kto_examples_and_paired_losses_skip_them(tmp_path):
     """A/B votes are pairs; both bad, thumbs up and down are KTO examples (skipped by DPO); a tie is nothing."""
     from kgpt2.data.preference_pairs import PairStats, read_pairs, read_preferences
-    from kgpt2.votes import append_vote, make_rating, make_record
+    from kgpt2.serving.votes import append_vote, make_rating, make_record
 
     run = tmp_path / "run"
     for rec in [make_record("Q1", "good", "bad", "a", "r/base", "r/ckpt-9", {}),
@@ -358,7 +358,7 @@ def test_a_split_with_an_empty_side_says_which_fractions_split_the_prompts(pydoc
 
     from kgpt2.config import load_config
     from kgpt2.data.preference_pairs import heldout_scores
-    from kgpt2.preferences import encode_preferences
+    from kgpt2.training.preferences import encode_preferences
 
     pairs = [{"prompt": p, "chosen": " is a statement.", "rejected": " no"} for p in ("The assert statement",
                                                                                      "The with statement")]

@@ -8,17 +8,15 @@ from its stage-1 checkpoint ends with the same weights, bit for bit).
 
 import shutil
 
+import keras
 import numpy as np
 import pytest
-
-import kgpt2  # noqa: F401  (picks the Keras backend)
-import keras
-
-from kgpt2.config import load_config
-from kgpt2.models import build_causal_lm
-
 from test_faults import PLAN, _rolled_back, assert_same_weights, final_weights
 from test_performance_options import SHAPE, _batch
+
+import kgpt2  # noqa: F401  (picks the Keras backend)
+from kgpt2.config import load_config
+from kgpt2.model.models import build_causal_lm
 
 pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
 

@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from kgpt2.engine import Engine, Sampling
 from kgpt2.errors import UserError
+from kgpt2.generation.engine import Engine, Sampling
 
 pytestmark = pytest.mark.backend
 

@@ -15,7 +15,7 @@ def test_metrics_on_a_model_with_known_logits():
     """A model whose logits are a fixed table row per input token; padding weighted 0."""
     import keras
 
-    from kgpt2.metrics import compile_lm, summarise
+    from kgpt2.training.metrics import compile_lm, summarise
 
     # Row t = log-probabilities of the next token after t: 1/2, 1/4, 1/8, 1/8.
     table = np.log(np.array([[0.5, 0.25, 0.125, 0.125],
@@ -206,7 +206,8 @@ def test_a_checkpoint_removed_by_a_running_trainer_is_skipped(tiny_run, tmp_path
     traceback. All removed: one sentence."""
     import shutil
 
-    from kgpt2 import checkpoints, evaluate
+    from kgpt2 import evaluate
+    from kgpt2.training import checkpoints
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

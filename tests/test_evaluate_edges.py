@@ -22,7 +22,7 @@ def run(tiny_run, tmp_path):
 
 
 def _stage_ends(run):
-    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.training.checkpoints import CheckpointManager
 
     return [c for c in CheckpointManager(run).list() if c.state.get("stage_end")]
 

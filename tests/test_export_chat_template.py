@@ -1,7 +1,7 @@
 """An exported run's tokenizer prompts as kgpt2 does: transformers' `apply_chat_template` as the oracle.
 
 A `chat` run's export carries a Jinja chat template whose rendering (text and token ids, through
-transformers' own GPT2Tokenizer) is kgpt2.templates' prompt, and, without the generation prompt, the ids
+transformers' own GPT2Tokenizer) is kgpt2.generation.templates' prompt, and, without the generation prompt, the ids
 `kgpt2 train` trains a conversation on; an `instruction` run's renders the Alpaca prompt that `kgpt2 serve`
 builds from messages; a `plain` run has none. Checked with the real GPT-2 BPE.
 """
@@ -43,7 +43,7 @@ def template_ids(hf, messages, **options) -> list[int]:
 
 def test_chat_template_renders_kgpt2s_chat_prompt(gpt2_tokenizer, tmp_path):
     from kgpt2.data.instructions import ChatDocument
-    from kgpt2.templates import chat_prompt_ids, chat_segments
+    from kgpt2.generation.templates import chat_prompt_ids, chat_segments
 
     hf = hf_tokenizer(gpt2_tokenizer, tmp_path, "chat")
     for messages in CONVERSATIONS:
@@ -61,8 +61,8 @@ def test_chat_template_renders_kgpt2s_chat_prompt(gpt2_tokenizer, tmp_path):
 
 
 def test_instruction_template_renders_the_alpaca_prompt(gpt2_tokenizer, tmp_path):
+    from kgpt2.generation.templates import format_prompt
     from kgpt2.serve import chat_prompt
-    from kgpt2.templates import format_prompt
 
     hf = hf_tokenizer(gpt2_tokenizer, tmp_path, "instruction")
     assert hf.apply_chat_template(CONVERSATIONS[0], tokenize=False, add_generation_prompt=True) == format_prompt("Hi")
@@ -75,8 +75,8 @@ def test_instruction_template_renders_the_alpaca_prompt(gpt2_tokenizer, tmp_path
 
 
 def test_export_writes_the_runs_chat_template(tiny_run, tmp_path, kgpt2_cli):
+    from kgpt2.generation.templates import chat_prompt_ids
     from kgpt2.run import load_model
-    from kgpt2.templates import chat_prompt_ids
 
     plain = kgpt2_cli("export", "--run", tiny_run, "--to", "hf", "plain-hf", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kgpt2.checkpoints import CheckpointManager, restore_checkpoint
 from kgpt2.errors import UserError
+from kgpt2.training.checkpoints import CheckpointManager, restore_checkpoint
 
 pytestmark = pytest.mark.backend
 
@@ -117,7 +117,7 @@ def test_damaged_newest_checkpoint_falls_back_for_readers(copied_run, how, caplo
 
 
 def test_a_checkpoint_restored_twice_is_read_once_and_a_changed_file_again(copied_run, monkeypatch):
-    import kgpt2.checkpoint_manifest as verify
+    import kgpt2.training.checkpoint_manifest as verify
     from kgpt2.run import Run
 
     reads, real = [], verify._sha256
@@ -177,7 +177,7 @@ def test_train_resumes_from_the_newest_intact_checkpoint(copied_run, reference, 
 def test_arrays_are_restored_by_name_and_every_name_is_checked(tmp_path, tiny_preset, pydoc_shards, make_tiny_config, caplog):
     import json
 
-    from kgpt2.models import build_causal_lm
+    from kgpt2.model.models import build_causal_lm
 
     qv = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "lora.enabled=true", 'lora.targets=["query", "value"]')
     model = build_causal_lm(qv)

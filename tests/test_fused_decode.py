@@ -1,11 +1,11 @@
-"""kgpt2.fused_decode's decoder blocks against keras-hub's own layers: the same scores and tokens."""
+"""kgpt2.generation.fused_decode's decoder blocks against keras-hub's own layers: the same scores and tokens."""
 
 import numpy as np
 import pytest
 
-from kgpt2.decoding import Programs
-from kgpt2.engine import Engine, Sampling
-from kgpt2.fused_decode import FusedBlocks
+from kgpt2.generation.decoding import Programs
+from kgpt2.generation.engine import Engine, Sampling
+from kgpt2.generation.fused_decode import FusedBlocks
 
 pytestmark = pytest.mark.backend
 
@@ -85,8 +85,8 @@ def _jax_only():
 
 def _rounded_and_flagged(model):
     """As kgpt2.generate.load_for_generation loads weights "bfloat16" on a JAX CPU."""
-    from kgpt2.fused_decode import BFLOAT16_PRODUCTS
     from kgpt2.generate import round_to_bfloat16
+    from kgpt2.generation.fused_decode import BFLOAT16_PRODUCTS
 
     round_to_bfloat16(model)
     setattr(model, BFLOAT16_PRODUCTS, True)
@@ -119,7 +119,7 @@ def test_bfloat16_products_step_on_sharp_random_weights():
     import keras
     import keras_hub
 
-    from kgpt2.models import pad_vocabulary
+    from kgpt2.model.models import pad_vocabulary
 
     keras.utils.set_random_seed(1)
     backbone = pad_vocabulary(keras_hub.models.GPT2Backbone(
@@ -175,8 +175,8 @@ def test_auto_uses_fused_blocks_on_plain_weights_and_keras_hub_on_int8(tiny_run,
 def test_adapted_layers_keep_keras_hub_blocks(adapter):
     import keras_hub
 
-    from kgpt2.adapters import enable_lora
     from kgpt2.config_sections import LoraConfig
+    from kgpt2.model.adapters import enable_lora
 
     b = keras_hub.models.GPT2Backbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
                                       intermediate_dim=16, max_sequence_length=16)
@@ -197,8 +197,8 @@ def test_kept_weights_follow_the_model_weights(pydoc_tokenizer, bfloat16):
     import keras
     import keras_hub
 
-    from kgpt2.fused_decode import BFLOAT16_PRODUCTS
     from kgpt2.generate import round_to_bfloat16
+    from kgpt2.generation.fused_decode import BFLOAT16_PRODUCTS
 
     keras.utils.set_random_seed(2)
     backbone = keras_hub.models.GPT2Backbone(vocabulary_size=pydoc_tokenizer.vocab_size, num_layers=2, num_heads=4,

@@ -10,7 +10,6 @@ from unittest import mock
 
 import numpy as np
 import pytest
-
 from test_fused_loss import _assert_same_loss_and_grads, _batch, _tiny_lm
 from test_speed_levers import _jax_only
 
@@ -49,7 +48,7 @@ def test_cross_entropy_matches_log_softmax_values_accuracy_and_gradient(kernel, 
     jax = _jax()
     import jax.numpy as jnp
 
-    from kgpt2.cross_entropy import BLOCK, token_cross_entropy
+    from kgpt2.kernels.cross_entropy import BLOCK, token_cross_entropy
 
     whole, real_tail, stored_tail = blocks
     vocabulary, real = whole * BLOCK + stored_tail, whole * BLOCK + real_tail
@@ -81,7 +80,7 @@ def test_layer_norm_matches_keras_values_and_gradients(kernel, dtype):
     import jax.numpy as jnp
     import keras
 
-    from kgpt2.layer_norm import ROWS, layer_norm
+    from kgpt2.kernels.layer_norm import ROWS, layer_norm
 
     x = (jax.random.normal(jax.random.PRNGKey(0), (3, ROWS + 5, 48)) * 3 + 1.5).astype(dtype)  # rows % ROWS != 0
     gamma, beta = jax.random.normal(jax.random.PRNGKey(1), (48,)), jax.random.normal(jax.random.PRNGKey(2), (48,))
@@ -114,7 +113,7 @@ def test_residual_layer_norms_match_an_add_then_keras_layer_norm(kernel, dtype):
     import jax.numpy as jnp
     import keras
 
-    from kgpt2.layer_norm import ROWS, add_layer_norm, layer_norm_passing_input
+    from kgpt2.kernels.layer_norm import ROWS, add_layer_norm, layer_norm_passing_input
 
     keys = jax.random.split(jax.random.PRNGKey(0), 6)
     a = (jax.random.normal(keys[0], (2, ROWS + 3, 48)) * 2).astype(dtype)
@@ -153,7 +152,7 @@ def test_qkv_projection_matches_three_einsum_dense_products(kernel, dtype, bias_
     jax = _jax()
     import jax.numpy as jnp
 
-    from kgpt2.qkv_projection import ROWS, STEPS, qkv_projection
+    from kgpt2.kernels.qkv_projection import ROWS, STEPS, qkv_projection
 
     keys = jax.random.split(jax.random.PRNGKey(0), 10)
     x = jax.random.normal(keys[0], (2, ROWS * STEPS + 5, 24)).astype(dtype)
@@ -178,16 +177,16 @@ def test_qkv_projection_matches_three_einsum_dense_products(kernel, dtype, bias_
     _assert_gradients_close(grads, wants, 1e-5 if dtype == "float32" else 2e-2)
 
 
-# train.remat recomputes the blocks, kernels included; blocks: kgpt2.fused_block's call (residual adds inside the
-# norms, q/k/v projected together), with the jnp forms or the Pallas kernels (interpreted here)
+# train.remat recomputes the blocks, kernels included; blocks: kgpt2.kernels.fused_block's call (residual adds inside
+# the norms, q/k/v projected together), with the jnp forms or the Pallas kernels (interpreted here)
 @pytest.mark.parametrize("remat, blocks", [(False, None), (True, None), (False, "jnp"), (True, "pallas")])
 def test_fused_layer_norm_in_a_model_keeps_loss_gradients_and_variables(remat, blocks):
     _jax()
     import keras
 
-    from kgpt2.fused_block import use_fused_blocks
-    from kgpt2.layer_norm import use_fused_layer_norm
-    from kgpt2.metrics import compile_lm
+    from kgpt2.kernels.fused_block import use_fused_blocks
+    from kgpt2.kernels.layer_norm import use_fused_layer_norm
+    from kgpt2.training.metrics import compile_lm
 
     plain, fused = _tiny_lm(seed=0), _tiny_lm(seed=1, remat=remat)
     fused.set_weights(plain.get_weights())
@@ -200,7 +199,7 @@ def test_fused_layer_norm_in_a_model_keeps_loss_gradients_and_variables(remat, b
         compile_lm(m, keras.optimizers.SGD(0.1), token_loss=False)
         m.optimizer.build(m.trainable_variables)
     x, y, w = _batch()
-    import kgpt2.fused_block as fused_block
+    import kgpt2.kernels.fused_block as fused_block
 
     with mock.patch.object(fused_block, "qkv_projection", wraps=fused_block.qkv_projection) as qkv, \
             mock.patch.object(fused_block, "add_layer_norm", wraps=fused_block.add_layer_norm) as add_norm:
@@ -217,9 +216,9 @@ def test_auto_turns_the_kernels_on_only_for_a_jax_gpu_without_a_distribution():
     import keras
 
     from kgpt2.config import load_config
-    from kgpt2.devices import Device
     from kgpt2.errors import UserError
-    from kgpt2.metrics import wants_fused_kernel
+    from kgpt2.training.devices import Device
+    from kgpt2.training.metrics import wants_fused_kernel
 
     train = load_config(None).train
     assert (train.fused_loss, train.fused_layer_norm) == ("auto", "auto")
@@ -230,7 +229,7 @@ def test_auto_turns_the_kernels_on_only_for_a_jax_gpu_without_a_distribution():
     assert not wants_fused_kernel("auto", cpu) and wants_fused_kernel(True, cpu)
     assert not wants_fused_kernel("auto", t4)  # XLA compiles Pallas' Triton kernels for Ampere and newer only
     assert (cpu.runs_triton, t4.runs_triton, gpu.runs_triton) == (False, False, True)
-    from kgpt2.devices import kernel_form
+    from kgpt2.training.devices import kernel_form
 
     assert kernel_form() == "jnp"  # the kernels' own "auto" on this (CPU) machine
     assert wants_fused_kernel("auto", gpu) and not wants_fused_kernel(False, gpu)
@@ -246,12 +245,13 @@ def test_kgpt2_train_compiles_with_the_fused_kernels_when_asked(device):
     import keras
 
     from kgpt2.config import load_config
-    from kgpt2.devices import Device
-    from kgpt2.metrics import compile_for_training
+    from kgpt2.training.devices import Device
+    from kgpt2.training.metrics import compile_for_training
 
     cfg = load_config(None, ["train.fused_loss=true", "train.fused_layer_norm=true"])
     model = _tiny_lm()
-    with mock.patch("kgpt2.metrics.step_compiler_options", return_value={}):  # a T4 only in name: no XLA GPU options
+    # a T4 only in name: no XLA GPU options
+    with mock.patch("kgpt2.training.metrics.step_compiler_options", return_value={}):
         compile_for_training(model, cfg, keras.optimizers.SGD(0.1), Device(*device), 32)
     norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.LayerNormalization)]
     assert norms and all("call" in vars(l) for l in norms)
@@ -272,10 +272,10 @@ def test_the_kernels_lower_to_triton_for_a_gpu_on_this_machine():
 
     import jax.numpy as jnp
 
-    import kgpt2.devices
-    from kgpt2.cross_entropy import BLOCK, token_cross_entropy
-    from kgpt2.layer_norm import add_layer_norm, layer_norm, layer_norm_passing_input
-    from kgpt2.qkv_projection import qkv_projection
+    import kgpt2.training.devices
+    from kgpt2.kernels.cross_entropy import BLOCK, token_cross_entropy
+    from kgpt2.kernels.layer_norm import add_layer_norm, layer_norm, layer_norm_passing_input
+    from kgpt2.kernels.qkv_projection import qkv_projection
 
     def total(*arrays):
         return sum(jnp.sum(a.astype("float32")) for a in arrays)
@@ -293,7 +293,7 @@ def test_the_kernels_lower_to_triton_for_a_gpu_on_this_machine():
     shapes = [jax.ShapeDtypeStruct(s, d) for s, d in [
         ((2, 8, BLOCK + 8), "bfloat16"), ((2, 8), "int32"), ((2, 8, 48), "bfloat16"), ((48,), "float32"),
         ((48,), "float32"), ((48, 2, 24), "bfloat16"), ((2, 24), "bfloat16")]]
-    with mock.patch.object(kgpt2.devices, "pallas_interprets", lambda: False):  # every kernel's launch
+    with mock.patch.object(kgpt2.training.devices, "pallas_interprets", lambda: False):  # every kernel's launch
         text = jax.jit(step).trace(*shapes).lower(lowering_platforms=("cuda",)).as_text()
     names = re.findall(r'name = "(kgpt2_\w+)"', text)
     assert text.count("__gpu$xla.gpu.triton") == len(names) == 2 + 3 * 2 + 1

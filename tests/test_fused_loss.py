@@ -15,7 +15,7 @@ def _tiny_lm(vocabulary=301, pad_to=64, seed=0, remat=False):
     import keras
     import keras_hub
 
-    from kgpt2.models import pad_vocabulary, use_remat
+    from kgpt2.model.models import pad_vocabulary, use_remat
 
     keras.utils.set_random_seed(seed)
     backbone = keras_hub.models.GPT2Backbone(vocabulary_size=vocabulary, num_layers=2, num_heads=2, hidden_dim=32,
@@ -64,7 +64,7 @@ def test_chunked_loss_equals_plain_loss_and_gradients(chunk):
     keras = pytest.importorskip("keras")
     if keras.backend.backend() != "jax":
         pytest.skip("the chunked loss is a JAX training step")
-    from kgpt2.metrics import compile_lm
+    from kgpt2.training.metrics import compile_lm
 
     x, y, w = _batch()
     plain, chunked = _tiny_lm(), _tiny_lm()
@@ -96,7 +96,7 @@ def test_chunked_training_step_matches_plain_fit():
     keras = pytest.importorskip("keras")
     if keras.backend.backend() != "jax":
         pytest.skip("the chunked loss is a JAX training step")
-    from kgpt2.metrics import compile_lm
+    from kgpt2.training.metrics import compile_lm
 
     x, y, w = _batch(batch=4)
     plain, chunked = _tiny_lm(seed=3), _tiny_lm(seed=4)
@@ -120,7 +120,7 @@ def test_chunked_training_step_matches_plain_fit():
 
 def test_remat_blocks_give_identical_logits_and_gradients():
     keras = pytest.importorskip("keras")
-    from kgpt2.metrics import compile_lm
+    from kgpt2.training.metrics import compile_lm
 
     x, y, w = _batch()
     plain, remat = _tiny_lm(seed=5), _tiny_lm(seed=6, remat=True)
@@ -142,7 +142,7 @@ def test_remat_blocks_give_identical_logits_and_gradients():
 
 def test_memory_proposal_keeps_the_optimizer_batch(monkeypatch):
     """The warning's batch x accumulation is the batch asked for, and fits by the same estimate."""
-    from kgpt2 import memory
+    from kgpt2.model import memory
 
     args = (124_475_904, "full", 64, 1024, 12, 768, 50304)
     warning = memory.check_fits(*args, available=16e9, accumulation=2)
@@ -159,7 +159,7 @@ def test_memory_proposal_keeps_the_optimizer_batch(monkeypatch):
 
 def test_tensorflow_reads_the_gpu_total_from_nvidia_smi(monkeypatch, tmp_path):
     """TensorFlow has no device total; kgpt2 asks nvidia-smi for the first visible GPU (a fake one here)."""
-    from kgpt2 import memory
+    from kgpt2.model import memory
 
     fake = tmp_path / "nvidia-smi"
     fake.write_text('#!/bin/sh\n[ "$3" = "-i" ] && [ "$4" = "3" ] && echo 15360 && exit 0\nexit 1\n')
@@ -176,8 +176,8 @@ import contextlib, json, sys
 sys.path.insert(0, sys.argv[1])
 import keras, numpy as np
 from test_fused_loss import _batch, _tiny_lm
-from kgpt2.distribution import plan_data_parallel
-from kgpt2.metrics import compile_lm
+from kgpt2.training.distribution import plan_data_parallel
+from kgpt2.training.metrics import compile_lm
 
 x, y, w = _batch(batch=12)
 start, out = None, {}
@@ -232,7 +232,7 @@ def test_config_keys_are_checked():
 
 def test_one_timing_method_reads_the_step_log(tmp_path):
     """steady_tokens_per_s times exactly the steps after the warm-up, from the step log's stamps."""
-    from kgpt2.run_logs import steady_tokens_per_s
+    from kgpt2.training.run_logs import steady_tokens_per_s
 
     times = {1: 105.0, 2: 106.0, 3: 106.5, 4: 107.0, 5: 107.5}  # step 1 compiled
     rows = [{"step": str(s), "time": str(times[s])} for s in (5, 3, 1, 2, 4)]  # flushed in any order

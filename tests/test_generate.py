@@ -5,7 +5,7 @@ import pytest
 
 from kgpt2.errors import UserError
 from kgpt2.generate import Generator, Settings, filter_logits, render_prompt
-from kgpt2.sampling import sample
+from kgpt2.generation.sampling import sample
 
 pytestmark = pytest.mark.backend
 
@@ -200,7 +200,7 @@ def test_no_recompilation_across_prompts_and_settings(gen):
 
 
 def test_templates_and_bad_settings(gen):
-    from kgpt2.templates import format_prompt
+    from kgpt2.generation.templates import format_prompt
 
     text = render_prompt("Name a colour.", "instruction")
     assert text == format_prompt("Name a colour.") and text.startswith("### Instruction:\n")
@@ -225,13 +225,13 @@ def test_restore_from_checkpoint_equals_the_in_memory_model(tmp_path, tiny_prese
     """A trained model's logits == those of the model rebuilt from its run and checkpoint."""
     import keras
 
-    from kgpt2.checkpoints import CheckpointManager
     from kgpt2.config import save_config
     from kgpt2.data.batches import WindowBatches
     from kgpt2.data.shards import ShardSet
-    from kgpt2.metrics import compile_lm
-    from kgpt2.models import build_causal_lm
+    from kgpt2.model.models import build_causal_lm
     from kgpt2.run import load_model
+    from kgpt2.training.checkpoints import CheckpointManager
+    from kgpt2.training.metrics import compile_lm
 
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=r", f"lora.enabled={str(lora).lower()}", "lora.rank=2")
     keras.config.set_dtype_policy("float32")
@@ -290,8 +290,8 @@ def test_int8_and_bfloat16_weights(tiny_run, loaded, weights):
     CPU "bfloat16" is float32 arithmetic on weights rounded to bfloat16, decoded from bfloat16 copies."""
     import keras
 
-    from kgpt2.decoding import on_jax_cpu
     from kgpt2.generate import load_for_generation
+    from kgpt2.generation.decoding import on_jax_cpu
 
     model, tokenizer, _ = loaded
 

@@ -62,7 +62,7 @@ def kgpt2_logits(model, ids) -> np.ndarray:
 
 def kgpt2_model(preset, lora: bool, pad: int = 64):
     from kgpt2.config import load_config
-    from kgpt2.models import build_causal_lm, load_tokenizer
+    from kgpt2.model.models import build_causal_lm, load_tokenizer
 
     cfg = load_config(None, [f"model.preset={preset}", f"lora.enabled={str(lora).lower()}",
                              f"model.pad_vocabulary_to={pad}", "lora.targets=['query', 'value', 'attention_output']"])
@@ -94,7 +94,7 @@ def _serve_hf_hub(monkeypatch, directory) -> list:
     import huggingface_hub
     from huggingface_hub.utils import EntryNotFoundError
 
-    from kgpt2 import hf_configs
+    from kgpt2.model import hf_configs
 
     asked = []
 
@@ -123,7 +123,7 @@ def test_hf_hub_handle_loads_with_transformers_logits(hf_dir, text, monkeypatch)
 def test_hf_hub_variants_are_checked_as_local_ones(hf_dir, tmp_path, monkeypatch):
     """A downloaded config gets the checks of a local directory: n_inner passed on, variants refused."""
     from kgpt2.config import ModelConfig
-    from kgpt2.models import build_backbone
+    from kgpt2.model.models import build_backbone
 
     d = tmp_path / "variant"
     shutil.copytree(hf_dir, d)
@@ -168,8 +168,8 @@ def test_hf_hub_handle_not_downloaded_and_no_network_is_said_at_once(tmp_path, m
     import huggingface_hub
 
     from kgpt2.config import ModelConfig
-    from kgpt2.hf_configs import fetch_hub_config
-    from kgpt2.models import build_backbone
+    from kgpt2.model.hf_configs import fetch_hub_config
+    from kgpt2.model.models import build_backbone
 
     def no_dns(host, *args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known")
@@ -193,7 +193,7 @@ def test_hf_hub_handle_not_downloaded_and_no_network_is_said_at_once(tmp_path, m
 def test_transformers_v5_tokenizer_json_only(hf_dir, tmp_path, text):
     """transformers >= 5 saves tokenizer.json alone; kgpt2 reads its BPE from there."""
     from kgpt2.config import ModelConfig
-    from kgpt2.models import load_tokenizer
+    from kgpt2.model.models import load_tokenizer
 
     d = tmp_path / "v5"
     shutil.copytree(hf_dir, d)
@@ -207,7 +207,7 @@ def test_transformers_v5_tokenizer_json_only(hf_dir, tmp_path, text):
 
 def test_hf_variants_keras_hub_cannot_express_are_refused(hf_dir, tmp_path):
     from kgpt2.config import ModelConfig
-    from kgpt2.models import build_backbone
+    from kgpt2.model.models import build_backbone
 
     d = tmp_path / "variant"
     shutil.copytree(hf_dir, d)
@@ -251,7 +251,7 @@ def test_export_merges_lora_and_transformers_agrees(hf_dir, tmp_path, text, lora
 def gpt2_shards(tmp_path_factory, shared_data, hf_dir):
     from kgpt2.config import ModelConfig
     from kgpt2.data.shards import prepare
-    from kgpt2.models import load_tokenizer
+    from kgpt2.model.models import load_tokenizer
 
     out = tmp_path_factory.mktemp("shards") / "abstracts"
     prepare(str(shared_data / "pubmed" / "sumpubmed_1000" / "abstract"), out,

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from kgpt2.run_logs import read_steps
+from kgpt2.training.run_logs import read_steps
 
 pytestmark = pytest.mark.backend_neutral
 
@@ -65,8 +65,8 @@ def hub(repo_id, filename, **_):
         raise EntryNotFoundError(filename)
     return os.path.join(PRESET, filename)
 kagglehub.model_download, huggingface_hub.hf_hub_download = kaggle, hub
-import kgpt2.hf_configs
-kgpt2.hf_configs.unreachable_hub_host = lambda: None  # the Hub is served here, so it is reachable
+import kgpt2.model.hf_configs
+kgpt2.model.hf_configs.unreachable_hub_host = lambda: None  # the Hub is served here, so it is reachable
 from kgpt2.cli import main
 code = main(sys.argv[1:])
 print(code, sorted(set(asked)), [m for m in ('keras', 'keras_hub', 'tensorflow', 'jax') if m in sys.modules])

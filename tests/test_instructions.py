@@ -24,9 +24,9 @@ def alpaca_file(tmp_path_factory, alpaca_records):
 
 
 def test_prompt_is_a_prefix_of_the_training_text(alpaca_records, gpt2_tokenizer):
-    from kgpt2.generate import render_prompt
     from kgpt2.data.examples import encode_example
-    from kgpt2.templates import format_prompt
+    from kgpt2.generate import render_prompt
+    from kgpt2.generation.templates import format_prompt
 
     for r in alpaca_records:
         prompt = format_prompt(r["instruction"], r["input"])
@@ -43,7 +43,7 @@ def test_prompt_is_a_prefix_of_the_training_text(alpaca_records, gpt2_tokenizer)
 def test_prepare_masks_exactly_the_response_tokens(alpaca_file, alpaca_records, gpt2_tokenizer, tmp_path):
     from kgpt2.data.batches import WindowBatches, split_options
     from kgpt2.data.shards import ShardSet, prepare
-    from kgpt2.templates import format_prompt
+    from kgpt2.generation.templates import format_prompt
 
     manifest = prepare(str(alpaca_file), tmp_path / "shards", gpt2_tokenizer, splits="train", progress=False)
     info = manifest["splits"]["train"]
@@ -111,14 +111,14 @@ def test_bad_options_are_user_errors():
 @pytest.mark.slow
 def test_alpaca_finetune_end_to_end(tmp_path, alpaca_file, tiny_preset, pydoc_tokenizer, make_tiny_config, capsys):
     """prepare -> train (response-only loss, padded examples) -> generate with the same template."""
-    import pandas as pd
-
     from dataclasses import replace
+
+    import pandas as pd
 
     from kgpt2.config import load_config
     from kgpt2.data.shards import prepare
     from kgpt2.generate import Generator, Settings
-    from kgpt2.templates import format_prompt
+    from kgpt2.generation.templates import format_prompt
     from kgpt2.run import load_model
     from kgpt2.train import train
 

@@ -99,7 +99,7 @@ def test_moved_run_generates_evaluates_and_exports_from_another_folder(journey, 
 
 def test_generate_takes_every_template_the_run_can_have(journey, capsys):
     from kgpt2.generate import Generator, Settings, load_for_generation
-    from kgpt2.templates import TEMPLATES
+    from kgpt2.generation.templates import TEMPLATES
 
     model, tokenizer, cfg = load_for_generation(journey["run"], "latest")
     for template in TEMPLATES:  # `chat` was refused by the CLI, though chat runs save it as their default
@@ -165,8 +165,8 @@ def _steps(run: Path) -> list[dict]:
 
 def test_continue_with_a_new_stage_on_new_shards(tmp_path, capsys, monkeypatch, tiny_preset, pydoc_shards,
                                                  pydoc_tokenizer, tiny_overrides, shared_data):
-    from kgpt2.checkpoints import CheckpointManager
     from kgpt2.data.shards import prepare
+    from kgpt2.training.checkpoints import CheckpointManager
 
     monkeypatch.chdir(tmp_path)
     code, out, err = kgpt2(capsys, "train", *tiny_overrides, "run=long", f"model.preset={tiny_preset}",
@@ -218,7 +218,7 @@ def test_more_epochs_on_a_finished_run_train_them(tmp_path, capsys, monkeypatch,
                                                  tiny_overrides, tiny_run):
     """`kgpt2 train --run RUN train.epochs=3` after a 1-epoch run trains its stage's epochs 2 and 3; on a run
     of several finished stages, whose earlier stages could not get them, it is refused."""
-    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.training.checkpoints import CheckpointManager
 
     monkeypatch.chdir(tmp_path)
     code, out, err = kgpt2(capsys, "train", *tiny_overrides, "run=short", f"model.preset={tiny_preset}",
@@ -295,8 +295,8 @@ def test_a_model_folder_given_as_run_says_so(tmp_path, capsys, monkeypatch, tiny
 
 def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_run, make_tiny_config, tiny_preset,
                                                               pydoc_shards):
-    from kgpt2.checkpoints import CheckpointManager, array_names, checkpoint_variables
     from kgpt2.train import Trainer, train
+    from kgpt2.training.checkpoints import CheckpointManager, array_names, checkpoint_variables
 
     source = CheckpointManager(tiny_run).list()[0]  # not the newest: the one named
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=second", "train.stages=[5]",
@@ -311,7 +311,7 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_run
     assert cursor.step == 0 and int(trainer.optimizer.iterations) == 0  # a fresh optimizer
     trainer.lock.release()  # train() below takes the run's lock itself
     with np.load(source.path / "weights.npz") as saved:
-        assert sorted(saved.files) == sorted(weights)  # stored by variable path (kgpt2.checkpoints)
+        assert sorted(saved.files) == sorted(weights)  # stored by variable path (kgpt2.training.checkpoints)
         for key, value in weights.items():
             np.testing.assert_array_equal(saved[key], value)
     result = train(cfg, verbose=0)
@@ -328,9 +328,9 @@ def test_init_from_checks_every_signature_field_the_weights_depend_on(tmp_path, 
                                                                        tiny_preset, pydoc_shards):
     """train.init_from compares Config.model_signature(weights_only=True): all of the signature but the preset's
     name and the sequence length, so a field added to the signature is checked here too."""
-    from kgpt2.checkpoints import CheckpointManager
-    from kgpt2.continuation import init_checkpoint
     from kgpt2.errors import UserError
+    from kgpt2.training.checkpoints import CheckpointManager
+    from kgpt2.training.continuation import init_checkpoint
 
     # tiny_run's embedding is padded to 64 rows (model.pad_vocabulary_to's default): an unpadded model is another shape
     unpadded = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=x", f"train.init_from={tiny_run}",
@@ -347,8 +347,8 @@ def test_align_on_a_runs_demo_votes_takes_the_runs_model(tmp_path, capsys, monke
     """`kgpt2 align align.loss=kto align.data=RUN/votes.jsonl align.init_run=RUN`, as docs/demo.md has it: the
     voted run's [model], [lora] and data.sequence_length come from its config.json, none repeated by hand; the
     same command on the finished align run says there is nothing more to do."""
-    from kgpt2.checkpoints import CheckpointManager
-    from kgpt2.votes import append_vote, make_rating
+    from kgpt2.serving.votes import append_vote, make_rating
+    from kgpt2.training.checkpoints import CheckpointManager
 
     run = Path(shutil.copytree(tiny_run, tmp_path / "voted"))
     latest = CheckpointManager(run).latest().id

@@ -23,7 +23,7 @@ FIXTURE = Path(__file__).parent / "data" / "legacy_gpt2"
 
 def imported_logits(preset) -> np.ndarray:
     from kgpt2.config import load_config
-    from kgpt2.models import build_causal_lm
+    from kgpt2.model.models import build_causal_lm
 
     data = np.load(FIXTURE / "logits.npz")
     model = build_causal_lm(load_config(None, [f"model.preset={preset}", "lora.enabled=false",
@@ -93,7 +93,7 @@ def test_other_files_are_refused_in_one_sentence(tmp_path, tiny_preset):
     import h5py
 
     from kgpt2.legacy_import import import_legacy
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     with h5py.File(tmp_path / "keras2.h5", "w") as f:  # Keras 2's layer-name format
         f.attrs["layer_names"] = [b"dense"]

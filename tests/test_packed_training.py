@@ -66,7 +66,7 @@ def kgpt2(capsys, *argv) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def records(shared_data, pydoc_tokenizer):
     """Real Alpaca records short enough (<= 100 tokens with the pydoc BPE) that several share a 256-token window."""
-    from kgpt2.templates import format_prompt
+    from kgpt2.generation.templates import format_prompt
 
     every = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
     short = [r for r in every if r["output"].strip() and len(pydoc_tokenizer.encode(
@@ -88,7 +88,7 @@ def packed_run(tmp_path_factory, records, pydoc_tokenizer_dir):
 def _examples(records, tok):
     """token ids of each record as prepare writes it -> the number of its prompt tokens."""
     from kgpt2.data.examples import encode_example
-    from kgpt2.templates import format_prompt
+    from kgpt2.generation.templates import format_prompt
 
     out = {}
     for r in records:
@@ -127,9 +127,9 @@ def test_train_packs_instruction_examples_and_reports_the_padding(packed_run):
 
 def test_the_trainers_batches_weigh_exactly_the_response_tokens(packed_run, records, pydoc_tokenizer):
     from kgpt2.data.shards import ShardSet
+    from kgpt2.data.stage_plan import plan_stages
     from kgpt2.run import Run
-    from kgpt2.stage_plan import plan_stages
-    from kgpt2.training_data import stage_batches
+    from kgpt2.training.training_data import stage_batches
 
     cfg = Run(packed_run["run"]).config()
     split = ShardSet(cfg.data.shards).split("train")
@@ -161,7 +161,7 @@ def test_a_packed_example_has_the_logits_it_has_alone_in_the_trained_model(packe
 
     from kgpt2.data.batches import article_batches
     from kgpt2.data.shards import ShardSet
-    from kgpt2.packed_attention import packed_logits
+    from kgpt2.model.packed_attention import packed_logits
     from kgpt2.run import load_model
 
     model, _, cfg = load_model(packed_run["run"])
@@ -186,9 +186,9 @@ def test_evaluate_scores_a_packed_run_on_response_tokens_as_one_example_per_wind
 
     from kgpt2.data.batches import to_dataset
     from kgpt2.data.shards import ShardSet
-    from kgpt2.metrics import compile_lm, summarise
     from kgpt2.run import load_model
-    from kgpt2.validation import split_batches
+    from kgpt2.training.metrics import compile_lm, summarise
+    from kgpt2.training.validation import split_batches
 
     monkeypatch.chdir(packed_run["work"])
     code, out, err = kgpt2(capsys, "evaluate", "--run", "runs/packed", "--split", "validation")
@@ -208,8 +208,8 @@ def test_evaluate_scores_a_packed_run_on_response_tokens_as_one_example_per_wind
 
 
 def test_a_stopped_packed_run_resumes_to_the_uninterrupted_weights(packed_run, capsys, monkeypatch):
-    from kgpt2.checkpoints import CheckpointManager
     from kgpt2.train import Trainer
+    from kgpt2.training.checkpoints import CheckpointManager
 
     monkeypatch.chdir(packed_run["work"])
     fit, calls = Trainer._fit, []

@@ -25,7 +25,7 @@ def examples(shared_data, pydoc_tokenizer):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, tiny_preset, make_tiny_config):
-    from kgpt2.models import build_causal_lm
+    from kgpt2.model.models import build_causal_lm
 
     cfg = make_tiny_config(tmp_path_factory.mktemp("runs"), tiny_preset, "", "model.dropout=0.0")
     assert cfg.model.causal_attention  # the fused-kernel wrapper is on: packing must still keep its mask
@@ -81,7 +81,7 @@ def test_packed_windows_hold_each_example_once_with_its_loss_mask(examples):
 
 def test_an_example_packed_beside_others_has_the_logits_it_has_alone(examples, model):
     from kgpt2.data.packing import pack_examples
-    from kgpt2.packed_attention import packed_logits
+    from kgpt2.model.packed_attention import packed_logits
 
     T = 48
     w = pack_examples(examples, T)
@@ -110,7 +110,7 @@ def test_packed_training_loss_equals_the_unpacked_loss(examples, model):
     import keras
 
     from kgpt2.data.packing import pack_examples
-    from kgpt2.packed_attention import PackedCausalLM
+    from kgpt2.model.packed_attention import PackedCausalLM
 
     T = 48
     w = pack_examples(examples, T)
@@ -136,9 +136,9 @@ def test_packed_training_with_the_chunked_loss_equals_the_plain_loss(examples, t
 
     from kgpt2.config import load_config
     from kgpt2.data.packing import pack_examples
-    from kgpt2.metrics import compile_lm
-    from kgpt2.models import build_causal_lm
-    from kgpt2.packed_attention import PackedCausalLM
+    from kgpt2.model.models import build_causal_lm
+    from kgpt2.model.packed_attention import PackedCausalLM
+    from kgpt2.training.metrics import compile_lm
 
     if keras.backend.backend() != "jax":
         pytest.skip("train.loss_chunk is the JAX training step's")

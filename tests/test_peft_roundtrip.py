@@ -32,7 +32,7 @@ def lora_overrides(targets, rank=4, alpha=8.0, *extra) -> list[str]:
 
 def kgpt2_lm(preset, overrides):
     from kgpt2.config import load_config
-    from kgpt2.models import build_causal_lm
+    from kgpt2.model.models import build_causal_lm
 
     cfg = load_config(None, [f"model.preset={preset}", *overrides])
     return build_causal_lm(cfg), cfg
@@ -75,8 +75,8 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_own_export_comes_back_with_the_runs_settings_and_logits(variant, hf_base, tmp_path):
-    from kgpt2.adapters import resolve_targets
-    from kgpt2.peft_adapters import needed_settings, read_peft_adapter, write_peft_adapter
+    from kgpt2.model.adapters import resolve_targets
+    from kgpt2.model.peft_adapters import needed_settings, read_peft_adapter, write_peft_adapter
 
     targets, extra = VARIANTS[variant]
     overrides = lora_overrides(targets, 4, 8.0, *extra)
@@ -106,7 +106,7 @@ def _without_kgpt2_metadata(adapter) -> None:
 def test_untrained_and_unlabelled_exports_keep_the_runs_targets(hf_base, tmp_path):
     """An untrained adapter (`--checkpoint base`: B all zeros) is told apart by the file's labels; a trained
     one without them (an older kgpt2 export) by B's block-diagonal layout."""
-    from kgpt2.peft_adapters import needed_settings, read_peft_adapter, write_peft_adapter
+    from kgpt2.model.peft_adapters import needed_settings, read_peft_adapter, write_peft_adapter
 
     model, cfg = kgpt2_lm(hf_base, lora_overrides(["query", "value"]))
     untrained = write_peft_adapter(model.backbone, cfg.lora, tmp_path / "untrained")

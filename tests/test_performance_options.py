@@ -2,17 +2,16 @@
 
 import logging
 
+import keras
 import numpy as np
 import pytest
 
 import kgpt2  # noqa: F401  (picks the Keras backend)
-import keras
-
 from kgpt2.config import load_config
 from kgpt2.errors import UserError
-from kgpt2.memory import check_fits, estimate_training_bytes
-from kgpt2.metrics import lm_loss
-from kgpt2.models import build_backbone, build_causal_lm, padded_size, save_unpadded_weights
+from kgpt2.model.memory import check_fits, estimate_training_bytes
+from kgpt2.model.models import build_backbone, build_causal_lm, padded_size, save_unpadded_weights
+from kgpt2.training.metrics import lm_loss
 
 pytestmark = pytest.mark.backend
 
@@ -84,7 +83,7 @@ def test_causal_attention_kernel_gives_the_same_logits_for_real_tokens():
 def test_attention_dropout_alone_trains(tmp_path):
     """model.attention_dropout > 0 with model.dropout = 0: keras-hub made the attention's Dropout without
     a seed generator, which kgpt2 adds; it is saved and restored with the checkpoint's other RNG states."""
-    from kgpt2.checkpoint_arrays import checkpoint_variables, load_arrays, save_arrays
+    from kgpt2.training.checkpoint_arrays import checkpoint_variables, load_arrays, save_arrays
 
     keras.utils.set_random_seed(0)
     model = build_causal_lm(load_config(None, SHAPE + ["model.attention_dropout=0.5"]))
@@ -115,7 +114,7 @@ def test_causal_attention_kernel_gives_the_same_greedy_generation():
 
 
 def test_training_without_token_loss_still_validates_with_it():
-    from kgpt2.metrics import compile_lm, evaluation_model
+    from kgpt2.training.metrics import compile_lm, evaluation_model
 
     keras.utils.set_random_seed(0)
     model = compile_lm(build_causal_lm(load_config(None, SHAPE)), "adam", token_loss=False)
@@ -170,18 +169,18 @@ def test_memory_warning_says_what_fits():
 
 
 def test_trainer_warns_before_compiling(monkeypatch, caplog):
-    import kgpt2.memory
+    import kgpt2.model.memory
     from kgpt2.train import _warn_if_too_big
 
     cfg = load_config(None, SHAPE + ["train.batch_size=4096", "data.sequence_length=32"])
     model = build_causal_lm(cfg)
-    monkeypatch.setattr(kgpt2.memory, "device_memory_bytes", lambda: 1e6)
+    monkeypatch.setattr(kgpt2.model.memory, "device_memory_bytes", lambda: 1e6)
     with caplog.at_level(logging.WARNING, logger="kgpt2"):
         _warn_if_too_big(cfg, model, model.count_params(), on_gpu=True)
     assert "GB of GPU memory" in caplog.text and "device offers 0.0 GB" in caplog.text
     # On a CPU the RAM is what runs out (Colab's kernel dies without a word): the machine's free memory.
     caplog.clear()
-    monkeypatch.setattr(kgpt2.memory, "host_available_bytes", lambda: 2e6)
+    monkeypatch.setattr(kgpt2.model.memory, "host_available_bytes", lambda: 2e6)
     with caplog.at_level(logging.WARNING, logger="kgpt2"):
         _warn_if_too_big(cfg, model, model.count_params(), on_gpu=False)
     assert "GB of memory for training" in caplog.text and "the machine has 0.0 GB free" in caplog.text
@@ -191,7 +190,7 @@ def test_trainer_warns_before_compiling(monkeypatch, caplog):
 def test_host_available_bytes_reads_this_machines_free_ram():
     import os
 
-    from kgpt2.memory import host_available_bytes
+    from kgpt2.model.memory import host_available_bytes
 
     free = host_available_bytes()
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -58,7 +58,7 @@ def test_pairs_whose_prompts_fill_the_window_say_so(tmp_path, align_cli):
 
 
 def test_single_answers_given_to_a_paired_loss_say_only_kto_reads_them(tmp_path, align_cli):
-    from kgpt2.votes import append_vote, make_rating, make_record
+    from kgpt2.serving.votes import append_vote, make_rating, make_record
 
     demo = tmp_path / "demo"  # a demo run's votes: thumbs and "both bad", no A/B preference
     append_vote(demo, make_rating("Say hi.", "hi", "up", "r/base", {"seed": 0}))

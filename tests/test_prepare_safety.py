@@ -221,7 +221,7 @@ import kgpt2.data.shard_folder as folder
 import kgpt2.data.shard_writer as writer
 import kgpt2.data.shards as shards
 from kgpt2.cli import main
-from kgpt2.tokenizer import Tokenizer
+from kgpt2.model.tokenizer import Tokenizer
 
 source, out, tokenizer, ready, point, via = sys.argv[1:7]
 
@@ -406,7 +406,7 @@ PREPARE_SCRIPT = r"""
 import sys
 from kgpt2.data.shards import prepare
 from kgpt2.errors import UserError
-from kgpt2.tokenizer import Tokenizer
+from kgpt2.model.tokenizer import Tokenizer
 
 source, out, tokenizer = sys.argv[1:4]
 try:

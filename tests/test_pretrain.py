@@ -31,8 +31,8 @@ def char_tokenizer_dir(tmp_path_factory, shakespeare):
 
 
 def test_char_tokenizer_round_trips_shakespeare_exactly(char_tokenizer_dir, shakespeare):
-    from kgpt2.char_tokenizer import CharTokenizer
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.char_tokenizer import CharTokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     text = shakespeare.read_text(encoding="utf-8")
     tok = Tokenizer.from_dir(char_tokenizer_dir)  # the one loader every verb uses
@@ -51,8 +51,8 @@ def test_char_tokenizer_round_trips_shakespeare_exactly(char_tokenizer_dir, shak
 def test_bpe_tokenizer_trains_and_loads_in_keras_hub(tmp_path, shakespeare):
     import keras_hub
 
+    from kgpt2.model.tokenizer import Tokenizer
     from kgpt2.tokenizer_training import train_tokenizer
-    from kgpt2.tokenizer import Tokenizer
 
     source = tmp_path / "slice.txt"
     source.write_text(shakespeare.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
@@ -110,7 +110,7 @@ def test_tokenizer_train_refuses_a_folder_of_other_files_before_training(tmp_pat
 
 def test_tail_split_is_nanogpts_90_10_character_split(tmp_path, char_tokenizer_dir, shakespeare):
     from kgpt2.data.shards import ShardSet, prepare
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     text = shakespeare.read_text(encoding="utf-8")
     tok = Tokenizer.from_dir(char_tokenizer_dir)
@@ -136,10 +136,10 @@ TINY = ["model.num_layers=1", "model.num_heads=2", "model.hidden_dim=32", "model
 def test_scratch_presets_build_save_and_load(tmp_path, char_tokenizer_dir, pydoc_tokenizer):
     import keras_hub
 
-    from kgpt2.char_tokenizer import CharTokenizer
     from kgpt2.config import ModelConfig, load_config
-    from kgpt2.models import load_tokenizer
-    from kgpt2.scratch import init_preset
+    from kgpt2.model.char_tokenizer import CharTokenizer
+    from kgpt2.model.models import load_tokenizer
+    from kgpt2.model.scratch import init_preset
 
     cfg = load_config("shakespeare_char", TINY + [f"model.tokenizer={char_tokenizer_dir}"])
     preset = init_preset(cfg, tmp_path / "char-preset")
@@ -164,7 +164,7 @@ def test_scratch_presets_build_save_and_load(tmp_path, char_tokenizer_dir, pydoc
 
 def test_a_vocabulary_far_above_the_tokenizers_is_warned_about(pydoc_tokenizer, caplog):
     from kgpt2.config import ModelConfig
-    from kgpt2.scratch import scratch_shape
+    from kgpt2.model.scratch import scratch_shape
 
     tokens = pydoc_tokenizer.vocab_size
     with caplog.at_level("WARNING", logger="kgpt2"):
@@ -179,18 +179,18 @@ def test_a_vocabulary_far_above_the_tokenizers_is_warned_about(pydoc_tokenizer, 
 @pytest.mark.slow
 def test_from_scratch_run_keeps_best_checkpoint_and_learns(tmp_path, char_tokenizer_dir, shakespeare):
     """A 20-step run over 2+ epochs: evaluations every 5 steps, the best kept, every verb works."""
-    from kgpt2.checkpoints import CheckpointManager
     from kgpt2.config import load_config
     from kgpt2.data.shards import prepare
-    from kgpt2.run import Run
     from kgpt2.evaluate import evaluate_run
     from kgpt2.generate import generate_from_run
-    from kgpt2.periodic_eval import read_best, read_evals
+    from kgpt2.model.tokenizer import Tokenizer
     from kgpt2.pretrain import run_summary
-    from kgpt2.run_logs import read_steps
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.run import Run
     from kgpt2.train import train
-    from kgpt2.training_data import describe_plan
+    from kgpt2.training.checkpoints import CheckpointManager
+    from kgpt2.training.periodic_eval import read_best, read_evals
+    from kgpt2.training.run_logs import read_steps
+    from kgpt2.training.training_data import describe_plan
 
     source = tmp_path / "shakespeare-5k.txt"  # ~18 batches per epoch: 20 steps span 2 epochs
     source.write_text(shakespeare.read_text(encoding="utf-8")[:5_000], encoding="utf-8")
@@ -264,7 +264,7 @@ def test_pretrain_init_never_replaces_a_preset(tmp_path, char_tokenizer_dir, cap
 def test_pretrain_config_errors(tmp_path, char_tokenizer_dir):
     from kgpt2.cli import main
     from kgpt2.config import load_config
-    from kgpt2.scratch import resolve_scratch
+    from kgpt2.model.scratch import resolve_scratch
 
     assert main(["tokenizer", "train", "--source", "pydoc", "--out", str(tmp_path / "t")]) == 2  # neither --char nor size
     both = ["tokenizer", "train", "--char", "--vocab-size", "512", "--source", "pydoc", "--out", str(tmp_path / "t")]
@@ -282,7 +282,7 @@ def test_lora_on_a_model_from_scratch_is_warned_about(tmp_path, char_tokenizer_d
     """The chat recipe with model.preset = "scratch" trained only adapters over random weights: loss stayed at
     ln(vocabulary), silently."""
     from kgpt2.config import load_config
-    from kgpt2.scratch import resolve_scratch
+    from kgpt2.model.scratch import resolve_scratch
 
     common = TINY + [f"model.tokenizer={char_tokenizer_dir}", f"checkpoints_root={tmp_path}"]
     with caplog.at_level("WARNING", logger="kgpt2"):

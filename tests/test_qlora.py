@@ -14,8 +14,8 @@ def _lm_logits(model, ids):
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantize_shrinks_the_base_and_keeps_lora_float(mode, tiny_preset):
     from kgpt2.config import load_config
-    from kgpt2.models import build_causal_lm
-    from kgpt2.quantize import parameter_bytes
+    from kgpt2.model.models import build_causal_lm
+    from kgpt2.model.quantize import parameter_bytes
 
     over = [f"model.preset={tiny_preset}", "lora.enabled=true", "train.precision=float32"]
     plain = parameter_bytes(build_causal_lm(load_config(None, over)).backbone)
@@ -29,13 +29,13 @@ def test_quantize_shrinks_the_base_and_keeps_lora_float(mode, tiny_preset):
 
 @pytest.mark.slow
 def test_int8_lora_trains_checkpoints_adapter_only_and_restores(tmp_path, tiny_preset, pydoc_shards, make_tiny_config):
-    from kgpt2.checkpoints import CheckpointManager
     from kgpt2.config import load_config
     from kgpt2.errors import UserError
     from kgpt2.generate import Generator, Settings
-    from kgpt2.models import build_causal_lm
+    from kgpt2.model.models import build_causal_lm
     from kgpt2.run import load_model
     from kgpt2.train import train
+    from kgpt2.training.checkpoints import CheckpointManager
 
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=q8", "lora.enabled=true", "model.quantize=int8",
                       'train.stages=[4]', "train.max_steps=3", "train.eval_batches=1", "lora.targets=[\"query\", \"value\"]")
@@ -75,8 +75,8 @@ def test_quantizing_collects_garbage_with_the_heap_frozen_and_frees_the_float_ke
     import weakref
 
     from kgpt2.config import load_config
-    from kgpt2.models import build_causal_lm
-    from kgpt2.quantize import quantize_backbone
+    from kgpt2.model.models import build_causal_lm
+    from kgpt2.model.quantize import quantize_backbone
 
     model = build_causal_lm(load_config(None, ["model.preset=scratch", "model.num_layers=2", "model.num_heads=2",
                                                "model.hidden_dim=32", "model.intermediate_dim=64",

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from kgpt2 import reports
-from kgpt2.char_tokenizer import CharTokenizer
 from kgpt2.cli import main
+from kgpt2.model.char_tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.backend_neutral  # run reports from files
 
@@ -53,7 +53,7 @@ def test_align_and_tokenizer_reports():
 
 def test_a_bpe_smaller_than_asked_says_why():
     """--vocab-size 100000 on a small corpus gave 12,949 tokens without a word."""
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     texts = ["the cat sat on the mat", "the cat ate the rat"] * 3
     tok = Tokenizer.train(texts, vocab_size=1000, min_frequency=2)

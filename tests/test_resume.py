@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kgpt2.checkpoints import CheckpointManager
 from kgpt2.errors import UserError
+from kgpt2.training.checkpoints import CheckpointManager
 
 pytestmark = pytest.mark.backend
 
@@ -97,7 +97,7 @@ def test_resume_refuses_incompatible_config(tmp_path, tiny_preset, pydoc_shards,
 
 @pytest.mark.parametrize("err, words", [(errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file system")])
 def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pydoc_shards, monkeypatch, err, words, make_tiny_config):
-    import kgpt2.checkpoints as ck
+    import kgpt2.training.checkpoints as ck
     from kgpt2.train import train
 
     real_save = ck.save_arrays
@@ -124,8 +124,8 @@ def test_disk_full_or_read_only_keeps_last_checkpoint(tmp_path, tiny_preset, pyd
 def test_training_in_mixed_precision_leaves_the_global_policy(tmp_path, tiny_preset, pydoc_shards, make_tiny_config):
     import keras
 
-    from kgpt2.checkpoints import CheckpointManager
     from kgpt2.train import train
+    from kgpt2.training.checkpoints import CheckpointManager
 
     keras.config.set_dtype_policy("float32")
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=bf16", "train.stages=[3]",
@@ -142,8 +142,8 @@ def test_a_log_gets_a_progress_line_while_a_stage_trains(tmp_path, tiny_preset, 
     """Under nohup or `| tee` (Keras' verbose=2) a stage said nothing until it ended: an hour for a long stage."""
     import re
 
-    from kgpt2 import progress_lines
     from kgpt2.train import train
+    from kgpt2.training import progress_lines
 
     monkeypatch.setattr(progress_lines, "EVERY_S", 0.0)  # a line after every step here; a minute in use
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=p", "train.stages=[4, 6]", "train.eval_batches=1")
@@ -158,7 +158,7 @@ def test_a_log_gets_a_progress_line_while_a_stage_trains(tmp_path, tiny_preset, 
     # Keras runs async-safe callbacks on worker threads: the lines may come out of step order.
     assert len(set(steps)) == len(steps) and {int(m[3]) for m in parsed} == {result.global_step}
     assert {m[1] for m in parsed} == {"1", "2"}  # both stages report
-    from kgpt2.run_logs import read_steps
+    from kgpt2.training.run_logs import read_steps
 
     logged = dict(zip(read_steps(cfg.run_dir)["step"], read_steps(cfg.run_dir)["loss"]))
     assert all(abs(logged[s] - float(m[4])) < 1e-4 for s, m in zip(steps, parsed))  # the step log's own loss
@@ -167,10 +167,10 @@ def test_a_log_gets_a_progress_line_while_a_stage_trains(tmp_path, tiny_preset, 
 def test_a_missing_gpu_is_refused_before_the_run_folder_is_made(tmp_path, tiny_preset, pydoc_shards, tiny_overrides,
                                                                 monkeypatch, capsys):
     """A Colab CPU runtime and `--device gpu:0` left a run folder holding only a copy of the preset."""
-    import kgpt2.devices
+    import kgpt2.training.devices
     from kgpt2.cli import main
 
-    monkeypatch.setattr(kgpt2.devices, "list_gpus", lambda: [])
+    monkeypatch.setattr(kgpt2.training.devices, "list_gpus", lambda: [])
     argv = ["train", "--device", "gpu:0", f"model.preset={tiny_preset}", f"data.shards={pydoc_shards}",
             f"checkpoints_root={tmp_path}", "run=r", *tiny_overrides]
     assert main(argv) == 2
@@ -181,7 +181,7 @@ def test_a_missing_gpu_is_refused_before_the_run_folder_is_made(tmp_path, tiny_p
 def test_train_epochs_below_what_the_stage_in_place_trained_is_refused(tmp_path):
     """`kgpt2 train --run R train.epochs=2` on a run whose stage trained 6 was accepted, written into config.json
     ("trained nothing"), and became the epochs of the next stage the run was given."""
-    from kgpt2.continuation import check_epochs
+    from kgpt2.training.continuation import check_epochs
 
     finished = {"stage": 3, "epoch": 0, "batch": 0, "step": 450, "stage_end": True, "epochs": 6}
     with pytest.raises(UserError, match=r"^train\.epochs is 2, but run 'r' trained stage 3 for 6 epochs already: "
@@ -211,7 +211,7 @@ def test_a_run_whose_shards_moved_changed_or_max_steps_fell_says_what_to_do(tmp_
     from kgpt2.data.shards import prepare
     from kgpt2.run import Run
     from kgpt2.train import train
-    from kgpt2.train_inputs import dry_run_plan
+    from kgpt2.training.train_inputs import dry_run_plan
 
     shards = tmp_path / "shards"
     shutil.copytree(pydoc_shards, shards)

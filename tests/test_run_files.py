@@ -12,9 +12,9 @@ import pytest
 
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text, new_folder, publish_folder, save_figure
-from kgpt2.periodic_eval import PeriodicEval, read_evals
 from kgpt2.run import Run
-from kgpt2.cursor import Cursor
+from kgpt2.training.cursor import Cursor
+from kgpt2.training.periodic_eval import PeriodicEval, read_evals
 
 pytestmark = pytest.mark.backend_neutral  # a run folder's files (atomic writes, logs)
 

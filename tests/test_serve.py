@@ -137,7 +137,7 @@ def test_chat_completions_of_a_chat_run_prompt_with_the_chat_templates_ids(start
     turns = [dict(m, role="system") if m["role"] == "developer" else m for m in messages]
     want = gen.generate(turns, Settings(sampler="greedy", max_new_tokens=8, template="chat"))
     assert out.choices[0].message.content == want
-    from kgpt2.templates import prompt_ids
+    from kgpt2.generation.templates import prompt_ids
 
     ids = prompt_ids(tokenizer, turns)
     assert out.usage.prompt_tokens == len(ids) < 56 and ids.count(tokenizer.eos_id) == 2  # one per turn
@@ -265,9 +265,9 @@ def test_n_choices_and_several_prompts_equal_their_requests_alone(client, genera
 
 def test_the_port_check_binds_in_the_hosts_address_family():
     """`kgpt2 serve --host ::1` was refused ("Address family for hostname not supported"): its port check bound
-    IPv4 only. serve and the demo now share one check (kgpt2.ports)."""
+    IPv4 only. serve and the demo now share one check (kgpt2.serving.ports)."""
     from kgpt2.errors import UserError
-    from kgpt2.ports import check_port
+    from kgpt2.serving.ports import check_port
 
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")

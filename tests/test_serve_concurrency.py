@@ -62,7 +62,7 @@ class HeldTokenizer:
 
 def test_health_answers_while_a_prompt_is_tokenized(serve_app):
     """Prompts were tokenized on the event loop: a 10 MB one held /health (and every client) for 6.6 s."""
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     held = HeldTokenizer(Tokenizer.train(["Hello world, hello GPT-2. " * 20], vocab_size=300))
     url = serve_app(Service(SimpleNamespace(tokenizer=held, cache_length=64, slots=1, busy=0), "tiny", Settings()))
@@ -84,7 +84,7 @@ def test_health_answers_while_a_prompt_is_tokenized(serve_app):
 def test_a_client_that_leaves_a_plain_request_frees_its_slot_at_once(serve_app, loaded):
     """While tokens flowed, a non-streamed answer never checked its client (only after 1 s without a token): a
     client that left kept its slot until the whole answer was generated."""
-    from kgpt2.engine import Engine
+    from kgpt2.generation.engine import Engine
 
     model, tokenizer, cfg = loaded
     engine = Engine(model, tokenizer, slots=2, steps_per_launch=1).start()
@@ -121,7 +121,7 @@ def test_a_client_that_leaves_a_plain_request_frees_its_slot_at_once(serve_app, 
 
 def test_a_character_the_tokenizer_has_no_id_for_is_a_400(serve_app):
     """A character-level run's tokenizer refuses a character it never saw (a UserError): the server answered 500."""
-    from kgpt2.char_tokenizer import CharTokenizer
+    from kgpt2.model.char_tokenizer import CharTokenizer
 
     chars = CharTokenizer.train(["hello world"])
     url = serve_app(Service(SimpleNamespace(tokenizer=chars, cache_length=64, slots=1, busy=0), "tiny", Settings()))

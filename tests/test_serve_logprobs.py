@@ -75,7 +75,7 @@ def oracle(tiny_run, tmp_path_factory):
 
 
 def text_of(tokenizer, token):
-    from kgpt2.logprobs import token_text
+    from kgpt2.generation.logprobs import token_text
 
     return token_text(tokenizer, token)
 
@@ -205,7 +205,7 @@ def test_logprobs_beside_plain_requests_equal_alone(client):
 
 def test_plain_requests_run_the_decode_loop_without_scores(loaded):
     """Log-probabilities cost plain requests nothing: their launches use the loop that computes none."""
-    from kgpt2.engine import Engine, Sampling
+    from kgpt2.generation.engine import Engine, Sampling
 
     model, tokenizer, _ = loaded
     engine = Engine(model, tokenizer, slots=2, steps_per_launch=4)

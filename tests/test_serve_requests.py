@@ -85,7 +85,7 @@ def test_content_parts_that_are_not_text_parts_are_named(http, content, param, m
 def test_a_request_past_the_context_counts_in_plain_english(prompt, wanted, message):
     """It said "the prompt is 1 tokens"."""
     from kgpt2.serve import Service
-    from kgpt2.serve_schema import CompletionRequest, OpenAIError
+    from kgpt2.serving.serve_schema import CompletionRequest, OpenAIError
 
     service = Service.__new__(Service)  # only what `prepare` reads: no model is loaded
     service.model_id, service.engine = "tiny", SimpleNamespace(cache_length=64, tokenizer=SimpleNamespace(eos_id=0))
@@ -102,7 +102,7 @@ def test_a_prompt_that_alone_fills_the_context_is_named(prompt, wanted, chat, pa
     """A chat request without max_tokens said "1 more was asked for" (param max_tokens); echo with max_tokens 0
     said "and 0 more were asked for"."""
     from kgpt2.serve import Service
-    from kgpt2.serve_schema import ChatRequest, CompletionRequest, OpenAIError
+    from kgpt2.serving.serve_schema import ChatRequest, CompletionRequest, OpenAIError
 
     service = Service.__new__(Service)
     service.model_id, service.engine = "tiny", SimpleNamespace(cache_length=64, tokenizer=SimpleNamespace(eos_id=0))
@@ -140,7 +140,7 @@ def test_unsupported_openai_fields_are_refused_by_name(http, route, field, value
 
 def test_unsupported_fields_at_their_neutral_values_are_accepted():
     """LangChain sends presence_penalty 0, frequency_penalty 0, logit_bias {}, best_of 1 by default."""
-    from kgpt2.serve_schema import ChatRequest, CompletionRequest
+    from kgpt2.serving.serve_schema import ChatRequest, CompletionRequest
 
     neutral = dict(presence_penalty=0, frequency_penalty=0.0, logit_bias={})
     CompletionRequest(model="tiny", prompt="x", best_of=1, suffix="", **neutral)
@@ -172,8 +172,8 @@ def test_text_that_is_not_valid_unicode_is_a_400_naming_the_field(served, route,
 @pytest.fixture(scope="module")
 def service():
     from kgpt2.generate import Settings
+    from kgpt2.model.tokenizer import Tokenizer
     from kgpt2.serve import Service
-    from kgpt2.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.train(["Hello world, hello GPT-2. " * 20], vocab_size=300)
     engine = SimpleNamespace(tokenizer=tokenizer, cache_length=64, slots=4, busy=0)
@@ -218,7 +218,7 @@ def test_a_request_that_can_never_fit_is_a_400_not_a_429(served, service):
     assert e["message"] == ("the request needs 14 generations (2 prompts × n = 7) and this server holds at most 12 at "
                             "once (its slots and waiting queue); send fewer prompts or a smaller n")
     from kgpt2.serve import Service
-    from kgpt2.serve_schema import CompletionRequest, OpenAIError
+    from kgpt2.serving.serve_schema import CompletionRequest, OpenAIError
 
     busy = Service.__new__(Service)
     busy.engine, busy.max_queue = SimpleNamespace(slots=4, busy=3), 8

@@ -2,7 +2,7 @@
 OpenAI's 503 error (a stream: as its last event) and the log says `cancelled`; nothing prints a traceback.
 
 A real uvicorn server on a loopback port with a grace of 0.3 s (kgpt2 serve's is 10 s) and an application whose
-routes never finish, wrapped as `kgpt2.serve.build_app` wraps its own (kgpt2.serve_log.RequestEdge)."""
+routes never finish, wrapped as `kgpt2.serve.build_app` wraps its own (kgpt2.serving.serve_log.RequestEdge)."""
 
 import asyncio
 import json
@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-from kgpt2.serve_log import RequestEdge
+from kgpt2.serving.serve_log import RequestEdge
 
 pytestmark = pytest.mark.backend_neutral
 

@@ -9,7 +9,7 @@ import pytest
 
 from kgpt2.config import load_config
 from kgpt2.errors import UserError
-from kgpt2.run_logs import read_steps
+from kgpt2.training.run_logs import read_steps
 
 pytestmark = pytest.mark.backend
 
@@ -162,22 +162,22 @@ def test_generate_and_evaluate_from_run_cli(tiny_run, kgpt2_cli):
 
 
 def test_asking_for_a_missing_gpu_is_an_error_not_a_cpu_run(monkeypatch):
-    import kgpt2.devices
-    from kgpt2.devices import resolve_device
+    import kgpt2.training.devices
+    from kgpt2.training.devices import resolve_device
 
-    monkeypatch.setattr(kgpt2.devices, "list_gpus", lambda: [])  # a host without a GPU, also on GPU hosts
+    monkeypatch.setattr(kgpt2.training.devices, "list_gpus", lambda: [])  # a host without a GPU, also on GPU hosts
     assert resolve_device("auto").keras_name == "cpu:0"
-    backend = kgpt2.devices.keras.backend.backend()
-    monkeypatch.setattr(kgpt2.devices, "has_nvidia_gpu", lambda: False)  # a Colab CPU runtime
+    backend = kgpt2.training.devices.keras.backend.backend()
+    monkeypatch.setattr(kgpt2.training.devices, "has_nvidia_gpu", lambda: False)  # a Colab CPU runtime
     with pytest.raises(UserError, match=f"^device 'gpu:0' was asked for, but this machine has no GPU the {backend} "
                                         r"backend can see \(on Colab: Runtime > Change runtime type > a GPU\); "
                                         "--device cpu trains on the CPU$"):
         resolve_device("gpu:0")
     # A GPU the backend cannot use (`pip install jax` without CUDA on a rented GPU): the build to install.
-    monkeypatch.setattr(kgpt2.devices, "has_nvidia_gpu", lambda: True)
+    monkeypatch.setattr(kgpt2.training.devices, "has_nvidia_gpu", lambda: True)
     with pytest.raises(UserError, match=f"this machine has an NVIDIA GPU, but the {backend} backend sees none"):
         resolve_device("gpu")
-    monkeypatch.setattr(kgpt2.devices, "list_gpus", lambda: [("NVIDIA T4", False)])
+    monkeypatch.setattr(kgpt2.training.devices, "list_gpus", lambda: [("NVIDIA T4", False)])
     with pytest.raises(UserError, match=r"^device 'gpu:1' was asked for, but the \w+ backend sees 1 GPU\(s\) "
                                         r"\(gpu:0 to gpu:0\)$"):
         resolve_device("gpu:1")
@@ -186,7 +186,7 @@ def test_asking_for_a_missing_gpu_is_an_error_not_a_cpu_run(monkeypatch):
 
 
 def test_precision_policy_by_device():
-    from kgpt2.devices import Device
+    from kgpt2.training.devices import Device
 
     assert Device("cpu:0", "CPU", False).policy("auto") == "float32"
     assert Device("gpu:0", "Tesla T4", False).policy("auto") == "mixed_float16"  # loss scaled by Keras
@@ -206,8 +206,8 @@ def test_schedule_warms_up_then_decays_across_stages(tiny_run):
 
 
 def test_tensorboard_events_read_by_tensorflow_and_tensorboard(tiny_run, assert_tensorboard_shows_steps):
-    """kgpt2 writes the events without TensorFlow (kgpt2.run_logs.TensorBoardScalars); TensorFlow's own reader and
-    TensorBoard's find each step's scalars in them once, the step CSV's values."""
+    """kgpt2 writes the events without TensorFlow (kgpt2.training.run_logs.TensorBoardScalars); TensorFlow's own reader
+    and TensorBoard's find each step's scalars in them once, the step CSV's values."""
     tf = pytest.importorskip("tensorflow")
     events = sorted((tiny_run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert events
@@ -221,7 +221,7 @@ def test_tensorboard_events_read_by_tensorflow_and_tensorboard(tiny_run, assert_
 
 
 def test_stage_ids_name_stage_end_checkpoints(tiny_run):
-    from kgpt2.checkpoints import CheckpointManager
+    from kgpt2.training.checkpoints import CheckpointManager
 
     mgr = CheckpointManager(tiny_run)
     ends = [c for c in mgr.list() if c.state.get("stage_end")]

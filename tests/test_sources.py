@@ -10,7 +10,7 @@ import pytest
 
 from kgpt2.data.sources import detect_format, open_source
 from kgpt2.errors import UserError
-from kgpt2.templates import format_prompt
+from kgpt2.generation.templates import format_prompt
 
 pytestmark = pytest.mark.backend_neutral  # data sources and format detection
 

@@ -11,7 +11,6 @@ from unittest import mock
 
 import numpy as np
 import pytest
-
 from test_fused_loss import _assert_same_loss_and_grads, _batch, _tiny_lm
 
 pytestmark = [pytest.mark.backend, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -26,7 +25,7 @@ def _jax_only():
 
 def _pair(seed=0, vocabulary=301):
     keras = _jax_only()
-    from kgpt2.metrics import compile_lm
+    from kgpt2.training.metrics import compile_lm
 
     plain, fused = _tiny_lm(vocabulary=vocabulary, seed=seed), _tiny_lm(vocabulary=vocabulary, seed=seed + 1)
     fused.set_weights(plain.get_weights())
@@ -67,7 +66,7 @@ def test_fused_training_steps_match_plain_fit():
 def test_fused_loss_in_mixed_bfloat16_stays_close():
     """bf16 logits, float32 log-sum-exp: the plain path casts the same bf16 logits to float32."""
     keras = _jax_only()
-    from kgpt2.devices import dtype_policy
+    from kgpt2.training.devices import dtype_policy
 
     with dtype_policy("mixed_bfloat16"):
         plain, fused = _pair(seed=5)
@@ -101,7 +100,7 @@ def _nanogpt_lr(it, lr=1e-3, min_lr=1e-4, warmup=100, decay=5000):
 
 def test_decay_steps_makes_a_short_run_follow_the_long_runs_curve():
     from kgpt2.config import load_config
-    from kgpt2.optimizer import make_schedule
+    from kgpt2.training.optimizer import make_schedule
 
     base = ["train.learning_rate=1e-3", "train.min_learning_rate=1e-4", "train.warmup_steps=100"]
     long = make_schedule(load_config(None, base), 5000)
@@ -146,8 +145,8 @@ def test_fused_loss_trains_packed_windows_as_the_plain_loss_does():
     """kgpt2 train wraps the model for packed examples (data.windows = packed_examples): the fused loss
     reads the wrapper's per-example hidden states, so the step equals the plain one on the same windows."""
     keras = _jax_only()
-    from kgpt2.metrics import compile_lm
-    from kgpt2.packed_attention import for_windows
+    from kgpt2.model.packed_attention import for_windows
+    from kgpt2.training.metrics import compile_lm
 
     models = []
     for fused in (False, True):
@@ -173,8 +172,8 @@ def test_fused_loss_trains_packed_windows_as_the_plain_loss_does():
 def test_triton_gemm_option_reaches_the_train_step_compile_and_only_on_a_gpu():
     keras = _jax_only()
     from kgpt2 import compat
-    from kgpt2.devices import Device, step_compiler_options
-    from kgpt2.metrics import compile_lm
+    from kgpt2.training.devices import Device, step_compiler_options
+    from kgpt2.training.metrics import compile_lm
 
     gpu, cpu = Device("gpu:0", "NVIDIA H200", True), Device("cpu:0", "CPU", False)
     from kgpt2.config_sections import TrainConfig
@@ -194,7 +193,7 @@ def test_triton_gemm_option_reaches_the_train_step_compile_and_only_on_a_gpu():
     # cuDNN's attention dropout aborts inside a command buffer: every other kind stays recorded
     assert options("on", kernel="cudnn") == {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL"}
     # "auto" (the Shakespeare recipe's): the same where cuDNN can run, nothing where it cannot
-    from kgpt2 import cudnn_attention
+    from kgpt2.kernels import cudnn_attention
 
     for available in (True, False):
         with mock.patch.object(cudnn_attention, "cudnn_available", lambda: available):
@@ -212,8 +211,8 @@ def test_triton_gemm_option_reaches_the_train_step_compile_and_only_on_a_gpu():
     with compat.train_step_compiler_options(off):
         history = model.fit(x, y, sample_weight=w, epochs=1, batch_size=len(x), verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    from keras.src.backend.jax import trainer
     import jax
+    from keras.src.backend.jax import trainer
     assert trainer.jit is jax.jit  # put back
 
 
@@ -226,8 +225,8 @@ def test_every_training_path_compiles_its_step_with_train_triton_gemm(verb, tmp_
     import json
 
     import kgpt2.align
-    import kgpt2.metrics
     import kgpt2.train
+    import kgpt2.training.metrics
 
     asked = []
 
@@ -236,8 +235,9 @@ def test_every_training_path_compiles_its_step_with_train_triton_gemm(verb, tmp_
         return {"xla_no_such_option_kgpt2": True}
 
     module = {"train": kgpt2.train, "align": kgpt2.align}[verb]
-    # train compiles through kgpt2.metrics.compile_for_training (as the speed benchmarks do); align on its own
-    monkeypatch.setattr({"train": kgpt2.metrics, "align": kgpt2.align}[verb], "step_compiler_options", unknown_option)
+    # train compiles through kgpt2.training.metrics.compile_for_training (as the speed benchmarks do); align on its own
+    compiler = {"train": kgpt2.training.metrics, "align": kgpt2.align}[verb]
+    monkeypatch.setattr(compiler, "step_compiler_options", unknown_option)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"The {w} statement", "chosen": " is good.", "rejected": " no"}) + "\n"
                              for w in ("assert", "with", "for", "while", "if", "try", "import", "return", "global",

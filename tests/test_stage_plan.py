@@ -1,12 +1,12 @@
-"""The stage plan for any corpus size (kgpt2.stage_plan), and `train --dry-run` on a 300-article corpus."""
+"""The stage plan for any corpus size (kgpt2.data.stage_plan), and `train --dry-run` on a 300-article corpus."""
 
 import json
 import math
 
 import pytest
 
+from kgpt2.data.stage_plan import plan_stages
 from kgpt2.errors import UserError
-from kgpt2.stage_plan import plan_stages
 
 pytestmark = pytest.mark.backend_neutral  # stage planning (arithmetic over shard sizes)
 
@@ -167,9 +167,9 @@ def test_dry_run_prints_a_sensible_default_plan_for_300_articles(tmp_path, pubme
 
 @pytest.mark.slow
 def test_default_plan_trains_on_300_articles(tmp_path, pubmed_300, tiny_preset, make_tiny_config):
-    from kgpt2.checkpoints import CheckpointManager
     from kgpt2.train import train
-    from kgpt2.training_data import describe_plan
+    from kgpt2.training.checkpoints import CheckpointManager
+    from kgpt2.training.training_data import describe_plan
 
     cfg = make_tiny_config(tmp_path, tiny_preset, pubmed_300, "run=p300", "train.eval_batches=0",
                            "train.batch_size=32", "data.sequence_length=64")

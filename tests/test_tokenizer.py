@@ -98,7 +98,7 @@ def test_hard_cases_match_openai(gpt2_tokenizer, reference):
 def test_every_kgpt2_path_matches_openai_on_real_text(gpt2_tokenizer, reference, texts):
     from concurrent.futures import ThreadPoolExecutor
 
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     assert len(texts) > 8000  # mostly short: Shakespeare paragraphs and Alpaca records
     expected = reference.encode_ordinary_batch(texts)
@@ -168,9 +168,9 @@ def test_both_tokenizers_satisfy_the_tokenizer_protocol(tmp_path):
     """Every member of the protocol is on both classes, and `kind` tells them apart."""
     import typing
 
-    from kgpt2.char_tokenizer import CharTokenizer
-    from kgpt2.tokenizer import Tokenizer as BPETokenizer
-    from kgpt2.tokenizer_protocol import KINDS, Tokenizer
+    from kgpt2.model.char_tokenizer import CharTokenizer
+    from kgpt2.model.tokenizer import Tokenizer as BPETokenizer
+    from kgpt2.model.tokenizer_protocol import KINDS, Tokenizer
 
     texts = ["the cat sat on the mat", "the dog sat on the log"] * 20
     bpe, chars = BPETokenizer.train(texts, vocab_size=280), CharTokenizer.train(texts)
@@ -188,7 +188,7 @@ def test_a_hugging_face_tokenizer_json_is_a_tokenizer_folder(tmp_path, shared_da
     """`--tokenizer` refused a folder holding only tokenizer.json (what transformers 5 saves), which --preset took."""
     from tokenizers import ByteLevelBPETokenizer
 
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     d = shared_data / "gpt2-tokenizer"
     hf = ByteLevelBPETokenizer(str(d / "encoder.json"), str(d / "vocab.bpe"))
@@ -201,7 +201,7 @@ def test_a_hugging_face_tokenizer_json_is_a_tokenizer_folder(tmp_path, shared_da
 
 def test_a_tokenizer_path_without_its_files_lists_every_accepted_pair(tmp_path):
     from kgpt2.errors import UserError
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     (tmp_path / "corpus.jsonl").write_text("{}\n")
     for path, kind in ((tmp_path, "holds no GPT-2 tokenizer files"),
@@ -216,7 +216,7 @@ def test_a_tokenizer_path_without_its_files_lists_every_accepted_pair(tmp_path):
 def test_a_tokenizer_path_that_does_not_exist_says_so(tmp_path, monkeypatch):
     """The recipes name their tokenizer relative to the folder kgpt2 runs in: the message names that folder."""
     from kgpt2.errors import UserError
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=f"^tokenizer folder 'data/tok' does not exist \\(relative to {tmp_path}\\)$"):
@@ -228,8 +228,8 @@ def test_a_tokenizer_path_that_does_not_exist_says_so(tmp_path, monkeypatch):
 def test_a_run_folder_is_a_tokenizer_folder(tmp_path):
     """`kgpt2 prepare --tokenizer checkpoints/quickstart` (the run, not its tokenizer/ inside) was refused as
     holding no tokenizer files; a run's own tokenizer/ comes first, else its preset's."""
-    from kgpt2.char_tokenizer import CharTokenizer
-    from kgpt2.tokenizer import Tokenizer
+    from kgpt2.model.char_tokenizer import CharTokenizer
+    from kgpt2.model.tokenizer import Tokenizer
 
     texts = ["the cat sat on the mat", "the dog sat on the log"] * 20
     bpe, chars = Tokenizer.train(texts, vocab_size=280), CharTokenizer.train(texts)

@@ -5,12 +5,12 @@ the prompt's ids never depend on the response, and the mask is 0 on the
 prompt and 1 on the response and the end-of-text, so the loss is on the
 response only. `prepare` writes these for instruction sources; `kgpt2 align`
 scores its pairs and KTO examples with them. A prompt may be a list of chat
-messages: its ids are then `kgpt2.templates.prompt_ids`' (end-of-text ids at
+messages: its ids are then `kgpt2.generation.templates.prompt_ids`' (end-of-text ids at
 the turn separators), the ids `kgpt2 generate` and `kgpt2 train` use.
 
-    >>> from kgpt2.char_tokenizer import CharTokenizer
+    >>> from kgpt2.model.char_tokenizer import CharTokenizer
     >>> from kgpt2.data.examples import encode_example
-    >>> from kgpt2.templates import format_prompt
+    >>> from kgpt2.generation.templates import format_prompt
     >>> tok = CharTokenizer.train([format_prompt("Name a colour.") + "Blue."])
     >>> ids, mask = encode_example(tok, format_prompt("Name a colour."), "Blue.")
     >>> tok.decode([t for t, m in zip(ids, mask) if m]), int(mask[-1])
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kgpt2.templates import prompt_ids as template_prompt_ids
-from kgpt2.tokenizer_protocol import Tokenizer
+from kgpt2.generation.templates import prompt_ids as template_prompt_ids
+from kgpt2.model.tokenizer_protocol import Tokenizer
 
 
 def encode_example(tokenizer: Tokenizer, prompt: str | list, response: str):

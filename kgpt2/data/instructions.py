@@ -2,7 +2,7 @@
 
 An Alpaca record (instruction, optional input, output) is trained on as
 `format_prompt(instruction, input) + output` followed by end-of-text
-(`kgpt2.templates`). The readers yield `InstructionDocument`s that remember where
+(`kgpt2.generation.templates`). The readers yield `InstructionDocument`s that remember where
 the prompt ends; `kgpt2.data.examples.encode_example` tokenises the prompt
 and the response apart, so the prompt's tokens are exactly the tokens
 `kgpt2 generate --template instruction` feeds the model, and the loss mask
@@ -11,7 +11,7 @@ end-of-text.
 
 Training packs several examples into each window (`data.windows =
 "packed_examples"`, what "auto" picks for these shards): kgpt2.data.packing
-places them, and kgpt2.packed_attention confines each example's attention to
+places them, and kgpt2.model.packed_attention confines each example's attention to
 itself with positions restarting, since keras-hub's GPT2Backbone takes only a
 padding mask. `data.windows = "example"` puts one example per window, padded.
 The padding share is logged by `kgpt2 train` and kept in the stage table.
@@ -39,7 +39,7 @@ from kgpt2.data.documents import Document
 from kgpt2.data.examples import encode_example
 from kgpt2.data.records import json_records, load_hf
 from kgpt2.errors import UserError
-from kgpt2.templates import chat_segments, encode_segments, format_prompt
+from kgpt2.generation.templates import chat_segments, encode_segments, format_prompt
 
 
 @dataclass
@@ -70,7 +70,7 @@ def record_prompt(record: dict, where: str, template: str = "plain") -> str | li
     Chat prompts (a list) are a record's `messages`, a `prompt` that is a
     list of messages (TRL's conversational format), a demo vote cast in the
     chat template, or a raw `prompt` when `template` is "chat": they are the
-    conversation so far, tokenised by `kgpt2.templates.prompt_ids`.
+    conversation so far, tokenised by `kgpt2.generation.templates.prompt_ids`.
     """
     messages = _chat_messages(record, template)
     if messages is not None:
@@ -164,7 +164,7 @@ def read_preferences(src):
 def read_messages(src):
     """Chat records: {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}.
 
-    Rendered with the `chat` template (kgpt2.templates); a conversation with
+    Rendered with the `chat` template (kgpt2.generation.templates); a conversation with
     no assistant turn has nothing to train on and is skipped and counted.
     """
     stem = plain(str(src.path)).stem

@@ -8,7 +8,7 @@ the input token, its segment (1, 2, ... per example; 0 = padding), its
 position within its example (restarting at 0), the target (the next token of
 the same example) and a loss weight (1 only on response targets: no loss on
 prompts, padding, or across an example boundary). An example longer than a
-window is cut, as with one example per window. kgpt2.packed_attention runs
+window is cut, as with one example per window. kgpt2.model.packed_attention runs
 the model over these.
 
     >>> import numpy as np
@@ -197,7 +197,7 @@ class PackedBatches(ResumableBatches):
                 mask = np.ones(n, np.float32) if self.mask is None else np.asarray(self.mask[s:s + n], np.float32)
                 at = _place(arrays, row, at, seg, ids, mask)
         # Rows that only fill the batch are all padding: segment 0, no weight (each padding
-        # position attends only to itself, kgpt2.packed_attention.segment_mask).
+        # position attends only to itself, kgpt2.model.packed_attention.segment_mask).
         return {k: arrays[k] for k in INPUTS}, arrays["targets"], arrays["weights"]
 
     @property

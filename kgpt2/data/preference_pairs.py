@@ -3,7 +3,7 @@
 Pairs are (prompt, chosen, rejected) from JSON/JSONL files or a demo run's
 votes; unpaired examples (TRL's KTO format: `prompt` or `instruction`/`input`,
 `completion`, `label` true/false) feed `align.loss = "kto"`, and a pair gives
-KTO one desirable and one undesirable example. Demo votes (kgpt2.votes) give:
+KTO one desirable and one undesirable example. Demo votes (kgpt2.serving.votes) give:
 "A/B is better" a pair; "both are bad" two undesirable examples; a thumb up
 or down on one answer one example; a tie nothing. The paired losses skip a
 vote's unpaired examples (counted) but refuse a file of KTO records.
@@ -12,7 +12,7 @@ A prompt is text or, for chat data (`messages`, TRL's conversational
 `prompt` list, a vote in the chat template, or `align.template = "chat"`), a
 list of messages; `encode_rows` turns rows of (prompt, response 0,
 response 1) into the [N, 2, T] arrays the policy scores, a chat prompt in the
-ids `kgpt2 train` and `kgpt2 generate` use (kgpt2.templates.prompt_ids).
+ids `kgpt2 train` and `kgpt2 generate` use (kgpt2.generation.templates.prompt_ids).
 
     >>> from kgpt2.data.preference_pairs import unpair
     >>> unpair([{"prompt": "Q", "chosen": "yes", "rejected": "no"}])
@@ -34,7 +34,6 @@ from kgpt2.data.examples import encode_example
 from kgpt2.data.instructions import record_prompt, record_response
 from kgpt2.errors import UserError
 from kgpt2.reports import counted
-
 
 NO_PREFERENCE_FILES = "align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL)"
 
@@ -160,7 +159,7 @@ def _unpaired(rec, where: str, template: str) -> list | None:
     """KTO examples of a record: a completion with a label (TRL's format, a thumb vote), or "both bad"."""
     if not isinstance(rec, dict):
         return None
-    vote = "choice" in rec  # a demo vote (kgpt2.votes)
+    vote = "choice" in rec  # a demo vote (kgpt2.serving.votes)
     if "completion" in rec and "label" in rec:
         if rec["label"] not in (True, False, 0, 1):
             raise UserError(f"{where}: label must be true or false, got {rec['label']!r}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from kgpt2.data.compression import open_bytes, plain
 from kgpt2.data.documents import Document, SourceStats
 from kgpt2.errors import UserError
-from kgpt2.hf_configs import unreachable_hub_host
+from kgpt2.model.hf_configs import unreachable_hub_host
 
 _TABLE_CHUNK_ROWS = 2048
 

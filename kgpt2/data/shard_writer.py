@@ -40,7 +40,7 @@ from kgpt2.data.instructions import InstructionDocument
 from kgpt2.data.shard_folder import FORMAT
 from kgpt2.data.sources import Document
 from kgpt2.errors import UserError
-from kgpt2.tokenizer_protocol import Tokenizer
+from kgpt2.model.tokenizer_protocol import Tokenizer
 
 SPLITS = ("train", "validation", "test")
 

@@ -21,7 +21,7 @@ manifest without touching anything; `content_hash` is a hash of the tokens.
     >>> import tempfile
     >>> from pathlib import Path
     >>> from kgpt2.data.shards import prepare, ShardSet
-    >>> from kgpt2.tokenizer import Tokenizer
+    >>> from kgpt2.model.tokenizer import Tokenizer
     >>> root = Path(tempfile.mkdtemp())
     >>> articles = [f"Article {i}: the assert statement is a debugging aid." for i in range(40)]
     >>> _ = (root / "corpus.txt").write_text("\\n\\n".join(articles))
@@ -44,14 +44,23 @@ from pathlib import Path
 
 import numpy as np
 
-from kgpt2.data.shard_folder import (FORMAT, check_out_folder, clean_leftovers, local_source, os_error_sentence,
-                                     publish, read_manifest, temp_folder, write_manifest)
-from kgpt2.data.shard_writer import assign_split, encoding_pieces, tail_fraction, write_shards  # noqa: F401
 from kgpt2.data.records import unnamed_rows_note
+from kgpt2.data.shard_folder import (
+    FORMAT,
+    check_out_folder,
+    clean_leftovers,
+    local_source,
+    os_error_sentence,
+    publish,
+    read_manifest,
+    temp_folder,
+    write_manifest,
+)
+from kgpt2.data.shard_writer import assign_split, encoding_pieces, tail_fraction, write_shards  # noqa: F401
 from kgpt2.data.sources import Source, open_source
 from kgpt2.errors import UserError
-from kgpt2.tokenizer import usable_cores
-from kgpt2.tokenizer_protocol import Tokenizer
+from kgpt2.model.tokenizer import usable_cores
+from kgpt2.model.tokenizer_protocol import Tokenizer
 
 log = logging.getLogger("kgpt2")
 

@@ -46,7 +46,8 @@ from kgpt2.data.documents import BINARY, NOT_UTF8, UTF16, Document, SourceStats
 from kgpt2.data.instructions import read_alpaca, read_messages, read_preferences
 from kgpt2.data.papers import ABSTRACT_KEYS, BODY_KEYS, read_hf, read_papers, read_sumpubmed
 from kgpt2.data.records import first_record, read_table
-from kgpt2.data.shard_folder import FORMAT as SHARD_FORMAT, MANIFEST, read_manifest
+from kgpt2.data.shard_folder import FORMAT as SHARD_FORMAT
+from kgpt2.data.shard_folder import MANIFEST, read_manifest
 from kgpt2.errors import UserError
 
 CONTENTS = ("body", "abstract", "both")

@@ -21,9 +21,9 @@ Regenerate (about a minute; packages into a throwaway folder, the venv stays as 
 import sys
 from pathlib import Path
 
+import keras_nlp
 import numpy as np
 import tensorflow as tf
-import keras_nlp
 
 out = Path(__file__).resolve().parent
 assert tf.keras.__name__.startswith("tf_keras") or "tf_keras" in tf.keras.__file__, "needs TF_USE_LEGACY_KERAS=1"

@@ -1,0 +1,51 @@
+"""Example prompts for the demo, taken from the run's own held-out data.
+
+For an instruction run, the instructions of its first validation (or test)
+records; otherwise the first words of its first documents there, so the
+examples are the kind of text the model was tuned on, and never text it
+trained on. No shards (moved, deleted): no examples.
+
+    >>> from kgpt2.serving.demo_examples import example_from_text
+    >>> example_from_text("### Instruction:\\nName a colour.\\n\\n### Response:\\nBlue.")
+    'Name a colour.'
+    >>> example_from_text("The assert statement is a debugging aid that tests a condition.", words=3)
+    'The assert statement'
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from kgpt2.data.shards import ShardSet
+from kgpt2.errors import UserError
+from kgpt2.generation.templates import INPUT, INSTRUCTION, RESPONSE
+from kgpt2.model.models import load_tokenizer
+from kgpt2.run import load_run_config
+
+log = logging.getLogger("kgpt2")
+
+
+def example_from_text(text: str, words: int = 6) -> str:
+    if text.startswith(INSTRUCTION):
+        return text[len(INSTRUCTION):].split(INPUT)[0].split(RESPONSE)[0].strip()
+    return " ".join(text.split()[:words])
+
+
+def examples_from_run(run_dir, n: int = 4) -> list[str]:
+    try:
+        cfg = load_run_config(run_dir)
+        shards = ShardSet(Path(cfg.data.shards))
+        split = next(shards.split(s) for s in ("validation", "test", "train") if s in shards.manifest["splits"])
+        tokenizer = load_tokenizer(cfg.model)
+    except (UserError, OSError, StopIteration, KeyError) as e:
+        log.info("demo: no examples from the run's data (%s)", e)
+        return []
+    found = []
+    for i in range(split.num_articles):
+        text = example_from_text(tokenizer.decode(split.article_tokens(i)[:96]))
+        if text and text not in found:
+            found.append(text[:300])
+        if len(found) == n:
+            break
+    return found

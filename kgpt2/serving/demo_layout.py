@@ -1,0 +1,181 @@
+"""The demo page: Gradio Blocks wired to kgpt2.demo's handlers, with one named API endpoint each.
+
+Endpoints (gradio_client, parameter names as in `Demo`'s methods): `/compare`
+(streams both answers, or one with `single`), `/stop`, `/vote_a`, `/vote_b`,
+`/vote_tie`, `/vote_both_bad`, `/thumb_up_a`, `/thumb_down_a`, `/thumb_up_b`,
+`/thumb_down_b`, `/pick_a`, `/pick_b`, `/run_a`, `/run_b`, `/refresh`,
+`/metrics`. Generate and the votes are disabled while answers stream, and an
+answer's vote buttons once it has its vote; single mode hides answer B and
+the pair votes; rows wrap on a phone (390 px).
+
+    >>> from kgpt2.serving.demo_layout import ELEMENT_IDS
+    >>> "stop" in ELEMENT_IDS
+    True
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from kgpt2.generate import SAMPLERS
+from kgpt2.generation.templates import TEMPLATES
+from kgpt2.run import BASE
+from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS
+
+ELEMENT_IDS = ("arena", "single", "run-a", "ckpt-a", "run-b", "ckpt-b", "refresh", "prompt", "input", "generate",
+               "stop", "answer-a", "answer-b", "column-b", "info-a", "info-b", "thumb-up-a", "thumb-down-a",
+               "thumb-up-b", "thumb-down-b", "pair-votes", "status", "summary")
+ICONS = Path(__file__).parent.parent / "assets"  # thumb icons as SVG: no emoji font needed
+
+
+def _busy():
+    """Generate and every vote off, Stop on, while answers stream."""
+    return [gr.Button(interactive=False)] * (5 + len(VOTE_LABELS)) + [gr.Button(interactive=True)]
+
+
+def _idle(demo, match):
+    """Generate on, Stop off, and the votes this match can still take."""
+    return [gr.Button(interactive=True), *_vote_buttons(demo, match), gr.Button(interactive=False)]
+
+
+def _vote_buttons(demo, match):
+    return [gr.Button(interactive=on) for on in demo.voting(match)]
+
+
+def _mode(single: bool):
+    """Single mode: answer B and the pair votes hidden."""
+    return gr.Column(visible=not single), gr.Row(visible=not single)
+
+
+def build(demo) -> gr.Blocks:
+    with gr.Blocks(title="kgpt2 demo") as app:
+        gr.Markdown("## kgpt2 arena: compare two models, or rate one\nSame seed and settings for both. In arena mode the "
+                    "models stay anonymous until you vote. Pick the better answer, or rate each one with its "
+                    "thumbs: votes become DPO pairs and KTO examples (`kgpt2 align`).")
+        ui = SimpleNamespace()
+        _request_panel(demo, ui)
+        _answer_panel(ui)
+        _metrics_panel(ui)
+        _wire(demo, app, ui)
+    return app
+
+
+def _request_panel(demo, ui) -> None:
+    """Mode, pickers, prompt and input, examples, sampling settings."""
+    # allow_custom_value: runs trained after start-up must be accepted (kgpt2 checks every name itself).
+    d, ckpts, runs = demo.defaults, demo.pool.checkpoints(demo.run), demo.pool.runs()
+    picker = dict(allow_custom_value=True, min_width=160)
+    with gr.Row():  # side by side on a desktop, one above the other on a phone
+        with gr.Column(min_width=300):
+            ui.arena = gr.Checkbox(False, label="Arena mode: hide which model is which until the vote",
+                                   elem_id="arena")
+        with gr.Column(min_width=300):
+            ui.single = gr.Checkbox(False, label="Single model: rate one answer, the left model's (arena mode: "
+                                    "either pick, drawn at random)", elem_id="single")
+    with gr.Row():
+        ui.run_a = gr.Dropdown(runs, value=demo.run, label="Left run", elem_id="run-a", **picker)
+        ui.ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", **picker)
+        ui.run_b = gr.Dropdown(runs, value=demo.run, label="Right run", elem_id="run-b", **picker)
+        ui.ckpt_b = gr.Dropdown(ckpts, value=demo.latest, label="Right model", elem_id="ckpt-b", **picker)
+        ui.refresh = gr.Button("Refresh runs", elem_id="refresh", min_width=120, scale=0)
+    ui.prompt = gr.Textbox(label=f"Prompt (at most {demo.context()}-token context, {demo.max_prompt_chars} characters)",
+                           lines=3, placeholder="The assert statement", elem_id="prompt")
+    ui.input_text = gr.Textbox(label="Input (instruction template only: the record's context)", lines=1,
+                               elem_id="input")
+    examples = demo.examples()
+    if examples:
+        gr.Examples([[e] for e in examples], inputs=[ui.prompt], label="Examples from the run's held-out data")
+    with gr.Accordion("Sampling", open=False):
+        with gr.Row():
+            ui.sampler = gr.Dropdown(list(SAMPLERS), value=d.sampler, label="Sampler", min_width=110)
+            ui.template = gr.Radio(list(TEMPLATES), value=d.template, label="Template", min_width=180)
+            ui.temperature = gr.Slider(0.05, 2.0, value=d.temperature, step=0.05, label="Temperature", min_width=160)
+            ui.top_k = gr.Slider(1, 200, value=d.top_k, step=1, label="Top-k", min_width=160)
+            ui.top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.01, label="Top-p", min_width=160)
+            ui.num_beams = gr.Slider(1, 8, value=d.num_beams, step=1, label="Beams (beam sampler)", min_width=160)
+            ui.max_new = gr.Slider(1, demo.max_new_tokens(), step=1, label="Max new tokens (the model's limit)",
+                                   value=min(d.max_new_tokens or d.max_length, demo.max_new_tokens()), min_width=160)
+            ui.seed = gr.Number(d.seed, precision=0, minimum=0, maximum=2**31 - 1, label="Seed", min_width=90)
+
+
+def _answer_panel(ui) -> None:
+    """Generate / Stop, the answers with their model lines and thumbs, the pair votes, the status."""
+    with gr.Row():
+        ui.generate = gr.Button("Generate", variant="primary", elem_id="generate", min_width=120)
+        ui.stop = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False, min_width=120)
+    ui.answers, ui.infos, ui.thumbs, ui.columns = {}, {}, {}, {}
+    with gr.Row():
+        for side in ("a", "b"):
+            with gr.Column(min_width=300, elem_id=f"column-{side}") as ui.columns[side]:
+                ui.answers[side] = gr.Textbox(label=f"Model {side.upper()}", lines=8, interactive=False,
+                                              buttons=["copy"], elem_id=f"answer-{side}")
+                ui.infos[side] = gr.Markdown(label=f"Model {side.upper()} info", elem_id=f"info-{side}")
+                with gr.Row():
+                    for rating, label in RATING_LABELS.items():
+                        ui.thumbs[side, rating] = gr.Button(
+                            label, icon=ICONS / f"thumb-{rating}.svg", size="md", min_width=110,
+                            elem_id=f"thumb-{rating}-{side}")
+    with gr.Row(elem_id="pair-votes") as ui.pair_votes:
+        ui.votes = {c: gr.Button(label, elem_id=f"vote-{c.replace('_', '-')}", min_width=120)
+                    for c, label in VOTE_LABELS.items()}
+    ui.status = gr.Markdown(label="Status", elem_id="status")
+    ui.match = gr.State(None)  # the shown comparison: what a vote records
+
+
+def _metrics_panel(ui) -> None:
+    with gr.Accordion("Run metrics (left run)", open=True):
+        ui.summary = gr.Markdown(label="Summary", elem_id="summary")
+        stages = gr.Dataframe(label="Validation after each stage (stages.csv)", interactive=False)
+        evaluation = gr.Dataframe(label="Evaluation (evaluation-<split>.csv)", interactive=False)
+        plots = []
+        with gr.Row():
+            for caption in ("Training plot", "Evaluation plot"):
+                with gr.Column(min_width=300):
+                    # A caption above, no label or toolbar on the image: they covered the plot's title.
+                    gr.Markdown(f"**{caption}**")
+                    plots.append(gr.Image(type="pil", label=caption, interactive=False, show_label=False,
+                                          buttons=[], container=False))
+    ui.metric_outputs = [ui.summary, stages, evaluation, *plots]
+
+
+def _wire(demo, app, ui) -> None:
+    """Events: each one a client may call is named; the page's own helpers are private."""
+    vote_buttons = [*ui.thumbs.values(), *ui.votes.values()]  # the order of Demo.voting
+    controls = [ui.generate, *vote_buttons, ui.stop]
+    shown = [ui.answers["a"], ui.answers["b"], ui.status, ui.infos["a"], ui.infos["b"], ui.match]
+    inputs = [ui.run_a, ui.ckpt_a, ui.run_b, ui.ckpt_b, ui.arena, ui.prompt, ui.input_text, ui.template, ui.sampler,
+              ui.temperature, ui.top_k, ui.top_p, ui.num_beams, ui.max_new, ui.seed, ui.single]
+    private = dict(api_visibility="private", queue=False)
+    gr.on([ui.generate.click, ui.prompt.submit], _busy, None, controls, api_name="busy", **private).then(
+        demo.compare, inputs, shown, api_name="compare", concurrency_limit=None).then(
+        partial(_idle, demo), [ui.match], controls, api_name="idle", **private)
+    # No output: the answers' own last update says "Stopped"; a reply of Stop's that reached the page after it
+    # (a loaded server) would leave a stale "Stopping" there for good.
+    ui.stop.click(demo.stop, None, None, api_name="stop", queue=False)
+    voted = [ui.status, ui.infos["a"], ui.infos["b"], ui.summary, ui.match]
+    for choice, button in ui.votes.items():
+        button.click(partial(demo.vote, choice=choice), [ui.match], voted, api_name=f"vote_{choice}").then(
+            partial(_vote_buttons, demo), [ui.match], vote_buttons, api_name=f"voted_{choice}", **private)
+    for (side, rating), button in ui.thumbs.items():
+        button.click(partial(demo.rate, side=side, rating=rating), [ui.match], voted,
+                     api_name=f"thumb_{rating}_{side}").then(
+            partial(_vote_buttons, demo), [ui.match], vote_buttons, api_name=f"rated_{rating}_{side}", **private)
+    for side, run, ckpt in (("a", ui.run_a, ui.ckpt_a), ("b", ui.run_b, ui.ckpt_b)):
+        ckpt.input(partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"pick_{side}")
+        run.input(demo.run_changed, [run], [ckpt, ui.max_new], api_name=f"run_{side}").then(
+            partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"run_{side}_picked", **private)
+    ui.run_a.input(demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics_of_picked_run",
+                   api_visibility="private")
+    ui.arena.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="mode_changed",
+                   api_visibility="private")
+    ui.single.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="single_changed",
+                    api_visibility="private").then(_mode, [ui.single], [ui.columns["b"], ui.pair_votes],
+                                                   api_name="single_layout", **private)
+    pickers = [ui.run_a, ui.ckpt_a, ui.run_b, ui.ckpt_b]
+    ui.refresh.click(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh")
+    app.load(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh_on_load", api_visibility="private").then(
+        demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics")

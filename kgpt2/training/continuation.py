@@ -1,0 +1,182 @@
+"""What a run may resume or continue from: its checkpoint checked against the config, and where the plan goes.
+
+`kgpt2 train` on a run that has checkpoints resumes it, or (with another
+plan: more stages, more epochs, new shards) continues it (kgpt2.train). What
+the checkpoints depend on (model shape, tokenizer, LoRA, batch size) may not
+change; `place_plan` decides whether the new plan's stages run in place (the
+same stages so far) or after the finished ones, numbered on from them, and
+`plan_left` whether a finished run has anything left to train (more epochs
+reopen a finished one-stage run).
+`train.init_from` starts a new run from another run's checkpoint instead
+(`init_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shlex
+from pathlib import Path
+
+from kgpt2.config import NOT_IN_WEIGHTS, SIGNATURE_KEYS, Config
+from kgpt2.data.stage_plan import StagePlan
+from kgpt2.errors import UserError
+from kgpt2.run import Run
+from kgpt2.run_config import split_checkpoint
+from kgpt2.training.checkpoints import Checkpoint
+
+log = logging.getLogger("kgpt2")
+
+# What a run that cannot go on as asked can do instead (`kgpt2 train --run` takes no new name itself).
+NEW_RUN = "start a new run from its weights instead (run=NEW_NAME train.init_from='{run}')"
+
+
+def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_path) -> tuple[int, int, StagePlan]:
+    """(stage_offset, step_offset, stages): this plan in place on the checkpoint `state`, or after its finished stages.
+
+    `plan_spec` is the config's train.stages, `shards_hash` its shards' content hash.
+    """
+    stage_offset, step_offset = state.get("stage_offset", 0), state.get("step_offset", 0)
+    old_ends, ends = state.get("stage_ends"), [s.end for s in stages]
+    same_shards = state.get("shards") == shards_hash
+    done = state["stage"] - stage_offset + (0 if state.get("stage_end") else 1)  # plan stages begun
+    if same_shards and (old_ends is None or old_ends[:done] == ends[:done]):
+        pass  # the same stages so far: epochs, max_steps or stages after them may change
+    elif same_shards and state.get("stages") == plan_spec:
+        # the config is unchanged, yet the plan resolves otherwise (an older kgpt2 scaled it differently)
+        raise UserError(f"cannot resume run '{run_path}': its stages ended at articles {old_ends}, "
+                        f"this plan at {ends}; {NEW_RUN.format(run=run_path)}")
+    elif not state.get("stage_end") and not same_shards:  # re-prepared in place, or another set named
+        raise UserError(f"run '{run_path}' stopped in the middle of stage {state['stage'] + 1} on other articles than "
+                        f"data.shards holds now (the set was prepared again, or another one is named): finish the "
+                        f"stage on the shards it was trained on (data.shards=THEM), then continue on these; or "
+                        f"{NEW_RUN.format(run=run_path)}")
+    elif not state.get("stage_end"):
+        raise UserError(f"cannot change the stages of run '{run_path}' in the middle of stage {state['stage'] + 1}: "
+                        f"resume it with its own train.stages to the stage end first, then continue")
+    else:  # new shards, or another plan: its stages run after the finished ones
+        stage_offset, step_offset = state["stage"], state["step"]
+        if not same_shards:  # also a set prepared again at the same path, which no config change shows
+            log.warning("data.shards holds other articles than run %s trained on so far: this plan's stages run "
+                        "after its %d finished ones, on them", run_path, stage_offset)
+    if stage_offset:
+        stages = StagePlan([dataclasses.replace(s, index=s.index + stage_offset) for s in stages], stages.why)
+    return stage_offset, step_offset, stages
+
+
+def plan_left(state: dict, stages: StagePlan, stage_offset: int, total_steps: int, epochs: int, run_path,
+              changed: dict | None = None) -> str:
+    """What this plan leaves to train on the run at checkpoint `state` (of `total_steps`, train.epochs `epochs`).
+
+    `changed`: {key: [old, new]} of this call's settings against the run's (run_config.continuation_record);
+    the refusal's command repeats them, so a user who pasted it keeps every override they gave.
+
+    "train": a new run, one in a stage, or one with stages left; "nothing": a finished run whose plan did not
+    grow; "reopen": a finished one-stage run whose plan grew (train.epochs, train.max_steps) trains its stage on.
+    A run of several finished stages whose plan grew is refused: more epochs for its last stage alone would
+    leave the earlier ones with fewer.
+    """
+    if not state.get("stage_end") or state["stage"] - stage_offset < len(stages):
+        return "train"
+    if total_steps <= state["step"]:
+        log.info("run %s has trained its plan to step %d: nothing more to train (more train.epochs, a longer "
+                 "train.max_steps or another stage in train.stages would train on)", run_path, state["step"])
+        return "nothing"
+    if len(stages) > 1:
+        path = Path(run_path)
+        raise UserError(f"run '{path}' has finished its {len(stages)} stages, and only a run of one stage takes "
+                        f"more train.epochs; to train it for {epochs} more, start a new run from its weights: "
+                        f"kgpt2 train --config {shlex.quote(str(path / 'config.json'))} "
+                        f"run={shlex.quote(path.name + '-more')} train.init_from={shlex.quote(str(path))} "
+                        f"train.epochs={epochs}{_overrides(changed or {})}")
+    return "reopen"
+
+
+def _overrides(changed: dict) -> str:
+    """ key=value ... for the command line (TOML values, shell-quoted), train.epochs and init_from left to the caller."""
+    skip = {"train.epochs", "train.init_from"}
+    return "".join(" " + shlex.quote(f"{key}={json.dumps(new)}") for key, (_, new) in changed.items()
+                   if key not in skip and new is not None)
+
+
+def differences(old: dict, new: dict) -> str:
+    """What differs between two model signatures, by config key (None: not set there).
+
+    >>> differences({"lora": False, "sequence_length": 32}, {"lora": True, "lora_rank": 8, "sequence_length": 32})
+    'lora.enabled: False -> True; lora.rank: None -> 8'
+    """
+    return "; ".join(f"{SIGNATURE_KEYS.get(k, k)}: {old.get(k)!r} -> {new.get(k)!r}"
+                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
+    """What a run's checkpoints depend on may not change when it resumes or continues; the message names the field."""
+    old = dict(state.get("signature", {}))
+    if _same_preset_path(old.get("preset"), cfg):  # written as the working directory saw it, by an older kgpt2
+        old["preset"] = cfg.model_signature()["preset"]
+    diffs = differences(old, cfg.model_signature())
+    if diffs:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({diffs}); "
+                        "train a new run with them instead (run=NEW_NAME)")
+    if state.get("tokenizer", tokenizer.hash) != tokenizer.hash:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': model.tokenizer is another tokenizer than the run's; "
+                        "prepare new shards with the run's tokenizer instead")
+    windows = state.get("windows", cfg.data.windows)  # the batches a checkpoint's cursor counts
+    if windows != cfg.data.windows and not state.get("stage_end"):
+        raise UserError(f"cannot change data.windows of run '{cfg.run_dir}' in the middle of stage {state['stage'] + 1} "
+                        f"({windows!r} -> {cfg.data.windows!r}): resume it with data.windows={windows} to the stage "
+                        "end first, then continue")
+    if state.get("batch_size") != cfg.train.batch_size:
+        raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (train.batch_size: "
+                        f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); {NEW_RUN.format(run=cfg.run_dir)}")
+
+
+def _same_preset_path(old, cfg: Config) -> bool:
+    return bool(old) and Path(old).is_dir() and Path(old).resolve() == Path(cfg.model.preset).resolve()
+
+
+def init_checkpoint(cfg: Config) -> Checkpoint | None:
+    """`train.init_from = "RUN_DIR[:CHECKPOINT]"`: that checkpoint, checked against this config's model."""
+    if not cfg.train.init_from:
+        return None
+    run_dir, checkpoint = split_checkpoint(cfg.train.init_from)
+    source = Run(run_dir)
+    if not source.exists():
+        raise UserError(f"train.init_from: '{run_dir}' is not a kgpt2 run directory (no config.json)")
+    ckpt = source.checkpoint(checkpoint.lstrip(":") or "latest")
+    old, new = ckpt.state.get("signature", {}), cfg.model_signature(weights_only=True)
+    diffs = differences({k: v for k, v in old.items() if k not in NOT_IN_WEIGHTS}, new)
+    if diffs:
+        raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
+    return ckpt
+
+
+def check_epochs(epochs: int, state: dict, stage_offset: int, plan_length: int, run_path) -> None:
+    """A train.epochs below what the stage in place has trained (in the middle of it, or a plan all trained) would
+    train nothing, and, once in config.json, would be the epochs of every stage the run is given later."""
+    if stage_offset != state.get("stage_offset", 0):
+        return  # this plan's stages run after the finished ones, with these epochs: nothing is cut short
+    stage = state["stage"] + (0 if state.get("stage_end") else 1)
+    if not state.get("stage_end"):
+        trained = state.get("epoch", 0) + (1 if state.get("batch") else 0)
+        where = f"is in epoch {trained} of stage {stage}"
+    elif state["stage"] - stage_offset >= plan_length:  # a plan all trained; before that, later stages may be shorter
+        trained = state.get("epochs", 0)
+        where = f"trained stage {stage} for {trained} epochs"
+    else:
+        return
+    if epochs < trained:
+        more = (f"of {trained} or more" if not state.get("stage_end")
+                else f"above {trained} (train.epochs={trained + 1}: one more pass)" if plan_length == 1
+                else f"of {trained} (fewer apply to a new stage: 'train.stages=[\"rest\"]' train.epochs={epochs})")
+        raise UserError(f"train.epochs is {epochs}, but run '{run_path}' {where} already: nothing would train; "
+                        f"give train.epochs {more}")
+
+
+def check_max_steps(cfg: Config, step: int, run_path) -> None:
+    """A train.max_steps below the step a run has reached would train nothing, and, once in its config.json,
+    keep it from training on whatever else it is given."""
+    if 0 < cfg.train.max_steps < step:
+        raise UserError(f"train.max_steps is {cfg.train.max_steps:,}, but run '{run_path}' is at step {step:,} "
+                        f"already: nothing would train; give a train.max_steps above {step:,} (or 0: the whole plan)")

@@ -1,0 +1,71 @@
+"""What `kgpt2 train` checks before any work, and its `--dry-run`.
+
+`check_inputs` is every check of a config's inputs a user can get wrong
+(data.shards unset or moved, a sequence longer than the model attends to,
+shards made with another tokenizer); the trainer's `setup` and `--dry-run`
+both call it, so a dry run approves only what the real run would start.
+
+    >>> from kgpt2.config import load_config
+    >>> check_inputs(load_config(None))
+    Traceback (most recent call last):
+    kgpt2.errors.UserError: data.shards is not set: run `kgpt2 prepare` and point data.shards at its output
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+from kgpt2.config import Config
+from kgpt2.data.shards import ShardSet
+from kgpt2.errors import NoNetworkError, UserError
+from kgpt2.model.models import check_sequence_length, load_tokenizer
+from kgpt2.run import Run
+from kgpt2.training.continuation import check_max_steps, check_resumable
+from kgpt2.training.training_data import describe_plan, resolve_windows
+
+log = logging.getLogger("kgpt2")
+
+
+def check_inputs(cfg: Config, offline: bool = False) -> tuple[Config, object, ShardSet]:
+    """(config with data.windows resolved, tokenizer, shards), or the sentence for what a user got wrong in them:
+    the checks `kgpt2 train` and its `--dry-run` both make before any work. `offline`: a preset's tokenizer that
+    cannot be had (no network) is a warning and None, the shards not checked against it (a dry run before the
+    download still shows its plan)."""
+    if not cfg.data.shards:
+        if cfg.align.data:  # the dpo recipe, say, given to train
+            raise UserError("this is an alignment config (it sets align.data, not data.shards): run `kgpt2 "
+                            "align` with it")
+        raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
+    if cfg.model.quantize and not cfg.lora.enabled:
+        raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
+    check_sequence_length(cfg)
+    try:
+        tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
+    except NoNetworkError as e:
+        if not offline:
+            raise
+        log.warning("the shards are not checked against the model's tokenizer: %s", e)
+        tokenizer = None
+    if not Path(cfg.data.shards).exists() and Run.of(cfg).exists():  # a run whose shards moved: say where to point
+        raise UserError(f"the shards run '{cfg.run_dir}' trains on, '{cfg.data.shards}', are not there any more "
+                        f"(moved or deleted): give their new place, kgpt2 train --run {shlex.quote(str(cfg.run_dir))} "
+                        "data.shards=NEW_PLACE")
+    shards = ShardSet(cfg.data.shards)
+    if tokenizer is not None:
+        shards.check_tokenizer(tokenizer)
+    return resolve_windows(cfg, shards.manifest), tokenizer, shards  # windows "auto" -> what config.json names
+
+
+def dry_run_plan(cfg: Config):
+    """`kgpt2 train --dry-run`: the stage plan, after the checks the real run makes before any work (the
+    inputs, and what a run with checkpoints may resume or continue with)."""
+    cfg, tokenizer, _ = check_inputs(cfg, offline=True)
+    run = Run.of(cfg)
+    newest = run.checkpoints(cfg.train.keep_last).latest() if run.exists() else None
+    if newest is not None:
+        if tokenizer is not None:
+            check_resumable(newest.state, cfg, tokenizer)
+        check_max_steps(cfg, newest.step, run.path)
+    return describe_plan(cfg)

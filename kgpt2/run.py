@@ -149,26 +149,28 @@ class Run:
         self.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.config_path, continuation)
 
-    def adopt(self, cfg: Config) -> Config:
+    def adopt(self, cfg: Config, copy: bool = True) -> Config:
         """`cfg` with a local preset and tokenizer from outside the run copied into it.
 
         The whole preset is copied, weights included: a LoRA run's checkpoints
         hold only the adapters, so the base weights are part of the run. A
         copy (not a link) so that rewriting the original never changes the run.
+        `copy=False` (a dry run) writes nothing: only a copy already in the run is taken.
         """
         model = cfg.model
         if model.preset != "scratch" and Path(model.preset).expanduser().is_dir():
-            model = replace(model, preset=self._copy_in(Path(model.preset).expanduser(), self.preset_dir))
+            model = replace(model, preset=self._copy_in(Path(model.preset).expanduser(), self.preset_dir, copy))
         if model.tokenizer and Path(model.tokenizer).expanduser().is_dir():
-            model = replace(model, tokenizer=self._copy_in(Path(model.tokenizer).expanduser(), self.tokenizer_dir))
+            tokenizer = self._copy_in(Path(model.tokenizer).expanduser(), self.tokenizer_dir, copy)
+            model = replace(model, tokenizer=tokenizer)
         return replace(cfg, model=model)
 
-    def _copy_in(self, source: Path, target: Path) -> str:
+    def _copy_in(self, source: Path, target: Path, copy: bool = True) -> str:
         """`target` once it holds a copy of `source` (made now if absent); `source` where another copy is there."""
         if source.resolve() == target.resolve() or self.path.resolve() in source.resolve().parents:
             return str(source)
-        if target.exists():
-            return str(target) if same_files(source, target) else str(source)
+        if target.exists() or not copy:
+            return str(target) if target.exists() and same_files(source, target) else str(source)
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=self.path)) / "copy"
         try:

@@ -57,7 +57,7 @@ from kgpt2.data.shards import empty_splits_note
 from kgpt2.data.stage_plan import plan_stages
 from kgpt2.errors import UserError, is_out_of_memory, os_error_sentence, out_of_memory_sentence
 from kgpt2.lock import RunLock
-from kgpt2.model import memory
+from kgpt2.model import memory  # memory: read at call time, a test stands in for the device's memory
 from kgpt2.model.models import build_causal_lm, count_params
 from kgpt2.model.packed_attention import for_windows
 from kgpt2.model.scratch import resolve_scratch
@@ -65,14 +65,7 @@ from kgpt2.reports import counted
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record
 from kgpt2.training.checkpoints import Checkpoint, CheckpointManager, fault_point
-from kgpt2.training.continuation import (
-    check_epochs,
-    check_max_steps,
-    check_resumable,
-    init_checkpoint,
-    place_plan,
-    plan_left,
-)
+from kgpt2.training.continuation import check_max_steps, check_resumable, init_checkpoint, placed_plan, plan_left
 from kgpt2.training.cursor import Cursor
 from kgpt2.training.devices import dtype_policy, resolve_device
 from kgpt2.training.distribution import is_writer, plan_distribution, process_count, start_processes
@@ -210,12 +203,11 @@ class Trainer:
 
     def _place_plan(self, state: dict) -> None:
         """Where this config's plan goes on a run that has checkpoints: in place, or after its finished stages."""
-        self.stage_offset, self.step_offset, self.stages = place_plan(
-            state, self.stages, self.cfg.train.stages, self.shards.manifest["content_hash"], self.run.path)
-        check_epochs(self.cfg.train.epochs, state, self.stage_offset, len(self.stages), self.run.path)
+        self.stage_offset, self.step_offset, self.stages = placed_plan(
+            state, self.cfg, self.stages, self.shards.manifest["content_hash"], self.run.path)
 
     def _reopen_finished_stage(self, changed: dict | None) -> Cursor | None:
-        """Where a finished one-stage run trains on when its plan grew (kgpt2.training.continuation.plan_left); else None."""
+        """Where a finished one-stage run trains on when its plan grew (continuation.plan_left); else None."""
         state = self.latest.state if self.latest is not None else {}
         left = plan_left(state, self.stages, self.stage_offset, self.total_steps, self.cfg.train.epochs, self.run.path,
                          changed)

@@ -205,7 +205,7 @@ def test_a_run_whose_shards_moved_changed_or_max_steps_fell_says_what_to_do(tmp_
     """A finished run: its shards moved (the sentence said "run `kgpt2 prepare` first" about a folder that is
     gone), prepared again in place (it trained on the new articles without a word), a train.max_steps below its
     step (accepted, written into config.json, and from then on nothing trained); `--dry-run` approved a
-    batch size the real run refuses."""
+    batch size or fewer epochs than the run trained, which the real run refuses."""
     import shutil
 
     from kgpt2.data.shards import prepare
@@ -215,14 +215,16 @@ def test_a_run_whose_shards_moved_changed_or_max_steps_fell_says_what_to_do(tmp_
 
     shards = tmp_path / "shards"
     shutil.copytree(pydoc_shards, shards)
-    config = lambda *o: make_tiny_config(tmp_path, tiny_preset, shards, "run=r", "train.stages=[3]", *o)  # noqa: E731
+    config = lambda *o: make_tiny_config(tmp_path, tiny_preset, shards, "run=r", "train.stages=[3]", "train.epochs=2",
+                                              *o)  # noqa: E731
     step = train(config(), verbose=0).global_step
     saved = (tmp_path / "r" / "config.json").read_text()
     with pytest.raises(UserError, match=rf"^train\.max_steps is 1, but run '.*r' is at step {step} already: nothing "
                                         rf"would train; give a train\.max_steps above {step} \(or 0: the whole plan\)$"):
         train(config("train.max_steps=1"), verbose=0)
-    for refused in ("train.max_steps=1", "train.batch_size=3"):
-        with pytest.raises(UserError):
+    for refused, sentence in (("train.max_steps=1", "train.max_steps is 1"), ("train.batch_size=3", "batch"),
+                              ("train.epochs=1", "train.epochs is 1, but run")):  # the dry run missed this one
+        with pytest.raises(UserError, match=sentence):
             dry_run_plan(config(refused))
     assert (tmp_path / "r" / "config.json").read_text() == saved
     shards.rename(tmp_path / "moved")

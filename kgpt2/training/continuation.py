@@ -174,6 +174,14 @@ def check_epochs(epochs: int, state: dict, stage_offset: int, plan_length: int, 
                         f"give train.epochs {more}")
 
 
+def placed_plan(state: dict, cfg: Config, stages: StagePlan, shards_hash: str, run_path) -> tuple[int, int, StagePlan]:
+    """`place_plan`, then `check_epochs` on where it put the plan: what the trainer and `--dry-run` both check
+    of a config's plan against the run's newest checkpoint."""
+    stage_offset, step_offset, placed = place_plan(state, stages, cfg.train.stages, shards_hash, run_path)
+    check_epochs(cfg.train.epochs, state, stage_offset, len(placed), run_path)
+    return stage_offset, step_offset, placed
+
+
 def check_max_steps(cfg: Config, step: int, run_path) -> None:
     """A train.max_steps below the step a run has reached would train nothing, and, once in its config.json,
     keep it from training on whatever else it is given."""

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from kgpt2.config import Config
 from kgpt2.data.shards import ShardSet
+from kgpt2.data.stage_plan import plan_stages
 from kgpt2.errors import NoNetworkError, UserError
 from kgpt2.model.models import check_sequence_length, load_tokenizer
 from kgpt2.run import Run
-from kgpt2.training.continuation import check_max_steps, check_resumable
+from kgpt2.training.continuation import check_max_steps, check_resumable, placed_plan
 from kgpt2.training.training_data import describe_plan, resolve_windows
 
 log = logging.getLogger("kgpt2")
@@ -61,11 +62,14 @@ def check_inputs(cfg: Config, offline: bool = False) -> tuple[Config, object, Sh
 def dry_run_plan(cfg: Config):
     """`kgpt2 train --dry-run`: the stage plan, after the checks the real run makes before any work (the
     inputs, and what a run with checkpoints may resume or continue with)."""
-    cfg, tokenizer, _ = check_inputs(cfg, offline=True)
+    cfg, tokenizer, shards = check_inputs(cfg, offline=True)
     run = Run.of(cfg)
     newest = run.checkpoints(cfg.train.keep_last).latest() if run.exists() else None
     if newest is not None:
+        cfg = run.adopt(cfg, copy=False)  # the run's own copy of a local preset, as the real run compares with
         if tokenizer is not None:
             check_resumable(newest.state, cfg, tokenizer)
+        stages = plan_stages(cfg.train.stages, shards.split("train").num_articles, cfg.train.oversize)
+        placed_plan(newest.state, cfg, stages, shards.manifest["content_hash"], run.path)
         check_max_steps(cfg, newest.step, run.path)
     return describe_plan(cfg)

@@ -182,7 +182,8 @@ def _evaluate(p):
     p.add_argument("--shards", help="the run's shard directory, where a moved run no longer finds it")
 
     def run(a):
-        from kgpt2.evaluate import EvaluationNotSaved, evaluate_run, format_table
+        from kgpt2.evaluate import evaluate_run
+        from kgpt2.evaluation_table import EvaluationNotSaved, format_table
 
         try:
             rows = evaluate_run(a.run, a.checkpoint, a.split, compare_base=a.compare == "base",
@@ -307,7 +308,7 @@ def _quickstart(p):
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
     def run(a):
-        from kgpt2.evaluate import format_table
+        from kgpt2.evaluation_table import format_table
         from kgpt2.quickstart import quickstart
 
         r = quickstart(a.checkpoints_root, a.overrides)

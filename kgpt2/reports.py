@@ -2,7 +2,7 @@
 
 Kept apart from `kgpt2.cli` (argparse only) so the wording of results is in
 one place and testable without running a command; the verbs' own tables
-(`kgpt2.evaluate.format_table`, `kgpt2.pretrain.format_summary`) stay with
+(`kgpt2.evaluation_table.format_table`, `kgpt2.pretrain.format_summary`) stay with
 the verbs whose results they show.
 
     >>> from kgpt2.reports import recipe_list

@@ -78,7 +78,8 @@ def test_evaluate_matches_numpy_on_the_models_logits(tiny_run):
 
 
 def test_evaluate_is_deterministic_and_saves_the_table(tiny_run):
-    from kgpt2.evaluate import evaluate_run, format_table
+    from kgpt2.evaluate import evaluate_run
+    from kgpt2.evaluation_table import format_table
 
     first = evaluate_run(tiny_run, "all", split="validation", compare_base=True, max_batches=2)
     again = evaluate_run(tiny_run, "all", split="validation", compare_base=True, max_batches=2)
@@ -143,7 +144,7 @@ def test_two_evaluations_at_once_both_keep_their_rows(tiny_run, tmp_path, monkey
     import threading
     import time
 
-    from kgpt2 import evaluate
+    from kgpt2 import evaluate, evaluation_table
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -151,7 +152,7 @@ def test_two_evaluations_at_once_both_keep_their_rows(tiny_run, tmp_path, monkey
     latest = evaluate.evaluate_run(run, "latest", split="validation", max_batches=1, save=False)
     for f in run.glob("evaluation-*"):
         f.unlink()
-    merge, both_read = evaluate.merge_saved_rows, threading.Barrier(2, timeout=2)
+    merge, both_read = evaluation_table.merge_saved_rows, threading.Barrier(2, timeout=2)
 
     def slow_merge(saved, rows):  # widens the window between reading the table and writing it
         merged = merge(saved, rows)
@@ -162,8 +163,9 @@ def test_two_evaluations_at_once_both_keep_their_rows(tiny_run, tmp_path, monkey
         time.sleep(0.1)
         return merged
 
-    monkeypatch.setattr(evaluate, "merge_saved_rows", slow_merge)
-    threads = [threading.Thread(target=evaluate._save, args=(run, rows, lambda r=rows: evaluate.save_table(
+    monkeypatch.setattr(evaluation_table, "merge_saved_rows", slow_merge)
+    save = evaluation_table.save_evaluation
+    threads = [threading.Thread(target=save, args=(run, rows, lambda r=rows: evaluation_table.save_table(
         run, r, "validation"))) for rows in (base, latest)]
     for t in threads:
         t.start()
@@ -179,7 +181,8 @@ def test_a_disk_full_between_the_json_and_the_csv_keeps_both_old(tiny_run, tmp_p
     import shutil
 
     from kgpt2 import io
-    from kgpt2.evaluate import EvaluationNotSaved, evaluate_run
+    from kgpt2.evaluate import evaluate_run
+    from kgpt2.evaluation_table import EvaluationNotSaved
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

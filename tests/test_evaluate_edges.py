@@ -53,7 +53,8 @@ def test_rows_on_other_batches_leave_the_table_with_a_line_and_come_back(run, kg
     import errno
 
     from kgpt2 import io
-    from kgpt2.evaluate import EvaluationNotSaved, evaluate_run
+    from kgpt2.evaluate import evaluate_run
+    from kgpt2.evaluation_table import EvaluationNotSaved
 
     table, earlier = run / "evaluation-validation.json", run / "evaluation-validation.earlier.json"
     full = evaluate_run(run, "all", split="validation", compare_base=True, max_batches=2)
@@ -121,3 +122,24 @@ def test_a_damaged_optimizer_state_does_not_stop_evaluation(run, tiny_run, caplo
     _truncate(first.path / "weights.npz")  # the weights themselves: refused, however it is asked for
     with pytest.raises(UserError, match=f"{first.id} is damaged \\(weights.npz is 100 bytes"):
         evaluate_run(run, "stage-1", split="validation", max_batches=1, save=False)
+
+
+def test_a_disk_that_fills_before_the_plot_keeps_the_table_and_says_so(run, monkeypatch, caplog):
+    """The .json and .csv were written, then the PNG's write failed, and the evaluation said it was not saved."""
+    import errno
+    import os
+
+    from kgpt2 import evaluation_table
+    from kgpt2.evaluate import evaluate_run
+
+    def disk_full(fig, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(evaluation_table, "save_figure", disk_full)
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        rows = evaluate_run(run, "latest", split="validation", max_batches=1)
+    saved = json.loads((run / "evaluation-validation.json").read_text())
+    assert [r["model"] for r in saved] == [r["model"] for r in rows] and len(rows) == 1
+    assert (run / "evaluation-validation.csv").is_file() and not (run / "evaluation-validation.png").exists()
+    assert "saving the evaluation plot failed at" in caplog.text and "the disk is full" in caplog.text
+    assert "the table (evaluation-validation.json, .csv) was saved" in caplog.text

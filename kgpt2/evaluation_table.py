@@ -1,0 +1,216 @@
+"""The evaluation tables a run keeps: evaluation-<split>.json/.csv and a PNG per split, merged across calls.
+
+`kgpt2 evaluate` scores models (kgpt2.evaluate); this module keeps what it scored. One table compares models
+scored on the same data (shards, split, token count): a later call adds its rows to the saved ones, and rows
+scored on other data are set aside in evaluation-<split>.earlier.json until that data is scored again. Every
+write holds the run's table lock and is atomic (a full disk leaves the old table whole).
+
+    >>> from kgpt2.evaluation_table import format_table
+    >>> print(format_table([{"model": "base", "loss": 2.0, "accuracy": 0.25, "perplexity": 7.389}]))
+    model   loss  accuracy  perplexity
+     base 2.0000    0.2500      7.3890
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from kgpt2.errors import UserError, os_error_sentence
+from kgpt2.io import atomic_write_files, save_figure
+from kgpt2.lock import tables_lock
+from kgpt2.run import BASE, Run
+
+log = logging.getLogger("kgpt2")
+
+
+class EvaluationNotSaved(UserError):
+    """The checkpoints were scored but the run folder refused the table (read-only, full): `rows` holds the scores."""
+
+    def __init__(self, message: str, rows: list[dict]):
+        super().__init__(message)
+        self.rows = rows
+
+
+def save_evaluation(run_dir, rows: list[dict], write) -> list[dict]:
+    """`write()` the evaluation files under the run's table lock (returns the table it saved, and says which
+    earlier rows it keeps); an OS error keeps the scores for the caller to show (EvaluationNotSaved)."""
+    try:
+        with tables_lock(run_dir):
+            table = write()
+    except OSError as e:
+        where = OSError(e.errno, e.strerror, str(run_dir))  # the run folder, not the atomic writer's temporary name
+        raise EvaluationNotSaved(os_error_sentence(where, "saving the evaluation"), rows) from None
+    kept = [r["model"] for r in table if r not in rows]
+    if kept:
+        log.info("the saved table also keeps %s, scored earlier on the same data", ", ".join(kept))
+    return table
+
+
+def save_alignment_table(run: Run, rows: list[dict]) -> list[dict]:
+    """evaluation-preferences.json/.csv (merged as `save_table` does), a PNG: reward accuracy, the last's margins."""
+    table = _write_table(run.evaluation_table("preferences", "json"),
+                         [{k: v for k, v in r.items() if k != "margins"} for r in rows])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a1.bar([r["model"] for r in table], [r["reward_accuracy"] for r in table], color="C0")
+    a1.axhline(0.5, color="grey", lw=0.8, ls="--")
+    a1.set_title("held-out reward accuracy")
+    a1.tick_params(axis="x", rotation=30)
+    a2.hist(rows[-1]["margins"], bins=40, color="C2")
+    a2.axvline(0.0, color="grey", lw=0.8)
+    a2.set_title(f"{rows[-1]['model']}: log-ratio margin per held-out row")
+    fig.tight_layout()
+    _save_plot(fig, run.evaluation_table("preferences", "png"))
+    return table
+
+
+def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
+    """evaluation-<split>.json/.csv and a PNG of accuracy and perplexity per model; returns the table saved.
+
+    The table keeps earlier rows of other models scored on the same data (the
+    same shards, split and tokens: `evaluate --checkpoint base` after
+    `--checkpoint all` adds the base row instead of replacing the table); rows
+    scored on other batches or other shards would not compare, so they leave the
+    table for evaluation-<split>.earlier.json, with one line naming them, and
+    return when the same data is scored again (`set_aside`).
+    """
+    run = Run(run_dir)
+    rows = _write_table(run.evaluation_table(split, "json"), rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{r['model']}\nstage {r['stage']}" if r.get("stage") is not None else r["model"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a1.bar_label(a1.bar(names, [r["accuracy"] for r in rows], color="C0"), fmt="{:.1%}", fontsize=8)
+    a1.set_title(f"next-token accuracy ({split}, {rows[0]['tokens']:,} tokens)")
+    a1.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    a2.bar_label(a2.bar(names, [r["perplexity"] for r in rows], color="C1"), fmt="{:,.1f}", fontsize=8)
+    a2.set_yscale("log")
+    a2.set_title(f"perplexity ({split}, log scale; lower is better)")
+    for ax in (a1, a2):
+        ax.margins(y=0.12)  # room for the value labels
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    fig.tight_layout()
+    _save_plot(fig, run.evaluation_table(split, "png"))
+    return rows
+
+
+def _save_plot(fig, path: Path) -> None:
+    """The table's PNG; written after the table, so a disk that fills in between costs the picture only."""
+    try:
+        save_figure(fig, path)
+    except OSError as e:
+        log.warning("%s; the table (%s, .csv) was saved", os_error_sentence(e, "saving the evaluation plot"),
+                    path.with_suffix(".json").name)
+
+
+def _write_table(saved: Path, rows: list[dict]) -> list[dict]:
+    """`rows` merged into the saved table (`merge_saved_rows`); its .json and .csv, and the rows it replaces
+    (`set_aside`), written together (a full disk leaves all old); returns the table."""
+    table = merge_saved_rows(saved, rows)
+    replaced, earlier = set_aside(saved, table)
+    atomic_write_files({saved: json.dumps(table, indent=2), saved.with_suffix(".csv"): _csv(table), **earlier})
+    report_replaced(saved, replaced, rows)
+    return table
+
+
+def _csv(rows: list[dict]) -> str:
+    """The table as CSV; step and stage stay whole numbers where the base row has none (not 7.0)."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    return table.astype({c: "Int64" for c in ("step", "stage") if c in table}).to_csv(index=False)
+
+
+def merge_saved_rows(saved_json: Path, rows: list[dict]) -> list[dict]:
+    """`rows` plus the saved rows of other models scored on the same data (`_scored_on`), from the table or else
+    from the rows it set aside earlier (`set_aside`); base first, then by step.
+
+    >>> old = [{"model": "base", "split": "test", "tokens": 8}, {"model": "ckpt-2", "split": "test", "tokens": 8, "step": 2}]
+    >>> import pathlib, tempfile; f = pathlib.Path(tempfile.mkdtemp()) / "e.json"; _ = f.write_text(json.dumps(old))
+    >>> [r["model"] for r in merge_saved_rows(f, [{"model": "ckpt-1", "split": "test", "tokens": 8, "step": 1}])]
+    ['base', 'ckpt-1', 'ckpt-2']
+    >>> [r["model"] for r in merge_saved_rows(f, [{"model": "ckpt-1", "split": "test", "tokens": 4, "step": 1}])]
+    ['ckpt-1']
+    """
+    now = {r["model"] for r in rows}
+    scored_on = {_scored_on(r) for r in rows}
+    kept = {}
+    for r in _read_rows(saved_json) + _read_rows(earlier_rows_path(saved_json)):  # the table's row first
+        if r.get("model") not in now and _scored_on(r) in scored_on:
+            kept.setdefault(r.get("model"), r)
+    return sorted([*kept.values(), *rows], key=lambda r: (r["model"] != BASE, r.get("step", 0)))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # none yet, or not readable as a table: no rows
+        return []
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def earlier_rows_path(saved_json: Path) -> Path:
+    """evaluation-<split>.earlier.json: the rows that left the table because later ones were scored on other data."""
+    return Path(saved_json).with_suffix(".earlier.json")
+
+
+def set_aside(saved_json: Path, table: list[dict]) -> tuple[list[dict], dict]:
+    """(the saved rows `table` replaces, scored on other data; {earlier_rows_path: its new text} if it changes).
+
+    The earlier file keeps one row per model and data, the newest; a row back in `table` leaves it."""
+    key = lambda r: (r.get("model"), _scored_on(r))  # noqa: E731
+    seen = {key(r) for r in table}
+    replaced = [r for r in _read_rows(saved_json) if key(r) not in seen]
+    before = _read_rows(earlier_rows_path(saved_json))
+    earlier = []
+    for r in replaced + before:  # the rows replaced now are the newer ones
+        if key(r) not in seen:
+            seen.add(key(r))
+            earlier.append(r)
+    return replaced, ({earlier_rows_path(saved_json): json.dumps(earlier, indent=2)} if earlier != before else {})
+
+
+def report_replaced(saved_json: Path, replaced: list[dict], rows: list[dict]) -> None:
+    """One line naming the saved rows this evaluation replaced (scored on other data), and where they are kept."""
+    if not replaced:
+        return
+    old, new = replaced[0], rows[0]  # a table holds rows of one data: the saved rows' differs from this call's
+    other_shards = old.get("shards") != new.get("shards")
+    on = (lambda r: f"shards {r.get('shards') or '(not recorded)'}") if other_shards else _amount
+    models = ", ".join(str(r.get("model")) for r in replaced)
+    log.warning("replaced %d saved row%s of %s (%s), scored on %s, with ones on %s: scores on other batches or "
+                "shards do not compare; the replaced rows are kept in %s and return to the table when their data is "
+                "scored again", len(replaced), "s" * (len(replaced) > 1), saved_json, models, on(old), on(new),
+                earlier_rows_path(saved_json).name)
+
+
+def _amount(row: dict) -> str:
+    """What a row was scored on, in words: `7,410 tokens`, `64 held-out pairs`."""
+    count, what = (row["tokens"], "tokens") if row.get("tokens") is not None else (row.get("pairs"), "held-out pairs")
+    return f"{count:,} {what}" if isinstance(count, int) else f"{count} {what}"
+
+
+def _scored_on(row: dict) -> tuple:
+    """What a row was scored on: its shards, split and token count (held-out pair count on an align run)."""
+    return row.get("shards"), row.get("split"), row.get("tokens"), row.get("pairs")
+
+
+def format_table(rows: list[dict]) -> str:
+    import pandas as pd
+
+    cols = [c for c in ("model", "stage", "step", "loss", "accuracy", "perplexity", "tokens", "reward_accuracy",
+                        "reward_margin", "chosen_reward", "rejected_reward", "pairs") if any(c in r for r in rows)]
+    table = pd.DataFrame(rows)[cols]
+    for c in ("stage", "step"):  # the base row has none: keep them integers, blank there
+        if c in table:
+            table[c] = table[c].astype("Int64").astype(str).replace("<NA>", "-")
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")

@@ -37,7 +37,7 @@ from kgpt2 import backend
 backend.choose_backend()
 
 from kgpt2 import reports  # noqa: E402  (stdlib only)
-from kgpt2.cli_args import PORT, output_folder, unescape, whole_number  # noqa: E402  (stdlib only)
+from kgpt2.cli_args import CHECKPOINT_HELP, PORT, RUN_HELP, output_folder, unescape, whole_number  # noqa: E402  (stdlib only)
 from kgpt2.cli_runner import exit_process, progress_lines_on_stderr, run_verb  # noqa: E402  (stdlib only)
 from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
 from kgpt2.errors import UserError  # noqa: E402
@@ -81,16 +81,16 @@ def _prepare(p: argparse.ArgumentParser):
     p.add_argument("--source", required=True, help="file, folder, 'pydoc', or hf:<datasets id>")
     p.add_argument("--out", required=True, help="output shard directory")
     p.add_argument("--format", dest="fmt", choices=FORMATS, help="override format detection")
-    p.add_argument("--contents", default="both", choices=CONTENTS)
+    p.add_argument("--contents", default="both", choices=CONTENTS, help="of papers: abstract, body or both (default)")
     p.add_argument("--splits", default="auto", metavar="{auto,hash,train,tail:F}",
                    help="auto/hash split by article; tail:0.1 = the last 10%% of the text is validation (nanoGPT)")
-    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-column", default="text", help="the column of text in a table or JSON source (default: text)")
     p.add_argument("--separator", default=None,
                    help="split plain text files into documents at this string (backslash escapes: '\\n\\n')")
     p.add_argument("--preset", default="gpt2_base_en", help="tokenise with this preset's tokenizer")
     p.add_argument("--tokenizer", default="", help="directory with vocabulary.json + merges.txt, vocab.json + merges.txt, encoder.json + "
                    "vocab.bpe or tokenizer.json (overrides --preset)")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=1337, help="of the article split (default: 1337)")
     p.add_argument("--threads", type=whole_number(1), default=None, help="encoding threads (default: all usable cores)")
 
     def run(a):
@@ -175,7 +175,7 @@ def _evaluate(p):
     p.add_argument("--checkpoint", default="latest",
                    help="latest (default: the newest whose weights verify), all (every stage end, plus the newest if "
                         "it is none), base, best, ckpt-N or N, stage-N, or a comma list of these")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="test (default), validation or train")
     p.add_argument("--compare", choices=["base"], help="also evaluate the untrained base model")
     p.add_argument("--max-batches", type=whole_number(1), default=None, help="the split's first N batches (default: all)")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
@@ -201,16 +201,17 @@ def _evaluate(p):
 
 @verb("generate", "generate text from a run's checkpoint")
 def _generate(p):
-    p.add_argument("--run", required=True)
-    p.add_argument("--checkpoint", default="latest")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--sampler", choices=["greedy", "top_k", "top_p", "random", "beam"])
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
+    p.add_argument("--run", required=True, help=RUN_HELP)
+    p.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
+    p.add_argument("--prompt", required=True, help="the text the model continues (or answers, in a template)")
+    p.add_argument("--sampler", choices=["greedy", "top_k", "top_p", "random", "beam"],
+                   help="how the next token is picked (default: the run's generate.sampler)")
+    p.add_argument("--temperature", type=float, help="below 1 surer, above 1 more varied (default: the run's)")
+    p.add_argument("--top-k", type=int, help="top_k: sample among the K likeliest tokens (default: the run's)")
+    p.add_argument("--top-p", type=float, help="top_p: sample among the likeliest tokens holding P of the probability")
     p.add_argument("--max-length", type=int, help="prompt + new tokens, at most (default: the run's generate.max_length)")
     p.add_argument("--max-new-tokens", type=int, help="new tokens, at most; 0: up to --max-length")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="the same seed and settings give the same text")
     p.add_argument("--template", choices=TEMPLATES, help="prompt template (default: the run's generate.template)")
     p.add_argument("--num-beams", type=int, help="beams for --sampler beam")
     p.add_argument("--stream", action="store_true", help="print tokens as they come")
@@ -246,10 +247,10 @@ def _generate(p):
 
 @verb("serve", "an OpenAI-compatible HTTP API (completions, chat, streaming) on a run's checkpoint")
 def _serve(p):
-    p.add_argument("--run", required=True)
-    p.add_argument("--checkpoint", default="latest")
+    p.add_argument("--run", required=True, help=RUN_HELP)
+    p.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
     p.add_argument("--host", default="127.0.0.1", help="loopback by default; 0.0.0.0 to listen on every interface")
-    p.add_argument("--port", type=PORT, default=8000)
+    p.add_argument("--port", type=PORT, default=8000, help="default: 8000")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
     p.add_argument("--slots", type=whole_number(1), default=8, help="requests decoded together")
     p.add_argument("--max-queue", type=whole_number(0), default=64, help="requests waiting beyond the slots before 429")
@@ -272,9 +273,10 @@ def _serve(p):
 @verb("demo", "Gradio app comparing base and fine-tuned answers side by side")
 def _demo(p):
     p.add_argument("--run", default=None, help="run to open first (default: the quickstart run)")
-    p.add_argument("--checkpoints-root", default="checkpoints")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=PORT, default=7860)
+    p.add_argument("--checkpoints-root", default="checkpoints",
+                   help="the folder whose runs the page lists (default: checkpoints)")
+    p.add_argument("--host", default="127.0.0.1", help="loopback by default; 0.0.0.0 to listen on every interface")
+    p.add_argument("--port", type=PORT, default=7860, help="default: 7860")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
 
     def run(a):
@@ -304,7 +306,8 @@ def _align(p):
 @verb("quickstart", "the whole pipeline offline on CPU: tokenizer, tiny GPT-2, stages, evaluation",
       interrupted="every checkpoint its run wrote is kept whole")
 def _quickstart(p):
-    p.add_argument("--checkpoints-root", default="checkpoints")
+    p.add_argument("--checkpoints-root", default="checkpoints", help="where the quickstart run is made (default: "
+                   "checkpoints, i.e. checkpoints/quickstart)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
     def run(a):
@@ -407,9 +410,19 @@ def _pretrain(p):
     return run
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("kgpt2")
+    except importlib.metadata.PackageNotFoundError:  # the source tree on PYTHONPATH, not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kgpt2", description="Fine-tune GPT-2 in stages with Keras 3 / KerasHub.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("--version", action="version", version=f"kgpt2 {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for name, (factory, help, keras, interrupted) in VERBS.items():

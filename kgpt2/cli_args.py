@@ -53,3 +53,6 @@ def whole_number(low: int, high: int | None = None):
 
 
 PORT = whole_number(1, 65535)
+RUN_HELP = "run directory, e.g. checkpoints/quickstart"
+CHECKPOINT_HELP = "latest (default: the newest whose weights verify), best, stage-N, ckpt-N or N, or base"
+

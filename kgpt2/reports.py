@@ -16,6 +16,7 @@ the verbs whose results they show.
 
 from __future__ import annotations
 
+import re
 import shlex
 
 
@@ -70,7 +71,8 @@ def train_report(result) -> str:
     if start == end:
         line = (f"trained nothing: the run is at step {end}, the end of its plan; run in {result.run_dir} (latest "
                 f"{result.checkpoint}). To train it further, give it more to do: another pass {result.one_more_pass}, "
-                "a higher train.max_steps, or new shards (docs/training.md, \"Continue a run\")")
+                + ("a higher train.max_steps, " if result.max_steps_cut else "")
+                + "or new shards (docs/training.md, \"Continue a run\")")
     elif start:  # a resumed or continued run: the steps of this call, and where the run began and is
         line = (f"trained {end - start} steps (step {start} -> {end}); run in {result.run_dir} "
                 f"(latest {result.checkpoint})")
@@ -110,11 +112,21 @@ def quickstart_report(result: dict, evaluation_table: str) -> str:
     run_dir = result["run_dir"]
     return "\n".join([
         "\n== evaluation on held-out articles (test split)", evaluation_table,
-        "\n== greedy sample from the final checkpoint", (result["prompt"] + result["sample"]).rstrip(),
+        "\n== greedy sample from the final checkpoint", _no_blank_runs(result["prompt"] + result["sample"]),
         f"\nmade: {run_dir}/ (tokenizer/, preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)",
         f"next: kgpt2 demo --run {shlex.quote(str(run_dir))}",
         f"      kgpt2 generate --run {shlex.quote(str(run_dir))} --prompt 'The with statement'",
     ])
+
+
+def _no_blank_runs(text: str) -> str:
+    r"""A sample as printed: a small model's greedy text often ends in dozens of newlines, pushing what follows
+    off the screen; runs of blank lines become one.
+
+    >>> _no_blank_runs("a\n\n\n\nb\n\n\n")
+    'a\n\nb'
+    """
+    return re.sub(r"\n\s*\n(\s*\n)+", "\n\n", text).rstrip()
 
 
 def tokenizer_report(tokenizer, out, asked: int = 0, min_frequency: int = 2) -> str:

@@ -93,9 +93,10 @@ class TrainResult:
     stages: list = field(default_factory=list)  # per-stage validation metrics
     checkpoint: str = ""
     start_step: int = 0  # where this call began (the resumed checkpoint's step)
-    # How a finished run trains one more pass: another stage, or (a plan of one stage, where another
-    # `train.stages=["rest"]` is the plan it has) one more epoch of it.
-    one_more_pass: str = "as a new stage ('train.stages=[\"rest\"]')"
+    # How a finished run trains one more pass: another stage of one epoch, or (a plan of one stage, where
+    # another `train.stages=["rest"]` is the plan it has) one more epoch of it.
+    one_more_pass: str = "as a new stage ('train.stages=[\"rest\"]' train.epochs=1)"
+    max_steps_cut: bool = False  # train.max_steps ended the plan early: a higher one trains on
 
 
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
@@ -314,6 +315,9 @@ class Trainer:
         tokens_per_batch = cfg.train.batch_size * cfg.data.sequence_length
         callbacks = [self.steps_log.callback(cursor.step, self.schedule, stage.index, tokens_per_batch,
                                              paddings=source.batch_paddings())]
+        if self.verbose:  # Keras counts this fit's steps only (1/25, again at every checkpoint): say where they sit
+            log.info("%s/%d, epoch %d/%d: steps %d..%d of %d", stage.name, self.stage_offset + len(self.stages),
+                     position // per_epoch + 1, self.epochs, cursor.step + 1, cursor.step + n, self.total_steps)
         if self.verbose == 2:  # a log, not a terminal: Keras would say nothing until the fit ends
             callbacks.append(ProgressLines(stage.name, cursor.step, self.total_steps, tokens_per_batch))
         self.fit_model.fit(to_dataset(source), epochs=1, verbose=self.verbose, shuffle=False, callbacks=callbacks)
@@ -377,7 +381,8 @@ class Trainer:
         state = self.latest.state
         more = f"(train.epochs={self.cfg.train.epochs + 1})" if len(self.stages) == 1 else TrainResult.one_more_pass
         return TrainResult(self.run.path, self.latest.step, state.get("stage_metrics", []), self.latest.id,
-                           start_step=self.latest.step, one_more_pass=more)
+                           start_step=self.latest.step, one_more_pass=more,
+                           max_steps_cut=0 < self.cfg.train.max_steps <= self.latest.step)
 
 
 def _versions() -> dict:

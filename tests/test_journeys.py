@@ -251,8 +251,16 @@ def test_more_epochs_on_a_finished_run_train_them(tmp_path, capsys, monkeypatch,
     (error,) = [line for line in err.splitlines() if line.startswith("kgpt2: error:")]
     assert code == 2 and "finished its 2 stages" in error and "Traceback" not in err, err
     assert CheckpointManager(two_stages).latest().step == CheckpointManager(tiny_run).latest().step
-    # ... in one sentence that ends in the command to run, which does what it says
-    command = error.split("start a new run from its weights: ")[1]
+    # ... in one sentence with two commands, each doing what it says: one more pass as a new stage of one epoch
+    # (it said "to train it for 2 more" of a total asked for; a new stage took the run's epochs, not one pass) ...
+    one_pass = error.split("give it a new stage: ")[1].split("; or train every stage")[0]
+    code, out, err = kgpt2(capsys, *shlex.split(one_pass)[1:])
+    passed = CheckpointManager(two_stages).latest().state
+    assert code == 0 and passed["stage"] == 3 and passed["stage_end"] and passed["epochs"] == 1, err
+    shutil.rmtree(two_stages)
+    shutil.copytree(tiny_run, two_stages)
+    # ... or every stage for the epochs asked, in a new run from its weights
+    command = error.split("in a new run from its weights: ")[1]
     assert command.startswith("kgpt2 train --config "), error
     assert command.endswith(" train.epochs=2 train.learning_rate=0.0005"), command  # the user's other overrides too
     code, out, err = kgpt2(capsys, *shlex.split(command)[1:])

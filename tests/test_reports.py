@@ -90,11 +90,14 @@ def test_a_finished_run_that_trained_nothing_is_told_how_to_train_on():
     from types import SimpleNamespace
 
     result = SimpleNamespace(start_step=75, global_step=75, run_dir="runs/q", checkpoint="ckpt-75", stages=[],
-                             one_more_pass="as a new stage ('train.stages=[\"rest\"]')")
+                             one_more_pass="as a new stage ('train.stages=[\"rest\"]' train.epochs=1)",
+                             max_steps_cut=False)
     assert reports.train_report(result) == (
         "trained nothing: the run is at step 75, the end of its plan; run in runs/q (latest ckpt-75). To train it "
-        "further, give it more to do: another pass as a new stage ('train.stages=[\"rest\"]'), a higher "
-        'train.max_steps, or new shards (docs/training.md, "Continue a run")')
-    # A plan of one stage (a run continued once with that very advice): another pass is another epoch of it.
-    result.one_more_pass = "(train.epochs=7)"
-    assert "give it more to do: another pass (train.epochs=7), a higher train.max_steps" in reports.train_report(result)
+        "further, give it more to do: another pass as a new stage ('train.stages=[\"rest\"]' train.epochs=1), or "
+        'new shards (docs/training.md, "Continue a run")')
+    # A plan of one stage (a run continued once with that very advice): another pass is another epoch of it; a
+    # higher train.max_steps is offered only where it ended the plan early (else it would train nothing either).
+    result.one_more_pass, result.max_steps_cut = "(train.epochs=7)", True
+    assert "give it more to do: another pass (train.epochs=7), a higher train.max_steps, or new" in (
+        reports.train_report(result))

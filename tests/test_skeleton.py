@@ -70,6 +70,29 @@ def test_every_verb_has_help(kgpt2_cli):
         assert r.returncode == 0 and "usage: kgpt2 " + name in r.stdout
 
 
+def test_every_option_says_what_it_does_and_the_version_is_shown(kgpt2_cli):
+    """generate's --run, --checkpoint, --prompt, --sampler ..., serve's and demo's --port and --host, prepare's
+    --contents had no help text, and `kgpt2 --version` was "the following arguments are required: VERB"."""
+    import argparse
+    import importlib.metadata
+
+    from kgpt2.cli import build_parser
+
+    def options(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from options(sub, (*path, name))
+            elif action.option_strings:
+                yield " ".join(path), action
+
+    silent = sorted({f"{verb} {a.option_strings[-1]}" for verb, a in options(build_parser())
+                     if not a.help or a.help == argparse.SUPPRESS})
+    assert not silent, f"options without help: {silent}"
+    r = kgpt2_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"kgpt2 {importlib.metadata.version('kgpt2')}"
+
+
 @pytest.mark.parametrize("argv, overrides", [
     (["pretrain", "init", "--config", "c.toml", "model.num_layers=2"], ["model.num_layers=2"]),
     (["train", "a=1", "--config", "c.toml", "b=2", "--device", "cpu", "c=3"], ["a=1", "b=2", "c=3"]),

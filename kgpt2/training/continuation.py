@@ -80,13 +80,15 @@ def plan_left(state: dict, stages: StagePlan, stage_offset: int, total_steps: in
     if not state.get("stage_end") or state["stage"] - stage_offset < len(stages):
         return "train"
     if total_steps <= state["step"]:
-        log.info("run %s has trained its plan to step %d: nothing more to train (more train.epochs, a longer "
-                 "train.max_steps or another stage in train.stages would train on)", run_path, state["step"])
+        log.info("run %s has trained its plan to step %d: nothing more to train", run_path, state["step"])
         return "nothing"
     if len(stages) > 1:
         path = Path(run_path)
         raise UserError(f"run '{path}' has finished its {len(stages)} stages, and only a run of one stage takes "
-                        f"more train.epochs; to train it for {epochs} more, start a new run from its weights: "
+                        f"more train.epochs (the earlier stages would keep fewer); for one more pass over its "
+                        f"articles, give it a new stage: kgpt2 train --run {shlex.quote(str(path))} "
+                        "'train.stages=[\"rest\"]' train.epochs=1; or train every stage "
+                        f"{epochs} epochs in a new run from its weights: "
                         f"kgpt2 train --config {shlex.quote(str(path / 'config.json'))} "
                         f"run={shlex.quote(path.name + '-more')} train.init_from={shlex.quote(str(path))} "
                         f"train.epochs={epochs}{_overrides(changed or {})}")

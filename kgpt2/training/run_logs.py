@@ -293,8 +293,8 @@ def plot_run(run_dir) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     if not steps.empty:
         _plot_training_loss(ax1, steps)
-        for s, group in steps.groupby("stage"):
-            ax1.axvline(group["step"].min(), color="grey", ls=":", lw=0.8)
+        for i, (_, group) in enumerate(steps.groupby("stage")):  # one legend entry says what the dotted lines are
+            ax1.axvline(group["step"].min(), color="grey", ls=":", lw=0.8, label="_" if i else "stage starts")
         ax1.set_xlabel("global step")
         ax1.set_ylabel("loss")
         ax1.legend(loc="upper right", fontsize=8)

@@ -6,7 +6,8 @@ Issue 21, round 8. Times, on the GPU, forward + backward (`jax.value_and_grad`) 
   against kgpt2.kernels.cross_entropy at each (BLOCK, WARPS, STAGES) of a sweep;
 - one layer norm over 16,384 x 768 bf16 rows: keras.ops.layer_normalization against
   kgpt2.kernels.layer_norm at each (ROWS, WARPS);
-- with `--old DIR`, the loss of an older kgpt2 checkout (`DIR/kgpt2/cross_entropy.py`, its own settings) too.
+- with `--old DIR`, the loss of another kgpt2 checkout (`DIR/kgpt2/kernels/cross_entropy.py`, or
+  `DIR/kgpt2/cross_entropy.py` before the package had folders; its own settings) too.
 Each timing is the median of `--reps` runs of a jitted call after 3 warm-ups, synchronised, divided by
 the `COPIES` independent inputs the call processes (so Python's dispatch is not what is timed).
 
@@ -158,10 +159,13 @@ def residual_norm_rows(rows, width, reps, sweep):
 
 
 def _old_module(old_dir: str, name: str):
-    """kgpt2/`name`.py of another checkout, imported beside this one's (its kgpt2 imports resolve here)."""
+    """kgpt2/kernels/`name`.py (kgpt2/`name`.py before the folders) of another checkout, imported beside this
+    one's (its kgpt2 imports resolve here)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"old_{name}", os.path.join(old_dir, "kgpt2", f"{name}.py"))
+    path = os.path.join(old_dir, "kgpt2", "kernels", f"{name}.py")
+    path = path if os.path.isfile(path) else os.path.join(old_dir, "kgpt2", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"old_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -154,6 +154,7 @@ class Demo:
         match.prompt, match.input_text, match.template, match.model_input = prompt, input_text or "", s.template, model_input
         match.settings = asdict(s) | {"max_new_tokens": new}
         match.infos = {side: w.info for side, w in weights.items()}
+        match.models = {side: w.key for side, w in weights.items()}  # "latest", "stage-2" recorded as the id
         jobs = [Job(weights[side], ids[side], len(ids[side]) + new, s) for side in match.sides]
         return jobs, note
 
@@ -243,19 +244,21 @@ class Demo:
             return f"**Vote not recorded:** {e}", match.label("a"), match.label("b"), gr.skip(), match
         names = " and ".join(f"model {s.upper()} `{match.models[s]}`" for s in match.sides)
         revealed = f" It was {names}." if match.arena and match.revealed() else ""
-        status = f"Recorded {what} in `{match.home}/{VOTES_FILE}` ({len(read_votes(path))} votes).{revealed}"
+        n = len(read_votes(path))
+        status = f"Recorded {what} in `{match.home}/{VOTES_FILE}` ({n} vote{'' if n == 1 else 's'}).{revealed}"
         return status, match.label("a"), match.label("b"), self.summary(match.home), match
 
     @staticmethod
     def voting(match) -> list:
         """Which vote buttons are on: thumbs A (up, down), thumbs B, then the pair votes, in VOTE_LABELS' order.
 
-        An answer's buttons go off once it has its vote (a pair vote judges
-        both). A failed or stopped match keeps them on: a click says why it
-        takes no vote.
+        All are off until there are answers (the page's start, a picker
+        changed); an answer's buttons go off once it has its vote (a pair
+        vote judges both). A failed or stopped match keeps them on: a click
+        says why it takes no vote.
         """
         if not isinstance(match, Match):
-            return [True] * (4 + len(VOTE_LABELS))
+            return [False] * (4 + len(VOTE_LABELS))
         thumbs = [s in match.picks and not match.voted and s not in match.rated for s in ("a", "b")]
         pair = not match.single and not match.voted and not match.rated
         return [thumbs[0]] * 2 + [thumbs[1]] * 2 + [pair] * len(VOTE_LABELS)

@@ -129,6 +129,27 @@ def test_same_seed_and_settings_give_the_same_answer_on_both_sides(server, clien
     assert a == b and a
 
 
+def test_checkpoints_are_named_as_on_the_command_line(server, client, demo_root):
+    """`latest`, `stage-N` and a step, as `kgpt2 generate --checkpoint` takes them (the API said "run 'tiny' has no
+    checkpoint 'latest'"); the model lines and the vote name the checkpoint's id."""
+    from kgpt2.serving.votes import read_votes
+
+    _, demo, _ = server
+    stage1 = next(c for label, c in demo.pool.checkpoints("tiny") if "end of stage 1" in label)
+    greedy = dict(sampler="greedy", max_new=8)
+    want = client.predict(**compare_args(ckpt_a=stage1, ckpt_b=demo.latest, **greedy), api_name="/compare")
+    for a_name, b_name in (("stage-1", "latest"), (stage1.removeprefix("ckpt-"), "stage-2")):
+        a, b, status, info_a, info_b = client.predict(**compare_args(ckpt_a=a_name, ckpt_b=b_name, **greedy),
+                                                      api_name="/compare")
+        assert status.startswith("Done"), status
+        assert (a, b) == (want[0], want[1]) and f"`tiny/{stage1}`" in info_a and f"`tiny/{demo.latest}`" in info_b
+    assert "Recorded" in client.predict(api_name="/vote_tie")[0]
+    rec = read_votes(demo_root / "tiny" / "votes.jsonl")[-1]
+    assert (rec["model_a"], rec["model_b"]) == (f"tiny/{stage1}", f"tiny/{demo.latest}")
+    status = client.predict(**compare_args(ckpt_b="best"), api_name="/compare")[2]
+    assert "no checkpoint 'best'" in status and "latest, stage-N" in status, "a run without best.json says so"
+
+
 def test_two_runs_with_different_bases_on_one_page_load_once(server, client):
     _, demo, _ = server
     pool = demo.pool
@@ -290,6 +311,34 @@ def test_examples_come_from_the_runs_held_out_data(server):
     _, demo, _ = server
     examples = demo.examples()
     assert 1 <= len(examples) <= 4 and all(e.strip() for e in examples)
+
+
+def test_example_chips_leave_out_restructuredtext_heading_marks():
+    """The pydoc topics' headings made chips like "Attribute references ******************** An attribute refer…"."""
+    from kgpt2.serving.demo_examples import example_from_text
+
+    text = "Attribute references\n********************\n\nAn attribute reference is a primary followed by a period."
+    assert example_from_text(text) == "Attribute references An attribute reference is"
+    assert example_from_text("=====\nTitle\n=====\nx = 1 ** 2 -- y", words=6) == "Title x = 1 ** 2"
+    assert example_from_text("---\nA -> B\n...\n", words=6) == "A -> B", "overlines, underlines, rules alike"
+
+
+def test_the_pages_button_updates_work_from_any_folder(server, tmp_path, monkeypatch):
+    """`kgpt2 demo` run from a project folder: every update of the thumb buttons (Generate's busy / idle, the
+    vote buttons after a vote) failed with Gradio's InvalidPathError for their icons outside the working
+    directory, so Generate never answered; in the repository (where these tests run) it worked."""
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    _, _, app = server
+    monkeypatch.chdir(tmp_path)
+    fns = {f.api_name: f for f in app.fns.values()}
+    state = SessionState(app)
+    busy = asyncio.run(app.process_api(block_fn=fns["busy"], inputs=[], state=state))["data"]
+    assert [u["interactive"] for u in busy] == [False] * 9 + [True]  # Generate, 8 votes, Stop
+    idle = asyncio.run(app.process_api(block_fn=fns["idle"], inputs=[None], state=state))["data"]
+    assert [u["interactive"] for u in idle] == [True] + [False] * 9, "no answers: nothing to vote on"
 
 
 def test_the_start_line_names_the_address_and_kgpt2s_share_flag(server, capfd):

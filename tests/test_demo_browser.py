@@ -74,6 +74,7 @@ def test_generate_streams_with_buttons_disabled_then_votes_in_the_arena(served, 
     url, demo, root = served
     page = _open(browser, url)
     try:
+        assert all(_disabled(page, *THUMBS, *VOTES)), "no answer yet: nothing to vote on"
         page.locator("#arena input[type=checkbox]").check()
         _generate(page)
         page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)
@@ -104,6 +105,7 @@ def _disabled(page, *ids) -> list[bool]:
 
 
 THUMBS = ("thumb-up-a", "thumb-down-a", "thumb-up-b", "thumb-down-b")
+VOTES = ("vote-a", "vote-b", "vote-tie", "vote-both-bad")
 
 
 def _votes(root) -> list[dict]:
@@ -247,6 +249,48 @@ def test_switching_the_right_run_to_another_base(served, browser, tmp_path):
         assert "tiny-lora/base" in page.locator("#info-b").inner_text()
         assert "LoRA" in page.locator("#info-b").inner_text()
         page.screenshot(path=str(tmp_path / "two-runs.png"), full_page=True)
+        assert not any(_disabled(page, *THUMBS, *VOTES))
+        page.locator("#run-b input").click()
+        page.get_by_role("option", name="tiny-copy").click()
+        _wait_status(page, "tiny-copy/")
+        page.wait_for_function("document.querySelector('#vote-a').disabled", timeout=10_000)
+        assert all(_disabled(page, *THUMBS, *VOTES)), "the answers went with the old pick, and their votes"
+    finally:
+        page.close()
+
+
+def test_answers_line_up_and_the_sampling_panel_fits_at_1280(served, browser, monkeypatch):
+    """A long answer B grew its box (lines=8, no max_lines): A's thumbs floated higher than B's. The Sampling panel
+    held eight controls in one row: "Top-k" wrapped, the slider ends were cut ("2(" for 200), number boxes uneven."""
+    url, demo, _ = served
+
+    def answers(jobs, cancel=None):  # one short answer and one of 30 lines, whatever the models say
+        yield 0, "text", "A short answer."
+        yield 1, "text", "A long answer,\n" * 30
+        yield from ((i, "done", {"tokens": 3, "seconds": 0.1}) for i in (0, 1))
+
+    monkeypatch.setattr(demo.answerer, "answer_many", answers)
+    page = _open(browser, url, width=1280, height=900)
+    try:
+        _generate(page)
+        _wait_status(page, "Which answer is better")
+        a, b = (page.locator(f"#answer-{s}").bounding_box() for s in "ab")
+        assert (a["y"], a["height"]) == pytest.approx((b["y"], b["height"]), abs=1), "boxes of one fixed height"
+        up_a, up_b = (page.locator(f"#thumb-up-{s}").bounding_box() for s in "ab")
+        assert up_a["y"] == pytest.approx(up_b["y"], abs=1), "the thumbs line up"
+        page.get_by_text("Sampling", exact=True).click()
+        page.locator("#top-k").wait_for(state="visible", timeout=10_000)
+        sliders = ("temperature", "top-k", "top-p", "max-new", "beams")
+        labels = [page.locator(f"#{s} [data-testid=block-info]").bounding_box()["height"] for s in sliders]
+        assert max(labels) == pytest.approx(min(labels), abs=1), dict(zip(sliders, labels))
+        numbers = [page.locator(f"#{s} input[type=number]").bounding_box()["y"] for s in sliders[:4]]
+        assert max(numbers) - min(numbers) <= 1, "the number boxes of a row at one height"
+        for s in sliders:
+            end = page.locator(f"#{s} [data-testid=max-value]").bounding_box()
+            block = page.locator(f"#{s}").bounding_box()
+            assert end["x"] + end["width"] <= block["x"] + block["width"] + 1, f"{s}'s end label cut"
+        sampler = page.locator("#sampler input")
+        assert sampler.evaluate("e => e.scrollWidth <= e.clientWidth + 1") and sampler.bounding_box()["width"] > 100
     finally:
         page.close()
 
@@ -261,6 +305,8 @@ def test_phone_width(served, browser, tmp_path):
         for box in ("#answer-a", "#answer-b", "#generate", "#vote-both-bad"):
             r = page.locator(box).bounding_box()
             assert r["x"] >= 0 and r["x"] + r["width"] <= 391, box
+        for picker in ("#ckpt-a input", "#ckpt-b input"):  # a model's label was cut at half the width
+            assert page.locator(picker).evaluate("e => e.scrollWidth <= e.clientWidth + 1"), picker
         page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
     finally:
         page.close()

@@ -133,6 +133,7 @@ def test_page_buttons_follow_the_votes(served):
     from kgpt2.serving.arena import Match
 
     _, demo, _ = served
+    assert demo.voting(None) == [False] * 8, "no answers yet (a new page, a picker changed): nothing to vote on"
     m = Match.draw(("tiny", "base"), ("tiny", demo.latest), arena=False)
     m.finished = True
     assert demo.voting(m) == [True] * 8
@@ -144,6 +145,14 @@ def test_page_buttons_follow_the_votes(served):
     m.finished = True
     m.record("tie")
     assert demo.voting(m) == [False] * 8
+
+
+def test_the_status_counts_one_vote_and_two_votes(served, client):
+    """It said "(1 votes)". `tiny-lora`'s votes.jsonl is this test's alone."""
+    for count in ("(1 vote)", "(2 votes)"):
+        client.predict(**compare_args(run_a="tiny-lora", run_b="tiny-lora", max_new=2), api_name="/compare")
+        status, *_ = client.predict(api_name="/vote_tie")
+        assert f"tiny-lora/votes.jsonl` {count}." in status, status
 
 
 def test_chat_template_in_the_demo_prompts_as_generate_does_and_votes_keep_the_messages(served, client):

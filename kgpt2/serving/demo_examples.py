@@ -10,11 +10,14 @@ trained on. No shards (moved, deleted): no examples.
     'Name a colour.'
     >>> example_from_text("The assert statement is a debugging aid that tests a condition.", words=3)
     'The assert statement'
+    >>> example_from_text("Attribute references\\n********************\\nAn attribute reference is a primary")
+    'Attribute references An attribute reference is'
 """
 
 from __future__ import annotations
 
 import logging
+import string
 from pathlib import Path
 
 from kgpt2.data.shards import ShardSet
@@ -26,9 +29,17 @@ from kgpt2.run import load_run_config
 log = logging.getLogger("kgpt2")
 
 
+def is_adornment(line: str) -> bool:
+    """A reStructuredText heading's underline or overline ("*****", "====="): one punctuation mark repeated."""
+    line = line.strip()
+    return len(line) >= 3 and len(set(line)) == 1 and line[0] in string.punctuation
+
+
 def example_from_text(text: str, words: int = 6) -> str:
     if text.startswith(INSTRUCTION):
         return text[len(INSTRUCTION):].split(INPUT)[0].split(RESPONSE)[0].strip()
+    # The pydoc topics are reStructuredText: a chip read "Attribute references ******************** An ...".
+    text = "\n".join(line for line in text.splitlines() if not is_adornment(line))
     return " ".join(text.split()[:words])
 
 

@@ -4,9 +4,10 @@ Endpoints (gradio_client, parameter names as in `Demo`'s methods): `/compare`
 (streams both answers, or one with `single`), `/stop`, `/vote_a`, `/vote_b`,
 `/vote_tie`, `/vote_both_bad`, `/thumb_up_a`, `/thumb_down_a`, `/thumb_up_b`,
 `/thumb_down_b`, `/pick_a`, `/pick_b`, `/run_a`, `/run_b`, `/refresh`,
-`/metrics`. Generate and the votes are disabled while answers stream, and an
-answer's vote buttons once it has its vote; single mode hides answer B and
-the pair votes; rows wrap on a phone (390 px).
+`/metrics`. Generate and the votes are disabled while answers stream; the
+votes until there are answers to vote on, and an answer's vote buttons once it
+has its vote; single mode hides answer B and the pair votes; rows wrap on a
+phone (390 px).
 
     >>> from kgpt2.serving.demo_layout import ELEMENT_IDS
     >>> "stop" in ELEMENT_IDS
@@ -28,8 +29,11 @@ from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS
 
 ELEMENT_IDS = ("arena", "single", "run-a", "ckpt-a", "run-b", "ckpt-b", "refresh", "prompt", "input", "generate",
                "stop", "answer-a", "answer-b", "column-b", "info-a", "info-b", "thumb-up-a", "thumb-down-a",
-               "thumb-up-b", "thumb-down-b", "pair-votes", "status", "summary")
+               "thumb-up-b", "thumb-down-b", "pair-votes", "status", "summary", "sampler", "beams", "template",
+               "seed", "temperature", "top-k", "top-p", "max-new")
 ICONS = Path(__file__).parent.parent / "assets"  # thumb icons as SVG: no emoji font needed
+REFRESH_LABEL = "Refresh runs, models and metrics"
+ANSWER_LINES = 10  # both boxes this tall, scrolling past it: a long answer no longer pushes its side down
 
 
 def _busy():
@@ -52,6 +56,9 @@ def _mode(single: bool):
 
 
 def build(demo) -> gr.Blocks:
+    # Every update of a thumb button re-creates it with its icon's path, which Gradio refuses once launched unless
+    # the file is static or under the working directory: it was, in the repository, and nowhere else.
+    gr.set_static_paths([ICONS / f"thumb-{rating}.svg" for rating in RATING_LABELS])
     with gr.Blocks(title="kgpt2 demo") as app:
         gr.Markdown("## kgpt2 arena: compare two models, or rate one\nSame seed and settings for both. In arena mode the "
                     "models stay anonymous until you vote. Pick the better answer, or rate each one with its "
@@ -67,8 +74,10 @@ def build(demo) -> gr.Blocks:
 def _request_panel(demo, ui) -> None:
     """Mode, pickers, prompt and input, examples, sampling settings."""
     # allow_custom_value: runs trained after start-up must be accepted (kgpt2 checks every name itself).
-    d, ckpts, runs = demo.defaults, demo.pool.checkpoints(demo.run), demo.pool.runs()
-    picker = dict(allow_custom_value=True, min_width=160)
+    ckpts, runs = demo.pool.checkpoints(demo.run), demo.pool.runs()
+    # Wide enough that a phone (390 px) gives each picker its own full-width line; models get the room on a desk.
+    run_picker = dict(allow_custom_value=True, min_width=160, scale=1)
+    model_picker = dict(allow_custom_value=True, min_width=220, scale=2)
     with gr.Row():  # side by side on a desktop, one above the other on a phone
         with gr.Column(min_width=300):
             ui.arena = gr.Checkbox(False, label="Arena mode: hide which model is which until the vote",
@@ -77,11 +86,11 @@ def _request_panel(demo, ui) -> None:
             ui.single = gr.Checkbox(False, label="Single model: rate one answer, the left model's (arena mode: "
                                     "either pick, drawn at random)", elem_id="single")
     with gr.Row():
-        ui.run_a = gr.Dropdown(runs, value=demo.run, label="Left run", elem_id="run-a", **picker)
-        ui.ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", **picker)
-        ui.run_b = gr.Dropdown(runs, value=demo.run, label="Right run", elem_id="run-b", **picker)
-        ui.ckpt_b = gr.Dropdown(ckpts, value=demo.latest, label="Right model", elem_id="ckpt-b", **picker)
-        ui.refresh = gr.Button("Refresh runs", elem_id="refresh", min_width=120, scale=0)
+        ui.run_a = gr.Dropdown(runs, value=demo.run, label="Left run", elem_id="run-a", **run_picker)
+        ui.ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", **model_picker)
+        ui.run_b = gr.Dropdown(runs, value=demo.run, label="Right run", elem_id="run-b", **run_picker)
+        ui.ckpt_b = gr.Dropdown(ckpts, value=demo.latest, label="Right model", elem_id="ckpt-b", **model_picker)
+        ui.refresh = gr.Button(REFRESH_LABEL, elem_id="refresh", min_width=240, scale=0)
     ui.prompt = gr.Textbox(label=f"Prompt (at most {demo.context()}-token context, {demo.max_prompt_chars} characters)",
                            lines=3, placeholder="The assert statement", elem_id="prompt")
     ui.input_text = gr.Textbox(label="Input (instruction template only: the record's context)", lines=1,
@@ -89,17 +98,34 @@ def _request_panel(demo, ui) -> None:
     examples = demo.examples()
     if examples:
         gr.Examples([[e] for e in examples], inputs=[ui.prompt], label="Examples from the run's held-out data")
+    _sampling_panel(demo, ui)
+
+
+def _sampling_panel(demo, ui) -> None:
+    """Two rows: sampler, beams, template, seed; then the sampler's four numbers (all eight in one row cut their
+    labels and slider ends at 1280 px)."""
+    d = demo.defaults
+    slider = dict(min_width=240)  # room for the label and the number box on one line; one a line on a phone
     with gr.Accordion("Sampling", open=False):
-        with gr.Row():
-            ui.sampler = gr.Dropdown(list(SAMPLERS), value=d.sampler, label="Sampler", min_width=110)
-            ui.template = gr.Radio(list(TEMPLATES), value=d.template, label="Template", min_width=180)
-            ui.temperature = gr.Slider(0.05, 2.0, value=d.temperature, step=0.05, label="Temperature", min_width=160)
-            ui.top_k = gr.Slider(1, 200, value=d.top_k, step=1, label="Top-k", min_width=160)
-            ui.top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.01, label="Top-p", min_width=160)
-            ui.num_beams = gr.Slider(1, 8, value=d.num_beams, step=1, label="Beams (beam sampler)", min_width=160)
-            ui.max_new = gr.Slider(1, demo.max_new_tokens(), step=1, label="Max new tokens (the model's limit)",
-                                   value=min(d.max_new_tokens or d.max_length, demo.max_new_tokens()), min_width=160)
-            ui.seed = gr.Number(d.seed, precision=0, minimum=0, maximum=2**31 - 1, label="Seed", min_width=90)
+        with gr.Row(equal_height=True):
+            ui.sampler = gr.Dropdown(list(SAMPLERS), value=d.sampler, label="Sampler", min_width=160,
+                                     elem_id="sampler")
+            ui.num_beams = gr.Slider(1, 8, value=d.num_beams, step=1, label="Beams (beam sampler)",
+                                      elem_id="beams", scale=2, **slider)
+            # Scale 2, as Beams: its three choices (and Beams' label) on one line.
+            ui.template = gr.Radio(list(TEMPLATES), value=d.template, label="Template", min_width=300, scale=2,
+                                   elem_id="template")
+            ui.seed = gr.Number(d.seed, precision=0, minimum=0, maximum=2**31 - 1, label="Seed", min_width=160,
+                                 elem_id="seed")
+        with gr.Row(equal_height=True):
+            ui.temperature = gr.Slider(0.05, 2.0, value=d.temperature, step=0.05, label="Temperature",
+                                        elem_id="temperature", **slider)
+            ui.top_k = gr.Slider(1, 200, value=d.top_k, step=1, label="Top-k", elem_id="top-k", **slider)
+            ui.top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.01, label="Top-p", elem_id="top-p", **slider)
+            # The slider ends at the model's limit: its end label says it, the label stays one line.
+            most = demo.max_new_tokens()
+            ui.max_new = gr.Slider(1, most, value=min(d.max_new_tokens or d.max_length, most), step=1,
+                                   label="Max new tokens", elem_id="max-new", **slider)
 
 
 def _answer_panel(ui) -> None:
@@ -111,16 +137,18 @@ def _answer_panel(ui) -> None:
     with gr.Row():
         for side in ("a", "b"):
             with gr.Column(min_width=300, elem_id=f"column-{side}") as ui.columns[side]:
-                ui.answers[side] = gr.Textbox(label=f"Model {side.upper()}", lines=8, interactive=False,
-                                              buttons=["copy"], elem_id=f"answer-{side}")
-                ui.infos[side] = gr.Markdown(label=f"Model {side.upper()} info", elem_id=f"info-{side}")
+                ui.answers[side] = gr.Textbox(label=f"Model {side.upper()}", lines=ANSWER_LINES,
+                                              max_lines=ANSWER_LINES, interactive=False, buttons=["copy"],
+                                              elem_id=f"answer-{side}")
+                # Thumbs right under the equal boxes, so they line up; the model line (one or two lines) below.
                 with gr.Row():
                     for rating, label in RATING_LABELS.items():
                         ui.thumbs[side, rating] = gr.Button(
                             label, icon=ICONS / f"thumb-{rating}.svg", size="md", min_width=110,
-                            elem_id=f"thumb-{rating}-{side}")
+                            elem_id=f"thumb-{rating}-{side}", interactive=False)  # no answer to vote on yet
+                ui.infos[side] = gr.Markdown(label=f"Model {side.upper()} info", elem_id=f"info-{side}")
     with gr.Row(elem_id="pair-votes") as ui.pair_votes:
-        ui.votes = {c: gr.Button(label, elem_id=f"vote-{c.replace('_', '-')}", min_width=120)
+        ui.votes = {c: gr.Button(label, elem_id=f"vote-{c.replace('_', '-')}", min_width=120, interactive=False)
                     for c, label in VOTE_LABELS.items()}
     ui.status = gr.Markdown(label="Status", elem_id="status")
     ui.match = gr.State(None)  # the shown comparison: what a vote records
@@ -164,18 +192,25 @@ def _wire(demo, app, ui) -> None:
         button.click(partial(demo.rate, side=side, rating=rating), [ui.match], voted,
                      api_name=f"thumb_{rating}_{side}").then(
             partial(_vote_buttons, demo), [ui.match], vote_buttons, api_name=f"rated_{rating}_{side}", **private)
+    # A picker or the mode changed: the answers went, and their vote buttons go off with them.
+    cleared = dict(fn=partial(_vote_buttons, demo), inputs=[ui.match], outputs=vote_buttons, **private)
     for side, run, ckpt in (("a", ui.run_a, ui.ckpt_a), ("b", ui.run_b, ui.ckpt_b)):
-        ckpt.input(partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"pick_{side}")
+        ckpt.input(partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"pick_{side}").then(
+            api_name=f"pick_{side}_cleared", **cleared)
         run.input(demo.run_changed, [run], [ckpt, ui.max_new], api_name=f"run_{side}").then(
-            partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"run_{side}_picked", **private)
+            partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"run_{side}_picked", **private
+        ).then(api_name=f"run_{side}_cleared", **cleared)
     ui.run_a.input(demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics_of_picked_run",
                    api_visibility="private")
     ui.arena.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="mode_changed",
-                   api_visibility="private")
+                   api_visibility="private").then(api_name="mode_cleared", **cleared)
     ui.single.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="single_changed",
                     api_visibility="private").then(_mode, [ui.single], [ui.columns["b"], ui.pair_votes],
-                                                   api_name="single_layout", **private)
+                                                   api_name="single_layout", **private).then(
+        api_name="single_cleared", **cleared)
     pickers = [ui.run_a, ui.ckpt_a, ui.run_b, ui.ckpt_b]
-    ui.refresh.click(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh")
+    ui.refresh.click(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh").then(
+        demo.metrics, [ui.run_a], ui.metric_outputs, api_name="refreshed_metrics",
+        api_visibility="private")
     app.load(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh_on_load", api_visibility="private").then(
         demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics")

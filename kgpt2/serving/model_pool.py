@@ -15,7 +15,9 @@ programs (`Engine.sibling`), and read their checkpoint's values, not the
 model's variables, so nothing is swapped between launches.
 
 Names come from the browser: a run or checkpoint is used only if it appears
-in the listing of the root or of that run, never joined as a path.
+in the listing of the root or of that run, never joined as a path. A
+checkpoint may be named as on the command line (`latest`, `stage-2`, `best`,
+a step): `resolve` turns the name into its id with the run's own resolver.
 
     >>> from kgpt2.serving.model_pool import ModelPool
     >>> pool = ModelPool("checkpoints")
@@ -27,6 +29,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -52,6 +55,9 @@ from kgpt2.training.checkpoints import CheckpointManager
 log = logging.getLogger("kgpt2")
 
 DEFAULT_BUDGET = 4 * 2**30  # bytes of weights kept loaded (models and checkpoints)
+# The names the CLI takes for a checkpoint (Run.checkpoint resolves them); anything else from a browser is refused
+# before it reaches the store, which would look a name up as a folder.
+CHECKPOINT_NAME = re.compile(r"latest|best|stage-\d+|(ckpt-)?\d+")
 
 
 def model_key(cfg) -> str:
@@ -158,11 +164,20 @@ class ModelPool:
         return choices
 
     def resolve(self, run, checkpoint) -> tuple[Path, str]:
+        """The run's folder and the id of `checkpoint`, named as the CLI names it: `base`, an id (`ckpt-120`),
+        a step (`120`), `stage-2` (that stage's end), `latest` or `best`."""
         run_dir = self.run_dir(run)
         ids = list_checkpoints(run_dir)
-        if not isinstance(checkpoint, str) or checkpoint not in ids:
-            raise UserError(f"run '{run}' has no checkpoint '{checkpoint}' (it has: {', '.join(ids)})")
-        return run_dir, checkpoint
+        name = checkpoint
+        if isinstance(name, str) and name not in ids and CHECKPOINT_NAME.fullmatch(name):
+            try:
+                name = Run(run_dir).checkpoint(name).id
+            except UserError:  # its sentence names the run's folder; the browser gets the run's name
+                pass
+        if not isinstance(name, str) or name not in ids:  # intact ones only: a damaged id is listed by the store
+            raise UserError(f"run '{run}' has no checkpoint '{checkpoint}' (it has: {', '.join(ids)}; or latest, "
+                            "stage-N, best)")
+        return run_dir, name
 
     # --- loading ---
     def get(self, run, checkpoint) -> Weights:

@@ -194,10 +194,33 @@ def test_train_epochs_below_what_the_stage_in_place_trained_is_refused(tmp_path)
     with pytest.raises(UserError, match=r"^train\.epochs is 5, but run 'r' is in epoch 6 of stage 3 already: nothing "
                                         r"would train; give train\.epochs of 6 or more$"):
         check_epochs(5, mid, 0, 3, "r")
-    for epochs, state, offset, length in ((6, finished, 0, 3), (9, finished, 0, 3), (6, mid, 0, 3),
+    # train.epochs = 0 is "as many as train.max_steps needs" (the shakespeare recipes): a run of those stopped in
+    # its second epoch was refused ("train.epochs is 0, but run 'r' is in epoch 2 ... already") and never resumed
+    for epochs, state, offset, length in ((0, mid, 0, 3), (0, finished, 0, 1),
+                                          (6, finished, 0, 3), (9, finished, 0, 3), (6, mid, 0, 3),
                                           (2, finished, 3, 1),  # a new stage after the finished ones: its own epochs
                                           (2, {**finished, "stage": 1}, 0, 3)):  # later stages may be shorter
         check_epochs(epochs, state, offset, length, "r")
+
+
+def test_the_dry_run_of_a_from_scratch_run_approves_what_the_real_run_trains(tmp_path, pydoc_shards, pydoc_tokenizer,
+                                                                             pydoc_tokenizer_dir, tiny_overrides):
+    """`kgpt2 train --config C run=R train.epochs=2 --dry-run` on an existing from-scratch run said "cannot resume
+    run R: the config changed what its checkpoints hold (model.preset: 'preset' -> 'scratch' ...)"; the same
+    command without --dry-run trained."""
+    from kgpt2.config import load_config
+    from kgpt2.train import train
+    from kgpt2.training.train_inputs import dry_run_plan
+
+    config = lambda *o: load_config(None, [*tiny_overrides, "model.preset=scratch", f"data.shards={pydoc_shards}",  # noqa: E731
+                                           f"model.vocabulary_size={pydoc_tokenizer.vocab_size}", "run=r",
+                                           f"model.tokenizer={pydoc_tokenizer_dir}",
+                                           f"checkpoints_root={tmp_path}", "train.stages=[3]", *o])
+    step = train(config(), verbose=0).global_step
+    before = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert dry_run_plan(config("train.epochs=2"))  # approved, and nothing written
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before
+    assert train(config("train.epochs=2"), verbose=0).global_step == 2 * step
 
 
 def test_a_run_whose_shards_moved_changed_or_max_steps_fell_says_what_to_do(tmp_path, tiny_preset, pydoc_shards,

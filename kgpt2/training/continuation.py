@@ -159,6 +159,8 @@ def check_epochs(epochs: int, state: dict, stage_offset: int, plan_length: int, 
     train nothing, and, once in config.json, would be the epochs of every stage the run is given later."""
     if stage_offset != state.get("stage_offset", 0):
         return  # this plan's stages run after the finished ones, with these epochs: nothing is cut short
+    if epochs == 0:
+        return  # as many epochs as train.max_steps needs (check_max_steps checks that one)
     stage = state["stage"] + (0 if state.get("stage_end") else 1)
     if not state.get("stage_end"):
         trained = state.get("epoch", 0) + (1 if state.get("batch") else 0)

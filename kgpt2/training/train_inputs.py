@@ -22,6 +22,7 @@ from kgpt2.data.shards import ShardSet
 from kgpt2.data.stage_plan import plan_stages
 from kgpt2.errors import NoNetworkError, UserError
 from kgpt2.model.models import check_sequence_length, load_tokenizer
+from kgpt2.model.scratch import resolve_scratch
 from kgpt2.run import Run
 from kgpt2.training.continuation import check_max_steps, check_resumable, placed_plan
 from kgpt2.training.training_data import describe_plan, resolve_windows
@@ -66,6 +67,8 @@ def dry_run_plan(cfg: Config):
     run = Run.of(cfg)
     newest = run.checkpoints(cfg.train.keep_last).latest() if run.exists() else None
     if newest is not None:
+        if cfg.model.preset == "scratch" and (run.preset_dir / "config.json").is_file():
+            cfg = resolve_scratch(cfg)  # the run's own from-scratch preset (there already: nothing is written)
         cfg = run.adopt(cfg, copy=False)  # the run's own copy of a local preset, as the real run compares with
         if tokenizer is not None:
             check_resumable(newest.state, cfg, tokenizer)

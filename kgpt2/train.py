@@ -179,11 +179,16 @@ class Trainer:
             continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
         # before config.json records a refused continuation
         self.reopened = self._reopen_finished_stage((continuation or {}).get("changed"))
-        if is_writer():  # one process of a multi-host run writes the run's files
-            self.run.save_config(cfg, continuation)
-        if continuation:
-            log.info("continuing run %s at step %d: %s", self.run.path, self.latest.step,
-                     "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in continuation["changed"].items()))
+        changed = continuation["changed"] if continuation else {}
+        changes = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        if self.finished:  # a call that trains nothing changes nothing: a train.max_steps kept from it cut later stages
+            if changes:
+                log.info("nothing to train, so config.json keeps its settings (not recorded: %s)", changes)
+        else:
+            if is_writer():  # one process of a multi-host run writes the run's files
+                self.run.save_config(cfg, continuation)
+            if changes:
+                log.info("continuing run %s at step %d: %s", self.run.path, self.latest.step, changes)
         log.info("device: %s (%s), precision %s, backend %s", self.device.keras_name, self.device.description,
                  self.policy, keras.backend.backend())
         if self.parallel:

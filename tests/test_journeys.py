@@ -236,6 +236,11 @@ def test_more_epochs_on_a_finished_run_train_them(tmp_path, capsys, monkeypatch,
     assert f"trained {2 * one} steps (step {one} -> {3 * one})" in out, out  # this call's steps, not the run's
     code, out, err = kgpt2(capsys, "train", "--run", run)  # unchanged: nothing more, and it says so
     assert code == 0 and CheckpointManager(run).latest().step == 3 * one
+    # a train.max_steps past the plan trains nothing either, and is not kept: recorded, it cut a later stage short
+    saved = (run / "config.json").read_bytes()
+    code, out2, err2 = kgpt2(capsys, "train", "--run", run, f"train.max_steps={5 * one}")
+    assert code == 0 and "trained nothing" in out2 and (run / "config.json").read_bytes() == saved, err2
+    assert "not recorded: train.max_steps 0 -> " in err2, err2
     assert "nothing more to train" in err
     # ... and only that: no model built, no "resuming from" a stage past the plan, no steps claimed
     assert "resuming from" not in err and "model:" not in err, err

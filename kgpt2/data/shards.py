@@ -160,7 +160,7 @@ class Split:
         self.name = name
         self.num_articles = info["num_articles"]
         self.num_tokens = info["num_tokens"]
-        self.offsets = np.load(directory / info["offsets"])
+        self.offsets = _load_offsets(directory, info)
         path = directory / info["tokens"]
         self.tokens = (np.memmap(path, dtype=dtype, mode="r") if self.num_tokens
                        else np.zeros((0,), dtype=dtype))
@@ -179,6 +179,21 @@ class Split:
         return self._ids_path.read_text(encoding="utf-8").splitlines()
 
 
+def _load_offsets(directory: Path, info: dict) -> np.ndarray:
+    """A split's article offsets, checked: cut short or edited in place, they would otherwise give a numpy
+    traceback or silently wrong (negative) article lengths. One vectorised pass over one int per article."""
+    name = info["offsets"]
+    try:
+        offsets = np.load(directory / name, allow_pickle=False)
+        ok = (offsets.ndim == 1 and offsets.dtype.kind in "iu" and len(offsets) == info["num_articles"] + 1
+              and offsets[0] == 0 and offsets[-1] == info["num_tokens"] and bool(np.all(np.diff(offsets) >= 0)))
+    except (OSError, ValueError, EOFError):  # a truncated or foreign file; ValueError covers numpy's reads
+        ok = False
+    if not ok:
+        raise UserError(f"shard set '{directory}' has a damaged {name}; run `kgpt2 prepare` again")
+    return offsets
+
+
 class ShardSet:
     """A prepared shard directory: `ShardSet(dir).split("train")`."""
 
@@ -188,8 +203,8 @@ class ShardSet:
         if not path.is_file():
             raise UserError(f"'{self.directory}' is not a prepared shard set (no manifest.json); run `kgpt2 prepare` first")
         try:
-            self.manifest = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:  # not JSON, or not text at all (UnicodeDecodeError)
             raise UserError(f"'{path}' is corrupt; run `kgpt2 prepare` again") from None
         if self.manifest.get("format") != FORMAT:
             raise UserError(f"'{self.directory}' was written by another kgpt2 shard format")

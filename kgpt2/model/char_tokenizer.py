@@ -72,8 +72,12 @@ class CharTokenizer:
             raise UserError(f"'{directory}' holds no {CHAR_VOCAB_FILE}")
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:  # not JSON, or not text at all (UnicodeDecodeError)
+            why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "not valid JSON"
+            raise UserError(f"tokenizer file '{path}' is damaged or not a tokenizer ({why})") from None
+        try:
             return cls(spec["chars"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise UserError(f"'{path}' is not a kgpt2 character vocabulary") from None
 
     def save(self, directory) -> Path:

@@ -83,8 +83,16 @@ class Tokenizer:
         for p in (vocab_path, merges_path):
             if not p.is_file():
                 raise UserError(f"tokenizer file '{p}' does not exist")
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-        merges = merges_path.read_text(encoding="utf-8").splitlines()
+        try:
+            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+        except ValueError as e:  # not JSON, or not text at all (UnicodeDecodeError)
+            raise UserError(_damaged(vocab_path, e)) from None
+        if not isinstance(vocab, dict):
+            raise UserError(f"tokenizer file '{vocab_path}' is damaged or not a tokenizer (not a token -> id map)")
+        try:
+            merges = merges_path.read_text(encoding="utf-8").splitlines()
+        except ValueError as e:
+            raise UserError(_damaged(merges_path, e)) from None
         return cls(vocab, [m for m in merges if m.strip()])
 
     @classmethod
@@ -231,6 +239,16 @@ def _tiktoken_encoding(vocabulary: dict, merges: list, eos_id: int):
     pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's
     return tiktoken.Encoding("kgpt2-gpt2", pat_str=pattern, mergeable_ranks=ranks,
                              special_tokens={EOS: eos_id})
+
+
+def _damaged(path, e: ValueError) -> str:
+    """The sentence for a tokenizer file that does not decode or parse.
+
+    >>> _damaged("v.json", UnicodeDecodeError("utf-8", b"\\x89", 0, 1, "invalid start byte"))
+    "tokenizer file 'v.json' is damaged or not a tokenizer (not UTF-8 text)"
+    """
+    why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "not valid JSON"
+    return f"tokenizer file '{path}' is damaged or not a tokenizer ({why})"
 
 
 def _read_json(path):

@@ -142,8 +142,8 @@ class CheckpointManager:
             if not (d.is_dir() and d.name[5:].isdigit() and state_path.is_file()):
                 continue
             try:
-                state = json.loads(state_path.read_text())
-            except (json.JSONDecodeError, OSError):
+                state = json.loads(state_path.read_text(encoding="utf-8"))
+            except (ValueError, OSError):  # ValueError: not JSON, or not text at all (UnicodeDecodeError)
                 self._unreadable[d] = int(d.name[5:])  # no step or cursor to list it by (`_warn_unreadable_states`)
                 continue
             found.append(Checkpoint(d, int(d.name[5:]), state))

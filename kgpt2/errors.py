@@ -9,6 +9,9 @@ The CLI prints its message as one line and exits with status 2; nothing else
 """
 
 import errno
+import os
+import re
+import shutil
 import socket
 import urllib.error
 
@@ -34,13 +37,39 @@ _ADVICE = {  # errno name -> (what happened, what to do)
 }
 
 
-def os_error_sentence(e: OSError, doing: str) -> str:
-    """One sentence for an OS error met while `doing` something: path, what, what to do.
+_ERRNO = re.compile(r"\[Errno (\d+)\]|os error (\d+)")  # Python's str(OSError), Rust's io::Error
+
+
+def as_os_error(e: BaseException) -> OSError:
+    """`e` as an OSError with an errno where its text names one: shutil.Error (a list of (src, dst, why),
+    no errno; its first entry speaks) and errors of native code such as safetensors' SafetensorError.
+
+    >>> as_os_error(RuntimeError("Error while serializing: No space left on device (os error 28)")).strerror
+    'No space left on device'
+    """
+    if isinstance(e, OSError) and e.errno is not None:
+        return e
+    filename, text = getattr(e, "filename", None), str(e)
+    if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
+        first = e.args[0][0]  # its dst is inside a temp folder about to go: named by the caller's `doing`
+        filename, text = None, str(first[2] if isinstance(first, tuple) and len(first) == 3 else first)
+    m = _ERRNO.search(text)
+    if m:
+        code = int(m[1] or m[2])
+        return OSError(code, os.strerror(code), filename)
+    text = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return OSError(None, text if len(text) <= 200 else text[:200] + "...", filename)
+
+
+def os_error_sentence(e: BaseException, doing: str) -> str:
+    """One sentence for an OS error met while `doing` something: path, what, what to do. `e` may also be
+    an error that only says which OS error it was (see `as_os_error`).
 
     >>> import errno, os
     >>> os_error_sentence(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/a/logs/steps.csv"), "training")
     "training failed at 'runs/a/logs/steps.csv': the disk is full; free some space or use a bigger disk, then run the same command again"
     """
+    e = as_os_error(e)
     what, advice = _ADVICE.get(errno.errorcode.get(e.errno, ""), (e.strerror or str(e) or type(e).__name__, "check that path"))
     where = f" at '{e.filename}'" if e.filename else ""
     return f"{doing} failed{where}: {what}; {advice}, then run the same command again"

@@ -30,8 +30,9 @@ import json
 from pathlib import Path
 
 import keras_hub
+from safetensors import SafetensorError
 
-from kgpt2.errors import UserError
+from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.io import atomic_write_text, new_folder, refuse_used_folder
 from kgpt2.model.adapters import merged_backbone as merge
 from kgpt2.model.models import build_causal_lm, load_tokenizer, real_vocabulary_size, save_preset, save_unpadded_weights
@@ -158,20 +159,23 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
         backbone = merged_backbone(build_causal_lm(base_config(cfg)) if to == "peft" else model)
 
     template = cfg.generate.template
-    with new_folder(out, "export") as tmp:
-        if to == "peft":
-            write_hf(backbone, tokenizer, tmp / "base", template)
-            write_peft_adapter(model.backbone, cfg.lora, tmp, base=str(out.resolve() / "base"))
-        elif to == "hf":
-            write_hf(backbone, tokenizer, tmp, template)
-        else:
-            write_preset(backbone, tokenizer, tmp)
-        # An adapter is merged only when one was trained (or started from lora.init_from): the base checkpoint
-        # of a LoRA run holds adapters that add nothing.
-        adapter = cfg.lora.enabled and (checkpoint_id != BASE or bool(cfg.lora.init_from))
-        atomic_write_text(tmp / PROVENANCE_FILE, json.dumps({
-            "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_id, "format": to,
-            "lora_merged": adapter and to != "peft", "dequantised_from": cfg.model.quantize or None,
-            "config_hash": cfg.hash(),
-        }, indent=2))
+    try:
+        with new_folder(out, "export") as tmp:
+            if to == "peft":
+                write_hf(backbone, tokenizer, tmp / "base", template)
+                write_peft_adapter(model.backbone, cfg.lora, tmp, base=str(out.resolve() / "base"))
+            elif to == "hf":
+                write_hf(backbone, tokenizer, tmp, template)
+            else:
+                write_preset(backbone, tokenizer, tmp)
+            # An adapter is merged only when one was trained (or started from lora.init_from): the base checkpoint
+            # of a LoRA run holds adapters that add nothing.
+            adapter = cfg.lora.enabled and (checkpoint_id != BASE or bool(cfg.lora.init_from))
+            atomic_write_text(tmp / PROVENANCE_FILE, json.dumps({
+                "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_id, "format": to,
+                "lora_merged": adapter and to != "peft", "dequantised_from": cfg.model.quantize or None,
+                "config_hash": cfg.hash(),
+            }, indent=2))
+    except SafetensorError as e:  # no OSError, so new_folder cannot word it; it has removed the temp folder
+        raise UserError(os_error_sentence(e, f"exporting run '{run_dir}' to '{out}'")) from None
     return out

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from kgpt2.config import Config, config_from_dict, save_config
-from kgpt2.errors import UserError
+from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.io import atomic_write_text, publish_folder
 from kgpt2.lock import RunLock
 from kgpt2.model.models import build_causal_lm, load_tokenizer
@@ -176,8 +176,8 @@ class Run:
         try:
             shutil.copytree(source, tmp)
             publish_folder(tmp, target)
-        except OSError as e:
-            raise UserError(f"could not copy '{source}' into run '{self.path}': {e.strerror or e}") from None
+        except OSError as e:  # shutil.Error included: its list of (src, dst, why) becomes one sentence
+            raise UserError(os_error_sentence(e, f"copying '{source}' into run '{self.path}'")) from None
         finally:
             shutil.rmtree(tmp.parent, ignore_errors=True)
         return str(target)

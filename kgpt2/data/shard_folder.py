@@ -89,7 +89,12 @@ def check_out_folder(out: Path, source: Path | None) -> None:
 
     `source`: the local file or folder read (None for `pydoc` and `hf:`).
     """
-    out = out.resolve()
+    try:
+        out = out.resolve()
+    except (RuntimeError, OSError) as e:  # a link loop: RuntimeError up to Python 3.12, ELOOP after
+        if isinstance(e, OSError) and e.errno != errno.ELOOP:
+            raise
+        raise UserError(f"--out '{out}' is a symbolic link loop; name a new folder for the shards") from None
     if source is not None:
         source = source.resolve()
         if _is_within(source, out):

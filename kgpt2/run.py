@@ -159,18 +159,26 @@ class Run:
         """
         model = cfg.model
         if model.preset != "scratch" and Path(model.preset).expanduser().is_dir():
-            model = replace(model, preset=self._copy_in(Path(model.preset).expanduser(), self.preset_dir, copy))
+            preset = Path(model.preset).expanduser()
+            if is_run(preset):  # every checkpoint of it would be copied in, then fail to load as a preset
+                raise UserError(f"model.preset '{preset}' is a kgpt2 run, not a preset: to start from its weights, "
+                                f"give train.init_from={preset} with the model.preset that run has")
+            model = replace(model, preset=self._copy_in(preset, self.preset_dir, copy))
         if model.tokenizer and Path(model.tokenizer).expanduser().is_dir():
             tokenizer = self._copy_in(Path(model.tokenizer).expanduser(), self.tokenizer_dir, copy)
             model = replace(model, tokenizer=tokenizer)
         return replace(cfg, model=model)
 
     def _copy_in(self, source: Path, target: Path, copy: bool = True) -> str:
-        """`target` once it holds a copy of `source` (made now if absent); `source` where another copy is there."""
+        """`target` once it holds a copy of `source` (made now if absent, or replaced where the run has no
+        checkpoint yet: a start stopped before its first one, given another preset now); `source` where the run's
+        checkpoints were trained on another copy (which check_resumable then names)."""
         if source.resolve() == target.resolve() or self.path.resolve() in source.resolve().parents:
             return str(source)
-        if target.exists() or not copy:
-            return str(target) if target.exists() and same_files(source, target) else str(source)
+        if target.exists() and same_files(source, target):
+            return str(target)
+        if not copy or (target.exists() and any(self.path.glob("ckpt-*"))):
+            return str(source)
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=self.path)) / "copy"
         try:

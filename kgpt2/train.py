@@ -164,10 +164,10 @@ class Trainer:
             asked = self.shards.manifest.get("options", {}).get("splits", "auto")  # --splits train: no note
             log.warning("the shards in %s: %s", cfg.data.shards, empty_splits_note(self.shards.manifest) or
                         f"validation holds no articles (prepared with --splits {asked}): no validation loss")
-        self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         self.run = Run.of(cfg)
         if is_writer():  # the one writing process of a (multi-host) run holds its lock
             self.lock = self.run.lock().acquire()  # before anything is read or written in the run
+        self.cfg = cfg = resolve_scratch(cfg)  # a fresh GPT-2 saved once as <run>/preset, for preset "scratch"
         if is_writer():  # a local preset / tokenizer outside the run is copied in (once): the run travels
             self.cfg = cfg = self.run.adopt(cfg)
         self.store = self.run.checkpoints(cfg.train.keep_last)

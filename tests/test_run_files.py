@@ -227,3 +227,43 @@ def test_a_folder_in_a_run_a_folder_of_runs_or_shards_given_as_run_say_what_to_p
     }
     for argv, want in cases.items():
         assert main(list(argv)) == 2 and capsys.readouterr().err == f"kgpt2: error: {want}\n", argv
+
+
+def test_a_run_takes_the_preset_it_is_given_and_never_a_run_as_one(tmp_path, tiny_preset, tiny_run, make_tiny_config):
+    """A start killed after the preset's copy, run again with another preset, trained on the outside folder (the
+    run no longer travelled: its config pointed outside, its preset/ held the old model); `model.preset=<a run>`
+    copied every checkpoint of that run in, then failed to load it as a preset."""
+    import shutil
+
+    from kgpt2.run import same_files
+
+    other = tmp_path / "other-preset"
+    shutil.copytree(tiny_preset, other)
+    (other / "metadata.json").write_text((other / "metadata.json").read_text() + "\n")  # another preset's files
+    run = Run(tmp_path / "r")
+    first = run.adopt(make_tiny_config(tmp_path, tiny_preset, "shards", "run=r"))
+    assert first.model.preset == str(run.preset_dir) and same_files(run.preset_dir, tiny_preset)
+    second = run.adopt(make_tiny_config(tmp_path, other, "shards", "run=r"))  # no checkpoint yet: replaced
+    assert second.model.preset == str(run.preset_dir) and same_files(run.preset_dir, other)
+    (run.path / "ckpt-5").mkdir()  # checkpoints trained on this copy: it stays, and the resume check names the change
+    assert run.adopt(make_tiny_config(tmp_path, tiny_preset, "shards", "run=r")).model.preset == str(tiny_preset)
+    assert same_files(run.preset_dir, other)
+    fresh = Run(tmp_path / "fresh")
+    with pytest.raises(UserError, match=r"^model\.preset '.*' is a kgpt2 run, not a preset: to start from its weights, "
+                                        r"give train\.init_from="):
+        fresh.adopt(make_tiny_config(tmp_path, tiny_run, "shards", "run=fresh"))
+    assert not fresh.preset_dir.exists()
+
+
+def test_a_second_trainer_on_a_new_from_scratch_run_is_told_the_run_is_in_use(tmp_path, pydoc_shards, pydoc_tokenizer,
+                                                                              pydoc_tokenizer_dir, tiny_overrides,
+                                                                              kgpt2_cli):
+    """Two `kgpt2 train` of one new from-scratch run started together: the second made the run's preset before
+    taking the lock, and was told "preset target 'runs/r/preset' already exists", not that the run is in use."""
+    run = Run(tmp_path / "r")
+    with run.lock():  # the first trainer, between its lock and its first checkpoint
+        r = kgpt2_cli("train", *tiny_overrides, "model.preset=scratch", f"model.tokenizer={pydoc_tokenizer_dir}",
+                      f"model.vocabulary_size={pydoc_tokenizer.vocab_size}", f"data.shards={pydoc_shards}",
+                      f"checkpoints_root={tmp_path}", "run=r")
+    assert r.returncode == 2 and "is in use by another kgpt2 process" in r.stderr, r.stderr
+    assert not run.preset_dir.exists()

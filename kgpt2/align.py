@@ -192,9 +192,11 @@ class Aligner:
     def _check_resumable(self, state: dict) -> None:
         old, new = state.get("align_plan", {}), self._plan_record()
         diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k])
-        if state.get("kind") != KIND or diffs:
-            raise UserError(f"cannot resume run '{self.cfg.run_dir}': "
-                            f"{diffs or 'it is not an align run'}; use a new run name")
+        if state.get("kind") != KIND:  # a training run's folder: its every align field "changed" (None -> ...)
+            raise UserError(f"run '{self.cfg.run_dir}' is a training run, not an align run: align into a new run name "
+                            f"(run=NEW_NAME), starting from it with align.init_run={self.cfg.run_dir}")
+        if diffs:
+            raise UserError(f"cannot resume run '{self.cfg.run_dir}': {diffs}; use a new run name")
 
     def _plan_record(self) -> dict:
         a = self.cfg.align

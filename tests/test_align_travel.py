@@ -104,3 +104,17 @@ def test_align_init_run_given_a_checkpoint_or_a_folder_of_runs_names_its_own_key
         _align_from(tiny_run.parent, tmp_path)
     assert f"align.init_run takes one of them, e.g. align.init_run='{tiny_run}'" in str(e.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_align_into_a_training_runs_folder_says_what_it_is(tmp_path, shared_data, tiny_run, monkeypatch):
+    """`kgpt2 align run=<a training run>` listed a dozen align fields as changed ("loss: None -> 'dpo'; beta: ...")."""
+    copy = tmp_path / "runs" / "aligned"
+    shutil.copytree(tiny_run, copy)
+    monkeypatch.chdir(tmp_path)
+    _prefs(tmp_path / "data" / "prefs.jsonl", shared_data)
+    before = sorted(p.name for p in copy.iterdir())
+    with pytest.raises(UserError) as e:
+        _align_from(tiny_run, tmp_path)
+    assert str(e.value) == ("run 'runs/aligned' is a training run, not an align run: align into a new run name "
+                            "(run=NEW_NAME), starting from it with align.init_run=runs/aligned")
+    assert sorted(p.name for p in copy.iterdir()) == before

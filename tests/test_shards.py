@@ -221,3 +221,11 @@ def test_benchmark_script_smoke(tmp_path, shared_data):
     assert {r["implementation"] for r in rows} >= {"kgpt2 prepare", "datasets.map"}
     assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     assert len({r["tokens"] for r in rows}) == 1  # same input, same token count (both exact)
+
+
+def test_a_split_it_does_not_have_is_named_with_the_ones_it_has(pydoc_shards):
+    """`kgpt2 evaluate --split valid` said "has no split 'valid'" and left the user to guess the names."""
+    from kgpt2.data.shards import ShardSet
+
+    with pytest.raises(UserError, match=r"has no split 'valid' \(it has: train, validation, test\)$"):
+        ShardSet(pydoc_shards).split("valid")

@@ -234,7 +234,8 @@ class ShardSet:
 
     def split(self, name: str) -> Split:
         if name not in self.manifest["splits"]:
-            raise UserError(f"shard set '{self.directory}' has no split '{name}'")
+            raise UserError(f"shard set '{self.directory}' has no split '{name}' (it has: "
+                            f"{', '.join(self.manifest['splits'])})")
         if name not in self._splits:
             self._splits[name] = Split(self.directory, name, self.manifest["splits"][name],
                                        self.manifest["dtype"])

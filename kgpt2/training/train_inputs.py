@@ -53,7 +53,8 @@ def check_inputs(cfg: Config, offline: bool = False) -> tuple[Config, object, Sh
     if not Path(cfg.data.shards).exists() and Run.of(cfg).exists():  # a run whose shards moved: say where to point
         raise UserError(f"the shards run '{cfg.run_dir}' trains on, '{cfg.data.shards}', are not there any more "
                         f"(moved or deleted): give their new place, kgpt2 train --run {shlex.quote(str(cfg.run_dir))} "
-                        "data.shards=NEW_PLACE")
+                        "data.shards=NEW_PLACE; or, gone with a runtime's disk, prepare them again there from the "
+                        "same source and options with the run's tokenizer (the same articles: the run resumes exactly)")
     shards = ShardSet(cfg.data.shards)
     if tokenizer is not None:
         shards.check_tokenizer(tokenizer)

@@ -113,7 +113,16 @@ class Demo:
     def warm_up(self) -> None:
         """Load the latest checkpoint and compile its engine's programs (prefill of a short prompt,
         the decode loop for every slot) before the first visitor would wait for them."""
-        weights = self.pool.get(self.run, self.latest)
+        try:
+            weights = self.pool.get(self.run, self.latest)
+        except UserError:
+            newest = self.pool.checkpoints(self.run)[-1][1]
+            if newest == self.latest:
+                raise  # still there: damaged, its own sentence
+            # a run still training: its retention removed the newest checkpoint of a minute ago while the base
+            # model was built, so the page opens on the newest one there now
+            self.latest = newest
+            weights = self.pool.get(self.run, self.latest)
         weights.engine.warm_up()  # every prefill row bucket and both decode loops: batched visitors compile nothing
         ids = weights.engine.tokenizer.encode("The")
         s = Settings.from_config(self.defaults, max_new_tokens=min(4, self.max_new_tokens()))

@@ -460,3 +460,17 @@ def test_gradio_cache_of_another_user_is_not_used(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", "/somewhere/mine")
     demo.gradio_cache_of_this_user()
     assert os.environ["GRADIO_TEMP_DIR"] == "/somewhere/mine", "the user's own setting wins"
+
+
+def test_the_demo_opens_on_a_training_run_whose_newest_checkpoint_goes_while_it_starts(tmp_path, tiny_run):
+    """`kgpt2 demo --run R` beside `kgpt2 train` of R with frequent checkpoints: the newest checkpoint listed at
+    start was removed by the trainer's retention while the base model was built, and the demo exited with "run R
+    has no checkpoint 'ckpt-46600'"."""
+    from kgpt2.demo import Demo
+
+    shutil.copytree(tiny_run, tmp_path / "root" / "tiny")
+    demo = Demo(tmp_path / "root", "tiny", batching=False)
+    gone = demo.latest
+    shutil.rmtree(tmp_path / "root" / "tiny" / gone)  # the trainer's retention, during start-up
+    demo.warm_up()
+    assert demo.latest != gone and demo.latest in {ckpt for _, ckpt in demo.pool.checkpoints("tiny")}

@@ -79,6 +79,14 @@ def shown(answer: str) -> str:
     return f"[an answer of whitespace only: {answer!r}]"
 
 
+def _opens(run_dir) -> bool:
+    try:
+        load_run_config(run_dir)
+        return True
+    except UserError:
+        return False
+
+
 class Demo:
     """The app's handlers over a `ModelPool` and an `Answerer`; `build()` lays them out."""
 
@@ -87,8 +95,9 @@ class Demo:
         self.pool = ModelPool(checkpoints_root, slots=max_batch,
                               **({"budget_bytes": budget_bytes} if budget_bytes else {}))
         runs = self.pool.runs()
-        if run is None:
-            run = runs[0] if runs and DEFAULT_RUN not in runs else DEFAULT_RUN
+        if run is None:  # the first run that opens: one broken run beside good ones does not stop the page
+            run = DEFAULT_RUN if DEFAULT_RUN in runs or not runs else next(
+                (r for r in runs if _opens(self.pool.run_dir(r))), runs[0])
         if run == DEFAULT_RUN and run not in runs:
             raise UserError(f"there is no quickstart run under '{checkpoints_root}' yet; run `kgpt2 quickstart` "
                             "first (a few minutes on CPU, offline)")
@@ -283,11 +292,11 @@ class Demo:
 
     def run_changed(self, run):
         """New run on a side: its checkpoints (latest picked) and its model's new-token limit."""
-        try:
-            choices = self.pool.checkpoints(run)
+        try:  # a broken run (its config.json unreadable) is said in the page, not as a bare "Error"
+            choices, limit = self.pool.checkpoints(run), self.max_new_tokens(run)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
-        return gr.Dropdown(choices=choices, value=choices[-1][1]), gr.Slider(maximum=self.max_new_tokens(run))
+        return gr.Dropdown(choices=choices, value=choices[-1][1]), gr.Slider(maximum=limit)
 
     def refresh(self, run_a, ckpt_a, run_b, ckpt_b):
         """Runs and checkpoints as they are on disk now; vanished picks fall back to the latest."""

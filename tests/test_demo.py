@@ -474,3 +474,19 @@ def test_the_demo_opens_on_a_training_run_whose_newest_checkpoint_goes_while_it_
     shutil.rmtree(tmp_path / "root" / "tiny" / gone)  # the trainer's retention, during start-up
     demo.warm_up()
     assert demo.latest != gone and demo.latest in {ckpt for _, ckpt in demo.pool.checkpoints("tiny")}
+
+
+def test_one_broken_run_under_the_root_does_not_stop_the_page(tmp_path, tiny_run):
+    """`kgpt2 demo --checkpoints-root R` with a run whose config.json is empty beside a good one exited 2 ("run
+    config ... cannot be read"); picking the broken run in the page showed Gradio's bare "Error"."""
+    import gradio as gr
+
+    from kgpt2.demo import Demo
+
+    (tmp_path / "root" / "broken").mkdir(parents=True)
+    (tmp_path / "root" / "broken" / "config.json").write_text("")
+    shutil.copytree(tiny_run, tmp_path / "root" / "good")
+    demo = Demo(tmp_path / "root", batching=False)
+    assert demo.run == "good" and demo.pool.runs() == ["broken", "good"]
+    with pytest.raises(gr.Error, match="broken"):
+        demo.run_changed("broken")

@@ -18,44 +18,16 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from test_adapters import ATOL, IDS, kgpt2_lm, kgpt2_logits, peft_logits, perturb  # noqa: E402  (the oracles)
+
 from kgpt2.errors import UserError  # noqa: E402
 
-ATOL = 1e-4
-IDS = [5, 17, 200, 33, 9, 411, 2, 77, 150, 3, 64, 90]
 QKV_OUT = ["query", "key", "value", "attention_output"]  # the alpaca, chat and qlora recipes' targets
 
 
 def lora_overrides(targets, rank=4, alpha=8.0, *extra) -> list[str]:
     return ["lora.enabled=true", f"lora.rank={rank}", f"lora.alpha={alpha}", f"lora.targets={json.dumps(targets)}",
             "train.precision=float32", *extra]
-
-
-def kgpt2_lm(preset, overrides):
-    from kgpt2.config import load_config
-    from kgpt2.model.models import build_causal_lm
-
-    cfg = load_config(None, [f"model.preset={preset}", *overrides])
-    return build_causal_lm(cfg), cfg
-
-
-def perturb(model, seed=0) -> None:
-    """Move B (zero at the start), DoRA's magnitude and the biases, so the adapter does something."""
-    rng = np.random.default_rng(seed)
-    for v in model.trainable_variables:
-        if any(k in v.path for k in ("lora_kernel_b", "dora_magnitude", "bias")):
-            v.assign(np.asarray(v) + rng.normal(0, 0.2, v.shape).astype("float32"))
-
-
-def kgpt2_logits(model, ids=IDS) -> np.ndarray:
-    x = np.array([ids], "int32")
-    out = np.asarray(model({"token_ids": x, "padding_mask": np.ones_like(x, bool)}, training=False))[0]
-    return out[:, :getattr(model.backbone, "real_vocabulary_size", out.shape[-1])]
-
-
-def peft_logits(base_dir, adapter_dir, ids=IDS) -> np.ndarray:
-    model = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(base_dir), adapter_dir)
-    with torch.no_grad():
-        return model.eval()(torch.tensor([ids])).logits[0].numpy()
 
 
 def hf_logits(directory, ids=IDS) -> np.ndarray:
@@ -80,14 +52,14 @@ def test_own_export_comes_back_with_the_runs_settings_and_logits(variant, hf_bas
 
     targets, extra = VARIANTS[variant]
     overrides = lora_overrides(targets, 4, 8.0, *extra)
-    model, cfg = kgpt2_lm(hf_base, overrides)
+    model, cfg = kgpt2_lm(hf_base, *overrides)
     perturb(model)
     ours = kgpt2_logits(model)
     adapter = write_peft_adapter(model.backbone, cfg.lora, tmp_path / "adapter")
     np.testing.assert_allclose(peft_logits(hf_base, adapter), ours, atol=ATOL, rtol=0)  # the export is the run
     need = needed_settings(*read_peft_adapter(adapter))
     assert (need.rank, need.alpha, need.targets) == (4, pytest.approx(8.0), list(resolve_targets(targets)))
-    back, _ = kgpt2_lm(hf_base, overrides + [f"lora.init_from={adapter}"])
+    back, _ = kgpt2_lm(hf_base, *overrides, f"lora.init_from={adapter}")
     np.testing.assert_allclose(kgpt2_logits(back), ours, atol=ATOL, rtol=0)
     mine, theirs = model.trainable_variables, back.trainable_variables  # the same adapters, not only the same sums
     assert [v.name for v in theirs] == [v.name for v in mine]
@@ -108,14 +80,14 @@ def test_untrained_and_unlabelled_exports_keep_the_runs_targets(hf_base, tmp_pat
     one without them (an older kgpt2 export) by B's block-diagonal layout."""
     from kgpt2.model.peft_adapters import needed_settings, read_peft_adapter, write_peft_adapter
 
-    model, cfg = kgpt2_lm(hf_base, lora_overrides(["query", "value"]))
+    model, cfg = kgpt2_lm(hf_base, *lora_overrides(["query", "value"]))
     untrained = write_peft_adapter(model.backbone, cfg.lora, tmp_path / "untrained")
     assert needed_settings(*read_peft_adapter(untrained)).targets == ["query", "value"]
     perturb(model)
     old = write_peft_adapter(model.backbone, cfg.lora, tmp_path / "old")
     _without_kgpt2_metadata(old)
     assert needed_settings(*read_peft_adapter(old)).targets == ["query", "value"]
-    back, _ = kgpt2_lm(hf_base, lora_overrides(["query", "value"]) + [f"lora.init_from={old}"])
+    back, _ = kgpt2_lm(hf_base, *lora_overrides(["query", "value"]), f"lora.init_from={old}")
     np.testing.assert_allclose(kgpt2_logits(back), kgpt2_logits(model), atol=ATOL, rtol=0)
     _without_kgpt2_metadata(untrained)  # nothing says which projections own the blocks: one fused adapter
     need = needed_settings(*read_peft_adapter(untrained))
@@ -129,8 +101,8 @@ def test_adapter_with_per_module_ranks_is_refused_naming_them(hf_base, tmp_path)
     model = peft.get_peft_model(transformers.GPT2LMHeadModel.from_pretrained(hf_base), config)
     model.save_pretrained(tmp_path / "mixed")
     with pytest.raises(UserError) as refused:
-        kgpt2_lm(hf_base, lora_overrides(["query", "key", "value", "feedforward_intermediate_dense"])
-                 + [f"lora.init_from={tmp_path / 'mixed'}"])
+        kgpt2_lm(hf_base, *lora_overrides(["query", "key", "value", "feedforward_intermediate_dense"]),
+                 f"lora.init_from={tmp_path / 'mixed'}")
     message = str(refused.value)
     assert "\n" not in message and str(tmp_path / "mixed") in message
     assert "attn.c_attn rank 4 alpha 8" in message and "mlp.c_fc rank 2 alpha 8" in message
@@ -168,8 +140,8 @@ def test_quantised_run_exports_to_peft_and_comes_back(qlora_run, tmp_path, kgpt2
     provenance = json.loads((tmp_path / "peft" / "kgpt2_export.json").read_text())
     assert provenance["dequantised_from"] == "int8" and provenance["lora_merged"] is False
     # Back in, on its exported base quantised again: the run's own logits.
-    back, _ = kgpt2_lm(tmp_path / "peft" / "base", lora_overrides(QKV_OUT, 4, 8.0, "model.quantize=int8",
-                                                                   f"lora.init_from={tmp_path / 'peft'}"))
+    back, _ = kgpt2_lm(tmp_path / "peft" / "base", *lora_overrides(QKV_OUT, 4, 8.0, "model.quantize=int8",
+                                                                    f"lora.init_from={tmp_path / 'peft'}"))
     np.testing.assert_allclose(kgpt2_logits(back), ours, atol=ATOL, rtol=0)
 
 

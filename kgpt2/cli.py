@@ -194,7 +194,10 @@ def _evaluate(p):
         print(json.dumps(rows, indent=2) if a.json else format_table(rows))
         if not a.json:
             split = rows[0].get("split", a.split) if rows else a.split  # an align run: its held-out pairs
-            print(f"saved: {a.run}/evaluation-{split}.json, .csv and .png")
+            table = Path(a.run) / f"evaluation-{split}.json"
+            png = table.with_suffix(".png")  # written last: a disk that filled before it keeps an older one
+            fresh = png.is_file() and png.stat().st_mtime >= table.stat().st_mtime
+            print(f"saved: {table}, .csv" + (" and .png" if fresh else " (the plot could not be written)"))
 
     return run
 

@@ -124,7 +124,7 @@ def test_a_damaged_optimizer_state_does_not_stop_evaluation(run, tiny_run, caplo
         evaluate_run(run, "stage-1", split="validation", max_batches=1, save=False)
 
 
-def test_a_disk_that_fills_before_the_plot_keeps_the_table_and_says_so(run, monkeypatch, caplog):
+def test_a_disk_that_fills_before_the_plot_keeps_the_table_and_says_so(run, monkeypatch, caplog, kgpt2_cli):
     """The .json and .csv were written, then the PNG's write failed, and the evaluation said it was not saved."""
     import errno
     import os
@@ -143,3 +143,6 @@ def test_a_disk_that_fills_before_the_plot_keeps_the_table_and_says_so(run, monk
     assert (run / "evaluation-validation.csv").is_file() and not (run / "evaluation-validation.png").exists()
     assert "saving the evaluation plot failed at" in caplog.text and "the disk is full" in caplog.text
     assert "the table (evaluation-validation.json, .csv) was saved" in caplog.text
+    (run / "evaluation-validation.png").write_bytes(b"an older plot")  # the CLI does not claim a plot it lacks
+    r = kgpt2_cli("-q", "evaluate", "--run", run, "--checkpoint", "latest", "--split", "validation", "--max-batches", "1")
+    assert r.returncode == 0 and "(the plot could not be written)" in r.stdout and ".png" not in r.stdout, r.stdout

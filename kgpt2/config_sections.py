@@ -83,7 +83,7 @@ class ModelConfig:
     hidden_dim: int = at_least(1, default=768)
     intermediate_dim: int = at_least(1, default=3072)
     max_sequence_length: int = at_least(1, default=1024)
-    vocabulary_size: int = at_least(0, default=50257)  # 0 = the tokenizer's size (docs/pretraining.md)
+    vocabulary_size: int = at_least(0, default=0)  # 0 = the tokenizer's size (50,257 for GPT-2's; docs/pretraining.md)
     # Directory with vocabulary.json + merges.txt (or a character vocabulary
     # from `kgpt2 tokenizer train --char`); empty = the preset's own.
     tokenizer: str = ""

@@ -37,7 +37,8 @@ _ADVICE = {  # errno name -> (what happened, what to do)
 }
 
 
-_ERRNO = re.compile(r"\[Errno (\d+)\]|os error (\d+)")  # Python's str(OSError), Rust's io::Error
+# Python's str(OSError), Rust's io::Error, HDF5's "file write failed: ..., errno = 28, error message = ..." (h5py)
+_ERRNO = re.compile(r"\[Errno (\d+)\]|os error (\d+)|\berrno = (\d+)")
 
 
 def as_os_error(e: BaseException) -> OSError:
@@ -55,10 +56,25 @@ def as_os_error(e: BaseException) -> OSError:
         filename, text = None, str(first[2] if isinstance(first, tuple) and len(first) == 3 else first)
     m = _ERRNO.search(text)
     if m:
-        code = int(m[1] or m[2])
+        code = int(m[1] or m[2] or m[3])
         return OSError(code, os.strerror(code), filename)
     text = text.strip().splitlines()[0] if text.strip() else type(e).__name__
     return OSError(None, text if len(text) <= 200 else text[:200] + "...", filename)
+
+
+def os_error_reason(e: BaseException) -> str:
+    """What went wrong and what to do, for an OS error (or one that only says which, see `as_os_error`): the
+    words every full disk is told in, never a library's multi-line text.
+
+    >>> os_error_reason(OSError("Can't synchronously write data (file write failed: time = ...\\n, errno = 28, ...)"))
+    'the disk is full; free some space or use a bigger disk'
+    """
+    e = as_os_error(e)
+    what, advice = _ADVICE.get(errno.errorcode.get(e.errno, ""), (e.strerror or str(e) or type(e).__name__, ""))
+    standard = os.strerror(e.errno) if e.errno else ""
+    if advice and standard and (e.strerror or "").startswith(standard + " ("):  # kgpt2's own, with figures
+        what += e.strerror[len(standard):]
+    return f"{what}; {advice}" if advice else what
 
 
 def os_error_sentence(e: BaseException, doing: str) -> str:

@@ -23,6 +23,7 @@ rename, fsync the folder) is a dozen lines.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kgpt2.errors import UserError
+from kgpt2.errors import UserError, os_error_reason
 
 
 def fsync_dir(path) -> None:
@@ -150,6 +151,24 @@ def publish_folder(tmp, final) -> Path:
     return final
 
 
+def check_room(folder, nbytes: int, what: str) -> None:
+    """Refuse, before writing, `nbytes` into `folder` when its disk cannot hold them with 5% and 1 MiB to spare:
+    h5py meeting a full disk may crash the process ("Can't decrement id ref count", then a segfault) instead
+    of raising. The OSError says the number checked, margin included, not the bare size.
+
+    >>> try:
+    ...     check_room(".", 1 << 70, "the preset")
+    ... except OSError as e:
+    ...     print(e.errno, e.strerror.endswith("bytes free, the preset needs about 1,239,621,201,753,282,969,600)"))
+    28 True
+    """
+    needed = int(nbytes * 1.05) + (1 << 20)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free:,} bytes free, {what} needs about "
+                      f"{needed:,})", str(folder))
+
+
 def refuse_used_folder(out, what: str) -> None:
     """A UserError unless `out` is absent or an empty folder: a new folder never replaces a user's files."""
     out = Path(out)
@@ -179,7 +198,7 @@ def new_folder(out, what: str) -> Iterator[Path]:
         refuse_used_folder(out, what)  # something may have appeared there during the build
         publish_folder(tmp, out)
     except OSError as e:
-        raise UserError(f"could not write the {what} to '{out}': {e.strerror or e}") from None
+        raise UserError(f"could not write the {what} to '{out}': {os_error_reason(e)}") from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

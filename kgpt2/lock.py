@@ -66,8 +66,8 @@ def owner_gone(name: str) -> bool:
 class RunLock:
     """The lock of one run folder; `with RunLock(run_dir):` or `acquire()` / `release()`."""
 
-    def __init__(self, run_dir):
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir, name: str = LOCK_FILE):
+        self.path = Path(run_dir) / name
         self._fd = None
         self._made: list[Path] = []  # the folders acquire() created, deepest first
         self._made_file = False
@@ -79,28 +79,42 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
+    def busy_sentence(self, who: str) -> str:
+        """The refusal when another process holds the lock; `who`: "process N on HOST since WHEN"."""
+        return (f"run '{self.path.parent}' is in use by another kgpt2 process ({who}); "
+                "wait for it to finish or stop it, or choose another run name")
+
+    def _refusal(self) -> UserError:
+        h = self.holder()
+        who = f"process {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('since', '?')}"
+        return UserError(self.busy_sentence(who))
+
+    def check_free(self) -> None:
+        """Refuse now, without taking the lock, when another process holds it (a quick answer before slow work;
+        `acquire` still decides)."""
+        if fcntl is None or self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file (or none readable): nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._refusal() from None
+        except OSError:
+            pass  # no locks on this file system: `acquire` says so
+        finally:
+            os.close(fd)  # frees the shared lock
+
     def acquire(self) -> RunLock:
         if fcntl is None or self._fd is not None:
             return self
         self._made = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
         self._made_file = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            h = self.holder()
-            who = f"process {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('since', '?')}"
-            raise UserError(f"run '{self.path.parent}' is in use by another kgpt2 process ({who}); "
-                            "wait for it to finish or stop it, or choose another run name") from None
-        except OSError as e:
-            if e.errno not in NO_LOCKS_HERE:
-                os.close(fd)
-                raise
-            # An NFS mount without its lock daemon, some network file systems: training works, unguarded.
-            log.warning("the file system of '%s' does not support file locks (%s); a second kgpt2 process on this "
-                        "run will not be stopped, so start only one", self.path.parent, e.strerror or e)
+        while (fd := self._lock_file()) is None:
+            pass  # the holder removed the file as it let go: lock the one there now
         # The holder's name, written in place: the file is ours while locked.
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
@@ -108,6 +122,33 @@ class RunLock:
         os.pwrite(fd, info.encode(), 0)
         self._fd = fd
         return self
+
+    def _lock_file(self) -> int | None:
+        """An open descriptor of the lock file, flocked; None when the file was removed (or replaced) while we
+        waited for it, as a releasing holder that removes its file does (`kgpt2.data.shard_folder.PrepareLock`)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._refusal() from None
+        except OSError as e:
+            if e.errno not in NO_LOCKS_HERE:
+                os.close(fd)
+                raise
+            # An NFS mount without its lock daemon, some network file systems: training works, unguarded.
+            log.warning("the file system of '%s' does not support file locks (%s); a second kgpt2 process on this "
+                        "run will not be stopped, so start only one", self.path.parent, e.strerror or e)
+            return fd
+        try:
+            now, ours = os.stat(self.path), os.fstat(fd)
+            same = (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return None
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:

@@ -169,10 +169,51 @@ def _stage_losses(run_dir: Path):
     return pd.DataFrame(rows, columns=["step", "val_loss"]) if rows else None
 
 
+# `run_summary`'s keys (what --json prints) as a person reads them, in words and units; pairs print on one line.
+_LABELS = {
+    "run": "run", "steps": "steps", "tokens_per_step": "tokens per step", "steps_per_execution": "steps per execution",
+    "first_execution_s": "first execution, compile included", "ms_per_step_median": "time per step, median",
+    "ms_per_step_p90": "time per step, 90th percentile", "ms_per_step_wall": "time per step, wall clock",
+    "evaluations": "evaluations", "eval_seconds": "evaluation time", "final_train_loss": "final training loss",
+    "best_val_loss": "best validation loss", "final_val_loss": "final validation loss",
+    "val_loss_from": "validation losses from", "best_checkpoint": "best checkpoint",
+}
+_UNITS = {"first_execution_s": " s", "eval_seconds": " s", "ms_per_step_median": " ms", "ms_per_step_p90": " ms",
+          "ms_per_step_wall": " ms"}
+_WITH = {"final_train_loss": ("final_train_steps", "mean of steps {}"), "best_val_loss": ("best_step", "step {}"),
+         "final_val_loss": ("final_step", "step {}")}  # the figure, and the key that says where it is from
+
+
 def format_summary(summary: dict) -> str:
-    """`kgpt2 pretrain summary`: one `name: value` line per figure."""
-    lines = [f"{k:>20}: {v}" for k, v in summary.items()]
+    """`kgpt2 pretrain summary`: one `label: value` line per figure, in words (`--json` keeps the keys).
+
+    >>> print(format_summary({"run": "r", "steps": 5000, "tokens_per_step": 16384, "ms_per_step_median": 5.81,
+    ...                       "ms_per_step_p90": None, "best_val_loss": 1.4663, "best_step": 3750}))
+                               run: r
+                             steps: 5,000
+                   tokens per step: 16,384
+             time per step, median: 5.81 ms
+    time per step, 90th percentile: not measured (too few steps past the warm-up)
+              best validation loss: 1.4663 (step 3,750)
+    """
+    labels = {k: _LABELS.get(k, k.replace("_", " ")) for k in summary if k not in {w for w, _ in _WITH.values()}}
     if "best_val_loss" not in summary:  # said, not left out: a missing line read as a bug in the summary
-        lines.append(f"{'val_loss':>20}: none logged (no evaluation ran); `kgpt2 evaluate --run "
-                     f"{shlex.quote(summary['run'])} --split validation` measures it")
-    return "\n".join(lines)
+        labels["validation loss"] = "validation loss"
+    width = max(map(len, labels.values()))
+    return "\n".join(f"{label:>{width}}: {_value(summary, key)}" for key, label in labels.items())
+
+
+def _value(summary: dict, key: str) -> str:
+    """A figure as printed: thousands separated, with its unit and where it is from."""
+    if key == "validation loss":
+        return (f"none logged (no evaluation ran); `kgpt2 evaluate --run {shlex.quote(summary['run'])} "
+                "--split validation` measures it")
+    value = summary[key]
+    if value is None:
+        return "not measured (too few steps past the warm-up)"
+    text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    text += _UNITS.get(key, "")
+    if key in _WITH and summary.get(_WITH[key][0]) is not None:
+        where = summary[_WITH[key][0]]
+        text += f" ({_WITH[key][1].format(f'{where:,}' if isinstance(where, int) else where)})"
+    return text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from kgpt2.data.shards import ShardSet, prepare
+from kgpt2.errors import UserError
+from kgpt2.model.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.backend_neutral  # data preparation's safety (atomic folders, interrupts)
 
@@ -192,6 +195,7 @@ def test_read_only_folder_is_one_sentence_and_the_old_set_stays(cli, corpus, tmp
     assert cli("--source", "pydoc", "--out", str(disk / "shards"))[0] == 0
     _read_only(disk)
     before = tree(disk)
+    assert cli("--source", "pydoc", "--out", str(disk / "shards"))[0] == 0  # the same set again: nothing to write
     for out in (disk / "shards", disk / "new"):
         assert cli("--source", str(corpus), "--out", str(out)) == (
             2, f"kgpt2: error: cannot write the shards to '{out}': it is on a read-only file system; "
@@ -225,9 +229,11 @@ from kgpt2.model.tokenizer import Tokenizer
 
 source, out, tokenizer, ready, point, via = sys.argv[1:7]
 
-def pause():
+def pause():  # until killed, or until the test writes READY.go
     pathlib.Path(ready).write_text("paused")
-    time.sleep(600)
+    go, deadline = pathlib.Path(ready + ".go"), time.monotonic() + 600
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 if point == "writing":  # after a few articles are in the temp folder
     add, added = writer.SplitWriter.add, []
@@ -256,10 +262,8 @@ def _ctrl_c_as_in_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _stop_prepare_at(point, source, out, shared_data, tmp_path, sig=signal.SIGKILL,
-                     via="library") -> subprocess.Popen:
-    """The prepare process, sent `sig` at `point` and ended (its stderr piped)."""
-    ready = tmp_path / "ready"
+def _prepare_paused_at(point, source, out, shared_data, ready: Path, via="library") -> subprocess.Popen:
+    """A prepare process, paused at `point` (its stderr piped): killed there, or let go by writing READY.go."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-c", KILLED_PREPARE, str(source), str(out),
                              str(shared_data / "gpt2-tokenizer"), str(ready), point, via],
@@ -269,6 +273,14 @@ def _stop_prepare_at(point, source, out, shared_data, tmp_path, sig=signal.SIGKI
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline, "the prepare never reached the kill point"
         time.sleep(0.05)
+    return proc
+
+
+def _stop_prepare_at(point, source, out, shared_data, tmp_path, sig=signal.SIGKILL,
+                     via="library") -> subprocess.Popen:
+    """The prepare process, sent `sig` at `point` and ended (its stderr piped)."""
+    ready = tmp_path / "ready"
+    proc = _prepare_paused_at(point, source, out, shared_data, ready, via)
     proc.send_signal(sig)
     proc.wait(timeout=120)
     ready.unlink()
@@ -294,10 +306,11 @@ def test_sigkill_while_writing_keeps_the_old_set_and_the_next_prepare_cleans_up(
     prepare("pydoc", out, gpt2_tokenizer, progress=False)
     before = tree(out)
     pid = _stop_prepare_at("writing", corpus, out, shared_data, tmp_path).pid
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".shards.kgpt2-tmp-{pid}", "proj", "shards"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shards.kgpt2-lock", f".shards.kgpt2-tmp-{pid}", "proj",
+                                                          "shards"]
     assert tree(out) == before  # the old set, untouched and usable
     assert ShardSet(out).split("train").num_articles > 0
-    prepare(corpus, out, gpt2_tokenizer, progress=False)  # the re-run succeeds and cleans up
+    prepare(corpus, out, gpt2_tokenizer, progress=False)  # the re-run succeeds (the dead one's lock is free), cleans up
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
     assert ShardSet(out).manifest["source"] == str(corpus)
 
@@ -308,12 +321,36 @@ def test_sigkill_between_the_two_renames_puts_the_old_set_back(tmp_path, corpus,
     before = tree(out)
     pid = _stop_prepare_at("publishing", corpus, out, shared_data, tmp_path).pid
     old = f".shards.kgpt2-old-{pid}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [old, f".shards.kgpt2-tmp-{pid}", "proj"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shards.kgpt2-lock", old, f".shards.kgpt2-tmp-{pid}", "proj"]
     assert tree(tmp_path / old) == before  # aside, not lost
     # The next prepare (same inputs as the old set) puts it back: nothing to rebuild.
     assert prepare("pydoc", out, gpt2_tokenizer, progress=False) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "shards"]
     assert tree(out) == before
+
+
+def test_a_second_prepare_into_the_same_out_is_refused_while_the_first_runs(cli, tmp_path, corpus, shared_data):
+    """Both used to report success, and the set of the one that finished last silently replaced the other's."""
+    out = tmp_path / "shards"
+    ready = tmp_path / "ready"
+    first = _prepare_paused_at("writing", corpus, out, shared_data, ready, via="cli")
+    try:
+        before = tree(tmp_path)
+        rc, err = cli("--source", "pydoc", "--out", str(out))
+        said = (rf"kgpt2: error: another kgpt2 prepare is writing into '{re.escape(str(out))}' \(process {first.pid} "
+                rf"on {re.escape(socket.gethostname())} since [^)]+\); wait for it to finish, or choose another --out\n")
+        assert rc == 2 and re.fullmatch(said, err), err
+        assert tree(tmp_path) == before  # the refused one wrote nothing, removed nothing
+        with pytest.raises(UserError, match="another kgpt2 prepare is writing into"):  # the library says the same
+            prepare("pydoc", out, Tokenizer.from_dir(shared_data / "gpt2-tokenizer"), progress=False)
+        (tmp_path / "ready.go").write_text("go")
+        assert first.wait(timeout=120) == 0, first.stderr.read()[-2000:]
+    finally:
+        first.kill()
+        first.wait()
+    assert ShardSet(out).manifest["source"] == str(corpus)  # the first one's set, whole
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no lock file left
+    assert cli("--source", "pydoc", "--out", str(out))[0] == 0  # and the folder is free again
 
 
 def test_cleanup_removes_only_its_own_folders_of_dead_processes(tmp_path):

@@ -171,9 +171,26 @@ def test_a_vocabulary_far_above_the_tokenizers_is_warned_about(pydoc_tokenizer, 
         assert scratch_shape(ModelConfig(preset="scratch", vocabulary_size=0), pydoc_tokenizer).vocabulary_size == tokens
         assert scratch_shape(ModelConfig(preset="scratch", vocabulary_size=tokens + 64), pydoc_tokenizer)
     assert not caplog.records  # the tokenizer's size, or a little padding: nothing to say
-    with caplog.at_level("WARNING", logger="kgpt2"):
-        scratch_shape(ModelConfig(preset="scratch"), pydoc_tokenizer)  # the 50,257 default, a small tokenizer
+    with caplog.at_level("WARNING", logger="kgpt2"):  # asked for GPT-2's size explicitly, with a small tokenizer
+        assert scratch_shape(ModelConfig(preset="scratch", vocabulary_size=50257), pydoc_tokenizer).vocabulary_size \
+            == 50257
     assert [f"{50257 - tokens} embedding rows will never be used" in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_pretrain_init_with_an_own_tokenizer_takes_its_vocabulary_by_default(tmp_path, kgpt2_cli, pydoc_tokenizer_dir,
+                                                                            pydoc_tokenizer, caplog):
+    """The default was 50,257 (GPT-2's): a 512-token tokenizer got a model with 49,745 embedding rows never used,
+    unless the user knew to write model.vocabulary_size = 0."""
+    import keras_hub
+
+    shape = [f"model.tokenizer={pydoc_tokenizer_dir}", *TINY]
+    with caplog.at_level("WARNING", logger="kgpt2"):
+        assert kgpt2_cli("pretrain", "init", *shape, "--out", "p", cwd=tmp_path).returncode == 0
+    assert keras_hub.models.GPT2Backbone.from_preset(str(tmp_path / "p")).vocabulary_size == pydoc_tokenizer.vocab_size
+    assert not [r for r in caplog.records if "never be used" in r.getMessage()]
+    explicit = kgpt2_cli("pretrain", "init", *shape, "model.vocabulary_size=640", "--out", "q", cwd=tmp_path)
+    assert explicit.returncode == 0
+    assert keras_hub.models.GPT2Backbone.from_preset(str(tmp_path / "q")).vocabulary_size == 640  # explicit: kept
 
 
 @pytest.mark.slow

@@ -39,8 +39,31 @@ def test_a_run_without_evaluations_shows_its_training_loss(tmp_path, capsys):
 
     assert main(["-q", "pretrain", "summary", "--run", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "final_train_loss: 4.02" in out
-    assert "val_loss: none logged (no evaluation ran)" in out and f"evaluate --run {run} --split validation" in out
+    assert "final training loss: 4.02 (mean of steps 96-100)" in out
+    assert "validation loss: none logged (no evaluation ran)" in out
+    assert f"evaluate --run {run} --split validation" in out
+
+
+def test_the_summary_is_in_words_and_json_keeps_the_keys(tmp_path, capsys):
+    """It printed run_summary's keys (ms_per_step_median, final_train_loss, ...) as its labels."""
+    run = _run_without_evaluations(tmp_path)
+    (run / "stages.json").write_text(json.dumps([{"loss": 4.5, "accuracy": 0.2, "stage": 1, "step": 95}]))
+    assert main(["-q", "pretrain", "summary", "--run", str(run), "--json"]) == 0
+    keys = json.loads(capsys.readouterr().out)
+    assert {"ms_per_step_median", "final_train_loss", "best_val_loss", "tokens_per_step"} <= set(keys)
+    assert main(["-q", "pretrain", "summary", "--run", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    labels = [line.split(":")[0].strip() for line in lines]
+    assert not [label for label in labels if "_" in label], lines
+    assert labels == ["run", "steps", "tokens per step", "steps per execution", "first execution, compile included",
+                      "time per step, median", "time per step, 90th percentile", "time per step, wall clock",
+                      "evaluations", "evaluation time", "final training loss", "best validation loss",
+                      "final validation loss", "validation losses from"]
+    assert "time per step, wall clock: 50.0 ms" in lines[7] and lines[1].endswith(": 100")
+    assert [line.strip() for line in lines[-3:]] == [
+        "best validation loss: 4.5 (step 95)", "final validation loss: 4.5 (step 95)",
+        "validation losses from: stage ends (stages.json)"]
+    assert len({line.index(":") for line in lines}) == 1  # the labels right-aligned on the colon
 
 
 def test_the_validation_after_each_stage_is_the_validation_loss_then(tmp_path):

@@ -64,7 +64,8 @@ def test_a_failure_mid_build_leaves_out_as_it_was(tmp_path, before):
             raise RuntimeError("mid-build")
     assert os.listdir(tmp_path) == ([] if before == "absent" else ["export"])  # no temp folder left
     assert before == "absent" or os.listdir(out) == []
-    with pytest.raises(UserError, match=r"^could not write the export to '.*export': No space left on device$"):
+    with pytest.raises(UserError, match=r"^could not write the export to '.*export': the disk is full; "
+                                        r"free some space or use a bigger disk$"):
         with new_folder(out, "export") as tmp:
             raise OSError(28, "No space left on device")  # what a full disk raises mid-write
     assert os.listdir(tmp_path) == ([] if before == "absent" else ["export"])

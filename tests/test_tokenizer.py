@@ -237,3 +237,54 @@ def test_a_run_folder_is_a_tokenizer_folder(tmp_path):
     assert Tokenizer.from_dir(tmp_path / "run").hash == chars.hash  # the preset's, while the run has no own
     bpe.save(tmp_path / "run" / "tokenizer")
     assert Tokenizer.from_dir(tmp_path / "run").hash == bpe.hash
+
+
+EMPTY_FILES = {  # case -> (files written into the tokenizer folder, the refusal, naming which file)
+    "empty merges.txt": ({"merges.txt": ""}, "tokenizer file '{d}/merges.txt' holds no merges (it is empty or only "
+                         "a #version line), but its vocabulary has 50,000 tokens made by merges; the file is cut "
+                         "short or not this vocabulary's merges"),
+    "header-only merges.txt": ({"merges.txt": "#version: 0.2\n"}, "tokenizer file '{d}/merges.txt' holds no merges"),
+    "empty vocab.json": ({"vocab.json": ""}, "tokenizer file '{d}/vocab.json' is empty: it holds no tokens"),
+    "{} vocab.json": ({"vocab.json": "{}"}, "tokenizer file '{d}/vocab.json' is empty: it holds no tokens"),
+    "no end-of-text": ({"vocab.json": '{"a": 0}'}, "tokenizer file '{d}/vocab.json' has no '<|endoftext|>' token"),
+    "empty char vocabulary": ({"char_vocabulary.json": ""},
+                              "tokenizer file '{d}/char_vocabulary.json' is empty: it holds no characters"),
+    "no characters": ({"char_vocabulary.json": '{"type": "char", "chars": []}'},
+                      "tokenizer file '{d}/char_vocabulary.json' is empty: it holds no characters"),
+}
+
+
+@pytest.mark.parametrize("case", EMPTY_FILES)
+def test_an_empty_tokenizer_file_is_refused_naming_it(tmp_path, shared_data, kgpt2_cli, case):
+    """An empty merges.txt was accepted: every byte then encoded on its own, silently (~4x the tokens)."""
+    files, message = EMPTY_FILES[case]
+    d = tmp_path / "tok"
+    d.mkdir()
+    if "char_vocabulary.json" not in files:
+        (d / "vocab.json").write_bytes((shared_data / "gpt2-tokenizer" / "encoder.json").read_bytes())
+        (d / "merges.txt").write_bytes((shared_data / "gpt2-tokenizer" / "vocab.bpe").read_bytes())
+    for name, text in files.items():
+        (d / name).write_text(text)
+    (tmp_path / "c.txt").write_text("hello world")
+    result = kgpt2_cli("prepare", "--source", "c.txt", "--out", "shards", "--tokenizer", d, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("kgpt2: error: " + message.format(d=d)), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "shards").exists()
+
+
+def test_a_merges_file_of_only_its_version_line_is_fine_for_a_byte_vocabulary(tmp_path):
+    """256 byte tokens and end-of-text need no merges; GPT-2's own file starts with '#version: 0.2'."""
+    from tokenizers import pre_tokenizers
+
+    from kgpt2.errors import UserError
+    from kgpt2.model.tokenizer import Tokenizer
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))} | {"<|endoftext|>": 256}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    assert len(Tokenizer.from_dir(tmp_path).encode("hello")) == 5
+    hf = json.loads(Tokenizer.train(["hello hello world"] * 5, vocab_size=300)._hf.to_str())
+    hf["model"]["merges"] = []  # a tokenizer.json cut the same way: named too
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(hf))
+    with pytest.raises(UserError, match=f"^tokenizer file '{tmp_path}/hf/tokenizer.json' holds no merges"):
+        Tokenizer.from_dir(tmp_path / "hf")

@@ -25,6 +25,7 @@ puts the second back, and only those whose process is gone.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -34,6 +35,7 @@ import shutil
 from pathlib import Path
 
 from kgpt2.errors import UserError
+from kgpt2.lock import RunLock, fcntl
 
 MANIFEST = "manifest.json"
 FORMAT = "kgpt2-shards/1"
@@ -58,12 +60,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_leftovers(out: Path) -> None:
-    """Remove this out folder's temp folders left by dead prepares; put back an
+    """Remove this out folder's temp folders and lock file left by dead prepares; put back an
     old shard set a kill left aside between the two renames of a replacement."""
     try:
         entries = list(out.parent.iterdir())
     except OSError:
         return  # nothing to clean where nothing can be listed
+    if fcntl is not None:
+        PrepareLock(out).remove_if_free()
     for entry in entries:
         m = _OWN_FOLDER.fullmatch(entry.name)
         if not m or m["name"] != out.name or _pid_alive(int(m["pid"])) or not entry.is_dir():
@@ -84,17 +88,59 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or path.is_relative_to(folder)
 
 
-def check_out_folder(out: Path, source: Path | None) -> None:
-    """Refuse an `--out` whose replacement could lose a file kgpt2 did not write.
+class PrepareLock(RunLock):
+    """`prepare`'s hold on its `--out` for the whole prepare, so a second prepare into the same folder is refused
+    instead of both reporting success and one set silently replacing the other.
 
-    `source`: the local file or folder read (None for `pydoc` and `hf:`).
+    The lock file is `.<out>.kgpt2-lock` beside the folder (not inside: the folder is replaced by a rename) and
+    is removed on release. It is `RunLock`'s flock, which the OS frees when a prepare dies in any way (SIGKILL),
+    so a file left by a killed prepare blocks nobody.
     """
+
+    def __init__(self, out: Path):
+        super().__init__(out.parent, f".{out.name}.kgpt2-lock")
+        self.out = out
+
+    def busy_sentence(self, who: str) -> str:
+        return (f"another kgpt2 prepare is writing into '{self.out}' ({who}); wait for it to finish, "
+                "or choose another --out")
+
+    def _remove_if_unused(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # still locked: a prepare that opened it meanwhile retries on the new file
+            for folder in self._made:
+                folder.rmdir()  # a failed prepare leaves no folder it made; stops at one holding something
+
+    def remove_if_free(self) -> None:
+        """Remove the lock file a killed prepare left, unless a live one holds it (quietly: a read-only disk)."""
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError) when it is held
+                self.path.unlink()
+            finally:
+                os.close(fd)
+
+
+def resolved_out(out) -> Path:
+    """`out` with links and `..` resolved (`--out .` gets a real name, a symlinked --out is replaced where it
+    points); a link loop is one sentence, in the CLI and in the library alike."""
     try:
-        out = out.resolve()
+        return Path(out).resolve()
     except (RuntimeError, OSError) as e:  # a link loop: RuntimeError up to Python 3.12, ELOOP after
         if isinstance(e, OSError) and e.errno != errno.ELOOP:
             raise
         raise UserError(f"--out '{out}' is a symbolic link loop; name a new folder for the shards") from None
+
+
+def check_out_folder(out: Path, source: Path | None) -> None:
+    """Refuse an `--out` whose replacement could lose a file kgpt2 did not write, or that another prepare is
+    writing into now (said before the tokenizer loads; `prepare` then holds `PrepareLock` throughout).
+
+    `source`: the local file or folder read (None for `pydoc` and `hf:`).
+    """
+    out = resolved_out(out)
+    PrepareLock(out).check_free()
     if source is not None:
         source = source.resolve()
         if _is_within(source, out):
@@ -184,11 +230,11 @@ _ADVICE = {
 def os_error_sentence(e: OSError, out: Path, tmp: Path | None = None, source: Path | None = None) -> str:
     """One sentence for an OS error of `prepare`: which path, what went wrong, what to do.
 
-    A path inside this prepare's temporary folder (or no path: a failed
-    write) is reported as `out`, the folder the user named.
+    A path inside this prepare's temporary folder, its lock file (or no
+    path: a failed write) is reported as `out`, the folder the user named.
     """
     path = Path(e.filename) if e.filename else out
-    if tmp is not None and _is_within(path, tmp):
+    if (tmp is not None and _is_within(path, tmp)) or path == PrepareLock(out).path:
         path = out
     what, advice = _ADVICE.get(e.errno, (e.strerror or str(e) or type(e).__name__, "check that path"))
     if source is not None and _is_within(path, source):

@@ -47,12 +47,14 @@ import numpy as np
 from kgpt2.data.records import unnamed_rows_note
 from kgpt2.data.shard_folder import (
     FORMAT,
+    PrepareLock,
     check_out_folder,
     clean_leftovers,
     local_source,
     os_error_sentence,
     publish,
     read_manifest,
+    resolved_out,
     temp_folder,
     write_manifest,
 )
@@ -96,36 +98,38 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     src = source if isinstance(source, Source) else open_source(
         source, fmt, contents=contents, **source_options)
     local = local_source(src)
-    # Resolved: `--out .` gets a real name, and a symlinked --out is replaced where it points.
-    out_dir = Path(out_dir).resolve()
+    out_dir = resolved_out(out_dir)  # `--out .` gets a real name, a symlinked --out is replaced where it points
     check_out_folder(out_dir, local)
     options = {"format": src.format, "contents": src.contents, "splits": splits,
                "fractions": list(fractions), "seed": seed, "text_column": src.text_column,
                "separator": src.separator, "max_doc_chars": max_doc_chars}
     tmp = temp_folder(out_dir)
     try:
-        clean_leftovers(out_dir)  # first: it may put back the previous set a kill left aside
         signature = _input_signature(src, tokenizer, options)
-        old = read_manifest(out_dir)
-        if old.get("input_signature") == signature:
-            return old  # same inputs, same options, same tokenizer: nothing to do
-        if note := unnamed_rows_note(src):
-            log.info(note)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        try:
-            manifest = write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs,
-                                    max_doc_chars, progress, threads or usable_cores())
-            manifest.update(input_signature=signature, options=options, source=str(src.path))
-            write_manifest(tmp, manifest)
-            publish(tmp, out_dir)
-            if note := empty_splits_note(manifest):
-                log.warning("%s", note)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # ours alone: nothing half-written stays
-            raise
+        if (old := read_manifest(out_dir)).get("input_signature") == signature:
+            clean_leftovers(out_dir)  # dead prepares' temp folders and lock file (the set itself is in place)
+            return old  # made from these very inputs: nothing to write, so no lock to take (a read-only disk is fine)
+        with PrepareLock(out_dir):  # one prepare into a folder at a time, from the cleanup to the publish
+            clean_leftovers(out_dir)  # first: it may put back the previous set a kill left aside
+            old = read_manifest(out_dir)
+            if old.get("input_signature") == signature:
+                return old  # same inputs, same options, same tokenizer: nothing to do
+            if note := unnamed_rows_note(src):
+                log.info(note)
+            tmp.mkdir()
+            try:
+                manifest = write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs,
+                                        max_doc_chars, progress, threads or usable_cores())
+                manifest.update(input_signature=signature, options=options, source=str(src.path))
+                write_manifest(tmp, manifest)
+                publish(tmp, out_dir)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # ours alone: nothing half-written stays
+                raise
     except OSError as e:
         raise UserError(os_error_sentence(e, out_dir, tmp, local)) from None
+    if note := empty_splits_note(manifest):
+        log.warning("%s", note)
     return manifest
 
 

@@ -71,13 +71,16 @@ class CharTokenizer:
         if not path.is_file():
             raise UserError(f"'{directory}' holds no {CHAR_VOCAB_FILE}")
         try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            spec = json.loads(text) if text.strip() else None
         except ValueError as e:  # not JSON, or not text at all (UnicodeDecodeError)
             why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "not valid JSON"
             raise UserError(f"tokenizer file '{path}' is damaged or not a tokenizer ({why})") from None
+        if spec is None or (isinstance(spec, dict) and spec.get("chars") == []):
+            raise UserError(f"tokenizer file '{path}' is empty: it holds no characters")
         try:
             return cls(spec["chars"])
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, UserError):  # no list of distinct single characters
             raise UserError(f"'{path}' is not a kgpt2 character vocabulary") from None
 
     def save(self, directory) -> Path:

@@ -66,6 +66,8 @@ def _is_local(preset: str) -> bool:
 def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
     if preset == "scratch" or _is_local(preset) or preset.startswith(HUB_SCHEMES):
         return
+    if Path(preset).expanduser().exists() and preset not in keras_hub.models.GPT2Backbone.presets:  # a file
+        raise UserError(f"model preset directory '{preset}' is a file, not a folder; {hint}")
     if "/" in preset or preset.startswith("."):
         raise UserError(f"model preset directory '{preset}' does not exist; {hint}")
     if preset not in keras_hub.models.GPT2Backbone.presets:

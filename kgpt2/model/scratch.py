@@ -29,7 +29,7 @@ import keras
 
 from kgpt2.config import Config, ModelConfig
 from kgpt2.errors import UserError
-from kgpt2.io import new_folder
+from kgpt2.io import check_room, new_folder
 from kgpt2.model.models import build_backbone, load_tokenizer, save_preset
 from kgpt2.model.tokenizer_protocol import Tokenizer
 from kgpt2.training.devices import dtype_policy
@@ -73,6 +73,7 @@ def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
         keras.utils.set_random_seed(cfg.seed if seed is None else seed)
         backbone = build_backbone(shape)
         with new_folder(out_dir, "preset") as tmp:
+            check_room(tmp, backbone.count_params() * 4, "the preset")  # float32: h5py may crash on a full disk
             save_preset(backbone, tokenizer, tmp)
             (tmp / SCRATCH_MARK).write_text(json.dumps(
                 {"made_by": "kgpt2 pretrain init", "weights": "random initialisation",

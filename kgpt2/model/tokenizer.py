@@ -81,19 +81,27 @@ class Tokenizer:
     def from_files(cls, vocab_path, merges_path) -> "Tokenizer":
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
         for p in (vocab_path, merges_path):
+            if p.is_dir():
+                raise UserError(f"tokenizer file '{p}' is a folder, not a file")
             if not p.is_file():
                 raise UserError(f"tokenizer file '{p}' does not exist")
         try:
-            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+            text = vocab_path.read_text(encoding="utf-8")
+            vocab = json.loads(text) if text.strip() else None
         except ValueError as e:  # not JSON, or not text at all (UnicodeDecodeError)
             raise UserError(_damaged(vocab_path, e)) from None
+        if not vocab:  # an empty file, {} or []
+            raise UserError(f"tokenizer file '{vocab_path}' is empty: it holds no tokens")
         if not isinstance(vocab, dict):
             raise UserError(f"tokenizer file '{vocab_path}' is damaged or not a tokenizer (not a token -> id map)")
+        if EOS not in vocab:
+            raise UserError(f"tokenizer file '{vocab_path}' has no '{EOS}' token, so it is not a GPT-2 vocabulary")
         try:
-            merges = merges_path.read_text(encoding="utf-8").splitlines()
+            merges = [m for m in merges_path.read_text(encoding="utf-8").splitlines() if m.strip()]
         except ValueError as e:
             raise UserError(_damaged(merges_path, e)) from None
-        return cls(vocab, [m for m in merges if m.strip()])
+        _check_merges(vocab, merges, merges_path)
+        return cls(vocab, merges)
 
     @classmethod
     def from_dir(cls, directory) -> tokenizer_protocol.Tokenizer:
@@ -121,6 +129,8 @@ class Tokenizer:
             if root.is_file() or (isinstance(spec, dict) and "model" in spec):
                 return cls.from_hf_spec(spec, hf_json)
         if not root.exists():  # a typo, or a recipe's relative path read from another folder
+            if blocker := next((p for p in root.parents if p.is_file()), None):
+                raise UserError(f"tokenizer folder '{root}' cannot exist: '{blocker}' is a file, not a folder")
             where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
             raise UserError(f"tokenizer folder '{root}' does not exist{where}")
         kind = "is a file, not a folder of tokenizer files" if root.is_file() else "holds no GPT-2 tokenizer files"
@@ -139,6 +149,7 @@ class Tokenizer:
             model = spec["model"]
             if model.get("type") != "BPE":
                 raise KeyError("type")
+            _check_merges(model["vocab"], model["merges"], path)
             return cls(model["vocab"], model["merges"])
         except (KeyError, TypeError, AttributeError):
             raise UserError(f"'{path}' is not a byte-level BPE tokenizer.json (GPT-2 style)") from None
@@ -239,6 +250,24 @@ def _tiktoken_encoding(vocabulary: dict, merges: list, eos_id: int):
     pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's
     return tiktoken.Encoding("kgpt2-gpt2", pat_str=pattern, mergeable_ranks=ranks,
                              special_tokens={EOS: eos_id})
+
+
+def _check_merges(vocabulary: dict, merges: list, path) -> None:
+    """Refuse a merge list that is empty (or only the `#version` line an honest merges.txt starts with) while the
+    vocabulary holds tokens only merges make: such a tokenizer would silently encode every byte on its own.
+    A vocabulary of single bytes (and end-of-text) needs no merges.
+
+    >>> _check_merges({"a": 0, "ab": 1}, ["#version: 0.2"], "merges.txt")
+    Traceback (most recent call last):
+    kgpt2.errors.UserError: tokenizer file 'merges.txt' holds no merges (it is empty or only a #version line), but its vocabulary has 1 token made by merges; the file is cut short or not this vocabulary's merges
+    """
+    if any(m for m in merges if not (isinstance(m, str) and m.startswith("#version"))):
+        return
+    made = sum(1 for token in vocabulary if len(token) > 1 and token != EOS)
+    if made:
+        raise UserError(f"tokenizer file '{path}' holds no merges (it is empty or only a #version line), but its "
+                        f"vocabulary has {made:,} token{'s' if made > 1 else ''} made by merges; the file is cut "
+                        "short or not this vocabulary's merges")
 
 
 def _damaged(path, e: ValueError) -> str:

@@ -81,7 +81,8 @@ def copy(name: str, dest: str | Path | None = None) -> Path:
     if dest.exists():
         raise UserError(f"'{dest}' already exists; give another destination (nothing was changed)")
     if not dest.parent.is_dir():
-        raise UserError(f"folder '{dest.parent}' does not exist")
+        raise UserError(f"'{dest.parent}' is a file, not a folder" if dest.parent.exists()
+                        else f"folder '{dest.parent}' does not exist")
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
@@ -108,8 +109,10 @@ def _destination(source: Path, dest: str | Path | None) -> Path:
     path = Path(dest)  # (Path drops a trailing slash: it is looked at in the text)
     if path.is_dir():
         return path / source.name
-    if not path.exists() and str(dest).endswith(tuple(filter(None, ("/", os.sep, os.altsep)))):
+    if str(dest).endswith(tuple(filter(None, ("/", os.sep, os.altsep)))):
         # cp refuses too ("Not a directory"); writing a file called like the folder was the surprise
+        if path.exists():
+            raise UserError(f"'{path}' is a file, not a folder; give a folder or a new file name")
         raise UserError(f"folder '{dest}' does not exist; create it first (mkdir -p {shlex.quote(str(dest))}) "
                         "or give a file name")
     return path

@@ -40,7 +40,6 @@ ids such as `best` are resolved by `kgpt2.run.Run`.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ import keras_hub
 import numpy as np
 
 from kgpt2.errors import UserError
-from kgpt2.io import atomic_write_text, link_or_copy, publish_folder, temp_dir
+from kgpt2.io import atomic_write_text, check_room, link_or_copy, publish_folder, temp_dir
 from kgpt2.lock import owner_gone
 from kgpt2.model.adapters import merged_backbone
 
@@ -265,10 +264,7 @@ class CheckpointManager:
         need = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
         if export:
             need += sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.backbone.weights)
-        free = shutil.disk_usage(self.run_dir).free
-        if free < need * 1.05 + (1 << 20):
-            raise OSError(errno.ENOSPC, f"No space left on device ({free:,} bytes free, the checkpoint needs "
-                          f"about {need:,})", str(self.run_dir))
+        check_room(self.run_dir, need, "the checkpoint")  # the number said is the one checked (5% + 1 MiB more)
 
     def _set_damaged_aside(self, final: Path) -> None:
         """A damaged checkpoint at the step about to be saved again is renamed, not replaced."""

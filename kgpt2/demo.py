@@ -11,7 +11,8 @@ A panel shows that run's metrics and vote counts.
 Roles: kgpt2.serving.model_pool loads checkpoints (one model per base, LRU within a
 memory budget), kgpt2.serving.answerer decodes (concurrent users' requests batched),
 kgpt2.serving.arena holds a match and its voting rules, kgpt2.serving.demo_layout lays the
-page out; this module holds the handlers the page and the API call.
+page out, kgpt2.serving.run_metrics reads a run's metrics panel; this module holds the handlers
+the page and the API call.
 
 Safety: binds 127.0.0.1 unless told otherwise, no share link unless asked;
 run and checkpoint names from the browser are looked up in listings, never
@@ -27,7 +28,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import shlex
 import tempfile
 import threading
 import time
@@ -40,13 +40,14 @@ from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 from kgpt2.generation.templates import prompt_ids, render_prompt
 from kgpt2.run import load_run_config, not_a_run
+from kgpt2.serving import run_metrics
 from kgpt2.serving.answerer import Answerer, Job
 from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS, Match, no_match_refusal
 from kgpt2.serving.demo_examples import examples_from_run
 from kgpt2.serving.demo_layout import build as build_layout
 from kgpt2.serving.model_pool import ModelPool
 from kgpt2.serving.ports import check_port
-from kgpt2.serving.votes import VOTES_FILE, append_vote, counts, read_votes
+from kgpt2.serving.votes import VOTES_FILE, append_vote, read_votes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
 
@@ -299,60 +300,36 @@ class Demo:
         return gr.Dropdown(choices=choices, value=choices[-1][1]), gr.Slider(maximum=limit)
 
     def refresh(self, run_a, ckpt_a, run_b, ckpt_b):
-        """Runs and checkpoints as they are on disk now; vanished picks fall back to the latest."""
+        """Runs and checkpoints as they are on disk now (vanished picks fall back to the latest), and the left
+        run's metrics: (run A, model A, run B, model B, summary, stages, evaluation, training plot, evaluation
+        plot), the page's button and the API alike."""
         runs = self.pool.runs()
         out, first = [], None
         for run, ckpt in ((run_a, ckpt_a), (run_b, ckpt_b)):
             run = run if run in runs else (self.run if self.run in runs else (runs[0] if runs else None))
             first = first or run
-            ids = [c for _, c in self.pool.checkpoints(run)] if run else []
+            choices = self.pool.checkpoints(run) if run else []
+            ids = [c for _, c in choices]
             out += [gr.Dropdown(choices=runs, value=run),
-                    gr.Dropdown(choices=self.pool.checkpoints(run) if run else [],
-                                value=ckpt if ckpt in ids else (ids[-1] if ids else None))]
-        return (*out, self.summary(first) if first else "")
+                    gr.Dropdown(choices=choices, value=ckpt if ckpt in ids else (ids[-1] if ids else None))]
+        return (*out, *(self.metrics(first) if first else ("", None, None, None, None)))
 
     def summary(self, run) -> str:
-        run_dir = self.pool.run_dir(run)
-        stages = (run_dir / "stages.csv").is_file() and len((run_dir / "stages.csv").read_text().splitlines()) - 1
-        evals = sorted(p.stem.split("-", 1)[1] for p in run_dir.glob("evaluation-*.csv"))
-        c = counts(read_votes(run_dir / VOTES_FILE))
-        evaluate = f"kgpt2 evaluate --run {shlex.quote(str(run_dir))}"
-        return (f"**{run}**: {stages or 0} stage(s) finished · evaluation: "
-                f"{', '.join(evals) if evals else f'none yet (`{evaluate}`)'} · "
-                f"votes: {sum(c.values())} (A {c['a']}, B {c['b']}, tie {c['tie']}, both bad {c['both_bad']}, "
-                f"good answer {c['up']}, bad answer {c['down']})")
+        return run_metrics.summary(self.pool.run_dir(run), run)
 
     def metrics(self, run):
         """(summary, per-stage table, evaluation table, training plot, evaluation plot) of a run."""
-        import pandas as pd
-
         try:
             run_dir = self.pool.run_dir(run)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
-        stages = (pd.read_csv(run_dir / "stages.csv") if (run_dir / "stages.csv").is_file()
-                  else pd.DataFrame(columns=["stage", "loss", "accuracy", "perplexity"]))
-        evals = [pd.read_csv(p) for p in sorted(run_dir.glob("evaluation-*.csv"))]
-        evaluation = pd.concat(evals, ignore_index=True) if evals else pd.DataFrame(columns=["model", "loss", "accuracy", "perplexity"])
-        plots = [run_dir / "evaluation-test.png", run_dir / "evaluation-validation.png", *sorted(run_dir.glob("evaluation-*.png"))]
-        return (self.summary(run), stages.round(4), evaluation.round(4), _image(run_dir / "loss.png"),
-                _image(next((p for p in plots if p.is_file()), None)))
+        return run_metrics.metrics(run_dir, run)
 
     def examples(self, run=None, n: int = 4) -> list[str]:
         return examples_from_run(self.pool.run_dir(run or self.run), n)
 
     def build(self):
         return build_layout(self)
-
-
-def _image(path):
-    """A PNG read into memory: Gradio then serves a copy, so no run file is ever exposed by path."""
-    if path is None or not Path(path).is_file():
-        return None
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.copy()
 
 
 def launch(run=None, checkpoints_root="checkpoints", host="127.0.0.1", port=7860, share=False, **launch_kwargs):

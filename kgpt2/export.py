@@ -39,6 +39,7 @@ from kgpt2.model.models import build_causal_lm, load_tokenizer, real_vocabulary_
 from kgpt2.model.peft_adapters import write_peft_adapter
 from kgpt2.model.tokenizer_protocol import Tokenizer
 from kgpt2.run import BASE, load_run_config, restore
+from kgpt2.serving.checkpoint_names import resolve as resolve_checkpoint
 from kgpt2.training.devices import dtype_policy
 
 FORMATS = ("hf", "preset", "peft")
@@ -127,6 +128,11 @@ def write_preset(backbone, tokenizer: Tokenizer, out: Path) -> Path:
     return save_preset(backbone, tokenizer, out)
 
 
+def exported_checkpoint(out) -> str:
+    """The checkpoint an export holds, as `kgpt2 export` prints it: "ckpt-340: latest, end of stage 2, step 340"."""
+    return json.loads((Path(out) / PROVENANCE_FILE).read_text())["checkpoint_line"]
+
+
 def base_config(cfg):
     """The config of the base a run's adapter goes on: its preset, no trained adapter.
 
@@ -154,7 +160,8 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     with dtype_policy("float32"):  # merge and write full-precision weights
         model = build_causal_lm(cfg)
         tokenizer = load_tokenizer(cfg.model)
-        checkpoint_id = restore(model, run_dir, checkpoint)
+        checkpoint_id, line = resolve_checkpoint(run_dir, checkpoint)  # "latest" named by its id, step and stage
+        restore(model, run_dir, checkpoint_id)
         # the base the adapter goes on: the run's preset, no adapter
         backbone = merged_backbone(build_causal_lm(base_config(cfg)) if to == "peft" else model)
 
@@ -172,7 +179,7 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
             # of a LoRA run holds adapters that add nothing.
             adapter = cfg.lora.enabled and (checkpoint_id != BASE or bool(cfg.lora.init_from))
             atomic_write_text(tmp / PROVENANCE_FILE, json.dumps({
-                "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_id, "format": to,
+                "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_id, "checkpoint_line": line, "format": to,
                 "lora_merged": adapter and to != "peft", "dequantised_from": cfg.model.quantize or None,
                 "config_hash": cfg.hash(),
             }, indent=2))

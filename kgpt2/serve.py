@@ -10,7 +10,8 @@ the waiting queue are full the answer is 429. Errors use OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`, so the official `openai`
 client raises its usual exceptions. FastAPI validates the bodies (their
 models, chat content parts and the 400s: kgpt2.serving.serve_schema) and uvicorn
-serves them (it also turns SIGTERM into a clean shutdown); kgpt2.serving.serve_log
+serves them (it also turns SIGTERM into a clean shutdown); kgpt2.serving.serve_answers
+runs a request on the engine and answers it, whole or streamed; kgpt2.serving.serve_log
 writes a line per finished request.
 
 Sampling: a field the request leaves out takes the run's `[generate]`
@@ -39,18 +40,21 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from kgpt2.errors import UserError
 from kgpt2.generate import Settings, load_for_generation
 from kgpt2.generation.engine import Engine, Sampling
-from kgpt2.generation.logprobs import text_tokens
 from kgpt2.generation.templates import chat_prompt_ids, render_prompt
 from kgpt2.reports import counted
+from kgpt2.run import load_run_config
+from kgpt2.serving.checkpoint_names import resolve as resolve_checkpoint
 from kgpt2.serving.ports import check_port
+from kgpt2.serving.serve_answers import answer
 from kgpt2.serving.serve_log import RequestEdge
-from kgpt2.serving.serve_responses import chat_shape, completion_shape, response_id, sse_event
+from kgpt2.serving.serve_responses import chat_shape, completion_shape, response_id
 from kgpt2.serving.serve_schema import (
     ChatRequest,
     CompletionRequest,
@@ -62,7 +66,6 @@ from kgpt2.serving.serve_schema import (
 )
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-DISCONNECT_CHECK_S = 0.2  # how often a non-streamed answer asks whether its client is still there
 
 
 def chat_prompt(messages: list[dict], template: str) -> str:
@@ -98,17 +101,22 @@ def chat_ids(tokenizer, messages: list[dict], template: str) -> list[int]:
     return tokenizer.encode(chat_prompt(messages, template))
 
 
+def longest_token(tokenizer) -> int:
+    """The most characters of text one token can cover: its vocabulary string's length. A byte-level BPE token's
+    string has a character per byte it stands for (and a byte is at most a character of the text), a special
+    token's string is its text (a character tokenizer's end-of-text never comes from text: a character a token);
+    so a text longer than the context times this has more tokens than fit. Read from the vocabulary's strings,
+    not by decoding each id (~0.1 s for GPT-2's 50,257 at every start, more on a busy machine)."""
+    return 1 if tokenizer.kind == "char" else max(map(len, tokenizer.vocabulary))
+
+
 class Service:
     """The engine, the run's defaults and the queue limit, shared by all routes."""
 
     def __init__(self, engine: Engine, model_id: str, defaults, max_queue: int = 64):
         self.engine, self.model_id, self.defaults, self.max_queue = engine, model_id, defaults, max_queue
         self.created = int(time.time())
-        tokenizer = engine.tokenizer
-        # No token covers more UTF-8 bytes than the longest one (decoded, a partial character is U+FFFD: as many
-        # bytes or more), and a character is at least a byte: a text of more characters has more tokens than fit.
-        longest = max(len(tokenizer.decode([i]).encode("utf-8")) for i in range(tokenizer.vocab_size))
-        self.most_chars = engine.cache_length * longest
+        self.most_chars = engine.cache_length * longest_token(engine.tokenizer)
 
     def check_chars(self, chars: int, param: str) -> None:
         """400 for a text too long to fit by its characters alone: refused before tokenizing it (seconds on megabytes)."""
@@ -186,97 +194,6 @@ def _check_scoring(stream: bool, logprobs: bool) -> None:
         raise OpenAIError(400, "logprobs are not streamed: ask for them without stream", param="stream")
 
 
-async def _answer(service: Service, http: Request, body: SampledRequest, prompts: list[list[int]], max_tokens,
-                  envelope, choice):
-    """Run one request: `body.n` choices for each prompt, choice `i * n + j` for prompt i's j-th.
-
-    `choice(index, text, finish_reason, first, request)` makes one choice object and `envelope(choices,
-    usage)` the response (or one streamed chunk) around them.
-    """
-    loop = asyncio.get_running_loop()
-    woken = asyncio.Queue()
-    service.check_room(body, len(prompts))
-    prepared = [service.prepare(body, ids, max_tokens) for ids in prompts]  # every check before any work
-
-    def wake():  # called on the engine's thread
-        loop.call_soon_threadsafe(woken.put_nowait, None)
-    requests = [service.submit(body, p, wake, choice=j) for p in prepared for j in range(body.n)]
-    prompt_tokens = sum(len(ids) for ids, _, _ in prepared)  # each prompt once, as OpenAI counts them
-
-    def usage():
-        n = sum(text_tokens(service.engine.tokenizer, r) for r in requests)  # not the ones a stop string cut
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
-    http.state.usage = usage  # for the request's log line (kgpt2.serving.serve_log), counted once after the answer
-
-    if not body.stream:
-        try:
-            checked = loop.time()
-            while not all(r.finished for r in requests):
-                try:
-                    await asyncio.wait_for(woken.get(), timeout=DISCONNECT_CHECK_S)
-                except asyncio.TimeoutError:
-                    pass
-                # Checked while tokens flow too, not only when they stop: a client that left frees its slots now.
-                if loop.time() - checked >= DISCONNECT_CHECK_S:
-                    checked = loop.time()
-                    if await http.is_disconnected():
-                        return JSONResponse({})
-        finally:
-            for r in requests:
-                r.cancel()  # a no-op once finished; frees the slots of a client that left
-        for r in requests:
-            if r.finish_reason not in ("stop", "length"):
-                raise _failed(r)
-        return JSONResponse(envelope([choice(i, r.text, r.finish_reason, None, r) for i, r in enumerate(requests)],
-                                     usage()))
-
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(_events(requests, woken, envelope, choice, usage, include_usage),
-                             media_type="text/event-stream")
-
-
-def _failed(request) -> OpenAIError:
-    return OpenAIError(500 if request.finish_reason == "error" else 503,
-                       request.error or "the server is shutting down", type="server_error")
-
-
-async def _events(requests, woken: asyncio.Queue, envelope, choice, usage, include_usage: bool = False):
-    """Server-sent events of `requests` as they decode: a chunk per choice per piece, then [DONE].
-
-    The last content chunk carries the usage; with `stream_options.include_usage` (OpenAI's form) every
-    content chunk has `usage: null` and one more chunk, `choices: []` with the usage, comes before [DONE].
-    """
-    def chunk(choices, counts):
-        return (envelope(choices, None) | {"usage": None}) if include_usage else envelope(choices, counts)
-
-    try:
-        for i in range(len(requests)):
-            yield sse_event(chunk([choice(i, "", None, True, requests[i])], None))
-        pending = list(range(len(requests)))
-        while pending:
-            await woken.get()
-            for i in list(pending):
-                r = requests[i]
-                # The engine's thread may finish the request meanwhile: decide on `done` read
-                # before the text (its text is final before it is marked finished).
-                done = r.finished
-                piece = r.take_text()
-                if r.finish_reason in ("error", "cancelled") and done:
-                    yield sse_event(_failed(r).body)
-                    return
-                if done:
-                    pending.remove(i)
-                if piece or done:
-                    yield sse_event(chunk([choice(i, piece, r.finish_reason if done else None, False, r)],
-                                       usage() if done and not pending else None))
-        if include_usage:
-            yield sse_event(envelope([], usage()))
-        yield sse_event("[DONE]")
-    finally:
-        for r in requests:
-            r.cancel()  # the client left mid-stream: free the slots
-
-
 def _answer_errors_as_openai(app: FastAPI) -> None:
     """Every error a client can get in OpenAI's shape: kgpt2's own, a bad body (400), a wrong path or method."""
 
@@ -304,13 +221,15 @@ def _answer_errors_as_openai(app: FastAPI) -> None:
 
 class RequireKey:
     """ASGI middleware: with an API key, every route but /health answers 401 without `Authorization: Bearer KEY`,
-    before its body is read or validated (a client without the key learns nothing from the API's errors)."""
+    before its body is read or validated (a client without the key learns nothing from the API's errors).
+    A path and method the app has no route for stays a 404 (405) whatever the key, as OpenAI answers one."""
 
     def __init__(self, app, api_key: str | None):
         self.app, self.key = app, (api_key or "").encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and self.key and scope["path"] != "/health" and not self._authorized(scope):
+        if (scope["type"] == "http" and self.key and scope["path"] != "/health" and _routed(scope)
+                and not self._authorized(scope)):
             error = OpenAIError(401, "Incorrect API key provided", code="invalid_api_key")
             return await JSONResponse(error.body, status_code=401)(scope, receive, send)
         await self.app(scope, receive, send)
@@ -320,6 +239,11 @@ class RequireKey:
         scheme, _, key = given.partition(b" ")
         same = secrets.compare_digest(key.strip(), self.key)  # constant time: no timing hints about the key
         return same and scheme.lower() == b"bearer"  # the scheme is case-insensitive (RFC 7235)
+
+
+def _routed(scope) -> bool:
+    """Whether the app (Starlette puts itself in the scope) has a route for this path and method."""
+    return any(route.matches(scope)[0] == Match.FULL for route in scope["app"].router.routes)
 
 
 def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
@@ -352,7 +276,7 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
         # Tokenizing takes time on long texts: off the event loop, so that other clients' answers go on.
         ids = await asyncio.to_thread(prompt_ids, tokenizer, body.prompt)
         envelope, choice = completion_shape(response_id("cmpl"), int(time.time()), service.model_id, tokenizer, body)
-        return await _answer(service, http, body, ids, 16 if body.max_tokens is None else body.max_tokens,
+        return await answer(service, http, body, ids, 16 if body.max_tokens is None else body.max_tokens,
                              envelope, choice)
 
     @app.post("/v1/chat/completions")
@@ -366,7 +290,7 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
         ids = await asyncio.to_thread(chat_ids, service.engine.tokenizer, messages, service.defaults.template)
         envelope, choice = chat_shape(response_id("chatcmpl"), int(time.time()), service.model_id, service.engine.tokenizer,
                                        body)
-        return await _answer(service, http, body, [ids], body.max_completion_tokens or body.max_tokens, envelope,
+        return await answer(service, http, body, [ids], body.max_completion_tokens or body.max_tokens, envelope,
                              choice)
 
     return app
@@ -380,6 +304,8 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     import uvicorn  # deferred: only `serve` itself needs the server
 
     check_port(host, port)  # before the slow part: loading and compiling
+    load_run_config(run_dir)  # a folder that is no run says so before a checkpoint is looked for
+    checkpoint, line = resolve_checkpoint(run_dir, checkpoint)  # "latest" named by its id, step and stage
     model, tokenizer, cfg = load_for_generation(run_dir, checkpoint, weights)
     # 64 steps a launch when every slot is taken (GPU)
     engine = Engine(model, tokenizer, slots=slots, steps_per_launch=steps_per_launch)
@@ -388,7 +314,7 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     if host not in LOOPBACK and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it")
     where = f"[{host}]" if ":" in host else host  # an IPv6 address goes in brackets in a URL
-    print(f"serving {service.model_id} ({checkpoint}) at http://{where}:{port}/v1 with {slots} slots", flush=True)
+    print(f"serving {service.model_id} ({line}) at http://{where}:{port}/v1 with {slots} slots", flush=True)
     # uvicorn shuts down gracefully on SIGTERM / Ctrl-C, then raises the signal
     # again for the handler it found: a quiet one lets kgpt2 close the engine and exit 0.
     quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -268,13 +268,35 @@ def test_refresh_sees_new_runs_and_drops_deleted_checkpoints(server, client, dem
     try:
         first = [c for _, c in demo.pool.checkpoints("tiny-later")][1]
         shutil.rmtree(demo_root / "tiny-later" / first)  # what retention does
-        run_a, ckpt_a, run_b, ckpt_b, summary = client.predict("tiny-later", first, "tiny", "base", api_name="/refresh")
+        run_a, ckpt_a, run_b, ckpt_b, *_ = client.predict("tiny-later", first, "tiny", "base", api_name="/refresh")
         assert "tiny-later" in [c[0] for c in run_a["choices"]]
         assert first not in [c[1] for c in ckpt_a["choices"]] and ckpt_a["value"] != first
         left, max_new = client.predict("tiny-later", api_name="/run_a")
         assert first not in [c[1] for c in left["choices"]] and max_new["maximum"] == 63
     finally:
         shutil.rmtree(demo_root / "tiny-later")
+
+
+def test_refresh_through_the_api_reloads_the_metrics_as_the_button_does(server, client, demo_root):
+    """/refresh returned the pickers and the summary only: the page's button chained a private metrics event
+    after it, so an API client never saw a new evaluation's table, nor the plots."""
+    import pandas as pd
+
+    shutil.copytree(demo_root / "tiny", demo_root / "tiny-evaluated", ignore=shutil.ignore_patterns("votes.jsonl"))
+    try:
+        table = demo_root / "tiny-evaluated" / "evaluation-test.csv"
+        rows = pd.read_csv(table)
+        rows.loc[len(rows)] = rows.iloc[0].copy()
+        rows.loc[len(rows) - 1, "model"] = "added-after-start"
+        rows.to_csv(table, index=False)
+        out = client.predict("tiny-evaluated", "base", "tiny", "base", api_name="/refresh")
+        assert len(out) == 9, "pickers, summary, the two tables and the two plots"
+        _, _, _, _, summary, stages, evaluation, loss_png, eval_png = out
+        assert summary.startswith("**tiny-evaluated**") and "2 stage(s) finished" in summary
+        assert len(stages["data"]) == 2 and "added-after-start" in [row[0] for row in evaluation["data"]]
+        assert loss_png is not None and eval_png is not None
+    finally:
+        shutil.rmtree(demo_root / "tiny-evaluated")
 
 
 def test_stop_ends_the_answers_and_the_pair_takes_no_vote(server, client, monkeypatch):

@@ -295,6 +295,33 @@ def test_answers_line_up_and_the_sampling_panel_fits_at_1280(served, browser, mo
         page.close()
 
 
+LINES_OF_TEXT = """e => {
+    const tops = new Set(), walker = document.createTreeWalker(e, NodeFilter.SHOW_TEXT);
+    while (walker.nextNode()) {
+        const range = document.createRange();
+        range.selectNodeContents(walker.currentNode);
+        for (const r of range.getClientRects()) if (r.width > 0) tops.add(Math.round(r.top));
+    }
+    return tops.size;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_refresh_button_and_the_model_pickers_fit(served, browser, width):
+    """"Refresh runs, models and metrics" sat beside the pickers and wrapped to two lines at 1280 px; the model
+    pickers, which name a checkpoint's id, step and stage, must show their whole label."""
+    url, _, _ = served
+    page = _open(browser, url, width=width, height=900)
+    try:
+        assert page.locator("#refresh").evaluate(LINES_OF_TEXT) == 1, "the button's label on one line"
+        button = page.locator("#refresh").bounding_box()
+        assert button["x"] >= 0 and button["x"] + button["width"] <= width, "no sideways scrolling for it"
+        for picker in ("#ckpt-a input", "#ckpt-b input"):
+            assert page.locator(picker).evaluate("e => e.scrollWidth <= e.clientWidth + 1"), picker
+    finally:
+        page.close()
+
+
 def test_phone_width(served, browser, tmp_path):
     url, _, _ = served
     page = _open(browser, url, width=390, height=844)

@@ -190,7 +190,7 @@ def test_a_prompt_too_long_by_its_characters_is_refused_before_tokenizing(served
     import time
 
     tokenizer = service.engine.tokenizer
-    longest = max(len(tokenizer.decode([i]).encode()) for i in range(tokenizer.vocab_size))  # bytes of a token
+    longest = max(len(token) for token in tokenizer.vocabulary)  # a byte-level token: a character per byte
     assert service.most_chars == 64 * longest
     began = time.perf_counter()
     r = served.post("/v1/completions", json={"model": "tiny", "prompt": "Hello world " * 2_000_000, "max_tokens": 1})
@@ -268,3 +268,71 @@ def test_generate_with_a_prompt_that_is_not_utf8_is_one_line_and_status_2(kgpt2_
     assert done.stderr.strip().splitlines()[-1] == (
         "kgpt2: error: --prompt is not valid UTF-8 text (character 3 is not); check the encoding of the terminal or "
         "script that passed it")
+
+
+def test_the_service_starts_without_decoding_the_vocabulary(service):
+    """Service.__init__ decoded every id to find the longest token (~0.1 s for GPT-2's vocabulary at each start);
+    the vocabulary's strings give the bound, and it still holds: no token covers more characters of text."""
+    from kgpt2.generate import Settings
+    from kgpt2.serve import Service
+
+    tokenizer = service.engine.tokenizer
+
+    class Counting:  # the tokenizer, counting its decodes
+        decodes = 0
+
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def decode(self, ids):
+            Counting.decodes += 1
+            return tokenizer.decode(ids)
+
+    started = Service(SimpleNamespace(tokenizer=Counting(), cache_length=64, slots=1, busy=0), "tiny", Settings())
+    assert Counting.decodes == 0
+    covered = max(len(tokenizer.decode([i])) for i in range(tokenizer.vocab_size))  # characters of text a token
+    assert covered <= started.most_chars // 64 == service.most_chars // 64
+
+
+def test_an_unknown_path_is_a_404_whatever_the_key():
+    """With --api-key, GET /nope without a key answered 401 (so a client with a typo in its base URL was told
+    its key was wrong); OpenAI answers an unknown URL 404, which the `openai` client raises as NotFoundError."""
+    engine = SimpleNamespace(busy=0, slots=1)
+    app = TestClient(build_app(SimpleNamespace(model_id="tiny", created=0, engine=engine), api_key="secret"))
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Bearer secret"}):
+        for method, path in (("GET", "/nope"), ("POST", "/v1/nope"), ("GET", "/v1/completions/x")):
+            r = app.request(method, path, headers=headers)
+            assert r.status_code == 404, (method, path, headers, r.text)
+            assert r.json()["error"]["message"].startswith(f"no route {method} {path}; this server has ")
+    assert app.get("/v1/models").status_code == 401  # real endpoints still need the key
+    assert app.post("/v1/completions", json={"model": "tiny", "prompt": "x"}).status_code == 401
+    assert app.get("/v1/models", headers={"authorization": "Bearer secret"}).status_code == 200
+
+
+def test_a_lone_surrogate_is_found_without_walking_every_token_id():
+    """The check for lone surrogates ran a Python call per item of every list on the event loop: a prompt of a
+    million token ids held every other stream for 0.3 s (3 s on a busy machine). Lists are now judged whole
+    (their items' types, their strings joined and encoded once): a few Python calls whatever the length, and a
+    bad string is still named."""
+    import sys
+
+    from kgpt2.serving.serve_schema import ChatRequest, CompletionRequest, _not_unicode
+
+    body = CompletionRequest(model="tiny", prompt=[list(range(1000))] * 100 + [list(range(50_000))])
+    calls = []
+
+    def count(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(count)
+    try:
+        assert _not_unicode(body) is None
+    finally:
+        sys.setprofile(None)
+    assert len(calls) < 500, f"{len(calls)} Python calls for 150,000 token ids"
+    with pytest.raises(ValueError, match=r"prompt\.1000 is not valid Unicode text"):
+        CompletionRequest(model="tiny", prompt=["fine"] * 1000 + ["a\ud83d"])
+    with pytest.raises(ValueError, match=r"messages\.3\.content\.1\.text is not valid Unicode text"):
+        ChatRequest(model="tiny", messages=[{"role": "user", "content": "ok"}] * 3 + [
+            {"role": "user", "content": [{"type": "text", "text": "ok"}, {"type": "text", "text": "\udfff"}]}])

@@ -90,7 +90,10 @@ def _request_panel(demo, ui) -> None:
         ui.ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", **model_picker)
         ui.run_b = gr.Dropdown(runs, value=demo.run, label="Right run", elem_id="run-b", **run_picker)
         ui.ckpt_b = gr.Dropdown(ckpts, value=demo.latest, label="Right model", elem_id="ckpt-b", **model_picker)
-        ui.refresh = gr.Button(REFRESH_LABEL, elem_id="refresh", min_width=240, scale=0)
+    # Its own row under the pickers: beside them it wrapped to two lines at 1280 px and took the models' room
+    # (a label names id, step and stage). Wide enough for its label on one line, at a phone's width too.
+    with gr.Row():
+        ui.refresh = gr.Button(REFRESH_LABEL, elem_id="refresh", size="md", min_width=300, scale=0)
     ui.prompt = gr.Textbox(label=f"Prompt (at most {demo.context()}-token context, {demo.max_prompt_chars} characters)",
                            lines=3, placeholder="The assert statement", elem_id="prompt")
     ui.input_text = gr.Textbox(label="Input (instruction template only: the record's context)", lines=1,
@@ -200,8 +203,7 @@ def _wire(demo, app, ui) -> None:
         run.input(demo.run_changed, [run], [ckpt, ui.max_new], api_name=f"run_{side}").then(
             partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"run_{side}_picked", **private
         ).then(api_name=f"run_{side}_cleared", **cleared)
-    ui.run_a.input(demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics_of_picked_run",
-                   api_visibility="private")
+    ui.run_a.input(demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics")
     ui.arena.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="mode_changed",
                    api_visibility="private").then(api_name="mode_cleared", **cleared)
     ui.single.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="single_changed",
@@ -209,8 +211,7 @@ def _wire(demo, app, ui) -> None:
                                                    api_name="single_layout", **private).then(
         api_name="single_cleared", **cleared)
     pickers = [ui.run_a, ui.ckpt_a, ui.run_b, ui.ckpt_b]
-    ui.refresh.click(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh").then(
-        demo.metrics, [ui.run_a], ui.metric_outputs, api_name="refreshed_metrics",
-        api_visibility="private")
-    app.load(demo.refresh, pickers, [*pickers, ui.summary], api_name="refresh_on_load", api_visibility="private").then(
-        demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics")
+    # One handler for the button, the API's /refresh and the page's load: each reloads the pickers and the metrics.
+    ui.refresh.click(demo.refresh, pickers, [*pickers, *ui.metric_outputs], api_name="refresh")
+    app.load(demo.refresh, pickers, [*pickers, *ui.metric_outputs], api_name="refresh_on_load",
+             api_visibility="private")

@@ -50,6 +50,7 @@ from kgpt2.run import (
     restore,
     snapshot,
 )
+from kgpt2.serving.checkpoint_names import picker_choices
 from kgpt2.training.checkpoints import CheckpointManager
 
 log = logging.getLogger("kgpt2")
@@ -153,15 +154,8 @@ class ModelPool:
         raise UserError(f"there is no run '{name}' under the checkpoints root (runs: {', '.join(runs) or 'none'})")
 
     def checkpoints(self, run) -> list[tuple[str, str]]:
-        """(label, id) pairs for a picker: base, then each checkpoint, stage ends named."""
-        ckpts = CheckpointManager(self.run_dir(run)).intact()
-        choices = [("base (the untrained preset)", BASE)]
-        for i, c in enumerate(ckpts):
-            label = c.id
-            if c.stage_number is not None:
-                label += f" · {'end of' if c.state.get('stage_end') else 'in'} stage {c.stage_number}"
-            choices.append((label + (" · latest" if i == len(ckpts) - 1 else ""), c.id))
-        return choices
+        """(label, id) pairs for a picker: base, then each checkpoint with its step and stage (checkpoint_names)."""
+        return picker_choices(CheckpointManager(self.run_dir(run)).intact())
 
     def resolve(self, run, checkpoint) -> tuple[Path, str]:
         """The run's folder and the id of `checkpoint`, named as the CLI names it: `base`, an id (`ckpt-120`),

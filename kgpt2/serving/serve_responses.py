@@ -25,8 +25,8 @@ def sse_event(data) -> str:
 
 
 def completion_shape(rid: str, created: int, model_id: str, tokenizer, body: CompletionRequest):
-    """(envelope, choice) of /v1/completions' answers (see `kgpt2.serve._answer`): the prompt first with `echo`
-    (streamed: in the first chunk), `logprobs` (not streamed: refused before)."""
+    """(envelope, choice) of /v1/completions' answers (see `kgpt2.serving.serve_answers.answer`): the prompt first
+    with `echo` (streamed: in the first chunk), `logprobs` (not streamed: refused before)."""
     def choice(index, text, finish, first, request):
         if body.echo and first is not False:
             text = tokenizer.decode(request.ids) + text

@@ -53,7 +53,7 @@ from kgpt2.data.preference_pairs import (
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_bytes, atomic_write_text
 from kgpt2.model.models import build_causal_lm, check_sequence_length, load_tokenizer
-from kgpt2.reports import counted
+from kgpt2.reports import counted, shown
 from kgpt2.run import Run, not_a_run, same_files
 from kgpt2.training.checkpoints import CheckpointManager
 from kgpt2.training.continuation import differences
@@ -185,13 +185,14 @@ class Aligner:
         labelled = (lambda x, y: {**x, "labels": y}) if a.loss == "kto" else (lambda x, y: x)  # noqa: E731
         self.data_hash = (content_hash(labelled(self.train_x, self.labels)) + "/"
                           + content_hash(labelled(self.held_x, self.held_labels)))
-        log.info("preference data: %d records read, %d ties skipped, %d with chosen == rejected dropped, "
-                 "%d unpaired vote answers skipped (KTO reads them), %d too long; %d training rows (%s), %s",
-                 stats.read, stats.ties, stats.identical, stats.skipped, stats.too_long, n_train, a.loss, held)
+        log.info("preference data: %s read, %s skipped, %d with chosen == rejected dropped, %s skipped (KTO reads "
+                 "them), %d too long; %s (%s), %s", counted(stats.read, "record"), counted(stats.ties, "tie"),
+                 stats.identical, counted(stats.skipped, "unpaired vote answer"), stats.too_long,
+                 counted(n_train, "training row"), a.loss, held)
 
     def _check_resumable(self, state: dict) -> None:
         old, new = state.get("align_plan", {}), self._plan_record()
-        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k])
+        diffs = "; ".join(f"{k}: {shown(old.get(k))} -> {new[k]!r}" for k in new if old.get(k) != new[k])
         if state.get("kind") != KIND:  # a training run's folder: its every align field "changed" (None -> ...)
             raise UserError(f"run '{self.cfg.run_dir}' is a training run, not an align run: align into a new run name "
                             f"(run=NEW_NAME), starting from it with align.init_run={self.cfg.run_dir}")

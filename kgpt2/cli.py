@@ -37,7 +37,7 @@ from kgpt2 import backend
 backend.choose_backend()
 
 from kgpt2 import reports  # noqa: E402  (stdlib only)
-from kgpt2.cli_args import CHECKPOINT_HELP, PORT, RUN_HELP, output_folder, unescape, whole_number  # noqa: E402  (stdlib only)
+from kgpt2.cli_args import CHECKPOINT_HELP, PORT, RUN_HELP, output_folder, settle_output_folder, unescape, whole_number  # noqa: E402  (stdlib only)
 from kgpt2.cli_runner import exit_process, progress_lines_on_stderr, run_verb  # noqa: E402  (stdlib only)
 from kgpt2.data.sources import CONTENTS, FORMATS  # noqa: E402  (stdlib only: --help stays fast)
 from kgpt2.errors import UserError  # noqa: E402
@@ -198,6 +198,7 @@ def _evaluate(p):
             png = table.with_suffix(".png")  # written last: a disk that filled before it keeps an older one
             fresh = png.is_file() and png.stat().st_mtime >= table.stat().st_mtime
             print(f"saved: {table}, .csv" + (" and .png" if fresh else " (the plot could not be written)"))
+            print(reports.evaluate_next(a.run))
 
     return run
 
@@ -333,10 +334,10 @@ def _export(p):
     output_folder(p, "new output directory")
 
     def run(a):
-        from kgpt2.export import export_run
+        from kgpt2.export import export_run, exported_checkpoint
 
         out = export_run(a.run, a.to, a.out, checkpoint=a.checkpoint)
-        print(reports.export_report(a.run, a.checkpoint, a.to, out))
+        print(reports.export_report(a.run, exported_checkpoint(out), a.to, out))
 
     return run
 
@@ -449,6 +450,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         extra = [w for w in extra if "=" not in w or w.startswith("-")]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    settle_output_folder(args)
     return args
 
 

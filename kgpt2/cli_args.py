@@ -3,8 +3,8 @@
     >>> import argparse
     >>> p = argparse.ArgumentParser()
     >>> output_folder(p, "new output directory")
-    >>> p.parse_args(["exported"]).out, p.parse_args(["--out", "exported"]).out
-    ('exported', 'exported')
+    >>> [settle_output_folder(a) or a.out for a in (p.parse_args(["exported"]), p.parse_args(["--out", "exported"]))]
+    ['exported', 'exported']
 """
 
 from __future__ import annotations
@@ -14,11 +14,26 @@ import argparse
 
 def output_folder(p: argparse.ArgumentParser, help: str) -> None:
     """The folder a verb writes, as OUT or as `--out OUT`: `prepare` and `tokenizer train` take --out, so
-    `kgpt2 export ... --out DIR` was refused ("unrecognized arguments: --out"). One of the two, once."""
-    group = p.add_mutually_exclusive_group(required=True)
-    # SUPPRESS: an absent positional would otherwise set `out` back to None after --out filled it.
-    group.add_argument("out", nargs="?", default=argparse.SUPPRESS, help=help)
-    group.add_argument("--out", dest="out", metavar="OUT", default=argparse.SUPPRESS, help="the same, as an option")
+    `kgpt2 export ... --out DIR` was refused ("unrecognized arguments: --out"). One of the two, once;
+    `settle_output_folder` checks that after parsing. Not argparse's mutually exclusive group: it answered
+    `export --format hf --out o` (no such option) with "argument out: not allowed with argument --out",
+    because the stray "hf" filled OUT, before it could name the unknown --format."""
+    p.add_argument("out_word", nargs="?", metavar="out", help=help)
+    p.add_argument("--out", metavar="OUT", help="the same, as an option")
+    p.set_defaults(output_parser=p)
+
+
+def settle_output_folder(args: argparse.Namespace) -> None:
+    """After the unknown words were refused: exactly one of OUT and --out, as `args.out`."""
+    parser = args.__dict__.pop("output_parser", None)
+    if parser is None:
+        return
+    word = args.__dict__.pop("out_word")
+    if word is not None and args.out is not None:
+        parser.error("argument --out: not allowed with argument out")
+    if word is None and args.out is None:
+        parser.error("one of the arguments out --out is required")
+    args.out = args.out if args.out is not None else word
 
 
 def unescape(text: str | None) -> str | None:

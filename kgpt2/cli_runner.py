@@ -1,7 +1,8 @@
 """How a verb's run becomes what a shell sees: kgpt2's progress lines on stderr while it runs, and its end as an
 exit status -- 0; 2 with one `kgpt2: error: ...` line for a user's mistake or running out of memory; 130 for
-Ctrl-C, saying what it left behind; 141 when the reader of stdout went away. Anything else is a bug and keeps
-its traceback. (stdlib only, so `kgpt2 --help` stays fast.)
+Ctrl-C and 143 for SIGTERM (`timeout`, `kill`, a notebook or job scheduler stopping it), each saying what it left
+behind; 141 when the reader of stdout went away. Anything else is a bug and keeps its traceback. (stdlib only,
+so `kgpt2 --help` stays fast.)
 
     >>> import argparse
     >>> from kgpt2.errors import UserError
@@ -16,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from kgpt2.errors import TRAINING_ADVICE, UserError, is_out_of_memory, out_of_memory_sentence
 
@@ -48,9 +51,44 @@ def _stdout_to_devnull() -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: a KeyboardInterrupt, so a verb unwinds as after Ctrl-C (its lock
+    released, its temporary folders removed) instead of vanishing without a word."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM (during the unwinding) ends it at once
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises `Terminated` while a verb runs; the handler found is put back afterwards. Not where no
+    handler can be set (a thread other than the main one), nor where SIGTERM is ignored (as the parent asked).
+    `kgpt2 serve` sets its own for uvicorn's graceful shutdown and puts this one back after it."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else signal.SIG_IGN
+    if previous == signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which cannot be put back; the default is the nearest
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _stopped(args, e: KeyboardInterrupt) -> int:
+    """The line a stopped verb leaves, and its status: 128 + the signal's number, as a shell reports it."""
+    said = "stopped (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+    print(f"kgpt2: {said}" + (f"; {args.interrupted}" if args.interrupted else ""), file=sys.stderr)
+    return 143 if isinstance(e, Terminated) else 130
+
+
 def run_verb(args) -> int:
     try:
-        args.handler(args)
+        with sigterm_as_interrupt():
+            args.handler(args)
         sys.stdout.flush()  # a reader gone (`kgpt2 recipes | head -1`) shows here, not as a traceback at exit
     except BrokenPipeError:
         _stdout_to_devnull()
@@ -58,9 +96,8 @@ def run_verb(args) -> int:
     except UserError as e:
         print(f"kgpt2: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kgpt2: interrupted" + (f"; {args.interrupted}" if args.interrupted else ""), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        return _stopped(args, e)
     except Exception as e:  # noqa: BLE001 - running out of memory is a sentence for every verb; the rest re-raised
         if not is_out_of_memory(e):
             raise
@@ -72,10 +109,10 @@ def run_verb(args) -> int:
 
 
 def exit_process(code: int) -> None:
-    """End the process with a verb's status. After Ctrl-C (130) it leaves at once, its output flushed: XLA's
-    compiler threads may still be at work (a Ctrl-C in the first `fit` of a training), and Python's teardown
-    under them crashed the process (SIGSEGV, status 139, after the "interrupted" line) in 4 of 13 tries."""
-    if code == 130:
+    """End the process with a verb's status. After Ctrl-C (130) or SIGTERM (143) it leaves at once, its output
+    flushed: XLA's compiler threads may still be at work (a Ctrl-C in the first `fit` of a training), and Python's
+    teardown under them crashed the process (SIGSEGV, status 139, after the "interrupted" line) in 4 of 13 tries."""
+    if code in (130, 143):
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

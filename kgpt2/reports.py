@@ -20,13 +20,37 @@ import re
 import shlex
 
 
-def counted(n: int, noun: str) -> str:
-    """`n` and the noun, plural unless one: the phrase every count in kgpt2's output uses.
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """`n` and the noun, plural unless one (`plural`: where it is not the noun + "s"): the phrase every count in
+    kgpt2's output uses.
 
-        >>> counted(1, "train article"), counted(1_003, "example")
-        ('1 train article', '1,003 examples')
+        >>> counted(1, "train article"), counted(1_003, "example"), counted(1, "batch", "batches")
+        ('1 train article', '1,003 examples', '1 batch')
     """
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+    return f"{n:,} " + (noun if n == 1 else plural or noun + "s")
+
+
+def shown(value) -> str:
+    """A setting's value in a sentence about what changed: as Python writes it, "unset" for none.
+
+        >>> shown(None), shown(8), shown("dpo")
+        ('unset', '8', "'dpo'")
+    """
+    return "unset" if value is None else repr(value)
+
+
+def short(value: float) -> str:
+    """A measured value in a progress line: 4 significant digits, thousands whole (the logs and JSON keep them all).
+
+        >>> short(4.123456), short(0.06621), short(369.0452), short(50257.8)
+        ('4.123', '0.06621', '369', '50,258')
+    """
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def next_commands(*commands: str) -> str:
+    """What to run next, one command a line after "next: " (each pastes into a shell as it is)."""
+    return "\n".join(("next: " if i == 0 else "      ") + c for i, c in enumerate(commands))
 
 
 def prepare_report(manifest: dict, out) -> str:
@@ -66,36 +90,45 @@ def recipe_list(listing: list[tuple[str, str, str]]) -> str:
 
 
 def train_report(result) -> str:
-    """`kgpt2 train`: the steps, where the run is, and what padding cost (example windows only)."""
+    """`kgpt2 train`: the steps, where the run is, what padding cost (example windows only), and what to run next."""
     start, end = result.start_step, result.global_step
-    if start == end:
-        line = (f"trained nothing: the run is at step {end}, the end of its plan; run in {result.run_dir} (latest "
+    if start == end:  # its own advice (how to train on) is the next step: no "next:" lines under it
+        return (f"trained nothing: the run is at step {end}, the end of its plan; run in {result.run_dir} (latest "
                 f"{result.checkpoint}). To train it further, give it more to do: another pass {result.one_more_pass}, "
                 + ("a higher train.max_steps, " if result.max_steps_cut else "")
                 + "or new shards (docs/training.md, \"Continue a run\")")
-    elif start:  # a resumed or continued run: the steps of this call, and where the run began and is
-        line = (f"trained {end - start} steps (step {start} -> {end}); run in {result.run_dir} "
-                f"(latest {result.checkpoint})")
+    if start:  # a resumed or continued run: the steps of this call, and where the run began and is
+        lines = [f"trained {counted(end - start, 'step')} (step {start} -> {end}); run in {result.run_dir} "
+                 f"(latest {result.checkpoint})"]
     else:
-        line = f"trained {end} steps; run in {result.run_dir} (latest {result.checkpoint})"
+        lines = [f"trained {counted(end, 'step')}; run in {result.run_dir} (latest {result.checkpoint})"]
     last = next((m for m in reversed(result.stages) if "padding" in m), None)
-    if last is None:
-        return line
-    if "examples_per_window" in last:
-        return (f"{line}\npadding: {last['padding']:.1%} of the target positions ({last['examples_per_window']:.2f} "
-                f"examples packed per window; one example per window: {last['padding_one_per_window']:.1%}), "
-                f"{last['truncated']} examples truncated")
-    return f"{line}\npadding: {last['padding']:.1%} of the target positions (one example per window), " \
-           f"{last['truncated']} examples truncated"
+    if last is not None and "examples_per_window" in last:
+        lines.append(f"padding: {last['padding']:.1%} of the target positions ({last['examples_per_window']:.2f} "
+                     f"examples packed per window; one example per window: {last['padding_one_per_window']:.1%}), "
+                     f"{counted(last['truncated'], 'example')} truncated")
+    elif last is not None:
+        lines.append(f"padding: {last['padding']:.1%} of the target positions (one example per window), "
+                     f"{counted(last['truncated'], 'example')} truncated")
+    run = shlex.quote(str(result.run_dir))
+    lines.append(next_commands(f"kgpt2 evaluate --run {run}", f"kgpt2 demo --run {run}"))
+    return "\n".join(lines)
+
+
+def evaluate_next(run_dir) -> str:
+    """`kgpt2 evaluate`'s last line: try the model."""
+    run = shlex.quote(str(run_dir))
+    return next_commands(f"kgpt2 demo --run {run}", f"kgpt2 generate --run {run} --prompt TEXT")
 
 
 def align_report(result: dict, run_dir) -> str:
-    """`kgpt2 align`: what happened to the pairs, and the held-out metrics before and after."""
+    """`kgpt2 align`: what happened to the pairs, the held-out metrics before and after, and what to run next."""
     p = result["pairs"]
     kto = result.get("loss") == "kto"
-    unpaired = (f", {p['unpaired']} unpaired examples" if kto and p.get("unpaired") else
-                f", {p['unpaired_skipped']} unpaired vote answers skipped" if p.get("unpaired_skipped") else "")
-    lines = [f"pairs: {p['read']} read, {p['ties_skipped']} ties skipped, {p['identical_dropped']} with "
+    unpaired = (f", {counted(p['unpaired'], 'unpaired example')}" if kto and p.get("unpaired") else
+                f", {counted(p['unpaired_skipped'], 'unpaired vote answer')} skipped" if p.get("unpaired_skipped")
+                else "")
+    lines = [f"pairs: {p['read']} read, {counted(p['ties_skipped'], 'tie')} skipped, {p['identical_dropped']} with "
              f"chosen == rejected dropped{unpaired}, {p['too_long_dropped']} too long; {p['train']} train, "
              + (counted(p["heldout"], "held out example") if kto else f"{p['heldout']} held out")
              + (f" ({result['loss']})" if "loss" in result else "")]
@@ -104,6 +137,7 @@ def align_report(result: dict, run_dir) -> str:
         lines.append(f"held-out {when:>6}: loss {m['loss']:.4f}, reward accuracy {m['reward_accuracy']:.3f}, "
                      f"margin {m['reward_margin']:.4f}")
     lines.append(f"run in {run_dir} ({result['checkpoint']}, align.json)")
+    lines.append(next_commands(f"kgpt2 evaluate --run {shlex.quote(str(run_dir))}"))
     return "\n".join(lines)
 
 

@@ -8,6 +8,8 @@
    find the newest checkpoint and check the run may resume from it;
 2. `Trainer.build`: the model (preset + LoRA) and AdamW with warmup + cosine
    over the global step count of *all* stages (kgpt2.training.optimizer);
+   then `Trainer.record` writes config.json (and what this call changed):
+   a call that fails before its model is built leaves the run as it was;
 3. `Trainer.resume`: restore the newest checkpoint (weights, optimizer, RNG
    states) and return the `Cursor` (stage, epoch, batch, global step) it saved;
 4. `Trainer.run_stage`: `model.fit` the stage's batches from the cursor on,
@@ -49,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
-import keras_hub
 
 from kgpt2.config import Config
 from kgpt2.data.batches import EpochBatches, to_dataset
@@ -57,19 +58,19 @@ from kgpt2.data.shards import empty_splits_note
 from kgpt2.data.stage_plan import plan_stages
 from kgpt2.errors import UserError, is_out_of_memory, os_error_sentence, out_of_memory_sentence
 from kgpt2.lock import RunLock
-from kgpt2.model import memory  # memory: read at call time, a test stands in for the device's memory
-from kgpt2.model.models import build_causal_lm, count_params
+from kgpt2.model.models import build_causal_lm
 from kgpt2.model.packed_attention import for_windows
 from kgpt2.model.scratch import resolve_scratch
-from kgpt2.reports import counted
+from kgpt2.reports import counted, short, shown
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record
-from kgpt2.training.checkpoints import Checkpoint, CheckpointManager, fault_point
+from kgpt2.training.checkpoints import Checkpoint, CheckpointManager, current_versions, fault_point
 from kgpt2.training.continuation import check_max_steps, check_resumable, init_checkpoint, placed_plan, plan_left
 from kgpt2.training.cursor import Cursor
 from kgpt2.training.devices import dtype_policy, resolve_device
 from kgpt2.training.distribution import is_writer, plan_distribution, process_count, start_processes
 from kgpt2.training.metrics import compile_for_training, evaluation_model
+from kgpt2.training.model_summary import model_line, warn_if_too_big
 from kgpt2.training.optimizer import make_optimizer
 from kgpt2.training.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.training.progress_lines import ProgressLines
@@ -108,6 +109,7 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
             return trainer.finished_result()
         with trainer.scope():
             trainer.build()
+            trainer.record()  # only now: a call that fails before its model is built leaves the run as it was
             cursor = trainer.resume()
             for stage in trainer.stages[cursor.stage - trainer.stage_offset:]:
                 if cursor.step >= trainer.total_steps:  # train.max_steps reached in an earlier stage
@@ -142,6 +144,7 @@ class Trainer:
         self.stage_offset, self.step_offset = 0, 0
         self.reopened: Cursor | None = None  # a finished one-stage run whose plan grew (setup)
         self.finished = False  # a finished run whose plan did not grow (setup): nothing to train
+        self.continuation: dict | None = None  # this call's changes to the run's settings (setup), for `record`
 
     # -- 1. setup: everything a user can get wrong is checked before any work starts
     def setup(self, require_checkpoint: bool = False) -> None:
@@ -174,26 +177,23 @@ class Trainer:
         old_config = self.run.config().to_dict() if self.run.exists() else None
         self.latest = self._checkpoint_to_resume(require_checkpoint)
         self.epochs, self.total_steps = plan_steps(cfg, self.split, self.stages, done=self.step_offset)
-        continuation = None
         if self.latest is not None and old_config is not None:
-            continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
-        # before config.json records a refused continuation
-        self.reopened = self._reopen_finished_stage((continuation or {}).get("changed"))
-        changed = continuation["changed"] if continuation else {}
-        changes = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        if self.finished:  # a call that trains nothing changes nothing: a train.max_steps kept from it cut later stages
-            if changes:
-                log.info("nothing to train, so config.json keeps its settings (not recorded: %s)", changes)
-        else:
-            if is_writer():  # one process of a multi-host run writes the run's files
-                self.run.save_config(cfg, continuation)
-            if changes:
-                log.info("continuing run %s at step %d: %s", self.run.path, self.latest.step, changes)
+            self.continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
+        self.reopened = self._reopen_finished_stage((self.continuation or {}).get("changed"))  # may refuse it
+        # A call that trains nothing changes nothing (a train.max_steps kept from it cut later stages); the others
+        # record their changes once their model is built (`record`).
+        if self.finished and self.continuation:
+            log.info("nothing to train, so config.json keeps its settings (not recorded: %s)", self._changes())
         log.info("device: %s (%s), precision %s, backend %s", self.device.keras_name, self.device.description,
                  self.policy, keras.backend.backend())
         if self.parallel:
             log.info(self.parallel.describe())
         keras.utils.set_random_seed(cfg.seed)
+
+    def _changes(self) -> str:
+        """This call's changes to the run's settings, as a sentence's part."""
+        changed = self.continuation["changed"] if self.continuation else {}
+        return "; ".join(f"{k} {shown(a)} -> {shown(b)}" for k, (a, b) in changed.items())
 
     def _checkpoint_to_resume(self, require_checkpoint: bool) -> Checkpoint | None:
         newest = self.store.latest()  # one listing of the run directory
@@ -243,10 +243,15 @@ class Trainer:
         compile_for_training(self.fit_model, cfg, self.optimizer, self.device, self.model.backbone.hidden_dim)
         # validation's exact token loss, off the training step, on the same kind of windows
         self.evaluator = evaluation_model(self.model, cfg.data.windows)
-        params = count_params(self.model)
-        log.info("model: %s, %s parameters, %s trainable%s", cfg.model.preset, f"{params['total']:,}",
-                 f"{params['trainable']:,}", f" (LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha})" if cfg.lora.enabled else "")
-        _warn_if_too_big(cfg, self.model, params["total"], self.device.is_gpu)  # before the first step compiles
+        log.info("%s", model_line(cfg, self.model))
+        warn_if_too_big(cfg, self.model, self.device.is_gpu)  # before the first step compiles
+
+    def record(self) -> None:
+        """config.json: the run's settings, and this call's changes to them (`continuations`)."""
+        if is_writer():  # one process of a multi-host run writes the run's files
+            self.run.save_config(self.cfg, self.continuation)
+        if self.continuation:
+            log.info("continuing run %s at step %d: %s", self.run.path, self.latest.step, self._changes())
 
     # -- 3. resume: the newest checkpoint's weights, optimizer and cursor
     def resume(self) -> Cursor:
@@ -293,7 +298,7 @@ class Trainer:
         self.padding = describe_padding(self.cfg, self.split, stage, first)
         stage_end = per_epoch * self.epochs
         if self.epochs > 1 and cursor.position(per_epoch) < stage_end:
-            log.info("%s: %d epochs of %d batches", stage.name, self.epochs, per_epoch)
+            log.info("%s: %d epochs of %s", stage.name, self.epochs, counted(per_epoch, "batch", "batches"))
         while cursor.position(per_epoch) < stage_end and cursor.step < self.total_steps:
             position = cursor.position(per_epoch)
             n = self._segment_length(cursor, stage_end - position)
@@ -355,7 +360,8 @@ class Trainer:
                      total_steps=self.total_steps, signature=cfg.model_signature(),
                      config_hash=cfg.hash(), shards=self.shards.manifest["content_hash"],
                      stages=cfg.train.stages, stage_ends=[s.end for s in self.stages], epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                     max_steps=cfg.train.max_steps, versions=_versions(), tokenizer=self.tokenizer.hash,
+                     max_steps=cfg.train.max_steps, tokenizer=self.tokenizer.hash,
+                     versions={**current_versions(), "python": platform.python_version()},
                      stage_offset=self.stage_offset, step_offset=self.step_offset, windows=cfg.data.windows,
                      learning_rate=float(self.schedule(cursor.step)))
         return self.store.save(self.model, self.fit_model.optimizer, state, export=export)
@@ -390,21 +396,5 @@ class Trainer:
                            max_steps_cut=0 < self.cfg.train.max_steps <= self.latest.step)
 
 
-def _versions() -> dict:
-    return {"keras": keras.__version__, "keras_hub": keras_hub.__version__,
-            "backend": keras.backend.backend(), "python": platform.python_version()}
-
-
-def _warn_if_too_big(cfg: Config, model, total_params: int, on_gpu: bool) -> None:
-    b = model.backbone
-    mode = ("int8-lora" if cfg.model.quantize == "int8" else "lora") if cfg.lora.enabled else "full"
-    available = memory.device_memory_bytes() if on_gpu else memory.host_available_bytes()
-    warning = memory.check_fits(total_params, mode, cfg.train.batch_size, cfg.data.sequence_length, b.num_layers,
-                                b.hidden_dim, b.vocabulary_size, available,
-                                accumulation=cfg.train.gradient_accumulation_steps, on_gpu=on_gpu)
-    if warning:
-        log.warning("%s", warning)
-
-
 def _fmt(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    return ", ".join(f"{k} {short(v)}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())

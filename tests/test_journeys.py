@@ -348,7 +348,7 @@ def test_init_from_checks_every_signature_field_the_weights_depend_on(tmp_path, 
     # tiny_run's embedding is padded to 64 rows (model.pad_vocabulary_to's default): an unpadded model is another shape
     unpadded = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=x", f"train.init_from={tiny_run}",
                                 "model.pad_vocabulary_to=0")
-    with pytest.raises(UserError, match=r"train.init_from: .*\(model.pad_vocabulary_to: 64 -> None\)"):
+    with pytest.raises(UserError, match=r"train.init_from: .*\(model.pad_vocabulary_to: 64 -> off\)"):
         init_checkpoint(unpadded)
     copy = shutil.copytree(tiny_preset, tmp_path / "same-preset")  # the same weights under another path
     other = make_tiny_config(tmp_path, copy, pydoc_shards, "run=y", f"train.init_from={tiny_run}",

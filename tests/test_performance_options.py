@@ -170,19 +170,19 @@ def test_memory_warning_says_what_fits():
 
 def test_trainer_warns_before_compiling(monkeypatch, caplog):
     import kgpt2.model.memory
-    from kgpt2.train import _warn_if_too_big
+    from kgpt2.training.model_summary import warn_if_too_big
 
     cfg = load_config(None, SHAPE + ["train.batch_size=4096", "data.sequence_length=32"])
     model = build_causal_lm(cfg)
     monkeypatch.setattr(kgpt2.model.memory, "device_memory_bytes", lambda: 1e6)
     with caplog.at_level(logging.WARNING, logger="kgpt2"):
-        _warn_if_too_big(cfg, model, model.count_params(), on_gpu=True)
+        warn_if_too_big(cfg, model, on_gpu=True)
     assert "GB of GPU memory" in caplog.text and "device offers 0.0 GB" in caplog.text
     # On a CPU the RAM is what runs out (Colab's kernel dies without a word): the machine's free memory.
     caplog.clear()
     monkeypatch.setattr(kgpt2.model.memory, "host_available_bytes", lambda: 2e6)
     with caplog.at_level(logging.WARNING, logger="kgpt2"):
-        _warn_if_too_big(cfg, model, model.count_params(), on_gpu=False)
+        warn_if_too_big(cfg, model, on_gpu=False)
     assert "GB of memory for training" in caplog.text and "the machine has 0.0 GB free" in caplog.text
     assert "train.batch_size=" in caplog.text  # ... and what would fit
 

@@ -40,15 +40,60 @@ def test_align_and_tokenizer_reports():
                         "train": 6, "heldout": 1},
               "heldout_before": metrics, "heldout_after": dict(metrics, loss=0.25), "checkpoint": "ckpt-8"}
     text = reports.align_report(result, "runs/dpo").splitlines()
-    assert text[0].startswith("pairs: 10 read, 1 ties skipped") and "6 train, 1 held out" in text[0]
+    assert text[0].startswith("pairs: 10 read, 1 tie skipped") and "6 train, 1 held out" in text[0]
     assert text[2] == "held-out  after: loss 0.2500, reward accuracy 0.750, margin 0.1250"
-    assert text[-1] == "run in runs/dpo (ckpt-8, align.json)"
+    assert text[-2:] == ["run in runs/dpo (ckpt-8, align.json)", "next: kgpt2 evaluate --run runs/dpo"]
     kto = dict(result, loss="kto")
     assert "6 train, 1 held out example (kto)" in reports.align_report(kto, "runs/kto").splitlines()[0]
     kto["pairs"] = dict(result["pairs"], heldout=2)
     assert "6 train, 2 held out examples (kto)" in reports.align_report(kto, "runs/kto").splitlines()[0]
     tok = CharTokenizer("ab")
     assert reports.tokenizer_report(tok, "t") == "character tokenizer, 3 tokens (end-of-text id 2), saved in t"
+
+
+def test_counts_of_one_are_singular_in_the_align_report():
+    """KTO's report said "1 unpaired examples" (and any align report "1 ties skipped")."""
+    metrics = {"loss": 0.5, "reward_accuracy": 0.75, "reward_margin": 0.125}
+    pairs = {"read": 3, "ties_skipped": 1, "identical_dropped": 0, "too_long_dropped": 0, "train": 1, "heldout": 1,
+             "unpaired": 1}
+    result = {"pairs": pairs, "loss": "kto", "heldout_before": metrics, "heldout_after": metrics, "checkpoint": "c"}
+    first = reports.align_report(result, "r").splitlines()[0]
+    assert "1 tie skipped" in first and ", 1 unpaired example," in first, first
+    pairs.update(unpaired=0, unpaired_skipped=1)
+    first = reports.align_report(dict(result, loss="dpo"), "r").splitlines()[0]
+    assert ", 1 unpaired vote answer skipped," in first, first
+
+
+def test_train_evaluate_and_align_say_what_to_run_next_with_the_run_quoted(tmp_path):
+    """`kgpt2 train`, `evaluate` and `align` ended without the next command (quickstart and recipes give one)."""
+    import shlex
+    from types import SimpleNamespace
+
+    run = tmp_path / "My Drive" / "run"
+    trained = SimpleNamespace(start_step=0, global_step=1, run_dir=run, checkpoint="ckpt-1", stages=[])
+    text = reports.train_report(trained).splitlines()
+    assert text[0] == f"trained 1 step; run in {run} (latest ckpt-1)"  # not "1 steps"
+    assert [shlex.split(line.removeprefix("next:")) for line in text[1:]] == [
+        ["kgpt2", "evaluate", "--run", str(run)], ["kgpt2", "demo", "--run", str(run)]]
+    assert [shlex.split(line.removeprefix("next:"))[:4] for line in reports.evaluate_next(run).splitlines()] == [
+        ["kgpt2", "demo", "--run", str(run)], ["kgpt2", "generate", "--run", str(run)]]
+    metrics = {"loss": 0.5, "reward_accuracy": 0.75, "reward_margin": 0.125}
+    aligned = {"pairs": {"read": 2, "ties_skipped": 0, "identical_dropped": 0, "too_long_dropped": 0, "train": 1,
+                         "heldout": 1}, "heldout_before": metrics, "heldout_after": metrics, "checkpoint": "ckpt-2"}
+    last = reports.align_report(aligned, run).splitlines()[-1]
+    assert shlex.split(last.removeprefix("next:")) == ["kgpt2", "evaluate", "--run", str(run)]
+
+
+def test_evaluate_ends_with_the_next_commands(tiny_run, tmp_path, kgpt2_cli):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # evaluate adds its table to the run
+    r = kgpt2_cli("evaluate", "--run", run, "--split", "validation", "--max-batches", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-2:] == [f"next: kgpt2 demo --run {run}",
+                                                  f"      kgpt2 generate --run {run} --prompt TEXT"], r.stdout
+    r = kgpt2_cli("evaluate", "--run", run, "--split", "validation", "--max-batches", "1", "--json")
+    assert "next:" not in r.stdout  # machine-readable output stays JSON
 
 
 def test_a_bpe_smaller_than_asked_says_why():

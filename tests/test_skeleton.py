@@ -311,3 +311,10 @@ def test_quiet_is_taken_after_the_verb_too(argv, quiet):
     from kgpt2.cli import parse_args
 
     assert parse_args(argv).quiet is quiet
+
+
+def test_an_unknown_option_beside_the_output_folder_is_named(tmp_path, kgpt2_cli):
+    """`export --run r --format hf --out o` (the option is --to): the stray "hf" filled OUT, and argparse's
+    exclusive group answered "argument out: not allowed with argument --out", hiding the unknown --format."""
+    r = kgpt2_cli("export", "--run", "r", "--to", "hf", "--format", "hf", "--out", "o", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().endswith("unrecognized arguments: --format"), r.stderr

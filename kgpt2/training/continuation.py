@@ -22,11 +22,15 @@ from pathlib import Path
 from kgpt2.config import NOT_IN_WEIGHTS, SIGNATURE_KEYS, Config
 from kgpt2.data.stage_plan import StagePlan
 from kgpt2.errors import UserError
+from kgpt2.reports import shown
 from kgpt2.run import Run
 from kgpt2.run_config import split_checkpoint
 from kgpt2.training.checkpoints import Checkpoint
 
 log = logging.getLogger("kgpt2")
+
+# The model signature's keys that are there only while what they set is on (Config.model_signature).
+OFF_WHEN_ABSENT = {"pad_vocabulary_to", "lora_rank", "lora_targets", "use_rslora", "use_dora", "quantize"}
 
 # What a run that cannot go on as asked can do instead (`kgpt2 train --run` takes no new name itself).
 NEW_RUN = "start a new run from its weights instead (run=NEW_NAME train.init_from='{run}')"
@@ -103,12 +107,16 @@ def _overrides(changed: dict) -> str:
 
 
 def differences(old: dict, new: dict) -> str:
-    """What differs between two model signatures, by config key (None: not set there).
+    """What differs between two model signatures, by config key; a key a signature leaves out is "off" (a LoRA,
+    padding or quantisation setting, there only when that is on) or "unset".
 
     >>> differences({"lora": False, "sequence_length": 32}, {"lora": True, "lora_rank": 8, "sequence_length": 32})
-    'lora.enabled: False -> True; lora.rank: None -> 8'
+    'lora.enabled: False -> True; lora.rank: off -> 8'
     """
-    return "; ".join(f"{SIGNATURE_KEYS.get(k, k)}: {old.get(k)!r} -> {new.get(k)!r}"
+    def value(signature: dict, k: str) -> str:
+        return ("off" if k in OFF_WHEN_ABSENT else "unset") if k not in signature else shown(signature[k])
+
+    return "; ".join(f"{SIGNATURE_KEYS.get(k, k)}: {value(old, k)} -> {value(new, k)}"
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
@@ -127,11 +135,12 @@ def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
     windows = state.get("windows", cfg.data.windows)  # the batches a checkpoint's cursor counts
     if windows != cfg.data.windows and not state.get("stage_end"):
         raise UserError(f"cannot change data.windows of run '{cfg.run_dir}' in the middle of stage {state['stage'] + 1} "
-                        f"({windows!r} -> {cfg.data.windows!r}): resume it with data.windows={windows} to the stage "
-                        "end first, then continue")
+                        f"({shown(windows)} -> {shown(cfg.data.windows)}): resume it with data.windows={windows} to "
+                        "the stage end first, then continue")
     if state.get("batch_size") != cfg.train.batch_size:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (train.batch_size: "
-                        f"{state.get('batch_size')!r} -> {cfg.train.batch_size!r}); {NEW_RUN.format(run=cfg.run_dir)}")
+                        f"{shown(state.get('batch_size'))} -> {cfg.train.batch_size!r}); "
+                        f"{NEW_RUN.format(run=cfg.run_dir)}")
 
 
 def _same_preset_path(old, cfg: Config) -> bool:

@@ -58,10 +58,14 @@ def save_alignment_table(run: Run, rows: list[dict]) -> list[dict]:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.bar([r["model"] for r in table], [r["reward_accuracy"] for r in table], color="C0")
+    a1.bar_label(a1.bar([r["model"] for r in table], [r["reward_accuracy"] for r in table], color="C0"),
+                 fmt="{:.1%}", fontsize=8)
     a1.axhline(0.5, color="grey", lw=0.8, ls="--")
     a1.set_title("held-out reward accuracy")
+    percent_axis(a1, "reward accuracy")
+    a1.margins(y=0.12)  # room for the value labels
     a1.tick_params(axis="x", rotation=30)
+    _room_around_few_bars(a1, len(table))
     a2.hist(rows[-1]["margins"], bins=40, color="C2")
     a2.axvline(0.0, color="grey", lw=0.8)
     a2.set_title(f"{rows[-1]['model']}: log-ratio margin per held-out row")
@@ -91,16 +95,47 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.bar_label(a1.bar(names, [r["accuracy"] for r in rows], color="C0"), fmt="{:.1%}", fontsize=8)
     a1.set_title(f"next-token accuracy ({split}, {rows[0]['tokens']:,} tokens)")
-    a1.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    a2.bar_label(a2.bar(names, [r["perplexity"] for r in rows], color="C1"), fmt="{:,.1f}", fontsize=8)
-    a2.set_yscale("log")
-    a2.set_title(f"perplexity ({split}, log scale; lower is better)")
+    percent_axis(a1, "next-token accuracy")
+    perplexities = [r["perplexity"] for r in rows]
+    a2.bar_label(a2.bar(names, perplexities, color="C1"), fmt="{:,.1f}", fontsize=8)
+    log_scale = perplexity_on_log_scale(perplexities)
+    if log_scale:
+        a2.set_yscale("log")
+        a2.yaxis.set_major_formatter(lambda v, _: f"{v:,.0f}")  # 1,000 rather than 10^3
+    a2.set_ylabel("perplexity")
+    a2.set_title(f"perplexity ({split}{', log scale' if log_scale else ''}; lower is better)")
     for ax in (a1, a2):
         ax.margins(y=0.12)  # room for the value labels
         ax.tick_params(axis="x", rotation=30, labelsize=8)
+        _room_around_few_bars(ax, len(rows))
     fig.tight_layout()
     _save_plot(fig, run.evaluation_table(split, "png"))
     return rows
+
+
+def percent_axis(ax, label: str) -> None:
+    """Accuracies are fractions in the tables (machine data) and percent in every plot; the axis label says so."""
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+    ax.set_ylabel(f"{label} (%)")
+
+
+def perplexity_on_log_scale(perplexities: list[float]) -> bool:
+    """A log axis only where the values span a factor of 10 or more (an untrained base beside trained models):
+    on a single bar or a small range it drew a bar of arbitrary height between sparse powers of ten.
+
+    >>> [perplexity_on_log_scale(p) for p in ([369.4], [30.2, 18.5], [1029.8, 138.2], [50257.0, 40.0])]
+    [False, False, False, True]
+    """
+    return len(perplexities) > 1 and min(perplexities) > 0 and max(perplexities) / min(perplexities) >= 10
+
+
+def _room_around_few_bars(ax, count: int) -> None:
+    """At least three bars' width on the axis, so one or two bars are bars, not the whole panel."""
+    if count < 3:
+        middle = (count - 1) / 2
+        ax.set_xlim(middle - 1.5, middle + 1.5)
 
 
 def _save_plot(fig, path: Path) -> None:

@@ -282,3 +282,32 @@ def test_building_a_run_model_leaves_the_global_dtype_policy(tmp_path, tiny_pres
     model, _ = build_run_model(cfg)
     assert model.dtype_policy.name == "mixed_bfloat16"  # the run's precision...
     assert keras.config.dtype_policy().name == "float32"  # ...without changing the caller's
+
+
+def test_evaluate_says_how_far_it_is_within_a_model_and_quiet_silences_it(tiny_run, tmp_path, kgpt2_cli,
+                                                                           monkeypatch):
+    """Keras' evaluate runs at verbose=0, so on 120,000 articles `kgpt2 evaluate` showed nothing for many minutes.
+    Now a line names the batch reached (a further tenth of the batches, at most one per LINE_GAP_S seconds: 0
+    here, so this short split shows them), as train's progress lines do; -q silences them; the scores are the same."""
+    import re
+    import shutil
+
+    from kgpt2 import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.setattr(evaluate, "LINE_GAP_S", 0.0)
+    args = ("evaluate", "--run", str(run), "--split", "train", "--max-batches", "6", "--json")
+    loud, quiet = kgpt2_cli(*args), kgpt2_cli("-q", *args)
+    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
+    (row,) = json.loads(loud.stdout)
+    assert json.loads(quiet.stdout) == [row]
+    lines = [line for line in loud.stderr.splitlines() if ": batch " in line]
+    assert lines, loud.stderr
+    done = []
+    for line in lines:  # not the first batch (compiling: no pace yet), nor the last (the table follows)
+        m = re.fullmatch(rf"kgpt2: scoring {row['model']}: batch (\d) of 6 \(\d+%\), about < 1 min left", line)
+        assert m, line
+        done.append(int(m.group(1)))
+    assert done == sorted(set(done)) and 1 < done[0] and done[-1] < 6
+    assert "scoring" not in quiet.stderr

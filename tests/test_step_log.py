@@ -101,7 +101,7 @@ def test_each_stages_validation_point_is_labelled_and_visible_on_both_axes():
         _plot_stage_validation(ax, stages)
         loss_axis, accuracy_axis = fig.axes
         labels = {a.get_text() for axis in fig.axes for a in axis.texts}
-        assert labels == {f"{m[k]:.3f}" for m in stages for k in ("loss", "accuracy")}
+        assert labels == {f"{m['loss']:.3f}" for m in stages} | {f"{m['accuracy']:.1%}" for m in stages}
         (loss_line,), (accuracy_line,) = loss_axis.get_lines(), accuracy_axis.get_lines()
         assert loss_line.get_markerfacecolor() == "none" and loss_line.get_markersize() > accuracy_line.get_markersize()
         plt.close(fig)

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from kgpt2.io import save_figure
+from kgpt2.reports import short
 from kgpt2.run import Run
 from kgpt2.training.run_logs import truncate_csv
 
@@ -101,12 +102,16 @@ class PeriodicEval:
         with open(self.path, "a", newline="") as f:
             f.write(",".join(str(v) for v in row) + "\n")
         self._logged.add(step)
-        log.info("step %d: train loss %s, val loss %s%s (eval %.1f s)", step, _num(train.get("loss")),
-                 _num(val.get("loss")), " (best)" if improved else "", seconds)
+        log.info("step %d: train loss %s, val loss %s%s (eval %.1f s)", step, _shown(train.get("loss")),
+                 _shown(val.get("loss")), " (best)" if improved else "", seconds)  # evals.csv keeps 6 decimals
 
 
 def _num(value) -> str:
     return "" if value is None else f"{float(value):.6f}"
+
+
+def _shown(value) -> str:
+    return "none" if value is None else short(float(value))
 
 
 def plot_evals(run_dir) -> Path | None:
@@ -123,9 +128,12 @@ def plot_evals(run_dir) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(evals["step"], evals["train_loss"], "o-", ms=3, label="train loss")
     ax.plot(evals["step"], evals["val_loss"], "s-", ms=3, label="val loss")
-    best = evals.loc[evals["val_loss"].idxmin()]
-    ax.annotate(f"best {best['val_loss']:.4f} @ {int(best['step'])}", (best["step"], best["val_loss"]),
-                textcoords="offset points", xytext=(0, -18), ha="center", fontsize=8)
+    if evals["val_loss"].notna().any():  # a run without a validation split has no best
+        best = evals.loc[evals["val_loss"].idxmin()]
+        # Named in the legend, which stays inside the axes: a note beside the point ran off the figure when the
+        # best was the last or the lowest evaluation, as it usually is.
+        ax.plot([best["step"]], [best["val_loss"]], "*", ms=11, color="C3",
+                label=f"best val loss {best['val_loss']:.4f} at step {int(best['step'])}")
     ax.set_xlabel("iteration (global step)")
     ax.set_ylabel("loss (nats/token)")
     gap = evals["step"].diff().median()  # NaN with a single evaluation

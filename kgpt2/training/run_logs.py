@@ -6,8 +6,8 @@
                        process (when the training process that logged the row started: a resume's rows
                        have their own, so the time between processes is not counted as training)
     stages.csv|json    validation metrics after each stage
-    loss.png           training loss per step (`per_step_loss`), stage boundaries marked,
-                       and validation metrics per stage
+    loss.png           training loss per step (`per_step_loss`), stage boundaries marked, and validation
+                       metrics per stage (one stage: within it, from logs/evals.csv; accuracy in percent)
 
 (file names from `kgpt2.run.Run`).
 
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import keras
 
+from kgpt2.evaluation_table import percent_axis
 from kgpt2.io import atomic_write_text, save_figure
 from kgpt2.run import Run
 
@@ -278,7 +279,9 @@ def write_stage_table(run_dir, stage_metrics: list) -> None:
 
 
 def plot_run(run_dir) -> Path | None:
-    """loss.png: training loss per step with stage boundaries, and per-stage validation."""
+    """loss.png: training loss per step with stage boundaries, and validation: after each stage when there are
+    several; within the run (logs/evals.csv, `train.eval_every`) while there is at most one; with neither, the
+    one stage's validation is marked on the training curve (a panel of a single point showed nothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,44 +290,89 @@ def plot_run(run_dir) -> Path | None:
     run = Run(run_dir)
     steps = read_steps(run_dir)
     stages_path = run.stages_json
-    stage_metrics = json.loads(stages_path.read_text()) if stages_path.is_file() else []
+    stage_metrics = [m for m in (json.loads(stages_path.read_text()) if stages_path.is_file() else []) if "loss" in m]
     if steps.empty and not stage_metrics:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    evals = _validation_evals(run) if len(stage_metrics) < 2 else None
+    beside = len(stage_metrics) > 1 or evals is not None or steps.empty  # else: one panel, the point on the curve
+    fig, axes = plt.subplots(1, 2 if beside else 1, figsize=(11, 4) if beside else (7, 4), squeeze=False)
+    ax1 = axes[0][0]
     if not steps.empty:
         _plot_training_loss(ax1, steps)
+        if not beside and stage_metrics:
+            _mark_stage_validation(ax1, stage_metrics[0], int(steps["step"].max()))
         for i, (_, group) in enumerate(steps.groupby("stage")):  # one legend entry says what the dotted lines are
             ax1.axvline(group["step"].min(), color="grey", ls=":", lw=0.8, label="_" if i else "stage starts")
         ax1.set_xlabel("global step")
         ax1.set_ylabel("loss")
         ax1.legend(loc="upper right", fontsize=8)
     ax1.set_title(f"{run.path.name}: training")
-    if stage_metrics:
-        _plot_stage_validation(ax2, [m for m in stage_metrics if "loss" in m])
-    ax2.set_title("validation after each stage")
+    if evals is not None:
+        _plot_validation_within(axes[0][1], evals, stage_metrics[0] if stage_metrics else None)
+    elif beside:
+        _plot_stage_validation(axes[0][1], stage_metrics)
+        axes[0][1].set_title("validation after each stage")
     fig.tight_layout()
     return save_figure(fig, run.loss_plot)
 
 
+def _validation_evals(run: Run):
+    """logs/evals.csv's rows with a validation loss (`train.eval_every`), or None when there are none."""
+    import pandas as pd
+
+    try:
+        evals = pd.read_csv(run.evals_log).dropna(subset=["val_loss"])
+    except (OSError, ValueError, KeyError):  # none, empty, or not the evaluation log's columns
+        return None
+    return evals if not evals.empty else None
+
+
+def _mark_stage_validation(ax, stage: dict, last_step: int) -> None:
+    """The one stage's validation loss, a point at its last step on the training curve; its accuracy in the label."""
+    ax.plot([stage.get("step", last_step)], [stage["loss"]], "o", ms=9, mfc="none", mew=1.5, color="C3",
+            label=f"validation after the stage: loss {stage['loss']:.3f}, accuracy {stage['accuracy']:.1%}")
+
+
+def _plot_validation_within(ax, evals, stage_end: dict | None) -> None:
+    """Validation loss (left) and accuracy (right, %) at each evaluation during training, and at the stage's end."""
+    xs, losses, accs = list(evals["step"]), list(evals["val_loss"]), list(evals["val_accuracy"])
+    if stage_end is not None and "step" in stage_end and stage_end["step"] not in xs:  # older stages.json: no step
+        xs, losses, accs = xs + [stage_end["step"]], losses + [stage_end["loss"]], accs + [stage_end["accuracy"]]
+    right = ax.twinx()
+    ax.plot(xs, losses, "o-", ms=4, color="C0", label="val loss")
+    right.plot(xs, accs, "s--", ms=3, color="C1", label="val accuracy")
+    ax.annotate(f"{losses[-1]:.3f}", (xs[-1], losses[-1]), xytext=(0, -14), textcoords="offset points",
+                ha="right", fontsize=8, color="C0")
+    right.annotate(f"{accs[-1]:.1%}", (xs[-1], accs[-1]), xytext=(0, 8), textcoords="offset points", ha="right",
+                   fontsize=8, color="C1")
+    for axis in (ax, right):
+        axis.margins(y=0.18)
+    ax.set_xlabel("global step")
+    ax.set_ylabel("loss")
+    percent_axis(right, "next-token accuracy")
+    ax.set_title("validation during training" + (" (one stage)" if stage_end is not None else ""))
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+
+
 def _plot_stage_validation(ax, stage_metrics: list) -> None:
-    """Loss (left axis) and accuracy (right axis) after each stage, each point labelled with its value: the two
-    axes scale apart, so their points can fall on the same spot (always so with one stage); a hollow circle
-    around a small square keeps both visible there."""
+    """Loss (left axis) and accuracy (right axis, %) after each stage, each point labelled with its value: the two
+    axes scale apart, so their points can fall on the same spot; a hollow circle around a small square keeps both
+    visible there."""
     xs = [m["stage"] for m in stage_metrics]
     right = ax.twinx()
-    for axis, key, style, label, offset in ((ax, "loss", dict(marker="o", ms=11, mfc="none", ls="-", color="C0"),
-                                             "val loss", -14),
-                                            (right, "accuracy", dict(marker="s", ms=5, ls="--", color="C1"),
-                                             "val accuracy", 8)):
+    for axis, key, style, label, offset, fmt in (
+            (ax, "loss", dict(marker="o", ms=11, mfc="none", ls="-", color="C0"), "val loss", -14, "{:.3f}"),
+            (right, "accuracy", dict(marker="s", ms=5, ls="--", color="C1"), "val accuracy", 8, "{:.1%}")):
         ys = [m[key] for m in stage_metrics]
         axis.plot(xs, ys, label=label, **style)
         for x, y in zip(xs, ys):
-            axis.annotate(f"{y:.3f}", (x, y), xytext=(0, offset), textcoords="offset points", ha="center",
+            axis.annotate(fmt.format(y), (x, y), xytext=(0, offset), textcoords="offset points", ha="center",
                           fontsize=8, color=style["color"])
         axis.margins(x=0.1, y=0.18)  # room for the labels inside the frame
     ax.set_xlabel("stage")
     ax.set_ylabel("loss")
-    right.set_ylabel("next-token accuracy")
+    percent_axis(right, "next-token accuracy")
     ax.set_xticks(xs)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)

@@ -338,6 +338,8 @@ class GenerateConfig:
     def __post_init__(self):
         check_fields(self)
         if self.temperature <= 0:
-            raise UserError(f"generate.temperature must be above 0; got {self.temperature}")
+            raise UserError(f"generate.temperature must be above 0; got {self.temperature} (for the most likely "
+                            "token every step, what temperature 0 means to OpenAI's API, use --sampler greedy, "
+                            "or generate.sampler = \"greedy\")")
         if not 0 < self.top_p <= 1:
             raise UserError(f"generate.top_p must be in (0, 1]; got {self.top_p}")

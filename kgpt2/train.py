@@ -210,7 +210,8 @@ class Trainer:
     def _place_plan(self, state: dict) -> None:
         """Where this config's plan goes on a run that has checkpoints: in place, or after its finished stages."""
         self.stage_offset, self.step_offset, self.stages = placed_plan(
-            state, self.cfg, self.stages, self.shards.manifest["content_hash"], self.run.path)
+            state, self.cfg, self.stages, self.shards.manifest["content_hash"], self.run.path,
+            [c.state for c in self.store.list() if c.state.get("stage_end")])
 
     def _reopen_finished_stage(self, changed: dict | None) -> Cursor | None:
         """Where a finished one-stage run trains on when its plan grew (continuation.plan_left); else None."""

@@ -191,3 +191,12 @@ def test_a_value_that_is_no_finite_number_is_refused(override):
     key, value = override.split("=")
     with pytest.raises(UserError, match=rf"^{key} must be a finite number; got {value}$"):
         load_config(None, [override])
+
+
+def test_temperature_zero_points_to_the_greedy_sampler():
+    """OpenAI's API reads temperature 0 as "always the most likely token", and users carry that habit to
+    `kgpt2 generate --temperature 0`; the refusal names the option that does it."""
+    from kgpt2.config import load_config
+
+    with pytest.raises(UserError, match=r"^generate.temperature must be above 0; got 0.0 \(.*use --sampler greedy"):
+        load_config(None, ["generate.temperature=0"])

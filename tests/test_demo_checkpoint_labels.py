@@ -51,3 +51,17 @@ def test_a_plain_run_keeps_short_labels(tiny_run):
     assert labels[-1].endswith(" · end of stage 2 · latest") and " · step " in labels[-1]
     assert not any("epoch" in label or "trained on" in label for label in labels)
 
+
+def test_stage_n_names_the_newest_end_of_that_stage(continued_run):
+    """`--checkpoint stage-1` on a stage trained on after it ended gave its first end, the one the picker calls
+    "trained on after"; the stage's end is now its newest, and the list of names says stage-1 once."""
+    from kgpt2.errors import UserError
+    from kgpt2.training.checkpoints import CheckpointManager
+
+    root, first, second = continued_run
+    manager = CheckpointManager(root / "one-stage")
+    assert manager.get("stage-1").id == second
+    assert manager.get(first).id == first  # the earlier end stays reachable by its id
+    with pytest.raises(UserError) as refused:
+        manager.get("stage-9")
+    assert str(refused.value).count("stage-1") == 1, refused.value

@@ -258,3 +258,31 @@ def test_a_run_whose_shards_moved_changed_or_max_steps_fell_says_what_to_do(tmp_
     with caplog.at_level("WARNING", logger="kgpt2"):
         assert train(config(), verbose=0).global_step > step
     assert "data.shards holds other articles than run" in caplog.text
+
+
+def test_the_first_plan_again_after_the_run_went_on_is_refused_not_trained_twice(tmp_path, tiny_preset, pydoc_shards,
+                                                                                pydoc_tokenizer, make_tiny_config):
+    """A notebook run again from its top cell after the run was continued on new shards: the first cell's plan
+    on the first shards differed from the run's newest, so it was taken as a new plan and trained those articles
+    again as new stages. It is refused, naming what the run did; another plan on them still trains."""
+    from kgpt2.data.shards import prepare
+    from kgpt2.train import train
+    from kgpt2.training.train_inputs import dry_run_plan
+
+    other = tmp_path / "other"
+    prepare("pydoc", other, pydoc_tokenizer, fractions=(0.5, 0.25, 0.25), progress=False)  # other train articles
+    config = lambda shards, *o: make_tiny_config(tmp_path, tiny_preset, shards, "run=r", "train.epochs=1",  # noqa: E731
+                                                 *o)
+    first = train(config(pydoc_shards, "train.stages=[3]"), verbose=0)
+    went_on = train(config(other, "train.stages=[2]"), verbose=0)
+    assert went_on.global_step > first.global_step
+    run = tmp_path / "r"
+    saved, ckpts = (run / "config.json").read_text(), sorted(p.name for p in run.glob("ckpt-*"))
+    sentence = (rf"^run '.*r' trained this plan on these articles already \(train.stages = \[3\]: stages 1-1, to step "
+                rf"{first.global_step}\) and has gone on since, to step {went_on.global_step}; .* kgpt2 train --run .*r; ")
+    with pytest.raises(UserError, match=sentence):
+        train(config(pydoc_shards, "train.stages=[3]"), verbose=0)
+    with pytest.raises(UserError, match=sentence):
+        dry_run_plan(config(pydoc_shards, "train.stages=[3]"))
+    assert (run / "config.json").read_text() == saved and sorted(p.name for p in run.glob("ckpt-*")) == ckpts
+    assert train(config(pydoc_shards, "train.stages=[2]"), verbose=0).global_step > went_on.global_step  # on purpose

@@ -208,15 +208,16 @@ class CheckpointManager:
             if checkpoint_id in (c.id, str(c.step)):
                 return c
         stage_ends = [c for c in ckpts if c.state.get("stage_end")]
-        for c in stage_ends:
-            # a stage-end state counts the stages finished, so stage N's end has stage == N
+        for c in reversed(stage_ends):
+            # a stage-end state counts the stages finished, so stage N's end has stage == N; the newest: a
+            # one-stage run trained on with more epochs ended its stage again
             if checkpoint_id == f"stage-{c.state['stage']}":
                 return c
         named = self.run_dir / (checkpoint_id if checkpoint_id.startswith("ckpt-") else f"ckpt-{checkpoint_id}")
         if (named / STATE_FILE).exists() or named.is_dir():  # there, but its state.json unreadable: not listed
             raise UserError(f"checkpoint {named} is damaged ({STATE_FILE} is missing or unreadable); choose another "
                             "checkpoint")
-        known = ", ".join([c.id for c in ckpts] + [f"stage-{c.state['stage']}" for c in stage_ends])
+        known = ", ".join([c.id for c in ckpts] + list(dict.fromkeys(f"stage-{c.state['stage']}" for c in stage_ends)))
         raise UserError(f"run '{self.run_dir}' has no checkpoint '{checkpoint_id}' (it has: {known}; and latest, base)")
 
     def save(self, model, optimizer, state: dict, export: str | None = None) -> Checkpoint:

@@ -36,10 +36,12 @@ OFF_WHEN_ABSENT = {"pad_vocabulary_to", "lora_rank", "lora_targets", "use_rslora
 NEW_RUN = "start a new run from its weights instead (run=NEW_NAME train.init_from='{run}')"
 
 
-def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_path) -> tuple[int, int, StagePlan]:
+def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_path,
+               stage_ends: list[dict] = ()) -> tuple[int, int, StagePlan]:
     """(stage_offset, step_offset, stages): this plan in place on the checkpoint `state`, or after its finished stages.
 
-    `plan_spec` is the config's train.stages, `shards_hash` its shards' content hash.
+    `plan_spec` is the config's train.stages, `shards_hash` its shards' content hash; `stage_ends` the states of
+    the run's stage-end checkpoints, to refuse a plan the run finished before and went on from.
     """
     stage_offset, step_offset = state.get("stage_offset", 0), state.get("step_offset", 0)
     old_ends, ends = state.get("stage_ends"), [s.end for s in stages]
@@ -60,6 +62,7 @@ def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_
         raise UserError(f"cannot change the stages of run '{run_path}' in the middle of stage {state['stage'] + 1}: "
                         f"resume it with its own train.stages to the stage end first, then continue")
     else:  # new shards, or another plan: its stages run after the finished ones
+        refuse_a_plan_trained_before(stage_ends, plan_spec, shards_hash, len(stages), state, run_path)
         stage_offset, step_offset = state["stage"], state["step"]
         if not same_shards:  # also a set prepared again at the same path, which no config change shows
             log.warning("data.shards holds other articles than run %s trained on so far: this plan's stages run "
@@ -67,6 +70,24 @@ def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_
     if stage_offset:
         stages = StagePlan([dataclasses.replace(s, index=s.index + stage_offset) for s in stages], stages.why)
     return stage_offset, step_offset, stages
+
+
+def refuse_a_plan_trained_before(stage_ends: list[dict], plan_spec, shards_hash: str, plan_length: int, state: dict,
+                                 run_path) -> None:
+    """A plan the run finished on these very shards, before it went on (new shards, new stages), is refused: a
+    notebook run again from its top cell, or the first command typed again, would otherwise train those articles
+    a second time as new stages, hours of a GPU for a model that has seen them. Another plan on them is a
+    deliberate second pass and goes on (`train.stages=["rest"]`)."""
+    for old in stage_ends:
+        offset = old.get("stage_offset", 0)
+        if (old.get("shards") == shards_hash and old.get("stages") == plan_spec
+                and old["stage"] - offset == plan_length and old["step"] < state["step"]):
+            path = shlex.quote(str(run_path))
+            raise UserError(f"run '{run_path}' trained this plan on these articles already (train.stages = "
+                            f"{json.dumps(plan_spec)}: stages {offset + 1}-{old['stage']}, to step {old['step']:,}) "
+                            f"and has gone on since, to step {state['step']:,}; it would train them again as new "
+                            f"stages. To go on with the run as it stands: kgpt2 train --run {path}; to train these "
+                            "articles again on purpose, give another plan, e.g. 'train.stages=[\"rest\"]'")
 
 
 def plan_left(state: dict, stages: StagePlan, stage_offset: int, total_steps: int, epochs: int, run_path,
@@ -187,10 +208,11 @@ def check_epochs(epochs: int, state: dict, stage_offset: int, plan_length: int, 
                         f"give train.epochs {more}")
 
 
-def placed_plan(state: dict, cfg: Config, stages: StagePlan, shards_hash: str, run_path) -> tuple[int, int, StagePlan]:
+def placed_plan(state: dict, cfg: Config, stages: StagePlan, shards_hash: str, run_path,
+                stage_ends: list[dict] = ()) -> tuple[int, int, StagePlan]:
     """`place_plan`, then `check_epochs` on where it put the plan: what the trainer and `--dry-run` both check
-    of a config's plan against the run's newest checkpoint."""
-    stage_offset, step_offset, placed = place_plan(state, stages, cfg.train.stages, shards_hash, run_path)
+    of a config's plan against the run's newest checkpoint (and its stage ends: `place_plan`)."""
+    stage_offset, step_offset, placed = place_plan(state, stages, cfg.train.stages, shards_hash, run_path, stage_ends)
     check_epochs(cfg.train.epochs, state, stage_offset, len(placed), run_path)
     return stage_offset, step_offset, placed
 

@@ -66,7 +66,8 @@ def dry_run_plan(cfg: Config):
     inputs, and what a run with checkpoints may resume or continue with)."""
     cfg, tokenizer, shards = check_inputs(cfg, offline=True)
     run = Run.of(cfg)
-    newest = run.checkpoints(cfg.train.keep_last).latest() if run.exists() else None
+    store = run.checkpoints(cfg.train.keep_last) if run.exists() else None
+    newest = store.latest() if store is not None else None
     if newest is not None:
         if cfg.model.preset == "scratch" and (run.preset_dir / "config.json").is_file():
             cfg = resolve_scratch(cfg)  # the run's own from-scratch preset (there already: nothing is written)
@@ -74,6 +75,7 @@ def dry_run_plan(cfg: Config):
         if tokenizer is not None:
             check_resumable(newest.state, cfg, tokenizer)
         stages = plan_stages(cfg.train.stages, shards.split("train").num_articles, cfg.train.oversize)
-        placed_plan(newest.state, cfg, stages, shards.manifest["content_hash"], run.path)
+        placed_plan(newest.state, cfg, stages, shards.manifest["content_hash"], run.path,
+                    [c.state for c in store.list() if c.state.get("stage_end")])
         check_max_steps(cfg, newest.step, run.path)
     return describe_plan(cfg)

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.io import atomic_write_text, new_folder, refuse_used_folder
 from kgpt2.model.adapters import merged_backbone as merge
-from kgpt2.model.models import build_causal_lm, load_tokenizer, real_vocabulary_size, save_preset, save_unpadded_weights
+from kgpt2.model.models import build_causal_lm, load_tokenizer, save_preset
 from kgpt2.model.peft_adapters import write_peft_adapter
 from kgpt2.model.tokenizer_protocol import Tokenizer
 from kgpt2.run import BASE, load_run_config, restore

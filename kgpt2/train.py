@@ -327,8 +327,9 @@ class Trainer:
         callbacks = [self.steps_log.callback(cursor.step, self.schedule, stage.index, tokens_per_batch,
                                              paddings=source.batch_paddings())]
         if self.verbose:  # Keras counts this fit's steps only (1/25, again at every checkpoint): say where they sit
-            log.info("%s/%d, epoch %d/%d: steps %d..%d of %d", stage.name, self.stage_offset + len(self.stages),
-                     position // per_epoch + 1, self.epochs, cursor.step + 1, cursor.step + n, self.total_steps)
+            steps = f"step {cursor.step + 1}" if n == 1 else f"steps {cursor.step + 1}..{cursor.step + n}"
+            log.info("%s/%d, epoch %d/%d: %s of %d", stage.name, self.stage_offset + len(self.stages),
+                     position // per_epoch + 1, self.epochs, steps, self.total_steps)
         if self.verbose == 2:  # a log, not a terminal: Keras would say nothing until the fit ends
             callbacks.append(ProgressLines(stage.name, cursor.step, self.total_steps, tokens_per_batch))
         self.fit_model.fit(to_dataset(source), epochs=1, verbose=self.verbose, shuffle=False, callbacks=callbacks)

@@ -151,3 +151,13 @@ def test_a_training_counts_in_words_gives_one_parameter_count_and_says_what_next
     assert lines[-3] == f"trained 2 steps; run in {run} (latest ckpt-2)", lines
     commands = [shlex.split(line.removeprefix("next:")) for line in lines[-2:]]
     assert commands == [["kgpt2", "evaluate", "--run", str(run)], ["kgpt2", "demo", "--run", str(run)]], lines
+
+
+def test_a_fit_of_one_step_says_step_not_steps_n_to_n(tmp_path, tiny_preset, small_shards, tiny_overrides, kgpt2_cli):
+    """Each fit says where it sits in the plan, because Keras' bar restarts at every checkpoint; a fit of one
+    step said "steps 1..1"."""
+    r = kgpt2_cli("train", *tiny_overrides, f"checkpoints_root={tmp_path}", f"model.preset={tiny_preset}",
+                  f"data.shards={small_shards}", "run=short", "train.stages=[1, 1]")
+    assert r.returncode == 0, r.stderr
+    fits = [line for line in r.stderr.splitlines() if ", epoch 1/1: " in line]
+    assert fits == ["kgpt2: stage-1/2, epoch 1/1: step 1 of 2", "kgpt2: stage-2/2, epoch 1/1: step 2 of 2"], r.stderr

@@ -42,7 +42,6 @@ import math
 import numpy as np
 
 from kgpt2.data.packing import PackedBatches, ResumableBatches
-from kgpt2.errors import UserError
 
 PACKED_EXAMPLES = "packed_examples"  # data.windows: several examples per window, each attending only to itself
 

@@ -90,6 +90,7 @@ def run(name, *extra):
     t.setup()
     with t.scope():
         t.build()
+        t.record()  # config.json, as train() writes it once the model is built
         cursor = t.resume()
         for stage in t.stages[cursor.stage:]:
             if cursor.step >= t.total_steps:

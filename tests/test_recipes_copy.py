@@ -32,7 +32,7 @@ def test_a_trailing_slash_names_a_folder_never_a_file(tmp_path, monkeypatch, cap
 
     (tmp_path / "mine.toml").write_text("run = 'mine'\n")  # a file given with a slash: still never replaced
     rc, _, err = cli(capsys, "recipes", "--copy", "dpo", "mine.toml/")
-    assert rc == 2 and "already exists" in err
+    assert rc == 2 and "'mine.toml' is a file, not a folder" in err
     assert (tmp_path / "mine.toml").read_text() == "run = 'mine'\n"
 
 

@@ -16,13 +16,7 @@ LONG="${LSHAPE/--warmup 5 --steps 30/--warmup 10 --steps 100}"
 if [ "${1:-}" = journey ]; then
   W=/tmp/gj22; rm -rf $W; mkdir -p $W/a $W/b $W/elsewhere; ROOT=$PWD
   case $PY in */*) PYA="$ROOT/$PY";; *) PYA="$PY";; esac; KG="$PYA -m kgpt2.cli"
-  C="model.preset=scratch model.tokenizer=$ROOT/.bench/tokenizer data.shards=$ROOT/.bench/shards model.num_layers=6
-     model.num_heads=8 model.hidden_dim=512 model.intermediate_dim=2048 model.max_sequence_length=512
-     data.sequence_length=512 lora.enabled=false train.batch_size=8 train.checkpoint_every=25
-     train.eval_batches=4 train.warmup_steps=10 train.learning_rate=3e-4"
-  [ -n "$TINY" ] && C="$C model.num_layers=1 model.hidden_dim=64 model.intermediate_dim=128 model.max_sequence_length=64
-     data.sequence_length=64 train.max_steps=80"
-  REST='train.stages=[8,"rest"]'
+  source benchmarks/journey_shape.sh  # C (the model, data and training) and REST (the plan)
   echo "== a GPU that is not there"; (cd $W/elsewhere && $KG -q train $C $REST --device gpu:7 2>&1 | q | tail -n 2; \
     echo "exit ${PIPESTATUS[0]}; left behind: $(ls $W/elsewhere | tr '\n' ' ')")
   echo "== run a, straight through"; (cd $W/a && timeout $((200 * T)) $KG -q train $C $REST 2>&1 | q | tail -n 2)

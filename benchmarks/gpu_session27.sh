@@ -16,13 +16,7 @@ if [ "$PART" = journey ]; then bash benchmarks/gpu_session22.sh $TINY_ARG journe
 [ "$PART" = sigterm ] || { echo "usage: bash benchmarks/gpu_session27.sh [--tiny] journey|sigterm" >&2; exit 2; }
 W=/tmp/gj27; rm -rf $W; mkdir -p $W/c $W/elsewhere; ROOT=$PWD
 case $PY in */*) PYA="$ROOT/$PY";; *) PYA="$PY";; esac; KG="$PYA -m kgpt2.cli"
-C="model.preset=scratch model.tokenizer=$ROOT/.bench/tokenizer data.shards=$ROOT/.bench/shards model.num_layers=6
-   model.num_heads=8 model.hidden_dim=512 model.intermediate_dim=2048 model.max_sequence_length=512
-   data.sequence_length=512 lora.enabled=false train.batch_size=8 train.checkpoint_every=25
-   train.eval_batches=4 train.warmup_steps=10 train.learning_rate=3e-4"
-[ -n "$TINY" ] && C="$C model.num_layers=1 model.hidden_dim=64 model.intermediate_dim=128 model.max_sequence_length=64
-   data.sequence_length=64 train.max_steps=80"
-REST='train.stages=[8,"rest"]'
+source benchmarks/journey_shape.sh  # C and REST, as session 22's journey
 [ -z "$TINY" ] && C="$C train.max_steps=160"  # stage 1 (16 steps) and 144 of stage 2: the stop lands in XLA's work
 (cd $W/c && exec $KG train $C $REST > $W/c.log 2>&1) & PID=$!
 for _ in $(seq 600); do  # until ckpt-50 or later is on disk: mid stage 2

@@ -478,3 +478,23 @@ def hf_base(tmp_path_factory, tiny_preset, pydoc_tokenizer):
 
     out = tmp_path_factory.mktemp("hf") / "base"
     return write_hf(merged_backbone(build_backbone(ModelConfig(preset=str(tiny_preset)))), pydoc_tokenizer, out)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(name, size="1m")`: a small tmpfs mounted at tmp_path/name, unmounted after the test (root only;
+    skipped elsewhere): a real full or read-only disk, which chmod cannot give root."""
+    mounts = []
+
+    def mount(name: str, size: str = "1m") -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip() or 'not root'})")
+        mounts.append(d)
+        return d
+
+    yield mount
+    for d in reversed(mounts):
+        subprocess.run(["umount", str(d)], capture_output=True)

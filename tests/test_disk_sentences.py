@@ -106,16 +106,9 @@ def test_prepare_from_python_into_a_symlink_loop_is_the_same_sentence(tmp_path, 
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A 64 KB tmpfs (root only): a real full disk."""
-    import subprocess
-
-    d = tmp_path / "disk"
-    d.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    yield d
-    subprocess.run(["umount", str(d)], capture_output=True)
+    return tmpfs("disk", "64k")
 
 
 def _init(kgpt2_cli, out, cwd, tokenizer_dir, overrides):

@@ -164,25 +164,7 @@ def test_latin1_jsonl_lines_are_skipped_and_counted(cli, tmp_path):
     assert tree(tmp_path) == before
 
 
-# Read-only and full disks: small tmpfs mounts (root only); chmod would not stop root.
-@pytest.fixture
-def tmpfs(tmp_path):
-    mounts = []
-
-    def mount(name: str, size: str = "1m") -> Path:
-        d = tmp_path / name
-        d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip() or 'not root'})")
-        mounts.append(d)
-        return d
-
-    yield mount
-    for d in mounts:
-        subprocess.run(["umount", str(d)], capture_output=True)
-
-
+# Read-only and full disks: small tmpfs mounts (conftest's `tmpfs`, root only); chmod would not stop root.
 def _read_only(d: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
     with pytest.raises(OSError):  # really read-only, even for root

@@ -28,17 +28,11 @@ def test_a_source_in_another_encoding_says_how_to_convert_it(tmp_path, kgpt2_cli
 
 
 @pytest.fixture
-def read_only_folder(tmp_path):
+def read_only_folder(tmpfs):
     """A read-only tmpfs mount (root only: chmod would not stop root)."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
-        yield d
-    finally:
-        subprocess.run(["umount", str(d)], capture_output=True)
+    d = tmpfs("ro")
+    subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
+    return d
 
 
 def test_a_read_only_target_is_refused_before_the_training(tmp_path, kgpt2_cli, read_only_folder, monkeypatch):

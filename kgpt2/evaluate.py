@@ -17,11 +17,7 @@ split always give the same numbers (windows in order, no sampling).
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
-
-import keras
 
 from kgpt2.data.batches import to_dataset
 from kgpt2.data.preference_pairs import read_preferences
@@ -46,13 +42,12 @@ from kgpt2.training.preferences import (
     score_heldout,
     targets_for,
 )
-from kgpt2.training.progress_lines import duration
+from kgpt2.training.progress_lines import ScoringProgress
 from kgpt2.training.training_data import resolve_windows
 from kgpt2.training.validation import split_batches
 
 log = logging.getLogger("kgpt2")
 READS = (WEIGHTS,)  # all that scoring a checkpoint loads: a damaged optimizer state does not stop it
-LINE_GAP_S, LINE_EVERY_S = 2.0, 30.0  # scoring progress: at most a line per 2 s, at least one per 30 s
 WHAT_CHECKPOINT_TAKES = ("a checkpoint id (ckpt-N or N), stage-N, latest, best, all (every stage end plus the "
                          "latest), base, or a comma list of them")
 
@@ -169,55 +164,6 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if save:
         save_evaluation(run_dir, rows, lambda: save_table(run_dir, rows, split))
     return rows
-
-
-class ScoringProgress(keras.callbacks.Callback):
-    """A line "scoring <model>: batch i of N" while one model is scored: at each further tenth of the batches,
-    at most one per `min_s` seconds, and at least one per `every_s` (Keras' own bar is off: kgpt2's lines go to
-    stderr, and --quiet silences them). It reads no logs, so the scores are Keras' own, untouched.
-
-        >>> lines, clock = [], iter([0.0, 3.0, 4.0, 8.0, 9.0, 43.0]).__next__
-        >>> p = ScoringProgress("ckpt-7", 200, say=lines.append, clock=clock)
-        >>> p.on_test_begin()
-        >>> for batch in (0, 9, 19, 29, 30):  # the first batch (compiling) is never a line: it sets the pace's start
-        ...     p.on_test_batch_end(batch)
-        >>> for line in lines:
-        ...     print(line)
-        scoring ckpt-7: batch 20 of 200 (10%), about < 1 min left
-        scoring ckpt-7: batch 31 of 200 (16%), about 3 min left
-    """
-
-    async_safe = True  # Keras then calls it from worker threads, each after its batch is done, not holding up the next
-
-    def __init__(self, model: str, batches: int, min_s: float | None = None, every_s: float | None = None,
-                 say=log.info, clock=time.monotonic):
-        super().__init__()
-        self.name, self.batches, self.say, self.clock = model, batches, say, clock
-        self.min_s = LINE_GAP_S if min_s is None else min_s
-        self.every_s = LINE_EVERY_S if every_s is None else every_s
-
-    def on_test_begin(self, logs=None):
-        self._lock = threading.Lock()
-        self._last = self.clock()
-        self._first = None  # (batches done, time) at the first batch's end: the rate leaves compilation out
-        self._done = self._tenth = 0  # the most batches seen done, and the tenth of them last reported
-
-    def on_test_batch_end(self, batch, logs=None):
-        now, done = self.clock(), batch + 1
-        with self._lock:
-            if self._first is None:
-                self._first = (done, now)
-            if done <= max(self._done, self._first[0]) or done >= self.batches:  # late, the first, or the end
-                return
-            self._done, tenth = done, done * 10 // self.batches
-            since = now - self._last
-            if since < self.min_s or (tenth == self._tenth and since < self.every_s):
-                return
-            self._last, self._tenth = now, tenth
-            first_done, first_time = self._first
-        left = (self.batches - done) * (now - first_time) / (done - first_done)
-        self.say(f"scoring {self.name}: batch {done:,} of {self.batches:,} ({done / self.batches:.0%}), "
-                 f"about {duration(left)} left")
 
 
 def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:

@@ -287,16 +287,16 @@ def test_building_a_run_model_leaves_the_global_dtype_policy(tmp_path, tiny_pres
 def test_evaluate_says_how_far_it_is_within_a_model_and_quiet_silences_it(tiny_run, tmp_path, kgpt2_cli,
                                                                            monkeypatch):
     """Keras' evaluate runs at verbose=0, so on 120,000 articles `kgpt2 evaluate` showed nothing for many minutes.
-    Now a line names the batch reached (a further tenth of the batches, at most one per LINE_GAP_S seconds: 0
+    Now a line names the batch reached (a further tenth of the batches, at most one per SCORING_GAP_S seconds: 0
     here, so this short split shows them), as train's progress lines do; -q silences them; the scores are the same."""
     import re
     import shutil
 
-    from kgpt2 import evaluate
+    from kgpt2.training import progress_lines
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    monkeypatch.setattr(evaluate, "LINE_GAP_S", 0.0)
+    monkeypatch.setattr(progress_lines, "SCORING_GAP_S", 0.0)
     args = ("evaluate", "--run", str(run), "--split", "train", "--max-batches", "6", "--json")
     loud, quiet = kgpt2_cli(*args), kgpt2_cli("-q", *args)
     assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr

@@ -1,10 +1,11 @@
-"""A progress line a minute while training (or aligning) writes to a log rather than a terminal.
+"""Progress lines: a line a minute while training (or aligning) writes to a log rather than a terminal, and a
+line per further tenth while `kgpt2 evaluate` scores a model (Keras' evaluate runs at verbose=0 there).
 
 Keras' `verbose=2` (what `kgpt2 train` uses when its output is not a terminal
 or a notebook: `nohup`, `| tee`, a scheduler's log) prints one line when a
 `fit` ends, and a stage is one `fit` unless checkpoints or evaluations cut it:
 a 10,000-step stage showed nothing for an hour. Keras has no time-based
-progress callback, so this one is written here.
+progress callback, so these are written here; `Pace` is the timing both share.
 
     >>> lines = []
     >>> clock = iter([0.0, 1.0, 2.0, 70.0]).__next__
@@ -29,6 +30,34 @@ log = logging.getLogger("kgpt2")
 EVERY_S = 60.0
 
 
+SCORING_GAP_S, SCORING_EVERY_S = 2.0, 30.0  # scoring: at most a line per 2 s, at least one per 30 s
+
+
+class Pace:
+    """When a progress line is due, and the rate so far. The first batch (compilation) is never a line and starts
+    the rate's clock; a batch reported after a later one (async-safe callbacks run on several threads) is none
+    either. `wanted(done, seconds since the last line)` decides the rest, under the lock."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock, self._lock = clock, threading.Lock()
+        self._last, self._first, self._done = clock(), None, 0
+
+    def due(self, done: int, wanted) -> float | None:
+        """Batches per second since the first batch's end when a line is due after batch `done`; else None."""
+        now = self.clock()
+        with self._lock:
+            if self._first is None:
+                self._first = (done, now)
+            if done <= max(self._done, self._first[0]):
+                return None
+            self._done = done
+            if not wanted(done, now - self._last):
+                return None
+            self._last = now
+        first_done, first_time = self._first
+        return (done - first_done) / max(now - first_time, 1e-9)
+
+
 class ProgressLines(keras.callbacks.Callback):
     """Log step, loss, accuracy, tokens/s and the time left every `every_s` seconds of a `fit`."""
 
@@ -44,27 +73,62 @@ class ProgressLines(keras.callbacks.Callback):
         self.every_s = EVERY_S if every_s is None else every_s
 
     def on_train_begin(self, logs=None):
-        self._lock = threading.Lock()  # async_safe: Keras may call on_train_batch_end from several threads
-        self._last = self.clock()
-        self._first = None  # (batches done, time) at the first step's end: the rate leaves compilation out
+        self._pace = Pace(self.clock)
 
     def on_train_batch_end(self, batch, logs=None):
-        now, done = self.clock(), batch + 1
-        with self._lock:
-            if self._first is None:
-                self._first = (done, now)
-            if now - self._last < self.every_s or done <= self._first[0]:
-                return
-            self._last = now
-            first_done, first_time = self._first
-        steps_per_s = (done - first_done) / max(now - first_time, 1e-9)
-        step = self.first_step + done
+        steps_per_s = self._pace.due(batch + 1, lambda done, since: since >= self.every_s)
+        if steps_per_s is None:
+            return
+        step = self.first_step + batch + 1
         logs = logs or {}
         values = "".join(f"{m} {float(logs.get(m, float('nan'))):.4f}, " for m in self.metrics)
         rate = (f"{steps_per_s * self.tokens_per_batch:,.0f} tokens/s" if self.tokens_per_batch
                 else f"{steps_per_s:.2f} steps/s")
         self.say(f"{self.stage_name}: step {step:,} of {self.total_steps:,} ({step / self.total_steps:.1%}), "
                  f"{values}{rate}, about {duration((self.total_steps - step) / steps_per_s)} to the end of the plan")
+
+
+class ScoringProgress(keras.callbacks.Callback):
+    """A line "scoring <model>: batch i of N" while one model is scored: at each further tenth of the batches,
+    at most one per `min_s` seconds, and at least one per `every_s`; none for the last batch (the table follows).
+    It reads no logs, so the scores are Keras' own, untouched.
+
+        >>> lines, clock = [], iter([0.0, 3.0, 4.0, 8.0, 9.0, 43.0]).__next__
+        >>> p = ScoringProgress("ckpt-7", 200, say=lines.append, clock=clock)
+        >>> p.on_test_begin()
+        >>> for batch in (0, 9, 19, 29, 30):  # the first batch (compiling) is never a line: it sets the pace's start
+        ...     p.on_test_batch_end(batch)
+        >>> for line in lines:
+        ...     print(line)
+        scoring ckpt-7: batch 20 of 200 (10%), about < 1 min left
+        scoring ckpt-7: batch 31 of 200 (16%), about 3 min left
+    """
+
+    async_safe = True  # Keras then calls it from worker threads, each after its batch is done, not holding up the next
+
+    def __init__(self, model: str, batches: int, min_s: float | None = None, every_s: float | None = None,
+                 say=log.info, clock=time.monotonic):
+        super().__init__()
+        self.name, self.batches, self.say, self.clock = model, batches, say, clock
+        self.min_s = SCORING_GAP_S if min_s is None else min_s
+        self.every_s = SCORING_EVERY_S if every_s is None else every_s
+
+    def on_test_begin(self, logs=None):
+        self._pace, self._tenth = Pace(self.clock), 0  # the tenth of the batches last reported
+
+    def _wanted(self, done: int, since: float) -> bool:
+        tenth = done * 10 // self.batches
+        if done >= self.batches or since < self.min_s or (tenth == self._tenth and since < self.every_s):
+            return False
+        self._tenth = tenth
+        return True
+
+    def on_test_batch_end(self, batch, logs=None):
+        done = batch + 1
+        batches_per_s = self._pace.due(done, self._wanted)
+        if batches_per_s is not None:
+            self.say(f"scoring {self.name}: batch {done:,} of {self.batches:,} ({done / self.batches:.0%}), "
+                     f"about {duration((self.batches - done) / batches_per_s)} left")
 
 
 def duration(seconds: float) -> str:

@@ -62,6 +62,19 @@ def as_os_error(e: BaseException) -> OSError:
     return OSError(None, text if len(text) <= 200 else text[:200] + "...", filename)
 
 
+def _what_and_advice(e: OSError, unknown_advice: str) -> tuple[str, str]:
+    """(what happened, what to do) for `e` (an OSError with its errno, `as_os_error`); a full disk keeps the
+    figures kgpt2's own free-space check put after the standard text (`kgpt2.io.check_room`)."""
+    known = _ADVICE.get(errno.errorcode.get(e.errno, ""))
+    if known is None:
+        return e.strerror or str(e) or type(e).__name__, unknown_advice
+    what, advice = known
+    standard = os.strerror(e.errno)
+    if (e.strerror or "").startswith(standard + " ("):
+        what += e.strerror[len(standard):]
+    return what, advice
+
+
 def os_error_reason(e: BaseException) -> str:
     """What went wrong and what to do, for an OS error (or one that only says which, see `as_os_error`): the
     words every full disk is told in, never a library's multi-line text.
@@ -69,11 +82,7 @@ def os_error_reason(e: BaseException) -> str:
     >>> os_error_reason(OSError("Can't synchronously write data (file write failed: time = ...\\n, errno = 28, ...)"))
     'the disk is full; free some space or use a bigger disk'
     """
-    e = as_os_error(e)
-    what, advice = _ADVICE.get(errno.errorcode.get(e.errno, ""), (e.strerror or str(e) or type(e).__name__, ""))
-    standard = os.strerror(e.errno) if e.errno else ""
-    if advice and standard and (e.strerror or "").startswith(standard + " ("):  # kgpt2's own, with figures
-        what += e.strerror[len(standard):]
+    what, advice = _what_and_advice(as_os_error(e), "")
     return f"{what}; {advice}" if advice else what
 
 
@@ -86,7 +95,7 @@ def os_error_sentence(e: BaseException, doing: str) -> str:
     "training failed at 'runs/a/logs/steps.csv': the disk is full; free some space or use a bigger disk, then run the same command again"
     """
     e = as_os_error(e)
-    what, advice = _ADVICE.get(errno.errorcode.get(e.errno, ""), (e.strerror or str(e) or type(e).__name__, "check that path"))
+    what, advice = _what_and_advice(e, "check that path")
     where = f" at '{e.filename}'" if e.filename else ""
     return f"{doing} failed{where}: {what}; {advice}, then run the same command again"
 

@@ -77,32 +77,31 @@ def test_a_preset_copy_that_fails_is_one_sentence(tmp_path, monkeypatch, why, wo
     assert sorted(p.name for p in run.path.iterdir()) == []  # no preset, no temp folder
 
 
-@pytest.mark.parametrize("links", [{"loop1": "loop1"}, {"loop1": "loop2", "loop2": "loop1"}])
-def test_prepare_into_a_symlink_loop_is_one_sentence(tmp_path, kgpt2_cli, links):
+@pytest.fixture(params=[{"loop1": "loop1"}, {"loop1": "loop2", "loop2": "loop1"}], ids=["self", "pair"])
+def link_loop(request, tmp_path) -> dict:
+    """A source x.txt, and bad/loop1: a symbolic link to itself, or to a link back to it. Returns the links."""
     (tmp_path / "x.txt").write_text("Hello world. " * 20)
     (tmp_path / "bad").mkdir()
-    for name, target in links.items():
+    for name, target in request.param.items():
         (tmp_path / "bad" / name).symlink_to(target)
+    return request.param
+
+
+def test_prepare_into_a_symlink_loop_is_one_sentence(tmp_path, kgpt2_cli, link_loop):
     result = kgpt2_cli("prepare", "--source", "x.txt", "--out", "bad/loop1", cwd=tmp_path)
     _one_sentence(result, "is a symbolic link loop")
-    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == sorted(links)
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == sorted(link_loop)
 
 
-@pytest.mark.parametrize("links", [{"loop1": "loop1"}, {"loop1": "loop2", "loop2": "loop1"}])
-def test_prepare_from_python_into_a_symlink_loop_is_the_same_sentence(tmp_path, pydoc_tokenizer, links):
+def test_prepare_from_python_into_a_symlink_loop_is_the_same_sentence(tmp_path, pydoc_tokenizer, link_loop):
     """kgpt2.data.shards.prepare resolved --out again after the check and raised Python's RuntimeError / OSError."""
     from kgpt2.data.shards import prepare
 
-    (tmp_path / "x.txt").write_text("Hello world. " * 20)
-    (tmp_path / "bad").mkdir()
-    for name, target in links.items():
-        (tmp_path / "bad" / name).symlink_to(target)
     with pytest.raises(UserError) as caught:
         prepare(tmp_path / "x.txt", tmp_path / "bad" / "loop1", pydoc_tokenizer, progress=False)
     assert str(caught.value) == (f"--out '{tmp_path / 'bad' / 'loop1'}' is a symbolic link loop; "
                                  "name a new folder for the shards")
-    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == sorted(links)
-
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == sorted(link_loop)
 
 
 @pytest.fixture

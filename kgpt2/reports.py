@@ -148,8 +148,8 @@ def quickstart_report(result: dict, evaluation_table: str) -> str:
         "\n== evaluation on held-out articles (test split)", evaluation_table,
         "\n== greedy sample from the final checkpoint", _no_blank_runs(result["prompt"] + result["sample"]),
         f"\nmade: {run_dir}/ (tokenizer/, preset/, shards/, ckpt-*/, stage-*.weights.h5, loss.png, evaluation-test.png)",
-        f"next: kgpt2 demo --run {shlex.quote(str(run_dir))}",
-        f"      kgpt2 generate --run {shlex.quote(str(run_dir))} --prompt 'The with statement'",
+        next_commands(f"kgpt2 demo --run {shlex.quote(str(run_dir))}",
+                      f"kgpt2 generate --run {shlex.quote(str(run_dir))} --prompt 'The with statement'"),
     ])
 
 

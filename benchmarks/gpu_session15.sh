@@ -54,13 +54,7 @@ if [ "${1:-}" = journey ]; then
   # straight through; one SIGKILLed mid-stage, its folder moved, resumed from another folder; one under train.mesh.
   W=/tmp/gj; rm -rf $W; mkdir -p $W/a $W/b $W/elsewhere; ROOT=$PWD
   case $PY in */*) KG="$ROOT/$PY -m kgpt2.cli";; *) KG="$PY -m kgpt2.cli";; esac  # the package's own entry
-  C="model.preset=scratch model.tokenizer=$ROOT/.bench/tokenizer data.shards=$ROOT/.bench/shards model.num_layers=6
-     model.num_heads=8 model.hidden_dim=512 model.intermediate_dim=2048 model.max_sequence_length=512
-     data.sequence_length=512 lora.enabled=false train.batch_size=8 train.checkpoint_every=25
-     train.eval_batches=4 train.warmup_steps=10 train.learning_rate=3e-4"
-  [ -n "$TINY" ] && C="$C model.num_layers=1 model.hidden_dim=64 model.intermediate_dim=128 model.max_sequence_length=64
-     data.sequence_length=64 train.max_steps=80"
-  REST='train.stages=[8,"rest"]'
+  source benchmarks/journey_shape.sh  # C (the model, data and training) and REST (the plan)
   (cd $W/a && timeout $((240 * T)) $KG -q train $C $REST 2>&1 | q | tail -n 2)
   (cd $W/b && exec $KG -q train $C $REST > $W/b.log 2>&1) & PID=$!
   last=$(awk -F, 'NR==2{print $0}' $W/a/checkpoints/run/stages.csv 2>/dev/null); echo "stage 1 of run a: $last"

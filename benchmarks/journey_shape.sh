@@ -1,4 +1,4 @@
-# Sourced by the journey scripts (gpu_session22.sh, gpu_session27.sh) with ROOT (the checkout) and TINY set: the
+# Sourced by the journey scripts (gpu_session15.sh, gpu_session22.sh, gpu_session27.sh) with ROOT (the checkout) and TINY set: the
 # journey's model (a 6 x 512 GPT-2 from scratch over the carried bench shards), its training settings (C) and its
 # plan (REST: 8 articles, then the rest); --tiny shrinks the model to run on this CPU.
 C="model.preset=scratch model.tokenizer=$ROOT/.bench/tokenizer data.shards=$ROOT/.bench/shards model.num_layers=6

@@ -57,18 +57,16 @@ def save_alignment_table(run: Run, rows: list[dict]) -> list[dict]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.bar_label(a1.bar([r["model"] for r in table], [r["reward_accuracy"] for r in table], color="C0"),
                  fmt="{:.1%}", fontsize=8)
     a1.axhline(0.5, color="grey", lw=0.8, ls="--")
     a1.set_title("held-out reward accuracy")
     percent_axis(a1, "reward accuracy")
     a1.margins(y=0.12)  # room for the value labels
-    a1.tick_params(axis="x", rotation=30)
+    _bar_names(a1, [r["model"] for r in table])
     _room_around_few_bars(a1, len(table))
-    a2.hist(rows[-1]["margins"], bins=40, color="C2")
-    a2.axvline(0.0, color="grey", lw=0.8)
-    a2.set_title(f"{rows[-1]['model']}: log-ratio margin per held-out row")
+    _margin_histogram(a2, rows[-1])
     fig.tight_layout()
     _save_plot(fig, run.evaluation_table("preferences", "png"))
     return table
@@ -106,7 +104,7 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
     a2.set_title(f"perplexity ({split}{', log scale' if log_scale else ''}; lower is better)")
     for ax in (a1, a2):
         ax.margins(y=0.12)  # room for the value labels
-        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        _bar_names(ax, names)
         _room_around_few_bars(ax, len(rows))
     fig.tight_layout()
     _save_plot(fig, run.evaluation_table(split, "png"))
@@ -115,10 +113,40 @@ def save_table(run_dir: Path, rows: list[dict], split: str) -> list[dict]:
 
 def percent_axis(ax, label: str) -> None:
     """Accuracies are fractions in the tables (machine data) and percent in every plot; the axis label says so."""
+    ax.yaxis.set_major_formatter(percent_ticks())
+    ax.set_ylabel(f"{label} (%)")
+
+
+def percent_ticks():
+    """A formatter of fractions as percent ticks with the decimals the ticks need: 6%, 3.5%, 3.52%.
+
+    matplotlib's PercentFormatter picks decimals from the axis span alone and wrote 6.0% on a span of 9 points
+    and 3.500% on a narrow one; here the tick positions set them, and no tick keeps a trailing zero."""
     from matplotlib.ticker import PercentFormatter
 
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
-    ax.set_ylabel(f"{label} (%)")
+    class PercentTicks(PercentFormatter):
+        def set_locs(self, locs):
+            super().set_locs(locs)
+            self.decimals = tick_decimals([self.convert_to_pct(v) for v in locs]) if len(locs) else None
+
+        def format_pct(self, x, display_range):
+            text = super().format_pct(x, display_range)
+            number = text[:len(text) - len(self.symbol)]
+            return (number.rstrip("0").rstrip(".") if "." in number else number) + self.symbol
+
+    return PercentTicks(xmax=1)
+
+
+def tick_decimals(percents: list[float]) -> int:
+    """The fewest decimals (at most 6) that write every tick exactly, float noise aside.
+
+    >>> [tick_decimals(t) for t in ([0, 2, 4], [3.45, 3.5, 3.55], [3.5, 3.52, 3.54], [2.5, 5, 7.5], [100 * 0.035])]
+    [0, 2, 2, 1, 1]
+    """
+    for decimals in range(6):
+        if all(abs(p - round(p, decimals)) < 1e-7 for p in percents):
+            return decimals
+    return 6
 
 
 def perplexity_on_log_scale(perplexities: list[float]) -> bool:
@@ -129,6 +157,27 @@ def perplexity_on_log_scale(perplexities: list[float]) -> bool:
     [False, False, False, True]
     """
     return len(perplexities) > 1 and min(perplexities) > 0 and max(perplexities) / min(perplexities) >= 10
+
+
+def _margin_histogram(ax, row: dict) -> None:
+    """The held-out margins of one model: right of 0 the model prefers the chosen answer (KTO: the label's)."""
+    kto = "ranking_accuracy" in row  # KTO's rows are single examples, their log-ratio signed by the label
+    ax.hist(row["margins"], bins=min(40, max(8, len(row["margins"]) // 4)), color="C2")  # 40 bins of 38 pairs: gaps
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("log-ratio vs the reference, signed by the label (nats)" if kto else
+                  "log-ratio margin vs the reference, chosen - rejected (nats)")
+    ax.set_ylabel("held-out examples" if kto else "held-out pairs")
+    ax.set_title(f"{row['model']}: margins (> 0: prefers the {'label' if kto else 'chosen'})")
+
+
+def _bar_names(ax, names: list[str]) -> None:
+    """The bars' names level when they fit under their bars, else slanted with their ends at the bars: a slanted
+    two-line name centred on its bar sat beside it."""
+    per_bar = ax.get_window_extent().width * 72 / ax.figure.dpi / max(len(names), 3)  # points
+    widest = max(len(line) for name in names for line in name.split("\n")) * 8 * 0.6  # 8-point text, ~0.6 em a letter
+    slant = widest > 0.85 * per_bar
+    ax.set_xticks(range(len(names)), names, fontsize=8, rotation=30 if slant else 0, ha="right" if slant else "center",
+                  rotation_mode="anchor" if slant else "default")
 
 
 def _room_around_few_bars(ax, count: int) -> None:

@@ -40,6 +40,7 @@ from kgpt2.run import Run
 
 STEP_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "tokens_per_s", "time", "padding", "since_step",
                "process"]
+LOSS_LABEL = "loss (nats/token)"  # cross-entropy per target token, as eval_loss.png says
 TENSORBOARD_TAGS = ("loss", "accuracy", "learning_rate")  # the step CSV's columns TensorBoard shows
 
 
@@ -301,10 +302,9 @@ def plot_run(run_dir) -> Path | None:
         _plot_training_loss(ax1, steps)
         if not beside and stage_metrics:
             _mark_stage_validation(ax1, stage_metrics[0], int(steps["step"].max()))
-        for i, (_, group) in enumerate(steps.groupby("stage")):  # one legend entry says what the dotted lines are
-            ax1.axvline(group["step"].min(), color="grey", ls=":", lw=0.8, label="_" if i else "stage starts")
+        _mark_stage_starts(ax1, steps)
         ax1.set_xlabel("global step")
-        ax1.set_ylabel("loss")
+        ax1.set_ylabel(LOSS_LABEL)
         ax1.legend(loc="upper right", fontsize=8)
     ax1.set_title(f"{run.path.name}: training")
     if evals is not None:
@@ -314,6 +314,13 @@ def plot_run(run_dir) -> Path | None:
         axes[0][1].set_title("validation after each stage")
     fig.tight_layout()
     return save_figure(fig, run.loss_plot)
+
+
+def _mark_stage_starts(ax, steps) -> None:
+    """A dotted line where each stage after the first starts (at the first step a lone line said nothing)."""
+    starts = steps.groupby("stage")["step"].min().sort_values().iloc[1:]
+    for i, step in enumerate(starts):  # one legend entry says what the dotted lines are
+        ax.axvline(step, color="grey", ls=":", lw=0.8, label="_" if i else "stage starts")
 
 
 def _validation_evals(run: Run):
@@ -348,7 +355,7 @@ def _plot_validation_within(ax, evals, stage_end: dict | None) -> None:
     for axis in (ax, right):
         axis.margins(y=0.18)
     ax.set_xlabel("global step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(LOSS_LABEL)
     percent_axis(right, "next-token accuracy")
     ax.set_title("validation during training" + (" (one stage)" if stage_end is not None else ""))
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
@@ -371,7 +378,7 @@ def _plot_stage_validation(ax, stage_metrics: list) -> None:
                           fontsize=8, color=style["color"])
         axis.margins(x=0.1, y=0.18)  # room for the labels inside the frame
     ax.set_xlabel("stage")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(LOSS_LABEL)
     percent_axis(right, "next-token accuracy")
     ax.set_xticks(xs)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
@@ -382,13 +389,17 @@ def _plot_training_loss(ax, steps) -> None:
     """Each step's loss, faint, and its exponential moving average (TensorBoard's smoothing, debiased at the
     start). The rows an older kgpt2 logged (no `since_step`) have only their running means, shown as they are."""
     loss = per_step_loss(steps) if "since_step" in steps else None
+    few = dict(marker="o", ms=3) if len(steps) < 20 else {}  # a line of one row draws nothing: its point does
     if loss is None or loss.isna().all():
-        ax.plot(steps["step"], steps["loss"], lw=1, label="train loss (running mean since the last checkpoint)")
+        ax.plot(steps["step"], steps["loss"], lw=1, label="train loss (running mean since the last checkpoint)", **few)
         return
     loss = loss.fillna(steps["loss"])
     smooth = len(loss) >= 20
-    ax.plot(steps["step"], loss, lw=0.8, alpha=0.35 if smooth else 1.0, color="C0", label="train loss per step")
+    # train.steps_per_execution > 1 logs a row every n steps
+    every = max(1, int(steps["step"].diff().median())) if len(steps) > 1 else 1
+    ax.plot(steps["step"], loss, lw=0.8, alpha=0.35 if smooth else 1.0, color="C0", **few,
+            label="train loss per step" if every == 1 else f"train loss, mean of each {every} steps")
     if smooth:
         span = max(5, len(loss) // 25)
         ax.plot(steps["step"], loss.ewm(span=span).mean(), lw=1.5, color="C0",
-                label=f"moving average ({span} steps)")
+                label=f"moving average ({span * every} steps)")

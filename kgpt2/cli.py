@@ -274,7 +274,8 @@ def _serve(p):
     return run
 
 
-@verb("demo", "Gradio app comparing base and fine-tuned answers side by side")
+@verb("demo", "Gradio app comparing base and fine-tuned answers side by side",
+      interrupted="every vote cast is kept in its run's votes.jsonl")
 def _demo(p):
     p.add_argument("--run", default=None, help="run to open first (default: the quickstart run)")
     p.add_argument("--checkpoints-root", default="checkpoints",

@@ -123,21 +123,27 @@ class Demo:
     def warm_up(self) -> None:
         """Load the latest checkpoint and compile its engine's programs (prefill of a short prompt,
         the decode loop for every slot) before the first visitor would wait for them."""
-        try:
-            weights = self.pool.get(self.run, self.latest)
-        except UserError:
-            newest = self.pool.checkpoints(self.run)[-1][1]
-            if newest == self.latest:
-                raise  # still there: damaged, its own sentence
-            # a run still training: its retention removed the newest checkpoint of a minute ago while the base
-            # model was built, so the page opens on the newest one there now
-            self.latest = newest
-            weights = self.pool.get(self.run, self.latest)
+        weights = self._load_latest()
         weights.engine.warm_up()  # every prefill row bucket and both decode loops: batched visitors compile nothing
         ids = weights.engine.tokenizer.encode("The")
         s = Settings.from_config(self.defaults, max_new_tokens=min(4, self.max_new_tokens()))
         for _ in self.answerer.answer_many([Job(weights, ids, min(len(ids) + 4, weights.context), s)]):
             pass
+
+    def _load_latest(self):
+        """The weights of the newest checkpoint. A run still training removes old checkpoints (its retention),
+        the one listed as the newest among them while the base model was built or its weights read: then the
+        newest one there now, as often as that happens."""
+        while True:
+            try:
+                return self.pool.get(self.run, self.latest)
+            except UserError:
+                newest = self.pool.checkpoints(self.run)[-1][1]
+                if newest == self.latest:
+                    raise  # still there: damaged, its own sentence
+                log.info("demo: %s of run %s was removed while the demo started (a training run keeps only its "
+                         "newest checkpoints); opening on %s", self.latest, self.run, newest)
+                self.latest = newest
 
     # --- generation ---
     def settings(self, sampler, temperature, top_k, top_p, num_beams, max_new_tokens, seed, template) -> Settings:
@@ -188,6 +194,7 @@ class Demo:
         """
         match = Match.draw((run_a, ckpt_a), (run_b, ckpt_b), bool(arena), single=bool(single))
         match.home = run_a  # votes go to the left run's votes.jsonl
+        match.shown = {"a": (run_a, ckpt_a), "b": (run_b, ckpt_b)}
         stop = self._stop_flag(request)
         try:
             s = self.settings(sampler, temperature, top_k, top_p, num_beams, max_new_tokens, seed, template)
@@ -246,7 +253,8 @@ class Demo:
         A refused vote (nothing shown, a failed or stopped generation, a second
         vote, an answer already rated) says why in the status, in place, and records nothing.
         """
-        return self._record(match, lambda m: m.record(choice), VOTE_LABELS[choice].lower())
+        label = VOTE_LABELS[choice]  # "A is better" keeps its capital; "Tie" -> "tie"
+        return self._record(match, lambda m: m.record(choice), label if label[1] == " " else label.lower())
 
     def rate(self, match, side, rating):
         """Record a thumb up or down on answer `side` (a KTO example), one per answer; as `vote`."""
@@ -291,8 +299,18 @@ class Demo:
             line = f"**Error:** {e}"
         return "", "", f"{line}. Generate to compare.", "", "", None
 
-    def run_changed(self, run):
-        """New run on a side: its checkpoints (latest picked) and its model's new-token limit."""
+    def pick(self, run, checkpoint, match=None, side="a"):
+        """A model picker's input: `picker_changed`, unless the pick is the one the shown answers came from (the
+        picker opened and closed without a choice, which Gradio sends as an input too: it cleared the answers)."""
+        if isinstance(match, Match) and match.shown.get(side) == (run, checkpoint):
+            return (gr.skip(),) * 6
+        return self.picker_changed(run, checkpoint, side)
+
+    def run_changed(self, run, match=None, side="a"):
+        """New run on a side: its checkpoints (latest picked) and its model's new-token limit; nothing changes
+        when it is the run the shown answers came from (as `pick`)."""
+        if isinstance(match, Match) and match.shown.get(side, (None,))[0] == run:
+            return gr.skip(), gr.skip()
         try:  # a broken run (its config.json unreadable) is said in the page, not as a bare "Error"
             choices, limit = self.pool.checkpoints(run), self.max_new_tokens(run)
         except UserError as e:
@@ -312,7 +330,15 @@ class Demo:
             ids = [c for _, c in choices]
             out += [gr.Dropdown(choices=runs, value=run),
                     gr.Dropdown(choices=choices, value=ckpt if ckpt in ids else (ids[-1] if ids else None))]
-        return (*out, *(self.metrics(first) if first else ("", None, None, None, None)))
+        return (*out, *(self.metrics(first) if first else self._no_runs()))
+
+    def _no_runs(self):
+        """The metrics panel when the root lists no run now (the run folder moved away while the demo ran)."""
+        import pandas as pd
+
+        empty = pd.DataFrame(columns=["model", "loss", "accuracy", "perplexity"])
+        return ("**No runs** under the checkpoints root now (moved or removed?): put one back or train one, then "
+                "refresh.", empty, empty, None, None)
 
     def summary(self, run) -> str:
         return run_metrics.summary(self.pool.run_dir(run), run)
@@ -374,5 +400,17 @@ def serve(demo: Demo, host="127.0.0.1", port=7860, share=False, **launch_kwargs)
         print(f"demo on {app.local_url}" + ("" if share else " (kgpt2 demo --share: a public link as well)"),
               flush=True)
     if block:
-        app.block_thread()
+        wait_until_stopped(app)
     return app
+
+
+def wait_until_stopped(app) -> None:
+    """Block until the app closes. Ctrl-C or SIGTERM (kgpt2.cli_runner raises it as an interrupt) closes the server
+    and goes on up, so `kgpt2 demo` ends as every verb does (130 / 143, one line); Gradio's own `block_thread`
+    swallowed it, printed its own line and the demo exited 0."""
+    try:
+        while app.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        app.close(verbose=False)  # kgpt2.cli_runner says the one line
+        raise

@@ -337,3 +337,25 @@ def test_phone_width(served, browser, tmp_path):
         page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
     finally:
         page.close()
+
+
+def test_a_picker_opened_and_closed_without_a_choice_keeps_the_answers(served, browser, tmp_path):
+    """Gradio sends an opened and closed dropdown's value as an input: both answers went, and their votes."""
+    url, _, _ = served
+    page = _open(browser, url)
+    try:
+        _generate(page)
+        _wait_status(page, "Which answer is better")
+        page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
+        answer = page.locator("#answer-b textarea").input_value()
+        for picker in ("#ckpt-b input", "#run-a input"):
+            page.locator(picker).click()
+            page.get_by_role("option").first.wait_for(timeout=10_000)
+            page.locator("#prompt textarea").click()  # closed by a click elsewhere
+            page.wait_for_timeout(3_000)  # the input's round trip
+        assert page.locator("#answer-b textarea").input_value() == answer and "Which answer" in _status(page)
+        page.locator("#vote-b").click()
+        _wait_status(page, "Recorded B is better")
+        page.screenshot(path=str(tmp_path / "picker-closed-then-vote.png"), full_page=True)
+    finally:
+        page.close()

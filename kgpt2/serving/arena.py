@@ -51,6 +51,7 @@ class Match:
     voted: str = ""  # the pair's choice, once voted
     rated: dict = field(default_factory=dict)  # side -> "up" / "down", once rated
     home: str = ""  # the run whose votes.jsonl takes the votes
+    shown: dict = field(default_factory=dict)  # page side ("a" left, "b" right) -> (run, checkpoint) as picked there
 
     @classmethod
     def draw(cls, left: tuple, right: tuple, arena: bool, rng: random.Random | None = None,
@@ -82,7 +83,7 @@ class Match:
 
     def label(self, side: str) -> str:
         """What the page shows about a side: its identity, or nothing yet in arena mode."""
-        if side not in self.picks:
+        if side not in self.picks or not self.picks[side][0]:  # nothing picked on that side: no "None/None"
             return ""
         name = f"Model {side.upper()}"
         if not self.revealed():

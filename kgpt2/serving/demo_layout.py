@@ -198,11 +198,12 @@ def _wire(demo, app, ui) -> None:
     # A picker or the mode changed: the answers went, and their vote buttons go off with them.
     cleared = dict(fn=partial(_vote_buttons, demo), inputs=[ui.match], outputs=vote_buttons, **private)
     for side, run, ckpt in (("a", ui.run_a, ui.ckpt_a), ("b", ui.run_b, ui.ckpt_b)):
-        ckpt.input(partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"pick_{side}").then(
+        # The shown match goes in too: a picker opened and closed without a choice keeps the answers (Demo.pick).
+        ckpt.input(partial(demo.pick, side=side), [run, ckpt, ui.match], shown, api_name=f"pick_{side}").then(
             api_name=f"pick_{side}_cleared", **cleared)
-        run.input(demo.run_changed, [run], [ckpt, ui.max_new], api_name=f"run_{side}").then(
-            partial(demo.picker_changed, side=side), [run, ckpt], shown, api_name=f"run_{side}_picked", **private
-        ).then(api_name=f"run_{side}_cleared", **cleared)
+        run.input(partial(demo.run_changed, side=side), [run, ui.match], [ckpt, ui.max_new], api_name=f"run_{side}"
+                  ).then(partial(demo.pick, side=side), [run, ckpt, ui.match], shown, api_name=f"run_{side}_picked",
+                         **private).then(api_name=f"run_{side}_cleared", **cleared)
     ui.run_a.input(demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics")
     ui.arena.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="mode_changed",
                    api_visibility="private").then(api_name="mode_cleared", **cleared)

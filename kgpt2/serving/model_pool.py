@@ -151,6 +151,9 @@ class ModelPool:
                 and is_run(self.root / name):
             return self.root / name
         runs = self.runs()
+        if not name:  # an empty picker: the page's refresh found no run under the root
+            raise UserError("no run is picked" + (f"; pick one of: {', '.join(runs)}" if runs else
+                            ": the checkpoints root has no runs now (moved or removed?); put one back, then refresh"))
         raise UserError(f"there is no run '{name}' under the checkpoints root (runs: {', '.join(runs) or 'none'})")
 
     def checkpoints(self, run) -> list[tuple[str, str]]:
@@ -235,7 +238,11 @@ class ModelPool:
         import keras
         from keras import ops
 
-        restore(base.model, run_dir, checkpoint, base=base.snapshot)
+        try:
+            restore(base.model, run_dir, checkpoint, base=base.snapshot)
+        except FileNotFoundError:  # checked whole, then removed before its weights were read: nothing assigned yet
+            raise UserError(f"checkpoint {checkpoint} of run '{run_dir.name}' was removed while it was loaded (a "
+                            "training run keeps only its newest checkpoints); pick another") from None
         if keras.backend.backend() == "jax":
             return [v.value for v in base.model.variables]
         return [ops.copy(v.value) for v in base.model.variables]

@@ -56,12 +56,15 @@ from kgpt2.serving.serve_answers import answer
 from kgpt2.serving.serve_log import RequestEdge
 from kgpt2.serving.serve_responses import chat_shape, completion_shape, response_id
 from kgpt2.serving.serve_schema import (
+    BodyCheck,
     ChatRequest,
     CompletionRequest,
     OpenAIError,
     SampledRequest,
+    json_values,
     message_texts,
     prompt_ids,
+    unparsable_body,
     validation_error,
 )
 
@@ -117,6 +120,19 @@ class Service:
         self.engine, self.model_id, self.defaults, self.max_queue = engine, model_id, defaults, max_queue
         self.created = int(time.time())
         self.most_chars = engine.cache_length * longest_token(engine.tokenizer)
+        # The most values a body needs: its prompts' token ids (at most slots + queue prompts, each within the
+        # context), room for chat messages and content parts (16 a token of context) and other fields.
+        self.most_values = (engine.slots + max_queue + 16) * engine.cache_length + 10_000
+
+    def check_body(self, raw: bytes) -> None:
+        """400 for a body with more values than any request within the context: refused before it is parsed."""
+        values = json_values(raw, self.most_values)
+        if values > self.most_values:
+            prompts = self.engine.slots + self.max_queue
+            raise OpenAIError(400, f"the request body holds at least {values:,} values (token ids, strings, numbers), "
+                              f"more than any request to this server needs (at most {self.most_values:,}: up to "
+                              f"{prompts} prompts within the model's context of {self.engine.cache_length} tokens); "
+                              "send shorter or fewer prompts", code="context_length_exceeded")
 
     def check_chars(self, chars: int, param: str) -> None:
         """400 for a text too long to fit by its characters alone: refused before tokenizing it (seconds on megabytes)."""
@@ -208,6 +224,8 @@ def _answer_errors_as_openai(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def no_route(http: Request, e: StarletteHTTPException):  # FastAPI's {"detail": ...}, in OpenAI's shape
         message = str(e.detail)
+        if e.status_code == 400 and e.__cause__ is not None:  # FastAPI's: json.loads raised no JSON syntax error
+            message = unparsable_body(e.__cause__)
         if e.status_code in (404, 405):  # the routes as the app declares them
             routes = ", ".join(f"{m} {r.path}" for r in app.routes if r.path.startswith(("/v1", "/health"))
                                for m in sorted(getattr(r, "methods", ())))
@@ -215,8 +233,8 @@ def _answer_errors_as_openai(app: FastAPI) -> None:
         return JSONResponse(OpenAIError(e.status_code, message).body, status_code=e.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_, e: RequestValidationError):
-        return JSONResponse(validation_error(e.errors()).body, status_code=400)
+    async def invalid(http: Request, e: RequestValidationError):
+        return JSONResponse(validation_error(e.errors(), http.headers.get("content-type", "")).body, status_code=400)
 
 
 class RequireKey:
@@ -249,6 +267,8 @@ def _routed(scope) -> bool:
 def build_app(service: Service, api_key: str | None = None, log_requests: bool = False) -> FastAPI:
     """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
     app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
+    if hasattr(service, "check_body"):  # (a test's stand-in service may have none)
+        app.add_middleware(BodyCheck, check=service.check_body)  # inside RequireKey: no body is read without the key
     app.add_middleware(RequireKey, api_key=api_key)  # inside RequestEdge: a 401 is logged too
     app.add_middleware(RequestEdge, log_requests=log_requests)  # the 503 at shutdown; a line per request
     _answer_errors_as_openai(app)

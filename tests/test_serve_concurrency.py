@@ -128,3 +128,30 @@ def test_a_character_the_tokenizer_has_no_id_for_is_a_400(serve_app):
     answer = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "hello ✓"}, timeout=30)
     assert answer.status_code == 400, answer.text
     assert "✓" in answer.json()["error"]["message"] and answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_health_answers_while_a_huge_body_is_refused(serve_app):
+    """A body of two million token ids was parsed and validated on the event loop (~1 s, several on a busy machine)
+    before its length was checked: every other client waited. Refused by its size now, in milliseconds."""
+    from kgpt2.model.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(["Hello world, hello GPT-2. " * 20], vocab_size=300)
+    url = serve_app(Service(SimpleNamespace(tokenizer=tokenizer, cache_length=1024, slots=8, busy=0), "tiny",
+                            Settings()))
+    body = json.dumps({"model": "tiny", "prompt": [5] * 2_000_000, "max_tokens": 1}).encode()
+    got = {}
+    post = threading.Thread(target=lambda: got.update(answer=httpx.post(
+        url + "/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=60)))
+    worst = 0.0
+    with httpx.Client() as client:
+        client.get(url + "/health")  # connected before the big one is sent
+        post.start()
+        while post.is_alive():
+            start = time.perf_counter()
+            assert client.get(url + "/health", timeout=30).status_code == 200
+            worst = max(worst, time.perf_counter() - start)
+    post.join()
+    assert worst < 1.0, f"/health waited {worst:.2f} s behind the big body"
+    error = got["answer"].json()["error"]
+    assert got["answer"].status_code == 400 and error["code"] == "context_length_exceeded"
+    assert "values" in error["message"]  # refused by its size, not by its length once parsed

@@ -336,3 +336,31 @@ def test_a_lone_surrogate_is_found_without_walking_every_token_id():
     with pytest.raises(ValueError, match=r"messages\.3\.content\.1\.text is not valid Unicode text"):
         ChatRequest(model="tiny", messages=[{"role": "user", "content": "ok"}] * 3 + [
             {"role": "user", "content": [{"type": "text", "text": "ok"}, {"type": "text", "text": "\udfff"}]}])
+
+
+@pytest.mark.parametrize("content_type, said", [
+    ("text/plain", "is text/plain"), ("application/x-www-form-urlencoded", "is application/x-www-form-urlencoded"),
+    (None, "is not set")])
+def test_a_json_object_sent_without_a_json_content_type_names_the_header(http, content_type, said):
+    """FastAPI reads a body as JSON only under a JSON content type (`curl -d` sends a form's): a JSON object was
+    answered "the request body must be a JSON object"."""
+    r = http.post("/v1/completions", content=b'{"model": "tiny", "prompt": "x"}',
+                  headers={"content-type": content_type} if content_type else {})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == ("the request body must be JSON sent with the header Content-Type: "
+                                            f"application/json (this request's Content-Type {said})")
+
+
+def test_an_empty_body_says_so(http):
+    assert error(http, "/v1/completions", b"")["message"] == "the request body is empty: send a JSON object"
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"model": "tiny", "prompt": "\xff"}', "the request body is not valid JSON: it is not UTF-8 text (byte 0xff "
+                                            "at position 29)"),
+    (b"[" * 100_000 + b"]" * 100_000, "the request body nests lists or objects too deeply to be read"),
+    (b'{"model": "tiny", "prompt": [%s]}' % (b"9" * 5000), "the request body holds a number of more than 4,300 "
+                                                           "digits, too long to be read")])
+def test_a_body_json_loads_cannot_read_says_why(http, body, message):
+    """FastAPI answers these "There was an error parsing the body"."""
+    assert error(http, "/v1/completions", body)["message"] == message

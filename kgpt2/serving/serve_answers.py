@@ -83,12 +83,15 @@ async def events(requests, woken: asyncio.Queue, envelope, choice, usage, includ
     def chunk(choices, counts):
         return (envelope(choices, None) | {"usage": None}) if include_usage else envelope(choices, counts)
 
+    # The events of one wake-up go out as one write: written one by one, the n choices' chunks reached a client
+    # that had just left as n writes in a row, before the event loop could see it gone, and asyncio logged
+    # "socket.send() raised exception." on the server's console.
     try:
-        for i in range(len(requests)):
-            yield sse_event(chunk([choice(i, "", None, True, requests[i])], None))
+        yield "".join(sse_event(chunk([choice(i, "", None, True, r)], None)) for i, r in enumerate(requests))
         pending = list(range(len(requests)))
         while pending:
             await woken.get()
+            out = []
             for i in list(pending):
                 r = requests[i]
                 # The engine's thread may finish the request meanwhile: decide on `done` read
@@ -96,16 +99,16 @@ async def events(requests, woken: asyncio.Queue, envelope, choice, usage, includ
                 done = r.finished
                 piece = r.take_text()
                 if r.finish_reason in ("error", "cancelled") and done:
-                    yield sse_event(failed(r).body)
+                    yield "".join(out) + sse_event(failed(r).body)
                     return
                 if done:
                     pending.remove(i)
                 if piece or done:
-                    yield sse_event(chunk([choice(i, piece, r.finish_reason if done else None, False, r)],
-                                       usage() if done and not pending else None))
-        if include_usage:
-            yield sse_event(envelope([], usage()))
-        yield sse_event("[DONE]")
+                    out.append(sse_event(chunk([choice(i, piece, r.finish_reason if done else None, False, r)],
+                                               usage() if done and not pending else None)))
+            if out:
+                yield "".join(out)
+        yield (sse_event(envelope([], usage())) if include_usage else "") + sse_event("[DONE]")
     finally:
         for r in requests:
             r.cancel()  # the client left mid-stream: free the slots

@@ -31,9 +31,10 @@ the model reads text only.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
 from kgpt2.generation.sampling import MAX_LOGPROBS
@@ -78,9 +79,25 @@ class SampledRequest(BaseModel):
         return self
 
 
+def _prompt_shape(value) -> str:
+    """Which of the prompt's shapes `value` is meant as, told by its first item: pydantic then validates that one
+    shape only. Its default (smart) union tried every shape on every item: a prompt of 73,728 token ids (the most a
+    server of 72 slots and queue places and a 1,024-token context takes) spent ~150 ms on the event loop collecting
+    an error per id for `list[str]`, and ~1 ms so."""
+    if not isinstance(value, list):
+        return "text"  # a string, or no shape at all: pydantic's error names the field
+    first = value[0] if value else ""
+    return "texts" if isinstance(first, str) else "id_lists" if isinstance(first, list) else "ids"
+
+
+# Text, texts, token ids or lists of token ids (lm-evaluation-harness sends ids).
+Prompt = Annotated[Union[Annotated[str, Tag("text")], Annotated[list[str], Tag("texts")],
+                         Annotated[list[int], Tag("ids")], Annotated[list[list[int]], Tag("id_lists")]],
+                   Discriminator(_prompt_shape)]
+
+
 class CompletionRequest(SampledRequest):
-    # Text, texts, token ids or lists of token ids (lm-evaluation-harness sends ids).
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Prompt
     max_tokens: Optional[int] = Field(None, ge=0)  # 0 with echo: score the prompt, generate nothing
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)  # top alternatives per token
     echo: bool = False  # the prompt comes back before the text (with its tokens' logprobs)
@@ -187,7 +204,7 @@ SHAPES = {"prompt": "a string, a list of strings, a list of token ids or a list 
           "content": f"a string or a list of content parts ({_TEXT_PART})"}
 
 
-def validation_error(errors: list[dict]) -> OpenAIError:
+def validation_error(errors: list[dict], content_type: Optional[str] = None) -> OpenAIError:
     """FastAPI's validation errors of a request body as one OpenAI 400: the body that is no JSON or no object,
     a union field by the shapes it takes, else the first field and pydantic's sentence.
 
@@ -200,6 +217,9 @@ def validation_error(errors: list[dict]) -> OpenAIError:
         >>> validation_error([{"type": "string_type", "loc": ("body", "messages", 0, "content", "str"),
         ...                    "msg": "Input should be a valid string"}]).body["error"]["message"][:36]
         'messages.0.content must be a string '
+
+    `content_type` is the request's header ("" when it has none): FastAPI parses a body as JSON only under a JSON
+    content type (`curl -d` sends a form's), so a JSON object sent under another is named by that header.
     """
     first = errors[0]
     if first["type"] == "kgpt2_refused":  # SampledRequest._refuse's own sentence
@@ -209,13 +229,38 @@ def validation_error(errors: list[dict]) -> OpenAIError:
         why = (first.get("ctx") or {}).get("error", first["msg"])
         return OpenAIError(400, f"the request body is not valid JSON ({why}{f' at character {loc[0]}' if loc else ''})")
     if not loc:
-        return OpenAIError(400, "the request body must be a JSON object")
+        return OpenAIError(400, _whole_body(first["type"], content_type))
     if loc[0] in SHAPES and len(loc) > 1:  # a member of the union failed (a missing field has no member)
         return OpenAIError(400, f"{loc[0]} must be {SHAPES[loc[0]]}", param=loc[0])
     if loc[:1] == ["messages"] and loc[2:3] == ["content"] and len(loc) > 3:
         return _content_error(errors, ".".join(loc[:3]))
     where = ".".join(loc)
     return OpenAIError(400, f"{where}: {first['msg']}", param=where)
+
+
+def _whole_body(kind: str, content_type: Optional[str]) -> str:
+    """Why the body as a whole is refused: none, not read as JSON because of its content type, or no object."""
+    if kind == "missing":
+        return "the request body is empty: send a JSON object"
+    media = (content_type or "").split(";")[0].strip().lower()
+    if content_type is not None and not (media == "application/json" or media.endswith("+json")):
+        header = f"is {media}" if media else "is not set"
+        return ("the request body must be JSON sent with the header Content-Type: application/json (this "
+                f"request's Content-Type {header})")
+    return "the request body must be a JSON object"
+
+
+def unparsable_body(cause: Optional[BaseException]) -> str:
+    """Why `json.loads` failed on a body, beyond a JSON syntax error (which FastAPI reports itself): FastAPI's
+    own words are "There was an error parsing the body"."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the request body is not valid JSON: it is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} "
+                f"at position {cause.start})")
+    if isinstance(cause, RecursionError):
+        return "the request body nests lists or objects too deeply to be read"
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # Python's limit on int() of a long string
+        return "the request body holds a number of more than 4,300 digits, too long to be read"
+    return "the request body could not be read as JSON"
 
 
 def _content_error(errors: list[dict], where: str) -> OpenAIError:
@@ -228,6 +273,61 @@ def _content_error(errors: list[dict], where: str) -> OpenAIError:
                 return OpenAIError(400, f"{part} must be a content part, such as {_TEXT_PART}", param=part)
             return OpenAIError(400, f"{part}: {e['msg']}", param=part)
     return OpenAIError(400, f"{where} must be {SHAPES['content']}", param=where)
+
+
+def json_values(raw: bytes, most: int) -> int:
+    """How many values (token ids, strings, numbers) a JSON body holds, at least; exact enough past `most`, which
+    is all a caller asks (a body with at most `most` commas returns its comma count at once).
+
+    What parsing a body costs goes by its values, not its bytes: a million token ids (7 MB) take ~0.1 s in
+    `json.loads` and more in pydantic, a megabyte of text a millisecond. So it counts the commas outside strings
+    (and the strings) with bytes methods, at C speed: ~10 ms for those 7 MB.
+    """
+    commas = raw.count(b",")
+    if commas <= most:
+        return commas
+    # Inside a string JSON escapes a quote as \" and a backslash as \\: without those, quotes open and close strings
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    strings = plain.count(b'"') // 2
+    if strings > most:  # every string is a value: no need to split them apart
+        return strings
+    return b"".join(plain.split(b'"')[::2]).count(b",") + strings
+
+
+class BodyCheck:
+    """ASGI middleware: each POST body goes through `check(raw)` before FastAPI parses it; an `OpenAIError` it
+    raises is the answer. FastAPI's `json.loads` and pydantic's validation run on the event loop and hold the
+    GIL (a thread would not help): a body of a million token ids held every client, /health and streams
+    included, for half a second; refused by its size instead, before any of that."""
+
+    def __init__(self, app, check):
+        self.app, self.check = app, check
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before sending its body: no one to answer
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        try:
+            self.check(raw)
+        except OpenAIError as e:
+            return await JSONResponse(e.body, status_code=e.status)(scope, receive, send)
+        replayed = False
+
+        async def replay():  # the body once, then the client's own messages (its leaving)
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await self.app(scope, replay, send)
+
 
 
 def message_texts(messages: list[Message]) -> list[dict]:

@@ -59,7 +59,7 @@ def save_alignment_table(run: Run, rows: list[dict]) -> list[dict]:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.bar_label(a1.bar([r["model"] for r in table], [r["reward_accuracy"] for r in table], color="C0"),
-                 fmt="{:.1%}", fontsize=8)
+                 labels=[_reward_accuracy_label(r) for r in table], fontsize=8)
     a1.axhline(0.5, color="grey", lw=0.8, ls="--")
     a1.set_title("held-out reward accuracy")
     percent_axis(a1, "reward accuracy")
@@ -157,6 +157,14 @@ def perplexity_on_log_scale(perplexities: list[float]) -> bool:
     [False, False, False, True]
     """
     return len(perplexities) > 1 and min(perplexities) > 0 and max(perplexities) / min(perplexities) >= 10
+
+
+def _reward_accuracy_label(row: dict) -> str:
+    """A bar's value; the reference model itself (its rewards are 0 by definition, so no margin is > 0) says so,
+    where a bare 0.0% read as a model that always prefers the rejected answer."""
+    if row.get("chosen_reward") == 0 and row.get("rejected_reward") == 0:
+        return f"{row['reward_accuracy']:.1%} (the reference:\nevery margin is 0)"
+    return f"{row['reward_accuracy']:.1%}"
 
 
 def _margin_histogram(ax, row: dict) -> None:

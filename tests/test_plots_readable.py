@@ -128,3 +128,20 @@ def test_training_loss_logged_every_n_steps_says_so_and_one_row_shows(tmp_path, 
     every10, one_row = (f.axes[0].get_lines()[0] for f in figures)
     assert every10.get_label() == "train loss, mean of each 10 steps"
     assert one_row.get_label() == "train loss per step" and one_row.get_marker() == "o"
+
+
+def test_the_reference_model_bar_says_why_it_is_zero(tmp_path, figures):  # noqa: F811
+    """The base model is DPO's reference: its rewards are 0, so no margin is > 0 and its bar is 0%. A bare "0.0%"
+    read as a model that always prefers the rejected answer."""
+    from kgpt2.evaluation_table import save_alignment_table
+    from kgpt2.run import Run
+
+    zero = np.zeros(38)
+    base = {"model": "base", "reward_accuracy": 0.0, "reward_margin": 0.0, "chosen_reward": 0.0,
+            "rejected_reward": 0.0, "split": "preferences", "pairs": 38, "margins": zero}
+    tuned = base | {"model": "ckpt-24", "reward_accuracy": 0.684, "reward_margin": 0.036, "chosen_reward": 0.009,
+                    "rejected_reward": -0.027, "step": 24, "margins": np.linspace(-0.5, 1.5, 38)}
+    save_alignment_table(Run(tmp_path / "dpo"), [base, tuned])
+    reward = _drawn(figures[0]).axes[0]
+    labels = [t.get_text() for t in reward.texts]
+    assert labels == ["0.0% (the reference:\nevery margin is 0)", "68.4%"]

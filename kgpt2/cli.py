@@ -108,7 +108,7 @@ def _prepare(p: argparse.ArgumentParser):
         from kgpt2.model.models import load_tokenizer
 
         tok = load_tokenizer(ModelConfig(preset=a.preset, tokenizer=a.tokenizer), offline_hint=PREPARE_OFFLINE_HINT)
-        m = prepare(src, a.out, tok, splits=a.splits, seed=a.seed, threads=a.threads)
+        m = prepare(src, a.out, tok, splits=a.splits, seed=a.seed, threads=a.threads, progress=not a.quiet)
         print(reports.prepare_report(m, a.out))
 
     return run

@@ -150,8 +150,8 @@ def test_missing_file():
 
 
 @pytest.mark.parametrize("name, content", [("empty.jsonl", b""), ("blank.jsonl", b"\n \n"), ("array.json", b" []\n"),
-                                           ("empty.jsonl.gz", gzip.compress(b""))],
-                         ids=["empty", "blank-lines", "empty-array", "empty-gzip"])
+                                           ("empty.jsonl.gz", gzip.compress(b"")), ("empty.csv", b"")],
+                         ids=["empty", "blank-lines", "empty-array", "empty-gzip", "empty-csv"])
 def test_an_empty_file_is_called_empty_not_of_an_unknown_format(tmp_path, name, content):
     """An empty download was refused with "cannot tell the format ...; pass --format", which no format fixes."""
     (tmp_path / name).write_bytes(content)

@@ -31,13 +31,14 @@ The padding share is logged by `kgpt2 train` and kept in the stage table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from kgpt2.data.compression import plain
 from kgpt2.data.documents import Document
 from kgpt2.data.examples import encode_example
-from kgpt2.data.records import json_records, load_hf
+from kgpt2.data.records import is_table_file, json_records, load_hf, table_records
 from kgpt2.errors import UserError
 from kgpt2.generation.templates import chat_segments, encode_segments, format_prompt
 
@@ -119,7 +120,11 @@ def record_response(value, where: str, key: str):
 
 
 def _records(src):
-    """(where, record) of a JSON/JSON Lines file, or of every split of an `hf:` dataset."""
+    """(where, record) of a JSON/JSON Lines file, the rows of a CSV/TSV/parquet table, or every split of an `hf:`
+    dataset."""
+    if is_table_file(src.path):
+        yield from table_records(Path(src.path))
+        return
     if not str(src.path).startswith("hf:"):
         yield from json_records(src)
         return
@@ -170,6 +175,9 @@ def read_messages(src):
     stem = plain(str(src.path)).stem
     for n, (where, record) in enumerate(_records(src)):
         messages = record.get("messages")
+        if isinstance(messages, str) and plain(str(src.path)).suffix.lower() in (".csv", ".tsv"):  # no list there
+            raise UserError(f"{where}: messages is text, not a list of role/content objects; a CSV cell holds only "
+                            "text: give chat records as JSON Lines or parquet")
         if not isinstance(messages, list):
             raise UserError(f"{where}: expected a messages list of role/content objects")
         segments = chat_segments(messages, add_generation_prompt=False, where=where)

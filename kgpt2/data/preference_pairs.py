@@ -32,10 +32,11 @@ import numpy as np
 from kgpt2.data.compression import open_bytes
 from kgpt2.data.examples import encode_example
 from kgpt2.data.instructions import record_prompt, record_response
+from kgpt2.data.records import is_table_file, json_array, table_records
 from kgpt2.errors import UserError
 from kgpt2.reports import counted
 
-NO_PREFERENCE_FILES = "align.data is empty: give preference files (prompt/chosen/rejected JSON or JSONL)"
+NO_PREFERENCE_FILES = "align.data is empty: give preference files (prompt/chosen/rejected JSON, JSONL or CSV)"
 
 
 @dataclass
@@ -51,17 +52,19 @@ class PairStats:
 
 
 def _records(path: Path):
+    """(where, record) of a JSON array, JSON Lines, or a CSV/TSV/parquet table of records."""
+    if is_table_file(path):
+        yield from table_records(path)
+        return
+    records = json_array(path)  # JSON Lines of lists are named at their first line, not the valid second
+    if records is not None:
+        yield from ((f"{path} [record {i}]", r) for i, r in enumerate(records, 1))  # 1-based, as lines
+        return
     try:
         with open_bytes(path) as f:
             text = f.read().decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
-    if text.lstrip().startswith("["):
-        try:
-            yield from ((f"{path} [record {i}]", r) for i, r in enumerate(json.loads(text), 1))  # 1-based, as lines
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        return
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
@@ -78,8 +81,8 @@ def _files(paths):
     for path in map(Path, paths):
         if path.is_dir():
             if not (path / "votes.jsonl").is_file():
-                raise UserError(f"preference folder '{path}' holds no votes.jsonl (the votes a demo run records); "
-                                "give preference files (prompt/chosen/rejected JSON or JSONL) or a demo run's folder")
+                raise UserError(f"preference folder '{path}' holds no votes.jsonl (the votes a demo run records); give "
+                                "preference files (prompt/chosen/rejected JSON, JSONL or CSV) or a demo run's folder")
             path = path / "votes.jsonl"  # a demo run directory
         if not path.is_file():
             raise UserError(f"preference file '{path}' does not exist")
@@ -155,17 +158,21 @@ def _what_it_has(rec) -> str:
 _VOTE_ANSWERS = {"a": ("answer_a", "left_answer"), "b": ("answer_b", "right_answer")}
 
 
+_TEXT_LABELS = {"true": True, "false": False, "1": True, "0": False}  # a CSV's cells are text
+
+
 def _unpaired(rec, where: str, template: str) -> list | None:
     """KTO examples of a record: a completion with a label (TRL's format, a thumb vote), or "both bad"."""
     if not isinstance(rec, dict):
         return None
     vote = "choice" in rec  # a demo vote (kgpt2.serving.votes)
     if "completion" in rec and "label" in rec:
-        if rec["label"] not in (True, False, 0, 1):
+        label = _TEXT_LABELS.get(rec["label"].strip().lower()) if isinstance(rec["label"], str) else rec["label"]
+        if label not in (True, False, 0, 1):
             raise UserError(f"{where}: label must be true or false, got {rec['label']!r}")
         completion = record_response(rec["completion"], where, "completion")
         return [{"prompt": record_prompt(rec, where, template), "completion": str(completion).strip(),
-                 "label": bool(rec["label"])} | ({"vote": True} if vote else {})]
+                 "label": bool(label)} | ({"vote": True} if vote else {})]
     if rec.get("choice") == "both_bad":
         answers = [next((rec[k] for k in _VOTE_ANSWERS[side] if k in rec), None) for side in "ab"]
         if None in answers:

@@ -75,8 +75,18 @@ def json_array(path: Path):
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            raise UserError(_not_an_array(path, text, e)) from None
     return None
+
+
+def _not_an_array(path: Path, text: str, e: json.JSONDecodeError) -> str:
+    """Why a file starting with "[" is no JSON array. A first line that is a whole list followed by more
+    ("Extra data") is JSON Lines of lists: that line is named, not the valid one after it."""
+    start = len(text) - len(text.lstrip())
+    if e.msg == "Extra data" and "\n" not in text[start:e.pos].rstrip():
+        line = text[:start].count("\n") + 1
+        return f"{path}:{line}: a JSON list, not an object (each line of JSON Lines must be one record {{...}})"
+    return f"{path}:{e.lineno}: invalid JSON ({e.msg})"
 
 
 def json_records(src):
@@ -92,6 +102,80 @@ def json_records(src):
             src.stats.skip("not a JSON object", f"{path} [record {i}]")
             continue
         yield f"{path} [record {i}]", record
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+def is_table_file(path) -> bool:
+    """A CSV, TSV or parquet file (a .csv.gz too): its records are rows, not JSON."""
+    return not str(path).startswith("hf:") and plain(Path(path)).suffix.lower() in TABLE_SUFFIXES
+
+
+def records_format(keys) -> str | None:
+    """The format of records with these fields: preferences, messages or alpaca; None for none of them."""
+    keys = set(keys)
+    if {"chosen", "rejected"} <= keys:
+        return "preferences"
+    if "messages" in keys:
+        return "messages"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    return None
+
+
+def table_columns(path: Path) -> list[str]:
+    """The column names of a CSV/TSV/parquet file, from its header (or schema) alone."""
+    suffix = plain(path).suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    import pandas as pd
+
+    try:
+        return [str(c) for c in pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", nrows=0).columns]
+    except pd.errors.EmptyDataError:  # no bytes, not even a header
+        return []
+
+
+def table_records(path: Path):
+    """(where, record) per row of a CSV/TSV/parquet table of records (Alpaca, preference pairs), as a JSON Lines
+    file of them gives. A CSV's cells are text ("" when empty); parquet keeps its types (lists of messages too)."""
+    row = 0
+    try:
+        for records in _table_rows(path):
+            for record in records:
+                row += 1
+                yield f"{path} [row {row}]", record
+    except UnicodeDecodeError:  # a CSV's: pandas decodes blocks of it, so only near which row is known
+        raise UserError(f"{path}: not UTF-8 near row {row + 1}; re-encode the file as UTF-8") from None
+    except ValueError as e:  # pandas' and pyarrow's parse errors (a ragged CSV row, a file that is no parquet)
+        raise UserError(f"{path}: cannot parse near row {row + 1}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _table_rows(path: Path):
+    """Lists of records (dicts), a few thousand rows at a time."""
+    suffix = plain(path).suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from (b.to_pylist() for b in pq.ParquetFile(path).iter_batches(batch_size=_TABLE_CHUNK_ROWS))
+    else:
+        import pandas as pd
+
+        try:
+            frames = _csv_frames(path, suffix)  # reads the header
+        except pd.errors.EmptyDataError:  # no bytes, not even a header: no records, which the caller says
+            return
+        yield from (frame.to_dict("records") for frame in frames)
+
+
+def _csv_frames(path: Path, suffix: str):
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", chunksize=_TABLE_CHUNK_ROWS, dtype=str,
+                       keep_default_na=False)
 
 
 def first_record(p: Path):
@@ -153,8 +237,6 @@ def _refuse_without_the_hub(path: str) -> None:
 def _table_chunks(path: Path, stats: SourceStats):
     """(DataFrame, places) of a CSV/TSV/JSONL/parquet file, a few thousand rows at a time. A place per row of
     the frame: (its row from 0, which names it, where a message puts it, its JSON line or None)."""
-    import pandas as pd
-
     suffix = plain(path).suffix.lower()  # pandas unpacks a .csv.gz itself
     if suffix == ".json" and (records := json_array(path)) is not None:
         yield from _array_table_chunks(path, records, stats)
@@ -167,8 +249,7 @@ def _table_chunks(path: Path, stats: SourceStats):
 
         frames = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=_TABLE_CHUNK_ROWS))
     else:
-        frames = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", chunksize=_TABLE_CHUNK_ROWS,
-                             dtype=str, keep_default_na=False)
+        frames = _csv_frames(path, suffix)
     row = 0
     for frame in frames:  # [row 1] is the first row after the header, as file:1 is a file's first line
         yield frame, [(row + j, f"{path} [row {row + j + 1}]", None) for j in range(len(frame))]
@@ -246,14 +327,15 @@ def unnamed_rows_note(src) -> str | None:
                 return None  # the reader refuses the file: no note before that error
             names, has_id = f"{plain(path).name}:<row>", "id" in columns
         else:
-            names, has_id = f"{plain(path).stem}:<record>", "id" in (first_record(path) or {})
+            fields = table_columns(path) if is_table_file(path) else first_record(path) or {}
+            names, has_id = f"{plain(path).stem}:<record>", "id" in fields
     except Exception:  # unreadable: the reader says why, with the row
         return None
     if has_id:
         return None
-    return (f"{path} has no id {'column' if src.format == 'table' else 'field'}: its rows are named {names}, and each "
-            "row's split (train, validation, test) follows that name; keep the file's name and row order when you "
-            f"prepare it again, or add an id {'column' if src.format == 'table' else 'field'}")
+    field = "column" if src.format == "table" or is_table_file(path) else "field"
+    return (f"{path} has no id {field}: its rows are named {names}, and each row's split (train, validation, test) "
+            f"follows that name; keep the file's name and row order when you prepare it again, or add an id {field}")
 
 
 def read_table(src):
@@ -261,8 +343,7 @@ def read_table(src):
     try:
         for chunk, places in _table_chunks(path, src.stats):
             if column not in chunk.columns and not rows:  # a JSON Lines chunk may lack it: its rows are skipped
-                raise UserError(f"{path}: no column '{column}' (columns: {', '.join(map(str, chunk.columns))}); "
-                                "pass --text-column")
+                raise UserError(_no_column(path, column, chunk.columns))
             ids = chunk["id"] if "id" in chunk.columns else None
             texts = chunk[column].tolist() if column in chunk.columns else [None] * len(chunk)
             for j, (text, (row, where, line)) in enumerate(zip(texts, places)):
@@ -276,6 +357,14 @@ def read_table(src):
         raise UserError(f"{path}: not UTF-8 near row {rows + 1}; re-encode the file as UTF-8") from None
     except ValueError as e:  # pandas' parse errors (a ragged CSV row)
         raise UserError(f"{path}: cannot parse near row {rows + 1}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _no_column(path: Path, column: str, columns) -> str:
+    """A table without its text column; instruction or preference records are told their format, since one
+    column of them (--text-column) would lose the prompt/response structure."""
+    fmt = records_format(map(str, columns))
+    advice = f"these are {fmt} records: leave --format out (or pass --format {fmt})" if fmt else "pass --text-column"
+    return f"{path}: no column '{column}' (columns: {', '.join(map(str, columns))}); {advice}"
 
 
 _JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}

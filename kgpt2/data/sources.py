@@ -14,8 +14,10 @@ Formats (auto-detected, or `--format`):
                local .parquet/.arrow with article/abstract columns, via `datasets`
   sumpubmed    SumPubMed's folder (line_text/text_<i>.txt + abstract/abstract_<i>.txt)
   text/folder  a .txt file or a folder of them (one document each, or `separator`)
-  table        CSV / TSV / parquet / JSONL with a named text column, via pandas
-  alpaca       instruction/input/output, rendered with the Alpaca template
+  table        CSV / TSV / parquet / JSONL with a named text column, via pandas (a
+               --text-column other than "text" reads records of the next formats as a table)
+  alpaca       instruction/input/output, rendered with the Alpaca template (JSON, JSON
+               Lines, or rows of a CSV / TSV / parquet table, as for preferences)
   preferences  instruction/input + chosen (or prompt + chosen), the same way
   messages     {"messages": [{"role", "content"}, ...]} chat JSON Lines, rendered
                with the `chat` template; the loss is on assistant turns only
@@ -45,7 +47,7 @@ from kgpt2.data.compression import damaged_sentence, is_damaged, open_bytes, pla
 from kgpt2.data.documents import BINARY, NOT_UTF8, UTF16, Document, SourceStats
 from kgpt2.data.instructions import read_alpaca, read_messages, read_preferences
 from kgpt2.data.papers import ABSTRACT_KEYS, BODY_KEYS, read_hf, read_papers, read_sumpubmed
-from kgpt2.data.records import first_record, read_table
+from kgpt2.data.records import first_record, is_table_file, read_table, records_format, table_columns
 from kgpt2.data.shard_folder import FORMAT as SHARD_FORMAT
 from kgpt2.data.shard_folder import MANIFEST, read_manifest
 from kgpt2.errors import UserError
@@ -113,23 +115,15 @@ def detect_format(path: str) -> str:
     suffix = plain(p).suffix.lower()  # corpus.jsonl.gz is JSON Lines (kgpt2.data.compression)
     if suffix == ".arrow":  # only `datasets` reads Arrow files here
         return "hf"
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return "hf" if set(pq.read_schema(p).names) & {"article", "abstract"} else "table"
-    if suffix in (".csv", ".tsv"):
-        return "table"
+    if is_table_file(p):
+        return _table_format(p, suffix)
     if suffix in (".json", ".jsonl"):
         first = first_record(p)
         if first is None:
             raise UserError(f"source '{p}' holds no records: it is empty")
         keys = set(first) if isinstance(first, dict) else set()
-        if {"chosen", "rejected"} <= keys:
-            return "preferences"
-        if "messages" in keys:
-            return "messages"
-        if {"instruction", "output"} <= keys:
-            return "alpaca"
+        if fmt := records_format(keys):
+            return fmt
         if keys & set(BODY_KEYS) and keys & set(ABSTRACT_KEYS):
             return "papers"
         if keys:
@@ -138,11 +132,26 @@ def detect_format(path: str) -> str:
     return "text"
 
 
+def _table_format(p: Path, suffix: str) -> str:
+    """A CSV/TSV/parquet file's format, from its columns: Alpaca or preference rows are records as in JSON Lines."""
+    try:
+        columns = set(table_columns(p))
+    except Exception:  # ragged, not UTF-8, no parquet: the table reader says which, with the row
+        return "table"
+    if not columns:
+        raise UserError(f"source '{p}' holds no records: it is empty")
+    if suffix == ".parquet" and columns & {"article", "abstract"}:  # only `datasets` reads those
+        return "hf"
+    return records_format(columns) or "table"
+
+
 def open_source(path: str, fmt: str | None = None, contents: str = "both",
                 text_column: str = "text", separator: str | None = None) -> Source:
     path = str(path)
     if fmt is None:
         fmt = detect_format(path)
+        if text_column != "text" and fmt in ("alpaca", "preferences", "messages"):
+            fmt = "table"  # --text-column names the one column to read: a table, as it was asked for
     if fmt not in _READERS:
         raise UserError(f"unknown format '{fmt}' (one of: {', '.join(_READERS)})")
     if contents not in CONTENTS:

@@ -11,8 +11,8 @@ A panel shows that run's metrics and vote counts.
 Roles: kgpt2.serving.model_pool loads checkpoints (one model per base, LRU within a
 memory budget), kgpt2.serving.answerer decodes (concurrent users' requests batched),
 kgpt2.serving.arena holds a match and its voting rules, kgpt2.serving.demo_layout lays the
-page out, kgpt2.serving.run_metrics reads a run's metrics panel; this module holds the handlers
-the page and the API call.
+page out, kgpt2.serving.run_metrics reads a run's metrics panel, kgpt2.serving.demo_refresh decides where
+the pickers go at a refresh; this module holds the handlers the page and the API call.
 
 Safety: binds 127.0.0.1 unless told otherwise, no share link unless asked;
 run and checkpoint names from the browser are looked up in listings, never
@@ -40,7 +40,7 @@ from kgpt2.errors import UserError
 from kgpt2.generate import Settings
 from kgpt2.generation.templates import prompt_ids, render_prompt
 from kgpt2.run import load_run_config, not_a_run
-from kgpt2.serving import run_metrics
+from kgpt2.serving import demo_refresh, run_metrics
 from kgpt2.serving.answerer import Answerer, Job
 from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS, Match, no_match_refusal
 from kgpt2.serving.demo_examples import examples_from_run
@@ -306,39 +306,29 @@ class Demo:
             return (gr.skip(),) * 6
         return self.picker_changed(run, checkpoint, side)
 
-    def run_changed(self, run, match=None, side="a"):
-        """New run on a side: its checkpoints (latest picked) and its model's new-token limit; nothing changes
-        when it is the run the shown answers came from (as `pick`)."""
+    def run_changed(self, run, match=None, listed=None, side="a"):
+        """New run on a side: its checkpoints (latest picked), its model's new-token limit and the page's `listed`
+        state (demo_refresh); nothing changes when it is the run the shown answers came from (as `pick`)."""
         if isinstance(match, Match) and match.shown.get(side, (None,))[0] == run:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         try:  # a broken run (its config.json unreadable) is said in the page, not as a bare "Error"
             choices, limit = self.pool.checkpoints(run), self.max_new_tokens(run)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
-        return gr.Dropdown(choices=choices, value=choices[-1][1]), gr.Slider(maximum=limit)
+        ids = [c for _, c in choices]
+        listed = {**(listed or {}), side: demo_refresh.listed_state(run, ids), "moved": {}}
+        return gr.Dropdown(choices=choices, value=ids[-1]), gr.Slider(maximum=limit), listed
 
-    def refresh(self, run_a, ckpt_a, run_b, ckpt_b):
-        """Runs and checkpoints as they are on disk now (vanished picks fall back to the latest), and the left
-        run's metrics: (run A, model A, run B, model B, summary, stages, evaluation, training plot, evaluation
-        plot), the page's button and the API alike."""
-        runs = self.pool.runs()
-        out, first = [], None
-        for run, ckpt in ((run_a, ckpt_a), (run_b, ckpt_b)):
-            run = run if run in runs else (self.run if self.run in runs else (runs[0] if runs else None))
-            first = first or run
-            choices = self.pool.checkpoints(run) if run else []
-            ids = [c for _, c in choices]
-            out += [gr.Dropdown(choices=runs, value=run),
-                    gr.Dropdown(choices=choices, value=ckpt if ckpt in ids else (ids[-1] if ids else None))]
-        return (*out, *(self.metrics(first) if first else self._no_runs()))
+    def refresh(self, run_a, ckpt_a, run_b, ckpt_b, listed=None):
+        """Runs and checkpoints as they are on disk now, and the left run's metrics: (run A, model A, run B,
+        model B, summary, stages, evaluation, training plot, evaluation plot, listed), the page's button and the
+        API alike. A pick that was the latest when `listed` follows the new latest; a vanished one falls back to
+        it (kgpt2.serving.demo_refresh)."""
+        return demo_refresh.refresh(self, {"a": (run_a, ckpt_a), "b": (run_b, ckpt_b)}, listed)
 
-    def _no_runs(self):
-        """The metrics panel when the root lists no run now (the run folder moved away while the demo ran)."""
-        import pandas as pd
-
-        empty = pd.DataFrame(columns=["model", "loss", "accuracy", "perplexity"])
-        return ("**No runs** under the checkpoints root now (moved or removed?): put one back or train one, then "
-                "refresh.", empty, empty, None, None)
+    def refreshed(self, listed):
+        """After a refresh: the answers cleared, and the status naming each pick it moved (none moved: unchanged)."""
+        return demo_refresh.moved(self, listed)
 
     def summary(self, run) -> str:
         return run_metrics.summary(self.pool.run_dir(run), run)

@@ -56,6 +56,7 @@ from kgpt2.serving.serve_answers import answer
 from kgpt2.serving.serve_log import RequestEdge
 from kgpt2.serving.serve_responses import chat_shape, completion_shape, response_id
 from kgpt2.serving.serve_schema import (
+    DEFAULT_MAX_TOKENS,
     BodyCheck,
     ChatRequest,
     CompletionRequest,
@@ -111,6 +112,22 @@ def longest_token(tokenizer) -> int:
     so a text longer than the context times this has more tokens than fit. Read from the vocabulary's strings,
     not by decoding each id (~0.1 s for GPT-2's 50,257 at every start, more on a busy machine)."""
     return 1 if tokenizer.kind == "char" else max(map(len, tokenizer.vocabulary))
+
+
+def _past_context(body: SampledRequest, length: int, wanted: int, context: int) -> str:
+    """The 400's sentence when the prompt and the new tokens overflow the context. A completion that left
+    max_tokens out asked for none: its default did, and the sentence says so and what to send instead."""
+    prompt = f"the prompt is {counted(length, 'token')}"
+    if isinstance(body, CompletionRequest) and body.max_tokens is None and wanted == DEFAULT_MAX_TOKENS:
+        room, short = context - length, context - DEFAULT_MAX_TOKENS  # short: a prompt that leaves the default room
+        fixes = ([f"set max_tokens to at most {room:,}"] if room > 0 else []) + (
+            [f"shorten the prompt to at most {short:,} tokens"] if short > 0 else
+            [f"shorten the prompt to at most {context - 1:,} tokens and set max_tokens to fit"])
+        fix = " or ".join(fixes)
+        return (f"{prompt} and max_tokens was not set; its default of {DEFAULT_MAX_TOKENS} more tokens does not fit "
+                f"the model's context of {context} tokens: {fix}")
+    return (f"{prompt} and {wanted:,} more {'was' if wanted == 1 else 'were'} asked for; "
+            f"the model's context is {context} tokens")
 
 
 class Service:
@@ -176,9 +193,7 @@ class Service:
             raise OpenAIError(400, f"the prompt is {counted(len(ids), 'token')}: it {fills} the model's context "
                               f"of {engine.cache_length} tokens", param=where, code="context_length_exceeded")
         if wanted > room:
-            raise OpenAIError(400, f"the prompt is {counted(len(ids), 'token')} and {wanted:,} more "
-                              f"{'was' if wanted == 1 else 'were'} asked for; "
-                              f"the model's context is {engine.cache_length} tokens", param="max_tokens",
+            raise OpenAIError(400, _past_context(body, len(ids), wanted, engine.cache_length), param="max_tokens",
                               code="context_length_exceeded")
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
         if len(stop) > 4:
@@ -296,8 +311,8 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
         # Tokenizing takes time on long texts: off the event loop, so that other clients' answers go on.
         ids = await asyncio.to_thread(prompt_ids, tokenizer, body.prompt)
         envelope, choice = completion_shape(response_id("cmpl"), int(time.time()), service.model_id, tokenizer, body)
-        return await answer(service, http, body, ids, 16 if body.max_tokens is None else body.max_tokens,
-                             envelope, choice)
+        wanted = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+        return await answer(service, http, body, ids, wanted, envelope, choice)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, http: Request):

@@ -292,7 +292,7 @@ def test_refresh_through_the_api_reloads_the_metrics_as_the_button_does(server, 
         out = client.predict("tiny-evaluated", "base", "tiny", "base", api_name="/refresh")
         assert len(out) == 9, "pickers, summary, the two tables and the two plots"
         _, _, _, _, summary, stages, evaluation, loss_png, eval_png = out
-        assert summary.startswith("**tiny-evaluated**") and "2 stage(s) finished" in summary
+        assert summary.startswith("**tiny-evaluated**") and "2 stages finished" in summary
         assert len(stages["data"]) == 2 and "added-after-start" in [row[0] for row in evaluation["data"]]
         assert loss_png is not None and eval_png is not None
     finally:
@@ -314,7 +314,7 @@ def test_stop_ends_the_answers_and_the_pair_takes_no_vote(server, client, monkey
 
 def test_metrics_panel(client):
     summary, stages, evaluation, loss_png, eval_png = client.predict("tiny", api_name="/metrics")
-    assert "2 stage(s) finished" in summary and "evaluation: test" in summary
+    assert "2 stages finished" in summary and "evaluation: test" in summary
     assert stages["headers"][:2] == ["loss", "accuracy"] and len(stages["data"]) == 2
     assert [row[0] for row in evaluation["data"]][0] == "base" and "perplexity" in evaluation["headers"]
     assert loss_png is not None and eval_png is not None

@@ -1,5 +1,6 @@
 """How a checkpoint is named to a person: the demo's picker labels and the line `kgpt2 serve` and `kgpt2 export`
-print, each with the checkpoint's id, its step and where it sits in the run's stages.
+print, each with the checkpoint's id, its step and where it sits in the run's stages; and its run's preset, as the
+demo's model line names it (`preset_name`).
 
 A stage can end twice: more `train.epochs` on a finished one-stage run (or a higher `train.max_steps`) trains
 the stage on, and its first stage-end checkpoint stays. Only the newest is called the stage's end; an earlier
@@ -20,6 +21,9 @@ one says that the stage was trained on after it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from kgpt2.model.scratch import SCRATCH_MARK
 from kgpt2.run import BASE, Run
 from kgpt2.training.checkpoints import Checkpoint, CheckpointManager
 
@@ -75,3 +79,25 @@ def resolve(run_dir, asked: str = "latest") -> tuple[str, str]:
     checkpoint = Run(run_dir).checkpoint(asked)
     listed = CheckpointManager(run_dir).list()
     return checkpoint.id, checkpoint_line(checkpoint, asked, listed)
+
+
+def preset_name(preset: str, run_dir) -> str:
+    """The run's preset as a person knows it: a KerasHub or Hub name as given; a folder in the run (its copy of a
+    local preset) as `run/folder`, one elsewhere by its last two folders (a Kaggle download ends in a version
+    number); "from scratch" when `kgpt2 pretrain init` made it. KerasHub's metadata.json holds no name to use.
+
+        >>> preset_name("gpt2_base_en", "runs/pubmed")
+        'gpt2_base_en'
+        >>> preset_name("/home/me/.cache/kagglehub/models/keras/gpt2/keras/gpt2_base_en/2", "runs/pubmed")
+        'gpt2_base_en/2'
+    """
+    if not preset:
+        return "?"
+    path, run_dir = Path(preset).expanduser(), Path(run_dir)
+    if not path.is_absolute() and not path.is_dir():
+        return str(preset)  # a preset name or handle
+    try:
+        name = f"{run_dir.name}/{path.resolve().relative_to(run_dir.resolve()).as_posix()}"
+    except ValueError:  # outside the run
+        name = "/".join(path.parts[-2:])
+    return name + (" (from scratch)" if (path / SCRATCH_MARK).is_file() else "")

@@ -25,12 +25,13 @@ import gradio as gr
 from kgpt2.generate import SAMPLERS
 from kgpt2.generation.templates import TEMPLATES
 from kgpt2.run import BASE
+from kgpt2.serving import demo_refresh
 from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS
 
 ELEMENT_IDS = ("arena", "single", "run-a", "ckpt-a", "run-b", "ckpt-b", "refresh", "prompt", "input", "generate",
                "stop", "answer-a", "answer-b", "column-b", "info-a", "info-b", "thumb-up-a", "thumb-down-a",
                "thumb-up-b", "thumb-down-b", "pair-votes", "status", "summary", "sampler", "beams", "template",
-               "seed", "temperature", "top-k", "top-p", "max-new")
+               "seed", "temperature", "top-k", "top-p", "max-new", "training-plot", "evaluation-plot")
 ICONS = Path(__file__).parent.parent / "assets"  # thumb icons as SVG: no emoji font needed
 REFRESH_LABEL = "Refresh runs, models and metrics"
 ANSWER_LINES = 10  # both boxes this tall, scrolling past it: a long answer no longer pushes its side down
@@ -90,6 +91,10 @@ def _request_panel(demo, ui) -> None:
         ui.ckpt_a = gr.Dropdown(ckpts, value=BASE, label="Left model", elem_id="ckpt-a", **model_picker)
         ui.run_b = gr.Dropdown(runs, value=demo.run, label="Right run", elem_id="run-b", **run_picker)
         ui.ckpt_b = gr.Dropdown(ckpts, value=demo.latest, label="Right model", elem_id="ckpt-b", **model_picker)
+    # Each side's run and its latest checkpoint as the page last listed them: a pick of that one follows the
+    # run's new latest at a refresh (kgpt2.serving.demo_refresh). The right picker opens on the latest.
+    latest = demo_refresh.listed_state(demo.run, [BASE, demo.latest])
+    ui.listed = gr.State({"a": latest, "b": latest, "moved": {}})
     # Its own row under the pickers: beside them it wrapped to two lines at 1280 px and took the models' room
     # (a label names id, step and stage). Wide enough for its label on one line, at a phone's width too.
     with gr.Row():
@@ -169,7 +174,7 @@ def _metrics_panel(ui) -> None:
                     # A caption above, no label or toolbar on the image: they covered the plot's title.
                     gr.Markdown(f"**{caption}**")
                     plots.append(gr.Image(type="pil", label=caption, interactive=False, show_label=False,
-                                          buttons=[], container=False))
+                                          buttons=[], container=False, elem_id=f"{caption.split()[0].lower()}-plot"))
     ui.metric_outputs = [ui.summary, stages, evaluation, *plots]
 
 
@@ -201,8 +206,8 @@ def _wire(demo, app, ui) -> None:
         # The shown match goes in too: a picker opened and closed without a choice keeps the answers (Demo.pick).
         ckpt.input(partial(demo.pick, side=side), [run, ckpt, ui.match], shown, api_name=f"pick_{side}").then(
             api_name=f"pick_{side}_cleared", **cleared)
-        run.input(partial(demo.run_changed, side=side), [run, ui.match], [ckpt, ui.max_new], api_name=f"run_{side}"
-                  ).then(partial(demo.pick, side=side), [run, ckpt, ui.match], shown, api_name=f"run_{side}_picked",
+        run.input(partial(demo.run_changed, side=side), [run, ui.match, ui.listed], [ckpt, ui.max_new, ui.listed],
+                  api_name=f"run_{side}").then(partial(demo.pick, side=side), [run, ckpt, ui.match], shown, api_name=f"run_{side}_picked",
                          **private).then(api_name=f"run_{side}_cleared", **cleared)
     ui.run_a.input(demo.metrics, [ui.run_a], ui.metric_outputs, api_name="metrics")
     ui.arena.input(partial(demo.picker_changed, side="a"), [ui.run_a, ui.ckpt_a], shown, api_name="mode_changed",
@@ -213,6 +218,9 @@ def _wire(demo, app, ui) -> None:
         api_name="single_cleared", **cleared)
     pickers = [ui.run_a, ui.ckpt_a, ui.run_b, ui.ckpt_b]
     # One handler for the button, the API's /refresh and the page's load: each reloads the pickers and the metrics.
-    ui.refresh.click(demo.refresh, pickers, [*pickers, *ui.metric_outputs], api_name="refresh")
-    app.load(demo.refresh, pickers, [*pickers, *ui.metric_outputs], api_name="refresh_on_load",
-             api_visibility="private")
+    # A pick the refresh moved (the run's new latest) clears the answers it no longer shows, and their votes.
+    ui.refresh.click(demo.refresh, [*pickers, ui.listed], [*pickers, *ui.metric_outputs, ui.listed],
+                     api_name="refresh").then(demo.refreshed, [ui.listed], shown, api_name="refreshed", **private
+                                              ).then(api_name="refresh_cleared", **cleared)
+    app.load(demo.refresh, [*pickers, ui.listed], [*pickers, *ui.metric_outputs, ui.listed],
+             api_name="refresh_on_load", api_visibility="private")

@@ -50,7 +50,7 @@ from kgpt2.run import (
     restore,
     snapshot,
 )
-from kgpt2.serving.checkpoint_names import picker_choices
+from kgpt2.serving.checkpoint_names import picker_choices, preset_name
 from kgpt2.training.checkpoints import CheckpointManager
 
 log = logging.getLogger("kgpt2")
@@ -277,7 +277,7 @@ def describe(cfg, model, run_dir: Path, checkpoint: str) -> str:
     """Preset · parameters · LoRA or full · precision · backend · stage and step."""
     import keras
 
-    preset = Path(cfg.model.preset).name if cfg.model.preset else "?"
+    preset = preset_name(cfg.model.preset, run_dir)  # a copied preset's folder is just "preset"
     params = model.count_params()
     size = f"{params / 1e6:.1f}M" if params >= 1e5 else f"{params / 1e3:.0f}K"
     tuning = f"LoRA r={cfg.lora.rank}" if cfg.lora.enabled else "full weights"

@@ -1,18 +1,34 @@
 """The demo's metrics panel of a run, read from its folder: a summary line (stages finished, evaluations, votes),
 the per-stage table (stages.csv), the evaluation tables (evaluation-<split>.csv) and the two plots.
 
-Plots are read into memory: Gradio then serves a copy, so no run file is ever exposed by path.
+Plots are held in memory: Gradio then serves a copy, so no run file is ever exposed by path. The training plot is
+drawn from the run's logs at each refresh (when they changed): loss.png is written when a stage ends, and a run
+still training has logged steps past it. Nothing is written into the run folder.
 
-    >>> from kgpt2.serving.run_metrics import summary
-    >>> # summary(Path("checkpoints/quickstart"), "quickstart")  # '**quickstart**: 3 stage(s) finished · ...'
+    >>> from kgpt2.serving.run_metrics import stages_finished
+    >>> stages_finished(1), stages_finished(3)
+    ('1 stage finished', '3 stages finished')
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import shlex
+import threading
 from pathlib import Path
 
+from kgpt2.run import Run
 from kgpt2.serving.votes import VOTES_FILE, counts, read_votes
+from kgpt2.training.run_logs import run_figure
+
+log = logging.getLogger("kgpt2")
+_drawn: dict = {}  # run folder -> (its logs' sizes and times, the training plot drawn from them)
+_drawing = threading.Lock()
+
+
+def stages_finished(n: int) -> str:
+    return f"{n} stage{'' if n == 1 else 's'} finished"
 
 
 def summary(run_dir: Path, run: str) -> str:
@@ -21,7 +37,7 @@ def summary(run_dir: Path, run: str) -> str:
     evals = sorted(p.stem.split("-", 1)[1] for p in run_dir.glob("evaluation-*.csv"))
     c = counts(read_votes(run_dir / VOTES_FILE))
     evaluate = f"kgpt2 evaluate --run {shlex.quote(str(run_dir))}"
-    return (f"**{run}**: {stages or 0} stage(s) finished · evaluation: "
+    return (f"**{run}**: {stages_finished(stages or 0)} · evaluation: "
             f"{', '.join(evals) if evals else f'none yet (`{evaluate}`)'} · "
             f"votes: {sum(c.values())} (A {c['a']}, B {c['b']}, tie {c['tie']}, both bad {c['both_bad']}, "
             f"good answer {c['up']}, bad answer {c['down']})")
@@ -38,13 +54,49 @@ def metrics(run_dir: Path, run: str):
                   else pd.DataFrame(columns=["model", "loss", "accuracy", "perplexity"]))
     plots = [run_dir / "evaluation-test.png", run_dir / "evaluation-validation.png",
              *sorted(run_dir.glob("evaluation-*.png"))]
-    return (summary(run_dir, run), stages.round(4), evaluation.round(4), image(run_dir / "loss.png"),
+    return (summary(run_dir, run), stages.round(4), evaluation.round(4), training_plot(run_dir),
             image(next((p for p in plots if p.is_file()), None)))
 
 
+def training_plot(run_dir: Path):
+    """loss.png as `kgpt2 train` draws it, from the logs as they are now (up to the newest logged step), in memory;
+    drawn again only when a log changed (~0.5 s for 5,000 steps). loss.png itself when the logs cannot be read
+    (a row being written, say)."""
+    run = Run(run_dir)
+    state = tuple(_file_state(p) for p in (run.steps_log, run.stages_json, run.evals_log))
+    with _drawing:  # one drawing at a time: two refreshes of one run draw it once
+        cached = _drawn.get(run.path)
+        if cached is not None and cached[0] == state:
+            return cached[1].copy()
+        try:
+            drawn = _draw(run_dir)
+        except (OSError, ValueError, KeyError) as e:
+            log.info("demo: the logs of %s cannot be drawn now (%s); showing its loss.png", run.path.name, e)
+            return image(run.loss_plot)
+        _drawn[run.path] = (state, drawn)
+        return drawn and drawn.copy()
+
+
+def _draw(run_dir: Path):
+    fig = run_figure(run_dir)
+    if fig is None:  # nothing logged yet
+        return None
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)  # as kgpt2.io.save_figure saves loss.png
+    return image(png)
+
+
+def _file_state(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+    except OSError:  # none (yet)
+        return (path.name,)
+    return path.name, stat.st_mtime_ns, stat.st_size
+
+
 def image(path):
-    """A PNG read into memory (None when there is none)."""
-    if path is None or not Path(path).is_file():
+    """A PNG (a path, or its bytes in a file object) read into memory (None when there is none)."""
+    if path is None or (isinstance(path, (str, Path)) and not Path(path).is_file()):
         return None
     from PIL import Image
 

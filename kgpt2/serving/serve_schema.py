@@ -96,6 +96,9 @@ Prompt = Annotated[Union[Annotated[str, Tag("text")], Annotated[list[str], Tag("
                    Discriminator(_prompt_shape)]
 
 
+DEFAULT_MAX_TOKENS = 16  # a completion's new tokens when its request leaves max_tokens out (as OpenAI's API)
+
+
 class CompletionRequest(SampledRequest):
     prompt: Prompt
     max_tokens: Optional[int] = Field(None, ge=0)  # 0 with echo: score the prompt, generate nothing

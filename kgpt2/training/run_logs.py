@@ -286,7 +286,15 @@ def plot_run(run_dir) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = run_figure(run_dir)
+    return None if fig is None else save_figure(fig, Run(run_dir).loss_plot)
+
+
+def run_figure(run_dir):
+    """The figure `plot_run` saves (None while nothing is logged), unsaved: the demo draws it from the logs of a
+    run that may be training. Made without pyplot, whose list of open figures is not safe across the threads
+    the demo answers in."""
+    from matplotlib.figure import Figure
 
     run = Run(run_dir)
     steps = read_steps(run_dir)
@@ -296,7 +304,8 @@ def plot_run(run_dir) -> Path | None:
         return None
     evals = _validation_evals(run) if len(stage_metrics) < 2 else None
     beside = len(stage_metrics) > 1 or evals is not None or steps.empty  # else: one panel, the point on the curve
-    fig, axes = plt.subplots(1, 2 if beside else 1, figsize=(11, 4) if beside else (7, 4), squeeze=False)
+    fig = Figure(figsize=(11, 4) if beside else (7, 4))
+    axes = fig.subplots(1, 2 if beside else 1, squeeze=False)
     ax1 = axes[0][0]
     if not steps.empty:
         _plot_training_loss(ax1, steps)
@@ -313,7 +322,7 @@ def plot_run(run_dir) -> Path | None:
         _plot_stage_validation(axes[0][1], stage_metrics)
         axes[0][1].set_title("validation after each stage")
     fig.tight_layout()
-    return save_figure(fig, run.loss_plot)
+    return fig
 
 
 def _mark_stage_starts(ax, steps) -> None:

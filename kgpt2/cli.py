@@ -182,7 +182,7 @@ def _evaluate(p):
     p.add_argument("--shards", help="the run's shard directory, where a moved run no longer finds it")
 
     def run(a):
-        from kgpt2.evaluate import evaluate_run
+        from kgpt2.evaluate import RunFolderReadOnly, evaluate_run
         from kgpt2.evaluation_table import EvaluationNotSaved, format_table
 
         try:
@@ -190,7 +190,10 @@ def _evaluate(p):
                                 max_batches=a.max_batches, shards=a.shards)
         except EvaluationNotSaved as e:  # the scores still reach the user, then the sentence (exit 2)
             print(json.dumps(e.rows, indent=2) if a.json else format_table(e.rows))
-            raise
+            if not isinstance(e, RunFolderReadOnly):
+                raise
+            logging.getLogger("kgpt2").warning("%s", e)  # a read-only run: the scores stand, exit 0
+            return
         print(json.dumps(rows, indent=2) if a.json else format_table(rows))
         if not a.json:
             split = rows[0].get("split", a.split) if rows else a.split  # an align run: its held-out pairs
@@ -331,7 +334,9 @@ def _export(p):
     p.add_argument("--run", required=True, help="run directory, e.g. checkpoints/quickstart")
     p.add_argument("--checkpoint", default="latest", help="ckpt id, stage-N, latest, or base")
     p.add_argument("--to", required=True, choices=["hf", "preset", "peft"],
-                   help="hf: transformers format; preset: KerasHub preset; peft: PEFT adapter + its HF base in base/")
+                   help="hf: transformers format; preset: KerasHub preset; peft: PEFT adapter + its HF base in base/ "
+                        "(all float32: there is no int8 export format; a model.quantize base is dequantised, and "
+                        "model.quantize quantises the export again where it is a model.preset)")
     output_folder(p, "new output directory")
 
     def run(a):

@@ -17,6 +17,7 @@ split always give the same numbers (windows in order, no sampling).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from kgpt2.data.batches import to_dataset
@@ -24,6 +25,7 @@ from kgpt2.data.preference_pairs import read_preferences
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
 from kgpt2.evaluation_table import (
+    EvaluationNotSaved,
     format_table,  # noqa: F401  (kgpt2.evaluate.format_table, as notebooks import it)
     save_alignment_table,
     save_evaluation,
@@ -162,8 +164,27 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if not rows:
         raise UserError(f"every checkpoint of '{run_dir}' chosen to evaluate was removed meanwhile; run it again")
     if save:
-        save_evaluation(run_dir, rows, lambda: save_table(run_dir, rows, split))
+        _save(run_dir, rows, lambda: save_table(run_dir, rows, split))
     return rows
+
+
+class RunFolderReadOnly(EvaluationNotSaved):
+    """Scored, and the run folder is read-only (a shared Drive folder, a read-only mount): the scores stand and
+    only the files could not be written, so the command line says so in a warning and ends well (exit 0)."""
+
+
+def _save(run_dir, rows: list[dict], write) -> None:
+    """`save_evaluation`; a run folder that may not be written (permissions, a read-only file system) raises
+    RunFolderReadOnly with the warning to give, any other failure (a full disk) EvaluationNotSaved as it was."""
+    try:
+        save_evaluation(run_dir, rows, write)
+    except EvaluationNotSaved as e:
+        if os.access(run_dir, os.W_OK):  # False for root too on a read-only file system (EROFS)
+            raise
+        name = f"evaluation-{rows[0].get('split', 'test')}"
+        raise RunFolderReadOnly(f"the run folder '{run_dir}' is read-only, so this evaluation's files ({name}.json, "
+                                ".csv and .png) were not saved; copy the run to a writable folder to keep them",
+                                e.rows) from None
 
 
 def restore_if_present(model, ckpts: dict, ckpt_id: str) -> bool:
@@ -219,7 +240,7 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
         table.append(row | {"margins": _margins(y_true, y_pred, a.loss)})
     rows = [{k: v for k, v in r.items() if k != "margins"} for r in table]
     if save:
-        save_evaluation(run.path, rows, lambda: save_alignment_table(run, table))
+        _save(run.path, rows, lambda: save_alignment_table(run, table))
     return rows
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from kgpt2.config import ModelConfig
 from kgpt2.errors import UserError
 from kgpt2.io import new_folder, refuse_used_folder
-from kgpt2.model.models import load_tokenizer, save_preset
+from kgpt2.model.models import HUB_SCHEMES, load_tokenizer, save_preset
 from kgpt2.run import is_run
 
 # KerasNLP 0.6 attribute names -> keras-hub layer names in a variable path.
@@ -48,6 +48,8 @@ SUBLAYERS = {
 }
 # The order of a layer's variables in a .weights.h5 file (`vars/0`, `vars/1`).
 VARIABLE_ORDER = {"norm": ("gamma", "beta"), "embedding": ("embeddings",), "dense": ("kernel", "bias")}
+OFFLINE_HINT = ("to work offline, pass --tokenizer DIR (a local KerasHub preset or Hugging Face GPT-2 directory, "
+                "or vocabulary.json + merges.txt)")
 NOT_LEGACY = ("is not a TensorFlow checkpoint (NAME.ckpt with .index + .data-*) or a .weights.h5 "
               "of a KerasNLP GPT-2 model")
 
@@ -207,13 +209,20 @@ def import_legacy(path, out, tokenizer: str) -> Path:
     out = Path(out)
     refuse_used_folder(out, "import")  # before the weights are read, not after
     backbone = legacy_backbone(path)
-    root = Path(tokenizer).expanduser()
-    is_vocab_dir = (root / "vocabulary.json").is_file()
-    tok = load_tokenizer(ModelConfig(preset="scratch", tokenizer=str(root)) if is_vocab_dir
-                         else ModelConfig(preset=tokenizer))
+    tok = import_tokenizer(tokenizer)
     if tok.vocab_size != backbone.vocabulary_size:
         raise UserError(f"tokenizer '{tokenizer}' has {tok.vocab_size} tokens but the model "
                         f"{backbone.vocabulary_size}; name the tokenizer it was trained with")
     with new_folder(out, "import") as tmp:
         save_preset(backbone, tok, tmp)
     return out
+
+
+def import_tokenizer(tokenizer: str):
+    """`--tokenizer`'s tokenizer: a path (anything on disk, or a name with a folder in it) is read as `kgpt2
+    prepare --tokenizer` reads one, with its sentences (a file, a folder without tokenizer files, a typo); a bare
+    name or a hub handle is a preset's, whose offline hint names --tokenizer, as this command has no model.preset."""
+    root = Path(tokenizer).expanduser()
+    if not tokenizer.startswith(HUB_SCHEMES) and (root.exists() or "/" in tokenizer or tokenizer.startswith(".")):
+        return load_tokenizer(ModelConfig(preset="scratch", tokenizer=str(root)))
+    return load_tokenizer(ModelConfig(preset=tokenizer), offline_hint=OFFLINE_HINT)

@@ -109,3 +109,27 @@ def test_other_files_are_refused_in_one_sentence(tmp_path, tiny_preset):
     with pytest.raises(UserError, match=r"has \d+ tokens but the model 512"):
         import_legacy(FIXTURE / "legacy.ckpt", tmp_path / "d", str(tmp_path / "tok"))
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+@pytest.mark.parametrize("given", ["pic.png", "toks/missing", "empty"])
+def test_a_wrong_tokenizer_path_gets_prepares_sentence(given, tmp_path, kgpt2_cli):
+    """`--tokenizer pic.png` said "model preset directory 'pic.png' is a file, not a folder; ... model.preset =
+    "scratch"": the user named no preset, and import has no model.preset. Now `kgpt2 prepare`'s own sentence for
+    the same --tokenizer (one code path), and nothing is written."""
+    (tmp_path / "pic.png").write_bytes(b"\x89PNG\r\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corpus.txt").write_text("A few words to tokenise.\n")
+    imported = kgpt2_cli("import", FIXTURE / "legacy.ckpt", "out", "--tokenizer", given, cwd=tmp_path)
+    prepared = kgpt2_cli("prepare", "--source", "corpus.txt", "--out", "shards", "--tokenizer", given, cwd=tmp_path)
+    assert imported.returncode == prepared.returncode == 2, imported.stderr
+    assert imported.stderr == prepared.stderr and len(imported.stderr.strip().splitlines()) == 1, imported.stderr
+    assert "preset" not in imported.stderr and given in imported.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_preset_name_is_told_what_import_takes(tmp_path, kgpt2_cli):
+    """A mistyped preset name ended in "or model.preset = \\"scratch\\"", which `kgpt2 import` has no use for."""
+    done = kgpt2_cli("import", FIXTURE / "legacy.ckpt", "out", "--tokenizer", "gpt2_bse_en", cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("kgpt2: error: unknown GPT-2 preset 'gpt2_bse_en' (known: gpt2_base_en, ")
+    assert "pass --tokenizer DIR" in done.stderr and "model.preset" not in done.stderr

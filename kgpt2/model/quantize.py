@@ -35,6 +35,8 @@ import warnings
 
 import numpy as np
 
+from kgpt2.errors import UserError
+
 
 def quantize_backbone(backbone, mode: str) -> None:
     """Quantise every quantisable layer of a built backbone in place (Keras `quantize`).
@@ -82,3 +84,38 @@ def parameter_bytes(model) -> dict:
         by_dtype[str(v.dtype)] = by_dtype.get(str(v.dtype), 0) + n
         trainable += n if v.trainable else 0
     return {"total": sum(by_dtype.values()), "trainable": trainable, "by_dtype": by_dtype}
+
+
+# What `kgpt2 export` measures a dequantised export on: ordinary English, which any byte-level BPE encodes.
+PROBE_TEXT = ("The patients were randomly assigned to two groups. After six months, the results showed that the "
+              "treatment had reduced the number of admissions, and the effect was larger in older patients.")
+
+
+def probe_ids(tokenizer, vocabulary_size: int, length: int) -> np.ndarray:
+    """PROBE_TEXT's ids (at most `length`); a character tokenizer without its letters gets fixed ids spread
+    over the vocabulary instead."""
+    try:
+        ids = np.asarray(tokenizer.encode(PROBE_TEXT), "int32")[:length]
+    except UserError:  # a character vocabulary without these characters
+        ids = np.zeros(0, "int32")
+    if len(ids) < 2:
+        ids = (np.arange(min(length, 48), dtype="int64") * 7919 % vocabulary_size).astype("int32")
+    return ids
+
+
+def dequantisation_check(model, plain_backbone, tokenizer) -> dict:
+    """How closely `plain_backbone` (the float GPT2Backbone an export writes) computes what the run's
+    quantised `model` (a GPT2CausalLM) does, on `probe_ids`: the largest logit difference, the run's largest
+    |logit| beside it, and at how many positions the most likely next token is the same.
+
+    They differ because Keras's int8 layers also round each input row to int8 (abs-max per token) before
+    the product; int4 layers compute with the dequantised kernel, so an int4 base differs by float rounding.
+    """
+    vocab = plain_backbone.vocabulary_size
+    ids = probe_ids(tokenizer, vocab, plain_backbone.max_sequence_length)[None]
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+    run = np.asarray(model(x), "float32")[0, :, :vocab]  # the run's vocabulary padding cut off
+    plain = np.asarray(plain_backbone.token_embedding(plain_backbone(x), reverse=True), "float32")[0]
+    return {"positions": int(ids.shape[1]), "max_logit_difference": float(np.abs(plain - run).max()),
+            "largest_logit": float(np.abs(run).max()),
+            "greedy_agree": int((plain.argmax(-1) == run.argmax(-1)).sum())}

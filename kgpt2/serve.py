@@ -140,6 +140,10 @@ class Service:
         # The most values a body needs: its prompts' token ids (at most slots + queue prompts, each within the
         # context), room for chat messages and content parts (16 a token of context) and other fields.
         self.most_values = (engine.slots + max_queue + 16) * engine.cache_length + 10_000
+        # The most bytes: as many texts, each of the most characters a context holds, every character escaped
+        # as JSON's longest form (12 bytes: a surrogate pair of \uXXXX), and a MiB for the rest. Bounds the
+        # memory one body takes before it is refused (a body is read whole before it is parsed).
+        self.most_bytes = (engine.slots + max_queue + 16) * self.most_chars * 12 + 2**20
 
     def check_body(self, raw: bytes) -> None:
         """400 for a body with more values than any request within the context: refused before it is parsed."""
@@ -283,7 +287,7 @@ def build_app(service: Service, api_key: str | None = None, log_requests: bool =
     """The FastAPI application: routes, API-key check, errors in OpenAI's shape, a log line per request."""
     app = FastAPI(title="kgpt2", docs_url=None, redoc_url=None)
     if hasattr(service, "check_body"):  # (a test's stand-in service may have none)
-        app.add_middleware(BodyCheck, check=service.check_body)  # inside RequireKey: no body is read without the key
+        app.add_middleware(BodyCheck, check=service.check_body, most_bytes=service.most_bytes)  # inside RequireKey: no body is read without the key
     app.add_middleware(RequireKey, api_key=api_key)  # inside RequestEdge: a 401 is logged too
     app.add_middleware(RequestEdge, log_requests=log_requests)  # the 503 at shutdown; a line per request
     _answer_errors_as_openai(app)

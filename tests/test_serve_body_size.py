@@ -75,3 +75,19 @@ def test_token_ids_are_validated_in_one_pass():
     parsed = json.loads(body)
     assert best(lambda: CompletionRequest.model_validate(parsed)) < best(lambda: json.loads(body))
     assert CompletionRequest.model_validate(parsed).prompt == parsed["prompt"]
+
+
+def test_a_body_of_more_bytes_than_any_request_needs_is_refused_unread(service):
+    """A body was read whole into memory, however long (only its values were counted): a text of more bytes than
+    any request to the server could need is now refused (400) once that many have come; a text within the
+    bound reaches the character check, as before."""
+    http = TestClient(build_app(service))
+    head = b'{"model": "tiny", "max_tokens": 1, "prompt": "'
+    over = service.most_bytes + 1 - len(head) - 2
+    r = post(http, head + b"a" * over + b'"}')
+    assert r.status_code == 400, r.text
+    e = r.json()["error"]
+    assert e["message"].startswith(f"the request body is over {service.most_bytes:,} bytes")
+    assert e["code"] == "context_length_exceeded"
+    r = post(http, head + b"a" * (over - 1) + b'"}')  # one byte less: read, parsed, refused by its characters
+    assert r.status_code == 400 and "characters" in r.json()["error"]["message"], r.text

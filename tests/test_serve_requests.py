@@ -193,12 +193,13 @@ def test_a_prompt_too_long_by_its_characters_is_refused_before_tokenizing(served
     longest = max(len(token) for token in tokenizer.vocabulary)  # a byte-level token: a character per byte
     assert service.most_chars == 64 * longest
     began = time.perf_counter()
-    r = served.post("/v1/completions", json={"model": "tiny", "prompt": "Hello world " * 2_000_000, "max_tokens": 1})
-    assert time.perf_counter() - began < 2  # tokenizing its 24 M characters takes longer
+    repeats = (service.most_bytes - 1_000) // 12  # the longest text the body's byte bound lets through
+    r = served.post("/v1/completions", json={"model": "tiny", "prompt": "Hello world " * repeats, "max_tokens": 1})
+    assert time.perf_counter() - began < 2  # tokenizing its megabytes takes longer
     e = r.json()["error"]
     assert r.status_code == 400 and (e["param"], e["code"]) == ("prompt", "context_length_exceeded")
-    assert e["message"] == ("prompt is 24,000,000 characters, more than the model's context of 64 tokens can hold "
-                            f"(at most {64 * longest:,} characters)")
+    assert e["message"] == (f"prompt is {12 * repeats:,} characters, more than the model's context of 64 tokens can "
+                            f"hold (at most {64 * longest:,} characters)")
     # Just over the bound, in one prompt of a list or a chat's messages together: refused by the count alone.
     over = "Hello world, hello GPT-2. " * (64 * longest // 26) + "x" * (64 * longest % 26 + 1)
     assert len(tokenizer.encode(over)) > 64  # what the bound promises

@@ -301,20 +301,28 @@ class BodyCheck:
     """ASGI middleware: each POST body goes through `check(raw)` before FastAPI parses it; an `OpenAIError` it
     raises is the answer. FastAPI's `json.loads` and pydantic's validation run on the event loop and hold the
     GIL (a thread would not help): a body of a million token ids held every client, /health and streams
-    included, for half a second; refused by its size instead, before any of that."""
+    included, for half a second; refused by its size instead, before any of that. A body longer than
+    `most_bytes` is refused (400, as OpenAI answers a prompt past the context) as soon as it is, without reading
+    the rest into memory."""
 
-    def __init__(self, app, check):
-        self.app, self.check = app, check
+    def __init__(self, app, check, most_bytes: int | None = None):
+        self.app, self.check, self.most_bytes = app, check, most_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        chunks, more = [], True
+        chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return  # the client left before sending its body: no one to answer
             chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if self.most_bytes is not None and size > self.most_bytes:
+                e = OpenAIError(400, f"the request body is over {self.most_bytes:,} bytes, more than any request to "
+                                "this server needs (its prompts must fit the model's context); send shorter or fewer "
+                                "prompts", code="context_length_exceeded")
+                return await JSONResponse(e.body, status_code=e.status)(scope, receive, send)
             more = message.get("more_body", False)
         raw = b"".join(chunks)
         try:
@@ -330,7 +338,6 @@ class BodyCheck:
             replayed = True
             return {"type": "http.request", "body": raw, "more_body": False}
         await self.app(scope, replay, send)
-
 
 
 def message_texts(messages: list[Message]) -> list[dict]:

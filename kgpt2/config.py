@@ -39,6 +39,7 @@ from kgpt2 import recipes
 from kgpt2.config_sections import (  # noqa: F401
     ALL_LINEAR,
     LORA_TARGETS,
+    MODEL_SHAPE_KEYS,
     AlignConfig,
     DataConfig,
     GenerateConfig,

@@ -71,13 +71,19 @@ def check_fields(section) -> None:
             raise UserError(f"{key} must be below {below}; got {show_value(value)}")
 
 
+# The keys of a from-scratch model's shape. A preset has its own: `kgpt2 train` refuses one set to another value and
+# records the preset's (kgpt2.model.preset_shape), so config.json holds the shape trained.
+MODEL_SHAPE_KEYS = ("num_layers", "num_heads", "hidden_dim", "intermediate_dim", "max_sequence_length",
+                    "vocabulary_size")
+
+
 @dataclass
 class ModelConfig:
     SECTION: ClassVar[str] = "model"
     # A KerasHub preset name (gpt2_base_en ...), a local preset directory, a
     # local Hugging Face GPT-2 directory, or "scratch" for the shape below.
     preset: str = "gpt2_base_en"
-    # From-scratch shape (used when preset == "scratch").
+    # From-scratch shape (MODEL_SHAPE_KEYS; a preset's is its own).
     num_layers: int = at_least(1, default=12)
     num_heads: int = at_least(1, default=12)
     hidden_dim: int = at_least(1, default=768)

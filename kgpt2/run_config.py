@@ -34,6 +34,7 @@ import os
 import time
 from pathlib import Path
 
+from kgpt2.config_sections import MODEL_SHAPE_KEYS
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_text
 
@@ -131,7 +132,7 @@ def read_run_config(path) -> tuple[dict, list]:
     if kind:
         raise UserError(f"'{path.parent}' holds {kind}, not a kgpt2 run; --run takes a run's folder "
                         f"(train one on this model with model.preset = \"{path.parent}\")")
-    run_dir = path.parent.absolute()
+    run_dir = _readable(path.parent)
     absolute = data.pop("absolute_paths", {}) or {}
     for key in data.pop("relative_paths", []) or []:
         if key in LIST_PATH_KEYS:
@@ -147,6 +148,13 @@ def read_run_config(path) -> tuple[dict, list]:
     # The run may have been moved or reached through another root.
     data["checkpoints_root"], data["run"] = str(run_dir.parent), run_dir.name
     return data, continuations
+
+
+def _readable(folder: Path) -> Path:
+    """`folder` absolute: as named unless that holds a "..", which every message would show ("run in
+    /a/third/../moved/run"); resolved then (by the OS, not normpath: a link before the ".." stays right)."""
+    folder = folder.absolute()
+    return folder.resolve() if ".." in folder.parts else folder
 
 
 def _resolve_list(run_dir: Path, values, absolute) -> list:
@@ -180,6 +188,9 @@ def continuation_record(old: dict, new: dict, step: int) -> dict | None:
             if path and Path(path).exists():
                 values[key] = str(Path(path).resolve()) + checkpoint
     skip = {"run", "checkpoints_root", *EXTRA_KEYS}
+    if "scratch" not in (before.get("model.preset"), after.get("model.preset")):
+        # A preset's shape is read from it, never set (a change is refused); older runs recorded the defaults there.
+        skip |= {f"model.{k}" for k in MODEL_SHAPE_KEYS}
     changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
                if k not in skip and before.get(k) != after.get(k)}
     if not changed:

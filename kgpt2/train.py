@@ -81,6 +81,8 @@ from kgpt2.training.training_data import (
     describe_plan,  # noqa: F401  (kgpt2.train.describe_plan, as notebooks import it)
     plan_steps,
     stage_batches,
+    stage_outcome,
+    stage_progress,
 )
 from kgpt2.training.validation import evaluate_split
 
@@ -295,7 +297,7 @@ class Trainer:
         log.info("%s/%d: articles %d..%d (%s, %s tokens)", stage.name, self.stage_offset + len(self.stages),
                  stage.first, stage.end - 1, counted(stage.num_articles, "article"), f"{hi - lo:,}")
         first = stage_batches(self.cfg, self.split, stage, 0)
-        per_epoch = len(first)  # every epoch permutes the same windows
+        self.per_epoch = per_epoch = len(first)  # every epoch permutes the same windows (end_stage counts them)
         self.padding = describe_padding(self.cfg, self.split, stage, first)
         stage_end = per_epoch * self.epochs
         if self.epochs > 1 and cursor.position(per_epoch) < stage_end:
@@ -337,7 +339,8 @@ class Trainer:
     # -- 5. end_stage: validation, checkpoint, export, tables, plots
     def end_stage(self, stage, cursor: Cursor) -> Cursor:
         metrics = self._evaluate("validation")
-        metrics.update(stage=stage.index + 1, articles=stage.end, step=cursor.step)
+        progress = stage_progress(stage, cursor.position(self.per_epoch), self.per_epoch, self.epochs)
+        metrics.update({"stage": stage.index + 1, **progress, "step": cursor.step})
         metrics.update(self.padding)  # empty for token-stream windows
         self.stage_metrics.append(metrics)
         cursor = dataclasses.replace(cursor, stage=stage.index + 1, epoch=0, batch=0)
@@ -352,7 +355,7 @@ class Trainer:
             plot_run(self.run.path)
             if self.periodic is not None:
                 plot_evals(self.run.path)
-        log.info("%s done: %s -> %s", stage.name, _fmt(metrics), ckpt.id)
+        log.info("%s %s: %s -> %s", stage.name, stage_outcome(metrics), _fmt(metrics), ckpt.id)
         return cursor
 
     # -- save_checkpoint: the cursor and everything a resume checks
@@ -399,4 +402,6 @@ class Trainer:
 
 
 def _fmt(metrics: dict) -> str:
-    return ", ".join(f"{k} {short(v)}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    """A stage's metrics in its log line (its batches are in `stage_outcome`'s words)."""
+    return ", ".join(f"{k} {short(v)}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                     if k not in ("batches", "of_batches"))

@@ -185,10 +185,13 @@ def pydoc_shards(tmp_path_factory, pydoc_tokenizer) -> Path:
 
 
 def _tiny_config(root, preset, shards, *extra):
-    from kgpt2.config import load_config
+    from kgpt2.config import MODEL_SHAPE_KEYS, load_config
 
-    return load_config(None, TINY_OVERRIDES + [f"checkpoints_root={root}", f"model.preset={preset}",
-                                               f"data.shards={shards}", *extra])
+    # A preset brings its own shape (shape keys are refused for it): the tiny shape goes to "scratch" only
+    shape = tuple(f"model.{k}=" for k in MODEL_SHAPE_KEYS)
+    base = TINY_OVERRIDES if str(preset) == "scratch" else [o for o in TINY_OVERRIDES if not o.startswith(shape)]
+    return load_config(None, base + [f"checkpoints_root={root}", f"model.preset={preset}",
+                                     f"data.shards={shards}", *extra])
 
 
 @pytest.fixture(scope="session")

@@ -245,9 +245,7 @@ class ShardSet:
                                        self.manifest["dtype"])
         return self._splits[name]
 
-    def check_tokenizer(self, tokenizer: Tokenizer) -> None:
+    def check_tokenizer(self, tokenizer: Tokenizer, remedy: str = "run `kgpt2 prepare` with the model's preset") -> None:
+        """`remedy`: what makes shards the model can train on (kgpt2.model.models.prepare_hint names the command)."""
         if tokenizer.hash != self.tokenizer_hash:
-            raise UserError(
-                f"shard set '{self.directory}' was tokenised with another tokenizer than the model's; "
-                "run `kgpt2 prepare` with the model's preset"
-            )
+            raise UserError(f"shard set '{self.directory}' was tokenised with another tokenizer than the model's; {remedy}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import shlex
 from pathlib import Path
 
 import keras
@@ -77,6 +78,22 @@ def _check_preset(preset: str, hint: str = OFFLINE_HINT) -> None:
         )
 
 
+def preset_config(preset: str) -> dict | None:
+    """A local preset's or a kaggle:// or hf:// handle's config.json (a handle's downloaded, as loading it would);
+    None when there is none to read (loading the model reports what is wrong with it)."""
+    if preset.startswith(HUB_SCHEMES):
+        try:
+            config = fetch_hub_config(preset)
+        except Exception as e:  # network, auth, a malformed handle: one clear sentence
+            raise load_failure(f"model preset '{preset}'", e, OFFLINE_HINT, download_cache(preset)) from None
+    else:
+        try:
+            config = json.loads((Path(preset).expanduser() / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+    return config if isinstance(config, dict) else None
+
+
 def context_length(cfg: ModelConfig) -> int | None:
     """The longest sequence `cfg`'s model attends to, read without building it (None = unknown).
 
@@ -89,18 +106,7 @@ def context_length(cfg: ModelConfig) -> int | None:
         return cfg.max_sequence_length
     if cfg.preset in GPT2_PRESETS:
         return 1024
-    if cfg.preset.startswith(HUB_SCHEMES):
-        try:
-            config = fetch_hub_config(cfg.preset)
-        except Exception as e:  # network, auth, a malformed handle: one clear sentence
-            raise load_failure(f"model preset '{cfg.preset}'", e, OFFLINE_HINT, download_cache(cfg.preset)) from None
-    else:
-        try:
-            config = json.loads((Path(cfg.preset).expanduser() / "config.json").read_text())
-        except (OSError, ValueError):
-            return None  # loading the model reports what is wrong with it
-    if not isinstance(config, dict):
-        return None
+    config = preset_config(cfg.preset) or {}
     n = config.get("config", {}).get("max_sequence_length") if "model_type" not in config else config.get("n_positions")
     return int(n) if isinstance(n, int) else None
 
@@ -164,6 +170,13 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
         what = f"the tokenizer of preset '{cfg.preset}'"
         raise load_failure(what, e, offline_hint, download_cache(cfg.preset)) from None
     return BPETokenizer(kh.vocabulary, kh.merges)
+
+
+def prepare_hint(cfg: ModelConfig) -> str:
+    """How to make shards with `cfg`'s tokenizer (the one load_tokenizer reads): its folder, or its preset's."""
+    option = f"--tokenizer {shlex.quote(cfg.tokenizer)}" if cfg.tokenizer else f"--preset {shlex.quote(cfg.preset)}"
+    return f"make shards with the model's: kgpt2 prepare {option} --source SOURCE --out NEW_SHARDS (then " \
+        "data.shards=NEW_SHARDS)"
 
 
 class PaddedReversibleEmbedding(keras_hub.layers.ReversibleEmbedding):

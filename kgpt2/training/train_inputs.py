@@ -21,7 +21,8 @@ from kgpt2.config import Config
 from kgpt2.data.shards import ShardSet
 from kgpt2.data.stage_plan import plan_stages
 from kgpt2.errors import NoNetworkError, UserError
-from kgpt2.model.models import check_sequence_length, load_tokenizer
+from kgpt2.model.models import check_sequence_length, load_tokenizer, prepare_hint
+from kgpt2.model.preset_shape import with_preset_shape
 from kgpt2.model.scratch import resolve_scratch
 from kgpt2.run import Run
 from kgpt2.training.continuation import check_max_steps, check_resumable, placed_plan
@@ -42,6 +43,7 @@ def check_inputs(cfg: Config, offline: bool = False) -> tuple[Config, object, Sh
         raise UserError("data.shards is not set: run `kgpt2 prepare` and point data.shards at its output")
     if cfg.model.quantize and not cfg.lora.enabled:
         raise UserError("a quantised base (model.quantize) is frozen: set lora.enabled = true to train adapters on it")
+    cfg = with_preset_shape(cfg)  # a preset's shape is its own: config.json records it
     check_sequence_length(cfg)
     try:
         tokenizer = load_tokenizer(cfg.model)  # an unknown preset is named before the shards are opened
@@ -57,7 +59,7 @@ def check_inputs(cfg: Config, offline: bool = False) -> tuple[Config, object, Sh
                         "same source and options with the run's tokenizer (the same articles: the run resumes exactly)")
     shards = ShardSet(cfg.data.shards)
     if tokenizer is not None:
-        shards.check_tokenizer(tokenizer)
+        shards.check_tokenizer(tokenizer, prepare_hint(cfg.model))
     return resolve_windows(cfg, shards.manifest), tokenizer, shards  # windows "auto" -> what config.json names
 
 

@@ -85,6 +85,27 @@ def _warn_if_mostly_padding(cfg: Config, stage, source) -> None:
                 cfg.train.batch_size, windows)
 
 
+def stage_progress(stage, position: int, per_epoch: int, epochs: int) -> dict:
+    """What a stage trained, for its row in stages.json|csv: `batches` trained of `of_batches` planned (all epochs),
+    and `articles` trained on through it: the stage's end, or for a stage that train.max_steps stopped within its
+    first epoch, its articles in proportion to the batches trained (its windows come shuffled).
+
+        >>> from kgpt2.data.stage_plan import plan_stages
+        >>> first, second = plan_stages([100, "rest"], 1000)
+        >>> stage_progress(second, 40, per_epoch=570, epochs=1)
+        {'articles': 163, 'batches': 40, 'of_batches': 570}
+    """
+    seen = stage.num_articles * min(position, per_epoch) // max(1, per_epoch)
+    return {"articles": stage.first + seen, "batches": position, "of_batches": per_epoch * epochs}
+
+
+def stage_outcome(metrics: dict) -> str:
+    """How a stage ended, for its log line: "done", or where train.max_steps stopped it."""
+    if metrics["batches"] >= metrics["of_batches"]:
+        return "done"
+    return f"stopped at train.max_steps after {metrics['batches']:,} of {metrics['of_batches']:,} batches"
+
+
 def plan_steps(cfg: Config, split, stages, done: int = 0) -> tuple[int, int]:
     """(epochs per stage, total steps): the plan after `done` earlier steps, cut at `train.max_steps`.
 

@@ -157,6 +157,21 @@ def pydoc_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def small_shards(tmp_path_factory, pydoc_tokenizer) -> Path:
+    """Shards of 20 short documents of 186 tokens each: a stage of one article is one batch of the tiny model's
+    windows (tests that train stage by stage, in seconds)."""
+    from kgpt2.data.shards import prepare
+
+    top = tmp_path_factory.mktemp("small")
+    (top / "corpus").mkdir()
+    for i in range(20):
+        text = f"The with statement {i} is used to wrap the execution of a block. " * 8
+        (top / "corpus" / f"d{i}.txt").write_text(text, encoding="utf-8")
+    prepare(str(top / "corpus"), top / "shards", pydoc_tokenizer, progress=False)
+    return top / "shards"
+
+
+@pytest.fixture(scope="session")
 def pydoc_tokenizer_dir(tmp_path_factory, pydoc_tokenizer) -> Path:
     """`pydoc_tokenizer` saved as vocabulary.json + merges.txt, for `--tokenizer DIR`."""
     return pydoc_tokenizer.save(tmp_path_factory.mktemp("tokenizer") / "pydoc")

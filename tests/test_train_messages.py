@@ -17,27 +17,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.backend_neutral  # messages and exit statuses; the training under them is tested elsewhere
-
-DOC_TEXT = "The with statement {i} is used to wrap the execution of a block. " * 8  # 186 tokens: one batch
-
-
-@pytest.fixture(scope="module")
-def small_shards(tmp_path_factory, pydoc_tokenizer) -> Path:
-    """20 short documents: a stage of one article is one batch of the tiny model's windows."""
-    from kgpt2.data.shards import prepare
-
-    top = tmp_path_factory.mktemp("small")
-    (top / "corpus").mkdir()
-    for i in range(20):
-        (top / "corpus" / f"d{i}.txt").write_text(DOC_TEXT.format(i=i), encoding="utf-8")
-    prepare(str(top / "corpus"), top / "shards", pydoc_tokenizer, progress=False)
-    return top / "shards"
-
 
 def _terminal_signals():
     """SIGTERM at its default, as a shell starts a command (a parent that ignores it passes that on)."""

@@ -14,20 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.backend_neutral  # what train records and says; the training under it is tested elsewhere
 
-DOC_TEXT = "The with statement {i} is used to wrap the execution of a block. " * 8  # 186 tokens
-
-
-@pytest.fixture(scope="module")
-def small_shards(tmp_path_factory, pydoc_tokenizer) -> Path:
-    """20 short documents (a few of the tiny model's batches per stage)."""
-    from kgpt2.data.shards import prepare
-
-    top = tmp_path_factory.mktemp("small")
-    (top / "corpus").mkdir()
-    for i in range(20):
-        (top / "corpus" / f"d{i}.txt").write_text(DOC_TEXT.format(i=i), encoding="utf-8")
-    prepare(str(top / "corpus"), top / "shards", pydoc_tokenizer, progress=False)
-    return top / "shards"
+DOC_TEXT = "The with statement {i} is used to wrap the execution of a block. " * 8  # as conftest's small_shards
 
 
 def _no_shape(overrides: list[str]) -> list[str]:

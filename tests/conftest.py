@@ -499,6 +499,43 @@ def hf_base(tmp_path_factory, tiny_preset, pydoc_tokenizer):
 
 
 @pytest.fixture
+def unevaluated_run(tiny_run, tmp_path) -> Path:
+    """A copy of the tiny 2-stage run without its evaluation tables (tests damage, rewrite or lock it)."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    for f in copy.glob("evaluation-*"):
+        f.unlink()
+    return copy
+
+
+@pytest.fixture
+def read_only():
+    """`read_only(folder)`: `folder` made read-only until the test ends: chmod for a user; root ignores chmod, so
+    for root a read-only bind mount of the folder over itself (skipped where mounting is not allowed)."""
+    undo = []
+
+    def make(folder: Path) -> Path:
+        if os.geteuid() != 0:
+            paths = [folder, *folder.rglob("*")]
+            for p in paths:
+                p.chmod(0o555 if p.is_dir() else 0o444)
+            undo.append(lambda: [p.chmod(0o755 if p.is_dir() else 0o644) for p in paths])
+            return folder
+        done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"root ignores chmod, and a read-only bind mount failed here: {done.stderr.strip()}")
+        undo.append(lambda: subprocess.run(["umount", str(folder)], capture_output=True))
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True, capture_output=True)
+        with pytest.raises(OSError):  # really read-only, even for root
+            (folder / "probe").write_text("x")
+        return folder
+
+    yield make
+    for step in reversed(undo):
+        step()
+
+
+@pytest.fixture
 def tmpfs(tmp_path):
     """`tmpfs(name, size="1m")`: a small tmpfs mounted at tmp_path/name, unmounted after the test (root only;
     skipped elsewhere): a real full or read-only disk, which chmod cannot give root."""

@@ -2,7 +2,6 @@
 damaged checkpoints asked for by name or by `all`, a damaged optimizer state beside intact weights."""
 
 import json
-import shutil
 
 import pytest
 
@@ -12,13 +11,9 @@ pytestmark = pytest.mark.backend
 
 
 @pytest.fixture
-def run(tiny_run, tmp_path):
+def run(unevaluated_run):
     """A copy of the tiny 2-stage run without evaluation tables (the tests damage and rewrite it)."""
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy)
-    for f in copy.glob("evaluation-*"):
-        f.unlink()
-    return copy
+    return unevaluated_run
 
 
 def _stage_ends(run):

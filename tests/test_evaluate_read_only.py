@@ -7,9 +7,6 @@ mounting is not allowed).
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,29 +19,9 @@ def _tree(root: Path) -> dict:
 
 
 @pytest.fixture
-def read_only_run(tiny_run, tmp_path):
-    """A copy of the tiny run without evaluation tables, made read-only."""
-    run = tmp_path / "shared run"
-    shutil.copytree(tiny_run, run)
-    for f in run.glob("evaluation-*"):
-        f.unlink()
-    if os.geteuid() != 0:
-        for p in [run, *run.rglob("*")]:
-            p.chmod(0o555 if p.is_dir() else 0o444)
-        yield run
-        for p in [run, *run.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        return
-    done = subprocess.run(["mount", "--bind", str(run), str(run)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"root ignores chmod, and a read-only bind mount failed here: {done.stderr.strip()}")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(run)], check=True, capture_output=True)
-        with pytest.raises(OSError):  # really read-only, even for root
-            (run / "probe").write_text("x")
-        yield run
-    finally:
-        subprocess.run(["umount", str(run)], capture_output=True)
+def read_only_run(unevaluated_run, read_only, tmp_path):
+    """A copy of the tiny run without evaluation tables, made read-only (a name with a space, as on Drive)."""
+    return read_only(unevaluated_run.rename(tmp_path / "shared run"))
 
 
 @pytest.mark.parametrize("as_json", [False, True])
@@ -64,14 +41,13 @@ def test_a_read_only_run_is_scored_with_one_warning_and_exit_0(read_only_run, kg
     assert _tree(read_only_run) == before  # nothing written, nothing half-written
 
 
-def test_a_full_disk_is_still_an_error(tiny_run, tmp_path, monkeypatch, kgpt2_cli):
+def test_a_full_disk_is_still_an_error(unevaluated_run, monkeypatch, kgpt2_cli):
     """Only a folder that may not be written is a warning: a full disk says so and exits 2, as before."""
     import errno
 
     from kgpt2 import io
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    run = unevaluated_run
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -50,7 +50,7 @@ from kgpt2.config_sections import (  # noqa: F401
     show_value,
 )
 from kgpt2.errors import UserError
-from kgpt2.run_config import read_run_config, write_run_config
+from kgpt2.run_config import flat, read_run_config, write_run_config
 
 # Signature fields a run's weights do not depend on: the preset's name or path (a run's own copy of a preset is
 # the same weights under another path) and the training sequence length (the positions are the preset's).
@@ -75,6 +75,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    # The dotted keys the user gave (a TOML file, key=value; not a run's config.json, which records every key):
+    # set by load_config, None for a Config built in Python. Not a setting: not in to_dict, the hash or ==.
+    typed_keys: frozenset | None = field(default=None, compare=False, repr=False, metadata={"internal": True})
 
     def __post_init__(self):
         """Rules that join two sections: checked here, once."""
@@ -89,7 +92,9 @@ class Config:
         return Path(self.checkpoints_root) / self.run
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["typed_keys"]
+        return data
 
     def model_signature(self, weights_only: bool = False) -> dict:
         """The fields a checkpoint depends on: changing them breaks resume.
@@ -137,7 +142,7 @@ def _build(cls, values: dict, where: str):
     """Make dataclass `cls` from a TOML table, refusing unknown keys."""
     if not isinstance(values, dict):
         raise UserError(f"'{where}' must be a table of settings, not {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in values.items():
         name = f"{where}.{key}" if where else key
@@ -204,27 +209,13 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a TOML run config, a run's config.json, a recipe by name (`pubmed_lora`) or the defaults,
-    then apply `key=value` overrides."""
-    data: dict = {}
-    if path is not None and Path(path).suffix == ".json" and Path(path).is_file():
-        data = read_run_config(path)[0]  # a run's own config: paths resolved against where it is now
-    elif path is not None:
-        path = Path(path)
-        if path.is_dir() and str(path) not in recipes.names():  # a run named like a recipe keeps resuming by --config
-            if (path / "config.json").is_file():
-                read_run_config(path / "config.json")  # a model's folder (Hugging Face, KerasHub) is named as one
-                raise UserError(f"--config '{path}' is a run's folder; to resume that run use --run '{path}', to "
-                                f"start a new one from its settings --config '{path / 'config.json'}'")
-            raise UserError(f"--config '{path}' is a folder; give a TOML config file, a run's config.json or a "
-                            "recipe's name (kgpt2 recipes)")
-        if not path.is_file() and recipes.is_name(str(path)):
-            path = recipes.find(str(path))  # a bare name that is no file here: kgpt2/recipes/NAME.toml
-        if not path.is_file():
-            raise UserError(f"config file '{path}' does not exist" + _recipe_hint(path))
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"config file '{path}' is not valid TOML: {e}") from None
+    then apply `key=value` overrides. `typed_keys` records the keys the TOML file and the overrides set:
+
+        >>> sorted(load_config(None, ["model.num_layers=12", "lora={rank=4}"]).typed_keys)
+        ['lora.rank', 'model.num_layers']
+    """
+    data, recorded = _read_config(path)
+    typed = set() if recorded else set(flat(data))  # a run's config.json holds every key: none typed by the user
     for text in overrides:
         keys, value = _parse_override(text)
         table = data
@@ -233,7 +224,34 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             if not isinstance(table, dict):
                 raise UserError(f"override '{text}': '{k}' is not a section")
         table[keys[-1]] = value
-    return _build(Config, _under_init_run(data), "")
+        typed |= set(flat({".".join(keys): value}))
+    cfg = _build(Config, _under_init_run(data), "")  # what align.init_run brings is not typed either
+    cfg.typed_keys = frozenset(typed)
+    return cfg
+
+
+def _read_config(path: str | Path | None) -> tuple[dict, bool]:
+    """(the settings `path` holds, whether they are a run's recorded config.json); ({}, False) for None."""
+    if path is not None and Path(path).suffix == ".json" and Path(path).is_file():
+        return read_run_config(path)[0], True  # a run's own config: paths resolved against where it is now
+    if path is None:
+        return {}, False
+    path = Path(path)
+    if path.is_dir() and str(path) not in recipes.names():  # a run named like a recipe keeps resuming by --config
+        if (path / "config.json").is_file():
+            read_run_config(path / "config.json")  # a model's folder (Hugging Face, KerasHub) is named as one
+            raise UserError(f"--config '{path}' is a run's folder; to resume that run use --run '{path}', to "
+                            f"start a new one from its settings --config '{path / 'config.json'}'")
+        raise UserError(f"--config '{path}' is a folder; give a TOML config file, a run's config.json or a "
+                        "recipe's name (kgpt2 recipes)")
+    if not path.is_file() and recipes.is_name(str(path)):
+        path = recipes.find(str(path))  # a bare name that is no file here: kgpt2/recipes/NAME.toml
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist" + _recipe_hint(path))
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")), False
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file '{path}' is not valid TOML: {e}") from None
 
 
 def _under_init_run(data: dict) -> dict:

@@ -2,9 +2,10 @@
 
 keras-hub builds a preset (a name, a local folder, a hub handle) as it was
 saved, whatever `model.num_layers`, `model.hidden_dim` ... say: those keys
-shape a model from scratch only. `with_preset_shape` refuses one set to a
-value of its own, in one sentence, and puts the preset's shape in the config,
-so a run's config.json records the shape it trained:
+shape a model from scratch only. `with_preset_shape` refuses one the user set
+(in a TOML file or key=value, even to the default) to another value than the
+preset's, in one sentence, and puts the preset's shape in the config, so a
+run's config.json records the shape it trained:
 
     >>> from kgpt2.config import load_config
     >>> with_preset_shape(load_config(None, ["model.preset=gpt2_medium_en"])).model.num_layers
@@ -13,6 +14,12 @@ so a run's config.json records the shape it trained:
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     kgpt2.errors.UserError: model.num_layers = 6 applies only to model.preset = "scratch"; preset 'gpt2_medium_en' ...
+    >>> with_preset_shape(load_config(None, ["model.preset=gpt2_medium_en", "model.num_layers=12"]))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    kgpt2.errors.UserError: model.num_layers = 12 applies only to model.preset = "scratch"; preset 'gpt2_medium_en' ...
+    >>> with_preset_shape(load_config(None, ["model.preset=gpt2_medium_en", "model.num_layers=24"])).model.hidden_dim
+    1024
 """
 
 from __future__ import annotations
@@ -48,13 +55,13 @@ def preset_shape(cfg: ModelConfig) -> dict | None:
 def with_preset_shape(cfg: Config) -> Config:
     """`cfg` with model.*'s shape keys those of its preset, so config.json records the shape trained.
 
-    keras-hub builds a preset as it was saved: a shape key the user set to a value of its own (not its default,
-    not the preset's) would be ignored, so it is refused, naming the preset's value.
+    keras-hub builds a preset as it was saved: a shape key the user set to another value than the preset's would
+    be ignored, so it is refused, naming the preset's value.
     """
     if cfg.model.preset == "scratch" or (shape := preset_shape(cfg.model)) is None:
         return cfg
-    default = ModelConfig()
-    wrong = [k for k in MODEL_SHAPE_KEYS if getattr(cfg.model, k) not in (getattr(default, k), shape[k])]
+    wrong = [k for k in _set_by_user(cfg) if getattr(cfg.model, k) != shape[k]]
+    wrong = [k for k in wrong if not (k == "vocabulary_size" and cfg.model.vocabulary_size == 0)]  # 0 = the tokenizer's
     if wrong:
         words = {"num_layers": "layers", "num_heads": "heads", "vocabulary_size": "tokens"}
         asked = " and ".join(f"model.{k} = {getattr(cfg.model, k)}" for k in wrong)
@@ -64,3 +71,12 @@ def with_preset_shape(cfg: Config) -> Config:
                         f"'{cfg.model.preset}' has {has}: leave {them} out (the model is the preset's), or set "
                         "model.preset = \"scratch\" for a new model of that shape")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **shape))
+
+
+def _set_by_user(cfg: Config) -> list[str]:
+    """The shape keys the user gave (a TOML file, key=value; a run's config.json records them all, so its own are
+    not), or for a Config built in Python (typed_keys unknown) those not at their defaults."""
+    if cfg.typed_keys is not None:
+        return [k for k in MODEL_SHAPE_KEYS if f"model.{k}" in cfg.typed_keys]
+    default = ModelConfig()
+    return [k for k in MODEL_SHAPE_KEYS if getattr(cfg.model, k) != getattr(default, k)]

@@ -271,14 +271,6 @@ def test_kills_at_named_points_lose_nothing(tmp_path, reference, tiny_preset, py
 
 
 # -- full disk, read-only folder, a file where a folder is ---------------------------------
-def _mount(*args) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"mount failed here: {done.stderr.strip()}")
-
-
 def _rolled_back(run: Path) -> None:
     """Forget stage 2 (its checkpoints and export) so the next train has work to do."""
     for c in CheckpointManager(run).list():
@@ -288,27 +280,22 @@ def _rolled_back(run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(copied_run, tmp_path, tiny_preset, pydoc_shards, tiny_overrides,
-                                                                  kgpt2_cli):
+def test_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(copied_run, tiny_preset, pydoc_shards, tiny_overrides,
+                                                                  kgpt2_cli, tmpfs):
     _rolled_back(copied_run)
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
     used = sum(p.stat().st_size for p in copied_run.rglob("*") if p.is_file())
-    _mount("-t", "tmpfs", "-o", f"size={used + (256 << 10)}", "tmpfs", str(mnt))
-    try:
-        shutil.copytree(copied_run, mnt / "r")
-        before = tree_hashes(mnt / "r", skip=("logs", ".lock"))
-        out = kgpt2_cli("-q", *train_args(mnt, tiny_preset, pydoc_shards, tiny_overrides))
-        assert out.returncode == 2, out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1
-        assert "disk is full" in out.stderr or "No space left" in out.stderr
-        assert "the last good checkpoint ckpt-" in out.stderr
-        after = tree_hashes(mnt / "r", skip=("logs", ".lock"))
-        before.pop("config.json"), after.pop("config.json")  # it records where the run is now: it was moved
-        assert {k: after.get(k) for k in before} == before
-        assert not list((mnt / "r").glob(".ckpt-*"))
-    finally:
-        subprocess.run(["umount", str(mnt)])
+    mnt = tmpfs("disk", size=str(used + (256 << 10)))  # the run and 256 KiB more: full mid-stage
+    shutil.copytree(copied_run, mnt / "r")
+    before = tree_hashes(mnt / "r", skip=("logs", ".lock"))
+    out = kgpt2_cli("-q", *train_args(mnt, tiny_preset, pydoc_shards, tiny_overrides))
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "disk is full" in out.stderr or "No space left" in out.stderr
+    assert "the last good checkpoint ckpt-" in out.stderr
+    after = tree_hashes(mnt / "r", skip=("logs", ".lock"))
+    before.pop("config.json"), after.pop("config.json")  # it records where the run is now: it was moved
+    assert {k: after.get(k) for k in before} == before
+    assert not list((mnt / "r").glob(".ckpt-*"))
 
 
 def test_running_out_of_memory_is_one_sentence(tmp_path, tiny_preset, pydoc_shards, tiny_overrides):
@@ -354,22 +341,17 @@ def test_every_verb_says_out_of_memory_in_one_sentence(verb, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_read_only_run_folder_is_one_sentence(copied_run, tmp_path, tiny_preset, pydoc_shards, tiny_overrides, kgpt2_cli):
+def test_read_only_run_folder_is_one_sentence(copied_run, tiny_preset, pydoc_shards, tiny_overrides, kgpt2_cli, read_only):
     _rolled_back(copied_run)
-    ro = tmp_path / "ro"
-    (ro / "r").mkdir(parents=True)
-    _mount("--bind", str(copied_run), str(ro / "r"))
-    try:
-        _mount("-o", "remount,ro,bind", str(ro / "r"))
-        before = tree_hashes(copied_run)
-        out = kgpt2_cli("-q", *train_args(ro, tiny_preset, pydoc_shards, tiny_overrides))
-        assert out.returncode == 2, out.stderr
-        assert f"training run '{ro / 'r'}' failed at '{ro / 'r'}/" in out.stderr
-        assert "the file system is read-only; use a writable folder" in out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1
-        assert tree_hashes(copied_run) == before
-    finally:
-        subprocess.run(["umount", str(ro / "r")])
+    before = tree_hashes(copied_run)
+    run = read_only(copied_run)  # root: a read-only bind mount (EROFS); a user: chmod (EACCES)
+    out = kgpt2_cli("-q", *train_args(run.parent, tiny_preset, pydoc_shards, tiny_overrides, run=run.name))
+    assert out.returncode == 2, out.stderr
+    assert f"training run '{run}' failed at '{run}/" in out.stderr
+    assert ("the file system is read-only; use a writable folder" if os.geteuid() == 0 else
+            "permission denied; make it writable for you or use another folder") in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert tree_hashes(copied_run) == before
 
 
 def test_a_file_where_the_logs_folder_should_be(copied_run, tiny_preset, pydoc_shards, make_tiny_config):

@@ -164,24 +164,21 @@ def test_latin1_jsonl_lines_are_skipped_and_counted(cli, tmp_path):
     assert tree(tmp_path) == before
 
 
-# Read-only and full disks: small tmpfs mounts (conftest's `tmpfs`, root only); chmod would not stop root.
-def _read_only(d: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
-    with pytest.raises(OSError):  # really read-only, even for root
-        (d / "probe").write_text("x")
-
-
-def test_read_only_folder_is_one_sentence_and_the_old_set_stays(cli, corpus, tmp_path, tmpfs):
-    disk = tmpfs("ro")
+# Read-only folders: conftest's `read_only` (root: a read-only bind mount, which chmod could not give root; a
+# user: chmod). Full disks: a small tmpfs (conftest's `tmpfs`, root only).
+def test_read_only_folder_is_one_sentence_and_the_old_set_stays(cli, corpus, tmp_path, read_only):
+    disk = tmp_path / "ro"
+    disk.mkdir()
     (disk / "keep.txt").write_text("the user's file")
     assert cli("--source", "pydoc", "--out", str(disk / "shards"))[0] == 0
-    _read_only(disk)
+    read_only(disk)
     before = tree(disk)
     assert cli("--source", "pydoc", "--out", str(disk / "shards"))[0] == 0  # the same set again: nothing to write
+    why = ("it is on a read-only file system; choose a writable folder for --out" if os.geteuid() == 0 else
+           "permission denied; choose a folder you may write to, or fix its permissions")
     for out in (disk / "shards", disk / "new"):
         assert cli("--source", str(corpus), "--out", str(out)) == (
-            2, f"kgpt2: error: cannot write the shards to '{out}': it is on a read-only file system; "
-               "choose a writable folder for --out\n")
+            2, f"kgpt2: error: cannot write the shards to '{out}': {why}\n")
     assert tree(disk) == before
 
 

@@ -95,16 +95,19 @@ def chat_template(template: str, eos: str) -> str | None:
 
 
 def generation_config(eos_id: int, generate=None) -> dict:
-    """generation_config.json: the end-of-text id, and the run's `[generate]` settings (`generate`, a
-    GenerateConfig) in transformers' GenerationConfig names, so `model.generate()` samples as `kgpt2 generate`
-    does by default (without them transformers decodes greedily, 20 new tokens). kgpt2's `seed` has no place
-    there; a `sampler`'s unused settings are left out (transformers warns about them).
+    """generation_config.json: the end-of-text id (also as the padding id, as transformers pads GPT-2, which has
+    no padding token: without it transformers 4.x warned "Setting `pad_token_id` to `eos_token_id`" on every
+    `generate`), and the run's `[generate]` settings (`generate`, a GenerateConfig) in transformers'
+    GenerationConfig names, so `model.generate()` samples as `kgpt2 generate` does by default (without them
+    transformers decodes greedily, 20 new tokens). kgpt2's `seed` has no place there; a `sampler`'s unused
+    settings are left out (transformers warns about them). Where top-p and top-k cut differently:
+    `generation_difference`.
 
     >>> from kgpt2.config_sections import GenerateConfig
     >>> generation_config(0, GenerateConfig(sampler="top_k", top_k=40, max_new_tokens=64))
-    {'bos_token_id': 0, 'eos_token_id': 0, 'max_new_tokens': 64, 'do_sample': True, 'temperature': 0.8, 'top_k': 40, 'top_p': 1.0}
+    {'bos_token_id': 0, 'eos_token_id': 0, 'pad_token_id': 0, 'max_new_tokens': 64, 'do_sample': True, 'temperature': 0.8, 'top_k': 40, 'top_p': 1.0}
     """
-    config = {"bos_token_id": eos_id, "eos_token_id": eos_id}
+    config = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
     if generate is None:
         return config
     g = generate
@@ -117,6 +120,26 @@ def generation_config(eos_id: int, generate=None) -> dict:
     # kgpt2's top_p sampler also keeps its top_k cut (kgpt2.generate.Settings.sampling); "random" keeps all
     return config | {"do_sample": True, "temperature": g.temperature, "top_k": 0 if g.sampler == "random" else g.top_k,
                      "top_p": g.top_p if g.sampler == "top_p" else 1.0}
+
+
+def generation_difference(generate, vocabulary_size: int) -> str | None:
+    """What generation_config.json makes transformers sample differently from `kgpt2 generate`, or None.
+
+    kgpt2's top_p sampler keeps the top-k tokens that are also in the nucleus of the whole distribution
+    (KerasHub's TopPSampler(p, k)); transformers takes the nucleus of what top-k kept, renormalised, which is
+    the same tokens or fewer of them, never others. Both cuts are written all the same: top_p alone would sample
+    from the whole nucleus where kgpt2 caps it at top_k tokens, tokens kgpt2 never samples.
+
+    >>> from kgpt2.config_sections import GenerateConfig
+    >>> generation_difference(GenerateConfig(sampler="top_k", top_k=40), 50257) is None
+    True
+    """
+    g = generate
+    if g is None or g.sampler != "top_p" or g.top_p >= 1.0 or g.top_k >= vocabulary_size:
+        return None  # one cut, or a top-k that keeps every token: transformers samples as kgpt2 does
+    return (f"generation_config.json: transformers applies top_p={g.top_p:g} to the {g.top_k} tokens top_k kept, "
+            f"renormalised, kgpt2 to the whole distribution, so model.generate() can sample from fewer tokens than "
+            f"kgpt2 generate (never from others) where the top-{g.top_k} cut drops probability")
 
 
 def write_hf(backbone, tokenizer: Tokenizer, out: Path, template: str = "plain", generate=None) -> Path:
@@ -201,6 +224,8 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
             check = dequantisation_check(model, merged_backbone(model) if to == "peft" else backbone, tokenizer)
 
     template, generate = cfg.generate.template, cfg.generate
+    # a preset has no generation_config.json
+    differs = None if to == "preset" else generation_difference(generate, backbone.vocabulary_size)
     try:
         with new_folder(out, "export") as tmp:
             if to == "peft":
@@ -216,12 +241,14 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
             atomic_write_text(tmp / PROVENANCE_FILE, json.dumps({
                 "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_id, "checkpoint_line": line, "format": to,
                 "lora_merged": adapter and to != "peft", "dequantised_from": cfg.model.quantize or None,
-                "dequantised_check": check, "config_hash": cfg.hash(),
+                "dequantised_check": check, "generation_differs": differs, "config_hash": cfg.hash(),
             }, indent=2))
     except SafetensorError as e:  # no OSError, so new_folder cannot word it; it has removed the temp folder
         raise UserError(os_error_sentence(e, f"exporting run '{run_dir}' to '{out}'")) from None
     if check:
         log.info("%s", dequantised_line(cfg.model.quantize, check))
+    if differs:
+        log.info("%s", differs)
     return out
 
 

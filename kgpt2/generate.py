@@ -88,7 +88,7 @@ class Generator:
         self.max_sequence_length = model.backbone.max_sequence_length
         self.steps_per_launch, self.chunk = steps_per_launch, chunk
         self._engines: dict[int, Engine] = {}
-        self._capped: set[int] = set()  # max_new_tokens settings already said to be capped by the context
+        self._capped: set[tuple] = set()  # limits already said to be capped by the context (_say_capped)
 
     @property
     def compiles(self) -> int:
@@ -110,16 +110,28 @@ class Generator:
     def _plan(self, ids: list[int], s: Settings) -> tuple[list[int], int]:
         ids = list(ids) or [self.tokenizer.eos_id]  # an empty prompt starts a new document
         total = len(ids) + s.max_new_tokens if s.max_new_tokens else max(s.max_length, len(ids) + 1)
-        if s.max_new_tokens and total > self.max_sequence_length and len(ids) < self.max_sequence_length \
-                and s.max_new_tokens not in self._capped:  # said once per setting, not per demo answer
-            self._capped.add(s.max_new_tokens)
-            log.info("%d new tokens asked, %d fit: the model's context is %d tokens, the prompt %d", s.max_new_tokens,
-                     self.max_sequence_length - len(ids), self.max_sequence_length, len(ids))
+        if total > self.max_sequence_length and len(ids) < self.max_sequence_length:
+            self._say_capped(len(ids), s)
         total = min(total, self.max_sequence_length)
         if len(ids) >= total:
             raise UserError(f"the prompt is {len(ids)} tokens; it must be shorter than {total} "
                             f"(the model's context is {self.max_sequence_length}) to leave room to generate")
         return ids, total
+
+    def _say_capped(self, prompt: int, s: Settings) -> None:
+        """One line when the context cuts what was asked, once per setting (not per demo answer): either limit,
+        as `--max-length 1000` on a 64-token model otherwise gave fewer tokens without a word."""
+        key = ("new", s.max_new_tokens) if s.max_new_tokens else ("length", s.max_length)
+        if key in self._capped:
+            return
+        self._capped.add(key)
+        context, room = self.max_sequence_length, self.max_sequence_length - prompt
+        if s.max_new_tokens:
+            log.info("%d new tokens asked, %d fit: the model's context is %d tokens, the prompt %d",
+                     s.max_new_tokens, room, context, prompt)
+        else:
+            log.info("max length %d asked (prompt and new tokens), %d fit: the model's context is %d tokens, "
+                     "the prompt %d, so %d new at most", s.max_length, context, context, prompt, room)
 
     def _chunks(self, ids: list[int], s: Settings, steps: int | None) -> Iterator[list[int]]:
         """New token ids, a launch's worth at a time: the prefill's one, then up to `steps` (end-of-text not included)."""

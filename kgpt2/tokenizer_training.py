@@ -16,6 +16,7 @@ vocabulary (`kgpt2.model.char_tokenizer`). `model.tokenizer = DIR` and
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -62,7 +63,9 @@ def train_tokenizer(source: str, out_dir, vocab_size: int = 0, *, char: bool = F
     if not char and vocab_size < 258:
         raise UserError(f"a byte-level BPE needs --vocab-size of at least 258 (256 bytes, end-of-text, a merge), got {vocab_size}")
     holds_a_tokenizer = out_dir.is_dir() and any(p.name in TOKENIZER_FILES for p in out_dir.iterdir())
-    if not holds_a_tokenizer:  # a file, or a folder of other files: refused before the training (minutes)
+    if holds_a_tokenizer:  # one this command cannot make again is refused before the training (minutes), not after
+        _refuse_unlike(out_dir, char, vocab_size)
+    else:  # a file, or a folder of other files: refused before the training, too
         refuse_used_folder(out_dir, "tokenizer")
         _refuse_unwritable(out_dir)
     texts = _texts(source, fmt)
@@ -83,6 +86,26 @@ def _refuse_unwritable(out_dir: Path) -> None:
         raise UserError(f"could not write the tokenizer to '{out_dir}': '{folder}' is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):  # permissions, or a read-only file system (EROFS)
         raise UserError(f"could not write the tokenizer to '{out_dir}': folder '{folder}' is not writable")
+
+
+def _refuse_unlike(out_dir: Path, char: bool, vocab_size: int) -> None:
+    """The tokenizer in `out_dir` cannot be what this command makes: another kind, or a BPE of more tokens than
+    asked (a corpus may give fewer, never more). Anything else is compared file by file after the training."""
+    held_char = (out_dir / CHAR_VOCAB_FILE).is_file()
+    if held_char == char and (char or _held_size(out_dir) <= vocab_size):
+        return
+    held = "a character tokenizer" if held_char else f"a byte-level BPE of {_held_size(out_dir):,} tokens"
+    asked = "a character tokenizer" if char else f"a byte-level BPE of {vocab_size:,} tokens"
+    raise UserError(f"tokenizer target '{out_dir}' already holds another tokenizer ({held}, not {asked}; shards and "
+                    "presets may have been made with it); choose a new directory")
+
+
+def _held_size(out_dir: Path) -> int:
+    """Tokens in a saved BPE's vocabulary.json; unreadable: more than any size (the files are not this command's)."""
+    try:
+        return len(json.loads((out_dir / VOCAB_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return 1 << 62
 
 
 def _save_new(tokenizer: Tokenizer, out_dir: Path) -> None:

@@ -53,6 +53,7 @@ from kgpt2.data.preference_pairs import (
 from kgpt2.errors import UserError
 from kgpt2.io import atomic_write_bytes, atomic_write_text
 from kgpt2.model.models import build_causal_lm, check_sequence_length, load_tokenizer
+from kgpt2.model.preset_shape import with_preset_shape
 from kgpt2.reports import counted, shown
 from kgpt2.run import Run, not_a_run, same_files
 from kgpt2.training.checkpoints import CheckpointManager
@@ -97,6 +98,7 @@ class AlignPlan:
 
 def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict:
     """Align `cfg`'s model on `cfg.align.data`; resume from the newest checkpoint; return <run>/align.json."""
+    cfg = with_preset_shape(cfg)  # a preset's shape is its own (shape keys refused): config.json records it, as train's
     check_sequence_length(cfg)  # before the lock makes the run folder
     if cfg.train.max_steps:  # align counts its own steps: train.max_steps ran the recipe's steps without a word
         raise UserError(f"align counts its optimizer steps with align.steps (now {cfg.align.steps:,}); "

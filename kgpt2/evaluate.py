@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from pathlib import Path
 
 from kgpt2.data.batches import to_dataset
-from kgpt2.data.preference_pairs import read_preferences
+from kgpt2.data.preference_pairs import content_hash, read_preferences
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
 from kgpt2.evaluation_table import (
@@ -31,6 +32,7 @@ from kgpt2.evaluation_table import (
     save_evaluation,
     save_table,
 )
+from kgpt2.model.models import prepare_hint
 from kgpt2.model.packed_attention import for_windows
 from kgpt2.run import BASE, Run, build_run_model, snapshot
 from kgpt2.training.checkpoint_manifest import WEIGHTS
@@ -117,7 +119,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     run_dir, run = Path(run_dir), Run(run_dir)
     cfg = run.config()
     if shards:
-        cfg.data.shards = str(shards)
+        cfg.data.shards = _given_shards(shards)
     elif not Path(cfg.data.shards).is_dir():  # shards live outside runs: a moved run may not find them
         raise UserError(f"run '{run_dir}' cannot find its shards at '{cfg.data.shards}'; "
                         "pass --shards DIR (the folder `kgpt2 prepare` wrote)")
@@ -125,20 +127,17 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if compare_base and BASE not in ids:
         ids = [BASE] + ids
     if run.is_align() and not shards:  # with shards: next-token metrics, what aligning cost the language model
-        if max_batches is not None:
-            log.warning("an align run is scored on all its held-out preference pairs: --max-batches applies to "
-                        "next-token evaluation on shards (--shards DIR)")
+        for option, given in (("--max-batches", max_batches is not None), ("--split", split != "test")):
+            if given:
+                log.warning("an align run is scored on all its held-out preference pairs: %s applies to "
+                            "next-token evaluation on shards (--shards DIR)", option)
         return evaluate_alignment(run, cfg, ids, batch_size, save)
     shards = ShardSet(cfg.data.shards)
     cfg = resolve_windows(cfg, shards.manifest)  # a run's config.json names its windows; "auto" only from older files
-    data = shards.split(split)
-    if data.num_articles == 0:
-        others = [n for n, info in shards.manifest["splits"].items() if n != split and info["num_articles"]
-                  and n != "train"]
-        raise UserError(f"split '{split}' of '{cfg.data.shards}' holds no articles"
-                        + (f"; --split {others[0]} scores the held-out articles it has" if others else ""))
     model, tokenizer = build_run_model(cfg)
-    shards.check_tokenizer(tokenizer)
+    shards.check_tokenizer(tokenizer, prepare_hint(cfg.model, f"kgpt2 evaluate --run {shlex.quote(str(run_dir))} "
+                                                              "--shards NEW_SHARDS"))  # the command that fits
+    data = _split_to_score(shards, split)
     scorer = compile_lm(for_windows(model, cfg.data.windows))  # packed examples: scored packed, each on its own
     base = snapshot(model)
     # The same batches as training's own validation: instruction shards keep
@@ -166,6 +165,29 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if save:
         _save(run_dir, rows, lambda: save_table(run_dir, rows, split))
     return rows
+
+
+def _given_shards(shards) -> str:
+    """`--shards` as a path, or the sentence for what it cannot be: nothing there, or a file (say, the corpus or the
+    preference file itself); a folder that is no shard set is ShardSet's to name."""
+    path = Path(shards)
+    if not path.exists():
+        raise UserError(f"--shards '{shards}' does not exist; it takes the folder `kgpt2 prepare --out` wrote")
+    if not path.is_dir():
+        raise UserError(f"--shards '{shards}' is a file; it takes the folder `kgpt2 prepare --out` wrote (to score "
+                        "a file's text, prepare it first with the run's tokenizer)")
+    return str(path)
+
+
+def _split_to_score(shards: ShardSet, split: str):
+    """`split` of `shards`, or the sentence for one with no articles (naming a held-out split that has some)."""
+    data = shards.split(split)
+    if data.num_articles == 0:
+        others = [n for n, info in shards.manifest["splits"].items() if n != split and info["num_articles"]
+                  and n != "train"]
+        raise UserError(f"split '{split}' of '{shards.directory}' holds no articles"
+                        + (f"; --split {others[0]} scores the held-out articles it has" if others else ""))
+    return data
 
 
 class RunFolderReadOnly(EvaluationNotSaved):
@@ -214,14 +236,24 @@ def evaluate_alignment(run: Run, cfg, ids: list[str], batch_size: int | None = N
     if not path.is_file():
         raise UserError(f"align run '{run.path}' has no {path.name} (its reference log-probs); run `kgpt2 align` on it")
     a = cfg.align
+    gone = [str(p) for p in a.data if not Path(p).exists()]
+    if gone:  # a moved run finds them where they were (config.json keeps them relative to the run)
+        raise UserError(f"align run '{run.path}' is scored on the held-out pairs of its preference files, and "
+                        f"'{gone[0]}' is not there any more (moved or deleted): put it back, or score next-token "
+                        "metrics on shards instead with --shards DIR")
     pairs, unpaired = read_preferences(a.data, a.template)
     model, tokenizer = build_run_model(cfg)
     rows = encode_preferences(cfg, pairs, unpaired, tokenizer)
     held_x = rows.held_x
     with np.load(path) as cached:
-        reference = cached["heldout"]
-    if len(reference) != len(held_x["token_ids"]):
-        raise UserError(f"the preference files of '{run.path}' changed since it was aligned ({a.data})")
+        reference, aligned_on = cached["heldout"], str(cached["data"])
+    # The held-out rows' hash as align recorded it (KTO: with their labels): the same count of other pairs would
+    # be scored against reference log-probs of the old ones
+    held = content_hash({**held_x, "labels": rows.held_labels} if a.loss == "kto" else held_x)
+    if len(reference) != len(held_x["token_ids"]) or aligned_on.rsplit("/", 1)[-1] != held:
+        raise UserError(f"the preference files of '{run.path}' changed since it was aligned "
+                        f"({', '.join(map(str, a.data))}): its held-out pairs are not those its reference log-probs "
+                        "were computed on")
     y_true = targets_for(reference, held_x, rows.held_labels)
     scorer, bs = PolicyLogProbs(model), batch_size or cfg.train.batch_size
     ckpts = {c.id: c for c in run.checkpoints().list()}

@@ -172,11 +172,11 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
     return BPETokenizer(kh.vocabulary, kh.merges)
 
 
-def prepare_hint(cfg: ModelConfig) -> str:
-    """How to make shards with `cfg`'s tokenizer (the one load_tokenizer reads): its folder, or its preset's."""
+def prepare_hint(cfg: ModelConfig, then: str = "data.shards=NEW_SHARDS") -> str:
+    """How to make shards with `cfg`'s tokenizer (the one load_tokenizer reads): its folder, or its preset's;
+    `then`: how the command asking takes them (kgpt2 evaluate: --shards)."""
     option = f"--tokenizer {shlex.quote(cfg.tokenizer)}" if cfg.tokenizer else f"--preset {shlex.quote(cfg.preset)}"
-    return f"make shards with the model's: kgpt2 prepare {option} --source SOURCE --out NEW_SHARDS (then " \
-        "data.shards=NEW_SHARDS)"
+    return f"make shards with the model's: kgpt2 prepare {option} --source SOURCE --out NEW_SHARDS (then {then})"
 
 
 class PaddedReversibleEmbedding(keras_hub.layers.ReversibleEmbedding):

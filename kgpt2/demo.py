@@ -297,7 +297,7 @@ class Demo:
             line = f"{'Left' if side == 'a' else 'Right'} model: `{run}/{checkpoint}` · {self.pool.info(run, checkpoint)}"
         except UserError as e:
             line = f"**Error:** {e}"
-        return "", "", f"{line}. Generate to compare.", "", "", None
+        return demo_refresh.cleared(f"{line}. Generate to compare.")
 
     def pick(self, run, checkpoint, match=None, side="a"):
         """A model picker's input: `picker_changed`, unless the pick is the one the shown answers came from (the
@@ -321,14 +321,15 @@ class Demo:
 
     def refresh(self, run_a, ckpt_a, run_b, ckpt_b, listed=None):
         """Runs and checkpoints as they are on disk now, and the left run's metrics: (run A, model A, run B,
-        model B, summary, stages, evaluation, training plot, evaluation plot, listed), the page's button and the
-        API alike. A pick that was the latest when `listed` follows the new latest; a vanished one falls back to
-        it (kgpt2.serving.demo_refresh)."""
+        model B, summary, stages, evaluation, training plot, evaluation plot, listed, answer A, answer B, status,
+        model A line, model B line, match), the page's button and the API alike. A pick that was the latest when
+        `listed` follows the new latest; a vanished one falls back to it; either clears the shown answers and
+        their vote, the status naming the new pick (none moved: those six unchanged). kgpt2.serving.demo_refresh."""
         return demo_refresh.refresh(self, {"a": (run_a, ckpt_a), "b": (run_b, ckpt_b)}, listed)
 
-    def refreshed(self, listed):
-        """After a refresh: the answers cleared, and the status naming each pick it moved (none moved: unchanged)."""
-        return demo_refresh.moved(self, listed)
+    def opened(self, run_a, ckpt_a, run_b, ckpt_b, listed=None):
+        """A page's load: `refresh` up to `listed` (a new page shows no answers, and no status about a move)."""
+        return self.refresh(run_a, ckpt_a, run_b, ckpt_b, listed)[:10]
 
     def summary(self, run) -> str:
         return run_metrics.summary(self.pool.run_dir(run), run)

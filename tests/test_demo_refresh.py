@@ -93,10 +93,10 @@ def test_a_pick_of_the_latest_follows_the_new_latest_and_clears_its_answers(trai
     *_, (_, answer, status, *_) = demo.compare(**compare_args(ckpt_b=old, max_new=4))
     assert status.startswith("Done") and answer
     new = _saved(root)
-    run_a, ckpt_a, run_b, ckpt_b, *_, listed = demo.refresh("tiny", "base", "tiny", old, listed)
+    run_a, ckpt_a, run_b, ckpt_b, *_, listed, a, b, status, info_a, info_b, match = demo.refresh(
+        "tiny", "base", "tiny", old, listed)
     assert (ckpt_a.value, ckpt_b.value) == ("base", new), "the base stays; the latest follows"
     assert dict((v, k) for k, v in ckpt_b.choices)[new].endswith("· latest")
-    a, b, status, info_a, info_b, match = demo.refreshed(listed)
     assert (a, b, info_a, info_b, match) == ("", "", "", "", None), "the old answers and their vote go"
     assert status.startswith(f"Right model is now `tiny/{new}`, the newest · ") and "Generate to compare" in status
 
@@ -112,9 +112,9 @@ def test_an_older_pick_stays_with_its_answers(training):
     assert older != demo.latest
     listed = {"a": ("tiny", demo.latest), "b": ("tiny", demo.latest), "moved": {}}
     _saved(root)
-    *_, ckpt_b, _, _, _, _, _, listed = demo.refresh("tiny", "base", "tiny", older, listed)
-    assert ckpt_b.value == older, "picked on purpose: kept"
-    assert demo.refreshed(listed) == (gr.skip(),) * 6, "nothing moved: the answers stay"
+    out = demo.refresh("tiny", "base", "tiny", older, listed)
+    assert out[3].value == older, "picked on purpose: kept"
+    assert out[10:] == (gr.skip(),) * 6, "nothing moved: the answers stay"
 
 
 def test_the_page_state_follows_through_the_api(training):
@@ -132,7 +132,7 @@ def test_the_page_state_follows_through_the_api(training):
     try:
         new = _saved(root)
         _, _, _, ckpt_b, *rest = clients[0].predict("tiny", "base", "tiny", old, api_name="/refresh")
-        assert ckpt_b["value"] == new and len(rest) == 5
+        assert ckpt_b["value"] == new and len(rest) == 10, "the metrics, the answers, the status, the model lines"
         clients[1].predict("tiny", older, api_name="/pick_b")
         assert clients[1].predict("tiny", "base", "tiny", older, api_name="/refresh")[3]["value"] == older
     finally:

@@ -217,10 +217,10 @@ def _wire(demo, app, ui) -> None:
                                                    api_name="single_layout", **private).then(
         api_name="single_cleared", **cleared)
     pickers = [ui.run_a, ui.ckpt_a, ui.run_b, ui.ckpt_b]
-    # One handler for the button, the API's /refresh and the page's load: each reloads the pickers and the metrics.
-    # A pick the refresh moved (the run's new latest) clears the answers it no longer shows, and their votes.
-    ui.refresh.click(demo.refresh, [*pickers, ui.listed], [*pickers, *ui.metric_outputs, ui.listed],
-                     api_name="refresh").then(demo.refreshed, [ui.listed], shown, api_name="refreshed", **private
-                                              ).then(api_name="refresh_cleared", **cleared)
-    app.load(demo.refresh, [*pickers, ui.listed], [*pickers, *ui.metric_outputs, ui.listed],
+    # One handler for the button and the API's /refresh: the pickers, the metrics, and the answers and their vote
+    # cleared when a pick moved (the run's new latest), all in the one event an API client calls. The vote buttons
+    # are the page's alone: a chained event sets them.
+    ui.refresh.click(demo.refresh, [*pickers, ui.listed], [*pickers, *ui.metric_outputs, ui.listed, *shown],
+                     api_name="refresh").then(api_name="refresh_cleared", **cleared)
+    app.load(demo.opened, [*pickers, ui.listed], [*pickers, *ui.metric_outputs, ui.listed],
              api_name="refresh_on_load", api_visibility="private")

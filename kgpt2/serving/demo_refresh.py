@@ -4,7 +4,8 @@ While a run trains, its newest checkpoint changes under the page. A picker that 
 when the page last listed it (the user took the newest, not that step) follows the new latest; one set to an older
 checkpoint, or to the base, keeps it. A pick that is gone (retention removed it) falls back to the latest. Which
 checkpoint was the latest at the last listing is the page's state (`listed`, per side); a pick that moved clears the
-shown answers and their votes, as a picker the user changes does.
+shown answers and their votes, as a picker the user changes does, in the same event: the page's button and an API
+client's `/refresh` alike (a second, chained event runs for the page only).
 
     >>> follow("ckpt-450", ["base", "ckpt-400", "ckpt-450", "ckpt-550"], listed_latest="ckpt-450")
     'ckpt-550'
@@ -44,9 +45,9 @@ def listed_state(run, ids: list[str]) -> tuple:
 
 
 def refresh(demo, picks: dict, listed: dict | None):
-    """(run A, model A, run B, model B, the left run's metrics..., the new `listed` state) for `picks`
-    ({side: (run, checkpoint)} as the page shows them). `listed` None (a caller without the page's state): no pick
-    follows, a gone one still falls back."""
+    """(run A, model A, run B, model B, the left run's metrics..., the new `listed` state, then the shown outputs as
+    `moved` leaves them) for `picks` ({side: (run, checkpoint)} as the page shows them). `listed` None (a caller
+    without the page's state): no pick follows, a gone one still falls back."""
     runs = demo.pool.runs()
     out, first, state = [], None, {"moved": {}}
     for side in SIDES:
@@ -61,7 +62,7 @@ def refresh(demo, picks: dict, listed: dict | None):
         if (run, pick) != tuple(picks[side]) and pick is not None:
             state["moved"][side] = (run, pick, pick == state[side][1])
         out += [gr.Dropdown(choices=runs, value=run), gr.Dropdown(choices=choices, value=pick)]
-    return (*out, *(demo.metrics(first) if first else no_runs()), state)
+    return (*out, *(demo.metrics(first) if first else no_runs()), state, *moved(demo, state))
 
 
 def moved(demo, listed) -> tuple:
@@ -78,7 +79,13 @@ def moved(demo, listed) -> tuple:
             info = f"**Error:** {e}"
         lines.append(f"{'Left' if side == 'a' else 'Right'} model is now `{run}/{ckpt}`"
                      f"{', the newest' if latest else ''} · {info}.")
-    return "", "", " ".join(lines) + " Generate to compare.", "", "", None
+    return cleared(" ".join(lines) + " Generate to compare.")
+
+
+def cleared(status: str) -> tuple:
+    """The shown outputs once a pick changed (a picker, the mode, a refresh): the answers, their model lines and the
+    match (what a vote records) go; the status says what is picked now."""
+    return "", "", status, "", "", None
 
 
 def no_runs():

@@ -7,7 +7,8 @@
                        have their own, so the time between processes is not counted as training)
     stages.csv|json    validation metrics after each stage
     loss.png           training loss per step (`per_step_loss`), stage boundaries marked, and validation
-                       metrics per stage (one stage: within it, from logs/evals.csv; accuracy in percent)
+                       metrics per stage (one stage: within it, from logs/evals.csv; accuracy in percent;
+                       a stage trained without a validation split is named as such)
 
 (file names from `kgpt2.run.Run`).
 
@@ -299,11 +300,16 @@ def run_figure(run_dir):
     run = Run(run_dir)
     steps = read_steps(run_dir)
     stages_path = run.stages_json
-    stage_metrics = [m for m in (json.loads(stages_path.read_text()) if stages_path.is_file() else []) if "loss" in m]
+    stages = json.loads(stages_path.read_text()) if stages_path.is_file() else []
+    stage_metrics = [m for m in stages if "loss" in m]
+    unmeasured = [m["stage"] for m in stages if "loss" not in m and "stage" in m]  # without a validation split
     if steps.empty and not stage_metrics:
         return None
-    evals = _validation_evals(run) if len(stage_metrics) < 2 else None
-    beside = len(stage_metrics) > 1 or evals is not None or steps.empty  # else: one panel, the point on the curve
+    evals = _validation_evals(run) if len(stages) < 2 else None
+    # Beside: several stages (one without validation still has its place), validation within the one stage, or no
+    # steps; else one panel, the one stage's validation a point on the curve (a panel of a single point showed
+    # nothing).
+    beside = (len(stages) > 1 and bool(stage_metrics)) or evals is not None or steps.empty
     fig = Figure(figsize=(11, 4) if beside else (7, 4))
     axes = fig.subplots(1, 2 if beside else 1, squeeze=False)
     ax1 = axes[0][0]
@@ -311,6 +317,8 @@ def run_figure(run_dir):
         _plot_training_loss(ax1, steps)
         if not beside and stage_metrics:
             _mark_stage_validation(ax1, stage_metrics[0], int(steps["step"].max()))
+        if not beside and unmeasured:  # no panel of its own to say it in
+            ax1.text(0.02, 0.04, no_validation_note(unmeasured), transform=ax1.transAxes, fontsize=8, color="0.35")
         _mark_stage_starts(ax1, steps)
         ax1.set_xlabel("global step")
         ax1.set_ylabel(LOSS_LABEL)
@@ -319,10 +327,19 @@ def run_figure(run_dir):
     if evals is not None:
         _plot_validation_within(axes[0][1], evals, stage_metrics[0] if stage_metrics else None)
     elif beside:
-        _plot_stage_validation(axes[0][1], stage_metrics)
+        _plot_stage_validation(axes[0][1], stage_metrics, unmeasured)
         axes[0][1].set_title("validation after each stage")
     fig.tight_layout()
     return fig
+
+
+def no_validation_note(stages: list) -> str:
+    """What the plot says of stages trained without a validation split (no validation loss to plot).
+
+        >>> no_validation_note([2]), no_validation_note([1, 3])
+        ('stage 2: no validation split', 'stages 1, 3: no validation split')
+    """
+    return f"stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))}: no validation split"
 
 
 def _mark_stage_starts(ax, steps) -> None:
@@ -371,21 +388,29 @@ def _plot_validation_within(ax, evals, stage_end: dict | None) -> None:
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
 
 
-def _plot_stage_validation(ax, stage_metrics: list) -> None:
+def _plot_stage_validation(ax, stage_metrics: list, unmeasured: list = ()) -> None:
     """Loss (left axis) and accuracy (right axis, %) after each stage, each point labelled with its value: the two
     axes scale apart, so their points can fall on the same spot; a hollow circle around a small square keeps both
-    visible there."""
-    xs = [m["stage"] for m in stage_metrics]
+    visible there. A stage without validation keeps its place on the axis, with a line saying so (the curves break
+    there rather than pass a value it never had)."""
+    by_stage = {m["stage"]: m for m in stage_metrics}
+    xs = sorted({*by_stage, *unmeasured})
     right = ax.twinx()
     for axis, key, style, label, offset, fmt in (
             (ax, "loss", dict(marker="o", ms=11, mfc="none", ls="-", color="C0"), "val loss", -14, "{:.3f}"),
             (right, "accuracy", dict(marker="s", ms=5, ls="--", color="C1"), "val accuracy", 8, "{:.1%}")):
-        ys = [m[key] for m in stage_metrics]
+        ys = [by_stage[x][key] if x in by_stage else float("nan") for x in xs]
         axis.plot(xs, ys, label=label, **style)
         for x, y in zip(xs, ys):
-            axis.annotate(fmt.format(y), (x, y), xytext=(0, offset), textcoords="offset points", ha="center",
-                          fontsize=8, color=style["color"])
+            if x in by_stage:
+                axis.annotate(fmt.format(y), (x, y), xytext=(0, offset), textcoords="offset points", ha="center",
+                              fontsize=8, color=style["color"])
         axis.margins(x=0.1, y=0.18)  # room for the labels inside the frame
+    if unmeasured:  # the axis autoscales to the points drawn: an end stage without one would sit on the frame
+        ax.set_xlim(xs[0] - 0.1 * (xs[-1] - xs[0]), xs[-1] + 0.1 * (xs[-1] - xs[0]))
+    for x in unmeasured:  # upright at the stage's place: it fits between neighbours, inside the frame
+        ax.text(x, 0.5, no_validation_note([x]), transform=ax.get_xaxis_transform(), rotation=90, ha="center",
+                va="center", fontsize=8, color="0.35")
     ax.set_xlabel("stage")
     ax.set_ylabel(LOSS_LABEL)
     percent_axis(right, "next-token accuracy")

@@ -172,6 +172,22 @@ def small_shards(tmp_path_factory, pydoc_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def char_shards(tmp_path_factory) -> Path:
+    """Shards of 10 such documents made with a character tokenizer (not the pydoc BPE of the tiny model), 60/20/20;
+    its corpus/ folder beside them. For the refusals of shards of another tokenizer."""
+    from kgpt2.data.shards import prepare
+    from kgpt2.model.char_tokenizer import CharTokenizer
+
+    top = tmp_path_factory.mktemp("chars")
+    (top / "corpus").mkdir()
+    texts = [f"The with statement {i} is used to wrap the execution of a block. " * 8 for i in range(10)]
+    for i, text in enumerate(texts):
+        (top / "corpus" / f"d{i}.txt").write_text(text, encoding="utf-8")
+    prepare(str(top / "corpus"), top / "shards", CharTokenizer.train(texts), fractions=(0.6, 0.2, 0.2), progress=False)
+    return top / "shards"
+
+
+@pytest.fixture(scope="session")
 def pydoc_tokenizer_dir(tmp_path_factory, pydoc_tokenizer) -> Path:
     """`pydoc_tokenizer` saved as vocabulary.json + merges.txt, for `--tokenizer DIR`."""
     return pydoc_tokenizer.save(tmp_path_factory.mktemp("tokenizer") / "pydoc")

@@ -18,24 +18,6 @@ import pytest
 
 pytestmark = pytest.mark.backend_neutral  # a refusal before any scoring
 
-DOC_TEXT = "The with statement {i} is used to wrap the execution of a block. " * 8
-
-
-@pytest.fixture(scope="module")
-def char_shards(tmp_path_factory) -> Path:
-    """Shards made with a character tokenizer: not the pydoc BPE of the tiny run."""
-    from kgpt2.data.shards import prepare
-    from kgpt2.model.char_tokenizer import CharTokenizer
-
-    top = tmp_path_factory.mktemp("chars")
-    (top / "corpus").mkdir()
-    for i in range(10):
-        (top / "corpus" / f"d{i}.txt").write_text(DOC_TEXT.format(i=i), encoding="utf-8")
-    tokenizer = CharTokenizer.train([DOC_TEXT.format(i=i) for i in range(10)])
-    prepare(str(top / "corpus"), top / "shards", tokenizer, fractions=(0.6, 0.2, 0.2), progress=False)
-    return top / "shards"
-
-
 def _files(folder: Path) -> dict:
     return {p.relative_to(folder): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
@@ -65,7 +47,7 @@ def test_a_split_of_no_articles_is_named_after_the_tokenizer(unevaluated_run, tm
 
     corpus = tmp_path / "corpus"
     shutil.copytree(char_shards.parent / "corpus", corpus)
-    tokenizer = CharTokenizer.train([DOC_TEXT.format(i=i) for i in range(10)])
+    tokenizer = CharTokenizer.train([p.read_text(encoding="utf-8") for p in sorted(corpus.iterdir())])
     prepare(str(corpus), tmp_path / "shards", tokenizer, fractions=(0.8, 0.2, 0.0), progress=False)
     r = kgpt2_cli("evaluate", "--run", unevaluated_run, "--shards", tmp_path / "shards")
     assert r.returncode == 2 and "was tokenised with another tokenizer" in r.stderr, r.stderr

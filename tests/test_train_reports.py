@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.backend_neutral  # what train records and says; the training under it is tested elsewhere
 
-DOC_TEXT = "The with statement {i} is used to wrap the execution of a block. " * 8  # as conftest's small_shards
 
 
 def _no_shape(overrides: list[str]) -> list[str]:
@@ -116,21 +114,6 @@ def test_a_resumed_run_is_named_by_a_normal_path(tmp_path, tiny_preset, small_sh
         f"run in {run} (latest ckpt-2)"), lines
     assert shlex.split(lines[-2].removeprefix("next:")) == ["kgpt2", "evaluate", "--run", str(run)], lines
     assert f"continuing run {run} at step 1" in r.stderr and "/../" not in r.stderr, r.stderr
-
-
-@pytest.fixture(scope="module")
-def char_shards(tmp_path_factory) -> Path:
-    """Shards made with a character tokenizer: not the pydoc BPE of the tiny model and its tokenizer folder."""
-    from kgpt2.data.shards import prepare
-    from kgpt2.model.char_tokenizer import CharTokenizer
-
-    top = tmp_path_factory.mktemp("chars")
-    (top / "corpus").mkdir()
-    for i in range(8):
-        (top / "corpus" / f"d{i}.txt").write_text(DOC_TEXT.format(i=i), encoding="utf-8")
-    tokenizer = CharTokenizer.train([DOC_TEXT.format(i=i) for i in range(10)])
-    prepare(str(top / "corpus"), top / "shards", tokenizer, progress=False)
-    return top / "shards"
 
 
 def test_shards_of_another_tokenizer_name_the_prepare_that_fits(tmp_path, tiny_preset, pydoc_tokenizer_dir,

@@ -133,19 +133,23 @@ def _evaluate(a):
         print(reports.evaluate_next(a.run))
 
 
-@verb("generate", "generate text from a run's checkpoint", options.generate_options)
+@verb("generate", "generate text from a run's checkpoint", options.generate_options, keras="late")
 def _generate(a):
-    from kgpt2.generate import Generator, Settings, load_for_generation
-
     try:
         a.prompt.encode("utf-8")
     except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates (surrogateescape)
         raise UserError(f"--prompt is not valid UTF-8 text (character {e.start + 1} is not); check the "
                         "encoding of the terminal or script that passed it") from None
+    # Settings are checked before Keras (~10 s) and the model (~10 s more): a bad --temperature is said at once.
+    checked = _generate_settings(a)
+    if checked is not None:  # a run: say what takes the next seconds (stderr; stdout stays the text alone)
+        which = "the latest checkpoint" if a.checkpoint == "latest" else f"checkpoint {a.checkpoint}"
+        logging.getLogger("kgpt2").info("loading %s of %s ...", which, a.run)
+    backend.import_keras_quietly()
+    from kgpt2.generate import Generator, Settings, load_for_generation
+
     model, tokenizer, cfg = load_for_generation(a.run, a.checkpoint, a.weights)
-    s = Settings.from_config(cfg.generate, sampler=a.sampler, temperature=a.temperature, top_k=a.top_k,
-                             top_p=a.top_p, max_length=a.max_length, max_new_tokens=a.max_new_tokens,
-                             seed=a.seed, template=a.template, num_beams=a.num_beams)
+    s = Settings.from_config(checked or cfg.generate, **_setting_options(a))
     if a.template is None and s.template != "plain":  # the output shows the prompt, not the template around it
         logging.getLogger("kgpt2").info("the prompt goes in the run's %s template (generate.template); --template "
                                         "plain gives the model the text as it is", s.template)
@@ -157,6 +161,28 @@ def _generate(a):
         print()
     else:
         print(a.prompt + gen.generate(a.prompt, s))
+
+
+def _setting_options(a) -> dict:
+    """generate's options that change the run's [generate] settings (None: not given, the run's stands)."""
+    given = dict(sampler=a.sampler, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                 max_length=a.max_length, max_new_tokens=a.max_new_tokens, seed=a.seed, template=a.template,
+                 num_beams=a.num_beams)
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _generate_settings(a):
+    """The run's [generate] settings with the options given, checked (the same sentences as the config's own
+    checks) without Keras; None where --run has no config.json, which loading the run then explains."""
+    import dataclasses
+
+    from kgpt2.config import config_from_dict
+    from kgpt2.run_config import read_run_config
+
+    path = Path(a.run) / "config.json"
+    if not path.is_file():
+        return None
+    return dataclasses.replace(config_from_dict(read_run_config(path)[0]).generate, **_setting_options(a))
 
 
 @verb("serve", "an OpenAI-compatible HTTP API (completions, chat, streaming) on a run's checkpoint",

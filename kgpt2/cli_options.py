@@ -170,6 +170,20 @@ def tokenizer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="fmt", choices=FORMATS, help="override format detection")
     p.add_argument("--min-frequency", type=whole_number(1), default=2, help="BPE: merges seen fewer times are not made "
                    "(default: 2)")
+    _name_the_missing_action(p, "kgpt2 tokenizer train --source ... --out ...")
+
+
+def _name_the_missing_action(p: argparse.ArgumentParser, commands: str) -> None:
+    """`kgpt2 tokenizer --source X --out Y` (the action forgotten): argparse's "the following arguments are
+    required: action" names no action to give, so the sentence shows the `commands` with it."""
+    argparse_error = p.error
+
+    def error(message: str):
+        if message.startswith("the following arguments are required: action"):
+            message = f"the action is missing: {commands}"
+        argparse_error(message)
+
+    p.error = error
 
 
 def pretrain_options(p: argparse.ArgumentParser) -> None:
@@ -181,3 +195,4 @@ def pretrain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="summary: run directory")
     p.add_argument("--json", action="store_true", help="summary: machine-readable")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="init: config overrides, e.g. model.num_layers=4")
+    _name_the_missing_action(p, "kgpt2 pretrain init --config FILE, or kgpt2 pretrain summary --run RUN")

@@ -69,7 +69,7 @@ def whole_number(low: int, high: int | None = None):
 
 PORT = whole_number(1, 65535)
 RUN_HELP = "run directory, e.g. checkpoints/quickstart"
-# generate, serve and export load "latest" with its optimizer state checked too (kgpt2.run.Run.restore), so a
-# checkpoint whose optimizer state is damaged is passed over for an older one: "intact", not "whose weights verify"
-CHECKPOINT_HELP = "latest (default: the newest intact one), best, stage-N, ckpt-N or N, or base"
+# generate, serve and export load only the weights (kgpt2.run.Run.restore), so only they must verify: a checkpoint
+# whose optimizer state is damaged is still used, as evaluate uses it
+CHECKPOINT_HELP = "latest (default: the newest whose weights verify), best, stage-N, ckpt-N or N, or base"
 

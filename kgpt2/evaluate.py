@@ -35,8 +35,7 @@ from kgpt2.evaluation_table import (
 from kgpt2.model.models import prepare_hint
 from kgpt2.model.packed_attention import for_windows
 from kgpt2.run import BASE, Run, build_run_model, snapshot
-from kgpt2.training.checkpoint_manifest import WEIGHTS
-from kgpt2.training.checkpoints import Checkpoint, CheckpointManager
+from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager
 from kgpt2.training.metrics import compile_lm, summarise
 from kgpt2.training.preferences import (
     PolicyLogProbs,
@@ -51,7 +50,7 @@ from kgpt2.training.training_data import resolve_windows
 from kgpt2.training.validation import split_batches
 
 log = logging.getLogger("kgpt2")
-READS = (WEIGHTS,)  # all that scoring a checkpoint loads: a damaged optimizer state does not stop it
+READS = WEIGHTS_ONLY  # all that scoring a checkpoint loads: a damaged optimizer state does not stop it
 WHAT_CHECKPOINT_TAKES = ("a checkpoint id (ckpt-N or N), stage-N, latest, best, all (every stage end plus the "
                          "latest), base, or a comma list of them")
 
@@ -102,10 +101,10 @@ def _readable(store: CheckpointManager, ckpt: Checkpoint) -> Checkpoint:
     """`ckpt` when its weights verify (one note when another of its files is damaged); else one sentence."""
     why = store.damage(ckpt, READS)
     if why is not None:
-        raise UserError(f"checkpoint {ckpt.path} is damaged ({why}); choose another checkpoint")
+        raise UserError(f"checkpoint '{ckpt.path}' is damaged ({why}); choose another checkpoint")
     other = store.damage(ckpt)
     if other is not None:
-        log.warning("checkpoint %s is damaged (%s) but its weights verify, so it is evaluated (training cannot "
+        log.warning("checkpoint '%s' is damaged (%s) but its weights verify, so it is evaluated (training cannot "
                     "resume from it)", ckpt.path, other)
     return ckpt
 

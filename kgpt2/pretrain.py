@@ -42,7 +42,7 @@ def run_summary(run_dir) -> dict:
       from the validation after each stage (stages.json) in a run without `train.eval_every`.
     """
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    cfg = load_run_config(run_dir, checkpoint_hint="")  # summary reads the whole run: no checkpoint to pick
     steps, evals = _read_logs(run_dir)
     if steps.empty:
         if Run(run_dir).is_align():

@@ -17,8 +17,10 @@ all of them ask a `Run` for paths instead of spelling file names:
     preset/, tokenizer/        a local base model / tokenizer from outside the run, copied in (`Run.adopt`)
     .lock                      held by the one `train` / `align` process writing the run (kgpt2.lock)
 
-`latest` is the newest intact checkpoint: a damaged one is skipped with one
-warning line (kgpt2.training.checkpoints).
+`latest` is the newest checkpoint that verifies: a damaged one is skipped with
+one warning line naming the one used (kgpt2.training.checkpoints). Readers that
+load only the weights (`Run.restore`: generate, serve, export) check only the
+weights; training resumes from the newest whose optimizer state verifies too.
 
 A run is self-contained and relocatable: config.json names paths relative
 to the run folder (kgpt2.run_config), and a local preset or tokenizer that
@@ -54,18 +56,20 @@ from kgpt2.io import atomic_write_text, publish_folder
 from kgpt2.lock import RunLock
 from kgpt2.model.models import build_causal_lm, load_tokenizer
 from kgpt2.run_config import model_kind, read_continuations, read_run_config
-from kgpt2.training.checkpoints import Checkpoint, CheckpointManager, checkpoint_variables
+from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager, checkpoint_variables
 from kgpt2.training.devices import dtype_policy, resolve_device
 
 BASE = "base"  # checkpoint id meaning "the preset, untrained"
 BEST = "best"  # checkpoint id meaning "lowest validation loss" (train.keep_best)
+CHECKPOINT_HINT = "--checkpoint {name} picks this checkpoint"  # for the verbs that take --checkpoint
 
 
-def not_a_run(path, advice: str, checkpoint_hint: str = "--checkpoint {name} picks this checkpoint",
+def not_a_run(path, advice: str, checkpoint_hint: str = CHECKPOINT_HINT,
               root_hint: str = "", option: str = "--run") -> UserError:
     """The sentence for a --run that is no run folder; a file or folder in one names the run, a folder of runs
     names them. `checkpoint_hint` (formatted with the run and the checkpoint's name) and `root_hint` (with the
-    folder) say what the verb takes instead; `option` is what was given the folder (`align.init_run`).
+    folder) say what the verb takes instead (an empty `checkpoint_hint`: the verb takes no checkpoint, e.g.
+    `pretrain summary`); `option` is what was given the folder (`align.init_run`).
 
         >>> str(not_a_run("nowhere", "train one first"))
         "'nowhere' is not a kgpt2 run directory (no config.json); train one first"
@@ -77,7 +81,7 @@ def not_a_run(path, advice: str, checkpoint_hint: str = "--checkpoint {name} pic
                          + (f" ('{folder}')" if folder is not None else ""))
     if path.is_dir() and is_run(path.parent):  # a checkpoint, the shards or logs of a run
         pick = (", and " + checkpoint_hint.format(run=path.parent, name=path.name)
-                if path.name.startswith("ckpt-") else "")
+                if path.name.startswith("ckpt-") and checkpoint_hint else "")
         return UserError(f"'{path}' is a folder inside run '{path.parent}'; {option} takes the run's folder{pick}")
     runs = sorted(d for d in path.iterdir() if d.is_dir() and is_run(d)) if path.is_dir() else []
     if runs:  # a checkpoints root
@@ -135,10 +139,10 @@ class Run:
         return RunLock(self.path)
 
     # -- config -----------------------------------------------------------
-    def config(self) -> Config:
-        """The config the run trained with, pointed at where the run is now."""
+    def config(self, checkpoint_hint: str = CHECKPOINT_HINT) -> Config:
+        """The config the run trained with, pointed at where the run is now (`checkpoint_hint`: see `not_a_run`)."""
         if not self.exists():
-            raise not_a_run(self.path, "train one first")
+            raise not_a_run(self.path, "train one first", checkpoint_hint)
         return config_from_dict(read_run_config(self.config_path)[0])
 
     def continuations(self) -> list:
@@ -198,7 +202,7 @@ class Run:
     def is_align(self) -> bool:
         """Whether `kgpt2 align` wrote this run (its newest checkpoint's state says so). Read from the listing,
         unverified: the kind needs no checksums, and `latest()` would name a damaged newest checkpoint a second
-        time ("using an older one") before the verb names it itself."""
+        time ("using ckpt-N instead") before the verb names it itself."""
         listed = self.checkpoints().list()
         return bool(listed) and listed[-1].state.get("kind") == "align"
 
@@ -216,8 +220,9 @@ class Run:
     def write_best(self, record: dict) -> None:
         atomic_write_text(self.best_path, json.dumps(record, indent=2))
 
-    def checkpoint(self, checkpoint_id: str = "latest") -> Checkpoint:
-        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest`, `best`)."""
+    def checkpoint(self, checkpoint_id: str = "latest", only: tuple[str, ...] | None = None) -> Checkpoint:
+        """A checkpoint by id (`ckpt-120`, `120`, `stage-2`, `latest`, `best`); `only`: `latest` is the newest
+        intact in these files (`WEIGHTS_ONLY` for a reader that loads no optimizer state)."""
         store = self.checkpoints()
         if checkpoint_id == BEST:
             best = self.best_id()
@@ -225,7 +230,7 @@ class Run:
                 raise UserError(f"run '{self.path}' has no best checkpoint; train it with "
                                 "train.keep_best = true and train.eval_every > 0")
             checkpoint_id = best
-        return store.get(checkpoint_id)
+        return store.get(checkpoint_id, only)
 
     def checkpoint_ids(self) -> list[str]:
         """Intact checkpoint ids, oldest first, after `base`."""
@@ -236,14 +241,15 @@ class Run:
         """Put checkpoint `checkpoint` into `model`; return its id.
 
         `base` (a `snapshot` of the freshly built model) lets `checkpoint="base"`
-        undo an earlier restore on the same model.
+        undo an earlier restore on the same model. Only the weights are loaded, so only they must verify:
+        a checkpoint whose optimizer state is damaged is still used (training cannot resume from it).
         """
         if checkpoint == BASE:
             for var, value in zip(checkpoint_variables(model), base or []):
                 var.assign(value)
             return BASE
-        ckpt = self.checkpoint(checkpoint)
-        CheckpointManager.restore(model, ckpt)
+        ckpt = self.checkpoint(checkpoint, WEIGHTS_ONLY)
+        CheckpointManager.restore(model, ckpt, only=WEIGHTS_ONLY)
         return ckpt.id
 
     def load_model(self, checkpoint: str = "latest", policy: str | None = None):
@@ -312,8 +318,8 @@ def is_run(folder: Path) -> bool:
 
 
 # The functions callers used before `Run`: each is one call on it.
-def load_run_config(run_dir) -> Config:
-    return Run(run_dir).config()
+def load_run_config(run_dir, checkpoint_hint: str = CHECKPOINT_HINT) -> Config:
+    return Run(run_dir).config(checkpoint_hint)
 
 
 def list_checkpoints(run_dir) -> list[str]:

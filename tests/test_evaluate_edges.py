@@ -88,7 +88,7 @@ def test_a_damaged_checkpoint_asked_for_by_name_is_refused_in_one_sentence(run, 
     newest = _stage_ends(run)[-1]
     _truncate(newest.path / "weights.npz")
     size = json.loads((newest.path / "manifest.json").read_text())["files"]["weights.npz"]["size"]
-    damage = f"checkpoint {newest.path} is damaged (weights.npz is 100 bytes, its manifest says {size})"
+    damage = f"checkpoint '{newest.path}' is damaged (weights.npz is 100 bytes, its manifest says {size})"
     for name in (newest.id, f"base,{newest.id}"):
         r = kgpt2_cli("evaluate", "--run", run, "--checkpoint", name, "--split", "validation", "--max-batches", "1")
         assert r.returncode == 2 and r.stdout == ""
@@ -111,11 +111,11 @@ def test_a_damaged_optimizer_state_does_not_stop_evaluation(run, tiny_run, caplo
     assert evaluate_run(run, "stage-1", split="validation", max_batches=1, save=False) == intact[:1]
     assert evaluate_run(run, "latest", split="validation", max_batches=1, save=False) == intact[-1:]
     notes = [r.getMessage() for r in caplog.records if first.id in r.getMessage()]
-    assert notes[0] == (f"checkpoint {first.path} is damaged (optimizer.npz is 100 bytes, its manifest says "
+    assert notes[0] == (f"checkpoint '{first.path}' is damaged (optimizer.npz is 100 bytes, its manifest says "
                         f"{json.loads((first.path / 'manifest.json').read_text())['files']['optimizer.npz']['size']}) "
                         "but its weights verify, so it is evaluated (training cannot resume from it)")
     _truncate(first.path / "weights.npz")  # the weights themselves: refused, however it is asked for
-    with pytest.raises(UserError, match=f"{first.id} is damaged \\(weights.npz is 100 bytes"):
+    with pytest.raises(UserError, match=f"{first.id}' is damaged \\(weights.npz is 100 bytes"):
         evaluate_run(run, "stage-1", split="validation", max_batches=1, save=False)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kgpt2.model.scratch import SCRATCH_MARK
 from kgpt2.run import BASE, Run
-from kgpt2.training.checkpoints import Checkpoint, CheckpointManager
+from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager
 
 BASE_LABEL = "base (the untrained preset)"
 
@@ -76,7 +76,7 @@ def resolve(run_dir, asked: str = "latest") -> tuple[str, str]:
     command takes it), for the line a command prints before it loads that id."""
     if asked == BASE:
         return BASE, checkpoint_line(None, asked, [])
-    checkpoint = Run(run_dir).checkpoint(asked)
+    checkpoint = Run(run_dir).checkpoint(asked, WEIGHTS_ONLY)  # what `Run.restore` then loads: the weights alone
     listed = CheckpointManager(run_dir).list()
     return checkpoint.id, checkpoint_line(checkpoint, asked, listed)
 

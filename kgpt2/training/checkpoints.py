@@ -10,9 +10,11 @@ fsynced, then renamed: a directory named `ckpt-N` was complete when
 published. Restoring checks the manifest and every array name; a checkpoint
 damaged later (truncated, a file deleted, bytes changed) is refused in one
 sentence, and `newest_intact()` (what `latest` means to train, evaluate,
-generate, export and the demo) skips it with one warning line, never
-deleting it. Saving fails with a `UserError` that names the problem (disk
-full, read-only directory) and leaves the previous checkpoints as they were.
+generate, export and the demo) skips it with one warning line naming the
+checkpoint used instead, never deleting it. Readers that load only the weights
+pass `only=WEIGHTS_ONLY`: a damaged optimizer state stops only a resume.
+Saving fails with a `UserError` that names the problem (disk full, read-only
+directory) and leaves the previous checkpoints as they were.
 Cleanup removes only temporary folders whose owner (the pid in the name) is
 this process or dead, so it never pulls a folder from under another live
 writer. `KGPT2_FAULT_POINT=<name>` makes the process SIGKILL itself at that
@@ -64,6 +66,8 @@ from kgpt2.training.checkpoint_manifest import FORMAT, OPTIMIZER, STATE_FILE, WE
 from kgpt2.training.distribution import host_array, is_writer, process_count
 
 log = logging.getLogger("kgpt2")
+WEIGHTS_ONLY = (WEIGHTS,)  # `only=` for readers that load no optimizer state (generate, serve, export, evaluate)
+SKIPPED = "it is skipped and left as it is"
 
 
 def fault_point(name: str) -> None:
@@ -85,7 +89,7 @@ def restore_checkpoint(model, checkpoint: Checkpoint, optimizer=None, only: tupl
     (`only`: just these files, e.g. `(WEIGHTS,)` where a damaged optimizer state does not matter)."""
     why = damage(checkpoint.path, only=only)
     if why is not None:
-        raise UserError(f"checkpoint {checkpoint.path} is damaged ({why}); choose another checkpoint")
+        raise UserError(f"checkpoint '{checkpoint.path}' is damaged ({why}); choose another checkpoint")
     _warn_versions(checkpoint)
     load_arrays(checkpoint.path / WEIGHTS, checkpoint_variables(model), "model")
     if optimizer is not None:
@@ -143,17 +147,16 @@ class CheckpointManager:
             try:
                 state = json.loads(state_path.read_text(encoding="utf-8"))
             except (ValueError, OSError):  # ValueError: not JSON, or not text at all (UnicodeDecodeError)
-                self._unreadable[d] = int(d.name[5:])  # no step or cursor to list it by (`_warn_unreadable_states`)
+                self._unreadable[d] = int(d.name[5:])  # no step or cursor to list it by (`_unreadable_states`)
                 continue
             found.append(Checkpoint(d, int(d.name[5:]), state))
         return sorted(found, key=lambda c: c.step)
 
-    def _warn_unreadable_states(self, after_step: int, done: str = "using an older one and leaving it as it is"):
-        """A checkpoint newer than `after_step` whose state.json the last `list` could not read (cut short,
-        emptied): one line for it, as for any other damage, instead of silence."""
-        for d, step in sorted(self._unreadable.items(), key=lambda item: item[1]):
-            if step > after_step:
-                log.warning("checkpoint %s is damaged (%s is missing or unreadable); %s", d, STATE_FILE, done)
+    def _unreadable_states(self, after_step: int) -> list[tuple[int, Path, str]]:
+        """(step, folder, why) of each checkpoint newer than `after_step` whose state.json the last `list` could not
+        read (cut short, emptied): it gets one line, as any other damage does, instead of silence."""
+        return [(step, d, f"{STATE_FILE} is missing or unreadable") for d, step in self._unreadable.items()
+                if step > after_step]
 
     def damage(self, checkpoint: Checkpoint, only: tuple[str, ...] | None = None) -> str | None:
         """Why `checkpoint` cannot be trusted (sizes and checksums checked; `only`: of these files), or None."""
@@ -174,22 +177,21 @@ class CheckpointManager:
             if why is None:
                 good.append(c)
             elif warn:
-                log.warning("checkpoint %s is damaged (%s); it is skipped and left as it is", c.path, why)
+                _warn_damaged([(c.step, c.path, why)], SKIPPED)
         if warn:
-            self._warn_unreadable_states(-1, "it is skipped and left as it is")
+            _warn_damaged(self._unreadable_states(-1), SKIPPED)
         return good
 
     def newest_intact(self, only: tuple[str, ...] | None = None) -> Checkpoint | None:
         """The newest checkpoint that is intact (`only`: in these files), after one line for each newer damaged
-        one."""
-        for c in reversed(self.list()):
-            why = self.damage(c, only)
-            if why is None:
-                self._warn_unreadable_states(c.step)
-                return c
-            log.warning("checkpoint %s is damaged (%s); using an older one and leaving it as it is", c.path, why)
-        self._warn_unreadable_states(-1)
-        return None
+        one that names the checkpoint used instead."""
+        listed = self.list()
+        found = next((c for c in reversed(listed) if self.damage(c, only) is None), None)
+        after = found.step if found is not None else -1
+        newer = [(c.step, c.path, self.damage(c, only)) for c in listed if c.step > after]
+        _warn_damaged(newer + self._unreadable_states(after),
+                      f"using {found.id} instead and leaving it as it is" if found is not None else SKIPPED)
+        return found
 
     latest = newest_intact
 
@@ -215,7 +217,7 @@ class CheckpointManager:
                 return c
         named = self.run_dir / (checkpoint_id if checkpoint_id.startswith("ckpt-") else f"ckpt-{checkpoint_id}")
         if (named / STATE_FILE).exists() or named.is_dir():  # there, but its state.json unreadable: not listed
-            raise UserError(f"checkpoint {named} is damaged ({STATE_FILE} is missing or unreadable); choose another "
+            raise UserError(f"checkpoint '{named}' is damaged ({STATE_FILE} is missing or unreadable); choose another "
                             "checkpoint")
         known = ", ".join([c.id for c in ckpts] + list(dict.fromkeys(f"stage-{c.state['stage']}" for c in stage_ends)))
         raise UserError(f"run '{self.run_dir}' has no checkpoint '{checkpoint_id}' (it has: {known}; and latest, base)")
@@ -298,6 +300,12 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)
 
     restore = staticmethod(restore_checkpoint)
+
+
+def _warn_damaged(damaged: list[tuple[int, Path, str]], done: str) -> None:
+    """One line for each (step, folder, why), oldest first, saying what was `done` instead."""
+    for _, path, why in sorted(damaged, key=lambda item: item[0]):
+        log.warning("checkpoint '%s' is damaged (%s); %s", path, why, done)
 
 
 def _warn_versions(checkpoint: Checkpoint) -> None:

@@ -207,8 +207,8 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     """
     if to not in FORMATS:
         raise UserError(f"export format '{to}' is not one of {', '.join(FORMATS)}")
+    refuse_used_folder(out, "export")  # before the model is built, not after; as typed, so '' is named empty
     out = Path(out)
-    refuse_used_folder(out, "export")  # before the model is built, not after
     cfg = load_run_config(run_dir)
     if to == "peft" and not cfg.lora.enabled:
         raise UserError(f"run '{run_dir}' trained all weights, not a LoRA adapter; export it with --to hf")

@@ -170,7 +170,12 @@ def check_room(folder, nbytes: int, what: str) -> None:
 
 
 def refuse_used_folder(out, what: str) -> None:
-    """A UserError unless `out` is absent or an empty folder: a new folder never replaces a user's files."""
+    """A UserError unless `out` is absent or an empty folder: a new folder never replaces a user's files.
+
+    Give `out` as typed: an empty --out is refused as empty, where `Path("")` would be the working folder.
+    """
+    if not str(out):
+        raise UserError(f"--out is empty; name a new folder for the {what}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{what} target '{out}' is a file; choose a new directory")

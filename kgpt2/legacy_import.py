@@ -206,8 +206,8 @@ def import_legacy(path, out, tokenizer: str) -> Path:
     `tokenizer`: a KerasHub preset name (gpt2_base_en), a preset or Hugging
     Face directory, or a directory with vocabulary.json + merges.txt.
     """
+    refuse_used_folder(out, "import")  # before the weights are read, not after; as typed, so '' is named empty
     out = Path(out)
-    refuse_used_folder(out, "import")  # before the weights are read, not after
     backbone = legacy_backbone(path)
     tok = import_tokenizer(tokenizer)
     if tok.vocab_size != backbone.vocabulary_size:

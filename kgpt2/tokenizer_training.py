@@ -59,6 +59,8 @@ def train_tokenizer(source: str, out_dir, vocab_size: int = 0, *, char: bool = F
     of the same command): shards and presets were made with the tokenizer there,
     so another one never replaces it. It appears whole or not at all.
     """
+    if not str(out_dir):  # Path("") is the working folder: name the empty --out instead
+        refuse_used_folder(out_dir, "tokenizer")
     out_dir = Path(out_dir)
     if not char and vocab_size < 258:
         raise UserError(f"a byte-level BPE needs --vocab-size of at least 258 (256 bytes, end-of-text, a merge), got {vocab_size}")

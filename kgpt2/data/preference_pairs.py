@@ -33,10 +33,14 @@ from kgpt2.data.compression import open_bytes
 from kgpt2.data.examples import encode_example
 from kgpt2.data.instructions import record_prompt, record_response
 from kgpt2.data.records import is_table_file, json_array, table_records
+from kgpt2.data.shard_folder import FORMAT as SHARD_FORMAT
+from kgpt2.data.shard_folder import MANIFEST, read_manifest
 from kgpt2.errors import UserError
 from kgpt2.reports import counted
 
 NO_PREFERENCE_FILES = "align.data is empty: give preference files (prompt/chosen/rejected JSON, JSONL or CSV)"
+ALIGN_TAKES = ("align.data takes preference files (prompt/chosen/rejected JSON Lines, a JSON array or CSV) or a demo "
+               "run's folder (its votes.jsonl)")
 
 
 @dataclass
@@ -70,7 +74,31 @@ def _records(path: Path):
             try:
                 yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError:
+                _refuse_one_document(path, text)
                 raise UserError(f"{path}:{lineno}: invalid JSON") from None
+
+
+def _refuse_one_document(path: Path, text: str) -> None:
+    """A file whose lines are no JSON but whose whole text is: one document (pretty-printed), not JSON Lines."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    kind = "an object" if isinstance(doc, dict) else "a value"
+    raise UserError(f"'{path}' is one JSON document ({kind} over {text.strip().count(chr(10)) + 1} lines), where "
+                    "JSON Lines (one prompt/chosen/rejected pair per line) or a JSON array of pairs are expected")
+
+
+def _is_shard_set(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() and (read_manifest(folder).get("format") == SHARD_FORMAT
+                                              or any(folder.glob("*.ids.txt")))
+
+
+def _refuse_shard_set(path: Path, folder: Path) -> None:
+    """A shard set (or its manifest) is `kgpt2 prepare`'s output: it trains with `kgpt2 train`, not align."""
+    what = "the manifest of a kgpt2 shard set" if path != folder else "a kgpt2 shard set"
+    raise UserError(f"'{path}' is {what} (what `kgpt2 prepare` writes, for `kgpt2 train`: data.shards = "
+                    f"\"{folder}\"), not preference data; {ALIGN_TAKES}")
 
 
 def _files(paths):
@@ -79,6 +107,10 @@ def _files(paths):
     if not paths:
         raise UserError(NO_PREFERENCE_FILES)
     for path in map(Path, paths):
+        if path.is_dir() and _is_shard_set(path):
+            _refuse_shard_set(path, path)
+        if path.name == MANIFEST and path.is_file() and _is_shard_set(path.parent):
+            _refuse_shard_set(path, path.parent)
         if path.is_dir():
             if not (path / "votes.jsonl").is_file():
                 raise UserError(f"preference folder '{path}' holds no votes.jsonl (the votes a demo run records); give "

@@ -40,6 +40,7 @@ from kgpt2.data.instructions import InstructionDocument
 from kgpt2.data.shard_folder import FORMAT
 from kgpt2.data.sources import Document
 from kgpt2.errors import UserError
+from kgpt2.model.char_tokenizer import UnknownCharacter
 from kgpt2.model.tokenizer_protocol import Tokenizer
 
 SPLITS = ("train", "validation", "test")
@@ -239,12 +240,15 @@ def _encode(tokenizer: Tokenizer, dtype, batch, items) -> list:
     out = []
     for i, start, end in items:
         d = batch[i]
-        if isinstance(d, InstructionDocument):  # prompt and response (or chat turns) encoded apart
-            ids, mask = d.encode(tokenizer)
-            out.append((i, ids[:-1], mask))  # the writer adds the end-of-text
-        else:  # the writer's dtype here: a piece's ids are held in it until written
-            ids = tokenizer.encode_arrays([d.text[start:end]])[0]
-            out.append((i, np.asarray(ids).astype(dtype, copy=False), None))
+        try:
+            if isinstance(d, InstructionDocument):  # prompt and response (or chat turns) encoded apart
+                ids, mask = d.encode(tokenizer)
+                out.append((i, ids[:-1], mask))  # the writer adds the end-of-text
+            else:  # the writer's dtype here: a piece's ids are held in it until written
+                ids = tokenizer.encode_arrays([d.text[start:end]])[0]
+                out.append((i, np.asarray(ids).astype(dtype, copy=False), None))
+        except UnknownCharacter as e:  # a character tokenizer trained on other text: say where, and what to do
+            raise e.for_prepare(d.where or d.id) from None
     return out
 
 

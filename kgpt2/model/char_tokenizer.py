@@ -35,6 +35,23 @@ EOS = "<|endoftext|>"
 CHAR_VOCAB_FILE = "char_vocabulary.json"
 
 
+class UnknownCharacter(UserError):
+    """A character the vocabulary lacks: `kgpt2 prepare` names the file and how to get a tokenizer that has it."""
+
+    WHY = "only the characters of the text it was trained on are"
+
+    def __init__(self, char: str):
+        super().__init__(f"character {char!r} is not in the character tokenizer's vocabulary ({self.WHY})")
+        self.char = char
+
+    def for_prepare(self, where: str) -> UserError:
+        """The error `kgpt2 prepare` gives: the document named, and the command that makes a tokenizer for it."""
+        return UserError(f"the document at {where} has the character {self.char!r}, which is not in the character "
+                         f"tokenizer's vocabulary ({self.WHY}); train a character tokenizer on this text too "
+                         "(`kgpt2 tokenizer train --char --source FILES --out NEW_FOLDER`, FILES all the text it is "
+                         "to read) and prepare with --tokenizer NEW_FOLDER")
+
+
 class CharTokenizer:
     """Token id i is the i-th of the sorted characters; the last id is end-of-text
     (a `kgpt2.model.tokenizer_protocol.Tokenizer` of kind "char")."""
@@ -98,7 +115,7 @@ class CharTokenizer:
         ids[known] = self._table[codes[known]]
         if (ids < 0).any():
             bad = text[int(np.argmax(ids < 0))]
-            raise UserError(f"character {bad!r} is not in the character tokenizer's vocabulary")
+            raise UnknownCharacter(bad)
         return ids
 
     def encode(self, text: str) -> list[int]:

@@ -266,9 +266,11 @@ class Aligner:
         order = np.random.default_rng(cfg.seed).permutation(np.resize(np.arange(n), self.plan.steps * bs))
         for lo, hi in self.plan.segments(step):
             rows = order[lo * bs:hi * bs]
-            progress = [ProgressLines("align", lo, self.plan.steps, metrics=("loss",))] if self.verbose == 2 else []
+            # in a log (2), kgpt2's progress lines only, as train: Keras' line would count this segment's steps
+            progress = ([ProgressLines("align", lo, self.plan.steps, metrics=("loss",), at_end=True)]
+                        if self.verbose == 2 else [])
             self.model.fit(take(self.train_x, rows), self.train_y[rows], batch_size=bs, epochs=1,
-                           shuffle=False, verbose=self.verbose, callbacks=progress)
+                           shuffle=False, verbose=0 if self.verbose == 2 else self.verbose, callbacks=progress)
             self._save(hi)
 
     def _save(self, step: int) -> None:

@@ -67,7 +67,8 @@ def build_preset(cfg: Config) -> Path:
 def quickstart(checkpoints_root: str = "checkpoints", overrides=(), verbose="auto") -> dict:
     cfg = quickstart_config(checkpoints_root, overrides)
     build_preset(cfg)
-    prepare("pydoc", cfg.data.shards, load_tokenizer(cfg.model), fractions=(0.8, 0.1, 0.1), seed=cfg.seed)
+    prepare("pydoc", cfg.data.shards, load_tokenizer(cfg.model), fractions=(0.8, 0.1, 0.1), seed=cfg.seed,
+            progress=verbose != 0)  # -q (verbose 0): no progress bar either
     result = train(cfg, verbose=verbose)
     table = evaluate_run(cfg.run_dir, checkpoints="all", split="test", compare_base=True)
     sample = generate_from_run(cfg.run_dir, SAMPLE_PROMPT, sampler="greedy", max_new_tokens=40)

@@ -74,7 +74,8 @@ from kgpt2.training.model_summary import model_line, warn_if_too_big
 from kgpt2.training.optimizer import make_optimizer
 from kgpt2.training.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.training.progress_lines import ProgressLines
-from kgpt2.training.run_logs import StepLog, plot_run, write_stage_table
+from kgpt2.training.run_logs import StepLog, write_stage_table
+from kgpt2.training.run_plot import plot_run
 from kgpt2.training.train_inputs import check_inputs
 from kgpt2.training.training_data import (
     describe_padding,
@@ -103,7 +104,9 @@ class TrainResult:
 
 
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
-    """Train `cfg`'s run stage by stage, resuming from its newest checkpoint."""
+    """Train `cfg`'s run stage by stage, resuming from its newest checkpoint.
+
+    `verbose`: 0 quiet, 1 Keras' live bar, 2 (a log) kgpt2's own progress lines only; "auto" picks 1 or 2."""
     trainer = Trainer(cfg, verbose)
     try:
         trainer.setup(require_checkpoint)  # takes the run's lock
@@ -135,7 +138,7 @@ class Trainer:
     """One training run's parts, built in `setup` and `build`, used by the steps of `train`."""
 
     def __init__(self, cfg: Config, verbose="auto"):
-        if verbose == "auto":  # a live progress bar on a terminal or in a notebook, one line per fit in logs
+        if verbose == "auto":  # Keras' live bar on a terminal or in a notebook; in logs kgpt2's lines only (2)
             verbose = 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
         self.cfg, self.verbose = cfg, verbose
         self.stage_metrics: list = []
@@ -332,9 +335,10 @@ class Trainer:
             steps = f"step {cursor.step + 1}" if n == 1 else f"steps {cursor.step + 1}..{cursor.step + n}"
             log.info("%s/%d, epoch %d/%d: %s of %d", stage.name, self.stage_offset + len(self.stages),
                      position // per_epoch + 1, self.epochs, steps, self.total_steps)
-        if self.verbose == 2:  # a log, not a terminal: Keras would say nothing until the fit ends
-            callbacks.append(ProgressLines(stage.name, cursor.step, self.total_steps, tokens_per_batch))
-        self.fit_model.fit(to_dataset(source), epochs=1, verbose=self.verbose, shuffle=False, callbacks=callbacks)
+        if self.verbose == 2:  # a log: Keras' line would come only at the fit's end, counting its steps, on stdout
+            callbacks.append(ProgressLines(stage.name, cursor.step, self.total_steps, tokens_per_batch, at_end=True))
+        self.fit_model.fit(to_dataset(source), epochs=1, verbose=0 if self.verbose == 2 else self.verbose,
+                           shuffle=False, callbacks=callbacks)
 
     # -- 5. end_stage: validation, checkpoint, export, tables, plots
     def end_stage(self, stage, cursor: Cursor) -> Cursor:

@@ -6,6 +6,8 @@ or a notebook: `nohup`, `| tee`, a scheduler's log) prints one line when a
 `fit` ends, and a stage is one `fit` unless checkpoints or evaluations cut it:
 a 10,000-step stage showed nothing for an hour. Keras has no time-based
 progress callback, so these are written here; `Pace` is the timing both share.
+`kgpt2 train` runs its fits at verbose=0 in a log and has a line at each fit's
+end instead (`at_end`): one progress source, on stderr, in the plan's steps.
 
     >>> lines = []
     >>> clock = iter([0.0, 1.0, 2.0, 70.0]).__next__
@@ -40,7 +42,7 @@ class Pace:
 
     def __init__(self, clock=time.monotonic):
         self.clock, self._lock = clock, threading.Lock()
-        self._last, self._first, self._done = clock(), None, 0
+        self._last, self._first, self._done, self._said = clock(), None, 0, -1
 
     def due(self, done: int, wanted) -> float | None:
         """Batches per second since the first batch's end when a line is due after batch `done`; else None."""
@@ -53,9 +55,18 @@ class Pace:
             self._done = done
             if not wanted(done, now - self._last):
                 return None
-            self._last = now
+            self._last, self._said = now, done
         first_done, first_time = self._first
         return (done - first_done) / max(now - first_time, 1e-9)
+
+    def unsaid(self) -> tuple[int, float | None] | None:
+        """The most batches done and their rate (None after a single batch), unless they were a line already."""
+        now = self.clock()
+        with self._lock:
+            if self._first is None or self._done == self._said:
+                return None
+            done, (first_done, first_time) = max(self._done, self._first[0]), self._first
+        return done, ((done - first_done) / max(now - first_time, 1e-9) if done > first_done else None)
 
 
 class ProgressLines(keras.callbacks.Callback):
@@ -64,9 +75,12 @@ class ProgressLines(keras.callbacks.Callback):
     async_safe = True  # as the step log: Keras does not wait on it between steps
 
     def __init__(self, stage_name: str, first_step: int, total_steps: int, tokens_per_batch: int = 0,
-                 metrics=("loss", "accuracy"), every_s: float | None = None, say=log.info, clock=time.monotonic):
-        """`tokens_per_batch` 0: the rate in steps/s (preference pairs are no fixed token count)."""
+                 metrics=("loss", "accuracy"), every_s: float | None = None, say=log.info, clock=time.monotonic,
+                 at_end: bool = False):
+        """`tokens_per_batch` 0: the rate in steps/s (preference pairs are no fixed token count). `at_end`: a line
+        when the fit ends too, for a caller that runs Keras' fit at verbose=0."""
         super().__init__()
+        self.at_end = at_end
         self.stage_name, self.first_step, self.total_steps = stage_name, first_step, total_steps
         self.metrics = metrics
         self.tokens_per_batch, self.say, self.clock = tokens_per_batch, say, clock
@@ -77,15 +91,24 @@ class ProgressLines(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         steps_per_s = self._pace.due(batch + 1, lambda done, since: since >= self.every_s)
-        if steps_per_s is None:
-            return
-        step = self.first_step + batch + 1
-        logs = logs or {}
-        values = "".join(f"{m} {float(logs.get(m, float('nan'))):.4f}, " for m in self.metrics)
+        if steps_per_s is not None:
+            self.say(self._line(self.first_step + batch + 1, logs or {}, steps_per_s))
+
+    def on_train_end(self, logs=None):
+        # With `at_end`, the fit's last step is a line too (unless it was one): kgpt2 train turns Keras' own
+        # line off in logs, whose "18/18" counted the steps since the last checkpoint, on stdout.
+        unsaid = self._pace.unsaid() if self.at_end and logs else None
+        if unsaid is not None:
+            self.say(self._line(self.first_step + unsaid[0], logs, unsaid[1]))
+
+    def _line(self, step: int, logs: dict, steps_per_s: float | None) -> str:
+        values = ", ".join(f"{m} {float(logs.get(m, float('nan'))):.4f}" for m in self.metrics)
+        line = f"{self.stage_name}: step {step:,} of {self.total_steps:,} ({step / self.total_steps:.1%}), {values}"
+        if steps_per_s is None:  # one step: no rate yet
+            return line
         rate = (f"{steps_per_s * self.tokens_per_batch:,.0f} tokens/s" if self.tokens_per_batch
                 else f"{steps_per_s:.2f} steps/s")
-        self.say(f"{self.stage_name}: step {step:,} of {self.total_steps:,} ({step / self.total_steps:.1%}), "
-                 f"{values}{rate}, about {duration((self.total_steps - step) / steps_per_s)} to the end of the plan")
+        return f"{line}, {rate}, about {duration((self.total_steps - step) / steps_per_s)} to the end of the plan"
 
 
 class ScoringProgress(keras.callbacks.Callback):

@@ -61,7 +61,7 @@ def test_the_training_plot_runs_to_the_newest_logged_step(tmp_path, tiny_run):
     from PIL import Image
 
     from kgpt2.demo import Demo
-    from kgpt2.training.run_logs import plot_run
+    from kgpt2.training.run_plot import plot_run
 
     run = tmp_path / "root" / "tiny"
     shutil.copytree(tiny_run, run)

@@ -20,7 +20,7 @@ TRAINED_ONLY = {"stage": 2, "articles": 30, "step": 90}  # what `kgpt2 train` re
 
 
 def _figure(run):
-    from kgpt2.training.run_logs import plot_run, run_figure
+    from kgpt2.training.run_plot import plot_run, run_figure
 
     plot_run(run)  # and loss.png, to look at
     if os.environ.get("KGPT2_SCREENSHOT_DIR"):

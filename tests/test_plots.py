@@ -15,7 +15,7 @@ pytestmark = pytest.mark.backend_neutral  # plots from files
 def figures(monkeypatch):
     """The figures the plot functions save, in order (still drawn: their artists have places)."""
     from kgpt2 import evaluation_table, io
-    from kgpt2.training import periodic_eval, run_logs
+    from kgpt2.training import periodic_eval, run_plot
 
     saved = []
 
@@ -23,7 +23,7 @@ def figures(monkeypatch):
         saved.append(fig)
         return io.save_figure(fig, path, dpi)
 
-    for module in (evaluation_table, periodic_eval, run_logs):
+    for module in (evaluation_table, periodic_eval, run_plot):
         monkeypatch.setattr(module, "save_figure", save_figure)
     return saved
 
@@ -56,7 +56,7 @@ def test_accuracy_is_a_percent_in_every_plot_and_the_axis_says_so(tmp_path, figu
     """loss.png showed accuracy as a fraction (0.112) while evaluation-<split>.png showed it as 11.2%."""
     from kgpt2.evaluation_table import save_alignment_table, save_table
     from kgpt2.run import Run
-    from kgpt2.training.run_logs import plot_run
+    from kgpt2.training.run_plot import plot_run
 
     stages = [{"stage": 1, "loss": 5.91, "accuracy": 0.066, "step": 42},
               {"stage": 2, "loss": 4.76, "accuracy": 0.112, "step": 148}]
@@ -84,7 +84,7 @@ def test_a_one_stage_run_shows_validation_within_the_stage(tmp_path, figures):
     """A one-stage run's "validation after each stage" panel held a single dot. With evaluations during training
     (`train.eval_every`) the panel shows them by step, ending at the stage's own; without, the panel goes and the
     stage's validation is a point on the training curve, its values in the legend."""
-    from kgpt2.training.run_logs import plot_run
+    from kgpt2.training.run_plot import plot_run
 
     stage = {"stage": 1, "loss": 5.7132, "accuracy": 0.061, "step": 148}
     _write_run(tmp_path / "evals", [stage], evals=[[0, 6.9, 6.95, 0.002, 0.0019, 1.0, 0],

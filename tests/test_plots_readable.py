@@ -48,7 +48,7 @@ def test_bar_accuracy_ticks_have_no_trailing_zeros(tmp_path, figures):  # noqa: 
     ((0.066, 0.134), ["8%", "10%", "12%"]),  # 8.0% before
 ])
 def test_stage_accuracy_ticks_carry_the_decimals_they_need(tmp_path, figures, accuracies, expected):  # noqa: F811
-    from kgpt2.training.run_logs import plot_run
+    from kgpt2.training.run_plot import plot_run
 
     _write_run(tmp_path, [{"stage": 1, "loss": 6.864, "accuracy": accuracies[0], "step": 14},
                           {"stage": 2, "loss": 6.832, "accuracy": accuracies[1], "step": 30}], steps=30)
@@ -99,7 +99,7 @@ def test_bar_names_are_level_when_they_fit_and_end_at_their_bars_when_slanted(tm
 
 def test_a_one_stage_run_draws_no_stage_start_line(tmp_path, figures):  # noqa: F811
     """A lone dotted "stage starts" line at step 1 marked nothing; a second stage's start is still marked."""
-    from kgpt2.training.run_logs import plot_run
+    from kgpt2.training.run_plot import plot_run
 
     _write_run(tmp_path / "one", [{"stage": 1, "loss": 6.84, "accuracy": 0.039, "step": 30}], steps=30)
     _write_run(tmp_path / "two", [{"stage": 1, "loss": 6.86, "accuracy": 0.033, "step": 14},
@@ -118,7 +118,8 @@ def test_a_one_stage_run_draws_no_stage_start_line(tmp_path, figures):  # noqa: 
 def test_training_loss_logged_every_n_steps_says_so_and_one_row_shows(tmp_path, figures):  # noqa: F811
     """With train.steps_per_execution = 10 (the Shakespeare recipe) a row is the mean of 10 steps, not "per step";
     and a run of one logged row drew an invisible line of one point."""
-    from kgpt2.training.run_logs import STEP_FIELDS, plot_run
+    from kgpt2.training.run_logs import STEP_FIELDS
+    from kgpt2.training.run_plot import plot_run
 
     for run, steps in (("every10", range(10, 70, 10)), ("one-row", [10])):
         (tmp_path / run / "logs").mkdir(parents=True)

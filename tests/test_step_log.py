@@ -44,7 +44,8 @@ def test_the_plotted_curve_is_each_steps_loss_across_fit_calls(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kgpt2.training.run_logs import _plot_training_loss, per_step_loss, plot_run, read_steps
+    from kgpt2.training.run_logs import per_step_loss, read_steps
+    from kgpt2.training.run_plot import _plot_training_loss, plot_run
 
     want = _fit_calls(tmp_path, [5, 7, 30])
     steps = read_steps(tmp_path)
@@ -69,7 +70,8 @@ def test_a_log_from_before_since_step_still_plots_its_running_means(tmp_path):
     import matplotlib.pyplot as plt
 
     from kgpt2.run import Run
-    from kgpt2.training.run_logs import STEP_FIELDS, StepLog, _plot_training_loss, read_steps
+    from kgpt2.training.run_logs import STEP_FIELDS, StepLog, read_steps
+    from kgpt2.training.run_plot import _plot_training_loss
 
     old = [f for f in STEP_FIELDS if f != "since_step"]
     path = Run(tmp_path).steps_log
@@ -93,7 +95,7 @@ def test_each_stages_validation_point_is_labelled_and_visible_on_both_axes():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kgpt2.training.run_logs import _plot_stage_validation
+    from kgpt2.training.run_plot import _plot_stage_validation
 
     for stages in ([{"stage": 1, "loss": 5.9113, "accuracy": 0.0661}],
                    [{"stage": 1, "loss": 5.9, "accuracy": 0.07}, {"stage": 2, "loss": 4.7623, "accuracy": 0.1125}]):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kgpt2.run import Run
 from kgpt2.serving.votes import VOTES_FILE, counts, read_votes
-from kgpt2.training.run_logs import run_figure
+from kgpt2.training.run_plot import run_figure
 
 log = logging.getLogger("kgpt2")
 _drawn: dict = {}  # run folder -> (its logs' sizes and times, the training plot drawn from them)

@@ -2,5 +2,5 @@
 
 Where a run stands (`cursor`, `continuation`), what it trains on (`training_data`), how (`optimizer`, `metrics`,
 `devices`, `distribution`), what it keeps (`checkpoints`, with their manifest and arrays) and what it records
-(`run_logs`, `periodic_eval`, `progress_lines`); `preferences` and `preference_losses` are align's scores and losses.
+(`run_logs`, `run_plot`, `periodic_eval`, `progress_lines`); `preferences` and `preference_losses` are align's scores and losses.
 """

@@ -71,7 +71,6 @@ def test_the_newest_goes_while_its_weights_are_read_and_the_page_opens_on_the_ne
     from kgpt2.demo import Demo
     from kgpt2.training import checkpoints
 
-    run_dir = training_root / "tiny"
     demo = Demo(training_root, "tiny", batching=False)
     gone, before = demo.latest, demo.pool.checkpoints("tiny")[-2][1]
     read = checkpoints.load_arrays

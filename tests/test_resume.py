@@ -232,7 +232,6 @@ def test_a_run_whose_shards_moved_changed_or_max_steps_fell_says_what_to_do(tmp_
     import shutil
 
     from kgpt2.data.shards import prepare
-    from kgpt2.run import Run
     from kgpt2.train import train
     from kgpt2.training.train_inputs import dry_run_plan
 

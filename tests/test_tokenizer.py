@@ -13,7 +13,6 @@ The full keras-hub disagreement count of docs/tokenization.md:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest

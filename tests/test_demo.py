@@ -315,7 +315,7 @@ def test_stop_ends_the_answers_and_the_pair_takes_no_vote(server, client, monkey
 def test_metrics_panel(client):
     summary, stages, evaluation, loss_png, eval_png = client.predict("tiny", api_name="/metrics")
     assert "2 stages finished" in summary and "evaluation: test" in summary
-    assert stages["headers"][:2] == ["loss", "accuracy"] and len(stages["data"]) == 2
+    assert stages["headers"][:2] == ["stage", "step"] and len(stages["data"]) == 2
     assert [row[0] for row in evaluation["data"]][0] == "base" and "perplexity" in evaluation["headers"]
     assert loss_png is not None and eval_png is not None
     with pytest.raises(Exception, match="no run"):

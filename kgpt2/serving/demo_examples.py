@@ -1,9 +1,11 @@
 """Example prompts for the demo, taken from the run's own held-out data.
 
 For an instruction run, the instructions of its first validation (or test)
-records; otherwise the first words of its first documents there, so the
-examples are the kind of text the model was tuned on, and never text it
-trained on. No shards (moved, deleted): no examples.
+records; for a chat run, their first user turns (what the chat template wraps,
+without its headers); otherwise the first words of its first documents there,
+so the examples are the kind of text the model was tuned on, and not text it
+trained on (shards without a held-out split: their training data's first
+documents). No shards (moved, deleted): no examples.
 
     >>> from kgpt2.serving.demo_examples import example_from_text
     >>> example_from_text("### Instruction:\\nName a colour.\\n\\n### Response:\\nBlue.")
@@ -12,21 +14,27 @@ trained on. No shards (moved, deleted): no examples.
     'The assert statement'
     >>> example_from_text("Attribute references\\n********************\\nAn attribute reference is a primary")
     'Attribute references An attribute reference is'
+    >>> example_from_text("<|system|>\\nBe brief.\\n<|user|>\\nName a colour.\\n<|assistant|>\\nBlue.")
+    'Name a colour.'
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import string
 from pathlib import Path
 
 from kgpt2.data.shards import ShardSet
 from kgpt2.errors import UserError
-from kgpt2.generation.templates import INPUT, INSTRUCTION, RESPONSE
+from kgpt2.generation.templates import INPUT, INSTRUCTION, RESPONSE, ROLES, chat_header
 from kgpt2.model.models import load_tokenizer
 from kgpt2.run import load_run_config
 
 log = logging.getLogger("kgpt2")
+USER = chat_header("user")
+# A chat turn ends at the next turn's header (the end-of-text id between them decodes to nothing) or the text's end.
+TURN_END = re.compile("|".join(re.escape("\n" + chat_header(role)) for role in ROLES) + "|<\\|endoftext\\|>")
 
 
 def is_adornment(line: str) -> bool:
@@ -38,6 +46,8 @@ def is_adornment(line: str) -> bool:
 def example_from_text(text: str, words: int = 6) -> str:
     if text.startswith(INSTRUCTION):
         return text[len(INSTRUCTION):].split(INPUT)[0].split(RESPONSE)[0].strip()
+    if text.startswith("<|") and USER in text:  # a chat: its headers and a system turn were the chip
+        return TURN_END.split(text.split(USER, 1)[1])[0].strip()
     # The pydoc topics are reStructuredText: a chip read "Attribute references ******************** An ...".
     text = "\n".join(line for line in text.splitlines() if not is_adornment(line))
     return " ".join(text.split()[:words])

@@ -165,7 +165,9 @@ def _answer_panel(ui) -> None:
 def _metrics_panel(ui) -> None:
     with gr.Accordion("Run metrics (left run)", open=True):
         ui.summary = gr.Markdown(label="Summary", elem_id="summary")
-        stages = gr.Dataframe(label="Validation after each stage (stages.csv)", interactive=False)
+        # kgpt2.serving.run_metrics.shown: the stage, its steps and batches, then its validation; "—" not measured.
+        stages = gr.Dataframe(label="After each stage: steps, batches and validation (stages.csv; — where the "
+                              "stage had no validation split)", interactive=False)
         evaluation = gr.Dataframe(label="Evaluation (evaluation-<split>.csv)", interactive=False)
         plots = []
         with gr.Row():

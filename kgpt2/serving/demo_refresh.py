@@ -19,6 +19,7 @@ import gradio as gr
 
 from kgpt2.errors import UserError
 from kgpt2.run import BASE
+from kgpt2.serving import run_metrics
 
 SIDES = ("a", "b")
 
@@ -89,9 +90,10 @@ def cleared(status: str) -> tuple:
 
 
 def no_runs():
-    """The metrics panel when the root lists no run now (the run folder moved away while the demo ran)."""
+    """The metrics panel when the root lists no run now (the run folder moved away while the demo ran): each table
+    empty under its own headers."""
     import pandas as pd
 
-    empty = pd.DataFrame(columns=["model", "loss", "accuracy", "perplexity"])
+    stages = run_metrics.shown(pd.DataFrame(), run_metrics.STAGE_COLUMNS)
     return ("**No runs** under the checkpoints root now (moved or removed?): put one back or train one, then "
-            "refresh.", empty, empty, None, None)
+            "refresh.", stages, pd.DataFrame(columns=run_metrics.EVALUATION_COLUMNS), None, None)

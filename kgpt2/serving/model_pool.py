@@ -18,6 +18,9 @@ Names come from the browser: a run or checkpoint is used only if it appears
 in the listing of the root or of that run, never joined as a path. A
 checkpoint may be named as on the command line (`latest`, `stage-2`, `best`,
 a step): `resolve` turns the name into its id with the run's own resolver.
+The listing holds the checkpoints whose weights verify, as generate, serve and
+export take them (a damaged optimizer state matters only to a resume); one
+whose weights are damaged is named in one warning line, once, not at every refresh.
 
     >>> from kgpt2.serving.model_pool import ModelPool
     >>> pool = ModelPool("checkpoints")
@@ -44,14 +47,13 @@ from kgpt2.run import (
     build_run_model,
     folder_fingerprint,
     is_run,
-    list_checkpoints,
     list_runs,
     load_run_config,
     restore,
     snapshot,
 )
 from kgpt2.serving.checkpoint_names import picker_choices, preset_name
-from kgpt2.training.checkpoints import CheckpointManager
+from kgpt2.training.checkpoints import SKIPPED, STATE_FILE, WEIGHTS_ONLY, Checkpoint, CheckpointManager
 
 log = logging.getLogger("kgpt2")
 
@@ -137,6 +139,8 @@ class ModelPool:
         self.evictions = 0
         self._bases: OrderedDict[str, _Base] = OrderedDict()
         self._keys: dict = {}  # run folder -> (files_state, its config, its model_key)
+        self._stores: dict = {}  # run folder -> its CheckpointManager, whose verdicts are kept: hashed once
+        self._named: set = set()  # (folder, why) of each damaged checkpoint already named in a warning
 
     # --- names ---
     def runs(self) -> list[str]:
@@ -158,17 +162,35 @@ class ModelPool:
 
     def checkpoints(self, run) -> list[tuple[str, str]]:
         """(label, id) pairs for a picker: base, then each checkpoint with its step and stage (checkpoint_names)."""
-        return picker_choices(CheckpointManager(self.run_dir(run)).intact())
+        return picker_choices(self.intact(self.run_dir(run)))
+
+    def intact(self, run_dir: Path) -> list[Checkpoint]:
+        """The run's checkpoints whose weights verify, oldest first: what `kgpt2 generate` takes (`latest` is the
+        newest of them). Each damaged one is named in one warning line the first time it is seen."""
+        store = self._stores.setdefault(run_dir, CheckpointManager(run_dir))
+        verdicts = [(c, store.damage(c, WEIGHTS_ONLY)) for c in store.list()]
+        damaged = [(c.step, c.path, why) for c, why in verdicts if why is not None]
+        listed = {c.path.name for c, _ in verdicts}
+        damaged += [(int(d.name[5:]), d, f"{STATE_FILE} is missing or unreadable")  # no state to list it by
+                    for d in run_dir.glob("ckpt-*")
+                    if d.name[5:].isdigit() and d.name not in listed and (d / STATE_FILE).is_file()]
+        for _, path, why in sorted(damaged, key=lambda item: item[0]):
+            if (path, why) not in self._named:
+                self._named.add((path, why))
+                log.warning("checkpoint '%s' is damaged (%s); %s", path, why, SKIPPED)
+        return [c for c, why in verdicts if why is None]
 
     def resolve(self, run, checkpoint) -> tuple[Path, str]:
         """The run's folder and the id of `checkpoint`, named as the CLI names it: `base`, an id (`ckpt-120`),
-        a step (`120`), `stage-2` (that stage's end), `latest` or `best`."""
+        a step (`120`), `stage-2` (that stage's end), `latest` (the newest whose weights verify) or `best`."""
         run_dir = self.run_dir(run)
-        ids = list_checkpoints(run_dir)
+        ids = [BASE] + [c.id for c in self.intact(run_dir)]
         name = checkpoint
-        if isinstance(name, str) and name not in ids and CHECKPOINT_NAME.fullmatch(name):
+        if name == "latest":  # from the listing just made: the store's own would name a damaged one again
+            name = ids[-1] if len(ids) > 1 else name
+        elif isinstance(name, str) and name not in ids and CHECKPOINT_NAME.fullmatch(name):
             try:
-                name = Run(run_dir).checkpoint(name).id
+                name = Run(run_dir).checkpoint(name, WEIGHTS_ONLY).id
             except UserError:  # its sentence names the run's folder; the browser gets the run's name
                 pass
         if not isinstance(name, str) or name not in ids:  # intact ones only: a damaged id is listed by the store

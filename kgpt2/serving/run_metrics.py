@@ -1,6 +1,11 @@
 """The demo's metrics panel of a run, read from its folder: a summary line (stages finished, evaluations, votes),
 the per-stage table (stages.csv), the evaluation tables (evaluation-<split>.csv) and the two plots.
 
+The stage table leads with what each stage trained (stage, step, batches, articles), then its validation, in that
+order whatever order the file's columns have (they follow its first row's keys: a first stage without a validation
+split put the metrics last). A value not measured (a stage without validation, the base's step) shows a dash, not
+NaN, and counts stay whole numbers (42, not 42.0).
+
 Plots are held in memory: Gradio then serves a copy, so no run file is ever exposed by path. The training plot is
 drawn from the run's logs at each refresh (when they changed): loss.png is written when a stage ends, and a run
 still training has logged steps past it. Nothing is written into the run folder.
@@ -23,6 +28,10 @@ from kgpt2.serving.votes import VOTES_FILE, counts, read_votes
 from kgpt2.training.run_plot import run_figure
 
 log = logging.getLogger("kgpt2")
+STAGE_COLUMNS = ["stage", "step", "batches", "of_batches", "articles", "loss", "accuracy", "perplexity"]
+EVALUATION_COLUMNS = ["model", "loss", "accuracy", "perplexity"]  # the headers of an empty one (an align run's differ)
+COUNTS = ("stage", "step", "batches", "of_batches", "articles", "tokens", "truncated")  # whole numbers
+NOT_MEASURED = "—"
 _drawn: dict = {}  # run folder -> (its logs' sizes and times, the training plot drawn from them)
 _drawing = threading.Lock()
 
@@ -47,15 +56,28 @@ def metrics(run_dir: Path, run: str):
     """(summary, per-stage table, evaluation table, training plot, evaluation plot) of the run in `run_dir`."""
     import pandas as pd
 
-    stages = (pd.read_csv(run_dir / "stages.csv") if (run_dir / "stages.csv").is_file()
-              else pd.DataFrame(columns=["stage", "loss", "accuracy", "perplexity"]))
+    stages = pd.read_csv(run_dir / "stages.csv") if (run_dir / "stages.csv").is_file() else pd.DataFrame()
     evals = [pd.read_csv(p) for p in sorted(run_dir.glob("evaluation-*.csv"))]
-    evaluation = (pd.concat(evals, ignore_index=True) if evals
-                  else pd.DataFrame(columns=["model", "loss", "accuracy", "perplexity"]))
+    evaluation = pd.concat(evals, ignore_index=True) if evals else pd.DataFrame(columns=EVALUATION_COLUMNS)
     plots = [run_dir / "evaluation-test.png", run_dir / "evaluation-validation.png",
              *sorted(run_dir.glob("evaluation-*.png"))]
-    return (summary(run_dir, run), stages.round(4), evaluation.round(4), training_plot(run_dir),
-            image(next((p for p in plots if p.is_file()), None)))
+    return (summary(run_dir, run), shown(stages, STAGE_COLUMNS), shown(evaluation, ["model"]),
+            training_plot(run_dir), image(next((p for p in plots if p.is_file()), None)))
+
+
+def shown(table, first: list[str]):
+    """`table` as the panel shows it: the `first` columns (each one, even where the file has none) then the rest
+    in the file's order, numbers to 4 places, counts whole, and a dash where a value is missing.
+
+        >>> import pandas as pd
+        >>> rows = [{"loss": 3.5, "stage": 2, "step": 90}, {"stage": 1, "step": 42}]
+        >>> table = shown(pd.DataFrame(rows), ["stage", "loss"])
+        >>> list(table.columns), table.values.tolist()
+        (['stage', 'loss', 'step'], [[2, 3.5, 90], [1, '—', 42]])
+    """
+    table = table.reindex(columns=[*first, *(c for c in table.columns if c not in first)]).round(4)
+    table = table.astype({c: "Int64" for c in COUNTS if c in table and table[c].dropna().mod(1).eq(0).all()})
+    return table.astype(object).where(table.notna(), NOT_MEASURED)
 
 
 def training_plot(run_dir: Path):

@@ -4,7 +4,8 @@
 
 1. `Aligner.setup`: read and encode the preference data (checked before any
    model loads), split off held-out pairs by a hash of the prompt, pick the
-   device(s) (`train.devices`) and precision, find the newest checkpoint;
+   device(s) (`train.devices`) and precision, find the newest checkpoint, or for a new run the
+   `align.init_run` checkpoint it starts from (only its weights must verify, as for `kgpt2 generate`);
 2. `Aligner.build`: the policy (preset + LoRA, or `align.init_run`'s
    checkpoint), its reference log-probs computed once before any update and
    cached in `<run>/reference.npz` (no second model is held in memory), and
@@ -55,8 +56,8 @@ from kgpt2.io import atomic_write_bytes, atomic_write_text
 from kgpt2.model.models import build_causal_lm, check_sequence_length, load_tokenizer
 from kgpt2.model.preset_shape import with_preset_shape
 from kgpt2.reports import counted, shown
-from kgpt2.run import Run, not_a_run, same_files
-from kgpt2.training.checkpoints import CheckpointManager
+from kgpt2.run import BASE, Run, not_a_run, same_files
+from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager
 from kgpt2.training.continuation import differences
 from kgpt2.training.devices import dtype_policy, resolve_device, step_compiler_options
 from kgpt2.training.distribution import plan_data_parallel
@@ -107,7 +108,8 @@ def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict
         hint = (" This is a training config (it sets data.shards): run `kgpt2 train` with it." if cfg.data.shards
                 else "")
         raise UserError(f"{NO_PREFERENCE_FILES}.{hint}")
-    if cfg.align.init_run and not Run(cfg.align.init_run).exists():  # else its model and LoRA are not known yet
+    if cfg.align.init_run and not Run(cfg.align.init_run).exists() and not _has_checkpoints(cfg):
+        # else its model and LoRA are not known yet; a resume needs none of it (its config.json records them)
         recipe_start = (" (the dpo recipe starts from `kgpt2 train --config alpaca`)"
                         if Path(cfg.align.init_run).name == "alpaca" else "")  # the recipe's own init_run
         advice = f"train it first{recipe_start}, or set align.init_run= to start from model.preset"
@@ -148,10 +150,14 @@ class Aligner:
         if a.loss != "kto":
             refuse_unpaired(unpaired, a.loss)  # KTO records are refused; votes' single answers skipped
             self.stats.skipped, unpaired = len(unpaired), []
+        # Encoded (and the held-out split checked) before the preset is copied in: a refusal leaves no run folder
+        self._encode(pairs, unpaired, load_tokenizer(cfg.model))
+        # the checkpoint a new run starts from, found (and its weights verified) before anything is written;
+        # a resume loads its own checkpoint instead: it holds every weight trained
+        self.start = _start_checkpoint(cfg, a.init_run, a.init_checkpoint) if a.init_run and not self.latest else None
         # Its own copy of a local preset / tokenizer (often align.init_run's), as `train` makes: the align run then
         # opens wherever it is copied, without the run it started from.
         self.cfg = cfg = self.run_.adopt(cfg)
-        self._encode(pairs, unpaired, load_tokenizer(cfg.model))
         self.device = resolve_device(cfg.train.device)
         self.policy_name = self.device.policy(cfg.train.precision)
         self.parallel = plan_data_parallel(cfg.train.devices, cfg.train.batch_size, cfg.train.device)
@@ -194,6 +200,8 @@ class Aligner:
 
     def _check_resumable(self, state: dict) -> None:
         old, new = state.get("align_plan", {}), self._plan_record()
+        if _same_run_name(old.get("init_run"), new["init_run"]):
+            old = {**old, "init_run": new["init_run"]}  # as typed, or resolved from config.json, or moved: one run
         diffs = "; ".join(f"{k}: {shown(old.get(k))} -> {new[k]!r}" for k in new if old.get(k) != new[k])
         if state.get("kind") != KIND:  # a training run's folder: its every align field "changed" (None -> ...)
             raise UserError(f"run '{self.cfg.run_dir}' is a training run, not an align run: align into a new run name "
@@ -220,10 +228,10 @@ class Aligner:
         cfg, a = self.cfg, self.cfg.align
         keras.utils.set_random_seed(cfg.seed)
         self.policy = build_causal_lm(cfg)
-        if a.init_run:
-            start = _load_init(self.policy, cfg, a.init_run, a.init_checkpoint)
-            if self.latest is None:  # a resume says where it resumes instead
-                log.info("starting from %s of run %s", start.id, a.init_run)
+        if a.init_run and self.latest is None:
+            if self.start is not None:  # None: align.init_checkpoint = "base", the model as built
+                CheckpointManager.restore(self.policy, self.start, only=WEIGHTS_ONLY)
+            log.info("starting from %s of run %s", self.start.id if self.start else BASE, a.init_run)
         self.model = PolicyLogProbs(self.policy)
         ref_train, ref_held = self._reference()
         self.train_y = targets_for(ref_train, self.train_x, self.labels)
@@ -298,22 +306,41 @@ class Aligner:
         return result
 
 
+def _has_checkpoints(cfg: Config) -> bool:
+    return bool(Run.of(cfg).checkpoints().list())
+
+
+def _same_run_name(old, new: str) -> bool:
+    """align.init_run as the run recorded it and as given now name one run: the path may be the one typed then
+    (relative to where align ran), the one a config.json resolves, or where the two runs were moved since."""
+    return isinstance(old, str) and bool(old) == bool(new) and Path(old).name == Path(new).name
+
+
 def _npz_bytes(**arrays) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
-def _load_init(policy, cfg: Config, run_dir, checkpoint: str):
-    """Start from another run's checkpoint (e.g. Alpaca SFT) with the same model signature; returns that checkpoint."""
+def _start_checkpoint(cfg: Config, run_dir, checkpoint: str) -> Checkpoint | None:
+    """The checkpoint of another run (e.g. Alpaca SFT, same model signature) that align starts from; None for `base`.
+
+    Only its weights are read, so only they must verify (as generate's): a damaged optimizer state in the run's
+    newest checkpoint does not send align to an older one.
+    """
     other = Run(run_dir).config()
     theirs, ours = other.model_signature(), cfg.model_signature()
-    if Path(other.model.preset).is_dir() and Path(cfg.model.preset).is_dir() and same_files(other.model.preset, cfg.model.preset):
+    presets = other.model.preset, cfg.model.preset
+    if all(Path(p).is_dir() for p in presets) and same_files(*presets):
         theirs["preset"] = ours["preset"]  # the run holds its own copy of this preset (kgpt2.run.Run.adopt)
     if theirs != ours:  # each differing field named, the run's value -> this config's
         raise UserError(f"align.init_run '{run_dir}' was trained with another model, LoRA or sequence "
                         f"setting than this config ({differences(theirs, ours)}); leave [model], [lora] and "
                         "data.sequence_length unset to take the run's")
-    start = Run(run_dir).checkpoint(checkpoint)
-    CheckpointManager.restore(policy, start)
+    if checkpoint == BASE:
+        return None
+    start = Run(run_dir).checkpoint(checkpoint, WEIGHTS_ONLY)  # `latest`: the newest whose weights verify
+    why = Run(run_dir).checkpoints().damage(start, WEIGHTS_ONLY)  # one named: checked here, before the run is made
+    if why is not None:
+        raise UserError(f"checkpoint '{start.path}' is damaged ({why}); choose another align.init_checkpoint")
     return start

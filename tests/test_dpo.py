@@ -314,12 +314,12 @@ def test_demo_votes_give_kto_examples_and_paired_losses_skip_them(tmp_path):
 
 def test_init_run_of_another_model_names_the_fields(tmp_path, tiny_run, make_tiny_config, tiny_preset, pydoc_shards):
     """align.init_run on a run of another shape says which fields differ (the demo-votes journey: lora, length)."""
-    from kgpt2.align import _load_init
+    from kgpt2.align import _start_checkpoint
     from kgpt2.errors import UserError
 
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=kto", "lora.enabled=true", "data.sequence_length=16")
     with pytest.raises(UserError) as e:
-        _load_init(None, cfg, tiny_run, "latest")
+        _start_checkpoint(cfg, tiny_run, "latest")
     assert "lora.enabled: False -> True" in str(e.value) and "data.sequence_length: 32 -> 16" in str(e.value), str(e.value)
 
 

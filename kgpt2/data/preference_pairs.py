@@ -101,6 +101,11 @@ def _refuse_shard_set(path: Path, folder: Path) -> None:
                     f"\"{folder}\"), not preference data; {ALIGN_TAKES}")
 
 
+def _is_trained_run(folder: Path) -> bool:
+    """A run folder with a checkpoint (what align.init_run takes; given as align.data by mistake)."""
+    return (folder / "config.json").is_file() and any(folder.glob("ckpt-*/state.json"))
+
+
 def _files(paths):
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -112,6 +117,9 @@ def _files(paths):
         if path.name == MANIFEST and path.is_file() and _is_shard_set(path.parent):
             _refuse_shard_set(path, path.parent)
         if path.is_dir():
+            if not (path / "votes.jsonl").is_file() and _is_trained_run(path):
+                raise UserError(f"'{path}' is a kgpt2 run without demo votes (no votes.jsonl), not preference data: "
+                                f"to start from its weights give align.init_run={path}; {ALIGN_TAKES}")
             if not (path / "votes.jsonl").is_file():
                 raise UserError(f"preference folder '{path}' holds no votes.jsonl (the votes a demo run records); give "
                                 "preference files (prompt/chosen/rejected JSON, JSONL or CSV) or a demo run's folder")

@@ -155,8 +155,9 @@ def _generate(a):
                                         "plain gives the model the text as it is", s.template)
     gen = Generator(model, tokenizer)
     if a.stream:
+        pieces = gen.stream(a.prompt, s)  # first: its notes and errors come before the prompt is printed
         print(a.prompt, end="", flush=True)
-        for piece in gen.stream(a.prompt, s):
+        for piece in pieces:
             print(piece, end="", flush=True)
         print()
     else:

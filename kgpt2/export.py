@@ -94,14 +94,15 @@ def chat_template(template: str, eos: str) -> str | None:
     return None if jinja is None else jinja.replace("EOS", json.dumps(eos))
 
 
-def generation_config(eos_id: int, generate=None) -> dict:
+def generation_config(eos_id: int, generate=None, context: int | None = None) -> dict:
     """generation_config.json: the end-of-text id (also as the padding id, as transformers pads GPT-2, which has
     no padding token: without it transformers 4.x warned "Setting `pad_token_id` to `eos_token_id`" on every
     `generate`), and the run's `[generate]` settings (`generate`, a GenerateConfig) in transformers'
     GenerationConfig names, so `model.generate()` samples as `kgpt2 generate` does by default (without them
     transformers decodes greedily, 20 new tokens). kgpt2's `seed` has no place there; a `sampler`'s unused
     settings are left out (transformers warns about them). Where top-p and top-k cut differently:
-    `generation_difference`.
+    `generation_difference`. Lengths are capped at the model's `context` (n_positions), as `kgpt2 generate` caps
+    them: transformers' `generate()` does not, and past it fails with "IndexError: index out of range in self".
 
     >>> from kgpt2.config_sections import GenerateConfig
     >>> generation_config(0, GenerateConfig(sampler="top_k", top_k=40, max_new_tokens=64))
@@ -112,7 +113,9 @@ def generation_config(eos_id: int, generate=None) -> dict:
         return config
     g = generate
     # kgpt2's max_length counts the prompt, as transformers' does; max_new_tokens (when set) overrides it in both
-    config.update({"max_new_tokens": g.max_new_tokens} if g.max_new_tokens else {"max_length": g.max_length})
+    # (max_new_tokens leaves room for a one-token prompt)
+    config.update({"max_new_tokens": _capped("max_new_tokens", g.max_new_tokens, (context or 0) - 1, context)}
+                  if g.max_new_tokens else {"max_length": _capped("max_length", g.max_length, context or 0, context)})
     if g.sampler == "greedy":
         return config | {"do_sample": False}
     if g.sampler == "beam":
@@ -120,6 +123,15 @@ def generation_config(eos_id: int, generate=None) -> dict:
     # kgpt2's top_p sampler also keeps its top_k cut (kgpt2.generate.Settings.sampling); "random" keeps all
     return config | {"do_sample": True, "temperature": g.temperature, "top_k": 0 if g.sampler == "random" else g.top_k,
                      "top_p": g.top_p if g.sampler == "top_p" else 1.0}
+
+
+def _capped(name: str, length: int, limit: int, context: int | None) -> int:
+    """`length` of setting `name`, at most `limit` where the model's `context` is known; a line when it is cut."""
+    if context is None or length <= limit:
+        return length
+    log.info("generation_config.json: %s %d -> %d, as the model's context is %d tokens (transformers' generate() "
+             "fails past it)", name, length, limit, context)
+    return limit
 
 
 def generation_difference(generate, vocabulary_size: int) -> str | None:
@@ -158,7 +170,7 @@ def write_hf(backbone, tokenizer: Tokenizer, out: Path, template: str = "plain",
                   eos_token_id=tokenizer.eos_id, torch_dtype="float32", tie_word_embeddings=True)
     atomic_write_text(config_path, json.dumps(config, indent=2))
     atomic_write_text(out / "generation_config.json",
-                      json.dumps(generation_config(tokenizer.eos_id, generate), indent=2))
+                      json.dumps(generation_config(tokenizer.eos_id, generate, backbone.max_sequence_length), indent=2))
     return write_hf_tokenizer(tokenizer, out, backbone.max_sequence_length, template)
 
 

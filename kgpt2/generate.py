@@ -172,9 +172,16 @@ class Generator:
         return self.tokenizer.decode(self.generate_ids(self._encode(prompt, s), s))
 
     def stream(self, prompt: str | list, settings: Settings | None = None, **kw) -> Iterator[str]:
-        """Yield pieces of the continuation as tokens are produced."""
+        """Pieces of the continuation as tokens are produced. The request is checked and planned at the call, not
+        at the first piece: a prompt too long for the context, or the line that the context caps the length, comes
+        before the caller prints anything (`kgpt2 generate --stream` printed the prompt, then that line in it)."""
         s = settings or Settings(**kw)
+        s.check()
         ids = self._encode(prompt, s)
+        self._plan(ids, s)
+        return self._pieces(ids, s)
+
+    def _pieces(self, ids: list[int], s: Settings) -> Iterator[str]:
         if s.sampler == "beam":
             yield self.tokenizer.decode(self.generate_ids(ids, s))  # beams are only final at the end
             return

@@ -197,7 +197,8 @@ def write_shards(src, folder: Path, tokenizer: Tokenizer, splits, fractions, see
     pool = ThreadPoolExecutor(max_workers=threads)
     tokens_done = 0
     try:
-        batches = _batches(_documents(src, splits, fractions, seed, max_doc_chars), batch_docs)
+        named: set[str] = set()  # the splits the source names itself, kept under "auto" (a train.jsonl, an hf: split)
+        batches = _batches(_documents(src, splits, fractions, seed, max_doc_chars, named), batch_docs)
         for batch, encoded in _encoded_in_turn(pool, batches, partial(_encode, tokenizer, dtype), threads):
             tokens_done += _write_batch(writers, batch, encoded)
             bar.update(len(batch))
@@ -205,10 +206,11 @@ def write_shards(src, folder: Path, tokenizer: Tokenizer, splits, fractions, see
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    return _manifest(src, tokenizer, dtype, {name: w.close() for name, w in writers.items()})
+    manifest = _manifest(src, tokenizer, dtype, {name: w.close() for name, w in writers.items()})
+    return manifest | ({"source_splits": sorted(named)} if named else {})  # what an empty split's note says
 
 
-def _documents(src, splits, fractions, seed, max_doc_chars):
+def _documents(src, splits, fractions, seed, max_doc_chars, named: set):
     """The documents of `src` to write, each with its split; a document over `max_doc_chars` is skipped and counted."""
     tail = tail_fraction(splits)
     for doc in split_tail(src, tail) if tail else src:
@@ -219,6 +221,8 @@ def _documents(src, splits, fractions, seed, max_doc_chars):
             doc.split = "train"
         elif splits == "hash" or doc.split is None:
             doc.split = assign_split(doc.id, seed, fractions)
+        elif splits == "auto":
+            named.add(doc.split)
         yield doc
 
 

@@ -133,6 +133,11 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     return manifest
 
 
+# From this many documents, splitting by article fills each split (5% of 20 is one): a source that named its one
+# split is told to split by article, not to cut its documents' text (tail:F) or find more.
+SPLIT_BY_ARTICLE_FROM = 20
+
+
 def empty_splits_note(manifest: dict) -> str | None:
     """What an empty split will mean, and how to fill it (None when all three hold articles, or the set was asked
     to be all train). One long text (a novel, a corpus in one file) is one document, and documents are what "auto"
@@ -152,8 +157,16 @@ def empty_splits_note(manifest: dict) -> str | None:
         return None
     what = {"train": "there is nothing to train on", "validation": "training would report no validation loss",
             "test": "`kgpt2 evaluate` has nothing to score"}
-    return (f"{' and '.join(empty)} hold{'s' if len(empty) == 1 else ''} no articles ({n:,} document"
-            f"{'' if n == 1 else 's'} in all, each split whole): {' and '.join(what[e] for e in empty)}; prepare "
+    head = f"{' and '.join(empty)} hold{'s' if len(empty) == 1 else ''} no articles ({n:,} document{'s' * (n != 1)}"
+    named = manifest.get("source_splits", [])
+    if splits == "auto" and named and n >= SPLIT_BY_ARTICLE_FROM:  # e.g. one file called train.jsonl
+        shares = manifest.get("options", {}).get("fractions", (0.9, 0.05, 0.05))
+        fractions = "/".join(f"{100 * f:g}" for f in shares)
+        return (f"{head} in all, in the split{'s' if len(named) > 1 else ''} the source names: {', '.join(named)}): "
+                f"{' and '.join(what[e] for e in empty)}; --splits auto keeps a source's own splits (a file or folder "
+                f"called train, an hf: dataset's split), so prepare again with --splits hash to split the {n:,} "
+                f"documents by article ({fractions}% train/validation/test)")
+    return (f"{head} in all, each split whole): {' and '.join(what[e] for e in empty)}; prepare "
             "again with --splits tail:0.1 to hold out the last 10% of each document's text, or from more documents")
 
 

@@ -8,10 +8,10 @@
    find the newest checkpoint and check the run may resume from it;
 2. `Trainer.build`: the model (preset + LoRA) and AdamW with warmup + cosine
    over the global step count of *all* stages (kgpt2.training.optimizer);
-   then `Trainer.record` writes config.json (and what this call changed):
-   a call that fails before its model is built leaves the run as it was;
 3. `Trainer.resume`: restore the newest checkpoint (weights, optimizer, RNG
    states) and return the `Cursor` (stage, epoch, batch, global step) it saved;
+   then `Trainer.record` writes config.json (and what this call changed):
+   a call that fails before its checkpoint is restored leaves the run as it was;
 4. `Trainer.run_stage`: `model.fit` the stage's batches from the cursor on,
    one `fit` call per checkpoint / evaluation interval;
 5. `Trainer.end_stage`: validation metrics, a checkpoint, the merged
@@ -114,8 +114,8 @@ def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> Trai
             return trainer.finished_result()
         with trainer.scope():
             trainer.build()
-            trainer.record()  # only now: a call that fails before its model is built leaves the run as it was
             cursor = trainer.resume()
+            trainer.record()  # only now: a call that fails before its checkpoint is restored leaves the run as it was
             for stage in trainer.stages[cursor.stage - trainer.stage_offset:]:
                 if cursor.step >= trainer.total_steps:  # train.max_steps reached in an earlier stage
                     break
@@ -156,7 +156,7 @@ class Trainer:
         cfg = self.cfg
         start_processes()  # several hosts: join them before JAX lists devices (KERAS_DISTRIBUTION_* variables)
         cfg, self.tokenizer, self.shards = check_inputs(cfg)
-        self.init_from = init_checkpoint(cfg)
+        self.init_from = init_checkpoint(cfg, self.tokenizer)
         # The device, the distribution and the plan before the run folder is made: a Colab runtime without a GPU
         # left a run folder holding only a copy of the preset.
         self.device = resolve_device(cfg.train.device)
@@ -186,7 +186,7 @@ class Trainer:
             self.continuation = continuation_record(old_config, cfg.to_dict(), self.latest.step)
         self.reopened = self._reopen_finished_stage((self.continuation or {}).get("changed"))  # may refuse it
         # A call that trains nothing changes nothing (a train.max_steps kept from it cut later stages); the others
-        # record their changes once their model is built (`record`).
+        # record their changes once their checkpoint is restored (`record`).
         if self.finished and self.continuation:
             log.info("nothing to train, so config.json keeps its settings (not recorded: %s)", self._changes())
         log.info("device: %s (%s), precision %s, backend %s", self.device.keras_name, self.device.description,

@@ -16,6 +16,7 @@ once every name and shape matches, so a model is never half-restored.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -24,6 +25,9 @@ import numpy as np
 from kgpt2.errors import UserError
 from kgpt2.training.checkpoint_manifest import OPTIMIZER
 from kgpt2.training.distribution import host_array
+
+log = logging.getLogger("kgpt2")
+SEEDS = "seed_generator/"  # the names `array_names` gives RNG states
 
 
 def checkpoint_variables(model) -> list:
@@ -45,7 +49,7 @@ def array_names(variables, optimizer: bool = False) -> list[str]:
     for v in variables:
         path = getattr(v, "path", "") or ""
         if "seed_generator" in path:
-            name, seeds = f"seed_generator/{seeds}", seeds + 1
+            name, seeds = f"{SEEDS}{seeds}", seeds + 1
         elif optimizer:
             name = path.rsplit("/", 1)[-1]
         else:
@@ -82,20 +86,33 @@ def load_arrays(path: Path, variables, what: str) -> None:
         else:
             names = array_names(variables, optimizer=path.name == OPTIMIZER)
             missing, unexpected = [n for n in names if n not in keys], [k for k in keys if k not in set(names)]
-            if missing or unexpected:
+            if [n for n in missing + unexpected if not n.startswith(SEEDS)]:
                 raise UserError(f"checkpoint {where} does not match the model's {what} variables "
                                 f"(missing: {_few(missing)}; unexpected: {_few(unexpected)}): it was written by "
                                 "a different model or LoRA setting")
-            by_name = {n: n for n in names}
+            _say_fresh_seeds(where, names, keys)
+            by_name = {n: n for n in names if n in keys}
         values = {}
         for name, var in zip(names, variables):
+            if name not in by_name:  # an RNG state the checkpoint has not: the one train's seed gave it
+                continue
             value = data[by_name[name]]
             if tuple(value.shape) != tuple(var.shape):
                 raise UserError(f"checkpoint {where}: {what} variable {name} has shape "
                                 f"{tuple(value.shape)} there but {tuple(var.shape)} in the model")
             values[name] = value
     for name, var in zip(names, variables):  # all checked first: never a half-restored model
-        var.assign(values[name])
+        if name in values:
+            var.assign(values[name])
+
+
+def _say_fresh_seeds(where: str, names: list[str], keys: list[str]) -> None:
+    """RNG states come and go with dropout (model.dropout or lora.dropout set to or from 0): they are not weights,
+    so such a checkpoint still loads; the line says the dropout masks start afresh."""
+    held, wanted = (sum(n.startswith(SEEDS) for n in group) for group in (keys, names))
+    if held != wanted:
+        log.info("checkpoint %s holds %d random-number states, the model %d (its dropout changed): dropout draws "
+                 "new masks from the run's seed", where, held, wanted)
 
 
 def _few(names: list[str]) -> str:

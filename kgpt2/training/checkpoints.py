@@ -249,9 +249,11 @@ class CheckpointManager:
             write_manifest(tmp)  # last: a folder without it was never finished
             self._set_damaged_aside(final)
             publish_folder(tmp, final)  # the same step saved again (a stage end) replaces it whole
-        except OSError as e:
+        except BaseException as e:  # Ctrl-C or SIGTERM too: its half-written folder goes, not left for a next run
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(e, OSError):
+                raise
             last = self.newest_intact()
             kept = f"; the last good checkpoint {last.id} is intact" if last else ""
             raise UserError(f"could not write checkpoint to '{self.run_dir}': {e.strerror or e}{kept}; "

@@ -22,6 +22,7 @@ from pathlib import Path
 from kgpt2.config import NOT_IN_WEIGHTS, SIGNATURE_KEYS, Config
 from kgpt2.data.stage_plan import StagePlan
 from kgpt2.errors import UserError
+from kgpt2.model.preset_shape import preset_shape
 from kgpt2.reports import shown
 from kgpt2.run import Run
 from kgpt2.run_config import split_checkpoint
@@ -31,6 +32,9 @@ log = logging.getLogger("kgpt2")
 
 # The model signature's keys that are there only while what they set is on (Config.model_signature).
 OFF_WHEN_ABSENT = {"pad_vocabulary_to", "lora_rank", "lora_targets", "use_rslora", "use_dora", "quantize"}
+
+# The shape keys of a from-scratch model's signature (Config.model_signature).
+SCRATCH_SHAPE = ("num_layers", "num_heads", "hidden_dim", "vocabulary_size")
 
 # What a run that cannot go on as asked can do instead (`kgpt2 train --run` takes no new name itself).
 NEW_RUN = "start a new run from its weights instead (run=NEW_NAME train.init_from='{run}')"
@@ -62,6 +66,7 @@ def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_
         raise UserError(f"cannot change the stages of run '{run_path}' in the middle of stage {state['stage'] + 1}: "
                         f"resume it with its own train.stages to the stage end first, then continue")
     else:  # new shards, or another plan: its stages run after the finished ones
+        refuse_moved_stages(state, plan_spec, ends, done, same_shards, run_path)
         refuse_a_plan_trained_before(stage_ends, plan_spec, shards_hash, len(stages), state, run_path)
         stage_offset, step_offset = state["stage"], state["step"]
         if not same_shards:  # also a set prepared again at the same path, which no config change shows
@@ -70,6 +75,22 @@ def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_
     if stage_offset:
         stages = StagePlan([dataclasses.replace(s, index=s.index + stage_offset) for s in stages], stages.why)
     return stage_offset, step_offset, stages
+
+
+def refuse_moved_stages(state: dict, plan_spec, ends: list[int], done: int, same_shards: bool, run_path) -> None:
+    """The run's plan with stages added (10, then 10,000 added, as the seed project grew its plan) that no longer
+    fits as written is scaled as a whole (train.oversize = "scale"): the stages trained would end elsewhere, and
+    the whole plan would train again as new stages, from article 0. Refused, saying what fits."""
+    old_spec, old_ends = state.get("stages"), state.get("stage_ends")
+    if not (same_shards and state.get("stage_end") and isinstance(old_spec, list) and old_ends
+            and len(plan_spec) > done and plan_spec[:done] == old_spec[:done]):
+        return
+    fits = json.dumps([*plan_spec[:done], "rest"])
+    raise UserError(f"run '{run_path}' trained stages 1-{done} of train.stages = {json.dumps(plan_spec[:done])} "
+                    f"(articles 0..{old_ends[done - 1] - 1:,}); {json.dumps(plan_spec)} does not fit the train split "
+                    f"as written, and scaled to it those stages would end at articles {ends[:done]}, not "
+                    f"{old_ends[:done]}, and train again as new stages: give the stages after article "
+                    f"{old_ends[done - 1] - 1:,} as counts that fit, or \"rest\" (e.g. 'train.stages={fits}')")
 
 
 def refuse_a_plan_trained_before(stage_ends: list[dict], plan_spec, shards_hash: str, plan_length: int, state: dict,
@@ -168,8 +189,9 @@ def _same_preset_path(old, cfg: Config) -> bool:
     return bool(old) and Path(old).is_dir() and Path(old).resolve() == Path(cfg.model.preset).resolve()
 
 
-def init_checkpoint(cfg: Config) -> Checkpoint | None:
-    """`train.init_from = "RUN_DIR[:CHECKPOINT]"`: that checkpoint, checked against this config's model."""
+def init_checkpoint(cfg: Config, tokenizer=None) -> Checkpoint | None:
+    """`train.init_from = "RUN_DIR[:CHECKPOINT]"`: that checkpoint, checked against this config's model
+    (`tokenizer`: this config's, whose size a from-scratch model.vocabulary_size = 0 takes)."""
     if not cfg.train.init_from:
         return None
     run_dir, checkpoint = split_checkpoint(cfg.train.init_from)
@@ -178,10 +200,25 @@ def init_checkpoint(cfg: Config) -> Checkpoint | None:
         raise UserError(f"train.init_from: '{run_dir}' is not a kgpt2 run directory (no config.json)")
     ckpt = source.checkpoint(checkpoint.lstrip(":") or "latest")
     old, new = ckpt.state.get("signature", {}), cfg.model_signature(weights_only=True)
-    diffs = differences({k: v for k, v in old.items() if k not in NOT_IN_WEIGHTS}, new)
+    old = {k: v for k, v in old.items() if k not in NOT_IN_WEIGHTS}
+    if cfg.model.preset == "scratch" and not old.keys() & set(SCRATCH_SHAPE):
+        old, new = _scratch_shapes(source, old, new, tokenizer)
+    diffs = differences(old, new)
     if diffs:
         raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
     return ckpt
+
+
+def _scratch_shapes(source: Run, old: dict, new: dict, tokenizer) -> tuple[dict, dict]:
+    """A from-scratch source run signed its checkpoints with its own preset's path, not a shape (a scratch model
+    becomes `<run>/preset` before its first checkpoint): its shape is that preset's, compared with the one this
+    config asks for; unknown (a hub preset not at hand), the restore's own name and shape check decides."""
+    if not new.get("vocabulary_size") and tokenizer is not None:  # 0: the tokenizer's size, as scratch_shape takes it
+        new = {**new, "vocabulary_size": tokenizer.vocab_size}
+    shape = preset_shape(source.config().model)
+    if shape is None:
+        return old, {k: v for k, v in new.items() if k not in SCRATCH_SHAPE}
+    return {**old, **{k: shape[k] for k in SCRATCH_SHAPE}}, new
 
 
 def check_epochs(epochs: int, state: dict, stage_offset: int, plan_length: int, run_path) -> None:

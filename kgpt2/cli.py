@@ -214,7 +214,7 @@ def _align(a):
 
 
 @verb("quickstart", "the whole pipeline offline on CPU: tokenizer, tiny GPT-2, stages, evaluation",
-      options.quickstart_options, interrupted="every checkpoint its run wrote is kept whole")
+      options.quickstart_options, interrupted="every checkpoint its run wrote is kept whole; run the same command to resume")
 def _quickstart(a):
     from kgpt2.evaluation_table import format_table
     from kgpt2.quickstart import quickstart
@@ -268,6 +268,9 @@ def _pretrain(a):
         summary = run_summary(a.run)
         print(json.dumps(summary, indent=2) if a.json else format_summary(summary))
         return
+    if a.run:  # --run is summary's: init makes the preset a run of --config starts from
+        raise UserError("pretrain init takes no --run (that is for pretrain summary); it reads --config and "
+                        "key=value overrides, e.g. run=NAME, and writes NAME's preset (or --out DIR)")
     from kgpt2.config import load_config
     from kgpt2.model.scratch import PRESET_DIR, init_preset
 

@@ -54,3 +54,12 @@ def test_a_verb_without_its_action_names_it(kgpt2_cli, tmp_path, argv, actions):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.splitlines()[-1] == f"kgpt2 {argv[0]}: error: the action is missing: {actions}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pretrain_init_with_a_run_says_init_takes_none(kgpt2_cli, tmp_path):
+    """`pretrain init --run X` ignored --run and then named the default run's folder (checkpoints/run)."""
+    r = kgpt2_cli("pretrain", "init", "--run", "mine", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines()[-1].startswith("kgpt2: error: pretrain init takes no --run (that is for pretrain "
+                                                "summary)"), r.stderr
+    assert list(tmp_path.iterdir()) == []

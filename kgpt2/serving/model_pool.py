@@ -53,7 +53,7 @@ from kgpt2.run import (
     snapshot,
 )
 from kgpt2.serving.checkpoint_names import picker_choices, preset_name
-from kgpt2.training.checkpoints import SKIPPED, STATE_FILE, WEIGHTS_ONLY, Checkpoint, CheckpointManager
+from kgpt2.training.checkpoints import SKIPPED, WEIGHTS_ONLY, Checkpoint, CheckpointManager, warn_damaged
 
 log = logging.getLogger("kgpt2")
 
@@ -139,7 +139,7 @@ class ModelPool:
         self.evictions = 0
         self._bases: OrderedDict[str, _Base] = OrderedDict()
         self._keys: dict = {}  # run folder -> (files_state, its config, its model_key)
-        self._stores: dict = {}  # run folder -> its CheckpointManager, whose verdicts are kept: hashed once
+        self._stores: dict = {}  # run folder -> its CheckpointManager (its verdicts kept: manifests read once)
         self._named: set = set()  # (folder, why) of each damaged checkpoint already named in a warning
 
     # --- names ---
@@ -167,18 +167,11 @@ class ModelPool:
     def intact(self, run_dir: Path) -> list[Checkpoint]:
         """The run's checkpoints whose weights verify, oldest first: what `kgpt2 generate` takes (`latest` is the
         newest of them). Each damaged one is named in one warning line the first time it is seen."""
-        store = self._stores.setdefault(run_dir, CheckpointManager(run_dir))
-        verdicts = [(c, store.damage(c, WEIGHTS_ONLY)) for c in store.list()]
-        damaged = [(c.step, c.path, why) for c, why in verdicts if why is not None]
-        listed = {c.path.name for c, _ in verdicts}
-        damaged += [(int(d.name[5:]), d, f"{STATE_FILE} is missing or unreadable")  # no state to list it by
-                    for d in run_dir.glob("ckpt-*")
-                    if d.name[5:].isdigit() and d.name not in listed and (d / STATE_FILE).is_file()]
-        for _, path, why in sorted(damaged, key=lambda item: item[0]):
-            if (path, why) not in self._named:
-                self._named.add((path, why))
-                log.warning("checkpoint '%s' is damaged (%s); %s", path, why, SKIPPED)
-        return [c for c, why in verdicts if why is None]
+        good, damaged = self._stores.setdefault(run_dir, CheckpointManager(run_dir)).sorted_out(WEIGHTS_ONLY)
+        new = [(step, path, why) for step, path, why in damaged if (path, why) not in self._named]
+        self._named.update((path, why) for _, path, why in new)
+        warn_damaged(new, SKIPPED)
+        return good
 
     def resolve(self, run, checkpoint) -> tuple[Path, str]:
         """The run's folder and the id of `checkpoint`, named as the CLI names it: `base`, an id (`ckpt-120`),

@@ -168,18 +168,24 @@ class CheckpointManager:
             self._verdicts[key] = damage(checkpoint.path, only=only)
         return self._verdicts[key]
 
-    def intact(self, warn: bool = True, only: tuple[str, ...] | None = None) -> list[Checkpoint]:
-        """The checkpoints that pass `damage` (`only`: in these files), oldest first; one warning line per
-        damaged one."""
-        good = []
+    def sorted_out(self, only: tuple[str, ...] | None = None) -> tuple[list[Checkpoint], list[tuple[int, Path, str]]]:
+        """(the checkpoints that pass `damage` (`only`: in these files), oldest first; (step, folder, why) of each
+        that does not, those whose state.json does not read included)."""
+        good, damaged = [], []
         for c in self.list():
             why = self.damage(c, only)
             if why is None:
                 good.append(c)
-            elif warn:
-                _warn_damaged([(c.step, c.path, why)], SKIPPED)
+            else:
+                damaged.append((c.step, c.path, why))
+        return good, damaged + self._unreadable_states(-1)
+
+    def intact(self, warn: bool = True, only: tuple[str, ...] | None = None) -> list[Checkpoint]:
+        """The checkpoints that pass `damage` (`only`: in these files), oldest first; one warning line per
+        damaged one."""
+        good, damaged = self.sorted_out(only)
         if warn:
-            _warn_damaged(self._unreadable_states(-1), SKIPPED)
+            warn_damaged(damaged, SKIPPED)
         return good
 
     def newest_intact(self, only: tuple[str, ...] | None = None) -> Checkpoint | None:
@@ -189,7 +195,7 @@ class CheckpointManager:
         found = next((c for c in reversed(listed) if self.damage(c, only) is None), None)
         after = found.step if found is not None else -1
         newer = [(c.step, c.path, self.damage(c, only)) for c in listed if c.step > after]
-        _warn_damaged(newer + self._unreadable_states(after),
+        warn_damaged(newer + self._unreadable_states(after),
                       f"using {found.id} instead and leaving it as it is" if found is not None else SKIPPED)
         return found
 
@@ -304,7 +310,7 @@ class CheckpointManager:
     restore = staticmethod(restore_checkpoint)
 
 
-def _warn_damaged(damaged: list[tuple[int, Path, str]], done: str) -> None:
+def warn_damaged(damaged: list[tuple[int, Path, str]], done: str) -> None:
     """One line for each (step, folder, why), oldest first, saying what was `done` instead."""
     for _, path, why in sorted(damaged, key=lambda item: item[0]):
         log.warning("checkpoint '%s' is damaged (%s); %s", path, why, done)

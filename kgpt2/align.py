@@ -328,7 +328,8 @@ def _start_checkpoint(cfg: Config, run_dir, checkpoint: str) -> Checkpoint | Non
     Only its weights are read, so only they must verify (as generate's): a damaged optimizer state in the run's
     newest checkpoint does not send align to an older one.
     """
-    other = Run(run_dir).config()
+    run = Run(run_dir)
+    other = run.config()
     theirs, ours = other.model_signature(), cfg.model_signature()
     presets = other.model.preset, cfg.model.preset
     if all(Path(p).is_dir() for p in presets) and same_files(*presets):
@@ -339,8 +340,4 @@ def _start_checkpoint(cfg: Config, run_dir, checkpoint: str) -> Checkpoint | Non
                         "data.sequence_length unset to take the run's")
     if checkpoint == BASE:
         return None
-    start = Run(run_dir).checkpoint(checkpoint, WEIGHTS_ONLY)  # `latest`: the newest whose weights verify
-    why = Run(run_dir).checkpoints().damage(start, WEIGHTS_ONLY)  # one named: checked here, before the run is made
-    if why is not None:
-        raise UserError(f"checkpoint '{start.path}' is damaged ({why}); choose another align.init_checkpoint")
-    return start
+    return run.start_checkpoint(checkpoint, "align.init_checkpoint")

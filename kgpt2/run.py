@@ -232,6 +232,16 @@ class Run:
             checkpoint_id = best
         return store.get(checkpoint_id, only)
 
+    def start_checkpoint(self, checkpoint_id: str, option: str) -> Checkpoint:
+        """The checkpoint another run starts from (`train.init_from`, `align.init_checkpoint`, named by `option`):
+        only its weights are read, so only they must verify (`latest`: the newest whose weights do), and one named
+        whose weights are damaged is refused now, before the new run is made."""
+        ckpt = self.checkpoint(checkpoint_id, WEIGHTS_ONLY)
+        why = self.checkpoints().damage(ckpt, WEIGHTS_ONLY)
+        if why is not None:
+            raise UserError(f"checkpoint '{ckpt.path}' is damaged ({why}); choose another {option}")
+        return ckpt
+
     def checkpoint_ids(self) -> list[str]:
         """Intact checkpoint ids, oldest first, after `base`."""
         return [BASE] + [c.id for c in self.checkpoints().intact()]

@@ -64,7 +64,7 @@ from kgpt2.model.scratch import resolve_scratch
 from kgpt2.reports import counted, short, shown
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record
-from kgpt2.training.checkpoints import Checkpoint, CheckpointManager, current_versions, fault_point
+from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager, current_versions, fault_point
 from kgpt2.training.continuation import check_max_steps, check_resumable, init_checkpoint, placed_plan, plan_left
 from kgpt2.training.cursor import Cursor
 from kgpt2.training.devices import dtype_policy, resolve_device
@@ -275,7 +275,7 @@ class Trainer:
             for path in self.store.publish_exports():  # a kill between a stage end and its export
                 log.info("wrote %s again from its stage-end checkpoint", path.name)
         elif self.init_from is not None:  # another run's weights (adapter included), a fresh optimizer
-            CheckpointManager.restore(self.model, self.init_from)
+            CheckpointManager.restore(self.model, self.init_from, only=WEIGHTS_ONLY)
             log.info("starting from %s of run %s", self.init_from.id, self.init_from.path.parent)
         steps_csv = self.run.steps_log if is_writer() else Path(tempfile.mkdtemp(prefix="kgpt2-steps-")) / "steps.csv"
         self.steps_log = StepLog(steps_csv, truncate_after=cursor.step, tensorboard_dir=self.run.tensorboard_dir)

@@ -6,12 +6,15 @@
 - a restore that fails leaves config.json as it was;
 - `train.init_from` between two from-scratch runs of one config was refused ("holds another model than this
   config (model.hidden_dim: unset -> 32 ...)"), the same command the batch-size refusal proposes;
-- Ctrl-C / SIGTERM during a checkpoint's save left its temporary folder behind.
+- Ctrl-C / SIGTERM during a checkpoint's save left its temporary folder behind;
+- `train.init_from` checked the optimizer state it does not load: a damaged one sent it to an older checkpoint,
+  or stopped it when named (align's start and generate read only the weights).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -112,3 +115,28 @@ def test_a_stage_added_that_does_not_fit_is_refused_not_the_whole_plan_trained_a
         dry_run_plan(config("[2, 3, 10000]"))
     rows = dry_run_plan(config('[2, 3, "rest"]'))  # what fits goes on in place, after article 4
     assert [r["first"] for r in rows] == [0, 2, 5]
+
+
+def test_init_from_needs_only_the_weights_of_its_checkpoint(tmp_path, tiny_run, tiny_preset, pydoc_shards,
+                                                            make_tiny_config, flip_bytes):
+    from kgpt2.train import Trainer
+
+    source = shutil.copytree(tiny_run, tmp_path / "source")  # the shared run stays whole
+    newest, older = CheckpointManager(source).list()[-2:][::-1]
+    flip_bytes(newest.path / "optimizer.npz")
+    for init_from in (str(source), f"{source}:{newest.id}"):
+        trainer = Trainer(make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=second",
+                                           f"train.init_from={init_from}"), verbose=0)
+        trainer.setup()
+        trainer.lock.release()
+        assert trainer.init_from.id == newest.id  # was older.id, or for the named one "is damaged"
+    flip_bytes(newest.path / "weights.npz")
+    with pytest.raises(UserError, match=f"checkpoint '.*{newest.id}' is damaged .*; choose another "
+                                        "train.init_from checkpoint"):
+        Trainer(make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=third",
+                                 f"train.init_from={source}:{newest.id}"), verbose=0).setup()
+    trainer = Trainer(make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=fourth",
+                                       f"train.init_from={source}"), verbose=0)
+    trainer.setup()
+    trainer.lock.release()
+    assert trainer.init_from.id == older.id

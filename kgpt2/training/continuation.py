@@ -198,7 +198,7 @@ def init_checkpoint(cfg: Config, tokenizer=None) -> Checkpoint | None:
     source = Run(run_dir)
     if not source.exists():
         raise UserError(f"train.init_from: '{run_dir}' is not a kgpt2 run directory (no config.json)")
-    ckpt = source.checkpoint(checkpoint.lstrip(":") or "latest")
+    ckpt = source.start_checkpoint(checkpoint.lstrip(":") or "latest", "train.init_from checkpoint")  # weights only
     old, new = ckpt.state.get("signature", {}), cfg.model_signature(weights_only=True)
     old = {k: v for k, v in old.items() if k not in NOT_IN_WEIGHTS}
     if cfg.model.preset == "scratch" and not old.keys() & set(SCRATCH_SHAPE):

@@ -132,25 +132,19 @@ def demo_options(p: argparse.ArgumentParser) -> None:
 
 
 def align_options(p: argparse.ArgumentParser) -> None:
-    """Also: `kgpt2 align --shards DIR` (or train's --run, --resume) is answered with what align takes; argparse's
-    "unrecognized arguments: --shards" said nothing of it. An ArgumentError, so the line is `kgpt2: error: ...`."""
     _config(p)
     p.add_argument("--device", help=DEVICE_HELP)
-    takes = ("its data is align.data=[\"FILE\", ...] (preference files of prompt, chosen and rejected: JSON Lines, "
-             "a JSON array or CSV) or a demo run's folder, and it takes --config, --device and key=value overrides")
-    resumes = "an align run resumes when its command is run again (or with --config RUN/config.json); "
-    parse_known_args = p.parse_known_args
+    p.set_defaults(unrecognized=_what_align_takes)
 
-    def parse(args=None, namespace=None):
-        namespace, extra = parse_known_args(args, namespace)
-        options = list(dict.fromkeys(w.split("=", 1)[0] for w in extra if w.startswith("-")))
-        if options:
-            resume = resumes if {"--run", "--resume"} & set(options) else ""
-            raise argparse.ArgumentError(None, f"kgpt2 align has no {' or '.join(options)} option"
-                                         f"{'s' if len(options) > 1 else ''}: {resume}{takes}")
-        return namespace, extra
 
-    p.parse_known_args = parse
+def _what_align_takes(options: list[str]) -> str:
+    """`kgpt2 align --shards DIR` (or train's --run, --resume): argparse's "unrecognized arguments: --shards" said
+    nothing of what align takes instead (kgpt2.cli_parser.parse_args asks a verb's `unrecognized` for the line)."""
+    resume = ("an align run resumes when its command is run again (or with --config RUN/config.json); "
+              if {"--run", "--resume"} & set(options) else "")
+    return (f"kgpt2 align has no {' or '.join(options)} option{'s' if len(options) > 1 else ''}: {resume}its data is "
+            "align.data=[\"FILE\", ...] (preference files of prompt, chosen and rejected: JSON Lines, a JSON array or "
+            "CSV) or a demo run's folder, and it takes --config, --device and key=value overrides")
 
 
 def quickstart_options(p: argparse.ArgumentParser) -> None:

@@ -75,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if hasattr(args, "overrides"):
         args.overrides = [*args.overrides, *(w for w in extra if "=" in w and not w.startswith("-"))]
         extra = [w for w in extra if "=" not in w or w.startswith("-")]
+    explain = args.__dict__.pop("unrecognized", None)  # a verb's own line for options it has not (align_options)
+    options = list(dict.fromkeys(w.split("=", 1)[0] for w in extra if w.startswith("-")))
+    if options and explain is not None:
+        parser.error(explain(options))
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     settle_output_folder(args)

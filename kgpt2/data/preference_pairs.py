@@ -106,6 +106,13 @@ def _is_trained_run(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("ckpt-*/state.json"))
 
 
+def _refuse_folder_without_votes(folder: Path) -> None:
+    if _is_trained_run(folder):
+        raise UserError(f"'{folder}' is a kgpt2 run without demo votes (no votes.jsonl), not preference data: to "
+                        f"start from its weights give align.init_run={folder}; {ALIGN_TAKES}")
+    raise UserError(f"preference folder '{folder}' holds no votes.jsonl (the votes a demo run records); {ALIGN_TAKES}")
+
+
 def _files(paths):
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -117,12 +124,8 @@ def _files(paths):
         if path.name == MANIFEST and path.is_file() and _is_shard_set(path.parent):
             _refuse_shard_set(path, path.parent)
         if path.is_dir():
-            if not (path / "votes.jsonl").is_file() and _is_trained_run(path):
-                raise UserError(f"'{path}' is a kgpt2 run without demo votes (no votes.jsonl), not preference data: "
-                                f"to start from its weights give align.init_run={path}; {ALIGN_TAKES}")
             if not (path / "votes.jsonl").is_file():
-                raise UserError(f"preference folder '{path}' holds no votes.jsonl (the votes a demo run records); give "
-                                "preference files (prompt/chosen/rejected JSON, JSONL or CSV) or a demo run's folder")
+                _refuse_folder_without_votes(path)
             path = path / "votes.jsonl"  # a demo run directory
         if not path.is_file():
             raise UserError(f"preference file '{path}' does not exist")

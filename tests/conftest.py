@@ -374,6 +374,19 @@ def kill_and_resume():
     return _kill_and_resume
 
 
+def _flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, its checksum broken
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="session")
+def flip_bytes():
+    """`flip_bytes(path)`: one byte in the middle of the file changed, its size kept (a checkpoint file damaged
+    so that only its checksum tells)."""
+    return _flip_bytes
+
+
 @pytest.fixture(scope="session")
 def latest_weights():
     """`latest_weights(run_dir)`: (step, {name: array}) of its newest intact checkpoint."""

@@ -26,12 +26,6 @@ def _prefs(path: Path, n: int = 16) -> Path:
     return path
 
 
-def _flip_bytes(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, its checksum broken
-    path.write_bytes(bytes(data))
-
-
 @pytest.fixture
 def source(tiny_run, tmp_path) -> Path:
     """A copy of the tiny trained run (its checkpoints are damaged here), beside prefs.jsonl."""
@@ -49,9 +43,10 @@ def _lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "damaged" in line or "starting from" in line]
 
 
-def test_a_damaged_optimizer_state_in_the_start_run_does_not_change_where_align_starts(source, tmp_path, kgpt2_cli):
+def test_a_damaged_optimizer_state_in_the_start_run_does_not_change_where_align_starts(source, tmp_path, kgpt2_cli,
+                                                                                          flip_bytes):
     newest = CheckpointManager(source).list()[-1]
-    _flip_bytes(newest.path / "optimizer.npz")
+    flip_bytes(newest.path / "optimizer.npz")
     r = _align(kgpt2_cli, tmp_path)
     assert r.returncode == 0, r.stderr
     assert _lines(r.stderr) == [f"kgpt2: starting from {newest.id} of run runs/src"]
@@ -61,9 +56,16 @@ def test_a_damaged_optimizer_state_in_the_start_run_does_not_change_where_align_
     assert _lines(named.stderr) == [f"kgpt2: starting from {newest.id} of run runs/src"]
 
 
-def test_damaged_weights_are_passed_over_saying_which_or_refused_when_named(source, tmp_path, kgpt2_cli):
+def test_align_init_checkpoint_base_starts_from_the_model_as_built(source, tmp_path, kgpt2_cli):
+    """The refusal of an unknown align.init_checkpoint lists `base`, which was itself refused ("no checkpoint")."""
+    r = _align(kgpt2_cli, tmp_path, "align.init_checkpoint=base")
+    assert r.returncode == 0, r.stderr
+    assert _lines(r.stderr) == ["kgpt2: starting from base of run runs/src"]
+
+
+def test_damaged_weights_are_passed_over_saying_which_or_refused_when_named(source, tmp_path, kgpt2_cli, flip_bytes):
     newest, older = CheckpointManager(source).list()[-2:][::-1]
-    _flip_bytes(newest.path / "weights.npz")
+    flip_bytes(newest.path / "weights.npz")
     named = _align(kgpt2_cli, tmp_path, f"align.init_checkpoint={newest.id}")
     assert named.returncode == 2 and "Traceback" not in named.stderr
     assert named.stderr.strip().splitlines()[-1] == (

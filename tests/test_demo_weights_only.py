@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 from test_faults import damage
-from test_inference_checkpoint_pick import _flip_a_byte
 
 from kgpt2.training.checkpoints import CheckpointManager
 
@@ -28,12 +27,12 @@ def _picked(demo) -> tuple[list[str], str]:
     return [i for _, i in ckpt_b.choices], ckpt_b.value
 
 
-def test_a_damaged_optimizer_state_leaves_the_checkpoint_in_the_demo(root, caplog):
+def test_a_damaged_optimizer_state_leaves_the_checkpoint_in_the_demo(root, caplog, flip_bytes):
     from kgpt2.demo import Demo
     from kgpt2.serving.checkpoint_names import resolve
 
     newest = CheckpointManager(root / "tiny").list()[-1]
-    _flip_a_byte(newest.path / "optimizer.npz")  # same size, other bytes
+    flip_bytes(newest.path / "optimizer.npz")  # same size, other bytes
     with caplog.at_level("WARNING", logger="kgpt2"):
         demo = Demo(root, "tiny", batching=False)
         ids, value = _picked(demo)

@@ -17,20 +17,14 @@ def run(tiny_run, tmp_path):
     return copy
 
 
-def _flip_a_byte(path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, its checksum broken
-    path.write_bytes(bytes(data))
-
-
-def test_a_damaged_optimizer_state_does_not_stop_generate_serve_or_export(run, kgpt2_cli):
+def test_a_damaged_optimizer_state_does_not_stop_generate_serve_or_export(run, kgpt2_cli, flip_bytes):
     """generate, serve and export load no optimizer state, yet passed over a checkpoint whose optimizer.npz was
     damaged for an older one; a resume must still pass over it."""
     from kgpt2.serving.checkpoint_names import resolve
 
     store = CheckpointManager(run)
     newest, older = store.list()[-1], store.list()[-2]
-    _flip_a_byte(newest.path / "optimizer.npz")
+    flip_bytes(newest.path / "optimizer.npz")
     assert resolve(run)[0] == newest.id  # what serve and export load and name
     generated = kgpt2_cli("generate", "--run", run, "--prompt", "The", "--sampler", "greedy", "--max-new-tokens", 2)
     assert generated.returncode == 0, generated.stderr

@@ -66,16 +66,85 @@ def prepare_report(manifest: dict, out) -> str:
     return "\n".join(lines)
 
 
-def plan_table(plan: list, rows) -> str:
-    """`kgpt2 train --dry-run`: the plan as written, why it resolved as it did, and a table of its stages."""
+def plan_table(plan: list, rows, accumulation: int = 1) -> str:
+    """`kgpt2 train --dry-run`: the plan as written, why it resolved as it did, a table of its stages and, on a run
+    with checkpoints (`rows.standing`, set by `dry_run_plan`), what each stage has trained and where the next
+    `kgpt2 train` resumes. A step of the table is a batch (train.max_steps counts them); with gradient accumulation
+    the optimizer steps once every `accumulation` batches, so both are shown."""
     import pandas as pd  # deferred: pandas adds ~0.5 s to every `kgpt2` start
 
-    table = pd.DataFrame([{"stage": r["stage"], "articles": f"{r['articles']:,}",
-                           "range": f"{r['first']:,}..{r['first'] + r['articles'] - 1:,}",  # as training logs it
-                           "tokens": f"{r['tokens']:,}", "steps": f"{r['steps']:,}",
-                           "epochs": r["epochs"]} for r in rows])
-    total = sum(r["steps"] for r in rows)
-    return f"stage plan {plan}\nwhy: {rows.why}\n{table.to_string(index=False)}\n{total:,} optimizer steps in all"
+    standing = getattr(rows, "standing", None)
+    offset, start = (standing["stage_offset"], standing["step_offset"]) if standing else (0, 0)
+    batches = [r["steps"] for r in rows]
+    updates = optimizer_steps(batches, start, accumulation)
+    trained = _trained(rows, standing) if standing else None
+    table = []
+    for i, r in enumerate(rows):
+        row = {"stage": r["stage"] + offset, "articles": f"{r['articles']:,}",
+               "range": f"{r['first']:,}..{r['first'] + r['articles'] - 1:,}",  # as training logs it
+               "tokens": f"{r['tokens']:,}"}
+        row.update({"batches": f"{batches[i]:,}", "updates": f"{updates[i]:,}"} if accumulation > 1
+                   else {"steps": f"{batches[i]:,}"})
+        row["epochs"] = r["epochs"]
+        if trained is not None:
+            row["trained"] = trained[i]
+        table.append(row)
+    total = (f"{sum(updates):,} optimizer steps in all" if accumulation == 1 else
+             f"{sum(batches):,} batches in all (train.max_steps counts batches), {sum(updates):,} optimizer steps "
+             f"(updates): one every {accumulation} batches (train.gradient_accumulation_steps = {accumulation})")
+    lines = [f"stage plan {plan}", f"why: {rows.why}", pd.DataFrame(table).to_string(index=False), total]
+    return "\n".join(lines + ([_standing_line(rows, standing, accumulation)] if standing else []))
+
+
+def optimizer_steps(batches: list[int], start: int, accumulation: int) -> list[int]:
+    """The optimizer steps in each stage of `batches` batches, the run's batch count at `start` before the first:
+    Keras applies the accumulated gradients at every `accumulation`-th batch of the run (its iteration count).
+
+        >>> optimizer_steps([1, 2, 12], 0, 4), optimizer_steps([6], 9, 4), optimizer_steps([3, 5], 0, 1)
+        ([0, 0, 3], [1], [3, 5])
+    """
+    done, out = start, []
+    for n in batches:
+        out.append((done + n) // accumulation - done // accumulation)
+        done += n
+    return out
+
+
+def _resume_at(rows, standing: dict) -> tuple[int, int]:
+    """(the row the next `kgpt2 train` trains in, its batches trained), or (len(rows), 0) when the plan is done;
+    as the trainer resumes: the checkpoint's cursor, or a finished one-stage plan that grew trained on."""
+    state, step = standing["state"], standing["state"]["step"]
+    if step >= standing["step_offset"] + sum(r["steps"] for r in rows):
+        return len(rows), 0
+    i = state["stage"] - standing["stage_offset"]  # the stage running (after a stage end: the next one)
+    if i >= len(rows):  # a finished stage whose plan grew (more epochs, a higher max_steps) trains on
+        return len(rows) - 1, step - standing["step_offset"]
+    return i, state["epoch"] * rows[i]["steps_per_epoch"] + state["batch"]
+
+
+def _trained(rows, standing: dict) -> list[str]:
+    """What each row's stage has trained: "all", a count of batches, or "0"."""
+    at, done = _resume_at(rows, standing)
+    return ["all" if i < at else f"{done:,}" if i == at else "0" for i in range(len(rows))]
+
+
+def _standing_line(rows, standing: dict, accumulation: int) -> str:
+    """Where a run with checkpoints stands in this plan, and what the next `kgpt2 train` does."""
+    state = standing["state"]
+    at, done = _resume_at(rows, standing)
+    stopped = f", stopped at train.max_steps in stage {state['stage'] + 1}" if state.get("stopped") else ""
+    head = f"run {standing['run']} is at step {state['step']:,} ({standing['checkpoint']}{stopped})"
+    if at >= len(rows):
+        return f"{head}, the end of this plan: `kgpt2 train` would train nothing"
+    row = rows[at]
+    of = row["steps_per_epoch"] * row["epochs"]
+    stage = f"stage {row['stage'] + standing['stage_offset']}"
+    where = f"at the start of {stage}" if done == 0 else f"in {stage}, after {done:,} of its {of:,} batches"
+    left = standing["step_offset"] + sum(r["steps"] for r in rows) - state["step"]
+    more = (counted(left, "more step") if accumulation == 1 else
+            f"{counted(left, 'more batch', 'more batches')} "
+            f"({counted(optimizer_steps([left], state['step'], accumulation)[0], 'optimizer step')})")
+    return f"{head}: `kgpt2 train` resumes {where} and trains {more}"
 
 
 def recipe_list(listing: list[tuple[str, str, str]]) -> str:
@@ -92,6 +161,11 @@ def recipe_list(listing: list[tuple[str, str, str]]) -> str:
 def train_report(result) -> str:
     """`kgpt2 train`: the steps, where the run is, what padding cost (example windows only), and what to run next."""
     start, end = result.start_step, result.global_step
+    stopped = getattr(result, "stopped_in", "")
+    if start == end and stopped:  # a new stage or new shards would be refused in the middle of a stage
+        return (f"trained nothing: the run stopped at train.max_steps (step {end}) in {stopped}; run in "
+                f"{result.run_dir} (latest {result.checkpoint}). To train the stage on, give a higher "
+                "train.max_steps (or 0: the whole plan)")
     if start == end:  # its own advice (how to train on) is the next step: no "next:" lines under it
         return (f"trained nothing: the run is at step {end}, the end of its plan; run in {result.run_dir} (latest "
                 f"{result.checkpoint}). To train it further, give it more to do: another pass {result.one_more_pass}, "
@@ -111,6 +185,9 @@ def train_report(result) -> str:
         lines.append(f"padding: {last['padding']:.1%} of the target positions (one example per window), "
                      f"{counted(last['truncated'], 'example')} truncated")
     run = shlex.quote(str(result.run_dir))
+    if stopped:
+        lines.append(f"stopped at train.max_steps in {stopped}: a higher train.max_steps (or 0: the whole plan) "
+                     f"trains the stage on (kgpt2 train --run {run} train.max_steps=N)")
     lines.append(next_commands(f"kgpt2 evaluate --run {run}", f"kgpt2 demo --run {run}"))
     return "\n".join(lines)
 

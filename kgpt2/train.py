@@ -65,7 +65,14 @@ from kgpt2.reports import counted, short, shown
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record
 from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager, current_versions, fault_point
-from kgpt2.training.continuation import check_max_steps, check_resumable, init_checkpoint, placed_plan, plan_left
+from kgpt2.training.continuation import (
+    check_batch_order,
+    check_max_steps,
+    check_resumable,
+    init_checkpoint,
+    placed_plan,
+    plan_left,
+)
 from kgpt2.training.cursor import Cursor
 from kgpt2.training.devices import dtype_policy, resolve_device
 from kgpt2.training.distribution import is_writer, plan_distribution, process_count, start_processes
@@ -101,6 +108,7 @@ class TrainResult:
     # another `train.stages=["rest"]` is the plan it has) one more epoch of it.
     one_more_pass: str = "as a new stage ('train.stages=[\"rest\"]' train.epochs=1)"
     max_steps_cut: bool = False  # train.max_steps ended the plan early: a higher one trains on
+    stopped_in: str = ""  # where train.max_steps stopped a stage before its end: "stage 3, after 2 of 12 batches"
 
 
 def train(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> TrainResult:
@@ -221,6 +229,10 @@ class Trainer:
     def _reopen_finished_stage(self, changed: dict | None) -> Cursor | None:
         """Where a finished one-stage run trains on when its plan grew (continuation.plan_left); else None."""
         state = self.latest.state if self.latest is not None else {}
+        if state.get("stopped") == "max_steps" and self.total_steps <= self.latest.step:  # stopped in a stage
+            log.info("run %s stopped at train.max_steps in %s: nothing more to train", self.run.path, _stopped_in(state))
+            self.finished = True
+            return None
         left = plan_left(state, self.stages, self.stage_offset, self.total_steps, self.cfg.train.epochs, self.run.path,
                          changed)
         self.finished = left == "nothing"
@@ -228,6 +240,7 @@ class Trainer:
             return None
         stage = self.stages[-1]
         epoch, batch = divmod(self.latest.step - self.step_offset, len(stage_batches(self.cfg, self.split, stage, 0)))
+        check_batch_order(changed or {}, self.run.path, stage.index, epoch, batch)  # train.max_steps cut an epoch
         log.info("%s trains on from epoch %d, batch %d to step %d", stage.name, epoch + 1, batch, self.total_steps)
         return Cursor(stage=stage.index, epoch=epoch, batch=batch, step=self.latest.step)
 
@@ -268,6 +281,8 @@ class Trainer:
             state = CheckpointManager.restore(self.model, self.latest, self.fit_model.optimizer)
             cursor = Cursor.from_state(state)
             self.stage_metrics = state.get("stage_metrics", [])
+            if state.get("stopped") == "max_steps":  # its stage trains on: the row is written again at its end
+                self.stage_metrics = self.stage_metrics[:-1]
             if self.reopened is not None:  # its stage row is written again at the stage's new end
                 cursor, self.stage_metrics = self.reopened, self.stage_metrics[:-1]
             log.info("resuming from %s: stage %d, epoch %d, batch %d (global step %d)", self.latest.id,
@@ -347,6 +362,14 @@ class Trainer:
         metrics.update({"stage": stage.index + 1, **progress, "step": cursor.step})
         metrics.update(self.padding)  # empty for token-stream windows
         self.stage_metrics.append(metrics)
+        if metrics["batches"] < metrics["of_batches"] and self.cfg.train.epochs:
+            # train.max_steps stopped the stage (with train.epochs = 0 it is the plan's end): the cursor stays in it,
+            # so a higher max_steps trains it on; no stage end, and no stage-N.weights.h5 holding part of it
+            ckpt = self.save_checkpoint(cursor, stage_end=False, stopped="max_steps")
+            log.info("%s %s: %s -> %s (in %s; %s comes at its end)", stage.name, stage_outcome(metrics), _fmt(metrics),
+                     ckpt.id, stage.name, self.run.stage_export(stage.name).name)
+            self._write_tables()
+            return cursor
         cursor = dataclasses.replace(cursor, stage=stage.index + 1, epoch=0, batch=0)
         # The export is written inside the stage-end checkpoint, then linked into the run folder.
         ckpt = self.save_checkpoint(cursor, stage_end=True, export=self.run.stage_export(stage.name).name)
@@ -355,17 +378,24 @@ class Trainer:
             log.info("%s: several processes; export the stage from %s on one host (kgpt2 export)", stage.name, ckpt.id)
         if is_writer():  # one process of a multi-host run writes the run's files
             self.store.publish_exports()
+        self._write_tables()
+        log.info("%s %s: %s -> %s", stage.name, stage_outcome(metrics), _fmt(metrics), ckpt.id)
+        return cursor
+
+    def _write_tables(self) -> None:
+        """stages.json|csv and the plots, by the one process of a multi-host run that writes the run's files."""
+        if is_writer():
             write_stage_table(self.run.path, self.stage_metrics)
             plot_run(self.run.path)
             if self.periodic is not None:
                 plot_evals(self.run.path)
-        log.info("%s %s: %s -> %s", stage.name, stage_outcome(metrics), _fmt(metrics), ckpt.id)
-        return cursor
 
     # -- save_checkpoint: the cursor and everything a resume checks
-    def save_checkpoint(self, cursor: Cursor, stage_end: bool, export: str | None = None) -> Checkpoint:
+    def save_checkpoint(self, cursor: Cursor, stage_end: bool, export: str | None = None,
+                        stopped: str | None = None) -> Checkpoint:
+        """`stopped`: "max_steps" where train.max_steps stopped a stage before its end (the cursor in it)."""
         cfg = self.cfg
-        state = dict(dataclasses.asdict(cursor), stage_end=stage_end, stage_metrics=self.stage_metrics,
+        state = dict(dataclasses.asdict(cursor), stage_end=stage_end, stopped=stopped, stage_metrics=self.stage_metrics,
                      total_steps=self.total_steps, signature=cfg.model_signature(),
                      config_hash=cfg.hash(), shards=self.shards.manifest["content_hash"],
                      stages=cfg.train.stages, stage_ends=[s.end for s in self.stages], epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
@@ -390,7 +420,8 @@ class Trainer:
     def result(self, cursor: Cursor) -> TrainResult:
         latest = self.store.latest()
         return TrainResult(self.run.path, cursor.step, self.stage_metrics, latest.id if latest else "",
-                           start_step=self.latest.step if self.latest is not None else 0)
+                           start_step=self.latest.step if self.latest is not None else 0,
+                           stopped_in=_stopped_in(latest.state) if latest else "")
 
     def finished_result(self) -> TrainResult:
         """A finished run's result without building its model (setup found nothing to train)."""
@@ -402,7 +433,16 @@ class Trainer:
         more = f"(train.epochs={self.cfg.train.epochs + 1})" if len(self.stages) == 1 else TrainResult.one_more_pass
         return TrainResult(self.run.path, self.latest.step, state.get("stage_metrics", []), self.latest.id,
                            start_step=self.latest.step, one_more_pass=more,
-                           max_steps_cut=0 < self.cfg.train.max_steps <= self.latest.step)
+                           max_steps_cut=0 < self.cfg.train.max_steps <= self.latest.step,
+                           stopped_in=_stopped_in(state))
+
+
+def _stopped_in(state: dict) -> str:
+    """Where train.max_steps stopped the stage of checkpoint `state` ("stage 3, after 2 of 12 batches"), or ""."""
+    rows = state.get("stage_metrics") or [{}]
+    if state.get("stopped") != "max_steps" or "of_batches" not in rows[-1]:
+        return ""
+    return f"stage {rows[-1]['stage']}, after {rows[-1]['batches']:,} of {rows[-1]['of_batches']:,} batches"
 
 
 def _fmt(metrics: dict) -> str:

@@ -235,7 +235,8 @@ def test_int8_run_exports_and_stage_weights_load_into_a_plain_backbone(tmp_path,
     from kgpt2.train import train
 
     cfg = make_tiny_config(tmp_path, tiny_preset, pydoc_shards, "run=q8", "lora.enabled=true", "model.quantize=int8",
-                      "lora.targets=['all-linear']", "train.stages=[4]", "train.max_steps=2", "train.eval_batches=1")
+                      "lora.targets=['all-linear']", "train.stages=[4]", "train.max_steps=2", "train.eval_batches=1",
+                      "train.epochs=0")  # 2 steps are the plan, so its stage ends there (and writes stage-1.weights.h5)
     train(cfg, verbose=0)
     model, _, _ = load_model(cfg.run_dir)
     ours = kgpt2_logits(model)

@@ -149,7 +149,8 @@ def test_dry_run_prints_a_sensible_default_plan_for_300_articles(tmp_path, pubme
     lines = r.stdout.splitlines()
     assert lines[0] == "stage plan [10, 10000, 80000, 'rest']"
     assert lines[1].startswith("why: the corpus has 300 train articles, fewer than the plan's 90,011")
-    assert lines[2].split() == ["stage", "articles", "range", "tokens", "steps", "epochs"]
+    # pubmed_lora accumulates 4 batches a step: both are counted
+    assert lines[2].split() == ["stage", "articles", "range", "tokens", "batches", "updates", "epochs"]
     table = [line.split() for line in lines[3:7]]
     assert [int(row[0]) for row in table] == [1, 2, 3, 4]
     assert [int(row[1]) for row in table] == [10, 24, 193, 73]
@@ -161,7 +162,8 @@ def test_dry_run_prints_a_sensible_default_plan_for_300_articles(tmp_path, pubme
     tokens = [int(row[3].replace(",", "")) for row in table]
     assert tokens == [split.token_range(a, b)[1] - split.token_range(a, b)[0] for a, b in zip(ends, ends[1:])]
     steps = [int(row[4].replace(",", "")) for row in table]
-    assert all(s >= 1 for s in steps) and lines[7] == f"{sum(steps):,} optimizer steps in all"
+    assert all(s >= 1 for s in steps) and lines[7].startswith(f"{sum(steps):,} batches in all (train.max_steps "
+                                                             f"counts batches), {sum(steps) // 4:,} optimizer steps")
     assert not list(tmp_path.iterdir())  # a dry run makes nothing
 
 

@@ -42,13 +42,24 @@ def stage_phrase(checkpoint: Checkpoint, checkpoints: list[Checkpoint]) -> str |
     if n is None:
         return None
     if not checkpoint.state.get("stage_end"):
-        return f"in stage {n}"
+        return f"in stage {n}" + _stopped(checkpoint.state, n)
     same = [c for c in checkpoints if c.stage_number == n and c.step != checkpoint.step]
     if any(c.step > checkpoint.step for c in same):
         return f"end of stage {n}{_epochs(checkpoint)} (trained on after)"
     if any(c.state.get("stage_end") for c in same):  # it ended before as well: the epochs tell the two apart
         return f"end of stage {n}{_epochs(checkpoint)}"
     return f"end of stage {n}"
+
+
+def _stopped(state: dict, n: int) -> str:
+    """", stopped at train.max_steps after 2 of 12 batches" for a checkpoint where train.max_steps stopped stage
+    `n` before its end (its stage_metrics' last row is that stage's part), else ""."""
+    if state.get("stopped") != "max_steps":
+        return ""
+    row = (state.get("stage_metrics") or [{}])[-1]
+    if row.get("stage") != n or "of_batches" not in row:
+        return ", stopped at train.max_steps"
+    return f", stopped at train.max_steps after {row['batches']:,} of {row['of_batches']:,} batches"
 
 
 def picker_choices(checkpoints: list[Checkpoint]) -> list[tuple[str, str]]:

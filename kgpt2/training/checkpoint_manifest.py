@@ -8,7 +8,9 @@
     <stage>.weights.h5  at a stage end: the stage's merged export, written with
                     the checkpoint and linked (or copied) into the run folder
     state.json      stage, epoch, next batch, global step, metrics, config
-                    hash and signature, library versions
+                    hash and signature, library versions; `stage_end`, or
+                    `stopped` ("max_steps": train.max_steps stopped the stage
+                    before its end, the cursor in it)
     manifest.json   size and SHA-256 of each file above but state.json;
                     written last
 

@@ -221,6 +221,7 @@ class CheckpointManager:
             # one-stage run trained on with more epochs ended its stage again
             if checkpoint_id == f"stage-{c.state['stage']}":
                 return c
+        _refuse_a_stopped_stage(checkpoint_id, ckpts, self.run_dir)
         named = self.run_dir / (checkpoint_id if checkpoint_id.startswith("ckpt-") else f"ckpt-{checkpoint_id}")
         if (named / STATE_FILE).exists() or named.is_dir():  # there, but its state.json unreadable: not listed
             raise UserError(f"checkpoint '{named}' is damaged ({STATE_FILE} is missing or unreadable); choose another "
@@ -283,13 +284,16 @@ class CheckpointManager:
             os.rename(final, final.with_name(f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
 
     def publish_exports(self) -> list[Path]:
-        """Put each stage end's export into the run folder where it is missing (after a kill)."""
+        """Put each stage end's export into the run folder where it is missing (after a kill) or is an earlier end's
+        of the same stage (a stage trained on: more epochs, a higher train.max_steps): the newest end's file wins."""
+        newest = {c.state["export"]: c.path / c.state["export"] for c in self.list()
+                  if c.state.get("export") and (c.path / c.state["export"]).is_file()}
         published = []
-        for c in self.list():
-            name = c.state.get("export")
-            if not name or (self.run_dir / name).exists() or not (c.path / name).is_file():
-                continue
-            published.append(link_or_copy(c.path / name, self.run_dir / name))
+        for name, src in newest.items():
+            dest = self.run_dir / name
+            if dest.exists() and (os.path.samefile(src, dest) or dest.stat().st_mtime >= src.stat().st_mtime):
+                continue  # its link, or a copy made after it was written (a folder without hard links)
+            published.append(link_or_copy(src, dest))
         return published
 
     def _retain(self) -> None:
@@ -308,6 +312,15 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)
 
     restore = staticmethod(restore_checkpoint)
+
+
+def _refuse_a_stopped_stage(checkpoint_id: str, ckpts: list[Checkpoint], run_dir: Path) -> None:
+    """`stage-N` of a stage that train.max_steps stopped before its end names no checkpoint: say where it stopped."""
+    stopped = [c for c in ckpts if c.state.get("stopped") == "max_steps" and checkpoint_id == f"stage-{c.stage_number}"]
+    if stopped:
+        raise UserError(f"run '{run_dir}' has not finished stage {stopped[-1].stage_number}: train.max_steps stopped "
+                        f"it at {stopped[-1].id} (step {stopped[-1].step}); ask for {stopped[-1].id}, or train the "
+                        "stage on with a higher train.max_steps")
 
 
 def warn_damaged(damaged: list[tuple[int, Path, str]], done: str) -> None:

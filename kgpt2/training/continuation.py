@@ -3,12 +3,14 @@
 `kgpt2 train` on a run that has checkpoints resumes it, or (with another
 plan: more stages, more epochs, new shards) continues it (kgpt2.train). What
 the checkpoints depend on (model shape, tokenizer, LoRA, batch size) may not
-change; `place_plan` decides whether the new plan's stages run in place (the
-same stages so far) or after the finished ones, numbered on from them, and
+change, nor what orders an epoch's batches (seed, data.shift_windows) in the
+middle of one; `place_plan` decides whether the new plan's stages run in place (the
+same stages so far) or after the finished ones, numbered on from them (saying
+which trained articles they see again; refused when they see nothing new), and
 `plan_left` whether a finished run has anything left to train (more epochs
 reopen a finished one-stage run).
 `train.init_from` starts a new run from another run's checkpoint instead
-(`init_checkpoint`).
+(`init_checkpoint`: the same model and the same tokenizer).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import logging
 import shlex
 from pathlib import Path
 
-from kgpt2.config import NOT_IN_WEIGHTS, SIGNATURE_KEYS, Config
+from kgpt2.config import NOT_IN_WEIGHTS, SIGNATURE_KEYS, Config, ModelConfig
 from kgpt2.data.stage_plan import StagePlan
 from kgpt2.errors import UserError
+from kgpt2.model.models import load_tokenizer
 from kgpt2.model.preset_shape import preset_shape
 from kgpt2.reports import shown
 from kgpt2.run import Run
-from kgpt2.run_config import split_checkpoint
+from kgpt2.run_config import flat, split_checkpoint
 from kgpt2.training.checkpoints import Checkpoint
 
 log = logging.getLogger("kgpt2")
@@ -35,6 +38,11 @@ OFF_WHEN_ABSENT = {"pad_vocabulary_to", "lora_rank", "lora_targets", "use_rslora
 
 # The shape keys of a from-scratch model's signature (Config.model_signature).
 SCRATCH_SHAPE = ("num_layers", "num_heads", "hidden_dim", "vocabulary_size")
+
+# What orders a stage's batches besides its plan (kgpt2.training.training_data.stage_batches): the seed permutes
+# each epoch's windows, data.shift_windows moves their starts. data.windows is checked on its own (check_resumable).
+ORDER_KEYS = ("seed", "data.shift_windows")
+ORDER_WHY = "which windows an epoch's batches hold and in what order"
 
 # What a run that cannot go on as asked can do instead (`kgpt2 train --run` takes no new name itself).
 NEW_RUN = "start a new run from its weights instead (run=NEW_NAME train.init_from='{run}')"
@@ -68,10 +76,13 @@ def place_plan(state: dict, stages: StagePlan, plan_spec, shards_hash: str, run_
     else:  # new shards, or another plan: its stages run after the finished ones
         refuse_moved_stages(state, plan_spec, ends, done, same_shards, run_path)
         refuse_a_plan_trained_before(stage_ends, plan_spec, shards_hash, len(stages), state, run_path)
+        if same_shards:
+            refuse_a_shorter_plan(state, plan_spec, ends, run_path)
         stage_offset, step_offset = state["stage"], state["step"]
         if not same_shards:  # also a set prepared again at the same path, which no config change shows
             log.warning("data.shards holds other articles than run %s trained on so far: this plan's stages run "
                         "after its %d finished ones, on them", run_path, stage_offset)
+        note_trained_again([*stage_ends, state], shards_hash, plan_spec, ends, stage_offset, run_path)
     if stage_offset:
         stages = StagePlan([dataclasses.replace(s, index=s.index + stage_offset) for s in stages], stages.why)
     return stage_offset, step_offset, stages
@@ -109,6 +120,46 @@ def refuse_a_plan_trained_before(stage_ends: list[dict], plan_spec, shards_hash:
                             f"and has gone on since, to step {state['step']:,}; it would train them again as new "
                             f"stages. To go on with the run as it stands: kgpt2 train --run {path}; to train these "
                             "articles again on purpose, give another plan, e.g. 'train.stages=[\"rest\"]'")
+
+
+def trained_end(state: dict) -> int:
+    """The article up to which (exclusive) the plan of a stage-end checkpoint's `state` trained its shards; 0
+    where unknown (mid-stage, or an older kgpt2 that kept no stage ends)."""
+    ends, done = state.get("stage_ends"), state.get("stage", 0) - state.get("stage_offset", 0)
+    return ends[done - 1] if state.get("stage_end") and ends and 0 < done <= len(ends) else 0
+
+
+def refuse_a_shorter_plan(state: dict, plan_spec, ends: list[int], run_path) -> None:
+    """A plan that ends before the articles the run has trained on these shards in place ([10, 40] after
+    [10, 40, 100]) has nothing new: it would train what the run has seen again, as new stages, where the same
+    plan given at its stage 2 end trains nothing. A plan cut short by mistake, refused; a second pass reaches
+    the trained end ('train.stages=["rest"]'), and one on shards the run left and came back to trains."""
+    trained = trained_end(state)
+    if not ends or ends[-1] >= trained:
+        return
+    path = shlex.quote(str(run_path))
+    raise UserError(f"run '{run_path}' has trained articles 0..{trained - 1:,} of these shards (train.stages = "
+                    f"{json.dumps(state.get('stages'))}), and train.stages = {json.dumps(plan_spec)} ends at article "
+                    f"{ends[-1] - 1:,}: it would train nothing new, only those again as new stages; to go on as the "
+                    f"run stands: kgpt2 train --run {path}; for a pass over all the articles: "
+                    f"'train.stages=[\"rest\"]' train.epochs=1; or train this plan in a new run from its weights "
+                    f"(run=NEW_NAME train.init_from={path})")
+
+
+def note_trained_again(states: list[dict], shards_hash: str, plan_spec, ends: list[int], stage_offset: int,
+                       run_path) -> None:
+    """One line naming the articles a plan placed after the finished stages trains again: those the run's
+    stage ends on these shards reached (another plan on them, or a second pass)."""
+    trained = max((trained_end(s) for s in states if s.get("shards") == shards_hash), default=0)
+    again = min(trained, ends[-1]) if ends else 0
+    if again <= 0:
+        return
+    firsts = [0, *ends[:-1]]
+    last = stage_offset + sum(1 for first in firsts if first < again)
+    where = f"stage {last} trains" if last == stage_offset + 1 else f"stages {stage_offset + 1}-{last} train"
+    log.warning("train.stages = %s runs after the %d finished stages of run %s, and its %s articles 0..%s "
+                "again, which the run has trained already", json.dumps(plan_spec), stage_offset, run_path, where,
+                f"{again - 1:,}")
 
 
 def plan_left(state: dict, stages: StagePlan, stage_offset: int, total_steps: int, epochs: int, run_path,
@@ -179,10 +230,38 @@ def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
         raise UserError(f"cannot change data.windows of run '{cfg.run_dir}' in the middle of stage {state['stage'] + 1} "
                         f"({shown(windows)} -> {shown(cfg.data.windows)}): resume it with data.windows={windows} to "
                         "the stage end first, then continue")
+    if not state.get("stage_end"):
+        check_batch_order(order_changes(cfg), cfg.run_dir, state["stage"], state.get("epoch", 0), state.get("batch", 0))
     if state.get("batch_size") != cfg.train.batch_size:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the training plan changed (train.batch_size: "
                         f"{shown(state.get('batch_size'))} -> {cfg.train.batch_size!r}); "
                         f"{NEW_RUN.format(run=cfg.run_dir)}")
+
+
+def order_changes(cfg: Config) -> dict:
+    """{key: [old, new]} of the ORDER_KEYS this config changes against the run's config.json, which holds the
+    settings its newest checkpoint trained with (a change in the middle of an epoch is refused before it is
+    recorded)."""
+    run = Run(cfg.run_dir)
+    if not run.exists():
+        return {}
+    before, after = flat(run.config().to_dict()), flat(cfg.to_dict())
+    return {k: [before.get(k), after.get(k)] for k in ORDER_KEYS if before.get(k) != after.get(k)}
+
+
+def check_batch_order(changed: dict, run_path, stage: int, epoch: int, batch: int) -> None:
+    """A change of what orders a stage's batches (`changed`: {key: [old, new]}) where training goes on at batch
+    `batch` of epoch `epoch`: the rest of that epoch would come in another order, training some windows twice
+    and others never. At an epoch's start (batch 0) the next epoch is a whole permutation of its own: taken."""
+    keys = [k for k in ORDER_KEYS if k in changed]
+    if not keys or not batch:
+        return
+    what, they, them = (keys[0], "it sets", "it") if len(keys) == 1 else (" and ".join(keys), "they set", "them")
+    values = "; ".join(f"{k} {shown(changed[k][0])} -> {shown(changed[k][1])}" for k in keys)
+    keep = " ".join(shlex.quote(f"{k}={json.dumps(changed[k][0])}") for k in keys)
+    raise UserError(f"cannot change {what} of run '{run_path}' in the middle of epoch {epoch + 1} of stage "
+                    f"{stage + 1} ({values}): {they} {ORDER_WHY}, so the rest of the epoch would train some windows "
+                    f"twice and others never; resume it with {keep} to the stage end first, then change {them}")
 
 
 def _same_preset_path(old, cfg: Config) -> bool:
@@ -206,7 +285,41 @@ def init_checkpoint(cfg: Config, tokenizer=None) -> Checkpoint | None:
     diffs = differences(old, new)
     if diffs:
         raise UserError(f"train.init_from: run '{run_dir}' holds another model than this config ({diffs})")
+    if tokenizer is not None:
+        _check_init_tokenizer(source, ckpt.state, run_dir, cfg.model, tokenizer)
     return ckpt
+
+
+def _check_init_tokenizer(source: Run, state: dict, run_dir: str, model: ModelConfig, tokenizer) -> None:
+    """A source run trained with another tokenizer of the same size (a BPE of `kgpt2 tokenizer train` and GPT-2's)
+    passes the shape check, and this run would start with embeddings that stand for other tokens. The hash its
+    checkpoints record, else (an align run's) the one its config names."""
+    theirs = source.config().model
+    old = state.get("tokenizer") or _tokenizer_hash(theirs)
+    if old is None or old == tokenizer.hash:
+        return
+    # The run's own copy, not the run folder: a local model.tokenizer folder is copied into the new run whole.
+    own = next((d for d in (source.tokenizer_dir, source.preset_dir / "assets" / "tokenizer") if d.is_dir()), None)
+    use = (f"model.tokenizer={shlex.quote(str(own))}" if own is not None
+           else f"model.tokenizer='' with model.preset={shlex.quote(theirs.preset)}")
+    raise UserError(f"train.init_from: run '{run_dir}' was trained with another tokenizer ({_named(theirs)}, hash "
+                    f"{old}) than this config's ({_named(model)}, hash {tokenizer.hash}), so its embeddings would "
+                    f"stand for other tokens; train with its tokenizer ({use}) on shards prepared with it, or leave "
+                    "train.init_from out")
+
+
+def _tokenizer_hash(model: ModelConfig) -> str | None:
+    """The hash of the tokenizer a config names; None where it cannot be read (a hub preset offline)."""
+    try:
+        return load_tokenizer(model).hash
+    except UserError:
+        return None
+
+
+def _named(model: ModelConfig) -> str:
+    """How a message names the tokenizer a config reads: its model.tokenizer, else its preset's."""
+    return (f"model.tokenizer '{model.tokenizer}'" if model.tokenizer
+            else f"the tokenizer of model.preset '{model.preset}'")
 
 
 def _scratch_shapes(source: Run, old: dict, new: dict, tokenizer) -> tuple[dict, dict]:

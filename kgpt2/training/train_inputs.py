@@ -25,8 +25,8 @@ from kgpt2.model.models import check_sequence_length, load_tokenizer, prepare_hi
 from kgpt2.model.preset_shape import with_preset_shape
 from kgpt2.model.scratch import resolve_scratch
 from kgpt2.run import Run
-from kgpt2.training.continuation import check_max_steps, check_resumable, placed_plan
-from kgpt2.training.training_data import describe_plan, resolve_windows
+from kgpt2.training.continuation import check_max_steps, check_resumable, placed_plan, plan_left
+from kgpt2.training.training_data import describe_plan, plan_steps, resolve_windows
 
 log = logging.getLogger("kgpt2")
 
@@ -70,6 +70,7 @@ def dry_run_plan(cfg: Config):
     run = Run.of(cfg)
     store = run.checkpoints(cfg.train.keep_last) if run.exists() else None
     newest = store.latest() if store is not None else None
+    standing = None  # where the run stands: the table shows what is trained and where `train` resumes (reports)
     if newest is not None:
         if cfg.model.preset == "scratch" and (run.preset_dir / "config.json").is_file():
             cfg = resolve_scratch(cfg)  # the run's own from-scratch preset (there already: nothing is written)
@@ -77,7 +78,13 @@ def dry_run_plan(cfg: Config):
         if tokenizer is not None:
             check_resumable(newest.state, cfg, tokenizer)
         stages = plan_stages(cfg.train.stages, shards.split("train").num_articles, cfg.train.oversize)
-        placed_plan(newest.state, cfg, stages, shards.manifest["content_hash"], run.path,
-                    [c.state for c in store.list() if c.state.get("stage_end")])
+        offset, step_offset, placed = placed_plan(newest.state, cfg, stages, shards.manifest["content_hash"], run.path,
+                                             [c.state for c in store.list() if c.state.get("stage_end")])
         check_max_steps(cfg, newest.step, run.path)
-    return describe_plan(cfg)
+        total = plan_steps(cfg, shards.split("train"), placed, done=step_offset)[1]
+        plan_left(newest.state, placed, offset, total, cfg.train.epochs, run.path)  # refuses what train refuses
+        standing = {"run": run.path, "checkpoint": newest.id, "state": newest.state, "stage_offset": offset,
+                    "step_offset": step_offset}
+    plan = describe_plan(cfg)
+    plan.standing = standing
+    return plan

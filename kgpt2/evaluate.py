@@ -45,7 +45,7 @@ from kgpt2.training.preferences import (
     score_heldout,
     targets_for,
 )
-from kgpt2.training.progress_lines import ScoringProgress
+from kgpt2.training.progress_lines import ScoringProgress, duration
 from kgpt2.training.training_data import resolve_windows
 from kgpt2.training.validation import split_batches
 
@@ -145,6 +145,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     rows = []
     ckpts = {c.id: c for c in run.checkpoints().list()}  # one listing for all rows
     tokens = source.scored_tokens()
+    time_left = TimeLeft(len(ids), len(source))
     for i, ckpt_id in enumerate(ids, 1):
         if ckpt_id == BASE:
             run.restore(model, BASE, base=base)
@@ -153,7 +154,7 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
         if len(ids) > 1:  # each model can take minutes on a real split: say which one is being scored
             log.info("scoring %s (%d of %d) on %s %s tokens", ckpt_id, i, len(ids), f"{tokens:,}", split)
         logs = scorer.evaluate(to_dataset(source), verbose=0, return_dict=True,
-                               callbacks=[ScoringProgress(ckpt_id, len(source))])
+                               callbacks=[ScoringProgress(ckpt_id, len(source), left=time_left.after(i))])
         row = {"model": ckpt_id, **summarise(logs), "split": split, "tokens": tokens,
                "shards": shards.manifest["content_hash"]}  # which data: a continued run may have new shards
         if ckpt_id != BASE:
@@ -164,6 +165,34 @@ def evaluate_run(run_dir, checkpoints="latest", split: str = "test", compare_bas
     if save:
         _save(run_dir, rows, lambda: save_table(run_dir, rows, split))
     return rows
+
+
+class TimeLeft:
+    """The words for the time an evaluation has left, said in its progress lines: this model's batches and every
+    model's after it (at this one's pace: they are the same model on the same batches), and once, when that is
+    long, the --max-batches that would make the whole command take about a minute."""
+
+    LONG_S = 120.0
+
+    def __init__(self, models: int, batches: int):
+        self.models, self.batches, self.hinted = models, batches, False
+
+    def after(self, position: int):
+        """`left(seconds, batches_per_s)` for ScoringProgress while model `position` (from 1) is scored."""
+        later = self.models - position
+
+        def left(seconds: float, batches_per_s: float) -> str:
+            seconds += later * self.batches / batches_per_s
+            words = f"about {duration(seconds)} left" + (f" for this and {later} more model{'s' * (later > 1)}"
+                                                          if later > 0 else "")
+            if seconds <= self.LONG_S or self.hinted:
+                return words
+            self.hinted = True  # once a command: the lines that follow stay short
+            n = max(1, int(batches_per_s * 60 / self.models))
+            each = f"each model's first {n:,} batches" if self.models > 1 else f"the first {n:,} batches"
+            return (f"{words}; --max-batches {n} would score {each} (about {duration(n * self.models / batches_per_s)}"
+                    f"{' in all' if self.models > 1 else ''})")
+        return left
 
 
 def _given_shards(shards) -> str:

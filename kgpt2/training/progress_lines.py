@@ -130,8 +130,11 @@ class ScoringProgress(keras.callbacks.Callback):
     async_safe = True  # Keras then calls it from worker threads, each after its batch is done, not holding up the next
 
     def __init__(self, model: str, batches: int, min_s: float | None = None, every_s: float | None = None,
-                 say=log.info, clock=time.monotonic):
+                 say=log.info, clock=time.monotonic, left=None):
+        """`left(seconds, batches_per_s)`: the words for the time left ("about 3 min left"); kgpt2 evaluate's
+        count the models it scores after this one too."""
         super().__init__()
+        self.left = left or (lambda seconds, _: f"about {duration(seconds)} left")
         self.name, self.batches, self.say, self.clock = model, batches, say, clock
         self.min_s = SCORING_GAP_S if min_s is None else min_s
         self.every_s = SCORING_EVERY_S if every_s is None else every_s
@@ -151,7 +154,7 @@ class ScoringProgress(keras.callbacks.Callback):
         batches_per_s = self._pace.due(done, self._wanted)
         if batches_per_s is not None:
             self.say(f"scoring {self.name}: batch {done:,} of {self.batches:,} ({done / self.batches:.0%}), "
-                     f"about {duration((self.batches - done) / batches_per_s)} left")
+                     f"{self.left((self.batches - done) / batches_per_s, batches_per_s)}")
 
 
 def duration(seconds: float) -> str:

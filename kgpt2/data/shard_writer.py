@@ -25,8 +25,11 @@ kept in memory at 8 bytes per article.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import sys
+import time
 import zlib
 from array import array
 from collections import deque
@@ -42,7 +45,9 @@ from kgpt2.data.sources import Document
 from kgpt2.errors import UserError
 from kgpt2.model.char_tokenizer import UnknownCharacter
 from kgpt2.model.tokenizer_protocol import Tokenizer
+from kgpt2.reports import counted
 
+log = logging.getLogger("kgpt2")
 SPLITS = ("train", "validation", "test")
 
 
@@ -186,11 +191,10 @@ def write_shards(src, folder: Path, tokenizer: Tokenizer, splits, fractions, see
                  progress, threads) -> dict:
     """Tokenise the documents of `src` into the split files in `folder`; the shard set's manifest
     (without what `prepare` adds: input signature, options, source)."""
-    from tqdm.auto import tqdm
-
     dtype = dtype_for(tokenizer.vocab_size)
     writers = {name: SplitWriter(folder, name, dtype, tokenizer.eos_id) for name in SPLITS}
-    bar = tqdm(desc=f"prepare {src.path}", unit=" docs", disable=not progress, mininterval=0.5)
+    bar, started, docs_done = _progress_bar(src, progress), time.monotonic(), 0
+    in_log = progress and bar.disable  # read now: closing a bar disables it
     # Reading (Python, holds the GIL) overlaps with encoding (tiktoken's Rust
     # releases it): batch k is encoded in the pool while batch k+1 is read, so
     # at most two batches are in memory.
@@ -201,13 +205,27 @@ def write_shards(src, folder: Path, tokenizer: Tokenizer, splits, fractions, see
         batches = _batches(_documents(src, splits, fractions, seed, max_doc_chars, named), batch_docs)
         for batch, encoded in _encoded_in_turn(pool, batches, partial(_encode, tokenizer, dtype), threads):
             tokens_done += _write_batch(writers, batch, encoded)
+            docs_done += len(batch)
             bar.update(len(batch))
             bar.set_postfix(tokens=f"{tokens_done:,}", refresh=False)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     manifest = _manifest(src, tokenizer, dtype, {name: w.close() for name, w in writers.items()})
+    if in_log:  # a log instead of the bar: one plain line, once the shards are written (an error comes alone)
+        log.info("prepare %s: %s, %s in %.1f s", src.path, counted(docs_done, "document"),
+                 counted(tokens_done, "token"), time.monotonic() - started)
     return manifest | ({"source_splits": sorted(named)} if named else {})  # what an empty split's note says
+
+
+def _progress_bar(src, progress: bool):
+    """tqdm's bar on a terminal or in a notebook, as `kgpt2 train` picks Keras' bar; in a log (`> log.txt 2>&1`,
+    nohup, a pipe) its carriage-return redraws are fragments, so it is off there and `write_shards` says one line."""
+    from tqdm.auto import tqdm
+
+    stderr = sys.stderr
+    interactive = bool(stderr and stderr.isatty()) or "ipykernel" in sys.modules
+    return tqdm(desc=f"prepare {src.path}", unit=" docs", disable=not (progress and interactive), mininterval=0.5)
 
 
 def _documents(src, splits, fractions, seed, max_doc_chars, named: set):

@@ -59,7 +59,7 @@ from kgpt2.data.shard_folder import (
     write_manifest,
 )
 from kgpt2.data.shard_writer import assign_split, encoding_pieces, tail_fraction, write_shards  # noqa: F401
-from kgpt2.data.sources import Source, open_source
+from kgpt2.data.sources import Source, open_source, reading_line
 from kgpt2.errors import UserError
 from kgpt2.model.tokenizer import usable_cores
 from kgpt2.model.tokenizer_protocol import Tokenizer
@@ -114,8 +114,9 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
             old = read_manifest(out_dir)
             if old.get("input_signature") == signature:
                 return old  # same inputs, same options, same tokenizer: nothing to do
-            if note := unnamed_rows_note(src):
-                log.info(note)
+            for note in (reading_line(src), unnamed_rows_note(src)):  # said before the progress bar starts
+                if note:
+                    log.info(note)
             tmp.mkdir()
             try:
                 manifest = write_shards(src, tmp, tokenizer, splits, fractions, seed, batch_docs,

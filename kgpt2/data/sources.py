@@ -13,7 +13,9 @@ Formats (auto-detected, or `--format`):
   hf           `hf:<datasets id>[:<config>]` (e.g. hf:ccdv/pubmed-summarization) or a
                local .parquet/.arrow with article/abstract columns, via `datasets`
   sumpubmed    SumPubMed's folder (line_text/text_<i>.txt + abstract/abstract_<i>.txt)
-  text/folder  a .txt file or a folder of them (one document each, or `separator`)
+  text/folder  a .txt file or a folder of them (one document each, or `separator`); a folder
+               that also holds datasets of other formats (a parent of several) is refused,
+               naming each, unless --format says how to read it
   table        CSV / TSV / parquet / JSONL with a named text column, via pandas (a
                --text-column other than "text" reads records of the next formats as a table)
   alpaca       instruction/input/output, rendered with the Alpaca template (JSON, JSON
@@ -40,6 +42,7 @@ its file and line; a missing file or a wrong schema is a `UserError` naming them
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -47,7 +50,7 @@ from kgpt2.data.compression import damaged_sentence, is_damaged, open_bytes, pla
 from kgpt2.data.documents import BINARY, NOT_UTF8, UTF16, Document, SourceStats
 from kgpt2.data.instructions import read_alpaca, read_messages, read_preferences
 from kgpt2.data.papers import ABSTRACT_KEYS, BODY_KEYS, read_hf, read_papers, read_sumpubmed
-from kgpt2.data.records import first_record, is_table_file, read_table, records_format, table_columns
+from kgpt2.data.records import TABLE_SUFFIXES, first_record, is_table_file, read_table, records_format, table_columns
 from kgpt2.data.shard_folder import FORMAT as SHARD_FORMAT
 from kgpt2.data.shard_folder import MANIFEST, read_manifest
 from kgpt2.errors import UserError
@@ -108,9 +111,9 @@ def detect_format(path: str) -> str:
         refuse_kgpt2_folder(p)
         if (p / "line_text").is_dir():
             return "sumpubmed"
-        if any(plain(f).suffix == ".jsonl" for f in p.iterdir()):
-            return "papers"
-        return "folder"
+        fmt = "papers" if any(plain(f).suffix == ".jsonl" for f in p.iterdir()) else "folder"
+        refuse_several_datasets(p, fmt)
+        return fmt
     refuse_unsupported(p)
     suffix = plain(p).suffix.lower()  # corpus.jsonl.gz is JSON Lines (kgpt2.data.compression)
     if suffix == ".arrow":  # only `datasets` reads Arrow files here
@@ -165,15 +168,119 @@ def open_source(path: str, fmt: str | None = None, contents: str = "both",
     return Source(path, fmt, contents, text_column, separator)
 
 
+def reading_line(src: Source) -> str | None:
+    """What a folder `src` is read as, in one line (prepare says it before its progress bar, so a folder taken
+    for another format than meant is seen): its format and how many files it reads; None for a file or a dataset id.
+
+    >>> import tempfile; notes = Path(tempfile.mkdtemp()); _ = (notes / "a.txt").write_text("One.")
+    >>> reading_line(Source(notes, "folder", separator="\\n\\n")).split(" as ")[1]
+    'folder: 1 .txt file under it, split at --separator'
+    """
+    if src.format == "pydoc" or str(src.path).startswith("hf:") or not Path(src.path).is_dir():
+        return None  # one file's format is its name's and first record's: no guess among several
+    line = f"reading '{src.path}' as {src.format}"
+    if src.format == "folder":
+        files = src.files()
+        each = "split at --separator" if src.separator else "one document each"
+        return f"{line}: {len(files):,} .txt file{'s' * (len(files) != 1)} under it, {each}"
+    if src.format == "sumpubmed":
+        return f"{line}: {len(list((Path(src.path) / 'line_text').glob('text_*.txt'))):,} articles (line_text/)"
+    if src.format == "papers":
+        names = [f.name for f in src.files()]
+        return f"{line}: {', '.join(names) if len(names) <= 4 else f'{len(names):,} .jsonl files'} (their splits kept)"
+    return line
+
+
 def refuse_kgpt2_folder(p: Path) -> None:
     """A shard set or a run is kgpt2's output, not a corpus: read as one, its ids.txt (or a run's votes.jsonl)
     became articles."""
-    if (p / MANIFEST).is_file() and (read_manifest(p).get("format") == SHARD_FORMAT or any(p.glob("*.ids.txt"))):
+    kind = kgpt2_folder_kind(p)
+    if kind == "a kgpt2 shard set":
         raise UserError(f"'{p}' is a kgpt2 shard set (what `kgpt2 prepare` writes), not a corpus; --source takes the "
                         f"text it was made from (to train a model on the set itself: data.shards = \"{p}\")")
-    if (p / "config.json").is_file() and (any(p.glob("ckpt-*")) or (p / "logs").is_dir()):
+    if kind == "a kgpt2 run":
         raise UserError(f"'{p}' is a kgpt2 run (config.json and checkpoints), not a corpus; --source takes the text "
                         "itself (a file or folder of it, or a dataset)")
+
+
+def kgpt2_folder_kind(p: Path) -> str | None:
+    """'a kgpt2 shard set', 'a kgpt2 run', or None for a folder that is neither."""
+    if (p / MANIFEST).is_file() and (read_manifest(p).get("format") == SHARD_FORMAT or any(p.glob("*.ids.txt"))):
+        return "a kgpt2 shard set"
+    if (p / "config.json").is_file() and (any(p.glob("ckpt-*")) or (p / "logs").is_dir()):
+        return "a kgpt2 run"
+    return None
+
+
+# Nested datasets ------------------------------------------------------------
+DATA_SUFFIXES = (".json", ".jsonl", ".arrow", *TABLE_SUFFIXES)  # files of records: datasets, never read as text
+LISTED = 6  # datasets named in the refusal; the rest are counted
+
+
+def refuse_several_datasets(folder: Path, fmt: str) -> None:
+    """Refuse a folder detected as `fmt` (folder or papers) that holds datasets that format would not read as
+    they are (SumPubMed or JSON Lines folders, JSON / table files, tokenizers, kgpt2 output): a parent folder of
+    several datasets was read as one folder of .txt files, mixing some (a SumPubMed abstract became an article)
+    and skipping the rest in silence. `--format` given reads it as told."""
+    found = nested_datasets(folder, fmt)
+    if not any(kind not in ("text", "folder") for _, kind in found):
+        return
+    names = ", ".join(f"{name} as {kind}" for name, kind in found[:LISTED])
+    more = f" and {len(found) - LISTED} more" if len(found) > LISTED else ""
+    several = len(found) > 1
+    read = "its .txt files as one folder" if fmt == "folder" else "the .jsonl files at its top"
+    raise UserError(f"'{folder}' holds {'several datasets' if several else 'a dataset'} ({names}{more}), and reading "
+                    f"{read} would mix or skip {'them' if several else 'it'}; give {'one of them' if several else 'it'}"
+                    f" as --source (--format {fmt} reads {read} all the same)")
+
+
+def nested_datasets(folder: Path, fmt: str) -> list[tuple[str, str]]:
+    """(name relative to `folder`, what it is) for each dataset under it, sorted: a recognised subfolder (not
+    entered), a JSON / table file, and the .txt files of each top-level subfolder. `fmt` "folder" reads the .txt
+    files at its top; "papers" its top-level .jsonl, and the files beside them (a README, dataset_info.json) are
+    left out too."""
+    found, texts = [], {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        d = Path(dirpath)
+        dirnames.sort()
+        kind = _folder_kind(d) if d != folder else None
+        if kind:
+            found.append((f"{d.relative_to(folder).as_posix()}/", kind))
+            dirnames[:] = []  # a dataset of its own: what it holds is its reader's
+            continue
+        top = d == folder
+        for name in sorted(filenames) if not (top and fmt == "papers") else ():  # beside its .jsonl: their notes
+            f = d / name
+            suffix = plain(f).suffix.lower()
+            if suffix in DATA_SUFFIXES:
+                found.append((f.relative_to(folder).as_posix(), f))
+            elif suffix == ".txt" and not top:
+                group = f.relative_to(folder).parts[0] + "/"
+                texts[group] = texts.get(group, 0) + 1
+    found += [(group, "text" if n == 1 else "folder") for group, n in texts.items()]
+    found.sort()
+    return [(name, _file_kind(kind) if isinstance(kind, Path) and i < LISTED else str(kind))
+            for i, (name, kind) in enumerate(found)]
+
+
+def _folder_kind(d: Path) -> str | None:
+    """What a subfolder is when it is a dataset (or a tokenizer, or kgpt2 output) of its own; None otherwise."""
+    if kind := kgpt2_folder_kind(d):
+        return kind
+    if (d / "line_text").is_dir():
+        return "sumpubmed"
+    if (d / "vocab.bpe").is_file() or (d / "merges.txt").is_file():
+        return "a tokenizer"
+    jsonl = sorted(f for f in d.iterdir() if plain(f).suffix.lower() == ".jsonl" and f.is_file())
+    return _file_kind(jsonl[0]) if jsonl else None
+
+
+def _file_kind(path: Path) -> str:
+    """A data file's format as `detect_format` names it; its kind of file when it cannot tell."""
+    try:
+        return detect_format(str(path))
+    except UserError:
+        return f"a {plain(path).suffix.lower()[1:]} file"
 
 
 def _folder_files(folder: Path, suffix: str) -> list[Path]:

@@ -16,7 +16,8 @@
    so a killed and resumed run ends with the uninterrupted run's weights;
 5. `Aligner.finish`: held-out reward accuracy and margins before and after
    (KTO: on held-out examples, kgpt2.training.preference_losses.kto_metrics),
-   written to `<run>/align.json`.
+   written to `<run>/align.json` with what the run started from (`start`: the
+   `align.init_run` as given and its checkpoint id, or the preset).
 
 The global Keras dtype policy is left as it was (the run's precision is
 scoped). TRL's trainers are torch-only; the losses are theirs, in Keras ops.
@@ -155,6 +156,7 @@ class Aligner:
         # the checkpoint a new run starts from, found (and its weights verified) before anything is written;
         # a resume loads its own checkpoint instead: it holds every weight trained
         self.start = _start_checkpoint(cfg, a.init_run, a.init_checkpoint) if a.init_run and not self.latest else None
+        self.started_from = self._start_record()  # before adopt: the preset as given, not the run's copy
         # Its own copy of a local preset / tokenizer (often align.init_run's), as `train` makes: the align run then
         # opens wherever it is copied, without the run it started from.
         self.cfg = cfg = self.run_.adopt(cfg)
@@ -167,6 +169,16 @@ class Aligner:
         self.run_.save_config(cfg)
         if self.parallel:
             log.info(self.parallel.describe())
+
+    def _start_record(self) -> dict | None:
+        """What the run started from, kept in each checkpoint and in align.json: the start line is progress (-q hides
+        it, as train's), and a resumed run knows it only from its checkpoint (None: one saved before this record)."""
+        a = self.cfg.align
+        if self.latest is not None:
+            return self.latest.state.get("start")
+        if not a.init_run:
+            return {"preset": self.cfg.model.preset}
+        return {"run": a.init_run, "checkpoint": self.start.id if self.start else BASE}  # the run as given
 
     def finished(self) -> dict | None:
         """The saved align.json of a run that has taken all its steps and written it; None otherwise."""
@@ -285,7 +297,7 @@ class Aligner:
         done = step >= self.plan.steps
         state = {"stage": int(done), "epoch": 0, "batch": step, "step": step, "stage_end": done, "kind": KIND,
                  "signature": self.cfg.model_signature(), "config_hash": self.cfg.hash(),
-                 "align_plan": self._plan_record()}
+                 "align_plan": self._plan_record(), "start": self.started_from}
         self.store.save(self.policy, self.optimizer, state)
 
     # -- 5. finish: held-out metrics before and after
@@ -301,7 +313,7 @@ class Aligner:
                             "heldout": len(self.held_y), "files": s.files},
                   "loss": a.loss, "beta": a.beta, "steps": a.steps, "batch_size": cfg.train.batch_size,
                   "backend": keras.backend.backend(), "heldout_before": before, "heldout_after": after,
-                  "checkpoint": self.store.latest().id}
+                  "checkpoint": self.store.latest().id, "start": self.started_from}
         atomic_write_text(self.run_.align_result, json.dumps(result, indent=2))
         return result
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kgpt2.data.compression import open_bytes
+from kgpt2.data.compression import open_bytes, plain
 from kgpt2.data.examples import encode_example
 from kgpt2.data.instructions import record_prompt, record_response
 from kgpt2.data.records import is_table_file, json_array, table_records
@@ -176,15 +176,29 @@ def read_preferences(paths, template: str = "plain", stats: PairStats | None = N
 def _refuse_nothing_usable(files: list, read: int, ties: int, identical: int) -> None:
     """Why no record gave a pair or an example, counted per reason (the held-out split said only "0 usable")."""
     where = f"'{files[0]}'" if len(files) == 1 else f"the {len(files)} files ({', '.join(files)})"
+    if not read and len(files) == 1 and is_table_file(files[0]):  # a CSV of only its header row: no JSON talk
+        raise UserError(f"{where} {_empty_table(Path(files[0]))} (give a row per pair, with prompt, chosen and "
+                        "rejected columns)")
     if not read:  # an empty file, blank lines, or an empty JSON list
+        rows = ", or CSV, TSV or parquet rows," if any(map(is_table_file, files)) else ""
         raise UserError(f"{where} {'holds' if len(files) == 1 else 'hold'} no preference records (give JSON or "
-                        "JSON Lines records with prompt, chosen and rejected)")
+                        f"JSON Lines records{rows} with prompt, chosen and rejected)")
     reasons = []
     if identical:
         reasons.append(f"{identical} {'has' if identical == 1 else 'have'} chosen == rejected (nothing to prefer)")
     if ties:
         reasons.append(f"{ties} {'has' if ties == 1 else 'have'} a null chosen or rejected (a tie vote, no preference)")
     raise UserError(f"no usable preference pair in {where}: of {counted(read, 'record')} read, {' and '.join(reasons)}")
+
+
+def _empty_table(path: Path) -> str:
+    """What a table file that gave no rows holds: a header only, or nothing."""
+    suffix = plain(path).suffix.lower()
+    if suffix == ".parquet":
+        return "is a parquet table with no rows"
+    with open_bytes(path) as f:
+        header = f.read(65536).strip()
+    return "has a header but no rows" if header else f"is an empty {suffix[1:].upper()} file"
 
 
 def _what_it_has(rec) -> str:

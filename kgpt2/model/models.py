@@ -157,7 +157,10 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
     if cfg.tokenizer:
         return BPETokenizer.from_dir(cfg.tokenizer)
     if cfg.preset == "scratch":
-        raise UserError("a from-scratch model needs model.tokenizer (a directory with vocabulary.json + merges.txt)")
+        raise UserError("a from-scratch model needs a tokenizer (model.tokenizer; kgpt2 prepare: --tokenizer): a "
+                        "folder with vocabulary.json + merges.txt, vocab.json + merges.txt, OpenAI's encoder.json + "
+                        "vocab.bpe, a Hugging Face tokenizer.json or a char_vocabulary.json, or a KerasHub preset or "
+                        "kgpt2 run holding one (`kgpt2 tokenizer train --source TEXT --out DIR` makes one)")
     _check_preset(cfg.preset, offline_hint)
     if _is_local(cfg.preset):
         root = Path(cfg.preset).expanduser()

@@ -5,9 +5,11 @@ records; for a chat run, their first user turns (what the chat template wraps,
 without its headers); otherwise the first words of its first documents there,
 so the examples are the kind of text the model was tuned on, and not text it
 trained on (shards without a held-out split: their training data's first
-documents). No shards (moved, deleted): no examples.
+documents). No shards (moved, deleted): no examples. `run_examples` says which
+split they came from, and the page's label says so (`Examples.label`); the
+prompt box's placeholder fits the run's template (`placeholder`).
 
-    >>> from kgpt2.serving.demo_examples import example_from_text
+    >>> from kgpt2.serving.demo_examples import Examples, example_from_text, placeholder
     >>> example_from_text("### Instruction:\\nName a colour.\\n\\n### Response:\\nBlue.")
     'Name a colour.'
     >>> example_from_text("The assert statement is a debugging aid that tests a condition.", words=3)
@@ -16,6 +18,10 @@ documents). No shards (moved, deleted): no examples.
     'Attribute references An attribute reference is'
     >>> example_from_text("<|system|>\\nBe brief.\\n<|user|>\\nName a colour.\\n<|assistant|>\\nBlue.")
     'Name a colour.'
+    >>> Examples(["The with statement"], "train").label
+    "Examples from the run's training data (its shards have no held-out split)"
+    >>> placeholder("chat", ["Name a colour."])
+    'A message to the model (your turn in the chat), e.g. Name a colour.'
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import string
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kgpt2.data.shards import ShardSet
@@ -53,15 +60,46 @@ def example_from_text(text: str, words: int = 6) -> str:
     return " ".join(text.split()[:words])
 
 
-def examples_from_run(run_dir, n: int = 4) -> list[str]:
+SPLITS = ("validation", "test", "train")  # held-out first: text the model did not train on
+LABELS = {"validation": "Examples from the run's held-out data (its validation split)",
+          "test": "Examples from the run's held-out data (its test split)",
+          "train": "Examples from the run's training data (its shards have no held-out split)"}
+# What the prompt box takes, by the run's template (its [generate] template: chat and instruction runs set theirs).
+PROMPT_KINDS = {"plain": "The start of a text for the model to continue",
+                "instruction": "An instruction for the model",
+                "chat": "A message to the model (your turn in the chat)"}
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Example prompts and the split of the run's shards they came from (None: the run gave none)."""
+
+    texts: list[str] = field(default_factory=list)
+    source: str | None = None
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.source, "Examples")
+
+
+def placeholder(template: str, examples: list[str]) -> str:
+    """The prompt box's grey text: what a prompt is for this run's template, with its first example if any."""
+    kind = PROMPT_KINDS.get(template, PROMPT_KINDS["plain"])
+    return f"{kind}, e.g. {examples[0][:80]}" if examples else kind
+
+
+def run_examples(run_dir, n: int = 4) -> Examples:
+    """Up to `n` example prompts from the first split of the run's shards that holds articles, held-out first."""
     try:
         cfg = load_run_config(run_dir)
         shards = ShardSet(Path(cfg.data.shards))
-        split = next(shards.split(s) for s in ("validation", "test", "train") if s in shards.manifest["splits"])
+        counts = {name: info.get("num_articles", 0) for name, info in shards.manifest["splits"].items()}
+        source = next(s for s in SPLITS if counts.get(s))  # an empty validation split (--splits train) gave none
+        split = shards.split(source)
         tokenizer = load_tokenizer(cfg.model)
     except (UserError, OSError, StopIteration, KeyError) as e:
         log.info("demo: no examples from the run's data (%s)", e)
-        return []
+        return Examples()
     found = []
     for i in range(split.num_articles):
         text = example_from_text(tokenizer.decode(split.article_tokens(i)[:96]))
@@ -69,4 +107,8 @@ def examples_from_run(run_dir, n: int = 4) -> list[str]:
             found.append(text[:300])
         if len(found) == n:
             break
-    return found
+    return Examples(found, source if found else None)
+
+
+def examples_from_run(run_dir, n: int = 4) -> list[str]:
+    return run_examples(run_dir, n).texts

@@ -27,6 +27,7 @@ from kgpt2.generation.templates import TEMPLATES
 from kgpt2.run import BASE
 from kgpt2.serving import demo_refresh
 from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS
+from kgpt2.serving.demo_examples import placeholder, run_examples
 
 ELEMENT_IDS = ("arena", "single", "run-a", "ckpt-a", "run-b", "ckpt-b", "refresh", "prompt", "input", "generate",
                "stop", "answer-a", "answer-b", "column-b", "info-a", "info-b", "thumb-up-a", "thumb-down-a",
@@ -99,13 +100,14 @@ def _request_panel(demo, ui) -> None:
     # (a label names id, step and stage). Wide enough for its label on one line, at a phone's width too.
     with gr.Row():
         ui.refresh = gr.Button(REFRESH_LABEL, elem_id="refresh", size="md", min_width=300, scale=0)
+    # The run's examples, said where they came from; the placeholder is the kind of prompt its template takes.
+    examples = run_examples(demo.pool.run_dir(demo.run))
     ui.prompt = gr.Textbox(label=f"Prompt (at most {demo.context()}-token context, {demo.max_prompt_chars} characters)",
-                           lines=3, placeholder="The assert statement", elem_id="prompt")
+                           lines=3, placeholder=placeholder(demo.defaults.template, examples.texts), elem_id="prompt")
     ui.input_text = gr.Textbox(label="Input (instruction template only: the record's context)", lines=1,
                                elem_id="input")
-    examples = demo.examples()
-    if examples:
-        gr.Examples([[e] for e in examples], inputs=[ui.prompt], label="Examples from the run's held-out data")
+    if examples.texts:
+        gr.Examples([[e] for e in examples.texts], inputs=[ui.prompt], label=examples.label)
     _sampling_panel(demo, ui)
 
 

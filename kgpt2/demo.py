@@ -44,7 +44,7 @@ from kgpt2.run import load_run_config
 from kgpt2.serving import demo_refresh, run_metrics
 from kgpt2.serving.answerer import Answerer, Job
 from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS, Match, no_match_refusal
-from kgpt2.serving.demo_examples import examples_from_run
+from kgpt2.serving.demo_examples import Examples, run_examples
 from kgpt2.serving.demo_launch import run_in_root, serve
 from kgpt2.serving.demo_layout import build as build_layout
 from kgpt2.serving.model_pool import ModelPool
@@ -344,8 +344,8 @@ class Demo:
             raise gr.Error(str(e), print_exception=False) from None
         return run_metrics.metrics(run_dir, run)
 
-    def examples(self, run=None, n: int = 4) -> list[str]:
-        return examples_from_run(self.pool.run_dir(run or self.run), n)
+    def examples(self, run=None, n: int = 4) -> Examples:
+        return run_examples(self.pool.run_dir(run or self.run), n)
 
     def build(self):
         return build_layout(self)

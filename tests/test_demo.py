@@ -331,7 +331,7 @@ def test_whitespace_only_and_empty_answers_are_visible():
 
 def test_examples_come_from_the_runs_held_out_data(server):
     _, demo, _ = server
-    examples = demo.examples()
+    examples = demo.examples().texts
     assert 1 <= len(examples) <= 4 and all(e.strip() for e in examples)
 
 

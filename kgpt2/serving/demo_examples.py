@@ -108,7 +108,3 @@ def run_examples(run_dir, n: int = 4) -> Examples:
         if len(found) == n:
             break
     return Examples(found, source if found else None)
-
-
-def examples_from_run(run_dir, n: int = 4) -> list[str]:
-    return run_examples(run_dir, n).texts

@@ -27,7 +27,7 @@ from kgpt2.generation.templates import TEMPLATES
 from kgpt2.run import BASE
 from kgpt2.serving import demo_refresh
 from kgpt2.serving.arena import RATING_LABELS, VOTE_LABELS
-from kgpt2.serving.demo_examples import placeholder, run_examples
+from kgpt2.serving.demo_examples import placeholder
 
 ELEMENT_IDS = ("arena", "single", "run-a", "ckpt-a", "run-b", "ckpt-b", "refresh", "prompt", "input", "generate",
                "stop", "answer-a", "answer-b", "column-b", "info-a", "info-b", "thumb-up-a", "thumb-down-a",
@@ -101,7 +101,7 @@ def _request_panel(demo, ui) -> None:
     with gr.Row():
         ui.refresh = gr.Button(REFRESH_LABEL, elem_id="refresh", size="md", min_width=300, scale=0)
     # The run's examples, said where they came from; the placeholder is the kind of prompt its template takes.
-    examples = run_examples(demo.pool.run_dir(demo.run))
+    examples = demo.examples()
     ui.prompt = gr.Textbox(label=f"Prompt (at most {demo.context()}-token context, {demo.max_prompt_chars} characters)",
                            lines=3, placeholder=placeholder(demo.defaults.template, examples.texts), elem_id="prompt")
     ui.input_text = gr.Textbox(label="Input (instruction template only: the record's context)", lines=1,

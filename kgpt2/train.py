@@ -64,7 +64,14 @@ from kgpt2.model.scratch import resolve_scratch
 from kgpt2.reports import counted, short, shown
 from kgpt2.run import Run
 from kgpt2.run_config import continuation_record
-from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager, current_versions, fault_point
+from kgpt2.training.checkpoints import (
+    WEIGHTS_ONLY,
+    Checkpoint,
+    CheckpointManager,
+    current_versions,
+    fault_point,
+    max_steps_stop,
+)
 from kgpt2.training.continuation import (
     check_batch_order,
     check_max_steps,
@@ -439,10 +446,8 @@ class Trainer:
 
 def _stopped_in(state: dict) -> str:
     """Where train.max_steps stopped the stage of checkpoint `state` ("stage 3, after 2 of 12 batches"), or ""."""
-    rows = state.get("stage_metrics") or [{}]
-    if state.get("stopped") != "max_steps" or "of_batches" not in rows[-1]:
-        return ""
-    return f"stage {rows[-1]['stage']}, after {rows[-1]['batches']:,} of {rows[-1]['of_batches']:,} batches"
+    stop = max_steps_stop(state)
+    return f"stage {stop[0]}, {stop[1]}" if stop else ""
 
 
 def _fmt(metrics: dict) -> str:

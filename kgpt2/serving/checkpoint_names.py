@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kgpt2.model.scratch import SCRATCH_MARK
 from kgpt2.run import BASE, Run
-from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager
+from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager, max_steps_stop
 
 BASE_LABEL = "base (the untrained preset)"
 
@@ -53,13 +53,11 @@ def stage_phrase(checkpoint: Checkpoint, checkpoints: list[Checkpoint]) -> str |
 
 def _stopped(state: dict, n: int) -> str:
     """", stopped at train.max_steps after 2 of 12 batches" for a checkpoint where train.max_steps stopped stage
-    `n` before its end (its stage_metrics' last row is that stage's part), else ""."""
+    `n` before its end, else ""."""
     if state.get("stopped") != "max_steps":
         return ""
-    row = (state.get("stage_metrics") or [{}])[-1]
-    if row.get("stage") != n or "of_batches" not in row:
-        return ", stopped at train.max_steps"
-    return f", stopped at train.max_steps after {row['batches']:,} of {row['of_batches']:,} batches"
+    stop = max_steps_stop(state)
+    return f", stopped at train.max_steps {stop[1]}" if stop and stop[0] == n else ", stopped at train.max_steps"
 
 
 def picker_choices(checkpoints: list[Checkpoint]) -> list[tuple[str, str]]:

@@ -323,6 +323,15 @@ def _refuse_a_stopped_stage(checkpoint_id: str, ckpts: list[Checkpoint], run_dir
                         "stage on with a higher train.max_steps")
 
 
+def max_steps_stop(state: dict) -> tuple[int, str] | None:
+    """(stage number, "after 2 of 12 batches") where train.max_steps stopped that stage before its end at the
+    checkpoint of `state` (its stage_metrics' last row is the stage's part); None for any other checkpoint."""
+    row = (state.get("stage_metrics") or [{}])[-1]
+    if state.get("stopped") != "max_steps" or "of_batches" not in row:
+        return None
+    return row["stage"], f"after {row['batches']:,} of {row['of_batches']:,} batches"
+
+
 def warn_damaged(damaged: list[tuple[int, Path, str]], done: str) -> None:
     """One line for each (step, folder, why), oldest first, saying what was `done` instead."""
     for _, path, why in sorted(damaged, key=lambda item: item[0]):

@@ -89,7 +89,8 @@ def _train(a):
                             checkpoint_hint="train.init_from={run}:{name} starts a new run from this checkpoint")
     cfg = load_config(Path(a.run) / "config.json" if a.run is not None else a.config, overrides)
     if a.dry_run:
-        print(reports.plan_table(cfg.train.stages, dry_run_plan(cfg), cfg.train.gradient_accumulation_steps))
+        rows, standing = dry_run_plan(cfg)
+        print(reports.plan_table(cfg.train.stages, rows, cfg.train.gradient_accumulation_steps, standing))
         return
     print(reports.train_report(train(cfg, verbose=0 if a.quiet else "auto", require_checkpoint=a.resume)))
 

@@ -66,14 +66,13 @@ def prepare_report(manifest: dict, out) -> str:
     return "\n".join(lines)
 
 
-def plan_table(plan: list, rows, accumulation: int = 1) -> str:
+def plan_table(plan: list, rows, accumulation: int = 1, standing: dict | None = None) -> str:
     """`kgpt2 train --dry-run`: the plan as written, why it resolved as it did, a table of its stages and, on a run
-    with checkpoints (`rows.standing`, set by `dry_run_plan`), what each stage has trained and where the next
+    with checkpoints (`standing`, from `dry_run_plan`), what each stage has trained and where the next
     `kgpt2 train` resumes. A step of the table is a batch (train.max_steps counts them); with gradient accumulation
     the optimizer steps once every `accumulation` batches, so both are shown."""
     import pandas as pd  # deferred: pandas adds ~0.5 s to every `kgpt2` start
 
-    standing = getattr(rows, "standing", None)
     offset, start = (standing["stage_offset"], standing["step_offset"]) if standing else (0, 0)
     batches = [r["steps"] for r in rows]
     updates = optimizer_steps(batches, start, accumulation)

@@ -218,7 +218,7 @@ def test_the_dry_run_of_a_from_scratch_run_approves_what_the_real_run_trains(tmp
                                            f"checkpoints_root={tmp_path}", "train.stages=[3]", *o])
     step = train(config(), verbose=0).global_step
     before = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert dry_run_plan(config("train.epochs=2"))  # approved, and nothing written
+    assert dry_run_plan(config("train.epochs=2"))[0]  # approved, and nothing written
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before
     assert train(config("train.epochs=2"), verbose=0).global_step == 2 * step
 

@@ -113,7 +113,7 @@ def test_a_stage_added_that_does_not_fit_is_refused_not_the_whole_plan_trained_a
     with pytest.raises(UserError, match=r"trained stages 1-2 .*\(articles 0\.\.4\); \[2, 3, 10000\] does not fit .*"
                                         r"'train\.stages=\[2, 3, \"rest\"\]'"):
         dry_run_plan(config("[2, 3, 10000]"))
-    rows = dry_run_plan(config('[2, 3, "rest"]'))  # what fits goes on in place, after article 4
+    rows, _ = dry_run_plan(config('[2, 3, "rest"]'))  # what fits goes on in place, after article 4
     assert [r["first"] for r in rows] == [0, 2, 5]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kgpt2.config import Config
 from kgpt2.data.shards import ShardSet
-from kgpt2.data.stage_plan import plan_stages
+from kgpt2.data.stage_plan import StagePlan, plan_stages
 from kgpt2.errors import NoNetworkError, UserError
 from kgpt2.model.models import check_sequence_length, load_tokenizer, prepare_hint
 from kgpt2.model.preset_shape import with_preset_shape
@@ -63,9 +63,10 @@ def check_inputs(cfg: Config, offline: bool = False) -> tuple[Config, object, Sh
     return resolve_windows(cfg, shards.manifest), tokenizer, shards  # windows "auto" -> what config.json names
 
 
-def dry_run_plan(cfg: Config):
+def dry_run_plan(cfg: Config) -> tuple[StagePlan, dict | None]:
     """`kgpt2 train --dry-run`: the stage plan, after the checks the real run makes before any work (the
-    inputs, and what a run with checkpoints may resume or continue with)."""
+    inputs, and what a run with checkpoints may resume or continue with), and where such a run stands (None
+    for a new run): its newest checkpoint and the plan's placement after its finished stages."""
     cfg, tokenizer, shards = check_inputs(cfg, offline=True)
     run = Run.of(cfg)
     store = run.checkpoints(cfg.train.keep_last) if run.exists() else None
@@ -85,6 +86,4 @@ def dry_run_plan(cfg: Config):
         plan_left(newest.state, placed, offset, total, cfg.train.epochs, run.path)  # refuses what train refuses
         standing = {"run": run.path, "checkpoint": newest.id, "state": newest.state, "stage_offset": offset,
                     "step_offset": step_offset}
-    plan = describe_plan(cfg)
-    plan.standing = standing
-    return plan
+    return describe_plan(cfg), standing

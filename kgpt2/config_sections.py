@@ -209,7 +209,8 @@ class TrainConfig:
     checkpoint_every: int = at_least(0, default=0)  # steps between mid-stage checkpoints (0 = stage ends only)
     keep_last: int = at_least(0, default=3)  # mid-stage checkpoints kept, 0 = all (stage-end ones are always kept)
     eval_batches: int = at_least(0, default=50)  # validation batches after each stage (0 = none)
-    # Stop after this many optimizer steps in all (0 = when the plan ends).
+    # Stop after this many steps in all (0 = when the plan ends); a step is a batch, so with
+    # gradient_accumulation_steps = K it is K batches to an optimizer update (docs/training.md).
     # With epochs = 0, the epochs are as many as max_steps needs.
     max_steps: int = at_least(0, default=0)
     # Every `eval_every` steps (0 = never): loss on `eval_batches` batches of

@@ -139,7 +139,10 @@ def _standing_line(rows, standing: dict, accumulation: int) -> str:
     of = row["steps_per_epoch"] * row["epochs"]
     stage = f"stage {row['stage'] + standing['stage_offset']}"
     where = f"at the start of {stage}" if done == 0 else f"in {stage}, after {done:,} of its {of:,} batches"
-    left = standing["step_offset"] + sum(r["steps"] for r in rows) - state["step"]
+    # as the trainer goes: the rest of this stage and every later stage whole, stopped at the plan's step count
+    # (train.epochs = 0 with a higher max_steps gives the stages more epochs than those before trained)
+    ahead = of - done + sum(r["steps_per_epoch"] * r["epochs"] for r in rows[at + 1:])
+    left = min(ahead, standing["step_offset"] + sum(r["steps"] for r in rows) - state["step"])
     more = (counted(left, "more step") if accumulation == 1 else
             f"{counted(left, 'more batch', 'more batches')} "
             f"({counted(optimizer_steps([left], state['step'], accumulation)[0], 'optimizer step')})")

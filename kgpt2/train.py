@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import platform
 import sys
@@ -369,9 +370,11 @@ class Trainer:
         metrics.update({"stage": stage.index + 1, **progress, "step": cursor.step})
         metrics.update(self.padding)  # empty for token-stream windows
         self.stage_metrics.append(metrics)
-        if metrics["batches"] < metrics["of_batches"] and self.cfg.train.epochs:
-            # train.max_steps stopped the stage (with train.epochs = 0 it is the plan's end): the cursor stays in it,
-            # so a higher max_steps trains it on; no stage end, and no stage-N.weights.h5 holding part of it
+        last = stage.index == self.stages[-1].index
+        if metrics["batches"] < metrics["of_batches"] and (self.cfg.train.epochs or not last):
+            # train.max_steps stopped the stage (with train.epochs = 0 in the plan's last stage, that is the plan's
+            # end): the cursor stays in it, so a higher max_steps trains it on; no stage end, and no
+            # stage-N.weights.h5 holding part of it
             ckpt = self.save_checkpoint(cursor, stage_end=False, stopped="max_steps")
             log.info("%s %s: %s -> %s (in %s; %s comes at its end)", stage.name, stage_outcome(metrics), _fmt(metrics),
                      ckpt.id, stage.name, self.run.stage_export(stage.name).name)
@@ -388,6 +391,18 @@ class Trainer:
         self._write_tables()
         log.info("%s %s: %s -> %s", stage.name, stage_outcome(metrics), _fmt(metrics), ckpt.id)
         return cursor
+
+    def _tables_again(self, metrics: list) -> None:
+        """A kill between the run's last checkpoint and its tables (stages.json|csv, plots) left them behind it:
+        written again from the checkpoint's rows, so a run told "trained nothing" has them."""
+        try:
+            same = self.run.stages_json.read_text() == json.dumps(metrics, indent=2)  # as written (NaN included)
+        except (OSError, ValueError):
+            same = False
+        if metrics and not same:
+            self.stage_metrics = metrics
+            self._write_tables()
+            log.info("wrote %s again from %s", self.run.stages_json.name, self.latest.id)
 
     def _write_tables(self) -> None:
         """stages.json|csv and the plots, by the one process of a multi-host run that writes the run's files."""
@@ -436,6 +451,7 @@ class Trainer:
             self.store.remove_leftovers()  # of a killed earlier process; the lock says none is live
             for path in self.store.publish_exports():  # a kill between the last stage end and its export
                 log.info("wrote %s again from its stage-end checkpoint", path.name)
+            self._tables_again(self.latest.state.get("stage_metrics") or [])
         state = self.latest.state
         more = f"(train.epochs={self.cfg.train.epochs + 1})" if len(self.stages) == 1 else TrainResult.one_more_pass
         return TrainResult(self.run.path, self.latest.step, state.get("stage_metrics", []), self.latest.id,

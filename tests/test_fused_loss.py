@@ -151,6 +151,8 @@ def test_memory_proposal_keeps_the_optimizer_batch(monkeypatch):
 
     b, a = map(int, re.search(r"batch_size=(\d+) with train.gradient_accumulation_steps=(\d+)", warning).groups())
     assert b * a == 64 * 2 and 64 % b == 0
+    # steps are batches: the same run needs max_steps and warmup a / 2 times longer, and the warning says so
+    assert f"by {a // 2} where you set them" in warning and "train.max_steps" in warning
     assert memory.estimate_training_bytes(124_475_904, "full", b, 1024, 12, 768, 50304) <= 16e9
     assert memory.estimate_training_bytes(124_475_904, "full", 2 * b, 1024, 12, 768, 50304) > 16e9 or 64 % (2 * b)
     assert (per_step, steps) == (64, 2)

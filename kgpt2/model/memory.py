@@ -127,6 +127,9 @@ def check_fits(params: int, mode: str, batch: int, sequence: int, layers: int, h
         per_step, steps = propose_batch(batch, accumulation, fits)
         hint = (f"train.batch_size={per_step} with train.gradient_accumulation_steps={steps} should fit "
                 f"(the same {batch * accumulation} sequences per optimizer step)")
+        if steps > accumulation:  # kgpt2's steps are batches (docs/training.md): the same run takes more of them
+            hint += (f"; steps count batches, so multiply train.max_steps, train.warmup_steps and "
+                     f"train.decay_steps by {steps // accumulation} where you set them")
     else:
         hint = "use LoRA, a smaller model or a shorter data.sequence_length"
     offer = f"the device offers {available / 1e9:.1f} GB" if on_gpu else f"the machine has {available / 1e9:.1f} GB free"

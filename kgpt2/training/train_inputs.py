@@ -86,4 +86,4 @@ def dry_run_plan(cfg: Config) -> tuple[StagePlan, dict | None]:
         plan_left(newest.state, placed, offset, total, cfg.train.epochs, run.path)  # refuses what train refuses
         standing = {"run": run.path, "checkpoint": newest.id, "state": newest.state, "stage_offset": offset,
                     "step_offset": step_offset}
-    return describe_plan(cfg), standing
+    return describe_plan(cfg, done=standing["step_offset"] if standing else 0), standing  # max_steps counts them

@@ -128,15 +128,16 @@ def plan_steps(cfg: Config, split, stages, done: int = 0) -> tuple[int, int]:
     return epochs, min(total, max_steps) if max_steps else total
 
 
-def describe_plan(cfg: Config) -> StagePlan:
-    """The resolved stage plan as rows (and `.why`), for `kgpt2 train --dry-run`."""
+def describe_plan(cfg: Config, done: int = 0) -> StagePlan:
+    """The resolved stage plan as rows (and `.why`), for `kgpt2 train --dry-run`; `done`: the steps of a run's
+    finished stages this plan runs after (its step offset), which train.max_steps counts too, as `plan_steps` does
+    for the trainer."""
     shards = ShardSet(cfg.data.shards)
     cfg = resolve_windows(cfg, shards.manifest)
     split = shards.split("train")
     rows = []
     stages = plan_stages(cfg.train.stages, split.num_articles, cfg.train.oversize)
-    epochs, total_steps = plan_steps(cfg, split, stages)
-    done = 0
+    epochs, total_steps = plan_steps(cfg, split, stages, done=done)
     for s in stages:
         lo, hi = split.token_range(s.first, s.end)
         n = len(stage_batches(cfg, split, s, 0))

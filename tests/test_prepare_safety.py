@@ -564,7 +564,7 @@ def test_a_table_jsonl_with_a_bad_or_cut_line_is_prepared_without_it(cli, tmp_pa
     before = tree(tmp_path)
     assert cli("--source", str(nothing), "--format", "table", "--out", str(tmp_path / "o")) == (
         2, f"kgpt2: error: source '{nothing}' holds no documents (1 record skipped, e.g. {nothing}:1: invalid or "
-           "truncated JSON)\n")
+           "truncated JSON); it is not JSON Lines (one JSON object per line): leave --format out to detect its format\n")
     assert tree(tmp_path) == before
 
 

@@ -46,12 +46,15 @@ class SourceStats:
         n = self.total_skipped
         if not n:
             return ""
-        text = f" ({n} record{'' if n == 1 else 's'} skipped, e.g. {'; '.join(self.examples[:3])})"
+        text = f" ({n:,} record{'' if n == 1 else 's'} skipped, e.g. {'; '.join(self.examples[:3])})"
+        if set(self.skipped) <= {INVALID_JSON, NOT_OBJECT}:  # a text, a CSV or a JSON array read as JSON Lines
+            return text + "; it is not JSON Lines (one JSON object per line): leave --format out to detect its format"
         encoding = next((r for r in ENCODINGS if r in self.skipped), None)
         return text + (f"; re-encode it as UTF-8 (e.g. iconv -f {ENCODINGS[encoding]} -t utf-8)" if encoding else "")
 
 
 # A reader's skip reason for text in another encoding -> what iconv is told it is (latin-1 is the usual guess).
 NOT_UTF8, UTF16 = "not UTF-8", "UTF-16, not UTF-8"
+INVALID_JSON, NOT_OBJECT = "invalid or truncated JSON", "not a JSON object"  # a JSON Lines reader's skip reasons
 BINARY = "a binary file (it holds NUL bytes), not text"  # no iconv hint: there is no encoding to fix
 ENCODINGS = {UTF16: "utf-16", NOT_UTF8: "latin1"}

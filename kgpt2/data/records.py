@@ -25,7 +25,7 @@ import math
 from pathlib import Path
 
 from kgpt2.data.compression import open_bytes, plain
-from kgpt2.data.documents import Document, SourceStats
+from kgpt2.data.documents import INVALID_JSON, NOT_OBJECT, Document, SourceStats
 from kgpt2.errors import UserError
 from kgpt2.model.hf_configs import unreachable_hub_host
 
@@ -48,10 +48,10 @@ def json_object(raw: bytes, where: str, stats: SourceStats) -> dict | None:
         stats.skip("not UTF-8", where)
         return None
     except json.JSONDecodeError:
-        stats.skip("invalid or truncated JSON", where)
+        stats.skip(INVALID_JSON, where)
         return None
     if not isinstance(record, dict):
-        stats.skip("not a JSON object", where)
+        stats.skip(NOT_OBJECT, where)
         return None
     return record
 
@@ -99,7 +99,7 @@ def json_records(src):
         return
     for i, record in enumerate(records, 1):  # [record 1] is the first, as file:1 is the first line
         if not isinstance(record, dict):
-            src.stats.skip("not a JSON object", f"{path} [record {i}]")
+            src.stats.skip(NOT_OBJECT, f"{path} [record {i}]")
             continue
         yield f"{path} [record {i}]", record
 
@@ -269,7 +269,7 @@ def _array_table_chunks(path: Path, records: list, stats: SourceStats):
                 rows.append(record)
                 places.append((row, where, json.dumps(record)))  # the "line" `_no_text` reads a reason from
             else:
-                stats.skip("not a JSON object", where)
+                stats.skip(NOT_OBJECT, where)
         if rows:
             yield pd.DataFrame.from_records(rows), places
 

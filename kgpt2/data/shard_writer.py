@@ -46,6 +46,7 @@ from kgpt2.errors import UserError
 from kgpt2.model.char_tokenizer import UnknownCharacter
 from kgpt2.model.tokenizer_protocol import Tokenizer
 from kgpt2.reports import counted
+from kgpt2.training import pace
 
 log = logging.getLogger("kgpt2")
 SPLITS = ("train", "validation", "test")
@@ -195,6 +196,8 @@ def write_shards(src, folder: Path, tokenizer: Tokenizer, splits, fractions, see
     writers = {name: SplitWriter(folder, name, dtype, tokenizer.eos_id) for name in SPLITS}
     bar, started, docs_done = _progress_bar(src, progress), time.monotonic(), 0
     in_log = progress and bar.disable  # read now: closing a bar disables it
+    # the bar's stand-in in a log: a line about once a minute (no total under tail:F, which cuts each document in two)
+    lines = LogLines(src.path, None if tail_fraction(splits) else _documents_in(src)) if in_log else None
     # Reading (Python, holds the GIL) overlaps with encoding (tiktoken's Rust
     # releases it): batch k is encoded in the pool while batch k+1 is read, so
     # at most two batches are in memory.
@@ -208,6 +211,8 @@ def write_shards(src, folder: Path, tokenizer: Tokenizer, splits, fractions, see
             docs_done += len(batch)
             bar.update(len(batch))
             bar.set_postfix(tokens=f"{tokens_done:,}", refresh=False)
+            if lines:
+                lines.update(docs_done, tokens_done)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
@@ -226,6 +231,42 @@ def _progress_bar(src, progress: bool):
     stderr = sys.stderr
     interactive = bool(stderr and stderr.isatty()) or "ipykernel" in sys.modules
     return tqdm(desc=f"prepare {src.path}", unit=" docs", disable=not (progress and interactive), mininterval=0.5)
+
+
+class LogLines:
+    """"prepare <source>: N[ of M] documents, T tokens written, R tokens/s[, about D min left]" about once a
+    minute while prepare writes to a log, where tqdm's bar is off: a long prepare was silent until its last line.
+    When a line is due is train's `Pace` (kgpt2.training.pace); the time left only where `total`, the
+    number of documents, is known before reading (a folder of one document per file, SumPubMed).
+
+        >>> lines, clock = [], iter([0.0, 5.0, 65.0]).__next__
+        >>> p = LogLines("notes.txt", None, say=lines.append, clock=clock)
+        >>> p.update(1, 1_000); p.update(40, 121_000)
+        >>> lines
+        ['prepare notes.txt: 40 documents, 121,000 tokens written, 2,000 tokens/s']
+    """
+
+    def __init__(self, name, total: int | None, every_s: float | None = None, say=log.info, clock=time.monotonic):
+        self.name, self.total, self.say = name, total, say
+        self.pace, self.every_s = pace.Pace(clock), pace.EVERY_S if every_s is None else every_s
+
+    def update(self, docs: int, tokens: int) -> None:
+        """After each batch written, with the documents and tokens written so far."""
+        rate = self.pace.due(tokens, lambda done, since: since >= self.every_s)
+        if rate is None:
+            return
+        of = f" of {self.total:,}" if self.total else ""
+        line = f"prepare {self.name}: {docs:,}{of} documents, {tokens:,} tokens written, {rate:,.0f} tokens/s"
+        if self.total and rate:  # the documents left at the mean tokens per document so far
+            line += f", about {pace.duration(max(self.total - docs, 0) * tokens / docs / rate)} left"
+        self.say(line)
+
+
+def _documents_in(src) -> int | None:
+    """How many documents `src` holds, where its files say so without reading them; else None."""
+    if src.format == "sumpubmed":  # its files: a text (line_text/) and an abstract per article
+        return sum(f.parent.name == "line_text" for f in src.files())
+    return len(src.files()) if src.format == "folder" and not src.separator else None
 
 
 def _documents(src, splits, fractions, seed, max_doc_chars, named: set):

@@ -106,13 +106,12 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     tmp = temp_folder(out_dir)
     try:
         signature = _input_signature(src, tokenizer, options)
-        if (old := read_manifest(out_dir)).get("input_signature") == signature:
+        if old := _unchanged(out_dir, signature):
             clean_leftovers(out_dir)  # dead prepares' temp folders and lock file (the set itself is in place)
             return old  # made from these very inputs: nothing to write, so no lock to take (a read-only disk is fine)
         with PrepareLock(out_dir):  # one prepare into a folder at a time, from the cleanup to the publish
             clean_leftovers(out_dir)  # first: it may put back the previous set a kill left aside
-            old = read_manifest(out_dir)
-            if old.get("input_signature") == signature:
+            if old := _unchanged(out_dir, signature):
                 return old  # same inputs, same options, same tokenizer: nothing to do
             for note in (reading_line(src), unnamed_rows_note(src)):  # said before the progress bar starts
                 if note:
@@ -132,6 +131,20 @@ def prepare(source: str | Source, out_dir, tokenizer: Tokenizer, *, fmt: str | N
     if note := empty_splits_note(manifest):
         log.warning("%s", note)
     return manifest
+
+
+def _unchanged(out_dir: Path, signature: str) -> dict | None:
+    """The manifest of the shard set at `out_dir` when it was made from these very inputs and its split files are
+    all there, whole; else None. A set with a split file deleted or cut short is written again: the error
+    opening it says "run `kgpt2 prepare` again", which otherwise did nothing."""
+    old = read_manifest(out_dir)
+    if old.get("input_signature") != signature:
+        return None
+    try:
+        ShardSet(out_dir)
+    except UserError:
+        return None
+    return old
 
 
 # From this many documents, splitting by article fills each split (5% of 20 is one): a source that named its one

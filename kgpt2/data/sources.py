@@ -52,7 +52,7 @@ from kgpt2.data.instructions import read_alpaca, read_messages, read_preferences
 from kgpt2.data.papers import ABSTRACT_KEYS, BODY_KEYS, read_hf, read_papers, read_sumpubmed
 from kgpt2.data.records import TABLE_SUFFIXES, first_record, is_table_file, read_table, records_format, table_columns
 from kgpt2.data.shard_folder import FORMAT as SHARD_FORMAT
-from kgpt2.data.shard_folder import MANIFEST, read_manifest
+from kgpt2.data.shard_folder import MANIFEST, os_error_sentence, read_manifest
 from kgpt2.errors import UserError
 
 CONTENTS = ("body", "abstract", "both")
@@ -111,6 +111,9 @@ def detect_format(path: str) -> str:
         refuse_kgpt2_folder(p)
         if (p / "line_text").is_dir():
             return "sumpubmed"
+        if is_tokenizer_folder(p):  # read as text, its merges.txt became an article (or encoder.json "papers")
+            raise UserError(f"'{p}' is a tokenizer (vocab.bpe or merges.txt), not a corpus; pass it as --tokenizer, "
+                            "and the text to tokenise as --source")
         fmt = "papers" if any(plain(f).suffix == ".jsonl" for f in p.iterdir()) else "folder"
         refuse_several_datasets(p, fmt)
         return fmt
@@ -152,7 +155,10 @@ def open_source(path: str, fmt: str | None = None, contents: str = "both",
                 text_column: str = "text", separator: str | None = None) -> Source:
     path = str(path)
     if fmt is None:
-        fmt = detect_format(path)
+        try:
+            fmt = detect_format(path)
+        except OSError as e:  # a file or folder it may not read (its first record, a subfolder's listing)
+            raise UserError(os_error_sentence(e, Path(path), source=Path(path))) from None
         if text_column != "text" and fmt in ("alpaca", "preferences", "messages"):
             fmt = "table"  # --text-column names the one column to read: a table, as it was asked for
     if fmt not in _READERS:
@@ -179,14 +185,16 @@ def reading_line(src: Source) -> str | None:
     if src.format == "pydoc" or str(src.path).startswith("hf:") or not Path(src.path).is_dir():
         return None  # one file's format is its name's and first record's: no guess among several
     line = f"reading '{src.path}' as {src.format}"
+    files = src.files()
+    if not files and src.format in ("folder", "sumpubmed", "papers"):
+        return None  # an empty folder: the reader's error says it alone ("folder '...' holds no .txt files")
     if src.format == "folder":
-        files = src.files()
         each = "split at --separator" if src.separator else "one document each"
         return f"{line}: {len(files):,} .txt file{'s' * (len(files) != 1)} under it, {each}"
     if src.format == "sumpubmed":
         return f"{line}: {len(list((Path(src.path) / 'line_text').glob('text_*.txt'))):,} articles (line_text/)"
     if src.format == "papers":
-        names = [f.name for f in src.files()]
+        names = [f.name for f in files]
         return f"{line}: {', '.join(names) if len(names) <= 4 else f'{len(names):,} .jsonl files'} (their splits kept)"
     return line
 
@@ -240,7 +248,7 @@ def nested_datasets(folder: Path, fmt: str) -> list[tuple[str, str]]:
     files at its top; "papers" its top-level .jsonl, and the files beside them (a README, dataset_info.json) are
     left out too."""
     found, texts = [], {}
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable):
         d = Path(dirpath)
         dirnames.sort()
         kind = _folder_kind(d) if d != folder else None
@@ -269,10 +277,14 @@ def _folder_kind(d: Path) -> str | None:
         return kind
     if (d / "line_text").is_dir():
         return "sumpubmed"
-    if (d / "vocab.bpe").is_file() or (d / "merges.txt").is_file():
+    if is_tokenizer_folder(d):
         return "a tokenizer"
     jsonl = sorted(f for f in d.iterdir() if plain(f).suffix.lower() == ".jsonl" and f.is_file())
     return _file_kind(jsonl[0]) if jsonl else None
+
+
+def is_tokenizer_folder(d: Path) -> bool:
+    return (d / "vocab.bpe").is_file() or (d / "merges.txt").is_file()
 
 
 def _file_kind(path: Path) -> str:
@@ -283,9 +295,15 @@ def _file_kind(path: Path) -> str:
         return f"a {plain(path).suffix.lower()[1:]} file"
 
 
+def _unreadable(e: OSError):
+    """os.walk's `onerror`: a subfolder it may not list was skipped in silence, and its files with it."""
+    raise e
+
+
 def _folder_files(folder: Path, suffix: str) -> list[Path]:
     """Text folders are read recursively (`**/*.txt`), paper folders at the top level (`*.jsonl`); `.gz` etc. too."""
-    found = folder.rglob(f"*{suffix}*") if suffix == ".txt" else folder.glob(f"*{suffix}*")
+    found = ([Path(d) / name for d, _, names in os.walk(folder, onerror=_unreadable) for name in names]
+             if suffix == ".txt" else folder.glob(f"*{suffix}*"))
     files = sorted(f for f in found if plain(f).suffix == suffix and f.is_file())
     seen = {}
     for f in files:  # train.jsonl beside train.jsonl.gz would read every document twice

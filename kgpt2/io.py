@@ -181,6 +181,8 @@ def refuse_used_folder(out, what: str) -> None:
         raise UserError(f"{what} target '{out}' is a file; choose a new directory")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{what} target '{out}' already exists and is not empty; choose a new directory")
+    if out.is_dir() and not os.access(out, os.W_OK):  # its owner made it read-only: it is not replaced either
+        raise UserError(f"{what} target '{out}' is a read-only folder; make it writable for you or choose another")
 
 
 @contextmanager
@@ -194,6 +196,8 @@ def new_folder(out, what: str) -> Iterator[Path]:
     """
     out = Path(out)
     refuse_used_folder(out, what)
+    if out.is_symlink():  # a link to an (empty) folder, say on another disk: fill that folder; the link stays
+        out = Path(os.path.realpath(out))
     tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

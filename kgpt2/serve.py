@@ -196,8 +196,9 @@ class Service:
             fills = "leaves no room for an answer in" if max_tokens is None else "is longer than"
             raise OpenAIError(400, f"the prompt is {counted(len(ids), 'token')}: it {fills} the model's context "
                               f"of {engine.cache_length} tokens", param=where, code="context_length_exceeded")
-        if wanted > room:
-            raise OpenAIError(400, _past_context(body, len(ids), wanted, engine.cache_length), param="max_tokens",
+        if wanted > room:  # named as the client sent it: chat's max_completion_tokens wins over max_tokens
+            field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+            raise OpenAIError(400, _past_context(body, len(ids), wanted, engine.cache_length), param=field,
                               code="context_length_exceeded")
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
         if len(stop) > 4:
@@ -342,6 +343,11 @@ def serve(run_dir, checkpoint: str = "latest", host: str = "127.0.0.1", port: in
     to the `kgpt2.serve` logger (INFO: `kgpt2 serve` prints it on stderr)."""
     import uvicorn  # deferred: only `serve` itself needs the server
 
+    if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
+        # `--api-key "$KEY"` with KEY unset would serve with no key at all, and a key with spaces at its ends is
+        # one no client's Authorization header can match (the header's value is stripped)
+        raise UserError("--api-key is empty or has spaces at its ends (an unset variable?); give the key itself, "
+                        "or leave --api-key out to serve without one")
     check_port(host, port)  # before the slow part: loading and compiling
     load_run_config(run_dir)  # a folder that is no run says so before a checkpoint is looked for
     checkpoint, line = resolve_checkpoint(run_dir, checkpoint)  # "latest" named by its id, step and stage

@@ -101,7 +101,13 @@ class Tokenizer:
         except ValueError as e:
             raise UserError(_damaged(merges_path, e)) from None
         _check_merges(vocab, merges, merges_path)
-        return cls(vocab, merges)
+        try:
+            return cls(vocab, merges)
+        except UserError:
+            raise
+        except Exception as e:  # tokenizers' BPE refuses a merge of tokens the vocabulary lacks (a file cut short)
+            raise UserError(f"tokenizer file '{merges_path}' does not fit its vocabulary ({e}); it is damaged (cut "
+                            f"short?) or not the merges of '{vocab_path}'") from None
 
     @classmethod
     def from_dir(cls, directory) -> tokenizer_protocol.Tokenizer:

@@ -35,7 +35,7 @@ import contextlib
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -100,6 +100,7 @@ class AlignPlan:
 
 def align(cfg: Config, verbose="auto", require_checkpoint: bool = False) -> dict:
     """Align `cfg`'s model on `cfg.align.data`; resume from the newest checkpoint; return <run>/align.json."""
+    cfg = _model_of_own_run(cfg)
     cfg = with_preset_shape(cfg)  # a preset's shape is its own (shape keys refused): config.json records it, as train's
     check_sequence_length(cfg)  # before the lock makes the run folder
     if cfg.train.max_steps:  # align counts its own steps: train.max_steps ran the recipe's steps without a word
@@ -152,7 +153,8 @@ class Aligner:
             refuse_unpaired(unpaired, a.loss)  # KTO records are refused; votes' single answers skipped
             self.stats.skipped, unpaired = len(unpaired), []
         # Encoded (and the held-out split checked) before the preset is copied in: a refusal leaves no run folder
-        self._encode(pairs, unpaired, load_tokenizer(cfg.model))
+        self.tokenizer_hash = (tokenizer := load_tokenizer(cfg.model)).hash  # in checkpoints: init_from checks it
+        self._encode(pairs, unpaired, tokenizer)
         # the checkpoint a new run starts from, found (and its weights verified) before anything is written;
         # a resume loads its own checkpoint instead: it holds every weight trained
         self.start = _start_checkpoint(cfg, a.init_run, a.init_checkpoint) if a.init_run and not self.latest else None
@@ -297,7 +299,7 @@ class Aligner:
         done = step >= self.plan.steps
         state = {"stage": int(done), "epoch": 0, "batch": step, "step": step, "stage_end": done, "kind": KIND,
                  "signature": self.cfg.model_signature(), "config_hash": self.cfg.hash(),
-                 "align_plan": self._plan_record(), "start": self.started_from}
+                 "align_plan": self._plan_record(), "start": self.started_from, "tokenizer": self.tokenizer_hash}
         self.store.save(self.policy, self.optimizer, state)
 
     # -- 5. finish: held-out metrics before and after
@@ -320,6 +322,20 @@ class Aligner:
 
 def _has_checkpoints(cfg: Config) -> bool:
     return bool(Run.of(cfg).checkpoints().list())
+
+
+def _model_of_own_run(cfg: Config) -> Config:
+    """A resume whose `align.init_run` is no run from here (deleted, or a recipe's relative path seen from another
+    folder) got none of its [model], [lora] and data.sequence_length: they come from the align run's own config.json,
+    which recorded them. Before, the defaults stood in (GPT-2 base, to download) and the resume failed on them."""
+    if not cfg.align.init_run or Run(cfg.align.init_run).exists() or not _has_checkpoints(cfg):
+        return cfg
+    typed = cfg.typed_keys or frozenset()
+    if any(k.startswith(("model.", "lora.")) or k == "data.sequence_length" for k in typed):
+        return cfg  # set by the user: _check_resumable judges them
+    own = Run.of(cfg).config()
+    data = replace(cfg.data, sequence_length=own.data.sequence_length)
+    return replace(cfg, model=own.model, lora=own.lora, data=data)
 
 
 def _same_run_name(old, new: str) -> bool:

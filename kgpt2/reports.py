@@ -215,9 +215,19 @@ def align_report(result: dict, run_dir) -> str:
         m = result[f"heldout_{when}"]
         lines.append(f"held-out {when:>6}: loss {m['loss']:.4f}, reward accuracy {m['reward_accuracy']:.3f}, "
                      f"margin {m['reward_margin']:.4f}")
-    lines.append(f"run in {run_dir} ({result['checkpoint']}, align.json)")
+    lines.append(f"run in {run_dir} ({result['checkpoint']}, align.json){_align_start(result.get('start'))}")
     lines.append(next_commands(f"kgpt2 evaluate --run {shlex.quote(str(run_dir))}"))
     return "\n".join(lines)
+
+
+def _align_start(start: dict | None) -> str:
+    """Where alignment started (align.json `start`), as the align log's start line says it; -q hides that line.
+    Empty for a run aligned before align.json recorded it."""
+    if not start:
+        return ""
+    if "preset" in start:
+        return f", started from preset {start['preset']}"
+    return f", started from {start['checkpoint']} of run {start['run']}"
 
 
 def quickstart_report(result: dict, evaluation_table: str) -> str:

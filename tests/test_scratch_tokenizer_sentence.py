@@ -40,3 +40,12 @@ def test_the_forms_it_names_are_read(tmp_path, shared_data, pydoc_tokenizer):
     assert load_tokenizer(ModelConfig(preset="scratch", tokenizer=str(hf_names))).hash == pydoc_tokenizer.hash
     chars = CharTokenizer.train(["abc"]).save(tmp_path / "chars")
     assert isinstance(load_tokenizer(ModelConfig(preset="scratch", tokenizer=str(chars))), CharTokenizer)
+
+
+def test_pretrain_init_without_a_tokenizer_says_the_same_sentence(tmp_path, kgpt2_cli):
+    """`kgpt2 pretrain init` (kgpt2.model.scratch.init_preset) had its own, older copy: "a from-scratch model needs
+    model.tokenizer (a directory written by `kgpt2 tokenizer train`)"; it now takes load_tokenizer's."""
+    r = kgpt2_cli("pretrain", "init", "--out", "preset", "model.preset=scratch", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == SENTENCE
+    assert not (tmp_path / "preset").exists()

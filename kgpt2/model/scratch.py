@@ -62,8 +62,7 @@ def init_preset(cfg: Config, out_dir, seed: int | None = None) -> Path:
     `out_dir` must be new (or empty): a run's checkpoints were trained from its
     preset, so replacing one would strand them. It appears whole or not at all.
     """
-    if not cfg.model.tokenizer:
-        raise UserError("a from-scratch model needs model.tokenizer (a directory written by `kgpt2 tokenizer train`)")
+    # without model.tokenizer, load_tokenizer refuses in the one sentence naming every tokenizer form kgpt2 reads
     tokenizer = load_tokenizer(replace(cfg.model, preset="scratch"))
     shape = scratch_shape(cfg.model, tokenizer)
     if cfg.data.sequence_length > shape.max_sequence_length:

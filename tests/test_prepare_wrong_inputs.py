@@ -46,3 +46,11 @@ def test_an_empty_folder_of_papers_or_sumpubmed_says_only_its_error(pydoc_tokeni
     for fmt in ("papers", "sumpubmed"):
         said = _prepare(kgpt2_cli, tmp_path, pydoc_tokenizer_dir, "--source", "empty", "--format", fmt)
         assert said.startswith("kgpt2: error: ") and said.count("\n") == 1, said  # no "reading 'empty' as ..." first
+
+
+def test_format_pydoc_with_another_source_is_refused(shared_data, kgpt2_cli, tmp_path):
+    """--format pydoc read CPython's documentation and left the --source given unread, without a word."""
+    (tmp_path / "notes.txt").write_text("My own notes, the corpus meant.\n")
+    assert _prepare(kgpt2_cli, tmp_path, shared_data / "gpt2-tokenizer", "--source", "notes.txt", "--format",
+                    "pydoc") == ("kgpt2: error: --format pydoc reads CPython's own documentation, not 'notes.txt'; "
+                                 "give --source pydoc alone, or leave --format out to read 'notes.txt'\n")

@@ -163,6 +163,9 @@ def open_source(path: str, fmt: str | None = None, contents: str = "both",
             fmt = "table"  # --text-column names the one column to read: a table, as it was asked for
     if fmt not in _READERS:
         raise UserError(f"unknown format '{fmt}' (one of: {', '.join(_READERS)})")
+    if fmt == "pydoc" and path != "pydoc":  # the reader takes no path: the source given would go unread, unsaid
+        raise UserError(f"--format pydoc reads CPython's own documentation, not '{path}'; give --source pydoc alone, "
+                        f"or leave --format out to read '{path}'")
     if contents not in CONTENTS:
         raise UserError(f"unknown contents '{contents}' (one of: {', '.join(CONTENTS)})")
     if fmt != "pydoc" and not path.startswith("hf:") and not Path(path).exists():

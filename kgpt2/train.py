@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import platform
 import sys
@@ -89,7 +88,7 @@ from kgpt2.training.model_summary import model_line, warn_if_too_big
 from kgpt2.training.optimizer import make_optimizer
 from kgpt2.training.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.training.progress_lines import ProgressLines
-from kgpt2.training.run_logs import StepLog, write_stage_table
+from kgpt2.training.run_logs import StepLog, stage_table_behind, write_stage_table
 from kgpt2.training.run_plot import plot_run
 from kgpt2.training.train_inputs import check_inputs
 from kgpt2.training.training_data import (
@@ -395,11 +394,7 @@ class Trainer:
     def _tables_again(self, metrics: list) -> None:
         """A kill between the run's last checkpoint and its tables (stages.json|csv, plots) left them behind it:
         written again from the checkpoint's rows, so a run told "trained nothing" has them."""
-        try:
-            same = self.run.stages_json.read_text() == json.dumps(metrics, indent=2)  # as written (NaN included)
-        except (OSError, ValueError):
-            same = False
-        if metrics and not same:
+        if metrics and stage_table_behind(self.run.path, metrics):
             self.stage_metrics = metrics
             self._write_tables()
             log.info("wrote %s again from %s", self.run.stages_json.name, self.latest.id)

@@ -1,5 +1,6 @@
 """A run that `train.max_steps` stops, killed (SIGKILL) while it saves that stop: the last good checkpoint stays
-as it was, and starting again continues at the exact next batch, to the weights of a run never killed. A kill
+as it was, and starting again (the run moved to another folder, from another working directory) continues at the
+exact next batch, to the weights of a run never killed. A kill
 after the stop's checkpoint but before the stage table left stages.json behind it, and the next `kgpt2 train`
 ("trained nothing") never wrote it: now it is written again from the checkpoint.
 """
@@ -7,7 +8,9 @@ after the stop's checkpoint but before the stage table left stages.json behind i
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +49,10 @@ def test_a_kill_while_saving_a_max_steps_stop_loses_nothing(tmp_path, tiny_prese
     assert [c.step for c in store.list()] == [1, 3, 5] and list(run.glob(".ckpt-12.tmp-*"))
     assert tree_hashes(run / "ckpt-5") == before and store.damage(store.latest()) is None
 
-    r = kgpt2_cli("-q", "train", "--run", run)  # config.json says max_steps 12 now: on from ckpt-5
+    # started again on the run moved elsewhere (its leftover temp folder with it), from another working directory
+    run = Path(shutil.move(run, tmp_path / "elsewhere" / "r"))
+    (work := tmp_path / "work").mkdir()
+    r = kgpt2_cli("-q", "train", "--run", run, cwd=work)  # config.json says max_steps 12 now: on from ckpt-5
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("trained 7 steps (step 5 -> 12)"), r.stdout
     stop, ref = CheckpointManager(run).latest(), CheckpointManager(tmp_path / "ref").latest()

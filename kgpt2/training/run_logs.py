@@ -271,5 +271,18 @@ def write_stage_table(run_dir, stage_metrics: list) -> None:
     import pandas as pd
 
     run = Run(run_dir)
-    atomic_write_text(run.stages_json, json.dumps(stage_metrics, indent=2))
+    atomic_write_text(run.stages_json, _stages_json(stage_metrics))
     atomic_write_text(run.stages_csv, pd.DataFrame(stage_metrics).to_csv(index=False))
+
+
+def stage_table_behind(run_dir, stage_metrics: list) -> bool:
+    """Whether the run's stages.json is other than `write_stage_table` writes for `stage_metrics` (a kill came
+    between a checkpoint and its table), or unreadable. Compared as text: a NaN row never equals itself parsed."""
+    try:
+        return Run(run_dir).stages_json.read_text(encoding="utf-8") != _stages_json(stage_metrics)
+    except (OSError, ValueError):
+        return True
+
+
+def _stages_json(stage_metrics: list) -> str:
+    return json.dumps(stage_metrics, indent=2)

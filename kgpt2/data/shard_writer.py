@@ -246,13 +246,12 @@ class LogLines:
         ['prepare notes.txt: 40 documents, 121,000 tokens written, 2,000 tokens/s']
     """
 
-    def __init__(self, name, total: int | None, every_s: float | None = None, say=log.info, clock=time.monotonic):
-        self.name, self.total, self.say = name, total, say
-        self.pace, self.every_s = pace.Pace(clock), pace.EVERY_S if every_s is None else every_s
+    def __init__(self, name, total: int | None, say=log.info, clock=time.monotonic):
+        self.name, self.total, self.say, self.pace = name, total, say, pace.Pace(clock)
 
     def update(self, docs: int, tokens: int) -> None:
         """After each batch written, with the documents and tokens written so far."""
-        rate = self.pace.due(tokens, lambda done, since: since >= self.every_s)
+        rate = self.pace.due(tokens, lambda done, since: since >= pace.EVERY_S)
         if rate is None:
             return
         of = f" of {self.total:,}" if self.total else ""

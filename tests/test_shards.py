@@ -116,6 +116,32 @@ def test_folder_signature_counts_only_read_files_and_out_cannot_be_inside(tmp_pa
         prepare(folder, folder / "shards", pydoc_tokenizer, fmt="folder", progress=False)
 
 
+def test_a_folder_is_listed_once_per_prepare_and_again_by_the_next(tmp_path, pydoc_tokenizer, sumpubmed_20,
+                                                                  monkeypatch, caplog):
+    """Signature, "reading ... as" line, progress count and reader took a listing each (4 walks of a Drive folder
+    of 120,000 articles); now one, which a second prepare of the same Source takes again."""
+    listings = []
+    walk, glob = sources.os.walk, Path.glob
+    monkeypatch.setattr(sources.os, "walk", lambda *a, **k: listings.append(a[0]) or walk(*a, **k))
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: listings.append(self) or glob(self, pattern))
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The first document. " * 20)
+    src = open_source(folder, "folder")
+    caplog.set_level("INFO", logger="kgpt2")
+    first = prepare(src, tmp_path / "shards", pydoc_tokenizer, splits="train", progress=False)
+    assert listings == [folder] and first["splits"]["train"]["num_articles"] == 1
+    assert "1 .txt file under it" in caplog.text
+    (folder / "b.txt").write_text("The second document. " * 20)
+    listings.clear()
+    second = prepare(src, tmp_path / "shards", pydoc_tokenizer, splits="train", progress=False)
+    assert listings == [folder] and second["splits"]["train"]["num_articles"] == 2
+    listings.clear()
+    sumpubmed = prepare(open_source(sumpubmed_20), tmp_path / "sumpubmed", pydoc_tokenizer, progress=False)
+    assert listings == [sumpubmed_20 / "line_text", sumpubmed_20 / "abstract"]  # once each
+    assert sum(s["num_articles"] for s in sumpubmed["splits"].values()) == 20
+
+
 def test_empty_corpus_is_an_error_and_leaves_nothing(tmp_path, pydoc_tokenizer):
     corpus = tmp_path / "train.jsonl"
     corpus.write_text('{"article_id": "a", "article_text": [], "abstract_text": []}\n{"truncat\n')

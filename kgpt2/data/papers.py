@@ -82,8 +82,8 @@ def read_sumpubmed(src):
     """SumPubMed: body = line_text/text_<i>.txt, abstract = abstract/abstract_<i>.txt,
     section headers (BACKGROUND, RESULTS, CONCLUSIONS) dropped; id sumpubmed_<i>."""
     root = Path(src.path)
-    numbered = sorted((int(m.group(1)), f) for f in (root / "line_text").glob("text_*.txt")
-                      if (m := re.fullmatch(r"text_(\d+)\.txt", f.name)))
+    numbered = sorted((int(m.group(1)), f) for f in src.files()
+                      if f.parent.name == "line_text" and (m := re.fullmatch(r"text_(\d+)\.txt", f.name)))
     if not numbered:
         raise UserError(f"'{root}/line_text' holds no text_<i>.txt files (SumPubMed layout)")
     for i, body_path in numbered:

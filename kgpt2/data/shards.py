@@ -72,7 +72,7 @@ def _input_signature(source: Source, tokenizer: Tokenizer, options: dict) -> str
     h.update(json.dumps(options, sort_keys=True).encode())
     h.update(tokenizer.hash.encode())
     h.update(str(source.path).encode())
-    for f in source.files():
+    for f in source.list_files():  # the list the rest of this prepare reads
         st = f.stat()
         h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]

@@ -71,6 +71,7 @@ class Source:
         self.text_column = text_column
         self.separator = separator
         self.stats = SourceStats()
+        self._listed: list[Path] | None = None
 
     def __iter__(self) -> Iterator[Document]:
         self.stats = SourceStats()
@@ -87,7 +88,18 @@ class Source:
             raise UserError(damaged_sentence(self.path, e)) from None
 
     def files(self) -> list[Path]:
-        """The files the reader reads, for the manifest's input signature."""
+        """The files the reader reads, for the manifest's input signature: the list `list_files` took, if it did."""
+        return list(self._listed) if self._listed is not None else self._list_files()
+
+    def list_files(self) -> list[Path]:
+        """List the files once for a whole prepare: its signature, progress lines and reader all use that list
+        (a folder of 120,000 articles on a network drive took a listing each), and a file added meanwhile is
+        neither read nor signed."""
+        self._listed = None
+        self._listed = self._list_files()
+        return list(self._listed)
+
+    def _list_files(self) -> list[Path]:
         if self.format == "pydoc" or str(self.path).startswith("hf:"):
             return []
         p = Path(self.path)
@@ -195,7 +207,7 @@ def reading_line(src: Source) -> str | None:
         each = "split at --separator" if src.separator else "one document each"
         return f"{line}: {len(files):,} .txt file{'s' * (len(files) != 1)} under it, {each}"
     if src.format == "sumpubmed":
-        return f"{line}: {len(list((Path(src.path) / 'line_text').glob('text_*.txt'))):,} articles (line_text/)"
+        return f"{line}: {sum(f.parent.name == 'line_text' for f in files):,} articles (line_text/)"
     if src.format == "papers":
         names = [f.name for f in files]
         return f"{line}: {', '.join(names) if len(names) <= 4 else f'{len(names):,} .jsonl files'} (their splits kept)"

@@ -39,11 +39,11 @@ from safetensors import SafetensorError
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.io import atomic_write_text, new_folder, refuse_used_folder
 from kgpt2.model.adapters import merged_backbone as merge
-from kgpt2.model.models import build_causal_lm, load_tokenizer, save_preset
+from kgpt2.model.models import build_causal_lm, save_preset
 from kgpt2.model.peft_adapters import write_peft_adapter
 from kgpt2.model.quantize import dequantisation_check
 from kgpt2.model.tokenizer_protocol import Tokenizer
-from kgpt2.run import BASE, load_run_config, restore
+from kgpt2.run import BASE, build_run_model, load_run_config, restore
 from kgpt2.serving.checkpoint_names import resolve as resolve_checkpoint
 from kgpt2.training.devices import dtype_policy
 
@@ -225,8 +225,7 @@ def export_run(run_dir, to: str, out, checkpoint: str = "latest") -> Path:
     if to == "peft" and not cfg.lora.enabled:
         raise UserError(f"run '{run_dir}' trained all weights, not a LoRA adapter; export it with --to hf")
     with dtype_policy("float32"):  # merge and write full-precision weights
-        model = build_causal_lm(cfg)
-        tokenizer = load_tokenizer(cfg.model)
+        model, tokenizer = build_run_model(cfg, "float32")
         checkpoint_id, line = resolve_checkpoint(run_dir, checkpoint)  # "latest" named by its id, step and stage
         restore(model, run_dir, checkpoint_id)
         # the base the adapter goes on: the run's preset, no adapter

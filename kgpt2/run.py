@@ -54,7 +54,7 @@ from kgpt2.config import Config, config_from_dict, save_config
 from kgpt2.errors import UserError, os_error_sentence
 from kgpt2.io import atomic_write_text, publish_folder
 from kgpt2.lock import RunLock
-from kgpt2.model.models import build_causal_lm, load_tokenizer
+from kgpt2.model.models import build_causal_lm, load_tokenizer, named_tokenizer
 from kgpt2.run_config import model_kind, read_continuations, read_run_config
 from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManager, checkpoint_variables
 from kgpt2.training.devices import dtype_policy, resolve_device
@@ -301,7 +301,21 @@ def build_run_model(cfg: Config, policy: str | None = None):
     """The run's base model (preset + LoRA layers, untrained) and tokenizer."""
     # Inference runs in the policy training used on this device, or fp32 on CPU.
     with dtype_policy(policy or resolve_device("auto").policy(cfg.train.precision)):
-        return build_causal_lm(cfg), load_tokenizer(cfg.model)
+        model, tokenizer = build_causal_lm(cfg), load_tokenizer(cfg.model)
+    check_trained_tokenizer(cfg, tokenizer)
+    return model, tokenizer
+
+
+def check_trained_tokenizer(cfg: Config, tokenizer) -> None:
+    """Refuse a tokenizer other than the one the run's checkpoints record: its files changed since (a merges.txt cut
+    short by a copy, a vocabulary replaced), and prompts would become other tokens than the model learnt, without
+    a word."""
+    recorded = next((c.state["tokenizer"] for c in reversed(CheckpointManager(cfg.run_dir).list())
+                     if c.state.get("tokenizer")), None)  # older kgpt2 recorded none
+    if recorded is not None and recorded != tokenizer.hash:
+        raise UserError(f"run '{cfg.run_dir}' was trained with another tokenizer (hash {recorded}) than "
+                        f"{named_tokenizer(cfg.model)} (hash {tokenizer.hash}): its files changed since, or another "
+                        "one is named; use the files the run was trained with")
 
 
 def snapshot(model) -> list:

@@ -175,6 +175,11 @@ def load_tokenizer(cfg: ModelConfig, offline_hint: str = OFFLINE_HINT) -> Tokeni
     return BPETokenizer(kh.vocabulary, kh.merges)
 
 
+def named_tokenizer(cfg: ModelConfig) -> str:
+    """How a message names the tokenizer `load_tokenizer` reads: model.tokenizer, else the preset's."""
+    return f"model.tokenizer '{cfg.tokenizer}'" if cfg.tokenizer else f"the tokenizer of model.preset '{cfg.preset}'"
+
+
 def prepare_hint(cfg: ModelConfig, then: str = "data.shards=NEW_SHARDS") -> str:
     """How to make shards with `cfg`'s tokenizer (the one load_tokenizer reads): its folder, or its preset's;
     `then`: how the command asking takes them (kgpt2 evaluate: --shards)."""

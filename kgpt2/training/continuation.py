@@ -24,7 +24,7 @@ from pathlib import Path
 from kgpt2.config import NOT_IN_WEIGHTS, SIGNATURE_KEYS, Config, ModelConfig
 from kgpt2.data.stage_plan import StagePlan
 from kgpt2.errors import UserError
-from kgpt2.model.models import load_tokenizer
+from kgpt2.model.models import load_tokenizer, named_tokenizer
 from kgpt2.model.preset_shape import preset_shape
 from kgpt2.reports import shown
 from kgpt2.run import Run
@@ -302,8 +302,8 @@ def _check_init_tokenizer(source: Run, state: dict, run_dir: str, model: ModelCo
     own = next((d for d in (source.tokenizer_dir, source.preset_dir / "assets" / "tokenizer") if d.is_dir()), None)
     use = (f"model.tokenizer={shlex.quote(str(own))}" if own is not None
            else f"model.tokenizer='' with model.preset={shlex.quote(theirs.preset)}")
-    raise UserError(f"train.init_from: run '{run_dir}' was trained with another tokenizer ({_named(theirs)}, hash "
-                    f"{old}) than this config's ({_named(model)}, hash {tokenizer.hash}), so its embeddings would "
+    raise UserError(f"train.init_from: run '{run_dir}' was trained with another tokenizer ({named_tokenizer(theirs)}, hash "
+                    f"{old}) than this config's ({named_tokenizer(model)}, hash {tokenizer.hash}), so its embeddings would "
                     f"stand for other tokens; train with its tokenizer ({use}) on shards prepared with it, or leave "
                     "train.init_from out")
 
@@ -314,12 +314,6 @@ def _tokenizer_hash(model: ModelConfig) -> str | None:
         return load_tokenizer(model).hash
     except UserError:
         return None
-
-
-def _named(model: ModelConfig) -> str:
-    """How a message names the tokenizer a config reads: its model.tokenizer, else its preset's."""
-    return (f"model.tokenizer '{model.tokenizer}'" if model.tokenizer
-            else f"the tokenizer of model.preset '{model.preset}'")
 
 
 def _scratch_shapes(source: Run, old: dict, new: dict, tokenizer) -> tuple[dict, dict]:

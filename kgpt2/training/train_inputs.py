@@ -24,7 +24,7 @@ from kgpt2.errors import NoNetworkError, UserError
 from kgpt2.model.models import check_sequence_length, load_tokenizer, prepare_hint
 from kgpt2.model.preset_shape import with_preset_shape
 from kgpt2.model.scratch import resolve_scratch
-from kgpt2.run import Run
+from kgpt2.run import Run, check_trained_tokenizer
 from kgpt2.training.continuation import check_max_steps, check_resumable, placed_plan, plan_left
 from kgpt2.training.training_data import describe_plan, plan_steps, resolve_windows
 
@@ -52,6 +52,8 @@ def check_inputs(cfg: Config, offline: bool = False) -> tuple[Config, object, Sh
             raise
         log.warning("the shards are not checked against the model's tokenizer: %s", e)
         tokenizer = None
+    if tokenizer is not None:  # before the shards: they would be blamed for it
+        check_trained_tokenizer(cfg, tokenizer)
     if not Path(cfg.data.shards).exists() and Run.of(cfg).exists():  # a run whose shards moved: say where to point
         raise UserError(f"the shards run '{cfg.run_dir}' trains on, '{cfg.data.shards}', are not there any more "
                         f"(moved or deleted): give their new place, kgpt2 train --run {shlex.quote(str(cfg.run_dir))} "

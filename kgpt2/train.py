@@ -222,7 +222,7 @@ class Trainer:
         if newest is not None and not self.cfg.train.resume:
             raise UserError(f"run '{self.run.path}' already has checkpoints; resume it, or choose a new run name")
         if newest is not None:
-            check_resumable(newest.state, self.cfg, self.tokenizer)
+            check_resumable(newest.state, self.cfg)
             check_max_steps(self.cfg, newest.step, self.run.path)
             self._place_plan(newest.state)
         return newest

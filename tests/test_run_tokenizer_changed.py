@@ -24,5 +24,10 @@ def test_a_run_whose_tokenizer_files_changed_is_refused_by_every_reader(kgpt2_cl
         (error,) = [line for line in result.stderr.splitlines() if line.startswith("kgpt2: error:")]
         assert "was trained with another tokenizer" in error and f"model.preset '{run / 'preset'}'" in error, error
     assert not (tmp_path / "hf").exists()
+    from kgpt2.errors import UserError
+    from kgpt2.serving.model_pool import ModelPool
+
+    with pytest.raises(UserError, match="was trained with another tokenizer"):  # what serve and the demo load with
+        ModelPool(tmp_path).get("copied", "latest")
     merges.write_bytes(whole)  # the run's own files back: it answers again
     assert kgpt2_cli(*generate, cwd=tmp_path).returncode == 0

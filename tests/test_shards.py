@@ -122,8 +122,13 @@ def test_a_folder_is_listed_once_per_prepare_and_again_by_the_next(tmp_path, pyd
     of 120,000 articles); now one, which a second prepare of the same Source takes again."""
     listings = []
     walk, glob = sources.os.walk, Path.glob
-    monkeypatch.setattr(sources.os, "walk", lambda *a, **k: listings.append(a[0]) or walk(*a, **k))
-    monkeypatch.setattr(Path, "glob", lambda self, pattern: listings.append(self) or glob(self, pattern))
+
+    def listed(path):  # the source trees' listings only, not those of the shard folders prepare writes
+        if any(Path(path).is_relative_to(root) for root in (folder, sumpubmed_20)):
+            listings.append(Path(path))
+
+    monkeypatch.setattr(sources.os, "walk", lambda *a, **k: listed(a[0]) or walk(*a, **k))
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: listed(self) or glob(self, pattern))
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.txt").write_text("The first document. " * 20)

@@ -95,7 +95,6 @@ class Source:
         """List the files once for a whole prepare: its signature, progress lines and reader all use that list
         (a folder of 120,000 articles on a network drive took a listing each), and a file added meanwhile is
         neither read nor signed."""
-        self._listed = None
         self._listed = self._list_files()
         return list(self._listed)
 

@@ -213,8 +213,9 @@ def differences(old: dict, new: dict) -> str:
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
-def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
-    """What a run's checkpoints depend on may not change when it resumes or continues; the message names the field."""
+def check_resumable(state: dict, cfg: Config) -> None:
+    """What a run's checkpoints depend on may not change when it resumes or continues; the message names the field
+    (its tokenizer: `run.check_trained_tokenizer`, in train's input checks)."""
     old = dict(state.get("signature", {}))
     if _same_preset_path(old.get("preset"), cfg):  # written as the working directory saw it, by an older kgpt2
         old["preset"] = cfg.model_signature()["preset"]
@@ -222,9 +223,6 @@ def check_resumable(state: dict, cfg: Config, tokenizer) -> None:
     if diffs:
         raise UserError(f"cannot resume run '{cfg.run_dir}': the config changed what its checkpoints hold ({diffs}); "
                         "train a new run with them instead (run=NEW_NAME)")
-    if state.get("tokenizer", tokenizer.hash) != tokenizer.hash:
-        raise UserError(f"cannot resume run '{cfg.run_dir}': model.tokenizer is another tokenizer than the run's; "
-                        "prepare new shards with the run's tokenizer instead")
     windows = state.get("windows", cfg.data.windows)  # the batches a checkpoint's cursor counts
     if windows != cfg.data.windows and not state.get("stage_end"):
         raise UserError(f"cannot change data.windows of run '{cfg.run_dir}' in the middle of stage {state['stage'] + 1} "

@@ -78,8 +78,7 @@ def dry_run_plan(cfg: Config) -> tuple[StagePlan, dict | None]:
         if cfg.model.preset == "scratch" and (run.preset_dir / "config.json").is_file():
             cfg = resolve_scratch(cfg)  # the run's own from-scratch preset (there already: nothing is written)
         cfg = run.adopt(cfg, copy=False)  # the run's own copy of a local preset, as the real run compares with
-        if tokenizer is not None:
-            check_resumable(newest.state, cfg, tokenizer)
+        check_resumable(newest.state, cfg)
         stages = plan_stages(cfg.train.stages, shards.split("train").num_articles, cfg.train.oversize)
         offset, step_offset, placed = placed_plan(newest.state, cfg, stages, shards.manifest["content_hash"], run.path,
                                              [c.state for c in store.list() if c.state.get("stage_end")])

@@ -62,7 +62,7 @@ from kgpt2.training.checkpoints import WEIGHTS_ONLY, Checkpoint, CheckpointManag
 from kgpt2.training.continuation import differences
 from kgpt2.training.devices import dtype_policy, resolve_device, step_compiler_options
 from kgpt2.training.distribution import plan_data_parallel
-from kgpt2.training.optimizer import make_optimizer
+from kgpt2.training.optimizer import build_optimizer, make_optimizer
 from kgpt2.training.preference_losses import PreferenceLoss
 from kgpt2.training.preferences import (
     PolicyLogProbs,
@@ -252,6 +252,7 @@ class Aligner:
         self.held_y = targets_for(ref_held, self.held_x, self.held_labels)
         self.optimizer, self.schedule = make_optimizer(cfg, a.steps)
         self.model.compile(optimizer=self.optimizer, loss=PreferenceLoss(a.loss, a.beta, a.label_smoothing, a.simpo_gamma))
+        build_optimizer(self.model, self.policy)
         compat.compile_train_step_with(self.model, step_compiler_options(
             cfg.train, cfg.lora.enabled, self.device, self.policy.backbone.hidden_dim))
 

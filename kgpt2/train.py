@@ -85,7 +85,7 @@ from kgpt2.training.devices import dtype_policy, resolve_device
 from kgpt2.training.distribution import is_writer, plan_distribution, process_count, start_processes
 from kgpt2.training.metrics import compile_for_training, evaluation_model
 from kgpt2.training.model_summary import model_line, warn_if_too_big
-from kgpt2.training.optimizer import make_optimizer
+from kgpt2.training.optimizer import build_optimizer, make_optimizer
 from kgpt2.training.periodic_eval import PeriodicEval, plot_evals
 from kgpt2.training.progress_lines import ProgressLines
 from kgpt2.training.run_logs import StepLog, stage_table_behind, write_stage_table
@@ -267,6 +267,7 @@ class Trainer:
         self.fit_model = for_windows(self.model, cfg.data.windows)
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
         compile_for_training(self.fit_model, cfg, self.optimizer, self.device, self.model.backbone.hidden_dim)
+        build_optimizer(self.fit_model, self.model)
         # validation's exact token loss, off the training step, on the same kind of windows
         self.evaluator = evaluation_model(self.model, cfg.data.windows)
         log.info("%s", model_line(cfg, self.model))

@@ -24,27 +24,28 @@ PYTEST := -m pytest -q -rs -p no:cacheprovider
 # The tests whose outcome depends on the Keras backend (model numerics, training, checkpoints,
 # generation, alignment, adapters, distribution) are the files marked `pytestmark = pytest.mark.backend`;
 # the rest are marked `backend_neutral` (the demo's UI, the HTTP layer, the CLI's journeys and refusals,
-# data preparation, config: they drive the same code paths and run once, on TensorFlow; running them
-# again on JAX doubled CI's time). tests/conftest.py refuses a file marked neither way.
-JAX_TESTS := -m "backend and not slow" tests
+# data preparation, config: they drive the same code paths and run once, on JAX, the backend kgpt2 picks
+# when KERAS_BACKEND is unset and the one Colab has; running them again on TensorFlow doubled CI's time).
+# tests/conftest.py refuses a file marked neither way.
+TF_TESTS := -m "backend and not slow" tests
 
-# The whole suite and the docstring examples on TensorFlow, then the backend-dependent core on JAX, each
+# The whole suite and the docstring examples on JAX, then the backend-dependent core on TensorFlow, each
 # spread over two worker processes (pytest-xdist; this machine and CI have 2 cores, and most tests use one
 # at a time). `--dist loadfile` keeps a file's tests on one worker, so a module's fixtures (a demo server, a
 # loaded model) are built once. Fails if either pass fails.
 XDIST := -n 2 --dist loadfile
 test: $(STAMP)
-	@echo "== TensorFlow: the whole suite =="; \
-	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) $(XDIST) tests $(DOCTESTS); tf=$$?; \
-	echo "== JAX: the backend-dependent tests =="; \
-	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) $(XDIST) $(JAX_TESTS) $(DOCTESTS); jx=$$?; \
-	test $$tf -eq 0 -a $$jx -eq 0
-
-test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) tests $(DOCTESTS)
+	@echo "== JAX: the whole suite =="; \
+	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) $(XDIST) tests $(DOCTESTS); jx=$$?; \
+	echo "== TensorFlow: the backend-dependent tests =="; \
+	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) $(XDIST) $(TF_TESTS) $(DOCTESTS); tf=$$?; \
+	test $$jx -eq 0 -a $$tf -eq 0
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) $(JAX_TESTS) $(DOCTESTS)
+	KERAS_BACKEND=jax $(BIN)/python $(PYTEST) tests $(DOCTESTS)
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python $(PYTEST) $(TF_TESTS) $(DOCTESTS)
 
 test-fast: $(STAMP)
 	$(BIN)/python $(PYTEST) -m "not slow" tests $(DOCTESTS)

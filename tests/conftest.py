@@ -34,18 +34,19 @@ os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "0.25")
 
 
 def _share_xla_compiles() -> None:
-    """One TensorFlow XLA compilation cache for this test process and the processes it starts (CLI runs, servers
-    and notebook kernels inherit the environment).
+    """One XLA compilation cache of each backend for this test process and the processes it starts (CLI runs,
+    servers and notebook kernels inherit the environment).
 
-    Many tests compile the tiny model's same programs again in a new process: every `kgpt2 serve` on TensorFlow
-    warms up the same 8 decode/prefill programs (tests/test_serve_log.py's quiet-server test: 52 s in a clean-clone
-    run without the cache, 28 s with it, session 16). TensorFlow's documented
-    persistent cache keys an executable by its program, compile options and XLA flags and compares the stored
-    program before using it, so a hit is the executable a compile would give: no test sees other numbers, only
-    less time. Fresh for each pytest process (an xdist worker does not share its sibling's) and removed at its
-    exit. JAX's own cache is left off: its file layer imports TensorFlow, which a `kgpt2` command on JAX does not
-    (kgpt2.backend.import_keras_quietly), and the tests run what users run. Set before TensorFlow starts (this
-    file is imported first). `KGPT2_TEST_XLA_CACHE=0` turns it off.
+    Many tests compile the tiny model's same programs again: every `kgpt2 serve` on TensorFlow warms up the same
+    8 decode/prefill programs (tests/test_serve_log.py's quiet-server test: 52 s in a clean-clone run without the
+    cache, 28 s with it, session 16), and every run trained on JAX compiles the same train and evaluation steps
+    (a tiny `train()`: 5.8 s without the cache, 2.3 s with it, session 34). TensorFlow's persistent cache and
+    JAX's (`jax_compilation_cache_dir`) both key an executable by its program, compile options and XLA flags, so
+    a hit is the executable a compile would give: no test sees other numbers, only less time. JAX's takes every
+    program (its default skips those compiling in under 1 s: most of the tiny model's) and a size limit, which
+    turns on its file lock, so a CLI process writing an entry while another reads it is safe. Fresh for each
+    pytest process (an xdist worker does not share its sibling's) and removed at its exit. Set before TensorFlow
+    and JAX start (this file is imported first). `KGPT2_TEST_XLA_CACHE=0` turns both off.
     """
     import atexit
     import tempfile
@@ -56,11 +57,17 @@ def _share_xla_compiles() -> None:
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
     flags = [f for f in os.environ.get("TF_XLA_FLAGS", "").split() if "tf_xla_persistent_cache_directory" not in f]
     os.environ["TF_XLA_FLAGS"] = " ".join(flags + [f"--tf_xla_persistent_cache_directory={cache}"])
+    os.environ.update({  # JAX reads these when it is imported
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 << 30),
+    })
 
 
 _share_xla_compiles()
 # Keras and KerasHub as a `kgpt2` command imports them (on JAX without TensorFlow), before any test module does;
-# after the cache setting above, which TensorFlow reads when it starts.
+# after the cache settings above, which TensorFlow and JAX read when they start.
 import_keras_quietly()
 
 # tests/data holds fixtures and the scripts that made them, not tests (and
@@ -408,10 +415,12 @@ BACKEND_MARKS = {"backend", "backend_neutral"}
 def pytest_collection_modifyitems(config, items):
     """Every test file declares `pytestmark = pytest.mark.backend` or `pytest.mark.backend_neutral`.
 
-    `make test` runs every file on TensorFlow and the `backend` ones again on JAX. The rule is "every
+    `make test` runs every file on JAX (the backend kgpt2 picks when KERAS_BACKEND is unset) and the
+    `backend` ones again on TensorFlow (those not marked slow; a test of a `backend_neutral` file that needs
+    TensorFlow marks itself `backend`). The rule is "every
     file says which", not a guess from its imports: many tests train or generate through the CLI or a
     subprocess without importing Keras, so no import rule would spot them, and a new file that forgets
-    the line would silently skip JAX. Refusing it at collection makes the author choose. The modules'
+    the line would silently skip TensorFlow. Refusing it at collection makes the author choose. The modules'
     docstring examples (--doctest-modules kgpt2) count as `backend`: they are quick and build models.
     """
     undeclared = set()
@@ -425,8 +434,8 @@ def pytest_collection_modifyitems(config, items):
     if undeclared:
         raise pytest.UsageError(
             f"{', '.join(sorted(undeclared))}: declare exactly one of `pytestmark = pytest.mark.backend` (the "
-            "outcome depends on the Keras backend; also runs on JAX) or `pytest.mark.backend_neutral` (runs once, "
-            "on TensorFlow) at the top of the file")
+            "outcome depends on the Keras backend; also runs on TensorFlow) or `pytest.mark.backend_neutral` (runs "
+            "once, on JAX) at the top of the file")
 
 
 def pytest_report_header(config):

@@ -138,7 +138,8 @@ def keras_hub_counts(shared, texts) -> dict:
             "reference_apostrophe_s": expected[0], "reference_newlines": expected[1]}
 
 
-@pytest.mark.slow  # imports TensorFlow and builds keras-hub's tf.text graph
+# `backend` too, so the TensorFlow pass of `make test` runs it: keras-hub's tf.text graph exists only there
+@pytest.mark.backend
 def test_keras_hub_gpt2_tokenizer_disagrees_where_kgpt2_does_not(shared_data, gpt2_tokenizer, reference):
     pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")

@@ -252,7 +252,7 @@ class Aligner:
         self.held_y = targets_for(ref_held, self.held_x, self.held_labels)
         self.optimizer, self.schedule = make_optimizer(cfg, a.steps)
         self.model.compile(optimizer=self.optimizer, loss=PreferenceLoss(a.loss, a.beta, a.label_smoothing, a.simpo_gamma))
-        build_optimizer(self.model, self.policy)
+        build_optimizer(self.model.optimizer, self.policy)
         compat.compile_train_step_with(self.model, step_compiler_options(
             cfg.train, cfg.lora.enabled, self.device, self.policy.backbone.hidden_dim))
 

@@ -267,7 +267,7 @@ class Trainer:
         self.fit_model = for_windows(self.model, cfg.data.windows)
         self.optimizer, self.schedule = make_optimizer(cfg, self.total_steps)
         compile_for_training(self.fit_model, cfg, self.optimizer, self.device, self.model.backbone.hidden_dim)
-        build_optimizer(self.fit_model, self.model)
+        build_optimizer(self.fit_model.optimizer, self.model)
         # validation's exact token loss, off the training step, on the same kind of windows
         self.evaluator = evaluation_model(self.model, cfg.data.windows)
         log.info("%s", model_line(cfg, self.model))

@@ -1,8 +1,8 @@
 """A run's train step is traced once.
 
 Keras builds an optimizer lazily; on TensorFlow that happened inside the first traced train step, and
-TensorFlow then traced the step twice (it retraces a function that created variables): ~5 of a tiny run's
-11 s on CPU, and a second trace of GPT-2's step for every user on TensorFlow. A resumed run was not affected
+TensorFlow then traced the step twice (it retraces a function that created variables): a tiny run took
+11.4 s on CPU instead of ~8, and a second trace of GPT-2's step for every user on TensorFlow. A resumed run was not affected
 (its restore builds the optimizer first); kgpt2 now builds it so for a fresh run too
 (kgpt2.training.optimizer.build_optimizer).
 """

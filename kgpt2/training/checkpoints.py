@@ -64,6 +64,7 @@ from kgpt2.model.adapters import merged_backbone
 from kgpt2.training.checkpoint_arrays import array_names, checkpoint_variables, load_arrays, save_arrays  # noqa: F401
 from kgpt2.training.checkpoint_manifest import FORMAT, OPTIMIZER, STATE_FILE, WEIGHTS, damage, write_manifest
 from kgpt2.training.distribution import host_array, is_writer, process_count
+from kgpt2.training.optimizer import build_optimizer
 
 log = logging.getLogger("kgpt2")
 WEIGHTS_ONLY = (WEIGHTS,)  # `only=` for readers that load no optimizer state (generate, serve, export, evaluate)
@@ -93,8 +94,7 @@ def restore_checkpoint(model, checkpoint: Checkpoint, optimizer=None, only: tupl
     _warn_versions(checkpoint)
     load_arrays(checkpoint.path / WEIGHTS, checkpoint_variables(model), "model")
     if optimizer is not None:
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
+        build_optimizer(optimizer, model)
         load_arrays(checkpoint.path / OPTIMIZER, optimizer.variables, "optimizer")
     return checkpoint.state
 
